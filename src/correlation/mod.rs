@@ -1,0 +1,3 @@
+//! Correlation: typed SIP events in, call records out; deterministic, driven by capture time.
+
+pub mod calls;

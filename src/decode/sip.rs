@@ -1,0 +1,818 @@
+//! SIP message parser (RFC 3261 §7, §20, §25): bytes in, borrowed typed message out.
+//!
+//! Zero-copy: every string in a [`SipMessage`] borrows from the input buffer. Tolerant the way
+//! real captures need: header names are case-insensitive and may use their compact forms
+//! (`i`, `f`, `t`, `v`, `m`, `l`, `c`, ...), values may be folded over several lines, several
+//! values may share one header line (`Via: a, b`) or be spread over repeated headers, bare
+//! `\n` line ends are accepted, and an unknown header is simply kept for [`SipMessage::headers`].
+//! No I/O and no panics on any input; the fuzz target `sip_message` holds it to that.
+
+use std::fmt;
+
+/// Why a buffer is not a usable SIP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SipError {
+    /// The first line is neither a request line nor a status line.
+    #[error("not a SIP start line")]
+    NotSip,
+    /// The header section is not valid UTF-8.
+    #[error("SIP header section is not valid UTF-8")]
+    NotUtf8,
+    /// A header line has no colon.
+    #[error("malformed SIP header line")]
+    MalformedHeader,
+    /// A header that every request and response must carry is absent or unreadable.
+    #[error("missing or malformed {0} header")]
+    MissingHeader(&'static str),
+}
+
+/// A SIP request method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method<'a> {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Prack,
+    Update,
+    Info,
+    Refer,
+    Message,
+    Subscribe,
+    Notify,
+    Publish,
+    /// Any other extension method, as written.
+    Other(&'a str),
+}
+
+impl<'a> Method<'a> {
+    /// Parses a method token. Methods are case-sensitive (RFC 3261 §7.1).
+    pub fn from_token(token: &'a str) -> Method<'a> {
+        match token {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "PRACK" => Method::Prack,
+            "UPDATE" => Method::Update,
+            "INFO" => Method::Info,
+            "REFER" => Method::Refer,
+            "MESSAGE" => Method::Message,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "PUBLISH" => Method::Publish,
+            other => Method::Other(other),
+        }
+    }
+
+    /// The method as written on the wire.
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Info => "INFO",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Publish => "PUBLISH",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    Request { method: Method<'a>, uri: &'a str },
+    Response { status: u16, reason: &'a str },
+}
+
+/// `CSeq: 4711 INVITE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    pub number: u32,
+    pub method: Method<'a>,
+}
+
+/// A name-addr or addr-spec header value: `"Alice" <sip:alice@host>;tag=1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NameAddr<'a> {
+    /// The display name without quotes, if any.
+    pub display_name: Option<&'a str>,
+    /// The URI as written, without angle brackets.
+    pub uri: &'a str,
+    /// The user part of a `sip:`/`sips:` URI, or the number of a `tel:` URI.
+    pub user: Option<&'a str>,
+    /// The host part (with port, if written) of a `sip:`/`sips:` URI.
+    pub host: Option<&'a str>,
+    /// The `tag` header parameter (From/To).
+    pub tag: Option<&'a str>,
+}
+
+/// One value of a `Reason` header (RFC 3326): `Q.850;cause=16;text="Normal call clearing"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reason<'a> {
+    /// `SIP`, `Q.850`, or another protocol token.
+    pub protocol: &'a str,
+    pub cause: Option<u16>,
+    pub text: Option<&'a str>,
+}
+
+/// One header line (after unfolding, the value may still contain line breaks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+/// A parsed SIP message. All fields borrow from the buffer given to [`parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipMessage<'a> {
+    pub start: StartLine<'a>,
+    pub call_id: &'a str,
+    pub cseq: CSeq<'a>,
+    pub from: NameAddr<'a>,
+    pub to: NameAddr<'a>,
+    /// The `branch` of the topmost Via: the transaction id of RFC 3261 §17.
+    pub via_branch: Option<&'a str>,
+    /// The transport of the topmost Via (`UDP`, `TCP`, `TLS`, `WS`, `WSS`, ...).
+    pub via_transport: Option<&'a str>,
+    pub contact: Option<NameAddr<'a>>,
+    pub user_agent: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub asserted_identity: Option<NameAddr<'a>>,
+    /// The first (most recent) Diversion entry, which names the diverting party.
+    pub diversion: Option<NameAddr<'a>>,
+    /// A B2BUA leg-linking id: `X-CID`, `X-Call-ID` or `X-Orig-Call-ID`.
+    pub linked_call_id: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub content_length: Option<usize>,
+    pub body: &'a [u8],
+    /// True when Content-Length promised more body than the buffer holds.
+    pub body_truncated: bool,
+    headers: Vec<Header<'a>>,
+}
+
+impl<'a> SipMessage<'a> {
+    /// The request method, or `None` for a response.
+    pub fn method(&self) -> Option<Method<'a>> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code, or `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { status, .. } => Some(status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Every header in order, as written.
+    pub fn headers(&self) -> &[Header<'a>] {
+        &self.headers
+    }
+
+    /// The values of every header with this name (full or compact form, any case).
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        let wanted = canonical_name(name);
+        self.headers
+            .iter()
+            .filter(move |h| canonical_name(h.name).eq_ignore_ascii_case(wanted))
+            .map(|h| h.value)
+    }
+
+    /// Every value of the `Reason` headers.
+    pub fn reasons(&self) -> impl Iterator<Item = Reason<'a>> + '_ {
+        self.header_values("Reason")
+            .flat_map(split_list)
+            .filter_map(parse_reason)
+    }
+
+    /// The SDP of the message: the body itself, or the `application/sdp` part of a multipart body.
+    pub fn sdp(&self) -> Option<&'a [u8]> {
+        let content_type = self.content_type?;
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if media_type.eq_ignore_ascii_case("application/sdp") {
+            return (!self.body.is_empty()).then_some(self.body);
+        }
+        if media_type.len() >= 10 && media_type[..10].eq_ignore_ascii_case("multipart/") {
+            let boundary = param(content_type, "boundary")?;
+            return multipart_part(self.body, boundary.trim_matches('"'), "application/sdp");
+        }
+        None
+    }
+}
+
+/// True when `data` starts with a SIP request or status line. Used to recognise SIP by content.
+pub fn starts_with_sip(data: &[u8]) -> bool {
+    let line_end = memchr::memchr(b'\n', data).unwrap_or(data.len());
+    let line = trim_cr(&data[..line_end]);
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(parse_start_line)
+        .is_some()
+}
+
+/// Parses one complete SIP message. The body is cut at Content-Length when that is smaller
+/// than what follows the headers (a datagram may carry padding).
+pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
+    let (head, body_start) = split_head(data);
+
+    let mut lines = LineSpans::new(head);
+    let (first_start, first_end) = lines.next().ok_or(SipError::NotSip)?;
+    let first_line =
+        std::str::from_utf8(&head[first_start..first_end]).map_err(|_| SipError::NotUtf8)?;
+    let start = parse_start_line(first_line).ok_or(SipError::NotSip)?;
+
+    let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
+    // Byte range of the header being built, so a folded continuation can extend it.
+    let mut current: Option<(usize, usize, usize)> = None; // (name_start, colon, value_end)
+    for (line_start, line_end) in lines {
+        let line = &head[line_start..line_end];
+        if line.is_empty() {
+            continue;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            // RFC 3261 §7.3.1: a line starting with whitespace continues the previous header.
+            match current.as_mut() {
+                Some(cur) => cur.2 = line_end,
+                None => return Err(SipError::MalformedHeader),
+            }
+            continue;
+        }
+        if let Some(done) = current.take() {
+            headers.extend(make_header(head, done));
+        }
+        let colon = memchr::memchr(b':', line).ok_or(SipError::MalformedHeader)?;
+        current = Some((line_start, line_start + colon, line_end));
+    }
+    if let Some(done) = current {
+        headers.extend(make_header(head, done));
+    }
+
+    let mut msg = SipMessage {
+        start,
+        call_id: "",
+        cseq: CSeq {
+            number: 0,
+            method: Method::Other(""),
+        },
+        from: NameAddr::default(),
+        to: NameAddr::default(),
+        via_branch: None,
+        via_transport: None,
+        contact: None,
+        user_agent: None,
+        server: None,
+        asserted_identity: None,
+        diversion: None,
+        linked_call_id: None,
+        content_type: None,
+        content_length: None,
+        body: &[],
+        body_truncated: false,
+        headers: Vec::new(),
+    };
+    let (mut have_call_id, mut have_cseq, mut have_from, mut have_to, mut have_via) =
+        (false, false, false, false, false);
+
+    for h in &headers {
+        let name = canonical_name(h.name);
+        let value = h.value.trim();
+        if name.eq_ignore_ascii_case("Call-ID") && !have_call_id {
+            msg.call_id = value;
+            have_call_id = !value.is_empty();
+        } else if name.eq_ignore_ascii_case("CSeq") && !have_cseq {
+            msg.cseq = parse_cseq(value).ok_or(SipError::MissingHeader("CSeq"))?;
+            have_cseq = true;
+        } else if name.eq_ignore_ascii_case("From") && !have_from {
+            msg.from = parse_name_addr(value).ok_or(SipError::MissingHeader("From"))?;
+            have_from = true;
+        } else if name.eq_ignore_ascii_case("To") && !have_to {
+            msg.to = parse_name_addr(value).ok_or(SipError::MissingHeader("To"))?;
+            have_to = true;
+        } else if name.eq_ignore_ascii_case("Via") && !have_via {
+            if let Some(top) = split_list(value).next() {
+                msg.via_branch = param(top, "branch");
+                msg.via_transport = top
+                    .split_whitespace()
+                    .next()
+                    .and_then(|proto| proto.rsplit('/').next());
+            }
+            have_via = true;
+        } else if name.eq_ignore_ascii_case("Contact") && msg.contact.is_none() {
+            msg.contact = split_list(value).next().and_then(parse_name_addr);
+        } else if name.eq_ignore_ascii_case("User-Agent") && msg.user_agent.is_none() {
+            msg.user_agent = Some(value);
+        } else if name.eq_ignore_ascii_case("Server") && msg.server.is_none() {
+            msg.server = Some(value);
+        } else if name.eq_ignore_ascii_case("P-Asserted-Identity")
+            && msg.asserted_identity.is_none()
+        {
+            msg.asserted_identity = split_list(value).next().and_then(parse_name_addr);
+        } else if name.eq_ignore_ascii_case("Diversion") && msg.diversion.is_none() {
+            msg.diversion = split_list(value).next().and_then(parse_name_addr);
+        } else if (name.eq_ignore_ascii_case("X-CID")
+            || name.eq_ignore_ascii_case("X-Call-ID")
+            || name.eq_ignore_ascii_case("X-Orig-Call-ID"))
+            && msg.linked_call_id.is_none()
+        {
+            msg.linked_call_id = Some(value);
+        } else if name.eq_ignore_ascii_case("Content-Type") && msg.content_type.is_none() {
+            msg.content_type = Some(value);
+        } else if name.eq_ignore_ascii_case("Content-Length") && msg.content_length.is_none() {
+            msg.content_length = value.parse().ok();
+        }
+    }
+    if !have_call_id {
+        return Err(SipError::MissingHeader("Call-ID"));
+    }
+    if !have_cseq {
+        return Err(SipError::MissingHeader("CSeq"));
+    }
+    if !have_from {
+        return Err(SipError::MissingHeader("From"));
+    }
+    if !have_to {
+        return Err(SipError::MissingHeader("To"));
+    }
+
+    let available = data.get(body_start..).unwrap_or(&[]);
+    match msg.content_length {
+        Some(len) if len <= available.len() => msg.body = &available[..len],
+        Some(_) => {
+            msg.body = available;
+            msg.body_truncated = true;
+        }
+        None => msg.body = available,
+    }
+    msg.headers = headers;
+    Ok(msg)
+}
+
+/// Maps a compact header name (RFC 3261 §7.3.3 and later RFCs) to its full form.
+pub fn canonical_name(name: &str) -> &str {
+    if name.len() != 1 {
+        return name;
+    }
+    match name.as_bytes()[0].to_ascii_lowercase() {
+        b'i' => "Call-ID",
+        b'm' => "Contact",
+        b'e' => "Content-Encoding",
+        b'l' => "Content-Length",
+        b'c' => "Content-Type",
+        b'f' => "From",
+        b's' => "Subject",
+        b'k' => "Supported",
+        b't' => "To",
+        b'v' => "Via",
+        b'o' => "Event",
+        b'r' => "Refer-To",
+        b'b' => "Referred-By",
+        b'x' => "Session-Expires",
+        b'u' => "Allow-Events",
+        b'a' => "Accept-Contact",
+        b'j' => "Reject-Contact",
+        b'd' => "Request-Disposition",
+        b'y' => "Identity",
+        b'n' => "Identity-Info",
+        _ => name,
+    }
+}
+
+/// Splits a comma-separated header value, ignoring commas inside quotes and angle brackets.
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || loop {
+        let s = rest?;
+        let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
+        let mut cut = None;
+        for (i, c) in s.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' if in_quotes => escaped = true,
+                '"' => in_quotes = !in_quotes,
+                '<' if !in_quotes => in_angle = true,
+                '>' if !in_quotes => in_angle = false,
+                ',' if !in_quotes && !in_angle => {
+                    cut = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let item = match cut {
+            Some(i) => {
+                rest = Some(&s[i + 1..]);
+                &s[..i]
+            }
+            None => {
+                rest = None;
+                s
+            }
+        };
+        let item = item.trim();
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
+/// Parses a name-addr (`"Name" <uri>;params`, `Name <uri>`) or an addr-spec (`uri;params`).
+pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
+    let value = value.trim();
+    let (display_name, after_display) = if let Some(quoted) = value.strip_prefix('"') {
+        let end = closing_quote(quoted)?;
+        (Some(&quoted[..end]), quoted[end + 1..].trim_start())
+    } else {
+        match value.find('<') {
+            Some(lt) => {
+                let name = value[..lt].trim();
+                ((!name.is_empty()).then_some(name), &value[lt..])
+            }
+            None => (None, value),
+        }
+    };
+    let (uri, params) = if let Some(inner) = after_display.strip_prefix('<') {
+        let gt = inner.find('>')?;
+        (inner[..gt].trim(), &inner[gt + 1..])
+    } else {
+        // addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10).
+        match after_display.find(';') {
+            Some(semi) => (after_display[..semi].trim(), &after_display[semi..]),
+            None => (after_display.trim(), ""),
+        }
+    };
+    if uri.is_empty() {
+        return None;
+    }
+    let (user, host) = split_uri(uri);
+    Some(NameAddr {
+        display_name: display_name.filter(|d| !d.is_empty()),
+        uri,
+        user,
+        host,
+        tag: param(params, "tag"),
+    })
+}
+
+/// Returns the value of `;name=value` in a parameter list (case-insensitive name), unquoted
+/// quotes kept as written.
+pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
+    params.split(';').skip(1).find_map(|p| {
+        let (key, value) = p.split_once('=').unwrap_or((p, ""));
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim())
+            .filter(|v| !v.is_empty())
+    })
+}
+
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Splits `sip:user@host:port;params` into user and host; `tel:+123;phone-context=x` into number.
+fn split_uri(uri: &str) -> (Option<&str>, Option<&str>) {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return (None, None);
+    };
+    if scheme.eq_ignore_ascii_case("tel") {
+        let number = rest.split(';').next().unwrap_or("").trim();
+        return ((!number.is_empty()).then_some(number), None);
+    }
+    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+        return (None, None);
+    }
+    let rest = rest.split(['?']).next().unwrap_or("");
+    let (user, hostport) = match rest.rfind('@') {
+        Some(at) => {
+            // User parameters (`sip:+1234;npdi@host`) are not part of the number.
+            let user = rest[..at].split(';').next().unwrap_or("");
+            let user = user.split(':').next().unwrap_or(""); // drop a password
+            ((!user.is_empty()).then_some(user), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let host = hostport.split(';').next().unwrap_or("").trim();
+    (user, (!host.is_empty()).then_some(host))
+}
+
+fn parse_cseq(value: &str) -> Option<CSeq<'_>> {
+    let mut parts = value.split_whitespace();
+    let number = parts.next()?.parse().ok()?;
+    let method = Method::from_token(parts.next()?);
+    Some(CSeq { number, method })
+}
+
+fn parse_reason(value: &str) -> Option<Reason<'_>> {
+    let protocol = value.split(';').next()?.trim();
+    if protocol.is_empty() {
+        return None;
+    }
+    Some(Reason {
+        protocol,
+        cause: param(value, "cause").and_then(|c| c.parse().ok()),
+        text: param(value, "text").map(|t| t.trim_matches('"')),
+    })
+}
+
+fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
+    if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
+        let rest = rest.trim_start();
+        let code = rest.get(..3)?;
+        if !code.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let after = &rest[3..];
+        if !(after.is_empty() || after.starts_with(' ')) {
+            return None;
+        }
+        let status: u16 = code.parse().ok()?;
+        if !(100..=699).contains(&status) {
+            return None;
+        }
+        return Some(StartLine::Response {
+            status,
+            reason: after.trim(),
+        });
+    }
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let uri = parts.next()?;
+    let version = parts.next()?;
+    if parts.next().is_some() || version != "SIP/2.0" || uri.is_empty() || !uri.contains(':') {
+        return None;
+    }
+    // A token (RFC 3261 §25.1); methods are upper-case by convention, and that convention is
+    // what tells a SIP request from another text protocol with the same shape.
+    if method.is_empty()
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    Some(StartLine::Request {
+        method: Method::from_token(method),
+        uri,
+    })
+}
+
+/// Builds a header from its byte range. Real PBXs put binary garbage into header values (one
+/// in the ERSPAN sample appends it to a To-tag); the value is cut where it stops being UTF-8,
+/// as Wireshark shows it, rather than failing the whole message. A header whose name is not
+/// text is skipped.
+fn make_header(
+    head: &[u8],
+    (name_start, colon, value_end): (usize, usize, usize),
+) -> Option<Header<'_>> {
+    Some(Header {
+        name: std::str::from_utf8(&head[name_start..colon]).ok()?.trim(),
+        value: utf8_prefix(&head[colon + 1..value_end]).trim(),
+    })
+}
+
+/// The longest prefix of `bytes` that is valid UTF-8.
+fn utf8_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// Splits the header section from the body: returns the head (without the blank line) and
+/// where the body starts.
+fn split_head(data: &[u8]) -> (&[u8], usize) {
+    if let Some(pos) = memchr::memmem::find(data, b"\r\n\r\n") {
+        return (&data[..pos], pos + 4);
+    }
+    if let Some(pos) = memchr::memmem::find(data, b"\n\n") {
+        return (&data[..pos], pos + 2);
+    }
+    (data, data.len())
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Iterates over `(start, end)` byte ranges of lines, without their `\r\n` or `\n`.
+struct LineSpans<'a> {
+    text: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> LineSpans<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        LineSpans { text, pos: 0 }
+    }
+}
+
+impl Iterator for LineSpans<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.pos >= self.text.len() {
+            return None;
+        }
+        let bytes = self.text;
+        let start = self.pos;
+        let nl = memchr::memchr(b'\n', &bytes[start..]).map(|i| start + i);
+        let (end, next) = match nl {
+            Some(nl) => (nl, nl + 1),
+            None => (bytes.len(), bytes.len()),
+        };
+        self.pos = next;
+        let end = if end > start && bytes[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        Some((start, end))
+    }
+}
+
+/// Finds the part of a multipart body (RFC 2046) whose Content-Type is `wanted`.
+fn multipart_part<'a>(body: &'a [u8], boundary: &str, wanted: &str) -> Option<&'a [u8]> {
+    if boundary.is_empty() {
+        return None;
+    }
+    let delimiter = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    let positions: Vec<usize> = finder.find_iter(body).collect();
+    for pair in positions.windows(2) {
+        let part = &body[pair[0] + delimiter.len()..pair[1]];
+        // Skip the rest of the delimiter line, then split the part's headers from its body.
+        let part = match memchr::memchr(b'\n', part) {
+            Some(nl) => &part[nl + 1..],
+            None => continue,
+        };
+        let (head, body_start) = split_head(part);
+        let Ok(head) = std::str::from_utf8(head) else {
+            continue;
+        };
+        let is_wanted = head.lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                canonical_name(name.trim()).eq_ignore_ascii_case("Content-Type")
+                    && value
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case(wanted)
+            })
+        });
+        if is_wanted {
+            let content = part.get(body_start..).unwrap_or(&[]);
+            // The CRLF before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+            let content = content.strip_suffix(b"\r\n").unwrap_or(content);
+            let content = content.strip_suffix(b"\n").unwrap_or(content);
+            return Some(content);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds , SIP/2.0/UDP proxy;branch=z9hG4bKother\r\n\
+Max-Forwards: 70\r\n\
+t: Bob <sip:bob@biloxi.example.com>\r\n\
+f: \"Alice \\\"A\\\" Liddell\" <sip:+4930123456;npdi@atlanta.example.com>;tag=1928301774\r\n\
+i: a84b4c76e66710@pc33.atlanta.example.com\r\n\
+cseq: 314159 INVITE\r\n\
+m: <sip:alice@pc33.atlanta.example.com>\r\n\
+Subject: folded\r\n  over two lines\r\n\
+P-Asserted-Identity: <tel:+4930123456>\r\n\
+Diversion: <sip:100@pbx>;reason=no-answer, <sip:200@pbx>;reason=busy\r\n\
+X-CID: leg-a-1234\r\n\
+Reason: Q.850;cause=16;text=\"Normal call clearing\", SIP;cause=200;text=\"Call completed elsewhere\"\r\n\
+c: application/sdp\r\n\
+l: 4\r\n\
+\r\n\
+v=0\r\nextra";
+
+    #[test]
+    fn parses_invite_with_compact_and_folded_headers() {
+        let msg = parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(msg.method(), Some(Method::Invite));
+        assert_eq!(msg.call_id, "a84b4c76e66710@pc33.atlanta.example.com");
+        assert_eq!(
+            msg.cseq,
+            CSeq {
+                number: 314159,
+                method: Method::Invite
+            }
+        );
+        assert_eq!(msg.from.display_name, Some("Alice \\\"A\\\" Liddell"));
+        assert_eq!(msg.from.user, Some("+4930123456"));
+        assert_eq!(msg.from.tag, Some("1928301774"));
+        assert_eq!(msg.to.display_name, Some("Bob"));
+        assert_eq!(msg.to.user, Some("bob"));
+        assert_eq!(msg.to.tag, None);
+        assert_eq!(msg.via_branch, Some("z9hG4bK776asdhds"));
+        assert_eq!(msg.via_transport, Some("UDP"));
+        assert_eq!(
+            msg.contact.unwrap().uri,
+            "sip:alice@pc33.atlanta.example.com"
+        );
+        assert_eq!(msg.asserted_identity.unwrap().user, Some("+4930123456"));
+        assert_eq!(msg.diversion.unwrap().user, Some("100"));
+        assert_eq!(msg.linked_call_id, Some("leg-a-1234"));
+        let subject: Vec<_> = msg.header_values("s").collect();
+        assert_eq!(subject, vec!["folded\r\n  over two lines"]);
+        let reasons: Vec<_> = msg.reasons().collect();
+        assert_eq!(reasons.len(), 2);
+        assert_eq!(reasons[0].protocol, "Q.850");
+        assert_eq!(reasons[0].cause, Some(16));
+        assert_eq!(reasons[0].text, Some("Normal call clearing"));
+        assert_eq!(reasons[1].cause, Some(200));
+        // Content-Length cuts the body.
+        assert_eq!(msg.body, b"v=0\r");
+        assert_eq!(msg.sdp(), Some(&b"v=0\r"[..]));
+    }
+
+    #[test]
+    fn parses_response_with_bare_newlines() {
+        let raw = "SIP/2.0 486 Busy Here\nVia: SIP/2.0/TCP h;branch=z9hG4bKx\nFrom: <sip:a@h>;tag=1\nTo: sip:b@h;tag=2\nCall-ID: c1\nCSeq: 1 INVITE\n\n";
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert_eq!(msg.status(), Some(486));
+        assert_eq!(msg.to.tag, Some("2"));
+        assert_eq!(msg.to.uri, "sip:b@h");
+        assert!(msg.body.is_empty());
+    }
+
+    #[test]
+    fn finds_sdp_in_multipart_body() {
+        let body = "--b1\r\nContent-Type: application/isup\r\n\r\nxx\r\n--b1\r\nContent-Type: application/sdp\r\n\r\nv=0\r\no=- 1 1 IN IP4 1.2.3.4\r\n\r\n--b1--\r\n";
+        let raw = format!(
+            "INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Type: multipart/mixed;boundary=b1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert_eq!(
+            msg.sdp(),
+            Some(&b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\n"[..])
+        );
+    }
+
+    #[test]
+    fn rejects_non_sip_and_missing_headers() {
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            SipError::NotSip
+        );
+        assert_eq!(
+            parse(b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err(),
+            SipError::MissingHeader("Call-ID")
+        );
+        assert!(!starts_with_sip(b"HTTP/1.1 200 OK\r\n"));
+        assert!(starts_with_sip(b"SIP/2.0 200 OK\r\n"));
+        assert!(starts_with_sip(b"REGISTER sip:example.com SIP/2.0\r\n"));
+        assert!(!starts_with_sip(b"register sip:example.com SIP/2.0\r\n"));
+    }
+
+    #[test]
+    fn truncated_body_is_flagged() {
+        let raw = "MESSAGE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 100\r\n\r\nshort";
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert!(msg.body_truncated);
+        assert_eq!(msg.body, b"short");
+    }
+}

@@ -1,0 +1,422 @@
+//! From captured frames to SIP messages: the decode path that file replay and live capture
+//! share.
+//!
+//! A frame goes through its link layer, VLAN/MPLS shims, IP (reassembling fragments), any
+//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP or
+//! TCP (reassembling the stream, following WebSocket upgrades). Payloads that are SIP by their
+//! content become [`SipMessage`]s handed to the caller with their capture time, addresses and
+//! transport. Everything that is not SIP is skipped; everything that is damaged is counted in
+//! [`DissectStats`] and the first few problems are kept with their frame number.
+//!
+//! No I/O: the caller feeds frames and receives messages through a callback, so the same code
+//! runs over a file, a live ring buffer or a test vector.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{Ipv6ExtensionSlice, LaxIpSlice, TcpHeaderSlice, UdpHeaderSlice};
+use serde::Serialize;
+
+use crate::decode::link::{self, LinkType};
+use crate::decode::sip::{self, SipMessage};
+use crate::decode::tunnel::{self, Inner};
+use crate::reassembly::ip_fragments::{FragmentKey, FragmentLimits, FragmentPool, FragmentStats};
+use crate::reassembly::sip_stream::{DiscardReason, SipStream, StreamCarrier, StreamEvent};
+use crate::reassembly::tcp::{Delivery, FlowKey, Segment, TcpLimits, TcpReassembler, TcpStats};
+use crate::time::Timestamp;
+
+/// Tunnels nested deeper than this are not followed (a crafted packet could nest forever).
+pub const MAX_ENCAPSULATION_DEPTH: u8 = 8;
+/// Problems kept with their frame number for the report; the rest are only counted.
+const MAX_PROBLEMS_KEPT: usize = 32;
+
+/// One captured frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// 1-based position in the capture, for error messages.
+    pub number: u64,
+    pub time: Timestamp,
+    pub link: LinkType,
+    pub data: &'a [u8],
+}
+
+/// How a SIP message travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// SIP over WebSocket (RFC 7118), on TCP.
+    Ws,
+}
+
+/// Where and when a SIP message was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// The frame that completed the message (for TCP, the last segment of it).
+    pub frame: u64,
+    pub time: Timestamp,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub transport: Transport,
+}
+
+/// A decode problem worth showing a user, with where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub frame: u64,
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// Counters of the decode path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DissectStats {
+    pub frames: u64,
+    pub bytes: u64,
+    /// Frames without IP (ARP, LLDP, STP, ...).
+    pub non_ip: u64,
+    pub link_errors: u64,
+    pub ip_errors: u64,
+    pub tunnel_errors: u64,
+    pub depth_exceeded: u64,
+    pub udp_datagrams: u64,
+    pub sip_messages_udp: u64,
+    pub sip_messages_tcp: u64,
+    pub sip_messages_ws: u64,
+    pub sip_parse_errors: u64,
+    /// Stream bytes thrown away to resynchronise, or in over-long messages.
+    pub stream_bytes_discarded: u64,
+    pub fragments: FragmentStats,
+    pub tcp: TcpStats,
+    /// The first problems, with frame numbers.
+    pub problems: Vec<Problem>,
+}
+
+impl DissectStats {
+    /// SIP messages decoded over every transport.
+    pub fn sip_messages(&self) -> u64 {
+        self.sip_messages_udp + self.sip_messages_tcp + self.sip_messages_ws
+    }
+
+    fn problem(&mut self, frame: u64, kind: &'static str, detail: impl ToString) {
+        if self.problems.len() < MAX_PROBLEMS_KEPT {
+            self.problems.push(Problem {
+                frame,
+                kind,
+                detail: detail.to_string(),
+            });
+        }
+    }
+}
+
+/// Limits of the stateful parts of the decode path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DissectLimits {
+    pub fragments: FragmentLimits,
+    pub tcp: TcpLimits,
+}
+
+/// The decode path. Feed it frames in capture order.
+#[derive(Debug)]
+pub struct Dissector {
+    fragments: FragmentPool,
+    tcp: TcpReassembler<SipStream>,
+    stats: DissectStats,
+}
+
+/// Where the frame being decoded came from; carried down the layers.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    frame: u64,
+    time: Timestamp,
+}
+
+impl Dissector {
+    pub fn new(limits: DissectLimits) -> Self {
+        Dissector {
+            fragments: FragmentPool::new(limits.fragments),
+            tcp: TcpReassembler::new(limits.tcp),
+            stats: DissectStats::default(),
+        }
+    }
+
+    /// Counters so far (fragment and TCP counters included).
+    pub fn stats(&self) -> DissectStats {
+        let mut stats = self.stats.clone();
+        stats.fragments = self.fragments.stats();
+        stats.tcp = self.tcp.stats();
+        stats
+    }
+
+    /// Decodes one frame; every SIP message it completes goes to `sink`.
+    pub fn frame(
+        &mut self,
+        frame: &Frame<'_>,
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        self.stats.frames += 1;
+        self.stats.bytes += frame.data.len() as u64;
+        let ctx = Ctx {
+            frame: frame.number,
+            time: frame.time,
+        };
+        match link::ip_payload(frame.link, frame.data) {
+            Ok(Some(ip)) => self.ip(ctx, ip, 0, sink),
+            Ok(None) => self.stats.non_ip += 1,
+            Err(e) => {
+                self.stats.link_errors += 1;
+                self.stats.problem(frame.number, "link", e);
+            }
+        }
+    }
+
+    /// Flushes buffered stream data at the end of a capture (or on shutdown).
+    pub fn finish(&mut self, now: Timestamp, sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>)) {
+        // Holes still open at the end are skipped so whatever follows them is still decoded.
+        let stats = &mut self.stats;
+        self.tcp.flush(now, |key, stream, delivery| {
+            feed_stream(stats, sink, 0, key, stream, delivery);
+        });
+    }
+
+    fn ethernet(
+        &mut self,
+        ctx: Ctx,
+        frame: &[u8],
+        depth: u8,
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        match link::ethernet_payload(frame) {
+            Ok(Some(ip)) => self.ip(ctx, ip, depth, sink),
+            Ok(None) => self.stats.non_ip += 1,
+            Err(e) => {
+                self.stats.tunnel_errors += 1;
+                self.stats.problem(ctx.frame, "tunnel", e);
+            }
+        }
+    }
+
+    fn ip(
+        &mut self,
+        ctx: Ctx,
+        data: &[u8],
+        depth: u8,
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        if depth > MAX_ENCAPSULATION_DEPTH {
+            self.stats.depth_exceeded += 1;
+            return;
+        }
+        let slice = match LaxIpSlice::from_slice(data) {
+            Ok((slice, _)) => slice,
+            Err(e) => {
+                self.stats.ip_errors += 1;
+                self.stats.problem(ctx.frame, "ip", e);
+                return;
+            }
+        };
+        let (src, dst) = (slice.source_addr(), slice.destination_addr());
+        let payload = slice.payload();
+        let protocol = payload.ip_number.0;
+        if !payload.fragmented {
+            self.transport(ctx, src, dst, protocol, payload.payload, depth, sink);
+            return;
+        }
+        if payload.incomplete {
+            // A fragment cut by the snapshot length cannot be reassembled.
+            self.stats.ip_errors += 1;
+            self.stats.problem(ctx.frame, "ip", "fragment truncated by snapshot length");
+            return;
+        }
+        let fragment = match &slice {
+            LaxIpSlice::Ipv4(v4) => {
+                let h = v4.header();
+                Some((
+                    u32::from(h.identification()),
+                    usize::from(h.fragments_offset().byte_offset()),
+                    h.more_fragments(),
+                ))
+            }
+            LaxIpSlice::Ipv6(v6) => v6.extensions().clone().into_iter().find_map(|ext| match ext {
+                Ipv6ExtensionSlice::Fragment(f) => Some((
+                    f.identification(),
+                    usize::from(f.fragment_offset().byte_offset()),
+                    f.more_fragments(),
+                )),
+                _ => None,
+            }),
+        };
+        let Some((id, offset, more)) = fragment else {
+            self.stats.ip_errors += 1;
+            return;
+        };
+        let key = FragmentKey {
+            src,
+            dst,
+            id,
+            protocol,
+        };
+        if let Some(whole) = self.fragments.add(key, ctx.time, offset, more, payload.payload) {
+            self.transport(ctx, src, dst, protocol, &whole, depth, sink);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the IP header's facts, passed down once
+    fn transport(
+        &mut self,
+        ctx: Ctx,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        payload: &[u8],
+        depth: u8,
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        match protocol {
+            // IP-in-IP (RFC 2003) and IPv6 encapsulation (RFC 2473).
+            4 | 41 => self.ip(ctx, payload, depth + 1, sink),
+            47 => match tunnel::gre(payload) {
+                Ok(Inner::Ethernet(frame)) => self.ethernet(ctx, frame, depth + 1, sink),
+                Ok(Inner::Ip(packet)) => self.ip(ctx, packet, depth + 1, sink),
+                Err(e) => {
+                    self.stats.tunnel_errors += 1;
+                    self.stats.problem(ctx.frame, "gre", e);
+                }
+            },
+            17 => self.udp(ctx, src, dst, payload, depth, sink),
+            6 => self.tcp(ctx, src, dst, payload, sink),
+            _ => {}
+        }
+    }
+
+    fn udp(
+        &mut self,
+        ctx: Ctx,
+        src: IpAddr,
+        dst: IpAddr,
+        datagram: &[u8],
+        depth: u8,
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        let header = match UdpHeaderSlice::from_slice(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.ip_errors += 1;
+                self.stats.problem(ctx.frame, "udp", e);
+                return;
+            }
+        };
+        self.stats.udp_datagrams += 1;
+        // The UDP length bounds the payload (Ethernet padding follows short datagrams).
+        let end = usize::from(header.length()).clamp(8, datagram.len());
+        let payload = &datagram[8..end];
+        let (src_port, dst_port) = (header.source_port(), header.destination_port());
+        if dst_port == tunnel::VXLAN_PORT {
+            if let Some(inner) = tunnel::vxlan(payload) {
+                self.ethernet(ctx, inner, depth + 1, sink);
+                return;
+            }
+        }
+        // Keep-alives (RFC 5626 §3.5.1) and STUN share SIP ports; only content decides.
+        if !sip::starts_with_sip(payload) {
+            return;
+        }
+        let meta = MessageMeta {
+            frame: ctx.frame,
+            time: ctx.time,
+            src: SocketAddr::new(src, src_port),
+            dst: SocketAddr::new(dst, dst_port),
+            transport: Transport::Udp,
+        };
+        match sip::parse(payload) {
+            Ok(message) => {
+                self.stats.sip_messages_udp += 1;
+                sink(&meta, &message);
+            }
+            Err(e) => {
+                self.stats.sip_parse_errors += 1;
+                self.stats.problem(ctx.frame, "sip", e);
+            }
+        }
+    }
+
+    fn tcp(
+        &mut self,
+        ctx: Ctx,
+        src: IpAddr,
+        dst: IpAddr,
+        data: &[u8],
+        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    ) {
+        let header = match TcpHeaderSlice::from_slice(data) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.ip_errors += 1;
+                self.stats.problem(ctx.frame, "tcp", e);
+                return;
+            }
+        };
+        let key = FlowKey {
+            src: SocketAddr::new(src, header.source_port()),
+            dst: SocketAddr::new(dst, header.destination_port()),
+        };
+        let segment = Segment {
+            seq: header.sequence_number(),
+            syn: header.syn(),
+            fin: header.fin(),
+            rst: header.rst(),
+            payload: &data[header.slice().len()..],
+        };
+        let stats = &mut self.stats;
+        self.tcp.segment(key, ctx.time, segment, |stream, delivery| {
+            feed_stream(stats, sink, ctx.frame, &key, stream, delivery);
+        });
+    }
+}
+
+/// Feeds reassembled stream bytes to the direction's SIP framer and parses what it frames.
+fn feed_stream(
+    stats: &mut DissectStats,
+    sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    frame: u64,
+    key: &FlowKey,
+    stream: &mut SipStream,
+    delivery: Delivery<'_>,
+) {
+    stream.push(delivery.data, delivery.after_gap, &mut |event| match event {
+        StreamEvent::Message(bytes, carrier) => {
+            let meta = MessageMeta {
+                frame,
+                time: delivery.time,
+                src: key.src,
+                dst: key.dst,
+                transport: match carrier {
+                    StreamCarrier::Tcp => Transport::Tcp,
+                    StreamCarrier::WebSocket => Transport::Ws,
+                },
+            };
+            match sip::parse(bytes) {
+                Ok(message) => {
+                    match carrier {
+                        StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
+                        StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
+                    }
+                    sink(&meta, &message);
+                }
+                Err(e) => {
+                    stats.sip_parse_errors += 1;
+                    stats.problem(frame, "sip", e);
+                }
+            }
+        }
+        StreamEvent::Discarded { bytes, reason } => {
+            stats.stream_bytes_discarded += bytes as u64;
+            let kind = match reason {
+                DiscardReason::Resync => "tcp-resync",
+                DiscardReason::Oversized => "sip-oversized",
+                DiscardReason::WebSocketLost => "websocket",
+            };
+            stats.problem(frame, kind, format!("{bytes} stream bytes discarded ({} -> {})", key.src, key.dst));
+        }
+    });
+}

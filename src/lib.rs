@@ -1,0 +1,25 @@
+//! teledge: the contact-centre telephony edge agent.
+//!
+//! A map of the code, in pipeline order (sources → decode → correlation → records → outputs):
+//!
+//! - [`sources`]: where frames come from (capture files; live capture and HEP later).
+//! - [`dissect`]: the decode path shared by every source: link layer, IP with fragment
+//!   reassembly, tunnels, UDP/TCP with stream reassembly, SIP recognised by content.
+//! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames).
+//! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing).
+//! - [`correlation`]: call tracking, from SIP messages to call records.
+//! - [`record`]: the record types and their documented, versioned schema.
+//! - [`outputs`]: JSON Lines and tables.
+//! - [`replay`]: `teledge replay`, the pipeline over capture files.
+//! - [`time`]: capture timestamps.
+#![forbid(unsafe_code)]
+
+pub mod correlation;
+pub mod decode;
+pub mod dissect;
+pub mod outputs;
+pub mod reassembly;
+pub mod record;
+pub mod replay;
+pub mod sources;
+pub mod time;

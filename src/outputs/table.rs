@@ -1,0 +1,95 @@
+//! A table of calls for people: one line per call and a summary by outcome.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crate::record::{CallRecord, CaptureSummary, Outcome};
+
+/// Writes the table of `calls` (in call order) followed by the summary.
+pub fn write_table(
+    out: &mut impl Write,
+    calls: &[CallRecord],
+    summary: &CaptureSummary,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {}",
+        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "CALL-ID"
+    )?;
+    for call in calls {
+        let time = call.invite_time.to_string();
+        let time = time.get(..19).unwrap_or(&time).replace('T', " ");
+        let outcome = if call.complete || call.outcome == Outcome::InProgress {
+            call.outcome.as_str().to_owned()
+        } else {
+            format!("{}*", call.outcome.as_str())
+        };
+        writeln!(
+            out,
+            "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {}",
+            time,
+            clip(party_label(&call.caller), 20),
+            clip(party_label(&call.callee), 20),
+            outcome,
+            secs(call.ring_duration_s),
+            secs(call.talk_duration_s),
+            call.final_status.map(|s| s.to_string()).unwrap_or_default(),
+            call.call_id,
+        )?;
+    }
+    if calls.iter().any(|c| !c.complete && c.outcome != Outcome::InProgress) {
+        writeln!(out, "* still open when the capture ended (state: connected or timed out)")?;
+    }
+    writeln!(out)?;
+    let mut by_outcome: BTreeMap<Outcome, u64> = BTreeMap::new();
+    for call in calls {
+        *by_outcome.entry(call.outcome).or_default() += 1;
+    }
+    let total = calls.len() as f64;
+    writeln!(out, "{} calls", calls.len())?;
+    for (outcome, count) in by_outcome {
+        writeln!(
+            out,
+            "  {:<12} {:>6}  {:>5.1}%",
+            outcome.as_str(),
+            count,
+            100.0 * count as f64 / total
+        )?;
+    }
+    let d = &summary.decode;
+    writeln!(
+        out,
+        "{} frames, {} SIP messages ({} UDP, {} TCP, {} WebSocket), {} REGISTER and {} other transactions, {} decode errors",
+        d.frames,
+        d.sip_messages(),
+        d.sip_messages_udp,
+        d.sip_messages_tcp,
+        d.sip_messages_ws,
+        summary.registrations,
+        summary.other_transactions,
+        d.sip_parse_errors + d.ip_errors + d.link_errors + d.tunnel_errors,
+    )
+}
+
+fn party_label(party: &crate::record::Party) -> &str {
+    party
+        .user
+        .as_deref()
+        .or(party.display_name.as_deref())
+        .or(party.uri.as_deref())
+        .unwrap_or("-")
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let mut clipped: String = s.chars().take(width - 1).collect();
+        clipped.push('…');
+        clipped
+    }
+}
+
+fn secs(value: Option<f64>) -> String {
+    value.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,304 @@
+//! IPv4 and IPv6 fragment reassembly with a bounded pool.
+//!
+//! Large INVITEs with SDP, or with many Via and Record-Route headers, fragment over UDP; a tap
+//! that cannot put them back together loses exactly the calls that matter. The pool is bounded
+//! by datagrams in progress and by bytes held, a datagram not completed within the timeout
+//! (capture time) is dropped, and every drop is counted.
+//!
+//! Overlaps: a fragment that repeats bytes already held (a duplicate, or a re-fragmentation
+//! along other boundaries) is accepted when the bytes agree. A fragment whose bytes disagree
+//! with what is held is an overlap attack or a corrupt capture: the whole datagram is dropped
+//! and counted, as RFC 5722 requires for IPv6 and as is the safe choice for IPv4 too.
+//!
+//! `etherparse` has a defragmentation pool, but it is unbounded ("not safe against out of
+//! memory attacks", its own doc) and lets later overlapping bytes win silently, so the pool is
+//! our own; the header fields it reads come from `etherparse`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+/// Bounds of the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct FragmentLimits {
+    /// Datagrams being reassembled at once.
+    pub max_datagrams: usize,
+    /// Bytes held across all datagrams being reassembled.
+    pub max_bytes: usize,
+    /// A datagram not completed this long after its first fragment is dropped.
+    pub timeout: Duration,
+}
+
+impl Default for FragmentLimits {
+    fn default() -> Self {
+        FragmentLimits {
+            max_datagrams: 1024,
+            max_bytes: 16 * 1024 * 1024,
+            // Linux's ipfrag_time default.
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Identifies the datagram a fragment belongs to (RFC 791 §3.2, RFC 8200 §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub id: u32,
+    pub protocol: u8,
+}
+
+/// Counters of the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FragmentStats {
+    pub fragments: u64,
+    pub reassembled: u64,
+    pub timed_out: u64,
+    /// Dropped because the pool was full (datagram count or bytes).
+    pub evicted: u64,
+    pub overlap_conflicts: u64,
+    /// Fragments with impossible offsets or lengths.
+    pub malformed: u64,
+}
+
+#[derive(Debug)]
+struct Partial {
+    data: Vec<u8>,
+    /// Received byte ranges, sorted and merged.
+    ranges: Vec<(usize, usize)>,
+    /// Length of the whole payload, known once the last fragment arrived.
+    total: Option<usize>,
+    first_seen: Timestamp,
+}
+
+/// The reassembly pool.
+#[derive(Debug)]
+pub struct FragmentPool {
+    limits: FragmentLimits,
+    partials: HashMap<FragmentKey, Partial>,
+    bytes_held: usize,
+    last_sweep: Timestamp,
+    stats: FragmentStats,
+}
+
+/// Largest payload an IP datagram can reassemble to.
+const MAX_DATAGRAM: usize = 65_535;
+
+impl FragmentPool {
+    pub fn new(limits: FragmentLimits) -> Self {
+        FragmentPool {
+            limits,
+            partials: HashMap::new(),
+            bytes_held: 0,
+            last_sweep: Timestamp::default(),
+            stats: FragmentStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> FragmentStats {
+        self.stats
+    }
+
+    /// Datagrams currently being reassembled.
+    pub fn in_progress(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Adds a fragment (`offset` in bytes). Returns the whole payload when this fragment
+    /// completed its datagram.
+    pub fn add(
+        &mut self,
+        key: FragmentKey,
+        now: Timestamp,
+        offset: usize,
+        more_fragments: bool,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.stats.fragments += 1;
+        self.expire(now);
+        let end = offset + payload.len();
+        if end > MAX_DATAGRAM || (more_fragments && payload.len() % 8 != 0) {
+            self.stats.malformed += 1;
+            return None;
+        }
+
+        if !self.partials.contains_key(&key) {
+            while self.partials.len() >= self.limits.max_datagrams
+                || self.bytes_held + end > self.limits.max_bytes
+            {
+                if !self.evict_oldest() {
+                    break;
+                }
+            }
+            self.partials.insert(
+                key,
+                Partial {
+                    data: Vec::new(),
+                    ranges: Vec::new(),
+                    total: None,
+                    first_seen: now,
+                },
+            );
+        }
+        let partial = self.partials.get_mut(&key)?;
+
+        let conflicting_end = match partial.total {
+            Some(total) => end > total || (!more_fragments && end != total),
+            None => !more_fragments && partial.ranges.last().is_some_and(|r| r.1 > end),
+        };
+        let conflicting_bytes = partial.ranges.iter().any(|&(start, stop)| {
+            let (lo, hi) = (start.max(offset), stop.min(end));
+            lo < hi && partial.data[lo..hi] != payload[lo - offset..hi - offset]
+        });
+        if conflicting_end || conflicting_bytes {
+            self.stats.overlap_conflicts += 1;
+            self.remove(&key);
+            return None;
+        }
+
+        let grown = end.saturating_sub(partial.data.len());
+        if grown > 0 {
+            partial.data.resize(end, 0);
+        }
+        partial.data[offset..end].copy_from_slice(payload);
+        if !more_fragments {
+            partial.total = Some(end);
+        }
+        insert_range(&mut partial.ranges, (offset, end));
+        let complete = partial.total.is_some_and(|t| partial.ranges == [(0, t)]);
+        self.bytes_held += grown;
+
+        if complete {
+            let done = self.remove(&key)?;
+            self.stats.reassembled += 1;
+            return Some(done.data);
+        }
+        None
+    }
+
+    /// Drops datagrams older than the timeout. Cheap to call per packet: it sweeps at most
+    /// once a second of capture time.
+    pub fn expire(&mut self, now: Timestamp) {
+        if now.seconds_since(self.last_sweep) < 1.0 {
+            return;
+        }
+        self.last_sweep = now;
+        let timeout = self.limits.timeout.as_secs_f64();
+        let expired: Vec<FragmentKey> = self
+            .partials
+            .iter()
+            .filter(|(_, p)| now.seconds_since(p.first_seen) > timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.remove(&key);
+            self.stats.timed_out += 1;
+        }
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        let oldest = self
+            .partials
+            .iter()
+            .min_by_key(|(_, p)| p.first_seen)
+            .map(|(k, _)| *k);
+        match oldest {
+            Some(key) => {
+                self.remove(&key);
+                self.stats.evicted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, key: &FragmentKey) -> Option<Partial> {
+        let partial = self.partials.remove(key)?;
+        self.bytes_held = self.bytes_held.saturating_sub(partial.data.len());
+        Some(partial)
+    }
+}
+
+/// Inserts a range into a sorted list of disjoint ranges, merging touching ones.
+fn insert_range(ranges: &mut Vec<(usize, usize)>, new: (usize, usize)) {
+    let (mut start, mut end) = new;
+    ranges.retain(|&(s, e)| {
+        if s <= end && start <= e {
+            start = start.min(s);
+            end = end.max(e);
+            false
+        } else {
+            true
+        }
+    });
+    let at = ranges.partition_point(|&(s, _)| s < start);
+    ranges.insert(at, (start, end));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FragmentKey {
+        FragmentKey {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            id: 7,
+            protocol: 17,
+        }
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_secs_nanos(secs, 0)
+    }
+
+    #[test]
+    fn reassembles_out_of_order_with_duplicates() {
+        let mut pool = FragmentPool::new(FragmentLimits::default());
+        let data: Vec<u8> = (0..40u8).collect();
+        assert_eq!(pool.add(key(), t(1), 24, false, &data[24..]), None);
+        assert_eq!(pool.add(key(), t(1), 0, true, &data[..16]), None);
+        // An agreeing overlap (bytes 8..24) is accepted.
+        assert_eq!(pool.add(key(), t(1), 8, true, &data[8..24]), Some(data));
+        assert_eq!(pool.in_progress(), 0);
+        assert_eq!(pool.stats().reassembled, 1);
+    }
+
+    #[test]
+    fn conflicting_overlap_drops_datagram() {
+        let mut pool = FragmentPool::new(FragmentLimits::default());
+        assert_eq!(pool.add(key(), t(1), 0, true, &[1; 16]), None);
+        assert_eq!(pool.add(key(), t(1), 8, false, &[2; 16]), None);
+        assert_eq!(pool.stats().overlap_conflicts, 1);
+        assert_eq!(pool.in_progress(), 0);
+    }
+
+    #[test]
+    fn times_out_and_bounds_datagrams() {
+        let limits = FragmentLimits {
+            max_datagrams: 2,
+            ..FragmentLimits::default()
+        };
+        let mut pool = FragmentPool::new(limits);
+        for id in 0..3 {
+            let k = FragmentKey { id, ..key() };
+            pool.add(k, t(1), 0, true, &[0; 8]);
+        }
+        assert_eq!(pool.in_progress(), 2);
+        assert_eq!(pool.stats().evicted, 1);
+        pool.expire(t(100));
+        assert_eq!(pool.in_progress(), 0);
+        assert_eq!(pool.stats().timed_out, 2);
+    }
+
+    #[test]
+    fn rejects_oversized_and_unaligned() {
+        let mut pool = FragmentPool::new(FragmentLimits::default());
+        assert_eq!(pool.add(key(), t(1), 65_530, false, &[0; 16]), None);
+        assert_eq!(pool.add(key(), t(1), 0, true, &[0; 5]), None);
+        assert_eq!(pool.stats().malformed, 2);
+    }
+}

@@ -1,0 +1,440 @@
+//! SIP over a byte stream: one direction of a TCP connection, after reassembly.
+//!
+//! The stream is classified by what it carries, never by its port: SIP (a request or status
+//! line), or an HTTP Upgrade to WebSocket (RFC 7118), after which each WebSocket message is
+//! one SIP message; anything else is marked as not SIP and no longer buffered. SIP messages
+//! are framed by their headers and Content-Length (RFC 3261 §18.3); CRLF keep-alives between
+//! messages (RFC 5626 §3.5.1) are skipped. After a gap, or bytes that do not frame, the
+//! framer discards up to the next line that starts a SIP message. Every buffer is bounded.
+
+use crate::decode::sip::{canonical_name, starts_with_sip};
+use crate::decode::websocket::{self, Opcode};
+
+/// Largest SIP message accepted on a stream (headers and body).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Bytes examined for a first SIP start line before a stream is declared not SIP.
+const MAX_UNSYNCED_PROBE: usize = 64 * 1024;
+/// Largest HTTP upgrade header.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+
+/// How a SIP message reached us on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCarrier {
+    Tcp,
+    WebSocket,
+}
+
+/// What the stream produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent<'a> {
+    /// One complete SIP message (not yet parsed).
+    Message(&'a [u8], StreamCarrier),
+    /// Bytes were thrown away to find the next message.
+    Discarded { bytes: usize, reason: DiscardReason },
+}
+
+/// Why bytes were discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscardReason {
+    /// Bytes before the next SIP start line (after a gap or a malformed message).
+    Resync,
+    /// A message whose headers or Content-Length exceed [`MAX_MESSAGE`].
+    Oversized,
+    /// A WebSocket stream that cannot be followed (bad frame, or a gap in it).
+    WebSocketLost,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing seen yet.
+    #[default]
+    Unknown,
+    /// SIP framing; `synced` once a start line has been found at the front of the buffer.
+    Sip { synced: bool, ever_synced: bool },
+    /// Waiting for the end of an HTTP request or response that may upgrade to WebSocket.
+    Http,
+    WebSocket,
+    /// Not SIP: ignored from now on.
+    Ignored,
+}
+
+/// Framing state of one stream direction.
+#[derive(Debug, Default)]
+pub struct SipStream {
+    state: State,
+    buf: Vec<u8>,
+    /// Unmasked payload of the WebSocket message being assembled.
+    ws_message: Vec<u8>,
+    /// Bytes examined while looking for a first start line.
+    probed: usize,
+}
+
+impl SipStream {
+    /// True once the stream was found not to carry SIP.
+    pub fn is_ignored(&self) -> bool {
+        self.state == State::Ignored
+    }
+
+    /// Feeds the next bytes of the stream; `after_gap` says bytes before them are missing.
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        after_gap: bool,
+        emit: &mut impl FnMut(StreamEvent<'_>),
+    ) {
+        if after_gap {
+            match self.state {
+                State::Sip { ever_synced, .. } => {
+                    self.discard(self.buf.len(), DiscardReason::Resync, emit);
+                    self.state = State::Sip {
+                        synced: false,
+                        ever_synced,
+                    };
+                }
+                State::WebSocket | State::Http => self.lose_websocket(emit),
+                State::Unknown | State::Ignored => {}
+            }
+        }
+        if self.state == State::Ignored {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        while self.step(emit) {}
+    }
+
+    /// Makes one unit of progress; false when more bytes are needed.
+    fn step(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        match self.state {
+            State::Ignored => {
+                self.buf.clear();
+                false
+            }
+            State::Unknown => {
+                let crlf = self.leading_crlf();
+                let rest = &self.buf[crlf..];
+                if rest.len() < 5 {
+                    return false;
+                }
+                self.state = if rest.starts_with(b"GET ") || rest.starts_with(b"HTTP/") {
+                    State::Http
+                } else {
+                    State::Sip {
+                        synced: false,
+                        ever_synced: false,
+                    }
+                };
+                true
+            }
+            State::Http => self.step_http(),
+            State::WebSocket => self.step_websocket(emit),
+            State::Sip { synced, ever_synced } => self.step_sip(synced, ever_synced, emit),
+        }
+    }
+
+    fn step_http(&mut self) -> bool {
+        let Some(end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
+            if self.buf.len() > MAX_HTTP_HEAD {
+                self.state = State::Ignored;
+                return true;
+            }
+            return false;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+        let first_line = head.lines().next().unwrap_or("");
+        let upgrades = head
+            .lines()
+            .any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
+        let is_101 = first_line.starts_with("http/") && first_line.contains(" 101");
+        let is_request = first_line.starts_with("get ");
+        self.state = if upgrades && (is_101 || is_request) {
+            State::WebSocket
+        } else {
+            State::Ignored
+        };
+        self.buf.drain(..end + 4);
+        true
+    }
+
+    fn step_websocket(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        let header = match websocket::frame_header(&self.buf, MAX_MESSAGE as u64) {
+            Ok(Some(h)) => h,
+            Ok(None) => return false,
+            Err(_) => {
+                self.lose_websocket(emit);
+                return false;
+            }
+        };
+        let total = header.header_len + header.payload_len as usize;
+        if self.buf.len() < total {
+            return false;
+        }
+        let payload = &self.buf[header.header_len..total];
+        match header.opcode {
+            Opcode::Text | Opcode::Binary | Opcode::Continuation => {
+                if header.opcode != Opcode::Continuation {
+                    self.ws_message.clear();
+                }
+                if self.ws_message.len() + payload.len() > MAX_MESSAGE {
+                    self.ws_message.clear();
+                    emit(StreamEvent::Discarded {
+                        bytes: total,
+                        reason: DiscardReason::Oversized,
+                    });
+                } else {
+                    websocket::unmask_into(payload, header.mask, &mut self.ws_message);
+                    if header.fin {
+                        if starts_with_sip(&self.ws_message) {
+                            emit(StreamEvent::Message(
+                                &self.ws_message,
+                                StreamCarrier::WebSocket,
+                            ));
+                        }
+                        self.ws_message.clear();
+                    }
+                }
+            }
+            // Ping, pong and close carry no SIP.
+            _ => {}
+        }
+        self.buf.drain(..total);
+        true
+    }
+
+    fn lose_websocket(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) {
+        let lost = self.buf.len() + self.ws_message.len();
+        self.buf.clear();
+        self.ws_message.clear();
+        self.state = State::Ignored;
+        emit(StreamEvent::Discarded {
+            bytes: lost,
+            reason: DiscardReason::WebSocketLost,
+        });
+    }
+
+    fn step_sip(
+        &mut self,
+        synced: bool,
+        ever_synced: bool,
+        emit: &mut impl FnMut(StreamEvent<'_>),
+    ) -> bool {
+        if !synced {
+            return self.resync(ever_synced, emit);
+        }
+        let crlf = self.leading_crlf();
+        if crlf > 0 {
+            // Keep-alives: not data, not an error.
+            self.buf.drain(..crlf);
+        }
+        if self.buf.is_empty() {
+            return false;
+        }
+        let Some((head_len, body_start)) = head_end(&self.buf) else {
+            if self.buf.len() > MAX_MESSAGE {
+                self.discard(self.buf.len(), DiscardReason::Oversized, emit);
+                self.state = State::Sip {
+                    synced: false,
+                    ever_synced,
+                };
+            } else if memchr::memchr(b'\n', &self.buf).is_some() && !starts_with_sip(&self.buf)
+            {
+                // A complete first line that is not a start line: out of sync.
+                self.state = State::Sip {
+                    synced: false,
+                    ever_synced,
+                };
+                return true;
+            }
+            return false;
+        };
+        if !starts_with_sip(&self.buf) {
+            self.state = State::Sip {
+                synced: false,
+                ever_synced,
+            };
+            return true;
+        }
+        let content_length = content_length(&self.buf[..head_len]);
+        let total = match content_length {
+            Some(len) if body_start.saturating_add(len) <= MAX_MESSAGE => body_start + len,
+            Some(_) => {
+                // Drop the headers and look for the next start line.
+                self.discard(body_start, DiscardReason::Oversized, emit);
+                self.state = State::Sip {
+                    synced: false,
+                    ever_synced,
+                };
+                return true;
+            }
+            // RFC 3261 §18.3 requires Content-Length on streams; without it the body is empty.
+            None => body_start,
+        };
+        if self.buf.len() < total {
+            return false;
+        }
+        emit(StreamEvent::Message(&self.buf[..total], StreamCarrier::Tcp));
+        self.buf.drain(..total);
+        true
+    }
+
+    /// Discards bytes up to the next line that starts a SIP message.
+    fn resync(&mut self, ever_synced: bool, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        let crlf = self.leading_crlf();
+        if starts_with_sip(&self.buf[crlf..]) && memchr::memchr(b'\n', &self.buf[crlf..]).is_some()
+        {
+            self.buf.drain(..crlf);
+            self.state = State::Sip {
+                synced: true,
+                ever_synced: true,
+            };
+            return true;
+        }
+        let mut found = None;
+        for nl in memchr::memchr_iter(b'\n', &self.buf) {
+            let line = &self.buf[nl + 1..];
+            if memchr::memchr(b'\n', line).is_some() && starts_with_sip(line) {
+                found = Some(nl + 1);
+                break;
+            }
+        }
+        match found {
+            Some(start) => {
+                self.discard(start, DiscardReason::Resync, emit);
+                self.state = State::Sip {
+                    synced: true,
+                    ever_synced: true,
+                };
+                true
+            }
+            None => {
+                // Keep only the last, possibly partial, line for the next attempt.
+                let keep_from = memchr::memrchr(b'\n', &self.buf).map_or(0, |nl| nl + 1);
+                let keep_from = if self.buf.len() - keep_from > MAX_MESSAGE {
+                    self.buf.len()
+                } else {
+                    keep_from
+                };
+                self.probed += keep_from;
+                self.discard(keep_from, DiscardReason::Resync, emit);
+                if !ever_synced && self.probed > MAX_UNSYNCED_PROBE {
+                    self.state = State::Ignored;
+                    self.buf.clear();
+                }
+                false
+            }
+        }
+    }
+
+    fn discard(&mut self, len: usize, reason: DiscardReason, emit: &mut impl FnMut(StreamEvent<'_>)) {
+        let len = len.min(self.buf.len());
+        if len > 0 {
+            self.buf.drain(..len);
+            emit(StreamEvent::Discarded { bytes: len, reason });
+        }
+    }
+
+    fn leading_crlf(&self) -> usize {
+        self.buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count()
+    }
+}
+
+/// Where the header section ends: (length of the head, offset of the body).
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|p| (p, p + 4));
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|p| (p, p + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The Content-Length of a header section (full or compact name, any case).
+fn content_length(head: &[u8]) -> Option<usize> {
+    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let colon = memchr::memchr(b':', line)?;
+        let name = std::str::from_utf8(&line[..colon]).ok()?.trim();
+        if !canonical_name(name).eq_ignore_ascii_case("Content-Length") {
+            return None;
+        }
+        std::str::from_utf8(&line[colon + 1..]).ok()?.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(call: &str, body: &str) -> String {
+        format!(
+            "MESSAGE sip:b@h SIP/2.0\r\nCall-ID: {call}\r\nl: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn collect(stream: &mut SipStream, chunks: &[(&[u8], bool)]) -> (Vec<String>, usize) {
+        let mut out = Vec::new();
+        let mut discarded = 0;
+        for (chunk, gap) in chunks {
+            stream.push(chunk, *gap, &mut |e| match e {
+                StreamEvent::Message(m, _) => out.push(String::from_utf8_lossy(m).into_owned()),
+                StreamEvent::Discarded { bytes, .. } => discarded += bytes,
+            });
+        }
+        (out, discarded)
+    }
+
+    #[test]
+    fn frames_several_per_segment_and_one_over_many() {
+        let a = msg("a", "hello");
+        let b = msg("b", "");
+        let c = msg("c", "xyz");
+        let all = format!("{a}\r\n\r\n{b}{c}");
+        let bytes = all.as_bytes();
+        let mut s = SipStream::default();
+        let (out, discarded) = collect(
+            &mut s,
+            &[(&bytes[..10], false), (&bytes[10..a.len() + 30], false), (&bytes[a.len() + 30..], false)],
+        );
+        assert_eq!(out, vec![a, b, c]);
+        assert_eq!(discarded, 0);
+    }
+
+    #[test]
+    fn resyncs_after_gap() {
+        let a = msg("a", "hello");
+        let b = msg("b", "");
+        let mut s = SipStream::default();
+        let tail_of_a = &a.as_bytes()[20..];
+        let (out, discarded) = collect(&mut s, &[(tail_of_a, true), (b.as_bytes(), false)]);
+        assert_eq!(out, vec![b]);
+        assert!(discarded > 0);
+    }
+
+    #[test]
+    fn non_sip_stream_is_ignored() {
+        let mut s = SipStream::default();
+        let noise = vec![0x17u8; MAX_UNSYNCED_PROBE + 10];
+        collect(&mut s, &[(&noise, false), (&noise, false)]);
+        assert!(s.is_ignored());
+    }
+
+    #[test]
+    fn websocket_upgrade_then_masked_frames() {
+        let sip = msg("ws", "");
+        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+        let key = [1u8, 2, 3, 4];
+        let (first, second) = sip.as_bytes().split_at(10);
+        for (fin_op, part) in [(0x01u8, first), (0x80u8, second)] {
+            stream.push(fin_op);
+            stream.push(0x80 | 126);
+            stream.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            stream.extend_from_slice(&key);
+            stream.extend(part.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+        let mut s = SipStream::default();
+        let (out, _) = collect(&mut s, &[(&stream, false)]);
+        assert_eq!(out, vec![sip]);
+    }
+}

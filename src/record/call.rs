@@ -1,0 +1,150 @@
+//! The call record (schema documented in the parent module).
+
+use serde::Serialize;
+
+use crate::decode::sdp::SdpSummary;
+use crate::dissect::Transport;
+use crate::time::Timestamp;
+
+/// Schema id written in every call record.
+pub const CALL_SCHEMA: &str = "teledge.call/1";
+
+/// A party of the call as named in a SIP header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Party {
+    pub user: Option<String>,
+    pub display_name: Option<String>,
+    pub uri: Option<String>,
+}
+
+/// How the call attempt ended, in a supervisor's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Answered,
+    /// The caller gave up (CANCEL, or BYE before any final answer).
+    Abandoned,
+    Busy,
+    Rejected,
+    NotReached,
+    NoAnswer,
+    Failed,
+    TimedOut,
+    /// No final answer yet when the record was made.
+    InProgress,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Busy => "busy",
+            Outcome::Rejected => "rejected",
+            Outcome::NotReached => "not_reached",
+            Outcome::NoAnswer => "no_answer",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::InProgress => "in_progress",
+        }
+    }
+}
+
+/// Where the dialog stood when the record was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Calling,
+    Proceeding,
+    Ringing,
+    EarlyMedia,
+    Connected,
+    Ended,
+}
+
+/// Why the record was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    Bye,
+    Cancel,
+    FinalResponse,
+    Timeout,
+    CaptureEnd,
+    Shutdown,
+}
+
+/// Who ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hangup {
+    Caller,
+    Callee,
+}
+
+/// A Reason header value (RFC 3326).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub protocol: String,
+    pub cause: Option<u16>,
+    pub text: Option<String>,
+}
+
+/// User agents of both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserAgents {
+    pub caller: Option<String>,
+    pub callee: Option<String>,
+}
+
+/// SDP of the call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Media {
+    pub offer: Option<SdpSummary>,
+    pub answer: Option<SdpSummary>,
+    pub renegotiations: u32,
+}
+
+/// One call attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub schema: &'static str,
+    pub record_id: String,
+    pub call_id: String,
+    pub linked_call_id: Option<String>,
+    pub caller: Party,
+    pub callee: Party,
+    pub asserted_identity: Option<Party>,
+    pub diverted_from: Option<Party>,
+    pub transport: Transport,
+    pub caller_address: String,
+    pub callee_address: String,
+    pub invite_time: Timestamp,
+    pub first_provisional_time: Option<Timestamp>,
+    pub ringing_time: Option<Timestamp>,
+    pub answer_time: Option<Timestamp>,
+    pub end_time: Option<Timestamp>,
+    pub last_message_time: Timestamp,
+    pub post_dial_delay_s: Option<f64>,
+    pub time_to_answer_s: Option<f64>,
+    pub ring_duration_s: Option<f64>,
+    pub talk_duration_s: Option<f64>,
+    pub outcome: Outcome,
+    pub state: State,
+    pub complete: bool,
+    pub closed_by: ClosedBy,
+    pub final_status: Option<u16>,
+    pub final_reason: Option<String>,
+    pub reason: Option<Reason>,
+    pub q850_cause: Option<u16>,
+    pub hangup_by: Option<Hangup>,
+    pub user_agents: UserAgents,
+    pub messages: u32,
+    pub retransmissions: u32,
+    pub auth_challenges: u32,
+    pub forks: u32,
+    pub early_media: bool,
+    pub hold_count: u32,
+    pub hold_duration_s: f64,
+    pub media: Media,
+}

@@ -1,0 +1,87 @@
+//! Records: what teledge produces, in one envelope (`"type"` tag) so every output, the spool and
+//! the collector handle calls, capture summaries and later sensor readings alike.
+//!
+//! # Call record schema, version 1 (`"schema": "teledge.call/1"`)
+//!
+//! One JSON object per call attempt (a Call-ID that carried an INVITE), one per line (JSON Lines).
+//! Times are RFC 3339 UTC with microseconds; durations are seconds (float, µs precision);
+//! absent facts are `null`, never invented. Fields:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `type` | `"call"` |
+//! | `schema` | `"teledge.call/1"`; a new major version is a breaking change |
+//! | `record_id` | 32 hex chars, a hash of Call-ID, first INVITE time and caller address: replaying the same capture gives the same ids, so a collector can drop duplicates |
+//! | `call_id` | the SIP Call-ID |
+//! | `linked_call_id` | leg-linking header of a B2BUA (`X-CID`, `X-Call-ID`, `X-Orig-Call-ID`) |
+//! | `caller`, `callee` | `{user, display_name, uri}` from From and To of the first INVITE |
+//! | `asserted_identity` | P-Asserted-Identity of the first INVITE, same shape |
+//! | `diverted_from` | the first Diversion entry, same shape |
+//! | `transport` | `udp`, `tcp` or `ws` (of the first INVITE) |
+//! | `caller_address`, `callee_address` | signalling `ip:port` of the first INVITE's source and destination |
+//! | `invite_time` | first INVITE |
+//! | `first_provisional_time` | first 1xx (including 100 Trying) |
+//! | `ringing_time` | first 180 or 183 |
+//! | `answer_time` | first 2xx to the INVITE |
+//! | `end_time` | BYE, CANCEL, or the final failure response; `null` while the call is open |
+//! | `last_message_time` | the last message of the dialog seen |
+//! | `post_dial_delay_s` | INVITE → first 180/183; without one, INVITE → final response |
+//! | `time_to_answer_s` | INVITE → answer |
+//! | `ring_duration_s` | ringing (first 180/183, else the INVITE) → answer, CANCEL, or final failure |
+//! | `talk_duration_s` | answer → BYE; `null` when not ended by BYE |
+//! | `outcome` | `answered`, `abandoned` (caller cancelled before answer), `busy`, `rejected`, `not_reached`, `no_answer`, `failed`, `timed_out` (no final answer within the setup timeout), `in_progress` (no final answer yet when the capture or the daemon stopped) |
+//! | `state` | where the dialog stood when the record was made: `calling`, `proceeding`, `ringing`, `early_media`, `connected`, `ended` |
+//! | `complete` | `true` when the call ended in the capture; `false` for calls still open (`closed_by` says why the record was made anyway) |
+//! | `closed_by` | `bye`, `cancel`, `final_response`, `timeout`, `capture_end`, `shutdown` |
+//! | `final_status`, `final_reason` | final response to the INVITE (status code and reason phrase) |
+//! | `reason` | the Reason header (RFC 3326) of the BYE/CANCEL/final response: `{protocol, cause, text}` |
+//! | `q850_cause` | the Q.850 cause, when a Reason says one |
+//! | `hangup_by` | `caller` or `callee` (who sent BYE or CANCEL) |
+//! | `user_agents` | `{caller, callee}`: User-Agent of the caller, User-Agent or Server of the callee |
+//! | `messages` | SIP messages of this Call-ID seen |
+//! | `retransmissions` | requests and responses seen again (same transaction, same status) |
+//! | `auth_challenges` | 401/407 answered by a new INVITE in the same Call-ID (one attempt, not two calls) |
+//! | `forks` | distinct To-tags in responses to the INVITE (early dialogs) |
+//! | `early_media` | a 18x carried SDP |
+//! | `hold_count`, `hold_duration_s` | re-INVITE/UPDATE holds (sendonly, inactive or `c=0.0.0.0`) and their total time |
+//! | `media` | `{offer, answer, renegotiations}`: the SDP of the first offer and answer, each `{media: [{media, address, port, protocol, rtcp_port, rtcp_mux, direction, codecs: [{payload_type, name, clock_rate}]}]}`; `renegotiations` counts later SDP |
+//!
+//! # Capture summary (`"type": "capture_summary"`)
+//!
+//! Written last by `teledge replay`: frames, SIP messages by transport, decode errors, REGISTER
+//! and other non-call transactions, calls by outcome, and the first decode problems with
+//! their frame numbers.
+
+mod call;
+
+pub use call::{
+    CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
+};
+
+use serde::Serialize;
+
+/// Every kind of record, tagged by `"type"`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Call(Box<CallRecord>),
+    CaptureSummary(Box<CaptureSummary>),
+}
+
+/// What a replay saw, written after the calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureSummary {
+    pub schema: &'static str,
+    pub files: Vec<String>,
+    pub calls: u64,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub registrations: u64,
+    pub other_transactions: u64,
+    /// Messages of Call-IDs that started before the capture (no INVITE seen).
+    pub orphan_messages: u64,
+    pub decode: crate::dissect::DissectStats,
+    pub calls_dropped_at_capacity: u64,
+}
+
+/// Schema id of the capture summary.
+pub const SUMMARY_SCHEMA: &str = "teledge.capture_summary/1";

@@ -1,0 +1,99 @@
+//! Capture timestamps.
+//!
+//! Every packet and every SIP message carries the time it was captured, with nanosecond
+//! resolution (pcap-ng and nanosecond pcap files have it; microsecond files are scaled).
+//! Correlation never reads the wall clock: it is driven by these timestamps, so replaying a
+//! file is deterministic and the daemon and replay share one notion of time.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the Unix epoch, as captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// Builds a timestamp from seconds and nanoseconds since the epoch.
+    pub fn from_secs_nanos(secs: i64, nanos: u32) -> Self {
+        Timestamp(secs.saturating_mul(1_000_000_000).saturating_add(i64::from(nanos)))
+    }
+
+    /// Builds a timestamp from nanoseconds since the epoch.
+    pub const fn from_nanos(nanos: i64) -> Self {
+        Timestamp(nanos)
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn as_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// Seconds elapsed from `earlier` to `self` (negative when `earlier` is later).
+    pub fn seconds_since(self, earlier: Timestamp) -> f64 {
+        (self.0.saturating_sub(earlier.0)) as f64 / 1e9
+    }
+
+    /// `self` plus a duration, saturating.
+    pub fn add(self, duration: Duration) -> Timestamp {
+        let nanos = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(nanos))
+    }
+
+    /// The later of two timestamps.
+    pub fn max(self, other: Timestamp) -> Timestamp {
+        if other.0 > self.0 {
+            other
+        } else {
+            self
+        }
+    }
+
+    fn to_system_time(self) -> Option<SystemTime> {
+        if self.0 >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_nanos(self.0 as u64))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with microseconds, e.g. `2006-03-02T19:03:48.123456Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_system_time() {
+            Some(t) => write!(f, "{}", humantime::format_rfc3339_micros(t)),
+            // Pre-1970 timestamps only come from broken capture files; show the raw value.
+            None => write!(f, "@{}ns", self.0),
+        }
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Rounds seconds to microseconds so records do not carry float noise.
+pub fn round_secs(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_with_micros() {
+        let t = Timestamp::from_secs_nanos(1_141_326_228, 123_456_789);
+        assert_eq!(t.to_string(), "2006-03-02T19:03:48.123456Z");
+    }
+
+    #[test]
+    fn seconds_between() {
+        let a = Timestamp::from_secs_nanos(10, 0);
+        let b = Timestamp::from_secs_nanos(12, 500_000_000);
+        assert_eq!(b.seconds_since(a), 2.5);
+        assert_eq!(a.seconds_since(b), -2.5);
+    }
+}
