@@ -225,7 +225,8 @@ impl Dissector {
         if payload.incomplete {
             // A fragment cut by the snapshot length cannot be reassembled.
             self.stats.ip_errors += 1;
-            self.stats.problem(ctx.frame, "ip", "fragment truncated by snapshot length");
+            self.stats
+                .problem(ctx.frame, "ip", "fragment truncated by snapshot length");
             return;
         }
         let fragment = match &slice {
@@ -237,14 +238,25 @@ impl Dissector {
                     h.more_fragments(),
                 ))
             }
-            LaxIpSlice::Ipv6(v6) => v6.extensions().clone().into_iter().find_map(|ext| match ext {
-                Ipv6ExtensionSlice::Fragment(f) => Some((
-                    f.identification(),
-                    usize::from(f.fragment_offset().byte_offset()),
-                    f.more_fragments(),
-                )),
-                _ => None,
-            }),
+            // The fragment header is read from its bytes (RFC 8200 §4.5): etherparse 0.18.2's
+            // `fragment_offset()` mixes the M flag into the offset (found on
+            // ipv6_udp_fragmented.pcap, whose first fragment it reads as offset 8).
+            LaxIpSlice::Ipv6(v6) => v6
+                .extensions()
+                .clone()
+                .into_iter()
+                .find_map(|ext| match ext {
+                    Ipv6ExtensionSlice::Fragment(f) => {
+                        let b = f.slice();
+                        let offset_and_flags = u16::from_be_bytes([b[2], b[3]]);
+                        Some((
+                            u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                            usize::from(offset_and_flags & 0xFFF8),
+                            offset_and_flags & 0x0001 != 0,
+                        ))
+                    }
+                    _ => None,
+                }),
         };
         let Some((id, offset, more)) = fragment else {
             self.stats.ip_errors += 1;
@@ -256,7 +268,10 @@ impl Dissector {
             id,
             protocol,
         };
-        if let Some(whole) = self.fragments.add(key, ctx.time, offset, more, payload.payload) {
+        if let Some(whole) = self
+            .fragments
+            .add(key, ctx.time, offset, more, payload.payload)
+        {
             self.transport(ctx, src, dst, protocol, &whole, depth, sink);
         }
     }
@@ -368,9 +383,10 @@ impl Dissector {
             payload: &data[header.slice().len()..],
         };
         let stats = &mut self.stats;
-        self.tcp.segment(key, ctx.time, segment, |stream, delivery| {
-            feed_stream(stats, sink, ctx.frame, &key, stream, delivery);
-        });
+        self.tcp
+            .segment(key, ctx.time, segment, |stream, delivery| {
+                feed_stream(stats, sink, ctx.frame, &key, stream, delivery);
+            });
     }
 }
 
@@ -383,40 +399,51 @@ fn feed_stream(
     stream: &mut SipStream,
     delivery: Delivery<'_>,
 ) {
-    stream.push(delivery.data, delivery.after_gap, &mut |event| match event {
-        StreamEvent::Message(bytes, carrier) => {
-            let meta = MessageMeta {
-                frame,
-                time: delivery.time,
-                src: key.src,
-                dst: key.dst,
-                transport: match carrier {
-                    StreamCarrier::Tcp => Transport::Tcp,
-                    StreamCarrier::WebSocket => Transport::Ws,
-                },
-            };
-            match sip::parse(bytes) {
-                Ok(message) => {
-                    match carrier {
-                        StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
-                        StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
+    stream.push(
+        delivery.data,
+        delivery.after_gap,
+        &mut |event| match event {
+            StreamEvent::Message(bytes, carrier) => {
+                let meta = MessageMeta {
+                    frame,
+                    time: delivery.time,
+                    src: key.src,
+                    dst: key.dst,
+                    transport: match carrier {
+                        StreamCarrier::Tcp => Transport::Tcp,
+                        StreamCarrier::WebSocket => Transport::Ws,
+                    },
+                };
+                match sip::parse(bytes) {
+                    Ok(message) => {
+                        match carrier {
+                            StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
+                            StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
+                        }
+                        sink(&meta, &message);
                     }
-                    sink(&meta, &message);
-                }
-                Err(e) => {
-                    stats.sip_parse_errors += 1;
-                    stats.problem(frame, "sip", e);
+                    Err(e) => {
+                        stats.sip_parse_errors += 1;
+                        stats.problem(frame, "sip", e);
+                    }
                 }
             }
-        }
-        StreamEvent::Discarded { bytes, reason } => {
-            stats.stream_bytes_discarded += bytes as u64;
-            let kind = match reason {
-                DiscardReason::Resync => "tcp-resync",
-                DiscardReason::Oversized => "sip-oversized",
-                DiscardReason::WebSocketLost => "websocket",
-            };
-            stats.problem(frame, kind, format!("{bytes} stream bytes discarded ({} -> {})", key.src, key.dst));
-        }
-    });
+            StreamEvent::Discarded { bytes, reason } => {
+                stats.stream_bytes_discarded += bytes as u64;
+                let kind = match reason {
+                    DiscardReason::Resync => "tcp-resync",
+                    DiscardReason::Oversized => "sip-oversized",
+                    DiscardReason::WebSocketLost => "websocket",
+                };
+                stats.problem(
+                    frame,
+                    kind,
+                    format!(
+                        "{bytes} stream bytes discarded ({} -> {})",
+                        key.src, key.dst
+                    ),
+                );
+            }
+        },
+    );
 }

@@ -20,7 +20,11 @@ const EXIT_DAMAGED_INPUT: u8 = 1;
 const EXIT_FAILURE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "teledge", version, about = "Contact-centre telephony edge agent")]
+#[command(
+    name = "teledge",
+    version,
+    about = "Contact-centre telephony edge agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -57,12 +57,16 @@ impl Replay {
             ..
         } = self;
         let mut emit = |record: crate::record::CallRecord| {
-            *outcomes.entry(record.outcome.as_str().to_owned()).or_default() += 1;
+            *outcomes
+                .entry(record.outcome.as_str().to_owned())
+                .or_default() += 1;
             out(Record::Call(Box::new(record)));
         };
         capture_file::read_frames(input, |frame: &Frame<'_>, p| {
             *last_time = (*last_time).max(frame.time);
-            dissector.frame(frame, &mut |meta, msg| tracker.message(meta, msg, &mut emit));
+            dissector.frame(frame, &mut |meta, msg| {
+                tracker.message(meta, msg, &mut emit)
+            });
             tracker.advance(frame.time, &mut emit);
             progress(p);
         })
@@ -79,10 +83,14 @@ impl Replay {
             ..
         } = &mut self;
         let mut emit = |record: crate::record::CallRecord| {
-            *outcomes.entry(record.outcome.as_str().to_owned()).or_default() += 1;
+            *outcomes
+                .entry(record.outcome.as_str().to_owned())
+                .or_default() += 1;
             out(Record::Call(Box::new(record)));
         };
-        dissector.finish(*last_time, &mut |meta, msg| tracker.message(meta, msg, &mut emit));
+        dissector.finish(*last_time, &mut |meta, msg| {
+            tracker.message(meta, msg, &mut emit)
+        });
         tracker.finish(ClosedBy::CaptureEnd, &mut emit);
         let counters = self.tracker.counters();
         let summary = CaptureSummary {

@@ -15,7 +15,10 @@ pub struct Timestamp(i64);
 impl Timestamp {
     /// Builds a timestamp from seconds and nanoseconds since the epoch.
     pub fn from_secs_nanos(secs: i64, nanos: u32) -> Self {
-        Timestamp(secs.saturating_mul(1_000_000_000).saturating_add(i64::from(nanos)))
+        Timestamp(
+            secs.saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(nanos)),
+        )
     }
 
     /// Builds a timestamp from nanoseconds since the epoch.

@@ -444,7 +444,9 @@ impl Call {
     fn set_reason(&mut self, msg: &SipMessage<'_>) {
         let mut reasons = msg.reasons().peekable();
         let first = reasons.peek().copied();
-        let q850 = msg.reasons().find(|r| r.protocol.eq_ignore_ascii_case("Q.850"));
+        let q850 = msg
+            .reasons()
+            .find(|r| r.protocol.eq_ignore_ascii_case("Q.850"));
         if let Some(r) = q850.or(first) {
             self.reason = Some(Reason {
                 protocol: r.protocol.to_owned(),
@@ -476,9 +478,7 @@ impl Call {
                 self.closed = Some((ClosedBy::Timeout, now));
                 true
             }
-            Some(answer)
-                if now.seconds_since(answer) > limits.max_call_duration.as_secs_f64() =>
-            {
+            Some(answer) if now.seconds_since(answer) > limits.max_call_duration.as_secs_f64() => {
                 self.closed = Some((ClosedBy::Timeout, now));
                 true
             }
@@ -504,7 +504,8 @@ impl Call {
 
     fn state(&self) -> State {
         let ended = self.bye.is_some()
-            || (self.answer.is_none() && (self.final_response.is_some() || self.cancelled.is_some()));
+            || (self.answer.is_none()
+                && (self.final_response.is_some() || self.cancelled.is_some()));
         if ended {
             State::Ended
         } else if self.answer.is_some() {
@@ -523,7 +524,9 @@ impl Call {
     fn into_record(self) -> CallRecord {
         let outcome = self.outcome();
         let state = self.state();
-        let (closed_by, _) = self.closed.unwrap_or((ClosedBy::CaptureEnd, self.last_message));
+        let (closed_by, _) = self
+            .closed
+            .unwrap_or((ClosedBy::CaptureEnd, self.last_message));
         let failure_time = match self.final_response {
             Some((status, _, t)) if status >= 300 => Some(t),
             _ => None,
@@ -533,7 +536,8 @@ impl Call {
             Outcome::Abandoned => self.cancelled.or(self.bye.map(|(t, _)| t)),
             _ => failure_time,
         };
-        let since_invite = |t: Option<Timestamp>| t.map(|t| round_secs(t.seconds_since(self.invite_time)));
+        let since_invite =
+            |t: Option<Timestamp>| t.map(|t| round_secs(t.seconds_since(self.invite_time)));
         let ring_start = self.ringing.unwrap_or(self.invite_time);
         let ring_end = self.answer.or(self.cancelled).or(failure_time);
         let hangup_by = match outcome {

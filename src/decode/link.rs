@@ -58,7 +58,8 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
     match link {
         LinkType::Ethernet => ethernet_payload(frame),
         LinkType::LinuxSll => {
-            let header = LinuxSllHeaderSlice::from_slice(frame).map_err(|_| LinkError::Truncated)?;
+            let header =
+                LinuxSllHeaderSlice::from_slice(frame).map_err(|_| LinkError::Truncated)?;
             let protocol = u16::from_be_bytes([frame[14], frame[15]]);
             let rest = &frame[header.slice().len()..];
             Ok(by_ether_type(protocol, rest))
@@ -109,7 +110,8 @@ pub fn ethernet_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
             EtherType::VLAN_TAGGED_FRAME
             | EtherType::PROVIDER_BRIDGING
             | EtherType::VLAN_DOUBLE_TAGGED_FRAME => {
-                let vlan = SingleVlanHeaderSlice::from_slice(rest).map_err(|_| LinkError::Truncated)?;
+                let vlan =
+                    SingleVlanHeaderSlice::from_slice(rest).map_err(|_| LinkError::Truncated)?;
                 ether_type = vlan.ether_type();
                 rest = &rest[vlan.slice().len()..];
             }
@@ -156,15 +158,24 @@ mod tests {
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&[0x88, 0xA8, 0x00, 0x64, 0x81, 0x00, 0x00, 0xC8, 0x08, 0x00]);
         frame.extend_from_slice(&[0x45, 0, 0, 20]);
-        assert_eq!(ethernet_payload(&frame).unwrap(), Some(&[0x45, 0, 0, 20][..]));
+        assert_eq!(
+            ethernet_payload(&frame).unwrap(),
+            Some(&[0x45, 0, 0, 20][..])
+        );
     }
 
     #[test]
     fn bsd_loopback_either_byte_order() {
         let le = [2, 0, 0, 0, 0x45, 0];
         let be = [0, 0, 0, 30, 0x60, 0];
-        assert_eq!(ip_payload(LinkType::Null, &le).unwrap(), Some(&[0x45, 0][..]));
-        assert_eq!(ip_payload(LinkType::Null, &be).unwrap(), Some(&[0x60, 0][..]));
+        assert_eq!(
+            ip_payload(LinkType::Null, &le).unwrap(),
+            Some(&[0x45, 0][..])
+        );
+        assert_eq!(
+            ip_payload(LinkType::Null, &be).unwrap(),
+            Some(&[0x60, 0][..])
+        );
     }
 
     #[test]
@@ -172,7 +183,13 @@ mod tests {
         let mut frame = vec![0x86, 0xDD];
         frame.extend_from_slice(&[0u8; 18]);
         frame.push(0x60);
-        assert_eq!(ip_payload(LinkType::LinuxSll2, &frame).unwrap(), Some(&[0x60][..]));
-        assert_eq!(ip_payload(LinkType::LinuxSll2, &frame[..10]), Err(LinkError::Truncated));
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll2, &frame).unwrap(),
+            Some(&[0x60][..])
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll2, &frame[..10]),
+            Err(LinkError::Truncated)
+        );
     }
 }

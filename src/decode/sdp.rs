@@ -73,8 +73,8 @@ impl SdpSummary {
 /// Summarises an SDP body.
 pub fn summarize(body: &[u8]) -> Result<SdpSummary, SdpError> {
     let mut reader = std::io::Cursor::new(body);
-    let session = sdp::SessionDescription::unmarshal(&mut reader)
-        .map_err(|e| SdpError(e.to_string()))?;
+    let session =
+        sdp::SessionDescription::unmarshal(&mut reader).map_err(|e| SdpError(e.to_string()))?;
     let session_address = session
         .connection_information
         .as_ref()

@@ -698,8 +698,10 @@ fn multipart_part<'a>(body: &'a [u8], boundary: &str, wanted: &str) -> Option<&'
         if is_wanted {
             let content = part.get(body_start..).unwrap_or(&[]);
             // The CRLF before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1).
-            let content = content.strip_suffix(b"\r\n").unwrap_or(content);
-            let content = content.strip_suffix(b"\n").unwrap_or(content);
+            let content = content
+                .strip_suffix(b"\r\n")
+                .or_else(|| content.strip_suffix(b"\n"))
+                .unwrap_or(content);
             return Some(content);
         }
     }
@@ -786,10 +788,7 @@ v=0\r\nextra";
             body.len()
         );
         let msg = parse(raw.as_bytes()).unwrap();
-        assert_eq!(
-            msg.sdp(),
-            Some(&b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\n"[..])
-        );
+        assert_eq!(msg.sdp(), Some(&b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\n"[..]));
     }
 
     #[test]

@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn truncated_and_unknown_gre() {
         assert_eq!(gre(&[0x80, 0x00, 0x08, 0x00]), Err(TunnelError::Truncated));
-        assert_eq!(gre(&[0x00, 0x01, 0x08, 0x00]), Err(TunnelError::Unsupported));
+        assert_eq!(
+            gre(&[0x00, 0x01, 0x08, 0x00]),
+            Err(TunnelError::Unsupported)
+        );
     }
 
     #[test]

@@ -108,7 +108,9 @@ mod tests {
     #[test]
     fn decodes_masked_text_frame() {
         // RFC 6455 §5.7: a masked "Hello".
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let h = frame_header(&frame, 1 << 20).unwrap().unwrap();
         assert!(h.fin);
         assert_eq!(h.opcode, Opcode::Text);

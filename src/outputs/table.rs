@@ -37,8 +37,14 @@ pub fn write_table(
             call.call_id,
         )?;
     }
-    if calls.iter().any(|c| !c.complete && c.outcome != Outcome::InProgress) {
-        writeln!(out, "* still open when the capture ended (state: connected or timed out)")?;
+    if calls
+        .iter()
+        .any(|c| !c.complete && c.outcome != Outcome::InProgress)
+    {
+        writeln!(
+            out,
+            "* still open when the capture ended (state: connected or timed out)"
+        )?;
     }
     writeln!(out)?;
     let mut by_outcome: BTreeMap<Outcome, u64> = BTreeMap::new();
@@ -91,5 +97,7 @@ fn clip(s: &str, width: usize) -> String {
 }
 
 fn secs(value: Option<f64>) -> String {
-    value.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+    value
+        .map(|v| format!("{v:.1}"))
+        .unwrap_or_else(|| "-".into())
 }

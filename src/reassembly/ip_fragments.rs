@@ -62,6 +62,8 @@ pub struct FragmentStats {
     pub overlap_conflicts: u64,
     /// Fragments with impossible offsets or lengths.
     pub malformed: u64,
+    /// Size of the largest datagram payload reassembled.
+    pub largest_reassembled: u64,
 }
 
 #[derive(Debug)]
@@ -174,6 +176,8 @@ impl FragmentPool {
         if complete {
             let done = self.remove(&key)?;
             self.stats.reassembled += 1;
+            self.stats.largest_reassembled =
+                self.stats.largest_reassembled.max(done.data.len() as u64);
             return Some(done.data);
         }
         None

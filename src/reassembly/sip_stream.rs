@@ -50,7 +50,10 @@ enum State {
     #[default]
     Unknown,
     /// SIP framing; `synced` once a start line has been found at the front of the buffer.
-    Sip { synced: bool, ever_synced: bool },
+    Sip {
+        synced: bool,
+        ever_synced: bool,
+    },
     /// Waiting for the end of an HTTP request or response that may upgrade to WebSocket.
     Http,
     WebSocket,
@@ -76,12 +79,7 @@ impl SipStream {
     }
 
     /// Feeds the next bytes of the stream; `after_gap` says bytes before them are missing.
-    pub fn push(
-        &mut self,
-        data: &[u8],
-        after_gap: bool,
-        emit: &mut impl FnMut(StreamEvent<'_>),
-    ) {
+    pub fn push(&mut self, data: &[u8], after_gap: bool, emit: &mut impl FnMut(StreamEvent<'_>)) {
         if after_gap {
             match self.state {
                 State::Sip { ever_synced, .. } => {
@@ -127,7 +125,10 @@ impl SipStream {
             }
             State::Http => self.step_http(),
             State::WebSocket => self.step_websocket(emit),
-            State::Sip { synced, ever_synced } => self.step_sip(synced, ever_synced, emit),
+            State::Sip {
+                synced,
+                ever_synced,
+            } => self.step_sip(synced, ever_synced, emit),
         }
     }
 
@@ -235,8 +236,7 @@ impl SipStream {
                     synced: false,
                     ever_synced,
                 };
-            } else if memchr::memchr(b'\n', &self.buf).is_some() && !starts_with_sip(&self.buf)
-            {
+            } else if memchr::memchr(b'\n', &self.buf).is_some() && !starts_with_sip(&self.buf) {
                 // A complete first line that is not a start line: out of sync.
                 self.state = State::Sip {
                     synced: false,
@@ -288,14 +288,7 @@ impl SipStream {
             };
             return true;
         }
-        let mut found = None;
-        for nl in memchr::memchr_iter(b'\n', &self.buf) {
-            let line = &self.buf[nl + 1..];
-            if memchr::memchr(b'\n', line).is_some() && starts_with_sip(line) {
-                found = Some(nl + 1);
-                break;
-            }
-        }
+        let found = find_start_line(&self.buf);
         match found {
             Some(start) => {
                 self.discard(start, DiscardReason::Resync, emit);
@@ -315,7 +308,7 @@ impl SipStream {
                 };
                 self.probed += keep_from;
                 self.discard(keep_from, DiscardReason::Resync, emit);
-                if !ever_synced && self.probed > MAX_UNSYNCED_PROBE {
+                if !ever_synced && self.probed + self.buf.len() > MAX_UNSYNCED_PROBE {
                     self.state = State::Ignored;
                     self.buf.clear();
                 }
@@ -324,7 +317,12 @@ impl SipStream {
         }
     }
 
-    fn discard(&mut self, len: usize, reason: DiscardReason, emit: &mut impl FnMut(StreamEvent<'_>)) {
+    fn discard(
+        &mut self,
+        len: usize,
+        reason: DiscardReason,
+        emit: &mut impl FnMut(StreamEvent<'_>),
+    ) {
         let len = len.min(self.buf.len());
         if len > 0 {
             self.buf.drain(..len);
@@ -338,6 +336,44 @@ impl SipStream {
             .take_while(|b| **b == b'\r' || **b == b'\n')
             .count()
     }
+}
+
+/// Finds the first complete SIP start line in `buf`: at a line start, or glued to the end of
+/// a body whose beginning was lost (`...helloINVITE sip:...`), where only a known method or
+/// the status-line prefix can tell where it begins.
+fn find_start_line(buf: &[u8]) -> Option<usize> {
+    const METHODS: [&[u8]; 14] = [
+        b"INVITE ",
+        b"ACK ",
+        b"BYE ",
+        b"CANCEL ",
+        b"REGISTER ",
+        b"OPTIONS ",
+        b"PRACK ",
+        b"UPDATE ",
+        b"INFO ",
+        b"REFER ",
+        b"MESSAGE ",
+        b"SUBSCRIBE ",
+        b"NOTIFY ",
+        b"PUBLISH ",
+    ];
+    let complete = |at: usize| {
+        let rest = &buf[at..];
+        memchr::memchr(b'\n', rest).is_some() && starts_with_sip(rest)
+    };
+    let at_line_start = memchr::memchr_iter(b'\n', buf)
+        .map(|nl| nl + 1)
+        .find(|&at| complete(at));
+    let status_line = memchr::memmem::find_iter(buf, b"SIP/2.0 ").find(|&at| complete(at));
+    let request_line = METHODS
+        .iter()
+        .filter_map(|m| memchr::memmem::find_iter(buf, m).find(|&at| complete(at)))
+        .min();
+    [at_line_start, status_line, request_line]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Where the header section ends: (length of the head, offset of the body).
@@ -358,7 +394,11 @@ fn content_length(head: &[u8]) -> Option<usize> {
         if !canonical_name(name).eq_ignore_ascii_case("Content-Length") {
             return None;
         }
-        std::str::from_utf8(&line[colon + 1..]).ok()?.trim().parse().ok()
+        std::str::from_utf8(&line[colon + 1..])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     })
 }
 
@@ -395,7 +435,11 @@ mod tests {
         let mut s = SipStream::default();
         let (out, discarded) = collect(
             &mut s,
-            &[(&bytes[..10], false), (&bytes[10..a.len() + 30], false), (&bytes[a.len() + 30..], false)],
+            &[
+                (&bytes[..10], false),
+                (&bytes[10..a.len() + 30], false),
+                (&bytes[a.len() + 30..], false),
+            ],
         );
         assert_eq!(out, vec![a, b, c]);
         assert_eq!(discarded, 0);
@@ -423,7 +467,9 @@ mod tests {
     #[test]
     fn websocket_upgrade_then_masked_frames() {
         let sip = msg("ws", "");
-        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+        let mut stream =
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
         let key = [1u8, 2, 3, 4];
         let (first, second) = sip.as_bytes().split_at(10);
         for (fin_op, part) in [(0x01u8, first), (0x80u8, second)] {

@@ -232,7 +232,9 @@ impl<A: Default> TcpReassembler<A> {
         for (key, mut dir) in self.flows.drain() {
             while !dir.pending.is_empty() {
                 self.stats.gaps += 1;
-                skip_hole(&mut dir, now, &mut |app: &mut A, d: Delivery<'_>| deliver(&key, app, d));
+                skip_hole(&mut dir, now, &mut |app: &mut A, d: Delivery<'_>| {
+                    deliver(&key, app, d)
+                });
             }
         }
     }
@@ -344,7 +346,11 @@ mod tests {
                 app.push_str(std::str::from_utf8(d.data).unwrap());
             });
         }
-        let out = r.flows.get(&key()).map(|d| d.app.clone()).unwrap_or_default();
+        let out = r
+            .flows
+            .get(&key())
+            .map(|d| d.app.clone())
+            .unwrap_or_default();
         (out, r.stats())
     }
 
@@ -362,7 +368,7 @@ mod tests {
             syn,
             seg(base.wrapping_add(5), b"world"),
             seg(base, b"hello"),
-            seg(base, b"hello"),      // full retransmission
+            seg(base, b"hello"),                // full retransmission
             seg(base.wrapping_add(8), b"ld!!"), // overlapping with new bytes
         ];
         let (out, stats) = run(&segs, TcpLimits::default());

@@ -116,8 +116,7 @@ pub fn read_frames<R: Read + Send>(
                         None
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        let Some(units_per_second) = idb.ts_resolution().filter(|u| *u > 0)
-                        else {
+                        let Some(units_per_second) = idb.ts_resolution().filter(|u| *u > 0) else {
                             return Err(corrupt(
                                 frames + 1,
                                 offset,
@@ -143,7 +142,8 @@ pub fn read_frames<R: Read + Send>(
                         let secs = ticks / iface.units_per_second;
                         let rest = ticks % iface.units_per_second;
                         let nanos = (u128::from(rest) * 1_000_000_000
-                            / u128::from(iface.units_per_second)) as u32;
+                            / u128::from(iface.units_per_second))
+                            as u32;
                         let secs = i64::try_from(secs)
                             .unwrap_or(i64::MAX)
                             .saturating_add(iface.offset_secs);

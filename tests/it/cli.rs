@@ -1,0 +1,83 @@
+//! The `teledge` binary: formats, output file, exit codes, error messages.
+
+use std::process::Command;
+
+use crate::support::data_path;
+
+fn teledge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+}
+
+#[test]
+fn replay_writes_json_lines_with_a_summary_last() {
+    let out = teledge()
+        .args(["replay", "--no-progress"])
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[..4]
+        .iter()
+        .all(|l| l["type"] == "call" && l["schema"] == "teledge.call/1"));
+    assert_eq!(lines[4]["type"], "capture_summary");
+}
+
+#[test]
+fn replay_table_to_file() {
+    let dir = std::env::temp_dir().join(format!("teledge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("calls.txt");
+    let status = teledge()
+        .args(["replay", "--format", "table", "--output"])
+        .arg(&path)
+        .arg(data_path("sngrep_aaa.pcap"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let table = std::fs::read_to_string(&path).unwrap();
+    assert!(table.contains("abandoned"));
+    assert!(table.contains("not_reached"));
+    assert!(table.contains("4 calls"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn damaged_file_gives_partial_records_and_names_file_and_packet() {
+    let dir = std::env::temp_dir().join(format!("teledge-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(data_path("sip_ipv4_tcp.pcap")).unwrap();
+    let cut = dir.join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let out = teledge()
+        .args(["replay", "--no-progress"])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cut.pcap"), "{stderr}");
+    assert!(stderr.contains("packet 84"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("158936656982201062716@10.33.6.100"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let out = teledge()
+        .args(["replay", "/nonexistent.pcap"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pcap"));
+}

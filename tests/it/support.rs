@@ -1,0 +1,116 @@
+//! Shared helpers: loading fixtures and TShark references, running the pipeline in memory.
+
+use std::path::PathBuf;
+
+use teledge::correlation::calls::CallLimits;
+use teledge::decode::sip::StartLine;
+use teledge::dissect::{DissectLimits, Dissector, Frame};
+use teledge::record::{CallRecord, CaptureSummary, Record};
+use teledge::replay::{Replay, ReplaySettings};
+use teledge::sources::capture_file::{self, CaptureError};
+use teledge::time::Timestamp;
+
+pub fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+pub fn data(name: &str) -> Vec<u8> {
+    std::fs::read(data_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One SIP message as TShark or teledge saw it: (frame, Call-ID, method or status, CSeq).
+pub type MessageKey = (u64, String, String, String);
+
+/// The TShark reference for a capture.
+pub fn tshark_messages(capture: &str) -> Vec<MessageKey> {
+    let text = std::fs::read_to_string(data_path(&format!("tshark/{capture}.sip.tsv"))).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].parse().unwrap(), f[1].into(), f[2].into(), f[3].into())
+        })
+        .collect()
+}
+
+/// Every SIP message teledge's decode path yields for a capture.
+pub fn teledge_messages(capture: &str) -> Vec<MessageKey> {
+    let mut dissector = Dissector::new(DissectLimits::default());
+    let mut out = Vec::new();
+    let mut sink = |meta: &teledge::dissect::MessageMeta,
+                    msg: &teledge::decode::sip::SipMessage<'_>| {
+        let start = match msg.start {
+            StartLine::Request { method, .. } => method.as_str().to_owned(),
+            StartLine::Response { status, .. } => status.to_string(),
+        };
+        out.push((
+            meta.frame,
+            msg.call_id.to_owned(),
+            start,
+            format!("{} {}", msg.cseq.number, msg.cseq.method),
+        ));
+    };
+    let mut last = Timestamp::default();
+    capture_file::read_frames(&data(capture)[..], |frame: &Frame<'_>, _| {
+        last = frame.time;
+        dissector.frame(frame, &mut sink);
+    })
+    .unwrap();
+    dissector.finish(last, &mut sink);
+    out
+}
+
+/// Runs the whole replay over bytes in memory.
+pub fn replay_bytes(
+    bytes: &[u8],
+    settings: ReplaySettings,
+) -> (Vec<CallRecord>, CaptureSummary, Result<u64, CaptureError>) {
+    let mut calls = Vec::new();
+    let mut replay = Replay::new(settings);
+    let mut sink = |r: Record| {
+        if let Record::Call(c) = r {
+            calls.push(*c);
+        }
+    };
+    let result = replay.read("memory", bytes, &mut sink, |_| {});
+    let summary = replay.finish(&mut sink);
+    (calls, summary, result)
+}
+
+pub fn replay(capture: &str) -> (Vec<CallRecord>, CaptureSummary) {
+    let (calls, summary, result) = replay_bytes(&data(capture), ReplaySettings::default());
+    result.unwrap();
+    (calls, summary)
+}
+
+/// Settings with timeouts long enough for captures whose clocks jump by years.
+pub fn patient_settings() -> ReplaySettings {
+    let forever = std::time::Duration::from_secs(200 * 365 * 86_400);
+    ReplaySettings {
+        calls: CallLimits {
+            setup_timeout: forever,
+            max_call_duration: forever,
+            ..CallLimits::default()
+        },
+        ..ReplaySettings::default()
+    }
+}
+
+/// Time of the first frame of a capture.
+pub fn first_frame_time(capture: &str) -> Timestamp {
+    let mut first = None;
+    capture_file::read_frames(&data(capture)[..], |frame: &Frame<'_>, _| {
+        first.get_or_insert(frame.time);
+    })
+    .unwrap();
+    first.unwrap()
+}
+
+pub fn call<'a>(calls: &'a [CallRecord], call_id: &str) -> &'a CallRecord {
+    calls
+        .iter()
+        .find(|c| c.call_id == call_id)
+        .unwrap_or_else(|| panic!("no call {call_id}"))
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Regenerates the TShark reference files the integration tests compare teledge against.
+
+For every SIP capture in tests/data it writes tests/data/tshark/<capture>.sip.tsv: one line per
+SIP message TShark decodes (several per frame for TCP), with the frame number, Call-ID, what
+the start line says (method, or status code) and the CSeq. TCP port 6060 is decoded as SIP as
+the fixture README says; teledge needs no such hint.
+
+Usage: python3 tests/tshark/regenerate.py   (needs the Debian package `tshark`)
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
+CAPTURES = [
+    "rtp_rtcp_sip_ipv4_udp.pcap",
+    "sip_ipv4_tcp.pcap",
+    "sip_ipv4_tcp_fragmented.pcap",
+    "sip_ipv6_udp.pcap",
+    "erspan_sip_ipv4_udp.pcapng",
+    "sngrep_aaa.pcap",
+    "websocket-sip.pcapng",
+]
+
+
+def first(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def messages(capture):
+    out = subprocess.run(
+        ["tshark", "-r", str(DATA / capture), "-d", "tcp.port==6060,sip", "-Y", "sip",
+         "-T", "json", "-J", "frame sip"],
+        check=True, capture_output=True, text=True).stdout
+    for packet in json.loads(out):
+        layers = packet["_source"]["layers"]
+        frame = first(layers["frame"])["frame.number"]
+        sips = layers["sip"] if isinstance(layers["sip"], list) else [layers["sip"]]
+        for sip in sips:
+            if "sip.Request-Line" in sip:
+                start = sip["sip.Request-Line"].split(" ")[0]
+            elif "sip.Status-Line" in sip:
+                start = sip["sip.Status-Line"].split(" ")[1]
+            else:
+                continue
+            headers = sip.get("sip.msg_hdr_tree", {})
+            call_id = first(headers.get("sip.Call-ID", ""))
+            cseq = first(headers.get("sip.CSeq", ""))
+            yield frame, call_id, start, cseq
+
+
+def main():
+    target = DATA / "tshark"
+    target.mkdir(exist_ok=True)
+    version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    for capture in CAPTURES:
+        rows = list(messages(capture))
+        with open(target / f"{capture}.sip.tsv", "w") as f:
+            f.write(f"# {version}; tshark -r {capture} -d tcp.port==6060,sip -Y sip -T json -J \"frame sip\"\n")
+            f.write("# frame\tcall_id\tstart\tcseq\n")
+            for row in rows:
+                f.write("\t".join(row) + "\n")
+        print(f"{capture}: {len(rows)} SIP messages", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
