@@ -6,5 +6,6 @@
 mod calls;
 mod cli;
 mod conformance;
+mod generated;
 mod robustness;
 mod support;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need first (Debian packages), so it works
+# on a fresh Debian machine with only Rust installed. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# tshark: the conformance tests compare teledge with TShark on generated captures.
+need=()
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "scripts/test.sh: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --locked "$@"
