@@ -152,7 +152,6 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let summary = replay.finish(&mut sink);
-    drop(sink);
     if let Some(e) = write_error {
         return Err(e).context("cannot write records");
     }

@@ -36,12 +36,6 @@ impl Timestamp {
         (self.0.saturating_sub(earlier.0)) as f64 / 1e9
     }
 
-    /// `self` plus a duration, saturating.
-    pub fn add(self, duration: Duration) -> Timestamp {
-        let nanos = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
-        Timestamp(self.0.saturating_add(nanos))
-    }
-
     /// The later of two timestamps.
     pub fn max(self, other: Timestamp) -> Timestamp {
         if other.0 > self.0 {

@@ -339,12 +339,10 @@ impl Call {
                     self.on_sdp_direction(&sdp, t);
                 }
             }
-            Method::Cancel => {
-                if self.answer.is_none() && self.final_response.is_none() {
-                    self.cancelled.get_or_insert(t);
-                    self.set_reason(msg);
-                    self.close(ClosedBy::Cancel, t);
-                }
+            Method::Cancel if self.answer.is_none() && self.final_response.is_none() => {
+                self.cancelled.get_or_insert(t);
+                self.set_reason(msg);
+                self.close(ClosedBy::Cancel, t);
             }
             Method::Bye => {
                 let hangup = if msg.from.tag.is_some() && msg.from.tag == self.caller_tag.as_deref()

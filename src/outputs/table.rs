@@ -13,8 +13,8 @@ pub fn write_table(
 ) -> io::Result<()> {
     writeln!(
         out,
-        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {}",
-        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "CALL-ID"
+        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  CALL-ID",
+        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP"
     )?;
     for call in calls {
         let time = call.invite_time.to_string();

@@ -6,6 +6,7 @@
 mod calls;
 mod cli;
 mod conformance;
+mod encapsulation;
 mod generated;
 mod robustness;
 mod support;

@@ -35,8 +35,13 @@ pub fn tshark_messages(capture: &str) -> Vec<MessageKey> {
         .collect()
 }
 
-/// Every SIP message teledge's decode path yields for a capture.
+/// Every SIP message teledge's decode path yields for a bundled capture.
 pub fn teledge_messages(capture: &str) -> Vec<MessageKey> {
+    teledge_messages_in(&data(capture))
+}
+
+/// Every SIP message teledge's decode path yields for capture file bytes.
+pub fn teledge_messages_in(bytes: &[u8]) -> Vec<MessageKey> {
     let mut dissector = Dissector::new(DissectLimits::default());
     let mut out = Vec::new();
     let mut sink = |meta: &teledge::dissect::MessageMeta,
@@ -53,7 +58,7 @@ pub fn teledge_messages(capture: &str) -> Vec<MessageKey> {
         ));
     };
     let mut last = Timestamp::default();
-    capture_file::read_frames(&data(capture)[..], |frame: &Frame<'_>, _| {
+    capture_file::read_frames(bytes, |frame: &Frame<'_>, _| {
         last = frame.time;
         dissector.frame(frame, &mut sink);
     })
