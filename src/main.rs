@@ -167,8 +167,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot write table")?;
         }
     }
-    for problem in &summary.decode.problems {
-        tracing::debug!(frame = problem.frame, kind = problem.kind, detail = %problem.detail, "Decode problem.");
+    // Damaged packets inside a readable file do not fail the replay, but the user hears of
+    // them, with the packet numbers to look at.
+    for problem in summary.decode.problems.iter().take(5) {
+        tracing::warn!(frame = problem.frame, kind = problem.kind, detail = %problem.detail, "Packet not decoded.");
     }
     Ok(if damaged {
         ExitCode::from(EXIT_DAMAGED_INPUT)
