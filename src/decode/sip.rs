@@ -225,6 +225,11 @@ impl<'a> SipMessage<'a> {
 
 /// True when `data` starts with a SIP request or status line. Used to recognise SIP by content.
 pub fn starts_with_sip(data: &[u8]) -> bool {
+    // Every method and "SIP/2.0" start with an upper-case letter: a one-byte test that turns
+    // away RTP and other binary payloads before any scanning.
+    if !data.first().is_some_and(u8::is_ascii_uppercase) {
+        return false;
+    }
     let line_end = memchr::memchr(b'\n', data).unwrap_or(data.len());
     let line = trim_cr(&data[..line_end]);
     std::str::from_utf8(line)

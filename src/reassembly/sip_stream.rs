@@ -72,6 +72,12 @@ pub struct SipStream {
     probed: usize,
 }
 
+impl crate::reassembly::tcp::StreamConsumer for SipStream {
+    fn wants_more(&self) -> bool {
+        !self.is_ignored()
+    }
+}
+
 impl SipStream {
     /// True once the stream was found not to carry SIP.
     pub fn is_ignored(&self) -> bool {

@@ -31,6 +31,8 @@ pub struct TcpLimits {
     pub max_flows: usize,
     /// Out-of-order bytes held per direction while waiting for a hole to fill.
     pub max_pending_bytes: usize,
+    /// Out-of-order bytes held across all directions; beyond it, holes are skipped at once.
+    pub max_total_pending_bytes: usize,
     /// How long (capture time) a hole may stay open before it is skipped.
     pub hole_timeout: Duration,
     /// A direction silent for this long is forgotten.
@@ -42,6 +44,7 @@ impl Default for TcpLimits {
         TcpLimits {
             max_flows: 65_536,
             max_pending_bytes: 1024 * 1024,
+            max_total_pending_bytes: 64 * 1024 * 1024,
             hole_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
         }
@@ -59,6 +62,16 @@ pub struct TcpStats {
     pub flows_evicted: u64,
     pub flows_expired: u64,
 }
+
+/// The consumer of a direction's bytes. A consumer that has lost interest (the stream is not
+/// SIP) gets nothing more, and nothing is held for it.
+pub trait StreamConsumer: Default {
+    fn wants_more(&self) -> bool {
+        true
+    }
+}
+
+impl StreamConsumer for String {}
 
 /// A TCP segment, as the decoder sees it.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +113,8 @@ pub struct TcpReassembler<A> {
     limits: TcpLimits,
     flows: HashMap<FlowKey, Direction<A>>,
     last_sweep: Timestamp,
+    /// Out-of-order bytes held across all directions.
+    total_pending: usize,
     stats: TcpStats,
 }
 
@@ -108,12 +123,13 @@ fn seq_diff(a: u32, b: u32) -> i64 {
     i64::from(a.wrapping_sub(b) as i32)
 }
 
-impl<A: Default> TcpReassembler<A> {
+impl<A: StreamConsumer> TcpReassembler<A> {
     pub fn new(limits: TcpLimits) -> Self {
         TcpReassembler {
             limits,
             flows: HashMap::new(),
             last_sweep: Timestamp::default(),
+            total_pending: 0,
             stats: TcpStats::default(),
         }
     }
@@ -146,7 +162,7 @@ impl<A: Default> TcpReassembler<A> {
 
         if segment.syn {
             // A SYN starts a new connection on this 4-tuple: forget any previous one.
-            self.flows.remove(&key);
+            self.remove(&key);
         }
         if !self.flows.contains_key(&key) {
             if segment.payload.is_empty() && !segment.syn {
@@ -174,7 +190,13 @@ impl<A: Default> TcpReassembler<A> {
         };
         dir.last_seen = now;
 
-        if !segment.payload.is_empty() {
+        let pending_before = dir.pending_bytes;
+        if !dir.app.wants_more() {
+            // Not SIP: keep the flow entry (so it is not re-examined) but hold no bytes.
+            dir.pending.clear();
+            dir.pending_bytes = 0;
+            dir.hole_since = None;
+        } else if !segment.payload.is_empty() {
             let offset = seq_diff(data_seq, dir.next_seq);
             let len = segment.payload.len() as i64;
             if offset + len <= 0 {
@@ -210,15 +232,19 @@ impl<A: Default> TcpReassembler<A> {
         let hole_expired = dir
             .hole_since
             .is_some_and(|since| now.seconds_since(since) > self.limits.hole_timeout.as_secs_f64());
+        let over_total = self.total_pending + dir.pending_bytes
+            > self.limits.max_total_pending_bytes + pending_before;
         if !dir.pending.is_empty()
-            && (hole_expired || dir.pending_bytes > self.limits.max_pending_bytes)
+            && (hole_expired || over_total || dir.pending_bytes > self.limits.max_pending_bytes)
         {
             self.stats.gaps += 1;
             skip_hole(dir, now, &mut deliver);
         }
+        self.total_pending =
+            (self.total_pending + dir.pending_bytes).saturating_sub(pending_before);
 
         if segment.rst || (segment.fin && dir.pending.is_empty()) {
-            self.flows.remove(&key);
+            self.remove(&key);
         }
     }
 
@@ -229,6 +255,7 @@ impl<A: Default> TcpReassembler<A> {
         now: Timestamp,
         mut deliver: impl FnMut(&FlowKey, &mut A, Delivery<'_>),
     ) {
+        self.total_pending = 0;
         for (key, mut dir) in self.flows.drain() {
             while !dir.pending.is_empty() {
                 self.stats.gaps += 1;
@@ -239,6 +266,12 @@ impl<A: Default> TcpReassembler<A> {
         }
     }
 
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(dir) = self.flows.remove(key) {
+            self.total_pending = self.total_pending.saturating_sub(dir.pending_bytes);
+        }
+    }
+
     fn expire(&mut self, now: Timestamp) {
         if now.seconds_since(self.last_sweep) < 1.0 {
             return;
@@ -246,8 +279,15 @@ impl<A: Default> TcpReassembler<A> {
         self.last_sweep = now;
         let idle = self.limits.idle_timeout.as_secs_f64();
         let before = self.flows.len();
-        self.flows
-            .retain(|_, dir| now.seconds_since(dir.last_seen) <= idle);
+        let mut released = 0;
+        self.flows.retain(|_, dir| {
+            let keep = now.seconds_since(dir.last_seen) <= idle;
+            if !keep {
+                released += dir.pending_bytes;
+            }
+            keep
+        });
+        self.total_pending = self.total_pending.saturating_sub(released);
         self.stats.flows_expired += (before - self.flows.len()) as u64;
     }
 
@@ -258,7 +298,7 @@ impl<A: Default> TcpReassembler<A> {
             .min_by_key(|(_, d)| d.last_seen)
             .map(|(k, _)| *k);
         if let Some(key) = oldest {
-            self.flows.remove(&key);
+            self.remove(&key);
             self.stats.flows_evicted += 1;
         }
     }
@@ -393,6 +433,47 @@ mod tests {
         let (out, stats) = run(&segs, limits);
         assert_eq!(out, "aaa|bbbcccdddeee");
         assert_eq!(stats.gaps, 1);
+    }
+
+    #[derive(Default)]
+    struct NotInterested;
+    impl StreamConsumer for NotInterested {
+        fn wants_more(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn holds_nothing_for_a_consumer_that_lost_interest() {
+        let mut r: TcpReassembler<NotInterested> = TcpReassembler::new(TcpLimits::default());
+        let now = Timestamp::from_secs_nanos(1, 0);
+        let mut delivered = 0;
+        for seq in [0u32, 100, 200, 300] {
+            r.segment(key(), now, seg(seq, &[0u8; 50]), |_, _| delivered += 1);
+        }
+        assert_eq!(delivered, 0);
+        assert_eq!(r.total_pending, 0);
+        assert_eq!(r.flows(), 1);
+    }
+
+    #[test]
+    fn total_bound_skips_holes_across_flows() {
+        let limits = TcpLimits {
+            max_total_pending_bytes: 10,
+            ..TcpLimits::default()
+        };
+        let mut r: TcpReassembler<String> = TcpReassembler::new(limits);
+        let now = Timestamp::from_secs_nanos(1, 0);
+        for port in 1..=5u16 {
+            let k = FlowKey {
+                src: SocketAddr::new("10.0.0.1".parse().unwrap(), port),
+                dst: "10.0.0.2:5060".parse().unwrap(),
+            };
+            r.segment(k, now, seg(0, b"a"), |_, _| {});
+            r.segment(k, now, seg(10, b"bbbb"), |_, _| {});
+        }
+        assert!(r.total_pending <= 10, "{}", r.total_pending);
+        assert!(r.stats().gaps >= 1);
     }
 
     #[test]
