@@ -215,7 +215,11 @@ impl<'a> SipMessage<'a> {
         if media_type.eq_ignore_ascii_case("application/sdp") {
             return (!self.body.is_empty()).then_some(self.body);
         }
-        if media_type.len() >= 10 && media_type[..10].eq_ignore_ascii_case("multipart/") {
+        let is_multipart = media_type
+            .as_bytes()
+            .get(..10)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"multipart/"));
+        if is_multipart {
             let boundary = param(content_type, "boundary")?;
             return multipart_part(self.body, boundary.trim_matches('"'), "application/sdp");
         }
@@ -810,6 +814,15 @@ v=0\r\nextra";
         assert!(starts_with_sip(b"SIP/2.0 200 OK\r\n"));
         assert!(starts_with_sip(b"REGISTER sip:example.com SIP/2.0\r\n"));
         assert!(!starts_with_sip(b"register sip:example.com SIP/2.0\r\n"));
+    }
+
+    /// Found by the `sip_message` fuzzer: a Content-Type with a multi-byte character at
+    /// byte 10 made the multipart check slice inside a character.
+    #[test]
+    fn content_type_with_multibyte_char_does_not_panic() {
+        let raw = "INVITE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Type: appINVITE\u{71c}/sdp\r\n\r\nv=0";
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert_eq!(msg.sdp(), None);
     }
 
     #[test]
