@@ -4,7 +4,7 @@
 # Generates a deterministic capture (teledge-gencap: CALLS calls, RTP packets both ways) and
 # times, best of RUNS: `teledge replay FILE` (all records written) and `tshark -r FILE -Y sip`
 # (SIP dissection and display filter, output discarded). Prints wall time, peak RSS,
-# packets/s and SIP messages/s. Needs tshark (scripts/test.sh installs it).
+# packets/s and SIP messages/s. Needs tshark (scripts/test.sh installs it) and GNU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CALLS=${CALLS:-5000}
@@ -21,16 +21,19 @@ packets=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["decode"]["
 messages=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["decode"]; print(d["sip_messages_udp"]+d["sip_messages_tcp"]+d["sip_messages_ws"])' "$summary")
 
 best() { # best wall time and its peak RSS over RUNS runs of a command
-  local best_t="" best_m=""
+  local best_t="" best_m="" t m out
+  out=$(mktemp)
   for _ in $(seq "$RUNS"); do
-    read -r t m < <( { /usr/bin/time -f "%e %M" "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1)
+    /usr/bin/time -o "$out" -f "%e %M" "$@" >/dev/null 2>&1
+    read -r t m < "$out"
     if [ -z "$best_t" ] || awk "BEGIN{exit !($t < $best_t)}"; then best_t=$t; best_m=$m; fi
   done
+  rm -f "$out"
   echo "$best_t $best_m"
 }
 
 echo "capture: $file ($(du -h "$file" | cut -f1), $packets packets, $messages SIP messages)"
-echo "machine: $(nproc) cores, $(uname -m), $(tshark --version | head -n 1)"
+echo "machine: $(nproc) cores, $(uname -m), $(tshark --version 2>/dev/null | head -n 1)"
 printf '%-28s %10s %12s %14s %16s\n' tool "wall s" "peak RSS MiB" "packets/s" "SIP messages/s"
 for tool in teledge tshark; do
   if [ $tool = teledge ]; then
