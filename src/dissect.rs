@@ -60,6 +60,32 @@ pub struct MessageMeta {
     pub transport: Transport,
 }
 
+/// A UDP datagram that is not SIP (RTP, RTCP, anything else), for the media analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramMeta {
+    pub frame: u64,
+    pub time: Timestamp,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// What the decode path hands on: SIP messages, and UDP payloads that are not SIP.
+pub trait Observer {
+    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>);
+
+    /// A UDP payload that is not SIP. Ignored unless the observer analyses media.
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        let _ = (meta, payload);
+    }
+}
+
+/// A closure observes SIP messages only.
+impl<F: FnMut(&MessageMeta, &SipMessage<'_>)> Observer for F {
+    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
+        self(meta, message)
+    }
+}
+
 /// A decode problem worth showing a user, with where it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -148,12 +174,9 @@ impl Dissector {
         stats
     }
 
-    /// Decodes one frame; every SIP message it completes goes to `sink`.
-    pub fn frame(
-        &mut self,
-        frame: &Frame<'_>,
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
-    ) {
+    /// Decodes one frame; every SIP message it completes, and every other UDP payload, goes
+    /// to `sink`.
+    pub fn frame(&mut self, frame: &Frame<'_>, sink: &mut impl Observer) {
         self.stats.frames += 1;
         self.stats.bytes += frame.data.len() as u64;
         let ctx = Ctx {
@@ -171,7 +194,7 @@ impl Dissector {
     }
 
     /// Flushes buffered stream data at the end of a capture (or on shutdown).
-    pub fn finish(&mut self, now: Timestamp, sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>)) {
+    pub fn finish(&mut self, now: Timestamp, sink: &mut impl Observer) {
         // Holes still open at the end are skipped so whatever follows them is still decoded.
         let stats = &mut self.stats;
         self.tcp.flush(now, |key, stream, delivery| {
@@ -179,13 +202,7 @@ impl Dissector {
         });
     }
 
-    fn ethernet(
-        &mut self,
-        ctx: Ctx,
-        frame: &[u8],
-        depth: u8,
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
-    ) {
+    fn ethernet(&mut self, ctx: Ctx, frame: &[u8], depth: u8, sink: &mut impl Observer) {
         match link::ethernet_payload(frame) {
             Ok(Some(ip)) => self.ip(ctx, ip, depth, sink),
             Ok(None) => self.stats.non_ip += 1,
@@ -196,13 +213,7 @@ impl Dissector {
         }
     }
 
-    fn ip(
-        &mut self,
-        ctx: Ctx,
-        data: &[u8],
-        depth: u8,
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
-    ) {
+    fn ip(&mut self, ctx: Ctx, data: &[u8], depth: u8, sink: &mut impl Observer) {
         if depth > MAX_ENCAPSULATION_DEPTH {
             self.stats.depth_exceeded += 1;
             return;
@@ -285,7 +296,7 @@ impl Dissector {
         protocol: u8,
         payload: &[u8],
         depth: u8,
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+        sink: &mut impl Observer,
     ) {
         match protocol {
             // IP-in-IP (RFC 2003) and IPv6 encapsulation (RFC 2473).
@@ -311,7 +322,7 @@ impl Dissector {
         dst: IpAddr,
         datagram: &[u8],
         depth: u8,
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+        sink: &mut impl Observer,
     ) {
         let header = match UdpHeaderSlice::from_slice(datagram) {
             Ok(h) => h,
@@ -334,6 +345,13 @@ impl Dissector {
         }
         // Keep-alives (RFC 5626 §3.5.1) and STUN share SIP ports; only content decides.
         if !sip::starts_with_sip(payload) {
+            let meta = DatagramMeta {
+                frame: ctx.frame,
+                time: ctx.time,
+                src: SocketAddr::new(src, src_port),
+                dst: SocketAddr::new(dst, dst_port),
+            };
+            sink.datagram(&meta, payload);
             return;
         }
         let meta = MessageMeta {
@@ -346,7 +364,7 @@ impl Dissector {
         match sip::parse(payload) {
             Ok(message) => {
                 self.stats.sip_messages_udp += 1;
-                sink(&meta, &message);
+                sink.sip(&meta, &message);
             }
             Err(e) => {
                 self.stats.sip_parse_errors += 1;
@@ -355,14 +373,7 @@ impl Dissector {
         }
     }
 
-    fn tcp(
-        &mut self,
-        ctx: Ctx,
-        src: IpAddr,
-        dst: IpAddr,
-        data: &[u8],
-        sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
-    ) {
+    fn tcp(&mut self, ctx: Ctx, src: IpAddr, dst: IpAddr, data: &[u8], sink: &mut impl Observer) {
         let header = match TcpHeaderSlice::from_slice(data) {
             Ok(h) => h,
             Err(e) => {
@@ -393,7 +404,7 @@ impl Dissector {
 /// Feeds reassembled stream bytes to the direction's SIP framer and parses what it frames.
 fn feed_stream(
     stats: &mut DissectStats,
-    sink: &mut impl FnMut(&MessageMeta, &SipMessage<'_>),
+    sink: &mut impl Observer,
     frame: u64,
     key: &FlowKey,
     stream: &mut SipStream,
@@ -420,7 +431,7 @@ fn feed_stream(
                             StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
                             StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
                         }
-                        sink(&meta, &message);
+                        sink.sip(&meta, &message);
                     }
                     Err(e) => {
                         stats.sip_parse_errors += 1;

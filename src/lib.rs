@@ -17,6 +17,7 @@
 pub mod correlation;
 pub mod decode;
 pub mod dissect;
+pub mod media;
 pub mod outputs;
 pub mod reassembly;
 pub mod record;

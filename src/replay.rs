@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use crate::correlation::calls::{CallLimits, CallTracker};
-use crate::dissect::{DissectLimits, Dissector, Frame};
+use crate::correlation::calls::CallLimits;
+use crate::correlation::media::MediaLimits;
+use crate::correlation::Correlator;
+use crate::decode::sip::SipMessage;
+use crate::dissect::{DatagramMeta, DissectLimits, Dissector, Frame, MessageMeta, Observer};
 use crate::record::{CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
 use crate::sources::capture_file::{self, CaptureError, Progress};
 use crate::time::Timestamp;
@@ -15,6 +18,7 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplaySettings {
     pub calls: CallLimits,
+    pub media: MediaLimits,
     pub dissect: DissectLimits,
 }
 
@@ -22,17 +26,33 @@ pub struct ReplaySettings {
 #[derive(Debug)]
 pub struct Replay {
     dissector: Dissector,
-    tracker: CallTracker,
+    correlator: Correlator,
     files: Vec<String>,
     outcomes: BTreeMap<String, u64>,
     last_time: Timestamp,
+}
+
+/// Hands decoded events to the correlator and its records on.
+struct Feed<'a, F> {
+    correlator: &'a mut Correlator,
+    out: &'a mut F,
+}
+
+impl<F: FnMut(Record)> Observer for Feed<'_, F> {
+    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
+        self.correlator.sip(meta, message, self.out);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        self.correlator.datagram(meta, payload, self.out);
+    }
 }
 
 impl Replay {
     pub fn new(settings: ReplaySettings) -> Self {
         Replay {
             dissector: Dissector::new(settings.dissect),
-            tracker: CallTracker::new(settings.calls),
+            correlator: Correlator::new(settings.calls, settings.media),
             files: Vec::new(),
             outcomes: BTreeMap::new(),
             last_time: Timestamp::default(),
@@ -51,23 +71,23 @@ impl Replay {
         self.files.push(name.to_owned());
         let Replay {
             dissector,
-            tracker,
+            correlator,
             outcomes,
             last_time,
             ..
         } = self;
-        let mut emit = |record: crate::record::CallRecord| {
-            *outcomes
-                .entry(record.outcome.as_str().to_owned())
-                .or_default() += 1;
-            out(Record::Call(Box::new(record)));
+        let mut counted = |record: Record| {
+            count_outcome(outcomes, &record);
+            out(record);
         };
         capture_file::read_frames(input, |frame: &Frame<'_>, p| {
             *last_time = (*last_time).max(frame.time);
-            dissector.frame(frame, &mut |meta, msg| {
-                tracker.message(meta, msg, &mut emit)
-            });
-            tracker.advance(frame.time, &mut emit);
+            let mut feed = Feed {
+                correlator: &mut *correlator,
+                out: &mut counted,
+            };
+            dissector.frame(frame, &mut feed);
+            correlator.advance(frame.time, &mut counted);
             progress(p);
         })
     }
@@ -77,22 +97,22 @@ impl Replay {
     pub fn finish(mut self, out: &mut impl FnMut(Record)) -> CaptureSummary {
         let Replay {
             dissector,
-            tracker,
+            correlator,
             outcomes,
             last_time,
             ..
         } = &mut self;
-        let mut emit = |record: crate::record::CallRecord| {
-            *outcomes
-                .entry(record.outcome.as_str().to_owned())
-                .or_default() += 1;
-            out(Record::Call(Box::new(record)));
+        let mut counted = |record: Record| {
+            count_outcome(outcomes, &record);
+            out(record);
         };
-        dissector.finish(*last_time, &mut |meta, msg| {
-            tracker.message(meta, msg, &mut emit)
-        });
-        tracker.finish(ClosedBy::CaptureEnd, &mut emit);
-        let counters = self.tracker.counters();
+        let mut feed = Feed {
+            correlator: &mut *correlator,
+            out: &mut counted,
+        };
+        dissector.finish(*last_time, &mut feed);
+        correlator.finish(ClosedBy::CaptureEnd, &mut counted);
+        let counters = self.correlator.calls().counters();
         let summary = CaptureSummary {
             schema: SUMMARY_SCHEMA,
             files: self.files,
@@ -102,9 +122,18 @@ impl Replay {
             other_transactions: counters.other_transactions,
             orphan_messages: counters.orphan_messages,
             decode: self.dissector.stats(),
+            media: self.correlator.media().counters(),
             calls_dropped_at_capacity: counters.dropped_at_capacity,
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));
         summary
+    }
+}
+
+fn count_outcome(outcomes: &mut BTreeMap<String, u64>, record: &Record) {
+    if let Record::Call(call) = record {
+        *outcomes
+            .entry(call.outcome.as_str().to_owned())
+            .or_default() += 1;
     }
 }

@@ -29,8 +29,6 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use crate::decode::sdp::{self, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
 use crate::dissect::{MessageMeta, Transport};
@@ -38,6 +36,14 @@ use crate::record::{
     CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
 };
 use crate::time::{round_secs, Timestamp};
+
+/// A side of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Caller,
+    Callee,
+}
 
 /// Timeouts and bounds of the call table.
 #[derive(Debug, Clone, Copy)]
@@ -151,22 +157,37 @@ impl CallTracker {
     }
 
     /// Handles one SIP message; records of calls that this message's time closed go to `out`.
+    /// `sdp` is the message's SDP, summarised once by the caller (media correlation needs it
+    /// too).
     pub fn message(
         &mut self,
         meta: &MessageMeta,
         msg: &SipMessage<'_>,
+        sdp: Option<&SdpSummary>,
         out: &mut impl FnMut(CallRecord),
     ) {
         // The message is applied before time advances: a message of a call is proof the call
         // is alive, even when the capture's clock jumped past a timeout since the last one.
-        self.apply(meta, msg);
+        self.apply(meta, msg, sdp);
         self.advance(meta.time, out);
     }
 
-    fn apply(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>) {
+    /// Which side of a tracked call sent this message; `None` when the call is not tracked.
+    pub fn side_of(&self, msg: &SipMessage<'_>) -> Option<Side> {
+        let call = self.calls.get(msg.call_id)?;
+        let from_caller = msg.from.tag.is_some() && msg.from.tag == call.caller_tag.as_deref();
+        let is_request = msg.method().is_some();
+        Some(if is_request == from_caller {
+            Side::Caller
+        } else {
+            Side::Callee
+        })
+    }
+
+    fn apply(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, sdp: Option<&SdpSummary>) {
         let is_initial_invite = msg.method() == Some(Method::Invite) && msg.to.tag.is_none();
         if let Some(call) = self.calls.get_mut(msg.call_id) {
-            call.on_message(meta, msg);
+            call.on_message(meta, msg, sdp);
             return;
         }
         if is_initial_invite {
@@ -176,7 +197,7 @@ impl CallTracker {
             }
             self.counters.calls += 1;
             let mut call = Call::new(meta, msg);
-            call.on_message(meta, msg);
+            call.on_message(meta, msg, sdp);
             self.calls.insert(msg.call_id.to_owned(), call);
             return;
         }
@@ -276,7 +297,7 @@ impl Call {
         }
     }
 
-    fn on_message(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>) {
+    fn on_message(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, sdp: Option<&SdpSummary>) {
         self.messages = self.messages.saturating_add(1);
         self.last_message = self.last_message.max(meta.time);
         if self.is_retransmission(msg) {
@@ -284,8 +305,10 @@ impl Call {
             return;
         }
         match msg.start {
-            StartLine::Request { method, .. } => self.on_request(meta, msg, method),
-            StartLine::Response { status, reason } => self.on_response(meta, msg, status, reason),
+            StartLine::Request { method, .. } => self.on_request(meta, msg, method, sdp),
+            StartLine::Response { status, reason } => {
+                self.on_response(meta, msg, status, reason, sdp)
+            }
         }
     }
 
@@ -314,7 +337,13 @@ impl Call {
         false
     }
 
-    fn on_request(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, method: Method<'_>) {
+    fn on_request(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        method: Method<'_>,
+        sdp: Option<&SdpSummary>,
+    ) {
         let t = meta.time;
         match method {
             Method::Invite if msg.to.tag.is_none() => {
@@ -330,13 +359,13 @@ impl Call {
                     }
                 }
                 if self.media.offer.is_none() {
-                    self.media.offer = summarize_sdp(msg);
+                    self.media.offer = sdp.cloned();
                 }
             }
             Method::Invite | Method::Update => {
-                if let Some(sdp) = summarize_sdp(msg) {
+                if let Some(sdp) = sdp {
                     self.media.renegotiations = self.media.renegotiations.saturating_add(1);
-                    self.on_sdp_direction(&sdp, t);
+                    self.on_sdp_direction(sdp, t);
                 }
             }
             Method::Cancel if self.answer.is_none() && self.final_response.is_none() => {
@@ -364,14 +393,21 @@ impl Call {
         }
     }
 
-    fn on_response(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, status: u16, phrase: &str) {
+    fn on_response(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        status: u16,
+        phrase: &str,
+        sdp: Option<&SdpSummary>,
+    ) {
         let t = meta.time;
         if msg.cseq.method != Method::Invite {
             return;
         }
         if msg.cseq.number != self.invite_cseq {
             // A response to a re-INVITE: its SDP is a renegotiation answer.
-            if (200..300).contains(&status) && summarize_sdp(msg).is_some() {
+            if (200..300).contains(&status) && sdp.is_some() {
                 self.media.renegotiations = self.media.renegotiations.saturating_add(1);
             }
             return;
@@ -390,9 +426,9 @@ impl Call {
                 if status == 180 || status == 183 {
                     self.ringing.get_or_insert(t);
                 }
-                if let Some(sdp) = summarize_sdp(msg) {
+                if let Some(sdp) = sdp {
                     self.early_media = true;
-                    self.media.answer.get_or_insert(sdp);
+                    self.media.answer.get_or_insert_with(|| sdp.clone());
                 }
             }
             200..=299 => {
@@ -401,9 +437,9 @@ impl Call {
                     self.final_response = Some((status, phrase.to_owned(), t));
                     // A 200 that crossed a CANCEL wins: the call was answered.
                     self.closed = None;
-                    if let Some(sdp) = summarize_sdp(msg) {
+                    if let Some(sdp) = sdp {
                         if !self.early_media || self.media.answer.is_none() {
-                            self.media.answer = Some(sdp);
+                            self.media.answer = Some(sdp.clone());
                         }
                     }
                 }
@@ -597,6 +633,7 @@ impl Call {
             hold_count: self.hold_count,
             hold_duration_s: round_secs(self.hold_total + hold_open),
             media: self.media,
+            media_quality: Default::default(),
             call_id: self.call_id,
         }
     }
@@ -621,7 +658,8 @@ fn party(addr: &NameAddr<'_>) -> Party {
     }
 }
 
-fn summarize_sdp(msg: &SipMessage<'_>) -> Option<SdpSummary> {
+/// The SDP of a message, summarised (`None` without SDP or when it does not parse).
+pub fn summarize_sdp(msg: &SipMessage<'_>) -> Option<SdpSummary> {
     msg.sdp().and_then(|body| sdp::summarize(body).ok())
 }
 
@@ -633,10 +671,9 @@ fn hash_of(value: &impl Hash) -> u64 {
 
 /// A stable id: the same call in the same capture always gets the same id.
 fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(call_id.as_bytes());
-    hasher.update(invite_time.as_nanos().to_be_bytes());
-    hasher.update(caller.to_string().as_bytes());
-    let digest = hasher.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::record::stable_id(&[
+        call_id.as_bytes(),
+        &invite_time.as_nanos().to_be_bytes(),
+        caller.to_string().as_bytes(),
+    ])
 }

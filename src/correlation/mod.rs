@@ -1,3 +1,76 @@
-//! Correlation: typed SIP events in, call records out; deterministic, driven by capture time.
+//! Correlation: typed events in, records out; deterministic, driven by capture time.
+//!
+//! [`Correlator`] joins the two trackers: SIP messages drive [`calls::CallTracker`] and teach
+//! [`media::MediaTracker`] the media endpoints their SDP announces; other UDP datagrams are
+//! measured as RTP/RTCP. When a call's record is made, the media of that call is taken and
+//! put into it; RTP that matches no call comes out as stream records of its own.
 
 pub mod calls;
+pub mod media;
+
+use crate::decode::sip::SipMessage;
+use crate::dissect::{DatagramMeta, MessageMeta};
+use crate::record::{CallRecord, ClosedBy, Record};
+use crate::time::Timestamp;
+
+use calls::{CallLimits, CallTracker};
+use media::{MediaLimits, MediaTracker};
+
+/// Calls and their media.
+#[derive(Debug)]
+pub struct Correlator {
+    calls: CallTracker,
+    media: MediaTracker,
+}
+
+impl Correlator {
+    pub fn new(calls: CallLimits, media: MediaLimits) -> Self {
+        Correlator {
+            calls: CallTracker::new(calls),
+            media: MediaTracker::new(media),
+        }
+    }
+
+    pub fn calls(&self) -> &CallTracker {
+        &self.calls
+    }
+
+    pub fn media(&self) -> &MediaTracker {
+        &self.media
+    }
+
+    /// Handles a SIP message.
+    pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        let sdp = calls::summarize_sdp(msg);
+        let Correlator { calls, media } = self;
+        calls.message(meta, msg, sdp.as_ref(), &mut |call| emit(media, call, out));
+        if let (Some(sdp), Some(side)) = (sdp, calls.side_of(msg)) {
+            media.learn(msg.call_id, side, &sdp);
+        }
+    }
+
+    /// Handles a UDP datagram that is not SIP.
+    pub fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
+        self.media
+            .datagram(meta, payload, &mut |s| out(Record::Stream(Box::new(s))));
+    }
+
+    /// Moves time forward (per frame in replay, per tick live).
+    pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        let Correlator { calls, media } = self;
+        calls.advance(now, &mut |call| emit(media, call, out));
+        media.advance(now, &mut |s| out(Record::Stream(Box::new(s))));
+    }
+
+    /// Reports everything still open.
+    pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        let Correlator { calls, media } = self;
+        calls.finish(closed_by, &mut |call| emit(media, call, out));
+        media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+    }
+}
+
+fn emit(media: &mut MediaTracker, mut call: CallRecord, out: &mut impl FnMut(Record)) {
+    call.media_quality = media.take_call(&call.call_id);
+    out(Record::Call(Box::new(call)));
+}

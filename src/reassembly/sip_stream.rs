@@ -313,7 +313,13 @@ impl SipStream {
                     keep_from
                 };
                 self.probed += keep_from;
-                self.discard(keep_from, DiscardReason::Resync, emit);
+                if ever_synced {
+                    self.discard(keep_from, DiscardReason::Resync, emit);
+                } else {
+                    // Still looking for a first SIP line: these bytes were never SIP (telnet,
+                    // TLS, HTTP...), so dropping them is not a loss worth reporting.
+                    self.buf.drain(..keep_from);
+                }
                 if !ever_synced && self.probed + self.buf.len() > MAX_UNSYNCED_PROBE {
                     self.state = State::Ignored;
                     self.buf.clear();

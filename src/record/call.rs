@@ -147,4 +147,6 @@ pub struct CallRecord {
     pub hold_count: u32,
     pub hold_duration_s: f64,
     pub media: Media,
+    /// RTP/RTCP measured for this call, by direction, with the verdict.
+    pub media_quality: crate::record::media::MediaQuality,
 }

@@ -53,6 +53,7 @@
 //! their frame numbers.
 
 mod call;
+pub mod media;
 
 pub use call::{
     CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
@@ -65,7 +66,22 @@ use serde::Serialize;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Call(Box<CallRecord>),
+    /// An RTP stream that belongs to no call (`teledge.stream/1`).
+    Stream(Box<media::StreamRecord>),
     CaptureSummary(Box<CaptureSummary>),
+}
+
+/// A stable record id: 32 hex characters of SHA-256 over the parts, so the same input
+/// always gives the same id and a collector can drop duplicates.
+pub fn stable_id(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a replay saw, written after the calls.
@@ -80,6 +96,7 @@ pub struct CaptureSummary {
     /// Messages of Call-IDs that started before the capture (no INVITE seen).
     pub orphan_messages: u64,
     pub decode: crate::dissect::DissectStats,
+    pub media: crate::correlation::media::MediaCounters,
     pub calls_dropped_at_capacity: u64,
 }
 

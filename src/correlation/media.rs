@@ -1,0 +1,799 @@
+//! Media correlation: RTP and RTCP datagrams in, measured streams attached to their calls (or
+//! reported as orphan streams) out.
+//!
+//! - SDP offers and answers (and re-INVITEs that move media) announce media endpoints: the
+//!   RTP address and port of each `m=audio` line and its RTCP port (`a=rtcp`, RFC 3605; the
+//!   RTP port with `a=rtcp-mux`; else port + 1). The newest announcement of an address wins.
+//! - A stream is keyed by its 5-tuple plus SSRC, never by SSRC alone: media relays reuse one
+//!   SSRC on both legs. A stream belongs to the call whose endpoint is its destination or, for
+//!   an endpoint behind NAT that sends from another address than it announced, its source.
+//! - RTP that matches no endpoint is recognised by content (version 2, a payload type that is
+//!   not RTCP, and two packets of one SSRC with consecutive sequence numbers) and measured as
+//!   an orphan stream; its probation packets are replayed into the analysis, so its counts are
+//!   complete. Orphans are reported as records of their own, never dropped silently.
+//! - RTCP from or to a call's endpoints is kept with the call and joined to the streams it
+//!   reports on (by SSRC, preferring reports sent by the stream's receiver).
+//!
+//! Bounded: streams, endpoints, probation candidates and RTCP per call all have caps, and
+//! hitting one is counted.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::correlation::calls::Side;
+use crate::decode::sdp::{static_payload_type, Codec, SdpSummary};
+use crate::dissect::DatagramMeta;
+use crate::media::emodel::{self, NotScored, Score};
+use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
+use crate::media::stream::{PayloadInfo, StreamAnalyzer, JITTER_BUFFERS_MS};
+use crate::record::media::{
+    MediaQuality, RtcpReported, StreamQuality, StreamRecord, STREAM_SCHEMA,
+};
+use crate::record::stable_id;
+use crate::time::Timestamp;
+
+/// Bounds of the media tables.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaLimits {
+    pub max_streams: usize,
+    pub max_endpoints: usize,
+    pub max_candidates: usize,
+    /// A stream silent this long is closed (its call keeps it; an orphan is reported).
+    pub stream_idle: Duration,
+    /// Probation packets of an unconfirmed flow are forgotten after this long.
+    pub candidate_ttl: Duration,
+    pub max_rtcp_per_call: usize,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        MediaLimits {
+            max_streams: 100_000,
+            max_endpoints: 400_000,
+            max_candidates: 65_536,
+            stream_idle: Duration::from_secs(60),
+            candidate_ttl: Duration::from_secs(10),
+            max_rtcp_per_call: 256,
+        }
+    }
+}
+
+/// Counters of the media path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaCounters {
+    pub rtp_packets: u64,
+    /// RTP packets of streams attached to a call.
+    pub rtp_packets_in_calls: u64,
+    pub rtp_decode_errors: u64,
+    pub rtcp_packets: u64,
+    pub rtcp_decode_errors: u64,
+    /// RTCP that belongs to no known call.
+    pub rtcp_unattributed: u64,
+    pub streams: u64,
+    pub orphan_streams: u64,
+    /// Datagrams that look like neither RTP nor RTCP.
+    pub other_datagrams: u64,
+    /// RTP-looking packets that never formed a stream (no consecutive sequence numbers).
+    pub probation_discarded: u64,
+    pub streams_dropped_at_capacity: u64,
+    pub endpoints_dropped_at_capacity: u64,
+}
+
+/// Which way a stream runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    CallerToCallee,
+    CalleeToCaller,
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    call: Arc<str>,
+    /// Who announced it: media sent *to* it goes to this side.
+    side: Side,
+    rtcp_only: bool,
+    codecs: Arc<[Codec]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StreamKey {
+    src: SocketAddr,
+    dst: SocketAddr,
+    ssrc: u32,
+}
+
+#[derive(Debug)]
+struct Stream {
+    key: StreamKey,
+    call: Option<Arc<str>>,
+    direction: Option<Direction>,
+    codecs: Arc<[Codec]>,
+    voice_pt: Option<u8>,
+    analyzer: StreamAnalyzer,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    packets: Vec<(Timestamp, RtpPacket)>,
+    first_seen: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct RtcpObservation {
+    time: Timestamp,
+    src: SocketAddr,
+    summary: RtcpSummary,
+}
+
+/// Probation packets kept per unconfirmed flow.
+const PROBATION_PACKETS: usize = 4;
+
+/// The media tables.
+#[derive(Debug)]
+pub struct MediaTracker {
+    limits: MediaLimits,
+    endpoints: HashMap<SocketAddr, Endpoint>,
+    endpoints_by_call: HashMap<Arc<str>, Vec<SocketAddr>>,
+    streams: HashMap<StreamKey, Stream>,
+    streams_by_call: HashMap<Arc<str>, Vec<StreamKey>>,
+    /// Streams of calls closed for inactivity, waiting for their call record.
+    closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
+    rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
+    candidates: HashMap<(SocketAddr, SocketAddr), Candidate>,
+    /// Open streams by SSRC, to link the legs of a media relay.
+    streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
+    counters: MediaCounters,
+    last_sweep: Timestamp,
+}
+
+impl MediaTracker {
+    pub fn new(limits: MediaLimits) -> Self {
+        MediaTracker {
+            limits,
+            endpoints: HashMap::new(),
+            endpoints_by_call: HashMap::new(),
+            streams: HashMap::new(),
+            streams_by_call: HashMap::new(),
+            closed_by_call: HashMap::new(),
+            rtcp_by_call: HashMap::new(),
+            candidates: HashMap::new(),
+            streams_by_ssrc: HashMap::new(),
+            counters: MediaCounters::default(),
+            last_sweep: Timestamp::default(),
+        }
+    }
+
+    pub fn counters(&self) -> MediaCounters {
+        self.counters
+    }
+
+    /// Streams being measured now.
+    pub fn active_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Learns the media endpoints an SDP announces for a call, from `side`.
+    pub fn learn(&mut self, call_id: &str, side: Side, sdp: &SdpSummary) {
+        let call: Arc<str> = match self.endpoints_by_call.get_key_value(call_id) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(call_id),
+        };
+        for media in sdp.media.iter().filter(|m| m.port != 0) {
+            let Some(ip) = media
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if ip.is_unspecified() {
+                continue; // c=0.0.0.0: on hold, nothing to receive
+            }
+            let codecs: Arc<[Codec]> = media.codecs.clone().into();
+            let mut add = |addr: SocketAddr, rtcp_only: bool| {
+                if self.endpoints.len() >= self.limits.max_endpoints
+                    && !self.endpoints.contains_key(&addr)
+                {
+                    self.counters.endpoints_dropped_at_capacity += 1;
+                    return;
+                }
+                self.endpoints.insert(
+                    addr,
+                    Endpoint {
+                        call: call.clone(),
+                        side,
+                        rtcp_only,
+                        codecs: codecs.clone(),
+                    },
+                );
+                self.endpoints_by_call
+                    .entry(call.clone())
+                    .or_default()
+                    .push(addr);
+            };
+            add(SocketAddr::new(ip, media.port), false);
+            if let Some(rtcp) = media.rtcp_port.filter(|p| *p != media.port) {
+                add(SocketAddr::new(ip, rtcp), true);
+            }
+        }
+    }
+
+    /// Handles a UDP datagram that is not SIP.
+    pub fn datagram(
+        &mut self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(StreamRecord),
+    ) {
+        self.advance(meta.time, out);
+        match packet::classify(payload) {
+            Kind::Other => self.counters.other_datagrams += 1,
+            Kind::Rtcp => self.rtcp(meta, payload),
+            Kind::Rtp => match packet::decode_rtp(payload) {
+                Ok(rtp) => self.rtp(meta, rtp),
+                Err(_) => self.counters.rtp_decode_errors += 1,
+            },
+        }
+    }
+
+    fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
+        self.counters.rtp_packets += 1;
+        let key = StreamKey {
+            src: meta.src,
+            dst: meta.dst,
+            ssrc: rtp.ssrc,
+        };
+        if let Some(stream) = self.streams.get_mut(&key) {
+            if stream.call.is_some() {
+                self.counters.rtp_packets_in_calls += 1;
+            }
+            stream.packet(meta.time, &rtp);
+            return;
+        }
+        // A new stream: to or from an announced endpoint, or on probation.
+        let to = self.endpoints.get(&meta.dst).filter(|e| !e.rtcp_only);
+        let from = self.endpoints.get(&meta.src).filter(|e| !e.rtcp_only);
+        let attached = match (to, from) {
+            (Some(ep), _) => Some((ep.clone(), toward(ep.side))),
+            (None, Some(ep)) => Some((ep.clone(), away_from(ep.side))),
+            (None, None) => None,
+        };
+        match attached {
+            Some((ep, direction)) => {
+                self.counters.rtp_packets_in_calls += 1;
+                self.open_stream(
+                    key,
+                    Some(ep.call),
+                    Some(direction),
+                    ep.codecs,
+                    &[(meta.time, rtp)],
+                );
+            }
+            None => self.probation(meta, rtp),
+        }
+    }
+
+    fn probation(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
+        let flow = (meta.src, meta.dst);
+        if !self.candidates.contains_key(&flow)
+            && self.candidates.len() >= self.limits.max_candidates
+        {
+            self.counters.probation_discarded += 1;
+            return;
+        }
+        let candidate = self.candidates.entry(flow).or_insert_with(|| Candidate {
+            packets: Vec::with_capacity(PROBATION_PACKETS),
+            first_seen: meta.time,
+        });
+        let confirmed = candidate.packets.iter().any(|(_, p)| {
+            p.ssrc == rtp.ssrc
+                && p.payload_type == rtp.payload_type
+                && p.sequence.wrapping_add(1) == rtp.sequence
+        });
+        if candidate.packets.len() >= PROBATION_PACKETS {
+            candidate.packets.remove(0);
+            self.counters.probation_discarded += 1;
+        }
+        candidate.packets.push((meta.time, rtp));
+        if !confirmed {
+            return;
+        }
+        let Some(candidate) = self.candidates.remove(&flow) else {
+            return;
+        };
+        let (mine, others): (Vec<_>, Vec<_>) = candidate
+            .packets
+            .into_iter()
+            .partition(|(_, p)| p.ssrc == rtp.ssrc);
+        self.counters.probation_discarded += others.len() as u64;
+        let key = StreamKey {
+            src: meta.src,
+            dst: meta.dst,
+            ssrc: rtp.ssrc,
+        };
+        self.open_stream(key, None, None, Arc::from(Vec::new()), &mine);
+    }
+
+    fn open_stream(
+        &mut self,
+        key: StreamKey,
+        call: Option<Arc<str>>,
+        direction: Option<Direction>,
+        codecs: Arc<[Codec]>,
+        packets: &[(Timestamp, RtpPacket)],
+    ) {
+        let Some(((first_time, first), rest)) = packets.split_first() else {
+            return;
+        };
+        if self.streams.len() >= self.limits.max_streams {
+            self.counters.streams_dropped_at_capacity += 1;
+            return;
+        }
+        self.counters.streams += 1;
+        let info = payload_info(&codecs, first);
+        let mut stream = Stream {
+            key,
+            call: call.clone(),
+            direction,
+            codecs,
+            voice_pt: None,
+            analyzer: StreamAnalyzer::new(*first_time, first, info),
+        };
+        stream.note_voice(first, info);
+        for (time, packet) in rest {
+            stream.packet(*time, packet);
+        }
+        if let Some(call) = call {
+            self.streams_by_call.entry(call).or_default().push(key);
+        } else {
+            self.counters.orphan_streams += 1;
+        }
+        self.streams.insert(key, stream);
+        self.link_relayed(key);
+    }
+
+    /// A media relay forwards a stream with its SSRC unchanged onto a second leg that no SDP
+    /// in the capture may announce. A stream without a call that carries the SSRC of a call's
+    /// stream, through an address that call's SDP announced (the relay), is that call's other
+    /// leg: it joins the call, in the same direction.
+    fn link_relayed(&mut self, key: StreamKey) {
+        let peers: Vec<StreamKey> = self
+            .streams_by_ssrc
+            .get(&key.ssrc)
+            .map(|keys| keys.iter().copied().filter(|k| *k != key).collect())
+            .unwrap_or_default();
+        self.streams_by_ssrc.entry(key.ssrc).or_default().push(key);
+        for peer in peers {
+            let (Some(this), Some(other)) = (self.streams.get(&key), self.streams.get(&peer))
+            else {
+                continue;
+            };
+            let (attached, orphan) = match (this.call.is_some(), other.call.is_some()) {
+                (true, false) => (this, other),
+                (false, true) => (other, this),
+                _ => continue,
+            };
+            let Some(call) = attached.call.clone() else {
+                continue;
+            };
+            let orphan_ips = [orphan.key.src.ip(), orphan.key.dst.ip()];
+            let relay_announced = [attached.key.src.ip(), attached.key.dst.ip()]
+                .into_iter()
+                .filter(|ip| orphan_ips.contains(ip))
+                .any(|ip| {
+                    self.endpoints_by_call
+                        .get(&call)
+                        .is_some_and(|eps| eps.iter().any(|e| e.ip() == ip))
+                });
+            if !relay_announced {
+                continue;
+            }
+            let direction = attached.direction;
+            let orphan_key = orphan.key;
+            if let Some(orphan) = self.streams.get_mut(&orphan_key) {
+                orphan.call = Some(call.clone());
+                orphan.direction = direction;
+                self.counters.orphan_streams = self.counters.orphan_streams.saturating_sub(1);
+                self.counters.rtp_packets_in_calls += orphan.analyzer.packets();
+                self.streams_by_call
+                    .entry(call)
+                    .or_default()
+                    .push(orphan_key);
+            }
+        }
+    }
+
+    fn unindex_ssrc(&mut self, key: StreamKey) {
+        if let Some(keys) = self.streams_by_ssrc.get_mut(&key.ssrc) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.streams_by_ssrc.remove(&key.ssrc);
+            }
+        }
+    }
+
+    fn rtcp(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        self.counters.rtcp_packets += 1;
+        let summary = match packet::decode_rtcp(payload) {
+            Ok(s) => s,
+            Err(_) => {
+                self.counters.rtcp_decode_errors += 1;
+                return;
+            }
+        };
+        let call = self
+            .endpoints
+            .get(&meta.dst)
+            .or_else(|| self.endpoints.get(&meta.src))
+            .map(|e| e.call.clone());
+        let Some(call) = call else {
+            self.counters.rtcp_unattributed += 1;
+            return;
+        };
+        let list = self.rtcp_by_call.entry(call).or_default();
+        if list.len() < self.limits.max_rtcp_per_call {
+            list.push(RtcpObservation {
+                time: meta.time,
+                src: meta.src,
+                summary,
+            });
+        }
+    }
+
+    /// Closes idle streams (reporting orphans) and forgets stale probation flows.
+    pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(StreamRecord)) {
+        if now.seconds_since(self.last_sweep) < 1.0 {
+            return;
+        }
+        self.last_sweep = now;
+        let idle = self.limits.stream_idle.as_secs_f64();
+        let idle_keys: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| now.seconds_since(s.analyzer.last_time()) > idle)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle_keys {
+            self.close_stream(key, out);
+        }
+        let ttl = self.limits.candidate_ttl.as_secs_f64();
+        let before = self.candidates.len();
+        let mut dropped = 0u64;
+        self.candidates.retain(|_, c| {
+            let keep = now.seconds_since(c.first_seen) <= ttl;
+            if !keep {
+                dropped += c.packets.len() as u64;
+            }
+            keep
+        });
+        let _ = before;
+        self.counters.probation_discarded += dropped;
+    }
+
+    fn close_stream(&mut self, key: StreamKey, out: &mut impl FnMut(StreamRecord)) {
+        let Some(stream) = self.streams.remove(&key) else {
+            return;
+        };
+        self.unindex_ssrc(key);
+        match stream.call.clone() {
+            Some(call) => {
+                if let Some(keys) = self.streams_by_call.get_mut(&call) {
+                    keys.retain(|k| *k != key);
+                }
+                self.closed_by_call.entry(call).or_default().push(stream);
+            }
+            None => out(orphan_record(&stream)),
+        }
+    }
+
+    /// Everything measured for a call, which is over: its streams are closed, its endpoints
+    /// and RTCP forgotten.
+    pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
+        let mut streams = self.closed_by_call.remove(call_id).unwrap_or_default();
+        for key in self.streams_by_call.remove(call_id).unwrap_or_default() {
+            if let Some(stream) = self.streams.remove(&key) {
+                self.unindex_ssrc(key);
+                streams.push(stream);
+            }
+        }
+        for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
+            if self
+                .endpoints
+                .get(&addr)
+                .is_some_and(|e| &*e.call == call_id)
+            {
+                self.endpoints.remove(&addr);
+            }
+        }
+        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
+        let mut quality = MediaQuality::default();
+        streams.sort_by_key(|s| s.analyzer.report().start_time);
+        for stream in &streams {
+            let q = stream.quality(Some(&rtcp));
+            match stream.direction {
+                Some(Direction::CallerToCallee) => quality.caller_to_callee.push(q),
+                Some(Direction::CalleeToCaller) => quality.callee_to_caller.push(q),
+                None => quality.unknown_direction.push(q),
+            }
+        }
+        quality.decide();
+        quality
+    }
+
+    /// Reports every orphan stream still open (end of capture or shutdown).
+    pub fn finish(&mut self, out: &mut impl FnMut(StreamRecord)) {
+        let orphans: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.call.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut records: Vec<StreamRecord> = Vec::new();
+        for key in orphans {
+            if let Some(stream) = self.streams.remove(&key) {
+                self.unindex_ssrc(key);
+                records.push(orphan_record(&stream));
+            }
+        }
+        records.sort_by_key(|r| r.stream.metrics.start_time);
+        records.into_iter().for_each(out);
+        self.counters.probation_discarded += self
+            .candidates
+            .drain()
+            .map(|(_, c)| c.packets.len() as u64)
+            .sum::<u64>();
+    }
+}
+
+impl Stream {
+    fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
+        let info = payload_info(&self.codecs, packet);
+        self.note_voice(packet, info);
+        self.analyzer.packet(time, packet, info);
+    }
+
+    fn note_voice(&mut self, packet: &RtpPacket, info: PayloadInfo) {
+        if self.voice_pt.is_none() && !info.is_event && !info.is_comfort_noise {
+            self.voice_pt = Some(packet.payload_type);
+        }
+    }
+
+    fn codec_name(&self, pt: u8) -> Option<String> {
+        codec_of(&self.codecs, pt).0
+    }
+
+    fn quality(&self, rtcp: Option<&[RtcpObservation]>) -> StreamQuality {
+        let metrics = self.analyzer.report();
+        let codec = self.voice_pt.and_then(|pt| self.codec_name(pt));
+        let codecs = metrics
+            .payload_types
+            .iter()
+            .map(|pt| self.codec_name(*pt).unwrap_or_else(|| format!("PT{pt}")))
+            .collect();
+        let clock = self.voice_pt.and_then(|pt| codec_of(&self.codecs, pt).1);
+        let reported = rtcp.and_then(|obs| reported_for(self.key, clock, obs));
+        let one_way = reported
+            .as_ref()
+            .and_then(|r| r.last_round_trip_ms)
+            .map(|rtt| rtt / 2.0);
+        let (score, not_scored) = match score(codec.as_deref(), &metrics, one_way) {
+            Ok(s) => (Some(s), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        StreamQuality {
+            src: self.key.src.to_string(),
+            dst: self.key.dst.to_string(),
+            ssrc: format!("0x{:08X}", self.key.ssrc),
+            codec,
+            codecs,
+            metrics,
+            score,
+            not_scored,
+            rtcp: reported,
+        }
+    }
+}
+
+fn toward(side: Side) -> Direction {
+    match side {
+        Side::Callee => Direction::CallerToCallee,
+        Side::Caller => Direction::CalleeToCaller,
+    }
+}
+
+fn away_from(side: Side) -> Direction {
+    match side {
+        Side::Caller => Direction::CallerToCallee,
+        Side::Callee => Direction::CalleeToCaller,
+    }
+}
+
+/// Name and clock of a payload type: the SDP's rtpmap, else RFC 3551's static table.
+fn codec_of(codecs: &[Codec], pt: u8) -> (Option<String>, Option<u32>) {
+    if let Some(c) = codecs.iter().find(|c| c.payload_type == pt) {
+        if c.name.is_some() {
+            return (c.name.clone(), c.clock_rate);
+        }
+    }
+    match static_payload_type(pt) {
+        Some((name, clock)) => (Some(name.to_owned()), Some(clock)),
+        None => (None, None),
+    }
+}
+
+fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
+    let pt = packet.payload_type;
+    let mapped = codecs
+        .iter()
+        .find(|c| c.payload_type == pt && c.name.is_some());
+    let (name, clock) = match mapped {
+        Some(c) => (c.name.as_deref(), c.clock_rate),
+        None => match static_payload_type(pt) {
+            Some((name, clock)) => (Some(name), Some(clock)),
+            None => (None, None),
+        },
+    };
+    let is_event = match name {
+        Some(n) => n.eq_ignore_ascii_case("telephone-event"),
+        // An unmapped dynamic payload type carrying 4-byte payloads with an event code is
+        // RFC 4733 (what Wireshark's rtpevent preference assumes for PT 101).
+        None => pt >= 96 && packet.payload_len == 4 && packet.payload_head[0] <= 16,
+    };
+    PayloadInfo {
+        clock_rate: clock.filter(|_| !is_event),
+        is_event,
+        is_comfort_noise: pt == 13
+            || pt == 19
+            || name.is_some_and(|n| n.eq_ignore_ascii_case("CN")),
+    }
+}
+
+/// What the receiver of `key` reported about it.
+fn reported_for(
+    key: StreamKey,
+    clock: Option<u32>,
+    observations: &[RtcpObservation],
+) -> Option<RtcpReported> {
+    let about = |o: &&RtcpObservation| {
+        o.summary.reports.iter().any(|r| r.source_ssrc == key.ssrc)
+            || o.summary
+                .voip_metrics
+                .iter()
+                .any(|v| v.source_ssrc == key.ssrc)
+    };
+    // Relays reuse SSRCs across legs: prefer reports sent by this stream's receiver.
+    let from_receiver: Vec<&RtcpObservation> = observations
+        .iter()
+        .filter(about)
+        .filter(|o| o.src.ip() == key.dst.ip())
+        .collect();
+    let chosen = if from_receiver.is_empty() {
+        observations.iter().filter(about).collect()
+    } else {
+        from_receiver
+    };
+    if chosen.is_empty() {
+        return None;
+    }
+    let mut reported = RtcpReported::default();
+    for obs in chosen {
+        if let Some(vm) = obs
+            .summary
+            .voip_metrics
+            .iter()
+            .find(|v| v.source_ssrc == key.ssrc)
+        {
+            reported.voip_metrics = Some(*vm);
+        }
+        let Some(block) = obs
+            .summary
+            .reports
+            .iter()
+            .find(|r| r.source_ssrc == key.ssrc)
+        else {
+            continue;
+        };
+        reported.reports += 1;
+        reported.last_fraction_lost_percent =
+            Some((block.fraction_lost * 100.0 * 1000.0).round() / 1000.0);
+        reported.last_cumulative_lost = Some(block.cumulative_lost);
+        if let Some(rate) = clock.filter(|r| *r > 0) {
+            let jitter = f64::from(block.jitter_units) * 1000.0 / f64::from(rate);
+            reported.last_jitter_ms = Some(jitter);
+            reported.max_jitter_ms = Some(
+                reported
+                    .max_jitter_ms
+                    .map_or(jitter, |m: f64| m.max(jitter)),
+            );
+        }
+        if block.last_sr != 0 {
+            // RFC 3550 §6.4.1: RTT = A − LSR − DLSR in 1/65536 s, A = arrival as NTP middle 32.
+            let arrival = ntp_middle(obs.time);
+            let units = arrival
+                .wrapping_sub(block.last_sr)
+                .wrapping_sub(block.delay_since_last_sr) as i32;
+            let rtt = f64::from(units) * 1000.0 / 65_536.0;
+            if (0.0..10_000.0).contains(&rtt) {
+                reported.last_round_trip_ms = Some(rtt);
+                reported.max_round_trip_ms =
+                    Some(reported.max_round_trip_ms.map_or(rtt, |m: f64| m.max(rtt)));
+            }
+        }
+    }
+    Some(reported)
+}
+
+/// The middle 32 bits of the NTP timestamp of a capture time.
+fn ntp_middle(time: Timestamp) -> u32 {
+    const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
+    let nanos = time.as_nanos();
+    let secs = nanos.div_euclid(1_000_000_000) + NTP_UNIX_OFFSET;
+    let frac = ((nanos.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000;
+    (((secs as u64 & 0xFFFF) << 16) | (frac >> 16)) as u32
+}
+
+/// Scores a stream with the E-model, after the 50 ms jitter buffer.
+fn score(
+    codec: Option<&str>,
+    metrics: &crate::media::stream::StreamReport,
+    one_way_delay_ms: Option<f64>,
+) -> Result<Score, NotScored> {
+    let codec = codec.ok_or(NotScored::NoData)?;
+    let impairment = emodel::codec_impairment(codec)?;
+    let buffer = metrics.jitter_buffers.first().ok_or(NotScored::NoData)?;
+    if metrics.expected <= 0 {
+        return Err(NotScored::NoData);
+    }
+    let delay = one_way_delay_ms.unwrap_or(0.0);
+    let r = emodel::r_factor(
+        impairment,
+        buffer.effective_loss_percent,
+        buffer.burst_ratio,
+        delay,
+    );
+    Ok(Score {
+        model: emodel::MODEL,
+        codec: codec.to_owned(),
+        ie: impairment.ie,
+        bpl: impairment.bpl,
+        packet_loss_percent: buffer.effective_loss_percent,
+        burst_ratio: buffer.burst_ratio,
+        one_way_delay_ms: delay,
+        delay_source: if one_way_delay_ms.is_some() {
+            "rtcp_round_trip"
+        } else {
+            "assumed_zero"
+        },
+        jitter_buffer_ms: JITTER_BUFFERS_MS[0],
+        r_factor: (r * 100.0).round() / 100.0,
+        mos: (emodel::mos(r) * 100.0).round() / 100.0,
+    })
+}
+
+fn orphan_record(stream: &Stream) -> StreamRecord {
+    let quality = stream.quality(None);
+    StreamRecord {
+        schema: STREAM_SCHEMA,
+        record_id: stable_id(&[
+            quality.src.as_bytes(),
+            quality.dst.as_bytes(),
+            &stream.key.ssrc.to_be_bytes(),
+            &quality.metrics.start_time.as_nanos().to_be_bytes(),
+        ]),
+        stream: quality,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntp_middle_bits() {
+        // 1970-01-01T00:00:00.5Z is NTP 2208988800.5: low 16 bits of seconds 0x7E80, fraction 0x8000.
+        let t = Timestamp::from_secs_nanos(0, 500_000_000);
+        assert_eq!(ntp_middle(t), 0x7E80_8000);
+    }
+}

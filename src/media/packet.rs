@@ -1,0 +1,262 @@
+//! RTP and RTCP packets (RFC 3550, RFC 3611): recognition by content and decoding, with the
+//! webrtc-rs `rtp` and `rtcp` crates.
+//!
+//! The RTP path runs for every media packet, so it only reads the fixed header (the `rtp`
+//! crate allocates nothing for a header without CSRCs or extensions) and never copies the
+//! payload. RTCP is rare (one compound packet every few seconds per stream); it is decoded in
+//! full and reduced to the facts a call record needs.
+
+use serde::Serialize;
+use webrtc_util::marshal::Unmarshal;
+
+/// What a UDP payload looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Rtp,
+    Rtcp,
+    Other,
+}
+
+/// Classifies a UDP payload by its first bytes. RTP and RTCP share the version bits; RTCP
+/// packet types 200–207 fall where RTP would have a marker bit and payload type 72–79, which
+/// RFC 5761 §4 reserves so the two can share a port.
+pub fn classify(payload: &[u8]) -> Kind {
+    let (Some(&b0), Some(&b1)) = (payload.first(), payload.get(1)) else {
+        return Kind::Other;
+    };
+    if b0 >> 6 != 2 {
+        return Kind::Other;
+    }
+    if (200..=207).contains(&b1) {
+        // The length field (in 32-bit words, minus one) must fit the datagram.
+        let words = payload.get(2..4).map_or(usize::MAX, |l| {
+            usize::from(u16::from_be_bytes([l[0], l[1]]))
+        });
+        return if payload.len() >= 8 && (words + 1) * 4 <= payload.len() {
+            Kind::Rtcp
+        } else {
+            Kind::Other
+        };
+    }
+    if payload.len() >= 12 {
+        Kind::Rtp
+    } else {
+        Kind::Other
+    }
+}
+
+/// The fixed facts of an RTP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpPacket {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    /// Payload bytes after the header and before padding.
+    pub payload_len: usize,
+    /// The first payload bytes (RFC 4733 events are read from them).
+    pub payload_head: [u8; 4],
+}
+
+/// Why an RTP packet was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RtpError {
+    #[error("not RTP version 2")]
+    Version,
+    #[error("RTP header longer than the packet")]
+    Truncated,
+    #[error("RTP padding longer than the payload")]
+    Padding,
+}
+
+/// Decodes an RTP packet's header.
+pub fn decode_rtp(data: &[u8]) -> Result<RtpPacket, RtpError> {
+    if data.first().is_none_or(|b| b >> 6 != 2) {
+        return Err(RtpError::Version);
+    }
+    let mut buf = data;
+    let header = rtp::header::Header::unmarshal(&mut buf).map_err(|_| RtpError::Truncated)?;
+    let header_len = data.len() - buf.len();
+    let mut payload_len = data.len() - header_len;
+    if header.padding {
+        let pad = usize::from(*data.last().ok_or(RtpError::Padding)?);
+        if pad == 0 || pad > payload_len {
+            return Err(RtpError::Padding);
+        }
+        payload_len -= pad;
+    }
+    let mut payload_head = [0u8; 4];
+    let head = &data[header_len..header_len + payload_len.min(4)];
+    payload_head[..head.len()].copy_from_slice(head);
+    Ok(RtpPacket {
+        marker: header.marker,
+        payload_type: header.payload_type,
+        sequence: header.sequence_number,
+        timestamp: header.timestamp,
+        ssrc: header.ssrc,
+        payload_len,
+        payload_head,
+    })
+}
+
+/// A reception report block: what a receiver says about a source (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ReceptionReport {
+    /// The SSRC reported on.
+    pub source_ssrc: u32,
+    /// Fraction lost since the previous report, 0..1.
+    pub fraction_lost: f64,
+    pub cumulative_lost: i32,
+    /// Interarrival jitter in RTP timestamp units (converted to ms by whoever knows the clock).
+    pub jitter_units: u32,
+    /// Middle 32 bits of the NTP time of the last SR received from the source.
+    pub last_sr: u32,
+    /// Delay since that SR, in 1/65536 s.
+    pub delay_since_last_sr: u32,
+}
+
+/// RFC 3611 §4.7 VoIP metrics, as the endpoint computed them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VoipMetrics {
+    pub source_ssrc: u32,
+    /// Loss and discard rates, 0..1.
+    pub loss_rate: f64,
+    pub discard_rate: f64,
+    pub round_trip_delay_ms: u16,
+    pub end_system_delay_ms: u16,
+    /// R-factor and MOS as reported; `None` where the endpoint said "unavailable" (127).
+    pub r_factor: Option<u8>,
+    pub mos_lq: Option<f64>,
+    pub mos_cq: Option<f64>,
+}
+
+/// What one RTCP compound packet says.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RtcpSummary {
+    /// SSRC of the sender of the packet.
+    pub sender_ssrc: Option<u32>,
+    /// Sender info of an SR: middle 32 bits of its NTP time (for round-trip computation),
+    /// packets and octets sent.
+    pub sr_ntp_middle: Option<u32>,
+    pub sender_packets: Option<u32>,
+    pub sender_octets: Option<u32>,
+    pub reports: Vec<ReceptionReport>,
+    pub voip_metrics: Vec<VoipMetrics>,
+    /// SDES CNAME of the sender.
+    pub cname: Option<String>,
+}
+
+/// Why an RTCP packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed RTCP: {0}")]
+pub struct RtcpError(String);
+
+/// Decodes an RTCP compound packet.
+pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
+    use rtcp::extended_report::{ExtendedReport, VoIPMetricsReportBlock};
+    use rtcp::receiver_report::ReceiverReport;
+    use rtcp::sender_report::SenderReport;
+    use rtcp::source_description::{SdesType, SourceDescription};
+
+    let mut buf = data;
+    let packets = rtcp::packet::unmarshal(&mut buf).map_err(|e| RtcpError(e.to_string()))?;
+    let mut summary = RtcpSummary::default();
+    let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {
+        source_ssrc: r.ssrc,
+        fraction_lost: f64::from(r.fraction_lost) / 256.0,
+        // A 24-bit signed count (RFC 3550 §6.4.1).
+        cumulative_lost: ((r.total_lost << 8) as i32) >> 8,
+        jitter_units: r.jitter,
+        last_sr: r.last_sender_report,
+        delay_since_last_sr: r.delay,
+    };
+    for packet in &packets {
+        let any = packet.as_any();
+        if let Some(sr) = any.downcast_ref::<SenderReport>() {
+            summary.sender_ssrc = Some(sr.ssrc);
+            summary.sr_ntp_middle = Some((sr.ntp_time >> 16) as u32);
+            summary.sender_packets = Some(sr.packet_count);
+            summary.sender_octets = Some(sr.octet_count);
+            summary.reports.extend(sr.reports.iter().map(reception));
+        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            summary.sender_ssrc = Some(rr.ssrc);
+            summary.reports.extend(rr.reports.iter().map(reception));
+        } else if let Some(sdes) = any.downcast_ref::<SourceDescription>() {
+            let cname = sdes
+                .chunks
+                .iter()
+                .flat_map(|c| c.items.iter())
+                .find(|i| i.sdes_type == SdesType::SdesCname);
+            if let Some(item) = cname {
+                summary.cname = Some(String::from_utf8_lossy(&item.text).into_owned());
+            }
+        } else if let Some(xr) = any.downcast_ref::<ExtendedReport>() {
+            summary.sender_ssrc.get_or_insert(xr.sender_ssrc);
+            for block in &xr.reports {
+                if let Some(vm) = block.as_any().downcast_ref::<VoIPMetricsReportBlock>() {
+                    let available = |v: u8| (v != 127).then_some(v);
+                    summary.voip_metrics.push(VoipMetrics {
+                        source_ssrc: vm.ssrc,
+                        loss_rate: f64::from(vm.loss_rate) / 256.0,
+                        discard_rate: f64::from(vm.discard_rate) / 256.0,
+                        round_trip_delay_ms: vm.round_trip_delay,
+                        end_system_delay_ms: vm.end_system_delay,
+                        r_factor: available(vm.rfactor),
+                        mos_lq: available(vm.mos_lq).map(|m| f64::from(m) / 10.0),
+                        mos_cq: available(vm.mos_cq).map(|m| f64::from(m) / 10.0),
+                    });
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_rtp_rtcp_and_other() {
+        let mut rtp = vec![0x80, 0x08, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7];
+        rtp.extend_from_slice(&[0xD5; 160]);
+        assert_eq!(classify(&rtp), Kind::Rtp);
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 9];
+        assert_eq!(classify(&rr), Kind::Rtcp);
+        assert_eq!(classify(b"INVITE sip:x SIP/2.0"), Kind::Other);
+        assert_eq!(classify(&[0x80, 201, 0, 9, 0, 0, 0, 9]), Kind::Other);
+
+        let p = decode_rtp(&rtp).unwrap();
+        assert_eq!(
+            (p.payload_type, p.sequence, p.timestamp, p.ssrc),
+            (8, 1, 160, 7)
+        );
+        assert_eq!(p.payload_len, 160);
+    }
+
+    #[test]
+    fn padding_is_checked() {
+        let mut rtp = vec![0xA0, 0x08, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7, 1, 2, 3, 2];
+        assert_eq!(decode_rtp(&rtp).unwrap().payload_len, 2);
+        *rtp.last_mut().unwrap() = 9;
+        assert_eq!(decode_rtp(&rtp), Err(RtpError::Padding));
+    }
+
+    #[test]
+    fn decodes_receiver_report() {
+        // RR from SSRC 9 about SSRC 7: 25% lost, cumulative -1 (0xFFFFFF), jitter 80.
+        let rr = [
+            0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 64, 0xFF, 0xFF, 0xFF, 0, 0, 0, 100, 0, 0, 0,
+            80, 0, 0, 0, 5, 0, 0, 0, 6,
+        ];
+        let s = decode_rtcp(&rr).unwrap();
+        assert_eq!(s.sender_ssrc, Some(9));
+        let r = s.reports[0];
+        assert_eq!(r.source_ssrc, 7);
+        assert_eq!(r.fraction_lost, 0.25);
+        assert_eq!(r.cumulative_lost, -1);
+        assert_eq!(r.jitter_units, 80);
+        assert_eq!((r.last_sr, r.delay_since_last_sr), (5, 6));
+    }
+}

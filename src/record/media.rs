@@ -1,0 +1,97 @@
+//! Media quality in records: per stream, per direction of a call, and orphan streams.
+
+use serde::Serialize;
+
+use crate::media::emodel::{NotScored, Score};
+use crate::media::packet::VoipMetrics;
+use crate::media::stream::StreamReport;
+
+/// Schema id of an orphan stream record.
+pub const STREAM_SCHEMA: &str = "teledge.stream/1";
+
+/// What the receiver of a stream said about it in RTCP, next to what the tap measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RtcpReported {
+    pub reports: u32,
+    /// Fraction lost in the last report, in percent.
+    pub last_fraction_lost_percent: Option<f64>,
+    pub last_cumulative_lost: Option<i32>,
+    pub max_jitter_ms: Option<f64>,
+    pub last_jitter_ms: Option<f64>,
+    /// Round-trip time from LSR/DLSR, as seen at the tap's clock when the report passed.
+    pub max_round_trip_ms: Option<f64>,
+    pub last_round_trip_ms: Option<f64>,
+    /// RFC 3611 VoIP metrics of the last XR about this stream.
+    pub voip_metrics: Option<VoipMetrics>,
+}
+
+/// One RTP stream, measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamQuality {
+    pub src: String,
+    pub dst: String,
+    pub ssrc: String,
+    /// The voice codec (first payload type that is neither comfort noise nor an event).
+    pub codec: Option<String>,
+    /// Names of every payload type seen.
+    pub codecs: Vec<String>,
+    pub metrics: StreamReport,
+    pub score: Option<Score>,
+    /// Why there is no score.
+    pub not_scored: Option<NotScored>,
+    pub rtcp: Option<RtcpReported>,
+}
+
+/// Media of a call, by direction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MediaQuality {
+    pub caller_to_callee: Vec<StreamQuality>,
+    pub callee_to_caller: Vec<StreamQuality>,
+    /// Streams of the call whose direction the SDP did not tell.
+    pub unknown_direction: Vec<StreamQuality>,
+    /// The worse direction's score: what a supervisor sorts by. `None` without a score.
+    pub verdict: Option<Verdict>,
+}
+
+/// The call-level quality verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub mos: f64,
+    pub r_factor: f64,
+    /// `caller_to_callee`, `callee_to_caller` or `unknown`: where the worst stream ran.
+    pub worst_direction: &'static str,
+}
+
+impl MediaQuality {
+    /// Sets the verdict from the lowest-scoring stream (longest streams first on ties).
+    pub fn decide(&mut self) {
+        let all = [
+            ("caller_to_callee", &self.caller_to_callee),
+            ("callee_to_caller", &self.callee_to_caller),
+            ("unknown", &self.unknown_direction),
+        ];
+        self.verdict = all
+            .iter()
+            .flat_map(|(dir, streams)| streams.iter().map(move |s| (*dir, s)))
+            .filter_map(|(dir, s)| s.score.as_ref().map(|score| (dir, score)))
+            .min_by(|a, b| a.1.r_factor.total_cmp(&b.1.r_factor))
+            .map(|(dir, score)| Verdict {
+                mos: score.mos,
+                r_factor: score.r_factor,
+                worst_direction: dir,
+            });
+    }
+
+    pub fn streams(&self) -> usize {
+        self.caller_to_callee.len() + self.callee_to_caller.len() + self.unknown_direction.len()
+    }
+}
+
+/// An RTP stream that matched no call: measured all the same, never dropped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamRecord {
+    pub schema: &'static str,
+    pub record_id: String,
+    #[serde(flatten)]
+    pub stream: StreamQuality,
+}
