@@ -233,9 +233,16 @@ impl MediaTracker {
             Kind::Rtcp => self.rtcp(meta, payload),
             Kind::Rtp => match packet::decode_rtp(payload) {
                 Ok(rtp) => self.rtp(meta, rtp),
-                Err(_) => self.counters.rtp_decode_errors += 1,
+                // Only an announced media endpoint makes a bad header an RTP error; elsewhere
+                // it is some other protocol that shares RTP's first bits.
+                Err(_) if self.is_endpoint(meta) => self.counters.rtp_decode_errors += 1,
+                Err(_) => self.counters.other_datagrams += 1,
             },
         }
+    }
+
+    fn is_endpoint(&self, meta: &DatagramMeta) -> bool {
+        self.endpoints.contains_key(&meta.dst) || self.endpoints.contains_key(&meta.src)
     }
 
     fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
@@ -427,7 +434,8 @@ impl MediaTracker {
             .endpoints
             .get(&meta.dst)
             .or_else(|| self.endpoints.get(&meta.src))
-            .map(|e| e.call.clone());
+            .map(|e| e.call.clone())
+            .or_else(|| self.call_by_ssrc(meta, &summary));
         let Some(call) = call else {
             self.counters.rtcp_unattributed += 1;
             return;
@@ -440,6 +448,29 @@ impl MediaTracker {
                 summary,
             });
         }
+    }
+
+    /// RTCP on a relay leg no SDP announced: the call of a stream whose SSRC the packet sends
+    /// or reports on, and which runs through one of the packet's addresses.
+    fn call_by_ssrc(&self, meta: &DatagramMeta, summary: &RtcpSummary) -> Option<Arc<str>> {
+        let ssrcs = summary
+            .sender_ssrc
+            .into_iter()
+            .chain(summary.reports.iter().map(|r| r.source_ssrc));
+        let ips = [meta.src.ip(), meta.dst.ip()];
+        for ssrc in ssrcs {
+            for key in self.streams_by_ssrc.get(&ssrc).into_iter().flatten() {
+                let Some(stream) = self.streams.get(key) else {
+                    continue;
+                };
+                if stream.call.is_some()
+                    && (ips.contains(&key.src.ip()) || ips.contains(&key.dst.ip()))
+                {
+                    return stream.call.clone();
+                }
+            }
+        }
+        None
     }
 
     /// Closes idle streams (reporting orphans) and forgets stale probation flows.

@@ -159,8 +159,33 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
     use rtcp::sender_report::SenderReport;
     use rtcp::source_description::{SdesType, SourceDescription};
 
-    let mut buf = data;
-    let packets = rtcp::packet::unmarshal(&mut buf).map_err(|e| RtcpError(e.to_string()))?;
+    // Each packet of the compound is decoded on its own, so that trailing bytes after the last
+    // packet (seen from real gateways) or one packet type the crate refuses do not cost the
+    // reports around it.
+    let mut packets = Vec::new();
+    let mut rest = data;
+    let mut first_error = None;
+    while rest.len() >= 4 {
+        let words = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let len = (words + 1) * 4;
+        let Some(one) = rest.get(..len) else {
+            first_error.get_or_insert_with(|| "RTCP length beyond the datagram".to_owned());
+            break;
+        };
+        let mut buf = one;
+        match rtcp::packet::unmarshal(&mut buf) {
+            Ok(mut decoded) => packets.append(&mut decoded),
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        rest = &rest[len..];
+    }
+    if packets.is_empty() {
+        return Err(RtcpError(
+            first_error.unwrap_or_else(|| "empty RTCP packet".to_owned()),
+        ));
+    }
     let mut summary = RtcpSummary::default();
     let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {
         source_ssrc: r.ssrc,
@@ -241,6 +266,19 @@ mod tests {
         assert_eq!(decode_rtp(&rtp).unwrap().payload_len, 2);
         *rtp.last_mut().unwrap() = 9;
         assert_eq!(decode_rtp(&rtp), Err(RtpError::Padding));
+    }
+
+    /// A compound SR+RR+SDES from the Wireshark sample capture, with two stray bytes after
+    /// the SDES: the reports around them must survive.
+    #[test]
+    fn trailing_bytes_after_compound_are_tolerated() {
+        let mut compound = vec![0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 64, 0, 0, 1];
+        compound.extend_from_slice(&[0, 0, 0, 100, 0, 0, 0, 80, 0, 0, 0, 5, 0, 0, 0, 6]);
+        compound.extend_from_slice(&[0x81, 202, 0, 2, 0, 0, 0, 9, 1, 1, b'x', 0]);
+        compound.extend_from_slice(&[0, 0]);
+        let s = decode_rtcp(&compound).unwrap();
+        assert_eq!(s.reports.len(), 1);
+        assert_eq!(s.cname.as_deref(), Some("x"));
     }
 
     #[test]

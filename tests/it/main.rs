@@ -8,5 +8,6 @@ mod cli;
 mod conformance;
 mod encapsulation;
 mod generated;
+mod media;
 mod robustness;
 mod support;

@@ -6,6 +6,9 @@ SIP message TShark decodes (several per frame for TCP), with the frame number, C
 the start line says (method, or status code) and the CSeq. TCP port 6060 is decoded as SIP as
 the fixture README says; teledge needs no such hint.
 
+For every capture it writes tests/data/tshark/<capture>.rtp_streams.txt: the output of
+`tshark -q -o rtp.heuristic_rtp:TRUE -z rtp,streams`, which the media conformance test parses.
+
 Usage: python3 tests/tshark/regenerate.py   (needs the Debian package `tshark`)
 """
 import json
@@ -63,6 +66,15 @@ def main():
             for row in rows:
                 f.write("\t".join(row) + "\n")
         print(f"{capture}: {len(rows)} SIP messages", file=sys.stderr)
+    for path in sorted(DATA.glob("*.pcap*")):
+        out = subprocess.run(
+            ["tshark", "-r", str(path), "-q", "-o", "rtp.heuristic_rtp:TRUE", "-z", "rtp,streams"],
+            check=True, capture_output=True, text=True).stdout
+        with open(target / f"{path.name}.rtp_streams.txt", "w") as f:
+            f.write(f"# {version}; tshark -r {path.name} -q -o rtp.heuristic_rtp:TRUE -z rtp,streams\n")
+            f.write(out)
+        streams = sum(1 for line in out.splitlines() if " 0x" in line)
+        print(f"{path.name}: {streams} RTP streams", file=sys.stderr)
 
 
 if __name__ == "__main__":
