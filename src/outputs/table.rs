@@ -13,8 +13,8 @@ pub fn write_table(
 ) -> io::Result<()> {
     writeln!(
         out,
-        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  CALL-ID",
-        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP"
+        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {:>4}  CALL-ID",
+        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "MOS"
     )?;
     for call in calls {
         let time = call.invite_time.to_string();
@@ -24,9 +24,15 @@ pub fn write_table(
         } else {
             format!("{}*", call.outcome.as_str())
         };
+        let mos = call
+            .media_quality
+            .verdict
+            .as_ref()
+            .map(|v| format!("{:.2}", v.mos))
+            .unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {}",
+            "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {:>4}  {}",
             time,
             clip(party_label(&call.caller), 20),
             clip(party_label(&call.callee), 20),
@@ -34,6 +40,7 @@ pub fn write_table(
             secs(call.ring_duration_s),
             secs(call.talk_duration_s),
             call.final_status.map(|s| s.to_string()).unwrap_or_default(),
+            mos,
             call.call_id,
         )?;
     }
@@ -62,6 +69,33 @@ pub fn write_table(
             100.0 * count as f64 / total
         )?;
     }
+    let scored: Vec<f64> = calls
+        .iter()
+        .filter_map(|c| c.media_quality.verdict.as_ref().map(|v| v.mos))
+        .collect();
+    if !scored.is_empty() {
+        let worst = scored.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = scored.iter().sum::<f64>() / scored.len() as f64;
+        writeln!(
+            out,
+            "quality: {} calls scored, mean MOS {mean:.2}, worst {worst:.2}",
+            scored.len()
+        )?;
+    }
+    let m = &summary.media;
+    writeln!(
+        out,
+        "{} RTP streams ({} in no call), {} RTP packets ({:.1}% attributed to calls), {} RTCP",
+        m.streams,
+        m.orphan_streams,
+        m.rtp_packets,
+        if m.rtp_packets > 0 {
+            100.0 * m.rtp_packets_in_calls as f64 / m.rtp_packets as f64
+        } else {
+            0.0
+        },
+        m.rtcp_packets
+    )?;
     let d = &summary.decode;
     writeln!(
         out,

@@ -45,12 +45,35 @@
 //! | `early_media` | a 18x carried SDP |
 //! | `hold_count`, `hold_duration_s` | re-INVITE/UPDATE holds (sendonly, inactive or `c=0.0.0.0`) and their total time |
 //! | `media` | `{offer, answer, renegotiations}`: the SDP of the first offer and answer, each `{media: [{media, address, port, protocol, rtcp_port, rtcp_mux, direction, codecs: [{payload_type, name, clock_rate}]}]}`; `renegotiations` counts later SDP |
+//! | `media_quality` | `{caller_to_callee, callee_to_caller, unknown_direction, verdict}`: the RTP streams of the call by direction (a media relay's second leg is a stream of its own), each a *stream* as below; `verdict` is `{mos, r_factor, worst_direction}` of the lowest-scoring stream, `null` when no stream could be scored |
+//!
+//! A *stream* is `{src, dst, ssrc, codec, codecs, metrics, score, not_scored, rtcp}`:
+//!
+//! - `metrics` (Wireshark's RTP stream analysis, see [`crate::media::stream`]):
+//!   `start_time`, `end_time`, `duration_s`, `packets`, `expected`, `lost` (never negative),
+//!   `lost_percent`, `lost_wireshark` (expected − received as TShark prints it),
+//!   `sequence_errors`, `duplicates`, `out_of_order`, `min/mean/max_delta_ms`,
+//!   `min/mean/max_jitter_ms` (`null` without a clock rate, e.g. telephone-event),
+//!   `max_skew_ms`, `payload_types`, `loss_bursts` (runs of 1..9 and 10+ lost packets),
+//!   `jitter_buffers` (`[{size_ms: 50|200, discarded, effective_loss_percent, burst_ratio}]`),
+//!   `comfort_noise_packets`, `dtmf` (`[{digit, time, duration_ms}]`, RFC 4733 events);
+//! - `score`: `{model, codec, ie, bpl, packet_loss_percent, burst_ratio, one_way_delay_ms,
+//!   delay_source, jitter_buffer_ms, r_factor, mos}` — the G.107 E-model after the 50 ms
+//!   buffer, with every input written down; `null` with `not_scored` saying why (`wideband`,
+//!   `unknown_codec`, `no_data`);
+//! - `rtcp`: what the stream's receiver reported (`reports`, `last_fraction_lost_percent`,
+//!   `last_cumulative_lost`, `last/max_jitter_ms`, `last/max_round_trip_ms` from LSR/DLSR,
+//!   `voip_metrics` from RFC 3611 XR), beside the measured `metrics`; `null` without RTCP.
+//!
+//! # Orphan stream record (`"type": "stream"`, `"schema": "teledge.stream/1"`)
+//!
+//! RTP that matched no call: `record_id` plus the *stream* fields above.
 //!
 //! # Capture summary (`"type": "capture_summary"`)
 //!
 //! Written last by `teledge replay`: frames, SIP messages by transport, decode errors, REGISTER
-//! and other non-call transactions, calls by outcome, and the first decode problems with
-//! their frame numbers.
+//! and other non-call transactions, calls by outcome, the first decode problems with their
+//! frame numbers, and media counters (RTP/RTCP packets, share attributed to calls, streams).
 
 mod call;
 pub mod media;
