@@ -8,7 +8,8 @@
 //!   SSRC on both legs. A stream belongs to the call whose endpoint is its destination or, for
 //!   an endpoint behind NAT that sends from another address than it announced, its source.
 //! - RTP that matches no endpoint is recognised by content (version 2, a payload type that is
-//!   not RTCP, and two packets of one SSRC with consecutive sequence numbers) and measured as
+//!   not RTCP, and two packets of one 5-tuple and SSRC with consecutive sequence numbers) and
+//!   measured as
 //!   an orphan stream; its probation packets are replayed into the analysis, so its counts are
 //!   complete. Orphans are reported as records of their own, never dropped silently.
 //! - RTCP from or to a call's endpoints is kept with the call and joined to the streams it
@@ -72,6 +73,8 @@ pub struct MediaCounters {
     /// RTCP that belongs to no known call.
     pub rtcp_unattributed: u64,
     pub streams: u64,
+    /// Most streams measured at the same time.
+    pub peak_active_streams: u64,
     pub orphan_streams: u64,
     /// Datagrams that look like neither RTP nor RTCP.
     pub other_datagrams: u64,
@@ -141,7 +144,7 @@ pub struct MediaTracker {
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
-    candidates: HashMap<(SocketAddr, SocketAddr), Candidate>,
+    candidates: HashMap<StreamKey, Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay.
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
     counters: MediaCounters,
@@ -283,21 +286,27 @@ impl MediaTracker {
     }
 
     fn probation(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
-        let flow = (meta.src, meta.dst);
-        if !self.candidates.contains_key(&flow)
+        // Candidates are per 5-tuple and SSRC, so interleaved SSRCs on one flow each get
+        // their chance. When the table is full, new candidates are turned away (and counted)
+        // until old ones expire: a flood of garbage cannot grow memory, and streams that SDP
+        // announced never need probation.
+        let key = StreamKey {
+            src: meta.src,
+            dst: meta.dst,
+            ssrc: rtp.ssrc,
+        };
+        if !self.candidates.contains_key(&key)
             && self.candidates.len() >= self.limits.max_candidates
         {
             self.counters.probation_discarded += 1;
             return;
         }
-        let candidate = self.candidates.entry(flow).or_insert_with(|| Candidate {
+        let candidate = self.candidates.entry(key).or_insert_with(|| Candidate {
             packets: Vec::with_capacity(PROBATION_PACKETS),
             first_seen: meta.time,
         });
         let confirmed = candidate.packets.iter().any(|(_, p)| {
-            p.ssrc == rtp.ssrc
-                && p.payload_type == rtp.payload_type
-                && p.sequence.wrapping_add(1) == rtp.sequence
+            p.payload_type == rtp.payload_type && p.sequence.wrapping_add(1) == rtp.sequence
         });
         if candidate.packets.len() >= PROBATION_PACKETS {
             candidate.packets.remove(0);
@@ -307,20 +316,9 @@ impl MediaTracker {
         if !confirmed {
             return;
         }
-        let Some(candidate) = self.candidates.remove(&flow) else {
-            return;
-        };
-        let (mine, others): (Vec<_>, Vec<_>) = candidate
-            .packets
-            .into_iter()
-            .partition(|(_, p)| p.ssrc == rtp.ssrc);
-        self.counters.probation_discarded += others.len() as u64;
-        let key = StreamKey {
-            src: meta.src,
-            dst: meta.dst,
-            ssrc: rtp.ssrc,
-        };
-        self.open_stream(key, None, None, Arc::from(Vec::new()), &mine);
+        if let Some(candidate) = self.candidates.remove(&key) {
+            self.open_stream(key, None, None, Arc::from(Vec::new()), &candidate.packets);
+        }
     }
 
     fn open_stream(
@@ -358,6 +356,10 @@ impl MediaTracker {
             self.counters.orphan_streams += 1;
         }
         self.streams.insert(key, stream);
+        self.counters.peak_active_streams = self
+            .counters
+            .peak_active_streams
+            .max(self.streams.len() as u64);
         self.link_relayed(key);
     }
 

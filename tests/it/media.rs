@@ -23,7 +23,8 @@ struct TsharkStream {
 }
 
 fn tshark_streams(capture: &str) -> Vec<TsharkStream> {
-    let text = std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtp_streams.txt"))).unwrap();
+    let text =
+        std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtp_streams.txt"))).unwrap();
     text.lines()
         .filter(|l| l.contains(" 0x"))
         .map(|line| {
@@ -52,7 +53,9 @@ fn teledge_streams(capture: &str) -> (Vec<StreamQuality>, Vec<Record>) {
     let mut records = Vec::new();
     let mut replay = Replay::new(ReplaySettings::default());
     let mut sink = |r: Record| records.push(r);
-    replay.read(capture, &data(capture)[..], &mut sink, |_| {}).unwrap();
+    replay
+        .read(capture, &data(capture)[..], &mut sink, |_| {})
+        .unwrap();
     replay.finish(&mut sink);
     let mut streams = Vec::new();
     for r in &records {
@@ -72,7 +75,10 @@ fn teledge_streams(capture: &str) -> (Vec<StreamQuality>, Vec<Record>) {
 
 fn close(ours: Option<f64>, theirs: f64, what: &str) {
     let ours = ours.unwrap_or_else(|| panic!("{what}: teledge has no value, TShark {theirs}"));
-    assert!((ours - theirs).abs() <= 0.01, "{what}: teledge {ours}, TShark {theirs}");
+    assert!(
+        (ours - theirs).abs() <= 0.01,
+        "{what}: teledge {ours}, TShark {theirs}"
+    );
 }
 
 #[test]
@@ -137,7 +143,11 @@ fn wireshark_pins_stream_d2bd4e3e() {
     assert!((m.min_jitter_ms.unwrap() - 0.388213).abs() < 1e-6);
     assert!((m.mean_jitter_ms.unwrap() - 2.517173).abs() < 1e-6);
     assert!((m.max_jitter_ms.unwrap() - 7.406751).abs() < 1e-6);
-    assert!((m.max_skew_ms.unwrap().abs() - 319.289).abs() < 0.001, "{:?}", m.max_skew_ms);
+    assert!(
+        (m.max_skew_ms.unwrap().abs() - 319.289).abs() < 0.001,
+        "{:?}",
+        m.max_skew_ms
+    );
 }
 
 #[test]
@@ -161,9 +171,15 @@ fn rtp_is_attributed_to_calls() {
     assert_eq!(q.caller_to_callee.len(), 2);
     assert_eq!(q.callee_to_caller.len(), 2);
     let verdict = q.verdict.as_ref().unwrap();
-    assert!((verdict.mos - 4.41).abs() < 0.01, "no loss G.711: {verdict:?}");
+    assert!(
+        (verdict.mos - 4.41).abs() < 0.01,
+        "no loss G.711: {verdict:?}"
+    );
     // RTCP from both endpoints is joined to the streams it reports on.
-    assert!(q.callee_to_caller.iter().all(|s| s.rtcp.as_ref().is_some_and(|r| r.reports > 0)));
+    assert!(q
+        .callee_to_caller
+        .iter()
+        .all(|s| s.rtcp.as_ref().is_some_and(|r| r.reports > 0)));
 }
 
 #[test]
@@ -177,4 +193,105 @@ fn dtmf_is_events_not_voice() {
     // The end packet is sent three times: duplicates, not negative loss.
     assert_eq!(s.metrics.lost, 0);
     assert_eq!(s.metrics.duplicates, 2);
+}
+
+mod stress {
+    use teledge::correlation::media::{MediaLimits, MediaTracker};
+    use teledge::dissect::DatagramMeta;
+    use teledge::record::media::StreamRecord;
+    use teledge::time::Timestamp;
+
+    fn rtp(seq: u16, ts: u32, ssrc: u32) -> [u8; 32] {
+        let mut p = [0xD5u8; 32];
+        p[..12].copy_from_slice(&[0x80, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p
+    }
+
+    fn meta(i: u64, src_port: u16) -> DatagramMeta {
+        meta_at(i, i * 20_000_000, src_port)
+    }
+
+    fn meta_at(i: u64, nanos: u64, src_port: u16) -> DatagramMeta {
+        DatagramMeta {
+            frame: i,
+            time: Timestamp::from_nanos(1_700_000_000_000_000_000 + nanos as i64),
+            src: format!("10.0.0.1:{src_port}").parse().unwrap(),
+            dst: "10.0.0.2:5000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_million_packets_with_wraps_and_a_timestamp_jump() {
+        let mut tracker = MediaTracker::new(MediaLimits::default());
+        let mut out: Vec<StreamRecord> = Vec::new();
+        let (mut seq, mut ts) = (65_000u16, u32::MAX - 100_000);
+        for i in 0..1_000_000u64 {
+            if i == 500_000 {
+                ts = ts.wrapping_add(1_000_000_000); // the sender's clock jumps
+            }
+            tracker.datagram(&meta(i, 4000), &rtp(seq, ts, 0xABCD), &mut |s| out.push(s));
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(160);
+            assert!(tracker.active_streams() <= 1);
+        }
+        tracker.finish(&mut |s| out.push(s));
+        assert_eq!(out.len(), 1);
+        let m = &out[0].stream.metrics;
+        assert_eq!(m.packets, 1_000_000);
+        assert_eq!(m.expected, 1_000_000, "15 sequence wraps followed");
+        assert_eq!(m.lost, 0);
+        assert_eq!(m.duplicates, 0);
+        assert!(
+            m.max_jitter_ms.unwrap() > 1000.0,
+            "the jump shows as jitter"
+        );
+    }
+
+    #[test]
+    fn ssrc_collisions_and_stream_flood_stay_bounded() {
+        let limits = MediaLimits {
+            max_streams: 1000,
+            max_candidates: 2000,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let mut out = Vec::new();
+        // The same SSRC on two flows (a relay) is two streams.
+        for i in 0..10u16 {
+            tracker.datagram(
+                &meta(u64::from(i), 4000),
+                &rtp(i, u32::from(i) * 160, 7),
+                &mut |s| out.push(s),
+            );
+            tracker.datagram(
+                &meta(u64::from(i), 4002),
+                &rtp(i, u32::from(i) * 160, 7),
+                &mut |s| out.push(s),
+            );
+        }
+        assert_eq!(tracker.active_streams(), 2);
+        // Then 5000 SSRCs on one flow, each with consecutive sequence numbers: the table stops
+        // at its bound and counts what it turned away.
+        for round in 0..4u16 {
+            for ssrc in 0..5000u32 {
+                let i = u64::from(round) * 5000 + u64::from(ssrc);
+                // 5000 streams of 50 packets per second each: 4 µs apart.
+                tracker.datagram(
+                    &meta_at(i, 1_000_000_000 + i * 4_000, 4004),
+                    &rtp(round, u32::from(round) * 160, 1000 + ssrc),
+                    &mut |s| out.push(s),
+                );
+                assert!(tracker.active_streams() <= 1000);
+            }
+        }
+        let c = tracker.counters();
+        assert!(
+            c.streams_dropped_at_capacity > 0 && c.probation_discarded > 0,
+            "{c:?}"
+        );
+        assert_eq!(tracker.active_streams(), 1000);
+    }
 }
