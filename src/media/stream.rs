@@ -219,18 +219,17 @@ impl StreamAnalyzer {
         let seq = packet.sequence;
 
         // Sequence cycles and errors, Wireshark's way.
-        if seq < self.start_seq && in_time_sequence && !self.under {
-            self.seq_cycles += 1;
-            self.under = true;
-        } else if seq == 0 && self.stop_seq == 65535 && in_time_sequence && !self.under {
+        // A sequence number below the first one (or 0 right after 65535) starts a new cycle.
+        let wrapped = seq < self.start_seq || (seq == 0 && self.stop_seq == 65535);
+        if wrapped && in_time_sequence && !self.under {
             self.seq_cycles += 1;
             self.under = true;
         } else if seq > self.start_seq && in_time_sequence && self.under {
             self.under = false;
         }
-        if in_time_sequence && u32::from(self.seq_num) + 1 == u32::from(seq) {
-            self.seq_num = seq;
-        } else if in_time_sequence && self.seq_num == 65535 && seq == 0 {
+        let in_order =
+            u32::from(self.seq_num) + 1 == u32::from(seq) || (self.seq_num == 65535 && seq == 0);
+        if in_time_sequence && in_order {
             self.seq_num = seq;
         } else if in_time_sequence
             && (u32::from(self.seq_num) + 1 < u32::from(seq)

@@ -9,5 +9,6 @@ mod conformance;
 mod encapsulation;
 mod generated;
 mod media;
+mod regressions;
 mod robustness;
 mod support;
