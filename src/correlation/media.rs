@@ -824,6 +824,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn round_trip_from_lsr_and_dlsr() {
+        use crate::media::packet::ReceptionReport;
+        let sr_sent = Timestamp::from_secs_nanos(1_700_000_000, 0);
+        // The receiver held the SR for 0.5 s; its RR passes the tap 0.58 s after the SR.
+        let rr_seen = Timestamp::from_secs_nanos(1_700_000_000, 580_000_000);
+        let key = StreamKey {
+            src: "10.0.0.1:4000".parse().unwrap(),
+            dst: "10.0.0.2:5000".parse().unwrap(),
+            ssrc: 7,
+        };
+        let observation = RtcpObservation {
+            time: rr_seen,
+            src: "10.0.0.2:5001".parse().unwrap(),
+            summary: RtcpSummary {
+                sender_ssrc: Some(9),
+                reports: vec![ReceptionReport {
+                    source_ssrc: 7,
+                    fraction_lost: 0.25,
+                    cumulative_lost: 3,
+                    jitter_units: 80,
+                    last_sr: ntp_middle(sr_sent),
+                    delay_since_last_sr: 32_768,
+                }],
+                ..RtcpSummary::default()
+            },
+        };
+        let r = reported_for(key, Some(8000), &[observation]).unwrap();
+        assert!((r.last_round_trip_ms.unwrap() - 80.0).abs() < 0.1, "{r:?}");
+        assert_eq!(r.last_jitter_ms, Some(10.0));
+        assert_eq!(r.last_fraction_lost_percent, Some(25.0));
+        assert_eq!(r.last_cumulative_lost, Some(3));
+    }
+
+    #[test]
     fn ntp_middle_bits() {
         // 1970-01-01T00:00:00.5Z is NTP 2208988800.5: low 16 bits of seconds 0x7E80, fraction 0x8000.
         let t = Timestamp::from_secs_nanos(0, 500_000_000);

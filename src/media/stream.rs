@@ -487,3 +487,92 @@ fn round3(v: f64) -> f64 {
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PCMA: PayloadInfo = PayloadInfo {
+        clock_rate: Some(8000),
+        is_event: false,
+        is_comfort_noise: false,
+    };
+
+    fn packet(seq: u16, ts: u32) -> RtpPacket {
+        RtpPacket {
+            marker: false,
+            payload_type: 8,
+            sequence: seq,
+            timestamp: ts,
+            ssrc: 1,
+            payload_len: 160,
+            payload_head: [0; 4],
+        }
+    }
+
+    fn at(ms: f64) -> Timestamp {
+        Timestamp::from_nanos((ms * 1e6) as i64)
+    }
+
+    #[test]
+    fn late_packet_is_discarded_by_the_small_buffer_only() {
+        // 20 ms packets; packet 10 arrives 120 ms late.
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..50u16 {
+            let late = if i == 10 { 120.0 } else { 0.0 };
+            s.packet(
+                at(f64::from(i) * 20.0 + late),
+                &packet(i, u32::from(i) * 160),
+                PCMA,
+            );
+        }
+        let r = s.report();
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.jitter_buffers[0].size_ms, 50.0);
+        assert_eq!(r.jitter_buffers[0].discarded, 1);
+        assert_eq!(r.jitter_buffers[1].discarded, 0);
+        assert!((r.jitter_buffers[0].effective_loss_percent - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn gaps_fill_the_burst_histogram_and_raise_burst_ratio() {
+        // 100 packets expected; two bursts: 1 lost, then 12 lost.
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..100u16 {
+            if i == 10 || (50..62).contains(&i) {
+                continue;
+            }
+            s.packet(
+                at(f64::from(i) * 20.0),
+                &packet(i, u32::from(i) * 160),
+                PCMA,
+            );
+        }
+        let r = s.report();
+        assert_eq!(r.expected, 100);
+        assert_eq!(r.lost, 13);
+        assert_eq!(r.loss_bursts[0], 1);
+        assert_eq!(r.loss_bursts[BURST_BUCKETS - 1], 1);
+        // Mean run 6.5 packets at 13 % loss: BurstR = 6.5 × 0.87.
+        let b = r.jitter_buffers[1].burst_ratio;
+        assert!((b - 6.5 * 0.87).abs() < 1e-3, "{b}");
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_told_apart() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        let order = [1u16, 3, 2, 3, 4];
+        for (n, seq) in order.iter().enumerate() {
+            s.packet(
+                at(n as f64 * 20.0 + 20.0),
+                &packet(*seq, u32::from(*seq) * 160),
+                PCMA,
+            );
+        }
+        let r = s.report();
+        assert_eq!(r.packets, 6);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.out_of_order, 1);
+        assert_eq!(r.lost, 0);
+    }
+}
