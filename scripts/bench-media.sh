@@ -27,17 +27,8 @@ rtp=$(field 'd["media"]["rtp_packets"]')
 streams=$(field 'd["media"]["streams"]')
 peak=$(field 'd["media"]["peak_active_streams"]')
 
-best() { # best wall time and its peak RSS (KiB) over RUNS runs of a command
-  local best_t="" best_m="" t m out
-  out=$(mktemp)
-  for _ in $(seq "$RUNS"); do
-    /usr/bin/time -o "$out" -f "%e %M" "$@" >/dev/null 2>&1
-    read -r t m < "$out"
-    if [ -z "$best_t" ] || awk "BEGIN{exit !($t < $best_t)}"; then best_t=$t; best_m=$m; fi
-  done
-  rm -f "$out"
-  echo "$best_t $best_m"
-}
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 
 echo "capture: $file ($(du -h "$file" | cut -f1), $packets packets, $rtp RTP, $streams streams, peak $peak at once)"
 echo "machine: $(nproc) cores, $(uname -m), $(tshark --version 2>/dev/null | head -n 1)"

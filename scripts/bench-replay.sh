@@ -20,17 +20,8 @@ summary=$(target/release/teledge replay "$file" | tail -n 1)
 packets=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["decode"]["frames"])' "$summary")
 messages=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1])["decode"]; print(d["sip_messages_udp"]+d["sip_messages_tcp"]+d["sip_messages_ws"])' "$summary")
 
-best() { # best wall time and its peak RSS over RUNS runs of a command
-  local best_t="" best_m="" t m out
-  out=$(mktemp)
-  for _ in $(seq "$RUNS"); do
-    /usr/bin/time -o "$out" -f "%e %M" "$@" >/dev/null 2>&1
-    read -r t m < "$out"
-    if [ -z "$best_t" ] || awk "BEGIN{exit !($t < $best_t)}"; then best_t=$t; best_m=$m; fi
-  done
-  rm -f "$out"
-  echo "$best_t $best_m"
-}
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 
 echo "capture: $file ($(du -h "$file" | cut -f1), $packets packets, $messages SIP messages)"
 echo "machine: $(nproc) cores, $(uname -m), $(tshark --version 2>/dev/null | head -n 1)"

@@ -202,19 +202,14 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             if offset + len <= 0 {
                 self.stats.retransmitted += 1;
             } else if offset <= 0 {
-                let fresh = &segment.payload[(-offset) as usize..];
                 if offset < 0 {
                     self.stats.retransmitted += 1;
                 }
-                dir.next_seq = dir.next_seq.wrapping_add(fresh.len() as u32);
-                let after_gap = std::mem::take(&mut dir.gap);
-                deliver(
-                    &mut dir.app,
-                    Delivery {
-                        data: fresh,
-                        time: now,
-                        after_gap,
-                    },
+                deliver_in_order(
+                    dir,
+                    &segment.payload[(-offset) as usize..],
+                    now,
+                    &mut deliver,
                 );
                 drain_pending(dir, now, &mut deliver);
             } else {
@@ -304,6 +299,25 @@ impl<A: StreamConsumer> TcpReassembler<A> {
     }
 }
 
+/// Hands the next in-order bytes to the consumer and advances the stream.
+fn deliver_in_order<A>(
+    dir: &mut Direction<A>,
+    fresh: &[u8],
+    now: Timestamp,
+    deliver: &mut impl FnMut(&mut A, Delivery<'_>),
+) {
+    dir.next_seq = dir.next_seq.wrapping_add(fresh.len() as u32);
+    let after_gap = std::mem::take(&mut dir.gap);
+    deliver(
+        &mut dir.app,
+        Delivery {
+            data: fresh,
+            time: now,
+            after_gap,
+        },
+    );
+}
+
 /// Delivers held segments that have become in-order.
 fn drain_pending<A>(
     dir: &mut Direction<A>,
@@ -321,17 +335,7 @@ fn drain_pending<A>(
         dir.pending_bytes = dir.pending_bytes.saturating_sub(data.len());
         let skip = (-offset) as usize;
         if skip < data.len() {
-            let fresh = &data[skip..];
-            dir.next_seq = dir.next_seq.wrapping_add(fresh.len() as u32);
-            let after_gap = std::mem::take(&mut dir.gap);
-            deliver(
-                &mut dir.app,
-                Delivery {
-                    data: fresh,
-                    time: now,
-                    after_gap,
-                },
-            );
+            deliver_in_order(dir, &data[skip..], now, deliver);
         }
     }
     dir.hole_since = None;

@@ -83,22 +83,8 @@ fn close(ours: Option<f64>, theirs: f64, what: &str) {
 
 #[test]
 fn every_stream_of_every_capture_matches_tshark() {
-    let captures = [
-        "rtp_rtcp_sip_ipv4_udp.pcap",
-        "sip_ipv4_tcp.pcap",
-        "sip_ipv4_tcp_fragmented.pcap",
-        "ipv6_udp_fragmented.pcap",
-        "sip_ipv6_udp.pcap",
-        "erspan_sip_ipv4_udp.pcapng",
-        "sngrep_aaa.pcap",
-        "hep.pcap",
-        "hep3_compressed.pcapng",
-        "sipp_g711a.pcap",
-        "sipp_dtmf_2833_1.pcap",
-        "websocket-sip.pcapng",
-    ];
     let mut compared = 0;
-    for capture in captures {
+    for capture in ALL_CAPTURES {
         let expected = tshark_streams(capture);
         let (ours, _) = teledge_streams(capture);
         assert_eq!(ours.len(), expected.len(), "{capture}: stream count");

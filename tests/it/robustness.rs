@@ -6,21 +6,6 @@ use teledge::sources::capture_file::CaptureError;
 
 use crate::support::*;
 
-const FIXTURES: [&str; 12] = [
-    "rtp_rtcp_sip_ipv4_udp.pcap",
-    "sip_ipv4_tcp.pcap",
-    "sip_ipv4_tcp_fragmented.pcap",
-    "ipv6_udp_fragmented.pcap",
-    "sip_ipv6_udp.pcap",
-    "erspan_sip_ipv4_udp.pcapng",
-    "sngrep_aaa.pcap",
-    "hep.pcap",
-    "hep3_compressed.pcapng",
-    "sipp_g711a.pcap",
-    "sipp_dtmf_2833_1.pcap",
-    "websocket-sip.pcapng",
-];
-
 /// A small deterministic generator (xorshift), so failures reproduce.
 struct Rng(u64);
 
@@ -35,7 +20,7 @@ impl Rng {
 
 #[test]
 fn truncated_fixtures_yield_a_clear_error_and_no_panic() {
-    for name in FIXTURES {
+    for name in ALL_CAPTURES {
         let bytes = data(name);
         let cuts = 40.min(bytes.len());
         for i in 1..cuts {
@@ -56,7 +41,7 @@ fn truncated_fixtures_yield_a_clear_error_and_no_panic() {
 #[test]
 fn flipped_bytes_never_panic() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    for name in FIXTURES {
+    for name in ALL_CAPTURES {
         let original = data(name);
         let rounds = if original.len() > 200_000 { 15 } else { 60 };
         for _ in 0..rounds {

@@ -10,6 +10,22 @@ use teledge::replay::{Replay, ReplaySettings};
 use teledge::sources::capture_file::{self, CaptureError};
 use teledge::time::Timestamp;
 
+/// Every capture bundled in `tests/data`.
+pub const ALL_CAPTURES: [&str; 12] = [
+    "rtp_rtcp_sip_ipv4_udp.pcap",
+    "sip_ipv4_tcp.pcap",
+    "sip_ipv4_tcp_fragmented.pcap",
+    "ipv6_udp_fragmented.pcap",
+    "sip_ipv6_udp.pcap",
+    "erspan_sip_ipv4_udp.pcapng",
+    "sngrep_aaa.pcap",
+    "hep.pcap",
+    "hep3_compressed.pcapng",
+    "sipp_g711a.pcap",
+    "sipp_dtmf_2833_1.pcap",
+    "websocket-sip.pcapng",
+];
+
 pub fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
