@@ -75,9 +75,30 @@ pub fn decode_rtp(data: &[u8]) -> Result<RtpPacket, RtpError> {
     if data.first().is_none_or(|b| b >> 6 != 2) {
         return Err(RtpError::Version);
     }
-    let mut buf = data;
+    // The crate reads the fixed header and CSRCs. Its header-extension parser panics on an
+    // extension element longer than the packet (found by the `media_packet` fuzzer), and the
+    // analysis never needs extensions: the crate gets a stack copy with the X bit cleared,
+    // and the extension block is skipped here by its length word (RFC 3550 §5.3.1).
+    let csrc_count = usize::from(data[0] & 0x0F);
+    let fixed_len = 12 + 4 * csrc_count;
+    let fixed = data.get(..fixed_len).ok_or(RtpError::Truncated)?;
+    let mut copy = [0u8; 12 + 4 * 15];
+    copy[..fixed_len].copy_from_slice(fixed);
+    let has_extension = copy[0] & 0x10 != 0;
+    copy[0] &= !0x10;
+    let mut buf = &copy[..fixed_len];
     let header = rtp::header::Header::unmarshal(&mut buf).map_err(|_| RtpError::Truncated)?;
-    let header_len = data.len() - buf.len();
+    let mut header_len = fixed_len;
+    if has_extension {
+        let ext = data
+            .get(header_len..header_len + 4)
+            .ok_or(RtpError::Truncated)?;
+        let words = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        header_len += 4 + 4 * words;
+        if header_len > data.len() {
+            return Err(RtpError::Truncated);
+        }
+    }
     let mut payload_len = data.len() - header_len;
     if header.padding {
         let pad = usize::from(*data.last().ok_or(RtpError::Padding)?);
@@ -272,6 +293,21 @@ mod tests {
             (8, 1, 160, 7)
         );
         assert_eq!(p.payload_len, 160);
+    }
+
+    /// Found by the `media_packet` fuzzer: a header extension whose element claims more bytes
+    /// than the packet has made the `rtp` crate panic.
+    #[test]
+    fn oversized_header_extension_is_an_error_not_a_panic() {
+        // X bit set; one-byte profile 0xBEDE, 1 word, element id 1 with length 16 (0x1F).
+        let packet = [
+            0x90, 8, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7, 0xBE, 0xDE, 0, 1, 0x1F, 0, 0, 0,
+        ];
+        let p = decode_rtp(&packet).unwrap();
+        assert_eq!(p.payload_len, 0);
+        let mut truncated = packet.to_vec();
+        truncated[15] = 9; // the extension claims 9 words
+        assert_eq!(decode_rtp(&truncated), Err(RtpError::Truncated));
     }
 
     #[test]
