@@ -24,5 +24,6 @@ pub mod reassembly;
 pub mod record;
 pub mod replay;
 pub mod seal;
+pub mod spool;
 pub mod sources;
 pub mod time;
