@@ -24,6 +24,6 @@ pub mod reassembly;
 pub mod record;
 pub mod replay;
 pub mod seal;
-pub mod spool;
 pub mod sources;
+pub mod spool;
 pub mod time;

@@ -156,7 +156,11 @@ pub struct SpoolStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpoolEvent {
     /// A generation would not open; it was moved aside and a fresh store started.
-    Quarantined { from: PathBuf, to: PathBuf, reason: String },
+    Quarantined {
+        from: PathBuf,
+        to: PathBuf,
+        reason: String,
+    },
 }
 
 /// A gap record: records the policy dropped, announced upstream.
@@ -200,7 +204,10 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     /// Opens (or creates) the spool. A generation that will not open is moved aside and a
     /// fresh one started, never a crash loop; the event says so.
-    pub fn open(config: SpoolConfig, keyring: Keyring) -> Result<(Spool, Vec<SpoolEvent>), SpoolError> {
+    pub fn open(
+        config: SpoolConfig,
+        keyring: Keyring,
+    ) -> Result<(Spool, Vec<SpoolEvent>), SpoolError> {
         std::fs::create_dir_all(&config.dir)?;
         let mut events = Vec::new();
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
@@ -212,7 +219,8 @@ impl Spool {
                     let spool = Spool::from_db(config, keyring, generation, db, fresh)?;
                     return Ok((spool, events));
                 }
-                Err(reason) => {
+                Err(OpenFailure::Other(e)) => return Err(e),
+                Err(OpenFailure::Damaged(reason)) => {
                     let stamp = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map(|d| d.as_secs())
@@ -316,8 +324,10 @@ impl Spool {
                 WhenFull::DropNewest => {
                     self.pending_newest_drops += 1;
                     self.stats.dropped_newest += 1;
-                    self.meta
-                        .insert("pending_newest_drops", &self.pending_newest_drops.to_be_bytes())?;
+                    self.meta.insert(
+                        "pending_newest_drops",
+                        &self.pending_newest_drops.to_be_bytes(),
+                    )?;
                     self.meta
                         .insert("dropped_newest", &self.stats.dropped_newest.to_be_bytes())?;
                     return Ok(None);
@@ -403,7 +413,8 @@ impl Spool {
         };
         self.insert_gap(&gap)?;
         self.pending_newest_drops = 0;
-        self.meta.insert("pending_newest_drops", &0u64.to_be_bytes())?;
+        self.meta
+            .insert("pending_newest_drops", &0u64.to_be_bytes())?;
         Ok(())
     }
 
@@ -421,7 +432,11 @@ impl Spool {
     }
 
     /// Reads up to `max` records after `after` (from the oldest when `None`), opened.
-    pub fn read(&self, after: Option<RecordId>, max: usize) -> Result<Vec<StoredRecord>, SpoolError> {
+    pub fn read(
+        &self,
+        after: Option<RecordId>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
         let range = match after {
             Some(id) => self.records.range(id.key().to_vec()..),
             None => self.records.iter(),
@@ -435,13 +450,13 @@ impl Spool {
             if Some(id) == after {
                 continue;
             }
-            let payload = self
-                .keyring
-                .open(&self.aad(id), &value)
-                .map_err(|source| SpoolError::Seal {
-                    id: id.display(&self.config.node_id),
-                    source,
-                })?;
+            let payload =
+                self.keyring
+                    .open(&self.aad(id), &value)
+                    .map_err(|source| SpoolError::Seal {
+                        id: id.display(&self.config.node_id),
+                        source,
+                    })?;
             out.push(StoredRecord { id, payload });
             if out.len() >= max {
                 break;
@@ -478,7 +493,10 @@ impl Spool {
         let old_path = generation_path(&self.config.dir, self.generation);
         let new_generation = self.generation + 1;
         let new_path = generation_path(&self.config.dir, new_generation);
-        let db = open_db(&new_path, &self.config).map_err(SpoolError::Storage)?;
+        let db = open_db(&new_path, &self.config).map_err(|e| match e {
+            OpenFailure::Damaged(reason) => SpoolError::Storage(reason),
+            OpenFailure::Other(e) => e,
+        })?;
         let meta = db.open_tree("meta")?;
         for entry in self.meta.iter() {
             let (k, v) = entry?;
@@ -524,21 +542,58 @@ fn latest_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
     Ok(latest)
 }
 
-/// Opens a sled database, turning errors and panics (sled 0.34 panics on some corrupt
-/// snapshots) into a reason to quarantine.
-fn open_db(path: &Path, config: &SpoolConfig) -> Result<sled::Db, String> {
-    let sled_config = sled::Config::new()
-        .path(path)
-        .cache_capacity(config.cache_bytes)
-        .mode(sled::Mode::LowSpace)
-        // A backstop only: the owner's group commit is what the contract promises.
-        .flush_every_ms(Some(1000));
-    // The closure owns everything it touches and its result is dropped on a panic, so no
-    // broken state can be observed afterwards.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || sled_config.open())) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("sled panicked while opening the store".to_owned()),
+/// Why a generation did not open.
+enum OpenFailure {
+    /// The store is damaged (sled reports corruption, or panics on it): quarantine it.
+    Damaged(String),
+    /// Anything else (permissions, a lock still held, I/O): the store may be fine, so it is
+    /// left alone and the error reported.
+    Other(SpoolError),
+}
+
+/// Opens a sled database. A lock still held by a previous instance of this process (sled's
+/// flusher thread can outlive the `Db` for a moment) is waited for, up to two seconds.
+fn open_db(path: &Path, config: &SpoolConfig) -> Result<sled::Db, OpenFailure> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let sled_config = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            // A backstop only: the owner's group commit is what the contract promises.
+            .flush_every_ms(Some(1000));
+        // The closure owns everything it touches and its result is dropped on a panic, so no
+        // broken state can be observed afterwards. sled 0.34 panics on some corrupt snapshots.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || sled_config.open()));
+        match result {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(e)))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Err(
+                e @ (sled::Error::Corruption { .. }
+                | sled::Error::ReportableBug(_)
+                | sled::Error::Unsupported(_)),
+            )) => return Err(OpenFailure::Damaged(e.to_string())),
+            Ok(Err(sled::Error::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                return Err(OpenFailure::Damaged(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(OpenFailure::Other(e.into())),
+            Err(_) => {
+                return Err(OpenFailure::Damaged(
+                    "sled panicked while opening the store".to_owned(),
+                ))
+            }
+        }
     }
 }
 
@@ -665,7 +720,10 @@ mod tests {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
         let (mut spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
-        assert!(matches!(events.as_slice(), [SpoolEvent::Quarantined { .. }]), "{events:?}");
+        assert!(
+            matches!(events.as_slice(), [SpoolEvent::Quarantined { .. }]),
+            "{events:?}"
+        );
         let after = spool.append(b"y").unwrap().unwrap();
         assert!(after.epoch > before.epoch, "a new epoch: ids stay unique");
     }
@@ -691,7 +749,10 @@ mod tests {
         let end = spool.size_on_disk().unwrap();
         assert!(spool.stats().compactions > 0);
         // 20 000 records of ~460 sealed bytes passed through; what stays is small.
-        assert!(end < 4 << 20, "{end} bytes on disk after churn (peak {peak})");
+        assert!(
+            end < 4 << 20,
+            "{end} bytes on disk after churn (peak {peak})"
+        );
         let generations = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(generations, 1, "old generations are deleted");
     }

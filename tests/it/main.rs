@@ -11,4 +11,5 @@ mod generated;
 mod media;
 mod regressions;
 mod robustness;
+mod spool_model;
 mod support;

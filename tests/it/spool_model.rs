@@ -1,0 +1,147 @@
+//! Model-based test: the spool and a `VecDeque` driven by the same random operations agree.
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+use teledge::seal::Keyring;
+use teledge::spool::{RecordId, Spool, SpoolConfig};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Flush,
+    Read(usize),
+    /// Acknowledge through the n-th unacknowledged record (modulo the queue length).
+    Ack(usize),
+    Reopen,
+    /// Shrink the bound to this many bytes and reopen (the disk fills up).
+    Fill(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(Op::Append),
+        1 => Just(Op::Flush),
+        2 => (1usize..20).prop_map(Op::Read),
+        2 => (0usize..50).prop_map(Op::Ack),
+        1 => Just(Op::Reopen),
+        1 => (2_000u64..20_000).prop_map(Op::Fill),
+    ]
+}
+
+fn keyring() -> Keyring {
+    Keyring::new((1, [7; 32]), &[])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn spool_agrees_with_a_queue(ops in proptest::collection::vec(op(), 1..120)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SpoolConfig::new(dir.path(), "node-m");
+        config.max_bytes = 1 << 30;
+        let (mut spool, _) = Spool::open(config.clone(), keyring()).unwrap();
+        // The model: records not yet acknowledged, in order. With a bound, the model only
+        // knows which records may have been dropped: the oldest ones.
+        let mut model: VecDeque<(RecordId, Vec<u8>)> = VecDeque::new();
+        let mut bounded = false;
+        let mut last_id: Option<RecordId> = None;
+        for op in ops {
+            match op {
+                Op::Append(payload) => {
+                    if let Some(id) = spool.append(&payload).unwrap() {
+                        prop_assert!(last_id.is_none_or(|l| id > l), "ids grow");
+                        last_id = Some(id);
+                        model.push_back((id, payload));
+                    }
+                    if bounded {
+                        // Drop-oldest keeps the held bytes within the bound.
+                        prop_assert!(spool.stats().bytes <= config.max_bytes);
+                    }
+                }
+                Op::Flush => spool.flush().unwrap(),
+                Op::Read(n) => {
+                    let got = spool.read(None, n).unwrap();
+                    let data: Vec<_> = got
+                        .iter()
+                        .filter(|r| !is_gap(&r.payload))
+                        .map(|r| (r.id, r.payload.clone()))
+                        .collect();
+                    if bounded {
+                        // Dropped records are the oldest: what is left is a suffix of the
+                        // model, read in order.
+                        sync_drops(&mut model, &spool);
+                    }
+                    let expected: Vec<_> = model.iter().take(data.len()).cloned().collect();
+                    prop_assert_eq!(data, expected);
+                }
+                Op::Ack(n) => {
+                    if bounded {
+                        sync_drops(&mut model, &spool);
+                    }
+                    if !model.is_empty() {
+                        let (through, _) = model[n % model.len()].clone();
+                        spool.ack(through).unwrap();
+                        while model.front().is_some_and(|(id, _)| *id <= through) {
+                            model.pop_front();
+                        }
+                    }
+                }
+                Op::Reopen => {
+                    drop(spool);
+                    spool = Spool::open(config.clone(), keyring()).unwrap().0;
+                }
+                Op::Fill(bytes) => {
+                    drop(spool);
+                    config.max_bytes = bytes;
+                    bounded = true;
+                    spool = Spool::open(config.clone(), keyring()).unwrap().0;
+                }
+            }
+            let stats = spool.stats();
+            if !bounded {
+                prop_assert_eq!(stats.records as usize, model.len());
+            }
+        }
+        // Everything the model still holds is in the spool, in order, after a restart.
+        drop(spool);
+        let (spool, _) = Spool::open(config.clone(), keyring()).unwrap();
+        if bounded {
+            let mut m = model.clone();
+            sync_drops(&mut m, &spool);
+            model = m;
+        }
+        let all: Vec<_> = spool
+            .read(None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| !is_gap(&r.payload))
+            .map(|r| (r.id, r.payload))
+            .collect();
+        prop_assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+    }
+}
+
+fn is_gap(payload: &[u8]) -> bool {
+    payload.starts_with(b"{\"type\":\"gap\"")
+}
+
+/// Removes from the model the oldest records the spool dropped under its bound.
+fn sync_drops(model: &mut VecDeque<(RecordId, Vec<u8>)>, spool: &Spool) {
+    let present: Vec<RecordId> = spool
+        .read(None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|r| !is_gap(&r.payload))
+        .map(|r| r.id)
+        .collect();
+    // Only a prefix may be missing: drop-oldest never leaves holes.
+    while model.front().is_some_and(|(id, _)| !present.contains(id)) {
+        model.pop_front();
+    }
+    assert!(
+        model.iter().all(|(id, _)| present.contains(id)),
+        "a record vanished from the middle of the spool"
+    );
+}
