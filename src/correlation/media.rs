@@ -64,6 +64,7 @@ impl Default for MediaLimits {
 /// Counters of the media path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MediaCounters {
+    /// RTP packets of measured streams (in a call or orphan).
     pub rtp_packets: u64,
     /// RTP packets of streams attached to a call.
     pub rtp_packets_in_calls: u64,
@@ -249,13 +250,13 @@ impl MediaTracker {
     }
 
     fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
-        self.counters.rtp_packets += 1;
         let key = StreamKey {
             src: meta.src,
             dst: meta.dst,
             ssrc: rtp.ssrc,
         };
         if let Some(stream) = self.streams.get_mut(&key) {
+            self.counters.rtp_packets += 1;
             if stream.call.is_some() {
                 self.counters.rtp_packets_in_calls += 1;
             }
@@ -337,6 +338,7 @@ impl MediaTracker {
             return;
         }
         self.counters.streams += 1;
+        self.counters.rtp_packets += packets.len() as u64;
         let info = payload_info(&codecs, first);
         let mut stream = Stream {
             key,
