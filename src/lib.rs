@@ -11,9 +11,16 @@
 //! - [`record`]: the record types and their documented, versioned schema.
 //! - [`outputs`]: JSON Lines and tables.
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
+//! - [`privacy`]: pseudonymisation of numbers and names before storage.
+//! - [`seal`]: sealing records at rest (XChaCha20-Poly1305 keyring).
+//! - [`spool`]: the store-and-forward queue in sled.
+//! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
+//! - [`config`]: configuration, raw TOML to validated, every problem listed.
 //! - [`time`]: capture timestamps.
 #![forbid(unsafe_code)]
 
+pub mod collect;
+pub mod config;
 pub mod correlation;
 pub mod decode;
 pub mod dissect;
@@ -27,3 +34,4 @@ pub mod seal;
 pub mod sources;
 pub mod spool;
 pub mod time;
+pub mod uplink;

@@ -18,6 +18,11 @@ use teledge::replay::{Replay, ReplaySettings};
 const EXIT_DAMAGED_INPUT: u8 = 1;
 /// Exit code for a runtime failure (cannot open a file, cannot write the output).
 const EXIT_FAILURE: u8 = 2;
+/// Exit code when forwarding stopped at its deadline with records still spooled (they are
+/// kept and sent by the next run).
+const EXIT_NOT_DRAINED: u8 = 3;
+/// Exit code for an invalid configuration (EX_CONFIG): systemd must not restart on it.
+const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +39,30 @@ struct Cli {
 enum Command {
     /// Read capture files (pcap, pcapng) and report every SIP call in them.
     Replay(ReplayArgs),
+    /// Receive records from agents over mutual TLS and store them as JSON Lines per day.
+    Collect(CollectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CollectArgs {
+    /// Address to listen on (port 0 picks a free port, printed on stdout).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// The site CA: the only issuer of client certificates accepted.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The collector's certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The collector's private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Directory for `<node>/<day>.jsonl`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also accept TLS 1.2 (TLS 1.3 only by default).
+    #[arg(long)]
+    tls12: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +85,13 @@ struct ReplayArgs {
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Send the records through the spool to the collector named in this configuration
+    /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
+    #[arg(long, value_name = "CONFIG")]
+    forward: Option<PathBuf>,
+    /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
+    #[arg(long, default_value_t = 60)]
+    forward_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +112,9 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
+        Command::Replay(args) if args.forward.is_some() => replay_forward(args),
         Command::Replay(args) => replay(args),
+        Command::Collect(args) => collect(args),
     };
     match result {
         Ok(code) => code,
@@ -177,6 +215,138 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
+    let config = teledge::collect::CollectConfig {
+        listen: args.listen,
+        ca_file: args.ca,
+        cert_file: args.cert,
+        key_file: args.key,
+        out_dir: args.out,
+        tls12_allowed: args.tls12,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(teledge::collect::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
+fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    use teledge::uplink::client::{forward_until_drained, Backoff, DeadLetters, Uplink};
+
+    let Some(config_path) = &args.forward else {
+        anyhow::bail!("--forward needs a configuration");
+    };
+    let config = match teledge::config::load_forward(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("teledge: {}: {problem}", config_path.display());
+            }
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let (mut spool, events) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
+    for event in events {
+        tracing::error!(
+            ?event,
+            "Spool store could not be opened and was moved aside."
+        );
+    }
+    let pseudonymizer = teledge::privacy::Pseudonymizer::new(config.privacy.clone());
+    let flush_every = config.spool.flush_interval;
+    let mut last_flush = std::time::Instant::now();
+    let mut spool_error: Option<teledge::spool::SpoolError> = None;
+    let mut spooled = 0u64;
+    let mut sink = |mut record: Record| {
+        if spool_error.is_some() {
+            return;
+        }
+        pseudonymizer.apply(&mut record);
+        let result = serde_json::to_vec(&record)
+            .map_err(|e| teledge::spool::SpoolError::Storage(e.to_string()))
+            .and_then(|json| spool.append(&json))
+            .and_then(|id| {
+                spooled += u64::from(id.is_some());
+                // Group commit: durable at most one interval after the append.
+                if last_flush.elapsed() >= flush_every {
+                    last_flush = std::time::Instant::now();
+                    spool.flush()?;
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            spool_error = Some(e);
+        }
+    };
+    let mut damaged = false;
+    let mut replay = Replay::new(ReplaySettings::default());
+    for path in &args.files {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if let Err(e) = replay.read(
+            &path.display().to_string(),
+            io::BufReader::with_capacity(1 << 20, file),
+            &mut sink,
+            |_| {},
+        ) {
+            eprintln!("teledge: {}: {e}", path.display());
+            damaged = true;
+        }
+    }
+    replay.finish(&mut sink);
+    if let Some(e) = spool_error {
+        return Err(e).context("cannot spool records");
+    }
+    spool.flush()?;
+    eprintln!(
+        "teledge: {spooled} records spooled in {}",
+        config.spool.dir.display()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
+    let dead_letters = DeadLetters::new(
+        config.uplink.dead_letter_dir.clone(),
+        config.uplink.dead_letter_max_bytes,
+    );
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
+    let result = runtime.block_on(forward_until_drained(
+        &mut spool,
+        &mut uplink,
+        &dead_letters,
+        config.uplink.batch_records,
+        &mut backoff,
+        Some(deadline),
+    ));
+    match result {
+        Ok(stats) => {
+            eprintln!(
+                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered batches)",
+                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered_batches
+            );
+            Ok(if damaged {
+                ExitCode::from(EXIT_DAMAGED_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
+            eprintln!(
+                "teledge: collector unreachable ({reason}); {} records stay spooled for the next run",
+                spool.stats().records
+            );
+            Ok(ExitCode::from(EXIT_NOT_DRAINED))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A progress bar for files over 16 MiB, only when stderr is a terminal.

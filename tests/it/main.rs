@@ -13,3 +13,4 @@ mod regressions;
 mod robustness;
 mod spool_model;
 mod support;
+mod uplink;

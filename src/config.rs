@@ -1,0 +1,482 @@
+//! Configuration: a serde mirror of the TOML (unknown fields rejected) turned into a validated
+//! [`ForwardConfig`], collecting *every* problem with its TOML path before anything runs.
+//!
+//! This is the forwarding part of the agent's configuration (`[node]`, `[spool]`,
+//! `[privacy]`, `[uplink]`); the daemon's sources and timeouts join it later.
+//!
+//! ```toml
+//! [node]
+//! id = "edge-01"                       # must match the CN of the client certificate
+//!
+//! [spool]
+//! dir = "/var/lib/teledge/spool"
+//! max_bytes = 1073741824               # sealed record bytes held
+//! when_full = "drop_oldest"            # or "drop_newest"
+//! flush_interval_ms = 50               # group commit
+//! cache_bytes = 16777216
+//! key_file = "/etc/teledge/spool.key"  # or key_credential = "spool-key" ($CREDENTIALS_DIRECTORY)
+//! key_id = 1
+//! old_keys = [{ id = 0, file = "/etc/teledge/spool-0.key" }]
+//!
+//! [privacy]
+//! mode = "keyed_hash"                  # or "last_digits" or "clear"
+//! site_key_file = "/etc/teledge/site.key"
+//! keep_digits = 4                      # for last_digits
+//!
+//! [uplink]
+//! url = "https://collector.example:8443/v1/batches"
+//! ca_file = "/etc/teledge/ca.pem"      # the only trust root
+//! cert_file = "/etc/teledge/node.pem"  # client certificate (mutual TLS)
+//! key_file = "/etc/teledge/node.key"
+//! min_tls = "1.3"                      # or "1.2"
+//! batch_records = 500
+//! timeout_ms = 10000
+//! dead_letter_max_bytes = 67108864
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::privacy::PrivacyMode;
+use crate::seal::{load_key, KeySource, Keyring};
+use crate::spool::{SpoolConfig, WhenFull};
+
+/// One configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    spool: RawSpool,
+    #[serde(default)]
+    privacy: RawPrivacy,
+    uplink: RawUplink,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_when_full")]
+    when_full: String,
+    #[serde(default = "default_flush_ms")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_cache")]
+    cache_bytes: u64,
+    key_file: Option<PathBuf>,
+    key_credential: Option<String>,
+    #[serde(default)]
+    key_id: u32,
+    #[serde(default)]
+    old_keys: Vec<RawOldKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOldKey {
+    id: u32,
+    file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    #[serde(default = "default_privacy_mode")]
+    mode: String,
+    site_key_file: Option<PathBuf>,
+    site_key_credential: Option<String>,
+    #[serde(default = "default_keep_digits")]
+    keep_digits: u8,
+}
+
+impl Default for RawPrivacy {
+    fn default() -> Self {
+        RawPrivacy {
+            mode: default_privacy_mode(),
+            site_key_file: None,
+            site_key_credential: None,
+            keep_digits: default_keep_digits(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    url: String,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default = "default_min_tls")]
+    min_tls: String,
+    #[serde(default = "default_batch")]
+    batch_records: usize,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_dead_letter")]
+    dead_letter_max_bytes: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_when_full() -> String {
+    "drop_oldest".into()
+}
+fn default_flush_ms() -> u64 {
+    50
+}
+fn default_cache() -> u64 {
+    16 << 20
+}
+fn default_privacy_mode() -> String {
+    "keyed_hash".into()
+}
+fn default_keep_digits() -> u8 {
+    4
+}
+fn default_min_tls() -> String {
+    "1.3".into()
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_dead_letter() -> u64 {
+    64 << 20
+}
+
+/// The uplink, validated.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub tls12_allowed: bool,
+    pub batch_records: usize,
+    pub timeout: Duration,
+    pub dead_letter_dir: PathBuf,
+    pub dead_letter_max_bytes: u64,
+}
+
+/// Everything `replay --forward` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub node_id: String,
+    pub spool: SpoolConfig,
+    pub keyring: Keyring,
+    pub privacy: PrivacyMode,
+    pub uplink: UplinkConfig,
+}
+
+/// Reads and validates a configuration file; every problem is reported, not just the first.
+pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigProblem {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }])
+    })?;
+    parse_forward(&text)
+}
+
+/// Validates configuration text.
+pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                format!(
+                    "line {}",
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                )
+            })
+            .unwrap_or_else(|| "config".into());
+        ConfigErrors(vec![ConfigProblem {
+            path: at,
+            message: e.message().to_owned(),
+        }])
+    })?;
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(ConfigProblem {
+            path: path.to_owned(),
+            message,
+        })
+    };
+
+    let node_id = raw.node.id.trim().to_owned();
+    if node_id.is_empty() || node_id.contains(':') || node_id.contains('/') {
+        problem("node.id", "must be non-empty, without ':' or '/'".into());
+    }
+
+    let when_full = match raw.spool.when_full.as_str() {
+        "drop_oldest" => WhenFull::DropOldest,
+        "drop_newest" => WhenFull::DropNewest,
+        other => {
+            problem(
+                "spool.when_full",
+                format!("{other:?}: expected \"drop_oldest\" or \"drop_newest\""),
+            );
+            WhenFull::DropOldest
+        }
+    };
+    if raw.spool.max_bytes < 64 * 1024 {
+        problem("spool.max_bytes", "must be at least 65536".into());
+    }
+    if raw.spool.flush_interval_ms == 0 || raw.spool.flush_interval_ms > 10_000 {
+        problem(
+            "spool.flush_interval_ms",
+            "must be between 1 and 10000".into(),
+        );
+    }
+    let key_source = match (&raw.spool.key_file, &raw.spool.key_credential) {
+        (Some(f), None) => Some(KeySource::File(f.clone())),
+        (None, Some(c)) => Some(KeySource::Credential(c.clone())),
+        _ => {
+            problem(
+                "spool.key_file",
+                "exactly one of key_file and key_credential is required".into(),
+            );
+            None
+        }
+    };
+    let current_key = key_source.and_then(|s| match load_key(&s) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problem("spool.key_file", e.to_string());
+            None
+        }
+    });
+    let mut old_keys = Vec::new();
+    for (i, old) in raw.spool.old_keys.iter().enumerate() {
+        if old.id == raw.spool.key_id {
+            problem(
+                &format!("spool.old_keys[{i}].id"),
+                "repeats the current key_id".into(),
+            );
+        }
+        match load_key(&KeySource::File(old.file.clone())) {
+            Ok(k) => old_keys.push((old.id, k)),
+            Err(e) => problem(&format!("spool.old_keys[{i}].file"), e.to_string()),
+        }
+    }
+
+    let site_key = match (&raw.privacy.site_key_file, &raw.privacy.site_key_credential) {
+        (Some(f), None) => Some(KeySource::File(f.clone())),
+        (None, Some(c)) => Some(KeySource::Credential(c.clone())),
+        (None, None) => None,
+        _ => {
+            problem(
+                "privacy.site_key_file",
+                "give site_key_file or site_key_credential, not both".into(),
+            );
+            None
+        }
+    };
+    let privacy = match raw.privacy.mode.as_str() {
+        "keyed_hash" => match site_key.map(|s| load_key(&s)) {
+            Some(Ok(site_key)) => Some(PrivacyMode::KeyedHash { site_key }),
+            Some(Err(e)) => {
+                problem("privacy.site_key_file", e.to_string());
+                None
+            }
+            None => {
+                problem(
+                    "privacy.site_key_file",
+                    "keyed_hash needs a site key".into(),
+                );
+                None
+            }
+        },
+        "last_digits" => Some(PrivacyMode::KeepLastDigits(raw.privacy.keep_digits)),
+        "clear" => Some(PrivacyMode::Clear),
+        other => {
+            problem(
+                "privacy.mode",
+                format!("{other:?}: expected \"keyed_hash\", \"last_digits\" or \"clear\""),
+            );
+            None
+        }
+    };
+
+    let (host, port, url_path) = match parse_https_url(&raw.uplink.url) {
+        Ok(parts) => parts,
+        Err(message) => {
+            problem("uplink.url", message);
+            (String::new(), 0, String::new())
+        }
+    };
+    let tls12_allowed = match raw.uplink.min_tls.as_str() {
+        "1.3" => false,
+        "1.2" => true,
+        other => {
+            problem(
+                "uplink.min_tls",
+                format!("{other:?}: expected \"1.3\" or \"1.2\""),
+            );
+            false
+        }
+    };
+    for (name, file) in [
+        ("uplink.ca_file", &raw.uplink.ca_file),
+        ("uplink.cert_file", &raw.uplink.cert_file),
+        ("uplink.key_file", &raw.uplink.key_file),
+    ] {
+        if !file.is_file() {
+            problem(name, format!("{}: no such file", file.display()));
+        }
+    }
+    if raw.uplink.batch_records == 0 || raw.uplink.batch_records > 10_000 {
+        problem("uplink.batch_records", "must be between 1 and 10000".into());
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    let (Some(current_key), Some(privacy)) = (current_key, privacy) else {
+        return Err(ConfigErrors(vec![ConfigProblem {
+            path: "config".into(),
+            message: "incomplete".into(),
+        }]));
+    };
+    let mut spool = SpoolConfig::new(raw.spool.dir.clone(), node_id.clone());
+    spool.max_bytes = raw.spool.max_bytes;
+    spool.when_full = when_full;
+    spool.cache_bytes = raw.spool.cache_bytes;
+    spool.flush_interval = Duration::from_millis(raw.spool.flush_interval_ms);
+    Ok(ForwardConfig {
+        node_id,
+        keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
+        privacy,
+        uplink: UplinkConfig {
+            host,
+            port,
+            path: url_path,
+            ca_file: raw.uplink.ca_file,
+            cert_file: raw.uplink.cert_file,
+            key_file: raw.uplink.key_file,
+            tls12_allowed,
+            batch_records: raw.uplink.batch_records,
+            timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
+            dead_letter_dir: raw.spool.dir.join("dead-letter"),
+            dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,
+        },
+        spool,
+    })
+}
+
+/// `https://host[:port]/path` → (host, port, path). Only https: plaintext is never allowed.
+fn parse_https_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?}: must start with https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/v1/batches"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_matches(['[', ']']),
+            p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?,
+        ),
+        _ => (authority.trim_matches(['[', ']']), 443),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok((host.to_owned(), port, path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let text = r#"
+[node]
+id = "a:b"
+[spool]
+dir = "/tmp/x"
+when_full = "explode"
+max_bytes = 10
+[privacy]
+mode = "keyed_hash"
+[uplink]
+url = "http://plain.example/v1/batches"
+ca_file = "/nonexistent/ca.pem"
+cert_file = "/nonexistent/c.pem"
+key_file = "/nonexistent/k.pem"
+min_tls = "1.0"
+"#;
+        let errors = parse_forward(text).unwrap_err().0;
+        let paths: Vec<&str> = errors.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "node.id",
+            "spool.when_full",
+            "spool.max_bytes",
+            "spool.key_file",
+            "privacy.site_key_file",
+            "uplink.url",
+            "uplink.min_tls",
+            "uplink.ca_file",
+            "uplink.cert_file",
+            "uplink.key_file",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_a_line() {
+        let text = "[node]\nid = \"n\"\ncolour = \"red\"\n";
+        let errors = parse_forward(text).unwrap_err().0;
+        assert!(errors[0].message.contains("colour"), "{errors:?}");
+        assert!(errors[0].path.starts_with("line"), "{errors:?}");
+    }
+
+    #[test]
+    fn https_urls() {
+        assert_eq!(
+            parse_https_url("https://c.example:8443/v1/batches").unwrap(),
+            ("c.example".into(), 8443, "/v1/batches".into())
+        );
+        assert_eq!(parse_https_url("https://c.example").unwrap().1, 443);
+        assert!(parse_https_url("http://c.example").is_err());
+    }
+}

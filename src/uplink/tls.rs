@@ -1,0 +1,245 @@
+//! TLS for the uplink and the collector: rustls with the `ring` provider (pure Rust enough to
+//! cross-compile for armv7), TLS 1.3 unless 1.2 is allowed, the site's own CA as the only
+//! trust root, hostname verification always on, and mutual TLS.
+//!
+//! Certificates and keys are reloaded without a restart: the client certificate is resolved
+//! on every handshake and re-read when its files change; the CA bundle is checked before every
+//! connection. A broken new file keeps the last good one and counts an alert.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+fn versions(tls12_allowed: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls12_allowed {
+        rustls::ALL_VERSIONS
+    } else {
+        &TLS13_ONLY
+    }
+}
+
+fn file_error(path: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no certificate in file"));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+/// The trust store: the site CA and nothing else.
+pub fn load_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_file)? {
+        roots.add(cert).map_err(|e| file_error(ca_file, e))?;
+    }
+    Ok(roots)
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = load_certs(cert)?;
+    let key_der = load_private_key(key)?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| file_error(key, e))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().map_err(|e| file_error(key, e))?;
+    Ok(Arc::new(certified))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reload alerts: a new certificate, key or CA file that could not be used.
+#[derive(Debug, Default)]
+pub struct TlsAlerts {
+    pub reload_failures: AtomicU64,
+    pub reloads: AtomicU64,
+}
+
+/// Resolves the client certificate on every handshake, re-reading its files when they change.
+#[derive(Debug)]
+pub struct ReloadingClientCert {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<(Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
+    alerts: Arc<TlsAlerts>,
+}
+
+impl ReloadingClientCert {
+    pub fn new(cert: &Path, key: &Path, alerts: Arc<TlsAlerts>) -> Result<Self, TlsError> {
+        let loaded = certified_key(cert, key)?;
+        Ok(ReloadingClientCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            state: Mutex::new((modified(cert), modified(key), loaded)),
+            alerts,
+        })
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (cert_time, key_time) = (modified(&self.cert), modified(&self.key));
+        if (cert_time, key_time) != (state.0, state.1) {
+            match certified_key(&self.cert, &self.key) {
+                Ok(new) => {
+                    state.2 = new;
+                    self.alerts.reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(cert = %self.cert.display(), "Client certificate reloaded.");
+                }
+                Err(e) => {
+                    self.alerts.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "New client certificate unusable; keeping the last good one.");
+                }
+            }
+            // Either way, do not retry the same files on every handshake.
+            state.0 = cert_time;
+            state.1 = key_time;
+        }
+        Some(state.2.clone())
+    }
+}
+
+impl ResolvesClientCert for ReloadingClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Builds client configurations, rebuilding when the CA file changes.
+#[derive(Debug)]
+pub struct ClientTls {
+    ca_file: PathBuf,
+    tls12_allowed: bool,
+    resolver: Arc<ReloadingClientCert>,
+    state: Mutex<(Option<SystemTime>, Arc<ClientConfig>)>,
+    pub alerts: Arc<TlsAlerts>,
+}
+
+impl ClientTls {
+    pub fn new(
+        ca_file: &Path,
+        cert: &Path,
+        key: &Path,
+        tls12_allowed: bool,
+    ) -> Result<Self, TlsError> {
+        let alerts = Arc::new(TlsAlerts::default());
+        let resolver = Arc::new(ReloadingClientCert::new(cert, key, alerts.clone())?);
+        let config = build_client(ca_file, tls12_allowed, resolver.clone())?;
+        Ok(ClientTls {
+            ca_file: ca_file.to_owned(),
+            tls12_allowed,
+            resolver,
+            state: Mutex::new((modified(ca_file), config)),
+            alerts,
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub fn config(&self) -> Arc<ClientConfig> {
+        // A poisoned lock only means another thread panicked mid-check; the state is whole.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = modified(&self.ca_file);
+        if now != state.0 {
+            state.0 = now;
+            match build_client(&self.ca_file, self.tls12_allowed, self.resolver.clone()) {
+                Ok(config) => {
+                    state.1 = config;
+                    self.alerts.reloads.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.alerts.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "New CA bundle unusable; keeping the last good one.");
+                }
+            }
+        }
+        state.1.clone()
+    }
+}
+
+fn build_client(
+    ca_file: &Path,
+    tls12_allowed: bool,
+    resolver: Arc<ReloadingClientCert>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(ca_file)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(tls12_allowed))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(resolver);
+    Ok(Arc::new(config))
+}
+
+/// The collector's server configuration: client certificates from the site CA required.
+pub fn server_config(
+    ca_file: &Path,
+    cert: &Path,
+    key: &Path,
+    tls12_allowed: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = Arc::new(load_roots(ca_file)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(tls12_allowed))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_private_key(key)?)?;
+    Ok(Arc::new(config))
+}
+
+/// The node id a client certificate names: its subject common name.
+pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}

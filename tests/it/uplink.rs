@@ -1,0 +1,479 @@
+//! The spool and the secure uplink end to end, with the real binaries: `teledge collect` on
+//! loopback, `teledge replay --forward`, certificates made here by rcgen, real TLS handshakes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::support::data_path;
+
+/// A certificate authority of the test.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// (certificate PEM, key PEM) for `cn` with the given names, signed by `ca`.
+fn leaf(ca: &Ca, cn: &str, names: &[&str], expired: bool) -> (String, String) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if expired {
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The site CA, a collector certificate for `localhost`, node certificates for edge-01 and
+/// edge-02, and the bad ones: another CA's, an expired one, one for the wrong host.
+fn pki() -> Pki {
+    let pki = Pki {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let site = ca("teledge site CA");
+    let rogue = ca("rogue CA");
+    pki.write("ca.pem", &site.pem);
+    pki.write("rogue-ca.pem", &rogue.pem);
+    let put = |name: &str, (cert, key): (String, String)| {
+        pki.write(&format!("{name}.pem"), &cert);
+        pki.write(&format!("{name}.key"), &key);
+    };
+    put("collector", leaf(&site, "collector", &["localhost"], false));
+    put(
+        "collector-rogue",
+        leaf(&rogue, "collector", &["localhost"], false),
+    );
+    put(
+        "collector-expired",
+        leaf(&site, "collector", &["localhost"], true),
+    );
+    put(
+        "collector-wrong-host",
+        leaf(&site, "collector", &["collector.example"], false),
+    );
+    put("edge-01", leaf(&site, "edge-01", &[], false));
+    put("edge-02", leaf(&site, "edge-02", &[], false));
+    put("edge-01-rogue", leaf(&rogue, "edge-01", &[], false));
+    std::fs::write(pki.path("spool.key"), [11u8; 32]).unwrap();
+    std::fs::write(pki.path("site.key"), [12u8; 32]).unwrap();
+    pki
+}
+
+/// A running collector; killed when dropped.
+struct Collector {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["collect", "--listen", "127.0.0.1:0", "--ca"])
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path(&format!("{cert}.pem")))
+        .arg("--key")
+        .arg(pki.path(&format!("{cert}.key")))
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("collector said {line:?}"));
+    Collector {
+        child,
+        port,
+        out: out.to_owned(),
+    }
+}
+
+/// Writes a forwarding configuration for `node` using `client` certificate files.
+fn forward_config(
+    pki: &Pki,
+    spool: &Path,
+    node: &str,
+    client: &str,
+    ca: &str,
+    port: u16,
+) -> PathBuf {
+    let text = format!(
+        r#"
+[node]
+id = "{node}"
+[spool]
+dir = "{spool}"
+key_file = "{key}"
+key_id = 1
+[privacy]
+mode = "keyed_hash"
+site_key_file = "{site}"
+[uplink]
+url = "https://localhost:{port}/v1/batches"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{client_key}"
+batch_records = 2
+timeout_ms = 3000
+"#,
+        spool = spool.display(),
+        key = pki.path("spool.key").display(),
+        site = pki.path("site.key").display(),
+        ca = pki.path(ca).display(),
+        cert = pki.path(&format!("{client}.pem")).display(),
+        client_key = pki.path(&format!("{client}.key")).display(),
+    );
+    let path = spool.with_extension("toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn replay_forward(config: &Path, timeout_s: u32) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(config)
+        .args(["--forward-timeout", &timeout_s.to_string()])
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap()
+}
+
+/// Every line the collector stored, over all files.
+fn stored(out: &Path) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    for node in std::fs::read_dir(out).into_iter().flatten() {
+        for file in std::fs::read_dir(node.unwrap().path())
+            .into_iter()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            lines.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+        }
+    }
+    lines
+}
+
+fn contains_bytes(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            contains_bytes(&path, needle)
+        } else {
+            std::fs::read(&path)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
+#[test]
+fn replay_forwards_every_record_once_pseudonymised_and_sealed() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let lines = stored(&c.out);
+    // Four calls and the capture summary.
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let calls: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "call")
+        .collect();
+    assert_eq!(calls.len(), 4);
+    let mut ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "each record stored once");
+    assert!(ids.iter().all(|id| id.starts_with("edge-01:")));
+
+    // The caller of the cancelled call, 816666, is a keyed hash everywhere.
+    for call in &calls {
+        let user = call["record"]["caller"]["user"].as_str().unwrap();
+        assert!(user.starts_with("h:"), "{user}");
+    }
+    assert!(
+        !contains_bytes(&c.out, b"816666"),
+        "number in clear at the collector"
+    );
+    assert!(
+        !contains_bytes(&spool, b"816666"),
+        "number in clear in the spool"
+    );
+    assert!(
+        !contains_bytes(&spool, b"105090259-446faf7a"),
+        "spool is sealed"
+    );
+
+    // The spool is drained: a second run has nothing left of the first to send.
+    let again = replay_forward(&config, 30);
+    assert!(again.status.success());
+    assert_eq!(stored(&c.out).len(), 10);
+}
+
+#[test]
+fn the_collector_drops_a_batch_sent_twice() {
+    use teledge::spool::{Spool, SpoolConfig};
+    use teledge::uplink::client::{encode_batch, Uplink};
+
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let config_path = forward_config(
+        &pki,
+        &work.path().join("spool"),
+        "edge-01",
+        "edge-01",
+        "ca.pem",
+        c.port,
+    );
+    let config = teledge::config::load_forward(&config_path).unwrap();
+    let (mut spool, _) = Spool::open(
+        SpoolConfig::new(work.path().join("spool"), "edge-01"),
+        config.keyring.clone(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        spool.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    let batch = spool.read(None, 10).unwrap();
+    let body = encode_batch("edge-01", &batch).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut uplink = Uplink::new(config.uplink.clone(), "edge-01".into()).unwrap();
+    let first = runtime.block_on(uplink.send("b1", body.clone())).unwrap();
+    // The acknowledgement was "lost": the agent sends the same batch again.
+    let second = runtime.block_on(uplink.send("b1", body)).unwrap();
+    assert_eq!((first.accepted, first.duplicates), (3, 0));
+    assert_eq!((second.accepted, second.duplicates), (0, 3));
+    assert_eq!(stored(&c.out).len(), 3);
+}
+
+/// A refused connection: the agent keeps its records (exit 3 at the deadline) and the
+/// collector stores nothing.
+fn assert_refused(pki: &Pki, collector_cert: &str, client: &str, ca: &str, reason: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(pki, collector_cert, &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(pki, &spool, "edge-01", client, ca, c.port);
+    let result = replay_forward(&config, 2);
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{collector_cert}/{client}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        stored(&c.out).is_empty(),
+        "{collector_cert}/{client}: stored something"
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("stay spooled"), "{stderr}");
+    assert!(stderr.contains(reason), "expected {reason:?} in {stderr}");
+}
+
+#[test]
+fn tls_refuses_a_collector_from_an_unknown_ca() {
+    assert_refused(
+        &pki(),
+        "collector-rogue",
+        "edge-01",
+        "ca.pem",
+        "UnknownIssuer",
+    );
+}
+
+#[test]
+fn tls_refuses_a_collector_with_the_wrong_hostname() {
+    assert_refused(
+        &pki(),
+        "collector-wrong-host",
+        "edge-01",
+        "ca.pem",
+        "not valid for name",
+    );
+}
+
+#[test]
+fn tls_refuses_an_expired_collector_certificate() {
+    assert_refused(
+        &pki(),
+        "collector-expired",
+        "edge-01",
+        "ca.pem",
+        "certificate expired",
+    );
+}
+
+#[test]
+fn tls_refuses_an_untrusted_client_certificate() {
+    // TLS 1.3: the server checks the client certificate after the client's handshake ends,
+    // so the client sees the connection die on its request.
+    assert_refused(
+        &pki(),
+        "collector",
+        "edge-01-rogue",
+        "ca.pem",
+        "connection error",
+    );
+}
+
+#[test]
+fn tls_refuses_a_client_without_a_certificate() {
+    // A TLS client that offers no certificate at all gets no answer.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome: Result<usize, String> = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let roots = teledge::uplink::tls::load_roots(&pki.path("ca.pem")).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    assert!(matches!(outcome, Err(_) | Ok(0)), "{outcome:?}");
+    assert!(stored(&c.out).is_empty());
+}
+
+#[test]
+fn a_certificate_for_another_node_is_rejected_and_dead_lettered() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    // Configured as edge-01, presenting edge-02's certificate.
+    let config = forward_config(&pki, &spool, "edge-01", "edge-02", "ca.pem", c.port);
+    let result = replay_forward(&config, 10);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stored(&c.out).is_empty());
+    let dead: Vec<_> = std::fs::read_dir(spool.join("dead-letter"))
+        .unwrap()
+        .collect();
+    assert!(
+        !dead.is_empty(),
+        "the refused batches are kept as dead letters"
+    );
+}
+
+#[test]
+fn plaintext_is_refused_by_both_ends() {
+    use std::io::{Read, Write};
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    // The collector answers plain HTTP with nothing.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    tcp.write_all(b"POST /v1/batches HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(stored(&c.out).is_empty());
+    // The agent refuses an http:// collector URL in its configuration.
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("https://", "http://");
+    std::fs::write(&config, text).unwrap();
+    let result = replay_forward(&config, 2);
+    assert_eq!(result.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("uplink.url"));
+}
