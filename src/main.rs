@@ -318,8 +318,9 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     );
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
+    let spool = std::sync::Mutex::new(spool);
     let result = runtime.block_on(forward_until_drained(
-        &mut spool,
+        &spool,
         &mut uplink,
         &dead_letters,
         config.uplink.batch_records,
@@ -339,9 +340,9 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             })
         }
         Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
+            let left = spool.lock().map(|s| s.stats().records).unwrap_or(0);
             eprintln!(
-                "teledge: collector unreachable ({reason}); {} records stay spooled for the next run",
-                spool.stats().records
+                "teledge: collector unreachable ({reason}); {left} records stay spooled for the next run"
             );
             Ok(ExitCode::from(EXIT_NOT_DRAINED))
         }

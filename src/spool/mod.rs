@@ -189,6 +189,12 @@ pub struct Spool {
     next_seq: u64,
     stats: SpoolStats,
     pending_newest_drops: u64,
+    /// The last record appended, and the last one known durable (flushed). Only durable
+    /// records are read for sending: a record sent before its flush could be lost in a
+    /// crash, and its sequence number given again to another record, which the collector
+    /// would then drop as a duplicate.
+    last_appended: Option<RecordId>,
+    durable_through: Option<RecordId>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -283,7 +289,13 @@ impl Spool {
         let next_seq = read_u64("next_seq")?
             .unwrap_or(0)
             .max(max_seq.map_or(0, |s| s + 1));
+        // Whatever survived the restart is durable.
+        let last_stored = records
+            .last()?
+            .and_then(|(key, _)| RecordId::from_key(&key));
         Ok(Spool {
+            last_appended: last_stored,
+            durable_through: last_stored,
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -351,6 +363,7 @@ impl Spool {
                 source,
             })?;
         self.records.insert(id.key(), sealed.as_slice())?;
+        self.last_appended = Some(id);
         self.next_seq += 1;
         self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
         self.stats.records += 1;
@@ -426,17 +439,28 @@ impl Spool {
     }
 
     /// Makes every earlier append durable (group commit point).
-    pub fn flush(&self) -> Result<(), SpoolError> {
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        let through = self.last_appended;
         self.db.flush()?;
+        self.durable_through = through;
         Ok(())
     }
 
-    /// Reads up to `max` records after `after` (from the oldest when `None`), opened.
+    /// The last record made durable.
+    pub fn durable_through(&self) -> Option<RecordId> {
+        self.durable_through
+    }
+
+    /// Reads up to `max` durable records after `after` (from the oldest when `None`), opened.
+    /// Records appended since the last [`Spool::flush`] are not returned yet.
     pub fn read(
         &self,
         after: Option<RecordId>,
         max: usize,
     ) -> Result<Vec<StoredRecord>, SpoolError> {
+        let Some(durable) = self.durable_through else {
+            return Ok(Vec::new());
+        };
         let range = match after {
             Some(id) => self.records.range(id.key().to_vec()..),
             None => self.records.iter(),
@@ -449,6 +473,9 @@ impl Spool {
             };
             if Some(id) == after {
                 continue;
+            }
+            if id > durable {
+                break;
             }
             let payload =
                 self.keyring
@@ -626,6 +653,10 @@ mod tests {
         let a = spool.append(b"one").unwrap().unwrap();
         let b = spool.append(b"two").unwrap().unwrap();
         assert_eq!(b.seq, a.seq + 1);
+        assert!(
+            spool.read(None, 10).unwrap().is_empty(),
+            "not durable, not sent"
+        );
         spool.flush().unwrap();
         let read = spool.read(None, 10).unwrap();
         assert_eq!(read.len(), 2);
@@ -673,6 +704,7 @@ mod tests {
         let stats = spool.stats();
         assert!(stats.bytes <= 4096);
         assert!(stats.dropped_oldest > 0);
+        spool.flush().unwrap();
         let records = spool.read(None, 1000).unwrap();
         let gaps: u64 = records
             .iter()
@@ -702,6 +734,7 @@ mod tests {
         let dropped = spool.stats().dropped_newest;
         assert_eq!(dropped as usize, 100 - kept.len());
         spool.ack(*kept.last().unwrap()).unwrap();
+        spool.flush().unwrap();
         let records = spool.read(None, 10).unwrap();
         let gap: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
         assert_eq!(gap["reason"], "spool_full_drop_newest");

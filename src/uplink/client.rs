@@ -1,7 +1,7 @@
 //! The HTTPS sink: batches from the spool POSTed to the collector, acknowledged, then removed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -247,8 +247,11 @@ impl DeadLetters {
 
 /// Sends everything in the spool, oldest first, until it is empty. Retriable failures are
 /// retried with backoff until `deadline` (if any); permanent ones go to the dead letters.
+///
+/// The spool is locked only to read a batch and to acknowledge it, never across the network
+/// exchange, so producers keep appending while a batch is in flight.
 pub async fn forward_until_drained(
-    spool: &mut Spool,
+    spool: &Mutex<Spool>,
     uplink: &mut Uplink,
     dead_letters: &DeadLetters,
     batch_records: usize,
@@ -256,13 +259,16 @@ pub async fn forward_until_drained(
     deadline: Option<Instant>,
 ) -> Result<UplinkStats, ForwardError> {
     loop {
-        let batch = spool.read(None, batch_records)?;
+        let (batch, node) = {
+            let spool = lock(spool);
+            (spool.read(None, batch_records)?, spool.node_id().to_owned())
+        };
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            let mut spool = lock(spool);
             spool.flush()?;
             spool.compact_if_drained()?;
             return Ok(uplink.stats);
         };
-        let node = spool.node_id().to_owned();
         let batch_id = format!("{node}:{}:{}-{}", first.id.epoch, first.id.seq, last.id.seq);
         let last_id = last.id;
         let body = encode_batch(&node, &batch).map_err(|e| ForwardError::Spool(e.into()))?;
@@ -272,7 +278,7 @@ pub async fn forward_until_drained(
                 uplink.stats.batches += 1;
                 uplink.stats.records += ack.accepted;
                 uplink.stats.duplicates += ack.duplicates;
-                spool.ack(last_id)?;
+                lock(spool).ack(last_id)?;
             }
             Err(SendError::Permanent(status, reason)) => {
                 tracing::error!(batch = %batch_id, status, reason = %reason, "Collector rejected a batch; moved to dead letters.");
@@ -281,13 +287,13 @@ pub async fn forward_until_drained(
                     .map_err(ForwardError::DeadLetter)?;
                 uplink.stats.dead_lettered_batches += 1;
                 uplink.stats.dead_letter_dropped_files += removed;
-                spool.ack(last_id)?;
+                lock(spool).ack(last_id)?;
             }
             Err(SendError::Retriable(reason)) => {
                 uplink.stats.retries += 1;
                 let wait = backoff.next_wait();
                 if deadline.is_some_and(|d| Instant::now() + wait > d) {
-                    spool.flush()?;
+                    lock(spool).flush()?;
                     return Err(ForwardError::Deadline(reason));
                 }
                 tracing::warn!(batch = %batch_id, reason = %reason, wait_ms = wait.as_millis() as u64, "Uplink failed; retrying.");
@@ -295,6 +301,12 @@ pub async fn forward_until_drained(
             }
         }
     }
+}
+
+/// Locks the spool; a poisoned lock (a panicking producer) still holds a consistent spool,
+/// because every spool operation leaves sled consistent.
+fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Encodes a batch in the wire format (see the module doc of `uplink`).

@@ -1,0 +1,260 @@
+//! `teledge-spoolgen`: drives the spool and the uplink with synthetic records, for the crash,
+//! outage and disk tests and the spool benchmarks.
+//!
+//! `load`: a producer thread appends records in groups and makes each group durable (group
+//! commit), printing `durable <epoch>:<seq>` on stdout once the group's flush returned; a
+//! forwarder sends batches to the collector at the same time. After `--records` it waits
+//! until the spool is drained (or `--drain-timeout`), prints `drained <n>` and exits.
+//!
+//! `bench`: measures durable appends per second with group commit, the bytes on disk per
+//! record, the size after a churn of a million records, and an append-only file with
+//! fdatasync on the same disk as the reference limit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use teledge::seal::Keyring;
+use teledge::spool::{Spool, SpoolConfig};
+use teledge::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Append and forward under load (see the module doc).
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// Records per durable group.
+        #[arg(long, default_value_t = 50)]
+        group: u64,
+        #[arg(long, default_value_t = 120)]
+        drain_timeout: u64,
+        /// Backoff bounds in ms (the agent's default is 1000..60000).
+        #[arg(long, default_value_t = 1000)]
+        backoff_min_ms: u64,
+        #[arg(long, default_value_t = 60_000)]
+        backoff_max_ms: u64,
+    },
+    /// Spool benchmarks in a directory.
+    Bench {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        churn: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+        .init();
+    match Args::parse().command {
+        Mode::Load {
+            config,
+            records,
+            group,
+            drain_timeout,
+            backoff_min_ms,
+            backoff_max_ms,
+        } => load(
+            &config,
+            records,
+            group,
+            drain_timeout,
+            (backoff_min_ms, backoff_max_ms),
+        ),
+        Mode::Bench {
+            dir,
+            records,
+            churn,
+        } => bench(&dir, records, churn),
+    }
+}
+
+fn payload(n: u64) -> Vec<u8> {
+    // About the size of a call record without media: 400 bytes.
+    format!(
+        "{{\"type\":\"load\",\"n\":{n},\"pad\":\"{}\"}}",
+        "x".repeat(360)
+    )
+    .into_bytes()
+}
+
+fn load(
+    config_path: &PathBuf,
+    records: u64,
+    group: u64,
+    drain_timeout: u64,
+    (backoff_min, backoff_max): (u64, u64),
+) -> anyhow::Result<()> {
+    let config = teledge::config::load_forward(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (spool, _) = Spool::open(config.spool.clone(), config.keyring.clone())?;
+    let spool = Arc::new(Mutex::new(spool));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let producer = {
+        let spool = spool.clone();
+        let done = done.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut stdout = std::io::stdout();
+            let mut n = 0;
+            while n < records {
+                let mut last = None;
+                {
+                    let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    for _ in 0..group.min(records - n) {
+                        last = spool.append(&payload(n))?.or(last);
+                        n += 1;
+                    }
+                    spool.flush()?;
+                }
+                if let Some(id) = last {
+                    writeln!(stdout, "durable {}:{}", id.epoch, id.seq)?;
+                    stdout.flush()?;
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
+    let dead_letters = DeadLetters::new(
+        config.uplink.dead_letter_dir.clone(),
+        config.uplink.dead_letter_max_bytes,
+    );
+    let mut backoff = Backoff::new(
+        Duration::from_millis(backoff_min),
+        Duration::from_millis(backoff_max),
+    );
+    let start = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let producing = !done.load(Ordering::SeqCst);
+        if !producing && deadline.is_none() {
+            deadline = Some(Instant::now() + Duration::from_secs(drain_timeout));
+        }
+        let result = runtime.block_on(forward_until_drained(
+            &spool,
+            &mut uplink,
+            &dead_letters,
+            config.uplink.batch_records,
+            &mut backoff,
+            deadline.or(Some(Instant::now() + Duration::from_secs(1))),
+        ));
+        match result {
+            Ok(_) if !producing => break,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(ForwardError::Deadline(reason)) if !producing => {
+                anyhow::bail!("not drained before the deadline: {reason}")
+            }
+            Err(ForwardError::Deadline(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    println!(
+        "drained {} records in {:.3} s",
+        uplink.stats.records,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn bench(dir: &PathBuf, records: u64, churn: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let keyring = Keyring::new((1, [1; 32]), &[]);
+
+    // Durable appends with group commit: a flush every 50 ms, as the agent does.
+    let spool_dir = dir.join("spool-bench");
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    let (mut spool, _) = Spool::open(SpoolConfig::new(&spool_dir, "bench"), keyring.clone())?;
+    let start = Instant::now();
+    let mut last_flush = Instant::now();
+    for n in 0..records {
+        spool.append(&payload(n))?;
+        if last_flush.elapsed() >= Duration::from_millis(50) {
+            spool.flush()?;
+            last_flush = Instant::now();
+        }
+    }
+    spool.flush()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let on_disk = spool.size_on_disk()?;
+    println!(
+        "spool: {records} records of {} bytes, group commit 50 ms: {:.0} durable appends/s, {:.0} bytes on disk per record",
+        payload(0).len(),
+        records as f64 / elapsed,
+        on_disk as f64 / records as f64
+    );
+
+    // Churn: a million records appended and acknowledged in waves, as a long-running agent.
+    let start = Instant::now();
+    let mut passed = 0;
+    let mut peak = on_disk;
+    while passed < churn {
+        let mut last = None;
+        for _ in 0..10_000 {
+            last = spool.append(&payload(passed))?;
+            passed += 1;
+        }
+        spool.flush()?;
+        peak = peak.max(spool.size_on_disk()?);
+        if let Some(last) = last {
+            spool.ack(last)?;
+        }
+        spool.compact_if_drained()?;
+    }
+    println!(
+        "churn: {churn} records appended and acknowledged in {:.1} s; on disk after: {} bytes (peak {} bytes), {} compactions",
+        start.elapsed().as_secs_f64(),
+        spool.size_on_disk()?,
+        peak,
+        spool.stats().compactions
+    );
+    drop(spool);
+
+    // Reference limit: an append-only file, fdatasync every 50 ms.
+    let path = dir.join("append-only.log");
+    let mut file = std::fs::File::create(&path).context("reference file")?;
+    let start = Instant::now();
+    let mut last_sync = Instant::now();
+    for n in 0..records {
+        file.write_all(&payload(n))?;
+        file.write_all(b"\n")?;
+        if last_sync.elapsed() >= Duration::from_millis(50) {
+            file.sync_data()?;
+            last_sync = Instant::now();
+        }
+    }
+    file.sync_data()?;
+    println!(
+        "reference: append-only file, fdatasync every 50 ms: {:.0} durable appends/s, {:.0} bytes per record",
+        records as f64 / start.elapsed().as_secs_f64(),
+        std::fs::metadata(&path)?.len() as f64 / records as f64
+    );
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    Ok(())
+}
