@@ -97,7 +97,7 @@ fn payload(n: u64) -> Vec<u8> {
 }
 
 fn load(
-    config_path: &PathBuf,
+    config_path: &std::path::Path,
     records: u64,
     group: u64,
     drain_timeout: u64,
@@ -182,7 +182,7 @@ fn load(
     Ok(())
 }
 
-fn bench(dir: &PathBuf, records: u64, churn: u64) -> anyhow::Result<()> {
+fn bench(dir: &std::path::Path, records: u64, churn: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let keyring = Keyring::new((1, [1; 32]), &[]);
 
