@@ -232,11 +232,45 @@ fn replay_forwards_every_record_once_pseudonymised_and_sealed() {
     let spool = work.path().join("spool");
     let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
 
+    // Listen on the wire too: tshark on loopback captures the uplink traffic.
+    let wire = work.path().join("uplink.pcapng");
+    let mut tshark = Command::new("tshark")
+        .args(["-i", "lo", "-f", &format!("tcp port {}", c.port), "-w"])
+        .arg(&wire)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tshark is required: run ./scripts/test.sh, which installs it");
+    let mut tshark_err = BufReader::new(tshark.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Capturing on") {
+        line.clear();
+        assert!(
+            tshark_err.read_line(&mut line).unwrap() > 0,
+            "tshark did not start"
+        );
+    }
+
     let result = replay_forward(&config, 30);
     assert!(
         result.status.success(),
         "{}",
         String::from_utf8_lossy(&result.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    tshark.wait().unwrap();
+    let captured = std::fs::read(&wire).unwrap();
+    assert!(
+        captured.len() > 4096,
+        "the capture holds the uplink traffic"
+    );
+    assert!(
+        !captured.windows(6).any(|w| w == b"816666")
+            && !captured.windows(9).any(|w| w == b"105090259"),
+        "a number or Call-ID crossed the wire in clear"
     );
     let lines = stored(&c.out);
     // Four calls and the capture summary.
