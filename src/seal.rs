@@ -210,6 +210,21 @@ mod tests {
     }
 
     #[test]
+    fn loads_a_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spool-key"), [6u8; 32]).unwrap();
+        // The only test that touches this variable.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let key = load_key(&KeySource::Credential("spool-key".into())).unwrap();
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        assert_eq!(key, [6; 32]);
+        assert!(matches!(
+            load_key(&KeySource::Credential("spool-key".into())),
+            Err(SealError::NoCredentialsDirectory(_))
+        ));
+    }
+
+    #[test]
     fn loads_hex_and_raw_keys() {
         let dir = tempfile::tempdir().unwrap();
         let hex = dir.path().join("hex");

@@ -243,3 +243,54 @@ pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Option<String> {
     let cn = parsed.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("node.pem"), dir.join("node.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn cn(resolver: &ReloadingClientCert) -> Option<String> {
+        node_of_certificate(&resolver.current().unwrap().cert[0])
+    }
+
+    /// Moves the file times forward so a rewrite within the same second is seen as new.
+    fn touch_later(path: &Path, secs: u64) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(secs);
+        file.set_modified(later).unwrap();
+    }
+
+    #[test]
+    fn client_certificate_reloads_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_cert(dir.path(), "edge-01");
+        let alerts = Arc::new(TlsAlerts::default());
+        let resolver = ReloadingClientCert::new(&cert, &key, alerts.clone()).unwrap();
+        assert_eq!(cn(&resolver).as_deref(), Some("edge-01"));
+
+        // A broken new certificate: the last good one stays, and an alert is counted.
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+        touch_later(&cert, 10);
+        assert_eq!(cn(&resolver).as_deref(), Some("edge-01"));
+        assert_eq!(alerts.reload_failures.load(Ordering::Relaxed), 1);
+
+        // A good new certificate is picked up on the next handshake, without a restart.
+        write_cert(dir.path(), "edge-01-renewed");
+        touch_later(&cert, 20);
+        touch_later(&key, 20);
+        assert_eq!(cn(&resolver).as_deref(), Some("edge-01-renewed"));
+        assert_eq!(alerts.reloads.load(Ordering::Relaxed), 1);
+    }
+}
