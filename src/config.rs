@@ -14,6 +14,7 @@
 //! when_full = "drop_oldest"            # or "drop_newest"
 //! flush_interval_ms = 50               # group commit
 //! cache_bytes = 16777216
+//! disk_reserve_bytes = 16777216       # free space kept; below it new records are dropped
 //! key_file = "/etc/teledge/spool.key"  # or key_credential = "spool-key" ($CREDENTIALS_DIRECTORY)
 //! key_id = 1
 //! old_keys = [{ id = 0, file = "/etc/teledge/spool-0.key" }]
@@ -89,6 +90,8 @@ struct RawSpool {
     flush_interval_ms: u64,
     #[serde(default = "default_cache")]
     cache_bytes: u64,
+    #[serde(default = "default_reserve")]
+    disk_reserve_bytes: u64,
     key_file: Option<PathBuf>,
     key_credential: Option<String>,
     #[serde(default)]
@@ -153,6 +156,9 @@ fn default_flush_ms() -> u64 {
     50
 }
 fn default_cache() -> u64 {
+    16 << 20
+}
+fn default_reserve() -> u64 {
     16 << 20
 }
 fn default_privacy_mode() -> String {
@@ -375,6 +381,7 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     spool.max_bytes = raw.spool.max_bytes;
     spool.when_full = when_full;
     spool.cache_bytes = raw.spool.cache_bytes;
+    spool.disk_reserve_bytes = raw.spool.disk_reserve_bytes;
     spool.flush_interval = Duration::from_millis(raw.spool.flush_interval_ms);
     Ok(ForwardConfig {
         node_id,

@@ -119,10 +119,18 @@ fn load(
                 {
                     let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
                     for _ in 0..group.min(records - n) {
-                        last = spool.append(&payload(n))?.or(last);
+                        // A producer never stops for the spool: a refusal is counted by the
+                        // spool itself, an error is reported and the next record tried.
+                        match spool.append(&payload(n)) {
+                            Ok(id) => last = id.or(last),
+                            Err(e) => eprintln!("append failed: {e}"),
+                        }
                         n += 1;
                     }
-                    spool.flush()?;
+                    if let Err(e) = spool.flush() {
+                        eprintln!("flush failed: {e}");
+                        last = None;
+                    }
                 }
                 if let Some(id) = last {
                     writeln!(stdout, "durable {}:{}", id.epoch, id.seq)?;
@@ -174,10 +182,19 @@ fn load(
     producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let stats = spool.lock().unwrap_or_else(|p| p.into_inner()).stats();
     println!(
         "drained {} records in {:.3} s",
         uplink.stats.records,
         start.elapsed().as_secs_f64()
+    );
+    println!(
+        "dropped {} (disk full {}, oldest {}, newest {}), {} gap records",
+        stats.dropped_disk_full + stats.dropped_oldest + stats.dropped_newest,
+        stats.dropped_disk_full,
+        stats.dropped_oldest,
+        stats.dropped_newest,
+        stats.gap_records
     );
     Ok(())
 }

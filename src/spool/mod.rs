@@ -69,6 +69,10 @@ pub struct SpoolConfig {
     pub compact_above_bytes: u64,
     /// Group commit interval the owner flushes at (stated here so the contract has a number).
     pub flush_interval: Duration,
+    /// Free space kept on the file system: below it, new records are refused (and counted,
+    /// and announced by a gap record once there is room), because sled cannot be trusted to
+    /// survive running out of disk, and dropping old records would not give space back.
+    pub disk_reserve_bytes: u64,
 }
 
 impl SpoolConfig {
@@ -81,6 +85,7 @@ impl SpoolConfig {
             cache_bytes: 16 << 20,
             compact_above_bytes: 64 << 20,
             flush_interval: Duration::from_millis(50),
+            disk_reserve_bytes: 16 << 20,
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct SpoolStats {
     pub acked: u64,
     pub dropped_oldest: u64,
     pub dropped_newest: u64,
+    /// Refused because the file system was (nearly) full.
+    pub dropped_disk_full: u64,
     pub gap_records: u64,
     pub compactions: u64,
     pub generation: u64,
@@ -195,6 +202,10 @@ pub struct Spool {
     /// would then drop as a duplicate.
     last_appended: Option<RecordId>,
     durable_through: Option<RecordId>,
+    /// Disk-full drops not yet announced (kept in memory: the disk had no room to note them).
+    pending_disk_full: u64,
+    appends_since_disk_check: u32,
+    disk_was_full: bool,
 }
 
 impl std::fmt::Debug for Spool {
@@ -296,6 +307,9 @@ impl Spool {
         Ok(Spool {
             last_appended: last_stored,
             durable_through: last_stored,
+            pending_disk_full: 0,
+            appends_since_disk_check: u32::MAX,
+            disk_was_full: false,
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -324,7 +338,12 @@ impl Spool {
 
     /// Appends a record. Returns its id, or `None` when the full-store policy refused it.
     pub fn append(&mut self, payload: &[u8]) -> Result<Option<RecordId>, SpoolError> {
-        if self.pending_newest_drops > 0 {
+        if self.disk_full() {
+            self.pending_disk_full += 1;
+            self.stats.dropped_disk_full += 1;
+            return Ok(None);
+        }
+        if self.pending_newest_drops > 0 || self.pending_disk_full > 0 {
             self.try_flush_gap()?;
         }
         let sealed_len = payload.len() as u64 + 64;
@@ -408,24 +427,74 @@ impl Spool {
         Ok(())
     }
 
-    /// Announces records refused by drop-newest once there is room again.
+    /// Announces drops still pending (full disk or drop-newest) if there is room now. The
+    /// forwarder calls it on every round, so a producer that went quiet still gets its
+    /// losses reported.
+    pub fn announce_drops(&mut self) -> Result<(), SpoolError> {
+        if self.pending_newest_drops == 0 && self.pending_disk_full == 0 {
+            return Ok(());
+        }
+        self.appends_since_disk_check = u32::MAX;
+        if !self.disk_full() {
+            self.try_flush_gap()?;
+            // Durable at once, so the forwarder can send it now.
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the file system is below the reserve. Checked every 64 appends, and on every
+    /// append while it is full (a `statvfs`, microseconds).
+    fn disk_full(&mut self) -> bool {
+        self.appends_since_disk_check = self.appends_since_disk_check.saturating_add(1);
+        if !self.disk_was_full && self.appends_since_disk_check < 64 {
+            return false;
+        }
+        self.appends_since_disk_check = 0;
+        let free = fs2::available_space(&self.config.dir).unwrap_or(u64::MAX);
+        let full = free < self.config.disk_reserve_bytes;
+        if full != self.disk_was_full {
+            if full {
+                tracing::error!(
+                    free,
+                    reserve = self.config.disk_reserve_bytes,
+                    "Disk nearly full: new records are dropped and counted."
+                );
+            } else {
+                tracing::warn!(free, "Disk space is back: spooling resumes.");
+            }
+        }
+        self.disk_was_full = full;
+        full
+    }
+
+    /// Announces records refused by drop-newest or a full disk once there is room again.
     fn try_flush_gap(&mut self) -> Result<(), SpoolError> {
-        if self.stats.bytes + 1024 > self.config.max_bytes {
+        if self.stats.bytes + 2048 > self.config.max_bytes {
             return Ok(());
         }
         let node = self.config.node_id.clone();
-        let gap = GapRecord {
-            kind: "gap",
-            schema: "teledge.gap/1",
-            node: &node,
-            reason: "spool_full_drop_newest",
-            dropped: self.pending_newest_drops,
-            first_dropped: None,
-            last_dropped: None,
-            time: now_rfc3339(),
-        };
-        self.insert_gap(&gap)?;
+        for (reason, dropped) in [
+            ("spool_full_drop_newest", self.pending_newest_drops),
+            ("disk_full", self.pending_disk_full),
+        ] {
+            if dropped == 0 {
+                continue;
+            }
+            let gap = GapRecord {
+                kind: "gap",
+                schema: "teledge.gap/1",
+                node: &node,
+                reason,
+                dropped,
+                first_dropped: None,
+                last_dropped: None,
+                time: now_rfc3339(),
+            };
+            self.insert_gap(&gap)?;
+        }
         self.pending_newest_drops = 0;
+        self.pending_disk_full = 0;
         self.meta
             .insert("pending_newest_drops", &0u64.to_be_bytes())?;
         Ok(())
@@ -505,9 +574,6 @@ impl Spool {
         self.records.apply_batch(batch)?;
         self.stats.records = self.stats.records.saturating_sub(removed);
         self.stats.acked += removed;
-        if self.pending_newest_drops > 0 {
-            self.try_flush_gap()?;
-        }
         Ok(removed)
     }
 
@@ -734,7 +800,8 @@ mod tests {
         let dropped = spool.stats().dropped_newest;
         assert_eq!(dropped as usize, 100 - kept.len());
         spool.ack(*kept.last().unwrap()).unwrap();
-        spool.flush().unwrap();
+        // The forwarder announces pending drops on every round.
+        spool.announce_drops().unwrap();
         let records = spool.read(None, 10).unwrap();
         let gap: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
         assert_eq!(gap["reason"], "spool_full_drop_newest");

@@ -260,7 +260,8 @@ pub async fn forward_until_drained(
 ) -> Result<UplinkStats, ForwardError> {
     loop {
         let (batch, node) = {
-            let spool = lock(spool);
+            let mut spool = lock(spool);
+            spool.announce_drops()?;
             (spool.read(None, batch_records)?, spool.node_id().to_owned())
         };
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
