@@ -148,24 +148,11 @@ async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Res
         Ok(b) => b,
         Err(e) => return reply(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    let prefix = format!("{node}:");
-    let mut lines = Vec::new();
-    for (n, line) in inflated.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let parsed: BatchLine = match serde_json::from_slice(line) {
-            Ok(p) => p,
-            Err(e) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {e}", n + 1)),
-        };
-        if !parsed.id.starts_with(&prefix) {
-            return reply(
-                StatusCode::FORBIDDEN,
-                format!("record {} does not belong to node {node}", parsed.id),
-            );
-        }
-        lines.push(parsed);
-    }
+    let lines = match parse_batch(node, &inflated) {
+        Ok(lines) => lines,
+        Err(BatchError::Malformed(m)) => return reply(StatusCode::BAD_REQUEST, m),
+        Err(BatchError::OtherNode(m)) => return reply(StatusCode::FORBIDDEN, m),
+    };
     let Some(through) = lines.last().map(|l| l.id.clone()) else {
         return reply(StatusCode::BAD_REQUEST, "empty batch");
     };
@@ -190,6 +177,35 @@ async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Res
             reply(StatusCode::SERVICE_UNAVAILABLE, "storage failure")
         }
     }
+}
+
+/// Why a batch body was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchError {
+    Malformed(String),
+    /// A record claims another node than the certificate's.
+    OtherNode(String),
+}
+
+/// Parses an inflated batch body; every record must belong to `node`. Pure, for fuzzing.
+pub fn parse_batch(node: &str, inflated: &[u8]) -> Result<Vec<BatchLine>, BatchError> {
+    let prefix = format!("{node}:");
+    let mut lines = Vec::new();
+    for (n, line) in inflated.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let parsed: BatchLine = serde_json::from_slice(line)
+            .map_err(|e| BatchError::Malformed(format!("line {}: {e}", n + 1)))?;
+        if !parsed.id.starts_with(&prefix) {
+            return Err(BatchError::OtherNode(format!(
+                "record {} does not belong to node {node}",
+                parsed.id
+            )));
+        }
+        lines.push(parsed);
+    }
+    Ok(lines)
 }
 
 fn store(state: &mut State, node: &str, lines: &[BatchLine]) -> std::io::Result<(u64, u64)> {
