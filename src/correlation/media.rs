@@ -494,7 +494,6 @@ impl MediaTracker {
             self.close_stream(key, out);
         }
         let ttl = self.limits.candidate_ttl.as_secs_f64();
-        let before = self.candidates.len();
         let mut dropped = 0u64;
         self.candidates.retain(|_, c| {
             let keep = now.seconds_since(c.first_seen) <= ttl;
@@ -503,7 +502,6 @@ impl MediaTracker {
             }
             keep
         });
-        let _ = before;
         self.counters.probation_discarded += dropped;
     }
 
@@ -677,7 +675,8 @@ fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
         None => pt >= 96 && packet.payload_len == 4 && packet.payload_head[0] <= 16,
     };
     PayloadInfo {
-        clock_rate: clock.filter(|_| !is_event),
+        // Events keep their clock (for durations); the analysis computes no jitter for them.
+        clock_rate: clock,
         is_event,
         is_comfort_noise: pt == 13
             || pt == 19

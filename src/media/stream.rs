@@ -345,7 +345,7 @@ impl StreamAnalyzer {
             return;
         }
         // RFC 4733 §2.3: event, E|R|volume, duration; one event per RTP timestamp.
-        let [event, flags, d0, d1] = packet.payload_head;
+        let [event, _end_and_volume, d0, d1] = packet.payload_head;
         let duration = u16::from_be_bytes([d0, d1]);
         let duration_ms = info
             .clock_rate
@@ -357,7 +357,6 @@ impl StreamAnalyzer {
             }
             return;
         }
-        let _ = flags;
         let digit = match event {
             0..=9 => char::from(b'0' + event),
             10 => '*',

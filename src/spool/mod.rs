@@ -230,10 +230,9 @@ impl Spool {
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
         loop {
             let path = generation_path(&config.dir, generation);
-            let fresh = !path.exists();
             match open_db(&path, &config) {
                 Ok(db) => {
-                    let spool = Spool::from_db(config, keyring, generation, db, fresh)?;
+                    let spool = Spool::from_db(config, keyring, generation, db)?;
                     return Ok((spool, events));
                 }
                 Err(OpenFailure::Other(e)) => return Err(e),
@@ -261,7 +260,6 @@ impl Spool {
         keyring: Keyring,
         generation: u64,
         db: sled::Db,
-        fresh: bool,
     ) -> Result<Spool, SpoolError> {
         let records = db.open_tree("records")?;
         let meta = db.open_tree("meta")?;
@@ -278,7 +276,6 @@ impl Spool {
                 generation
             }
         };
-        let _ = fresh;
         let mut stats = SpoolStats {
             generation,
             dropped_oldest: read_u64("dropped_oldest")?.unwrap_or(0),
