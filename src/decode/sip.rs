@@ -244,6 +244,17 @@ pub fn starts_with_sip(data: &[u8]) -> bool {
 
 /// Parses one complete SIP message. The body is cut at Content-Length when that is smaller
 /// than what follows the headers (a datagram may carry padding).
+///
+/// ```
+/// use teledge::decode::sip::{parse, Method};
+///
+/// let raw = b"BYE sip:bob@pbx SIP/2.0\r\nf: <sip:alice@pbx>;tag=a1\r\nt: <sip:bob@pbx>;tag=b2\r\n\
+///             i: call-1\r\nCSeq: 2 BYE\r\nReason: Q.850;cause=16\r\n\r\n";
+/// let msg = parse(raw).unwrap();
+/// assert_eq!(msg.method(), Some(Method::Bye));
+/// assert_eq!(msg.from.tag, Some("a1"));
+/// assert_eq!(msg.reasons().next().unwrap().cause, Some(16));
+/// ```
 pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     let (head, body_start) = split_head(data);
 

@@ -143,6 +143,14 @@ pub fn r_factor(codec: CodecImpairment, ppl: f64, burst_r: f64, t_ms: f64) -> f6
 }
 
 /// MOS-CQE from R (G.107 Annex B).
+///
+/// ```
+/// use teledge::media::emodel::{codec_impairment, mos, r_factor};
+///
+/// // G.711 without loss or delay: the E-model's default R of 93.2, MOS 4.41.
+/// let r = r_factor(codec_impairment("PCMA").unwrap(), 0.0, 1.0, 0.0);
+/// assert!((mos(r) - 4.41).abs() < 0.01);
+/// ```
 pub fn mos(r: f64) -> f64 {
     if r <= 0.0 {
         1.0
