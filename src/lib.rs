@@ -31,6 +31,7 @@ pub mod reassembly;
 pub mod record;
 pub mod replay;
 pub mod seal;
+pub mod sensors;
 pub mod sources;
 pub mod spool;
 pub mod time;
