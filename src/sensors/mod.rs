@@ -1,6 +1,7 @@
-//! Hardware sensors on serial ports. So far: the pure decoder of the Megatec/Q1 UPS protocol
-//! and the deviation-alert state machine; device profiles, port handling and records follow
+//! Hardware sensors on serial ports. So far: pure decoders of the Megatec/Q1 UPS protocol and
+//! of ASCII line sensors (key=value, NMEA), and the deviation-alert state machine; device profiles, port handling and records follow
 //! (issue 6).
 
+pub mod ascii;
 pub mod deviation;
 pub mod megatec;
