@@ -312,10 +312,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-    let dead_letters = DeadLetters::new(
-        config.uplink.dead_letter_dir.clone(),
-        config.uplink.dead_letter_max_bytes,
-    );
+    let dead_letters = DeadLetters::for_uplink(&config.uplink);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
     let spool = std::sync::Mutex::new(spool);

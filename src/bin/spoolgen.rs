@@ -146,10 +146,7 @@ fn load(
         .enable_all()
         .build()?;
     let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-    let dead_letters = DeadLetters::new(
-        config.uplink.dead_letter_dir.clone(),
-        config.uplink.dead_letter_max_bytes,
-    );
+    let dead_letters = DeadLetters::for_uplink(&config.uplink);
     let mut backoff = Backoff::new(
         Duration::from_millis(backoff_min),
         Duration::from_millis(backoff_max),

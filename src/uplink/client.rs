@@ -216,6 +216,11 @@ impl DeadLetters {
         DeadLetters { dir, max_bytes }
     }
 
+    /// The dead-letter area an uplink configuration names.
+    pub fn for_uplink(config: &UplinkConfig) -> Self {
+        DeadLetters::new(config.dead_letter_dir.clone(), config.dead_letter_max_bytes)
+    }
+
     /// Stores a batch; returns how many older files were removed to stay in bounds.
     pub fn store(&self, batch_id: &str, body: &[u8]) -> std::io::Result<u64> {
         std::fs::create_dir_all(&self.dir)?;
