@@ -6,3 +6,4 @@ pub mod apc;
 pub mod ascii;
 pub mod deviation;
 pub mod megatec;
+pub mod profile;
