@@ -397,3 +397,92 @@ high = 20
         }
     }
 }
+
+/// Decodes the registers of a reading (one for 16-bit types, two for 32-bit ones) into its
+/// value, scale applied. `None` when too few registers were read.
+pub fn decode_registers(
+    registers: &[u16],
+    data_type: DataType,
+    byte_order: ByteOrder,
+    scale: f64,
+) -> Option<f64> {
+    let raw = match data_type {
+        DataType::I16 | DataType::U16 => {
+            let r = *registers.first()?;
+            let r = match byte_order {
+                ByteOrder::Little | ByteOrder::LittleSwap => r.swap_bytes(),
+                ByteOrder::Big | ByteOrder::BigSwap => r,
+            };
+            match data_type {
+                DataType::I16 => f64::from(r as i16),
+                _ => f64::from(r),
+            }
+        }
+        DataType::I32 | DataType::U32 | DataType::F32 => {
+            let (hi, lo) = (*registers.first()?, *registers.get(1)?);
+            // Word order first, then byte order within the 32-bit value.
+            let (hi, lo) = match byte_order {
+                ByteOrder::BigSwap | ByteOrder::LittleSwap => (lo, hi),
+                ByteOrder::Big | ByteOrder::Little => (hi, lo),
+            };
+            let bits = (u32::from(hi) << 16) | u32::from(lo);
+            let bits = match byte_order {
+                ByteOrder::Little | ByteOrder::LittleSwap => bits.swap_bytes(),
+                ByteOrder::Big | ByteOrder::BigSwap => bits,
+            };
+            match data_type {
+                DataType::I32 => f64::from(bits as i32),
+                DataType::U32 => f64::from(bits),
+                _ => f64::from(f32::from_bits(bits)),
+            }
+        }
+    };
+    let value = raw * scale;
+    value.is_finite().then_some(value)
+}
+
+#[cfg(test)]
+mod register_tests {
+    use super::*;
+
+    #[test]
+    fn xy_md02_reference_values() {
+        // 01 04 04 01 31 02 22 ...: 0x0131 = 30.5 °C, 0x0222 = 54.6 %RH.
+        let t = decode_registers(&[0x0131], DataType::I16, ByteOrder::Big, 0.1).unwrap();
+        assert!((t - 30.5).abs() < 1e-9);
+        let rh = decode_registers(&[0x0222], DataType::U16, ByteOrder::Big, 0.1).unwrap();
+        assert!((rh - 54.6).abs() < 1e-9);
+        // Negative temperatures: 0xFF33 = -205 -> -20.5 °C; the ×100 lots: 0x0BEA = 30.50 °C.
+        let cold = decode_registers(&[0xFF33], DataType::I16, ByteOrder::Big, 0.1).unwrap();
+        assert!((cold + 20.5).abs() < 1e-9);
+        let x100 = decode_registers(&[0x0BEA], DataType::I16, ByteOrder::Big, 0.01).unwrap();
+        assert!((x100 - 30.5).abs() < 1e-9);
+        // Senseair S8: 0x0388 = 904 ppm.
+        assert_eq!(
+            decode_registers(&[0x0388], DataType::U16, ByteOrder::Big, 1.0),
+            Some(904.0)
+        );
+    }
+
+    #[test]
+    fn thirty_two_bit_orders() {
+        // 123456789 = 0x075BCD15.
+        let big = decode_registers(&[0x075B, 0xCD15], DataType::U32, ByteOrder::Big, 1.0);
+        let swapped = decode_registers(&[0xCD15, 0x075B], DataType::U32, ByteOrder::BigSwap, 1.0);
+        let little = decode_registers(&[0x15CD, 0x5B07], DataType::U32, ByteOrder::Little, 1.0);
+        assert_eq!(big, Some(123_456_789.0));
+        assert_eq!(swapped, big);
+        assert_eq!(little, big);
+        let f = decode_registers(&[0x3F80, 0x0000], DataType::F32, ByteOrder::Big, 1.0);
+        assert_eq!(f, Some(1.0));
+        assert_eq!(
+            decode_registers(&[0x3F80], DataType::F32, ByteOrder::Big, 1.0),
+            None
+        );
+        // NaN is not a reading.
+        assert_eq!(
+            decode_registers(&[0x7FC0, 0x0000], DataType::F32, ByteOrder::Big, 1.0),
+            None
+        );
+    }
+}
