@@ -208,32 +208,40 @@ pub struct ForwardConfig {
 
 /// Reads and validates a configuration file; every problem is reported, not just the first.
 pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    parse_forward(&read_file(path)?)
+}
+
+/// Reads a configuration file, the failure reported like any configuration problem.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigProblem {
             path: path.display().to_string(),
             message: e.to_string(),
         }])
-    })?;
-    parse_forward(&text)
+    })
+}
+
+/// A TOML syntax or shape error, placed by its line.
+pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let at = match e.span() {
+        Some(span) => {
+            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
+            format!(
+                "line {}",
+                before.iter().filter(|b| **b == b'\n').count() + 1
+            )
+        }
+        None => "config".into(),
+    };
+    ConfigErrors(vec![ConfigProblem {
+        path: at,
+        message: e.message().to_owned(),
+    }])
 }
 
 /// Validates configuration text.
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|s| {
-                format!(
-                    "line {}",
-                    text[..s.start.min(text.len())].lines().count().max(1)
-                )
-            })
-            .unwrap_or_else(|| "config".into());
-        ConfigErrors(vec![ConfigProblem {
-            path: at,
-            message: e.message().to_owned(),
-        }])
-    })?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
     let mut problem = |path: &str, message: String| {
         problems.push(ConfigProblem {

@@ -542,7 +542,7 @@ impl MediaTracker {
         }
         let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
         let mut quality = MediaQuality::default();
-        streams.sort_by_key(|s| s.analyzer.report().start_time);
+        streams.sort_by_key(|s| s.analyzer.first_time());
         for stream in &streams {
             let q = stream.quality(Some(&rtcp));
             match stream.direction {

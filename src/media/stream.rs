@@ -470,6 +470,10 @@ impl StreamAnalyzer {
         }
     }
 
+    pub fn first_time(&self) -> Timestamp {
+        self.first_time
+    }
+
     pub fn last_time(&self) -> Timestamp {
         self.last_time
     }

@@ -36,7 +36,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigErrors, ConfigProblem};
+use crate::config::{read_file, toml_problem, ConfigErrors, ConfigProblem};
 use crate::sensors::deviation::Limits;
 
 /// The wire protocol of a device.
@@ -198,23 +198,12 @@ pub struct Profile {
 
 /// Reads and validates a profile file.
 pub fn load(path: &Path) -> Result<Profile, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }])
-    })?;
-    parse(&text)
+    parse(&read_file(path)?)
 }
 
 /// Validates profile text, reporting every problem.
 pub fn parse(text: &str) -> Result<Profile, ConfigErrors> {
-    let raw: RawProfile = toml::from_str(text).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: "profile".into(),
-            message: e.message().to_owned(),
-        }])
-    })?;
+    let raw: RawProfile = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
     let mut problem = |path: String, message: &str| {
         problems.push(ConfigProblem {
