@@ -4,9 +4,14 @@
 //! certificate's common name is the node id. A batch must claim that node (header and every
 //! record id), duplicates are dropped by record id, new records are appended to
 //! `<out>/<node>/<YYYY-MM-DD>.jsonl` and synced, and only then is the batch acknowledged.
-//! Known ids are re-read from the output files at start, so deduplication survives restarts.
+//!
+//! Deduplication keeps one watermark per node and store epoch, not every id: an agent sends
+//! each epoch's records in sequence order and re-sends only what was not acknowledged, so a
+//! record at or below the highest sequence stored for its node and epoch is a duplicate.
+//! Memory is bounded by nodes × epochs, whatever the volume. The watermarks are re-read from
+//! the output files at start, so deduplication survives restarts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -43,7 +48,8 @@ pub struct CollectConfig {
 #[derive(Debug)]
 struct State {
     out_dir: PathBuf,
-    seen: HashSet<String>,
+    /// Highest sequence stored per (node, store epoch).
+    stored_through: HashMap<(String, u64), u64>,
 }
 
 /// Why the collector stopped.
@@ -65,11 +71,14 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
         config.tls12_allowed,
     )?;
     std::fs::create_dir_all(&config.out_dir)?;
-    let seen = load_seen(&config.out_dir)?;
-    tracing::info!(known_ids = seen.len(), "Collector state loaded.");
+    let stored_through = load_watermarks(&config.out_dir)?;
+    tracing::info!(
+        node_epochs = stored_through.len(),
+        "Collector state loaded."
+    );
     let state = Arc::new(Mutex::new(State {
         out_dir: config.out_dir.clone(),
-        seen,
+        stored_through,
     }));
     let listener = TcpListener::bind(config.listen).await?;
     println!("listening {}", listener.local_addr()?);
@@ -156,7 +165,7 @@ async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Res
     let Some(through) = lines.last().map(|l| l.id.clone()) else {
         return reply(StatusCode::BAD_REQUEST, "empty batch");
     };
-    // Write and sync under the lock: an id is marked seen only once it is on disk.
+    // Write and sync under the lock: a watermark moves only once the records are on disk.
     let result = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         store(&mut state, node, &lines)
@@ -197,9 +206,9 @@ pub fn parse_batch(node: &str, inflated: &[u8]) -> Result<Vec<BatchLine>, BatchE
         }
         let parsed: BatchLine = serde_json::from_slice(line)
             .map_err(|e| BatchError::Malformed(format!("line {}: {e}", n + 1)))?;
-        if !parsed.id.starts_with(&prefix) {
+        if !parsed.id.starts_with(&prefix) || epoch_and_seq(&parsed.id).is_none() {
             return Err(BatchError::OtherNode(format!(
-                "record {} does not belong to node {node}",
+                "record {} is not an id of node {node} (node:epoch:seq)",
                 parsed.id
             )));
         }
@@ -210,9 +219,20 @@ pub fn parse_batch(node: &str, inflated: &[u8]) -> Result<Vec<BatchLine>, BatchE
 
 fn store(state: &mut State, node: &str, lines: &[BatchLine]) -> std::io::Result<(u64, u64)> {
     let mut fresh: Vec<&BatchLine> = Vec::new();
-    let mut in_batch = HashSet::new();
+    // Watermarks as they will be once this batch is stored.
+    let mut through: HashMap<(String, u64), u64> = HashMap::new();
     for line in lines {
-        if !state.seen.contains(&line.id) && in_batch.insert(line.id.as_str()) {
+        // parse_batch checked the node prefix; the rest is `epoch:seq`.
+        let Some((epoch, seq)) = epoch_and_seq(&line.id) else {
+            continue;
+        };
+        let key = (node.to_owned(), epoch);
+        let stored = through
+            .get(&key)
+            .or_else(|| state.stored_through.get(&key))
+            .copied();
+        if stored.is_none_or(|s| seq > s) {
+            through.insert(key, seq);
             fresh.push(line);
         }
     }
@@ -232,21 +252,35 @@ fn store(state: &mut State, node: &str, lines: &[BatchLine]) -> std::io::Result<
     }
     file.write_all(&buf)?;
     file.sync_data()?;
-    for line in fresh.iter() {
-        state.seen.insert(line.id.clone());
-    }
+    state.stored_through.extend(through);
     Ok((fresh.len() as u64, duplicates))
 }
 
-/// Every record id already stored, from the output files.
-fn load_seen(out_dir: &Path) -> std::io::Result<HashSet<String>> {
+/// `(epoch, seq)` of a record id `node:epoch:seq`.
+fn epoch_and_seq(id: &str) -> Option<(u64, u64)> {
+    let mut parts = id.rsplitn(3, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some((epoch, seq))
+}
+
+/// The highest sequence stored per node and epoch, from the output files.
+fn load_watermarks(out_dir: &Path) -> std::io::Result<HashMap<(String, u64), u64>> {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: String,
     }
-    let mut seen = HashSet::new();
+    let mut through: HashMap<(String, u64), u64> = HashMap::new();
     for node_dir in std::fs::read_dir(out_dir)? {
         let node_dir = node_dir?.path();
+        let Some(node) = node_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+        else {
+            continue;
+        };
         if !node_dir.is_dir() {
             continue;
         }
@@ -255,12 +289,76 @@ fn load_seen(out_dir: &Path) -> std::io::Result<HashSet<String>> {
             if path.extension().is_some_and(|e| e == "jsonl") {
                 for line in std::io::BufReader::new(File::open(&path)?).lines() {
                     // A torn last line (a crash mid-write) was never acknowledged: skip it.
-                    if let Ok(IdOnly { id }) = serde_json::from_str(&line?) {
-                        seen.insert(id);
+                    let Ok(IdOnly { id }) = serde_json::from_str(&line?) else {
+                        continue;
+                    };
+                    if let Some((epoch, seq)) = epoch_and_seq(&id) {
+                        let max = through.entry((node.clone(), epoch)).or_insert(seq);
+                        *max = (*max).max(seq);
                     }
                 }
             }
         }
     }
-    Ok(seen)
+    Ok(through)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(ids: &[&str]) -> Vec<BatchLine> {
+        ids.iter()
+            .map(|id| {
+                serde_json::from_str(&format!(r#"{{"id":"{id}","record":{{"n":1}}}}"#)).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn watermarks_drop_resent_records_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State {
+            out_dir: dir.path().to_owned(),
+            stored_through: HashMap::new(),
+        };
+        assert_eq!(
+            store(&mut state, "n1", &lines(&["n1:0:0", "n1:0:1"])).unwrap(),
+            (2, 0)
+        );
+        // A lost acknowledgement: the agent sends the batch again with one more record.
+        assert_eq!(
+            store(&mut state, "n1", &lines(&["n1:0:0", "n1:0:1", "n1:0:2"])).unwrap(),
+            (1, 2)
+        );
+        // A new epoch (the agent's store was quarantined) starts again at 0.
+        assert_eq!(
+            store(&mut state, "n1", &lines(&["n1:3:0"])).unwrap(),
+            (1, 0)
+        );
+        // After a restart the watermarks come back from the files.
+        let reloaded = load_watermarks(dir.path()).unwrap();
+        assert_eq!(reloaded.get(&("n1".to_owned(), 0)), Some(&2));
+        assert_eq!(reloaded.get(&("n1".to_owned(), 3)), Some(&0));
+        let mut state = State {
+            out_dir: dir.path().to_owned(),
+            stored_through: reloaded,
+        };
+        assert_eq!(
+            store(&mut state, "n1", &lines(&["n1:0:2", "n1:0:3"])).unwrap(),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn ids_must_be_node_epoch_seq() {
+        assert!(parse_batch("n1", br#"{"id":"n1:x","record":{}}"#).is_err());
+        assert!(parse_batch("n1", br#"{"id":"n2:0:1","record":{}}"#).is_err());
+        assert_eq!(
+            parse_batch("n1", br#"{"id":"n1:0:1","record":{}}"#)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }
