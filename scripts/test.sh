@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # tshark: the conformance tests compare teledge with TShark on generated captures.
+# socat: the sensor tests join two pseudo-terminals with it (device simulator <-> teledge).
 need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v socat >/dev/null 2>&1 || need+=(socat)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

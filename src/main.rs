@@ -14,15 +14,17 @@ use teledge::outputs::{jsonl::JsonLines, table};
 use teledge::record::Record;
 use teledge::replay::{Replay, ReplaySettings};
 
+mod cmd;
+
 /// Exit code when a capture could only be read in part (records before the damage are written).
 const EXIT_DAMAGED_INPUT: u8 = 1;
 /// Exit code for a runtime failure (cannot open a file, cannot write the output).
-const EXIT_FAILURE: u8 = 2;
+pub(crate) const EXIT_FAILURE: u8 = 2;
 /// Exit code when forwarding stopped at its deadline with records still spooled (they are
 /// kept and sent by the next run).
 const EXIT_NOT_DRAINED: u8 = 3;
 /// Exit code for an invalid configuration (EX_CONFIG): systemd must not restart on it.
-const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +43,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Receive records from agents over mutual TLS and store them as JSON Lines per day.
     Collect(CollectArgs),
+    /// Hardware sensors on serial ports: list ports, probe a device, watch devices.
+    #[command(subcommand)]
+    Sensors(cmd::sensors::SensorsCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
         Command::Replay(args) if args.forward.is_some() => replay_forward(args),
         Command::Replay(args) => replay(args),
         Command::Collect(args) => collect(args),
+        Command::Sensors(command) => cmd::sensors::run(command),
     };
     match result {
         Ok(code) => code,

@@ -26,6 +26,15 @@ impl Timestamp {
         Timestamp(nanos)
     }
 
+    /// The wall clock now. Only live sources (sensors, the daemon's ticks) read it; replay
+    /// never does.
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+    }
+
     /// Nanoseconds since the epoch.
     pub const fn as_nanos(self) -> i64 {
         self.0

@@ -75,8 +75,27 @@
 //! and other non-call transactions, calls by outcome, the first decode problems with their
 //! frame numbers, and media counters (RTP/RTCP packets, share attributed to calls, streams).
 
+//! # Sensor record (`"type": "sensor"`, `"schema": "teledge.sensor/1"`)
+//!
+//! One per device at its record cadence: `record_id`, `device` (configured name), `model`,
+//! `port`, `time`, `communication` (`ok` or `lost`), `last_good_time`, `stale` (values older
+//! than the staleness bound: they are the last known, not current), `values`
+//! (`[{name, value, unit}]`), `states` (UPS flags such as `on_battery`, `battery_low`), and the
+//! port's `counters` (polls, failures, timeouts, retries, bad CRCs, Modbus exceptions, bad
+//! replies, garbage bytes, reopens, open failures, unsolicited alerts).
+//!
+//! # Alert record (`"type": "alert"`, `"schema": "teledge.alert/1"`)
+//!
+//! Two per deviation, sharing `alert_id`: `phase` `started` (with `value`, the reading that
+//! opened it) and `ended` (with `ended`, `duration_s` and `extreme`, the worst value).
+//! `kind` is `limit` (a value outside `limit`, `breach` `high` or `low`; hysteresis keeps a value
+//! hovering at a limit from flapping), `state` (a UPS flag: on battery, battery low, fault,
+//! overload, replace battery) or `communication` (the device stopped answering; ended when it
+//! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
+
 mod call;
 pub mod media;
+pub mod sensor;
 
 pub use call::{
     CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
@@ -92,6 +111,11 @@ pub enum Record {
     /// An RTP stream that belongs to no call (`teledge.stream/1`).
     Stream(Box<media::StreamRecord>),
     CaptureSummary(Box<CaptureSummary>),
+    /// A reading of a hardware sensor (`teledge.sensor/1`).
+    Sensor(Box<sensor::SensorRecord>),
+    /// A deviation of a sensor reading, a device flag or device communication
+    /// (`teledge.alert/1`).
+    Alert(Box<sensor::AlertRecord>),
 }
 
 /// A stable record id: 32 hex characters of SHA-256 over the parts, so the same input

@@ -32,7 +32,7 @@
 //! field `index`; for the UPS protocols the readings are fixed by the protocol and the profile
 //! only sets limits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -474,4 +474,43 @@ mod register_tests {
             None
         );
     }
+}
+
+/// Where profiles are looked up by name: installer overrides, then packaged profiles, then
+/// the `firmware-config/` directory of a source checkout.
+pub const PROFILE_DIRS: &[&str] = &[
+    "/etc/teledge/firmware-config",
+    "/usr/share/teledge/firmware-config",
+    "firmware-config",
+];
+
+/// Finds a profile: a path to a TOML file, or a name (`xy-md02`) looked up in `dirs`.
+pub fn resolve(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, String> {
+    let direct = Path::new(name);
+    if direct.is_file() {
+        return Ok(direct.to_path_buf());
+    }
+    let file = if name.ends_with(".toml") {
+        name.to_string()
+    } else {
+        format!("{name}.toml")
+    };
+    if !file.contains('/') {
+        for dir in dirs {
+            let candidate = dir.join(&file);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!(
+        "no device profile {name:?} (looked for {file} in {})",
+        searched.join(", ")
+    ))
+}
+
+/// The default profile directories as paths.
+pub fn default_dirs() -> Vec<PathBuf> {
+    PROFILE_DIRS.iter().map(PathBuf::from).collect()
 }

@@ -11,6 +11,7 @@ mod generated;
 mod media;
 mod regressions;
 mod robustness;
+mod sensors;
 mod spool_model;
 mod support;
 mod uplink;

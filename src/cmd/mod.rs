@@ -1,0 +1,3 @@
+//! Subcommands that are more than a few lines.
+
+pub mod sensors;
