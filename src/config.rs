@@ -64,7 +64,7 @@ pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     node: RawNode,
     spool: RawSpool,
     #[serde(default)]
@@ -74,13 +74,13 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNode {
+pub(crate) struct RawNode {
     id: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSpool {
+pub(crate) struct RawSpool {
     dir: PathBuf,
     #[serde(default = "default_max_bytes")]
     max_bytes: u64,
@@ -109,7 +109,7 @@ struct RawOldKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPrivacy {
+pub(crate) struct RawPrivacy {
     #[serde(default = "default_privacy_mode")]
     mode: String,
     site_key_file: Option<PathBuf>,
@@ -131,7 +131,7 @@ impl Default for RawPrivacy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUplink {
+pub(crate) struct RawUplink {
     url: String,
     ca_file: PathBuf,
     cert_file: PathBuf,
@@ -243,13 +243,34 @@ pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
+    let config = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
+/// to build.
+pub(crate) fn validate_forward(
+    node: RawNode,
+    spool: RawSpool,
+    privacy: RawPrivacy,
+    uplink: RawUplink,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ForwardConfig> {
+    let raw = RawConfig {
+        node,
+        spool,
+        privacy,
+        uplink,
+    };
     let mut problem = |path: &str, message: String| {
         problems.push(ConfigProblem {
             path: path.to_owned(),
             message,
         })
     };
-
     let node_id = raw.node.id.trim().to_owned();
     if node_id.is_empty() || node_id.contains(':') || node_id.contains('/') {
         problem("node.id", "must be non-empty, without ':' or '/'".into());
@@ -376,14 +397,8 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
         problem("uplink.batch_records", "must be between 1 and 10000".into());
     }
 
-    if !problems.is_empty() {
-        return Err(ConfigErrors(problems));
-    }
     let (Some(current_key), Some(privacy)) = (current_key, privacy) else {
-        return Err(ConfigErrors(vec![ConfigProblem {
-            path: "config".into(),
-            message: "incomplete".into(),
-        }]));
+        return None;
     };
     let mut spool = SpoolConfig::new(raw.spool.dir.clone(), node_id.clone());
     spool.max_bytes = raw.spool.max_bytes;
@@ -391,7 +406,7 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     spool.cache_bytes = raw.spool.cache_bytes;
     spool.disk_reserve_bytes = raw.spool.disk_reserve_bytes;
     spool.flush_interval = Duration::from_millis(raw.spool.flush_interval_ms);
-    Ok(ForwardConfig {
+    Some(ForwardConfig {
         node_id,
         keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
         privacy,
