@@ -180,11 +180,14 @@ impl Kind {
     }
 }
 
+/// One series of a family: its label values and its value.
+type Series<T> = (Box<[String]>, Arc<T>);
+
 /// Series of one metric told apart by label values, at most `cap` label sets.
 pub struct Family<T> {
     label_names: &'static [&'static str],
     cap: usize,
-    sets: Mutex<Vec<(Box<[String]>, Arc<T>)>>,
+    sets: Mutex<Vec<Series<T>>>,
     overflow: Arc<T>,
     overflow_used: AtomicBool,
     overflowed: Counter,

@@ -206,6 +206,9 @@ pub fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Op
 }
 
 /// Pings systemd's watchdog while the data path is alive.
+///
+/// systemd arms the watchdog once start-up is complete (`READY=1`), so start this with or
+/// after `READY=1`; during a long start-up, send `EXTEND_TIMEOUT_USEC` instead.
 #[derive(Debug)]
 pub struct Watchdog {
     notifier: Notifier,
