@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# systemd-analyze and systemd-sysusers: the observe tests check the unit and sysusers files.
+[ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-sysusers ] || need+=(systemd)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

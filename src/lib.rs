@@ -15,6 +15,7 @@
 //! - [`seal`]: sealing records at rest (XChaCha20-Poly1305 keyring).
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
+//! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed.
 //! - [`time`]: capture timestamps.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod correlation;
 pub mod decode;
 pub mod dissect;
 pub mod media;
+pub mod observe;
 pub mod outputs;
 pub mod privacy;
 pub mod reassembly;

@@ -9,6 +9,7 @@ mod conformance;
 mod encapsulation;
 mod generated;
 mod media;
+mod observe;
 mod regressions;
 mod robustness;
 mod sensors;

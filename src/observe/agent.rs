@@ -1,0 +1,432 @@
+//! The metric families the daemon exposes, as one struct whose fields the pipeline bumps.
+//!
+//! Names follow Prometheus conventions: `teledge_` prefix, `_total` on counters, base units
+//! (`_seconds`, `_bytes`), timestamps as `_timestamp_seconds` (Unix time). Label values come
+//! from closed sets (source names from the configuration, decode-error kinds and record kinds
+//! from the code) and every family is capped anyway (see [`super::metrics::Family`]).
+//!
+//! Where another module already keeps a count ([`SpoolStats`], [`UplinkStats`],
+//! [`TlsAlerts`]), the metric mirrors it rather than counting twice: spool values are read at
+//! scrape time ([`AgentMetrics::watch_spool`]), uplink counters are raised to the uplink's
+//! own totals ([`AgentMetrics::observe_uplink`]).
+
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::metrics::{Counter, Family, Gauge, Kind, Registry, Sampled};
+use crate::spool::{Spool, SpoolStats};
+use crate::uplink::client::UplinkStats;
+use crate::uplink::tls::TlsAlerts;
+
+/// Most capture sources (interfaces, HEP listeners, files) told apart.
+const MAX_SOURCES: usize = 32;
+/// Decode-error kinds are `&'static str`s of the decoders: a few dozen at most.
+const MAX_ERROR_KINDS: usize = 64;
+/// Record kinds, drop reasons and bounded tables: small closed sets.
+const MAX_SMALL_SET: usize = 16;
+/// Serial sensors on one box.
+const MAX_SENSORS: usize = 64;
+
+/// Every metric the daemon exposes. Build once, share as `Arc<AgentMetrics>`.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+
+    // Capture and decode.
+    /// Frames received, by source.
+    pub source_packets: Arc<Family<Counter>>,
+    /// Bytes of frames received, by source.
+    pub source_bytes: Arc<Family<Counter>>,
+    /// Frames the kernel dropped before we read them (AF_PACKET statistics), by source.
+    pub source_kernel_drops: Arc<Family<Counter>>,
+    /// Decode problems, by kind (the `kind` of [`crate::dissect::Problem`]).
+    pub decode_errors: Arc<Family<Counter>>,
+
+    // Correlation.
+    pub calls_active: Arc<Gauge>,
+    pub streams_active: Arc<Gauge>,
+    /// Entries evicted from a bounded table because it was full or timed out, by table.
+    pub state_evictions: Arc<Family<Counter>>,
+
+    // Records.
+    /// Records produced, by kind (`call`, `stream`, `sensor`, ...).
+    pub records_produced: Arc<Family<Counter>>,
+    /// Records lost before the spool, by reason (`channel_full`).
+    pub records_dropped: Arc<Family<Counter>>,
+
+    // Spool (read at scrape time, see `watch_spool`).
+    pub spool_records: Arc<Sampled>,
+    pub spool_bytes: Arc<Sampled>,
+    pub spool_disk_bytes: Arc<Sampled>,
+    /// Age of the oldest unacknowledged record; the spool does not know record times, so the
+    /// owner sets this source (or pushes values with `Sampled::set`).
+    pub spool_oldest_age_seconds: Arc<Sampled>,
+    pub spool_appended: Arc<Sampled>,
+    pub spool_acked: Arc<Sampled>,
+    /// Records removed or refused by the spool's bound, by reason (`oldest`, `newest`,
+    /// `disk_full`).
+    pub spool_dropped: Arc<Family<Sampled>>,
+    pub spool_gap_records: Arc<Sampled>,
+    pub spool_compactions: Arc<Sampled>,
+    pub spool_generation: Arc<Sampled>,
+
+    // Uplink (raised to the uplink's own totals, see `observe_uplink`).
+    /// Batches acknowledged by the collector ("uploads ok").
+    pub uplink_batches_acked: Arc<Counter>,
+    pub uplink_records_acked: Arc<Counter>,
+    pub uplink_records_duplicate: Arc<Counter>,
+    /// Failed attempts that will be retried ("upload retries").
+    pub uplink_retries: Arc<Counter>,
+    /// Batches refused for good and moved to dead letters ("upload failures").
+    pub uplink_batches_rejected: Arc<Counter>,
+    pub uplink_dead_letter_files_dropped: Arc<Counter>,
+    pub uplink_last_success_timestamp_seconds: Arc<Gauge>,
+    /// Not-after of the client certificate in use; set its source where certificates are
+    /// read (it can change when the certificate is reloaded).
+    pub uplink_client_cert_not_after_timestamp_seconds: Arc<Sampled>,
+    pub uplink_tls_reloads: Arc<Sampled>,
+    pub uplink_tls_reload_failures: Arc<Sampled>,
+
+    // Sensors (for later).
+    pub sensor_readings: Arc<Family<Counter>>,
+    pub sensor_alerts: Arc<Family<Counter>>,
+
+    // The process and systemd.
+    pub watchdog_pings: Arc<Counter>,
+    /// Watchdog ticks without a ping because the data path made no progress.
+    pub watchdog_withheld: Arc<Counter>,
+    pub start_time_seconds: Arc<Gauge>,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        AgentMetrics::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut r = Registry::new();
+        let build_info = r.family::<Gauge>(
+            "teledge_build_info",
+            "Always 1; the version is in the label.",
+            Kind::Gauge,
+            &["version"],
+            1,
+        );
+        build_info.with(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let source = &["source"];
+        let m = AgentMetrics {
+            source_packets: r.family(
+                "teledge_source_packets_total",
+                "Frames received, by source.",
+                Kind::Counter,
+                source,
+                MAX_SOURCES,
+            ),
+            source_bytes: r.family(
+                "teledge_source_bytes_total",
+                "Bytes of frames received, by source.",
+                Kind::Counter,
+                source,
+                MAX_SOURCES,
+            ),
+            source_kernel_drops: r.family(
+                "teledge_source_kernel_drops_total",
+                "Frames dropped by the kernel before teledge read them, by source.",
+                Kind::Counter,
+                source,
+                MAX_SOURCES,
+            ),
+            decode_errors: r.family(
+                "teledge_decode_errors_total",
+                "Decode problems, by kind.",
+                Kind::Counter,
+                &["kind"],
+                MAX_ERROR_KINDS,
+            ),
+            calls_active: r.gauge("teledge_calls_active", "Calls being tracked."),
+            streams_active: r.gauge("teledge_media_streams_active", "RTP streams being tracked."),
+            state_evictions: r.family(
+                "teledge_state_evictions_total",
+                "Entries evicted from a bounded table (full or timed out), by table.",
+                Kind::Counter,
+                &["table"],
+                MAX_SMALL_SET,
+            ),
+            records_produced: r.family(
+                "teledge_records_produced_total",
+                "Records produced, by kind.",
+                Kind::Counter,
+                &["kind"],
+                MAX_SMALL_SET,
+            ),
+            records_dropped: r.family(
+                "teledge_records_dropped_total",
+                "Records lost before reaching the spool, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            spool_records: r.sampled(
+                "teledge_spool_records",
+                "Records in the spool, not yet acknowledged by the collector.",
+                Kind::Gauge,
+            ),
+            spool_bytes: r.sampled(
+                "teledge_spool_bytes",
+                "Sealed record bytes held by the spool (the quantity its bound applies to).",
+                Kind::Gauge,
+            ),
+            spool_disk_bytes: r.sampled(
+                "teledge_spool_disk_bytes",
+                "Bytes the spool database takes on disk.",
+                Kind::Gauge,
+            ),
+            spool_oldest_age_seconds: r.sampled(
+                "teledge_spool_oldest_age_seconds",
+                "Age of the oldest record not yet acknowledged.",
+                Kind::Gauge,
+            ),
+            spool_appended: r.sampled(
+                "teledge_spool_records_appended_total",
+                "Records appended to the spool.",
+                Kind::Counter,
+            ),
+            spool_acked: r.sampled(
+                "teledge_spool_records_acked_total",
+                "Records removed from the spool after the collector acknowledged them.",
+                Kind::Counter,
+            ),
+            spool_dropped: r.family(
+                "teledge_spool_records_dropped_total",
+                "Records removed or refused by the spool bound, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            spool_gap_records: r.sampled(
+                "teledge_spool_gap_records_total",
+                "Gap records written to announce dropped records upstream.",
+                Kind::Counter,
+            ),
+            spool_compactions: r.sampled(
+                "teledge_spool_compactions_total",
+                "Drained spool databases replaced by a fresh generation.",
+                Kind::Counter,
+            ),
+            spool_generation: r.sampled(
+                "teledge_spool_generation",
+                "Generation number of the spool database in use.",
+                Kind::Gauge,
+            ),
+            uplink_batches_acked: r.counter(
+                "teledge_uplink_batches_acked_total",
+                "Batches acknowledged by the collector.",
+            ),
+            uplink_records_acked: r.counter(
+                "teledge_uplink_records_acked_total",
+                "Records the collector acknowledged as newly stored.",
+            ),
+            uplink_records_duplicate: r.counter(
+                "teledge_uplink_records_duplicate_total",
+                "Records the collector acknowledged as already stored.",
+            ),
+            uplink_retries: r.counter(
+                "teledge_uplink_retries_total",
+                "Failed batch attempts that will be retried (connection, timeout, 408, 429, 5xx).",
+            ),
+            uplink_batches_rejected: r.counter(
+                "teledge_uplink_batches_rejected_total",
+                "Batches the collector refused for good, moved to the dead-letter area.",
+            ),
+            uplink_dead_letter_files_dropped: r.counter(
+                "teledge_uplink_dead_letter_files_dropped_total",
+                "Dead-letter files removed to keep the dead-letter area in its bound.",
+            ),
+            uplink_last_success_timestamp_seconds: r.gauge(
+                "teledge_uplink_last_success_timestamp_seconds",
+                "Unix time of the last batch the collector acknowledged.",
+            ),
+            uplink_client_cert_not_after_timestamp_seconds: r.sampled(
+                "teledge_uplink_client_cert_not_after_timestamp_seconds",
+                "Unix time at which the client certificate in use expires.",
+                Kind::Gauge,
+            ),
+            uplink_tls_reloads: r.sampled(
+                "teledge_uplink_tls_reloads_total",
+                "Client certificate and key reloads after their files changed.",
+                Kind::Counter,
+            ),
+            uplink_tls_reload_failures: r.sampled(
+                "teledge_uplink_tls_reload_failures_total",
+                "Changed certificate or key files that could not be used (the old pair is kept).",
+                Kind::Counter,
+            ),
+            sensor_readings: r.family(
+                "teledge_sensor_readings_total",
+                "Sensor readings decoded, by sensor.",
+                Kind::Counter,
+                &["sensor"],
+                MAX_SENSORS,
+            ),
+            sensor_alerts: r.family(
+                "teledge_sensor_alerts_total",
+                "Sensor alerts raised, by sensor.",
+                Kind::Counter,
+                &["sensor"],
+                MAX_SENSORS,
+            ),
+            watchdog_pings: r.counter(
+                "teledge_watchdog_pings_total",
+                "WATCHDOG=1 notifications sent to systemd.",
+            ),
+            watchdog_withheld: r.counter(
+                "teledge_watchdog_withheld_total",
+                "Watchdog ticks without a ping because the data path made no progress.",
+            ),
+            start_time_seconds: r.gauge(
+                "teledge_start_time_seconds",
+                "Unix time at which the process started.",
+            ),
+            // Last: every field above registered its metric in `r` first.
+            registry: r,
+        };
+        m.start_time_seconds.set(unix_seconds(SystemTime::now()));
+        m
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.registry.render()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Reads the spool's levels and counters at scrape time. A scrape never waits for the
+    /// spool: if it is locked (a flush in progress) the last values are shown again.
+    pub fn watch_spool(&self, spool: Arc<Mutex<Spool>>) {
+        let stat = |pick: fn(&SpoolStats) -> u64| {
+            let spool = spool.clone();
+            move || try_read(&spool, |s| pick(&s.stats()) as f64)
+        };
+        self.spool_records.set_source(stat(|s| s.records));
+        self.spool_bytes.set_source(stat(|s| s.bytes));
+        self.spool_appended.set_source(stat(|s| s.appended));
+        self.spool_acked.set_source(stat(|s| s.acked));
+        self.spool_gap_records.set_source(stat(|s| s.gap_records));
+        self.spool_compactions.set_source(stat(|s| s.compactions));
+        self.spool_generation.set_source(stat(|s| s.generation));
+        self.spool_dropped
+            .with(&["oldest"])
+            .set_source(stat(|s| s.dropped_oldest));
+        self.spool_dropped
+            .with(&["newest"])
+            .set_source(stat(|s| s.dropped_newest));
+        self.spool_dropped
+            .with(&["disk_full"])
+            .set_source(stat(|s| s.dropped_disk_full));
+        let disk = spool.clone();
+        self.spool_disk_bytes.set_source(move || {
+            try_read(&disk, |s| s.size_on_disk().ok().map(|b| b as f64)).flatten()
+        });
+    }
+
+    /// Raises the uplink counters to the uplink's own totals; call it after every batch.
+    /// A rise in acknowledged batches also stamps the last-success time with `now`.
+    pub fn observe_uplink(&self, stats: &UplinkStats, now: SystemTime) {
+        let before = self.uplink_batches_acked.get();
+        self.uplink_batches_acked.raise_to(stats.batches);
+        if self.uplink_batches_acked.get() > before {
+            self.uplink_last_success_timestamp_seconds
+                .set(unix_seconds(now));
+        }
+        self.uplink_records_acked.raise_to(stats.records);
+        self.uplink_records_duplicate.raise_to(stats.duplicates);
+        self.uplink_retries.raise_to(stats.retries);
+        self.uplink_batches_rejected
+            .raise_to(stats.dead_lettered_batches);
+        self.uplink_dead_letter_files_dropped
+            .raise_to(stats.dead_letter_dropped_files);
+    }
+
+    /// Reads the TLS reload counters at scrape time.
+    pub fn watch_tls_alerts(&self, alerts: Arc<TlsAlerts>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = alerts.clone();
+        self.uplink_tls_reloads
+            .set_source(move || Some(a.reloads.load(Relaxed) as f64));
+        self.uplink_tls_reload_failures
+            .set_source(move || Some(alerts.reload_failures.load(Relaxed) as f64));
+    }
+
+    /// The inputs of the systemd status line, as last seen (no callback is run).
+    pub fn status(&self, now: SystemTime) -> super::systemd::StatusLine {
+        let last = self.uplink_last_success_timestamp_seconds.get();
+        super::systemd::StatusLine {
+            active_calls: self.calls_active.get().max(0) as u64,
+            queued_records: self.spool_records.last().map(|v| v as u64),
+            last_upload_age: (last > 0)
+                .then(|| Duration::from_secs(unix_seconds(now).saturating_sub(last).max(0) as u64)),
+        }
+    }
+}
+
+/// Reads from the spool if it is free right now; a poisoned lock still holds a consistent
+/// spool (see `uplink::client::lock`).
+fn try_read<T>(spool: &Mutex<Spool>, f: impl FnOnce(&Spool) -> T) -> Option<T> {
+    match spool.try_lock() {
+        Ok(s) => Some(f(&s)),
+        Err(TryLockError::Poisoned(p)) => Some(f(&p.into_inner())),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Whole seconds since the Unix epoch (0 for a clock before 1970).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::metrics::valid_metric_name;
+
+    #[test]
+    fn every_family_is_registered_once_with_a_valid_prefixed_name() {
+        let m = AgentMetrics::new();
+        assert!(m.registry().errors().is_empty(), "{:?}", m.registry());
+        let names = m.registry().names();
+        assert!(names.len() >= 30, "{names:?}");
+        for name in names {
+            assert!(
+                name.starts_with("teledge_") && valid_metric_name(name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn uplink_counters_follow_the_uplink_totals_and_stamp_success() {
+        let m = AgentMetrics::new();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut s = UplinkStats {
+            retries: 2,
+            ..Default::default()
+        };
+        m.observe_uplink(&s, t);
+        assert_eq!(m.uplink_last_success_timestamp_seconds.get(), 0);
+        s.batches = 1;
+        s.records = 500;
+        m.observe_uplink(&s, t);
+        assert_eq!(m.uplink_batches_acked.get(), 1);
+        assert_eq!(m.uplink_retries.get(), 2);
+        assert_eq!(m.uplink_last_success_timestamp_seconds.get(), 1_700_000_000);
+        let status = m.status(t + Duration::from_secs(4));
+        assert_eq!(status.last_upload_age, Some(Duration::from_secs(4)));
+    }
+}

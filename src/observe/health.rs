@@ -1,0 +1,351 @@
+//! Is the data path making progress? One [`Health`] the pipeline updates and `/health` and
+//! the systemd watchdog read.
+//!
+//! Each stage of the pipeline calls [`Health::progress`] on every turn of its loop, including
+//! idle turns (a poll timeout on a quiet interface, a flush tick with nothing to flush, a
+//! backoff wait that ended): progress means "the loop is alive", not "data arrived", so a
+//! quiet night is not a degradation. A stage that stops turning for longer than
+//! [`HealthThresholds::stall_after`] is stalled.
+//!
+//! The uplink is judged apart: a collector out of reach is not a stuck process (restarting
+//! would not help, and the spool is there to ride it out), so a stale uplink makes `/health`
+//! answer 503 but never stops the watchdog.
+//!
+//! Times are kept as milliseconds since the `Health` was made, in atomics, so updating is one
+//! relaxed store and never blocks a hot path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The stages of the pipeline whose loops are watched (a closed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Capture loops (live interfaces, HEP listeners).
+    Capture,
+    /// Decode and call/stream correlation.
+    Correlation,
+    /// The task that appends to the spool and flushes it (group commit).
+    SpoolWriter,
+    /// The forwarder: reads batches, sends them, waits out backoff.
+    Uplink,
+    /// Serial sensor polling.
+    Sensors,
+}
+
+const STAGES: [Stage; 5] = [
+    Stage::Capture,
+    Stage::Correlation,
+    Stage::SpoolWriter,
+    Stage::Uplink,
+    Stage::Sensors,
+];
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Capture => "capture",
+            Stage::Correlation => "correlation",
+            Stage::SpoolWriter => "spool_writer",
+            Stage::Uplink => "uplink",
+            Stage::Sensors => "sensors",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// When the data path counts as degraded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthThresholds {
+    /// A stage without progress for this long is stalled. Longer than the uplink's largest
+    /// backoff wait (60 s), so waiting out a backoff is not a stall.
+    pub stall_after: Duration,
+    /// No batch acknowledged (nor an empty spool seen) for this long makes `/health` 503.
+    /// `None`: the uplink's age is reported but never degrades.
+    pub uplink_stale_after: Option<Duration>,
+    /// After start, a stage that has not turned yet is not stalled until this has passed
+    /// (spool recovery, first connection).
+    pub startup_grace: Duration,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        HealthThresholds {
+            stall_after: Duration::from_secs(120),
+            uplink_stale_after: Some(Duration::from_secs(15 * 60)),
+            startup_grace: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Progress of the pipeline, updated by its stages.
+#[derive(Debug)]
+pub struct Health {
+    origin: Instant,
+    thresholds: HealthThresholds,
+    expected: [bool; STAGES.len()],
+    /// Per stage: milliseconds since `origin` of the last progress, plus one (0: never).
+    last: [AtomicU64; STAGES.len()],
+    /// Bumped by every progress of any stage.
+    epoch: AtomicU64,
+    spool_open: AtomicBool,
+    /// Milliseconds since `origin` of the last time the uplink was current, plus one.
+    uplink_current: AtomicU64,
+}
+
+/// What `/health` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// `"ok"` or `"degraded"`.
+    pub status: &'static str,
+    pub reasons: Vec<String>,
+    pub uptime_seconds: f64,
+    pub spool_open: bool,
+    /// `None`: never since start.
+    pub uplink_last_success_seconds_ago: Option<f64>,
+    pub stages: Vec<StageReport>,
+}
+
+impl HealthReport {
+    pub fn healthy(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageReport {
+    pub stage: &'static str,
+    pub last_progress_seconds_ago: Option<f64>,
+}
+
+impl Health {
+    /// Health of a pipeline made of the `expected` stages (others are ignored).
+    pub fn new(expected: &[Stage], thresholds: HealthThresholds) -> Self {
+        Health::new_at(expected, thresholds, Instant::now())
+    }
+
+    /// As [`Health::new`], with the start time given (tests drive time by hand).
+    pub fn new_at(expected: &[Stage], thresholds: HealthThresholds, origin: Instant) -> Self {
+        let mut flags = [false; STAGES.len()];
+        for s in expected {
+            flags[s.index()] = true;
+        }
+        Health {
+            origin,
+            thresholds,
+            expected: flags,
+            last: Default::default(),
+            epoch: AtomicU64::new(0),
+            spool_open: AtomicBool::new(false),
+            uplink_current: AtomicU64::new(0),
+        }
+    }
+
+    pub fn thresholds(&self) -> &HealthThresholds {
+        &self.thresholds
+    }
+
+    /// A stage's loop turned.
+    pub fn progress(&self, stage: Stage) {
+        self.progress_at(stage, Instant::now());
+    }
+
+    pub fn progress_at(&self, stage: Stage, at: Instant) {
+        self.last[stage.index()].store(self.stamp(at), Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_spool_open(&self, open: bool) {
+        self.spool_open.store(open, Ordering::Relaxed);
+    }
+
+    /// The uplink is current: a batch was acknowledged, or the spool was found drained.
+    pub fn uplink_current(&self) {
+        self.uplink_current_at(Instant::now());
+    }
+
+    pub fn uplink_current_at(&self, at: Instant) {
+        self.uplink_current.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// A count of every progress so far (for the watchdog).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_millis() as u64 + 1
+    }
+
+    /// Time since a stamp, `None` for never.
+    fn age(&self, stamp: u64, now: Instant) -> Option<Duration> {
+        let at = stamp.checked_sub(1)?;
+        let uptime = now.saturating_duration_since(self.origin);
+        Some(uptime.saturating_sub(Duration::from_millis(at)))
+    }
+
+    /// Stages expected but stalled at `now`, with why.
+    fn stalled(&self, now: Instant) -> Vec<String> {
+        let uptime = now.saturating_duration_since(self.origin);
+        let mut reasons = Vec::new();
+        for stage in STAGES {
+            if !self.expected[stage.index()] {
+                continue;
+            }
+            match self.age(self.last[stage.index()].load(Ordering::Relaxed), now) {
+                None if uptime > self.thresholds.startup_grace => reasons.push(format!(
+                    "{} has made no progress since start ({} s ago)",
+                    stage.name(),
+                    uptime.as_secs()
+                )),
+                Some(age) if age > self.thresholds.stall_after => reasons.push(format!(
+                    "{} has made no progress for {} s",
+                    stage.name(),
+                    age.as_secs()
+                )),
+                _ => {}
+            }
+        }
+        reasons
+    }
+
+    /// The report `/health` answers with.
+    pub fn check(&self, now: Instant) -> HealthReport {
+        let uptime = now.saturating_duration_since(self.origin);
+        let mut reasons = self.stalled(now);
+        let spool_open = self.spool_open.load(Ordering::Relaxed);
+        if !spool_open {
+            reasons.push("spool is not open".into());
+        }
+        let uplink_age = self.age(self.uplink_current.load(Ordering::Relaxed), now);
+        if let Some(stale) = self.thresholds.uplink_stale_after {
+            // Never current: measured from start, so a fresh process is not degraded at once.
+            let age = uplink_age.unwrap_or(uptime);
+            if age > stale {
+                reasons.push(format!(
+                    "no batch acknowledged by the collector for {} s",
+                    age.as_secs()
+                ));
+            }
+        }
+        let stages = STAGES
+            .iter()
+            .filter(|s| self.expected[s.index()])
+            .map(|&s| StageReport {
+                stage: s.name(),
+                last_progress_seconds_ago: self
+                    .age(self.last[s.index()].load(Ordering::Relaxed), now)
+                    .map(|d| d.as_secs_f64()),
+            })
+            .collect();
+        HealthReport {
+            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            reasons,
+            uptime_seconds: uptime.as_secs_f64(),
+            spool_open,
+            uplink_last_success_seconds_ago: uplink_age.map(|d| d.as_secs_f64()),
+            stages,
+        }
+    }
+
+    /// The watchdog's question: did the data path make progress since the last call, and is
+    /// no expected stage stalled? (A busy stage must not hide a stuck one, hence both.) The
+    /// uplink's staleness and the spool flag are left out on purpose: a restart fixes
+    /// neither a cut WAN nor a spool that did not open.
+    pub fn watchdog_probe(self: Arc<Self>) -> impl FnMut() -> bool + Send + 'static {
+        let mut advanced = epoch_advanced({
+            let health = self.clone();
+            move || health.epoch()
+        });
+        move || {
+            let moved = advanced();
+            moved && self.stalled(Instant::now()).is_empty()
+        }
+    }
+}
+
+/// True on each call where `epoch()` differs from what it was at the previous call (or at
+/// creation, for the first call).
+pub fn epoch_advanced(epoch: impl Fn() -> u64 + Send) -> impl FnMut() -> bool + Send {
+    let mut seen = epoch();
+    move || {
+        let now = epoch();
+        let moved = now != seen;
+        seen = now;
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds() -> HealthThresholds {
+        HealthThresholds {
+            stall_after: Duration::from_secs(10),
+            uplink_stale_after: Some(Duration::from_secs(60)),
+            startup_grace: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn healthy_when_every_expected_stage_turns() {
+        let t0 = Instant::now();
+        let h = Health::new_at(&[Stage::Capture, Stage::SpoolWriter], thresholds(), t0);
+        h.set_spool_open(true);
+        let t = t0 + Duration::from_secs(30);
+        h.progress_at(Stage::Capture, t);
+        h.progress_at(Stage::SpoolWriter, t);
+        h.uplink_current_at(t);
+        let r = h.check(t + Duration::from_secs(1));
+        assert!(r.healthy(), "{r:?}");
+        assert_eq!(r.status, "ok");
+        assert_eq!(r.stages.len(), 2);
+    }
+
+    #[test]
+    fn stalled_stage_spool_closed_and_stale_uplink_are_each_reported() {
+        let t0 = Instant::now();
+        let h = Health::new_at(&[Stage::Capture, Stage::Uplink], thresholds(), t0);
+        h.progress_at(Stage::Capture, t0 + Duration::from_secs(1));
+        let r = h.check(t0 + Duration::from_secs(70));
+        assert_eq!(r.status, "degraded");
+        assert_eq!(r.reasons.len(), 4, "{:?}", r.reasons);
+        assert!(r.reasons[0].starts_with("capture has made no progress for 69 s"));
+        assert!(r.reasons[1].starts_with("uplink has made no progress since start"));
+        assert_eq!(r.reasons[2], "spool is not open");
+        assert!(r.reasons[3].starts_with("no batch acknowledged"));
+    }
+
+    #[test]
+    fn a_stage_not_yet_started_is_given_the_startup_grace() {
+        let t0 = Instant::now();
+        let h = Health::new_at(
+            &[Stage::Capture],
+            HealthThresholds {
+                uplink_stale_after: None,
+                ..thresholds()
+            },
+            t0,
+        );
+        h.set_spool_open(true);
+        assert!(h.check(t0 + Duration::from_secs(4)).healthy());
+        assert!(!h.check(t0 + Duration::from_secs(6)).healthy());
+    }
+
+    #[test]
+    fn epoch_advanced_reports_change_once() {
+        let h = Arc::new(Health::new(&[], HealthThresholds::default()));
+        let h2 = h.clone();
+        let mut probe = epoch_advanced(move || h2.epoch());
+        assert!(!probe());
+        h.progress(Stage::Capture);
+        assert!(probe());
+        assert!(!probe());
+    }
+}

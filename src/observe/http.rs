@@ -1,0 +1,165 @@
+//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`.
+//!
+//! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
+//! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
+//!
+//! Bounded like everything else: at most [`MAX_CONNECTIONS`] connections at once (more wait
+//! in the listen backlog), a request head must arrive within [`HEADER_TIMEOUT`], and bodies
+//! are never read. On shutdown it stops accepting, lets requests in flight finish, and gives
+//! up on connections still open after [`DRAIN_DEADLINE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::agent::AgentMetrics;
+use super::health::Health;
+use super::metrics::CONTENT_TYPE;
+use super::systemd::shutdown_requested;
+
+/// Most connections served at once (a scraper and an operator's curl need a handful).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time allowed for a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to finish requests in flight at shutdown.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the endpoint serves.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub metrics: Arc<AgentMetrics>,
+    pub health: Arc<Health>,
+}
+
+/// Binds the listener (separate from [`serve`] so startup fails early on a taken port, and
+/// tests can bind port 0 and read the address).
+pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await
+}
+
+/// Serves until `shutdown` turns true (or its sender is dropped).
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        // Wait for a free slot before accepting, so excess clients queue in the kernel's
+        // backlog instead of costing us memory.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                // The semaphore is never closed; treat it as shutdown if it ever is.
+                Err(_) => break,
+            },
+            () = shutdown_requested(&mut shutdown) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown_requested(&mut shutdown) => break,
+        };
+        // Reap finished connections so the set stays as small as the live ones.
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Per-connection failures (EMFILE, a reset before accept) must not end the
+                // endpoint; pause briefly so a persistent one does not spin.
+                tracing::warn!(error = %e, "Metrics endpoint could not accept a connection.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let endpoint = endpoint.clone();
+        let mut conn_shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&req, &endpoint)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown_requested(&mut conn_shutdown) => {
+                    // Finish the request in flight, then close (no new keep-alive request).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "Metrics connection ended.");
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// Answers one request. Pure apart from reading the metrics and health.
+pub fn handle<B>(req: &Request<B>, endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/health" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    if req.method() != Method::GET {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET"),
+        );
+        return r;
+    }
+    if path == "/metrics" {
+        return reply(StatusCode::OK, CONTENT_TYPE, endpoint.metrics.render());
+    }
+    let report = endpoint.health.check(Instant::now());
+    let status = if report.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = serde_json::to_vec(&report).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    // Metrics and health are live values; a cache in between would lie.
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
+}

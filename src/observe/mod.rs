@@ -1,0 +1,123 @@
+//! Observability and systemd integration: what the daemon tells Prometheus, an operator's
+//! `curl`, and systemd about itself.
+//!
+//! - [`metrics`]: a small registry of atomic counters and gauges with capped label sets and
+//!   scrape-time values, rendered as Prometheus text (format 0.0.4).
+//! - [`agent`]: [`AgentMetrics`], every metric family the daemon exposes, as fields the
+//!   pipeline bumps.
+//! - [`health`]: [`Health`], per-stage progress the pipeline updates, judged against
+//!   [`HealthThresholds`].
+//! - [`http`]: the local endpoint serving `/metrics` and `/health` (hyper).
+//! - [`systemd`]: `sd_notify` (ready, status, watchdog, stopping, reloading) without
+//!   libsystemd, and the [`Watchdog`] that pings only while the data path progresses.
+//!
+//! Wiring, in the order the daemon does it:
+//!
+//! ```no_run
+//! # async fn wire() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use teledge::observe::{self, AgentMetrics, Health, ObserveSettings, Stage};
+//!
+//! let settings = ObserveSettings::default();
+//! let metrics = Arc::new(AgentMetrics::new());
+//! let health = Arc::new(Health::new(&[Stage::SpoolWriter, Stage::Uplink], settings.health.clone()));
+//! let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+//! let listener = observe::http::bind(settings.listen).await?;
+//! let endpoint = observe::http::Endpoint { metrics: metrics.clone(), health: health.clone() };
+//! tokio::spawn(observe::http::serve(listener, endpoint, stop_rx.clone()));
+//! // ... open the spool (metrics.watch_spool(spool.clone()); health.set_spool_open(true)) ...
+//! let notifier = observe::Notifier::from_env();
+//! if let Some(dog) = observe::Watchdog::from_env(notifier.clone()) {
+//!     let dog = dog.with_counters(metrics.watchdog_pings.clone(), metrics.watchdog_withheld.clone());
+//!     tokio::spawn(dog.run(health.clone().watchdog_probe(), stop_rx.clone()));
+//! }
+//! let _ = notifier.ready();
+//! let _ = notifier.status(&metrics.status(std::time::SystemTime::now()).to_string());
+//! // ... on SIGTERM:
+//! let _ = notifier.stopping();
+//! let _ = stop_tx.send(true);
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod systemd;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+pub use agent::AgentMetrics;
+pub use health::{Health, HealthReport, HealthThresholds, Stage};
+pub use systemd::{Notifier, NotifyState, StatusLine, Watchdog};
+
+/// The default listen address: loopback only, Prometheus' registered port for exporters
+/// that have none of their own (9464, also used by OpenTelemetry's Prometheus exporter).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
+/// Settings of the observability endpoint (the `[observe]` table, validated by `config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObserveSettings {
+    /// Serve `/metrics` and `/health` at all.
+    pub enabled: bool,
+    /// Where to listen; loopback unless `allow_remote`.
+    pub listen: SocketAddr,
+    /// Must be set explicitly to listen on anything but loopback: the metrics name sources
+    /// and give away traffic volumes, and the endpoint has no authentication.
+    pub allow_remote: bool,
+    /// When `/health` says degraded, and when the watchdog stops pinging.
+    pub health: HealthThresholds,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        ObserveSettings {
+            enabled: true,
+            listen: DEFAULT_LISTEN,
+            allow_remote: false,
+            health: HealthThresholds::default(),
+        }
+    }
+}
+
+impl ObserveSettings {
+    /// Problems with these settings, for `config` to report with their TOML paths
+    /// (field name, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            problems.push((
+                "listen",
+                format!(
+                    "{} is not a loopback address; set allow_remote = true to serve metrics \
+                     beyond this host",
+                    self.listen
+                ),
+            ));
+        }
+        if self.health.stall_after.is_zero() {
+            problems.push(("stall_after", "must be more than zero".into()));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_remote_needs_consent() {
+        let mut s = ObserveSettings::default();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9464");
+        assert!(s.problems().is_empty());
+        s.listen = "0.0.0.0:9464".parse().unwrap();
+        assert_eq!(s.problems().len(), 1);
+        s.allow_remote = true;
+        assert!(s.problems().is_empty());
+        s.listen = "[::1]:9464".parse().unwrap();
+        s.allow_remote = false;
+        assert!(s.problems().is_empty());
+    }
+}
