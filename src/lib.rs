@@ -21,8 +21,10 @@
 #![forbid(unsafe_code)]
 
 pub mod collect;
+pub mod agent_config;
 pub mod config;
 pub mod correlation;
+pub mod daemon;
 pub mod decode;
 pub mod dissect;
 pub mod media;

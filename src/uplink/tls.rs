@@ -237,6 +237,19 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A TLS server configuration without client certificates (the HEP listener: PBXs sending
+/// HEP over TLS authenticate with the HEP auth key, not a certificate).
+pub fn server_config_without_client_auth(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(true))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_private_key(key)?)?;
+    Ok(Arc::new(config))
+}
+
 /// The node id a client certificate names: its subject common name.
 pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
