@@ -776,7 +776,10 @@ mod tests {
         assert_eq!(f.ip_protocol, IpProtocol::Udp);
         assert_eq!(f.src, "212.202.0.1:12010".parse().unwrap());
         assert_eq!(f.dst, "82.116.0.211:5060".parse().unwrap());
-        assert_eq!(f.time, Timestamp::from_secs_nanos(1_313_440_459, 120_000_000));
+        assert_eq!(
+            f.time,
+            Timestamp::from_secs_nanos(1_313_440_459, 120_000_000)
+        );
         assert_eq!(f.proto_type, ProtoType::Sip);
         assert_eq!(f.capture_id, Some(228));
         assert_eq!(&*f.payload, b"INVITE sip:bob");
@@ -868,7 +871,11 @@ mod tests {
         let mut raw =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(&sip).unwrap();
-        for body in [gz.finish().unwrap(), zl.finish().unwrap(), raw.finish().unwrap()] {
+        for body in [
+            gz.finish().unwrap(),
+            zl.finish().unwrap(),
+            raw.finish().unwrap(),
+        ] {
             let bytes = compressed_frame(&body);
             let f = parse(&bytes).unwrap();
             assert!(f.compressed);
@@ -951,7 +958,10 @@ mod tests {
         let mut bytes = Builder::v4().c(15, b"xyz").build();
         let len = bytes.len();
         bytes[len - 4..len - 3].copy_from_slice(&[0x20]); // chunk length low byte: 9 → 0x20
-        assert_eq!(parse(&bytes).unwrap_err().kind(), HepErrorKind::TruncatedChunk);
+        assert_eq!(
+            parse(&bytes).unwrap_err().kind(),
+            HepErrorKind::TruncatedChunk
+        );
         // A chunk length below its own header.
         let mut bytes = Builder::v4().c(15, b"xyz").build();
         let len = bytes.len();
@@ -974,7 +984,10 @@ mod tests {
             })
         );
         let bytes = Builder::v4().c(0x12, &[0]).c(15, b"x").build();
-        assert_eq!(parse(&bytes).unwrap_err().kind(), HepErrorKind::BadChunkSize);
+        assert_eq!(
+            parse(&bytes).unwrap_err().kind(),
+            HepErrorKind::BadChunkSize
+        );
     }
 
     #[test]
@@ -1006,7 +1019,9 @@ mod tests {
             Err(HepError::MissingChunk("timestamp (0x0009)"))
         );
         assert_eq!(
-            parse(&Builder::default().c(15, b"x").build()).unwrap_err().kind(),
+            parse(&Builder::default().c(15, b"x").build())
+                .unwrap_err()
+                .kind(),
             HepErrorKind::MissingChunk
         );
     }
@@ -1039,7 +1054,10 @@ mod tests {
         assert_eq!(frame_len(b"abcHE", MAX_FRAME_LEN), Framing::Garbage(3));
         assert_eq!(frame_len(b"abcd", MAX_FRAME_LEN), Framing::Garbage(4));
         // Impossible or oversized lengths.
-        assert_eq!(frame_len(b"HEP3\x00\x05", MAX_FRAME_LEN), Framing::Garbage(1));
+        assert_eq!(
+            frame_len(b"HEP3\x00\x05", MAX_FRAME_LEN),
+            Framing::Garbage(1)
+        );
         assert_eq!(frame_len(&frame, n - 1), Framing::Garbage(1));
     }
 
