@@ -207,10 +207,12 @@ impl HepListener {
         if !(hep::HEADER_LEN..=MAX_FRAME_LEN).contains(&settings.max_frame) {
             return Err(HepListenError::MaxFrame(settings.max_frame));
         }
-        let bind_error = |input, addr| move |source| HepListenError::Bind {
-            input,
-            addr,
-            source,
+        let bind_error = |input, addr| {
+            move |source| HepListenError::Bind {
+                input,
+                addr,
+                source,
+            }
         };
         let udp = match settings.udp {
             Some(addr) => Some(

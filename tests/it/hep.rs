@@ -135,8 +135,11 @@ async fn start(settings: HepListenerSettings, capacity: usize) -> Running {
         .await
         .unwrap();
     let (stop, shutdown) = watch::channel(false);
-    let (listener_udp, listener_tcp, listener_tls) =
-        (listener.udp_addr(), listener.tcp_addr(), listener.tls_addr());
+    let (listener_udp, listener_tcp, listener_tls) = (
+        listener.udp_addr(),
+        listener.tcp_addr(),
+        listener.tls_addr(),
+    );
     let task = tokio::spawn(listener.run(shutdown));
     Running {
         listener_udp,
@@ -325,8 +328,10 @@ async fn hep_listener_auth_key_accepts_and_rejects() {
     )
     .await;
     let n = frames.len() as u64;
-    l.until("rejections", |s| s.auth_rejected.load(Ordering::Relaxed) == n)
-        .await;
+    l.until("rejections", |s| {
+        s.auth_rejected.load(Ordering::Relaxed) == n
+    })
+    .await;
     assert!(l.rx.try_recv().is_err(), "nothing rejected is delivered");
     assert_eq!(l.stats.frames.load(Ordering::Relaxed), 0);
     l.stop().await;
@@ -361,7 +366,10 @@ async fn hep_listener_counts_malformed_frames_and_keeps_serving() {
     )
     .await;
     let events = l.events(1).await;
-    assert_eq!(&*events[0].frame.payload, &*hep::parse(&good).unwrap().payload);
+    assert_eq!(
+        &*events[0].frame.payload,
+        &*hep::parse(&good).unwrap().payload
+    );
     l.until("malformed", |s| s.malformed_total() == 4).await;
     let s = &l.stats;
     assert_eq!(s.malformed(HepErrorKind::BadMagic), 1);
@@ -442,7 +450,10 @@ async fn hep_listener_bind_error_names_the_address() {
     .await
     .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(&addr.to_string()) && text.contains("TCP"), "{text}");
+    assert!(
+        text.contains(&addr.to_string()) && text.contains("TCP"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
