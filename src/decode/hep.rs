@@ -261,6 +261,9 @@ pub struct HepFrame<'a> {
     pub skipped_chunks: u16,
 }
 
+/// A frame that owns its bytes (what the listener sends on).
+pub type HepFrameOwned = HepFrame<'static>;
+
 impl<'a> HepFrame<'a> {
     /// The same frame, owning its bytes.
     pub fn into_owned(self) -> HepFrame<'static> {

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::decode::hep::{self, Framing, HepAuth, HepErrorKind, HepFrame, MAX_FRAME_LEN};
+use crate::decode::hep::{self, Framing, HepAuth, HepErrorKind, HepFrameOwned, MAX_FRAME_LEN};
 
 /// Where and how to listen. Filled from the configuration by the caller.
 #[derive(Clone)]
@@ -96,7 +96,7 @@ pub enum HepInput {
 /// One accepted frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HepEvent {
-    pub frame: HepFrame<'static>,
+    pub frame: HepFrameOwned,
     /// The agent that sent the frame (not the captured packet's source).
     pub received_from: SocketAddr,
     pub input: HepInput,
