@@ -4,7 +4,8 @@
 //! A frame goes through its link layer, VLAN/MPLS shims, IP (reassembling fragments), any
 //! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP or
 //! TCP (reassembling the stream, following WebSocket upgrades). Payloads that are SIP by their
-//! content become [`SipMessage`]s handed to the caller with their capture time, addresses and
+//! content become [`SipMessage`]s handed to the caller (so does the SIP inside HEPv3 frames
+//! found in UDP, with the addresses and time the HEP agent reported) with their capture time, addresses and
 //! transport. Everything that is not SIP is skipped; everything that is damaged is counted in
 //! [`DissectStats`] and the first few problems are kept with their frame number.
 //!
@@ -16,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use etherparse::{Ipv6ExtensionSlice, LaxIpSlice, TcpHeaderSlice, UdpHeaderSlice};
 use serde::Serialize;
 
+use crate::decode::hep::{self, HepFrame, IpProtocol, ProtoType};
 use crate::decode::link::{self, LinkType};
 use crate::decode::sip::{self, SipMessage};
 use crate::decode::tunnel::{self, Inner};
@@ -47,6 +49,8 @@ pub enum Transport {
     Tcp,
     /// SIP over WebSocket (RFC 7118), on TCP.
     Ws,
+    /// SIP over SCTP (RFC 4168); only seen through HEP, whose agents report the transport.
+    Sctp,
 }
 
 /// Where and when a SIP message was seen.
@@ -76,6 +80,29 @@ pub trait Observer {
     /// A UDP payload that is not SIP. Ignored unless the observer analyses media.
     fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
         let _ = (meta, payload);
+    }
+
+    /// A HEP frame found in a UDP datagram that does not carry SIP (RTCP JSON, logs, ...);
+    /// the SIP of type-1 frames goes to [`Observer::sip`]. `frame` is the capture frame number.
+    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
+        let _ = (frame, hep);
+    }
+}
+
+/// Where and when the message inside a HEP frame was seen: at the agent that captured it,
+/// with the transport the agent reported. Agents that send a wrong protocol number (Kamailio
+/// did) are taken as UDP, the common case. `frame` is the caller's number for the frame.
+pub fn hep_message_meta(hep: &HepFrame<'_>, frame: u64) -> MessageMeta {
+    MessageMeta {
+        frame,
+        time: hep.time,
+        src: hep.src,
+        dst: hep.dst,
+        transport: match hep.ip_protocol {
+            IpProtocol::Tcp => Transport::Tcp,
+            IpProtocol::Sctp => Transport::Sctp,
+            IpProtocol::Udp | IpProtocol::Other(_) => Transport::Udp,
+        },
     }
 }
 
@@ -109,7 +136,15 @@ pub struct DissectStats {
     pub sip_messages_udp: u64,
     pub sip_messages_tcp: u64,
     pub sip_messages_ws: u64,
+    /// SIP messages inside HEP frames (type 1) found in UDP datagrams.
+    pub sip_messages_hep: u64,
     pub sip_parse_errors: u64,
+    /// UDP datagrams starting with the HEPv3 magic.
+    pub hep_frames: u64,
+    /// Of those, frames that did not decode.
+    pub hep_errors: u64,
+    /// HEP frames of other types than SIP (handed to [`Observer::hep`]).
+    pub hep_other: u64,
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
     pub fragments: FragmentStats,
@@ -121,7 +156,7 @@ pub struct DissectStats {
 impl DissectStats {
     /// SIP messages decoded over every transport.
     pub fn sip_messages(&self) -> u64 {
-        self.sip_messages_udp + self.sip_messages_tcp + self.sip_messages_ws
+        self.sip_messages_udp + self.sip_messages_tcp + self.sip_messages_ws + self.sip_messages_hep
     }
 
     fn problem(&mut self, frame: u64, kind: &'static str, detail: impl ToString) {
@@ -343,6 +378,11 @@ impl Dissector {
                 return;
             }
         }
+        // HEP agents export to any port (9060 by convention); the magic decides.
+        if hep::starts_with_hep3(payload) {
+            self.hep(ctx, payload, sink);
+            return;
+        }
         // Keep-alives (RFC 5626 §3.5.1) and STUN share SIP ports; only content decides.
         if !sip::starts_with_sip(payload) {
             let meta = DatagramMeta {
@@ -364,6 +404,36 @@ impl Dissector {
         match sip::parse(payload) {
             Ok(message) => {
                 self.stats.sip_messages_udp += 1;
+                sink.sip(&meta, &message);
+            }
+            Err(e) => {
+                self.stats.sip_parse_errors += 1;
+                self.stats.problem(ctx.frame, "sip", e);
+            }
+        }
+    }
+
+    /// A HEPv3 frame in a UDP datagram: the SIP inside is decoded like tapped SIP, with the
+    /// agent's addresses, transport and capture time; other types go to [`Observer::hep`].
+    fn hep(&mut self, ctx: Ctx, payload: &[u8], sink: &mut impl Observer) {
+        self.stats.hep_frames += 1;
+        let frame = match hep::parse(payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.stats.hep_errors += 1;
+                self.stats.problem(ctx.frame, "hep", e);
+                return;
+            }
+        };
+        if frame.proto_type != ProtoType::Sip {
+            self.stats.hep_other += 1;
+            sink.hep(ctx.frame, &frame);
+            return;
+        }
+        let meta = hep_message_meta(&frame, ctx.frame);
+        match sip::parse(&frame.payload) {
+            Ok(message) => {
+                self.stats.sip_messages_hep += 1;
                 sink.sip(&meta, &message);
             }
             Err(e) => {

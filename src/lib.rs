@@ -2,7 +2,7 @@
 //!
 //! A map of the code, in pipeline order (sources → decode → correlation → records → outputs):
 //!
-//! - [`sources`]: where frames come from (capture files; live capture and HEP later).
+//! - [`sources`]: where frames come from (capture files; the HEPv3 listener; live capture later).
 //! - [`dissect`]: the decode path shared by every source: link layer, IP with fragment
 //!   reassembly, tunnels, UDP/TCP with stream reassembly, SIP recognised by content.
 //! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames).

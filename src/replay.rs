@@ -8,6 +8,7 @@ use std::io::Read;
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
 use crate::correlation::Correlator;
+use crate::decode::hep::HepFrame;
 use crate::decode::sip::SipMessage;
 use crate::dissect::{DatagramMeta, DissectLimits, Dissector, Frame, MessageMeta, Observer};
 use crate::record::{CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
@@ -45,6 +46,13 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
 
     fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
         self.correlator.datagram(meta, payload, self.out);
+    }
+
+    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
+        // RTCP JSON joins its call; a report for no tracked call is counted by the tracker.
+        // A body that is not JSON, or lacks a Call-ID, is dropped here without a counter:
+        // replay reports on calls, and the frame itself is in the dissector's `hep_other`.
+        let _ = crate::correlation::hep::feed(self.correlator, hep, frame, self.out);
     }
 }
 

@@ -29,11 +29,13 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::decode::hep::{ReportBlock, RtcpJson};
 use crate::decode::sdp::{self, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
 use crate::dissect::{MessageMeta, Transport};
 use crate::record::{
-    CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
+    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, State, UserAgents,
+    CALL_SCHEMA,
 };
 use crate::time::{round_secs, Timestamp};
 
@@ -80,10 +82,18 @@ pub struct CallCounters {
     /// Messages of dialogs whose INVITE was never seen (started before the capture).
     pub orphan_messages: u64,
     pub dropped_at_capacity: u64,
+    /// HEP RTCP reports (type 5) attached to a tracked call.
+    pub hep_rtcp_attached: u64,
+    /// HEP RTCP reports whose correlation id names no tracked call.
+    pub hep_rtcp_unmatched: u64,
+    /// HEP RTCP entries not kept because the call already had [`MAX_HEP_RTCP_PER_CALL`].
+    pub hep_rtcp_dropped: u64,
 }
 
 /// Most transactions remembered per call for retransmission detection.
 const MAX_SEEN_PER_CALL: usize = 512;
+/// Most HEP RTCP entries (reporter and reported SSRC pairs) kept per call.
+pub const MAX_HEP_RTCP_PER_CALL: usize = 16;
 /// Most To-tags remembered per call.
 const MAX_FORKS: usize = 16;
 /// Most out-of-dialog transactions remembered for de-duplication before the set is reset.
@@ -122,6 +132,7 @@ struct Call {
     hold_total: f64,
     media: Media,
     seen: HashSet<u64>,
+    hep_rtcp: Vec<HepRtcp>,
     /// Set when the call ended; the record is emitted `linger` later.
     closed: Option<(ClosedBy, Timestamp)>,
 }
@@ -224,6 +235,69 @@ impl CallTracker {
         }
     }
 
+    /// Attaches an RTCP report relayed by a HEP agent to the call with this Call-ID. Returns
+    /// false (and counts it) when no such call is tracked: RTCP outlives calls and may belong
+    /// to calls that began before the capture.
+    pub fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            self.counters.hep_rtcp_unmatched += 1;
+            return false;
+        };
+        self.counters.hep_rtcp_attached += 1;
+        let reporter = report.ssrc.map(ssrc_text);
+        let blocks: Vec<Option<&ReportBlock>> = if report.report_blocks.is_empty() {
+            vec![None]
+        } else {
+            report.report_blocks.iter().map(Some).collect()
+        };
+        for block in blocks {
+            let source = block.and_then(|b| b.source_ssrc).map(ssrc_text);
+            let index = call
+                .hep_rtcp
+                .iter()
+                .position(|e| e.reporter_ssrc == reporter && e.source_ssrc == source);
+            let entry = match index {
+                Some(i) => &mut call.hep_rtcp[i],
+                None if call.hep_rtcp.len() < MAX_HEP_RTCP_PER_CALL => {
+                    call.hep_rtcp.push(HepRtcp {
+                        reporter_ssrc: reporter.clone(),
+                        source_ssrc: source,
+                        first_time: time,
+                        ..HepRtcp::default()
+                    });
+                    let last = call.hep_rtcp.len() - 1;
+                    &mut call.hep_rtcp[last]
+                }
+                None => {
+                    self.counters.hep_rtcp_dropped += 1;
+                    continue;
+                }
+            };
+            entry.reports = entry.reports.saturating_add(1);
+            entry.last_time = entry.last_time.max(time);
+            if let Some(b) = block {
+                if let Some(f) = b.fraction_lost {
+                    // 8-bit fixed point; anything larger is a broken agent, clamp to 100 %.
+                    let percent = round_secs((f.min(256) as f64) * 100.0 / 256.0);
+                    entry.last_fraction_lost_percent = Some(percent);
+                    entry.max_fraction_lost_percent =
+                        Some(entry.max_fraction_lost_percent.unwrap_or(0.0).max(percent));
+                }
+                if b.packets_lost.is_some() {
+                    entry.last_cumulative_lost = b.packets_lost;
+                }
+                if let Some(j) = b.ia_jitter {
+                    entry.last_jitter = Some(j);
+                    entry.max_jitter = Some(entry.max_jitter.unwrap_or(0).max(j));
+                }
+                if b.highest_seq_no.is_some() {
+                    entry.last_highest_seq = b.highest_seq_no;
+                }
+            }
+        }
+        true
+    }
+
     /// Moves time forward: emits calls whose linger passed and closes calls that timed out.
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(CallRecord)) {
         if now.seconds_since(self.last_sweep) < 1.0 {
@@ -293,6 +367,7 @@ impl Call {
             hold_total: 0.0,
             media: Media::default(),
             seen: HashSet::new(),
+            hep_rtcp: Vec::new(),
             closed: None,
         }
     }
@@ -634,6 +709,7 @@ impl Call {
             hold_duration_s: round_secs(self.hold_total + hold_open),
             media: self.media,
             media_quality: Default::default(),
+            hep_rtcp: self.hep_rtcp,
             call_id: self.call_id,
         }
     }
@@ -661,6 +737,10 @@ fn party(addr: &NameAddr<'_>) -> Party {
 /// The SDP of a message, summarised (`None` without SDP or when it does not parse).
 pub fn summarize_sdp(msg: &SipMessage<'_>) -> Option<SdpSummary> {
     msg.sdp().and_then(|body| sdp::summarize(body).ok())
+}
+
+fn ssrc_text(ssrc: u64) -> String {
+    format!("0x{ssrc:08X}")
 }
 
 fn hash_of(value: &impl Hash) -> u64 {

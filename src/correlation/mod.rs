@@ -4,10 +4,14 @@
 //! [`media::MediaTracker`] the media endpoints their SDP announces; other UDP datagrams are
 //! measured as RTP/RTCP. When a call's record is made, the media of that call is taken and
 //! put into it; RTP that matches no call comes out as stream records of its own.
+//! [`hep::feed`] adapts HEP frames: the SIP inside them is handled like tapped SIP, and RTCP
+//! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
 
 pub mod calls;
+pub mod hep;
 pub mod media;
 
+use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
 use crate::dissect::{DatagramMeta, MessageMeta};
 use crate::record::{CallRecord, ClosedBy, Record};
@@ -47,6 +51,12 @@ impl Correlator {
         if let (Some(sdp), Some(side)) = (sdp, calls.side_of(msg)) {
             media.learn(msg.call_id, side, &sdp);
         }
+    }
+
+    /// Attaches an RTCP report relayed by a HEP agent to the call with this Call-ID; false when
+    /// no such call is tracked (counted in the call counters).
+    pub fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        self.calls.hep_rtcp(call_id, time, report)
     }
 
     /// Handles a UDP datagram that is not SIP.

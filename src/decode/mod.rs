@@ -1,5 +1,8 @@
 //! Pure decoders: bytes in, typed values out. No I/O, no tokio, no panics on any input.
+//!
+//! [`hep`] decodes HEPv3 frames (the capture protocol of HOMER agents and PBXs).
 
+pub mod hep;
 pub mod link;
 pub mod sdp;
 pub mod sip;

@@ -634,15 +634,19 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
 }
 
 /// Splits the header section from the body: returns the head (without the blank line) and
-/// where the body starts.
+/// where the body starts. The earlier blank line wins, whichever its line ends: a head ended
+/// by bare `\n\n` may carry a body that contains `\r\n\r\n` (HEPGEN in hep.pcap does).
 fn split_head(data: &[u8]) -> (&[u8], usize) {
-    if let Some(pos) = memchr::memmem::find(data, b"\r\n\r\n") {
-        return (&data[..pos], pos + 4);
+    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|p| (p, p + 4));
+    let lf = memchr::memmem::find(data, b"\n\n").map(|p| (p, p + 2));
+    let end = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    match end {
+        Some((head, body)) => (&data[..head], body),
+        None => (data, data.len()),
     }
-    if let Some(pos) = memchr::memmem::find(data, b"\n\n") {
-        return (&data[..pos], pos + 2);
-    }
-    (data, data.len())
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -788,6 +792,14 @@ v=0\r\nextra";
         // Content-Length cuts the body.
         assert_eq!(msg.body, b"v=0\r");
         assert_eq!(msg.sdp(), Some(&b"v=0\r"[..]));
+    }
+
+    #[test]
+    fn bare_newline_head_with_crlf_blank_line_in_body() {
+        // hep.pcap frame 1: the head ends with "\n\n", the SDP body ends with "\r\n\r\n".
+        let raw = "INVITE sip:b@h SIP/2.0\nCall-ID: c1\nCSeq: 1 INVITE\nFrom: <sip:a@h>;tag=1\nTo: <sip:b@h>\nContent-Length: 9\n\nv=0\r\n\r\n\r\n";
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert_eq!(msg.body, b"v=0\r\n\r\n\r\n");
     }
 
     #[test]

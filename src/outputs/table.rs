@@ -99,15 +99,16 @@ pub fn write_table(
     let d = &summary.decode;
     writeln!(
         out,
-        "{} frames, {} SIP messages ({} UDP, {} TCP, {} WebSocket), {} REGISTER and {} other transactions, {} decode errors",
+        "{} frames, {} SIP messages ({} UDP, {} TCP, {} WebSocket, {} HEP), {} REGISTER and {} other transactions, {} decode errors",
         d.frames,
         d.sip_messages(),
         d.sip_messages_udp,
         d.sip_messages_tcp,
         d.sip_messages_ws,
+        d.sip_messages_hep,
         summary.registrations,
         summary.other_transactions,
-        d.sip_parse_errors + d.ip_errors + d.link_errors + d.tunnel_errors,
+        d.sip_parse_errors + d.ip_errors + d.link_errors + d.tunnel_errors + d.hep_errors,
     )
 }
 

@@ -149,4 +149,29 @@ pub struct CallRecord {
     pub media: Media,
     /// RTP/RTCP measured for this call, by direction, with the verdict.
     pub media_quality: crate::record::media::MediaQuality,
+    /// RTCP reports a HEP agent relayed for this call (HEP type 5), per reported stream.
+    pub hep_rtcp: Vec<HepRtcp>,
+}
+
+/// What RTCP reports relayed by a HEP agent (type 5, RTCP as JSON, correlated by Call-ID)
+/// said about one stream: one entry per (reporter SSRC, reported SSRC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HepRtcp {
+    /// SSRC of the sender of the reports (`0x%08X`).
+    pub reporter_ssrc: Option<String>,
+    /// SSRC of the stream reported on; `None` for sender reports without a report block.
+    pub source_ssrc: Option<String>,
+    pub reports: u32,
+    pub first_time: Timestamp,
+    pub last_time: Timestamp,
+    /// Fraction lost of the last report, in percent (the 8-bit field / 256).
+    pub last_fraction_lost_percent: Option<f64>,
+    pub max_fraction_lost_percent: Option<f64>,
+    /// Cumulative packets lost of the last report.
+    pub last_cumulative_lost: Option<i64>,
+    /// Interarrival jitter in RTP timestamp units, as reported: the JSON does not carry the
+    /// clock rate, so no conversion to milliseconds is guessed.
+    pub last_jitter: Option<u64>,
+    pub max_jitter: Option<u64>,
+    pub last_highest_seq: Option<u64>,
 }

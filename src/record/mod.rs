@@ -46,6 +46,7 @@
 //! | `hold_count`, `hold_duration_s` | re-INVITE/UPDATE holds (sendonly, inactive or `c=0.0.0.0`) and their total time |
 //! | `media` | `{offer, answer, renegotiations}`: the SDP of the first offer and answer, each `{media: [{media, address, port, protocol, rtcp_port, rtcp_mux, direction, codecs: [{payload_type, name, clock_rate}]}]}`; `renegotiations` counts later SDP |
 //! | `media_quality` | `{caller_to_callee, callee_to_caller, unknown_direction, verdict}`: the RTP streams of the call by direction (a media relay's second leg is a stream of its own), each a *stream* as below; `verdict` is `{mos, r_factor, worst_direction}` of the lowest-scoring stream, `null` when no stream could be scored |
+//! | `hep_rtcp` | RTCP that a HEP agent relayed as JSON (HEP type 5) with this Call-ID as correlation id, one entry per reporter and reported SSRC (at most 16; more are counted, not kept): `{reporter_ssrc, source_ssrc, reports, first_time, last_time, last_fraction_lost_percent, max_fraction_lost_percent, last_cumulative_lost, last_jitter, max_jitter, last_highest_seq}`; jitter is in RTP timestamp units as reported (the report does not name the clock rate). `[]` without HEP RTCP. Added to `teledge.call/1` without a version bump: a new field that readers may ignore |
 //!
 //! A *stream* is `{src, dst, ssrc, codec, codecs, metrics, score, not_scored, rtcp}`:
 //!
@@ -98,7 +99,8 @@ pub mod media;
 pub mod sensor;
 
 pub use call::{
-    CallRecord, ClosedBy, Hangup, Media, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
+    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, State, UserAgents,
+    CALL_SCHEMA,
 };
 
 use serde::Serialize;

@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod encapsulation;
 mod generated;
+mod hep;
 mod media;
 mod observe;
 mod regressions;

@@ -6,6 +6,10 @@ SIP message TShark decodes (several per frame for TCP), with the frame number, C
 the start line says (method, or status code) and the CSeq. TCP port 6060 is decoded as SIP as
 the fixture README says; teledge needs no such hint.
 
+The HEP captures (HEPv3 on UDP port 9060) are read with tests/tshark/hep3.lua, a minimal HEP
+deframer written for these references (TShark 4.0 has no HEP dissector); it hands the payload of
+SIP frames, inflated if compressed, to TShark's own SIP dissector.
+
 For every capture it writes tests/data/tshark/<capture>.rtp_streams.txt: the output of
 `tshark -q -o rtp.heuristic_rtp:TRUE -z rtp,streams`, which the media conformance test parses.
 
@@ -26,17 +30,25 @@ CAPTURES = [
     "sngrep_aaa.pcap",
     "websocket-sip.pcapng",
 ]
+HEP_CAPTURES = ["hep.pcap", "hep3_compressed.pcapng"]
+HEP_LUA = pathlib.Path(__file__).resolve().parent / "hep3.lua"
 
 
 def first(value):
     return value[0] if isinstance(value, list) else value
 
 
+def tshark_args(capture):
+    if capture in HEP_CAPTURES:
+        return ["-X", f"lua_script:{HEP_LUA}", "-r", str(DATA / capture), "-Y", "sip",
+                "-T", "json", "-J", "frame sip"]
+    return ["-r", str(DATA / capture), "-d", "tcp.port==6060,sip", "-Y", "sip",
+            "-T", "json", "-J", "frame sip"]
+
+
 def messages(capture):
-    out = subprocess.run(
-        ["tshark", "-r", str(DATA / capture), "-d", "tcp.port==6060,sip", "-Y", "sip",
-         "-T", "json", "-J", "frame sip"],
-        check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(["tshark"] + tshark_args(capture),
+                         check=True, capture_output=True, text=True).stdout
     for packet in json.loads(out):
         layers = packet["_source"]["layers"]
         frame = first(layers["frame"])["frame.number"]
@@ -58,10 +70,12 @@ def main():
     target = DATA / "tshark"
     target.mkdir(exist_ok=True)
     version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    for capture in CAPTURES:
+    for capture in CAPTURES + HEP_CAPTURES:
         rows = list(messages(capture))
+        args = " ".join(tshark_args(capture)).replace(str(DATA) + "/", "").replace(
+            str(HEP_LUA), "tests/tshark/hep3.lua").replace("frame sip", '"frame sip"')
         with open(target / f"{capture}.sip.tsv", "w") as f:
-            f.write(f"# {version}; tshark -r {capture} -d tcp.port==6060,sip -Y sip -T json -J \"frame sip\"\n")
+            f.write(f"# {version}; tshark {args}\n")
             f.write("# frame\tcall_id\tstart\tcseq\n")
             for row in rows:
                 f.write("\t".join(row) + "\n")

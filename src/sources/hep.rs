@@ -1,0 +1,500 @@
+//! The HEP input: a listener for HEPv3 frames from PBXs, SBCs and capture agents (Asterisk
+//! `res_hep`, FreeSWITCH, Kamailio `siptrace`, heplify, captagent) over UDP, TCP and TLS.
+//!
+//! Every frame is decoded by [`crate::decode::hep`], checked against the configured
+//! authentication key and sent on as an owned [`HepEvent`] into a bounded channel. Capture
+//! must never block: when the channel is full the frame is dropped and counted. Everything
+//! refused is counted in [`HepStats`] (by error kind for malformed frames), never silent.
+//!
+//! - UDP: one frame per datagram; the declared length must equal the datagram length.
+//! - TCP and TLS: frames back to back. Each connection has a buffer bounded by the largest
+//!   frame accepted; bytes that are not a frame are skipped up to the next `HEP3` magic, so a
+//!   sender that writes garbage (or a frame we refuse) does not lose the frames after it. A
+//!   connection idle for `idle_timeout` is closed, and at most `max_connections` are served.
+//!
+//! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
+//! the shutdown signal turns true; `run` returns once every connection task has ended.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::decode::hep::{self, Framing, HepAuth, HepErrorKind, HepFrameOwned, MAX_FRAME_LEN};
+
+/// Where and how to listen. Filled from the configuration by the caller.
+#[derive(Clone)]
+pub struct HepListenerSettings {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    /// TLS over TCP, with the server configuration built by the caller (rustls with `ring`).
+    pub tls: Option<(SocketAddr, Arc<ServerConfig>)>,
+    /// When set, frames must carry this key in chunk 0x000e.
+    pub auth_key: Option<Vec<u8>>,
+    /// Largest frame accepted on TCP/TLS (also the bound of a connection's buffer);
+    /// at most 65535, the largest the length field can say.
+    pub max_frame: usize,
+    /// Largest payload a compressed chunk may inflate to.
+    pub max_decompressed: usize,
+    /// TCP + TLS connections served at once; more are refused (closed) and counted.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A TLS handshake that takes longer is abandoned.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for HepListenerSettings {
+    fn default() -> Self {
+        HepListenerSettings {
+            udp: None,
+            tcp: None,
+            tls: None,
+            auth_key: None,
+            max_frame: MAX_FRAME_LEN,
+            max_decompressed: hep::DEFAULT_MAX_DECOMPRESSED,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(300),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for HepListenerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key and the TLS configuration (private key) are never printed.
+        f.debug_struct("HepListenerSettings")
+            .field("udp", &self.udp)
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.as_ref().map(|(addr, _)| addr))
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<set>"))
+            .field("max_frame", &self.max_frame)
+            .field("max_decompressed", &self.max_decompressed)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .finish()
+    }
+}
+
+/// How a frame reached the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HepInput {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// One accepted frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HepEvent {
+    pub frame: HepFrameOwned,
+    /// The agent that sent the frame (not the captured packet's source).
+    pub received_from: SocketAddr,
+    pub input: HepInput,
+    /// Position of the frame among those accepted by this listener, from 1.
+    pub sequence: u64,
+}
+
+/// Counters of the listener, shared with whoever reports metrics.
+#[derive(Debug, Default)]
+pub struct HepStats {
+    /// Frames accepted and offered to the channel.
+    pub frames: AtomicU64,
+    /// Bytes of accepted frames.
+    pub bytes: AtomicU64,
+    /// Frames that did not decode, by [`HepErrorKind::index`].
+    pub malformed: [AtomicU64; HepErrorKind::COUNT],
+    /// Frames without the configured key, or with another one.
+    pub auth_rejected: AtomicU64,
+    /// Frames dropped because the channel was full.
+    pub dropped_full: AtomicU64,
+    /// Frames dropped because the receiving end had gone.
+    pub dropped_closed: AtomicU64,
+    /// TCP and TLS connections accepted (and served).
+    pub connections: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_timeouts: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    /// Stream bytes skipped to find the next frame.
+    pub resync_bytes: AtomicU64,
+    /// Chunks of other vendors skipped in accepted frames.
+    pub vendor_chunks: AtomicU64,
+    /// Socket errors on accept/receive/read (the listener keeps going).
+    pub io_errors: AtomicU64,
+}
+
+impl HepStats {
+    /// Malformed frames of one kind.
+    pub fn malformed(&self, kind: HepErrorKind) -> u64 {
+        self.malformed
+            .get(kind.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Malformed frames of every kind.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HepListenError {
+    #[error("HEP {input} listener cannot bind {addr}: {source}")]
+    Bind {
+        input: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("HEP max_frame must be between 6 and 65535, not {0}")]
+    MaxFrame(usize),
+}
+
+/// The bound sockets and what the frame handlers share.
+pub struct HepListener {
+    udp: Option<UdpSocket>,
+    tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+}
+
+/// What every receive loop needs.
+#[derive(Debug)]
+struct Shared {
+    settings: HepListenerSettings,
+    auth: HepAuth,
+    stats: Arc<HepStats>,
+    tx: mpsc::Sender<HepEvent>,
+    sequence: AtomicU64,
+}
+
+impl std::fmt::Debug for HepListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HepListener")
+            .field("udp", &self.udp_addr())
+            .field("tcp", &self.tcp_addr())
+            .field("tls", &self.tls_addr())
+            .finish()
+    }
+}
+
+impl HepListener {
+    /// Binds every configured socket. Nothing is served before [`HepListener::run`].
+    pub async fn bind(
+        settings: HepListenerSettings,
+        stats: Arc<HepStats>,
+        tx: mpsc::Sender<HepEvent>,
+    ) -> Result<HepListener, HepListenError> {
+        if !(hep::HEADER_LEN..=MAX_FRAME_LEN).contains(&settings.max_frame) {
+            return Err(HepListenError::MaxFrame(settings.max_frame));
+        }
+        let bind_error = |input, addr| {
+            move |source| HepListenError::Bind {
+                input,
+                addr,
+                source,
+            }
+        };
+        let udp = match settings.udp {
+            Some(addr) => Some(
+                UdpSocket::bind(addr)
+                    .await
+                    .map_err(bind_error("UDP", addr))?,
+            ),
+            None => None,
+        };
+        let tcp = match settings.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error("TCP", addr))?,
+            ),
+            None => None,
+        };
+        let tls = match &settings.tls {
+            Some((addr, config)) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error("TLS", *addr))?,
+                TlsAcceptor::from(Arc::clone(config)),
+            )),
+            None => None,
+        };
+        let auth = match &settings.auth_key {
+            Some(key) => HepAuth::key(key),
+            None => HepAuth::none(),
+        };
+        let connections = Arc::new(Semaphore::new(settings.max_connections));
+        Ok(HepListener {
+            udp,
+            tcp,
+            tls,
+            connections,
+            shared: Arc::new(Shared {
+                settings,
+                auth,
+                stats,
+                tx,
+                sequence: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The bound UDP address (with the port the system chose for port 0).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(s, _)| s.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` becomes true (or its sender is dropped), then closes every
+    /// connection and returns once all tasks have ended.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        if let Some(socket) = self.udp {
+            tasks.spawn(udp_loop(socket, Arc::clone(&self.shared), shutdown.clone()));
+        }
+        if let Some(listener) = self.tcp {
+            tasks.spawn(accept_loop(
+                listener,
+                None,
+                Arc::clone(&self.shared),
+                Arc::clone(&self.connections),
+                shutdown.clone(),
+            ));
+        }
+        if let Some((listener, acceptor)) = self.tls {
+            tasks.spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                Arc::clone(&self.shared),
+                Arc::clone(&self.connections),
+                shutdown.clone(),
+            ));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Resolves when shutdown is requested (or nobody can request it any more).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // `wait_for` returns at once when the value is already true; an error means the sender
+    // is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    // One byte more than the largest frame: a longer datagram shows up as a length mismatch
+    // instead of being silently cut to a frame-sized prefix.
+    let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => shared.frame(&buf[..n], from, HepInput::Udp),
+                Err(e) => {
+                    // ICMP errors from earlier sends and the like; the socket stays usable.
+                    bump(&shared.stats.io_errors);
+                    tracing::debug!(error = %e, "HEP UDP receive failed.");
+                }
+            },
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            // Reap finished connection tasks so the set does not grow with the history.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, aborted handshakes: keep accepting, but
+                        // not in a hot loop.
+                        bump(&shared.stats.io_errors);
+                        tracing::warn!(error = %e, "HEP accept failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    bump(&shared.stats.connections_refused);
+                    tracing::warn!(%peer, "HEP connection refused: too many connections.");
+                    continue; // dropping the stream closes it
+                };
+                bump(&shared.stats.connections);
+                let shared = Arc::clone(&shared);
+                let tls = tls.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    connection(stream, peer, tls, &shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Connections watch the same signal and end by themselves; wait for them.
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => serve_stream(stream, peer, HepInput::Tcp, shared, shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                shared.settings.tls_handshake_timeout,
+                acceptor.accept(stream),
+            );
+            let stream = tokio::select! {
+                _ = stopped(&mut shutdown) => return,
+                done = handshake => match done {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        bump(&shared.stats.tls_handshake_failures);
+                        tracing::warn!(%peer, error = %e, "HEP TLS handshake failed.");
+                        return;
+                    }
+                    Err(_) => {
+                        bump(&shared.stats.tls_handshake_failures);
+                        tracing::warn!(%peer, "HEP TLS handshake timed out.");
+                        return;
+                    }
+                },
+            };
+            serve_stream(stream, peer, HepInput::Tls, shared, shutdown).await;
+        }
+    }
+}
+
+/// Reads frames back to back from one connection until it closes, idles out or shutdown.
+async fn serve_stream<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    input: HepInput,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max_frame = shared.settings.max_frame;
+    // Never more than one frame plus one read is held: the buffer is bounded by max_frame.
+    let mut buf: Vec<u8> = Vec::with_capacity(max_frame.min(16 * 1024));
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            r = tokio::time::timeout(shared.settings.idle_timeout, stream.read(&mut chunk)) => r,
+        };
+        let n = match read {
+            Err(_) => {
+                bump(&shared.stats.idle_timeouts);
+                tracing::debug!(%peer, "HEP connection idle, closed.");
+                return;
+            }
+            Ok(Err(e)) => {
+                bump(&shared.stats.io_errors);
+                tracing::debug!(%peer, error = %e, "HEP connection read failed.");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        loop {
+            match hep::frame_len(&buf[used..], max_frame) {
+                Framing::Frame(len) => {
+                    shared.frame(&buf[used..used + len], peer, input);
+                    used += len;
+                }
+                Framing::Garbage(skip) => {
+                    shared
+                        .stats
+                        .resync_bytes
+                        .fetch_add(skip as u64, Ordering::Relaxed);
+                    used += skip;
+                }
+                Framing::NeedMore => break,
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+impl Shared {
+    /// Decodes, checks and forwards one frame; never blocks.
+    fn frame(&self, bytes: &[u8], from: SocketAddr, input: HepInput) {
+        let stats = &self.stats;
+        let frame = match hep::parse_with_limit(bytes, self.settings.max_decompressed) {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(c) = stats.malformed.get(e.kind().index()) {
+                    bump(c);
+                }
+                tracing::debug!(%from, error = %e, "HEP frame refused.");
+                return;
+            }
+        };
+        if let Err(e) = self.auth.check(&frame) {
+            bump(&stats.auth_rejected);
+            tracing::debug!(%from, error = %e, "HEP frame refused.");
+            return;
+        }
+        bump(&stats.frames);
+        stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        stats
+            .vendor_chunks
+            .fetch_add(u64::from(frame.vendor_chunks), Ordering::Relaxed);
+        let event = HepEvent {
+            frame: frame.into_owned(),
+            received_from: from,
+            input,
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => bump(&stats.dropped_full),
+            Err(mpsc::error::TrySendError::Closed(_)) => bump(&stats.dropped_closed),
+        }
+    }
+}
