@@ -2,7 +2,7 @@
 //!
 //! A map of the code, in pipeline order (sources → decode → correlation → records → outputs):
 //!
-//! - [`sources`]: where frames come from (capture files; live capture and HEP later).
+//! - [`sources`]: where frames come from (capture files, live capture on Linux; HEP later).
 //! - [`dissect`]: the decode path shared by every source: link layer, IP with fragment
 //!   reassembly, tunnels, UDP/TCP with stream reassembly, SIP recognised by content.
 //! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames).
@@ -17,7 +17,9 @@
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed.
 //! - [`time`]: capture timestamps.
-#![forbid(unsafe_code)]
+//! Unsafe code is denied everywhere except [`sources::afpacket`], which owns the AF_PACKET
+//! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
+#![deny(unsafe_code)]
 
 pub mod collect;
 pub mod config;
