@@ -1042,6 +1042,329 @@ mod sys {
 mod tests {
     use super::*;
 
+    const PAGE: u32 = 4096;
+
     #[test]
-    fn placeholder() {}
+    fn default_ring_is_valid_and_4_mib() {
+        let settings = RingSettings::default();
+        assert_eq!(settings.validate(PAGE), Ok(()));
+        assert_eq!(settings.total_bytes(), 4 << 20);
+        assert_eq!(
+            RingSettings::with_total_bytes(64 << 20).total_bytes(),
+            64 << 20
+        );
+        assert_eq!(RingSettings::with_total_bytes(1).block_count, 1);
+    }
+
+    #[test]
+    fn bad_ring_settings_list_every_problem() {
+        let settings = RingSettings {
+            block_size: 3000,
+            block_count: 0,
+            frame_size: 44,
+            block_timeout_ms: 60_000,
+        };
+        let error = settings.validate(PAGE).unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "not a power of two",
+            "page size",
+            "block_count is 0",
+            "below the 68-byte",
+            "not a multiple of 16",
+            "does not divide",
+            "block_timeout_ms",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from {text}");
+        }
+        let huge = RingSettings::with_total_bytes(4 << 30);
+        assert!(huge
+            .validate(PAGE)
+            .unwrap_err()
+            .to_string()
+            .contains("maximum"));
+        // A 64 KiB-page kernel (some aarch64 distributions) needs bigger blocks.
+        let small = RingSettings {
+            block_size: 16 * 1024,
+            ..RingSettings::default()
+        };
+        assert_eq!(small.validate(PAGE), Ok(()));
+        assert!(small.validate(65_536).is_err());
+    }
+
+    /// A packet header as the kernel writes it, followed by its frame.
+    struct Fake {
+        sec: u32,
+        nsec: u32,
+        len: u32,
+        status: u32,
+        tci: u32,
+        tpid: u16,
+        pkttype: u8,
+        frame: Vec<u8>,
+    }
+
+    fn fake(frame: &[u8]) -> Fake {
+        Fake {
+            sec: 1_767_225_600,
+            nsec: 5,
+            len: frame.len() as u32,
+            status: libc::TP_STATUS_USER,
+            tci: 0,
+            tpid: 0,
+            pkttype: libc::PACKET_HOST,
+            frame: frame.to_vec(),
+        }
+    }
+
+    fn put32(block: &mut [u8], at: usize, value: u32) {
+        block[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    /// Lays packets out in a block the way `tpacket_rcv` does.
+    fn block_of(packets: &[Fake]) -> Vec<u8> {
+        let mut block = vec![0u8; 8192];
+        let first = 48;
+        put32(&mut block, BLOCK_STATUS, libc::TP_STATUS_USER);
+        put32(&mut block, BLOCK_NUM_PKTS, packets.len() as u32);
+        put32(&mut block, BLOCK_FIRST_PKT, first as u32);
+        let mut at = first;
+        for (i, p) in packets.iter().enumerate() {
+            let mac = 80; // TPACKET_ALIGN(TPACKET3_HDRLEN) + alignment of the IP header
+            let size = (mac + p.frame.len()).next_multiple_of(16);
+            let next = if i + 1 == packets.len() { 0 } else { size };
+            put32(&mut block, at + PKT_NEXT, next as u32);
+            put32(&mut block, at + PKT_SEC, p.sec);
+            put32(&mut block, at + PKT_NSEC, p.nsec);
+            put32(&mut block, at + PKT_SNAPLEN, p.frame.len() as u32);
+            put32(&mut block, at + PKT_LEN, p.len);
+            put32(&mut block, at + PKT_STATUS, p.status);
+            block[at + PKT_MAC..at + PKT_MAC + 2].copy_from_slice(&(mac as u16).to_ne_bytes());
+            put32(&mut block, at + PKT_VLAN_TCI, p.tci);
+            block[at + PKT_VLAN_TPID..at + PKT_VLAN_TPID + 2]
+                .copy_from_slice(&p.tpid.to_ne_bytes());
+            block[at + PKT_SLL_PKTTYPE] = p.pkttype;
+            block[at + mac..at + mac + p.frame.len()].copy_from_slice(&p.frame);
+            at += size;
+        }
+        block
+    }
+
+    const ETHERNET: WalkContext = WalkContext {
+        link: LinkType::Ethernet,
+        loopback: false,
+    };
+
+    fn walk(
+        block: &[u8],
+        context: WalkContext,
+    ) -> (Vec<(Timestamp, Vec<u8>, u32, bool)>, CaptureCounters) {
+        let mut seen = Vec::new();
+        let mut counters = CaptureCounters::default();
+        let mut scratch = Vec::new();
+        let handed = walk_block(
+            block,
+            context,
+            &mut scratch,
+            &mut counters,
+            &mut |p: LivePacket<'_>| {
+                seen.push((p.time, p.data.to_vec(), p.original_len, p.is_truncated()));
+            },
+        );
+        assert_eq!(handed, seen.len());
+        (seen, counters)
+    }
+
+    fn ethernet_frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0xaa; 6];
+        frame.extend([0xbb; 6]);
+        frame.extend(ethertype.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+
+    #[test]
+    fn packets_come_out_in_order_with_their_times() {
+        let a = ethernet_frame(0x0800, b"first");
+        let b = ethernet_frame(0x86dd, b"second packet");
+        let mut second = fake(&b);
+        second.nsec = 999_999_999;
+        let (seen, counters) = walk(&block_of(&[fake(&a), second]), ETHERNET);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].1, a);
+        assert_eq!(seen[1].1, b);
+        assert_eq!(seen[0].0, Timestamp::from_secs_nanos(1_767_225_600, 5));
+        assert_eq!(
+            seen[1].0,
+            Timestamp::from_secs_nanos(1_767_225_600, 999_999_999)
+        );
+        assert_eq!(counters.packets, 2);
+        assert_eq!(counters.bytes, (a.len() + b.len()) as u64);
+        assert_eq!(counters.malformed_blocks, 0);
+    }
+
+    #[test]
+    fn stripped_vlan_tag_is_put_back() {
+        let inner = ethernet_frame(0x0800, b"ip packet");
+        let mut tagged = fake(&inner);
+        tagged.status |= libc::TP_STATUS_VLAN_VALID;
+        tagged.tci = 0x2064; // priority 1, VLAN 100
+        let mut outer = fake(&inner);
+        outer.status |= libc::TP_STATUS_VLAN_VALID | libc::TP_STATUS_VLAN_TPID_VALID;
+        outer.tci = 7;
+        outer.tpid = 0x88a8;
+        let (seen, counters) = walk(&block_of(&[tagged, outer]), ETHERNET);
+        let mut expected = inner[..12].to_vec();
+        expected.extend([0x81, 0x00, 0x20, 0x64]);
+        expected.extend(&inner[12..]);
+        assert_eq!(seen[0].1, expected);
+        assert_eq!(seen[0].2, inner.len() as u32 + 4);
+        assert!(!seen[0].3);
+        assert_eq!(&seen[1].1[12..16], &[0x88, 0xa8, 0x00, 0x07]);
+        assert_eq!(counters.vlan_tags_restored, 2);
+    }
+
+    #[test]
+    fn vlan_tag_is_not_invented_on_raw_ip() {
+        let mut packet = fake(b"\x45rawip-packet");
+        packet.tci = 100;
+        let context = WalkContext {
+            link: LinkType::RawIp,
+            loopback: false,
+        };
+        let (seen, counters) = walk(&block_of(&[packet]), context);
+        assert_eq!(seen[0].1, b"\x45rawip-packet");
+        assert_eq!(counters.vlan_tags_restored, 0);
+    }
+
+    #[test]
+    fn cut_packets_are_flagged() {
+        let frame = ethernet_frame(0x0800, &[0; 100]);
+        let mut cut = fake(&frame);
+        cut.len = 70_000;
+        let (seen, counters) = walk(&block_of(&[cut]), ETHERNET);
+        assert!(seen[0].3);
+        assert_eq!(seen[0].2, 70_000);
+        assert_eq!(counters.truncated, 1);
+    }
+
+    #[test]
+    fn outgoing_copies_are_skipped_on_loopback_only() {
+        let frame = ethernet_frame(0x0800, b"x");
+        let mut sent = fake(&frame);
+        sent.pkttype = libc::PACKET_OUTGOING;
+        let block = block_of(&[sent, fake(&frame)]);
+        let loopback = WalkContext {
+            link: LinkType::Ethernet,
+            loopback: true,
+        };
+        let (seen, counters) = walk(&block, loopback);
+        assert_eq!((seen.len(), counters.loopback_duplicates), (1, 1));
+        let (seen, counters) = walk(&block, ETHERNET);
+        assert_eq!((seen.len(), counters.loopback_duplicates), (2, 0));
+    }
+
+    #[test]
+    fn headers_pointing_outside_the_block_are_counted_not_trusted() {
+        let frame = ethernet_frame(0x0800, b"payload");
+        let good = block_of(&[fake(&frame), fake(&frame)]);
+
+        let mut first_outside = good.clone();
+        put32(&mut first_outside, BLOCK_FIRST_PKT, 1 << 20);
+        let (seen, counters) = walk(&first_outside, ETHERNET);
+        assert_eq!((seen.len(), counters.malformed_blocks), (0, 1));
+
+        let mut snaplen_outside = good.clone();
+        put32(&mut snaplen_outside, 48 + PKT_SNAPLEN, 9000);
+        let (seen, counters) = walk(&snaplen_outside, ETHERNET);
+        assert_eq!((seen.len(), counters.malformed_blocks), (0, 1));
+
+        let mut count_too_high = good.clone();
+        put32(&mut count_too_high, BLOCK_NUM_PKTS, 1000);
+        let (seen, counters) = walk(&count_too_high, ETHERNET);
+        assert_eq!((seen.len(), counters.malformed_blocks), (2, 1));
+
+        let (seen, _) = walk(&good[..20], ETHERNET);
+        assert!(seen.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_block_bytes_are_walked_without_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            first in 0u32..600,
+            count in 0u32..50,
+        ) {
+            let mut block = bytes;
+            block.resize(block.len().max(24), 0);
+            put32(&mut block, BLOCK_FIRST_PKT, first);
+            put32(&mut block, BLOCK_NUM_PKTS, count);
+            let (seen, _) = walk(&block, ETHERNET);
+            proptest::prop_assert!(seen.len() <= count as usize);
+        }
+    }
+
+    /// Runs the classic BPF program on a frame, as far as its instructions go.
+    fn bpf_accepts(program: &[libc::sock_filter], frame: &[u8]) -> bool {
+        let mut pc = 0;
+        let mut a = 0u32;
+        loop {
+            let i = program[pc];
+            match i.code {
+                0x28 => match frame.get(i.k as usize..i.k as usize + 2) {
+                    Some(b) => a = u32::from(u16::from_be_bytes([b[0], b[1]])),
+                    None => return false,
+                },
+                0x15 => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                0x06 => return i.k != 0,
+                other => panic!("unexpected BPF opcode {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn ip_only_filter_keeps_ip_vlan_and_mpls_frames() {
+        let program = ip_only_program();
+        for kept in [0x0800, 0x86dd, 0x8100, 0x88a8, 0x9100, 0x8847, 0x8848] {
+            assert!(
+                bpf_accepts(&program, &ethernet_frame(kept, b"x")),
+                "{kept:#x}"
+            );
+        }
+        for dropped in [0x0806, 0x88cc, 0x0000, 0xffff] {
+            assert!(
+                !bpf_accepts(&program, &ethernet_frame(dropped, b"x")),
+                "{dropped:#x}"
+            );
+        }
+        assert!(!bpf_accepts(&program, &[0; 10]));
+    }
+
+    #[test]
+    fn interface_types_map_to_link_types() {
+        assert_eq!(
+            link_of(libc::ARPHRD_ETHER),
+            Some((LinkType::Ethernet, false))
+        );
+        assert_eq!(
+            link_of(libc::ARPHRD_LOOPBACK),
+            Some((LinkType::Ethernet, true))
+        );
+        assert_eq!(link_of(libc::ARPHRD_NONE), Some((LinkType::RawIp, false)));
+        assert_eq!(link_of(libc::ARPHRD_INFINIBAND), None);
+    }
+
+    #[test]
+    fn unknown_interface_is_named_in_the_error() {
+        let error = LiveCapture::open("tl-no-such0", RingSettings::default(), false).unwrap_err();
+        assert!(
+            matches!(error, LiveCaptureError::InterfaceNotFound { .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "capture on tl-no-such0: no such network interface"
+        );
+    }
 }
