@@ -311,6 +311,7 @@ impl<F: FnMut(LivePacket<'_>)> PacketSink for F {
 #[derive(Debug)]
 pub struct LiveCapture {
     interface: String,
+    ifindex: libc::c_uint,
     fd: OwnedFd,
     ring: Ring,
     /// The block to read next; the kernel fills blocks in order.
@@ -387,6 +388,7 @@ impl LiveCapture {
         }
         Ok(LiveCapture {
             interface: name,
+            ifindex,
             fd,
             ring,
             current: 0,
@@ -490,14 +492,23 @@ impl LiveCapture {
     fn wait(&mut self, timeout: Duration) -> Result<(), LiveCaptureError> {
         let events =
             sys::poll_in(&self.fd, timeout).map_err(|e| classify(&self.interface, "poll", e))?;
+        // The kernel reports an interface going down once (ENETDOWN); one deleted while down,
+        // or deleted and created anew under the same name, leaves the socket silent for good.
+        // So a quiet wait also checks that the name still means our interface.
+        let gone = || sys::if_index(&self.interface) != Some(self.ifindex);
         if events & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0 {
-            return Ok(());
+            return if events == 0 && gone() {
+                Err(LiveCaptureError::InterfaceGone {
+                    interface: self.interface.clone(),
+                })
+            } else {
+                Ok(())
+            };
         }
         let pending =
             sys::socket_error(&self.fd).map_err(|e| classify(&self.interface, "SO_ERROR", e))?;
-        let gone = sys::if_index(&self.interface).is_none();
         match pending {
-            _ if gone => Err(LiveCaptureError::InterfaceGone {
+            _ if gone() => Err(LiveCaptureError::InterfaceGone {
                 interface: self.interface.clone(),
             }),
             Some(source) => Err(LiveCaptureError::InterfaceDown {

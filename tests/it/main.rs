@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod encapsulation;
 mod generated;
+mod live;
 mod media;
 mod regressions;
 mod robustness;
