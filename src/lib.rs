@@ -17,6 +17,7 @@
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed.
 //! - [`time`]: capture timestamps.
+//!
 //! Unsafe code is denied everywhere except [`sources::afpacket`], which owns the AF_PACKET
 //! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
 #![deny(unsafe_code)]

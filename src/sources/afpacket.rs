@@ -1166,10 +1166,10 @@ mod tests {
         loopback: false,
     };
 
-    fn walk(
-        block: &[u8],
-        context: WalkContext,
-    ) -> (Vec<(Timestamp, Vec<u8>, u32, bool)>, CaptureCounters) {
+    /// Each packet handed on: time, bytes, original length, truncated.
+    type Seen = Vec<(Timestamp, Vec<u8>, u32, bool)>;
+
+    fn walk(block: &[u8], context: WalkContext) -> (Seen, CaptureCounters) {
         let mut seen = Vec::new();
         let mut counters = CaptureCounters::default();
         let mut scratch = Vec::new();
