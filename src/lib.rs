@@ -2,7 +2,8 @@
 //!
 //! A map of the code, in pipeline order (sources → decode → correlation → records → outputs):
 //!
-//! - [`sources`]: where frames come from (capture files; the HEPv3 listener; live capture later).
+//! - [`sources`]: where frames come from: capture files, live capture on Linux (AF_PACKET),
+//!   the HEPv3 listener.
 //! - [`dissect`]: the decode path shared by every source: link layer, IP with fragment
 //!   reassembly, tunnels, UDP/TCP with stream reassembly, SIP recognised by content.
 //! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames).
@@ -16,9 +17,15 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//! - [`config`]: configuration, raw TOML to validated, every problem listed.
+//! - [`config`]: configuration, raw TOML to validated, every problem listed;
+//!   [`agent_config`] adds the daemon's sections (sources, sensors, observe, shutdown).
+//! - [`daemon`]: `teledge run`, sources → correlation → spool → uplink with a designed shutdown.
+//! - [`sensors`]: UPS, climate, CO2 and line sensors on serial ports; sensor and alert records.
 //! - [`time`]: capture timestamps.
-#![forbid(unsafe_code)]
+//!
+//! Unsafe code is denied everywhere except [`sources::afpacket`], which owns the AF_PACKET
+//! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
+#![deny(unsafe_code)]
 
 pub mod collect;
 pub mod agent_config;

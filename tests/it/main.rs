@@ -9,6 +9,7 @@ mod conformance;
 mod encapsulation;
 mod generated;
 mod hep;
+mod live;
 mod media;
 mod observe;
 mod regressions;

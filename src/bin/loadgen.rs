@@ -1,0 +1,271 @@
+//! `teledge-loadgen`: live-capture load for the benchmark (`scripts/bench-live.sh`).
+//!
+//! - `send`: N concurrent G.711 calls onto loopback at real-time pacing: per call a SIP INVITE
+//!   with SDP, 200 OK and ACK, then RTP both ways (160-byte payload every 20 ms, 50 packets/s
+//!   per direction), then BYE and 200 OK. One line of JSON at the end: what was sent and how
+//!   far the sender fell behind its schedule.
+//! - `capture`: live capture (AF_PACKET ring) into the decode path and the correlator, as the
+//!   daemon runs them, for a given time; one line of JSON at the end: packets, kernel drops,
+//!   decode and media counters, peak RSS. It stands in for `teledge run` until the daemon has
+//!   a live pipeline.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use teledge::correlation::calls::CallLimits;
+use teledge::correlation::media::MediaLimits;
+use teledge::correlation::Correlator;
+use teledge::decode::sip::SipMessage;
+use teledge::dissect::{DatagramMeta, DissectLimits, Dissector, MessageMeta, Observer};
+use teledge::record::{ClosedBy, Record};
+use teledge::sources::afpacket::{LiveCapture, RingSettings};
+use teledge::time::Timestamp;
+
+#[derive(Debug, Parser)]
+#[command(about = "Live-capture load: send calls onto loopback, or capture and count them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send N concurrent G.711 calls (SIP + RTP both ways) to 127.0.0.1 in real time.
+    Send {
+        #[arg(long)]
+        calls: u32,
+        /// How long the RTP runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Capture, decode and correlate for a while, then print counters as JSON.
+    Capture {
+        #[arg(long, default_value = "lo")]
+        interface: String,
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+        /// Ring size in MiB (blocks of 256 KiB).
+        #[arg(long, default_value_t = 4)]
+        ring_mib: u64,
+    },
+}
+
+const PTIME: Duration = Duration::from_millis(20);
+const CALLER_SIP: u16 = 5062;
+const CALLEE_SIP: u16 = 5060;
+const CALLER_RTP_BASE: u16 = 20_000;
+const CALLEE_RTP_BASE: u16 = 40_000;
+/// Most calls: two RTP ports a call below 65,536 from each base.
+const MAX_CALLS: u32 = 10_000;
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Send { calls, seconds } => send(calls, Duration::from_secs(seconds)),
+        Command::Capture {
+            interface,
+            seconds,
+            ring_mib,
+        } => capture(&interface, Duration::from_secs(seconds), ring_mib),
+    }
+}
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\n"
+    )
+}
+
+/// A SIP message of call `call`; `body` is SDP or empty.
+fn sip(call: u32, first_line: &str, method: &str, cseq: u32, to_tag: bool, body: &str) -> String {
+    let tag = if to_tag { ";tag=callee" } else { "" };
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "{first_line}\r\nVia: SIP/2.0/UDP 127.0.0.1:{CALLER_SIP};branch=z9hG4bK-{call}-{cseq}\r\n\
+         From: <sip:caller{call}@127.0.0.1>;tag=caller{call}\r\nTo: <sip:agent@127.0.0.1>{tag}\r\n\
+         Call-ID: load-{call}@127.0.0.1\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:caller{call}@127.0.0.1:{CALLER_SIP}>\r\n{content_type}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_CALLS).contains(&calls),
+        "--calls must be 1 to {MAX_CALLS}"
+    );
+    let bind = |port: u16| {
+        UdpSocket::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))
+    };
+    let (caller_sip, callee_sip) = (bind(CALLER_SIP)?, bind(CALLEE_SIP)?);
+    // One socket per side sends every call's stream of that side; the streams differ by
+    // destination port (the other side's SDP endpoint) and SSRC.
+    let (caller_rtp, callee_rtp) = (bind(0)?, bind(0)?);
+    let to = |port: u16| ("127.0.0.1", port);
+    let caller_port = |call: u32| CALLER_RTP_BASE + 2 * call as u16;
+    let callee_port = |call: u32| CALLEE_RTP_BASE + 2 * call as u16;
+
+    for call in 0..calls {
+        let invite_line = "INVITE sip:agent@127.0.0.1 SIP/2.0";
+        let invite = sip(
+            call,
+            invite_line,
+            "INVITE",
+            1,
+            false,
+            &sdp(caller_port(call)),
+        );
+        caller_sip.send_to(invite.as_bytes(), to(CALLEE_SIP))?;
+        let ok = sip(
+            call,
+            "SIP/2.0 200 OK",
+            "INVITE",
+            1,
+            true,
+            &sdp(callee_port(call)),
+        );
+        callee_sip.send_to(ok.as_bytes(), to(CALLER_SIP))?;
+        let ack = sip(call, "ACK sip:agent@127.0.0.1 SIP/2.0", "ACK", 1, true, "");
+        caller_sip.send_to(ack.as_bytes(), to(CALLEE_SIP))?;
+    }
+
+    let ticks = (duration.as_millis() / PTIME.as_millis()) as u32;
+    let mut packet = [0xd5u8; 12 + 160]; // A-law silence after the header
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut max_lag = Duration::ZERO;
+    let start = Instant::now();
+    for tick in 0..ticks {
+        let due = start + PTIME * tick;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            max_lag = max_lag.max(now - due);
+        }
+        for call in 0..calls {
+            for (socket, ssrc, dst) in [
+                (&caller_rtp, 2 * call, callee_port(call)),
+                (&callee_rtp, 2 * call + 1, caller_port(call)),
+            ] {
+                packet[0] = 0x80;
+                packet[1] = 8; // PCMA
+                packet[2..4].copy_from_slice(&(tick as u16).to_be_bytes());
+                packet[4..8].copy_from_slice(&(tick * 160).to_be_bytes());
+                packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                match socket.send_to(&packet, to(dst)) {
+                    Ok(_) => sent += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+
+    for call in 0..calls {
+        let bye = sip(call, "BYE sip:agent@127.0.0.1 SIP/2.0", "BYE", 2, true, "");
+        caller_sip.send_to(bye.as_bytes(), to(CALLEE_SIP))?;
+        let ok = sip(call, "SIP/2.0 200 OK", "BYE", 2, true, "");
+        callee_sip.send_to(ok.as_bytes(), to(CALLER_SIP))?;
+    }
+    let target = u64::from(calls) * 2 * u64::from(ticks);
+    println!(
+        "{}",
+        json!({
+            "calls": calls,
+            "rtp_target": target,
+            "rtp_sent": sent,
+            "send_errors": errors,
+            "seconds": elapsed.as_secs_f64(),
+            "target_pps": u64::from(calls) * 100,
+            "achieved_pps": sent as f64 / elapsed.as_secs_f64(),
+            "max_lag_ms": max_lag.as_secs_f64() * 1e3,
+        })
+    );
+    Ok(())
+}
+
+/// Hands decoded events to the correlator; records are only counted.
+struct Feed<'a> {
+    correlator: &'a mut Correlator,
+    records: &'a mut u64,
+}
+
+impl Observer for Feed<'_> {
+    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
+        let records = &mut *self.records;
+        self.correlator
+            .sip(meta, message, &mut |_: Record| *records += 1);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        let records = &mut *self.records;
+        self.correlator
+            .datagram(meta, payload, &mut |_: Record| *records += 1);
+    }
+}
+
+fn capture(interface: &str, duration: Duration, ring_mib: u64) -> anyhow::Result<()> {
+    let settings = RingSettings::with_total_bytes(ring_mib << 20);
+    let mut capture = LiveCapture::open(interface, settings, false)?;
+    let mut dissector = Dissector::new(DissectLimits::default());
+    let mut correlator = Correlator::new(CallLimits::default(), MediaLimits::default());
+    let mut records = 0u64;
+    let mut number = 0u64;
+    let mut last = Timestamp::default();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        capture.next_batch(Duration::from_millis(100), |packet| {
+            number += 1;
+            last = last.max(packet.time);
+            let mut feed = Feed {
+                correlator: &mut correlator,
+                records: &mut records,
+            };
+            dissector.frame(&packet.frame(number), &mut feed);
+        })?;
+        // Time moves per batch, as a live pipeline would move it per tick.
+        correlator.advance(last, &mut |_| records += 1);
+    }
+    let kernel = capture.stats()?;
+    let counters = capture.counters();
+    let open_calls = correlator.calls().open_calls();
+    let active_streams = correlator.media().active_streams();
+    correlator.finish(ClosedBy::CaptureEnd, &mut |_| records += 1);
+    let decode = dissector.stats();
+    let media = correlator.media().counters();
+    println!(
+        "{}",
+        json!({
+            "interface": interface,
+            "ring_bytes": settings.total_bytes(),
+            "kernel": kernel,
+            "capture": counters,
+            "sip_messages": decode.sip_messages(),
+            "udp_datagrams": decode.udp_datagrams,
+            "rtp_packets": media.rtp_packets,
+            "rtp_packets_in_calls": media.rtp_packets_in_calls,
+            "calls": correlator.calls().counters().calls,
+            "open_calls_at_end": open_calls,
+            "active_streams_at_end": active_streams,
+            "records": records,
+            "peak_rss_kib": peak_rss_kib(),
+        })
+    );
+    Ok(())
+}
+
+/// VmHWM: the most resident memory the process has had.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
