@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{
-    read_file, toml_problem, validate_forward, ConfigErrors, ConfigProblem, ForwardConfig,
-    RawNode, RawPrivacy, RawSpool, RawUplink,
+    read_file, toml_problem, validate_forward, ConfigErrors, ConfigProblem, ForwardConfig, RawNode,
+    RawPrivacy, RawSpool, RawUplink,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -275,7 +275,11 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
     None
 }
 
-fn socket_addr(value: &Option<String>, path: &str, problems: &mut Vec<ConfigProblem>) -> Option<SocketAddr> {
+fn socket_addr(
+    value: &Option<String>,
+    path: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<SocketAddr> {
     let value = value.as_ref()?;
     match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -318,7 +322,10 @@ pub fn parse(text: &str) -> Result<AgentConfig, ConfigErrors> {
 }
 
 /// Validates configuration text, looking device profiles up in `profile_dirs`.
-pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<AgentConfig, ConfigErrors> {
+pub fn parse_with_profiles(
+    text: &str,
+    profile_dirs: &[PathBuf],
+) -> Result<AgentConfig, ConfigErrors> {
     let raw: RawAgent = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
     let forward = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
@@ -327,26 +334,49 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
     let mut interfaces = std::collections::BTreeSet::new();
     for (i, c) in raw.capture.iter().enumerate() {
         let at = |field: &str| format!("capture[{i}].{field}");
-        let name_ok = !c.interface.is_empty()
-            && c.interface.len() < 16
-            && !c.interface.contains(['/', ' ']);
+        let name_ok =
+            !c.interface.is_empty() && c.interface.len() < 16 && !c.interface.contains(['/', ' ']);
         if !name_ok {
-            problem!(problems, at("interface"), format!("{:?}: not an interface name", c.interface));
+            problem!(
+                problems,
+                at("interface"),
+                format!("{:?}: not an interface name", c.interface)
+            );
         }
         if !interfaces.insert(c.interface.clone()) {
-            problem!(problems, at("interface"), format!("{:?} is captured twice", c.interface));
+            problem!(
+                problems,
+                at("interface"),
+                format!("{:?} is captured twice", c.interface)
+            );
         }
         if !c.block_kib.is_power_of_two() || c.block_kib < 4 || c.block_kib > 65_536 {
-            problem!(problems, at("block_kib"), "must be a power of two between 4 and 65536".into());
+            problem!(
+                problems,
+                at("block_kib"),
+                "must be a power of two between 4 and 65536".into()
+            );
         }
         let ring = u64::from(c.ring_mib) << 20;
         if c.ring_mib == 0 || c.ring_mib > 4096 {
-            problem!(problems, at("ring_mib"), "must be between 1 and 4096".into());
+            problem!(
+                problems,
+                at("ring_mib"),
+                "must be between 1 and 4096".into()
+            );
         } else if ring < u64::from(c.block_kib) << 10 {
-            problem!(problems, at("ring_mib"), "must hold at least one block".into());
+            problem!(
+                problems,
+                at("ring_mib"),
+                "must hold at least one block".into()
+            );
         }
         if c.block_timeout_ms == 0 || c.block_timeout_ms > 1000 {
-            problem!(problems, at("block_timeout_ms"), "must be between 1 and 1000".into());
+            problem!(
+                problems,
+                at("block_timeout_ms"),
+                "must be between 1 and 1000".into()
+            );
         }
         captures.push(CaptureConfig {
             interface: c.interface.clone(),
@@ -416,7 +446,8 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
         }
     });
     if captures.is_empty() && hep.is_none() && raw.sensors.is_empty() {
-        problem!(problems, 
+        problem!(
+            problems,
             "capture",
             "nothing to do: configure at least one [[capture]], [hep] or [[sensors]]".into(),
         );
@@ -429,7 +460,11 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
         ("stream_idle_s", c.stream_idle_s, 1, 3600),
     ] {
         if value < min || value > max {
-            problem!(problems, format!("correlation.{field}"), format!("must be between {min} and {max}"));
+            problem!(
+                problems,
+                format!("correlation.{field}"),
+                format!("must be between {min} and {max}")
+            );
         }
     }
     for (field, value, min, max) in [
@@ -438,7 +473,11 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
         ("queue_frames", c.queue_frames, 64, 10_000_000),
     ] {
         if value < min || value > max {
-            problem!(problems, format!("correlation.{field}"), format!("must be between {min} and {max}"));
+            problem!(
+                problems,
+                format!("correlation.{field}"),
+                format!("must be between {min} and {max}")
+            );
         }
     }
     let calls = CallLimits {
@@ -467,7 +506,11 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
                 Ok(p) => Some(p),
                 Err(ConfigErrors(inner)) => {
                     for p in inner {
-                        problem!(problems, at("profile"), format!("{}: {}", path.display(), p));
+                        problem!(
+                            problems,
+                            at("profile"),
+                            format!("{}: {}", path.display(), p)
+                        );
                     }
                     None
                 }
@@ -480,7 +523,11 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
         let Some(mut loaded) = loaded else { continue };
         if let Some(a) = s.modbus_address {
             if !(1..=247).contains(&a) && a != 254 {
-                problem!(problems, at("modbus_address"), "must be 1..247 (or 254, 'any sensor')".into());
+                problem!(
+                    problems,
+                    at("modbus_address"),
+                    "must be 1..247 (or 254, 'any sensor')".into()
+                );
             }
             loaded.serial.modbus_address = Some(a);
         }
@@ -493,7 +540,11 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
                 "even" => profile::Parity::Even,
                 "odd" => profile::Parity::Odd,
                 other => {
-                    problem!(problems, at("parity"), format!("{other:?}: expected none, even or odd"));
+                    problem!(
+                        problems,
+                        at("parity"),
+                        format!("{other:?}: expected none, even or odd")
+                    );
                     loaded.serial.parity
                 }
             };
@@ -507,7 +558,8 @@ pub fn parse_with_profiles(text: &str, profile_dirs: &[PathBuf]) -> Result<Agent
                         hysteresis: limits.hysteresis,
                     })
                 }
-                None => problem!(problems, 
+                None => problem!(
+                    problems,
                     format!("sensors[{i}].limits.{reading}"),
                     format!("the profile {:?} has no reading {reading:?}", loaded.model),
                 ),

@@ -198,9 +198,13 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The spool first: nothing is captured that could not be kept.
-    let (spool, events) = Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())?;
+    let (spool, events) =
+        Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())?;
     for event in events {
-        tracing::error!(?event, "Spool store could not be opened and was moved aside.");
+        tracing::error!(
+            ?event,
+            "Spool store could not be opened and was moved aside."
+        );
     }
     let spool = Arc::new(Mutex::new(spool));
     metrics.watch_spool(Arc::clone(&spool));
@@ -239,12 +243,21 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let notify = Arc::clone(&spooled_notify);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || spool_writer(record_rx, &spool, &pseudonymizer, flush_every, &health, &notify))?
+            .spawn(move || {
+                spool_writer(
+                    record_rx,
+                    &spool,
+                    &pseudonymizer,
+                    flush_every,
+                    &health,
+                    &notify,
+                )
+            })?
     };
 
     let correlator: SharedCorrelator = Arc::new(Mutex::new(Correlator::new(
-        config.calls.clone(),
-        config.media.clone(),
+        config.calls,
+        config.media,
     )));
 
     // Live capture threads.
@@ -266,7 +279,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             health: Arc::clone(&health),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
-        captures.push((c.interface.clone(), capture.spawn(Arc::clone(&capture_stop), sink)?));
+        captures.push((
+            c.interface.clone(),
+            capture.spawn(Arc::clone(&capture_stop), sink)?,
+        ));
     }
 
     // HEP listener and its correlation task.
@@ -296,21 +312,33 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let packets = metrics.source_packets.with(&["hep"]);
         let bytes = metrics.source_bytes.with(&["hep"]);
         let errors = Arc::clone(&metrics.decode_errors);
+        let hep_stats = Arc::clone(&hep_stats);
         hep_task = Some(tokio::spawn(async move {
+            let mut correlated = 0u64;
             while let Some(event) = rx.recv().await {
+                correlated += 1;
                 packets.inc();
                 bytes.add(event.frame.payload.len() as u64);
                 let mut c = lock(&correlator);
-                if let Err(e) = crate::correlation::hep::feed(
-                    &mut c,
-                    &event.frame,
-                    event.sequence,
-                    &mut |r| records.push(r),
-                ) {
+                if let Err(e) =
+                    crate::correlation::hep::feed(&mut c, &event.frame, event.sequence, &mut |r| {
+                        records.push(r)
+                    })
+                {
                     errors.with(&[e.kind()]).inc();
                     tracing::debug!("HEP frame not used: {e}");
                 }
             }
+            let stats = &hep_stats;
+            tracing::info!(
+                correlated,
+                frames = stats.frames.load(Ordering::Relaxed),
+                malformed = stats.malformed_total(),
+                auth_rejected = stats.auth_rejected.load(Ordering::Relaxed),
+                dropped_full = stats.dropped_full.load(Ordering::Relaxed),
+                resync_bytes = stats.resync_bytes.load(Ordering::Relaxed),
+                "HEP input stopped."
+            );
         }));
     }
 
@@ -363,7 +391,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 let mut c = lock(&correlator);
                 c.advance(Timestamp::now(), &mut |r| records.push(r));
                 metrics.calls_active.set(c.calls().open_calls() as i64);
-                metrics.streams_active.set(c.media().active_streams() as i64);
+                metrics
+                    .streams_active
+                    .set(c.media().active_streams() as i64);
                 drop(c);
                 health.progress(Stage::Correlation);
             }
@@ -371,7 +401,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     };
 
     // Uplink.
-    let mut uplink = Uplink::new(config.forward.uplink.clone(), config.forward.node_id.clone())?;
+    let mut uplink = Uplink::new(
+        config.forward.uplink.clone(),
+        config.forward.node_id.clone(),
+    )?;
     metrics.watch_tls_alerts(uplink.tls_alerts());
     let dead_letters = DeadLetters::for_uplink(&config.forward.uplink);
     let reconnect = Arc::new(Notify::new());
@@ -428,7 +461,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     // Ready: the spool is open, every source bound.
     let _ = notifier.ready();
     if let Some(dog) = observe::Watchdog::from_env(notifier.clone()) {
-        let dog = dog.with_counters(metrics.watchdog_pings.clone(), metrics.watchdog_withheld.clone());
+        let dog = dog.with_counters(
+            metrics.watchdog_pings.clone(),
+            metrics.watchdog_withheld.clone(),
+        );
         tokio::spawn(dog.run(Arc::clone(&health).watchdog_probe(), stop_rx.clone()));
     }
     tracing::info!("teledge running.");
@@ -467,7 +503,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         match thread.join() {
             Ok(Ok(stats)) => {
                 kernel_drops += stats.drops;
-                metrics.source_kernel_drops.with(&[&interface]).raise_to(stats.drops);
+                metrics
+                    .source_kernel_drops
+                    .with(&[&interface])
+                    .raise_to(stats.drops);
                 tracing::info!(%interface, packets = stats.packets, drops = stats.drops, "Capture stopped.");
             }
             Ok(Err(e)) => tracing::error!("Capture on {interface} ended: {e}"),
@@ -498,7 +537,14 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
     let batch = config.forward.uplink.batch_records;
-    let drained = forward_until_drained(&spool, &mut uplink, &dead_letters, batch, &mut backoff, Some(deadline));
+    let drained = forward_until_drained(
+        &spool,
+        &mut uplink,
+        &dead_letters,
+        batch,
+        &mut backoff,
+        Some(deadline),
+    );
     let forwarded_stats = match tokio::time::timeout_at(deadline.into(), drained).await {
         Ok(Ok(stats)) => stats,
         Ok(Err(ForwardError::Deadline(reason))) => {

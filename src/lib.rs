@@ -27,8 +27,8 @@
 //! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
-pub mod collect;
 pub mod agent_config;
+pub mod collect;
 pub mod config;
 pub mod correlation;
 pub mod daemon;

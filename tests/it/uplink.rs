@@ -45,7 +45,7 @@ fn leaf(ca: &Ca, cn: &str, names: &[&str], expired: bool) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
@@ -56,14 +56,14 @@ impl Pki {
         path
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
 
 /// The site CA, a collector certificate for `localhost`, node certificates for edge-01 and
 /// edge-02, and the bad ones: another CA's, an expired one, one for the wrong host.
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let pki = Pki {
         dir: tempfile::tempdir().unwrap(),
     };
@@ -97,9 +97,9 @@ fn pki() -> Pki {
 }
 
 /// A running collector; killed when dropped.
-struct Collector {
+pub(crate) struct Collector {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     out: PathBuf,
 }
 
@@ -110,7 +110,7 @@ impl Drop for Collector {
     }
 }
 
-fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
+pub(crate) fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
     collector_on(pki, cert, out, 0)
 }
 
@@ -196,7 +196,7 @@ fn replay_forward(config: &Path, timeout_s: u32) -> std::process::Output {
 }
 
 /// Every line the collector stored, over all files.
-fn stored(out: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn stored(out: &Path) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     for node in std::fs::read_dir(out).into_iter().flatten() {
         for file in std::fs::read_dir(node.unwrap().path())

@@ -1,0 +1,733 @@
+//! `teledge run` as a real process: configuration checks, live capture of SIPp calls on
+//! loopback, HEP input, and shutdown under load, with records arriving at a real
+//! `teledge collect` over mutual TLS.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::data_path;
+use crate::uplink::{collector, pki, stored, Pki};
+
+fn teledge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An agent configuration forwarding to `collector_port`, with `sources` added.
+fn agent_config(pki: &Pki, dir: &Path, collector_port: u16, sources: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[node]
+id = "edge-01"
+{sources}
+[privacy]
+mode = "keyed_hash"
+site_key_file = "{site}"
+[spool]
+dir = "{spool}"
+key_file = "{key}"
+key_id = 1
+flush_interval_ms = 20
+[uplink]
+url = "https://localhost:{collector_port}/v1/batches"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{client_key}"
+batch_records = 200
+timeout_ms = 3000
+[observe]
+enabled = false
+[shutdown]
+drain_timeout_s = 20
+"#,
+        site = pki.path("site.key").display(),
+        spool = dir.join("spool").display(),
+        key = pki.path("spool.key").display(),
+        ca = pki.path("ca.pem").display(),
+        cert = pki.path("edge-01.pem").display(),
+        client_key = pki.path("edge-01.key").display(),
+    );
+    let path = dir.join("teledge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running agent; SIGTERM ends it and returns its exit summary.
+struct Agent {
+    child: Child,
+    rest: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        let child = teledge()
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "TELEDGE_LOG",
+                std::env::var("TELEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Agent { child, rest: None }
+    }
+
+    /// Reads stderr until `line` shows up (the agent logs when it is running).
+    fn wait_for_log(&mut self, needle: &str) -> Vec<String> {
+        let stderr = self.child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    // Keep draining in the background so the agent never blocks on stderr.
+                    let rest = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                    let sink = rest.clone();
+                    thread::spawn(move || {
+                        while let Ok(l) = rx.recv() {
+                            sink.lock().unwrap().push(l);
+                        }
+                    });
+                    self.rest = Some(rest);
+                    return seen;
+                }
+            }
+        }
+        panic!("agent never logged {needle:?}: {seen:#?}");
+    }
+}
+
+impl Agent {
+    /// SIGTERM, wait, and the `stopped:` summary.
+    fn stop(mut self) -> Value {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "agent exit {status:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop within 40 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(200));
+        let lines = self
+            .rest
+            .as_ref()
+            .map(|r| r.lock().unwrap().clone())
+            .unwrap_or_default();
+        if std::env::var("TELEDGE_TEST_LOG").is_ok() {
+            println!("agent log:\n{}", lines.join("\n"));
+        }
+        let summary = lines
+            .iter()
+            .find_map(|l| {
+                l.split_once("teledge: stopped: ")
+                    .map(|(_, j)| j.to_string())
+            })
+            .unwrap_or_else(|| panic!("no summary in {lines:#?}"));
+        serde_json::from_str(&summary).unwrap()
+    }
+}
+
+// `rest` holds the agent's log lines after the wait; declared apart to keep `start` short.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records at the collector, waiting until `count` of them satisfy `want` (or time runs out).
+fn collected(
+    out: &Path,
+    want: impl Fn(&Value) -> bool,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records: Vec<Value> = stored(out)
+            .into_iter()
+            .map(|l| l["record"].clone())
+            .filter(|r| want(r))
+            .collect();
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn check_config_lists_every_problem_with_its_path_and_line_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"[node]
+id = "a/b"
+
+[[capture]]
+interface = "this-name-is-far-too-long"
+block_kib = 1000
+
+[hep]
+udp = "not an address"
+
+[correlation]
+setup_timeout_s = 0
+
+[[sensors]]
+name = "ups"
+port = "/dev/ttyUSB0"
+profile = "no-such-profile"
+
+[spool]
+dir = "/tmp/x"
+[uplink]
+url = "http://collector.example/v1/batches"
+ca_file = "/nonexistent/ca.pem"
+cert_file = "/nonexistent/c.pem"
+key_file = "/nonexistent/k.pem"
+[observe]
+listen = "0.0.0.0:9464"
+[shutdown]
+drain_timeout_s = 600
+"#,
+    )
+    .unwrap();
+    let out = teledge().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "node.id (line 2)",
+        "capture[0].interface (line 5)",
+        "capture[0].block_kib (line 6)",
+        "hep.udp (line 9)",
+        "correlation.setup_timeout_s (line 12)",
+        "sensors[0].profile (line 17)",
+        "spool.key_file",
+        "uplink.url (line 22)",
+        "uplink.ca_file (line 23)",
+        "observe.listen (line 27)",
+        "shutdown.drain_timeout_s (line 29)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing in:\n{stderr}"
+        );
+    }
+    // `run` refuses the same file with the same code, before starting anything.
+    let out = teledge()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    // A syntax error names its line.
+    std::fs::write(&bad, "[node]\nid = \"x\"\n[uplink\n").unwrap();
+    let out = teledge().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+}
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    for (from, to) in [
+        ("site.key", "site.key"),
+        ("spool.key", "spool.key"),
+        ("ca.pem", "ca.pem"),
+        ("edge-01.pem", "node.pem"),
+        ("edge-01.key", "node.key"),
+    ] {
+        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("teledge.example.toml"))
+        .unwrap()
+        .replace("/etc/teledge/", &format!("{}/", etc.display()));
+    let path = etc.join("teledge.toml");
+    std::fs::write(&path, example).unwrap();
+    // From the checkout, so profile names resolve in firmware-config/.
+    let out = teledge()
+        .current_dir(&root)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("valid (1 capture interface(s), HEP on, 2 sensor(s), node edge-01)"));
+}
+
+/// A HEPv3 frame carrying one SIP message over UDP between two IPv4 endpoints.
+fn hep_frame(
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    secs: u32,
+    usecs: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    let mut chunk = |kind: u16, data: &[u8]| {
+        chunks.extend_from_slice(&0u16.to_be_bytes());
+        chunks.extend_from_slice(&kind.to_be_bytes());
+        chunks.extend_from_slice(&((data.len() + 6) as u16).to_be_bytes());
+        chunks.extend_from_slice(data);
+    };
+    chunk(1, &[2]);
+    chunk(2, &[17]);
+    chunk(3, &src.0);
+    chunk(4, &dst.0);
+    chunk(7, &src.1.to_be_bytes());
+    chunk(8, &dst.1.to_be_bytes());
+    chunk(9, &secs.to_be_bytes());
+    chunk(10, &usecs.to_be_bytes());
+    chunk(11, &[1]);
+    chunk(12, &2001u32.to_be_bytes());
+    chunk(15, payload);
+    let mut frame = b"HEP3".to_vec();
+    frame.extend_from_slice(&((chunks.len() + 6) as u16).to_be_bytes());
+    frame.extend_from_slice(&chunks);
+    frame
+}
+
+/// The messages of one complete call: INVITE, 200, ACK, BYE, 200.
+fn call_messages(n: u32) -> Vec<String> {
+    let call_id = format!("load-{n}@hep.test");
+    let head = |start: &str, method: &str, cseq: u32| {
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{n}{method}\r\nFrom: <sip:100{n}@pbx>;tag=a{n}\r\nTo: <sip:200@pbx>;tag=b{n}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    vec![
+        head("INVITE sip:200@pbx SIP/2.0", "INVITE", 1)
+            .replace(&format!("To: <sip:200@pbx>;tag=b{n}"), "To: <sip:200@pbx>"),
+        head("SIP/2.0 200 OK", "INVITE", 1),
+        head("ACK sip:200@pbx SIP/2.0", "ACK", 1),
+        head("BYE sip:100@pbx SIP/2.0", "BYE", 2),
+        head("SIP/2.0 200 OK", "BYE", 2),
+    ]
+}
+
+#[test]
+fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let (udp_port, tcp_port) = (free_port(), free_port());
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n"),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+
+    // The HEP frames of hep.pcap, as the PBX sent them, over UDP.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut hep_frames = 0;
+    teledge::sources::capture_file::read_frames(
+        &std::fs::read(data_path("hep.pcap")).unwrap()[..],
+        |frame, _| {
+            if let Some(pos) = frame.data.windows(4).position(|w| w == b"HEP3") {
+                sock.send_to(&frame.data[pos..], ("127.0.0.1", udp_port))
+                    .unwrap();
+                hep_frames += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert!(hep_frames > 0);
+
+    // Load over TCP: complete calls back to back; SIGTERM arrives in the middle.
+    let mut stream = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut sent_calls = 0u32;
+    for n in 0..400u32 {
+        for (i, message) in call_messages(n).iter().enumerate() {
+            let (src, dst) = if i == 1 || i == 4 {
+                (([10, 0, 0, 2], 5060), ([10, 0, 0, 1], 5060))
+            } else {
+                (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060))
+            };
+            stream
+                .write_all(&hep_frame(
+                    src,
+                    dst,
+                    now,
+                    n * 10 + i as u32,
+                    message.as_bytes(),
+                ))
+                .unwrap();
+        }
+        sent_calls += 1;
+    }
+    // Half of a last call: it is open when the agent stops.
+    let open = call_messages(9999);
+    stream
+        .write_all(&hep_frame(
+            ([10, 0, 0, 1], 5060),
+            ([10, 0, 0, 2], 5060),
+            now,
+            1,
+            open[0].as_bytes(),
+        ))
+        .unwrap();
+    stream
+        .write_all(&hep_frame(
+            ([10, 0, 0, 2], 5060),
+            ([10, 0, 0, 1], 5060),
+            now,
+            2,
+            open[1].as_bytes(),
+        ))
+        .unwrap();
+    stream.flush().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let summary = agent.stop();
+    println!("HEP load: {sent_calls} calls sent; agent summary {summary}");
+
+    let produced = summary["records_produced"].as_u64().unwrap();
+    assert_eq!(summary["records_dropped_queue_full"], 0);
+    assert_eq!(
+        summary["records_spooled"].as_u64().unwrap(),
+        produced,
+        "every record produced was spooled"
+    );
+    assert_eq!(
+        summary["records_left_in_spool"], 0,
+        "drained within the deadline"
+    );
+    let calls = collected(
+        &out,
+        |r| r["type"] == "call",
+        produced as usize,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        calls.len() as u64,
+        produced,
+        "every record produced reached the collector"
+    );
+    let load: Vec<&Value> = calls
+        .iter()
+        .filter(|r| r["call_id"].as_str().unwrap().starts_with("load-"))
+        .collect();
+    assert_eq!(
+        load.len(),
+        sent_calls as usize + 1,
+        "{} load calls",
+        load.len()
+    );
+    assert!(
+        load.iter()
+            .filter(|r| r["outcome"] == "answered" && r["closed_by"] == "bye")
+            .count()
+            == sent_calls as usize
+    );
+    let partial: Vec<&&Value> = load
+        .iter()
+        .filter(|r| r["closed_by"] == "shutdown")
+        .collect();
+    assert_eq!(
+        partial.len(),
+        1,
+        "the open call is flushed as a partial record"
+    );
+    assert_eq!(partial[0]["complete"], false);
+    // The call inside hep.pcap (challenged with 407; TShark shows its six messages).
+    assert!(
+        calls
+            .iter()
+            .any(|r| !r["call_id"].as_str().unwrap().starts_with("load-")),
+        "the hep.pcap call"
+    );
+}
+
+/// A SIPp process, killed when dropped.
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sipp(args: &[&str], cwd: &Path) -> Command {
+    let mut cmd = Command::new("sipp");
+    cmd.args(args)
+        .arg("-nostdin")
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
+    assert!(
+        Command::new("sipp").arg("-v").output().is_ok(),
+        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
+    );
+    assert!(
+        is_root(),
+        "live capture needs root (CAP_NET_RAW), as CI has"
+    );
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n[correlation]\nstream_idle_s = 5\n",
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+
+    let scenarios = data_path("sipp");
+    // uac_pcap plays pcap/g711a.pcap relative to its directory.
+    let work = dir.path().join("sipp");
+    std::fs::create_dir_all(work.join("pcap")).unwrap();
+    for f in ["g711a.pcap", "dtmf_2833_1.pcap"] {
+        std::os::unix::fs::symlink(
+            Path::new("/usr/share/sip-tester").join(f),
+            work.join("pcap").join(f),
+        )
+        .unwrap();
+    }
+    let (answer, busy, ring) = (free_port(), free_port(), free_port());
+    let _uas = Sipp(
+        sipp(
+            &[
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &answer.to_string(),
+                "-mp",
+                "16000",
+            ],
+            &work,
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let _busy = Sipp(
+        sipp(
+            &[
+                "-sf",
+                scenarios.join("uas_busy.xml").to_str().unwrap(),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &busy.to_string(),
+            ],
+            &work,
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let _ring = Sipp(
+        sipp(
+            &[
+                "-sf",
+                scenarios.join("uas_ringing.xml").to_str().unwrap(),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &ring.to_string(),
+            ],
+            &work,
+        )
+        .spawn()
+        .unwrap(),
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    let run_uac = |args: Vec<String>| {
+        let status = sipp(&args.iter().map(String::as_str).collect::<Vec<_>>(), &work)
+            .status()
+            .unwrap();
+        assert!(status.success(), "sipp {args:?}: {status:?}");
+    };
+    let started = Instant::now();
+    let answered = {
+        let cwd = work.display().to_string();
+        let args: Vec<String> = [
+            "--cwd",
+            &cwd,
+            "-sn",
+            "uac_pcap",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-m",
+            "1",
+            "-mp",
+            "17000",
+            "-nostdin",
+            &format!("127.0.0.1:{answer}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        thread::spawn(move || run_uac_owned(args))
+    };
+    run_uac(
+        [
+            "-sf",
+            scenarios.join("uac_busy.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-m",
+            "1",
+            &format!("127.0.0.1:{busy}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    run_uac(
+        [
+            "-sf",
+            scenarios.join("uac_cancel.xml").to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-m",
+            "1",
+            &format!("127.0.0.1:{ring}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    answered.join().unwrap();
+    println!("SIPp calls done in {:?}", started.elapsed());
+
+    let calls = collected(&out, |r| r["type"] == "call", 3, Duration::from_secs(30));
+    let summary = agent.stop();
+    println!("live capture summary: {summary}");
+    assert_eq!(summary["kernel_drops"], 0);
+    let calls = if calls.len() < 3 {
+        collected(&out, |r| r["type"] == "call", 3, Duration::from_secs(5))
+    } else {
+        calls
+    };
+    let outcome = |o: &str| {
+        calls
+            .iter()
+            .find(|r| r["outcome"] == o)
+            .unwrap_or_else(|| panic!("no {o} call in {calls:#?}"))
+            .clone()
+    };
+    let busy = outcome("busy");
+    assert_eq!(busy["final_status"], 486);
+    let abandoned = outcome("abandoned");
+    assert_eq!(abandoned["closed_by"], "cancel");
+    let ring = abandoned["ring_duration_s"].as_f64().unwrap();
+    assert!(
+        (1.4..3.0).contains(&ring),
+        "rang {ring} s before the caller gave up (1.5 s pause)"
+    );
+    let call = outcome("answered");
+    assert_eq!(call["closed_by"], "bye");
+    // uac_pcap: ACK, 8 s of audio playing, then 1 s of DTMF, then BYE.
+    let talk = call["talk_duration_s"].as_f64().unwrap();
+    assert!((8.5..12.0).contains(&talk), "talk {talk}");
+    // g711a.pcap holds 236 RTP packets (TShark: 236 frames); every one was captured and
+    // attributed to the caller's direction.
+    let streams = call["media_quality"]["caller_to_callee"]
+        .as_array()
+        .unwrap();
+    let audio = streams
+        .iter()
+        .find(|s| s["codec"] == "PCMA")
+        .unwrap_or_else(|| panic!("{streams:#?}"));
+    assert_eq!(audio["metrics"]["packets"], 236, "{audio:#}");
+    assert_eq!(audio["metrics"]["lost"], 0);
+}
+
+fn run_uac_owned(args: Vec<String>) {
+    let work = args
+        .iter()
+        .position(|a| a == "--cwd")
+        .map(|i| args[i + 1].clone());
+    let args: Vec<String> = match args.iter().position(|a| a == "--cwd") {
+        Some(i) => args[..i].iter().chain(&args[i + 2..]).cloned().collect(),
+        None => args,
+    };
+    let mut cmd = Command::new("sipp");
+    if let Some(work) = work {
+        cmd.current_dir(work);
+    }
+    let status = cmd
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "sipp {args:?}: {status:?}");
+}
+
+fn is_root() -> bool {
+    // The effective uid, from /proc (no libc call needed).
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}
