@@ -255,10 +255,8 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             })?
     };
 
-    let correlator: SharedCorrelator = Arc::new(Mutex::new(Correlator::new(
-        config.calls,
-        config.media,
-    )));
+    let correlator: SharedCorrelator =
+        Arc::new(Mutex::new(Correlator::new(config.calls, config.media)));
 
     // Live capture threads.
     let capture_stop = Arc::new(AtomicBool::new(false));
