@@ -57,10 +57,19 @@ enum Command {
 const PTIME: Duration = Duration::from_millis(20);
 const CALLER_SIP: u16 = 5062;
 const CALLEE_SIP: u16 = 5060;
-const CALLER_RTP_BASE: u16 = 20_000;
-const CALLEE_RTP_BASE: u16 = 40_000;
-/// Most calls: two RTP ports a call below 65,536 from each base.
-const MAX_CALLS: u32 = 10_000;
+/// Every call's media endpoints share these ports; the calls differ by address (below).
+const CALLER_RTP: u16 = 20_000;
+const CALLEE_RTP: u16 = 40_000;
+/// Most calls: addresses 127.1.0.0 to 127.1.255.255 (and 127.2.x.y).
+const MAX_CALLS: u32 = 65_536;
+
+/// The media address of one side of a call: 127.1.x.y for the caller, 127.2.x.y for the
+/// callee. A socket bound to 0.0.0.0 receives for all of 127/8, so two sockets take every
+/// call's RTP and nothing is sent to a closed port (loopback does not rate-limit ICMP port
+/// unreachables, which would double the traffic).
+fn media_ip(side: u8, call: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, side, (call >> 8) as u8, call as u8)
+}
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -73,9 +82,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn sdp(port: u16) -> String {
+fn sdp(address: std::net::Ipv4Addr, port: u16) -> String {
     format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        "v=0\r\no=- 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\n"
     )
 }
@@ -107,12 +116,16 @@ fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
         UdpSocket::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))
     };
     let (caller_sip, callee_sip) = (bind(CALLER_SIP)?, bind(CALLEE_SIP)?);
+    let bind_any = |port: u16| {
+        UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))
+    };
+    // Sinks for every call's RTP, never read: datagrams beyond their buffers are dropped
+    // after the capture tap has seen them.
+    let (_caller_sink, _callee_sink) = (bind_any(CALLER_RTP)?, bind_any(CALLEE_RTP)?);
     // One socket per side sends every call's stream of that side; the streams differ by
-    // destination port (the other side's SDP endpoint) and SSRC.
+    // destination address (the other side's SDP endpoint) and SSRC.
     let (caller_rtp, callee_rtp) = (bind(0)?, bind(0)?);
     let to = |port: u16| ("127.0.0.1", port);
-    let caller_port = |call: u32| CALLER_RTP_BASE + 2 * call as u16;
-    let callee_port = |call: u32| CALLEE_RTP_BASE + 2 * call as u16;
 
     for call in 0..calls {
         let invite_line = "INVITE sip:agent@127.0.0.1 SIP/2.0";
@@ -122,7 +135,7 @@ fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
             "INVITE",
             1,
             false,
-            &sdp(caller_port(call)),
+            &sdp(media_ip(1, call), CALLER_RTP),
         );
         caller_sip.send_to(invite.as_bytes(), to(CALLEE_SIP))?;
         let ok = sip(
@@ -131,7 +144,7 @@ fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
             "INVITE",
             1,
             true,
-            &sdp(callee_port(call)),
+            &sdp(media_ip(2, call), CALLEE_RTP),
         );
         callee_sip.send_to(ok.as_bytes(), to(CALLER_SIP))?;
         let ack = sip(call, "ACK sip:agent@127.0.0.1 SIP/2.0", "ACK", 1, true, "");
@@ -153,15 +166,15 @@ fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
         }
         for call in 0..calls {
             for (socket, ssrc, dst) in [
-                (&caller_rtp, 2 * call, callee_port(call)),
-                (&callee_rtp, 2 * call + 1, caller_port(call)),
+                (&caller_rtp, 2 * call, (media_ip(2, call), CALLEE_RTP)),
+                (&callee_rtp, 2 * call + 1, (media_ip(1, call), CALLER_RTP)),
             ] {
                 packet[0] = 0x80;
                 packet[1] = 8; // PCMA
                 packet[2..4].copy_from_slice(&(tick as u16).to_be_bytes());
                 packet[4..8].copy_from_slice(&(tick * 160).to_be_bytes());
                 packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
-                match socket.send_to(&packet, to(dst)) {
+                match socket.send_to(&packet, dst) {
                     Ok(_) => sent += 1,
                     Err(_) => errors += 1,
                 }
