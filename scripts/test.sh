@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# iproute2: the live-capture tests run in network namespaces of their own.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # SIPp (sip-tester): the daemon test places real calls with RTP and captures them live.
 command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || need+=(sip-tester)
 # systemd-analyze and systemd-sysusers: the observe tests check the unit and sysusers files.

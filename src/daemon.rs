@@ -37,7 +37,9 @@ use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
 use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
 use crate::sensors::device::{Device, SerialOpener};
-use crate::sources::afpacket::{LiveCapture, LivePacket, PacketSink, RingSettings};
+use crate::sources::afpacket::{
+    KernelStats, LiveCapture, LivePacket, PacketSink, RingSettings, STOP_CHECK_INTERVAL,
+};
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
 use crate::time::Timestamp;
@@ -174,6 +176,26 @@ impl PacketSink for CaptureSink {
     }
 }
 
+impl CaptureSink {
+    /// Publishes the decoder's error counters by kind (they only grow).
+    fn report_decode_errors(&self, metrics: &AgentMetrics) {
+        let s = self.dissector.stats();
+        for (kind, n) in [
+            ("link", s.link_errors),
+            ("ip", s.ip_errors),
+            ("tunnel", s.tunnel_errors),
+            ("depth_exceeded", s.depth_exceeded),
+            ("sip_parse", s.sip_parse_errors),
+            ("stream_bytes_discarded", s.stream_bytes_discarded),
+            ("hep", s.hep_errors),
+        ] {
+            if n > 0 {
+                metrics.decode_errors.with(&[kind]).raise_to(n);
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-validated on SIGHUP.
 pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, DaemonError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -277,10 +299,24 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             health: Arc::clone(&health),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
-        captures.push((
-            c.interface.clone(),
-            capture.spawn(Arc::clone(&capture_stop), sink)?,
-        ));
+        let stop = Arc::clone(&capture_stop);
+        let metrics = Arc::clone(&metrics);
+        let interface = c.interface.clone();
+        let promiscuous = c.promiscuous;
+        let thread = std::thread::Builder::new()
+            .name(format!("capture-{interface}"))
+            .spawn(move || {
+                capture_loop(
+                    capture,
+                    &interface,
+                    ring,
+                    promiscuous,
+                    &stop,
+                    sink,
+                    &metrics,
+                )
+            })?;
+        captures.push((c.interface.clone(), thread));
     }
 
     // HEP listener and its correlation task.
@@ -404,6 +440,25 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         config.forward.node_id.clone(),
     )?;
     metrics.watch_tls_alerts(uplink.tls_alerts());
+    let report_progress = {
+        let metrics = Arc::clone(&metrics);
+        let health = Arc::clone(&health);
+        move |stats: &crate::uplink::client::UplinkStats, acknowledged: bool| {
+            metrics.observe_uplink(stats, SystemTime::now());
+            if acknowledged {
+                health.uplink_current();
+            }
+            health.progress(Stage::Uplink);
+        }
+    };
+    uplink.on_progress(report_progress.clone());
+    {
+        // Read at scrape time: a renewed certificate shows at once.
+        let cert = config.forward.uplink.cert_file.clone();
+        metrics
+            .uplink_client_cert_not_after_timestamp_seconds
+            .set_source(move || crate::uplink::tls::certificate_not_after(&cert).map(|t| t as f64));
+    }
     let dead_letters = DeadLetters::for_uplink(&config.forward.uplink);
     let reconnect = Arc::new(Notify::new());
     let forwarder = {
@@ -439,7 +494,12 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = stop.changed() => break,
                     _ = reconnect.notified() => {
                         match Uplink::new(uplink_config.clone(), node.clone()) {
-                            Ok(fresh) => uplink = fresh,
+                            Ok(mut fresh) => {
+                                // Totals carry over: the metrics mirror them and never go down.
+                                fresh.stats = std::mem::take(&mut uplink.stats);
+                                fresh.on_progress(report_progress.clone());
+                                uplink = fresh;
+                            }
                             Err(e) => tracing::error!("Uplink not reloaded: {e}"),
                         }
                         continue;
@@ -499,15 +559,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let mut kernel_drops = 0;
     for (interface, thread) in captures {
         match thread.join() {
-            Ok(Ok(stats)) => {
+            Ok(stats) => {
                 kernel_drops += stats.drops;
-                metrics
-                    .source_kernel_drops
-                    .with(&[&interface])
-                    .raise_to(stats.drops);
                 tracing::info!(%interface, packets = stats.packets, drops = stats.drops, "Capture stopped.");
             }
-            Ok(Err(e)) => tracing::error!("Capture on {interface} ended: {e}"),
             Err(_) => tracing::error!("Capture thread of {interface} panicked."),
         }
     }
@@ -571,6 +626,84 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         records_left_in_spool: left,
         kernel_drops,
     })
+}
+
+/// A capture thread: reads the ring into the sink until `stop`, publishes the kernel's
+/// counters and the decode errors every second, and when the interface goes down or away
+/// closes the capture and reopens it with backoff (capped at 30 s) — a flapping link or a
+/// recreated VLAN interface must not end capture for good. Returns the kernel's counters
+/// summed over every opening.
+fn capture_loop(
+    first: LiveCapture,
+    interface: &str,
+    ring: RingSettings,
+    promiscuous: bool,
+    stop: &AtomicBool,
+    mut sink: CaptureSink,
+    metrics: &AgentMetrics,
+) -> KernelStats {
+    let drops = metrics.source_kernel_drops.with(&[interface]);
+    let mut capture = Some(first);
+    // Counters of captures already closed; the open one's are added on top.
+    let mut closed = KernelStats::default();
+    let mut current = KernelStats::default();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut reopen_at = Instant::now();
+    let mut last_report = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(open) = capture.as_mut() else {
+            if Instant::now() < reopen_at {
+                std::thread::sleep(STOP_CHECK_INTERVAL);
+                continue;
+            }
+            match LiveCapture::open(interface, ring, promiscuous) {
+                Ok(c) => {
+                    tracing::info!(interface, "Capture reopened.");
+                    backoff.reset();
+                    capture = Some(c);
+                }
+                Err(e) => {
+                    tracing::debug!(interface, "Capture not reopened yet: {e}");
+                    reopen_at = Instant::now() + backoff.next_wait();
+                }
+            }
+            continue;
+        };
+        if let Err(e) = open.next_batch(STOP_CHECK_INTERVAL, |p| sink.packet(p)) {
+            tracing::warn!("{e}; reopening with backoff.");
+            if let Ok(k) = open.stats() {
+                current = k;
+            }
+            closed = add_stats(closed, current);
+            current = KernelStats::default();
+            capture = None;
+            reopen_at = Instant::now() + backoff.next_wait();
+        }
+        sink.batch_end();
+        if last_report.elapsed() >= TICK {
+            last_report = Instant::now();
+            if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
+                current = k;
+            }
+            drops.raise_to(add_stats(closed, current).drops);
+            sink.report_decode_errors(metrics);
+        }
+    }
+    if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
+        current = k;
+    }
+    let total = add_stats(closed, current);
+    drops.raise_to(total.drops);
+    sink.report_decode_errors(metrics);
+    total
+}
+
+fn add_stats(a: KernelStats, b: KernelStats) -> KernelStats {
+    KernelStats {
+        packets: a.packets + b.packets,
+        drops: a.drops + b.drops,
+        freeze_queue: a.freeze_queue + b.freeze_queue,
+    }
 }
 
 /// The spool writer: pseudonymises and appends records, commits in groups (durable at most

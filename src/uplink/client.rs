@@ -51,6 +51,9 @@ pub struct UplinkStats {
     pub dead_letter_dropped_files: u64,
 }
 
+/// Called with the uplink's totals and whether the attempt was acknowledged.
+type ProgressHook = Box<dyn FnMut(&UplinkStats, bool) + Send>;
+
 /// Exponential backoff with full jitter between `min` and `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -95,6 +98,9 @@ pub struct Uplink {
     tls: ClientTls,
     sender: Option<SendRequest<Full<Bytes>>>,
     pub stats: UplinkStats,
+    /// Told the totals after every attempt (the daemon's metrics), so an outage shows its
+    /// retries while it lasts, not only when the backlog has drained.
+    progress: Option<ProgressHook>,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -121,7 +127,19 @@ impl Uplink {
             tls,
             sender: None,
             stats: UplinkStats::default(),
+            progress: None,
         })
+    }
+
+    /// Calls `f(totals, acknowledged)` after every attempt to send a batch.
+    pub fn on_progress(&mut self, f: impl FnMut(&UplinkStats, bool) + Send + 'static) {
+        self.progress = Some(Box::new(f));
+    }
+
+    fn report(&mut self, acknowledged: bool) {
+        if let Some(f) = self.progress.as_mut() {
+            f(&self.stats, acknowledged);
+        }
     }
 
     pub fn tls_alerts(&self) -> Arc<crate::uplink::tls::TlsAlerts> {
@@ -285,6 +303,7 @@ pub async fn forward_until_drained(
                 uplink.stats.records += ack.accepted;
                 uplink.stats.duplicates += ack.duplicates;
                 lock(spool).ack(last_id)?;
+                uplink.report(true);
             }
             Err(SendError::Permanent(status, reason)) => {
                 tracing::error!(batch = %batch_id, status, reason = %reason, "Collector rejected a batch; moved to dead letters.");
@@ -294,9 +313,11 @@ pub async fn forward_until_drained(
                 uplink.stats.dead_lettered_batches += 1;
                 uplink.stats.dead_letter_dropped_files += removed;
                 lock(spool).ack(last_id)?;
+                uplink.report(false);
             }
             Err(SendError::Retriable(reason)) => {
                 uplink.stats.retries += 1;
+                uplink.report(false);
                 let wait = backoff.next_wait();
                 if deadline.is_some_and(|d| Instant::now() + wait > d) {
                     lock(spool).flush()?;

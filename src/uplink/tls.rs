@@ -250,6 +250,15 @@ pub fn server_config_without_client_auth(
     Ok(Arc::new(config))
 }
 
+/// When the first certificate of a PEM file expires, in seconds since the Unix epoch (for the
+/// certificate-expiry metric; `None` when the file does not hold a readable certificate).
+pub fn certificate_not_after(path: &Path) -> Option<i64> {
+    let certs = load_certs(path).ok()?;
+    let first = certs.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(first.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
 /// The node id a client certificate names: its subject common name.
 pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

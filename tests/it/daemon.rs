@@ -27,7 +27,13 @@ fn free_port() -> u16 {
 }
 
 /// An agent configuration forwarding to `collector_port`, with `sources` added.
-fn agent_config(pki: &Pki, dir: &Path, collector_port: u16, sources: &str) -> PathBuf {
+fn agent_config(
+    pki: &Pki,
+    dir: &Path,
+    collector_port: u16,
+    sources: &str,
+    metrics_port: Option<u16>,
+) -> PathBuf {
     let text = format!(
         r#"
 [node]
@@ -49,7 +55,7 @@ key_file = "{client_key}"
 batch_records = 200
 timeout_ms = 3000
 [observe]
-enabled = false
+{observe}
 [shutdown]
 drain_timeout_s = 20
 "#,
@@ -59,6 +65,10 @@ drain_timeout_s = 20
         ca = pki.path("ca.pem").display(),
         cert = pki.path("edge-01.pem").display(),
         client_key = pki.path("edge-01.key").display(),
+        observe = match metrics_port {
+            Some(port) => format!("listen = \"127.0.0.1:{port}\""),
+            None => "enabled = false".into(),
+        },
     );
     let path = dir.join("teledge.toml");
     std::fs::write(&path, text).unwrap();
@@ -358,6 +368,7 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         dir.path(),
         c.port,
         &format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n"),
+        None,
     );
     let mut agent = Agent::start(&config);
     agent.wait_for_log("teledge running");
@@ -509,6 +520,12 @@ fn sipp(args: &[&str], cwd: &Path) -> Command {
 
 #[test]
 fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
+    // A network namespace of its own: the loopback carries only this test's calls (other
+    // tests send SIP and HEP on the shared one, and the capture would rightly report them).
+    crate::live::in_fresh_netns(live_capture_of_sipp_calls);
+}
+
+fn live_capture_of_sipp_calls() {
     assert!(
         Command::new("sipp").arg("-v").output().is_ok(),
         "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
@@ -521,11 +538,13 @@ fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("collected");
     let c = collector(&pki, "collector", &out);
+    let metrics_port = free_port();
     let config = agent_config(
         &pki,
         dir.path(),
         c.port,
         "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n[correlation]\nstream_idle_s = 5\n",
+        Some(metrics_port),
     );
     let mut agent = Agent::start(&config);
     agent.wait_for_log("teledge running");
@@ -656,7 +675,31 @@ fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
     answered.join().unwrap();
     println!("SIPp calls done in {:?}", started.elapsed());
 
-    let calls = collected(&out, |r| r["type"] == "call", 3, Duration::from_secs(30));
+    // A call's record is made once its dialog has lingered 32 s after the end for late
+    // retransmissions (as in replay), so the answered call arrives about 40 s in.
+    let calls = collected(&out, |r| r["type"] == "call", 3, Duration::from_secs(60));
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    // What an operator's Prometheus sees meanwhile.
+    let metrics = http_get(metrics_port, "/metrics");
+    for expected in [
+        "teledge_source_kernel_drops_total{source=\"lo\"} 0",
+        "teledge_records_produced_total{kind=\"call\"} 3",
+        "teledge_uplink_batches_acked_total",
+        "teledge_uplink_client_cert_not_after_timestamp_seconds",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing in:\n{metrics}"
+        );
+    }
+    let packets = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("teledge_source_packets_total{source=\"lo\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(packets > 236, "captured packets {packets}");
+    let health = http_get(metrics_port, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let summary = agent.stop();
     println!("live capture summary: {summary}");
     assert_eq!(summary["kernel_drops"], 0);
@@ -697,6 +740,19 @@ fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
         .unwrap_or_else(|| panic!("{streams:#?}"));
     assert_eq!(audio["metrics"]["packets"], 236, "{audio:#}");
     assert_eq!(audio["metrics"]["lost"], 0);
+}
+
+/// A plain HTTP/1.1 GET on loopback: status line, headers and body as text.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+    text
 }
 
 fn run_uac_owned(args: Vec<String>) {

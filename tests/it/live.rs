@@ -57,7 +57,7 @@ fn require_root() {
 }
 
 /// Runs `f` on a thread in a fresh network namespace whose loopback is up.
-fn in_fresh_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(crate) fn in_fresh_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     require_root();
     let thread = std::thread::spawn(move || {
         // SAFETY: unshare takes no pointers; it moves only this thread (namespaces are per
