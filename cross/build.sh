@@ -23,9 +23,12 @@ fi
 build() { # target qemu sysroot
   rustup target add "$1" >/dev/null
   cargo build --locked --release --target "$1" --bin teledge
-  local bin="target/$1/release/teledge"
+  local bin="${CARGO_TARGET_DIR:-target}/$1/release/teledge"
   file "$bin" 2>/dev/null || true
   "$2" -L "$3" "$bin" replay tests/data/sngrep_aaa.pcap --format table | tail -n 5
+  # The daemon's parts that touch the OS: serial port listing (sysfs) and config checking.
+  "$2" -L "$3" "$bin" sensors list
+  "$2" -L "$3" "$bin" check-config teledge.example.toml || [ $? -eq 78 ]
 }
 
 case $which in
