@@ -1,56 +1,106 @@
 #!/usr/bin/env bash
-# Live-capture benchmark: the most concurrent G.711 calls one core captures without kernel drops.
+# Live-capture benchmark: the most concurrent G.711 calls (20 ms packets, both ways) that
+# `teledge run` captures on one core without a single kernel drop.
 #
-# In a private network namespace (its loopback carries only this traffic), `teledge-loadgen
-# capture` (AF_PACKET ring, decode, correlation; pinned to core 1) runs while `teledge-loadgen
-# send` (pinned to core 0) puts N calls onto loopback in real time: SIP setup, then RTP both
-# ways, 160-byte payload every 20 ms (100 packets/s a call), then BYE. N doubles from START
-# until the ring drops packets (or the sender cannot keep its schedule), then bisects. Prints
-# one row per step and the best N with its packet rate and peak RSS. Needs root (CAP_NET_RAW,
-# unshare -n), util-linux (unshare, taskset) and iproute2. About 2 minutes with the defaults.
+# In a private network namespace (its loopback carries only this traffic), `teledge run`
+# (AF_PACKET ring → decode → correlation → spool; pinned to core 1) captures while
+# `teledge-loadgen send` (pinned to core 0) puts N calls onto loopback in real time: SIP
+# setup, then RTP both ways, 160-byte payload every 20 ms (100 packets/s a call), then BYE.
+# After each step teledge is stopped with SIGTERM and its exit summary gives the kernel's
+# packet and drop counters; peak RSS is VmHWM just before the stop. N doubles from START
+# until the ring drops packets (or the sender cannot keep its schedule), then bisects.
+# Needs root (CAP_NET_RAW, unshare -n), util-linux, iproute2 and openssl (test certificates
+# for the uplink configuration; no collector runs, records stay in the spool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_SECONDS=${STEP_SECONDS:-8}
 START=${START:-250}
 MAX=${MAX:-8000}
 BISECT=${BISECT:-3}
-RING_MIB=${RING_MIB:-4}
+RING_MIB=${RING_MIB:-16}
 [ "$(id -u)" -eq 0 ] || { echo "bench-live.sh: needs root (AF_PACKET capture, network namespace)" >&2; exit 1; }
-cargo build --release --locked --bin teledge-loadgen -q
-bin="${CARGO_TARGET_DIR:-target}/release/teledge-loadgen"
-dir=target/bench
-mkdir -p "$dir"
+cargo build --release --locked --bin teledge --bin teledge-loadgen -q
+target="${CARGO_TARGET_DIR:-target}/release"
+dir=$(realpath -m target/bench/live)
+rm -rf "$dir" && mkdir -p "$dir/pki"
 
-# run N: prints "drops kernel_packets rtp_sent rtp_target achieved_pps max_lag_ms rss_kib rtp_seen sip"
+# Keys and certificates the configuration must name (the uplink is never reached).
+( cd "$dir/pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout ca.key -out ca.pem 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench -keyout node.key \
+    -out node.csr 2>/dev/null
+  openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out node.pem 2>/dev/null
+  head -c 32 /dev/urandom > spool.key; head -c 32 /dev/urandom > site.key )
+
+config() { # spool dir
+  cat <<EOF
+[node]
+id = "bench"
+[[capture]]
+interface = "lo"
+ring_mib = $RING_MIB
+block_kib = 1024
+[privacy]
+mode = "keyed_hash"
+site_key_file = "$dir/pki/site.key"
+[spool]
+dir = "$1"
+key_file = "$dir/pki/spool.key"
+[uplink]
+url = "https://127.0.0.1:1/v1/batches"
+ca_file = "$dir/pki/ca.pem"
+cert_file = "$dir/pki/node.pem"
+key_file = "$dir/pki/node.key"
+[observe]
+enabled = false
+[shutdown]
+drain_timeout_s = 1
+EOF
+}
+
+# run N: prints "drops kernel_packets rtp_sent rtp_target achieved_pps max_lag_ms rss_kib records"
 run() {
-  local n=$1 cap="$dir/live-capture.json" snd="$dir/live-send.json"
+  local n=$1 cfg="$dir/run-$1.toml" snd="$dir/send-$1.json" log="$dir/run-$1.log" rss="$dir/rss-$1"
+  config "$dir/spool-$n" > "$cfg"
   unshare -n bash -c "
     ip link set lo up
-    taskset -c 1 '$bin' capture --interface lo --seconds $((STEP_SECONDS + 3)) --ring-mib $RING_MIB > '$cap' &
+    taskset -c 1 '$target/teledge' run --config '$cfg' 2> '$log' &
+    pid=\$!
+    sleep 1.5
+    taskset -c 0 '$target/teledge-loadgen' send --calls $n --seconds $STEP_SECONDS > '$snd'
     sleep 1
-    taskset -c 0 '$bin' send --calls $n --seconds $STEP_SECONDS > '$snd'
-    wait"
-  python3 - "$cap" "$snd" <<'EOF'
+    grep VmHWM /proc/\$pid/status | awk '{print \$2}' > '$rss'
+    kill -TERM \$pid
+    wait \$pid"
+  python3 - "$log" "$snd" "$rss" <<'EOF'
 import json, sys
-c = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2]))
-print(c["kernel"]["drops"], c["kernel"]["packets"], s["rtp_sent"], s["rtp_target"],
-      round(s["achieved_pps"]), round(s["max_lag_ms"], 1), c["peak_rss_kib"], c["rtp_packets"],
-      c["sip_messages"])
+summary = None
+for line in open(sys.argv[1]):
+    if "teledge: stopped: " in line:
+        summary = json.loads(line.split("teledge: stopped: ", 1)[1])
+if summary is None:
+    sys.exit("teledge run left no summary; see " + sys.argv[1])
+s = json.load(open(sys.argv[2]))
+print(summary["kernel_drops"], summary["packets_captured"], s["rtp_sent"], s["rtp_target"],
+      round(s["achieved_pps"]), round(s["max_lag_ms"], 1), open(sys.argv[3]).read().strip(),
+      summary["records_produced"])
 EOF
+  rm -rf "$dir/spool-$n"
 }
 
 # A step passes when the kernel dropped nothing and the sender kept its schedule (all packets
 # sent, never more than one packet time late): otherwise the sender, not capture, was measured.
 echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r); ring ${RING_MIB} MiB; ${STEP_SECONDS} s a step"
-printf '%7s %9s %10s %8s %12s %10s %10s %9s %8s\n' calls "pkts/s" "rtp seen" drops "kernel pkts" "lag ms" "RSS MiB" "SIP msgs" result
-best=0 best_row="" worst=0 sender_limited=0
+printf '%7s %9s %12s %8s %10s %10s %9s %12s\n' calls "pkts/s" "kernel pkts" drops "lag ms" "RSS MiB" records result
+best=0 best_row="" sender_limited=0
 step() {
-  local n=$1 drops kpk sent target pps lag rss seen sipn verdict
-  read -r drops kpk sent target pps lag rss seen sipn < <(run "$n")
+  local n=$1 drops kpk sent target pps lag rss records verdict
+  read -r drops kpk sent target pps lag rss records < <(run "$n")
   if [ "$sent" -lt "$target" ] || awk "BEGIN{exit !($lag > 20)}"; then verdict="sender-late"; sender_limited=1
   elif [ "$drops" -gt 0 ]; then verdict="DROPS"
   else verdict="ok"; fi
-  printf '%7d %9d %10d %8d %12d %10s %10.1f %9d %8s\n' "$n" "$pps" "$seen" "$drops" "$kpk" "$lag" "$(awk "BEGIN{print $rss/1024}")" "$sipn" "$verdict"
+  printf '%7d %9d %12d %8d %10s %10.1f %9d %12s\n' "$n" "$pps" "$kpk" "$drops" "$lag" "$(awk "BEGIN{print $rss/1024}")" "$records" "$verdict"
   if [ "$verdict" = ok ]; then
     [ "$n" -gt "$best" ] && { best=$n; best_row="$n calls, $pps packets/s, peak RSS $(awk "BEGIN{printf \"%.1f\", $rss/1024}") MiB"; }
     return 0

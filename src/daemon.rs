@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub records_spooled: u64,
     pub records_forwarded: u64,
     pub records_left_in_spool: u64,
+    /// Packets the kernel passed to the capture rings (including those it dropped).
+    pub packets_captured: u64,
     pub kernel_drops: u64,
 }
 
@@ -557,10 +559,12 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     capture_stop.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let mut kernel_drops = 0;
+    let mut packets_captured = 0;
     for (interface, thread) in captures {
         match thread.join() {
             Ok(stats) => {
                 kernel_drops += stats.drops;
+                packets_captured += stats.packets;
                 tracing::info!(%interface, packets = stats.packets, drops = stats.drops, "Capture stopped.");
             }
             Err(_) => tracing::error!("Capture thread of {interface} panicked."),
@@ -624,6 +628,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         records_spooled: spooled,
         records_forwarded: forwarded_stats.records,
         records_left_in_spool: left,
+        packets_captured,
         kernel_drops,
     })
 }

@@ -422,12 +422,37 @@ pub fn decode_registers(
             match data_type {
                 DataType::I32 => f64::from(bits as i32),
                 DataType::U32 => f64::from(bits),
-                _ => f64::from(f32::from_bits(bits)),
+                // The float's shortest decimal form: 0.95f32 is 0.95, not 0.949999988079071.
+                _ => {
+                    let f = f32::from_bits(bits);
+                    if !f.is_finite() {
+                        return None;
+                    }
+                    let value = f.to_string().parse::<f64>().ok()? * scale;
+                    return value.is_finite().then(|| round_significant(value, 7));
+                }
             }
         }
     };
-    let value = raw * scale;
+    // An integer times the scale has exactly as many decimals as the scale itself: round to
+    // them, so there is no float noise (1234567.89, not 1234567.8900000001).
+    let scale_text = scale.to_string();
+    let decimals = scale_text
+        .split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len().min(9)) as i32;
+    let factor = 10f64.powi(decimals);
+    let value = (raw * scale * factor).round() / factor;
     value.is_finite().then_some(value)
+}
+
+/// Rounds to `digits` significant digits.
+fn round_significant(value: f64, digits: i32) -> f64 {
+    if value == 0.0 {
+        return 0.0;
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    let factor = 10f64.powi(digits - 1 - magnitude);
+    (value * factor).round() / factor
 }
 
 #[cfg(test)]
@@ -467,6 +492,19 @@ mod register_tests {
         assert_eq!(
             decode_registers(&[0x3F80], DataType::F32, ByteOrder::Big, 1.0),
             None
+        );
+        // Scaled integers carry the scale's decimals, no float noise; floats their shortest form.
+        assert_eq!(
+            decode_registers(&[0x075B, 0xCD15], DataType::U32, ByteOrder::Big, 0.01),
+            Some(1_234_567.89)
+        );
+        assert_eq!(
+            decode_registers(&[3], DataType::U16, ByteOrder::Big, 2.5),
+            Some(7.5)
+        );
+        assert_eq!(
+            decode_registers(&[0x3F73, 0x3333], DataType::F32, ByteOrder::Big, 1.0),
+            Some(0.95)
         );
         // NaN is not a reading.
         assert_eq!(

@@ -787,3 +787,56 @@ fn is_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         .unwrap_or(false)
 }
+
+#[test]
+fn sensor_readings_and_alerts_travel_through_the_spool_to_the_collector() {
+    use crate::sensors::{profile_path, ModbusSim, PtyPair};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let pty = PtyPair::start(dir.path());
+    // 23.0 °C and 45.0 %RH to start with.
+    let sim = ModbusSim::new(1, &[(4, 1, 230), (4, 2, 450)]);
+    let _server = sim.serve(&pty);
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[[sensors]]\nname = \"agent-floor\"\nport = \"{}\"\nprofile = \"{}\"\npoll_interval_s = 0.3\n",
+            pty.dev.display(),
+            profile_path("xy-md02").display()
+        ),
+        None,
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    thread::sleep(Duration::from_millis(1000));
+    sim.set(4, 1, 281); // 28.1 °C: above the 26 °C limit
+    thread::sleep(Duration::from_millis(1200));
+    sim.set(4, 1, 240);
+    let alerts = collected(&out, |r| r["type"] == "alert", 2, Duration::from_secs(15));
+    let summary = agent.stop();
+    assert_eq!(summary["records_left_in_spool"], 0);
+    let readings = collected(&out, |r| r["type"] == "sensor", 3, Duration::from_secs(5));
+    assert!(readings.len() >= 3, "{readings:#?}");
+    let first = &readings[0];
+    assert_eq!(first["device"], "agent-floor");
+    assert_eq!(first["schema"], "teledge.sensor/1");
+    let values = first["values"].as_array().unwrap();
+    assert!(
+        values
+            .iter()
+            .any(|v| v["name"] == "humidity" && v["value"] == 45.0 && v["unit"] == "%RH"),
+        "{values:?}"
+    );
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0]["phase"], "started");
+    assert_eq!(alerts[0]["reading"], "temperature");
+    assert_eq!(alerts[0]["value"], 28.1);
+    assert_eq!(alerts[1]["phase"], "ended");
+    assert_eq!(alerts[1]["alert_id"], alerts[0]["alert_id"]);
+    let duration = alerts[1]["duration_s"].as_f64().unwrap();
+    assert!((0.6..2.0).contains(&duration), "{duration}");
+}

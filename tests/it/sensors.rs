@@ -17,21 +17,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use teledge::sensors::modbus::crc16;
 
-fn profile_path(name: &str) -> PathBuf {
+pub(crate) fn profile_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("firmware-config")
         .join(format!("{name}.toml"))
 }
 
 /// A socat pty pair: `dev` for teledge, `sim` for the simulator.
-struct PtyPair {
+pub(crate) struct PtyPair {
     socat: Child,
-    dev: PathBuf,
+    pub(crate) dev: PathBuf,
     sim: PathBuf,
 }
 
 impl PtyPair {
-    fn start(dir: &Path) -> PtyPair {
+    pub(crate) fn start(dir: &Path) -> PtyPair {
         let dev = dir.join("dev");
         let sim = dir.join("sim");
         let socat = Command::new("socat")
@@ -78,7 +78,7 @@ impl Drop for PtyPair {
 /// A Modbus RTU slave: registers by (function, address); answers exceptions for unknown
 /// registers, and corrupts its CRCs while `bad_crc` is set.
 #[derive(Clone, Default)]
-struct ModbusSim {
+pub(crate) struct ModbusSim {
     address: u8,
     registers: Arc<Mutex<HashMap<(u8, u16), u16>>>,
     bad_crc: Arc<AtomicBool>,
@@ -86,7 +86,7 @@ struct ModbusSim {
 }
 
 impl ModbusSim {
-    fn new(address: u8, registers: &[(u8, u16, u16)]) -> ModbusSim {
+    pub(crate) fn new(address: u8, registers: &[(u8, u16, u16)]) -> ModbusSim {
         let sim = ModbusSim {
             address,
             ..ModbusSim::default()
@@ -97,7 +97,7 @@ impl ModbusSim {
         sim
     }
 
-    fn set(&self, function: u8, register: u16, value: u16) {
+    pub(crate) fn set(&self, function: u8, register: u16, value: u16) {
         self.registers
             .lock()
             .unwrap()
@@ -138,7 +138,7 @@ impl ModbusSim {
     }
 
     /// Serves requests until the pty goes away.
-    fn serve(&self, pty: &PtyPair) -> thread::JoinHandle<()> {
+    pub(crate) fn serve(&self, pty: &PtyPair) -> thread::JoinHandle<()> {
         let mut port = pty.open_sim();
         let sim = self.clone();
         thread::spawn(move || {
@@ -832,4 +832,36 @@ fn unplug_and_replug_resumes_quickly_without_leaks_or_busy_waiting() {
         "CPU while the device is absent: {:.2}%",
         cpu_share * 100.0
     );
+}
+
+#[test]
+fn generic_modbus_map_reads_32_bit_swapped_words_and_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::start(dir.path());
+    // energy: u32 123456789 (0x075BCD15) with the low word first ("big_swap"), ×0.01 kWh;
+    // power factor: f32 0.95 (0x3F733333), big endian, in input registers 120-121.
+    let sim = ModbusSim::new(
+        7,
+        &[
+            (3, 100, 0xCD15),
+            (3, 101, 0x075B),
+            (4, 120, 0x3F73),
+            (4, 121, 0x3333),
+        ],
+    );
+    let _server = sim.serve(&pty);
+    let (ok, out) = probe(&pty.dev, &profile_path("generic-modbus"));
+    assert!(ok, "{out}");
+    assert!(out.contains("energy = 1234567.89 kWh"), "{out}");
+    let pf: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("power_factor = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((pf - 0.95).abs() < 1e-6, "{pf}");
+    // Two requests, one per function, each for both registers of its 32-bit value.
+    let requests = sim.requests.lock().unwrap().clone();
+    assert_eq!(requests[0][..6], [7, 3, 0, 100, 0, 2]);
+    assert_eq!(requests[1][..6], [7, 4, 0, 120, 0, 2]);
 }
