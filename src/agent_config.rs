@@ -211,8 +211,9 @@ pub struct AgentConfig {
     pub hep: Option<HepConfig>,
     pub calls: CallLimits,
     pub media: MediaLimits,
-    /// Frames queued between the sources and correlation; beyond it frames are dropped
-    /// and counted (capture never waits).
+    /// HEP frames queued between the listener and correlation; beyond it frames are dropped
+    /// and counted (the listener never waits). Live capture correlates on its own thread and
+    /// needs no queue: the kernel ring is its buffer.
     pub queue_frames: usize,
     pub sensors: Vec<DeviceSettings>,
     pub observe: ObserveSettings,

@@ -47,8 +47,6 @@ use crate::uplink::client::{forward_until_drained, Backoff, DeadLetters, Forward
 
 /// Records waiting for the spool writer.
 const RECORD_QUEUE: usize = 65_536;
-/// HEP frames waiting for correlation.
-const HEP_QUEUE: usize = 65_536;
 /// How often time moves forward without packets.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -339,7 +337,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             auth_key: hep.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
             ..HepListenerSettings::default()
         };
-        let (tx, mut rx) = mpsc::channel(HEP_QUEUE);
+        let (tx, mut rx) = mpsc::channel(config.queue_frames);
         let listener = HepListener::bind(settings, Arc::clone(&hep_stats), tx).await?;
         tracing::info!(udp = ?listener.udp_addr(), tcp = ?listener.tcp_addr(), tls = ?listener.tls_addr(), "HEP listener bound.");
         tokio::spawn(listener.run(stop_rx.clone()));
@@ -412,6 +410,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
 
     // Time moves on without packets; gauges follow.
     let ticker = {
+        let hep_stats = config.hep.is_some().then(|| Arc::clone(&hep_stats));
         let correlator = Arc::clone(&correlator);
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
@@ -431,6 +430,18 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     .streams_active
                     .set(c.media().active_streams() as i64);
                 drop(c);
+                if let Some(h) = &hep_stats {
+                    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                    let errors = &metrics.decode_errors;
+                    errors
+                        .with(&["hep_malformed"])
+                        .raise_to(h.malformed_total());
+                    errors
+                        .with(&["hep_auth_rejected"])
+                        .raise_to(load(&h.auth_rejected));
+                    let dropped = metrics.records_dropped.with(&["hep_queue_full"]);
+                    dropped.raise_to(load(&h.dropped_full));
+                }
                 health.progress(Stage::Correlation);
             }
         })
