@@ -610,68 +610,15 @@ fn live_capture_of_sipp_calls() {
     );
     thread::sleep(Duration::from_millis(500));
 
-    let run_uac = |args: Vec<String>| {
-        let status = sipp(&args.iter().map(String::as_str).collect::<Vec<_>>(), &work)
-            .status()
-            .unwrap();
-        assert!(status.success(), "sipp {args:?}: {status:?}");
-    };
     let started = Instant::now();
     let answered = {
-        let cwd = work.display().to_string();
-        let args: Vec<String> = [
-            "--cwd",
-            &cwd,
-            "-sn",
-            "uac_pcap",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_port().to_string(),
-            "-m",
-            "1",
-            "-mp",
-            "17000",
-            "-nostdin",
-            &format!("127.0.0.1:{answer}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        thread::spawn(move || run_uac_owned(args))
+        let work = work.clone();
+        thread::spawn(move || sipp_call(&work, &["-sn", "uac_pcap", "-mp", "17000"], answer))
     };
-    run_uac(
-        [
-            "-sf",
-            scenarios.join("uac_busy.xml").to_str().unwrap(),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_port().to_string(),
-            "-m",
-            "1",
-            &format!("127.0.0.1:{busy}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    );
-    run_uac(
-        [
-            "-sf",
-            scenarios.join("uac_cancel.xml").to_str().unwrap(),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_port().to_string(),
-            "-m",
-            "1",
-            &format!("127.0.0.1:{ring}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    );
+    let busy_scenario = scenarios.join("uac_busy.xml");
+    sipp_call(&work, &["-sf", busy_scenario.to_str().unwrap()], busy);
+    let cancel_scenario = scenarios.join("uac_cancel.xml");
+    sipp_call(&work, &["-sf", cancel_scenario.to_str().unwrap()], ring);
     answered.join().unwrap();
     println!("SIPp calls done in {:?}", started.elapsed());
 
@@ -755,26 +702,13 @@ fn http_get(port: u16, path: &str) -> String {
     text
 }
 
-fn run_uac_owned(args: Vec<String>) {
-    let work = args
-        .iter()
-        .position(|a| a == "--cwd")
-        .map(|i| args[i + 1].clone());
-    let args: Vec<String> = match args.iter().position(|a| a == "--cwd") {
-        Some(i) => args[..i].iter().chain(&args[i + 2..]).cloned().collect(),
-        None => args,
-    };
-    let mut cmd = Command::new("sipp");
-    if let Some(work) = work {
-        cmd.current_dir(work);
-    }
-    let status = cmd
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
+/// Places one call with a SIPp caller from `work` to 127.0.0.1:`target`, to completion.
+fn sipp_call(work: &Path, scenario: &[&str], target: u16) {
+    let port = free_port().to_string();
+    let target = format!("127.0.0.1:{target}");
+    let mut args = scenario.to_vec();
+    args.extend(["-i", "127.0.0.1", "-p", &port, "-m", "1", &target]);
+    let status = sipp(&args, work).status().unwrap();
     assert!(status.success(), "sipp {args:?}: {status:?}");
 }
 

@@ -349,6 +349,20 @@ impl Watch {
         }
     }
 
+    /// Waits `settle` for stragglers, then every alert record about `reading` seen so far.
+    fn alerts_about(&mut self, settle: Duration, reading: &str) -> Vec<Value> {
+        thread::sleep(settle);
+        while let Ok(r) = self.records.try_recv() {
+            self.seen.push(r);
+        }
+        self.seen
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| v["type"] == "alert" && v["reading"] == reading)
+            .cloned()
+            .collect()
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -528,16 +542,7 @@ fn megatec_q1_status_line_and_an_on_battery_alert_with_its_duration() {
             v["type"] == "alert" && v["reading"] == "on_battery" && v["phase"] == "ended"
         })
         .expect("on_battery ended");
-    thread::sleep(Duration::from_millis(600));
-    while let Ok(r) = watch.records.try_recv() {
-        watch.seen.push(r);
-    }
-    let alerts: Vec<&Value> = watch
-        .seen
-        .iter()
-        .map(|(_, v)| v)
-        .filter(|v| v["type"] == "alert" && v["reading"] == "on_battery")
-        .collect();
+    let alerts = watch.alerts_about(Duration::from_millis(600), "on_battery");
     assert_eq!(alerts.len(), 2, "one start, one end: {alerts:?}");
     assert_eq!(alerts[0]["phase"], "started");
     assert_eq!(alerts[0]["kind"], "state");
@@ -717,16 +722,7 @@ fn temperature_deviation_opens_once_despite_hovering_and_closes_with_its_duratio
             v["type"] == "alert" && v["reading"] == "temperature" && v["phase"] == "ended"
         })
         .expect("end of the deviation");
-    thread::sleep(Duration::from_millis(400));
-    while let Ok(r) = watch.records.try_recv() {
-        watch.seen.push(r);
-    }
-    let alerts: Vec<&Value> = watch
-        .seen
-        .iter()
-        .map(|(_, v)| v)
-        .filter(|v| v["type"] == "alert" && v["reading"] == "temperature")
-        .collect();
+    let alerts = watch.alerts_about(Duration::from_millis(400), "temperature");
     assert_eq!(alerts.len(), 2, "no flapping: {alerts:?}");
     assert_eq!(alerts[0]["breach"], "high");
     assert_eq!(alerts[0]["limit"], 26.0);
