@@ -55,8 +55,8 @@ pub fn list_ports(sys_root: &Path, dev_root: &Path) -> Vec<PortInfo> {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
             .unwrap_or_default();
-        // The legacy 8250 ports without a UART are listed by the kernel anyway.
-        if subsystem == "platform" && name.starts_with("ttyS") {
+        // The kernel lists legacy 8250 ports without a UART behind them (type 0) anyway.
+        if name.starts_with("ttyS") {
             let uart = read_trimmed(&entry.path().join("type"));
             if uart.as_deref() == Some("0") {
                 continue;
