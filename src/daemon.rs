@@ -219,7 +219,11 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let health = Arc::new(Health::new(&stages, config.observe.health.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // The spool first: nothing is captured that could not be kept.
+    // The spool first: nothing is captured that could not be kept. Opening a large store
+    // after a crash can take a while: ask systemd for more start time first.
+    let _ = notifier.notify(&[observe::NotifyState::ExtendTimeout(Duration::from_secs(
+        120,
+    ))]);
     let (spool, events) =
         Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())?;
     for event in events {

@@ -130,13 +130,20 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
+    // colours: plain lines without a timestamp. On a terminal: colours and times.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_ansi(io::stderr().is_terminal() && !journald)
+        .with_env_filter(filter);
+    if journald {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Replay(args) if args.forward.is_some() => replay_forward(args),
         Command::Replay(args) => replay(args),
