@@ -232,6 +232,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             "Spool store could not be opened and was moved aside."
         );
     }
+    let mut spool_age = SpoolAge::new(spool.stats().records);
     let spool = Arc::new(Mutex::new(spool));
     metrics.watch_spool(Arc::clone(&spool));
     health.set_spool_open(true);
@@ -414,6 +415,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
 
     // Time moves on without packets; gauges follow.
     let ticker = {
+        let spool = Arc::clone(&spool);
         let hep_stats = config.hep.is_some().then(|| Arc::clone(&hep_stats));
         let correlator = Arc::clone(&correlator);
         let records = records.clone();
@@ -434,6 +436,12 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     .streams_active
                     .set(c.media().active_streams() as i64);
                 drop(c);
+                // try_lock: a flush in progress is not worth waiting for; next second.
+                if let Ok(s) = spool.try_lock() {
+                    let age = spool_age.update(&s.stats(), SystemTime::now());
+                    drop(s);
+                    metrics.spool_oldest_age_seconds.set(age);
+                }
                 if let Some(h) = &hep_stats {
                     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
                     let errors = &metrics.decode_errors;
@@ -726,6 +734,63 @@ fn add_stats(a: KernelStats, b: KernelStats) -> KernelStats {
     }
 }
 
+/// The age of the oldest record in the spool. The spool keeps no append times (they would
+/// cost a write per record), so the daemon notes, once a second, how many records had been
+/// appended by then; the oldest record's age is the age of the first note that counts it —
+/// never more than a second too young. Records left from before this start count as old as
+/// the start (a lower bound). The notes are bounded: when full, every other one is dropped,
+/// which only coarsens the answer for very old backlogs.
+#[derive(Debug)]
+struct SpoolAge {
+    /// (records appended since open, when)
+    notes: std::collections::VecDeque<(u64, SystemTime)>,
+    backlog_at_open: u64,
+    started: SystemTime,
+}
+
+impl SpoolAge {
+    const MAX_NOTES: usize = 4096;
+
+    fn new(backlog_at_open: u64) -> Self {
+        SpoolAge {
+            notes: std::collections::VecDeque::new(),
+            backlog_at_open,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Notes the counters and returns the oldest record's age in seconds.
+    fn update(&mut self, stats: &crate::spool::SpoolStats, now: SystemTime) -> f64 {
+        if self.notes.back().is_none_or(|&(n, _)| n < stats.appended) {
+            if self.notes.len() >= Self::MAX_NOTES {
+                let kept: std::collections::VecDeque<_> =
+                    self.notes.iter().copied().step_by(2).collect();
+                self.notes = kept;
+            }
+            self.notes.push_back((stats.appended, now));
+        }
+        if stats.records == 0 {
+            return 0.0;
+        }
+        let removed = stats.acked + stats.dropped_oldest;
+        let since = match removed.checked_sub(self.backlog_at_open) {
+            // Still a record from before this start.
+            None => self.started,
+            // The oldest record is the one appended `index`-th since open.
+            Some(index) => {
+                while self.notes.len() > 1 && self.notes.get(1).is_some_and(|&(n, _)| n <= index) {
+                    self.notes.pop_front();
+                }
+                self.notes
+                    .iter()
+                    .find(|&&(n, _)| n > index)
+                    .map_or(now, |&(_, t)| t)
+            }
+        };
+        now.duration_since(since).unwrap_or_default().as_secs_f64()
+    }
+}
+
 /// The spool writer: pseudonymises and appends records, commits in groups (durable at most
 /// one flush interval after the append), and wakes the uplink. Returns records spooled.
 fn spool_writer(
@@ -767,5 +832,46 @@ fn spool_writer(
         if closed {
             return spooled;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::SpoolStats;
+
+    fn stats(records: u64, appended: u64, acked: u64) -> SpoolStats {
+        SpoolStats {
+            records,
+            appended,
+            acked,
+            ..SpoolStats::default()
+        }
+    }
+
+    #[test]
+    fn oldest_age_follows_appends_and_acks() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut age = SpoolAge::new(0);
+        age.started = t0;
+        assert_eq!(age.update(&stats(0, 0, 0), at(0)), 0.0);
+        // 10 records by t+1, 20 by t+2, 30 by t+3.
+        assert_eq!(age.update(&stats(10, 10, 0), at(1)), 0.0);
+        age.update(&stats(20, 20, 0), at(2));
+        assert_eq!(age.update(&stats(30, 30, 0), at(3)), 2.0);
+        // The first 15 acknowledged: the oldest is the 16th, appended by t+2.
+        assert_eq!(age.update(&stats(15, 30, 15), at(5)), 3.0);
+        // All acknowledged: no age.
+        assert_eq!(age.update(&stats(0, 30, 30), at(6)), 0.0);
+        // A backlog from before the start counts from the start.
+        let mut old = SpoolAge::new(100);
+        old.started = t0;
+        assert_eq!(old.update(&stats(100, 0, 0), at(7)), 7.0);
+        // Bounded notes.
+        for i in 1..=10_000 {
+            old.update(&stats(100 + i, i, 0), at(7 + i));
+        }
+        assert!(old.notes.len() <= SpoolAge::MAX_NOTES);
     }
 }

@@ -59,7 +59,7 @@ pub struct AgentMetrics {
     pub spool_bytes: Arc<Sampled>,
     pub spool_disk_bytes: Arc<Sampled>,
     /// Age of the oldest unacknowledged record; the spool does not know record times, so the
-    /// owner sets this source (or pushes values with `Sampled::set`).
+    /// daemon pushes it once a second (`SpoolAge` in `daemon.rs`).
     pub spool_oldest_age_seconds: Arc<Sampled>,
     pub spool_appended: Arc<Sampled>,
     pub spool_acked: Arc<Sampled>,
