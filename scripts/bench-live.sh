@@ -11,6 +11,10 @@
 # until the ring drops packets (or the sender cannot keep its schedule), then bisects.
 # Needs root (CAP_NET_RAW, unshare -n), util-linux, iproute2 and openssl (test certificates
 # for the uplink configuration; no collector runs, records stay in the spool).
+#
+# PEER=tshark runs the same steps with `tshark -i lo -q -z rtp,streams` (RTP analysis of
+# every stream, as teledge does; libpcap's default 2 MiB buffer, or BUFFER_MIB) in teledge's
+# place; drops are what TShark reports at exit, RSS is tshark's plus dumpcap's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_SECONDS=${STEP_SECONDS:-8}
@@ -18,9 +22,11 @@ START=${START:-250}
 MAX=${MAX:-8000}
 BISECT=${BISECT:-3}
 RING_MIB=${RING_MIB:-16}
+PEER=${PEER:-teledge}
+BUFFER_MIB=${BUFFER_MIB:-2}
 [ "$(id -u)" -eq 0 ] || { echo "bench-live.sh: needs root (AF_PACKET capture, network namespace)" >&2; exit 1; }
 cargo build --release --locked --bin teledge --bin teledge-loadgen -q
-target="${CARGO_TARGET_DIR:-target}/release"
+bindir="${CARGO_TARGET_DIR:-target}/release"
 dir=$(realpath -m target/bench/live)
 rm -rf "$dir" && mkdir -p "$dir/pki"
 
@@ -30,7 +36,9 @@ rm -rf "$dir" && mkdir -p "$dir/pki"
     -keyout ca.key -out ca.pem 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench -keyout node.key \
     -out node.csr 2>/dev/null
-  openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out node.pem 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > node.ext
+  openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile node.ext \
+    -out node.pem 2>/dev/null
   head -c 32 /dev/urandom > spool.key; head -c 32 /dev/urandom > site.key )
 
 config() { # spool dir
@@ -59,18 +67,52 @@ drain_timeout_s = 1
 EOF
 }
 
+# run_tshark N: the same line for TShark (records: RTP streams it reported).
+run_tshark() {
+  local n=$1 snd="$dir/send-$1.json" log="$dir/tshark-$1.log" out="$dir/tshark-$1.txt" rss="$dir/rss-$1"
+  unshare -n bash -c "
+    ip link set lo up
+    taskset -c 1 tshark -i lo -B $BUFFER_MIB -q -o rtp.heuristic_rtp:TRUE -z rtp,streams > '$out' 2> '$log' &
+    pid=\$!
+    sleep 2
+    taskset -c 0 '$bindir/teledge-loadgen' send --calls $n --seconds $STEP_SECONDS > '$snd'
+    sleep 1
+    dumpcap=\$(pgrep -P \$pid dumpcap || true)
+    a=\$(awk '/VmHWM/{print \$2}' /proc/\$pid/status)
+    b=\$( [ -n \"\$dumpcap\" ] && awk '/VmHWM/{print \$2}' /proc/\$dumpcap/status || echo 0)
+    echo \$((a + b)) > '$rss'
+    c=\$(awk '{print \$14 + \$15}' /proc/\$pid/stat)
+    d=\$( [ -n \"\$dumpcap\" ] && awk '{print \$14 + \$15}' /proc/\$dumpcap/stat || echo 0)
+    echo \$((c + d)) > '$rss.cpu'
+    kill -INT \$pid
+    wait \$pid || true"
+  python3 - "$log" "$snd" "$rss" "$out" <<'EOF'
+import json, re, sys
+log = open(sys.argv[1]).read()
+dropped = sum(int(m) for m in re.findall(r"(\d+) packets? dropped", log))
+captured = sum(int(m) for m in re.findall(r"(\d+) packets? captured", log))
+s = json.load(open(sys.argv[2]))
+streams = sum(1 for l in open(sys.argv[4]) if re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\.\d+\.\d+\.\d+\s", l))
+print(dropped, captured, s["rtp_sent"], s["rtp_target"], round(s["achieved_pps"]),
+      round(s["max_lag_ms"], 1), open(sys.argv[3]).read().strip(), streams,
+      int(open(sys.argv[3] + ".cpu").read()) / 100)
+EOF
+}
+
 # run N: prints "drops kernel_packets rtp_sent rtp_target achieved_pps max_lag_ms rss_kib records"
 run() {
+  if [ "$PEER" = tshark ]; then run_tshark "$1"; return; fi
   local n=$1 cfg="$dir/run-$1.toml" snd="$dir/send-$1.json" log="$dir/run-$1.log" rss="$dir/rss-$1"
   config "$dir/spool-$n" > "$cfg"
   unshare -n bash -c "
     ip link set lo up
-    taskset -c 1 '$target/teledge' run --config '$cfg' 2> '$log' &
+    taskset -c 1 '$bindir/teledge' run --config '$cfg' 2> '$log' &
     pid=\$!
     sleep 1.5
-    taskset -c 0 '$target/teledge-loadgen' send --calls $n --seconds $STEP_SECONDS > '$snd'
+    taskset -c 0 '$bindir/teledge-loadgen' send --calls $n --seconds $STEP_SECONDS > '$snd'
     sleep 1
     grep VmHWM /proc/\$pid/status | awk '{print \$2}' > '$rss'
+    awk '{print \$14 + \$15}' /proc/\$pid/stat > '$rss.cpu'
     kill -TERM \$pid
     wait \$pid"
   python3 - "$log" "$snd" "$rss" <<'EOF'
@@ -84,25 +126,26 @@ if summary is None:
 s = json.load(open(sys.argv[2]))
 print(summary["kernel_drops"], summary["packets_captured"], s["rtp_sent"], s["rtp_target"],
       round(s["achieved_pps"]), round(s["max_lag_ms"], 1), open(sys.argv[3]).read().strip(),
-      summary["records_produced"])
+      summary["records_produced"], int(open(sys.argv[3] + ".cpu").read()) / 100)
 EOF
   rm -rf "$dir/spool-$n"
 }
 
 # A step passes when the kernel dropped nothing and the sender kept its schedule (all packets
 # sent, never more than one packet time late): otherwise the sender, not capture, was measured.
-echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r); ring ${RING_MIB} MiB; ${STEP_SECONDS} s a step"
-printf '%7s %9s %12s %8s %10s %10s %9s %12s\n' calls "pkts/s" "kernel pkts" drops "lag ms" "RSS MiB" records result
+echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r); $PEER; ring/buffer ${RING_MIB}/${BUFFER_MIB} MiB; ${STEP_SECONDS} s a step"
+printf '%7s %9s %12s %8s %10s %10s %9s %10s %12s\n' calls "pkts/s" "kernel pkts" drops "lag ms" "RSS MiB" records "CPU s" result
 best=0 best_row="" sender_limited=0
 step() {
-  local n=$1 drops kpk sent target pps lag rss records verdict
-  read -r drops kpk sent target pps lag rss records < <(run "$n")
+  local n=$1 drops kpk sent target pps lag rss records cpu verdict
+  read -r drops kpk sent target pps lag rss records cpu < <(run "$n")
+  [ -n "$records" ] || { echo "bench-live.sh: step $n failed (see $dir/run-$n.log)" >&2; exit 1; }
   if [ "$sent" -lt "$target" ] || awk "BEGIN{exit !($lag > 20)}"; then verdict="sender-late"; sender_limited=1
   elif [ "$drops" -gt 0 ]; then verdict="DROPS"
   else verdict="ok"; fi
-  printf '%7d %9d %12d %8d %10s %10.1f %9d %12s\n' "$n" "$pps" "$kpk" "$drops" "$lag" "$(awk "BEGIN{print $rss/1024}")" "$records" "$verdict"
+  printf '%7d %9d %12d %8d %10s %10.1f %9d %10s %12s\n' "$n" "$pps" "$kpk" "$drops" "$lag" "$(awk "BEGIN{print $rss/1024}")" "$records" "$cpu" "$verdict"
   if [ "$verdict" = ok ]; then
-    [ "$n" -gt "$best" ] && { best=$n; best_row="$n calls, $pps packets/s, peak RSS $(awk "BEGIN{printf \"%.1f\", $rss/1024}") MiB"; }
+    [ "$n" -gt "$best" ] && { best=$n; best_row="$n calls, $pps packets/s, peak RSS $(awk "BEGIN{printf \"%.1f\", $rss/1024}") MiB, $cpu CPU s"; }
     return 0
   fi
   return 1
