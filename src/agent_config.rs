@@ -335,6 +335,7 @@ pub fn parse_with_profiles(
     let mut interfaces = std::collections::BTreeSet::new();
     for (i, c) in raw.capture.iter().enumerate() {
         let at = |field: &str| format!("capture[{i}].{field}");
+        let problems_before = problems.len();
         let name_ok =
             !c.interface.is_empty() && c.interface.len() < 16 && !c.interface.contains(['/', ' ']);
         if !name_ok {
@@ -378,6 +379,22 @@ pub fn parse_with_profiles(
                 at("block_timeout_ms"),
                 "must be between 1 and 1000".into()
             );
+        }
+        // The kernel's own rules for the ring, checked now rather than at the first start.
+        let ring_settings = crate::sources::afpacket::RingSettings {
+            block_size: c.block_kib << 10,
+            block_count: (ring / (u64::from(c.block_kib.max(1)) << 10)).max(1) as u32,
+            block_timeout_ms: c.block_timeout_ms,
+            ..crate::sources::afpacket::RingSettings::default()
+        };
+        let checked = problems.len() == problems_before;
+        if let Some(e) = checked
+            .then(|| ring_settings.validate(4096).err())
+            .flatten()
+        {
+            for message in e.problems {
+                problem!(problems, at("ring_mib"), message);
+            }
         }
         captures.push(CaptureConfig {
             interface: c.interface.clone(),

@@ -231,6 +231,9 @@ key_file = "/nonexistent/k.pem"
 listen = "0.0.0.0:9464"
 [shutdown]
 drain_timeout_s = 600
+[[capture]]
+interface = "eth1"
+ring_mib = 4096
 "#,
     )
     .unwrap();
@@ -249,6 +252,7 @@ drain_timeout_s = 600
         "uplink.ca_file (line 23)",
         "observe.listen (line 27)",
         "shutdown.drain_timeout_s (line 29)",
+        "capture[1].ring_mib (line 32)",
     ] {
         assert!(
             stderr.contains(expected),
