@@ -38,7 +38,8 @@ use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
 use crate::sensors::device::{Device, SerialOpener};
 use crate::sources::afpacket::{
-    KernelStats, LiveCapture, LivePacket, PacketSink, RingSettings, STOP_CHECK_INTERVAL,
+    KernelStats, LiveCapture, LiveCaptureError, LivePacket, PacketSink, RingSettings,
+    STOP_CHECK_INTERVAL,
 };
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
@@ -293,7 +294,21 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         ring.block_size = c.block_bytes;
         ring.block_count = (c.ring_bytes / u64::from(c.block_bytes)).max(1) as u32;
         ring.block_timeout_ms = c.block_timeout.as_millis() as u32;
-        let capture = LiveCapture::open(&c.interface, ring, c.promiscuous)?;
+        // An interface that is not there yet (a VLAN or bridge created later in boot, a USB
+        // NIC) is waited for, like a sensor that is unplugged; anything else (no permission,
+        // a ring the kernel refuses) is a configuration problem and stops the start.
+        let capture = match LiveCapture::open(&c.interface, ring, c.promiscuous) {
+            Ok(capture) => Some(capture),
+            Err(
+                e @ (LiveCaptureError::InterfaceNotFound { .. }
+                | LiveCaptureError::InterfaceDown { .. }
+                | LiveCaptureError::InterfaceGone { .. }),
+            ) => {
+                tracing::warn!("{e}; capturing as soon as it is there.");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         let sink = CaptureSink {
             dissector: Dissector::new(DissectLimits::default()),
             correlator: Arc::clone(&correlator),
@@ -662,7 +677,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
 /// recreated VLAN interface must not end capture for good. Returns the kernel's counters
 /// summed over every opening.
 fn capture_loop(
-    first: LiveCapture,
+    first: Option<LiveCapture>,
     interface: &str,
     ring: RingSettings,
     promiscuous: bool,
@@ -671,7 +686,7 @@ fn capture_loop(
     metrics: &AgentMetrics,
 ) -> KernelStats {
     let drops = metrics.source_kernel_drops.with(&[interface]);
-    let mut capture = Some(first);
+    let mut capture = first;
     // Counters of captures already closed; the open one's are added on top.
     let mut closed = KernelStats::default();
     let mut current = KernelStats::default();

@@ -134,6 +134,19 @@ impl Agent {
 }
 
 impl Agent {
+    /// After `wait_for_log`: waits for a later log line containing `needle`.
+    fn wait_for_later_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let rest = self.rest.as_ref().expect("wait_for_log first");
+            if rest.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGTERM, wait, and the `stopped:` summary.
     fn stop(mut self) -> Value {
         let pid = self.child.id().to_string();
@@ -777,4 +790,42 @@ fn sensor_readings_and_alerts_travel_through_the_spool_to_the_collector() {
     assert_eq!(alerts[1]["alert_id"], alerts[0]["alert_id"]);
     let duration = alerts[1]["duration_s"].as_f64().unwrap();
     assert!((0.6..2.0).contains(&duration), "{duration}");
+}
+
+#[test]
+fn an_interface_that_appears_after_start_is_captured_once_it_is_there() {
+    crate::live::in_fresh_netns(|| {
+        let pki = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let config = agent_config(
+            &pki,
+            dir.path(),
+            free_port(),
+            "[[capture]]\ninterface = \"late0\"\nring_mib = 1\nblock_kib = 256\n",
+            None,
+        );
+        let mut agent = Agent::start(&config);
+        let early = agent.wait_for_log("teledge running");
+        assert!(
+            early
+                .iter()
+                .any(|l| l.contains("late0") && l.contains("as soon as it is there")),
+            "{early:#?}"
+        );
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&[
+            "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+        ]);
+        ip(&["link", "set", "late0", "up"]);
+        ip(&["link", "set", "late1", "up"]);
+        assert!(
+            agent.wait_for_later_log("Capture reopened", Duration::from_secs(40)),
+            "the capture did not start on the new interface"
+        );
+        let summary = agent.stop();
+        assert_eq!(summary["kernel_drops"], 0);
+    });
 }
