@@ -15,7 +15,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 
@@ -98,19 +98,20 @@ pub struct TlsAlerts {
     pub reloads: AtomicU64,
 }
 
-/// Resolves the client certificate on every handshake, re-reading its files when they change.
+/// Resolves a certificate and key on every handshake, re-reading the files when they change:
+/// the uplink's client certificate, and the HEP listener's server certificate.
 #[derive(Debug)]
-pub struct ReloadingClientCert {
+pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
     state: Mutex<(Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
     alerts: Arc<TlsAlerts>,
 }
 
-impl ReloadingClientCert {
+impl ReloadingCert {
     pub fn new(cert: &Path, key: &Path, alerts: Arc<TlsAlerts>) -> Result<Self, TlsError> {
         let loaded = certified_key(cert, key)?;
-        Ok(ReloadingClientCert {
+        Ok(ReloadingCert {
             cert: cert.to_owned(),
             key: key.to_owned(),
             state: Mutex::new((modified(cert), modified(key), loaded)),
@@ -141,7 +142,7 @@ impl ReloadingClientCert {
     }
 }
 
-impl ResolvesClientCert for ReloadingClientCert {
+impl ResolvesClientCert for ReloadingCert {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
@@ -155,12 +156,18 @@ impl ResolvesClientCert for ReloadingClientCert {
     }
 }
 
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
 /// Builds client configurations, rebuilding when the CA file changes.
 #[derive(Debug)]
 pub struct ClientTls {
     ca_file: PathBuf,
     tls12_allowed: bool,
-    resolver: Arc<ReloadingClientCert>,
+    resolver: Arc<ReloadingCert>,
     state: Mutex<(Option<SystemTime>, Arc<ClientConfig>)>,
     pub alerts: Arc<TlsAlerts>,
 }
@@ -173,7 +180,7 @@ impl ClientTls {
         tls12_allowed: bool,
     ) -> Result<Self, TlsError> {
         let alerts = Arc::new(TlsAlerts::default());
-        let resolver = Arc::new(ReloadingClientCert::new(cert, key, alerts.clone())?);
+        let resolver = Arc::new(ReloadingCert::new(cert, key, alerts.clone())?);
         let config = build_client(ca_file, tls12_allowed, resolver.clone())?;
         Ok(ClientTls {
             ca_file: ca_file.to_owned(),
@@ -209,7 +216,7 @@ impl ClientTls {
 fn build_client(
     ca_file: &Path,
     tls12_allowed: bool,
-    resolver: Arc<ReloadingClientCert>,
+    resolver: Arc<ReloadingCert>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(ca_file)?;
     let config = ClientConfig::builder_with_provider(provider())
@@ -243,10 +250,12 @@ pub fn server_config_without_client_auth(
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    // A renewed certificate is picked up at the next handshake, no restart needed.
+    let resolver = ReloadingCert::new(cert, key, Arc::new(TlsAlerts::default()))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(true))?
         .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_private_key(key)?)?;
+        .with_cert_resolver(Arc::new(resolver));
     Ok(Arc::new(config))
 }
 
@@ -283,7 +292,7 @@ mod tests {
         (c, k)
     }
 
-    fn cn(resolver: &ReloadingClientCert) -> Option<String> {
+    fn cn(resolver: &ReloadingCert) -> Option<String> {
         node_of_certificate(&resolver.current().unwrap().cert[0])
     }
 
@@ -299,7 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_cert(dir.path(), "edge-01");
         let alerts = Arc::new(TlsAlerts::default());
-        let resolver = ReloadingClientCert::new(&cert, &key, alerts.clone()).unwrap();
+        let resolver = ReloadingCert::new(&cert, &key, alerts.clone()).unwrap();
         assert_eq!(cn(&resolver).as_deref(), Some("edge-01"));
 
         // A broken new certificate: the last good one stays, and an alert is counted.

@@ -458,22 +458,20 @@ async fn hep_listener_bind_error_names_the_address() {
 
 #[tokio::test]
 async fn hep_listener_over_tls() {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, ServerName};
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert: CertificateDer<'static> = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
+    // The daemon's own server configuration, from PEM files (re-read when they change).
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("hep.pem"), dir.path().join("hep.key"));
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+    let server =
+        teledge::uplink::tls::server_config_without_client_auth(&cert_file, &key_file).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
     let mut l = start(
         HepListenerSettings {
-            tls: Some(("127.0.0.1:0".parse().unwrap(), Arc::new(server))),
+            tls: Some(("127.0.0.1:0".parse().unwrap(), server)),
             auth_key: Some(b"myHep".to_vec()),
             ..HepListenerSettings::default()
         },
