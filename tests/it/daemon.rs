@@ -293,7 +293,7 @@ fn the_shipped_example_configuration_is_valid() {
     let etc = dir.path();
     for (from, to) in [
         ("site.key", "site.key"),
-        ("spool.key", "spool.key"),
+        ("spool.key", "spool-key"),
         ("ca.pem", "ca.pem"),
         ("edge-01.pem", "node.pem"),
         ("edge-01.key", "node.key"),
@@ -309,6 +309,8 @@ fn the_shipped_example_configuration_is_valid() {
     // From the checkout, so profile names resolve in firmware-config/.
     let out = teledge()
         .current_dir(&root)
+        // As systemd's LoadCredential= hands the sealing key over.
+        .env("CREDENTIALS_DIRECTORY", etc)
         .arg("check-config")
         .arg(&path)
         .output()
