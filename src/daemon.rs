@@ -599,7 +599,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let mut kernel_drops = 0;
     let mut packets_captured = 0;
     for (interface, thread) in captures {
-        match thread.join() {
+        // A capture thread notices the flag within its 100 ms poll; meanwhile this worker
+        // is lent out rather than blocked.
+        match tokio::task::block_in_place(|| thread.join()) {
             Ok(stats) => {
                 kernel_drops += stats.drops;
                 packets_captured += stats.packets;
