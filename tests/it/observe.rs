@@ -349,7 +349,7 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     health.set_spool_open(true);
     health.progress(Stage::Capture);
     health.progress(Stage::SpoolWriter);
-    health.uplink_current();
+    health.uplink_acked();
     let (status, _, body) = get(addr, "GET", "/health").await;
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
