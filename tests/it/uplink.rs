@@ -114,7 +114,7 @@ pub(crate) fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
     collector_on(pki, cert, out, 0)
 }
 
-fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
+pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
     let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
         .args(["collect", "--listen", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(pki.path("ca.pem"))
