@@ -345,6 +345,8 @@ pub struct Forwarder {
     split: Option<Split>,
     dead_in_a_row: u32,
     failing: Option<Failing>,
+    /// Old clear-text dead letters are looked for once, at the first round.
+    legacy_checked: bool,
     pub stats: UplinkStats,
     /// Told after every attempt (the daemon's metrics and health), so an outage shows while
     /// it lasts, not only when the backlog has drained.
@@ -379,6 +381,7 @@ impl Forwarder {
             split: None,
             dead_in_a_row: 0,
             failing: None,
+            legacy_checked: false,
             stats,
             progress: None,
         })
@@ -485,6 +488,8 @@ impl Forwarder {
                     spool.flush()?;
                     spool.compact_if_drained()?;
                 }
+                // An operator may have removed dead letters by hand: seen within a round.
+                self.stats.dead_letters_held = self.dead_letters.count()?.0;
                 self.report(Attempt::Drained);
                 return Ok(self.stats);
             };
@@ -612,7 +617,11 @@ impl Forwarder {
     /// Puts the dead letters an operator marked for resending back into the spool (see
     /// [`DeadLetters::requeue_marked`]); a cheap directory read when there are none.
     pub fn requeue_marked(&mut self, spool: &mut Spool) -> Result<u64, ForwardError> {
-        let requeued = self.dead_letters.requeue_marked(spool)?;
+        let mut requeued = self.dead_letters.requeue_marked(spool)?;
+        if !self.legacy_checked {
+            requeued += self.dead_letters.requeue_legacy(spool)?;
+            self.legacy_checked = true;
+        }
         if requeued > 0 {
             self.stats.requeued += requeued;
             self.stats.dead_letters_held = self.dead_letters.count()?.0;

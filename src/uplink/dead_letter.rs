@@ -340,6 +340,50 @@ impl DeadLetters {
             .collect())
     }
 
+    /// Dead letters of earlier versions — whole batches in clear (`<batch id>.jsonl.gz`),
+    /// written for any 4xx including a wrong URL or certificate — are put back into the
+    /// spool (new ids) and their files deleted once the spool holds them durably: they were
+    /// most likely good records, and nothing may stay in clear. Returns how many records.
+    pub fn requeue_legacy(&self, spool: &mut Spool) -> Result<u64, DeadLetterError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut requeued = 0;
+        for entry in entries {
+            let path = entry.map_err(io(&self.dir))?.path();
+            if !path.to_string_lossy().ends_with(".jsonl.gz") {
+                continue;
+            }
+            let body = std::fs::read(&path).map_err(io(&path))?;
+            let lines = match crate::uplink::decode_body(&body, 256 << 20) {
+                Ok(lines) => lines,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "Old dead-letter file unreadable, left in place: {e}");
+                    continue;
+                }
+            };
+            let mut records = Vec::new();
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<crate::uplink::BatchLine>(line) {
+                    Ok(l) => records.push(l.record),
+                    Err(e) => tracing::error!(file = %path.display(), "Old dead-letter line unreadable, skipped: {e}"),
+                }
+            }
+            for record in &records {
+                // A refusal by the spool's policy is counted and announced by the spool.
+                spool.append(record.get().as_bytes())?;
+            }
+            spool.flush()?;
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            sync_dir(&self.dir)?;
+            requeued += records.len() as u64;
+            tracing::warn!(file = %path.display(), records = records.len(), "Old dead-letter batch put back into the spool and its clear-text file deleted.");
+        }
+        Ok(requeued)
+    }
+
     /// Puts the dead letters marked for resending back into `spool` as new records (new
     /// ids), oldest first; each file is deleted only once the spool holds its record
     /// durably. One that does not open is given back to the area (and logged). Returns how

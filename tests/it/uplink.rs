@@ -529,6 +529,38 @@ fn a_wrong_collector_path_keeps_every_record_spooled_and_alerts_once() {
     assert_eq!(stored_ids(&c.out).len(), 10);
 }
 
+#[test]
+fn clear_text_dead_letters_of_earlier_versions_are_forwarded_and_deleted() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    // What the old agent wrote for a 404: a whole batch, gzip JSON Lines in clear.
+    std::fs::create_dir_all(spool.join("dead-letter")).unwrap();
+    let old = spool.join("dead-letter/edge-01_0_0-2.jsonl.gz");
+    let lines: Vec<Vec<u8>> = (0..3)
+        .map(|n| format!(r#"{{"id":"edge-01:0:{n}","record":{{"type":"old","n":{n}}}}}"#).into_bytes())
+        .collect();
+    std::fs::write(&old, teledge::uplink::encode_lines(&lines).unwrap()).unwrap();
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(!old.exists(), "nothing stays in clear");
+    let stored = stored(&c.out);
+    let mut old_ones: Vec<u64> = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "old")
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    old_ones.sort();
+    assert_eq!(old_ones, [0, 1, 2]);
+    assert_eq!(stored.len(), 8);
+}
+
 /// A collector of the test over real mutual TLS whose refusals are chosen: 413 above
 /// `max_inflated` bytes, 422 for a batch with a record containing `poison`, 400 for every
 /// batch when `refuse_all`. Otherwise it stores the lines and acknowledges them.
