@@ -824,4 +824,44 @@ timeout_ms = 2000
         assert_eq!(report["dead_letter_records"], 0);
         assert!(stored(&out).is_empty());
     }
+
+    #[test]
+    fn dead_letters_degrade_health_until_resent_to_the_running_agent() {
+        let pki = pki();
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let url = format!("https://localhost:{}/v1/batches", c.port);
+        // A record refused earlier (by a collector since fixed), held as a dead letter.
+        let forward = work.path().join("forward.toml");
+        std::fs::write(&forward, forward_sections(&pki, work.path(), &url)).unwrap();
+        let config = teledge::config::load_forward(&forward).unwrap();
+        teledge::uplink::dead_letter::DeadLetters::for_config(&config)
+            .store(
+                teledge::spool::RecordId { epoch: 0, seq: 7 },
+                br#"{"type":"test","marker":"refused-once"}"#,
+                422,
+                "unprocessable",
+            )
+            .unwrap();
+        let metrics = free_port();
+        let _agent = start_agent(&pki, work.path(), &url, metrics);
+        let (report, _) = wait_for(metrics, 503, Duration::from_secs(20));
+        let why = reasons(&report);
+        assert!(why.contains("1 record(s) refused by the collector held as dead letters"), "{why}");
+        assert_eq!(report["dead_letter_records"], 1);
+        // The operator resends while the agent runs; it requeues and forwards the record.
+        let resend = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["dead-letters", "resend", "--config"])
+            .arg(work.path().join("teledge.toml"))
+            .output()
+            .unwrap();
+        assert!(resend.status.success(), "{resend:?}");
+        let (report, _) = wait_for(metrics, 200, Duration::from_secs(20));
+        assert_eq!(report["dead_letter_records"], 0);
+        let lines = stored(&out);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["record"]["marker"], "refused-once");
+        assert_ne!(lines[0]["id"], "edge-01:0:7", "resent under a new id");
+    }
 }
