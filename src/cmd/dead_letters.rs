@@ -52,7 +52,11 @@ fn list(area: &DeadLetters) -> anyhow::Result<ExitCode> {
     let mut bytes = 0;
     for entry in &entries {
         bytes += entry.bytes;
-        let mark = if entry.marked { " [marked for resend]" } else { "" };
+        let mark = if entry.marked {
+            " [marked for resend]"
+        } else {
+            ""
+        };
         match &entry.content {
             Ok(letter) => println!(
                 "{}  status {}  refused {}  {} bytes{mark}  {}",

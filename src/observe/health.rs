@@ -473,13 +473,21 @@ mod tests {
         // acknowledgement), with no failure reported: degraded after the same time.
         let r = h.check(at(200 + 61));
         assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
-        assert!(r.reasons[0].contains("none acknowledged for 62 s (last batch acknowledged 198 s ago)"), "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].contains("none acknowledged for 62 s (last batch acknowledged 198 s ago)"),
+            "{:?}",
+            r.reasons
+        );
         // A dead letter degrades at once, until it is gone.
         h.spool_drained_at(at(262));
         h.set_dead_letters(2);
         let r = h.check(at(262));
         assert_eq!(r.dead_letter_records, 2);
-        assert!(r.reasons[0].starts_with("2 record(s) refused"), "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].starts_with("2 record(s) refused"),
+            "{:?}",
+            r.reasons
+        );
         h.set_dead_letters(0);
         assert!(h.check(at(262)).healthy());
     }
@@ -487,11 +495,7 @@ mod tests {
     #[test]
     fn a_stage_not_yet_started_is_given_the_startup_grace() {
         let t0 = Instant::now();
-        let h = Health::new_at(
-            &[Stage::Capture],
-            thresholds(),
-            t0,
-        );
+        let h = Health::new_at(&[Stage::Capture], thresholds(), t0);
         h.set_spool_open(true);
         assert!(h.check(t0 + Duration::from_secs(4)).healthy());
         assert!(!h.check(t0 + Duration::from_secs(6)).healthy());

@@ -306,7 +306,10 @@ impl Uplink {
             }),
             StatusClass::Retry => Err(SendError::Retriable {
                 kind: FailureKind::Status(status),
-                reason: format!("collector answered {status} to {}: {text}", self.config.path),
+                reason: format!(
+                    "collector answered {status} to {}: {text}",
+                    self.config.path
+                ),
             }),
         }
     }
@@ -427,7 +430,12 @@ impl Forwarder {
         match &mut self.failing {
             Some(f) if f.kind == kind => {
                 f.attempts += 1;
-                tracing::debug!(kind = kind.label(), reason, attempts = f.attempts, "Uplink still failing.");
+                tracing::debug!(
+                    kind = kind.label(),
+                    reason,
+                    attempts = f.attempts,
+                    "Uplink still failing."
+                );
             }
             _ => {
                 tracing::error!(
@@ -582,16 +590,33 @@ impl Forwarder {
         // A refused gap record is kept, but not announced by another one: no chains.
         if !is_gap(&record.payload) {
             if stored.refused {
-                gaps.push(gap_record(&self.node, "dead_letter_area_full", 1, Some(&id), Some(&id), Some(status)));
+                gaps.push(gap_record(
+                    &self.node,
+                    "dead_letter_area_full",
+                    1,
+                    Some(&id),
+                    Some(&id),
+                    Some(status),
+                ));
             } else {
-                gaps.push(gap_record(&self.node, "dead_letter", 1, Some(&id), Some(&id), Some(status)));
+                gaps.push(gap_record(
+                    &self.node,
+                    "dead_letter",
+                    1,
+                    Some(&id),
+                    Some(&id),
+                    Some(status),
+                ));
             }
         }
         self.stats.dead_lettered += u64::from(!stored.refused);
         let dropped = stored.dropped.len() as u64 + u64::from(stored.refused);
         if dropped > 0 {
             self.stats.dead_letter_dropped += dropped;
-            tracing::error!(dropped, "Dead-letter area full: oldest dead letters removed (announced upstream).");
+            tracing::error!(
+                dropped,
+                "Dead-letter area full: oldest dead letters removed (announced upstream)."
+            );
             if !stored.dropped.is_empty() {
                 gaps.push(gap_record(
                     &self.node,
@@ -735,7 +760,9 @@ mod tests {
         for s in [400, 413, 422] {
             assert_eq!(classify(s), StatusClass::Content, "{s}");
         }
-        for s in [401, 403, 404, 405, 408, 409, 421, 429, 500, 502, 503, 301, 204] {
+        for s in [
+            401, 403, 404, 405, 408, 409, 421, 429, 500, 502, 503, 301, 204,
+        ] {
             assert_eq!(classify(s), StatusClass::Retry, "{s}");
         }
     }

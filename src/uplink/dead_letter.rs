@@ -184,13 +184,13 @@ impl DeadLetters {
                 .collect::<String>()
         );
         let path = self.dir.join(&name);
-        let sealed = self
-            .keyring
-            .seal(&self.aad(id), &plain)
-            .map_err(|source| DeadLetterError::Seal {
-                path: path.clone(),
-                source,
-            })?;
+        let sealed =
+            self.keyring
+                .seal(&self.aad(id), &plain)
+                .map_err(|source| DeadLetterError::Seal {
+                    path: path.clone(),
+                    source,
+                })?;
         let mut result = Stored::default();
         if sealed.len() as u64 > self.max_bytes {
             result.refused = true;
@@ -207,10 +207,10 @@ impl DeadLetters {
             }
             std::fs::remove_file(old).map_err(io(old))?;
             total -= len;
-            result.dropped.push(id_of_path(old).map_or_else(
-                || old.display().to_string(),
-                |id| id.display(&self.node),
-            ));
+            result.dropped.push(
+                id_of_path(old)
+                    .map_or_else(|| old.display().to_string(), |id| id.display(&self.node)),
+            );
         }
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, &sealed).map_err(io(&tmp))?;
@@ -279,13 +279,13 @@ impl DeadLetters {
             message: "the name is not <epoch>-<seq>-<digest>.sealed".into(),
         })?;
         let sealed = std::fs::read(path).map_err(io(path))?;
-        let plain =
-            self.keyring
-                .open(&self.aad(id), &sealed)
-                .map_err(|source| DeadLetterError::Seal {
-                    path: path.to_owned(),
-                    source,
-                })?;
+        let plain = self
+            .keyring
+            .open(&self.aad(id), &sealed)
+            .map_err(|source| DeadLetterError::Seal {
+                path: path.to_owned(),
+                source,
+            })?;
         serde_json::from_slice(&plain).map_err(|e| DeadLetterError::Malformed {
             path: path.to_owned(),
             message: e.to_string(),
@@ -368,7 +368,9 @@ impl DeadLetters {
             for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 match serde_json::from_slice::<crate::uplink::BatchLine>(line) {
                     Ok(l) => records.push(l.record),
-                    Err(e) => tracing::error!(file = %path.display(), "Old dead-letter line unreadable, skipped: {e}"),
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), "Old dead-letter line unreadable, skipped: {e}")
+                    }
                 }
             }
             for record in &records {

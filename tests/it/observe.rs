@@ -651,7 +651,13 @@ timeout_ms = 2000
         let url = format!("https://localhost:{}/v1/batches", free_port());
         std::fs::write(&config, forward_sections(pki, dir, &url)).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
-            .args(["replay", "--no-progress", "--forward-timeout", "1", "--forward"])
+            .args([
+                "replay",
+                "--no-progress",
+                "--forward-timeout",
+                "1",
+                "--forward",
+            ])
             .arg(&config)
             .arg(data_path("sngrep_aaa.pcap"))
             .output()
@@ -743,7 +749,10 @@ timeout_ms = 2000
         // Before the configured time the agent has been failing, but says ok.
         let (early, _) = wait_for(port, 200, Duration::from_secs(20));
         assert_eq!(early["uplink_ever_acknowledged"], false, "{early:#}");
-        assert!(early["uplink_last_success_seconds_ago"].is_null(), "{early:#}");
+        assert!(
+            early["uplink_last_success_seconds_ago"].is_null(),
+            "{early:#}"
+        );
         // Records wait from the start; the first attempt fails within a second of it.
         let (report, after) = wait_until(
             port,
@@ -848,7 +857,10 @@ timeout_ms = 2000
         let _agent = start_agent(&pki, work.path(), &url, metrics);
         let (report, _) = wait_for(metrics, 503, Duration::from_secs(20));
         let why = reasons(&report);
-        assert!(why.contains("1 record(s) refused by the collector held as dead letters"), "{why}");
+        assert!(
+            why.contains("1 record(s) refused by the collector held as dead letters"),
+            "{why}"
+        );
         assert_eq!(report["dead_letter_records"], 1);
         // The operator resends while the agent runs; it requeues and forwards the record.
         let resend = Command::new(env!("CARGO_BIN_EXE_teledge"))

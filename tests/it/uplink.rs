@@ -477,7 +477,10 @@ fn dead_letter_files(spool: &Path) -> Vec<PathBuf> {
 
 /// Error lines saying the uplink started failing.
 fn failing_alerts(stderr: &str) -> usize {
-    stderr.lines().filter(|l| l.contains("Uplink failing")).count()
+    stderr
+        .lines()
+        .filter(|l| l.contains("Uplink failing"))
+        .count()
 }
 
 #[test]
@@ -494,7 +497,11 @@ fn a_certificate_for_another_node_keeps_every_record_spooled() {
     assert_eq!(result.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("5 records stay spooled"), "{stderr}");
     assert!(stderr.contains("403"), "{stderr}");
-    assert_eq!(failing_alerts(&stderr), 1, "one alert, not one per retry: {stderr}");
+    assert_eq!(
+        failing_alerts(&stderr),
+        1,
+        "one alert, not one per retry: {stderr}"
+    );
     assert!(stored(&c.out).is_empty());
     assert!(dead_letter_files(&spool).is_empty());
 }
@@ -514,7 +521,10 @@ fn a_wrong_collector_path_keeps_every_record_spooled_and_alerts_once() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("404"), "{stderr}");
-    assert!(stderr.contains("/v1/batchez"), "the alert names the path: {stderr}");
+    assert!(
+        stderr.contains("/v1/batchez"),
+        "the alert names the path: {stderr}"
+    );
     assert_eq!(failing_alerts(&stderr), 1, "{stderr}");
     assert!(stored(&c.out).is_empty());
     assert!(dead_letter_files(&spool).is_empty());
@@ -540,7 +550,9 @@ fn clear_text_dead_letters_of_earlier_versions_are_forwarded_and_deleted() {
     std::fs::create_dir_all(spool.join("dead-letter")).unwrap();
     let old = spool.join("dead-letter/edge-01_0_0-2.jsonl.gz");
     let lines: Vec<Vec<u8>> = (0..3)
-        .map(|n| format!(r#"{{"id":"edge-01:0:{n}","record":{{"type":"old","n":{n}}}}}"#).into_bytes())
+        .map(|n| {
+            format!(r#"{{"id":"edge-01:0:{n}","record":{{"type":"old","n":{n}}}}}"#).into_bytes()
+        })
         .collect();
     std::fs::write(&old, teledge::uplink::encode_lines(&lines).unwrap()).unwrap();
     let result = replay_forward(&config, 30);
@@ -612,45 +624,46 @@ fn picky(pki: &Pki, policy: PickyPolicy) -> Picky {
                 continue;
             };
             let (l, r, p) = (l.clone(), r.clone(), p.clone());
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (l, r, p) = (l.clone(), r.clone(), p.clone());
-                async move {
-                    let body = req.into_body().collect().await?.to_bytes();
-                    let inflated = teledge::uplink::decode_body(&body, 1 << 30).unwrap();
-                    let batch = teledge::collect::parse_batch("edge-01", &inflated).unwrap();
-                    let policy = *p.lock().unwrap();
-                    let status = if policy.refuse_all {
-                        400
-                    } else if inflated.len() > policy.max_inflated {
-                        413
-                    } else if policy.poison
-                        && batch.iter().any(|b| b.record.get().contains("poison"))
-                    {
-                        422
-                    } else {
-                        200
-                    };
-                    let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                    if status != 200 {
-                        r.lock().unwrap().push(status);
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        *response.body_mut() = Full::new(Bytes::from("refused by the test"));
-                        return Ok::<_, hyper::Error>(response);
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (l, r, p) = (l.clone(), r.clone(), p.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let inflated = teledge::uplink::decode_body(&body, 1 << 30).unwrap();
+                        let batch = teledge::collect::parse_batch("edge-01", &inflated).unwrap();
+                        let policy = *p.lock().unwrap();
+                        let status = if policy.refuse_all {
+                            400
+                        } else if inflated.len() > policy.max_inflated {
+                            413
+                        } else if policy.poison
+                            && batch.iter().any(|b| b.record.get().contains("poison"))
+                        {
+                            422
+                        } else {
+                            200
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        if status != 200 {
+                            r.lock().unwrap().push(status);
+                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            *response.body_mut() = Full::new(Bytes::from("refused by the test"));
+                            return Ok::<_, hyper::Error>(response);
+                        }
+                        let ack = serde_json::json!({
+                            "batch": "b",
+                            "accepted": batch.len(),
+                            "duplicates": 0,
+                            "through": batch.last().unwrap().id,
+                        });
+                        let mut stored = l.lock().unwrap();
+                        for line in &batch {
+                            stored.push(serde_json::to_value(line).unwrap());
+                        }
+                        *response.body_mut() = Full::new(Bytes::from(ack.to_string()));
+                        Ok(response)
                     }
-                    let ack = serde_json::json!({
-                        "batch": "b",
-                        "accepted": batch.len(),
-                        "duplicates": 0,
-                        "through": batch.last().unwrap().id,
-                    });
-                    let mut stored = l.lock().unwrap();
-                    for line in &batch {
-                        stored.push(serde_json::to_value(line).unwrap());
-                    }
-                    *response.body_mut() = Full::new(Bytes::from(ack.to_string()));
-                    Ok(response)
-                }
-            });
+                });
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -755,16 +768,28 @@ fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_t
     result.unwrap();
     assert_eq!(left, 0);
     let lines = c.lines.lock().unwrap().clone();
-    let data: Vec<_> = lines.iter().filter(|l| l["record"]["type"] == "test").collect();
-    let gaps: Vec<_> = lines.iter().filter(|l| l["record"]["type"] == "gap").collect();
-    let mut delivered: Vec<u64> = data.iter().map(|l| l["record"]["n"].as_u64().unwrap()).collect();
+    let data: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "test")
+        .collect();
+    let gaps: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "gap")
+        .collect();
+    let mut delivered: Vec<u64> = data
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
     delivered.sort();
     let expected: Vec<u64> = (0..60).filter(|n| *n != 17 && *n != 40).collect();
     assert_eq!(delivered, expected, "every good record delivered once");
     assert_eq!(stats.dead_lettered, 2);
     assert!(stats.splits >= 3, "{stats:?}");
     let refusals = c.refusals.lock().unwrap().clone();
-    assert!(refusals.contains(&413) && refusals.contains(&422), "{refusals:?}");
+    assert!(
+        refusals.contains(&413) && refusals.contains(&422),
+        "{refusals:?}"
+    );
     // Each dead letter announced upstream, with its id and status.
     let mut announced: Vec<(String, u64)> = gaps
         .iter()
@@ -778,8 +803,14 @@ fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_t
         .collect();
     announced.sort();
     assert_eq!(announced.len(), 2, "{announced:?}");
-    assert!(announced[0].0.ends_with(":17") && announced[0].1 == 422, "{announced:?}");
-    assert!(announced[1].0.ends_with(":40") && announced[1].1 == 413, "{announced:?}");
+    assert!(
+        announced[0].0.ends_with(":17") && announced[0].1 == 422,
+        "{announced:?}"
+    );
+    assert!(
+        announced[1].0.ends_with(":40") && announced[1].1 == 413,
+        "{announced:?}"
+    );
     // Sealed at rest: neither the number nor the marker is readable in the area.
     let files = dead_letter_files(&spool);
     assert_eq!(files.len(), 2);
@@ -789,8 +820,14 @@ fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_t
     }
     // The operator's view, from the real command.
     let listing = teledge_cli(&["dead-letters", "list"], &path);
-    assert!(listing.contains(&format!("{}  status 422", announced[0].0)), "{listing}");
-    assert!(listing.contains(&format!("{}  status 413", announced[1].0)), "{listing}");
+    assert!(
+        listing.contains(&format!("{}  status 422", announced[0].0)),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("{}  status 413", announced[1].0)),
+        "{listing}"
+    );
     assert!(listing.contains("2 dead letter(s)"), "{listing}");
 
     // The cause fixed at the collector; the operator resends; the next round forwards them
@@ -807,10 +844,19 @@ fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_t
     assert_eq!((stats.requeued, stats.dead_letters_held, left), (2, 0, 0));
     assert!(dead_letter_files(&spool).is_empty());
     let lines = c.lines.lock().unwrap().clone();
-    let resent: Vec<_> = lines[60..].iter().map(|l| l["record"]["n"].as_u64().unwrap()).collect();
+    let resent: Vec<_> = lines[60..]
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(resent, [17, 40]);
-    let new_ids: Vec<&str> = lines[60..].iter().map(|l| l["id"].as_str().unwrap()).collect();
-    assert!(!new_ids.contains(&announced[0].0.as_str()), "resent under a new id");
+    let new_ids: Vec<&str> = lines[60..]
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !new_ids.contains(&announced[0].0.as_str()),
+        "resent under a new id"
+    );
 }
 
 #[test]
@@ -827,9 +873,10 @@ fn a_full_dead_letter_area_drops_the_oldest_counted_and_announced() {
     );
     let spool = work.path().join("spool");
     let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("timeout_ms = 3000", "timeout_ms = 3000\ndead_letter_max_bytes = 3000");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "timeout_ms = 3000",
+        "timeout_ms = 3000\ndead_letter_max_bytes = 3000",
+    );
     std::fs::write(&path, text).unwrap();
     let config = teledge::config::load_forward(&path).unwrap();
     // Five poison records of 1 kB, apart: the area holds two of them.
@@ -851,7 +898,10 @@ fn a_full_dead_letter_area_drops_the_oldest_counted_and_announced() {
         .sum();
     assert_eq!(full, 3, "every removal announced upstream");
     let listing = teledge_cli(&["dead-letters", "list"], &path);
-    assert!(listing.contains(":9  status 422") && listing.contains(":12  status 422"), "{listing}");
+    assert!(
+        listing.contains(":9  status 422") && listing.contains(":12  status 422"),
+        "{listing}"
+    );
 }
 
 #[test]
@@ -873,7 +923,9 @@ fn a_collector_refusing_everything_is_failing_not_a_reason_to_dead_letter_everyt
     let records: Vec<Vec<u8>> = (0..40).map(|n| record(n, 100, "fine")).collect();
     spool_records(&config, &records);
     let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(3));
-    assert!(result.unwrap_err().contains("treated as a collector problem"));
+    assert!(result
+        .unwrap_err()
+        .contains("treated as a collector problem"));
     assert_eq!(
         stats.dead_lettered,
         teledge::uplink::client::MAX_DEAD_LETTERS_IN_A_ROW as u64
