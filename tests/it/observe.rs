@@ -693,6 +693,18 @@ timeout_ms = 2000
         Agent(child)
     }
 
+    fn http_get(port: u16, path: &str) -> String {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).unwrap();
+        text
+    }
+
     /// GET /health over HTTP: (status, report).
     fn health(port: u16) -> Option<(u16, serde_json::Value)> {
         let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -832,6 +844,17 @@ timeout_ms = 2000
         let report = assert_degraded_by(metrics, "collector answered 404 to /v1/batchez");
         assert_eq!(report["dead_letter_records"], 0);
         assert!(stored(&out).is_empty());
+        // The alert as metrics: failures by kind, and the uplink failing now.
+        let text = http_get(metrics, "/metrics");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        };
+        assert!(value("teledge_uplink_failures_total{kind=\"status_404\"}") >= 2.0);
+        assert!(value("teledge_uplink_consecutive_failures") >= 2.0);
+        assert_eq!(value("teledge_uplink_records_dead_lettered_total"), 0.0);
+        assert_eq!(value("teledge_uplink_batches_acked_total"), 0.0);
     }
 
     #[test]
