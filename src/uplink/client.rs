@@ -585,7 +585,11 @@ impl Forwarder {
             .dead_letters
             .store(record.id, &record.payload, status, reason)?;
         let id = record.id.display(&self.node);
-        tracing::error!(record = %id, status, reason, "Collector refused a record; kept as a dead letter (teledge dead-letters list).");
+        if stored.refused {
+            tracing::error!(record = %id, status, reason, "Collector refused a record larger than the whole dead-letter area; dropped and announced upstream.");
+        } else {
+            tracing::error!(record = %id, status, reason, "Collector refused a record; kept as a dead letter (teledge dead-letters list).");
+        }
         let mut gaps = Vec::new();
         // A refused gap record is kept, but not announced by another one: no chains.
         if !is_gap(&record.payload) {
