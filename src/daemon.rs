@@ -58,6 +58,8 @@ pub struct RunSummary {
     pub records_dropped_queue_full: u64,
     pub records_spooled: u64,
     pub records_forwarded: u64,
+    /// Refused by the collector for good and kept in the dead-letter area.
+    pub records_dead_lettered: u64,
     pub records_left_in_spool: u64,
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
@@ -641,6 +643,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         records_dropped_queue_full: dropped.load(Ordering::Relaxed),
         records_spooled: spooled,
         records_forwarded: forwarded_stats.records,
+        records_dead_lettered: forwarded_stats.dead_lettered,
         records_left_in_spool: left,
         packets_captured,
         kernel_drops,

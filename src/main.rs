@@ -434,7 +434,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
             let left = spool.lock().map(|s| s.stats().records).unwrap_or(0);
             eprintln!(
-                "teledge: collector unreachable ({reason}); {left} records stay spooled for the next run"
+                "teledge: collector not reached before the deadline ({reason}); {left} records stay spooled for the next run"
             );
             Ok(ExitCode::from(EXIT_NOT_DRAINED))
         }
