@@ -285,6 +285,9 @@ fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match load_agent_config(&args.config) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("teledge: {}: warning: {warning}", args.config.display());
+            }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
                 args.config.display(),
