@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::config::{
     check_key_pair, read_file, readable_file, toml_problem, validate_forward, ConfigErrors,
-    ConfigProblem, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink,
+    ConfigProblem, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink, Strictness,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -407,7 +407,14 @@ pub fn parse_with_profiles(
     let raw: RawAgent = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let sections: toml::Table = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
-    let forward = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
+    let forward = validate_forward(
+        raw.node,
+        raw.spool,
+        raw.privacy,
+        raw.uplink,
+        Strictness::Daemon,
+        &mut problems,
+    );
 
     let mut captures = Vec::new();
     let mut interfaces = std::collections::BTreeSet::new();

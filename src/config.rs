@@ -263,11 +263,26 @@ pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
-    let config = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
+    let config = validate_forward(
+        raw.node,
+        raw.spool,
+        raw.privacy,
+        raw.uplink,
+        Strictness::Manual,
+        &mut problems,
+    );
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors(problems)),
     }
+}
+
+/// Whether findings that would make a service fail for good are errors (the daemon: systemd
+/// would restart it forever) or warnings (a command run by hand, whose user reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    Daemon,
+    Manual,
 }
 
 /// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
@@ -277,6 +292,7 @@ pub(crate) fn validate_forward(
     spool: RawSpool,
     privacy: RawPrivacy,
     uplink: RawUplink,
+    strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
     let raw = RawConfig {
@@ -502,15 +518,22 @@ pub(crate) fn validate_forward(
         match check_key_pair(&raw.uplink.cert_file, &raw.uplink.key_file) {
             Err((field, message)) => problem(&format!("uplink.{field}"), message),
             // The collector maps the certificate to the node by its CN and refuses every
-            // batch of another node: a mismatch here would dead-letter everything.
-            Ok(cn) if cn.as_deref() != Some(node_id.as_str()) => problem(
-                "node.id",
-                format!(
-                    "{node_id:?} differs from the common name {cn:?} of the client certificate \
-                     {}: the collector would refuse every batch",
-                    raw.uplink.cert_file.display()
-                ),
-            ),
+            // batch of another node: a mismatch here would dead-letter everything. The
+            // daemon refuses to start on it; `replay --forward`, run by hand, warns.
+            Ok(cn) if cn.as_deref() != Some(node_id.as_str()) => {
+                let mismatch = ConfigProblem {
+                    path: "node.id".into(),
+                    message: format!(
+                        "{node_id:?} differs from the common name {cn:?} of the client \
+                         certificate {}: the collector would refuse every batch",
+                        raw.uplink.cert_file.display()
+                    ),
+                };
+                match strictness {
+                    Strictness::Daemon => problem(&mismatch.path, mismatch.message),
+                    Strictness::Manual => warnings.push(mismatch),
+                }
+            }
             Ok(_) => {}
         }
     }

@@ -346,6 +346,9 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    for warning in &config.warnings {
+        eprintln!("teledge: {}: warning: {warning}", config_path.display());
+    }
     let (mut spool, events) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
     for event in events {
