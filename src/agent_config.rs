@@ -21,6 +21,7 @@ use crate::correlation::media::MediaLimits;
 use crate::observe::ObserveSettings;
 use crate::sensors::device::DeviceSettings;
 use crate::sensors::profile;
+use crate::time::ClockGuard;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,24 +250,6 @@ pub struct HepConfig {
     pub max_connections_per_source: usize,
 }
 
-/// How far a sender's clock (HEP timestamps) may be from the local one before its times are
-/// replaced by the local clock (counted): a frame stamped in the future would otherwise
-/// hold back every timeout of the correlator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClockTolerance {
-    pub future: Duration,
-    pub past: Duration,
-}
-
-impl Default for ClockTolerance {
-    fn default() -> Self {
-        ClockTolerance {
-            future: Duration::from_secs(default_future_tolerance()),
-            past: Duration::from_secs(default_past_tolerance()),
-        }
-    }
-}
-
 /// Everything `teledge run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -281,7 +264,8 @@ pub struct AgentConfig {
     pub queue_frames: usize,
     /// The same queue's bound in bytes (frame payloads plus a fixed cost per frame).
     pub queue_bytes: usize,
-    pub clock_tolerance: ClockTolerance,
+    /// How far sender times (HEP) may be from the local clock before they are replaced.
+    pub clock_tolerance: ClockGuard,
     pub sensors: Vec<DeviceSettings>,
     pub observe: ObserveSettings,
     pub drain_timeout: Duration,
@@ -709,7 +693,7 @@ pub fn parse_with_profiles(
             media,
             queue_frames: raw.correlation.queue_frames,
             queue_bytes: raw.correlation.queue_bytes,
-            clock_tolerance: ClockTolerance {
+            clock_tolerance: ClockGuard {
                 future: Duration::from_secs(raw.correlation.future_time_tolerance_s),
                 past: Duration::from_secs(raw.correlation.past_time_tolerance_s),
             },

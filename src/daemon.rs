@@ -43,7 +43,7 @@ use crate::sources::afpacket::{
 };
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
-use crate::time::Timestamp;
+use crate::time::{ClockGuard, Skew, Timestamp};
 use crate::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
 
 /// Records waiting for the spool writer.
@@ -138,23 +138,64 @@ struct CaptureSink {
     packets: Arc<observe::metrics::Counter>,
     bytes: Arc<observe::metrics::Counter>,
     health: Arc<Health>,
+    clock: LiveClock,
+}
+
+/// The local clock's guard over times that enter the live correlator, with its counters.
+#[derive(Debug, Clone)]
+struct LiveClock {
+    guard: ClockGuard,
+    future: Arc<observe::metrics::Counter>,
+    past: Arc<observe::metrics::Counter>,
+}
+
+impl LiveClock {
+    fn new(guard: ClockGuard, metrics: &AgentMetrics, source: &str) -> Self {
+        LiveClock {
+            guard,
+            future: metrics.clock_clamped.with(&[source, Skew::Future.as_str()]),
+            past: metrics.clock_clamped.with(&[source, Skew::Past.as_str()]),
+        }
+    }
+
+    /// `time`, or the local clock when `time` is outside the tolerance (counted).
+    fn check(&self, time: Timestamp) -> Timestamp {
+        let (time, skew) = self.guard.check(time, Timestamp::now());
+        match skew {
+            Some(Skew::Future) => self.future.inc(),
+            Some(Skew::Past) => self.past.inc(),
+            None => {}
+        }
+        time
+    }
 }
 
 struct CorrelateObserver<'a> {
     correlator: &'a mut Correlator,
     records: &'a RecordQueue,
+    clock: &'a LiveClock,
 }
 
 impl Observer for CorrelateObserver<'_> {
     fn sip(&mut self, meta: &MessageMeta, message: &crate::decode::sip::SipMessage<'_>) {
         let records = self.records;
-        self.correlator.sip(meta, message, &mut |r| records.push(r));
+        // Kernel times are the local clock already; HEP frames captured on the wire carry
+        // their sender's time, which must not drive the correlator's clock unchecked.
+        let meta = MessageMeta {
+            time: self.clock.check(meta.time),
+            ..*meta
+        };
+        self.correlator.sip(&meta, message, &mut |r| records.push(r));
     }
 
     fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
         let records = self.records;
+        let meta = DatagramMeta {
+            time: self.clock.check(meta.time),
+            ..*meta
+        };
         self.correlator
-            .datagram(meta, payload, &mut |r| records.push(r));
+            .datagram(&meta, payload, &mut |r| records.push(r));
     }
 }
 
@@ -168,6 +209,7 @@ impl PacketSink for CaptureSink {
         let mut observer = CorrelateObserver {
             correlator: &mut correlator,
             records: &self.records,
+            clock: &self.clock,
         };
         self.dissector.frame(&frame, &mut observer);
     }
@@ -286,6 +328,8 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let correlator: SharedCorrelator =
         Arc::new(Mutex::new(Correlator::new(config.calls, config.media)));
 
+    let clock_guard = config.clock_tolerance;
+
     // Live capture threads.
     let capture_stop = Arc::new(AtomicBool::new(false));
     let mut captures = Vec::new();
@@ -317,6 +361,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             packets: metrics.source_packets.with(&[&c.interface]),
             bytes: metrics.source_bytes.with(&[&c.interface]),
             health: Arc::clone(&health),
+            clock: LiveClock::new(clock_guard, &metrics, &c.interface),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
         let stop = Arc::clone(&capture_stop);
@@ -367,12 +412,15 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let bytes = metrics.source_bytes.with(&["hep"]);
         let errors = Arc::clone(&metrics.decode_errors);
         let hep_stats = Arc::clone(&hep_stats);
+        let clock = LiveClock::new(clock_guard, &metrics, "hep");
         hep_task = Some(tokio::spawn(async move {
             let mut correlated = 0u64;
-            while let Some(event) = rx.recv().await {
+            while let Some(mut event) = rx.recv().await {
                 correlated += 1;
                 packets.inc();
                 bytes.add(event.frame.payload.len() as u64);
+                // The sender's clock: checked against ours before it drives any timeout.
+                event.frame.time = clock.check(event.frame.time);
                 let mut c = lock(&correlator);
                 if let Err(e) =
                     crate::correlation::hep::feed(&mut c, &event.frame, event.sequence, &mut |r| {

@@ -80,6 +80,49 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// Which way a sender's time was off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skew {
+    Future,
+    Past,
+}
+
+impl Skew {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skew::Future => "future",
+            Skew::Past => "past",
+        }
+    }
+}
+
+/// Keeps times a sender stamped (HEP capture times) within a tolerance of the local clock,
+/// for the live correlator: its timeouts run on the latest time it was given, so a single
+/// frame stamped a day ahead would hold every timeout back for a day, and one stamped far
+/// in the past would time calls out the moment they begin. A time outside the tolerance is
+/// replaced by the local clock (the message is kept; the caller counts the [`Skew`]).
+/// Replay never uses this: a capture file's times are the truth there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockGuard {
+    pub future: Duration,
+    pub past: Duration,
+}
+
+impl ClockGuard {
+    /// `time` if within the tolerance of `now`, else `now` and which way it was off.
+    pub fn check(&self, time: Timestamp, now: Timestamp) -> (Timestamp, Option<Skew>) {
+        let ahead = time.seconds_since(now);
+        if ahead > self.future.as_secs_f64() {
+            (now, Some(Skew::Future))
+        } else if -ahead > self.past.as_secs_f64() {
+            (now, Some(Skew::Past))
+        } else {
+            (time, None)
+        }
+    }
+}
+
 /// Rounds seconds to microseconds so records do not carry float noise.
 pub fn round_secs(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e6
@@ -93,6 +136,25 @@ mod tests {
     fn formats_rfc3339_with_micros() {
         let t = Timestamp::from_secs_nanos(1_141_326_228, 123_456_789);
         assert_eq!(t.to_string(), "2006-03-02T19:03:48.123456Z");
+    }
+
+    #[test]
+    fn clock_guard_replaces_times_outside_the_tolerance() {
+        let guard = ClockGuard {
+            future: Duration::from_secs(2),
+            past: Duration::from_secs(300),
+        };
+        let now = Timestamp::from_secs_nanos(1_000_000, 0);
+        let at = |s: i64| Timestamp::from_secs_nanos(1_000_000 + s, 0);
+        assert_eq!(guard.check(at(1), now), (at(1), None));
+        assert_eq!(guard.check(at(-299), now), (at(-299), None));
+        assert_eq!(guard.check(at(86_400), now), (now, Some(Skew::Future)));
+        assert_eq!(guard.check(at(3), now), (now, Some(Skew::Future)));
+        assert_eq!(guard.check(at(-301), now), (now, Some(Skew::Past)));
+        assert_eq!(
+            guard.check(Timestamp::from_nanos(0), now),
+            (now, Some(Skew::Past))
+        );
     }
 
     #[test]

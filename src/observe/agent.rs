@@ -47,6 +47,9 @@ pub struct AgentMetrics {
     pub streams_active: Arc<Gauge>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
+    /// Sender times (HEP) too far from the local clock, replaced by it; by source and
+    /// direction (`future`, `past`).
+    pub clock_clamped: Arc<Family<Counter>>,
 
     // Records.
     /// Records produced, by kind (`call`, `stream`, `sensor`, ...).
@@ -153,6 +156,13 @@ impl AgentMetrics {
                 Kind::Counter,
                 &["table"],
                 MAX_SMALL_SET,
+            ),
+            clock_clamped: r.family(
+                "teledge_timestamps_clamped_total",
+                "Sender timestamps too far from the local clock, replaced by it, by source and direction.",
+                Kind::Counter,
+                &["source", "direction"],
+                MAX_SOURCES,
             ),
             records_produced: r.family(
                 "teledge_records_produced_total",

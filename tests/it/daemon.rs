@@ -481,10 +481,13 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         produced,
         "every record produced reached the collector"
     );
-    let load: Vec<&Value> = calls
-        .iter()
-        .filter(|r| r["call_id"].as_str().unwrap().starts_with("load-"))
+    // Call-IDs reach the collector as keyed hashes: the test computes its own.
+    let load_ids: std::collections::BTreeSet<String> = (0..400u32)
+        .chain([9999])
+        .map(|n| pseudonym(&pki, &format!("load-{n}@hep.test")))
         .collect();
+    let is_load = |r: &Value| load_ids.contains(r["call_id"].as_str().unwrap());
+    let load: Vec<&Value> = calls.iter().filter(|r| is_load(r)).collect();
     assert_eq!(
         load.len(),
         sent_calls as usize + 1,
@@ -508,12 +511,98 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
     );
     assert_eq!(partial[0]["complete"], false);
     // The call inside hep.pcap (challenged with 407; TShark shows its six messages).
-    assert!(
-        calls
-            .iter()
-            .any(|r| !r["call_id"].as_str().unwrap().starts_with("load-")),
-        "the hep.pcap call"
+    assert!(calls.iter().any(|r| !is_load(r)), "the hep.pcap call");
+}
+
+/// The pseudonym of a Call-ID under the test site key.
+fn pseudonym(pki: &Pki, call_id: &str) -> String {
+    let key: [u8; 32] = std::fs::read(pki.path("site.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    teledge::privacy::Pseudonymizer::new(teledge::privacy::Privacy::keyed_hash(key))
+        .identifier(call_id)
+}
+
+/// An INVITE (alone: the call stays in setup) as a HEP frame stamped `secs`.
+fn lone_invite(call_id: &str, secs: u32) -> Vec<u8> {
+    let invite = format!(
+        "INVITE sip:200@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call_id}\r\nFrom: <sip:100@pbx>;tag=a\r\nTo: <sip:200@pbx>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     );
+    hep_frame(
+        ([10, 0, 0, 1], 5060),
+        ([10, 0, 0, 2], 5060),
+        secs,
+        0,
+        invite.as_bytes(),
+    )
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+#[test]
+fn a_hep_frame_stamped_in_the_future_does_not_freeze_call_timeouts() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let (udp_port, metrics_port) = (free_port(), free_port());
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\n[correlation]\nsetup_timeout_s = 1\n"),
+        Some(metrics_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = unix_now();
+    // A sender a day ahead, one an hour behind, then one on time.
+    for (call_id, secs) in [
+        ("future@hep.test", now + 86_400),
+        ("past@hep.test", now - 3600),
+        ("present@hep.test", now),
+    ] {
+        sock.send_to(&lone_invite(call_id, secs), ("127.0.0.1", udp_port))
+            .unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Setup timeout 1 s, ticks every second: all three time out within seconds, on the
+    // local clock, while the agent runs (not at shutdown).
+    let timed_out = collected(
+        &out,
+        |r| r["type"] == "call" && r["closed_by"] == "timeout",
+        3,
+        Duration::from_secs(15),
+    );
+    assert_eq!(timed_out.len(), 3, "{timed_out:#?}");
+    for id in ["future@hep.test", "past@hep.test", "present@hep.test"] {
+        let call = timed_out
+            .iter()
+            .find(|r| r["call_id"] == pseudonym(&pki, id))
+            .unwrap_or_else(|| panic!("{id} not timed out: {timed_out:#?}"));
+        // Every time is the local clock's (within the test's seconds), not the sender's.
+        let invite = humantime::parse_rfc3339(call["invite_time"].as_str().unwrap()).unwrap();
+        let at = invite
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((at - i64::from(now)).abs() < 30, "{id}: {call}");
+    }
+    let metrics = http_get(metrics_port, "/metrics");
+    for direction in ["future", "past"] {
+        let line = format!(
+            "teledge_timestamps_clamped_total{{source=\"hep\",direction=\"{direction}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    agent.stop();
 }
 
 /// A SIPp process, killed when dropped.
