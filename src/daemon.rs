@@ -400,6 +400,11 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             tcp: hep.tcp,
             tls,
             auth_key: hep.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            idle_timeout: hep.idle_timeout,
+            first_frame_timeout: hep.first_frame_timeout,
+            max_connections: hep.max_connections,
+            max_connections_per_source: hep.max_connections_per_source,
+            max_queue_bytes: config.queue_bytes,
             ..HepListenerSettings::default()
         };
         let (tx, mut rx) = mpsc::channel(config.queue_frames);
@@ -438,6 +443,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 malformed = stats.malformed_total(),
                 auth_rejected = stats.auth_rejected.load(Ordering::Relaxed),
                 dropped_full = stats.dropped_full.load(Ordering::Relaxed),
+                dropped_queue_bytes = stats.dropped_queue_bytes.load(Ordering::Relaxed),
                 resync_bytes = stats.resync_bytes.load(Ordering::Relaxed),
                 "HEP input stopped."
             );
@@ -516,6 +522,20 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                         .raise_to(load(&h.auth_rejected));
                     let dropped = metrics.records_dropped.with(&["hep_queue_full"]);
                     dropped.raise_to(load(&h.dropped_full));
+                    let dropped = metrics.records_dropped.with(&["hep_queue_bytes"]);
+                    dropped.raise_to(load(&h.dropped_queue_bytes));
+                    for (reason, counter) in [
+                        ("refused_max_connections", &h.connections_refused),
+                        ("refused_per_source", &h.connections_refused_per_source),
+                        ("no_valid_first_frame", &h.first_frame_timeouts),
+                        ("idle", &h.idle_timeouts),
+                        ("tls_handshake_failed", &h.tls_handshake_failures),
+                    ] {
+                        metrics
+                            .hep_connections_closed
+                            .with(&[reason])
+                            .raise_to(load(counter));
+                    }
                 }
                 health.progress(Stage::Correlation);
             }

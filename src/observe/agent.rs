@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     /// Sender times (HEP) too far from the local clock, replaced by it; by source and
     /// direction (`future`, `past`).
     pub clock_clamped: Arc<Family<Counter>>,
+    /// HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.
+    pub hep_connections_closed: Arc<Family<Counter>>,
 
     // Records.
     /// Records produced, by kind (`call`, `stream`, `sensor`, ...).
@@ -163,6 +165,13 @@ impl AgentMetrics {
                 Kind::Counter,
                 &["source", "direction"],
                 MAX_SOURCES,
+            ),
+            hep_connections_closed: r.family(
+                "teledge_hep_connections_closed_total",
+                "HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
             ),
             records_produced: r.family(
                 "teledge_records_produced_total",
