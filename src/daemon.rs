@@ -84,6 +84,35 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
+impl DaemonError {
+    /// True when the failure is the configuration's (or the host's setup, which only a
+    /// person can fix): `run` exits 78 then, which systemd does not restart. A port taken
+    /// by another process or a transient I/O error is not: a restart may well succeed.
+    pub fn is_configuration(&self) -> bool {
+        use std::io::ErrorKind::{AddrNotAvailable, NotFound, PermissionDenied};
+        let io_kind = |e: &std::io::Error| matches!(e.kind(), AddrNotAvailable | PermissionDenied);
+        match self {
+            DaemonError::Tls(_) => true,
+            DaemonError::Hep(crate::sources::hep::HepListenError::Bind { source, .. }) => {
+                io_kind(source)
+            }
+            DaemonError::Hep(crate::sources::hep::HepListenError::MaxFrame(_)) => true,
+            DaemonError::Observe { source, .. } => io_kind(source),
+            DaemonError::Capture(e) => matches!(
+                e,
+                LiveCaptureError::InvalidSettings { .. }
+                    | LiveCaptureError::PermissionDenied { .. }
+                    | LiveCaptureError::RingAllocation { .. }
+                    | LiveCaptureError::UnsupportedLinkType { .. }
+            ),
+            DaemonError::Spool(crate::spool::SpoolError::Io(e)) => {
+                matches!(e.kind(), PermissionDenied | NotFound)
+            }
+            DaemonError::Spool(_) | DaemonError::Io(_) => false,
+        }
+    }
+}
+
 /// Counting hand-off of records to the spool writer: never blocks.
 #[derive(Debug, Clone)]
 struct RecordQueue {

@@ -307,7 +307,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let summary = teledge::daemon::run(config, args.config.clone())?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", args.config.display());
+    }
+    let summary = match teledge::daemon::run(config, args.config.clone()) {
+        Ok(summary) => summary,
+        // Found only now (a listen address not on this host, a certificate unreadable by
+        // the service user): still the configuration's fault, and systemd must not loop.
+        Err(e) if e.is_configuration() => {
+            eprintln!(
+                "teledge: {}: {e}; nothing started (configuration)",
+                args.config.display()
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // One line a supervisor or a test can account with.
     eprintln!("teledge: stopped: {}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)

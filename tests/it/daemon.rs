@@ -920,3 +920,165 @@ fn an_interface_that_appears_after_start_is_captured_once_it_is_there() {
         assert_eq!(summary["kernel_drops"], 0);
     });
 }
+
+/// `check-config` on the agent configuration of `agent_config` with `edit` applied.
+fn check_config_with(pki: &Pki, edit: impl Fn(String) -> String) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = agent_config(
+        pki,
+        dir.path(),
+        9,
+        "[hep]\nudp = \"127.0.0.1:9060\"\n",
+        None,
+    );
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, &text).unwrap();
+    teledge().arg("check-config").arg(&path).output().unwrap()
+}
+
+#[test]
+fn check_config_refuses_values_that_would_break_the_service() {
+    let pki = pki();
+    let base = check_config_with(&pki, |t| t);
+    assert!(
+        base.status.success(),
+        "the base is valid: {}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    let site = pki.path("site.key").display().to_string();
+    let spool = pki.path("spool.key").display().to_string();
+    let edge_key = pki.path("edge-01.key").display().to_string();
+    let other_key = pki.path("edge-02.key").display().to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "uplink.timeout_ms",
+            "must be between",
+            Box::new(|t| t.replace("timeout_ms = 3000", "timeout_ms = 0")),
+        ),
+        (
+            "spool.disk_reserve_bytes",
+            "whole file system",
+            Box::new(|t| {
+                t.replace(
+                    "flush_interval_ms = 20",
+                    "flush_interval_ms = 20\ndisk_reserve_bytes = 1000000000000000000",
+                )
+            }),
+        ),
+        (
+            "spool.cache_bytes",
+            "must be between",
+            Box::new(|t| {
+                t.replace(
+                    "flush_interval_ms = 20",
+                    "flush_interval_ms = 20\ncache_bytes = 0",
+                )
+            }),
+        ),
+        (
+            "node.id",
+            "not \".\" or \"..\"",
+            Box::new(|t| t.replace("id = \"edge-01\"", "id = \"..\"")),
+        ),
+        (
+            "node.id",
+            "common name",
+            Box::new(|t| t.replace("id = \"edge-01\"", "id = \"edge-02\"")),
+        ),
+        (
+            "hep.udp",
+            "without an auth_key",
+            Box::new(|t| t.replace("127.0.0.1:9060", "0.0.0.0:9060")),
+        ),
+        (
+            "hep.udp",
+            "without an auth_key",
+            Box::new(|t| t.replace("127.0.0.1:9060", "[::]:9060")),
+        ),
+        (
+            "privacy.site_key_file",
+            "spool sealing key",
+            Box::new(move |t| t.replace(&site, &spool)),
+        ),
+        (
+            "uplink.key_file",
+            "does not belong to the certificate",
+            Box::new(move |t| t.replace(&edge_key, &other_key)),
+        ),
+        (
+            "uplink.ca_file",
+            "not a regular file",
+            Box::new(move |t| t.replace(&ca, "/tmp")),
+        ),
+        (
+            "correlation.queue_bytes",
+            "must be between",
+            Box::new(|t| {
+                t.replace(
+                    "[privacy]",
+                    "[correlation]\nqueue_bytes = 0\n[privacy]",
+                )
+            }),
+        ),
+        (
+            "hep.first_frame_timeout_s",
+            "must be between",
+            Box::new(|t| {
+                t.replace(
+                    "udp = \"127.0.0.1:9060\"",
+                    "udp = \"127.0.0.1:9060\"\nfirst_frame_timeout_s = 0",
+                )
+            }),
+        ),
+    ];
+    for (path, reason, edit) in cases {
+        let out = check_config_with(&pki, edit);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{path}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(path) && l.contains(reason)),
+            "{path} ({reason}) not reported:\n{stderr}"
+        );
+    }
+    // A spool bound larger than its file system is a warning: the service runs.
+    let out = check_config_with(&pki, |t| {
+        t.replace(
+            "flush_interval_ms = 20",
+            "flush_interval_ms = 20\nmax_bytes = 1000000000000000000",
+        )
+    });
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: spool.max_bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_configuration_failure_found_only_at_run_start_exits_78() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    // Valid on paper, but no interface of this host has the address (TEST-NET-1).
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[hep]\ntcp = \"192.0.2.1:9060\"\nauth_key = \"k\"\n",
+        None,
+    );
+    let check = teledge().arg("check-config").arg(&config).output().unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let out = teledge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("192.0.2.1:9060"), "{stderr}");
+}
