@@ -279,6 +279,21 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
 }
 
 async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, DaemonError> {
+    // What runs, said once at info (the default level of `run`): an operator reading the
+    // journal sees the node, its sources and where records go without TELEDGE_LOG.
+    let uplink = &config.forward.uplink;
+    tracing::info!(
+        node = %config.forward.node_id,
+        config = %config_path.display(),
+        interfaces = ?config.captures.iter().map(|c| c.interface.as_str()).collect::<Vec<_>>(),
+        hep = ?config.hep.as_ref().map(|h| (h.udp, h.tcp, h.tls.as_ref().map(|t| t.0), h.auth_key.is_some())),
+        sensors = ?config.sensors.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        spool = %config.forward.spool.dir.display(),
+        uplink = %format!("https://{}:{}{}", uplink.host, uplink.port, uplink.path),
+        privacy = ?config.forward.privacy,
+        "Starting teledge {}.",
+        env!("CARGO_PKG_VERSION")
+    );
     let notifier = Notifier::from_env();
     let metrics = Arc::new(AgentMetrics::new());
     let mut stages = vec![Stage::SpoolWriter, Stage::Uplink, Stage::Correlation];
@@ -479,26 +494,16 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         }));
     }
 
-    // Sensors: one task per device; records bridged into the record queue.
-    let mut sensor_tasks = Vec::new();
-    if !config.sensors.is_empty() {
-        let (tx, mut rx) = mpsc::channel::<Record>(1024);
-        for device in &config.sensors {
-            let opener = SerialOpener {
-                path: device.port.clone(),
-                serial: device.profile.serial.clone(),
-            };
-            tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
-            sensor_tasks.push(tokio::spawn(
-                Device::new(device.clone(), opener, tx.clone()).run(stop_rx.clone()),
-            ));
-        }
-        drop(tx);
+    // Sensors: one task per device; records bridged into the record queue. The set is
+    // replaced as a whole when SIGHUP brings other sensors.
+    let (sensor_tx, mut sensor_rx) = mpsc::channel::<Record>(1024);
+    let mut sensors = SensorSet::start(&config.sensors, &sensor_tx);
+    let sensor_bridge = {
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
-        sensor_tasks.push(tokio::spawn(async move {
-            while let Some(record) = rx.recv().await {
+        tokio::spawn(async move {
+            while let Some(record) = sensor_rx.recv().await {
                 match &record {
                     Record::Sensor(s) => metrics.sensor_readings.with(&[&s.device]).inc(),
                     Record::Alert(a) => metrics.sensor_alerts.with(&[&a.device]).inc(),
@@ -507,9 +512,8 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 health.progress(Stage::Sensors);
                 records.push(record);
             }
-            crate::record::sensor::PortCounters::default()
-        }));
-    }
+        })
+    };
 
     // Time moves on without packets; gauges follow.
     let ticker = {
@@ -598,13 +602,14 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     }
     let dead_letters = DeadLetters::for_uplink(&config.forward.uplink);
     let reconnect = Arc::new(Notify::new());
+    // SIGHUP hands a changed [uplink] over here; the forwarder reconnects with it.
+    let (uplink_config_tx, uplink_configs) = watch::channel(config.forward.uplink.clone());
     let forwarder = {
         let spool = Arc::clone(&spool);
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
         let notify = Arc::clone(&spooled_notify);
         let reconnect = Arc::clone(&reconnect);
-        let uplink_config = config.forward.uplink.clone();
         let node = config.forward.node_id.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -614,7 +619,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     &spool,
                     &mut uplink,
                     &dead_letters,
-                    uplink_config.batch_records,
+                    uplink_configs.borrow().batch_records,
                     &mut backoff,
                     None,
                 );
@@ -630,7 +635,8 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     }
                     _ = stop.changed() => break,
                     _ = reconnect.notified() => {
-                        match Uplink::new(uplink_config.clone(), node.clone()) {
+                        let uplink_config = uplink_configs.borrow().clone();
+                        match Uplink::new(uplink_config, node.clone()) {
                             Ok(mut fresh) => {
                                 // Totals carry over: the metrics mirror them and never go down.
                                 fresh.stats = std::mem::take(&mut uplink.stats);
@@ -668,6 +674,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // What runs, by section: SIGHUP applies what it can and says what waits for a restart.
+    let mut running = config.sections.clone();
+    let mut drain_timeout = config.drain_timeout;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -675,7 +684,38 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             _ = hup.recv() => {
                 let _ = notifier.reloading();
                 match crate::agent_config::load(&config_path) {
-                    Ok(_) => tracing::info!("SIGHUP: configuration valid; reconnecting the uplink with the current certificates."),
+                    Ok(new) => {
+                        for warning in &new.warnings {
+                            tracing::warn!("SIGHUP: {}: {warning}", config_path.display());
+                        }
+                        let plan = ReloadPlan::new(&running, &new.sections);
+                        for section in &plan.applied {
+                            match *section {
+                                "uplink" => {
+                                    let cert = new.forward.uplink.cert_file.clone();
+                                    metrics
+                                        .uplink_client_cert_not_after_timestamp_seconds
+                                        .set_source(move || crate::uplink::tls::certificate_not_after(&cert).map(|t| t as f64));
+                                    let _ = uplink_config_tx.send(new.forward.uplink.clone());
+                                }
+                                "sensors" => {
+                                    sensors.stop().await;
+                                    sensors = SensorSet::start(&new.sensors, &sensor_tx);
+                                }
+                                "shutdown" => drain_timeout = new.drain_timeout,
+                                _ => {}
+                            }
+                            if let Some(value) = new.sections.get(*section) {
+                                running.insert((*section).to_owned(), value.clone());
+                            }
+                        }
+                        tracing::info!(
+                            applied = %plan.applied.join(", "),
+                            needs_restart = %plan.needs_restart.join(", "),
+                            "SIGHUP: configuration valid. {}",
+                            plan.summary()
+                        );
+                    }
                     Err(errors) => tracing::error!("SIGHUP: configuration has problems (keeping the running one):\n{errors}"),
                 }
                 reconnect.notify_one();
@@ -690,7 +730,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     // Shutdown, in pipeline order.
     tracing::info!("Stopping: sources first, then the queue, the spool and the uplink.");
     let _ = notifier.stopping();
-    let deadline = Instant::now() + config.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
     capture_stop.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let mut kernel_drops = 0;
@@ -711,9 +751,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         // The listener stopped with the signal; its channel closes and the task ends.
         let _ = task.await;
     }
-    for task in sensor_tasks {
-        let _ = task.await;
-    }
+    sensors.stop().await;
+    drop(sensor_tx);
+    let _ = sensor_bridge.await;
     let _ = ticker.await;
     {
         let mut c = lock(&correlator);
@@ -730,7 +770,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let (mut uplink, dead_letters, mut backoff) = forwarder
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
-    let batch = config.forward.uplink.batch_records;
+    let batch = uplink_config_tx.borrow().batch_records;
     let drained = forward_until_drained(
         &spool,
         &mut uplink,
@@ -848,6 +888,106 @@ fn add_stats(a: KernelStats, b: KernelStats) -> KernelStats {
     }
 }
 
+/// What a SIGHUP does with a changed configuration file, by top-level section: `uplink`
+/// (reconnect with the new settings), `sensors` (the tasks restarted with the new set, when
+/// there were sensors and still are) and `shutdown` (the drain deadline) apply at once;
+/// every other section (`node`, `capture`, `hep`, `correlation`, `spool`, `privacy`,
+/// `observe`) and a change from or to no sensors at all take a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ReloadPlan {
+    applied: Vec<&'static str>,
+    needs_restart: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    const SECTIONS: [&'static str; 10] = [
+        "node",
+        "capture",
+        "hep",
+        "correlation",
+        "sensors",
+        "spool",
+        "privacy",
+        "uplink",
+        "observe",
+        "shutdown",
+    ];
+
+    fn new(running: &toml::Table, new: &toml::Table) -> Self {
+        let mut plan = ReloadPlan::default();
+        let has_sensors = |t: &toml::Table| {
+            t.get("sensors")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
+        for section in Self::SECTIONS {
+            if running.get(section) == new.get(section) {
+                continue;
+            }
+            let live = match section {
+                "uplink" | "shutdown" => true,
+                "sensors" => has_sensors(running) && has_sensors(new),
+                _ => false,
+            };
+            if live {
+                plan.applied.push(section);
+            } else {
+                plan.needs_restart.push(section);
+            }
+        }
+        plan
+    }
+
+    fn summary(&self) -> String {
+        let applied = if self.applied.is_empty() {
+            "Nothing changed that applies at once".to_owned()
+        } else {
+            format!("Applied: {}", self.applied.join(", "))
+        };
+        let restart = if self.needs_restart.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; changed but needs a restart to take effect: {}",
+                self.needs_restart.join(", ")
+            )
+        };
+        format!("{applied}{restart}; the uplink reconnects with the current certificates.")
+    }
+}
+
+/// The running sensor tasks, stopped together (at shutdown, or to be replaced on SIGHUP).
+struct SensorSet {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<crate::record::sensor::PortCounters>>,
+}
+
+impl SensorSet {
+    fn start(devices: &[crate::sensors::device::DeviceSettings], tx: &mpsc::Sender<Record>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = devices
+            .iter()
+            .map(|device| {
+                let opener = SerialOpener {
+                    path: device.port.clone(),
+                    serial: device.profile.serial.clone(),
+                };
+                tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
+                tokio::spawn(Device::new(device.clone(), opener, tx.clone()).run(stop_rx.clone()))
+            })
+            .collect();
+        SensorSet { stop, tasks }
+    }
+
+    /// Stops every task and waits for them (each closes its port).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
 /// The age of the oldest record in the spool. The spool keeps no append times (they would
 /// cost a write per record), so the daemon notes, once a second, how many records had been
 /// appended by then; the oldest record's age is the age of the first note that counts it —
@@ -961,6 +1101,21 @@ mod tests {
             acked,
             ..SpoolStats::default()
         }
+    }
+
+    #[test]
+    fn reload_plan_applies_uplink_sensors_and_shutdown_and_names_the_rest() {
+        let table = |text: &str| -> toml::Table { toml::from_str(text).unwrap() };
+        let old = table("[uplink]\nurl = \"a\"\n[hep]\nudp = \"x\"\n[[sensors]]\nname = \"s\"\n");
+        assert_eq!(ReloadPlan::new(&old, &old), ReloadPlan::default());
+        let new = table("[uplink]\nurl = \"b\"\n[hep]\nudp = \"y\"\n[[sensors]]\nname = \"t\"\n[shutdown]\ndrain_timeout_s = 5\n");
+        let plan = ReloadPlan::new(&old, &new);
+        assert_eq!(plan.applied, ["sensors", "uplink", "shutdown"]);
+        assert_eq!(plan.needs_restart, ["hep"]);
+        assert!(plan.summary().contains("needs a restart to take effect: hep"));
+        // From some sensors to none: the health stages are set at start, so a restart.
+        let none = table("[uplink]\nurl = \"a\"\n[hep]\nudp = \"x\"\n");
+        assert_eq!(ReloadPlan::new(&old, &none).needs_restart, ["sensors"]);
     }
 
     #[test]

@@ -133,8 +133,14 @@ fn main() -> ExitCode {
     // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
     // colours: plain lines without a timestamp. On a terminal: colours and times.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The daemon says what it runs and what it does at info; commands run by hand only
+    // speak up when something is wrong.
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal() && !journald)

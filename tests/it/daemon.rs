@@ -83,13 +83,25 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Agent {
-        let child = teledge()
+        let mut command = teledge();
+        command.env(
+            "TELEDGE_LOG",
+            std::env::var("TELEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        Agent::spawn(command, config)
+    }
+
+    /// As systemd would start it without `Environment=TELEDGE_LOG`.
+    fn start_with_default_log(config: &Path) -> Agent {
+        let mut command = teledge();
+        command.env_remove("TELEDGE_LOG");
+        Agent::spawn(command, config)
+    }
+
+    fn spawn(mut command: Command, config: &Path) -> Agent {
+        let child = command
             .args(["run", "--config"])
             .arg(config)
-            .env(
-                "TELEDGE_LOG",
-                std::env::var("TELEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1081,4 +1093,85 @@ fn a_configuration_failure_found_only_at_run_start_exits_78() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("192.0.2.1:9060"), "{stderr}");
+}
+
+#[test]
+fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    // At first the uplink points where nobody listens: records wait in the spool.
+    let (nobody, udp_port, other_udp) = (free_port(), free_port(), free_port());
+    let sensor = |name: &str| {
+        format!(
+            "[[sensors]]\nname = \"{name}\"\nport = \"/nonexistent/ttyTEST\"\nprofile = \"megatec-q1-ups\"\npoll_interval_s = 0.5\nrecord_interval_s = 0.5\n"
+        )
+    };
+    let sources = format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\n{}", sensor("room-a"));
+    let config = agent_config(&pki, dir.path(), nobody, &sources, None);
+    let mut agent = Agent::start_with_default_log(&config);
+    let start = agent.wait_for_log("teledge running").join("\n");
+    for said in [
+        "Starting teledge",
+        "edge-01",
+        &format!("127.0.0.1:{udp_port}"),
+        "room-a",
+        &dir.path().join("spool").display().to_string(),
+        &format!("https://localhost:{nobody}/v1/batches"),
+    ] {
+        assert!(start.contains(said), "{said:?} not said at start:\n{start}");
+    }
+    thread::sleep(Duration::from_millis(1500));
+    assert!(stored(&out).is_empty(), "nothing can reach the collector yet");
+
+    // The collector's address, another sensor, another HEP port, another timeout.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("localhost:{nobody}"), &format!("localhost:{}", c.port))
+        .replace("room-a", "room-b")
+        .replace(
+            &format!("127.0.0.1:{udp_port}\""),
+            &format!("127.0.0.1:{other_udp}\"\n[correlation]\nsetup_timeout_s = 2"),
+        );
+    std::fs::write(&config, text).unwrap();
+    let pid = agent.child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(
+        agent.wait_for_later_log("SIGHUP: configuration valid", Duration::from_secs(10)),
+        "no reload line: {:#?}",
+        agent.rest.as_ref().unwrap().lock().unwrap()
+    );
+    thread::sleep(Duration::from_millis(200));
+    let log = agent.rest.as_ref().unwrap().lock().unwrap().join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: configuration valid"))
+        .unwrap();
+    assert!(
+        line.contains("Applied: sensors, uplink")
+            && line.contains("needs a restart to take effect: hep, correlation"),
+        "{line}"
+    );
+    // Applied for real: the spooled readings of room-a and new ones of room-b arrive.
+    let device_records = |name: &'static str| {
+        move |r: &Value| r["type"] == "sensor" && r["device"] == name
+    };
+    assert!(!collected(&out, device_records("room-a"), 1, Duration::from_secs(15)).is_empty());
+    assert!(!collected(&out, device_records("room-b"), 1, Duration::from_secs(15)).is_empty());
+    // A second SIGHUP without changes says so, and still names what waits for a restart.
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let log = agent.rest.as_ref().unwrap().lock().unwrap().join("\n");
+    let second = log
+        .lines()
+        .filter(|l| l.contains("SIGHUP: configuration valid"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second reload line in {log}"));
+    assert!(
+        second.contains("Nothing changed that applies at once")
+            && second.contains("needs a restart to take effect: hep, correlation"),
+        "{second}"
+    );
+    agent.stop();
 }
