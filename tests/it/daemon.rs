@@ -468,8 +468,16 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         .unwrap();
     stream.flush().unwrap();
     thread::sleep(Duration::from_millis(300));
+    // The memory the unit allows is well above what the load took (peak resident set).
+    let peak = peak_resident_bytes(agent.child.id());
+    let high = unit_memory_setting("MemoryHigh");
+    assert!(high < unit_memory_setting("MemoryMax"));
+    assert!(
+        peak * 4 < high,
+        "peak RSS {peak} bytes is not far below MemoryHigh= {high}"
+    );
     let summary = agent.stop();
-    println!("HEP load: {sent_calls} calls sent; agent summary {summary}");
+    println!("HEP load: {sent_calls} calls sent; peak RSS {peak} bytes; agent summary {summary}");
 
     let produced = summary["records_produced"].as_u64().unwrap();
     assert_eq!(summary["records_dropped_queue_full"], 0);
@@ -524,6 +532,37 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
     assert_eq!(partial[0]["complete"], false);
     // The call inside hep.pcap (challenged with 407; TShark shows its six messages).
     assert!(calls.iter().any(|r| !is_load(r)), "the hep.pcap call");
+}
+
+/// `VmHWM` of a process, from `/proc/<pid>/status`.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib * 1024
+}
+
+/// A memory setting of the shipped unit (`MemoryHigh=768M`), in bytes.
+fn unit_memory_setting(name: &str) -> u64 {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/teledge.service"),
+    )
+    .unwrap();
+    let value = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("the unit sets no {name}="));
+    let (number, unit) = value.split_at(value.len() - 1);
+    let factor = match unit {
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("{name}={value}: unit {other}"),
+    };
+    number.parse::<u64>().unwrap() * factor
 }
 
 /// The pseudonym of a Call-ID under the test site key.
