@@ -5,6 +5,12 @@
 //! observability and shutdown. `teledge check-config` prints the problems; a bad file exits
 //! with 78 (EX_CONFIG) so systemd does not restart-loop. The commented example is
 //! `teledge.example.toml` at the top of the repository.
+//!
+//! Beyond [`crate::config`]'s checks: every number in a range that works (timeouts, retries,
+//! baud rates, queue bounds, clock tolerances), serial ports that exist must be character
+//! devices, HEP on every address (`0.0.0.0`, `::`) requires an `auth_key` (on another
+//! address than loopback it is a warning), the HEP TLS key must match its certificate, and
+//! buffers adding up beyond the systemd unit's `MemoryHigh=` are a warning.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -249,6 +255,9 @@ pub struct HepConfig {
     pub max_connections: usize,
     pub max_connections_per_source: usize,
 }
+
+/// `MemoryHigh=` of the shipped systemd unit.
+const UNIT_MEMORY_HIGH: u64 = 768 << 20;
 
 /// Everything `teledge run` needs, validated.
 #[derive(Debug, Clone)]
@@ -507,8 +516,18 @@ pub fn parse_with_profiles(
         ("queue_frames", c.queue_frames, 64, 10_000_000),
         // At least a few of the largest frames; at most what a box can spare.
         ("queue_bytes", c.queue_bytes, 1 << 20, 4 << 30),
-        ("future_time_tolerance_s", c.future_time_tolerance_s as usize, 0, 60),
-        ("past_time_tolerance_s", c.past_time_tolerance_s as usize, 1, 86_400),
+        (
+            "future_time_tolerance_s",
+            c.future_time_tolerance_s as usize,
+            0,
+            60,
+        ),
+        (
+            "past_time_tolerance_s",
+            c.past_time_tolerance_s as usize,
+            1,
+            86_400,
+        ),
     ] {
         if value < min || value > max {
             problem!(
@@ -685,6 +704,21 @@ pub fn parse_with_profiles(
         });
     }
 
+    // The unit's MemoryHigh= (systemd/teledge.service): buffers configured beyond it would
+    // be throttled, then killed.
+    let buffers = captures.iter().map(|c| c.ring_bytes).sum::<u64>()
+        + raw.correlation.queue_bytes as u64
+        + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
+    if buffers > UNIT_MEMORY_HIGH {
+        warnings.push(ConfigProblem {
+            path: "capture".into(),
+            message: format!(
+                "capture rings, HEP queue and spool cache add up to {buffers} bytes, more than \
+                 the unit's MemoryHigh= ({UNIT_MEMORY_HIGH}): raise MemoryHigh=/MemoryMax= in a \
+                 drop-in"
+            ),
+        });
+    }
     match forward {
         Some(mut forward) if problems.is_empty() => Ok(AgentConfig {
             captures,
@@ -751,9 +785,9 @@ fn validate_hep(
     }
     let auth_key = match (&h.auth_key, &h.auth_key_file) {
         (Some(k), None) => Some(k.clone()),
-        (None, Some(f)) => match readable_file(f).and_then(|()| {
-            std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))
-        }) {
+        (None, Some(f)) => match readable_file(f)
+            .and_then(|()| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())))
+        {
             Ok(k) => Some(k.trim().to_string()),
             Err(message) => {
                 problem!(problems, "hep.auth_key_file", message);

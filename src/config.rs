@@ -513,7 +513,10 @@ pub(crate) fn validate_forward(
     }
     if files_ok {
         if let Err(message) = crate::uplink::tls::load_roots(&raw.uplink.ca_file) {
-            problem("uplink.ca_file", format!("{message}: no usable CA certificate"));
+            problem(
+                "uplink.ca_file",
+                format!("{message}: no usable CA certificate"),
+            );
         }
         match check_key_pair(&raw.uplink.cert_file, &raw.uplink.key_file) {
             Err((field, message)) => problem(&format!("uplink.{field}"), message),

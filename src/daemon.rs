@@ -12,13 +12,26 @@
 //!   [`Correlator`] is behind a mutex held per packet, uncontended with one interface), and
 //!   hands records on with `try_send`; a full record queue drops the record and counts it
 //!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
-//! - Time moves forward on a tick of its own, so calls and streams time out on a quiet line.
+//! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
+//!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
+//!   enter the correlator only within a tolerance of the local clock (`[correlation]
+//!   future_time_tolerance_s`, `past_time_tolerance_s`); others are replaced by the local
+//!   clock and counted (`teledge_timestamps_clamped_total`): one frame stamped a day ahead
+//!   would otherwise hold every timeout back for a day.
 //! - Shutdown (SIGTERM/SIGINT): sources stop, the correlator is finished — open calls become
 //!   partial records (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
 //!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
-//!   for the next start. SIGHUP re-validates the configuration file and reconnects the
-//!   uplink, so renewed certificates take effect at once (they are also re-read at every
+//!   for the next start.
+//! - SIGHUP re-validates the configuration file and compares it with the running one by
+//!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
+//!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other
+//!   changed section is named in the log as waiting for a restart. The uplink reconnects in
+//!   any case, so renewed certificates take effect at once (they are also re-read at every
 //!   handshake).
+//! - Logging: at start, at info (the default level of `run`), what runs: node, interfaces,
+//!   HEP listeners, sensors, spool directory, uplink target, privacy modes. A configuration
+//!   failure found only at start (an address not on this host, unreadable TLS files, no
+//!   capture permission) makes `run` exit 78 like `check-config` ([`DaemonError::is_configuration`]).
 //! - systemd: READY once the spool is open and every source is bound; the watchdog is fed
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 
@@ -214,7 +227,8 @@ impl Observer for CorrelateObserver<'_> {
             time: self.clock.check(meta.time),
             ..*meta
         };
-        self.correlator.sip(&meta, message, &mut |r| records.push(r));
+        self.correlator
+            .sip(&meta, message, &mut |r| records.push(r));
     }
 
     fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
@@ -963,7 +977,10 @@ struct SensorSet {
 }
 
 impl SensorSet {
-    fn start(devices: &[crate::sensors::device::DeviceSettings], tx: &mpsc::Sender<Record>) -> Self {
+    fn start(
+        devices: &[crate::sensors::device::DeviceSettings],
+        tx: &mpsc::Sender<Record>,
+    ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let tasks = devices
             .iter()
@@ -1112,7 +1129,9 @@ mod tests {
         let plan = ReloadPlan::new(&old, &new);
         assert_eq!(plan.applied, ["sensors", "uplink", "shutdown"]);
         assert_eq!(plan.needs_restart, ["hep"]);
-        assert!(plan.summary().contains("needs a restart to take effect: hep"));
+        assert!(plan
+            .summary()
+            .contains("needs a restart to take effect: hep"));
         // From some sensors to none: the health stages are set at start, so a restart.
         let none = table("[uplink]\nurl = \"a\"\n[hep]\nudp = \"x\"\n");
         assert_eq!(ReloadPlan::new(&old, &none).needs_restart, ["sensors"]);

@@ -469,7 +469,10 @@ mod tests {
             "another site, another pseudonym"
         );
         let uri = p.uri("sip:+49301234567;npdi;rn=+4930999@pbx.example:5060;user=phone?X=1");
-        assert_eq!(uri, format!("sip:{}@pbx.example:5060", p.number("+49301234567")));
+        assert_eq!(
+            uri,
+            format!("sip:{}@pbx.example:5060", p.number("+49301234567"))
+        );
         let tel = p.uri("tel:+49301234567;ext=4711;phone-context=x");
         assert_eq!(tel, format!("tel:{}", p.number("+49301234567")));
     }
@@ -491,13 +494,32 @@ mod tests {
 
     #[test]
     fn product_tokens() {
-        assert_eq!(product_token("Yealink SIP-T46S 66.85.0.5").as_deref(), Some("Yealink"));
-        assert_eq!(product_token("Asterisk PBX 18.0").as_deref(), Some("Asterisk"));
-        assert_eq!(product_token("Linphone/5.0 (Alice)").as_deref(), Some("Linphone"));
-        assert_eq!(product_token("FPBX-16.0.40(18.9.0)").as_deref(), Some("FPBX-16.0.40"));
-        assert_eq!(product_token("4711 Alice"), None, "an extension is no product");
+        assert_eq!(
+            product_token("Yealink SIP-T46S 66.85.0.5").as_deref(),
+            Some("Yealink")
+        );
+        assert_eq!(
+            product_token("Asterisk PBX 18.0").as_deref(),
+            Some("Asterisk")
+        );
+        assert_eq!(
+            product_token("Linphone/5.0 (Alice)").as_deref(),
+            Some("Linphone")
+        );
+        assert_eq!(
+            product_token("FPBX-16.0.40(18.9.0)").as_deref(),
+            Some("FPBX-16.0.40")
+        );
+        assert_eq!(
+            product_token("4711 Alice"),
+            None,
+            "an extension is no product"
+        );
         assert_eq!(product_token("\"Alice\""), None);
-        assert_eq!(product_token(&"a".repeat(100)).unwrap().len(), MAX_PRODUCT_TOKEN);
+        assert_eq!(
+            product_token(&"a".repeat(100)).unwrap().len(),
+            MAX_PRODUCT_TOKEN
+        );
     }
 
     #[test]
@@ -511,13 +533,25 @@ mod tests {
             t.address("[2001:db8:1:2:3:4:5:6]:5060"),
             "[2001:db8:1::]:5060"
         );
-        assert_eq!(t.uri("sip:alice@198.51.100.23:5070"), "sip:alice@198.51.100.0:5070");
+        assert_eq!(
+            t.uri("sip:alice@198.51.100.23:5070"),
+            "sip:alice@198.51.100.0:5070"
+        );
         let h = with(PrivacyMode::KeepLastDigits(2), AddressMode::Hash);
         let a = h.address("198.51.100.23:5060");
-        assert!(a.starts_with("h:") && a.ends_with(":5060") && !a.contains("198"), "{a}");
-        assert_eq!(h.address("198.51.100.23:4000").split(':').nth(1), a.split(':').nth(1));
+        assert!(
+            a.starts_with("h:") && a.ends_with(":5060") && !a.contains("198"),
+            "{a}"
+        );
+        assert_eq!(
+            h.address("198.51.100.23:4000").split(':').nth(1),
+            a.split(':').nth(1)
+        );
         assert!(h.address("alice-pc.example").starts_with("h:"));
         let uri = h.uri("sip:4930123@[2001:db8::1]:5060;transport=tcp");
-        assert!(uri.starts_with("sip:*****23@h:") && uri.ends_with(":5060"), "{uri}");
+        assert!(
+            uri.starts_with("sip:*****23@h:") && uri.ends_with(":5060"),
+            "{uri}"
+        );
     }
 }

@@ -22,10 +22,10 @@
 //! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
 //! the shutdown signal turns true; `run` returns once every connection task has ended.
 
-use std::io;
-use std::net::SocketAddr;
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,7 +99,10 @@ impl std::fmt::Debug for HepListenerSettings {
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
             .field("first_frame_timeout", &self.first_frame_timeout)
-            .field("max_connections_per_source", &self.max_connections_per_source)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
             .field("max_queue_bytes", &self.max_queue_bytes)
             .field("tls_handshake_timeout", &self.tls_handshake_timeout)
             .finish()
@@ -464,10 +467,7 @@ struct SourceSlot {
 
 impl SourceSlot {
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = shared
-            .per_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut open = shared.per_source.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(ip).or_insert(0);
         if *count >= shared.settings.max_connections_per_source {
             return None;
@@ -507,7 +507,17 @@ async fn connection(
     // The first valid frame must come within this, handshake included.
     let first_frame_by = tokio::time::Instant::now() + shared.settings.first_frame_timeout;
     match tls {
-        None => serve_stream(stream, peer, HepInput::Tcp, shared, first_frame_by, shutdown).await,
+        None => {
+            serve_stream(
+                stream,
+                peer,
+                HepInput::Tcp,
+                shared,
+                first_frame_by,
+                shutdown,
+            )
+            .await
+        }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(
                 shared
@@ -532,7 +542,15 @@ async fn connection(
                     }
                 },
             };
-            serve_stream(stream, peer, HepInput::Tls, shared, first_frame_by, shutdown).await;
+            serve_stream(
+                stream,
+                peer,
+                HepInput::Tls,
+                shared,
+                first_frame_by,
+                shutdown,
+            )
+            .await;
         }
     }
 }

@@ -1066,12 +1066,7 @@ fn check_config_refuses_values_that_would_break_the_service() {
         (
             "correlation.queue_bytes",
             "must be between",
-            Box::new(|t| {
-                t.replace(
-                    "[privacy]",
-                    "[correlation]\nqueue_bytes = 0\n[privacy]",
-                )
-            }),
+            Box::new(|t| t.replace("[privacy]", "[correlation]\nqueue_bytes = 0\n[privacy]")),
         ),
         (
             "hep.first_frame_timeout_s",
@@ -1104,10 +1099,17 @@ fn check_config_refuses_values_that_would_break_the_service() {
     });
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("warning: spool.max_bytes"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("warning: spool.max_bytes"), "{stderr}");
+    // Buffers beyond the unit's MemoryHigh=: a warning naming it.
+    let out = check_config_with(&pki, |t| {
+        t.replace(
+            "[privacy]",
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 1024\n[privacy]",
+        )
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("MemoryHigh="), "{stderr}");
 }
 
 #[test]
@@ -1147,7 +1149,10 @@ fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
             "[[sensors]]\nname = \"{name}\"\nport = \"/nonexistent/ttyTEST\"\nprofile = \"megatec-q1-ups\"\npoll_interval_s = 0.5\nrecord_interval_s = 0.5\n"
         )
     };
-    let sources = format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\n{}", sensor("room-a"));
+    let sources = format!(
+        "[hep]\nudp = \"127.0.0.1:{udp_port}\"\n{}",
+        sensor("room-a")
+    );
     let config = agent_config(&pki, dir.path(), nobody, &sources, None);
     let mut agent = Agent::start_with_default_log(&config);
     let start = agent.wait_for_log("teledge running").join("\n");
@@ -1162,12 +1167,18 @@ fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
         assert!(start.contains(said), "{said:?} not said at start:\n{start}");
     }
     thread::sleep(Duration::from_millis(1500));
-    assert!(stored(&out).is_empty(), "nothing can reach the collector yet");
+    assert!(
+        stored(&out).is_empty(),
+        "nothing can reach the collector yet"
+    );
 
     // The collector's address, another sensor, another HEP port, another timeout.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace(&format!("localhost:{nobody}"), &format!("localhost:{}", c.port))
+        .replace(
+            &format!("localhost:{nobody}"),
+            &format!("localhost:{}", c.port),
+        )
         .replace("room-a", "room-b")
         .replace(
             &format!("127.0.0.1:{udp_port}\""),
@@ -1193,9 +1204,8 @@ fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
         "{line}"
     );
     // Applied for real: the spooled readings of room-a and new ones of room-b arrive.
-    let device_records = |name: &'static str| {
-        move |r: &Value| r["type"] == "sensor" && r["device"] == name
-    };
+    let device_records =
+        |name: &'static str| move |r: &Value| r["type"] == "sensor" && r["device"] == name;
     assert!(!collected(&out, device_records("room-a"), 1, Duration::from_secs(15)).is_empty());
     assert!(!collected(&out, device_records("room-b"), 1, Duration::from_secs(15)).is_empty());
     // A second SIGHUP without changes says so, and still names what waits for a restart.

@@ -522,8 +522,7 @@ async fn closed_within(conn: &mut tokio::net::TcpStream, within: Duration) -> bo
     let mut buf = [0u8; 64];
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(conn, &mut buf))
-            .await
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(conn, &mut buf)).await
         {
             Err(_) => return false,
             Ok(Ok(0)) | Ok(Err(_)) => return true,
@@ -546,8 +545,8 @@ async fn hep_listener_closes_connections_without_a_valid_first_frame() {
     .await;
     let addr = l.listener_tcp.unwrap();
     let good = hep_frames("hep.pcap").remove(0).1; // carries the key "myHep"
-    // Silent, garbage only, and a well-formed frame with the wrong key: all closed soon,
-    // not after the 300 s idle timeout.
+                                                   // Silent, garbage only, and a well-formed frame with the wrong key: all closed soon,
+                                                   // not after the 300 s idle timeout.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut wrong_key = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -576,7 +575,11 @@ async fn hep_listener_closes_connections_without_a_valid_first_frame() {
     .await;
     assert!(!closed_within(&mut honest, Duration::from_millis(500)).await);
     honest.write_all(&good).await.unwrap();
-    assert_eq!(l.events(1).await.len(), 1, "the honest sender is still served");
+    assert_eq!(
+        l.events(1).await.len(),
+        1,
+        "the honest sender is still served"
+    );
     assert_eq!(l.stats.auth_rejected.load(Ordering::Relaxed), 1);
     assert_eq!(l.stats.idle_timeouts.load(Ordering::Relaxed), 0);
     l.stop().await;
@@ -584,9 +587,7 @@ async fn hep_listener_closes_connections_without_a_valid_first_frame() {
 
 async fn connect_from(local_ip: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::from((local_ip, 0)))
-        .unwrap();
+    socket.bind(SocketAddr::from((local_ip, 0))).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -657,7 +658,10 @@ async fn hep_listener_bounds_its_queue_by_bytes() {
         .await;
     let dropped = l.stats.dropped_queue_bytes.load(Ordering::Relaxed);
     let queued = 40 - dropped as usize;
-    assert!(dropped > 0 && queued > 0, "queued {queued}, dropped {dropped}");
+    assert!(
+        dropped > 0 && queued > 0,
+        "queued {queued}, dropped {dropped}"
+    );
     let events = l.events(queued).await;
     let held: usize = events.iter().map(|e| e.charge.bytes()).sum();
     assert!(held <= bound, "{held} bytes queued over the bound {bound}");

@@ -63,8 +63,10 @@ impl Pcap {
         self.0.extend_from_slice(&((t / 1000) as u32).to_le_bytes());
         self.0
             .extend_from_slice(&(((t % 1000) * 1000) as u32).to_le_bytes());
-        self.0.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.0
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.0
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
         self.0.extend_from_slice(&frame);
     }
 }
@@ -153,7 +155,12 @@ fn identity_capture() -> Vec<u8> {
         }
         ts += 800;
         for _ in 0..5 {
-            pcap.udp(ms, CALLER_RTP, PBX_RTP, &rtp(0, false, seq, ts, 0x1111, &[0xff; 160]));
+            pcap.udp(
+                ms,
+                CALLER_RTP,
+                PBX_RTP,
+                &rtp(0, false, seq, ts, 0x1111, &[0xff; 160]),
+            );
             seq += 1;
             ts += 160;
             ms += 20;
@@ -278,8 +285,17 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         .output()
         .unwrap();
     let plain = String::from_utf8_lossy(&plain.stdout);
-    for secret in ["4915112345678", "Bobsecret", "Desk", "ext=4711", "203.0.113.77"] {
-        assert!(plain.contains(secret), "{secret} not in the plain replay: {plain}");
+    for secret in [
+        "4915112345678",
+        "Bobsecret",
+        "Desk",
+        "ext=4711",
+        "203.0.113.77",
+    ] {
+        assert!(
+            plain.contains(secret),
+            "{secret} not in the plain replay: {plain}"
+        );
     }
 
     // No collector yet: the records stay in the spool, read back here with its key.
@@ -288,7 +304,12 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         .local_addr()
         .unwrap()
         .port();
-    let config = forward_config(&pki, work.path(), port, "mode = \"keyed_hash\"\naddresses = \"hash\"");
+    let config = forward_config(
+        &pki,
+        work.path(),
+        port,
+        "mode = \"keyed_hash\"\naddresses = \"hash\"",
+    );
     let out = replay_forward(&config, &capture, 1);
     assert_eq!(
         out.status.code(),
@@ -314,9 +335,18 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
     // Then the collector: what it stores is as clean.
     let out_dir = work.path().join("collected");
     let c = collector(&pki, "collector", &out_dir);
-    let config = forward_config(&pki, work.path(), c.port, "mode = \"keyed_hash\"\naddresses = \"hash\"");
+    let config = forward_config(
+        &pki,
+        work.path(),
+        c.port,
+        "mode = \"keyed_hash\"\naddresses = \"hash\"",
+    );
     let out = replay_forward(&config, &capture, 30);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = stored(&out_dir);
     let records: Vec<Value> = lines.iter().map(|l| l["record"].clone()).collect();
     assert!(records.len() >= spooled.len(), "{records:#?}");
