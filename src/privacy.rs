@@ -522,6 +522,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any header text (the wire decides it) is rewritten without a panic, and in
+        /// keyed-hash mode no digit run of the input survives in a URI's user part.
+        #[test]
+        fn any_text_is_rewritten_without_panic(text in "\\PC{0,80}", digits in "[0-9]{7,12}") {
+            for p in [
+                hashed(),
+                with(PrivacyMode::KeepLastDigits(4), AddressMode::Hash),
+                with(PrivacyMode::Clear, AddressMode::Truncate),
+            ] {
+                let _ = p.uri(&text);
+                let _ = p.address(&text);
+                let _ = p.number(&text);
+                let _ = product_token(&text);
+            }
+            let uri = hashed().uri(&format!("sip:{digits};ext={digits}@pbx.example;x={digits}?h={digits}"));
+            proptest::prop_assert!(!uri.contains(&digits), "{}", uri);
+        }
+    }
+
     #[test]
     fn addresses_by_mode() {
         let keep = with(PrivacyMode::Clear, AddressMode::Keep);
