@@ -17,7 +17,9 @@
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
 //!   future_time_tolerance_s`, `past_time_tolerance_s`); others are replaced by the local
 //!   clock and counted (`teledge_timestamps_clamped_total`): one frame stamped a day ahead
-//!   would otherwise hold every timeout back for a day.
+//!   would otherwise hold every timeout back for a day. The local clock itself is
+//!   [`LiveNow`]: the wall clock, except that after a step back it keeps moving at half
+//!   speed until the wall clock catches up, so timeouts never stand still.
 //! - Shutdown (SIGTERM/SIGINT): sources stop, the correlator is finished — open calls become
 //!   partial records (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
 //!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
@@ -56,7 +58,7 @@ use crate::sources::afpacket::{
 };
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
-use crate::time::{ClockGuard, Skew, Timestamp};
+use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 use crate::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
 
 /// Records waiting for the spool writer.
@@ -187,14 +189,16 @@ struct CaptureSink {
 #[derive(Debug, Clone)]
 struct LiveClock {
     guard: ClockGuard,
+    now: Arc<LiveNow>,
     future: Arc<observe::metrics::Counter>,
     past: Arc<observe::metrics::Counter>,
 }
 
 impl LiveClock {
-    fn new(guard: ClockGuard, metrics: &AgentMetrics, source: &str) -> Self {
+    fn new(guard: ClockGuard, now: &Arc<LiveNow>, metrics: &AgentMetrics, source: &str) -> Self {
         LiveClock {
             guard,
+            now: Arc::clone(now),
             future: metrics.clock_clamped.with(&[source, Skew::Future.as_str()]),
             past: metrics.clock_clamped.with(&[source, Skew::Past.as_str()]),
         }
@@ -202,7 +206,7 @@ impl LiveClock {
 
     /// `time`, or the local clock when `time` is outside the tolerance (counted).
     fn check(&self, time: Timestamp) -> Timestamp {
-        let (time, skew) = self.guard.check(time, Timestamp::now());
+        let (time, skew) = self.guard.check(time, self.now.now());
         match skew {
             Some(Skew::Future) => self.future.inc(),
             Some(Skew::Past) => self.past.inc(),
@@ -387,6 +391,8 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         Arc::new(Mutex::new(Correlator::new(config.calls, config.media)));
 
     let clock_guard = config.clock_tolerance;
+    // One "now" for the tick and every source's guard: it never goes back.
+    let live_now = Arc::new(LiveNow::default());
 
     // Live capture threads.
     let capture_stop = Arc::new(AtomicBool::new(false));
@@ -419,7 +425,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             packets: metrics.source_packets.with(&[&c.interface]),
             bytes: metrics.source_bytes.with(&[&c.interface]),
             health: Arc::clone(&health),
-            clock: LiveClock::new(clock_guard, &metrics, &c.interface),
+            clock: LiveClock::new(clock_guard, &live_now, &metrics, &c.interface),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
         let stop = Arc::clone(&capture_stop);
@@ -475,7 +481,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let bytes = metrics.source_bytes.with(&["hep"]);
         let errors = Arc::clone(&metrics.decode_errors);
         let hep_stats = Arc::clone(&hep_stats);
-        let clock = LiveClock::new(clock_guard, &metrics, "hep");
+        let clock = LiveClock::new(clock_guard, &live_now, &metrics, "hep");
         hep_task = Some(tokio::spawn(async move {
             let mut correlated = 0u64;
             while let Some(mut event) = rx.recv().await {
@@ -533,6 +539,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let ticker = {
         let spool = Arc::clone(&spool);
         let hep_stats = config.hep.is_some().then(|| Arc::clone(&hep_stats));
+        let live_now = Arc::clone(&live_now);
         let correlator = Arc::clone(&correlator);
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
@@ -546,7 +553,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = stop.changed() => break,
                 }
                 let mut c = lock(&correlator);
-                c.advance(Timestamp::now(), &mut |r| records.push(r));
+                c.advance(live_now.now(), &mut |r| records.push(r));
                 metrics.calls_active.set(c.calls().open_calls() as i64);
                 metrics
                     .streams_active
