@@ -349,6 +349,16 @@ pub(crate) fn validate_forward(
             "spool.dir",
             format!("{}: exists and is not a directory", raw.spool.dir.display()),
         );
+    } else if let Some(existing) = raw.spool.dir.ancestors().find(|p| p.exists()) {
+        // The spool (or the directory it will be made in) must be writable by the user the
+        // check runs as: under systemd, ExecStartPre= runs as the service user.
+        let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+        if let Err(e) = rustix::fs::access(existing, access) {
+            problem(
+                "spool.dir",
+                format!("{}: not writable by this user ({e})", existing.display()),
+            );
+        }
     }
     // The reserve and the bound against the file system the spool will live on.
     if let Some(total) = filesystem_size(&raw.spool.dir) {

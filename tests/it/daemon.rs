@@ -1224,3 +1224,43 @@ fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
     );
     agent.stop();
 }
+
+/// A read-only tmpfs, unmounted when dropped.
+struct ReadOnlyMount(PathBuf);
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn check_config_refuses_a_spool_directory_it_cannot_write() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting needs root (CI runs as root)");
+    let _mount = ReadOnlyMount(ro.clone());
+    let unwritable = ro.join("spool");
+    let out = check_config_with(&pki, |t| {
+        t.lines()
+            .map(|l| match l.starts_with("dir = ") {
+                true => format!("dir = \"{}\"", unwritable.display()),
+                false => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+}
