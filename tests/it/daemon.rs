@@ -1264,3 +1264,63 @@ fn check_config_refuses_a_spool_directory_it_cannot_write() {
         "{stderr}"
     );
 }
+
+#[test]
+fn hep_connection_bounds_of_the_configuration_hold_and_are_counted() {
+    use std::io::Read;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp_port, metrics_port) = (free_port(), free_port());
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        &format!(
+            "[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\nfirst_frame_timeout_s = 1\nmax_connections_per_source = 1\n"
+        ),
+        Some(metrics_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    // Closed by the agent: end of stream or a reset, not a read timeout.
+    let closed_within = |conn: &mut TcpStream, within: Duration| {
+        conn.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    // A silent client holds the only slot of its address, then loses it.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let mut second = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    assert!(
+        closed_within(&mut second, Duration::from_secs(3)),
+        "second connection served"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "silent connection kept"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Counted, under the metric the operator sees.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = [
+        "teledge_hep_connections_closed_total{reason=\"refused_per_source\"} 1",
+        "teledge_hep_connections_closed_total{reason=\"no_valid_first_frame\"} 1",
+    ];
+    loop {
+        let metrics = http_get(metrics_port, "/metrics");
+        if want.iter().all(|w| metrics.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{want:?} not in:\n{metrics}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+}
