@@ -136,8 +136,14 @@ fn main() -> ExitCode {
     // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
     // colours: plain lines without a timestamp. On a terminal: colours and times.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The daemon says what it runs and what it does at info; commands run by hand only
+    // speak up when something is wrong.
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal() && !journald)
@@ -289,6 +295,9 @@ fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match load_agent_config(&args.config) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("teledge: {}: warning: {warning}", args.config.display());
+            }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
                 args.config.display(),
@@ -308,7 +317,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let summary = teledge::daemon::run(config, args.config.clone())?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", args.config.display());
+    }
+    let summary = match teledge::daemon::run(config, args.config.clone()) {
+        Ok(summary) => summary,
+        // Found only now (a listen address not on this host, a certificate unreadable by
+        // the service user): still the configuration's fault, and systemd must not loop.
+        Err(e) if e.is_configuration() => {
+            eprintln!(
+                "teledge: {}: {e}; nothing started (configuration)",
+                args.config.display()
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // One line a supervisor or a test can account with.
     eprintln!("teledge: stopped: {}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
@@ -347,6 +371,9 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    for warning in &config.warnings {
+        eprintln!("teledge: {}: warning: {warning}", config_path.display());
+    }
     let (mut spool, events) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
     for event in events {

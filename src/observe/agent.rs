@@ -47,6 +47,11 @@ pub struct AgentMetrics {
     pub streams_active: Arc<Gauge>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
+    /// Sender times (HEP) too far from the local clock, replaced by it; by source and
+    /// direction (`future`, `past`).
+    pub clock_clamped: Arc<Family<Counter>>,
+    /// HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.
+    pub hep_connections_closed: Arc<Family<Counter>>,
 
     // Records.
     /// Records produced, by kind (`call`, `stream`, `sensor`, ...).
@@ -161,6 +166,20 @@ impl AgentMetrics {
                 "Entries evicted from a bounded table (full or timed out), by table.",
                 Kind::Counter,
                 &["table"],
+                MAX_SMALL_SET,
+            ),
+            clock_clamped: r.family(
+                "teledge_timestamps_clamped_total",
+                "Sender timestamps too far from the local clock, replaced by it, by source and direction.",
+                Kind::Counter,
+                &["source", "direction"],
+                MAX_SOURCES,
+            ),
+            hep_connections_closed: r.family(
+                "teledge_hep_connections_closed_total",
+                "HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.",
+                Kind::Counter,
+                &["reason"],
                 MAX_SMALL_SET,
             ),
             records_produced: r.family(

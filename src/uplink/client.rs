@@ -416,6 +416,14 @@ impl Forwarder {
         Ok(())
     }
 
+    /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
+    /// carry over. On error the running connection and its settings are kept.
+    pub fn reconfigure(&mut self, config: UplinkConfig) -> Result<(), TlsError> {
+        self.uplink = Uplink::new(config.clone(), self.node.clone())?;
+        self.uplink_config = config;
+        Ok(())
+    }
+
     fn report(&mut self, attempt: Attempt<'_>) {
         if let Some(f) = self.progress.as_mut() {
             f(&self.stats, &attempt);

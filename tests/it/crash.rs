@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use teledge::privacy::{PrivacyMode, Pseudonymizer};
+use teledge::privacy::{Privacy, Pseudonymizer};
 
 use crate::daemon::{agent_config, collected, free_port, hep_frame, Agent};
 use crate::uplink::{collector, pki};
@@ -176,9 +176,7 @@ fn sigkill_campaign_under_hep_load_loses_no_call_that_ended_before_the_window() 
 
     // Which calls must be at the collector: ended more than WINDOW before the kill of the
     // incarnation that saw the end, or in the last incarnation (stopped cleanly).
-    let hasher = Pseudonymizer::new(PrivacyMode::KeyedHash {
-        site_key: [12u8; 32],
-    });
+    let hasher = Pseudonymizer::new(Privacy::keyed_hash([12u8; 32]));
     let by_hash: HashMap<String, u32> = calls
         .iter()
         .map(|c| (hasher.number(&format!("100{}", c.n)), c.n))

@@ -14,6 +14,7 @@ mod hep;
 pub(crate) mod live;
 mod media;
 mod observe;
+mod privacy;
 mod regressions;
 mod robustness;
 pub(crate) mod sensors;
