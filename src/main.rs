@@ -89,6 +89,33 @@ struct CollectArgs {
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     #[arg(long)]
     tls12: bool,
+    /// Most connections open at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Most TLS handshakes under way at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 32)]
+    max_handshakes: usize,
+    /// Most connections of one node at once.
+    #[arg(long, default_value_t = 4)]
+    max_node_connections: usize,
+    /// Most batch bodies held and processed at once.
+    #[arg(long, default_value_t = 4)]
+    max_batches: usize,
+    /// Milliseconds a TLS handshake may take.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// Milliseconds to receive a request's headers (slowloris bound).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Milliseconds to receive a request's body.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout_ms: u64,
+    /// Largest compressed batch, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest inflated batch, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_inflated_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,8 +160,13 @@ fn main() -> ExitCode {
     // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
     // colours: plain lines without a timestamp. On a terminal: colours and times.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The collector is a server an operator watches: it logs connections and batches.
+    let default_level = match cli.command {
+        Command::Collect(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal() && !journald)
@@ -318,6 +350,17 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
         key_file: args.key,
         out_dir: args.out,
         tls12_allowed: args.tls12,
+        limits: teledge::collect::CollectLimits {
+            max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+            max_node_connections: args.max_node_connections,
+            max_batches: args.max_batches,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            body_timeout: Duration::from_millis(args.body_timeout_ms),
+            max_body: args.max_body_bytes,
+            max_inflated: args.max_inflated_bytes,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

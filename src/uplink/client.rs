@@ -216,6 +216,12 @@ impl Uplink {
             200 => serde_json::from_slice::<Ack>(&body)
                 .map_err(|e| SendError::Retriable(format!("unreadable acknowledgement: {e}"))),
             408 | 429 => Err(SendError::Retriable(format!("status {status}"))),
+            // A sequence regression (see `collect`): the records must not be deleted, and
+            // an operator must hear of it; kept and retried.
+            409 => {
+                tracing::error!(status, reason = %text, "Collector refused a batch as a sequence regression; kept in the spool.");
+                Err(SendError::Retriable(format!("status {status}: {text}")))
+            }
             400..=499 => Err(SendError::Permanent(status, text)),
             _ => Err(SendError::Retriable(format!("status {status}: {text}"))),
         }
