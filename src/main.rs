@@ -317,6 +317,13 @@ fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match load_agent_config(&args.config) {
         Ok(config) => {
+            // Records sealed under a key the keyring lost would be set aside unread.
+            if let Err(message) =
+                teledge::spool::check_spool_keys(&config.forward.spool.dir, &config.forward.keyring)
+            {
+                eprintln!("teledge: {}: spool.old_keys: {message}", args.config.display());
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
                 args.config.display(),

@@ -76,7 +76,7 @@ proptest! {
                     if bounded {
                         // Dropped records are the oldest: what is left is a suffix of the
                         // model, read in order.
-                        sync_drops(&mut model, &spool, durable);
+                        sync_drops(&mut model, &mut spool, durable);
                     }
                     let expected: Vec<_> = model
                         .iter()
@@ -89,7 +89,7 @@ proptest! {
                 }
                 Op::Ack(n) => {
                     if bounded {
-                        sync_drops(&mut model, &spool, durable);
+                        sync_drops(&mut model, &mut spool, durable);
                     }
                     // The forwarder only ever acknowledges what it read: durable records.
                     let sendable = model
@@ -124,10 +124,10 @@ proptest! {
         }
         // Everything the model still holds is in the spool, in order, after a restart.
         drop(spool);
-        let (spool, _) = Spool::open(config.clone(), keyring()).unwrap();
+        let (mut spool, _) = Spool::open(config.clone(), keyring()).unwrap();
         if bounded {
             let mut m = model.clone();
-            sync_drops(&mut m, &spool, last_id);
+            sync_drops(&mut m, &mut spool, last_id);
             model = m;
         }
         let all: Vec<_> = spool
@@ -146,7 +146,11 @@ fn is_gap(payload: &[u8]) -> bool {
 }
 
 /// Removes from the model the oldest records the spool dropped under its bound.
-fn sync_drops(model: &mut VecDeque<(RecordId, Vec<u8>)>, spool: &Spool, durable: Option<RecordId>) {
+fn sync_drops(
+    model: &mut VecDeque<(RecordId, Vec<u8>)>,
+    spool: &mut Spool,
+    durable: Option<RecordId>,
+) {
     let present: Vec<RecordId> = spool
         .read(None, usize::MAX)
         .unwrap()
