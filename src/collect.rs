@@ -539,7 +539,7 @@ async fn handle(
     let stats = &shared.stats;
     let refuse = |status: StatusCode, reason: String| {
         CollectStats::bump(&stats.refused_batches);
-        tracing::warn!(%peer, node, status = status.as_u16(), %reason, "Batch refused.");
+        tracing::warn!(%peer, %node, status = status.as_u16(), %reason, "Batch refused.");
         reply(status, reason)
     };
     if req.method() != hyper::Method::POST || req.uri().path() != "/v1/batches" {
@@ -633,7 +633,7 @@ async fn handle(
             stats.records_stored.fetch_add(accepted, Ordering::Relaxed);
             stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
             tracing::info!(
-                node,
+                %node,
                 %batch,
                 records,
                 new = accepted,
@@ -659,7 +659,7 @@ async fn handle(
             why,
         }))) => {
             let n = CollectStats::bump(&stats.sequence_regressions);
-            tracing::error!(%peer, node, epoch, seq, %id, why, sequence_regressions = n, "Sequence went backwards in an epoch; batch refused, nothing stored. The agent keeps it.");
+            tracing::error!(%peer, %node, epoch, seq, %id, why, sequence_regressions = n, "Sequence went backwards in an epoch; batch refused, nothing stored. The agent keeps it.");
             reply(
                 StatusCode::CONFLICT,
                 format!("sequence regression: node {node} epoch {epoch} seq {seq} ({id}): {why}; the agent's store reused an epoch"),
@@ -667,12 +667,12 @@ async fn handle(
         }
         Ok(Err(HandleError::Store(StoreError::Io { path, source }))) => {
             CollectStats::bump(&stats.storage_failures);
-            tracing::error!(node, file = %path.display(), error = %source, "Cannot store a batch; not acknowledged, file truncated back.");
+            tracing::error!(%node, file = %path.display(), error = %source, "Cannot store a batch; not acknowledged, file truncated back.");
             reply(StatusCode::SERVICE_UNAVAILABLE, "storage failure; retry")
         }
         Err(e) => {
             CollectStats::bump(&stats.storage_failures);
-            tracing::error!(node, error = %e, "Batch task failed; not acknowledged.");
+            tracing::error!(%node, error = %e, "Batch task failed; not acknowledged.");
             reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry")
         }
     }
