@@ -213,7 +213,9 @@ pub enum CertificateRefusal {
     NoClientAuth,
     #[error("certificate has no common name")]
     NoCommonName,
-    #[error("common name {0:?} is not a valid node id ([A-Za-z0-9._-], 1-64 characters, not . or ..)")]
+    #[error(
+        "common name {0:?} is not a valid node id ([A-Za-z0-9._-], 1-64 characters, not . or ..)"
+    )]
     BadNodeId(String),
 }
 
@@ -375,12 +377,13 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
         flood_log: Throttle::default(),
         limits,
     });
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| CollectError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CollectError::Listen {
+                addr: config.listen,
+                source,
+            })?;
     let local = listener
         .local_addr()
         .map_err(|source| CollectError::Listen {
@@ -458,23 +461,22 @@ async fn serve(
         }
         return;
     };
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp))
-        .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            CollectStats::bump(&stats.failed_handshakes);
-            tracing::warn!(%peer, error = %e, "TLS handshake refused.");
-            return;
-        }
-        Err(_) => {
-            let n = CollectStats::bump(&stats.failed_handshakes);
-            if shared.flood_log.ready() {
-                tracing::warn!(%peer, failed_handshakes = n, "TLS handshake timed out.");
+    let tls =
+        match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                CollectStats::bump(&stats.failed_handshakes);
+                tracing::warn!(%peer, error = %e, "TLS handshake refused.");
+                return;
             }
-            return;
-        }
-    };
+            Err(_) => {
+                let n = CollectStats::bump(&stats.failed_handshakes);
+                if shared.flood_log.ready() {
+                    tracing::warn!(%peer, failed_handshakes = n, "TLS handshake timed out.");
+                }
+                return;
+            }
+        };
     drop(handshake_slot);
     let node = match tls
         .get_ref()
@@ -515,10 +517,7 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout)
         .max_buf_size(64 << 10);
-    match builder
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
+    match builder.serve_connection(TokioIo::new(tls), service).await {
         Ok(()) => tracing::debug!(%peer, %node, "Node disconnected."),
         Err(e) => tracing::info!(%peer, %node, error = %e, "Node connection ended."),
     }
@@ -646,10 +645,7 @@ async fn handle(
                 duplicates,
                 through,
             };
-            reply(
-                StatusCode::OK,
-                serde_json::to_vec(&ack).unwrap_or_default(),
-            )
+            reply(StatusCode::OK, serde_json::to_vec(&ack).unwrap_or_default())
         }
         Ok(Err(HandleError::Refused(status, reason))) => refuse(status, reason),
         Ok(Err(HandleError::Store(StoreError::Regression {
@@ -1056,8 +1052,7 @@ mod tests {
     fn lines_with(ids: &[&str], n: u32) -> Vec<BatchLine> {
         ids.iter()
             .map(|id| {
-                serde_json::from_str(&format!(r#"{{"id":"{id}","record":{{"n":{n}}}}}"#))
-                    .unwrap()
+                serde_json::from_str(&format!(r#"{{"id":"{id}","record":{{"n":{n}}}}}"#)).unwrap()
             })
             .collect()
     }
@@ -1071,12 +1066,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stats = CollectStats::default();
         let mut store = store_in(dir.path());
-        assert_eq!(
-            store
-                .store(&lines(&["n1:0:0", "n1:0:1"]))
-                .unwrap(),
-            (2, 0)
-        );
+        assert_eq!(store.store(&lines(&["n1:0:0", "n1:0:1"])).unwrap(), (2, 0));
         // A lost acknowledgement: the agent sends the batch again with one more record.
         assert_eq!(
             store
@@ -1087,14 +1077,11 @@ mod tests {
         // Another epoch of the node.
         assert_eq!(store.store(&lines(&["n1:3:0"])).unwrap(), (1, 0));
         // After a restart the watermarks come back from the files.
-        let mut reloaded =
-            NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         assert_eq!(reloaded.through.get(&0), Some(&2));
         assert_eq!(reloaded.through.get(&3), Some(&0));
         assert_eq!(
-            reloaded
-                .store(&lines(&["n1:0:2", "n1:0:3"]))
-                .unwrap(),
+            reloaded.store(&lines(&["n1:0:2", "n1:0:3"])).unwrap(),
             (1, 1)
         );
     }
@@ -1112,20 +1099,25 @@ mod tests {
             .store(&lines_with(&["n1:7:0", "n1:7:1"], 2))
             .unwrap_err();
         assert!(
-            matches!(err, StoreError::Regression { epoch: 7, seq: 0, why: "different content", .. }),
+            matches!(
+                err,
+                StoreError::Regression {
+                    epoch: 7,
+                    seq: 0,
+                    why: "different content",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         // Nothing of the refused batch was written.
-        let text = std::fs::read_to_string(&jsonl_files(&dir.path().join("n1")).unwrap()[0])
-            .unwrap();
+        let text =
+            std::fs::read_to_string(&jsonl_files(&dir.path().join("n1")).unwrap()[0]).unwrap();
         assert_eq!(text.lines().count(), 3);
         // The same after a restart, where the contents come from the files; and a gap in
         // the stored sequence cannot be filled from below the watermark.
-        store
-            .store(&lines(&["n1:8:0", "n1:8:5"]))
-            .unwrap();
-        let mut reloaded =
-            NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        store.store(&lines(&["n1:8:0", "n1:8:5"])).unwrap();
+        let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         assert!(matches!(
             reloaded.store(&lines_with(&["n1:7:1"], 2)),
             Err(StoreError::Regression { seq: 1, .. })
@@ -1141,8 +1133,7 @@ mod tests {
         let mut cold = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         cold.recent.clear();
         assert_eq!(
-            cold.store(&lines(&["n1:7:1", "n1:7:2", "n1:7:3"]))
-                .unwrap(),
+            cold.store(&lines(&["n1:7:1", "n1:7:2", "n1:7:3"])).unwrap(),
             (1, 2)
         );
     }
@@ -1183,7 +1174,17 @@ mod tests {
             assert!(valid_node_id(good), "{good}");
         }
         let long = "a".repeat(MAX_NODE_ID + 1);
-        for bad in ["", ".", "..", "/abs", "a/../b", "a\\b", "a b", "é", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/abs",
+            "a/../b",
+            "a\\b",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
             assert!(!valid_node_id(bad), "{bad}");
         }
     }

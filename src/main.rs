@@ -321,7 +321,10 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             if let Err(message) =
                 teledge::spool::check_spool_keys(&config.forward.spool.dir, &config.forward.keyring)
             {
-                eprintln!("teledge: {}: spool.old_keys: {message}", args.config.display());
+                eprintln!(
+                    "teledge: {}: spool.old_keys: {message}",
+                    args.config.display()
+                );
                 return Ok(ExitCode::from(EXIT_CONFIG));
             }
             println!(

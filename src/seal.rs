@@ -130,7 +130,9 @@ impl Keyring {
         if sealed.len() < HEADER_LEN || sealed[0] != VERSION {
             return None;
         }
-        Some(u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]))
+        Some(u32::from_be_bytes([
+            sealed[1], sealed[2], sealed[3], sealed[4],
+        ]))
     }
 
     /// Seals `plaintext` bound to `record_id`.

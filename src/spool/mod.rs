@@ -10,27 +10,53 @@
 //!   the record sealed by [`crate::seal::Keyring`] with its id as associated data;
 //! - `meta`: `epoch`, `next_seq`, `pending_newest_drops`, `dropped_oldest`, `dropped_newest`.
 //!
-//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open.
+//! `<dir>/manifest.json` names the current store's epoch and the key ids of the records it
+//! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
+//! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
+//!
+//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open;
+//! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
+//! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
+//! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
 //!
 //! # Invariants
 //!
-//! - A record id `(node, epoch, seq)` is never reused: `seq` grows by one per append and is
-//!   carried across compactions; a store that had to be quarantined is replaced by one whose
-//!   epoch is its generation number, larger than any epoch before it.
-//! - Records are removed only by [`Spool::ack`] (the collector acknowledged them) or by the
-//!   full-store policy, and every policy drop is counted and announced by a gap record that
-//!   travels upstream like any other record.
+//! - A record id `(node, epoch, seq)` is never reused. A new store (first start, a wiped or
+//!   re-imaged state directory, a store that replaced a quarantined one) takes a random 64-bit
+//!   epoch from the OS (`getrandom`; without randomness the store does not open), never a
+//!   number a previous store could have had; within a store the epoch never changes
+//!   (compaction copies `meta`), and `seq` grows by one per append, so ids are FIFO within
+//!   the store.
+//! - Records are removed only by [`Spool::ack`] (the collector acknowledged them), by the
+//!   full-store policy, or by setting aside a record that will not open; every removal but an
+//!   acknowledgement is counted and announced by a gap record that travels upstream like any
+//!   other record. A quarantined store is announced by a gap record (`store_quarantined`)
+//!   naming its epoch when the manifest knew it.
 //! - Nothing in the directory is plaintext: records are sealed before they are written.
 //!
 //! # Durability contract
 //!
-//! [`Spool::append`] writes to sled's buffers; [`Spool::flush`] makes every earlier append
-//! durable (sled's `flush`: log buffers written and fsynced). The owner flushes at most every
-//! `flush_interval` (group commit, default 50 ms) and before it reports anything as stored. A
-//! process crash loses nothing (the kernel holds the writes); a power cut loses at most the
-//! appends since the last flush, i.e. the last flush interval. After any restart every
-//! unacknowledged record is read again from the oldest: delivery is at least once, in order,
-//! and the collector drops duplicates by record id.
+//! sled buffers writes in process memory (its page cache and log buffer): an append is not
+//! on disk until a flush, so a process crash loses the same as a power cut. Precisely:
+//!
+//! - [`Spool::append`] writes to sled's buffers; [`Spool::flush`] makes every earlier append
+//!   durable (log buffers written and fsynced). The owner flushes at most every
+//!   `flush_interval` after an append (group commit, default 50 ms), and before it reports
+//!   anything as stored; sled's own backstop flushes every second.
+//! - A crash of the process (SIGKILL, abort, the OOM killer) or of the machine loses the
+//!   appends since the last flush: at most one `flush_interval` of records. Records not yet
+//!   handed to the spool (the owner's queue, open calls) are the owner's to state.
+//! - Only durable records are read for sending, so no id is ever sent and then given again.
+//! - [`Spool::ack`] is durable before it returns: after any crash only the batch in flight,
+//!   whose acknowledgement never arrived, is sent again (the collector acknowledges it as
+//!   duplicates). Delivery is at least once, in order.
+//! - Drop counters and pending drop-newest announcements are in `meta` (durable with the next
+//!   flush); disk-full drops are counted in memory only (the disk had no room to note them),
+//!   so a crash while the disk is full loses that count, not records that were stored.
+//! - [`Spool::open`] flushes before returning: the epoch of a new store and whatever sled
+//!   recovered are durable before anything is sent.
+//! - A store that will not open is moved aside: what it held that the collector had not
+//!   acknowledged is lost to forwarding (it stays on disk, sealed, until pruned) and announced.
 //!
 //! # Space
 //!
@@ -417,8 +443,7 @@ impl Spool {
             epoch: self.epoch,
             key_ids: self.key_ids.keys().copied().collect(),
         };
-        let json =
-            serde_json::to_vec(&manifest).map_err(|e| SpoolError::Storage(e.to_string()))?;
+        let json = serde_json::to_vec(&manifest).map_err(|e| SpoolError::Storage(e.to_string()))?;
         let path = self.config.dir.join(MANIFEST);
         let tmp = self.config.dir.join(format!("{MANIFEST}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
@@ -994,8 +1019,12 @@ pub fn key_ids_in_spool(dir: &Path) -> Result<BTreeSet<u32>, SpoolError> {
 /// Checks that every key id present in a spool directory is in `keyring`; the error says
 /// which are missing and what follows.
 pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), String> {
-    let present = key_ids_in_spool(dir)
-        .map_err(|e| format!("cannot tell which keys the spool {} uses: {e}", dir.display()))?;
+    let present = key_ids_in_spool(dir).map_err(|e| {
+        format!(
+            "cannot tell which keys the spool {} uses: {e}",
+            dir.display()
+        )
+    })?;
     let known: BTreeSet<u32> = keyring.key_ids().collect();
     let missing: Vec<String> = present
         .difference(&known)
@@ -1219,16 +1248,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key1 = Keyring::new((1, [1; 32]), &[]);
         let (mut spool, _) = Spool::open(config(dir.path()), key1).unwrap();
-        let old = spool.append(b"{\"caller\":\"4930123456789\"}").unwrap().unwrap();
+        let old = spool
+            .append(b"{\"caller\":\"4930123456789\"}")
+            .unwrap()
+            .unwrap();
         spool.flush().unwrap();
         drop(spool);
         // Key 1 rotated out without being listed as an old key.
         let key2 = Keyring::new((2, [2; 32]), &[]);
         let (mut spool, _) = Spool::open(config(dir.path()), key2.clone()).unwrap();
-        assert_eq!(
-            key_ids_in_spool(dir.path()).unwrap(),
-            BTreeSet::from([1])
-        );
+        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), BTreeSet::from([1]));
         assert!(check_spool_keys(dir.path(), &key2)
             .unwrap_err()
             .contains("key id(s) 1"));
@@ -1296,7 +1325,14 @@ mod tests {
         );
         let generations = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with("gen-"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("gen-")
+            })
             .count();
         assert_eq!(generations, 1, "old generations are deleted");
     }

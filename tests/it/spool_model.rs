@@ -99,6 +99,9 @@ proptest! {
                     if sendable > 0 {
                         let (through, _) = model[n % sendable].clone();
                         spool.ack(through).unwrap();
+                        // An acknowledgement is durable at once, and so is every append
+                        // before it (one flush).
+                        durable = last_id;
                         while model.front().is_some_and(|(id, _)| *id <= through) {
                             model.pop_front();
                         }
@@ -172,4 +175,46 @@ fn sync_drops(
             .all(|(id, _)| present.contains(id)),
         "a record vanished from the middle of the spool"
     );
+}
+
+/// The child of `a_kill_right_after_open_keeps_the_store_epoch`: opens the spool named by
+/// `TELEDGE_SPOOL_CHILD`, prints its epoch, and waits to be killed.
+#[test]
+#[ignore = "run as a child process by a_kill_right_after_open_keeps_the_store_epoch"]
+fn spool_child_opens_and_waits() {
+    let dir = std::env::var("TELEDGE_SPOOL_CHILD").unwrap();
+    let (spool, _) = Spool::open(SpoolConfig::new(dir, "node-m"), keyring()).unwrap();
+    println!("epoch {}", spool.epoch());
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_kill_right_after_open_keeps_the_store_epoch() {
+    use std::io::BufRead;
+    // Open flushes: the epoch a new store chose is on disk before anything else happens, so a
+    // SIGKILL right after the open finds the same store again.
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "spool_model::spool_child_opens_and_waits",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TELEDGE_SPOOL_CHILD", &spool_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut epoch = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(e) = line.unwrap().strip_prefix("epoch ") {
+            epoch = Some(e.parse::<u64>().unwrap());
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (spool, _) = Spool::open(SpoolConfig::new(&spool_dir, "node-m"), keyring()).unwrap();
+    assert_eq!(Some(spool.epoch()), epoch);
 }

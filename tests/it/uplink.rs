@@ -112,9 +112,15 @@ pub(crate) fn pki() -> Pki {
     // the clientAuth extended key usage.
     let client = [ExtendedKeyUsagePurpose::ClientAuth];
     put("node-dotdot", leaf_with(&site, "..", &[], false, &client));
-    put("node-traversal", leaf_with(&site, "a/../b", &[], false, &client));
+    put(
+        "node-traversal",
+        leaf_with(&site, "a/../b", &[], false, &client),
+    );
     let absolute = pki.path("abs-node").display().to_string();
-    put("node-absolute", leaf_with(&site, &absolute, &[], false, &client));
+    put(
+        "node-absolute",
+        leaf_with(&site, &absolute, &[], false, &client),
+    );
     put("node-no-eku", leaf_with(&site, "edge-03", &[], false, &[]));
     std::fs::write(pki.path("spool.key"), [11u8; 32]).unwrap();
     std::fs::write(pki.path("site.key"), [12u8; 32]).unwrap();
@@ -851,9 +857,8 @@ async fn tls_client(
     use rustls::pki_types::pem::PemObject;
     let roots = teledge::uplink::tls::load_roots(&pki.path("ca.pem")).unwrap();
     let certs = teledge::uplink::tls::load_certs(&pki.path(&format!("{client}.pem"))).unwrap();
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path(&format!("{client}.key")))
-            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path(&format!("{client}.key")))
+        .unwrap();
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -880,8 +885,7 @@ async fn exchange(
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await
-        {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => {
                 answer.extend_from_slice(&buf[..n]);
@@ -938,12 +942,20 @@ fn a_wiped_spool_forwards_new_records_not_duplicates() {
     let spool = work.path().join("spool");
     let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
     let first = replay_forward(&config, 30);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_eq!(stored_ids(&c.out).len(), 5);
     // The state directory is wiped (re-image, operator) and the agent starts again.
     std::fs::remove_dir_all(&spool).unwrap();
     let second = replay_forward(&config, 30);
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let ids = stored_ids(&c.out);
     assert_eq!(ids.len(), 10, "every new record stored: {ids:?}");
     let epochs: std::collections::BTreeSet<u64> = ids.iter().map(|(e, _)| *e).collect();
@@ -961,7 +973,11 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
     let spool_dir = work.path().join("spool");
     let config_path = forward_config(&pki, &spool_dir, "edge-01", "edge-01", "ca.pem", c.port);
     let config = teledge::config::load_forward(&config_path).unwrap();
-    let open = || Spool::open(config.spool.clone(), config.keyring.clone()).unwrap().0;
+    let open = || {
+        Spool::open(config.spool.clone(), config.keyring.clone())
+            .unwrap()
+            .0
+    };
     let forward = |spool: Spool, seconds: u64| {
         let spool = std::sync::Mutex::new(spool);
         let mut uplink = Uplink::new(config.uplink.clone(), "edge-01".into()).unwrap();
@@ -1011,14 +1027,23 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
     spool.flush().unwrap();
     let (result, spool) = forward(spool, 2);
     let reason = format!("{result:?}");
-    assert!(reason.contains("409") && reason.contains("sequence regression"), "{reason}");
+    assert!(
+        reason.contains("409") && reason.contains("sequence regression"),
+        "{reason}"
+    );
     // Nothing deleted, nothing dead-lettered, nothing stored twice or overwritten.
-    assert_eq!(spool.stats().records, 4, "the agent keeps the refused records");
+    assert_eq!(
+        spool.stats().records,
+        4,
+        "the agent keeps the refused records"
+    );
     assert!(!spool_dir.join("dead-letter").exists());
     assert_eq!(stored_ids(&c.out).len(), 6);
     let log = c.log();
     assert!(
-        log.contains("Sequence went backwards") && log.contains("seq=3") && log.contains("node=edge-01"),
+        log.contains("Sequence went backwards")
+            && log.contains("seq=3")
+            && log.contains("node=edge-01"),
         "{log}"
     );
 }
@@ -1092,17 +1117,30 @@ fn the_collector_survives_running_out_of_file_descriptors() {
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).ok())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(c.child.try_wait().unwrap().is_none(), "the collector died: {}", c.log());
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "the collector died: {}",
+        c.log()
+    );
     // The flood stays connected; a legitimate agent still gets through (its retries find the
     // descriptors the handshake timeout frees).
     let spool = work.path().join("spool");
     let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
     let result = replay_forward(&config, 30);
     drop(flood);
-    assert!(result.status.success(), "{}\n{}", String::from_utf8_lossy(&result.stderr), c.log());
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        c.log()
+    );
     assert_eq!(stored_ids(&c.out).len(), 5);
     assert!(c.child.try_wait().unwrap().is_none());
-    assert!(c.log().contains("Accept failed; backing off"), "{}", c.log());
+    assert!(
+        c.log().contains("Accept failed; backing off"),
+        "{}",
+        c.log()
+    );
 }
 
 /// How many of `conns` the collector closed within `wait`.
@@ -1147,7 +1185,11 @@ fn connection_and_handshake_caps_refuse_cleanly() {
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap())
         .collect();
     assert_eq!(closed_within(&mut conns, wait), 7);
-    assert!(c.log().contains("Too many connections; refused."), "{}", c.log());
+    assert!(
+        c.log().contains("Too many connections; refused."),
+        "{}",
+        c.log()
+    );
     // At most 2 handshakes under way: 8 of 10 closed at once.
     let c = collector_with(
         &pki,
@@ -1167,7 +1209,11 @@ fn connection_and_handshake_caps_refuse_cleanly() {
     let spool = work.path().join("spool");
     let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
     let result = replay_forward(&config, 30);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     assert_eq!(stored_ids(&c.out).len(), 5);
 }
 
@@ -1271,8 +1317,14 @@ fn the_collector_logs_connections_and_batches() {
     let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
     assert!(replay_forward(&config, 30).status.success());
     let log = c.log();
-    assert!(log.contains("Node connected.") && log.contains("node=edge-01"), "{log}");
-    assert!(log.contains("Batch stored.") && log.contains("new=2") && log.contains("duplicates=0"), "{log}");
+    assert!(
+        log.contains("Node connected.") && log.contains("node=edge-01"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Batch stored.") && log.contains("new=2") && log.contains("duplicates=0"),
+        "{log}"
+    );
     // A refusal names its reason and the address.
     let forbidden = runtime().block_on(async {
         let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
@@ -1284,7 +1336,12 @@ fn the_collector_logs_connections_and_batches() {
     });
     assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
     let log = c.log();
-    assert!(log.contains("Batch refused.") && log.contains("status=403") && log.contains("peer=127.0.0.1:"), "{log}");
+    assert!(
+        log.contains("Batch refused.")
+            && log.contains("status=403")
+            && log.contains("peer=127.0.0.1:"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -1322,7 +1379,11 @@ fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
             .unwrap()
     };
     let fine = check();
-    assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
     // Records sealed under key id 7, which the configuration does not list.
     let (mut spool, _) = Spool::open(
         SpoolConfig::new(&spool_dir, "edge-01"),
@@ -1334,7 +1395,12 @@ fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
     // Checked while the agent holds the store open, as an operator would.
     let out = check();
     drop(spool);
-    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("key id(s) 7"), "{stderr}");
 }
