@@ -88,7 +88,7 @@ use crate::uplink::tls::{server_config, TlsError};
 use crate::uplink::{decode_body, Ack, BatchLine};
 
 /// Contents remembered per node to tell a re-sent record from a different one cheaply.
-pub const RECENT_MAX: usize = 16_384;
+pub const RECENT_MAX: usize = 4096;
 /// Longest node id (it is a directory name).
 pub const MAX_NODE_ID: usize = 64;
 
