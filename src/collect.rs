@@ -28,7 +28,8 @@
 //! counted. The agent keeps such a batch and retries it with an alert: it is never acked as a
 //! duplicate, so it is never deleted unseen.
 //!
-//! Memory is bounded by nodes × (epochs + [`RECENT_MAX`]), whatever the volume. Watermarks and
+//! Memory is bounded by nodes × ([`MAX_EPOCHS_PER_NODE`] + [`RECENT_MAX`]), whatever the
+//! volume; a batch that would give a node more epochs is refused (403). Watermarks and
 //! recent contents are re-read from the output files at start, so both survive restarts;
 //! lines whose id is not the directory's node are ignored with a warning and counted, and a
 //! directory whose name is not a valid node id is ignored with a warning.
@@ -89,6 +90,9 @@ use crate::uplink::{decode_body, Ack, BatchLine};
 
 /// Contents remembered per node to tell a re-sent record from a different one cheaply.
 pub const RECENT_MAX: usize = 4096;
+/// Store epochs kept per node: an agent starts a new one only when its spool is replaced
+/// (wiped, re-imaged, quarantined), so more means a client that makes ids up.
+pub const MAX_EPOCHS_PER_NODE: usize = 1024;
 /// Longest node id (it is a directory name).
 pub const MAX_NODE_ID: usize = 64;
 
@@ -661,6 +665,10 @@ async fn handle(
                 format!("sequence regression: node {node} epoch {epoch} seq {seq} ({id}): {why}; the agent's store reused an epoch"),
             )
         }
+        Ok(Err(HandleError::Store(StoreError::TooManyEpochs(held)))) => refuse(
+            StatusCode::FORBIDDEN,
+            format!("node {node} already has {held} store epochs (at most {MAX_EPOCHS_PER_NODE}); batch refused"),
+        ),
         Ok(Err(HandleError::Store(StoreError::Io { path, source }))) => {
             CollectStats::bump(&stats.storage_failures);
             tracing::error!(%node, file = %path.display(), error = %source, "Cannot store a batch; not acknowledged, file truncated back.");
@@ -729,6 +737,8 @@ enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The batch would bring the node past [`MAX_EPOCHS_PER_NODE`].
+    TooManyEpochs(usize),
     /// A record at or below its epoch's watermark that the collector does not hold as is.
     Regression {
         epoch: u64,
@@ -796,6 +806,14 @@ impl NodeStore {
             } else {
                 older.push((&line.id, epoch, seq, hash));
             }
+        }
+        let new_epochs: HashSet<u64> = fresh
+            .iter()
+            .map(|f| f.1)
+            .filter(|e| !self.through.contains_key(e))
+            .collect();
+        if self.through.len() + new_epochs.len() > MAX_EPOCHS_PER_NODE {
+            return Err(StoreError::TooManyEpochs(self.through.len()));
         }
         self.check_older(&older)?;
         let duplicates = older.len() as u64;
@@ -1166,6 +1184,26 @@ mod tests {
             good_length(&mut file, Path::new("x")).unwrap(),
             "{\"id\":\"n1:1:0\",\"record\":{}}\n{\"id\":\"n2:1:9\",\"record\":{}}\n".len() as u64
         );
+    }
+
+    #[test]
+    fn epochs_per_node_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_in(dir.path());
+        let ids: Vec<String> = (0..MAX_EPOCHS_PER_NODE)
+            .map(|e| format!("n1:{e}:0"))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            store.store(&lines(&ids)).unwrap(),
+            (MAX_EPOCHS_PER_NODE as u64, 0)
+        );
+        assert!(matches!(
+            store.store(&lines(&["n1:999999:0"])),
+            Err(StoreError::TooManyEpochs(MAX_EPOCHS_PER_NODE))
+        ));
+        // Known epochs go on.
+        assert_eq!(store.store(&lines(&["n1:5:1"])).unwrap(), (1, 0));
     }
 
     #[test]

@@ -318,14 +318,18 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match load_agent_config(&args.config) {
         Ok(config) => {
             // Records sealed under a key the keyring lost would be set aside unread.
-            if let Err(message) =
-                teledge::spool::check_spool_keys(&config.forward.spool.dir, &config.forward.keyring)
-            {
-                eprintln!(
-                    "teledge: {}: spool.old_keys: {message}",
-                    args.config.display()
-                );
-                return Ok(ExitCode::from(EXIT_CONFIG));
+            use teledge::spool::{check_spool_keys, SpoolKeyProblem};
+            match check_spool_keys(&config.forward.spool.dir, &config.forward.keyring) {
+                Ok(()) => {}
+                Err(problem @ SpoolKeyProblem::Missing { .. }) => {
+                    eprintln!(
+                        "teledge: {}: spool.old_keys: {problem}",
+                        args.config.display()
+                    );
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+                // Not a configuration error (e.g. run as a user who cannot read the spool).
+                Err(problem) => eprintln!("teledge: warning: {problem}"),
             }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",

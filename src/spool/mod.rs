@@ -988,43 +988,64 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// The key ids of the records held in a spool directory's current store: from its manifest
-/// (readable while the agent runs), or, for a store written before manifests, by opening it
-/// (only possible while no agent holds it).
-pub fn key_ids_in_spool(dir: &Path) -> Result<BTreeSet<u32>, SpoolError> {
-    if let Some(manifest) = read_manifest(dir) {
-        return Ok(manifest.key_ids);
+/// The key ids of the records held in a spool directory's current store, from its manifest
+/// (readable while the agent runs and holds sled's lock). `Ok(None)` when that cannot be told
+/// without opening the store: a store written before manifests existed (the agent writes the
+/// manifest when it next opens the store). This never opens sled: a check run as another
+/// user must not leave files the agent cannot use.
+pub fn key_ids_in_spool(dir: &Path) -> Result<Option<BTreeSet<u32>>, SpoolError> {
+    match std::fs::read(dir.join(MANIFEST)) {
+        Ok(bytes) => {
+            let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                SpoolError::Storage(format!("{}: {e}", dir.join(MANIFEST).display()))
+            })?;
+            return Ok(Some(manifest.key_ids));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
     let generation = match std::fs::read_dir(dir) {
         Ok(_) => latest_generation(dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.into()),
     };
-    let Some(generation) = generation else {
-        return Ok(BTreeSet::new());
-    };
-    let config = SpoolConfig::new(dir, "");
-    let db = open_db(&generation_path(dir, generation), &config).map_err(|e| match e {
-        OpenFailure::Damaged(reason) => SpoolError::Storage(reason),
-        OpenFailure::Other(e) => e,
-    })?;
-    let mut ids = BTreeSet::new();
-    for entry in db.open_tree("records")?.iter() {
-        let (_, value) = entry?;
-        ids.extend(Keyring::key_id_of(&value));
-    }
-    Ok(ids)
+    // No store yet: no key needed.
+    Ok(generation.is_none().then(BTreeSet::new))
 }
 
-/// Checks that every key id present in a spool directory is in `keyring`; the error says
-/// which are missing and what follows.
-pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), String> {
-    let present = key_ids_in_spool(dir).map_err(|e| {
-        format!(
-            "cannot tell which keys the spool {} uses: {e}",
-            dir.display()
-        )
-    })?;
+/// What [`check_spool_keys`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolKeyProblem {
+    /// Records are sealed under key ids the keyring lacks: a configuration error.
+    #[error(
+        "the spool {dir} holds records sealed with key id(s) {missing} that the keyring does \
+         not have; list the old key(s) under the spool's old keys, or those records will be \
+         moved aside unread and announced as lost"
+    )]
+    Missing { dir: String, missing: String },
+    /// The spool's keys could not be read (permissions, a store older than manifests).
+    #[error("cannot tell which keys the spool {dir} uses: {reason}")]
+    Unknown { dir: String, reason: String },
+}
+
+/// Checks that every key id present in a spool directory is in `keyring`.
+pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), SpoolKeyProblem> {
+    let shown = dir.display().to_string();
+    let present = match key_ids_in_spool(dir) {
+        Ok(Some(present)) => present,
+        Ok(None) => {
+            return Err(SpoolKeyProblem::Unknown {
+                dir: shown,
+                reason: "the store has no manifest yet (written when the agent next starts)".into(),
+            })
+        }
+        Err(e) => {
+            return Err(SpoolKeyProblem::Unknown {
+                dir: shown,
+                reason: e.to_string(),
+            })
+        }
+    };
     let known: BTreeSet<u32> = keyring.key_ids().collect();
     let missing: Vec<String> = present
         .difference(&known)
@@ -1033,13 +1054,10 @@ pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "the spool {} holds records sealed with key id(s) {} that the keyring does not have; \
-         list the old key(s) under the spool's previous keys, or those records will be moved \
-         aside unread and announced as lost",
-        dir.display(),
-        missing.join(", ")
-    ))
+    Err(SpoolKeyProblem::Missing {
+        dir: shown,
+        missing: missing.join(", "),
+    })
 }
 
 fn now_rfc3339() -> String {
@@ -1257,15 +1275,19 @@ mod tests {
         // Key 1 rotated out without being listed as an old key.
         let key2 = Keyring::new((2, [2; 32]), &[]);
         let (mut spool, _) = Spool::open(config(dir.path()), key2.clone()).unwrap();
-        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), BTreeSet::from([1]));
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([1]))
+        );
         assert!(check_spool_keys(dir.path(), &key2)
             .unwrap_err()
+            .to_string()
             .contains("key id(s) 1"));
         let new = spool.append(b"new").unwrap().unwrap();
         spool.flush().unwrap();
         assert_eq!(
             key_ids_in_spool(dir.path()).unwrap(),
-            BTreeSet::from([1, 2])
+            Some(BTreeSet::from([1, 2]))
         );
         // The unreadable record does not stop the one behind it...
         let first = spool.read(None, 10).unwrap();
@@ -1279,8 +1301,18 @@ mod tests {
         assert_eq!(gap["dropped"].as_u64(), Some(1));
         assert_eq!(gap["first_dropped"], old.display("node-a").as_str());
         assert!(gap["detail"].as_str().unwrap().contains("key id 1"));
-        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), BTreeSet::from([2]));
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([2]))
+        );
         assert!(check_spool_keys(dir.path(), &key2).is_ok());
+        // A store without a manifest (older agent) cannot be told without opening it.
+        std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        assert!(matches!(
+            check_spool_keys(dir.path(), &key2),
+            Err(SpoolKeyProblem::Unknown { .. })
+        ));
+        assert!(check_spool_keys(&dir.path().join("none"), &key2).is_ok());
         // Kept aside still sealed; with the old key it opens.
         let aside = std::fs::read(dir.path().join(gap["set_aside"].as_str().unwrap())).unwrap();
         assert!(!aside.windows(13).any(|w| w == b"4930123456789"));
