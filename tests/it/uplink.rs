@@ -1410,3 +1410,61 @@ fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("key id(s) 7"), "{stderr}");
 }
+
+#[test]
+fn a_key_rotated_without_the_old_one_does_not_stop_forwarding() {
+    // Regression: one record the spool could not open stopped forwarding for good.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    // The collector is not there yet: the first run's records stay spooled under key 1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", port);
+    let first = replay_forward(&config, 1);
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The key is rotated to id 2 without listing key 1 as an old key.
+    std::fs::write(pki.path("spool-2.key"), [21u8; 32]).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("key_id = 1", "key_id = 2")
+        .replace(
+            &pki.path("spool.key").display().to_string(),
+            &pki.path("spool-2.key").display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    let c = collector_on(&pki, "collector", &work.path().join("collected"), port);
+    let second = replay_forward(&config, 30);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let lines = stored(&c.out);
+    let calls = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "call")
+        .count();
+    assert_eq!(calls, 4, "the second run's records went through");
+    let gap = lines
+        .iter()
+        .find(|l| l["record"]["reason"] == "unreadable_record")
+        .expect("the unreadable records are announced");
+    assert_eq!(gap["record"]["dropped"].as_u64(), Some(5));
+    assert!(gap["record"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("key id 1"));
+    // Set aside, still sealed, not deleted.
+    let aside = spool.join(gap["record"]["set_aside"].as_str().unwrap());
+    assert!(std::fs::metadata(&aside).unwrap().len() > 5 * 29);
+    assert!(!contains_bytes(&spool, b"816666"));
+}
