@@ -14,10 +14,11 @@
 //!
 //! Response `200` with `{"batch": "<batch id>", "accepted": n, "duplicates": n, "through":
 //! "<last id>"}` once every line is written and synced: only then does the agent remove the
-//! batch from its spool. `4xx` (other than 408 and 429) is permanent: the agent moves the batch
-//! to its bounded dead-letter area and goes on. Anything else (connection errors, timeouts,
-//! `408`, `429`, `5xx`) is retried with exponential backoff and full jitter (1 s to 60 s),
-//! without limit.
+//! batch from its spool. `4xx` (other than 408, 409 and 429) is permanent: the agent moves the
+//! batch to its bounded dead-letter area and goes on. `409` means the batch would move a
+//! sequence backwards within a store epoch (see `collect`): the agent logs an error and keeps
+//! the batch. Anything else (connection errors, timeouts, `408`, `409`, `429`, `5xx`) is
+//! retried with exponential backoff and full jitter (1 s to 60 s), without limit.
 
 pub mod client;
 pub mod tls;
