@@ -253,7 +253,8 @@ impl<'a> GapRecord<'a> {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Manifest {
     epoch: u64,
-    /// Key ids of the records held (a superset between an acknowledgement and the rewrite).
+    /// Key ids of the records held. Exact after a clean close; while the store is open (or
+    /// after a crash) the key currently sealing may be listed with no record under it.
     key_ids: BTreeSet<u32>,
 }
 
@@ -286,6 +287,8 @@ pub struct Spool {
     pending_disk_full: u64,
     /// Records held per key id (for the manifest).
     key_ids: BTreeMap<u32, u64>,
+    /// The key ids the manifest on disk lists.
+    manifest_keys: Option<BTreeSet<u32>>,
     appends_since_disk_check: u32,
     disk_was_full: bool,
 }
@@ -297,6 +300,15 @@ impl std::fmt::Debug for Spool {
             .field("generation", &self.generation)
             .field("stats", &self.stats)
             .finish()
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // A clean close leaves the exact key set for `check-config`.
+        if let Err(e) = self.sync_manifest(true) {
+            tracing::warn!(error = %e, "Cannot update the spool manifest at close.");
+        }
     }
 }
 
@@ -417,6 +429,7 @@ impl Spool {
         db.flush()?;
         let spool = Spool {
             key_ids,
+            manifest_keys: None,
             last_appended: last_stored,
             durable_through: last_stored,
             pending_disk_full: 0,
@@ -433,15 +446,31 @@ impl Spool {
             next_seq,
             stats,
         };
-        spool.write_manifest()?;
+        let mut spool = spool;
+        spool.sync_manifest(true)?;
         Ok(spool)
     }
 
-    /// Rewrites `<dir>/manifest.json` (atomically: temporary file, sync, rename).
-    fn write_manifest(&self) -> Result<(), SpoolError> {
+    /// Brings `<dir>/manifest.json` up to date if its key set changed (atomically: temporary
+    /// file, sync, rename). Unless `exact`, the key currently sealing stays listed once used,
+    /// so a spool that drains and refills does not rewrite the file every time.
+    fn sync_manifest(&mut self, exact: bool) -> Result<(), SpoolError> {
+        let mut key_ids: BTreeSet<u32> = self.key_ids.keys().copied().collect();
+        let current = self.keyring.current_key_id();
+        if !exact
+            && self
+                .manifest_keys
+                .as_ref()
+                .is_some_and(|m| m.contains(&current))
+        {
+            key_ids.insert(current);
+        }
+        if self.manifest_keys.as_ref() == Some(&key_ids) {
+            return Ok(());
+        }
         let manifest = Manifest {
             epoch: self.epoch,
-            key_ids: self.key_ids.keys().copied().collect(),
+            key_ids,
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| SpoolError::Storage(e.to_string()))?;
         let path = self.config.dir.join(MANIFEST);
@@ -450,6 +479,7 @@ impl Spool {
         file.write_all(&json)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
+        self.manifest_keys = Some(manifest.key_ids);
         Ok(())
     }
 
@@ -470,7 +500,7 @@ impl Spool {
             self.key_ids.remove(&key_id);
         }
         if changed {
-            self.write_manifest()?;
+            self.sync_manifest(false)?;
         }
         Ok(())
     }
@@ -1328,6 +1358,22 @@ mod tests {
                 .unwrap(),
             b"{\"caller\":\"4930123456789\"}"
         );
+        // Drained, the current key stays listed while open (no rewrite per drain); a clean
+        // close leaves the exact set.
+        spool.ack(all.last().unwrap().id).unwrap();
+        std::fs::remove_file(dir.path().join(MANIFEST)).ok();
+        spool.manifest_keys = None;
+        spool.sync_manifest(false).unwrap();
+        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), Some(BTreeSet::new()));
+        spool.append(b"x").unwrap();
+        let last = spool.append(b"y").unwrap().unwrap();
+        spool.ack(last).unwrap();
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([2]))
+        );
+        drop(spool);
+        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), Some(BTreeSet::new()));
     }
 
     #[test]
