@@ -953,11 +953,13 @@ impl NodeStore {
         let mut store = NodeStore::new(node, dir);
         for path in jsonl_files(&store.dir)? {
             let mut foreign = 0u64;
+            let mut unreadable = 0u64;
             let file = File::open(&path)?;
             for line in std::io::BufReader::new(file).split(b'\n') {
                 // A torn last line (a crash mid-write) was never acknowledged: skip it (it is
-                // cut off before the next write).
+                // cut off before the next write to that file).
                 let Ok(parsed) = serde_json::from_slice::<BatchLine>(&line?) else {
+                    unreadable += 1;
                     continue;
                 };
                 let Some((epoch, seq)) = id_of_node(&store.node, &parsed.id) else {
@@ -965,6 +967,9 @@ impl NodeStore {
                     continue;
                 };
                 store.remember(epoch, seq, content_hash(parsed.record.get()));
+            }
+            if unreadable > 0 {
+                tracing::warn!(node = %store.node, file = %path.display(), lines = unreadable, "Lines that are not records (a write torn by a crash?); skipped.");
             }
             if foreign > 0 {
                 stats

@@ -1468,3 +1468,62 @@ fn a_key_rotated_without_the_old_one_does_not_stop_forwarding() {
     assert!(std::fs::metadata(&aside).unwrap().len() > 5 * 29);
     assert!(!contains_bytes(&spool, b"816666"));
 }
+
+#[test]
+fn oversized_and_inflating_batches_are_refused() {
+    use std::io::Write;
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-inflated-bytes",
+            "1048576",
+        ],
+        None,
+    );
+    let post = |body: &[u8]| {
+        let mut request = format!(
+            "POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-encoding: gzip\r\nx-teledge-node: edge-01\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        runtime().block_on(async {
+            let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+            exchange(&mut tls, &request).await
+        })
+    };
+    // A body over the bound: 413.
+    let mut noise = Vec::new();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..(100 << 10) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let answer = post(&noise);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A small body that inflates to 16 MiB: 400, without inflating it all.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 16 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 65536);
+    let answer = post(&bomb);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("inflates beyond the limit"),
+        "{answer}"
+    );
+    assert!(stored(&c.out).is_empty());
+    let log = c.log();
+    assert!(
+        log.contains("status=413") && log.contains("status=400"),
+        "{log}"
+    );
+}
