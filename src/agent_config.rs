@@ -134,7 +134,7 @@ struct RawObserve {
     #[serde(default)]
     allow_remote: bool,
     stall_after_s: Option<u64>,
-    uplink_stale_after_s: Option<u64>,
+    uplink_failing_after_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -617,8 +617,8 @@ pub fn parse_with_profiles(
     if let Some(s) = raw.observe.stall_after_s {
         observe.health.stall_after = Duration::from_secs(s);
     }
-    if let Some(s) = raw.observe.uplink_stale_after_s {
-        observe.health.uplink_stale_after = (s > 0).then(|| Duration::from_secs(s));
+    if let Some(s) = raw.observe.uplink_failing_after_s {
+        observe.health.uplink_failing_after = Duration::from_secs(s);
     }
     for (field, message) in observe.problems() {
         problems.push(ConfigProblem {

@@ -31,6 +31,7 @@
 //! key_file = "/etc/teledge/node.key"
 //! min_tls = "1.3"                      # or "1.2"
 //! batch_records = 500
+//! batch_max_bytes = 4194304            # uncompressed JSON lines per batch (one record at least)
 //! timeout_ms = 10000
 //! dead_letter_max_bytes = 67108864
 //! ```
@@ -140,6 +141,8 @@ pub(crate) struct RawUplink {
     min_tls: String,
     #[serde(default = "default_batch")]
     batch_records: usize,
+    #[serde(default = "default_batch_bytes")]
+    batch_max_bytes: usize,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_dead_letter")]
@@ -173,6 +176,9 @@ fn default_min_tls() -> String {
 fn default_batch() -> usize {
     500
 }
+fn default_batch_bytes() -> usize {
+    4 << 20
+}
 fn default_timeout_ms() -> u64 {
     10_000
 }
@@ -191,6 +197,9 @@ pub struct UplinkConfig {
     pub key_file: PathBuf,
     pub tls12_allowed: bool,
     pub batch_records: usize,
+    /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
+    /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
+    pub batch_max_bytes: usize,
     pub timeout: Duration,
     pub dead_letter_dir: PathBuf,
     pub dead_letter_max_bytes: u64,
@@ -396,6 +405,12 @@ pub(crate) fn validate_forward(
     if raw.uplink.batch_records == 0 || raw.uplink.batch_records > 10_000 {
         problem("uplink.batch_records", "must be between 1 and 10000".into());
     }
+    if !(4096..=64 << 20).contains(&raw.uplink.batch_max_bytes) {
+        problem(
+            "uplink.batch_max_bytes",
+            "must be between 4096 and 67108864 (the collector takes 64 MiB at most)".into(),
+        );
+    }
 
     let (Some(current_key), Some(privacy)) = (current_key, privacy) else {
         return None;
@@ -419,6 +434,7 @@ pub(crate) fn validate_forward(
             key_file: raw.uplink.key_file,
             tls12_allowed,
             batch_records: raw.uplink.batch_records,
+            batch_max_bytes: raw.uplink.batch_max_bytes,
             timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
             dead_letter_dir: raw.spool.dir.join("dead-letter"),
             dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,

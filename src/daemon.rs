@@ -44,7 +44,7 @@ use crate::sources::afpacket::{
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
 use crate::time::Timestamp;
-use crate::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
+use crate::uplink::client::{Attempt, Backoff, ForwardError, Forwarder, UplinkStats};
 
 /// Records waiting for the spool writer.
 const RECORD_QUEUE: usize = 65_536;
@@ -58,6 +58,8 @@ pub struct RunSummary {
     pub records_dropped_queue_full: u64,
     pub records_spooled: u64,
     pub records_forwarded: u64,
+    /// Refused by the collector for good and kept in the dead-letter area.
+    pub records_dead_lettered: u64,
     pub records_left_in_spool: u64,
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
@@ -475,23 +477,28 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     };
 
     // Uplink.
-    let mut uplink = Uplink::new(
-        config.forward.uplink.clone(),
-        config.forward.node_id.clone(),
-    )?;
-    metrics.watch_tls_alerts(uplink.tls_alerts());
-    let report_progress = {
+    let mut forwarder = Forwarder::new(&config.forward)?;
+    metrics.watch_tls_alerts(forwarder.tls_alerts());
+    forwarder.on_progress({
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
-        move |stats: &crate::uplink::client::UplinkStats, acknowledged: bool| {
+        move |stats: &UplinkStats, attempt: &Attempt<'_>| {
             metrics.observe_uplink(stats, SystemTime::now());
-            if acknowledged {
-                health.uplink_current();
+            match *attempt {
+                Attempt::Acked => health.uplink_acked(),
+                Attempt::Drained => health.spool_drained(),
+                Attempt::Failed { kind, reason } => {
+                    metrics.uplink_failures.with(&[kind.label()]).inc();
+                    health.uplink_failed(reason);
+                }
+                Attempt::Split { .. } | Attempt::DeadLettered { .. } => health.uplink_answered(),
             }
+            health.set_dead_letters(stats.dead_letters_held);
             health.progress(Stage::Uplink);
         }
-    };
-    uplink.on_progress(report_progress.clone());
+    });
+    health.set_dead_letters(forwarder.stats.dead_letters_held);
+    metrics.observe_uplink(&forwarder.stats, SystemTime::now());
     {
         // Read at scrape time: a renewed certificate shows at once.
         let cert = config.forward.uplink.cert_file.clone();
@@ -499,48 +506,25 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             .uplink_client_cert_not_after_timestamp_seconds
             .set_source(move || crate::uplink::tls::certificate_not_after(&cert).map(|t| t as f64));
     }
-    let dead_letters = DeadLetters::for_uplink(&config.forward.uplink);
     let reconnect = Arc::new(Notify::new());
     let forwarder = {
         let spool = Arc::clone(&spool);
-        let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
         let notify = Arc::clone(&spooled_notify);
         let reconnect = Arc::clone(&reconnect);
-        let uplink_config = config.forward.uplink.clone();
-        let node = config.forward.node_id.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             loop {
-                let round = forward_until_drained(
-                    &spool,
-                    &mut uplink,
-                    &dead_letters,
-                    uplink_config.batch_records,
-                    &mut backoff,
-                    None,
-                );
                 tokio::select! {
-                    result = round => {
-                        match result {
-                            Ok(stats) => {
-                                metrics.observe_uplink(&stats, SystemTime::now());
-                                health.uplink_current();
-                            }
-                            Err(e) => tracing::error!("Forwarding failed: {e}"),
+                    result = forwarder.forward_until_drained(&spool, None) => {
+                        if let Err(e) = result {
+                            tracing::error!("Forwarding failed: {e}");
                         }
                     }
                     _ = stop.changed() => break,
                     _ = reconnect.notified() => {
-                        match Uplink::new(uplink_config.clone(), node.clone()) {
-                            Ok(mut fresh) => {
-                                // Totals carry over: the metrics mirror them and never go down.
-                                fresh.stats = std::mem::take(&mut uplink.stats);
-                                fresh.on_progress(report_progress.clone());
-                                uplink = fresh;
-                            }
-                            Err(e) => tracing::error!("Uplink not reloaded: {e}"),
+                        if let Err(e) = forwarder.reconnect() {
+                            tracing::error!("Uplink not reloaded: {e}");
                         }
                         continue;
                     }
@@ -552,7 +536,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = stop.changed() => break,
                 }
             }
-            (uplink, dead_letters, backoff)
+            forwarder
         })
     };
 
@@ -630,31 +614,23 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             0
         }
     };
-    let (mut uplink, dead_letters, mut backoff) = forwarder
+    let mut forwarder = forwarder
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
-    let batch = config.forward.uplink.batch_records;
-    let drained = forward_until_drained(
-        &spool,
-        &mut uplink,
-        &dead_letters,
-        batch,
-        &mut backoff,
-        Some(deadline),
-    );
+    let drained = forwarder.forward_until_drained(&spool, Some(deadline));
     let forwarded_stats = match tokio::time::timeout_at(deadline.into(), drained).await {
         Ok(Ok(stats)) => stats,
         Ok(Err(ForwardError::Deadline(reason))) => {
             tracing::warn!("Collector not reached before the drain deadline ({reason}); the rest stays spooled.");
-            uplink.stats
+            forwarder.stats
         }
         Ok(Err(e)) => {
             tracing::error!("Forwarding at shutdown failed: {e}");
-            uplink.stats
+            forwarder.stats
         }
         Err(_) => {
             tracing::warn!("Drain deadline reached; the rest stays spooled.");
-            uplink.stats
+            forwarder.stats
         }
     };
     let left = {
@@ -667,6 +643,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         records_dropped_queue_full: dropped.load(Ordering::Relaxed),
         records_spooled: spooled,
         records_forwarded: forwarded_stats.records,
+        records_dead_lettered: forwarded_stats.dead_lettered,
         records_left_in_spool: left,
         packets_captured,
         kernel_drops,

@@ -50,6 +50,9 @@ enum Command {
     /// Hardware sensors on serial ports: list ports, probe a device, watch devices.
     #[command(subcommand)]
     Sensors(cmd::sensors::SensorsCommand),
+    /// Records the collector refused for good: list them, resend them once fixed.
+    #[command(subcommand)]
+    DeadLetters(cmd::dead_letters::DeadLettersCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +70,7 @@ struct CheckConfigArgs {
 }
 
 /// Where the service's configuration lives.
-const DEFAULT_CONFIG: &str = "/etc/teledge/teledge.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/teledge/teledge.toml";
 
 #[derive(Debug, clap::Args)]
 struct CollectArgs {
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Collect(args) => collect(args),
         Command::Sensors(command) => cmd::sensors::run(command),
+        Command::DeadLetters(command) => cmd::dead_letters::run(command),
         Command::Run(args) => run(args),
         Command::CheckConfig(args) => check_config(args),
     };
@@ -386,7 +390,7 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
 
 /// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
 fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    use teledge::uplink::client::{forward_until_drained, Backoff, DeadLetters, Uplink};
+    use teledge::uplink::client::Forwarder;
 
     let Some(config_path) = &args.forward else {
         anyhow::bail!("--forward needs a configuration");
@@ -461,25 +465,23 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-    let dead_letters = DeadLetters::for_uplink(&config.uplink);
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut forwarder = Forwarder::new(&config)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
     let spool = std::sync::Mutex::new(spool);
-    let result = runtime.block_on(forward_until_drained(
-        &spool,
-        &mut uplink,
-        &dead_letters,
-        config.uplink.batch_records,
-        &mut backoff,
-        Some(deadline),
-    ));
+    let result = runtime.block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
     match result {
         Ok(stats) => {
             eprintln!(
-                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered batches)",
-                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered_batches
+                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered records)",
+                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered
             );
+            if stats.dead_letters_held > 0 {
+                eprintln!(
+                    "teledge: {} record(s) refused by the collector are held as dead letters; see `teledge dead-letters list --config {}`",
+                    stats.dead_letters_held,
+                    config_path.display()
+                );
+            }
             Ok(if damaged {
                 ExitCode::from(EXIT_DAMAGED_INPUT)
             } else {
@@ -489,7 +491,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
             let left = spool.lock().map(|s| s.stats().records).unwrap_or(0);
             eprintln!(
-                "teledge: collector unreachable ({reason}); {left} records stay spooled for the next run"
+                "teledge: collector not reached before the deadline ({reason}); {left} records stay spooled for the next run"
             );
             Ok(ExitCode::from(EXIT_NOT_DRAINED))
         }

@@ -14,11 +14,11 @@ use serde_json::Value;
 use crate::support::data_path;
 use crate::uplink::{collector, pki, stored, Pki};
 
-fn teledge() -> Command {
+pub(crate) fn teledge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 /// An agent configuration forwarding to `collector_port`, with `sources` added.
-fn agent_config(
+pub(crate) fn agent_config(
     pki: &Pki,
     dir: &Path,
     collector_port: u16,
@@ -76,13 +76,13 @@ drain_timeout_s = 20
 }
 
 /// A running agent; SIGTERM ends it and returns its exit summary.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     rest: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Agent {
-    fn start(config: &Path) -> Agent {
+    pub(crate) fn start(config: &Path) -> Agent {
         let child = teledge()
             .args(["run", "--config"])
             .arg(config)
@@ -98,7 +98,7 @@ impl Agent {
     }
 
     /// Reads stderr until `line` shows up (the agent logs when it is running).
-    fn wait_for_log(&mut self, needle: &str) -> Vec<String> {
+    pub(crate) fn wait_for_log(&mut self, needle: &str) -> Vec<String> {
         let stderr = self.child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
@@ -147,8 +147,14 @@ impl Agent {
         false
     }
 
+    /// SIGKILL, as a crash or the OOM killer would end it, and wait for it to be gone.
+    pub(crate) fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, wait, and the `stopped:` summary.
-    fn stop(mut self) -> Value {
+    pub(crate) fn stop(mut self) -> Value {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -189,7 +195,7 @@ impl Drop for Agent {
 }
 
 /// Records at the collector, waiting until `count` of them satisfy `want` (or time runs out).
-fn collected(
+pub(crate) fn collected(
     out: &Path,
     want: impl Fn(&Value) -> bool,
     count: usize,
@@ -326,7 +332,7 @@ fn the_shipped_example_configuration_is_valid() {
 }
 
 /// A HEPv3 frame carrying one SIP message over UDP between two IPv4 endpoints.
-fn hep_frame(
+pub(crate) fn hep_frame(
     src: ([u8; 4], u16),
     dst: ([u8; 4], u16),
     secs: u32,

@@ -6,7 +6,8 @@
 mod calls;
 mod cli;
 mod conformance;
-mod daemon;
+mod crash;
+pub(crate) mod daemon;
 mod encapsulation;
 mod generated;
 mod hep;
