@@ -92,6 +92,33 @@ struct CollectArgs {
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     #[arg(long)]
     tls12: bool,
+    /// Most connections open at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Most TLS handshakes under way at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 32)]
+    max_handshakes: usize,
+    /// Most connections of one node at once.
+    #[arg(long, default_value_t = 4)]
+    max_node_connections: usize,
+    /// Most batch bodies held and processed at once.
+    #[arg(long, default_value_t = 4)]
+    max_batches: usize,
+    /// Milliseconds a TLS handshake may take.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// Milliseconds to receive a request's headers (slowloris bound).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Milliseconds to receive a request's body.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout_ms: u64,
+    /// Largest compressed batch, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest inflated batch, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_inflated_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,10 +163,11 @@ fn main() -> ExitCode {
     // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
     // colours: plain lines without a timestamp. On a terminal: colours and times.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    // The daemon says what it runs and what it does at info; commands run by hand only
-    // speak up when something is wrong.
+    // The daemon says what it runs and what it does at info, and the collector is a server an
+    // operator watches (connections, batches); commands run by hand only speak up when
+    // something is wrong.
     let default_level = match cli.command {
-        Command::Run(_) => "info",
+        Command::Run(_) | Command::Collect(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
@@ -298,6 +326,20 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             for warning in &config.warnings {
                 eprintln!("teledge: {}: warning: {warning}", args.config.display());
             }
+            // Records sealed under a key the keyring lost would be set aside unread.
+            use teledge::spool::{check_spool_keys, SpoolKeyProblem};
+            match check_spool_keys(&config.forward.spool.dir, &config.forward.keyring) {
+                Ok(()) => {}
+                Err(problem @ SpoolKeyProblem::Missing { .. }) => {
+                    eprintln!(
+                        "teledge: {}: spool.old_keys: {problem}",
+                        args.config.display()
+                    );
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+                // Not a configuration error (e.g. run as a user who cannot read the spool).
+                Err(problem) => eprintln!("teledge: warning: {problem}"),
+            }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
                 args.config.display(),
@@ -346,6 +388,17 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
         key_file: args.key,
         out_dir: args.out,
         tls12_allowed: args.tls12,
+        limits: teledge::collect::CollectLimits {
+            max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+            max_node_connections: args.max_node_connections,
+            max_batches: args.max_batches,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            body_timeout: Duration::from_millis(args.body_timeout_ms),
+            max_body: args.max_body_bytes,
+            max_inflated: args.max_inflated_bytes,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -69,9 +69,11 @@ pub struct AgentMetrics {
     pub spool_appended: Arc<Sampled>,
     pub spool_acked: Arc<Sampled>,
     /// Records removed or refused by the spool's bound, by reason (`oldest`, `newest`,
-    /// `disk_full`).
+    /// `disk_full`), or set aside because they would not open (`unreadable`).
     pub spool_dropped: Arc<Family<Sampled>>,
     pub spool_gap_records: Arc<Sampled>,
+    /// Stores quarantined (would not open) and old quarantines deleted, by event.
+    pub spool_quarantines: Arc<Family<Sampled>>,
     pub spool_compactions: Arc<Sampled>,
     pub spool_generation: Arc<Sampled>,
 
@@ -233,6 +235,13 @@ impl AgentMetrics {
                 &["reason"],
                 MAX_SMALL_SET,
             ),
+            spool_quarantines: r.family(
+                "teledge_spool_quarantines_total",
+                "Spool stores moved aside because they would not open, and old quarantined data deleted, by event.",
+                Kind::Counter,
+                &["event"],
+                MAX_SMALL_SET,
+            ),
             spool_gap_records: r.sampled(
                 "teledge_spool_gap_records_total",
                 "Gap records written to announce dropped records upstream.",
@@ -379,6 +388,15 @@ impl AgentMetrics {
         self.spool_dropped
             .with(&["disk_full"])
             .set_source(stat(|s| s.dropped_disk_full));
+        self.spool_dropped
+            .with(&["unreadable"])
+            .set_source(stat(|s| s.set_aside));
+        self.spool_quarantines
+            .with(&["quarantined"])
+            .set_source(stat(|s| s.quarantined));
+        self.spool_quarantines
+            .with(&["pruned"])
+            .set_source(stat(|s| s.quarantines_pruned));
         let disk = spool.clone();
         self.spool_disk_bytes.set_source(move || {
             try_read(&disk, |s| s.size_on_disk().ok().map(|b| b as f64)).flatten()

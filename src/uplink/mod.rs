@@ -21,7 +21,9 @@
 //!
 //! A batch holds at most `uplink.batch_records` records and `uplink.batch_max_bytes`
 //! (default 4 MiB) of uncompressed JSON lines, one record at least: the collector accepts
-//! 64 MiB compressed and 256 MiB inflated, so a batch within the defaults never meets them.
+//! 16 MiB compressed and 64 MiB inflated by default, so a batch within the defaults never
+//! meets them. `409` from `teledge collect` means the batch would move a sequence backwards
+//! within a store epoch: retried like any failure below, never dropped.
 //!
 //! # What the agent does with each answer
 //!

@@ -279,6 +279,16 @@ fn spool_levels_are_read_at_scrape_time() {
         .value,
         0.0
     );
+    for (name, label) in [
+        (
+            "teledge_spool_records_dropped_total",
+            ("reason", "unreadable"),
+        ),
+        ("teledge_spool_quarantines_total", ("event", "quarantined")),
+        ("teledge_spool_quarantines_total", ("event", "pruned")),
+    ] {
+        assert_eq!(find(&samples, name, &[label]).unwrap().value, 0.0, "{name}");
+    }
     // A scrape while the spool is busy does not wait: it shows the last values.
     let guard = spool.lock().unwrap();
     let started = Instant::now();

@@ -318,7 +318,7 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         String::from_utf8_lossy(&out.stderr)
     );
     let forward = teledge::config::load_forward(&config).unwrap();
-    let (spool, _) =
+    let (mut spool, _) =
         teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
     let spooled: Vec<Value> = spool
         .read(None, 1000)

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 use crate::support::data_path;
@@ -31,10 +31,27 @@ fn ca(name: &str) -> Ca {
     }
 }
 
-/// (certificate PEM, key PEM) for `cn` with the given names, signed by `ca`.
+/// (certificate PEM, key PEM) for `cn` with the given names, signed by `ca`: a server
+/// certificate (serverAuth) when it has names, else a node's client certificate (clientAuth).
 fn leaf(ca: &Ca, cn: &str, names: &[&str], expired: bool) -> (String, String) {
+    let eku = if names.is_empty() {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    };
+    leaf_with(ca, cn, names, expired, &[eku])
+}
+
+fn leaf_with(
+    ca: &Ca,
+    cn: &str,
+    names: &[&str],
+    expired: bool,
+    eku: &[ExtendedKeyUsagePurpose],
+) -> (String, String) {
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.extended_key_usages = eku.to_vec();
     params.distinguished_name.push(DnType::CommonName, cn);
     if expired {
         params.not_before = date_time_ymd(2020, 1, 1);
@@ -91,16 +108,37 @@ pub(crate) fn pki() -> Pki {
     put("edge-01", leaf(&site, "edge-01", &[], false));
     put("edge-02", leaf(&site, "edge-02", &[], false));
     put("edge-01-rogue", leaf(&rogue, "edge-01", &[], false));
+    // Certificates of the site CA whose common names are not safe node ids, and one without
+    // the clientAuth extended key usage.
+    let client = [ExtendedKeyUsagePurpose::ClientAuth];
+    put("node-dotdot", leaf_with(&site, "..", &[], false, &client));
+    put(
+        "node-traversal",
+        leaf_with(&site, "a/../b", &[], false, &client),
+    );
+    let absolute = pki.path("abs-node").display().to_string();
+    put(
+        "node-absolute",
+        leaf_with(&site, &absolute, &[], false, &client),
+    );
+    put("node-no-eku", leaf_with(&site, "edge-03", &[], false, &[]));
     std::fs::write(pki.path("spool.key"), [11u8; 32]).unwrap();
     std::fs::write(pki.path("site.key"), [12u8; 32]).unwrap();
     pki
 }
 
-/// A running collector; killed when dropped.
+/// A running collector; killed when dropped. Its log (stderr) is in `log`.
 pub(crate) struct Collector {
     child: Child,
     pub(crate) port: u16,
     out: PathBuf,
+    log: PathBuf,
+}
+
+impl Collector {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Collector {
@@ -115,7 +153,30 @@ pub(crate) fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
 }
 
 pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
+    collector_with(pki, cert, out, port, &[], None)
+}
+
+/// A collector with extra arguments, and at most `nofile` file descriptors if given.
+fn collector_with(
+    pki: &Pki,
+    cert: &str,
+    out: &Path,
+    port: u16,
+    extra: &[&str],
+    nofile: Option<u32>,
+) -> Collector {
+    let mut command = match nofile {
+        // The shell lowers the limit, then becomes the collector.
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                .arg(env!("CARGO_BIN_EXE_teledge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_teledge")),
+    };
+    let log = out.with_extension("log");
+    let mut child = command
         .args(["collect", "--listen", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(pki.path("ca.pem"))
         .arg("--cert")
@@ -124,8 +185,9 @@ pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Coll
         .arg(pki.path(&format!("{cert}.key")))
         .arg("--out")
         .arg(out)
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -142,6 +204,7 @@ pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Coll
         child,
         port,
         out: out.to_owned(),
+        log,
     }
 }
 
@@ -1234,4 +1297,681 @@ fn a_full_disk_drops_and_counts_then_recovers() {
         "the collector hears of every drop: {stdout}"
     );
     println!("disk-full test: {records} records, {data} delivered, {dropped} dropped while the disk was full and announced upstream");
+}
+
+/// A TLS client of the test presenting `client` (a certificate name of the PKI), connected to
+/// the collector on `port`; `None` if the handshake failed.
+async fn tls_client(
+    pki: &Pki,
+    client: &str,
+    port: u16,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let roots = teledge::uplink::tls::load_roots(&pki.path("ca.pem")).unwrap();
+    let certs = teledge::uplink::tls::load_certs(&pki.path(&format!("{client}.pem"))).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path(&format!("{client}.key")))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.ok()
+}
+
+/// Sends one raw HTTP request and reads until the collector closes or 10 s pass.
+async fn exchange(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && !request.is_empty() {
+                    // One answer is enough once its body arrived (bodies here are short).
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Ok(Ok(n)) = tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        tls.read(&mut buf),
+                    )
+                    .await
+                    {
+                        answer.extend_from_slice(&buf[..n]);
+                    }
+                    break;
+                }
+            }
+            Err(_) => return format!("{}<no close within 10 s>", String::from_utf8_lossy(&answer)),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A POST of one gzip batch whose records claim `node`.
+fn batch_request(node: &str, ids: &[String], content: &str) -> Vec<u8> {
+    let lines: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| format!(r#"{{"id":"{id}","record":{content}}}"#).into_bytes())
+        .collect();
+    let body = teledge::uplink::encode_lines(&lines).unwrap();
+    let mut request = format!(
+        "POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-encoding: gzip\r\nx-teledge-node: {node}\r\nx-teledge-batch: b\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+#[test]
+fn a_wiped_spool_forwards_new_records_not_duplicates() {
+    // Regression: a new store reused epoch 0, and the collector acknowledged its records as
+    // duplicates of the old store's, so the agent deleted them unseen.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let first = replay_forward(&config, 30);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+    // The state directory is wiped (re-image, operator) and the agent starts again.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let second = replay_forward(&config, 30);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let ids = stored_ids(&c.out);
+    assert_eq!(ids.len(), 10, "every new record stored: {ids:?}");
+    let epochs: std::collections::BTreeSet<u64> = ids.iter().map(|(e, _)| *e).collect();
+    assert_eq!(epochs.len(), 2, "two stores, two epochs: {epochs:?}");
+}
+
+#[test]
+fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
+    use teledge::spool::Spool;
+    use teledge::uplink::client::{Backoff, Forwarder};
+
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool_dir = work.path().join("spool");
+    let config_path = forward_config(&pki, &spool_dir, "edge-01", "edge-01", "ca.pem", c.port);
+    let config = teledge::config::load_forward(&config_path).unwrap();
+    let open = || {
+        Spool::open(config.spool.clone(), config.keyring.clone())
+            .unwrap()
+            .0
+    };
+    let forward = |spool: Spool, seconds: u64| {
+        let spool = std::sync::Mutex::new(spool);
+        let mut forwarder = Forwarder::new(&config).unwrap().with_backoff(Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_millis(300),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let result = runtime().block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
+        (result, spool.into_inner().unwrap())
+    };
+    let mut spool = open();
+    for i in 0..3 {
+        spool.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    spool.flush().unwrap();
+    drop(spool);
+    // A snapshot of the agent's disk, taken now...
+    let snapshot = work.path().join("snapshot");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&spool_dir)
+        .arg(&snapshot)
+        .status()
+        .unwrap()
+        .success());
+    let mut spool = open();
+    for i in 3..6 {
+        spool.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    spool.flush().unwrap();
+    let (result, _) = forward(spool, 10);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stored(&c.out).len(), 6);
+    // ...is restored: the store's epoch runs again from seq 3, with other records.
+    std::fs::remove_dir_all(&spool_dir).unwrap();
+    std::fs::rename(&snapshot, &spool_dir).unwrap();
+    let mut spool = open();
+    spool.append(b"{\"n\":\"other\"}").unwrap();
+    spool.flush().unwrap();
+    let (result, mut spool) = forward(spool, 2);
+    let reason = format!("{result:?}");
+    assert!(
+        reason.contains("409") && reason.contains("sequence regression"),
+        "{reason}"
+    );
+    // The batches of true duplicates (seq 0 and 1, two records a batch) were acknowledged;
+    // the batch holding the regressed record (seq 2, a duplicate, and 3) is kept. Nothing
+    // dead-lettered, nothing stored twice or overwritten.
+    let kept: Vec<u64> = spool
+        .read(None, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id.seq)
+        .collect();
+    assert_eq!(kept, [2, 3], "the agent keeps the refused records");
+    assert!(!spool_dir.join("dead-letter").exists());
+    assert_eq!(stored_ids(&c.out).len(), 6);
+    let log = c.log();
+    assert!(
+        log.contains("Sequence went backwards")
+            && log.contains("seq=3")
+            && log.contains("node=edge-01"),
+        "{log}"
+    );
+}
+
+#[test]
+fn collector_writes_are_cut_back_when_the_disk_fills() {
+    use teledge::spool::Spool;
+    use teledge::uplink::client::{encode_batch, SendError, Uplink};
+
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&work.path().join("collected"), "256k");
+    // Something else takes most of the disk.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 160 << 10]).unwrap();
+    let c = collector(&pki, "collector", &disk.0);
+    let config_path = forward_config(
+        &pki,
+        &work.path().join("spool"),
+        "edge-01",
+        "edge-01",
+        "ca.pem",
+        c.port,
+    );
+    let config = teledge::config::load_forward(&config_path).unwrap();
+    let (mut spool, _) = Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    let pad = "x".repeat(4000);
+    for i in 0..40 {
+        spool
+            .append(format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").as_bytes())
+            .unwrap();
+    }
+    spool.flush().unwrap();
+    let batch = spool.read(None, 100).unwrap();
+    let body = encode_batch("edge-01", &batch).unwrap();
+    let mut uplink = Uplink::new(config.uplink.clone(), "edge-01".into()).unwrap();
+    let rt = runtime();
+    // 160 KiB of records do not fit in the ~96 KiB left: the write fails part way.
+    let failed = rt.block_on(uplink.send("b1", body.clone()));
+    assert!(
+        matches!(&failed, Err(SendError::Retriable { reason, .. }) if reason.contains("503")),
+        "{failed:?}"
+    );
+    // No torn line, no half batch left behind.
+    let node_dir = disk.0.join("edge-01");
+    for file in std::fs::read_dir(&node_dir).into_iter().flatten() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(
+            bytes.is_empty(),
+            "{} bytes of a failed write stayed",
+            bytes.len()
+        );
+    }
+    assert!(c.log().contains("Cannot store a batch"), "{}", c.log());
+    // Space comes back; the retry stores every record exactly once.
+    std::fs::remove_file(&filler).unwrap();
+    let ack = rt.block_on(uplink.send("b1", body)).unwrap();
+    assert_eq!((ack.accepted, ack.duplicates), (40, 0));
+    assert_eq!(stored_ids(&disk.0).len(), 40);
+}
+
+#[test]
+fn the_collector_survives_running_out_of_file_descriptors() {
+    // Regression: an accept error (EMFILE) ended `teledge collect`; 80 idle connections of
+    // an unauthenticated client stopped it.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let mut c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &["--handshake-timeout-ms", "1000"],
+        Some(40),
+    );
+    let flood: Vec<_> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "the collector died: {}",
+        c.log()
+    );
+    // The flood stays connected; a legitimate agent still gets through (its retries find the
+    // descriptors the handshake timeout frees).
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let result = replay_forward(&config, 30);
+    drop(flood);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        c.log()
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+    assert!(c.child.try_wait().unwrap().is_none());
+    assert!(
+        c.log().contains("Accept failed; backing off"),
+        "{}",
+        c.log()
+    );
+}
+
+/// How many of `conns` the collector closed within `wait`.
+fn closed_within(conns: &mut [std::net::TcpStream], wait: std::time::Duration) -> usize {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + wait;
+    let mut closed = vec![false; conns.len()];
+    while std::time::Instant::now() < deadline {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if closed[i] {
+                continue;
+            }
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(10)))
+                .unwrap();
+            let mut b = [0u8; 16];
+            match conn.read(&mut b) {
+                Ok(0) => closed[i] = true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed[i] = true,
+                _ => {}
+            }
+        }
+    }
+    closed.iter().filter(|c| **c).count()
+}
+
+#[test]
+fn connection_and_handshake_caps_refuse_cleanly() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_millis(1500);
+    // At most 3 connections: 10 idle ones, 7 closed at once, 3 held until the handshake
+    // timeout (20 s here, far beyond the wait).
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("a"),
+        0,
+        &["--max-connections", "3", "--handshake-timeout-ms", "20000"],
+        None,
+    );
+    let mut conns: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap())
+        .collect();
+    assert_eq!(closed_within(&mut conns, wait), 7);
+    assert!(
+        c.log().contains("Too many connections; refused."),
+        "{}",
+        c.log()
+    );
+    // At most 2 handshakes under way: 8 of 10 closed at once.
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("b"),
+        0,
+        &["--max-handshakes", "2", "--handshake-timeout-ms", "20000"],
+        None,
+    );
+    let mut conns: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap())
+        .collect();
+    assert_eq!(closed_within(&mut conns, wait), 8);
+    assert!(c.log().contains("Too many TLS handshakes"), "{}", c.log());
+    // Once the stalled handshakes are gone, an agent gets through.
+    drop(conns);
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+}
+
+#[test]
+fn slow_clients_and_extra_node_connections_are_cut_off() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--header-timeout-ms",
+            "500",
+            "--body-timeout-ms",
+            "500",
+            "--max-node-connections",
+            "2",
+        ],
+        None,
+    );
+    runtime().block_on(async {
+        // Headers that never end (slowloris): closed.
+        let mut slow = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let answer = exchange(&mut slow, b"POST /v1/batches HTTP/1.1\r\nhost: x\r\n").await;
+        assert!(!answer.contains("no close"), "{answer}");
+        drop(slow);
+        // A body that never ends: 408.
+        let mut slow = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let answer = exchange(
+            &mut slow,
+            b"POST /v1/batches HTTP/1.1\r\nhost: x\r\nx-teledge-node: edge-01\r\ncontent-length: 100000\r\n\r\nabc",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        drop(slow);
+        // Two connections of a node at once, not three.
+        let mut one = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let mut two = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        assert!(exchange(&mut one, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(exchange(&mut two, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        // (TLS 1.3: the refusal shows once the client reads.)
+        if let Some(mut three) = tls_client(&pki, "edge-01", c.port).await {
+            let answer = exchange(&mut three, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            assert!(answer.is_empty(), "{answer}");
+        }
+    });
+    let log = c.log();
+    assert!(log.contains("Too many connections from this node"), "{log}");
+    assert!(log.contains("status=408"), "{log}");
+}
+
+#[test]
+fn certificates_naming_no_safe_node_are_refused() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let absolute = pki.path("abs-node").display().to_string();
+    for (cert, cn) in [
+        ("node-dotdot", ".."),
+        ("node-traversal", "a/../b"),
+        ("node-absolute", absolute.as_str()),
+        ("node-no-eku", "edge-03"),
+    ] {
+        let answer = runtime().block_on(async {
+            let Some(mut tls) = tls_client(&pki, cert, c.port).await else {
+                return String::new();
+            };
+            exchange(&mut tls, &batch_request(cn, &[format!("{cn}:1:0")], "{}")).await
+        });
+        assert!(!answer.contains("200"), "{cert}: {answer}");
+    }
+    // Nothing written anywhere: not in the output directory, not beside it, not at the
+    // absolute path.
+    assert!(stored(&out).is_empty());
+    assert!(std::fs::read_dir(&out).unwrap().next().is_none());
+    assert!(!pki.path("abs-node").exists());
+    let beside: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jsonl") || n == "b")
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    let log = c.log();
+    assert!(log.contains("is not a valid node id"), "{log}");
+    assert!(log.contains("lacks the clientAuth"), "{log}");
+}
+
+#[test]
+fn the_collector_logs_connections_and_batches() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    assert!(replay_forward(&config, 30).status.success());
+    let log = c.log();
+    assert!(
+        log.contains("Node connected.") && log.contains("node=edge-01"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Batch stored.") && log.contains("new=2") && log.contains("duplicates=0"),
+        "{log}"
+    );
+    // A refusal names its reason and the address.
+    let forbidden = runtime().block_on(async {
+        let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        exchange(
+            &mut tls,
+            &batch_request("edge-02", &["edge-02:1:0".into()], "{}"),
+        )
+        .await
+    });
+    assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
+    let log = c.log();
+    assert!(
+        log.contains("Batch refused.")
+            && log.contains("status=403")
+            && log.contains("peer=127.0.0.1:"),
+        "{log}"
+    );
+}
+
+#[test]
+fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
+    use teledge::seal::Keyring;
+    use teledge::spool::{Spool, SpoolConfig};
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    for (from, to) in [
+        ("site.key", "site.key"),
+        ("spool.key", "spool-key"),
+        ("ca.pem", "ca.pem"),
+        ("edge-01.pem", "node.pem"),
+        ("edge-01.key", "node.key"),
+    ] {
+        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
+    }
+    let spool_dir = etc.join("spool");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("teledge.example.toml"))
+        .unwrap()
+        .replace("/var/lib/teledge/spool", &spool_dir.display().to_string())
+        .replace("/etc/teledge/", &format!("{}/", etc.display()));
+    let path = etc.join("teledge.toml");
+    std::fs::write(&path, example).unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .current_dir(&root)
+            .env("CREDENTIALS_DIRECTORY", etc)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let fine = check();
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    // Records sealed under key id 7, which the configuration does not list.
+    let (mut spool, _) = Spool::open(
+        SpoolConfig::new(&spool_dir, "edge-01"),
+        Keyring::new((7, [3; 32]), &[]),
+    )
+    .unwrap();
+    spool.append(b"{}").unwrap();
+    spool.flush().unwrap();
+    // Checked while the agent holds the store open, as an operator would.
+    let out = check();
+    drop(spool);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("key id(s) 7"), "{stderr}");
+}
+
+#[test]
+fn a_key_rotated_without_the_old_one_does_not_stop_forwarding() {
+    // Regression: one record the spool could not open stopped forwarding for good.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    // The collector is not there yet: the first run's records stay spooled under key 1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", port);
+    let first = replay_forward(&config, 1);
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The key is rotated to id 2 without listing key 1 as an old key.
+    std::fs::write(pki.path("spool-2.key"), [21u8; 32]).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("key_id = 1", "key_id = 2")
+        .replace(
+            &pki.path("spool.key").display().to_string(),
+            &pki.path("spool-2.key").display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    let c = collector_on(&pki, "collector", &work.path().join("collected"), port);
+    let second = replay_forward(&config, 30);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let lines = stored(&c.out);
+    let calls = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "call")
+        .count();
+    assert_eq!(calls, 4, "the second run's records went through");
+    let gap = lines
+        .iter()
+        .find(|l| l["record"]["reason"] == "unreadable_record")
+        .expect("the unreadable records are announced");
+    assert_eq!(gap["record"]["dropped"].as_u64(), Some(5));
+    assert!(gap["record"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("key id 1"));
+    // Set aside, still sealed, not deleted.
+    let aside = spool.join(gap["record"]["set_aside"].as_str().unwrap());
+    assert!(std::fs::metadata(&aside).unwrap().len() > 5 * 29);
+    assert!(!contains_bytes(&spool, b"816666"));
+}
+
+#[test]
+fn oversized_and_inflating_batches_are_refused() {
+    use std::io::Write;
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-inflated-bytes",
+            "1048576",
+        ],
+        None,
+    );
+    let post = |body: &[u8]| {
+        let mut request = format!(
+            "POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-encoding: gzip\r\nx-teledge-node: edge-01\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        runtime().block_on(async {
+            let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+            exchange(&mut tls, &request).await
+        })
+    };
+    // A body over the bound: 413.
+    let mut noise = Vec::new();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..(100 << 10) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let answer = post(&noise);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A small body that inflates to 16 MiB: 400, without inflating it all.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 16 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 65536);
+    let answer = post(&bomb);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("inflates beyond the limit"),
+        "{answer}"
+    );
+    assert!(stored(&c.out).is_empty());
+    let log = c.log();
+    assert!(
+        log.contains("status=413") && log.contains("status=400"),
+        "{log}"
+    );
 }
