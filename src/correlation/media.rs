@@ -46,6 +46,10 @@ pub struct MediaLimits {
     /// Probation packets of an unconfirmed flow are forgotten after this long.
     pub candidate_ttl: Duration,
     pub max_rtcp_per_call: usize,
+    /// How long the media endpoints of an ended call are remembered, so that RTP and RTCP
+    /// still in flight after its BYE are counted, not measured as orphans (the call
+    /// tracker's linger; [`super::Correlator`] sets it).
+    pub ended_linger: Duration,
 }
 
 impl Default for MediaLimits {
@@ -57,6 +61,7 @@ impl Default for MediaLimits {
             stream_idle: Duration::from_secs(60),
             candidate_ttl: Duration::from_secs(10),
             max_rtcp_per_call: 256,
+            ended_linger: Duration::from_secs(32),
         }
     }
 }
@@ -83,6 +88,13 @@ pub struct MediaCounters {
     pub probation_discarded: u64,
     pub streams_dropped_at_capacity: u64,
     pub endpoints_dropped_at_capacity: u64,
+    /// RTP packets to or from the media endpoints of a call that already ended (in flight
+    /// after its BYE): counted, not measured.
+    pub rtp_after_call_end: u64,
+    /// RTCP packets to or from the media endpoints of a call that already ended.
+    pub rtcp_after_call_end: u64,
+    /// Ended calls' endpoints forgotten before their linger passed (at `max_endpoints`).
+    pub ended_endpoints_forgotten: u64,
 }
 
 /// Which way a stream runs.
@@ -148,6 +160,9 @@ pub struct MediaTracker {
     candidates: HashMap<StreamKey, Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay.
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
+    /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
+    ended_endpoints: HashMap<SocketAddr, Timestamp>,
+    ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
     counters: MediaCounters,
     last_sweep: Timestamp,
 }
@@ -164,6 +179,8 @@ impl MediaTracker {
             rtcp_by_call: HashMap::new(),
             candidates: HashMap::new(),
             streams_by_ssrc: HashMap::new(),
+            ended_endpoints: HashMap::new(),
+            ended_order: std::collections::VecDeque::new(),
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
         }
@@ -203,6 +220,7 @@ impl MediaTracker {
                     self.counters.endpoints_dropped_at_capacity += 1;
                     return;
                 }
+                self.ended_endpoints.remove(&addr);
                 self.endpoints.insert(
                     addr,
                     Endpoint {
@@ -282,8 +300,16 @@ impl MediaTracker {
                     &[(meta.time, rtp)],
                 );
             }
+            None if self.ended_call_media(meta) => self.counters.rtp_after_call_end += 1,
             None => self.probation(meta, rtp),
         }
+    }
+
+    /// Whether a datagram runs to or from a media endpoint of a call that ended.
+    fn ended_call_media(&self, meta: &DatagramMeta) -> bool {
+        !self.ended_endpoints.is_empty()
+            && (self.ended_endpoints.contains_key(&meta.dst)
+                || self.ended_endpoints.contains_key(&meta.src))
     }
 
     fn probation(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
@@ -441,7 +467,11 @@ impl MediaTracker {
             .map(|e| e.call.clone())
             .or_else(|| self.call_by_ssrc(meta, &summary));
         let Some(call) = call else {
-            self.counters.rtcp_unattributed += 1;
+            if self.ended_call_media(meta) {
+                self.counters.rtcp_after_call_end += 1;
+            } else {
+                self.counters.rtcp_unattributed += 1;
+            }
             return;
         };
         let list = self.rtcp_by_call.entry(call).or_default();
@@ -503,6 +533,16 @@ impl MediaTracker {
             keep
         });
         self.counters.probation_discarded += dropped;
+        let linger = self.limits.ended_linger.as_secs_f64();
+        while let Some(&(at, addr)) = self.ended_order.front() {
+            if now.seconds_since(at) <= linger {
+                break;
+            }
+            self.ended_order.pop_front();
+            if self.ended_endpoints.get(&addr) == Some(&at) {
+                self.ended_endpoints.remove(&addr);
+            }
+        }
     }
 
     fn close_stream(&mut self, key: StreamKey, out: &mut impl FnMut(StreamRecord)) {
@@ -519,6 +559,38 @@ impl MediaTracker {
             }
             None => out(orphan_record(&stream)),
         }
+    }
+
+    /// Everything measured for a call that ended at `now`: as [`Self::take_call`], and its
+    /// media endpoints are remembered for `ended_linger`, so that what is still in flight
+    /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
+    pub fn end_call(&mut self, call_id: &str, now: Timestamp) -> MediaQuality {
+        let addrs: Vec<SocketAddr> = self
+            .endpoints_by_call
+            .get(call_id)
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| self.endpoints.get(a).is_some_and(|e| &*e.call == call_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let quality = self.take_call(call_id);
+        for addr in addrs {
+            while self.ended_endpoints.len() >= self.limits.max_endpoints.max(1) {
+                let Some((at, oldest)) = self.ended_order.pop_front() else {
+                    break;
+                };
+                if self.ended_endpoints.get(&oldest) == Some(&at) {
+                    self.ended_endpoints.remove(&oldest);
+                    self.counters.ended_endpoints_forgotten += 1;
+                }
+            }
+            self.ended_endpoints.insert(addr, now);
+            self.ended_order.push_back((now, addr));
+        }
+        quality
     }
 
     /// Everything measured for a call, which is over: its streams are closed, its endpoints

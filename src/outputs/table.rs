@@ -17,7 +17,10 @@ pub fn write_table(
         "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "MOS"
     )?;
     for call in calls {
-        let time = call.invite_time.to_string();
+        let time = call
+            .invite_time
+            .unwrap_or(call.first_message_time)
+            .to_string();
         let time = time.get(..19).unwrap_or(&time).replace('T', " ");
         let outcome = if call.complete || call.outcome == Outcome::InProgress {
             call.outcome.as_str().to_owned()

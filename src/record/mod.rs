@@ -147,6 +147,9 @@ pub struct CaptureSummary {
     pub decode: crate::dissect::DissectStats,
     pub media: crate::correlation::media::MediaCounters,
     pub calls_dropped_at_capacity: u64,
+    /// Every counter of the call tracker (calls started before the capture, late messages,
+    /// evictions, truncated fields, ...).
+    pub call_counters: crate::correlation::calls::CallCounters,
 }
 
 /// Schema id of the capture summary.
