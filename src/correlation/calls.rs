@@ -1381,3 +1381,556 @@ fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> Strin
         caller.to_string().as_bytes(),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::decode::sip;
+
+    const CALLER: &str = "10.0.0.1:5060";
+    const CALLEE: &str = "10.0.0.2:5060";
+
+    /// A call table fed with text messages at times in milliseconds.
+    struct Harness {
+        tracker: CallTracker,
+        records: Vec<CallRecord>,
+        call_id: String,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Harness::with(CallLimits::default())
+        }
+
+        fn with(limits: CallLimits) -> Self {
+            Harness {
+                tracker: CallTracker::new(limits),
+                records: Vec::new(),
+                call_id: "call-1@test".to_owned(),
+            }
+        }
+
+        fn feed(&mut self, at_ms: i64, text: &str, from_caller: bool) {
+            let msg = sip::parse(text.as_bytes()).unwrap();
+            let (src, dst) = if from_caller {
+                (CALLER, CALLEE)
+            } else {
+                (CALLEE, CALLER)
+            };
+            let meta = MessageMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + at_ms * 1_000_000),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            let sdp = summarize_sdp(&msg);
+            let records = &mut self.records;
+            self.tracker
+                .message(&meta, &msg, sdp.as_ref(), &mut |r| records.push(r));
+        }
+
+        /// A request. `by_caller`: the caller sends it (From is the caller).
+        fn req(&mut self, at: i64, method: &str, cseq: u32, by_caller: bool, dialog: bool) {
+            self.req_branch(
+                at,
+                method,
+                cseq,
+                by_caller,
+                dialog,
+                &format!("z9hG4bK{method}{cseq}"),
+            );
+        }
+
+        fn req_branch(
+            &mut self,
+            at: i64,
+            method: &str,
+            cseq: u32,
+            by_caller: bool,
+            dialog: bool,
+            branch: &str,
+        ) {
+            let caller = "<sip:alice@example.com>;tag=A";
+            let callee = if dialog {
+                "<sip:bob@example.com>;tag=B"
+            } else {
+                "<sip:bob@example.com>"
+            };
+            let (from, to) = if by_caller {
+                (caller, callee)
+            } else {
+                (callee, caller)
+            };
+            let text = format!(
+                "{method} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch={branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                self.call_id
+            );
+            self.feed(at, &text, by_caller);
+        }
+
+        /// A response from the callee to a caller's request.
+        fn resp(&mut self, at: i64, status: u16, cseq: u32, method: &str, to_tag: Option<&str>) {
+            self.resp_branch(
+                at,
+                status,
+                cseq,
+                method,
+                to_tag,
+                &format!("z9hG4bK{method}{cseq}"),
+            );
+        }
+
+        fn resp_branch(
+            &mut self,
+            at: i64,
+            status: u16,
+            cseq: u32,
+            method: &str,
+            to_tag: Option<&str>,
+            branch: &str,
+        ) {
+            let to = match to_tag {
+                Some(t) => format!("<sip:bob@example.com>;tag={t}"),
+                None => "<sip:bob@example.com>".to_owned(),
+            };
+            let text = format!(
+                "SIP/2.0 {status} Whatever\r\nVia: SIP/2.0/UDP 10.0.0.1;branch={branch}\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                self.call_id
+            );
+            self.feed(at, &text, false);
+        }
+
+        fn advance(&mut self, at_ms: i64) {
+            let records = &mut self.records;
+            let now = Timestamp::from_nanos(1_700_000_000_000_000_000 + at_ms * 1_000_000);
+            self.tracker.advance(now, &mut |r| records.push(r));
+        }
+
+        fn finish(&mut self) {
+            let records = &mut self.records;
+            self.tracker
+                .finish(ClosedBy::CaptureEnd, &mut |r| records.push(r));
+        }
+
+        fn only(&self) -> &CallRecord {
+            assert_eq!(self.records.len(), 1, "{:#?}", self.records);
+            &self.records[0]
+        }
+    }
+
+    /// INVITE → 180 → 403, then `follow` (a message that may come after a final failure).
+    fn rejected_then(follow: impl Fn(&mut Harness)) -> Harness {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(50, 180, 1, "INVITE", Some("B"));
+        h.resp(900, 403, 1, "INVITE", Some("B"));
+        assert_eq!(
+            h.records.len(),
+            1,
+            "the record is made at the final response"
+        );
+        follow(&mut h);
+        h.advance(600_000);
+        h.finish();
+        h
+    }
+
+    #[test]
+    fn bye_after_a_failure_response_keeps_the_call_rejected() {
+        // Issue 11 item 1: INVITE → 180 → 403 → BYE was reported abandoned by the caller.
+        let h = rejected_then(|h| {
+            h.req(910, "ACK", 1, true, true);
+            h.req(1000, "BYE", 2, true, true);
+        });
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Rejected);
+        assert_eq!(c.final_status, Some(403));
+        assert_eq!(c.hangup_by, None);
+        assert_eq!(c.closed_by, ClosedBy::FinalResponse);
+        assert!(c.complete);
+        assert_eq!(h.tracker.counters().late_messages, 2);
+    }
+
+    #[test]
+    fn every_message_that_can_follow_a_final_failure_leaves_it_alone() {
+        type Follow = fn(&mut Harness);
+        let follows: [(&str, Follow); 9] = [
+            ("BYE from the caller", |h| h.req(1000, "BYE", 2, true, true)),
+            ("BYE from the callee", |h| {
+                h.req(1000, "BYE", 1, false, true)
+            }),
+            ("CANCEL", |h| h.req(1000, "CANCEL", 1, true, false)),
+            ("the final re-sent", |h| {
+                h.resp(1000, 403, 1, "INVITE", Some("B"))
+            }),
+            ("another final", |h| {
+                h.resp(1000, 500, 1, "INVITE", Some("B"))
+            }),
+            ("ACK", |h| h.req(1000, "ACK", 1, true, true)),
+            ("a 2xx after the failure", |h| {
+                h.resp(1000, 200, 1, "INVITE", Some("C"))
+            }),
+            ("a late provisional", |h| {
+                h.resp(1000, 183, 1, "INVITE", Some("B"))
+            }),
+            ("the 200 of a BYE", |h| {
+                h.resp(1000, 200, 2, "BYE", Some("B"))
+            }),
+        ];
+        for (what, follow) in follows {
+            let h = rejected_then(follow);
+            let c = h.only();
+            assert_eq!(c.outcome, Outcome::Rejected, "{what}");
+            assert_eq!(c.final_status, Some(403), "{what}");
+            assert_eq!(c.hangup_by, None, "{what}");
+            assert_eq!(c.answer_time, None, "{what}");
+            assert_eq!(h.tracker.counters().late_messages, 1, "{what}");
+            assert_eq!(h.tracker.counters().calls, 1, "{what}: no second call");
+        }
+    }
+
+    #[test]
+    fn messages_after_a_challenge_are_ignored_while_it_waits_for_credentials() {
+        // A 407 keeps the attempt open for the INVITE with credentials; what else comes
+        // meanwhile must not turn it into another outcome.
+        for (what, follow) in [
+            (
+                "BYE",
+                (|h: &mut Harness| h.req(1000, "BYE", 2, true, true)) as fn(&mut Harness),
+            ),
+            ("CANCEL", |h| h.req(1000, "CANCEL", 1, true, false)),
+            ("2xx", |h| h.resp(1000, 200, 1, "INVITE", Some("C"))),
+        ] {
+            let mut h = Harness::new();
+            h.req(0, "INVITE", 1, true, false);
+            h.resp(50, 407, 1, "INVITE", Some("B"));
+            follow(&mut h);
+            assert!(h.records.is_empty(), "{what}: waiting for credentials");
+            h.advance(400_000);
+            let c = h.only();
+            assert_eq!(c.outcome, Outcome::Rejected, "{what}");
+            assert_eq!(c.final_status, Some(407), "{what}");
+            assert_eq!(c.hangup_by, None, "{what}");
+            assert_eq!(h.tracker.counters().ignored_after_final, 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn challenge_then_credentials_is_one_attempt() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(50, 407, 1, "INVITE", Some("B"));
+        h.req(60, "ACK", 1, true, true);
+        h.req(34_000, "INVITE", 2, true, false);
+        h.resp(34_100, 200, 2, "INVITE", Some("C"));
+        h.req(34_200, "ACK", 2, true, true);
+        h.req(40_000, "BYE", 3, false, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.auth_challenges, 1);
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+    }
+
+    #[test]
+    fn the_record_is_made_at_the_bye_and_late_messages_are_absorbed() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(40, 180, 1, "INVITE", Some("B"));
+        h.resp(2000, 200, 1, "INVITE", Some("B"));
+        h.req(2010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, true, true);
+        // No time has passed beyond the BYE: the record is there already.
+        assert_eq!(h.records.len(), 1);
+        assert_eq!(h.tracker.open_calls(), 0);
+        h.resp(9010, 200, 2, "BYE", Some("B"));
+        h.req(9500, "BYE", 2, true, true);
+        h.resp(9600, 200, 1, "INVITE", Some("B"));
+        h.req(9700, "INVITE", 1, true, false);
+        h.advance(20_000);
+        h.finish();
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(c.talk_duration_s, Some(7.0));
+        assert_eq!(c.messages, 5);
+        assert_eq!(h.tracker.counters().late_messages, 4);
+        assert_eq!(h.tracker.ended_dialogs(), 1);
+        // After the linger the dialog is forgotten.
+        h.advance(60_000);
+        assert_eq!(h.tracker.ended_dialogs(), 0);
+    }
+
+    #[test]
+    fn a_new_invite_transaction_after_the_end_is_a_new_attempt() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(100, 486, 1, "INVITE", Some("B"));
+        h.req(110, "ACK", 1, true, true);
+        h.req(5000, "INVITE", 2, true, false);
+        h.resp(5100, 180, 2, "INVITE", Some("C"));
+        h.finish();
+        assert_eq!(h.records.len(), 2);
+        assert_eq!(h.records[0].outcome, Outcome::Busy);
+        assert_eq!(h.records[1].outcome, Outcome::InProgress);
+        assert_ne!(h.records[0].record_id, h.records[1].record_id);
+    }
+
+    #[test]
+    fn a_forks_failure_does_not_end_the_attempt_a_2xx_answers_it() {
+        // A proxy tapped on both sides: the caller's INVITE (branch c), two forks (f1, f2).
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKc");
+        h.req_branch(5, "INVITE", 1, true, false, "z9hG4bKf1");
+        h.req_branch(6, "INVITE", 1, true, false, "z9hG4bKf2");
+        h.resp_branch(500, 486, 1, "INVITE", Some("X"), "z9hG4bKf1");
+        assert!(
+            h.records.is_empty(),
+            "a fork's 486 is not the caller's answer"
+        );
+        h.resp_branch(2000, 200, 1, "INVITE", Some("Y"), "z9hG4bKf2");
+        h.resp_branch(2001, 200, 1, "INVITE", Some("Y"), "z9hG4bKc");
+        h.req(2100, "ACK", 1, true, true);
+        h.req(8000, "BYE", 2, false, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.forks, 2);
+        assert_eq!(
+            c.retransmissions, 0,
+            "the proxy's copy of the 200 is no retransmission"
+        );
+    }
+
+    #[test]
+    fn the_proxys_failure_to_the_caller_ends_the_attempt() {
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKc");
+        h.req_branch(5, "INVITE", 1, true, false, "z9hG4bKf1");
+        h.resp_branch(500, 486, 1, "INVITE", Some("X"), "z9hG4bKf1");
+        h.resp_branch(501, 486, 1, "INVITE", Some("X"), "z9hG4bKc");
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Busy);
+        assert_eq!(c.end_time, Some(c.last_message_time));
+    }
+
+    #[test]
+    fn cancel_ends_with_the_487_or_after_the_linger() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(40, 180, 1, "INVITE", Some("B"));
+        h.req(5000, "CANCEL", 1, true, false);
+        h.resp(5010, 200, 1, "CANCEL", Some("B"));
+        assert!(h.records.is_empty(), "a 200 may still cross the CANCEL");
+        h.resp(5020, 487, 1, "INVITE", Some("B"));
+        h.req(5030, "ACK", 1, true, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Abandoned);
+        assert_eq!(c.closed_by, ClosedBy::Cancel);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(h.tracker.counters().late_messages, 1);
+
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.req(5000, "CANCEL", 1, true, false);
+        h.resp(5010, 200, 1, "INVITE", Some("B"));
+        h.req(5020, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, true, true);
+        assert_eq!(
+            h.only().outcome,
+            Outcome::Answered,
+            "the 200 crossed the CANCEL"
+        );
+
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.req(5000, "CANCEL", 1, true, false);
+        h.advance(30_000);
+        assert!(h.records.is_empty());
+        h.advance(40_000);
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
+        assert_eq!(h.only().closed_by, ClosedBy::Cancel);
+    }
+
+    #[test]
+    fn a_bye_first_seen_makes_a_partial_record() {
+        let mut h = Harness::new();
+        h.req(0, "BYE", 7, false, true);
+        h.resp(10, 200, 7, "BYE", Some("A"));
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert!(!c.complete);
+        assert!(!c.roles_known, "a BYE does not tell who called");
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.invite_time, None);
+        assert_eq!(c.answer_time, None);
+        assert_eq!(c.end_time, Some(c.first_message_time));
+        // The caller is named as the sender of the first request seen: the BYE's.
+        assert_eq!(c.caller.user.as_deref(), Some("bob"));
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(h.tracker.counters().started_before_capture, 1);
+        assert_eq!(h.tracker.counters().late_messages, 1);
+    }
+
+    #[test]
+    fn the_200_of_a_bye_first_seen_makes_a_partial_record() {
+        let mut h = Harness::new();
+        h.resp(10, 200, 2, "BYE", Some("B"));
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.caller.user.as_deref(), Some("alice"));
+        assert_eq!(
+            c.caller_address, CALLER,
+            "the BYE came from where its 200 goes"
+        );
+    }
+
+    #[test]
+    fn a_reinvite_first_seen_opens_a_connected_partial_call() {
+        let mut h = Harness::new();
+        let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n";
+        let text = format!(
+            "INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:bob@example.com>;tag=B\r\nTo: <sip:alice@example.com>;tag=A\r\nCall-ID: call-1@test\r\nCSeq: 3 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        h.feed(0, &text, false);
+        assert_eq!(h.tracker.open_calls(), 1);
+        h.req(60_000, "BYE", 4, true, true);
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.state, State::Ended);
+        assert_eq!(c.hold_count, 1);
+        assert_eq!(c.media.offer.as_ref().unwrap().media[0].port, 4000);
+        // The re-INVITE came from bob (named caller); alice's BYE is the callee's.
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+    }
+
+    #[test]
+    fn provisional_responses_first_seen_tell_the_roles_and_the_answer() {
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", None);
+        h.resp(500, 180, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(3010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, false, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.caller.user.as_deref(), Some("alice"));
+        assert!(c.answer_time.is_some());
+        assert_eq!(c.talk_duration_s, Some(6.0));
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+        assert_eq!(c.time_to_answer_s, None, "the INVITE was not seen");
+    }
+
+    #[test]
+    fn a_failure_first_seen_is_a_partial_rejected_call() {
+        let mut h = Harness::new();
+        h.resp(0, 486, 1, "INVITE", Some("B"));
+        h.req(10, "ACK", 1, true, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.outcome, Outcome::Busy);
+        assert_eq!(h.tracker.counters().late_messages, 1);
+    }
+
+    #[test]
+    fn a_lone_ack_is_a_partial_call_of_unknown_state() {
+        let mut h = Harness::new();
+        h.req(0, "ACK", 1, true, true);
+        h.advance(301_000 + 1000);
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.outcome, Outcome::InProgress, "nothing says how it went");
+        assert_eq!(c.closed_by, ClosedBy::Timeout);
+    }
+
+    #[test]
+    fn stray_responses_and_other_dialogs_make_no_call() {
+        let mut h = Harness::new();
+        h.resp(0, 200, 5, "OPTIONS", Some("B"));
+        h.resp(1, 200, 6, "REGISTER", Some("B"));
+        h.resp(2, 401, 7, "REGISTER", None);
+        h.req(3, "NOTIFY", 8, true, true);
+        h.req(4, "REFER", 9, true, true);
+        h.req(5, "OPTIONS", 10, true, false);
+        h.req(6, "BYE", 11, true, false); // a BYE without To-tag is no dialog's
+        h.finish();
+        assert!(h.records.is_empty(), "{:#?}", h.records);
+        assert_eq!(h.tracker.counters().calls, 0);
+        // The tagged 200 to OPTIONS, NOTIFY and REFER; the tagless BYE is a transaction.
+        assert_eq!(h.tracker.counters().orphan_messages, 3);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_call_in_setup() {
+        let limits = CallLimits {
+            max_calls: 3,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        h.call_id = "answered".into();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(10, 200, 1, "INVITE", Some("B"));
+        for (i, id) in ["junk-1", "junk-2", "real"].iter().enumerate() {
+            h.call_id = (*id).into();
+            h.req(100 + i as i64, "INVITE", 1, true, false);
+        }
+        assert_eq!(h.records.len(), 1);
+        assert_eq!(h.records[0].call_id, "junk-1");
+        assert_eq!(h.records[0].closed_by, ClosedBy::Evicted);
+        assert_eq!(h.records[0].outcome, Outcome::InProgress);
+        assert_eq!(h.tracker.counters().evicted_in_setup, 1);
+        assert_eq!(h.tracker.open_calls(), 3);
+        // Only answered calls left: a new one is refused, counted.
+        for id in ["junk-2", "real"] {
+            h.call_id = id.into();
+            h.resp(200, 200, 1, "INVITE", Some("B"));
+        }
+        h.call_id = "late".into();
+        h.req(300, "INVITE", 1, true, false);
+        assert_eq!(h.tracker.counters().dropped_at_capacity, 1);
+        assert_eq!(h.tracker.open_calls(), 3);
+    }
+
+    #[test]
+    fn header_text_is_capped_and_the_bytes_held_are_bounded() {
+        let mut h = Harness::new();
+        let long = "x".repeat(4096);
+        let text = format!(
+            "INVITE sip:{long}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{long}\r\nFrom: \"{long}\" <sip:{long}@example.com>;tag={long}\r\nTo: \"{long}\" <sip:{long}@example.com>\r\nCall-ID: {long}\r\nCSeq: 1 INVITE\r\nUser-Agent: {long}\r\nP-Asserted-Identity: \"{long}\" <sip:{long}@example.com>\r\nDiversion: <sip:{long}@example.com>\r\nX-CID: {long}\r\nContent-Length: 0\r\n\r\n"
+        );
+        h.feed(0, &text, true);
+        let held = h.tracker.held_bytes();
+        assert!(held < 8 * 1024, "one junk call holds {held} bytes");
+        assert!(h.tracker.counters().fields_truncated >= 10);
+        h.finish();
+        let c = h.only();
+        assert_eq!(c.call_id.len(), MAX_TEXT_BYTES);
+        assert_eq!(
+            c.caller.display_name.as_ref().unwrap().len(),
+            MAX_TEXT_BYTES
+        );
+        assert_eq!(c.user_agents.caller.as_ref().unwrap().len(), MAX_TEXT_BYTES);
+        assert_eq!(h.tracker.held_bytes(), 0);
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_like_the_count_bound() {
+        let limits = CallLimits {
+            max_bytes: 20_000,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        for i in 0..100 {
+            h.call_id = format!("junk-{i}");
+            h.req(i, "INVITE", 1, true, false);
+            let calls = h.tracker.held_bytes() - h.tracker.ended_dialogs() * TOMBSTONE_BYTES;
+            assert!(calls < 20_000 + 8 * 1024, "{calls}");
+        }
+        assert!(h.tracker.counters().evicted_in_setup > 50);
+    }
+}
