@@ -170,6 +170,8 @@ pub const MAX_TAG_BYTES: usize = 128;
 pub const MAX_SDP_MEDIA: usize = 4;
 /// Most codecs kept per media line.
 pub const MAX_SDP_CODECS: usize = 16;
+/// Longest codec name kept (`telephone-event` is 15).
+pub const MAX_CODEC_NAME_BYTES: usize = 32;
 /// Most INVITE transactions of an ended attempt remembered in its tombstone.
 const MAX_ENDED_INVITES: usize = 4;
 
@@ -188,6 +190,16 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
         end -= 1;
     }
     (&s[..end], true)
+}
+
+/// An SDP summary cut to the caps a call keeps (media lines, codecs, names); the media
+/// tracker learns endpoints from the same cut.
+pub fn capped_sdp(sdp: &SdpSummary) -> SdpSummary {
+    let mut ignored = 0;
+    Capper {
+        truncated: &mut ignored,
+    }
+    .sdp(sdp)
 }
 
 /// Copies header text into the call under its cap, counting cuts.
@@ -246,7 +258,7 @@ impl Capper<'_> {
                         .take(MAX_SDP_CODECS)
                         .map(|c| Codec {
                             payload_type: c.payload_type,
-                            name: c.name.as_deref().map(|n| self.tag(n)),
+                            name: c.name.as_deref().map(|n| self.cap(n, MAX_CODEC_NAME_BYTES)),
                             clock_rate: c.clock_rate,
                         })
                         .collect(),

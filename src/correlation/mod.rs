@@ -59,7 +59,7 @@ impl Correlator {
             emit(media, call, now, out)
         });
         if let (Some(sdp), Some(side)) = (sdp, calls.side_of(msg)) {
-            media.learn(calls::call_key(msg.call_id), side, &sdp);
+            media.learn(calls::call_key(msg.call_id), side, &calls::capped_sdp(&sdp));
         }
     }
 
