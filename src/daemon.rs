@@ -98,6 +98,7 @@ impl RecordQueue {
         let kind = match &record {
             Record::Call(_) => "call",
             Record::Stream(_) => "stream",
+            Record::OrphanStreams(_) => "orphan_streams",
             Record::CaptureSummary(_) => "capture_summary",
             Record::Sensor(_) => "sensor",
             Record::Alert(_) => "alert",

@@ -30,7 +30,8 @@ use crate::media::emodel::{self, NotScored, Score};
 use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
 use crate::media::stream::{PayloadInfo, StreamAnalyzer, JITTER_BUFFERS_MS};
 use crate::record::media::{
-    MediaQuality, RtcpReported, StreamQuality, StreamRecord, STREAM_SCHEMA,
+    MediaQuality, OrphanStreamsSummary, RtcpReported, StreamQuality, StreamRecord,
+    ORPHAN_SUMMARY_SCHEMA, STREAM_SCHEMA,
 };
 use crate::record::stable_id;
 use crate::time::Timestamp;
@@ -50,6 +51,9 @@ pub struct MediaLimits {
     /// still in flight after its BYE are counted, not measured as orphans (the call
     /// tracker's linger; [`super::Correlator`] sets it).
     pub ended_linger: Duration,
+    /// Orphan stream records made per minute of capture time; further orphan streams of
+    /// that minute are summed up in one [`OrphanStreamsSummary`] record.
+    pub max_orphan_records_per_minute: usize,
 }
 
 impl Default for MediaLimits {
@@ -62,6 +66,7 @@ impl Default for MediaLimits {
             candidate_ttl: Duration::from_secs(10),
             max_rtcp_per_call: 256,
             ended_linger: Duration::from_secs(32),
+            max_orphan_records_per_minute: 300,
         }
     }
 }
@@ -95,6 +100,9 @@ pub struct MediaCounters {
     pub rtcp_after_call_end: u64,
     /// Ended calls' endpoints forgotten before their linger passed (at `max_endpoints`).
     pub ended_endpoints_forgotten: u64,
+    /// Orphan streams beyond `max_orphan_records_per_minute`, reported in a summary record
+    /// instead of one record each.
+    pub orphan_streams_summarised: u64,
 }
 
 /// Which way a stream runs.
@@ -163,6 +171,12 @@ pub struct MediaTracker {
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: HashMap<SocketAddr, Timestamp>,
     ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
+    /// The current minute of orphan records: its start, records made, and the summary of
+    /// the rest.
+    orphan_window: Option<(Timestamp, usize)>,
+    orphan_summary: Option<OrphanStreamsSummary>,
+    /// Summaries of past minutes, waiting to be taken.
+    orphan_summaries_ready: Vec<OrphanStreamsSummary>,
     counters: MediaCounters,
     last_sweep: Timestamp,
 }
@@ -181,6 +195,9 @@ impl MediaTracker {
             streams_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
             ended_order: std::collections::VecDeque::new(),
+            orphan_window: None,
+            orphan_summary: None,
+            orphan_summaries_ready: Vec::new(),
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
         }
@@ -533,6 +550,12 @@ impl MediaTracker {
             keep
         });
         self.counters.probation_discarded += dropped;
+        if self
+            .orphan_window
+            .is_some_and(|(start, _)| now.seconds_since(start) >= 60.0)
+        {
+            self.close_orphan_window();
+        }
         let linger = self.limits.ended_linger.as_secs_f64();
         while let Some(&(at, addr)) = self.ended_order.front() {
             if now.seconds_since(at) <= linger {
@@ -557,7 +580,7 @@ impl MediaTracker {
                 }
                 self.closed_by_call.entry(call).or_default().push(stream);
             }
-            None => out(orphan_record(&stream)),
+            None => self.orphan_out(&stream, out),
         }
     }
 
@@ -627,6 +650,66 @@ impl MediaTracker {
         quality
     }
 
+    /// Reports an orphan stream: its own record while the minute's budget lasts, else into
+    /// the minute's summary (so an orphan RTP flood cannot push call records out of the
+    /// spool).
+    fn orphan_out(&mut self, stream: &Stream, out: &mut impl FnMut(StreamRecord)) {
+        let record = orphan_record(stream);
+        self.orphan_record_out(record, out);
+    }
+
+    fn orphan_record_out(&mut self, record: StreamRecord, out: &mut impl FnMut(StreamRecord)) {
+        let time = record
+            .stream
+            .metrics
+            .end_time
+            .max(record.stream.metrics.start_time);
+        let window = match self.orphan_window {
+            Some((start, made)) if time.seconds_since(start) < 60.0 => (start, made),
+            _ => {
+                self.close_orphan_window();
+                (time, 0)
+            }
+        };
+        if window.1 < self.limits.max_orphan_records_per_minute {
+            self.orphan_window = Some((window.0, window.1 + 1));
+            out(record);
+            return;
+        }
+        self.orphan_window = Some(window);
+        self.counters.orphan_streams_summarised += 1;
+        let summary = self
+            .orphan_summary
+            .get_or_insert_with(|| OrphanStreamsSummary {
+                schema: ORPHAN_SUMMARY_SCHEMA,
+                record_id: String::new(),
+                interval_start: window.0,
+                interval_end: window.0,
+                streams: 0,
+                packets: 0,
+                lost: 0,
+                by_source: Vec::new(),
+                other_sources: 0,
+            });
+        summary.add(&record);
+    }
+
+    fn close_orphan_window(&mut self) {
+        if let Some(mut summary) = self.orphan_summary.take() {
+            summary.record_id = stable_id(&[
+                ORPHAN_SUMMARY_SCHEMA.as_bytes(),
+                &summary.interval_start.as_nanos().to_be_bytes(),
+            ]);
+            self.orphan_summaries_ready.push(summary);
+        }
+        self.orphan_window = None;
+    }
+
+    /// Summaries of orphan streams beyond the per-minute budget, for minutes that are over.
+    pub fn take_orphan_summaries(&mut self) -> Vec<OrphanStreamsSummary> {
+        std::mem::take(&mut self.orphan_summaries_ready)
+    }
+
     /// Reports every orphan stream still open (end of capture or shutdown).
     pub fn finish(&mut self, out: &mut impl FnMut(StreamRecord)) {
         let orphans: Vec<StreamKey> = self
@@ -643,7 +726,10 @@ impl MediaTracker {
             }
         }
         records.sort_by_key(|r| r.stream.metrics.start_time);
-        records.into_iter().for_each(out);
+        for record in records {
+            self.orphan_record_out(record, out);
+        }
+        self.close_orphan_window();
         self.counters.probation_discarded += self
             .candidates
             .drain()

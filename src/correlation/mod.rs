@@ -73,6 +73,13 @@ impl Correlator {
     pub fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
         self.media
             .datagram(meta, payload, &mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
+    }
+
+    fn orphan_summaries(&mut self, out: &mut impl FnMut(Record)) {
+        for summary in self.media.take_orphan_summaries() {
+            out(Record::OrphanStreams(Box::new(summary)));
+        }
     }
 
     /// Moves time forward (per frame in replay, per tick live).
@@ -80,6 +87,7 @@ impl Correlator {
         let Correlator { calls, media } = self;
         calls.advance(now, &mut |call| emit(media, call, now, out));
         media.advance(now, &mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
     }
 
     /// Reports everything still open.
@@ -90,6 +98,7 @@ impl Correlator {
             out(Record::Call(Box::new(call)));
         });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
     }
 }
 
@@ -102,4 +111,64 @@ fn emit(
 ) {
     call.media_quality = media.end_call(&call.call_id, now);
     out(Record::Call(Box::new(call)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xD5; 160]);
+        p
+    }
+
+    #[test]
+    fn an_orphan_rtp_flood_is_summed_up_beyond_the_per_minute_budget() {
+        let mut correlator = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut records = Vec::new();
+        let start = 1_700_000_000_000_000_000i64;
+        let streams = 2000u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_nanos(
+                        start + i64::from(i) * 10_000_000 + i64::from(seq) * 1_000_000,
+                    ),
+                    src: format!("10.66.{}.{}:4000", i / 250, i % 250)
+                        .parse()
+                        .unwrap(),
+                    dst: "10.0.0.1:5000".parse().unwrap(),
+                };
+                correlator.datagram(&meta, &rtp(seq, i), &mut |r| records.push(r));
+            }
+        }
+        // The streams go idle; time moves on past the minute.
+        correlator.advance(Timestamp::from_nanos(start + 200_000_000_000), &mut |r| {
+            records.push(r)
+        });
+        correlator.finish(ClosedBy::CaptureEnd, &mut |r| records.push(r));
+        let single = records
+            .iter()
+            .filter(|r| matches!(r, Record::Stream(_)))
+            .count();
+        let summed: u64 = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::OrphanStreams(s) => Some(s.streams),
+                _ => None,
+            })
+            .sum();
+        let budget = MediaLimits::default().max_orphan_records_per_minute;
+        assert_eq!(single, budget, "one record each while the budget lasts");
+        assert_eq!(single as u64 + summed, u64::from(streams), "none lost");
+        let counters = correlator.media().counters();
+        assert_eq!(counters.orphan_streams_summarised, summed);
+        assert_eq!(counters.orphan_streams, u64::from(streams));
+    }
 }

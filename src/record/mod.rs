@@ -112,6 +112,9 @@ pub enum Record {
     Call(Box<CallRecord>),
     /// An RTP stream that belongs to no call (`teledge.stream/1`).
     Stream(Box<media::StreamRecord>),
+    /// Orphan streams of a minute beyond the budget of individual records
+    /// (`teledge.orphan_streams/1`).
+    OrphanStreams(Box<media::OrphanStreamsSummary>),
     CaptureSummary(Box<CaptureSummary>),
     /// A reading of a hardware sensor (`teledge.sensor/1`).
     Sensor(Box<sensor::SensorRecord>),

@@ -67,7 +67,10 @@ fn teledge_streams(capture: &str) -> (Vec<StreamQuality>, Vec<Record>) {
                 streams.extend(q.unknown_direction.iter().cloned());
             }
             Record::Stream(s) => streams.push(s.stream.clone()),
-            Record::CaptureSummary(_) | Record::Sensor(_) | Record::Alert(_) => {}
+            Record::CaptureSummary(_)
+            | Record::Sensor(_)
+            | Record::Alert(_)
+            | Record::OrphanStreams(_) => {}
         }
     }
     (streams, records)
