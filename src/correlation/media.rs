@@ -14,6 +14,18 @@
 //!   complete. Orphans are reported as records of their own, never dropped silently.
 //! - RTCP from or to a call's endpoints is kept with the call and joined to the streams it
 //!   reports on (by SSRC, preferring reports sent by the stream's receiver).
+//! - Two open calls that announce the same address (the legs of a B2BUA with direct media)
+//!   both keep it: a stream between two endpoints that another call also negotiated (both
+//!   of them) is attributed to that call too, in its own direction, and RTCP to or from such
+//!   an endpoint is kept with every leg. The stream is measured once and appears in each
+//!   leg's record. When one leg ends, the others keep the stream and the endpoints.
+//! - When a call ends, its endpoints are remembered for `ended_linger`: RTP and RTCP still
+//!   in flight after the BYE are counted (`rtp_after_call_end`, `rtcp_after_call_end`), not
+//!   measured and not turned into orphan streams.
+//! - Orphan stream records are bounded per minute of capture time
+//!   (`max_orphan_records_per_minute`); further orphans of that minute are summed up in one
+//!   [`OrphanStreamsSummary`] (counted in `orphan_streams_summarised`), so an orphan RTP flood
+//!   cannot push call records out of the spool during an outage.
 //!
 //! Bounded: streams, endpoints, probation candidates and RTCP per call all have caps, and
 //! hitting one is counted.
@@ -119,7 +131,13 @@ struct Endpoint {
     side: Side,
     rtcp_only: bool,
     codecs: Arc<[Codec]>,
+    /// Other open calls that announced the same address, with their side: the legs of a
+    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs.
+    others: Vec<(Arc<str>, Side)>,
 }
+
+/// Most other calls remembered per endpoint.
+const MAX_LEGS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct StreamKey {
@@ -136,6 +154,9 @@ struct Stream {
     codecs: Arc<[Codec]>,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
+    /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
+    /// stream's direction in each.
+    legs: Vec<(Arc<str>, Direction)>,
 }
 
 #[derive(Debug)]
@@ -165,6 +186,8 @@ pub struct MediaTracker {
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
+    /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
+    closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
     candidates: HashMap<StreamKey, Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay.
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
@@ -191,6 +214,7 @@ impl MediaTracker {
             streams_by_call: HashMap::new(),
             closed_by_call: HashMap::new(),
             rtcp_by_call: HashMap::new(),
+            closed_legs: HashMap::new(),
             candidates: HashMap::new(),
             streams_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
@@ -238,6 +262,21 @@ impl MediaTracker {
                     return;
                 }
                 self.ended_endpoints.remove(&addr);
+                let others = match self.endpoints.get(&addr) {
+                    Some(old) if old.call != call => {
+                        let mut others: Vec<(Arc<str>, Side)> = old
+                            .others
+                            .iter()
+                            .filter(|(c, _)| *c != call)
+                            .cloned()
+                            .collect();
+                        others.insert(0, (old.call.clone(), old.side));
+                        others.truncate(MAX_LEGS);
+                        others
+                    }
+                    Some(old) => old.others.clone(),
+                    None => Vec::new(),
+                };
                 self.endpoints.insert(
                     addr,
                     Endpoint {
@@ -245,6 +284,7 @@ impl MediaTracker {
                         side,
                         rtcp_only,
                         codecs: codecs.clone(),
+                        others,
                     },
                 );
                 self.endpoints_by_call
@@ -306,6 +346,17 @@ impl MediaTracker {
             (None, Some(ep)) => Some((ep.clone(), away_from(ep.side))),
             (None, None) => None,
         };
+        // Other calls that negotiated both endpoints (B2BUA legs with direct media) get the
+        // stream too, each in its own direction.
+        let legs: Vec<(Arc<str>, Direction)> = match (to, from) {
+            (Some(to), Some(from)) => to
+                .others
+                .iter()
+                .filter(|(c, _)| from.call == *c || from.others.iter().any(|(o, _)| o == c))
+                .map(|(c, side)| (c.clone(), toward(*side)))
+                .collect(),
+            _ => Vec::new(),
+        };
         match attached {
             Some((ep, direction)) => {
                 self.counters.rtp_packets_in_calls += 1;
@@ -316,6 +367,15 @@ impl MediaTracker {
                     ep.codecs,
                     &[(meta.time, rtp)],
                 );
+                if let Some(stream) = self.streams.get_mut(&key) {
+                    for (leg, _) in &legs {
+                        self.streams_by_call
+                            .entry(leg.clone())
+                            .or_default()
+                            .push(key);
+                    }
+                    stream.legs = legs;
+                }
             }
             None if self.ended_call_media(meta) => self.counters.rtp_after_call_end += 1,
             None => self.probation(meta, rtp),
@@ -390,6 +450,7 @@ impl MediaTracker {
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
+            legs: Vec::new(),
         };
         stream.note_voice(first, info);
         for (time, packet) in rest {
@@ -477,12 +538,26 @@ impl MediaTracker {
                 return;
             }
         };
-        let call = self
+        let endpoint = self
             .endpoints
             .get(&meta.dst)
-            .or_else(|| self.endpoints.get(&meta.src))
+            .or_else(|| self.endpoints.get(&meta.src));
+        let legs: Vec<Arc<str>> = endpoint
+            .map(|e| e.others.iter().map(|(c, _)| c.clone()).collect())
+            .unwrap_or_default();
+        let call = endpoint
             .map(|e| e.call.clone())
             .or_else(|| self.call_by_ssrc(meta, &summary));
+        for leg in legs {
+            let list = self.rtcp_by_call.entry(leg).or_default();
+            if list.len() < self.limits.max_rtcp_per_call {
+                list.push(RtcpObservation {
+                    time: meta.time,
+                    src: meta.src,
+                    summary: summary.clone(),
+                });
+            }
+        }
         let Some(call) = call else {
             if self.ended_call_media(meta) {
                 self.counters.rtcp_after_call_end += 1;
@@ -575,6 +650,17 @@ impl MediaTracker {
         self.unindex_ssrc(key);
         match stream.call.clone() {
             Some(call) => {
+                for (leg, direction) in &stream.legs {
+                    if let Some(keys) = self.streams_by_call.get_mut(leg) {
+                        keys.retain(|k| *k != key);
+                    }
+                    let rtcp = self.rtcp_by_call.get(leg).map(Vec::as_slice);
+                    let q = stream.quality(rtcp.or(Some(&[])));
+                    self.closed_legs
+                        .entry(leg.clone())
+                        .or_default()
+                        .push((Some(*direction), q));
+                }
                 if let Some(keys) = self.streams_by_call.get_mut(&call) {
                     keys.retain(|k| *k != key);
                 }
@@ -619,28 +705,59 @@ impl MediaTracker {
     /// Everything measured for a call, which is over: its streams are closed, its endpoints
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
+        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
+        let mut measured: Vec<(Option<Direction>, StreamQuality)> =
+            self.closed_legs.remove(call_id).unwrap_or_default();
         let mut streams = self.closed_by_call.remove(call_id).unwrap_or_default();
         for key in self.streams_by_call.remove(call_id).unwrap_or_default() {
+            let Some(stream) = self.streams.get_mut(&key) else {
+                continue;
+            };
+            if stream.call.as_deref() != Some(call_id) {
+                // This call is another leg of the stream: a snapshot, the stream goes on.
+                if let Some(i) = stream.legs.iter().position(|(c, _)| &**c == call_id) {
+                    let (_, direction) = stream.legs.remove(i);
+                    measured.push((Some(direction), stream.quality(Some(&rtcp))));
+                }
+                continue;
+            }
+            if let Some((next, direction)) = stream.legs.pop() {
+                // The stream's first call ended; another leg keeps it.
+                measured.push((stream.direction, stream.quality(Some(&rtcp))));
+                stream.call = Some(next);
+                stream.direction = Some(direction);
+                continue;
+            }
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
                 streams.push(stream);
             }
         }
         for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
-            if self
-                .endpoints
-                .get(&addr)
-                .is_some_and(|e| &*e.call == call_id)
-            {
-                self.endpoints.remove(&addr);
+            let Some(endpoint) = self.endpoints.get_mut(&addr) else {
+                continue;
+            };
+            endpoint.others.retain(|(c, _)| &**c != call_id);
+            if &*endpoint.call == call_id {
+                match endpoint.others.pop() {
+                    // Another leg announced it too: the endpoint is now that leg's.
+                    Some((call, side)) => {
+                        endpoint.call = call;
+                        endpoint.side = side;
+                    }
+                    None => {
+                        self.endpoints.remove(&addr);
+                    }
+                }
             }
         }
-        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
-        let mut quality = MediaQuality::default();
-        streams.sort_by_key(|s| s.analyzer.first_time());
         for stream in &streams {
-            let q = stream.quality(Some(&rtcp));
-            match stream.direction {
+            measured.push((stream.direction, stream.quality(Some(&rtcp))));
+        }
+        measured.sort_by_key(|(_, q)| q.metrics.start_time);
+        let mut quality = MediaQuality::default();
+        for (direction, q) in measured {
+            match direction {
                 Some(Direction::CallerToCallee) => quality.caller_to_callee.push(q),
                 Some(Direction::CalleeToCaller) => quality.callee_to_caller.push(q),
                 None => quality.unknown_direction.push(q),

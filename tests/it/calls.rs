@@ -295,3 +295,45 @@ fn junk_invites_with_large_headers_hold_bounded_memory() {
     let grown_mib = (field("hwm_kib") - field("rss_before_kib")) / 1024;
     assert!(grown_mib < 64, "{line}: grew {grown_mib} MiB");
 }
+
+#[test]
+fn b2bua_direct_media_gives_both_directions_and_rtcp_to_both_legs() {
+    // Issue 11 item 5: two Call-IDs whose SDP name the same endpoints each got one RTP
+    // direction (both looked one-way) and RTCP attached to neither. Expected figures: TShark
+    // on the same file (tests/data/tshark/b2bua_direct_media.pcap.rtp_streams.txt).
+    let capture = "b2bua_direct_media.pcap";
+    let (calls, _) = replay(capture);
+    let reference =
+        std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtp_streams.txt"))).unwrap();
+    let rows: Vec<Vec<&str>> = reference
+        .lines()
+        .filter(|l| l.contains("0x"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(calls.len(), 2);
+    for leg in ["legA@b2bua.example", "legB@b2bua.example"] {
+        let c = call(&calls, leg);
+        let q = &c.media_quality;
+        assert_eq!(q.caller_to_callee.len(), 1, "{leg}: {q:#?}");
+        assert_eq!(q.callee_to_caller.len(), 1, "{leg}");
+        for (stream, src) in [
+            (&q.caller_to_callee[0], "10.1.0.1:20000"),
+            (&q.callee_to_caller[0], "10.2.0.1:30000"),
+        ] {
+            assert_eq!(stream.src, src, "{leg}");
+            let row = rows
+                .iter()
+                .find(|r| format!("{}:{}", r[2], r[3]) == src)
+                .unwrap();
+            assert_eq!(stream.metrics.packets.to_string(), row[8], "{leg} {src}");
+            let max_jitter: f64 = row[row.len() - 1].parse().unwrap();
+            assert!(
+                (stream.metrics.max_jitter_ms.unwrap() - max_jitter).abs() < 0.01,
+                "{leg} {src}"
+            );
+            let rtcp = stream.rtcp.as_ref().expect("the receiver's RTCP report");
+            assert_eq!(rtcp.reports, 1, "{leg} {src}");
+        }
+    }
+}
