@@ -17,8 +17,9 @@
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
 //!   dialog. The caller's INVITE transaction is the first INVITE seen for its CSeq (its top Via
-//!   branch): a failure on another branch is a fork's (a proxy's downstream leg) and does not
-//!   end the attempt; a 2xx on any branch answers it;
+//!   branch); the same INVITE seen again on other branches is a proxy's forks. A failure on a
+//!   fork's branch does not end the attempt (another fork may answer); a failure on any other
+//!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as
 //!   timed out; a connected call longer than `max_call_duration` is closed (still answered,
 //!   marked incomplete);
@@ -296,6 +297,8 @@ struct Call {
     invite_cseq: Option<u32>,
     /// Top Via branch of the first INVITE seen with `invite_cseq`: the caller's transaction.
     invite_branch: Option<String>,
+    /// Top Via branches of other INVITEs with `invite_cseq`: a proxy's forks.
+    fork_branches: Vec<String>,
     /// Hashes of the initial INVITE transactions seen (for the tombstone).
     invites: Vec<u64>,
     invite_time: Option<Timestamp>,
@@ -751,6 +754,7 @@ impl Call {
             callee_address: meta.dst,
             invite_cseq: None,
             invite_branch: None,
+            fork_branches: Vec::new(),
             invites: Vec::new(),
             invite_time: None,
             first_message: meta.time,
@@ -903,13 +907,24 @@ impl Call {
                     }
                     self.invite_cseq = Some(cseq);
                     self.invite_branch = None;
+                    self.fork_branches.clear();
                     if !self.is_answered() {
                         self.final_response = None;
                         self.closed = None;
                     }
                 }
-                if self.invite_cseq == Some(cseq) && self.invite_branch.is_none() {
-                    self.invite_branch = msg.via_branch.map(|b| cap.tag(b));
+                if self.invite_cseq == Some(cseq) {
+                    match (&self.invite_branch, msg.via_branch) {
+                        (None, branch) => self.invite_branch = branch.map(|b| cap.tag(b)),
+                        (Some(ours), Some(theirs))
+                            if ours != cut(theirs, MAX_TAG_BYTES).0
+                                && self.fork_branches.len() < MAX_FORKS =>
+                        {
+                            // The same INVITE on another branch: a proxy forwarding it.
+                            self.fork_branches.push(cap.tag(theirs));
+                        }
+                        _ => {}
+                    }
                 }
                 if self.invites.len() < MAX_ENDED_INVITES {
                     let key = invite_key(msg);
@@ -1086,11 +1101,14 @@ impl Call {
                     // A second final (another status, a fork's late failure): the first wins.
                     return self.failed();
                 }
-                let caller_branch = match (&self.invite_branch, msg.via_branch) {
-                    (Some(ours), Some(theirs)) => ours == cut(theirs, MAX_TAG_BYTES).0,
-                    _ => true,
-                };
-                if !caller_branch {
+                // Only a branch the capture saw the INVITE forwarded on is a fork's: a failure
+                // on any other branch (some agents answer on the CANCEL's branch) is the
+                // caller's.
+                let fork = msg.via_branch.is_some_and(|theirs| {
+                    let theirs = cut(theirs, MAX_TAG_BYTES).0;
+                    self.fork_branches.iter().any(|b| b == theirs)
+                });
+                if fork {
                     // A fork's failure on a proxy's downstream branch: other branches may
                     // still answer; the proxy's final response to the caller ends the attempt.
                     return false;
@@ -1204,6 +1222,8 @@ impl Call {
             + self.diverted_from.as_ref().map_or(0, party)
             + text(&self.caller_tag)
             + text(&self.invite_branch)
+            + self.fork_branches.capacity() * std::mem::size_of::<String>()
+            + self.fork_branches.iter().map(String::capacity).sum::<usize>()
             + self.invites.capacity() * 8
             + self.final_response.as_ref().map_or(0, |f| f.1.capacity())
             + self
@@ -1742,6 +1762,15 @@ mod tests {
         assert_eq!(c.closed_by, ClosedBy::Cancel);
         assert_eq!(c.hangup_by, Some(Hangup::Caller));
         assert_eq!(h.tracker.counters().late_messages, 1);
+
+        // Some agents (SIPp's stock scenarios) send the CANCEL on a branch of its own and
+        // answer the INVITE on it: an unknown branch is no fork, the 487 ends the call.
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKinvite");
+        h.req_branch(5000, "CANCEL", 1, true, false, "z9hG4bKcancel");
+        h.resp_branch(5010, 200, 1, "CANCEL", Some("B"), "z9hG4bKcancel");
+        h.resp_branch(5020, 487, 1, "INVITE", Some("B"), "z9hG4bKcancel");
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
 
         let mut h = Harness::new();
         h.req(0, "INVITE", 1, true, false);
