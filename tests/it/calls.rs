@@ -337,3 +337,42 @@ fn b2bua_direct_media_gives_both_directions_and_rtcp_to_both_legs() {
         }
     }
 }
+
+#[test]
+fn sipp_branch_403_then_bye_stays_rejected() {
+    // Issue 11 item 1, on SIPp's own branch scenarios: INVITE → 180 → 403 → BYE was
+    // reported abandoned by the caller. TShark's reference gives each Call-ID's final status.
+    let capture = "sipp_branch_403_bye.pcap";
+    let (calls, summary) = replay(capture);
+    let reference = tshark_messages(capture);
+    assert_eq!(calls.len(), 10);
+    let mut rejected = 0;
+    for c in &calls {
+        let statuses: Vec<String> = reference
+            .iter()
+            .filter(|m| m.1 == c.call_id && m.3 == "1 INVITE")
+            .map(|m| m.2.clone())
+            .collect();
+        let byes = reference
+            .iter()
+            .filter(|m| m.1 == c.call_id && m.2 == "BYE")
+            .count();
+        assert_eq!(byes, 1, "{}: a BYE follows in every call", c.call_id);
+        if statuses.iter().any(|s| s == "403") {
+            rejected += 1;
+            assert_eq!(c.outcome, Outcome::Rejected, "{}", c.call_id);
+            assert_eq!(c.final_status, Some(403));
+            assert_eq!(c.hangup_by, None, "nobody hung up a call that was refused");
+            assert_eq!(c.closed_by, ClosedBy::FinalResponse);
+            assert_eq!(c.talk_duration_s, None);
+        } else {
+            assert!(statuses.iter().any(|s| s == "200"), "{}", c.call_id);
+            assert_eq!(c.outcome, Outcome::Answered, "{}", c.call_id);
+            assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        }
+    }
+    assert_eq!(rejected, 9);
+    // The BYE and its 200 after each 403 are late messages, counted.
+    assert_eq!(summary.call_counters.late_messages, 9 * 2 + 1);
+    assert_eq!(summary.registrations, 10);
+}

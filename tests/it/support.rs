@@ -11,7 +11,7 @@ use teledge::sources::capture_file::{self, CaptureError};
 use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data`.
-pub const ALL_CAPTURES: [&str; 13] = [
+pub const ALL_CAPTURES: [&str; 14] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -25,6 +25,7 @@ pub const ALL_CAPTURES: [&str; 13] = [
     "sipp_dtmf_2833_1.pcap",
     "websocket-sip.pcapng",
     "b2bua_direct_media.pcap",
+    "sipp_branch_403_bye.pcap",
 ];
 
 pub fn data_path(name: &str) -> PathBuf {
