@@ -832,3 +832,84 @@ fn an_interface_that_appears_after_start_is_captured_once_it_is_there() {
         assert_eq!(summary["kernel_drops"], 0);
     });
 }
+
+#[test]
+fn sigkill_after_the_bye_loses_no_ended_call() {
+    // Issue 10 item 2: records were made only when an ended call's 32 s linger passed, so a
+    // SIGKILL lost every call that ended in the last 32 s. Now a call's record is made at its
+    // BYE; what a SIGKILL may lose is only what the spool had not committed (its group
+    // commit, here 20 ms). Calls end over HEP, the agent is killed a second later, and a new
+    // agent on the same spool forwards every one of them, exactly once.
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let tcp_port = free_port();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\n"),
+        None,
+    );
+    // The collector is unreachable while the first agent runs: its records stay spooled.
+    drop(c);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let mut stream = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let calls = 200u32;
+    for n in 0..calls {
+        for (i, message) in call_messages(n).iter().enumerate() {
+            let (src, dst) = if i == 1 || i == 4 {
+                (([10, 0, 0, 2], 5060), ([10, 0, 0, 1], 5060))
+            } else {
+                (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060))
+            };
+            stream
+                .write_all(&hep_frame(
+                    src,
+                    dst,
+                    now,
+                    n * 10 + i as u32,
+                    message.as_bytes(),
+                ))
+                .unwrap();
+        }
+    }
+    stream.flush().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let pid = agent.child.id().to_string();
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let status = agent.child.wait().unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+    drop(agent);
+
+    let c = collector(&pki, "collector", &out);
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\ntcp = \"127.0.0.1:{}\"\n", free_port()),
+        None,
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let got = collected(
+        &out,
+        |r| r["type"] == "call",
+        calls as usize,
+        Duration::from_secs(20),
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        got.iter().map(|r| r["call_id"].as_str().unwrap()).collect();
+    assert_eq!(got.len(), calls as usize, "each ended call once");
+    assert_eq!(ids.len(), calls as usize);
+    assert!(got
+        .iter()
+        .all(|r| r["closed_by"] == "bye" && r["outcome"] == "answered"));
+    agent.stop();
+}
