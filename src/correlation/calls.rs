@@ -151,6 +151,8 @@ pub struct CallCounters {
     pub hep_rtcp_attached: u64,
     /// HEP RTCP reports whose correlation id names no tracked call.
     pub hep_rtcp_unmatched: u64,
+    /// HEP RTCP reports for a call whose record was already made (within its linger).
+    pub hep_rtcp_after_end: u64,
     /// HEP RTCP entries not kept because the call already had [`MAX_HEP_RTCP_PER_CALL`].
     pub hep_rtcp_dropped: u64,
 }
@@ -580,11 +582,16 @@ impl CallTracker {
     }
 
     /// Attaches an RTCP report relayed by a HEP agent to the call with this Call-ID. Returns
-    /// false (and counts it) when no such call is tracked: RTCP outlives calls and may belong
-    /// to calls that began before the capture.
+    /// false (and counts it) when no such call is tracked: RTCP outlives calls (reports after
+    /// the BYE are counted apart) and may belong to calls that began before the capture.
     pub fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
         let Some(call) = self.calls.get_mut(call_key(call_id)) else {
-            self.counters.hep_rtcp_unmatched += 1;
+            if self.ended.contains_key(&hash_of(&call_key(call_id))) {
+                // The final reports of a call come after its BYE; the record is made.
+                self.counters.hep_rtcp_after_end += 1;
+            } else {
+                self.counters.hep_rtcp_unmatched += 1;
+            }
             return false;
         };
         let before = call.held_bytes();
@@ -1690,6 +1697,13 @@ mod tests {
         assert_eq!(c.messages, 5);
         assert_eq!(h.tracker.counters().late_messages, 4);
         assert_eq!(h.tracker.ended_dialogs(), 1);
+        // A HEP agent's last RTCP report comes after the BYE: counted, the record is final.
+        let report = crate::decode::hep::rtcp_json(br#"{"ssrc":1,"type":200}"#).unwrap();
+        let t = Timestamp::from_nanos(1_700_000_000_000_000_000 + 9_800_000_000);
+        assert!(!h.tracker.hep_rtcp("call-1@test", t, &report));
+        assert!(!h.tracker.hep_rtcp("no-such-call", t, &report));
+        assert_eq!(h.tracker.counters().hep_rtcp_after_end, 1);
+        assert_eq!(h.tracker.counters().hep_rtcp_unmatched, 1);
         // After the linger the dialog is forgotten.
         h.advance(60_000);
         assert_eq!(h.tracker.ended_dialogs(), 0);
