@@ -50,9 +50,18 @@
 //! nor opens a new call. Only a new INVITE transaction (no To-tag, a CSeq or Via branch not
 //! seen) starts a new attempt in the same Call-ID. The media tracker keeps the ended call's
 //! media endpoints for the same time, so RTP and RTCP in flight after the BYE are counted, not
-//! turned into orphan streams. So a crash can lose only what the spool has not committed yet
-//! (its group commit), never a call that ended earlier; calls still open are lost to a
-//! SIGKILL (SIGTERM reports them as partial records).
+//! turned into orphan streams. Messages after a final failure while the attempt waits for a
+//! new INVITE (a 401/407) are counted in `ignored_after_final` and change nothing either.
+//!
+//! # What a crash can lose
+//!
+//! The record is made at the moment the last message of the call is seen (the BYE, the final
+//! response), or when `advance` passes a timeout. From then on only the way to the disk
+//! remains: the bounded record queue to the spool writer and the spool's group commit
+//! (`flush_interval`, default 50 ms). A SIGKILL therefore loses no call whose ending message
+//! was seen more than that before it; calls still open are lost to a SIGKILL (SIGTERM reports
+//! them as partial records, `closed_by: shutdown`), and a call whose end comes after a restart
+//! is reported as a partial record (`started_before_capture`).
 //!
 //! # Bounds
 //!
