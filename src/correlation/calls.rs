@@ -69,9 +69,10 @@
 //! [`MAX_SDP_MEDIA`] media lines of [`MAX_SDP_CODECS`] codecs; truncations are counted), and
 //! the bytes the table holds are accounted ([`CallTracker::held_bytes`]). The table holds at
 //! most `max_calls` calls and `max_bytes` bytes: at the bound the oldest call still in setup
-//! (no answer) is evicted — its record made with `closed_by: evicted`, counted — so junk
-//! INVITEs cannot hold the table against real calls; only when every call is answered is a
-//! new one refused (counted). Tombstones are bounded by `max_ended` (the oldest forgotten
+//! (no answer) or joined mid-call is evicted — its record made with `closed_by: evicted`,
+//! counted (`evicted_in_setup`) — so junk INVITEs or stray in-dialog requests cannot hold the
+//! table against real calls; only when every call is an answered one seen from its INVITE is
+//! a new one refused (counted). Tombstones are bounded by `max_ended` (the oldest forgotten
 //! first, counted).
 
 use std::collections::hash_map::DefaultHasher;
@@ -150,7 +151,8 @@ pub struct CallCounters {
     pub ignored_after_final: u64,
     /// Ended dialogs forgotten before their linger passed, at `max_ended`.
     pub ended_forgotten: u64,
-    /// Calls in setup evicted at the table's bound (records with `closed_by: evicted`).
+    /// Calls in setup (or joined mid-call) evicted at the table's bound (records with
+    /// `closed_by: evicted`).
     pub evicted_in_setup: u64,
     /// New calls refused at the bound because every call held was answered.
     pub dropped_at_capacity: u64,
@@ -533,7 +535,7 @@ impl CallTracker {
                     break None;
                 };
                 match self.calls.get(&key) {
-                    Some(c) if c.seq == seq && !c.is_answered() => break Some(key),
+                    Some(c) if c.seq == seq && c.evictable() => break Some(key),
                     // Answered calls stay until they end; their place in the queue is
                     // no longer needed (an answered call is never evicted).
                     _ => continue,
@@ -848,6 +850,12 @@ impl Call {
 
     fn is_answered(&self) -> bool {
         self.answer.is_some() || self.answered_before_capture
+    }
+
+    /// Calls in setup, and dialogs joined mid-call (a flood of stray in-dialog requests must
+    /// not hold the table against new calls either), may be evicted at the table's bound.
+    fn evictable(&self) -> bool {
+        !self.is_answered() || self.started_before_capture
     }
 
     /// Applies a message; true when it came after the call's final failure and was ignored.
@@ -1949,8 +1957,21 @@ mod tests {
         assert_eq!(h.records[0].outcome, Outcome::InProgress);
         assert_eq!(h.tracker.counters().evicted_in_setup, 1);
         assert_eq!(h.tracker.open_calls(), 3);
+        // A stray re-INVITE opens a connected partial call; it may be evicted too.
+        h.call_id = "stray".into();
+        h.req(150, "INVITE", 5, true, true);
+        assert_eq!(h.records[1].call_id, "junk-2");
+        h.call_id = "next".into();
+        h.req(160, "INVITE", 1, true, false);
+        assert_eq!(h.records[2].call_id, "real");
+        h.call_id = "next2".into();
+        h.req(170, "INVITE", 1, true, false);
+        assert_eq!(h.records[3].call_id, "stray", "joined mid-call: evictable");
+        assert_eq!(h.records[3].closed_by, ClosedBy::Evicted);
+        assert_eq!(h.tracker.counters().evicted_in_setup, 4);
+        assert_eq!(h.tracker.open_calls(), 3);
         // Only answered calls left: a new one is refused, counted.
-        for id in ["junk-2", "real"] {
+        for id in ["next", "next2"] {
             h.call_id = id.into();
             h.resp(200, 200, 1, "INVITE", Some("B"));
         }

@@ -171,4 +171,88 @@ mod tests {
         assert_eq!(counters.orphan_streams_summarised, summed);
         assert_eq!(counters.orphan_streams, u64::from(streams));
     }
+
+    fn sip_at(
+        c: &mut Correlator,
+        ms: i64,
+        text: &str,
+        src: &str,
+        dst: &str,
+        out: &mut Vec<Record>,
+    ) {
+        let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+        let meta = MessageMeta {
+            frame: 0,
+            time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            transport: crate::dissect::Transport::Udp,
+        };
+        c.sip(&meta, &msg, &mut |r| out.push(r));
+    }
+
+    #[test]
+    fn a_call_joined_at_its_reinvite_gets_its_media_and_rtp_after_the_bye_is_counted() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: mid@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            0,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        let rtp_at = |c: &mut Correlator, ms: i64, seq: u16, out: &mut Vec<Record>| {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
+        };
+        for i in 0..50u16 {
+            rtp_at(&mut c, 100 + i64::from(i) * 20, i, &mut out);
+        }
+        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: mid@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        sip_at(
+            &mut c,
+            1200,
+            bye,
+            "10.0.0.1:5060",
+            "10.0.0.2:5060",
+            &mut out,
+        );
+        // In flight after the BYE: counted, no orphan stream.
+        for i in 50..55u16 {
+            rtp_at(&mut c, 1100 + i64::from(i) * 20, i, &mut out);
+        }
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let calls: Vec<&CallRecord> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(calls.len(), 1);
+        let call = calls[0];
+        assert!(call.started_before_capture);
+        assert_eq!(call.outcome, crate::record::Outcome::Answered);
+        assert_eq!(call.media_quality.streams(), 1);
+        assert_eq!(
+            call.media_quality.callee_to_caller.len(),
+            1,
+            "toward the re-INVITE's sender"
+        );
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
+        assert_eq!(c.media().counters().rtp_after_call_end, 5);
+    }
 }

@@ -72,7 +72,8 @@ pub enum ClosedBy {
     Timeout,
     CaptureEnd,
     Shutdown,
-    /// The call table was full: the oldest call still in setup made room for a new one.
+    /// The call table was full: the oldest call still in setup (or joined mid-call) made room
+    /// for a new one.
     Evicted,
 }
 

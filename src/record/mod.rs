@@ -37,7 +37,7 @@
 //! | `outcome` | `answered`, `abandoned` (caller cancelled before answer), `busy`, `rejected`, `not_reached`, `no_answer`, `failed`, `timed_out` (no final answer within the setup timeout), `in_progress` (no final answer yet when the capture or the daemon stopped) |
 //! | `state` | where the dialog stood when the record was made: `calling`, `proceeding`, `ringing`, `early_media`, `connected`, `ended` |
 //! | `complete` | `true` when the whole call, from its INVITE to its end, was in the capture; `false` for calls still open (`closed_by` says why the record was made anyway) and for `started_before_capture` |
-//! | `closed_by` | `bye` (the BYE, or the 200 of a BYE not seen), `cancel`, `final_response`, `timeout`, `capture_end`, `shutdown`, `evicted` (the call table was full and this call, the oldest still in setup, made room) |
+//! | `closed_by` | `bye` (the BYE, or the 200 of a BYE not seen), `cancel`, `final_response`, `timeout`, `capture_end`, `shutdown`, `evicted` (the call table was full and this call, the oldest still in setup or joined mid-call, made room) |
 //! | `final_status`, `final_reason` | final response to the INVITE (status code and reason phrase) |
 //! | `reason` | the Reason header (RFC 3326) of the BYE/CANCEL/final response: `{protocol, cause, text}` |
 //! | `q850_cause` | the Q.850 cause, when a Reason says one |
