@@ -455,6 +455,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     ("ended_dialogs", calls.ended_forgotten),
                     ("ended_media_endpoints", media.ended_endpoints_forgotten),
                     ("orphan_stream_records", media.orphan_streams_summarised),
+                    ("calls_joined_mid_dialog", calls.partial_calls_refused),
                 ] {
                     if n > 0 {
                         metrics.state_evictions.with(&[table]).raise_to(n);

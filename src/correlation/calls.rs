@@ -29,7 +29,9 @@
 //!   partial call (`started_before_capture`). Only those methods: a stray response to
 //!   REGISTER or OPTIONS never makes a call. What such a record knows is what was seen: the
 //!   answer time only when the provisional responses of the first INVITE were seen, the end,
-//!   who hung up when the roles can be told (`roles_known`), media from later SDP;
+//!   who hung up when the roles can be told (`roles_known`), media from later SDP. At most
+//!   `max_partial_calls_per_minute` such calls are opened per minute (the rest counted), so
+//!   stray in-dialog requests with made-up Call-IDs cannot each become a record;
 //! - REGISTER and other out-of-dialog transactions are counted, not reported as calls.
 //!
 //! # When a call ends, and what comes after
@@ -115,6 +117,11 @@ pub struct CallLimits {
     pub linger: Duration,
     /// Ended dialogs remembered at once.
     pub max_ended: usize,
+    /// Calls opened mid-dialog (`started_before_capture`) per minute of capture time; beyond
+    /// it such messages are counted (`partial_calls_refused`), so stray in-dialog requests
+    /// with made-up Call-IDs cannot turn into a record each. A restart mid-busy-hour opens
+    /// about as many as there are calls up, spread over their remaining durations.
+    pub max_partial_calls_per_minute: usize,
 }
 
 impl Default for CallLimits {
@@ -126,6 +133,7 @@ impl Default for CallLimits {
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
             max_ended: 100_000,
+            max_partial_calls_per_minute: 1000,
         }
     }
 }
@@ -142,6 +150,9 @@ pub struct CallCounters {
     pub other_transactions: u64,
     /// Messages of unknown dialogs that are not INVITE dialogs (NOTIFY, REFER, ...).
     pub orphan_messages: u64,
+    /// Messages that would have opened a call mid-dialog beyond
+    /// `max_partial_calls_per_minute`.
+    pub partial_calls_refused: u64,
     /// Messages of a dialog after its record was made (or after its final failure): the
     /// 200 of a BYE, ACKs, retransmissions, a BYE after a failure. Counted, not applied.
     pub late_messages: u64,
@@ -357,6 +368,8 @@ pub struct CallTracker {
     ended: HashMap<u64, Tombstone>,
     ended_order: VecDeque<(Timestamp, u64)>,
     out_of_dialog_seen: HashSet<u64>,
+    /// Start of the current minute of partial calls, and how many were opened in it.
+    partial_window: (Timestamp, usize),
     counters: CallCounters,
     last_sweep: Timestamp,
 }
@@ -379,6 +392,7 @@ impl CallTracker {
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
             out_of_dialog_seen: HashSet::new(),
+            partial_window: (Timestamp::default(), 0),
             counters: CallCounters::default(),
             last_sweep: Timestamp::default(),
         }
@@ -471,6 +485,10 @@ impl CallTracker {
             self.ended.remove(&hashed);
         }
         let partial = !is_initial_invite && opens_partial_call(msg);
+        if partial && !self.partial_budget(meta.time) {
+            self.counters.partial_calls_refused += 1;
+            return Applied::Nothing;
+        }
         if is_initial_invite || partial {
             if !self.make_room(meta.time, out) {
                 self.counters.dropped_at_capacity += 1;
@@ -522,6 +540,20 @@ impl CallTracker {
             }
         }
         Applied::Nothing
+    }
+
+    /// Whether one more call may be opened mid-dialog in this minute.
+    fn partial_budget(&mut self, now: Timestamp) -> bool {
+        let (start, opened) = &mut self.partial_window;
+        if now.seconds_since(*start) >= 60.0 || now < *start {
+            *start = now;
+            *opened = 0;
+        }
+        if *opened >= self.limits.max_partial_calls_per_minute {
+            return false;
+        }
+        *opened += 1;
+        true
     }
 
     /// Makes room for one more call: at the bound, evicts the oldest call still in setup.
@@ -1935,6 +1967,28 @@ mod tests {
         assert_eq!(h.tracker.counters().calls, 0);
         // The tagged 200 to OPTIONS, NOTIFY and REFER; the tagless BYE is a transaction.
         assert_eq!(h.tracker.counters().orphan_messages, 3);
+    }
+
+    #[test]
+    fn stray_byes_with_made_up_call_ids_open_a_bounded_number_of_calls_per_minute() {
+        let limits = CallLimits {
+            max_partial_calls_per_minute: 100,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        for i in 0..1000 {
+            h.call_id = format!("stray-{i}");
+            h.req(i, "BYE", 2, true, true);
+        }
+        assert_eq!(h.records.len(), 100);
+        assert_eq!(h.tracker.counters().partial_calls_refused, 900);
+        // A new minute, a new budget; calls with their INVITE are never refused by it.
+        h.call_id = "later".into();
+        h.req(61_000, "BYE", 2, true, true);
+        h.call_id = "fresh".into();
+        h.req(61_001, "INVITE", 1, true, false);
+        assert_eq!(h.records.len(), 101);
+        assert_eq!(h.tracker.open_calls(), 1);
     }
 
     #[test]
