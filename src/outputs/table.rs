@@ -53,7 +53,8 @@ pub fn write_table(
     {
         writeln!(
             out,
-            "* still open when the capture ended (state: connected or timed out)"
+            "* incomplete: still open when the capture ended (connected or timed out), or \
+             started before it (its INVITE not seen; the time is its first message's)"
         )?;
     }
     writeln!(out)?;
