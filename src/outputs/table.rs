@@ -100,6 +100,28 @@ pub fn write_table(
         },
         m.rtcp_packets
     )?;
+    if m.rtp_after_call_end + m.rtcp_after_call_end > 0 {
+        writeln!(
+            out,
+            "{} RTP and {} RTCP packets after their call's end (counted, not measured)",
+            m.rtp_after_call_end, m.rtcp_after_call_end
+        )?;
+    }
+    if m.orphan_streams_summarised > 0 {
+        writeln!(
+            out,
+            "{} orphan streams beyond the per-minute budget, summed up in summary records",
+            m.orphan_streams_summarised
+        )?;
+    }
+    let c = &summary.call_counters;
+    if c.started_before_capture + c.late_messages + c.evicted_in_setup > 0 {
+        writeln!(
+            out,
+            "{} calls started before the capture, {} messages after their call's end, {} calls evicted at the table's bound",
+            c.started_before_capture, c.late_messages, c.evicted_in_setup
+        )?;
+    }
     let d = &summary.decode;
     writeln!(
         out,
