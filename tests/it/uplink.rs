@@ -114,7 +114,7 @@ pub(crate) fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
     collector_on(pki, cert, out, 0)
 }
 
-fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
+pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
     let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
         .args(["collect", "--listen", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(pki.path("ca.pem"))
@@ -461,28 +461,480 @@ fn tls_refuses_a_client_without_a_certificate() {
     assert!(stored(&c.out).is_empty());
 }
 
+/// The `.sealed` files of a dead-letter area (marked ones included).
+fn dead_letter_files(spool: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [spool.join("dead-letter"), spool.join("dead-letter/resend")] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sealed") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Error lines saying the uplink started failing.
+fn failing_alerts(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("Uplink failing"))
+        .count()
+}
+
 #[test]
-fn a_certificate_for_another_node_is_rejected_and_dead_lettered() {
+fn a_certificate_for_another_node_keeps_every_record_spooled() {
+    // Regression: the collector's 403 dead-lettered every batch (and /health said ok).
     let pki = pki();
     let work = tempfile::tempdir().unwrap();
     let c = collector(&pki, "collector", &work.path().join("collected"));
     let spool = work.path().join("spool");
     // Configured as edge-01, presenting edge-02's certificate.
     let config = forward_config(&pki, &spool, "edge-01", "edge-02", "ca.pem", c.port);
-    let result = replay_forward(&config, 10);
+    let result = replay_forward(&config, 4);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("5 records stay spooled"), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert_eq!(
+        failing_alerts(&stderr),
+        1,
+        "one alert, not one per retry: {stderr}"
+    );
+    assert!(stored(&c.out).is_empty());
+    assert!(dead_letter_files(&spool).is_empty());
+}
+
+#[test]
+fn a_wrong_collector_path_keeps_every_record_spooled_and_alerts_once() {
+    // Regression: a URL typo (404) sent good records to an unencrypted dead-letter file.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("/v1/batches", "/v1/batchez")).unwrap();
+    // Six seconds of backoff from 1 s: three attempts at least.
+    let result = replay_forward(&config, 6);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(
+        stderr.contains("/v1/batchez"),
+        "the alert names the path: {stderr}"
+    );
+    assert_eq!(failing_alerts(&stderr), 1, "{stderr}");
+    assert!(stored(&c.out).is_empty());
+    assert!(dead_letter_files(&spool).is_empty());
+    // The typo fixed: the first run's records go out with the second's.
+    std::fs::write(&config, good).unwrap();
+    let result = replay_forward(&config, 30);
     assert!(
         result.status.success(),
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    assert!(stored(&c.out).is_empty());
-    let dead: Vec<_> = std::fs::read_dir(spool.join("dead-letter"))
-        .unwrap()
+    assert_eq!(stored_ids(&c.out).len(), 10);
+}
+
+#[test]
+fn clear_text_dead_letters_of_earlier_versions_are_forwarded_and_deleted() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    // What the old agent wrote for a 404: a whole batch, gzip JSON Lines in clear.
+    std::fs::create_dir_all(spool.join("dead-letter")).unwrap();
+    let old = spool.join("dead-letter/edge-01_0_0-2.jsonl.gz");
+    let lines: Vec<Vec<u8>> = (0..3)
+        .map(|n| {
+            format!(r#"{{"id":"edge-01:0:{n}","record":{{"type":"old","n":{n}}}}}"#).into_bytes()
+        })
+        .collect();
+    std::fs::write(&old, teledge::uplink::encode_lines(&lines).unwrap()).unwrap();
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(!old.exists(), "nothing stays in clear");
+    let stored = stored(&c.out);
+    let mut old_ones: Vec<u64> = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "old")
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    old_ones.sort();
+    assert_eq!(old_ones, [0, 1, 2]);
+    assert_eq!(stored.len(), 8);
+}
+
+/// A collector of the test over real mutual TLS whose refusals are chosen: 413 above
+/// `max_inflated` bytes, 422 for a batch with a record containing `poison`, 400 for every
+/// batch when `refuse_all`. Otherwise it stores the lines and acknowledges them.
+struct Picky {
+    port: u16,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    refusals: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    policy: std::sync::Arc<std::sync::Mutex<PickyPolicy>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+#[derive(Clone, Copy)]
+struct PickyPolicy {
+    max_inflated: usize,
+    poison: bool,
+    refuse_all: bool,
+}
+
+fn picky(pki: &Pki, policy: PickyPolicy) -> Picky {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use std::sync::{Arc, Mutex};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = teledge::uplink::tls::server_config(
+        &pki.path("ca.pem"),
+        &pki.path("collector.pem"),
+        &pki.path("collector.key"),
+        false,
+    )
+    .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let policy = Arc::new(Mutex::new(policy));
+    let (l, r, p) = (lines.clone(), refusals.clone(), policy.clone());
+    runtime.spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (l, r, p) = (l.clone(), r.clone(), p.clone());
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (l, r, p) = (l.clone(), r.clone(), p.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let inflated = teledge::uplink::decode_body(&body, 1 << 30).unwrap();
+                        let batch = teledge::collect::parse_batch("edge-01", &inflated).unwrap();
+                        let policy = *p.lock().unwrap();
+                        let status = if policy.refuse_all {
+                            400
+                        } else if inflated.len() > policy.max_inflated {
+                            413
+                        } else if policy.poison
+                            && batch.iter().any(|b| b.record.get().contains("poison"))
+                        {
+                            422
+                        } else {
+                            200
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        if status != 200 {
+                            r.lock().unwrap().push(status);
+                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            *response.body_mut() = Full::new(Bytes::from("refused by the test"));
+                            return Ok::<_, hyper::Error>(response);
+                        }
+                        let ack = serde_json::json!({
+                            "batch": "b",
+                            "accepted": batch.len(),
+                            "duplicates": 0,
+                            "through": batch.last().unwrap().id,
+                        });
+                        let mut stored = l.lock().unwrap();
+                        for line in &batch {
+                            stored.push(serde_json::to_value(line).unwrap());
+                        }
+                        *response.body_mut() = Full::new(Bytes::from(ack.to_string()));
+                        Ok(response)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Picky {
+        port,
+        lines,
+        refusals,
+        policy,
+        _runtime: runtime,
+    }
+}
+
+/// Appends records to the spool of `config` (opened and closed here).
+fn spool_records(config: &teledge::config::ForwardConfig, records: &[Vec<u8>]) {
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    for r in records {
+        spool.append(r).unwrap();
+    }
+    spool.flush().unwrap();
+}
+
+fn forward_once(
+    config: &teledge::config::ForwardConfig,
+    timeout: std::time::Duration,
+) -> (
+    Result<teledge::uplink::client::UplinkStats, String>,
+    teledge::uplink::client::UplinkStats,
+    u64,
+) {
+    use teledge::uplink::client::{Backoff, Forwarder};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (spool, _) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    let spool = std::sync::Mutex::new(spool);
+    let mut forwarder = Forwarder::new(config).unwrap().with_backoff(Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(200),
+    ));
+    let deadline = std::time::Instant::now() + timeout;
+    let result = runtime
+        .block_on(forwarder.forward_until_drained(&spool, Some(deadline)))
+        .map_err(|e| e.to_string());
+    let left = spool.lock().unwrap().stats().records;
+    (result, forwarder.stats, left)
+}
+
+fn record(n: usize, pad: usize, marker: &str) -> Vec<u8> {
+    format!(
+        r#"{{"type":"test","n":{n},"marker":"{marker}","pad":"{}"}}"#,
+        "x".repeat(pad)
+    )
+    .into_bytes()
+}
+
+fn teledge_cli(args: &[&str], config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_then_resent() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 20_000,
+            poison: true,
+            refuse_all: false,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    with_batches(&path, 100);
+    let config = teledge::config::load_forward(&path).unwrap();
+    // 60 records of 1 kB: 60 kB in one batch, three times what the collector takes. One is
+    // poison (422 whatever its company), one is 30 kB alone (413 even alone).
+    let records: Vec<Vec<u8>> = (0..60)
+        .map(|n| match n {
+            17 => record(n, 900, "poison +4930123456"),
+            40 => record(n, 30_000, "huge"),
+            _ => record(n, 900, "fine"),
+        })
+        .collect();
+    spool_records(&config, &records);
+
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!(left, 0);
+    let lines = c.lines.lock().unwrap().clone();
+    let data: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "test")
+        .collect();
+    let gaps: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "gap")
+        .collect();
+    let mut delivered: Vec<u64> = data
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    delivered.sort();
+    let expected: Vec<u64> = (0..60).filter(|n| *n != 17 && *n != 40).collect();
+    assert_eq!(delivered, expected, "every good record delivered once");
+    assert_eq!(stats.dead_lettered, 2);
+    assert!(stats.splits >= 3, "{stats:?}");
+    let refusals = c.refusals.lock().unwrap().clone();
+    assert!(
+        refusals.contains(&413) && refusals.contains(&422),
+        "{refusals:?}"
+    );
+    // Each dead letter announced upstream, with its id and status.
+    let mut announced: Vec<(String, u64)> = gaps
+        .iter()
+        .map(|g| {
+            assert_eq!(g["record"]["reason"], "dead_letter");
+            (
+                g["record"]["first_dropped"].as_str().unwrap().to_owned(),
+                g["record"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    announced.sort();
+    assert_eq!(announced.len(), 2, "{announced:?}");
+    assert!(
+        announced[0].0.ends_with(":17") && announced[0].1 == 422,
+        "{announced:?}"
+    );
+    assert!(
+        announced[1].0.ends_with(":40") && announced[1].1 == 413,
+        "{announced:?}"
+    );
+    // Sealed at rest: neither the number nor the marker is readable in the area.
+    let files = dead_letter_files(&spool);
+    assert_eq!(files.len(), 2);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"poison" || w == b"493012"));
+    }
+    // The operator's view, from the real command.
+    let listing = teledge_cli(&["dead-letters", "list"], &path);
+    assert!(
+        listing.contains(&format!("{}  status 422", announced[0].0)),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("{}  status 413", announced[1].0)),
+        "{listing}"
+    );
+    assert!(listing.contains("2 dead letter(s)"), "{listing}");
+
+    // The cause fixed at the collector; the operator resends; the next round forwards them
+    // as new records.
+    *c.policy.lock().unwrap() = PickyPolicy {
+        max_inflated: 1 << 30,
+        poison: false,
+        refuse_all: false,
+    };
+    let resend = teledge_cli(&["dead-letters", "resend"], &path);
+    assert!(resend.starts_with("2 dead letter(s) marked"), "{resend}");
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!((stats.requeued, stats.dead_letters_held, left), (2, 0, 0));
+    assert!(dead_letter_files(&spool).is_empty());
+    let lines = c.lines.lock().unwrap().clone();
+    let resent: Vec<_> = lines[60..]
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(resent, [17, 40]);
+    let new_ids: Vec<&str> = lines[60..]
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
         .collect();
     assert!(
-        !dead.is_empty(),
-        "the refused batches are kept as dead letters"
+        !new_ids.contains(&announced[0].0.as_str()),
+        "resent under a new id"
     );
+}
+
+#[test]
+fn a_full_dead_letter_area_drops_the_oldest_counted_and_announced() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 1 << 30,
+            poison: true,
+            refuse_all: false,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "timeout_ms = 3000",
+        "timeout_ms = 3000\ndead_letter_max_bytes = 3000",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = teledge::config::load_forward(&path).unwrap();
+    // Five poison records of 1 kB, apart: the area holds two of them.
+    let records: Vec<Vec<u8>> = (0..15)
+        .map(|n| record(n, 1000, if n % 3 == 0 { "poison" } else { "fine" }))
+        .collect();
+    spool_records(&config, &records);
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(stats.dead_lettered, 5);
+    assert_eq!(stats.dead_letter_dropped, 3);
+    assert_eq!(dead_letter_files(&spool).len(), 2);
+    let lines = c.lines.lock().unwrap().clone();
+    let full: u64 = lines
+        .iter()
+        .filter(|l| l["record"]["reason"] == "dead_letter_area_full")
+        .map(|l| l["record"]["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(full, 3, "every removal announced upstream");
+    let listing = teledge_cli(&["dead-letters", "list"], &path);
+    assert!(
+        listing.contains(":9  status 422") && listing.contains(":12  status 422"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_collector_refusing_everything_is_failing_not_a_reason_to_dead_letter_everything() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 1 << 30,
+            poison: false,
+            refuse_all: true,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    with_batches(&path, 100);
+    let config = teledge::config::load_forward(&path).unwrap();
+    let records: Vec<Vec<u8>> = (0..40).map(|n| record(n, 100, "fine")).collect();
+    spool_records(&config, &records);
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(3));
+    assert!(result
+        .unwrap_err()
+        .contains("treated as a collector problem"));
+    assert_eq!(
+        stats.dead_lettered,
+        teledge::uplink::client::MAX_DEAD_LETTERS_IN_A_ROW as u64
+    );
+    assert!(stats.retries >= 2, "{stats:?}");
+    // The rest (and the gap records announcing the dead letters) stay in the spool.
+    // 32 records and the 8 gap records announcing the dead letters.
+    assert_eq!(left, 40);
+    assert!(c.lines.lock().unwrap().is_empty());
 }
 
 #[test]
