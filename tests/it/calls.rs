@@ -147,7 +147,11 @@ fn capture_starting_mid_call_yields_partial_records() {
         partial.len() as u64,
         summary.call_counters.started_before_capture
     );
-    assert_eq!(partial.len(), 28, "TShark: 28 INVITE dialogs without their INVITE");
+    assert_eq!(
+        partial.len(),
+        28,
+        "TShark: 28 INVITE dialogs without their INVITE"
+    );
     assert!(partial
         .iter()
         .all(|c| !c.complete && c.invite_time.is_none()));
