@@ -144,6 +144,7 @@ impl RecordQueue {
         let kind = match &record {
             Record::Call(_) => "call",
             Record::Stream(_) => "stream",
+            Record::OrphanStreams(_) => "orphan_streams",
             Record::CaptureSummary(_) => "capture_summary",
             Record::Sensor(_) => "sensor",
             Record::Alert(_) => "alert",
@@ -557,6 +558,25 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 let mut c = lock(&correlator);
                 c.advance(live_now.now(), &mut |r| records.push(r));
                 metrics.calls_active.set(c.calls().open_calls() as i64);
+                metrics.call_table_bytes.set(c.calls().held_bytes() as i64);
+                let (calls, media) = (c.calls().counters(), c.media().counters());
+                for (table, n) in [
+                    ("calls_in_setup", calls.evicted_in_setup),
+                    ("ended_dialogs", calls.ended_forgotten),
+                    ("ended_media_endpoints", media.ended_endpoints_forgotten),
+                    ("orphan_stream_records", media.orphan_streams_summarised),
+                    ("calls_joined_mid_dialog", calls.partial_calls_refused),
+                ] {
+                    if n > 0 {
+                        metrics.state_evictions.with(&[table]).raise_to(n);
+                    }
+                }
+                if calls.dropped_at_capacity > 0 {
+                    metrics
+                        .records_dropped
+                        .with(&["call_table_full"])
+                        .raise_to(calls.dropped_at_capacity);
+                }
                 metrics
                     .streams_active
                     .set(c.media().active_streams() as i64);

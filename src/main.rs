@@ -286,7 +286,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             jsonl.finish().context("cannot write records")?;
         }
         Format::Table => {
-            table_calls.sort_by_key(|c| c.invite_time);
+            table_calls.sort_by_key(|c| c.invite_time.unwrap_or(c.first_message_time));
             let mut out = jsonl.finish().context("cannot write records")?;
             table::write_table(&mut out, &table_calls, &summary)
                 .and_then(|()| out.flush())

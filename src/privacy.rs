@@ -41,6 +41,8 @@
 //! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept (SDP tokens) |
 //! | call, stream | stream `src`, `dst` | address mode; `ssrc`, codecs kept |
 //! | call, stream | stream `metrics.dtmf[].digit` | replaced by `x`: typed digits are PINs and account numbers; count, times and durations kept |
+//! | orphan streams summary | `by_source[].src_ip` | address mode; counts kept |
+//! | call | `started_before_capture`, `roles_known`, `first_message_time` | kept: flags and a time |
 //! | call | `hep_rtcp[]` | kept: SSRCs and numbers |
 //! | sensor, alert | `device`, `model`, `port`, `reading`, `unit`, value names, state names | kept: names of equipment from the configuration and profiles |
 //! | capture summary | `files` | reduced to file names (directories may name people) |
@@ -176,6 +178,11 @@ impl Pseudonymizer {
         match record {
             Record::Call(call) => self.call(call),
             Record::Stream(stream) => self.stream(&mut stream.stream),
+            Record::OrphanStreams(summary) => {
+                for source in &mut summary.by_source {
+                    source.src_ip = self.address(&source.src_ip);
+                }
+            }
             Record::CaptureSummary(summary) => {
                 if !self.clear() {
                     for file in &mut summary.files {
@@ -540,6 +547,32 @@ mod tests {
             let uri = hashed().uri(&format!("sip:{digits};ext={digits}@pbx.example;x={digits}?h={digits}"));
             proptest::prop_assert!(!uri.contains(&digits), "{}", uri);
         }
+    }
+
+    #[test]
+    fn orphan_stream_summaries_follow_the_address_mode() {
+        use crate::record::media::{OrphanSource, OrphanStreamsSummary, ORPHAN_SUMMARY_SCHEMA};
+        let mut record = Record::OrphanStreams(Box::new(OrphanStreamsSummary {
+            schema: ORPHAN_SUMMARY_SCHEMA,
+            record_id: "x".into(),
+            interval_start: Default::default(),
+            interval_end: Default::default(),
+            streams: 3,
+            packets: 30,
+            lost: 0,
+            by_source: vec![OrphanSource {
+                src_ip: "198.51.100.23".into(),
+                streams: 3,
+                packets: 30,
+            }],
+            other_sources: 0,
+        }));
+        with(PrivacyMode::Clear, AddressMode::Truncate).apply(&mut record);
+        let Record::OrphanStreams(summary) = &record else {
+            panic!("{record:?}")
+        };
+        assert_eq!(summary.by_source[0].src_ip, "198.51.100.0");
+        assert_eq!(summary.streams, 3);
     }
 
     #[test]

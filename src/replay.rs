@@ -132,6 +132,7 @@ impl Replay {
             decode: self.dissector.stats(),
             media: self.correlator.media().counters(),
             calls_dropped_at_capacity: counters.dropped_at_capacity,
+            call_counters: counters,
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));
         summary

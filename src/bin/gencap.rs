@@ -29,6 +29,10 @@ struct Args {
     /// Milliseconds between call starts.
     #[arg(long, default_value_t = 50)]
     interval_ms: u64,
+    /// Instead of many calls, one call through a B2BUA with direct media: two Call-IDs
+    /// whose SDP announce the same two media endpoints, RTP and RTCP flowing between them.
+    #[arg(long)]
+    b2bua_direct_media: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,9 @@ const EPOCH_NS: u64 = 1_767_225_600_000_000_000;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.b2bua_direct_media {
+        return b2bua_direct_media(&args);
+    }
     let mut events: Vec<(u64, u32, Event)> = Vec::new();
     for call in 0..args.calls {
         let start = EPOCH_NS + u64::from(call) * args.interval_ms * 1_000_000;
@@ -125,6 +132,244 @@ fn main() -> anyhow::Result<()> {
         args.out.display(),
         args.calls
     );
+    Ok(())
+}
+
+/// A UDP datagram to write: milliseconds after the epoch, source, destination, ports,
+/// payload.
+type Datagram = (u64, [u8; 4], [u8; 4], u16, u16, Vec<u8>);
+
+/// One call through a B2BUA (10.0.0.1) with direct media: leg A from the caller
+/// (10.1.0.1) to the B2BUA, leg B from the B2BUA to the callee (10.2.0.1). Both legs'
+/// SDP name the caller's (10.1.0.1:20000) and the callee's (10.2.0.1:30000) media, which
+/// flow directly between the phones: `--rtp` packets each way, then an RTCP SR from each.
+fn b2bua_direct_media(args: &Args) -> anyhow::Result<()> {
+    const CALLER: [u8; 4] = [10, 1, 0, 1];
+    const B2BUA: [u8; 4] = [10, 0, 0, 1];
+    const CALLEE: [u8; 4] = [10, 2, 0, 1];
+    let sdp = |ip: &str, port: u16| {
+        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n")
+    };
+    let offer = sdp("10.1.0.1", 20_000);
+    let answer = sdp("10.2.0.1", 30_000);
+    // (ms, src, dst, SIP text or datagram)
+    let mut frames: Vec<Datagram> = Vec::new();
+    let mut sip = |at: u64,
+                   src: [u8; 4],
+                   dst: [u8; 4],
+                   leg: &str,
+                   first: &str,
+                   cseq: &str,
+                   to_tag: bool,
+                   body: &str| {
+        let (from, to) = if leg == "A" {
+            ("<sip:4930100@10.1.0.1>;tag=a1", "<sip:200@10.0.0.1>")
+        } else {
+            ("<sip:4930100@10.0.0.1>;tag=b1", "<sip:200@10.2.0.1>")
+        };
+        let to_tag = if to_tag {
+            format!(";tag={}2", leg.to_lowercase())
+        } else {
+            String::new()
+        };
+        let content = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".to_owned()
+        };
+        let branch = format!("z9hG4bK{leg}{}", cseq.replace(' ', ""));
+        let text = format!(
+            "{first}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch={branch}\r\nFrom: {from}\r\nTo: {to}{to_tag}\r\nCall-ID: leg{leg}@b2bua.example\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\n{content}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        frames.push((at, src, dst, 5060, 5060, text.into_bytes()));
+    };
+    sip(
+        0,
+        CALLER,
+        B2BUA,
+        "A",
+        "INVITE sip:200@10.0.0.1 SIP/2.0",
+        "1 INVITE",
+        false,
+        &offer,
+    );
+    sip(
+        5,
+        B2BUA,
+        CALLER,
+        "A",
+        "SIP/2.0 100 Trying",
+        "1 INVITE",
+        false,
+        "",
+    );
+    sip(
+        10,
+        B2BUA,
+        CALLEE,
+        "B",
+        "INVITE sip:200@10.2.0.1 SIP/2.0",
+        "1 INVITE",
+        false,
+        &offer,
+    );
+    sip(
+        40,
+        CALLEE,
+        B2BUA,
+        "B",
+        "SIP/2.0 180 Ringing",
+        "1 INVITE",
+        true,
+        "",
+    );
+    sip(
+        45,
+        B2BUA,
+        CALLER,
+        "A",
+        "SIP/2.0 180 Ringing",
+        "1 INVITE",
+        true,
+        "",
+    );
+    sip(
+        2000,
+        CALLEE,
+        B2BUA,
+        "B",
+        "SIP/2.0 200 OK",
+        "1 INVITE",
+        true,
+        &answer,
+    );
+    sip(
+        2005,
+        B2BUA,
+        CALLEE,
+        "B",
+        "ACK sip:200@10.2.0.1 SIP/2.0",
+        "1 ACK",
+        true,
+        "",
+    );
+    sip(
+        2010,
+        B2BUA,
+        CALLER,
+        "A",
+        "SIP/2.0 200 OK",
+        "1 INVITE",
+        true,
+        &answer,
+    );
+    sip(
+        2015,
+        CALLER,
+        B2BUA,
+        "A",
+        "ACK sip:200@10.0.0.1 SIP/2.0",
+        "1 ACK",
+        true,
+        "",
+    );
+    let rtp = |seq: u16, ssrc: u32| {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend(std::iter::repeat_n(0xD5u8, 160));
+        p
+    };
+    let (up, down) = (0x0A0A_0001u32, 0x0B0B_0002u32);
+    for i in 0..args.rtp {
+        let at = 2100 + u64::from(i) * 20;
+        let seq = i as u16;
+        // A little jitter on the way back, so the figures are not all zero.
+        frames.push((at, CALLER, CALLEE, 20_000, 30_000, rtp(seq, up)));
+        frames.push((
+            at + 3 + u64::from(i % 3),
+            CALLEE,
+            CALLER,
+            30_000,
+            20_000,
+            rtp(seq, down),
+        ));
+    }
+    let sr = |ssrc: u32, about: u32, packets: u32| {
+        let mut p = vec![0x81, 200, 0, 12];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xE9, 0x00, 0x00, 0x00, 0, 0, 0, 0]); // NTP
+        p.extend_from_slice(&(packets * 160).to_be_bytes());
+        p.extend_from_slice(&packets.to_be_bytes());
+        p.extend_from_slice(&(packets * 160).to_be_bytes());
+        p.extend_from_slice(&about.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0]); // fraction lost, cumulative lost
+        p.extend_from_slice(&(packets.saturating_sub(1)).to_be_bytes());
+        p.extend_from_slice(&8u32.to_be_bytes()); // jitter, timestamp units
+        p.extend_from_slice(&[0; 8]); // LSR, DLSR
+        p
+    };
+    let end = 2100 + u64::from(args.rtp) * 20;
+    frames.push((end, CALLER, CALLEE, 20_001, 30_001, sr(up, down, args.rtp)));
+    frames.push((
+        end + 5,
+        CALLEE,
+        CALLER,
+        30_001,
+        20_001,
+        sr(down, up, args.rtp),
+    ));
+    let mut sip = |at: u64, src: [u8; 4], dst: [u8; 4], leg: &str, first: &str, cseq: &str| {
+        let (from, to) = if leg == "A" {
+            ("<sip:4930100@10.1.0.1>;tag=a1", "<sip:200@10.0.0.1>;tag=a2")
+        } else {
+            ("<sip:4930100@10.0.0.1>;tag=b1", "<sip:200@10.2.0.1>;tag=b2")
+        };
+        let text = format!(
+            "{first}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{leg}bye\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: leg{leg}@b2bua.example\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+        );
+        frames.push((at, src, dst, 5060, 5060, text.into_bytes()));
+    };
+    sip(
+        end + 100,
+        CALLER,
+        B2BUA,
+        "A",
+        "BYE sip:200@10.0.0.1 SIP/2.0",
+        "2 BYE",
+    );
+    sip(end + 105, B2BUA, CALLER, "A", "SIP/2.0 200 OK", "2 BYE");
+    sip(
+        end + 110,
+        B2BUA,
+        CALLEE,
+        "B",
+        "BYE sip:200@10.2.0.1 SIP/2.0",
+        "2 BYE",
+    );
+    sip(end + 120, CALLEE, B2BUA, "B", "SIP/2.0 200 OK", "2 BYE");
+    frames.sort_by_key(|f| f.0);
+
+    let file = File::create(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
+    out.write_all(&2u16.to_le_bytes())?;
+    out.write_all(&4u16.to_le_bytes())?;
+    out.write_all(&[0u8; 8])?;
+    out.write_all(&65_535u32.to_le_bytes())?;
+    out.write_all(&1u32.to_le_bytes())?;
+    for (at, src, dst, sport, dport, payload) in frames {
+        let time = EPOCH_NS + at * 1_000_000;
+        let frame = udp_frame(src, dst, sport, dport, &payload)?;
+        out.write_all(&((time / 1_000_000_000) as u32).to_le_bytes())?;
+        out.write_all(&(((time % 1_000_000_000) / 1000) as u32).to_le_bytes())?;
+        out.write_all(&(frame.len() as u32).to_le_bytes())?;
+        out.write_all(&(frame.len() as u32).to_le_bytes())?;
+        out.write_all(&frame)?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Call tracking: SIP messages in, one [`CallRecord`] per call attempt out.
+//! Call tracking: SIP messages in, one [`CallRecord`] per call attempt out, made the moment the
+//! call ends.
 //!
 //! Dialogs are keyed by Call-ID. The tracker is deterministic: it is driven only by the
 //! messages and their capture times (`advance` moves time forward), so replay, live capture
@@ -6,31 +7,84 @@
 //!
 //! What it understands:
 //! - retransmissions: a request with a transaction (method, CSeq, Via branch) already seen, or
-//!   a response with a (status, CSeq, To-tag) already seen, is counted and otherwise ignored;
-//! - auth challenges: 401/407 followed by a new INVITE (higher CSeq, no To-tag) in the same
-//!   Call-ID continues the same attempt; a challenge not followed up ends it as rejected;
+//!   a response with a (status, CSeq, Via branch, To-tag) already seen, is counted and
+//!   otherwise ignored;
+//! - auth challenges: 401/407 (and 422) followed by a new INVITE (higher CSeq, no To-tag) in
+//!   the same Call-ID continues the same attempt; a challenge not followed up within
+//!   `setup_timeout` ends it as rejected;
 //! - provisional responses, ringing (180/183) and early media (18x with SDP);
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
-//! - forking: the distinct To-tags of the responses are counted; the answered one is the dialog;
+//! - forking: the distinct To-tags of the responses are counted; the answered one is the
+//!   dialog. The caller's INVITE transaction is the first INVITE seen for its CSeq (its top Via
+//!   branch); the same INVITE seen again on other branches is a proxy's forks. A failure on a
+//!   fork's branch does not end the attempt (another fork may answer); a failure on any other
+//!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as
 //!   timed out; a connected call longer than `max_call_duration` is closed (still answered,
 //!   marked incomplete);
+//! - dialogs that started before the capture (a restart, a capture file that starts mid-call):
+//!   the first message of an INVITE dialog whose INVITE was not seen (re-INVITE, UPDATE, INFO,
+//!   PRACK, ACK, BYE, CANCEL, a response whose CSeq method is INVITE, BYE or CANCEL) opens a
+//!   partial call (`started_before_capture`). Only those methods: a stray response to
+//!   REGISTER or OPTIONS never makes a call. What such a record knows is what was seen: the
+//!   answer time only when the provisional responses of the first INVITE were seen, the end,
+//!   who hung up when the roles can be told (`roles_known`), media from later SDP. At most
+//!   `max_partial_calls_per_minute` such calls are opened per minute (the rest counted), so
+//!   stray in-dialog requests with made-up Call-IDs cannot each become a record;
 //! - REGISTER and other out-of-dialog transactions are counted, not reported as calls.
 //!
-//! An ended call is kept for `linger` (default 32 s, SIP's Timer B) to absorb late
-//! retransmissions, a challenged one (401/407) for `setup_timeout` so the INVITE with
-//! credentials joins the same attempt; then its record is emitted.
-//! The table is bounded by `max_calls`; calls refused at the bound are counted.
+//! # When a call ends, and what comes after
+//!
+//! A call ends, and its record is made at once, with the message that ends it:
+//! - the BYE (from either side), or the 2xx to a BYE whose request was not seen;
+//! - a final failure response (≥ 300) on the caller's INVITE transaction, except 401, 407 and
+//!   422, after which the same attempt may go on with a new INVITE (those end when no new
+//!   INVITE follows within `setup_timeout`, when `advance` passes that time);
+//! - after a CANCEL, the final response to the INVITE (487: abandoned; a 2xx that crossed the
+//!   CANCEL answers the call instead); without one within `linger`, the CANCEL itself;
+//! - a timeout (above), found by `advance`; eviction at the table's bound (below).
+//!
+//! The record is final: nothing is added to it later. The ended dialog is remembered
+//! (a *tombstone*, keyed by a hash of its Call-ID) for `linger` (default 32 s, SIP's Timer B),
+//! so that what still arrives — the 200 of the BYE, the ACK of a failure, retransmissions, a
+//! BYE after a failure response — is counted (`late_messages`) and neither changes the record
+//! nor opens a new call. Only a new INVITE transaction (no To-tag, a CSeq or Via branch not
+//! seen) starts a new attempt in the same Call-ID. The media tracker keeps the ended call's
+//! media endpoints for the same time, so RTP and RTCP in flight after the BYE are counted, not
+//! turned into orphan streams. Messages after a final failure while the attempt waits for a
+//! new INVITE (a 401/407) are counted in `ignored_after_final` and change nothing either.
+//!
+//! # What a crash can lose
+//!
+//! The record is made at the moment the last message of the call is seen (the BYE, the final
+//! response), or when `advance` passes a timeout. From then on only the way to the disk
+//! remains: the bounded record queue to the spool writer and the spool's group commit
+//! (`flush_interval`, default 50 ms). A SIGKILL therefore loses no call whose ending message
+//! was seen more than that before it; calls still open are lost to a SIGKILL (SIGTERM reports
+//! them as partial records, `closed_by: shutdown`), and a call whose end comes after a restart
+//! is reported as a partial record (`started_before_capture`).
+//!
+//! # Bounds
+//!
+//! Every text field held per call is capped ([`MAX_TEXT_BYTES`], tags [`MAX_TAG_BYTES`], SDP
+//! [`MAX_SDP_MEDIA`] media lines of [`MAX_SDP_CODECS`] codecs; truncations are counted), and
+//! the bytes the table holds are accounted ([`CallTracker::held_bytes`]). The table holds at
+//! most `max_calls` calls and `max_bytes` bytes: at the bound the oldest call still in setup
+//! (no answer) or joined mid-call is evicted — its record made with `closed_by: evicted`,
+//! counted (`evicted_in_setup`) — so junk INVITEs or stray in-dialog requests cannot hold the
+//! table against real calls; only when every call is an answered one seen from its INVITE is
+//! a new one refused (counted). Tombstones are bounded by `max_ended` (the oldest forgotten
+//! first, counted).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::decode::hep::{ReportBlock, RtcpJson};
-use crate::decode::sdp::{self, SdpSummary};
+use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
 use crate::dissect::{MessageMeta, Transport};
 use crate::record::{
@@ -52,21 +106,34 @@ pub enum Side {
 pub struct CallLimits {
     /// Calls tracked at once.
     pub max_calls: usize,
+    /// Bytes the calls may hold (as [`CallTracker::held_bytes`] accounts them).
+    pub max_bytes: usize,
     /// A call without a final answer and without any message for this long is timed out.
     pub setup_timeout: Duration,
     /// A connected call without BYE is closed after this long.
     pub max_call_duration: Duration,
-    /// How long an ended call is kept for late retransmissions and challenge retries.
+    /// How long an ended dialog (and its media endpoints) is remembered, to absorb late
+    /// retransmissions and media in flight.
     pub linger: Duration,
+    /// Ended dialogs remembered at once.
+    pub max_ended: usize,
+    /// Calls opened mid-dialog (`started_before_capture`) per minute of capture time; beyond
+    /// it such messages are counted (`partial_calls_refused`), so stray in-dialog requests
+    /// with made-up Call-IDs cannot turn into a record each. A restart mid-busy-hour opens
+    /// about as many as there are calls up, spread over their remaining durations.
+    pub max_partial_calls_per_minute: usize,
 }
 
 impl Default for CallLimits {
     fn default() -> Self {
         CallLimits {
             max_calls: 100_000,
+            max_bytes: 128 << 20,
             setup_timeout: Duration::from_secs(300),
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
+            max_ended: 100_000,
+            max_partial_calls_per_minute: 1000,
         }
     }
 }
@@ -75,33 +142,171 @@ impl Default for CallLimits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CallCounters {
     pub calls: u64,
+    /// Calls opened by a message of a dialog whose INVITE was not seen (in `calls` too).
+    pub started_before_capture: u64,
     /// REGISTER transactions (distinct Call-ID and CSeq).
     pub registrations: u64,
     /// Other out-of-dialog transactions (OPTIONS, MESSAGE, SUBSCRIBE, ...).
     pub other_transactions: u64,
-    /// Messages of dialogs whose INVITE was never seen (started before the capture).
+    /// Messages of unknown dialogs that are not INVITE dialogs (NOTIFY, REFER, ...).
     pub orphan_messages: u64,
+    /// Messages that would have opened a call mid-dialog beyond
+    /// `max_partial_calls_per_minute`.
+    pub partial_calls_refused: u64,
+    /// Messages of a dialog after its record was made (or after its final failure): the
+    /// 200 of a BYE, ACKs, retransmissions, a BYE after a failure. Counted, not applied.
+    pub late_messages: u64,
+    /// Messages that came after a call's final failure while it waited for a new INVITE (a
+    /// BYE, a CANCEL, a late provisional or 2xx): counted in the call's `messages`, not
+    /// applied.
+    pub ignored_after_final: u64,
+    /// Ended dialogs forgotten before their linger passed, at `max_ended`.
+    pub ended_forgotten: u64,
+    /// Calls in setup (or joined mid-call) evicted at the table's bound (records with
+    /// `closed_by: evicted`).
+    pub evicted_in_setup: u64,
+    /// New calls refused at the bound because every call held was answered.
     pub dropped_at_capacity: u64,
+    /// Text fields, tags and SDP lists cut to their caps.
+    pub fields_truncated: u64,
     /// HEP RTCP reports (type 5) attached to a tracked call.
     pub hep_rtcp_attached: u64,
     /// HEP RTCP reports whose correlation id names no tracked call.
     pub hep_rtcp_unmatched: u64,
+    /// HEP RTCP reports for a call whose record was already made (within its linger).
+    pub hep_rtcp_after_end: u64,
     /// HEP RTCP entries not kept because the call already had [`MAX_HEP_RTCP_PER_CALL`].
     pub hep_rtcp_dropped: u64,
 }
 
 /// Most transactions remembered per call for retransmission detection.
-const MAX_SEEN_PER_CALL: usize = 512;
+const MAX_SEEN_PER_CALL: usize = 128;
 /// Most HEP RTCP entries (reporter and reported SSRC pairs) kept per call.
 pub const MAX_HEP_RTCP_PER_CALL: usize = 16;
 /// Most To-tags remembered per call.
 const MAX_FORKS: usize = 16;
 /// Most out-of-dialog transactions remembered for de-duplication before the set is reset.
 const MAX_OUT_OF_DIALOG_SEEN: usize = 100_000;
+/// Longest text kept from a header (URIs, names, user agents, reasons, Call-IDs), in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// Longest tag or Via branch kept, in bytes.
+pub const MAX_TAG_BYTES: usize = 128;
+/// Most media lines kept of an SDP.
+pub const MAX_SDP_MEDIA: usize = 4;
+/// Most codecs kept per media line.
+pub const MAX_SDP_CODECS: usize = 16;
+/// Longest codec name kept (`telephone-event` is 15).
+pub const MAX_CODEC_NAME_BYTES: usize = 32;
+/// Most INVITE transactions of an ended attempt remembered in its tombstone.
+const MAX_ENDED_INVITES: usize = 4;
+
+/// The Call-ID as the tables key it: cut to [`MAX_TEXT_BYTES`] (on a character boundary).
+/// The media tracker uses the same key.
+pub fn call_key(call_id: &str) -> &str {
+    cut(call_id, MAX_TEXT_BYTES).0
+}
+
+fn cut(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+/// An SDP summary cut to the caps a call keeps (media lines, codecs, names); the media
+/// tracker learns endpoints from the same cut.
+pub fn capped_sdp(sdp: &SdpSummary) -> SdpSummary {
+    let mut ignored = 0;
+    Capper {
+        truncated: &mut ignored,
+    }
+    .sdp(sdp)
+}
+
+/// Copies header text into the call under its cap, counting cuts.
+struct Capper<'c> {
+    truncated: &'c mut u64,
+}
+
+impl Capper<'_> {
+    fn text(&mut self, s: &str) -> String {
+        self.cap(s, MAX_TEXT_BYTES)
+    }
+
+    fn tag(&mut self, s: &str) -> String {
+        self.cap(s, MAX_TAG_BYTES)
+    }
+
+    fn cap(&mut self, s: &str, max: usize) -> String {
+        let (kept, cut_off) = cut(s, max);
+        if cut_off {
+            *self.truncated += 1;
+        }
+        kept.to_owned()
+    }
+
+    fn party(&mut self, addr: &NameAddr<'_>) -> Party {
+        Party {
+            user: addr.user.map(|s| self.text(s)),
+            display_name: addr.display_name.map(|s| self.text(s)),
+            uri: Some(self.text(addr.uri)),
+        }
+    }
+
+    fn sdp(&mut self, sdp: &SdpSummary) -> SdpSummary {
+        if sdp.media.len() > MAX_SDP_MEDIA {
+            *self.truncated += 1;
+        }
+        let media = sdp
+            .media
+            .iter()
+            .take(MAX_SDP_MEDIA)
+            .map(|m| {
+                if m.codecs.len() > MAX_SDP_CODECS {
+                    *self.truncated += 1;
+                }
+                MediaSection {
+                    media: self.tag(&m.media),
+                    address: m.address.as_deref().map(|a| self.tag(a)),
+                    port: m.port,
+                    protocol: self.tag(&m.protocol),
+                    rtcp_port: m.rtcp_port,
+                    rtcp_mux: m.rtcp_mux,
+                    direction: m.direction,
+                    codecs: m
+                        .codecs
+                        .iter()
+                        .take(MAX_SDP_CODECS)
+                        .map(|c| Codec {
+                            payload_type: c.payload_type,
+                            name: c.name.as_deref().map(|n| self.cap(n, MAX_CODEC_NAME_BYTES)),
+                            clock_rate: c.clock_rate,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        SdpSummary { media }
+    }
+}
+
+/// An ended dialog, remembered for `linger`.
+#[derive(Debug)]
+struct Tombstone {
+    ended: Timestamp,
+    /// Hashes of the ended attempt's INVITE transactions (CSeq, Via branch).
+    invites: Vec<u64>,
+}
 
 #[derive(Debug)]
 struct Call {
     call_id: String,
+    /// Creation order, for eviction.
+    seq: u64,
     linked_call_id: Option<String>,
     caller: Party,
     callee: Party,
@@ -111,8 +316,22 @@ struct Call {
     transport: Transport,
     caller_address: SocketAddr,
     callee_address: SocketAddr,
-    invite_cseq: u32,
-    invite_time: Timestamp,
+    /// CSeq of the current initial INVITE; `None` when it was never seen (a dialog joined
+    /// after its INVITE).
+    invite_cseq: Option<u32>,
+    /// Top Via branch of the first INVITE seen with `invite_cseq`: the caller's transaction.
+    invite_branch: Option<String>,
+    /// Top Via branches of other INVITEs with `invite_cseq`: a proxy's forks.
+    fork_branches: Vec<String>,
+    /// Hashes of the initial INVITE transactions seen (for the tombstone).
+    invites: Vec<u64>,
+    invite_time: Option<Timestamp>,
+    first_message: Timestamp,
+    started_before_capture: bool,
+    roles_known: bool,
+    /// A dialog joined mid-call showed it was confirmed (re-INVITE, 2xx, BYE, UPDATE, INFO)
+    /// without its answer being seen.
+    answered_before_capture: bool,
     first_provisional: Option<Timestamp>,
     ringing: Option<Timestamp>,
     answer: Option<Timestamp>,
@@ -133,7 +352,7 @@ struct Call {
     media: Media,
     seen: HashSet<u64>,
     hep_rtcp: Vec<HepRtcp>,
-    /// Set when the call ended; the record is emitted `linger` later.
+    /// Why and when the record was (or will be) made.
     closed: Option<(ClosedBy, Timestamp)>,
 }
 
@@ -142,9 +361,24 @@ struct Call {
 pub struct CallTracker {
     limits: CallLimits,
     calls: HashMap<String, Call>,
+    /// Calls in creation order (lazily pruned), to find the oldest one in setup.
+    order: VecDeque<(u64, String)>,
+    next_seq: u64,
+    held_bytes: usize,
+    ended: HashMap<u64, Tombstone>,
+    ended_order: VecDeque<(Timestamp, u64)>,
     out_of_dialog_seen: HashSet<u64>,
+    /// Start of the current minute of partial calls, and how many were opened in it.
+    partial_window: (Timestamp, usize),
     counters: CallCounters,
     last_sweep: Timestamp,
+}
+
+/// What a message did to the table.
+enum Applied {
+    /// The call with this key may have changed.
+    Call(String),
+    Nothing,
 }
 
 impl CallTracker {
@@ -152,7 +386,13 @@ impl CallTracker {
         CallTracker {
             limits,
             calls: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            held_bytes: 0,
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
             out_of_dialog_seen: HashSet::new(),
+            partial_window: (Timestamp::default(), 0),
             counters: CallCounters::default(),
             last_sweep: Timestamp::default(),
         }
@@ -167,7 +407,20 @@ impl CallTracker {
         self.calls.len()
     }
 
-    /// Handles one SIP message; records of calls that this message's time closed go to `out`.
+    /// Ended dialogs remembered (tombstones).
+    pub fn ended_dialogs(&self) -> usize {
+        self.ended.len()
+    }
+
+    /// Bytes held by the open calls and the tombstones, as accounted: every string's and
+    /// list's capacity plus the fixed size of each entry. An estimate of the heap the table
+    /// uses, not counting the allocator's own overhead.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes + self.ended.len() * TOMBSTONE_BYTES
+    }
+
+    /// Handles one SIP message; records of calls that this message (or its time) ended go
+    /// to `out`.
     /// `sdp` is the message's SDP, summarised once by the caller (media correlation needs it
     /// too).
     pub fn message(
@@ -179,14 +432,20 @@ impl CallTracker {
     ) {
         // The message is applied before time advances: a message of a call is proof the call
         // is alive, even when the capture's clock jumped past a timeout since the last one.
-        self.apply(meta, msg, sdp);
+        if let Applied::Call(key) = self.apply(meta, msg, sdp, out) {
+            let ended = self.calls.get(&key).and_then(Call::ended);
+            if let Some(by) = ended {
+                self.end(&key, by, meta.time, out);
+            }
+        }
         self.advance(meta.time, out);
     }
 
     /// Which side of a tracked call sent this message; `None` when the call is not tracked.
     pub fn side_of(&self, msg: &SipMessage<'_>) -> Option<Side> {
-        let call = self.calls.get(msg.call_id)?;
-        let from_caller = msg.from.tag.is_some() && msg.from.tag == call.caller_tag.as_deref();
+        let call = self.calls.get(call_key(msg.call_id))?;
+        let from_caller = msg.from.tag.is_some()
+            && msg.from.tag.map(|t| cut(t, MAX_TAG_BYTES).0) == call.caller_tag.as_deref();
         let is_request = msg.method().is_some();
         Some(if is_request == from_caller {
             Side::Caller
@@ -195,28 +454,75 @@ impl CallTracker {
         })
     }
 
-    fn apply(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, sdp: Option<&SdpSummary>) {
+    fn apply(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        sdp: Option<&SdpSummary>,
+        out: &mut impl FnMut(CallRecord),
+    ) -> Applied {
+        let key = call_key(msg.call_id);
         let is_initial_invite = msg.method() == Some(Method::Invite) && msg.to.tag.is_none();
-        if let Some(call) = self.calls.get_mut(msg.call_id) {
-            call.on_message(meta, msg, sdp);
-            return;
+        if let Some(call) = self.calls.get_mut(key) {
+            let before = call.held_bytes();
+            let mut capper = Capper {
+                truncated: &mut self.counters.fields_truncated,
+            };
+            if call.on_message(meta, msg, sdp, &mut capper) {
+                self.counters.ignored_after_final += 1;
+            }
+            let after = call.held_bytes();
+            self.held_bytes = (self.held_bytes + after).saturating_sub(before);
+            return Applied::Call(key.to_owned());
         }
-        if is_initial_invite {
-            if self.calls.len() >= self.limits.max_calls {
+        let hashed = hash_of(&key);
+        if let Some(tombstone) = self.ended.get(&hashed) {
+            let new_attempt = is_initial_invite && !tombstone.invites.contains(&invite_key(msg));
+            if !new_attempt {
+                self.counters.late_messages += 1;
+                return Applied::Nothing;
+            }
+            self.ended.remove(&hashed);
+        }
+        let partial = !is_initial_invite && opens_partial_call(msg);
+        if partial && !self.partial_budget(meta.time) {
+            self.counters.partial_calls_refused += 1;
+            return Applied::Nothing;
+        }
+        if is_initial_invite || partial {
+            if !self.make_room(meta.time, out) {
                 self.counters.dropped_at_capacity += 1;
-                return;
+                return Applied::Nothing;
             }
             self.counters.calls += 1;
-            let mut call = Call::new(meta, msg);
-            call.on_message(meta, msg, sdp);
-            self.calls.insert(msg.call_id.to_owned(), call);
-            return;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut capper = Capper {
+                truncated: &mut self.counters.fields_truncated,
+            };
+            let mut call = if partial {
+                self.counters.started_before_capture += 1;
+                Call::joined(meta, msg, seq, &mut capper)
+            } else {
+                Call::new(meta, msg, seq, &mut capper)
+            };
+            let mut capper = Capper {
+                truncated: &mut self.counters.fields_truncated,
+            };
+            if call.on_message(meta, msg, sdp, &mut capper) {
+                self.counters.ignored_after_final += 1;
+            }
+            self.held_bytes += call.held_bytes() + key.len() + ENTRY_BYTES;
+            self.order.push_back((seq, key.to_owned()));
+            self.calls.insert(key.to_owned(), call);
+            self.compact_order();
+            return Applied::Call(key.to_owned());
         }
-        if msg.cseq.method == Method::Invite
-            || msg.to.tag.is_some() && msg.cseq.method != Method::Register
+        if msg.to.tag.is_some() && msg.cseq.method != Method::Register
+            || msg.cseq.method == Method::Invite
         {
             self.counters.orphan_messages += 1;
-            return;
+            return Applied::Nothing;
         }
         // An out-of-dialog transaction: count each request once (retransmissions and
         // responses share its Call-ID and CSeq).
@@ -233,16 +539,105 @@ impl CallTracker {
                 }
             }
         }
+        Applied::Nothing
+    }
+
+    /// Whether one more call may be opened mid-dialog in this minute.
+    fn partial_budget(&mut self, now: Timestamp) -> bool {
+        let (start, opened) = &mut self.partial_window;
+        if now.seconds_since(*start) >= 60.0 || now < *start {
+            *start = now;
+            *opened = 0;
+        }
+        if *opened >= self.limits.max_partial_calls_per_minute {
+            return false;
+        }
+        *opened += 1;
+        true
+    }
+
+    /// Makes room for one more call: at the bound, evicts the oldest call still in setup.
+    /// False when every call is answered (the new one is refused).
+    fn make_room(&mut self, now: Timestamp, out: &mut impl FnMut(CallRecord)) -> bool {
+        while self.calls.len() >= self.limits.max_calls.max(1)
+            || self.held_bytes >= self.limits.max_bytes
+        {
+            let victim = loop {
+                let Some((seq, key)) = self.order.pop_front() else {
+                    break None;
+                };
+                match self.calls.get(&key) {
+                    Some(c) if c.seq == seq && c.evictable() => break Some(key),
+                    // Answered calls stay until they end; their place in the queue is
+                    // no longer needed (an answered call is never evicted).
+                    _ => continue,
+                }
+            };
+            let Some(key) = victim else {
+                return false;
+            };
+            self.counters.evicted_in_setup += 1;
+            self.end(&key, ClosedBy::Evicted, now, out);
+        }
+        true
+    }
+
+    /// Keeps the eviction queue proportional to the table (entries of ended calls linger
+    /// in it until met).
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.calls.len() + 1024 {
+            let calls = &self.calls;
+            self.order
+                .retain(|(seq, key)| calls.get(key).is_some_and(|c| c.seq == *seq));
+        }
+    }
+
+    /// Ends a call: makes its record, remembers the dialog for `linger`.
+    fn end(&mut self, key: &str, by: ClosedBy, now: Timestamp, out: &mut impl FnMut(CallRecord)) {
+        let Some(mut call) = self.calls.remove(key) else {
+            return;
+        };
+        self.held_bytes = self
+            .held_bytes
+            .saturating_sub(call.held_bytes() + key.len() + ENTRY_BYTES);
+        call.closed = Some((by, now));
+        self.remember_ended(hash_of(&key), now, call.invites.clone());
+        out(call.into_record());
+    }
+
+    fn remember_ended(&mut self, hashed: u64, now: Timestamp, invites: Vec<u64>) {
+        while self.ended.len() >= self.limits.max_ended.max(1) {
+            let Some((_, oldest)) = self.ended_order.pop_front() else {
+                break;
+            };
+            if self.ended.remove(&oldest).is_some() {
+                self.counters.ended_forgotten += 1;
+            }
+        }
+        self.ended.insert(
+            hashed,
+            Tombstone {
+                ended: now,
+                invites,
+            },
+        );
+        self.ended_order.push_back((now, hashed));
     }
 
     /// Attaches an RTCP report relayed by a HEP agent to the call with this Call-ID. Returns
-    /// false (and counts it) when no such call is tracked: RTCP outlives calls and may belong
-    /// to calls that began before the capture.
+    /// false (and counts it) when no such call is tracked: RTCP outlives calls (reports after
+    /// the BYE are counted apart) and may belong to calls that began before the capture.
     pub fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
-        let Some(call) = self.calls.get_mut(call_id) else {
-            self.counters.hep_rtcp_unmatched += 1;
+        let Some(call) = self.calls.get_mut(call_key(call_id)) else {
+            if self.ended.contains_key(&hash_of(&call_key(call_id))) {
+                // The final reports of a call come after its BYE; the record is made.
+                self.counters.hep_rtcp_after_end += 1;
+            } else {
+                self.counters.hep_rtcp_unmatched += 1;
+            }
             return false;
         };
+        let before = call.held_bytes();
         self.counters.hep_rtcp_attached += 1;
         let reporter = report.ssrc.map(ssrc_text);
         let blocks: Vec<Option<&ReportBlock>> = if report.report_blocks.is_empty() {
@@ -295,24 +690,36 @@ impl CallTracker {
                 }
             }
         }
+        let after = call.held_bytes();
+        self.held_bytes = (self.held_bytes + after).saturating_sub(before);
         true
     }
 
-    /// Moves time forward: emits calls whose linger passed and closes calls that timed out.
+    /// Moves time forward: ends calls that timed out (or whose challenge or CANCEL was not
+    /// followed up) and forgets ended dialogs whose linger passed.
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(CallRecord)) {
         if now.seconds_since(self.last_sweep) < 1.0 {
             return;
         }
         self.last_sweep = now;
         let limits = self.limits;
-        let due: Vec<String> = self
+        let mut due: Vec<(u64, String, ClosedBy)> = self
             .calls
-            .iter_mut()
-            .filter_map(|(id, call)| call.due(now, &limits).then(|| id.clone()))
+            .iter()
+            .filter_map(|(id, call)| call.due(now, &limits).map(|by| (call.seq, id.clone(), by)))
             .collect();
-        for id in due {
-            if let Some(call) = self.calls.remove(&id) {
-                out(call.into_record());
+        due.sort_by_key(|d| d.0);
+        for (_, id, by) in due {
+            self.end(&id, by, now, out);
+        }
+        let linger = limits.linger.as_secs_f64();
+        while let Some(&(at, hashed)) = self.ended_order.front() {
+            if now.seconds_since(at) <= linger {
+                break;
+            }
+            self.ended_order.pop_front();
+            if self.ended.get(&hashed).is_some_and(|t| t.ended == at) {
+                self.ended.remove(&hashed);
             }
         }
     }
@@ -320,7 +727,9 @@ impl CallTracker {
     /// Emits every call still tracked, as it stands (open calls are marked incomplete).
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(CallRecord)) {
         let mut calls: Vec<Call> = self.calls.drain().map(|(_, c)| c).collect();
-        calls.sort_by_key(|c| c.invite_time);
+        self.order.clear();
+        self.held_bytes = 0;
+        calls.sort_by_key(|c| c.seq);
         for mut call in calls {
             if call.closed.is_none() {
                 call.closed = Some((closed_by, call.last_message));
@@ -330,21 +739,78 @@ impl CallTracker {
     }
 }
 
+/// Bytes accounted per call entry beyond the call's own (hash map slot, queue entry).
+const ENTRY_BYTES: usize = 64;
+/// Bytes accounted per ended dialog (map slot, expiry queue entry, INVITE hashes).
+const TOMBSTONE_BYTES: usize = 96 + MAX_ENDED_INVITES * 8;
+
+/// Whether the first message seen of an unknown Call-ID belongs to an INVITE dialog that
+/// started before the capture. The CSeq method tells: only INVITE-dialog methods, so that a
+/// stray response to REGISTER or OPTIONS never makes a call.
+fn opens_partial_call(msg: &SipMessage<'_>) -> bool {
+    let method = msg.cseq.method;
+    let dialog_method = matches!(
+        method,
+        Method::Invite
+            | Method::Ack
+            | Method::Bye
+            | Method::Cancel
+            | Method::Update
+            | Method::Prack
+            | Method::Info
+    );
+    if !dialog_method {
+        return false;
+    }
+    let tagged = msg.to.tag.is_some();
+    match msg.start {
+        // A CANCEL carries no To-tag; every other in-dialog request does.
+        StartLine::Request { method, .. } => {
+            method == msg.cseq.method && (tagged || method == Method::Cancel)
+        }
+        StartLine::Response { .. } => matches!(method, Method::Invite | Method::Cancel) || tagged,
+    }
+}
+
+/// The key of an initial INVITE transaction: CSeq and top Via branch.
+fn invite_key(msg: &SipMessage<'_>) -> u64 {
+    hash_of(&(
+        msg.cseq.number,
+        msg.via_branch
+            .map(|b| cut(b, MAX_TAG_BYTES).0)
+            .unwrap_or(""),
+    ))
+}
+
+/// 401/407 challenges and 422 (session interval too small) are followed by a new INVITE in
+/// the same attempt.
+fn retried_in_same_attempt(status: u16) -> bool {
+    matches!(status, 401 | 407 | 422)
+}
+
 impl Call {
-    fn new(meta: &MessageMeta, invite: &SipMessage<'_>) -> Call {
+    fn blank(meta: &MessageMeta, msg: &SipMessage<'_>, seq: u64, cap: &mut Capper<'_>) -> Call {
         Call {
-            call_id: invite.call_id.to_owned(),
-            linked_call_id: invite.linked_call_id.map(str::to_owned),
-            caller: party(&invite.from),
-            callee: party(&invite.to),
-            asserted_identity: invite.asserted_identity.as_ref().map(party),
-            diverted_from: invite.diversion.as_ref().map(party),
-            caller_tag: invite.from.tag.map(str::to_owned),
+            call_id: cap.text(msg.call_id),
+            seq,
+            linked_call_id: msg.linked_call_id.map(|s| cap.text(s)),
+            caller: cap.party(&msg.from),
+            callee: cap.party(&msg.to),
+            asserted_identity: None,
+            diverted_from: None,
+            caller_tag: msg.from.tag.map(|t| cap.tag(t)),
             transport: meta.transport,
             caller_address: meta.src,
             callee_address: meta.dst,
-            invite_cseq: invite.cseq.number,
-            invite_time: meta.time,
+            invite_cseq: None,
+            invite_branch: None,
+            fork_branches: Vec::new(),
+            invites: Vec::new(),
+            invite_time: None,
+            first_message: meta.time,
+            started_before_capture: false,
+            roles_known: true,
+            answered_before_capture: false,
             first_provisional: None,
             ringing: None,
             answer: None,
@@ -353,10 +819,7 @@ impl Call {
             final_response: None,
             last_message: meta.time,
             reason: None,
-            user_agents: UserAgents {
-                caller: invite.user_agent.map(str::to_owned),
-                callee: None,
-            },
+            user_agents: UserAgents::default(),
             messages: 0,
             retransmissions: 0,
             auth_challenges: 0,
@@ -372,35 +835,97 @@ impl Call {
         }
     }
 
-    fn on_message(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, sdp: Option<&SdpSummary>) {
+    fn new(meta: &MessageMeta, invite: &SipMessage<'_>, seq: u64, cap: &mut Capper<'_>) -> Call {
+        let mut call = Call::blank(meta, invite, seq, cap);
+        call.asserted_identity = invite.asserted_identity.as_ref().map(|p| cap.party(p));
+        call.diverted_from = invite.diversion.as_ref().map(|p| cap.party(p));
+        call.invite_cseq = Some(invite.cseq.number);
+        call.invite_time = Some(meta.time);
+        call.user_agents.caller = invite.user_agent.map(|s| cap.text(s));
+        call
+    }
+
+    /// A dialog whose INVITE was not seen, opened by its first message seen. The roles are
+    /// known when the message is one only one side sends in the initial transaction (a CANCEL
+    /// from the caller; a provisional or final failure response, or a response to a CANCEL,
+    /// from the callee). Otherwise `caller` is the sender of the first request seen (the From
+    /// of the message), which may be either party.
+    fn joined(meta: &MessageMeta, msg: &SipMessage<'_>, seq: u64, cap: &mut Capper<'_>) -> Call {
+        let mut call = Call::blank(meta, msg, seq, cap);
+        call.started_before_capture = true;
+        let (known_initial, from_requester) = match msg.start {
+            StartLine::Request { method, .. } => (method == Method::Cancel, true),
+            StartLine::Response { status, .. } => {
+                let initial = match msg.cseq.method {
+                    Method::Cancel => true,
+                    Method::Invite => {
+                        (101..200).contains(&status)
+                            || status == 100 && msg.to.tag.is_none()
+                            || status >= 300
+                    }
+                    _ => false,
+                };
+                (initial, false)
+            }
+        };
+        if !from_requester {
+            // From and To name the requester and its peer; the response travels back.
+            call.caller_address = meta.dst;
+            call.callee_address = meta.src;
+        }
+        call.roles_known = known_initial;
+        if known_initial {
+            call.invite_cseq = Some(msg.cseq.number);
+        }
+        call
+    }
+
+    fn is_answered(&self) -> bool {
+        self.answer.is_some() || self.answered_before_capture
+    }
+
+    /// Calls in setup, and dialogs joined mid-call (a flood of stray in-dialog requests must
+    /// not hold the table against new calls either), may be evicted at the table's bound.
+    fn evictable(&self) -> bool {
+        !self.is_answered() || self.started_before_capture
+    }
+
+    /// Applies a message; true when it came after the call's final failure and was ignored.
+    fn on_message(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        sdp: Option<&SdpSummary>,
+        cap: &mut Capper<'_>,
+    ) -> bool {
         self.messages = self.messages.saturating_add(1);
         self.last_message = self.last_message.max(meta.time);
         if self.is_retransmission(msg) {
             self.retransmissions = self.retransmissions.saturating_add(1);
-            return;
+            return false;
         }
         match msg.start {
-            StartLine::Request { method, .. } => self.on_request(meta, msg, method, sdp),
+            StartLine::Request { method, .. } => self.on_request(meta, msg, method, sdp, cap),
             StartLine::Response { status, reason } => {
-                self.on_response(meta, msg, status, reason, sdp)
+                self.on_response(meta, msg, status, reason, sdp, cap)
             }
         }
     }
 
     fn is_retransmission(&mut self, msg: &SipMessage<'_>) -> bool {
+        let branch = msg.via_branch.unwrap_or("");
         let key = match msg.start {
-            StartLine::Request { method, .. } => hash_of(&(
-                0u8,
-                method.as_str(),
-                msg.cseq.number,
-                msg.via_branch.unwrap_or(""),
-            )),
+            StartLine::Request { method, .. } => {
+                hash_of(&(0u8, method.as_str(), msg.cseq.number, branch))
+            }
+            // The branch tells a proxy's forwarded copy (its own branch) from a retransmission.
             StartLine::Response { status, .. } => hash_of(&(
                 1u8,
                 status,
                 msg.cseq.number,
                 msg.cseq.method.as_str(),
                 msg.to.tag.unwrap_or(""),
+                branch,
             )),
         };
         if self.seen.contains(&key) {
@@ -412,59 +937,120 @@ impl Call {
         false
     }
 
+    /// True after a final failure on the caller's transaction (the attempt is over unless a
+    /// new INVITE follows a challenge).
+    fn failed(&self) -> bool {
+        !self.is_answered() && self.final_response.as_ref().is_some_and(|f| f.0 >= 300)
+    }
+
     fn on_request(
         &mut self,
         meta: &MessageMeta,
         msg: &SipMessage<'_>,
         method: Method<'_>,
         sdp: Option<&SdpSummary>,
-    ) {
+        cap: &mut Capper<'_>,
+    ) -> bool {
         let t = meta.time;
         match method {
             Method::Invite if msg.to.tag.is_none() => {
-                if msg.cseq.number > self.invite_cseq {
-                    // The same attempt, re-sent after a challenge (or a 491/422 retry).
+                let cseq = msg.cseq.number;
+                let newer = self.invite_cseq.is_none_or(|c| cseq > c);
+                if newer {
+                    // The same attempt, re-sent after a challenge (or a 422 retry).
                     if let Some((401 | 407, _, _)) = self.final_response {
                         self.auth_challenges = self.auth_challenges.saturating_add(1);
                     }
-                    self.invite_cseq = msg.cseq.number;
-                    if self.answer.is_none() {
+                    self.invite_cseq = Some(cseq);
+                    self.invite_branch = None;
+                    self.fork_branches.clear();
+                    if !self.is_answered() {
                         self.final_response = None;
                         self.closed = None;
                     }
                 }
-                if self.media.offer.is_none() {
-                    self.media.offer = sdp.cloned();
+                if self.invite_cseq == Some(cseq) {
+                    match (&self.invite_branch, msg.via_branch) {
+                        (None, branch) => self.invite_branch = branch.map(|b| cap.tag(b)),
+                        (Some(ours), Some(theirs))
+                            if ours != cut(theirs, MAX_TAG_BYTES).0
+                                && self.fork_branches.len() < MAX_FORKS =>
+                        {
+                            // The same INVITE on another branch: a proxy forwarding it.
+                            self.fork_branches.push(cap.tag(theirs));
+                        }
+                        _ => {}
+                    }
                 }
+                if self.invites.len() < MAX_ENDED_INVITES {
+                    let key = invite_key(msg);
+                    if !self.invites.contains(&key) {
+                        self.invites.push(key);
+                    }
+                }
+                if self.media.offer.is_none() {
+                    self.media.offer = sdp.map(|s| cap.sdp(s));
+                }
+                false
             }
-            Method::Invite | Method::Update => {
+            Method::Invite | Method::Update | Method::Info => {
+                if self.failed() {
+                    return true;
+                }
+                if self.started_before_capture && self.invite_cseq.is_none() {
+                    // An in-dialog request of a dialog joined mid-call: it was confirmed.
+                    self.answered_before_capture = true;
+                }
                 if let Some(sdp) = sdp {
-                    self.media.renegotiations = self.media.renegotiations.saturating_add(1);
+                    if self.media.offer.is_none() {
+                        self.media.offer = Some(cap.sdp(sdp));
+                    } else {
+                        self.media.renegotiations = self.media.renegotiations.saturating_add(1);
+                    }
                     self.on_sdp_direction(sdp, t);
                 }
+                false
             }
-            Method::Cancel if self.answer.is_none() && self.final_response.is_none() => {
+            Method::Cancel => {
+                if self.is_answered() || self.final_response.is_some() {
+                    // Too late: the INVITE had its final response.
+                    return true;
+                }
                 self.cancelled.get_or_insert(t);
-                self.set_reason(msg);
-                self.close(ClosedBy::Cancel, t);
+                self.set_reason(msg, cap);
+                self.closed.get_or_insert((ClosedBy::Cancel, t));
+                false
             }
             Method::Bye => {
-                let hangup = if msg.from.tag.is_some() && msg.from.tag == self.caller_tag.as_deref()
-                {
-                    Hangup::Caller
-                } else {
-                    Hangup::Callee
-                };
+                // A BYE ends a confirmed dialog, or (from the caller) an early one; after a
+                // final failure there is no dialog left to end.
+                if self.failed() {
+                    return true;
+                }
                 if self.bye.is_none() {
+                    if self.started_before_capture && self.invite_cseq.is_none() {
+                        self.answered_before_capture = true;
+                    }
+                    let hangup = self.sender_side(msg.from.tag, cap);
                     self.bye = Some((t, hangup));
-                    self.set_reason(msg);
+                    self.set_reason(msg, cap);
                     if let Some(since) = self.hold_since.take() {
                         self.hold_total += t.seconds_since(since);
                     }
                 }
-                self.close(ClosedBy::Bye, t);
+                false
             }
-            _ => {}
+            _ => false,
+        }
+    }
+
+    /// Who sent a request whose From-tag is `tag`.
+    fn sender_side(&self, tag: Option<&str>, _cap: &mut Capper<'_>) -> Hangup {
+        let tag = tag.map(|t| cut(t, MAX_TAG_BYTES).0);
+        if tag.is_some() && tag == self.caller_tag.as_deref() {
+            Hangup::Caller
+        } else {
+            Hangup::Callee
         }
     }
 
@@ -475,63 +1061,119 @@ impl Call {
         status: u16,
         phrase: &str,
         sdp: Option<&SdpSummary>,
-    ) {
+        cap: &mut Capper<'_>,
+    ) -> bool {
         let t = meta.time;
-        if msg.cseq.method != Method::Invite {
-            return;
-        }
-        if msg.cseq.number != self.invite_cseq {
-            // A response to a re-INVITE: its SDP is a renegotiation answer.
-            if (200..300).contains(&status) && sdp.is_some() {
-                self.media.renegotiations = self.media.renegotiations.saturating_add(1);
+        match msg.cseq.method {
+            Method::Invite => {}
+            Method::Bye => {
+                // The 2xx of a BYE the capture missed ends the call as the BYE would have.
+                if (200..300).contains(&status) && self.bye.is_none() && !self.failed() {
+                    if self.started_before_capture && self.invite_cseq.is_none() {
+                        self.answered_before_capture = true;
+                    }
+                    // The BYE came from the side this response goes to: its From.
+                    let hangup = self.sender_side(msg.from.tag, cap);
+                    self.bye = Some((t, hangup));
+                    return false;
+                }
+                return self.bye.is_some() || self.failed();
             }
-            return;
+            Method::Cancel => {
+                // The response to a CANCEL the capture missed (a dialog joined mid-call).
+                if self.started_before_capture
+                    && self.cancelled.is_none()
+                    && !self.is_answered()
+                    && self.final_response.is_none()
+                {
+                    self.cancelled = Some(t);
+                    self.closed.get_or_insert((ClosedBy::Cancel, t));
+                }
+                return false;
+            }
+            _ => return self.failed(),
+        }
+        if self.invite_cseq != Some(msg.cseq.number) {
+            // A response to a re-INVITE (or, joined mid-call, to an INVITE of unknown kind).
+            if (200..300).contains(&status) {
+                if self.started_before_capture && !self.is_answered() {
+                    self.answered_before_capture = true;
+                }
+                if let Some(sdp) = sdp {
+                    if self.media.answer.is_none() {
+                        self.media.answer = Some(cap.sdp(sdp));
+                    } else {
+                        self.media.renegotiations = self.media.renegotiations.saturating_add(1);
+                    }
+                }
+            }
+            return false;
         }
         if let Some(tag) = msg.to.tag {
             if self.to_tags.len() < MAX_FORKS && !self.to_tags.iter().any(|t| t == tag) {
-                self.to_tags.push(tag.to_owned());
+                self.to_tags.push(cap.tag(tag));
             }
         }
         if self.user_agents.callee.is_none() && status != 100 {
-            self.user_agents.callee = msg.server.or(msg.user_agent).map(str::to_owned);
+            self.user_agents.callee = msg.server.or(msg.user_agent).map(|s| cap.text(s));
         }
         match status {
             100..=199 => {
+                if self.failed() {
+                    return true;
+                }
                 self.first_provisional.get_or_insert(t);
                 if status == 180 || status == 183 {
                     self.ringing.get_or_insert(t);
                 }
                 if let Some(sdp) = sdp {
                     self.early_media = true;
-                    self.media.answer.get_or_insert_with(|| sdp.clone());
+                    if self.media.answer.is_none() {
+                        self.media.answer = Some(cap.sdp(sdp));
+                    }
                 }
+                false
             }
             200..=299 => {
-                if self.answer.is_none() {
+                if self.answer.is_none() && !self.answered_before_capture {
+                    if self.failed() {
+                        // A 2xx after the caller's transaction failed: nothing to answer.
+                        return true;
+                    }
                     self.answer = Some(t);
-                    self.final_response = Some((status, phrase.to_owned(), t));
+                    self.final_response = Some((status, cap.text(phrase), t));
                     // A 200 that crossed a CANCEL wins: the call was answered.
                     self.closed = None;
                     if let Some(sdp) = sdp {
                         if !self.early_media || self.media.answer.is_none() {
-                            self.media.answer = Some(sdp.clone());
+                            self.media.answer = Some(cap.sdp(sdp));
                         }
                     }
                 }
+                false
             }
             _ => {
-                if self.answer.is_none() && self.final_response.is_none() {
-                    self.final_response = Some((status, phrase.to_owned(), t));
-                    if self.reason.is_none() {
-                        self.set_reason(msg);
-                    }
-                    let by = if self.cancelled.is_some() {
-                        ClosedBy::Cancel
-                    } else {
-                        ClosedBy::FinalResponse
-                    };
-                    self.close(by, t);
+                if self.is_answered() || self.final_response.is_some() {
+                    // A second final (another status, a fork's late failure): the first wins.
+                    return self.failed();
                 }
+                // Only a branch the capture saw the INVITE forwarded on is a fork's: a failure
+                // on any other branch (some agents answer on the CANCEL's branch) is the
+                // caller's.
+                let fork = msg.via_branch.is_some_and(|theirs| {
+                    let theirs = cut(theirs, MAX_TAG_BYTES).0;
+                    self.fork_branches.iter().any(|b| b == theirs)
+                });
+                if fork {
+                    // A fork's failure on a proxy's downstream branch: other branches may
+                    // still answer; the proxy's final response to the caller ends the attempt.
+                    return false;
+                }
+                self.final_response = Some((status, cap.text(phrase), t));
+                if self.reason.is_none() {
+                    self.set_reason(msg, cap);
+                }
+                false
             }
         }
     }
@@ -550,7 +1192,7 @@ impl Call {
         }
     }
 
-    fn set_reason(&mut self, msg: &SipMessage<'_>) {
+    fn set_reason(&mut self, msg: &SipMessage<'_>, cap: &mut Capper<'_>) {
         let mut reasons = msg.reasons().peekable();
         let first = reasons.peek().copied();
         let q850 = msg
@@ -558,45 +1200,110 @@ impl Call {
             .find(|r| r.protocol.eq_ignore_ascii_case("Q.850"));
         if let Some(r) = q850.or(first) {
             self.reason = Some(Reason {
-                protocol: r.protocol.to_owned(),
+                protocol: cap.tag(r.protocol),
                 cause: r.cause,
-                text: r.text.map(str::to_owned),
+                text: r.text.map(|s| cap.text(s)),
             });
         }
     }
 
-    fn close(&mut self, by: ClosedBy, t: Timestamp) {
-        if self.closed.is_none() {
-            self.closed = Some((by, t));
+    /// Whether the last message ended the call, and how.
+    fn ended(&self) -> Option<ClosedBy> {
+        if self.bye.is_some() {
+            return Some(ClosedBy::Bye);
+        }
+        match self.final_response {
+            Some((status, _, _))
+                if !self.is_answered() && status >= 300 && !retried_in_same_attempt(status) =>
+            {
+                Some(if self.cancelled.is_some() {
+                    ClosedBy::Cancel
+                } else {
+                    ClosedBy::FinalResponse
+                })
+            }
+            _ => None,
         }
     }
 
-    /// True when the record should be emitted now; closes timed-out calls on the way.
-    fn due(&mut self, now: Timestamp, limits: &CallLimits) -> bool {
-        if let Some((_, at)) = self.closed {
-            // A challenged attempt waits for the INVITE with credentials (people type
-            // passwords: sngrep's sample retries after 34 s); others only for retransmissions.
-            let wait = match self.final_response {
-                Some((401 | 407, _, _)) => limits.setup_timeout,
-                _ => limits.linger,
-            };
-            return now.seconds_since(at) > wait.as_secs_f64();
+    /// Whether time alone ends the call now, and how.
+    fn due(&self, now: Timestamp, limits: &CallLimits) -> Option<ClosedBy> {
+        let waited =
+            |since: Timestamp, limit: Duration| now.seconds_since(since) > limit.as_secs_f64();
+        if let Some((_, _, at)) = self.final_response.as_ref().filter(|_| self.failed()) {
+            // A challenge waits for the INVITE with credentials (people type passwords:
+            // sngrep's sample retries after 34 s).
+            return waited(*at, limits.setup_timeout).then_some(ClosedBy::FinalResponse);
         }
-        match self.answer {
-            None if now.seconds_since(self.last_message) > limits.setup_timeout.as_secs_f64() => {
-                self.closed = Some((ClosedBy::Timeout, now));
-                true
-            }
-            Some(answer) if now.seconds_since(answer) > limits.max_call_duration.as_secs_f64() => {
-                self.closed = Some((ClosedBy::Timeout, now));
-                true
-            }
-            _ => false,
+        if self.is_answered() {
+            let since = self.answer.unwrap_or(self.first_message);
+            return waited(since, limits.max_call_duration).then_some(ClosedBy::Timeout);
         }
+        if let Some(at) = self.cancelled {
+            // A CANCEL whose INVITE never got its final response (lost, or not captured).
+            return waited(at, limits.linger).then_some(ClosedBy::Cancel);
+        }
+        waited(self.last_message, limits.setup_timeout).then_some(ClosedBy::Timeout)
+    }
+
+    /// Bytes this call holds on the heap, plus its own size.
+    fn held_bytes(&self) -> usize {
+        fn text(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, String::capacity)
+        }
+        fn party(p: &Party) -> usize {
+            text(&p.user) + text(&p.display_name) + text(&p.uri)
+        }
+        fn sdp(s: &Option<SdpSummary>) -> usize {
+            s.as_ref().map_or(0, |s| {
+                s.media.capacity() * std::mem::size_of::<MediaSection>()
+                    + s.media
+                        .iter()
+                        .map(|m| {
+                            m.media.capacity()
+                                + text(&m.address)
+                                + m.protocol.capacity()
+                                + m.codecs.capacity() * std::mem::size_of::<Codec>()
+                                + m.codecs.iter().map(|c| text(&c.name)).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+        }
+        std::mem::size_of::<Call>()
+            + self.call_id.capacity()
+            + text(&self.linked_call_id)
+            + party(&self.caller)
+            + party(&self.callee)
+            + self.asserted_identity.as_ref().map_or(0, party)
+            + self.diverted_from.as_ref().map_or(0, party)
+            + text(&self.caller_tag)
+            + text(&self.invite_branch)
+            + self.fork_branches.capacity() * std::mem::size_of::<String>()
+            + self.fork_branches.iter().map(String::capacity).sum::<usize>()
+            + self.invites.capacity() * 8
+            + self.final_response.as_ref().map_or(0, |f| f.1.capacity())
+            + self
+                .reason
+                .as_ref()
+                .map_or(0, |r| r.protocol.capacity() + text(&r.text))
+            + text(&self.user_agents.caller)
+            + text(&self.user_agents.callee)
+            + self.to_tags.capacity() * std::mem::size_of::<String>()
+            + self.to_tags.iter().map(String::capacity).sum::<usize>()
+            + sdp(&self.media.offer)
+            + sdp(&self.media.answer)
+            // A hash set slot: the value and a control byte, over the table's capacity.
+            + self.seen.capacity() * (std::mem::size_of::<u64>() + 1)
+            + self.hep_rtcp.capacity() * std::mem::size_of::<HepRtcp>()
+            + self
+                .hep_rtcp
+                .iter()
+                .map(|h| text(&h.reporter_ssrc) + text(&h.source_ssrc))
+                .sum::<usize>()
     }
 
     fn outcome(&self) -> Outcome {
-        if self.answer.is_some() {
+        if self.is_answered() {
             return Outcome::Answered;
         }
         if self.cancelled.is_some() || self.bye.is_some() {
@@ -606,18 +1313,18 @@ impl Call {
             return classify_failure(status);
         }
         match self.closed {
-            Some((ClosedBy::Timeout, _)) => Outcome::TimedOut,
+            // A dialog joined mid-call without a sign of its state: nothing is known.
+            Some((ClosedBy::Timeout, _)) if !self.started_before_capture => Outcome::TimedOut,
             _ => Outcome::InProgress,
         }
     }
 
     fn state(&self) -> State {
         let ended = self.bye.is_some()
-            || (self.answer.is_none()
-                && (self.final_response.is_some() || self.cancelled.is_some()));
+            || (!self.is_answered() && (self.final_response.is_some() || self.cancelled.is_some()));
         if ended {
             State::Ended
-        } else if self.answer.is_some() {
+        } else if self.is_answered() {
             State::Connected
         } else if self.early_media {
             State::EarlyMedia
@@ -645,9 +1352,11 @@ impl Call {
             Outcome::Abandoned => self.cancelled.or(self.bye.map(|(t, _)| t)),
             _ => failure_time,
         };
-        let since_invite =
-            |t: Option<Timestamp>| t.map(|t| round_secs(t.seconds_since(self.invite_time)));
-        let ring_start = self.ringing.unwrap_or(self.invite_time);
+        let since_invite = |t: Option<Timestamp>| {
+            let start = self.invite_time?;
+            t.map(|t| round_secs(t.seconds_since(start)))
+        };
+        let ring_start = self.ringing.or(self.invite_time);
         let ring_end = self.answer.or(self.cancelled).or(failure_time);
         let hangup_by = match outcome {
             Outcome::Abandoned => Some(Hangup::Caller),
@@ -663,9 +1372,17 @@ impl Call {
             .as_ref()
             .filter(|r| r.protocol.eq_ignore_ascii_case("Q.850"))
             .and_then(|r| r.cause);
+        let ended_in_capture = matches!(
+            closed_by,
+            ClosedBy::Bye | ClosedBy::Cancel | ClosedBy::FinalResponse
+        );
         CallRecord {
             schema: CALL_SCHEMA,
-            record_id: record_id(&self.call_id, self.invite_time, self.caller_address),
+            record_id: record_id(
+                &self.call_id,
+                self.invite_time.unwrap_or(self.first_message),
+                self.caller_address,
+            ),
             linked_call_id: self.linked_call_id,
             caller: self.caller,
             callee: self.callee,
@@ -674,7 +1391,10 @@ impl Call {
             transport: self.transport,
             caller_address: self.caller_address.to_string(),
             callee_address: self.callee_address.to_string(),
+            started_before_capture: self.started_before_capture,
+            roles_known: self.roles_known,
             invite_time: self.invite_time,
+            first_message_time: self.first_message,
             first_provisional_time: self.first_provisional,
             ringing_time: self.ringing,
             answer_time: self.answer,
@@ -682,17 +1402,17 @@ impl Call {
             last_message_time: self.last_message,
             post_dial_delay_s: since_invite(self.ringing.or(failure_time).or(self.answer)),
             time_to_answer_s: since_invite(self.answer),
-            ring_duration_s: ring_end.map(|end| round_secs(end.seconds_since(ring_start))),
+            ring_duration_s: match (ring_start, ring_end) {
+                (Some(start), Some(end)) => Some(round_secs(end.seconds_since(start))),
+                _ => None,
+            },
             talk_duration_s: match (self.answer, self.bye) {
                 (Some(a), Some((b, _))) => Some(round_secs(b.seconds_since(a))),
                 _ => None,
             },
             outcome,
             state,
-            complete: matches!(
-                closed_by,
-                ClosedBy::Bye | ClosedBy::Cancel | ClosedBy::FinalResponse
-            ),
+            complete: ended_in_capture && !self.started_before_capture,
             closed_by,
             final_status: self.final_response.as_ref().map(|f| f.0),
             final_reason: self.final_response.map(|f| f.1),
@@ -726,14 +1446,6 @@ pub fn classify_failure(status: u16) -> Outcome {
     }
 }
 
-fn party(addr: &NameAddr<'_>) -> Party {
-    Party {
-        user: addr.user.map(str::to_owned),
-        display_name: addr.display_name.map(str::to_owned),
-        uri: Some(addr.uri.to_owned()),
-    }
-}
-
 /// The SDP of a message, summarised (`None` without SDP or when it does not parse).
 pub fn summarize_sdp(msg: &SipMessage<'_>) -> Option<SdpSummary> {
     msg.sdp().and_then(|body| sdp::summarize(body).ok())
@@ -756,4 +1468,608 @@ fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> Strin
         &invite_time.as_nanos().to_be_bytes(),
         caller.to_string().as_bytes(),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::decode::sip;
+
+    const CALLER: &str = "10.0.0.1:5060";
+    const CALLEE: &str = "10.0.0.2:5060";
+
+    /// A call table fed with text messages at times in milliseconds.
+    struct Harness {
+        tracker: CallTracker,
+        records: Vec<CallRecord>,
+        call_id: String,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Harness::with(CallLimits::default())
+        }
+
+        fn with(limits: CallLimits) -> Self {
+            Harness {
+                tracker: CallTracker::new(limits),
+                records: Vec::new(),
+                call_id: "call-1@test".to_owned(),
+            }
+        }
+
+        fn feed(&mut self, at_ms: i64, text: &str, from_caller: bool) {
+            let msg = sip::parse(text.as_bytes()).unwrap();
+            let (src, dst) = if from_caller {
+                (CALLER, CALLEE)
+            } else {
+                (CALLEE, CALLER)
+            };
+            let meta = MessageMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + at_ms * 1_000_000),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            let sdp = summarize_sdp(&msg);
+            let records = &mut self.records;
+            self.tracker
+                .message(&meta, &msg, sdp.as_ref(), &mut |r| records.push(r));
+        }
+
+        /// A request. `by_caller`: the caller sends it (From is the caller).
+        fn req(&mut self, at: i64, method: &str, cseq: u32, by_caller: bool, dialog: bool) {
+            self.req_branch(
+                at,
+                method,
+                cseq,
+                by_caller,
+                dialog,
+                &format!("z9hG4bK{method}{cseq}"),
+            );
+        }
+
+        fn req_branch(
+            &mut self,
+            at: i64,
+            method: &str,
+            cseq: u32,
+            by_caller: bool,
+            dialog: bool,
+            branch: &str,
+        ) {
+            let caller = "<sip:alice@example.com>;tag=A";
+            let callee = if dialog {
+                "<sip:bob@example.com>;tag=B"
+            } else {
+                "<sip:bob@example.com>"
+            };
+            let (from, to) = if by_caller {
+                (caller, callee)
+            } else {
+                (callee, caller)
+            };
+            let text = format!(
+                "{method} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch={branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                self.call_id
+            );
+            self.feed(at, &text, by_caller);
+        }
+
+        /// A response from the callee to a caller's request.
+        fn resp(&mut self, at: i64, status: u16, cseq: u32, method: &str, to_tag: Option<&str>) {
+            self.resp_branch(
+                at,
+                status,
+                cseq,
+                method,
+                to_tag,
+                &format!("z9hG4bK{method}{cseq}"),
+            );
+        }
+
+        fn resp_branch(
+            &mut self,
+            at: i64,
+            status: u16,
+            cseq: u32,
+            method: &str,
+            to_tag: Option<&str>,
+            branch: &str,
+        ) {
+            let to = match to_tag {
+                Some(t) => format!("<sip:bob@example.com>;tag={t}"),
+                None => "<sip:bob@example.com>".to_owned(),
+            };
+            let text = format!(
+                "SIP/2.0 {status} Whatever\r\nVia: SIP/2.0/UDP 10.0.0.1;branch={branch}\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+                self.call_id
+            );
+            self.feed(at, &text, false);
+        }
+
+        fn advance(&mut self, at_ms: i64) {
+            let records = &mut self.records;
+            let now = Timestamp::from_nanos(1_700_000_000_000_000_000 + at_ms * 1_000_000);
+            self.tracker.advance(now, &mut |r| records.push(r));
+        }
+
+        fn finish(&mut self) {
+            let records = &mut self.records;
+            self.tracker
+                .finish(ClosedBy::CaptureEnd, &mut |r| records.push(r));
+        }
+
+        fn only(&self) -> &CallRecord {
+            assert_eq!(self.records.len(), 1, "{:#?}", self.records);
+            &self.records[0]
+        }
+    }
+
+    /// INVITE → 180 → 403, then `follow` (a message that may come after a final failure).
+    fn rejected_then(follow: impl Fn(&mut Harness)) -> Harness {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(50, 180, 1, "INVITE", Some("B"));
+        h.resp(900, 403, 1, "INVITE", Some("B"));
+        assert_eq!(
+            h.records.len(),
+            1,
+            "the record is made at the final response"
+        );
+        follow(&mut h);
+        h.advance(600_000);
+        h.finish();
+        h
+    }
+
+    #[test]
+    fn bye_after_a_failure_response_keeps_the_call_rejected() {
+        // Issue 11 item 1: INVITE → 180 → 403 → BYE was reported abandoned by the caller.
+        let h = rejected_then(|h| {
+            h.req(910, "ACK", 1, true, true);
+            h.req(1000, "BYE", 2, true, true);
+        });
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Rejected);
+        assert_eq!(c.final_status, Some(403));
+        assert_eq!(c.hangup_by, None);
+        assert_eq!(c.closed_by, ClosedBy::FinalResponse);
+        assert!(c.complete);
+        assert_eq!(h.tracker.counters().late_messages, 2);
+    }
+
+    #[test]
+    fn every_message_that_can_follow_a_final_failure_leaves_it_alone() {
+        type Follow = fn(&mut Harness);
+        let follows: [(&str, Follow); 9] = [
+            ("BYE from the caller", |h| h.req(1000, "BYE", 2, true, true)),
+            ("BYE from the callee", |h| {
+                h.req(1000, "BYE", 1, false, true)
+            }),
+            ("CANCEL", |h| h.req(1000, "CANCEL", 1, true, false)),
+            ("the final re-sent", |h| {
+                h.resp(1000, 403, 1, "INVITE", Some("B"))
+            }),
+            ("another final", |h| {
+                h.resp(1000, 500, 1, "INVITE", Some("B"))
+            }),
+            ("ACK", |h| h.req(1000, "ACK", 1, true, true)),
+            ("a 2xx after the failure", |h| {
+                h.resp(1000, 200, 1, "INVITE", Some("C"))
+            }),
+            ("a late provisional", |h| {
+                h.resp(1000, 183, 1, "INVITE", Some("B"))
+            }),
+            ("the 200 of a BYE", |h| {
+                h.resp(1000, 200, 2, "BYE", Some("B"))
+            }),
+        ];
+        for (what, follow) in follows {
+            let h = rejected_then(follow);
+            let c = h.only();
+            assert_eq!(c.outcome, Outcome::Rejected, "{what}");
+            assert_eq!(c.final_status, Some(403), "{what}");
+            assert_eq!(c.hangup_by, None, "{what}");
+            assert_eq!(c.answer_time, None, "{what}");
+            assert_eq!(h.tracker.counters().late_messages, 1, "{what}");
+            assert_eq!(h.tracker.counters().calls, 1, "{what}: no second call");
+        }
+    }
+
+    #[test]
+    fn messages_after_a_challenge_are_ignored_while_it_waits_for_credentials() {
+        // A 407 keeps the attempt open for the INVITE with credentials; what else comes
+        // meanwhile must not turn it into another outcome.
+        for (what, follow) in [
+            (
+                "BYE",
+                (|h: &mut Harness| h.req(1000, "BYE", 2, true, true)) as fn(&mut Harness),
+            ),
+            ("CANCEL", |h| h.req(1000, "CANCEL", 1, true, false)),
+            ("2xx", |h| h.resp(1000, 200, 1, "INVITE", Some("C"))),
+        ] {
+            let mut h = Harness::new();
+            h.req(0, "INVITE", 1, true, false);
+            h.resp(50, 407, 1, "INVITE", Some("B"));
+            follow(&mut h);
+            assert!(h.records.is_empty(), "{what}: waiting for credentials");
+            h.advance(400_000);
+            let c = h.only();
+            assert_eq!(c.outcome, Outcome::Rejected, "{what}");
+            assert_eq!(c.final_status, Some(407), "{what}");
+            assert_eq!(c.hangup_by, None, "{what}");
+            assert_eq!(h.tracker.counters().ignored_after_final, 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn challenge_then_credentials_is_one_attempt() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(50, 407, 1, "INVITE", Some("B"));
+        h.req(60, "ACK", 1, true, true);
+        h.req(34_000, "INVITE", 2, true, false);
+        h.resp(34_100, 200, 2, "INVITE", Some("C"));
+        h.req(34_200, "ACK", 2, true, true);
+        h.req(40_000, "BYE", 3, false, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.auth_challenges, 1);
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+    }
+
+    #[test]
+    fn the_record_is_made_at_the_bye_and_late_messages_are_absorbed() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(40, 180, 1, "INVITE", Some("B"));
+        h.resp(2000, 200, 1, "INVITE", Some("B"));
+        h.req(2010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, true, true);
+        // No time has passed beyond the BYE: the record is there already.
+        assert_eq!(h.records.len(), 1);
+        assert_eq!(h.tracker.open_calls(), 0);
+        h.resp(9010, 200, 2, "BYE", Some("B"));
+        h.req(9500, "BYE", 2, true, true);
+        h.resp(9600, 200, 1, "INVITE", Some("B"));
+        h.req(9700, "INVITE", 1, true, false);
+        h.advance(20_000);
+        h.finish();
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(c.talk_duration_s, Some(7.0));
+        assert_eq!(c.messages, 5);
+        assert_eq!(h.tracker.counters().late_messages, 4);
+        assert_eq!(h.tracker.ended_dialogs(), 1);
+        // A HEP agent's last RTCP report comes after the BYE: counted, the record is final.
+        let report = crate::decode::hep::rtcp_json(br#"{"ssrc":1,"type":200}"#).unwrap();
+        let t = Timestamp::from_nanos(1_700_000_000_000_000_000 + 9_800_000_000);
+        assert!(!h.tracker.hep_rtcp("call-1@test", t, &report));
+        assert!(!h.tracker.hep_rtcp("no-such-call", t, &report));
+        assert_eq!(h.tracker.counters().hep_rtcp_after_end, 1);
+        assert_eq!(h.tracker.counters().hep_rtcp_unmatched, 1);
+        // After the linger the dialog is forgotten.
+        h.advance(60_000);
+        assert_eq!(h.tracker.ended_dialogs(), 0);
+    }
+
+    #[test]
+    fn a_new_invite_transaction_after_the_end_is_a_new_attempt() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(100, 486, 1, "INVITE", Some("B"));
+        h.req(110, "ACK", 1, true, true);
+        h.req(5000, "INVITE", 2, true, false);
+        h.resp(5100, 180, 2, "INVITE", Some("C"));
+        h.finish();
+        assert_eq!(h.records.len(), 2);
+        assert_eq!(h.records[0].outcome, Outcome::Busy);
+        assert_eq!(h.records[1].outcome, Outcome::InProgress);
+        assert_ne!(h.records[0].record_id, h.records[1].record_id);
+    }
+
+    #[test]
+    fn a_forks_failure_does_not_end_the_attempt_a_2xx_answers_it() {
+        // A proxy tapped on both sides: the caller's INVITE (branch c), two forks (f1, f2).
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKc");
+        h.req_branch(5, "INVITE", 1, true, false, "z9hG4bKf1");
+        h.req_branch(6, "INVITE", 1, true, false, "z9hG4bKf2");
+        h.resp_branch(500, 486, 1, "INVITE", Some("X"), "z9hG4bKf1");
+        assert!(
+            h.records.is_empty(),
+            "a fork's 486 is not the caller's answer"
+        );
+        h.resp_branch(2000, 200, 1, "INVITE", Some("Y"), "z9hG4bKf2");
+        h.resp_branch(2001, 200, 1, "INVITE", Some("Y"), "z9hG4bKc");
+        h.req(2100, "ACK", 1, true, true);
+        h.req(8000, "BYE", 2, false, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.forks, 2);
+        assert_eq!(
+            c.retransmissions, 0,
+            "the proxy's copy of the 200 is no retransmission"
+        );
+    }
+
+    #[test]
+    fn the_proxys_failure_to_the_caller_ends_the_attempt() {
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKc");
+        h.req_branch(5, "INVITE", 1, true, false, "z9hG4bKf1");
+        h.resp_branch(500, 486, 1, "INVITE", Some("X"), "z9hG4bKf1");
+        h.resp_branch(501, 486, 1, "INVITE", Some("X"), "z9hG4bKc");
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Busy);
+        assert_eq!(c.end_time, Some(c.last_message_time));
+    }
+
+    #[test]
+    fn cancel_ends_with_the_487_or_after_the_linger() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(40, 180, 1, "INVITE", Some("B"));
+        h.req(5000, "CANCEL", 1, true, false);
+        h.resp(5010, 200, 1, "CANCEL", Some("B"));
+        assert!(h.records.is_empty(), "a 200 may still cross the CANCEL");
+        h.resp(5020, 487, 1, "INVITE", Some("B"));
+        h.req(5030, "ACK", 1, true, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Abandoned);
+        assert_eq!(c.closed_by, ClosedBy::Cancel);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(h.tracker.counters().late_messages, 1);
+
+        // Some agents (SIPp's stock scenarios) send the CANCEL on a branch of its own and
+        // answer the INVITE on it: an unknown branch is no fork, the 487 ends the call.
+        let mut h = Harness::new();
+        h.req_branch(0, "INVITE", 1, true, false, "z9hG4bKinvite");
+        h.req_branch(5000, "CANCEL", 1, true, false, "z9hG4bKcancel");
+        h.resp_branch(5010, 200, 1, "CANCEL", Some("B"), "z9hG4bKcancel");
+        h.resp_branch(5020, 487, 1, "INVITE", Some("B"), "z9hG4bKcancel");
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
+
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.req(5000, "CANCEL", 1, true, false);
+        h.resp(5010, 200, 1, "INVITE", Some("B"));
+        h.req(5020, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, true, true);
+        assert_eq!(
+            h.only().outcome,
+            Outcome::Answered,
+            "the 200 crossed the CANCEL"
+        );
+
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.req(5000, "CANCEL", 1, true, false);
+        h.advance(30_000);
+        assert!(h.records.is_empty());
+        h.advance(40_000);
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
+        assert_eq!(h.only().closed_by, ClosedBy::Cancel);
+    }
+
+    #[test]
+    fn a_bye_first_seen_makes_a_partial_record() {
+        let mut h = Harness::new();
+        h.req(0, "BYE", 7, false, true);
+        h.resp(10, 200, 7, "BYE", Some("A"));
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert!(!c.complete);
+        assert!(!c.roles_known, "a BYE does not tell who called");
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.invite_time, None);
+        assert_eq!(c.answer_time, None);
+        assert_eq!(c.end_time, Some(c.first_message_time));
+        // The caller is named as the sender of the first request seen: the BYE's.
+        assert_eq!(c.caller.user.as_deref(), Some("bob"));
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        assert_eq!(h.tracker.counters().started_before_capture, 1);
+        assert_eq!(h.tracker.counters().late_messages, 1);
+    }
+
+    #[test]
+    fn the_200_of_a_bye_first_seen_makes_a_partial_record() {
+        let mut h = Harness::new();
+        h.resp(10, 200, 2, "BYE", Some("B"));
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.closed_by, ClosedBy::Bye);
+        assert_eq!(c.caller.user.as_deref(), Some("alice"));
+        assert_eq!(
+            c.caller_address, CALLER,
+            "the BYE came from where its 200 goes"
+        );
+    }
+
+    #[test]
+    fn a_reinvite_first_seen_opens_a_connected_partial_call() {
+        let mut h = Harness::new();
+        let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n";
+        let text = format!(
+            "INVITE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:bob@example.com>;tag=B\r\nTo: <sip:alice@example.com>;tag=A\r\nCall-ID: call-1@test\r\nCSeq: 3 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        h.feed(0, &text, false);
+        assert_eq!(h.tracker.open_calls(), 1);
+        h.req(60_000, "BYE", 4, true, true);
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.state, State::Ended);
+        assert_eq!(c.hold_count, 1);
+        assert_eq!(c.media.offer.as_ref().unwrap().media[0].port, 4000);
+        // The re-INVITE came from bob (named caller); alice's BYE is the callee's.
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+    }
+
+    #[test]
+    fn provisional_responses_first_seen_tell_the_roles_and_the_answer() {
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", None);
+        h.resp(500, 180, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(3010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, false, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.caller.user.as_deref(), Some("alice"));
+        assert!(c.answer_time.is_some());
+        assert_eq!(c.talk_duration_s, Some(6.0));
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+        assert_eq!(c.time_to_answer_s, None, "the INVITE was not seen");
+    }
+
+    #[test]
+    fn a_failure_first_seen_is_a_partial_rejected_call() {
+        let mut h = Harness::new();
+        h.resp(0, 486, 1, "INVITE", Some("B"));
+        h.req(10, "ACK", 1, true, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.outcome, Outcome::Busy);
+        assert_eq!(h.tracker.counters().late_messages, 1);
+    }
+
+    #[test]
+    fn a_lone_ack_is_a_partial_call_of_unknown_state() {
+        let mut h = Harness::new();
+        h.req(0, "ACK", 1, true, true);
+        h.advance(301_000 + 1000);
+        let c = h.only();
+        assert!(c.started_before_capture);
+        assert_eq!(c.outcome, Outcome::InProgress, "nothing says how it went");
+        assert_eq!(c.closed_by, ClosedBy::Timeout);
+    }
+
+    #[test]
+    fn stray_responses_and_other_dialogs_make_no_call() {
+        let mut h = Harness::new();
+        h.resp(0, 200, 5, "OPTIONS", Some("B"));
+        h.resp(1, 200, 6, "REGISTER", Some("B"));
+        h.resp(2, 401, 7, "REGISTER", None);
+        h.req(3, "NOTIFY", 8, true, true);
+        h.req(4, "REFER", 9, true, true);
+        h.req(5, "OPTIONS", 10, true, false);
+        h.req(6, "BYE", 11, true, false); // a BYE without To-tag is no dialog's
+        h.finish();
+        assert!(h.records.is_empty(), "{:#?}", h.records);
+        assert_eq!(h.tracker.counters().calls, 0);
+        // The tagged 200 to OPTIONS, NOTIFY and REFER; the tagless BYE is a transaction.
+        assert_eq!(h.tracker.counters().orphan_messages, 3);
+    }
+
+    #[test]
+    fn stray_byes_with_made_up_call_ids_open_a_bounded_number_of_calls_per_minute() {
+        let limits = CallLimits {
+            max_partial_calls_per_minute: 100,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        for i in 0..1000 {
+            h.call_id = format!("stray-{i}");
+            h.req(i, "BYE", 2, true, true);
+        }
+        assert_eq!(h.records.len(), 100);
+        assert_eq!(h.tracker.counters().partial_calls_refused, 900);
+        // A new minute, a new budget; calls with their INVITE are never refused by it.
+        h.call_id = "later".into();
+        h.req(61_000, "BYE", 2, true, true);
+        h.call_id = "fresh".into();
+        h.req(61_001, "INVITE", 1, true, false);
+        assert_eq!(h.records.len(), 101);
+        assert_eq!(h.tracker.open_calls(), 1);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_call_in_setup() {
+        let limits = CallLimits {
+            max_calls: 3,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        h.call_id = "answered".into();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(10, 200, 1, "INVITE", Some("B"));
+        for (i, id) in ["junk-1", "junk-2", "real"].iter().enumerate() {
+            h.call_id = (*id).into();
+            h.req(100 + i as i64, "INVITE", 1, true, false);
+        }
+        assert_eq!(h.records.len(), 1);
+        assert_eq!(h.records[0].call_id, "junk-1");
+        assert_eq!(h.records[0].closed_by, ClosedBy::Evicted);
+        assert_eq!(h.records[0].outcome, Outcome::InProgress);
+        assert_eq!(h.tracker.counters().evicted_in_setup, 1);
+        assert_eq!(h.tracker.open_calls(), 3);
+        // A stray re-INVITE opens a connected partial call; it may be evicted too.
+        h.call_id = "stray".into();
+        h.req(150, "INVITE", 5, true, true);
+        assert_eq!(h.records[1].call_id, "junk-2");
+        h.call_id = "next".into();
+        h.req(160, "INVITE", 1, true, false);
+        assert_eq!(h.records[2].call_id, "real");
+        h.call_id = "next2".into();
+        h.req(170, "INVITE", 1, true, false);
+        assert_eq!(h.records[3].call_id, "stray", "joined mid-call: evictable");
+        assert_eq!(h.records[3].closed_by, ClosedBy::Evicted);
+        assert_eq!(h.tracker.counters().evicted_in_setup, 4);
+        assert_eq!(h.tracker.open_calls(), 3);
+        // Only answered calls left: a new one is refused, counted.
+        for id in ["next", "next2"] {
+            h.call_id = id.into();
+            h.resp(200, 200, 1, "INVITE", Some("B"));
+        }
+        h.call_id = "late".into();
+        h.req(300, "INVITE", 1, true, false);
+        assert_eq!(h.tracker.counters().dropped_at_capacity, 1);
+        assert_eq!(h.tracker.open_calls(), 3);
+    }
+
+    #[test]
+    fn header_text_is_capped_and_the_bytes_held_are_bounded() {
+        let mut h = Harness::new();
+        let long = "x".repeat(4096);
+        let text = format!(
+            "INVITE sip:{long}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{long}\r\nFrom: \"{long}\" <sip:{long}@example.com>;tag={long}\r\nTo: \"{long}\" <sip:{long}@example.com>\r\nCall-ID: {long}\r\nCSeq: 1 INVITE\r\nUser-Agent: {long}\r\nP-Asserted-Identity: \"{long}\" <sip:{long}@example.com>\r\nDiversion: <sip:{long}@example.com>\r\nX-CID: {long}\r\nContent-Length: 0\r\n\r\n"
+        );
+        h.feed(0, &text, true);
+        let held = h.tracker.held_bytes();
+        assert!(held < 8 * 1024, "one junk call holds {held} bytes");
+        assert!(h.tracker.counters().fields_truncated >= 10);
+        h.finish();
+        let c = h.only();
+        assert_eq!(c.call_id.len(), MAX_TEXT_BYTES);
+        assert_eq!(
+            c.caller.display_name.as_ref().unwrap().len(),
+            MAX_TEXT_BYTES
+        );
+        assert_eq!(c.user_agents.caller.as_ref().unwrap().len(), MAX_TEXT_BYTES);
+        assert_eq!(h.tracker.held_bytes(), 0);
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_like_the_count_bound() {
+        let limits = CallLimits {
+            max_bytes: 20_000,
+            ..CallLimits::default()
+        };
+        let mut h = Harness::with(limits);
+        for i in 0..100 {
+            h.call_id = format!("junk-{i}");
+            h.req(i, "INVITE", 1, true, false);
+            let calls = h.tracker.held_bytes() - h.tracker.ended_dialogs() * TOMBSTONE_BYTES;
+            assert!(calls < 20_000 + 8 * 1024, "{calls}");
+        }
+        assert!(h.tracker.counters().evicted_in_setup > 50);
+    }
 }

@@ -14,6 +14,18 @@
 //!   complete. Orphans are reported as records of their own, never dropped silently.
 //! - RTCP from or to a call's endpoints is kept with the call and joined to the streams it
 //!   reports on (by SSRC, preferring reports sent by the stream's receiver).
+//! - Two open calls that announce the same address (the legs of a B2BUA with direct media)
+//!   both keep it: a stream between two endpoints that another call also negotiated (both
+//!   of them) is attributed to that call too, in its own direction, and RTCP to or from such
+//!   an endpoint is kept with every leg. The stream is measured once and appears in each
+//!   leg's record. When one leg ends, the others keep the stream and the endpoints.
+//! - When a call ends, its endpoints are remembered for `ended_linger`: RTP and RTCP still
+//!   in flight after the BYE are counted (`rtp_after_call_end`, `rtcp_after_call_end`), not
+//!   measured and not turned into orphan streams.
+//! - Orphan stream records are bounded per minute of capture time
+//!   (`max_orphan_records_per_minute`); further orphans of that minute are summed up in one
+//!   [`OrphanStreamsSummary`] (counted in `orphan_streams_summarised`), so an orphan RTP flood
+//!   cannot push call records out of the spool during an outage.
 //!
 //! Bounded: streams, endpoints, probation candidates and RTCP per call all have caps, and
 //! hitting one is counted.
@@ -30,7 +42,8 @@ use crate::media::emodel::{self, NotScored, Score};
 use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
 use crate::media::stream::{PayloadInfo, StreamAnalyzer, JITTER_BUFFERS_MS};
 use crate::record::media::{
-    MediaQuality, RtcpReported, StreamQuality, StreamRecord, STREAM_SCHEMA,
+    MediaQuality, OrphanStreamsSummary, RtcpReported, StreamQuality, StreamRecord,
+    ORPHAN_SUMMARY_SCHEMA, STREAM_SCHEMA,
 };
 use crate::record::stable_id;
 use crate::time::Timestamp;
@@ -46,6 +59,13 @@ pub struct MediaLimits {
     /// Probation packets of an unconfirmed flow are forgotten after this long.
     pub candidate_ttl: Duration,
     pub max_rtcp_per_call: usize,
+    /// How long the media endpoints of an ended call are remembered, so that RTP and RTCP
+    /// still in flight after its BYE are counted, not measured as orphans (the call
+    /// tracker's linger; [`super::Correlator`] sets it).
+    pub ended_linger: Duration,
+    /// Orphan stream records made per minute of capture time; further orphan streams of
+    /// that minute are summed up in one [`OrphanStreamsSummary`] record.
+    pub max_orphan_records_per_minute: usize,
 }
 
 impl Default for MediaLimits {
@@ -57,6 +77,8 @@ impl Default for MediaLimits {
             stream_idle: Duration::from_secs(60),
             candidate_ttl: Duration::from_secs(10),
             max_rtcp_per_call: 256,
+            ended_linger: Duration::from_secs(32),
+            max_orphan_records_per_minute: 300,
         }
     }
 }
@@ -83,6 +105,16 @@ pub struct MediaCounters {
     pub probation_discarded: u64,
     pub streams_dropped_at_capacity: u64,
     pub endpoints_dropped_at_capacity: u64,
+    /// RTP packets to or from the media endpoints of a call that already ended (in flight
+    /// after its BYE): counted, not measured.
+    pub rtp_after_call_end: u64,
+    /// RTCP packets to or from the media endpoints of a call that already ended.
+    pub rtcp_after_call_end: u64,
+    /// Ended calls' endpoints forgotten before their linger passed (at `max_endpoints`).
+    pub ended_endpoints_forgotten: u64,
+    /// Orphan streams beyond `max_orphan_records_per_minute`, reported in a summary record
+    /// instead of one record each.
+    pub orphan_streams_summarised: u64,
 }
 
 /// Which way a stream runs.
@@ -99,7 +131,13 @@ struct Endpoint {
     side: Side,
     rtcp_only: bool,
     codecs: Arc<[Codec]>,
+    /// Other open calls that announced the same address, with their side: the legs of a
+    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs.
+    others: Vec<(Arc<str>, Side)>,
 }
+
+/// Most other calls remembered per endpoint.
+const MAX_LEGS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct StreamKey {
@@ -116,6 +154,9 @@ struct Stream {
     codecs: Arc<[Codec]>,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
+    /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
+    /// stream's direction in each.
+    legs: Vec<(Arc<str>, Direction)>,
 }
 
 #[derive(Debug)]
@@ -145,9 +186,20 @@ pub struct MediaTracker {
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
+    /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
+    closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
     candidates: HashMap<StreamKey, Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay.
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
+    /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
+    ended_endpoints: HashMap<SocketAddr, Timestamp>,
+    ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
+    /// The current minute of orphan records: its start, records made, and the summary of
+    /// the rest.
+    orphan_window: Option<(Timestamp, usize)>,
+    orphan_summary: Option<OrphanStreamsSummary>,
+    /// Summaries of past minutes, waiting to be taken.
+    orphan_summaries_ready: Vec<OrphanStreamsSummary>,
     counters: MediaCounters,
     last_sweep: Timestamp,
 }
@@ -162,8 +214,14 @@ impl MediaTracker {
             streams_by_call: HashMap::new(),
             closed_by_call: HashMap::new(),
             rtcp_by_call: HashMap::new(),
+            closed_legs: HashMap::new(),
             candidates: HashMap::new(),
             streams_by_ssrc: HashMap::new(),
+            ended_endpoints: HashMap::new(),
+            ended_order: std::collections::VecDeque::new(),
+            orphan_window: None,
+            orphan_summary: None,
+            orphan_summaries_ready: Vec::new(),
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
         }
@@ -203,6 +261,22 @@ impl MediaTracker {
                     self.counters.endpoints_dropped_at_capacity += 1;
                     return;
                 }
+                self.ended_endpoints.remove(&addr);
+                let others = match self.endpoints.get(&addr) {
+                    Some(old) if old.call != call => {
+                        let mut others: Vec<(Arc<str>, Side)> = old
+                            .others
+                            .iter()
+                            .filter(|(c, _)| *c != call)
+                            .cloned()
+                            .collect();
+                        others.insert(0, (old.call.clone(), old.side));
+                        others.truncate(MAX_LEGS);
+                        others
+                    }
+                    Some(old) => old.others.clone(),
+                    None => Vec::new(),
+                };
                 self.endpoints.insert(
                     addr,
                     Endpoint {
@@ -210,6 +284,7 @@ impl MediaTracker {
                         side,
                         rtcp_only,
                         codecs: codecs.clone(),
+                        others,
                     },
                 );
                 self.endpoints_by_call
@@ -271,6 +346,17 @@ impl MediaTracker {
             (None, Some(ep)) => Some((ep.clone(), away_from(ep.side))),
             (None, None) => None,
         };
+        // Other calls that negotiated both endpoints (B2BUA legs with direct media) get the
+        // stream too, each in its own direction.
+        let legs: Vec<(Arc<str>, Direction)> = match (to, from) {
+            (Some(to), Some(from)) => to
+                .others
+                .iter()
+                .filter(|(c, _)| from.call == *c || from.others.iter().any(|(o, _)| o == c))
+                .map(|(c, side)| (c.clone(), toward(*side)))
+                .collect(),
+            _ => Vec::new(),
+        };
         match attached {
             Some((ep, direction)) => {
                 self.counters.rtp_packets_in_calls += 1;
@@ -281,9 +367,26 @@ impl MediaTracker {
                     ep.codecs,
                     &[(meta.time, rtp)],
                 );
+                if let Some(stream) = self.streams.get_mut(&key) {
+                    for (leg, _) in &legs {
+                        self.streams_by_call
+                            .entry(leg.clone())
+                            .or_default()
+                            .push(key);
+                    }
+                    stream.legs = legs;
+                }
             }
+            None if self.ended_call_media(meta) => self.counters.rtp_after_call_end += 1,
             None => self.probation(meta, rtp),
         }
+    }
+
+    /// Whether a datagram runs to or from a media endpoint of a call that ended.
+    fn ended_call_media(&self, meta: &DatagramMeta) -> bool {
+        !self.ended_endpoints.is_empty()
+            && (self.ended_endpoints.contains_key(&meta.dst)
+                || self.ended_endpoints.contains_key(&meta.src))
     }
 
     fn probation(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
@@ -347,6 +450,7 @@ impl MediaTracker {
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
+            legs: Vec::new(),
         };
         stream.note_voice(first, info);
         for (time, packet) in rest {
@@ -434,14 +538,32 @@ impl MediaTracker {
                 return;
             }
         };
-        let call = self
+        let endpoint = self
             .endpoints
             .get(&meta.dst)
-            .or_else(|| self.endpoints.get(&meta.src))
+            .or_else(|| self.endpoints.get(&meta.src));
+        let legs: Vec<Arc<str>> = endpoint
+            .map(|e| e.others.iter().map(|(c, _)| c.clone()).collect())
+            .unwrap_or_default();
+        let call = endpoint
             .map(|e| e.call.clone())
             .or_else(|| self.call_by_ssrc(meta, &summary));
+        for leg in legs {
+            let list = self.rtcp_by_call.entry(leg).or_default();
+            if list.len() < self.limits.max_rtcp_per_call {
+                list.push(RtcpObservation {
+                    time: meta.time,
+                    src: meta.src,
+                    summary: summary.clone(),
+                });
+            }
+        }
         let Some(call) = call else {
-            self.counters.rtcp_unattributed += 1;
+            if self.ended_call_media(meta) {
+                self.counters.rtcp_after_call_end += 1;
+            } else {
+                self.counters.rtcp_unattributed += 1;
+            }
             return;
         };
         let list = self.rtcp_by_call.entry(call).or_default();
@@ -503,6 +625,22 @@ impl MediaTracker {
             keep
         });
         self.counters.probation_discarded += dropped;
+        if self
+            .orphan_window
+            .is_some_and(|(start, _)| now.seconds_since(start) >= 60.0)
+        {
+            self.close_orphan_window();
+        }
+        let linger = self.limits.ended_linger.as_secs_f64();
+        while let Some(&(at, addr)) = self.ended_order.front() {
+            if now.seconds_since(at) <= linger {
+                break;
+            }
+            self.ended_order.pop_front();
+            if self.ended_endpoints.get(&addr) == Some(&at) {
+                self.ended_endpoints.remove(&addr);
+            }
+        }
     }
 
     fn close_stream(&mut self, key: StreamKey, out: &mut impl FnMut(StreamRecord)) {
@@ -512,40 +650,114 @@ impl MediaTracker {
         self.unindex_ssrc(key);
         match stream.call.clone() {
             Some(call) => {
+                for (leg, direction) in &stream.legs {
+                    if let Some(keys) = self.streams_by_call.get_mut(leg) {
+                        keys.retain(|k| *k != key);
+                    }
+                    let rtcp = self.rtcp_by_call.get(leg).map(Vec::as_slice);
+                    let q = stream.quality(rtcp.or(Some(&[])));
+                    self.closed_legs
+                        .entry(leg.clone())
+                        .or_default()
+                        .push((Some(*direction), q));
+                }
                 if let Some(keys) = self.streams_by_call.get_mut(&call) {
                     keys.retain(|k| *k != key);
                 }
                 self.closed_by_call.entry(call).or_default().push(stream);
             }
-            None => out(orphan_record(&stream)),
+            None => self.orphan_out(&stream, out),
         }
+    }
+
+    /// Everything measured for a call that ended at `now`: as [`Self::take_call`], and its
+    /// media endpoints are remembered for `ended_linger`, so that what is still in flight
+    /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
+    pub fn end_call(&mut self, call_id: &str, now: Timestamp) -> MediaQuality {
+        let addrs: Vec<SocketAddr> = self
+            .endpoints_by_call
+            .get(call_id)
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| self.endpoints.get(a).is_some_and(|e| &*e.call == call_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let quality = self.take_call(call_id);
+        for addr in addrs {
+            while self.ended_endpoints.len() >= self.limits.max_endpoints.max(1) {
+                let Some((at, oldest)) = self.ended_order.pop_front() else {
+                    break;
+                };
+                if self.ended_endpoints.get(&oldest) == Some(&at) {
+                    self.ended_endpoints.remove(&oldest);
+                    self.counters.ended_endpoints_forgotten += 1;
+                }
+            }
+            self.ended_endpoints.insert(addr, now);
+            self.ended_order.push_back((now, addr));
+        }
+        quality
     }
 
     /// Everything measured for a call, which is over: its streams are closed, its endpoints
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
+        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
+        let mut measured: Vec<(Option<Direction>, StreamQuality)> =
+            self.closed_legs.remove(call_id).unwrap_or_default();
         let mut streams = self.closed_by_call.remove(call_id).unwrap_or_default();
         for key in self.streams_by_call.remove(call_id).unwrap_or_default() {
+            let Some(stream) = self.streams.get_mut(&key) else {
+                continue;
+            };
+            if stream.call.as_deref() != Some(call_id) {
+                // This call is another leg of the stream: a snapshot, the stream goes on.
+                if let Some(i) = stream.legs.iter().position(|(c, _)| &**c == call_id) {
+                    let (_, direction) = stream.legs.remove(i);
+                    measured.push((Some(direction), stream.quality(Some(&rtcp))));
+                }
+                continue;
+            }
+            if let Some((next, direction)) = stream.legs.pop() {
+                // The stream's first call ended; another leg keeps it.
+                measured.push((stream.direction, stream.quality(Some(&rtcp))));
+                stream.call = Some(next);
+                stream.direction = Some(direction);
+                continue;
+            }
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
                 streams.push(stream);
             }
         }
         for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
-            if self
-                .endpoints
-                .get(&addr)
-                .is_some_and(|e| &*e.call == call_id)
-            {
-                self.endpoints.remove(&addr);
+            let Some(endpoint) = self.endpoints.get_mut(&addr) else {
+                continue;
+            };
+            endpoint.others.retain(|(c, _)| &**c != call_id);
+            if &*endpoint.call == call_id {
+                match endpoint.others.pop() {
+                    // Another leg announced it too: the endpoint is now that leg's.
+                    Some((call, side)) => {
+                        endpoint.call = call;
+                        endpoint.side = side;
+                    }
+                    None => {
+                        self.endpoints.remove(&addr);
+                    }
+                }
             }
         }
-        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
-        let mut quality = MediaQuality::default();
-        streams.sort_by_key(|s| s.analyzer.first_time());
         for stream in &streams {
-            let q = stream.quality(Some(&rtcp));
-            match stream.direction {
+            measured.push((stream.direction, stream.quality(Some(&rtcp))));
+        }
+        measured.sort_by_key(|(_, q)| q.metrics.start_time);
+        let mut quality = MediaQuality::default();
+        for (direction, q) in measured {
+            match direction {
                 Some(Direction::CallerToCallee) => quality.caller_to_callee.push(q),
                 Some(Direction::CalleeToCaller) => quality.callee_to_caller.push(q),
                 None => quality.unknown_direction.push(q),
@@ -553,6 +765,66 @@ impl MediaTracker {
         }
         quality.decide();
         quality
+    }
+
+    /// Reports an orphan stream: its own record while the minute's budget lasts, else into
+    /// the minute's summary (so an orphan RTP flood cannot push call records out of the
+    /// spool).
+    fn orphan_out(&mut self, stream: &Stream, out: &mut impl FnMut(StreamRecord)) {
+        let record = orphan_record(stream);
+        self.orphan_record_out(record, out);
+    }
+
+    fn orphan_record_out(&mut self, record: StreamRecord, out: &mut impl FnMut(StreamRecord)) {
+        let time = record
+            .stream
+            .metrics
+            .end_time
+            .max(record.stream.metrics.start_time);
+        let window = match self.orphan_window {
+            Some((start, made)) if time.seconds_since(start) < 60.0 => (start, made),
+            _ => {
+                self.close_orphan_window();
+                (time, 0)
+            }
+        };
+        if window.1 < self.limits.max_orphan_records_per_minute {
+            self.orphan_window = Some((window.0, window.1 + 1));
+            out(record);
+            return;
+        }
+        self.orphan_window = Some(window);
+        self.counters.orphan_streams_summarised += 1;
+        let summary = self
+            .orphan_summary
+            .get_or_insert_with(|| OrphanStreamsSummary {
+                schema: ORPHAN_SUMMARY_SCHEMA,
+                record_id: String::new(),
+                interval_start: window.0,
+                interval_end: window.0,
+                streams: 0,
+                packets: 0,
+                lost: 0,
+                by_source: Vec::new(),
+                other_sources: 0,
+            });
+        summary.add(&record);
+    }
+
+    fn close_orphan_window(&mut self) {
+        if let Some(mut summary) = self.orphan_summary.take() {
+            summary.record_id = stable_id(&[
+                ORPHAN_SUMMARY_SCHEMA.as_bytes(),
+                &summary.interval_start.as_nanos().to_be_bytes(),
+            ]);
+            self.orphan_summaries_ready.push(summary);
+        }
+        self.orphan_window = None;
+    }
+
+    /// Summaries of orphan streams beyond the per-minute budget, for minutes that are over.
+    pub fn take_orphan_summaries(&mut self) -> Vec<OrphanStreamsSummary> {
+        std::mem::take(&mut self.orphan_summaries_ready)
     }
 
     /// Reports every orphan stream still open (end of capture or shutdown).
@@ -571,7 +843,10 @@ impl MediaTracker {
             }
         }
         records.sort_by_key(|r| r.stream.metrics.start_time);
-        records.into_iter().for_each(out);
+        for record in records {
+            self.orphan_record_out(record, out);
+        }
+        self.close_orphan_window();
         self.counters.probation_discarded += self
             .candidates
             .drain()

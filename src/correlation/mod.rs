@@ -2,8 +2,11 @@
 //!
 //! [`Correlator`] joins the two trackers: SIP messages drive [`calls::CallTracker`] and teach
 //! [`media::MediaTracker`] the media endpoints their SDP announces; other UDP datagrams are
-//! measured as RTP/RTCP. When a call's record is made, the media of that call is taken and
-//! put into it; RTP that matches no call comes out as stream records of its own.
+//! measured as RTP/RTCP. A call's record is made the moment the call ends (see
+//! [`calls`] for when that is); the media of that call is taken and put into it, and its
+//! media endpoints are remembered for the linger time so that RTP and RTCP still in flight
+//! are counted rather than reported as orphans. RTP that matches no call comes out as stream
+//! records of its own (bounded per minute, see [`media`]).
 //! [`hep::feed`] adapts HEP frames: the SIP inside them is handled like tapped SIP, and RTCP
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
 
@@ -29,6 +32,10 @@ pub struct Correlator {
 
 impl Correlator {
     pub fn new(calls: CallLimits, media: MediaLimits) -> Self {
+        let media = MediaLimits {
+            ended_linger: calls.linger,
+            ..media
+        };
         Correlator {
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
@@ -47,9 +54,12 @@ impl Correlator {
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
         let sdp = calls::summarize_sdp(msg);
         let Correlator { calls, media } = self;
-        calls.message(meta, msg, sdp.as_ref(), &mut |call| emit(media, call, out));
+        let now = meta.time;
+        calls.message(meta, msg, sdp.as_ref(), &mut |call| {
+            emit(media, call, now, out)
+        });
         if let (Some(sdp), Some(side)) = (sdp, calls.side_of(msg)) {
-            media.learn(msg.call_id, side, &sdp);
+            media.learn(calls::call_key(msg.call_id), side, &calls::capped_sdp(&sdp));
         }
     }
 
@@ -63,24 +73,186 @@ impl Correlator {
     pub fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
         self.media
             .datagram(meta, payload, &mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
+    }
+
+    fn orphan_summaries(&mut self, out: &mut impl FnMut(Record)) {
+        for summary in self.media.take_orphan_summaries() {
+            out(Record::OrphanStreams(Box::new(summary)));
+        }
     }
 
     /// Moves time forward (per frame in replay, per tick live).
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
         let Correlator { calls, media } = self;
-        calls.advance(now, &mut |call| emit(media, call, out));
+        calls.advance(now, &mut |call| emit(media, call, now, out));
         media.advance(now, &mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
     }
 
     /// Reports everything still open.
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
         let Correlator { calls, media } = self;
-        calls.finish(closed_by, &mut |call| emit(media, call, out));
+        calls.finish(closed_by, &mut |mut call| {
+            call.media_quality = media.take_call(&call.call_id);
+            out(Record::Call(Box::new(call)));
+        });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+        self.orphan_summaries(out);
     }
 }
 
-fn emit(media: &mut MediaTracker, mut call: CallRecord, out: &mut impl FnMut(Record)) {
-    call.media_quality = media.take_call(&call.call_id);
+/// A call ended at `now`: its media goes into its record, its endpoints are remembered.
+fn emit(
+    media: &mut MediaTracker,
+    mut call: CallRecord,
+    now: Timestamp,
+    out: &mut impl FnMut(Record),
+) {
+    call.media_quality = media.end_call(&call.call_id, now);
     out(Record::Call(Box::new(call)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xD5; 160]);
+        p
+    }
+
+    #[test]
+    fn an_orphan_rtp_flood_is_summed_up_beyond_the_per_minute_budget() {
+        let mut correlator = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut records = Vec::new();
+        let start = 1_700_000_000_000_000_000i64;
+        let streams = 2000u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_nanos(
+                        start + i64::from(i) * 10_000_000 + i64::from(seq) * 1_000_000,
+                    ),
+                    src: format!("10.66.{}.{}:4000", i / 250, i % 250)
+                        .parse()
+                        .unwrap(),
+                    dst: "10.0.0.1:5000".parse().unwrap(),
+                };
+                correlator.datagram(&meta, &rtp(seq, i), &mut |r| records.push(r));
+            }
+        }
+        // The streams go idle; time moves on past the minute.
+        correlator.advance(Timestamp::from_nanos(start + 200_000_000_000), &mut |r| {
+            records.push(r)
+        });
+        correlator.finish(ClosedBy::CaptureEnd, &mut |r| records.push(r));
+        let single = records
+            .iter()
+            .filter(|r| matches!(r, Record::Stream(_)))
+            .count();
+        let summed: u64 = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::OrphanStreams(s) => Some(s.streams),
+                _ => None,
+            })
+            .sum();
+        let budget = MediaLimits::default().max_orphan_records_per_minute;
+        assert_eq!(single, budget, "one record each while the budget lasts");
+        assert_eq!(single as u64 + summed, u64::from(streams), "none lost");
+        let counters = correlator.media().counters();
+        assert_eq!(counters.orphan_streams_summarised, summed);
+        assert_eq!(counters.orphan_streams, u64::from(streams));
+    }
+
+    fn sip_at(
+        c: &mut Correlator,
+        ms: i64,
+        text: &str,
+        src: &str,
+        dst: &str,
+        out: &mut Vec<Record>,
+    ) {
+        let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+        let meta = MessageMeta {
+            frame: 0,
+            time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            transport: crate::dissect::Transport::Udp,
+        };
+        c.sip(&meta, &msg, &mut |r| out.push(r));
+    }
+
+    #[test]
+    fn a_call_joined_at_its_reinvite_gets_its_media_and_rtp_after_the_bye_is_counted() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: mid@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            0,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        let rtp_at = |c: &mut Correlator, ms: i64, seq: u16, out: &mut Vec<Record>| {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
+        };
+        for i in 0..50u16 {
+            rtp_at(&mut c, 100 + i64::from(i) * 20, i, &mut out);
+        }
+        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: mid@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        sip_at(
+            &mut c,
+            1200,
+            bye,
+            "10.0.0.1:5060",
+            "10.0.0.2:5060",
+            &mut out,
+        );
+        // In flight after the BYE: counted, no orphan stream.
+        for i in 50..55u16 {
+            rtp_at(&mut c, 1100 + i64::from(i) * 20, i, &mut out);
+        }
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let calls: Vec<&CallRecord> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(calls.len(), 1);
+        let call = calls[0];
+        assert!(call.started_before_capture);
+        assert_eq!(call.outcome, crate::record::Outcome::Answered);
+        assert_eq!(call.media_quality.streams(), 1);
+        assert_eq!(
+            call.media_quality.callee_to_caller.len(),
+            1,
+            "toward the re-INVITE's sender"
+        );
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
+        assert_eq!(c.media().counters().rtp_after_call_end, 5);
+    }
 }

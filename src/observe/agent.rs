@@ -44,6 +44,8 @@ pub struct AgentMetrics {
 
     // Correlation.
     pub calls_active: Arc<Gauge>,
+    /// Bytes the call table holds (open calls and ended dialogs), as it accounts them.
+    pub call_table_bytes: Arc<Gauge>,
     pub streams_active: Arc<Gauge>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
@@ -162,6 +164,10 @@ impl AgentMetrics {
                 MAX_ERROR_KINDS,
             ),
             calls_active: r.gauge("teledge_calls_active", "Calls being tracked."),
+            call_table_bytes: r.gauge(
+                "teledge_call_table_bytes",
+                "Bytes held by the call table (open calls and ended dialogs).",
+            ),
             streams_active: r.gauge("teledge_media_streams_active", "RTP streams being tracked."),
             state_evictions: r.family(
                 "teledge_state_evictions_total",

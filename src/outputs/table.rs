@@ -17,7 +17,10 @@ pub fn write_table(
         "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "MOS"
     )?;
     for call in calls {
-        let time = call.invite_time.to_string();
+        let time = call
+            .invite_time
+            .unwrap_or(call.first_message_time)
+            .to_string();
         let time = time.get(..19).unwrap_or(&time).replace('T', " ");
         let outcome = if call.complete || call.outcome == Outcome::InProgress {
             call.outcome.as_str().to_owned()
@@ -50,7 +53,8 @@ pub fn write_table(
     {
         writeln!(
             out,
-            "* still open when the capture ended (state: connected or timed out)"
+            "* incomplete: still open when the capture ended (connected or timed out), or \
+             started before it (its INVITE not seen; the time is its first message's)"
         )?;
     }
     writeln!(out)?;
@@ -96,6 +100,28 @@ pub fn write_table(
         },
         m.rtcp_packets
     )?;
+    if m.rtp_after_call_end + m.rtcp_after_call_end > 0 {
+        writeln!(
+            out,
+            "{} RTP and {} RTCP packets after their call's end (counted, not measured)",
+            m.rtp_after_call_end, m.rtcp_after_call_end
+        )?;
+    }
+    if m.orphan_streams_summarised > 0 {
+        writeln!(
+            out,
+            "{} orphan streams beyond the per-minute budget, summed up in summary records",
+            m.orphan_streams_summarised
+        )?;
+    }
+    let c = &summary.call_counters;
+    if c.started_before_capture + c.late_messages + c.evicted_in_setup > 0 {
+        writeln!(
+            out,
+            "{} calls started before the capture, {} messages after their call's end, {} calls evicted at the table's bound",
+            c.started_before_capture, c.late_messages, c.evicted_in_setup
+        )?;
+    }
     let d = &summary.decode;
     writeln!(
         out,

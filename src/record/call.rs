@@ -72,6 +72,9 @@ pub enum ClosedBy {
     Timeout,
     CaptureEnd,
     Shutdown,
+    /// The call table was full: the oldest call still in setup (or joined mid-call) made room
+    /// for a new one.
+    Evicted,
 }
 
 /// Who ended the call.
@@ -119,7 +122,13 @@ pub struct CallRecord {
     pub transport: Transport,
     pub caller_address: String,
     pub callee_address: String,
-    pub invite_time: Timestamp,
+    /// The dialog's INVITE was not seen: the call was in progress when the capture started.
+    pub started_before_capture: bool,
+    /// Whether `caller` and `callee` are known to be the right way round.
+    pub roles_known: bool,
+    /// The first INVITE; `None` when it was not seen (`started_before_capture`).
+    pub invite_time: Option<Timestamp>,
+    pub first_message_time: Timestamp,
     pub first_provisional_time: Option<Timestamp>,
     pub ringing_time: Option<Timestamp>,
     pub answer_time: Option<Timestamp>,

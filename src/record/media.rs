@@ -95,3 +95,65 @@ pub struct StreamRecord {
     #[serde(flatten)]
     pub stream: StreamQuality,
 }
+
+/// Schema id of an orphan streams summary.
+pub const ORPHAN_SUMMARY_SCHEMA: &str = "teledge.orphan_streams/1";
+
+/// Orphan streams of one minute beyond the per-minute budget of individual records, summed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrphanStreamsSummary {
+    pub schema: &'static str,
+    pub record_id: String,
+    /// End time of the first stream summed (the minute starts with the first orphan record).
+    pub interval_start: crate::time::Timestamp,
+    /// End time of the last stream summed.
+    pub interval_end: crate::time::Timestamp,
+    pub streams: u64,
+    pub packets: u64,
+    /// Packets lost (never negative per stream).
+    pub lost: u64,
+    /// Streams and packets by source IP address, the first [`MAX_SUMMARY_SOURCES`] seen.
+    pub by_source: Vec<OrphanSource>,
+    /// Streams from sources beyond those.
+    pub other_sources: u64,
+}
+
+/// Orphan streams from one source address.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrphanSource {
+    pub src_ip: String,
+    pub streams: u64,
+    pub packets: u64,
+}
+
+/// Most sources named in a summary.
+pub const MAX_SUMMARY_SOURCES: usize = 16;
+
+impl OrphanStreamsSummary {
+    /// Adds one orphan stream.
+    pub fn add(&mut self, record: &StreamRecord) {
+        let m = &record.stream.metrics;
+        self.streams += 1;
+        self.packets += m.packets;
+        self.lost += m.lost.max(0) as u64;
+        self.interval_end = self.interval_end.max(m.end_time);
+        let ip = record
+            .stream
+            .src
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| record.stream.src.clone());
+        if let Some(source) = self.by_source.iter_mut().find(|s| s.src_ip == ip) {
+            source.streams += 1;
+            source.packets += m.packets;
+        } else if self.by_source.len() < MAX_SUMMARY_SOURCES {
+            self.by_source.push(OrphanSource {
+                src_ip: ip,
+                streams: 1,
+                packets: m.packets,
+            });
+        } else {
+            self.other_sources += 1;
+        }
+    }
+}

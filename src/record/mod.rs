@@ -3,7 +3,9 @@
 //!
 //! # Call record schema, version 1 (`"schema": "teledge.call/1"`)
 //!
-//! One JSON object per call attempt (a Call-ID that carried an INVITE), one per line (JSON Lines).
+//! One JSON object per call attempt (a Call-ID that carried an INVITE, or an INVITE dialog
+//! joined after its INVITE), one per line (JSON Lines), made the moment the call ends (see
+//! [`crate::correlation::calls`]); the record is final.
 //! Times are RFC 3339 UTC with microseconds; durations are seconds (float, µs precision);
 //! absent facts are `null`, never invented.
 //!
@@ -19,41 +21,44 @@
 //! |---|---|
 //! | `type` | `"call"` |
 //! | `schema` | `"teledge.call/1"`; a new major version is a breaking change |
-//! | `record_id` | 32 hex chars, a hash of Call-ID, first INVITE time and caller address: replaying the same capture gives the same ids, so a collector can drop duplicates |
+//! | `record_id` | 32 hex chars, a hash of Call-ID, first INVITE time (for a partial record the first message's time) and caller address: replaying the same capture gives the same ids, so a collector can drop duplicates |
 //! | `call_id` | the SIP Call-ID |
 //! | `linked_call_id` | leg-linking header of a B2BUA (`X-CID`, `X-Call-ID`, `X-Orig-Call-ID`) |
-//! | `caller`, `callee` | `{user, display_name, uri}` from From and To of the first INVITE |
+//! | `caller`, `callee` | `{user, display_name, uri}` from From and To of the first INVITE (each text at most 256 bytes, as every header text a record holds; longer ones are cut and counted) |
 //! | `asserted_identity` | P-Asserted-Identity of the first INVITE, same shape |
 //! | `diverted_from` | the first Diversion entry, same shape |
 //! | `transport` | `udp`, `tcp` or `ws` (of the first INVITE) |
 //! | `caller_address`, `callee_address` | signalling `ip:port` of the first INVITE's source and destination |
-//! | `invite_time` | first INVITE |
+//! | `started_before_capture` | `true` when the dialog's INVITE was not seen: the call was in progress when the capture (or the daemon) started, and the record holds only what was seen after (answer time only when the first INVITE's provisional responses were seen, the end, who hung up, media from later SDP and RTP); `complete` is then `false` |
+//! | `roles_known` | `false` when nothing seen tells who called whom (a dialog joined at a BYE, re-INVITE, UPDATE, ACK or 2xx): `caller` is then the sender of the first request seen and `callee` its peer, and `hangup_by` is relative to that naming |
+//! | `invite_time` | first INVITE; `null` when it was not seen (`started_before_capture`) |
+//! | `first_message_time` | the first message of the dialog seen (the INVITE, or for a partial record the first message after the capture started) |
 //! | `first_provisional_time` | first 1xx (including 100 Trying) |
 //! | `ringing_time` | first 180 or 183 |
 //! | `answer_time` | first 2xx to the INVITE |
 //! | `end_time` | BYE, CANCEL, or the final failure response; `null` while the call is open |
 //! | `last_message_time` | the last message of the dialog seen |
-//! | `post_dial_delay_s` | INVITE → first 180/183; without one, INVITE → final response |
-//! | `time_to_answer_s` | INVITE → answer |
+//! | `post_dial_delay_s` | INVITE → first 180/183; without one, INVITE → final response (`null` without the INVITE) |
+//! | `time_to_answer_s` | INVITE → answer (`null` without the INVITE) |
 //! | `ring_duration_s` | ringing (first 180/183, else the INVITE) → answer, CANCEL, or final failure |
 //! | `talk_duration_s` | answer → BYE; `null` when not ended by BYE |
 //! | `outcome` | `answered`, `abandoned` (caller cancelled before answer), `busy`, `rejected`, `not_reached`, `no_answer`, `failed`, `timed_out` (no final answer within the setup timeout), `in_progress` (no final answer yet when the capture or the daemon stopped) |
 //! | `state` | where the dialog stood when the record was made: `calling`, `proceeding`, `ringing`, `early_media`, `connected`, `ended` |
-//! | `complete` | `true` when the call ended in the capture; `false` for calls still open (`closed_by` says why the record was made anyway) |
-//! | `closed_by` | `bye`, `cancel`, `final_response`, `timeout`, `capture_end`, `shutdown` |
+//! | `complete` | `true` when the whole call, from its INVITE to its end, was in the capture; `false` for calls still open (`closed_by` says why the record was made anyway) and for `started_before_capture` |
+//! | `closed_by` | `bye` (the BYE, or the 200 of a BYE not seen), `cancel`, `final_response`, `timeout`, `capture_end`, `shutdown`, `evicted` (the call table was full and this call, the oldest still in setup or joined mid-call, made room) |
 //! | `final_status`, `final_reason` | final response to the INVITE (status code and reason phrase) |
 //! | `reason` | the Reason header (RFC 3326) of the BYE/CANCEL/final response: `{protocol, cause, text}` |
 //! | `q850_cause` | the Q.850 cause, when a Reason says one |
 //! | `hangup_by` | `caller` or `callee` (who sent BYE or CANCEL) |
 //! | `user_agents` | `{caller, callee}`: User-Agent of the caller, User-Agent or Server of the callee |
-//! | `messages` | SIP messages of this Call-ID seen |
+//! | `messages` | SIP messages of this Call-ID seen until the record was made (what comes after its end — the 200 of the BYE, an ACK — is counted in the tracker's `late_messages`) |
 //! | `retransmissions` | requests and responses seen again (same transaction, same status) |
 //! | `auth_challenges` | 401/407 answered by a new INVITE in the same Call-ID (one attempt, not two calls) |
 //! | `forks` | distinct To-tags in responses to the INVITE (early dialogs) |
 //! | `early_media` | a 18x carried SDP |
 //! | `hold_count`, `hold_duration_s` | re-INVITE/UPDATE holds (sendonly, inactive or `c=0.0.0.0`) and their total time |
 //! | `media` | `{offer, answer, renegotiations}`: the SDP of the first offer and answer, each `{media: [{media, address, port, protocol, rtcp_port, rtcp_mux, direction, codecs: [{payload_type, name, clock_rate}]}]}`; `renegotiations` counts later SDP |
-//! | `media_quality` | `{caller_to_callee, callee_to_caller, unknown_direction, verdict}`: the RTP streams of the call by direction (a media relay's second leg is a stream of its own), each a *stream* as below; `verdict` is `{mos, r_factor, worst_direction}` of the lowest-scoring stream, `null` when no stream could be scored |
+//! | `media_quality` | `{caller_to_callee, callee_to_caller, unknown_direction, verdict}`: the RTP streams of the call by direction (a media relay's second leg is a stream of its own; a stream between endpoints that two legs of a B2BUA with direct media both negotiated is in both legs' records, with its RTCP), each a *stream* as below; RTP after the call's end is counted, not measured; `verdict` is `{mos, r_factor, worst_direction}` of the lowest-scoring stream, `null` when no stream could be scored |
 //! | `hep_rtcp` | RTCP that a HEP agent relayed as JSON (HEP type 5) with this Call-ID as correlation id, one entry per reporter and reported SSRC (at most 16; more are counted, not kept): `{reporter_ssrc, source_ssrc, reports, first_time, last_time, last_fraction_lost_percent, max_fraction_lost_percent, last_cumulative_lost, last_jitter, max_jitter, last_highest_seq}`; jitter is in RTP timestamp units as reported (the report does not name the clock rate). `[]` without HEP RTCP. Added to `teledge.call/1` without a version bump: a new field that readers may ignore |
 //!
 //! A *stream* is `{src, dst, ssrc, codec, codecs, metrics, score, not_scored, rtcp}`:
@@ -76,13 +81,24 @@
 //!
 //! # Orphan stream record (`"type": "stream"`, `"schema": "teledge.stream/1"`)
 //!
-//! RTP that matched no call: `record_id` plus the *stream* fields above.
+//! RTP that matched no call: `record_id` plus the *stream* fields above. At most
+//! `max_orphan_records_per_minute` (300) per minute of capture time; the rest of that minute
+//! is summed up in one summary record:
+//!
+//! # Orphan streams summary (`"type": "orphan_streams"`, `"schema": "teledge.orphan_streams/1"`)
+//!
+//! `record_id`, `interval_start`, `interval_end`, `streams`, `packets`, `lost`, `by_source`
+//! (`[{src_ip, streams, packets}]`, the first 16 sources), `other_sources` (streams from
+//! further sources). So an orphan RTP flood cannot push call records out of the spool.
 //!
 //! # Capture summary (`"type": "capture_summary"`)
 //!
 //! Written last by `teledge replay`: frames, SIP messages by transport, decode errors, REGISTER
 //! and other non-call transactions, calls by outcome, the first decode problems with their
-//! frame numbers, and media counters (RTP/RTCP packets, share attributed to calls, streams).
+//! frame numbers, media counters (RTP/RTCP packets, share attributed to calls, streams, RTP
+//! and RTCP after a call's end, orphan streams summed up) and `call_counters` (every counter
+//! of the call tracker: calls started before the capture, late messages, evictions, fields
+//! cut to their caps, ...).
 
 //! # Sensor record (`"type": "sensor"`, `"schema": "teledge.sensor/1"`)
 //!
@@ -120,6 +136,9 @@ pub enum Record {
     Call(Box<CallRecord>),
     /// An RTP stream that belongs to no call (`teledge.stream/1`).
     Stream(Box<media::StreamRecord>),
+    /// Orphan streams of a minute beyond the budget of individual records
+    /// (`teledge.orphan_streams/1`).
+    OrphanStreams(Box<media::OrphanStreamsSummary>),
     CaptureSummary(Box<CaptureSummary>),
     /// A reading of a hardware sensor (`teledge.sensor/1`).
     Sensor(Box<sensor::SensorRecord>),
@@ -155,6 +174,9 @@ pub struct CaptureSummary {
     pub decode: crate::dissect::DissectStats,
     pub media: crate::correlation::media::MediaCounters,
     pub calls_dropped_at_capacity: u64,
+    /// Every counter of the call tracker (calls started before the capture, late messages,
+    /// evictions, truncated fields, ...).
+    pub call_counters: crate::correlation::calls::CallCounters,
 }
 
 /// Schema id of the capture summary.

@@ -29,6 +29,8 @@ CAPTURES = [
     "erspan_sip_ipv4_udp.pcapng",
     "sngrep_aaa.pcap",
     "websocket-sip.pcapng",
+    "b2bua_direct_media.pcap",
+    "sipp_branch_403_bye.pcap",
 ]
 HEP_CAPTURES = ["hep.pcap", "hep3_compressed.pcapng"]
 HEP_LUA = pathlib.Path(__file__).resolve().parent / "hep3.lua"
