@@ -94,7 +94,6 @@ impl Rng {
 }
 
 #[test]
-#[ignore = "fails on main until call records are made at call end (issue 10 item 2); enabled by that merge"]
 fn sigkill_campaign_under_hep_load_loses_no_call_that_ended_before_the_window() {
     let seed = std::env::var("TELEDGE_CRASH_SEED")
         .ok()
