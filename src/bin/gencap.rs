@@ -14,6 +14,9 @@ use anyhow::Context;
 use clap::Parser;
 use etherparse::PacketBuilder;
 
+#[path = "gencap/media.rs"]
+mod media;
+
 #[derive(Debug, Parser)]
 #[command(about = "Write a deterministic synthetic SIP/RTP capture (pcap)")]
 struct Args {
@@ -29,6 +32,9 @@ struct Args {
     /// Milliseconds between call starts.
     #[arg(long, default_value_t = 50)]
     interval_ms: u64,
+    /// Write one media scenario instead (see `src/bin/gencap/media.rs`).
+    #[arg(long, value_enum)]
+    media_scenario: Option<media::Scenario>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +58,15 @@ const EPOCH_NS: u64 = 1_767_225_600_000_000_000;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(scenario) = args.media_scenario {
+        let file =
+            File::create(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+        let mut out = BufWriter::new(file);
+        let packets = media::write(scenario, &mut out)?;
+        out.flush()?;
+        eprintln!("{}: {packets} packets", args.out.display());
+        return Ok(());
+    }
     let mut events: Vec<(u64, u32, Event)> = Vec::new();
     for call in 0..args.calls {
         let start = EPOCH_NS + u64::from(call) * args.interval_ms * 1_000_000;

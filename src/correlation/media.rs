@@ -146,8 +146,9 @@ struct RtcpObservation {
 }
 
 /// Round-trip samples accepted for the score, in ms: below is a clock or matching error,
-/// above no conversation is possible.
-pub const RTT_PLAUSIBLE_MS: std::ops::RangeInclusive<f64> = 0.0..=5000.0;
+/// above no conversation is possible. Samples a little below zero (an endpoint that rounds
+/// its DLSR, next to a tap that sees a round trip near zero) count as 0.
+pub const RTT_PLAUSIBLE_MS: std::ops::RangeInclusive<f64> = -2.0..=5000.0;
 
 /// Probation packets kept per unconfirmed flow.
 const PROBATION_PACKETS: usize = 4;
@@ -773,6 +774,7 @@ fn reported_for(
             continue;
         };
         if RTT_PLAUSIBLE_MS.contains(&rtt) {
+            let rtt = rtt.max(0.0);
             reported.round_trip_samples += 1;
             rtt_sum += rtt;
             reported.last_round_trip_ms = Some(round3(rtt));
@@ -804,8 +806,15 @@ fn round_trip(
     if block.last_sr == 0 {
         return None; // RFC 3550: no SR received yet
     }
+    if report.summary.sender_ssrc == Some(block.source_ssrc) {
+        // A sender reporting on itself (seen from real gateways, with its own SR's time as
+        // LSR) measures nothing.
+        return None;
+    }
+    // The SR must have passed before the report (TShark: "Don't allow match seemingly
+    // calculated from same (or later!) frame").
     let answers = |o: &&RtcpObservation| {
-        o.summary.sr_ntp_middle == Some(block.last_sr) && o.time <= report.time
+        o.summary.sr_ntp_middle == Some(block.last_sr) && o.time < report.time
     };
     let reversed = observations
         .iter()
