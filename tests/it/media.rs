@@ -361,3 +361,147 @@ mod stress {
         assert_eq!(tracker.active_streams(), 1000);
     }
 }
+
+/// The streams of a capture by SSRC.
+fn by_ssrc(capture: &str) -> std::collections::HashMap<String, StreamQuality> {
+    let (streams, _) = teledge_streams(capture);
+    streams.into_iter().map(|s| (s.ssrc.clone(), s)).collect()
+}
+
+/// Issue 11 item 2. `gen_rtcp_clock_offset.pcap`: SR/RR both ways in two calls whose callee's
+/// clock is an hour ahead of the tap's (first call) or 1.478 s behind (second). The tap is
+/// 1 ms from the caller and 1.5 ms from the callee, so a report seen at the tap shows a round
+/// trip of 2 × 1 ms (the caller reporting on the callee's stream) or 2 × 1.5 ms, less DLSR's
+/// 1/65536 s rounding: 2.012 and 3.012 ms. Reading LSR against the tap's clock gave 1,481 ms
+/// for the second call's callee-to-caller stream (MOS 2.28) and nothing for the first.
+#[test]
+fn rtcp_round_trip_is_measured_at_the_tap_whatever_the_endpoint_clock() {
+    let streams = by_ssrc("gen_rtcp_clock_offset.pcap");
+    // (SSRC, round trip): A* flow caller to callee (the callee reports), B* the reverse.
+    for (ssrc, rtt) in [
+        ("0xA0000000", 3.012),
+        ("0xB0000000", 2.012),
+        ("0xA0000001", 3.012),
+        ("0xB0000001", 2.012),
+    ] {
+        let s = &streams[ssrc];
+        let rtcp = s.rtcp.as_ref().unwrap();
+        assert_eq!((rtcp.round_trip_samples, rtcp.round_trip_rejected), (4, 0), "{ssrc}");
+        for v in [rtcp.min_round_trip_ms, rtcp.max_round_trip_ms, rtcp.mean_round_trip_ms] {
+            assert!((v.unwrap() - rtt).abs() < 0.01, "{ssrc}: {rtcp:?}");
+        }
+        let score = s.score.as_ref().unwrap();
+        assert_eq!(
+            score.delay_source,
+            teledge::media::emodel::DelaySource::RtcpCapture
+        );
+        assert!((score.one_way_delay_ms - rtt / 2.0).abs() < 0.01, "{score:?}");
+        // Loss-free G.711 with a few ms of delay: the E-model's 4.41.
+        assert!(score.mos >= 4.40, "{ssrc}: {score:?}");
+    }
+}
+
+/// Issue 11 item 3. `gen_early_burst.pcap`, caller to callee: the first 50 packets take a path
+/// 120 ms shorter than the other 1450 (2 ms jitter). The 50 ms buffer, anchored on the first
+/// packet, finds the next packets 120 ms late; after `RESYNC_AFTER` (10) of them it
+/// re-synchronises, so 9 are discarded, once, and the 200 ms buffer (120 < 200) loses none.
+/// Anchoring on the lowest transit ever seen discarded all 1450 (MOS 1.00). Callee to caller:
+/// 15 talkspurts, each starting with the marker bit, alternately 80 ms slower: each talkspurt
+/// re-anchors the buffers, so nothing is discarded (was: 350).
+#[test]
+fn early_burst_costs_a_few_packets_not_the_call() {
+    use teledge::media::stream::RESYNC_AFTER;
+    let streams = by_ssrc("gen_early_burst.pcap");
+    let s = &streams["0xE0000001"];
+    let [small, large] = [s.metrics.jitter_buffers[0], s.metrics.jitter_buffers[1]];
+    assert_eq!(
+        (small.discarded, small.resyncs),
+        (u64::from(RESYNC_AFTER) - 1, 1)
+    );
+    assert_eq!((large.discarded, large.resyncs), (0, 0));
+    assert_eq!(s.metrics.lost, 0);
+    let mos = s.score.as_ref().unwrap().mos;
+    // 9 of 1500 packets in one run: Ppl 0.6 %, BurstR 9 × 0.994: R ≈ 90.7, MOS ≈ 4.36.
+    assert!((mos - 4.36).abs() < 0.02, "{mos}");
+
+    let talk = &streams["0xE0000002"];
+    for b in &talk.metrics.jitter_buffers {
+        assert_eq!((b.discarded, b.resyncs), (0, 0), "{b:?}");
+    }
+    assert!(talk.score.as_ref().unwrap().mos >= 4.40);
+}
+
+/// Issue 11 item 7. `gen_timestamp_reset.pcap`: after a re-INVITE 20 s into the call the
+/// caller keeps SSRC and sequence but restarts its RTP timestamp at 0 (it was at 1,000,000).
+/// TShark 4.0 orders timestamps against the stream's first one, so all 1000 packets after
+/// the reset are "wrong timestamp" for it (its figures, kept in `wireshark`, cover only the
+/// first 20 s); teledge takes the sustained jump as a new reference: the quality figures
+/// cover all 40 s and match the other, untouched direction, nothing is discarded.
+#[test]
+fn timestamp_reset_is_a_new_reference() {
+    let streams = by_ssrc("gen_timestamp_reset.pcap");
+    let s = &streams["0xF0000001"].metrics;
+    let other = &streams["0xF0000002"].metrics;
+    assert_eq!(s.timestamp_jumps, 1);
+    assert_eq!(s.wrong_timestamp, 0);
+    assert_eq!(s.wireshark.wrong_timestamp, 1000);
+    assert_eq!(other.timestamp_jumps, 0);
+    let (j, j_other) = (s.mean_jitter_ms.unwrap(), other.mean_jitter_ms.unwrap());
+    assert!((j - j_other).abs() < 0.05, "{j} vs {j_other}");
+    assert!(s.max_jitter_ms.unwrap() < 1.0);
+    assert!(s.max_delta_ms.unwrap() < 25.0);
+    for b in &s.jitter_buffers {
+        assert_eq!(b.discarded, 0, "{b:?}");
+    }
+    assert!(streams["0xF0000001"].score.as_ref().unwrap().mos >= 4.40);
+}
+
+/// Issue 11 item 8. `gen_dtmf_in_voice.pcap`: a PCMA stream (up to 1.5 ms of jitter) with
+/// three DTMF digits of 200 ms replacing voice, three packets of a payload type the SDP does
+/// not name, and one packet whose timestamp is 60 ms behind. TShark 4.0 moves its reference
+/// time on the events and the unknown packets but not its media time, so the voice packet
+/// after each shows ~200 ms of "jitter" (max 13.3 ms in its reference), and takes the packet
+/// behind as in sequence. RFC 3550 jitter of the voice alone stays under 1 ms; the packet
+/// behind is "wrong timestamp", and the 50 ms buffer discards it (it would play 60 ms late).
+#[test]
+fn dtmf_and_unknown_payload_types_stay_out_of_voice_jitter() {
+    let streams = by_ssrc("gen_dtmf_in_voice.pcap");
+    let m = &streams["0xD0000001"].metrics;
+    assert!(m.max_jitter_ms.unwrap() < 1.0, "{:?}", m.max_jitter_ms);
+    assert!(m.wireshark.max_jitter_ms.unwrap() > 10.0);
+    assert_eq!(m.wrong_timestamp, 1);
+    assert_eq!(m.wireshark.wrong_timestamp, 0);
+    let digits: String = m.dtmf.iter().map(|e| e.digit).collect();
+    assert_eq!(digits, "124");
+    assert_eq!((m.lost, m.duplicates), (0, 6));
+    assert_eq!(m.jitter_buffers[0].discarded, 1);
+    assert_eq!(m.jitter_buffers[1].discarded, 0);
+}
+
+/// Issue 11 item 6. `gen_static_payload_types.pcap`: one stream of each static payload type
+/// the other captures lack (audio 1, 2, 9; PT 19 comfort noise inside PCMA; video 25, 26, 28,
+/// 31-34 at 90 kHz). TShark computes jitter for all of them (its reference), and so does
+/// teledge; video is not scored as voice.
+#[test]
+fn every_static_payload_type_has_its_clock() {
+    let streams = by_ssrc("gen_static_payload_types.pcap");
+    assert_eq!(streams.len(), 11);
+    for (ssrc, s) in &streams {
+        assert!(s.metrics.max_jitter_ms.is_some(), "{ssrc}: no jitter");
+        assert!(s.metrics.wireshark.max_jitter_ms.is_some(), "{ssrc}");
+        let pt = u8::from_str_radix(&ssrc[8..], 16).unwrap();
+        if pt >= 25 {
+            assert!(
+                matches!(
+                    s.not_scored,
+                    Some(teledge::media::emodel::NotScored::Video(_))
+                ),
+                "{ssrc}: {:?}",
+                s.not_scored
+            );
+        }
+    }
+    let pcma = &streams["0x50000013"];
+    assert_eq!(pcma.metrics.comfort_noise_packets, 10);
+    assert_eq!(pcma.codecs, ["PCMA", "CN"]);
+}

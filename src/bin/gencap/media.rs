@@ -358,11 +358,12 @@ fn dtmf_in_voice() -> anyhow::Result<Vec<Packet>> {
                 let mut event = rtp(101, k == 0, seq, ts, ssrc, 0);
                 event.extend_from_slice(&[digit, if end { 0x80 | 10 } else { 10 }]);
                 event.extend_from_slice(&duration.to_be_bytes());
+                // The end packet goes three times, as one packet repeated (RFC 4733 §2.5.1.4).
                 let copies = if end { 3 } else { 1 };
                 for _ in 0..copies {
                     push(at, event.clone())?;
-                    seq = seq.wrapping_add(1);
                 }
+                seq = seq.wrapping_add(1);
             }
             slot += 10;
             continue;
