@@ -79,10 +79,8 @@ pub fn codec_impairment(codec: &str) -> Result<CodecImpairment, NotScored> {
         "G722" | "G7221" | "OPUS" | "AMR-WB" | "SILK" | "L16" | "EVS" | "SPEEX" => {
             return Err(NotScored::Wideband(codec.to_owned()))
         }
-        "JPEG" | "H261" | "H263" | "H263-1998" | "H263-2000" | "H264" | "H265" | "MPV"
-        | "MP2T" | "CELB" | "NV" | "VP8" | "VP9" | "AV1" => {
-            return Err(NotScored::Video(codec.to_owned()))
-        }
+        "JPEG" | "H261" | "H263" | "H263-1998" | "H263-2000" | "H264" | "H265" | "MPV" | "MP2T"
+        | "CELB" | "NV" | "VP8" | "VP9" | "AV1" => return Err(NotScored::Video(codec.to_owned())),
         _ => return Err(NotScored::UnknownCodec(codec.to_owned())),
     };
     Ok(CodecImpairment {

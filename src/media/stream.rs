@@ -343,8 +343,7 @@ impl Quality {
                 jumped: false,
             };
         };
-        let media_of =
-            |r: &Reference, ts: i64| r.media + (ts - r.ext_ts) as f64 / per_ms;
+        let media_of = |r: &Reference, ts: i64| r.media + (ts - r.ext_ts) as f64 / per_ms;
         let mut media = media_of(&reference, ext_ts);
         let mut d = (now - reference.arrival) - (media - reference.media);
         let mut jumped = false;
@@ -493,22 +492,19 @@ impl Wireshark {
             self.wrong_timestamp += 1;
         }
         let seq = packet.sequence;
-        if seq < self.start_seq && in_time_sequence && !self.under {
-            self.seq_cycles += 1;
-            self.under = true;
-        } else if seq == 0 && self.stop_seq == 65535 && in_time_sequence && !self.under {
+        // A sequence number below the first one (or 0 right after 65535) starts a cycle.
+        let wrapped = seq < self.start_seq || (seq == 0 && self.stop_seq == 65535);
+        if wrapped && in_time_sequence && !self.under {
             self.seq_cycles += 1;
             self.under = true;
         } else if seq > self.start_seq && in_time_sequence && self.under {
             self.under = false;
         }
         let (last, next) = (u32::from(self.seq_num), u32::from(seq));
-        if in_time_sequence && last + 1 == next {
-            self.seq_num = seq;
-        } else if in_time_sequence && last == 65535 && next == 0 {
+        if in_time_sequence && (last + 1 == next || (last == 65535 && next == 0)) {
             self.seq_num = seq;
         } else if in_time_sequence && (last + 1 < next || last.wrapping_sub(next) > 0xFF00) {
-            // (`seq_num - seq` is computed in unsigned arithmetic in TShark.)
+            // (Reached only with last ≥ next, where this is TShark's `seq_num - seq`.)
             self.seq_num = seq;
             self.sequence_errors += 1;
         } else if last + 1 > next {
@@ -960,5 +956,89 @@ mod tests {
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.out_of_order, 1);
         assert_eq!(r.lost, 0);
+    }
+
+    fn with_pt(seq: u16, ts: u32, pt: u8) -> RtpPacket {
+        RtpPacket {
+            payload_type: pt,
+            ..packet(seq, ts)
+        }
+    }
+
+    /// One packet with a wild timestamp that the next packet does not follow is a stray
+    /// timestamp, not a new reference.
+    #[test]
+    fn stray_timestamp_is_not_a_jump() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..100u16 {
+            let ts = if i == 50 {
+                4_000_000
+            } else {
+                u32::from(i) * 160
+            };
+            s.packet(at(f64::from(i) * 20.0), &packet(i, ts), PCMA);
+        }
+        let r = s.report();
+        assert_eq!((r.timestamp_jumps, r.wrong_timestamp), (0, 1));
+        assert!(r.max_jitter_ms.unwrap() < 0.001, "{:?}", r.max_jitter_ms);
+    }
+
+    /// A network stall (arrival moves on, timestamps do not) is jitter, never a jump.
+    #[test]
+    fn network_stall_is_jitter_not_a_jump() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..200u16 {
+            // Packets 50..150 are held 2 s and then arrive in a burst.
+            let t = if (50..150).contains(&i) {
+                3000.0 + f64::from(i) * 0.1
+            } else {
+                f64::from(i) * 20.0
+            };
+            s.packet(at(t), &packet(i, u32::from(i) * 160), PCMA);
+        }
+        let r = s.report();
+        assert_eq!(r.timestamp_jumps, 0);
+        assert!(r.max_jitter_ms.unwrap() > 100.0);
+    }
+
+    /// TShark 4.0 divides timestamps by `clock / 1000` in integers: at 44.1 kHz a 20 ms
+    /// packet (882 samples) counts 20.045 ms, so its skew drifts; RFC 3550 figures do not.
+    #[test]
+    fn wireshark_40_counts_44_samples_per_ms() {
+        const L16: PayloadInfo = PayloadInfo {
+            clock_rate: Some(44_100),
+            is_event: false,
+            is_comfort_noise: false,
+        };
+        let mut s = StreamAnalyzer::new(at(0.0), &with_pt(0, 0, 11), L16);
+        for i in 1..=100u16 {
+            s.packet(
+                at(f64::from(i) * 20.0),
+                &with_pt(i, u32::from(i) * 882, 11),
+                L16,
+            );
+        }
+        let r = s.report();
+        let drift = 100.0 * (882.0 / 44.0 - 20.0);
+        assert!((r.wireshark.max_skew_ms.unwrap() - drift).abs() < 1e-6);
+        assert!(r.max_skew_ms.unwrap().abs() < 1e-6);
+        assert!(r.max_jitter_ms.unwrap() < 1e-6);
+    }
+
+    /// TShark 4.0's "wrong timestamp" is relative to the first timestamp, with wraps.
+    #[test]
+    fn wireshark_40_orders_timestamps_against_the_first() {
+        let first = u32::MAX - 800; // wraps after 5 packets
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, first), PCMA);
+        for i in 1..20u16 {
+            let ts = first.wrapping_add(u32::from(i) * 160);
+            s.packet(at(f64::from(i) * 20.0), &packet(i, ts), PCMA);
+        }
+        // A packet from before the first one.
+        s.packet(at(400.0), &packet(20, first - 160), PCMA);
+        let r = s.report();
+        assert_eq!(r.wireshark.wrong_timestamp, 1);
+        assert!(r.wireshark.max_jitter_ms.unwrap() < 1e-6);
+        assert_eq!(r.wrong_timestamp, 1);
     }
 }

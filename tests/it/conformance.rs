@@ -189,9 +189,13 @@ fn generated_media_captures_are_reproducible() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        let reference = std::fs::read_to_string(data_path(&format!("tshark/{name}.rtp_streams.txt")))
-            .unwrap();
-        let body: String = reference.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let reference =
+            std::fs::read_to_string(data_path(&format!("tshark/{name}.rtp_streams.txt"))).unwrap();
+        let body: String = reference
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(String::from_utf8_lossy(&out.stdout), body, "{name}");
     }
     std::fs::remove_dir_all(&dir).ok();

@@ -129,8 +129,7 @@ struct TsharkRoundTrip {
 }
 
 fn tshark_round_trips(capture: &str) -> Vec<TsharkRoundTrip> {
-    let Ok(text) =
-        std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtcp_rtt.tsv")))
+    let Ok(text) = std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtcp_rtt.tsv")))
     else {
         return Vec::new();
     };
@@ -386,8 +385,16 @@ fn rtcp_round_trip_is_measured_at_the_tap_whatever_the_endpoint_clock() {
     ] {
         let s = &streams[ssrc];
         let rtcp = s.rtcp.as_ref().unwrap();
-        assert_eq!((rtcp.round_trip_samples, rtcp.round_trip_rejected), (4, 0), "{ssrc}");
-        for v in [rtcp.min_round_trip_ms, rtcp.max_round_trip_ms, rtcp.mean_round_trip_ms] {
+        assert_eq!(
+            (rtcp.round_trip_samples, rtcp.round_trip_rejected),
+            (4, 0),
+            "{ssrc}"
+        );
+        for v in [
+            rtcp.min_round_trip_ms,
+            rtcp.max_round_trip_ms,
+            rtcp.mean_round_trip_ms,
+        ] {
             assert!((v.unwrap() - rtt).abs() < 0.01, "{ssrc}: {rtcp:?}");
         }
         let score = s.score.as_ref().unwrap();
@@ -395,7 +402,10 @@ fn rtcp_round_trip_is_measured_at_the_tap_whatever_the_endpoint_clock() {
             score.delay_source,
             teledge::media::emodel::DelaySource::RtcpCapture
         );
-        assert!((score.one_way_delay_ms - rtt / 2.0).abs() < 0.01, "{score:?}");
+        assert!(
+            (score.one_way_delay_ms - rtt / 2.0).abs() < 0.01,
+            "{score:?}"
+        );
         // Loss-free G.711 with a few ms of delay: the E-model's 4.41.
         assert!(score.mos >= 4.40, "{ssrc}: {score:?}");
     }

@@ -88,7 +88,10 @@ struct Jitter(u64);
 
 impl Jitter {
     fn next_us(&mut self, max: i64) -> i64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         ((self.0 >> 33) as i64) % (max + 1)
     }
 }
@@ -118,7 +121,11 @@ fn call(
              Call-ID: {id}@10.20.0.1\r\nCSeq: {cseq}\r\nContact: <sip:caller@10.20.0.1>\r\n\
              Max-Forwards: 70\r\nUser-Agent: teledge-gencap\r\n",
             cseq.replace(' ', ""),
-            if to_tag { format!(";tag=a{id}") } else { String::new() },
+            if to_tag {
+                format!(";tag=a{id}")
+            } else {
+                String::new()
+            },
         );
         if !body.is_empty() {
             text.push_str("Content-Type: application/sdp\r\n");
@@ -144,18 +151,50 @@ fn call(
     let uri = "sip:agent@10.20.0.2 SIP/2.0";
     let offer = Some(sdp("10.20.0.1", ports.0, 1));
     let answer = Some(sdp("10.20.0.2", ports.1, 1));
-    push(start, true, message(&format!("INVITE {uri}"), "1 INVITE", false, offer))?;
-    push(start + 5, false, message("SIP/2.0 200 OK", "1 INVITE", true, answer))?;
-    push(start + 10, true, message(&format!("ACK {uri}"), "1 ACK", true, None))?;
+    push(
+        start,
+        true,
+        message(&format!("INVITE {uri}"), "1 INVITE", false, offer),
+    )?;
+    push(
+        start + 5,
+        false,
+        message("SIP/2.0 200 OK", "1 INVITE", true, answer),
+    )?;
+    push(
+        start + 10,
+        true,
+        message(&format!("ACK {uri}"), "1 ACK", true, None),
+    )?;
     if let Some(at) = reinvite {
         let offer = Some(sdp("10.20.0.1", ports.0, 2));
         let answer = Some(sdp("10.20.0.2", ports.1, 2));
-        push(at, true, message(&format!("INVITE {uri}"), "2 INVITE", true, offer))?;
-        push(at + 5, false, message("SIP/2.0 200 OK", "2 INVITE", true, answer))?;
-        push(at + 10, true, message(&format!("ACK {uri}"), "2 ACK", true, None))?;
+        push(
+            at,
+            true,
+            message(&format!("INVITE {uri}"), "2 INVITE", true, offer),
+        )?;
+        push(
+            at + 5,
+            false,
+            message("SIP/2.0 200 OK", "2 INVITE", true, answer),
+        )?;
+        push(
+            at + 10,
+            true,
+            message(&format!("ACK {uri}"), "2 ACK", true, None),
+        )?;
     }
-    push(end, true, message(&format!("BYE {uri}"), "3 BYE", true, None))?;
-    push(end + 5, false, message("SIP/2.0 200 OK", "3 BYE", true, None))?;
+    push(
+        end,
+        true,
+        message(&format!("BYE {uri}"), "3 BYE", true, None),
+    )?;
+    push(
+        end + 5,
+        false,
+        message("SIP/2.0 200 OK", "3 BYE", true, None),
+    )?;
     Ok(out)
 }
 
@@ -197,8 +236,7 @@ fn ntp_middle(unix_ns: i64) -> u32 {
 fn sender_report(ssrc: u32, ntp_unix_ns: i64, about: u32, lsr: u32, dlsr: u32) -> Vec<u8> {
     const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
     let secs = (ntp_unix_ns.div_euclid(1_000_000_000) + NTP_UNIX_OFFSET) as u32;
-    let frac =
-        (((ntp_unix_ns.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000) as u32;
+    let frac = (((ntp_unix_ns.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000) as u32;
     let mut p = vec![0x81, 200, 0, 12];
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(&secs.to_be_bytes());
@@ -323,7 +361,16 @@ fn timestamp_reset() -> anyhow::Result<Vec<Packet>> {
             frame: udp(caller, callee, &payload)?,
         });
     }
-    out.extend(pcma(callee, caller, 0xF000_0002, 100, 2000, 1000, |_| 0, 6)?);
+    out.extend(pcma(
+        callee,
+        caller,
+        0xF000_0002,
+        100,
+        2000,
+        1000,
+        |_| 0,
+        6,
+    )?);
     Ok(out)
 }
 
@@ -390,7 +437,14 @@ fn static_payload_types() -> anyhow::Result<Vec<Packet>> {
         let port = 40_000 + 2 * n as u16;
         for i in 0..100u32 {
             let at = (i64::from(i) * 20) * MS + jitter.next_us(1000) * 1000;
-            let payload = rtp(pt, i == 0, i as u16, i * 160, 0x5000_0000 + u32::from(pt), 40);
+            let payload = rtp(
+                pt,
+                i == 0,
+                i as u16,
+                i * 160,
+                0x5000_0000 + u32::from(pt),
+                40,
+            );
             out.push(Packet {
                 at,
                 frame: udp((src, port), (dst, port), &payload)?,
