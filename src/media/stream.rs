@@ -1041,4 +1041,69 @@ mod tests {
         assert!(r.wireshark.max_jitter_ms.unwrap() < 1e-6);
         assert_eq!(r.wrong_timestamp, 1);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One packet: sequence step, timestamp step (units), arrival step (µs), marker, PT.
+        fn step() -> impl Strategy<Value = (i16, i64, u32, bool, u8)> {
+            (
+                prop_oneof![Just(1i16), -3i16..6],
+                prop_oneof![
+                    Just(160i64),
+                    -2000i64..2000,
+                    any::<i32>().prop_map(i64::from)
+                ],
+                prop_oneof![Just(20_000u32), 0u32..200_000, 0u32..5_000_000],
+                any::<bool>(),
+                prop_oneof![Just(8u8), Just(13u8), Just(101u8), Just(98u8), Just(34u8)],
+            )
+        }
+
+        fn info(pt: u8) -> PayloadInfo {
+            PayloadInfo {
+                clock_rate: match pt {
+                    8 | 13 | 101 => Some(8000),
+                    34 => Some(90_000),
+                    _ => None,
+                },
+                is_event: pt == 101,
+                is_comfort_noise: pt == 13,
+            }
+        }
+
+        proptest! {
+            /// Whatever the packets, the figures are finite and within their bounds.
+            #[test]
+            fn figures_stay_finite_and_bounded(steps in proptest::collection::vec(step(), 1..300)) {
+                let (mut seq, mut ts, mut t) = (1000u16, 5_000u32, 0f64);
+                let mut s = StreamAnalyzer::new(at(0.0), &packet(seq, ts), PCMA);
+                for (ds, dts, dt, marker, pt) in &steps {
+                    seq = seq.wrapping_add(*ds as u16);
+                    ts = ts.wrapping_add(*dts as u32);
+                    t += f64::from(*dt) / 1000.0;
+                    let p = RtpPacket { marker: *marker, payload_type: *pt, ..packet(seq, ts) };
+                    s.packet(at(t), &p, info(*pt));
+                }
+                let r = s.report();
+                prop_assert!(r.lost >= 0);
+                prop_assert_eq!(r.packets, steps.len() as u64 + 1);
+                let w = &r.wireshark;
+                for v in [
+                    r.min_delta_ms, r.mean_delta_ms, r.max_delta_ms, r.min_jitter_ms,
+                    r.mean_jitter_ms, r.max_jitter_ms, r.max_skew_ms, w.min_delta_ms,
+                    w.mean_delta_ms, w.max_delta_ms, w.min_jitter_ms, w.mean_jitter_ms,
+                    w.max_jitter_ms, w.max_skew_ms,
+                ].into_iter().flatten() {
+                    prop_assert!(v.is_finite());
+                }
+                for b in &r.jitter_buffers {
+                    prop_assert!(b.discarded <= r.packets);
+                    prop_assert!((0.0..=100.0).contains(&b.effective_loss_percent));
+                    prop_assert!(b.burst_ratio >= 1.0 && b.burst_ratio.is_finite());
+                }
+            }
+        }
+    }
 }
