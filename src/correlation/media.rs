@@ -945,6 +945,38 @@ mod tests {
         assert_eq!(r.mean_round_trip_ms, None);
     }
 
+    /// RTCP beyond a call's bound is counted, not kept silently; the RTT of what was kept
+    /// still comes out.
+    #[test]
+    fn rtcp_beyond_the_call_bound_is_counted() {
+        let limits = MediaLimits {
+            max_rtcp_per_call: 4,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let sdp = crate::decode::sdp::summarize(
+            b"v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+              m=audio 5000 RTP/AVP 8\r\n",
+        )
+        .unwrap();
+        tracker.learn("call", Side::Callee, &sdp);
+        let rr = [
+            0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 80, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
+        for i in 0..10 {
+            let meta = DatagramMeta {
+                frame: i,
+                time: Timestamp::from_secs_nanos(1_700_000_000 + i as i64, 0),
+                src: "10.0.0.1:4001".parse().unwrap(),
+                dst: "10.0.0.2:5001".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rr, &mut |_| {});
+        }
+        let c = tracker.counters();
+        assert_eq!((c.rtcp_packets, c.rtcp_dropped_at_capacity), (10, 6));
+    }
+
     /// The middle 32 bits of the NTP timestamp of a time.
     fn ntp_middle(time: Timestamp) -> u32 {
         const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
