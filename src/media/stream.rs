@@ -21,6 +21,11 @@
 //!   on time, so transit stays continuous) and `timestamp_jumps` counts it. A candidate the
 //!   next packet does not confirm was one stray timestamp, counted as `wrong_timestamp`. A
 //!   network stall (arrival moves on, timestamps do not) is never a jump: it is jitter.
+//! - **Sequence restarts**: loss, duplicates and reordering follow the extended sequence
+//!   number (RFC 3550 A.1/A.3); a jump of [`MAX_DROPOUT`] or more ahead, or beyond the
+//!   duplicate window behind, is one stray packet unless the next packet follows it, in which
+//!   case the sender restarted its sequence (`sequence_resets`) and the count goes on from
+//!   there instead of calling every later packet late.
 //! - **Wireshark figures** (`wireshark`): what `tshark -z rtp,streams` of the pinned version
 //!   ([`WIRESHARK_VERSION`], the one in Debian 12 that the conformance tests run) prints:
 //!   expected, lost (negative with duplicates), sequence errors, and min/mean/max delta and
@@ -92,6 +97,9 @@ const MAX_EVENTS: usize = 64;
 const MAX_PAYLOAD_TYPES: usize = 8;
 /// Sequence numbers remembered below the highest, to tell duplicates from late packets.
 const SEQ_WINDOW: u64 = 128;
+/// A sequence step this far ahead (RFC 3550 A.1's MAX_DROPOUT) or beyond [`SEQ_WINDOW`]
+/// behind is a restart when the next packet follows it.
+const MAX_DROPOUT: u16 = 3000;
 
 /// A DTMF digit carried as an RFC 4733 event.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -153,6 +161,9 @@ pub struct StreamReport {
     pub wrong_timestamp: u64,
     /// Sustained RTP timestamp jumps taken as a new reference.
     pub timestamp_jumps: u64,
+    /// Restarts of the sender's sequence numbers (RFC 3550 A.1: a far jump followed by the
+    /// next number); the expected count goes on across them.
+    pub sequence_resets: u64,
     pub min_delta_ms: Option<f64>,
     pub mean_delta_ms: Option<f64>,
     pub max_delta_ms: Option<f64>,
@@ -604,6 +615,11 @@ pub struct StreamAnalyzer {
     // --- duplicates, reordering, bursts ---
     first_seq: u64,
     highest: u64,
+    /// Expected packets of the sequence before the last restart.
+    expected_before: u64,
+    /// The sequence number that would confirm a far jump as a restart.
+    bad_seq: Option<u16>,
+    sequence_resets: u64,
     seen: u128,
     duplicates: u64,
     out_of_order: u64,
@@ -631,6 +647,9 @@ impl StreamAnalyzer {
             ext_ts: i64::from(packet.timestamp),
             first_seq: u64::from(packet.sequence),
             highest: u64::from(packet.sequence),
+            expected_before: 0,
+            bad_seq: None,
+            sequence_resets: 0,
             seen: 1,
             duplicates: 0,
             out_of_order: 0,
@@ -685,6 +704,27 @@ impl StreamAnalyzer {
     fn track_sequence(&mut self, seq: u16) -> bool {
         let highest16 = self.highest as u16;
         let forward = seq.wrapping_sub(highest16);
+        let back = u64::from(highest16.wrapping_sub(seq));
+        if forward >= MAX_DROPOUT && back >= SEQ_WINDOW {
+            // RFC 3550 A.1: a far jump is a restart of the sender's sequence when the next
+            // packet follows it; until then it is one stray packet.
+            if self.bad_seq == Some(seq) {
+                self.expected_before += self.highest - self.first_seq + 1;
+                self.seen = 0b11;
+                self.out_of_order -= 1;
+                self.sequence_resets += 1;
+                self.bad_seq = None;
+                // The packet that announced the restart is the new base; re-based on an
+                // extended number ≥ 65536 so that `highest as u16` is `seq`.
+                self.first_seq = 0x1_0000 + u64::from(seq.wrapping_sub(1));
+                self.highest = 0x1_0000 + u64::from(seq.wrapping_sub(1)) + 1;
+            } else {
+                self.bad_seq = Some(seq.wrapping_add(1));
+                self.out_of_order += 1;
+            }
+            return false;
+        }
+        self.bad_seq = None;
         if forward != 0 && forward < 0x8000 {
             let ext = self.highest + u64::from(forward);
             let jump = ext - self.highest;
@@ -700,7 +740,6 @@ impl StreamAnalyzer {
             }
             return false;
         }
-        let back = u64::from(highest16.wrapping_sub(seq));
         if back < SEQ_WINDOW {
             let bit = 1u128 << back;
             if self.seen & bit != 0 {
@@ -786,7 +825,7 @@ impl StreamAnalyzer {
 
     /// The report as it stands.
     pub fn report(&self) -> StreamReport {
-        let expected = (self.highest - self.first_seq + 1) as i64;
+        let expected = (self.expected_before + self.highest - self.first_seq + 1) as i64;
         let received = self.packets as i64;
         let distinct = received - self.duplicates as i64;
         let lost = (expected - distinct).max(0);
@@ -833,6 +872,7 @@ impl StreamAnalyzer {
             out_of_order: self.out_of_order,
             wrong_timestamp: q.wrong_timestamp,
             timestamp_jumps: q.jumps,
+            sequence_resets: self.sequence_resets,
             min_delta_ms: q.deltas.min(),
             mean_delta_ms: q.deltas.mean(),
             max_delta_ms: q.deltas.max(),
@@ -1040,6 +1080,35 @@ mod tests {
         assert_eq!(r.wireshark.wrong_timestamp, 1);
         assert!(r.wireshark.max_jitter_ms.unwrap() < 1e-6);
         assert_eq!(r.wrong_timestamp, 1);
+    }
+
+    /// A sender restarting its sequence numbers (RFC 3550 A.1) is followed, not taken as
+    /// tens of thousands of lost or late packets; one stray far number is just out of order.
+    #[test]
+    fn sequence_restart_is_followed() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(30_000, 0), PCMA);
+        let mut n = 1u32;
+        let mut send = |s: &mut StreamAnalyzer, seq: u16| {
+            s.packet(at(f64::from(n) * 20.0), &packet(seq, n * 160), PCMA);
+            n += 1;
+        };
+        for seq in 30_001..30_100u16 {
+            send(&mut s, seq);
+        }
+        send(&mut s, 9); // stray
+        for seq in 30_100..30_200u16 {
+            send(&mut s, seq);
+        }
+        for seq in 0..300u16 {
+            send(&mut s, seq); // restart at 0
+        }
+        let r = s.report();
+        assert_eq!(r.sequence_resets, 1);
+        assert_eq!(r.packets, 501);
+        assert_eq!(r.expected, 500);
+        assert_eq!(r.out_of_order, 1);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.jitter_buffers[0].discarded, 0);
     }
 
     mod properties {

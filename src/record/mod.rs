@@ -54,7 +54,8 @@
 //!   `duration_s`, `packets`, `expected` (highest extended sequence − first + 1), `lost`
 //!   (never negative), `lost_percent`, `duplicates`, `out_of_order`, `wrong_timestamp` (voice
 //!   packets behind the jitter reference), `timestamp_jumps` (sustained RTP timestamp resets
-//!   taken as a new reference), `min/mean/max_delta_ms`, `min/mean/max_jitter_ms` (RFC 3550
+//!   taken as a new reference), `sequence_resets` (a sender restarting its sequence
+//!   numbers, RFC 3550 A.1), `min/mean/max_delta_ms`, `min/mean/max_jitter_ms` (RFC 3550
 //!   over voice packets only; `null` without a clock rate, e.g. telephone-event),
 //!   `max_skew_ms`, `payload_types`, `loss_bursts` (runs of 1..9 and 10+ lost packets),
 //!   `jitter_buffers` (`[{size_ms: 50|200, discarded, resyncs, effective_loss_percent,
