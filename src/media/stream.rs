@@ -99,7 +99,7 @@ const MAX_PAYLOAD_TYPES: usize = 8;
 const SEQ_WINDOW: u64 = 128;
 /// A sequence step this far ahead (RFC 3550 A.1's MAX_DROPOUT) or beyond [`SEQ_WINDOW`]
 /// behind is a restart when the next packet follows it.
-const MAX_DROPOUT: u16 = 3000;
+pub const MAX_DROPOUT: u16 = 3000;
 
 /// A DTMF digit carried as an RFC 4733 event.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
