@@ -97,7 +97,7 @@ const MAX_EVENTS: usize = 64;
 const MAX_PAYLOAD_TYPES: usize = 8;
 /// Sequence numbers remembered below the highest, to tell duplicates from late packets.
 const SEQ_WINDOW: u64 = 128;
-/// A sequence step this far ahead (RFC 3550 A.1's MAX_DROPOUT) or beyond [`SEQ_WINDOW`]
+/// A sequence step this far ahead (RFC 3550 A.1's MAX_DROPOUT) or beyond the duplicate window
 /// behind is a restart when the next packet follows it.
 pub const MAX_DROPOUT: u16 = 3000;
 
