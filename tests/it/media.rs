@@ -470,8 +470,8 @@ fn timestamp_reset_is_a_new_reference() {
 /// three DTMF digits of 200 ms replacing voice, three packets of a payload type the SDP does
 /// not name, and one packet whose timestamp is 60 ms behind. TShark 4.0 moves its reference
 /// time on the events and the unknown packets but not its media time, so the voice packet
-/// after each shows ~200 ms of "jitter" (max 13.3 ms in its reference), and takes the packet
-/// behind as in sequence. RFC 3550 jitter of the voice alone stays under 1 ms; the packet
+/// after each digit misses its expected time by ~200 ms, which J takes in as 200/16 = 12.5 ms
+/// (max 13.3 ms in TShark's reference), and it takes the packet behind as in sequence. RFC 3550 jitter of the voice alone stays under 1 ms; the packet
 /// behind is "wrong timestamp", and the 50 ms buffer discards it (it would play 60 ms late).
 #[test]
 fn dtmf_and_unknown_payload_types_stay_out_of_voice_jitter() {
