@@ -14,6 +14,9 @@ use anyhow::Context;
 use clap::Parser;
 use etherparse::PacketBuilder;
 
+#[path = "gencap/media.rs"]
+mod media;
+
 #[derive(Debug, Parser)]
 #[command(about = "Write a deterministic synthetic SIP/RTP capture (pcap)")]
 struct Args {
@@ -33,6 +36,9 @@ struct Args {
     /// whose SDP announce the same two media endpoints, RTP and RTCP flowing between them.
     #[arg(long)]
     b2bua_direct_media: bool,
+    /// Write one media scenario instead (see `src/bin/gencap/media.rs`).
+    #[arg(long, value_enum)]
+    media_scenario: Option<media::Scenario>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,15 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.b2bua_direct_media {
         return b2bua_direct_media(&args);
+    }
+    if let Some(scenario) = args.media_scenario {
+        let file =
+            File::create(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+        let mut out = BufWriter::new(file);
+        let packets = media::write(scenario, &mut out)?;
+        out.flush()?;
+        eprintln!("{}: {packets} packets", args.out.display());
+        return Ok(());
     }
     let mut events: Vec<(u64, u32, Event)> = Vec::new();
     for call in 0..args.calls {
@@ -297,10 +312,14 @@ fn b2bua_direct_media(args: &Args) -> anyhow::Result<()> {
             rtp(seq, down),
         ));
     }
-    let sr = |ssrc: u32, about: u32, packets: u32| {
+    // Each SR's NTP time has non-zero middle bits, so a report naming it (LSR) is a real
+    // reference: the callee's SR answers the caller's, 2 ms (131/65536 s) after receiving it.
+    const CALLER_NTP_MIDDLE: u32 = 0x0001_8000;
+    let sr = |ssrc: u32, about: u32, packets: u32, ntp_middle: u32, lsr: u32, dlsr: u32| {
         let mut p = vec![0x81, 200, 0, 12];
         p.extend_from_slice(&ssrc.to_be_bytes());
-        p.extend_from_slice(&[0xE9, 0x00, 0x00, 0x00, 0, 0, 0, 0]); // NTP
+        let ntp = (0xE900_0000u64 << 32) | (u64::from(ntp_middle) << 16);
+        p.extend_from_slice(&ntp.to_be_bytes()); // NTP
         p.extend_from_slice(&(packets * 160).to_be_bytes());
         p.extend_from_slice(&packets.to_be_bytes());
         p.extend_from_slice(&(packets * 160).to_be_bytes());
@@ -308,18 +327,26 @@ fn b2bua_direct_media(args: &Args) -> anyhow::Result<()> {
         p.extend_from_slice(&[0, 0, 0, 0]); // fraction lost, cumulative lost
         p.extend_from_slice(&(packets.saturating_sub(1)).to_be_bytes());
         p.extend_from_slice(&8u32.to_be_bytes()); // jitter, timestamp units
-        p.extend_from_slice(&[0; 8]); // LSR, DLSR
+        p.extend_from_slice(&lsr.to_be_bytes());
+        p.extend_from_slice(&dlsr.to_be_bytes());
         p
     };
     let end = 2100 + u64::from(args.rtp) * 20;
-    frames.push((end, CALLER, CALLEE, 20_001, 30_001, sr(up, down, args.rtp)));
+    frames.push((
+        end,
+        CALLER,
+        CALLEE,
+        20_001,
+        30_001,
+        sr(up, down, args.rtp, CALLER_NTP_MIDDLE, 0, 0),
+    ));
     frames.push((
         end + 5,
         CALLEE,
         CALLER,
         30_001,
         20_001,
-        sr(down, up, args.rtp),
+        sr(down, up, args.rtp, 0x0002_0000, CALLER_NTP_MIDDLE, 131),
     ));
     let mut sip = |at: u64, src: [u8; 4], dst: [u8; 4], leg: &str, first: &str, cseq: &str| {
         let (from, to) = if leg == "A" {

@@ -26,6 +26,17 @@
 //!   (`max_orphan_records_per_minute`); further orphans of that minute are summed up in one
 //!   [`OrphanStreamsSummary`] (counted in `orphan_streams_summarised`), so an orphan RTP flood
 //!   cannot push call records out of the spool during an outage.
+//! - Round-trip time comes from what the tap saw, never from an endpoint's clock (which may be
+//!   off by seconds or hours): a report block's LSR names the SR it answers (the middle 32
+//!   bits of that SR's NTP time); the SR is looked up among the call's RTCP sent the other way
+//!   (same addresses reversed, else the same SSRC), and RTT = capture time of the report −
+//!   capture time of that SR − DLSR, as TShark's `rtcp.roundtrip-delay` does. That is the
+//!   round trip between the tap and the reporting endpoint (end to end when the tap sits
+//!   beside the stream's sender). Samples outside [`RTT_PLAUSIBLE_MS`] are counted as
+//!   rejected and never feed the score. The score's `delay_source` says where its delay came
+//!   from: `rtcp_capture` (mean of the accepted samples), `rtcp_xr` (the round trip an
+//!   endpoint put in an RFC 3611 VoIP metrics block, measured on its own clock) or
+//!   `assumed_default` (G.107's default, 0 ms).
 //!
 //! Bounded: streams, endpoints, probation candidates and RTCP per call all have caps, and
 //! hitting one is counted.
@@ -38,7 +49,7 @@ use std::time::Duration;
 use crate::correlation::calls::Side;
 use crate::decode::sdp::{static_payload_type, Codec, SdpSummary};
 use crate::dissect::DatagramMeta;
-use crate::media::emodel::{self, NotScored, Score};
+use crate::media::emodel::{self, DelaySource, NotScored, Score};
 use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
 use crate::media::stream::{PayloadInfo, StreamAnalyzer, JITTER_BUFFERS_MS};
 use crate::record::media::{
@@ -95,6 +106,8 @@ pub struct MediaCounters {
     pub rtcp_decode_errors: u64,
     /// RTCP that belongs to no known call.
     pub rtcp_unattributed: u64,
+    /// RTCP of a call beyond `max_rtcp_per_call`, not kept.
+    pub rtcp_dropped_at_capacity: u64,
     pub streams: u64,
     /// Most streams measured at the same time.
     pub peak_active_streams: u64,
@@ -169,8 +182,14 @@ struct Candidate {
 struct RtcpObservation {
     time: Timestamp,
     src: SocketAddr,
+    dst: SocketAddr,
     summary: RtcpSummary,
 }
+
+/// Round-trip samples accepted for the score, in ms: below is a clock or matching error,
+/// above no conversation is possible. Samples a little below zero (an endpoint that rounds
+/// its DLSR, next to a tap that sees a round trip near zero) count as 0.
+pub const RTT_PLAUSIBLE_MS: std::ops::RangeInclusive<f64> = -2.0..=5000.0;
 
 /// Probation packets kept per unconfirmed flow.
 const PROBATION_PACKETS: usize = 4;
@@ -554,8 +573,11 @@ impl MediaTracker {
                 list.push(RtcpObservation {
                     time: meta.time,
                     src: meta.src,
+                    dst: meta.dst,
                     summary: summary.clone(),
                 });
+            } else {
+                self.counters.rtcp_dropped_at_capacity += 1;
             }
         }
         let Some(call) = call else {
@@ -571,8 +593,11 @@ impl MediaTracker {
             list.push(RtcpObservation {
                 time: meta.time,
                 src: meta.src,
+                dst: meta.dst,
                 summary,
             });
+        } else {
+            self.counters.rtcp_dropped_at_capacity += 1;
         }
     }
 
@@ -882,11 +907,16 @@ impl Stream {
             .collect();
         let clock = self.voice_pt.and_then(|pt| codec_of(&self.codecs, pt).1);
         let reported = rtcp.and_then(|obs| reported_for(self.key, clock, obs));
-        let one_way = reported
-            .as_ref()
-            .and_then(|r| r.last_round_trip_ms)
-            .map(|rtt| rtt / 2.0);
-        let (score, not_scored) = match score(codec.as_deref(), &metrics, one_way) {
+        let delay = reported.as_ref().and_then(|r| {
+            r.mean_round_trip_ms
+                .map(|rtt| (rtt / 2.0, DelaySource::RtcpCapture))
+                .or_else(|| {
+                    r.voip_metrics
+                        .filter(|vm| vm.round_trip_delay_ms > 0)
+                        .map(|vm| (f64::from(vm.round_trip_delay_ms) / 2.0, DelaySource::RtcpXr))
+                })
+        });
+        let (score, not_scored) = match score(codec.as_deref(), &metrics, delay) {
             Ok(s) => (Some(s), None),
             Err(reason) => (None, Some(reason)),
         };
@@ -987,6 +1017,7 @@ fn reported_for(
         return None;
     }
     let mut reported = RtcpReported::default();
+    let mut rtt_sum = 0.0;
     for obs in chosen {
         if let Some(vm) = obs
             .summary
@@ -1017,37 +1048,78 @@ fn reported_for(
                     .map_or(jitter, |m: f64| m.max(jitter)),
             );
         }
-        if block.last_sr != 0 {
-            // RFC 3550 §6.4.1: RTT = A − LSR − DLSR in 1/65536 s, A = arrival as NTP middle 32.
-            let arrival = ntp_middle(obs.time);
-            let units = arrival
-                .wrapping_sub(block.last_sr)
-                .wrapping_sub(block.delay_since_last_sr) as i32;
-            let rtt = f64::from(units) * 1000.0 / 65_536.0;
-            if (0.0..10_000.0).contains(&rtt) {
-                reported.last_round_trip_ms = Some(rtt);
-                reported.max_round_trip_ms =
-                    Some(reported.max_round_trip_ms.map_or(rtt, |m: f64| m.max(rtt)));
-            }
+        let Some(rtt) = round_trip(obs, block, observations) else {
+            continue;
+        };
+        if RTT_PLAUSIBLE_MS.contains(&rtt) {
+            let rtt = rtt.max(0.0);
+            reported.round_trip_samples += 1;
+            rtt_sum += rtt;
+            reported.last_round_trip_ms = Some(round3(rtt));
+            reported.min_round_trip_ms =
+                Some(reported.min_round_trip_ms.map_or(rtt, |m: f64| m.min(rtt)));
+            reported.max_round_trip_ms =
+                Some(reported.max_round_trip_ms.map_or(rtt, |m: f64| m.max(rtt)));
+        } else {
+            reported.round_trip_rejected += 1;
         }
+    }
+    if reported.round_trip_samples > 0 {
+        reported.mean_round_trip_ms =
+            Some(round3(rtt_sum / f64::from(reported.round_trip_samples)));
+        reported.min_round_trip_ms = reported.min_round_trip_ms.map(round3);
+        reported.max_round_trip_ms = reported.max_round_trip_ms.map(round3);
     }
     Some(reported)
 }
 
-/// The middle 32 bits of the NTP timestamp of a capture time.
-fn ntp_middle(time: Timestamp) -> u32 {
-    const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
-    let nanos = time.as_nanos();
-    let secs = nanos.div_euclid(1_000_000_000) + NTP_UNIX_OFFSET;
-    let frac = ((nanos.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000;
-    (((secs as u64 & 0xFFFF) << 16) | (frac >> 16)) as u32
+/// The round trip a report block shows, from capture times only: the SR its LSR names, sent
+/// the other way (the report's addresses reversed, else by the reported SSRC), seen before
+/// the report; RTT = report time − SR time − DLSR, in ms. `None` without such an SR.
+fn round_trip(
+    report: &RtcpObservation,
+    block: &crate::media::packet::ReceptionReport,
+    observations: &[RtcpObservation],
+) -> Option<f64> {
+    if block.last_sr == 0 {
+        return None; // RFC 3550: no SR received yet
+    }
+    if report.summary.sender_ssrc == Some(block.source_ssrc) {
+        // A sender reporting on itself (seen from real gateways, with its own SR's time as
+        // LSR) measures nothing.
+        return None;
+    }
+    // The SR must have passed before the report (TShark: "Don't allow match seemingly
+    // calculated from same (or later!) frame").
+    let answers = |o: &&RtcpObservation| {
+        o.summary.sr_ntp_middle == Some(block.last_sr) && o.time < report.time
+    };
+    let reversed = observations
+        .iter()
+        .filter(answers)
+        .filter(|o| o.src == report.dst && o.dst == report.src)
+        .max_by_key(|o| o.time);
+    let sr = reversed.or_else(|| {
+        observations
+            .iter()
+            .filter(answers)
+            .filter(|o| o.summary.sender_ssrc == Some(block.source_ssrc))
+            .max_by_key(|o| o.time)
+    })?;
+    let gap_ms = report.time.seconds_since(sr.time) * 1000.0;
+    Some(gap_ms - f64::from(block.delay_since_last_sr) * 1000.0 / 65_536.0)
 }
 
-/// Scores a stream with the E-model, after the 50 ms jitter buffer.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Scores a stream with the E-model, after the 50 ms jitter buffer; `delay` is the one-way
+/// delay and where it came from.
 fn score(
     codec: Option<&str>,
     metrics: &crate::media::stream::StreamReport,
-    one_way_delay_ms: Option<f64>,
+    delay: Option<(f64, DelaySource)>,
 ) -> Result<Score, NotScored> {
     let codec = codec.ok_or(NotScored::NoData)?;
     let impairment = emodel::codec_impairment(codec)?;
@@ -1055,7 +1127,7 @@ fn score(
     if metrics.expected <= 0 {
         return Err(NotScored::NoData);
     }
-    let delay = one_way_delay_ms.unwrap_or(0.0);
+    let (delay, delay_source) = delay.unwrap_or((0.0, DelaySource::AssumedDefault));
     let r = emodel::r_factor(
         impairment,
         buffer.effective_loss_percent,
@@ -1069,12 +1141,8 @@ fn score(
         bpl: impairment.bpl,
         packet_loss_percent: buffer.effective_loss_percent,
         burst_ratio: buffer.burst_ratio,
-        one_way_delay_ms: delay,
-        delay_source: if one_way_delay_ms.is_some() {
-            "rtcp_round_trip"
-        } else {
-            "assumed_zero"
-        },
+        one_way_delay_ms: round3(delay),
+        delay_source,
         jitter_buffer_ms: JITTER_BUFFERS_MS[0],
         r_factor: (r * 100.0).round() / 100.0,
         mos: (emodel::mos(r) * 100.0).round() / 100.0,
@@ -1099,20 +1167,35 @@ fn orphan_record(stream: &Stream) -> StreamRecord {
 mod tests {
     use super::*;
 
+    /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
     #[test]
-    fn round_trip_from_lsr_and_dlsr() {
+    fn round_trip_from_capture_times_not_the_endpoint_clock() {
         use crate::media::packet::ReceptionReport;
-        let sr_sent = Timestamp::from_secs_nanos(1_700_000_000, 0);
+        let sr_seen = Timestamp::from_secs_nanos(1_700_000_000, 0);
+        let endpoint_clock = Timestamp::from_secs_nanos(1_700_003_600, 0);
         // The receiver held the SR for 0.5 s; its RR passes the tap 0.58 s after the SR.
         let rr_seen = Timestamp::from_secs_nanos(1_700_000_000, 580_000_000);
+        let sender: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let receiver: SocketAddr = "10.0.0.2:5001".parse().unwrap();
         let key = StreamKey {
             src: "10.0.0.1:4000".parse().unwrap(),
             dst: "10.0.0.2:5000".parse().unwrap(),
             ssrc: 7,
         };
-        let observation = RtcpObservation {
+        let sr = RtcpObservation {
+            time: sr_seen,
+            src: sender,
+            dst: receiver,
+            summary: RtcpSummary {
+                sender_ssrc: Some(7),
+                sr_ntp_middle: Some(ntp_middle(endpoint_clock)),
+                ..RtcpSummary::default()
+            },
+        };
+        let rr = RtcpObservation {
             time: rr_seen,
-            src: "10.0.0.2:5001".parse().unwrap(),
+            src: receiver,
+            dst: sender,
             summary: RtcpSummary {
                 sender_ssrc: Some(9),
                 reports: vec![ReceptionReport {
@@ -1120,17 +1203,65 @@ mod tests {
                     fraction_lost: 0.25,
                     cumulative_lost: 3,
                     jitter_units: 80,
-                    last_sr: ntp_middle(sr_sent),
+                    last_sr: ntp_middle(endpoint_clock),
                     delay_since_last_sr: 32_768,
                 }],
                 ..RtcpSummary::default()
             },
         };
-        let r = reported_for(key, Some(8000), &[observation]).unwrap();
-        assert!((r.last_round_trip_ms.unwrap() - 80.0).abs() < 0.1, "{r:?}");
+        let r = reported_for(key, Some(8000), &[sr.clone(), rr.clone()]).unwrap();
+        assert!((r.last_round_trip_ms.unwrap() - 80.0).abs() < 0.01, "{r:?}");
+        assert_eq!(r.round_trip_samples, 1);
         assert_eq!(r.last_jitter_ms, Some(10.0));
         assert_eq!(r.last_fraction_lost_percent, Some(25.0));
         assert_eq!(r.last_cumulative_lost, Some(3));
+        // A DLSR larger than the gap (a lying or broken receiver) is rejected, not scored.
+        let mut bad = rr;
+        bad.summary.reports[0].delay_since_last_sr = 65_536;
+        let r = reported_for(key, Some(8000), &[sr, bad]).unwrap();
+        assert_eq!((r.round_trip_samples, r.round_trip_rejected), (0, 1));
+        assert_eq!(r.mean_round_trip_ms, None);
+    }
+
+    /// RTCP beyond a call's bound is counted, not kept silently; the RTT of what was kept
+    /// still comes out.
+    #[test]
+    fn rtcp_beyond_the_call_bound_is_counted() {
+        let limits = MediaLimits {
+            max_rtcp_per_call: 4,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let sdp = crate::decode::sdp::summarize(
+            b"v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+              m=audio 5000 RTP/AVP 8\r\n",
+        )
+        .unwrap();
+        tracker.learn("call", Side::Callee, &sdp);
+        let rr = [
+            0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 80, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        for i in 0..10 {
+            let meta = DatagramMeta {
+                frame: i,
+                time: Timestamp::from_secs_nanos(1_700_000_000 + i as i64, 0),
+                src: "10.0.0.1:4001".parse().unwrap(),
+                dst: "10.0.0.2:5001".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rr, &mut |_| {});
+        }
+        let c = tracker.counters();
+        assert_eq!((c.rtcp_packets, c.rtcp_dropped_at_capacity), (10, 6));
+    }
+
+    /// The middle 32 bits of the NTP timestamp of a time.
+    fn ntp_middle(time: Timestamp) -> u32 {
+        const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
+        let nanos = time.as_nanos();
+        let secs = nanos.div_euclid(1_000_000_000) + NTP_UNIX_OFFSET;
+        let frac = ((nanos.rem_euclid(1_000_000_000) as u64) << 32) / 1_000_000_000;
+        (((secs as u64 & 0xFFFF) << 16) | (frac >> 16)) as u32
     }
 
     #[test]

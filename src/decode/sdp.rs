@@ -168,10 +168,14 @@ fn codec_for(media: &sdp::MediaDescription, payload_type: u8) -> Codec {
     }
 }
 
-/// Static RTP payload types of RFC 3551 §6 (audio) that are still seen in the wild.
+/// Static RTP payload types of RFC 3551 §6 (audio and video), with PT 1 and 2 (assigned
+/// before RFC 3551 reserved them) and PT 19 (comfort noise before RFC 3389): the same set
+/// TShark knows a clock for, so jitter is computed where TShark computes it.
 pub fn static_payload_type(payload_type: u8) -> Option<(&'static str, u32)> {
     Some(match payload_type {
         0 => ("PCMU", 8000),
+        1 => ("1016", 8000),
+        2 => ("G721", 8000),
         3 => ("GSM", 8000),
         4 => ("G723", 8000),
         5 => ("DVI4", 8000),
@@ -188,6 +192,14 @@ pub fn static_payload_type(payload_type: u8) -> Option<(&'static str, u32)> {
         16 => ("DVI4", 11025),
         17 => ("DVI4", 22050),
         18 => ("G729", 8000),
+        19 => ("CN", 8000),
+        25 => ("CelB", 90000),
+        26 => ("JPEG", 90000),
+        28 => ("nv", 90000),
+        31 => ("H261", 90000),
+        32 => ("MPV", 90000),
+        33 => ("MP2T", 90000),
+        34 => ("H263", 90000),
         _ => return None,
     })
 }

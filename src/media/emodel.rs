@@ -26,10 +26,24 @@ pub struct CodecImpairment {
 pub enum NotScored {
     /// A wideband codec: the narrowband E-model does not apply.
     Wideband(String),
+    /// Video: no voice to score.
+    Video(String),
     /// No G.113 values are known for this codec.
     UnknownCodec(String),
     /// No voice packets to judge.
     NoData,
+}
+
+/// Where the delay fed to the E-model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelaySource {
+    /// Half the mean round trip computed from RTCP SR/RR capture times at the tap.
+    RtcpCapture,
+    /// Half the round trip an endpoint reported in an RFC 3611 VoIP metrics block.
+    RtcpXr,
+    /// No measurement: G.107's default delay (0 ms).
+    AssumedDefault,
 }
 
 /// The inputs and result of one scoring, so a reader can see what produced the number.
@@ -42,8 +56,7 @@ pub struct Score {
     pub packet_loss_percent: f64,
     pub burst_ratio: f64,
     pub one_way_delay_ms: f64,
-    /// `rtcp_round_trip` or `assumed_zero`.
-    pub delay_source: &'static str,
+    pub delay_source: DelaySource,
     pub jitter_buffer_ms: f64,
     pub r_factor: f64,
     pub mos: f64,
@@ -66,6 +79,8 @@ pub fn codec_impairment(codec: &str) -> Result<CodecImpairment, NotScored> {
         "G722" | "G7221" | "OPUS" | "AMR-WB" | "SILK" | "L16" | "EVS" | "SPEEX" => {
             return Err(NotScored::Wideband(codec.to_owned()))
         }
+        "JPEG" | "H261" | "H263" | "H263-1998" | "H263-2000" | "H264" | "H265" | "MPV" | "MP2T"
+        | "CELB" | "NV" | "VP8" | "VP9" | "AV1" => return Err(NotScored::Video(codec.to_owned())),
         _ => return Err(NotScored::UnknownCodec(codec.to_owned())),
     };
     Ok(CodecImpairment {

@@ -1,19 +1,67 @@
-//! Per-stream RTP analysis, conformant with Wireshark's RTP stream analysis
-//! (`tshark -z rtp,streams`), plus what Wireshark does not do: duplicates and reordering
-//! told apart, a loss-burst histogram and fixed jitter-buffer emulation.
+//! Per-stream RTP analysis: what a supervisor needs to judge a stream (loss, jitter, a
+//! jitter-buffer emulation feeding the E-model) and, beside it, the figures TShark prints for
+//! the same stream, so that either can be checked against the other.
 //!
-//! Wireshark's rules, reproduced here because conformance depends on their details:
-//! - time is in milliseconds; the first packet only initialises the state;
-//! - a packet whose (extended) RTP timestamp is older than the last in-sequence one is "wrong
-//!   timestamp" and does not move the reference time;
-//! - jitter follows RFC 3550 §6.4.1 in ms: `J = (15·J + |arrival − expected|) / 16`, where
-//!   `expected = previous arrival + Δtimestamp / (clock/1000)`, only with a known clock rate;
-//!   telephone-event packets and unknown dynamic payload types have none;
-//! - min/max/mean delta and jitter only count regular packets: not the first, not marked, not
-//!   comfort noise (PT 13/19), not right after comfort noise, not wrong-timestamp; the means
-//!   divide by the packets seen before this one (Wireshark's running-mean formula);
-//! - expected = last sequence + 65536·cycles − first sequence + 1; lost = expected − received
-//!   (duplicates make it negative, as TShark shows; [`StreamReport::lost`] is the sane count).
+//! # Two sets of figures
+//!
+//! - **Quality figures** (`StreamReport`'s top-level delta, jitter and skew, the jitter
+//!   buffers, and through them the score) follow RFC 3550: jitter is
+//!   `J += (|D| − J) / 16` in ms over voice packets only, where `D` is the difference of
+//!   arrival and media time between a packet and the last voice packet in timestamp order.
+//!   Telephone events (RFC 4733), comfort noise and payload types without a known clock never
+//!   enter the jitter, and never move its reference. A packet whose timestamp is behind the
+//!   reference (reordered, or a stale timestamp) is counted as `wrong_timestamp` and left out.
+//!   Means are true means over the packets that count.
+//! - **Timestamp jumps**: a sender that keeps its SSRC and sequence but resets its RTP
+//!   timestamp (seen after a re-INVITE switching to fax) would otherwise make every later
+//!   packet "wrong timestamp". A packet whose media time moved backwards, or forwards by more
+//!   than the time that passed plus [`JUMP_MS`], while `|D| ≥ JUMP_MS`, is a jump candidate;
+//!   when the next voice packet keeps the candidate's timing (`|D| < JUMP_MS` against it) and
+//!   not the old one, the jump is sustained: the candidate becomes the new reference (taken as
+//!   on time, so transit stays continuous) and `timestamp_jumps` counts it. A candidate the
+//!   next packet does not confirm was one stray timestamp, counted as `wrong_timestamp`. A
+//!   network stall (arrival moves on, timestamps do not) is never a jump: it is jitter.
+//! - **Sequence restarts**: loss, duplicates and reordering follow the extended sequence
+//!   number (RFC 3550 A.1/A.3); a jump of [`MAX_DROPOUT`] or more ahead, or beyond the
+//!   duplicate window behind, is one stray packet unless the next packet follows it, in which
+//!   case the sender restarted its sequence (`sequence_resets`) and the count goes on from
+//!   there instead of calling every later packet late.
+//! - **Wireshark figures** (`wireshark`): what `tshark -z rtp,streams` of the pinned version
+//!   ([`WIRESHARK_VERSION`], the one in Debian 12 that the conformance tests run) prints:
+//!   expected, lost (negative with duplicates), sequence errors, and min/mean/max delta and
+//!   jitter and max skew with its rules (`ui/tap-rtp-analysis.c` of 4.0):
+//!   - the first packet only initialises the state; time is ms since the first packet;
+//!   - a packet is "wrong timestamp" when its timestamp is more than 2^31 behind the stream's
+//!     *first* timestamp (not the previous one), so a timestamp that goes back but stays after
+//!     the first counts as in sequence;
+//!   - the media time of a packet is its timestamp minus the first one (mod 2^32), divided by
+//!     `clock/1000` in *integer* arithmetic (44.1 kHz counts as 44 samples per ms);
+//!   - the clock of payload types below 96 comes from a fixed table (RFC 3551 plus PT 19),
+//!     whatever the SDP says; of dynamic types from the SDP; telephone events have none;
+//!   - jitter `J = (15·J + |arrival − expected|)/16` with `expected = time of the last
+//!     in-sequence packet (of any payload type) + (media time − media time of the last packet
+//!     that had a clock)`: a DTMF event or an unknown payload type inside a voice stream moves
+//!     the time but not the media time, which later voice packets feel as jitter;
+//!   - skew = media time − arrival time since the first packet; max skew keeps its sign;
+//!   - delta, jitter and their means only count regular packets (not marked, not comfort
+//!     noise (PT 13/19), not right after comfort noise, not wrong timestamp); a mean divides by
+//!     the packets before this one (Wireshark's running formula).
+//!
+//! # Jitter-buffer model
+//!
+//! Each emulated buffer ([`JITTER_BUFFERS_MS`]) is a fixed playout buffer of that many ms, as
+//! deployed phones and gateways run them:
+//! - it is anchored on the transit time (arrival − media time) of the stream's first voice
+//!   packet, of every talkspurt start (marker bit, RFC 3551 §4.1) and of a sustained timestamp
+//!   jump: that packet plays out `size` ms after it arrived, and so do its followers in media
+//!   time;
+//! - a packet arriving after its playout time (transit > anchor + size) is discarded;
+//! - after [`RESYNC_AFTER`] consecutive packets outside the window (late, or early by more
+//!   than the buffer's size) it re-synchronises on the current packet, as deployed buffers do
+//!   when the delay has shifted for good (counted in `resyncs`). So an early burst (a relay
+//!   warming up) costs a handful of packets, not the rest of the call.
+//!
+//! The E-model uses the first buffer's loss (lost plus discarded) and burst ratio.
 //!
 //! Memory per stream is constant: no per-packet history is kept.
 
@@ -33,8 +81,14 @@ pub struct PayloadInfo {
     pub is_comfort_noise: bool,
 }
 
+/// The TShark version whose `-z rtp,streams` figures [`WiresharkFigures`] reproduce.
+pub const WIRESHARK_VERSION: &str = "4.0";
 /// Fixed jitter-buffer sizes emulated for every stream, in ms.
 pub const JITTER_BUFFERS_MS: [f64; 2] = [50.0, 200.0];
+/// Consecutive packets outside a buffer's window after which it re-synchronises.
+pub const RESYNC_AFTER: u32 = 10;
+/// A timestamp step this far (ms) from the arrival step is a jump candidate.
+pub const JUMP_MS: f64 = 1000.0;
 /// Loss-burst histogram buckets: runs of 1..=9 lost packets, and 10 or more.
 pub const BURST_BUCKETS: usize = 10;
 /// DTMF events kept per stream.
@@ -43,6 +97,9 @@ const MAX_EVENTS: usize = 64;
 const MAX_PAYLOAD_TYPES: usize = 8;
 /// Sequence numbers remembered below the highest, to tell duplicates from late packets.
 const SEQ_WINDOW: u64 = 128;
+/// A sequence step this far ahead (RFC 3550 A.1's MAX_DROPOUT) or beyond the duplicate window
+/// behind is a restart when the next packet follows it.
+pub const MAX_DROPOUT: u16 = 3000;
 
 /// A DTMF digit carried as an RFC 4733 event.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -59,11 +116,31 @@ pub struct JitterBufferReport {
     pub size_ms: f64,
     /// Packets that arrived too late for this buffer.
     pub discarded: u64,
+    /// Times the buffer re-synchronised after a sustained shift of the delay.
+    pub resyncs: u64,
     /// Lost plus discarded, over expected, in percent.
     pub effective_loss_percent: f64,
     /// Mean length of runs of lost-or-discarded packets, over what random loss would give
     /// (G.107 BurstR); 1 for random loss.
     pub burst_ratio: f64,
+}
+
+/// The figures `tshark -z rtp,streams` of [`WIRESHARK_VERSION`] prints for the stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WiresharkFigures {
+    pub version: &'static str,
+    pub expected: i64,
+    /// Expected − received (negative with duplicates).
+    pub lost: i64,
+    pub sequence_errors: u64,
+    pub wrong_timestamp: u64,
+    pub min_delta_ms: Option<f64>,
+    pub mean_delta_ms: Option<f64>,
+    pub max_delta_ms: Option<f64>,
+    pub min_jitter_ms: Option<f64>,
+    pub mean_jitter_ms: Option<f64>,
+    pub max_jitter_ms: Option<f64>,
+    pub max_skew_ms: Option<f64>,
 }
 
 /// The analysis of one stream, as reported.
@@ -73,15 +150,20 @@ pub struct StreamReport {
     pub end_time: Timestamp,
     pub duration_s: f64,
     pub packets: u64,
+    /// Highest extended sequence number − first + 1 (RFC 3550 A.3).
     pub expected: i64,
     /// Packets never received (expected − distinct received), never negative.
     pub lost: i64,
     pub lost_percent: f64,
-    /// Expected − received, as TShark shows it (negative with duplicates).
-    pub lost_wireshark: i64,
-    pub sequence_errors: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
+    /// Voice packets behind the jitter reference in timestamp order, left out of the jitter.
+    pub wrong_timestamp: u64,
+    /// Sustained RTP timestamp jumps taken as a new reference.
+    pub timestamp_jumps: u64,
+    /// Restarts of the sender's sequence numbers (RFC 3550 A.1: a far jump followed by the
+    /// next number); the expected count goes on across them.
+    pub sequence_resets: u64,
     pub min_delta_ms: Option<f64>,
     pub mean_delta_ms: Option<f64>,
     pub max_delta_ms: Option<f64>,
@@ -95,39 +177,278 @@ pub struct StreamReport {
     pub jitter_buffers: Vec<JitterBufferReport>,
     pub comfort_noise_packets: u64,
     pub dtmf: Vec<DtmfEvent>,
+    pub wireshark: WiresharkFigures,
 }
 
+/// Min, max and mean of a series, without keeping it.
 #[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    min: Option<f64>,
+    max: f64,
+    sum: f64,
+    count: u64,
+}
+
+impl Summary {
+    fn add(&mut self, v: f64) {
+        self.min = Some(self.min.map_or(v, |m| m.min(v)));
+        self.max = if self.count == 0 { v } else { self.max.max(v) };
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn min(&self) -> Option<f64> {
+        self.min.map(round6)
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| round6(self.sum / self.count as f64))
+    }
+
+    fn max(&self) -> Option<f64> {
+        (self.count > 0).then(|| round6(self.max))
+    }
+}
+
+/// One emulated fixed playout buffer.
+#[derive(Debug, Clone, Copy)]
 struct JitterBuffer {
+    size: f64,
+    /// Transit (ms) of the packet the playout is anchored on.
+    anchor: Option<f64>,
+    /// Consecutive packets outside the window.
+    outside: u32,
     discarded: u64,
+    resyncs: u64,
     /// Runs of lost-or-discarded packets, in arrival order.
     runs: u64,
     in_run: bool,
 }
 
-/// Running analysis of one stream.
+impl JitterBuffer {
+    fn new(size: f64) -> Self {
+        JitterBuffer {
+            size,
+            anchor: None,
+            outside: 0,
+            discarded: 0,
+            resyncs: 0,
+            runs: 0,
+            in_run: false,
+        }
+    }
+
+    /// A voice packet with this transit arrives; `gap` when lost packets precede it.
+    fn offer(&mut self, transit: f64, anchor_here: bool, gap: bool) {
+        let anchor = match self.anchor {
+            Some(a) if !anchor_here => a,
+            _ => {
+                self.anchor = Some(transit);
+                self.outside = 0;
+                transit
+            }
+        };
+        let late = transit > anchor + self.size;
+        let early = transit < anchor - self.size;
+        let mut discarded = late;
+        if late || early {
+            self.outside += 1;
+            if self.outside >= RESYNC_AFTER {
+                // The delay shifted for good: play out from this packet on.
+                self.anchor = Some(transit);
+                self.outside = 0;
+                self.resyncs += 1;
+                discarded = false;
+            }
+        } else {
+            self.outside = 0;
+        }
+        if discarded {
+            self.discarded += 1;
+        }
+        // A run of lost-or-discarded packets: the gap before this packet and this packet,
+        // if it is discarded, belong to one run.
+        if gap || discarded {
+            if !self.in_run {
+                self.runs += 1;
+            }
+            self.in_run = discarded;
+        } else {
+            self.in_run = false;
+        }
+    }
+
+    /// Lost packets revealed by a packet that is not voice (the run they form still counts).
+    fn gap_only(&mut self) {
+        if !self.in_run {
+            self.runs += 1;
+        }
+        self.in_run = false;
+    }
+}
+
+/// The jitter reference: the last voice packet in timestamp order.
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    arrival: f64,
+    ext_ts: i64,
+    /// Media time (ms) on the stream's continuous scale (jumps absorbed).
+    media: f64,
+}
+
+/// A timestamp jump waiting for the next packet to confirm it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    arrival: f64,
+    ext_ts: i64,
+}
+
+/// Teledge's own (RFC 3550) figures.
 #[derive(Debug, Clone)]
-pub struct StreamAnalyzer {
-    first_time: Timestamp,
-    last_time: Timestamp,
-    packets: u64,
-    // --- Wireshark's state (tap-rtp-analysis) ---
+struct Quality {
+    reference: Option<Reference>,
+    candidate: Option<Candidate>,
+    first_transit: f64,
+    jitter: f64,
+    deltas: Summary,
+    jitters: Summary,
+    max_skew: Option<f64>,
+    wrong_timestamp: u64,
+    jumps: u64,
+}
+
+/// What the quality analysis made of a voice packet, for the jitter buffers.
+enum Voice {
+    /// Transit in ms; `jumped` when a sustained jump was confirmed at this packet.
+    Transit { transit: f64, jumped: bool },
+    /// An unconfirmed jump candidate: its timing is not known yet.
+    Pending,
+}
+
+impl Quality {
+    fn new() -> Self {
+        Quality {
+            reference: None,
+            candidate: None,
+            first_transit: 0.0,
+            jitter: 0.0,
+            deltas: Summary::default(),
+            jitters: Summary::default(),
+            max_skew: None,
+            wrong_timestamp: 0,
+            jumps: 0,
+        }
+    }
+
+    fn voice(&mut self, now: f64, ext_ts: i64, rate: u32, regular: bool) -> Voice {
+        let per_ms = f64::from(rate) / 1000.0;
+        let Some(mut reference) = self.reference else {
+            self.reference = Some(Reference {
+                arrival: now,
+                ext_ts,
+                media: 0.0,
+            });
+            self.first_transit = now;
+            return Voice::Transit {
+                transit: now,
+                jumped: false,
+            };
+        };
+        let media_of = |r: &Reference, ts: i64| r.media + (ts - r.ext_ts) as f64 / per_ms;
+        let mut media = media_of(&reference, ext_ts);
+        let mut d = (now - reference.arrival) - (media - reference.media);
+        let mut jumped = false;
+        if let Some(c) = self.candidate.take() {
+            let d_new = (now - c.arrival) - (ext_ts - c.ext_ts) as f64 / per_ms;
+            if d.abs() < JUMP_MS {
+                // The candidate was one stray timestamp.
+                self.wrong_timestamp += 1;
+            } else if d_new.abs() < JUMP_MS {
+                // Sustained: the candidate is the new reference, taken as on time.
+                let transit = reference.arrival - reference.media;
+                reference = Reference {
+                    arrival: c.arrival,
+                    ext_ts: c.ext_ts,
+                    media: c.arrival - transit,
+                };
+                media = media_of(&reference, ext_ts);
+                d = d_new;
+                self.jumps += 1;
+                jumped = true;
+            } else {
+                self.candidate = Some(Candidate {
+                    arrival: now,
+                    ext_ts,
+                });
+                return Voice::Pending;
+            }
+        }
+        let arrival_step = now - reference.arrival;
+        let media_step = media - reference.media;
+        if !jumped
+            && d.abs() >= JUMP_MS
+            && (media_step < 0.0 || media_step > arrival_step + JUMP_MS)
+        {
+            self.candidate = Some(Candidate {
+                arrival: now,
+                ext_ts,
+            });
+            return Voice::Pending;
+        }
+        let transit = now - media;
+        let skew = self.first_transit - transit;
+        if self.max_skew.is_none_or(|m: f64| skew.abs() > m.abs()) {
+            self.max_skew = Some(skew);
+        }
+        if media_step < 0.0 {
+            self.wrong_timestamp += 1;
+            return Voice::Transit { transit, jumped };
+        }
+        self.jitter += (d.abs() - self.jitter) / 16.0;
+        if regular {
+            self.jitters.add(self.jitter);
+        }
+        self.reference = Some(Reference {
+            arrival: now,
+            ext_ts,
+            media,
+        });
+        Voice::Transit { transit, jumped }
+    }
+}
+
+/// The clock TShark 4.0 uses for a static payload type (`clock_map` of
+/// `ui/tap-rtp-analysis.c`): RFC 3551's table plus PT 19 (old comfort noise), whatever the
+/// SDP says.
+pub fn wireshark_static_clock(pt: u8) -> u32 {
+    match pt {
+        0..=5 | 7..=9 | 12 | 13 | 15 | 18 | 19 => 8000,
+        6 => 16000,
+        10 | 11 => 44100,
+        14 | 25 | 26 | 28 | 31..=34 => 90_000,
+        16 => 11025,
+        17 => 22050,
+        _ => 0,
+    }
+}
+
+/// TShark 4.0's `rtppacket_analyse` state.
+#[derive(Debug, Clone)]
+struct Wireshark {
+    first_ts: u32,
     start_seq: u16,
     stop_seq: u16,
     seq_num: u16,
     seq_cycles: u32,
     under: bool,
     /// Arrival (ms since the first packet) of the last in-time-sequence packet.
-    time_ms: f64,
-    /// Extended timestamp of the last in-time-sequence packet.
-    seq_timestamp: i64,
+    time: f64,
     last_nominal: f64,
-    last_arrival: f64,
     delta: f64,
+    jitter: f64,
     min_delta: Option<f64>,
     max_delta: f64,
     mean_delta: f64,
-    jitter: f64,
     min_jitter: Option<f64>,
     max_jitter: f64,
     mean_jitter: f64,
@@ -135,18 +456,175 @@ pub struct StreamAnalyzer {
     any_clock: bool,
     pt: u8,
     sequence_errors: u64,
+    wrong_timestamp: u64,
+    /// Packets seen so far (TShark's `total_nr`).
+    total: u64,
+}
+
+impl Wireshark {
+    fn new(packet: &RtpPacket) -> Self {
+        Wireshark {
+            first_ts: packet.timestamp,
+            start_seq: packet.sequence,
+            stop_seq: packet.sequence,
+            seq_num: packet.sequence,
+            seq_cycles: 0,
+            under: false,
+            time: 0.0,
+            last_nominal: 0.0,
+            delta: 0.0,
+            jitter: 0.0,
+            min_delta: None,
+            max_delta: 0.0,
+            mean_delta: 0.0,
+            min_jitter: None,
+            max_jitter: 0.0,
+            mean_jitter: 0.0,
+            max_skew: 0.0,
+            any_clock: false,
+            pt: packet.payload_type,
+            sequence_errors: 0,
+            wrong_timestamp: 0,
+            total: 1,
+        }
+    }
+
+    fn packet(&mut self, now: f64, packet: &RtpPacket, info: PayloadInfo) {
+        let ts = packet.timestamp;
+        let since_first = ts.wrapping_sub(self.first_ts);
+        // TShark's two branches amount to this, including its off-by-one at exactly 2^31
+        // after a wrap.
+        let in_time_sequence = if self.first_ts <= ts {
+            since_first < 0x8000_0000
+        } else {
+            since_first <= 0x8000_0000
+        };
+        if !in_time_sequence {
+            self.wrong_timestamp += 1;
+        }
+        let seq = packet.sequence;
+        // A sequence number below the first one (or 0 right after 65535) starts a cycle.
+        let wrapped = seq < self.start_seq || (seq == 0 && self.stop_seq == 65535);
+        if wrapped && in_time_sequence && !self.under {
+            self.seq_cycles += 1;
+            self.under = true;
+        } else if seq > self.start_seq && in_time_sequence && self.under {
+            self.under = false;
+        }
+        let (last, next) = (u32::from(self.seq_num), u32::from(seq));
+        if in_time_sequence && (last + 1 == next || (last == 65535 && next == 0)) {
+            self.seq_num = seq;
+        } else if in_time_sequence && (last + 1 < next || last.wrapping_sub(next) > 0xFF00) {
+            // (Reached only with last ≥ next, where this is TShark's `seq_num - seq`.)
+            self.seq_num = seq;
+            self.sequence_errors += 1;
+        } else if last + 1 > next {
+            self.sequence_errors += 1;
+        }
+
+        let is_cn = matches!(packet.payload_type, 13 | 19);
+        let follows_cn = matches!(self.pt, 13 | 19);
+        self.pt = packet.payload_type;
+        let clock = if packet.payload_type < 96 {
+            wireshark_static_clock(packet.payload_type)
+        } else if info.is_event {
+            0
+        } else {
+            info.clock_rate.unwrap_or(0)
+        };
+        let mut current_jitter = 0.0;
+        if in_time_sequence {
+            if clock != 0 {
+                self.any_clock = true;
+                // Integer ms-per-sample divisor, as TShark has it (at least 1, where TShark
+                // would divide by zero).
+                let per_ms = f64::from((clock / 1000).max(1));
+                let nominal = f64::from(since_first) / per_ms;
+                let expected = self.time + (nominal - self.last_nominal);
+                current_jitter = (15.0 * self.jitter + (now - expected).abs()) / 16.0;
+                self.delta = now - self.time;
+                self.jitter = current_jitter;
+                self.last_nominal = nominal;
+                let skew = nominal - now;
+                if skew.abs() > self.max_skew.abs() {
+                    self.max_skew = skew;
+                }
+            } else {
+                self.delta = now - self.time;
+            }
+        }
+        let regular = !packet.marker && !is_cn && in_time_sequence && !follows_cn;
+        if regular {
+            let n = self.total as f64;
+            if self.delta > self.max_delta {
+                self.max_delta = self.delta;
+            }
+            self.min_delta = Some(self.min_delta.map_or(self.delta, |m| m.min(self.delta)));
+            self.mean_delta = (self.mean_delta * (n - 1.0) + self.delta) / n;
+            if clock != 0 {
+                if self.jitter > self.max_jitter {
+                    self.max_jitter = self.jitter;
+                }
+                self.mean_jitter = (self.mean_jitter * (n - 1.0) + current_jitter) / n;
+                self.min_jitter = Some(self.min_jitter.map_or(self.jitter, |m| m.min(self.jitter)));
+            }
+        }
+        if in_time_sequence {
+            self.time = now;
+        }
+        self.stop_seq = seq;
+        self.total += 1;
+    }
+
+    fn report(&self) -> WiresharkFigures {
+        let expected = i64::from(self.stop_seq) + i64::from(self.seq_cycles) * 65_536
+            - i64::from(self.start_seq)
+            + 1;
+        let has_deltas = self.min_delta.is_some();
+        WiresharkFigures {
+            version: WIRESHARK_VERSION,
+            expected,
+            lost: expected - self.total as i64,
+            sequence_errors: self.sequence_errors,
+            wrong_timestamp: self.wrong_timestamp,
+            min_delta_ms: self.min_delta.map(round6),
+            mean_delta_ms: has_deltas.then_some(round6(self.mean_delta)),
+            max_delta_ms: has_deltas.then_some(round6(self.max_delta)),
+            min_jitter_ms: self.min_jitter.map(round6),
+            mean_jitter_ms: self.min_jitter.map(|_| round6(self.mean_jitter)),
+            max_jitter_ms: self.min_jitter.map(|_| round6(self.max_jitter)),
+            max_skew_ms: self.any_clock.then_some(round6(self.max_skew)),
+        }
+    }
+}
+
+/// Running analysis of one stream.
+#[derive(Debug, Clone)]
+pub struct StreamAnalyzer {
+    first_time: Timestamp,
+    last_time: Timestamp,
+    /// Arrival (ms since the first packet) of the previous packet.
+    last_arrival: f64,
+    packets: u64,
+    pt: u8,
+    wireshark: Wireshark,
+    quality: Quality,
     // --- RTP timestamp unwrapping ---
     last_raw_ts: u32,
     ext_ts: i64,
     // --- duplicates, reordering, bursts ---
+    first_seq: u64,
     highest: u64,
+    /// Expected packets of the sequence before the last restart.
+    expected_before: u64,
+    /// The sequence number that would confirm a far jump as a restart.
+    bad_seq: Option<u16>,
+    sequence_resets: u64,
     seen: u128,
     duplicates: u64,
     out_of_order: u64,
     loss_bursts: [u64; BURST_BUCKETS],
     lost_in_gaps: u64,
-    // --- jitter buffers: minimum transit (arrival − media time, ms) as the reference ---
-    min_transit: Option<f64>,
     buffers: [JitterBuffer; 2],
     payload_types: Vec<u8>,
     comfort_noise: u64,
@@ -160,45 +638,31 @@ impl StreamAnalyzer {
         let mut s = StreamAnalyzer {
             first_time: time,
             last_time: time,
-            packets: 1,
-            start_seq: packet.sequence,
-            stop_seq: packet.sequence,
-            seq_num: packet.sequence,
-            seq_cycles: 0,
-            under: false,
-            time_ms: 0.0,
-            seq_timestamp: i64::from(packet.timestamp),
-            last_nominal: 0.0,
             last_arrival: 0.0,
-            delta: 0.0,
-            min_delta: None,
-            max_delta: 0.0,
-            mean_delta: 0.0,
-            jitter: 0.0,
-            min_jitter: None,
-            max_jitter: 0.0,
-            mean_jitter: 0.0,
-            max_skew: 0.0,
-            any_clock: false,
+            packets: 1,
             pt: packet.payload_type,
-            sequence_errors: 0,
+            wireshark: Wireshark::new(packet),
+            quality: Quality::new(),
             last_raw_ts: packet.timestamp,
             ext_ts: i64::from(packet.timestamp),
+            first_seq: u64::from(packet.sequence),
             highest: u64::from(packet.sequence),
+            expected_before: 0,
+            bad_seq: None,
+            sequence_resets: 0,
             seen: 1,
             duplicates: 0,
             out_of_order: 0,
             loss_bursts: [0; BURST_BUCKETS],
             lost_in_gaps: 0,
-            min_transit: None,
-            buffers: [JitterBuffer::default(); 2],
+            buffers: JITTER_BUFFERS_MS.map(JitterBuffer::new),
             payload_types: vec![packet.payload_type],
             comfort_noise: u64::from(info.is_comfort_noise),
             dtmf: Vec::new(),
             last_event_ts: None,
         };
         s.track_event(time, packet, info);
-        s.track_jitter_buffers(0.0, info, false);
+        s.track_voice(0.0, packet, info, false, false);
         s
     }
 
@@ -207,102 +671,32 @@ impl StreamAnalyzer {
         self.packets += 1;
         self.last_time = self.last_time.max(time);
         let now_ms = time.seconds_since(self.first_time) * 1000.0;
+        self.wireshark.packet(now_ms, packet, info);
 
         // Extended RTP timestamp: follow 32-bit wraps in either direction.
         let step = i64::from(packet.timestamp.wrapping_sub(self.last_raw_ts) as i32);
         self.ext_ts += step;
         self.last_raw_ts = packet.timestamp;
-        let ext_ts = self.ext_ts;
 
-        let in_time_sequence = self.seq_timestamp <= ext_ts;
-        let wrong_timestamp = !in_time_sequence;
-        let seq = packet.sequence;
-
-        // Sequence cycles and errors, Wireshark's way.
-        // A sequence number below the first one (or 0 right after 65535) starts a new cycle.
-        let wrapped = seq < self.start_seq || (seq == 0 && self.stop_seq == 65535);
-        if wrapped && in_time_sequence && !self.under {
-            self.seq_cycles += 1;
-            self.under = true;
-        } else if seq > self.start_seq && in_time_sequence && self.under {
-            self.under = false;
-        }
-        let in_order =
-            u32::from(self.seq_num) + 1 == u32::from(seq) || (self.seq_num == 65535 && seq == 0);
-        if in_time_sequence && in_order {
-            self.seq_num = seq;
-        } else if in_time_sequence
-            && (u32::from(self.seq_num) + 1 < u32::from(seq)
-                || self.seq_num.wrapping_sub(seq) > 0xFF00 && self.seq_num > seq)
-        {
-            self.seq_num = seq;
-            self.sequence_errors += 1;
-        } else if u32::from(self.seq_num) + 1 > u32::from(seq) {
-            self.sequence_errors += 1;
-        }
-
-        let is_cn = info.is_comfort_noise;
-        let follows_cn = self.pt == 13 || self.pt == 19;
+        let follows_cn = matches!(self.pt, 13 | 19);
         self.pt = packet.payload_type;
-        if is_cn {
+        if info.is_comfort_noise {
             self.comfort_noise += 1;
         }
-        let clock = if info.is_event { None } else { info.clock_rate };
-
-        let mut current_jitter = 0.0;
-        let nominal_diff = (ext_ts - self.seq_timestamp) as f64;
-        match clock {
-            Some(rate) if rate > 0 => {
-                self.any_clock = true;
-                let nominal_diff = nominal_diff / (f64::from(rate) / 1000.0);
-                let expected = self.time_ms + nominal_diff;
-                let diff = (now_ms - expected).abs();
-                current_jitter = (15.0 * self.jitter + diff) / 16.0;
-                self.delta = now_ms - self.time_ms;
-                self.jitter = current_jitter;
-                let nominal = self.last_nominal + nominal_diff;
-                let arrival = self.last_arrival + self.delta;
-                let skew = nominal - arrival;
-                if skew.abs() > self.max_skew.abs() {
-                    self.max_skew = skew;
-                }
-                self.last_nominal = nominal;
-                self.last_arrival = arrival;
-            }
-            _ => self.delta = now_ms - self.time_ms,
-        }
-
-        let regular = !packet.marker && !is_cn && !wrong_timestamp && !follows_cn;
+        let regular = !packet.marker && !info.is_comfort_noise && !follows_cn;
         if regular {
-            // Wireshark divides by the packets before this one.
-            let n = (self.packets - 1) as f64;
-            if self.delta > self.max_delta {
-                self.max_delta = self.delta;
-            }
-            self.min_delta = Some(self.min_delta.map_or(self.delta, |m| m.min(self.delta)));
-            self.mean_delta = (self.mean_delta * (n - 1.0) + self.delta) / n;
-            if clock.is_some_and(|r| r > 0) {
-                if self.jitter > self.max_jitter {
-                    self.max_jitter = self.jitter;
-                }
-                self.mean_jitter = (self.mean_jitter * (n - 1.0) + current_jitter) / n;
-                self.min_jitter = Some(self.min_jitter.map_or(self.jitter, |m| m.min(self.jitter)));
-            }
+            self.quality.deltas.add(now_ms - self.last_arrival);
         }
-        if in_time_sequence {
-            self.time_ms = now_ms;
-            self.seq_timestamp = ext_ts;
-        }
-        self.stop_seq = seq;
+        self.last_arrival = now_ms;
 
         if self.payload_types.len() < MAX_PAYLOAD_TYPES
             && !self.payload_types.contains(&packet.payload_type)
         {
             self.payload_types.push(packet.payload_type);
         }
-        let gap = self.track_sequence(seq);
+        let gap = self.track_sequence(packet.sequence);
         self.track_event(time, packet, info);
-        self.track_jitter_buffers(now_ms, info, gap);
+        self.track_voice(now_ms, packet, info, regular, gap);
     }
 
     /// Duplicates, reordering and loss bursts from the extended sequence number. Returns true
@@ -310,6 +704,27 @@ impl StreamAnalyzer {
     fn track_sequence(&mut self, seq: u16) -> bool {
         let highest16 = self.highest as u16;
         let forward = seq.wrapping_sub(highest16);
+        let back = u64::from(highest16.wrapping_sub(seq));
+        if forward >= MAX_DROPOUT && back >= SEQ_WINDOW {
+            // RFC 3550 A.1: a far jump is a restart of the sender's sequence when the next
+            // packet follows it; until then it is one stray packet.
+            if self.bad_seq == Some(seq) {
+                self.expected_before += self.highest - self.first_seq + 1;
+                self.seen = 0b11;
+                self.out_of_order -= 1;
+                self.sequence_resets += 1;
+                self.bad_seq = None;
+                // The packet that announced the restart is the new base; re-based on an
+                // extended number ≥ 65536 so that `highest as u16` is `seq`.
+                self.first_seq = 0x1_0000 + u64::from(seq.wrapping_sub(1));
+                self.highest = 0x1_0000 + u64::from(seq.wrapping_sub(1)) + 1;
+            } else {
+                self.bad_seq = Some(seq.wrapping_add(1));
+                self.out_of_order += 1;
+            }
+            return false;
+        }
+        self.bad_seq = None;
         if forward != 0 && forward < 0x8000 {
             let ext = self.highest + u64::from(forward);
             let jump = ext - self.highest;
@@ -325,7 +740,6 @@ impl StreamAnalyzer {
             }
             return false;
         }
-        let back = u64::from(highest16.wrapping_sub(seq));
         if back < SEQ_WINDOW {
             let bit = 1u128 << back;
             if self.seen & bit != 0 {
@@ -375,40 +789,43 @@ impl StreamAnalyzer {
         }
     }
 
-    fn track_jitter_buffers(&mut self, now_ms: f64, info: PayloadInfo, gap: bool) {
-        let Some(rate) = info.clock_rate.filter(|r| *r > 0 && !info.is_event) else {
+    /// Jitter and the jitter buffers, for voice packets (a clock, not an event, not comfort
+    /// noise).
+    fn track_voice(
+        &mut self,
+        now_ms: f64,
+        packet: &RtpPacket,
+        info: PayloadInfo,
+        regular: bool,
+        gap: bool,
+    ) {
+        let rate = info
+            .clock_rate
+            .filter(|r| *r > 0 && !info.is_event && !info.is_comfort_noise);
+        let Some(rate) = rate else {
+            if gap {
+                self.buffers.iter_mut().for_each(JitterBuffer::gap_only);
+            }
             return;
         };
-        let media_ms = self.ext_ts as f64 * 1000.0 / f64::from(rate);
-        let transit = now_ms - media_ms;
-        let base = *self.min_transit.get_or_insert(transit);
-        if transit < base {
-            self.min_transit = Some(transit);
-        }
-        let late_by = transit - self.min_transit.unwrap_or(transit);
-        for (buffer, size) in self.buffers.iter_mut().zip(JITTER_BUFFERS_MS) {
-            let discarded = late_by > size;
-            if discarded {
-                buffer.discarded += 1;
-            }
-            // A run of lost-or-discarded packets: the gap before this packet and this packet,
-            // if it is discarded, belong to one run.
-            if gap || discarded {
-                if !buffer.in_run {
-                    buffer.runs += 1;
+        match self.quality.voice(now_ms, self.ext_ts, rate, regular) {
+            Voice::Transit { transit, jumped } => {
+                let anchor_here = packet.marker || jumped;
+                for buffer in &mut self.buffers {
+                    buffer.offer(transit, anchor_here, gap);
                 }
-                buffer.in_run = discarded;
-            } else {
-                buffer.in_run = false;
+            }
+            Voice::Pending => {
+                if gap {
+                    self.buffers.iter_mut().for_each(JitterBuffer::gap_only);
+                }
             }
         }
     }
 
     /// The report as it stands.
     pub fn report(&self) -> StreamReport {
-        let expected = i64::from(self.stop_seq) + i64::from(self.seq_cycles) * 65_536
-            - i64::from(self.start_seq)
-            + 1;
+        let expected = (self.expected_before + self.highest - self.first_seq + 1) as i64;
         let received = self.packets as i64;
         let distinct = received - self.duplicates as i64;
         let lost = (expected - distinct).max(0);
@@ -422,10 +839,9 @@ impl StreamAnalyzer {
         let jitter_buffers = self
             .buffers
             .iter()
-            .zip(JITTER_BUFFERS_MS)
-            .map(|(b, size)| {
+            .map(|b| {
                 let bad = lost + b.discarded as i64;
-                let ppl = percent(bad);
+                let ppl = percent(bad).min(100.0);
                 let events = self.lost_in_gaps + b.discarded;
                 let runs = b.runs.max(1);
                 let mean_run = events as f64 / runs as f64;
@@ -435,14 +851,15 @@ impl StreamAnalyzer {
                     (mean_run * (1.0 - ppl / 100.0)).max(1.0)
                 };
                 JitterBufferReport {
-                    size_ms: size,
+                    size_ms: b.size,
                     discarded: b.discarded,
+                    resyncs: b.resyncs,
                     effective_loss_percent: round3(ppl),
                     burst_ratio: round3(burst_ratio),
                 }
             })
             .collect();
-        let has_deltas = self.min_delta.is_some();
+        let q = &self.quality;
         StreamReport {
             start_time: self.first_time,
             end_time: self.last_time,
@@ -451,22 +868,24 @@ impl StreamAnalyzer {
             expected,
             lost,
             lost_percent: round3(percent(lost)),
-            lost_wireshark: expected - received,
-            sequence_errors: self.sequence_errors,
             duplicates: self.duplicates,
             out_of_order: self.out_of_order,
-            min_delta_ms: self.min_delta.map(round6),
-            mean_delta_ms: has_deltas.then_some(round6(self.mean_delta)),
-            max_delta_ms: has_deltas.then_some(round6(self.max_delta)),
-            min_jitter_ms: self.min_jitter.map(round6),
-            mean_jitter_ms: self.min_jitter.map(|_| round6(self.mean_jitter)),
-            max_jitter_ms: self.min_jitter.map(|_| round6(self.max_jitter)),
-            max_skew_ms: self.any_clock.then_some(round6(self.max_skew)),
+            wrong_timestamp: q.wrong_timestamp,
+            timestamp_jumps: q.jumps,
+            sequence_resets: self.sequence_resets,
+            min_delta_ms: q.deltas.min(),
+            mean_delta_ms: q.deltas.mean(),
+            max_delta_ms: q.deltas.max(),
+            min_jitter_ms: q.jitters.min(),
+            mean_jitter_ms: q.jitters.mean(),
+            max_jitter_ms: q.jitters.max(),
+            max_skew_ms: q.max_skew.map(round6),
             payload_types: self.payload_types.clone(),
             loss_bursts: self.loss_bursts,
             jitter_buffers,
             comfort_noise_packets: self.comfort_noise,
             dtmf: self.dtmf.clone(),
+            wireshark: self.wireshark.report(),
         }
     }
 
@@ -577,5 +996,183 @@ mod tests {
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.out_of_order, 1);
         assert_eq!(r.lost, 0);
+    }
+
+    fn with_pt(seq: u16, ts: u32, pt: u8) -> RtpPacket {
+        RtpPacket {
+            payload_type: pt,
+            ..packet(seq, ts)
+        }
+    }
+
+    /// One packet with a wild timestamp that the next packet does not follow is a stray
+    /// timestamp, not a new reference.
+    #[test]
+    fn stray_timestamp_is_not_a_jump() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..100u16 {
+            let ts = if i == 50 {
+                4_000_000
+            } else {
+                u32::from(i) * 160
+            };
+            s.packet(at(f64::from(i) * 20.0), &packet(i, ts), PCMA);
+        }
+        let r = s.report();
+        assert_eq!((r.timestamp_jumps, r.wrong_timestamp), (0, 1));
+        assert!(r.max_jitter_ms.unwrap() < 0.001, "{:?}", r.max_jitter_ms);
+    }
+
+    /// A network stall (arrival moves on, timestamps do not) is jitter, never a jump.
+    #[test]
+    fn network_stall_is_jitter_not_a_jump() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..200u16 {
+            // Packets 50..150 are held 2 s and then arrive in a burst.
+            let t = if (50..150).contains(&i) {
+                3000.0 + f64::from(i) * 0.1
+            } else {
+                f64::from(i) * 20.0
+            };
+            s.packet(at(t), &packet(i, u32::from(i) * 160), PCMA);
+        }
+        let r = s.report();
+        assert_eq!(r.timestamp_jumps, 0);
+        assert!(r.max_jitter_ms.unwrap() > 100.0);
+    }
+
+    /// TShark 4.0 divides timestamps by `clock / 1000` in integers: at 44.1 kHz a 20 ms
+    /// packet (882 samples) counts 20.045 ms, so its skew drifts; RFC 3550 figures do not.
+    #[test]
+    fn wireshark_40_counts_44_samples_per_ms() {
+        const L16: PayloadInfo = PayloadInfo {
+            clock_rate: Some(44_100),
+            is_event: false,
+            is_comfort_noise: false,
+        };
+        let mut s = StreamAnalyzer::new(at(0.0), &with_pt(0, 0, 11), L16);
+        for i in 1..=100u16 {
+            s.packet(
+                at(f64::from(i) * 20.0),
+                &with_pt(i, u32::from(i) * 882, 11),
+                L16,
+            );
+        }
+        let r = s.report();
+        let drift = 100.0 * (882.0 / 44.0 - 20.0);
+        assert!((r.wireshark.max_skew_ms.unwrap() - drift).abs() < 1e-6);
+        assert!(r.max_skew_ms.unwrap().abs() < 1e-6);
+        assert!(r.max_jitter_ms.unwrap() < 1e-6);
+    }
+
+    /// TShark 4.0's "wrong timestamp" is relative to the first timestamp, with wraps.
+    #[test]
+    fn wireshark_40_orders_timestamps_against_the_first() {
+        let first = u32::MAX - 800; // wraps after 5 packets
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, first), PCMA);
+        for i in 1..20u16 {
+            let ts = first.wrapping_add(u32::from(i) * 160);
+            s.packet(at(f64::from(i) * 20.0), &packet(i, ts), PCMA);
+        }
+        // A packet from before the first one.
+        s.packet(at(400.0), &packet(20, first - 160), PCMA);
+        let r = s.report();
+        assert_eq!(r.wireshark.wrong_timestamp, 1);
+        assert!(r.wireshark.max_jitter_ms.unwrap() < 1e-6);
+        assert_eq!(r.wrong_timestamp, 1);
+    }
+
+    /// A sender restarting its sequence numbers (RFC 3550 A.1) is followed, not taken as
+    /// tens of thousands of lost or late packets; one stray far number is just out of order.
+    #[test]
+    fn sequence_restart_is_followed() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(30_000, 0), PCMA);
+        let mut n = 1u32;
+        let mut send = |s: &mut StreamAnalyzer, seq: u16| {
+            s.packet(at(f64::from(n) * 20.0), &packet(seq, n * 160), PCMA);
+            n += 1;
+        };
+        for seq in 30_001..30_100u16 {
+            send(&mut s, seq);
+        }
+        send(&mut s, 9); // stray
+        for seq in 30_100..30_200u16 {
+            send(&mut s, seq);
+        }
+        for seq in 0..300u16 {
+            send(&mut s, seq); // restart at 0
+        }
+        let r = s.report();
+        assert_eq!(r.sequence_resets, 1);
+        assert_eq!(r.packets, 501);
+        assert_eq!(r.expected, 500);
+        assert_eq!(r.out_of_order, 1);
+        assert_eq!(r.lost, 0);
+        assert_eq!(r.jitter_buffers[0].discarded, 0);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One packet: sequence step, timestamp step (units), arrival step (µs), marker, PT.
+        fn step() -> impl Strategy<Value = (i16, i64, u32, bool, u8)> {
+            (
+                prop_oneof![Just(1i16), -3i16..6],
+                prop_oneof![
+                    Just(160i64),
+                    -2000i64..2000,
+                    any::<i32>().prop_map(i64::from)
+                ],
+                prop_oneof![Just(20_000u32), 0u32..200_000, 0u32..5_000_000],
+                any::<bool>(),
+                prop_oneof![Just(8u8), Just(13u8), Just(101u8), Just(98u8), Just(34u8)],
+            )
+        }
+
+        fn info(pt: u8) -> PayloadInfo {
+            PayloadInfo {
+                clock_rate: match pt {
+                    8 | 13 | 101 => Some(8000),
+                    34 => Some(90_000),
+                    _ => None,
+                },
+                is_event: pt == 101,
+                is_comfort_noise: pt == 13,
+            }
+        }
+
+        proptest! {
+            /// Whatever the packets, the figures are finite and within their bounds.
+            #[test]
+            fn figures_stay_finite_and_bounded(steps in proptest::collection::vec(step(), 1..300)) {
+                let (mut seq, mut ts, mut t) = (1000u16, 5_000u32, 0f64);
+                let mut s = StreamAnalyzer::new(at(0.0), &packet(seq, ts), PCMA);
+                for (ds, dts, dt, marker, pt) in &steps {
+                    seq = seq.wrapping_add(*ds as u16);
+                    ts = ts.wrapping_add(*dts as u32);
+                    t += f64::from(*dt) / 1000.0;
+                    let p = RtpPacket { marker: *marker, payload_type: *pt, ..packet(seq, ts) };
+                    s.packet(at(t), &p, info(*pt));
+                }
+                let r = s.report();
+                prop_assert!(r.lost >= 0);
+                prop_assert_eq!(r.packets, steps.len() as u64 + 1);
+                let w = &r.wireshark;
+                for v in [
+                    r.min_delta_ms, r.mean_delta_ms, r.max_delta_ms, r.min_jitter_ms,
+                    r.mean_jitter_ms, r.max_jitter_ms, r.max_skew_ms, w.min_delta_ms,
+                    w.mean_delta_ms, w.max_delta_ms, w.min_jitter_ms, w.mean_jitter_ms,
+                    w.max_jitter_ms, w.max_skew_ms,
+                ].into_iter().flatten() {
+                    prop_assert!(v.is_finite());
+                }
+                for b in &r.jitter_buffers {
+                    prop_assert!(b.discarded <= r.packets);
+                    prop_assert!((0.0..=100.0).contains(&b.effective_loss_percent));
+                    prop_assert!(b.burst_ratio >= 1.0 && b.burst_ratio.is_finite());
+                }
+            }
+        }
     }
 }

@@ -18,7 +18,13 @@ pub struct RtcpReported {
     pub last_cumulative_lost: Option<i32>,
     pub max_jitter_ms: Option<f64>,
     pub last_jitter_ms: Option<f64>,
-    /// Round-trip time from LSR/DLSR, as seen at the tap's clock when the report passed.
+    /// Round trips (ms) from capture times: report time − time of the SR its LSR names −
+    /// DLSR (see [`crate::correlation::media`]); only samples in the plausible range.
+    pub round_trip_samples: u32,
+    /// Samples outside the plausible range (negative or over 5 s), left out.
+    pub round_trip_rejected: u32,
+    pub min_round_trip_ms: Option<f64>,
+    pub mean_round_trip_ms: Option<f64>,
     pub max_round_trip_ms: Option<f64>,
     pub last_round_trip_ms: Option<f64>,
     /// RFC 3611 VoIP metrics of the last XR about this stream.

@@ -63,21 +63,34 @@
 //!
 //! A *stream* is `{src, dst, ssrc, codec, codecs, metrics, score, not_scored, rtcp}`:
 //!
-//! - `metrics` (Wireshark's RTP stream analysis, see [`crate::media::stream`]):
-//!   `start_time`, `end_time`, `duration_s`, `packets`, `expected`, `lost` (never negative),
-//!   `lost_percent`, `lost_wireshark` (expected − received as TShark prints it),
-//!   `sequence_errors`, `duplicates`, `out_of_order`, `min/mean/max_delta_ms`,
-//!   `min/mean/max_jitter_ms` (`null` without a clock rate, e.g. telephone-event),
+//! - `metrics` (see [`crate::media::stream`] for the rules): `start_time`, `end_time`,
+//!   `duration_s`, `packets`, `expected` (highest extended sequence − first + 1), `lost`
+//!   (never negative), `lost_percent`, `duplicates`, `out_of_order`, `wrong_timestamp` (voice
+//!   packets behind the jitter reference), `timestamp_jumps` (sustained RTP timestamp resets
+//!   taken as a new reference), `sequence_resets` (a sender restarting its sequence
+//!   numbers, RFC 3550 A.1), `min/mean/max_delta_ms`, `min/mean/max_jitter_ms` (RFC 3550
+//!   over voice packets only; `null` without a clock rate, e.g. telephone-event),
 //!   `max_skew_ms`, `payload_types`, `loss_bursts` (runs of 1..9 and 10+ lost packets),
-//!   `jitter_buffers` (`[{size_ms: 50|200, discarded, effective_loss_percent, burst_ratio}]`),
-//!   `comfort_noise_packets`, `dtmf` (`[{digit, time, duration_ms}]`, RFC 4733 events);
+//!   `jitter_buffers` (`[{size_ms: 50|200, discarded, resyncs, effective_loss_percent,
+//!   burst_ratio}]`, fixed playout buffers re-anchored on talkspurts, timestamp jumps and
+//!   sustained delay shifts), `comfort_noise_packets`, `dtmf` (`[{digit, time, duration_ms}]`,
+//!   RFC 4733 events), and `wireshark`: `{version, expected, lost, sequence_errors,
+//!   wrong_timestamp, min/mean/max_delta_ms, min/mean/max_jitter_ms, max_skew_ms}` as
+//!   `tshark -z rtp,streams` of that version (4.0, Debian 12's) prints them (`lost` negative
+//!   with duplicates). The two sets agree on ordinary streams; they differ where TShark 4.0's
+//!   rules do (DTMF or unknown payload types inside voice, timestamps going back or reset);
 //! - `score`: `{model, codec, ie, bpl, packet_loss_percent, burst_ratio, one_way_delay_ms,
 //!   delay_source, jitter_buffer_ms, r_factor, mos}` — the G.107 E-model after the 50 ms
-//!   buffer, with every input written down; `null` with `not_scored` saying why (`wideband`,
-//!   `unknown_codec`, `no_data`);
+//!   buffer, with every input written down; `delay_source` is `rtcp_capture` (half the mean
+//!   RTCP round trip measured from capture times), `rtcp_xr` (half the round trip an endpoint
+//!   reported in RFC 3611 VoIP metrics) or `assumed_default` (0 ms); `null` with `not_scored`
+//!   saying why (`wideband`, `video`, `unknown_codec`, `no_data`);
 //! - `rtcp`: what the stream's receiver reported (`reports`, `last_fraction_lost_percent`,
-//!   `last_cumulative_lost`, `last/max_jitter_ms`, `last/max_round_trip_ms` from LSR/DLSR,
-//!   `voip_metrics` from RFC 3611 XR), beside the measured `metrics`; `null` without RTCP.
+//!   `last_cumulative_lost`, `last/max_jitter_ms`, `voip_metrics` from RFC 3611 XR), beside the
+//!   measured `metrics`, and the round trips the tap saw between itself and the receiver
+//!   (`round_trip_samples`, `round_trip_rejected` (outside −2..5000 ms),
+//!   `min/mean/max/last_round_trip_ms`, see [`crate::correlation::media`]); `null` without
+//!   RTCP.
 //!
 //! # Orphan stream record (`"type": "stream"`, `"schema": "teledge.stream/1"`)
 //!

@@ -149,3 +149,93 @@ fn ipv6_fragments_reassemble_into_one_datagram() {
         0
     );
 }
+
+/// Every capture in `tests/data` is in [`ALL_CAPTURES`] (which the media and robustness
+/// suites walk) and has TShark's references, from the pinned version.
+#[test]
+fn every_capture_is_listed_with_pinned_tshark_references() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(data_path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = ALL_CAPTURES.iter().map(|c| c.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "tests/data and ALL_CAPTURES differ");
+    for capture in ALL_CAPTURES {
+        for kind in ["rtp_streams.txt", "sip.tsv", "rtcp_rtt.tsv"] {
+            let path = data_path(&format!("tshark/{capture}.{kind}"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                assert_ne!(kind, "rtp_streams.txt", "{capture}: no RTP reference");
+                continue;
+            };
+            assert!(
+                text.starts_with(&format!("# {PINNED_TSHARK}")),
+                "{}: not from the pinned TShark",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Every SIP message of every capture TShark finds SIP in (HEP through
+/// tests/tshark/hep3.lua), teledge finds: same frame, Call-ID, start line and CSeq.
+#[test]
+fn every_sip_message_of_every_capture_matches_tshark() {
+    let mut compared = 0;
+    for capture in ALL_CAPTURES {
+        if data_path(&format!("tshark/{capture}.sip.tsv")).exists() {
+            assert_same_messages(capture);
+            compared += 1;
+        }
+    }
+    assert!(compared >= 13, "{compared} captures compared");
+}
+
+/// The generated media captures are what `teledge-gencap --media-scenario` writes today, and
+/// the installed TShark (the pinned version) still reports their streams as the references
+/// say.
+#[test]
+fn generated_media_captures_are_reproducible() {
+    pinned_tshark();
+    let dir = std::env::temp_dir().join(format!("teledge-media-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for scenario in [
+        "rtcp-clock-offset",
+        "early-burst",
+        "timestamp-reset",
+        "dtmf-in-voice",
+        "static-payload-types",
+    ] {
+        let name = format!("gen_{}.pcap", scenario.replace('-', "_"));
+        let path = dir.join(&name);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_teledge-gencap"))
+            .args(["--media-scenario", scenario, "--out"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{scenario}");
+        assert!(
+            std::fs::read(&path).unwrap() == data(&name),
+            "{name}: the generator no longer writes the bundled capture; regenerate it and its \
+             references (tests/tshark/regenerate.py)"
+        );
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&path)
+            .args(["-q", "-o", "rtp.heuristic_rtp:TRUE", "-z", "rtp,streams"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let reference =
+            std::fs::read_to_string(data_path(&format!("tshark/{name}.rtp_streams.txt"))).unwrap();
+        let body: String = reference
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), body, "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

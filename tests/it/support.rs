@@ -10,8 +10,9 @@ use teledge::replay::{Replay, ReplaySettings};
 use teledge::sources::capture_file::{self, CaptureError};
 use teledge::time::Timestamp;
 
-/// Every capture bundled in `tests/data`.
-pub const ALL_CAPTURES: [&str; 14] = [
+/// Every capture bundled in `tests/data` (a conformance test checks this list against the
+/// folder, so none is forgotten).
+pub const ALL_CAPTURES: [&str; 19] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -26,7 +27,35 @@ pub const ALL_CAPTURES: [&str; 14] = [
     "websocket-sip.pcapng",
     "b2bua_direct_media.pcap",
     "sipp_branch_403_bye.pcap",
+    "gen_rtcp_clock_offset.pcap",
+    "gen_early_burst.pcap",
+    "gen_timestamp_reset.pcap",
+    "gen_dtmf_in_voice.pcap",
+    "gen_static_payload_types.pcap",
 ];
+
+/// The TShark version every reference in `tests/data/tshark` comes from (Debian 12's).
+pub const PINNED_TSHARK: &str = "TShark (Wireshark) 4.0.";
+
+/// The first line of `tshark --version`; panics with what to do when TShark is missing or
+/// is not the pinned version, whose RTP analysis rules the references follow.
+pub fn pinned_tshark() -> String {
+    let out = std::process::Command::new("tshark")
+        .arg("--version")
+        .output()
+        .expect("tshark is required: run ./scripts/test.sh, which installs Debian 12's tshark");
+    let version = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        version.starts_with(PINNED_TSHARK),
+        "installed {version:?}, but the references and teledge's Wireshark figures follow \
+         {PINNED_TSHARK}x (Debian 12's package): RTP analysis rules differ between versions"
+    );
+    version
+}
 
 pub fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

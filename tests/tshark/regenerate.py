@@ -11,7 +11,14 @@ deframer written for these references (TShark 4.0 has no HEP dissector); it hand
 SIP frames, inflated if compressed, to TShark's own SIP dissector.
 
 For every capture it writes tests/data/tshark/<capture>.rtp_streams.txt: the output of
-`tshark -q -o rtp.heuristic_rtp:TRUE -z rtp,streams`, which the media conformance test parses.
+`tshark -q -o rtp.heuristic_rtp:TRUE -z rtp,streams`, which the media conformance test parses,
+and, for captures whose RTCP lets TShark compute round trips, <capture>.rtcp_rtt.tsv: per RTCP
+frame with a round trip, the reporter's address, the SSRCs reported on, their LSRs and
+`rtcp.roundtrip-delay` in ms (TShark truncates to whole ms), from
+`-o rtcp.show_roundtrip_calculation:TRUE -o rtcp.roundtrip_min_threshhold:0`.
+
+The tests pin the TShark version these files come from (PINNED below, the one in Debian 12):
+regenerating with another version is refused, since its RTP analysis rules differ.
 
 Usage: python3 tests/tshark/regenerate.py   (needs the Debian package `tshark`)
 """
@@ -21,17 +28,7 @@ import subprocess
 import sys
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
-CAPTURES = [
-    "rtp_rtcp_sip_ipv4_udp.pcap",
-    "sip_ipv4_tcp.pcap",
-    "sip_ipv4_tcp_fragmented.pcap",
-    "sip_ipv6_udp.pcap",
-    "erspan_sip_ipv4_udp.pcapng",
-    "sngrep_aaa.pcap",
-    "websocket-sip.pcapng",
-    "b2bua_direct_media.pcap",
-    "sipp_branch_403_bye.pcap",
-]
+PINNED = "TShark (Wireshark) 4.0."
 HEP_CAPTURES = ["hep.pcap", "hep3_compressed.pcapng"]
 HEP_LUA = pathlib.Path(__file__).resolve().parent / "hep3.lua"
 
@@ -72,8 +69,13 @@ def main():
     target = DATA / "tshark"
     target.mkdir(exist_ok=True)
     version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    for capture in CAPTURES + HEP_CAPTURES:
+    if not version.startswith(PINNED):
+        sys.exit(f"{version}: the references are pinned to {PINNED}x (Debian 12's tshark)")
+    captures = sorted(p.name for p in DATA.glob("*.pcap*"))
+    for capture in captures:
         rows = list(messages(capture))
+        if not rows:
+            continue
         args = " ".join(tshark_args(capture)).replace(str(DATA) + "/", "").replace(
             str(HEP_LUA), "tests/tshark/hep3.lua").replace("frame sip", '"frame sip"')
         with open(target / f"{capture}.sip.tsv", "w") as f:
@@ -91,6 +93,23 @@ def main():
             f.write(out)
         streams = sum(1 for line in out.splitlines() if " 0x" in line)
         print(f"{path.name}: {streams} RTP streams", file=sys.stderr)
+        rtt_args = ["-o", "rtcp.show_roundtrip_calculation:TRUE",
+                    "-o", "rtcp.roundtrip_min_threshhold:0", "-Y", "rtcp.roundtrip-delay",
+                    "-T", "fields", "-e", "frame.number", "-e", "ip.src", "-e", "udp.srcport",
+                    "-e", "rtcp.ssrc.identifier", "-e", "rtcp.ssrc.lsr",
+                    "-e", "rtcp.roundtrip-delay"]
+        out = subprocess.run(["tshark", "-r", str(path)] + rtt_args,
+                             check=True, capture_output=True, text=True).stdout
+        rtt_file = target / f"{path.name}.rtcp_rtt.tsv"
+        if out.strip():
+            with open(rtt_file, "w") as f:
+                f.write(f"# {version}; tshark -r {path.name} {' '.join(rtt_args)}\n")
+                f.write("# frame\treporter_ip\treporter_port\tssrcs\tlsrs\troundtrip_ms\n")
+                f.write("# (the first len(lsrs) ssrcs are the report blocks', the rest SDES chunks')\n")
+                f.write(out)
+            print(f"{path.name}: {len(out.splitlines())} RTCP round trips", file=sys.stderr)
+        elif rtt_file.exists():
+            rtt_file.unlink()
 
 
 if __name__ == "__main__":
