@@ -178,22 +178,19 @@ impl PacketSink for CaptureSink {
 }
 
 impl CaptureSink {
-    /// Publishes the decoder's error counters by kind (they only grow).
-    fn report_decode_errors(&self, metrics: &AgentMetrics) {
+    /// Publishes the decoder's error and drop counters by kind (they only grow), and the
+    /// bytes its reassembly holds for `interface`.
+    fn report_decode_errors(&self, metrics: &AgentMetrics, interface: &str) {
         let s = self.dissector.stats();
-        for (kind, n) in [
-            ("link", s.link_errors),
-            ("ip", s.ip_errors),
-            ("tunnel", s.tunnel_errors),
-            ("depth_exceeded", s.depth_exceeded),
-            ("sip_parse", s.sip_parse_errors),
-            ("stream_bytes_discarded", s.stream_bytes_discarded),
-            ("hep", s.hep_errors),
-        ] {
+        for (kind, n) in s.loss_counters() {
             if n > 0 {
                 metrics.decode_errors.with(&[kind]).raise_to(n);
             }
         }
+        metrics
+            .reassembly_bytes_held
+            .with(&[interface])
+            .set(i64::try_from(s.memory.held_bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -731,7 +728,7 @@ fn capture_loop(
                 current = k;
             }
             drops.raise_to(add_stats(closed, current).drops);
-            sink.report_decode_errors(metrics);
+            sink.report_decode_errors(metrics, interface);
         }
     }
     if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
@@ -739,7 +736,7 @@ fn capture_loop(
     }
     let total = add_stats(closed, current);
     drops.raise_to(total.drops);
-    sink.report_decode_errors(metrics);
+    sink.report_decode_errors(metrics, interface);
     total
 }
 

@@ -4,6 +4,7 @@
 
 pub mod hep;
 pub mod link;
+pub mod sctp;
 pub mod sdp;
 pub mod sip;
 pub mod tunnel;

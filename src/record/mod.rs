@@ -147,6 +147,9 @@ pub struct CaptureSummary {
     pub decode: crate::dissect::DissectStats,
     pub media: crate::correlation::media::MediaCounters,
     pub calls_dropped_at_capacity: u64,
+    /// Files of which not one frame could be decoded (every frame failed, see
+    /// `decode.errors` for the kinds): not an empty capture, a capture teledge cannot read.
+    pub undecodable_files: Vec<String>,
 }
 
 /// Schema id of the capture summary.
