@@ -211,7 +211,10 @@ impl DissectStats {
             ("stream_bytes_discarded", self.stream_bytes_discarded),
             ("fragments_timed_out", self.fragments.timed_out),
             ("fragments_evicted", self.fragments.evicted),
-            ("fragments_overlap_conflicts", self.fragments.overlap_conflicts),
+            (
+                "fragments_overlap_conflicts",
+                self.fragments.overlap_conflicts,
+            ),
             ("fragments_malformed", self.fragments.malformed),
             ("tcp_gaps", self.tcp.gaps),
             ("tcp_flows_evicted", self.tcp.flows_evicted),
@@ -421,8 +424,11 @@ impl Dissector {
         };
         let Some((id, offset, more)) = fragment else {
             self.stats.ip_errors += 1;
-            self.stats
-                .problem(ctx.frame, "ip", "fragmented IPv6 packet without a fragment header");
+            self.stats.problem(
+                ctx.frame,
+                "ip",
+                "fragmented IPv6 packet without a fragment header",
+            );
             return;
         };
         let key = FragmentKey {

@@ -111,6 +111,11 @@ struct ReplayArgs {
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// MiB the packet reassembly may hold in all (IP fragments, TCP segments and SIP
+    /// messages being framed, WebSocket, SCTP); beyond it the least recently active state is
+    /// dropped and counted in the summary.
+    #[arg(long, default_value_t = teledge::dissect::DEFAULT_MEMORY_BUDGET / (1024 * 1024), value_name = "MIB")]
+    memory_budget: usize,
     /// Send the records through the spool to the collector named in this configuration
     /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
     #[arg(long, value_name = "CONFIG")]
@@ -176,14 +181,18 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    if args.setup_timeout == 0 || args.max_call_duration == 0 {
-        anyhow::bail!("--setup-timeout and --max-call-duration must be positive");
+    if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
+        anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
     }
     let settings = ReplaySettings {
         calls: CallLimits {
             setup_timeout: Duration::from_secs(args.setup_timeout),
             max_call_duration: Duration::from_secs(args.max_call_duration),
             ..CallLimits::default()
+        },
+        dissect: teledge::dissect::DissectLimits {
+            memory_budget: args.memory_budget.saturating_mul(1024 * 1024),
+            ..teledge::dissect::DissectLimits::default()
         },
         ..ReplaySettings::default()
     };

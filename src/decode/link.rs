@@ -246,9 +246,18 @@ mod tests {
             Ok(Some(&[0x45][..]))
         );
         // Not IP: netlink, 802.2 LLC, ARP; a header cut short is an error.
-        assert_eq!(ip_payload(LinkType::LinuxSll, &sll_v1(824, 0, 0x0800)), Ok(None));
-        assert_eq!(ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0004)), Ok(None));
-        assert_eq!(ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0806)), Ok(None));
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(824, 0, 0x0800)),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0004)),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0806)),
+            Ok(None)
+        );
         assert_eq!(
             ip_payload(LinkType::LinuxSll, &sll_v1(772, 6, 0x0800)[..15]),
             Err(LinkError::Truncated)

@@ -29,7 +29,9 @@ pub struct SctpPacket<'a> {
 pub enum Chunk<'a> {
     Data(DataChunk<'a>),
     /// Any other chunk (INIT, SACK, HEARTBEAT, I-DATA, ...), by its type.
-    Other { kind: u8 },
+    Other {
+        kind: u8,
+    },
 }
 
 /// A DATA chunk: one user message, or one fragment of it.
@@ -160,7 +162,10 @@ mod tests {
         packet.extend(data_chunk(0x03, 10, b"abc"));
         packet.extend(data_chunk(0x02, 11, b"hello"));
         let p = parse(&packet).unwrap();
-        assert_eq!((p.src_port, p.dst_port, p.verification_tag), (5060, 5061, 9));
+        assert_eq!(
+            (p.src_port, p.dst_port, p.verification_tag),
+            (5060, 5061, 9)
+        );
         let chunks: Vec<_> = p.chunks().collect::<Result<_, _>>().unwrap();
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks[0], Chunk::Other { kind: 3 });
@@ -168,7 +173,10 @@ mod tests {
             panic!("{chunks:?}")
         };
         assert_eq!(second.tsn, 11);
-        assert_eq!((second.begin, second.end, second.unordered), (true, false, false));
+        assert_eq!(
+            (second.begin, second.end, second.unordered),
+            (true, false, false)
+        );
         assert_eq!((second.stream, second.ssn), (1, 7));
         assert_eq!(second.payload, b"hello");
     }

@@ -150,7 +150,12 @@ impl SctpReassembler {
 
     /// Offers one fragment (a DATA chunk without both B and E). Returns the message it
     /// completed, if any.
-    pub fn add(&mut self, key: AssociationKey, now: Timestamp, chunk: &DataChunk<'_>) -> Reassembled {
+    pub fn add(
+        &mut self,
+        key: AssociationKey,
+        now: Timestamp,
+        chunk: &DataChunk<'_>,
+    ) -> Reassembled {
         self.stats.fragments += 1;
         self.expire(now);
         if chunk.payload.len() > MAX_USER_MESSAGE {
@@ -193,7 +198,10 @@ impl SctpReassembler {
         }
         self.bytes_held += cost;
         self.by_arrival.insert(fragment.order, (key, chunk.tsn));
-        self.held.entry(key).or_default().insert(chunk.tsn, fragment);
+        self.held
+            .entry(key)
+            .or_default()
+            .insert(chunk.tsn, fragment);
         self.complete(key, chunk.tsn)
     }
 
@@ -330,7 +338,10 @@ mod tests {
     fn reassembles_out_of_order_across_the_tsn_wrap() {
         let mut r = SctpReassembler::new(SctpLimits::default());
         let first = u32::MAX - 1;
-        assert_eq!(r.add(key(), t(1), &chunk(0, false, true, b"!")), Reassembled::Pending);
+        assert_eq!(
+            r.add(key(), t(1), &chunk(0, false, true, b"!")),
+            Reassembled::Pending
+        );
         assert_eq!(
             r.add(key(), t(1), &chunk(first, true, false, b"hel")),
             Reassembled::Pending

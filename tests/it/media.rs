@@ -111,7 +111,7 @@ fn every_stream_of_every_capture_matches_tshark() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 10);
+    assert_eq!(compared, 12);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use teledge::sources::capture_file::{self, CaptureError};
 use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data`.
-pub const ALL_CAPTURES: [&str; 12] = [
+pub const ALL_CAPTURES: [&str; 14] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -24,6 +24,8 @@ pub const ALL_CAPTURES: [&str; 12] = [
     "sipp_g711a.pcap",
     "sipp_dtmf_2833_1.pcap",
     "websocket-sip.pcapng",
+    "sip_loopback_sll.pcap",
+    "sip_sctp.pcap",
 ];
 
 pub fn data_path(name: &str) -> PathBuf {

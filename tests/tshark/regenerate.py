@@ -29,6 +29,8 @@ CAPTURES = [
     "erspan_sip_ipv4_udp.pcapng",
     "sngrep_aaa.pcap",
     "websocket-sip.pcapng",
+    "sip_loopback_sll.pcap",
+    "sip_sctp.pcap",
 ]
 HEP_CAPTURES = ["hep.pcap", "hep3_compressed.pcapng"]
 HEP_LUA = pathlib.Path(__file__).resolve().parent / "hep3.lua"
@@ -41,9 +43,9 @@ def first(value):
 def tshark_args(capture):
     if capture in HEP_CAPTURES:
         return ["-X", f"lua_script:{HEP_LUA}", "-r", str(DATA / capture), "-Y", "sip",
-                "-T", "json", "-J", "frame sip"]
+                "-T", "json", "--no-duplicate-keys", "-J", "frame sip"]
     return ["-r", str(DATA / capture), "-d", "tcp.port==6060,sip", "-Y", "sip",
-            "-T", "json", "-J", "frame sip"]
+            "-T", "json", "--no-duplicate-keys", "-J", "frame sip"]
 
 
 def messages(capture):
