@@ -17,10 +17,12 @@
 //! other pools). After each segment the bytes held are within the budget: beyond it, the
 //! directions holding bytes that were least recently active are dropped whole, counted in
 //! [`TcpStats::flows_evicted_memory`] and [`TcpStats::bytes_dropped`]. A direction that holds
-//! bytes and sees nothing for [`TcpLimits::stall_timeout`] (a half-open connection, a message
-//! that never completes) is dropped the same way ([`TcpStats::flows_stalled`]); one that holds
-//! nothing is forgotten after [`TcpLimits::idle_timeout`]. A dropped direction that speaks
-//! again starts afresh after a gap. The table itself is bounded by [`TcpLimits::max_flows`].
+//! bytes and sees nothing for [`TcpLimits::stall_timeout`] (a message that never completes),
+//! or that has carried no byte at all by then (a SYN never followed by data: a half-open
+//! connection), is dropped the same way ([`TcpStats::flows_stalled`]); one that holds nothing
+//! is forgotten after [`TcpLimits::idle_timeout`]. A dropped direction that speaks again
+//! starts afresh after a gap. The table itself is bounded by [`TcpLimits::max_flows`] (each
+//! entry costs about half a KiB beside what it holds).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -47,8 +49,8 @@ pub struct TcpLimits {
     pub max_bytes: usize,
     /// How long (capture time) a hole may stay open before it is skipped.
     pub hole_timeout: Duration,
-    /// A direction holding bytes that is silent for this long is dropped (half-open
-    /// connections, messages that never complete).
+    /// A direction holding bytes, or that never carried any, silent for this long is dropped
+    /// (half-open connections, messages that never complete).
     pub stall_timeout: Duration,
     /// A direction silent for this long is forgotten.
     pub idle_timeout: Duration,
@@ -80,7 +82,7 @@ pub struct TcpStats {
     /// Directions dropped, with what they held, because the memory budget was reached.
     pub flows_evicted_memory: u64,
     /// Directions dropped, with what they held, after holding bytes silently for the stall
-    /// timeout.
+    /// timeout, or after it without ever carrying a byte (half-open).
     pub flows_stalled: u64,
     /// Directions forgotten after the idle timeout (holding nothing).
     pub flows_expired: u64,
@@ -143,6 +145,8 @@ struct Direction<A> {
     last_seen: Timestamp,
     /// The next delivery follows a gap.
     gap: bool,
+    /// A segment with payload has been seen.
+    carried: bool,
     /// Bytes of memory held (pending segments and the consumer's buffers), as accounted.
     held: usize,
     app: A,
@@ -163,6 +167,8 @@ pub struct TcpReassembler<A> {
     by_activity: BTreeSet<(Timestamp, FlowKey)>,
     /// Directions holding bytes by last activity, oldest first: who is dropped first.
     holding: BTreeSet<(Timestamp, FlowKey)>,
+    /// Directions that have carried no byte yet (after a SYN) by last activity.
+    silent: BTreeSet<(Timestamp, FlowKey)>,
     /// Bytes held across all directions (sum of `Direction::held`).
     held: usize,
     /// The budget in force (at most `limits.max_bytes`).
@@ -175,6 +181,13 @@ pub struct TcpReassembler<A> {
 /// Signed distance from `b` to `a` in sequence space (RFC 9293 §3.4 comparison).
 fn seq_diff(a: u32, b: u32) -> i64 {
     i64::from(a.wrapping_sub(b) as i32)
+}
+
+/// The indexes the stall timeout sweeps.
+#[derive(Debug, Clone, Copy)]
+enum Index {
+    Holding,
+    Silent,
 }
 
 /// Why a direction was dropped.
@@ -195,6 +208,7 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             flows: HashMap::new(),
             by_activity: BTreeSet::new(),
             holding: BTreeSet::new(),
+            silent: BTreeSet::new(),
             held: 0,
             budget: limits.max_bytes,
             peak: 0,
@@ -267,11 +281,13 @@ impl<A: StreamConsumer> TcpReassembler<A> {
                     last_seen: now,
                     // Without the SYN we do not know where the stream began.
                     gap: !segment.syn,
+                    carried: false,
                     held: 0,
                     app: A::default(),
                 },
             );
             self.by_activity.insert((now, key));
+            self.silent.insert((now, key));
         }
         let Some(dir) = self.flows.get_mut(&key) else {
             return;
@@ -282,7 +298,14 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             if self.holding.remove(&(dir.last_seen, key)) {
                 self.holding.insert((now, key));
             }
+            if self.silent.remove(&(dir.last_seen, key)) {
+                self.silent.insert((now, key));
+            }
             dir.last_seen = now;
+        }
+        if !dir.carried && !segment.payload.is_empty() {
+            dir.carried = true;
+            self.silent.remove(&(now, key));
         }
 
         if !dir.app.wants_more() {
@@ -350,6 +373,7 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         self.held = 0;
         self.by_activity.clear();
         self.holding.clear();
+        self.silent.clear();
         for (key, mut dir) in self.flows.drain() {
             while !dir.pending.is_empty() {
                 self.stats.gaps += 1;
@@ -395,6 +419,7 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         };
         self.by_activity.remove(&(dir.last_seen, *key));
         self.holding.remove(&(dir.last_seen, *key));
+        self.silent.remove(&(dir.last_seen, *key));
         self.held = self.held.saturating_sub(dir.held);
         // Also on a close: a partial message or a segment after a hole never completes.
         self.stats.bytes_dropped += dir.held as u64;
@@ -407,15 +432,24 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         }
     }
 
-    /// Drops directions that held bytes too long without activity, and forgets idle ones.
-    /// Cheap per segment: both indexes are ordered by activity.
+    /// Drops directions that held bytes, or never carried any, too long without activity,
+    /// and forgets idle ones. Cheap per segment: the indexes are ordered by activity.
     fn expire(&mut self, now: Timestamp) {
         let stall = self.limits.stall_timeout.as_secs_f64();
-        while let Some(&(seen, key)) = self.holding.first() {
-            if now.seconds_since(seen) <= stall {
-                break;
+        for index in [Index::Holding, Index::Silent] {
+            loop {
+                let set = match index {
+                    Index::Holding => &self.holding,
+                    Index::Silent => &self.silent,
+                };
+                let Some(&(seen, key)) = set.first() else {
+                    break;
+                };
+                if now.seconds_since(seen) <= stall {
+                    break;
+                }
+                self.remove(&key, Drop::Stalled);
             }
-            self.remove(&key, Drop::Stalled);
         }
         let idle = self.limits.idle_timeout.as_secs_f64();
         while let Some(&(seen, key)) = self.by_activity.first() {
@@ -638,6 +672,28 @@ mod tests {
         holder.segment(port_key(4), t(700), seg(1, b"b"), |_, _| {});
         assert_eq!(holder.stats().flows_expired, 2);
         assert_eq!(holder.flows(), 1);
+    }
+
+    #[test]
+    fn half_open_connections_time_out_at_the_stall_timeout() {
+        let mut r: TcpReassembler<String> = TcpReassembler::new(TcpLimits::default());
+        let t = |s| Timestamp::from_secs_nanos(s, 0);
+        let syn = |seq| Segment {
+            seq,
+            syn: true,
+            fin: false,
+            rst: false,
+            payload: b"",
+        };
+        // A SYN never followed by data, and one that is.
+        r.segment(port_key(1), t(1), syn(0), |_, _| {});
+        r.segment(port_key(2), t(1), syn(0), |_, _| {});
+        r.segment(port_key(2), t(2), seg(1, b"x"), |_, _| {});
+        r.segment(port_key(3), t(40), seg(0, b"y"), |_, _| {});
+        assert_eq!(r.stats().flows_stalled, 1);
+        assert!(!r.flows.contains_key(&port_key(1)));
+        assert!(r.flows.contains_key(&port_key(2)));
+        assert!(r.silent.is_empty());
     }
 
     #[test]

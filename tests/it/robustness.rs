@@ -151,9 +151,7 @@ const T0_US: u64 = 1_767_225_600_000_000;
 /// A classic little-endian pcap of Ethernet frames, microsecond timestamps.
 fn pcap(frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for v in [0xA1B2_C3D4u32] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&4u16.to_le_bytes());
     for v in [0u32, 0, 65_535, 1] {
