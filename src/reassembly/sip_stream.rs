@@ -505,6 +505,25 @@ mod tests {
     }
 
     #[test]
+    fn buffers_are_released_once_messages_complete() {
+        let a = msg("a", &"x".repeat(40_000));
+        let mut s = SipStream::default();
+        let (head, tail) = a.as_bytes().split_at(30_000);
+        collect(&mut s, &[(head, false)]);
+        // A partial message is held, and reported for the budget.
+        assert!(s.held_bytes() >= 30_000, "{}", s.held_bytes());
+        let (out, _) = collect(&mut s, &[(tail, false)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.held_bytes(), 0);
+        // A message claiming more than the cap is not waited for.
+        let claim = "INVITE sip:b@h SIP/2.0\r\nCall-ID: big\r\nContent-Length: 70000\r\n\r\n";
+        let (out, discarded) = collect(&mut s, &[(claim.as_bytes(), false)]);
+        assert!(out.is_empty());
+        assert_eq!(discarded, claim.len());
+        assert_eq!(s.held_bytes(), 0);
+    }
+
+    #[test]
     fn websocket_upgrade_then_masked_frames() {
         let sip = msg("ws", "");
         let mut stream =
