@@ -224,7 +224,6 @@ impl DissectStats {
             ("sctp_fragments_timed_out", self.sctp.timed_out),
             ("sctp_fragments_evicted", self.sctp.evicted),
             ("sctp_messages_oversized", self.sctp.oversized),
-            ("sctp_fragments_inconsistent", self.sctp.inconsistent),
         ]);
         counters
     }

@@ -61,8 +61,6 @@ pub struct SctpStats {
     pub evicted: u64,
     /// Messages dropped for being over [`MAX_USER_MESSAGE`].
     pub oversized: u64,
-    /// Fragments whose run disagreed (stream, sequence number) and were dropped.
-    pub inconsistent: u64,
 }
 
 /// One direction of an association.
@@ -98,7 +96,7 @@ pub enum Reassembled {
     Pending,
     /// A whole user message.
     Message(Vec<u8>),
-    /// The fragment was not kept (duplicate, over a bound, inconsistent): counted.
+    /// The fragment was not kept (a duplicate, or over a bound): counted.
     Dropped,
 }
 
