@@ -180,11 +180,12 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+/// The replay's settings from its arguments.
+fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
     if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
         anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
     }
-    let settings = ReplaySettings {
+    Ok(ReplaySettings {
         calls: CallLimits {
             setup_timeout: Duration::from_secs(args.setup_timeout),
             max_call_duration: Duration::from_secs(args.max_call_duration),
@@ -195,7 +196,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             ..teledge::dissect::DissectLimits::default()
         },
         ..ReplaySettings::default()
-    };
+    })
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let settings = replay_settings(&args)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -387,7 +392,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut damaged = false;
-    let mut replay = Replay::new(ReplaySettings::default());
+    let mut replay = Replay::new(replay_settings(&args)?);
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         if let Err(e) = replay.read(

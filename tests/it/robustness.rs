@@ -171,6 +171,57 @@ fn pcap(frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// An Ethernet frame with an IPv4 packet built by hand (fragment fields included).
+fn ipv4_frame(
+    src: [u8; 4],
+    protocol: u8,
+    id: u16,
+    more_fragments: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    let total = (20 + payload.len()) as u16;
+    let flags: u16 = if more_fragments { 0x2000 } else { 0 };
+    let mut header = vec![0x45, 0];
+    header.extend_from_slice(&total.to_be_bytes());
+    header.extend_from_slice(&id.to_be_bytes());
+    header.extend_from_slice(&flags.to_be_bytes());
+    header.extend_from_slice(&[64, protocol, 0, 0]);
+    header.extend_from_slice(&src);
+    header.extend_from_slice(&[192, 0, 2, 1]);
+    let sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xFFFF) + (sum >> 16);
+    let checksum = !((folded & 0xFFFF) + (folded >> 16)) as u16;
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An SCTP packet with one DATA chunk: the first fragment (B, not E) of a user message.
+fn sctp_first_fragment(tsn: u32, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x13, 0xC4, 0x13, 0xC4, 0, 0, 0, 1, 0, 0, 0, 0];
+    packet.extend_from_slice(&[0, 0x02]);
+    packet.extend_from_slice(&((16 + payload.len()) as u16).to_be_bytes());
+    packet.extend_from_slice(&tsn.to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// A UDP datagram that is neither SIP nor RTP: traffic that costs time but holds nothing.
+fn udp_junk(src: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.0, [192, 0, 2, 1], 64)
+        .udp(src.1, 9);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
 fn tcp_frame(
     src: ([u8; 4], u16),
     dst: ([u8; 4], u16),
@@ -199,8 +250,11 @@ const REAL_CALL_ID: &str = "real-call-under-attack@192.0.2.50";
 /// Thousands of half-open TCP connections to the SIP port (a SYN, never answered), each
 /// sending an INVITE that claims a 60,000-byte body and then about 16 KiB of it, never
 /// finishing; every fourth one leaves a hole at its start so its segments wait out of order.
-/// All within a few seconds, below every timeout: only the memory budget holds them. In the
-/// middle, a real call over TCP: INVITE, 180, 200, ACK, BYE, 200.
+/// Every tenth also leaves an IP datagram and an SCTP user message unfinished each round. All
+/// within a few seconds, below every timeout: only the memory budget holds them. In the
+/// middle, a real call over TCP: INVITE, 180, 200, ACK, BYE, 200. Without the attack, the
+/// same bytes come as UDP datagrams that are neither SIP nor RTP (a baseline that takes as
+/// long to read but holds nothing), with the same real call.
 fn hostile_capture(with_attack: bool) -> Vec<u8> {
     /// Frames 100 µs apart.
     struct Frames(Vec<(u64, Vec<u8>)>);
@@ -259,18 +313,31 @@ fn hostile_capture(with_attack: bool) -> Vec<u8> {
     frames.push(tcp_frame(caller, server, 999, true, b""));
     frames.push(tcp_frame(server, caller, 4999, true, b""));
     for round in 0..HOSTILE_ROUNDS {
-        if with_attack {
-            for flow in 0..HOSTILE_FLOWS {
-                // Every fourth flow never sends its first segment: the rest waits.
-                if flow % 4 == 0 && round == 0 {
-                    continue;
-                }
-                let invite = claim(flow);
-                let at = round as usize * SEGMENT;
-                let seq = isn(flow).wrapping_add(1).wrapping_add(at as u32);
-                let payload = &invite[at..at + SEGMENT];
-                frames.push(tcp_frame(client(flow), server, seq, false, payload));
+        for flow in 0..HOSTILE_FLOWS {
+            let invite = claim(flow);
+            let at = round as usize * SEGMENT;
+            if !with_attack {
+                frames.push(udp_junk(client(flow), &[b'x'; SEGMENT]));
+                continue;
             }
+            // Every tenth flow also opens an IP datagram and an SCTP user message that never
+            // complete: first fragments only, each in the same budget.
+            if flow % 10 == 0 {
+                let src = [10, 67, (flow >> 8) as u8, flow as u8];
+                let id = (round * HOSTILE_FLOWS + flow) as u16;
+                let fragment = vec![b'f'; SEGMENT];
+                frames.push(ipv4_frame(src, 17, id, true, &fragment));
+                let tsn = round * HOSTILE_FLOWS + flow;
+                let sctp = sctp_first_fragment(tsn, &invite[..SEGMENT]);
+                frames.push(ipv4_frame(src, 132, id, false, &sctp));
+            }
+            // Every fourth flow never sends its first segment: the rest waits.
+            if flow % 4 == 0 && round == 0 {
+                continue;
+            }
+            let seq = isn(flow).wrapping_add(1).wrapping_add(at as u32);
+            let payload = &invite[at..at + SEGMENT];
+            frames.push(tcp_frame(client(flow), server, seq, false, payload));
         }
         match round {
             5 => {
@@ -329,6 +396,13 @@ fn half_open_tcp_flows_with_partial_sip_stay_within_the_budget_and_the_real_call
         "{tcp:?}"
     );
     assert!(tcp.bytes_dropped > 8 * 1024 * 1024, "{tcp:?}");
+    // IP fragments and SCTP fragments drew on the same budget, and had to give way too.
+    let (fragments, sctp) = (summary.decode.fragments, summary.decode.sctp);
+    let opened = u64::from(HOSTILE_FLOWS / 10 * HOSTILE_ROUNDS);
+    assert_eq!(fragments.fragments, opened);
+    assert!(fragments.evicted > 0, "{fragments:?}");
+    assert_eq!(sctp.fragments, opened);
+    assert!(sctp.evicted > 0, "{sctp:?}");
     // The real call in the middle of it is whole.
     let real = call(&calls, REAL_CALL_ID);
     assert_eq!(real.outcome, teledge::record::Outcome::Answered);
