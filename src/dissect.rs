@@ -720,3 +720,58 @@ fn feed_stream(
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame from `port` to 192.0.2.1:5060.
+    fn tcp_frame(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
+            .tcp(port, 5060, seq, 65_535)
+            .ack(1);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn budget_bounds_every_flow_and_its_drops_reach_the_loss_counters() {
+        let budget = 64 * 1024;
+        let mut dissector = Dissector::new(DissectLimits {
+            memory_budget: budget,
+            ..DissectLimits::default()
+        });
+        let head = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 60000\r\n\r\n";
+        let mut sink = |_: &MessageMeta, _: &SipMessage<'_>| panic!("no message completes");
+        for port in 1..=100u16 {
+            let mut payload = head.to_vec();
+            payload.resize(4000, b'x');
+            let data = tcp_frame(port, 1, &payload);
+            let frame = Frame {
+                number: u64::from(port),
+                time: Timestamp::from_secs_nanos(1, u32::from(port)),
+                link: LinkType::Ethernet,
+                data: &data,
+            };
+            dissector.frame(&frame, &mut sink);
+            assert!(
+                dissector.bytes_held() <= budget,
+                "{}",
+                dissector.bytes_held()
+            );
+        }
+        let stats = dissector.stats();
+        assert!(stats.memory.peak_bytes <= budget as u64);
+        assert!(stats.memory.held_bytes > 0);
+        let counters: std::collections::BTreeMap<_, _> =
+            stats.loss_counters().into_iter().collect();
+        assert_eq!(
+            counters["tcp_flows_evicted_memory"],
+            stats.tcp.flows_evicted_memory
+        );
+        assert!(counters["tcp_flows_evicted_memory"] > 50, "{counters:?}");
+        assert!(counters["tcp_bytes_dropped"] > 50 * 4000, "{counters:?}");
+    }
+}
