@@ -5,6 +5,12 @@
 //! observability and shutdown. `teledge check-config` prints the problems; a bad file exits
 //! with 78 (EX_CONFIG) so systemd does not restart-loop. The commented example is
 //! `teledge.example.toml` at the top of the repository.
+//!
+//! Beyond [`crate::config`]'s checks: every number in a range that works (timeouts, retries,
+//! baud rates, queue bounds, clock tolerances), serial ports that exist must be character
+//! devices, HEP on every address (`0.0.0.0`, `::`) requires an `auth_key` (on another
+//! address than loopback it is a warning), the HEP TLS key must match its certificate, and
+//! buffers adding up beyond the systemd unit's `MemoryHigh=` are a warning.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,14 +19,15 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{
-    read_file, toml_problem, validate_forward, ConfigErrors, ConfigProblem, ForwardConfig, RawNode,
-    RawPrivacy, RawSpool, RawUplink,
+    check_key_pair, read_file, readable_file, toml_problem, validate_forward, ConfigErrors,
+    ConfigProblem, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink, Strictness,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
 use crate::observe::ObserveSettings;
 use crate::sensors::device::DeviceSettings;
 use crate::sensors::profile;
+use crate::time::ClockGuard;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +74,16 @@ struct RawHep {
     tls_key_file: Option<PathBuf>,
     auth_key: Option<String>,
     auth_key_file: Option<PathBuf>,
+    /// A TCP/TLS connection must deliver a valid (and, with a key, authenticated) frame
+    /// within this long, or it is closed.
+    #[serde(default = "default_first_frame_s")]
+    first_frame_timeout_s: u64,
+    #[serde(default = "default_idle_s")]
+    idle_timeout_s: u64,
+    #[serde(default = "default_hep_connections")]
+    max_connections: usize,
+    #[serde(default = "default_hep_connections_per_source")]
+    max_connections_per_source: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +101,14 @@ struct RawCorrelation {
     stream_idle_s: u64,
     #[serde(default = "default_queue")]
     queue_frames: usize,
+    #[serde(default = "default_queue_bytes")]
+    queue_bytes: usize,
+    /// Sender times (HEP) later than the local clock by more than this are replaced by it.
+    #[serde(default = "default_future_tolerance")]
+    future_time_tolerance_s: u64,
+    /// Sender times earlier than the local clock by more than this are replaced by it.
+    #[serde(default = "default_past_tolerance")]
+    past_time_tolerance_s: u64,
 }
 
 impl Default for RawCorrelation {
@@ -95,6 +120,9 @@ impl Default for RawCorrelation {
             max_streams: default_max_streams(),
             stream_idle_s: default_stream_idle(),
             queue_frames: default_queue(),
+            queue_bytes: default_queue_bytes(),
+            future_time_tolerance_s: default_future_tolerance(),
+            past_time_tolerance_s: default_past_tolerance(),
         }
     }
 }
@@ -134,7 +162,7 @@ struct RawObserve {
     #[serde(default)]
     allow_remote: bool,
     stall_after_s: Option<u64>,
-    uplink_stale_after_s: Option<u64>,
+    uplink_failing_after_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +210,27 @@ fn default_queue() -> usize {
 fn default_drain() -> u64 {
     30
 }
+fn default_queue_bytes() -> usize {
+    32 << 20
+}
+fn default_future_tolerance() -> u64 {
+    2
+}
+fn default_past_tolerance() -> u64 {
+    300
+}
+fn default_first_frame_s() -> u64 {
+    5
+}
+fn default_idle_s() -> u64 {
+    300
+}
+fn default_hep_connections() -> usize {
+    256
+}
+fn default_hep_connections_per_source() -> usize {
+    16
+}
 
 /// A live capture on one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +250,14 @@ pub struct HepConfig {
     /// TLS listener with its certificate and key files.
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
     pub auth_key: Option<String>,
+    pub first_frame_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
 }
+
+/// `MemoryHigh=` of the shipped systemd unit.
+const UNIT_MEMORY_HIGH: u64 = 768 << 20;
 
 /// Everything `teledge run` needs, validated.
 #[derive(Debug, Clone)]
@@ -215,28 +271,42 @@ pub struct AgentConfig {
     /// and counted (the listener never waits). Live capture correlates on its own thread and
     /// needs no queue: the kernel ring is its buffer.
     pub queue_frames: usize,
+    /// The same queue's bound in bytes (frame payloads plus a fixed cost per frame).
+    pub queue_bytes: usize,
+    /// How far sender times (HEP) may be from the local clock before they are replaced.
+    pub clock_tolerance: ClockGuard,
     pub sensors: Vec<DeviceSettings>,
     pub observe: ObserveSettings,
     pub drain_timeout: Duration,
+    /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
+    pub warnings: Vec<ConfigProblem>,
+    /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
+    /// what changed.
+    pub sections: toml::Table,
 }
 
 /// Reads and validates the daemon's configuration.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
     let text = read_file(path)?;
-    parse(&text).map_err(|ConfigErrors(problems)| {
-        ConfigErrors(
-            problems
-                .into_iter()
-                .map(|p| ConfigProblem {
-                    path: match line_of(&text, &p.path) {
-                        Some(line) => format!("{} (line {line})", p.path),
-                        None => p.path,
-                    },
-                    message: p.message,
-                })
-                .collect(),
-        )
-    })
+    let placed = |problems: Vec<ConfigProblem>| -> Vec<ConfigProblem> {
+        problems
+            .into_iter()
+            .map(|p| ConfigProblem {
+                path: match line_of(&text, &p.path) {
+                    Some(line) => format!("{} (line {line})", p.path),
+                    None => p.path,
+                },
+                message: p.message,
+            })
+            .collect()
+    };
+    match parse(&text) {
+        Ok(mut config) => {
+            config.warnings = placed(std::mem::take(&mut config.warnings));
+            Ok(config)
+        }
+        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(problems))),
+    }
 }
 
 /// The line of a TOML path such as `sensors[1].port` or `uplink.url` in `text`, found by
@@ -328,8 +398,16 @@ pub fn parse_with_profiles(
     profile_dirs: &[PathBuf],
 ) -> Result<AgentConfig, ConfigErrors> {
     let raw: RawAgent = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+    let sections: toml::Table = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
-    let forward = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
+    let forward = validate_forward(
+        raw.node,
+        raw.spool,
+        raw.privacy,
+        raw.uplink,
+        Strictness::Daemon,
+        &mut problems,
+    );
 
     let mut captures = Vec::new();
     let mut interfaces = std::collections::BTreeSet::new();
@@ -405,64 +483,11 @@ pub fn parse_with_profiles(
         });
     }
 
-    let hep = raw.hep.as_ref().map(|h| {
-        let udp = socket_addr(&h.udp, "hep.udp", &mut problems);
-        let tcp = socket_addr(&h.tcp, "hep.tcp", &mut problems);
-        let tls_addr = socket_addr(&h.tls, "hep.tls", &mut problems);
-        let mut tls = None;
-        if let Some(addr) = tls_addr {
-            match (&h.tls_cert_file, &h.tls_key_file) {
-                (Some(cert), Some(key)) => {
-                    for (field, file) in [("hep.tls_cert_file", cert), ("hep.tls_key_file", key)] {
-                        if !file.is_file() {
-                            problems.push(ConfigProblem {
-                                path: field.into(),
-                                message: format!("{}: no such file", file.display()),
-                            });
-                        }
-                    }
-                    tls = Some((addr, cert.clone(), key.clone()));
-                }
-                _ => problems.push(ConfigProblem {
-                    path: "hep.tls".into(),
-                    message: "a TLS listener needs tls_cert_file and tls_key_file".into(),
-                }),
-            }
-        }
-        if h.udp.is_none() && h.tcp.is_none() && h.tls.is_none() {
-            problems.push(ConfigProblem {
-                path: "hep".into(),
-                message: "give at least one of udp, tcp, tls".into(),
-            });
-        }
-        let auth_key = match (&h.auth_key, &h.auth_key_file) {
-            (Some(k), None) => Some(k.clone()),
-            (None, Some(f)) => match std::fs::read_to_string(f) {
-                Ok(k) => Some(k.trim().to_string()),
-                Err(e) => {
-                    problems.push(ConfigProblem {
-                        path: "hep.auth_key_file".into(),
-                        message: format!("{}: {e}", f.display()),
-                    });
-                    None
-                }
-            },
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                problems.push(ConfigProblem {
-                    path: "hep.auth_key".into(),
-                    message: "give auth_key or auth_key_file, not both".into(),
-                });
-                None
-            }
-        };
-        HepConfig {
-            udp,
-            tcp,
-            tls,
-            auth_key,
-        }
-    });
+    let mut warnings = Vec::new();
+    let hep = raw
+        .hep
+        .as_ref()
+        .map(|h| validate_hep(h, &mut problems, &mut warnings));
     if captures.is_empty() && hep.is_none() && raw.sensors.is_empty() {
         problem!(
             problems,
@@ -489,6 +514,20 @@ pub fn parse_with_profiles(
         ("max_calls", c.max_calls, 1, 10_000_000),
         ("max_streams", c.max_streams, 1, 10_000_000),
         ("queue_frames", c.queue_frames, 64, 10_000_000),
+        // At least a few of the largest frames; at most what a box can spare.
+        ("queue_bytes", c.queue_bytes, 1 << 20, 4 << 30),
+        (
+            "future_time_tolerance_s",
+            c.future_time_tolerance_s as usize,
+            0,
+            60,
+        ),
+        (
+            "past_time_tolerance_s",
+            c.past_time_tolerance_s as usize,
+            1,
+            86_400,
+        ),
     ] {
         if value < min || value > max {
             problem!(
@@ -598,10 +637,41 @@ pub fn parse_with_profiles(
             }
         }
         if let Some(t) = s.timeout_ms {
-            device.timeout = Duration::from_millis(t.clamp(1, 60_000));
+            if (10..=60_000).contains(&t) {
+                device.timeout = Duration::from_millis(t);
+            } else {
+                problem!(
+                    problems,
+                    at("timeout_ms"),
+                    format!("{t}: must be between 10 and 60000")
+                );
+            }
         }
         if let Some(r) = s.retries {
-            device.retries = r.min(10);
+            if r <= 10 {
+                device.retries = r;
+            } else {
+                problem!(problems, at("retries"), format!("{r}: at most 10"));
+            }
+        }
+        if s.baud.is_some_and(|b| !(50..=4_000_000).contains(&b)) {
+            problem!(
+                problems,
+                at("baud"),
+                "must be between 50 and 4000000".into()
+            );
+        }
+        // A device may be plugged in later (the task waits for it); what is there must be
+        // a character device, not a file or a directory.
+        if let Ok(meta) = std::fs::metadata(&s.port) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_char_device() {
+                problem!(
+                    problems,
+                    at("port"),
+                    format!("{}: not a serial device", s.port.display())
+                );
+            }
         }
         sensors.push(device);
     }
@@ -617,8 +687,8 @@ pub fn parse_with_profiles(
     if let Some(s) = raw.observe.stall_after_s {
         observe.health.stall_after = Duration::from_secs(s);
     }
-    if let Some(s) = raw.observe.uplink_stale_after_s {
-        observe.health.uplink_stale_after = (s > 0).then(|| Duration::from_secs(s));
+    if let Some(s) = raw.observe.uplink_failing_after_s {
+        observe.health.uplink_failing_after = Duration::from_secs(s);
     }
     for (field, message) in observe.problems() {
         problems.push(ConfigProblem {
@@ -634,19 +704,162 @@ pub fn parse_with_profiles(
         });
     }
 
+    // The unit's MemoryHigh= (systemd/teledge.service): buffers configured beyond it would
+    // be throttled, then killed.
+    let buffers = captures.iter().map(|c| c.ring_bytes).sum::<u64>()
+        + raw.correlation.queue_bytes as u64
+        + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
+    if buffers > UNIT_MEMORY_HIGH {
+        warnings.push(ConfigProblem {
+            path: "capture".into(),
+            message: format!(
+                "capture rings, HEP queue and spool cache add up to {buffers} bytes, more than \
+                 the unit's MemoryHigh= ({UNIT_MEMORY_HIGH}): raise MemoryHigh=/MemoryMax= in a \
+                 drop-in"
+            ),
+        });
+    }
     match forward {
-        Some(forward) if problems.is_empty() => Ok(AgentConfig {
-            forward,
+        Some(mut forward) if problems.is_empty() => Ok(AgentConfig {
             captures,
             hep,
             calls,
             media,
             queue_frames: raw.correlation.queue_frames,
+            queue_bytes: raw.correlation.queue_bytes,
+            clock_tolerance: ClockGuard {
+                future: Duration::from_secs(raw.correlation.future_time_tolerance_s),
+                past: Duration::from_secs(raw.correlation.past_time_tolerance_s),
+            },
             sensors,
             observe,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_s),
+            warnings: {
+                let mut all = std::mem::take(&mut forward.warnings);
+                all.extend(warnings);
+                all
+            },
+            sections,
+            forward,
         }),
         _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// Validates `[hep]`: addresses, TLS files, the key, and the connection bounds.
+fn validate_hep(
+    h: &RawHep,
+    problems: &mut Vec<ConfigProblem>,
+    warnings: &mut Vec<ConfigProblem>,
+) -> HepConfig {
+    let udp = socket_addr(&h.udp, "hep.udp", problems);
+    let tcp = socket_addr(&h.tcp, "hep.tcp", problems);
+    let tls_addr = socket_addr(&h.tls, "hep.tls", problems);
+    let mut tls = None;
+    if let Some(addr) = tls_addr {
+        match (&h.tls_cert_file, &h.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let mut readable = true;
+                for (field, file) in [("hep.tls_cert_file", cert), ("hep.tls_key_file", key)] {
+                    if let Err(message) = readable_file(file) {
+                        problem!(problems, field, message);
+                        readable = false;
+                    }
+                }
+                if readable {
+                    if let Err((field, message)) = check_key_pair(cert, key) {
+                        problem!(problems, format!("hep.tls_{field}"), message);
+                    }
+                }
+                tls = Some((addr, cert.clone(), key.clone()));
+            }
+            _ => problem!(
+                problems,
+                "hep.tls",
+                "a TLS listener needs tls_cert_file and tls_key_file".into()
+            ),
+        }
+    }
+    if h.udp.is_none() && h.tcp.is_none() && h.tls.is_none() {
+        problem!(problems, "hep", "give at least one of udp, tcp, tls".into());
+    }
+    let auth_key = match (&h.auth_key, &h.auth_key_file) {
+        (Some(k), None) => Some(k.clone()),
+        (None, Some(f)) => match readable_file(f)
+            .and_then(|()| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())))
+        {
+            Ok(k) => Some(k.trim().to_string()),
+            Err(message) => {
+                problem!(problems, "hep.auth_key_file", message);
+                None
+            }
+        },
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            problem!(
+                problems,
+                "hep.auth_key",
+                "give auth_key or auth_key_file, not both".into()
+            );
+            None
+        }
+    };
+    if auth_key.as_deref() == Some("") {
+        problem!(problems, "hep.auth_key", "must not be empty".into());
+    }
+    // Anyone who reaches the port can inject calls: on every address, a key is required;
+    // on one address other than loopback, it is advised.
+    if h.auth_key.is_none() && h.auth_key_file.is_none() {
+        for (field, addr) in [("udp", udp), ("tcp", tcp), ("tls", tls_addr)] {
+            let Some(addr) = addr else { continue };
+            if addr.ip().is_unspecified() {
+                problem!(
+                    problems,
+                    format!("hep.{field}"),
+                    format!(
+                        "{addr} listens on every address without an auth_key: anyone who \
+                         reaches it can inject calls; bind one address or set auth_key_file"
+                    )
+                );
+            } else if !addr.ip().is_loopback() {
+                warnings.push(ConfigProblem {
+                    path: format!("hep.{field}"),
+                    message: format!(
+                        "{addr} accepts frames without an auth_key: anyone who reaches it \
+                         can inject calls"
+                    ),
+                });
+            }
+        }
+    }
+    for (field, value, min, max) in [
+        ("first_frame_timeout_s", h.first_frame_timeout_s, 1, 60),
+        ("idle_timeout_s", h.idle_timeout_s, 1, 3600),
+        ("max_connections", h.max_connections as u64, 1, 4096),
+        (
+            "max_connections_per_source",
+            h.max_connections_per_source as u64,
+            1,
+            4096,
+        ),
+    ] {
+        if value < min || value > max {
+            problem!(
+                problems,
+                format!("hep.{field}"),
+                format!("{value}: must be between {min} and {max}")
+            );
+        }
+    }
+    HepConfig {
+        udp,
+        tcp,
+        tls,
+        auth_key,
+        first_frame_timeout: Duration::from_secs(h.first_frame_timeout_s),
+        idle_timeout: Duration::from_secs(h.idle_timeout_s),
+        max_connections: h.max_connections,
+        max_connections_per_source: h.max_connections_per_source,
     }
 }
 

@@ -1,38 +1,132 @@
 //! `teledge collect`: the receiving end of the uplink, small and real.
 //!
-//! It listens with rustls and requires a client certificate from the site CA; the
-//! certificate's common name is the node id. A batch must claim that node (header and every
-//! record id), duplicates are dropped by record id, new records are appended to
-//! `<out>/<node>/<YYYY-MM-DD>.jsonl` and synced, and only then is the batch acknowledged.
+//! # What it accepts
 //!
-//! Deduplication keeps one watermark per node and store epoch, not every id: an agent sends
-//! each epoch's records in sequence order and re-sends only what was not acknowledged, so a
-//! record at or below the highest sequence stored for its node and epoch is a duplicate.
-//! Memory is bounded by nodes × epochs, whatever the volume. The watermarks are re-read from
-//! the output files at start, so deduplication survives restarts.
+//! It listens with rustls and requires a client certificate from the site CA. The certificate
+//! must carry the clientAuth extended key usage, and its subject common name is the node id,
+//! which must be 1 to 64 characters of `[A-Za-z0-9._-]` and neither `.` nor `..`: it names the
+//! node's directory, so nothing else may reach the file system. A batch must claim that node
+//! (`x-teledge-node` header and every record id `node:epoch:seq`), the sequence numbers of
+//! each epoch must grow within the batch, new records are appended to
+//! `<out>/<node>/<YYYY-MM-DD>.jsonl` (UTC day) and synced, and only then is the batch
+//! acknowledged. A node's directory only ever holds that node's ids.
+//!
+//! # Deduplication and sequence regressions
+//!
+//! The collector keeps one watermark per node and store epoch (the highest sequence stored),
+//! not every id: an agent sends each epoch's records in sequence order and re-sends only what
+//! was not acknowledged. A record above the watermark is new. A record at or below it is a
+//! duplicate only if the collector holds a record with the same id *and the same content*
+//! (SHA-256 of the record's JSON text, which the agent re-sends byte for byte); it looks first
+//! in the contents of the last [`RECENT_MAX`] records it stored for the node (a lost
+//! acknowledgement re-sends at most the last batch, since the agent makes every
+//! acknowledgement durable), then in the node's files, newest day first. A record at or below
+//! the watermark with different content, or with an id that was never stored, means the
+//! agent's sequence went backwards in an epoch (a spool restored from a snapshot, a store
+//! cloned onto a second machine, an agent that reused an epoch): the whole batch is refused
+//! with `409 Conflict`, nothing of it stored, the node, epoch and sequence logged at ERROR and
+//! counted. The agent keeps such a batch and retries it with an alert: it is never acked as a
+//! duplicate, so it is never deleted unseen.
+//!
+//! Memory is bounded by nodes × ([`MAX_EPOCHS_PER_NODE`] + [`RECENT_MAX`]), whatever the
+//! volume; a batch that would give a node more epochs is refused (403). Watermarks and
+//! recent contents are re-read from the output files at start, so both survive restarts;
+//! lines whose id is not the directory's node are ignored with a warning and counted, and a
+//! directory whose name is not a valid node id is ignored with a warning.
+//!
+//! # Writes
+//!
+//! A batch's new lines are written with one `write` and synced. If the write or the sync
+//! fails (a full disk, an I/O error), the file is truncated back to its last good length, so
+//! there is never a torn line nor a half-written batch that a retry would duplicate; the
+//! batch is answered `503` and the agent retries. A torn last line left by a crash is cut off
+//! before the next write.
+//!
+//! # Bounds (every one counted in [`CollectStats`] and logged when hit)
+//!
+//! - connections: at most `max_connections` open; more are accepted and closed at once;
+//! - TLS handshakes: at most `max_handshakes` at a time, each within `handshake_timeout`;
+//! - per node: at most `max_node_connections` connections; a node's batches are stored one at
+//!   a time;
+//! - request headers within `header_timeout` (slowloris), at most 64 KiB;
+//! - request body within `body_timeout`, at most `max_body` bytes compressed and
+//!   `max_inflated` bytes inflated; inflating and storing run on the blocking pool, never on
+//!   the async workers;
+//! - at most `max_batches` bodies held and processed at once, so batches take at most
+//!   `max_batches × (max_body + 2 × max_inflated)` of memory;
+//! - an accept error (out of file descriptors, `EMFILE`) never ends the process: the loop backs
+//!   off (10 ms doubling to 1 s) and goes on.
+//!
+//! # Logs
+//!
+//! INFO: node connections (address, node) and batches (node, batch, records, new,
+//! duplicates); WARN: refusals with their reason and address; ERROR: sequence regressions and
+//! storage failures, with the node and the file. Floods (refused connections, accept
+//! errors) are logged at most once a second with running totals; a summary of the counters
+//! is logged every minute when they changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::uplink::tls::{node_of_certificate, server_config, TlsError};
+use crate::uplink::tls::{server_config, TlsError};
 use crate::uplink::{decode_body, Ack, BatchLine};
 
-/// Largest compressed batch accepted.
-const MAX_BODY: usize = 64 << 20;
-/// Largest inflated batch accepted.
-const MAX_INFLATED: u64 = 256 << 20;
+/// Contents remembered per node to tell a re-sent record from a different one cheaply.
+pub const RECENT_MAX: usize = 4096;
+/// Store epochs kept per node: an agent starts a new one only when its spool is replaced
+/// (wiped, re-imaged, quarantined), so more means a client that makes ids up.
+pub const MAX_EPOCHS_PER_NODE: usize = 1024;
+/// Longest node id (it is a directory name).
+pub const MAX_NODE_ID: usize = 64;
+
+/// The collector's bounds (see the module doc).
+#[derive(Debug, Clone)]
+pub struct CollectLimits {
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_node_connections: usize,
+    pub max_batches: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Largest compressed batch accepted.
+    pub max_body: usize,
+    /// Largest inflated batch accepted.
+    pub max_inflated: u64,
+}
+
+impl Default for CollectLimits {
+    fn default() -> Self {
+        CollectLimits {
+            max_connections: 512,
+            max_handshakes: 32,
+            max_node_connections: 4,
+            max_batches: 4,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_body: 16 << 20,
+            max_inflated: 64 << 20,
+        }
+    }
+}
 
 /// Collector settings.
 #[derive(Debug, Clone)]
@@ -43,13 +137,58 @@ pub struct CollectConfig {
     pub key_file: PathBuf,
     pub out_dir: PathBuf,
     pub tls12_allowed: bool,
+    pub limits: CollectLimits,
 }
 
-#[derive(Debug)]
-struct State {
-    out_dir: PathBuf,
-    /// Highest sequence stored per (node, store epoch).
-    stored_through: HashMap<(String, u64), u64>,
+/// The collector's counters.
+#[derive(Debug, Default, Serialize)]
+pub struct CollectStats {
+    pub accept_errors: AtomicU64,
+    pub connections: AtomicU64,
+    /// Closed at once: `max_connections` were open.
+    pub refused_connections: AtomicU64,
+    /// Closed at once: `max_handshakes` were under way.
+    pub refused_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub failed_handshakes: AtomicU64,
+    /// Client certificates without clientAuth or a valid node id.
+    pub refused_certificates: AtomicU64,
+    /// Closed: the node had `max_node_connections` open.
+    pub refused_node_connections: AtomicU64,
+    pub batches: AtomicU64,
+    pub records_stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Batches answered 4xx (malformed, other node, too large, too slow) or 503 busy.
+    pub refused_batches: AtomicU64,
+    /// Batches refused with 409: a sequence went backwards in an epoch.
+    pub sequence_regressions: AtomicU64,
+    /// Batches not stored because a write or sync failed (answered 503, file truncated back).
+    pub storage_failures: AtomicU64,
+    /// Lines of another node's ids found in a node's directory at start (ignored).
+    pub foreign_ids_ignored: AtomicU64,
+}
+
+impl CollectStats {
+    fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn total(&self) -> u64 {
+        let all = [
+            &self.accept_errors,
+            &self.connections,
+            &self.refused_connections,
+            &self.refused_handshakes,
+            &self.failed_handshakes,
+            &self.refused_certificates,
+            &self.refused_node_connections,
+            &self.batches,
+            &self.refused_batches,
+            &self.sequence_regressions,
+            &self.storage_failures,
+        ];
+        all.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// Why the collector stopped.
@@ -57,8 +196,150 @@ struct State {
 pub enum CollectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why a client certificate does not name a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateRefusal {
+    #[error("certificate unreadable")]
+    Unreadable,
+    #[error("certificate lacks the clientAuth extended key usage")]
+    NoClientAuth,
+    #[error("certificate has no common name")]
+    NoCommonName,
+    #[error(
+        "common name {0:?} is not a valid node id ([A-Za-z0-9._-], 1-64 characters, not . or ..)"
+    )]
+    BadNodeId(String),
+}
+
+/// Whether `id` may name a node (and its directory): 1 to [`MAX_NODE_ID`] characters of
+/// `[A-Za-z0-9._-]`, not `.` nor `..`.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The node a client certificate names: clientAuth EKU required, CN a valid node id.
+pub fn node_of_client_certificate(cert: &CertificateDer<'_>) -> Result<String, CertificateRefusal> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| CertificateRefusal::Unreadable)?;
+    // webpki already refuses an EKU without clientAuth; a certificate without any EKU (any
+    // purpose) is refused here, so a server certificate of the site CA cannot act as a node.
+    let client_auth = parsed
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        return Err(CertificateRefusal::NoClientAuth);
+    }
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or(CertificateRefusal::NoCommonName)?;
+    let cn = cn.as_str().map_err(|_| CertificateRefusal::NoCommonName)?;
+    if !valid_node_id(cn) {
+        return Err(CertificateRefusal::BadNodeId(cn.to_owned()));
+    }
+    Ok(cn.to_owned())
+}
+
+/// Logs at most once a second (floods of refusals must not flood the log).
+#[derive(Debug, Default)]
+struct Throttle(AtomicU64);
+
+impl Throttle {
+    fn ready(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.0.swap(now, Ordering::Relaxed) != now
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    out_dir: PathBuf,
+    limits: CollectLimits,
+    stats: Arc<CollectStats>,
+    nodes: Mutex<HashMap<String, Arc<Mutex<NodeStore>>>>,
+    node_connections: Mutex<HashMap<String, usize>>,
+    handshakes: Arc<Semaphore>,
+    batches: Arc<Semaphore>,
+    flood_log: Throttle,
+}
+
+impl Shared {
+    fn node(&self, node: &str) -> Arc<Mutex<NodeStore>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(NodeStore::new(
+                    node.to_owned(),
+                    self.out_dir.join(node),
+                )))
+            })
+            .clone()
+    }
+}
+
+/// A node's connection slot, given back when dropped.
+struct NodeSlot {
+    shared: Arc<Shared>,
+    node: String,
+}
+
+impl NodeSlot {
+    fn take(shared: &Arc<Shared>, node: &str) -> Option<NodeSlot> {
+        let mut open = shared
+            .node_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(node.to_owned()).or_insert(0);
+        if *count >= shared.limits.max_node_connections {
+            return None;
+        }
+        *count += 1;
+        Some(NodeSlot {
+            shared: shared.clone(),
+            node: node.to_owned(),
+        })
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .node_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.node) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// Runs the collector until the process ends. Prints the bound address on stdout first
@@ -70,55 +351,179 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
         &config.key_file,
         config.tls12_allowed,
     )?;
-    std::fs::create_dir_all(&config.out_dir)?;
-    let stored_through = load_watermarks(&config.out_dir)?;
+    let io_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CollectError::Io { path, source }
+    };
+    std::fs::create_dir_all(&config.out_dir).map_err(io_error(&config.out_dir))?;
+    let stats = Arc::new(CollectStats::default());
+    let nodes = load_nodes(&config.out_dir, &stats).map_err(io_error(&config.out_dir))?;
     tracing::info!(
-        node_epochs = stored_through.len(),
+        nodes = nodes.len(),
+        node_epochs = nodes.values().map(|n| n.through.len()).sum::<usize>(),
+        foreign_ids_ignored = stats.foreign_ids_ignored.load(Ordering::Relaxed),
+        out = %config.out_dir.display(),
         "Collector state loaded."
     );
-    let state = Arc::new(Mutex::new(State {
+    let limits = config.limits.clone();
+    let shared = Arc::new(Shared {
         out_dir: config.out_dir.clone(),
-        stored_through,
-    }));
-    let listener = TcpListener::bind(config.listen).await?;
-    println!("listening {}", listener.local_addr()?);
+        stats: stats.clone(),
+        nodes: Mutex::new(
+            nodes
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
+                .collect(),
+        ),
+        node_connections: Mutex::new(HashMap::new()),
+        handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
+        batches: Arc::new(Semaphore::new(limits.max_batches.max(1))),
+        flood_log: Throttle::default(),
+        limits,
+    });
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CollectError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| CollectError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    println!("listening {local}");
+    tracing::info!(%local, "Collector listening.");
+    tokio::spawn(log_summary(stats.clone()));
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let (tcp, peer) = listener.accept().await?;
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "TLS handshake refused.");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let node = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(node_of_certificate);
-            let Some(node) = node else {
-                tracing::warn!(%peer, "Client certificate names no node.");
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                let node = node.clone();
-                async move { Ok::<_, hyper::Error>(handle(req, &node, &state).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "Connection ended.");
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
             }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, a connection reset before accept: none of them is
+                // a reason to stop serving. The pending connection stays in the backlog.
+                let n = CollectStats::bump(&stats.accept_errors);
+                if shared.flood_log.ready() {
+                    tracing::warn!(error = %e, accept_errors = n, wait_ms = backoff.as_millis() as u64, "Accept failed; backing off.");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            let n = CollectStats::bump(&stats.refused_connections);
+            if shared.flood_log.ready() {
+                tracing::warn!(%peer, refused_connections = n, max = shared.limits.max_connections, "Too many connections; refused.");
+            }
+            drop(tcp);
+            continue;
+        };
+        CollectStats::bump(&stats.connections);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve(tcp, peer, acceptor, shared).await;
+            drop(permit);
         });
+    }
+}
+
+/// Logs the counters once a minute when they changed.
+async fn log_summary(stats: Arc<CollectStats>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = stats.total();
+        if now != last {
+            last = now;
+            let counters = serde_json::to_string(&*stats).unwrap_or_default();
+            tracing::info!(%counters, "Collector counters.");
+        }
+    }
+}
+
+async fn serve(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let stats = &shared.stats;
+    let Ok(handshake_slot) = shared.handshakes.clone().try_acquire_owned() else {
+        let n = CollectStats::bump(&stats.refused_handshakes);
+        if shared.flood_log.ready() {
+            tracing::warn!(%peer, refused_handshakes = n, max = shared.limits.max_handshakes, "Too many TLS handshakes under way; refused.");
+        }
+        return;
+    };
+    let tls =
+        match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                CollectStats::bump(&stats.failed_handshakes);
+                tracing::warn!(%peer, error = %e, "TLS handshake refused.");
+                return;
+            }
+            Err(_) => {
+                let n = CollectStats::bump(&stats.failed_handshakes);
+                if shared.flood_log.ready() {
+                    tracing::warn!(%peer, failed_handshakes = n, "TLS handshake timed out.");
+                }
+                return;
+            }
+        };
+    drop(handshake_slot);
+    let node = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(node_of_client_certificate)
+    {
+        Some(Ok(node)) => node,
+        Some(Err(reason)) => {
+            CollectStats::bump(&stats.refused_certificates);
+            tracing::warn!(%peer, %reason, "Client certificate refused.");
+            return;
+        }
+        None => {
+            CollectStats::bump(&stats.refused_certificates);
+            tracing::warn!(%peer, "No client certificate; refused.");
+            return;
+        }
+    };
+    let Some(_slot) = NodeSlot::take(&shared, &node) else {
+        CollectStats::bump(&stats.refused_node_connections);
+        tracing::warn!(%peer, %node, max = shared.limits.max_node_connections, "Too many connections from this node; refused.");
+        return;
+    };
+    tracing::info!(%peer, %node, "Node connected.");
+    let service = {
+        let shared = shared.clone();
+        let node = node.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let node = node.clone();
+            async move { Ok::<_, hyper::Error>(handle(req, &node, peer, &shared).await) }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .max_buf_size(64 << 10);
+    match builder.serve_connection(TokioIo::new(tls), service).await {
+        Ok(()) => tracing::debug!(%peer, %node, "Node disconnected."),
+        Err(e) => tracing::info!(%peer, %node, error = %e, "Node connection ended."),
     }
 }
 
@@ -128,9 +533,23 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    node: &str,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let stats = &shared.stats;
+    let refuse = |status: StatusCode, reason: String| {
+        CollectStats::bump(&stats.refused_batches);
+        tracing::warn!(%peer, %node, status = status.as_u16(), %reason, "Batch refused.");
+        reply(status, reason)
+    };
     if req.method() != hyper::Method::POST || req.uri().path() != "/v1/batches" {
-        return reply(StatusCode::NOT_FOUND, "not found");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+        );
     }
     let claimed = req
         .headers()
@@ -138,9 +557,9 @@ async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if claimed != node {
-        return reply(
+        return refuse(
             StatusCode::FORBIDDEN,
-            format!("certificate is for node {node:?}"),
+            format!("certificate is for node {node:?}, batch claims {claimed:?}"),
         );
     }
     let batch = req
@@ -148,43 +567,129 @@ async fn handle(req: Request<Incoming>, node: &str, state: &Mutex<State>) -> Res
         .get("x-teledge-batch")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_owned();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "batch too large"),
+        .chars()
+        .take(200)
+        .collect::<String>();
+    // A bounded number of bodies held at once: memory stays bounded whatever the clients do.
+    let limits = &shared.limits;
+    let slot =
+        match tokio::time::timeout(limits.body_timeout, shared.batches.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "collector busy; retry".into(),
+                )
+            }
+        };
+    let body = match tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(req.into_body(), limits.max_body).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("batch larger than {} bytes", limits.max_body),
+            )
+        }
+        Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {:?}", limits.body_timeout),
+            )
+        }
     };
-    let inflated = match decode_body(&body, MAX_INFLATED) {
-        Ok(b) => b,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
-    let lines = match parse_batch(node, &inflated) {
-        Ok(lines) => lines,
-        Err(BatchError::Malformed(m)) => return reply(StatusCode::BAD_REQUEST, m),
-        Err(BatchError::OtherNode(m)) => return reply(StatusCode::FORBIDDEN, m),
-    };
-    let Some(through) = lines.last().map(|l| l.id.clone()) else {
-        return reply(StatusCode::BAD_REQUEST, "empty batch");
-    };
-    // Write and sync under the lock: a watermark moves only once the records are on disk.
-    let result = {
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        store(&mut state, node, &lines)
-    };
-    match result {
-        Ok((accepted, duplicates)) => {
+    let store = shared.node(node);
+    let max_inflated = limits.max_inflated;
+    let node_owned = node.to_owned();
+    // Inflating and writing block: off the async workers.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let inflated = decode_body(&body, max_inflated)
+            .map_err(|e| HandleError::Refused(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        drop(body);
+        let lines = parse_batch(&node_owned, &inflated).map_err(|e| match e {
+            BatchError::Malformed(m) => HandleError::Refused(StatusCode::BAD_REQUEST, m),
+            BatchError::OtherNode(m) => HandleError::Refused(StatusCode::FORBIDDEN, m),
+        })?;
+        drop(inflated);
+        let Some(through) = lines.last().map(|l| l.id.clone()) else {
+            return Err(HandleError::Refused(
+                StatusCode::BAD_REQUEST,
+                "empty batch".into(),
+            ));
+        };
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = store.store(&lines)?;
+        Ok((stored, lines.len(), through))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(((accepted, duplicates), records, through))) => {
+            CollectStats::bump(&stats.batches);
+            stats.records_stored.fetch_add(accepted, Ordering::Relaxed);
+            stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            tracing::info!(
+                %node,
+                %batch,
+                records,
+                new = accepted,
+                duplicates,
+                "Batch stored."
+            );
             let ack = Ack {
                 batch,
                 accepted,
                 duplicates,
                 through,
             };
-            let body = serde_json::to_vec(&ack).unwrap_or_default();
-            reply(StatusCode::OK, body)
+            reply(StatusCode::OK, serde_json::to_vec(&ack).unwrap_or_default())
+        }
+        Ok(Err(HandleError::Refused(status, reason))) => refuse(status, reason),
+        Ok(Err(HandleError::Store(StoreError::Regression {
+            epoch,
+            seq,
+            id,
+            why,
+        }))) => {
+            let n = CollectStats::bump(&stats.sequence_regressions);
+            tracing::error!(%peer, %node, epoch, seq, %id, why, sequence_regressions = n, "Sequence went backwards in an epoch; batch refused, nothing stored. The agent keeps it.");
+            reply(
+                StatusCode::CONFLICT,
+                format!("sequence regression: node {node} epoch {epoch} seq {seq} ({id}): {why}; the agent's store reused an epoch"),
+            )
+        }
+        Ok(Err(HandleError::Store(StoreError::TooManyEpochs(held)))) => refuse(
+            StatusCode::FORBIDDEN,
+            format!("node {node} already has {held} store epochs (at most {MAX_EPOCHS_PER_NODE}); batch refused"),
+        ),
+        Ok(Err(HandleError::Store(StoreError::Io { path, source }))) => {
+            CollectStats::bump(&stats.storage_failures);
+            tracing::error!(%node, file = %path.display(), error = %source, "Cannot store a batch; not acknowledged, file truncated back.");
+            reply(StatusCode::SERVICE_UNAVAILABLE, "storage failure; retry")
         }
         Err(e) => {
-            tracing::error!(error = %e, "Cannot store a batch; not acknowledged.");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "storage failure")
+            CollectStats::bump(&stats.storage_failures);
+            tracing::error!(%node, error = %e, "Batch task failed; not acknowledged.");
+            reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry")
         }
+    }
+}
+
+enum HandleError {
+    Refused(StatusCode, String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for HandleError {
+    fn from(e: StoreError) -> Self {
+        HandleError::Store(e)
     }
 }
 
@@ -196,19 +701,27 @@ pub enum BatchError {
     OtherNode(String),
 }
 
-/// Parses an inflated batch body; every record must belong to `node`. Pure, for fuzzing.
+/// Parses an inflated batch body; every record must belong to `node`, and each epoch's
+/// sequence numbers must grow. Pure, for fuzzing.
 pub fn parse_batch(node: &str, inflated: &[u8]) -> Result<Vec<BatchLine>, BatchError> {
-    let prefix = format!("{node}:");
     let mut lines = Vec::new();
+    let mut last: HashMap<u64, u64> = HashMap::new();
     for (n, line) in inflated.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
         let parsed: BatchLine = serde_json::from_slice(line)
             .map_err(|e| BatchError::Malformed(format!("line {}: {e}", n + 1)))?;
-        if !parsed.id.starts_with(&prefix) || epoch_and_seq(&parsed.id).is_none() {
+        let Some((epoch, seq)) = id_of_node(node, &parsed.id) else {
             return Err(BatchError::OtherNode(format!(
                 "record {} is not an id of node {node} (node:epoch:seq)",
+                parsed.id
+            )));
+        };
+        if last.insert(epoch, seq).is_some_and(|prev| seq <= prev) {
+            return Err(BatchError::Malformed(format!(
+                "line {}: record {} out of sequence order",
+                n + 1,
                 parsed.id
             )));
         }
@@ -217,90 +730,338 @@ pub fn parse_batch(node: &str, inflated: &[u8]) -> Result<Vec<BatchLine>, BatchE
     Ok(lines)
 }
 
-fn store(state: &mut State, node: &str, lines: &[BatchLine]) -> std::io::Result<(u64, u64)> {
-    let mut fresh: Vec<&BatchLine> = Vec::new();
-    // Watermarks as they will be once this batch is stored.
-    let mut through: HashMap<(String, u64), u64> = HashMap::new();
-    for line in lines {
-        // parse_batch checked the node prefix; the rest is `epoch:seq`.
-        let Some((epoch, seq)) = epoch_and_seq(&line.id) else {
-            continue;
-        };
-        let key = (node.to_owned(), epoch);
-        let stored = through
-            .get(&key)
-            .or_else(|| state.stored_through.get(&key))
-            .copied();
-        if stored.is_none_or(|s| seq > s) {
-            through.insert(key, seq);
-            fresh.push(line);
-        }
-    }
-    let duplicates = (lines.len() - fresh.len()) as u64;
-    if fresh.is_empty() {
-        return Ok((0, duplicates));
-    }
-    let day = humantime::format_rfc3339(SystemTime::now()).to_string();
-    let dir = state.out_dir.join(node);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.jsonl", &day[..10]));
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let mut buf = Vec::new();
-    for line in &fresh {
-        serde_json::to_writer(&mut buf, line)?;
-        buf.push(b'\n');
-    }
-    file.write_all(&buf)?;
-    file.sync_data()?;
-    state.stored_through.extend(through);
-    Ok((fresh.len() as u64, duplicates))
-}
-
-/// `(epoch, seq)` of a record id `node:epoch:seq`.
-fn epoch_and_seq(id: &str) -> Option<(u64, u64)> {
-    let mut parts = id.rsplitn(3, ':');
-    let seq = parts.next()?.parse().ok()?;
-    let epoch = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some((epoch, seq))
-}
-
-/// The highest sequence stored per node and epoch, from the output files.
-fn load_watermarks(out_dir: &Path) -> std::io::Result<HashMap<(String, u64), u64>> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
+/// Why a batch was not stored.
+#[derive(Debug)]
+enum StoreError {
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The batch would bring the node past [`MAX_EPOCHS_PER_NODE`].
+    TooManyEpochs(usize),
+    /// A record at or below its epoch's watermark that the collector does not hold as is.
+    Regression {
+        epoch: u64,
+        seq: u64,
         id: String,
-    }
-    let mut through: HashMap<(String, u64), u64> = HashMap::new();
-    for node_dir in std::fs::read_dir(out_dir)? {
-        let node_dir = node_dir?.path();
-        let Some(node) = node_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        if !node_dir.is_dir() {
-            continue;
+        why: &'static str,
+    },
+}
+
+/// One node's state: watermarks, recent contents, the file being appended to.
+#[derive(Debug)]
+struct NodeStore {
+    node: String,
+    dir: PathBuf,
+    /// Highest sequence stored per store epoch.
+    through: HashMap<u64, u64>,
+    /// Content hashes of the last [`RECENT_MAX`] records stored, by (epoch, seq).
+    recent: HashMap<(u64, u64), u64>,
+    recent_order: VecDeque<(u64, u64)>,
+    /// The file appended to and its length after the last successful sync.
+    file: Option<(PathBuf, u64)>,
+    /// The last record found to regress, so an agent retrying it does not cost a scan.
+    last_regression: Option<(String, u64, &'static str)>,
+}
+
+impl NodeStore {
+    fn new(node: String, dir: PathBuf) -> Self {
+        NodeStore {
+            node,
+            dir,
+            through: HashMap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            file: None,
+            last_regression: None,
         }
-        for file in std::fs::read_dir(&node_dir)? {
-            let path = file?.path();
-            if path.extension().is_some_and(|e| e == "jsonl") {
-                for line in std::io::BufReader::new(File::open(&path)?).lines() {
-                    // A torn last line (a crash mid-write) was never acknowledged: skip it.
-                    let Ok(IdOnly { id }) = serde_json::from_str(&line?) else {
-                        continue;
-                    };
-                    if let Some((epoch, seq)) = epoch_and_seq(&id) {
-                        let max = through.entry((node.clone(), epoch)).or_insert(seq);
-                        *max = (*max).max(seq);
-                    }
-                }
+    }
+
+    fn remember(&mut self, epoch: u64, seq: u64, hash: u64) {
+        let through = self.through.entry(epoch).or_insert(seq);
+        *through = (*through).max(seq);
+        if self.recent.insert((epoch, seq), hash).is_none() {
+            self.recent_order.push_back((epoch, seq));
+        }
+        while self.recent_order.len() > RECENT_MAX {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
             }
         }
     }
-    Ok(through)
+
+    /// Stores the new records of a batch; returns (new, duplicates).
+    fn store(&mut self, lines: &[BatchLine]) -> Result<(u64, u64), StoreError> {
+        let mut fresh: Vec<(&BatchLine, u64, u64, u64)> = Vec::new();
+        // Records at or below their watermark: (id, epoch, seq, hash).
+        let mut older: Vec<(&str, u64, u64, u64)> = Vec::new();
+        for line in lines {
+            // parse_batch checked the node prefix and the form `node:epoch:seq`.
+            let Some((epoch, seq)) = id_of_node(&self.node, &line.id) else {
+                continue;
+            };
+            let hash = content_hash(line.record.get());
+            if self.through.get(&epoch).is_none_or(|t| seq > *t) {
+                fresh.push((line, epoch, seq, hash));
+            } else {
+                older.push((&line.id, epoch, seq, hash));
+            }
+        }
+        let new_epochs: HashSet<u64> = fresh
+            .iter()
+            .map(|f| f.1)
+            .filter(|e| !self.through.contains_key(e))
+            .collect();
+        if self.through.len() + new_epochs.len() > MAX_EPOCHS_PER_NODE {
+            return Err(StoreError::TooManyEpochs(self.through.len()));
+        }
+        self.check_older(&older)?;
+        let duplicates = older.len() as u64;
+        if fresh.is_empty() {
+            return Ok((0, duplicates));
+        }
+        let mut buf = Vec::new();
+        for (line, ..) in &fresh {
+            serde_json::to_writer(&mut buf, line).map_err(|e| StoreError::Io {
+                path: self.dir.clone(),
+                source: e.into(),
+            })?;
+            buf.push(b'\n');
+        }
+        self.append(&buf)?;
+        for (_, epoch, seq, hash) in &fresh {
+            self.remember(*epoch, *seq, *hash);
+        }
+        Ok((fresh.len() as u64, duplicates))
+    }
+
+    /// Every record at or below its watermark must be held with the same content.
+    fn check_older(&mut self, older: &[(&str, u64, u64, u64)]) -> Result<(), StoreError> {
+        let regression = |id: &str, epoch, seq, why| StoreError::Regression {
+            epoch,
+            seq,
+            id: id.to_owned(),
+            why,
+        };
+        let mut unknown: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        for &(id, epoch, seq, hash) in older {
+            if let Some((last_id, last_hash, why)) = &self.last_regression {
+                if last_id == id && *last_hash == hash {
+                    return Err(regression(id, epoch, seq, why));
+                }
+            }
+            match self.recent.get(&(epoch, seq)) {
+                Some(h) if *h == hash => {}
+                Some(_) => {
+                    self.last_regression = Some((id.to_owned(), hash, "different content"));
+                    return Err(regression(id, epoch, seq, "different content"));
+                }
+                None => {
+                    unknown.insert(id.to_owned(), (epoch, seq, hash));
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let held = self.find_on_disk(&unknown.keys().cloned().collect())?;
+        // Lowest sequence first, so the report names where the regression starts.
+        let mut unknown: Vec<_> = unknown.into_iter().collect();
+        unknown.sort_by_key(|(_, (epoch, seq, _))| (*epoch, *seq));
+        for (id, (epoch, seq, hash)) in unknown {
+            let why = match held.get(&id) {
+                Some(h) if *h == hash => continue,
+                Some(_) => "different content",
+                None => "below the watermark but never stored",
+            };
+            self.last_regression = Some((id.clone(), hash, why));
+            return Err(regression(&id, epoch, seq, why));
+        }
+        Ok(())
+    }
+
+    /// Content hashes of the wanted ids found in the node's files, newest day first.
+    fn find_on_disk(&self, wanted: &HashSet<String>) -> Result<HashMap<String, u64>, StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let mut found = HashMap::new();
+        let mut files = jsonl_files(&self.dir).map_err(io(&self.dir))?;
+        files.reverse();
+        for path in files {
+            let file = File::open(&path).map_err(io(&path))?;
+            for line in std::io::BufReader::new(file).split(b'\n') {
+                let line = line.map_err(io(&path))?;
+                let Ok(parsed) = serde_json::from_slice::<BatchLine>(&line) else {
+                    continue;
+                };
+                if wanted.contains(&parsed.id) {
+                    found.insert(parsed.id, content_hash(parsed.record.get()));
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Appends whole lines to today's file and syncs; on failure the file is cut back to its
+    /// last good length, so no torn line or half batch stays behind.
+    fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        let day = humantime::format_rfc3339(SystemTime::now()).to_string();
+        let path = self.dir.join(format!("{}.jsonl", &day[..10]));
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let committed = match &self.file {
+            Some((p, len)) if *p == path => *len,
+            _ => good_length(&mut file, &path).map_err(io(&path))?,
+        };
+        let actual = file.metadata().map_err(io(&path))?.len();
+        if actual != committed {
+            tracing::warn!(file = %path.display(), good = committed, found = actual, "Cutting an unacknowledged tail off.");
+            file.set_len(committed).map_err(io(&path))?;
+        }
+        match file.write_all(buf).and_then(|()| file.sync_data()) {
+            Ok(()) => {
+                self.file = Some((path, committed + buf.len() as u64));
+                Ok(())
+            }
+            Err(source) => {
+                if let Err(e) = file.set_len(committed).and_then(|()| file.sync_data()) {
+                    // Remembered: the next write cuts the tail before appending.
+                    tracing::error!(file = %path.display(), error = %e, "Cannot truncate after a failed write; will retry before the next write.");
+                }
+                self.file = Some((path.clone(), committed));
+                Err(StoreError::Io { path, source })
+            }
+        }
+    }
+
+    /// Reads a node's files: watermarks and recent contents; foreign ids are ignored.
+    fn load(node: String, dir: PathBuf, stats: &CollectStats) -> std::io::Result<NodeStore> {
+        let mut store = NodeStore::new(node, dir);
+        for path in jsonl_files(&store.dir)? {
+            let mut foreign = 0u64;
+            let mut unreadable = 0u64;
+            let file = File::open(&path)?;
+            for line in std::io::BufReader::new(file).split(b'\n') {
+                // A torn last line (a crash mid-write) was never acknowledged: skip it (it is
+                // cut off before the next write to that file).
+                let Ok(parsed) = serde_json::from_slice::<BatchLine>(&line?) else {
+                    unreadable += 1;
+                    continue;
+                };
+                let Some((epoch, seq)) = id_of_node(&store.node, &parsed.id) else {
+                    foreign += 1;
+                    continue;
+                };
+                store.remember(epoch, seq, content_hash(parsed.record.get()));
+            }
+            if unreadable > 0 {
+                tracing::warn!(node = %store.node, file = %path.display(), lines = unreadable, "Lines that are not records (a write torn by a crash?); skipped.");
+            }
+            if foreign > 0 {
+                stats
+                    .foreign_ids_ignored
+                    .fetch_add(foreign, Ordering::Relaxed);
+                tracing::warn!(node = %store.node, file = %path.display(), lines = foreign, "Lines with ids of another node in this node's directory; ignored.");
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// SHA-256 of a record's JSON text, first 8 bytes.
+fn content_hash(record: &str) -> u64 {
+    let digest = Sha256::digest(record.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The `*.jsonl` files of a directory, oldest day first (absent directory: none).
+fn jsonl_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "jsonl") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The length of a file up to and including its last newline: what was written whole.
+fn good_length(file: &mut File, path: &Path) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(i) = memchr::memrchr(b'\n', part) {
+            let good = start + i as u64 + 1;
+            if good != len {
+                tracing::warn!(file = %path.display(), good, len, "Torn last line (a write that never completed) will be cut off.");
+            }
+            return Ok(good);
+        }
+        end = start;
+    }
+    if len > 0 {
+        tracing::warn!(file = %path.display(), len, "File without a whole line will be cut off.");
+    }
+    Ok(0)
+}
+
+/// `(epoch, seq)` of a record id `node:epoch:seq` of this node, both in plain decimal.
+fn id_of_node(node: &str, id: &str) -> Option<(u64, u64)> {
+    let (epoch, seq) = id.strip_prefix(node)?.strip_prefix(':')?.split_once(':')?;
+    let number = |text: &str| -> Option<u64> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    };
+    Some((number(epoch)?, number(seq)?))
+}
+
+/// Every node's state, from the output directory.
+fn load_nodes(out_dir: &Path, stats: &CollectStats) -> std::io::Result<HashMap<String, NodeStore>> {
+    let mut nodes = HashMap::new();
+    for entry in std::fs::read_dir(out_dir)? {
+        let path = entry?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !valid_node_id(name) {
+            tracing::warn!(dir = %path.display(), "Not a valid node id; directory ignored.");
+            continue;
+        }
+        let store = NodeStore::load(name.to_owned(), path.clone(), stats)?;
+        nodes.insert(name.to_owned(), store);
+    }
+    Ok(nodes)
 }
 
 #[cfg(test)]
@@ -308,57 +1069,186 @@ mod tests {
     use super::*;
 
     fn lines(ids: &[&str]) -> Vec<BatchLine> {
+        lines_with(ids, 1)
+    }
+
+    fn lines_with(ids: &[&str], n: u32) -> Vec<BatchLine> {
         ids.iter()
             .map(|id| {
-                serde_json::from_str(&format!(r#"{{"id":"{id}","record":{{"n":1}}}}"#)).unwrap()
+                serde_json::from_str(&format!(r#"{{"id":"{id}","record":{{"n":{n}}}}}"#)).unwrap()
             })
             .collect()
+    }
+
+    fn store_in(dir: &Path) -> NodeStore {
+        NodeStore::new("n1".into(), dir.join("n1"))
     }
 
     #[test]
     fn watermarks_drop_resent_records_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = State {
-            out_dir: dir.path().to_owned(),
-            stored_through: HashMap::new(),
-        };
-        assert_eq!(
-            store(&mut state, "n1", &lines(&["n1:0:0", "n1:0:1"])).unwrap(),
-            (2, 0)
-        );
+        let stats = CollectStats::default();
+        let mut store = store_in(dir.path());
+        assert_eq!(store.store(&lines(&["n1:0:0", "n1:0:1"])).unwrap(), (2, 0));
         // A lost acknowledgement: the agent sends the batch again with one more record.
         assert_eq!(
-            store(&mut state, "n1", &lines(&["n1:0:0", "n1:0:1", "n1:0:2"])).unwrap(),
+            store
+                .store(&lines(&["n1:0:0", "n1:0:1", "n1:0:2"]))
+                .unwrap(),
             (1, 2)
         );
-        // A new epoch (the agent's store was quarantined) starts again at 0.
-        assert_eq!(
-            store(&mut state, "n1", &lines(&["n1:3:0"])).unwrap(),
-            (1, 0)
-        );
+        // Another epoch of the node.
+        assert_eq!(store.store(&lines(&["n1:3:0"])).unwrap(), (1, 0));
         // After a restart the watermarks come back from the files.
-        let reloaded = load_watermarks(dir.path()).unwrap();
-        assert_eq!(reloaded.get(&("n1".to_owned(), 0)), Some(&2));
-        assert_eq!(reloaded.get(&("n1".to_owned(), 3)), Some(&0));
-        let mut state = State {
-            out_dir: dir.path().to_owned(),
-            stored_through: reloaded,
-        };
+        let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        assert_eq!(reloaded.through.get(&0), Some(&2));
+        assert_eq!(reloaded.through.get(&3), Some(&0));
         assert_eq!(
-            store(&mut state, "n1", &lines(&["n1:0:2", "n1:0:3"])).unwrap(),
+            reloaded.store(&lines(&["n1:0:2", "n1:0:3"])).unwrap(),
             (1, 1)
         );
     }
 
     #[test]
-    fn ids_must_be_node_epoch_seq() {
+    fn a_sequence_going_backwards_is_refused_not_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = CollectStats::default();
+        let mut store = store_in(dir.path());
+        store
+            .store(&lines(&["n1:7:0", "n1:7:1", "n1:7:2"]))
+            .unwrap();
+        // Same ids, other content: a store that reused epoch 7.
+        let err = store
+            .store(&lines_with(&["n1:7:0", "n1:7:1"], 2))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Regression {
+                    epoch: 7,
+                    seq: 0,
+                    why: "different content",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Nothing of the refused batch was written.
+        let text =
+            std::fs::read_to_string(&jsonl_files(&dir.path().join("n1")).unwrap()[0]).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        // The same after a restart, where the contents come from the files; and a gap in
+        // the stored sequence cannot be filled from below the watermark.
+        store.store(&lines(&["n1:8:0", "n1:8:5"])).unwrap();
+        let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        assert!(matches!(
+            reloaded.store(&lines_with(&["n1:7:1"], 2)),
+            Err(StoreError::Regression { seq: 1, .. })
+        ));
+        assert!(matches!(
+            reloaded.store(&lines(&["n1:8:3"])),
+            Err(StoreError::Regression {
+                why: "below the watermark but never stored",
+                ..
+            })
+        ));
+        // True duplicates are still acknowledged, found in memory or on disk.
+        let mut cold = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        cold.recent.clear();
+        assert_eq!(
+            cold.store(&lines(&["n1:7:1", "n1:7:2", "n1:7:3"])).unwrap(),
+            (1, 2)
+        );
+    }
+
+    #[test]
+    fn foreign_ids_in_a_node_directory_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("n1");
+        std::fs::create_dir_all(&node_dir).unwrap();
+        std::fs::write(
+            node_dir.join("2026-01-01.jsonl"),
+            "{\"id\":\"n1:1:0\",\"record\":{}}\n{\"id\":\"n2:1:9\",\"record\":{}}\n{\"id\":\"n1:1:1\",\"rec",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("..x")).unwrap();
+        let stats = CollectStats::default();
+        let nodes = load_nodes(dir.path(), &stats).unwrap();
+        assert_eq!(stats.foreign_ids_ignored.load(Ordering::Relaxed), 1);
+        let n1 = &nodes["n1"];
+        assert_eq!(n1.through.get(&1), Some(&0));
+        assert!(!n1.through.values().any(|s| *s == 9));
+        // The torn last line is cut off before the next write.
+        let mut n1 = NodeStore::load("n1".into(), node_dir.clone(), &stats).unwrap();
+        n1.file = None;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .open(node_dir.join("2026-01-01.jsonl"))
+            .unwrap();
+        assert_eq!(
+            good_length(&mut file, Path::new("x")).unwrap(),
+            "{\"id\":\"n1:1:0\",\"record\":{}}\n{\"id\":\"n2:1:9\",\"record\":{}}\n".len() as u64
+        );
+    }
+
+    #[test]
+    fn epochs_per_node_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_in(dir.path());
+        let ids: Vec<String> = (0..MAX_EPOCHS_PER_NODE)
+            .map(|e| format!("n1:{e}:0"))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            store.store(&lines(&ids)).unwrap(),
+            (MAX_EPOCHS_PER_NODE as u64, 0)
+        );
+        assert!(matches!(
+            store.store(&lines(&["n1:999999:0"])),
+            Err(StoreError::TooManyEpochs(MAX_EPOCHS_PER_NODE))
+        ));
+        // Known epochs go on.
+        assert_eq!(store.store(&lines(&["n1:5:1"])).unwrap(), (1, 0));
+    }
+
+    #[test]
+    fn node_ids_are_safe_directory_names() {
+        for good in ["edge-01", "a.b_c", "..a", "X"] {
+            assert!(valid_node_id(good), "{good}");
+        }
+        let long = "a".repeat(MAX_NODE_ID + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/abs",
+            "a/../b",
+            "a\\b",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(!valid_node_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_must_be_node_epoch_seq_in_order() {
         assert!(parse_batch("n1", br#"{"id":"n1:x","record":{}}"#).is_err());
         assert!(parse_batch("n1", br#"{"id":"n2:0:1","record":{}}"#).is_err());
+        assert!(parse_batch("n1", br#"{"id":"n1x:0:1","record":{}}"#).is_err());
         assert_eq!(
             parse_batch("n1", br#"{"id":"n1:0:1","record":{}}"#)
                 .unwrap()
                 .len(),
             1
         );
+        assert!(matches!(
+            parse_batch(
+                "n1",
+                b"{\"id\":\"n1:0:1\",\"record\":{}}\n{\"id\":\"n1:0:1\",\"record\":{}}"
+            ),
+            Err(BatchError::Malformed(_))
+        ));
     }
 }

@@ -22,7 +22,8 @@
 //! [privacy]
 //! mode = "keyed_hash"                  # or "last_digits" or "clear"
 //! site_key_file = "/etc/teledge/site.key"
-//! keep_digits = 4                      # for last_digits
+//! keep_digits = 4                      # for last_digits; at most 6
+//! addresses = "keep"                   # or "hash" or "truncate" (IPv4 /24, IPv6 /48)
 //!
 //! [uplink]
 //! url = "https://collector.example:8443/v1/batches"
@@ -31,16 +32,28 @@
 //! key_file = "/etc/teledge/node.key"
 //! min_tls = "1.3"                      # or "1.2"
 //! batch_records = 500
+//! batch_max_bytes = 4194304            # uncompressed JSON lines per batch (one record at least)
 //! timeout_ms = 10000
 //! dead_letter_max_bytes = 67108864
 //! ```
+//!
+//! Beyond the shape, validation checks what would break the service later: every number
+//! within a range that works (no zero timeouts or caches, no disk reserve larger than the
+//! spool's file system), the node id usable as a directory name at the collector
+//! (`[A-Za-z0-9._-]`, not `.` or `..`) and equal to the client certificate's common name,
+//! every file readable and of the right kind (a certificate file holds certificates, a key
+//! file a private key matching its certificate), and no key used for two purposes (site
+//! key and spool key). Findings that do not stop the service (a spool bound larger than its
+//! file system) are warnings: printed by `check-config`, logged by `run`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::privacy::PrivacyMode;
+use crate::privacy::{
+    identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode, MAX_KEEP_DIGITS,
+};
 use crate::seal::{load_key, KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
 
@@ -116,6 +129,8 @@ pub(crate) struct RawPrivacy {
     site_key_credential: Option<String>,
     #[serde(default = "default_keep_digits")]
     keep_digits: u8,
+    #[serde(default = "default_addresses")]
+    addresses: String,
 }
 
 impl Default for RawPrivacy {
@@ -125,6 +140,7 @@ impl Default for RawPrivacy {
             site_key_file: None,
             site_key_credential: None,
             keep_digits: default_keep_digits(),
+            addresses: default_addresses(),
         }
     }
 }
@@ -140,6 +156,8 @@ pub(crate) struct RawUplink {
     min_tls: String,
     #[serde(default = "default_batch")]
     batch_records: usize,
+    #[serde(default = "default_batch_bytes")]
+    batch_max_bytes: usize,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_dead_letter")]
@@ -167,11 +185,17 @@ fn default_privacy_mode() -> String {
 fn default_keep_digits() -> u8 {
     4
 }
+fn default_addresses() -> String {
+    "keep".into()
+}
 fn default_min_tls() -> String {
     "1.3".into()
 }
 fn default_batch() -> usize {
     500
+}
+fn default_batch_bytes() -> usize {
+    4 << 20
 }
 fn default_timeout_ms() -> u64 {
     10_000
@@ -191,6 +215,9 @@ pub struct UplinkConfig {
     pub key_file: PathBuf,
     pub tls12_allowed: bool,
     pub batch_records: usize,
+    /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
+    /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
+    pub batch_max_bytes: usize,
     pub timeout: Duration,
     pub dead_letter_dir: PathBuf,
     pub dead_letter_max_bytes: u64,
@@ -202,8 +229,10 @@ pub struct ForwardConfig {
     pub node_id: String,
     pub spool: SpoolConfig,
     pub keyring: Keyring,
-    pub privacy: PrivacyMode,
+    pub privacy: Privacy,
     pub uplink: UplinkConfig,
+    /// Findings that do not stop the service; `check-config` prints them, `run` logs them.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// Reads and validates a configuration file; every problem is reported, not just the first.
@@ -243,11 +272,26 @@ pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
     let mut problems = Vec::new();
-    let config = validate_forward(raw.node, raw.spool, raw.privacy, raw.uplink, &mut problems);
+    let config = validate_forward(
+        raw.node,
+        raw.spool,
+        raw.privacy,
+        raw.uplink,
+        Strictness::Manual,
+        &mut problems,
+    );
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors(problems)),
     }
+}
+
+/// Whether findings that would make a service fail for good are errors (the daemon: systemd
+/// would restart it forever) or warnings (a command run by hand, whose user reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    Daemon,
+    Manual,
 }
 
 /// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
@@ -257,6 +301,7 @@ pub(crate) fn validate_forward(
     spool: RawSpool,
     privacy: RawPrivacy,
     uplink: RawUplink,
+    strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
     let raw = RawConfig {
@@ -265,6 +310,7 @@ pub(crate) fn validate_forward(
         privacy,
         uplink,
     };
+    let mut warnings = Vec::new();
     let mut problem = |path: &str, message: String| {
         problems.push(ConfigProblem {
             path: path.to_owned(),
@@ -272,8 +318,8 @@ pub(crate) fn validate_forward(
         })
     };
     let node_id = raw.node.id.trim().to_owned();
-    if node_id.is_empty() || node_id.contains(':') || node_id.contains('/') {
-        problem("node.id", "must be non-empty, without ':' or '/'".into());
+    if let Err(message) = check_node_id(&node_id) {
+        problem("node.id", message);
     }
 
     let when_full = match raw.spool.when_full.as_str() {
@@ -295,6 +341,58 @@ pub(crate) fn validate_forward(
             "spool.flush_interval_ms",
             "must be between 1 and 10000".into(),
         );
+    }
+    // sled with no page cache reads every page from disk for every operation; more than a
+    // few GiB is memory the box does not have.
+    if !(1 << 20..=4 << 30).contains(&raw.spool.cache_bytes) {
+        problem(
+            "spool.cache_bytes",
+            format!(
+                "{}: must be between 1048576 (1 MiB) and 4294967296 (4 GiB)",
+                raw.spool.cache_bytes
+            ),
+        );
+    }
+    if raw.spool.dir.exists() && !raw.spool.dir.is_dir() {
+        problem(
+            "spool.dir",
+            format!("{}: exists and is not a directory", raw.spool.dir.display()),
+        );
+    } else if let Some(existing) = raw.spool.dir.ancestors().find(|p| p.exists()) {
+        // The spool (or the directory it will be made in) must be writable by the user the
+        // check runs as: under systemd, ExecStartPre= runs as the service user.
+        let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+        if let Err(e) = rustix::fs::access(existing, access) {
+            problem(
+                "spool.dir",
+                format!("{}: not writable by this user ({e})", existing.display()),
+            );
+        }
+    }
+    // The reserve and the bound against the file system the spool will live on.
+    if let Some(total) = filesystem_size(&raw.spool.dir) {
+        if raw.spool.disk_reserve_bytes >= total {
+            problem(
+                "spool.disk_reserve_bytes",
+                format!(
+                    "{} bytes: not less than the whole file system of {} ({total} bytes); \
+                     every record would be refused",
+                    raw.spool.disk_reserve_bytes,
+                    raw.spool.dir.display()
+                ),
+            );
+        } else if raw.spool.max_bytes > total - raw.spool.disk_reserve_bytes {
+            warnings.push(ConfigProblem {
+                path: "spool.max_bytes".into(),
+                message: format!(
+                    "{} bytes is more than the file system of {} can hold beside the reserve \
+                     ({} bytes): a long outage fills the disk before the bound drops anything",
+                    raw.spool.max_bytes,
+                    raw.spool.dir.display(),
+                    total - raw.spool.disk_reserve_bytes
+                ),
+            });
+        }
     }
     let key_source = match (&raw.spool.key_file, &raw.spool.key_credential) {
         (Some(f), None) => Some(KeySource::File(f.clone())),
@@ -328,7 +426,7 @@ pub(crate) fn validate_forward(
         }
     }
 
-    let site_key = match (&raw.privacy.site_key_file, &raw.privacy.site_key_credential) {
+    let site_key_source = match (&raw.privacy.site_key_file, &raw.privacy.site_key_credential) {
         (Some(f), None) => Some(KeySource::File(f.clone())),
         (None, Some(c)) => Some(KeySource::Credential(c.clone())),
         (None, None) => None,
@@ -340,22 +438,47 @@ pub(crate) fn validate_forward(
             None
         }
     };
-    let privacy = match raw.privacy.mode.as_str() {
-        "keyed_hash" => match site_key.map(|s| load_key(&s)) {
-            Some(Ok(site_key)) => Some(PrivacyMode::KeyedHash { site_key }),
-            Some(Err(e)) => {
-                problem("privacy.site_key_file", e.to_string());
-                None
-            }
+    let site_key = match site_key_source.map(|s| load_key(&s)) {
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            problem("privacy.site_key_file", e.to_string());
+            None
+        }
+        None => None,
+    };
+    // One key, one purpose: whoever reads pseudonyms must not be able to open the spool,
+    // and a spool key rotation must not change every pseudonym.
+    if site_key.is_some() && site_key == current_key {
+        problem(
+            "privacy.site_key_file",
+            "is the spool sealing key: give the site key a file of its own".into(),
+        );
+    }
+    let mode = match raw.privacy.mode.as_str() {
+        "keyed_hash" => match site_key {
+            Some(site_key) => Some(PrivacyMode::KeyedHash { site_key }),
             None => {
-                problem(
-                    "privacy.site_key_file",
-                    "keyed_hash needs a site key".into(),
-                );
+                if !problems_mention(&raw.privacy) {
+                    problem(
+                        "privacy.site_key_file",
+                        "keyed_hash needs a site key".into(),
+                    );
+                }
                 None
             }
         },
-        "last_digits" => Some(PrivacyMode::KeepLastDigits(raw.privacy.keep_digits)),
+        "last_digits" => {
+            if raw.privacy.keep_digits > MAX_KEEP_DIGITS {
+                problem(
+                    "privacy.keep_digits",
+                    format!(
+                        "{}: at most {MAX_KEEP_DIGITS}; more digits leave a number identifiable",
+                        raw.privacy.keep_digits
+                    ),
+                );
+            }
+            Some(PrivacyMode::KeepLastDigits(raw.privacy.keep_digits))
+        }
         "clear" => Some(PrivacyMode::Clear),
         other => {
             problem(
@@ -363,6 +486,18 @@ pub(crate) fn validate_forward(
                 format!("{other:?}: expected \"keyed_hash\", \"last_digits\" or \"clear\""),
             );
             None
+        }
+    };
+    let addresses = match raw.privacy.addresses.as_str() {
+        "keep" => AddressMode::Keep,
+        "hash" => AddressMode::Hash,
+        "truncate" => AddressMode::Truncate,
+        other => {
+            problem(
+                "privacy.addresses",
+                format!("{other:?}: expected \"keep\", \"hash\" or \"truncate\""),
+            );
+            AddressMode::Keep
         }
     };
 
@@ -384,22 +519,69 @@ pub(crate) fn validate_forward(
             false
         }
     };
+    let mut files_ok = true;
     for (name, file) in [
         ("uplink.ca_file", &raw.uplink.ca_file),
         ("uplink.cert_file", &raw.uplink.cert_file),
         ("uplink.key_file", &raw.uplink.key_file),
     ] {
-        if !file.is_file() {
-            problem(name, format!("{}: no such file", file.display()));
+        if let Err(message) = readable_file(file) {
+            problem(name, message);
+            files_ok = false;
+        }
+    }
+    if files_ok {
+        if let Err(message) = crate::uplink::tls::load_roots(&raw.uplink.ca_file) {
+            problem(
+                "uplink.ca_file",
+                format!("{message}: no usable CA certificate"),
+            );
+        }
+        match check_key_pair(&raw.uplink.cert_file, &raw.uplink.key_file) {
+            Err((field, message)) => problem(&format!("uplink.{field}"), message),
+            // The collector maps the certificate to the node by its CN and refuses every
+            // batch of another node: a mismatch here would dead-letter everything. The
+            // daemon refuses to start on it; `replay --forward`, run by hand, warns.
+            Ok(cn) if cn.as_deref() != Some(node_id.as_str()) => {
+                let mismatch = ConfigProblem {
+                    path: "node.id".into(),
+                    message: format!(
+                        "{node_id:?} differs from the common name {cn:?} of the client \
+                         certificate {}: the collector would refuse every batch",
+                        raw.uplink.cert_file.display()
+                    ),
+                };
+                match strictness {
+                    Strictness::Daemon => problem(&mismatch.path, mismatch.message),
+                    Strictness::Manual => warnings.push(mismatch),
+                }
+            }
+            Ok(_) => {}
         }
     }
     if raw.uplink.batch_records == 0 || raw.uplink.batch_records > 10_000 {
         problem("uplink.batch_records", "must be between 1 and 10000".into());
     }
+    if !(4096..=64 << 20).contains(&raw.uplink.batch_max_bytes) {
+        problem(
+            "uplink.batch_max_bytes",
+            "must be between 4096 and 67108864 (the collector takes 64 MiB at most)".into(),
+        );
+    }
+    if !(100..=600_000).contains(&raw.uplink.timeout_ms) {
+        problem(
+            "uplink.timeout_ms",
+            format!(
+                "{}: must be between 100 and 600000 (10 minutes)",
+                raw.uplink.timeout_ms
+            ),
+        );
+    }
 
-    let (Some(current_key), Some(privacy)) = (current_key, privacy) else {
+    let (Some(current_key), Some(mode)) = (current_key, mode) else {
         return None;
     };
+    let identifier_key = site_key.unwrap_or_else(|| identifier_key_from_spool_key(&current_key));
     let mut spool = SpoolConfig::new(raw.spool.dir.clone(), node_id.clone());
     spool.max_bytes = raw.spool.max_bytes;
     spool.when_full = when_full;
@@ -409,7 +591,7 @@ pub(crate) fn validate_forward(
     Some(ForwardConfig {
         node_id,
         keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
-        privacy,
+        privacy: Privacy::new(mode, addresses, identifier_key),
         uplink: UplinkConfig {
             host,
             port,
@@ -419,12 +601,78 @@ pub(crate) fn validate_forward(
             key_file: raw.uplink.key_file,
             tls12_allowed,
             batch_records: raw.uplink.batch_records,
+            batch_max_bytes: raw.uplink.batch_max_bytes,
             timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
             dead_letter_dir: raw.spool.dir.join("dead-letter"),
             dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,
         },
         spool,
+        warnings,
     })
+}
+
+/// True when the site key settings were already reported (both given at once).
+fn problems_mention(privacy: &RawPrivacy) -> bool {
+    privacy.site_key_file.is_some() || privacy.site_key_credential.is_some()
+}
+
+/// A node id is a directory name at the collector and a certificate CN: letters, digits,
+/// `.`, `_`, `-`, at most 64 characters, not `.` or `..`.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    let charset = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if id.is_empty() || id.len() > 64 || !charset || id == "." || id == ".." {
+        return Err(format!(
+            "{id:?}: must be 1 to 64 of [A-Za-z0-9._-], not \".\" or \"..\""
+        ));
+    }
+    Ok(())
+}
+
+/// A regular file this process can read.
+pub(crate) fn readable_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Loads a certificate and its private key and checks that they belong together; returns
+/// the certificate's common name. The error names the field at fault (`cert_file` or
+/// `key_file`).
+pub(crate) fn check_key_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<Option<String>, (&'static str, String)> {
+    use crate::uplink::tls::{load_certs, load_private_key, node_of_certificate};
+    let certs = load_certs(cert).map_err(|e| ("cert_file", e.to_string()))?;
+    let key_der = load_private_key(key).map_err(|e| ("key_file", e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| ("key_file", format!("{}: {e}", key.display())))?;
+    let cn = certs.first().and_then(node_of_certificate);
+    rustls::sign::CertifiedKey::new(certs, signing)
+        .keys_match()
+        .map_err(|e| {
+            (
+                "key_file",
+                format!(
+                    "{}: does not belong to the certificate {} ({e})",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })?;
+    Ok(cn)
+}
+
+/// Size of the file system `dir` is (or will be) on: that of its nearest existing ancestor.
+fn filesystem_size(dir: &Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    fs2::total_space(existing).ok()
 }
 
 /// `https://host[:port]/path` → (host, port, path). Only https: plaintext is never allowed.

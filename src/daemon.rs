@@ -12,13 +12,28 @@
 //!   [`Correlator`] is behind a mutex held per packet, uncontended with one interface), and
 //!   hands records on with `try_send`; a full record queue drops the record and counts it
 //!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
-//! - Time moves forward on a tick of its own, so calls and streams time out on a quiet line.
+//! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
+//!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
+//!   enter the correlator only within a tolerance of the local clock (`[correlation]
+//!   future_time_tolerance_s`, `past_time_tolerance_s`); others are replaced by the local
+//!   clock and counted (`teledge_timestamps_clamped_total`): one frame stamped a day ahead
+//!   would otherwise hold every timeout back for a day. The local clock itself is
+//!   [`LiveNow`]: the wall clock, except that after a step back it keeps moving at half
+//!   speed until the wall clock catches up, so timeouts never stand still.
 //! - Shutdown (SIGTERM/SIGINT): sources stop, the correlator is finished — open calls become
 //!   partial records (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
 //!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
-//!   for the next start. SIGHUP re-validates the configuration file and reconnects the
-//!   uplink, so renewed certificates take effect at once (they are also re-read at every
+//!   for the next start.
+//! - SIGHUP re-validates the configuration file and compares it with the running one by
+//!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
+//!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other
+//!   changed section is named in the log as waiting for a restart. The uplink reconnects in
+//!   any case, so renewed certificates take effect at once (they are also re-read at every
 //!   handshake).
+//! - Logging: at start, at info (the default level of `run`), what runs: node, interfaces,
+//!   HEP listeners, sensors, spool directory, uplink target, privacy modes. A configuration
+//!   failure found only at start (an address not on this host, unreadable TLS files, no
+//!   capture permission) makes `run` exit 78 like `check-config` ([`DaemonError::is_configuration`]).
 //! - systemd: READY once the spool is open and every source is bound; the watchdog is fed
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 
@@ -43,8 +58,8 @@ use crate::sources::afpacket::{
 };
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
-use crate::time::Timestamp;
-use crate::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
+use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
+use crate::uplink::client::{Attempt, Backoff, ForwardError, Forwarder, UplinkStats};
 
 /// Records waiting for the spool writer.
 const RECORD_QUEUE: usize = 65_536;
@@ -58,6 +73,8 @@ pub struct RunSummary {
     pub records_dropped_queue_full: u64,
     pub records_spooled: u64,
     pub records_forwarded: u64,
+    /// Refused by the collector for good and kept in the dead-letter area.
+    pub records_dead_lettered: u64,
     pub records_left_in_spool: u64,
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
@@ -82,6 +99,35 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl DaemonError {
+    /// True when the failure is the configuration's (or the host's setup, which only a
+    /// person can fix): `run` exits 78 then, which systemd does not restart. A port taken
+    /// by another process or a transient I/O error is not: a restart may well succeed.
+    pub fn is_configuration(&self) -> bool {
+        use std::io::ErrorKind::{AddrNotAvailable, NotFound, PermissionDenied};
+        let io_kind = |e: &std::io::Error| matches!(e.kind(), AddrNotAvailable | PermissionDenied);
+        match self {
+            DaemonError::Tls(_) => true,
+            DaemonError::Hep(crate::sources::hep::HepListenError::Bind { source, .. }) => {
+                io_kind(source)
+            }
+            DaemonError::Hep(crate::sources::hep::HepListenError::MaxFrame(_)) => true,
+            DaemonError::Observe { source, .. } => io_kind(source),
+            DaemonError::Capture(e) => matches!(
+                e,
+                LiveCaptureError::InvalidSettings { .. }
+                    | LiveCaptureError::PermissionDenied { .. }
+                    | LiveCaptureError::RingAllocation { .. }
+                    | LiveCaptureError::UnsupportedLinkType { .. }
+            ),
+            DaemonError::Spool(crate::spool::SpoolError::Io(e)) => {
+                matches!(e.kind(), PermissionDenied | NotFound)
+            }
+            DaemonError::Spool(_) | DaemonError::Io(_) => false,
+        }
+    }
 }
 
 /// Counting hand-off of records to the spool writer: never blocks.
@@ -138,23 +184,67 @@ struct CaptureSink {
     packets: Arc<observe::metrics::Counter>,
     bytes: Arc<observe::metrics::Counter>,
     health: Arc<Health>,
+    clock: LiveClock,
+}
+
+/// The local clock's guard over times that enter the live correlator, with its counters.
+#[derive(Debug, Clone)]
+struct LiveClock {
+    guard: ClockGuard,
+    now: Arc<LiveNow>,
+    future: Arc<observe::metrics::Counter>,
+    past: Arc<observe::metrics::Counter>,
+}
+
+impl LiveClock {
+    fn new(guard: ClockGuard, now: &Arc<LiveNow>, metrics: &AgentMetrics, source: &str) -> Self {
+        LiveClock {
+            guard,
+            now: Arc::clone(now),
+            future: metrics.clock_clamped.with(&[source, Skew::Future.as_str()]),
+            past: metrics.clock_clamped.with(&[source, Skew::Past.as_str()]),
+        }
+    }
+
+    /// `time`, or the local clock when `time` is outside the tolerance (counted).
+    fn check(&self, time: Timestamp) -> Timestamp {
+        let (time, skew) = self.guard.check(time, self.now.now());
+        match skew {
+            Some(Skew::Future) => self.future.inc(),
+            Some(Skew::Past) => self.past.inc(),
+            None => {}
+        }
+        time
+    }
 }
 
 struct CorrelateObserver<'a> {
     correlator: &'a mut Correlator,
     records: &'a RecordQueue,
+    clock: &'a LiveClock,
 }
 
 impl Observer for CorrelateObserver<'_> {
     fn sip(&mut self, meta: &MessageMeta, message: &crate::decode::sip::SipMessage<'_>) {
         let records = self.records;
-        self.correlator.sip(meta, message, &mut |r| records.push(r));
+        // Kernel times are the local clock already; HEP frames captured on the wire carry
+        // their sender's time, which must not drive the correlator's clock unchecked.
+        let meta = MessageMeta {
+            time: self.clock.check(meta.time),
+            ..*meta
+        };
+        self.correlator
+            .sip(&meta, message, &mut |r| records.push(r));
     }
 
     fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
         let records = self.records;
+        let meta = DatagramMeta {
+            time: self.clock.check(meta.time),
+            ..*meta
+        };
         self.correlator
-            .datagram(meta, payload, &mut |r| records.push(r));
+            .datagram(&meta, payload, &mut |r| records.push(r));
     }
 }
 
@@ -168,6 +258,7 @@ impl PacketSink for CaptureSink {
         let mut observer = CorrelateObserver {
             correlator: &mut correlator,
             records: &self.records,
+            clock: &self.clock,
         };
         self.dissector.frame(&frame, &mut observer);
     }
@@ -205,6 +296,21 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
 }
 
 async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, DaemonError> {
+    // What runs, said once at info (the default level of `run`): an operator reading the
+    // journal sees the node, its sources and where records go without TELEDGE_LOG.
+    let uplink = &config.forward.uplink;
+    tracing::info!(
+        node = %config.forward.node_id,
+        config = %config_path.display(),
+        interfaces = ?config.captures.iter().map(|c| c.interface.as_str()).collect::<Vec<_>>(),
+        hep = ?config.hep.as_ref().map(|h| (h.udp, h.tcp, h.tls.as_ref().map(|t| t.0), h.auth_key.is_some())),
+        sensors = ?config.sensors.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        spool = %config.forward.spool.dir.display(),
+        uplink = %format!("https://{}:{}{}", uplink.host, uplink.port, uplink.path),
+        privacy = ?config.forward.privacy,
+        "Starting teledge {}.",
+        env!("CARGO_PKG_VERSION")
+    );
     let notifier = Notifier::from_env();
     let metrics = Arc::new(AgentMetrics::new());
     let mut stages = vec![Stage::SpoolWriter, Stage::Uplink, Stage::Correlation];
@@ -283,6 +389,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let correlator: SharedCorrelator =
         Arc::new(Mutex::new(Correlator::new(config.calls, config.media)));
 
+    let clock_guard = config.clock_tolerance;
+    // One "now" for the tick and every source's guard: it never goes back.
+    let live_now = Arc::new(LiveNow::default());
+
     // Live capture threads.
     let capture_stop = Arc::new(AtomicBool::new(false));
     let mut captures = Vec::new();
@@ -314,6 +424,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             packets: metrics.source_packets.with(&[&c.interface]),
             bytes: metrics.source_bytes.with(&[&c.interface]),
             health: Arc::clone(&health),
+            clock: LiveClock::new(clock_guard, &live_now, &metrics, &c.interface),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
         let stop = Arc::clone(&capture_stop);
@@ -352,6 +463,11 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             tcp: hep.tcp,
             tls,
             auth_key: hep.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            idle_timeout: hep.idle_timeout,
+            first_frame_timeout: hep.first_frame_timeout,
+            max_connections: hep.max_connections,
+            max_connections_per_source: hep.max_connections_per_source,
+            max_queue_bytes: config.queue_bytes,
             ..HepListenerSettings::default()
         };
         let (tx, mut rx) = mpsc::channel(config.queue_frames);
@@ -364,12 +480,15 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let bytes = metrics.source_bytes.with(&["hep"]);
         let errors = Arc::clone(&metrics.decode_errors);
         let hep_stats = Arc::clone(&hep_stats);
+        let clock = LiveClock::new(clock_guard, &live_now, &metrics, "hep");
         hep_task = Some(tokio::spawn(async move {
             let mut correlated = 0u64;
-            while let Some(event) = rx.recv().await {
+            while let Some(mut event) = rx.recv().await {
                 correlated += 1;
                 packets.inc();
                 bytes.add(event.frame.payload.len() as u64);
+                // The sender's clock: checked against ours before it drives any timeout.
+                event.frame.time = clock.check(event.frame.time);
                 let mut c = lock(&correlator);
                 if let Err(e) =
                     crate::correlation::hep::feed(&mut c, &event.frame, event.sequence, &mut |r| {
@@ -387,32 +506,23 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 malformed = stats.malformed_total(),
                 auth_rejected = stats.auth_rejected.load(Ordering::Relaxed),
                 dropped_full = stats.dropped_full.load(Ordering::Relaxed),
+                dropped_queue_bytes = stats.dropped_queue_bytes.load(Ordering::Relaxed),
                 resync_bytes = stats.resync_bytes.load(Ordering::Relaxed),
                 "HEP input stopped."
             );
         }));
     }
 
-    // Sensors: one task per device; records bridged into the record queue.
-    let mut sensor_tasks = Vec::new();
-    if !config.sensors.is_empty() {
-        let (tx, mut rx) = mpsc::channel::<Record>(1024);
-        for device in &config.sensors {
-            let opener = SerialOpener {
-                path: device.port.clone(),
-                serial: device.profile.serial.clone(),
-            };
-            tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
-            sensor_tasks.push(tokio::spawn(
-                Device::new(device.clone(), opener, tx.clone()).run(stop_rx.clone()),
-            ));
-        }
-        drop(tx);
+    // Sensors: one task per device; records bridged into the record queue. The set is
+    // replaced as a whole when SIGHUP brings other sensors.
+    let (sensor_tx, mut sensor_rx) = mpsc::channel::<Record>(1024);
+    let mut sensors = SensorSet::start(&config.sensors, &sensor_tx);
+    let sensor_bridge = {
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
-        sensor_tasks.push(tokio::spawn(async move {
-            while let Some(record) = rx.recv().await {
+        tokio::spawn(async move {
+            while let Some(record) = sensor_rx.recv().await {
                 match &record {
                     Record::Sensor(s) => metrics.sensor_readings.with(&[&s.device]).inc(),
                     Record::Alert(a) => metrics.sensor_alerts.with(&[&a.device]).inc(),
@@ -421,14 +531,14 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 health.progress(Stage::Sensors);
                 records.push(record);
             }
-            crate::record::sensor::PortCounters::default()
-        }));
-    }
+        })
+    };
 
     // Time moves on without packets; gauges follow.
     let ticker = {
         let spool = Arc::clone(&spool);
         let hep_stats = config.hep.is_some().then(|| Arc::clone(&hep_stats));
+        let live_now = Arc::clone(&live_now);
         let correlator = Arc::clone(&correlator);
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
@@ -442,7 +552,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = stop.changed() => break,
                 }
                 let mut c = lock(&correlator);
-                c.advance(Timestamp::now(), &mut |r| records.push(r));
+                c.advance(live_now.now(), &mut |r| records.push(r));
                 metrics.calls_active.set(c.calls().open_calls() as i64);
                 metrics
                     .streams_active
@@ -465,6 +575,20 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                         .raise_to(load(&h.auth_rejected));
                     let dropped = metrics.records_dropped.with(&["hep_queue_full"]);
                     dropped.raise_to(load(&h.dropped_full));
+                    let dropped = metrics.records_dropped.with(&["hep_queue_bytes"]);
+                    dropped.raise_to(load(&h.dropped_queue_bytes));
+                    for (reason, counter) in [
+                        ("refused_max_connections", &h.connections_refused),
+                        ("refused_per_source", &h.connections_refused_per_source),
+                        ("no_valid_first_frame", &h.first_frame_timeouts),
+                        ("idle", &h.idle_timeouts),
+                        ("tls_handshake_failed", &h.tls_handshake_failures),
+                    ] {
+                        metrics
+                            .hep_connections_closed
+                            .with(&[reason])
+                            .raise_to(load(counter));
+                    }
                 }
                 health.progress(Stage::Correlation);
             }
@@ -472,23 +596,28 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     };
 
     // Uplink.
-    let mut uplink = Uplink::new(
-        config.forward.uplink.clone(),
-        config.forward.node_id.clone(),
-    )?;
-    metrics.watch_tls_alerts(uplink.tls_alerts());
-    let report_progress = {
+    let mut forwarder = Forwarder::new(&config.forward)?;
+    metrics.watch_tls_alerts(forwarder.tls_alerts());
+    forwarder.on_progress({
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
-        move |stats: &crate::uplink::client::UplinkStats, acknowledged: bool| {
+        move |stats: &UplinkStats, attempt: &Attempt<'_>| {
             metrics.observe_uplink(stats, SystemTime::now());
-            if acknowledged {
-                health.uplink_current();
+            match *attempt {
+                Attempt::Acked => health.uplink_acked(),
+                Attempt::Drained => health.spool_drained(),
+                Attempt::Failed { kind, reason } => {
+                    metrics.uplink_failures.with(&[kind.label()]).inc();
+                    health.uplink_failed(reason);
+                }
+                Attempt::Split { .. } | Attempt::DeadLettered { .. } => health.uplink_answered(),
             }
+            health.set_dead_letters(stats.dead_letters_held);
             health.progress(Stage::Uplink);
         }
-    };
-    uplink.on_progress(report_progress.clone());
+    });
+    health.set_dead_letters(forwarder.stats.dead_letters_held);
+    metrics.observe_uplink(&forwarder.stats, SystemTime::now());
     {
         // Read at scrape time: a renewed certificate shows at once.
         let cert = config.forward.uplink.cert_file.clone();
@@ -496,48 +625,28 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             .uplink_client_cert_not_after_timestamp_seconds
             .set_source(move || crate::uplink::tls::certificate_not_after(&cert).map(|t| t as f64));
     }
-    let dead_letters = DeadLetters::for_uplink(&config.forward.uplink);
     let reconnect = Arc::new(Notify::new());
+    // SIGHUP hands a changed [uplink] over here; the forwarder reconnects with it.
+    let (uplink_config_tx, uplink_configs) = watch::channel(config.forward.uplink.clone());
     let forwarder = {
         let spool = Arc::clone(&spool);
-        let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
         let notify = Arc::clone(&spooled_notify);
         let reconnect = Arc::clone(&reconnect);
-        let uplink_config = config.forward.uplink.clone();
-        let node = config.forward.node_id.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             loop {
-                let round = forward_until_drained(
-                    &spool,
-                    &mut uplink,
-                    &dead_letters,
-                    uplink_config.batch_records,
-                    &mut backoff,
-                    None,
-                );
                 tokio::select! {
-                    result = round => {
-                        match result {
-                            Ok(stats) => {
-                                metrics.observe_uplink(&stats, SystemTime::now());
-                                health.uplink_current();
-                            }
-                            Err(e) => tracing::error!("Forwarding failed: {e}"),
+                    result = forwarder.forward_until_drained(&spool, None) => {
+                        if let Err(e) = result {
+                            tracing::error!("Forwarding failed: {e}");
                         }
                     }
                     _ = stop.changed() => break,
                     _ = reconnect.notified() => {
-                        match Uplink::new(uplink_config.clone(), node.clone()) {
-                            Ok(mut fresh) => {
-                                // Totals carry over: the metrics mirror them and never go down.
-                                fresh.stats = std::mem::take(&mut uplink.stats);
-                                fresh.on_progress(report_progress.clone());
-                                uplink = fresh;
-                            }
-                            Err(e) => tracing::error!("Uplink not reloaded: {e}"),
+                        let uplink_config = uplink_configs.borrow().clone();
+                        if let Err(e) = forwarder.reconfigure(uplink_config) {
+                            tracing::error!("Uplink not reloaded: {e}");
                         }
                         continue;
                     }
@@ -549,7 +658,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = stop.changed() => break,
                 }
             }
-            (uplink, dead_letters, backoff)
+            forwarder
         })
     };
 
@@ -568,6 +677,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // What runs, by section: SIGHUP applies what it can and says what waits for a restart.
+    let mut running = config.sections.clone();
+    let mut drain_timeout = config.drain_timeout;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -575,7 +687,38 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             _ = hup.recv() => {
                 let _ = notifier.reloading();
                 match crate::agent_config::load(&config_path) {
-                    Ok(_) => tracing::info!("SIGHUP: configuration valid; reconnecting the uplink with the current certificates."),
+                    Ok(new) => {
+                        for warning in &new.warnings {
+                            tracing::warn!("SIGHUP: {}: {warning}", config_path.display());
+                        }
+                        let plan = ReloadPlan::new(&running, &new.sections);
+                        for section in &plan.applied {
+                            match *section {
+                                "uplink" => {
+                                    let cert = new.forward.uplink.cert_file.clone();
+                                    metrics
+                                        .uplink_client_cert_not_after_timestamp_seconds
+                                        .set_source(move || crate::uplink::tls::certificate_not_after(&cert).map(|t| t as f64));
+                                    let _ = uplink_config_tx.send(new.forward.uplink.clone());
+                                }
+                                "sensors" => {
+                                    sensors.stop().await;
+                                    sensors = SensorSet::start(&new.sensors, &sensor_tx);
+                                }
+                                "shutdown" => drain_timeout = new.drain_timeout,
+                                _ => {}
+                            }
+                            if let Some(value) = new.sections.get(*section) {
+                                running.insert((*section).to_owned(), value.clone());
+                            }
+                        }
+                        tracing::info!(
+                            applied = %plan.applied.join(", "),
+                            needs_restart = %plan.needs_restart.join(", "),
+                            "SIGHUP: configuration valid. {}",
+                            plan.summary()
+                        );
+                    }
                     Err(errors) => tracing::error!("SIGHUP: configuration has problems (keeping the running one):\n{errors}"),
                 }
                 reconnect.notify_one();
@@ -590,7 +733,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     // Shutdown, in pipeline order.
     tracing::info!("Stopping: sources first, then the queue, the spool and the uplink.");
     let _ = notifier.stopping();
-    let deadline = Instant::now() + config.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
     capture_stop.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let mut kernel_drops = 0;
@@ -611,9 +754,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         // The listener stopped with the signal; its channel closes and the task ends.
         let _ = task.await;
     }
-    for task in sensor_tasks {
-        let _ = task.await;
-    }
+    sensors.stop().await;
+    drop(sensor_tx);
+    let _ = sensor_bridge.await;
     let _ = ticker.await;
     {
         let mut c = lock(&correlator);
@@ -627,31 +770,23 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             0
         }
     };
-    let (mut uplink, dead_letters, mut backoff) = forwarder
+    let mut forwarder = forwarder
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
-    let batch = config.forward.uplink.batch_records;
-    let drained = forward_until_drained(
-        &spool,
-        &mut uplink,
-        &dead_letters,
-        batch,
-        &mut backoff,
-        Some(deadline),
-    );
+    let drained = forwarder.forward_until_drained(&spool, Some(deadline));
     let forwarded_stats = match tokio::time::timeout_at(deadline.into(), drained).await {
         Ok(Ok(stats)) => stats,
         Ok(Err(ForwardError::Deadline(reason))) => {
             tracing::warn!("Collector not reached before the drain deadline ({reason}); the rest stays spooled.");
-            uplink.stats
+            forwarder.stats
         }
         Ok(Err(e)) => {
             tracing::error!("Forwarding at shutdown failed: {e}");
-            uplink.stats
+            forwarder.stats
         }
         Err(_) => {
             tracing::warn!("Drain deadline reached; the rest stays spooled.");
-            uplink.stats
+            forwarder.stats
         }
     };
     let left = {
@@ -664,6 +799,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         records_dropped_queue_full: dropped.load(Ordering::Relaxed),
         records_spooled: spooled,
         records_forwarded: forwarded_stats.records,
+        records_dead_lettered: forwarded_stats.dead_lettered,
         records_left_in_spool: left,
         packets_captured,
         kernel_drops,
@@ -745,6 +881,109 @@ fn add_stats(a: KernelStats, b: KernelStats) -> KernelStats {
         packets: a.packets + b.packets,
         drops: a.drops + b.drops,
         freeze_queue: a.freeze_queue + b.freeze_queue,
+    }
+}
+
+/// What a SIGHUP does with a changed configuration file, by top-level section: `uplink`
+/// (reconnect with the new settings), `sensors` (the tasks restarted with the new set, when
+/// there were sensors and still are) and `shutdown` (the drain deadline) apply at once;
+/// every other section (`node`, `capture`, `hep`, `correlation`, `spool`, `privacy`,
+/// `observe`) and a change from or to no sensors at all take a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ReloadPlan {
+    applied: Vec<&'static str>,
+    needs_restart: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    const SECTIONS: [&'static str; 10] = [
+        "node",
+        "capture",
+        "hep",
+        "correlation",
+        "sensors",
+        "spool",
+        "privacy",
+        "uplink",
+        "observe",
+        "shutdown",
+    ];
+
+    fn new(running: &toml::Table, new: &toml::Table) -> Self {
+        let mut plan = ReloadPlan::default();
+        let has_sensors = |t: &toml::Table| {
+            t.get("sensors")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
+        for section in Self::SECTIONS {
+            if running.get(section) == new.get(section) {
+                continue;
+            }
+            let live = match section {
+                "uplink" | "shutdown" => true,
+                "sensors" => has_sensors(running) && has_sensors(new),
+                _ => false,
+            };
+            if live {
+                plan.applied.push(section);
+            } else {
+                plan.needs_restart.push(section);
+            }
+        }
+        plan
+    }
+
+    fn summary(&self) -> String {
+        let applied = if self.applied.is_empty() {
+            "Nothing changed that applies at once".to_owned()
+        } else {
+            format!("Applied: {}", self.applied.join(", "))
+        };
+        let restart = if self.needs_restart.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; changed but needs a restart to take effect: {}",
+                self.needs_restart.join(", ")
+            )
+        };
+        format!("{applied}{restart}; the uplink reconnects with the current certificates.")
+    }
+}
+
+/// The running sensor tasks, stopped together (at shutdown, or to be replaced on SIGHUP).
+struct SensorSet {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<crate::record::sensor::PortCounters>>,
+}
+
+impl SensorSet {
+    fn start(
+        devices: &[crate::sensors::device::DeviceSettings],
+        tx: &mpsc::Sender<Record>,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = devices
+            .iter()
+            .map(|device| {
+                let opener = SerialOpener {
+                    path: device.port.clone(),
+                    serial: device.profile.serial.clone(),
+                };
+                tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
+                tokio::spawn(Device::new(device.clone(), opener, tx.clone()).run(stop_rx.clone()))
+            })
+            .collect();
+        SensorSet { stop, tasks }
+    }
+
+    /// Stops every task and waits for them (each closes its port).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
@@ -861,6 +1100,23 @@ mod tests {
             acked,
             ..SpoolStats::default()
         }
+    }
+
+    #[test]
+    fn reload_plan_applies_uplink_sensors_and_shutdown_and_names_the_rest() {
+        let table = |text: &str| -> toml::Table { toml::from_str(text).unwrap() };
+        let old = table("[uplink]\nurl = \"a\"\n[hep]\nudp = \"x\"\n[[sensors]]\nname = \"s\"\n");
+        assert_eq!(ReloadPlan::new(&old, &old), ReloadPlan::default());
+        let new = table("[uplink]\nurl = \"b\"\n[hep]\nudp = \"y\"\n[[sensors]]\nname = \"t\"\n[shutdown]\ndrain_timeout_s = 5\n");
+        let plan = ReloadPlan::new(&old, &new);
+        assert_eq!(plan.applied, ["sensors", "uplink", "shutdown"]);
+        assert_eq!(plan.needs_restart, ["hep"]);
+        assert!(plan
+            .summary()
+            .contains("needs a restart to take effect: hep"));
+        // From some sensors to none: the health stages are set at start, so a restart.
+        let none = table("[uplink]\nurl = \"a\"\n[hep]\nudp = \"x\"\n");
+        assert_eq!(ReloadPlan::new(&old, &none).needs_restart, ["sensors"]);
     }
 
     #[test]

@@ -50,6 +50,9 @@ enum Command {
     /// Hardware sensors on serial ports: list ports, probe a device, watch devices.
     #[command(subcommand)]
     Sensors(cmd::sensors::SensorsCommand),
+    /// Records the collector refused for good: list them, resend them once fixed.
+    #[command(subcommand)]
+    DeadLetters(cmd::dead_letters::DeadLettersCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +70,7 @@ struct CheckConfigArgs {
 }
 
 /// Where the service's configuration lives.
-const DEFAULT_CONFIG: &str = "/etc/teledge/teledge.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/teledge/teledge.toml";
 
 #[derive(Debug, clap::Args)]
 struct CollectArgs {
@@ -89,6 +92,33 @@ struct CollectArgs {
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     #[arg(long)]
     tls12: bool,
+    /// Most connections open at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Most TLS handshakes under way at once; more are closed at once (counted).
+    #[arg(long, default_value_t = 32)]
+    max_handshakes: usize,
+    /// Most connections of one node at once.
+    #[arg(long, default_value_t = 4)]
+    max_node_connections: usize,
+    /// Most batch bodies held and processed at once.
+    #[arg(long, default_value_t = 4)]
+    max_batches: usize,
+    /// Milliseconds a TLS handshake may take.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// Milliseconds to receive a request's headers (slowloris bound).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Milliseconds to receive a request's body.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout_ms: u64,
+    /// Largest compressed batch, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest inflated batch, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_inflated_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,8 +168,15 @@ fn main() -> ExitCode {
     // Under systemd (JOURNAL_STREAM set) journald stamps each line itself and shows no
     // colours: plain lines without a timestamp. On a terminal: colours and times.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The daemon says what it runs and what it does at info, and the collector is a server an
+    // operator watches (connections, batches); commands run by hand only speak up when
+    // something is wrong.
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Collect(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TELEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal() && !journald)
@@ -154,6 +191,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Collect(args) => collect(args),
         Command::Sensors(command) => cmd::sensors::run(command),
+        Command::DeadLetters(command) => cmd::dead_letters::run(command),
         Command::Run(args) => run(args),
         Command::CheckConfig(args) => check_config(args),
     };
@@ -299,6 +337,23 @@ fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match load_agent_config(&args.config) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("teledge: {}: warning: {warning}", args.config.display());
+            }
+            // Records sealed under a key the keyring lost would be set aside unread.
+            use teledge::spool::{check_spool_keys, SpoolKeyProblem};
+            match check_spool_keys(&config.forward.spool.dir, &config.forward.keyring) {
+                Ok(()) => {}
+                Err(problem @ SpoolKeyProblem::Missing { .. }) => {
+                    eprintln!(
+                        "teledge: {}: spool.old_keys: {problem}",
+                        args.config.display()
+                    );
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+                // Not a configuration error (e.g. run as a user who cannot read the spool).
+                Err(problem) => eprintln!("teledge: warning: {problem}"),
+            }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
                 args.config.display(),
@@ -318,7 +373,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let summary = teledge::daemon::run(config, args.config.clone())?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", args.config.display());
+    }
+    let summary = match teledge::daemon::run(config, args.config.clone()) {
+        Ok(summary) => summary,
+        // Found only now (a listen address not on this host, a certificate unreadable by
+        // the service user): still the configuration's fault, and systemd must not loop.
+        Err(e) if e.is_configuration() => {
+            eprintln!(
+                "teledge: {}: {e}; nothing started (configuration)",
+                args.config.display()
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // One line a supervisor or a test can account with.
     eprintln!("teledge: stopped: {}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
@@ -332,6 +402,17 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
         key_file: args.key,
         out_dir: args.out,
         tls12_allowed: args.tls12,
+        limits: teledge::collect::CollectLimits {
+            max_connections: args.max_connections,
+            max_handshakes: args.max_handshakes,
+            max_node_connections: args.max_node_connections,
+            max_batches: args.max_batches,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            body_timeout: Duration::from_millis(args.body_timeout_ms),
+            max_body: args.max_body_bytes,
+            max_inflated: args.max_inflated_bytes,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -343,7 +424,7 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
 
 /// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
 fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    use teledge::uplink::client::{forward_until_drained, Backoff, DeadLetters, Uplink};
+    use teledge::uplink::client::Forwarder;
 
     let Some(config_path) = &args.forward else {
         anyhow::bail!("--forward needs a configuration");
@@ -357,6 +438,9 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    for warning in &config.warnings {
+        eprintln!("teledge: {}: warning: {warning}", config_path.display());
+    }
     let (mut spool, events) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
     for event in events {
@@ -418,25 +502,23 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-    let dead_letters = DeadLetters::for_uplink(&config.uplink);
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut forwarder = Forwarder::new(&config)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
     let spool = std::sync::Mutex::new(spool);
-    let result = runtime.block_on(forward_until_drained(
-        &spool,
-        &mut uplink,
-        &dead_letters,
-        config.uplink.batch_records,
-        &mut backoff,
-        Some(deadline),
-    ));
+    let result = runtime.block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
     match result {
         Ok(stats) => {
             eprintln!(
-                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered batches)",
-                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered_batches
+                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered records)",
+                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered
             );
+            if stats.dead_letters_held > 0 {
+                eprintln!(
+                    "teledge: {} record(s) refused by the collector are held as dead letters; see `teledge dead-letters list --config {}`",
+                    stats.dead_letters_held,
+                    config_path.display()
+                );
+            }
             Ok(if damaged {
                 ExitCode::from(EXIT_DAMAGED_INPUT)
             } else {
@@ -446,7 +528,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
             let left = spool.lock().map(|s| s.stats().records).unwrap_or(0);
             eprintln!(
-                "teledge: collector unreachable ({reason}); {left} records stay spooled for the next run"
+                "teledge: collector not reached before the deadline ({reason}); {left} records stay spooled for the next run"
             );
             Ok(ExitCode::from(EXIT_NOT_DRAINED))
         }

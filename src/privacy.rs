@@ -1,14 +1,70 @@
-//! Pseudonymisation of phone numbers and user names before records are stored or sent.
+//! Pseudonymisation of every identity a record can carry, before it is stored or sent
+//! (EN 15838 7.9: personal data of callers and agents is protected at the collector too).
 //!
-//! Modes: a keyed hash (HMAC-SHA256 under a site key: stable per site, so a supervisor can
-//! still count repeat callers, but not reversible without the key — a plain hash of an E.164
-//! number could be brute-forced in minutes), keep the last N digits, or clear (only by
-//! explicit configuration). Display names are treated like numbers: they are personal data.
+//! [`Pseudonymizer::apply`] runs in the spool writer (daemon) and in `replay --forward`, on
+//! every record before it is serialised into the spool: nothing below reaches the spool, the
+//! uplink or the collector in clear unless the configuration says `mode = "clear"`.
+//!
+//! # Modes
+//!
+//! - Numbers and names (`[privacy] mode`): a keyed hash (HMAC-SHA256 under a site key:
+//!   stable per site, so a supervisor can still count repeat callers, but not reversible
+//!   without the key — a plain hash of an E.164 number could be brute-forced in minutes),
+//!   the last N digits (`keep_digits`, at most [`MAX_KEEP_DIGITS`]: more would leave a
+//!   number identifiable), or clear (only by explicit configuration; then the other
+//!   identity fields below stay as captured too, except addresses).
+//! - Identifiers (Call-IDs) are always a keyed hash outside `clear`: under the site key
+//!   when one is configured, otherwise under a key derived from the spool sealing key
+//!   ([`identifier_key_from_spool_key`]); the same key hashes both legs' ids, so a
+//!   `linked_call_id` still equals the `call_id` of the other leg's record.
+//! - Addresses (`[privacy] addresses`): `keep` (default), `hash` (`h:` + 16 hex of
+//!   HMAC-SHA256 of the IP under the identifier key; the port is kept), or `truncate`
+//!   (IPv4 to its /24, IPv6 to its /48: the network stays visible, the host not; host
+//!   names, which cannot be truncated, are hashed).
+//!
+//! # Decision table: every string field of every record kind
+//!
+//! "pseudonymised" means by the mode above; "kept" means it carries no identity (it is
+//! computed by teledge, a closed set, a number, or an operator-chosen name of equipment).
+//!
+//! | record | field | decision (outside `clear`) |
+//! |---|---|---|
+//! | call | `record_id` | kept: a SHA-256 of Call-ID, time and address, needed for de-duplication; not reversible without the Call-ID |
+//! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
+//! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
+//! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
+//! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
+//! | call | `caller_address`, `callee_address` | address mode |
+//! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
+//! | call | `reason` | `protocol` reduced to a token, `cause` kept, `text` removed |
+//! | call | `user_agents.caller`, `.callee` (User-Agent/Server) | reduced to the product token: the text up to the first `/`, space or other character outside `[A-Za-z0-9._+-]`, at most 32 characters; a token of digits only (an extension) is removed |
+//! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept (SDP tokens) |
+//! | call, stream | stream `src`, `dst` | address mode; `ssrc`, codecs kept |
+//! | call, stream | stream `metrics.dtmf[].digit` | replaced by `x`: typed digits are PINs and account numbers; count, times and durations kept |
+//! | call | `hep_rtcp[]` | kept: SSRCs and numbers |
+//! | sensor, alert | `device`, `model`, `port`, `reading`, `unit`, value names, state names | kept: names of equipment from the configuration and profiles |
+//! | capture summary | `files` | reduced to file names (directories may name people) |
+//! | capture summary | `decode.problems[].detail` | removed (decoder messages may quote wire bytes); `frame` and `kind` kept |
+//! | gap (made by the spool) | every field | kept: counts and record ids |
+//!
+//! Times, durations, counts, status and cause codes, outcomes and other closed sets are kept
+//! in every mode: they are what the statistics are made of.
+
+use std::net::{IpAddr, SocketAddr};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::decode::sdp::SdpSummary;
+use crate::record::media::{MediaQuality, StreamQuality};
 use crate::record::{CallRecord, Party, Record};
+
+/// The most digits `keep_digits` may keep: more leave a subscriber number identifiable.
+pub const MAX_KEEP_DIGITS: u8 = 6;
+/// Longest product token kept of a User-Agent or Server header.
+const MAX_PRODUCT_TOKEN: usize = 32;
+/// What a DTMF digit becomes outside `clear`.
+pub const REDACTED_DIGIT: char = 'x';
 
 /// How numbers and names are written into records.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,21 +87,109 @@ impl std::fmt::Debug for PrivacyMode {
     }
 }
 
-/// Applies a [`PrivacyMode`] to records.
+/// How IP addresses are written into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressMode {
+    /// As captured.
+    #[default]
+    Keep,
+    /// `h:` and 16 hex characters of HMAC-SHA256(identifier key, IP); the port is kept.
+    Hash,
+    /// IPv4 to its /24, IPv6 to its /48 (the rest zeroed); host names hashed.
+    Truncate,
+}
+
+/// The validated privacy settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Privacy {
+    pub mode: PrivacyMode,
+    pub addresses: AddressMode,
+    /// The key of identifier and address hashes.
+    identifier_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Privacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No key material.
+        f.debug_struct("Privacy")
+            .field("mode", &self.mode)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Privacy {
+    /// `identifier_key` hashes Call-IDs and addresses: the site key when there is one
+    /// (in keyed-hash mode it is always the site key), else
+    /// [`identifier_key_from_spool_key`].
+    pub fn new(mode: PrivacyMode, addresses: AddressMode, identifier_key: [u8; 32]) -> Self {
+        let identifier_key = match &mode {
+            PrivacyMode::KeyedHash { site_key } => *site_key,
+            _ => identifier_key,
+        };
+        Privacy {
+            mode,
+            addresses,
+            identifier_key,
+        }
+    }
+
+    /// Numbers in keyed-hash mode, addresses kept: the behaviour before addresses could be
+    /// pseudonymised.
+    pub fn keyed_hash(site_key: [u8; 32]) -> Self {
+        Privacy::new(
+            PrivacyMode::KeyedHash { site_key },
+            AddressMode::Keep,
+            site_key,
+        )
+    }
+}
+
+/// The identifier key when no site key is configured: an HMAC of a fixed label under the
+/// spool sealing key, so it is as secret as that key and stable while it is not rotated.
+pub fn identifier_key_from_spool_key(spool_key: &[u8; 32]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(spool_key) {
+        mac.update(b"teledge identifier pseudonyms v1");
+        key.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    key
+}
+
+/// Applies [`Privacy`] to records.
 #[derive(Debug, Clone)]
 pub struct Pseudonymizer {
-    mode: PrivacyMode,
+    privacy: Privacy,
 }
 
 impl Pseudonymizer {
-    pub fn new(mode: PrivacyMode) -> Self {
-        Pseudonymizer { mode }
+    pub fn new(privacy: Privacy) -> Self {
+        Pseudonymizer { privacy }
     }
 
-    /// Rewrites every number and name in a record.
+    fn clear(&self) -> bool {
+        matches!(self.privacy.mode, PrivacyMode::Clear)
+    }
+
+    /// Rewrites every identity in a record (see the decision table in the module doc).
     pub fn apply(&self, record: &mut Record) {
-        if let Record::Call(call) = record {
-            self.call(call);
+        match record {
+            Record::Call(call) => self.call(call),
+            Record::Stream(stream) => self.stream(&mut stream.stream),
+            Record::CaptureSummary(summary) => {
+                if !self.clear() {
+                    for file in &mut summary.files {
+                        if let Some(name) = std::path::Path::new(file.as_str()).file_name() {
+                            *file = name.to_string_lossy().into_owned();
+                        }
+                    }
+                    for problem in &mut summary.decode.problems {
+                        problem.detail.clear();
+                    }
+                }
+            }
+            // Names of equipment from the configuration and profiles: no personal data.
+            Record::Sensor(_) | Record::Alert(_) => {}
         }
     }
 
@@ -56,6 +200,30 @@ impl Pseudonymizer {
             .chain(call.diverted_from.as_mut())
         {
             self.party(party);
+        }
+        call.caller_address = self.address(&call.caller_address);
+        call.callee_address = self.address(&call.callee_address);
+        for sdp in [&mut call.media.offer, &mut call.media.answer]
+            .into_iter()
+            .flatten()
+        {
+            self.sdp(sdp);
+        }
+        self.media_quality(&mut call.media_quality);
+        if self.clear() {
+            return;
+        }
+        call.call_id = self.identifier(&call.call_id);
+        if let Some(linked) = call.linked_call_id.as_mut() {
+            *linked = self.identifier(linked);
+        }
+        call.final_reason = None;
+        if let Some(reason) = call.reason.as_mut() {
+            reason.protocol = product_token(&reason.protocol).unwrap_or_default();
+            reason.text = None;
+        }
+        for agent in [&mut call.user_agents.caller, &mut call.user_agents.callee] {
+            *agent = agent.as_deref().and_then(product_token);
         }
     }
 
@@ -71,13 +239,43 @@ impl Pseudonymizer {
         }
     }
 
+    fn sdp(&self, sdp: &mut SdpSummary) {
+        for media in &mut sdp.media {
+            if let Some(address) = media.address.as_mut() {
+                *address = self.address(address);
+            }
+        }
+    }
+
+    fn media_quality(&self, media: &mut MediaQuality) {
+        for stream in media
+            .caller_to_callee
+            .iter_mut()
+            .chain(media.callee_to_caller.iter_mut())
+            .chain(media.unknown_direction.iter_mut())
+        {
+            self.stream(stream);
+        }
+    }
+
+    fn stream(&self, stream: &mut StreamQuality) {
+        stream.src = self.address(&stream.src);
+        stream.dst = self.address(&stream.dst);
+        if !self.clear() {
+            for event in &mut stream.metrics.dtmf {
+                event.digit = REDACTED_DIGIT;
+            }
+        }
+    }
+
     /// A number or user part.
     pub fn number(&self, value: &str) -> String {
-        match &self.mode {
+        match &self.privacy.mode {
             PrivacyMode::KeyedHash { site_key } => keyed_hash(site_key, &normalise(value)),
             PrivacyMode::KeepLastDigits(n) => {
+                let n = (*n).min(MAX_KEEP_DIGITS);
                 let digits = value.chars().filter(char::is_ascii_digit).count();
-                let keep_from = digits.saturating_sub(usize::from(*n));
+                let keep_from = digits.saturating_sub(usize::from(n));
                 let mut seen = 0;
                 value
                     .chars()
@@ -99,34 +297,131 @@ impl Pseudonymizer {
     }
 
     fn name(&self, value: &str) -> String {
-        match &self.mode {
+        match &self.privacy.mode {
             PrivacyMode::KeyedHash { site_key } => keyed_hash(site_key, value),
             PrivacyMode::KeepLastDigits(_) => "(redacted)".to_owned(),
             PrivacyMode::Clear => value.to_owned(),
         }
     }
 
-    /// Replaces the user part of a `sip:`/`sips:` URI or the number of a `tel:` URI.
-    fn uri(&self, uri: &str) -> String {
-        if matches!(self.mode, PrivacyMode::Clear) {
-            return uri.to_owned();
+    /// A Call-ID or another identifier: a keyed hash (as captured only in clear mode).
+    pub fn identifier(&self, value: &str) -> String {
+        if self.clear() {
+            return value.to_owned();
         }
-        let Some((scheme, rest)) = uri.split_once(':') else {
-            return self.number(uri);
-        };
-        if scheme.eq_ignore_ascii_case("tel") {
-            let (number, params) = rest.split_at(rest.find(';').unwrap_or(rest.len()));
-            return format!("{scheme}:{}{params}", self.number(number));
-        }
-        match rest.rfind('@') {
-            Some(at) => {
-                let user = &rest[..at];
-                let (user, params) = user.split_at(user.find(';').unwrap_or(user.len()));
-                format!("{scheme}:{}{params}{}", self.number(user), &rest[at..])
+        keyed_hash(&self.privacy.identifier_key, value)
+    }
+
+    /// An `ip:port`, a bare IP or a host name, by the address mode.
+    pub fn address(&self, value: &str) -> String {
+        let key = &self.privacy.identifier_key;
+        match self.privacy.addresses {
+            AddressMode::Keep => value.to_owned(),
+            AddressMode::Hash => match value.parse::<SocketAddr>() {
+                Ok(sa) => format!("{}:{}", keyed_hash(key, &sa.ip().to_string()), sa.port()),
+                Err(_) => keyed_hash(key, value.trim_matches(['[', ']'])),
+            },
+            AddressMode::Truncate => {
+                if let Ok(sa) = value.parse::<SocketAddr>() {
+                    return SocketAddr::new(truncate(sa.ip()), sa.port()).to_string();
+                }
+                match value.trim_matches(['[', ']']).parse::<IpAddr>() {
+                    Ok(ip) => truncate(ip).to_string(),
+                    Err(_) => keyed_hash(key, value),
+                }
             }
-            None => uri.to_owned(),
         }
     }
+
+    /// Pseudonymises the user part of a `sip:`/`sips:` URI or the number of a `tel:` URI,
+    /// applies the address mode to an IP host, and drops every parameter and header.
+    fn uri(&self, uri: &str) -> String {
+        if self.clear() {
+            // Addresses are governed by their own setting even in clear mode.
+            let hostport = split_host(uri);
+            return uri.replacen(hostport, &self.hostport(hostport), 1);
+        }
+        let Some((scheme, rest)) = uri.split_once(':') else {
+            return self.number(uri.split([';', '?']).next().unwrap_or(""));
+        };
+        let rest = rest.split('?').next().unwrap_or("");
+        if scheme.eq_ignore_ascii_case("tel") {
+            let number = rest.split(';').next().unwrap_or("");
+            return format!("{scheme}:{}", self.number(number));
+        }
+        let (user, hostport) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let hostport = hostport.split(';').next().unwrap_or("");
+        let hostport = self.hostport(hostport);
+        match user {
+            Some(user) => {
+                let user = user.split([';', ':']).next().unwrap_or("");
+                format!("{scheme}:{}@{hostport}", self.number(user))
+            }
+            None => format!("{scheme}:{hostport}"),
+        }
+    }
+
+    /// `host[:port]` with the address mode applied to an IP host; names are kept (they name
+    /// the PBX or the carrier, not a person).
+    fn hostport(&self, hostport: &str) -> String {
+        if matches!(self.privacy.addresses, AddressMode::Keep) {
+            return hostport.to_owned();
+        }
+        if hostport.parse::<SocketAddr>().is_ok() {
+            return self.address(hostport);
+        }
+        let host = hostport.trim_matches(['[', ']']);
+        if host.parse::<IpAddr>().is_ok() {
+            return self.address(host);
+        }
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if host.parse::<IpAddr>().is_ok() => {
+                format!("{}:{port}", self.address(host))
+            }
+            _ => hostport.to_owned(),
+        }
+    }
+}
+
+/// The `host[:port]` of a URI, for the clear-mode address rewrite.
+fn split_host(uri: &str) -> &str {
+    let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    rest.split([';', '?']).next().unwrap_or("")
+}
+
+/// IPv4 to its /24, IPv6 to its /48.
+fn truncate(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[6..].fill(0);
+            IpAddr::from(octets)
+        }
+    }
+}
+
+/// The product token of a User-Agent or Server value: up to the first `/`, space or
+/// character outside `[A-Za-z0-9._+-]`, bounded; `None` when empty or digits only (an
+/// extension number is not a product).
+pub fn product_token(value: &str) -> Option<String> {
+    let token: String = value
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+        .take(MAX_PRODUCT_TOKEN)
+        .collect();
+    let digits_only = token
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
+    (!token.is_empty() && !digits_only).then_some(token)
 }
 
 /// Removes visual separators so `+49 30 1234` and `+49-30-1234` hash alike.
@@ -153,7 +448,11 @@ mod tests {
     use super::*;
 
     fn hashed() -> Pseudonymizer {
-        Pseudonymizer::new(PrivacyMode::KeyedHash { site_key: [3; 32] })
+        Pseudonymizer::new(Privacy::keyed_hash([3; 32]))
+    }
+
+    fn with(mode: PrivacyMode, addresses: AddressMode) -> Pseudonymizer {
+        Pseudonymizer::new(Privacy::new(mode, addresses, [5; 32]))
     }
 
     #[test]
@@ -163,30 +462,116 @@ mod tests {
         assert_eq!(a, p.number("+49-30-1234567"));
         assert!(a.starts_with("h:") && a.len() == 18);
         assert!(!a.contains("1234567"));
-        let other = Pseudonymizer::new(PrivacyMode::KeyedHash { site_key: [4; 32] });
+        let other = Pseudonymizer::new(Privacy::keyed_hash([4; 32]));
         assert_ne!(
             a,
             other.number("+49 30 1234567"),
             "another site, another pseudonym"
         );
-        let uri = p.uri("sip:+49301234567;npdi@pbx.example:5060");
-        assert!(
-            uri.starts_with("sip:h:") && uri.ends_with(";npdi@pbx.example:5060"),
-            "{uri}"
+        let uri = p.uri("sip:+49301234567;npdi;rn=+4930999@pbx.example:5060;user=phone?X=1");
+        assert_eq!(
+            uri,
+            format!("sip:{}@pbx.example:5060", p.number("+49301234567"))
         );
-        let tel = p.uri("tel:+49301234567;phone-context=x");
-        assert!(
-            !tel.contains("49301234567") && tel.ends_with(";phone-context=x"),
-            "{tel}"
-        );
+        let tel = p.uri("tel:+49301234567;ext=4711;phone-context=x");
+        assert_eq!(tel, format!("tel:{}", p.number("+49301234567")));
     }
 
     #[test]
-    fn last_digits_and_clear() {
-        let p = Pseudonymizer::new(PrivacyMode::KeepLastDigits(3));
+    fn last_digits_are_bounded_and_clear_is_clear() {
+        let p = with(PrivacyMode::KeepLastDigits(3), AddressMode::Keep);
         assert_eq!(p.number("+49301234567"), "+********567");
         assert_eq!(p.name("Alice"), "(redacted)");
-        let clear = Pseudonymizer::new(PrivacyMode::Clear);
+        // A configuration cannot get here with more, but the bound holds regardless.
+        let wide = with(PrivacyMode::KeepLastDigits(20), AddressMode::Keep);
+        assert_eq!(wide.number("+49301234567"), "+*****234567");
+        let clear = with(PrivacyMode::Clear, AddressMode::Keep);
         assert_eq!(clear.number("+49301234567"), "+49301234567");
+        assert_eq!(clear.identifier("abc@10.0.0.1"), "abc@10.0.0.1");
+        // Identifiers are hashed in last-digits mode too.
+        assert!(p.identifier("4930123@10.0.0.1").starts_with("h:"));
+    }
+
+    #[test]
+    fn product_tokens() {
+        assert_eq!(
+            product_token("Yealink SIP-T46S 66.85.0.5").as_deref(),
+            Some("Yealink")
+        );
+        assert_eq!(
+            product_token("Asterisk PBX 18.0").as_deref(),
+            Some("Asterisk")
+        );
+        assert_eq!(
+            product_token("Linphone/5.0 (Alice)").as_deref(),
+            Some("Linphone")
+        );
+        assert_eq!(
+            product_token("FPBX-16.0.40(18.9.0)").as_deref(),
+            Some("FPBX-16.0.40")
+        );
+        assert_eq!(
+            product_token("4711 Alice"),
+            None,
+            "an extension is no product"
+        );
+        assert_eq!(product_token("\"Alice\""), None);
+        assert_eq!(
+            product_token(&"a".repeat(100)).unwrap().len(),
+            MAX_PRODUCT_TOKEN
+        );
+    }
+
+    proptest::proptest! {
+        /// Any header text (the wire decides it) is rewritten without a panic, and in
+        /// keyed-hash mode no digit run of the input survives in a URI's user part.
+        #[test]
+        fn any_text_is_rewritten_without_panic(text in "\\PC{0,80}", digits in "[0-9]{7,12}") {
+            for p in [
+                hashed(),
+                with(PrivacyMode::KeepLastDigits(4), AddressMode::Hash),
+                with(PrivacyMode::Clear, AddressMode::Truncate),
+            ] {
+                let _ = p.uri(&text);
+                let _ = p.address(&text);
+                let _ = p.number(&text);
+                let _ = product_token(&text);
+            }
+            let uri = hashed().uri(&format!("sip:{digits};ext={digits}@pbx.example;x={digits}?h={digits}"));
+            proptest::prop_assert!(!uri.contains(&digits), "{}", uri);
+        }
+    }
+
+    #[test]
+    fn addresses_by_mode() {
+        let keep = with(PrivacyMode::Clear, AddressMode::Keep);
+        assert_eq!(keep.address("198.51.100.23:5060"), "198.51.100.23:5060");
+        let t = with(PrivacyMode::Clear, AddressMode::Truncate);
+        assert_eq!(t.address("198.51.100.23:5060"), "198.51.100.0:5060");
+        assert_eq!(t.address("198.51.100.23"), "198.51.100.0");
+        assert_eq!(
+            t.address("[2001:db8:1:2:3:4:5:6]:5060"),
+            "[2001:db8:1::]:5060"
+        );
+        assert_eq!(
+            t.uri("sip:alice@198.51.100.23:5070"),
+            "sip:alice@198.51.100.0:5070"
+        );
+        let h = with(PrivacyMode::KeepLastDigits(2), AddressMode::Hash);
+        let a = h.address("198.51.100.23:5060");
+        assert!(
+            a.starts_with("h:") && a.ends_with(":5060") && !a.contains("198"),
+            "{a}"
+        );
+        assert_eq!(
+            h.address("198.51.100.23:4000").split(':').nth(1),
+            a.split(':').nth(1)
+        );
+        assert!(h.address("alice-pc.example").starts_with("h:"));
+        let uri = h.uri("sip:4930123@[2001:db8::1]:5060;transport=tcp");
+        assert!(
+            uri.starts_with("sip:*****23@h:") && uri.ends_with(":5060"),
+            "{uri}"
+        );
     }
 }

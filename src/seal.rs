@@ -120,6 +120,21 @@ impl Keyring {
         self.current
     }
 
+    /// Every key id this keyring can open.
+    pub fn key_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// The key id a sealed record names in its header, if it has one.
+    pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
+        if sealed.len() < HEADER_LEN || sealed[0] != VERSION {
+            return None;
+        }
+        Some(u32::from_be_bytes([
+            sealed[1], sealed[2], sealed[3], sealed[4],
+        ]))
+    }
+
     /// Seals `plaintext` bound to `record_id`.
     pub fn seal(&self, record_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let cipher = self

@@ -4,6 +4,10 @@
 //! resolution (pcap-ng and nanosecond pcap files have it; microsecond files are scaled).
 //! Correlation never reads the wall clock: it is driven by these timestamps, so replaying a
 //! file is deterministic and the daemon and replay share one notion of time.
+//!
+//! The daemon adds two guards for live input ([`LiveNow`], [`ClockGuard`]): its tick never
+//! goes back when the wall clock does, and a time a sender stamped (HEP) is used only when
+//! it is near the local clock.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -80,6 +84,89 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// Which way a sender's time was off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skew {
+    Future,
+    Past,
+}
+
+impl Skew {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skew::Future => "future",
+            Skew::Past => "past",
+        }
+    }
+}
+
+/// Keeps times a sender stamped (HEP capture times) within a tolerance of the local clock,
+/// for the live correlator: its timeouts run on the latest time it was given, so a single
+/// frame stamped a day ahead would hold every timeout back for a day, and one stamped far
+/// in the past would time calls out the moment they begin. A time outside the tolerance is
+/// replaced by the local clock (the message is kept; the caller counts the [`Skew`]).
+/// Replay never uses this: a capture file's times are the truth there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockGuard {
+    pub future: Duration,
+    pub past: Duration,
+}
+
+impl ClockGuard {
+    /// `time` if within the tolerance of `now`, else `now` and which way it was off.
+    pub fn check(&self, time: Timestamp, now: Timestamp) -> (Timestamp, Option<Skew>) {
+        let ahead = time.seconds_since(now);
+        if ahead > self.future.as_secs_f64() {
+            (now, Some(Skew::Future))
+        } else if -ahead > self.past.as_secs_f64() {
+            (now, Some(Skew::Past))
+        } else {
+            (time, None)
+        }
+    }
+}
+
+/// The live correlator's "now": the wall clock, except that it never goes back. When the
+/// wall clock steps back (an NTP correction, an operator), a clock that followed it would
+/// stand still for as long as the step — every call and stream timeout with it. This one
+/// keeps moving at half speed instead until the wall clock catches up, then follows it
+/// again; a step forward is followed at once. Shared by every live source and the tick.
+#[derive(Debug)]
+pub struct LiveNow {
+    last: std::sync::Mutex<(Timestamp, std::time::Instant)>,
+}
+
+impl Default for LiveNow {
+    fn default() -> Self {
+        LiveNow {
+            last: std::sync::Mutex::new((Timestamp::now(), std::time::Instant::now())),
+        }
+    }
+}
+
+impl LiveNow {
+    /// The current time as the correlator should see it.
+    pub fn now(&self) -> Timestamp {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let at = std::time::Instant::now();
+        let next = Self::step(last.0, at.duration_since(last.1), Timestamp::now());
+        *last = (next, at);
+        next
+    }
+
+    /// From the previous reading `last`, `elapsed` on the monotonic clock later, with the
+    /// wall clock now at `wall`.
+    pub fn step(last: Timestamp, elapsed: Duration, wall: Timestamp) -> Timestamp {
+        if wall >= last {
+            return wall;
+        }
+        // Half speed: still ahead of the wall clock, which gains on it every second.
+        let half = i64::try_from(elapsed.as_nanos() / 2).unwrap_or(i64::MAX);
+        Timestamp(last.0.saturating_add(half))
+    }
+}
+
 /// Rounds seconds to microseconds so records do not carry float noise.
 pub fn round_secs(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e6
@@ -93,6 +180,53 @@ mod tests {
     fn formats_rfc3339_with_micros() {
         let t = Timestamp::from_secs_nanos(1_141_326_228, 123_456_789);
         assert_eq!(t.to_string(), "2006-03-02T19:03:48.123456Z");
+    }
+
+    #[test]
+    fn clock_guard_replaces_times_outside_the_tolerance() {
+        let guard = ClockGuard {
+            future: Duration::from_secs(2),
+            past: Duration::from_secs(300),
+        };
+        let now = Timestamp::from_secs_nanos(1_000_000, 0);
+        let at = |s: i64| Timestamp::from_secs_nanos(1_000_000 + s, 0);
+        assert_eq!(guard.check(at(1), now), (at(1), None));
+        assert_eq!(guard.check(at(-299), now), (at(-299), None));
+        assert_eq!(guard.check(at(86_400), now), (now, Some(Skew::Future)));
+        assert_eq!(guard.check(at(3), now), (now, Some(Skew::Future)));
+        assert_eq!(guard.check(at(-301), now), (now, Some(Skew::Past)));
+        assert_eq!(
+            guard.check(Timestamp::from_nanos(0), now),
+            (now, Some(Skew::Past))
+        );
+    }
+
+    #[test]
+    fn live_now_never_goes_back_and_catches_up_after_a_step_back() {
+        let at = |s: i64| Timestamp::from_secs_nanos(1_000_000 + s, 0);
+        let second = Duration::from_secs(1);
+        // Normal: the wall clock.
+        assert_eq!(LiveNow::step(at(0), second, at(1)), at(1));
+        // A step forward is followed at once.
+        assert_eq!(LiveNow::step(at(1), second, at(3601)), at(3601));
+        // A step back of an hour: time still moves, at half speed, never back.
+        let mut now = at(10);
+        let mut wall = at(11 - 3600);
+        for _ in 0..10 {
+            let next = LiveNow::step(now, second, wall);
+            assert_eq!(next.seconds_since(now), 0.5);
+            now = next;
+            wall = Timestamp(wall.0 + 1_000_000_000);
+        }
+        // It meets the wall clock after twice the step, then follows it.
+        let mut steps = 0;
+        while wall < now {
+            now = LiveNow::step(now, second, wall);
+            wall = Timestamp(wall.0 + 1_000_000_000);
+            steps += 1;
+        }
+        assert!((7180..=7200).contains(&steps), "{steps}");
+        assert_eq!(LiveNow::step(now, second, wall), wall);
     }
 
     #[test]

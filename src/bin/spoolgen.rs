@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 use teledge::seal::Keyring;
 use teledge::spool::{Spool, SpoolConfig};
-use teledge::uplink::client::{forward_until_drained, Backoff, DeadLetters, ForwardError, Uplink};
+use teledge::uplink::client::{Backoff, ForwardError, Forwarder};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -145,12 +145,10 @@ fn load(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-    let dead_letters = DeadLetters::for_uplink(&config.uplink);
-    let mut backoff = Backoff::new(
+    let mut forwarder = Forwarder::new(&config)?.with_backoff(Backoff::new(
         Duration::from_millis(backoff_min),
         Duration::from_millis(backoff_max),
-    );
+    ));
     let start = Instant::now();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -158,12 +156,8 @@ fn load(
         if !producing && deadline.is_none() {
             deadline = Some(Instant::now() + Duration::from_secs(drain_timeout));
         }
-        let result = runtime.block_on(forward_until_drained(
+        let result = runtime.block_on(forwarder.forward_until_drained(
             &spool,
-            &mut uplink,
-            &dead_letters,
-            config.uplink.batch_records,
-            &mut backoff,
             deadline.or(Some(Instant::now() + Duration::from_secs(1))),
         ));
         match result {
@@ -182,7 +176,7 @@ fn load(
     let stats = spool.lock().unwrap_or_else(|p| p.into_inner()).stats();
     println!(
         "drained {} records in {:.3} s",
-        uplink.stats.records,
+        forwarder.stats.records,
         start.elapsed().as_secs_f64()
     );
     println!(

@@ -1,3 +1,4 @@
 //! Subcommands that are more than a few lines.
 
+pub mod dead_letters;
 pub mod sensors;

@@ -51,6 +51,11 @@ pub struct AgentMetrics {
     pub streams_active: Arc<Gauge>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
+    /// Sender times (HEP) too far from the local clock, replaced by it; by source and
+    /// direction (`future`, `past`).
+    pub clock_clamped: Arc<Family<Counter>>,
+    /// HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.
+    pub hep_connections_closed: Arc<Family<Counter>>,
 
     // Records.
     /// Records produced, by kind (`call`, `stream`, `sensor`, ...).
@@ -68,9 +73,11 @@ pub struct AgentMetrics {
     pub spool_appended: Arc<Sampled>,
     pub spool_acked: Arc<Sampled>,
     /// Records removed or refused by the spool's bound, by reason (`oldest`, `newest`,
-    /// `disk_full`).
+    /// `disk_full`), or set aside because they would not open (`unreadable`).
     pub spool_dropped: Arc<Family<Sampled>>,
     pub spool_gap_records: Arc<Sampled>,
+    /// Stores quarantined (would not open) and old quarantines deleted, by event.
+    pub spool_quarantines: Arc<Family<Sampled>>,
     pub spool_compactions: Arc<Sampled>,
     pub spool_generation: Arc<Sampled>,
 
@@ -81,9 +88,18 @@ pub struct AgentMetrics {
     pub uplink_records_duplicate: Arc<Counter>,
     /// Failed attempts that will be retried ("upload retries").
     pub uplink_retries: Arc<Counter>,
-    /// Batches refused for good and moved to dead letters ("upload failures").
-    pub uplink_batches_rejected: Arc<Counter>,
-    pub uplink_dead_letter_files_dropped: Arc<Counter>,
+    /// Failed attempts by kind (`connect`, `tls`, `timeout`, `bad_ack`, `status_404`, ...).
+    pub uplink_failures: Arc<Family<Counter>>,
+    /// Failed attempts in a row now; 0 while the uplink works ("uplink failing" when > 0).
+    pub uplink_consecutive_failures: Arc<Gauge>,
+    /// Batches halved because the collector refused their content or size.
+    pub uplink_batch_splits: Arc<Counter>,
+    /// Single records refused for good and moved to the dead-letter area.
+    pub uplink_records_dead_lettered: Arc<Counter>,
+    /// Dead letters removed or not kept because the area was full (announced upstream).
+    pub uplink_dead_letter_records_dropped: Arc<Counter>,
+    pub uplink_dead_letter_records: Arc<Gauge>,
+    pub uplink_dead_letters_requeued: Arc<Counter>,
     pub uplink_last_success_timestamp_seconds: Arc<Gauge>,
     /// Not-after of the client certificate in use; set its source where certificates are
     /// read (it can change when the certificate is reloaded).
@@ -165,6 +181,20 @@ impl AgentMetrics {
                 &["table"],
                 MAX_SMALL_SET,
             ),
+            clock_clamped: r.family(
+                "teledge_timestamps_clamped_total",
+                "Sender timestamps too far from the local clock, replaced by it, by source and direction.",
+                Kind::Counter,
+                &["source", "direction"],
+                MAX_SOURCES,
+            ),
+            hep_connections_closed: r.family(
+                "teledge_hep_connections_closed_total",
+                "HEP TCP/TLS connections refused or closed by the listener's bounds, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
             records_produced: r.family(
                 "teledge_records_produced_total",
                 "Records produced, by kind.",
@@ -216,6 +246,13 @@ impl AgentMetrics {
                 &["reason"],
                 MAX_SMALL_SET,
             ),
+            spool_quarantines: r.family(
+                "teledge_spool_quarantines_total",
+                "Spool stores moved aside because they would not open, and old quarantined data deleted, by event.",
+                Kind::Counter,
+                &["event"],
+                MAX_SMALL_SET,
+            ),
             spool_gap_records: r.sampled(
                 "teledge_spool_gap_records_total",
                 "Gap records written to announce dropped records upstream.",
@@ -245,15 +282,38 @@ impl AgentMetrics {
             ),
             uplink_retries: r.counter(
                 "teledge_uplink_retries_total",
-                "Failed batch attempts that will be retried (connection, timeout, 408, 429, 5xx).",
+                "Failed batch attempts that will be retried (see teledge_uplink_failures_total).",
             ),
-            uplink_batches_rejected: r.counter(
-                "teledge_uplink_batches_rejected_total",
-                "Batches the collector refused for good, moved to the dead-letter area.",
+            uplink_failures: r.family(
+                "teledge_uplink_failures_total",
+                "Failed batch attempts (retried, records kept in the spool), by kind.",
+                Kind::Counter,
+                &["kind"],
+                MAX_SMALL_SET,
             ),
-            uplink_dead_letter_files_dropped: r.counter(
-                "teledge_uplink_dead_letter_files_dropped_total",
-                "Dead-letter files removed to keep the dead-letter area in its bound.",
+            uplink_consecutive_failures: r.gauge(
+                "teledge_uplink_consecutive_failures",
+                "Failed batch attempts in a row now; 0 while the uplink works.",
+            ),
+            uplink_batch_splits: r.counter(
+                "teledge_uplink_batch_splits_total",
+                "Batches halved because the collector refused their content (400, 413, 422).",
+            ),
+            uplink_records_dead_lettered: r.counter(
+                "teledge_uplink_records_dead_lettered_total",
+                "Single records the collector refused for good, moved to the dead-letter area.",
+            ),
+            uplink_dead_letter_records_dropped: r.counter(
+                "teledge_uplink_dead_letter_records_dropped_total",
+                "Dead letters removed or not kept because the dead-letter area was full.",
+            ),
+            uplink_dead_letter_records: r.gauge(
+                "teledge_uplink_dead_letter_records",
+                "Records held in the dead-letter area.",
+            ),
+            uplink_dead_letters_requeued: r.counter(
+                "teledge_uplink_dead_letters_requeued_total",
+                "Dead letters put back into the spool after an operator marked them for resending.",
             ),
             uplink_last_success_timestamp_seconds: r.gauge(
                 "teledge_uplink_last_success_timestamp_seconds",
@@ -339,6 +399,15 @@ impl AgentMetrics {
         self.spool_dropped
             .with(&["disk_full"])
             .set_source(stat(|s| s.dropped_disk_full));
+        self.spool_dropped
+            .with(&["unreadable"])
+            .set_source(stat(|s| s.set_aside));
+        self.spool_quarantines
+            .with(&["quarantined"])
+            .set_source(stat(|s| s.quarantined));
+        self.spool_quarantines
+            .with(&["pruned"])
+            .set_source(stat(|s| s.quarantines_pruned));
         let disk = spool.clone();
         self.spool_disk_bytes.set_source(move || {
             try_read(&disk, |s| s.size_on_disk().ok().map(|b| b as f64)).flatten()
@@ -357,10 +426,16 @@ impl AgentMetrics {
         self.uplink_records_acked.raise_to(stats.records);
         self.uplink_records_duplicate.raise_to(stats.duplicates);
         self.uplink_retries.raise_to(stats.retries);
-        self.uplink_batches_rejected
-            .raise_to(stats.dead_lettered_batches);
-        self.uplink_dead_letter_files_dropped
-            .raise_to(stats.dead_letter_dropped_files);
+        self.uplink_consecutive_failures
+            .set(stats.consecutive_failures as i64);
+        self.uplink_batch_splits.raise_to(stats.splits);
+        self.uplink_records_dead_lettered
+            .raise_to(stats.dead_lettered);
+        self.uplink_dead_letter_records_dropped
+            .raise_to(stats.dead_letter_dropped);
+        self.uplink_dead_letter_records
+            .set(stats.dead_letters_held as i64);
+        self.uplink_dead_letters_requeued.raise_to(stats.requeued);
     }
 
     /// Reads the TLS reload counters at scrape time.

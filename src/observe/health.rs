@@ -8,14 +8,28 @@
 //! [`HealthThresholds::stall_after`] is stalled.
 //!
 //! The uplink is judged apart: a collector out of reach is not a stuck process (restarting
-//! would not help, and the spool is there to ride it out), so a stale uplink makes `/health`
-//! answer 503 but never stops the watchdog.
+//! would not help, and the spool is there to ride it out), so the uplink makes `/health`
+//! answer 503 but never stops the watchdog. Its rules, each after
+//! [`HealthThresholds::uplink_failing_after`] (`observe.uplink_failing_after_s`, default
+//! 60 s):
+//!
+//! - **failing uplink**: every attempt since then failed (collector unreachable, TLS refused,
+//!   a status such as 401/403/404/5xx, a bad acknowledgement) — the reason names the last
+//!   failure;
+//! - **stalled drain**: the spool has not been seen drained and no batch was acknowledged for
+//!   that long, i.e. records are waiting and none goes out (since start if never);
+//! - **dead letters**: at once, while the dead-letter area holds records the collector
+//!   refused (until an operator resends or removes them).
+//!
+//! The report says when a batch was last acknowledged, or `null` with
+//! `uplink_ever_acknowledged: false` when none ever was since start — never a recent success
+//! it did not see.
 //!
 //! Times are kept as milliseconds since the `Health` was made, in atomics, so updating is one
 //! relaxed store and never blocks a hot path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -65,9 +79,10 @@ pub struct HealthThresholds {
     /// A stage without progress for this long is stalled. Longer than the uplink's largest
     /// backoff wait (60 s), so waiting out a backoff is not a stall.
     pub stall_after: Duration,
-    /// No batch acknowledged (nor an empty spool seen) for this long makes `/health` 503.
-    /// `None`: the uplink's age is reported but never degrades.
-    pub uplink_stale_after: Option<Duration>,
+    /// An uplink failing for this long, or a spool not drained (records waiting, none
+    /// acknowledged) for this long, makes `/health` 503. Longer than a few backoff waits
+    /// and the uplink timeout, so one lost connection is not an alarm.
+    pub uplink_failing_after: Duration,
     /// After start, a stage that has not turned yet is not stalled until this has passed
     /// (spool recovery, first connection).
     pub startup_grace: Duration,
@@ -77,7 +92,7 @@ impl Default for HealthThresholds {
     fn default() -> Self {
         HealthThresholds {
             stall_after: Duration::from_secs(120),
-            uplink_stale_after: Some(Duration::from_secs(15 * 60)),
+            uplink_failing_after: Duration::from_secs(60),
             startup_grace: Duration::from_secs(120),
         }
     }
@@ -94,8 +109,15 @@ pub struct Health {
     /// Bumped by every progress of any stage.
     epoch: AtomicU64,
     spool_open: AtomicBool,
-    /// Milliseconds since `origin` of the last time the uplink was current, plus one.
-    uplink_current: AtomicU64,
+    /// Stamps (milliseconds since `origin`, plus one; 0: never) of the last batch
+    /// acknowledged, the last sign the drain is current (an acknowledgement or a drained
+    /// spool), and the first of the failures since the last success (0: not failing).
+    uplink_acked: AtomicU64,
+    drain_current: AtomicU64,
+    uplink_failing_since: AtomicU64,
+    /// The last failure, for the reason text (written on failures only, never on a hot path).
+    uplink_failure: Mutex<String>,
+    dead_letters: AtomicU64,
 }
 
 /// What `/health` answers.
@@ -106,8 +128,16 @@ pub struct HealthReport {
     pub reasons: Vec<String>,
     pub uptime_seconds: f64,
     pub spool_open: bool,
-    /// `None`: never since start.
+    /// Since the last batch the collector acknowledged; `None`: never since start.
     pub uplink_last_success_seconds_ago: Option<f64>,
+    pub uplink_ever_acknowledged: bool,
+    /// Since the first of the failures going on now; `None`: not failing.
+    pub uplink_failing_seconds: Option<f64>,
+    pub uplink_last_failure: Option<String>,
+    /// Since the spool was last seen drained or a batch acknowledged; `None`: never.
+    pub spool_drain_seconds_ago: Option<f64>,
+    /// Records held in the dead-letter area.
+    pub dead_letter_records: u64,
     pub stages: Vec<StageReport>,
 }
 
@@ -142,7 +172,11 @@ impl Health {
             last: Default::default(),
             epoch: AtomicU64::new(0),
             spool_open: AtomicBool::new(false),
-            uplink_current: AtomicU64::new(0),
+            uplink_acked: AtomicU64::new(0),
+            drain_current: AtomicU64::new(0),
+            uplink_failing_since: AtomicU64::new(0),
+            uplink_failure: Mutex::new(String::new()),
+            dead_letters: AtomicU64::new(0),
         }
     }
 
@@ -164,13 +198,57 @@ impl Health {
         self.spool_open.store(open, Ordering::Relaxed);
     }
 
-    /// The uplink is current: a batch was acknowledged, or the spool was found drained.
-    pub fn uplink_current(&self) {
-        self.uplink_current_at(Instant::now());
+    /// The collector acknowledged a batch: the uplink works and the drain is current.
+    pub fn uplink_acked(&self) {
+        self.uplink_acked_at(Instant::now());
     }
 
-    pub fn uplink_current_at(&self, at: Instant) {
-        self.uplink_current.store(self.stamp(at), Ordering::Relaxed);
+    pub fn uplink_acked_at(&self, at: Instant) {
+        let stamp = self.stamp(at);
+        self.uplink_acked.store(stamp, Ordering::Relaxed);
+        self.drain_current.store(stamp, Ordering::Relaxed);
+        self.uplink_failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The forwarder found nothing durable left to send.
+    pub fn spool_drained(&self) {
+        self.spool_drained_at(Instant::now());
+    }
+
+    pub fn spool_drained_at(&self, at: Instant) {
+        self.drain_current.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The collector answered, even if not with an acknowledgement (it refused a record's
+    /// content): the uplink is not failing.
+    pub fn uplink_answered(&self) {
+        self.uplink_failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// An attempt failed and will be retried.
+    pub fn uplink_failed(&self, reason: &str) {
+        self.uplink_failed_at(reason, Instant::now());
+    }
+
+    pub fn uplink_failed_at(&self, reason: &str, at: Instant) {
+        let stamp = self.stamp(at);
+        let _ = self.uplink_failing_since.compare_exchange(
+            0,
+            stamp,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let mut last = self
+            .uplink_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.clear();
+        last.push_str(reason);
+    }
+
+    /// Records held in the dead-letter area now.
+    pub fn set_dead_letters(&self, records: u64) {
+        self.dead_letters.store(records, Ordering::Relaxed);
     }
 
     /// A count of every progress so far (for the watchdog).
@@ -222,16 +300,43 @@ impl Health {
         if !spool_open {
             reasons.push("spool is not open".into());
         }
-        let uplink_age = self.age(self.uplink_current.load(Ordering::Relaxed), now);
-        if let Some(stale) = self.thresholds.uplink_stale_after {
-            // Never current: measured from start, so a fresh process is not degraded at once.
-            let age = uplink_age.unwrap_or(uptime);
-            if age > stale {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let limit = self.thresholds.uplink_failing_after;
+        let acked = self.age(load(&self.uplink_acked), now);
+        let last_success = match acked {
+            Some(age) => format!("last batch acknowledged {} s ago", age.as_secs()),
+            None => "no batch acknowledged since start".to_owned(),
+        };
+        let failing = self.age(load(&self.uplink_failing_since), now);
+        let last_failure = failing.map(|_| {
+            self.uplink_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
+        if let (Some(age), Some(why)) = (failing, &last_failure) {
+            if age > limit {
                 reasons.push(format!(
-                    "no batch acknowledged by the collector for {} s",
+                    "uplink failing for {} s ({last_success}): {why}",
                     age.as_secs()
                 ));
             }
+        }
+        let drain = self.age(load(&self.drain_current), now);
+        // Never current: measured from start, so a fresh process is not degraded at once.
+        let drain_age = drain.unwrap_or(uptime);
+        if drain_age > limit {
+            reasons.push(format!(
+                "spool not drained: records waiting and none acknowledged for {} s ({last_success})",
+                drain_age.as_secs()
+            ));
+        }
+        let dead_letters = load(&self.dead_letters);
+        if dead_letters > 0 {
+            reasons.push(format!(
+                "{dead_letters} record(s) refused by the collector held as dead letters \
+                 (teledge dead-letters list)"
+            ));
         }
         let stages = STAGES
             .iter()
@@ -248,7 +353,12 @@ impl Health {
             reasons,
             uptime_seconds: uptime.as_secs_f64(),
             spool_open,
-            uplink_last_success_seconds_ago: uplink_age.map(|d| d.as_secs_f64()),
+            uplink_last_success_seconds_ago: acked.map(|d| d.as_secs_f64()),
+            uplink_ever_acknowledged: acked.is_some(),
+            uplink_failing_seconds: failing.map(|d| d.as_secs_f64()),
+            uplink_last_failure: last_failure,
+            spool_drain_seconds_ago: drain.map(|d| d.as_secs_f64()),
+            dead_letter_records: dead_letters,
             stages,
         }
     }
@@ -288,7 +398,7 @@ mod tests {
     fn thresholds() -> HealthThresholds {
         HealthThresholds {
             stall_after: Duration::from_secs(10),
-            uplink_stale_after: Some(Duration::from_secs(60)),
+            uplink_failing_after: Duration::from_secs(60),
             startup_grace: Duration::from_secs(5),
         }
     }
@@ -301,7 +411,7 @@ mod tests {
         let t = t0 + Duration::from_secs(30);
         h.progress_at(Stage::Capture, t);
         h.progress_at(Stage::SpoolWriter, t);
-        h.uplink_current_at(t);
+        h.uplink_acked_at(t);
         let r = h.check(t + Duration::from_secs(1));
         assert!(r.healthy(), "{r:?}");
         assert_eq!(r.status, "ok");
@@ -319,20 +429,73 @@ mod tests {
         assert!(r.reasons[0].starts_with("capture has made no progress for 69 s"));
         assert!(r.reasons[1].starts_with("uplink has made no progress since start"));
         assert_eq!(r.reasons[2], "spool is not open");
-        assert!(r.reasons[3].starts_with("no batch acknowledged"));
+        assert!(
+            r.reasons[3].starts_with("spool not drained: records waiting and none acknowledged for 70 s (no batch acknowledged since start)"),
+            "{:?}",
+            r.reasons
+        );
+    }
+
+    #[test]
+    fn a_failing_uplink_degrades_after_its_time_and_never_is_not_a_success() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let h = Health::new_at(&[], thresholds(), t0);
+        h.set_spool_open(true);
+        // Records waiting from the start, every attempt refused.
+        for s in (1..=61).step_by(5) {
+            h.uplink_failed_at("collector answered 404 to /v1/batchez: not found", at(s));
+        }
+        let r = h.check(at(50));
+        assert!(r.healthy(), "{r:?}");
+        assert_eq!(r.uplink_last_success_seconds_ago, None);
+        assert!(!r.uplink_ever_acknowledged);
+        assert_eq!(r.uplink_failing_seconds, Some(49.0));
+        let r = h.check(at(62));
+        assert_eq!(r.reasons.len(), 2, "{:?}", r.reasons);
+        assert_eq!(
+            r.reasons[0],
+            "uplink failing for 61 s (no batch acknowledged since start): collector answered 404 to /v1/batchez: not found"
+        );
+        assert!(r.reasons[1].starts_with("spool not drained"));
+        // It works again: healthy at once, and the success is recent.
+        h.uplink_acked_at(at(63));
+        let r = h.check(at(64));
+        assert!(r.healthy(), "{r:?}");
+        assert_eq!(r.uplink_last_success_seconds_ago, Some(1.0));
+        assert_eq!(r.uplink_failing_seconds, None);
+        // A quiet spool keeps it healthy without new acknowledgements.
+        for s in 64..200 {
+            h.spool_drained_at(at(s));
+        }
+        assert!(h.check(at(200)).healthy());
+        // Records waiting but not going out (the forwarder sees no drained spool and no
+        // acknowledgement), with no failure reported: degraded after the same time.
+        let r = h.check(at(200 + 61));
+        assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].contains("none acknowledged for 62 s (last batch acknowledged 198 s ago)"),
+            "{:?}",
+            r.reasons
+        );
+        // A dead letter degrades at once, until it is gone.
+        h.spool_drained_at(at(262));
+        h.set_dead_letters(2);
+        let r = h.check(at(262));
+        assert_eq!(r.dead_letter_records, 2);
+        assert!(
+            r.reasons[0].starts_with("2 record(s) refused"),
+            "{:?}",
+            r.reasons
+        );
+        h.set_dead_letters(0);
+        assert!(h.check(at(262)).healthy());
     }
 
     #[test]
     fn a_stage_not_yet_started_is_given_the_startup_grace() {
         let t0 = Instant::now();
-        let h = Health::new_at(
-            &[Stage::Capture],
-            HealthThresholds {
-                uplink_stale_after: None,
-                ..thresholds()
-            },
-            t0,
-        );
+        let h = Health::new_at(&[Stage::Capture], thresholds(), t0);
         h.set_spool_open(true);
         assert!(h.check(t0 + Duration::from_secs(4)).healthy());
         assert!(!h.check(t0 + Duration::from_secs(6)).healthy());

@@ -97,7 +97,10 @@ impl ObserveSettings {
             ));
         }
         if self.health.stall_after.is_zero() {
-            problems.push(("stall_after", "must be more than zero".into()));
+            problems.push(("stall_after_s", "must be more than zero".into()));
+        }
+        if self.health.uplink_failing_after.is_zero() {
+            problems.push(("uplink_failing_after_s", "must be more than zero".into()));
         }
         problems
     }

@@ -5,7 +5,15 @@
 //!
 //! One JSON object per call attempt (a Call-ID that carried an INVITE), one per line (JSON Lines).
 //! Times are RFC 3339 UTC with microseconds; durations are seconds (float, µs precision);
-//! absent facts are `null`, never invented. Fields:
+//! absent facts are `null`, never invented.
+//!
+//! Identities: records are made with what was captured (`teledge replay` prints them so, on
+//! the machine that holds the capture anyway). Before a record enters the spool — and so
+//! before anything leaves the box — [`crate::privacy`] rewrites every field that could name
+//! a person: numbers, names, Call-IDs, User-Agents, reason texts, URI parameters, DTMF
+//! digits, and addresses when configured; its module doc has the table, field by field.
+//!
+//! Fields:
 //!
 //! | field | meaning |
 //! |---|---|

@@ -9,16 +9,25 @@
 //! - UDP: one frame per datagram; the declared length must equal the datagram length.
 //! - TCP and TLS: frames back to back. Each connection has a buffer bounded by the largest
 //!   frame accepted; bytes that are not a frame are skipped up to the next `HEP3` magic, so a
-//!   sender that writes garbage (or a frame we refuse) does not lose the frames after it. A
-//!   connection idle for `idle_timeout` is closed, and at most `max_connections` are served.
+//!   sender that writes garbage (or a frame we refuse) does not lose the frames after it.
+//! - Connections are untrusted until they prove otherwise: a connection must deliver a valid
+//!   frame (carrying the auth key, when one is configured) within `first_frame_timeout` of
+//!   being accepted (TLS handshake included), or it is closed; only then does the longer
+//!   `idle_timeout` apply. At most `max_connections` are served at once, at most
+//!   `max_connections_per_source` from one IP address; refusals are counted by reason.
+//! - The queue to correlation is bounded twice: by frames (the channel's capacity) and by
+//!   bytes (`max_queue_bytes`, payloads plus a fixed cost per frame, released when the
+//!   receiver drops the event). A frame over either bound is dropped and counted.
 //!
 //! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
 //! the shutdown signal turns true; `run` returns once every connection task has ended.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -48,6 +57,12 @@ pub struct HepListenerSettings {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection without a valid (authenticated) frame this long after accept is closed.
+    pub first_frame_timeout: Duration,
+    /// Connections served at once from one IP address.
+    pub max_connections_per_source: usize,
+    /// Bytes of events queued and not yet dropped by the receiver.
+    pub max_queue_bytes: usize,
     /// A TLS handshake that takes longer is abandoned.
     pub tls_handshake_timeout: Duration,
 }
@@ -63,6 +78,9 @@ impl Default for HepListenerSettings {
             max_decompressed: hep::DEFAULT_MAX_DECOMPRESSED,
             max_connections: 256,
             idle_timeout: Duration::from_secs(300),
+            first_frame_timeout: Duration::from_secs(5),
+            max_connections_per_source: 16,
+            max_queue_bytes: 32 << 20,
             tls_handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -80,6 +98,12 @@ impl std::fmt::Debug for HepListenerSettings {
             .field("max_decompressed", &self.max_decompressed)
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("first_frame_timeout", &self.first_frame_timeout)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
+            .field("max_queue_bytes", &self.max_queue_bytes)
             .field("tls_handshake_timeout", &self.tls_handshake_timeout)
             .finish()
     }
@@ -102,6 +126,48 @@ pub struct HepEvent {
     pub input: HepInput,
     /// Position of the frame among those accepted by this listener, from 1.
     pub sequence: u64,
+    /// This event's share of the queue's byte bound, given back when the event is dropped.
+    pub charge: QueueCharge,
+}
+
+/// Fixed cost of a queued event beside its payload (the frame's fields, the channel slot).
+const EVENT_OVERHEAD: usize = 256;
+
+/// Bytes an event holds against the queue's bound; released on drop. A clone holds nothing
+/// (only the original was counted), and charges never make events unequal.
+#[derive(Debug, Default)]
+pub struct QueueCharge {
+    queued: Option<Arc<AtomicUsize>>,
+    bytes: usize,
+}
+
+impl QueueCharge {
+    /// The bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Clone for QueueCharge {
+    fn clone(&self) -> Self {
+        QueueCharge::default()
+    }
+}
+
+impl PartialEq for QueueCharge {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for QueueCharge {}
+
+impl Drop for QueueCharge {
+    fn drop(&mut self) {
+        if let Some(queued) = &self.queued {
+            queued.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counters of the listener, shared with whoever reports metrics.
@@ -117,12 +183,19 @@ pub struct HepStats {
     pub auth_rejected: AtomicU64,
     /// Frames dropped because the channel was full.
     pub dropped_full: AtomicU64,
+    /// Frames dropped because the queued bytes would exceed `max_queue_bytes`.
+    pub dropped_queue_bytes: AtomicU64,
     /// Frames dropped because the receiving end had gone.
     pub dropped_closed: AtomicU64,
     /// TCP and TLS connections accepted (and served).
     pub connections: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub connections_refused: AtomicU64,
+    /// Connections closed at once because `max_connections_per_source` were open from the
+    /// same IP address.
+    pub connections_refused_per_source: AtomicU64,
+    /// Connections closed because no valid frame came within `first_frame_timeout`.
+    pub first_frame_timeouts: AtomicU64,
     /// Connections closed for idleness.
     pub idle_timeouts: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
@@ -185,6 +258,10 @@ struct Shared {
     stats: Arc<HepStats>,
     tx: mpsc::Sender<HepEvent>,
     sequence: AtomicU64,
+    /// Bytes of events sent and not yet dropped by the receiver.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Open TCP/TLS connections by source address.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl std::fmt::Debug for HepListener {
@@ -255,6 +332,8 @@ impl HepListener {
                 stats,
                 tx,
                 sequence: AtomicU64::new(0),
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                per_source: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -316,7 +395,9 @@ async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: watch::R
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
             received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => shared.frame(&buf[..n], from, HepInput::Udp),
+                Ok((n, from)) => {
+                    shared.frame(&buf[..n], from, HepInput::Udp);
+                }
                 Err(e) => {
                     // ICMP errors from earlier sends and the like; the socket stays usable.
                     bump(&shared.stats.io_errors);
@@ -357,12 +438,18 @@ async fn accept_loop(
                     tracing::warn!(%peer, "HEP connection refused: too many connections.");
                     continue; // dropping the stream closes it
                 };
+                let Some(source_slot) = SourceSlot::take(&shared, peer.ip()) else {
+                    bump(&shared.stats.connections_refused_per_source);
+                    tracing::warn!(%peer, "HEP connection refused: too many connections from this address.");
+                    continue;
+                };
                 bump(&shared.stats.connections);
                 let shared = Arc::clone(&shared);
                 let tls = tls.clone();
                 let shutdown = shutdown.clone();
                 connections.spawn(async move {
                     connection(stream, peer, tls, &shared, shutdown).await;
+                    drop(source_slot);
                     drop(permit);
                 });
             }
@@ -370,6 +457,43 @@ async fn accept_loop(
     }
     // Connections watch the same signal and end by themselves; wait for them.
     while connections.join_next().await.is_some() {}
+}
+
+/// One connection's place in the per-address count; given back on drop.
+struct SourceSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = shared.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= shared.settings.max_connections_per_source {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn connection(
@@ -380,11 +504,26 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    // The first valid frame must come within this, handshake included.
+    let first_frame_by = tokio::time::Instant::now() + shared.settings.first_frame_timeout;
     match tls {
-        None => serve_stream(stream, peer, HepInput::Tcp, shared, shutdown).await,
+        None => {
+            serve_stream(
+                stream,
+                peer,
+                HepInput::Tcp,
+                shared,
+                first_frame_by,
+                shutdown,
+            )
+            .await
+        }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(
-                shared.settings.tls_handshake_timeout,
+                shared
+                    .settings
+                    .tls_handshake_timeout
+                    .min(shared.settings.first_frame_timeout),
                 acceptor.accept(stream),
             );
             let stream = tokio::select! {
@@ -403,29 +542,50 @@ async fn connection(
                     }
                 },
             };
-            serve_stream(stream, peer, HepInput::Tls, shared, shutdown).await;
+            serve_stream(
+                stream,
+                peer,
+                HepInput::Tls,
+                shared,
+                first_frame_by,
+                shutdown,
+            )
+            .await;
         }
     }
 }
 
 /// Reads frames back to back from one connection until it closes, idles out or shutdown.
+/// Until a first frame is accepted, the connection lives only until `first_frame_by`.
 async fn serve_stream<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     input: HepInput,
     shared: &Shared,
+    first_frame_by: tokio::time::Instant,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let max_frame = shared.settings.max_frame;
     // Never more than one frame plus one read is held: the buffer is bounded by max_frame.
     let mut buf: Vec<u8> = Vec::with_capacity(max_frame.min(16 * 1024));
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut trusted = false;
     loop {
+        let deadline = if trusted {
+            tokio::time::Instant::now() + shared.settings.idle_timeout
+        } else {
+            first_frame_by
+        };
         let read = tokio::select! {
             _ = stopped(&mut shutdown) => return,
-            r = tokio::time::timeout(shared.settings.idle_timeout, stream.read(&mut chunk)) => r,
+            r = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => r,
         };
         let n = match read {
+            Err(_) if !trusted => {
+                bump(&shared.stats.first_frame_timeouts);
+                tracing::debug!(%peer, "HEP connection without a valid frame in time, closed.");
+                return;
+            }
             Err(_) => {
                 bump(&shared.stats.idle_timeouts);
                 tracing::debug!(%peer, "HEP connection idle, closed.");
@@ -444,7 +604,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
         loop {
             match hep::frame_len(&buf[used..], max_frame) {
                 Framing::Frame(len) => {
-                    shared.frame(&buf[used..used + len], peer, input);
+                    trusted |= shared.frame(&buf[used..used + len], peer, input);
                     used += len;
                 }
                 Framing::Garbage(skip) => {
@@ -462,8 +622,9 @@ async fn serve_stream<S: AsyncRead + Unpin>(
 }
 
 impl Shared {
-    /// Decodes, checks and forwards one frame; never blocks.
-    fn frame(&self, bytes: &[u8], from: SocketAddr, input: HepInput) {
+    /// Decodes, checks and forwards one frame; never blocks. True when the frame was valid
+    /// and authenticated (whether or not the queue had room for it).
+    fn frame(&self, bytes: &[u8], from: SocketAddr, input: HepInput) -> bool {
         let stats = &self.stats;
         let frame = match hep::parse_with_limit(bytes, self.settings.max_decompressed) {
             Ok(f) => f,
@@ -472,29 +633,45 @@ impl Shared {
                     bump(c);
                 }
                 tracing::debug!(%from, error = %e, "HEP frame refused.");
-                return;
+                return false;
             }
         };
         if let Err(e) = self.auth.check(&frame) {
             bump(&stats.auth_rejected);
             tracing::debug!(%from, error = %e, "HEP frame refused.");
-            return;
+            return false;
         }
         bump(&stats.frames);
         stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         stats
             .vendor_chunks
             .fetch_add(u64::from(frame.vendor_chunks), Ordering::Relaxed);
+        let cost = EVENT_OVERHEAD
+            + frame.payload.len()
+            + frame.correlation_id.as_ref().map_or(0, |c| c.len());
+        // Reserve the bytes first; give them back when over the bound.
+        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.settings.max_queue_bytes {
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            bump(&stats.dropped_queue_bytes);
+            return true;
+        }
         let event = HepEvent {
             frame: frame.into_owned(),
             received_from: from,
             input,
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            charge: QueueCharge {
+                queued: Some(Arc::clone(&self.queued_bytes)),
+                bytes: cost,
+            },
         };
+        // A refused event is dropped here, and its charge with it.
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => bump(&stats.dropped_full),
             Err(mpsc::error::TrySendError::Closed(_)) => bump(&stats.dropped_closed),
         }
+        true
     }
 }

@@ -10,27 +10,53 @@
 //!   the record sealed by [`crate::seal::Keyring`] with its id as associated data;
 //! - `meta`: `epoch`, `next_seq`, `pending_newest_drops`, `dropped_oldest`, `dropped_newest`.
 //!
-//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open.
+//! `<dir>/manifest.json` names the current store's epoch and the key ids of the records it
+//! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
+//! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
+//!
+//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open;
+//! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
+//! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
+//! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
 //!
 //! # Invariants
 //!
-//! - A record id `(node, epoch, seq)` is never reused: `seq` grows by one per append and is
-//!   carried across compactions; a store that had to be quarantined is replaced by one whose
-//!   epoch is its generation number, larger than any epoch before it.
-//! - Records are removed only by [`Spool::ack`] (the collector acknowledged them) or by the
-//!   full-store policy, and every policy drop is counted and announced by a gap record that
-//!   travels upstream like any other record.
+//! - A record id `(node, epoch, seq)` is never reused. A new store (first start, a wiped or
+//!   re-imaged state directory, a store that replaced a quarantined one) takes a random 64-bit
+//!   epoch from the OS (`getrandom`; without randomness the store does not open), never a
+//!   number a previous store could have had; within a store the epoch never changes
+//!   (compaction copies `meta`), and `seq` grows by one per append, so ids are FIFO within
+//!   the store.
+//! - Records are removed only by [`Spool::ack`] (the collector acknowledged them), by the
+//!   full-store policy, or by setting aside a record that will not open; every removal but an
+//!   acknowledgement is counted and announced by a gap record that travels upstream like any
+//!   other record. A quarantined store is announced by a gap record (`store_quarantined`)
+//!   naming its epoch when the manifest knew it.
 //! - Nothing in the directory is plaintext: records are sealed before they are written.
 //!
 //! # Durability contract
 //!
-//! [`Spool::append`] writes to sled's buffers; [`Spool::flush`] makes every earlier append
-//! durable (sled's `flush`: log buffers written and fsynced). The owner flushes at most every
-//! `flush_interval` (group commit, default 50 ms) and before it reports anything as stored. A
-//! process crash loses nothing (the kernel holds the writes); a power cut loses at most the
-//! appends since the last flush, i.e. the last flush interval. After any restart every
-//! unacknowledged record is read again from the oldest: delivery is at least once, in order,
-//! and the collector drops duplicates by record id.
+//! sled buffers writes in process memory (its page cache and log buffer): an append is not
+//! on disk until a flush, so a process crash loses the same as a power cut. Precisely:
+//!
+//! - [`Spool::append`] writes to sled's buffers; [`Spool::flush`] makes every earlier append
+//!   durable (log buffers written and fsynced). The owner flushes at most every
+//!   `flush_interval` after an append (group commit, default 50 ms), and before it reports
+//!   anything as stored; sled's own backstop flushes every second.
+//! - A crash of the process (SIGKILL, abort, the OOM killer) or of the machine loses the
+//!   appends since the last flush: at most one `flush_interval` of records. Records not yet
+//!   handed to the spool (the owner's queue, open calls) are the owner's to state.
+//! - Only durable records are read for sending, so no id is ever sent and then given again.
+//! - [`Spool::ack`] is durable before it returns: after any crash only the batch in flight,
+//!   whose acknowledgement never arrived, is sent again (the collector acknowledges it as
+//!   duplicates). Delivery is at least once, in order.
+//! - Drop counters and pending drop-newest announcements are in `meta` (durable with the next
+//!   flush); disk-full drops are counted in memory only (the disk had no room to note them),
+//!   so a crash while the disk is full loses that count, not records that were stored.
+//! - [`Spool::open`] flushes before returning: the epoch of a new store and whatever sled
+//!   recovered are durable before anything is sent.
+//! - A store that will not open is moved aside: what it held that the collector had not
+//!   acknowledged is lost to forwarding (it stays on disk, sealed, until pruned) and announced.
 //!
 //! # Space
 //!
@@ -38,10 +64,12 @@
 //! space back for a queue-shaped tree, so when the spool is drained and the database is larger
 //! than `compact_above_bytes`, a fresh generation is started and the old one deleted.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::seal::{Keyring, SealError};
 
@@ -157,6 +185,12 @@ pub struct SpoolStats {
     pub gap_records: u64,
     pub compactions: u64,
     pub generation: u64,
+    /// Records that would not open (unknown key, tampered) moved aside, still sealed.
+    pub set_aside: u64,
+    /// Stores quarantined by this process (each announced by a gap record).
+    pub quarantined: u64,
+    /// Old quarantined stores and set-aside files deleted to stay within bounds.
+    pub quarantines_pruned: u64,
 }
 
 /// Something the owner must report (an operator should hear of it).
@@ -170,7 +204,13 @@ pub enum SpoolEvent {
     },
 }
 
-/// A gap record: records the policy dropped, announced upstream.
+/// A gap record: records lost or set aside, announced upstream (`teledge.gap/1`).
+///
+/// `reason` is one of `spool_full_drop_oldest`, `spool_full_drop_newest`, `disk_full`,
+/// `unreadable_record` (moved aside still sealed; `set_aside` names the file, `detail` the
+/// error) and `store_quarantined` (`dropped` is null when the count is unknown; `epoch` is the
+/// lost store's epoch when known: every record of it above the collector's watermark is lost,
+/// `detail` says why the store would not open, `set_aside` names the quarantined directory).
 #[derive(Debug, Serialize)]
 struct GapRecord<'a> {
     #[serde(rename = "type")]
@@ -178,11 +218,52 @@ struct GapRecord<'a> {
     schema: &'static str,
     node: &'a str,
     reason: &'static str,
-    dropped: u64,
+    dropped: Option<u64>,
     first_dropped: Option<String>,
     last_dropped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    set_aside: Option<String>,
     time: String,
 }
+
+impl<'a> GapRecord<'a> {
+    fn new(node: &'a str, reason: &'static str, dropped: Option<u64>) -> Self {
+        GapRecord {
+            kind: "gap",
+            schema: "teledge.gap/1",
+            node,
+            reason,
+            dropped,
+            first_dropped: None,
+            last_dropped: None,
+            epoch: None,
+            detail: None,
+            set_aside: None,
+            time: now_rfc3339(),
+        }
+    }
+}
+
+/// What the spool directory says about its current store, readable while the store is open
+/// (sled locks its files): `<dir>/manifest.json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    epoch: u64,
+    /// Key ids of the records held. Exact after a clean close; while the store is open (or
+    /// after a crash) the key currently sealing may be listed with no record under it.
+    key_ids: BTreeSet<u32>,
+}
+
+/// Quarantined stores and set-aside files kept; older ones are deleted (counted).
+pub const QUARANTINES_KEPT: usize = 4;
+/// Quarantined stores and set-aside files older than this are deleted (counted).
+pub const QUARANTINE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most unreadable records moved aside by one read (the rest by the next reads).
+const SET_ASIDE_PER_READ: usize = 1024;
 
 /// The spool.
 pub struct Spool {
@@ -204,6 +285,10 @@ pub struct Spool {
     durable_through: Option<RecordId>,
     /// Disk-full drops not yet announced (kept in memory: the disk had no room to note them).
     pending_disk_full: u64,
+    /// Records held per key id (for the manifest).
+    key_ids: BTreeMap<u32, u64>,
+    /// The key ids the manifest on disk lists.
+    manifest_keys: Option<BTreeSet<u32>>,
     appends_since_disk_check: u32,
     disk_was_full: bool,
 }
@@ -218,6 +303,15 @@ impl std::fmt::Debug for Spool {
     }
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // A clean close leaves the exact key set for `check-config`.
+        if let Err(e) = self.sync_manifest(true) {
+            tracing::warn!(error = %e, "Cannot update the spool manifest at close.");
+        }
+    }
+}
+
 impl Spool {
     /// Opens (or creates) the spool. A generation that will not open is moved aside and a
     /// fresh one started, never a crash loop; the event says so.
@@ -227,12 +321,25 @@ impl Spool {
     ) -> Result<(Spool, Vec<SpoolEvent>), SpoolError> {
         std::fs::create_dir_all(&config.dir)?;
         let mut events = Vec::new();
+        // (lost epoch if known, bytes, quarantine name, reason) for the gap records.
+        let mut lost: Vec<(Option<u64>, u64, String, String)> = Vec::new();
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
         loop {
             let path = generation_path(&config.dir, generation);
             match open_db(&path, &config) {
                 Ok(db) => {
-                    let spool = Spool::from_db(config, keyring, generation, db)?;
+                    let mut spool = Spool::from_db(config, keyring, generation, db)?;
+                    spool.stats.quarantined = lost.len() as u64;
+                    let node = spool.config.node_id.clone();
+                    for (epoch, bytes, name, reason) in lost {
+                        let mut gap = GapRecord::new(&node, "store_quarantined", None);
+                        gap.epoch = epoch;
+                        gap.detail = Some(format!("{reason} ({bytes} bytes on disk)"));
+                        gap.set_aside = Some(name);
+                        spool.insert_gap(&gap)?;
+                    }
+                    spool.prune_quarantines()?;
+                    spool.flush()?;
                     return Ok((spool, events));
                 }
                 Err(OpenFailure::Other(e)) => return Err(e),
@@ -241,9 +348,15 @@ impl Spool {
                         .duration_since(UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
-                    let to = config.dir.join(format!("quarantine-{generation}-{stamp}"));
+                    let name = format!("quarantine-{generation}-{stamp}");
+                    let to = config.dir.join(&name);
+                    // The manifest names the lost store's epoch (if it was written by it).
+                    let epoch = read_manifest(&config.dir).map(|m| m.epoch);
+                    let bytes = dir_size(&path);
                     std::fs::rename(&path, &to)?;
                     sync_dir(&config.dir)?;
+                    tracing::error!(from = %path.display(), to = %to.display(), %reason, "Spool store would not open; moved aside, a new store starts and a gap record announces it.");
+                    lost.push((epoch, bytes, name, reason.clone()));
                     events.push(SpoolEvent::Quarantined {
                         from: path,
                         to,
@@ -271,9 +384,15 @@ impl Spool {
         let epoch = match read_u64("epoch")? {
             Some(e) => e,
             None => {
-                // A fresh store: its epoch is its generation, above every earlier epoch.
-                meta.insert("epoch", &generation.to_be_bytes())?;
-                generation
+                // A fresh store (or one whose meta was lost: then its records say). A new
+                // epoch is random, never derived from anything a wiped or re-imaged box could
+                // have again: the collector deduplicates by (node, epoch, seq).
+                let epoch = match records.first()?.and_then(|(k, _)| RecordId::from_key(&k)) {
+                    Some(id) => id.epoch,
+                    None => fresh_epoch()?,
+                };
+                meta.insert("epoch", &epoch.to_be_bytes())?;
+                epoch
             }
         };
         let mut stats = SpoolStats {
@@ -283,10 +402,14 @@ impl Spool {
             ..SpoolStats::default()
         };
         let mut max_seq = None;
+        let mut key_ids = BTreeMap::new();
         for entry in records.iter() {
             let (key, value) = entry?;
             stats.records += 1;
             stats.bytes += value.len() as u64;
+            if let Some(key_id) = Keyring::key_id_of(&value) {
+                *key_ids.entry(key_id).or_insert(0u64) += 1;
+            }
             if let Some(id) = RecordId::from_key(&key) {
                 if id.epoch == epoch {
                     max_seq = max_seq.max(Some(id.seq));
@@ -301,7 +424,12 @@ impl Spool {
         let last_stored = records
             .last()?
             .and_then(|(key, _)| RecordId::from_key(&key));
-        Ok(Spool {
+        // Flush on open: the epoch just chosen, and whatever sled recovered, are durable
+        // before anything is sent.
+        db.flush()?;
+        let spool = Spool {
+            key_ids,
+            manifest_keys: None,
             last_appended: last_stored,
             durable_through: last_stored,
             pending_disk_full: 0,
@@ -317,7 +445,69 @@ impl Spool {
             epoch,
             next_seq,
             stats,
-        })
+        };
+        let mut spool = spool;
+        spool.sync_manifest(true)?;
+        Ok(spool)
+    }
+
+    /// Brings `<dir>/manifest.json` up to date if its key set changed (atomically: temporary
+    /// file, sync, rename). Unless `exact`, the key currently sealing stays listed once used,
+    /// so a spool that drains and refills does not rewrite the file every time.
+    fn sync_manifest(&mut self, exact: bool) -> Result<(), SpoolError> {
+        let mut key_ids: BTreeSet<u32> = self.key_ids.keys().copied().collect();
+        let current = self.keyring.current_key_id();
+        if !exact
+            && self
+                .manifest_keys
+                .as_ref()
+                .is_some_and(|m| m.contains(&current))
+        {
+            key_ids.insert(current);
+        }
+        if self.manifest_keys.as_ref() == Some(&key_ids) {
+            return Ok(());
+        }
+        let manifest = Manifest {
+            epoch: self.epoch,
+            key_ids,
+        };
+        let json = serde_json::to_vec(&manifest).map_err(|e| SpoolError::Storage(e.to_string()))?;
+        let path = self.config.dir.join(MANIFEST);
+        let tmp = self.config.dir.join(format!("{MANIFEST}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        self.manifest_keys = Some(manifest.key_ids);
+        Ok(())
+    }
+
+    /// Counts a record sealed under the key its header names, in or out of the store.
+    fn count_key(&mut self, sealed: &[u8], added: bool) -> Result<(), SpoolError> {
+        let Some(key_id) = Keyring::key_id_of(sealed) else {
+            return Ok(());
+        };
+        let count = self.key_ids.entry(key_id).or_insert(0);
+        let before = *count;
+        if added {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let changed = (before == 0) != (*count == 0);
+        if *count == 0 {
+            self.key_ids.remove(&key_id);
+        }
+        if changed {
+            self.sync_manifest(false)?;
+        }
+        Ok(())
+    }
+
+    /// The store's epoch (random, chosen when the store was created).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -379,6 +569,7 @@ impl Spool {
                 source,
             })?;
         self.records.insert(id.key(), sealed.as_slice())?;
+        self.count_key(&sealed, true)?;
         self.last_appended = Some(id);
         self.next_seq += 1;
         self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
@@ -399,6 +590,7 @@ impl Spool {
             };
             self.stats.records = self.stats.records.saturating_sub(1);
             self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
+            self.count_key(&value, false)?;
             dropped += 1;
             let id = RecordId::from_key(&key);
             first = first.or(id);
@@ -409,16 +601,9 @@ impl Spool {
             self.meta
                 .insert("dropped_oldest", &self.stats.dropped_oldest.to_be_bytes())?;
             let node = self.config.node_id.clone();
-            let gap = GapRecord {
-                kind: "gap",
-                schema: "teledge.gap/1",
-                node: &node,
-                reason: "spool_full_drop_oldest",
-                dropped,
-                first_dropped: first.map(|id| id.display(&node)),
-                last_dropped: last.map(|id| id.display(&node)),
-                time: now_rfc3339(),
-            };
+            let mut gap = GapRecord::new(&node, "spool_full_drop_oldest", Some(dropped));
+            gap.first_dropped = first.map(|id| id.display(&node));
+            gap.last_dropped = last.map(|id| id.display(&node));
             self.insert_gap(&gap)?;
         }
         Ok(())
@@ -478,16 +663,7 @@ impl Spool {
             if dropped == 0 {
                 continue;
             }
-            let gap = GapRecord {
-                kind: "gap",
-                schema: "teledge.gap/1",
-                node: &node,
-                reason,
-                dropped,
-                first_dropped: None,
-                last_dropped: None,
-                time: now_rfc3339(),
-            };
+            let gap = GapRecord::new(&node, reason, Some(dropped));
             self.insert_gap(&gap)?;
         }
         self.pending_newest_drops = 0;
@@ -519,8 +695,15 @@ impl Spool {
 
     /// Reads up to `max` durable records after `after` (from the oldest when `None`), opened.
     /// Records appended since the last [`Spool::flush`] are not returned yet.
+    ///
+    /// A record that will not open (its key is not in the keyring, or it was tampered with)
+    /// never blocks the ones behind it: it is moved, still sealed, to
+    /// `<dir>/unreadable-<epoch>.sealed` (each entry: key (16 bytes: epoch, seq) | length (u32
+    /// BE) | sealed record), removed from the store, counted in `set_aside`, and a gap record
+    /// (`unreadable_record`) announces it upstream. With the missing key back in the keyring,
+    /// the file can still be opened.
     pub fn read(
-        &self,
+        &mut self,
         after: Option<RecordId>,
         max: usize,
     ) -> Result<Vec<StoredRecord>, SpoolError> {
@@ -532,6 +715,7 @@ impl Spool {
             None => self.records.iter(),
         };
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in range {
             let (key, value) = entry?;
             let Some(id) = RecordId::from_key(&key) else {
@@ -543,34 +727,143 @@ impl Spool {
             if id > durable {
                 break;
             }
-            let payload =
-                self.keyring
-                    .open(&self.aad(id), &value)
-                    .map_err(|source| SpoolError::Seal {
-                        id: id.display(&self.config.node_id),
-                        source,
-                    })?;
-            out.push(StoredRecord { id, payload });
+            match self.keyring.open(&self.aad(id), &value) {
+                Ok(payload) => out.push(StoredRecord { id, payload }),
+                Err(e) => {
+                    unreadable.push((id, value, e));
+                    if unreadable.len() >= SET_ASIDE_PER_READ {
+                        break;
+                    }
+                }
+            }
             if out.len() >= max {
                 break;
             }
         }
+        if !unreadable.is_empty() {
+            self.set_aside(unreadable)?;
+        }
         Ok(out)
+    }
+
+    /// Moves records that will not open out of the store, still sealed, and announces them.
+    fn set_aside(
+        &mut self,
+        unreadable: Vec<(RecordId, sled::IVec, SealError)>,
+    ) -> Result<(), SpoolError> {
+        let name = format!("unreadable-{}.sealed", self.epoch);
+        let path = self.config.dir.join(&name);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let mut buf = Vec::new();
+        for (id, value, _) in &unreadable {
+            buf.extend_from_slice(&id.key());
+            buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            buf.extend_from_slice(value);
+        }
+        file.write_all(&buf)?;
+        file.sync_all()?;
+        sync_dir(&self.config.dir)?;
+        let mut batch = sled::Batch::default();
+        for (id, value, _) in &unreadable {
+            batch.remove(&id.key());
+            self.stats.records = self.stats.records.saturating_sub(1);
+            self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
+        }
+        self.records.apply_batch(batch)?;
+        for (_, value, _) in &unreadable {
+            self.count_key(value, false)?;
+        }
+        let count = unreadable.len() as u64;
+        self.stats.set_aside += count;
+        let node = self.config.node_id.clone();
+        let (first, last) = (unreadable.first(), unreadable.last());
+        let detail = first.map(|(_, _, e)| e.to_string());
+        tracing::error!(
+            records = count,
+            first = %first.map(|(id, ..)| id.display(&node)).unwrap_or_default(),
+            file = %path.display(),
+            error = %detail.clone().unwrap_or_default(),
+            "Spool records that will not open were moved aside (still sealed); forwarding goes on."
+        );
+        let mut gap = GapRecord::new(&node, "unreadable_record", Some(count));
+        gap.first_dropped = first.map(|(id, ..)| id.display(&node));
+        gap.last_dropped = last.map(|(id, ..)| id.display(&node));
+        gap.detail = detail;
+        gap.set_aside = Some(name);
+        self.insert_gap(&gap)?;
+        self.flush()?;
+        self.prune_quarantines()?;
+        Ok(())
+    }
+
+    /// Deletes quarantined stores and set-aside files beyond [`QUARANTINES_KEPT`] or older
+    /// than [`QUARANTINE_MAX_AGE`] (the current epoch's set-aside file is kept).
+    fn prune_quarantines(&mut self) -> Result<(), SpoolError> {
+        let current = format!("unreadable-{}.sealed", self.epoch);
+        let mut aside: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&self.config.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if (name.starts_with("quarantine-") || name.starts_with("unreadable-"))
+                && name != current
+            {
+                let modified = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                aside.push((modified, entry.path()));
+            }
+        }
+        // Newest first.
+        aside.sort_by(|a, b| b.cmp(a));
+        let now = SystemTime::now();
+        for (i, (modified, path)) in aside.into_iter().enumerate() {
+            let old = now.duration_since(modified).unwrap_or_default() > QUARANTINE_MAX_AGE;
+            if i >= QUARANTINES_KEPT || old {
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => {
+                        self.stats.quarantines_pruned += 1;
+                        tracing::warn!(path = %path.display(), "Old quarantined spool data deleted.");
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "Cannot delete old quarantined spool data.");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes every record up to and including `through`: the collector has them.
     pub fn ack(&mut self, through: RecordId) -> Result<u64, SpoolError> {
         let mut removed = 0;
         let mut batch = sled::Batch::default();
+        let mut values = Vec::new();
         for entry in self.records.range(..=through.key().to_vec()) {
             let (key, value) = entry?;
             batch.remove(key);
             removed += 1;
             self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
+            values.push(value);
         }
         self.records.apply_batch(batch)?;
         self.stats.records = self.stats.records.saturating_sub(removed);
         self.stats.acked += removed;
+        for value in &values {
+            self.count_key(value, false)?;
+        }
+        // Durable at once: after a crash, only a batch whose acknowledgement never arrived is
+        // sent again, never batches the collector acknowledged long ago.
+        self.flush()?;
         Ok(removed)
     }
 
@@ -690,6 +983,111 @@ fn open_db(path: &Path, config: &SpoolConfig) -> Result<sled::Db, OpenFailure> {
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+const MANIFEST: &str = "manifest.json";
+
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    let bytes = std::fs::read(dir.join(MANIFEST)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A random 64-bit store epoch.
+fn fresh_epoch() -> Result<u64, SpoolError> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| SpoolError::Storage(format!("no randomness for a new store epoch: {e}")))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Bytes under a path (best effort, for reports).
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_size(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+/// The key ids of the records held in a spool directory's current store, from its manifest
+/// (readable while the agent runs and holds sled's lock). `Ok(None)` when that cannot be told
+/// without opening the store: a store written before manifests existed (the agent writes the
+/// manifest when it next opens the store). This never opens sled: a check run as another
+/// user must not leave files the agent cannot use.
+pub fn key_ids_in_spool(dir: &Path) -> Result<Option<BTreeSet<u32>>, SpoolError> {
+    match std::fs::read(dir.join(MANIFEST)) {
+        Ok(bytes) => {
+            let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                SpoolError::Storage(format!("{}: {e}", dir.join(MANIFEST).display()))
+            })?;
+            return Ok(Some(manifest.key_ids));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let generation = match std::fs::read_dir(dir) {
+        Ok(_) => latest_generation(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    // No store yet: no key needed.
+    Ok(generation.is_none().then(BTreeSet::new))
+}
+
+/// What [`check_spool_keys`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolKeyProblem {
+    /// Records are sealed under key ids the keyring lacks: a configuration error.
+    #[error(
+        "the spool {dir} holds records sealed with key id(s) {missing} that the keyring does \
+         not have; list the old key(s) under the spool's old keys, or those records will be \
+         moved aside unread and announced as lost"
+    )]
+    Missing { dir: String, missing: String },
+    /// The spool's keys could not be read (permissions, a store older than manifests).
+    #[error("cannot tell which keys the spool {dir} uses: {reason}")]
+    Unknown { dir: String, reason: String },
+}
+
+/// Checks that every key id present in a spool directory is in `keyring`.
+pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), SpoolKeyProblem> {
+    let shown = dir.display().to_string();
+    let present = match key_ids_in_spool(dir) {
+        Ok(Some(present)) => present,
+        Ok(None) => {
+            return Err(SpoolKeyProblem::Unknown {
+                dir: shown,
+                reason: "the store has no manifest yet (written when the agent next starts)".into(),
+            })
+        }
+        Err(e) => {
+            return Err(SpoolKeyProblem::Unknown {
+                dir: shown,
+                reason: e.to_string(),
+            })
+        }
+    };
+    let known: BTreeSet<u32> = keyring.key_ids().collect();
+    let missing: Vec<String> = present
+        .difference(&known)
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SpoolKeyProblem::Missing {
+        dir: shown,
+        missing: missing.join(", "),
+    })
 }
 
 fn now_rfc3339() -> String {
@@ -822,7 +1220,160 @@ mod tests {
             "{events:?}"
         );
         let after = spool.append(b"y").unwrap().unwrap();
-        assert!(after.epoch > before.epoch, "a new epoch: ids stay unique");
+        assert_ne!(after.epoch, before.epoch, "a new epoch: ids stay unique");
+        assert_eq!(spool.stats().quarantined, 1);
+        // The loss is announced upstream, naming the lost store's epoch.
+        spool.flush().unwrap();
+        let records = spool.read(None, 10).unwrap();
+        let gap: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
+        assert_eq!(gap["reason"], "store_quarantined");
+        assert_eq!(gap["epoch"].as_u64(), Some(before.epoch));
+        assert!(gap["dropped"].is_null(), "count unknown: {gap}");
+        assert!(gap["set_aside"]
+            .as_str()
+            .unwrap()
+            .starts_with("quarantine-0-"));
+        assert_eq!(records[1].payload, b"y");
+    }
+
+    #[test]
+    fn old_quarantines_are_pruned_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..QUARANTINES_KEPT + 3 {
+            std::fs::create_dir_all(dir.path().join(format!("quarantine-{i}-{i}"))).unwrap();
+            std::fs::write(dir.path().join(format!("quarantine-{i}-{i}/db")), b"x").unwrap();
+        }
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(spool.stats().quarantines_pruned, 3);
+        spool.append(b"x").unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        for file in walk(&dir.path().join("gen-0")) {
+            std::fs::write(&file, vec![0xA5; 4096]).unwrap();
+        }
+        let (spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(events.len(), 1);
+        let left = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("quarantine-")
+            })
+            .count();
+        assert_eq!(left, QUARANTINES_KEPT);
+        assert_eq!(spool.stats().quarantines_pruned, 1);
+    }
+
+    #[test]
+    fn a_fresh_store_gets_an_epoch_no_wiped_store_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.compact_above_bytes = 0;
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        let first = spool.append(b"one").unwrap().unwrap();
+        spool.flush().unwrap();
+        // Compaction keeps the epoch: ids stay in order within the store.
+        spool.ack(first).unwrap();
+        assert!(spool.compact_if_drained().unwrap());
+        let second = spool.append(b"two").unwrap().unwrap();
+        assert_eq!(second.epoch, first.epoch);
+        assert!(second > first);
+        drop(spool);
+        // The state directory wiped (re-image, operator): the new store's ids are new.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+        let third = spool.append(b"three").unwrap().unwrap();
+        assert_ne!(third.epoch, first.epoch);
+        assert_ne!(third.epoch, 0);
+    }
+
+    #[test]
+    fn a_record_that_will_not_open_is_set_aside_and_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let key1 = Keyring::new((1, [1; 32]), &[]);
+        let (mut spool, _) = Spool::open(config(dir.path()), key1).unwrap();
+        let old = spool
+            .append(b"{\"caller\":\"4930123456789\"}")
+            .unwrap()
+            .unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        // Key 1 rotated out without being listed as an old key.
+        let key2 = Keyring::new((2, [2; 32]), &[]);
+        let (mut spool, _) = Spool::open(config(dir.path()), key2.clone()).unwrap();
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([1]))
+        );
+        assert!(check_spool_keys(dir.path(), &key2)
+            .unwrap_err()
+            .to_string()
+            .contains("key id(s) 1"));
+        let new = spool.append(b"new").unwrap().unwrap();
+        spool.flush().unwrap();
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([1, 2]))
+        );
+        // The unreadable record does not stop the one behind it...
+        let first = spool.read(None, 10).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, new);
+        assert_eq!(spool.stats().set_aside, 1);
+        // ...and is announced.
+        let all = spool.read(None, 10).unwrap();
+        let gap: serde_json::Value = serde_json::from_slice(&all[1].payload).unwrap();
+        assert_eq!(gap["reason"], "unreadable_record");
+        assert_eq!(gap["dropped"].as_u64(), Some(1));
+        assert_eq!(gap["first_dropped"], old.display("node-a").as_str());
+        assert!(gap["detail"].as_str().unwrap().contains("key id 1"));
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([2]))
+        );
+        assert!(check_spool_keys(dir.path(), &key2).is_ok());
+        // A store without a manifest (older agent) cannot be told without opening it.
+        std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        assert!(matches!(
+            check_spool_keys(dir.path(), &key2),
+            Err(SpoolKeyProblem::Unknown { .. })
+        ));
+        assert!(check_spool_keys(&dir.path().join("none"), &key2).is_ok());
+        // Kept aside still sealed; with the old key it opens.
+        let aside = std::fs::read(dir.path().join(gap["set_aside"].as_str().unwrap())).unwrap();
+        assert!(!aside.windows(13).any(|w| w == b"4930123456789"));
+        let key: [u8; 16] = aside[..16].try_into().unwrap();
+        let len = u32::from_be_bytes(aside[16..20].try_into().unwrap()) as usize;
+        assert_eq!(RecordId::from_key(&key), Some(old));
+        let mut aad = b"node-a".to_vec();
+        aad.push(0);
+        aad.extend_from_slice(&key);
+        assert_eq!(
+            Keyring::new((1, [1; 32]), &[])
+                .open(&aad, &aside[20..20 + len])
+                .unwrap(),
+            b"{\"caller\":\"4930123456789\"}"
+        );
+        // Drained, the current key stays listed while open (no rewrite per drain); a clean
+        // close leaves the exact set.
+        spool.ack(all.last().unwrap().id).unwrap();
+        std::fs::remove_file(dir.path().join(MANIFEST)).ok();
+        spool.manifest_keys = None;
+        spool.sync_manifest(false).unwrap();
+        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), Some(BTreeSet::new()));
+        spool.append(b"x").unwrap();
+        let last = spool.append(b"y").unwrap().unwrap();
+        spool.ack(last).unwrap();
+        assert_eq!(
+            key_ids_in_spool(dir.path()).unwrap(),
+            Some(BTreeSet::from([2]))
+        );
+        drop(spool);
+        assert_eq!(key_ids_in_spool(dir.path()).unwrap(), Some(BTreeSet::new()));
     }
 
     #[test]
@@ -850,7 +1401,17 @@ mod tests {
             end < 4 << 20,
             "{end} bytes on disk after churn (peak {peak})"
         );
-        let generations = std::fs::read_dir(dir.path()).unwrap().count();
+        let generations = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("gen-")
+            })
+            .count();
         assert_eq!(generations, 1, "old generations are deleted");
     }
 

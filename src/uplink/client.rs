@@ -1,6 +1,6 @@
-//! The HTTPS sink: batches from the spool POSTed to the collector, acknowledged, then removed.
+//! The HTTPS sink: batches from the spool POSTed to the collector, acknowledged, then removed;
+//! refused content split down to single records, failures retried with backoff and alerted.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,20 +13,77 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::UplinkConfig;
-use crate::spool::{Spool, SpoolError, StoredRecord};
+use crate::config::{ForwardConfig, UplinkConfig};
+use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
+use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
 use crate::uplink::tls::{ClientTls, TlsError};
 use crate::uplink::{encode_lines, Ack};
+
+/// What kind of failure an attempt met (the label of `teledge_uplink_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// TCP connect failed or timed out, or the connection was lost.
+    Connect,
+    /// The TLS handshake failed (certificates, names, versions).
+    Tls,
+    /// No answer before the timeout.
+    Timeout,
+    /// A `200` whose acknowledgement does not match the batch sent.
+    BadAck,
+    /// An HTTP status other than 200 that is not about the batch's content.
+    Status(u16),
+}
+
+impl FailureKind {
+    /// A short label from a closed set (statuses are grouped by class, except the ones an
+    /// operator acts on differently).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Tls => "tls",
+            FailureKind::Timeout => "timeout",
+            FailureKind::BadAck => "bad_ack",
+            FailureKind::Status(401) => "status_401",
+            FailureKind::Status(403) => "status_403",
+            FailureKind::Status(404) => "status_404",
+            FailureKind::Status(408) => "status_408",
+            FailureKind::Status(429) => "status_429",
+            FailureKind::Status(s) if (500..600).contains(&s) => "status_5xx",
+            FailureKind::Status(_) => "status_other",
+        }
+    }
+}
 
 /// Why a batch was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth trying again: connection refused or lost, timeout, TLS failure, 408/429/5xx.
-    #[error("retriable: {0}")]
-    Retriable(String),
-    /// The collector refused the batch for good (4xx).
-    #[error("rejected with status {0}: {1}")]
-    Permanent(u16, String),
+    /// Worth trying again (with backoff, and an alert while it lasts): the collector is out
+    /// of reach, misconfigured or busy — nothing about the records themselves.
+    #[error("{reason}")]
+    Retriable { kind: FailureKind, reason: String },
+    /// The collector refused the batch's content (`400`, `413`, `422`): split it; a single
+    /// record so refused becomes a dead letter.
+    #[error("refused with status {status}: {reason}")]
+    Refused { status: u16, reason: String },
+}
+
+/// How the uplink treats an HTTP status (the contract is in the module doc of `uplink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Accepted,
+    /// About the content of the batch: split, and dead-letter a single record.
+    Content,
+    /// Anything else: retry with backoff and raise an alert.
+    Retry,
+}
+
+/// The class of an HTTP status answered to a batch.
+pub fn classify(status: u16) -> StatusClass {
+    match status {
+        200 => StatusClass::Accepted,
+        400 | 413 | 422 => StatusClass::Content,
+        _ => StatusClass::Retry,
+    }
 }
 
 /// Why forwarding stopped.
@@ -36,23 +93,51 @@ pub enum ForwardError {
     Spool(#[from] SpoolError),
     #[error("the collector was not reachable before the deadline: {0}")]
     Deadline(String),
-    #[error("dead-letter area: {0}")]
-    DeadLetter(std::io::Error),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
 }
 
 /// Counters of the uplink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UplinkStats {
+    /// Batches acknowledged.
     pub batches: u64,
+    /// Records the collector stored as new.
     pub records: u64,
     pub duplicates: u64,
+    /// Failed attempts that will be retried.
     pub retries: u64,
-    pub dead_lettered_batches: u64,
-    pub dead_letter_dropped_files: u64,
+    /// Failed attempts in a row, now (0 while the uplink works).
+    pub consecutive_failures: u64,
+    /// Batches halved because the collector refused their content or size.
+    pub splits: u64,
+    /// Records moved to the dead-letter area.
+    pub dead_lettered: u64,
+    /// Dead letters removed (or not kept) because the area was full; announced upstream.
+    pub dead_letter_dropped: u64,
+    /// Dead letters held now (marked for resending included).
+    pub dead_letters_held: u64,
+    /// Dead letters put back into the spool after an operator marked them.
+    pub requeued: u64,
 }
 
-/// Called with the uplink's totals and whether the attempt was acknowledged.
-type ProgressHook = Box<dyn FnMut(&UplinkStats, bool) + Send>;
+/// What an attempt did, told to the progress hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt<'a> {
+    /// A batch was acknowledged.
+    Acked,
+    /// The spool was found drained (nothing durable left to send).
+    Drained,
+    /// An attempt failed and will be retried.
+    Failed { kind: FailureKind, reason: &'a str },
+    /// The collector refused a batch's content; it is being split.
+    Split { status: u16 },
+    /// A single record was moved to the dead-letter area.
+    DeadLettered { status: u16 },
+}
+
+/// Called with the uplink's totals and what the attempt did.
+type ProgressHook = Box<dyn FnMut(&UplinkStats, &Attempt<'_>) + Send>;
 
 /// Exponential backoff with full jitter between `min` and `max`.
 #[derive(Debug, Clone)]
@@ -97,10 +182,6 @@ pub struct Uplink {
     node: String,
     tls: ClientTls,
     sender: Option<SendRequest<Full<Bytes>>>,
-    pub stats: UplinkStats,
-    /// Told the totals after every attempt (the daemon's metrics), so an outage shows its
-    /// retries while it lasts, not only when the backlog has drained.
-    progress: Option<ProgressHook>,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -108,7 +189,6 @@ impl std::fmt::Debug for Uplink {
         f.debug_struct("Uplink")
             .field("host", &self.config.host)
             .field("port", &self.config.port)
-            .field("stats", &self.stats)
             .finish()
     }
 }
@@ -126,20 +206,7 @@ impl Uplink {
             node,
             tls,
             sender: None,
-            stats: UplinkStats::default(),
-            progress: None,
         })
-    }
-
-    /// Calls `f(totals, acknowledged)` after every attempt to send a batch.
-    pub fn on_progress(&mut self, f: impl FnMut(&UplinkStats, bool) + Send + 'static) {
-        self.progress = Some(Box::new(f));
-    }
-
-    fn report(&mut self, acknowledged: bool) {
-        if let Some(f) = self.progress.as_mut() {
-            f(&self.stats, acknowledged);
-        }
     }
 
     pub fn tls_alerts(&self) -> Arc<crate::uplink::tls::TlsAlerts> {
@@ -147,22 +214,23 @@ impl Uplink {
     }
 
     async fn connect(&mut self) -> Result<(), SendError> {
-        let retriable = |e: &dyn std::fmt::Display| SendError::Retriable(e.to_string());
+        let failed = |kind: FailureKind, reason: String| SendError::Retriable { kind, reason };
         let addr = (self.config.host.as_str(), self.config.port);
         let tcp = tokio::time::timeout(self.config.timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| SendError::Retriable("connect timed out".into()))?
-            .map_err(|e| retriable(&e))?;
+            .map_err(|_| failed(FailureKind::Connect, "connect timed out".into()))?
+            .map_err(|e| failed(FailureKind::Connect, format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.config.host.clone()).map_err(|e| retriable(&e))?;
+        let name = ServerName::try_from(self.config.host.clone())
+            .map_err(|e| failed(FailureKind::Tls, e.to_string()))?;
         let connector = TlsConnector::from(self.tls.config());
         let tls = tokio::time::timeout(self.config.timeout, connector.connect(name, tcp))
             .await
-            .map_err(|_| SendError::Retriable("TLS handshake timed out".into()))?
-            .map_err(|e| SendError::Retriable(format!("TLS: {e}")))?;
+            .map_err(|_| failed(FailureKind::Tls, "TLS handshake timed out".into()))?
+            .map_err(|e| failed(FailureKind::Tls, format!("TLS: {e}")))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| retriable(&e))?;
+            .map_err(|e| failed(FailureKind::Connect, e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "Uplink connection closed.");
@@ -172,14 +240,17 @@ impl Uplink {
         Ok(())
     }
 
-    /// Sends one encoded batch and waits for its acknowledgement.
+    /// Sends one encoded batch and waits for the collector's answer.
     pub async fn send(&mut self, batch_id: &str, body: Vec<u8>) -> Result<Ack, SendError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.sender = None;
             self.connect().await?;
         }
         let Some(sender) = self.sender.as_mut() else {
-            return Err(SendError::Retriable("no connection".into()));
+            return Err(SendError::Retriable {
+                kind: FailureKind::Connect,
+                reason: "no connection".into(),
+            });
         };
         let request = hyper::Request::post(&self.config.path)
             .header("host", &self.config.host)
@@ -188,7 +259,11 @@ impl Uplink {
             .header("x-teledge-node", &self.node)
             .header("x-teledge-batch", batch_id)
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| SendError::Permanent(0, e.to_string()))?;
+            // Only a header value could be refused; node ids are validated, batch ids ours.
+            .map_err(|e| SendError::Retriable {
+                kind: FailureKind::Status(0),
+                reason: format!("request: {e}"),
+            })?;
         let exchange = async {
             let response = sender.send_request(request).await?;
             let status = response.status().as_u16();
@@ -204,130 +279,457 @@ impl Uplink {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 self.sender = None;
-                return Err(SendError::Retriable(e.to_string()));
+                return Err(SendError::Retriable {
+                    kind: FailureKind::Connect,
+                    reason: format!("connection error: {e}"),
+                });
             }
             Err(_) => {
                 self.sender = None;
-                return Err(SendError::Retriable("no answer before the timeout".into()));
+                return Err(SendError::Retriable {
+                    kind: FailureKind::Timeout,
+                    reason: "no answer before the timeout".into(),
+                });
             }
         };
-        let text = String::from_utf8_lossy(&body).into_owned();
-        match status {
-            200 => serde_json::from_slice::<Ack>(&body)
-                .map_err(|e| SendError::Retriable(format!("unreadable acknowledgement: {e}"))),
-            408 | 429 => Err(SendError::Retriable(format!("status {status}"))),
-            400..=499 => Err(SendError::Permanent(status, text)),
-            _ => Err(SendError::Retriable(format!("status {status}: {text}"))),
+        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        match classify(status) {
+            StatusClass::Accepted => {
+                serde_json::from_slice::<Ack>(&body).map_err(|e| SendError::Retriable {
+                    kind: FailureKind::BadAck,
+                    reason: format!("unreadable acknowledgement: {e}"),
+                })
+            }
+            StatusClass::Content => Err(SendError::Refused {
+                status,
+                reason: text,
+            }),
+            StatusClass::Retry => Err(SendError::Retriable {
+                kind: FailureKind::Status(status),
+                reason: format!(
+                    "collector answered {status} to {}: {text}",
+                    self.config.path
+                ),
+            }),
         }
     }
 }
 
-/// Batches that the collector refused for good, kept (bounded) for an operator.
+/// Single records dead-lettered in a row, without any batch acknowledged in between, after
+/// which a content refusal is treated as a failing collector instead (retried, alerted,
+/// records kept in the spool): a collector that refuses everything is broken or of another
+/// version, and its refusals say nothing about the records.
+pub const MAX_DEAD_LETTERS_IN_A_ROW: u32 = 8;
+
+/// The uplink's state for alerting: failing since when, and why.
 #[derive(Debug)]
-pub struct DeadLetters {
-    dir: PathBuf,
-    max_bytes: u64,
+struct Failing {
+    since: Instant,
+    kind: FailureKind,
+    attempts: u64,
 }
 
-impl DeadLetters {
-    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
-        DeadLetters { dir, max_bytes }
-    }
+/// A split in progress: batches stay at most `limit` records until the collector has
+/// acknowledged past `through`, the end of the refused batch.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    through: RecordId,
+    limit: usize,
+}
 
-    /// The dead-letter area an uplink configuration names.
-    pub fn for_uplink(config: &UplinkConfig) -> Self {
-        DeadLetters::new(config.dead_letter_dir.clone(), config.dead_letter_max_bytes)
-    }
+/// The forwarder: the one place that moves records from the spool to the collector, used by
+/// the daemon, `replay --forward` and the load generator alike.
+pub struct Forwarder {
+    uplink: Uplink,
+    uplink_config: UplinkConfig,
+    node: String,
+    dead_letters: DeadLetters,
+    backoff: Backoff,
+    split: Option<Split>,
+    dead_in_a_row: u32,
+    failing: Option<Failing>,
+    /// Old clear-text dead letters are looked for once, at the first round.
+    legacy_checked: bool,
+    pub stats: UplinkStats,
+    /// Told after every attempt (the daemon's metrics and health), so an outage shows while
+    /// it lasts, not only when the backlog has drained.
+    progress: Option<ProgressHook>,
+}
 
-    /// Stores a batch; returns how many older files were removed to stay in bounds.
-    pub fn store(&self, batch_id: &str, body: &[u8]) -> std::io::Result<u64> {
-        std::fs::create_dir_all(&self.dir)?;
-        let name = batch_id.replace([':', '/'], "_");
-        let path = self.dir.join(format!("{name}.jsonl.gz"));
-        std::fs::write(&path, body)?;
-        std::fs::File::open(&path)?.sync_all()?;
-        let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let meta = e.metadata().ok()?;
-                Some((meta.modified().ok()?, e.path(), meta.len()))
-            })
-            .collect();
-        files.sort();
-        let mut total: u64 = files.iter().map(|f| f.2).sum();
-        let mut removed = 0;
-        for (_, file, len) in files {
-            if total <= self.max_bytes || file == path {
-                break;
-            }
-            std::fs::remove_file(&file)?;
-            total -= len;
-            removed += 1;
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("uplink", &self.uplink)
+            .field("stats", &self.stats)
+            .field("failing", &self.failing)
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder for a validated configuration, with the agent's backoff (1 s to 60 s).
+    pub fn new(config: &ForwardConfig) -> Result<Self, TlsError> {
+        let uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
+        let dead_letters = DeadLetters::for_config(config);
+        let mut stats = UplinkStats::default();
+        if let Ok((held, _)) = dead_letters.count() {
+            stats.dead_letters_held = held;
         }
-        Ok(removed)
+        Ok(Forwarder {
+            uplink,
+            uplink_config: config.uplink.clone(),
+            node: config.node_id.clone(),
+            dead_letters,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            split: None,
+            dead_in_a_row: 0,
+            failing: None,
+            legacy_checked: false,
+            stats,
+            progress: None,
+        })
     }
-}
 
-/// Sends everything in the spool, oldest first, until it is empty. Retriable failures are
-/// retried with backoff until `deadline` (if any); permanent ones go to the dead letters.
-///
-/// The spool is locked only to read a batch and to acknowledge it, never across the network
-/// exchange, so producers keep appending while a batch is in flight.
-pub async fn forward_until_drained(
-    spool: &Mutex<Spool>,
-    uplink: &mut Uplink,
-    dead_letters: &DeadLetters,
-    batch_records: usize,
-    backoff: &mut Backoff,
-    deadline: Option<Instant>,
-) -> Result<UplinkStats, ForwardError> {
-    loop {
-        let (batch, node) = {
-            let mut spool = lock(spool);
-            spool.announce_drops()?;
-            (spool.read(None, batch_records)?, spool.node_id().to_owned())
-        };
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            let mut spool = lock(spool);
-            spool.flush()?;
-            spool.compact_if_drained()?;
-            return Ok(uplink.stats);
-        };
-        let batch_id = format!("{node}:{}:{}-{}", first.id.epoch, first.id.seq, last.id.seq);
-        let last_id = last.id;
-        let body = encode_batch(&node, &batch).map_err(|e| ForwardError::Spool(e.into()))?;
-        match uplink.send(&batch_id, body.clone()).await {
-            Ok(ack) => {
-                backoff.reset();
-                uplink.stats.batches += 1;
-                uplink.stats.records += ack.accepted;
-                uplink.stats.duplicates += ack.duplicates;
-                lock(spool).ack(last_id)?;
-                uplink.report(true);
+    /// Other backoff bounds (tests and the load generator).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Calls `f(totals, attempt)` after every attempt to send a batch.
+    pub fn on_progress(&mut self, f: impl FnMut(&UplinkStats, &Attempt<'_>) + Send + 'static) {
+        self.progress = Some(Box::new(f));
+    }
+
+    pub fn tls_alerts(&self) -> Arc<crate::uplink::tls::TlsAlerts> {
+        self.uplink.tls_alerts()
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    /// A fresh connection with the certificates as they are now (SIGHUP); totals, state
+    /// and hook carry over.
+    pub fn reconnect(&mut self) -> Result<(), TlsError> {
+        self.uplink = Uplink::new(self.uplink_config.clone(), self.node.clone())?;
+        Ok(())
+    }
+
+    /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
+    /// carry over. On error the running connection and its settings are kept.
+    pub fn reconfigure(&mut self, config: UplinkConfig) -> Result<(), TlsError> {
+        self.uplink = Uplink::new(config.clone(), self.node.clone())?;
+        self.uplink_config = config;
+        Ok(())
+    }
+
+    fn report(&mut self, attempt: Attempt<'_>) {
+        if let Some(f) = self.progress.as_mut() {
+            f(&self.stats, &attempt);
+        }
+    }
+
+    /// A failed attempt: counted, logged at ERROR once per change of state (not once per
+    /// retry), reported.
+    fn failed(&mut self, kind: FailureKind, reason: &str) {
+        self.stats.retries += 1;
+        self.stats.consecutive_failures += 1;
+        match &mut self.failing {
+            Some(f) if f.kind == kind => {
+                f.attempts += 1;
+                tracing::debug!(
+                    kind = kind.label(),
+                    reason,
+                    attempts = f.attempts,
+                    "Uplink still failing."
+                );
             }
-            Err(SendError::Permanent(status, reason)) => {
-                tracing::error!(batch = %batch_id, status, reason = %reason, "Collector rejected a batch; moved to dead letters.");
-                let removed = dead_letters
-                    .store(&batch_id, &body)
-                    .map_err(ForwardError::DeadLetter)?;
-                uplink.stats.dead_lettered_batches += 1;
-                uplink.stats.dead_letter_dropped_files += removed;
-                lock(spool).ack(last_id)?;
-                uplink.report(false);
+            _ => {
+                tracing::error!(
+                    kind = kind.label(),
+                    reason,
+                    "Uplink failing: records stay in the spool and are retried with backoff."
+                );
+                let since = self.failing.as_ref().map_or_else(Instant::now, |f| f.since);
+                self.failing = Some(Failing {
+                    since,
+                    kind,
+                    attempts: 1,
+                });
             }
-            Err(SendError::Retriable(reason)) => {
-                uplink.stats.retries += 1;
-                uplink.report(false);
-                let wait = backoff.next_wait();
-                if deadline.is_some_and(|d| Instant::now() + wait > d) {
-                    lock(spool).flush()?;
-                    return Err(ForwardError::Deadline(reason));
+        }
+        self.report(Attempt::Failed { kind, reason });
+    }
+
+    fn recovered(&mut self) {
+        self.stats.consecutive_failures = 0;
+        if let Some(f) = self.failing.take() {
+            tracing::warn!(
+                failed_attempts = f.attempts,
+                seconds = f.since.elapsed().as_secs(),
+                "Uplink working again."
+            );
+        }
+    }
+
+    /// Sends everything in the spool, oldest first, until it is empty. Failures are retried
+    /// with backoff until `deadline` (if any); content refusals split the batch, and only a
+    /// single refused record becomes a dead letter.
+    ///
+    /// The spool is locked only to read a batch and to acknowledge it, never across the
+    /// network exchange, so producers keep appending while a batch is in flight.
+    pub async fn forward_until_drained(
+        &mut self,
+        spool: &Mutex<Spool>,
+        deadline: Option<Instant>,
+    ) -> Result<UplinkStats, ForwardError> {
+        loop {
+            let (batch, node) = {
+                let mut spool = lock(spool);
+                spool.announce_drops()?;
+                self.requeue_marked(&mut spool)?;
+                let limit = self
+                    .split
+                    .map_or(self.uplink_config.batch_records, |s| s.limit);
+                let batch = spool.read(None, limit)?;
+                (
+                    trim_to_bytes(batch, self.uplink_config.batch_max_bytes),
+                    spool.node_id().to_owned(),
+                )
+            };
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                {
+                    let mut spool = lock(spool);
+                    spool.flush()?;
+                    spool.compact_if_drained()?;
                 }
-                tracing::warn!(batch = %batch_id, reason = %reason, wait_ms = wait.as_millis() as u64, "Uplink failed; retrying.");
-                tokio::time::sleep(wait).await;
+                // An operator may have removed dead letters by hand: seen within a round.
+                self.stats.dead_letters_held = self.dead_letters.count()?.0;
+                self.report(Attempt::Drained);
+                return Ok(self.stats);
+            };
+            let batch_id = format!("{node}:{}:{}-{}", first.id.epoch, first.id.seq, last.id.seq);
+            let last_id = last.id;
+            let body = encode_batch(&node, &batch).map_err(|e| ForwardError::Spool(e.into()))?;
+            let answer = self.uplink.send(&batch_id, body).await;
+            let answer = match answer {
+                Ok(ack) => check_ack(ack, batch.len(), &last_id.display(&node)),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(ack) => {
+                    self.backoff.reset();
+                    self.recovered();
+                    self.dead_in_a_row = 0;
+                    // Inside a refused range the batches grow back step by step.
+                    self.split = self.split.and_then(|s| {
+                        (last_id < s.through).then(|| Split {
+                            through: s.through,
+                            limit: (s.limit * 2).min(self.uplink_config.batch_records),
+                        })
+                    });
+                    self.stats.batches += 1;
+                    self.stats.records += ack.accepted;
+                    self.stats.duplicates += ack.duplicates;
+                    lock(spool).ack(last_id)?;
+                    self.report(Attempt::Acked);
+                }
+                Err(SendError::Refused { status, reason }) if batch.len() > 1 => {
+                    let through = self.split.map_or(last_id, |s| s.through.max(last_id));
+                    self.split = Some(Split {
+                        through,
+                        limit: batch.len() / 2,
+                    });
+                    self.stats.splits += 1;
+                    self.recovered();
+                    tracing::info!(batch = %batch_id, status, reason = %reason, records = batch.len(), "Collector refused a batch; splitting it.");
+                    self.report(Attempt::Split { status });
+                }
+                Err(SendError::Refused { status, reason })
+                    if self.dead_in_a_row < MAX_DEAD_LETTERS_IN_A_ROW =>
+                {
+                    self.recovered();
+                    self.dead_in_a_row += 1;
+                    // The refused record is isolated: what follows it goes in full batches.
+                    self.split = None;
+                    let record = &batch[0];
+                    self.dead_letter(spool, record, status, &reason)?;
+                    self.report(Attempt::DeadLettered { status });
+                }
+                Err(e) => {
+                    let (kind, reason) = match e {
+                        SendError::Retriable { kind, reason } => (kind, reason),
+                        SendError::Refused { status, reason } => (
+                            FailureKind::Status(status),
+                            format!(
+                                "collector refused {MAX_DEAD_LETTERS_IN_A_ROW} records in a row \
+                                 (status {status}: {reason}); treated as a collector problem"
+                            ),
+                        ),
+                    };
+                    self.failed(kind, &reason);
+                    let wait = self.backoff.next_wait();
+                    if deadline.is_some_and(|d| Instant::now() + wait > d) {
+                        lock(spool).flush()?;
+                        return Err(ForwardError::Deadline(reason));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
     }
+
+    /// Moves one refused record to the dead-letter area, announces it (and anything the
+    /// area's bound removed) by gap records, then removes it from the spool.
+    fn dead_letter(
+        &mut self,
+        spool: &Mutex<Spool>,
+        record: &StoredRecord,
+        status: u16,
+        reason: &str,
+    ) -> Result<(), ForwardError> {
+        let stored = self
+            .dead_letters
+            .store(record.id, &record.payload, status, reason)?;
+        let id = record.id.display(&self.node);
+        if stored.refused {
+            tracing::error!(record = %id, status, reason, "Collector refused a record larger than the whole dead-letter area; dropped and announced upstream.");
+        } else {
+            tracing::error!(record = %id, status, reason, "Collector refused a record; kept as a dead letter (teledge dead-letters list).");
+        }
+        let mut gaps = Vec::new();
+        // A refused gap record is kept, but not announced by another one: no chains.
+        if !is_gap(&record.payload) {
+            if stored.refused {
+                gaps.push(gap_record(
+                    &self.node,
+                    "dead_letter_area_full",
+                    1,
+                    Some(&id),
+                    Some(&id),
+                    Some(status),
+                ));
+            } else {
+                gaps.push(gap_record(
+                    &self.node,
+                    "dead_letter",
+                    1,
+                    Some(&id),
+                    Some(&id),
+                    Some(status),
+                ));
+            }
+        }
+        self.stats.dead_lettered += u64::from(!stored.refused);
+        let dropped = stored.dropped.len() as u64 + u64::from(stored.refused);
+        if dropped > 0 {
+            self.stats.dead_letter_dropped += dropped;
+            tracing::error!(
+                dropped,
+                "Dead-letter area full: oldest dead letters removed (announced upstream)."
+            );
+            if !stored.dropped.is_empty() {
+                gaps.push(gap_record(
+                    &self.node,
+                    "dead_letter_area_full",
+                    stored.dropped.len() as u64,
+                    stored.dropped.first().map(String::as_str),
+                    stored.dropped.last().map(String::as_str),
+                    None,
+                ));
+            }
+        }
+        let mut spool = lock(spool);
+        for gap in gaps {
+            spool.append(&gap)?;
+        }
+        spool.flush()?;
+        spool.ack(record.id)?;
+        drop(spool);
+        self.stats.dead_letters_held = self.dead_letters.count()?.0;
+        Ok(())
+    }
+
+    /// Puts the dead letters an operator marked for resending back into the spool (see
+    /// [`DeadLetters::requeue_marked`]); a cheap directory read when there are none.
+    pub fn requeue_marked(&mut self, spool: &mut Spool) -> Result<u64, ForwardError> {
+        let mut requeued = self.dead_letters.requeue_marked(spool)?;
+        if !self.legacy_checked {
+            requeued += self.dead_letters.requeue_legacy(spool)?;
+            self.legacy_checked = true;
+        }
+        if requeued > 0 {
+            self.stats.requeued += requeued;
+            self.stats.dead_letters_held = self.dead_letters.count()?.0;
+        }
+        Ok(requeued)
+    }
+}
+
+/// Keeps the first records of a batch whose lines total at most `max_bytes` (always one).
+fn trim_to_bytes(mut batch: Vec<StoredRecord>, max_bytes: usize) -> Vec<StoredRecord> {
+    let mut total = 0usize;
+    let mut keep = 0;
+    for r in &batch {
+        // The line: the payload, its id and the JSON around them.
+        total = total.saturating_add(r.payload.len() + 64);
+        if keep > 0 && total > max_bytes {
+            break;
+        }
+        keep += 1;
+    }
+    batch.truncate(keep);
+    batch
+}
+
+/// An acknowledgement must account for every record of the batch, through its last id;
+/// anything else is not trusted to remove records from the spool.
+fn check_ack(ack: Ack, records: usize, last_id: &str) -> Result<Ack, SendError> {
+    if ack.accepted + ack.duplicates != records as u64 || ack.through != last_id {
+        return Err(SendError::Retriable {
+            kind: FailureKind::BadAck,
+            reason: format!(
+                "acknowledgement does not match the batch: {} accepted + {} duplicates of {records}, through {} (sent through {last_id})",
+                ack.accepted, ack.duplicates, ack.through
+            ),
+        });
+    }
+    Ok(ack)
+}
+
+fn is_gap(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_slice::<Kind<'_>>(payload).is_ok_and(|k| k.kind == Some("gap"))
+}
+
+/// A `teledge.gap/1` record (the shape the spool announces its own drops with).
+fn gap_record(
+    node: &str,
+    reason: &str,
+    dropped: u64,
+    first: Option<&str>,
+    last: Option<&str>,
+    status: Option<u16>,
+) -> Vec<u8> {
+    let mut gap = serde_json::json!({
+        "type": "gap",
+        "schema": "teledge.gap/1",
+        "node": node,
+        "reason": reason,
+        "dropped": dropped,
+        "first_dropped": first,
+        "last_dropped": last,
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    });
+    if let Some(status) = status {
+        gap["status"] = status.into();
+    }
+    serde_json::to_vec(&gap).unwrap_or_default()
 }
 
 /// Locks the spool; a poisoned lock (a panicking producer) still holds a consistent spool,
@@ -340,18 +742,9 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec<u8>> {
     let mut lines = Vec::with_capacity(records.len());
     for r in records {
-        let id = r.id.display(node);
-        // Records are JSON already; anything else is carried as a string so nothing is lost.
-        let record = match std::str::from_utf8(&r.payload)
-            .ok()
-            .and_then(|s| serde_json::value::RawValue::from_string(s.to_owned()).ok())
-        {
-            Some(raw) => raw,
-            None => serde_json::value::to_raw_value(&String::from_utf8_lossy(&r.payload))?,
-        };
         lines.push(serde_json::to_vec(&crate::uplink::BatchLine {
-            id,
-            record,
+            id: r.id.display(node),
+            record: raw_record(&r.payload),
         })?);
     }
     encode_lines(&lines)
@@ -371,5 +764,43 @@ mod tests {
         }
         b.reset();
         assert!(b.next_wait() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_content_refusals_are_not_retried() {
+        assert_eq!(classify(200), StatusClass::Accepted);
+        for s in [400, 413, 422] {
+            assert_eq!(classify(s), StatusClass::Content, "{s}");
+        }
+        for s in [
+            401, 403, 404, 405, 408, 409, 421, 429, 500, 502, 503, 301, 204,
+        ] {
+            assert_eq!(classify(s), StatusClass::Retry, "{s}");
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_but_never_empty() {
+        let rec = |seq, len| StoredRecord {
+            id: RecordId { epoch: 0, seq },
+            payload: vec![b'x'; len],
+        };
+        let batch: Vec<_> = (0..10).map(|i| rec(i, 936)).collect();
+        assert_eq!(trim_to_bytes(batch.clone(), 3000).len(), 3);
+        assert_eq!(trim_to_bytes(batch, 1 << 20).len(), 10);
+        assert_eq!(trim_to_bytes(vec![rec(0, 1 << 20)], 1000).len(), 1);
+    }
+
+    #[test]
+    fn an_acknowledgement_must_cover_the_batch() {
+        let ack = |accepted, through: &str| Ack {
+            batch: "b".into(),
+            accepted,
+            duplicates: 1,
+            through: through.into(),
+        };
+        assert!(check_ack(ack(2, "n:0:2"), 3, "n:0:2").is_ok());
+        assert!(check_ack(ack(1, "n:0:2"), 3, "n:0:2").is_err());
+        assert!(check_ack(ack(2, "n:0:1"), 3, "n:0:2").is_err());
     }
 }

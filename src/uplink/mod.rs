@@ -13,13 +13,43 @@
 //! spool order. `id` is the idempotency key: the collector stores each id once.
 //!
 //! Response `200` with `{"batch": "<batch id>", "accepted": n, "duplicates": n, "through":
-//! "<last id>"}` once every line is written and synced: only then does the agent remove the
-//! batch from its spool. `4xx` (other than 408 and 429) is permanent: the agent moves the batch
-//! to its bounded dead-letter area and goes on. Anything else (connection errors, timeouts,
-//! `408`, `429`, `5xx`) is retried with exponential backoff and full jitter (1 s to 60 s),
-//! without limit.
+//! "<last id>"}` once every line is written and synced: only then, and only if `accepted +
+//! duplicates` is the number of lines sent and `through` the last id sent, does the agent
+//! remove the batch from its spool.
+//!
+//! # Batches
+//!
+//! A batch holds at most `uplink.batch_records` records and `uplink.batch_max_bytes`
+//! (default 4 MiB) of uncompressed JSON lines, one record at least: the collector accepts
+//! 16 MiB compressed and 64 MiB inflated by default, so a batch within the defaults never
+//! meets them. `409` from `teledge collect` means the batch would move a sequence backwards
+//! within a store epoch: retried like any failure below, never dropped.
+//!
+//! # What the agent does with each answer
+//!
+//! - **Refused content — `400` (a line the collector cannot read), `413` (too large), `422`**:
+//!   the batch is split in half and the halves sent on (no wait), down to a single record;
+//!   past the refused range, batches grow back. Only a *single record* refused with one of
+//!   these is moved to the dead-letter area ([`dead_letter`]): sealed, bounded, announced
+//!   upstream by a gap record (`reason: "dead_letter"`), resent by `teledge dead-letters
+//!   resend`. After [`client::MAX_DEAD_LETTERS_IN_A_ROW`] single records refused in a row
+//!   without any batch accepted in between, a refusal is treated as a failing collector
+//!   (below) instead: one that refuses everything is broken, not the records.
+//! - **Everything else is a failing uplink, never a reason to drop records**: connection
+//!   refused or lost, TLS failures (unknown CA, wrong name, expired or refused certificate),
+//!   timeouts, an acknowledgement that does not match the batch, and every other status —
+//!   `401`/`403` (certificate or node id not accepted), `404`/`405` (wrong URL path), `408`,
+//!   `409`, `421`, `429`, `5xx`, redirects. The records stay in the spool and the batch is
+//!   retried with exponential backoff and full jitter (1 s to 60 s), without limit. The
+//!   failure is logged at ERROR once when the uplink starts failing (and again when the kind
+//!   of failure changes), at WARN when it works again; counted in
+//!   `teledge_uplink_failures_total{kind}`; and `/health` degrades when it has lasted
+//!   `observe.uplink_failing_after_s` (see [`crate::observe::health`]). A spool that does
+//!   not drain meanwhile is bounded by the spool's own policy (drop oldest or newest,
+//!   counted, announced by gap records).
 
 pub mod client;
+pub mod dead_letter;
 pub mod tls;
 
 use std::io::{Read, Write};

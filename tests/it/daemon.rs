@@ -14,11 +14,11 @@ use serde_json::Value;
 use crate::support::data_path;
 use crate::uplink::{collector, pki, stored, Pki};
 
-fn teledge() -> Command {
+pub(crate) fn teledge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 /// An agent configuration forwarding to `collector_port`, with `sources` added.
-fn agent_config(
+pub(crate) fn agent_config(
     pki: &Pki,
     dir: &Path,
     collector_port: u16,
@@ -76,20 +76,32 @@ drain_timeout_s = 20
 }
 
 /// A running agent; SIGTERM ends it and returns its exit summary.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     rest: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Agent {
-    fn start(config: &Path) -> Agent {
-        let child = teledge()
+    pub(crate) fn start(config: &Path) -> Agent {
+        let mut command = teledge();
+        command.env(
+            "TELEDGE_LOG",
+            std::env::var("TELEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        Agent::spawn(command, config)
+    }
+
+    /// As systemd would start it without `Environment=TELEDGE_LOG`.
+    fn start_with_default_log(config: &Path) -> Agent {
+        let mut command = teledge();
+        command.env_remove("TELEDGE_LOG");
+        Agent::spawn(command, config)
+    }
+
+    fn spawn(mut command: Command, config: &Path) -> Agent {
+        let child = command
             .args(["run", "--config"])
             .arg(config)
-            .env(
-                "TELEDGE_LOG",
-                std::env::var("TELEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -98,7 +110,7 @@ impl Agent {
     }
 
     /// Reads stderr until `line` shows up (the agent logs when it is running).
-    fn wait_for_log(&mut self, needle: &str) -> Vec<String> {
+    pub(crate) fn wait_for_log(&mut self, needle: &str) -> Vec<String> {
         let stderr = self.child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
@@ -147,8 +159,14 @@ impl Agent {
         false
     }
 
+    /// SIGKILL, as a crash or the OOM killer would end it, and wait for it to be gone.
+    pub(crate) fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, wait, and the `stopped:` summary.
-    fn stop(mut self) -> Value {
+    pub(crate) fn stop(mut self) -> Value {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -189,7 +207,7 @@ impl Drop for Agent {
 }
 
 /// Records at the collector, waiting until `count` of them satisfy `want` (or time runs out).
-fn collected(
+pub(crate) fn collected(
     out: &Path,
     want: impl Fn(&Value) -> bool,
     count: usize,
@@ -326,7 +344,7 @@ fn the_shipped_example_configuration_is_valid() {
 }
 
 /// A HEPv3 frame carrying one SIP message over UDP between two IPv4 endpoints.
-fn hep_frame(
+pub(crate) fn hep_frame(
     src: ([u8; 4], u16),
     dst: ([u8; 4], u16),
     secs: u32,
@@ -456,8 +474,16 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         .unwrap();
     stream.flush().unwrap();
     thread::sleep(Duration::from_millis(300));
+    // The memory the unit allows is well above what the load took (peak resident set).
+    let peak = peak_resident_bytes(agent.child.id());
+    let high = unit_memory_setting("MemoryHigh");
+    assert!(high < unit_memory_setting("MemoryMax"));
+    assert!(
+        peak * 4 < high,
+        "peak RSS {peak} bytes is not far below MemoryHigh= {high}"
+    );
     let summary = agent.stop();
-    println!("HEP load: {sent_calls} calls sent; agent summary {summary}");
+    println!("HEP load: {sent_calls} calls sent; peak RSS {peak} bytes; agent summary {summary}");
 
     let produced = summary["records_produced"].as_u64().unwrap();
     assert_eq!(summary["records_dropped_queue_full"], 0);
@@ -481,10 +507,13 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         produced,
         "every record produced reached the collector"
     );
-    let load: Vec<&Value> = calls
-        .iter()
-        .filter(|r| r["call_id"].as_str().unwrap().starts_with("load-"))
+    // Call-IDs reach the collector as keyed hashes: the test computes its own.
+    let load_ids: std::collections::BTreeSet<String> = (0..400u32)
+        .chain([9999])
+        .map(|n| pseudonym(&pki, &format!("load-{n}@hep.test")))
         .collect();
+    let is_load = |r: &Value| load_ids.contains(r["call_id"].as_str().unwrap());
+    let load: Vec<&Value> = calls.iter().filter(|r| is_load(r)).collect();
     assert_eq!(
         load.len(),
         sent_calls as usize + 1,
@@ -508,12 +537,129 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
     );
     assert_eq!(partial[0]["complete"], false);
     // The call inside hep.pcap (challenged with 407; TShark shows its six messages).
-    assert!(
-        calls
-            .iter()
-            .any(|r| !r["call_id"].as_str().unwrap().starts_with("load-")),
-        "the hep.pcap call"
+    assert!(calls.iter().any(|r| !is_load(r)), "the hep.pcap call");
+}
+
+/// `VmHWM` of a process, from `/proc/<pid>/status`.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib * 1024
+}
+
+/// A memory setting of the shipped unit (`MemoryHigh=768M`), in bytes.
+fn unit_memory_setting(name: &str) -> u64 {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/teledge.service"),
+    )
+    .unwrap();
+    let value = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("the unit sets no {name}="));
+    let (number, unit) = value.split_at(value.len() - 1);
+    let factor = match unit {
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("{name}={value}: unit {other}"),
+    };
+    number.parse::<u64>().unwrap() * factor
+}
+
+/// The pseudonym of a Call-ID under the test site key.
+fn pseudonym(pki: &Pki, call_id: &str) -> String {
+    let key: [u8; 32] = std::fs::read(pki.path("site.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    teledge::privacy::Pseudonymizer::new(teledge::privacy::Privacy::keyed_hash(key))
+        .identifier(call_id)
+}
+
+/// An INVITE (alone: the call stays in setup) as a HEP frame stamped `secs`.
+fn lone_invite(call_id: &str, secs: u32) -> Vec<u8> {
+    let invite = format!(
+        "INVITE sip:200@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call_id}\r\nFrom: <sip:100@pbx>;tag=a\r\nTo: <sip:200@pbx>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     );
+    hep_frame(
+        ([10, 0, 0, 1], 5060),
+        ([10, 0, 0, 2], 5060),
+        secs,
+        0,
+        invite.as_bytes(),
+    )
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+#[test]
+fn a_hep_frame_stamped_in_the_future_does_not_freeze_call_timeouts() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let (udp_port, metrics_port) = (free_port(), free_port());
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\nudp = \"127.0.0.1:{udp_port}\"\n[correlation]\nsetup_timeout_s = 1\n"),
+        Some(metrics_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = unix_now();
+    // A sender a day ahead, one an hour behind, then one on time.
+    for (call_id, secs) in [
+        ("future@hep.test", now + 86_400),
+        ("past@hep.test", now - 3600),
+        ("present@hep.test", now),
+    ] {
+        sock.send_to(&lone_invite(call_id, secs), ("127.0.0.1", udp_port))
+            .unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Setup timeout 1 s, ticks every second: all three time out within seconds, on the
+    // local clock, while the agent runs (not at shutdown).
+    let timed_out = collected(
+        &out,
+        |r| r["type"] == "call" && r["closed_by"] == "timeout",
+        3,
+        Duration::from_secs(15),
+    );
+    assert_eq!(timed_out.len(), 3, "{timed_out:#?}");
+    for id in ["future@hep.test", "past@hep.test", "present@hep.test"] {
+        let call = timed_out
+            .iter()
+            .find(|r| r["call_id"] == pseudonym(&pki, id))
+            .unwrap_or_else(|| panic!("{id} not timed out: {timed_out:#?}"));
+        // Every time is the local clock's (within the test's seconds), not the sender's.
+        let invite = humantime::parse_rfc3339(call["invite_time"].as_str().unwrap()).unwrap();
+        let at = invite
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((at - i64::from(now)).abs() < 30, "{id}: {call}");
+    }
+    let metrics = http_get(metrics_port, "/metrics");
+    for direction in ["future", "past"] {
+        let line = format!(
+            "teledge_timestamps_clamped_total{{source=\"hep\",direction=\"{direction}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    agent.stop();
 }
 
 /// A SIPp process, killed when dropped.
@@ -830,4 +976,357 @@ fn an_interface_that_appears_after_start_is_captured_once_it_is_there() {
         let summary = agent.stop();
         assert_eq!(summary["kernel_drops"], 0);
     });
+}
+
+/// `check-config` on the agent configuration of `agent_config` with `edit` applied.
+fn check_config_with(pki: &Pki, edit: impl Fn(String) -> String) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = agent_config(
+        pki,
+        dir.path(),
+        9,
+        "[hep]\nudp = \"127.0.0.1:9060\"\n",
+        None,
+    );
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, &text).unwrap();
+    teledge().arg("check-config").arg(&path).output().unwrap()
+}
+
+#[test]
+fn check_config_refuses_values_that_would_break_the_service() {
+    let pki = pki();
+    let base = check_config_with(&pki, |t| t);
+    assert!(
+        base.status.success(),
+        "the base is valid: {}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    let site = pki.path("site.key").display().to_string();
+    let spool = pki.path("spool.key").display().to_string();
+    let edge_key = pki.path("edge-01.key").display().to_string();
+    let other_key = pki.path("edge-02.key").display().to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "uplink.timeout_ms",
+            "must be between",
+            Box::new(|t| t.replace("timeout_ms = 3000", "timeout_ms = 0")),
+        ),
+        (
+            "spool.disk_reserve_bytes",
+            "whole file system",
+            Box::new(|t| {
+                t.replace(
+                    "flush_interval_ms = 20",
+                    "flush_interval_ms = 20\ndisk_reserve_bytes = 1000000000000000000",
+                )
+            }),
+        ),
+        (
+            "spool.cache_bytes",
+            "must be between",
+            Box::new(|t| {
+                t.replace(
+                    "flush_interval_ms = 20",
+                    "flush_interval_ms = 20\ncache_bytes = 0",
+                )
+            }),
+        ),
+        (
+            "node.id",
+            "not \".\" or \"..\"",
+            Box::new(|t| t.replace("id = \"edge-01\"", "id = \"..\"")),
+        ),
+        (
+            "node.id",
+            "common name",
+            Box::new(|t| t.replace("id = \"edge-01\"", "id = \"edge-02\"")),
+        ),
+        (
+            "hep.udp",
+            "without an auth_key",
+            Box::new(|t| t.replace("127.0.0.1:9060", "0.0.0.0:9060")),
+        ),
+        (
+            "hep.udp",
+            "without an auth_key",
+            Box::new(|t| t.replace("127.0.0.1:9060", "[::]:9060")),
+        ),
+        (
+            "privacy.site_key_file",
+            "spool sealing key",
+            Box::new(move |t| t.replace(&site, &spool)),
+        ),
+        (
+            "uplink.key_file",
+            "does not belong to the certificate",
+            Box::new(move |t| t.replace(&edge_key, &other_key)),
+        ),
+        (
+            "uplink.ca_file",
+            "not a regular file",
+            Box::new(move |t| t.replace(&ca, "/tmp")),
+        ),
+        (
+            "correlation.queue_bytes",
+            "must be between",
+            Box::new(|t| t.replace("[privacy]", "[correlation]\nqueue_bytes = 0\n[privacy]")),
+        ),
+        (
+            "hep.first_frame_timeout_s",
+            "must be between",
+            Box::new(|t| {
+                t.replace(
+                    "udp = \"127.0.0.1:9060\"",
+                    "udp = \"127.0.0.1:9060\"\nfirst_frame_timeout_s = 0",
+                )
+            }),
+        ),
+    ];
+    for (path, reason, edit) in cases {
+        let out = check_config_with(&pki, edit);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{path}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(path) && l.contains(reason)),
+            "{path} ({reason}) not reported:\n{stderr}"
+        );
+    }
+    // A spool bound larger than its file system is a warning: the service runs.
+    let out = check_config_with(&pki, |t| {
+        t.replace(
+            "flush_interval_ms = 20",
+            "flush_interval_ms = 20\nmax_bytes = 1000000000000000000",
+        )
+    });
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: spool.max_bytes"), "{stderr}");
+    // Buffers beyond the unit's MemoryHigh=: a warning naming it.
+    let out = check_config_with(&pki, |t| {
+        t.replace(
+            "[privacy]",
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 1024\n[privacy]",
+        )
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("MemoryHigh="), "{stderr}");
+}
+
+#[test]
+fn a_configuration_failure_found_only_at_run_start_exits_78() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    // Valid on paper, but no interface of this host has the address (TEST-NET-1).
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[hep]\ntcp = \"192.0.2.1:9060\"\nauth_key = \"k\"\n",
+        None,
+    );
+    let check = teledge().arg("check-config").arg(&config).output().unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let out = teledge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("192.0.2.1:9060"), "{stderr}");
+}
+
+#[test]
+fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    // At first the uplink points where nobody listens: records wait in the spool.
+    let (nobody, udp_port, other_udp) = (free_port(), free_port(), free_port());
+    let sensor = |name: &str| {
+        format!(
+            "[[sensors]]\nname = \"{name}\"\nport = \"/nonexistent/ttyTEST\"\nprofile = \"megatec-q1-ups\"\npoll_interval_s = 0.5\nrecord_interval_s = 0.5\n"
+        )
+    };
+    let sources = format!(
+        "[hep]\nudp = \"127.0.0.1:{udp_port}\"\n{}",
+        sensor("room-a")
+    );
+    let config = agent_config(&pki, dir.path(), nobody, &sources, None);
+    let mut agent = Agent::start_with_default_log(&config);
+    let start = agent.wait_for_log("teledge running").join("\n");
+    for said in [
+        "Starting teledge",
+        "edge-01",
+        &format!("127.0.0.1:{udp_port}"),
+        "room-a",
+        &dir.path().join("spool").display().to_string(),
+        &format!("https://localhost:{nobody}/v1/batches"),
+    ] {
+        assert!(start.contains(said), "{said:?} not said at start:\n{start}");
+    }
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        stored(&out).is_empty(),
+        "nothing can reach the collector yet"
+    );
+
+    // The collector's address, another sensor, another HEP port, another timeout.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &format!("localhost:{nobody}"),
+            &format!("localhost:{}", c.port),
+        )
+        .replace("room-a", "room-b")
+        .replace(
+            &format!("127.0.0.1:{udp_port}\""),
+            &format!("127.0.0.1:{other_udp}\"\n[correlation]\nsetup_timeout_s = 2"),
+        );
+    std::fs::write(&config, text).unwrap();
+    let pid = agent.child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(
+        agent.wait_for_later_log("SIGHUP: configuration valid", Duration::from_secs(10)),
+        "no reload line: {:#?}",
+        agent.rest.as_ref().unwrap().lock().unwrap()
+    );
+    thread::sleep(Duration::from_millis(200));
+    let log = agent.rest.as_ref().unwrap().lock().unwrap().join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: configuration valid"))
+        .unwrap();
+    assert!(
+        line.contains("Applied: sensors, uplink")
+            && line.contains("needs a restart to take effect: hep, correlation"),
+        "{line}"
+    );
+    // Applied for real: the spooled readings of room-a and new ones of room-b arrive.
+    let device_records =
+        |name: &'static str| move |r: &Value| r["type"] == "sensor" && r["device"] == name;
+    assert!(!collected(&out, device_records("room-a"), 1, Duration::from_secs(15)).is_empty());
+    assert!(!collected(&out, device_records("room-b"), 1, Duration::from_secs(15)).is_empty());
+    // A second SIGHUP without changes says so, and still names what waits for a restart.
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let log = agent.rest.as_ref().unwrap().lock().unwrap().join("\n");
+    let second = log
+        .lines()
+        .filter(|l| l.contains("SIGHUP: configuration valid"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second reload line in {log}"));
+    assert!(
+        second.contains("Nothing changed that applies at once")
+            && second.contains("needs a restart to take effect: hep, correlation"),
+        "{second}"
+    );
+    agent.stop();
+}
+
+/// A read-only tmpfs, unmounted when dropped.
+struct ReadOnlyMount(PathBuf);
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn check_config_refuses_a_spool_directory_it_cannot_write() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting needs root (CI runs as root)");
+    let _mount = ReadOnlyMount(ro.clone());
+    let unwritable = ro.join("spool");
+    let out = check_config_with(&pki, |t| {
+        t.lines()
+            .map(|l| match l.starts_with("dir = ") {
+                true => format!("dir = \"{}\"", unwritable.display()),
+                false => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hep_connection_bounds_of_the_configuration_hold_and_are_counted() {
+    use std::io::Read;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp_port, metrics_port) = (free_port(), free_port());
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        &format!(
+            "[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\nfirst_frame_timeout_s = 1\nmax_connections_per_source = 1\n"
+        ),
+        Some(metrics_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    // Closed by the agent: end of stream or a reset, not a read timeout.
+    let closed_within = |conn: &mut TcpStream, within: Duration| {
+        conn.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    // A silent client holds the only slot of its address, then loses it.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let mut second = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    assert!(
+        closed_within(&mut second, Duration::from_secs(3)),
+        "second connection served"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "silent connection kept"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Counted, under the metric the operator sees.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = [
+        "teledge_hep_connections_closed_total{reason=\"refused_per_source\"} 1",
+        "teledge_hep_connections_closed_total{reason=\"no_valid_first_frame\"} 1",
+    ];
+    loop {
+        let metrics = http_get(metrics_port, "/metrics");
+        if want.iter().all(|w| metrics.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{want:?} not in:\n{metrics}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
 }

@@ -409,7 +409,7 @@ async fn hep_listener_drops_and_counts_when_the_channel_is_full() {
 
 #[tokio::test]
 async fn hep_listener_closes_idle_connections() {
-    let l = start(
+    let mut l = start(
         HepListenerSettings {
             tcp: local(),
             idle_timeout: Duration::from_millis(100),
@@ -421,16 +421,17 @@ async fn hep_listener_closes_idle_connections() {
     let mut conn = tokio::net::TcpStream::connect(l.listener_tcp.unwrap())
         .await
         .unwrap();
-    let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
-    )
-    .await
-    .expect("the listener closes the idle connection")
-    .unwrap_or(0);
-    assert_eq!(n, 0);
+    // A sender that proved itself with a valid frame, then fell silent.
+    conn.write_all(&hep_frames("hep.pcap").remove(0).1)
+        .await
+        .unwrap();
+    l.events(1).await;
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5)).await,
+        "the listener closes the idle connection"
+    );
     assert_eq!(l.stats.idle_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(l.stats.first_frame_timeouts.load(Ordering::Relaxed), 0);
     l.stop().await;
 }
 
@@ -513,5 +514,163 @@ async fn hep_listener_over_tls() {
         s.tls_handshake_failures.load(Ordering::Relaxed) == 1
     })
     .await;
+    l.stop().await;
+}
+
+/// Reads until the peer closes (0 bytes or an error); false when still open after `within`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(conn, &mut buf)).await
+        {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn hep_listener_closes_connections_without_a_valid_first_frame() {
+    let mut l = start(
+        HepListenerSettings {
+            tcp: local(),
+            auth_key: Some(b"myHep".to_vec()),
+            first_frame_timeout: Duration::from_millis(300),
+            ..HepListenerSettings::default()
+        },
+        64,
+    )
+    .await;
+    let addr = l.listener_tcp.unwrap();
+    let good = hep_frames("hep.pcap").remove(0).1; // carries the key "myHep"
+                                                   // Silent, garbage only, and a well-formed frame with the wrong key: all closed soon,
+                                                   // not after the 300 s idle timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut wrong_key = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(&[0x55; 4000]).await.unwrap();
+    let mut unkeyed = good.clone();
+    let at = unkeyed.windows(5).position(|w| w == b"myHep").unwrap();
+    unkeyed[at..at + 5].copy_from_slice(b"wrong");
+    wrong_key.write_all(&unkeyed).await.unwrap();
+    // A sender with a valid first frame stays beyond the deadline.
+    let mut honest = tokio::net::TcpStream::connect(addr).await.unwrap();
+    honest.write_all(&good).await.unwrap();
+    l.events(1).await;
+    for (name, conn) in [
+        ("silent", &mut silent),
+        ("garbage", &mut garbage),
+        ("wrong key", &mut wrong_key),
+    ] {
+        assert!(
+            closed_within(conn, Duration::from_secs(5)).await,
+            "{name} connection still open"
+        );
+    }
+    l.until("first-frame timeouts", |s| {
+        s.first_frame_timeouts.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    assert!(!closed_within(&mut honest, Duration::from_millis(500)).await);
+    honest.write_all(&good).await.unwrap();
+    assert_eq!(
+        l.events(1).await.len(),
+        1,
+        "the honest sender is still served"
+    );
+    assert_eq!(l.stats.auth_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(l.stats.idle_timeouts.load(Ordering::Relaxed), 0);
+    l.stop().await;
+}
+
+async fn connect_from(local_ip: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((local_ip, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn hep_listener_limits_connections_per_source_and_in_total() {
+    let mut l = start(
+        HepListenerSettings {
+            tcp: local(),
+            max_connections: 3,
+            max_connections_per_source: 2,
+            ..HepListenerSettings::default()
+        },
+        64,
+    )
+    .await;
+    let addr = l.listener_tcp.unwrap();
+    let good = hep_frames("hep.pcap").remove(0).1;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect_from([127, 0, 0, 1], addr).await;
+        c.write_all(&good).await.unwrap();
+        open.push(c);
+    }
+    l.events(2).await;
+    // A third from the same address is refused; another address still gets in.
+    let mut third = connect_from([127, 0, 0, 1], addr).await;
+    assert!(closed_within(&mut third, Duration::from_secs(5)).await);
+    l.until("per-source refusal", |s| {
+        s.connections_refused_per_source.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let mut other = connect_from([127, 0, 0, 2], addr).await;
+    other.write_all(&good).await.unwrap();
+    l.events(1).await;
+    // Three open: the total bound refuses a fourth, whatever its address.
+    let mut fourth = connect_from([127, 0, 0, 3], addr).await;
+    assert!(closed_within(&mut fourth, Duration::from_secs(5)).await);
+    l.until("total refusal", |s| {
+        s.connections_refused.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Closing one gives its place back.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from([127, 0, 0, 1], addr).await;
+    again.write_all(&good).await.unwrap();
+    l.events(1).await;
+    assert_eq!(l.stats.connections.load(Ordering::Relaxed), 4);
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn hep_listener_bounds_its_queue_by_bytes() {
+    let frame = hep_frames("hep.pcap").remove(0).1;
+    let payload = hep::parse(&frame).unwrap().payload.len();
+    let bound = 8 * 1024;
+    let mut l = start(
+        HepListenerSettings {
+            udp: local(),
+            max_queue_bytes: bound,
+            ..HepListenerSettings::default()
+        },
+        1000, // frames: far from the bound; bytes decide
+    )
+    .await;
+    send_udp(l.listener_udp.unwrap(), vec![frame.clone(); 40]).await;
+    l.until("frames", |s| s.frames.load(Ordering::Relaxed) == 40)
+        .await;
+    let dropped = l.stats.dropped_queue_bytes.load(Ordering::Relaxed);
+    let queued = 40 - dropped as usize;
+    assert!(
+        dropped > 0 && queued > 0,
+        "queued {queued}, dropped {dropped}"
+    );
+    let events = l.events(queued).await;
+    let held: usize = events.iter().map(|e| e.charge.bytes()).sum();
+    assert!(held <= bound, "{held} bytes queued over the bound {bound}");
+    assert!(held > payload * queued, "each event is charged its payload");
+    assert!(l.rx.try_recv().is_err());
+    // Dropping the events gives their bytes back: the queue takes frames again.
+    drop(events);
+    send_udp(l.listener_udp.unwrap(), vec![frame; 2]).await;
+    assert_eq!(l.events(2).await.len(), 2);
+    assert_eq!(l.stats.dropped_queue_bytes.load(Ordering::Relaxed), dropped);
     l.stop().await;
 }

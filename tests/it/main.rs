@@ -6,13 +6,15 @@
 mod calls;
 mod cli;
 mod conformance;
-mod daemon;
+mod crash;
+pub(crate) mod daemon;
 mod encapsulation;
 mod generated;
 mod hep;
 pub(crate) mod live;
 mod media;
 mod observe;
+mod privacy;
 mod regressions;
 mod robustness;
 pub(crate) mod sensors;

@@ -279,6 +279,16 @@ fn spool_levels_are_read_at_scrape_time() {
         .value,
         0.0
     );
+    for (name, label) in [
+        (
+            "teledge_spool_records_dropped_total",
+            ("reason", "unreadable"),
+        ),
+        ("teledge_spool_quarantines_total", ("event", "quarantined")),
+        ("teledge_spool_quarantines_total", ("event", "pruned")),
+    ] {
+        assert_eq!(find(&samples, name, &[label]).unwrap().value, 0.0, "{name}");
+    }
     // A scrape while the spool is busy does not wait: it shows the last values.
     let guard = spool.lock().unwrap();
     let started = Instant::now();
@@ -349,7 +359,7 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     health.set_spool_open(true);
     health.progress(Stage::Capture);
     health.progress(Stage::SpoolWriter);
-    health.uplink_current();
+    health.uplink_acked();
     let (status, _, body) = get(addr, "GET", "/health").await;
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -594,4 +604,309 @@ fn sysusers_file_parses() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("Failed"), "{stderr}");
+}
+
+/// `/health` of a real agent (`teledge run`) whose uplink fails in a given way.
+mod agent_health {
+    use std::io::{Read, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::support::data_path;
+    use crate::uplink::{collector, collector_on, pki, stored, Pki};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// The forwarding sections (also a `replay --forward` configuration).
+    fn forward_sections(pki: &Pki, dir: &Path, url: &str) -> String {
+        format!(
+            r#"
+[node]
+id = "edge-01"
+[privacy]
+mode = "keyed_hash"
+site_key_file = "{site}"
+[spool]
+dir = "{spool}"
+key_file = "{key}"
+key_id = 1
+flush_interval_ms = 20
+[uplink]
+url = "{url}"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{client_key}"
+timeout_ms = 2000
+"#,
+            site = pki.path("site.key").display(),
+            spool = dir.join("spool").display(),
+            key = pki.path("spool.key").display(),
+            ca = pki.path("ca.pem").display(),
+            cert = pki.path("edge-01.pem").display(),
+            client_key = pki.path("edge-01.key").display(),
+        )
+    }
+
+    /// Five records waiting in the spool: `replay --forward` towards a collector that is
+    /// not there leaves them spooled (exit 3).
+    fn spool_five_records(pki: &Pki, dir: &Path) {
+        let config = dir.join("forward.toml");
+        let url = format!("https://localhost:{}/v1/batches", free_port());
+        std::fs::write(&config, forward_sections(pki, dir, &url)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args([
+                "replay",
+                "--no-progress",
+                "--forward-timeout",
+                "1",
+                "--forward",
+            ])
+            .arg(&config)
+            .arg(data_path("sngrep_aaa.pcap"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    }
+
+    struct Agent(Child);
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_agent(pki: &Pki, dir: &Path, url: &str, metrics_port: u16) -> Agent {
+        let config: PathBuf = dir.join("teledge.toml");
+        // HEP on loopback: a source is required, and this one stays quiet.
+        let text = format!(
+            "{}\n[hep]\nudp = \"127.0.0.1:{}\"\n[observe]\nlisten = \"127.0.0.1:{metrics_port}\"\nuplink_failing_after_s = 2\n",
+            forward_sections(pki, dir, url),
+            free_port()
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent(child)
+    }
+
+    fn http_get(port: u16, path: &str) -> String {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// GET /health over HTTP: (status, report).
+    fn health(port: u16) -> Option<(u16, serde_json::Value)> {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            tcp,
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, serde_json::from_str(body).ok()?))
+    }
+
+    /// Polls `/health` until it answers `status`; returns the report and when it came.
+    fn wait_for(port: u16, status: u16, within: Duration) -> (serde_json::Value, Duration) {
+        wait_until(port, |s, _| s == status, within)
+    }
+
+    /// Polls `/health` until `want(status, report)`; returns the report and when it came.
+    fn wait_until(
+        port: u16,
+        want: impl Fn(u16, &serde_json::Value) -> bool,
+        within: Duration,
+    ) -> (serde_json::Value, Duration) {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < within {
+            if let Some((s, report)) = health(port) {
+                if want(s, &report) {
+                    return (report, start.elapsed());
+                }
+                last = Some((s, report));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("/health never answered as wanted within {within:?}; last: {last:#?}");
+    }
+
+    fn reasons(report: &serde_json::Value) -> String {
+        report["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Degraded within the configured time (2 s, plus start and a poll), naming `cause`, and
+    /// never claiming a success that did not happen.
+    fn assert_degraded_by(port: u16, cause: &str) -> serde_json::Value {
+        // Before the configured time the agent has been failing, but says ok.
+        let (early, _) = wait_for(port, 200, Duration::from_secs(20));
+        assert_eq!(early["uplink_ever_acknowledged"], false, "{early:#}");
+        assert!(
+            early["uplink_last_success_seconds_ago"].is_null(),
+            "{early:#}"
+        );
+        // Records wait from the start; the first attempt fails within a second of it.
+        let (report, after) = wait_until(
+            port,
+            |s, r| s == 503 && reasons(r).contains("uplink failing for"),
+            Duration::from_secs(20),
+        );
+        assert!(after < Duration::from_secs(10), "{after:?}");
+        let why = reasons(&report);
+        assert!(why.contains("uplink failing for"), "{why}");
+        assert!(why.contains("no batch acknowledged since start"), "{why}");
+        assert!(why.contains("spool not drained"), "{why}");
+        assert!(why.contains(cause), "{cause:?} not in {why}");
+        assert_eq!(report["uplink_ever_acknowledged"], false);
+        assert!(report["uplink_last_success_seconds_ago"].is_null());
+        assert!(report["uplink_failing_seconds"].as_f64().unwrap() > 2.0);
+        report
+    }
+
+    #[test]
+    fn health_degrades_while_the_collector_is_stopped_and_recovers_when_it_is_back() {
+        let pki = pki();
+        let work = tempfile::tempdir().unwrap();
+        spool_five_records(&pki, work.path());
+        let port = free_port();
+        let metrics = free_port();
+        let _agent = start_agent(
+            &pki,
+            work.path(),
+            &format!("https://localhost:{port}/v1/batches"),
+            metrics,
+        );
+        assert_degraded_by(metrics, "Connection refused");
+        let out = work.path().join("collected");
+        let c = collector_on(&pki, "collector", &out, port);
+        // The agent's backoff is 1 s doubling to 60 s: after a few seconds of failures the
+        // next attempt is at most 16 s away.
+        let (report, _) = wait_for(metrics, 200, Duration::from_secs(40));
+        assert_eq!(report["uplink_ever_acknowledged"], true, "{report:#}");
+        assert!(report["uplink_last_success_seconds_ago"].as_f64().unwrap() < 30.0);
+        assert!(report["uplink_failing_seconds"].is_null());
+        assert_eq!(stored(&out).len(), 5);
+        drop(c);
+    }
+
+    #[test]
+    fn health_degrades_on_a_collector_of_another_ca() {
+        let pki = pki();
+        let work = tempfile::tempdir().unwrap();
+        spool_five_records(&pki, work.path());
+        let out = work.path().join("collected");
+        let c = collector(&pki, "collector-rogue", &out);
+        let metrics = free_port();
+        let _agent = start_agent(
+            &pki,
+            work.path(),
+            &format!("https://localhost:{}/v1/batches", c.port),
+            metrics,
+        );
+        assert_degraded_by(metrics, "UnknownIssuer");
+        assert!(stored(&out).is_empty());
+    }
+
+    #[test]
+    fn health_degrades_on_a_wrong_collector_path_and_nothing_is_dead_lettered() {
+        let pki = pki();
+        let work = tempfile::tempdir().unwrap();
+        spool_five_records(&pki, work.path());
+        let out = work.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let metrics = free_port();
+        let _agent = start_agent(
+            &pki,
+            work.path(),
+            &format!("https://localhost:{}/v1/batchez", c.port),
+            metrics,
+        );
+        let report = assert_degraded_by(metrics, "collector answered 404 to /v1/batchez");
+        assert_eq!(report["dead_letter_records"], 0);
+        assert!(stored(&out).is_empty());
+        // The alert as metrics: failures by kind, and the uplink failing now.
+        let text = http_get(metrics, "/metrics");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        };
+        assert!(value("teledge_uplink_failures_total{kind=\"status_404\"}") >= 2.0);
+        assert!(value("teledge_uplink_consecutive_failures") >= 2.0);
+        assert_eq!(value("teledge_uplink_records_dead_lettered_total"), 0.0);
+        assert_eq!(value("teledge_uplink_batches_acked_total"), 0.0);
+    }
+
+    #[test]
+    fn dead_letters_degrade_health_until_resent_to_the_running_agent() {
+        let pki = pki();
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let url = format!("https://localhost:{}/v1/batches", c.port);
+        // A record refused earlier (by a collector since fixed), held as a dead letter.
+        let forward = work.path().join("forward.toml");
+        std::fs::write(&forward, forward_sections(&pki, work.path(), &url)).unwrap();
+        let config = teledge::config::load_forward(&forward).unwrap();
+        teledge::uplink::dead_letter::DeadLetters::for_config(&config)
+            .store(
+                teledge::spool::RecordId { epoch: 0, seq: 7 },
+                br#"{"type":"test","marker":"refused-once"}"#,
+                422,
+                "unprocessable",
+            )
+            .unwrap();
+        let metrics = free_port();
+        let _agent = start_agent(&pki, work.path(), &url, metrics);
+        let (report, _) = wait_for(metrics, 503, Duration::from_secs(20));
+        let why = reasons(&report);
+        assert!(
+            why.contains("1 record(s) refused by the collector held as dead letters"),
+            "{why}"
+        );
+        assert_eq!(report["dead_letter_records"], 1);
+        // The operator resends while the agent runs; it requeues and forwards the record.
+        let resend = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["dead-letters", "resend", "--config"])
+            .arg(work.path().join("teledge.toml"))
+            .output()
+            .unwrap();
+        assert!(resend.status.success(), "{resend:?}");
+        let (report, _) = wait_for(metrics, 200, Duration::from_secs(20));
+        assert_eq!(report["dead_letter_records"], 0);
+        let lines = stored(&out);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["record"]["marker"], "refused-once");
+        assert_ne!(lines[0]["id"], "edge-01:0:7", "resent under a new id");
+    }
 }

@@ -76,7 +76,7 @@ proptest! {
                     if bounded {
                         // Dropped records are the oldest: what is left is a suffix of the
                         // model, read in order.
-                        sync_drops(&mut model, &spool, durable);
+                        sync_drops(&mut model, &mut spool, durable);
                     }
                     let expected: Vec<_> = model
                         .iter()
@@ -89,7 +89,7 @@ proptest! {
                 }
                 Op::Ack(n) => {
                     if bounded {
-                        sync_drops(&mut model, &spool, durable);
+                        sync_drops(&mut model, &mut spool, durable);
                     }
                     // The forwarder only ever acknowledges what it read: durable records.
                     let sendable = model
@@ -99,6 +99,9 @@ proptest! {
                     if sendable > 0 {
                         let (through, _) = model[n % sendable].clone();
                         spool.ack(through).unwrap();
+                        // An acknowledgement is durable at once, and so is every append
+                        // before it (one flush).
+                        durable = last_id;
                         while model.front().is_some_and(|(id, _)| *id <= through) {
                             model.pop_front();
                         }
@@ -124,10 +127,10 @@ proptest! {
         }
         // Everything the model still holds is in the spool, in order, after a restart.
         drop(spool);
-        let (spool, _) = Spool::open(config.clone(), keyring()).unwrap();
+        let (mut spool, _) = Spool::open(config.clone(), keyring()).unwrap();
         if bounded {
             let mut m = model.clone();
-            sync_drops(&mut m, &spool, last_id);
+            sync_drops(&mut m, &mut spool, last_id);
             model = m;
         }
         let all: Vec<_> = spool
@@ -146,7 +149,11 @@ fn is_gap(payload: &[u8]) -> bool {
 }
 
 /// Removes from the model the oldest records the spool dropped under its bound.
-fn sync_drops(model: &mut VecDeque<(RecordId, Vec<u8>)>, spool: &Spool, durable: Option<RecordId>) {
+fn sync_drops(
+    model: &mut VecDeque<(RecordId, Vec<u8>)>,
+    spool: &mut Spool,
+    durable: Option<RecordId>,
+) {
     let present: Vec<RecordId> = spool
         .read(None, usize::MAX)
         .unwrap()
@@ -168,4 +175,46 @@ fn sync_drops(model: &mut VecDeque<(RecordId, Vec<u8>)>, spool: &Spool, durable:
             .all(|(id, _)| present.contains(id)),
         "a record vanished from the middle of the spool"
     );
+}
+
+/// The child of `a_kill_right_after_open_keeps_the_store_epoch`: opens the spool named by
+/// `TELEDGE_SPOOL_CHILD`, prints its epoch, and waits to be killed.
+#[test]
+#[ignore = "run as a child process by a_kill_right_after_open_keeps_the_store_epoch"]
+fn spool_child_opens_and_waits() {
+    let dir = std::env::var("TELEDGE_SPOOL_CHILD").unwrap();
+    let (spool, _) = Spool::open(SpoolConfig::new(dir, "node-m"), keyring()).unwrap();
+    println!("epoch {}", spool.epoch());
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_kill_right_after_open_keeps_the_store_epoch() {
+    use std::io::BufRead;
+    // Open flushes: the epoch a new store chose is on disk before anything else happens, so a
+    // SIGKILL right after the open finds the same store again.
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "spool_model::spool_child_opens_and_waits",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TELEDGE_SPOOL_CHILD", &spool_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut epoch = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(e) = line.unwrap().strip_prefix("epoch ") {
+            epoch = Some(e.parse::<u64>().unwrap());
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (spool, _) = Spool::open(SpoolConfig::new(&spool_dir, "node-m"), keyring()).unwrap();
+    assert_eq!(Some(spool.epoch()), epoch);
 }

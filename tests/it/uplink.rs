@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 use crate::support::data_path;
@@ -31,10 +31,27 @@ fn ca(name: &str) -> Ca {
     }
 }
 
-/// (certificate PEM, key PEM) for `cn` with the given names, signed by `ca`.
+/// (certificate PEM, key PEM) for `cn` with the given names, signed by `ca`: a server
+/// certificate (serverAuth) when it has names, else a node's client certificate (clientAuth).
 fn leaf(ca: &Ca, cn: &str, names: &[&str], expired: bool) -> (String, String) {
+    let eku = if names.is_empty() {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    };
+    leaf_with(ca, cn, names, expired, &[eku])
+}
+
+fn leaf_with(
+    ca: &Ca,
+    cn: &str,
+    names: &[&str],
+    expired: bool,
+    eku: &[ExtendedKeyUsagePurpose],
+) -> (String, String) {
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.extended_key_usages = eku.to_vec();
     params.distinguished_name.push(DnType::CommonName, cn);
     if expired {
         params.not_before = date_time_ymd(2020, 1, 1);
@@ -91,16 +108,37 @@ pub(crate) fn pki() -> Pki {
     put("edge-01", leaf(&site, "edge-01", &[], false));
     put("edge-02", leaf(&site, "edge-02", &[], false));
     put("edge-01-rogue", leaf(&rogue, "edge-01", &[], false));
+    // Certificates of the site CA whose common names are not safe node ids, and one without
+    // the clientAuth extended key usage.
+    let client = [ExtendedKeyUsagePurpose::ClientAuth];
+    put("node-dotdot", leaf_with(&site, "..", &[], false, &client));
+    put(
+        "node-traversal",
+        leaf_with(&site, "a/../b", &[], false, &client),
+    );
+    let absolute = pki.path("abs-node").display().to_string();
+    put(
+        "node-absolute",
+        leaf_with(&site, &absolute, &[], false, &client),
+    );
+    put("node-no-eku", leaf_with(&site, "edge-03", &[], false, &[]));
     std::fs::write(pki.path("spool.key"), [11u8; 32]).unwrap();
     std::fs::write(pki.path("site.key"), [12u8; 32]).unwrap();
     pki
 }
 
-/// A running collector; killed when dropped.
+/// A running collector; killed when dropped. Its log (stderr) is in `log`.
 pub(crate) struct Collector {
     child: Child,
     pub(crate) port: u16,
     out: PathBuf,
+    log: PathBuf,
+}
+
+impl Collector {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Collector {
@@ -114,8 +152,31 @@ pub(crate) fn collector(pki: &Pki, cert: &str, out: &Path) -> Collector {
     collector_on(pki, cert, out, 0)
 }
 
-fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
+pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
+    collector_with(pki, cert, out, port, &[], None)
+}
+
+/// A collector with extra arguments, and at most `nofile` file descriptors if given.
+fn collector_with(
+    pki: &Pki,
+    cert: &str,
+    out: &Path,
+    port: u16,
+    extra: &[&str],
+    nofile: Option<u32>,
+) -> Collector {
+    let mut command = match nofile {
+        // The shell lowers the limit, then becomes the collector.
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                .arg(env!("CARGO_BIN_EXE_teledge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_teledge")),
+    };
+    let log = out.with_extension("log");
+    let mut child = command
         .args(["collect", "--listen", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(pki.path("ca.pem"))
         .arg("--cert")
@@ -124,8 +185,9 @@ fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
         .arg(pki.path(&format!("{cert}.key")))
         .arg("--out")
         .arg(out)
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -142,6 +204,7 @@ fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Collector {
         child,
         port,
         out: out.to_owned(),
+        log,
     }
 }
 
@@ -461,28 +524,480 @@ fn tls_refuses_a_client_without_a_certificate() {
     assert!(stored(&c.out).is_empty());
 }
 
+/// The `.sealed` files of a dead-letter area (marked ones included).
+fn dead_letter_files(spool: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [spool.join("dead-letter"), spool.join("dead-letter/resend")] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sealed") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Error lines saying the uplink started failing.
+fn failing_alerts(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("Uplink failing"))
+        .count()
+}
+
 #[test]
-fn a_certificate_for_another_node_is_rejected_and_dead_lettered() {
+fn a_certificate_for_another_node_keeps_every_record_spooled() {
+    // Regression: the collector's 403 dead-lettered every batch (and /health said ok).
     let pki = pki();
     let work = tempfile::tempdir().unwrap();
     let c = collector(&pki, "collector", &work.path().join("collected"));
     let spool = work.path().join("spool");
     // Configured as edge-01, presenting edge-02's certificate.
     let config = forward_config(&pki, &spool, "edge-01", "edge-02", "ca.pem", c.port);
-    let result = replay_forward(&config, 10);
+    let result = replay_forward(&config, 4);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("5 records stay spooled"), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert_eq!(
+        failing_alerts(&stderr),
+        1,
+        "one alert, not one per retry: {stderr}"
+    );
+    assert!(stored(&c.out).is_empty());
+    assert!(dead_letter_files(&spool).is_empty());
+}
+
+#[test]
+fn a_wrong_collector_path_keeps_every_record_spooled_and_alerts_once() {
+    // Regression: a URL typo (404) sent good records to an unencrypted dead-letter file.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("/v1/batches", "/v1/batchez")).unwrap();
+    // Six seconds of backoff from 1 s: three attempts at least.
+    let result = replay_forward(&config, 6);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    assert!(
+        stderr.contains("/v1/batchez"),
+        "the alert names the path: {stderr}"
+    );
+    assert_eq!(failing_alerts(&stderr), 1, "{stderr}");
+    assert!(stored(&c.out).is_empty());
+    assert!(dead_letter_files(&spool).is_empty());
+    // The typo fixed: the first run's records go out with the second's.
+    std::fs::write(&config, good).unwrap();
+    let result = replay_forward(&config, 30);
     assert!(
         result.status.success(),
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    assert!(stored(&c.out).is_empty());
-    let dead: Vec<_> = std::fs::read_dir(spool.join("dead-letter"))
-        .unwrap()
+    assert_eq!(stored_ids(&c.out).len(), 10);
+}
+
+#[test]
+fn clear_text_dead_letters_of_earlier_versions_are_forwarded_and_deleted() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    // What the old agent wrote for a 404: a whole batch, gzip JSON Lines in clear.
+    std::fs::create_dir_all(spool.join("dead-letter")).unwrap();
+    let old = spool.join("dead-letter/edge-01_0_0-2.jsonl.gz");
+    let lines: Vec<Vec<u8>> = (0..3)
+        .map(|n| {
+            format!(r#"{{"id":"edge-01:0:{n}","record":{{"type":"old","n":{n}}}}}"#).into_bytes()
+        })
+        .collect();
+    std::fs::write(&old, teledge::uplink::encode_lines(&lines).unwrap()).unwrap();
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(!old.exists(), "nothing stays in clear");
+    let stored = stored(&c.out);
+    let mut old_ones: Vec<u64> = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "old")
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    old_ones.sort();
+    assert_eq!(old_ones, [0, 1, 2]);
+    assert_eq!(stored.len(), 8);
+}
+
+/// A collector of the test over real mutual TLS whose refusals are chosen: 413 above
+/// `max_inflated` bytes, 422 for a batch with a record containing `poison`, 400 for every
+/// batch when `refuse_all`. Otherwise it stores the lines and acknowledges them.
+struct Picky {
+    port: u16,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    refusals: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    policy: std::sync::Arc<std::sync::Mutex<PickyPolicy>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+#[derive(Clone, Copy)]
+struct PickyPolicy {
+    max_inflated: usize,
+    poison: bool,
+    refuse_all: bool,
+}
+
+fn picky(pki: &Pki, policy: PickyPolicy) -> Picky {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use std::sync::{Arc, Mutex};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = teledge::uplink::tls::server_config(
+        &pki.path("ca.pem"),
+        &pki.path("collector.pem"),
+        &pki.path("collector.key"),
+        false,
+    )
+    .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let policy = Arc::new(Mutex::new(policy));
+    let (l, r, p) = (lines.clone(), refusals.clone(), policy.clone());
+    runtime.spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (l, r, p) = (l.clone(), r.clone(), p.clone());
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (l, r, p) = (l.clone(), r.clone(), p.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let inflated = teledge::uplink::decode_body(&body, 1 << 30).unwrap();
+                        let batch = teledge::collect::parse_batch("edge-01", &inflated).unwrap();
+                        let policy = *p.lock().unwrap();
+                        let status = if policy.refuse_all {
+                            400
+                        } else if inflated.len() > policy.max_inflated {
+                            413
+                        } else if policy.poison
+                            && batch.iter().any(|b| b.record.get().contains("poison"))
+                        {
+                            422
+                        } else {
+                            200
+                        };
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        if status != 200 {
+                            r.lock().unwrap().push(status);
+                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            *response.body_mut() = Full::new(Bytes::from("refused by the test"));
+                            return Ok::<_, hyper::Error>(response);
+                        }
+                        let ack = serde_json::json!({
+                            "batch": "b",
+                            "accepted": batch.len(),
+                            "duplicates": 0,
+                            "through": batch.last().unwrap().id,
+                        });
+                        let mut stored = l.lock().unwrap();
+                        for line in &batch {
+                            stored.push(serde_json::to_value(line).unwrap());
+                        }
+                        *response.body_mut() = Full::new(Bytes::from(ack.to_string()));
+                        Ok(response)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Picky {
+        port,
+        lines,
+        refusals,
+        policy,
+        _runtime: runtime,
+    }
+}
+
+/// Appends records to the spool of `config` (opened and closed here).
+fn spool_records(config: &teledge::config::ForwardConfig, records: &[Vec<u8>]) {
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    for r in records {
+        spool.append(r).unwrap();
+    }
+    spool.flush().unwrap();
+}
+
+fn forward_once(
+    config: &teledge::config::ForwardConfig,
+    timeout: std::time::Duration,
+) -> (
+    Result<teledge::uplink::client::UplinkStats, String>,
+    teledge::uplink::client::UplinkStats,
+    u64,
+) {
+    use teledge::uplink::client::{Backoff, Forwarder};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (spool, _) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    let spool = std::sync::Mutex::new(spool);
+    let mut forwarder = Forwarder::new(config).unwrap().with_backoff(Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(200),
+    ));
+    let deadline = std::time::Instant::now() + timeout;
+    let result = runtime
+        .block_on(forwarder.forward_until_drained(&spool, Some(deadline)))
+        .map_err(|e| e.to_string());
+    let left = spool.lock().unwrap().stats().records;
+    (result, forwarder.stats, left)
+}
+
+fn record(n: usize, pad: usize, marker: &str) -> Vec<u8> {
+    format!(
+        r#"{{"type":"test","n":{n},"marker":"{marker}","pad":"{}"}}"#,
+        "x".repeat(pad)
+    )
+    .into_bytes()
+}
+
+fn teledge_cli(args: &[&str], config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn refused_batches_are_split_and_only_a_refused_record_is_dead_lettered_sealed_then_resent() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 20_000,
+            poison: true,
+            refuse_all: false,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    with_batches(&path, 100);
+    let config = teledge::config::load_forward(&path).unwrap();
+    // 60 records of 1 kB: 60 kB in one batch, three times what the collector takes. One is
+    // poison (422 whatever its company), one is 30 kB alone (413 even alone).
+    let records: Vec<Vec<u8>> = (0..60)
+        .map(|n| match n {
+            17 => record(n, 900, "poison +4930123456"),
+            40 => record(n, 30_000, "huge"),
+            _ => record(n, 900, "fine"),
+        })
+        .collect();
+    spool_records(&config, &records);
+
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!(left, 0);
+    let lines = c.lines.lock().unwrap().clone();
+    let data: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "test")
+        .collect();
+    let gaps: Vec<_> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "gap")
+        .collect();
+    let mut delivered: Vec<u64> = data
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    delivered.sort();
+    let expected: Vec<u64> = (0..60).filter(|n| *n != 17 && *n != 40).collect();
+    assert_eq!(delivered, expected, "every good record delivered once");
+    assert_eq!(stats.dead_lettered, 2);
+    assert!(stats.splits >= 3, "{stats:?}");
+    let refusals = c.refusals.lock().unwrap().clone();
+    assert!(
+        refusals.contains(&413) && refusals.contains(&422),
+        "{refusals:?}"
+    );
+    // Each dead letter announced upstream, with its id and status.
+    let mut announced: Vec<(String, u64)> = gaps
+        .iter()
+        .map(|g| {
+            assert_eq!(g["record"]["reason"], "dead_letter");
+            (
+                g["record"]["first_dropped"].as_str().unwrap().to_owned(),
+                g["record"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    announced.sort();
+    assert_eq!(announced.len(), 2, "{announced:?}");
+    assert!(
+        announced[0].0.ends_with(":17") && announced[0].1 == 422,
+        "{announced:?}"
+    );
+    assert!(
+        announced[1].0.ends_with(":40") && announced[1].1 == 413,
+        "{announced:?}"
+    );
+    // Sealed at rest: neither the number nor the marker is readable in the area.
+    let files = dead_letter_files(&spool);
+    assert_eq!(files.len(), 2);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"poison" || w == b"493012"));
+    }
+    // The operator's view, from the real command.
+    let listing = teledge_cli(&["dead-letters", "list"], &path);
+    assert!(
+        listing.contains(&format!("{}  status 422", announced[0].0)),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("{}  status 413", announced[1].0)),
+        "{listing}"
+    );
+    assert!(listing.contains("2 dead letter(s)"), "{listing}");
+
+    // The cause fixed at the collector; the operator resends; the next round forwards them
+    // as new records.
+    *c.policy.lock().unwrap() = PickyPolicy {
+        max_inflated: 1 << 30,
+        poison: false,
+        refuse_all: false,
+    };
+    let resend = teledge_cli(&["dead-letters", "resend"], &path);
+    assert!(resend.starts_with("2 dead letter(s) marked"), "{resend}");
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!((stats.requeued, stats.dead_letters_held, left), (2, 0, 0));
+    assert!(dead_letter_files(&spool).is_empty());
+    let lines = c.lines.lock().unwrap().clone();
+    let resent: Vec<_> = lines[60..]
+        .iter()
+        .map(|l| l["record"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(resent, [17, 40]);
+    let new_ids: Vec<&str> = lines[60..]
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
         .collect();
     assert!(
-        !dead.is_empty(),
-        "the refused batches are kept as dead letters"
+        !new_ids.contains(&announced[0].0.as_str()),
+        "resent under a new id"
     );
+}
+
+#[test]
+fn a_full_dead_letter_area_drops_the_oldest_counted_and_announced() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 1 << 30,
+            poison: true,
+            refuse_all: false,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "timeout_ms = 3000",
+        "timeout_ms = 3000\ndead_letter_max_bytes = 3000",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = teledge::config::load_forward(&path).unwrap();
+    // Five poison records of 1 kB, apart: the area holds two of them.
+    let records: Vec<Vec<u8>> = (0..15)
+        .map(|n| record(n, 1000, if n % 3 == 0 { "poison" } else { "fine" }))
+        .collect();
+    spool_records(&config, &records);
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(30));
+    result.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(stats.dead_lettered, 5);
+    assert_eq!(stats.dead_letter_dropped, 3);
+    assert_eq!(dead_letter_files(&spool).len(), 2);
+    let lines = c.lines.lock().unwrap().clone();
+    let full: u64 = lines
+        .iter()
+        .filter(|l| l["record"]["reason"] == "dead_letter_area_full")
+        .map(|l| l["record"]["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(full, 3, "every removal announced upstream");
+    let listing = teledge_cli(&["dead-letters", "list"], &path);
+    assert!(
+        listing.contains(":9  status 422") && listing.contains(":12  status 422"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_collector_refusing_everything_is_failing_not_a_reason_to_dead_letter_everything() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = picky(
+        &pki,
+        PickyPolicy {
+            max_inflated: 1 << 30,
+            poison: false,
+            refuse_all: true,
+        },
+    );
+    let spool = work.path().join("spool");
+    let path = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    with_batches(&path, 100);
+    let config = teledge::config::load_forward(&path).unwrap();
+    let records: Vec<Vec<u8>> = (0..40).map(|n| record(n, 100, "fine")).collect();
+    spool_records(&config, &records);
+    let (result, stats, left) = forward_once(&config, std::time::Duration::from_secs(3));
+    assert!(result
+        .unwrap_err()
+        .contains("treated as a collector problem"));
+    assert_eq!(
+        stats.dead_lettered,
+        teledge::uplink::client::MAX_DEAD_LETTERS_IN_A_ROW as u64
+    );
+    assert!(stats.retries >= 2, "{stats:?}");
+    // The rest (and the gap records announcing the dead letters) stay in the spool.
+    // 32 records and the 8 gap records announcing the dead letters.
+    assert_eq!(left, 40);
+    assert!(c.lines.lock().unwrap().is_empty());
 }
 
 #[test]
@@ -782,4 +1297,681 @@ fn a_full_disk_drops_and_counts_then_recovers() {
         "the collector hears of every drop: {stdout}"
     );
     println!("disk-full test: {records} records, {data} delivered, {dropped} dropped while the disk was full and announced upstream");
+}
+
+/// A TLS client of the test presenting `client` (a certificate name of the PKI), connected to
+/// the collector on `port`; `None` if the handshake failed.
+async fn tls_client(
+    pki: &Pki,
+    client: &str,
+    port: u16,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let roots = teledge::uplink::tls::load_roots(&pki.path("ca.pem")).unwrap();
+    let certs = teledge::uplink::tls::load_certs(&pki.path(&format!("{client}.pem"))).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path(&format!("{client}.key")))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.ok()
+}
+
+/// Sends one raw HTTP request and reads until the collector closes or 10 s pass.
+async fn exchange(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && !request.is_empty() {
+                    // One answer is enough once its body arrived (bodies here are short).
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Ok(Ok(n)) = tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        tls.read(&mut buf),
+                    )
+                    .await
+                    {
+                        answer.extend_from_slice(&buf[..n]);
+                    }
+                    break;
+                }
+            }
+            Err(_) => return format!("{}<no close within 10 s>", String::from_utf8_lossy(&answer)),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A POST of one gzip batch whose records claim `node`.
+fn batch_request(node: &str, ids: &[String], content: &str) -> Vec<u8> {
+    let lines: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| format!(r#"{{"id":"{id}","record":{content}}}"#).into_bytes())
+        .collect();
+    let body = teledge::uplink::encode_lines(&lines).unwrap();
+    let mut request = format!(
+        "POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-encoding: gzip\r\nx-teledge-node: {node}\r\nx-teledge-batch: b\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+#[test]
+fn a_wiped_spool_forwards_new_records_not_duplicates() {
+    // Regression: a new store reused epoch 0, and the collector acknowledged its records as
+    // duplicates of the old store's, so the agent deleted them unseen.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let first = replay_forward(&config, 30);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+    // The state directory is wiped (re-image, operator) and the agent starts again.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let second = replay_forward(&config, 30);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let ids = stored_ids(&c.out);
+    assert_eq!(ids.len(), 10, "every new record stored: {ids:?}");
+    let epochs: std::collections::BTreeSet<u64> = ids.iter().map(|(e, _)| *e).collect();
+    assert_eq!(epochs.len(), 2, "two stores, two epochs: {epochs:?}");
+}
+
+#[test]
+fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
+    use teledge::spool::Spool;
+    use teledge::uplink::client::{Backoff, Forwarder};
+
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool_dir = work.path().join("spool");
+    let config_path = forward_config(&pki, &spool_dir, "edge-01", "edge-01", "ca.pem", c.port);
+    let config = teledge::config::load_forward(&config_path).unwrap();
+    let open = || {
+        Spool::open(config.spool.clone(), config.keyring.clone())
+            .unwrap()
+            .0
+    };
+    let forward = |spool: Spool, seconds: u64| {
+        let spool = std::sync::Mutex::new(spool);
+        let mut forwarder = Forwarder::new(&config).unwrap().with_backoff(Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_millis(300),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let result = runtime().block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
+        (result, spool.into_inner().unwrap())
+    };
+    let mut spool = open();
+    for i in 0..3 {
+        spool.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    spool.flush().unwrap();
+    drop(spool);
+    // A snapshot of the agent's disk, taken now...
+    let snapshot = work.path().join("snapshot");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&spool_dir)
+        .arg(&snapshot)
+        .status()
+        .unwrap()
+        .success());
+    let mut spool = open();
+    for i in 3..6 {
+        spool.append(format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+    }
+    spool.flush().unwrap();
+    let (result, _) = forward(spool, 10);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stored(&c.out).len(), 6);
+    // ...is restored: the store's epoch runs again from seq 3, with other records.
+    std::fs::remove_dir_all(&spool_dir).unwrap();
+    std::fs::rename(&snapshot, &spool_dir).unwrap();
+    let mut spool = open();
+    spool.append(b"{\"n\":\"other\"}").unwrap();
+    spool.flush().unwrap();
+    let (result, mut spool) = forward(spool, 2);
+    let reason = format!("{result:?}");
+    assert!(
+        reason.contains("409") && reason.contains("sequence regression"),
+        "{reason}"
+    );
+    // The batches of true duplicates (seq 0 and 1, two records a batch) were acknowledged;
+    // the batch holding the regressed record (seq 2, a duplicate, and 3) is kept. Nothing
+    // dead-lettered, nothing stored twice or overwritten.
+    let kept: Vec<u64> = spool
+        .read(None, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id.seq)
+        .collect();
+    assert_eq!(kept, [2, 3], "the agent keeps the refused records");
+    assert!(!spool_dir.join("dead-letter").exists());
+    assert_eq!(stored_ids(&c.out).len(), 6);
+    let log = c.log();
+    assert!(
+        log.contains("Sequence went backwards")
+            && log.contains("seq=3")
+            && log.contains("node=edge-01"),
+        "{log}"
+    );
+}
+
+#[test]
+fn collector_writes_are_cut_back_when_the_disk_fills() {
+    use teledge::spool::Spool;
+    use teledge::uplink::client::{encode_batch, SendError, Uplink};
+
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&work.path().join("collected"), "256k");
+    // Something else takes most of the disk.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 160 << 10]).unwrap();
+    let c = collector(&pki, "collector", &disk.0);
+    let config_path = forward_config(
+        &pki,
+        &work.path().join("spool"),
+        "edge-01",
+        "edge-01",
+        "ca.pem",
+        c.port,
+    );
+    let config = teledge::config::load_forward(&config_path).unwrap();
+    let (mut spool, _) = Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
+    let pad = "x".repeat(4000);
+    for i in 0..40 {
+        spool
+            .append(format!("{{\"n\":{i},\"pad\":\"{pad}\"}}").as_bytes())
+            .unwrap();
+    }
+    spool.flush().unwrap();
+    let batch = spool.read(None, 100).unwrap();
+    let body = encode_batch("edge-01", &batch).unwrap();
+    let mut uplink = Uplink::new(config.uplink.clone(), "edge-01".into()).unwrap();
+    let rt = runtime();
+    // 160 KiB of records do not fit in the ~96 KiB left: the write fails part way.
+    let failed = rt.block_on(uplink.send("b1", body.clone()));
+    assert!(
+        matches!(&failed, Err(SendError::Retriable { reason, .. }) if reason.contains("503")),
+        "{failed:?}"
+    );
+    // No torn line, no half batch left behind.
+    let node_dir = disk.0.join("edge-01");
+    for file in std::fs::read_dir(&node_dir).into_iter().flatten() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(
+            bytes.is_empty(),
+            "{} bytes of a failed write stayed",
+            bytes.len()
+        );
+    }
+    assert!(c.log().contains("Cannot store a batch"), "{}", c.log());
+    // Space comes back; the retry stores every record exactly once.
+    std::fs::remove_file(&filler).unwrap();
+    let ack = rt.block_on(uplink.send("b1", body)).unwrap();
+    assert_eq!((ack.accepted, ack.duplicates), (40, 0));
+    assert_eq!(stored_ids(&disk.0).len(), 40);
+}
+
+#[test]
+fn the_collector_survives_running_out_of_file_descriptors() {
+    // Regression: an accept error (EMFILE) ended `teledge collect`; 80 idle connections of
+    // an unauthenticated client stopped it.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let mut c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &["--handshake-timeout-ms", "1000"],
+        Some(40),
+    );
+    let flood: Vec<_> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "the collector died: {}",
+        c.log()
+    );
+    // The flood stays connected; a legitimate agent still gets through (its retries find the
+    // descriptors the handshake timeout frees).
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let result = replay_forward(&config, 30);
+    drop(flood);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        c.log()
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+    assert!(c.child.try_wait().unwrap().is_none());
+    assert!(
+        c.log().contains("Accept failed; backing off"),
+        "{}",
+        c.log()
+    );
+}
+
+/// How many of `conns` the collector closed within `wait`.
+fn closed_within(conns: &mut [std::net::TcpStream], wait: std::time::Duration) -> usize {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + wait;
+    let mut closed = vec![false; conns.len()];
+    while std::time::Instant::now() < deadline {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if closed[i] {
+                continue;
+            }
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(10)))
+                .unwrap();
+            let mut b = [0u8; 16];
+            match conn.read(&mut b) {
+                Ok(0) => closed[i] = true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed[i] = true,
+                _ => {}
+            }
+        }
+    }
+    closed.iter().filter(|c| **c).count()
+}
+
+#[test]
+fn connection_and_handshake_caps_refuse_cleanly() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_millis(1500);
+    // At most 3 connections: 10 idle ones, 7 closed at once, 3 held until the handshake
+    // timeout (20 s here, far beyond the wait).
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("a"),
+        0,
+        &["--max-connections", "3", "--handshake-timeout-ms", "20000"],
+        None,
+    );
+    let mut conns: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap())
+        .collect();
+    assert_eq!(closed_within(&mut conns, wait), 7);
+    assert!(
+        c.log().contains("Too many connections; refused."),
+        "{}",
+        c.log()
+    );
+    // At most 2 handshakes under way: 8 of 10 closed at once.
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("b"),
+        0,
+        &["--max-handshakes", "2", "--handshake-timeout-ms", "20000"],
+        None,
+    );
+    let mut conns: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap())
+        .collect();
+    assert_eq!(closed_within(&mut conns, wait), 8);
+    assert!(c.log().contains("Too many TLS handshakes"), "{}", c.log());
+    // Once the stalled handshakes are gone, an agent gets through.
+    drop(conns);
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let result = replay_forward(&config, 30);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+}
+
+#[test]
+fn slow_clients_and_extra_node_connections_are_cut_off() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--header-timeout-ms",
+            "500",
+            "--body-timeout-ms",
+            "500",
+            "--max-node-connections",
+            "2",
+        ],
+        None,
+    );
+    runtime().block_on(async {
+        // Headers that never end (slowloris): closed.
+        let mut slow = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let answer = exchange(&mut slow, b"POST /v1/batches HTTP/1.1\r\nhost: x\r\n").await;
+        assert!(!answer.contains("no close"), "{answer}");
+        drop(slow);
+        // A body that never ends: 408.
+        let mut slow = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let answer = exchange(
+            &mut slow,
+            b"POST /v1/batches HTTP/1.1\r\nhost: x\r\nx-teledge-node: edge-01\r\ncontent-length: 100000\r\n\r\nabc",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        drop(slow);
+        // Two connections of a node at once, not three.
+        let mut one = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let mut two = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        assert!(exchange(&mut one, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(exchange(&mut two, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        // (TLS 1.3: the refusal shows once the client reads.)
+        if let Some(mut three) = tls_client(&pki, "edge-01", c.port).await {
+            let answer = exchange(&mut three, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            assert!(answer.is_empty(), "{answer}");
+        }
+    });
+    let log = c.log();
+    assert!(log.contains("Too many connections from this node"), "{log}");
+    assert!(log.contains("status=408"), "{log}");
+}
+
+#[test]
+fn certificates_naming_no_safe_node_are_refused() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let absolute = pki.path("abs-node").display().to_string();
+    for (cert, cn) in [
+        ("node-dotdot", ".."),
+        ("node-traversal", "a/../b"),
+        ("node-absolute", absolute.as_str()),
+        ("node-no-eku", "edge-03"),
+    ] {
+        let answer = runtime().block_on(async {
+            let Some(mut tls) = tls_client(&pki, cert, c.port).await else {
+                return String::new();
+            };
+            exchange(&mut tls, &batch_request(cn, &[format!("{cn}:1:0")], "{}")).await
+        });
+        assert!(!answer.contains("200"), "{cert}: {answer}");
+    }
+    // Nothing written anywhere: not in the output directory, not beside it, not at the
+    // absolute path.
+    assert!(stored(&out).is_empty());
+    assert!(std::fs::read_dir(&out).unwrap().next().is_none());
+    assert!(!pki.path("abs-node").exists());
+    let beside: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jsonl") || n == "b")
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    let log = c.log();
+    assert!(log.contains("is not a valid node id"), "{log}");
+    assert!(log.contains("lacks the clientAuth"), "{log}");
+}
+
+#[test]
+fn the_collector_logs_connections_and_batches() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &work.path().join("collected"));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    assert!(replay_forward(&config, 30).status.success());
+    let log = c.log();
+    assert!(
+        log.contains("Node connected.") && log.contains("node=edge-01"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Batch stored.") && log.contains("new=2") && log.contains("duplicates=0"),
+        "{log}"
+    );
+    // A refusal names its reason and the address.
+    let forbidden = runtime().block_on(async {
+        let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        exchange(
+            &mut tls,
+            &batch_request("edge-02", &["edge-02:1:0".into()], "{}"),
+        )
+        .await
+    });
+    assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
+    let log = c.log();
+    assert!(
+        log.contains("Batch refused.")
+            && log.contains("status=403")
+            && log.contains("peer=127.0.0.1:"),
+        "{log}"
+    );
+}
+
+#[test]
+fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
+    use teledge::seal::Keyring;
+    use teledge::spool::{Spool, SpoolConfig};
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path();
+    for (from, to) in [
+        ("site.key", "site.key"),
+        ("spool.key", "spool-key"),
+        ("ca.pem", "ca.pem"),
+        ("edge-01.pem", "node.pem"),
+        ("edge-01.key", "node.key"),
+    ] {
+        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
+    }
+    let spool_dir = etc.join("spool");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("teledge.example.toml"))
+        .unwrap()
+        .replace("/var/lib/teledge/spool", &spool_dir.display().to_string())
+        .replace("/etc/teledge/", &format!("{}/", etc.display()));
+    let path = etc.join("teledge.toml");
+    std::fs::write(&path, example).unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .current_dir(&root)
+            .env("CREDENTIALS_DIRECTORY", etc)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let fine = check();
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    // Records sealed under key id 7, which the configuration does not list.
+    let (mut spool, _) = Spool::open(
+        SpoolConfig::new(&spool_dir, "edge-01"),
+        Keyring::new((7, [3; 32]), &[]),
+    )
+    .unwrap();
+    spool.append(b"{}").unwrap();
+    spool.flush().unwrap();
+    // Checked while the agent holds the store open, as an operator would.
+    let out = check();
+    drop(spool);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("key id(s) 7"), "{stderr}");
+}
+
+#[test]
+fn a_key_rotated_without_the_old_one_does_not_stop_forwarding() {
+    // Regression: one record the spool could not open stopped forwarding for good.
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    // The collector is not there yet: the first run's records stay spooled under key 1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", port);
+    let first = replay_forward(&config, 1);
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The key is rotated to id 2 without listing key 1 as an old key.
+    std::fs::write(pki.path("spool-2.key"), [21u8; 32]).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("key_id = 1", "key_id = 2")
+        .replace(
+            &pki.path("spool.key").display().to_string(),
+            &pki.path("spool-2.key").display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    let c = collector_on(&pki, "collector", &work.path().join("collected"), port);
+    let second = replay_forward(&config, 30);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let lines = stored(&c.out);
+    let calls = lines
+        .iter()
+        .filter(|l| l["record"]["type"] == "call")
+        .count();
+    assert_eq!(calls, 4, "the second run's records went through");
+    let gap = lines
+        .iter()
+        .find(|l| l["record"]["reason"] == "unreadable_record")
+        .expect("the unreadable records are announced");
+    assert_eq!(gap["record"]["dropped"].as_u64(), Some(5));
+    assert!(gap["record"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("key id 1"));
+    // Set aside, still sealed, not deleted.
+    let aside = spool.join(gap["record"]["set_aside"].as_str().unwrap());
+    assert!(std::fs::metadata(&aside).unwrap().len() > 5 * 29);
+    assert!(!contains_bytes(&spool, b"816666"));
+}
+
+#[test]
+fn oversized_and_inflating_batches_are_refused() {
+    use std::io::Write;
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-inflated-bytes",
+            "1048576",
+        ],
+        None,
+    );
+    let post = |body: &[u8]| {
+        let mut request = format!(
+            "POST /v1/batches HTTP/1.1\r\nhost: localhost\r\ncontent-encoding: gzip\r\nx-teledge-node: edge-01\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        runtime().block_on(async {
+            let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+            exchange(&mut tls, &request).await
+        })
+    };
+    // A body over the bound: 413.
+    let mut noise = Vec::new();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..(100 << 10) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let answer = post(&noise);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A small body that inflates to 16 MiB: 400, without inflating it all.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 16 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 65536);
+    let answer = post(&bomb);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("inflates beyond the limit"),
+        "{answer}"
+    );
+    assert!(stored(&c.out).is_empty());
+    let log = c.log();
+    assert!(
+        log.contains("status=413") && log.contains("status=400"),
+        "{log}"
+    );
 }

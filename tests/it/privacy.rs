@@ -1,0 +1,373 @@
+//! Privacy (EN 15838 7.9): a capture with identities in every place a record can carry one
+//! goes through `teledge replay --forward`; neither the spool (opened with its key and read
+//! back) nor the collector's files hold any of them in clear.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::uplink::{collector, pki, stored, Pki};
+
+const CALLER: ([u8; 4], u16) = ([198, 51, 100, 23], 5060);
+const PBX: ([u8; 4], u16) = ([192, 0, 2, 10], 5060);
+const CALLER_RTP: ([u8; 4], u16) = ([198, 51, 100, 23], 40000);
+const PBX_RTP: ([u8; 4], u16) = ([192, 0, 2, 10], 50000);
+const ORPHAN_SRC: ([u8; 4], u16) = ([203, 0, 113, 77], 30000);
+const ORPHAN_DST: ([u8; 4], u16) = ([192, 0, 2, 10], 30002);
+
+/// What must not reach the spool or the collector in clear: numbers, names, extensions,
+/// routing numbers, Call-IDs, free text, addresses.
+const SECRETS: &[&str] = &[
+    "4915112345678",
+    "4930111222",
+    "4711",
+    "4930999888",
+    "Alice",
+    "Secretname",
+    "secretcall",
+    "4915199887766",
+    "4930555666",
+    "4930777888",
+    "Bobsecret",
+    "198.51.100.23",
+    "203.0.113.77",
+    "192.0.2.10",
+    "Desk",
+];
+
+/// A pcap (microseconds, Ethernet) of UDP datagrams.
+struct Pcap(Vec<u8>);
+
+impl Pcap {
+    fn new() -> Pcap {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        b.extend_from_slice(&2u16.to_le_bytes());
+        b.extend_from_slice(&4u16.to_le_bytes());
+        b.extend_from_slice(&0i32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&65535u32.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        Pcap(b)
+    }
+
+    fn udp(&mut self, ms: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0, dst.0, 64)
+            .udp(src.1, dst.1);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, payload).unwrap();
+        let t = 1_700_000_000_000u64 + ms;
+        self.0.extend_from_slice(&((t / 1000) as u32).to_le_bytes());
+        self.0
+            .extend_from_slice(&(((t % 1000) * 1000) as u32).to_le_bytes());
+        self.0
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.0
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(&frame);
+    }
+}
+
+fn sdp(ip: [u8; 4], port: u16) -> String {
+    let ip = Ipv4Addr::from(ip);
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    )
+}
+
+fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An answered call with identities everywhere, DTMF typed into it, and an orphan stream.
+fn identity_capture() -> Vec<u8> {
+    let mut pcap = Pcap::new();
+    let caller = Ipv4Addr::from(CALLER.0);
+    let pbx = Ipv4Addr::from(PBX.0);
+    let offer = sdp(CALLER_RTP.0, CALLER_RTP.1);
+    let answer = sdp(PBX_RTP.0, PBX_RTP.1);
+    let common = |cseq: &str, to_tag: &str, via: &str| {
+        format!(
+            "Via: SIP/2.0/UDP {via};branch=z9hG4bKpriv{}\r\nFrom: \"Alice Secretname\" <sip:+4915112345678@{caller}>;tag=a1\r\nTo: <sip:+4930111222;ext=4711@{pbx}>{to_tag}\r\nCall-ID: 4915112345678-secretcall@{caller}\r\nCSeq: {cseq}\r\n",
+            cseq.len()
+        )
+    };
+    let invite = format!(
+        "INVITE sip:+4930111222;ext=4711;rn=+4930999888@{pbx} SIP/2.0\r\n{}X-CID: linked-4915199887766@{pbx}\r\nP-Asserted-Identity: \"Alice Secretname\" <sip:+4915112345678;cpc=ordinary@{caller}>\r\nDiversion: <sip:+4930555666;rn=+4930777888@{pbx}>;reason=unconditional\r\nUser-Agent: Yealink SIP-T46S Alice-Secretname-Desk\r\nContact: <sip:+4915112345678@{caller}:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        common("1 INVITE", "", &format!("{caller}:5060")),
+        offer.len()
+    );
+    pcap.udp(0, CALLER, PBX, invite.as_bytes());
+    let ok = format!(
+        "SIP/2.0 200 OK Bobsecret\r\n{}Server: Asterisk PBX Bobsecret-Office\r\nContact: <sip:4930111222@{pbx}:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        common("1 INVITE", ";tag=b1", &format!("{caller}:5060")),
+        answer.len()
+    );
+    pcap.udp(500, PBX, CALLER, ok.as_bytes());
+    let ack = format!(
+        "ACK sip:4930111222@{pbx}:5060 SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+        common("1 ACK", ";tag=b1", &format!("{caller}:5060"))
+    );
+    pcap.udp(520, CALLER, PBX, ack.as_bytes());
+    // Voice both ways, then the digits 7, 3, 9 typed as RFC 4733 events.
+    let mut seq = 1u16;
+    let mut ts = 0u32;
+    for i in 0..50u64 {
+        pcap.udp(
+            600 + i * 20,
+            CALLER_RTP,
+            PBX_RTP,
+            &rtp(0, i == 0, seq, ts, 0x1111, &[0xff; 160]),
+        );
+        pcap.udp(
+            600 + i * 20,
+            PBX_RTP,
+            CALLER_RTP,
+            &rtp(0, i == 0, seq, ts, 0x2222, &[0xff; 160]),
+        );
+        seq += 1;
+        ts += 160;
+    }
+    let mut ms = 1700;
+    for digit in [7u8, 3, 9] {
+        let start = ts;
+        for step in 0..4u16 {
+            let end = step == 3;
+            let payload = [digit, if end { 0x8a } else { 0x0a }, 0, 0];
+            let mut payload = payload;
+            payload[2..].copy_from_slice(&(160 * (step + 1)).to_be_bytes());
+            pcap.udp(
+                ms,
+                CALLER_RTP,
+                PBX_RTP,
+                &rtp(101, step == 0, seq, start, 0x1111, &payload),
+            );
+            seq += 1;
+            ms += 20;
+        }
+        ts += 800;
+        for _ in 0..5 {
+            pcap.udp(
+                ms,
+                CALLER_RTP,
+                PBX_RTP,
+                &rtp(0, false, seq, ts, 0x1111, &[0xff; 160]),
+            );
+            seq += 1;
+            ts += 160;
+            ms += 20;
+        }
+    }
+    // RTP of no call, from another address.
+    for i in 0..30u16 {
+        pcap.udp(
+            600 + u64::from(i) * 20,
+            ORPHAN_SRC,
+            ORPHAN_DST,
+            &rtp(8, i == 0, 100 + i, u32::from(i) * 160, 0x3333, &[0xd5; 160]),
+        );
+    }
+    let bye = format!(
+        "BYE sip:+4915112345678@{caller}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKprivbye\r\nFrom: <sip:+4930111222;ext=4711@{pbx}>;tag=b1\r\nTo: \"Alice Secretname\" <sip:+4915112345678@{caller}>;tag=a1\r\nCall-ID: 4915112345678-secretcall@{caller}\r\nCSeq: 1 BYE\r\nReason: Q.850;cause=16;text=\"Bobsecret ended the call\"\r\nContent-Length: 0\r\n\r\n"
+    );
+    pcap.udp(ms + 1000, PBX, CALLER, bye.as_bytes());
+    let bye_ok = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKprivbye\r\nFrom: <sip:+4930111222;ext=4711@{pbx}>;tag=b1\r\nTo: \"Alice Secretname\" <sip:+4915112345678@{caller}>;tag=a1\r\nCall-ID: 4915112345678-secretcall@{caller}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    pcap.udp(ms + 1050, CALLER, PBX, bye_ok.as_bytes());
+    pcap.0
+}
+
+fn forward_config(pki: &Pki, dir: &Path, port: u16, privacy: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[node]
+id = "edge-01"
+[spool]
+dir = "{spool}"
+key_file = "{key}"
+key_id = 1
+[privacy]
+{privacy}
+site_key_file = "{site}"
+[uplink]
+url = "https://localhost:{port}/v1/batches"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{client_key}"
+batch_records = 50
+timeout_ms = 2000
+"#,
+        spool = dir.join("spool").display(),
+        key = pki.path("spool.key").display(),
+        site = pki.path("site.key").display(),
+        ca = pki.path("ca.pem").display(),
+        cert = pki.path("edge-01.pem").display(),
+        client_key = pki.path("edge-01.key").display(),
+    );
+    let path = dir.join("forward.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn replay_forward(config: &Path, capture: &Path, timeout_s: u32) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(config)
+        .args(["--forward-timeout", &timeout_s.to_string()])
+        .arg(capture)
+        .output()
+        .unwrap()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} in clear in {what}:\n{text}"
+        );
+    }
+}
+
+/// The records are there and say what a supervisor needs: the checks above would pass
+/// vacuously on records without those fields.
+fn assert_useful(records: &[Value]) {
+    let call = records
+        .iter()
+        .find(|r| r["type"] == "call")
+        .unwrap_or_else(|| panic!("no call in {records:#?}"));
+    assert_eq!(call["outcome"], "answered");
+    assert_eq!(call["final_status"], 200);
+    assert_eq!(call["final_reason"], Value::Null);
+    assert_eq!(call["reason"]["cause"], 16);
+    assert_eq!(call["reason"]["protocol"], "Q.850");
+    assert_eq!(call["reason"]["text"], Value::Null);
+    assert_eq!(call["user_agents"]["caller"], "Yealink");
+    assert_eq!(call["user_agents"]["callee"], "Asterisk");
+    assert!(call["call_id"].as_str().unwrap().starts_with("h:"));
+    assert!(call["linked_call_id"].as_str().unwrap().starts_with("h:"));
+    assert!(call["caller_address"].as_str().unwrap().ends_with(":5060"));
+    let offer = &call["media"]["offer"]["media"][0];
+    assert!(offer["address"].as_str().unwrap().starts_with("h:"));
+    let streams = &call["media_quality"]["caller_to_callee"];
+    let dtmf: Vec<&Value> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["metrics"]["dtmf"].as_array().unwrap())
+        .collect();
+    assert_eq!(dtmf.len(), 3, "the three digits are counted: {streams}");
+    assert!(dtmf.iter().all(|d| d["digit"] == "x"), "{dtmf:?}");
+    assert!(
+        records.iter().any(|r| r["type"] == "stream"),
+        "the orphan stream is recorded"
+    );
+}
+
+#[test]
+fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("identities.pcap");
+    std::fs::write(&capture, identity_capture()).unwrap();
+    // The capture does carry every secret (else the test proves nothing).
+    let plain = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    for secret in [
+        "4915112345678",
+        "Bobsecret",
+        "Desk",
+        "ext=4711",
+        "203.0.113.77",
+    ] {
+        assert!(
+            plain.contains(secret),
+            "{secret} not in the plain replay: {plain}"
+        );
+    }
+
+    // No collector yet: the records stay in the spool, read back here with its key.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = forward_config(
+        &pki,
+        work.path(),
+        port,
+        "mode = \"keyed_hash\"\naddresses = \"hash\"",
+    );
+    let out = replay_forward(&config, &capture, 1);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not drained: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forward = teledge::config::load_forward(&config).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
+    let spooled: Vec<Value> = spool
+        .read(None, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    drop(spool);
+    for record in &spooled {
+        assert_no_secret("the spool", &record.to_string());
+    }
+    assert_useful(&spooled);
+
+    // Then the collector: what it stores is as clean.
+    let out_dir = work.path().join("collected");
+    let c = collector(&pki, "collector", &out_dir);
+    let config = forward_config(
+        &pki,
+        work.path(),
+        c.port,
+        "mode = \"keyed_hash\"\naddresses = \"hash\"",
+    );
+    let out = replay_forward(&config, &capture, 30);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stored(&out_dir);
+    let records: Vec<Value> = lines.iter().map(|l| l["record"].clone()).collect();
+    assert!(records.len() >= spooled.len(), "{records:#?}");
+    for line in &lines {
+        assert_no_secret("the collector's files", &line.to_string());
+    }
+    assert_useful(&records);
+}
+
+#[test]
+fn check_config_refuses_more_than_six_kept_digits() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let config = forward_config(
+        &pki,
+        work.path(),
+        9,
+        "mode = \"last_digits\"\nkeep_digits = 7",
+    );
+    let out = replay_forward(&config, Path::new("/nonexistent.pcap"), 1);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("privacy.keep_digits"), "{stderr}");
+}
