@@ -157,6 +157,9 @@ pub struct DissectStats {
     /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`): every one counted, not only
     /// the first few kept in `problems`.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
+    /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
+    #[serde(skip)]
+    problems_total: u64,
     /// Frames without IP (ARP, LLDP, STP, ...).
     pub non_ip: u64,
     pub link_errors: u64,
@@ -230,6 +233,7 @@ impl DissectStats {
 
     fn problem(&mut self, frame: u64, kind: &'static str, detail: impl ToString) {
         *self.errors.entry(kind).or_default() += 1;
+        self.problems_total += 1;
         if self.problems.len() < MAX_PROBLEMS_KEPT {
             self.problems.push(Problem {
                 frame,
@@ -324,7 +328,7 @@ impl Dissector {
     pub fn frame(&mut self, frame: &Frame<'_>, sink: &mut impl Observer) {
         self.stats.frames += 1;
         self.stats.bytes += frame.data.len() as u64;
-        let problems_before: u64 = self.stats.errors.values().sum();
+        let problems_before = self.stats.problems_total;
         let ctx = Ctx {
             frame: frame.number,
             time: frame.time,
@@ -337,7 +341,7 @@ impl Dissector {
                 self.stats.problem(frame.number, "link", e);
             }
         }
-        if self.stats.errors.values().sum::<u64>() > problems_before {
+        if self.stats.problems_total > problems_before {
             self.stats.frames_failed += 1;
         }
         self.peak_held = self.peak_held.max(self.bytes_held());
