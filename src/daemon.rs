@@ -416,8 +416,13 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             }
             Err(e) => return Err(e.into()),
         };
+        // One memory budget for the daemon's reassembly: each interface decodes with its share.
+        let limits = DissectLimits {
+            memory_budget: crate::dissect::DEFAULT_MEMORY_BUDGET / config.captures.len().max(1),
+            ..DissectLimits::default()
+        };
         let sink = CaptureSink {
-            dissector: Dissector::new(DissectLimits::default()),
+            dissector: Dissector::new(limits),
             correlator: Arc::clone(&correlator),
             records: records.clone(),
             frames: 0,
