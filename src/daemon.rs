@@ -270,22 +270,19 @@ impl PacketSink for CaptureSink {
 }
 
 impl CaptureSink {
-    /// Publishes the decoder's error counters by kind (they only grow).
-    fn report_decode_errors(&self, metrics: &AgentMetrics) {
+    /// Publishes the decoder's error and drop counters by kind (they only grow), and the
+    /// bytes its reassembly holds for `interface`.
+    fn report_decode_errors(&self, metrics: &AgentMetrics, interface: &str) {
         let s = self.dissector.stats();
-        for (kind, n) in [
-            ("link", s.link_errors),
-            ("ip", s.ip_errors),
-            ("tunnel", s.tunnel_errors),
-            ("depth_exceeded", s.depth_exceeded),
-            ("sip_parse", s.sip_parse_errors),
-            ("stream_bytes_discarded", s.stream_bytes_discarded),
-            ("hep", s.hep_errors),
-        ] {
+        for (kind, n) in s.loss_counters() {
             if n > 0 {
                 metrics.decode_errors.with(&[kind]).raise_to(n);
             }
         }
+        metrics
+            .reassembly_bytes_held
+            .with(&[interface])
+            .set(i64::try_from(s.memory.held_bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -420,8 +417,13 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             }
             Err(e) => return Err(e.into()),
         };
+        // One memory budget for the daemon's reassembly: each interface decodes with its share.
+        let limits = DissectLimits {
+            memory_budget: crate::dissect::DEFAULT_MEMORY_BUDGET / config.captures.len().max(1),
+            ..DissectLimits::default()
+        };
         let sink = CaptureSink {
-            dissector: Dissector::new(DissectLimits::default()),
+            dissector: Dissector::new(limits),
             correlator: Arc::clone(&correlator),
             records: records.clone(),
             frames: 0,
@@ -887,7 +889,7 @@ fn capture_loop(
                 current = k;
             }
             drops.raise_to(add_stats(closed, current).drops);
-            sink.report_decode_errors(metrics);
+            sink.report_decode_errors(metrics, interface);
         }
     }
     if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
@@ -895,7 +897,7 @@ fn capture_loop(
     }
     let total = add_stats(closed, current);
     drops.raise_to(total.drops);
-    sink.report_decode_errors(metrics);
+    sink.report_decode_errors(metrics, interface);
     total
 }
 

@@ -2,12 +2,22 @@
 //! share.
 //!
 //! A frame goes through its link layer, VLAN/MPLS shims, IP (reassembling fragments), any
-//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP or
-//! TCP (reassembling the stream, following WebSocket upgrades). Payloads that are SIP by their
-//! content become [`SipMessage`]s handed to the caller (so does the SIP inside HEPv3 frames
-//! found in UDP, with the addresses and time the HEP agent reported) with their capture time, addresses and
-//! transport. Everything that is not SIP is skipped; everything that is damaged is counted in
-//! [`DissectStats`] and the first few problems are kept with their frame number.
+//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP,
+//! TCP (reassembling the stream, following WebSocket upgrades) or SCTP (DATA chunks, bundled
+//! or fragmented, RFC 4168). Payloads that are SIP by their content become [`SipMessage`]s
+//! handed to the caller (so does the SIP inside HEPv3 frames found in UDP, with the addresses
+//! and time the HEP agent reported) with their capture time, addresses and transport.
+//! Everything that is not SIP is skipped; everything that is damaged is counted in
+//! [`DissectStats`] by kind, and the first few problems are kept with their frame number.
+//!
+//! Memory: everything the decode path holds between frames — IP fragments, TCP out-of-order
+//! segments, SIP messages being framed on TCP, WebSocket messages being assembled, SCTP
+//! fragments — counts against one budget, [`DissectLimits::memory_budget`] (64 MiB by
+//! default). Between frames the bytes held never exceed it: each pool gets what the others
+//! leave, within its own cap, and drops its oldest or least recently active state to stay
+//! inside, every drop counted ([`DissectStats::memory`] has the bytes held, their peak and
+//! the budget). The tables themselves are bounded by count (TCP directions, datagrams,
+//! fragments), so the decode path's memory is bounded whatever the traffic.
 //!
 //! No I/O: the caller feeds frames and receives messages through a callback, so the same code
 //! runs over a file, a live ring buffer or a test vector.
@@ -19,9 +29,13 @@ use serde::Serialize;
 
 use crate::decode::hep::{self, HepFrame, IpProtocol, ProtoType};
 use crate::decode::link::{self, LinkType};
+use crate::decode::sctp::{self, Chunk};
 use crate::decode::sip::{self, SipMessage};
 use crate::decode::tunnel::{self, Inner};
 use crate::reassembly::ip_fragments::{FragmentKey, FragmentLimits, FragmentPool, FragmentStats};
+use crate::reassembly::sctp::{
+    AssociationKey, Reassembled, SctpLimits, SctpReassembler, SctpStats,
+};
 use crate::reassembly::sip_stream::{DiscardReason, SipStream, StreamCarrier, StreamEvent};
 use crate::reassembly::tcp::{Delivery, FlowKey, Segment, TcpLimits, TcpReassembler, TcpStats};
 use crate::time::Timestamp;
@@ -49,7 +63,7 @@ pub enum Transport {
     Tcp,
     /// SIP over WebSocket (RFC 7118), on TCP.
     Ws,
-    /// SIP over SCTP (RFC 4168); only seen through HEP, whose agents report the transport.
+    /// SIP over SCTP (RFC 4168), tapped or reported by a HEP agent.
     Sctp,
 }
 
@@ -121,11 +135,31 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// Memory held by the decode path's reassembly against its budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStats {
+    /// [`DissectLimits::memory_budget`].
+    pub budget_bytes: u64,
+    /// Bytes held now (after the last frame).
+    pub held_bytes: u64,
+    /// Most bytes held after any frame.
+    pub peak_bytes: u64,
+}
+
 /// Counters of the decode path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DissectStats {
     pub frames: u64,
     pub bytes: u64,
+    /// Frames in which a decode problem was found (every kind in `errors`).
+    pub frames_failed: u64,
+    /// Problems by kind (`link`, `ip`, `udp`, `tcp`, `sctp`, `gre`, `tunnel`, `depth`,
+    /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`): every one counted, not only
+    /// the first few kept in `problems`.
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
+    #[serde(skip)]
+    problems_total: u64,
     /// Frames without IP (ARP, LLDP, STP, ...).
     pub non_ip: u64,
     pub link_errors: u64,
@@ -136,6 +170,7 @@ pub struct DissectStats {
     pub sip_messages_udp: u64,
     pub sip_messages_tcp: u64,
     pub sip_messages_ws: u64,
+    pub sip_messages_sctp: u64,
     /// SIP messages inside HEP frames (type 1) found in UDP datagrams.
     pub sip_messages_hep: u64,
     pub sip_parse_errors: u64,
@@ -147,8 +182,15 @@ pub struct DissectStats {
     pub hep_other: u64,
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
+    /// SCTP packets (IP protocol 132).
+    pub sctp_packets: u64,
+    /// DATA chunks in them.
+    pub sctp_data_chunks: u64,
     pub fragments: FragmentStats,
     pub tcp: TcpStats,
+    /// Reassembly of fragmented SCTP user messages.
+    pub sctp: SctpStats,
+    pub memory: MemoryStats,
     /// The first problems, with frame numbers.
     pub problems: Vec<Problem>,
 }
@@ -156,10 +198,42 @@ pub struct DissectStats {
 impl DissectStats {
     /// SIP messages decoded over every transport.
     pub fn sip_messages(&self) -> u64 {
-        self.sip_messages_udp + self.sip_messages_tcp + self.sip_messages_ws + self.sip_messages_hep
+        self.sip_messages_udp
+            + self.sip_messages_tcp
+            + self.sip_messages_ws
+            + self.sip_messages_sctp
+            + self.sip_messages_hep
+    }
+
+    /// Every count of something lost or refused, by a stable name: decode problems by kind
+    /// and the drops of every bounded pool. For metrics (`teledge_decode_errors_total`).
+    pub fn loss_counters(&self) -> Vec<(&'static str, u64)> {
+        let mut counters: Vec<(&'static str, u64)> =
+            self.errors.iter().map(|(k, n)| (*k, *n)).collect();
+        counters.extend([
+            ("stream_bytes_discarded", self.stream_bytes_discarded),
+            ("fragments_timed_out", self.fragments.timed_out),
+            ("fragments_evicted", self.fragments.evicted),
+            (
+                "fragments_overlap_conflicts",
+                self.fragments.overlap_conflicts,
+            ),
+            ("fragments_malformed", self.fragments.malformed),
+            ("tcp_gaps", self.tcp.gaps),
+            ("tcp_flows_evicted", self.tcp.flows_evicted),
+            ("tcp_flows_evicted_memory", self.tcp.flows_evicted_memory),
+            ("tcp_flows_stalled", self.tcp.flows_stalled),
+            ("tcp_bytes_dropped", self.tcp.bytes_dropped),
+            ("sctp_fragments_timed_out", self.sctp.timed_out),
+            ("sctp_fragments_evicted", self.sctp.evicted),
+            ("sctp_messages_oversized", self.sctp.oversized),
+        ]);
+        counters
     }
 
     fn problem(&mut self, frame: u64, kind: &'static str, detail: impl ToString) {
+        *self.errors.entry(kind).or_default() += 1;
+        self.problems_total += 1;
         if self.problems.len() < MAX_PROBLEMS_KEPT {
             self.problems.push(Problem {
                 frame,
@@ -171,10 +245,28 @@ impl DissectStats {
 }
 
 /// Limits of the stateful parts of the decode path.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct DissectLimits {
     pub fragments: FragmentLimits,
     pub tcp: TcpLimits,
+    pub sctp: SctpLimits,
+    /// Bytes held by all reassembly together (IP fragments, TCP segments and SIP framing,
+    /// WebSocket messages, SCTP fragments); each pool's own cap applies within it.
+    pub memory_budget: usize,
+}
+
+/// Default [`DissectLimits::memory_budget`].
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+
+impl Default for DissectLimits {
+    fn default() -> Self {
+        DissectLimits {
+            fragments: FragmentLimits::default(),
+            tcp: TcpLimits::default(),
+            sctp: SctpLimits::default(),
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
 }
 
 /// The decode path. Feed it frames in capture order.
@@ -182,6 +274,9 @@ pub struct DissectLimits {
 pub struct Dissector {
     fragments: FragmentPool,
     tcp: TcpReassembler<SipStream>,
+    sctp: SctpReassembler,
+    memory_budget: usize,
+    peak_held: usize,
     stats: DissectStats,
 }
 
@@ -197,16 +292,35 @@ impl Dissector {
         Dissector {
             fragments: FragmentPool::new(limits.fragments),
             tcp: TcpReassembler::new(limits.tcp),
+            sctp: SctpReassembler::new(limits.sctp),
+            memory_budget: limits.memory_budget,
+            peak_held: 0,
             stats: DissectStats::default(),
         }
     }
 
-    /// Counters so far (fragment and TCP counters included).
+    /// Counters so far (fragment, TCP and SCTP counters, and memory, included).
     pub fn stats(&self) -> DissectStats {
         let mut stats = self.stats.clone();
         stats.fragments = self.fragments.stats();
         stats.tcp = self.tcp.stats();
+        stats.sctp = self.sctp.stats();
+        stats.memory = MemoryStats {
+            budget_bytes: self.memory_budget as u64,
+            held_bytes: self.bytes_held() as u64,
+            peak_bytes: self.peak_held as u64,
+        };
         stats
+    }
+
+    /// Bytes held by reassembly now; never above the budget between frames.
+    pub fn bytes_held(&self) -> usize {
+        self.fragments.bytes_held() + self.tcp.bytes_held() + self.sctp.bytes_held()
+    }
+
+    /// What the budget leaves for one pool, given what the others hold.
+    fn share(&self, others: usize) -> usize {
+        self.memory_budget.saturating_sub(others)
     }
 
     /// Decodes one frame; every SIP message it completes, and every other UDP payload, goes
@@ -214,6 +328,7 @@ impl Dissector {
     pub fn frame(&mut self, frame: &Frame<'_>, sink: &mut impl Observer) {
         self.stats.frames += 1;
         self.stats.bytes += frame.data.len() as u64;
+        let problems_before = self.stats.problems_total;
         let ctx = Ctx {
             frame: frame.number,
             time: frame.time,
@@ -226,6 +341,10 @@ impl Dissector {
                 self.stats.problem(frame.number, "link", e);
             }
         }
+        if self.stats.problems_total > problems_before {
+            self.stats.frames_failed += 1;
+        }
+        self.peak_held = self.peak_held.max(self.bytes_held());
     }
 
     /// Flushes buffered stream data at the end of a capture (or on shutdown).
@@ -251,6 +370,8 @@ impl Dissector {
     fn ip(&mut self, ctx: Ctx, data: &[u8], depth: u8, sink: &mut impl Observer) {
         if depth > MAX_ENCAPSULATION_DEPTH {
             self.stats.depth_exceeded += 1;
+            self.stats
+                .problem(ctx.frame, "depth", "tunnels nested too deep");
             return;
         }
         let slice = match LaxIpSlice::from_slice(data) {
@@ -306,6 +427,11 @@ impl Dissector {
         };
         let Some((id, offset, more)) = fragment else {
             self.stats.ip_errors += 1;
+            self.stats.problem(
+                ctx.frame,
+                "ip",
+                "fragmented IPv6 packet without a fragment header",
+            );
             return;
         };
         let key = FragmentKey {
@@ -314,6 +440,8 @@ impl Dissector {
             id,
             protocol,
         };
+        self.fragments
+            .set_budget(self.share(self.tcp.bytes_held() + self.sctp.bytes_held()));
         if let Some(whole) = self
             .fragments
             .add(key, ctx.time, offset, more, payload.payload)
@@ -346,6 +474,7 @@ impl Dissector {
             },
             17 => self.udp(ctx, src, dst, payload, depth, sink),
             6 => self.tcp(ctx, src, dst, payload, sink),
+            132 => self.sctp(ctx, src, dst, payload, sink),
             _ => {}
         }
     }
@@ -463,11 +592,78 @@ impl Dissector {
             rst: header.rst(),
             payload: &data[header.slice().len()..],
         };
+        self.tcp
+            .set_budget(self.share(self.fragments.bytes_held() + self.sctp.bytes_held()));
         let stats = &mut self.stats;
         self.tcp
             .segment(key, ctx.time, segment, |stream, delivery| {
                 feed_stream(stats, sink, ctx.frame, &key, stream, delivery);
             });
+    }
+
+    /// An SCTP packet: every DATA chunk that carries (or completes) a SIP message. Bundled
+    /// chunks are taken in order; fragments are reassembled when their payload protocol
+    /// identifier is 0, the one SIP uses (RFC 4168 assigns none), and an unfragmented chunk
+    /// of any identifier is SIP if its content is.
+    fn sctp(&mut self, ctx: Ctx, src: IpAddr, dst: IpAddr, data: &[u8], sink: &mut impl Observer) {
+        let packet = match sctp::parse(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.problem(ctx.frame, "sctp", e);
+                return;
+            }
+        };
+        self.stats.sctp_packets += 1;
+        let key = AssociationKey {
+            src: SocketAddr::new(src, packet.src_port),
+            dst: SocketAddr::new(dst, packet.dst_port),
+        };
+        let meta = MessageMeta {
+            frame: ctx.frame,
+            time: ctx.time,
+            src: key.src,
+            dst: key.dst,
+            transport: Transport::Sctp,
+        };
+        for chunk in packet.chunks() {
+            let chunk = match chunk {
+                Ok(Chunk::Data(c)) => c,
+                Ok(Chunk::Other { .. }) => continue,
+                Err(e) => {
+                    self.stats.problem(ctx.frame, "sctp", e);
+                    return;
+                }
+            };
+            self.stats.sctp_data_chunks += 1;
+            if chunk.begin && chunk.end {
+                self.sctp_message(&meta, chunk.payload, sink);
+                continue;
+            }
+            if chunk.ppid != 0 {
+                continue;
+            }
+            self.sctp
+                .set_budget(self.share(self.fragments.bytes_held() + self.tcp.bytes_held()));
+            if let Reassembled::Message(message) = self.sctp.add(key, ctx.time, &chunk) {
+                self.sctp_message(&meta, &message, sink);
+            }
+        }
+    }
+
+    fn sctp_message(&mut self, meta: &MessageMeta, message: &[u8], sink: &mut impl Observer) {
+        if !sip::starts_with_sip(message) {
+            return;
+        }
+        match sip::parse(message) {
+            Ok(message) => {
+                self.stats.sip_messages_sctp += 1;
+                sink.sip(meta, &message);
+            }
+            Err(e) => {
+                self.stats.sip_parse_errors += 1;
+                self.stats.problem(meta.frame, "sip", e);
+            }
+        }
     }
 }
 
@@ -527,4 +723,59 @@ fn feed_stream(
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame from `port` to 192.0.2.1:5060.
+    fn tcp_frame(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
+            .tcp(port, 5060, seq, 65_535)
+            .ack(1);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn budget_bounds_every_flow_and_its_drops_reach_the_loss_counters() {
+        let budget = 64 * 1024;
+        let mut dissector = Dissector::new(DissectLimits {
+            memory_budget: budget,
+            ..DissectLimits::default()
+        });
+        let head = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 60000\r\n\r\n";
+        let mut sink = |_: &MessageMeta, _: &SipMessage<'_>| panic!("no message completes");
+        for port in 1..=100u16 {
+            let mut payload = head.to_vec();
+            payload.resize(4000, b'x');
+            let data = tcp_frame(port, 1, &payload);
+            let frame = Frame {
+                number: u64::from(port),
+                time: Timestamp::from_secs_nanos(1, u32::from(port)),
+                link: LinkType::Ethernet,
+                data: &data,
+            };
+            dissector.frame(&frame, &mut sink);
+            assert!(
+                dissector.bytes_held() <= budget,
+                "{}",
+                dissector.bytes_held()
+            );
+        }
+        let stats = dissector.stats();
+        assert!(stats.memory.peak_bytes <= budget as u64);
+        assert!(stats.memory.held_bytes > 0);
+        let counters: std::collections::BTreeMap<_, _> =
+            stats.loss_counters().into_iter().collect();
+        assert_eq!(
+            counters["tcp_flows_evicted_memory"],
+            stats.tcp.flows_evicted_memory
+        );
+        assert!(counters["tcp_flows_evicted_memory"] > 50, "{counters:?}");
+        assert!(counters["tcp_bytes_dropped"] > 50 * 4000, "{counters:?}");
+    }
 }

@@ -5,9 +5,12 @@
 //! - [`sources`]: where frames come from: capture files, live capture on Linux (AF_PACKET),
 //!   the HEPv3 listener.
 //! - [`dissect`]: the decode path shared by every source: link layer, IP with fragment
-//!   reassembly, tunnels, UDP/TCP with stream reassembly, SIP recognised by content.
-//! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames).
-//! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing).
+//!   reassembly, tunnels, UDP/TCP/SCTP with stream and message reassembly, SIP recognised by
+//!   content, all reassembly within one memory budget.
+//! - [`decode`]: pure decoders without I/O (SIP, SDP, link layers, tunnels, WebSocket frames,
+//!   SCTP chunks).
+//! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing,
+//!   SCTP user messages).
 //! - [`correlation`]: call tracking, from SIP messages to call records.
 //! - [`record`]: the record types and their documented, versioned schema.
 //! - [`outputs`]: JSON Lines and tables.

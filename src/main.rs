@@ -141,6 +141,11 @@ struct ReplayArgs {
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// MiB the packet reassembly may hold in all (IP fragments, TCP segments and SIP
+    /// messages being framed, WebSocket, SCTP); beyond it the least recently active state is
+    /// dropped and counted in the summary.
+    #[arg(long, default_value_t = teledge::dissect::DEFAULT_MEMORY_BUDGET / (1024 * 1024), value_name = "MIB")]
+    memory_budget: usize,
     /// Send the records through the spool to the collector named in this configuration
     /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
     #[arg(long, value_name = "CONFIG")]
@@ -213,18 +218,27 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    if args.setup_timeout == 0 || args.max_call_duration == 0 {
-        anyhow::bail!("--setup-timeout and --max-call-duration must be positive");
+/// The replay's settings from its arguments.
+fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
+    if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
+        anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
     }
-    let settings = ReplaySettings {
+    Ok(ReplaySettings {
         calls: CallLimits {
             setup_timeout: Duration::from_secs(args.setup_timeout),
             max_call_duration: Duration::from_secs(args.max_call_duration),
             ..CallLimits::default()
         },
+        dissect: teledge::dissect::DissectLimits {
+            memory_budget: args.memory_budget.saturating_mul(1024 * 1024),
+            ..teledge::dissect::DissectLimits::default()
+        },
         ..ReplaySettings::default()
-    };
+    })
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let settings = replay_settings(&args)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -462,7 +476,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut damaged = false;
-    let mut replay = Replay::new(ReplaySettings::default());
+    let mut replay = Replay::new(replay_settings(&args)?);
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         if let Err(e) = replay.read(

@@ -10,7 +10,9 @@ use crate::correlation::media::MediaLimits;
 use crate::correlation::Correlator;
 use crate::decode::hep::HepFrame;
 use crate::decode::sip::SipMessage;
-use crate::dissect::{DatagramMeta, DissectLimits, Dissector, Frame, MessageMeta, Observer};
+use crate::dissect::{
+    DatagramMeta, DissectLimits, DissectStats, Dissector, Frame, MessageMeta, Observer,
+};
 use crate::record::{CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
 use crate::sources::capture_file::{self, CaptureError, Progress};
 use crate::time::Timestamp;
@@ -31,6 +33,7 @@ pub struct Replay {
     files: Vec<String>,
     outcomes: BTreeMap<String, u64>,
     last_time: Timestamp,
+    undecodable_files: Vec<String>,
 }
 
 /// Hands decoded events to the correlator and its records on.
@@ -64,11 +67,14 @@ impl Replay {
             files: Vec::new(),
             outcomes: BTreeMap::new(),
             last_time: Timestamp::default(),
+            undecodable_files: Vec::new(),
         }
     }
 
     /// Reads one capture. Records of calls that ended go to `out` as they end. On error, the
-    /// frames before the damage have been processed.
+    /// frames before the damage have been processed. A file whose every frame failed to
+    /// decode is an error too ([`CaptureError::Undecodable`], with the kinds of failure), and
+    /// is named in the summary: it must not pass for an empty capture.
     pub fn read(
         &mut self,
         name: &str,
@@ -77,6 +83,7 @@ impl Replay {
         mut progress: impl FnMut(Progress),
     ) -> Result<u64, CaptureError> {
         self.files.push(name.to_owned());
+        let before = self.dissector.stats();
         let Replay {
             dissector,
             correlator,
@@ -88,7 +95,7 @@ impl Replay {
             count_outcome(outcomes, &record);
             out(record);
         };
-        capture_file::read_frames(input, |frame: &Frame<'_>, p| {
+        let frames = capture_file::read_frames(input, |frame: &Frame<'_>, p| {
             *last_time = (*last_time).max(frame.time);
             let mut feed = Feed {
                 correlator: &mut *correlator,
@@ -97,7 +104,17 @@ impl Replay {
             dissector.frame(frame, &mut feed);
             correlator.advance(frame.time, &mut counted);
             progress(p);
-        })
+        })?;
+        let after = self.dissector.stats();
+        let failed = after.frames_failed - before.frames_failed;
+        if frames > 0 && failed == frames {
+            self.undecodable_files.push(name.to_owned());
+            return Err(CaptureError::Undecodable {
+                frames,
+                detail: failure_kinds(&before, &after),
+            });
+        }
+        Ok(frames)
     }
 
     /// Ends the replay: flushes buffered streams, reports calls still open as such, and
@@ -133,10 +150,28 @@ impl Replay {
             media: self.correlator.media().counters(),
             calls_dropped_at_capacity: counters.dropped_at_capacity,
             call_counters: counters,
+            undecodable_files: self.undecodable_files,
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));
         summary
     }
+}
+
+/// The kinds of decode failure between two snapshots, with the first problem recorded in
+/// them: `link 57; frame 1: frame shorter than its link-layer header`.
+fn failure_kinds(before: &DissectStats, after: &DissectStats) -> String {
+    let kinds: Vec<String> = after
+        .errors
+        .iter()
+        .map(|(kind, n)| (kind, n - before.errors.get(kind).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    let mut detail = kinds.join(", ");
+    if let Some(first) = after.problems.get(before.problems.len()) {
+        detail.push_str(&format!("; frame {}: {}", first.frame, first.detail));
+    }
+    detail
 }
 
 fn count_outcome(outcomes: &mut BTreeMap<String, u64>, record: &Record) {

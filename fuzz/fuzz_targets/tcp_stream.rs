@@ -1,7 +1,9 @@
 //! TCP reassembly and SIP/WebSocket stream framing driven by arbitrary segments.
 //!
 //! Input: a sequence of records `[flags u8][seq offset u16][len u8][payload...]`, so the
-//! fuzzer explores reordering, overlaps, retransmissions, gaps and resynchronisation.
+//! fuzzer explores reordering, overlaps, retransmissions, gaps and resynchronisation. Bit 3
+//! of the flags picks one of two directions; the memory budget is small, so eviction and
+//! the stall timeout are explored too, and the bytes held must stay within it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,12 +12,19 @@ use teledge::reassembly::tcp::{FlowKey, Segment, TcpLimits, TcpReassembler};
 use teledge::time::Timestamp;
 
 fuzz_target!(|data: &[u8]| {
-    let key = FlowKey {
-        src: "10.0.0.1:5060".parse().unwrap(),
-        dst: "10.0.0.2:5060".parse().unwrap(),
-    };
+    let keys = [
+        FlowKey {
+            src: "10.0.0.1:5060".parse().unwrap(),
+            dst: "10.0.0.2:5060".parse().unwrap(),
+        },
+        FlowKey {
+            src: "10.0.0.2:5060".parse().unwrap(),
+            dst: "10.0.0.1:5060".parse().unwrap(),
+        },
+    ];
     let limits = TcpLimits {
         max_pending_bytes: 4096,
+        max_bytes: 16 * 1024,
         ..TcpLimits::default()
     };
     let mut tcp: TcpReassembler<SipStream> = TcpReassembler::new(limits);
@@ -36,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
             payload,
         };
         let now = Timestamp::from_secs_nanos(i * i64::from(flags >> 4), 0);
+        let key = keys[usize::from(flags >> 3 & 1)];
         tcp.segment(key, now, segment, |stream, delivery| {
             stream.push(delivery.data, delivery.after_gap, &mut |event| {
                 if let StreamEvent::Message(bytes, _) = event {
@@ -43,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             });
         });
+        assert!(tcp.bytes_held() <= 16 * 1024, "{}", tcp.bytes_held());
     }
     tcp.flush(Timestamp::from_secs_nanos(i64::MAX / 2_000_000_000, 0), |_, stream, d| {
         stream.push(d.data, d.after_gap, &mut |_| {});

@@ -3,8 +3,15 @@
 //!
 //! Pure functions from a frame to the IP packet inside it; header layouts come from
 //! `etherparse` where it has them.
+//!
+//! Linux cooked captures (`tcpdump -i any`, `dumpcap -i any`) are decoded by their protocol
+//! field, whatever the hardware type of the interface the frame was seen on: loopback (772),
+//! tun (65534), PPP (512), rmnet (530), IP-GRE (778) and Ethernet (1) all carry an EtherType
+//! there. The address field is 8 bytes on the wire in both versions whatever the address
+//! length says (shorter addresses are padded, longer ones truncated by the kernel), so the
+//! header length never depends on it.
 
-use etherparse::{EtherType, Ethernet2HeaderSlice, LinuxSllHeaderSlice, SingleVlanHeaderSlice};
+use etherparse::{EtherType, Ethernet2HeaderSlice, SingleVlanHeaderSlice};
 
 /// The link-layer header type of a capture (the pcap `LINKTYPE_*` registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +65,22 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
     match link {
         LinkType::Ethernet => ethernet_payload(frame),
         LinkType::LinuxSll => {
-            let header =
-                LinuxSllHeaderSlice::from_slice(frame).map_err(|_| LinkError::Truncated)?;
+            // SLL v1: pkttype(2) hatype(2) addrlen(2) addr(8) protocol(2).
+            if frame.len() < SLL_HEADER {
+                return Err(LinkError::Truncated);
+            }
+            let hatype = u16::from_be_bytes([frame[2], frame[3]]);
             let protocol = u16::from_be_bytes([frame[14], frame[15]]);
-            let rest = &frame[header.slice().len()..];
-            Ok(by_ether_type(protocol, rest))
+            cooked_payload(hatype, protocol, &frame[SLL_HEADER..])
         }
         LinkType::LinuxSll2 => {
             // SLL2: protocol(2) reserved(2) ifindex(4) hatype(2) pkttype(1) addrlen(1) addr(8).
-            if frame.len() < 20 {
+            if frame.len() < SLL2_HEADER {
                 return Err(LinkError::Truncated);
             }
             let protocol = u16::from_be_bytes([frame[0], frame[1]]);
-            Ok(by_ether_type(protocol, &frame[20..]))
+            let hatype = u16::from_be_bytes([frame[8], frame[9]]);
+            cooked_payload(hatype, protocol, &frame[SLL2_HEADER..])
         }
         LinkType::RawIp => Ok(raw_ip(frame)),
         LinkType::Null | LinkType::Loop => {
@@ -100,11 +110,37 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
     }
 }
 
+/// Length of a Linux cooked capture v1 header.
+const SLL_HEADER: usize = 16;
+/// Length of a Linux cooked capture v2 header.
+const SLL2_HEADER: usize = 20;
+/// `ARPHRD_NETLINK`: the protocol field is a netlink family, the payload a netlink message.
+const ARPHRD_NETLINK: u16 = 824;
+/// `ARPHRD_IPGRE`: the protocol field is the GRE protocol type (an EtherType, 0x6558 for
+/// bridged Ethernet).
+const ARPHRD_IPGRE: u16 = 778;
+
+/// The payload of a Linux cooked frame, by its protocol field. Values below 0x0600 are not
+/// EtherTypes but the kernel's `LINUX_SLL_P_*` codes (802.2 LLC, CAN, ...): never IP.
+fn cooked_payload(hatype: u16, protocol: u16, rest: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    match (hatype, protocol) {
+        (ARPHRD_NETLINK, _) => Ok(None),
+        (ARPHRD_IPGRE, 0x6558) => ethernet_payload(rest),
+        (_, p) if p < 0x0600 => Ok(None),
+        (_, p) => after_ether_type(EtherType(p), rest),
+    }
+}
+
 /// Returns the IP packet inside an Ethernet frame, peeling VLAN tags and MPLS labels.
 pub fn ethernet_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
     let header = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| LinkError::Truncated)?;
-    let mut ether_type = header.ether_type();
-    let mut rest = &frame[header.slice().len()..];
+    after_ether_type(header.ether_type(), &frame[header.slice().len()..])
+}
+
+/// The IP packet after an EtherType, peeling VLAN tags and MPLS labels in front of it.
+fn after_ether_type(ether_type: EtherType, rest: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let mut ether_type = ether_type;
+    let mut rest = rest;
     for _ in 0..MAX_SHIMS {
         match ether_type {
             EtherType::VLAN_TAGGED_FRAME
@@ -178,6 +214,66 @@ mod tests {
         );
     }
 
+    /// An SLL v1 header as the kernel writes it for `hatype`, with an address of `addr_len`.
+    fn sll_v1(hatype: u16, addr_len: u16, protocol: u16) -> Vec<u8> {
+        let mut frame = vec![0, 0];
+        frame.extend_from_slice(&hatype.to_be_bytes());
+        frame.extend_from_slice(&addr_len.to_be_bytes());
+        frame.extend_from_slice(&[0xAB; 8]);
+        frame.extend_from_slice(&protocol.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn sll_v1_decodes_by_protocol_whatever_the_hardware_type() {
+        // Ethernet, PPP, loopback, IP-GRE, rmnet, tun/none; address lengths 0, 6 and 20
+        // (InfiniBand's, truncated to 8 in the frame).
+        for (hatype, addr_len) in [(1, 6), (512, 0), (772, 6), (778, 0), (530, 0), (65534, 0)] {
+            for (protocol, ip) in [(0x0800u16, 0x45u8), (0x86DD, 0x60)] {
+                let mut frame = sll_v1(hatype, addr_len, protocol);
+                frame.push(ip);
+                assert_eq!(
+                    ip_payload(LinkType::LinuxSll, &frame),
+                    Ok(Some(&[ip][..])),
+                    "hatype {hatype}"
+                );
+            }
+        }
+        let mut infiniband = sll_v1(32, 20, 0x0800);
+        infiniband.push(0x45);
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &infiniband),
+            Ok(Some(&[0x45][..]))
+        );
+        // Not IP: netlink, 802.2 LLC, ARP; a header cut short is an error.
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(824, 0, 0x0800)),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0004)),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(1, 6, 0x0806)),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &sll_v1(772, 6, 0x0800)[..15]),
+            Err(LinkError::Truncated)
+        );
+    }
+
+    #[test]
+    fn sll_v1_peels_a_vlan_tag() {
+        let mut frame = sll_v1(1, 6, 0x8100);
+        frame.extend_from_slice(&[0x00, 0x64, 0x08, 0x00, 0x45]);
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll, &frame),
+            Ok(Some(&[0x45][..]))
+        );
+    }
+
     #[test]
     fn sll2_carries_ipv6() {
         let mut frame = vec![0x86, 0xDD];
@@ -190,6 +286,12 @@ mod tests {
         assert_eq!(
             ip_payload(LinkType::LinuxSll2, &frame[..10]),
             Err(LinkError::Truncated)
+        );
+        // Loopback hardware type (bytes 8-9), as `dumpcap -i any` writes for `lo`.
+        frame[8..10].copy_from_slice(&772u16.to_be_bytes());
+        assert_eq!(
+            ip_payload(LinkType::LinuxSll2, &frame).unwrap(),
+            Some(&[0x60][..])
         );
     }
 }

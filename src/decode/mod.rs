@@ -1,9 +1,11 @@
 //! Pure decoders: bytes in, typed values out. No I/O, no tokio, no panics on any input.
 //!
-//! [`hep`] decodes HEPv3 frames (the capture protocol of HOMER agents and PBXs).
+//! [`hep`] decodes HEPv3 frames (the capture protocol of HOMER agents and PBXs); [`sctp`] the
+//! SCTP common header and chunks, for SIP over SCTP.
 
 pub mod hep;
 pub mod link;
+pub mod sctp;
 pub mod sdp;
 pub mod sip;
 pub mod tunnel;

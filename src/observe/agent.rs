@@ -39,8 +39,12 @@ pub struct AgentMetrics {
     pub source_bytes: Arc<Family<Counter>>,
     /// Frames the kernel dropped before we read them (AF_PACKET statistics), by source.
     pub source_kernel_drops: Arc<Family<Counter>>,
-    /// Decode problems, by kind (the `kind` of [`crate::dissect::Problem`]).
+    /// Decode problems and reassembly drops, by kind (the names of
+    /// [`crate::dissect::DissectStats::loss_counters`]).
     pub decode_errors: Arc<Family<Counter>>,
+    /// Bytes held by reassembly (fragments, TCP, SIP framing, SCTP), by source; bounded by
+    /// the decode path's memory budget.
+    pub reassembly_bytes_held: Arc<Family<Gauge>>,
 
     // Correlation.
     pub calls_active: Arc<Gauge>,
@@ -162,6 +166,13 @@ impl AgentMetrics {
                 Kind::Counter,
                 &["kind"],
                 MAX_ERROR_KINDS,
+            ),
+            reassembly_bytes_held: r.family(
+                "teledge_reassembly_bytes_held",
+                "Bytes held by packet reassembly, by source.",
+                Kind::Gauge,
+                source,
+                MAX_SOURCES,
             ),
             calls_active: r.gauge("teledge_calls_active", "Calls being tracked."),
             call_table_bytes: r.gauge(

@@ -125,17 +125,32 @@ pub fn write_table(
     let d = &summary.decode;
     writeln!(
         out,
-        "{} frames, {} SIP messages ({} UDP, {} TCP, {} WebSocket, {} HEP), {} REGISTER and {} other transactions, {} decode errors",
+        "{} frames, {} SIP messages ({} UDP, {} TCP, {} WebSocket, {} SCTP, {} HEP), {} REGISTER and {} other transactions, {} decode errors{}",
         d.frames,
         d.sip_messages(),
         d.sip_messages_udp,
         d.sip_messages_tcp,
         d.sip_messages_ws,
+        d.sip_messages_sctp,
         d.sip_messages_hep,
         summary.registrations,
         summary.other_transactions,
-        d.sip_parse_errors + d.ip_errors + d.link_errors + d.tunnel_errors + d.hep_errors,
-    )
+        d.errors.values().sum::<u64>(),
+        errors_by_kind(d),
+    )?;
+    for file in &summary.undecodable_files {
+        writeln!(out, "{file}: no frame could be decoded")?;
+    }
+    Ok(())
+}
+
+/// ` (link 12, sip 1)`, or nothing when there was no error.
+fn errors_by_kind(d: &crate::dissect::DissectStats) -> String {
+    if d.errors.is_empty() {
+        return String::new();
+    }
+    let kinds: Vec<String> = d.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!(" ({})", kinds.join(", "))
 }
 
 fn party_label(party: &crate::record::Party) -> &str {

@@ -2,8 +2,10 @@
 //!
 //! Large INVITEs with SDP, or with many Via and Record-Route headers, fragment over UDP; a tap
 //! that cannot put them back together loses exactly the calls that matter. The pool is bounded
-//! by datagrams in progress and by bytes held, a datagram not completed within the timeout
-//! (capture time) is dropped, and every drop is counted.
+//! by datagrams in progress and by bytes held (the fragments' bytes and the bookkeeping of
+//! their ranges, also as a datagram grows), a datagram not completed within the timeout
+//! (capture time) is dropped, and every drop is counted. The byte bound can be lowered at any
+//! time ([`FragmentPool::set_budget`]) by a caller sharing one budget among several pools.
 //!
 //! Overlaps: a fragment that repeats bytes already held (a duplicate, or a re-fragmentation
 //! along other boundaries) is accepted when the bytes agree. A fragment whose bytes disagree
@@ -76,12 +78,22 @@ struct Partial {
     first_seen: Timestamp,
 }
 
+impl Partial {
+    /// Bytes of memory held: the payload buffer and the range list.
+    fn cost(&self) -> usize {
+        self.data.capacity() + self.ranges.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+}
+
 /// The reassembly pool.
 #[derive(Debug)]
 pub struct FragmentPool {
     limits: FragmentLimits,
     partials: HashMap<FragmentKey, Partial>,
+    /// Sum of `Partial::cost` over the partials.
     bytes_held: usize,
+    /// The byte bound in force (at most `limits.max_bytes`).
+    budget: usize,
     last_sweep: Timestamp,
     stats: FragmentStats,
 }
@@ -95,6 +107,7 @@ impl FragmentPool {
             limits,
             partials: HashMap::new(),
             bytes_held: 0,
+            budget: limits.max_bytes,
             last_sweep: Timestamp::default(),
             stats: FragmentStats::default(),
         }
@@ -107,6 +120,16 @@ impl FragmentPool {
     /// Datagrams currently being reassembled.
     pub fn in_progress(&self) -> usize {
         self.partials.len()
+    }
+
+    /// Bytes held by datagrams in progress.
+    pub fn bytes_held(&self) -> usize {
+        self.bytes_held
+    }
+
+    /// Sets the byte bound for the next fragments (never above [`FragmentLimits::max_bytes`]).
+    pub fn set_budget(&mut self, bytes: usize) {
+        self.budget = bytes.min(self.limits.max_bytes);
     }
 
     /// Adds a fragment (`offset` in bytes). Returns the whole payload when this fragment
@@ -129,9 +152,9 @@ impl FragmentPool {
 
         if !self.partials.contains_key(&key) {
             while self.partials.len() >= self.limits.max_datagrams
-                || self.bytes_held + end > self.limits.max_bytes
+                || self.bytes_held + end > self.budget
             {
-                if !self.evict_oldest() {
+                if !self.evict_oldest(None) {
                     break;
                 }
             }
@@ -161,8 +184,10 @@ impl FragmentPool {
             return None;
         }
 
-        let grown = end.saturating_sub(partial.data.len());
-        if grown > 0 {
+        let cost_before = partial.cost();
+        if end > partial.data.len() {
+            // Exactly what is needed: the bytes held are the bytes accounted.
+            partial.data.reserve_exact(end - partial.data.len());
             partial.data.resize(end, 0);
         }
         partial.data[offset..end].copy_from_slice(payload);
@@ -171,7 +196,7 @@ impl FragmentPool {
         }
         insert_range(&mut partial.ranges, (offset, end));
         let complete = partial.total.is_some_and(|t| partial.ranges == [(0, t)]);
-        self.bytes_held += grown;
+        self.bytes_held = (self.bytes_held + partial.cost()).saturating_sub(cost_before);
 
         if complete {
             let done = self.remove(&key)?;
@@ -179,6 +204,15 @@ impl FragmentPool {
             self.stats.largest_reassembled =
                 self.stats.largest_reassembled.max(done.data.len() as u64);
             return Some(done.data);
+        }
+        // A datagram that grew past the bound makes room by evicting older ones; if it alone
+        // is over, it goes.
+        while self.bytes_held > self.budget {
+            if !self.evict_oldest(Some(&key)) {
+                self.remove(&key);
+                self.stats.evicted += 1;
+                break;
+            }
         }
         None
     }
@@ -203,10 +237,12 @@ impl FragmentPool {
         }
     }
 
-    fn evict_oldest(&mut self) -> bool {
+    /// Evicts the oldest datagram other than `keep`; false when there is none.
+    fn evict_oldest(&mut self, keep: Option<&FragmentKey>) -> bool {
         let oldest = self
             .partials
             .iter()
+            .filter(|(k, _)| Some(*k) != keep)
             .min_by_key(|(_, p)| p.first_seen)
             .map(|(k, _)| *k);
         match oldest {
@@ -221,7 +257,7 @@ impl FragmentPool {
 
     fn remove(&mut self, key: &FragmentKey) -> Option<Partial> {
         let partial = self.partials.remove(key)?;
-        self.bytes_held = self.bytes_held.saturating_sub(partial.data.len());
+        self.bytes_held = self.bytes_held.saturating_sub(partial.cost());
         Some(partial)
     }
 }
@@ -296,6 +332,27 @@ mod tests {
         pool.expire(t(100));
         assert_eq!(pool.in_progress(), 0);
         assert_eq!(pool.stats().timed_out, 2);
+    }
+
+    #[test]
+    fn growing_datagrams_stay_within_the_byte_bound() {
+        // Each datagram starts small and then grows to 64 KiB with a fragment at its end:
+        // the bound must hold as they grow, not only when they start.
+        let limits = FragmentLimits {
+            max_bytes: 256 * 1024,
+            ..FragmentLimits::default()
+        };
+        let mut pool = FragmentPool::new(limits);
+        for id in 0..32 {
+            let k = FragmentKey { id, ..key() };
+            pool.add(k, t(1), 0, true, &[0; 8]);
+            pool.add(k, t(1), 65_000, true, &[0; 8]);
+            assert!(pool.bytes_held() <= 256 * 1024, "{}", pool.bytes_held());
+        }
+        assert!(pool.stats().evicted >= 28, "{:?}", pool.stats());
+        pool.set_budget(1000);
+        pool.add(FragmentKey { id: 99, ..key() }, t(1), 0, true, &[0; 8]);
+        assert!(pool.bytes_held() <= 1000, "{}", pool.bytes_held());
     }
 
     #[test]

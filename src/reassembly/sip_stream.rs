@@ -5,13 +5,18 @@
 //! one SIP message; anything else is marked as not SIP and no longer buffered. SIP messages
 //! are framed by their headers and Content-Length (RFC 3261 §18.3); CRLF keep-alives between
 //! messages (RFC 5626 §3.5.1) are skipped. After a gap, or bytes that do not frame, the
-//! framer discards up to the next line that starts a SIP message. Every buffer is bounded.
+//! framer discards up to the next line that starts a SIP message. Every buffer is bounded:
+//! a message being framed by [`MAX_MESSAGE`], an HTTP head by 16 KiB, bytes probed before a
+//! first start line by 64 KiB; buffers are released when they empty, and what they hold is
+//! reported ([`SipStream::held_bytes`]) so the reassembler can keep all streams within one
+//! memory budget.
 
 use crate::decode::sip::{canonical_name, starts_with_sip};
 use crate::decode::websocket::{self, Opcode};
 
-/// Largest SIP message accepted on a stream (headers and body).
-pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Largest SIP message accepted on a stream (headers and body): the largest a SIP message
+/// over UDP can be. Real messages are a few KiB; a larger Content-Length is not waited for.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes examined for a first SIP start line before a stream is declared not SIP.
 const MAX_UNSYNCED_PROBE: usize = 64 * 1024;
 /// Largest HTTP upgrade header.
@@ -76,12 +81,34 @@ impl crate::reassembly::tcp::StreamConsumer for SipStream {
     fn wants_more(&self) -> bool {
         !self.is_ignored()
     }
+
+    fn held_bytes(&self) -> usize {
+        SipStream::held_bytes(self)
+    }
+}
+
+/// Buffers larger than this are shrunk when they hold less than a quarter of it.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+/// Releases an empty buffer, and shrinks one mostly empty, so an idle stream holds nothing
+/// and a past large message does not keep its memory.
+fn release(buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        *buf = Vec::new();
+    } else if buf.capacity() > KEEP_CAPACITY && buf.len() < buf.capacity() / 4 {
+        buf.shrink_to(buf.len().max(KEEP_CAPACITY / 4));
+    }
 }
 
 impl SipStream {
     /// True once the stream was found not to carry SIP.
     pub fn is_ignored(&self) -> bool {
         self.state == State::Ignored
+    }
+
+    /// Bytes of memory the stream's buffers hold (their capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.ws_message.capacity()
     }
 
     /// Feeds the next bytes of the stream; `after_gap` says bytes before them are missing.
@@ -99,11 +126,12 @@ impl SipStream {
                 State::Unknown | State::Ignored => {}
             }
         }
-        if self.state == State::Ignored {
-            return;
+        if self.state != State::Ignored {
+            self.buf.extend_from_slice(data);
+            while self.step(emit) {}
         }
-        self.buf.extend_from_slice(data);
-        while self.step(emit) {}
+        release(&mut self.buf);
+        release(&mut self.ws_message);
     }
 
     /// Makes one unit of progress; false when more bytes are needed.
@@ -474,6 +502,25 @@ mod tests {
         let noise = vec![0x17u8; MAX_UNSYNCED_PROBE + 10];
         collect(&mut s, &[(&noise, false), (&noise, false)]);
         assert!(s.is_ignored());
+    }
+
+    #[test]
+    fn buffers_are_released_once_messages_complete() {
+        let a = msg("a", &"x".repeat(40_000));
+        let mut s = SipStream::default();
+        let (head, tail) = a.as_bytes().split_at(30_000);
+        collect(&mut s, &[(head, false)]);
+        // A partial message is held, and reported for the budget.
+        assert!(s.held_bytes() >= 30_000, "{}", s.held_bytes());
+        let (out, _) = collect(&mut s, &[(tail, false)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.held_bytes(), 0);
+        // A message claiming more than the cap is not waited for.
+        let claim = "INVITE sip:b@h SIP/2.0\r\nCall-ID: big\r\nContent-Length: 70000\r\n\r\n";
+        let (out, discarded) = collect(&mut s, &[(claim.as_bytes(), false)]);
+        assert!(out.is_empty());
+        assert_eq!(discarded, claim.len());
+        assert_eq!(s.held_bytes(), 0);
     }
 
     #[test]

@@ -10,15 +10,28 @@
 //!
 //! Each direction carries an application state `A` (the SIP framer, in practice) that the
 //! delivery callback receives with the bytes, so the caller keeps no second flow table.
+//!
+//! Memory: every byte a direction holds — out-of-order segments and what its consumer buffers
+//! ([`StreamConsumer::held_bytes`]) — counts against one budget ([`TcpLimits::max_bytes`],
+//! lowered by the caller with [`TcpReassembler::set_budget`] when it shares a budget with
+//! other pools). After each segment the bytes held are within the budget: beyond it, the
+//! directions holding bytes that were least recently active are dropped whole, counted in
+//! [`TcpStats::flows_evicted_memory`] and [`TcpStats::bytes_dropped`]. A direction that holds
+//! bytes and sees nothing for [`TcpLimits::stall_timeout`] (a message that never completes),
+//! or that has carried no byte at all by then (a SYN never followed by data: a half-open
+//! connection), is dropped the same way ([`TcpStats::flows_stalled`]); one that holds nothing
+//! is forgotten after [`TcpLimits::idle_timeout`]. A dropped direction that speaks again
+//! starts afresh after a gap. The table itself is bounded by [`TcpLimits::max_flows`] (each
+//! entry costs about half a KiB beside what it holds).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::time::Timestamp;
 
 /// One direction of a TCP connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -31,10 +44,14 @@ pub struct TcpLimits {
     pub max_flows: usize,
     /// Out-of-order bytes held per direction while waiting for a hole to fill.
     pub max_pending_bytes: usize,
-    /// Out-of-order bytes held across all directions; beyond it, holes are skipped at once.
-    pub max_total_pending_bytes: usize,
+    /// Bytes held across all directions (out-of-order segments and the consumers' buffers);
+    /// beyond it, the least recently active directions holding bytes are dropped.
+    pub max_bytes: usize,
     /// How long (capture time) a hole may stay open before it is skipped.
     pub hole_timeout: Duration,
+    /// A direction holding bytes, or that never carried any, silent for this long is dropped
+    /// (half-open connections, messages that never complete).
+    pub stall_timeout: Duration,
     /// A direction silent for this long is forgotten.
     pub idle_timeout: Duration,
 }
@@ -44,8 +61,9 @@ impl Default for TcpLimits {
         TcpLimits {
             max_flows: 65_536,
             max_pending_bytes: 1024 * 1024,
-            max_total_pending_bytes: 64 * 1024 * 1024,
+            max_bytes: 64 * 1024 * 1024,
             hole_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
         }
     }
@@ -59,8 +77,18 @@ pub struct TcpStats {
     pub out_of_order: u64,
     /// Holes skipped because they were not filled in time or the window overflowed.
     pub gaps: u64,
+    /// Directions dropped because the table was full.
     pub flows_evicted: u64,
+    /// Directions dropped, with what they held, because the memory budget was reached.
+    pub flows_evicted_memory: u64,
+    /// Directions dropped, with what they held, after holding bytes silently for the stall
+    /// timeout, or after it without ever carrying a byte (half-open).
+    pub flows_stalled: u64,
+    /// Directions forgotten after the idle timeout (holding nothing).
     pub flows_expired: u64,
+    /// Bytes thrown away with dropped directions (out-of-order segments and partial
+    /// messages).
+    pub bytes_dropped: u64,
 }
 
 /// The consumer of a direction's bytes. A consumer that has lost interest (the stream is not
@@ -69,9 +97,18 @@ pub trait StreamConsumer: Default {
     fn wants_more(&self) -> bool {
         true
     }
+
+    /// Bytes of memory the consumer holds (its buffers' capacity), for the budget.
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }
 
-impl StreamConsumer for String {}
+impl StreamConsumer for String {
+    fn held_bytes(&self) -> usize {
+        self.capacity()
+    }
+}
 
 /// A TCP segment, as the decoder sees it.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +130,10 @@ pub struct Delivery<'a> {
     pub after_gap: bool,
 }
 
+/// Bookkeeping cost of one held out-of-order segment beyond its bytes (its `Vec` and its
+/// share of a B-tree node), so a flood of one-byte segments is accounted for what it costs.
+const SEGMENT_OVERHEAD: usize = 64;
+
 #[derive(Debug)]
 struct Direction<A> {
     next_seq: u32,
@@ -104,7 +145,17 @@ struct Direction<A> {
     last_seen: Timestamp,
     /// The next delivery follows a gap.
     gap: bool,
+    /// A segment with payload has been seen.
+    carried: bool,
+    /// Bytes of memory held (pending segments and the consumer's buffers), as accounted.
+    held: usize,
     app: A,
+}
+
+impl<A: StreamConsumer> Direction<A> {
+    fn measure(&self) -> usize {
+        self.pending_bytes + self.pending.len() * SEGMENT_OVERHEAD + self.app.held_bytes()
+    }
 }
 
 /// Reassembles every TCP direction seen.
@@ -112,9 +163,18 @@ struct Direction<A> {
 pub struct TcpReassembler<A> {
     limits: TcpLimits,
     flows: HashMap<FlowKey, Direction<A>>,
-    last_sweep: Timestamp,
-    /// Out-of-order bytes held across all directions.
-    total_pending: usize,
+    /// Every direction by last activity, oldest first.
+    by_activity: BTreeSet<(Timestamp, FlowKey)>,
+    /// Directions holding bytes by last activity, oldest first: who is dropped first.
+    holding: BTreeSet<(Timestamp, FlowKey)>,
+    /// Directions that have carried no byte yet (after a SYN) by last activity.
+    silent: BTreeSet<(Timestamp, FlowKey)>,
+    /// Bytes held across all directions (sum of `Direction::held`).
+    held: usize,
+    /// The budget in force (at most `limits.max_bytes`).
+    budget: usize,
+    /// Most bytes held after a segment.
+    peak: usize,
     stats: TcpStats,
 }
 
@@ -123,13 +183,35 @@ fn seq_diff(a: u32, b: u32) -> i64 {
     i64::from(a.wrapping_sub(b) as i32)
 }
 
+/// The indexes the stall timeout sweeps.
+#[derive(Debug, Clone, Copy)]
+enum Index {
+    Holding,
+    Silent,
+}
+
+/// Why a direction was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drop {
+    /// Closed (FIN, RST) or replaced by a new SYN.
+    Closed,
+    TableFull,
+    Memory,
+    Stalled,
+    Idle,
+}
+
 impl<A: StreamConsumer> TcpReassembler<A> {
     pub fn new(limits: TcpLimits) -> Self {
         TcpReassembler {
             limits,
             flows: HashMap::new(),
-            last_sweep: Timestamp::default(),
-            total_pending: 0,
+            by_activity: BTreeSet::new(),
+            holding: BTreeSet::new(),
+            silent: BTreeSet::new(),
+            held: 0,
+            budget: limits.max_bytes,
+            peak: 0,
             stats: TcpStats::default(),
         }
     }
@@ -141,6 +223,22 @@ impl<A: StreamConsumer> TcpReassembler<A> {
     /// Directions currently tracked.
     pub fn flows(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Bytes held now (out-of-order segments and the consumers' buffers).
+    pub fn bytes_held(&self) -> usize {
+        self.held
+    }
+
+    /// Most bytes held after any segment so far.
+    pub fn peak_bytes_held(&self) -> usize {
+        self.peak
+    }
+
+    /// Sets the budget for the next segments (never above [`TcpLimits::max_bytes`]): the
+    /// caller's share of a budget shared with other pools.
+    pub fn set_budget(&mut self, bytes: usize) {
+        self.budget = bytes.min(self.limits.max_bytes);
     }
 
     /// Feeds one segment. `deliver` receives the direction's application state and every run
@@ -162,14 +260,16 @@ impl<A: StreamConsumer> TcpReassembler<A> {
 
         if segment.syn {
             // A SYN starts a new connection on this 4-tuple: forget any previous one.
-            self.remove(&key);
+            self.remove(&key, Drop::Closed);
         }
         if !self.flows.contains_key(&key) {
             if segment.payload.is_empty() && !segment.syn {
                 return; // a bare ACK/FIN of a connection we never saw carries nothing
             }
             if self.flows.len() >= self.limits.max_flows {
-                self.evict_least_recent();
+                if let Some(&(_, oldest)) = self.by_activity.first() {
+                    self.remove(&oldest, Drop::TableFull);
+                }
             }
             self.flows.insert(
                 key,
@@ -181,16 +281,33 @@ impl<A: StreamConsumer> TcpReassembler<A> {
                     last_seen: now,
                     // Without the SYN we do not know where the stream began.
                     gap: !segment.syn,
+                    carried: false,
+                    held: 0,
                     app: A::default(),
                 },
             );
+            self.by_activity.insert((now, key));
+            self.silent.insert((now, key));
         }
         let Some(dir) = self.flows.get_mut(&key) else {
             return;
         };
-        dir.last_seen = now;
+        if dir.last_seen != now {
+            self.by_activity.remove(&(dir.last_seen, key));
+            self.by_activity.insert((now, key));
+            if self.holding.remove(&(dir.last_seen, key)) {
+                self.holding.insert((now, key));
+            }
+            if self.silent.remove(&(dir.last_seen, key)) {
+                self.silent.insert((now, key));
+            }
+            dir.last_seen = now;
+        }
+        if !dir.carried && !segment.payload.is_empty() {
+            dir.carried = true;
+            self.silent.remove(&(now, key));
+        }
 
-        let pending_before = dir.pending_bytes;
         if !dir.app.wants_more() {
             // Not SIP: keep the flow entry (so it is not re-examined) but hold no bytes.
             dir.pending.clear();
@@ -227,20 +344,23 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         let hole_expired = dir
             .hole_since
             .is_some_and(|since| now.seconds_since(since) > self.limits.hole_timeout.as_secs_f64());
-        let over_total = self.total_pending + dir.pending_bytes
-            > self.limits.max_total_pending_bytes + pending_before;
         if !dir.pending.is_empty()
-            && (hole_expired || over_total || dir.pending_bytes > self.limits.max_pending_bytes)
+            && (hole_expired || dir.pending_bytes > self.limits.max_pending_bytes)
         {
             self.stats.gaps += 1;
             skip_hole(dir, now, &mut deliver);
         }
-        self.total_pending =
-            (self.total_pending + dir.pending_bytes).saturating_sub(pending_before);
+        self.account(&key);
 
-        if segment.rst || (segment.fin && dir.pending.is_empty()) {
-            self.remove(&key);
+        let closed = self
+            .flows
+            .get(&key)
+            .is_some_and(|dir| segment.rst || (segment.fin && dir.pending.is_empty()));
+        if closed {
+            self.remove(&key, Drop::Closed);
         }
+        self.enforce_budget();
+        self.peak = self.peak.max(self.held);
     }
 
     /// Delivers whatever is still held, skipping holes, and forgets every flow. Called at the
@@ -250,7 +370,10 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         now: Timestamp,
         mut deliver: impl FnMut(&FlowKey, &mut A, Delivery<'_>),
     ) {
-        self.total_pending = 0;
+        self.held = 0;
+        self.by_activity.clear();
+        self.holding.clear();
+        self.silent.clear();
         for (key, mut dir) in self.flows.drain() {
             while !dir.pending.is_empty() {
                 self.stats.gaps += 1;
@@ -261,40 +384,79 @@ impl<A: StreamConsumer> TcpReassembler<A> {
         }
     }
 
-    fn remove(&mut self, key: &FlowKey) {
-        if let Some(dir) = self.flows.remove(key) {
-            self.total_pending = self.total_pending.saturating_sub(dir.pending_bytes);
-        }
-    }
-
-    fn expire(&mut self, now: Timestamp) {
-        if now.seconds_since(self.last_sweep) < 1.0 {
+    /// Re-measures what a direction holds after its consumer ran.
+    fn account(&mut self, key: &FlowKey) {
+        let Some(dir) = self.flows.get_mut(key) else {
             return;
-        }
-        self.last_sweep = now;
-        let idle = self.limits.idle_timeout.as_secs_f64();
-        let before = self.flows.len();
-        let mut released = 0;
-        self.flows.retain(|_, dir| {
-            let keep = now.seconds_since(dir.last_seen) <= idle;
-            if !keep {
-                released += dir.pending_bytes;
+        };
+        let now_held = dir.measure();
+        self.held = (self.held + now_held).saturating_sub(dir.held);
+        match (dir.held > 0, now_held > 0) {
+            (false, true) => {
+                self.holding.insert((dir.last_seen, *key));
             }
-            keep
-        });
-        self.total_pending = self.total_pending.saturating_sub(released);
-        self.stats.flows_expired += (before - self.flows.len()) as u64;
+            (true, false) => {
+                self.holding.remove(&(dir.last_seen, *key));
+            }
+            _ => {}
+        }
+        dir.held = now_held;
     }
 
-    fn evict_least_recent(&mut self) {
-        let oldest = self
-            .flows
-            .iter()
-            .min_by_key(|(_, d)| d.last_seen)
-            .map(|(k, _)| *k);
-        if let Some(key) = oldest {
-            self.remove(&key);
-            self.stats.flows_evicted += 1;
+    /// Drops the least recently active directions holding bytes until within the budget.
+    fn enforce_budget(&mut self) {
+        while self.held > self.budget {
+            let Some(&(_, key)) = self.holding.first() else {
+                return;
+            };
+            self.remove(&key, Drop::Memory);
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey, why: Drop) {
+        let Some(dir) = self.flows.remove(key) else {
+            return;
+        };
+        self.by_activity.remove(&(dir.last_seen, *key));
+        self.holding.remove(&(dir.last_seen, *key));
+        self.silent.remove(&(dir.last_seen, *key));
+        self.held = self.held.saturating_sub(dir.held);
+        // Also on a close: a partial message or a segment after a hole never completes.
+        self.stats.bytes_dropped += dir.held as u64;
+        match why {
+            Drop::Closed => {}
+            Drop::TableFull => self.stats.flows_evicted += 1,
+            Drop::Memory => self.stats.flows_evicted_memory += 1,
+            Drop::Stalled => self.stats.flows_stalled += 1,
+            Drop::Idle => self.stats.flows_expired += 1,
+        }
+    }
+
+    /// Drops directions that held bytes, or never carried any, too long without activity,
+    /// and forgets idle ones. Cheap per segment: the indexes are ordered by activity.
+    fn expire(&mut self, now: Timestamp) {
+        let stall = self.limits.stall_timeout.as_secs_f64();
+        for index in [Index::Holding, Index::Silent] {
+            loop {
+                let set = match index {
+                    Index::Holding => &self.holding,
+                    Index::Silent => &self.silent,
+                };
+                let Some(&(seen, key)) = set.first() else {
+                    break;
+                };
+                if now.seconds_since(seen) <= stall {
+                    break;
+                }
+                self.remove(&key, Drop::Stalled);
+            }
+        }
+        let idle = self.limits.idle_timeout.as_secs_f64();
+        while let Some(&(seen, key)) = self.by_activity.first() {
+            if now.seconds_since(seen) <= idle {
+                break;
+            }
+            self.remove(&key, Drop::Idle);
         }
     }
 }
@@ -456,28 +618,82 @@ mod tests {
             r.segment(key(), now, seg(seq, &[0u8; 50]), |_, _| delivered += 1);
         }
         assert_eq!(delivered, 0);
-        assert_eq!(r.total_pending, 0);
+        assert_eq!(r.bytes_held(), 0);
         assert_eq!(r.flows(), 1);
     }
 
+    fn port_key(port: u16) -> FlowKey {
+        FlowKey {
+            src: SocketAddr::new("10.0.0.1".parse().unwrap(), port),
+            dst: "10.0.0.2:5060".parse().unwrap(),
+        }
+    }
+
     #[test]
-    fn total_bound_skips_holes_across_flows() {
+    fn budget_drops_least_recently_active_holders() {
         let limits = TcpLimits {
-            max_total_pending_bytes: 10,
+            max_bytes: 1000,
             ..TcpLimits::default()
         };
         let mut r: TcpReassembler<String> = TcpReassembler::new(limits);
-        let now = Timestamp::from_secs_nanos(1, 0);
+        // Five directions, each holding 200 bytes out of order (plus bookkeeping).
         for port in 1..=5u16 {
-            let k = FlowKey {
-                src: SocketAddr::new("10.0.0.1".parse().unwrap(), port),
-                dst: "10.0.0.2:5060".parse().unwrap(),
-            };
-            r.segment(k, now, seg(0, b"a"), |_, _| {});
-            r.segment(k, now, seg(10, b"bbbb"), |_, _| {});
+            let now = Timestamp::from_secs_nanos(i64::from(port), 0);
+            r.segment(port_key(port), now, seg(0, b"a"), |_, _| {});
+            r.segment(port_key(port), now, seg(10, &[b'b'; 200]), |_, _| {});
+            assert!(r.bytes_held() <= 1000, "{}", r.bytes_held());
         }
-        assert!(r.total_pending <= 10, "{}", r.total_pending);
-        assert!(r.stats().gaps >= 1);
+        let stats = r.stats();
+        assert!(stats.flows_evicted_memory >= 1, "{stats:?}");
+        assert!(stats.bytes_dropped >= 200, "{stats:?}");
+        // The oldest went first; the newest is still there.
+        assert!(!r.flows.contains_key(&port_key(1)));
+        assert!(r.flows.contains_key(&port_key(5)));
+        assert_eq!(r.held, r.flows.values().map(|d| d.held).sum::<usize>());
+        assert!(r.peak_bytes_held() <= 1000);
+    }
+
+    #[test]
+    fn silent_holder_stalls_while_a_silent_empty_flow_stays() {
+        let t = |s| Timestamp::from_secs_nanos(s, 0);
+        // Port 1 holds an out-of-order segment; port 2 holds nothing.
+        let mut holder: TcpReassembler<String> = TcpReassembler::new(TcpLimits::default());
+        holder.segment(port_key(1), t(1), seg(0, b"a"), |_, _| {});
+        holder.segment(port_key(1), t(1), seg(50, &[b'x'; 40]), |_, _| {});
+        holder.segment(port_key(2), t(1), seg(0, b"a"), |_, _| {});
+        assert!(holder.bytes_held() > 40);
+        holder.segment(port_key(3), t(40), seg(0, b"a"), |_, _| {});
+        let stats = holder.stats();
+        assert_eq!(stats.flows_stalled, 1, "{stats:?}");
+        assert!(!holder.flows.contains_key(&port_key(1)));
+        assert!(holder.flows.contains_key(&port_key(2)));
+        assert_eq!(holder.bytes_held(), 0);
+        // Ports 2 and 3 have been silent past the idle timeout.
+        holder.segment(port_key(4), t(700), seg(1, b"b"), |_, _| {});
+        assert_eq!(holder.stats().flows_expired, 2);
+        assert_eq!(holder.flows(), 1);
+    }
+
+    #[test]
+    fn half_open_connections_time_out_at_the_stall_timeout() {
+        let mut r: TcpReassembler<String> = TcpReassembler::new(TcpLimits::default());
+        let t = |s| Timestamp::from_secs_nanos(s, 0);
+        let syn = |seq| Segment {
+            seq,
+            syn: true,
+            fin: false,
+            rst: false,
+            payload: b"",
+        };
+        // A SYN never followed by data, and one that is.
+        r.segment(port_key(1), t(1), syn(0), |_, _| {});
+        r.segment(port_key(2), t(1), syn(0), |_, _| {});
+        r.segment(port_key(2), t(2), seg(1, b"x"), |_, _| {});
+        r.segment(port_key(3), t(40), seg(0, b"y"), |_, _| {});
+        assert_eq!(r.stats().flows_stalled, 1);
+        assert!(!r.flows.contains_key(&port_key(1)));
+        assert!(r.flows.contains_key(&port_key(2)));
+        assert!(r.silent.is_empty());
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct CaptureSummary {
     /// Every counter of the call tracker (calls started before the capture, late messages,
     /// evictions, truncated fields, ...).
     pub call_counters: crate::correlation::calls::CallCounters,
+    /// Files of which not one frame could be decoded (every frame failed, see
+    /// `decode.errors` for the kinds): not an empty capture, a capture teledge cannot read.
+    pub undecodable_files: Vec<String>,
 }
 
 /// Schema id of the capture summary.

@@ -35,6 +35,10 @@ pub enum CaptureError {
     },
     #[error("read error: {0}")]
     Io(String),
+    /// The file reads, but every one of its frames failed to decode (an unsupported link
+    /// layer, a broken capture tool): not an empty capture.
+    #[error("none of the {frames} frames could be decoded ({detail})")]
+    Undecodable { frames: u64, detail: String },
 }
 
 /// Link type and timestamp scaling of one pcapng interface (or of a pcap file).

@@ -12,7 +12,7 @@ use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data` (a conformance test checks this list against the
 /// folder, so none is forgotten).
-pub const ALL_CAPTURES: [&str; 19] = [
+pub const ALL_CAPTURES: [&str; 21] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -32,6 +32,8 @@ pub const ALL_CAPTURES: [&str; 19] = [
     "gen_timestamp_reset.pcap",
     "gen_dtmf_in_voice.pcap",
     "gen_static_payload_types.pcap",
+    "sip_loopback_sll.pcap",
+    "sip_sctp.pcap",
 ];
 
 /// The TShark version every reference in `tests/data/tshark` comes from (Debian 12's).

@@ -40,9 +40,9 @@ def first(value):
 def tshark_args(capture):
     if capture in HEP_CAPTURES:
         return ["-X", f"lua_script:{HEP_LUA}", "-r", str(DATA / capture), "-Y", "sip",
-                "-T", "json", "-J", "frame sip"]
+                "-T", "json", "--no-duplicate-keys", "-J", "frame sip"]
     return ["-r", str(DATA / capture), "-d", "tcp.port==6060,sip", "-Y", "sip",
-            "-T", "json", "-J", "frame sip"]
+            "-T", "json", "--no-duplicate-keys", "-J", "frame sip"]
 
 
 def messages(capture):
