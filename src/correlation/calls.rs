@@ -115,6 +115,12 @@ pub struct CallLimits {
     /// How long an ended dialog (and its media endpoints) is remembered, to absorb late
     /// retransmissions and media in flight.
     pub linger: Duration,
+    /// How long a call's record waits after the call ended for RTP and RTCP still in flight
+    /// (the other side keeps sending until it has processed the BYE: a one-way delay, a few
+    /// 20 ms packets), which is measured into the call's streams as TShark counts it. Short
+    /// (250 ms) because it is also part of what a crash can lose. SIP after the end is absorbed by the dialog's
+    /// tombstone whatever this is. Part of the window a crash can lose (README).
+    pub record_grace: Duration,
     /// Ended dialogs remembered at once.
     pub max_ended: usize,
     /// Calls opened mid-dialog (`started_before_capture`) per minute of capture time; beyond
@@ -132,6 +138,7 @@ impl Default for CallLimits {
             setup_timeout: Duration::from_secs(300),
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
+            record_grace: Duration::from_millis(250),
             max_ended: 100_000,
             max_partial_calls_per_minute: 1000,
         }
@@ -177,6 +184,9 @@ pub struct CallCounters {
     pub hep_rtcp_after_end: u64,
     /// HEP RTCP entries not kept because the call already had [`MAX_HEP_RTCP_PER_CALL`].
     pub hep_rtcp_dropped: u64,
+    /// Records made before their `record_grace` passed because too many ended calls were
+    /// waiting (a flood of short calls): nothing lost, trailing media not waited for.
+    pub records_grace_cut_short: u64,
 }
 
 /// Most transactions remembered per call for retransmission detection.
@@ -693,6 +703,11 @@ impl CallTracker {
         let after = call.held_bytes();
         self.held_bytes = (self.held_bytes + after).saturating_sub(before);
         true
+    }
+
+    /// Counts a record made before its grace passed (see [`CallLimits::record_grace`]).
+    pub fn note_grace_cut_short(&mut self) {
+        self.counters.records_grace_cut_short += 1;
     }
 
     /// Moves time forward: ends calls that timed out (or whose challenge or CANCEL was not

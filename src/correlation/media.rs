@@ -212,6 +212,9 @@ pub struct MediaTracker {
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: HashMap<SocketAddr, Timestamp>,
+    /// Calls that ended and wait out their record grace: their streams still measure what
+    /// is in flight, but no new stream opens for them.
+    closing: std::collections::HashSet<Arc<str>>,
     ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
     /// The current minute of orphan records: its start, records made, and the summary of
     /// the rest.
@@ -237,6 +240,7 @@ impl MediaTracker {
             candidates: HashMap::new(),
             streams_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
+            closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
             orphan_window: None,
             orphan_summary: None,
@@ -377,6 +381,11 @@ impl MediaTracker {
             _ => Vec::new(),
         };
         match attached {
+            // The call ended and waits for media in flight of the streams it had: a stream
+            // that only starts now is not its conversation (counted like media after the end).
+            Some((ep, _)) if !self.closing.is_empty() && self.closing.contains(&ep.call) => {
+                self.counters.rtp_after_call_end += 1;
+            }
             Some((ep, direction)) => {
                 self.counters.rtp_packets_in_calls += 1;
                 self.open_stream(
@@ -698,6 +707,11 @@ impl MediaTracker {
     /// Everything measured for a call that ended at `now`: as [`Self::take_call`], and its
     /// media endpoints are remembered for `ended_linger`, so that what is still in flight
     /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
+    /// The call ended; its record waits for media in flight (see [`MediaTracker::closing`]).
+    pub fn closing(&mut self, call_id: &str) {
+        self.closing.insert(Arc::from(call_id));
+    }
+
     pub fn end_call(&mut self, call_id: &str, now: Timestamp) -> MediaQuality {
         let addrs: Vec<SocketAddr> = self
             .endpoints_by_call
@@ -730,6 +744,7 @@ impl MediaTracker {
     /// Everything measured for a call, which is over: its streams are closed, its endpoints
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
+        self.closing.remove(call_id);
         let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
         let mut measured: Vec<(Option<Direction>, StreamQuality)> =
             self.closed_legs.remove(call_id).unwrap_or_default();
