@@ -388,8 +388,14 @@ mod tests {
         ] {
             assert_eq!(ip_payload(LinkType::Ppp, frame), Ok(Some(&[0x45][..])));
         }
-        assert_eq!(ip_payload(LinkType::Ppp, &[0xFF, 0x03, 0x80, 0x21, 1]), Ok(None));
-        assert_eq!(ip_payload(LinkType::Ppp, &[0xFF, 0x03]), Err(LinkError::Truncated));
+        assert_eq!(
+            ip_payload(LinkType::Ppp, &[0xFF, 0x03, 0x80, 0x21, 1]),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::Ppp, &[0xFF, 0x03]),
+            Err(LinkError::Truncated)
+        );
     }
 
     #[test]

@@ -258,8 +258,8 @@ pub fn starts_with_sip(data: &[u8]) -> bool {
 pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     let (head, body_start) = split_head(data);
     // No blank line and no line end at the very end: the message was cut inside its head.
-    let unterminated_head = body_start == data.len() && head.len() == data.len()
-        && !data.ends_with(b"\n");
+    let unterminated_head =
+        body_start == data.len() && head.len() == data.len() && !data.ends_with(b"\n");
 
     let mut lines = LineSpans::new(head);
     let (first_start, first_end) = lines.next().ok_or(SipError::NotSip)?;
@@ -776,9 +776,15 @@ v=0\r\nextra";
         assert_eq!(msg.call_id, "c1");
         assert_eq!(msg.content_length, None);
         let broken = "BYE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c1\r\nCSeq: 7 BYE\r\nContent-Lengt\r\n";
-        assert_eq!(parse(broken.as_bytes()).unwrap_err(), SipError::MalformedHeader);
+        assert_eq!(
+            parse(broken.as_bytes()).unwrap_err(),
+            SipError::MalformedHeader
+        );
         let inside = "BYE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nJunk\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c1\r\nCSeq: 7 BYE";
-        assert_eq!(parse(inside.as_bytes()).unwrap_err(), SipError::MalformedHeader);
+        assert_eq!(
+            parse(inside.as_bytes()).unwrap_err(),
+            SipError::MalformedHeader
+        );
     }
 
     #[test]
