@@ -42,11 +42,10 @@ def first(v):
 
 
 def run_teledge(binary, path):
-    """(exit code or None on hang, records, stderr, peak RSS KiB, seconds)."""
+    """(exit code, or None when it ran past the time limit; records; stderr; seconds)."""
     start = time.monotonic()
     proc = subprocess.Popen([binary, "replay", "--no-progress", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = b"", b""
     try:
         out, err = proc.communicate(timeout=LIMIT_S)
         hung = False
@@ -54,22 +53,18 @@ def run_teledge(binary, path):
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         hung = True
-    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only cumulatively, so
-    # read the peak from /proc-less wait4 is not possible afterwards: use the maximum of the
-    # children so far, which grows monotonically and is per child only if it is the largest.
-    rss = 0
     records = []
     for line in out.decode("utf-8", "replace").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
             pass
-    return (None if hung else proc.returncode), records, err.decode("utf-8", "replace"), rss, \
+    return (None if hung else proc.returncode), records, err.decode("utf-8", "replace"), \
         time.monotonic() - start
 
 
 def run_teledge_rss(binary, path):
-    """Runs teledge with its stdout to /dev/null under wait4 to read its own peak RSS."""
+    """Runs teledge again, output to /dev/null, under wait4 to read its own peak RSS (KiB)."""
     pid = os.fork()
     if pid == 0:
         fd = os.open(os.devnull, os.O_WRONLY)
@@ -162,7 +157,7 @@ def addr_ip(a):
 def compare(binary, path):
     problems = []
     notes = []
-    code, records, err, _, secs = run_teledge(binary, path)
+    code, records, err, secs = run_teledge(binary, path)
     rss = run_teledge_rss(binary, path)
     if code is None:
         problems.append(f"hang (> {LIMIT_S} s)")
@@ -272,6 +267,11 @@ def compare(binary, path):
     theirs = tshark_rtp(path)
     agree = 0
     not_found = 0
+    after_end = summary.get("media", {}).get("rtp_after_call_end", 0)
+    # RTP after a call's BYE is counted (rtp_after_call_end), not measured: what TShark has
+    # more in a stream is explained when those counted packets cover it.
+    unexplained = after_end - sum(e["packets"] for e in theirs
+                                  if (e["src"], e["dst"], e["ssrc"]) not in ours)
     for e in theirs:
         s = ours.get((e["src"], e["dst"], e["ssrc"]))
         what = f"{e['src']}->{e['dst']} {e['ssrc']}"
@@ -281,7 +281,11 @@ def compare(binary, path):
         m = s["metrics"]
         w = m["wireshark"]
         diffs = []
-        if m["packets"] != e["packets"]:
+        short = e["packets"] - m["packets"]
+        if 0 < short <= unexplained:
+            unexplained -= short
+            notes.append(f"known: {what} {short} packets after the BYE counted, not measured")
+        elif short:
             diffs.append(f"packets {m['packets']}/{e['packets']}")
         if w["lost"] != e["lost"]:
             diffs.append(f"lost {w['lost']}/{e['lost']}")
@@ -300,11 +304,10 @@ def compare(binary, path):
             problems.append(f"stream {what}: " + ", ".join(diffs) + " (teledge/TShark)")
         else:
             agree += 1
-    after_end = summary.get("media", {}).get("rtp_after_call_end", 0)
     if not_found:
         missing_pkts = sum(e["packets"] for e in theirs
                            if (e["src"], e["dst"], e["ssrc"]) not in ours)
-        if missing_pkts != after_end:
+        if missing_pkts > after_end:
             problems.append(f"{not_found} TShark streams ({missing_pkts} packets) not measured, "
                             f"{after_end} RTP counted after call end")
         else:
@@ -338,6 +341,8 @@ def main():
     for f in files:
         r = compare(args.teledge, f)
         verdict = "ok" if not r["problems"] else "DIFFERS"
+        if verdict == "ok" and any(n.startswith("known:") for n in r["notes"]):
+            verdict = "ok (known)"
         agree += not r["problems"]
         differ += bool(r["problems"])
         rss = f"{r['rss'] / 1024:.1f}" if r["rss"] else "-"
