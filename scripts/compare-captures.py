@@ -64,23 +64,19 @@ def run_teledge(binary, path):
 
 
 def run_teledge_rss(binary, path):
-    """Runs teledge again, output to /dev/null, under wait4 to read its own peak RSS (KiB)."""
-    pid = os.fork()
-    if pid == 0:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.execv(binary, [binary, "replay", "--no-progress", str(path)])
-    deadline = time.monotonic() + LIMIT_S
-    while True:
-        wpid, status, usage = os.wait4(pid, os.WNOHANG)
-        if wpid:
-            return usage.ru_maxrss
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.wait4(pid, 0)
-            return None
-        time.sleep(0.02)
+    """Runs teledge again, output discarded, under GNU time for its own peak RSS (KiB).
+
+    Not os.fork + wait4 from here: a child's ru_maxrss keeps the high-water mark of the
+    (Python-sized) memory it had before exec. GNU time is small, so what it reports is
+    teledge's."""
+    try:
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", binary, "replay", "--no-progress",
+                               str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=LIMIT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return int(last[0]) if last and last[0].isdigit() else None
 
 
 def tshark_sip(path):
