@@ -1079,6 +1079,22 @@ impl Call {
         cap: &mut Capper<'_>,
     ) -> bool {
         let t = meta.time;
+        if self.started_before_capture
+            && self.invite_cseq.is_none()
+            && msg.cseq.method == Method::Invite
+            && (101..200).contains(&status)
+        {
+            // Joined on a message that could not tell the transaction (a 100 Trying that
+            // already carries a To-tag): a ringing or progress response can only be the
+            // initial INVITE's, as when it is the first message seen. It names the roles (it
+            // travels back to the caller) and makes the following 2xx the answer.
+            self.invite_cseq = Some(msg.cseq.number);
+            if !self.roles_known {
+                self.roles_known = true;
+                self.caller_address = meta.dst;
+                self.callee_address = meta.src;
+            }
+        }
         match msg.cseq.method {
             Method::Invite => {}
             Method::Bye => {
@@ -1943,6 +1959,32 @@ mod tests {
         assert_eq!(c.talk_duration_s, Some(6.0));
         assert_eq!(c.hangup_by, Some(Hangup::Callee));
         assert_eq!(c.time_to_answer_s, None, "the INVITE was not seen");
+    }
+
+    /// ppp_sip_resp.pcap (PcapPlusPlus): 100 Trying with a To-tag, 180, 200 of INVITE, the
+    /// INVITE before the capture. The 100 cannot tell the initial INVITE from a re-INVITE,
+    /// the 180 can: the 200 is the answer (it was reported answered without an answer time).
+    #[test]
+    fn a_ringing_after_an_ambiguous_first_message_tells_the_answer() {
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", Some("B"));
+        h.resp(500, 180, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(3010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, false, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.caller_address, CALLER);
+        assert_eq!(c.final_status, Some(200));
+        assert!(c.answer_time.is_some());
+        assert_eq!(c.talk_duration_s, Some(6.0));
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+        // A 2xx alone after such a 100 stays a response to an INVITE of unknown kind.
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(9000, "BYE", 2, false, true);
+        assert_eq!(h.only().answer_time, None);
     }
 
     #[test]
