@@ -14,6 +14,9 @@
 //! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
 //! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
 //!
+//! A generation older than the current one is what a crash during compaction left (a
+//! drained store): [`Spool::open`] deletes it, so crashes there do not pile up disk space.
+//!
 //! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open;
 //! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
 //! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
@@ -338,6 +341,7 @@ impl Spool {
                         gap.set_aside = Some(name);
                         spool.insert_gap(&gap)?;
                     }
+                    spool.remove_superseded_generations();
                     spool.prune_quarantines()?;
                     spool.flush()?;
                     return Ok((spool, events));
@@ -801,6 +805,42 @@ impl Spool {
 
     /// Deletes quarantined stores and set-aside files beyond [`QUARANTINES_KEPT`] or older
     /// than [`QUARANTINE_MAX_AGE`] (the current epoch's set-aside file is kept).
+    /// Deletes generations older than the current one: compaction starts a new generation
+    /// only when the store is drained and deletes the old one after, so an older one is what
+    /// a crash between the two left behind (whole or half deleted), and it would hold its
+    /// disk space for ever. One that still holds records (which compaction never leaves) is
+    /// kept and logged: nothing is deleted unsent.
+    fn remove_superseded_generations(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.dir) else {
+            return;
+        };
+        let older: Vec<u64> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("gen-")?.parse().ok())
+            .filter(|g| *g < self.generation)
+            .collect();
+        for generation in older {
+            let path = generation_path(&self.config.dir, generation);
+            let held = match open_db(&path, &self.config) {
+                Ok(db) => db.open_tree("records").map(|t| t.len()).unwrap_or(0),
+                // Half deleted by the crash: nothing of a drained store is lost with it.
+                Err(_) => 0,
+            };
+            if held > 0 {
+                tracing::error!(path = %path.display(), records = held, "An older spool generation still holds records; left in place.");
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "Spool generation left by a crash during compaction deleted (it was drained).");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "Cannot delete an older spool generation.");
+                }
+            }
+        }
+        let _ = sync_dir(&self.config.dir);
+    }
+
     fn prune_quarantines(&mut self) -> Result<(), SpoolError> {
         let current = format!("unreadable-{}.sealed", self.epoch);
         let mut aside: Vec<(SystemTime, PathBuf)> = Vec::new();
@@ -1289,6 +1329,55 @@ mod tests {
         let third = spool.append(b"three").unwrap().unwrap();
         assert_ne!(third.epoch, first.epoch);
         assert_ne!(third.epoch, 0);
+    }
+
+    /// A crash during compaction after the new generation is durable but before the old one
+    /// is deleted (or half way through deleting it) leaves the old one behind: the next open
+    /// deletes it, and the store goes on with its epoch and ids.
+    #[test]
+    fn a_generation_left_by_a_crash_during_compaction_is_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.compact_above_bytes = 0;
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        let first = spool.append(&[7u8; 4096]).unwrap().unwrap();
+        spool.flush().unwrap();
+        spool.ack(first).unwrap();
+        drop(spool);
+        // The drained generation 0 as it was when compaction began.
+        let old = generation_path(dir.path(), 0);
+        let copy = dir.path().join("copy-of-gen-0");
+        copy_dir(&old, &copy);
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        assert!(spool.compact_if_drained().unwrap());
+        drop(spool);
+        // The kill came before `remove_dir_all` of generation 0 finished.
+        std::fs::rename(&copy, &old).unwrap();
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        assert!(!old.exists(), "generation 0 left behind: {:?}", walk(dir.path()));
+        let next = spool.append(b"next").unwrap().unwrap();
+        assert_eq!(next.epoch, first.epoch);
+        assert!(next > first);
+        drop(spool);
+        // Half deleted: only some of its files left.
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("conf"), b"segment_size: 524288\n").unwrap();
+        let (spool, _) = Spool::open(cfg, keyring()).unwrap();
+        assert!(!old.exists(), "half-deleted generation 0 left behind");
+        assert_eq!(spool.stats().records, 1);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 
     #[test]
