@@ -194,6 +194,9 @@ pub struct SpoolStats {
     pub quarantined: u64,
     /// Old quarantined stores and set-aside files deleted to stay within bounds.
     pub quarantines_pruned: u64,
+    /// Times the records were moved to a new epoch because the collector held other records
+    /// under their ids ([`Spool::start_new_epoch`]).
+    pub epochs_started: u64,
 }
 
 /// Something the owner must report (an operator should hear of it).
@@ -211,7 +214,9 @@ pub enum SpoolEvent {
 ///
 /// `reason` is one of `spool_full_drop_oldest`, `spool_full_drop_newest`, `disk_full`,
 /// `unreadable_record` (moved aside still sealed; `set_aside` names the file, `detail` the
-/// error) and `store_quarantined` (`dropped` is null when the count is unknown; `epoch` is the
+/// error), `epoch_reused` (the collector holds other records under this store's ids:
+/// `epoch` is the old epoch, every record held was moved to a new one, `detail` is the
+/// collector's answer) and `store_quarantined` (`dropped` is null when the count is unknown; `epoch` is the
 /// lost store's epoch when known: every record of it above the collector's watermark is lost,
 /// `detail` says why the store would not open, `set_aside` names the quarantined directory).
 #[derive(Debug, Serialize)]
@@ -815,7 +820,14 @@ impl Spool {
             return;
         };
         let older: Vec<u64> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("gen-")?.parse().ok())
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("gen-")?
+                    .parse()
+                    .ok()
+            })
             .filter(|g| *g < self.generation)
             .collect();
         for generation in older {
@@ -905,6 +917,92 @@ impl Spool {
         // sent again, never batches the collector acknowledged long ago.
         self.flush()?;
         Ok(removed)
+    }
+
+    /// Moves every record the store holds to a fresh random epoch (new ids, FIFO order
+    /// kept), after the collector said ids of this epoch went backwards (`409`: the spool was
+    /// restored from a backup or a snapshot, or cloned onto another machine, and gives again
+    /// sequence numbers the collector holds other records under). Without it the agent would
+    /// retry the same ids for ever while its spool fills. A gap record
+    /// (`epoch_reused`, the old epoch, `detail` = the collector's reason) announces the move.
+    /// Records the collector did hold already (the restored part of a batch) may be stored
+    /// a second time under their new ids: a duplicate, never a loss.
+    ///
+    /// Crash-safe: the new epoch is made durable first; each chunk of records is moved
+    /// (inserted under its new id, removed under its old) in one atomic batch. A crash half
+    /// way leaves records of the old epoch, which the collector refuses again, and the next
+    /// move takes them too. Records that do not open are left for [`Spool::read`] to set aside.
+    /// Returns the old epoch.
+    pub fn start_new_epoch(&mut self, reason: &str) -> Result<u64, SpoolError> {
+        const CHUNK: usize = 1024;
+        let old_epoch = self.epoch;
+        let mut epoch = fresh_epoch()?;
+        while epoch == old_epoch {
+            epoch = fresh_epoch()?;
+        }
+        self.epoch = epoch;
+        self.next_seq = 0;
+        self.meta.insert("epoch", &epoch.to_be_bytes())?;
+        self.meta.insert("next_seq", &0u64.to_be_bytes())?;
+        self.db.flush()?;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut moved = 0;
+            for entry in self.records.iter() {
+                let (key, value) = entry?;
+                let Some(id) = RecordId::from_key(&key) else {
+                    continue;
+                };
+                if id.epoch == epoch {
+                    continue;
+                }
+                let Ok(payload) = self.keyring.open(&self.aad(id), &value) else {
+                    continue;
+                };
+                let new_id = RecordId {
+                    epoch,
+                    seq: self.next_seq,
+                };
+                let sealed = self
+                    .keyring
+                    .seal(&self.aad(new_id), &payload)
+                    .map_err(|source| SpoolError::Seal {
+                        id: new_id.display(&self.config.node_id),
+                        source,
+                    })?;
+                self.stats.bytes =
+                    self.stats.bytes.saturating_sub(value.len() as u64) + sealed.len() as u64;
+                batch.remove(key);
+                batch.insert(new_id.key().to_vec(), sealed);
+                self.next_seq += 1;
+                moved += 1;
+                if moved >= CHUNK {
+                    break;
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+            self.records.apply_batch(batch)?;
+            self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        let node = self.config.node_id.clone();
+        let mut gap = GapRecord::new(&node, "epoch_reused", None);
+        gap.epoch = Some(old_epoch);
+        gap.detail = Some(reason.chars().take(200).collect());
+        self.insert_gap(&gap)?;
+        self.stats.epochs_started += 1;
+        // Read resumes from the new ids: everything moved is durable.
+        self.last_appended = self
+            .records
+            .last()?
+            .and_then(|(k, _)| RecordId::from_key(&k));
+        self.flush()?;
+        self.manifest_keys = None;
+        self.sync_manifest(true)?;
+        tracing::error!(old_epoch, new_epoch = epoch, records = self.stats.records, "The collector holds other records under this store's ids (a spool restored from a backup or snapshot?): every record moved to a new store epoch, announced by a gap record.");
+        Ok(old_epoch)
     }
 
     /// Starts a fresh generation when the spool is drained and the database has grown past
@@ -1354,7 +1452,11 @@ mod tests {
         // The kill came before `remove_dir_all` of generation 0 finished.
         std::fs::rename(&copy, &old).unwrap();
         let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
-        assert!(!old.exists(), "generation 0 left behind: {:?}", walk(dir.path()));
+        assert!(
+            !old.exists(),
+            "generation 0 left behind: {:?}",
+            walk(dir.path())
+        );
         let next = spool.append(b"next").unwrap().unwrap();
         assert_eq!(next.epoch, first.epoch);
         assert!(next > first);
@@ -1365,6 +1467,39 @@ mod tests {
         let (spool, _) = Spool::open(cfg, keyring()).unwrap();
         assert!(!old.exists(), "half-deleted generation 0 left behind");
         assert_eq!(spool.stats().records, 1);
+    }
+
+    #[test]
+    fn a_new_epoch_keeps_every_record_in_order_under_new_ids_and_announces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let old: Vec<RecordId> = (0..2500u32)
+            .map(|i| spool.append(format!("r{i}").as_bytes()).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        let old_epoch = spool.start_new_epoch("409 from the collector").unwrap();
+        assert_eq!(old_epoch, old[0].epoch);
+        assert_ne!(spool.epoch(), old_epoch);
+        drop(spool);
+        // Durable: a restart reads the same.
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let read = spool.read(None, 10_000).unwrap();
+        assert_eq!(read.len(), 2501);
+        for (i, r) in read[..2500].iter().enumerate() {
+            assert_eq!(r.payload, format!("r{i}").as_bytes());
+            assert_eq!(
+                r.id,
+                RecordId {
+                    epoch: spool.epoch(),
+                    seq: i as u64
+                }
+            );
+        }
+        let gap: serde_json::Value = serde_json::from_slice(&read[2500].payload).unwrap();
+        assert_eq!(gap["reason"], "epoch_reused");
+        assert_eq!(gap["epoch"].as_u64(), Some(old_epoch));
+        let next = spool.append(b"next").unwrap().unwrap();
+        assert_eq!(next.seq, 2501);
     }
 
     fn copy_dir(from: &Path, to: &Path) {

@@ -1975,3 +1975,75 @@ fn oversized_and_inflating_batches_are_refused() {
         "{log}"
     );
 }
+
+/// `replay --forward` of one capture.
+fn replay_forward_capture(config: &Path, capture: &str, timeout_s: u32) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(config)
+        .args(["--forward-timeout", &timeout_s.to_string()])
+        .arg(data_path(capture))
+        .output()
+        .unwrap()
+}
+
+/// Records spooled by a `replay --forward`, from its report line.
+fn spooled_count(out: &std::process::Output) -> usize {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("teledge: ")?.split_once(" records spooled"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no spooled count in {stderr}"))
+}
+
+/// A spool restored from a backup or a VM snapshot gives again sequence numbers of its epoch
+/// that the collector already holds other records under. The collector refuses that (409,
+/// never a silent duplicate); the agent must not then retry the same ids for ever while its
+/// spool fills and drops: it moves what it holds to a fresh epoch, announces it by a gap
+/// record, and forwarding goes on. Every record reaches the collector exactly once.
+#[test]
+fn a_spool_restored_from_a_snapshot_moves_to_a_new_epoch_and_forwards_again() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let spool = dir.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let first = replay_forward_capture(&config, "sipp_g711a.pcap", 30);
+    assert!(first.status.success(), "{first:?}");
+    // The snapshot: the spool as it is now (drained, its epoch and next sequence on disk).
+    let snapshot = dir.path().join("snapshot");
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(&spool)
+        .arg(&snapshot)
+        .status()
+        .unwrap()
+        .success());
+    let second = replay_forward_capture(&config, "sngrep_aaa.pcap", 30);
+    assert!(second.status.success(), "{second:?}");
+    // Restored: the sequence numbers of the second run are given again, to other records.
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::rename(&snapshot, &spool).unwrap();
+    let third = replay_forward_capture(&config, "sipp_branch_403_bye.pcap", 20);
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(0), "not forwarded: {stderr}");
+    let lines = stored(&out);
+    let records: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] != "gap")
+        .collect();
+    let expected = spooled_count(&first) + spooled_count(&second) + spooled_count(&third);
+    assert_eq!(records.len(), expected, "every record once: {lines:#?}");
+    let mut ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), lines.len(), "an id stored twice");
+    let gap = lines
+        .iter()
+        .find(|l| l["record"]["reason"] == "epoch_reused")
+        .unwrap_or_else(|| panic!("the new epoch is not announced: {lines:#?}"));
+    assert!(gap["record"]["epoch"].as_u64().is_some(), "{gap}");
+    assert!(c.log().contains("Sequence went backwards"), "{}", c.log());
+}
