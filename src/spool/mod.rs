@@ -17,7 +17,10 @@
 //! A generation older than the current one is what a crash during compaction left (a
 //! drained store): [`Spool::open`] deletes it, so crashes there do not pile up disk space.
 //!
-//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open;
+//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open, with
+//! `teledge-quarantine.json` (what its gap record says, written before the move) and, once
+//! that gap record is durable, `teledge-announced`: a start killed in between leaves the
+//! marker out, and the next start announces the quarantine then;
 //! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
 //! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
 //! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
@@ -336,9 +339,12 @@ impl Spool {
             let path = generation_path(&config.dir, generation);
             match open_db(&path, &config) {
                 Ok(db) => {
+                    // Quarantines an earlier start made but was killed before announcing.
+                    lost.extend(unannounced_quarantines(&config.dir, &lost));
                     let mut spool = Spool::from_db(config, keyring, generation, db)?;
                     spool.stats.quarantined = lost.len() as u64;
                     let node = spool.config.node_id.clone();
+                    let announced: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
                     for (epoch, bytes, name, reason) in lost {
                         let mut gap = GapRecord::new(&node, "store_quarantined", None);
                         gap.epoch = epoch;
@@ -347,6 +353,15 @@ impl Spool {
                         spool.insert_gap(&gap)?;
                     }
                     spool.remove_superseded_generations();
+                    spool.flush()?;
+                    // Only now, with the gap records durable: a kill before this point
+                    // leaves the quarantine unmarked, and the next start announces it.
+                    for name in &announced {
+                        let marker = spool.config.dir.join(name).join(QUARANTINE_ANNOUNCED);
+                        if let Err(e) = std::fs::write(&marker, b"") {
+                            tracing::warn!(path = %marker.display(), error = %e, "Cannot mark a quarantined store as announced; it may be announced again.");
+                        }
+                    }
                     spool.prune_quarantines()?;
                     spool.flush()?;
                     return Ok((spool, events));
@@ -362,6 +377,16 @@ impl Spool {
                     // The manifest names the lost store's epoch (if it was written by it).
                     let epoch = read_manifest(&config.dir).map(|m| m.epoch);
                     let bytes = dir_size(&path);
+                    // What the gap record will say, kept with the store: if this start is
+                    // killed before the gap record is durable, the next one announces it.
+                    let info = QuarantineInfo {
+                        epoch,
+                        bytes,
+                        reason: reason.clone(),
+                    };
+                    if let Ok(json) = serde_json::to_vec(&info) {
+                        let _ = std::fs::write(path.join(QUARANTINE_INFO), json);
+                    }
                     std::fs::rename(&path, &to)?;
                     sync_dir(&config.dir)?;
                     tracing::error!(from = %path.display(), to = %to.display(), %reason, "Spool store would not open; moved aside, a new store starts and a gap record announces it.");
@@ -1063,6 +1088,54 @@ fn latest_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
     Ok(latest)
 }
 
+/// In a quarantined store: what its gap record says (written before the move).
+const QUARANTINE_INFO: &str = "teledge-quarantine.json";
+/// In a quarantined store: its gap record is durable in the new store.
+const QUARANTINE_ANNOUNCED: &str = "teledge-announced";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QuarantineInfo {
+    epoch: Option<u64>,
+    bytes: u64,
+    reason: String,
+}
+
+/// Quarantined stores of `dir` whose gap record never became durable (the start that moved
+/// them aside was killed first), other than those in `known`: (epoch if known, bytes, name,
+/// reason).
+fn unannounced_quarantines(
+    dir: &Path,
+    known: &[(Option<u64>, u64, String, String)],
+) -> Vec<(Option<u64>, u64, String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if !name.starts_with("quarantine-")
+            || !path.is_dir()
+            || path.join(QUARANTINE_ANNOUNCED).exists()
+            || known.iter().any(|k| k.2 == name)
+        {
+            continue;
+        }
+        let info: Option<QuarantineInfo> = std::fs::read(path.join(QUARANTINE_INFO))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let (epoch, reason) = match info {
+            Some(i) => (i.epoch, i.reason),
+            None => (None, "moved aside by an earlier start".to_owned()),
+        };
+        found.push((epoch, dir_size(&path), name, reason));
+    }
+    found.sort_by(|a, b| a.2.cmp(&b.2));
+    found
+}
+
 /// Why a generation did not open.
 enum OpenFailure {
     /// The store is damaged (sled reports corruption, or panics on it): quarantine it.
@@ -1372,6 +1445,55 @@ mod tests {
             .unwrap()
             .starts_with("quarantine-0-"));
         assert_eq!(records[1].payload, b"y");
+    }
+
+    /// SIGKILL after a damaged store was moved aside but before its gap record was durable
+    /// (the new store was still opening) left a loss nobody announced.
+    #[test]
+    fn a_quarantine_whose_start_was_killed_before_announcing_it_is_announced_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let before = spool.append(b"x").unwrap().unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        let gen0 = dir.path().join("gen-0");
+        for file in walk(&gen0) {
+            std::fs::write(&file, vec![0xA5; 4096]).unwrap();
+        }
+        // The start that found it damaged got as far as the move, then was killed. (Its
+        // notes, written before the move, are there when this version made the move.)
+        let info = QuarantineInfo {
+            epoch: Some(before.epoch),
+            bytes: 1,
+            reason: "damaged".into(),
+        };
+        std::fs::write(
+            gen0.join(QUARANTINE_INFO),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        std::fs::rename(&gen0, dir.path().join("quarantine-0-1")).unwrap();
+        // And one moved aside by an older version, without notes.
+        std::fs::create_dir(dir.path().join("quarantine-7-2")).unwrap();
+        let (mut spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert!(events.is_empty(), "nothing damaged now: {events:?}");
+        let gaps: Vec<serde_json::Value> = spool
+            .read(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect();
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!(gaps.iter().all(|g| g["reason"] == "store_quarantined"));
+        assert_eq!(gaps[0]["set_aside"], "quarantine-0-1");
+        assert_eq!(gaps[0]["epoch"].as_u64(), Some(before.epoch));
+        assert_eq!(gaps[1]["set_aside"], "quarantine-7-2");
+        assert_eq!(spool.stats().quarantined, 2);
+        drop(spool);
+        // Announced once, not at every start.
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(spool.read(None, 10).unwrap().len(), 2);
+        assert_eq!(spool.stats().quarantined, 0);
     }
 
     #[test]
