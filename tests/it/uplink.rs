@@ -1415,7 +1415,7 @@ fn a_wiped_spool_forwards_new_records_not_duplicates() {
 }
 
 #[test]
-fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
+fn a_sequence_regression_is_refused_and_the_agent_resends_under_a_new_epoch() {
     use teledge::spool::Spool;
     use teledge::uplink::client::{Backoff, Forwarder};
 
@@ -1469,24 +1469,13 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
     let mut spool = open();
     spool.append(b"{\"n\":\"other\"}").unwrap();
     spool.flush().unwrap();
-    let (result, mut spool) = forward(spool, 2);
-    let reason = format!("{result:?}");
-    assert!(
-        reason.contains("409") && reason.contains("sequence regression"),
-        "{reason}"
-    );
-    // The batches of true duplicates (seq 0 and 1, two records a batch) were acknowledged;
-    // the batch holding the regressed record (seq 2, a duplicate, and 3) is kept. Nothing
-    // dead-lettered, nothing stored twice or overwritten.
-    let kept: Vec<u64> = spool
-        .read(None, 10)
-        .unwrap()
-        .iter()
-        .map(|r| r.id.seq)
-        .collect();
-    assert_eq!(kept, [2, 3], "the agent keeps the refused records");
+    let (result, mut spool) = forward(spool, 10);
+    // The collector refused the batch holding the regressed record (seq 2, a duplicate, and
+    // 3) with 409, storing nothing of it; the agent moved what it held to a new epoch and
+    // sent it again: forwarding goes on. Nothing dead-lettered, nothing overwritten.
+    assert!(result.is_ok(), "{result:?}");
+    assert!(spool.read(None, 10).unwrap().is_empty());
     assert!(!spool_dir.join("dead-letter").exists());
-    assert_eq!(stored_ids(&c.out).len(), 6);
     let log = c.log();
     assert!(
         log.contains("Sequence went backwards")
@@ -1494,6 +1483,19 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
             && log.contains("node=edge-01"),
         "{log}"
     );
+    let lines = stored(&c.out);
+    let records: Vec<&serde_json::Value> = lines.iter().map(|l| &l["record"]).collect();
+    // The six of before, untouched; "other" under a new id; seq 2 again under a new id (it
+    // was in the refused batch: a duplicate, never a loss); and the gap record.
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert_eq!(stored_ids(&c.out).len(), 9);
+    assert_eq!(records.iter().filter(|r| r["n"] == "other").count(), 1);
+    let gap = records
+        .iter()
+        .find(|r| r["reason"] == "epoch_reused")
+        .unwrap_or_else(|| panic!("no epoch_reused gap: {lines:#?}"));
+    let old_epoch = lines[0]["id"].as_str().unwrap().split(':').nth(1).unwrap();
+    assert_eq!(gap["epoch"].to_string(), old_epoch);
 }
 
 #[test]
