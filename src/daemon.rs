@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - Capture never waits: a capture thread decodes and correlates its own packets (the shared
-//!   [`Correlator`] is behind a mutex held per packet, uncontended with one interface), and
+//!   [`Pipeline`] — one decode state per interface, one correlator — is behind a mutex held
+//!   per packet, uncontended with one interface), and
 //!   hands records on with `try_send`; a full record queue drops the record and counts it
 //!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
@@ -20,8 +21,9 @@
 //!   would otherwise hold every timeout back for a day. The local clock itself is
 //!   [`LiveNow`]: the wall clock, except that after a step back it keeps moving at half
 //!   speed until the wall clock catches up, so timeouts never stand still.
-//! - Shutdown (SIGTERM/SIGINT): sources stop, the correlator is finished — open calls become
-//!   partial records (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
+//! - Shutdown (SIGTERM/SIGINT): sources stop, the pipeline is finished — what the TCP
+//!   reassembly still holds is decoded, then open calls become partial records
+//!   (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
 //!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
 //!   for the next start.
 //! - SIGHUP re-validates the configuration file and compares it with the running one by
@@ -47,8 +49,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::agent_config::AgentConfig;
 use crate::correlation::Correlator;
-use crate::dissect::{DatagramMeta, DissectLimits, Dissector, MessageMeta, Observer};
+use crate::dissect::DissectLimits;
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
+use crate::pipeline::{InputId, Pipeline, TimeCheck};
 use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
 use crate::sensors::device::{Device, SerialOpener};
@@ -58,6 +61,7 @@ use crate::sources::afpacket::{
 };
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 use crate::spool::Spool;
+use crate::spooler::Spooler;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 use crate::uplink::client::{Attempt, Backoff, ForwardError, Forwarder, UplinkStats};
 
@@ -169,23 +173,23 @@ impl RecordQueue {
     }
 }
 
-/// The correlator shared by the sources.
-type SharedCorrelator = Arc<Mutex<Correlator>>;
+/// The pipeline shared by the sources.
+type SharedPipeline = Arc<Mutex<Pipeline>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A capture thread's sink: decode, then correlate under the shared lock.
+/// A capture thread's sink: decode and correlate its interface's frames under the shared
+/// lock.
 struct CaptureSink {
-    dissector: Dissector,
-    correlator: SharedCorrelator,
+    pipeline: SharedPipeline,
+    input: InputId,
     records: RecordQueue,
     frames: u64,
     packets: Arc<observe::metrics::Counter>,
     bytes: Arc<observe::metrics::Counter>,
     health: Arc<Health>,
-    clock: LiveClock,
 }
 
 /// The local clock's guard over times that enter the live correlator, with its counters.
@@ -217,35 +221,10 @@ impl LiveClock {
         }
         time
     }
-}
 
-struct CorrelateObserver<'a> {
-    correlator: &'a mut Correlator,
-    records: &'a RecordQueue,
-    clock: &'a LiveClock,
-}
-
-impl Observer for CorrelateObserver<'_> {
-    fn sip(&mut self, meta: &MessageMeta, message: &crate::decode::sip::SipMessage<'_>) {
-        let records = self.records;
-        // Kernel times are the local clock already; HEP frames captured on the wire carry
-        // their sender's time, which must not drive the correlator's clock unchecked.
-        let meta = MessageMeta {
-            time: self.clock.check(meta.time),
-            ..*meta
-        };
-        self.correlator
-            .sip(&meta, message, &mut |r| records.push(r));
-    }
-
-    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
-        let records = self.records;
-        let meta = DatagramMeta {
-            time: self.clock.check(meta.time),
-            ..*meta
-        };
-        self.correlator
-            .datagram(&meta, payload, &mut |r| records.push(r));
+    /// The check as a pipeline input's [`TimeCheck`].
+    fn into_time_check(self) -> TimeCheck {
+        Box::new(move |time| self.check(time))
     }
 }
 
@@ -255,13 +234,8 @@ impl PacketSink for CaptureSink {
         self.packets.inc();
         self.bytes.add(packet.data.len() as u64);
         let frame = packet.frame(self.frames);
-        let mut correlator = lock(&self.correlator);
-        let mut observer = CorrelateObserver {
-            correlator: &mut correlator,
-            records: &self.records,
-            clock: &self.clock,
-        };
-        self.dissector.frame(&frame, &mut observer);
+        let records = &self.records;
+        lock(&self.pipeline).frame(self.input, &frame, &mut |r| records.push(r));
     }
 
     fn batch_end(&mut self) {
@@ -269,20 +243,19 @@ impl PacketSink for CaptureSink {
     }
 }
 
-impl CaptureSink {
-    /// Publishes the decoder's error and drop counters by kind (they only grow), and the
-    /// bytes its reassembly holds for `interface`.
-    fn report_decode_errors(&self, metrics: &AgentMetrics, interface: &str) {
-        let s = self.dissector.stats();
-        for (kind, n) in s.loss_counters() {
-            if n > 0 {
-                metrics.decode_errors.with(&[kind]).raise_to(n);
-            }
+/// Publishes the decode path's error and drop counters by kind, summed over every capture
+/// interface (they only grow), and the bytes each interface's reassembly holds.
+fn publish_decode_counters(pipeline: &Pipeline, metrics: &AgentMetrics) {
+    for (kind, n) in pipeline.loss_totals() {
+        if n > 0 {
+            metrics.decode_errors.with(&[kind]).raise_to(n);
         }
+    }
+    for (interface, held) in pipeline.bytes_held() {
         metrics
             .reassembly_bytes_held
             .with(&[interface])
-            .set(i64::try_from(s.memory.held_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 }
 
@@ -368,27 +341,22 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     };
     let spooled_notify = Arc::new(Notify::new());
     let writer = {
-        let spool = Arc::clone(&spool);
-        let pseudonymizer = Pseudonymizer::new(config.forward.privacy.clone());
-        let flush_every = config.forward.spool.flush_interval;
+        let spooler = Spooler::new(
+            Arc::clone(&spool),
+            Pseudonymizer::new(config.forward.privacy.clone()),
+            config.forward.spool.flush_interval,
+            Some(Arc::clone(&spooled_notify)),
+        );
         let health = Arc::clone(&health);
-        let notify = Arc::clone(&spooled_notify);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || {
-                spool_writer(
-                    record_rx,
-                    &spool,
-                    &pseudonymizer,
-                    flush_every,
-                    &health,
-                    &notify,
-                )
-            })?
+            .spawn(move || spool_writer(record_rx, spooler, &health))?
     };
 
-    let correlator: SharedCorrelator =
-        Arc::new(Mutex::new(Correlator::new(config.calls, config.media)));
+    let pipeline: SharedPipeline = Arc::new(Mutex::new(Pipeline::new(Correlator::new(
+        config.calls,
+        config.media,
+    ))));
 
     let clock_guard = config.clock_tolerance;
     // One "now" for the tick and every source's guard: it never goes back.
@@ -398,10 +366,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let capture_stop = Arc::new(AtomicBool::new(false));
     let mut captures = Vec::new();
     for c in &config.captures {
-        let mut ring = RingSettings::with_total_bytes(c.ring_bytes);
-        ring.block_size = c.block_bytes;
-        ring.block_count = (c.ring_bytes / u64::from(c.block_bytes)).max(1) as u32;
-        ring.block_timeout_ms = c.block_timeout.as_millis() as u32;
+        let ring = c.ring();
         // An interface that is not there yet (a VLAN or bridge created later in boot, a USB
         // NIC) is waited for, like a sensor that is unplugged; anything else (no permission,
         // a ring the kernel refuses) is a configuration problem and stops the start.
@@ -422,15 +387,16 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             memory_budget: crate::dissect::DEFAULT_MEMORY_BUDGET / config.captures.len().max(1),
             ..DissectLimits::default()
         };
+        let clock = LiveClock::new(clock_guard, &live_now, &metrics, &c.interface);
+        let input = lock(&pipeline).add_input(&c.interface, limits, Some(clock.into_time_check()));
         let sink = CaptureSink {
-            dissector: Dissector::new(limits),
-            correlator: Arc::clone(&correlator),
+            pipeline: Arc::clone(&pipeline),
+            input,
             records: records.clone(),
             frames: 0,
             packets: metrics.source_packets.with(&[&c.interface]),
             bytes: metrics.source_bytes.with(&[&c.interface]),
             health: Arc::clone(&health),
-            clock: LiveClock::new(clock_guard, &live_now, &metrics, &c.interface),
         };
         tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
         let stop = Arc::clone(&capture_stop);
@@ -480,7 +446,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let listener = HepListener::bind(settings, Arc::clone(&hep_stats), tx).await?;
         tracing::info!(udp = ?listener.udp_addr(), tcp = ?listener.tcp_addr(), tls = ?listener.tls_addr(), "HEP listener bound.");
         tokio::spawn(listener.run(stop_rx.clone()));
-        let correlator = Arc::clone(&correlator);
+        let pipeline = Arc::clone(&pipeline);
         let records = records.clone();
         let packets = metrics.source_packets.with(&["hep"]);
         let bytes = metrics.source_bytes.with(&["hep"]);
@@ -495,12 +461,9 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 bytes.add(event.frame.payload.len() as u64);
                 // The sender's clock: checked against ours before it drives any timeout.
                 event.frame.time = clock.check(event.frame.time);
-                let mut c = lock(&correlator);
-                if let Err(e) =
-                    crate::correlation::hep::feed(&mut c, &event.frame, event.sequence, &mut |r| {
-                        records.push(r)
-                    })
-                {
+                let fed =
+                    lock(&pipeline).hep(&event.frame, event.sequence, &mut |r| records.push(r));
+                if let Err(e) = fed {
                     errors.with(&[e.kind()]).inc();
                     tracing::debug!("HEP frame not used: {e}");
                 }
@@ -545,7 +508,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
         let spool = Arc::clone(&spool);
         let hep_stats = config.hep.is_some().then(|| Arc::clone(&hep_stats));
         let live_now = Arc::clone(&live_now);
-        let correlator = Arc::clone(&correlator);
+        let pipeline = Arc::clone(&pipeline);
         let records = records.clone();
         let metrics = Arc::clone(&metrics);
         let health = Arc::clone(&health);
@@ -557,8 +520,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                     _ = tick.tick() => {}
                     _ = stop.changed() => break,
                 }
-                let mut c = lock(&correlator);
-                c.advance(live_now.now(), &mut |r| records.push(r));
+                let mut p = lock(&pipeline);
+                p.tick(live_now.now(), &mut |r| records.push(r));
+                publish_decode_counters(&p, &metrics);
+                let c = p.correlator();
                 metrics.calls_active.set(c.calls().open_calls() as i64);
                 metrics.call_table_bytes.set(c.calls().held_bytes() as i64);
                 let (calls, media) = (c.calls().counters(), c.media().counters());
@@ -582,7 +547,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                 metrics
                     .streams_active
                     .set(c.media().active_streams() as i64);
-                drop(c);
+                drop(p);
                 // try_lock: a flush in progress is not worth waiting for; next second.
                 if let Ok(s) = spool.try_lock() {
                     let age = spool_age.update(&s.stats(), SystemTime::now());
@@ -784,8 +749,13 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let _ = sensor_bridge.await;
     let _ = ticker.await;
     {
-        let mut c = lock(&correlator);
-        c.finish(ClosedBy::Shutdown, &mut |r| records.push_waiting(r));
+        // What the reassembly still holds is decoded first, then open calls become partial
+        // records.
+        let mut p = lock(&pipeline);
+        p.finish(live_now.now(), ClosedBy::Shutdown, &mut |r| {
+            records.push_waiting(r)
+        });
+        publish_decode_counters(&p, &metrics);
     }
     drop(records);
     let spooled = match tokio::task::spawn_blocking(move || writer.join()).await {
@@ -832,7 +802,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
 }
 
 /// A capture thread: reads the ring into the sink until `stop`, publishes the kernel's
-/// counters and the decode errors every second, and when the interface goes down or away
+/// counters every second (the decode counters are the ticker's, summed over interfaces), and when the interface goes down or away
 /// closes the capture and reopens it with backoff (capped at 30 s) — a flapping link or a
 /// recreated VLAN interface must not end capture for good. Returns the kernel's counters
 /// summed over every opening.
@@ -889,7 +859,6 @@ fn capture_loop(
                 current = k;
             }
             drops.raise_to(add_stats(closed, current).drops);
-            sink.report_decode_errors(metrics, interface);
         }
     }
     if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
@@ -897,7 +866,6 @@ fn capture_loop(
     }
     let total = add_stats(closed, current);
     drops.raise_to(total.drops);
-    sink.report_decode_errors(metrics, interface);
     total
 }
 
@@ -1069,46 +1037,30 @@ impl SpoolAge {
     }
 }
 
-/// The spool writer: pseudonymises and appends records, commits in groups (durable at most
-/// one flush interval after the append), and wakes the uplink. Returns records spooled.
-fn spool_writer(
-    rx: Receiver<Record>,
-    spool: &Mutex<Spool>,
-    pseudonymizer: &Pseudonymizer,
-    flush_every: Duration,
-    health: &Health,
-    notify: &Notify,
-) -> u64 {
-    let mut spooled = 0u64;
-    let mut dirty = false;
-    let mut last_flush = Instant::now();
+/// The spool writer: hands records to the [`Spooler`] (pseudonymise, append), commits in
+/// groups (durable at most one flush interval after the append, the uplink woken), and
+/// commits what is left when the queue closes. Returns records spooled.
+fn spool_writer(rx: Receiver<Record>, mut spooler: Spooler, health: &Health) -> u64 {
+    let flush_every = spooler.flush_every();
     loop {
         let received = rx.recv_timeout(flush_every);
         let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
-        if let Ok(mut record) = received {
-            pseudonymizer.apply(&mut record);
-            match serde_json::to_vec(&record) {
-                Ok(json) => match lock(spool).append(&json) {
-                    Ok(id) => {
-                        spooled += u64::from(id.is_some());
-                        dirty = true;
-                    }
-                    Err(e) => tracing::error!("Spool append failed: {e}"),
-                },
-                Err(e) => tracing::error!("Record not serialisable: {e}"),
+        if let Ok(record) = received {
+            if let Err(e) = spooler.append(record) {
+                tracing::error!("{:#}", anyhow::Error::new(e));
             }
         }
-        if dirty && (closed || last_flush.elapsed() >= flush_every) {
-            if let Err(e) = lock(spool).flush() {
-                tracing::error!("Spool flush failed: {e}");
-            }
-            dirty = false;
-            last_flush = Instant::now();
-            notify.notify_one();
+        let committed = if closed {
+            spooler.commit()
+        } else {
+            spooler.commit_if_due().map(|_| ())
+        };
+        if let Err(e) = committed {
+            tracing::error!("{:#}", anyhow::Error::new(e));
         }
         health.progress(Stage::SpoolWriter);
         if closed {
-            return spooled;
+            return spooler.spooled();
         }
     }
 }
@@ -1125,6 +1077,39 @@ mod tests {
             acked,
             ..SpoolStats::default()
         }
+    }
+
+    /// With several capture interfaces, each thread used to raise the one counter to its own
+    /// total, so the metric showed the largest interface's count, not the sum.
+    #[test]
+    fn decode_errors_metric_sums_every_interface() {
+        let mut pipeline = Pipeline::new(Correlator::new(
+            crate::correlation::calls::CallLimits::default(),
+            crate::correlation::media::MediaLimits::default(),
+        ));
+        let metrics = AgentMetrics::new();
+        let inputs = [
+            pipeline.add_input("eth0", DissectLimits::default(), None),
+            pipeline.add_input("eth1", DissectLimits::default(), None),
+        ];
+        for round in 0..2 {
+            for (n, input) in inputs.into_iter().enumerate() {
+                // Frames too short for an Ethernet header: 3 on eth0, 2 on eth1 each round.
+                for number in 0..(3 - n as u64) {
+                    let frame = crate::dissect::Frame {
+                        number,
+                        time: Timestamp::from_secs_nanos(1, 0),
+                        link: crate::decode::link::LinkType::Ethernet,
+                        data: &[0; 6],
+                    };
+                    pipeline.frame(input, &frame, &mut |_| {});
+                }
+            }
+            publish_decode_counters(&pipeline, &metrics);
+            assert_eq!(metrics.decode_errors.with(&["link"]).get(), 5 * (round + 1));
+        }
+        let held = metrics.reassembly_bytes_held.with(&["eth1"]).get();
+        assert_eq!(held, 0);
     }
 
     #[test]

@@ -441,7 +441,7 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     for warning in &config.warnings {
         eprintln!("teledge: {}: warning: {warning}", config_path.display());
     }
-    let (mut spool, events) =
+    let (spool, events) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
     for event in events {
         tracing::error!(
@@ -449,29 +449,23 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "Spool store could not be opened and was moved aside."
         );
     }
-    let pseudonymizer = teledge::privacy::Pseudonymizer::new(config.privacy.clone());
-    let flush_every = config.spool.flush_interval;
-    let mut last_flush = std::time::Instant::now();
-    let mut spool_error: Option<teledge::spool::SpoolError> = None;
-    let mut spooled = 0u64;
-    let mut sink = |mut record: Record| {
+    let spool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+    let mut spooler = teledge::spooler::Spooler::new(
+        std::sync::Arc::clone(&spool),
+        teledge::privacy::Pseudonymizer::new(config.privacy.clone()),
+        config.spool.flush_interval,
+        None,
+    );
+    let mut spool_error: Option<teledge::spooler::SpoolerError> = None;
+    let mut sink = |record: Record| {
         if spool_error.is_some() {
             return;
         }
-        pseudonymizer.apply(&mut record);
-        let result = serde_json::to_vec(&record)
-            .map_err(|e| teledge::spool::SpoolError::Storage(e.to_string()))
-            .and_then(|json| spool.append(&json))
-            .and_then(|id| {
-                spooled += u64::from(id.is_some());
-                // Group commit: durable at most one interval after the append.
-                if last_flush.elapsed() >= flush_every {
-                    last_flush = std::time::Instant::now();
-                    spool.flush()?;
-                }
-                Ok(())
-            });
-        if let Err(e) = result {
+        // Group commit: durable at most one interval after the append.
+        if let Err(e) = spooler
+            .append(record)
+            .and_then(|()| spooler.commit_if_due().map(|_| ()))
+        {
             spool_error = Some(e);
         }
     };
@@ -493,9 +487,10 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = spool_error {
         return Err(e).context("cannot spool records");
     }
-    spool.flush()?;
+    spooler.commit().context("cannot spool records")?;
     eprintln!(
-        "teledge: {spooled} records spooled in {}",
+        "teledge: {} records spooled in {}",
+        spooler.spooled(),
         config.spool.dir.display()
     );
 
@@ -504,7 +499,6 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let mut forwarder = Forwarder::new(&config)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
-    let spool = std::sync::Mutex::new(spool);
     let result = runtime.block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
     match result {
         Ok(stats) => {
