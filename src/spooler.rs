@@ -113,3 +113,98 @@ impl Spooler {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::privacy::Privacy;
+    use crate::replay::{Replay, ReplaySettings};
+    use crate::seal::Keyring;
+    use crate::spool::SpoolConfig;
+
+    /// The records of a bundled capture (calls, then the summary).
+    fn records() -> Vec<Record> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sngrep_aaa.pcap");
+        let mut replay = Replay::new(ReplaySettings::default());
+        let mut out = Vec::new();
+        replay
+            .read(
+                "sngrep_aaa.pcap",
+                std::fs::File::open(path).unwrap(),
+                &mut |r| out.push(r),
+                |_| {},
+            )
+            .unwrap();
+        replay.finish(&mut |r| out.push(r));
+        out
+    }
+
+    fn woken(notify: &Notify) -> bool {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(Duration::from_millis(10), notify.notified()).await
+            })
+            .is_ok()
+    }
+
+    /// Appended records become readable (durable) only at a commit: at most one flush
+    /// interval after the append, or at once on `commit`; each commit wakes the uplink; what
+    /// is stored is pseudonymised.
+    #[test]
+    fn records_are_durable_at_the_group_commit_and_the_uplink_is_woken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(
+            SpoolConfig::new(dir.path(), "node-a"),
+            Keyring::new((1, [42; 32]), &[]),
+        )
+        .unwrap();
+        let spool = Arc::new(Mutex::new(spool));
+        let notify = Arc::new(Notify::new());
+        let flush_every = Duration::from_millis(200);
+        let mut spooler = Spooler::new(
+            Arc::clone(&spool),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+            flush_every,
+            Some(Arc::clone(&notify)),
+        );
+        let records = records();
+        let call_id = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) => Some(c.call_id.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let started = Instant::now();
+        for record in records.clone() {
+            spooler.append(record).unwrap();
+        }
+        assert_eq!(spooler.spooled(), records.len() as u64);
+        if started.elapsed() < flush_every {
+            // Within the interval: appended, not yet durable, nobody woken.
+            assert!(!spooler.commit_if_due().unwrap());
+            assert!(lock(&spool).read(None, 1000).unwrap().is_empty());
+            assert!(!woken(&notify));
+        }
+        std::thread::sleep(flush_every);
+        assert!(spooler.commit_if_due().unwrap());
+        assert!(woken(&notify));
+        let stored = lock(&spool).read(None, 1000).unwrap();
+        assert_eq!(stored.len(), records.len());
+        // Nothing new: nothing to commit, nobody woken.
+        assert!(!spooler.commit_if_due().unwrap());
+        spooler.commit().unwrap();
+        assert!(!woken(&notify));
+        // The Call-ID left as a pseudonym.
+        let text: String = stored
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect();
+        assert!(!text.contains(&call_id), "{call_id} stored in clear");
+    }
+}
