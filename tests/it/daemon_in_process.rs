@@ -281,3 +281,100 @@ fn hep_rtcp_json_captured_on_the_wire_reaches_its_call_in_the_daemon() {
         assert_eq!(rtcp[0]["reports"], 1, "{call:#}");
     });
 }
+
+/// Sends an IPv4 packet as it is (header included) through a raw socket: the kernel routes
+/// it like any other, so a capture on the loopback sees it once.
+fn send_raw_ipv4(packet: &[u8], to: std::net::Ipv4Addr) {
+    // SAFETY: plain socket calls with a valid, initialised sockaddr_in and buffer of the
+    // stated lengths; the descriptor is closed before returning.
+    #[allow(unsafe_code)]
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(to).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, packet.len() as isize, "sendto: {error}");
+    }
+}
+
+/// An IPv4/TCP segment 127.0.0.1:`sport` → 127.0.0.1:`dport` without the ACK flag: a
+/// listening socket drops it without answering, so no reset disturbs the stream.
+fn tcp_segment(sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+        .tcp(sport, dport, seq, 65_535);
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+/// At shutdown the daemon decodes what its TCP reassembly still holds before it closes the
+/// calls. It used to skip that (`Dissector::finish` was never called), so an INVITE waiting
+/// behind a lost segment was lost with the call.
+#[test]
+fn shutdown_decodes_sip_held_in_tcp_reassembly() {
+    crate::live::in_fresh_netns(|| {
+        let pki = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let config_path = agent_config(
+            &pki,
+            dir.path(),
+            c.port,
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n",
+            None,
+        );
+        let config = teledge::agent_config::load(&config_path).unwrap();
+        let runtime = runtime();
+        let daemon = runtime
+            .block_on(Daemon::start(config, &config_path))
+            .unwrap();
+        let sip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dport = sip.local_addr().unwrap().port();
+        let sport = free_port();
+        let invite = message(
+            "INVITE sip:200@pbx SIP/2.0",
+            "held@inproc",
+            "INVITE",
+            1,
+            false,
+        );
+        // A keep-alive opens the stream; the next 40 bytes are never sent, so the INVITE after
+        // them waits in the reassembly for the hole to fill.
+        send_raw_ipv4(
+            &tcp_segment(sport, dport, 1000, b"\r\n\r\n"),
+            [127, 0, 0, 1].into(),
+        );
+        send_raw_ipv4(
+            &tcp_segment(sport, dport, 1044, &invite),
+            [127, 0, 0, 1].into(),
+        );
+        let held = daemon.metrics().reassembly_bytes_held.with(&["lo"]);
+        wait_until("the INVITE held in reassembly", || {
+            held.get() >= invite.len() as i64
+        });
+        assert_eq!(daemon.metrics().records_produced.with(&["call"]).get(), 0);
+
+        let summary = runtime.block_on(daemon.shutdown());
+        assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+        let call = collected_call(&out, &pki, "held@inproc").expect("held call collected");
+        assert_eq!(call["closed_by"], "shutdown", "{call:#}");
+        drop(sip);
+    });
+}
