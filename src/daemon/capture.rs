@@ -1,28 +1,23 @@
-//! The live capture component: one thread per interface reading its AF_PACKET ring into the
-//! shared pipeline (its own decode state, the one correlator), reopening the capture with
-//! backoff when the interface goes down or away.
+//! The live capture component: one [`CaptureThread`] per interface reading its AF_PACKET
+//! ring into the shared pipeline (its own decode state, the one correlator), reopening the
+//! capture with backoff when the interface goes down or away.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use super::{lock, Context, DaemonError, LiveClock, RecordQueue, SharedPipeline, TICK};
+use super::{lock, Context, DaemonError, LiveClock, RecordQueue, SharedPipeline};
 use crate::agent_config::CaptureConfig;
 use crate::dissect::DissectLimits;
-use crate::observe::{self, AgentMetrics, Health, Stage};
+use crate::observe::{self, Health, Stage};
 use crate::pipeline::InputId;
 use crate::sources::afpacket::{
-    KernelStats, LiveCapture, LiveCaptureError, LivePacket, PacketSink, RingSettings,
-    STOP_CHECK_INTERVAL,
+    KernelStats, LiveCapture, LiveCaptureError, LivePacket, PacketSink,
 };
-use crate::uplink::client::Backoff;
+use crate::sources::capture_thread::{CaptureSettings, CaptureThread};
 
 /// The running capture threads.
 #[derive(Debug)]
 pub(super) struct Captures {
-    threads: Vec<(String, JoinHandle<KernelStats>)>,
+    threads: Vec<CaptureThread>,
 }
 
 /// The kernel's counters summed over every interface, when capture stopped.
@@ -72,33 +67,29 @@ impl Captures {
                 health: Arc::clone(&ctx.health),
             };
             tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
-            let stop = ctx.sources.clone();
-            let metrics = Arc::clone(&ctx.metrics);
-            let interface = c.interface.clone();
-            let promiscuous = c.promiscuous;
-            let thread = std::thread::Builder::new()
-                .name(format!("capture-{interface}"))
-                .spawn(move || {
-                    capture_loop(
-                        capture,
-                        &interface,
-                        ring,
-                        promiscuous,
-                        &stop,
-                        sink,
-                        &metrics,
-                    )
-                })?;
-            threads.push((c.interface.clone(), thread));
+            let drops = ctx.metrics.source_kernel_drops.with(&[&c.interface]);
+            let settings = CaptureSettings {
+                interface: c.interface.clone(),
+                ring,
+                promiscuous: c.promiscuous,
+            };
+            threads.push(CaptureThread::spawn(
+                settings,
+                capture,
+                ctx.sources.clone(),
+                sink,
+                move |kernel: KernelStats| drops.raise_to(kernel.drops),
+            )?);
         }
         Ok(Captures { threads })
     }
 
     /// Waits for every thread, once the sources' token is cancelled (each notices within
-    /// [`STOP_CHECK_INTERVAL`]); the runtime worker is lent out meanwhile, not blocked.
+    /// `STOP_CHECK_INTERVAL`); the runtime worker is lent out meanwhile, not blocked.
     pub(super) fn join(self) -> CaptureTotals {
         let mut totals = CaptureTotals::default();
-        for (interface, thread) in self.threads {
+        for thread in self.threads {
+            let interface = thread.interface().to_owned();
             match tokio::task::block_in_place(|| thread.join()) {
                 Ok(stats) => {
                     totals.drops += stats.drops;
@@ -136,83 +127,5 @@ impl PacketSink for CaptureSink {
 
     fn batch_end(&mut self) {
         self.health.progress(Stage::Capture);
-    }
-}
-
-/// A capture thread: reads the ring into the sink until `stop` is cancelled, publishes the
-/// kernel's counters every second (the decode counters are the ticker's, summed over
-/// interfaces), and when the interface goes down or away closes the capture and reopens it
-/// with backoff (capped at 30 s) — a flapping link or a recreated VLAN interface must not
-/// end capture for good. Returns the kernel's counters summed over every opening.
-fn capture_loop(
-    first: Option<LiveCapture>,
-    interface: &str,
-    ring: RingSettings,
-    promiscuous: bool,
-    stop: &CancellationToken,
-    mut sink: CaptureSink,
-    metrics: &AgentMetrics,
-) -> KernelStats {
-    let drops = metrics.source_kernel_drops.with(&[interface]);
-    let mut capture = first;
-    // Counters of captures already closed; the open one's are added on top.
-    let mut closed = KernelStats::default();
-    let mut current = KernelStats::default();
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut reopen_at = Instant::now();
-    let mut last_report = Instant::now();
-    // A blocking thread cannot select: it looks at the token at least every
-    // STOP_CHECK_INTERVAL (the ring wait's timeout).
-    while !stop.is_cancelled() {
-        let Some(open) = capture.as_mut() else {
-            if Instant::now() < reopen_at {
-                std::thread::sleep(STOP_CHECK_INTERVAL);
-                continue;
-            }
-            match LiveCapture::open(interface, ring, promiscuous) {
-                Ok(c) => {
-                    tracing::info!(interface, "Capture reopened.");
-                    backoff.reset();
-                    capture = Some(c);
-                }
-                Err(e) => {
-                    tracing::debug!(interface, "Capture not reopened yet: {e}");
-                    reopen_at = Instant::now() + backoff.next_wait();
-                }
-            }
-            continue;
-        };
-        if let Err(e) = open.next_batch(STOP_CHECK_INTERVAL, |p| sink.packet(p)) {
-            tracing::warn!("{e}; reopening with backoff.");
-            if let Ok(k) = open.stats() {
-                current = k;
-            }
-            closed = add_stats(closed, current);
-            current = KernelStats::default();
-            capture = None;
-            reopen_at = Instant::now() + backoff.next_wait();
-        }
-        sink.batch_end();
-        if last_report.elapsed() >= TICK {
-            last_report = Instant::now();
-            if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
-                current = k;
-            }
-            drops.raise_to(add_stats(closed, current).drops);
-        }
-    }
-    if let Some(k) = capture.as_mut().and_then(|c| c.stats().ok()) {
-        current = k;
-    }
-    let total = add_stats(closed, current);
-    drops.raise_to(total.drops);
-    total
-}
-
-fn add_stats(a: KernelStats, b: KernelStats) -> KernelStats {
-    KernelStats {
-        packets: a.packets + b.packets,
-        drops: a.drops + b.drops,
-        freeze_queue: a.freeze_queue + b.freeze_queue,
     }
 }
