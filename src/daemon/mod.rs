@@ -1,11 +1,11 @@
-//! `teledge run`: the daemon. Sources → correlation → spool → uplink, as threads and tasks
+//! `teledge run`: the daemon. Sources → pipeline → spooler → uplink, as threads and tasks
 //! joined by bounded queues.
 //!
 //! ```text
-//!  AF_PACKET ring ──(capture thread: decode, correlate)──┐
-//!  HEP listener ──(bounded channel)──(HEP task: correlate)┼─ records ─(bounded)─ spool writer ─ sled
-//!  sensor tasks ──────────────────────────────────────────┘                          │
-//!                                                            uplink task ◄── durable records
+//!  AF_PACKET ring ──(capture thread: Pipeline::frame)───┐
+//!  HEP listener ──(bounded channel)──(HEP task: Pipeline::hep)┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
+//!  sensor tasks ──(bridge)───────────────────────────────┘                                   │
+//!  ticker: Pipeline::tick, gauges                               uplink task ◄── durable records
 //! ```
 //!
 //! - Capture never waits: a capture thread decodes and correlates its own packets (the shared
@@ -39,8 +39,8 @@
 //! - systemd: READY once the spool is open and every source is bound; the watchdog is fed
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 //!
-//! Components, each built from its validated section and returning a handle ([`capture`],
-//! [`hep`], [`sensors`], [`ticker`], [`spool_writer`], [`uplink`]), run under one root
+//! Components, each built from its validated section and returning a handle (`capture`,
+//! `hep`, `sensors`, `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
 //! [`CancellationToken`] and one [`TaskTracker`]. The sources' token (a child of the root)
 //! stops capture, HEP, sensors and the ticker; the uplink's loop has its own; the root stops
 //! the metrics endpoint, the watchdog and the status line last, and shutdown waits for every
