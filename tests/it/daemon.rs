@@ -572,7 +572,7 @@ fn unit_memory_setting(name: &str) -> u64 {
 }
 
 /// The pseudonym of a Call-ID under the test site key.
-fn pseudonym(pki: &Pki, call_id: &str) -> String {
+pub(crate) fn pseudonym(pki: &Pki, call_id: &str) -> String {
     let key: [u8; 32] = std::fs::read(pki.path("site.key"))
         .unwrap()
         .try_into()
