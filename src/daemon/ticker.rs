@@ -1,5 +1,6 @@
 //! The ticker: time moves forward without packets (calls and streams time out on a quiet
-//! line), and the gauges and counters that are read rather than pushed follow, once a second.
+//! line, and ended calls' records are released once their grace passed), and the gauges and
+//! counters that are read rather than pushed follow, every tick (250 ms).
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -35,7 +36,7 @@ pub(super) fn spawn(
                 p.tick(ctx.live_now.now(), &mut |r| records.push(r));
                 publish_pipeline_counters(&p, metrics);
             }
-            // try_lock: a flush in progress is not worth waiting for; next second.
+            // try_lock: a flush in progress is not worth waiting for; next tick.
             if let Ok(s) = spool.try_lock() {
                 let age = spool_age.update(&s.stats(), SystemTime::now());
                 drop(s);
