@@ -236,9 +236,8 @@ fn default_hep_connections_per_source() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     pub interface: String,
-    pub ring_bytes: u64,
-    pub block_bytes: u32,
-    pub block_timeout: Duration,
+    /// The ring's geometry, computed and checked against the kernel's rules once, here.
+    pub ring: crate::sources::afpacket::RingSettings,
     pub promiscuous: bool,
 }
 
@@ -458,13 +457,13 @@ pub fn parse_with_profiles(
                 "must be between 1 and 1000".into()
             );
         }
-        // The kernel's own rules for the ring, checked now rather than at the first start.
-        let ring_settings = crate::sources::afpacket::RingSettings {
-            block_size: c.block_kib << 10,
-            block_count: (ring / (u64::from(c.block_kib.max(1)) << 10)).max(1) as u32,
-            block_timeout_ms: c.block_timeout_ms,
-            ..crate::sources::afpacket::RingSettings::default()
-        };
+        // The kernel's own rules for the ring, checked now rather than at the first start;
+        // the capture opens exactly this geometry.
+        let ring_settings = crate::sources::afpacket::RingSettings::sized(
+            ring,
+            c.block_kib << 10,
+            c.block_timeout_ms,
+        );
         let checked = problems.len() == problems_before;
         if let Some(e) = checked
             .then(|| ring_settings.validate(4096).err())
@@ -476,9 +475,7 @@ pub fn parse_with_profiles(
         }
         captures.push(CaptureConfig {
             interface: c.interface.clone(),
-            ring_bytes: ring,
-            block_bytes: c.block_kib << 10,
-            block_timeout: Duration::from_millis(u64::from(c.block_timeout_ms)),
+            ring: ring_settings,
             promiscuous: c.promiscuous,
         });
     }
@@ -706,7 +703,7 @@ pub fn parse_with_profiles(
 
     // The unit's MemoryHigh= (systemd/teledge.service): buffers configured beyond it would
     // be throttled, then killed.
-    let buffers = captures.iter().map(|c| c.ring_bytes).sum::<u64>()
+    let buffers = captures.iter().map(|c| c.ring.total_bytes()).sum::<u64>()
         + raw.correlation.queue_bytes as u64
         + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
     if buffers > UNIT_MEMORY_HIGH {

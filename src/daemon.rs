@@ -398,10 +398,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let capture_stop = Arc::new(AtomicBool::new(false));
     let mut captures = Vec::new();
     for c in &config.captures {
-        let mut ring = RingSettings::with_total_bytes(c.ring_bytes);
-        ring.block_size = c.block_bytes;
-        ring.block_count = (c.ring_bytes / u64::from(c.block_bytes)).max(1) as u32;
-        ring.block_timeout_ms = c.block_timeout.as_millis() as u32;
+        let ring = c.ring;
         // An interface that is not there yet (a VLAN or bridge created later in boot, a USB
         // NIC) is waited for, like a sensor that is unplugged; anything else (no permission,
         // a ring the kernel refuses) is a configuration problem and stops the start.
@@ -432,7 +429,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             health: Arc::clone(&health),
             clock: LiveClock::new(clock_guard, &live_now, &metrics, &c.interface),
         };
-        tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
+        tracing::info!(interface = %c.interface, ring_bytes = c.ring.total_bytes(), "Capturing.");
         let stop = Arc::clone(&capture_stop);
         let metrics = Arc::clone(&metrics);
         let interface = c.interface.clone();

@@ -53,8 +53,7 @@ use ring::Ring;
 pub use settings::{
     CaptureFilter, RingSettings, RingSettingsError, MAX_BLOCK_TIMEOUT_MS, MAX_RING_BYTES,
 };
-use walk::{walk_block, WalkContext};
-pub use walk::{CaptureCounters, LivePacket};
+pub use walk::{walk_block, CaptureCounters, LivePacket, WalkContext};
 
 /// How often [`LiveCapture::run`] (and so the capture thread) looks at its stop flag.
 pub const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);

@@ -49,10 +49,19 @@ impl RingSettings {
     /// A ring of about `total_bytes` in blocks of the default size (at least one block).
     pub fn with_total_bytes(total_bytes: u64) -> Self {
         let default = RingSettings::default();
-        let blocks = (total_bytes / u64::from(default.block_size)).clamp(1, u64::from(u32::MAX));
+        Self::sized(total_bytes, default.block_size, default.block_timeout_ms)
+    }
+
+    /// A ring of about `total_bytes` in blocks of `block_size` (at least one block), the
+    /// frame size hint the default. The one place the geometry is computed: the
+    /// configuration calls it once and the capture opens what it returns.
+    pub fn sized(total_bytes: u64, block_size: u32, block_timeout_ms: u32) -> Self {
+        let blocks = (total_bytes / u64::from(block_size.max(1))).clamp(1, u64::from(u32::MAX));
         RingSettings {
+            block_size,
             block_count: blocks as u32,
-            ..default
+            block_timeout_ms,
+            ..RingSettings::default()
         }
     }
 

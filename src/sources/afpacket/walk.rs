@@ -98,9 +98,11 @@ const _: () = {
 
 /// Where a block's packets come from.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct WalkContext {
-    pub(super) link: LinkType,
-    pub(super) loopback: bool,
+pub struct WalkContext {
+    /// The link-layer framing of the interface's packets.
+    pub link: LinkType,
+    /// A loopback interface: its outgoing copies are skipped (the arriving copy is kept).
+    pub loopback: bool,
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
@@ -114,8 +116,10 @@ fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
 }
 
 /// Hands on every packet of one retired block; returns how many. Pure: the block is bytes,
-/// so malformed headers are bounds-checked, not trusted.
-pub(super) fn walk_block(
+/// so malformed headers are bounds-checked, not trusted (the fuzz target `afpacket_block`
+/// holds it to that). `scratch` holds a frame whose VLAN tag is put back; `counters` are
+/// added to.
+pub fn walk_block(
     block: &[u8],
     context: WalkContext,
     scratch: &mut Vec<u8>,
