@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::agent_config::AgentConfig;
+use crate::config::agent::AgentConfig;
 use crate::correlation::Correlator;
 use crate::dissect::{DatagramMeta, DissectLimits, Dissector, MessageMeta, Observer};
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
@@ -708,7 +708,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             _ = tokio::signal::ctrl_c() => break,
             _ = hup.recv() => {
                 let _ = notifier.reloading();
-                match crate::agent_config::load(&config_path) {
+                match crate::config::agent::load(&config_path) {
                     Ok(new) => {
                         for warning in &new.warnings {
                             tracing::warn!("SIGHUP: {}: {warning}", config_path.display());

@@ -20,8 +20,8 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//! - [`config`]: configuration, raw TOML to validated, every problem listed;
-//!   [`agent_config`] adds the daemon's sections (sources, sensors, observe, shutdown).
+//! - [`config`]: configuration, raw TOML to validated, every problem listed: the forwarding
+//!   sections ([`config::forward`]) and the daemon's ([`config::agent`]).
 //! - [`daemon`]: `teledge run`, sources → correlation → spool → uplink with a designed shutdown.
 //! - [`sensors`]: UPS, climate, CO2 and line sensors on serial ports; sensor and alert records.
 //! - [`time`]: capture timestamps.
@@ -30,7 +30,6 @@
 //! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
-pub mod agent_config;
 pub mod collect;
 pub mod config;
 pub mod correlation;

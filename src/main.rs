@@ -320,8 +320,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the agent configuration, printing every problem; `Err` carries exit code 78.
-fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, ExitCode> {
-    teledge::agent_config::load(path).map_err(|errors| {
+fn load_agent_config(path: &Path) -> Result<teledge::config::agent::AgentConfig, ExitCode> {
+    teledge::config::agent::load(path).map_err(|errors| {
         for problem in &errors.0 {
             eprintln!("teledge: {}: {problem}", path.display());
         }

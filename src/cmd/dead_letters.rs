@@ -77,7 +77,7 @@ fn list(area: &DeadLetters) -> anyhow::Result<ExitCode> {
 /// The agent's configuration, or else a forwarding one; problems of the agent's are printed
 /// (exit 78) when neither reads.
 fn load(path: &Path) -> Result<ForwardConfig, ExitCode> {
-    match teledge::agent_config::load(path) {
+    match teledge::config::agent::load(path) {
         Ok(agent) => Ok(agent.forward),
         Err(agent_errors) => match teledge::config::load_forward(path) {
             Ok(forward) => Ok(forward),

@@ -1427,7 +1427,7 @@ fn the_capture_ring_is_the_one_the_configuration_checked() {
         "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\n",
         None,
     );
-    let config = teledge::agent_config::load(&path).unwrap();
+    let config = teledge::config::agent::load(&path).unwrap();
     let ring = config.captures[0].ring;
     assert_eq!(
         ring,

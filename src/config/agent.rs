@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{
-    check_key_pair, read_file, readable_file, toml_problem, validate_forward, ConfigErrors,
-    ConfigProblem, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink, Strictness,
+use super::forward::{validate_forward, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink};
+use super::{
+    check_key_pair, line_of, read_file, readable_file, toml_problem, ConfigErrors, ConfigProblem,
+    Strictness,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -306,43 +307,6 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
         }
         Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(problems))),
     }
-}
-
-/// The line of a TOML path such as `sensors[1].port` or `uplink.url` in `text`, found by
-/// walking the table headers: good enough to point an installer at the right line.
-pub fn line_of(text: &str, path: &str) -> Option<usize> {
-    let (section, key) = path.split_once('.').unwrap_or((path, ""));
-    let (table, index) = match section.split_once('[') {
-        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()?),
-        None => (section, 0),
-    };
-    let key = key.split(['.', '[']).next().unwrap_or("");
-    let mut seen = 0usize;
-    let mut inside = false;
-    for (n, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            let name = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
-            inside = false;
-            if name == table {
-                if seen == index {
-                    inside = true;
-                    if key.is_empty() {
-                        return Some(n + 1);
-                    }
-                }
-                seen += 1;
-            }
-            continue;
-        }
-        if inside {
-            let k = trimmed.split('=').next().unwrap_or("").trim();
-            if k == key {
-                return Some(n + 1);
-            }
-        }
-    }
-    None
 }
 
 fn socket_addr(

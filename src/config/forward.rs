@@ -51,29 +51,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{
+    check_key_pair, read_file, readable_file, toml_problem, ConfigErrors, ConfigProblem, Strictness,
+};
+
 use crate::privacy::{
     identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode, MAX_KEEP_DIGITS,
 };
 use crate::seal::{load_key, KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
-
-/// One configuration problem, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,34 +226,6 @@ pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
     parse_forward(&read_file(path)?)
 }
 
-/// Reads a configuration file, the failure reported like any configuration problem.
-pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }])
-    })
-}
-
-/// A TOML syntax or shape error, placed by its line.
-pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
-    let at = match e.span() {
-        Some(span) => {
-            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
-            format!(
-                "line {}",
-                before.iter().filter(|b| **b == b'\n').count() + 1
-            )
-        }
-        None => "config".into(),
-    };
-    ConfigErrors(vec![ConfigProblem {
-        path: at,
-        message: e.message().to_owned(),
-    }])
-}
-
 /// Validates configuration text.
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
@@ -284,14 +242,6 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors(problems)),
     }
-}
-
-/// Whether findings that would make a service fail for good are errors (the daemon: systemd
-/// would restart it forever) or warnings (a command run by hand, whose user reads them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Strictness {
-    Daemon,
-    Manual,
 }
 
 /// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
@@ -628,45 +578,6 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A regular file this process can read.
-pub(crate) fn readable_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", path.display()));
-    }
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Loads a certificate and its private key and checks that they belong together; returns
-/// the certificate's common name. The error names the field at fault (`cert_file` or
-/// `key_file`).
-pub(crate) fn check_key_pair(
-    cert: &Path,
-    key: &Path,
-) -> Result<Option<String>, (&'static str, String)> {
-    use crate::uplink::tls::{load_certs, load_private_key, node_of_certificate};
-    let certs = load_certs(cert).map_err(|e| ("cert_file", e.to_string()))?;
-    let key_der = load_private_key(key).map_err(|e| ("key_file", e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| ("key_file", format!("{}: {e}", key.display())))?;
-    let cn = certs.first().and_then(node_of_certificate);
-    rustls::sign::CertifiedKey::new(certs, signing)
-        .keys_match()
-        .map_err(|e| {
-            (
-                "key_file",
-                format!(
-                    "{}: does not belong to the certificate {} ({e})",
-                    key.display(),
-                    cert.display()
-                ),
-            )
-        })?;
-    Ok(cn)
 }
 
 /// Size of the file system `dir` is (or will be) on: that of its nearest existing ancestor.
