@@ -65,8 +65,20 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct CheckConfigArgs {
     /// The configuration file.
-    #[arg(default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The configuration file, as a plain argument (the older form of `--config`).
+    #[arg(value_name = "PATH", conflicts_with = "config")]
+    path: Option<PathBuf>,
+}
+
+impl CheckConfigArgs {
+    fn config(&self) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| self.path.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
 }
 
 /// Where the service's configuration lives.
@@ -146,10 +158,14 @@ struct ReplayArgs {
     /// dropped and counted in the summary.
     #[arg(long, default_value_t = teledge::dissect::DEFAULT_MEMORY_BUDGET / (1024 * 1024), value_name = "MIB")]
     memory_budget: usize,
-    /// Send the records through the spool to the collector named in this configuration
+    /// Send the records through the spool to the collector named in the configuration
     /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
-    #[arg(long, value_name = "CONFIG")]
-    forward: Option<PathBuf>,
+    #[arg(long)]
+    forward: bool,
+    /// The configuration for --forward: the daemon's file (only its [node], [spool],
+    /// [privacy] and [uplink] are used) or one with just those sections.
+    #[arg(long, short, value_name = "PATH", requires = "forward")]
+    config: Option<PathBuf>,
     /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
     #[arg(long, default_value_t = 60)]
     forward_timeout: u64,
@@ -187,7 +203,7 @@ fn main() -> ExitCode {
         logs.init();
     }
     let result = match cli.command {
-        Command::Replay(args) if args.forward.is_some() => replay_forward(args),
+        Command::Replay(args) if args.forward => replay_forward(args),
         Command::Replay(args) => replay(args),
         Command::Collect(args) => collect(args),
         Command::Sensors(command) => cmd::sensors::run(command),
@@ -335,20 +351,18 @@ fn load_agent_config(path: &Path) -> Result<teledge::config::agent::AgentConfig,
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
-    match load_agent_config(&args.config) {
+    let path = args.config();
+    match load_agent_config(&path) {
         Ok(config) => {
             for warning in &config.warnings {
-                eprintln!("teledge: {}: warning: {warning}", args.config.display());
+                eprintln!("teledge: {}: warning: {warning}", path.display());
             }
             // Records sealed under a key the keyring lost would be set aside unread.
             use teledge::spool::{check_spool_keys, SpoolKeyProblem};
             match check_spool_keys(&config.forward.spool.dir, &config.forward.keyring) {
                 Ok(()) => {}
                 Err(problem @ SpoolKeyProblem::Missing { .. }) => {
-                    eprintln!(
-                        "teledge: {}: spool.old_keys: {problem}",
-                        args.config.display()
-                    );
+                    eprintln!("teledge: {}: spool.old_keys: {problem}", path.display());
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
                 // Not a configuration error (e.g. run as a user who cannot read the spool).
@@ -356,7 +370,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "{}: valid ({} capture interface(s), HEP {}, {} sensor(s), node {})",
-                args.config.display(),
+                path.display(),
                 config.captures.len(),
                 if config.hep.is_some() { "on" } else { "off" },
                 config.sensors.len(),
@@ -423,12 +437,10 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
-fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+fn replay_forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     use teledge::uplink::client::Forwarder;
 
-    let Some(config_path) = &args.forward else {
-        anyhow::bail!("--forward needs a configuration");
-    };
+    let config_path = &forward_config_path(&mut args)?;
     let config = match teledge::config::load_forward(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -534,6 +546,46 @@ fn replay_forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The configuration of `replay --forward`: `--config PATH`, or the daemon's file. The
+/// older form `--forward CONFIG FILE...` is still understood: a first file that is no
+/// capture but TOML is the configuration (said on stderr, with the form to use now).
+fn forward_config_path(args: &mut ReplayArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.config {
+        return Ok(path.clone());
+    }
+    if args.files.first().is_some_and(|f| is_configuration(f)) {
+        let path = args.files.remove(0);
+        eprintln!(
+            "teledge: warning: `--forward {0}` is the old form; give the configuration as \
+             `--forward --config {0}`",
+            path.display()
+        );
+        if args.files.is_empty() {
+            anyhow::bail!("no capture files to replay after the configuration");
+        }
+        return Ok(path);
+    }
+    Ok(PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// True for a file that is TOML and does not start like a capture (pcap, pcapng).
+fn is_configuration(path: &Path) -> bool {
+    const CAPTURE_MAGICS: [[u8; 4]; 5] = [
+        [0xa1, 0xb2, 0xc3, 0xd4],
+        [0xd4, 0xc3, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0x3c, 0x4d],
+        [0x4d, 0x3c, 0xb2, 0xa1],
+        [0x0a, 0x0d, 0x0d, 0x0a],
+    ];
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    if bytes.len() > 1 << 20 || CAPTURE_MAGICS.iter().any(|m| bytes.starts_with(m)) {
+        return false;
+    }
+    std::str::from_utf8(&bytes).is_ok_and(|text| text.parse::<toml::Table>().is_ok())
 }
 
 /// A progress bar for files over 16 MiB, only when stderr is a terminal.

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::forward::{validate_forward, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink};
+use super::forward::{validate_forward, ForwardConfig};
 use super::{
-    check_key_pair, line_of, read_file, readable_file, toml_problem, ConfigErrors, ConfigProblem,
-    Strictness,
+    check_key_pair, parse_raw, placed, read_file, readable_file, ConfigErrors, ConfigProblem,
+    RawFile, Strictness,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -32,28 +32,7 @@ use crate::time::ClockGuard;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAgent {
-    node: RawNode,
-    #[serde(default)]
-    capture: Vec<RawCapture>,
-    hep: Option<RawHep>,
-    #[serde(default)]
-    correlation: RawCorrelation,
-    #[serde(default)]
-    sensors: Vec<RawSensor>,
-    spool: RawSpool,
-    #[serde(default)]
-    privacy: RawPrivacy,
-    uplink: RawUplink,
-    #[serde(default)]
-    observe: RawObserve,
-    #[serde(default)]
-    shutdown: RawShutdown,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCapture {
+pub(super) struct RawCapture {
     interface: String,
     #[serde(default = "default_ring_mib")]
     ring_mib: u32,
@@ -67,7 +46,7 @@ struct RawCapture {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHep {
+pub(super) struct RawHep {
     udp: Option<String>,
     tcp: Option<String>,
     tls: Option<String>,
@@ -89,7 +68,7 @@ struct RawHep {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCorrelation {
+pub(super) struct RawCorrelation {
     #[serde(default = "default_setup_timeout")]
     setup_timeout_s: u64,
     #[serde(default = "default_max_call_duration")]
@@ -130,7 +109,7 @@ impl Default for RawCorrelation {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSensor {
+pub(super) struct RawSensor {
     name: String,
     port: PathBuf,
     profile: String,
@@ -157,7 +136,7 @@ struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawObserve {
+pub(super) struct RawObserve {
     enabled: Option<bool>,
     listen: Option<String>,
     #[serde(default)]
@@ -168,7 +147,7 @@ struct RawObserve {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawShutdown {
+pub(super) struct RawShutdown {
     #[serde(default = "default_drain")]
     drain_timeout_s: u64,
 }
@@ -285,27 +264,15 @@ pub struct AgentConfig {
     pub sections: toml::Table,
 }
 
-/// Reads and validates the daemon's configuration.
+/// Reads and validates the daemon's configuration: the whole file, every section.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
     let text = read_file(path)?;
-    let placed = |problems: Vec<ConfigProblem>| -> Vec<ConfigProblem> {
-        problems
-            .into_iter()
-            .map(|p| ConfigProblem {
-                path: match line_of(&text, &p.path) {
-                    Some(line) => format!("{} (line {line})", p.path),
-                    None => p.path,
-                },
-                message: p.message,
-            })
-            .collect()
-    };
     match parse(&text) {
         Ok(mut config) => {
-            config.warnings = placed(std::mem::take(&mut config.warnings));
+            config.warnings = placed(&text, std::mem::take(&mut config.warnings));
             Ok(config)
         }
-        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(problems))),
+        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(&text, problems))),
     }
 }
 
@@ -360,8 +327,8 @@ pub fn parse_with_profiles(
     text: &str,
     profile_dirs: &[PathBuf],
 ) -> Result<AgentConfig, ConfigErrors> {
-    let raw: RawAgent = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
-    let sections: toml::Table = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+    let raw: RawFile = parse_raw(text)?;
+    let sections: toml::Table = toml::from_str(text).map_err(|e| super::toml_problem(text, &e))?;
     let mut problems = Vec::new();
     let forward = validate_forward(
         raw.node,
@@ -826,7 +793,7 @@ fn validate_hep(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::line_of;
 
     #[test]
     fn lines_of_paths() {

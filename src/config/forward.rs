@@ -52,7 +52,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    check_key_pair, read_file, readable_file, toml_problem, ConfigErrors, ConfigProblem, Strictness,
+    check_key_pair, parse_raw, placed, read_file, readable_file, ConfigErrors, ConfigProblem,
+    RawFile, Strictness,
 };
 
 use crate::privacy::{
@@ -63,23 +64,13 @@ use crate::spool::{SpoolConfig, WhenFull};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawConfig {
-    node: RawNode,
-    spool: RawSpool,
-    #[serde(default)]
-    privacy: RawPrivacy,
-    uplink: RawUplink,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNode {
+pub(super) struct RawNode {
     id: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawSpool {
+pub(super) struct RawSpool {
     dir: PathBuf,
     #[serde(default = "default_max_bytes")]
     max_bytes: u64,
@@ -108,7 +99,7 @@ struct RawOldKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawPrivacy {
+pub(super) struct RawPrivacy {
     #[serde(default = "default_privacy_mode")]
     mode: String,
     site_key_file: Option<PathBuf>,
@@ -133,7 +124,7 @@ impl Default for RawPrivacy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawUplink {
+pub(super) struct RawUplink {
     url: String,
     ca_file: PathBuf,
     cert_file: PathBuf,
@@ -221,14 +212,24 @@ pub struct ForwardConfig {
     pub warnings: Vec<ConfigProblem>,
 }
 
-/// Reads and validates a configuration file; every problem is reported, not just the first.
+/// Reads a configuration file and validates what forwarding needs; every problem is
+/// reported, not just the first, with its TOML path and line. The daemon's file is such a
+/// file: its other sections are held to the schema (no unknown fields, the right types) but
+/// not validated further, as forwarding does not use them.
 pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
-    parse_forward(&read_file(path)?)
+    let text = read_file(path)?;
+    match parse_forward(&text) {
+        Ok(mut config) => {
+            config.warnings = placed(&text, std::mem::take(&mut config.warnings));
+            Ok(config)
+        }
+        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(&text, problems))),
+    }
 }
 
-/// Validates configuration text.
+/// Validates the forwarding sections of configuration text (see [`load_forward`]).
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+    let raw: RawFile = parse_raw(text)?;
     let mut problems = Vec::new();
     let config = validate_forward(
         raw.node,
@@ -244,9 +245,17 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     }
 }
 
+/// The forwarding sections, taken out of the file.
+struct Sections {
+    node: RawNode,
+    spool: RawSpool,
+    privacy: RawPrivacy,
+    uplink: RawUplink,
+}
+
 /// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
 /// to build.
-pub(crate) fn validate_forward(
+pub(super) fn validate_forward(
     node: RawNode,
     spool: RawSpool,
     privacy: RawPrivacy,
@@ -254,7 +263,7 @@ pub(crate) fn validate_forward(
     strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
-    let raw = RawConfig {
+    let raw = Sections {
         node,
         spool,
         privacy,

@@ -9,10 +9,54 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
+
 pub mod agent;
 pub mod forward;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig, UplinkConfig};
+
+/// The file: one schema for every command, each using the sections it needs. Unknown
+/// sections and fields are refused whichever command reads the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    node: forward::RawNode,
+    #[serde(default)]
+    capture: Vec<agent::RawCapture>,
+    hep: Option<agent::RawHep>,
+    #[serde(default)]
+    correlation: agent::RawCorrelation,
+    #[serde(default)]
+    sensors: Vec<agent::RawSensor>,
+    spool: forward::RawSpool,
+    #[serde(default)]
+    privacy: forward::RawPrivacy,
+    uplink: forward::RawUplink,
+    #[serde(default)]
+    observe: agent::RawObserve,
+    #[serde(default)]
+    shutdown: agent::RawShutdown,
+}
+
+/// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.
+pub(super) fn parse_raw(text: &str) -> Result<RawFile, ConfigErrors> {
+    toml::from_str(text).map_err(|e| toml_problem(text, &e))
+}
+
+/// Problems with the line of their TOML path in `text` added, where it can be found.
+pub(super) fn placed(text: &str, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+    problems
+        .into_iter()
+        .map(|p| ConfigProblem {
+            path: match line_of(text, &p.path) {
+                Some(line) => format!("{} (line {line})", p.path),
+                None => p.path,
+            },
+            message: p.message,
+        })
+        .collect()
+}
 
 /// One configuration problem, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
