@@ -647,6 +647,16 @@ pub fn parse_with_profiles(
             ),
         });
     }
+    // Everything is validated: now, in one step, the key material.
+    let forward = forward.and_then(|valid| super::keys::load(valid, &mut problems));
+    let hep = hep.map(|mut hep| {
+        if let Some(file) = raw.hep.as_ref().and_then(|h| h.auth_key_file.as_ref()) {
+            hep.auth_key = super::keys::read_secret(file)
+                .map_err(|message| problem!(problems, "hep.auth_key_file", message))
+                .ok();
+        }
+        hep
+    });
     match forward {
         Some(mut forward) if problems.is_empty() => Ok(AgentConfig {
             captures,
@@ -713,15 +723,13 @@ fn validate_hep(
     }
     let auth_key = match (&h.auth_key, &h.auth_key_file) {
         (Some(k), None) => Some(k.clone()),
-        (None, Some(f)) => match readable_file(f)
-            .and_then(|()| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())))
-        {
-            Ok(k) => Some(k.trim().to_string()),
-            Err(message) => {
+        // Read with the other keys, after validation (`read_hep_key`).
+        (None, Some(f)) => {
+            if let Err(message) = readable_file(f) {
                 problem!(problems, "hep.auth_key_file", message);
-                None
             }
-        },
+            None
+        }
         (None, None) => None,
         (Some(_), Some(_)) => {
             problem!(

@@ -56,10 +56,8 @@ use super::{
     RawFile, Strictness,
 };
 
-use crate::privacy::{
-    identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode, MAX_KEEP_DIGITS,
-};
-use crate::seal::{load_key, KeySource, Keyring};
+use crate::privacy::{AddressMode, Privacy, MAX_KEEP_DIGITS};
+use crate::seal::{KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
 
 #[derive(Debug, Deserialize)]
@@ -231,7 +229,7 @@ pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     let raw: RawFile = parse_raw(text)?;
     let mut problems = Vec::new();
-    let config = validate_forward(
+    let config = forward_config(
         raw.node,
         raw.spool,
         raw.privacy,
@@ -253,9 +251,9 @@ struct Sections {
     uplink: RawUplink,
 }
 
-/// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
-/// to build.
-pub(super) fn validate_forward(
+/// Validates the forwarding sections and then, in one step after, reads their key material;
+/// problems of both are pushed, `None` when they leave nothing to build.
+pub(super) fn forward_config(
     node: RawNode,
     spool: RawSpool,
     privacy: RawPrivacy,
@@ -263,6 +261,57 @@ pub(super) fn validate_forward(
     strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
+    let valid = validate_forward(node, spool, privacy, uplink, strictness, problems);
+    super::keys::load(valid?, problems)
+}
+
+/// Where each key is named in the file, for the loader's problems.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyPaths {
+    pub(super) spool: &'static str,
+    pub(super) site: &'static str,
+}
+
+/// The forwarding sections validated, their keys named but not read.
+#[derive(Debug)]
+pub(super) struct ValidForward {
+    pub(super) node_id: String,
+    pub(super) key_paths: KeyPaths,
+    pub(super) spool: SpoolConfig,
+    pub(super) keys: KeySources,
+    pub(super) mode: ModeChoice,
+    pub(super) addresses: AddressMode,
+    pub(super) uplink: UplinkConfig,
+    pub(super) warnings: Vec<ConfigProblem>,
+}
+
+/// Where the key material is: the spool's sealing key (id and source), older sealing keys
+/// by id, the site key for pseudonyms.
+#[derive(Debug)]
+pub(super) struct KeySources {
+    pub(super) spool: (u32, KeySource),
+    pub(super) old: Vec<(u32, PathBuf)>,
+    pub(super) site: Option<KeySource>,
+}
+
+/// The pseudonymisation mode chosen, before its key is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModeChoice {
+    KeyedHash,
+    KeepLastDigits(u8),
+    Clear,
+}
+
+/// Validates the forwarding sections without reading any key; problems are pushed, `None`
+/// when they leave nothing to build.
+pub(super) fn validate_forward(
+    node: RawNode,
+    spool: RawSpool,
+    privacy: RawPrivacy,
+    uplink: RawUplink,
+    strictness: Strictness,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ValidForward> {
     let raw = Sections {
         node,
         spool,
@@ -364,13 +413,6 @@ pub(super) fn validate_forward(
             None
         }
     };
-    let current_key = key_source.and_then(|s| match load_key(&s) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            problem("spool.key_file", e.to_string());
-            None
-        }
-    });
     let mut old_keys = Vec::new();
     for (i, old) in raw.spool.old_keys.iter().enumerate() {
         if old.id == raw.spool.key_id {
@@ -379,10 +421,7 @@ pub(super) fn validate_forward(
                 "repeats the current key_id".into(),
             );
         }
-        match load_key(&KeySource::File(old.file.clone())) {
-            Ok(k) => old_keys.push((old.id, k)),
-            Err(e) => problem(&format!("spool.old_keys[{i}].file"), e.to_string()),
-        }
+        old_keys.push((old.id, old.file.clone()));
     }
 
     let site_key_source = match (&raw.privacy.site_key_file, &raw.privacy.site_key_credential) {
@@ -397,35 +436,16 @@ pub(super) fn validate_forward(
             None
         }
     };
-    let site_key = match site_key_source.map(|s| load_key(&s)) {
-        Some(Ok(key)) => Some(key),
-        Some(Err(e)) => {
-            problem("privacy.site_key_file", e.to_string());
-            None
-        }
-        None => None,
-    };
-    // One key, one purpose: whoever reads pseudonyms must not be able to open the spool,
-    // and a spool key rotation must not change every pseudonym.
-    if site_key.is_some() && site_key == current_key {
-        problem(
-            "privacy.site_key_file",
-            "is the spool sealing key: give the site key a file of its own".into(),
-        );
-    }
     let mode = match raw.privacy.mode.as_str() {
-        "keyed_hash" => match site_key {
-            Some(site_key) => Some(PrivacyMode::KeyedHash { site_key }),
-            None => {
-                if !problems_mention(&raw.privacy) {
-                    problem(
-                        "privacy.site_key_file",
-                        "keyed_hash needs a site key".into(),
-                    );
-                }
-                None
+        "keyed_hash" => {
+            if site_key_source.is_none() && !problems_mention(&raw.privacy) {
+                problem(
+                    "privacy.site_key_file",
+                    "keyed_hash needs a site key".into(),
+                );
             }
-        },
+            Some(ModeChoice::KeyedHash)
+        }
         "last_digits" => {
             if raw.privacy.keep_digits > MAX_KEEP_DIGITS {
                 problem(
@@ -436,9 +456,9 @@ pub(super) fn validate_forward(
                     ),
                 );
             }
-            Some(PrivacyMode::KeepLastDigits(raw.privacy.keep_digits))
+            Some(ModeChoice::KeepLastDigits(raw.privacy.keep_digits))
         }
-        "clear" => Some(PrivacyMode::Clear),
+        "clear" => Some(ModeChoice::Clear),
         other => {
             problem(
                 "privacy.mode",
@@ -537,20 +557,37 @@ pub(super) fn validate_forward(
         );
     }
 
-    let (Some(current_key), Some(mode)) = (current_key, mode) else {
+    let (Some(spool_key), Some(mode)) = (key_source, mode) else {
         return None;
     };
-    let identifier_key = site_key.unwrap_or_else(|| identifier_key_from_spool_key(&current_key));
     let mut spool = SpoolConfig::new(raw.spool.dir.clone(), node_id.clone());
     spool.max_bytes = raw.spool.max_bytes;
     spool.when_full = when_full;
     spool.cache_bytes = raw.spool.cache_bytes;
     spool.disk_reserve_bytes = raw.spool.disk_reserve_bytes;
     spool.flush_interval = Duration::from_millis(raw.spool.flush_interval_ms);
-    Some(ForwardConfig {
+    let key_paths = KeyPaths {
+        spool: if raw.spool.key_credential.is_some() {
+            "spool.key_credential"
+        } else {
+            "spool.key_file"
+        },
+        site: if raw.privacy.site_key_credential.is_some() {
+            "privacy.site_key_credential"
+        } else {
+            "privacy.site_key_file"
+        },
+    };
+    Some(ValidForward {
         node_id,
-        keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
-        privacy: Privacy::new(mode, addresses, identifier_key),
+        key_paths,
+        keys: KeySources {
+            spool: (raw.spool.key_id, spool_key),
+            old: old_keys,
+            site: site_key_source,
+        },
+        mode,
+        addresses,
         uplink: UplinkConfig {
             host,
             port,
@@ -666,6 +703,69 @@ min_tls = "1.0"
         let errors = parse_forward(text).unwrap_err().0;
         assert!(errors[0].message.contains("colour"), "{errors:?}");
         assert!(errors[0].path.starts_with("line"), "{errors:?}");
+    }
+
+    /// Validation names the keys and reads none; the loader after it reads them all and
+    /// reports each unreadable one at its own TOML path.
+    #[test]
+    fn validation_reads_no_key_and_the_loader_reads_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[node]
+id = "edge-01"
+[spool]
+dir = "{}"
+key_credential = "no-such-credential"
+key_id = 1
+old_keys = [{{ id = 0, file = "/nonexistent/old.key" }}]
+[privacy]
+site_key_file = "/nonexistent/site.key"
+[uplink]
+url = "https://c.example/v1/batches"
+ca_file = "/nonexistent/ca.pem"
+cert_file = "/nonexistent/c.pem"
+key_file = "/nonexistent/k.pem"
+"#,
+            dir.path().join("spool").display()
+        );
+        let raw = parse_raw(&text).unwrap();
+        let mut problems = Vec::new();
+        let valid = validate_forward(
+            raw.node,
+            raw.spool,
+            raw.privacy,
+            raw.uplink,
+            Strictness::Manual,
+            &mut problems,
+        )
+        .unwrap();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.iter().all(|p| p.starts_with("uplink.")),
+            "{problems:?}"
+        );
+        let mut key_problems = Vec::new();
+        assert!(super::super::keys::load(valid, &mut key_problems).is_none());
+        let paths: Vec<&str> = key_problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spool.key_credential",
+                "spool.old_keys[0].file",
+                "privacy.site_key_file"
+            ],
+            "{key_problems:?}"
+        );
+        // Through the loader, every problem of both steps, placed by line.
+        let all = parse_forward(&text).unwrap_err().0;
+        let placed = crate::config::placed(&text, all);
+        let text_of = |path: &str| placed.iter().find(|p| p.path.starts_with(path)).cloned();
+        assert_eq!(
+            text_of("spool.key_credential").unwrap().path,
+            "spool.key_credential (line 6)"
+        );
+        assert!(text_of("uplink.ca_file").is_some());
     }
 
     #[test]

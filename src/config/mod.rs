@@ -6,6 +6,8 @@
 //!   all that `replay --forward` needs.
 //! - [`agent`]: the daemon's whole file, the forwarding sections plus its sources,
 //!   correlation bounds, sensors, observability and shutdown.
+//! - `keys`: the one step, after validation, that reads key material (sealing keys, the
+//!   site key) and builds the keyring and the pseudonymisation settings from it.
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ use serde::Deserialize;
 
 pub mod agent;
 pub mod forward;
+mod keys;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig, UplinkConfig};
 
