@@ -1,12 +1,12 @@
 //! The daemon's configuration (`/etc/teledge/teledge.toml`): a serde mirror with unknown
 //! fields rejected, validated into an [`AgentConfig`] with *every* problem listed by its TOML
 //! path and line. The forwarding sections (`[node]`, `[spool]`, `[privacy]`, `[uplink]`) are
-//! those of [`crate::config`]; the daemon adds its sources, correlation bounds, sensors,
+//! validated by [`super::forward`]; the daemon adds its sources, correlation bounds, sensors,
 //! observability and shutdown. `teledge check-config` prints the problems; a bad file exits
 //! with 78 (EX_CONFIG) so systemd does not restart-loop. The commented example is
 //! `teledge.example.toml` at the top of the repository.
 //!
-//! Beyond [`crate::config`]'s checks: every number in a range that works (timeouts, retries,
+//! Beyond [`super::forward`]'s checks: every number in a range that works (timeouts, retries,
 //! baud rates, queue bounds, clock tolerances), serial ports that exist must be character
 //! devices, HEP on every address (`0.0.0.0`, `::`) requires an `auth_key` (on another
 //! address than loopback it is a warning), the HEP TLS key must match its certificate, and

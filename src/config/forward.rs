@@ -1,8 +1,8 @@
-//! Configuration: a serde mirror of the TOML (unknown fields rejected) turned into a validated
-//! [`ForwardConfig`], collecting *every* problem with its TOML path before anything runs.
-//!
-//! This is the forwarding part of the agent's configuration (`[node]`, `[spool]`,
-//! `[privacy]`, `[uplink]`); the daemon's sources and timeouts join it later.
+//! The forwarding sections of the configuration file (`[node]`, `[spool]`, `[privacy]`,
+//! `[uplink]`), validated into a [`ForwardConfig`] with *every* problem listed by its TOML
+//! path and line: all that `replay --forward` and `dead-letters` use. They read the daemon's
+//! whole file (its other sections held to the schema, not validated further) or a file with
+//! only these sections, such as:
 //!
 //! ```toml
 //! [node]
@@ -43,7 +43,8 @@
 //! (`[A-Za-z0-9._-]`, not `.` or `..`) and equal to the client certificate's common name,
 //! every file readable and of the right kind (a certificate file holds certificates, a key
 //! file a private key matching its certificate), and no key used for two purposes (site
-//! key and spool key). Findings that do not stop the service (a spool bound larger than its
+//! key and spool key; the keys themselves are read after validation, in `config::keys`).
+//! Findings that do not stop the service (a spool bound larger than its
 //! file system) are warnings: printed by `check-config`, logged by `run`.
 
 use std::path::{Path, PathBuf};

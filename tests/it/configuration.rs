@@ -209,3 +209,36 @@ fn check_config_takes_the_file_with_config_or_as_an_argument() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `dead-letters` reads the forwarding sections of the daemon's file: a problem in a section
+/// it does not use (a sensor profile) does not stop it, as it did when it needed the whole
+/// file valid or else a forwarding-only one.
+#[test]
+fn dead_letters_take_the_daemons_file_using_the_forwarding_sections() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[sensors]]\nname = \"ups\"\nport = \"/dev/ttyUSB9\"\nprofile = \"no-such-profile\"\n",
+        None,
+    );
+    let check = teledge()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78), "{}", text(&check));
+    assert!(
+        text(&check).contains("sensors[0].profile"),
+        "{}",
+        text(&check)
+    );
+    let list = teledge()
+        .args(["dead-letters", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", text(&list));
+}
