@@ -26,8 +26,9 @@
 //! - [`sensors`]: UPS, climate, CO2 and line sensors on serial ports; sensor and alert records.
 //! - [`time`]: capture timestamps.
 //!
-//! Unsafe code is denied everywhere except [`sources::afpacket`], which owns the AF_PACKET
-//! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
+//! Unsafe code is denied everywhere except two parts of [`sources::afpacket`], its system
+//! calls (`sys`) and its memory-mapped ring (`ring`); every `unsafe` block there carries a
+//! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod collect;

@@ -170,7 +170,7 @@ impl IpProtocol {
 pub enum ProtoType {
     /// 1: one SIP message.
     Sip,
-    /// 5: an RTCP report as JSON, correlation id = SIP Call-ID (see [`RtcpJson`]).
+    /// 5: an RTCP report as JSON, correlation id = SIP Call-ID (see [`super::RtcpJson`]).
     RtcpJson,
     /// 100: a log line (not in spec rev 37, but heplify and HOMER use it).
     Log,
@@ -214,7 +214,7 @@ pub struct HepFrame<'a> {
     pub capture_id: Option<u32>,
     /// Keep-alive timer in seconds (0x000d).
     pub keep_alive_s: Option<u16>,
-    /// Authentication key (0x000e), as sent; check it with [`HepAuth`].
+    /// Authentication key (0x000e), as sent; check it with [`crate::sources::hep::HepAuth`].
     pub auth_key: Option<Cow<'a, [u8]>>,
     /// The captured payload, inflated if it came in chunk 0x0010.
     pub payload: Cow<'a, [u8]>,

@@ -25,7 +25,7 @@
 //! not be attributed to a call anyway. Microseconds default to 0, the rest is optional.
 //!
 //! The parts: [`frame`] decodes one whole frame, [`framing`] finds frames in a TCP/TLS
-//! stream, [`rtcp_json`] reads the JSON body of an RTCP report. Whether a frame is let in
+//! stream, [`mod@rtcp_json`] reads the JSON body of an RTCP report. Whether a frame is let in
 //! (the auth key) is the listener's policy, in [`crate::sources::hep`].
 
 pub mod frame;

@@ -26,10 +26,10 @@
 //!   bounds-checked slices; a header that points outside its block ends the walk of that block
 //!   and is counted in [`CaptureCounters::malformed_blocks`].
 //!
-//! All `unsafe` of the crate is in two submodules of this one: [`sys`] (the system calls) and
-//! [`ring`] (the shared memory); every block says why it is sound. The rest is safe code:
-//! [`settings`] (ring geometry), [`walk`] (the pure block walker), [`filter`] (the kernel
-//! filter) and the capture itself, here.
+//! All `unsafe` of the crate is in two private submodules of this one: `sys` (the system
+//! calls) and `ring` (the shared memory); every block says why it is sound. The rest is safe
+//! code: `settings` (ring geometry), `walk` (the pure block walker, public as [`walk_block`]
+//! for its fuzz target), `filter` (the kernel filter) and the capture itself, here.
 
 mod filter;
 #[allow(unsafe_code)]
