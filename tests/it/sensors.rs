@@ -53,6 +53,12 @@ impl PtyPair {
     fn stop(mut self) {
         let _ = self.socat.kill();
         let _ = self.socat.wait();
+        // SIGKILL leaves socat's links behind, pointing at pty numbers the next socat may be
+        // given the other way round: a replug could then see both links resolve before the
+        // new socat replaced them, and the simulator talk to the wrong end (a flaky
+        // "communication restored" under load). A real unplug removes the device node.
+        let _ = std::fs::remove_file(&self.dev);
+        let _ = std::fs::remove_file(&self.sim);
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.dev.exists() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
