@@ -56,6 +56,7 @@ use crate::privacy::{
 };
 use crate::seal::{load_key, KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
+use crate::uplink::UplinkSettings;
 
 /// One configuration problem, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,25 +205,6 @@ fn default_dead_letter() -> u64 {
     64 << 20
 }
 
-/// The uplink, validated.
-#[derive(Debug, Clone)]
-pub struct UplinkConfig {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub tls12_allowed: bool,
-    pub batch_records: usize,
-    /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
-    /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
-    pub batch_max_bytes: usize,
-    pub timeout: Duration,
-    pub dead_letter_dir: PathBuf,
-    pub dead_letter_max_bytes: u64,
-}
-
 /// Everything `replay --forward` needs, validated.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
@@ -230,7 +212,7 @@ pub struct ForwardConfig {
     pub spool: SpoolConfig,
     pub keyring: Keyring,
     pub privacy: Privacy,
-    pub uplink: UplinkConfig,
+    pub uplink: UplinkSettings,
     /// Findings that do not stop the service; `check-config` prints them, `run` logs them.
     pub warnings: Vec<ConfigProblem>,
 }
@@ -592,7 +574,7 @@ pub(crate) fn validate_forward(
         node_id,
         keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
         privacy: Privacy::new(mode, addresses, identifier_key),
-        uplink: UplinkConfig {
+        uplink: UplinkSettings {
             host,
             port,
             path: url_path,

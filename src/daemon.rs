@@ -621,7 +621,11 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     };
 
     // Uplink.
-    let mut forwarder = Forwarder::new(&config.forward)?;
+    let mut forwarder = Forwarder::new(
+        &config.forward.node_id,
+        &config.forward.uplink,
+        &config.forward.keyring,
+    )?;
     metrics.watch_tls_alerts(forwarder.tls_alerts());
     forwarder.on_progress({
         let metrics = Arc::clone(&metrics);

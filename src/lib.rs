@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent_config;
+pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod correlation;

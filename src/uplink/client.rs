@@ -13,10 +13,12 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ForwardConfig, UplinkConfig};
+pub use crate::backoff::Backoff;
+use crate::seal::Keyring;
 use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
 use crate::uplink::tls::{ClientTls, TlsError};
+use crate::uplink::UplinkSettings;
 use crate::uplink::{encode_lines, Ack};
 
 /// What kind of failure an attempt met (the label of `teledge_uplink_failures_total`).
@@ -139,46 +141,9 @@ pub enum Attempt<'a> {
 /// Called with the uplink's totals and what the attempt did.
 type ProgressHook = Box<dyn FnMut(&UplinkStats, &Attempt<'_>) + Send>;
 
-/// Exponential backoff with full jitter between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next wait: uniform in [min, min(max, min·2^attempt)].
-    pub fn next_wait(&mut self) -> Duration {
-        let cap = self
-            .min
-            .saturating_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let mut random = [0u8; 8];
-        // Without randomness the wait is the cap: still bounded, merely not jittered.
-        let fraction = getrandom::getrandom(&mut random)
-            .map(|()| u64::from_le_bytes(random) as f64 / u64::MAX as f64)
-            .unwrap_or(1.0);
-        self.min + (cap.saturating_sub(self.min)).mul_f64(fraction)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// A connection to the collector, re-established when lost.
 pub struct Uplink {
-    config: UplinkConfig,
+    config: UplinkSettings,
     node: String,
     tls: ClientTls,
     sender: Option<SendRequest<Full<Bytes>>>,
@@ -194,7 +159,7 @@ impl std::fmt::Debug for Uplink {
 }
 
 impl Uplink {
-    pub fn new(config: UplinkConfig, node: String) -> Result<Self, TlsError> {
+    pub fn new(config: UplinkSettings, node: String) -> Result<Self, TlsError> {
         let tls = ClientTls::new(
             &config.ca_file,
             &config.cert_file,
@@ -341,7 +306,7 @@ struct Split {
 /// the daemon, `replay --forward` and the load generator alike.
 pub struct Forwarder {
     uplink: Uplink,
-    uplink_config: UplinkConfig,
+    uplink_config: UplinkSettings,
     node: String,
     dead_letters: DeadLetters,
     backoff: Backoff,
@@ -367,18 +332,19 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder for a validated configuration, with the agent's backoff (1 s to 60 s).
-    pub fn new(config: &ForwardConfig) -> Result<Self, TlsError> {
-        let uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-        let dead_letters = DeadLetters::for_config(config);
+    /// A forwarder of node `node`'s records, with the agent's backoff (1 s to 60 s); `keyring`
+    /// seals its dead letters.
+    pub fn new(node: &str, settings: &UplinkSettings, keyring: &Keyring) -> Result<Self, TlsError> {
+        let uplink = Uplink::new(settings.clone(), node.to_owned())?;
+        let dead_letters = DeadLetters::for_uplink(settings, node, keyring);
         let mut stats = UplinkStats::default();
         if let Ok((held, _)) = dead_letters.count() {
             stats.dead_letters_held = held;
         }
         Ok(Forwarder {
             uplink,
-            uplink_config: config.uplink.clone(),
-            node: config.node_id.clone(),
+            uplink_config: settings.clone(),
+            node: node.to_owned(),
             dead_letters,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             split: None,
@@ -418,7 +384,7 @@ impl Forwarder {
 
     /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
     /// carry over. On error the running connection and its settings are kept.
-    pub fn reconfigure(&mut self, config: UplinkConfig) -> Result<(), TlsError> {
+    pub fn reconfigure(&mut self, config: UplinkSettings) -> Result<(), TlsError> {
         self.uplink = Uplink::new(config.clone(), self.node.clone())?;
         self.uplink_config = config;
         Ok(())
@@ -753,18 +719,6 @@ pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_full_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        for attempt in 0..20 {
-            let w = b.next_wait();
-            let cap = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
-            assert!(w >= Duration::from_secs(1) && w <= cap, "{attempt}: {w:?}");
-        }
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_secs(1));
-    }
 
     #[test]
     fn only_content_refusals_are_not_retried() {
