@@ -95,7 +95,7 @@ impl Default for MediaLimits {
 }
 
 /// Counters of the media path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MediaCounters {
     /// RTP packets of measured streams (in a call or orphan).
     pub rtp_packets: u64,
@@ -926,9 +926,9 @@ impl Stream {
             ssrc: format!("0x{:08X}", self.key.ssrc),
             codec,
             codecs,
-            metrics,
-            score,
-            not_scored,
+            metrics: (&metrics).into(),
+            score: score.as_ref().map(Into::into),
+            not_scored: not_scored.as_ref().map(Into::into),
             rtcp: reported,
         }
     }
@@ -1025,7 +1025,7 @@ fn reported_for(
             .iter()
             .find(|v| v.source_ssrc == key.ssrc)
         {
-            reported.voip_metrics = Some(*vm);
+            reported.voip_metrics = Some(vm.into());
         }
         let Some(block) = obs
             .summary
@@ -1160,6 +1160,32 @@ fn orphan_record(stream: &Stream) -> StreamRecord {
             &quality.metrics.start_time.as_nanos().to_be_bytes(),
         ]),
         stream: quality,
+    }
+}
+
+/// The media counters as the capture summary writes them (`media`).
+impl From<&MediaCounters> for crate::record::MediaCounters {
+    fn from(c: &MediaCounters) -> Self {
+        crate::record::MediaCounters {
+            rtp_packets: c.rtp_packets,
+            rtp_packets_in_calls: c.rtp_packets_in_calls,
+            rtp_decode_errors: c.rtp_decode_errors,
+            rtcp_packets: c.rtcp_packets,
+            rtcp_decode_errors: c.rtcp_decode_errors,
+            rtcp_unattributed: c.rtcp_unattributed,
+            rtcp_dropped_at_capacity: c.rtcp_dropped_at_capacity,
+            streams: c.streams,
+            peak_active_streams: c.peak_active_streams,
+            orphan_streams: c.orphan_streams,
+            other_datagrams: c.other_datagrams,
+            probation_discarded: c.probation_discarded,
+            streams_dropped_at_capacity: c.streams_dropped_at_capacity,
+            endpoints_dropped_at_capacity: c.endpoints_dropped_at_capacity,
+            rtp_after_call_end: c.rtp_after_call_end,
+            rtcp_after_call_end: c.rtcp_after_call_end,
+            ended_endpoints_forgotten: c.ended_endpoints_forgotten,
+            orphan_streams_summarised: c.orphan_streams_summarised,
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub struct FragmentKey {
 }
 
 /// Counters of the pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FragmentStats {
     pub fragments: u64,
     pub reassembled: u64,
@@ -276,6 +276,21 @@ fn insert_range(ranges: &mut Vec<(usize, usize)>, new: (usize, usize)) {
     });
     let at = ranges.partition_point(|&(s, _)| s < start);
     ranges.insert(at, (start, end));
+}
+
+/// The pool's counters as the capture summary writes them (`decode.fragments`).
+impl From<&FragmentStats> for crate::record::FragmentCounters {
+    fn from(s: &FragmentStats) -> Self {
+        crate::record::FragmentCounters {
+            fragments: s.fragments,
+            reassembled: s.reassembled,
+            timed_out: s.timed_out,
+            evicted: s.evicted,
+            overlap_conflicts: s.overlap_conflicts,
+            malformed: s.malformed,
+            largest_reassembled: s.largest_reassembled,
+        }
+    }
 }
 
 #[cfg(test)]

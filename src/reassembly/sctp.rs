@@ -47,7 +47,7 @@ impl Default for SctpLimits {
 }
 
 /// Counters of the reassembler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SctpStats {
     /// Fragments (DATA chunks without both B and E) offered.
     pub fragments: u64,
@@ -300,6 +300,20 @@ impl SctpReassembler {
             self.by_arrival.remove(&order);
             self.remove(&key, tsn);
             self.stats.timed_out += 1;
+        }
+    }
+}
+
+/// The reassembler's counters as the capture summary writes them (`decode.sctp`).
+impl From<&SctpStats> for crate::record::SctpCounters {
+    fn from(s: &SctpStats) -> Self {
+        crate::record::SctpCounters {
+            fragments: s.fragments,
+            reassembled: s.reassembled,
+            duplicates: s.duplicates,
+            timed_out: s.timed_out,
+            evicted: s.evicted,
+            oversized: s.oversized,
         }
     }
 }

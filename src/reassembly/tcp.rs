@@ -70,7 +70,7 @@ impl Default for TcpLimits {
 }
 
 /// Counters of the reassembler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpStats {
     pub segments: u64,
     pub retransmitted: u64,
@@ -515,6 +515,23 @@ fn skip_hole<A>(
         drain_pending(dir, now, deliver);
         if !dir.pending.is_empty() {
             dir.hole_since = Some(now);
+        }
+    }
+}
+
+/// The reassembler's counters as the capture summary writes them (`decode.tcp`).
+impl From<&TcpStats> for crate::record::TcpCounters {
+    fn from(s: &TcpStats) -> Self {
+        crate::record::TcpCounters {
+            segments: s.segments,
+            retransmitted: s.retransmitted,
+            out_of_order: s.out_of_order,
+            gaps: s.gaps,
+            flows_evicted: s.flows_evicted,
+            flows_evicted_memory: s.flows_evicted_memory,
+            flows_stalled: s.flows_stalled,
+            flows_expired: s.flows_expired,
+            bytes_dropped: s.bytes_dropped,
         }
     }
 }

@@ -134,10 +134,15 @@
 mod call;
 pub mod media;
 pub mod sensor;
+mod summary;
 
 pub use call::{
-    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, State, UserAgents,
-    CALL_SCHEMA,
+    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, Sdp, SdpCodec,
+    SdpDirection, SdpMedia, State, Transport, UserAgents, CALL_SCHEMA,
+};
+pub use summary::{
+    CallCounters, DecodeCounters, DecodeProblem, FragmentCounters, MediaCounters, MemoryCounters,
+    SctpCounters, TcpCounters,
 };
 
 use serde::Serialize;
@@ -184,12 +189,12 @@ pub struct CaptureSummary {
     pub other_transactions: u64,
     /// Messages of Call-IDs that started before the capture (no INVITE seen).
     pub orphan_messages: u64,
-    pub decode: crate::dissect::DissectStats,
-    pub media: crate::correlation::media::MediaCounters,
+    pub decode: DecodeCounters,
+    pub media: MediaCounters,
     pub calls_dropped_at_capacity: u64,
     /// Every counter of the call tracker (calls started before the capture, late messages,
     /// evictions, truncated fields, ...).
-    pub call_counters: crate::correlation::calls::CallCounters,
+    pub call_counters: CallCounters,
     /// Files of which not one frame could be decoded (every frame failed, see
     /// `decode.errors` for the kinds): not an empty capture, a capture teledge cannot read.
     pub undecodable_files: Vec<String>,

@@ -511,7 +511,7 @@ impl<O: Opener> Device<O> {
             kind,
             reading: reading.to_string(),
             phase,
-            breach,
+            breach: breach.map(Into::into),
             limit,
             unit,
             started,
