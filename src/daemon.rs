@@ -141,14 +141,7 @@ struct RecordQueue {
 
 impl RecordQueue {
     fn push(&self, record: Record) {
-        let kind = match &record {
-            Record::Call(_) => "call",
-            Record::Stream(_) => "stream",
-            Record::OrphanStreams(_) => "orphan_streams",
-            Record::CaptureSummary(_) => "capture_summary",
-            Record::Sensor(_) => "sensor",
-            Record::Alert(_) => "alert",
-        };
+        let kind = record.kind();
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[kind]).inc();
         match self.tx.try_send(record) {

@@ -196,6 +196,8 @@ impl Pseudonymizer {
             }
             // Names of equipment from the configuration and profiles: no personal data.
             Record::Sensor(_) | Record::Alert(_) => {}
+            // Counts and record ids of the node's own records.
+            Record::Gap(_) => {}
         }
     }
 

@@ -132,6 +132,7 @@
 //! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
 
 mod call;
+pub mod gap;
 pub mod media;
 pub mod sensor;
 mod summary;
@@ -163,6 +164,24 @@ pub enum Record {
     /// A deviation of a sensor reading, a device flag or device communication
     /// (`teledge.alert/1`).
     Alert(Box<sensor::AlertRecord>),
+    /// Records lost or set aside on the way out (`teledge.gap/1`), made by the spool and
+    /// the uplink.
+    Gap(Box<gap::GapRecord>),
+}
+
+impl Record {
+    /// The record's `"type"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Call(_) => "call",
+            Record::Stream(_) => "stream",
+            Record::OrphanStreams(_) => "orphan_streams",
+            Record::CaptureSummary(_) => "capture_summary",
+            Record::Sensor(_) => "sensor",
+            Record::Alert(_) => "alert",
+            Record::Gap(_) => "gap",
+        }
+    }
 }
 
 /// A stable record id: 32 hex characters of SHA-256 over the parts, so the same input

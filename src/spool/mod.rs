@@ -71,6 +71,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::{Keyring, SealError};
 
 /// What to do when a new record does not fit.
@@ -204,50 +205,6 @@ pub enum SpoolEvent {
     },
 }
 
-/// A gap record: records lost or set aside, announced upstream (`teledge.gap/1`).
-///
-/// `reason` is one of `spool_full_drop_oldest`, `spool_full_drop_newest`, `disk_full`,
-/// `unreadable_record` (moved aside still sealed; `set_aside` names the file, `detail` the
-/// error) and `store_quarantined` (`dropped` is null when the count is unknown; `epoch` is the
-/// lost store's epoch when known: every record of it above the collector's watermark is lost,
-/// `detail` says why the store would not open, `set_aside` names the quarantined directory).
-#[derive(Debug, Serialize)]
-struct GapRecord<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    schema: &'static str,
-    node: &'a str,
-    reason: &'static str,
-    dropped: Option<u64>,
-    first_dropped: Option<String>,
-    last_dropped: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    set_aside: Option<String>,
-    time: String,
-}
-
-impl<'a> GapRecord<'a> {
-    fn new(node: &'a str, reason: &'static str, dropped: Option<u64>) -> Self {
-        GapRecord {
-            kind: "gap",
-            schema: "teledge.gap/1",
-            node,
-            reason,
-            dropped,
-            first_dropped: None,
-            last_dropped: None,
-            epoch: None,
-            detail: None,
-            set_aside: None,
-            time: now_rfc3339(),
-        }
-    }
-}
-
 /// What the spool directory says about its current store, readable while the store is open
 /// (sled locks its files): `<dir>/manifest.json`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,7 +289,7 @@ impl Spool {
                     spool.stats.quarantined = lost.len() as u64;
                     let node = spool.config.node_id.clone();
                     for (epoch, bytes, name, reason) in lost {
-                        let mut gap = GapRecord::new(&node, "store_quarantined", None);
+                        let mut gap = GapRecord::new(&node, GapReason::StoreQuarantined, None);
                         gap.epoch = epoch;
                         gap.detail = Some(format!("{reason} ({bytes} bytes on disk)"));
                         gap.set_aside = Some(name);
@@ -601,7 +558,7 @@ impl Spool {
             self.meta
                 .insert("dropped_oldest", &self.stats.dropped_oldest.to_be_bytes())?;
             let node = self.config.node_id.clone();
-            let mut gap = GapRecord::new(&node, "spool_full_drop_oldest", Some(dropped));
+            let mut gap = GapRecord::new(&node, GapReason::SpoolFullDropOldest, Some(dropped));
             gap.first_dropped = first.map(|id| id.display(&node));
             gap.last_dropped = last.map(|id| id.display(&node));
             self.insert_gap(&gap)?;
@@ -657,8 +614,8 @@ impl Spool {
         }
         let node = self.config.node_id.clone();
         for (reason, dropped) in [
-            ("spool_full_drop_newest", self.pending_newest_drops),
-            ("disk_full", self.pending_disk_full),
+            (GapReason::SpoolFullDropNewest, self.pending_newest_drops),
+            (GapReason::DiskFull, self.pending_disk_full),
         ] {
             if dropped == 0 {
                 continue;
@@ -673,9 +630,8 @@ impl Spool {
         Ok(())
     }
 
-    fn insert_gap(&mut self, gap: &GapRecord<'_>) -> Result<(), SpoolError> {
-        let json = serde_json::to_vec(gap).map_err(|e| SpoolError::Storage(e.to_string()))?;
-        self.insert(&json)?;
+    fn insert_gap(&mut self, gap: &GapRecord) -> Result<(), SpoolError> {
+        self.insert(&gap.to_json())?;
         self.stats.gap_records += 1;
         Ok(())
     }
@@ -788,7 +744,7 @@ impl Spool {
             error = %detail.clone().unwrap_or_default(),
             "Spool records that will not open were moved aside (still sealed); forwarding goes on."
         );
-        let mut gap = GapRecord::new(&node, "unreadable_record", Some(count));
+        let mut gap = GapRecord::new(&node, GapReason::UnreadableRecord, Some(count));
         gap.first_dropped = first.map(|(id, ..)| id.display(&node));
         gap.last_dropped = last.map(|(id, ..)| id.display(&node));
         gap.detail = detail;
@@ -1088,10 +1044,6 @@ pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), SpoolKeyPro
         dir: shown,
         missing: missing.join(", "),
     })
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

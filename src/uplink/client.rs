@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 pub use crate::backoff::Backoff;
+use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::Keyring;
 use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
@@ -570,7 +571,7 @@ impl Forwarder {
             if stored.refused {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter_area_full",
+                    GapReason::DeadLetterAreaFull,
                     1,
                     Some(&id),
                     Some(&id),
@@ -579,7 +580,7 @@ impl Forwarder {
             } else {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter",
+                    GapReason::DeadLetter,
                     1,
                     Some(&id),
                     Some(&id),
@@ -598,7 +599,7 @@ impl Forwarder {
             if !stored.dropped.is_empty() {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter_area_full",
+                    GapReason::DeadLetterAreaFull,
                     stored.dropped.len() as u64,
                     stored.dropped.first().map(String::as_str),
                     stored.dropped.last().map(String::as_str),
@@ -673,29 +674,20 @@ fn is_gap(payload: &[u8]) -> bool {
     serde_json::from_slice::<Kind<'_>>(payload).is_ok_and(|k| k.kind == Some("gap"))
 }
 
-/// A `teledge.gap/1` record (the shape the spool announces its own drops with).
+/// A gap record announcing dead letters (`teledge.gap/1`, see [`crate::record::gap`]).
 fn gap_record(
     node: &str,
-    reason: &str,
+    reason: GapReason,
     dropped: u64,
     first: Option<&str>,
     last: Option<&str>,
     status: Option<u16>,
 ) -> Vec<u8> {
-    let mut gap = serde_json::json!({
-        "type": "gap",
-        "schema": "teledge.gap/1",
-        "node": node,
-        "reason": reason,
-        "dropped": dropped,
-        "first_dropped": first,
-        "last_dropped": last,
-        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-    });
-    if let Some(status) = status {
-        gap["status"] = status.into();
-    }
-    serde_json::to_vec(&gap).unwrap_or_default()
+    let mut gap = GapRecord::new(node, reason, Some(dropped));
+    gap.first_dropped = first.map(str::to_owned);
+    gap.last_dropped = last.map(str::to_owned);
+    gap.status = status;
+    gap.to_json()
 }
 
 /// Locks the spool; a poisoned lock (a panicking producer) still holds a consistent spool,
