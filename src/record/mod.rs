@@ -1,5 +1,13 @@
 //! Records: what teledge produces, in one envelope (`"type"` tag) so every output, the spool and
-//! the collector handle calls, capture summaries and later sensor readings alike.
+//! the collector handle calls, capture summaries, sensor readings and gaps alike.
+//!
+//! These types *are* the wire schema, and they are teledge's only record types that derive
+//! `Serialize`. The module is a leaf: it imports nothing of the pipeline (only
+//! [`crate::time`] for timestamps); the pipeline's own types are converted into these
+//! (`impl From<&Internal> for record::X`, next to each internal type), so renaming a field
+//! inside the pipeline cannot change a record. The JSON Schema files in `schema/` list every
+//! field of every record kind, and `tests/it/schema.rs` holds them and these types together
+//! (see `schema/README.md`).
 //!
 //! # Call record schema, version 1 (`"schema": "teledge.call/1"`)
 //!
@@ -130,6 +138,12 @@
 //! hovering at a limit from flapping), `state` (a UPS flag: on battery, battery low, fault,
 //! overload, replace battery) or `communication` (the device stopped answering; ended when it
 //! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
+//!
+//! # Gap record (`"type": "gap"`, `"schema": "teledge.gap/1"`)
+//!
+//! Records lost or set aside on the way out, made by the spool and the uplink (see [`gap`]):
+//! `node`, `reason`, `dropped`, `first_dropped`, `last_dropped`, `time`, and where they apply
+//! `epoch`, `detail`, `set_aside`, `status`.
 
 mod call;
 pub mod gap;
