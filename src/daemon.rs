@@ -461,7 +461,10 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
             udp: hep.udp,
             tcp: hep.tcp,
             tls,
-            auth_key: hep.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            auth_key: hep
+                .auth_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec()),
             idle_timeout: hep.idle_timeout,
             first_frame_timeout: hep.first_frame_timeout,
             max_connections: hep.max_connections,
@@ -700,7 +703,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     // What runs, by section: SIGHUP applies what it can and says what waits for a restart.
-    let mut running = config.sections.clone();
+    let mut running = config.sections.expose().clone();
     let mut drain_timeout = config.drain_timeout;
     loop {
         tokio::select! {
@@ -713,7 +716,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                         for warning in &new.warnings {
                             tracing::warn!("SIGHUP: {}: {warning}", config_path.display());
                         }
-                        let plan = ReloadPlan::new(&running, &new.sections);
+                        let plan = ReloadPlan::new(&running, new.sections.expose());
                         for section in &plan.applied {
                             match *section {
                                 "uplink" => {
@@ -730,7 +733,7 @@ async fn run_async(config: AgentConfig, config_path: PathBuf) -> Result<RunSumma
                                 "shutdown" => drain_timeout = new.drain_timeout,
                                 _ => {}
                             }
-                            if let Some(value) = new.sections.get(*section) {
+                            if let Some(value) = new.sections.expose().get(*section) {
                                 running.insert((*section).to_owned(), value.clone());
                             }
                         }

@@ -46,6 +46,7 @@ pub mod reassembly;
 pub mod record;
 pub mod replay;
 pub mod seal;
+pub mod secret;
 pub mod sensors;
 pub mod sources;
 pub mod spool;
