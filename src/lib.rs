@@ -12,7 +12,8 @@
 //! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing,
 //!   SCTP user messages).
 //! - [`correlation`]: call tracking, from SIP messages to call records.
-//! - [`record`]: the record types and their documented, versioned schema.
+//! - [`record`]: the record types and their documented, versioned schema (a leaf; the
+//!   JSON Schema files in `schema/` list every field).
 //! - [`outputs`]: JSON Lines and tables.
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
 //! - [`privacy`]: pseudonymisation of numbers and names before storage.
@@ -20,6 +21,9 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
+//!   Named internal events ([`observe::events`]) log and count a loss in one place.
+//! - [`secret`], [`backoff`], [`log_limit`]: small leaves (a value `Debug` never shows,
+//!   retry waits, flood control for log lines).
 //! - [`config`]: configuration, raw TOML to validated, every problem listed;
 //!   [`agent_config`] adds the daemon's sections (sources, sensors, observe, shutdown).
 //! - [`daemon`]: `teledge run`, sources → correlation → spool → uplink with a designed shutdown.
@@ -38,6 +42,7 @@ pub mod correlation;
 pub mod daemon;
 pub mod decode;
 pub mod dissect;
+pub mod log_limit;
 pub mod media;
 pub mod observe;
 pub mod outputs;

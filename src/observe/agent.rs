@@ -32,7 +32,7 @@ const MAX_SENSORS: usize = 64;
 pub struct AgentMetrics {
     registry: Registry,
     /// When each internal event was last logged (see [`super::events`]).
-    pub(crate) log_limiter: super::log_limit::Limiter,
+    pub(crate) log_limiter: crate::log_limit::Limiter,
 
     // Capture and decode.
     /// Frames received, by source.
@@ -370,7 +370,7 @@ impl AgentMetrics {
             ),
             // Last: every field above registered its metric in `r` first.
             registry: r,
-            log_limiter: super::log_limit::Limiter::default(),
+            log_limiter: crate::log_limit::Limiter::default(),
         };
         m.start_time_seconds.set(unix_seconds(SystemTime::now()));
         m

@@ -15,7 +15,7 @@
 //! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
 
 use super::agent::AgentMetrics;
-pub use super::log_limit::LOG_INTERVAL;
+pub use crate::log_limit::LOG_INTERVAL;
 
 /// Something that happened, told once: logged and counted together.
 pub trait InternalEvent {

@@ -43,7 +43,6 @@ pub mod agent;
 pub mod events;
 pub mod health;
 pub mod http;
-pub mod log_limit;
 pub mod metrics;
 pub mod systemd;
 

@@ -28,6 +28,21 @@ pub enum GapReason {
     DeadLetterAreaFull,
 }
 
+impl GapReason {
+    /// The value written in `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::SpoolFullDropOldest => "spool_full_drop_oldest",
+            GapReason::SpoolFullDropNewest => "spool_full_drop_newest",
+            GapReason::DiskFull => "disk_full",
+            GapReason::UnreadableRecord => "unreadable_record",
+            GapReason::StoreQuarantined => "store_quarantined",
+            GapReason::DeadLetter => "dead_letter",
+            GapReason::DeadLetterAreaFull => "dead_letter_area_full",
+        }
+    }
+}
+
 /// A gap record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GapRecord {

@@ -71,6 +71,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::log_limit::Limiter;
 use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::{Keyring, SealError};
 
@@ -248,6 +249,8 @@ pub struct Spool {
     manifest_keys: Option<BTreeSet<u32>>,
     appends_since_disk_check: u32,
     disk_was_full: bool,
+    /// Drops are logged where they are announced, at most once per interval per reason.
+    log_limiter: Limiter,
 }
 
 impl std::fmt::Debug for Spool {
@@ -392,6 +395,7 @@ impl Spool {
             pending_disk_full: 0,
             appends_since_disk_check: u32::MAX,
             disk_was_full: false,
+            log_limiter: Limiter::default(),
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -630,9 +634,22 @@ impl Spool {
         Ok(())
     }
 
+    /// Announces records lost: the one place a spool loss is written upstream, counted (in
+    /// [`SpoolStats`], by reason) and logged, so none is told one way and not the other.
     fn insert_gap(&mut self, gap: &GapRecord) -> Result<(), SpoolError> {
         self.insert(&gap.to_json())?;
         self.stats.gap_records += 1;
+        let reason = gap.reason.as_str();
+        if let Some(gaps) = self.log_limiter.due(("spool_gap", reason), 1) {
+            tracing::error!(
+                reason,
+                dropped = gap.dropped,
+                first = gap.first_dropped.as_deref(),
+                last = gap.last_dropped.as_deref(),
+                gap_records = gaps,
+                "Spool records lost; announced upstream by a gap record."
+            );
+        }
         Ok(())
     }
 
@@ -1129,6 +1146,47 @@ mod tests {
         // and announced again, so announced drops are at least the data drops still unseen).
         assert!(gaps > 0);
         assert_eq!(records.last().unwrap().payload, b"record 0099");
+    }
+
+    #[test]
+    fn every_drop_announced_is_logged_and_a_flood_logged_once() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.max_bytes = 4096;
+        let stats = tracing::subscriber::with_default(subscriber, || {
+            let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+            for i in 0..100u32 {
+                spool.append(format!("record {i:04}").as_bytes()).unwrap();
+            }
+            spool.stats()
+        });
+        assert!(
+            stats.dropped_oldest > 1 && stats.gap_records > 1,
+            "{stats:?}"
+        );
+        let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("gap record")).collect();
+        // Many gaps within the interval: one line, at ERROR, naming the reason.
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert!(lines[0].contains("ERROR"), "{logs}");
+        assert!(lines[0].contains("spool_full_drop_oldest"), "{logs}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Flood control for log lines: an event that can come in floods is logged at most once per
 //! [`LOG_INTERVAL`] per event and reason, the line saying how many occurrences it stands for.
-//! Counting is not limited: metrics count every occurrence (see [`super::events`]).
+//! Counting is not limited: metrics count every occurrence (see [`crate::observe::events`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
