@@ -243,6 +243,32 @@ pub struct CaptureConfig {
     pub promiscuous: bool,
 }
 
+impl CaptureConfig {
+    /// The capture ring this section asks for (the geometry validation checked).
+    pub fn ring(&self) -> crate::sources::afpacket::RingSettings {
+        ring_geometry(
+            self.ring_bytes,
+            self.block_bytes,
+            self.block_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        )
+    }
+}
+
+/// The ring of `ring_bytes` in blocks of `block_bytes`: one place for the geometry, so what
+/// `check-config` validates is what `run` opens.
+fn ring_geometry(
+    ring_bytes: u64,
+    block_bytes: u32,
+    block_timeout_ms: u32,
+) -> crate::sources::afpacket::RingSettings {
+    crate::sources::afpacket::RingSettings {
+        block_size: block_bytes,
+        block_count: (ring_bytes / u64::from(block_bytes.max(1))).max(1) as u32,
+        block_timeout_ms,
+        ..crate::sources::afpacket::RingSettings::default()
+    }
+}
+
 /// The HEP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HepConfig {
@@ -461,12 +487,7 @@ pub fn parse_with_profiles(
             );
         }
         // The kernel's own rules for the ring, checked now rather than at the first start.
-        let ring_settings = crate::sources::afpacket::RingSettings {
-            block_size: c.block_kib << 10,
-            block_count: (ring / (u64::from(c.block_kib.max(1)) << 10)).max(1) as u32,
-            block_timeout_ms: c.block_timeout_ms,
-            ..crate::sources::afpacket::RingSettings::default()
-        };
+        let ring_settings = ring_geometry(ring, c.block_kib << 10, c.block_timeout_ms);
         let checked = problems.len() == problems_before;
         if let Some(e) = checked
             .then(|| ring_settings.validate(4096).err())

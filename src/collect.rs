@@ -25,8 +25,9 @@
 //! agent's sequence went backwards in an epoch (a spool restored from a snapshot, a store
 //! cloned onto a second machine, an agent that reused an epoch): the whole batch is refused
 //! with `409 Conflict`, nothing of it stored, the node, epoch and sequence logged at ERROR and
-//! counted. The agent keeps such a batch and retries it with an alert: it is never acked as a
-//! duplicate, so it is never deleted unseen.
+//! counted. The agent keeps such a batch — it is never acked as a duplicate, so it is never
+//! deleted unseen — and moves its records to a new epoch (new ids), announced by an
+//! `epoch_reused` gap record (see `teledge::uplink`).
 //!
 //! Memory is bounded by nodes × ([`MAX_EPOCHS_PER_NODE`] + [`RECENT_MAX`]), whatever the
 //! volume; a batch that would give a node more epochs is refused (403). Watermarks and
@@ -659,7 +660,7 @@ async fn handle(
             why,
         }))) => {
             let n = CollectStats::bump(&stats.sequence_regressions);
-            tracing::error!(%peer, %node, epoch, seq, %id, why, sequence_regressions = n, "Sequence went backwards in an epoch; batch refused, nothing stored. The agent keeps it.");
+            tracing::error!(%peer, %node, epoch, seq, %id, why, sequence_regressions = n, "Sequence went backwards in an epoch; batch refused, nothing stored. The agent keeps it and sends it again under a new epoch.");
             reply(
                 StatusCode::CONFLICT,
                 format!("sequence regression: node {node} epoch {epoch} seq {seq} ({id}): {why}; the agent's store reused an epoch"),

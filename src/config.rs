@@ -540,6 +540,19 @@ pub(crate) fn validate_forward(
             }
             Ok(_) => {}
         }
+        // Not of the site CA, expired, or without clientAuth: every batch would be refused.
+        if let Err(message) = crate::uplink::tls::client_certificate_refusal(
+            &raw.uplink.cert_file,
+            &raw.uplink.ca_file,
+        ) {
+            match strictness {
+                Strictness::Daemon => problem("uplink.cert_file", message),
+                Strictness::Manual => warnings.push(ConfigProblem {
+                    path: "uplink.cert_file".into(),
+                    message,
+                }),
+            }
+        }
     }
     if raw.uplink.batch_records == 0 || raw.uplink.batch_records > 10_000 {
         problem("uplink.batch_records", "must be between 1 and 10000".into());

@@ -12,12 +12,15 @@
 //! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing,
 //!   SCTP user messages).
 //! - [`correlation`]: call tracking, from SIP messages to call records.
+//! - [`pipeline`]: decode and correlation together, the one path from frames to records that
+//!   `replay`, `replay --forward` and `run` share.
 //! - [`record`]: the record types and their documented, versioned schema (a leaf; the
 //!   JSON Schema files in `schema/` list every field).
 //! - [`outputs`]: JSON Lines and tables.
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
 //! - [`privacy`]: pseudonymisation of numbers and names before storage.
 //! - [`seal`]: sealing records at rest (XChaCha20-Poly1305 keyring).
+//! - [`spooler`]: records into the spool: pseudonymise, serialise, append, group commit.
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
@@ -26,7 +29,8 @@
 //!   retry waits, flood control for log lines).
 //! - [`config`]: configuration, raw TOML to validated, every problem listed;
 //!   [`agent_config`] adds the daemon's sections (sources, sensors, observe, shutdown).
-//! - [`daemon`]: `teledge run`, sources → correlation → spool → uplink with a designed shutdown.
+//! - [`daemon`]: `teledge run`, sources → pipeline → spooler → uplink as components under one
+//!   cancellation token, with a designed shutdown; drivable in-process ([`daemon::Daemon`]).
 //! - [`sensors`]: UPS, climate, CO2 and line sensors on serial ports; sensor and alert records.
 //! - [`time`]: capture timestamps.
 //!
@@ -46,6 +50,7 @@ pub mod log_limit;
 pub mod media;
 pub mod observe;
 pub mod outputs;
+pub mod pipeline;
 pub mod privacy;
 pub mod reassembly;
 pub mod record;
@@ -55,5 +60,6 @@ pub mod secret;
 pub mod sensors;
 pub mod sources;
 pub mod spool;
+pub mod spooler;
 pub mod time;
 pub mod uplink;

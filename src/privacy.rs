@@ -45,7 +45,7 @@
 //! | call | `started_before_capture`, `roles_known`, `first_message_time` | kept: flags and a time |
 //! | call | `hep_rtcp[]` | kept: SSRCs and numbers |
 //! | sensor, alert | `device`, `model`, `port`, `reading`, `unit`, value names, state names | kept: names of equipment from the configuration and profiles |
-//! | capture summary | `files` | reduced to file names (directories may name people) |
+//! | capture summary | `files`, `undecodable_files` | reduced to file names (directories may name people; a path without a file name, such as `..`, to nothing) |
 //! | capture summary | `decode.problems[].detail` | removed (decoder messages may quote wire bytes); `frame` and `kind` kept |
 //! | gap (made by the spool) | every field | kept: counts and record ids |
 //!
@@ -184,10 +184,12 @@ impl Pseudonymizer {
             }
             Record::CaptureSummary(summary) => {
                 if !self.clear() {
-                    for file in &mut summary.files {
-                        if let Some(name) = std::path::Path::new(file.as_str()).file_name() {
-                            *file = name.to_string_lossy().into_owned();
-                        }
+                    for file in summary
+                        .files
+                        .iter_mut()
+                        .chain(summary.undecodable_files.iter_mut())
+                    {
+                        *file = file_name_only(file);
                     }
                     for problem in &mut summary.decode.problems {
                         problem.detail.clear();
@@ -399,6 +401,14 @@ fn split_host(uri: &str) -> &str {
     let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     rest.split([';', '?']).next().unwrap_or("")
+}
+
+/// The last component of a path: directories may name people. A path without one (`/`,
+/// `..`) keeps nothing of itself.
+fn file_name_only(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
 }
 
 /// IPv4 to its /24, IPv6 to its /48.

@@ -1,4 +1,4 @@
-//! `teledge replay`: capture files through the shared pipeline (decode → correlation) into
+//! `teledge replay`: capture files through the shared [`Pipeline`] (decode → correlation) into
 //! records. Files are read in the order given as one continuous capture, so a call that
 //! spans two consecutive files of a ring buffer is one call.
 
@@ -8,11 +8,8 @@ use std::io::Read;
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
 use crate::correlation::Correlator;
-use crate::decode::hep::HepFrame;
-use crate::decode::sip::SipMessage;
-use crate::dissect::{
-    DatagramMeta, DissectLimits, DissectStats, Dissector, Frame, MessageMeta, Observer,
-};
+use crate::dissect::{DissectLimits, DissectStats, Frame};
+use crate::pipeline::{InputId, Pipeline};
 use crate::record::{CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
 use crate::sources::capture_file::{self, CaptureError, Progress};
 use crate::time::Timestamp;
@@ -28,42 +25,23 @@ pub struct ReplaySettings {
 /// A replay in progress.
 #[derive(Debug)]
 pub struct Replay {
-    dissector: Dissector,
-    correlator: Correlator,
+    pipeline: Pipeline,
+    input: InputId,
     files: Vec<String>,
     outcomes: BTreeMap<String, u64>,
     last_time: Timestamp,
     undecodable_files: Vec<String>,
 }
 
-/// Hands decoded events to the correlator and its records on.
-struct Feed<'a, F> {
-    correlator: &'a mut Correlator,
-    out: &'a mut F,
-}
-
-impl<F: FnMut(Record)> Observer for Feed<'_, F> {
-    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
-        self.correlator.sip(meta, message, self.out);
-    }
-
-    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
-        self.correlator.datagram(meta, payload, self.out);
-    }
-
-    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
-        // RTCP JSON joins its call; a report for no tracked call is counted by the tracker.
-        // A body that is not JSON, or lacks a Call-ID, is dropped here without a counter:
-        // replay reports on calls, and the frame itself is in the dissector's `hep_other`.
-        let _ = crate::correlation::hep::feed(self.correlator, hep, frame, self.out);
-    }
-}
-
 impl Replay {
     pub fn new(settings: ReplaySettings) -> Self {
+        let (pipeline, input) = Pipeline::single(
+            Correlator::new(settings.calls, settings.media),
+            settings.dissect,
+        );
         Replay {
-            dissector: Dissector::new(settings.dissect),
-            correlator: Correlator::new(settings.calls, settings.media),
+            pipeline,
+            input,
             files: Vec::new(),
             outcomes: BTreeMap::new(),
             last_time: Timestamp::default(),
@@ -83,10 +61,10 @@ impl Replay {
         mut progress: impl FnMut(Progress),
     ) -> Result<u64, CaptureError> {
         self.files.push(name.to_owned());
-        let before = self.dissector.stats();
+        let before = self.pipeline.dissect_stats(self.input);
         let Replay {
-            dissector,
-            correlator,
+            pipeline,
+            input: id,
             outcomes,
             last_time,
             ..
@@ -97,15 +75,11 @@ impl Replay {
         };
         let frames = capture_file::read_frames(input, |frame: &Frame<'_>, p| {
             *last_time = (*last_time).max(frame.time);
-            let mut feed = Feed {
-                correlator: &mut *correlator,
-                out: &mut counted,
-            };
-            dissector.frame(frame, &mut feed);
-            correlator.advance(frame.time, &mut counted);
+            pipeline.frame(*id, frame, &mut counted);
+            pipeline.tick(frame.time, &mut counted);
             progress(p);
         })?;
-        let after = self.dissector.stats();
+        let after = self.pipeline.dissect_stats(self.input);
         let failed = after.frames_failed - before.frames_failed;
         if frames > 0 && failed == frames {
             self.undecodable_files.push(name.to_owned());
@@ -121,8 +95,7 @@ impl Replay {
     /// returns the summary (also sent to `out`, last).
     pub fn finish(mut self, out: &mut impl FnMut(Record)) -> CaptureSummary {
         let Replay {
-            dissector,
-            correlator,
+            pipeline,
             outcomes,
             last_time,
             ..
@@ -131,13 +104,9 @@ impl Replay {
             count_outcome(outcomes, &record);
             out(record);
         };
-        let mut feed = Feed {
-            correlator: &mut *correlator,
-            out: &mut counted,
-        };
-        dissector.finish(*last_time, &mut feed);
-        correlator.finish(ClosedBy::CaptureEnd, &mut counted);
-        let counters = self.correlator.calls().counters();
+        pipeline.finish(*last_time, ClosedBy::CaptureEnd, &mut counted);
+        let correlator = self.pipeline.correlator();
+        let counters = correlator.calls().counters();
         let summary = CaptureSummary {
             schema: SUMMARY_SCHEMA,
             files: self.files,
@@ -146,8 +115,8 @@ impl Replay {
             registrations: counters.registrations,
             other_transactions: counters.other_transactions,
             orphan_messages: counters.orphan_messages,
-            decode: (&self.dissector.stats()).into(),
-            media: (&self.correlator.media().counters()).into(),
+            decode: (&self.pipeline.dissect_stats(self.input)).into(),
+            media: (&correlator.media().counters()).into(),
             calls_dropped_at_capacity: counters.dropped_at_capacity,
             call_counters: (&counters).into(),
             undecodable_files: self.undecodable_files,

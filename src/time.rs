@@ -49,6 +49,14 @@ impl Timestamp {
         (self.0.saturating_sub(earlier.0)) as f64 / 1e9
     }
 
+    /// This time plus a duration (saturating).
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        )
+    }
+
     /// The later of two timestamps.
     pub fn max(self, other: Timestamp) -> Timestamp {
         if other.0 > self.0 {

@@ -113,6 +113,12 @@ pub struct CallLimits {
     /// How long an ended dialog (and its media endpoints) is remembered, to absorb late
     /// retransmissions and media in flight.
     pub linger: Duration,
+    /// How long a call's record waits after the call ended for RTP and RTCP still in flight
+    /// (the other side keeps sending until it has processed the BYE: a one-way delay, a few
+    /// 20 ms packets), which is measured into the call's streams as TShark counts it. Short
+    /// (250 ms) because it is also part of what a crash can lose. SIP after the end is absorbed by the dialog's
+    /// tombstone whatever this is. Part of the window a crash can lose (README).
+    pub record_grace: Duration,
     /// Ended dialogs remembered at once.
     pub max_ended: usize,
     /// Calls opened mid-dialog (`started_before_capture`) per minute of capture time; beyond
@@ -130,6 +136,7 @@ impl Default for CallLimits {
             setup_timeout: Duration::from_secs(300),
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
+            record_grace: Duration::from_millis(250),
             max_ended: 100_000,
             max_partial_calls_per_minute: 1000,
         }
@@ -175,6 +182,9 @@ pub struct CallCounters {
     pub hep_rtcp_after_end: u64,
     /// HEP RTCP entries not kept because the call already had [`MAX_HEP_RTCP_PER_CALL`].
     pub hep_rtcp_dropped: u64,
+    /// Records made before their `record_grace` passed because too many ended calls were
+    /// waiting (a flood of short calls): nothing lost, trailing media not waited for.
+    pub records_grace_cut_short: u64,
 }
 
 /// Most transactions remembered per call for retransmission detection.
@@ -701,6 +711,11 @@ impl CallTracker {
         true
     }
 
+    /// Counts a record made before its grace passed (see [`CallLimits::record_grace`]).
+    pub fn note_grace_cut_short(&mut self) {
+        self.counters.records_grace_cut_short += 1;
+    }
+
     /// Moves time forward: ends calls that timed out (or whose challenge or CANCEL was not
     /// followed up) and forgets ended dialogs whose linger passed.
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(CallRecord)) {
@@ -1070,6 +1085,22 @@ impl Call {
         cap: &mut Capper<'_>,
     ) -> bool {
         let t = meta.time;
+        if self.started_before_capture
+            && self.invite_cseq.is_none()
+            && msg.cseq.method == Method::Invite
+            && (101..200).contains(&status)
+        {
+            // Joined on a message that could not tell the transaction (a 100 Trying that
+            // already carries a To-tag): a ringing or progress response can only be the
+            // initial INVITE's, as when it is the first message seen. It names the roles (it
+            // travels back to the caller) and makes the following 2xx the answer.
+            self.invite_cseq = Some(msg.cseq.number);
+            if !self.roles_known {
+                self.roles_known = true;
+                self.caller_address = meta.dst;
+                self.callee_address = meta.src;
+            }
+        }
         match msg.cseq.method {
             Method::Invite => {}
             Method::Bye => {
@@ -1962,6 +1993,32 @@ mod tests {
         assert_eq!(c.talk_duration_s, Some(6.0));
         assert_eq!(c.hangup_by, Some(Hangup::Callee));
         assert_eq!(c.time_to_answer_s, None, "the INVITE was not seen");
+    }
+
+    /// ppp_sip_resp.pcap (PcapPlusPlus): 100 Trying with a To-tag, 180, 200 of INVITE, the
+    /// INVITE before the capture. The 100 cannot tell the initial INVITE from a re-INVITE,
+    /// the 180 can: the 200 is the answer (it was reported answered without an answer time).
+    #[test]
+    fn a_ringing_after_an_ambiguous_first_message_tells_the_answer() {
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", Some("B"));
+        h.resp(500, 180, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(3010, "ACK", 1, true, true);
+        h.req(9000, "BYE", 2, false, true);
+        let c = h.only();
+        assert!(c.started_before_capture && c.roles_known);
+        assert_eq!(c.caller_address, CALLER);
+        assert_eq!(c.final_status, Some(200));
+        assert!(c.answer_time.is_some());
+        assert_eq!(c.talk_duration_s, Some(6.0));
+        assert_eq!(c.hangup_by, Some(Hangup::Callee));
+        // A 2xx alone after such a 100 stays a response to an INVITE of unknown kind.
+        let mut h = Harness::new();
+        h.resp(0, 100, 1, "INVITE", Some("B"));
+        h.resp(3000, 200, 1, "INVITE", Some("B"));
+        h.req(9000, "BYE", 2, false, true);
+        assert_eq!(h.only().answer_time, None);
     }
 
     #[test]

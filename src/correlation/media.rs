@@ -38,8 +38,8 @@
 //!   endpoint put in an RFC 3611 VoIP metrics block, measured on its own clock) or
 //!   `assumed_default` (G.107's default, 0 ms).
 //!
-//! Bounded: streams, endpoints, probation candidates and RTCP per call all have caps, and
-//! hitting one is counted.
+//! Bounded: streams, endpoints, probation candidates, streams per call
+//! ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps, and hitting one is counted.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +58,15 @@ use crate::record::media::{
 };
 use crate::record::stable_id;
 use crate::time::Timestamp;
+
+/// Most streams one call holds (open, closed while it lasts, and legs of a relay): a real
+/// call has a handful (two directions, a few more after re-INVITEs, transfers, music on
+/// hold). Without it, RTP sprayed at a call's announced media port under ever new SSRCs
+/// made one stream each, all kept until the call ended: memory without bound over a long
+/// call, and one call record of megabytes that no collector would take. Beyond it a new
+/// stream is measured as an orphan (its own record or the minute's summary) and counted in
+/// `streams_beyond_call_cap`.
+pub const MAX_STREAMS_PER_CALL: usize = 64;
 
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +137,9 @@ pub struct MediaCounters {
     /// Orphan streams beyond `max_orphan_records_per_minute`, reported in a summary record
     /// instead of one record each.
     pub orphan_streams_summarised: u64,
+    /// Streams to or from a call's media endpoints beyond [`MAX_STREAMS_PER_CALL`],
+    /// measured as orphans instead of joining the call.
+    pub streams_beyond_call_cap: u64,
 }
 
 /// Which way a stream runs.
@@ -212,6 +224,9 @@ pub struct MediaTracker {
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: HashMap<SocketAddr, Timestamp>,
+    /// Calls that ended and wait out their record grace: their streams still measure what
+    /// is in flight, but no new stream opens for them.
+    closing: std::collections::HashSet<Arc<str>>,
     ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
     /// The current minute of orphan records: its start, records made, and the summary of
     /// the rest.
@@ -237,6 +252,7 @@ impl MediaTracker {
             candidates: HashMap::new(),
             streams_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
+            closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
             orphan_window: None,
             orphan_summary: None,
@@ -377,8 +393,12 @@ impl MediaTracker {
             _ => Vec::new(),
         };
         match attached {
+            // The call ended and waits for media in flight of the streams it had: a stream
+            // that only starts now is not its conversation (counted like media after the end).
+            Some((ep, _)) if !self.closing.is_empty() && self.closing.contains(&ep.call) => {
+                self.counters.rtp_after_call_end += 1;
+            }
             Some((ep, direction)) => {
-                self.counters.rtp_packets_in_calls += 1;
                 self.open_stream(
                     key,
                     Some(ep.call),
@@ -386,7 +406,13 @@ impl MediaTracker {
                     ep.codecs,
                     &[(meta.time, rtp)],
                 );
-                if let Some(stream) = self.streams.get_mut(&key) {
+                let legs: Vec<(Arc<str>, Direction)> = legs
+                    .into_iter()
+                    .filter(|(leg, _)| self.streams_of_call(leg) < MAX_STREAMS_PER_CALL)
+                    .collect();
+                // Beyond its call's cap the stream was opened as an orphan: no legs either.
+                if let Some(stream) = self.streams.get_mut(&key).filter(|s| s.call.is_some()) {
+                    self.counters.rtp_packets_in_calls += 1;
                     for (leg, _) in &legs {
                         self.streams_by_call
                             .entry(leg.clone())
@@ -459,6 +485,13 @@ impl MediaTracker {
             self.counters.streams_dropped_at_capacity += 1;
             return;
         }
+        let (call, direction) = match call {
+            Some(c) if self.streams_of_call(&c) >= MAX_STREAMS_PER_CALL => {
+                self.counters.streams_beyond_call_cap += 1;
+                (None, None)
+            }
+            other => (other, direction),
+        };
         self.counters.streams += 1;
         self.counters.rtp_packets += packets.len() as u64;
         let info = payload_info(&codecs, first);
@@ -512,6 +545,10 @@ impl MediaTracker {
             let Some(call) = attached.call.clone() else {
                 continue;
             };
+            if self.streams_of_call(&call) >= MAX_STREAMS_PER_CALL {
+                self.counters.streams_beyond_call_cap += 1;
+                continue;
+            }
             let orphan_ips = [orphan.key.src.ip(), orphan.key.dst.ip()];
             let relay_announced = [attached.key.src.ip(), attached.key.dst.ip()]
                 .into_iter()
@@ -537,6 +574,13 @@ impl MediaTracker {
                     .push(orphan_key);
             }
         }
+    }
+
+    /// Streams a call holds: open, closed while it lasts, and legs measured for it.
+    fn streams_of_call(&self, call: &str) -> usize {
+        self.streams_by_call.get(call).map_or(0, Vec::len)
+            + self.closed_by_call.get(call).map_or(0, Vec::len)
+            + self.closed_legs.get(call).map_or(0, Vec::len)
     }
 
     fn unindex_ssrc(&mut self, key: StreamKey) {
@@ -698,6 +742,11 @@ impl MediaTracker {
     /// Everything measured for a call that ended at `now`: as [`Self::take_call`], and its
     /// media endpoints are remembered for `ended_linger`, so that what is still in flight
     /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
+    /// The call ended; its record waits for media in flight (see [`MediaTracker::closing`]).
+    pub fn closing(&mut self, call_id: &str) {
+        self.closing.insert(Arc::from(call_id));
+    }
+
     pub fn end_call(&mut self, call_id: &str, now: Timestamp) -> MediaQuality {
         let addrs: Vec<SocketAddr> = self
             .endpoints_by_call
@@ -730,6 +779,7 @@ impl MediaTracker {
     /// Everything measured for a call, which is over: its streams are closed, its endpoints
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
+        self.closing.remove(call_id);
         let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
         let mut measured: Vec<(Option<Direction>, StreamQuality)> =
             self.closed_legs.remove(call_id).unwrap_or_default();

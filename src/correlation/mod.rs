@@ -2,10 +2,14 @@
 //!
 //! [`Correlator`] joins the two trackers: SIP messages drive [`calls::CallTracker`] and teach
 //! [`media::MediaTracker`] the media endpoints their SDP announces; other UDP datagrams are
-//! measured as RTP/RTCP. A call's record is made the moment the call ends (see
-//! [`calls`] for when that is); the media of that call is taken and put into it, and its
-//! media endpoints are remembered for the linger time so that RTP and RTCP still in flight
-//! are counted rather than reported as orphans. RTP that matches no call comes out as stream
+//! measured as RTP/RTCP. A call ends when [`calls`] says so (the BYE, the final failure, ...);
+//! its record is then held for `record_grace` (default 250 ms of capture time) so that RTP and
+//! RTCP still in flight — the far side keeps sending until it has processed the BYE — are
+//! measured into its streams as TShark counts them, and then made: the media of that call
+//! is taken and put into it, and its media endpoints are remembered for the linger time so
+//! that anything later is counted rather than reported as orphans. A record held in its
+//! grace is released at once when the same Call-ID starts a new attempt, and when the
+//! correlator finishes. RTP that matches no call comes out as stream
 //! records of its own (bounded per minute, see [`media`]).
 //! [`hep::feed`] adapts HEP frames: the SIP inside them is handled like tapped SIP, and RTCP
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
@@ -20,14 +24,23 @@ use crate::dissect::{DatagramMeta, MessageMeta};
 use crate::record::{CallRecord, ClosedBy, Record};
 use crate::time::Timestamp;
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
 use calls::{CallLimits, CallTracker};
 use media::{MediaLimits, MediaTracker};
+
+/// Ended calls held in their grace at most; beyond it the oldest record is made at once.
+const MAX_CALLS_IN_GRACE: usize = 10_000;
 
 /// Calls and their media.
 #[derive(Debug)]
 pub struct Correlator {
     calls: CallTracker,
     media: MediaTracker,
+    /// Ended calls waiting out their grace, oldest first: (time the record is made, record).
+    ending: VecDeque<(Timestamp, CallRecord)>,
+    grace: Duration,
 }
 
 impl Correlator {
@@ -37,8 +50,10 @@ impl Correlator {
             ..media
         };
         Correlator {
+            grace: calls.record_grace,
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
+            ending: VecDeque::new(),
         }
     }
 
@@ -53,14 +68,65 @@ impl Correlator {
     /// Handles a SIP message.
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
         let sdp = calls::summarize_sdp(msg);
-        let Correlator { calls, media } = self;
         let now = meta.time;
-        calls.message(meta, msg, sdp.as_ref(), &mut |call| {
-            emit(media, call, now, out)
-        });
-        if let (Some(sdp), Some(side)) = (sdp, calls.side_of(msg)) {
-            media.learn(calls::call_key(msg.call_id), side, &calls::capped_sdp(&sdp));
+        let mut ended = Vec::new();
+        self.calls
+            .message(meta, msg, sdp.as_ref(), &mut |call| ended.push(call));
+        self.hold(ended, now, out);
+        if let (Some(sdp), Some(side)) = (sdp, self.calls.side_of(msg)) {
+            let key = calls::call_key(msg.call_id);
+            // A new attempt in the same Call-ID: the ended one's media is complete now.
+            self.release_call(key, out);
+            self.media.learn(key, side, &calls::capped_sdp(&sdp));
         }
+        self.release(now, out);
+    }
+
+    /// Ended calls wait out their grace (see the module doc).
+    fn hold(&mut self, ended: Vec<CallRecord>, now: Timestamp, out: &mut impl FnMut(Record)) {
+        let at = now.plus(self.grace);
+        for call in ended {
+            if self.ending.len() >= MAX_CALLS_IN_GRACE {
+                // A flood of short calls: the oldest record is made now rather than held
+                // without bound; nothing is lost, its trailing media is not waited for.
+                if let Some((at, call)) = self.ending.pop_front() {
+                    self.calls.note_grace_cut_short();
+                    emit(&mut self.media, call, at, out);
+                }
+            }
+            self.media.closing(&call.call_id);
+            self.ending.push_back((at, call));
+        }
+    }
+
+    /// Makes the records of ended calls whose grace has passed.
+    fn release(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        while self.ending.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((at, call)) = self.ending.pop_front() {
+                emit(&mut self.media, call, at, out);
+            }
+        }
+    }
+
+    /// Makes the record of the ended call with this key now, if one waits.
+    fn release_call(&mut self, key: &str, out: &mut impl FnMut(Record)) {
+        if self.ending.is_empty() {
+            return;
+        }
+        if let Some(i) = self
+            .ending
+            .iter()
+            .position(|(_, c)| calls::call_key(&c.call_id) == key)
+        {
+            if let Some((at, call)) = self.ending.remove(i) {
+                emit(&mut self.media, call, at, out);
+            }
+        }
+    }
+
+    /// Ended calls waiting out their grace.
+    pub fn calls_in_grace(&self) -> usize {
+        self.ending.len()
     }
 
     /// Attaches an RTCP report relayed by a HEP agent to the call with this Call-ID; false when
@@ -84,15 +150,21 @@ impl Correlator {
 
     /// Moves time forward (per frame in replay, per tick live).
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
-        let Correlator { calls, media } = self;
-        calls.advance(now, &mut |call| emit(media, call, now, out));
-        media.advance(now, &mut |s| out(Record::Stream(Box::new(s))));
+        let mut ended = Vec::new();
+        self.calls.advance(now, &mut |call| ended.push(call));
+        self.hold(ended, now, out);
+        self.release(now, out);
+        self.media
+            .advance(now, &mut |s| out(Record::Stream(Box::new(s))));
         self.orphan_summaries(out);
     }
 
     /// Reports everything still open.
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
-        let Correlator { calls, media } = self;
+        while let Some((at, call)) = self.ending.pop_front() {
+            emit(&mut self.media, call, at, out);
+        }
+        let Correlator { calls, media, .. } = self;
         calls.finish(closed_by, &mut |mut call| {
             call.media_quality = media.take_call(&call.call_id);
             out(Record::Call(Box::new(call)));
@@ -229,9 +301,20 @@ mod tests {
             "10.0.0.2:5060",
             &mut out,
         );
-        // In flight after the BYE: counted, no orphan stream.
+        // In flight within the grace after the BYE: measured into the call's stream.
         for i in 50..55u16 {
-            rtp_at(&mut c, 1100 + i64::from(i) * 20, i, &mut out);
+            rtp_at(&mut c, 150 + i64::from(i) * 20, i, &mut out);
+        }
+        assert!(
+            !out.iter().any(|r| matches!(r, Record::Call(_))),
+            "held for its grace"
+        );
+        let after_grace = Timestamp::from_nanos(1_700_000_000_000_000_000 + 1_500 * 1_000_000);
+        c.advance(after_grace, &mut |r| out.push(r));
+        assert_eq!(c.calls_in_grace(), 0);
+        // Later still: counted, no orphan stream.
+        for i in 55..60u16 {
+            rtp_at(&mut c, 1500 + i64::from(i) * 20, i, &mut out);
         }
         c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
         let calls: Vec<&CallRecord> = out
@@ -251,7 +334,7 @@ mod tests {
             1,
             "toward the re-INVITE's sender"
         );
-        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 55);
         assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
     }

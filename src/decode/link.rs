@@ -1,5 +1,13 @@
 //! Link layers and the layer-2 shims in front of IP: Ethernet with 802.1Q/802.1ad VLAN tags
-//! (any depth) and MPLS label stacks, Linux cooked capture v1 and v2, raw IP, BSD loopback.
+//! (any depth), MPLS label stacks and PPPoE sessions, Linux cooked capture v1 and v2, raw IP,
+//! BSD loopback, PPP.
+//!
+//! PPP (RFC 1661) is read wherever a capture of a DSL or dial-up edge puts it: inside a PPPoE
+//! session (RFC 2516, EtherType 0x8864, also behind VLAN tags), as the link type of a `ppp0`
+//! capture (`LINKTYPE_PPP`, `LINKTYPE_PPP_HDLC`), or PPPoE without its Ethernet header
+//! (`LINKTYPE_PPP_ETHER`). Address/control bytes and a compressed one-byte protocol field
+//! (ACFC, PFC) are accepted; IPv4 (0x0021) and IPv6 (0x0057) are IP, every other PPP protocol
+//! (LCP, IPCP, ...) is not.
 //!
 //! Pure functions from a frame to the IP packet inside it; header layouts come from
 //! `etherparse` where it has them.
@@ -27,6 +35,11 @@ pub enum LinkType {
     Null,
     /// OpenBSD loopback (`LINKTYPE_LOOP`, 108): the family in network byte order.
     Loop,
+    /// PPP (`LINKTYPE_PPP`, 9, and `LINKTYPE_PPP_HDLC`, 50): optional address and control
+    /// bytes, then the PPP protocol field.
+    Ppp,
+    /// PPPoE without an Ethernet header (`LINKTYPE_PPP_ETHER`, 51).
+    PppOverEthernet,
     /// Any other link type; frames of it are counted and skipped.
     Unsupported(u32),
 }
@@ -42,6 +55,8 @@ impl LinkType {
             101 | 12 | 14 | 228 | 229 => LinkType::RawIp,
             0 => LinkType::Null,
             108 => LinkType::Loop,
+            9 | 50 => LinkType::Ppp,
+            51 => LinkType::PppOverEthernet,
             other => LinkType::Unsupported(other as u32),
         }
     }
@@ -106,8 +121,49 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
                 _ => Ok(None),
             }
         }
+        LinkType::Ppp => {
+            // HDLC-like framing keeps address 0xFF and control 0x03 in front; ACFC drops them.
+            let rest = frame.strip_prefix(&[0xFF, 0x03]).unwrap_or(frame);
+            ppp_payload(rest)
+        }
+        LinkType::PppOverEthernet => pppoe_payload(frame),
         LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
     }
+}
+
+/// EtherType of the PPPoE session stage (RFC 2516); the discovery stage (0x8863) carries no IP.
+const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
+/// Length of the PPPoE header: version and type, code, session id, payload length.
+const PPPOE_HEADER: usize = 6;
+
+/// The IP packet inside a PPPoE session frame.
+fn pppoe_payload(data: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let header = data.get(..PPPOE_HEADER).ok_or(LinkError::Truncated)?;
+    // Version 1, type 1, code 0 (session data): anything else is discovery or unknown.
+    if header[0] != 0x11 || header[1] != 0 {
+        return Ok(None);
+    }
+    let length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let ppp = &data[PPPOE_HEADER..];
+    // The payload length excludes Ethernet padding; a frame cut by the snap length keeps
+    // what it has (the IP layer reports the cut).
+    ppp_payload(ppp.get(..length).unwrap_or(ppp))
+}
+
+/// The IP packet after a PPP protocol field: two bytes, or one when Protocol-Field-Compression
+/// is on (RFC 1661 §6.5: a protocol number's first byte is even, its last odd).
+fn ppp_payload(data: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let first = *data.first().ok_or(LinkError::Truncated)?;
+    let (protocol, rest) = if first & 1 == 1 {
+        (u16::from(first), &data[1..])
+    } else {
+        let second = *data.get(1).ok_or(LinkError::Truncated)?;
+        (u16::from_be_bytes([first, second]), &data[2..])
+    };
+    Ok(match protocol {
+        0x0021 | 0x0057 => raw_ip(rest),
+        _ => None,
+    })
 }
 
 /// Length of a Linux cooked capture v1 header.
@@ -152,6 +208,7 @@ fn after_ether_type(ether_type: EtherType, rest: &[u8]) -> Result<Option<&[u8]>,
                 rest = &rest[vlan.slice().len()..];
             }
             EtherType(0x8847) | EtherType(0x8848) => return Ok(mpls_payload(rest)),
+            EtherType(ETHERTYPE_PPPOE_SESSION) => return pppoe_payload(rest),
             other => return Ok(by_ether_type(other.0, rest)),
         }
     }
@@ -271,6 +328,73 @@ mod tests {
         assert_eq!(
             ip_payload(LinkType::LinuxSll, &frame),
             Ok(Some(&[0x45][..]))
+        );
+    }
+
+    /// A PPPoE session frame's payload: header (version/type 0x11, code 0, session 0x18E5,
+    /// length) then `ppp`, then Ethernet padding.
+    fn pppoe(ppp: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x11, 0x00, 0x18, 0xE5];
+        frame.extend_from_slice(&(ppp.len() as u16).to_be_bytes());
+        frame.extend_from_slice(ppp);
+        frame.extend_from_slice(&[0; 4]);
+        frame
+    }
+
+    #[test]
+    fn pppoe_session_carries_ip_behind_ethernet_and_vlan_tags() {
+        for (ppp, ip) in [
+            (&[0x00, 0x21, 0x45][..], 0x45u8),
+            (&[0x00, 0x57, 0x60][..], 0x60),
+            (&[0x21, 0x45][..], 0x45), // protocol field compressed to one byte
+        ] {
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&[0x88, 0x64]);
+            frame.extend_from_slice(&pppoe(ppp));
+            // The padding after the PPPoE payload length is not part of the IP packet.
+            assert_eq!(ethernet_payload(&frame), Ok(Some(&[ip][..])));
+            let mut tagged = vec![0u8; 12];
+            tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07, 0x88, 0x64]);
+            tagged.extend_from_slice(&pppoe(ppp));
+            assert_eq!(ethernet_payload(&tagged), Ok(Some(&[ip][..])));
+            assert_eq!(
+                ip_payload(LinkType::PppOverEthernet, &pppoe(ppp)),
+                Ok(Some(&[ip][..]))
+            );
+        }
+        // LCP (0xC021) and the discovery stage carry no IP; a cut header is an error.
+        let mut lcp = vec![0u8; 12];
+        lcp.extend_from_slice(&[0x88, 0x64]);
+        lcp.extend_from_slice(&pppoe(&[0xC0, 0x21, 0x01]));
+        assert_eq!(ethernet_payload(&lcp), Ok(None));
+        let mut padi = pppoe(&[0x01, 0x01, 0x00, 0x00]);
+        padi[1] = 0x09;
+        assert_eq!(ip_payload(LinkType::PppOverEthernet, &padi), Ok(None));
+        assert_eq!(
+            ip_payload(LinkType::PppOverEthernet, &[0x11, 0x00, 0x18]),
+            Err(LinkError::Truncated)
+        );
+    }
+
+    #[test]
+    fn ppp_link_types_with_and_without_address_and_control() {
+        assert_eq!(LinkType::from_linktype(9), LinkType::Ppp);
+        assert_eq!(LinkType::from_linktype(50), LinkType::Ppp);
+        assert_eq!(LinkType::from_linktype(51), LinkType::PppOverEthernet);
+        for frame in [
+            &[0xFF, 0x03, 0x00, 0x21, 0x45][..],
+            &[0x00, 0x21, 0x45][..],
+            &[0xFF, 0x03, 0x21, 0x45][..],
+        ] {
+            assert_eq!(ip_payload(LinkType::Ppp, frame), Ok(Some(&[0x45][..])));
+        }
+        assert_eq!(
+            ip_payload(LinkType::Ppp, &[0xFF, 0x03, 0x80, 0x21, 1]),
+            Ok(None)
+        );
+        assert_eq!(
+            ip_payload(LinkType::Ppp, &[0xFF, 0x03]),
+            Err(LinkError::Truncated)
         );
     }
 

@@ -257,6 +257,9 @@ pub fn starts_with_sip(data: &[u8]) -> bool {
 /// ```
 pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     let (head, body_start) = split_head(data);
+    // No blank line and no line end at the very end: the message was cut inside its head.
+    let unterminated_head =
+        body_start == data.len() && head.len() == data.len() && !data.ends_with(b"\n");
 
     let mut lines = LineSpans::new(head);
     let (first_start, first_end) = lines.next().ok_or(SipError::NotSip)?;
@@ -283,7 +286,15 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         if let Some(done) = current.take() {
             headers.extend(make_header(head, done));
         }
-        let colon = memchr::memchr(b':', line).ok_or(SipError::MalformedHeader)?;
+        let Some(colon) = memchr::memchr(b':', line) else {
+            // A message cut short (a snap length, a datagram truncated on the way) ends in
+            // the middle of a header name: with no blank line and no line end after it, that
+            // last fragment is what was cut, not a malformed header. TShark reads the rest.
+            if unterminated_head && line_end == head.len() {
+                break;
+            }
+            return Err(SipError::MalformedHeader);
+        };
         current = Some((line_start, line_start + colon, line_end));
     }
     if let Some(done) = current {
@@ -753,6 +764,28 @@ c: application/sdp\r\n\
 l: 4\r\n\
 \r\n\
 v=0\r\nextra";
+
+    /// A BYE cut in the middle of its last header name (ppp_sip_reqs.pcap frame 4, from
+    /// PcapPlusPlus): the headers before the cut are read, as TShark reads them; a name
+    /// without a colon anywhere else is still malformed.
+    #[test]
+    fn head_cut_inside_a_header_name_keeps_the_headers_before_it() {
+        let raw = "BYE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c1\r\nCSeq: 7 BYE\r\nContent-Lengt";
+        let msg = parse(raw.as_bytes()).unwrap();
+        assert_eq!(msg.method(), Some(Method::Bye));
+        assert_eq!(msg.call_id, "c1");
+        assert_eq!(msg.content_length, None);
+        let broken = "BYE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c1\r\nCSeq: 7 BYE\r\nContent-Lengt\r\n";
+        assert_eq!(
+            parse(broken.as_bytes()).unwrap_err(),
+            SipError::MalformedHeader
+        );
+        let inside = "BYE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nJunk\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c1\r\nCSeq: 7 BYE";
+        assert_eq!(
+            parse(inside.as_bytes()).unwrap_err(),
+            SipError::MalformedHeader
+        );
+    }
 
     #[test]
     fn parses_invite_with_compact_and_folded_headers() {

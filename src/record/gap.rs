@@ -22,6 +22,9 @@ pub enum GapReason {
     UnreadableRecord,
     /// A store that would not open, moved aside with what it held.
     StoreQuarantined,
+    /// The collector holds other records under this store's ids: every record held was
+    /// moved to a new epoch (`epoch` is the old one, `detail` the collector's answer).
+    EpochReused,
     /// A record the collector refused (400, 413, 422), kept as a dead letter.
     DeadLetter,
     /// Dead letters removed (or one not kept) to stay within the dead-letter area's bound.
@@ -37,6 +40,7 @@ impl GapReason {
             GapReason::DiskFull => "disk_full",
             GapReason::UnreadableRecord => "unreadable_record",
             GapReason::StoreQuarantined => "store_quarantined",
+            GapReason::EpochReused => "epoch_reused",
             GapReason::DeadLetter => "dead_letter",
             GapReason::DeadLetterAreaFull => "dead_letter_area_full",
         }

@@ -33,9 +33,7 @@ use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::decode::link::LinkType;
@@ -46,7 +44,7 @@ use crate::time::Timestamp;
 pub const MAX_RING_BYTES: u64 = 1 << 30;
 /// Longest block timeout accepted: a longer one delays quiet-line packets by as much.
 pub const MAX_BLOCK_TIMEOUT_MS: u32 = 10_000;
-/// How often [`LiveCapture::run`] (and so the capture thread) looks at its stop flag.
+/// How often the capture thread ([`crate::sources::capture_thread`]) looks at its stop token.
 pub const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Geometry of the capture ring.
@@ -456,38 +454,6 @@ impl LiveCapture {
         Ok(self.kernel)
     }
 
-    /// Captures into `sink` until `stop` is set (looked at every [`STOP_CHECK_INTERVAL`]) or
-    /// an error, and returns the kernel's counters.
-    pub fn run(
-        &mut self,
-        stop: &AtomicBool,
-        sink: &mut impl PacketSink,
-    ) -> Result<KernelStats, LiveCaptureError> {
-        while !stop.load(Ordering::Relaxed) {
-            self.next_batch(STOP_CHECK_INTERVAL, |packet| sink.packet(packet))?;
-            sink.batch_end();
-        }
-        self.stats()
-    }
-
-    /// Moves the capture to a thread of its own named after the interface, which runs until
-    /// `stop` is set and returns the kernel's counters.
-    pub fn spawn<S: PacketSink + Send + 'static>(
-        mut self,
-        stop: Arc<AtomicBool>,
-        mut sink: S,
-    ) -> Result<JoinHandle<Result<KernelStats, LiveCaptureError>>, LiveCaptureError> {
-        let interface = self.interface.clone();
-        std::thread::Builder::new()
-            .name(format!("capture-{interface}"))
-            .spawn(move || self.run(&stop, &mut sink))
-            .map_err(|source| LiveCaptureError::Io {
-                interface,
-                operation: "spawning the capture thread",
-                source,
-            })
-    }
-
     /// Waits for the current block; an error pending on the socket becomes the result.
     fn wait(&mut self, timeout: Duration) -> Result<(), LiveCaptureError> {
         let events =
@@ -519,18 +485,6 @@ impl LiveCapture {
             None => Ok(()),
         }
     }
-}
-
-/// Opens a capture (errors come back here, before any thread starts) and runs it on a thread
-/// of its own until `stop` is set; the thread returns the kernel's counters.
-pub fn spawn_capture_thread<S: PacketSink + Send + 'static>(
-    interface: &str,
-    settings: RingSettings,
-    promiscuous: bool,
-    stop: Arc<AtomicBool>,
-    sink: S,
-) -> Result<JoinHandle<Result<KernelStats, LiveCaptureError>>, LiveCaptureError> {
-    LiveCapture::open(interface, settings, promiscuous)?.spawn(stop, sink)
 }
 
 fn classify(interface: &str, operation: &'static str, source: io::Error) -> LiveCaptureError {

@@ -7,4 +7,6 @@
 #[allow(unsafe_code)]
 pub mod afpacket;
 pub mod capture_file;
+#[cfg(target_os = "linux")]
+pub mod capture_thread;
 pub mod hep;

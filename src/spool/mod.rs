@@ -14,7 +14,13 @@
 //! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
 //! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
 //!
-//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open;
+//! A generation older than the current one is what a crash during compaction left (a
+//! drained store): [`Spool::open`] deletes it, so crashes there do not pile up disk space.
+//!
+//! `<dir>/quarantine-<G>-<unix time>/` holds a generation that would not open, with
+//! `teledge-quarantine.json` (what its gap record says, written before the move) and, once
+//! that gap record is durable, `teledge-announced`: a start killed in between leaves the
+//! marker out, and the next start announces the quarantine then;
 //! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
 //! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
 //! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
@@ -193,6 +199,9 @@ pub struct SpoolStats {
     pub quarantined: u64,
     /// Old quarantined stores and set-aside files deleted to stay within bounds.
     pub quarantines_pruned: u64,
+    /// Times the records were moved to a new epoch because the collector held other records
+    /// under their ids ([`Spool::start_new_epoch`]).
+    pub epochs_started: u64,
 }
 
 /// Something the owner must report (an operator should hear of it).
@@ -288,15 +297,28 @@ impl Spool {
             let path = generation_path(&config.dir, generation);
             match open_db(&path, &config) {
                 Ok(db) => {
+                    // Quarantines an earlier start made but was killed before announcing.
+                    lost.extend(unannounced_quarantines(&config.dir, &lost));
                     let mut spool = Spool::from_db(config, keyring, generation, db)?;
                     spool.stats.quarantined = lost.len() as u64;
                     let node = spool.config.node_id.clone();
+                    let announced: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
                     for (epoch, bytes, name, reason) in lost {
                         let mut gap = GapRecord::new(&node, GapReason::StoreQuarantined, None);
                         gap.epoch = epoch;
                         gap.detail = Some(format!("{reason} ({bytes} bytes on disk)"));
                         gap.set_aside = Some(name);
                         spool.insert_gap(&gap)?;
+                    }
+                    spool.remove_superseded_generations();
+                    spool.flush()?;
+                    // Only now, with the gap records durable: a kill before this point
+                    // leaves the quarantine unmarked, and the next start announces it.
+                    for name in &announced {
+                        let marker = spool.config.dir.join(name).join(QUARANTINE_ANNOUNCED);
+                        if let Err(e) = std::fs::write(&marker, b"") {
+                            tracing::warn!(path = %marker.display(), error = %e, "Cannot mark a quarantined store as announced; it may be announced again.");
+                        }
                     }
                     spool.prune_quarantines()?;
                     spool.flush()?;
@@ -313,6 +335,16 @@ impl Spool {
                     // The manifest names the lost store's epoch (if it was written by it).
                     let epoch = read_manifest(&config.dir).map(|m| m.epoch);
                     let bytes = dir_size(&path);
+                    // What the gap record will say, kept with the store: if this start is
+                    // killed before the gap record is durable, the next one announces it.
+                    let info = QuarantineInfo {
+                        epoch,
+                        bytes,
+                        reason: reason.clone(),
+                    };
+                    if let Ok(json) = serde_json::to_vec(&info) {
+                        let _ = std::fs::write(path.join(QUARANTINE_INFO), json);
+                    }
                     std::fs::rename(&path, &to)?;
                     sync_dir(&config.dir)?;
                     tracing::error!(from = %path.display(), to = %to.display(), %reason, "Spool store would not open; moved aside, a new store starts and a gap record announces it.");
@@ -774,6 +806,49 @@ impl Spool {
 
     /// Deletes quarantined stores and set-aside files beyond [`QUARANTINES_KEPT`] or older
     /// than [`QUARANTINE_MAX_AGE`] (the current epoch's set-aside file is kept).
+    /// Deletes generations older than the current one: compaction starts a new generation
+    /// only when the store is drained and deletes the old one after, so an older one is what
+    /// a crash between the two left behind (whole or half deleted), and it would hold its
+    /// disk space for ever. One that still holds records (which compaction never leaves) is
+    /// kept and logged: nothing is deleted unsent.
+    fn remove_superseded_generations(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.dir) else {
+            return;
+        };
+        let older: Vec<u64> = entries
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("gen-")?
+                    .parse()
+                    .ok()
+            })
+            .filter(|g| *g < self.generation)
+            .collect();
+        for generation in older {
+            let path = generation_path(&self.config.dir, generation);
+            let held = match open_db(&path, &self.config) {
+                Ok(db) => db.open_tree("records").map(|t| t.len()).unwrap_or(0),
+                // Half deleted by the crash: nothing of a drained store is lost with it.
+                Err(_) => 0,
+            };
+            if held > 0 {
+                tracing::error!(path = %path.display(), records = held, "An older spool generation still holds records; left in place.");
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "Spool generation left by a crash during compaction deleted (it was drained).");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "Cannot delete an older spool generation.");
+                }
+            }
+        }
+        let _ = sync_dir(&self.config.dir);
+    }
+
     fn prune_quarantines(&mut self) -> Result<(), SpoolError> {
         let current = format!("unreadable-{}.sealed", self.epoch);
         let mut aside: Vec<(SystemTime, PathBuf)> = Vec::new();
@@ -840,6 +915,92 @@ impl Spool {
         Ok(removed)
     }
 
+    /// Moves every record the store holds to a fresh random epoch (new ids, FIFO order
+    /// kept), after the collector said ids of this epoch went backwards (`409`: the spool was
+    /// restored from a backup or a snapshot, or cloned onto another machine, and gives again
+    /// sequence numbers the collector holds other records under). Without it the agent would
+    /// retry the same ids for ever while its spool fills. A gap record
+    /// (`epoch_reused`, the old epoch, `detail` = the collector's reason) announces the move.
+    /// Records the collector did hold already (the restored part of a batch) may be stored
+    /// a second time under their new ids: a duplicate, never a loss.
+    ///
+    /// Crash-safe: the new epoch is made durable first; each chunk of records is moved
+    /// (inserted under its new id, removed under its old) in one atomic batch. A crash half
+    /// way leaves records of the old epoch, which the collector refuses again, and the next
+    /// move takes them too. Records that do not open are left for [`Spool::read`] to set aside.
+    /// Returns the old epoch.
+    pub fn start_new_epoch(&mut self, reason: &str) -> Result<u64, SpoolError> {
+        const CHUNK: usize = 1024;
+        let old_epoch = self.epoch;
+        let mut epoch = fresh_epoch()?;
+        while epoch == old_epoch {
+            epoch = fresh_epoch()?;
+        }
+        self.epoch = epoch;
+        self.next_seq = 0;
+        self.meta.insert("epoch", &epoch.to_be_bytes())?;
+        self.meta.insert("next_seq", &0u64.to_be_bytes())?;
+        self.db.flush()?;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut moved = 0;
+            for entry in self.records.iter() {
+                let (key, value) = entry?;
+                let Some(id) = RecordId::from_key(&key) else {
+                    continue;
+                };
+                if id.epoch == epoch {
+                    continue;
+                }
+                let Ok(payload) = self.keyring.open(&self.aad(id), &value) else {
+                    continue;
+                };
+                let new_id = RecordId {
+                    epoch,
+                    seq: self.next_seq,
+                };
+                let sealed = self
+                    .keyring
+                    .seal(&self.aad(new_id), &payload)
+                    .map_err(|source| SpoolError::Seal {
+                        id: new_id.display(&self.config.node_id),
+                        source,
+                    })?;
+                self.stats.bytes =
+                    self.stats.bytes.saturating_sub(value.len() as u64) + sealed.len() as u64;
+                batch.remove(key);
+                batch.insert(new_id.key().to_vec(), sealed);
+                self.next_seq += 1;
+                moved += 1;
+                if moved >= CHUNK {
+                    break;
+                }
+            }
+            if moved == 0 {
+                break;
+            }
+            self.records.apply_batch(batch)?;
+            self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        let node = self.config.node_id.clone();
+        let mut gap = GapRecord::new(&node, GapReason::EpochReused, None);
+        gap.epoch = Some(old_epoch);
+        gap.detail = Some(reason.chars().take(200).collect());
+        self.insert_gap(&gap)?;
+        self.stats.epochs_started += 1;
+        // Read resumes from the new ids: everything moved is durable.
+        self.last_appended = self
+            .records
+            .last()?
+            .and_then(|(k, _)| RecordId::from_key(&k));
+        self.flush()?;
+        self.manifest_keys = None;
+        self.sync_manifest(true)?;
+        tracing::error!(old_epoch, new_epoch = epoch, records = self.stats.records, "The collector holds other records under this store's ids (a spool restored from a backup or snapshot?): every record moved to a new store epoch, announced by a gap record.");
+        Ok(old_epoch)
+    }
+
     /// Starts a fresh generation when the spool is drained and the database has grown past
     /// `compact_above_bytes`; the old one is deleted. Returns whether it did.
     pub fn compact_if_drained(&mut self) -> Result<bool, SpoolError> {
@@ -896,6 +1057,54 @@ fn latest_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
         }
     }
     Ok(latest)
+}
+
+/// In a quarantined store: what its gap record says (written before the move).
+const QUARANTINE_INFO: &str = "teledge-quarantine.json";
+/// In a quarantined store: its gap record is durable in the new store.
+const QUARANTINE_ANNOUNCED: &str = "teledge-announced";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QuarantineInfo {
+    epoch: Option<u64>,
+    bytes: u64,
+    reason: String,
+}
+
+/// Quarantined stores of `dir` whose gap record never became durable (the start that moved
+/// them aside was killed first), other than those in `known`: (epoch if known, bytes, name,
+/// reason).
+fn unannounced_quarantines(
+    dir: &Path,
+    known: &[(Option<u64>, u64, String, String)],
+) -> Vec<(Option<u64>, u64, String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        if !name.starts_with("quarantine-")
+            || !path.is_dir()
+            || path.join(QUARANTINE_ANNOUNCED).exists()
+            || known.iter().any(|k| k.2 == name)
+        {
+            continue;
+        }
+        let info: Option<QuarantineInfo> = std::fs::read(path.join(QUARANTINE_INFO))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let (epoch, reason) = match info {
+            Some(i) => (i.epoch, i.reason),
+            None => (None, "moved aside by an earlier start".to_owned()),
+        };
+        found.push((epoch, dir_size(&path), name, reason));
+    }
+    found.sort_by(|a, b| a.2.cmp(&b.2));
+    found
 }
 
 /// Why a generation did not open.
@@ -1246,6 +1455,55 @@ mod tests {
         assert_eq!(records[1].payload, b"y");
     }
 
+    /// SIGKILL after a damaged store was moved aside but before its gap record was durable
+    /// (the new store was still opening) left a loss nobody announced.
+    #[test]
+    fn a_quarantine_whose_start_was_killed_before_announcing_it_is_announced_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let before = spool.append(b"x").unwrap().unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        let gen0 = dir.path().join("gen-0");
+        for file in walk(&gen0) {
+            std::fs::write(&file, vec![0xA5; 4096]).unwrap();
+        }
+        // The start that found it damaged got as far as the move, then was killed. (Its
+        // notes, written before the move, are there when this version made the move.)
+        let info = QuarantineInfo {
+            epoch: Some(before.epoch),
+            bytes: 1,
+            reason: "damaged".into(),
+        };
+        std::fs::write(
+            gen0.join(QUARANTINE_INFO),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        std::fs::rename(&gen0, dir.path().join("quarantine-0-1")).unwrap();
+        // And one moved aside by an older version, without notes.
+        std::fs::create_dir(dir.path().join("quarantine-7-2")).unwrap();
+        let (mut spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert!(events.is_empty(), "nothing damaged now: {events:?}");
+        let gaps: Vec<serde_json::Value> = spool
+            .read(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect();
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!(gaps.iter().all(|g| g["reason"] == "store_quarantined"));
+        assert_eq!(gaps[0]["set_aside"], "quarantine-0-1");
+        assert_eq!(gaps[0]["epoch"].as_u64(), Some(before.epoch));
+        assert_eq!(gaps[1]["set_aside"], "quarantine-7-2");
+        assert_eq!(spool.stats().quarantined, 2);
+        drop(spool);
+        // Announced once, not at every start.
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(spool.read(None, 10).unwrap().len(), 2);
+        assert_eq!(spool.stats().quarantined, 0);
+    }
+
     #[test]
     fn old_quarantines_are_pruned_and_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -1299,6 +1557,92 @@ mod tests {
         let third = spool.append(b"three").unwrap().unwrap();
         assert_ne!(third.epoch, first.epoch);
         assert_ne!(third.epoch, 0);
+    }
+
+    /// A crash during compaction after the new generation is durable but before the old one
+    /// is deleted (or half way through deleting it) leaves the old one behind: the next open
+    /// deletes it, and the store goes on with its epoch and ids.
+    #[test]
+    fn a_generation_left_by_a_crash_during_compaction_is_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.compact_above_bytes = 0;
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        let first = spool.append(&[7u8; 4096]).unwrap().unwrap();
+        spool.flush().unwrap();
+        spool.ack(first).unwrap();
+        drop(spool);
+        // The drained generation 0 as it was when compaction began.
+        let old = generation_path(dir.path(), 0);
+        let copy = dir.path().join("copy-of-gen-0");
+        copy_dir(&old, &copy);
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        assert!(spool.compact_if_drained().unwrap());
+        drop(spool);
+        // The kill came before `remove_dir_all` of generation 0 finished.
+        std::fs::rename(&copy, &old).unwrap();
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        assert!(
+            !old.exists(),
+            "generation 0 left behind: {:?}",
+            walk(dir.path())
+        );
+        let next = spool.append(b"next").unwrap().unwrap();
+        assert_eq!(next.epoch, first.epoch);
+        assert!(next > first);
+        drop(spool);
+        // Half deleted: only some of its files left.
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("conf"), b"segment_size: 524288\n").unwrap();
+        let (spool, _) = Spool::open(cfg, keyring()).unwrap();
+        assert!(!old.exists(), "half-deleted generation 0 left behind");
+        assert_eq!(spool.stats().records, 1);
+    }
+
+    #[test]
+    fn a_new_epoch_keeps_every_record_in_order_under_new_ids_and_announces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let old: Vec<RecordId> = (0..2500u32)
+            .map(|i| spool.append(format!("r{i}").as_bytes()).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        let old_epoch = spool.start_new_epoch("409 from the collector").unwrap();
+        assert_eq!(old_epoch, old[0].epoch);
+        assert_ne!(spool.epoch(), old_epoch);
+        drop(spool);
+        // Durable: a restart reads the same.
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let read = spool.read(None, 10_000).unwrap();
+        assert_eq!(read.len(), 2501);
+        for (i, r) in read[..2500].iter().enumerate() {
+            assert_eq!(r.payload, format!("r{i}").as_bytes());
+            assert_eq!(
+                r.id,
+                RecordId {
+                    epoch: spool.epoch(),
+                    seq: i as u64
+                }
+            );
+        }
+        let gap: serde_json::Value = serde_json::from_slice(&read[2500].payload).unwrap();
+        assert_eq!(gap["reason"], "epoch_reused");
+        assert_eq!(gap["epoch"].as_u64(), Some(old_epoch));
+        let next = spool.append(b"next").unwrap().unwrap();
+        assert_eq!(next.seq, 2501);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 
     #[test]

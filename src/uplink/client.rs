@@ -122,6 +122,8 @@ pub struct UplinkStats {
     pub dead_letters_held: u64,
     /// Dead letters put back into the spool after an operator marked them.
     pub requeued: u64,
+    /// Times the spool's records were moved to a new store epoch after a `409`.
+    pub epochs_started: u64,
 }
 
 /// What an attempt did, told to the progress hook.
@@ -313,6 +315,9 @@ pub struct Forwarder {
     backoff: Backoff,
     split: Option<Split>,
     dead_in_a_row: u32,
+    /// The spool moved to a new epoch after a `409` and no batch was accepted since: another
+    /// `409` is then a failing collector, not a reused epoch.
+    new_epoch_since_ack: bool,
     failing: Option<Failing>,
     /// Old clear-text dead letters are looked for once, at the first round.
     legacy_checked: bool,
@@ -350,6 +355,7 @@ impl Forwarder {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             split: None,
             dead_in_a_row: 0,
+            new_epoch_since_ack: false,
             failing: None,
             legacy_checked: false,
             stats,
@@ -489,6 +495,7 @@ impl Forwarder {
                     self.backoff.reset();
                     self.recovered();
                     self.dead_in_a_row = 0;
+                    self.new_epoch_since_ack = false;
                     // Inside a refused range the batches grow back step by step.
                     self.split = self.split.and_then(|s| {
                         (last_id < s.through).then(|| Split {
@@ -523,6 +530,18 @@ impl Forwarder {
                     let record = &batch[0];
                     self.dead_letter(spool, record, status, &reason)?;
                     self.report(Attempt::DeadLettered { status });
+                }
+                // `teledge collect` holds other records under these ids: the spool was
+                // restored from a backup or snapshot (or cloned). Retrying the same ids would
+                // never succeed; new ids do (see `Spool::start_new_epoch`).
+                Err(SendError::Retriable {
+                    kind: FailureKind::Status(409),
+                    reason,
+                }) if !self.new_epoch_since_ack => {
+                    self.new_epoch_since_ack = true;
+                    self.split = None;
+                    lock(spool).start_new_epoch(&reason)?;
+                    self.stats.epochs_started += 1;
                 }
                 Err(e) => {
                     let (kind, reason) = match e {

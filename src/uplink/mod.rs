@@ -23,7 +23,12 @@
 //! (default 4 MiB) of uncompressed JSON lines, one record at least: the collector accepts
 //! 16 MiB compressed and 64 MiB inflated by default, so a batch within the defaults never
 //! meets them. `409` from `teledge collect` means the batch would move a sequence backwards
-//! within a store epoch: retried like any failure below, never dropped.
+//! within a store epoch — the spool was restored from a backup or a VM snapshot, or cloned —
+//! so retrying the same ids could never succeed: the agent moves every record it holds to a
+//! fresh random epoch (new ids, same order, announced by an `epoch_reused` gap record; see
+//! `Spool::start_new_epoch`) and sends on. Records of the refused batch the collector did
+//! hold may so be stored twice (a duplicate, never a loss). A second `409` before any batch
+//! is accepted is a failing collector (below).
 //!
 //! # What the agent does with each answer
 //!
@@ -39,7 +44,7 @@
 //!   refused or lost, TLS failures (unknown CA, wrong name, expired or refused certificate),
 //!   timeouts, an acknowledgement that does not match the batch, and every other status —
 //!   `401`/`403` (certificate or node id not accepted), `404`/`405` (wrong URL path), `408`,
-//!   `409`, `421`, `429`, `5xx`, redirects. The records stay in the spool and the batch is
+//!   `409` (after the new epoch above), `421`, `429`, `5xx`, redirects. The records stay in the spool and the batch is
 //!   retried with exponential backoff and full jitter (1 s to 60 s), without limit. The
 //!   failure is logged at ERROR once when the uplink starts failing (and again when the kind
 //!   of failure changes), at WARN when it works again; counted in

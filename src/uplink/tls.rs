@@ -268,6 +268,48 @@ pub fn certificate_not_after(path: &Path) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Why `teledge collect` would refuse the client certificate `cert` (the first of the
+/// file), checked as it checks it: issued by the site CA of `ca_file`, valid now, with the
+/// clientAuth extended key usage (a certificate without any EKU is refused too). `Ok` when
+/// it would be accepted; the files themselves are checked by the caller.
+pub fn client_certificate_refusal(cert: &Path, ca_file: &Path) -> Result<(), String> {
+    let certs = load_certs(cert).map_err(|e| e.to_string())?;
+    let roots = load_roots(ca_file).map_err(|e| e.to_string())?;
+    let Some((end_entity, intermediates)) = certs.split_first() else {
+        return Err(format!("{}: no certificate", cert.display()));
+    };
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    verifier
+        .verify_client_cert(
+            end_entity,
+            intermediates,
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|e| {
+            format!(
+                "{}: the collector would refuse it ({e}) under the site CA {}",
+                cert.display(),
+                ca_file.display()
+            )
+        })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let client_auth = parsed
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        return Err(format!(
+            "{}: lacks the clientAuth extended key usage; the collector would refuse it",
+            cert.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The node id a client certificate names: its subject common name.
 pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

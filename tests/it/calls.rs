@@ -196,9 +196,16 @@ fn capture_starting_mid_call_yields_partial_records() {
 #[test]
 fn records_are_made_when_the_call_ends_not_at_the_end_of_the_capture() {
     // sip_ipv4_tcp.pcap: the BYE is frame 81 (TShark). The record must come out while the
-    // capture is read, as the BYE is seen, not after a linger or at the end of the file.
+    // capture is read, as the BYE is seen (plus the record grace for media in flight, here
+    // none), not after a linger or at the end of the file.
     let bytes = data("sip_ipv4_tcp.pcap");
-    let mut replay = teledge::replay::Replay::new(Default::default());
+    let mut replay = teledge::replay::Replay::new(teledge::replay::ReplaySettings {
+        calls: teledge::correlation::calls::CallLimits {
+            record_grace: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     let mut during_read = Vec::new();
     let mut sink = |r: teledge::record::Record| {
         if let teledge::record::Record::Call(c) = r {

@@ -279,3 +279,50 @@ fn sctp_messages_match_tshark() {
     assert_eq!(calls[0].outcome, teledge::record::Outcome::Answered);
     assert_eq!(summary.registrations, 1);
 }
+
+/// PcapPlusPlus's `sip_reqs.pcap`: an INVITE, then a CANCEL and an ACK inside PPPoE sessions
+/// (both used to be counted as non-IP frames), and a BYE cut inside its last header name (it
+/// used to fail as a malformed header line; TShark reads the headers before the cut).
+#[test]
+fn pppoe_and_a_cut_head_match_tshark() {
+    let capture = "pppoe_sip_reqs.pcap";
+    assert_same_messages(capture);
+    assert_grouped(capture, patient_settings());
+    let (_, summary, result) = replay_bytes(&data(capture), patient_settings());
+    result.unwrap();
+    assert_eq!(summary.decode.non_ip, 0);
+    assert_eq!(summary.decode.frames_failed, 0);
+    assert_eq!(summary.decode.sip_parse_errors, 0);
+    assert_eq!(summary.decode.sip_messages_udp, 4);
+}
+
+/// PcapPlusPlus's `sip_resp.pcap`: a dialog joined on a 100 Trying that carries a To-tag,
+/// then 180 and 200 of the same INVITE. The 180 can only answer the initial INVITE, so the
+/// 200 is the answer: TShark's frame 3 is the answer time and 200 the final status.
+#[test]
+fn a_call_joined_on_a_tagged_100_is_answered_at_its_200() {
+    let capture = "sip_joined_100_with_tag.pcap";
+    assert_same_messages(capture);
+    assert_grouped(capture, patient_settings());
+    let (calls, _, result) = replay_bytes(&data(capture), patient_settings());
+    result.unwrap();
+    assert_eq!(calls.len(), 1);
+    let c = &calls[0];
+    assert!(c.started_before_capture && c.roles_known);
+    assert_eq!(c.outcome, teledge::record::Outcome::Answered);
+    assert_eq!(c.final_status, Some(200));
+    let answer = tshark_messages(capture)
+        .into_iter()
+        .find(|m| m.2 == "200" && m.3 == "1 INVITE")
+        .unwrap();
+    let mut frames = Vec::new();
+    teledge::sources::capture_file::read_frames(
+        &data(capture)[..],
+        |f: &teledge::dissect::Frame<'_>, _| {
+            frames.push(f.time);
+        },
+    )
+    .unwrap();
+    assert_eq!(c.answer_time, Some(frames[answer.0 as usize - 1]));
+    assert_eq!(c.caller_address, "200.57.7.195:5060");
+}

@@ -572,7 +572,7 @@ fn unit_memory_setting(name: &str) -> u64 {
 }
 
 /// The pseudonym of a Call-ID under the test site key.
-fn pseudonym(pki: &Pki, call_id: &str) -> String {
+pub(crate) fn pseudonym(pki: &Pki, call_id: &str) -> String {
     let key: [u8; 32] = std::fs::read(pki.path("site.key"))
         .unwrap()
         .try_into()
@@ -1411,4 +1411,36 @@ fn sigkill_after_the_bye_loses_no_ended_call() {
         .iter()
         .all(|r| r["closed_by"] == "bye" && r["outcome"] == "answered"));
     agent.stop();
+}
+
+/// A client certificate the collector would refuse — not issued by the site CA, or without
+/// the clientAuth extended key usage — left every batch refused while the service ran:
+/// `check-config` (and `run`, exit 78) refuse it, naming the field and the reason.
+#[test]
+fn check_config_refuses_a_client_certificate_the_collector_would_refuse() {
+    let pki = pki();
+    let edge_cert = pki.path("edge-01.pem").display().to_string();
+    let edge_key = pki.path("edge-01.key").display().to_string();
+    for (cert, node, reason) in [
+        ("edge-01-rogue", "edge-01", "UnknownIssuer"),
+        ("node-no-eku", "edge-03", "clientAuth"),
+    ] {
+        let (new_cert, new_key) = (
+            pki.path(&format!("{cert}.pem")).display().to_string(),
+            pki.path(&format!("{cert}.key")).display().to_string(),
+        );
+        let out = check_config_with(&pki, |t| {
+            t.replace(&edge_cert, &new_cert)
+                .replace(&edge_key, &new_key)
+                .replace("id = \"edge-01\"", &format!("id = \"{node}\""))
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cert}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("uplink.cert_file") && l.contains(reason)),
+            "{cert}: {stderr}"
+        );
+    }
 }

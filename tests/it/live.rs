@@ -9,8 +9,7 @@
 
 use std::net::UdpSocket;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, VlanId};
@@ -18,8 +17,9 @@ use teledge::decode::link::LinkType;
 use teledge::decode::sip::SipMessage;
 use teledge::dissect::{DissectLimits, Dissector, MessageMeta};
 use teledge::sources::afpacket::{
-    spawn_capture_thread, CaptureFilter, LiveCapture, LiveCaptureError, LivePacket, RingSettings,
+    CaptureFilter, LiveCapture, LiveCaptureError, LivePacket, RingSettings,
 };
+use teledge::sources::capture_thread::{CaptureSettings, CaptureThread};
 use teledge::time::Timestamp;
 
 const INVITE: &str = "INVITE sip:2001@192.0.2.2 SIP/2.0\r\n\
@@ -398,26 +398,26 @@ fn interface_going_down_or_away_is_an_error() {
 }
 
 #[test]
-fn capture_thread_delivers_and_stops_on_its_flag() {
+fn capture_thread_delivers_and_stops_on_its_token() {
     in_fresh_netns(|| {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = tokio_util::sync::CancellationToken::new();
         let (tx, rx) = mpsc::channel();
         let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = receiver.local_addr().unwrap().port();
-        let thread = spawn_capture_thread(
-            "lo",
-            RingSettings::default(),
-            false,
-            stop.clone(),
-            move |p: LivePacket<'_>| {
+        let settings = CaptureSettings {
+            interface: "lo".into(),
+            ring: RingSettings::default(),
+            promiscuous: false,
+        };
+        let thread =
+            CaptureThread::open_and_spawn(settings, stop.clone(), move |p: LivePacket<'_>| {
                 if let Some((dst, payload)) = udp_of(p.data) {
                     if dst == port {
                         let _ = tx.send(payload);
                     }
                 }
-            },
-        )
-        .unwrap();
+            })
+            .unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..10u8 {
             sender.send_to(&[i; 20], ("127.0.0.1", port)).unwrap();
@@ -427,8 +427,8 @@ fn capture_thread_delivers_and_stops_on_its_flag() {
             .collect();
         assert_eq!(got, (0..10u8).map(|i| vec![i; 20]).collect::<Vec<_>>());
         let started = Instant::now();
-        stop.store(true, Ordering::Relaxed);
-        let stats = thread.join().unwrap().unwrap();
+        stop.cancel();
+        let stats = thread.join().unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "stopped within a poll interval"

@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod crash;
 pub(crate) mod daemon;
+mod daemon_in_process;
 mod encapsulation;
 mod generated;
 mod hep;

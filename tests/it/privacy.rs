@@ -487,3 +487,65 @@ fn no_key_reaches_debug_output() {
     assert!(outputs[0].contains("127.0.0.1:19060"), "{}", outputs[0]);
     assert!(outputs[8].contains("auth_key"), "{}", outputs[8]);
 }
+
+/// The capture summary names the files replayed, and those of which no frame decoded, by
+/// their file names only: the directories they were in may name people (`/home/<agent>/`,
+/// a folder per caller). Both lists, not just the first.
+#[test]
+fn capture_summary_names_no_directory_of_any_file_it_lists() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let private = work.path().join("Alice-Secretname-4915112345678");
+    std::fs::create_dir(&private).unwrap();
+    let good = private.join("calls.pcap");
+    std::fs::write(&good, identity_capture()).unwrap();
+    // A capture of which not one frame decodes: Ethernet frames too short for a header.
+    let mut bad = Pcap::new();
+    for ms in 0..3u32 {
+        bad.0.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        bad.0.extend_from_slice(&(ms * 1000).to_le_bytes());
+        bad.0.extend_from_slice(&5u32.to_le_bytes());
+        bad.0.extend_from_slice(&5u32.to_le_bytes());
+        bad.0.extend_from_slice(&[0xff; 5]);
+    }
+    let undecodable = private.join("broken.pcap");
+    std::fs::write(&undecodable, &bad.0).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = forward_config(&pki, work.path(), port, "mode = \"keyed_hash\"");
+    let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(&config)
+        .args(["--forward-timeout", "1"])
+        .arg(&good)
+        .arg(&undecodable)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let forward = teledge::config::load_forward(&config).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
+    let spooled: Vec<Value> = spool
+        .read(None, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let summary = spooled
+        .iter()
+        .find(|r| r["type"] == "capture_summary")
+        .unwrap_or_else(|| panic!("no capture summary spooled ({stderr}): {spooled:#?}"));
+    // Both lists hold the files (else the check below proves nothing)...
+    assert_eq!(summary["files"].as_array().unwrap().len(), 2, "{summary}");
+    assert_eq!(
+        summary["undecodable_files"],
+        serde_json::json!(["broken.pcap"]),
+        "{summary}"
+    );
+    // ...and no directory.
+    assert_no_secret("the capture summary", &summary.to_string());
+}

@@ -478,3 +478,157 @@ fn hostile_tcp_flood_keeps_the_replay_process_memory_bounded() {
         "{summary}"
     );
 }
+
+/// A UDP frame from `src` to `dst`.
+fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.0, dst.0, 64)
+        .udp(src.1, dst.1);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+/// Streams sprayed by `SPRAY_RATE` new SSRCs a second of capture time for `SPRAY_SECONDS`.
+const SPRAY_RATE: u64 = 10;
+const SPRAY_SECONDS: u64 = 900;
+
+/// A 15-minute answered call whose caller's announced media port is sprayed with RTP under
+/// ever new SSRCs (5 packets each, enough for an orphan to pass probation) — by anyone who
+/// can send UDP to it. With `to_the_call` false the same spray goes to a port no SDP
+/// announced: the orphan baseline.
+fn ssrc_spray_capture(to_the_call: bool) -> Vec<u8> {
+    let (caller, pbx, attacker) = ([10, 0, 0, 1], [10, 0, 0, 2], [203, 0, 113, 9]);
+    let sdp = |ip: [u8; 4], port: u16| {
+        let ip = std::net::Ipv4Addr::from(ip);
+        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    };
+    let sip = |start: &str, cseq: &str, to_tag: &str, body: &str| {
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{}\r\nFrom: <sip:100@10.0.0.1>;tag=a\r\nTo: <sip:200@10.0.0.2>{to_tag}\r\nCall-ID: spray@test\r\nCSeq: {cseq}\r\nContact: <sip:100@10.0.0.1>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+            cseq.replace(' ', ""),
+            body.len()
+        )
+        .into_bytes()
+    };
+    let t0 = 1_700_000_000_000_000u64;
+    let (a, b) = ((caller, 5060), (pbx, 5060));
+    let mut frames = vec![
+        (
+            t0,
+            udp_frame(
+                a,
+                b,
+                &sip(
+                    "INVITE sip:200@10.0.0.2 SIP/2.0",
+                    "1 INVITE",
+                    "",
+                    &sdp(caller, 40000),
+                ),
+            ),
+        ),
+        (
+            t0 + 100_000,
+            udp_frame(
+                b,
+                a,
+                &sip("SIP/2.0 200 OK", "1 INVITE", ";tag=b", &sdp(pbx, 50000)),
+            ),
+        ),
+        (
+            t0 + 200_000,
+            udp_frame(
+                a,
+                b,
+                &sip("ACK sip:200@10.0.0.2 SIP/2.0", "1 ACK", ";tag=b", ""),
+            ),
+        ),
+    ];
+    let target = (caller, if to_the_call { 40000 } else { 41000 });
+    for i in 0..SPRAY_RATE * SPRAY_SECONDS {
+        let start = t0 + 1_000_000 + i * 1_000_000 / SPRAY_RATE;
+        for k in 0..5u16 {
+            let mut rtp = vec![0x80, 0];
+            rtp.extend_from_slice(&k.to_be_bytes());
+            rtp.extend_from_slice(&(u32::from(k) * 160).to_be_bytes());
+            rtp.extend_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
+            rtp.extend_from_slice(&[0xFF; 160]);
+            frames.push((
+                start + u64::from(k) * 20_000,
+                udp_frame((attacker, 30000), target, &rtp),
+            ));
+        }
+    }
+    let end = t0 + (SPRAY_SECONDS + 2) * 1_000_000;
+    frames.push((
+        end,
+        udp_frame(
+            a,
+            b,
+            &sip("BYE sip:200@10.0.0.2 SIP/2.0", "2 BYE", ";tag=b", ""),
+        ),
+    ));
+    frames.push((
+        end + 50_000,
+        udp_frame(b, a, &sip("SIP/2.0 200 OK", "2 BYE", ";tag=b", "")),
+    ));
+    pcap(&frames)
+}
+
+/// RTP sprayed at a call's media port under ever new SSRCs made a stream of the call each,
+/// all kept until the call ended: memory growing for as long as the call lasted, and one
+/// call record of tens of megabytes (beyond what the collector takes: the real call lost).
+/// A call now holds at most `MAX_STREAMS_PER_CALL` streams; the rest are measured as orphans
+/// (their records or the minute's summary), counted.
+#[test]
+fn an_ssrc_spray_at_a_call_media_port_is_bounded_per_call_and_counted() {
+    use teledge::correlation::media::MAX_STREAMS_PER_CALL;
+    let dir = tempfile::tempdir().unwrap();
+    let baseline_capture = dir.path().join("orphan-spray.pcap");
+    let attack_capture = dir.path().join("call-spray.pcap");
+    std::fs::write(&baseline_capture, ssrc_spray_capture(false)).unwrap();
+    std::fs::write(&attack_capture, ssrc_spray_capture(true)).unwrap();
+    let (baseline, _) = replay_peak_rss_kib(&baseline_capture, 64);
+    let (peak, summary) = replay_peak_rss_kib(&attack_capture, 64);
+    let sprayed = SPRAY_RATE * SPRAY_SECONDS;
+    let text = std::fs::read_to_string(attack_capture.with_extension("jsonl")).unwrap();
+    let call_line = text
+        .lines()
+        .find(|l| l.starts_with("{\"type\":\"call\""))
+        .unwrap_or_else(|| panic!("no call record: {summary}"));
+    let call: serde_json::Value = serde_json::from_str(call_line).unwrap();
+    assert_eq!(call["outcome"], "answered");
+    let streams: usize = ["caller_to_callee", "callee_to_caller", "unknown_direction"]
+        .iter()
+        .map(|d| call["media_quality"][d].as_array().unwrap().len())
+        .sum();
+    assert_eq!(streams, MAX_STREAMS_PER_CALL, "{summary}");
+    assert!(
+        call_line.len() < 1 << 20,
+        "call record of {} bytes",
+        call_line.len()
+    );
+    let media = &summary["media"];
+    assert_eq!(
+        media["streams_beyond_call_cap"].as_u64(),
+        Some(sprayed - MAX_STREAMS_PER_CALL as u64),
+        "{summary}"
+    );
+    // Every sprayed stream is accounted for: in the call or as an orphan.
+    assert_eq!(media["streams"].as_u64(), Some(sprayed), "{summary}");
+    assert_eq!(
+        media["orphan_streams"].as_u64(),
+        Some(sprayed - MAX_STREAMS_PER_CALL as u64),
+        "{summary}"
+    );
+    // And the process holds no more than for the same spray without a call.
+    assert!(
+        peak <= baseline + 16 * 1024,
+        "peak RSS {peak} KiB, baseline (orphans) {baseline} KiB"
+    );
+}

@@ -12,7 +12,7 @@ use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data` (a conformance test checks this list against the
 /// folder, so none is forgotten).
-pub const ALL_CAPTURES: [&str; 21] = [
+pub const ALL_CAPTURES: [&str; 23] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -34,6 +34,8 @@ pub const ALL_CAPTURES: [&str; 21] = [
     "gen_static_payload_types.pcap",
     "sip_loopback_sll.pcap",
     "sip_sctp.pcap",
+    "pppoe_sip_reqs.pcap",
+    "sip_joined_100_with_tag.pcap",
 ];
 
 /// The TShark version every reference in `tests/data/tshark` comes from (Debian 12's).

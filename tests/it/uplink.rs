@@ -1417,7 +1417,7 @@ fn a_wiped_spool_forwards_new_records_not_duplicates() {
 }
 
 #[test]
-fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
+fn a_sequence_regression_is_refused_and_the_agent_resends_under_a_new_epoch() {
     use teledge::spool::Spool;
     use teledge::uplink::client::{Backoff, Forwarder};
 
@@ -1473,24 +1473,13 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
     let mut spool = open();
     spool.append(b"{\"n\":\"other\"}").unwrap();
     spool.flush().unwrap();
-    let (result, mut spool) = forward(spool, 2);
-    let reason = format!("{result:?}");
-    assert!(
-        reason.contains("409") && reason.contains("sequence regression"),
-        "{reason}"
-    );
-    // The batches of true duplicates (seq 0 and 1, two records a batch) were acknowledged;
-    // the batch holding the regressed record (seq 2, a duplicate, and 3) is kept. Nothing
-    // dead-lettered, nothing stored twice or overwritten.
-    let kept: Vec<u64> = spool
-        .read(None, 10)
-        .unwrap()
-        .iter()
-        .map(|r| r.id.seq)
-        .collect();
-    assert_eq!(kept, [2, 3], "the agent keeps the refused records");
+    let (result, mut spool) = forward(spool, 10);
+    // The collector refused the batch holding the regressed record (seq 2, a duplicate, and
+    // 3) with 409, storing nothing of it; the agent moved what it held to a new epoch and
+    // sent it again: forwarding goes on. Nothing dead-lettered, nothing overwritten.
+    assert!(result.is_ok(), "{result:?}");
+    assert!(spool.read(None, 10).unwrap().is_empty());
     assert!(!spool_dir.join("dead-letter").exists());
-    assert_eq!(stored_ids(&c.out).len(), 6);
     let log = c.log();
     assert!(
         log.contains("Sequence went backwards")
@@ -1498,6 +1487,19 @@ fn a_sequence_regression_is_refused_and_the_agent_keeps_its_records() {
             && log.contains("node=edge-01"),
         "{log}"
     );
+    let lines = stored(&c.out);
+    let records: Vec<&serde_json::Value> = lines.iter().map(|l| &l["record"]).collect();
+    // The six of before, untouched; "other" under a new id; seq 2 again under a new id (it
+    // was in the refused batch: a duplicate, never a loss); and the gap record.
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert_eq!(stored_ids(&c.out).len(), 9);
+    assert_eq!(records.iter().filter(|r| r["n"] == "other").count(), 1);
+    let gap = records
+        .iter()
+        .find(|r| r["reason"] == "epoch_reused")
+        .unwrap_or_else(|| panic!("no epoch_reused gap: {lines:#?}"));
+    let old_epoch = lines[0]["id"].as_str().unwrap().split(':').nth(1).unwrap();
+    assert_eq!(gap["epoch"].to_string(), old_epoch);
 }
 
 #[test]
@@ -1978,4 +1980,76 @@ fn oversized_and_inflating_batches_are_refused() {
         log.contains("status=413") && log.contains("status=400"),
         "{log}"
     );
+}
+
+/// `replay --forward` of one capture.
+fn replay_forward_capture(config: &Path, capture: &str, timeout_s: u32) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(config)
+        .args(["--forward-timeout", &timeout_s.to_string()])
+        .arg(data_path(capture))
+        .output()
+        .unwrap()
+}
+
+/// Records spooled by a `replay --forward`, from its report line.
+fn spooled_count(out: &std::process::Output) -> usize {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("teledge: ")?.split_once(" records spooled"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no spooled count in {stderr}"))
+}
+
+/// A spool restored from a backup or a VM snapshot gives again sequence numbers of its epoch
+/// that the collector already holds other records under. The collector refuses that (409,
+/// never a silent duplicate); the agent must not then retry the same ids for ever while its
+/// spool fills and drops: it moves what it holds to a fresh epoch, announces it by a gap
+/// record, and forwarding goes on. Every record reaches the collector exactly once.
+#[test]
+fn a_spool_restored_from_a_snapshot_moves_to_a_new_epoch_and_forwards_again() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let spool = dir.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let first = replay_forward_capture(&config, "sipp_g711a.pcap", 30);
+    assert!(first.status.success(), "{first:?}");
+    // The snapshot: the spool as it is now (drained, its epoch and next sequence on disk).
+    let snapshot = dir.path().join("snapshot");
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(&spool)
+        .arg(&snapshot)
+        .status()
+        .unwrap()
+        .success());
+    let second = replay_forward_capture(&config, "sngrep_aaa.pcap", 30);
+    assert!(second.status.success(), "{second:?}");
+    // Restored: the sequence numbers of the second run are given again, to other records.
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::rename(&snapshot, &spool).unwrap();
+    let third = replay_forward_capture(&config, "sipp_branch_403_bye.pcap", 20);
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert_eq!(third.status.code(), Some(0), "not forwarded: {stderr}");
+    let lines = stored(&out);
+    let records: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["record"]["type"] != "gap")
+        .collect();
+    let expected = spooled_count(&first) + spooled_count(&second) + spooled_count(&third);
+    assert_eq!(records.len(), expected, "every record once: {lines:#?}");
+    let mut ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), lines.len(), "an id stored twice");
+    let gap = lines
+        .iter()
+        .find(|l| l["record"]["reason"] == "epoch_reused")
+        .unwrap_or_else(|| panic!("the new epoch is not announced: {lines:#?}"));
+    assert!(gap["record"]["epoch"].as_u64().is_some(), "{gap}");
+    assert!(c.log().contains("Sequence went backwards"), "{}", c.log());
 }

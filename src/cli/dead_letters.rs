@@ -21,7 +21,7 @@ pub enum DeadLettersCommand {
 pub struct ConfigArg {
     /// The agent's configuration (or a `replay --forward` one): it names the spool, whose
     /// dead-letter area is read, and the keys that open it.
-    #[arg(long, short, default_value = crate::DEFAULT_CONFIG)]
+    #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
 
@@ -85,7 +85,7 @@ fn load(path: &Path) -> Result<ForwardConfig, ExitCode> {
                 for problem in &agent_errors.0 {
                     eprintln!("teledge: {}: {problem}", path.display());
                 }
-                Err(ExitCode::from(crate::EXIT_CONFIG))
+                Err(ExitCode::from(super::EXIT_CONFIG))
             }
         },
     }

@@ -103,7 +103,7 @@ fn settings(args: &ProbeArgs) -> Result<DeviceSettings, ExitCode> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("teledge: {e}");
-            return Err(ExitCode::from(crate::EXIT_CONFIG));
+            return Err(ExitCode::from(super::EXIT_CONFIG));
         }
     };
     let mut loaded = match profile::load(&path) {
@@ -112,7 +112,7 @@ fn settings(args: &ProbeArgs) -> Result<DeviceSettings, ExitCode> {
             for problem in &errors.0 {
                 eprintln!("teledge: {}: {problem}", path.display());
             }
-            return Err(ExitCode::from(crate::EXIT_CONFIG));
+            return Err(ExitCode::from(super::EXIT_CONFIG));
         }
     };
     if let Some(address) = args.address {
@@ -171,7 +171,7 @@ fn probe_once(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             writeln!(out, "  no reading: {e}")?;
-            Ok(ExitCode::from(crate::EXIT_FAILURE))
+            Ok(ExitCode::from(super::EXIT_FAILURE))
         }
     }
 }

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""Compares `teledge replay` with TShark on every capture in a folder (a campaign tool, not CI).
+
+For each capture (*.pcap, *.pcapng, *.cap, *.pcap0 ...) it runs teledge under a time limit,
+measuring its peak RSS (from wait4), and TShark, and prints one row per capture:
+
+- run: exit code, panic, hang (time limit), peak RSS against 10 MiB;
+- sip: SIP messages TShark decodes (`-Y sip`, JSON, --no-duplicate-keys, as
+  tests/tshark/regenerate.py does) against the summary's sip_messages_*; per INVITE dialog
+  (a Call-ID with an INVITE-dialog method in a CSeq, as tests/it/conformance.rs counts), one
+  record, and its messages counted in the record or as late;
+- calls: per record, the INVITE, answer and end times against the frames TShark shows (1 ms),
+  the final status of the INVITE, and who hung up (the sender of the first BYE);
+- rtp: every stream of `tshark -q -o rtp.heuristic_rtp:TRUE -z rtp,streams` against the
+  stream with the same source, destination and SSRC in teledge's records: packets, lost, and
+  min/mean/max delta and jitter of `metrics.wireshark` within 0.01 ms (TShark prints 3
+  decimals).
+
+Usage: scripts/compare-captures.py [--teledge PATH] [--details] FOLDER_OR_FILES...
+A capture whose row says anything but `ok` is listed with what differs (--details: all of it).
+"""
+import argparse
+import collections
+import datetime
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+LIMIT_S = 120
+RSS_LIMIT_KIB = 10 * 1024
+HEP_LUA = pathlib.Path(__file__).resolve().parent.parent / "tests/tshark/hep3.lua"
+DIALOG_METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "PRACK", "INFO"}
+
+
+def first(v):
+    return v[0] if isinstance(v, list) else v
+
+
+def run_teledge(binary, path):
+    """(exit code, or None when it ran past the time limit; records; stderr; seconds)."""
+    start = time.monotonic()
+    proc = subprocess.Popen([binary, "replay", "--no-progress", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=LIMIT_S)
+        hung = False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate()
+        hung = True
+    records = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return (None if hung else proc.returncode), records, err.decode("utf-8", "replace"), \
+        time.monotonic() - start
+
+
+def run_teledge_rss(binary, path):
+    """Runs teledge again, output discarded, under GNU time for its own peak RSS (KiB).
+
+    Not os.fork + wait4 from here: a child's ru_maxrss keeps the high-water mark of the
+    (Python-sized) memory it had before exec. GNU time is small, so what it reports is
+    teledge's."""
+    try:
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", binary, "replay", "--no-progress",
+                               str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=LIMIT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return int(last[0]) if last and last[0].isdigit() else None
+
+
+def tshark_sip(path):
+    # As tests/tshark/regenerate.py: SIP on TCP port 6060 too, and HEPv3 through its Lua
+    # deframer (TShark 4.0 has no HEP dissector).
+    out = subprocess.run(["tshark", "-X", f"lua_script:{HEP_LUA}", "-d", "tcp.port==6060,sip",
+                          "-r", str(path), "-Y", "sip", "-T", "json",
+                          "--no-duplicate-keys", "-J", "frame ip ipv6 sip"],
+                         capture_output=True, text=True).stdout
+    try:
+        packets = json.loads(out) if out.strip() else []
+    except ValueError:
+        return None
+    msgs = []
+    for p in packets:
+        layers = p["_source"]["layers"]
+        frame = first(layers["frame"])
+        number = int(frame["frame.number"])
+        t = float(frame["frame.time_epoch"])
+        ip = layers.get("ip") or layers.get("ipv6") or {}
+        ip = first(ip)
+        src = ip.get("ip.src") or ip.get("ipv6.src") or ""
+        sips = layers["sip"] if isinstance(layers.get("sip"), list) else [layers.get("sip", {})]
+        for sip in sips:
+            if "sip.Request-Line" in sip:
+                start = sip["sip.Request-Line"].split(" ")[0]
+            elif "sip.Status-Line" in sip:
+                start = sip["sip.Status-Line"].split(" ")[1]
+            else:
+                continue
+            headers = sip.get("sip.msg_hdr_tree", {})
+            call_id = first(headers.get("sip.Call-ID", headers.get("sip.i", "")))
+            cseq = first(headers.get("sip.CSeq", headers.get("sip.CSeq.method", "")))
+            msgs.append((number, t, src, call_id, start, cseq))
+    return msgs
+
+
+STREAM_RE = re.compile(r" 0x[0-9A-Fa-f]+ ")
+
+
+def tshark_rtp(path):
+    out = subprocess.run(["tshark", "-r", str(path), "-q", "-o", "rtp.heuristic_rtp:TRUE",
+                          "-z", "rtp,streams"], capture_output=True, text=True).stdout
+    streams = []
+    for line in out.splitlines():
+        if not STREAM_RE.search(line):
+            continue
+        t = line.split()
+        if t[-1] == "X":
+            t.pop()
+        n = len(t)
+        j = [float(x) for x in t[n - 3:]]
+        streams.append(dict(src=f"{t[2]}:{t[3]}", dst=f"{t[4]}:{t[5]}", ssrc=t[6],
+                            packets=int(t[n - 9]), lost=int(t[n - 8]),
+                            deltas=[float(x) for x in t[n - 6:n - 3]],
+                            jitters=j if j[0] >= 0 else None))
+    return streams
+
+
+def epoch(s):
+    if s is None:
+        return None
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def addr_ip(a):
+    if a is None:
+        return None
+    if a.startswith("["):
+        return a[1:a.index("]")]
+    return a.rsplit(":", 1)[0]
+
+
+def compare(binary, path):
+    problems = []
+    notes = []
+    code, records, err, secs = run_teledge(binary, path)
+    rss = run_teledge_rss(binary, path)
+    if code is None:
+        problems.append(f"hang (> {LIMIT_S} s)")
+    if "panicked" in err:
+        problems.append("panic: " + err.strip().splitlines()[-1][:120])
+    if rss and rss > RSS_LIMIT_KIB:
+        problems.append(f"peak RSS {rss / 1024:.1f} MiB > 10 MiB")
+    calls = [r for r in records if r.get("type") == "call"]
+    streams_rec = [r for r in records if r.get("type") == "stream"]
+    summary = next((r for r in records if r.get("type") == "capture_summary"), None)
+    if summary is None:
+        problems.append(f"no capture summary (exit {code}: {err.strip()[:100]})")
+        return dict(file=path.name, code=code, rss=rss, problems=problems, notes=notes,
+                    sip=(0, 0), calls=(0, 0), rtp=(0, 0, 0), secs=secs)
+    dec = summary["decode"]
+    if code not in (0, None):
+        notes.append(f"exit {code}: {err.strip().splitlines()[-1][:140] if err.strip() else ''}")
+
+    # SIP messages.
+    msgs = tshark_sip(path)
+    if msgs is None:
+        notes.append("tshark JSON unreadable")
+        msgs = []
+    ours_total = sum(dec.get(k, 0) for k in ("sip_messages_udp", "sip_messages_tcp",
+                                             "sip_messages_ws", "sip_messages_sctp",
+                                             "sip_messages_hep"))
+    if ours_total != len(msgs):
+        problems.append(f"SIP messages: teledge {ours_total}, TShark {len(msgs)}")
+    if msgs and ours_total == 0 and dec.get("frames_failed", 0) == dec.get("frames", 0):
+        problems.append("no frame decoded")
+
+    by_call = collections.defaultdict(list)
+    dialogs = set()
+    for m in sorted(msgs):
+        number, t, src, call_id, start, cseq = m
+        method = cseq.split()[1] if len(cseq.split()) > 1 else ""
+        if method in DIALOG_METHODS:
+            dialogs.add(call_id)
+        if call_id in dialogs:
+            by_call[call_id].append(m)
+    recorded = {c["call_id"]: c for c in calls}
+    missing = dialogs - set(recorded)
+    extra = set(recorded) - dialogs
+    if missing:
+        problems.append(f"{len(missing)} dialogs without a record, e.g. {sorted(missing)[0][:40]}")
+    if extra:
+        problems.append(f"{len(extra)} records TShark has no dialog for, e.g. {sorted(extra)[0][:40]}")
+    in_records = sum(c["messages"] for c in calls if c["call_id"] in dialogs)
+    late = summary.get("call_counters", {}).get("late_messages", 0)
+    of_dialogs = sum(len(by_call[d]) for d in dialogs)
+    if in_records + late != of_dialogs:
+        problems.append(f"dialog messages: {in_records} in records + {late} late, TShark {of_dialogs}")
+
+    # Per call: times, final status, hangup side.
+    call_ok = 0
+    for cid, c in recorded.items():
+        ms = by_call.get(cid, [])
+        if not ms:
+            continue
+        bad = []
+        invites = [m for m in ms if m[4] == "INVITE" and m[5].endswith("INVITE")]
+        first_invite = invites[0] if invites else None
+        if first_invite and c.get("invite_time") and not c.get("started_before_capture"):
+            if abs(epoch(c["invite_time"]) - first_invite[1]) > 0.001:
+                bad.append("invite_time")
+        finals = [m for m in ms if m[4].isdigit() and int(m[4]) >= 200
+                  and m[5].endswith(" INVITE")]
+        if first_invite and finals:
+            ok200 = [m for m in finals if m[4].startswith("2")]
+            if ok200:
+                if c.get("answer_time") is None or abs(epoch(c["answer_time"]) - ok200[0][1]) > 0.001:
+                    bad.append(f"answer_time {c.get('answer_time')} vs frame {ok200[0][0]}")
+                if c["outcome"] != "answered":
+                    bad.append(f"outcome {c['outcome']} after 2xx")
+            else:
+                # A challenge (401/407) is followed by a new INVITE: the last final counts.
+                last = int(finals[-1][4])
+                if c.get("final_status") != last:
+                    bad.append(f"final_status {c.get('final_status')} vs {last} "
+                               f"(frame {finals[-1][0]})")
+                if c["outcome"] == "answered":
+                    bad.append("answered without 2xx")
+        byes = [m for m in ms if m[4] == "BYE"]
+        if byes and c.get("answer_time") and first_invite and c.get("hangup_by") in ("caller", "callee"):
+            caller_ip = addr_ip(c.get("caller_address"))
+            side = "caller" if byes[0][2] == caller_ip else "callee"
+            if caller_ip and side != c["hangup_by"] and byes[0][2] != addr_ip(c.get("callee_address")) and False:
+                pass
+            if caller_ip and byes[0][2] in (caller_ip, addr_ip(c.get("callee_address"))) and side != c["hangup_by"]:
+                bad.append(f"hangup_by {c['hangup_by']}, first BYE (frame {byes[0][0]}) from {side}")
+            if c.get("end_time") and abs(epoch(c["end_time"]) - byes[0][1]) > 0.001:
+                bad.append(f"end_time {c['end_time']} vs first BYE frame {byes[0][0]}")
+        if bad:
+            problems.append(f"call {cid[:32]}: " + "; ".join(bad))
+        else:
+            call_ok += 1
+
+    # RTP streams.
+    ours = {}
+    for c in calls:
+        q = c.get("media_quality") or {}
+        for k in ("caller_to_callee", "callee_to_caller", "unknown_direction"):
+            for s in q.get(k, []):
+                ours[(s["src"], s["dst"], s["ssrc"])] = s
+    for s in streams_rec:
+        ours[(s["src"], s["dst"], s["ssrc"])] = s
+    theirs = tshark_rtp(path)
+    agree = 0
+    not_found = 0
+    after_end = summary.get("media", {}).get("rtp_after_call_end", 0)
+    # RTP after a call's BYE is counted (rtp_after_call_end), not measured: what TShark has
+    # more in a stream is explained when those counted packets cover it.
+    unexplained = after_end - sum(e["packets"] for e in theirs
+                                  if (e["src"], e["dst"], e["ssrc"]) not in ours)
+    for e in theirs:
+        s = ours.get((e["src"], e["dst"], e["ssrc"]))
+        what = f"{e['src']}->{e['dst']} {e['ssrc']}"
+        if s is None:
+            not_found += 1
+            continue
+        m = s["metrics"]
+        w = m["wireshark"]
+        diffs = []
+        short = e["packets"] - m["packets"]
+        if 0 < short <= unexplained:
+            unexplained -= short
+            notes.append(f"known: {what} {short} packets after the BYE counted, not measured")
+        elif short:
+            diffs.append(f"packets {m['packets']}/{e['packets']}")
+        if w["lost"] != e["lost"]:
+            diffs.append(f"lost {w['lost']}/{e['lost']}")
+        names = ["min_delta_ms", "mean_delta_ms", "max_delta_ms"]
+        for n, v in zip(names, e["deltas"]):
+            if w.get(n) is None or abs(w[n] - v) > 0.01:
+                diffs.append(f"{n} {w.get(n)}/{v}")
+        if e["jitters"] is None:
+            if w.get("max_jitter_ms") is not None:
+                diffs.append("jitter where TShark has none")
+        else:
+            for n, v in zip(["min_jitter_ms", "mean_jitter_ms", "max_jitter_ms"], e["jitters"]):
+                if w.get(n) is None or abs(w[n] - v) > 0.01:
+                    diffs.append(f"{n} {w.get(n)}/{v}")
+        if diffs:
+            problems.append(f"stream {what}: " + ", ".join(diffs) + " (teledge/TShark)")
+        else:
+            agree += 1
+    if not_found:
+        missing_pkts = sum(e["packets"] for e in theirs
+                           if (e["src"], e["dst"], e["ssrc"]) not in ours)
+        if missing_pkts > after_end:
+            problems.append(f"{not_found} TShark streams ({missing_pkts} packets) not measured, "
+                            f"{after_end} RTP counted after call end")
+        else:
+            notes.append(f"{not_found} streams after call end")
+    theirs_keys = {(e["src"], e["dst"], e["ssrc"]) for e in theirs}
+    extra_streams = [k for k in ours if k not in theirs_keys]
+    if extra_streams:
+        notes.append(f"{len(extra_streams)} streams TShark does not list")
+    return dict(file=path.name, code=code, rss=rss, problems=problems, notes=notes,
+                sip=(ours_total, len(msgs)), calls=(call_ok, len(recorded)),
+                rtp=(agree, len(theirs), not_found), secs=secs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teledge", default=str(pathlib.Path(__file__).resolve().parent.parent
+                                             / "target/release/teledge"))
+    ap.add_argument("--details", action="store_true")
+    ap.add_argument("paths", nargs="+")
+    args = ap.parse_args()
+    files = []
+    for p in map(pathlib.Path, args.paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir()
+                            if re.search(r"\.(pcap|pcapng|cap|pcap\d*)$", f.name, re.I))
+        else:
+            files.append(p)
+    print(f"{'capture':44} {'exit':>4} {'RSS MiB':>7} {'SIP t/T':>11} {'calls ok':>9} "
+          f"{'streams ok':>10}  verdict")
+    agree = differ = 0
+    for f in files:
+        r = compare(args.teledge, f)
+        verdict = "ok" if not r["problems"] else "DIFFERS"
+        if verdict == "ok" and any(n.startswith("known:") for n in r["notes"]):
+            verdict = "ok (known)"
+        agree += not r["problems"]
+        differ += bool(r["problems"])
+        rss = f"{r['rss'] / 1024:.1f}" if r["rss"] else "-"
+        print(f"{r['file'][:44]:44} {str(r['code']):>4} {rss:>7} "
+              f"{r['sip'][0]:>5}/{r['sip'][1]:<5} {r['calls'][0]:>4}/{r['calls'][1]:<4} "
+              f"{r['rtp'][0]:>4}/{r['rtp'][1]:<5}  {verdict}"
+              + (f"  ({'; '.join(r['notes'])})" if r["notes"] else ""))
+        shown = r["problems"] if args.details else r["problems"][:5]
+        for p in shown:
+            print(f"    - {p}")
+        if len(r["problems"]) > len(shown):
+            print(f"    - ... {len(r['problems']) - len(shown)} more")
+    print(f"\n{len(files)} captures: {agree} agree, {differ} differ")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+//! The `teledge` subcommands, one module each: arguments (a clap type) and what runs them.
+//! Configuration files are loaded here, in one place, so every subcommand reports a bad one
+//! the same way (every problem, exit 78).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod check_config;
+pub mod collect;
+pub mod dead_letters;
+pub mod replay;
+pub mod run;
+pub mod sensors;
+
+/// Exit code when a capture could only be read in part (records before the damage are written).
+pub const EXIT_DAMAGED_INPUT: u8 = 1;
+/// Exit code for a runtime failure (cannot open a file, cannot write the output).
+pub const EXIT_FAILURE: u8 = 2;
+/// Exit code when forwarding stopped at its deadline with records still spooled (they are
+/// kept and sent by the next run).
+pub const EXIT_NOT_DRAINED: u8 = 3;
+/// Exit code for an invalid configuration (EX_CONFIG): systemd must not restart on it.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Where the service's configuration lives.
+pub const DEFAULT_CONFIG: &str = "/etc/teledge/teledge.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "teledge",
+    version,
+    about = "Contact-centre telephony edge agent"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read capture files (pcap, pcapng) and report every SIP call in them.
+    Replay(replay::ReplayArgs),
+    /// Receive records from agents over mutual TLS and store them as JSON Lines per day.
+    Collect(collect::CollectArgs),
+    /// Run the agent: capture, HEP, sensors → spool → collector (the systemd service).
+    Run(run::RunArgs),
+    /// Validate a configuration file; print every problem with its path and line.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Hardware sensors on serial ports: list ports, probe a device, watch devices.
+    #[command(subcommand)]
+    Sensors(sensors::SensorsCommand),
+    /// Records the collector refused for good: list them, resend them once fixed.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
+}
+
+impl Command {
+    /// Runs the subcommand; the exit code it chose, or an error for `main` to print.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Replay(args) if args.forward.is_some() => replay::forward(args),
+            Command::Replay(args) => replay::run(args),
+            Command::Collect(args) => collect::run(args),
+            Command::Sensors(command) => sensors::run(command),
+            Command::DeadLetters(command) => dead_letters::run(command),
+            Command::Run(args) => run::run(args),
+            Command::CheckConfig(args) => check_config::run(args),
+        }
+    }
+}
+
+/// Loads the agent configuration, printing every problem; `Err` carries exit code 78.
+pub fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, ExitCode> {
+    teledge::agent_config::load(path).map_err(|errors| {
+        for problem in &errors.0 {
+            eprintln!("teledge: {}: {problem}", path.display());
+        }
+        eprintln!(
+            "teledge: {}: {} problem(s); nothing started",
+            path.display(),
+            errors.0.len()
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Loads the forwarding configuration of `replay --forward`, printing every problem; `Err`
+/// carries exit code 78.
+pub fn load_forward_config(path: &Path) -> Result<teledge::config::ForwardConfig, ExitCode> {
+    teledge::config::load_forward(path).map_err(|errors| {
+        for problem in &errors.0 {
+            eprintln!("teledge: {}: {problem}", path.display());
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}

@@ -1,0 +1,278 @@
+//! `teledge replay`: capture files through the pipeline, printed (JSON Lines or a table) or
+//! forwarded through the spool to the collector (`--forward`).
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+
+use super::{EXIT_DAMAGED_INPUT, EXIT_NOT_DRAINED};
+use teledge::correlation::calls::CallLimits;
+use teledge::outputs::{jsonl::JsonLines, table};
+use teledge::record::Record;
+use teledge::replay::{Replay, ReplaySettings};
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Capture files, read in this order as one capture.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Seconds without a final answer after which a call setup is closed as timed out.
+    #[arg(long, default_value_t = 300)]
+    pub setup_timeout: u64,
+    /// Seconds after which a connected call without BYE is closed (marked incomplete).
+    #[arg(long, default_value_t = 4 * 3600)]
+    pub max_call_duration: u64,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// MiB the packet reassembly may hold in all (IP fragments, TCP segments and SIP
+    /// messages being framed, WebSocket, SCTP); beyond it the least recently active state is
+    /// dropped and counted in the summary.
+    #[arg(long, default_value_t = teledge::dissect::DEFAULT_MEMORY_BUDGET / (1024 * 1024), value_name = "MIB")]
+    pub memory_budget: usize,
+    /// Send the records through the spool to the collector named in this configuration
+    /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
+    #[arg(long, value_name = "CONFIG")]
+    pub forward: Option<PathBuf>,
+    /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
+    #[arg(long, default_value_t = 60)]
+    pub forward_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON record per line (calls, then a capture summary).
+    Jsonl,
+    /// A table of calls and a summary by outcome.
+    Table,
+}
+
+/// The replay's settings from its arguments.
+fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
+    if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
+        anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
+    }
+    Ok(ReplaySettings {
+        calls: CallLimits {
+            setup_timeout: Duration::from_secs(args.setup_timeout),
+            max_call_duration: Duration::from_secs(args.max_call_duration),
+            ..CallLimits::default()
+        },
+        dissect: teledge::dissect::DissectLimits {
+            memory_budget: args.memory_budget.saturating_mul(1024 * 1024),
+            ..teledge::dissect::DissectLimits::default()
+        },
+        ..ReplaySettings::default()
+    })
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let settings = replay_settings(&args)?;
+    let out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let mut jsonl = JsonLines::new(out);
+    let mut table_calls = Vec::new();
+    let mut write_error: Option<io::Error> = None;
+    let mut sink = |record: Record| match args.format {
+        Format::Jsonl => {
+            if write_error.is_none() {
+                if let Err(e) = jsonl.write(&record) {
+                    write_error = Some(e);
+                }
+            }
+        }
+        Format::Table => {
+            if let Record::Call(call) = record {
+                table_calls.push(*call);
+            }
+        }
+    };
+
+    let mut damaged = false;
+    let mut replay = Replay::new(settings);
+    for path in &args.files {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bar = progress_bar(path, size, args.no_progress);
+        let result = replay.read(
+            &path.display().to_string(),
+            io::BufReader::with_capacity(1 << 20, file),
+            &mut sink,
+            |p| {
+                if let Some(bar) = &bar {
+                    bar.set_position(p.bytes);
+                }
+            },
+        );
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match result {
+            Ok(frames) => tracing::info!(file = %path.display(), frames, "Capture read."),
+            Err(e) => {
+                // Keep going: what was read is reported, and so is the damage.
+                eprintln!("teledge: {}: {e}", path.display());
+                damaged = true;
+            }
+        }
+    }
+    let summary = replay.finish(&mut sink);
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write records");
+    }
+    match args.format {
+        Format::Jsonl => {
+            jsonl.finish().context("cannot write records")?;
+        }
+        Format::Table => {
+            table_calls.sort_by_key(|c| c.invite_time.unwrap_or(c.first_message_time));
+            let mut out = jsonl.finish().context("cannot write records")?;
+            table::write_table(&mut out, &table_calls, &summary)
+                .and_then(|()| out.flush())
+                .context("cannot write table")?;
+        }
+    }
+    // Damaged packets inside a readable file do not fail the replay, but the user hears of
+    // them, with the packet numbers to look at.
+    for problem in summary.decode.problems.iter().take(5) {
+        tracing::warn!(frame = problem.frame, kind = problem.kind, detail = %problem.detail, "Packet not decoded.");
+    }
+    Ok(if damaged {
+        ExitCode::from(EXIT_DAMAGED_INPUT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
+pub fn forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    use teledge::uplink::client::Forwarder;
+
+    let Some(config_path) = &args.forward else {
+        anyhow::bail!("--forward needs a configuration");
+    };
+    let config = match super::load_forward_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    for warning in &config.warnings {
+        eprintln!("teledge: {}: warning: {warning}", config_path.display());
+    }
+    let (spool, events) =
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone())?;
+    for event in events {
+        tracing::error!(
+            ?event,
+            "Spool store could not be opened and was moved aside."
+        );
+    }
+    let spool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+    let mut spooler = teledge::spooler::Spooler::new(
+        std::sync::Arc::clone(&spool),
+        teledge::privacy::Pseudonymizer::new(config.privacy.clone()),
+        config.spool.flush_interval,
+        None,
+    );
+    let mut spool_error: Option<teledge::spooler::SpoolerError> = None;
+    let mut sink = |record: Record| {
+        if spool_error.is_some() {
+            return;
+        }
+        // Group commit: durable at most one interval after the append.
+        if let Err(e) = spooler
+            .append(record)
+            .and_then(|()| spooler.commit_if_due().map(|_| ()))
+        {
+            spool_error = Some(e);
+        }
+    };
+    let mut damaged = false;
+    let mut replay = Replay::new(replay_settings(&args)?);
+    for path in &args.files {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if let Err(e) = replay.read(
+            &path.display().to_string(),
+            io::BufReader::with_capacity(1 << 20, file),
+            &mut sink,
+            |_| {},
+        ) {
+            eprintln!("teledge: {}: {e}", path.display());
+            damaged = true;
+        }
+    }
+    replay.finish(&mut sink);
+    if let Some(e) = spool_error {
+        return Err(e).context("cannot spool records");
+    }
+    spooler.commit().context("cannot spool records")?;
+    eprintln!(
+        "teledge: {} records spooled in {}",
+        spooler.spooled(),
+        config.spool.dir.display()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
+    let result = runtime.block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
+    match result {
+        Ok(stats) => {
+            eprintln!(
+                "teledge: forwarded {} records in {} batches ({} duplicates, {} retries, {} dead-lettered records)",
+                stats.records, stats.batches, stats.duplicates, stats.retries, stats.dead_lettered
+            );
+            if stats.dead_letters_held > 0 {
+                eprintln!(
+                    "teledge: {} record(s) refused by the collector are held as dead letters; see `teledge dead-letters list --config {}`",
+                    stats.dead_letters_held,
+                    config_path.display()
+                );
+            }
+            Ok(if damaged {
+                ExitCode::from(EXIT_DAMAGED_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Err(teledge::uplink::client::ForwardError::Deadline(reason)) => {
+            let left = spool.lock().map(|s| s.stats().records).unwrap_or(0);
+            eprintln!(
+                "teledge: collector not reached before the deadline ({reason}); {left} records stay spooled for the next run"
+            );
+            Ok(ExitCode::from(EXIT_NOT_DRAINED))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A progress bar for files over 16 MiB, only when stderr is a terminal.
+fn progress_bar(path: &Path, size: u64, disabled: bool) -> Option<indicatif::ProgressBar> {
+    if disabled || size < 16 * 1024 * 1024 || !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(path.display().to_string());
+    Some(bar)
+}

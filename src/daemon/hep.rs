@@ -1,0 +1,147 @@
+//! The HEP component: the listener (UDP, TCP, TLS) and the task that correlates its frames.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{lock, shutdown_watch, Context, DaemonError, LiveClock};
+use crate::agent_config::HepConfig;
+use crate::observe::AgentMetrics;
+use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
+
+/// The running HEP input.
+#[derive(Debug)]
+pub(super) struct HepInput {
+    pub stats: Arc<HepStats>,
+    /// Where the listener is bound (port 0 in the configuration picks a free port).
+    pub addrs: HepAddrs,
+    task: JoinHandle<()>,
+}
+
+/// The bound addresses of the HEP listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HepAddrs {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+}
+
+impl HepInput {
+    /// Binds the listener and starts it and its correlation task. The listener stops when
+    /// the sources' token is cancelled.
+    pub(super) async fn build(
+        hep: &HepConfig,
+        queue_frames: usize,
+        queue_bytes: usize,
+        ctx: &Context,
+    ) -> Result<Self, DaemonError> {
+        let tls = match &hep.tls {
+            Some((addr, cert, key)) => Some((
+                *addr,
+                crate::uplink::tls::server_config_without_client_auth(cert, key)?,
+            )),
+            None => None,
+        };
+        let settings = HepListenerSettings {
+            udp: hep.udp,
+            tcp: hep.tcp,
+            tls,
+            auth_key: hep
+                .auth_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec()),
+            idle_timeout: hep.idle_timeout,
+            first_frame_timeout: hep.first_frame_timeout,
+            max_connections: hep.max_connections,
+            max_connections_per_source: hep.max_connections_per_source,
+            max_queue_bytes: queue_bytes,
+            ..HepListenerSettings::default()
+        };
+        let stats = Arc::new(HepStats::default());
+        let (tx, mut rx) = mpsc::channel(queue_frames);
+        let listener = HepListener::bind(settings, Arc::clone(&stats), tx).await?;
+        let addrs = HepAddrs {
+            udp: listener.udp_addr(),
+            tcp: listener.tcp_addr(),
+            tls: listener.tls_addr(),
+        };
+        tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "HEP listener bound.");
+        ctx.tracker
+            .spawn(listener.run(shutdown_watch(&ctx.sources, &ctx.tracker)));
+
+        let pipeline = Arc::clone(&ctx.pipeline);
+        let records = ctx.records.clone();
+        let packets = ctx.metrics.source_packets.with(&["hep"]);
+        let bytes = ctx.metrics.source_bytes.with(&["hep"]);
+        let errors = Arc::clone(&ctx.metrics.decode_errors);
+        let hep_stats = Arc::clone(&stats);
+        let clock = LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, "hep");
+        // No shutdown branch on purpose: this task ends when the listener, stopped by the
+        // sources' token, drops the channel's sender — after every frame already accepted
+        // has been correlated, so a frame the listener took is never lost at shutdown.
+        let task = ctx.tracker.spawn(async move {
+            let mut correlated = 0u64;
+            while let Some(mut event) = rx.recv().await {
+                correlated += 1;
+                packets.inc();
+                bytes.add(event.frame.payload.len() as u64);
+                // The sender's clock: checked against ours before it drives any timeout.
+                event.frame.time = clock.check(event.frame.time);
+                let fed =
+                    lock(&pipeline).hep(&event.frame, event.sequence, &mut |r| records.push(r));
+                if let Err(e) = fed {
+                    errors.with(&[e.kind()]).inc();
+                    tracing::debug!("HEP frame not used: {e}");
+                }
+            }
+            let stats = &hep_stats;
+            tracing::info!(
+                correlated,
+                frames = stats.frames.load(Ordering::Relaxed),
+                malformed = stats.malformed_total(),
+                auth_rejected = stats.auth_rejected.load(Ordering::Relaxed),
+                dropped_full = stats.dropped_full.load(Ordering::Relaxed),
+                dropped_queue_bytes = stats.dropped_queue_bytes.load(Ordering::Relaxed),
+                resync_bytes = stats.resync_bytes.load(Ordering::Relaxed),
+                "HEP input stopped."
+            );
+        });
+        Ok(HepInput { stats, addrs, task })
+    }
+
+    /// Waits until the listener has stopped and every frame it accepted is correlated.
+    pub(super) async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Publishes the listener's counters (they only grow).
+pub(super) fn publish_counters(h: &HepStats, metrics: &AgentMetrics) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let errors = &metrics.decode_errors;
+    errors
+        .with(&["hep_malformed"])
+        .raise_to(h.malformed_total());
+    errors
+        .with(&["hep_auth_rejected"])
+        .raise_to(load(&h.auth_rejected));
+    let dropped = metrics.records_dropped.with(&["hep_queue_full"]);
+    dropped.raise_to(load(&h.dropped_full));
+    let dropped = metrics.records_dropped.with(&["hep_queue_bytes"]);
+    dropped.raise_to(load(&h.dropped_queue_bytes));
+    for (reason, counter) in [
+        ("refused_max_connections", &h.connections_refused),
+        ("refused_per_source", &h.connections_refused_per_source),
+        ("no_valid_first_frame", &h.first_frame_timeouts),
+        ("idle", &h.idle_timeouts),
+        ("tls_handshake_failed", &h.tls_handshake_failures),
+    ] {
+        metrics
+            .hep_connections_closed
+            .with(&[reason])
+            .raise_to(load(counter));
+    }
+}

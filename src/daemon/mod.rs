@@ -1,0 +1,609 @@
+//! `teledge run`: the daemon. Sources → pipeline → spooler → uplink, as threads and tasks
+//! joined by bounded queues.
+//!
+//! ```text
+//!  AF_PACKET ring ──(capture thread: Pipeline::frame)───┐
+//!  HEP listener ──(bounded channel)──(HEP task: Pipeline::hep)┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
+//!  sensor tasks ──(bridge)───────────────────────────────┘                                   │
+//!  ticker: Pipeline::tick, gauges                               uplink task ◄── durable records
+//! ```
+//!
+//! - Capture never waits: a capture thread decodes and correlates its own packets (the shared
+//!   [`Pipeline`] — one decode state per interface, one correlator — is behind a mutex held
+//!   per packet, uncontended with one interface), and
+//!   hands records on with `try_send`; a full record queue drops the record and counts it
+//!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
+//! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
+//!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
+//!   enter the correlator only within a tolerance of the local clock (`[correlation]
+//!   future_time_tolerance_s`, `past_time_tolerance_s`); others are replaced by the local
+//!   clock and counted (`teledge_timestamps_clamped_total`): one frame stamped a day ahead
+//!   would otherwise hold every timeout back for a day. The local clock itself is
+//!   [`LiveNow`]: the wall clock, except that after a step back it keeps moving at half
+//!   speed until the wall clock catches up, so timeouts never stand still.
+//! - Shutdown (SIGTERM/SIGINT): sources stop, the pipeline is finished — what the TCP
+//!   reassembly still holds is decoded, then open calls become partial records
+//!   (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
+//!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
+//!   for the next start.
+//! - SIGHUP re-validates the configuration file and compares it with the running one by
+//!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
+//!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other
+//!   changed section is named in the log as waiting for a restart. The uplink reconnects in
+//!   any case, so renewed certificates take effect at once (they are also re-read at every
+//!   handshake).
+//! - Logging: at start, at info (the default level of `run`), what runs: node, interfaces,
+//!   HEP listeners, sensors, spool directory, uplink target, privacy modes. A configuration
+//!   failure found only at start (an address not on this host, unreadable TLS files, no
+//!   capture permission) makes `run` exit 78 like `check-config` ([`DaemonError::is_configuration`]).
+//! - systemd: READY once the spool is open and every source is bound; the watchdog is fed
+//!   only while the data path makes progress; the status line shows calls, queue, last upload.
+//!
+//! Components, each built from its validated section and returning a handle (`capture`,
+//! `hep`, `sensors`, `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
+//! [`CancellationToken`] and one [`TaskTracker`]. The sources' token (a child of the root)
+//! stops capture, HEP, sensors and the ticker; the uplink's loop has its own; the root stops
+//! the metrics endpoint, the watchdog and the status line last, and shutdown waits for every
+//! task. [`Daemon::start`] and [`Daemon::shutdown`] let a test drive the daemon in-process;
+//! [`run`] adds the signals.
+
+use crate::observe::events::{DropReason, InternalEvent, RecordsDropped};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent_config::AgentConfig;
+use crate::correlation::Correlator;
+use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
+use crate::pipeline::{Pipeline, TimeCheck};
+use crate::privacy::Pseudonymizer;
+use crate::record::{ClosedBy, Record};
+use crate::sources::afpacket::LiveCaptureError;
+use crate::spool::Spool;
+use crate::spooler::Spooler;
+use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
+
+mod capture;
+mod hep;
+mod reload;
+mod sensors;
+mod spool_writer;
+mod ticker;
+mod uplink;
+
+pub use hep::HepAddrs;
+pub use reload::ReloadPlan;
+
+/// Records waiting for the spool writer.
+const RECORD_QUEUE: usize = 65_536;
+/// How often time moves forward without packets. Short, because it also releases call
+/// records whose grace for media in flight has passed when no other message does, and so is
+/// part of what a crash can lose (README, "What a crash can lose").
+const TICK: Duration = Duration::from_millis(250);
+
+/// What a run did, printed at exit (and used by tests to account for every record).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub records_produced: u64,
+    pub records_dropped_queue_full: u64,
+    pub records_spooled: u64,
+    pub records_forwarded: u64,
+    /// Refused by the collector for good and kept in the dead-letter area.
+    pub records_dead_lettered: u64,
+    pub records_left_in_spool: u64,
+    /// Packets the kernel passed to the capture rings (including those it dropped).
+    pub packets_captured: u64,
+    pub kernel_drops: u64,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("{0}")]
+    Capture(#[from] crate::sources::afpacket::LiveCaptureError),
+    #[error("HEP listener: {0}")]
+    Hep(#[from] crate::sources::hep::HepListenError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::uplink::tls::TlsError),
+    #[error("metrics endpoint on {addr}: {source}")]
+    Observe {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DaemonError {
+    /// True when the failure is the configuration's (or the host's setup, which only a
+    /// person can fix): `run` exits 78 then, which systemd does not restart. A port taken
+    /// by another process or a transient I/O error is not: a restart may well succeed.
+    pub fn is_configuration(&self) -> bool {
+        use std::io::ErrorKind::{AddrNotAvailable, NotFound, PermissionDenied};
+        let io_kind = |e: &std::io::Error| matches!(e.kind(), AddrNotAvailable | PermissionDenied);
+        match self {
+            DaemonError::Tls(_) => true,
+            DaemonError::Hep(crate::sources::hep::HepListenError::Bind { source, .. }) => {
+                io_kind(source)
+            }
+            DaemonError::Hep(crate::sources::hep::HepListenError::MaxFrame(_)) => true,
+            DaemonError::Observe { source, .. } => io_kind(source),
+            DaemonError::Capture(e) => matches!(
+                e,
+                LiveCaptureError::InvalidSettings { .. }
+                    | LiveCaptureError::PermissionDenied { .. }
+                    | LiveCaptureError::RingAllocation { .. }
+                    | LiveCaptureError::UnsupportedLinkType { .. }
+            ),
+            DaemonError::Spool(crate::spool::SpoolError::Io(e)) => {
+                matches!(e.kind(), PermissionDenied | NotFound)
+            }
+            DaemonError::Spool(_) | DaemonError::Io(_) => false,
+        }
+    }
+}
+
+/// Counting hand-off of records to the spool writer: never blocks.
+#[derive(Debug, Clone)]
+struct RecordQueue {
+    tx: SyncSender<Record>,
+    metrics: Arc<AgentMetrics>,
+    produced: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RecordQueue {
+    fn push(&self, record: Record) {
+        let kind = record.kind();
+        self.produced.fetch_add(1, Ordering::Relaxed);
+        self.metrics.records_produced.with(&[kind]).inc();
+        let reason = match self.tx.try_send(record) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => DropReason::QueueFull,
+            Err(TrySendError::Disconnected(_)) => DropReason::QueueClosed,
+        };
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        RecordsDropped { reason, count: 1 }.emit(&self.metrics);
+    }
+
+    /// At shutdown, waiting is right: nothing is captured any more.
+    fn push_waiting(&self, record: Record) {
+        self.produced.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            RecordsDropped {
+                reason: DropReason::QueueClosed,
+                count: 1,
+            }
+            .emit(&self.metrics);
+        }
+    }
+}
+
+/// The pipeline shared by the sources.
+type SharedPipeline = Arc<Mutex<Pipeline>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What every component is built with.
+#[derive(Debug, Clone)]
+struct Context {
+    metrics: Arc<AgentMetrics>,
+    health: Arc<Health>,
+    pipeline: SharedPipeline,
+    records: RecordQueue,
+    /// One "now" for the tick and every source's guard: it never goes back.
+    live_now: Arc<LiveNow>,
+    clock_guard: ClockGuard,
+    /// Cancelled first at shutdown: every source and the ticker stop.
+    sources: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A `watch` flag that turns true when `token` is cancelled, for the components that take
+/// one (the HEP listener, sensor devices, the metrics endpoint, the watchdog). The task
+/// that sets it is tracked and ends with the token.
+fn shutdown_watch(token: &CancellationToken, tracker: &TaskTracker) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let token = token.clone();
+    tracker.spawn(async move {
+        token.cancelled().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// The local clock's guard over times that enter the live correlator, with its counters.
+#[derive(Debug, Clone)]
+struct LiveClock {
+    guard: ClockGuard,
+    now: Arc<LiveNow>,
+    future: Arc<observe::metrics::Counter>,
+    past: Arc<observe::metrics::Counter>,
+}
+
+impl LiveClock {
+    fn new(guard: ClockGuard, now: &Arc<LiveNow>, metrics: &AgentMetrics, source: &str) -> Self {
+        LiveClock {
+            guard,
+            now: Arc::clone(now),
+            future: metrics.clock_clamped.with(&[source, Skew::Future.as_str()]),
+            past: metrics.clock_clamped.with(&[source, Skew::Past.as_str()]),
+        }
+    }
+
+    /// `time`, or the local clock when `time` is outside the tolerance (counted).
+    fn check(&self, time: Timestamp) -> Timestamp {
+        let (time, skew) = self.guard.check(time, self.now.now());
+        match skew {
+            Some(Skew::Future) => self.future.inc(),
+            Some(Skew::Past) => self.past.inc(),
+            None => {}
+        }
+        time
+    }
+
+    /// The check as a pipeline input's [`TimeCheck`].
+    fn into_time_check(self) -> TimeCheck {
+        Box::new(move |time| self.check(time))
+    }
+}
+
+/// A running daemon: every component started, until [`Daemon::shutdown`].
+#[derive(Debug)]
+pub struct Daemon {
+    ctx: Context,
+    root: CancellationToken,
+    notifier: Notifier,
+    spool: Arc<Mutex<Spool>>,
+    captures: capture::Captures,
+    hep: Option<hep::HepInput>,
+    sensors: sensors::Sensors,
+    ticker: tokio::task::JoinHandle<()>,
+    writer: spool_writer::SpoolWriter,
+    uplink: uplink::Uplink,
+    produced: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    /// What runs, by section: SIGHUP applies what it can and says what waits for a restart.
+    running: toml::Table,
+    drain_timeout: Duration,
+    observe_addr: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Opens the spool, binds every listener (port 0 picks a free port: see
+    /// [`Daemon::hep_addrs`], [`Daemon::observe_addr`]) and starts every component. Must run
+    /// inside a multi-threaded tokio runtime (capture threads lend out a worker when joined).
+    pub async fn start(config: AgentConfig, config_path: &Path) -> Result<Daemon, DaemonError> {
+        // What runs, said once at info (the default level of `run`): an operator reading
+        // the journal sees the node, its sources and where records go without TELEDGE_LOG.
+        let uplink = &config.forward.uplink;
+        tracing::info!(
+            node = %config.forward.node_id,
+            config = %config_path.display(),
+            interfaces = ?config.captures.iter().map(|c| c.interface.as_str()).collect::<Vec<_>>(),
+            hep = ?config.hep.as_ref().map(|h| (h.udp, h.tcp, h.tls.as_ref().map(|t| t.0), h.auth_key.is_some())),
+            sensors = ?config.sensors.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            spool = %config.forward.spool.dir.display(),
+            uplink = %format!("https://{}:{}{}", uplink.host, uplink.port, uplink.path),
+            privacy = ?config.forward.privacy,
+            "Starting teledge {}.",
+            env!("CARGO_PKG_VERSION")
+        );
+        let notifier = Notifier::from_env();
+        let metrics = Arc::new(AgentMetrics::new());
+        let mut stages = vec![Stage::SpoolWriter, Stage::Uplink, Stage::Correlation];
+        if !config.captures.is_empty() {
+            stages.push(Stage::Capture);
+        }
+        if !config.sensors.is_empty() {
+            stages.push(Stage::Sensors);
+        }
+        let health = Arc::new(Health::new(&stages, config.observe.health.clone()));
+        let root = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        // The spool first: nothing is captured that could not be kept. Opening a large store
+        // after a crash can take a while: ask systemd for more start time first.
+        let _ = notifier.notify(&[observe::NotifyState::ExtendTimeout(Duration::from_secs(
+            120,
+        ))]);
+        let (spool, events) =
+            Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())?;
+        for event in events {
+            tracing::error!(
+                ?event,
+                "Spool store could not be opened and was moved aside."
+            );
+        }
+        let spool = Arc::new(Mutex::new(spool));
+        metrics.watch_spool(Arc::clone(&spool));
+        health.set_spool_open(true);
+
+        let observe_addr = if config.observe.enabled {
+            let listener = observe::http::bind(config.observe.listen)
+                .await
+                .map_err(|source| DaemonError::Observe {
+                    addr: config.observe.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().ok();
+            let endpoint = observe::http::Endpoint {
+                metrics: Arc::clone(&metrics),
+                health: Arc::clone(&health),
+            };
+            tracker.spawn(observe::http::serve(
+                listener,
+                endpoint,
+                shutdown_watch(&root, &tracker),
+            ));
+            addr
+        } else {
+            None
+        };
+
+        // Records → spool writer thread.
+        let (record_tx, record_rx) = sync_channel::<Record>(RECORD_QUEUE);
+        let produced = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let records = RecordQueue {
+            tx: record_tx,
+            metrics: Arc::clone(&metrics),
+            produced: Arc::clone(&produced),
+            dropped: Arc::clone(&dropped),
+        };
+        let committed = Arc::new(Notify::new());
+        let writer = spool_writer::SpoolWriter::spawn(
+            record_rx,
+            Spooler::new(
+                Arc::clone(&spool),
+                Pseudonymizer::new(config.forward.privacy.clone()),
+                config.forward.spool.flush_interval,
+                Some(Arc::clone(&committed)),
+            ),
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+        )?;
+
+        let ctx = Context {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+            pipeline: Arc::new(Mutex::new(Pipeline::new(Correlator::new(
+                config.calls,
+                config.media,
+            )))),
+            records,
+            live_now: Arc::new(LiveNow::default()),
+            clock_guard: config.clock_tolerance,
+            sources: root.child_token(),
+            tracker: tracker.clone(),
+        };
+        let captures = capture::Captures::build(&config.captures, &ctx)?;
+        let hep = match &config.hep {
+            Some(h) => {
+                Some(hep::HepInput::build(h, config.queue_frames, config.queue_bytes, &ctx).await?)
+            }
+            None => None,
+        };
+        let sensors = sensors::Sensors::build(&config.sensors, &ctx);
+        let ticker = ticker::spawn(&ctx, &spool, hep.as_ref().map(|h| Arc::clone(&h.stats)));
+        let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
+
+        // Ready: the spool is open, every source bound.
+        let _ = notifier.ready();
+        if let Some(dog) = observe::Watchdog::from_env(notifier.clone()) {
+            let dog = dog.with_counters(
+                metrics.watchdog_pings.clone(),
+                metrics.watchdog_withheld.clone(),
+            );
+            tracker.spawn(dog.run(
+                Arc::clone(&health).watchdog_probe(),
+                shutdown_watch(&root, &tracker),
+            ));
+        }
+        {
+            // The status line every few seconds.
+            let notifier = notifier.clone();
+            let metrics = Arc::clone(&metrics);
+            let stop = root.clone();
+            tracker.spawn(async move {
+                let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = status_tick.tick() => {
+                            let _ = notifier.status(&metrics.status(SystemTime::now()).to_string());
+                        }
+                        () = stop.cancelled() => break,
+                    }
+                }
+            });
+        }
+        tracing::info!("teledge running.");
+        Ok(Daemon {
+            ctx,
+            root,
+            notifier,
+            spool,
+            captures,
+            hep,
+            sensors,
+            ticker,
+            writer,
+            uplink,
+            produced,
+            dropped,
+            running: config.sections.expose().clone(),
+            drain_timeout: config.drain_timeout,
+            observe_addr,
+        })
+    }
+
+    /// Where the HEP listener is bound, if there is one.
+    pub fn hep_addrs(&self) -> Option<HepAddrs> {
+        self.hep.as_ref().map(|h| h.addrs)
+    }
+
+    /// Where `/metrics` and `/health` are served, if they are.
+    pub fn observe_addr(&self) -> Option<SocketAddr> {
+        self.observe_addr
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.ctx.metrics
+    }
+
+    /// SIGHUP with a valid new configuration: applies the sections that can change at once
+    /// (`[uplink]`, `[[sensors]]`, `[shutdown]`), names the others as waiting for a restart,
+    /// and reconnects the uplink in any case (renewed certificates take effect).
+    pub async fn reload(&mut self, new: &AgentConfig) -> ReloadPlan {
+        let plan = reload::ReloadPlan::new(&self.running, new.sections.expose());
+        for section in &plan.applied {
+            match *section {
+                "uplink" => self.uplink.reconfigure(new.forward.uplink.clone()),
+                "sensors" => self.sensors.replace(&new.sensors).await,
+                "shutdown" => self.drain_timeout = new.drain_timeout,
+                _ => {}
+            }
+            if let Some(value) = new.sections.expose().get(*section) {
+                self.running.insert((*section).to_owned(), value.clone());
+            }
+        }
+        self.uplink.reconnect();
+        plan
+    }
+
+    /// Reconnects the uplink (SIGHUP with a configuration that has problems still does).
+    pub fn reconnect_uplink(&self) {
+        self.uplink.reconnect();
+    }
+
+    /// Stops in pipeline order: the sources stop (and what they had accepted is
+    /// correlated), the pipeline is finished (the reassembly's data decoded, open calls
+    /// become partial records), the record queue drains into the spool and is committed,
+    /// the uplink forwards until drained or the drain deadline, the spool is synced; then
+    /// the metrics endpoint, the watchdog and the status line stop, and every task is
+    /// awaited.
+    pub async fn shutdown(self) -> RunSummary {
+        tracing::info!("Stopping: sources first, then the queue, the spool and the uplink.");
+        let _ = self.notifier.stopping();
+        let deadline = Instant::now() + self.drain_timeout;
+        let Daemon {
+            ctx,
+            root,
+            spool,
+            captures,
+            hep,
+            sensors,
+            ticker,
+            writer,
+            uplink,
+            produced,
+            dropped,
+            ..
+        } = self;
+        ctx.sources.cancel();
+        let captured = captures.join();
+        if let Some(hep) = hep {
+            hep.join().await;
+        }
+        sensors.join().await;
+        let _ = ticker.await;
+        {
+            // What the reassembly still holds is decoded first, then open calls become
+            // partial records. Nothing is captured any more: waiting for room is right.
+            let mut p = lock(&ctx.pipeline);
+            let records = &ctx.records;
+            p.finish(ctx.live_now.now(), ClosedBy::Shutdown, &mut |r| {
+                records.push_waiting(r)
+            });
+            ticker::publish_pipeline_counters(&p, &ctx.metrics);
+        }
+        let Context {
+            records, tracker, ..
+        } = ctx;
+        // The last sender: the writer drains the queue, commits and ends.
+        drop(records);
+        let spooled = writer.join().await;
+        let forwarded = uplink.drain(deadline).await;
+        let left = {
+            let mut s = lock(&spool);
+            if let Err(e) = s.flush() {
+                tracing::error!("Spool flush at shutdown failed: {e}");
+            }
+            s.stats().records
+        };
+        root.cancel();
+        tracker.close();
+        tracker.wait().await;
+        RunSummary {
+            records_produced: produced.load(Ordering::Relaxed),
+            records_dropped_queue_full: dropped.load(Ordering::Relaxed),
+            records_spooled: spooled,
+            records_forwarded: forwarded.records,
+            records_dead_lettered: forwarded.dead_lettered,
+            records_left_in_spool: left,
+            packets_captured: captured.packets,
+            kernel_drops: captured.drops,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `config_path` is re-validated on SIGHUP.
+pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, DaemonError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("teledge")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut daemon = Daemon::start(config, &config_path).await?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => reload(&mut daemon, &config_path).await,
+            }
+        }
+        Ok(daemon.shutdown().await)
+    })
+}
+
+/// SIGHUP: re-validates the file; applies what it can, or keeps the running configuration.
+async fn reload(daemon: &mut Daemon, config_path: &Path) {
+    let _ = daemon.notifier.reloading();
+    match crate::agent_config::load(config_path) {
+        Ok(new) => {
+            for warning in &new.warnings {
+                tracing::warn!("SIGHUP: {}: {warning}", config_path.display());
+            }
+            let plan = daemon.reload(&new).await;
+            tracing::info!(
+                applied = %plan.applied.join(", "),
+                needs_restart = %plan.needs_restart.join(", "),
+                "SIGHUP: configuration valid. {}",
+                plan.summary()
+            );
+        }
+        Err(errors) => {
+            tracing::error!(
+                "SIGHUP: configuration has problems (keeping the running one):\n{errors}"
+            );
+            daemon.reconnect_uplink();
+        }
+    }
+    let _ = daemon.notifier.ready();
+}

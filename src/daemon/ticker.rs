@@ -1,0 +1,233 @@
+//! The ticker: time moves forward without packets (calls and streams time out on a quiet
+//! line, and ended calls' records are released once their grace passed), and the gauges and
+//! counters that are read rather than pushed follow, every tick (250 ms).
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::task::JoinHandle;
+
+use super::{lock, Context, TICK};
+use crate::observe::{AgentMetrics, Stage};
+use crate::pipeline::Pipeline;
+use crate::sources::hep::HepStats;
+use crate::spool::Spool;
+
+/// Starts the ticker; it stops with the sources.
+pub(super) fn spawn(
+    ctx: &Context,
+    spool: &Arc<Mutex<Spool>>,
+    hep_stats: Option<Arc<HepStats>>,
+) -> JoinHandle<()> {
+    let spool = Arc::clone(spool);
+    let mut spool_age = SpoolAge::new(lock(&spool).stats().records);
+    let ctx = ctx.clone();
+    ctx.tracker.clone().spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = ctx.sources.cancelled() => break,
+            }
+            let metrics = &ctx.metrics;
+            {
+                let mut p = lock(&ctx.pipeline);
+                let records = &ctx.records;
+                p.tick(ctx.live_now.now(), &mut |r| records.push(r));
+                publish_pipeline_counters(&p, metrics);
+            }
+            // try_lock: a flush in progress is not worth waiting for; next tick.
+            if let Ok(s) = spool.try_lock() {
+                let age = spool_age.update(&s.stats(), SystemTime::now());
+                drop(s);
+                metrics.spool_oldest_age_seconds.set(age);
+            }
+            if let Some(h) = &hep_stats {
+                super::hep::publish_counters(h, metrics);
+            }
+            ctx.health.progress(Stage::Correlation);
+        }
+    })
+}
+
+/// Publishes the correlator's gauges and eviction counters and the decode counters.
+pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics) {
+    let c = p.correlator();
+    metrics.calls_active.set(c.calls().open_calls() as i64);
+    metrics.call_table_bytes.set(c.calls().held_bytes() as i64);
+    let (calls, media) = (c.calls().counters(), c.media().counters());
+    for (table, n) in [
+        ("calls_in_setup", calls.evicted_in_setup),
+        ("ended_dialogs", calls.ended_forgotten),
+        ("ended_media_endpoints", media.ended_endpoints_forgotten),
+        ("orphan_stream_records", media.orphan_streams_summarised),
+        ("calls_joined_mid_dialog", calls.partial_calls_refused),
+    ] {
+        if n > 0 {
+            metrics.state_evictions.with(&[table]).raise_to(n);
+        }
+    }
+    if calls.dropped_at_capacity > 0 {
+        metrics
+            .records_dropped
+            .with(&["call_table_full"])
+            .raise_to(calls.dropped_at_capacity);
+    }
+    metrics
+        .streams_active
+        .set(c.media().active_streams() as i64);
+    publish_decode_counters(p, metrics);
+}
+
+/// Publishes the decode path's error and drop counters by kind, summed over every capture
+/// interface (they only grow), and the bytes each interface's reassembly holds.
+pub(super) fn publish_decode_counters(pipeline: &Pipeline, metrics: &AgentMetrics) {
+    for (kind, n) in pipeline.loss_totals() {
+        if n > 0 {
+            metrics.decode_errors.with(&[kind]).raise_to(n);
+        }
+    }
+    for (interface, held) in pipeline.bytes_held() {
+        metrics
+            .reassembly_bytes_held
+            .with(&[interface])
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+}
+
+/// The age of the oldest record in the spool. The spool keeps no append times (they would
+/// cost a write per record), so the daemon notes, once a second, how many records had been
+/// appended by then; the oldest record's age is the age of the first note that counts it —
+/// never more than a second too young. Records left from before this start count as old as
+/// the start (a lower bound). The notes are bounded: when full, every other one is dropped,
+/// which only coarsens the answer for very old backlogs.
+#[derive(Debug)]
+struct SpoolAge {
+    /// (records appended since open, when)
+    notes: std::collections::VecDeque<(u64, SystemTime)>,
+    backlog_at_open: u64,
+    started: SystemTime,
+}
+
+impl SpoolAge {
+    const MAX_NOTES: usize = 4096;
+
+    fn new(backlog_at_open: u64) -> Self {
+        SpoolAge {
+            notes: std::collections::VecDeque::new(),
+            backlog_at_open,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Notes the counters and returns the oldest record's age in seconds.
+    fn update(&mut self, stats: &crate::spool::SpoolStats, now: SystemTime) -> f64 {
+        if self.notes.back().is_none_or(|&(n, _)| n < stats.appended) {
+            if self.notes.len() >= Self::MAX_NOTES {
+                let kept: std::collections::VecDeque<_> =
+                    self.notes.iter().copied().step_by(2).collect();
+                self.notes = kept;
+            }
+            self.notes.push_back((stats.appended, now));
+        }
+        if stats.records == 0 {
+            return 0.0;
+        }
+        let removed = stats.acked + stats.dropped_oldest;
+        let since = match removed.checked_sub(self.backlog_at_open) {
+            // Still a record from before this start.
+            None => self.started,
+            // The oldest record is the one appended `index`-th since open.
+            Some(index) => {
+                while self.notes.len() > 1 && self.notes.get(1).is_some_and(|&(n, _)| n <= index) {
+                    self.notes.pop_front();
+                }
+                self.notes
+                    .iter()
+                    .find(|&&(n, _)| n > index)
+                    .map_or(now, |&(_, t)| t)
+            }
+        };
+        now.duration_since(since).unwrap_or_default().as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::correlation::Correlator;
+    use crate::dissect::DissectLimits;
+    use crate::spool::SpoolStats;
+    use crate::time::Timestamp;
+
+    fn stats(records: u64, appended: u64, acked: u64) -> SpoolStats {
+        SpoolStats {
+            records,
+            appended,
+            acked,
+            ..SpoolStats::default()
+        }
+    }
+    /// With several capture interfaces, each thread used to raise the one counter to its own
+    /// total, so the metric showed the largest interface's count, not the sum.
+    #[test]
+    fn decode_errors_metric_sums_every_interface() {
+        let mut pipeline = Pipeline::new(Correlator::new(
+            crate::correlation::calls::CallLimits::default(),
+            crate::correlation::media::MediaLimits::default(),
+        ));
+        let metrics = AgentMetrics::new();
+        let inputs = [
+            pipeline.add_input("eth0", DissectLimits::default(), None),
+            pipeline.add_input("eth1", DissectLimits::default(), None),
+        ];
+        for round in 0..2 {
+            for (n, input) in inputs.into_iter().enumerate() {
+                // Frames too short for an Ethernet header: 3 on eth0, 2 on eth1 each round.
+                for number in 0..(3 - n as u64) {
+                    let frame = crate::dissect::Frame {
+                        number,
+                        time: Timestamp::from_secs_nanos(1, 0),
+                        link: crate::decode::link::LinkType::Ethernet,
+                        data: &[0; 6],
+                    };
+                    pipeline.frame(input, &frame, &mut |_| {});
+                }
+            }
+            publish_decode_counters(&pipeline, &metrics);
+            assert_eq!(metrics.decode_errors.with(&["link"]).get(), 5 * (round + 1));
+        }
+        let held = metrics.reassembly_bytes_held.with(&["eth1"]).get();
+        assert_eq!(held, 0);
+    }
+
+    #[test]
+    fn oldest_age_follows_appends_and_acks() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut age = SpoolAge::new(0);
+        age.started = t0;
+        assert_eq!(age.update(&stats(0, 0, 0), at(0)), 0.0);
+        // 10 records by t+1, 20 by t+2, 30 by t+3.
+        assert_eq!(age.update(&stats(10, 10, 0), at(1)), 0.0);
+        age.update(&stats(20, 20, 0), at(2));
+        assert_eq!(age.update(&stats(30, 30, 0), at(3)), 2.0);
+        // The first 15 acknowledged: the oldest is the 16th, appended by t+2.
+        assert_eq!(age.update(&stats(15, 30, 15), at(5)), 3.0);
+        // All acknowledged: no age.
+        assert_eq!(age.update(&stats(0, 30, 30), at(6)), 0.0);
+        // A backlog from before the start counts from the start.
+        let mut old = SpoolAge::new(100);
+        old.started = t0;
+        assert_eq!(old.update(&stats(100, 0, 0), at(7)), 7.0);
+        // Bounded notes.
+        for i in 1..=10_000 {
+            old.update(&stats(100 + i, i, 0), at(7 + i));
+        }
+        assert!(old.notes.len() <= SpoolAge::MAX_NOTES);
+    }
+}

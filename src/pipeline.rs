@@ -1,0 +1,407 @@
+//! The pipeline every command shares: frames → decode ([`Dissector`]) → calls
+//! ([`Correlator`]) → records handed to a sink. `teledge replay`, `replay --forward` and the
+//! daemon (`teledge run`) all drive this one type, so what a frame becomes does not depend on
+//! where it came from.
+//!
+//! - [`Pipeline::frame`] decodes a captured frame on one of the pipeline's inputs (each input
+//!   has its own decode state: one per capture file sequence, one per capture interface) and
+//!   hands every SIP message, UDP datagram and HEP frame found in it to the correlator. HEP
+//!   found on the wire is treated like HEP from the listener: SIP joins its calls, RTCP-JSON
+//!   (type 5) joins the call named by its correlation id.
+//! - [`Pipeline::hep`] takes a HEP frame from the HEP listener (the agent did the decoding).
+//! - [`Pipeline::tick`] moves time forward on a quiet line (timeouts).
+//! - [`Pipeline::finish`] flushes what every input's reassembly still holds (TCP data behind
+//!   a hole, for instance), then closes every open call as partial with the reason given.
+//!
+//! Times a sender stamped can be checked on their way in by an input's [`TimeCheck`] (the
+//! daemon keeps one frame stamped a day ahead from freezing every timeout); replay has none.
+//! No I/O: records leave through the `out` callback, so the same code runs over a file, a
+//! live ring or a test vector.
+
+use crate::correlation::hep::{Fed, FeedError};
+use crate::correlation::Correlator;
+use crate::decode::hep::HepFrame;
+use crate::decode::sip::SipMessage;
+use crate::dissect::{
+    DatagramMeta, DissectLimits, DissectStats, Dissector, Frame, MessageMeta, Observer,
+};
+use crate::record::{ClosedBy, Record};
+use crate::time::Timestamp;
+
+/// Checks a time a sender stamped before it drives the correlator's clock: returns the time
+/// to use (the local clock's when the stamp is out of tolerance).
+pub type TimeCheck = Box<dyn Fn(Timestamp) -> Timestamp + Send + Sync>;
+
+/// One of a pipeline's inputs (an index handed out by [`Pipeline::add_input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputId(usize);
+
+/// An input's own decode state.
+struct Input {
+    name: String,
+    dissector: Dissector,
+    time_check: Option<TimeCheck>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("name", &self.name)
+            .field("dissector", &self.dissector)
+            .field("time_check", &self.time_check.is_some())
+            .finish()
+    }
+}
+
+/// Decode and correlation, from frames to records.
+#[derive(Debug)]
+pub struct Pipeline {
+    inputs: Vec<Input>,
+    correlator: Correlator,
+}
+
+/// Hands decoded events to the correlator and its records on: the one adapter between the
+/// decode path and the calls.
+struct Feed<'a, F> {
+    correlator: &'a mut Correlator,
+    time_check: Option<&'a TimeCheck>,
+    out: &'a mut F,
+}
+
+impl<F> Feed<'_, F> {
+    fn check(&self, time: Timestamp) -> Timestamp {
+        self.time_check.map_or(time, |check| check(time))
+    }
+}
+
+impl<F: FnMut(Record)> Observer for Feed<'_, F> {
+    fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
+        // Kernel times are the local clock already; HEP frames captured on the wire carry
+        // their sender's time, which must not drive the correlator's clock unchecked.
+        let meta = MessageMeta {
+            time: self.check(meta.time),
+            ..*meta
+        };
+        self.correlator.sip(&meta, message, self.out);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        let meta = DatagramMeta {
+            time: self.check(meta.time),
+            ..*meta
+        };
+        self.correlator.datagram(&meta, payload, self.out);
+    }
+
+    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
+        // RTCP JSON joins its call; a report for no tracked call is counted by the tracker.
+        // A body that is not JSON, or lacks a Call-ID, is dropped here without a counter of
+        // its own: the frame itself is in the dissector's `hep_other`.
+        let mut hep = hep.clone();
+        hep.time = self.check(hep.time);
+        let _ = crate::correlation::hep::feed(self.correlator, &hep, frame, self.out);
+    }
+}
+
+impl Pipeline {
+    /// A pipeline without inputs yet.
+    pub fn new(correlator: Correlator) -> Self {
+        Pipeline {
+            inputs: Vec::new(),
+            correlator,
+        }
+    }
+
+    /// A pipeline with one input (a replay: every file is one continuous capture).
+    pub fn single(correlator: Correlator, limits: DissectLimits) -> (Self, InputId) {
+        let mut pipeline = Pipeline::new(correlator);
+        let input = pipeline.add_input("capture", limits, None);
+        (pipeline, input)
+    }
+
+    /// Adds an input with decode state of its own, bounded by `limits`, whose sender-stamped
+    /// times pass `time_check` when there is one.
+    pub fn add_input(
+        &mut self,
+        name: &str,
+        limits: DissectLimits,
+        time_check: Option<TimeCheck>,
+    ) -> InputId {
+        self.inputs.push(Input {
+            name: name.to_owned(),
+            dissector: Dissector::new(limits),
+            time_check,
+        });
+        InputId(self.inputs.len() - 1)
+    }
+
+    /// Decodes one frame of `input` and correlates what it holds.
+    pub fn frame(&mut self, input: InputId, frame: &Frame<'_>, out: &mut impl FnMut(Record)) {
+        let Some(Input {
+            dissector,
+            time_check,
+            ..
+        }) = self.inputs.get_mut(input.0)
+        else {
+            return;
+        };
+        let mut feed = Feed {
+            correlator: &mut self.correlator,
+            time_check: time_check.as_ref(),
+            out,
+        };
+        dissector.frame(frame, &mut feed);
+    }
+
+    /// Correlates a HEP frame from the HEP listener; `sequence` numbers it among the frames
+    /// of its listener. The caller checks its time (it knows the listener's clock guard).
+    pub fn hep(
+        &mut self,
+        frame: &HepFrame<'_>,
+        sequence: u64,
+        out: &mut impl FnMut(Record),
+    ) -> Result<Fed, FeedError> {
+        crate::correlation::hep::feed(&mut self.correlator, frame, sequence, out)
+    }
+
+    /// Moves time forward to `now`: calls and streams time out.
+    pub fn tick(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        self.correlator.advance(now, out);
+    }
+
+    /// Ends the pipeline: what every input's reassembly still holds is decoded (holes still
+    /// open are skipped so what follows them is not lost), then every open call is closed as
+    /// `closed_by` and reported.
+    pub fn finish(&mut self, now: Timestamp, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        for Input {
+            dissector,
+            time_check,
+            ..
+        } in &mut self.inputs
+        {
+            let mut feed = Feed {
+                correlator: &mut self.correlator,
+                time_check: time_check.as_ref(),
+                out: &mut *out,
+            };
+            dissector.finish(now, &mut feed);
+        }
+        self.correlator.finish(closed_by, out);
+    }
+
+    pub fn correlator(&self) -> &Correlator {
+        &self.correlator
+    }
+
+    /// The decode counters of one input.
+    pub fn dissect_stats(&self, input: InputId) -> DissectStats {
+        self.inputs
+            .get(input.0)
+            .map(|i| i.dissector.stats())
+            .unwrap_or_default()
+    }
+
+    /// Every input by name with the bytes its reassembly holds.
+    pub fn bytes_held(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.dissector.bytes_held()))
+    }
+
+    /// The losses of every input's decode path, summed by name
+    /// ([`DissectStats::loss_counters`]): what `teledge_decode_errors_total` shows.
+    pub fn loss_totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for input in &self.inputs {
+            for (kind, n) in input.dissector.stats().loss_counters() {
+                *totals.entry(kind).or_default() += n;
+            }
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::correlation::calls::CallLimits;
+    use crate::correlation::media::MediaLimits;
+    use crate::decode::link::LinkType;
+
+    /// An Ethernet/IPv4/TCP frame from 10.0.0.1:`port` to 192.0.2.1:5060.
+    fn tcp_frame(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
+            .tcp(port, 5060, seq, 65_535)
+            .ack(1);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    fn invite(call_id: &str) -> Vec<u8> {
+        format!(
+            "INVITE sip:bob@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK{call_id}\r\n\
+             From: <sip:alice@10.0.0.1>;tag=a\r\nTo: <sip:bob@192.0.2.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn feed(pipeline: &mut Pipeline, input: InputId, number: u64, data: &[u8]) -> Vec<Record> {
+        let frame = Frame {
+            number,
+            time: Timestamp::from_secs_nanos(1_000 + number as i64, 0),
+            link: LinkType::Ethernet,
+            data,
+        };
+        let mut records = Vec::new();
+        pipeline.frame(input, &frame, &mut |r| records.push(r));
+        records
+    }
+
+    fn calls(records: &[Record]) -> Vec<(&str, ClosedBy)> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(c) => Some((c.call_id.as_str(), c.closed_by)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A HEPv3 frame from 10.0.0.1:5060 to 10.0.0.2:5080, time 1000 s, of `proto_type`.
+    fn hep_frame(proto_type: u8, payload: &[u8], correlation_id: Option<&str>) -> Vec<u8> {
+        let mut chunks = Vec::new();
+        let mut chunk = |t: u16, body: &[u8]| {
+            chunks.extend_from_slice(&0u16.to_be_bytes());
+            chunks.extend_from_slice(&t.to_be_bytes());
+            chunks.extend_from_slice(&((body.len() + 6) as u16).to_be_bytes());
+            chunks.extend_from_slice(body);
+        };
+        chunk(1, &[2]);
+        chunk(2, &[17]);
+        chunk(3, &[10, 0, 0, 1]);
+        chunk(4, &[10, 0, 0, 2]);
+        chunk(7, &5060u16.to_be_bytes());
+        chunk(8, &5080u16.to_be_bytes());
+        chunk(9, &1_000u32.to_be_bytes());
+        chunk(10, &0u32.to_be_bytes());
+        chunk(11, &[proto_type]);
+        if let Some(id) = correlation_id {
+            chunk(0x11, id.as_bytes());
+        }
+        chunk(0x0f, payload);
+        let mut out = b"HEP3".to_vec();
+        out.extend_from_slice(&((chunks.len() + 6) as u16).to_be_bytes());
+        out.extend_from_slice(&chunks);
+        out
+    }
+
+    /// The daemon lost a call whose INVITE sat in TCP reassembly behind a hole at shutdown:
+    /// `finish` must decode what every input still holds before it closes the calls.
+    #[test]
+    fn finish_decodes_tcp_data_held_behind_a_hole_on_every_input() {
+        let mut pipeline = Pipeline::new(Correlator::new(
+            CallLimits::default(),
+            MediaLimits::default(),
+        ));
+        let limits = DissectLimits::default();
+        let first = pipeline.add_input("eth0", limits, None);
+        let second = pipeline.add_input("eth1", limits, None);
+        for (input, port, call_id) in [(first, 5070, "held-1"), (second, 5071, "held-2")] {
+            // The stream starts with a keep-alive; the next 40 bytes never arrive, so the
+            // INVITE after them waits in the reassembly.
+            assert!(feed(&mut pipeline, input, 1, &tcp_frame(port, 1000, b"\r\n\r\n")).is_empty());
+            let held = tcp_frame(port, 1044, &invite(call_id));
+            assert!(feed(&mut pipeline, input, 2, &held).is_empty());
+        }
+        assert_eq!(pipeline.correlator().calls().open_calls(), 0);
+        assert!(pipeline.bytes_held().all(|(_, held)| held > 0));
+
+        let mut records = Vec::new();
+        pipeline.finish(
+            Timestamp::from_secs_nanos(1_010, 0),
+            ClosedBy::Shutdown,
+            &mut |r| records.push(r),
+        );
+        let mut found = calls(&records);
+        found.sort_by_key(|c| c.0);
+        assert_eq!(
+            found,
+            [
+                ("held-1", ClosedBy::Shutdown),
+                ("held-2", ClosedBy::Shutdown)
+            ]
+        );
+    }
+
+    /// `teledge_decode_errors_total` is the sum over every input, not one input's count.
+    #[test]
+    fn loss_totals_sum_every_input() {
+        let mut pipeline = Pipeline::new(Correlator::new(
+            CallLimits::default(),
+            MediaLimits::default(),
+        ));
+        let limits = DissectLimits::default();
+        let first = pipeline.add_input("eth0", limits, None);
+        let second = pipeline.add_input("eth1", limits, None);
+        // Frames too short for their Ethernet header: one link error each.
+        for n in 1..=3 {
+            feed(&mut pipeline, first, n, &[0u8; 6]);
+        }
+        for n in 1..=2 {
+            feed(&mut pipeline, second, n, &[0u8; 6]);
+        }
+        let per_input: Vec<u64> = [first, second]
+            .iter()
+            .map(|&i| pipeline.dissect_stats(i).errors["link"])
+            .collect();
+        assert_eq!(per_input, [3, 2]);
+        assert_eq!(pipeline.loss_totals()["link"], 5);
+    }
+
+    /// HEP found on the wire: its RTCP-JSON joins the call named by its correlation id, as
+    /// HEP from the listener does (the daemon used to drop it).
+    #[test]
+    fn hep_rtcp_json_captured_on_the_wire_reaches_its_call() {
+        let (mut pipeline, input) = Pipeline::single(
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            DissectLimits::default(),
+        );
+        let mut records = Vec::new();
+        let mut out = |r| records.push(r);
+        for (number, (proto, payload, correlation)) in [
+            (1u8, invite("wire-hep"), None),
+            (
+                5u8,
+                br#"{"type":200,"ssrc":1234,"report_count":0}"#.to_vec(),
+                Some("wire-hep"),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let hep = hep_frame(proto, &payload, correlation);
+            let builder =
+                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                    .ipv4([10, 0, 0, 9], [10, 0, 0, 10], 64)
+                    .udp(40_000, 9060);
+            let mut data = Vec::new();
+            builder.write(&mut data, &hep).unwrap();
+            let frame = Frame {
+                number: number as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, 0),
+                link: LinkType::Ethernet,
+                data: &data,
+            };
+            pipeline.frame(input, &frame, &mut out);
+        }
+        let counters = pipeline.correlator().calls().counters();
+        assert_eq!(pipeline.correlator().calls().open_calls(), 1);
+        assert_eq!(counters.hep_rtcp_unmatched, 0, "{counters:?}");
+        assert_eq!(counters.hep_rtcp_attached, 1, "{counters:?}");
+    }
+}

@@ -1,0 +1,380 @@
+//! The daemon driven in-process through [`teledge::daemon::Daemon`]: started from a validated
+//! configuration with real listeners, fed HEP over real sockets (or captured on a real
+//! loopback), shut down by a call rather than a signal, forwarding to a real `teledge
+//! collect` over mutual TLS.
+
+use std::net::{TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::daemon::{agent_config, free_port, pseudonym};
+use crate::uplink::{collector, pki, stored, Pki};
+use teledge::daemon::Daemon;
+
+/// A HEPv3 frame of `proto_type` (1 SIP, 5 RTCP-JSON) between two IPv4 endpoints, stamped
+/// now, with a correlation id when given.
+fn hep(
+    proto_type: u8,
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    payload: &[u8],
+    correlation_id: Option<&str>,
+) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let mut chunks = Vec::new();
+    let mut chunk = |kind: u16, data: &[u8]| {
+        chunks.extend_from_slice(&0u16.to_be_bytes());
+        chunks.extend_from_slice(&kind.to_be_bytes());
+        chunks.extend_from_slice(&((data.len() + 6) as u16).to_be_bytes());
+        chunks.extend_from_slice(data);
+    };
+    chunk(1, &[2]);
+    chunk(2, &[17]);
+    chunk(3, &src.0);
+    chunk(4, &dst.0);
+    chunk(7, &src.1.to_be_bytes());
+    chunk(8, &dst.1.to_be_bytes());
+    chunk(9, &(now.as_secs() as u32).to_be_bytes());
+    chunk(10, &now.subsec_micros().to_be_bytes());
+    chunk(11, &[proto_type]);
+    chunk(12, &2001u32.to_be_bytes());
+    if let Some(id) = correlation_id {
+        chunk(0x11, id.as_bytes());
+    }
+    chunk(15, payload);
+    let mut frame = b"HEP3".to_vec();
+    frame.extend_from_slice(&((chunks.len() + 6) as u16).to_be_bytes());
+    frame.extend_from_slice(&chunks);
+    frame
+}
+
+const CALLER: ([u8; 4], u16) = ([10, 0, 0, 1], 5060);
+const CALLEE: ([u8; 4], u16) = ([10, 0, 0, 2], 5060);
+
+fn message(start: &str, call_id: &str, method: &str, cseq: u32, to_tag: bool) -> Vec<u8> {
+    let to = if to_tag { ";tag=b" } else { "" };
+    format!(
+        "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call_id}{method}{cseq}\r\n\
+         From: <sip:100@pbx>;tag=a\r\nTo: <sip:200@pbx>{to}\r\nCall-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The HEP frames of a call answered and hung up, with an RTCP-JSON report while it talks.
+fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
+    let rtcp = br#"{"type":200,"ssrc":1111,"report_count":1,"report_blocks":[{"source_ssrc":2222,"fraction_lost":26,"packets_lost":3,"highest_seq_no":100,"ia_jitter":8,"lsr":0,"dlsr":0}]}"#;
+    vec![
+        hep(
+            1,
+            CALLER,
+            CALLEE,
+            &message("INVITE sip:200@pbx SIP/2.0", call_id, "INVITE", 1, false),
+            None,
+        ),
+        hep(
+            1,
+            CALLEE,
+            CALLER,
+            &message("SIP/2.0 200 OK", call_id, "INVITE", 1, true),
+            None,
+        ),
+        hep(
+            1,
+            CALLER,
+            CALLEE,
+            &message("ACK sip:200@pbx SIP/2.0", call_id, "ACK", 1, true),
+            None,
+        ),
+        hep(5, CALLER, CALLEE, rtcp, Some(call_id)),
+        hep(
+            1,
+            CALLER,
+            CALLEE,
+            &message("BYE sip:200@pbx SIP/2.0", call_id, "BYE", 2, true),
+            None,
+        ),
+        hep(
+            1,
+            CALLEE,
+            CALLER,
+            &message("SIP/2.0 200 OK", call_id, "BYE", 2, true),
+            None,
+        ),
+    ]
+}
+
+/// A call answered and still talking: open when the daemon stops.
+fn open_call(call_id: &str) -> Vec<Vec<u8>> {
+    vec![
+        hep(
+            1,
+            CALLER,
+            CALLEE,
+            &message("INVITE sip:200@pbx SIP/2.0", call_id, "INVITE", 1, false),
+            None,
+        ),
+        hep(
+            1,
+            CALLEE,
+            CALLER,
+            &message("SIP/2.0 200 OK", call_id, "INVITE", 1, true),
+            None,
+        ),
+        hep(
+            1,
+            CALLER,
+            CALLEE,
+            &message("ACK sip:200@pbx SIP/2.0", call_id, "ACK", 1, true),
+            None,
+        ),
+    ]
+}
+
+/// The call records at the collector, by pseudonymised Call-ID.
+fn collected_call(out: &Path, pki: &Pki, call_id: &str) -> Option<Value> {
+    let id = pseudonym(pki, call_id);
+    stored(out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .find(|r| r["call_id"] == id.as_str())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Shutdown in pipeline order: the sources stop first (their sockets are closed when
+/// `shutdown` returns), the open call becomes a partial record, the spool is synced and the
+/// uplink drains — so by the time `shutdown` returns, the collector has acknowledged (and
+/// synced) the ended call *and* the partial one, nothing is left in the spool, and every
+/// task (the metrics endpoint included) has ended.
+#[test]
+fn shutdown_stops_sources_first_flushes_open_calls_and_drains_the_uplink() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n",
+        Some(0),
+    );
+    let config = teledge::agent_config::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let addrs = daemon.hep_addrs().unwrap();
+    let (udp, tcp) = (addrs.udp.unwrap(), addrs.tcp.unwrap());
+    let metrics = daemon.observe_addr().unwrap();
+    assert_ne!(udp.port(), 0);
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = 0;
+    for frame in ended_call_with_rtcp("ended@inproc")
+        .into_iter()
+        .chain(open_call("open@inproc"))
+    {
+        sock.send_to(&frame, udp).unwrap();
+        sent += 1;
+    }
+    wait_until("every HEP frame correlated", || {
+        daemon.metrics().source_packets.with(&["hep"]).get() == sent
+    });
+
+    let summary = runtime.block_on(daemon.shutdown());
+
+    // Sources stopped: the HEP ports are free again, the metrics endpoint is gone.
+    UdpSocket::bind(udp).expect("the HEP UDP socket is closed");
+    std::net::TcpListener::bind(tcp).expect("the HEP TCP listener is closed");
+    assert!(
+        TcpStream::connect(metrics).is_err(),
+        "metrics endpoint still up"
+    );
+    // Nothing lost or left: every record produced was spooled and forwarded.
+    assert_eq!(summary.records_dropped_queue_full, 0, "{summary:?}");
+    assert!(summary.records_produced >= 2, "{summary:?}");
+    assert_eq!(
+        summary.records_spooled, summary.records_produced,
+        "{summary:?}"
+    );
+    // At least once: a batch in flight when the forwarding loop stopped is sent again by
+    // the drain (the collector counts it as a duplicate), so the collector's store, not the
+    // summary's `records_forwarded`, is where every spooled record is found exactly once.
+    assert_eq!(
+        stored(&out).len() as u64,
+        summary.records_spooled,
+        "{summary:?}"
+    );
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+    // Already at the collector when shutdown returned: no waiting here.
+    let ended = collected_call(&out, &pki, "ended@inproc").expect("ended call collected");
+    assert_eq!(ended["closed_by"], "bye");
+    let open = collected_call(&out, &pki, "open@inproc").expect("open call collected");
+    assert_eq!(open["closed_by"], "shutdown", "{open:#}");
+    assert_eq!(open["complete"], false, "{open:#}");
+    // The HEP listener's RTCP-JSON joined its call.
+    let rtcp = ended["hep_rtcp"].as_array().unwrap();
+    assert_eq!(rtcp.len(), 1, "{ended:#}");
+    assert_eq!(rtcp[0]["reports"], 1, "{ended:#}");
+}
+
+/// HEP captured on the wire (a PBX sending HEP to a collector elsewhere, seen on a port
+/// mirror): its RTCP-JSON reaches the call in the daemon as it does in `replay`. The daemon
+/// used to drop it (its decode adapter had no HEP branch).
+#[test]
+fn hep_rtcp_json_captured_on_the_wire_reaches_its_call_in_the_daemon() {
+    // A network namespace of its own: the loopback carries only this test's traffic.
+    crate::live::in_fresh_netns(|| {
+        let pki = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let config_path = agent_config(
+            &pki,
+            dir.path(),
+            c.port,
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n",
+            None,
+        );
+        let config = teledge::agent_config::load(&config_path).unwrap();
+        let runtime = runtime();
+        let daemon = runtime
+            .block_on(Daemon::start(config, &config_path))
+            .unwrap();
+        // To a port nobody listens on: the datagrams are on the wire all the same.
+        let target = ("127.0.0.1", free_port());
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let frames = ended_call_with_rtcp("wire@inproc");
+        for frame in &frames {
+            sock.send_to(frame, target).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_until("the call record", || {
+            daemon.metrics().records_produced.with(&["call"]).get() >= 1
+        });
+        let summary = runtime.block_on(daemon.shutdown());
+        assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+        let call = collected_call(&out, &pki, "wire@inproc").expect("call collected");
+        assert_eq!(call["closed_by"], "bye", "{call:#}");
+        let rtcp = call["hep_rtcp"].as_array().unwrap();
+        assert_eq!(rtcp.len(), 1, "{call:#}");
+        assert_eq!(rtcp[0]["reports"], 1, "{call:#}");
+    });
+}
+
+/// Sends an IPv4 packet as it is (header included) through a raw socket: the kernel routes
+/// it like any other, so a capture on the loopback sees it once.
+fn send_raw_ipv4(packet: &[u8], to: std::net::Ipv4Addr) {
+    // SAFETY: plain socket calls with a valid, initialised sockaddr_in and buffer of the
+    // stated lengths; the descriptor is closed before returning.
+    #[allow(unsafe_code)]
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(to).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, packet.len() as isize, "sendto: {error}");
+    }
+}
+
+/// An IPv4/TCP segment 127.0.0.1:`sport` → 127.0.0.1:`dport` without the ACK flag: a
+/// listening socket drops it without answering, so no reset disturbs the stream.
+fn tcp_segment(sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+        .tcp(sport, dport, seq, 65_535);
+    let mut out = Vec::new();
+    builder.write(&mut out, payload).unwrap();
+    out
+}
+
+/// At shutdown the daemon decodes what its TCP reassembly still holds before it closes the
+/// calls. It used to skip that (`Dissector::finish` was never called), so an INVITE waiting
+/// behind a lost segment was lost with the call.
+#[test]
+fn shutdown_decodes_sip_held_in_tcp_reassembly() {
+    crate::live::in_fresh_netns(|| {
+        let pki = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("collected");
+        let c = collector(&pki, "collector", &out);
+        let config_path = agent_config(
+            &pki,
+            dir.path(),
+            c.port,
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n",
+            None,
+        );
+        let config = teledge::agent_config::load(&config_path).unwrap();
+        let runtime = runtime();
+        let daemon = runtime
+            .block_on(Daemon::start(config, &config_path))
+            .unwrap();
+        let sip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dport = sip.local_addr().unwrap().port();
+        let sport = free_port();
+        let invite = message(
+            "INVITE sip:200@pbx SIP/2.0",
+            "held@inproc",
+            "INVITE",
+            1,
+            false,
+        );
+        // A keep-alive opens the stream; the next 40 bytes are never sent, so the INVITE after
+        // them waits in the reassembly for the hole to fill.
+        send_raw_ipv4(
+            &tcp_segment(sport, dport, 1000, b"\r\n\r\n"),
+            [127, 0, 0, 1].into(),
+        );
+        send_raw_ipv4(
+            &tcp_segment(sport, dport, 1044, &invite),
+            [127, 0, 0, 1].into(),
+        );
+        let held = daemon.metrics().reassembly_bytes_held.with(&["lo"]);
+        wait_until("the INVITE held in reassembly", || {
+            held.get() >= invite.len() as i64
+        });
+        assert_eq!(daemon.metrics().records_produced.with(&["call"]).get(), 0);
+
+        let summary = runtime.block_on(daemon.shutdown());
+        assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+        let call = collected_call(&out, &pki, "held@inproc").expect("held call collected");
+        assert_eq!(call["closed_by"], "shutdown", "{call:#}");
+        drop(sip);
+    });
+}
