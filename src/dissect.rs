@@ -737,6 +737,38 @@ impl From<Transport> for crate::record::Transport {
 /// The decode counters as the capture summary writes them (`decode`).
 impl From<&DissectStats> for crate::record::DecodeCounters {
     fn from(d: &DissectStats) -> Self {
+        // Every field named: a counter added to the decode path fails to compile here until
+        // the record (and its schema file) says whether it is written.
+        let DissectStats {
+            frames: _,
+            bytes: _,
+            frames_failed: _,
+            errors: _,
+            problems_total: _,
+            non_ip: _,
+            link_errors: _,
+            ip_errors: _,
+            tunnel_errors: _,
+            depth_exceeded: _,
+            udp_datagrams: _,
+            sip_messages_udp: _,
+            sip_messages_tcp: _,
+            sip_messages_ws: _,
+            sip_messages_sctp: _,
+            sip_messages_hep: _,
+            sip_parse_errors: _,
+            hep_frames: _,
+            hep_errors: _,
+            hep_other: _,
+            stream_bytes_discarded: _,
+            sctp_packets: _,
+            sctp_data_chunks: _,
+            fragments: _,
+            tcp: _,
+            sctp: _,
+            memory: _,
+            problems: _,
+        } = d;
         crate::record::DecodeCounters {
             frames: d.frames,
             bytes: d.bytes,

@@ -1514,23 +1514,45 @@ fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> Strin
 /// The tracker's counters as the capture summary writes them (`call_counters`).
 impl From<&CallCounters> for crate::record::CallCounters {
     fn from(c: &CallCounters) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let CallCounters {
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
+        } = *c;
         crate::record::CallCounters {
-            calls: c.calls,
-            started_before_capture: c.started_before_capture,
-            registrations: c.registrations,
-            other_transactions: c.other_transactions,
-            orphan_messages: c.orphan_messages,
-            partial_calls_refused: c.partial_calls_refused,
-            late_messages: c.late_messages,
-            ignored_after_final: c.ignored_after_final,
-            ended_forgotten: c.ended_forgotten,
-            evicted_in_setup: c.evicted_in_setup,
-            dropped_at_capacity: c.dropped_at_capacity,
-            fields_truncated: c.fields_truncated,
-            hep_rtcp_attached: c.hep_rtcp_attached,
-            hep_rtcp_unmatched: c.hep_rtcp_unmatched,
-            hep_rtcp_after_end: c.hep_rtcp_after_end,
-            hep_rtcp_dropped: c.hep_rtcp_dropped,
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
         }
     }
 }

@@ -281,14 +281,25 @@ fn insert_range(ranges: &mut Vec<(usize, usize)>, new: (usize, usize)) {
 /// The pool's counters as the capture summary writes them (`decode.fragments`).
 impl From<&FragmentStats> for crate::record::FragmentCounters {
     fn from(s: &FragmentStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let FragmentStats {
+            fragments,
+            reassembled,
+            timed_out,
+            evicted,
+            overlap_conflicts,
+            malformed,
+            largest_reassembled,
+        } = *s;
         crate::record::FragmentCounters {
-            fragments: s.fragments,
-            reassembled: s.reassembled,
-            timed_out: s.timed_out,
-            evicted: s.evicted,
-            overlap_conflicts: s.overlap_conflicts,
-            malformed: s.malformed,
-            largest_reassembled: s.largest_reassembled,
+            fragments,
+            reassembled,
+            timed_out,
+            evicted,
+            overlap_conflicts,
+            malformed,
+            largest_reassembled,
         }
     }
 }

@@ -307,13 +307,23 @@ impl SctpReassembler {
 /// The reassembler's counters as the capture summary writes them (`decode.sctp`).
 impl From<&SctpStats> for crate::record::SctpCounters {
     fn from(s: &SctpStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let SctpStats {
+            fragments,
+            reassembled,
+            duplicates,
+            timed_out,
+            evicted,
+            oversized,
+        } = *s;
         crate::record::SctpCounters {
-            fragments: s.fragments,
-            reassembled: s.reassembled,
-            duplicates: s.duplicates,
-            timed_out: s.timed_out,
-            evicted: s.evicted,
-            oversized: s.oversized,
+            fragments,
+            reassembled,
+            duplicates,
+            timed_out,
+            evicted,
+            oversized,
         }
     }
 }

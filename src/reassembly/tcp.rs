@@ -522,16 +522,29 @@ fn skip_hole<A>(
 /// The reassembler's counters as the capture summary writes them (`decode.tcp`).
 impl From<&TcpStats> for crate::record::TcpCounters {
     fn from(s: &TcpStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let TcpStats {
+            segments,
+            retransmitted,
+            out_of_order,
+            gaps,
+            flows_evicted,
+            flows_evicted_memory,
+            flows_stalled,
+            flows_expired,
+            bytes_dropped,
+        } = *s;
         crate::record::TcpCounters {
-            segments: s.segments,
-            retransmitted: s.retransmitted,
-            out_of_order: s.out_of_order,
-            gaps: s.gaps,
-            flows_evicted: s.flows_evicted,
-            flows_evicted_memory: s.flows_evicted_memory,
-            flows_stalled: s.flows_stalled,
-            flows_expired: s.flows_expired,
-            bytes_dropped: s.bytes_dropped,
+            segments,
+            retransmitted,
+            out_of_order,
+            gaps,
+            flows_evicted,
+            flows_evicted_memory,
+            flows_stalled,
+            flows_expired,
+            bytes_dropped,
         }
     }
 }

@@ -158,6 +158,8 @@ pub struct MediaCounters {
     pub ended_endpoints_forgotten: u64,
     /// Orphan streams beyond the per-minute budget, summed up in a summary record.
     pub orphan_streams_summarised: u64,
+    /// Streams at a call's media endpoints beyond the per-call cap, measured as orphans.
+    pub streams_beyond_call_cap: u64,
 }
 
 /// Counters of the call tracker.
@@ -194,4 +196,6 @@ pub struct CallCounters {
     pub hep_rtcp_after_end: u64,
     /// HEP RTCP entries not kept beyond the per-call cap.
     pub hep_rtcp_dropped: u64,
+    /// Records made before their grace passed because too many ended calls were waiting.
+    pub records_grace_cut_short: u64,
 }
