@@ -28,7 +28,7 @@ build() { # target qemu sysroot
   "$2" -L "$3" "$bin" replay tests/data/sngrep_aaa.pcap --format table | tail -n 5
   # The daemon's parts that touch the OS: serial port listing (sysfs) and config checking.
   "$2" -L "$3" "$bin" sensors list
-  "$2" -L "$3" "$bin" check-config teledge.example.toml || [ $? -eq 78 ]
+  "$2" -L "$3" "$bin" check-config --config teledge.example.toml || [ $? -eq 78 ]
 }
 
 case $which in

@@ -24,21 +24,21 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//!   Named internal events ([`observe::events`]) log and count a loss in one place.
 //! - [`secret`], [`backoff`], [`log_limit`]: small leaves (a value `Debug` never shows,
 //!   retry waits, flood control for log lines).
-//! - [`config`]: configuration, raw TOML to validated, every problem listed;
-//!   [`agent_config`] adds the daemon's sections (sources, sensors, observe, shutdown).
+//!   Named internal events ([`observe::events`]) log and count a loss in one place.
+//! - [`config`]: configuration, raw TOML to validated, every problem listed: the forwarding
+//!   sections ([`config::forward`]) and the daemon's ([`config::agent`]).
 //! - [`daemon`]: `teledge run`, sources → pipeline → spooler → uplink as components under one
 //!   cancellation token, with a designed shutdown; drivable in-process ([`daemon::Daemon`]).
 //! - [`sensors`]: UPS, climate, CO2 and line sensors on serial ports; sensor and alert records.
 //! - [`time`]: capture timestamps.
 //!
-//! Unsafe code is denied everywhere except [`sources::afpacket`], which owns the AF_PACKET
-//! socket and its memory-mapped ring; every `unsafe` block there carries a `SAFETY:` comment.
+//! Unsafe code is denied everywhere except two parts of [`sources::afpacket`], its system
+//! calls (`sys`) and its memory-mapped ring (`ring`); every `unsafe` block there carries a
+//! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
-pub mod agent_config;
 pub mod backoff;
 pub mod collect;
 pub mod config;

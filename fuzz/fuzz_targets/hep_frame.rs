@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use teledge::decode::hep::{self, Framing, HepAuth};
+use teledge::decode::hep::{self, Framing};
+use teledge::sources::hep::HepAuth;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = hep::parse_with_limit(data, 4096) {

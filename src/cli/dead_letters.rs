@@ -19,8 +19,8 @@ pub enum DeadLettersCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// The agent's configuration (or a `replay --forward` one): it names the spool, whose
-    /// dead-letter area is read, and the keys that open it.
+    /// The configuration (the daemon's file, or one with only the forwarding sections): it
+    /// names the spool, whose dead-letter area is read, and the keys that open it.
     #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
@@ -74,19 +74,13 @@ fn list(area: &DeadLetters) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The agent's configuration, or else a forwarding one; problems of the agent's are printed
-/// (exit 78) when neither reads.
+/// The forwarding sections of the configuration (the daemon's file, or one with just
+/// those); every problem is printed (exit 78).
 fn load(path: &Path) -> Result<ForwardConfig, ExitCode> {
-    match teledge::agent_config::load(path) {
-        Ok(agent) => Ok(agent.forward),
-        Err(agent_errors) => match teledge::config::load_forward(path) {
-            Ok(forward) => Ok(forward),
-            Err(_) => {
-                for problem in &agent_errors.0 {
-                    eprintln!("teledge: {}: {problem}", path.display());
-                }
-                Err(ExitCode::from(super::EXIT_CONFIG))
-            }
-        },
-    }
+    teledge::config::load_forward(path).map_err(|errors| {
+        for problem in &errors.0 {
+            eprintln!("teledge: {}: {problem}", path.display());
+        }
+        ExitCode::from(super::EXIT_CONFIG)
+    })
 }

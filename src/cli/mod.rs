@@ -60,7 +60,7 @@ impl Command {
     /// Runs the subcommand; the exit code it chose, or an error for `main` to print.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Replay(args) if args.forward.is_some() => replay::forward(args),
+            Command::Replay(args) if args.forward => replay::forward(args),
             Command::Replay(args) => replay::run(args),
             Command::Collect(args) => collect::run(args),
             Command::Sensors(command) => sensors::run(command),
@@ -72,8 +72,8 @@ impl Command {
 }
 
 /// Loads the agent configuration, printing every problem; `Err` carries exit code 78.
-pub fn load_agent_config(path: &Path) -> Result<teledge::agent_config::AgentConfig, ExitCode> {
-    teledge::agent_config::load(path).map_err(|errors| {
+pub fn load_agent_config(path: &Path) -> Result<teledge::config::agent::AgentConfig, ExitCode> {
+    teledge::config::agent::load(path).map_err(|errors| {
         for problem in &errors.0 {
             eprintln!("teledge: {}: {problem}", path.display());
         }

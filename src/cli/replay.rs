@@ -41,10 +41,14 @@ pub struct ReplayArgs {
     /// dropped and counted in the summary.
     #[arg(long, default_value_t = teledge::dissect::DEFAULT_MEMORY_BUDGET / (1024 * 1024), value_name = "MIB")]
     pub memory_budget: usize,
-    /// Send the records through the spool to the collector named in this configuration
+    /// Send the records through the spool to the collector named in the configuration
     /// (pseudonymised, sealed, forwarded over mutual TLS) instead of printing them.
-    #[arg(long, value_name = "CONFIG")]
-    pub forward: Option<PathBuf>,
+    #[arg(long)]
+    pub forward: bool,
+    /// The configuration for --forward: the daemon's file (only its [node], [spool],
+    /// [privacy] and [uplink] are used) or one with just those sections.
+    #[arg(long, short, value_name = "PATH", requires = "forward")]
+    pub config: Option<PathBuf>,
     /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
     #[arg(long, default_value_t = 60)]
     pub forward_timeout: u64,
@@ -160,12 +164,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `replay --forward`: records through pseudonymisation into the spool, then to the collector.
-pub fn forward(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     use teledge::uplink::client::Forwarder;
 
-    let Some(config_path) = &args.forward else {
-        anyhow::bail!("--forward needs a configuration");
-    };
+    let config_path = &forward_config_path(&mut args)?;
     let config = match super::load_forward_config(config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -275,4 +277,44 @@ fn progress_bar(path: &Path, size: u64, disabled: bool) -> Option<indicatif::Pro
     bar.set_style(style);
     bar.set_message(path.display().to_string());
     Some(bar)
+}
+
+/// The configuration of `replay --forward`: `--config PATH`, or the daemon's file. The
+/// older form `--forward CONFIG FILE...` is still understood: a first file that is no
+/// capture but TOML is the configuration (said on stderr, with the form to use now).
+fn forward_config_path(args: &mut ReplayArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.config {
+        return Ok(path.clone());
+    }
+    if args.files.first().is_some_and(|f| is_configuration(f)) {
+        let path = args.files.remove(0);
+        eprintln!(
+            "teledge: warning: `--forward {0}` is the old form; give the configuration as \
+             `--forward --config {0}`",
+            path.display()
+        );
+        if args.files.is_empty() {
+            anyhow::bail!("no capture files to replay after the configuration");
+        }
+        return Ok(path);
+    }
+    Ok(PathBuf::from(super::DEFAULT_CONFIG))
+}
+
+/// True for a file that is TOML and does not start like a capture (pcap, pcapng).
+fn is_configuration(path: &std::path::Path) -> bool {
+    const CAPTURE_MAGICS: [[u8; 4]; 5] = [
+        [0xa1, 0xb2, 0xc3, 0xd4],
+        [0xd4, 0xc3, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0x3c, 0x4d],
+        [0x4d, 0x3c, 0xb2, 0xa1],
+        [0x0a, 0x0d, 0x0d, 0x0a],
+    ];
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    if bytes.len() > 1 << 20 || CAPTURE_MAGICS.iter().any(|m| bytes.starts_with(m)) {
+        return false;
+    }
+    std::str::from_utf8(&bytes).is_ok_and(|text| text.parse::<toml::Table>().is_ok())
 }

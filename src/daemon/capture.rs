@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{lock, Context, DaemonError, LiveClock, RecordQueue, SharedPipeline};
-use crate::agent_config::CaptureConfig;
+use crate::config::agent::CaptureConfig;
 use crate::dissect::DissectLimits;
 use crate::observe::{self, Health, Stage};
 use crate::pipeline::InputId;
@@ -35,7 +35,7 @@ impl Captures {
     pub(super) fn build(configs: &[CaptureConfig], ctx: &Context) -> Result<Self, DaemonError> {
         let mut threads = Vec::new();
         for c in configs {
-            let ring = c.ring();
+            let ring = c.ring;
             let capture = match LiveCapture::open(&c.interface, ring, c.promiscuous) {
                 Ok(capture) => Some(capture),
                 Err(
@@ -66,7 +66,7 @@ impl Captures {
                 bytes: ctx.metrics.source_bytes.with(&[&c.interface]),
                 health: Arc::clone(&ctx.health),
             };
-            tracing::info!(interface = %c.interface, ring_bytes = c.ring_bytes, "Capturing.");
+            tracing::info!(interface = %c.interface, ring_bytes = c.ring.total_bytes(), "Capturing.");
             let drops = ctx.metrics.source_kernel_drops.with(&[&c.interface]);
             let settings = CaptureSettings {
                 interface: c.interface.clone(),

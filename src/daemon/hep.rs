@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{lock, shutdown_watch, Context, DaemonError, LiveClock};
-use crate::agent_config::HepConfig;
+use crate::config::agent::HepConfig;
 use crate::observe::AgentMetrics;
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 

@@ -59,7 +59,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent_config::AgentConfig;
+use crate::config::agent::AgentConfig;
 use crate::correlation::Correlator;
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
 use crate::pipeline::{Pipeline, TimeCheck};
@@ -585,7 +585,7 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
 /// SIGHUP: re-validates the file; applies what it can, or keeps the running configuration.
 async fn reload(daemon: &mut Daemon, config_path: &Path) {
     let _ = daemon.notifier.reloading();
-    match crate::agent_config::load(config_path) {
+    match crate::config::agent::load(config_path) {
         Ok(new) => {
             for warning in &new.warnings {
                 tracing::warn!("SIGHUP: {}: {warning}", config_path.display());

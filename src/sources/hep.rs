@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::decode::hep::{self, Framing, HepAuth, HepErrorKind, HepFrameOwned, MAX_FRAME_LEN};
+use crate::decode::hep::{self, Framing, HepErrorKind, HepFrame, HepFrameOwned, MAX_FRAME_LEN};
 
 /// Where and how to listen. Filled from the configuration by the caller.
 #[derive(Clone)]
@@ -673,5 +673,107 @@ impl Shared {
             Err(mpsc::error::TrySendError::Closed(_)) => bump(&stats.dropped_closed),
         }
         true
+    }
+}
+
+/// Why a frame was refused by [`HepAuth::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("HEP frame carries no authentication key")]
+    Missing,
+    #[error("HEP frame carries a wrong authentication key")]
+    Wrong,
+}
+
+/// The authentication key a listener expects (chunk 0x000e). Without a configured key every
+/// frame is accepted, keyed or not.
+#[derive(Clone, Default)]
+pub struct HepAuth {
+    /// SHA-256 of the key: comparing digests takes the same time whatever the length of the
+    /// key sent, so neither its bytes nor its length leak through timing.
+    expected: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for HepAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key (not even its digest).
+        f.debug_struct("HepAuth")
+            .field("key_configured", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl HepAuth {
+    /// Accepts every frame.
+    pub fn none() -> Self {
+        HepAuth { expected: None }
+    }
+
+    /// Accepts only frames carrying this key.
+    pub fn key(key: &[u8]) -> Self {
+        HepAuth {
+            expected: Some(digest(key)),
+        }
+    }
+
+    pub fn is_required(&self) -> bool {
+        self.expected.is_some()
+    }
+
+    pub fn check(&self, frame: &HepFrame<'_>) -> Result<(), AuthError> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let Some(sent) = frame.auth_key.as_deref() else {
+            return Err(AuthError::Missing);
+        };
+        let got = digest(sent);
+        // Constant time: every byte is compared, whatever differs first.
+        let diff = expected
+            .iter()
+            .zip(got.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(AuthError::Wrong)
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::decode::hep::parse;
+    use crate::decode::hep::test_frames::Builder;
+
+    #[test]
+    fn auth_is_constant_time_and_strict() {
+        let with = |key: Option<&[u8]>| {
+            let mut b = Builder::v4();
+            if let Some(k) = key {
+                b = b.c(0x0e, k);
+            }
+            b.c(15, b"x").build()
+        };
+        let keyed = with(Some(b"myHep"));
+        let other = with(Some(b"myHep2"));
+        let none = with(None);
+        let auth = HepAuth::key(b"myHep");
+        assert!(auth.is_required());
+        assert_eq!(auth.check(&parse(&keyed).unwrap()), Ok(()));
+        assert_eq!(auth.check(&parse(&other).unwrap()), Err(AuthError::Wrong));
+        assert_eq!(auth.check(&parse(&none).unwrap()), Err(AuthError::Missing));
+        let open = HepAuth::none();
+        assert_eq!(open.check(&parse(&none).unwrap()), Ok(()));
+        assert_eq!(open.check(&parse(&other).unwrap()), Ok(()));
+        assert!(!format!("{auth:?}").contains("myHep"));
     }
 }

@@ -2,9 +2,9 @@
 //! decode path after it is the same for all. The exception is [`hep`]: HEP agents capture
 //! and reassemble themselves, so the HEP listener hands on decoded HEP frames instead.
 
-// The one module allowed to use `unsafe`: the AF_PACKET socket and its memory-mapped ring.
+// The one module allowed to use `unsafe` (in its `ring` and `sys` parts): the AF_PACKET
+// socket and its memory-mapped ring.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub mod afpacket;
 pub mod capture_file;
 #[cfg(target_os = "linux")]

@@ -1444,3 +1444,32 @@ fn check_config_refuses_a_client_certificate_the_collector_would_refuse() {
         );
     }
 }
+
+/// The ring a capture opens is the one the configuration computed and checked against the
+/// kernel's rules (once), not a second computation from the raw sizes.
+#[test]
+fn the_capture_ring_is_the_one_the_configuration_checked() {
+    use teledge::sources::afpacket::RingSettings;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let path = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\n",
+        None,
+    );
+    let config = teledge::config::agent::load(&path).unwrap();
+    let ring = config.captures[0].ring;
+    assert_eq!(
+        ring,
+        RingSettings {
+            block_size: 256 << 10,
+            block_count: 36,
+            block_timeout_ms: 20,
+            ..RingSettings::default()
+        }
+    );
+    assert_eq!(ring.total_bytes(), 9 << 20);
+    assert_eq!(ring.validate(4096), Ok(()));
+}

@@ -178,7 +178,7 @@ fn shutdown_stops_sources_first_flushes_open_calls_and_drains_the_uplink() {
         "[hep]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n",
         Some(0),
     );
-    let config = teledge::agent_config::load(&config_path).unwrap();
+    let config = teledge::config::agent::load(&config_path).unwrap();
     let runtime = runtime();
     let daemon = runtime
         .block_on(Daemon::start(config, &config_path))
@@ -256,7 +256,7 @@ fn hep_rtcp_json_captured_on_the_wire_reaches_its_call_in_the_daemon() {
             "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n",
             None,
         );
-        let config = teledge::agent_config::load(&config_path).unwrap();
+        let config = teledge::config::agent::load(&config_path).unwrap();
         let runtime = runtime();
         let daemon = runtime
             .block_on(Daemon::start(config, &config_path))
@@ -340,7 +340,7 @@ fn shutdown_decodes_sip_held_in_tcp_reassembly() {
             "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n",
             None,
         );
-        let config = teledge::agent_config::load(&config_path).unwrap();
+        let config = teledge::config::agent::load(&config_path).unwrap();
         let runtime = runtime();
         let daemon = runtime
             .block_on(Daemon::start(config, &config_path))

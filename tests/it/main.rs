@@ -5,6 +5,7 @@
 
 mod calls;
 mod cli;
+mod configuration;
 mod conformance;
 mod crash;
 pub(crate) mod daemon;

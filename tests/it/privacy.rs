@@ -414,7 +414,7 @@ fn no_key_reaches_debug_output() {
             &dir.path().join("site.key").display().to_string(),
         );
     std::fs::write(&config, text).unwrap();
-    let agent = teledge::agent_config::load(&config).unwrap();
+    let agent = teledge::config::agent::load(&config).unwrap();
     let forward = &agent.forward;
 
     let (spool, _) =
@@ -460,7 +460,7 @@ fn no_key_reaches_debug_output() {
         format!("{listener:?}"),
         format!(
             "{:?}",
-            teledge::decode::hep::HepAuth::key(auth_key.as_bytes())
+            teledge::sources::hep::HepAuth::key(auth_key.as_bytes())
         ),
     ];
     // The client certificate's private key, as its PEM holds it.

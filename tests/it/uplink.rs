@@ -209,7 +209,7 @@ fn collector_with(
 }
 
 /// Writes a forwarding configuration for `node` using `client` certificate files.
-fn forward_config(
+pub(crate) fn forward_config(
     pki: &Pki,
     spool: &Path,
     node: &str,
@@ -250,7 +250,7 @@ timeout_ms = 3000
 
 fn replay_forward(config: &Path, timeout_s: u32) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
-        .args(["replay", "--no-progress", "--forward"])
+        .args(["replay", "--no-progress", "--forward", "--config"])
         .arg(config)
         .args(["--forward-timeout", &timeout_s.to_string()])
         .arg(data_path("sngrep_aaa.pcap"))

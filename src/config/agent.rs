@@ -1,12 +1,12 @@
 //! The daemon's configuration (`/etc/teledge/teledge.toml`): a serde mirror with unknown
 //! fields rejected, validated into an [`AgentConfig`] with *every* problem listed by its TOML
 //! path and line. The forwarding sections (`[node]`, `[spool]`, `[privacy]`, `[uplink]`) are
-//! those of [`crate::config`]; the daemon adds its sources, correlation bounds, sensors,
+//! validated by [`super::forward`]; the daemon adds its sources, correlation bounds, sensors,
 //! observability and shutdown. `teledge check-config` prints the problems; a bad file exits
 //! with 78 (EX_CONFIG) so systemd does not restart-loop. The commented example is
 //! `teledge.example.toml` at the top of the repository.
 //!
-//! Beyond [`crate::config`]'s checks: every number in a range that works (timeouts, retries,
+//! Beyond [`super::forward`]'s checks: every number in a range that works (timeouts, retries,
 //! baud rates, queue bounds, clock tolerances), serial ports that exist must be character
 //! devices, HEP on every address (`0.0.0.0`, `::`) requires an `auth_key` (on another
 //! address than loopback it is a warning), the HEP TLS key must match its certificate, and
@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{
-    check_key_pair, read_file, readable_file, toml_problem, validate_forward, ConfigErrors,
-    ConfigProblem, ForwardConfig, RawNode, RawPrivacy, RawSpool, RawUplink, Strictness,
+use super::forward::{validate_forward, ForwardConfig};
+use super::{
+    check_key_pair, parse_raw, placed, read_file, readable_file, ConfigErrors, ConfigProblem,
+    RawFile, Strictness,
 };
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -32,28 +33,7 @@ use crate::time::ClockGuard;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAgent {
-    node: RawNode,
-    #[serde(default)]
-    capture: Vec<RawCapture>,
-    hep: Option<RawHep>,
-    #[serde(default)]
-    correlation: RawCorrelation,
-    #[serde(default)]
-    sensors: Vec<RawSensor>,
-    spool: RawSpool,
-    #[serde(default)]
-    privacy: RawPrivacy,
-    uplink: RawUplink,
-    #[serde(default)]
-    observe: RawObserve,
-    #[serde(default)]
-    shutdown: RawShutdown,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCapture {
+pub(super) struct RawCapture {
     interface: String,
     #[serde(default = "default_ring_mib")]
     ring_mib: u32,
@@ -67,7 +47,7 @@ struct RawCapture {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHep {
+pub(super) struct RawHep {
     udp: Option<String>,
     tcp: Option<String>,
     tls: Option<String>,
@@ -89,7 +69,7 @@ struct RawHep {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCorrelation {
+pub(super) struct RawCorrelation {
     #[serde(default = "default_setup_timeout")]
     setup_timeout_s: u64,
     #[serde(default = "default_max_call_duration")]
@@ -130,7 +110,7 @@ impl Default for RawCorrelation {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSensor {
+pub(super) struct RawSensor {
     name: String,
     port: PathBuf,
     profile: String,
@@ -157,7 +137,7 @@ struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawObserve {
+pub(super) struct RawObserve {
     enabled: Option<bool>,
     listen: Option<String>,
     #[serde(default)]
@@ -168,7 +148,7 @@ struct RawObserve {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawShutdown {
+pub(super) struct RawShutdown {
     #[serde(default = "default_drain")]
     drain_timeout_s: u64,
 }
@@ -237,36 +217,9 @@ fn default_hep_connections_per_source() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     pub interface: String,
-    pub ring_bytes: u64,
-    pub block_bytes: u32,
-    pub block_timeout: Duration,
+    /// The ring's geometry, computed and checked against the kernel's rules once, here.
+    pub ring: crate::sources::afpacket::RingSettings,
     pub promiscuous: bool,
-}
-
-impl CaptureConfig {
-    /// The capture ring this section asks for (the geometry validation checked).
-    pub fn ring(&self) -> crate::sources::afpacket::RingSettings {
-        ring_geometry(
-            self.ring_bytes,
-            self.block_bytes,
-            self.block_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-        )
-    }
-}
-
-/// The ring of `ring_bytes` in blocks of `block_bytes`: one place for the geometry, so what
-/// `check-config` validates is what `run` opens.
-fn ring_geometry(
-    ring_bytes: u64,
-    block_bytes: u32,
-    block_timeout_ms: u32,
-) -> crate::sources::afpacket::RingSettings {
-    crate::sources::afpacket::RingSettings {
-        block_size: block_bytes,
-        block_count: (ring_bytes / u64::from(block_bytes.max(1))).max(1) as u32,
-        block_timeout_ms,
-        ..crate::sources::afpacket::RingSettings::default()
-    }
 }
 
 /// The HEP listener.
@@ -313,65 +266,16 @@ pub struct AgentConfig {
     pub sections: Secret<toml::Table>,
 }
 
-/// Reads and validates the daemon's configuration.
+/// Reads and validates the daemon's configuration: the whole file, every section.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
     let text = read_file(path)?;
-    let placed = |problems: Vec<ConfigProblem>| -> Vec<ConfigProblem> {
-        problems
-            .into_iter()
-            .map(|p| ConfigProblem {
-                path: match line_of(&text, &p.path) {
-                    Some(line) => format!("{} (line {line})", p.path),
-                    None => p.path,
-                },
-                message: p.message,
-            })
-            .collect()
-    };
     match parse(&text) {
         Ok(mut config) => {
-            config.warnings = placed(std::mem::take(&mut config.warnings));
+            config.warnings = placed(&text, std::mem::take(&mut config.warnings));
             Ok(config)
         }
-        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(problems))),
+        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(&text, problems))),
     }
-}
-
-/// The line of a TOML path such as `sensors[1].port` or `uplink.url` in `text`, found by
-/// walking the table headers: good enough to point an installer at the right line.
-pub fn line_of(text: &str, path: &str) -> Option<usize> {
-    let (section, key) = path.split_once('.').unwrap_or((path, ""));
-    let (table, index) = match section.split_once('[') {
-        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()?),
-        None => (section, 0),
-    };
-    let key = key.split(['.', '[']).next().unwrap_or("");
-    let mut seen = 0usize;
-    let mut inside = false;
-    for (n, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            let name = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
-            inside = false;
-            if name == table {
-                if seen == index {
-                    inside = true;
-                    if key.is_empty() {
-                        return Some(n + 1);
-                    }
-                }
-                seen += 1;
-            }
-            continue;
-        }
-        if inside {
-            let k = trimmed.split('=').next().unwrap_or("").trim();
-            if k == key {
-                return Some(n + 1);
-            }
-        }
-    }
-    None
 }
 
 fn socket_addr(
@@ -425,8 +329,8 @@ pub fn parse_with_profiles(
     text: &str,
     profile_dirs: &[PathBuf],
 ) -> Result<AgentConfig, ConfigErrors> {
-    let raw: RawAgent = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
-    let sections: toml::Table = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+    let raw: RawFile = parse_raw(text)?;
+    let sections: toml::Table = toml::from_str(text).map_err(|e| super::toml_problem(text, &e))?;
     let mut problems = Vec::new();
     let forward = validate_forward(
         raw.node,
@@ -486,8 +390,13 @@ pub fn parse_with_profiles(
                 "must be between 1 and 1000".into()
             );
         }
-        // The kernel's own rules for the ring, checked now rather than at the first start.
-        let ring_settings = ring_geometry(ring, c.block_kib << 10, c.block_timeout_ms);
+        // The kernel's own rules for the ring, checked now rather than at the first start;
+        // the capture opens exactly this geometry.
+        let ring_settings = crate::sources::afpacket::RingSettings::sized(
+            ring,
+            c.block_kib << 10,
+            c.block_timeout_ms,
+        );
         let checked = problems.len() == problems_before;
         if let Some(e) = checked
             .then(|| ring_settings.validate(4096).err())
@@ -499,9 +408,7 @@ pub fn parse_with_profiles(
         }
         captures.push(CaptureConfig {
             interface: c.interface.clone(),
-            ring_bytes: ring,
-            block_bytes: c.block_kib << 10,
-            block_timeout: Duration::from_millis(u64::from(c.block_timeout_ms)),
+            ring: ring_settings,
             promiscuous: c.promiscuous,
         });
     }
@@ -729,7 +636,7 @@ pub fn parse_with_profiles(
 
     // The unit's MemoryHigh= (systemd/teledge.service): buffers configured beyond it would
     // be throttled, then killed.
-    let buffers = captures.iter().map(|c| c.ring_bytes).sum::<u64>()
+    let buffers = captures.iter().map(|c| c.ring.total_bytes()).sum::<u64>()
         + raw.correlation.queue_bytes as u64
         + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
     if buffers > UNIT_MEMORY_HIGH {
@@ -742,6 +649,17 @@ pub fn parse_with_profiles(
             ),
         });
     }
+    // Everything is validated: now, in one step, the key material.
+    let forward = forward.and_then(|valid| super::keys::load(valid, &mut problems));
+    let hep = hep.map(|mut hep| {
+        if let Some(file) = raw.hep.as_ref().and_then(|h| h.auth_key_file.as_ref()) {
+            hep.auth_key = super::keys::read_secret(file)
+                .map_err(|message| problem!(problems, "hep.auth_key_file", message))
+                .ok()
+                .map(Secret::new);
+        }
+        hep
+    });
     match forward {
         Some(mut forward) if problems.is_empty() => Ok(AgentConfig {
             captures,
@@ -808,15 +726,13 @@ fn validate_hep(
     }
     let auth_key = match (&h.auth_key, &h.auth_key_file) {
         (Some(k), None) => Some(k.expose().clone()),
-        (None, Some(f)) => match readable_file(f)
-            .and_then(|()| std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display())))
-        {
-            Ok(k) => Some(k.trim().to_string()),
-            Err(message) => {
+        // Read with the other keys, after validation (`read_hep_key`).
+        (None, Some(f)) => {
+            if let Err(message) = readable_file(f) {
                 problem!(problems, "hep.auth_key_file", message);
-                None
             }
-        },
+            None
+        }
         (None, None) => None,
         (Some(_), Some(_)) => {
             problem!(
@@ -888,7 +804,7 @@ fn validate_hep(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::line_of;
 
     #[test]
     fn lines_of_paths() {

@@ -1,8 +1,8 @@
-//! Configuration: a serde mirror of the TOML (unknown fields rejected) turned into a validated
-//! [`ForwardConfig`], collecting *every* problem with its TOML path before anything runs.
-//!
-//! This is the forwarding part of the agent's configuration (`[node]`, `[spool]`,
-//! `[privacy]`, `[uplink]`); the daemon's sources and timeouts join it later.
+//! The forwarding sections of the configuration file (`[node]`, `[spool]`, `[privacy]`,
+//! `[uplink]`), validated into a [`ForwardConfig`] with *every* problem listed by its TOML
+//! path and line: all that `replay --forward` and `dead-letters` use. They read the daemon's
+//! whole file (its other sections held to the schema, not validated further) or a file with
+//! only these sections, such as:
 //!
 //! ```toml
 //! [node]
@@ -43,7 +43,8 @@
 //! (`[A-Za-z0-9._-]`, not `.` or `..`) and equal to the client certificate's common name,
 //! every file readable and of the right kind (a certificate file holds certificates, a key
 //! file a private key matching its certificate), and no key used for two purposes (site
-//! key and spool key). Findings that do not stop the service (a spool bound larger than its
+//! key and spool key; the keys themselves are read after validation, in `config::keys`).
+//! Findings that do not stop the service (a spool bound larger than its
 //! file system) are warnings: printed by `check-config`, logged by `run`.
 
 use std::path::{Path, PathBuf};
@@ -51,50 +52,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::privacy::{
-    identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode, MAX_KEEP_DIGITS,
+use super::{
+    check_key_pair, parse_raw, placed, read_file, readable_file, ConfigErrors, ConfigProblem,
+    RawFile, Strictness,
 };
-use crate::seal::{load_key, KeySource, Keyring};
+
+use crate::privacy::{AddressMode, Privacy, MAX_KEEP_DIGITS};
+use crate::seal::{KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
 use crate::uplink::UplinkSettings;
 
-/// One configuration problem, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigProblem>);
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawConfig {
-    node: RawNode,
-    spool: RawSpool,
-    #[serde(default)]
-    privacy: RawPrivacy,
-    uplink: RawUplink,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNode {
+pub(super) struct RawNode {
     id: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawSpool {
+pub(super) struct RawSpool {
     dir: PathBuf,
     #[serde(default = "default_max_bytes")]
     max_bytes: u64,
@@ -123,7 +99,7 @@ struct RawOldKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawPrivacy {
+pub(super) struct RawPrivacy {
     #[serde(default = "default_privacy_mode")]
     mode: String,
     site_key_file: Option<PathBuf>,
@@ -148,7 +124,7 @@ impl Default for RawPrivacy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawUplink {
+pub(super) struct RawUplink {
     url: String,
     ca_file: PathBuf,
     cert_file: PathBuf,
@@ -217,44 +193,26 @@ pub struct ForwardConfig {
     pub warnings: Vec<ConfigProblem>,
 }
 
-/// Reads and validates a configuration file; every problem is reported, not just the first.
+/// Reads a configuration file and validates what forwarding needs; every problem is
+/// reported, not just the first, with its TOML path and line. The daemon's file is such a
+/// file: its other sections are held to the schema (no unknown fields, the right types) but
+/// not validated further, as forwarding does not use them.
 pub fn load_forward(path: &Path) -> Result<ForwardConfig, ConfigErrors> {
-    parse_forward(&read_file(path)?)
-}
-
-/// Reads a configuration file, the failure reported like any configuration problem.
-pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }])
-    })
-}
-
-/// A TOML syntax or shape error, placed by its line.
-pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
-    let at = match e.span() {
-        Some(span) => {
-            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
-            format!(
-                "line {}",
-                before.iter().filter(|b| **b == b'\n').count() + 1
-            )
+    let text = read_file(path)?;
+    match parse_forward(&text) {
+        Ok(mut config) => {
+            config.warnings = placed(&text, std::mem::take(&mut config.warnings));
+            Ok(config)
         }
-        None => "config".into(),
-    };
-    ConfigErrors(vec![ConfigProblem {
-        path: at,
-        message: e.message().to_owned(),
-    }])
+        Err(ConfigErrors(problems)) => Err(ConfigErrors(placed(&text, problems))),
+    }
 }
 
-/// Validates configuration text.
+/// Validates the forwarding sections of configuration text (see [`load_forward`]).
 pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_problem(text, &e))?;
+    let raw: RawFile = parse_raw(text)?;
     let mut problems = Vec::new();
-    let config = validate_forward(
+    let config = forward_config(
         raw.node,
         raw.spool,
         raw.privacy,
@@ -268,17 +226,17 @@ pub fn parse_forward(text: &str) -> Result<ForwardConfig, ConfigErrors> {
     }
 }
 
-/// Whether findings that would make a service fail for good are errors (the daemon: systemd
-/// would restart it forever) or warnings (a command run by hand, whose user reads them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Strictness {
-    Daemon,
-    Manual,
+/// The forwarding sections, taken out of the file.
+struct Sections {
+    node: RawNode,
+    spool: RawSpool,
+    privacy: RawPrivacy,
+    uplink: RawUplink,
 }
 
-/// Validates the forwarding sections; problems are pushed, `None` when they leave nothing
-/// to build.
-pub(crate) fn validate_forward(
+/// Validates the forwarding sections and then, in one step after, reads their key material;
+/// problems of both are pushed, `None` when they leave nothing to build.
+pub(super) fn forward_config(
     node: RawNode,
     spool: RawSpool,
     privacy: RawPrivacy,
@@ -286,7 +244,58 @@ pub(crate) fn validate_forward(
     strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
-    let raw = RawConfig {
+    let valid = validate_forward(node, spool, privacy, uplink, strictness, problems);
+    super::keys::load(valid?, problems)
+}
+
+/// Where each key is named in the file, for the loader's problems.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyPaths {
+    pub(super) spool: &'static str,
+    pub(super) site: &'static str,
+}
+
+/// The forwarding sections validated, their keys named but not read.
+#[derive(Debug)]
+pub(super) struct ValidForward {
+    pub(super) node_id: String,
+    pub(super) key_paths: KeyPaths,
+    pub(super) spool: SpoolConfig,
+    pub(super) keys: KeySources,
+    pub(super) mode: ModeChoice,
+    pub(super) addresses: AddressMode,
+    pub(super) uplink: UplinkSettings,
+    pub(super) warnings: Vec<ConfigProblem>,
+}
+
+/// Where the key material is: the spool's sealing key (id and source), older sealing keys
+/// by id, the site key for pseudonyms.
+#[derive(Debug)]
+pub(super) struct KeySources {
+    pub(super) spool: (u32, KeySource),
+    pub(super) old: Vec<(u32, PathBuf)>,
+    pub(super) site: Option<KeySource>,
+}
+
+/// The pseudonymisation mode chosen, before its key is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModeChoice {
+    KeyedHash,
+    KeepLastDigits(u8),
+    Clear,
+}
+
+/// Validates the forwarding sections without reading any key; problems are pushed, `None`
+/// when they leave nothing to build.
+pub(super) fn validate_forward(
+    node: RawNode,
+    spool: RawSpool,
+    privacy: RawPrivacy,
+    uplink: RawUplink,
+    strictness: Strictness,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ValidForward> {
+    let raw = Sections {
         node,
         spool,
         privacy,
@@ -387,13 +396,6 @@ pub(crate) fn validate_forward(
             None
         }
     };
-    let current_key = key_source.and_then(|s| match load_key(&s) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            problem("spool.key_file", e.to_string());
-            None
-        }
-    });
     let mut old_keys = Vec::new();
     for (i, old) in raw.spool.old_keys.iter().enumerate() {
         if old.id == raw.spool.key_id {
@@ -402,10 +404,7 @@ pub(crate) fn validate_forward(
                 "repeats the current key_id".into(),
             );
         }
-        match load_key(&KeySource::File(old.file.clone())) {
-            Ok(k) => old_keys.push((old.id, k)),
-            Err(e) => problem(&format!("spool.old_keys[{i}].file"), e.to_string()),
-        }
+        old_keys.push((old.id, old.file.clone()));
     }
 
     let site_key_source = match (&raw.privacy.site_key_file, &raw.privacy.site_key_credential) {
@@ -420,35 +419,16 @@ pub(crate) fn validate_forward(
             None
         }
     };
-    let site_key = match site_key_source.map(|s| load_key(&s)) {
-        Some(Ok(key)) => Some(key),
-        Some(Err(e)) => {
-            problem("privacy.site_key_file", e.to_string());
-            None
-        }
-        None => None,
-    };
-    // One key, one purpose: whoever reads pseudonyms must not be able to open the spool,
-    // and a spool key rotation must not change every pseudonym.
-    if site_key.is_some() && site_key == current_key {
-        problem(
-            "privacy.site_key_file",
-            "is the spool sealing key: give the site key a file of its own".into(),
-        );
-    }
     let mode = match raw.privacy.mode.as_str() {
-        "keyed_hash" => match site_key {
-            Some(site_key) => Some(PrivacyMode::KeyedHash { site_key }),
-            None => {
-                if !problems_mention(&raw.privacy) {
-                    problem(
-                        "privacy.site_key_file",
-                        "keyed_hash needs a site key".into(),
-                    );
-                }
-                None
+        "keyed_hash" => {
+            if site_key_source.is_none() && !problems_mention(&raw.privacy) {
+                problem(
+                    "privacy.site_key_file",
+                    "keyed_hash needs a site key".into(),
+                );
             }
-        },
+            Some(ModeChoice::KeyedHash)
+        }
         "last_digits" => {
             if raw.privacy.keep_digits > MAX_KEEP_DIGITS {
                 problem(
@@ -459,9 +439,9 @@ pub(crate) fn validate_forward(
                     ),
                 );
             }
-            Some(PrivacyMode::KeepLastDigits(raw.privacy.keep_digits))
+            Some(ModeChoice::KeepLastDigits(raw.privacy.keep_digits))
         }
-        "clear" => Some(PrivacyMode::Clear),
+        "clear" => Some(ModeChoice::Clear),
         other => {
             problem(
                 "privacy.mode",
@@ -573,20 +553,37 @@ pub(crate) fn validate_forward(
         );
     }
 
-    let (Some(current_key), Some(mode)) = (current_key, mode) else {
+    let (Some(spool_key), Some(mode)) = (key_source, mode) else {
         return None;
     };
-    let identifier_key = site_key.unwrap_or_else(|| identifier_key_from_spool_key(&current_key));
     let mut spool = SpoolConfig::new(raw.spool.dir.clone(), node_id.clone());
     spool.max_bytes = raw.spool.max_bytes;
     spool.when_full = when_full;
     spool.cache_bytes = raw.spool.cache_bytes;
     spool.disk_reserve_bytes = raw.spool.disk_reserve_bytes;
     spool.flush_interval = Duration::from_millis(raw.spool.flush_interval_ms);
-    Some(ForwardConfig {
+    let key_paths = KeyPaths {
+        spool: if raw.spool.key_credential.is_some() {
+            "spool.key_credential"
+        } else {
+            "spool.key_file"
+        },
+        site: if raw.privacy.site_key_credential.is_some() {
+            "privacy.site_key_credential"
+        } else {
+            "privacy.site_key_file"
+        },
+    };
+    Some(ValidForward {
         node_id,
-        keyring: Keyring::new((raw.spool.key_id, current_key), &old_keys),
-        privacy: Privacy::new(mode, addresses, identifier_key),
+        key_paths,
+        keys: KeySources {
+            spool: (raw.spool.key_id, spool_key),
+            old: old_keys,
+            site: site_key_source,
+        },
+        mode,
+        addresses,
         uplink: UplinkSettings {
             host,
             port,
@@ -623,45 +620,6 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A regular file this process can read.
-pub(crate) fn readable_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", path.display()));
-    }
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Loads a certificate and its private key and checks that they belong together; returns
-/// the certificate's common name. The error names the field at fault (`cert_file` or
-/// `key_file`).
-pub(crate) fn check_key_pair(
-    cert: &Path,
-    key: &Path,
-) -> Result<Option<String>, (&'static str, String)> {
-    use crate::uplink::tls::{load_certs, load_private_key, node_of_certificate};
-    let certs = load_certs(cert).map_err(|e| ("cert_file", e.to_string()))?;
-    let key_der = load_private_key(key).map_err(|e| ("key_file", e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| ("key_file", format!("{}: {e}", key.display())))?;
-    let cn = certs.first().and_then(node_of_certificate);
-    rustls::sign::CertifiedKey::new(certs, signing)
-        .keys_match()
-        .map_err(|e| {
-            (
-                "key_file",
-                format!(
-                    "{}: does not belong to the certificate {} ({e})",
-                    key.display(),
-                    cert.display()
-                ),
-            )
-        })?;
-    Ok(cn)
 }
 
 /// Size of the file system `dir` is (or will be) on: that of its nearest existing ancestor.
@@ -741,6 +699,69 @@ min_tls = "1.0"
         let errors = parse_forward(text).unwrap_err().0;
         assert!(errors[0].message.contains("colour"), "{errors:?}");
         assert!(errors[0].path.starts_with("line"), "{errors:?}");
+    }
+
+    /// Validation names the keys and reads none; the loader after it reads them all and
+    /// reports each unreadable one at its own TOML path.
+    #[test]
+    fn validation_reads_no_key_and_the_loader_reads_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[node]
+id = "edge-01"
+[spool]
+dir = "{}"
+key_credential = "no-such-credential"
+key_id = 1
+old_keys = [{{ id = 0, file = "/nonexistent/old.key" }}]
+[privacy]
+site_key_file = "/nonexistent/site.key"
+[uplink]
+url = "https://c.example/v1/batches"
+ca_file = "/nonexistent/ca.pem"
+cert_file = "/nonexistent/c.pem"
+key_file = "/nonexistent/k.pem"
+"#,
+            dir.path().join("spool").display()
+        );
+        let raw = parse_raw(&text).unwrap();
+        let mut problems = Vec::new();
+        let valid = validate_forward(
+            raw.node,
+            raw.spool,
+            raw.privacy,
+            raw.uplink,
+            Strictness::Manual,
+            &mut problems,
+        )
+        .unwrap();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.iter().all(|p| p.starts_with("uplink.")),
+            "{problems:?}"
+        );
+        let mut key_problems = Vec::new();
+        assert!(super::super::keys::load(valid, &mut key_problems).is_none());
+        let paths: Vec<&str> = key_problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spool.key_credential",
+                "spool.old_keys[0].file",
+                "privacy.site_key_file"
+            ],
+            "{key_problems:?}"
+        );
+        // Through the loader, every problem of both steps, placed by line.
+        let all = parse_forward(&text).unwrap_err().0;
+        let placed = crate::config::placed(&text, all);
+        let text_of = |path: &str| placed.iter().find(|p| p.path.starts_with(path)).cloned();
+        assert_eq!(
+            text_of("spool.key_credential").unwrap().path,
+            "spool.key_credential (line 6)"
+        );
+        assert!(text_of("uplink.ca_file").is_some());
     }
 
     #[test]

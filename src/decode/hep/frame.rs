@@ -1,28 +1,5 @@
-//! HEPv3 (EEP) frame decoder: bytes in, typed frame out.
-//!
-//! The wire format (HEP3 specification rev 37, as written down in the project's protocol
-//! reference §2): a 6-byte header — `"HEP3"` (or its alias `"EEP3"`) and a big-endian total
-//! length that includes the header — followed by chunks `vendor u16 | type u16 | length u16 |
-//! payload`, where the chunk length includes its own 6-byte header.
-//!
-//! What [`parse`] promises:
-//! - the declared total length equals the buffer length (heplify-server's rule for UDP; TCP
-//!   readers cut the buffer with [`frame_len`] first);
-//! - generic chunks (vendor 0) of a fixed size are checked for that size, as heplify-server
-//!   does, so a 3-byte "IPv4 address" is an error, not a guess;
-//! - chunks of another vendor are skipped and counted, never read as generic ones (a vendor
-//!   chunk of type 0x000f is not the payload: heplify-server gets this wrong);
-//! - unknown generic chunks are skipped and counted;
-//! - compressed payloads (chunk 0x0010) are inflated whatever the agent used: gzip (`1f 8b`),
-//!   zlib (captagent's `compress()`, `78 9c`) or raw deflate, up to a bound;
-//! - a repeated chunk replaces the earlier one (agents do not repeat chunks; this keeps the
-//!   decoder simple and total);
-//! - no I/O and no panic on any input (the fuzz target `hep_frame` holds it to that).
-//!
-//! Mandatory chunks: IP family, IP protocol, both addresses of that family, both ports,
-//! timestamp seconds, protocol type and a payload (plain or compressed). Every agent we know
-//! (heplify, captagent, Asterisk, FreeSWITCH, Kamailio) sends them; a frame without them could
-//! not be attributed to a call anyway. Microseconds default to 0, the rest is optional.
+//! One whole HEPv3 frame: the header, the chunks, the mandatory ones checked, a compressed
+//! payload inflated within a bound.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -193,7 +170,7 @@ impl IpProtocol {
 pub enum ProtoType {
     /// 1: one SIP message.
     Sip,
-    /// 5: an RTCP report as JSON, correlation id = SIP Call-ID (see [`RtcpJson`]).
+    /// 5: an RTCP report as JSON, correlation id = SIP Call-ID (see [`super::RtcpJson`]).
     RtcpJson,
     /// 100: a log line (not in spec rev 37, but heplify and HOMER use it).
     Log,
@@ -238,7 +215,7 @@ pub struct HepFrame<'a> {
     pub capture_id: Option<u32>,
     /// Keep-alive timer in seconds (0x000d).
     pub keep_alive_s: Option<u16>,
-    /// Authentication key (0x000e), as sent; check it with [`HepAuth`].
+    /// Authentication key (0x000e), as sent; check it with [`crate::sources::hep::HepAuth`].
     pub auth_key: Option<Cow<'a, [u8]>>,
     /// The captured payload, inflated if it came in chunk 0x0010.
     pub payload: Cow<'a, [u8]>,
@@ -603,208 +580,14 @@ fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, HepError> {
     Ok(out)
 }
 
-/// What a stream reader should do with the bytes it has buffered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// A frame of this many bytes starts the buffer, and all of it is there.
-    Frame(usize),
-    /// The buffer starts a frame (or could, once more bytes arrive); read more.
-    NeedMore,
-    /// The first `n` bytes (n ≥ 1) are not a frame: drop them, then try again. The bytes
-    /// after them start with the magic, or a part of it.
-    Garbage(usize),
-}
-
-/// Frames a TCP/TLS byte stream: HEP agents send frames back to back, so the next frame's
-/// length is in its header. `max_frame` bounds what the reader is willing to buffer; a header
-/// declaring less than 6 or more than `max_frame` bytes is treated as garbage (a byte is
-/// skipped and the magic searched again), so one corrupt header cannot stall the stream.
-pub fn frame_len(buf: &[u8], max_frame: usize) -> Framing {
-    let start = magic_start(buf);
-    if start > 0 {
-        return Framing::Garbage(start);
-    }
-    let Some(header) = buf.get(..HEADER_LEN) else {
-        return Framing::NeedMore;
-    };
-    let total = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    if total < HEADER_LEN || total > max_frame {
-        return Framing::Garbage(1);
-    }
-    if buf.len() >= total {
-        Framing::Frame(total)
-    } else {
-        Framing::NeedMore
-    }
-}
-
-/// The first position where the buffer starts with a magic, or ends with a prefix of one.
-/// Equals `buf.len()` when no byte can start a frame.
-fn magic_start(buf: &[u8]) -> usize {
-    (0..buf.len())
-        .find(|&i| {
-            let rest = &buf[i..];
-            let n = rest.len().min(4);
-            rest[..n] == MAGIC[..n] || rest[..n] == MAGIC_EEP[..n]
-        })
-        .unwrap_or(buf.len())
-}
-
-/// Why a frame was refused by [`HepAuth::check`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("HEP frame carries no authentication key")]
-    Missing,
-    #[error("HEP frame carries a wrong authentication key")]
-    Wrong,
-}
-
-/// The authentication key a listener expects (chunk 0x000e). Without a configured key every
-/// frame is accepted, keyed or not.
-#[derive(Clone, Default)]
-pub struct HepAuth {
-    /// SHA-256 of the key: comparing digests takes the same time whatever the length of the
-    /// key sent, so neither its bytes nor its length leak through timing.
-    expected: Option<[u8; 32]>,
-}
-
-impl std::fmt::Debug for HepAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the key (not even its digest).
-        f.debug_struct("HepAuth")
-            .field("key_configured", &self.expected.is_some())
-            .finish()
-    }
-}
-
-impl HepAuth {
-    /// Accepts every frame.
-    pub fn none() -> Self {
-        HepAuth { expected: None }
-    }
-
-    /// Accepts only frames carrying this key.
-    pub fn key(key: &[u8]) -> Self {
-        HepAuth {
-            expected: Some(digest(key)),
-        }
-    }
-
-    pub fn is_required(&self) -> bool {
-        self.expected.is_some()
-    }
-
-    pub fn check(&self, frame: &HepFrame<'_>) -> Result<(), AuthError> {
-        let Some(expected) = &self.expected else {
-            return Ok(());
-        };
-        let Some(sent) = frame.auth_key.as_deref() else {
-            return Err(AuthError::Missing);
-        };
-        let got = digest(sent);
-        // Constant time: every byte is compared, whatever differs first.
-        let diff = expected
-            .iter()
-            .zip(got.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
-            Ok(())
-        } else {
-            Err(AuthError::Wrong)
-        }
-    }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).into()
-}
-
-/// The RTCP report of a type-5 frame, as heplify and captagent write it (reference §2.5).
-/// Only what call records use is read; unknown fields are ignored, missing ones are `None`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub struct RtcpJson {
-    /// SSRC of the sender of the report.
-    pub ssrc: Option<u64>,
-    /// RTCP packet type: 200 SR, 201 RR.
-    #[serde(rename = "type")]
-    pub packet_type: Option<u16>,
-    pub sender_information: Option<SenderInformation>,
-    #[serde(default)]
-    pub report_blocks: Vec<ReportBlock>,
-}
-
-/// Sender information of an SR.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub struct SenderInformation {
-    pub packets: Option<u64>,
-    pub octets: Option<u64>,
-}
-
-/// One reception report block (RFC 3550 §6.4.1), fields as heplify names them.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-pub struct ReportBlock {
-    /// SSRC of the stream reported on.
-    pub source_ssrc: Option<u64>,
-    /// Fraction lost since the last report, 8-bit fixed point (0..=255 = 0..<100 %).
-    pub fraction_lost: Option<u64>,
-    /// Cumulative packets lost (may be negative with duplicates).
-    pub packets_lost: Option<i64>,
-    pub highest_seq_no: Option<u64>,
-    /// Interarrival jitter in RTP timestamp units (the clock rate is not in the report).
-    pub ia_jitter: Option<u64>,
-}
-
-/// Reads the JSON body of a type-5 frame.
-pub fn rtcp_json(payload: &[u8]) -> Result<RtcpJson, serde_json::Error> {
-    serde_json::from_slice(payload)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use crate::decode::hep::framing::{frame_len, Framing};
+    use crate::decode::hep::test_frames::Builder;
     use std::io::Write;
-
-    /// Builds frames chunk by chunk.
-    #[derive(Default)]
-    struct Builder {
-        chunks: Vec<u8>,
-    }
-
-    impl Builder {
-        fn chunk(mut self, vendor: u16, t: u16, body: &[u8]) -> Self {
-            self.chunks.extend_from_slice(&vendor.to_be_bytes());
-            self.chunks.extend_from_slice(&t.to_be_bytes());
-            self.chunks
-                .extend_from_slice(&((body.len() + 6) as u16).to_be_bytes());
-            self.chunks.extend_from_slice(body);
-            self
-        }
-        fn c(self, t: u16, body: &[u8]) -> Self {
-            self.chunk(0, t, body)
-        }
-        fn build(self) -> Vec<u8> {
-            let mut out = b"HEP3".to_vec();
-            out.extend_from_slice(&((self.chunks.len() + 6) as u16).to_be_bytes());
-            out.extend_from_slice(&self.chunks);
-            out
-        }
-        /// The mandatory IPv4 chunks without the payload.
-        fn v4() -> Self {
-            Builder::default()
-                .c(1, &[2])
-                .c(2, &[17])
-                .c(3, &[10, 0, 0, 1])
-                .c(4, &[10, 0, 0, 2])
-                .c(7, &5060u16.to_be_bytes())
-                .c(8, &5080u16.to_be_bytes())
-                .c(9, &1_313_440_459u32.to_be_bytes())
-                .c(10, &120_000u32.to_be_bytes())
-                .c(11, &[1])
-        }
-    }
 
     /// The example frame of the specification (rev 37), byte for byte.
     const SPEC_EXAMPLE_HEAD: &[u8] = &[
@@ -1083,69 +866,5 @@ mod tests {
             assert_eq!(kind.index(), i);
             assert!(!kind.as_str().is_empty());
         }
-    }
-
-    #[test]
-    fn frames_a_stream() {
-        let frame = Builder::v4().c(15, b"INVITE").build();
-        let n = frame.len();
-        assert_eq!(frame_len(&frame, MAX_FRAME_LEN), Framing::Frame(n));
-        assert_eq!(frame_len(&frame[..n - 1], MAX_FRAME_LEN), Framing::NeedMore);
-        assert_eq!(frame_len(&frame[..3], MAX_FRAME_LEN), Framing::NeedMore);
-        assert_eq!(frame_len(b"", MAX_FRAME_LEN), Framing::NeedMore);
-        let mut two = frame.clone();
-        two.extend_from_slice(&frame);
-        assert_eq!(frame_len(&two, MAX_FRAME_LEN), Framing::Frame(n));
-        // Garbage up to the next magic.
-        let mut g = b"xxHEPHE".to_vec();
-        g.extend_from_slice(&frame);
-        assert_eq!(frame_len(&g, MAX_FRAME_LEN), Framing::Garbage(7));
-        assert_eq!(frame_len(&g[7..], MAX_FRAME_LEN), Framing::Frame(n));
-        // A partial magic at the end is kept.
-        assert_eq!(frame_len(b"abcHE", MAX_FRAME_LEN), Framing::Garbage(3));
-        assert_eq!(frame_len(b"abcd", MAX_FRAME_LEN), Framing::Garbage(4));
-        // Impossible or oversized lengths.
-        assert_eq!(
-            frame_len(b"HEP3\x00\x05", MAX_FRAME_LEN),
-            Framing::Garbage(1)
-        );
-        assert_eq!(frame_len(&frame, n - 1), Framing::Garbage(1));
-    }
-
-    #[test]
-    fn auth_is_constant_time_and_strict() {
-        let with = |key: Option<&[u8]>| {
-            let mut b = Builder::v4();
-            if let Some(k) = key {
-                b = b.c(0x0e, k);
-            }
-            b.c(15, b"x").build()
-        };
-        let keyed = with(Some(b"myHep"));
-        let other = with(Some(b"myHep2"));
-        let none = with(None);
-        let auth = HepAuth::key(b"myHep");
-        assert!(auth.is_required());
-        assert_eq!(auth.check(&parse(&keyed).unwrap()), Ok(()));
-        assert_eq!(auth.check(&parse(&other).unwrap()), Err(AuthError::Wrong));
-        assert_eq!(auth.check(&parse(&none).unwrap()), Err(AuthError::Missing));
-        let open = HepAuth::none();
-        assert_eq!(open.check(&parse(&none).unwrap()), Ok(()));
-        assert_eq!(open.check(&parse(&other).unwrap()), Ok(()));
-        assert!(!format!("{auth:?}").contains("myHep"));
-    }
-
-    #[test]
-    fn reads_heplify_rtcp_json() {
-        let body = br#"{"sender_information":{"ntp_timestamp_sec":3650797214,"packets":106,"ntp_timestamp_usec":13217348104192,"octets":16960,"rtp_timestamp":16960},"ssrc":451916597,"type":200,"report_blocks":[{"source_ssrc":898343773,"highest_seq_no":20881,"fraction_lost":0,"ia_jitter":1,"packets_lost":0,"lsr":-1097006646,"dlsr":7733}],"report_count":0}"#;
-        let r = rtcp_json(body).unwrap();
-        assert_eq!(r.ssrc, Some(451_916_597));
-        assert_eq!(r.packet_type, Some(200));
-        assert_eq!(r.sender_information.unwrap().packets, Some(106));
-        assert_eq!(r.report_blocks.len(), 1);
-        assert_eq!(r.report_blocks[0].source_ssrc, Some(898_343_773));
-        assert_eq!(r.report_blocks[0].ia_jitter, Some(1));
-        assert!(rtcp_json(b"{not json").is_err());
-        assert_eq!(rtcp_json(b"{}").unwrap(), RtcpJson::default());
     }
 }

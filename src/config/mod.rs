@@ -1,0 +1,192 @@
+//! Configuration: one TOML file, a serde mirror of it (unknown fields rejected) turned into
+//! validated settings, *every* problem listed with its TOML path and line before anything
+//! runs. A bad file exits with 78 (EX_CONFIG) so systemd does not restart-loop on it.
+//!
+//! - [`forward`]: the forwarding sections (`[node]`, `[spool]`, `[privacy]`, `[uplink]`),
+//!   all that `replay --forward` needs.
+//! - [`agent`]: the daemon's whole file, the forwarding sections plus its sources,
+//!   correlation bounds, sensors, observability and shutdown.
+//! - `keys`: the one step, after validation, that reads key material (sealing keys, the
+//!   site key) and builds the keyring and the pseudonymisation settings from it.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub mod agent;
+pub mod forward;
+mod keys;
+
+pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
+
+/// The file: one schema for every command, each using the sections it needs. Unknown
+/// sections and fields are refused whichever command reads the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    node: forward::RawNode,
+    #[serde(default)]
+    capture: Vec<agent::RawCapture>,
+    hep: Option<agent::RawHep>,
+    #[serde(default)]
+    correlation: agent::RawCorrelation,
+    #[serde(default)]
+    sensors: Vec<agent::RawSensor>,
+    spool: forward::RawSpool,
+    #[serde(default)]
+    privacy: forward::RawPrivacy,
+    uplink: forward::RawUplink,
+    #[serde(default)]
+    observe: agent::RawObserve,
+    #[serde(default)]
+    shutdown: agent::RawShutdown,
+}
+
+/// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.
+pub(super) fn parse_raw(text: &str) -> Result<RawFile, ConfigErrors> {
+    toml::from_str(text).map_err(|e| toml_problem(text, &e))
+}
+
+/// Problems with the line of their TOML path in `text` added, where it can be found.
+pub(super) fn placed(text: &str, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+    problems
+        .into_iter()
+        .map(|p| ConfigProblem {
+            path: match line_of(text, &p.path) {
+                Some(line) => format!("{} (line {line})", p.path),
+                None => p.path,
+            },
+            message: p.message,
+        })
+        .collect()
+}
+
+/// One configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+/// Reads a configuration file, the failure reported like any configuration problem.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigProblem {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }])
+    })
+}
+
+/// A TOML syntax or shape error, placed by its line.
+pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let at = match e.span() {
+        Some(span) => {
+            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
+            format!(
+                "line {}",
+                before.iter().filter(|b| **b == b'\n').count() + 1
+            )
+        }
+        None => "config".into(),
+    };
+    ConfigErrors(vec![ConfigProblem {
+        path: at,
+        message: e.message().to_owned(),
+    }])
+}
+
+/// Whether findings that would make a service fail for good are errors (the daemon: systemd
+/// would restart it forever) or warnings (a command run by hand, whose user reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    Daemon,
+    Manual,
+}
+
+/// A regular file this process can read.
+pub(crate) fn readable_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Loads a certificate and its private key and checks that they belong together; returns
+/// the certificate's common name. The error names the field at fault (`cert_file` or
+/// `key_file`).
+pub(crate) fn check_key_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<Option<String>, (&'static str, String)> {
+    use crate::uplink::tls::{load_certs, load_private_key, node_of_certificate};
+    let certs = load_certs(cert).map_err(|e| ("cert_file", e.to_string()))?;
+    let key_der = load_private_key(key).map_err(|e| ("key_file", e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| ("key_file", format!("{}: {e}", key.display())))?;
+    let cn = certs.first().and_then(node_of_certificate);
+    rustls::sign::CertifiedKey::new(certs, signing)
+        .keys_match()
+        .map_err(|e| {
+            (
+                "key_file",
+                format!(
+                    "{}: does not belong to the certificate {} ({e})",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })?;
+    Ok(cn)
+}
+
+/// The line of a TOML path such as `sensors[1].port` or `uplink.url` in `text`, found by
+/// walking the table headers: good enough to point an installer at the right line.
+pub fn line_of(text: &str, path: &str) -> Option<usize> {
+    let (section, key) = path.split_once('.').unwrap_or((path, ""));
+    let (table, index) = match section.split_once('[') {
+        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()?),
+        None => (section, 0),
+    };
+    let key = key.split(['.', '[']).next().unwrap_or("");
+    let mut seen = 0usize;
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            let name = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
+            inside = false;
+            if name == table {
+                if seen == index {
+                    inside = true;
+                    if key.is_empty() {
+                        return Some(n + 1);
+                    }
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if inside {
+            let k = trimmed.split('=').next().unwrap_or("").trim();
+            if k == key {
+                return Some(n + 1);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,244 @@
+//! One configuration file for every command: `run`, `check-config` and `replay --forward`
+//! read the same file, given the same way (`--config PATH`), each using the sections it
+//! needs; every problem is reported with its TOML path and line, exit 78.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::daemon::{agent_config, teledge};
+use crate::support::data_path;
+use crate::uplink::{collector, forward_config, pki, stored, Pki};
+
+/// `replay --forward --config PATH` over the bundled capture, with up to 20 s to drain.
+fn replay_forward(config: &Path, env: &[(&str, &Path)]) -> Output {
+    let mut command = teledge();
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+        .args(["replay", "--no-progress", "--forward-timeout", "20"])
+        .args(["--forward", "--config"])
+        .arg(config)
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The number in "N records spooled".
+fn spooled(out: &Output) -> usize {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("records spooled"))
+        .unwrap_or_else(|| panic!("no spool line in {stderr}"));
+    line.trim_start_matches("teledge: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// The shipped example with its key and certificate paths in `etc`, its spool in `etc`, its
+/// uplink pointed at a collector on `port`.
+fn example_configuration(pki: &Pki, etc: &Path, port: u16) -> PathBuf {
+    for (from, to) in [
+        ("site.key", "site.key"),
+        ("spool.key", "spool-key"),
+        ("ca.pem", "ca.pem"),
+        ("edge-01.pem", "node.pem"),
+        ("edge-01.key", "node.key"),
+    ] {
+        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("teledge.example.toml")).unwrap();
+    let url = "https://collector.example.net:8443/v1/batches";
+    let spool = "/var/lib/teledge/spool";
+    assert!(example.contains(url) && example.contains(spool));
+    let text = example
+        .replace("/etc/teledge/", &format!("{}/", etc.display()))
+        .replace(spool, &etc.join("spool").display().to_string())
+        .replace(url, &format!("https://localhost:{port}/v1/batches"));
+    let path = etc.join("teledge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn replay_forward_takes_the_daemons_configuration_file() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let collector = collector(&pki, "collector", &out);
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = example_configuration(&pki, &etc, collector.port);
+    // The example seals with a systemd credential, as the unit hands it over.
+    let result = replay_forward(&config, &[("CREDENTIALS_DIRECTORY", &etc)]);
+    assert!(result.status.success(), "{}", text(&result));
+    let spooled = spooled(&result);
+    assert!(spooled > 0, "{}", text(&result));
+    assert_eq!(stored(&out).len(), spooled, "{}", text(&result));
+    // The same file is what `check-config --config` and `run --config` read.
+    let check = teledge()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CREDENTIALS_DIRECTORY", &etc)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+}
+
+#[test]
+fn a_forwarding_only_configuration_still_works_in_the_old_form_too() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let collector = collector(&pki, "collector", &out);
+    let config = forward_config(
+        &pki,
+        &dir.path().join("spool"),
+        "edge-01",
+        "edge-01",
+        "ca.pem",
+        collector.port,
+    );
+    let new_form = replay_forward(&config, &[]);
+    assert!(new_form.status.success(), "{}", text(&new_form));
+    let first = spooled(&new_form);
+    assert_eq!(stored(&out).len(), first);
+    // `--forward CONFIG FILE...`, as scripts written before `--config` say it.
+    let old_form = teledge()
+        .args(["replay", "--no-progress", "--forward"])
+        .arg(&config)
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert!(old_form.status.success(), "{}", text(&old_form));
+    assert!(
+        text(&old_form).contains("--forward --config"),
+        "{}",
+        text(&old_form)
+    );
+    assert_eq!(spooled(&old_form), first);
+    assert_eq!(stored(&out).len(), 2 * first);
+}
+
+#[test]
+fn replay_forward_reports_every_problem_with_its_path_and_line_and_exits_78() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let good = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[capture]]\ninterface = \"eth0\"\n",
+        None,
+    );
+    let text_of = std::fs::read_to_string(&good).unwrap();
+    let bad = text_of
+        .replace("id = \"edge-01\"", "id = \"edge/01\"")
+        .replace("https://localhost", "http://localhost")
+        .replace("flush_interval_ms = 20", "flush_interval_ms = 0");
+    let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    std::fs::write(&good, &bad).unwrap();
+    let result = replay_forward(&good, &[]);
+    assert_eq!(result.status.code(), Some(78), "{}", text(&result));
+    let all = text(&result);
+    for expected in [
+        format!("node.id (line {})", line("edge/01")),
+        format!("uplink.url (line {})", line("http://")),
+        format!(
+            "spool.flush_interval_ms (line {})",
+            line("flush_interval_ms")
+        ),
+    ] {
+        assert!(all.contains(&expected), "{expected} missing in:\n{all}");
+    }
+    // A field no section has is refused by every command, placed by its line.
+    let typo = text_of.replace("[spool]\n", "[spool]\nmax_byte = 1\n");
+    std::fs::write(&good, &typo).unwrap();
+    let result = replay_forward(&good, &[]);
+    assert_eq!(result.status.code(), Some(78), "{}", text(&result));
+    let typo_line = typo.lines().position(|l| l == "max_byte = 1").unwrap() + 1;
+    assert!(
+        text(&result).contains(&format!("line {typo_line}")) && text(&result).contains("max_byte"),
+        "{}",
+        text(&result)
+    );
+}
+
+#[test]
+fn check_config_takes_the_file_with_config_or_as_an_argument() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[hep]\nudp = \"127.0.0.1:9060\"\n",
+        None,
+    );
+    for args in [&["check-config", "--config"][..], &["check-config"][..]] {
+        let out = teledge().args(args).arg(&config).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    // Both at once is a usage error, not a guess.
+    let out = teledge()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // `--config` without `--forward` would be ignored by `replay`: refused instead.
+    let out = teledge()
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// `dead-letters` reads the forwarding sections of the daemon's file: a problem in a section
+/// it does not use (a sensor profile) does not stop it, as it did when it needed the whole
+/// file valid or else a forwarding-only one.
+#[test]
+fn dead_letters_take_the_daemons_file_using_the_forwarding_sections() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[sensors]]\nname = \"ups\"\nport = \"/dev/ttyUSB9\"\nprofile = \"no-such-profile\"\n",
+        None,
+    );
+    let check = teledge()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78), "{}", text(&check));
+    assert!(
+        text(&check).contains("sensors[0].profile"),
+        "{}",
+        text(&check)
+    );
+    let list = teledge()
+        .args(["dead-letters", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", text(&list));
+}
