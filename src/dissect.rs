@@ -25,7 +25,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{Ipv6ExtensionSlice, LaxIpSlice, TcpHeaderSlice, UdpHeaderSlice};
-use serde::Serialize;
 
 use crate::decode::hep::{self, HepFrame, IpProtocol, ProtoType};
 use crate::decode::link::{self, LinkType};
@@ -56,8 +55,7 @@ pub struct Frame<'a> {
 }
 
 /// How a SIP message travelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
@@ -128,7 +126,7 @@ impl<F: FnMut(&MessageMeta, &SipMessage<'_>)> Observer for F {
 }
 
 /// A decode problem worth showing a user, with where it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub frame: u64,
     pub kind: &'static str,
@@ -136,7 +134,7 @@ pub struct Problem {
 }
 
 /// Memory held by the decode path's reassembly against its budget.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// [`DissectLimits::memory_budget`].
     pub budget_bytes: u64,
@@ -147,7 +145,7 @@ pub struct MemoryStats {
 }
 
 /// Counters of the decode path.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DissectStats {
     pub frames: u64,
     pub bytes: u64,
@@ -158,7 +156,6 @@ pub struct DissectStats {
     /// the first few kept in `problems`.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
     /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
-    #[serde(skip)]
     problems_total: u64,
     /// Frames without IP (ARP, LLDP, STP, ...).
     pub non_ip: u64,
@@ -723,6 +720,101 @@ fn feed_stream(
             }
         },
     );
+}
+
+/// The transport as call records write it.
+impl From<Transport> for crate::record::Transport {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Udp => crate::record::Transport::Udp,
+            Transport::Tcp => crate::record::Transport::Tcp,
+            Transport::Ws => crate::record::Transport::Ws,
+            Transport::Sctp => crate::record::Transport::Sctp,
+        }
+    }
+}
+
+/// The decode counters as the capture summary writes them (`decode`).
+impl From<&DissectStats> for crate::record::DecodeCounters {
+    fn from(d: &DissectStats) -> Self {
+        // Every field named: a counter added to the decode path fails to compile here until
+        // the record (and its schema file) says whether it is written.
+        let DissectStats {
+            frames: _,
+            bytes: _,
+            frames_failed: _,
+            errors: _,
+            problems_total: _,
+            non_ip: _,
+            link_errors: _,
+            ip_errors: _,
+            tunnel_errors: _,
+            depth_exceeded: _,
+            udp_datagrams: _,
+            sip_messages_udp: _,
+            sip_messages_tcp: _,
+            sip_messages_ws: _,
+            sip_messages_sctp: _,
+            sip_messages_hep: _,
+            sip_parse_errors: _,
+            hep_frames: _,
+            hep_errors: _,
+            hep_other: _,
+            stream_bytes_discarded: _,
+            sctp_packets: _,
+            sctp_data_chunks: _,
+            fragments: _,
+            tcp: _,
+            sctp: _,
+            memory: _,
+            problems: _,
+        } = d;
+        crate::record::DecodeCounters {
+            frames: d.frames,
+            bytes: d.bytes,
+            frames_failed: d.frames_failed,
+            errors: d
+                .errors
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            non_ip: d.non_ip,
+            link_errors: d.link_errors,
+            ip_errors: d.ip_errors,
+            tunnel_errors: d.tunnel_errors,
+            depth_exceeded: d.depth_exceeded,
+            udp_datagrams: d.udp_datagrams,
+            sip_messages_udp: d.sip_messages_udp,
+            sip_messages_tcp: d.sip_messages_tcp,
+            sip_messages_ws: d.sip_messages_ws,
+            sip_messages_sctp: d.sip_messages_sctp,
+            sip_messages_hep: d.sip_messages_hep,
+            sip_parse_errors: d.sip_parse_errors,
+            hep_frames: d.hep_frames,
+            hep_errors: d.hep_errors,
+            hep_other: d.hep_other,
+            stream_bytes_discarded: d.stream_bytes_discarded,
+            sctp_packets: d.sctp_packets,
+            sctp_data_chunks: d.sctp_data_chunks,
+            fragments: (&d.fragments).into(),
+            tcp: (&d.tcp).into(),
+            sctp: (&d.sctp).into(),
+            memory: crate::record::MemoryCounters {
+                budget_bytes: d.memory.budget_bytes,
+                held_bytes: d.memory.held_bytes,
+                peak_bytes: d.memory.peak_bytes,
+            },
+            problems: d
+                .problems
+                .iter()
+                .map(|p| crate::record::DecodeProblem {
+                    frame: p.frame,
+                    kind: p.kind.to_owned(),
+                    detail: p.detail.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

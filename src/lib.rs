@@ -14,7 +14,8 @@
 //! - [`correlation`]: call tracking, from SIP messages to call records.
 //! - [`pipeline`]: decode and correlation together, the one path from frames to records that
 //!   `replay`, `replay --forward` and `run` share.
-//! - [`record`]: the record types and their documented, versioned schema.
+//! - [`record`]: the record types and their documented, versioned schema (a leaf; the
+//!   JSON Schema files in `schema/` list every field).
 //! - [`outputs`]: JSON Lines and tables.
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
 //! - [`privacy`]: pseudonymisation of numbers and names before storage.
@@ -23,6 +24,9 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
+//! - [`secret`], [`backoff`], [`log_limit`]: small leaves (a value `Debug` never shows,
+//!   retry waits, flood control for log lines).
+//!   Named internal events ([`observe::events`]) log and count a loss in one place.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed: the forwarding
 //!   sections ([`config::forward`]) and the daemon's ([`config::agent`]).
 //! - [`daemon`]: `teledge run`, sources → pipeline → spooler → uplink as components under one
@@ -35,12 +39,14 @@
 //! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod decode;
 pub mod dissect;
+pub mod log_limit;
 pub mod media;
 pub mod observe;
 pub mod outputs;
@@ -50,6 +56,7 @@ pub mod reassembly;
 pub mod record;
 pub mod replay;
 pub mod seal;
+pub mod secret;
 pub mod sensors;
 pub mod sources;
 pub mod spool;

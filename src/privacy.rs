@@ -57,9 +57,8 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::decode::sdp::SdpSummary;
 use crate::record::media::{MediaQuality, StreamQuality};
-use crate::record::{CallRecord, Party, Record};
+use crate::record::{CallRecord, Party, Record, Sdp};
 
 /// The most digits `keep_digits` may keep: more leave a subscriber number identifiable.
 pub const MAX_KEEP_DIGITS: u8 = 6;
@@ -199,6 +198,8 @@ impl Pseudonymizer {
             }
             // Names of equipment from the configuration and profiles: no personal data.
             Record::Sensor(_) | Record::Alert(_) => {}
+            // Counts and record ids of the node's own records.
+            Record::Gap(_) => {}
         }
     }
 
@@ -248,7 +249,7 @@ impl Pseudonymizer {
         }
     }
 
-    fn sdp(&self, sdp: &mut SdpSummary) {
+    fn sdp(&self, sdp: &mut Sdp) {
         for media in &mut sdp.media {
             if let Some(address) = media.address.as_mut() {
                 *address = self.address(address);

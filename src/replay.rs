@@ -115,10 +115,10 @@ impl Replay {
             registrations: counters.registrations,
             other_transactions: counters.other_transactions,
             orphan_messages: counters.orphan_messages,
-            decode: self.pipeline.dissect_stats(self.input),
-            media: correlator.media().counters(),
+            decode: (&self.pipeline.dissect_stats(self.input)).into(),
+            media: (&correlator.media().counters()).into(),
             calls_dropped_at_capacity: counters.dropped_at_capacity,
-            call_counters: counters,
+            call_counters: (&counters).into(),
             undecodable_files: self.undecodable_files,
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));

@@ -145,10 +145,11 @@ fn load(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut forwarder = Forwarder::new(&config)?.with_backoff(Backoff::new(
-        Duration::from_millis(backoff_min),
-        Duration::from_millis(backoff_max),
-    ));
+    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?
+        .with_backoff(Backoff::new(
+            Duration::from_millis(backoff_min),
+            Duration::from_millis(backoff_max),
+        ));
     let start = Instant::now();
     let mut deadline: Option<Instant> = None;
     loop {

@@ -31,7 +31,7 @@ pub fn run(command: DeadLettersCommand) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let area = DeadLetters::for_config(&config);
+    let area = DeadLetters::for_uplink(&config.uplink, &config.node_id, &config.keyring);
     match command {
         DeadLettersCommand::List(_) => list(&area),
         DeadLettersCommand::Resend(_) => {

@@ -231,7 +231,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut forwarder = Forwarder::new(&config)?;
+    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(args.forward_timeout);
     let result = runtime.block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
     match result {

@@ -26,6 +26,7 @@ use super::{
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
 use crate::observe::ObserveSettings;
+use crate::secret::Secret;
 use crate::sensors::device::DeviceSettings;
 use crate::sensors::profile;
 use crate::time::ClockGuard;
@@ -52,7 +53,7 @@ pub(super) struct RawHep {
     tls: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
-    auth_key: Option<String>,
+    auth_key: Option<Secret<String>>,
     auth_key_file: Option<PathBuf>,
     /// A TCP/TLS connection must deliver a valid (and, with a key, authenticated) frame
     /// within this long, or it is closed.
@@ -228,7 +229,8 @@ pub struct HepConfig {
     pub tcp: Option<SocketAddr>,
     /// TLS listener with its certificate and key files.
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
-    pub auth_key: Option<String>,
+    /// Never printed (see [`Secret`]).
+    pub auth_key: Option<Secret<String>>,
     pub first_frame_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -260,8 +262,8 @@ pub struct AgentConfig {
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
-    /// what changed.
-    pub sections: toml::Table,
+    /// what changed. It holds whatever keys the file holds inline, so it is never printed.
+    pub sections: Secret<toml::Table>,
 }
 
 /// Reads and validates the daemon's configuration: the whole file, every section.
@@ -653,7 +655,8 @@ pub fn parse_with_profiles(
         if let Some(file) = raw.hep.as_ref().and_then(|h| h.auth_key_file.as_ref()) {
             hep.auth_key = super::keys::read_secret(file)
                 .map_err(|message| problem!(problems, "hep.auth_key_file", message))
-                .ok();
+                .ok()
+                .map(Secret::new);
         }
         hep
     });
@@ -677,7 +680,7 @@ pub fn parse_with_profiles(
                 all.extend(warnings);
                 all
             },
-            sections,
+            sections: Secret::new(sections),
             forward,
         }),
         _ => Err(ConfigErrors(problems)),
@@ -722,7 +725,7 @@ fn validate_hep(
         problem!(problems, "hep", "give at least one of udp, tcp, tls".into());
     }
     let auth_key = match (&h.auth_key, &h.auth_key_file) {
-        (Some(k), None) => Some(k.clone()),
+        (Some(k), None) => Some(k.expose().clone()),
         // Read with the other keys, after validation (`read_hep_key`).
         (None, Some(f)) => {
             if let Err(message) = readable_file(f) {
@@ -791,7 +794,7 @@ fn validate_hep(
         udp,
         tcp,
         tls,
-        auth_key,
+        auth_key: auth_key.map(Secret::new),
         first_frame_timeout: Duration::from_secs(h.first_frame_timeout_s),
         idle_timeout: Duration::from_secs(h.idle_timeout_s),
         max_connections: h.max_connections,

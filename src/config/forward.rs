@@ -60,6 +60,7 @@ use super::{
 use crate::privacy::{AddressMode, Privacy, MAX_KEEP_DIGITS};
 use crate::seal::{KeySource, Keyring};
 use crate::spool::{SpoolConfig, WhenFull};
+use crate::uplink::UplinkSettings;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,25 +181,6 @@ fn default_dead_letter() -> u64 {
     64 << 20
 }
 
-/// The uplink, validated.
-#[derive(Debug, Clone)]
-pub struct UplinkConfig {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub tls12_allowed: bool,
-    pub batch_records: usize,
-    /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
-    /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
-    pub batch_max_bytes: usize,
-    pub timeout: Duration,
-    pub dead_letter_dir: PathBuf,
-    pub dead_letter_max_bytes: u64,
-}
-
 /// Everything `replay --forward` needs, validated.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
@@ -206,7 +188,7 @@ pub struct ForwardConfig {
     pub spool: SpoolConfig,
     pub keyring: Keyring,
     pub privacy: Privacy,
-    pub uplink: UplinkConfig,
+    pub uplink: UplinkSettings,
     /// Findings that do not stop the service; `check-config` prints them, `run` logs them.
     pub warnings: Vec<ConfigProblem>,
 }
@@ -282,7 +264,7 @@ pub(super) struct ValidForward {
     pub(super) keys: KeySources,
     pub(super) mode: ModeChoice,
     pub(super) addresses: AddressMode,
-    pub(super) uplink: UplinkConfig,
+    pub(super) uplink: UplinkSettings,
     pub(super) warnings: Vec<ConfigProblem>,
 }
 
@@ -602,7 +584,7 @@ pub(super) fn validate_forward(
         },
         mode,
         addresses,
-        uplink: UplinkConfig {
+        uplink: UplinkSettings {
             host,
             port,
             path: url_path,

@@ -16,8 +16,11 @@ use serde::Deserialize;
 pub mod agent;
 pub mod forward;
 mod keys;
+pub mod problem;
 
-pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig, UplinkConfig};
+pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
+pub(crate) use problem::{read_file, toml_problem};
+pub use problem::{ConfigErrors, ConfigProblem};
 
 /// The file: one schema for every command, each using the sections it needs. Unknown
 /// sections and fields are refused whichever command reads the file.
@@ -59,52 +62,6 @@ pub(super) fn placed(text: &str, problems: Vec<ConfigProblem>) -> Vec<ConfigProb
             message: p.message,
         })
         .collect()
-}
-
-/// One configuration problem, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigErrors(pub Vec<ConfigProblem>);
-
-/// Reads a configuration file, the failure reported like any configuration problem.
-pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }])
-    })
-}
-
-/// A TOML syntax or shape error, placed by its line.
-pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
-    let at = match e.span() {
-        Some(span) => {
-            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
-            format!(
-                "line {}",
-                before.iter().filter(|b| **b == b'\n').count() + 1
-            )
-        }
-        None => "config".into(),
-    };
-    ConfigErrors(vec![ConfigProblem {
-        path: at,
-        message: e.message().to_owned(),
-    }])
 }
 
 /// Whether findings that would make a service fail for good are errors (the daemon: systemd

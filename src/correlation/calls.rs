@@ -88,14 +88,12 @@ use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
 use crate::dissect::{MessageMeta, Transport};
 use crate::record::{
-    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, State, UserAgents,
-    CALL_SCHEMA,
+    CallRecord, ClosedBy, Hangup, HepRtcp, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
 };
 use crate::time::{round_secs, Timestamp};
 
 /// A side of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     Caller,
     Callee,
@@ -146,7 +144,7 @@ impl Default for CallLimits {
 }
 
 /// Counters of the tracker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallCounters {
     pub calls: u64,
     /// Calls opened by a message of a dialog whose INVITE was not seen (in `calls` too).
@@ -304,6 +302,14 @@ impl Capper<'_> {
     }
 }
 
+/// The SDP a call keeps (cut to the caps): the first offer and answer.
+#[derive(Debug, Clone, Default)]
+struct CallMedia {
+    offer: Option<SdpSummary>,
+    answer: Option<SdpSummary>,
+    renegotiations: u32,
+}
+
 /// An ended dialog, remembered for `linger`.
 #[derive(Debug)]
 struct Tombstone {
@@ -359,7 +365,7 @@ struct Call {
     hold_since: Option<Timestamp>,
     hold_count: u32,
     hold_total: f64,
-    media: Media,
+    media: CallMedia,
     seen: HashSet<u64>,
     hep_rtcp: Vec<HepRtcp>,
     /// Why and when the record was (or will be) made.
@@ -843,7 +849,7 @@ impl Call {
             hold_since: None,
             hold_count: 0,
             hold_total: 0.0,
-            media: Media::default(),
+            media: CallMedia::default(),
             seen: HashSet::new(),
             hep_rtcp: Vec::new(),
             closed: None,
@@ -1419,7 +1425,7 @@ impl Call {
             callee: self.callee,
             asserted_identity: self.asserted_identity,
             diverted_from: self.diverted_from,
-            transport: self.transport,
+            transport: self.transport.into(),
             caller_address: self.caller_address.to_string(),
             callee_address: self.callee_address.to_string(),
             started_before_capture: self.started_before_capture,
@@ -1458,7 +1464,11 @@ impl Call {
             early_media: self.early_media,
             hold_count: self.hold_count,
             hold_duration_s: round_secs(self.hold_total + hold_open),
-            media: self.media,
+            media: crate::record::Media {
+                offer: self.media.offer.as_ref().map(Into::into),
+                answer: self.media.answer.as_ref().map(Into::into),
+                renegotiations: self.media.renegotiations,
+            },
             media_quality: Default::default(),
             hep_rtcp: self.hep_rtcp,
             call_id: self.call_id,
@@ -1499,6 +1509,52 @@ fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> Strin
         &invite_time.as_nanos().to_be_bytes(),
         caller.to_string().as_bytes(),
     ])
+}
+
+/// The tracker's counters as the capture summary writes them (`call_counters`).
+impl From<&CallCounters> for crate::record::CallCounters {
+    fn from(c: &CallCounters) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let CallCounters {
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
+        } = *c;
+        crate::record::CallCounters {
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -85,8 +85,8 @@ mod tests {
     use crate::correlation::calls::CallLimits;
     use crate::correlation::media::MediaLimits;
     use crate::decode::hep::{IpFamily, IpProtocol};
-    use crate::dissect::Transport;
     use crate::record::ClosedBy;
+    use crate::record::Transport;
     use crate::time::Timestamp;
 
     fn frame(proto: ProtoType, payload: &[u8], cid: Option<&str>, secs: i64) -> HepFrame<'static> {

@@ -104,7 +104,7 @@ impl Default for MediaLimits {
 }
 
 /// Counters of the media path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MediaCounters {
     /// RTP packets of measured streams (in a call or orphan).
     pub rtp_packets: u64,
@@ -976,9 +976,9 @@ impl Stream {
             ssrc: format!("0x{:08X}", self.key.ssrc),
             codec,
             codecs,
-            metrics,
-            score,
-            not_scored,
+            metrics: (&metrics).into(),
+            score: score.as_ref().map(Into::into),
+            not_scored: not_scored.as_ref().map(Into::into),
             rtcp: reported,
         }
     }
@@ -1075,7 +1075,7 @@ fn reported_for(
             .iter()
             .find(|v| v.source_ssrc == key.ssrc)
         {
-            reported.voip_metrics = Some(*vm);
+            reported.voip_metrics = Some(vm.into());
         }
         let Some(block) = obs
             .summary
@@ -1210,6 +1210,56 @@ fn orphan_record(stream: &Stream) -> StreamRecord {
             &quality.metrics.start_time.as_nanos().to_be_bytes(),
         ]),
         stream: quality,
+    }
+}
+
+/// The media counters as the capture summary writes them (`media`).
+impl From<&MediaCounters> for crate::record::MediaCounters {
+    fn from(c: &MediaCounters) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let MediaCounters {
+            rtp_packets,
+            rtp_packets_in_calls,
+            rtp_decode_errors,
+            rtcp_packets,
+            rtcp_decode_errors,
+            rtcp_unattributed,
+            rtcp_dropped_at_capacity,
+            streams,
+            peak_active_streams,
+            orphan_streams,
+            other_datagrams,
+            probation_discarded,
+            streams_dropped_at_capacity,
+            endpoints_dropped_at_capacity,
+            rtp_after_call_end,
+            rtcp_after_call_end,
+            ended_endpoints_forgotten,
+            orphan_streams_summarised,
+            streams_beyond_call_cap,
+        } = *c;
+        crate::record::MediaCounters {
+            rtp_packets,
+            rtp_packets_in_calls,
+            rtp_decode_errors,
+            rtcp_packets,
+            rtcp_decode_errors,
+            rtcp_unattributed,
+            rtcp_dropped_at_capacity,
+            streams,
+            peak_active_streams,
+            orphan_streams,
+            other_datagrams,
+            probation_discarded,
+            streams_dropped_at_capacity,
+            endpoints_dropped_at_capacity,
+            rtp_after_call_end,
+            rtcp_after_call_end,
+            ended_endpoints_forgotten,
+            orphan_streams_summarised,
+            streams_beyond_call_cap,
+        }
     }
 }
 

@@ -49,7 +49,10 @@ impl HepInput {
             udp: hep.udp,
             tcp: hep.tcp,
             tls,
-            auth_key: hep.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            auth_key: hep
+                .auth_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec()),
             idle_timeout: hep.idle_timeout,
             first_frame_timeout: hep.first_frame_timeout,
             max_connections: hep.max_connections,

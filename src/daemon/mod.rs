@@ -47,6 +47,7 @@
 //! task. [`Daemon::start`] and [`Daemon::shutdown`] let a test drive the daemon in-process;
 //! [`run`] adds the signals.
 
+use crate::observe::events::{DropReason, InternalEvent, RecordsDropped};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,23 +163,16 @@ struct RecordQueue {
 
 impl RecordQueue {
     fn push(&self, record: Record) {
-        let kind = match &record {
-            Record::Call(_) => "call",
-            Record::Stream(_) => "stream",
-            Record::OrphanStreams(_) => "orphan_streams",
-            Record::CaptureSummary(_) => "capture_summary",
-            Record::Sensor(_) => "sensor",
-            Record::Alert(_) => "alert",
-        };
+        let kind = record.kind();
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[kind]).inc();
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.metrics.records_dropped.with(&["queue_full"]).inc();
-            }
-        }
+        let reason = match self.tx.try_send(record) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => DropReason::QueueFull,
+            Err(TrySendError::Disconnected(_)) => DropReason::QueueClosed,
+        };
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        RecordsDropped { reason, count: 1 }.emit(&self.metrics);
     }
 
     /// At shutdown, waiting is right: nothing is captured any more.
@@ -186,6 +180,11 @@ impl RecordQueue {
         self.produced.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            RecordsDropped {
+                reason: DropReason::QueueClosed,
+                count: 1,
+            }
+            .emit(&self.metrics);
         }
     }
 }
@@ -374,6 +373,7 @@ impl Daemon {
                 Some(Arc::clone(&committed)),
             ),
             Arc::clone(&health),
+            Arc::clone(&metrics),
         )?;
 
         let ctx = Context {
@@ -443,7 +443,7 @@ impl Daemon {
             uplink,
             produced,
             dropped,
-            running: config.sections.clone(),
+            running: config.sections.expose().clone(),
             drain_timeout: config.drain_timeout,
             observe_addr,
         })
@@ -468,7 +468,7 @@ impl Daemon {
     /// (`[uplink]`, `[[sensors]]`, `[shutdown]`), names the others as waiting for a restart,
     /// and reconnects the uplink in any case (renewed certificates take effect).
     pub async fn reload(&mut self, new: &AgentConfig) -> ReloadPlan {
-        let plan = reload::ReloadPlan::new(&self.running, &new.sections);
+        let plan = reload::ReloadPlan::new(&self.running, new.sections.expose());
         for section in &plan.applied {
             match *section {
                 "uplink" => self.uplink.reconfigure(new.forward.uplink.clone()),
@@ -476,7 +476,7 @@ impl Daemon {
                 "shutdown" => self.drain_timeout = new.drain_timeout,
                 _ => {}
             }
-            if let Some(value) = new.sections.get(*section) {
+            if let Some(value) = new.sections.expose().get(*section) {
                 self.running.insert((*section).to_owned(), value.clone());
             }
         }

@@ -5,9 +5,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::observe::agent::AgentMetrics;
+use crate::observe::events::{DropReason, InternalEvent, RecordsDropped, SpoolAppendFailed};
 use crate::observe::{Health, Stage};
 use crate::record::Record;
-use crate::spooler::Spooler;
+use crate::spooler::{Spooler, SpoolerError};
 
 /// The running writer.
 #[derive(Debug)]
@@ -20,10 +22,11 @@ impl SpoolWriter {
         rx: Receiver<Record>,
         spooler: Spooler,
         health: Arc<Health>,
+        metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || write(rx, spooler, &health))?;
+            .spawn(move || write(rx, spooler, &health, &metrics))?;
         Ok(SpoolWriter { thread })
     }
 
@@ -43,14 +46,26 @@ impl SpoolWriter {
 /// Hands records to the [`Spooler`] (pseudonymise, append), commits in groups (durable at
 /// most one flush interval after the append, the uplink woken), and commits what is left
 /// when the queue closes. Returns records spooled.
-fn write(rx: Receiver<Record>, mut spooler: Spooler, health: &Health) -> u64 {
+fn write(
+    rx: Receiver<Record>,
+    mut spooler: Spooler,
+    health: &Health,
+    metrics: &AgentMetrics,
+) -> u64 {
     let flush_every = spooler.flush_every();
     loop {
         let received = rx.recv_timeout(flush_every);
         let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
         if let Ok(record) = received {
-            if let Err(e) = spooler.append(record) {
-                tracing::error!("{:#}", anyhow::Error::new(e));
+            // A record that does not reach the spool is lost: logged and counted as one.
+            match spooler.append(record) {
+                Ok(()) => {}
+                Err(SpoolerError::Serialise(_)) => RecordsDropped {
+                    reason: DropReason::NotSerialisable,
+                    count: 1,
+                }
+                .emit(metrics),
+                Err(e) => SpoolAppendFailed { error: &e }.emit(metrics),
             }
         }
         let committed = if closed {

@@ -9,10 +9,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, DaemonError};
-use crate::config::{ForwardConfig, UplinkConfig};
+use crate::config::ForwardConfig;
 use crate::observe::{AgentMetrics, Stage};
 use crate::spool::Spool;
 use crate::uplink::client::{Attempt, ForwardError, Forwarder, UplinkStats};
+use crate::uplink::UplinkSettings as UplinkConfig;
 
 /// The running uplink.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ impl Uplink {
     ) -> Result<Self, DaemonError> {
         let metrics = &ctx.metrics;
         let health = &ctx.health;
-        let mut forwarder = Forwarder::new(config)?;
+        let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?;
         metrics.watch_tls_alerts(forwarder.tls_alerts());
         forwarder.on_progress({
             let metrics = Arc::clone(metrics);

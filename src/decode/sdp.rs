@@ -4,16 +4,13 @@
 //! call record and the media correlation need, resolving session-level defaults (`c=`,
 //! direction attributes) into each media section.
 
-use serde::Serialize;
-
 /// Why an SDP body could not be summarised.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed SDP: {0}")]
 pub struct SdpError(String);
 
 /// Media direction (RFC 3264 §5.1). `sendrecv` when nothing is said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     SendRecv,
     SendOnly,
@@ -22,7 +19,7 @@ pub enum Direction {
 }
 
 /// A payload format of a media section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codec {
     pub payload_type: u8,
     /// Encoding name from `a=rtpmap`, or the static name of RFC 3551 for static payload types.
@@ -31,7 +28,7 @@ pub struct Codec {
 }
 
 /// One `m=` section with session-level defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaSection {
     /// `audio`, `video`, `image` (T.38), ...
     pub media: String,
@@ -57,7 +54,7 @@ impl MediaSection {
 }
 
 /// The media facts of one SDP body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdpSummary {
     pub media: Vec<MediaSection>,
 }
@@ -202,6 +199,42 @@ pub fn static_payload_type(payload_type: u8) -> Option<(&'static str, u32)> {
         34 => ("H263", 90000),
         _ => return None,
     })
+}
+
+/// The SDP as a call record writes it (`teledge.call/1`, `media.offer`/`media.answer`).
+impl From<&SdpSummary> for crate::record::Sdp {
+    fn from(sdp: &SdpSummary) -> Self {
+        use crate::record::{SdpCodec, SdpDirection, SdpMedia};
+        crate::record::Sdp {
+            media: sdp
+                .media
+                .iter()
+                .map(|m| SdpMedia {
+                    media: m.media.clone(),
+                    address: m.address.clone(),
+                    port: m.port,
+                    protocol: m.protocol.clone(),
+                    rtcp_port: m.rtcp_port,
+                    rtcp_mux: m.rtcp_mux,
+                    direction: match m.direction {
+                        Direction::SendRecv => SdpDirection::SendRecv,
+                        Direction::SendOnly => SdpDirection::SendOnly,
+                        Direction::RecvOnly => SdpDirection::RecvOnly,
+                        Direction::Inactive => SdpDirection::Inactive,
+                    },
+                    codecs: m
+                        .codecs
+                        .iter()
+                        .map(|c| SdpCodec {
+                            payload_type: c.payload_type,
+                            name: c.name.clone(),
+                            clock_rate: c.clock_rate,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,8 @@
 //! Wideband codecs (G.722, Opus, AMR-WB, ...) belong on the G.107.1 scale (R up to 129); they
 //! are not scored rather than given a narrowband number that would mean something else.
 
-use serde::Serialize;
-
 /// Codec parameters from ITU-T G.113 Appendix I.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CodecImpairment {
     /// Equipment impairment factor.
     pub ie: f64,
@@ -21,8 +19,7 @@ pub struct CodecImpairment {
 }
 
 /// Why a stream has no score.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "reason", content = "codec")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotScored {
     /// A wideband codec: the narrowband E-model does not apply.
     Wideband(String),
@@ -35,8 +32,7 @@ pub enum NotScored {
 }
 
 /// Where the delay fed to the E-model came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DelaySource {
     /// Half the mean round trip computed from RTCP SR/RR capture times at the tap.
     RtcpCapture,
@@ -47,7 +43,7 @@ pub enum DelaySource {
 }
 
 /// The inputs and result of one scoring, so a reader can see what produced the number.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     pub model: &'static str,
     pub codec: String,
@@ -173,6 +169,43 @@ pub fn mos(r: f64) -> f64 {
         4.5
     } else {
         1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6
+    }
+}
+
+/// A score as records write it (`score` of a *stream*).
+impl From<&Score> for crate::record::media::Score {
+    fn from(s: &Score) -> Self {
+        use crate::record::media::DelaySource as D;
+        crate::record::media::Score {
+            model: s.model,
+            codec: s.codec.clone(),
+            ie: s.ie,
+            bpl: s.bpl,
+            packet_loss_percent: s.packet_loss_percent,
+            burst_ratio: s.burst_ratio,
+            one_way_delay_ms: s.one_way_delay_ms,
+            delay_source: match s.delay_source {
+                DelaySource::RtcpCapture => D::RtcpCapture,
+                DelaySource::RtcpXr => D::RtcpXr,
+                DelaySource::AssumedDefault => D::AssumedDefault,
+            },
+            jitter_buffer_ms: s.jitter_buffer_ms,
+            r_factor: s.r_factor,
+            mos: s.mos,
+        }
+    }
+}
+
+/// Why not, as records write it (`not_scored` of a *stream*).
+impl From<&NotScored> for crate::record::media::NotScored {
+    fn from(n: &NotScored) -> Self {
+        use crate::record::media::NotScored as R;
+        match n {
+            NotScored::Wideband(codec) => R::Wideband(codec.clone()),
+            NotScored::Video(codec) => R::Video(codec.clone()),
+            NotScored::UnknownCodec(codec) => R::UnknownCodec(codec.clone()),
+            NotScored::NoData => R::NoData,
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! payload. RTCP is rare (one compound packet every few seconds per stream); it is decoded in
 //! full and reduced to the facts a call record needs.
 
-use serde::Serialize;
 use webrtc_util::marshal::Unmarshal;
 
 /// What a UDP payload looks like.
@@ -122,7 +121,7 @@ pub fn decode_rtp(data: &[u8]) -> Result<RtpPacket, RtpError> {
 }
 
 /// A reception report block: what a receiver says about a source (RFC 3550 §6.4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReceptionReport {
     /// The SSRC reported on.
     pub source_ssrc: u32,
@@ -138,7 +137,7 @@ pub struct ReceptionReport {
 }
 
 /// RFC 3611 §4.7 VoIP metrics, as the endpoint computed them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VoipMetrics {
     pub source_ssrc: u32,
     /// Loss and discard rates, 0..1.
@@ -153,7 +152,7 @@ pub struct VoipMetrics {
 }
 
 /// What one RTCP compound packet says.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RtcpSummary {
     /// SSRC of the sender of the packet.
     pub sender_ssrc: Option<u32>,
@@ -271,6 +270,22 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
         }
     }
     Ok(summary)
+}
+
+/// XR VoIP metrics as records write them (`rtcp.voip_metrics` of a *stream*).
+impl From<&VoipMetrics> for crate::record::media::VoipMetrics {
+    fn from(v: &VoipMetrics) -> Self {
+        crate::record::media::VoipMetrics {
+            source_ssrc: v.source_ssrc,
+            loss_rate: v.loss_rate,
+            discard_rate: v.discard_rate,
+            round_trip_delay_ms: v.round_trip_delay_ms,
+            end_system_delay_ms: v.end_system_delay_ms,
+            r_factor: v.r_factor,
+            mos_lq: v.mos_lq,
+            mos_cq: v.mos_cq,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@
 //!
 //! Memory per stream is constant: no per-packet history is kept.
 
-use serde::Serialize;
+use crate::record::media as record;
 
 use crate::media::packet::RtpPacket;
 use crate::time::Timestamp;
@@ -102,7 +102,7 @@ const SEQ_WINDOW: u64 = 128;
 pub const MAX_DROPOUT: u16 = 3000;
 
 /// A DTMF digit carried as an RFC 4733 event.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DtmfEvent {
     pub digit: char,
     pub time: Timestamp,
@@ -111,7 +111,7 @@ pub struct DtmfEvent {
 }
 
 /// Jitter-buffer emulation results.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JitterBufferReport {
     pub size_ms: f64,
     /// Packets that arrived too late for this buffer.
@@ -126,7 +126,7 @@ pub struct JitterBufferReport {
 }
 
 /// The figures `tshark -z rtp,streams` of [`WIRESHARK_VERSION`] prints for the stream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WiresharkFigures {
     pub version: &'static str,
     pub expected: i64,
@@ -144,7 +144,7 @@ pub struct WiresharkFigures {
 }
 
 /// The analysis of one stream, as reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamReport {
     pub start_time: Timestamp,
     pub end_time: Timestamp,
@@ -908,6 +908,71 @@ fn round3(v: f64) -> f64 {
 
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
+}
+
+/// A stream's figures as records write them (`metrics` of a *stream*).
+impl From<&StreamReport> for record::StreamMetrics {
+    fn from(r: &StreamReport) -> Self {
+        let w = &r.wireshark;
+        record::StreamMetrics {
+            start_time: r.start_time,
+            end_time: r.end_time,
+            duration_s: r.duration_s,
+            packets: r.packets,
+            expected: r.expected,
+            lost: r.lost,
+            lost_percent: r.lost_percent,
+            duplicates: r.duplicates,
+            out_of_order: r.out_of_order,
+            wrong_timestamp: r.wrong_timestamp,
+            timestamp_jumps: r.timestamp_jumps,
+            sequence_resets: r.sequence_resets,
+            min_delta_ms: r.min_delta_ms,
+            mean_delta_ms: r.mean_delta_ms,
+            max_delta_ms: r.max_delta_ms,
+            min_jitter_ms: r.min_jitter_ms,
+            mean_jitter_ms: r.mean_jitter_ms,
+            max_jitter_ms: r.max_jitter_ms,
+            max_skew_ms: r.max_skew_ms,
+            payload_types: r.payload_types.clone(),
+            loss_bursts: r.loss_bursts.to_vec(),
+            jitter_buffers: r
+                .jitter_buffers
+                .iter()
+                .map(|b| record::JitterBuffer {
+                    size_ms: b.size_ms,
+                    discarded: b.discarded,
+                    resyncs: b.resyncs,
+                    effective_loss_percent: b.effective_loss_percent,
+                    burst_ratio: b.burst_ratio,
+                })
+                .collect(),
+            comfort_noise_packets: r.comfort_noise_packets,
+            dtmf: r
+                .dtmf
+                .iter()
+                .map(|d| record::Dtmf {
+                    digit: d.digit,
+                    time: d.time,
+                    duration_ms: d.duration_ms,
+                })
+                .collect(),
+            wireshark: record::WiresharkFigures {
+                version: w.version,
+                expected: w.expected,
+                lost: w.lost,
+                sequence_errors: w.sequence_errors,
+                wrong_timestamp: w.wrong_timestamp,
+                min_delta_ms: w.min_delta_ms,
+                mean_delta_ms: w.mean_delta_ms,
+                max_delta_ms: w.max_delta_ms,
+                min_jitter_ms: w.min_jitter_ms,
+                mean_jitter_ms: w.mean_jitter_ms,
+                max_jitter_ms: w.max_jitter_ms,
+                max_skew_ms: w.max_skew_ms,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

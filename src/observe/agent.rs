@@ -31,6 +31,8 @@ const MAX_SENSORS: usize = 64;
 #[derive(Debug)]
 pub struct AgentMetrics {
     registry: Registry,
+    /// When each internal event was last logged (see [`super::events`]).
+    pub(crate) log_limiter: crate::log_limit::Limiter,
 
     // Capture and decode.
     /// Frames received, by source.
@@ -368,6 +370,7 @@ impl AgentMetrics {
             ),
             // Last: every field above registered its metric in `r` first.
             registry: r,
+            log_limiter: crate::log_limit::Limiter::default(),
         };
         m.start_time_seconds.set(unix_seconds(SystemTime::now()));
         m

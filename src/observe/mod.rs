@@ -40,6 +40,7 @@
 //! ```
 
 pub mod agent;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod metrics;

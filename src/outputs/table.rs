@@ -145,7 +145,7 @@ pub fn write_table(
 }
 
 /// ` (link 12, sip 1)`, or nothing when there was no error.
-fn errors_by_kind(d: &crate::dissect::DissectStats) -> String {
+fn errors_by_kind(d: &crate::record::DecodeCounters) -> String {
     if d.errors.is_empty() {
         return String::new();
     }

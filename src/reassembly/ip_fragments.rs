@@ -54,7 +54,7 @@ pub struct FragmentKey {
 }
 
 /// Counters of the pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FragmentStats {
     pub fragments: u64,
     pub reassembled: u64,
@@ -276,6 +276,32 @@ fn insert_range(ranges: &mut Vec<(usize, usize)>, new: (usize, usize)) {
     });
     let at = ranges.partition_point(|&(s, _)| s < start);
     ranges.insert(at, (start, end));
+}
+
+/// The pool's counters as the capture summary writes them (`decode.fragments`).
+impl From<&FragmentStats> for crate::record::FragmentCounters {
+    fn from(s: &FragmentStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let FragmentStats {
+            fragments,
+            reassembled,
+            timed_out,
+            evicted,
+            overlap_conflicts,
+            malformed,
+            largest_reassembled,
+        } = *s;
+        crate::record::FragmentCounters {
+            fragments,
+            reassembled,
+            timed_out,
+            evicted,
+            overlap_conflicts,
+            malformed,
+            largest_reassembled,
+        }
+    }
 }
 
 #[cfg(test)]

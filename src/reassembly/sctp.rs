@@ -47,7 +47,7 @@ impl Default for SctpLimits {
 }
 
 /// Counters of the reassembler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SctpStats {
     /// Fragments (DATA chunks without both B and E) offered.
     pub fragments: u64,
@@ -300,6 +300,30 @@ impl SctpReassembler {
             self.by_arrival.remove(&order);
             self.remove(&key, tsn);
             self.stats.timed_out += 1;
+        }
+    }
+}
+
+/// The reassembler's counters as the capture summary writes them (`decode.sctp`).
+impl From<&SctpStats> for crate::record::SctpCounters {
+    fn from(s: &SctpStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let SctpStats {
+            fragments,
+            reassembled,
+            duplicates,
+            timed_out,
+            evicted,
+            oversized,
+        } = *s;
+        crate::record::SctpCounters {
+            fragments,
+            reassembled,
+            duplicates,
+            timed_out,
+            evicted,
+            oversized,
         }
     }
 }

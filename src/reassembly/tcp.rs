@@ -70,7 +70,7 @@ impl Default for TcpLimits {
 }
 
 /// Counters of the reassembler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpStats {
     pub segments: u64,
     pub retransmitted: u64,
@@ -515,6 +515,36 @@ fn skip_hole<A>(
         drain_pending(dir, now, deliver);
         if !dir.pending.is_empty() {
             dir.hole_since = Some(now);
+        }
+    }
+}
+
+/// The reassembler's counters as the capture summary writes them (`decode.tcp`).
+impl From<&TcpStats> for crate::record::TcpCounters {
+    fn from(s: &TcpStats) -> Self {
+        // Every field named: a counter added here fails to compile until the record (and its
+        // schema file) says whether it is written.
+        let TcpStats {
+            segments,
+            retransmitted,
+            out_of_order,
+            gaps,
+            flows_evicted,
+            flows_evicted_memory,
+            flows_stalled,
+            flows_expired,
+            bytes_dropped,
+        } = *s;
+        crate::record::TcpCounters {
+            segments,
+            retransmitted,
+            out_of_order,
+            gaps,
+            flows_evicted,
+            flows_evicted_memory,
+            flows_stalled,
+            flows_expired,
+            bytes_dropped,
         }
     }
 }

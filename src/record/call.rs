@@ -2,8 +2,6 @@
 
 use serde::Serialize;
 
-use crate::decode::sdp::SdpSummary;
-use crate::dissect::Transport;
 use crate::time::Timestamp;
 
 /// Schema id written in every call record.
@@ -100,12 +98,65 @@ pub struct UserAgents {
     pub callee: Option<String>,
 }
 
+/// How the first INVITE travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// SIP over WebSocket (RFC 7118).
+    Ws,
+    /// SIP over SCTP (RFC 4168).
+    Sctp,
+}
+
 /// SDP of the call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Media {
-    pub offer: Option<SdpSummary>,
-    pub answer: Option<SdpSummary>,
+    pub offer: Option<Sdp>,
+    pub answer: Option<Sdp>,
     pub renegotiations: u32,
+}
+
+/// The media facts of one SDP body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sdp {
+    pub media: Vec<SdpMedia>,
+}
+
+/// One `m=` section, session-level defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SdpMedia {
+    /// `audio`, `video`, `image` (T.38), ...
+    pub media: String,
+    /// Connection address (media-level `c=` over session-level).
+    pub address: Option<String>,
+    pub port: u16,
+    /// Transport protocol, e.g. `RTP/AVP`, `RTP/SAVP`, `udptl`.
+    pub protocol: String,
+    /// `a=rtcp`, the RTP port with `a=rtcp-mux`, else port + 1.
+    pub rtcp_port: Option<u16>,
+    pub rtcp_mux: bool,
+    pub direction: SdpDirection,
+    pub codecs: Vec<SdpCodec>,
+}
+
+/// Media direction (RFC 3264 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpDirection {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+/// A payload format of a media section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SdpCodec {
+    pub payload_type: u8,
+    pub name: Option<String>,
+    pub clock_rate: Option<u32>,
 }
 
 /// One call attempt.
@@ -157,7 +208,7 @@ pub struct CallRecord {
     pub hold_duration_s: f64,
     pub media: Media,
     /// RTP/RTCP measured for this call, by direction, with the verdict.
-    pub media_quality: crate::record::media::MediaQuality,
+    pub media_quality: super::media::MediaQuality,
     /// RTCP reports a HEP agent relayed for this call (HEP type 5), per reported stream.
     pub hep_rtcp: Vec<HepRtcp>,
 }

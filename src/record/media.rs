@@ -2,9 +2,7 @@
 
 use serde::Serialize;
 
-use crate::media::emodel::{NotScored, Score};
-use crate::media::packet::VoipMetrics;
-use crate::media::stream::StreamReport;
+use crate::time::Timestamp;
 
 /// Schema id of an orphan stream record.
 pub const STREAM_SCHEMA: &str = "teledge.stream/1";
@@ -41,7 +39,7 @@ pub struct StreamQuality {
     pub codec: Option<String>,
     /// Names of every payload type seen.
     pub codecs: Vec<String>,
-    pub metrics: StreamReport,
+    pub metrics: StreamMetrics,
     pub score: Option<Score>,
     /// Why there is no score.
     pub not_scored: Option<NotScored>,
@@ -111,9 +109,9 @@ pub struct OrphanStreamsSummary {
     pub schema: &'static str,
     pub record_id: String,
     /// End time of the first stream summed (the minute starts with the first orphan record).
-    pub interval_start: crate::time::Timestamp,
+    pub interval_start: Timestamp,
     /// End time of the last stream summed.
-    pub interval_end: crate::time::Timestamp,
+    pub interval_end: Timestamp,
     pub streams: u64,
     pub packets: u64,
     /// Packets lost (never negative per stream).
@@ -162,4 +160,130 @@ impl OrphanStreamsSummary {
             self.other_sources += 1;
         }
     }
+}
+
+/// What the tap measured of one RTP stream (the rules are in [`crate::media::stream`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamMetrics {
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
+    pub duration_s: f64,
+    pub packets: u64,
+    /// Highest extended sequence number − first + 1 (RFC 3550 A.3).
+    pub expected: i64,
+    /// Packets never received, never negative.
+    pub lost: i64,
+    pub lost_percent: f64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Voice packets behind the jitter reference, left out of the jitter.
+    pub wrong_timestamp: u64,
+    /// Sustained RTP timestamp jumps taken as a new reference.
+    pub timestamp_jumps: u64,
+    /// Restarts of the sender's sequence numbers (RFC 3550 A.1).
+    pub sequence_resets: u64,
+    pub min_delta_ms: Option<f64>,
+    pub mean_delta_ms: Option<f64>,
+    pub max_delta_ms: Option<f64>,
+    pub min_jitter_ms: Option<f64>,
+    pub mean_jitter_ms: Option<f64>,
+    pub max_jitter_ms: Option<f64>,
+    pub max_skew_ms: Option<f64>,
+    pub payload_types: Vec<u8>,
+    /// Runs of 1, 2, ... 9 and 10 or more consecutive lost packets.
+    pub loss_bursts: Vec<u64>,
+    pub jitter_buffers: Vec<JitterBuffer>,
+    pub comfort_noise_packets: u64,
+    pub dtmf: Vec<Dtmf>,
+    pub wireshark: WiresharkFigures,
+}
+
+/// One emulated fixed playout buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct JitterBuffer {
+    pub size_ms: f64,
+    /// Packets that arrived too late for this buffer.
+    pub discarded: u64,
+    /// Times the buffer re-synchronised after a sustained shift of the delay.
+    pub resyncs: u64,
+    /// Lost plus discarded, over expected, in percent.
+    pub effective_loss_percent: f64,
+    /// G.107 BurstR; 1 for random loss.
+    pub burst_ratio: f64,
+}
+
+/// A DTMF digit carried as an RFC 4733 event.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Dtmf {
+    pub digit: char,
+    pub time: Timestamp,
+    pub duration_ms: Option<f64>,
+}
+
+/// What `tshark -z rtp,streams` of `version` prints for the stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WiresharkFigures {
+    pub version: &'static str,
+    pub expected: i64,
+    /// Expected − received (negative with duplicates).
+    pub lost: i64,
+    pub sequence_errors: u64,
+    pub wrong_timestamp: u64,
+    pub min_delta_ms: Option<f64>,
+    pub mean_delta_ms: Option<f64>,
+    pub max_delta_ms: Option<f64>,
+    pub min_jitter_ms: Option<f64>,
+    pub mean_jitter_ms: Option<f64>,
+    pub max_jitter_ms: Option<f64>,
+    pub max_skew_ms: Option<f64>,
+}
+
+/// The G.107 E-model's inputs and result (see [`crate::media::emodel`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Score {
+    pub model: &'static str,
+    pub codec: String,
+    pub ie: f64,
+    pub bpl: f64,
+    pub packet_loss_percent: f64,
+    pub burst_ratio: f64,
+    pub one_way_delay_ms: f64,
+    pub delay_source: DelaySource,
+    pub jitter_buffer_ms: f64,
+    pub r_factor: f64,
+    pub mos: f64,
+}
+
+/// Where the delay fed to the E-model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelaySource {
+    RtcpCapture,
+    RtcpXr,
+    AssumedDefault,
+}
+
+/// Why a stream has no score: `{"reason": ..., "codec": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "codec")]
+pub enum NotScored {
+    Wideband(String),
+    Video(String),
+    UnknownCodec(String),
+    NoData,
+}
+
+/// RFC 3611 §4.7 VoIP metrics, as the endpoint computed them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VoipMetrics {
+    pub source_ssrc: u32,
+    /// Loss and discard rates, 0..1.
+    pub loss_rate: f64,
+    pub discard_rate: f64,
+    pub round_trip_delay_ms: u16,
+    pub end_system_delay_ms: u16,
+    /// `None` where the endpoint said "unavailable".
+    pub r_factor: Option<u8>,
+    pub mos_lq: Option<f64>,
+    pub mos_cq: Option<f64>,
 }

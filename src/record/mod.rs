@@ -1,5 +1,13 @@
 //! Records: what teledge produces, in one envelope (`"type"` tag) so every output, the spool and
-//! the collector handle calls, capture summaries and later sensor readings alike.
+//! the collector handle calls, capture summaries, sensor readings and gaps alike.
+//!
+//! These types *are* the wire schema, and they are teledge's only record types that derive
+//! `Serialize`. The module is a leaf: it imports nothing of the pipeline (only
+//! [`crate::time`] for timestamps); the pipeline's own types are converted into these
+//! (`impl From<&Internal> for record::X`, next to each internal type), so renaming a field
+//! inside the pipeline cannot change a record. The JSON Schema files in `schema/` list every
+//! field of every record kind, and `tests/it/schema.rs` holds them and these types together
+//! (see `schema/README.md`).
 //!
 //! # Call record schema, version 1 (`"schema": "teledge.call/1"`)
 //!
@@ -130,14 +138,26 @@
 //! hovering at a limit from flapping), `state` (a UPS flag: on battery, battery low, fault,
 //! overload, replace battery) or `communication` (the device stopped answering; ended when it
 //! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
+//!
+//! # Gap record (`"type": "gap"`, `"schema": "teledge.gap/1"`)
+//!
+//! Records lost or set aside on the way out, made by the spool and the uplink (see [`gap`]):
+//! `node`, `reason`, `dropped`, `first_dropped`, `last_dropped`, `time`, and where they apply
+//! `epoch`, `detail`, `set_aside`, `status`.
 
 mod call;
+pub mod gap;
 pub mod media;
 pub mod sensor;
+mod summary;
 
 pub use call::{
-    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, State, UserAgents,
-    CALL_SCHEMA,
+    CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, Sdp, SdpCodec,
+    SdpDirection, SdpMedia, State, Transport, UserAgents, CALL_SCHEMA,
+};
+pub use summary::{
+    CallCounters, DecodeCounters, DecodeProblem, FragmentCounters, MediaCounters, MemoryCounters,
+    SctpCounters, TcpCounters,
 };
 
 use serde::Serialize;
@@ -158,6 +178,24 @@ pub enum Record {
     /// A deviation of a sensor reading, a device flag or device communication
     /// (`teledge.alert/1`).
     Alert(Box<sensor::AlertRecord>),
+    /// Records lost or set aside on the way out (`teledge.gap/1`), made by the spool and
+    /// the uplink.
+    Gap(Box<gap::GapRecord>),
+}
+
+impl Record {
+    /// The record's `"type"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Call(_) => "call",
+            Record::Stream(_) => "stream",
+            Record::OrphanStreams(_) => "orphan_streams",
+            Record::CaptureSummary(_) => "capture_summary",
+            Record::Sensor(_) => "sensor",
+            Record::Alert(_) => "alert",
+            Record::Gap(_) => "gap",
+        }
+    }
 }
 
 /// A stable record id: 32 hex characters of SHA-256 over the parts, so the same input
@@ -184,12 +222,12 @@ pub struct CaptureSummary {
     pub other_transactions: u64,
     /// Messages of Call-IDs that started before the capture (no INVITE seen).
     pub orphan_messages: u64,
-    pub decode: crate::dissect::DissectStats,
-    pub media: crate::correlation::media::MediaCounters,
+    pub decode: DecodeCounters,
+    pub media: MediaCounters,
     pub calls_dropped_at_capacity: u64,
     /// Every counter of the call tracker (calls started before the capture, late messages,
     /// evictions, truncated fields, ...).
-    pub call_counters: crate::correlation::calls::CallCounters,
+    pub call_counters: CallCounters,
     /// Files of which not one frame could be decoded (every frame failed, see
     /// `decode.errors` for the kinds): not an empty capture, a capture teledge cannot read.
     pub undecodable_files: Vec<String>,

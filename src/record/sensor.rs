@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::sensors::deviation::Breach;
 use crate::time::Timestamp;
 
 /// Schema id of a sensor reading record.
@@ -68,6 +67,14 @@ pub struct SensorRecord {
     /// Protocol status flags (UPS on battery, battery low, ...).
     pub states: BTreeMap<String, bool>,
     pub counters: PortCounters,
+}
+
+/// Which limit was crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Breach {
+    Low,
+    High,
 }
 
 /// What an alert is about.

@@ -4,12 +4,10 @@
 //!
 //! Pure and deterministic: readings come with their time; nothing reads a clock.
 
-use serde::Serialize;
-
 use crate::time::Timestamp;
 
 /// Limits of one reading.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub low: Option<f64>,
     pub high: Option<f64>,
@@ -18,16 +16,14 @@ pub struct Limits {
 }
 
 /// Which limit was crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breach {
     Low,
     High,
 }
 
 /// An alert event: a deviation started, or ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AlertEvent {
     Started {
         breach: Breach,
@@ -108,6 +104,16 @@ impl Deviation {
     /// True while a deviation is open.
     pub fn is_open(&self) -> bool {
         self.open.is_some()
+    }
+}
+
+/// The breach as alert records write it.
+impl From<Breach> for crate::record::sensor::Breach {
+    fn from(b: Breach) -> Self {
+        match b {
+            Breach::Low => crate::record::sensor::Breach::Low,
+            Breach::High => crate::record::sensor::Breach::High,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::record::sensor::{
     AlertKind, AlertPhase, AlertRecord, Communication, PortCounters, SensorRecord, SensorValue,
     ALERT_SCHEMA, SENSOR_SCHEMA,
@@ -26,7 +27,6 @@ use crate::sensors::profile::{Profile, Protocol};
 use crate::sensors::serial::{self, OpenError, SerialLine};
 use crate::sensors::session::{PollError, Sample, Session, Unsolicited};
 use crate::time::Timestamp;
-use crate::uplink::client::Backoff;
 
 /// How a device is read, from its profile and the configuration.
 #[derive(Debug, Clone)]
@@ -511,7 +511,7 @@ impl<O: Opener> Device<O> {
             kind,
             reading: reading.to_string(),
             phase,
-            breach,
+            breach: breach.map(Into::into),
             limit,
             unit,
             started,

@@ -77,6 +77,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::log_limit::Limiter;
+use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::{Keyring, SealError};
 
 /// What to do when a new record does not fit.
@@ -213,52 +215,6 @@ pub enum SpoolEvent {
     },
 }
 
-/// A gap record: records lost or set aside, announced upstream (`teledge.gap/1`).
-///
-/// `reason` is one of `spool_full_drop_oldest`, `spool_full_drop_newest`, `disk_full`,
-/// `unreadable_record` (moved aside still sealed; `set_aside` names the file, `detail` the
-/// error), `epoch_reused` (the collector holds other records under this store's ids:
-/// `epoch` is the old epoch, every record held was moved to a new one, `detail` is the
-/// collector's answer) and `store_quarantined` (`dropped` is null when the count is unknown; `epoch` is the
-/// lost store's epoch when known: every record of it above the collector's watermark is lost,
-/// `detail` says why the store would not open, `set_aside` names the quarantined directory).
-#[derive(Debug, Serialize)]
-struct GapRecord<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    schema: &'static str,
-    node: &'a str,
-    reason: &'static str,
-    dropped: Option<u64>,
-    first_dropped: Option<String>,
-    last_dropped: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    set_aside: Option<String>,
-    time: String,
-}
-
-impl<'a> GapRecord<'a> {
-    fn new(node: &'a str, reason: &'static str, dropped: Option<u64>) -> Self {
-        GapRecord {
-            kind: "gap",
-            schema: "teledge.gap/1",
-            node,
-            reason,
-            dropped,
-            first_dropped: None,
-            last_dropped: None,
-            epoch: None,
-            detail: None,
-            set_aside: None,
-            time: now_rfc3339(),
-        }
-    }
-}
-
 /// What the spool directory says about its current store, readable while the store is open
 /// (sled locks its files): `<dir>/manifest.json`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +258,8 @@ pub struct Spool {
     manifest_keys: Option<BTreeSet<u32>>,
     appends_since_disk_check: u32,
     disk_was_full: bool,
+    /// Drops are logged where they are announced, at most once per interval per reason.
+    log_limiter: Limiter,
 }
 
 impl std::fmt::Debug for Spool {
@@ -346,7 +304,7 @@ impl Spool {
                     let node = spool.config.node_id.clone();
                     let announced: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
                     for (epoch, bytes, name, reason) in lost {
-                        let mut gap = GapRecord::new(&node, "store_quarantined", None);
+                        let mut gap = GapRecord::new(&node, GapReason::StoreQuarantined, None);
                         gap.epoch = epoch;
                         gap.detail = Some(format!("{reason} ({bytes} bytes on disk)"));
                         gap.set_aside = Some(name);
@@ -469,6 +427,7 @@ impl Spool {
             pending_disk_full: 0,
             appends_since_disk_check: u32::MAX,
             disk_was_full: false,
+            log_limiter: Limiter::default(),
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -635,7 +594,7 @@ impl Spool {
             self.meta
                 .insert("dropped_oldest", &self.stats.dropped_oldest.to_be_bytes())?;
             let node = self.config.node_id.clone();
-            let mut gap = GapRecord::new(&node, "spool_full_drop_oldest", Some(dropped));
+            let mut gap = GapRecord::new(&node, GapReason::SpoolFullDropOldest, Some(dropped));
             gap.first_dropped = first.map(|id| id.display(&node));
             gap.last_dropped = last.map(|id| id.display(&node));
             self.insert_gap(&gap)?;
@@ -691,8 +650,8 @@ impl Spool {
         }
         let node = self.config.node_id.clone();
         for (reason, dropped) in [
-            ("spool_full_drop_newest", self.pending_newest_drops),
-            ("disk_full", self.pending_disk_full),
+            (GapReason::SpoolFullDropNewest, self.pending_newest_drops),
+            (GapReason::DiskFull, self.pending_disk_full),
         ] {
             if dropped == 0 {
                 continue;
@@ -707,10 +666,22 @@ impl Spool {
         Ok(())
     }
 
-    fn insert_gap(&mut self, gap: &GapRecord<'_>) -> Result<(), SpoolError> {
-        let json = serde_json::to_vec(gap).map_err(|e| SpoolError::Storage(e.to_string()))?;
-        self.insert(&json)?;
+    /// Announces records lost: the one place a spool loss is written upstream, counted (in
+    /// [`SpoolStats`], by reason) and logged, so none is told one way and not the other.
+    fn insert_gap(&mut self, gap: &GapRecord) -> Result<(), SpoolError> {
+        self.insert(&gap.to_json())?;
         self.stats.gap_records += 1;
+        let reason = gap.reason.as_str();
+        if let Some(gaps) = self.log_limiter.due(("spool_gap", reason), 1) {
+            tracing::error!(
+                reason,
+                dropped = gap.dropped,
+                first = gap.first_dropped.as_deref(),
+                last = gap.last_dropped.as_deref(),
+                gap_records = gaps,
+                "Spool records lost; announced upstream by a gap record."
+            );
+        }
         Ok(())
     }
 
@@ -822,7 +793,7 @@ impl Spool {
             error = %detail.clone().unwrap_or_default(),
             "Spool records that will not open were moved aside (still sealed); forwarding goes on."
         );
-        let mut gap = GapRecord::new(&node, "unreadable_record", Some(count));
+        let mut gap = GapRecord::new(&node, GapReason::UnreadableRecord, Some(count));
         gap.first_dropped = first.map(|(id, ..)| id.display(&node));
         gap.last_dropped = last.map(|(id, ..)| id.display(&node));
         gap.detail = detail;
@@ -1013,7 +984,7 @@ impl Spool {
             self.db.flush()?;
         }
         let node = self.config.node_id.clone();
-        let mut gap = GapRecord::new(&node, "epoch_reused", None);
+        let mut gap = GapRecord::new(&node, GapReason::EpochReused, None);
         gap.epoch = Some(old_epoch);
         gap.detail = Some(reason.chars().take(200).collect());
         self.insert_gap(&gap)?;
@@ -1301,10 +1272,6 @@ pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), SpoolKeyPro
     })
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1388,6 +1355,47 @@ mod tests {
         // and announced again, so announced drops are at least the data drops still unseen).
         assert!(gaps > 0);
         assert_eq!(records.last().unwrap().payload, b"record 0099");
+    }
+
+    #[test]
+    fn every_drop_announced_is_logged_and_a_flood_logged_once() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.max_bytes = 4096;
+        let stats = tracing::subscriber::with_default(subscriber, || {
+            let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+            for i in 0..100u32 {
+                spool.append(format!("record {i:04}").as_bytes()).unwrap();
+            }
+            spool.stats()
+        });
+        assert!(
+            stats.dropped_oldest > 1 && stats.gap_records > 1,
+            "{stats:?}"
+        );
+        let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("gap record")).collect();
+        // Many gaps within the interval: one line, at ERROR, naming the reason.
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert!(lines[0].contains("ERROR"), "{logs}");
+        assert!(lines[0].contains("spool_full_drop_oldest"), "{logs}");
     }
 
     #[test]

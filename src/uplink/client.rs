@@ -13,10 +13,13 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ForwardConfig, UplinkConfig};
+pub use crate::backoff::Backoff;
+use crate::record::gap::{GapReason, GapRecord};
+use crate::seal::Keyring;
 use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
 use crate::uplink::tls::{ClientTls, TlsError};
+use crate::uplink::UplinkSettings;
 use crate::uplink::{encode_lines, Ack};
 
 /// What kind of failure an attempt met (the label of `teledge_uplink_failures_total`).
@@ -141,46 +144,9 @@ pub enum Attempt<'a> {
 /// Called with the uplink's totals and what the attempt did.
 type ProgressHook = Box<dyn FnMut(&UplinkStats, &Attempt<'_>) + Send>;
 
-/// Exponential backoff with full jitter between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next wait: uniform in [min, min(max, min·2^attempt)].
-    pub fn next_wait(&mut self) -> Duration {
-        let cap = self
-            .min
-            .saturating_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let mut random = [0u8; 8];
-        // Without randomness the wait is the cap: still bounded, merely not jittered.
-        let fraction = getrandom::getrandom(&mut random)
-            .map(|()| u64::from_le_bytes(random) as f64 / u64::MAX as f64)
-            .unwrap_or(1.0);
-        self.min + (cap.saturating_sub(self.min)).mul_f64(fraction)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// A connection to the collector, re-established when lost.
 pub struct Uplink {
-    config: UplinkConfig,
+    config: UplinkSettings,
     node: String,
     tls: ClientTls,
     sender: Option<SendRequest<Full<Bytes>>>,
@@ -196,7 +162,7 @@ impl std::fmt::Debug for Uplink {
 }
 
 impl Uplink {
-    pub fn new(config: UplinkConfig, node: String) -> Result<Self, TlsError> {
+    pub fn new(config: UplinkSettings, node: String) -> Result<Self, TlsError> {
         let tls = ClientTls::new(
             &config.ca_file,
             &config.cert_file,
@@ -343,7 +309,7 @@ struct Split {
 /// the daemon, `replay --forward` and the load generator alike.
 pub struct Forwarder {
     uplink: Uplink,
-    uplink_config: UplinkConfig,
+    uplink_config: UplinkSettings,
     node: String,
     dead_letters: DeadLetters,
     backoff: Backoff,
@@ -372,18 +338,19 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder for a validated configuration, with the agent's backoff (1 s to 60 s).
-    pub fn new(config: &ForwardConfig) -> Result<Self, TlsError> {
-        let uplink = Uplink::new(config.uplink.clone(), config.node_id.clone())?;
-        let dead_letters = DeadLetters::for_config(config);
+    /// A forwarder of node `node`'s records, with the agent's backoff (1 s to 60 s); `keyring`
+    /// seals its dead letters.
+    pub fn new(node: &str, settings: &UplinkSettings, keyring: &Keyring) -> Result<Self, TlsError> {
+        let uplink = Uplink::new(settings.clone(), node.to_owned())?;
+        let dead_letters = DeadLetters::for_uplink(settings, node, keyring);
         let mut stats = UplinkStats::default();
         if let Ok((held, _)) = dead_letters.count() {
             stats.dead_letters_held = held;
         }
         Ok(Forwarder {
             uplink,
-            uplink_config: config.uplink.clone(),
-            node: config.node_id.clone(),
+            uplink_config: settings.clone(),
+            node: node.to_owned(),
             dead_letters,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             split: None,
@@ -424,7 +391,7 @@ impl Forwarder {
 
     /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
     /// carry over. On error the running connection and its settings are kept.
-    pub fn reconfigure(&mut self, config: UplinkConfig) -> Result<(), TlsError> {
+    pub fn reconfigure(&mut self, config: UplinkSettings) -> Result<(), TlsError> {
         self.uplink = Uplink::new(config.clone(), self.node.clone())?;
         self.uplink_config = config;
         Ok(())
@@ -623,7 +590,7 @@ impl Forwarder {
             if stored.refused {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter_area_full",
+                    GapReason::DeadLetterAreaFull,
                     1,
                     Some(&id),
                     Some(&id),
@@ -632,7 +599,7 @@ impl Forwarder {
             } else {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter",
+                    GapReason::DeadLetter,
                     1,
                     Some(&id),
                     Some(&id),
@@ -651,7 +618,7 @@ impl Forwarder {
             if !stored.dropped.is_empty() {
                 gaps.push(gap_record(
                     &self.node,
-                    "dead_letter_area_full",
+                    GapReason::DeadLetterAreaFull,
                     stored.dropped.len() as u64,
                     stored.dropped.first().map(String::as_str),
                     stored.dropped.last().map(String::as_str),
@@ -726,29 +693,20 @@ fn is_gap(payload: &[u8]) -> bool {
     serde_json::from_slice::<Kind<'_>>(payload).is_ok_and(|k| k.kind == Some("gap"))
 }
 
-/// A `teledge.gap/1` record (the shape the spool announces its own drops with).
+/// A gap record announcing dead letters (`teledge.gap/1`, see [`crate::record::gap`]).
 fn gap_record(
     node: &str,
-    reason: &str,
+    reason: GapReason,
     dropped: u64,
     first: Option<&str>,
     last: Option<&str>,
     status: Option<u16>,
 ) -> Vec<u8> {
-    let mut gap = serde_json::json!({
-        "type": "gap",
-        "schema": "teledge.gap/1",
-        "node": node,
-        "reason": reason,
-        "dropped": dropped,
-        "first_dropped": first,
-        "last_dropped": last,
-        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-    });
-    if let Some(status) = status {
-        gap["status"] = status.into();
-    }
-    serde_json::to_vec(&gap).unwrap_or_default()
+    let mut gap = GapRecord::new(node, reason, Some(dropped));
+    gap.first_dropped = first.map(str::to_owned);
+    gap.last_dropped = last.map(str::to_owned);
+    gap.status = status;
+    gap.to_json()
 }
 
 /// Locks the spool; a poisoned lock (a panicking producer) still holds a consistent spool,
@@ -772,18 +730,6 @@ pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_full_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        for attempt in 0..20 {
-            let w = b.next_wait();
-            let cap = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
-            assert!(w >= Duration::from_secs(1) && w <= cap, "{attempt}: {w:?}");
-        }
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_secs(1));
-    }
 
     #[test]
     fn only_content_refusals_are_not_retried() {

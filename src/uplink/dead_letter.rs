@@ -123,13 +123,17 @@ impl DeadLetters {
         }
     }
 
-    /// The area a forwarding configuration names.
-    pub fn for_config(config: &crate::config::ForwardConfig) -> Self {
+    /// The area the uplink's settings name.
+    pub fn for_uplink(
+        settings: &crate::uplink::UplinkSettings,
+        node: &str,
+        keyring: &Keyring,
+    ) -> Self {
         DeadLetters::new(
-            config.uplink.dead_letter_dir.clone(),
-            config.uplink.dead_letter_max_bytes,
-            config.node_id.clone(),
-            config.keyring.clone(),
+            settings.dead_letter_dir.clone(),
+            settings.dead_letter_max_bytes,
+            node.to_owned(),
+            keyring.clone(),
         )
     }
 

@@ -58,8 +58,30 @@ pub mod dead_letter;
 pub mod tls;
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// What the uplink needs to know, validated (the configuration's `[uplink]` section builds it,
+/// see [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub tls12_allowed: bool,
+    pub batch_records: usize,
+    /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
+    /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
+    pub batch_max_bytes: usize,
+    pub timeout: Duration,
+    pub dead_letter_dir: PathBuf,
+    pub dead_letter_max_bytes: u64,
+}
 
 /// One line of a batch.
 #[derive(Debug, Serialize, Deserialize)]

@@ -53,7 +53,7 @@ fn tcp_call_answered_and_ended_by_bye() {
     assert_eq!(c.outcome, Outcome::Answered);
     assert_eq!(c.closed_by, ClosedBy::Bye);
     assert!(c.complete);
-    assert_eq!(c.transport, teledge::dissect::Transport::Tcp);
+    assert_eq!(c.transport, teledge::record::Transport::Tcp);
     // TShark: 200 OK at 4.349461 s, BYE at 6.500977 s.
     assert!((c.talk_duration_s.unwrap() - 2.151516).abs() < 1e-6);
     // TShark: the BYE comes from 10.33.6.101 with the callee's tag.

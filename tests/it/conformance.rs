@@ -113,7 +113,7 @@ fn websocket_messages_match_tshark() {
     assert_grouped(capture, teledge::replay::ReplaySettings::default());
     let (calls, summary) = replay(capture);
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].transport, teledge::dissect::Transport::Ws);
+    assert_eq!(calls[0].transport, teledge::record::Transport::Ws);
     assert_eq!(summary.decode.sip_messages_ws, 11);
 }
 
@@ -275,7 +275,7 @@ fn sctp_messages_match_tshark() {
     assert_eq!(summary.decode.sctp_packets, 18);
     assert_eq!(summary.decode.frames_failed, 0);
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].transport, teledge::dissect::Transport::Sctp);
+    assert_eq!(calls[0].transport, teledge::record::Transport::Sctp);
     assert_eq!(calls[0].outcome, teledge::record::Outcome::Answered);
     assert_eq!(summary.registrations, 1);
 }

@@ -428,7 +428,7 @@ fn rtcp_round_trip_is_measured_at_the_tap_whatever_the_endpoint_clock() {
         let score = s.score.as_ref().unwrap();
         assert_eq!(
             score.delay_source,
-            teledge::media::emodel::DelaySource::RtcpCapture
+            teledge::record::media::DelaySource::RtcpCapture
         );
         assert!(
             (score.one_way_delay_ms - rtt / 2.0).abs() < 0.01,
@@ -532,7 +532,7 @@ fn every_static_payload_type_has_its_clock() {
             assert!(
                 matches!(
                     s.not_scored,
-                    Some(teledge::media::emodel::NotScored::Video(_))
+                    Some(teledge::record::media::NotScored::Video(_))
                 ),
                 "{ssrc}: {:?}",
                 s.not_scored

@@ -878,14 +878,18 @@ timeout_ms = 2000
         let forward = work.path().join("forward.toml");
         std::fs::write(&forward, forward_sections(&pki, work.path(), &url)).unwrap();
         let config = teledge::config::load_forward(&forward).unwrap();
-        teledge::uplink::dead_letter::DeadLetters::for_config(&config)
-            .store(
-                teledge::spool::RecordId { epoch: 0, seq: 7 },
-                br#"{"type":"test","marker":"refused-once"}"#,
-                422,
-                "unprocessable",
-            )
-            .unwrap();
+        teledge::uplink::dead_letter::DeadLetters::for_uplink(
+            &config.uplink,
+            &config.node_id,
+            &config.keyring,
+        )
+        .store(
+            teledge::spool::RecordId { epoch: 0, seq: 7 },
+            br#"{"type":"test","marker":"refused-once"}"#,
+            422,
+            "unprocessable",
+        )
+        .unwrap();
         let metrics = free_port();
         let _agent = start_agent(&pki, work.path(), &url, metrics);
         let (report, _) = wait_for(metrics, 503, Duration::from_secs(20));

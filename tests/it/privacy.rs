@@ -372,6 +372,122 @@ fn check_config_refuses_more_than_six_kept_digits() {
     assert!(stderr.contains("privacy.keep_digits"), "{stderr}");
 }
 
+/// Every way a key's bytes could show in debug output.
+fn renderings(key: &[u8]) -> Vec<String> {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let decimal: Vec<String> = key.iter().map(u8::to_string).collect();
+    vec![
+        hex.clone(),
+        hex.to_uppercase(),
+        // `{:?}` of a byte array or slice, and of its first bytes.
+        decimal[..8].join(", "),
+        decimal[..8].join(",\n    "),
+        String::from_utf8_lossy(key).into_owned(),
+    ]
+}
+
+#[test]
+fn no_key_reaches_debug_output() {
+    // Keys of distinct bytes, so that any rendering of them is found.
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_key: Vec<u8> = (100..132).collect();
+    let site_key: Vec<u8> = (140..172).collect();
+    std::fs::write(dir.path().join("spool.key"), &spool_key).unwrap();
+    std::fs::write(dir.path().join("site.key"), &site_key).unwrap();
+    let auth_key = "hep-auth-Vq7tXw9Lr2";
+    let config = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        9,
+        &format!("[hep]\ntcp = \"127.0.0.1:19060\"\nauth_key = \"{auth_key}\"\n"),
+        None,
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &pki.path("spool.key").display().to_string(),
+            &dir.path().join("spool.key").display().to_string(),
+        )
+        .replace(
+            &pki.path("site.key").display().to_string(),
+            &dir.path().join("site.key").display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    let agent = teledge::config::agent::load(&config).unwrap();
+    let forward = &agent.forward;
+
+    let (spool, _) =
+        teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
+    let forwarder = teledge::uplink::client::Forwarder::new(
+        &forward.node_id,
+        &forward.uplink,
+        &forward.keyring,
+    )
+    .unwrap();
+    let frame_bytes = {
+        // A HEP frame carrying the key (chunk 0x000e), as an agent sends it.
+        let mut frame =
+            crate::daemon::hep_frame(([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060), 1, 0, b"x");
+        let mut chunk = vec![0, 0, 0, 0x0e];
+        chunk.extend_from_slice(&((auth_key.len() + 6) as u16).to_be_bytes());
+        chunk.extend_from_slice(auth_key.as_bytes());
+        frame.extend_from_slice(&chunk);
+        let len = frame.len() as u16;
+        frame[4..6].copy_from_slice(&len.to_be_bytes());
+        frame
+    };
+    let frame = teledge::decode::hep::parse(&frame_bytes).unwrap();
+    assert_eq!(frame.auth_key.as_deref(), Some(auth_key.as_bytes()));
+    let listener = teledge::sources::hep::HepListenerSettings {
+        auth_key: Some(auth_key.as_bytes().to_vec()),
+        ..Default::default()
+    };
+    let outputs = [
+        format!("{agent:?}"),
+        format!("{agent:#?}"),
+        format!("{:?}", forward.keyring),
+        format!("{:?}", forward.privacy),
+        format!(
+            "{:?}",
+            teledge::privacy::Pseudonymizer::new(forward.privacy.clone())
+        ),
+        format!("{spool:?}"),
+        format!("{forwarder:?}"),
+        format!("{:?}", forwarder.dead_letters()),
+        format!("{frame:?}"),
+        format!("{frame:#?}"),
+        format!("{listener:?}"),
+        format!(
+            "{:?}",
+            teledge::sources::hep::HepAuth::key(auth_key.as_bytes())
+        ),
+    ];
+    // The client certificate's private key, as its PEM holds it.
+    let client_key_pem = std::fs::read_to_string(pki.path("edge-01.key")).unwrap();
+    let pem_body = client_key_pem
+        .lines()
+        .find(|l| !l.starts_with("-----"))
+        .unwrap()
+        .to_owned();
+    let mut secrets = renderings(&spool_key);
+    secrets.extend(renderings(&site_key));
+    secrets.push(auth_key.to_owned());
+    secrets.extend(renderings(auth_key.as_bytes())[..4].iter().cloned());
+    secrets.push(pem_body);
+    for output in &outputs {
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{secret:?} in debug output:\n{output}"
+            );
+        }
+    }
+    // The outputs are real: they name what they describe.
+    assert!(outputs[0].contains("127.0.0.1:19060"), "{}", outputs[0]);
+    assert!(outputs[8].contains("auth_key"), "{}", outputs[8]);
+}
+
 /// The capture summary names the files replayed, and those of which no frame decoded, by
 /// their file names only: the directories they were in may name people (`/home/<agent>/`,
 /// a folder per caller). Both lists, not just the first.

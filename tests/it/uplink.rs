@@ -769,10 +769,12 @@ fn forward_once(
     let (spool, _) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
     let spool = std::sync::Mutex::new(spool);
-    let mut forwarder = Forwarder::new(config).unwrap().with_backoff(Backoff::new(
-        std::time::Duration::from_millis(50),
-        std::time::Duration::from_millis(200),
-    ));
+    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)
+        .unwrap()
+        .with_backoff(Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(200),
+        ));
     let deadline = std::time::Instant::now() + timeout;
     let result = runtime
         .block_on(forwarder.forward_until_drained(&spool, Some(deadline)))
@@ -1432,10 +1434,12 @@ fn a_sequence_regression_is_refused_and_the_agent_resends_under_a_new_epoch() {
     };
     let forward = |spool: Spool, seconds: u64| {
         let spool = std::sync::Mutex::new(spool);
-        let mut forwarder = Forwarder::new(&config).unwrap().with_backoff(Backoff::new(
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_millis(300),
-        ));
+        let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)
+            .unwrap()
+            .with_backoff(Backoff::new(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_millis(300),
+            ));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
         let result = runtime().block_on(forwarder.forward_until_drained(&spool, Some(deadline)));
         (result, spool.into_inner().unwrap())

@@ -199,8 +199,9 @@ impl ProtoType {
 }
 
 /// A decoded HEPv3 frame. Byte strings borrow from the input unless they had to be inflated;
-/// [`HepFrame::into_owned`] detaches the frame from the buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`HepFrame::into_owned`] detaches the frame from the buffer. `Debug` leaves the
+/// authentication key out (it is the listener's key when the frame is genuine).
+#[derive(Clone, PartialEq, Eq)]
 pub struct HepFrame<'a> {
     pub family: IpFamily,
     pub ip_protocol: IpProtocol,
@@ -236,6 +237,53 @@ pub struct HepFrame<'a> {
     pub vendor_chunks: u16,
     /// Generic chunks teledge does not keep (MACs, tags, reserved types, ...), skipped.
     pub skipped_chunks: u16,
+}
+
+impl std::fmt::Debug for HepFrame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let HepFrame {
+            family,
+            ip_protocol,
+            src,
+            dst,
+            time,
+            proto_type,
+            capture_id,
+            keep_alive_s,
+            auth_key,
+            payload,
+            compressed,
+            correlation_id,
+            vlan,
+            node_name,
+            tcp_flags,
+            ip_tos,
+            mos,
+            vendor_chunks,
+            skipped_chunks,
+        } = self;
+        f.debug_struct("HepFrame")
+            .field("family", family)
+            .field("ip_protocol", ip_protocol)
+            .field("src", src)
+            .field("dst", dst)
+            .field("time", time)
+            .field("proto_type", proto_type)
+            .field("capture_id", capture_id)
+            .field("keep_alive_s", keep_alive_s)
+            .field("auth_key", &auth_key.as_ref().map(|_| "<redacted>"))
+            .field("payload", payload)
+            .field("compressed", compressed)
+            .field("correlation_id", correlation_id)
+            .field("vlan", vlan)
+            .field("node_name", node_name)
+            .field("tcp_flags", tcp_flags)
+            .field("ip_tos", ip_tos)
+            .field("mos", mos)
+            .field("vendor_chunks", vendor_chunks)
+            .field("skipped_chunks", skipped_chunks)
+            .finish()
+    }
 }
 
 /// A frame that owns its bytes (what the listener sends on).

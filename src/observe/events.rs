@@ -1,0 +1,311 @@
+//! Named internal events: one type per thing that happens to the agent's data, whose
+//! [`InternalEvent::emit`] both writes the log line and bumps the metric. A loss is therefore
+//! never logged without being counted, nor counted without being logged, and its level is
+//! decided once, here (ERROR: data lost or an operator must act; WARN: input refused).
+//!
+//! Events that can come in floods (a full queue, a stream of malformed frames) are logged
+//! at most once per [`LOG_INTERVAL`] per event and reason; the line says how many occurrences
+//! it stands for since the previous line. The metric counts every one.
+//!
+//! | event | metric | level |
+//! |---|---|---|
+//! | [`RecordsDropped`] | `teledge_records_dropped_total{reason}` | ERROR |
+//! | [`SpoolAppendFailed`] | `teledge_records_dropped_total{reason="spool_append_failed"}` | ERROR |
+//! | [`DecodeErrors`] | `teledge_decode_errors_total{kind}` | WARN |
+//! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
+
+use super::agent::AgentMetrics;
+pub use crate::log_limit::LOG_INTERVAL;
+
+/// Something that happened, told once: logged and counted together.
+pub trait InternalEvent {
+    fn emit(self, metrics: &AgentMetrics);
+}
+
+/// Records lost before the spool (why, how many).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsDropped {
+    pub reason: DropReason,
+    pub count: u64,
+}
+
+/// Why records were lost before the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The queue to the spool writer was full (capture never waits on the spool).
+    QueueFull,
+    /// The spool writer had stopped: nothing could take the record.
+    QueueClosed,
+    /// A record that would not serialise.
+    NotSerialisable,
+    /// The HEP listener's queue was full (frames).
+    HepQueueFull,
+    /// The HEP listener's queue was at its byte bound.
+    HepQueueBytes,
+    /// A new call refused because the call table was full of answered calls.
+    CallTableFull,
+}
+
+impl DropReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::QueueClosed => "queue_closed",
+            DropReason::NotSerialisable => "not_serialisable",
+            DropReason::HepQueueFull => "hep_queue_full",
+            DropReason::HepQueueBytes => "hep_queue_bytes",
+            DropReason::CallTableFull => "call_table_full",
+        }
+    }
+}
+
+impl InternalEvent for RecordsDropped {
+    fn emit(self, metrics: &AgentMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        let reason = self.reason.label();
+        metrics.records_dropped.with(&[reason]).add(self.count);
+        if let Some(count) = metrics
+            .log_limiter
+            .due(("records_dropped", reason), self.count)
+        {
+            tracing::error!(reason, count, "Records dropped before the spool.");
+        }
+    }
+}
+
+/// A record the spool would not take (its storage failed): the record is lost.
+#[derive(Debug)]
+pub struct SpoolAppendFailed<'a> {
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for SpoolAppendFailed<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        let reason = "spool_append_failed";
+        metrics.records_dropped.with(&[reason]).inc();
+        if let Some(count) = metrics.log_limiter.due(("records_dropped", reason), 1) {
+            tracing::error!(
+                error = %chain(self.error),
+                count,
+                "Spool append failed: record dropped."
+            );
+        }
+    }
+}
+
+/// Frames or messages that did not decode, by kind (`sip`, `hep_malformed`,
+/// `hep_auth_rejected`, `tcp-resync`, ...), from one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeErrors<'a> {
+    pub source: &'a str,
+    pub kind: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for DecodeErrors<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        metrics.decode_errors.with(&[self.kind]).add(self.count);
+        if let Some(count) = metrics
+            .log_limiter
+            .due(("decode_errors", self.kind), self.count)
+        {
+            tracing::warn!(
+                source = self.source,
+                kind = self.kind,
+                count,
+                "Input that did not decode, dropped."
+            );
+        }
+    }
+}
+
+/// A HEP TCP/TLS connection refused or closed by the listener's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HepConnectionRefused<'a> {
+    /// `refused_max_connections`, `refused_per_source`, `no_valid_first_frame`, `idle`,
+    /// `tls_handshake_failed`.
+    pub reason: &'a str,
+    pub peer: std::net::SocketAddr,
+}
+
+impl InternalEvent for HepConnectionRefused<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        metrics.hep_connections_closed.with(&[self.reason]).inc();
+        if let Some(count) = metrics
+            .log_limiter
+            .due(("hep_connections_closed", self.reason), 1)
+        {
+            tracing::warn!(
+                reason = self.reason,
+                peer = %self.peer,
+                count,
+                "HEP connection refused or closed."
+            );
+        }
+    }
+}
+
+/// An error with its sources, `outer: inner: innermost`, each told once (the `{:#}` of
+/// anyhow, for errors logged where they are handled).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        // An error that already prints its source (a `{0}` in its message) is not repeated.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn a_chain_tells_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("spool")]
+        struct Outer(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("spool: {0}")]
+        struct Repeating(#[source] std::io::Error);
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(chain(&Outer(io())), "spool: disk on fire");
+        assert_eq!(chain(&Repeating(io())), "spool: disk on fire");
+    }
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with logs captured; returns them.
+    fn logs(f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn series(metrics: &AgentMetrics, line_start: &str) -> Option<u64> {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn every_loss_event_is_logged_at_its_level_and_counted() {
+        let metrics = AgentMetrics::new();
+        let peer: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let io = std::io::Error::other("disk on fire");
+        let out = logs(|| {
+            RecordsDropped {
+                reason: DropReason::QueueFull,
+                count: 3,
+            }
+            .emit(&metrics);
+            RecordsDropped {
+                reason: DropReason::QueueClosed,
+                count: 1,
+            }
+            .emit(&metrics);
+            SpoolAppendFailed { error: &io }.emit(&metrics);
+            DecodeErrors {
+                source: "eth0",
+                kind: "sip",
+                count: 2,
+            }
+            .emit(&metrics);
+            HepConnectionRefused {
+                reason: "refused_per_source",
+                peer,
+            }
+            .emit(&metrics);
+        });
+        let line = |needle: &str| {
+            out.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {out}"))
+                .to_owned()
+        };
+        assert!(line("reason=\"queue_full\"").contains("ERROR"), "{out}");
+        assert!(line("reason=\"queue_full\"").contains("count=3"), "{out}");
+        assert!(line("reason=\"queue_closed\"").contains("ERROR"), "{out}");
+        assert!(line("disk on fire").contains("ERROR"), "{out}");
+        assert!(line("kind=\"sip\"").contains("WARN"), "{out}");
+        assert!(line("192.0.2.7:40000").contains("WARN"), "{out}");
+        let dropped = |reason: &str| {
+            series(
+                &metrics,
+                &format!("teledge_records_dropped_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        assert_eq!(dropped("queue_full"), Some(3));
+        // A closed queue is its own reason, not "queue full".
+        assert_eq!(dropped("queue_closed"), Some(1));
+        assert_eq!(dropped("spool_append_failed"), Some(1));
+        assert_eq!(
+            series(&metrics, "teledge_decode_errors_total{kind=\"sip\"}"),
+            Some(2)
+        );
+        assert_eq!(
+            series(
+                &metrics,
+                "teledge_hep_connections_closed_total{reason=\"refused_per_source\"}"
+            ),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_flood_of_drops_is_counted_in_full_but_logged_once() {
+        let metrics = AgentMetrics::new();
+        let out = logs(|| {
+            for _ in 0..1000 {
+                RecordsDropped {
+                    reason: DropReason::QueueFull,
+                    count: 1,
+                }
+                .emit(&metrics);
+            }
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert_eq!(
+            series(
+                &metrics,
+                "teledge_records_dropped_total{reason=\"queue_full\"}"
+            ),
+            Some(1000)
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The gap record (`"type": "gap"`, `"schema": "teledge.gap/1"`): records lost or set aside
+//! on the way out, announced upstream so the collector knows what it will never receive.
+//! Made by the spool and the uplink, never by the pipeline; kept as is by pseudonymisation
+//! (counts and record ids only).
+
+use serde::Serialize;
+
+/// Schema id of a gap record.
+pub const GAP_SCHEMA: &str = "teledge.gap/1";
+
+/// Why records are missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The spool was full and dropped its oldest records.
+    SpoolFullDropOldest,
+    /// The spool was full and refused new records.
+    SpoolFullDropNewest,
+    /// The file system was (nearly) full: new records refused.
+    DiskFull,
+    /// Records that would not open (unknown key, tampered), moved aside still sealed.
+    UnreadableRecord,
+    /// A store that would not open, moved aside with what it held.
+    StoreQuarantined,
+    /// The collector holds other records under this store's ids: every record held was
+    /// moved to a new epoch (`epoch` is the old one, `detail` the collector's answer).
+    EpochReused,
+    /// A record the collector refused (400, 413, 422), kept as a dead letter.
+    DeadLetter,
+    /// Dead letters removed (or one not kept) to stay within the dead-letter area's bound.
+    DeadLetterAreaFull,
+}
+
+impl GapReason {
+    /// The value written in `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::SpoolFullDropOldest => "spool_full_drop_oldest",
+            GapReason::SpoolFullDropNewest => "spool_full_drop_newest",
+            GapReason::DiskFull => "disk_full",
+            GapReason::UnreadableRecord => "unreadable_record",
+            GapReason::StoreQuarantined => "store_quarantined",
+            GapReason::EpochReused => "epoch_reused",
+            GapReason::DeadLetter => "dead_letter",
+            GapReason::DeadLetterAreaFull => "dead_letter_area_full",
+        }
+    }
+}
+
+/// A gap record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapRecord {
+    pub schema: &'static str,
+    /// The node whose records are missing.
+    pub node: String,
+    pub reason: GapReason,
+    /// How many; `null` when the count is unknown (a quarantined store).
+    pub dropped: Option<u64>,
+    /// Ids (`node:epoch:seq`) of the first and last record missing, when known.
+    pub first_dropped: Option<String>,
+    pub last_dropped: Option<String>,
+    /// The lost store's epoch (`store_quarantined`): every record of it above the
+    /// collector's watermark is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Why the records would not open, or the store would not open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The file or directory the records were moved to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<String>,
+    /// The collector's HTTP status that refused the record (`dead_letter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// When the gap was announced (RFC 3339, milliseconds).
+    pub time: String,
+}
+
+impl GapRecord {
+    /// A gap of `dropped` records of `node` for `reason`, announced now.
+    pub fn new(node: &str, reason: GapReason, dropped: Option<u64>) -> Self {
+        GapRecord {
+            schema: GAP_SCHEMA,
+            node: node.to_owned(),
+            reason,
+            dropped,
+            first_dropped: None,
+            last_dropped: None,
+            epoch: None,
+            detail: None,
+            set_aside: None,
+            status: None,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    /// The record as spooled and sent: `{"type": "gap", ...}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings and integers always serialises.
+        serde_json::to_vec(&super::Record::Gap(Box::new(self.clone()))).unwrap_or_default()
+    }
+}
