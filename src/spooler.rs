@@ -99,6 +99,18 @@ impl Spooler {
         Ok(())
     }
 
+    /// Records lost before the spool: announced upstream by a gap record (see
+    /// [`crate::spool::Spool::note_lost_before_spool`]).
+    pub fn note_lost(&mut self, detail: &'static str, count: u64) {
+        lock(&self.spool).note_lost_before_spool(detail, count);
+    }
+
+    /// Records the spool itself dropped so far (full store, full disk), announced by it.
+    pub fn spool_drops(&self) -> u64 {
+        let s = lock(&self.spool).stats();
+        s.dropped_oldest + s.dropped_newest + s.dropped_disk_full
+    }
+
     /// Records appended (not those a full spool dropped).
     pub fn spooled(&self) -> u64 {
         self.spooled

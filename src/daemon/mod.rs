@@ -374,6 +374,7 @@ impl Daemon {
             ),
             Arc::clone(&health),
             Arc::clone(&metrics),
+            Arc::clone(&dropped),
         )?;
 
         let ctx = Context {

@@ -118,6 +118,10 @@ pub struct Health {
     /// The last failure, for the reason text (written on failures only, never on a hot path).
     uplink_failure: Mutex<String>,
     dead_letters: AtomicU64,
+    /// Records lost on the way to the spool or by the spool's bounds: total, and the stamp of
+    /// the last loss (0: never).
+    records_lost: AtomicU64,
+    last_loss: AtomicU64,
 }
 
 /// What `/health` answers.
@@ -138,6 +142,9 @@ pub struct HealthReport {
     pub spool_drain_seconds_ago: Option<f64>,
     /// Records held in the dead-letter area.
     pub dead_letter_records: u64,
+    /// Records lost since start (record queue full, failed appends, the spool's full-store
+    /// and full-disk drops); each also announced upstream by a gap record.
+    pub records_lost: u64,
     pub stages: Vec<StageReport>,
 }
 
@@ -177,6 +184,8 @@ impl Health {
             uplink_failing_since: AtomicU64::new(0),
             uplink_failure: Mutex::new(String::new()),
             dead_letters: AtomicU64::new(0),
+            records_lost: AtomicU64::new(0),
+            last_loss: AtomicU64::new(0),
         }
     }
 
@@ -244,6 +253,20 @@ impl Health {
             .unwrap_or_else(|p| p.into_inner());
         last.clear();
         last.push_str(reason);
+    }
+
+    /// `count` records were lost (queue, failed append, spool bounds): `/health` is degraded
+    /// for `uplink_failing_after` from the last loss.
+    pub fn records_lost(&self, count: u64) {
+        self.records_lost_at(count, Instant::now());
+    }
+
+    pub fn records_lost_at(&self, count: u64, at: Instant) {
+        if count == 0 {
+            return;
+        }
+        self.records_lost.fetch_add(count, Ordering::Relaxed);
+        self.last_loss.store(self.stamp(at), Ordering::Relaxed);
     }
 
     /// Records held in the dead-letter area now.
@@ -331,6 +354,16 @@ impl Health {
                 drain_age.as_secs()
             ));
         }
+        let records_lost = load(&self.records_lost);
+        if let Some(age) = self.age(load(&self.last_loss), now) {
+            if age <= limit {
+                reasons.push(format!(
+                    "records lost {} s ago ({records_lost} since start; announced upstream, \
+                     see teledge_records_dropped_total and the spool's drops)",
+                    age.as_secs()
+                ));
+            }
+        }
         let dead_letters = load(&self.dead_letters);
         if dead_letters > 0 {
             reasons.push(format!(
@@ -359,6 +392,7 @@ impl Health {
             uplink_last_failure: last_failure,
             spool_drain_seconds_ago: drain.map(|d| d.as_secs_f64()),
             dead_letter_records: dead_letters,
+            records_lost,
             stages,
         }
     }
@@ -434,6 +468,30 @@ mod tests {
             "{:?}",
             r.reasons
         );
+    }
+
+    #[test]
+    fn lost_records_degrade_health_for_the_uplink_failing_time() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let h = Health::new_at(&[], thresholds(), t0);
+        h.set_spool_open(true);
+        h.spool_drained_at(at(1));
+        assert!(h.check(at(2)).healthy());
+        // The record queue overflowed: degraded at once, with the count.
+        h.records_lost_at(7, at(3));
+        let r = h.check(at(4));
+        assert!(!r.healthy(), "{r:?}");
+        assert_eq!(r.records_lost, 7);
+        assert!(
+            r.reasons[0].starts_with("records lost 1 s ago (7 since start"),
+            "{r:?}"
+        );
+        // No further loss: healthy again once the time has passed; the total stays.
+        h.spool_drained_at(at(70));
+        let r = h.check(at(70));
+        assert!(r.healthy(), "{r:?}");
+        assert_eq!(r.records_lost, 7);
     }
 
     #[test]

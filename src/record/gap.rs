@@ -29,6 +29,9 @@ pub enum GapReason {
     DeadLetter,
     /// Dead letters removed (or one not kept) to stay within the dead-letter area's bound.
     DeadLetterAreaFull,
+    /// Records the agent made but lost before the spool (its record queue full, an append
+    /// that failed, a record that would not serialise); `detail` says which.
+    RecordsNotSpooled,
 }
 
 impl GapReason {
@@ -43,6 +46,7 @@ impl GapReason {
             GapReason::EpochReused => "epoch_reused",
             GapReason::DeadLetter => "dead_letter",
             GapReason::DeadLetterAreaFull => "dead_letter_area_full",
+            GapReason::RecordsNotSpooled => "records_not_spooled",
         }
     }
 }

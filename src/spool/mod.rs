@@ -252,6 +252,8 @@ pub struct Spool {
     durable_through: Option<RecordId>,
     /// Disk-full drops not yet announced (kept in memory: the disk had no room to note them).
     pending_disk_full: u64,
+    /// Records lost before the spool, by what lost them, not yet announced.
+    pending_lost: Vec<(&'static str, u64)>,
     /// Records held per key id (for the manifest).
     key_ids: BTreeMap<u32, u64>,
     /// The key ids the manifest on disk lists.
@@ -425,6 +427,7 @@ impl Spool {
             last_appended: last_stored,
             durable_through: last_stored,
             pending_disk_full: 0,
+            pending_lost: Vec::new(),
             appends_since_disk_check: u32::MAX,
             disk_was_full: false,
             log_limiter: Limiter::default(),
@@ -523,7 +526,10 @@ impl Spool {
             self.stats.dropped_disk_full += 1;
             return Ok(None);
         }
-        if self.pending_newest_drops > 0 || self.pending_disk_full > 0 {
+        if self.pending_newest_drops > 0
+            || self.pending_disk_full > 0
+            || !self.pending_lost.is_empty()
+        {
             self.try_flush_gap()?;
         }
         let sealed_len = payload.len() as u64 + 64;
@@ -602,11 +608,27 @@ impl Spool {
         Ok(())
     }
 
-    /// Announces drops still pending (full disk or drop-newest) if there is room now. The
-    /// forwarder calls it on every round, so a producer that went quiet still gets its
-    /// losses reported.
+    /// Records lost before they reached the spool (the owner's queue, a failed append), to
+    /// be announced upstream by a `records_not_spooled` gap record with `detail` as soon as
+    /// there is room, like the spool's own drops. Kept in memory: the loss happened there.
+    pub fn note_lost_before_spool(&mut self, detail: &'static str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        match self.pending_lost.iter_mut().find(|(d, _)| *d == detail) {
+            Some((_, n)) => *n += count,
+            None => self.pending_lost.push((detail, count)),
+        }
+    }
+
+    /// Announces drops still pending (full disk, drop-newest, lost before the spool) if there
+    /// is room now. The forwarder calls it on every round, so a producer that went quiet
+    /// still gets its losses reported.
     pub fn announce_drops(&mut self) -> Result<(), SpoolError> {
-        if self.pending_newest_drops == 0 && self.pending_disk_full == 0 {
+        if self.pending_newest_drops == 0
+            && self.pending_disk_full == 0
+            && self.pending_lost.is_empty()
+        {
             return Ok(());
         }
         self.appends_since_disk_check = u32::MAX;
@@ -657,6 +679,11 @@ impl Spool {
                 continue;
             }
             let gap = GapRecord::new(&node, reason, Some(dropped));
+            self.insert_gap(&gap)?;
+        }
+        for (detail, dropped) in std::mem::take(&mut self.pending_lost) {
+            let mut gap = GapRecord::new(&node, GapReason::RecordsNotSpooled, Some(dropped));
+            gap.detail = Some(detail.to_owned());
             self.insert_gap(&gap)?;
         }
         self.pending_newest_drops = 0;
@@ -1396,6 +1423,31 @@ mod tests {
         assert_eq!(lines.len(), 1, "{logs}");
         assert!(lines[0].contains("ERROR"), "{logs}");
         assert!(lines[0].contains("spool_full_drop_oldest"), "{logs}");
+    }
+
+    #[test]
+    fn records_lost_before_the_spool_are_announced_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        spool.note_lost_before_spool("record queue full", 3);
+        spool.note_lost_before_spool("record queue full", 2);
+        spool.note_lost_before_spool("spool append failed", 1);
+        // The forwarder's round announces them even if no record is appended meanwhile.
+        spool.announce_drops().unwrap();
+        let records = spool.read(None, 10).unwrap();
+        let gaps: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect();
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!(gaps.iter().all(|g| g["reason"] == "records_not_spooled"));
+        assert_eq!(gaps[0]["detail"], "record queue full");
+        assert_eq!(gaps[0]["dropped"], 5);
+        assert_eq!(gaps[1]["detail"], "spool append failed");
+        assert_eq!(gaps[1]["dropped"], 1);
+        // Announced once.
+        spool.announce_drops().unwrap();
+        assert_eq!(spool.read(None, 10).unwrap().len(), 2);
     }
 
     #[test]
