@@ -94,8 +94,7 @@ pub const RECENT_MAX: usize = 4096;
 /// Store epochs kept per node: an agent starts a new one only when its spool is replaced
 /// (wiped, re-imaged, quarantined), so more means a client that makes ids up.
 pub const MAX_EPOCHS_PER_NODE: usize = 1024;
-/// Longest node id (it is a directory name).
-pub const MAX_NODE_ID: usize = 64;
+pub use crate::uplink::{valid_node_id, MAX_NODE_ID};
 
 /// The collector's bounds (see the module doc).
 #[derive(Debug, Clone)]
@@ -224,30 +223,13 @@ pub enum CertificateRefusal {
     BadNodeId(String),
 }
 
-/// Whether `id` may name a node (and its directory): 1 to [`MAX_NODE_ID`] characters of
-/// `[A-Za-z0-9._-]`, not `.` nor `..`.
-pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_NODE_ID
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// The node a client certificate names: clientAuth EKU required, CN a valid node id.
 pub fn node_of_client_certificate(cert: &CertificateDer<'_>) -> Result<String, CertificateRefusal> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|_| CertificateRefusal::Unreadable)?;
     // webpki already refuses an EKU without clientAuth; a certificate without any EKU (any
     // purpose) is refused here, so a server certificate of the site CA cannot act as a node.
-    let client_auth = parsed
-        .extended_key_usage()
-        .ok()
-        .flatten()
-        .is_some_and(|eku| eku.value.client_auth);
-    if !client_auth {
+    if !crate::uplink::tls::has_client_auth(&parsed) {
         return Err(CertificateRefusal::NoClientAuth);
     }
     let cn = parsed

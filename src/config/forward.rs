@@ -611,10 +611,7 @@ fn problems_mention(privacy: &RawPrivacy) -> bool {
 /// A node id is a directory name at the collector and a certificate CN: letters, digits,
 /// `.`, `_`, `-`, at most 64 characters, not `.` or `..`.
 pub fn check_node_id(id: &str) -> Result<(), String> {
-    let charset = id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if id.is_empty() || id.len() > 64 || !charset || id == "." || id == ".." {
+    if !crate::uplink::valid_node_id(id) {
         return Err(format!(
             "{id:?}: must be 1 to 64 of [A-Za-z0-9._-], not \".\" or \"..\""
         ));

@@ -63,6 +63,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Longest node id (it is a directory name at the collector and a certificate CN).
+pub const MAX_NODE_ID: usize = 64;
+
+/// Whether `id` may name a node: 1 to [`MAX_NODE_ID`] characters of `[A-Za-z0-9._-]`, not
+/// `.` nor `..`. The one rule: the agent's configuration checks it, the collector refuses a
+/// certificate whose common name breaks it (it becomes a directory name there).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// What the uplink needs to know, validated (the configuration's `[uplink]` section builds it,
 /// see [`crate::config`]).
 #[derive(Debug, Clone)]

@@ -268,6 +268,17 @@ pub fn certificate_not_after(path: &Path) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Whether a certificate carries the clientAuth extended key usage. One without any EKU
+/// (any purpose) does not: a server certificate of the site CA must not act as a node. The
+/// collector refuses such a client, and the agent's configuration check says so first.
+pub fn has_client_auth(parsed: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    parsed
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth)
+}
+
 /// Why `teledge collect` would refuse the client certificate `cert` (the first of the
 /// file), checked as it checks it: issued by the site CA of `ca_file`, valid now, with the
 /// clientAuth extended key usage (a certificate without any EKU is refused too). `Ok` when
@@ -296,12 +307,7 @@ pub fn client_certificate_refusal(cert: &Path, ca_file: &Path) -> Result<(), Str
         })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(end_entity.as_ref())
         .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let client_auth = parsed
-        .extended_key_usage()
-        .ok()
-        .flatten()
-        .is_some_and(|eku| eku.value.client_auth);
-    if !client_auth {
+    if !has_client_auth(&parsed) {
         return Err(format!(
             "{}: lacks the clientAuth extended key usage; the collector would refuse it",
             cert.display()
