@@ -58,6 +58,9 @@ impl std::fmt::Debug for Input {
 pub struct Pipeline {
     inputs: Vec<Input>,
     correlator: Correlator,
+    /// HEP frames captured on the wire whose SIP would not parse or whose RTCP-JSON had no
+    /// Call-ID or would not read: counted (in [`Pipeline::loss_totals`] as `hep_unusable`).
+    hep_unusable: u64,
 }
 
 /// Hands decoded events to the correlator and its records on: the one adapter between the
@@ -66,6 +69,7 @@ struct Feed<'a, F> {
     correlator: &'a mut Correlator,
     time_check: Option<&'a TimeCheck>,
     out: &'a mut F,
+    hep_unusable: &'a mut u64,
 }
 
 impl<F> Feed<'_, F> {
@@ -94,12 +98,20 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
     }
 
     fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
-        // RTCP JSON joins its call; a report for no tracked call is counted by the tracker.
-        // A body that is not JSON, or lacks a Call-ID, is dropped here without a counter of
-        // its own: the frame itself is in the dissector's `hep_other`.
-        let mut hep = hep.clone();
-        hep.time = self.check(hep.time);
-        let _ = crate::correlation::hep::feed(self.correlator, &hep, frame, self.out);
+        // SIP joins its calls, RTCP JSON its call (a report for no tracked call is counted by
+        // the tracker); a body that will not parse, or RTCP-JSON without a Call-ID, is
+        // counted here. The frame is copied only when its time has to be replaced.
+        let time = self.check(hep.time);
+        let fed = if time == hep.time {
+            crate::correlation::hep::feed(self.correlator, hep, frame, self.out)
+        } else {
+            let mut hep = hep.clone();
+            hep.time = time;
+            crate::correlation::hep::feed(self.correlator, &hep, frame, self.out)
+        };
+        if fed.is_err() {
+            *self.hep_unusable += 1;
+        }
     }
 }
 
@@ -109,6 +121,7 @@ impl Pipeline {
         Pipeline {
             inputs: Vec::new(),
             correlator,
+            hep_unusable: 0,
         }
     }
 
@@ -149,6 +162,7 @@ impl Pipeline {
             correlator: &mut self.correlator,
             time_check: time_check.as_ref(),
             out,
+            hep_unusable: &mut self.hep_unusable,
         };
         dissector.frame(frame, &mut feed);
     }
@@ -183,6 +197,7 @@ impl Pipeline {
                 correlator: &mut self.correlator,
                 time_check: time_check.as_ref(),
                 out: &mut *out,
+                hep_unusable: &mut self.hep_unusable,
             };
             dissector.finish(now, &mut feed);
         }
@@ -216,6 +231,9 @@ impl Pipeline {
             for (kind, n) in input.dissector.stats().loss_counters() {
                 *totals.entry(kind).or_default() += n;
             }
+        }
+        if self.hep_unusable > 0 {
+            totals.insert("hep_unusable", self.hep_unusable);
         }
         totals
     }
@@ -403,5 +421,40 @@ mod tests {
         assert_eq!(pipeline.correlator().calls().open_calls(), 1);
         assert_eq!(counters.hep_rtcp_unmatched, 0, "{counters:?}");
         assert_eq!(counters.hep_rtcp_attached, 1, "{counters:?}");
+    }
+
+    /// HEP on the wire whose content cannot be used was dropped without a counter.
+    #[test]
+    fn unusable_hep_captured_on_the_wire_is_counted() {
+        let (mut pipeline, input) = Pipeline::single(
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            DissectLimits::default(),
+        );
+        let mut records = Vec::new();
+        let mut out = |r| records.push(r);
+        for (number, (proto, payload, correlation)) in [
+            // RTCP-JSON without a correlation id, and RTCP-JSON that is not JSON.
+            (5u8, br#"{"type":200,"ssrc":1}"#.to_vec(), None),
+            (5u8, b"not json".to_vec(), Some("x")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let hep = hep_frame(proto, &payload, correlation);
+            let builder =
+                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                    .ipv4([10, 0, 0, 9], [10, 0, 0, 10], 64)
+                    .udp(40_000, 9060);
+            let mut data = Vec::new();
+            builder.write(&mut data, &hep).unwrap();
+            let frame = Frame {
+                number: number as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, 0),
+                link: LinkType::Ethernet,
+                data: &data,
+            };
+            pipeline.frame(input, &frame, &mut out);
+        }
+        assert_eq!(pipeline.loss_totals().get("hep_unusable"), Some(&2));
     }
 }
