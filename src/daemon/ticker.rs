@@ -3,13 +3,15 @@
 //! counters that are read rather than pushed follow, every tick (250 ms).
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 
 use super::{lock, Context, TICK};
 use crate::observe::{AgentMetrics, Stage};
 use crate::pipeline::Pipeline;
+use crate::record::gap::{GapReason, GapRecord};
+use crate::record::Record;
 use crate::sources::hep::HepStats;
 use crate::spool::Spool;
 
@@ -21,6 +23,8 @@ pub(super) fn spawn(
 ) -> JoinHandle<()> {
     let spool = Arc::clone(spool);
     let mut spool_age = SpoolAge::new(lock(&spool).stats().records);
+    let node = lock(&spool).node_id().to_owned();
+    let mut input_losses = InputLosses::default();
     let ctx = ctx.clone();
     ctx.tracker.clone().spawn(async move {
         let mut tick = tokio::time::interval(TICK);
@@ -45,9 +49,69 @@ pub(super) fn spawn(
             if let Some(h) = &hep_stats {
                 super::hep::publish_counters(h, metrics);
             }
+            let decode_losses = lock(&ctx.pipeline).loss_totals().values().sum();
+            for gap in input_losses.due(&node, metrics, decode_losses, Instant::now()) {
+                ctx.records.push(Record::Gap(Box::new(gap)));
+            }
             ctx.health.progress(Stage::Correlation);
         }
     })
+}
+
+/// Input lost before it became records — kernel ring drops, HEP frames refused by a full
+/// queue, frames and reassembly state the decode path dropped — announced upstream by an
+/// `input_dropped` gap record per kind, at most once a minute, so the collector learns of
+/// every loss, not only the metrics.
+#[derive(Debug, Default)]
+struct InputLosses {
+    announced: [u64; 3],
+    last: Option<Instant>,
+}
+
+impl InputLosses {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn due(
+        &mut self,
+        node: &str,
+        metrics: &AgentMetrics,
+        decode_losses: u64,
+        now: Instant,
+    ) -> Vec<GapRecord> {
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
+        {
+            return Vec::new();
+        }
+        let dropped = &metrics.records_dropped;
+        let current = [
+            metrics.source_kernel_drops.total(),
+            dropped.with(&["hep_queue_full"]).get() + dropped.with(&["hep_queue_bytes"]).get(),
+            decode_losses,
+        ];
+        let details = [
+            "packets dropped by the kernel (capture ring full)",
+            "HEP frames dropped (queue full)",
+            "frames or reassembly state dropped by the decode path",
+        ];
+        let mut gaps = Vec::new();
+        for ((now_total, announced), detail) in
+            current.iter().zip(self.announced.iter_mut()).zip(details)
+        {
+            if *now_total > *announced {
+                let mut gap =
+                    GapRecord::new(node, GapReason::InputDropped, Some(now_total - *announced));
+                gap.detail = Some(detail.to_owned());
+                gaps.push(gap);
+                *announced = *now_total;
+            }
+        }
+        if !gaps.is_empty() {
+            self.last = Some(now);
+        }
+        gaps
+    }
 }
 
 /// Publishes the correlator's gauges and eviction counters and the decode counters.
@@ -174,6 +238,39 @@ mod tests {
     }
     /// With several capture interfaces, each thread used to raise the one counter to its own
     /// total, so the metric showed the largest interface's count, not the sum.
+    #[test]
+    fn input_losses_are_announced_upstream_once_a_minute_by_kind() {
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let t0 = Instant::now();
+        assert!(
+            losses.due("edge-01", &metrics, 0, t0).is_empty(),
+            "nothing lost"
+        );
+        metrics.source_kernel_drops.with(&["eth0"]).add(5);
+        metrics.source_kernel_drops.with(&["eth1"]).add(2);
+        metrics.records_dropped.with(&["hep_queue_full"]).add(3);
+        let gaps = losses.due("edge-01", &metrics, 4, t0 + Duration::from_secs(1));
+        let counts: Vec<_> = gaps.iter().map(|g| (g.reason, g.dropped)).collect();
+        assert_eq!(
+            counts,
+            [
+                (GapReason::InputDropped, Some(7)),
+                (GapReason::InputDropped, Some(3)),
+                (GapReason::InputDropped, Some(4))
+            ]
+        );
+        // More losses within the minute wait for it; then only the new ones are announced.
+        metrics.source_kernel_drops.with(&["eth0"]).add(1);
+        assert!(losses
+            .due("edge-01", &metrics, 4, t0 + Duration::from_secs(30))
+            .is_empty());
+        let gaps = losses.due("edge-01", &metrics, 4, t0 + Duration::from_secs(62));
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].dropped, Some(1));
+        assert!(gaps[0].detail.as_deref().unwrap().contains("kernel"));
+    }
+
     #[test]
     fn decode_errors_metric_sums_every_interface() {
         let mut pipeline = Pipeline::new(Correlator::new(

@@ -58,6 +58,14 @@ impl Counter {
     }
 }
 
+impl Family<Counter> {
+    /// The sum over every series (and the overflow series): a family's total.
+    pub fn total(&self) -> u64 {
+        let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.iter().map(|(_, c)| c.get()).sum::<u64>() + self.overflow.get()
+    }
+}
+
 /// A level that goes up and down.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);

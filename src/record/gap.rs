@@ -32,6 +32,10 @@ pub enum GapReason {
     /// Records the agent made but lost before the spool (its record queue full, an append
     /// that failed, a record that would not serialise); `detail` says which.
     RecordsNotSpooled,
+    /// Input the agent could not take in or decode (kernel ring drops, a full HEP queue,
+    /// frames and reassembly state dropped by the decode path): `dropped` counts packets or
+    /// frames, not records, and `detail` says which. Announced at most once a minute per kind.
+    InputDropped,
 }
 
 impl GapReason {
@@ -47,6 +51,7 @@ impl GapReason {
             GapReason::DeadLetter => "dead_letter",
             GapReason::DeadLetterAreaFull => "dead_letter_area_full",
             GapReason::RecordsNotSpooled => "records_not_spooled",
+            GapReason::InputDropped => "input_dropped",
         }
     }
 }
