@@ -650,7 +650,7 @@ pub fn parse_with_profiles(
         });
     }
     // Everything is validated: now, in one step, the key material.
-    let forward = forward.and_then(|valid| super::keys::load(valid, &mut problems));
+    let forward = forward.and_then(|valid| super::forward::with_keys(valid, &mut problems));
     let hep = hep.map(|mut hep| {
         if let Some(file) = raw.hep.as_ref().and_then(|h| h.auth_key_file.as_ref()) {
             hep.auth_key = super::keys::read_secret(file)

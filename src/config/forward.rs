@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::keys::{self, KeyPaths, KeyPlan, KeySources, ModeChoice};
 use super::{
     check_key_pair, parse_raw, placed, read_file, readable_file, ConfigErrors, ConfigProblem,
     RawFile, Strictness,
@@ -244,45 +245,34 @@ pub(super) fn forward_config(
     strictness: Strictness,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ForwardConfig> {
-    let valid = validate_forward(node, spool, privacy, uplink, strictness, problems);
-    super::keys::load(valid?, problems)
+    let valid = validate_forward(node, spool, privacy, uplink, strictness, problems)?;
+    with_keys(valid, problems)
 }
 
-/// Where each key is named in the file, for the loader's problems.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct KeyPaths {
-    pub(super) spool: &'static str,
-    pub(super) site: &'static str,
+/// The validated sections with their key material read (problems pushed).
+pub(super) fn with_keys(
+    valid: ValidForward,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ForwardConfig> {
+    let (keyring, privacy) = keys::load(&valid.keys, problems)?;
+    Some(ForwardConfig {
+        node_id: valid.node_id,
+        spool: valid.spool,
+        keyring,
+        privacy,
+        uplink: valid.uplink,
+        warnings: valid.warnings,
+    })
 }
 
 /// The forwarding sections validated, their keys named but not read.
 #[derive(Debug)]
 pub(super) struct ValidForward {
     pub(super) node_id: String,
-    pub(super) key_paths: KeyPaths,
     pub(super) spool: SpoolConfig,
-    pub(super) keys: KeySources,
-    pub(super) mode: ModeChoice,
-    pub(super) addresses: AddressMode,
+    pub(super) keys: KeyPlan,
     pub(super) uplink: UplinkSettings,
     pub(super) warnings: Vec<ConfigProblem>,
-}
-
-/// Where the key material is: the spool's sealing key (id and source), older sealing keys
-/// by id, the site key for pseudonyms.
-#[derive(Debug)]
-pub(super) struct KeySources {
-    pub(super) spool: (u32, KeySource),
-    pub(super) old: Vec<(u32, PathBuf)>,
-    pub(super) site: Option<KeySource>,
-}
-
-/// The pseudonymisation mode chosen, before its key is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ModeChoice {
-    KeyedHash,
-    KeepLastDigits(u8),
-    Clear,
 }
 
 /// Validates the forwarding sections without reading any key; problems are pushed, `None`
@@ -576,14 +566,16 @@ pub(super) fn validate_forward(
     };
     Some(ValidForward {
         node_id,
-        key_paths,
-        keys: KeySources {
-            spool: (raw.spool.key_id, spool_key),
-            old: old_keys,
-            site: site_key_source,
+        keys: KeyPlan {
+            paths: key_paths,
+            sources: KeySources {
+                spool: (raw.spool.key_id, spool_key),
+                old: old_keys,
+                site: site_key_source,
+            },
+            mode,
+            addresses,
         },
-        mode,
-        addresses,
         uplink: UplinkSettings {
             host,
             port,
@@ -739,7 +731,7 @@ key_file = "/nonexistent/k.pem"
             "{problems:?}"
         );
         let mut key_problems = Vec::new();
-        assert!(super::super::keys::load(valid, &mut key_problems).is_none());
+        assert!(super::super::keys::load(&valid.keys, &mut key_problems).is_none());
         let paths: Vec<&str> = key_problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,

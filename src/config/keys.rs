@@ -7,37 +7,75 @@
 //! Its findings are configuration problems like any other, with the TOML path of the key.
 //! The HEP listener's auth key file is read here too ([`read_secret`]).
 
-use std::path::Path;
+//!
+//! A leaf of the configuration: validation ([`super::forward`]) describes the keys in a
+//! [`KeyPlan`] and this module reads them; it knows nothing of the file's other sections.
 
-use super::forward::{ForwardConfig, ModeChoice, ValidForward};
-use super::ConfigProblem;
-use crate::privacy::{identifier_key_from_spool_key, Privacy, PrivacyMode};
+use std::path::{Path, PathBuf};
+
+use super::problem::ConfigProblem;
+use crate::privacy::{identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode};
 use crate::seal::{load_key, KeySource, Keyring};
 
-/// Reads every key of `valid`; problems are pushed, `None` when a key could not be read.
+/// What validation found about the key material, before any key is read.
+#[derive(Debug)]
+pub(super) struct KeyPlan {
+    pub(super) paths: KeyPaths,
+    pub(super) sources: KeySources,
+    pub(super) mode: ModeChoice,
+    pub(super) addresses: AddressMode,
+}
+
+/// Where each key is named in the file, for the loader's problems.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyPaths {
+    pub(super) spool: &'static str,
+    pub(super) site: &'static str,
+}
+
+/// Where the key material is: the spool's sealing key (id and source), older sealing keys
+/// by id, the site key for pseudonyms.
+#[derive(Debug)]
+pub(super) struct KeySources {
+    pub(super) spool: (u32, KeySource),
+    pub(super) old: Vec<(u32, PathBuf)>,
+    pub(super) site: Option<KeySource>,
+}
+
+/// The pseudonymisation mode chosen, before its key is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModeChoice {
+    KeyedHash,
+    KeepLastDigits(u8),
+    Clear,
+}
+
+/// Reads every key `plan` names: the keyring and the pseudonymisation settings. Problems
+/// are pushed, `None` when a key could not be read.
 pub(super) fn load(
-    valid: ValidForward,
+    plan: &KeyPlan,
     problems: &mut Vec<ConfigProblem>,
-) -> Option<ForwardConfig> {
-    let paths = valid.key_paths;
+) -> Option<(Keyring, Privacy)> {
+    let paths = plan.paths;
+    let valid = &plan.sources;
     let mut problem = |path: &str, message: String| {
         problems.push(ConfigProblem {
             path: path.to_owned(),
             message,
         })
     };
-    let (spool_key_id, spool_source) = &valid.keys.spool;
+    let (spool_key_id, spool_source) = &valid.spool;
     let spool_key = load_key(spool_source)
         .map_err(|e| problem(paths.spool, e.to_string()))
         .ok();
     let mut old_keys = Vec::new();
-    for (i, (id, file)) in valid.keys.old.iter().enumerate() {
+    for (i, (id, file)) in valid.old.iter().enumerate() {
         match load_key(&KeySource::File(file.clone())) {
             Ok(key) => old_keys.push((*id, key)),
             Err(e) => problem(&format!("spool.old_keys[{i}].file"), e.to_string()),
         }
     }
-    let site_key = match &valid.keys.site {
+    let site_key = match &valid.site {
         Some(source) => match load_key(source) {
             Ok(key) => Some(key),
             Err(e) => {
@@ -57,10 +95,10 @@ pub(super) fn load(
         return None;
     }
     let spool_key = spool_key?;
-    if old_keys.len() != valid.keys.old.len() {
+    if old_keys.len() != valid.old.len() {
         return None;
     }
-    let mode = match valid.mode {
+    let mode = match plan.mode {
         // Validation made sure keyed_hash names a site key.
         ModeChoice::KeyedHash => PrivacyMode::KeyedHash {
             site_key: site_key?,
@@ -69,14 +107,10 @@ pub(super) fn load(
         ModeChoice::Clear => PrivacyMode::Clear,
     };
     let identifier_key = site_key.unwrap_or_else(|| identifier_key_from_spool_key(&spool_key));
-    Some(ForwardConfig {
-        node_id: valid.node_id,
-        spool: valid.spool,
-        keyring: Keyring::new((*spool_key_id, spool_key), &old_keys),
-        privacy: Privacy::new(mode, valid.addresses, identifier_key),
-        uplink: valid.uplink,
-        warnings: valid.warnings,
-    })
+    Some((
+        Keyring::new((*spool_key_id, spool_key), &old_keys),
+        Privacy::new(mode, plan.addresses, identifier_key),
+    ))
 }
 
 /// A secret kept in a text file (the HEP auth key), trimmed; empty is refused.

@@ -13,6 +13,7 @@ mod daemon_in_process;
 mod encapsulation;
 mod generated;
 mod hep;
+mod layering;
 pub(crate) mod live;
 mod media;
 mod observe;
