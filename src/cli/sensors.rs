@@ -212,13 +212,13 @@ fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let opener = SerialOpener {
             path: settings.port.clone(),
             serial: settings.profile.serial.clone(),
         };
         let device = Device::new(settings, opener, tx);
-        let task = tokio::spawn(device.run(stop_rx));
+        let task = tokio::spawn(device.run(stop.clone()));
         let stop_after = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -239,7 +239,7 @@ fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
                 _ = &mut stop_after => break,
             }
         }
-        let _ = stop_tx.send(true);
+        stop.cancel();
         // Records made while stopping still go out.
         while let Ok(Some(record)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
             writeln!(stdout, "{}", serde_json::to_string(&record)?)?;

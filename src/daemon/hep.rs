@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{lock, shutdown_watch, Context, DaemonError, LiveClock};
+use super::{lock, Context, DaemonError, LiveClock};
 use crate::config::agent::HepConfig;
 use crate::observe::AgentMetrics;
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
@@ -69,8 +69,7 @@ impl HepInput {
             tls: listener.tls_addr(),
         };
         tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "HEP listener bound.");
-        ctx.tracker
-            .spawn(listener.run(shutdown_watch(&ctx.sources, &ctx.tracker)));
+        ctx.tracker.spawn(listener.run(ctx.sources.clone()));
 
         let pipeline = Arc::clone(&ctx.pipeline);
         let records = ctx.records.clone();

@@ -41,10 +41,12 @@
 //!
 //! Components, each built from its validated section and returning a handle (`capture`,
 //! `hep`, `sensors`, `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
-//! [`CancellationToken`] and one [`TaskTracker`]. The sources' token (a child of the root)
-//! stops capture, HEP, sensors and the ticker; the uplink's loop has its own; the root stops
-//! the metrics endpoint, the watchdog and the status line last, and shutdown waits for every
-//! task. [`Daemon::start`] and [`Daemon::shutdown`] let a test drive the daemon in-process;
+//! [`CancellationToken`] and one [`TaskTracker`]; every task takes a token itself (no flag
+//! fed from one). The sources' token (a child of the root) stops capture, HEP, sensors (a
+//! child of it each set, so SIGHUP can replace them) and the ticker; the uplink's loop has
+//! its own; the root stops the metrics endpoint, the watchdog and the status line last, and
+//! shutdown waits for every task. [`Systemd`] names the notify socket and watchdog interval
+//! ([`Daemon::start_with`]; [`Daemon::start`] takes them from the environment). [`Daemon::start`] and [`Daemon::shutdown`] let a test drive the daemon in-process;
 //! [`run`] adds the signals.
 
 use crate::observe::events::{DropReason, InternalEvent, RecordsDropped};
@@ -55,7 +57,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -211,17 +213,22 @@ struct Context {
     tracker: TaskTracker,
 }
 
-/// A `watch` flag that turns true when `token` is cancelled, for the components that take
-/// one (the HEP listener, sensor devices, the metrics endpoint, the watchdog). The task
-/// that sets it is tracked and ends with the token.
-fn shutdown_watch(token: &CancellationToken, tracker: &TaskTracker) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    let token = token.clone();
-    tracker.spawn(async move {
-        token.cancelled().await;
-        let _ = tx.send(true);
-    });
-    rx
+/// How the daemon talks to systemd: where notifications go, and the watchdog interval
+/// systemd asked for (`None`: no watchdog).
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    pub notifier: Notifier,
+    pub watchdog: Option<Duration>,
+}
+
+impl Systemd {
+    /// `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`, as systemd sets them.
+    pub fn from_env() -> Systemd {
+        Systemd {
+            notifier: Notifier::from_env(),
+            watchdog: observe::systemd::watchdog_interval(),
+        }
+    }
 }
 
 /// The local clock's guard over times that enter the live correlator, with its counters.
@@ -286,6 +293,16 @@ impl Daemon {
     /// [`Daemon::hep_addrs`], [`Daemon::observe_addr`]) and starts every component. Must run
     /// inside a multi-threaded tokio runtime (capture threads lend out a worker when joined).
     pub async fn start(config: AgentConfig, config_path: &Path) -> Result<Daemon, DaemonError> {
+        Daemon::start_with(config, config_path, Systemd::from_env()).await
+    }
+
+    /// [`Daemon::start`] with the systemd notify socket and watchdog given rather than taken
+    /// from the environment (a test's own socket).
+    pub async fn start_with(
+        config: AgentConfig,
+        config_path: &Path,
+        systemd: Systemd,
+    ) -> Result<Daemon, DaemonError> {
         // What runs, said once at info (the default level of `run`): an operator reading
         // the journal sees the node, its sources and where records go without TELEDGE_LOG.
         let uplink = &config.forward.uplink;
@@ -301,7 +318,7 @@ impl Daemon {
             "Starting teledge {}.",
             env!("CARGO_PKG_VERSION")
         );
-        let notifier = Notifier::from_env();
+        let notifier = systemd.notifier.clone();
         let metrics = Arc::new(AgentMetrics::new());
         let mut stages = vec![Stage::SpoolWriter, Stage::Uplink, Stage::Correlation];
         if !config.captures.is_empty() {
@@ -343,11 +360,8 @@ impl Daemon {
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
             };
-            tracker.spawn(observe::http::serve(
-                listener,
-                endpoint,
-                shutdown_watch(&root, &tracker),
-            ));
+            // The root token: the endpoint answers until everything else has stopped.
+            tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
             addr
         } else {
             None
@@ -403,15 +417,12 @@ impl Daemon {
 
         // Ready: the spool is open, every source bound.
         let _ = notifier.ready();
-        if let Some(dog) = observe::Watchdog::from_env(notifier.clone()) {
-            let dog = dog.with_counters(
+        if let Some(interval) = systemd.watchdog.filter(|_| notifier.is_enabled()) {
+            let dog = observe::Watchdog::new(notifier.clone(), interval).with_counters(
                 metrics.watchdog_pings.clone(),
                 metrics.watchdog_withheld.clone(),
             );
-            tracker.spawn(dog.run(
-                Arc::clone(&health).watchdog_probe(),
-                shutdown_watch(&root, &tracker),
-            ));
+            tracker.spawn(dog.run(Arc::clone(&health).watchdog_probe(), root.clone()));
         }
         {
             // The status line every few seconds.
@@ -460,8 +471,8 @@ impl Daemon {
         self.observe_addr
     }
 
-    /// The daemon's metrics.
-    pub fn metrics(&self) -> &AgentMetrics {
+    /// The daemon's metrics (they outlive it: a test reads them after shutdown).
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
         &self.ctx.metrics
     }
 

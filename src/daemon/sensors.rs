@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{shutdown_watch, Context};
+use super::Context;
 use crate::observe::Stage;
 use crate::record::Record;
 use crate::sensors::device::{Device, DeviceSettings, SerialOpener};
@@ -85,7 +85,7 @@ impl SensorSet {
                 tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
                 ctx.tracker.spawn(
                     Device::new(device.clone(), opener, tx.clone())
-                        .run(shutdown_watch(&stop, &ctx.tracker)),
+                        .run(stop.clone()),
                 )
             })
             .collect();

@@ -17,13 +17,13 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::agent::AgentMetrics;
 use super::health::Health;
 use super::metrics::CONTENT_TYPE;
-use super::systemd::shutdown_requested;
 
 /// Most connections served at once (a scraper and an operator's curl need a handful).
 pub const MAX_CONNECTIONS: usize = 16;
@@ -45,11 +45,12 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
-/// Serves until `shutdown` turns true (or its sender is dropped).
+/// Serves until `shutdown` is cancelled; returns when the connections in flight are done
+/// (or after [`DRAIN_DEADLINE`]).
 pub async fn serve(
     listener: TcpListener,
     endpoint: Endpoint,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -62,11 +63,11 @@ pub async fn serve(
                 // The semaphore is never closed; treat it as shutdown if it ever is.
                 Err(_) => break,
             },
-            () = shutdown_requested(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown_requested(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
         };
         // Reap finished connections so the set stays as small as the live ones.
         while connections.try_join_next().is_some() {}
@@ -81,7 +82,7 @@ pub async fn serve(
             }
         };
         let endpoint = endpoint.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
@@ -95,7 +96,7 @@ pub async fn serve(
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
-                () = shutdown_requested(&mut conn_shutdown) => {
+                () = conn_shutdown.cancelled() => {
                     // Finish the request in flight, then close (no new keep-alive request).
                     conn.as_mut().graceful_shutdown();
                     conn.await

@@ -21,21 +21,21 @@
 //! let settings = ObserveSettings::default();
 //! let metrics = Arc::new(AgentMetrics::new());
 //! let health = Arc::new(Health::new(&[Stage::SpoolWriter, Stage::Uplink], settings.health.clone()));
-//! let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+//! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let listener = observe::http::bind(settings.listen).await?;
 //! let endpoint = observe::http::Endpoint { metrics: metrics.clone(), health: health.clone() };
-//! tokio::spawn(observe::http::serve(listener, endpoint, stop_rx.clone()));
+//! tokio::spawn(observe::http::serve(listener, endpoint, shutdown.clone()));
 //! // ... open the spool (metrics.watch_spool(spool.clone()); health.set_spool_open(true)) ...
 //! let notifier = observe::Notifier::from_env();
 //! if let Some(dog) = observe::Watchdog::from_env(notifier.clone()) {
 //!     let dog = dog.with_counters(metrics.watchdog_pings.clone(), metrics.watchdog_withheld.clone());
-//!     tokio::spawn(dog.run(health.clone().watchdog_probe(), stop_rx.clone()));
+//!     tokio::spawn(dog.run(health.clone().watchdog_probe(), shutdown.clone()));
 //! }
 //! let _ = notifier.ready();
 //! let _ = notifier.status(&metrics.status(std::time::SystemTime::now()).to_string());
 //! // ... on SIGTERM:
 //! let _ = notifier.stopping();
-//! let _ = stop_tx.send(true);
+//! shutdown.cancel();
 //! # Ok(()) }
 //! ```
 

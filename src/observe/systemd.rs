@@ -19,8 +19,6 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::metrics::Counter;
 
 /// One assignment of a notification.
@@ -248,11 +246,11 @@ impl Watchdog {
     }
 
     /// Every half interval, asks `alive` and pings only if it says yes. Returns when
-    /// `shutdown` turns true (or its sender is gone).
+    /// `shutdown` is cancelled.
     pub async fn run(
         self,
         mut alive: impl FnMut() -> bool + Send,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) {
         let mut ticks = tokio::time::interval(self.tick_period());
         // After a stall (or a suspended VM), do not fire a burst of catch-up ticks.
@@ -262,7 +260,7 @@ impl Watchdog {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                () = shutdown_requested(&mut shutdown) => return,
+                () = shutdown.cancelled() => return,
             }
             if alive() {
                 match self.notifier.watchdog() {
@@ -281,18 +279,6 @@ impl Watchdog {
                     "Data path made no progress; withholding the systemd watchdog ping."
                 );
             }
-        }
-    }
-}
-
-/// Resolves once the shutdown flag is true or its sender is dropped.
-pub async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            return;
         }
     }
 }

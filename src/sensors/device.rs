@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::record::sensor::{
@@ -214,14 +215,14 @@ impl<O: Opener> Device<O> {
         }
     }
 
-    /// Reads the device until `stop` turns true (or its sender goes away, or the record
+    /// Reads the device until `stop` is cancelled (or the record
     /// receiver does). Returns the port's counters.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> PortCounters {
+    pub async fn run(mut self, stop: CancellationToken) -> PortCounters {
         let mut session: Option<Session<O::Port>> = None;
         let mut next_poll = Instant::now();
         let mut reopen_at = Instant::now();
         let mut next_record = Instant::now() + until_aligned(self.settings.record_interval);
-        while !*stop.borrow() && !self.receiver_gone {
+        while !stop.is_cancelled() && !self.receiver_gone {
             if session.is_none() && Instant::now() >= reopen_at {
                 match self.opener.open() {
                     Ok(port) => {
@@ -268,11 +269,7 @@ impl<O: Opener> Device<O> {
                 }
             };
             tokio::select! {
-                changed = stop.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
+                () = stop.cancelled() => break,
                 _ = tokio::time::sleep_until(next_record) => {
                     self.emit_reading().await;
                     next_record = Instant::now() + until_aligned(self.settings.record_interval);

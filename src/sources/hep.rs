@@ -33,9 +33,10 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::hep::{self, Framing, HepErrorKind, HepFrame, HepFrameOwned, MAX_FRAME_LEN};
 
@@ -351,9 +352,9 @@ impl HepListener {
         self.tls.as_ref().and_then(|(s, _)| s.local_addr().ok())
     }
 
-    /// Serves until `shutdown` becomes true (or its sender is dropped), then closes every
-    /// connection and returns once all tasks have ended.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    /// Serves until `shutdown` is cancelled, then closes every connection and returns once
+    /// all tasks have ended.
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         if let Some(socket) = self.udp {
             tasks.spawn(udp_loop(socket, Arc::clone(&self.shared), shutdown.clone()));
@@ -380,20 +381,13 @@ impl HepListener {
     }
 }
 
-/// Resolves when shutdown is requested (or nobody can request it any more).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // `wait_for` returns at once when the value is already true; an error means the sender
-    // is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
     // One byte more than the largest frame: a longer datagram shows up as a length mismatch
     // instead of being silently cut to a frame-sized prefix.
     let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
     loop {
         tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
                     shared.frame(&buf[..n], from, HepInput::Udp);
@@ -413,12 +407,12 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = stopped(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             // Reap finished connection tasks so the set does not grow with the history.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
@@ -501,7 +495,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: &Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     // The first valid frame must come within this, handshake included.
@@ -527,7 +521,7 @@ async fn connection(
                 acceptor.accept(stream),
             );
             let stream = tokio::select! {
-                _ = stopped(&mut shutdown) => return,
+                () = shutdown.cancelled() => return,
                 done = handshake => match done {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -563,7 +557,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
     input: HepInput,
     shared: &Shared,
     first_frame_by: tokio::time::Instant,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let max_frame = shared.settings.max_frame;
     // Never more than one frame plus one read is held: the buffer is bounded by max_frame.
@@ -577,7 +571,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
             first_frame_by
         };
         let read = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            () = shutdown.cancelled() => return,
             r = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => r,
         };
         let n = match read {

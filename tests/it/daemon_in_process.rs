@@ -378,3 +378,63 @@ fn shutdown_decodes_sip_held_in_tcp_reassembly() {
         drop(sip);
     });
 }
+
+/// Every task of the daemon ends before `shutdown` returns: the metrics endpoint (its port
+/// refuses connections), the watchdog and the status line (nothing reaches the notify
+/// socket afterwards, though the watchdog ticked every 50 ms while running). They used to
+/// watch a flag fed from the cancellation token instead of the token itself.
+#[test]
+fn shutdown_returns_after_the_http_endpoint_and_the_watchdog_have_ended() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &dir.path().join("collected"));
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let systemd = teledge::daemon::Systemd {
+        notifier: teledge::observe::Notifier::for_socket(socket_path.to_str().unwrap()).unwrap(),
+        watchdog: Some(Duration::from_millis(100)),
+    };
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start_with(config, &config_path, systemd))
+        .unwrap();
+    let http = daemon.observe_addr().unwrap();
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let ticks = || metrics.watchdog_pings.get() + metrics.watchdog_withheld.get();
+    wait_until("the watchdog ticking", || ticks() >= 3);
+    assert!(TcpStream::connect(http).is_ok(), "metrics endpoint not up");
+
+    runtime.block_on(daemon.shutdown());
+    let ticks_at_shutdown = ticks();
+    assert!(
+        TcpStream::connect(http).is_err(),
+        "metrics endpoint still up"
+    );
+    // What was sent before shutdown returned (READY, pings, STOPPING) is read away; after
+    // that the socket stays silent, and the watchdog counts no more ticks.
+    let mut buf = [0u8; 512];
+    let mut seen = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+    assert!(seen.iter().any(|m| m.contains("WATCHDOG=1")), "{seen:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a notification after shutdown"
+    );
+    assert_eq!(ticks(), ticks_at_shutdown);
+    drop(runtime);
+}

@@ -14,7 +14,8 @@ use teledge::dissect::Frame;
 use teledge::sources::capture_file;
 use teledge::sources::hep::{HepEvent, HepInput, HepListener, HepListenerSettings, HepStats};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -124,7 +125,7 @@ struct Running {
     listener_tls: Option<SocketAddr>,
     stats: Arc<HepStats>,
     rx: mpsc::Receiver<HepEvent>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,13 +135,13 @@ async fn start(settings: HepListenerSettings, capacity: usize) -> Running {
     let listener = HepListener::bind(settings, Arc::clone(&stats), tx)
         .await
         .unwrap();
-    let (stop, shutdown) = watch::channel(false);
+    let stop = CancellationToken::new();
     let (listener_udp, listener_tcp, listener_tls) = (
         listener.udp_addr(),
         listener.tcp_addr(),
         listener.tls_addr(),
     );
-    let task = tokio::spawn(listener.run(shutdown));
+    let task = tokio::spawn(listener.run(stop.clone()));
     Running {
         listener_udp,
         listener_tcp,
@@ -181,7 +182,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("listener stops on shutdown")

@@ -326,14 +326,14 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     ));
     let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
         Endpoint {
             metrics: metrics.clone(),
             health: health.clone(),
         },
-        stopped,
+        stop.clone(),
     ));
 
     let (status, head, body) = get(addr, "GET", "/metrics").await;
@@ -369,7 +369,7 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     assert_eq!(get(addr, "GET", "/nope").await.0, 404);
     assert_eq!(get(addr, "POST", "/metrics").await.0, 405);
 
-    stop.send(true).unwrap();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("the endpoint stops on the shutdown signal")
@@ -485,8 +485,8 @@ async fn watchdog_stops_pinging_when_progress_stops_and_resumes_with_it() {
         metrics.watchdog_withheld.clone(),
     );
     assert_eq!(dog.tick_period(), Duration::from_millis(100));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(dog.run(health.clone().watchdog_probe(), stopped));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(dog.run(health.clone().watchdog_probe(), stop.clone()));
 
     run_for(&health, Duration::from_millis(1000), true).await;
     let while_progressing = drain_pings(&socket);
@@ -506,7 +506,7 @@ async fn watchdog_stops_pinging_when_progress_stops_and_resumes_with_it() {
         while_progressing + while_stuck + after_resuming
     );
 
-    stop.send(true).unwrap();
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
         .unwrap()
