@@ -196,12 +196,12 @@ impl CollectStats {
 pub enum CollectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -394,7 +394,7 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
                 // a reason to stop serving. The pending connection stays in the backlog.
                 let n = CollectStats::bump(&stats.accept_errors);
                 if shared.flood_log.ready() {
-                    tracing::warn!(error = %e, accept_errors = n, wait_ms = backoff.as_millis() as u64, "Accept failed; backing off.");
+                    tracing::warn!(error = %crate::report::Chain(&e), accept_errors = n, wait_ms = backoff.as_millis() as u64, "Accept failed; backing off.");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -453,7 +453,7 @@ async fn serve(
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 CollectStats::bump(&stats.failed_handshakes);
-                tracing::warn!(%peer, error = %e, "TLS handshake refused.");
+                tracing::warn!(%peer, error = %crate::report::Chain(&e), "TLS handshake refused.");
                 return;
             }
             Err(_) => {
@@ -506,7 +506,9 @@ async fn serve(
         .max_buf_size(64 << 10);
     match builder.serve_connection(TokioIo::new(tls), service).await {
         Ok(()) => tracing::debug!(%peer, %node, "Node disconnected."),
-        Err(e) => tracing::info!(%peer, %node, error = %e, "Node connection ended."),
+        Err(e) => {
+            tracing::info!(%peer, %node, error = %crate::report::Chain(&e), "Node connection ended.")
+        }
     }
 }
 
@@ -580,7 +582,12 @@ async fn handle(
                 format!("batch larger than {} bytes", limits.max_body),
             )
         }
-        Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("body: {}", crate::report::chain(&*e)),
+            )
+        }
         Err(_) => {
             return refuse(
                 StatusCode::REQUEST_TIMEOUT,
@@ -594,8 +601,12 @@ async fn handle(
     // Inflating and writing block: off the async workers.
     let outcome = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let inflated = decode_body(&body, max_inflated)
-            .map_err(|e| HandleError::Refused(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        let inflated = decode_body(&body, max_inflated).map_err(|e| {
+            HandleError::Refused(
+                StatusCode::BAD_REQUEST,
+                format!("body: {}", crate::report::chain(&e)),
+            )
+        })?;
         drop(body);
         let lines = parse_batch(&node_owned, &inflated).map_err(|e| match e {
             BatchError::Malformed(m) => HandleError::Refused(StatusCode::BAD_REQUEST, m),
@@ -659,7 +670,7 @@ async fn handle(
         }
         Err(e) => {
             CollectStats::bump(&stats.storage_failures);
-            tracing::error!(%node, error = %e, "Batch task failed; not acknowledged.");
+            tracing::error!(%node, error = %crate::report::Chain(&e), "Batch task failed; not acknowledged.");
             reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry")
         }
     }
@@ -923,7 +934,7 @@ impl NodeStore {
             Err(source) => {
                 if let Err(e) = file.set_len(committed).and_then(|()| file.sync_data()) {
                     // Remembered: the next write cuts the tail before appending.
-                    tracing::error!(file = %path.display(), error = %e, "Cannot truncate after a failed write; will retry before the next write.");
+                    tracing::error!(file = %path.display(), error = %crate::report::Chain(&e), "Cannot truncate after a failed write; will retry before the next write.");
                 }
                 self.file = Some((path.clone(), committed));
                 Err(StoreError::Io { path, source })

@@ -24,8 +24,8 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//! - [`secret`], [`backoff`], [`log_limit`]: small leaves (a value `Debug` never shows,
-//!   retry waits, flood control for log lines).
+//! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
+//!   shows, retry waits, flood control for log lines, an error told with its causes once).
 //!   Named internal events ([`observe::events`]) log and count a loss in one place.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed: the forwarding
 //!   sections ([`config::forward`]) and the daemon's ([`config::agent`]).
@@ -55,6 +55,7 @@ pub mod privacy;
 pub mod reassembly;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod seal;
 pub mod secret;
 pub mod sensors;

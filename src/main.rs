@@ -36,22 +36,9 @@ fn main() -> ExitCode {
     match cli.command.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("teledge: {}", error_chain(&e));
+            // `{:#}`: the error and each of its causes once (no error repeats its source).
+            eprintln!("teledge: {e:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-/// An error and its causes on one line, each cause once: many of our errors already name
-/// their cause in their own message, which `{:#}` would repeat.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }

@@ -19,7 +19,7 @@ const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 /// Why a key could not be loaded or a record not sealed/opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     KeyFile {
         path: PathBuf,
         source: std::io::Error,

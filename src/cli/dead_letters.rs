@@ -62,7 +62,11 @@ fn list(area: &DeadLetters) -> anyhow::Result<ExitCode> {
                 "{}  status {}  refused {}  {} bytes{mark}  {}",
                 letter.id, letter.status, letter.refused_at, entry.bytes, letter.reason
             ),
-            Err(e) => println!("{}  unreadable: {e}{mark}", entry.path.display()),
+            Err(e) => println!(
+                "{}  unreadable: {}{mark}",
+                entry.path.display(),
+                teledge::report::chain(e)
+            ),
         }
     }
     println!(

@@ -130,7 +130,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Ok(frames) => tracing::info!(file = %path.display(), frames, "Capture read."),
             Err(e) => {
                 // Keep going: what was read is reported, and so is the damage.
-                eprintln!("teledge: {}: {e}", path.display());
+                eprintln!(
+                    "teledge: {}: {}",
+                    path.display(),
+                    teledge::report::chain(&e)
+                );
                 damaged = true;
             }
         }
@@ -213,7 +217,11 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
             &mut sink,
             |_| {},
         ) {
-            eprintln!("teledge: {}: {e}", path.display());
+            eprintln!(
+                "teledge: {}: {}",
+                path.display(),
+                teledge::report::chain(&e)
+            );
             damaged = true;
         }
     }

@@ -26,8 +26,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // the service user): still the configuration's fault, and systemd must not loop.
         Err(e) if e.is_configuration() => {
             eprintln!(
-                "teledge: {}: {e}; nothing started (configuration)",
-                args.config.display()
+                "teledge: {}: {}; nothing started (configuration)",
+                args.config.display(),
+                teledge::report::chain(&e)
             );
             return Ok(ExitCode::from(EXIT_CONFIG));
         }

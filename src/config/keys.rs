@@ -66,20 +66,23 @@ pub(super) fn load(
     };
     let (spool_key_id, spool_source) = &valid.spool;
     let spool_key = load_key(spool_source)
-        .map_err(|e| problem(paths.spool, e.to_string()))
+        .map_err(|e| problem(paths.spool, crate::report::chain(&e)))
         .ok();
     let mut old_keys = Vec::new();
     for (i, (id, file)) in valid.old.iter().enumerate() {
         match load_key(&KeySource::File(file.clone())) {
             Ok(key) => old_keys.push((*id, key)),
-            Err(e) => problem(&format!("spool.old_keys[{i}].file"), e.to_string()),
+            Err(e) => problem(
+                &format!("spool.old_keys[{i}].file"),
+                crate::report::chain(&e),
+            ),
         }
     }
     let site_key = match &valid.site {
         Some(source) => match load_key(source) {
             Ok(key) => Some(key),
             Err(e) => {
-                problem(paths.site, e.to_string());
+                problem(paths.site, crate::report::chain(&e));
                 return None;
             }
         },

@@ -91,8 +91,8 @@ pub(crate) fn check_key_pair(
     key: &Path,
 ) -> Result<Option<String>, (&'static str, String)> {
     use crate::uplink::tls::{load_certs, load_private_key, node_of_certificate};
-    let certs = load_certs(cert).map_err(|e| ("cert_file", e.to_string()))?;
-    let key_der = load_private_key(key).map_err(|e| ("key_file", e.to_string()))?;
+    let certs = load_certs(cert).map_err(|e| ("cert_file", crate::report::chain(&e)))?;
+    let key_der = load_private_key(key).map_err(|e| ("key_file", crate::report::chain(&e)))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| ("key_file", format!("{}: {e}", key.display())))?;
     let cn = certs.first().and_then(node_of_certificate);

@@ -28,9 +28,9 @@ pub enum Fed {
 /// Why a frame's payload could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    #[error("SIP inside HEP: {0}")]
+    #[error("SIP inside HEP")]
     Sip(#[from] SipError),
-    #[error("RTCP JSON inside HEP: {0}")]
+    #[error("RTCP JSON inside HEP")]
     RtcpJson(#[from] serde_json::Error),
     #[error("RTCP JSON inside HEP without a (UTF-8) correlation id")]
     NoCorrelationId,

@@ -93,7 +93,7 @@ impl HepInput {
                     lock(&pipeline).hep(&event.frame, event.sequence, &mut |r| records.push(r));
                 if let Err(e) = fed {
                     errors.with(&[e.kind()]).inc();
-                    tracing::debug!("HEP frame not used: {e}");
+                    tracing::debug!(error = %crate::report::Chain(&e), "HEP frame not used.");
                 }
             }
             let stats = &hep_stats;

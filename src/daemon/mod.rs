@@ -108,20 +108,20 @@ pub struct RunSummary {
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("spool: {0}")]
+    #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
-    #[error("{0}")]
+    #[error(transparent)]
     Capture(#[from] crate::sources::afpacket::LiveCaptureError),
-    #[error("HEP listener: {0}")]
+    #[error(transparent)]
     Hep(#[from] crate::sources::hep::HepListenError),
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] crate::uplink::tls::TlsError),
-    #[error("metrics endpoint on {addr}: {source}")]
+    #[error("metrics endpoint on {addr}")]
     Observe {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -552,7 +552,7 @@ impl Daemon {
         let left = {
             let mut s = lock(&spool);
             if let Err(e) = s.flush() {
-                tracing::error!("Spool flush at shutdown failed: {e}");
+                tracing::error!(error = %crate::report::Chain(&e), "Spool flush at shutdown failed.");
             }
             s.stats().records
         };

@@ -1,6 +1,7 @@
 //! The uplink component: forwards durable records to the collector while the daemon runs,
 //! reconnects on SIGHUP, and drains what it can under the deadline at shutdown.
 
+use crate::report::Chain;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,14 +78,14 @@ impl Uplink {
                     tokio::select! {
                         result = forwarder.forward_until_drained(&spool, None) => {
                             if let Err(e) = result {
-                                tracing::error!("Forwarding failed: {e}");
+                                tracing::error!(error = %Chain(&e), "Forwarding failed.");
                             }
                         }
                         () = stop.cancelled() => break,
                         _ = reconnect.notified() => {
                             let uplink_config = uplink_configs.borrow_and_update().clone();
                             if let Err(e) = forwarder.reconfigure(uplink_config) {
-                                tracing::error!("Uplink not reloaded: {e}");
+                                tracing::error!(error = %Chain(&e), "Uplink not reloaded.");
                             }
                             continue;
                         }
@@ -127,7 +128,7 @@ impl Uplink {
         let mut forwarder = match self.task.await {
             Ok(forwarder) => forwarder,
             Err(e) => {
-                tracing::error!("Uplink task failed: {e}");
+                tracing::error!(error = %Chain(&e), "Uplink task failed.");
                 return UplinkStats::default();
             }
         };
@@ -139,7 +140,7 @@ impl Uplink {
                 forwarder.stats
             }
             Ok(Err(e)) => {
-                tracing::error!("Forwarding at shutdown failed: {e}");
+                tracing::error!(error = %Chain(&e), "Forwarding at shutdown failed.");
                 forwarder.stats
             }
             Err(_) => {

@@ -151,41 +151,13 @@ impl InternalEvent for HepConnectionRefused<'_> {
     }
 }
 
-/// An error with its sources, `outer: inner: innermost`, each told once (the `{:#}` of
-/// anyhow, for errors logged where they are handled).
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        // An error that already prints its source (a `{0}` in its message) is not repeated.
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
-}
+pub use crate::report::chain;
 
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
     use super::*;
-
-    #[test]
-    fn a_chain_tells_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("spool")]
-        struct Outer(#[source] std::io::Error);
-        #[derive(Debug, thiserror::Error)]
-        #[error("spool: {0}")]
-        struct Repeating(#[source] std::io::Error);
-        let io = || std::io::Error::other("disk on fire");
-        assert_eq!(chain(&Outer(io())), "spool: disk on fire");
-        assert_eq!(chain(&Repeating(io())), "spool: disk on fire");
-    }
 
     /// A writer the test reads back.
     #[derive(Clone, Default)]

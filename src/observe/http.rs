@@ -76,7 +76,7 @@ pub async fn serve(
             Err(e) => {
                 // Per-connection failures (EMFILE, a reset before accept) must not end the
                 // endpoint; pause briefly so a persistent one does not spin.
-                tracing::warn!(error = %e, "Metrics endpoint could not accept a connection.");
+                tracing::warn!(error = %crate::report::Chain(&e), "Metrics endpoint could not accept a connection.");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -103,7 +103,7 @@ pub async fn serve(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "Metrics connection ended.");
+                tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
             }
         });
     }

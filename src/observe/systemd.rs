@@ -54,7 +54,7 @@ impl Notifier {
     pub fn from_env() -> Notifier {
         match std::env::var("NOTIFY_SOCKET") {
             Ok(name) => Notifier::for_socket(&name).unwrap_or_else(|e| {
-                tracing::warn!(socket = %name, error = %e, "Cannot use NOTIFY_SOCKET; systemd notifications disabled.");
+                tracing::warn!(socket = %name, error = %crate::report::Chain(&e), "Cannot use NOTIFY_SOCKET; systemd notifications disabled.");
                 Notifier::disabled()
             }),
             Err(_) => Notifier::disabled(),
@@ -269,7 +269,9 @@ impl Watchdog {
                             c.inc();
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "Cannot ping the systemd watchdog."),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::Chain(&e), "Cannot ping the systemd watchdog.")
+                    }
                 }
             } else {
                 if let Some(c) = &self.withheld {

@@ -239,9 +239,9 @@ impl<O: Opener> Device<O> {
                         let wait = self.backoff.next_wait();
                         // Said once per outage at warn level; the retries only at debug.
                         if self.counters.open_failures == 1 || self.lost_since.is_none() {
-                            tracing::warn!(device = %self.settings.name, "cannot open: {e}; retrying with backoff");
+                            tracing::warn!(device = %self.settings.name, error = %crate::report::Chain(&e), "Cannot open; retrying with backoff.");
                         } else {
-                            tracing::debug!(device = %self.settings.name, "cannot open: {e}; next try in {wait:?}");
+                            tracing::debug!(device = %self.settings.name, error = %crate::report::Chain(&e), "Cannot open; next try in {wait:?}.");
                         }
                         reopen_at = Instant::now() + wait;
                     }
@@ -360,7 +360,7 @@ impl<O: Opener> Device<O> {
             }
             Err(e) => {
                 self.counters.polls_failed += 1;
-                tracing::debug!(device = %self.settings.name, "poll failed: {e}");
+                tracing::debug!(device = %self.settings.name, error = %crate::report::Chain(&e), "Poll failed.");
                 Ok(())
             }
         }

@@ -33,8 +33,8 @@ pub enum CaptureError {
         offset: u64,
         detail: String,
     },
-    #[error("read error: {0}")]
-    Io(String),
+    #[error("read error")]
+    Read(#[source] pcap_parser::PcapError<&'static [u8]>),
     /// The file reads, but every one of its frames failed to decode (an unsupported link
     /// layer, a broken capture tool): not an empty capture.
     #[error("none of the {frames} frames could be decoded ({detail})")]
@@ -75,7 +75,7 @@ pub fn read_frames<R: Read + Send>(
                 offset: 0,
             })
         }
-        Err(e) => return Err(CaptureError::Io(e.to_string())),
+        Err(e) => return Err(CaptureError::Read(e.to_owned_vec())),
     };
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut frames: u64 = 0;
@@ -194,7 +194,7 @@ pub fn read_frames<R: Read + Send>(
                 let before = reader.data().len();
                 reader
                     .refill()
-                    .map_err(|e| CaptureError::Io(e.to_string()))?;
+                    .map_err(|e| CaptureError::Read(e.to_owned_vec()))?;
                 if reader.data().len() == before {
                     if reader.reader_exhausted() {
                         if before == 0 {

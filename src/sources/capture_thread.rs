@@ -109,14 +109,14 @@ fn capture_loop(
                     capture = Some(c);
                 }
                 Err(e) => {
-                    tracing::debug!(interface, "Capture not reopened yet: {e}");
+                    tracing::debug!(interface, error = %crate::report::Chain(&e), "Capture not reopened yet.");
                     reopen_at = Instant::now() + backoff.next_wait();
                 }
             }
             continue;
         };
         if let Err(e) = open.next_batch(STOP_CHECK_INTERVAL, |p| sink.packet(p)) {
-            tracing::warn!("{e}; reopening with backoff.");
+            tracing::warn!(error = %crate::report::Chain(&e), "Capture failed; reopening with backoff.");
             if let Ok(k) = open.stats() {
                 current = k;
             }

@@ -232,7 +232,7 @@ fn bump(counter: &AtomicU64) {
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HepListenError {
-    #[error("HEP {input} listener cannot bind {addr}: {source}")]
+    #[error("HEP {input} listener cannot bind {addr}")]
     Bind {
         input: &'static str,
         addr: SocketAddr,
@@ -395,7 +395,7 @@ async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, shutdown: Cancellation
                 Err(e) => {
                     // ICMP errors from earlier sends and the like; the socket stays usable.
                     bump(&shared.stats.io_errors);
-                    tracing::debug!(error = %e, "HEP UDP receive failed.");
+                    tracing::debug!(error = %crate::report::Chain(&e), "HEP UDP receive failed.");
                 }
             },
         }
@@ -422,7 +422,7 @@ async fn accept_loop(
                         // Out of file descriptors, aborted handshakes: keep accepting, but
                         // not in a hot loop.
                         bump(&shared.stats.io_errors);
-                        tracing::warn!(error = %e, "HEP accept failed.");
+                        tracing::warn!(error = %crate::report::Chain(&e), "HEP accept failed.");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -526,7 +526,7 @@ async fn connection(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         bump(&shared.stats.tls_handshake_failures);
-                        tracing::warn!(%peer, error = %e, "HEP TLS handshake failed.");
+                        tracing::warn!(%peer, error = %crate::report::Chain(&e), "HEP TLS handshake failed.");
                         return;
                     }
                     Err(_) => {
@@ -587,7 +587,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
             }
             Ok(Err(e)) => {
                 bump(&shared.stats.io_errors);
-                tracing::debug!(%peer, error = %e, "HEP connection read failed.");
+                tracing::debug!(%peer, error = %crate::report::Chain(&e), "HEP connection read failed.");
                 return;
             }
             Ok(Ok(0)) => return,
@@ -626,13 +626,13 @@ impl Shared {
                 if let Some(c) = stats.malformed.get(e.kind().index()) {
                     bump(c);
                 }
-                tracing::debug!(%from, error = %e, "HEP frame refused.");
+                tracing::debug!(%from, error = %crate::report::Chain(&e), "HEP frame refused.");
                 return false;
             }
         };
         if let Err(e) = self.auth.check(&frame) {
             bump(&stats.auth_rejected);
-            tracing::debug!(%from, error = %e, "HEP frame refused.");
+            tracing::debug!(%from, error = %crate::report::Chain(&e), "HEP frame refused.");
             return false;
         }
         bump(&stats.frames);

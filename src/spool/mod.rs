@@ -129,20 +129,24 @@ impl SpoolConfig {
 /// Why the spool failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool storage: {0}")]
-    Storage(String),
-    #[error("spool file system: {0}")]
+    #[error("spool storage")]
+    Storage(#[from] sled::Error),
+    /// sled refused or panicked on the store (the reason as it told it).
+    #[error("spool store damaged: {0}")]
+    Damaged(String),
+    #[error("spool manifest {path}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no randomness for a new store epoch")]
+    Randomness(#[source] std::io::Error),
+    #[error("spool file system")]
     Io(#[from] std::io::Error),
-    #[error("spool record {id}: {source}")]
+    #[error("spool record {id}")]
     Seal { id: String, source: SealError },
     #[error("record of {0} bytes is larger than the whole spool")]
     TooLarge(usize),
-}
-
-impl From<sled::Error> for SpoolError {
-    fn from(e: sled::Error) -> Self {
-        SpoolError::Storage(e.to_string())
-    }
 }
 
 /// The stable id of a stored record.
@@ -278,7 +282,7 @@ impl Drop for Spool {
     fn drop(&mut self) {
         // A clean close leaves the exact key set for `check-config`.
         if let Err(e) = self.sync_manifest(true) {
-            tracing::warn!(error = %e, "Cannot update the spool manifest at close.");
+            tracing::warn!(error = %crate::report::Chain(&e), "Cannot update the spool manifest at close.");
         }
     }
 }
@@ -319,7 +323,7 @@ impl Spool {
                     for name in &announced {
                         let marker = spool.config.dir.join(name).join(QUARANTINE_ANNOUNCED);
                         if let Err(e) = std::fs::write(&marker, b"") {
-                            tracing::warn!(path = %marker.display(), error = %e, "Cannot mark a quarantined store as announced; it may be announced again.");
+                            tracing::warn!(path = %marker.display(), error = %crate::report::Chain(&e), "Cannot mark a quarantined store as announced; it may be announced again.");
                         }
                     }
                     spool.prune_quarantines()?;
@@ -468,8 +472,11 @@ impl Spool {
             epoch: self.epoch,
             key_ids,
         };
-        let json = serde_json::to_vec(&manifest).map_err(|e| SpoolError::Storage(e.to_string()))?;
         let path = self.config.dir.join(MANIFEST);
+        let json = serde_json::to_vec(&manifest).map_err(|source| SpoolError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
         let tmp = self.config.dir.join(format!("{MANIFEST}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&json)?;
@@ -869,7 +876,7 @@ impl Spool {
                     tracing::warn!(path = %path.display(), "Spool generation left by a crash during compaction deleted (it was drained).");
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "Cannot delete an older spool generation.");
+                    tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete an older spool generation.");
                 }
             }
         }
@@ -910,7 +917,7 @@ impl Spool {
                         tracing::warn!(path = %path.display(), "Old quarantined spool data deleted.");
                     }
                     Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "Cannot delete old quarantined spool data.");
+                        tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete old quarantined spool data.");
                     }
                 }
             }
@@ -1038,7 +1045,7 @@ impl Spool {
         let new_generation = self.generation + 1;
         let new_path = generation_path(&self.config.dir, new_generation);
         let db = open_db(&new_path, &self.config).map_err(|e| match e {
-            OpenFailure::Damaged(reason) => SpoolError::Storage(reason),
+            OpenFailure::Damaged(reason) => SpoolError::Damaged(reason),
             OpenFailure::Other(e) => e,
         })?;
         let meta = db.open_tree("meta")?;
@@ -1204,8 +1211,13 @@ fn read_manifest(dir: &Path) -> Option<Manifest> {
 /// A random 64-bit store epoch.
 fn fresh_epoch() -> Result<u64, SpoolError> {
     let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| SpoolError::Storage(format!("no randomness for a new store epoch: {e}")))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        // getrandom's error is not a std error without its `std` feature: keep the OS error.
+        SpoolError::Randomness(match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::other(e.to_string()),
+        })
+    })?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -1235,9 +1247,11 @@ fn dir_size(path: &Path) -> u64 {
 pub fn key_ids_in_spool(dir: &Path) -> Result<Option<BTreeSet<u32>>, SpoolError> {
     match std::fs::read(dir.join(MANIFEST)) {
         Ok(bytes) => {
-            let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                SpoolError::Storage(format!("{}: {e}", dir.join(MANIFEST).display()))
-            })?;
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|source| SpoolError::Manifest {
+                    path: dir.join(MANIFEST),
+                    source,
+                })?;
             return Ok(Some(manifest.key_ids));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1281,7 +1295,7 @@ pub fn check_spool_keys(dir: &Path, keyring: &Keyring) -> Result<(), SpoolKeyPro
         Err(e) => {
             return Err(SpoolKeyProblem::Unknown {
                 dir: shown,
-                reason: e.to_string(),
+                reason: crate::report::chain(&e),
             })
         }
     };

@@ -201,7 +201,7 @@ impl Uplink {
             .map_err(|e| failed(FailureKind::Connect, e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "Uplink connection closed.");
+                tracing::debug!(error = %crate::report::Chain(&e), "Uplink connection closed.");
             }
         });
         self.sender = Some(sender);
@@ -230,7 +230,7 @@ impl Uplink {
             // Only a header value could be refused; node ids are validated, batch ids ours.
             .map_err(|e| SendError::Retriable {
                 kind: FailureKind::Status(0),
-                reason: format!("request: {e}"),
+                reason: format!("request: {}", crate::report::chain(&e)),
             })?;
         let exchange = async {
             let response = sender.send_request(request).await?;
@@ -249,7 +249,7 @@ impl Uplink {
                 self.sender = None;
                 return Err(SendError::Retriable {
                     kind: FailureKind::Connect,
-                    reason: format!("connection error: {e}"),
+                    reason: format!("connection error: {}", crate::report::chain(&e)),
                 });
             }
             Err(_) => {

@@ -49,12 +49,12 @@ pub const RESEND_DIR: &str = "resend";
 /// Why the dead-letter area could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("dead-letter area {path}: {source}")]
+    #[error("dead-letter area {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("dead letter {path}: {source}")]
+    #[error("dead letter {path}")]
     Seal { path: PathBuf, source: SealError },
     #[error("dead letter {path}: not a dead letter ({message})")]
     Malformed { path: PathBuf, message: String },
@@ -364,7 +364,7 @@ impl DeadLetters {
             let lines = match crate::uplink::decode_body(&body, 256 << 20) {
                 Ok(lines) => lines,
                 Err(e) => {
-                    tracing::error!(file = %path.display(), "Old dead-letter file unreadable, left in place: {e}");
+                    tracing::error!(file = %path.display(), error = %crate::report::Chain(&e), "Old dead-letter file unreadable, left in place.");
                     continue;
                 }
             };
@@ -373,7 +373,7 @@ impl DeadLetters {
                 match serde_json::from_slice::<crate::uplink::BatchLine>(line) {
                     Ok(l) => records.push(l.record),
                     Err(e) => {
-                        tracing::error!(file = %path.display(), "Old dead-letter line unreadable, skipped: {e}")
+                        tracing::error!(file = %path.display(), error = %crate::report::Chain(&e), "Old dead-letter line unreadable, skipped.")
                     }
                 }
             }
@@ -400,7 +400,7 @@ impl DeadLetters {
             let letter = match self.open(&path) {
                 Ok(letter) => letter,
                 Err(e) => {
-                    tracing::error!("Dead letter not requeued, left in the area: {e}");
+                    tracing::error!(error = %crate::report::Chain(&e), "Dead letter not requeued, left in the area.");
                     if let Some(name) = path.file_name() {
                         std::fs::rename(&path, self.dir.join(name)).map_err(io(&path))?;
                     }

@@ -24,10 +24,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Config(#[from] rustls::Error),
-    #[error("client verifier: {0}")]
-    Verifier(String),
+    #[error("client verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -131,7 +131,7 @@ impl ReloadingCert {
                 }
                 Err(e) => {
                     self.alerts.reload_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "New client certificate unusable; keeping the last good one.");
+                    tracing::error!(error = %crate::report::Chain(&e), "New client certificate unusable; keeping the last good one.");
                 }
             }
             // Either way, do not retry the same files on every handshake.
@@ -205,7 +205,7 @@ impl ClientTls {
                 }
                 Err(e) => {
                     self.alerts.reload_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "New CA bundle unusable; keeping the last good one.");
+                    tracing::error!(error = %crate::report::Chain(&e), "New CA bundle unusable; keeping the last good one.");
                 }
             }
         }
@@ -234,9 +234,7 @@ pub fn server_config(
     tls12_allowed: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(load_roots(ca_file)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12_allowed))?
         .with_client_cert_verifier(verifier)
@@ -284,8 +282,8 @@ pub fn has_client_auth(parsed: &x509_parser::certificate::X509Certificate<'_>) -
 /// clientAuth extended key usage (a certificate without any EKU is refused too). `Ok` when
 /// it would be accepted; the files themselves are checked by the caller.
 pub fn client_certificate_refusal(cert: &Path, ca_file: &Path) -> Result<(), String> {
-    let certs = load_certs(cert).map_err(|e| e.to_string())?;
-    let roots = load_roots(ca_file).map_err(|e| e.to_string())?;
+    let certs = load_certs(cert).map_err(|e| crate::report::chain(&e))?;
+    let roots = load_roots(ca_file).map_err(|e| crate::report::chain(&e))?;
     let Some((end_entity, intermediates)) = certs.split_first() else {
         return Err(format!("{}: no certificate", cert.display()));
     };

@@ -81,3 +81,77 @@ fn missing_file_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pcap"));
 }
+
+/// How often `needle` appears in `text`.
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// An error printed by the command names each of its causes exactly once. Errors used to
+/// put their source's text in their own message *and* return it as their source, and `main`
+/// hid the repetition by searching for repeated text; now no message repeats its source and
+/// the chain is printed as it is (`{:#}`). Three chains of different depth: a port taken by
+/// another process (daemon → HEP listener → bind → OS), an address not on this host (exit 78,
+/// printed by `run` itself), a capture file that cannot be opened (anyhow context → OS).
+#[test]
+fn an_error_chain_names_each_cause_once() {
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        crate::daemon::free_port(),
+        &format!("[hep]\ntcp = \"127.0.0.1:{port}\"\n"),
+        None,
+    );
+    let out = teledge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("teledge: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let os = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+    assert_eq!(
+        count(line, &format!("cannot bind 127.0.0.1:{port}")),
+        1,
+        "{line}"
+    );
+    assert_eq!(count(line, "Address already in use"), 1, "{line} ({os})");
+    assert_eq!(count(line, "HEP"), 1, "{line}");
+    drop(taken);
+
+    let config = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        crate::daemon::free_port(),
+        "[hep]\nudp = \"192.0.2.1:9060\"\n",
+        None,
+    );
+    let out = teledge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert_eq!(count(&err, "cannot bind 192.0.2.1:9060"), 1, "{err}");
+    assert_eq!(count(&err, "Cannot assign requested address"), 1, "{err}");
+
+    let missing = dir.path().join("no-such.pcap");
+    let out = teledge()
+        .args(["replay", "--no-progress"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(count(&err, "no-such.pcap"), 1, "{err}");
+    assert_eq!(count(&err, "No such file or directory"), 1, "{err}");
+}

@@ -352,11 +352,12 @@ fn unknown_interface_is_a_clear_error() {
         ..RingSettings::default()
     };
     let error = LiveCapture::open("lo", bad, false).unwrap_err();
+    // The message is the context; the cause is its source, told once by the chain.
+    assert_eq!(error.to_string(), "capture on lo");
+    let told = teledge::report::chain(&error);
     assert!(
-        error
-            .to_string()
-            .contains("capture on lo: invalid capture ring settings"),
-        "{error}"
+        told.starts_with("capture on lo: invalid capture ring settings"),
+        "{told}"
     );
 }
 

@@ -58,7 +58,7 @@ pub const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Why live capture failed. Every variant names the interface.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveCaptureError {
-    #[error("capture on {interface}: {source}")]
+    #[error("capture on {interface}")]
     InvalidSettings {
         interface: String,
         source: RingSettingsError,
@@ -87,14 +87,14 @@ pub enum LiveCaptureError {
          Ethernet, loopback and raw-IP interfaces are"
     )]
     UnsupportedLinkType { interface: String, arphrd: u16 },
-    #[error("capture on {interface}: the interface went down ({source}); reopen it when it is up")]
+    #[error("capture on {interface}: the interface went down; reopen it when it is up")]
     InterfaceDown {
         interface: String,
         source: io::Error,
     },
     #[error("capture on {interface}: the interface is gone; reopen it when it is back")]
     InterfaceGone { interface: String },
-    #[error("capture on {interface}: {operation}: {source}")]
+    #[error("capture on {interface}: {operation}")]
     Io {
         interface: String,
         operation: &'static str,
