@@ -25,7 +25,8 @@ RING_MIB=${RING_MIB:-16}
 PEER=${PEER:-teledge}
 BUFFER_MIB=${BUFFER_MIB:-2}
 [ "$(id -u)" -eq 0 ] || { echo "bench-live.sh: needs root (AF_PACKET capture, network namespace)" >&2; exit 1; }
-cargo build --release --locked --bin teledge --bin teledge-loadgen -q
+cargo build --release --locked -p teledge --bin teledge -q
+cargo build --release --locked -p teledge-tools --bin teledge-loadgen -q
 bindir="${CARGO_TARGET_DIR:-target}/release"
 dir=$(realpath -m target/bench/live)
 rm -rf "$dir" && mkdir -p "$dir/pki"

@@ -16,7 +16,7 @@ INTERVAL_MS=${INTERVAL_MS:-4}
 RUNS=${RUNS:-3}
 dir=target/bench
 mkdir -p "$dir"
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 file="$dir/media-$CALLS-$RTP-$INTERVAL_MS.pcap"
 [ -f "$file" ] || target/release/teledge-gencap --calls "$CALLS" --rtp "$RTP" --interval-ms "$INTERVAL_MS" --out "$file"
 

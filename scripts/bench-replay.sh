@@ -12,7 +12,7 @@ RTP=${RTP:-20}
 RUNS=${RUNS:-3}
 dir=target/bench
 mkdir -p "$dir"
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 file="$dir/calls-$CALLS-rtp-$RTP.pcap"
 [ -f "$file" ] || target/release/teledge-gencap --calls "$CALLS" --rtp "$RTP" --out "$file"
 

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-200000}
 CHURN=${CHURN:-1000000}
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 mkdir -p target/bench
 df -h target/bench | tail -n 1 | awk '{print "disk: " $1 " (" $2 ")"}'
 target/release/teledge-spoolgen bench --dir target/bench --records "$RECORDS" --churn "$CHURN"

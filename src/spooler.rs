@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::privacy::Pseudonymizer;
 use crate::record::Record;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{RecordId, Spool, SpoolError};
 
 /// Why a record did not reach the spool.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +60,10 @@ impl Spooler {
         }
     }
 
-    /// Pseudonymises, serialises and appends one record (durable at the next commit).
-    pub fn append(&mut self, mut record: Record) -> Result<(), SpoolerError> {
+    /// Pseudonymises, serialises and appends one record (durable at the next commit). Its
+    /// id, or `None` when the spool was full and its policy dropped this record (counted and
+    /// announced by the spool).
+    pub fn append(&mut self, mut record: Record) -> Result<Option<RecordId>, SpoolerError> {
         self.pseudonymizer.apply(&mut record);
         let json = serde_json::to_vec(&record).map_err(SpoolerError::Serialise)?;
         let id = lock(&self.spool)
@@ -70,7 +72,7 @@ impl Spooler {
         // `None`: the spool was full and its policy dropped this record (counted there).
         self.spooled += u64::from(id.is_some());
         self.dirty = true;
-        Ok(())
+        Ok(id)
     }
 
     /// Commits when something was appended and the flush interval has passed since the last

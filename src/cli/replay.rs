@@ -202,7 +202,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         // Group commit: durable at most one interval after the append.
         if let Err(e) = spooler
             .append(record)
-            .and_then(|()| spooler.commit_if_due().map(|_| ()))
+            .and_then(|_| spooler.commit_if_due().map(|_| ()))
         {
             spool_error = Some(e);
         }

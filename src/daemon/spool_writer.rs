@@ -76,7 +76,7 @@ fn write(
         if let Ok(record) = received {
             // A record that does not reach the spool is lost: logged and counted as one.
             match spooler.append(record) {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(SpoolerError::Serialise(_)) => {
                     RecordsDropped {
                         reason: DropReason::NotSerialisable,
@@ -99,7 +99,7 @@ fn write(
             spooler.commit_if_due().map(|_| ())
         };
         if let Err(e) = committed {
-            tracing::error!("{:#}", anyhow::Error::new(e));
+            tracing::error!(error = %crate::report::Chain(&e), "Spool commit failed.");
         }
         health.progress(Stage::SpoolWriter);
         if closed {

@@ -1,30 +1,23 @@
 //! The uplink component: forwards durable records to the collector while the daemon runs,
 //! reconnects on SIGHUP, and drains what it can under the deadline at shutdown.
 
-use crate::report::Chain;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use super::{Context, DaemonError};
 use crate::config::ForwardConfig;
 use crate::observe::{AgentMetrics, Stage};
 use crate::spool::Spool;
-use crate::uplink::client::{Attempt, ForwardError, Forwarder, UplinkStats};
+use crate::uplink::client::{Attempt, Forwarder, UplinkStats};
+use crate::uplink::forwarding::{Forwarding, NotDrained};
 use crate::uplink::UplinkSettings as UplinkConfig;
 
-/// The running uplink.
+/// The running uplink: the forwarding task, fed into the daemon's metrics and health.
 #[derive(Debug)]
 pub(super) struct Uplink {
-    task: JoinHandle<Forwarder>,
-    /// Stops the forwarding loop (not the drain at shutdown).
-    stop: CancellationToken,
-    configs: watch::Sender<UplinkConfig>,
-    reconnect: Arc<Notify>,
-    spool: Arc<Mutex<Spool>>,
+    forwarding: Forwarding,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -64,48 +57,12 @@ impl Uplink {
         health.set_dead_letters(forwarder.stats.dead_letters_held);
         metrics.observe_uplink(&forwarder.stats, SystemTime::now());
         watch_certificate(metrics, &config.uplink);
-        let reconnect = Arc::new(Notify::new());
-        // SIGHUP hands a changed [uplink] over here; the forwarder reconnects with it.
-        let (configs, mut uplink_configs) = watch::channel(config.uplink.clone());
-        let stop = CancellationToken::new();
-        let task = {
-            let spool = Arc::clone(spool);
-            let health = Arc::clone(health);
-            let reconnect = Arc::clone(&reconnect);
-            let stop = stop.clone();
-            ctx.tracker.spawn(async move {
-                loop {
-                    tokio::select! {
-                        result = forwarder.forward_until_drained(&spool, None) => {
-                            if let Err(e) = result {
-                                tracing::error!(error = %Chain(&e), "Forwarding failed.");
-                            }
-                        }
-                        () = stop.cancelled() => break,
-                        _ = reconnect.notified() => {
-                            let uplink_config = uplink_configs.borrow_and_update().clone();
-                            if let Err(e) = forwarder.reconfigure(uplink_config) {
-                                tracing::error!(error = %Chain(&e), "Uplink not reloaded.");
-                            }
-                            continue;
-                        }
-                    }
-                    health.progress(Stage::Uplink);
-                    tokio::select! {
-                        _ = committed.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = stop.cancelled() => break,
-                    }
-                }
-                forwarder
-            })
-        };
+        let health = Arc::clone(health);
+        let forwarding = Forwarding::start(forwarder, spool, committed, &ctx.tracker, move || {
+            health.progress(Stage::Uplink)
+        });
         Ok(Uplink {
-            task,
-            stop,
-            configs,
-            reconnect,
-            spool: Arc::clone(spool),
+            forwarding,
             metrics: Arc::clone(metrics),
         })
     }
@@ -113,39 +70,22 @@ impl Uplink {
     /// Takes a changed `[uplink]` (SIGHUP): used at the next [`Uplink::reconnect`].
     pub(super) fn reconfigure(&self, config: UplinkConfig) {
         watch_certificate(&self.metrics, &config);
-        let _ = self.configs.send(config);
+        self.forwarding.reconfigure(config);
     }
 
     /// Reconnects, so renewed certificates (or a new `[uplink]`) take effect at once.
     pub(super) fn reconnect(&self) {
-        self.reconnect.notify_one();
+        self.forwarding.reconnect();
     }
 
     /// Stops the forwarding loop and forwards what the spool holds until it is drained or
     /// `deadline` passes; the rest stays spooled for the next start.
     pub(super) async fn drain(self, deadline: Instant) -> UplinkStats {
-        self.stop.cancel();
-        let mut forwarder = match self.task.await {
-            Ok(forwarder) => forwarder,
-            Err(e) => {
-                tracing::error!(error = %Chain(&e), "Uplink task failed.");
-                return UplinkStats::default();
-            }
-        };
-        let drained = forwarder.forward_until_drained(&self.spool, Some(deadline));
-        match tokio::time::timeout_at(deadline.into(), drained).await {
-            Ok(Ok(stats)) => stats,
-            Ok(Err(ForwardError::Deadline(reason))) => {
-                tracing::warn!("Collector not reached before the drain deadline ({reason}); the rest stays spooled.");
-                forwarder.stats
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %Chain(&e), "Forwarding at shutdown failed.");
-                forwarder.stats
-            }
-            Err(_) => {
-                tracing::warn!("Drain deadline reached; the rest stays spooled.");
-                forwarder.stats
+        match self.forwarding.drain(deadline).await {
+            Ok(stats) => stats,
+            Err(NotDrained { stats, reason }) => {
+                tracing::warn!(%reason, "Collector not reached before the drain deadline; the rest stays spooled.");
+                stats
             }
         }
     }

@@ -389,6 +389,11 @@ impl Forwarder {
         Ok(())
     }
 
+    /// The settings it forwards with.
+    pub fn settings(&self) -> &UplinkSettings {
+        &self.uplink_config
+    }
+
     /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
     /// carry over. On error the running connection and its settings are kept.
     pub fn reconfigure(&mut self, config: UplinkSettings) -> Result<(), TlsError> {

@@ -55,6 +55,7 @@
 
 pub mod client;
 pub mod dead_letter;
+pub mod forwarding;
 pub mod tls;
 
 use std::io::{Read, Write};

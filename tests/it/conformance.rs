@@ -210,7 +210,7 @@ fn generated_media_captures_are_reproducible() {
     ] {
         let name = format!("gen_{}.pcap", scenario.replace('-', "_"));
         let path = dir.join(&name);
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_teledge-gencap"))
+        let status = std::process::Command::new(crate::support::tool("teledge-gencap"))
             .args(["--media-scenario", scenario, "--out"])
             .arg(&path)
             .status()

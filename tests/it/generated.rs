@@ -13,7 +13,7 @@ fn generated_capture_matches_tshark() {
     let dir = std::env::temp_dir().join(format!("teledge-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("calls.pcap");
-    let status = Command::new(env!("CARGO_BIN_EXE_teledge-gencap"))
+    let status = Command::new(crate::support::tool("teledge-gencap"))
         .args(["--calls", "120", "--rtp", "5", "--out"])
         .arg(&path)
         .status()

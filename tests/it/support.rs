@@ -170,3 +170,38 @@ pub fn call<'a>(calls: &'a [CallRecord], call_id: &str) -> &'a CallRecord {
         .find(|c| c.call_id == call_id)
         .unwrap_or_else(|| panic!("no call {call_id}"))
 }
+
+/// The path of a test tool (`teledge-gencap`, `teledge-spoolgen`, `teledge-loadgen`): they are
+/// binaries of the `teledge-tools` workspace member, not of the product, so cargo does not
+/// build them for these tests. The first call builds them (`cargo build -p teledge-tools
+/// --bins`) into the target and profile directory this test binary was built in — so
+/// `CARGO_TARGET_DIR` and `--release` are followed — and every later call reuses that build.
+pub fn tool(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let profile_dir = BUILT.get_or_init(|| {
+        // <target>/<profile>/deps/it-<hash>
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("the test binary lies in <target>/<profile>/deps")
+            .to_owned();
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "teledge-tools", "--bins"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the test tools failed: {status}");
+        profile_dir
+    });
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}

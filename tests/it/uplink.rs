@@ -1036,7 +1036,7 @@ fn plaintext_is_refused_by_both_ends() {
 
 /// Runs the load generator against a configuration.
 fn spoolgen(config: &Path, records: u64, drain_timeout: u64) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_teledge-spoolgen"));
+    let mut command = Command::new(crate::support::tool("teledge-spoolgen"));
     command
         .args(["load", "--config"])
         .arg(config)
@@ -1272,7 +1272,7 @@ fn a_full_disk_drops_and_counts_then_recovers() {
     let lines = stored(&c.out);
     let data = lines
         .iter()
-        .filter(|l| l["record"]["type"] == "load")
+        .filter(|l| l["record"]["type"] == "sensor")
         .count() as u64;
     let announced: u64 = lines
         .iter()

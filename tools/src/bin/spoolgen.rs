@@ -1,27 +1,39 @@
 //! `teledge-spoolgen`: drives the spool and the uplink with synthetic records, for the crash,
 //! outage and disk tests and the spool benchmarks.
 //!
-//! `load`: a producer thread appends records in groups and makes each group durable (group
-//! commit), printing `durable <epoch>:<seq>` on stdout once the group's flush returned; a
-//! forwarder sends batches to the collector at the same time. After `--records` it waits
+//! `load`: a producer thread spools sensor records through the product's `Spooler` in groups
+//! and commits each group, printing `durable <epoch>:<seq>` on stdout once the group's commit
+//! returned; the product's forwarding task (`uplink::forwarding`, as the daemon runs it)
+//! sends batches to the collector at the same time. After `--records` it waits
 //! until the spool is drained (or `--drain-timeout`), prints `drained <n>` and exits.
 //!
 //! `bench`: measures durable appends per second with group commit, the bytes on disk per
 //! record, the size after a churn of a million records, and an append-only file with
 //! fdatasync on the same disk as the reference limit.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
+use teledge::privacy::Pseudonymizer;
+use teledge::record::sensor::{
+    Communication, PortCounters, SensorRecord, SensorValue, SENSOR_SCHEMA,
+};
+use teledge::record::Record;
+use teledge::report::chain;
 use teledge::seal::Keyring;
 use teledge::spool::{Spool, SpoolConfig};
-use teledge::uplink::client::{Backoff, ForwardError, Forwarder};
+use teledge::spooler::Spooler;
+use teledge::time::Timestamp;
+use teledge::uplink::client::{Backoff, Forwarder};
+use teledge::uplink::forwarding::Forwarding;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -96,6 +108,34 @@ fn payload(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A sensor reading record of about the size of a call record without media (the spool
+/// and the uplink see what the agent spools: a `Record`, pseudonymised and serialised by the
+/// product's spooler).
+fn record(n: u64) -> Record {
+    Record::Sensor(Box::new(SensorRecord {
+        schema: SENSOR_SCHEMA,
+        record_id: format!("load-{n}"),
+        device: "load".into(),
+        model: "spoolgen".into(),
+        port: "/dev/null".into(),
+        time: Timestamp::now(),
+        communication: Communication::Ok,
+        last_good_time: None,
+        stale: false,
+        values: (0..6)
+            .map(|i| SensorValue {
+                name: format!("value_{i}"),
+                value: n as f64 + f64::from(i),
+                unit: "unit".into(),
+            })
+            .collect(),
+        states: BTreeMap::new(),
+        counters: PortCounters::default(),
+    }))
+}
+
+/// `load`: records through the product's [`Spooler`] (a commit per group) while the
+/// product's [`Forwarding`] task sends them on, then a drain under the deadline.
 fn load(
     config_path: &std::path::Path,
     records: u64,
@@ -106,78 +146,70 @@ fn load(
     let config = teledge::config::load_forward(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (spool, _) = Spool::open(config.spool.clone(), config.keyring.clone())?;
     let spool = Arc::new(Mutex::new(spool));
-    let done = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Notify::new());
+    let mut spooler = Spooler::new(
+        Arc::clone(&spool),
+        Pseudonymizer::new(config.privacy.clone()),
+        config.spool.flush_interval,
+        Some(Arc::clone(&committed)),
+    );
 
-    let producer = {
-        let spool = spool.clone();
-        let done = done.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut stdout = std::io::stdout();
-            let mut n = 0;
-            while n < records {
-                let mut last = None;
-                {
-                    let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
-                    for _ in 0..group.min(records - n) {
-                        // A producer never stops for the spool: a refusal is counted by the
-                        // spool itself, an error is reported and the next record tried.
-                        match spool.append(&payload(n)) {
-                            Ok(id) => last = id.or(last),
-                            Err(e) => eprintln!("append failed: {e}"),
-                        }
-                        n += 1;
-                    }
-                    if let Err(e) = spool.flush() {
-                        eprintln!("flush failed: {e}");
-                        last = None;
-                    }
+    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout();
+        let mut n = 0;
+        while n < records {
+            let mut last = None;
+            for _ in 0..group.min(records - n) {
+                // A producer never stops for the spool: a refusal is counted by the spool
+                // itself, an error is reported and the next record tried.
+                match spooler.append(record(n)) {
+                    Ok(id) => last = id.or(last),
+                    Err(e) => eprintln!("append failed: {}", chain(&e)),
                 }
-                if let Some(id) = last {
-                    writeln!(stdout, "durable {}:{}", id.epoch, id.seq)?;
-                    stdout.flush()?;
-                }
+                n += 1;
             }
-            done.store(true, Ordering::SeqCst);
-            Ok(())
-        })
-    };
+            // One group, one commit: only then are its records durable.
+            if let Err(e) = spooler.commit() {
+                eprintln!("flush failed: {}", chain(&e));
+                last = None;
+            }
+            if let Some(id) = last {
+                writeln!(stdout, "durable {}:{}", id.epoch, id.seq)?;
+                stdout.flush()?;
+            }
+        }
+        Ok(())
+    });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?
-        .with_backoff(Backoff::new(
+    let forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?.with_backoff(
+        Backoff::new(
             Duration::from_millis(backoff_min),
             Duration::from_millis(backoff_max),
-        ));
+        ),
+    );
     let start = Instant::now();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let producing = !done.load(Ordering::SeqCst);
-        if !producing && deadline.is_none() {
-            deadline = Some(Instant::now() + Duration::from_secs(drain_timeout));
+    let tracker = TaskTracker::new();
+    let drained = runtime.block_on(async {
+        let forwarding = Forwarding::start(forwarder, &spool, committed, &tracker, || {});
+        // The producer is a thread: wait for it without blocking the forwarding task.
+        while !producer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let result = runtime.block_on(forwarder.forward_until_drained(
-            &spool,
-            deadline.or(Some(Instant::now() + Duration::from_secs(1))),
-        ));
-        match result {
-            Ok(_) if !producing => break,
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
-            Err(ForwardError::Deadline(reason)) if !producing => {
-                anyhow::bail!("not drained before the deadline: {reason}")
-            }
-            Err(ForwardError::Deadline(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+        forwarding
+            .drain(Instant::now() + Duration::from_secs(drain_timeout))
+            .await
+    });
     producer
         .join()
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let forwarded = drained.map_err(|e| anyhow::anyhow!("not drained: {}", e.reason))?;
     let stats = spool.lock().unwrap_or_else(|p| p.into_inner()).stats();
     println!(
         "drained {} records in {:.3} s",
-        forwarder.stats.records,
+        forwarded.records,
         start.elapsed().as_secs_f64()
     );
     println!(
