@@ -1,7 +1,7 @@
 //! The HEP component: the listener (UDP, TCP, TLS) and the task that correlates its frames.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -9,13 +9,12 @@ use tokio::task::JoinHandle;
 
 use super::{lock, Context, DaemonError, LiveClock};
 use crate::config::agent::HepConfig;
-use crate::observe::AgentMetrics;
+use crate::observe::events::{DecodeErrors, InternalEvent};
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 
 /// The running HEP input.
 #[derive(Debug)]
 pub(super) struct HepInput {
-    pub stats: Arc<HepStats>,
     /// Where the listener is bound (port 0 in the configuration picks a free port).
     pub addrs: HepAddrs,
     task: JoinHandle<()>,
@@ -62,7 +61,8 @@ impl HepInput {
         };
         let stats = Arc::new(HepStats::default());
         let (tx, mut rx) = mpsc::channel(queue_frames);
-        let listener = HepListener::bind(settings, Arc::clone(&stats), tx).await?;
+        let listener =
+            HepListener::bind(settings, Arc::clone(&stats), Arc::clone(&ctx.metrics), tx).await?;
         let addrs = HepAddrs {
             udp: listener.udp_addr(),
             tcp: listener.tcp_addr(),
@@ -75,7 +75,7 @@ impl HepInput {
         let records = ctx.records.clone();
         let packets = ctx.metrics.source_packets.with(&["hep"]);
         let bytes = ctx.metrics.source_bytes.with(&["hep"]);
-        let errors = Arc::clone(&ctx.metrics.decode_errors);
+        let metrics = Arc::clone(&ctx.metrics);
         let hep_stats = Arc::clone(&stats);
         let clock = LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, "hep");
         // No shutdown branch on purpose: this task ends when the listener, stopped by the
@@ -92,8 +92,13 @@ impl HepInput {
                 let fed =
                     lock(&pipeline).hep(&event.frame, event.sequence, &mut |r| records.push(r));
                 if let Err(e) = fed {
-                    errors.with(&[e.kind()]).inc();
                     tracing::debug!(error = %crate::report::Chain(&e), "HEP frame not used.");
+                    DecodeErrors {
+                        source: "hep",
+                        kind: e.kind(),
+                        count: 1,
+                    }
+                    .emit(&metrics);
                 }
             }
             let stats = &hep_stats;
@@ -108,39 +113,11 @@ impl HepInput {
                 "HEP input stopped."
             );
         });
-        Ok(HepInput { stats, addrs, task })
+        Ok(HepInput { addrs, task })
     }
 
     /// Waits until the listener has stopped and every frame it accepted is correlated.
     pub(super) async fn join(self) {
         let _ = self.task.await;
-    }
-}
-
-/// Publishes the listener's counters (they only grow).
-pub(super) fn publish_counters(h: &HepStats, metrics: &AgentMetrics) {
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let errors = &metrics.decode_errors;
-    errors
-        .with(&["hep_malformed"])
-        .raise_to(h.malformed_total());
-    errors
-        .with(&["hep_auth_rejected"])
-        .raise_to(load(&h.auth_rejected));
-    let dropped = metrics.records_dropped.with(&["hep_queue_full"]);
-    dropped.raise_to(load(&h.dropped_full));
-    let dropped = metrics.records_dropped.with(&["hep_queue_bytes"]);
-    dropped.raise_to(load(&h.dropped_queue_bytes));
-    for (reason, counter) in [
-        ("refused_max_connections", &h.connections_refused),
-        ("refused_per_source", &h.connections_refused_per_source),
-        ("no_valid_first_frame", &h.first_frame_timeouts),
-        ("idle", &h.idle_timeouts),
-        ("tls_handshake_failed", &h.tls_handshake_failures),
-    ] {
-        metrics
-            .hep_connections_closed
-            .with(&[reason])
-            .raise_to(load(counter));
     }
 }

@@ -49,7 +49,7 @@
 //! ([`Daemon::start_with`]; [`Daemon::start`] takes them from the environment). [`Daemon::start`] and [`Daemon::shutdown`] let a test drive the daemon in-process;
 //! [`run`] adds the signals.
 
-use crate::observe::events::{DropReason, InternalEvent, RecordsDropped};
+use crate::observe::events::{DropReason, InternalEvent, NewSince, RecordsDropped};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +204,8 @@ struct Context {
     metrics: Arc<AgentMetrics>,
     health: Arc<Health>,
     pipeline: SharedPipeline,
+    /// The pipeline's loss totals already told as events.
+    losses_told: Arc<Mutex<NewSince>>,
     records: RecordQueue,
     /// One "now" for the tick and every source's guard: it never goes back.
     live_now: Arc<LiveNow>,
@@ -398,6 +400,7 @@ impl Daemon {
                 config.calls,
                 config.media,
             )))),
+            losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::default()),
             clock_guard: config.clock_tolerance,
@@ -412,7 +415,7 @@ impl Daemon {
             None => None,
         };
         let sensors = sensors::Sensors::build(&config.sensors, &ctx);
-        let ticker = ticker::spawn(&ctx, &spool, hep.as_ref().map(|h| Arc::clone(&h.stats)));
+        let ticker = ticker::spawn(&ctx, &spool);
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
 
         // Ready: the spool is open, every source bound.
@@ -540,7 +543,7 @@ impl Daemon {
             p.finish(ctx.live_now.now(), ClosedBy::Shutdown, &mut |r| {
                 records.push_waiting(r)
             });
-            ticker::publish_pipeline_counters(&p, &ctx.metrics);
+            ticker::publish_pipeline_counters(&p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
         let Context {
             records, tracker, ..

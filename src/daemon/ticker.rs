@@ -8,19 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 
 use super::{lock, Context, TICK};
+use crate::observe::events::{DecodeErrors, DropReason, InternalEvent, NewSince, RecordsDropped};
 use crate::observe::{AgentMetrics, Stage};
 use crate::pipeline::Pipeline;
 use crate::record::gap::{GapReason, GapRecord};
 use crate::record::Record;
-use crate::sources::hep::HepStats;
 use crate::spool::Spool;
 
 /// Starts the ticker; it stops with the sources.
-pub(super) fn spawn(
-    ctx: &Context,
-    spool: &Arc<Mutex<Spool>>,
-    hep_stats: Option<Arc<HepStats>>,
-) -> JoinHandle<()> {
+pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> {
     let spool = Arc::clone(spool);
     let mut spool_age = SpoolAge::new(lock(&spool).stats().records);
     let node = lock(&spool).node_id().to_owned();
@@ -38,16 +34,13 @@ pub(super) fn spawn(
                 let mut p = lock(&ctx.pipeline);
                 let records = &ctx.records;
                 p.tick(ctx.live_now.now(), &mut |r| records.push(r));
-                publish_pipeline_counters(&p, metrics);
+                publish_pipeline_counters(&p, metrics, &mut lock(&ctx.losses_told));
             }
             // try_lock: a flush in progress is not worth waiting for; next tick.
             if let Ok(s) = spool.try_lock() {
                 let age = spool_age.update(&s.stats(), SystemTime::now());
                 drop(s);
                 metrics.spool_oldest_age_seconds.set(age);
-            }
-            if let Some(h) = &hep_stats {
-                super::hep::publish_counters(h, metrics);
             }
             let decode_losses = lock(&ctx.pipeline).loss_totals().values().sum();
             for gap in input_losses.due(&node, metrics, decode_losses, Instant::now()) {
@@ -114,8 +107,9 @@ impl InputLosses {
     }
 }
 
-/// Publishes the correlator's gauges and eviction counters and the decode counters.
-pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics) {
+/// Publishes the correlator's gauges and eviction counters, and tells the decode path's and
+/// the call table's new losses as events (`told` remembers what was told).
+pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics, told: &mut NewSince) {
     let c = p.correlator();
     metrics.calls_active.set(c.calls().open_calls() as i64);
     metrics.call_table_bytes.set(c.calls().held_bytes() as i64);
@@ -131,25 +125,31 @@ pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics) {
             metrics.state_evictions.with(&[table]).raise_to(n);
         }
     }
-    if calls.dropped_at_capacity > 0 {
-        metrics
-            .records_dropped
-            .with(&["call_table_full"])
-            .raise_to(calls.dropped_at_capacity);
+    RecordsDropped {
+        reason: DropReason::CallTableFull,
+        count: told.new_since("call_table_full", calls.dropped_at_capacity),
     }
+    .emit(metrics);
     metrics
         .streams_active
         .set(c.media().active_streams() as i64);
-    publish_decode_counters(p, metrics);
+    publish_decode_counters(p, metrics, told);
 }
 
 /// Publishes the decode path's error and drop counters by kind, summed over every capture
 /// interface (they only grow), and the bytes each interface's reassembly holds.
-pub(super) fn publish_decode_counters(pipeline: &Pipeline, metrics: &AgentMetrics) {
+pub(super) fn publish_decode_counters(
+    pipeline: &Pipeline,
+    metrics: &AgentMetrics,
+    told: &mut NewSince,
+) {
     for (kind, n) in pipeline.loss_totals() {
-        if n > 0 {
-            metrics.decode_errors.with(&[kind]).raise_to(n);
+        DecodeErrors {
+            source: "pipeline",
+            kind,
+            count: told.new_since(kind, n),
         }
+        .emit(metrics);
     }
     for (interface, held) in pipeline.bytes_held() {
         metrics
@@ -278,6 +278,7 @@ mod tests {
             crate::correlation::media::MediaLimits::default(),
         ));
         let metrics = AgentMetrics::new();
+        let mut told = NewSince::default();
         let inputs = [
             pipeline.add_input("eth0", DissectLimits::default(), None),
             pipeline.add_input("eth1", DissectLimits::default(), None),
@@ -295,11 +296,44 @@ mod tests {
                     pipeline.frame(input, &frame, &mut |_| {});
                 }
             }
-            publish_decode_counters(&pipeline, &metrics);
+            publish_decode_counters(&pipeline, &metrics, &mut told);
             assert_eq!(metrics.decode_errors.with(&["link"]).get(), 5 * (round + 1));
         }
         let held = metrics.reassembly_bytes_held.with(&["eth1"]).get();
         assert_eq!(held, 0);
+    }
+
+    /// The decode path's totals and the HEP task's single events add to one metric. The
+    /// ticker used to raise the metric to the decode path's total, which swallowed what the
+    /// HEP task had counted under the same kind.
+    #[test]
+    fn decode_errors_of_two_sources_add_up() {
+        let mut pipeline = Pipeline::new(Correlator::new(
+            crate::correlation::calls::CallLimits::default(),
+            crate::correlation::media::MediaLimits::default(),
+        ));
+        let metrics = AgentMetrics::new();
+        let mut told = NewSince::default();
+        let input = pipeline.add_input("eth0", DissectLimits::default(), None);
+        // The HEP task: 4 frames of kind `link` it could not use.
+        DecodeErrors {
+            source: "hep",
+            kind: "link",
+            count: 4,
+        }
+        .emit(&metrics);
+        for number in 0..3 {
+            let frame = crate::dissect::Frame {
+                number,
+                time: Timestamp::from_secs_nanos(1, 0),
+                link: crate::decode::link::LinkType::Ethernet,
+                data: &[0; 6],
+            };
+            pipeline.frame(input, &frame, &mut |_| {});
+        }
+        publish_decode_counters(&pipeline, &metrics, &mut told);
+        publish_decode_counters(&pipeline, &metrics, &mut told);
+        assert_eq!(metrics.decode_errors.with(&["link"]).get(), 4 + 3);
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! | [`SpoolAppendFailed`] | `teledge_records_dropped_total{reason="spool_append_failed"}` | ERROR |
 //! | [`DecodeErrors`] | `teledge_decode_errors_total{kind}` | WARN |
 //! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
+//!
+//! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
+//! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
+//! whose content cannot be used) and the ticker (the decode path's and the call table's loss
+//! totals, through [`NewSince`]).
 
 use super::agent::AgentMetrics;
 pub use crate::log_limit::LOG_INTERVAL;
@@ -152,6 +157,25 @@ impl InternalEvent for HepConnectionRefused<'_> {
 }
 
 pub use crate::report::chain;
+
+/// Totals that only grow, kept where the work is done (a pipeline's loss counters), turned
+/// into events of what is new since the last look: the event then counts and logs the new
+/// part. Two sources adding to one metric (the decode path and the HEP task both count
+/// `sip`) therefore add up; a raise of the metric to one source's total would hide the other.
+#[derive(Debug, Default)]
+pub struct NewSince {
+    seen: std::collections::HashMap<&'static str, u64>,
+}
+
+impl NewSince {
+    /// How much `total` grew since the last call with `key`.
+    pub fn new_since(&mut self, key: &'static str, total: u64) -> u64 {
+        let seen = self.seen.entry(key).or_default();
+        let new = total.saturating_sub(*seen);
+        *seen = (*seen).max(total);
+        new
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,10 @@
 //! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
 //! the shutdown signal turns true; `run` returns once every connection task has ended.
 
+use crate::observe::events::{
+    DecodeErrors, DropReason, HepConnectionRefused, InternalEvent, RecordsDropped,
+};
+use crate::observe::AgentMetrics;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -257,6 +261,9 @@ struct Shared {
     settings: HepListenerSettings,
     auth: HepAuth,
     stats: Arc<HepStats>,
+    /// Where refused frames, dropped frames and refused connections are told: one named
+    /// event each logs and counts them (`observe::events`).
+    metrics: Arc<AgentMetrics>,
     tx: mpsc::Sender<HepEvent>,
     sequence: AtomicU64,
     /// Bytes of events sent and not yet dropped by the receiver.
@@ -280,6 +287,7 @@ impl HepListener {
     pub async fn bind(
         settings: HepListenerSettings,
         stats: Arc<HepStats>,
+        metrics: Arc<AgentMetrics>,
         tx: mpsc::Sender<HepEvent>,
     ) -> Result<HepListener, HepListenError> {
         if !(hep::HEADER_LEN..=MAX_FRAME_LEN).contains(&settings.max_frame) {
@@ -331,6 +339,7 @@ impl HepListener {
                 settings,
                 auth,
                 stats,
+                metrics,
                 tx,
                 sequence: AtomicU64::new(0),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
@@ -428,13 +437,11 @@ async fn accept_loop(
                     }
                 };
                 let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    bump(&shared.stats.connections_refused);
-                    tracing::warn!(%peer, "HEP connection refused: too many connections.");
+                    shared.closed(&shared.stats.connections_refused, "refused_max_connections", peer);
                     continue; // dropping the stream closes it
                 };
                 let Some(source_slot) = SourceSlot::take(&shared, peer.ip()) else {
-                    bump(&shared.stats.connections_refused_per_source);
-                    tracing::warn!(%peer, "HEP connection refused: too many connections from this address.");
+                    shared.closed(&shared.stats.connections_refused_per_source, "refused_per_source", peer);
                     continue;
                 };
                 bump(&shared.stats.connections);
@@ -525,13 +532,13 @@ async fn connection(
                 done = handshake => match done {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        bump(&shared.stats.tls_handshake_failures);
-                        tracing::warn!(%peer, error = %crate::report::Chain(&e), "HEP TLS handshake failed.");
+                        tracing::debug!(%peer, error = %crate::report::Chain(&e), "HEP TLS handshake failed.");
+                        shared.closed(&shared.stats.tls_handshake_failures, "tls_handshake_failed", peer);
                         return;
                     }
                     Err(_) => {
-                        bump(&shared.stats.tls_handshake_failures);
-                        tracing::warn!(%peer, "HEP TLS handshake timed out.");
+                        tracing::debug!(%peer, "HEP TLS handshake timed out.");
+                        shared.closed(&shared.stats.tls_handshake_failures, "tls_handshake_failed", peer);
                         return;
                     }
                 },
@@ -576,13 +583,15 @@ async fn serve_stream<S: AsyncRead + Unpin>(
         };
         let n = match read {
             Err(_) if !trusted => {
-                bump(&shared.stats.first_frame_timeouts);
-                tracing::debug!(%peer, "HEP connection without a valid frame in time, closed.");
+                shared.closed(
+                    &shared.stats.first_frame_timeouts,
+                    "no_valid_first_frame",
+                    peer,
+                );
                 return;
             }
             Err(_) => {
-                bump(&shared.stats.idle_timeouts);
-                tracing::debug!(%peer, "HEP connection idle, closed.");
+                shared.closed(&shared.stats.idle_timeouts, "idle", peer);
                 return;
             }
             Ok(Err(e)) => {
@@ -616,6 +625,28 @@ async fn serve_stream<S: AsyncRead + Unpin>(
 }
 
 impl Shared {
+    /// A connection refused or closed by a bound: the listener's own count, and the event
+    /// (logged and counted in the agent's metrics once).
+    fn closed(&self, counter: &AtomicU64, reason: &'static str, peer: SocketAddr) {
+        bump(counter);
+        HepConnectionRefused { reason, peer }.emit(&self.metrics);
+    }
+
+    /// A frame refused (malformed, not authenticated): the event of its kind.
+    fn refused(&self, kind: &'static str) {
+        DecodeErrors {
+            source: "hep",
+            kind,
+            count: 1,
+        }
+        .emit(&self.metrics);
+    }
+
+    /// A frame accepted and then dropped by a bound of the queue: lost, told once.
+    fn dropped(&self, reason: DropReason) {
+        RecordsDropped { reason, count: 1 }.emit(&self.metrics);
+    }
+
     /// Decodes, checks and forwards one frame; never blocks. True when the frame was valid
     /// and authenticated (whether or not the queue had room for it).
     fn frame(&self, bytes: &[u8], from: SocketAddr, input: HepInput) -> bool {
@@ -627,12 +658,14 @@ impl Shared {
                     bump(c);
                 }
                 tracing::debug!(%from, error = %crate::report::Chain(&e), "HEP frame refused.");
+                self.refused("hep_malformed");
                 return false;
             }
         };
         if let Err(e) = self.auth.check(&frame) {
             bump(&stats.auth_rejected);
             tracing::debug!(%from, error = %crate::report::Chain(&e), "HEP frame refused.");
+            self.refused("hep_auth_rejected");
             return false;
         }
         bump(&stats.frames);
@@ -648,6 +681,7 @@ impl Shared {
         if before + cost > self.settings.max_queue_bytes {
             self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
             bump(&stats.dropped_queue_bytes);
+            self.dropped(DropReason::HepQueueBytes);
             return true;
         }
         let event = HepEvent {
@@ -663,7 +697,10 @@ impl Shared {
         // A refused event is dropped here, and its charge with it.
         match self.tx.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => bump(&stats.dropped_full),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&stats.dropped_full);
+                self.dropped(DropReason::HepQueueFull);
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => bump(&stats.dropped_closed),
         }
         true

@@ -124,6 +124,8 @@ struct Running {
     listener_tcp: Option<SocketAddr>,
     listener_tls: Option<SocketAddr>,
     stats: Arc<HepStats>,
+    /// Where the listener's events are counted (the daemon passes its own).
+    metrics: Arc<teledge::observe::AgentMetrics>,
     rx: mpsc::Receiver<HepEvent>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -132,7 +134,8 @@ struct Running {
 async fn start(settings: HepListenerSettings, capacity: usize) -> Running {
     let stats = Arc::new(HepStats::default());
     let (tx, rx) = mpsc::channel(capacity);
-    let listener = HepListener::bind(settings, Arc::clone(&stats), tx)
+    let metrics = Arc::new(teledge::observe::AgentMetrics::new());
+    let listener = HepListener::bind(settings, Arc::clone(&stats), Arc::clone(&metrics), tx)
         .await
         .unwrap();
     let stop = CancellationToken::new();
@@ -147,6 +150,7 @@ async fn start(settings: HepListenerSettings, capacity: usize) -> Running {
         listener_tcp,
         listener_tls,
         stats,
+        metrics,
         rx,
         stop,
         task,
@@ -387,6 +391,9 @@ async fn hep_listener_counts_malformed_frames_and_keeps_serving() {
     conn.write_all(&bytes).await.unwrap();
     assert_eq!(l.events(1).await.len(), 1);
     assert_eq!(l.stats.malformed(HepErrorKind::ChunkTooShort), 2);
+    // Each refused frame is also told once as a named event: the agent's metric counts it.
+    let decode_errors = l.metrics.decode_errors.with(&["hep_malformed"]);
+    assert_eq!(decode_errors.get(), 5);
     l.stop().await;
 }
 
@@ -405,6 +412,8 @@ async fn hep_listener_drops_and_counts_when_the_channel_is_full() {
     l.until("frames", |s| s.frames.load(Ordering::Relaxed) == 5)
         .await;
     assert_eq!(l.stats.dropped_full.load(Ordering::Relaxed), 4);
+    let dropped = l.metrics.records_dropped.with(&["hep_queue_full"]);
+    assert_eq!(dropped.get(), 4);
     l.stop().await;
 }
 
@@ -433,6 +442,9 @@ async fn hep_listener_closes_idle_connections() {
     );
     assert_eq!(l.stats.idle_timeouts.load(Ordering::Relaxed), 1);
     assert_eq!(l.stats.first_frame_timeouts.load(Ordering::Relaxed), 0);
+    let closed = &l.metrics.hep_connections_closed;
+    assert_eq!(closed.with(&["idle"]).get(), 1);
+    assert_eq!(closed.with(&["no_valid_first_frame"]).get(), 0);
     l.stop().await;
 }
 
@@ -447,6 +459,7 @@ async fn hep_listener_bind_error_names_the_address() {
             ..HepListenerSettings::default()
         },
         Arc::new(HepStats::default()),
+        Arc::default(),
         tx,
     )
     .await
