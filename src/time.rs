@@ -142,20 +142,57 @@ impl ClockGuard {
 /// again; a step forward is followed at once. Shared by every live source and the tick.
 #[derive(Debug)]
 pub struct LiveNow {
+    clock: Clock,
     last: std::sync::Mutex<(Timestamp, std::time::Instant)>,
 }
 
-impl Default for LiveNow {
-    fn default() -> Self {
-        LiveNow {
-            last: std::sync::Mutex::new((Timestamp::now(), std::time::Instant::now())),
+/// Where the daemon's "now" comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// The wall clock (the system's time), as a live tap needs: frames carry it.
+    #[default]
+    Wall,
+    /// The wall clock's reading when this clock was made, moved on by tokio's clock: under
+    /// `tokio::time::pause` a test advances the daemon's time (ticks, call timeouts, the
+    /// grace for media in flight) without waiting for it.
+    Tokio {
+        anchor: Timestamp,
+        start: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A [`Clock::Tokio`] anchored now (inside a tokio runtime whose clock it follows).
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            anchor: Timestamp::now(),
+            start: tokio::time::Instant::now(),
         }
     }
 }
 
+impl Default for LiveNow {
+    fn default() -> Self {
+        LiveNow::new(Clock::Wall)
+    }
+}
+
 impl LiveNow {
+    /// A live "now" that reads `clock`.
+    pub fn new(clock: Clock) -> Self {
+        LiveNow {
+            clock,
+            last: std::sync::Mutex::new((Timestamp::now(), std::time::Instant::now())),
+        }
+    }
+
     /// The current time as the correlator should see it.
     pub fn now(&self) -> Timestamp {
+        if let Clock::Tokio { anchor, start } = self.clock {
+            // Monotonic by construction: no step back to guard against.
+            let elapsed = i64::try_from(start.elapsed().as_nanos()).unwrap_or(i64::MAX);
+            return Timestamp(anchor.0.saturating_add(elapsed));
+        }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let at = std::time::Instant::now();
         let next = Self::step(last.0, at.duration_since(last.1), Timestamp::now());

@@ -20,7 +20,11 @@
 //!   clock and counted (`teledge_timestamps_clamped_total`): one frame stamped a day ahead
 //!   would otherwise hold every timeout back for a day. The local clock itself is
 //!   [`LiveNow`]: the wall clock, except that after a step back it keeps moving at half
-//!   speed until the wall clock catches up, so timeouts never stand still.
+//!   speed until the wall clock catches up, so timeouts never stand still. The tick is a
+//!   tokio interval; with [`Clock::Tokio`] the "now" follows tokio's clock as well, so a test
+//!   under `tokio::time::pause` drives ticks, timeouts and the grace for media in flight by
+//!   advancing it. The spool writer is a thread of its own (sled's fsync blocks): its flush
+//!   interval stays on the system's monotonic clock.
 //! - Shutdown (SIGTERM/SIGINT): sources stop, the pipeline is finished — what the TCP
 //!   reassembly still holds is decoded, then open calls become partial records
 //!   (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
@@ -70,6 +74,7 @@ use crate::record::{ClosedBy, Record};
 use crate::sources::afpacket::LiveCaptureError;
 use crate::spool::Spool;
 use crate::spooler::Spooler;
+pub use crate::time::Clock;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
@@ -295,15 +300,18 @@ impl Daemon {
     /// [`Daemon::hep_addrs`], [`Daemon::observe_addr`]) and starts every component. Must run
     /// inside a multi-threaded tokio runtime (capture threads lend out a worker when joined).
     pub async fn start(config: AgentConfig, config_path: &Path) -> Result<Daemon, DaemonError> {
-        Daemon::start_with(config, config_path, Systemd::from_env()).await
+        Daemon::start_with(config, config_path, Systemd::from_env(), Clock::Wall).await
     }
 
     /// [`Daemon::start`] with the systemd notify socket and watchdog given rather than taken
-    /// from the environment (a test's own socket).
+    /// from the environment (a test's own socket), and the clock the daemon's "now" (ticks,
+    /// timeouts, the grace for media in flight) follows: [`Clock::Tokio`] lets a test drive
+    /// it with `tokio::time::pause` / `advance`.
     pub async fn start_with(
         config: AgentConfig,
         config_path: &Path,
         systemd: Systemd,
+        clock: Clock,
     ) -> Result<Daemon, DaemonError> {
         // What runs, said once at info (the default level of `run`): an operator reading
         // the journal sees the node, its sources and where records go without TELEDGE_LOG.
@@ -402,7 +410,7 @@ impl Daemon {
             )))),
             losses_told: Arc::default(),
             records,
-            live_now: Arc::new(LiveNow::default()),
+            live_now: Arc::new(LiveNow::new(clock)),
             clock_guard: config.clock_tolerance,
             sources: root.child_token(),
             tracker: tracker.clone(),

@@ -407,7 +407,12 @@ fn shutdown_returns_after_the_http_endpoint_and_the_watchdog_have_ended() {
     };
     let runtime = runtime();
     let daemon = runtime
-        .block_on(Daemon::start_with(config, &config_path, systemd))
+        .block_on(Daemon::start_with(
+            config,
+            &config_path,
+            systemd,
+            teledge::daemon::Clock::Wall,
+        ))
         .unwrap();
     let http = daemon.observe_addr().unwrap();
     let metrics = std::sync::Arc::clone(daemon.metrics());
@@ -437,4 +442,77 @@ fn shutdown_returns_after_the_http_endpoint_and_the_watchdog_have_ended() {
     );
     assert_eq!(ticks(), ticks_at_shutdown);
     drop(runtime);
+}
+
+/// The daemon's time can be driven by a paused tokio clock ([`teledge::daemon::Clock::Tokio`]):
+/// a call that ended is held for its grace (media in flight) while the clock stands still,
+/// however long that takes on the wall clock, and comes out once the test advances the
+/// clock past the grace — the ticker and the correlator's "now" both follow tokio's time.
+#[test]
+fn a_paused_clock_releases_a_call_record_when_advanced_past_the_grace() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        free_port(),
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    // No collector: the drain at shutdown gives up after a second.
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("drain_timeout_s = 20", "drain_timeout_s = 1"),
+    )
+    .unwrap();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    // Stamped now, before the daemon's clock is anchored: they are never "in its future".
+    let frames = ended_call_with_rtcp("paused@inproc");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let clock = teledge::daemon::Clock::tokio();
+        let start = tokio::time::Instant::now();
+        let systemd = teledge::daemon::Systemd {
+            notifier: teledge::observe::Notifier::disabled(),
+            watchdog: None,
+        };
+        let daemon = Daemon::start_with(config, &config_path, systemd, clock)
+            .await
+            .unwrap();
+        let udp = daemon.hep_addrs().unwrap().udp.unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for frame in &frames {
+            sock.send_to(frame, udp).unwrap();
+        }
+        let metrics = std::sync::Arc::clone(daemon.metrics());
+        let calls = metrics.records_produced.with(&["call"]);
+        // Yielding lets the listener and the HEP task run without moving the paused clock.
+        let wall = Instant::now();
+        while metrics.source_packets.with(&["hep"]).get() < frames.len() as u64 {
+            assert!(wall.elapsed() < Duration::from_secs(10), "frames not read");
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the clock moved by itself");
+        assert_eq!(calls.get(), 0, "released before its grace");
+
+        // The grace is 250 ms and a tick comes every 250 ms: 600 ms sees it through.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        for _ in 0..1000 {
+            if calls.get() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.get(), 1, "the call record after the grace");
+        let summary = daemon.shutdown().await;
+        assert!(summary.records_spooled >= 1, "{summary:?}");
+    });
 }
