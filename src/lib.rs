@@ -1,5 +1,16 @@
 //! teledge: the contact-centre telephony edge agent.
 //!
+//! A packet's way to the collector, one module at each step:
+//!
+//! 1. It **enters** in [`sources`]: a capture file, the AF_PACKET ring, or the HEP listener.
+//! 2. Its **call is decided** in [`correlation`] (the call state machine in
+//!    `correlation::calls`: answered, abandoned, busy, rejected, ...), fed by the
+//!    [`pipeline`] after [`dissect`] has decoded the packet.
+//! 3. The call's record **becomes durable** in [`spooler`]: pseudonymised, appended to the
+//!    [`spool`] and group-committed (one fsync for many records); only then may it leave.
+//! 4. It **leaves** through [`uplink`]: batches over mutual TLS, removed from the spool once
+//!    the collector ([`collect`]) has acknowledged them.
+//!
 //! A map of the code, in pipeline order (sources → decode → correlation → records → outputs):
 //!
 //! - [`sources`]: where frames come from: capture files, live capture on Linux (AF_PACKET),

@@ -293,3 +293,44 @@ fn the_leaves_import_nothing_of_the_pipeline() {
         }
     }
 }
+
+/// The crate doc's four steps (where a packet enters, where its call is decided, where its
+/// record becomes durable, where it leaves) name one module each, in that order, and the
+/// code agrees: no step imports a later one (a source knows nothing of calls or the spool,
+/// the correlator nothing of the spool or the uplink, the spooler nothing of the uplink).
+#[test]
+fn the_crate_doc_names_the_four_steps_and_each_knows_only_what_comes_before() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let steps: Vec<String> = [
+        "**enters**",
+        "**call is decided**",
+        "**becomes durable**",
+        "**leaves**",
+    ]
+    .iter()
+    .map(|step| {
+        let line = lib
+            .lines()
+            .find(|l| l.contains(step))
+            .unwrap_or_else(|| panic!("the crate doc has no step {step}"));
+        let after = &line[line.find(step).unwrap() + step.len()..];
+        let start = after.find("[`").unwrap_or_else(|| panic!("{line}")) + 2;
+        let end = after[start..].find('`').unwrap() + start;
+        after[start..end].to_owned()
+    })
+    .collect();
+    assert_eq!(steps, ["sources", "correlation", "spooler", "uplink"]);
+    let graph = module_graph();
+    for (i, step) in steps.iter().enumerate() {
+        for later in &steps[i + 1..] {
+            for (module, arrows) in graph.iter().filter(|(m, _)| m.first() == Some(step)) {
+                assert!(
+                    !arrows.iter().any(|a| a.first() == Some(later)),
+                    "{} imports {later}, a later step",
+                    module.join("::")
+                );
+            }
+        }
+    }
+}
