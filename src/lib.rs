@@ -38,7 +38,8 @@
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
 //!   Named internal events ([`observe::events`]) log and count a loss in one place.
-//! - [`config`]: configuration, raw TOML to validated, every problem listed: the forwarding
+//! - [`config`]: configuration, raw TOML to validated, every problem listed ([`config_problem`],
+//!   a leaf the sensor profiles share): the forwarding
 //!   sections ([`config::forward`]) and the daemon's ([`config::agent`]).
 //! - [`daemon`]: `teledge run`, sources → pipeline → spooler → uplink as components under one
 //!   cancellation token, with a designed shutdown; drivable in-process ([`daemon::Daemon`]).
@@ -53,6 +54,7 @@
 pub mod backoff;
 pub mod collect;
 pub mod config;
+pub mod config_problem;
 pub mod correlation;
 pub mod daemon;
 pub mod decode;

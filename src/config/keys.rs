@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::problem::ConfigProblem;
+use crate::config_problem::ConfigProblem;
 use crate::privacy::{identifier_key_from_spool_key, AddressMode, Privacy, PrivacyMode};
 use crate::seal::{load_key, KeySource, Keyring};
 

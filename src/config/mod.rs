@@ -16,7 +16,9 @@ use serde::Deserialize;
 pub mod agent;
 pub mod forward;
 mod keys;
-pub mod problem;
+/// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
+/// that a section's owner (sensor profiles) uses it without importing the configuration.
+pub use crate::config_problem as problem;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
 pub(crate) use problem::{read_file, toml_problem};

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::problem::{read_file, toml_problem, ConfigErrors, ConfigProblem};
+use crate::config_problem::{read_file, toml_problem, ConfigErrors, ConfigProblem};
 use crate::sensors::deviation::Limits;
 
 /// The wire protocol of a device.

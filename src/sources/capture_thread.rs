@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::sources::afpacket::{
     KernelStats, LiveCapture, LiveCaptureError, PacketSink, RingSettings, STOP_CHECK_INTERVAL,
 };
-use crate::backoff::Backoff;
 
 /// How often the kernel's counters are read and handed to the caller.
 const STATS_EVERY: Duration = Duration::from_secs(1);

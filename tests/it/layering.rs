@@ -334,3 +334,26 @@ fn the_crate_doc_names_the_four_steps_and_each_knows_only_what_comes_before() {
         }
     }
 }
+
+/// The same at the level of the crate's top modules (`config`, `sensors`, `uplink`, ...):
+/// a folder that imports another must not be imported back by it, even through a leaf.
+#[test]
+fn no_top_module_imports_one_that_imports_it_back() {
+    let mut top: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for (module, arrows) in module_graph() {
+        let Some(first) = module.first() else {
+            continue;
+        };
+        let entry = top.entry(vec![first.clone()]).or_default();
+        for arrow in arrows {
+            if arrow.first() != Some(first) {
+                entry.insert(arrow[..1].to_vec());
+            }
+        }
+    }
+    assert_eq!(
+        find_loop(&top),
+        None,
+        "a loop of imports between top modules"
+    );
+}
