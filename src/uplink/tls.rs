@@ -22,8 +22,12 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
+    /// A file that cannot be used, and why (the reader's error, kept as the source).
+    #[error("{path}")]
+    File {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("TLS configuration")]
     Config(#[from] rustls::Error),
     #[error("client verifier")]
@@ -44,10 +48,13 @@ fn versions(tls12_allowed: bool) -> &'static [&'static rustls::SupportedProtocol
     }
 }
 
-fn file_error(path: &Path, message: impl ToString) -> TlsError {
+fn file_error(
+    path: &Path,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> TlsError {
     TlsError::File {
         path: path.to_owned(),
-        message: message.to_string(),
+        source: source.into(),
     }
 }
 

@@ -74,8 +74,8 @@ pub enum LiveCaptureError {
         operation: &'static str,
     },
     #[error(
-        "capture on {interface}: could not allocate a {bytes}-byte ring ({source}); \
-         try a smaller ring"
+        "capture on {interface}: could not allocate a {bytes}-byte ring (try a smaller \
+         one)"
     )]
     RingAllocation {
         interface: String,
