@@ -43,7 +43,7 @@ impl Captures {
                     | LiveCaptureError::InterfaceDown { .. }
                     | LiveCaptureError::InterfaceGone { .. }),
                 ) => {
-                    tracing::warn!(error = %crate::report::Chain(&e), "Capturing as soon as the interface is there.");
+                    tracing::warn!(error = %crate::report::Chain(&e), "Interface not there yet; capturing as soon as it is there.");
                     None
                 }
                 Err(e) => return Err(e.into()),
