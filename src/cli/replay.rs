@@ -33,6 +33,10 @@ pub struct ReplayArgs {
     /// Seconds after which a connected call without BYE is closed (marked incomplete).
     #[arg(long, default_value_t = 4 * 3600)]
     pub max_call_duration: u64,
+    /// Milliseconds a call's record waits after the call ended for its RTP and RTCP still
+    /// in flight (0 to 10000), as `correlation.record_grace_ms` in the daemon.
+    #[arg(long, default_value_t = CallLimits::default().record_grace.as_millis() as u64, value_name = "MS")]
+    pub record_grace_ms: u64,
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -67,10 +71,18 @@ fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
     if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
         anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
     }
+    let max_grace = teledge::correlation::calls::MAX_RECORD_GRACE.as_millis() as u64;
+    if args.record_grace_ms > max_grace {
+        anyhow::bail!(
+            "--record-grace-ms {} is out of range: must be between 0 and {max_grace}",
+            args.record_grace_ms
+        );
+    }
     Ok(ReplaySettings {
         calls: CallLimits {
             setup_timeout: Duration::from_secs(args.setup_timeout),
             max_call_duration: Duration::from_secs(args.max_call_duration),
+            record_grace: Duration::from_millis(args.record_grace_ms),
             ..CallLimits::default()
         },
         dissect: teledge::dissect::DissectLimits {

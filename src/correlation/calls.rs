@@ -57,11 +57,13 @@
 //!
 //! # What a crash can lose
 //!
-//! The record is made at the moment the last message of the call is seen (the BYE, the final
-//! response), or when `advance` passes a timeout. From then on only the way to the disk
-//! remains: the bounded record queue to the spool writer and the spool's group commit
-//! (`flush_interval`, default 50 ms). A SIGKILL therefore loses no call whose ending message
-//! was seen more than that before it; calls still open are lost to a SIGKILL (SIGTERM reports
+//! The tracker makes the record at the moment the last message of the call is seen (the BYE,
+//! the final response), or when `advance` passes a timeout; the correlator then holds it for
+//! `record_grace` (default 1 s, media in flight; see [`super`]), released by the next
+//! message or the daemon's tick (250 ms). From then on only the way to the disk remains: the
+//! bounded record queue to the spool writer and the spool's group commit (`flush_interval`,
+//! default 50 ms). A SIGKILL therefore loses no call whose ending message was seen more than
+//! grace + tick + flush interval before it; calls still open are lost to a SIGKILL (SIGTERM reports
 //! them as partial records, `closed_by: shutdown`), and a call whose end comes after a restart
 //! is reported as a partial record (`started_before_capture`).
 //!
@@ -115,9 +117,10 @@ pub struct CallLimits {
     pub linger: Duration,
     /// How long a call's record waits after the call ended for RTP and RTCP still in flight
     /// (the other side keeps sending until it has processed the BYE: a one-way delay, a few
-    /// 20 ms packets), which is measured into the call's streams as TShark counts it. Short
-    /// (250 ms) because it is also part of what a crash can lose. SIP after the end is absorbed by the dialog's
-    /// tombstone whatever this is. Part of the window a crash can lose (README).
+    /// 20 ms packets; a phone's last RTCP report), which is measured into the call's streams
+    /// as TShark counts it. Default 1 s, at most [`MAX_RECORD_GRACE`]: every record reaches
+    /// the collector that much after its call ended, and it is part of the window a crash can
+    /// lose (README). SIP after the end is absorbed by the dialog's tombstone whatever this is.
     pub record_grace: Duration,
     /// Ended dialogs remembered at once.
     pub max_ended: usize,
@@ -136,12 +139,17 @@ impl Default for CallLimits {
             setup_timeout: Duration::from_secs(300),
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
-            record_grace: Duration::from_millis(250),
+            record_grace: Duration::from_secs(1),
             max_ended: 100_000,
             max_partial_calls_per_minute: 1000,
         }
     }
 }
+
+/// Longest `record_grace` accepted (configuration `correlation.record_grace_ms`, `replay
+/// --record-grace-ms`): media in flight after a BYE arrives within a one-way delay, so a
+/// longer wait only delays every record and widens what a crash can lose.
+pub const MAX_RECORD_GRACE: Duration = Duration::from_secs(10);
 
 /// Counters of the tracker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1393,7 +1401,11 @@ impl Call {
             let start = self.invite_time?;
             t.map(|t| round_secs(t.seconds_since(start)))
         };
-        let ring_start = self.ringing.or(self.invite_time);
+        // Only a call that rang has a ring time: without a 180/183 the caller heard nothing
+        // ring (a challenge and its retry, a refusal, an answer straight away), and the time
+        // before the end is the setup's, not ringing (a 407 retried 34 s later and refused
+        // with 403 showed 34 s of "ring").
+        let ring_start = self.ringing;
         let ring_end = self.answer.or(self.cancelled).or(failure_time);
         let hangup_by = match outcome {
             Outcome::Abandoned => Some(Hangup::Caller),
@@ -1790,6 +1802,61 @@ mod tests {
             assert_eq!(c.hangup_by, None, "{what}");
             assert_eq!(h.tracker.counters().ignored_after_final, 1, "{what}");
         }
+    }
+
+    #[test]
+    fn only_a_call_that_rang_has_a_ring_time() {
+        // sngrep_aaa.pcap's shape: a 407, the INVITE with credentials 34 s later, a 403. No
+        // 180/183 ever came: no ring time (it showed the 34 s of the challenge as ringing).
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(150, 407, 1, "INVITE", Some("B"));
+        h.req(200, "ACK", 1, true, true);
+        h.req(34_130, "INVITE", 2, true, false);
+        h.resp(34_330, 403, 2, "INVITE", Some("B"));
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Rejected);
+        assert_eq!(c.auth_challenges, 1);
+        assert_eq!(c.ringing_time, None);
+        assert_eq!(c.ring_duration_s, None, "never rang");
+        assert_eq!(c.time_to_answer_s, None);
+
+        // Answered at once, without ringing: no ring time either.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(300, 200, 1, "INVITE", Some("B"));
+        h.req(310, "ACK", 1, true, true);
+        h.req(5000, "BYE", 2, true, true);
+        let c = h.only();
+        assert_eq!(c.ring_duration_s, None);
+        assert_eq!(c.time_to_answer_s, Some(0.3));
+
+        // Given up after a 100 Trying only: abandoned, but it never rang.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(20, 100, 1, "INVITE", None);
+        h.req(9000, "CANCEL", 1, true, false);
+        h.resp(9020, 487, 1, "INVITE", Some("B"));
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
+        assert_eq!(h.only().ring_duration_s, None);
+
+        // A call that rang: from the first 180 (after a challenge) to the answer.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(100, 407, 1, "INVITE", Some("B"));
+        h.req(150, "ACK", 1, true, true);
+        h.req(400, "INVITE", 2, true, false);
+        h.resp(1400, 180, 2, "INVITE", Some("B"));
+        h.resp(6400, 200, 2, "INVITE", Some("B"));
+        h.req(6410, "ACK", 2, true, true);
+        h.req(9000, "BYE", 3, true, true);
+        let c = h.only();
+        assert_eq!(c.ring_duration_s, Some(5.0));
+        assert_eq!(
+            c.time_to_answer_s,
+            Some(6.4),
+            "from the caller's first INVITE"
+        );
     }
 
     #[test]

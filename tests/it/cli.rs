@@ -81,3 +81,37 @@ fn missing_file_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pcap"));
 }
+
+/// `--record-grace-ms`: how long a record waits for its media in flight. sngrep_aaa.pcap has
+/// an RTCP report a few seconds after its call ended: counted apart with the default 1 s,
+/// measured into the call with 10 s. Out of range is a clear error, not a silent clamp.
+#[test]
+fn replay_record_grace_is_configurable_and_bounded() {
+    let rtcp_after_end = |grace: Option<&str>| {
+        let mut command = teledge();
+        command.args(["replay", "--no-progress"]);
+        if let Some(ms) = grace {
+            command.args(["--record-grace-ms", ms]);
+        }
+        let out = command.arg(data_path("sngrep_aaa.pcap")).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        summary["media"]["rtcp_after_call_end"].as_u64().unwrap()
+    };
+    assert_eq!(rtcp_after_end(None), 1, "default grace: after the end");
+    assert_eq!(rtcp_after_end(Some("1000")), 1);
+    assert_eq!(rtcp_after_end(Some("10000")), 0, "within a 10 s grace");
+    let out = teledge()
+        .args(["replay", "--record-grace-ms", "10001"])
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--record-grace-ms 10001 is out of range: must be between 0 and 10000"),
+        "{stderr}"
+    );
+}

@@ -1076,6 +1076,16 @@ fn check_config_refuses_values_that_would_break_the_service() {
             Box::new(|t| t.replace("[privacy]", "[correlation]\nqueue_bytes = 0\n[privacy]")),
         ),
         (
+            "correlation.record_grace_ms",
+            "must be between 0 and 10000",
+            Box::new(|t| {
+                t.replace(
+                    "[privacy]",
+                    "[correlation]\nrecord_grace_ms = 10001\n[privacy]",
+                )
+            }),
+        ),
+        (
             "hep.first_frame_timeout_s",
             "must be between",
             Box::new(|t| {
@@ -1170,6 +1180,8 @@ fn the_daemon_says_what_it_runs_and_sighup_says_what_it_applied() {
         "room-a",
         &dir.path().join("spool").display().to_string(),
         &format!("https://localhost:{nobody}/v1/batches"),
+        // The record grace (part of what a crash can lose), the default 1 s.
+        "record_grace_ms=1000",
     ] {
         assert!(start.contains(said), "{said:?} not said at start:\n{start}");
     }
@@ -1336,9 +1348,10 @@ fn hep_connection_bounds_of_the_configuration_hold_and_are_counted() {
 fn sigkill_after_the_bye_loses_no_ended_call() {
     // Issue 10 item 2: records were made only when an ended call's 32 s linger passed, so a
     // SIGKILL lost every call that ended in the last 32 s. Now a call's record is made at its
-    // BYE; what a SIGKILL may lose is only what the spool had not committed (its group
-    // commit, here 20 ms). Calls end over HEP, the agent is killed a second later, and a new
-    // agent on the same spool forwards every one of them, exactly once.
+    // BYE plus the record grace; what a SIGKILL may lose is only that and what the spool had
+    // not committed (its group commit, here 20 ms). Calls end over HEP, the agent is killed
+    // two seconds later, and a new agent on the same spool forwards every one of them,
+    // exactly once.
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("collected");
@@ -1380,7 +1393,11 @@ fn sigkill_after_the_bye_loses_no_ended_call() {
         }
     }
     stream.flush().unwrap();
-    thread::sleep(Duration::from_secs(1));
+    // The records are made a grace (default 1 s) after each BYE, released by the next tick
+    // (250 ms), committed within the flush interval (20 ms here): all in the spool by now.
+    thread::sleep(
+        teledge::correlation::calls::CallLimits::default().record_grace + Duration::from_secs(1),
+    );
     let pid = agent.child.id().to_string();
     Command::new("kill").args(["-KILL", &pid]).status().unwrap();
     let status = agent.child.wait().unwrap();
