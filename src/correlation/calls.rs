@@ -21,8 +21,11 @@
 //!   fork's branch does not end the attempt (another fork may answer); a failure on any other
 //!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as
-//!   timed out; a connected call longer than `max_call_duration` is closed (still answered,
-//!   marked incomplete);
+//!   timed out; a connected call with a session timer (RFC 4028: `Session-Expires` in the 2xx
+//!   to its INVITE or to a refresh) that stays silent for its session interval plus `linger`
+//!   is closed (its refreshes stopped, so both sides have torn it down: its BYE was lost or
+//!   not captured); any connected call longer than `max_call_duration` is closed (both still
+//!   answered, marked incomplete, `closed_by: timeout`);
 //! - dialogs that started before the capture (a restart, a capture file that starts mid-call):
 //!   the first message of an INVITE dialog whose INVITE was not seen (re-INVITE, UPDATE, INFO,
 //!   PRACK, ACK, BYE, CANCEL, a response whose CSeq method is INVITE, BYE or CANCEL) opens a
@@ -373,6 +376,8 @@ struct Call {
     hold_since: Option<Timestamp>,
     hold_count: u32,
     hold_total: f64,
+    /// The session interval (RFC 4028) the last 2xx to an INVITE or UPDATE set, in seconds.
+    session_interval: Option<u32>,
     media: CallMedia,
     seen: HashSet<u64>,
     hep_rtcp: Vec<HepRtcp>,
@@ -811,6 +816,21 @@ fn invite_key(msg: &SipMessage<'_>) -> u64 {
     ))
 }
 
+/// Longest session interval taken from a `Session-Expires` header (a day): a larger value is
+/// no session timer a call could rely on, and `max_call_duration` bounds the call anyway.
+const MAX_SESSION_INTERVAL: u32 = 86_400;
+
+/// The session interval of a `Session-Expires` header (RFC 4028: `delta-seconds` then
+/// parameters), in seconds; `None` without one, or when it is not a number from 1 to
+/// [`MAX_SESSION_INTERVAL`].
+fn session_interval(msg: &SipMessage<'_>) -> Option<u32> {
+    let value = msg.header_values("Session-Expires").next()?;
+    let seconds = value.split(';').next()?.trim().parse::<u32>().ok()?;
+    (1..=MAX_SESSION_INTERVAL)
+        .contains(&seconds)
+        .then_some(seconds)
+}
+
 /// 401/407 challenges and 422 (session interval too small) are followed by a new INVITE in
 /// the same attempt.
 fn retried_in_same_attempt(status: u16) -> bool {
@@ -857,6 +877,7 @@ impl Call {
             hold_since: None,
             hold_count: 0,
             hold_total: 0.0,
+            session_interval: None,
             media: CallMedia::default(),
             seen: HashSet::new(),
             hep_rtcp: Vec::new(),
@@ -1109,6 +1130,14 @@ impl Call {
                 self.callee_address = meta.src;
             }
         }
+        if (200..300).contains(&status)
+            && matches!(msg.cseq.method, Method::Invite | Method::Update)
+        {
+            // A session timer negotiated (or refreshed): its 2xx says the interval.
+            if let Some(interval) = session_interval(msg) {
+                self.session_interval = Some(interval);
+            }
+        }
         match msg.cseq.method {
             Method::Invite => {}
             Method::Bye => {
@@ -1281,6 +1310,16 @@ impl Call {
             return waited(*at, limits.setup_timeout).then_some(ClosedBy::FinalResponse);
         }
         if self.is_answered() {
+            // With a session timer, both sides refresh the session at least every half
+            // interval and tear it down (BYE) when a refresh is missing (RFC 4028 §10): a
+            // call silent for the whole interval and a transaction's lifetime more is over,
+            // its BYE lost or not captured — not a call to hold for `max_call_duration`.
+            if let Some(interval) = self.session_interval {
+                let silent = Duration::from_secs(u64::from(interval)) + limits.linger;
+                if waited(self.last_message, silent) {
+                    return Some(ClosedBy::Timeout);
+                }
+            }
             let since = self.answer.unwrap_or(self.first_message);
             return waited(since, limits.max_call_duration).then_some(ClosedBy::Timeout);
         }
@@ -1801,6 +1840,65 @@ mod tests {
             assert_eq!(c.final_status, Some(407), "{what}");
             assert_eq!(c.hangup_by, None, "{what}");
             assert_eq!(h.tracker.counters().ignored_after_final, 1, "{what}");
+        }
+    }
+
+    /// A 2xx from the callee with a `Session-Expires` header.
+    fn resp_with_timer(h: &mut Harness, at: i64, cseq: u32, method: &str, value: &str) {
+        let text = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{method}{cseq}\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=B\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nSession-Expires: {value}\r\nContent-Length: 0\r\n\r\n",
+            h.call_id
+        );
+        h.feed(at, &text, false);
+    }
+
+    #[test]
+    fn a_call_whose_session_timer_refreshes_stop_is_closed_not_held_for_hours() {
+        // Session-Expires 90 s: refreshed (UPDATE) every 45 s while it lives.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        resp_with_timer(&mut h, 1000, 1, "INVITE", "90;refresher=uac");
+        h.req(1010, "ACK", 1, true, true);
+        for (i, at) in (46_000..=226_000).step_by(45_000).enumerate() {
+            let cseq = 2 + i as u32;
+            h.req(at, "UPDATE", cseq, true, true);
+            resp_with_timer(&mut h, at + 10, cseq, "UPDATE", "90;refresher=uac");
+            h.advance(at + 20);
+        }
+        h.advance(226_010 + 90_000 + 32_000);
+        assert!(
+            h.records.is_empty(),
+            "refreshed: alive until interval + linger of silence"
+        );
+        // The refreshes stop and no BYE is seen: the call is over a session interval and a
+        // transaction's lifetime later, not after max_call_duration (4 h).
+        h.advance(226_010 + 90_000 + 32_000 + 1_500);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Timeout);
+        assert!(!c.complete);
+        assert_eq!(c.end_time, None, "its end was not seen");
+
+        // The interval of the initial 2xx alone (compact form `x`), no refresh ever.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKINVITE1\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=B\r\nCall-ID: call-1@test\r\nCSeq: 1 INVITE\r\nx: 1800\r\nContent-Length: 0\r\n\r\n";
+        h.feed(500, text, false);
+        h.advance(500 + 1_800_000 + 30_000);
+        assert!(h.records.is_empty());
+        h.advance(500 + 1_800_000 + 34_000);
+        assert_eq!(h.only().closed_by, ClosedBy::Timeout);
+
+        // Without a session timer (or with a value that is none) a silent call stays up.
+        for value in [None, Some("0"), Some("soon"), Some("99999999999")] {
+            let mut h = Harness::new();
+            h.req(0, "INVITE", 1, true, false);
+            match value {
+                Some(v) => resp_with_timer(&mut h, 1000, 1, "INVITE", v),
+                None => h.resp(1000, 200, 1, "INVITE", Some("B")),
+            }
+            h.advance(3_600_000);
+            assert!(h.records.is_empty(), "{value:?}");
         }
     }
 
