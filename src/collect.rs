@@ -37,7 +37,11 @@
 //!
 //! # Writes
 //!
-//! A batch's new lines are written with one `write` and synced. If the write or the sync
+//! A batch's new lines are written with one `write` and synced. Each line is
+//! `{"id": "<node>:<epoch>:<seq>", "record": {...}}`; with `--stamp` it also carries
+//! `"stored_at"`, the collector's clock (RFC 3339, UTC, microseconds) just before the write
+//! and its sync, so the time from an event to its record being stored can be measured
+//! (`scripts/bench-latency.sh`). Readers ignore it; the record's content is unchanged. If the write or the sync
 //! fails (a full disk, an I/O error), the file is truncated back to its last good length, so
 //! there is never a torn line nor a half-written batch that a retry would duplicate; the
 //! batch is answered `503` and the agent retries. A torn last line left by a crash is cut off
@@ -138,6 +142,8 @@ pub struct CollectConfig {
     pub out_dir: PathBuf,
     pub tls12_allowed: bool,
     pub limits: CollectLimits,
+    /// Adds `stored_at` to every line written (see "Writes" in the module doc).
+    pub stamp: bool,
 }
 
 /// The collector's counters.
@@ -261,6 +267,7 @@ impl Throttle {
 #[derive(Debug)]
 struct Shared {
     out_dir: PathBuf,
+    stamp: bool,
     limits: CollectLimits,
     stats: Arc<CollectStats>,
     nodes: Mutex<HashMap<String, Arc<Mutex<NodeStore>>>>,
@@ -351,6 +358,7 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
     let limits = config.limits.clone();
     let shared = Arc::new(Shared {
         out_dir: config.out_dir.clone(),
+        stamp: config.stamp,
         stats: stats.clone(),
         nodes: Mutex::new(
             nodes
@@ -596,6 +604,7 @@ async fn handle(
         }
     };
     let store = shared.node(node);
+    let stamp = shared.stamp;
     let max_inflated = limits.max_inflated;
     let node_owned = node.to_owned();
     // Inflating and writing block: off the async workers.
@@ -620,7 +629,7 @@ async fn handle(
             ));
         };
         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = store.store(&lines)?;
+        let stored = store.store(&lines, stamp)?;
         Ok((stored, lines.len(), through))
     })
     .await;
@@ -784,8 +793,9 @@ impl NodeStore {
         }
     }
 
-    /// Stores the new records of a batch; returns (new, duplicates).
-    fn store(&mut self, lines: &[BatchLine]) -> Result<(u64, u64), StoreError> {
+    /// Stores the new records of a batch; returns (new, duplicates). With `stamp`, each line
+    /// written says when (`stored_at`).
+    fn store(&mut self, lines: &[BatchLine], stamp: bool) -> Result<(u64, u64), StoreError> {
         let mut fresh: Vec<(&BatchLine, u64, u64, u64)> = Vec::new();
         // Records at or below their watermark: (id, epoch, seq, hash).
         let mut older: Vec<(&str, u64, u64, u64)> = Vec::new();
@@ -815,8 +825,14 @@ impl NodeStore {
             return Ok((0, duplicates));
         }
         let mut buf = Vec::new();
+        let stored_at = stamp.then(crate::time::Timestamp::now);
         for (line, ..) in &fresh {
-            serde_json::to_writer(&mut buf, line).map_err(|e| StoreError::Io {
+            let line = StoredLine {
+                id: &line.id,
+                record: &line.record,
+                stored_at,
+            };
+            serde_json::to_writer(&mut buf, &line).map_err(|e| StoreError::Io {
                 path: self.dir.clone(),
                 source: e.into(),
             })?;
@@ -976,6 +992,15 @@ impl NodeStore {
     }
 }
 
+/// A line of a node's file: the batch line, and with `--stamp` the time it was written.
+#[derive(Serialize)]
+struct StoredLine<'a> {
+    id: &'a str,
+    record: &'a serde_json::value::RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_at: Option<crate::time::Timestamp>,
+}
+
 /// SHA-256 of a record's JSON text, first 8 bytes.
 fn content_hash(record: &str) -> u64 {
     let digest = Sha256::digest(record.as_bytes());
@@ -1083,24 +1108,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stats = CollectStats::default();
         let mut store = store_in(dir.path());
-        assert_eq!(store.store(&lines(&["n1:0:0", "n1:0:1"])).unwrap(), (2, 0));
+        assert_eq!(
+            store.store(&lines(&["n1:0:0", "n1:0:1"]), false).unwrap(),
+            (2, 0)
+        );
         // A lost acknowledgement: the agent sends the batch again with one more record.
         assert_eq!(
             store
-                .store(&lines(&["n1:0:0", "n1:0:1", "n1:0:2"]))
+                .store(&lines(&["n1:0:0", "n1:0:1", "n1:0:2"]), false)
                 .unwrap(),
             (1, 2)
         );
         // Another epoch of the node.
-        assert_eq!(store.store(&lines(&["n1:3:0"])).unwrap(), (1, 0));
+        assert_eq!(store.store(&lines(&["n1:3:0"]), false).unwrap(), (1, 0));
         // After a restart the watermarks come back from the files.
         let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         assert_eq!(reloaded.through.get(&0), Some(&2));
         assert_eq!(reloaded.through.get(&3), Some(&0));
         assert_eq!(
-            reloaded.store(&lines(&["n1:0:2", "n1:0:3"])).unwrap(),
+            reloaded
+                .store(&lines(&["n1:0:2", "n1:0:3"]), false)
+                .unwrap(),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn stamped_lines_say_when_they_were_stored_and_still_deduplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = CollectStats::default();
+        let mut store = store_in(dir.path());
+        let before = crate::time::Timestamp::now();
+        assert_eq!(
+            store.store(&lines(&["n1:0:0", "n1:0:1"]), true).unwrap(),
+            (2, 0)
+        );
+        let after = crate::time::Timestamp::now();
+        let files = jsonl_files(&dir.path().join("n1")).unwrap();
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let at = v["stored_at"].as_str().unwrap();
+            let at = humantime::parse_rfc3339(at).unwrap();
+            let at = crate::time::Timestamp::from_nanos(
+                at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64,
+            );
+            // Microseconds in the text: within a microsecond of the window.
+            assert!(at.as_nanos() >= before.as_nanos() - 1000, "{line}");
+            assert!(at <= after, "{line}");
+            assert_eq!(v["record"]["n"], 1, "the record itself is unchanged");
+        }
+        // Read back after a restart: the same records re-sent are duplicates, not conflicts.
+        let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
+        assert_eq!(
+            reloaded.store(&lines(&["n1:0:0", "n1:0:1"]), true).unwrap(),
+            (0, 2)
+        );
+        // Without the stamp, no field.
+        let mut plain = NodeStore::new("n2".into(), dir.path().join("n2"));
+        plain
+            .store(
+                &[serde_json::from_str(r#"{"id":"n2:0:0","record":{}}"#).unwrap()],
+                false,
+            )
+            .unwrap();
+        let files = jsonl_files(&dir.path().join("n2")).unwrap();
+        assert!(!std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("stored_at"));
     }
 
     #[test]
@@ -1109,11 +1184,11 @@ mod tests {
         let stats = CollectStats::default();
         let mut store = store_in(dir.path());
         store
-            .store(&lines(&["n1:7:0", "n1:7:1", "n1:7:2"]))
+            .store(&lines(&["n1:7:0", "n1:7:1", "n1:7:2"]), false)
             .unwrap();
         // Same ids, other content: a store that reused epoch 7.
         let err = store
-            .store(&lines_with(&["n1:7:0", "n1:7:1"], 2))
+            .store(&lines_with(&["n1:7:0", "n1:7:1"], 2), false)
             .unwrap_err();
         assert!(
             matches!(
@@ -1133,14 +1208,14 @@ mod tests {
         assert_eq!(text.lines().count(), 3);
         // The same after a restart, where the contents come from the files; and a gap in
         // the stored sequence cannot be filled from below the watermark.
-        store.store(&lines(&["n1:8:0", "n1:8:5"])).unwrap();
+        store.store(&lines(&["n1:8:0", "n1:8:5"]), false).unwrap();
         let mut reloaded = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         assert!(matches!(
-            reloaded.store(&lines_with(&["n1:7:1"], 2)),
+            reloaded.store(&lines_with(&["n1:7:1"], 2), false),
             Err(StoreError::Regression { seq: 1, .. })
         ));
         assert!(matches!(
-            reloaded.store(&lines(&["n1:8:3"])),
+            reloaded.store(&lines(&["n1:8:3"]), false),
             Err(StoreError::Regression {
                 why: "below the watermark but never stored",
                 ..
@@ -1150,7 +1225,8 @@ mod tests {
         let mut cold = NodeStore::load("n1".into(), dir.path().join("n1"), &stats).unwrap();
         cold.recent.clear();
         assert_eq!(
-            cold.store(&lines(&["n1:7:1", "n1:7:2", "n1:7:3"])).unwrap(),
+            cold.store(&lines(&["n1:7:1", "n1:7:2", "n1:7:3"]), false)
+                .unwrap(),
             (1, 2)
         );
     }
@@ -1194,15 +1270,15 @@ mod tests {
             .collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         assert_eq!(
-            store.store(&lines(&ids)).unwrap(),
+            store.store(&lines(&ids), false).unwrap(),
             (MAX_EPOCHS_PER_NODE as u64, 0)
         );
         assert!(matches!(
-            store.store(&lines(&["n1:999999:0"])),
+            store.store(&lines(&["n1:999999:0"]), false),
             Err(StoreError::TooManyEpochs(MAX_EPOCHS_PER_NODE))
         ));
         // Known epochs go on.
-        assert_eq!(store.store(&lines(&["n1:5:1"])).unwrap(), (1, 0));
+        assert_eq!(store.store(&lines(&["n1:5:1"]), false).unwrap(), (1, 0));
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct CollectArgs {
     /// Largest compressed batch, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Add `"stored_at"` (the collector's clock as each batch is written and synced) to
+    /// every line, to measure how long records take to arrive (scripts/bench-latency.sh).
+    #[arg(long)]
+    pub stamp: bool,
     /// Largest inflated batch, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_inflated_bytes: u64,
@@ -61,6 +65,7 @@ pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
         key_file: args.key,
         out_dir: args.out,
         tls12_allowed: args.tls12,
+        stamp: args.stamp,
         limits: teledge::collect::CollectLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,

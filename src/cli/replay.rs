@@ -24,6 +24,13 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
+    /// With `--format table`: show times in this IANA time zone (e.g. Europe/Berlin, UTC);
+    /// by default the system's.
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+    /// With `--format table`: also show each call's final SIP status and Call-ID.
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Write to this file instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -33,6 +40,10 @@ pub struct ReplayArgs {
     /// Seconds after which a connected call without BYE is closed (marked incomplete).
     #[arg(long, default_value_t = 4 * 3600)]
     pub max_call_duration: u64,
+    /// Milliseconds a call's record waits after the call ended for its RTP and RTCP still
+    /// in flight (0 to 10000), as `correlation.record_grace_ms` in the daemon.
+    #[arg(long, default_value_t = CallLimits::default().record_grace.as_millis() as u64, value_name = "MS")]
+    pub record_grace_ms: u64,
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -67,10 +78,18 @@ fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
     if args.setup_timeout == 0 || args.max_call_duration == 0 || args.memory_budget == 0 {
         anyhow::bail!("--setup-timeout, --max-call-duration and --memory-budget must be positive");
     }
+    let max_grace = teledge::correlation::calls::MAX_RECORD_GRACE.as_millis() as u64;
+    if args.record_grace_ms > max_grace {
+        anyhow::bail!(
+            "--record-grace-ms {} is out of range: must be between 0 and {max_grace}",
+            args.record_grace_ms
+        );
+    }
     Ok(ReplaySettings {
         calls: CallLimits {
             setup_timeout: Duration::from_secs(args.setup_timeout),
             max_call_duration: Duration::from_secs(args.max_call_duration),
+            record_grace: Duration::from_millis(args.record_grace_ms),
             ..CallLimits::default()
         },
         dissect: teledge::dissect::DissectLimits {
@@ -81,8 +100,27 @@ fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
     })
 }
 
+/// The table's options from the arguments: the zone named, or the system's.
+fn table_options(args: &ReplayArgs) -> anyhow::Result<table::TableOptions> {
+    let zone = match &args.tz {
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
+            anyhow::anyhow!(
+                "--tz {name:?}: not a time zone this system knows ({e}); give an IANA name \
+                 such as Europe/Berlin or UTC"
+            )
+        })?,
+        None => jiff::tz::TimeZone::system(),
+    };
+    Ok(table::TableOptions {
+        zone,
+        verbose: args.verbose,
+    })
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let settings = replay_settings(&args)?;
+    // Checked before any work: a misspelt zone is known before a large capture is read.
+    let table_options = table_options(&args)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -150,7 +188,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Format::Table => {
             table_calls.sort_by_key(|c| c.invite_time.unwrap_or(c.first_message_time));
             let mut out = jsonl.finish().context("cannot write records")?;
-            table::write_table(&mut out, &table_calls, &summary)
+            table::write_table(&mut out, &table_calls, &summary, &table_options)
                 .and_then(|()| out.flush())
                 .context("cannot write table")?;
         }

@@ -90,6 +90,9 @@ pub(super) struct RawCorrelation {
     /// Sender times earlier than the local clock by more than this are replaced by it.
     #[serde(default = "default_past_tolerance")]
     past_time_tolerance_s: u64,
+    /// Milliseconds a call's record waits after the call ended for its RTP/RTCP in flight.
+    #[serde(default = "default_record_grace_ms")]
+    record_grace_ms: u64,
 }
 
 impl Default for RawCorrelation {
@@ -104,6 +107,7 @@ impl Default for RawCorrelation {
             queue_bytes: default_queue_bytes(),
             future_time_tolerance_s: default_future_tolerance(),
             past_time_tolerance_s: default_past_tolerance(),
+            record_grace_ms: default_record_grace_ms(),
         }
     }
 }
@@ -199,6 +203,9 @@ fn default_future_tolerance() -> u64 {
 }
 fn default_past_tolerance() -> u64 {
     300
+}
+fn default_record_grace_ms() -> u64 {
+    CallLimits::default().record_grace.as_millis() as u64
 }
 fn default_first_frame_s() -> u64 {
     5
@@ -467,8 +474,22 @@ pub fn parse_with_profiles(
             );
         }
     }
+    let max_grace = crate::correlation::calls::MAX_RECORD_GRACE.as_millis() as u64;
+    if c.record_grace_ms > max_grace {
+        problem!(
+            problems,
+            "correlation.record_grace_ms",
+            format!(
+                "{} is out of range: must be between 0 and {max_grace} (milliseconds a call's \
+                 record waits for its media in flight; every record is that much later, and a \
+                 crash can lose that much more)",
+                c.record_grace_ms
+            )
+        );
+    }
     let calls = CallLimits {
         max_calls: c.max_calls,
+        record_grace: Duration::from_millis(c.record_grace_ms.min(max_grace)),
         setup_timeout: Duration::from_secs(c.setup_timeout_s),
         max_call_duration: Duration::from_secs(c.max_call_duration_s),
         ..CallLimits::default()

@@ -21,8 +21,11 @@
 //!   fork's branch does not end the attempt (another fork may answer); a failure on any other
 //!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as
-//!   timed out; a connected call longer than `max_call_duration` is closed (still answered,
-//!   marked incomplete);
+//!   timed out; a connected call with a session timer (RFC 4028: `Session-Expires` in the 2xx
+//!   to its INVITE or to a refresh) that stays silent for its session interval plus `linger`
+//!   is closed (its refreshes stopped, so both sides have torn it down: its BYE was lost or
+//!   not captured); any connected call longer than `max_call_duration` is closed (both still
+//!   answered, marked incomplete, `closed_by: timeout`);
 //! - dialogs that started before the capture (a restart, a capture file that starts mid-call):
 //!   the first message of an INVITE dialog whose INVITE was not seen (re-INVITE, UPDATE, INFO,
 //!   PRACK, ACK, BYE, CANCEL, a response whose CSeq method is INVITE, BYE or CANCEL) opens a
@@ -57,11 +60,13 @@
 //!
 //! # What a crash can lose
 //!
-//! The record is made at the moment the last message of the call is seen (the BYE, the final
-//! response), or when `advance` passes a timeout. From then on only the way to the disk
-//! remains: the bounded record queue to the spool writer and the spool's group commit
-//! (`flush_interval`, default 50 ms). A SIGKILL therefore loses no call whose ending message
-//! was seen more than that before it; calls still open are lost to a SIGKILL (SIGTERM reports
+//! The tracker makes the record at the moment the last message of the call is seen (the BYE,
+//! the final response), or when `advance` passes a timeout; the correlator then holds it for
+//! `record_grace` (default 1 s, media in flight; see [`super`]), released by the next
+//! message or the daemon's tick (250 ms). From then on only the way to the disk remains: the
+//! bounded record queue to the spool writer and the spool's group commit (`flush_interval`,
+//! default 50 ms). A SIGKILL therefore loses no call whose ending message was seen more than
+//! grace + tick + flush interval before it; calls still open are lost to a SIGKILL (SIGTERM reports
 //! them as partial records, `closed_by: shutdown`), and a call whose end comes after a restart
 //! is reported as a partial record (`started_before_capture`).
 //!
@@ -115,9 +120,10 @@ pub struct CallLimits {
     pub linger: Duration,
     /// How long a call's record waits after the call ended for RTP and RTCP still in flight
     /// (the other side keeps sending until it has processed the BYE: a one-way delay, a few
-    /// 20 ms packets), which is measured into the call's streams as TShark counts it. Short
-    /// (250 ms) because it is also part of what a crash can lose. SIP after the end is absorbed by the dialog's
-    /// tombstone whatever this is. Part of the window a crash can lose (README).
+    /// 20 ms packets; a phone's last RTCP report), which is measured into the call's streams
+    /// as TShark counts it. Default 1 s, at most [`MAX_RECORD_GRACE`]: every record reaches
+    /// the collector that much after its call ended, and it is part of the window a crash can
+    /// lose (README). SIP after the end is absorbed by the dialog's tombstone whatever this is.
     pub record_grace: Duration,
     /// Ended dialogs remembered at once.
     pub max_ended: usize,
@@ -136,12 +142,17 @@ impl Default for CallLimits {
             setup_timeout: Duration::from_secs(300),
             max_call_duration: Duration::from_secs(4 * 3600),
             linger: Duration::from_secs(32),
-            record_grace: Duration::from_millis(250),
+            record_grace: Duration::from_secs(1),
             max_ended: 100_000,
             max_partial_calls_per_minute: 1000,
         }
     }
 }
+
+/// Longest `record_grace` accepted (configuration `correlation.record_grace_ms`, `replay
+/// --record-grace-ms`): media in flight after a BYE arrives within a one-way delay, so a
+/// longer wait only delays every record and widens what a crash can lose.
+pub const MAX_RECORD_GRACE: Duration = Duration::from_secs(10);
 
 /// Counters of the tracker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -365,6 +376,8 @@ struct Call {
     hold_since: Option<Timestamp>,
     hold_count: u32,
     hold_total: f64,
+    /// The session interval (RFC 4028) the last 2xx to an INVITE or UPDATE set, in seconds.
+    session_interval: Option<u32>,
     media: CallMedia,
     seen: HashSet<u64>,
     hep_rtcp: Vec<HepRtcp>,
@@ -803,6 +816,21 @@ fn invite_key(msg: &SipMessage<'_>) -> u64 {
     ))
 }
 
+/// Longest session interval taken from a `Session-Expires` header (a day): a larger value is
+/// no session timer a call could rely on, and `max_call_duration` bounds the call anyway.
+const MAX_SESSION_INTERVAL: u32 = 86_400;
+
+/// The session interval of a `Session-Expires` header (RFC 4028: `delta-seconds` then
+/// parameters), in seconds; `None` without one, or when it is not a number from 1 to
+/// [`MAX_SESSION_INTERVAL`].
+fn session_interval(msg: &SipMessage<'_>) -> Option<u32> {
+    let value = msg.header_values("Session-Expires").next()?;
+    let seconds = value.split(';').next()?.trim().parse::<u32>().ok()?;
+    (1..=MAX_SESSION_INTERVAL)
+        .contains(&seconds)
+        .then_some(seconds)
+}
+
 /// 401/407 challenges and 422 (session interval too small) are followed by a new INVITE in
 /// the same attempt.
 fn retried_in_same_attempt(status: u16) -> bool {
@@ -849,6 +877,7 @@ impl Call {
             hold_since: None,
             hold_count: 0,
             hold_total: 0.0,
+            session_interval: None,
             media: CallMedia::default(),
             seen: HashSet::new(),
             hep_rtcp: Vec::new(),
@@ -1101,6 +1130,14 @@ impl Call {
                 self.callee_address = meta.src;
             }
         }
+        if (200..300).contains(&status)
+            && matches!(msg.cseq.method, Method::Invite | Method::Update)
+        {
+            // A session timer negotiated (or refreshed): its 2xx says the interval.
+            if let Some(interval) = session_interval(msg) {
+                self.session_interval = Some(interval);
+            }
+        }
         match msg.cseq.method {
             Method::Invite => {}
             Method::Bye => {
@@ -1273,6 +1310,16 @@ impl Call {
             return waited(*at, limits.setup_timeout).then_some(ClosedBy::FinalResponse);
         }
         if self.is_answered() {
+            // With a session timer, both sides refresh the session at least every half
+            // interval and tear it down (BYE) when a refresh is missing (RFC 4028 §10): a
+            // call silent for the whole interval and a transaction's lifetime more is over,
+            // its BYE lost or not captured — not a call to hold for `max_call_duration`.
+            if let Some(interval) = self.session_interval {
+                let silent = Duration::from_secs(u64::from(interval)) + limits.linger;
+                if waited(self.last_message, silent) {
+                    return Some(ClosedBy::Timeout);
+                }
+            }
             let since = self.answer.unwrap_or(self.first_message);
             return waited(since, limits.max_call_duration).then_some(ClosedBy::Timeout);
         }
@@ -1393,7 +1440,11 @@ impl Call {
             let start = self.invite_time?;
             t.map(|t| round_secs(t.seconds_since(start)))
         };
-        let ring_start = self.ringing.or(self.invite_time);
+        // Only a call that rang has a ring time: without a 180/183 the caller heard nothing
+        // ring (a challenge and its retry, a refusal, an answer straight away), and the time
+        // before the end is the setup's, not ringing (a 407 retried 34 s later and refused
+        // with 403 showed 34 s of "ring").
+        let ring_start = self.ringing;
         let ring_end = self.answer.or(self.cancelled).or(failure_time);
         let hangup_by = match outcome {
             Outcome::Abandoned => Some(Hangup::Caller),
@@ -1790,6 +1841,120 @@ mod tests {
             assert_eq!(c.hangup_by, None, "{what}");
             assert_eq!(h.tracker.counters().ignored_after_final, 1, "{what}");
         }
+    }
+
+    /// A 2xx from the callee with a `Session-Expires` header.
+    fn resp_with_timer(h: &mut Harness, at: i64, cseq: u32, method: &str, value: &str) {
+        let text = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{method}{cseq}\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=B\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nSession-Expires: {value}\r\nContent-Length: 0\r\n\r\n",
+            h.call_id
+        );
+        h.feed(at, &text, false);
+    }
+
+    #[test]
+    fn a_call_whose_session_timer_refreshes_stop_is_closed_not_held_for_hours() {
+        // Session-Expires 90 s: refreshed (UPDATE) every 45 s while it lives.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        resp_with_timer(&mut h, 1000, 1, "INVITE", "90;refresher=uac");
+        h.req(1010, "ACK", 1, true, true);
+        for (i, at) in (46_000..=226_000).step_by(45_000).enumerate() {
+            let cseq = 2 + i as u32;
+            h.req(at, "UPDATE", cseq, true, true);
+            resp_with_timer(&mut h, at + 10, cseq, "UPDATE", "90;refresher=uac");
+            h.advance(at + 20);
+        }
+        h.advance(226_010 + 90_000 + 32_000);
+        assert!(
+            h.records.is_empty(),
+            "refreshed: alive until interval + linger of silence"
+        );
+        // The refreshes stop and no BYE is seen: the call is over a session interval and a
+        // transaction's lifetime later, not after max_call_duration (4 h).
+        h.advance(226_010 + 90_000 + 32_000 + 1_500);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.closed_by, ClosedBy::Timeout);
+        assert!(!c.complete);
+        assert_eq!(c.end_time, None, "its end was not seen");
+
+        // The interval of the initial 2xx alone (compact form `x`), no refresh ever.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKINVITE1\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=B\r\nCall-ID: call-1@test\r\nCSeq: 1 INVITE\r\nx: 1800\r\nContent-Length: 0\r\n\r\n";
+        h.feed(500, text, false);
+        h.advance(500 + 1_800_000 + 30_000);
+        assert!(h.records.is_empty());
+        h.advance(500 + 1_800_000 + 34_000);
+        assert_eq!(h.only().closed_by, ClosedBy::Timeout);
+
+        // Without a session timer (or with a value that is none) a silent call stays up.
+        for value in [None, Some("0"), Some("soon"), Some("99999999999")] {
+            let mut h = Harness::new();
+            h.req(0, "INVITE", 1, true, false);
+            match value {
+                Some(v) => resp_with_timer(&mut h, 1000, 1, "INVITE", v),
+                None => h.resp(1000, 200, 1, "INVITE", Some("B")),
+            }
+            h.advance(3_600_000);
+            assert!(h.records.is_empty(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_call_that_rang_has_a_ring_time() {
+        // sngrep_aaa.pcap's shape: a 407, the INVITE with credentials 34 s later, a 403. No
+        // 180/183 ever came: no ring time (it showed the 34 s of the challenge as ringing).
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(150, 407, 1, "INVITE", Some("B"));
+        h.req(200, "ACK", 1, true, true);
+        h.req(34_130, "INVITE", 2, true, false);
+        h.resp(34_330, 403, 2, "INVITE", Some("B"));
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Rejected);
+        assert_eq!(c.auth_challenges, 1);
+        assert_eq!(c.ringing_time, None);
+        assert_eq!(c.ring_duration_s, None, "never rang");
+        assert_eq!(c.time_to_answer_s, None);
+
+        // Answered at once, without ringing: no ring time either.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(300, 200, 1, "INVITE", Some("B"));
+        h.req(310, "ACK", 1, true, true);
+        h.req(5000, "BYE", 2, true, true);
+        let c = h.only();
+        assert_eq!(c.ring_duration_s, None);
+        assert_eq!(c.time_to_answer_s, Some(0.3));
+
+        // Given up after a 100 Trying only: abandoned, but it never rang.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(20, 100, 1, "INVITE", None);
+        h.req(9000, "CANCEL", 1, true, false);
+        h.resp(9020, 487, 1, "INVITE", Some("B"));
+        assert_eq!(h.only().outcome, Outcome::Abandoned);
+        assert_eq!(h.only().ring_duration_s, None);
+
+        // A call that rang: from the first 180 (after a challenge) to the answer.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(100, 407, 1, "INVITE", Some("B"));
+        h.req(150, "ACK", 1, true, true);
+        h.req(400, "INVITE", 2, true, false);
+        h.resp(1400, 180, 2, "INVITE", Some("B"));
+        h.resp(6400, 200, 2, "INVITE", Some("B"));
+        h.req(6410, "ACK", 2, true, true);
+        h.req(9000, "BYE", 3, true, true);
+        let c = h.only();
+        assert_eq!(c.ring_duration_s, Some(5.0));
+        assert_eq!(
+            c.time_to_answer_s,
+            Some(6.4),
+            "from the caller's first INVITE"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! [`Correlator`] joins the two trackers: SIP messages drive [`calls::CallTracker`] and teach
 //! [`media::MediaTracker`] the media endpoints their SDP announces; other UDP datagrams are
 //! measured as RTP/RTCP. A call ends when [`calls`] says so (the BYE, the final failure, ...);
-//! its record is then held for `record_grace` (default 250 ms of capture time) so that RTP and
-//! RTCP still in flight — the far side keeps sending until it has processed the BYE — are
+//! its record is then held for `record_grace` (default 1 s of capture time, configurable
+//! from 0 to [`calls::MAX_RECORD_GRACE`]) so that RTP and RTCP still in flight — the far side keeps sending until it has processed the BYE — are
 //! measured into its streams as TShark counts them, and then made: the media of that call
 //! is taken and put into it, and its media endpoints are remembered for the linger time so
 //! that anything later is counted rather than reported as orphans. A record held in its
@@ -309,12 +309,15 @@ mod tests {
             !out.iter().any(|r| matches!(r, Record::Call(_))),
             "held for its grace"
         );
-        let after_grace = Timestamp::from_nanos(1_700_000_000_000_000_000 + 1_500 * 1_000_000);
+        let grace_ms = CallLimits::default().record_grace.as_millis() as i64;
+        let after_grace_ms = 1200 + grace_ms;
+        let after_grace =
+            Timestamp::from_nanos(1_700_000_000_000_000_000 + after_grace_ms * 1_000_000);
         c.advance(after_grace, &mut |r| out.push(r));
         assert_eq!(c.calls_in_grace(), 0);
         // Later still: counted, no orphan stream.
         for i in 55..60u16 {
-            rtp_at(&mut c, 1500 + i64::from(i) * 20, i, &mut out);
+            rtp_at(&mut c, after_grace_ms + i64::from(i) * 20, i, &mut out);
         }
         c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
         let calls: Vec<&CallRecord> = out
@@ -337,5 +340,216 @@ mod tests {
         assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 55);
         assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
+    }
+
+    /// A SIP message of call `id`: a request when `start` names a method, else a response.
+    fn msg(id: &str, start: &str, method: &str, cseq: u32, to_tag: bool, branch: &str) -> String {
+        let to = if to_tag {
+            "<sip:b@x>;tag=B"
+        } else {
+            "<sip:b@x>"
+        };
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{branch}\r\nFrom: <sip:a@x>;tag=A\r\nTo: {to}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// Every way a call ends: its record is made exactly once, one grace (default 1 s) after
+    /// the ending message, not before and not after a linger; retransmissions and late
+    /// answers arriving 5 s after the record was made open no second call.
+    #[test]
+    fn every_call_end_makes_one_record_a_grace_later_and_late_retransmissions_none() {
+        const CALLER: &str = "10.0.0.1:5060";
+        const CALLEE: &str = "10.0.0.2:5060";
+        let invite = |id: &str| msg(id, "INVITE sip:b@x SIP/2.0", "INVITE", 1, false, "inv");
+        let resp = |id: &str, status: &str, cseq: u32, method: &str, branch: &str| {
+            msg(id, &format!("SIP/2.0 {status}"), method, cseq, true, branch)
+        };
+        let ack = |id: &str| msg(id, "ACK sip:b@x SIP/2.0", "ACK", 1, true, "ack");
+        let bye = |id: &str| msg(id, "BYE sip:b@x SIP/2.0", "BYE", 2, true, "bye");
+        let cancel = |id: &str| msg(id, "CANCEL sip:b@x SIP/2.0", "CANCEL", 1, false, "inv");
+        // (name, messages before the end (ms, text, from caller), the ending message, what
+        // may come after it, outcome, closed_by)
+        type Step = (i64, String, bool);
+        struct Case {
+            name: &'static str,
+            before: Vec<Step>,
+            end: Step,
+            after: Vec<Step>,
+            outcome: crate::record::Outcome,
+            closed_by: ClosedBy,
+            /// The record's `end_time`: the ending message's, or the CANCEL's.
+            end_ms: i64,
+        }
+        use crate::record::Outcome;
+        let cases = |id: &'static str| -> Vec<Case> {
+            vec![
+                Case {
+                    name: "BYE answered",
+                    before: vec![
+                        (0, invite(id), true),
+                        (50, resp(id, "180 Ringing", 1, "INVITE", "inv"), false),
+                        (2000, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                        (2010, ack(id), true),
+                    ],
+                    end: (9000, bye(id), true),
+                    after: vec![
+                        (9010, resp(id, "200 OK", 2, "BYE", "bye"), false),
+                        (15_000, bye(id), true),
+                        (15_010, resp(id, "200 OK", 2, "BYE", "bye"), false),
+                    ],
+                    outcome: Outcome::Answered,
+                    closed_by: ClosedBy::Bye,
+                    end_ms: 0,
+                },
+                Case {
+                    name: "BYE never answered",
+                    before: vec![
+                        (0, invite(id), true),
+                        (2000, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                        (2010, ack(id), true),
+                    ],
+                    end: (9000, bye(id), false),
+                    after: vec![
+                        (9500, bye(id), false),
+                        (10_500, bye(id), false),
+                        (15_000, bye(id), false),
+                    ],
+                    outcome: Outcome::Answered,
+                    closed_by: ClosedBy::Bye,
+                    end_ms: 0,
+                },
+                Case {
+                    name: "final failure ACKed",
+                    before: vec![
+                        (0, invite(id), true),
+                        (40, resp(id, "180 Ringing", 1, "INVITE", "inv"), false),
+                    ],
+                    end: (900, resp(id, "486 Busy Here", 1, "INVITE", "inv"), false),
+                    after: vec![
+                        (910, ack(id), true),
+                        (7000, resp(id, "486 Busy Here", 1, "INVITE", "inv"), false),
+                        (7010, ack(id), true),
+                        (7020, invite(id), true),
+                    ],
+                    outcome: Outcome::Busy,
+                    closed_by: ClosedBy::FinalResponse,
+                    end_ms: 0,
+                },
+                Case {
+                    name: "CANCEL completed",
+                    before: vec![
+                        (0, invite(id), true),
+                        (40, resp(id, "180 Ringing", 1, "INVITE", "inv"), false),
+                        (5000, cancel(id), true),
+                        (5010, resp(id, "200 OK", 1, "CANCEL", "inv"), false),
+                    ],
+                    end: (
+                        5020,
+                        resp(id, "487 Request Terminated", 1, "INVITE", "inv"),
+                        false,
+                    ),
+                    after: vec![
+                        (5030, ack(id), true),
+                        (11_100, cancel(id), true),
+                        (
+                            11_110,
+                            resp(id, "487 Request Terminated", 1, "INVITE", "inv"),
+                            false,
+                        ),
+                        (11_120, ack(id), true),
+                    ],
+                    outcome: Outcome::Abandoned,
+                    closed_by: ClosedBy::Cancel,
+                    end_ms: 5000,
+                },
+                Case {
+                    // The UAS re-sends its 200 (no ACK comes) and gives up with a BYE after
+                    // 64·T1 (RFC 3261 13.3.1.4); its 200 retransmissions go on meanwhile.
+                    name: "2xx never ACKed",
+                    before: vec![
+                        (0, invite(id), true),
+                        (2000, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                        (2500, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                        (3500, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                    ],
+                    end: (34_000, bye(id), false),
+                    after: vec![
+                        (34_010, resp(id, "200 OK", 2, "BYE", "bye"), true),
+                        (40_000, resp(id, "200 OK", 1, "INVITE", "inv"), false),
+                        (40_100, bye(id), false),
+                    ],
+                    outcome: Outcome::Answered,
+                    closed_by: ClosedBy::Bye,
+                    end_ms: 0,
+                },
+            ]
+        };
+        let grace = CallLimits::default().record_grace;
+        assert_eq!(grace, Duration::from_secs(1), "the default the issue asks");
+        let grace_ms = grace.as_millis() as i64;
+        for case in cases("end@test") {
+            let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+            let mut out = Vec::new();
+            let send =
+                |c: &mut Correlator, (ms, text, from_caller): &Step, out: &mut Vec<Record>| {
+                    let (src, dst) = if *from_caller {
+                        (CALLER, CALLEE)
+                    } else {
+                        (CALLEE, CALLER)
+                    };
+                    sip_at(c, *ms, text, src, dst, out);
+                };
+            let at = |ms: i64| Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000);
+            let calls = |out: &Vec<Record>| {
+                out.iter()
+                    .filter_map(|r| match r {
+                        Record::Call(c) => Some((**c).clone()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            for step in &case.before {
+                send(&mut c, step, &mut out);
+            }
+            let end_ms = case.end.0;
+            send(&mut c, &case.end, &mut out);
+            c.advance(at(end_ms + grace_ms - 10), &mut |r| out.push(r));
+            assert!(calls(&out).is_empty(), "{}: held for its grace", case.name);
+            c.advance(at(end_ms + grace_ms), &mut |r| out.push(r));
+            let made = calls(&out);
+            assert_eq!(made.len(), 1, "{}: made when the grace passed", case.name);
+            assert_eq!(made[0].outcome, case.outcome, "{}", case.name);
+            assert_eq!(made[0].closed_by, case.closed_by, "{}", case.name);
+            assert!(made[0].complete, "{}", case.name);
+            let end_time = if case.end_ms > 0 { case.end_ms } else { end_ms };
+            assert_eq!(
+                made[0].end_time.map(|t| t.as_nanos()),
+                Some(at(end_time).as_nanos()),
+                "{}: the call's end",
+                case.name
+            );
+            let late_before = c.calls().counters().late_messages;
+            for step in &case.after {
+                send(&mut c, step, &mut out);
+                c.advance(at(step.0), &mut |r| out.push(r));
+            }
+            assert!(
+                case.after.iter().any(|s| s.0 >= end_ms + grace_ms + 5000),
+                "{}: something comes 5 s after the record",
+                case.name
+            );
+            // Not a new call, not a partial record: absorbed by the tombstone, counted.
+            let late = c.calls().counters().late_messages - late_before;
+            assert_eq!(
+                late,
+                case.after.len() as u64,
+                "{}: every late message counted",
+                case.name
+            );
+            c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+            assert_eq!(calls(&out).len(), 1, "{}: {:#?}", case.name, calls(&out));
+            assert_eq!(c.calls().counters().calls, 1, "{}", case.name);
+        }
     }
 }

@@ -325,6 +325,8 @@ impl Daemon {
             spool = %config.forward.spool.dir.display(),
             uplink = %format!("https://{}:{}{}", uplink.host, uplink.port, uplink.path),
             privacy = ?config.forward.privacy,
+            // How long after a call's end its record is made: part of what a crash can lose.
+            record_grace_ms = config.calls.record_grace.as_millis() as u64,
             "Starting teledge {}.",
             env!("CARGO_PKG_VERSION")
         );

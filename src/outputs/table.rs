@@ -1,31 +1,68 @@
-//! A table of calls for people: one line per call and a summary by outcome.
+//! A table of calls for a supervisor: one line per call — when it came in (local time in a
+//! chosen zone), who called whom, the outcome, how long it took to answer, how long it rang
+//! (only calls that rang), how long they talked, who hung up, the voice quality — and a
+//! summary by outcome. SIP status codes and Call-IDs, an engineer's figures, are shown only
+//! when asked for (`verbose`).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use crate::record::{CallRecord, CaptureSummary, Outcome};
+use jiff::tz::TimeZone;
+
+use crate::record::{CallRecord, CaptureSummary, Hangup, Outcome};
+
+/// How the table is shown.
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    /// Times are shown in this zone (an IANA zone; `replay --tz`, else the system's).
+    pub zone: TimeZone,
+    /// Adds the final SIP status and the Call-ID of every call.
+    pub verbose: bool,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions {
+            zone: TimeZone::UTC,
+            verbose: false,
+        }
+    }
+}
 
 /// Writes the table of `calls` (in call order) followed by the summary.
 pub fn write_table(
     out: &mut impl Write,
     calls: &[CallRecord],
     summary: &CaptureSummary,
+    options: &TableOptions,
 ) -> io::Result<()> {
-    writeln!(
+    let zone_name = options.zone.iana_name().unwrap_or("local");
+    write!(
         out,
-        "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {:>4}  CALL-ID",
-        "TIME (UTC)", "CALLER", "CALLEE", "OUTCOME", "RING s", "TALK s", "SIP", "MOS"
+        "{:<25}  {:<20}  {:<20}  {:<12}  {:>8}  {:>6}  {:>8}  {:<7}  {:>4}",
+        format!("TIME ({zone_name})"),
+        "CALLER",
+        "CALLEE",
+        "OUTCOME",
+        "ANSWER s",
+        "RING s",
+        "TALK s",
+        "HUNG UP",
+        "MOS"
     )?;
+    if options.verbose {
+        write!(out, "  {:<4}  CALL-ID", "SIP")?;
+    }
+    writeln!(out)?;
     for call in calls {
-        let time = call
-            .invite_time
-            .unwrap_or(call.first_message_time)
-            .to_string();
-        let time = time.get(..19).unwrap_or(&time).replace('T', " ");
+        let time = local_time(
+            call.invite_time.unwrap_or(call.first_message_time),
+            &options.zone,
+        );
         let outcome = if call.complete || call.outcome == Outcome::InProgress {
-            call.outcome.as_str().to_owned()
+            outcome_label(call.outcome)
         } else {
-            format!("{}*", call.outcome.as_str())
+            format!("{}*", outcome_label(call.outcome))
         };
         let mos = call
             .media_quality
@@ -33,18 +70,39 @@ pub fn write_table(
             .as_ref()
             .map(|v| format!("{:.2}", v.mos))
             .unwrap_or_else(|| "-".into());
-        writeln!(
+        let hung_up = match call.hangup_by {
+            Some(Hangup::Caller) => "caller",
+            Some(Hangup::Callee) => "callee",
+            None => "-",
+        };
+        write!(
             out,
-            "{:<19}  {:<20}  {:<20}  {:<12}  {:>6}  {:>8}  {:<4}  {:>4}  {}",
+            "{:<25}  {:<20}  {:<20}  {:<12}  {:>8}  {:>6}  {:>8}  {:<7}  {:>4}",
             time,
             clip(party_label(&call.caller), 20),
             clip(party_label(&call.callee), 20),
             outcome,
+            secs(call.time_to_answer_s),
             secs(call.ring_duration_s),
             secs(call.talk_duration_s),
-            call.final_status.map(|s| s.to_string()).unwrap_or_default(),
+            hung_up,
             mos,
-            call.call_id,
+        )?;
+        if options.verbose {
+            write!(
+                out,
+                "  {:<4}  {}",
+                call.final_status.map(|s| s.to_string()).unwrap_or_default(),
+                call.call_id
+            )?;
+        }
+        writeln!(out)?;
+    }
+    if !calls.is_empty() {
+        writeln!(
+            out,
+            "ANSWER: seconds from the call to its answer; RING: seconds it rang (only calls \
+             that rang); TALK: seconds from the answer to the hang-up"
         )?;
     }
     if calls
@@ -68,7 +126,7 @@ pub fn write_table(
         writeln!(
             out,
             "  {:<12} {:>6}  {:>5.1}%",
-            outcome.as_str(),
+            outcome_label(outcome),
             count,
             100.0 * count as f64 / total
         )?;
@@ -153,6 +211,24 @@ fn errors_by_kind(d: &crate::record::DecodeCounters) -> String {
     format!(" ({})", kinds.join(", "))
 }
 
+/// A capture time in `zone`, to the second, with the zone's abbreviation (which also tells
+/// the two 02:30 of a night when the clocks go back apart).
+fn local_time(t: crate::time::Timestamp, zone: &TimeZone) -> String {
+    match jiff::Timestamp::from_nanosecond(i128::from(t.as_nanos())) {
+        Ok(ts) => ts
+            .to_zoned_datetime(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        // Outside jiff's range (years -9999..=9999): only a broken capture has such times.
+        Err(_) => t.to_string(),
+    }
+}
+
+/// An outcome as people say it (`not reached`, not `not_reached`).
+fn outcome_label(outcome: Outcome) -> String {
+    outcome.as_str().replace('_', " ")
+}
+
 fn party_label(party: &crate::record::Party) -> &str {
     party
         .user
@@ -176,4 +252,39 @@ fn secs(value: Option<f64>) -> String {
     value
         .map(|v| format!("{v:.1}"))
         .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn local_times_follow_the_zone_and_tell_the_repeated_hour_apart() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let at = |secs: i64| crate::time::Timestamp::from_secs_nanos(secs, 0);
+        // 2026-10-25: clocks go back at 03:00 CEST to 02:00 CET; 02:30 happens twice.
+        assert_eq!(
+            local_time(at(1_792_888_200), &berlin),
+            "2026-10-25 02:30:00 CEST"
+        );
+        assert_eq!(
+            local_time(at(1_792_891_800), &berlin),
+            "2026-10-25 02:30:00 CET"
+        );
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST.
+        assert_eq!(
+            local_time(at(1_774_746_000), &berlin),
+            "2026-03-29 03:00:00 CEST"
+        );
+        let kathmandu = TimeZone::get("Asia/Kathmandu").unwrap();
+        assert_eq!(
+            local_time(at(1_792_888_200), &kathmandu),
+            "2026-10-25 06:15:00 +0545"
+        );
+        assert_eq!(
+            local_time(at(1_792_888_200), &TimeZone::UTC),
+            "2026-10-25 00:30:00 UTC"
+        );
+    }
 }

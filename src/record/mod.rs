@@ -48,7 +48,7 @@
 //! | `last_message_time` | the last message of the dialog seen |
 //! | `post_dial_delay_s` | INVITE → first 180/183; without one, INVITE → final response (`null` without the INVITE) |
 //! | `time_to_answer_s` | INVITE → answer (`null` without the INVITE) |
-//! | `ring_duration_s` | ringing (first 180/183, else the INVITE) → answer, CANCEL, or final failure |
+//! | `ring_duration_s` | ringing (first 180/183) → answer, CANCEL, or final failure; `null` for a call that never rang (no 180/183: refused, challenged and refused, answered at once, abandoned while only trying) |
 //! | `talk_duration_s` | answer → BYE; `null` when not ended by BYE |
 //! | `outcome` | `answered`, `abandoned` (caller cancelled before answer), `busy`, `rejected`, `not_reached`, `no_answer`, `failed`, `timed_out` (no final answer within the setup timeout), `in_progress` (no final answer yet when the capture or the daemon stopped) |
 //! | `state` | where the dialog stood when the record was made: `calling`, `proceeding`, `ringing`, `early_media`, `connected`, `ended` |

@@ -19,6 +19,12 @@
 //!
 //! # Batches
 //!
+//! A batch is sent as soon as records are durable and no batch is in flight: every group
+//! commit of the spool wakes the uplink (and it looks again every second), so a lone record
+//! goes alone, at once, and never waits for a batch to fill. Records committed while a batch
+//! is in flight wait for its answer and then go together, up to the limits below: a busy
+//! agent sends large batches, an idle one small ones, with one batch in flight at a time.
+//!
 //! A batch holds at most `uplink.batch_records` records and `uplink.batch_max_bytes`
 //! (default 4 MiB) of uncompressed JSON lines, one record at least: the collector accepts
 //! 16 MiB compressed and 64 MiB inflated by default, so a batch within the defaults never

@@ -92,13 +92,22 @@ fn sngrep_four_attempts_with_expected_outcomes() {
             rejected.auth_challenges, 1,
             "{id}: the 407 is inside the attempt"
         );
+        // No 180/183: it never rang (it showed the challenge's 34 s and 51 s as ringing).
+        assert_eq!(rejected.ringing_time, None, "{id}");
+        assert_eq!(rejected.ring_duration_s, None, "{id}: never rang");
     }
+    assert_eq!(
+        cancelled.ring_duration_s, None,
+        "a 100 Trying only, then the CANCEL: it never rang"
+    );
 
     let unreachable = call(&calls, "11894297-4432a9f8@192.168.1.2");
     assert_eq!(unreachable.outcome, Outcome::NotReached);
     assert_eq!(unreachable.final_status, Some(480));
     assert_eq!(unreachable.auth_challenges, 1);
     assert!(unreachable.ringing_time.is_some(), "183 counts as ringing");
+    let rang = unreachable.ring_duration_s.unwrap();
+    assert!((0.0..0.1).contains(&rang), "183 → 480: {rang}");
 
     assert_eq!(summary.registrations, registers_in_reference(capture));
     assert_eq!(summary.outcomes.values().sum::<u64>(), 4);

@@ -46,7 +46,7 @@ fn replay_table_to_file() {
     assert!(status.success());
     let table = std::fs::read_to_string(&path).unwrap();
     assert!(table.contains("abandoned"));
-    assert!(table.contains("not_reached"));
+    assert!(table.contains("not reached"));
     assert!(table.contains("4 calls"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -154,4 +154,166 @@ fn an_error_chain_names_each_cause_once() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(count(&err, "no-such.pcap"), 1, "{err}");
     assert_eq!(count(&err, "No such file or directory"), 1, "{err}");
+}
+
+/// `--record-grace-ms`: how long a record waits for its media in flight. sngrep_aaa.pcap has
+/// an RTCP report a few seconds after its call ended: counted apart with the default 1 s,
+/// measured into the call with 10 s. Out of range is a clear error, not a silent clamp.
+#[test]
+fn replay_record_grace_is_configurable_and_bounded() {
+    let rtcp_after_end = |grace: Option<&str>| {
+        let mut command = teledge();
+        command.args(["replay", "--no-progress"]);
+        if let Some(ms) = grace {
+            command.args(["--record-grace-ms", ms]);
+        }
+        let out = command.arg(data_path("sngrep_aaa.pcap")).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        summary["media"]["rtcp_after_call_end"].as_u64().unwrap()
+    };
+    assert_eq!(rtcp_after_end(None), 1, "default grace: after the end");
+    assert_eq!(rtcp_after_end(Some("1000")), 1);
+    assert_eq!(rtcp_after_end(Some("10000")), 0, "within a 10 s grace");
+    let out = teledge()
+        .args(["replay", "--record-grace-ms", "10001"])
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--record-grace-ms 10001 is out of range: must be between 0 and 10000"),
+        "{stderr}"
+    );
+}
+
+/// The call table speaks a supervisor's language: local time in the zone asked for, time to
+/// answer, ring time only for calls that rang, who hung up, the outcome; SIP status codes
+/// and Call-IDs only with `--verbose`. sngrep_aaa.pcap (TShark: first INVITE 2005-07-04
+/// 09:40:49 UTC) holds an attempt given up after a 100 Trying, two refused with 407 then
+/// 403 (they showed 34 s and 51 s of "ring"), and one that rang (183) and got 480.
+#[test]
+fn replay_table_speaks_a_supervisors_language() {
+    let table = |args: &[&str]| {
+        let out = teledge()
+            .args(["replay", "--format", "table"])
+            .args(args)
+            .arg(data_path("sngrep_aaa.pcap"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let column = |text: &str, header: &str, row: usize| -> String {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines[0].find(header).unwrap();
+        let end = at + header.len();
+        // Numbers are right-aligned under their header.
+        lines[row + 1][..end].rsplit(' ').next().unwrap().to_owned()
+    };
+    let berlin = table(&["--tz", "Europe/Berlin"]);
+    assert!(berlin.starts_with("TIME (Europe/Berlin)"), "{berlin}");
+    let rows: Vec<&str> = berlin.lines().skip(1).take(4).collect();
+    assert!(rows[0].starts_with("2005-07-04 11:40:49 CEST"), "{berlin}");
+    assert!(rows[0].contains("abandoned"), "{berlin}");
+    assert!(
+        rows[1].contains("rejected") && rows[2].contains("rejected"),
+        "{berlin}"
+    );
+    assert!(rows[3].contains("not reached"), "{berlin}");
+    // Ring: only the call that rang (183 → 480, 0.04 s).
+    assert_eq!(column(&berlin, "RING s", 0), "-", "never rang");
+    assert_eq!(
+        column(&berlin, "RING s", 1),
+        "-",
+        "407 then 403: never rang"
+    );
+    assert_eq!(
+        column(&berlin, "RING s", 2),
+        "-",
+        "407 then 403: never rang"
+    );
+    assert_eq!(column(&berlin, "RING s", 3), "0.0");
+    assert_eq!(column(&berlin, "ANSWER s", 0), "-", "never answered");
+    assert!(rows[0].contains("caller"), "the caller gave up: {berlin}");
+    // No SIP codes, no Call-IDs by default.
+    assert!(
+        !berlin.contains("CALL-ID") && !berlin.contains("@192.168.1.2"),
+        "{berlin}"
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.contains(" 403 ") || r.contains(" 408 ")),
+        "{berlin}"
+    );
+
+    let verbose = table(&["--tz", "Asia/Kathmandu", "--verbose"]);
+    assert!(
+        verbose
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("2005-07-04 15:25:49 +0545"),
+        "{verbose}"
+    );
+    assert!(verbose.contains("CALL-ID") && verbose.contains("85216695-42dcdb1d@192.168.1.2"));
+    assert!(
+        verbose.lines().nth(2).unwrap().contains(" 403 "),
+        "{verbose}"
+    );
+
+    // An answered call: time to answer and talk time, as its record has them.
+    let out = teledge()
+        .args(["replay", "--format", "table", "--tz", "UTC"])
+        .arg(data_path("sip_ipv4_tcp.pcap"))
+        .output()
+        .unwrap();
+    let answered = String::from_utf8(out.stdout).unwrap();
+    let out = teledge()
+        .arg("replay")
+        .arg(data_path("sip_ipv4_tcp.pcap"))
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["outcome"], "answered");
+    let invite = record["invite_time"].as_str().unwrap().replace('T', " ");
+    assert!(
+        answered
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("{} UTC", &invite[..19])),
+        "{answered}"
+    );
+    let figure = |field: &str| format!("{:.1}", record[field].as_f64().unwrap());
+    assert_eq!(column(&answered, "ANSWER s", 0), figure("time_to_answer_s"));
+    assert_eq!(column(&answered, "RING s", 0), figure("ring_duration_s"));
+    assert_eq!(column(&answered, "TALK s", 0), figure("talk_duration_s"));
+
+    let out = teledge()
+        .args(["replay", "--format", "table", "--tz", "Mars/Olympus"])
+        .arg(data_path("sngrep_aaa.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tz \"Mars/Olympus\": not a time zone"),
+        "{stderr}"
+    );
 }

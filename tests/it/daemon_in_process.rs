@@ -516,3 +516,67 @@ fn a_paused_clock_releases_a_call_record_when_advanced_past_the_grace() {
         assert!(summary.records_spooled >= 1, "{summary:?}");
     });
 }
+
+/// The uplink sends as soon as records are durable and no batch is in flight, without
+/// waiting to fill a batch: a lone call's record goes alone, in a batch of one, although a
+/// batch may hold 200 (`batch_records` of the test configuration). Records that arrive
+/// together, or while a batch is in flight, go in batches of up to the maximum: a burst of
+/// 300 calls takes a handful of batches, not 300.
+#[test]
+fn a_lone_record_goes_at_once_and_a_burst_goes_in_few_batches() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\ntcp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    assert_eq!(config.forward.uplink.batch_records, 200);
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let tcp = daemon.hep_addrs().unwrap().tcp.unwrap();
+    let mut stream = TcpStream::connect(tcp).unwrap();
+    let batches = daemon.metrics().uplink_batches_acked.clone();
+    let acked = daemon.metrics().uplink_records_acked.clone();
+
+    for frame in ended_call_with_rtcp("lone@inproc") {
+        std::io::Write::write_all(&mut stream, &frame).unwrap();
+    }
+    wait_until("the lone call at the collector", || {
+        collected_call(&out, &pki, "lone@inproc").is_some()
+    });
+    // The collector stores before the agent has read its acknowledgement.
+    wait_until("the acknowledgement", || batches.get() >= 1);
+    assert_eq!(stored(&out).len(), 1, "one record, nothing else");
+    assert_eq!(batches.get(), 1, "sent alone: no waiting for more");
+    assert_eq!(acked.get(), 1);
+
+    let burst = 300u64;
+    let frames: Vec<u8> = (0..burst)
+        .flat_map(|n| ended_call_with_rtcp(&format!("burst-{n}@inproc")))
+        .flatten()
+        .collect();
+    std::io::Write::write_all(&mut stream, &frames).unwrap();
+    wait_until("the burst at the collector", || {
+        stored(&out).len() as u64 == 1 + burst
+    });
+    wait_until("the acknowledgements", || acked.get() == 1 + burst);
+    let burst_batches = batches.get() - 1;
+    println!("{burst} calls in {burst_batches} batches");
+    assert!(
+        // Each group commit (20 ms here) wakes an idle uplink, so the batches are about
+        // the records committed per interval while the burst is spooled, not one each.
+        burst_batches * 4 <= burst,
+        "{burst} records that arrived together went in {burst_batches} batches"
+    );
+    assert_eq!(acked.get(), 1 + burst);
+    let summary = runtime.block_on(daemon.shutdown());
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+}
