@@ -61,5 +61,6 @@ pub mod sensors;
 pub mod sources;
 pub mod spool;
 pub mod spooler;
+pub mod stats;
 pub mod time;
 pub mod uplink;
