@@ -298,7 +298,6 @@ impl Aggregator {
         let settings = self.settings.services.get(service).cloned().unwrap_or_else(super::service::ServiceSettings::default_service);
         let mut sums = held.sums.clone();
         sums.concurrency = held.runs();
-        let minutes = (held.end.as_nanos().saturating_sub(start.as_nanos()) / (60 * NANOS)) as u32;
         let record_id = crate::record::stable_id(&[
             self.node.as_bytes(),
             self.run.as_bytes(),
@@ -315,7 +314,7 @@ impl Aggregator {
             service: settings.name.clone(),
             interval_start: start,
             interval_end: held.end,
-            interval_minutes: minutes,
+            interval_minutes: self.settings.clock.minutes,
             time_zone: self.settings.clock.zone_name.clone(),
             local_start: self.settings.clock.local(start),
             attribution: self.settings.attribution.as_str().to_owned(),
