@@ -124,10 +124,15 @@ impl IntervalClock {
     pub fn local(&self, start: Timestamp) -> String {
         let t = Self::jiff(start);
         let offset = self.zone.to_offset(t);
+        let secs = offset.seconds();
+        let sign = if secs < 0 { '-' } else { '+' };
+        let abs = secs.unsigned_abs();
+        // RFC 3339 has no seconds in an offset: historical LMT offsets are cut to minutes.
         format!(
-            "{}{}",
+            "{}{sign}{:02}:{:02}",
             offset.to_datetime(t).strftime("%Y-%m-%dT%H:%M:%S"),
-            offset
+            abs / 3600,
+            abs % 3600 / 60
         )
     }
 }
@@ -183,7 +188,9 @@ impl Held {
             level += delta;
             at = offset;
         }
-        runs
+        // One canonical form (adjacent runs of one level joined), so records compare equal
+        // whatever order their contacts came in.
+        super::kpi::concurrency_runs(&super::kpi::concurrency_dense(&runs))
     }
 }
 

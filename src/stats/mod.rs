@@ -9,11 +9,13 @@
 //! - [`kpi`]: contacts into primitive sums that merge exactly; ratios with their formulas;
 //! - [`interval`]: intervals aligned in a time zone, the [`Aggregator`] emitting
 //!   `teledge.interval/1` records after a grace and revising them for late contacts;
+//! - [`merge`]: interval records of many nodes and runs into one per service and interval;
 //! - [`queue`]: [`QueueFact`], what a queue source says about one call.
 
 pub mod contact;
 pub mod interval;
 pub mod kpi;
+pub mod merge;
 pub mod queue;
 pub mod service;
 

@@ -22,5 +22,6 @@ mod robustness;
 mod schema;
 pub(crate) mod sensors;
 mod spool_model;
+mod stats;
 mod support;
 pub(crate) mod uplink;

@@ -1,0 +1,325 @@
+//! Service statistics: KPIs over hand-built contacts whose expected figures are computed
+//! here, by hand, from the reference's formulas (never read from teledge); interval edges
+//! (a call spanning two intervals, a late call revising a closed interval, DST days in
+//! Europe/Berlin, a +05:45 zone); merging per-node interval records equals computing over
+//! all calls at once (property test).
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use teledge::record::interval::IntervalRecord;
+use teledge::stats::contact::{Contact, ContactOutcome, HungUp, SipFacts};
+use teledge::stats::kpi::kpis;
+use teledge::stats::{
+    Aggregator, Attribution, IntervalClock, ServiceSettings, Services, StatsSettings,
+};
+use teledge::time::Timestamp;
+
+/// 2026-01-05T10:00:00Z, a Monday.
+const T0: i64 = 1_767_607_200;
+
+fn at(secs_after_t0: f64) -> Timestamp {
+    Timestamp::from_nanos(((T0 as f64 + secs_after_t0) * 1e9).round() as i64)
+}
+
+fn utc(t: &str) -> Timestamp {
+    let ts: jiff::Timestamp = t.parse().unwrap();
+    Timestamp::from_nanos(ts.as_nanosecond() as i64)
+}
+
+/// A contact of service 0 arriving `arrival` seconds after T0.
+fn contact(arrival: f64, outcome: ContactOutcome, wait_s: f64, talk_s: f64) -> Contact {
+    let answered = outcome == ContactOutcome::Answered;
+    let end = arrival + wait_s + if answered { talk_s } else { 0.0 };
+    Contact {
+        service: 0,
+        arrival: at(arrival),
+        end: at(end),
+        outcome,
+        sip_outcome: match outcome {
+            ContactOutcome::Answered => "answered",
+            ContactOutcome::Abandoned => "abandoned",
+            _ => "busy",
+        },
+        answer_time: answered.then(|| at(arrival + wait_s)),
+        wait_ms: Some((wait_s * 1000.0) as u64),
+        ring_ms: None,
+        talk_ms: answered.then_some((talk_s * 1000.0) as u64),
+        hold_ms: answered.then_some(0),
+        wrap_up_ms: None,
+        rona: 0,
+        transferred: false,
+        hung_up: answered.then_some(HungUp::Caller),
+        mos_centi: None,
+        sip: None,
+        from_queue: false,
+    }
+}
+
+fn settings(zone: &str, minutes: u32, attribution: Attribution) -> StatsSettings {
+    StatsSettings {
+        clock: IntervalClock::new(zone, minutes).unwrap(),
+        attribution,
+        grace: Duration::from_secs(300),
+        services: Services::default(),
+    }
+}
+
+fn kpi(record: &IntervalRecord, name: &str) -> Option<f64> {
+    kpis(&record.sums)
+        .into_iter()
+        .find(|k| k.name == name)
+        .unwrap_or_else(|| panic!("no KPI {name}"))
+        .value
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-9)
+}
+
+/// The reference's worked example: of 100 offered, 70 answered within T, 10 abandoned within
+/// T, 20 beyond T → Cisco ignore 77.8 %, negative 70 %, positive 80 %; Asterisk SL and SL2
+/// by their formulas; short abandons out of Cisco's figures, inside Asterisk's SL2.
+#[test]
+fn service_levels_of_the_worked_example_in_every_variant() {
+    let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Event), "n1", 1);
+    let now = at(3600.0);
+    for i in 0..70 {
+        agg.contact(&contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0), now);
+    }
+    for i in 0..10 {
+        agg.contact(&contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0), now);
+    }
+    for i in 0..20 {
+        agg.contact(&contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0), now);
+    }
+    let records = agg.finish(now);
+    let r: Vec<_> = records.iter().filter(|r| r.sums.offered > 0).collect();
+    assert_eq!(r.len(), 1, "one interval holds every contact");
+    let r = r[0];
+    assert_eq!(r.sums.offered, 100);
+    assert!(close(kpi(r, "sl_cisco_ignore"), 70.0 / 90.0 * 100.0)); // 77.8 %
+    assert!(close(kpi(r, "sl_cisco_negative"), 70.0));
+    assert!(close(kpi(r, "sl_cisco_positive"), 80.0));
+    assert!(close(kpi(r, "sl_asterisk"), 70.0 / 90.0 * 100.0));
+    assert!(close(kpi(r, "sl2_asterisk"), 80.0));
+    assert!(close(kpi(r, "abandon_rate"), 10.0));
+    // ASA = (70 × 10 s + 20 × 40 s) / 90 answered.
+    assert!(close(kpi(r, "asa_s"), 1500.0 / 90.0));
+    assert!(close(kpi(r, "longest_wait_s"), 40.0));
+    assert!(close(kpi(r, "aht_s"), 100.0));
+    // Waits of 10 s fall in the (8, 30] bucket, of 40 s in (30, 60].
+    assert_eq!(r.sums.wait_answered_buckets[..3], [0, 70, 20]);
+    assert_eq!(r.sums.wait_abandoned_buckets[..2], [0, 10]);
+
+    // Five short abandons (2 s < 5 s) more: Cisco's figures leave them out, Asterisk's SL2
+    // counts them as abandoned within the threshold.
+    let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Event), "n1", 1);
+    for i in 0..70 {
+        agg.contact(&contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0), now);
+    }
+    for i in 0..10 {
+        agg.contact(&contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0), now);
+    }
+    for i in 0..20 {
+        agg.contact(&contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0), now);
+    }
+    for i in 0..5 {
+        agg.contact(&contact(400.0 + f64::from(i), ContactOutcome::Abandoned, 2.0, 0.0), now);
+    }
+    let records = agg.finish(now);
+    let r = records.iter().find(|r| r.sums.offered > 0).unwrap();
+    assert_eq!((r.sums.offered, r.sums.short_abandoned), (105, 5));
+    assert!(close(kpi(r, "sl_cisco_ignore"), 70.0 / 90.0 * 100.0));
+    assert!(close(kpi(r, "sl_cisco_negative"), 70.0));
+    assert!(close(kpi(r, "sl_cisco_positive"), 80.0));
+    assert!(close(kpi(r, "sl2_asterisk"), 85.0 / 105.0 * 100.0));
+    assert!(close(kpi(r, "abandon_rate"), 10.0));
+}
+
+/// Arrival 10:14:50, answered 10:15:20 (30 s wait), hung up 10:16:00. By event time the
+/// contact counts where its threshold expired (10:15:10, before the answer): the 10:15
+/// interval; by arrival, 10:00. Its concurrency runs over both either way.
+#[test]
+fn a_call_spanning_two_intervals_counts_once_and_is_active_in_both() {
+    let c = contact(890.0, ContactOutcome::Answered, 30.0, 40.0);
+    for (attribution, counted_in) in [(Attribution::Event, 900.0), (Attribution::Arrival, 0.0)] {
+        let mut agg = Aggregator::new(settings("UTC", 15, attribution), "n1", 1);
+        agg.contact(&c, at(2000.0));
+        let records = agg.finish(at(4000.0));
+        assert_eq!(records.len(), 2, "{attribution:?}");
+        let first = &records[0];
+        let second = &records[1];
+        assert_eq!(first.interval_start, at(0.0));
+        assert_eq!(second.interval_start, at(900.0));
+        assert_eq!(first.interval_end, at(900.0));
+        // Active from 10:14:50 to 10:16:00: 10 s of the first, 60 s of the second.
+        assert_eq!(first.sums.concurrency, vec![[890, 10, 1]]);
+        assert_eq!(second.sums.concurrency, vec![[0, 60, 1]]);
+        let counted: Vec<_> = records.iter().filter(|r| r.sums.offered == 1).collect();
+        assert_eq!(counted.len(), 1);
+        assert_eq!(counted[0].interval_start, at(counted_in), "{attribution:?}");
+        assert_eq!(counted[0].sums.answered_within_t, 0, "30 s > T = 20 s");
+    }
+}
+
+/// An interval is emitted a grace after its end (revision 0); a call of it that ends
+/// later re-emits it (revision 1, both contacts), once.
+#[test]
+fn a_late_call_revises_its_closed_interval() {
+    let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Arrival), "n1", 7);
+    agg.contact(&contact(60.0, ContactOutcome::Answered, 5.0, 60.0), at(130.0));
+    assert!(agg.tick(at(900.0)).is_empty(), "open until its grace has passed");
+    assert!(agg.tick(at(900.0 + 299.0)).is_empty());
+    let first = agg.tick(at(1200.0));
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].revision, first[0].closed, first[0].sums.offered), (0, true, 1));
+    assert!(agg.tick(at(1201.0)).is_empty(), "emitted once");
+    // Arrived 10:05, talked 20 minutes: its record comes at 10:25.
+    agg.contact(&contact(300.0, ContactOutcome::Answered, 10.0, 1190.0), at(1500.0));
+    let revised = agg.tick(at(1500.0));
+    let of_first: Vec<_> = revised.iter().filter(|r| r.interval_start == at(0.0)).collect();
+    assert_eq!(of_first.len(), 1, "{revised:#?}");
+    assert_eq!((of_first[0].revision, of_first[0].sums.offered), (1, 2));
+    // A active 10:01:00–10:02:05, B from 10:05:00 on: never together.
+    assert_eq!(of_first[0].sums.concurrency, vec![[60, 65, 1], [300, 600, 1]]);
+    assert_eq!(of_first[0].sums.peak_concurrent(), 1);
+    assert_ne!(of_first[0].record_id, first[0].record_id);
+    assert!(agg.tick(at(1501.0)).iter().all(|r| r.interval_start != at(0.0)));
+}
+
+fn count_intervals(clock: &IntervalClock, from: Timestamp, to: Timestamp) -> Vec<(Timestamp, String)> {
+    let mut t = from;
+    let mut out = Vec::new();
+    while t < to {
+        let (start, end) = clock.interval_of(t);
+        assert_eq!(start, t, "intervals tile the day");
+        assert!(end > start);
+        out.push((start, clock.local(start)));
+        t = end;
+    }
+    assert_eq!(t, to);
+    out
+}
+
+/// 29 March 2026 (clocks 02:00 → 03:00) has 23 hours, 92 quarter-hours; 25 October 2026
+/// (03:00 → 02:00) 25 hours, 100, with 02:00–03:00 twice, told apart by their offset.
+#[test]
+fn daylight_saving_days_in_berlin_have_92_and_100_quarter_hours() {
+    let clock = IntervalClock::new("Europe/Berlin", 15).unwrap();
+    let spring = count_intervals(
+        &clock,
+        utc("2026-03-28T23:00:00Z"),
+        utc("2026-03-29T22:00:00Z"),
+    );
+    assert_eq!(spring.len(), 92);
+    assert_eq!(spring[0].1, "2026-03-29T00:00:00+01:00");
+    assert!(spring.iter().any(|(_, l)| l == "2026-03-29T01:45:00+01:00"));
+    assert!(spring.iter().any(|(_, l)| l == "2026-03-29T03:00:00+02:00"));
+    assert!(!spring.iter().any(|(_, l)| l.starts_with("2026-03-29T02:")));
+    let autumn = count_intervals(
+        &clock,
+        utc("2026-10-24T22:00:00Z"),
+        utc("2026-10-25T23:00:00Z"),
+    );
+    assert_eq!(autumn.len(), 100);
+    assert!(autumn.iter().any(|(_, l)| l == "2026-10-25T02:00:00+02:00"));
+    assert!(autumn.iter().any(|(_, l)| l == "2026-10-25T02:00:00+01:00"));
+    // Hours: 23 and 25.
+    let hourly = IntervalClock::new("Europe/Berlin", 60).unwrap();
+    assert_eq!(
+        count_intervals(&hourly, utc("2026-03-28T23:00:00Z"), utc("2026-03-29T22:00:00Z")).len(),
+        23
+    );
+    assert_eq!(
+        count_intervals(&hourly, utc("2026-10-24T22:00:00Z"), utc("2026-10-25T23:00:00Z")).len(),
+        25
+    );
+}
+
+/// Kathmandu is UTC+05:45: quarter-hours and hours align on the local clock, so a local
+/// hour starts at :15 UTC.
+#[test]
+fn a_plus_0545_zone_aligns_on_its_local_clock() {
+    let quarter = IntervalClock::new("Asia/Kathmandu", 15).unwrap();
+    // 04:20Z is 10:05 local: the quarter 10:00–10:15 local, 04:15Z–04:30Z.
+    let (start, end) = quarter.interval_of(utc("2026-01-05T04:20:00Z"));
+    assert_eq!((start, end), (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T04:30:00Z")));
+    assert_eq!(quarter.local(start), "2026-01-05T10:00:00+05:45");
+    let hour = IntervalClock::new("Asia/Kathmandu", 60).unwrap();
+    let (start, end) = hour.interval_of(utc("2026-01-05T04:20:00Z"));
+    assert_eq!((start, end), (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T05:15:00Z")));
+    let half = IntervalClock::new("Asia/Kathmandu", 30).unwrap();
+    assert_eq!(half.interval_of(utc("2026-01-05T04:50:00Z")).0, utc("2026-01-05T04:45:00Z"));
+    let day = count_intervals(&quarter, utc("2026-01-04T18:15:00Z"), utc("2026-01-05T18:15:00Z"));
+    assert_eq!(day.len(), 96);
+    assert_eq!(day[0].1, "2026-01-05T00:00:00+05:45");
+}
+
+fn arb_contact(services: usize) -> impl Strategy<Value = (usize, Contact)> {
+    (
+        0..3usize,
+        0..services,
+        0.0..7200.0f64,
+        0..4u8,
+        0.0..400.0f64,
+        0.0..2000.0f64,
+        proptest::option::of(100u32..450),
+        proptest::option::of((proptest::option::of(100u16..700), 0u64..30_000)),
+    )
+        .prop_map(move |(node, service, arrival, kind, wait, talk, mos, sip)| {
+            let outcome = match kind {
+                0 => ContactOutcome::Answered,
+                1 => ContactOutcome::Abandoned,
+                2 => ContactOutcome::NotConnected,
+                _ => ContactOutcome::Excluded,
+            };
+            let wait = (wait * 1000.0).round() / 1000.0;
+            let mut c = contact(arrival, outcome, wait, talk);
+            c.service = service;
+            c.mos_centi = mos;
+            c.sip = sip.map(|(status, pdd)| SipFacts {
+                final_status: status,
+                completed_ms: None,
+                pdd_ms: Some(pdd),
+            });
+            (node, c)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Each node's aggregator over its calls, the records merged, equals one aggregator over
+    /// every call: the sums (counts, totals, maxima, histograms, concurrency) are exact.
+    #[test]
+    fn merging_per_node_interval_records_equals_computing_over_all_calls(
+        contacts in proptest::collection::vec(arb_contact(2), 1..120),
+        minutes in prop_oneof![Just(15u32), Just(30), Just(60)],
+        by_arrival in any::<bool>(),
+    ) {
+        let mut s = settings("Europe/Berlin", minutes, if by_arrival { Attribution::Arrival } else { Attribution::Event });
+        let mut sales = ServiceSettings::default_service();
+        sales.name = "sales".into();
+        sales.sl_threshold_s = 30;
+        let mut support = ServiceSettings::default_service();
+        support.name = "support".into();
+        support.short_abandon_s = 10;
+        s.services = Services::new(vec![sales, support]);
+        let now = at(20_000.0);
+        let mut all = Aggregator::new(s.clone(), "all", 1);
+        let mut nodes: Vec<Aggregator> =
+            (0..3).map(|n| Aggregator::new(s.clone(), &format!("n{n}"), 100 + n)).collect();
+        for (node, c) in &contacts {
+            all.contact(c, now);
+            nodes[*node].contact(c, now);
+        }
+        let whole = teledge::stats::merge::merge(all.finish(now));
+        let merged = teledge::stats::merge::merge(nodes.iter_mut().flat_map(|a| a.finish(now)));
+        prop_assert_eq!(whole.len(), merged.len());
+        for (w, m) in whole.iter().zip(&merged) {
+            prop_assert_eq!((&w.service, w.interval_start), (&m.service, m.interval_start));
+            prop_assert_eq!(&w.sums, &m.sums);
+        }
+    }
+}
