@@ -10,6 +10,7 @@
 //! - [`interval`]: intervals aligned in a time zone, the [`Aggregator`] emitting
 //!   `teledge.interval/1` records after a grace and revising them for late contacts;
 //! - [`merge`]: interval records of many nodes and runs into one per service and interval;
+//! - [`report`]: tables, CSV and JSON Lines of interval records; a collector's output read;
 //! - [`queue`]: [`QueueFact`], what a queue source says about one call.
 
 pub mod contact;
@@ -17,6 +18,7 @@ pub mod interval;
 pub mod kpi;
 pub mod merge;
 pub mod queue;
+pub mod report;
 pub mod service;
 
 pub use contact::{Contact, ContactOutcome};
