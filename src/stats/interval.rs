@@ -13,7 +13,8 @@
 //! T if that came first) or its arrival. Its concurrency runs over every interval it spans.
 //!
 //! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
-//! after its end. A contact that changes an emitted interval marks it; it is re-emitted
+//! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
+//! with contacts or without (a missing record means the aggregator was not running). A contact that changes an emitted interval marks it; it is re-emitted
 //! (revision + 1) at most once per `grace`. Closed intervals are held for
 //! [`RETAIN_CLOSED`]; a contact for an interval no longer held is counted as `too_late` in
 //! its service's interval holding `now`. Memory: per held interval the sums and one entry
@@ -339,6 +340,18 @@ impl Aggregator {
     /// older than [`RETAIN_CLOSED`] are forgotten.
     pub fn tick(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
         let grace = self.settings.grace;
+        // Every service has a current interval, with contacts or not: a missing record
+        // then means the aggregator was not running, never "no calls".
+        let (open_start, open_end) = self.settings.clock.interval_of(now);
+        for service in 0..self.settings.services.len() {
+            self.held
+                .entry((service, open_start))
+                .or_insert_with(|| Held {
+                    end: open_end,
+                    dirty: true,
+                    ..Held::default()
+                });
+        }
         let mut due = Vec::new();
         for (&(service, start), held) in &self.held {
             let closes = held.end.plus(grace);

@@ -856,7 +856,7 @@ fn live_capture_of_sipp_calls() {
 }
 
 /// A plain HTTP/1.1 GET on loopback: status line, headers and body as text.
-fn http_get(port: u16, path: &str) -> String {
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,

@@ -9,7 +9,7 @@ mod configuration;
 mod conformance;
 mod crash;
 pub(crate) mod daemon;
-mod daemon_in_process;
+pub(crate) mod daemon_in_process;
 mod encapsulation;
 mod generated;
 mod hep;

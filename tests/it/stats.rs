@@ -323,3 +323,84 @@ proptest! {
         }
     }
 }
+
+/// The daemon classifies calls into services on their clear called number, shows the open
+/// interval in its metrics, and at shutdown spools the open interval (`final: false`), which
+/// reaches the collector through the uplink like any record; the call records there are
+/// pseudonymised, the interval record names its service.
+#[test]
+fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_it() {
+    use crate::daemon::{agent_config, free_port, http_get};
+    use crate::daemon_in_process::{ended_call_with_rtcp, open_call, runtime, wait_until};
+    use crate::uplink::{collector, pki, stored};
+    use teledge::daemon::Daemon;
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let metrics_port = free_port();
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\n\n[stats]\ntime_zone = \"Asia/Kathmandu\"\n\n\
+         [[service]]\nname = \"other\"\nnumbers = [\"300\"]\n\n\
+         [[service]]\nname = \"sales\"\nnumbers = [\"2*\"]\nsl_threshold_s = 15\n",
+        Some(metrics_port),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let udp = daemon.hep_addrs().unwrap().udp.unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Both calls go to 200 (the To user): the `sales` service.
+    for frame in ended_call_with_rtcp("ended@stats")
+        .into_iter()
+        .chain(open_call("open@stats"))
+    {
+        sock.send_to(&frame, udp).unwrap();
+    }
+    wait_until("the ended call counted in the open interval", || {
+        daemon
+            .metrics()
+            .interval_contacts
+            .with(&["sales", "answered"])
+            .get()
+            == 1
+    });
+    let text = http_get(metrics_port, "/metrics");
+    for line in [
+        "teledge_interval_contacts{service=\"sales\",figure=\"offered\"} 1",
+        "teledge_interval_contacts{service=\"sales\",figure=\"answered_within_t\"} 1",
+        "teledge_interval_contacts{service=\"sales\",figure=\"outcome_answered\"} 1",
+        "teledge_interval_contacts{service=\"other\",figure=\"offered\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    let summary = runtime.block_on(daemon.shutdown());
+    assert_eq!(summary.records_spooled, summary.records_produced, "{summary:?}");
+    let intervals: Vec<IntervalRecord> = stored(&out)
+        .into_iter()
+        .filter(|l| l["record"]["type"] == "interval")
+        .map(|l| serde_json::from_value(l["record"].clone()).unwrap())
+        .collect();
+    let sales: Vec<_> = intervals.iter().filter(|r| r.service == "sales").collect();
+    let sales_offered: u64 = sales.iter().map(|r| r.sums.offered).sum();
+    // The ended call and the open one (answered, still talking at shutdown): both answered
+    // at once, within T.
+    assert_eq!(sales_offered, 2, "{intervals:#?}");
+    let r = sales.iter().find(|r| r.sums.offered > 0).unwrap();
+    assert_eq!((r.sums.answered, r.sums.answered_within_t), (2, 2));
+    assert_eq!(r.sums.handled, 1, "only the ended call's talk is known");
+    assert!(!r.closed, "the open interval, spooled at shutdown");
+    assert_eq!((r.node.as_str(), r.sl_threshold_s), ("edge-01", 15));
+    assert!(r.local_start.ends_with("+05:45"), "{}", r.local_start);
+    assert!(intervals.iter().filter(|r| r.service == "other").all(|r| r.sums.offered == 0));
+    // The call records at the collector are pseudonymised: no clear number "200".
+    for line in stored(&out).iter().filter(|l| l["record"]["type"] == "call") {
+        assert_ne!(line["record"]["callee"]["user"], "200", "{line:#}");
+    }
+}
