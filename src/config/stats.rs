@@ -146,8 +146,7 @@ pub(super) fn validate_stats(
         let at = |field: &str| format!("service[{i}].{field}");
         let name_ok = !s.name.is_empty()
             && s.name.len() <= 64
-            && s
-                .name
+            && s.name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !name_ok {
@@ -292,11 +291,17 @@ numbers = ["*"]
             "service[1].direction",
             "service[1].numbers",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing in {problems:#?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing in {problems:#?}"
+            );
         }
         let zone = "[stats]\ntime_zone = \"Mars/Olympus\"\n";
         let ConfigErrors(problems) = parse_stats(zone).unwrap_err();
-        assert!(problems[0].path.starts_with("stats.time_zone"), "{problems:?}");
+        assert!(
+            problems[0].path.starts_with("stats.time_zone"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -310,7 +315,12 @@ numbers = ["*"]
         assert_eq!(s.services.len(), 1);
         let default = s.services.get(0).unwrap();
         assert_eq!(
-            (default.name.as_str(), default.short_abandon_s, default.sl_threshold_s, default.sl_target_percent),
+            (
+                default.name.as_str(),
+                default.short_abandon_s,
+                default.sl_threshold_s,
+                default.sl_target_percent
+            ),
             ("default", 5, 20, 80)
         );
     }

@@ -111,7 +111,12 @@ fn write(
                 if interval.revision > 0 {
                     metrics.stats_interval_revisions.inc();
                 }
-                append(&mut spooler, Record::Interval(Box::new(interval)), health, metrics);
+                append(
+                    &mut spooler,
+                    Record::Interval(Box::new(interval)),
+                    health,
+                    metrics,
+                );
             }
         }
         let committed = if closed {

@@ -283,7 +283,10 @@ impl Aggregator {
         let last = ceil_secs(c.end);
         let mut s = first;
         while s < last {
-            let (start, end) = self.settings.clock.interval_of(Timestamp::from_nanos(s * NANOS));
+            let (start, end) = self
+                .settings
+                .clock
+                .interval_of(Timestamp::from_nanos(s * NANOS));
             let start_s = start.as_nanos().div_euclid(NANOS);
             let end_s = end.as_nanos().div_euclid(NANOS);
             let to = last.min(end_s);
@@ -302,8 +305,20 @@ impl Aggregator {
         })
     }
 
-    fn record(&self, service: usize, start: Timestamp, held: &Held, closed: bool, revision: u32) -> IntervalRecord {
-        let settings = self.settings.services.get(service).cloned().unwrap_or_else(super::service::ServiceSettings::default_service);
+    fn record(
+        &self,
+        service: usize,
+        start: Timestamp,
+        held: &Held,
+        closed: bool,
+        revision: u32,
+    ) -> IntervalRecord {
+        let settings = self
+            .settings
+            .services
+            .get(service)
+            .cloned()
+            .unwrap_or_else(super::service::ServiceSettings::default_service);
         let mut sums = held.sums.clone();
         sums.concurrency = held.runs();
         let record_id = crate::record::stable_id(&[
@@ -355,16 +370,16 @@ impl Aggregator {
         let mut due = Vec::new();
         for (&(service, start), held) in &self.held {
             let closes = held.end.plus(grace);
-            let revise = held
-                .last_emitted
-                .is_none_or(|at| at.plus(grace) <= now);
+            let revise = held.last_emitted.is_none_or(|at| at.plus(grace) <= now);
             if now >= closes && held.dirty && revise {
                 due.push((service, start));
             }
         }
         let mut out = Vec::new();
         for key in due {
-            let Some(held) = self.held.get(&key) else { continue };
+            let Some(held) = self.held.get(&key) else {
+                continue;
+            };
             let revision = held.emitted;
             out.push(self.record(key.0, key.1, held, true, revision));
             if let Some(held) = self.held.get_mut(&key) {

@@ -33,7 +33,11 @@ pub fn merge(records: impl IntoIterator<Item = IntervalRecord>) -> Vec<IntervalR
     }
     let mut merged: BTreeMap<(i64, String, u32), IntervalRecord> = BTreeMap::new();
     for ((node, ..), r) in standing {
-        let key = (r.interval_start.as_nanos(), r.service.clone(), r.interval_minutes);
+        let key = (
+            r.interval_start.as_nanos(),
+            r.service.clone(),
+            r.interval_minutes,
+        );
         match merged.get_mut(&key) {
             None => {
                 let mut r = r;

@@ -33,7 +33,11 @@ fn value_text(k: &Kpi) -> String {
 
 /// A table: one row per service and interval, then each column's formula.
 pub fn write_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Result<()> {
-    write!(out, "{:<25} {:<12} {:>4}", "interval (local)", "service", "rev")?;
+    write!(
+        out,
+        "{:<25} {:<12} {:>4}",
+        "interval (local)", "service", "rev"
+    )?;
     for (_, head) in TABLE_KPIS {
         write!(out, " {head:>8}")?;
     }
@@ -52,7 +56,10 @@ pub fn write_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Resu
             }
         )?;
         for (name, _) in TABLE_KPIS {
-            let text = all.iter().find(|k| k.name == name).map_or("-".into(), value_text);
+            let text = all
+                .iter()
+                .find(|k| k.name == name)
+                .map_or("-".into(), value_text);
             write!(out, " {text:>8}")?;
         }
         writeln!(out)?;

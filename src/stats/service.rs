@@ -65,7 +65,9 @@ impl Net {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -225,7 +227,9 @@ mod tests {
         let six = Net::parse("2001:db8::/32").unwrap();
         assert!(six.contains("2001:db8:1::5".parse().unwrap()));
         assert!(!six.contains("2001:db9::5".parse().unwrap()));
-        assert!(Net::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Net::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(Net::parse("10.0.0.0/33").is_err());
         assert!(Net::parse("x").is_err());
     }

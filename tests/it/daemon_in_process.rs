@@ -55,7 +55,13 @@ pub(crate) fn hep(
 pub(crate) const CALLER: ([u8; 4], u16) = ([10, 0, 0, 1], 5060);
 pub(crate) const CALLEE: ([u8; 4], u16) = ([10, 0, 0, 2], 5060);
 
-pub(crate) fn message(start: &str, call_id: &str, method: &str, cseq: u32, to_tag: bool) -> Vec<u8> {
+pub(crate) fn message(
+    start: &str,
+    call_id: &str,
+    method: &str,
+    cseq: u32,
+    to_tag: bool,
+) -> Vec<u8> {
     let to = if to_tag { ";tag=b" } else { "" };
     format!(
         "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call_id}{method}{cseq}\r\n\

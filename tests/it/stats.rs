@@ -85,13 +85,22 @@ fn service_levels_of_the_worked_example_in_every_variant() {
     let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Event), "n1", 1);
     let now = at(3600.0);
     for i in 0..70 {
-        agg.contact(&contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0), now);
+        agg.contact(
+            &contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0),
+            now,
+        );
     }
     for i in 0..10 {
-        agg.contact(&contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0), now);
+        agg.contact(
+            &contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0),
+            now,
+        );
     }
     for i in 0..20 {
-        agg.contact(&contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0), now);
+        agg.contact(
+            &contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0),
+            now,
+        );
     }
     let records = agg.finish(now);
     let r: Vec<_> = records.iter().filter(|r| r.sums.offered > 0).collect();
@@ -116,16 +125,28 @@ fn service_levels_of_the_worked_example_in_every_variant() {
     // counts them as abandoned within the threshold.
     let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Event), "n1", 1);
     for i in 0..70 {
-        agg.contact(&contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0), now);
+        agg.contact(
+            &contact(60.0 + f64::from(i), ContactOutcome::Answered, 10.0, 100.0),
+            now,
+        );
     }
     for i in 0..10 {
-        agg.contact(&contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0), now);
+        agg.contact(
+            &contact(200.0 + f64::from(i), ContactOutcome::Abandoned, 10.0, 0.0),
+            now,
+        );
     }
     for i in 0..20 {
-        agg.contact(&contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0), now);
+        agg.contact(
+            &contact(300.0 + f64::from(i), ContactOutcome::Answered, 40.0, 100.0),
+            now,
+        );
     }
     for i in 0..5 {
-        agg.contact(&contact(400.0 + f64::from(i), ContactOutcome::Abandoned, 2.0, 0.0), now);
+        agg.contact(
+            &contact(400.0 + f64::from(i), ContactOutcome::Abandoned, 2.0, 0.0),
+            now,
+        );
     }
     let records = agg.finish(now);
     let r = records.iter().find(|r| r.sums.offered > 0).unwrap();
@@ -168,27 +189,52 @@ fn a_call_spanning_two_intervals_counts_once_and_is_active_in_both() {
 #[test]
 fn a_late_call_revises_its_closed_interval() {
     let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Arrival), "n1", 7);
-    agg.contact(&contact(60.0, ContactOutcome::Answered, 5.0, 60.0), at(130.0));
-    assert!(agg.tick(at(900.0)).is_empty(), "open until its grace has passed");
+    agg.contact(
+        &contact(60.0, ContactOutcome::Answered, 5.0, 60.0),
+        at(130.0),
+    );
+    assert!(
+        agg.tick(at(900.0)).is_empty(),
+        "open until its grace has passed"
+    );
     assert!(agg.tick(at(900.0 + 299.0)).is_empty());
     let first = agg.tick(at(1200.0));
     assert_eq!(first.len(), 1);
-    assert_eq!((first[0].revision, first[0].closed, first[0].sums.offered), (0, true, 1));
+    assert_eq!(
+        (first[0].revision, first[0].closed, first[0].sums.offered),
+        (0, true, 1)
+    );
     assert!(agg.tick(at(1201.0)).is_empty(), "emitted once");
     // Arrived 10:05, talked 20 minutes: its record comes at 10:25.
-    agg.contact(&contact(300.0, ContactOutcome::Answered, 10.0, 1190.0), at(1500.0));
+    agg.contact(
+        &contact(300.0, ContactOutcome::Answered, 10.0, 1190.0),
+        at(1500.0),
+    );
     let revised = agg.tick(at(1500.0));
-    let of_first: Vec<_> = revised.iter().filter(|r| r.interval_start == at(0.0)).collect();
+    let of_first: Vec<_> = revised
+        .iter()
+        .filter(|r| r.interval_start == at(0.0))
+        .collect();
     assert_eq!(of_first.len(), 1, "{revised:#?}");
     assert_eq!((of_first[0].revision, of_first[0].sums.offered), (1, 2));
     // A active 10:01:00–10:02:05, B from 10:05:00 on: never together.
-    assert_eq!(of_first[0].sums.concurrency, vec![[60, 65, 1], [300, 600, 1]]);
+    assert_eq!(
+        of_first[0].sums.concurrency,
+        vec![[60, 65, 1], [300, 600, 1]]
+    );
     assert_eq!(of_first[0].sums.peak_concurrent(), 1);
     assert_ne!(of_first[0].record_id, first[0].record_id);
-    assert!(agg.tick(at(1501.0)).iter().all(|r| r.interval_start != at(0.0)));
+    assert!(agg
+        .tick(at(1501.0))
+        .iter()
+        .all(|r| r.interval_start != at(0.0)));
 }
 
-fn count_intervals(clock: &IntervalClock, from: Timestamp, to: Timestamp) -> Vec<(Timestamp, String)> {
+fn count_intervals(
+    clock: &IntervalClock,
+    from: Timestamp,
+    to: Timestamp,
+) -> Vec<(Timestamp, String)> {
     let mut t = from;
     let mut out = Vec::new();
     while t < to {
@@ -228,11 +274,21 @@ fn daylight_saving_days_in_berlin_have_92_and_100_quarter_hours() {
     // Hours: 23 and 25.
     let hourly = IntervalClock::new("Europe/Berlin", 60).unwrap();
     assert_eq!(
-        count_intervals(&hourly, utc("2026-03-28T23:00:00Z"), utc("2026-03-29T22:00:00Z")).len(),
+        count_intervals(
+            &hourly,
+            utc("2026-03-28T23:00:00Z"),
+            utc("2026-03-29T22:00:00Z")
+        )
+        .len(),
         23
     );
     assert_eq!(
-        count_intervals(&hourly, utc("2026-10-24T22:00:00Z"), utc("2026-10-25T23:00:00Z")).len(),
+        count_intervals(
+            &hourly,
+            utc("2026-10-24T22:00:00Z"),
+            utc("2026-10-25T23:00:00Z")
+        )
+        .len(),
         25
     );
 }
@@ -244,14 +300,27 @@ fn a_plus_0545_zone_aligns_on_its_local_clock() {
     let quarter = IntervalClock::new("Asia/Kathmandu", 15).unwrap();
     // 04:20Z is 10:05 local: the quarter 10:00–10:15 local, 04:15Z–04:30Z.
     let (start, end) = quarter.interval_of(utc("2026-01-05T04:20:00Z"));
-    assert_eq!((start, end), (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T04:30:00Z")));
+    assert_eq!(
+        (start, end),
+        (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T04:30:00Z"))
+    );
     assert_eq!(quarter.local(start), "2026-01-05T10:00:00+05:45");
     let hour = IntervalClock::new("Asia/Kathmandu", 60).unwrap();
     let (start, end) = hour.interval_of(utc("2026-01-05T04:20:00Z"));
-    assert_eq!((start, end), (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T05:15:00Z")));
+    assert_eq!(
+        (start, end),
+        (utc("2026-01-05T04:15:00Z"), utc("2026-01-05T05:15:00Z"))
+    );
     let half = IntervalClock::new("Asia/Kathmandu", 30).unwrap();
-    assert_eq!(half.interval_of(utc("2026-01-05T04:50:00Z")).0, utc("2026-01-05T04:45:00Z"));
-    let day = count_intervals(&quarter, utc("2026-01-04T18:15:00Z"), utc("2026-01-05T18:15:00Z"));
+    assert_eq!(
+        half.interval_of(utc("2026-01-05T04:50:00Z")).0,
+        utc("2026-01-05T04:45:00Z")
+    );
+    let day = count_intervals(
+        &quarter,
+        utc("2026-01-04T18:15:00Z"),
+        utc("2026-01-05T18:15:00Z"),
+    );
     assert_eq!(day.len(), 96);
     assert_eq!(day[0].1, "2026-01-05T00:00:00+05:45");
 }
@@ -267,24 +336,26 @@ fn arb_contact(services: usize) -> impl Strategy<Value = (usize, Contact)> {
         proptest::option::of(100u32..450),
         proptest::option::of((proptest::option::of(100u16..700), 0u64..30_000)),
     )
-        .prop_map(move |(node, service, arrival, kind, wait, talk, mos, sip)| {
-            let outcome = match kind {
-                0 => ContactOutcome::Answered,
-                1 => ContactOutcome::Abandoned,
-                2 => ContactOutcome::NotConnected,
-                _ => ContactOutcome::Excluded,
-            };
-            let wait = (wait * 1000.0).round() / 1000.0;
-            let mut c = contact(arrival, outcome, wait, talk);
-            c.service = service;
-            c.mos_centi = mos;
-            c.sip = sip.map(|(status, pdd)| SipFacts {
-                final_status: status,
-                completed_ms: None,
-                pdd_ms: Some(pdd),
-            });
-            (node, c)
-        })
+        .prop_map(
+            move |(node, service, arrival, kind, wait, talk, mos, sip)| {
+                let outcome = match kind {
+                    0 => ContactOutcome::Answered,
+                    1 => ContactOutcome::Abandoned,
+                    2 => ContactOutcome::NotConnected,
+                    _ => ContactOutcome::Excluded,
+                };
+                let wait = (wait * 1000.0).round() / 1000.0;
+                let mut c = contact(arrival, outcome, wait, talk);
+                c.service = service;
+                c.mos_centi = mos;
+                c.sip = sip.map(|(status, pdd)| SipFacts {
+                    final_status: status,
+                    completed_ms: None,
+                    pdd_ms: Some(pdd),
+                });
+                (node, c)
+            },
+        )
 }
 
 proptest! {
@@ -381,7 +452,10 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         assert!(text.contains(line), "{line} not in\n{text}");
     }
     let summary = runtime.block_on(daemon.shutdown());
-    assert_eq!(summary.records_spooled, summary.records_produced, "{summary:?}");
+    assert_eq!(
+        summary.records_spooled, summary.records_produced,
+        "{summary:?}"
+    );
     let intervals: Vec<IntervalRecord> = stored(&out)
         .into_iter()
         .filter(|l| l["record"]["type"] == "interval")
@@ -398,9 +472,296 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
     assert!(!r.closed, "the open interval, spooled at shutdown");
     assert_eq!((r.node.as_str(), r.sl_threshold_s), ("edge-01", 15));
     assert!(r.local_start.ends_with("+05:45"), "{}", r.local_start);
-    assert!(intervals.iter().filter(|r| r.service == "other").all(|r| r.sums.offered == 0));
+    assert!(intervals
+        .iter()
+        .filter(|r| r.service == "other")
+        .all(|r| r.sums.offered == 0));
     // The call records at the collector are pseudonymised: no clear number "200".
-    for line in stored(&out).iter().filter(|l| l["record"]["type"] == "call") {
+    for line in stored(&out)
+        .iter()
+        .filter(|l| l["record"]["type"] == "call")
+    {
         assert_ne!(line["record"]["callee"]["user"], "200", "{line:#}");
     }
+}
+
+/// What TShark says about the calls of a capture, and the figures computed from it by hand:
+/// (offered, answered, not connected, Σ wait of answered in ms, answered within 20 s,
+/// final statuses).
+struct TsharkCalls {
+    offered: u64,
+    answered: u64,
+    wait_answered_ms: u64,
+    talk_ms: u64,
+    statuses: Vec<u16>,
+    pdd_ms: Vec<f64>,
+}
+
+fn tshark_calls(capture: &str) -> TsharkCalls {
+    let out = std::process::Command::new("tshark")
+        .args(["-r"])
+        .arg(crate::support::data_path(capture))
+        .args([
+            "-Y",
+            "sip",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "sip.Call-ID",
+        ])
+        .args([
+            "-e",
+            "sip.Method",
+            "-e",
+            "sip.Status-Code",
+            "-e",
+            "sip.CSeq.method",
+        ])
+        .output()
+        .expect("tshark is required: run ./scripts/test.sh, which installs it");
+    assert!(out.status.success());
+    #[derive(Default)]
+    struct Call {
+        invite: Option<f64>,
+        ringing: Option<f64>,
+        answer: Option<f64>,
+        bye: Option<f64>,
+        status: Option<u16>,
+    }
+    let mut calls: std::collections::BTreeMap<String, Call> = Default::default();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (t, id, method, status, cseq) = (f[0].parse::<f64>().unwrap(), f[1], f[2], f[3], f[4]);
+        if cseq != "INVITE" && method != "BYE" {
+            continue;
+        }
+        let call = calls.entry(id.to_owned()).or_default();
+        match (method, status.parse::<u16>().ok()) {
+            ("INVITE", _) => {
+                call.invite.get_or_insert(t);
+            }
+            ("BYE", _) => {
+                call.bye.get_or_insert(t);
+            }
+            (_, Some(180 | 183)) if cseq == "INVITE" => {
+                call.ringing.get_or_insert(t);
+            }
+            (_, Some(s)) if cseq == "INVITE" && s >= 200 => {
+                call.status.get_or_insert(s);
+                if (200..300).contains(&s) {
+                    call.answer.get_or_insert(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    let calls: Vec<&Call> = calls.values().filter(|c| c.invite.is_some()).collect();
+    let ms = |a: f64, b: f64| ((a - b) * 1000.0).round() as u64;
+    TsharkCalls {
+        offered: calls.len() as u64,
+        answered: calls.iter().filter(|c| c.answer.is_some()).count() as u64,
+        wait_answered_ms: calls
+            .iter()
+            .filter_map(|c| Some(ms(c.answer?, c.invite?)))
+            .sum(),
+        talk_ms: calls
+            .iter()
+            .filter_map(|c| Some(ms(c.bye?, c.answer?)))
+            .sum(),
+        statuses: calls.iter().filter_map(|c| c.status).collect(),
+        pdd_ms: calls
+            .iter()
+            .filter_map(|c| {
+                Some((c.ringing?.min(c.answer.unwrap_or(f64::MAX)) - c.invite?) * 1000.0)
+            })
+            .collect(),
+    }
+}
+
+fn report(args: &[&str], extra: &[&std::path::Path]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .arg("report")
+        .args(args)
+        .args(extra)
+        .args(["--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The one interval of a report that holds contacts.
+fn with_contacts(lines: &[serde_json::Value]) -> &serde_json::Value {
+    let busy: Vec<_> = lines.iter().filter(|l| l["sums"]["offered"] != 0).collect();
+    assert_eq!(busy.len(), 1, "{lines:#?}");
+    busy[0]
+}
+
+/// Checks a report line against TShark's view of the capture, `times` copies of it.
+fn assert_matches_tshark(line: &serde_json::Value, t: &TsharkCalls, times: u64) {
+    let s = &line["sums"];
+    assert_eq!(s["offered"], t.offered * times, "{line:#}");
+    assert_eq!(s["answered"], t.answered * times);
+    assert_eq!(s["not_connected"], (t.offered - t.answered) * times);
+    assert_eq!(s["abandoned"], 0);
+    // Milliseconds rounded per call on both sides: within a millisecond per call.
+    let wait = s["wait_answered_ms"].as_u64().unwrap() as i64;
+    assert!((wait - (t.wait_answered_ms * times) as i64).abs() <= (t.answered * times) as i64);
+    let talk = s["talk_ms"].as_u64().unwrap() as i64;
+    assert!((talk - (t.talk_ms * times) as i64).abs() <= (t.answered * times) as i64);
+    let sip = &s["sip"];
+    assert_eq!(sip["invites"], t.offered * times);
+    let established = t
+        .statuses
+        .iter()
+        .filter(|s| (200..300).contains(*s))
+        .count() as u64;
+    assert_eq!(sip["established"], established * times);
+    let effective = t
+        .statuses
+        .iter()
+        .filter(|s| [200, 480, 486, 600, 603].contains(*s))
+        .count() as u64;
+    let ineffective = t
+        .statuses
+        .iter()
+        .filter(|s| [408, 500, 503, 504].contains(*s))
+        .count() as u64;
+    let k = &line["kpis"];
+    let pct = |n: u64, d: u64| n as f64 / d as f64 * 100.0;
+    let near = |v: &serde_json::Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
+    assert!(
+        near(&k["sip_ser"]["value"], pct(established, t.offered)),
+        "{k:#}"
+    );
+    assert!(
+        near(&k["sip_seer"]["value"], pct(effective, t.offered)),
+        "{k:#}"
+    );
+    assert!(
+        near(&k["sip_isa"]["value"], pct(ineffective, t.offered)),
+        "{k:#}"
+    );
+    assert!(
+        near(&k["sl_asterisk"]["value"], 100.0),
+        "every answer within 20 s: {k:#}"
+    );
+    assert!(
+        near(&k["sl_cisco_negative"]["value"], pct(t.answered, t.offered)),
+        "{k:#}"
+    );
+    assert_eq!(sip["pdd_count"], t.pdd_ms.len() as u64 * times);
+    // Every post-dial delay here is under 100 ms: the first bucket, so the median's bound.
+    assert!(t.pdd_ms.iter().all(|d| *d <= 100.0));
+    assert!(near(&k["sip_pdd_p50_s"]["value"], 0.1), "{k:#}");
+    assert!(k["sl_cisco_ignore"]["formula"]
+        .as_str()
+        .unwrap()
+        .contains("Cisco"));
+}
+
+/// `teledge report` over a bundled capture (ten SIPp calls: nine refused with 403, one
+/// answered): every figure as computed here from TShark's reading of the capture.
+#[test]
+fn teledge_report_on_a_bundled_capture_matches_figures_computed_from_tshark() {
+    let t = tshark_calls("sipp_branch_403_bye.pcap");
+    assert_eq!(
+        (t.offered, t.answered),
+        (10, 1),
+        "the capture's provenance says so"
+    );
+    let lines = report(
+        &[],
+        &[&crate::support::data_path("sipp_branch_403_bye.pcap")],
+    );
+    let line = with_contacts(&lines);
+    assert_matches_tshark(line, &t, 1);
+    assert_eq!(line["service"], "default");
+    assert_eq!(line["time_zone"], "UTC");
+    // CSV and the table carry the same intervals.
+    let csv = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--format", "csv"])
+        .arg(crate::support::data_path("sipp_branch_403_bye.pcap"))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert!(header.contains(&"sl_cisco_positive") && header.contains(&"sip_seer"));
+    let offered = header.iter().position(|h| *h == "offered").unwrap();
+    let busy: Vec<Vec<&str>> = rows
+        .map(|r| r.split(',').collect::<Vec<_>>())
+        .filter(|r| r[offered] != "0")
+        .collect();
+    assert_eq!(busy.len(), 1, "{csv}");
+    assert_eq!(busy[0].len(), header.len());
+    assert_eq!(busy[0][offered], "10");
+}
+
+/// Two nodes forward the same capture (`replay --forward` with a `[stats]` section) to one
+/// collector over mutual TLS; `teledge report --collected` merges their interval records:
+/// twice TShark's figures, both nodes named.
+#[test]
+fn teledge_report_merges_the_nodes_of_a_collector_output_directory() {
+    use crate::uplink::{collector, forward_config, pki};
+    let t = tshark_calls("sipp_branch_403_bye.pcap");
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    for node in ["edge-01", "edge-02"] {
+        let config = forward_config(&pki, &work.path().join(node), node, node, "ca.pem", c.port);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("\n[stats]\ninterval_minutes = 30\ntime_zone = \"Europe/Berlin\"\n");
+        std::fs::write(&config, text).unwrap();
+        let result = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["replay", "--no-progress", "--forward", "--config"])
+            .arg(&config)
+            .arg(crate::support::data_path("sipp_branch_403_bye.pcap"))
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    let lines = report(&["--collected"], &[&out]);
+    let line = with_contacts(&lines);
+    assert_matches_tshark(line, &t, 2);
+    assert_eq!(line["node"], "edge-01+edge-02");
+    assert_eq!(line["interval_minutes"], 30);
+    assert!(
+        line["local_start"].as_str().unwrap().ends_with("+01:00"),
+        "{line:#}"
+    );
+    // A line that is not JSON is named and makes the exit code 1, the rest reported.
+    let node_dir = out.join("edge-01");
+    let file = std::fs::read_dir(&node_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("{not json\n");
+    std::fs::write(&file, text).unwrap();
+    let damaged = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--collected"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(damaged.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&damaged.stderr).contains(&file.display().to_string()));
+    assert!(String::from_utf8_lossy(&damaged.stdout).contains("default"));
 }
