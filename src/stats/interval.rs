@@ -246,6 +246,37 @@ impl Aggregator {
         }
     }
 
+    /// A queue call: its [`QueueFact`](super::QueueFact) is the authority for the queue
+    /// figures; the call record of its SIP leg, when the queue source joined one, gives
+    /// hold, media quality and the SIP facts. The service is the queue's name when a
+    /// `[[service]]` has it, else the call's classification; neither: not counted
+    /// (unclassified).
+    pub fn queue_fact(
+        &mut self,
+        fact: &super::QueueFact,
+        call: Option<&crate::record::CallRecord>,
+        now: Timestamp,
+    ) {
+        let service = self
+            .settings
+            .services
+            .by_name(&fact.queue)
+            .or_else(|| call.and_then(|c| self.settings.services.classify(c)));
+        let Some(service) = service else {
+            self.counters.unclassified += 1;
+            return;
+        };
+        let contact = match call {
+            Some(call) => {
+                let mut contact = Contact::from_call(call, service);
+                contact.apply_queue_fact(fact);
+                contact
+            }
+            None => Contact::from_queue_fact(fact, service),
+        };
+        self.contact(&contact, now);
+    }
+
     /// Counts a contact in its interval and its concurrency in the intervals it spans.
     /// `now` is the aggregator's clock (the capture time in replay): an interval closed more
     /// than [`RETAIN_CLOSED`] before it is no longer held.

@@ -765,3 +765,90 @@ fn teledge_report_merges_the_nodes_of_a_collector_output_directory() {
     assert!(String::from_utf8_lossy(&damaged.stderr).contains(&file.display().to_string()));
     assert!(String::from_utf8_lossy(&damaged.stdout).contains("default"));
 }
+
+/// A queue fact is the authority for the queue figures: the PBX answered the SIP call (to
+/// queue it), but the caller abandoned after 12 s in the queue; another flowed out after
+/// 65 s (not an abandon); a third was connected after 8 s, talked 100 s and wrapped up
+/// 30 s. Service = the queue's name.
+#[test]
+fn queue_facts_are_the_authority_for_queue_figures() {
+    use teledge::stats::{FlowOut, QueueEnd, QueueFact, QueueHangup};
+    let mut s = settings("UTC", 15, Attribution::Arrival);
+    let mut sales = ServiceSettings::default_service();
+    sales.name = "sales".into();
+    s.services = Services::new(vec![sales]);
+    let mut agg = Aggregator::new(s, "n1", 1);
+    let fact = |id: &str, enter: f64, end: QueueEnd, wait: f64| QueueFact {
+        queue_call_id: id.into(),
+        sip_call_id: None,
+        queue: "sales".into(),
+        caller: None,
+        agent: None,
+        enter_time: at(enter),
+        end,
+        end_time: Some(at(enter + wait)),
+        wait_s: Some(wait),
+        ring_s: None,
+        rona: 0,
+        talk_s: None,
+        wrap_up_s: None,
+        hangup_by: None,
+        transferred: false,
+    };
+    // The SIP leg, answered by the PBX at once: the queue says abandoned.
+    let (calls, _) = crate::support::replay("sipp_branch_403_bye.pcap");
+    let answered_leg = calls
+        .iter()
+        .find(|c| c.outcome == teledge::record::Outcome::Answered)
+        .unwrap();
+    let now = at(3000.0);
+    agg.queue_fact(
+        &fact("q1", 60.0, QueueEnd::Abandoned, 12.0),
+        Some(answered_leg),
+        now,
+    );
+    agg.queue_fact(
+        &fact("q2", 70.0, QueueEnd::FlowOut(FlowOut::Timeout), 65.0),
+        None,
+        now,
+    );
+    let mut connected = fact("q3", 80.0, QueueEnd::Answered, 8.0);
+    connected.rona = 2;
+    connected.talk_s = Some(100.0);
+    connected.wrap_up_s = Some(30.0);
+    connected.hangup_by = Some(QueueHangup::Agent);
+    agg.queue_fact(&connected, None, now);
+    let mut other = fact("q4", 90.0, QueueEnd::Answered, 1.0);
+    other.queue = "billing".into();
+    agg.queue_fact(&other, None, now);
+    assert_eq!(agg.counters().unclassified, 1, "no service named billing");
+    let records = agg.finish(now);
+    let r = records.iter().find(|r| r.sums.offered > 0).unwrap();
+    let sums = &r.sums;
+    assert_eq!(
+        (
+            sums.offered,
+            sums.answered,
+            sums.abandoned,
+            sums.flowed_out,
+            sums.from_queue
+        ),
+        (3, 1, 1, 1, 3)
+    );
+    assert_eq!(
+        (sums.wait_abandoned_ms, sums.wait_answered_ms),
+        (12_000, 8_000)
+    );
+    assert_eq!((sums.abandoned_within_t, sums.answered_within_t), (1, 1));
+    assert_eq!(
+        (sums.rona, sums.hangup_callee, sums.longest_wait_ms),
+        (2, 1, 65_000)
+    );
+    // AHT = (100 s talk + 30 s wrap-up) / 1 handled.
+    assert!(close(kpi(r, "aht_s"), 130.0));
+    // Cisco negative: 1 answered within T of 3 offered; ignore: 1 / (3 − 1 abandoned in T).
+    assert!(close(kpi(r, "sl_cisco_negative"), 100.0 / 3.0));
+    assert!(close(kpi(r, "sl_cisco_ignore"), 50.0));
+    // The SIP facts stay the SIP leg's.
+    assert_eq!((sums.sip.invites, sums.sip.established), (1, 1));
+}
