@@ -852,3 +852,212 @@ fn queue_facts_are_the_authority_for_queue_figures() {
     // The SIP facts stay the SIP leg's.
     assert_eq!((sums.sip.invites, sums.sip.established), (1, 1));
 }
+
+/// Live SIPp calls with exact timings on a loopback of their own, captured with dumpcap and
+/// reported by `teledge report` with T = 3 s and short abandons under 1 s:
+/// - a callee answering after 1 s (within T) and one after 4 s (beyond T), the caller
+///   hanging up 1 s after the answer;
+/// - a caller cancelling after 0.5 s (a short abandon) and one after 2 s (within T), the
+///   callee ringing and never answering;
+/// - a busy callee (486).
+///
+/// Figures by hand: offered 5, answered 2, abandoned 2 (1 short), not connected 1;
+/// answered within T 1, abandoned within T 2 (the short one included); Cisco negative
+/// 1 / (5 − 1) = 25 %, ignore 1 / (4 − 1) = 33.3 %, positive (1 + 1) / 4 = 50 %; Asterisk SL
+/// 1 / 2 = 50 %, SL2 (1 + 2) / (2 + 2) = 75 %; ASA ≈ (1 + 4) / 2 s.
+#[test]
+fn live_sipp_calls_with_exact_timings_give_the_figures_computed_by_hand() {
+    crate::live::in_fresh_netns(live_sipp_calls);
+}
+
+fn live_sipp_calls() {
+    use std::process::{Command, Stdio};
+    assert!(
+        Command::new("sipp").arg("-v").output().is_ok(),
+        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = crate::support::data_path("sipp");
+    let pcap = dir.path().join("calls.pcap");
+    let mut dumpcap = Command::new("dumpcap")
+        .args(["-i", "lo", "-P", "-f", "udp", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dumpcap is needed (Debian package tshark)");
+    {
+        use std::io::BufRead;
+        let mut err = std::io::BufReader::new(dumpcap.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("Capturing on") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "dumpcap did not start"
+            );
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    }
+    let sipp = |args: Vec<String>| {
+        Command::new("sipp")
+            .args(&args)
+            .args(["-i", "127.0.0.1", "-nostdin"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let file = |name: &str| scenarios.join(name).display().to_string();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    // Callees: answering after 1 s (port 5071) and 4 s (5072), ringing forever (5073), busy
+    // (5074).
+    let mut callees = vec![
+        sipp(s(&[
+            "-sf",
+            &file("uas_answer_after.xml"),
+            "-p",
+            "5071",
+            "-d",
+            "1000",
+        ])),
+        sipp(s(&[
+            "-sf",
+            &file("uas_answer_after.xml"),
+            "-p",
+            "5072",
+            "-d",
+            "4000",
+        ])),
+        sipp(s(&["-sf", &file("uas_ringing.xml"), "-p", "5073"])),
+        sipp(s(&["-sf", &file("uas_busy.xml"), "-p", "5074"])),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let callers = vec![
+        sipp(s(&[
+            "-sn",
+            "uac",
+            "-p",
+            "6071",
+            "-d",
+            "1000",
+            "-m",
+            "1",
+            "127.0.0.1:5071",
+        ])),
+        sipp(s(&[
+            "-sn",
+            "uac",
+            "-p",
+            "6072",
+            "-d",
+            "1000",
+            "-m",
+            "1",
+            "127.0.0.1:5072",
+        ])),
+        sipp(s(&[
+            "-sf",
+            &file("uac_cancel_after.xml"),
+            "-p",
+            "6073",
+            "-d",
+            "500",
+            "-m",
+            "1",
+            "127.0.0.1:5073",
+        ])),
+        sipp(s(&[
+            "-sf",
+            &file("uac_cancel_after.xml"),
+            "-p",
+            "6075",
+            "-d",
+            "2000",
+            "-m",
+            "1",
+            "127.0.0.1:5073",
+        ])),
+        sipp(s(&[
+            "-sf",
+            &file("uac_busy.xml"),
+            "-p",
+            "6074",
+            "-m",
+            "1",
+            "127.0.0.1:5074",
+        ])),
+    ];
+    for mut caller in callers {
+        let status = caller.wait().unwrap();
+        assert!(status.success(), "a SIPp caller failed: {status:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &dumpcap.id().to_string()])
+        .status();
+    dumpcap.wait().unwrap();
+    for callee in &mut callees {
+        let _ = callee.kill();
+        let _ = callee.wait();
+    }
+    let config = dir.path().join("stats.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ninterval_minutes = 60\n\n[[service]]\nname = \"desk\"\n\
+         short_abandon_s = 1\nsl_threshold_s = 3\n",
+    )
+    .unwrap();
+    let lines = report(&["--config", config.to_str().unwrap()], &[&pcap]);
+    // Add the sums of every interval up by hand (the calls may straddle an hour).
+    let sum = |field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["sums"][field].as_u64().unwrap())
+            .sum()
+    };
+    let (offered, answered, abandoned, short) = (
+        sum("offered"),
+        sum("answered"),
+        sum("abandoned"),
+        sum("short_abandoned"),
+    );
+    let (answered_t, abandoned_t) = (sum("answered_within_t"), sum("abandoned_within_t"));
+    assert_eq!(
+        (offered, answered, abandoned, short, sum("not_connected")),
+        (5, 2, 2, 1, 1),
+        "{lines:#?}"
+    );
+    assert_eq!((answered_t, abandoned_t), (1, 2), "{lines:#?}");
+    let pct = |n: u64, d: u64| n as f64 / d as f64 * 100.0;
+    let sl_offered = offered - short;
+    let sl_aband = abandoned_t - short;
+    assert!((pct(answered_t, sl_offered) - 25.0).abs() < 1e-9);
+    assert!((pct(answered_t, sl_offered - sl_aband) - 100.0 / 3.0).abs() < 1e-9);
+    assert!((pct(answered_t + sl_aband, sl_offered) - 50.0).abs() < 1e-9);
+    assert!((pct(answered_t, answered) - 50.0).abs() < 1e-9);
+    assert!((pct(answered_t + abandoned_t, answered + abandoned) - 75.0).abs() < 1e-9);
+    // Waits: 1 s and 4 s answered (SIPp's pauses, plus loopback microseconds).
+    let asa = sum("wait_answered_ms") as f64 / answered as f64;
+    assert!((2400.0..2800.0).contains(&asa), "ASA {asa} ms");
+    let aband = sum("wait_abandoned_ms");
+    assert!(
+        (2400..2900).contains(&aband),
+        "abandoned waits {aband} ms (0.5 s + 2 s)"
+    );
+    // Talk 1 s each (the callers' pause before BYE).
+    let talk = sum("talk_ms");
+    assert!((1900..2600).contains(&talk), "talk {talk} ms");
+    // When all lines are one interval, the report's own ratios say the same.
+    if let [line] = lines
+        .iter()
+        .filter(|l| l["sums"]["offered"] != 0)
+        .collect::<Vec<_>>()[..]
+    {
+        let k = &line["kpis"];
+        assert!((k["sl_cisco_negative"]["value"].as_f64().unwrap() - 25.0).abs() < 1e-9);
+        assert!((k["sl2_asterisk"]["value"].as_f64().unwrap() - 75.0).abs() < 1e-9);
+    }
+}
