@@ -281,12 +281,17 @@ impl Aggregator {
     /// `now` is the aggregator's clock (the capture time in replay): an interval closed more
     /// than [`RETAIN_CLOSED`] before it is no longer held.
     pub fn contact(&mut self, c: &Contact, now: Timestamp) {
-        let Some(service) = self.settings.services.get(c.service).cloned() else {
+        let Some(threshold) = self
+            .settings
+            .services
+            .get(c.service)
+            .map(|s| s.sl_threshold_s)
+        else {
             self.counters.unclassified += 1;
             return;
         };
         let at = match self.settings.attribution {
-            Attribution::Event => c.event_time(service.sl_threshold_s),
+            Attribution::Event => c.event_time(threshold),
             Attribution::Arrival => c.arrival,
         };
         let horizon = Timestamp::from_nanos(
@@ -303,8 +308,15 @@ impl Aggregator {
             return;
         }
         self.counters.contacts += 1;
-        let held = self.hold(c.service, start, end);
-        held.sums.add(c, &service);
+        // Fields borrowed apart: the service's settings are read while its interval is
+        // written, without a copy per contact.
+        let held = self.held.entry((c.service, start)).or_insert_with(|| Held {
+            end,
+            ..Held::default()
+        });
+        if let Some(service) = self.settings.services.get(c.service) {
+            held.sums.add(c, service);
+        }
         held.dirty = true;
         if c.outcome == super::contact::ContactOutcome::Excluded {
             return;
