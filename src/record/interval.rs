@@ -110,8 +110,8 @@ pub struct IntervalSums {
     /// (joined mid-call) or still in progress when the record was made.
     pub excluded: u64,
     /// Contacts whose own interval was no longer held (closed more than
-    /// [`crate::stats::interval::RETAIN_CLOSED`] ago): counted here, in the interval open
-    /// when they arrived, instead of there.
+    /// [`crate::stats::interval::RETAIN_CLOSED`] ago, or a day ahead of the clock): counted
+    /// here, in the interval open when they arrived, instead of there.
     pub too_late: u64,
     /// Calls active at each whole second of the interval, run-length encoded as
     /// `[offset_s, length_s, calls]`, sorted, without zero runs.

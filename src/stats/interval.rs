@@ -16,8 +16,9 @@
 //! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
 //! with contacts or without (a missing record means the aggregator was not running). A contact that changes an emitted interval marks it; it is re-emitted
 //! (revision + 1) at most once per `grace`. Closed intervals are held for
-//! [`RETAIN_CLOSED`]; a contact for an interval no longer held is counted as `too_late` in
-//! its service's interval holding `now`. Memory: per held interval the sums and one entry
+//! [`RETAIN_CLOSED`]; a contact for an interval no longer held (or more than [`AHEAD`] ahead
+//! of the clock: a broken source) is counted as `too_late` in its service's interval holding
+//! `now`; a contact's activity is followed for at most [`MAX_ACTIVE`]. Memory: per held interval the sums and one entry
 //! per contact start and end (concurrency), bounded by the contacts of the retained hours.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,12 @@ use crate::time::Timestamp;
 
 /// How long closed intervals are held for late contacts (the default longest call is 4 h).
 pub const RETAIN_CLOSED: Duration = Duration::from_secs(6 * 3600);
+/// How far ahead of the aggregator's clock a contact may be counted: times beyond are a
+/// broken source, and each would hold an interval.
+pub const AHEAD: Duration = Duration::from_secs(86_400);
+/// The longest a contact is followed in the concurrency timeline (the longest call the
+/// configuration allows is 7 days): a bogus end cannot make it walk without end.
+pub const MAX_ACTIVE: Duration = Duration::from_secs(8 * 86_400);
 
 /// Which interval a contact counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +306,7 @@ impl Aggregator {
                 .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
         );
         let (start, end) = self.settings.clock.interval_of(at);
-        if end < horizon {
+        if end < horizon || at > now.plus(AHEAD) {
             self.counters.too_late += 1;
             let (open, open_end) = self.settings.clock.interval_of(now);
             let held = self.hold(c.service, open, open_end);
@@ -323,7 +330,9 @@ impl Aggregator {
         }
         // Active at whole second s when arrival <= s < end.
         let first = ceil_secs(c.arrival.max(horizon));
-        let last = ceil_secs(c.end);
+        let last = ceil_secs(c.end)
+            .min(first.saturating_add(MAX_ACTIVE.as_secs() as i64))
+            .min(ceil_secs(now.plus(AHEAD)));
         let mut s = first;
         while s < last {
             let (start, end) = self

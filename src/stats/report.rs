@@ -169,8 +169,12 @@ pub fn read_collected(dir: &std::path::Path) -> io::Result<Collected> {
     }
     files.sort();
     for path in files {
-        let text = std::fs::read_to_string(&path)?;
-        for (i, line) in text.lines().enumerate() {
+        use std::io::BufRead;
+        // Line by line: a day of a busy node's records need not fit in memory.
+        let reader = io::BufReader::new(std::fs::File::open(&path)?);
+        for (i, line) in reader.lines().enumerate() {
+            let line = line?;
+            let line = line.as_str();
             if line.trim().is_empty() {
                 continue;
             }

@@ -1061,3 +1061,24 @@ fn live_sipp_calls() {
         assert!((k["sl2_asterisk"]["value"].as_f64().unwrap() - 75.0).abs() < 1e-9);
     }
 }
+
+/// Bounds: a contact from a broken source — ending a year later, or arriving a year ahead —
+/// is followed for at most 8 days and counted as too late, never a walk over thousands of
+/// intervals; the aggregator holds a bounded number of intervals.
+#[test]
+fn a_contact_with_absurd_times_is_bounded_and_counted() {
+    let mut agg = Aggregator::new(settings("UTC", 15, Attribution::Arrival), "n1", 1);
+    let now = at(1000.0);
+    let year = 365.0 * 86_400.0;
+    let started = std::time::Instant::now();
+    agg.contact(&contact(100.0, ContactOutcome::Answered, 5.0, year), now);
+    agg.contact(&contact(year, ContactOutcome::Answered, 5.0, 60.0), now);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(agg.counters().too_late, 1);
+    let records = agg.finish(now);
+    // The long one: followed at most a day ahead of the clock (97 quarter-hours).
+    assert!(records.len() <= 100, "{} intervals held", records.len());
+    let offered: u64 = records.iter().map(|r| r.sums.offered).sum();
+    let too_late: u64 = records.iter().map(|r| r.sums.too_late).sum();
+    assert_eq!((offered, too_late), (1, 1));
+}
