@@ -169,12 +169,13 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
         .raise_to(counters.unclassified);
     metrics.stats_contacts_too_late.raise_to(counters.too_late);
     let (start, _) = aggregator.settings().clock.interval_of(now);
+    let mut open = aggregator.open(now);
     for service in aggregator.settings().services.iter() {
-        let open = aggregator
-            .open(now)
-            .into_iter()
-            .find(|r| r.service == service.name && r.interval_start == start);
-        let sums = open.map(|r| r.sums).unwrap_or_default();
+        let sums = open
+            .iter_mut()
+            .find(|r| r.service == service.name && r.interval_start == start)
+            .map(|r| std::mem::take(&mut r.sums))
+            .unwrap_or_default();
         let name = service.name.as_str();
         let contacts = &metrics.interval_contacts;
         for (figure, value) in [
