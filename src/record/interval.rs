@@ -113,7 +113,8 @@ pub struct IntervalSums {
     /// [`crate::stats::interval::RETAIN_CLOSED`] ago, or a day ahead of the clock): counted
     /// here, in the interval open when they arrived, instead of there.
     pub too_late: u64,
-    /// Calls active at each whole second of the interval, run-length encoded as
+    /// Contacts active during each second of the interval (overlapping it), run-length
+    /// encoded as
     /// `[offset_s, length_s, calls]`, sorted, without zero runs.
     pub concurrency: Vec<[u32; 3]>,
     // Media quality.

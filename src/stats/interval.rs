@@ -328,9 +328,12 @@ impl Aggregator {
         if c.outcome == super::contact::ContactOutcome::Excluded {
             return;
         }
-        // Active at whole second s when arrival <= s < end.
-        let first = ceil_secs(c.arrival.max(horizon));
+        // Active during second s when it overlaps [s, s + 1): floor(arrival) <= s <
+        // ceil(end), at least the second it arrived in (a call shorter than a second
+        // counts too).
+        let first = c.arrival.max(horizon).as_nanos().div_euclid(NANOS);
         let last = ceil_secs(c.end)
+            .max(first + 1)
             .min(first.saturating_add(MAX_ACTIVE.as_secs() as i64))
             .min(ceil_secs(now.plus(AHEAD)));
         let mut s = first;

@@ -16,7 +16,7 @@
 //! | `wait_*_ms`, `longest_wait_ms` | Σ wait of answered / abandoned; the longest wait of any contact |
 //! | `wait_*_buckets` | waits ≤ 8, 30, 60, 90, 120, 180, 300, 600, 1200 s, and longer |
 //! | `handled`, `talk_ms`, `hold_ms`, `wrap_up_ms` | answered contacts with a known talk time; Σ talk (hold included: SIP talk is answer → BYE), Σ hold, Σ wrap-up where a queue fact gives it |
-//! | `concurrency` | contacts active (arrival ≤ s < end) at each whole second |
+//! | `concurrency` | contacts active during each second s of the interval (overlapping [s, s + 1)); contacts are counted once their record is made, so the live view misses calls still in progress |
 //! | `mos_*` | scored calls, Σ MOS, lowest MOS, calls below MOS 3.6, MOS histogram |
 //! | `sip.*` | RFC 6076 inputs over calls whose INVITE was seen |
 //!
@@ -162,7 +162,7 @@ impl IntervalSums {
         self.sip.merge(&o.sip);
     }
 
-    /// The most contacts active at one whole second.
+    /// The most contacts active during one second.
     pub fn peak_concurrent(&self) -> u32 {
         self.concurrency.iter().map(|r| r[2]).max().unwrap_or(0)
     }
@@ -346,7 +346,7 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
             ratio(s.talk_ms + s.wrap_up_ms, s.handled).map(|v| v / 1000.0),
         ),
         k("avg_hold_s", "hold_ms / handled / 1000", ratio(s.hold_ms, s.handled).map(|v| v / 1000.0)),
-        k("peak_concurrent", "max over whole seconds of contacts active", Some(f64::from(s.peak_concurrent()))),
+        k("peak_concurrent", "max over the seconds of the interval of contacts active during it", Some(f64::from(s.peak_concurrent()))),
         k("mos_mean", "mos_centi_sum / mos_scored / 100", ratio(s.mos_centi_sum, s.mos_scored).map(|v| v / 100.0)),
         k("mos_worst", "mos_centi_min / 100", s.mos_centi_min.map(|m| f64::from(m) / 100.0)),
         k("mos_poor_percent", "mos_poor (MOS < 3.6) / mos_scored x 100", percent(s.mos_poor, s.mos_scored)),

@@ -448,6 +448,10 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         "teledge_interval_contacts{service=\"sales\",figure=\"answered_within_t\"} 1",
         "teledge_interval_contacts{service=\"sales\",figure=\"outcome_answered\"} 1",
         "teledge_interval_contacts{service=\"other\",figure=\"offered\"} 0",
+        // No RTP, so no MOS: every bucket empty.
+        "teledge_interval_mos_calls{service=\"sales\",le=\"3.60\"} 0",
+        "teledge_interval_mos_calls{service=\"sales\",le=\"+Inf\"} 0",
+        "teledge_interval_peak_concurrent_contacts{service=\"sales\"} 1",
     ] {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
