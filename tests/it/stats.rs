@@ -1086,3 +1086,30 @@ fn a_contact_with_absurd_times_is_bounded_and_counted() {
     let too_late: u64 = records.iter().map(|r| r.sums.too_late).sum();
     assert_eq!((offered, too_late), (1, 1));
 }
+
+/// `check-config` lists the statistics sections' problems with the rest, by path and line,
+/// and exits 78: a daemon with a zone it cannot find never starts.
+#[test]
+fn check_config_lists_the_statistics_problems_and_exits_78() {
+    use crate::daemon::agent_config;
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        1,
+        "[hep]\nudp = \"127.0.0.1:0\"\n\n[stats]\ntime_zone = \"Mars/Olympus\"\n\n\
+         [[service]]\nname = \"sales\"\nshort_abandon_s = 30\n",
+        None,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("stats.time_zone (line"), "{text}");
+    assert!(text.contains("service[0].short_abandon_s (line"), "{text}");
+}
