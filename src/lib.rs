@@ -27,6 +27,8 @@
 //!   `replay`, `replay --forward` and `run` share.
 //! - [`record`]: the record types and their documented, versioned schema (a leaf; the
 //!   JSON Schema files in `schema/` list every field).
+//! - [`stats`]: service statistics — calls classified into services, contact facts, KPI
+//!   sums per interval (`teledge.interval/1`), merged exactly across nodes.
 //! - [`outputs`]: JSON Lines and tables.
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
 //! - [`privacy`]: pseudonymisation of numbers and names before storage.
@@ -75,5 +77,6 @@ pub mod sensors;
 pub mod sources;
 pub mod spool;
 pub mod spooler;
+pub mod stats;
 pub mod time;
 pub mod uplink;

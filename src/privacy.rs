@@ -197,7 +197,8 @@ impl Pseudonymizer {
                 }
             }
             // Names of equipment from the configuration and profiles: no personal data.
-            Record::Sensor(_) | Record::Alert(_) => {}
+            // Interval records hold service names (configuration) and sums only.
+            Record::Sensor(_) | Record::Alert(_) | Record::Interval(_) => {}
             // Counts and record ids of the node's own records.
             Record::Gap(_) => {}
         }

@@ -92,6 +92,17 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    /// An RFC 3339 time, as [`Timestamp`] writes it (any offset is accepted).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let parsed: jiff::Timestamp = text.parse().map_err(serde::de::Error::custom)?;
+        i64::try_from(parsed.as_nanosecond())
+            .map(Timestamp)
+            .map_err(|_| serde::de::Error::custom("time out of range"))
+    }
+}
+
 /// Which way a sender's time was off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skew {

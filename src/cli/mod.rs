@@ -11,6 +11,7 @@ pub mod check_config;
 pub mod collect;
 pub mod dead_letters;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod sensors;
 
@@ -42,6 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Read capture files (pcap, pcapng) and report every SIP call in them.
     Replay(replay::ReplayArgs),
+    /// Service statistics per interval (offered, answered, service levels, ...) from capture
+    /// files or a collector's output directory.
+    Report(report::ReportArgs),
     /// Receive records from agents over mutual TLS and store them as JSON Lines per day.
     Collect(collect::CollectArgs),
     /// Run the agent: capture, HEP, sensors → spool → collector (the systemd service).
@@ -62,6 +66,7 @@ impl Command {
         match self {
             Command::Replay(args) if args.forward => replay::forward(args),
             Command::Replay(args) => replay::run(args),
+            Command::Report(args) => report::run(args),
             Command::Collect(args) => collect::run(args),
             Command::Sensors(command) => sensors::run(command),
             Command::DeadLetters(command) => dead_letters::run(command),

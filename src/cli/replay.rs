@@ -57,7 +57,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub forward: bool,
     /// The configuration for --forward: the daemon's file (only its [node], [spool],
-    /// [privacy] and [uplink] are used) or one with just those sections.
+    /// [privacy] and [uplink] are used) or one with just those sections; with a [stats]
+    /// section (and [[service]]), interval records of the replayed calls are forwarded too.
     #[arg(long, short, value_name = "PATH", requires = "forward")]
     pub config: Option<PathBuf>,
     /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
@@ -226,6 +227,12 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let spool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+    // Shared by the sink (calls in) and the end of the replay (intervals out).
+    let aggregator = std::cell::RefCell::new(match stats_of(config_path, &config.node_id) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    });
+    let mut last = teledge::time::Timestamp::default();
     let mut spooler = teledge::spooler::Spooler::new(
         std::sync::Arc::clone(&spool),
         teledge::privacy::Pseudonymizer::new(config.privacy.clone()),
@@ -236,6 +243,12 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut sink = |record: Record| {
         if spool_error.is_some() {
             return;
+        }
+        if let (Some(aggregator), Record::Call(call)) = (aggregator.borrow_mut().as_mut(), &record)
+        {
+            // Classified on the clear number, before the spooler pseudonymises it.
+            last = last.max(call.end_time.unwrap_or(call.last_message_time));
+            aggregator.call(call, last);
         }
         // Group commit: durable at most one interval after the append.
         if let Err(e) = spooler
@@ -264,6 +277,15 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     replay.finish(&mut sink);
+    // The capture is all there is: every interval is closed.
+    let intervals = aggregator
+        .borrow_mut()
+        .as_mut()
+        .map(|a| a.finish(teledge::time::Timestamp::from_nanos(i64::MAX)))
+        .unwrap_or_default();
+    for interval in intervals {
+        sink(Record::Interval(Box::new(interval)));
+    }
     if let Some(e) = spool_error {
         return Err(e).context("cannot spool records");
     }
@@ -307,6 +329,39 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_NOT_DRAINED))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The statistics of `replay --forward`: interval records of the replayed calls are spooled
+/// with them when the configuration file has a `[stats]` section (with `enabled = true`, the
+/// default); without one, only the records of the capture are.
+fn stats_of(path: &Path, node: &str) -> Result<Option<teledge::stats::Aggregator>, ExitCode> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    if !text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("stats"))
+    {
+        return Ok(None);
+    }
+    match teledge::config::stats::parse_stats(&text) {
+        Ok(config) if config.enabled => {
+            let mut run = [0u8; 8];
+            let _ = getrandom::getrandom(&mut run);
+            Ok(Some(teledge::stats::Aggregator::new(
+                config.settings,
+                node,
+                u64::from_le_bytes(run),
+            )))
+        }
+        Ok(_) => Ok(None),
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("teledge: {}: {problem}", path.display());
+            }
+            Err(ExitCode::from(super::EXIT_CONFIG))
+        }
     }
 }
 

@@ -266,6 +266,8 @@ pub struct AgentConfig {
     pub sensors: Vec<DeviceSettings>,
     pub observe: ObserveSettings,
     pub drain_timeout: Duration,
+    /// `[stats]` and `[[service]]`: interval records per service.
+    pub stats: super::stats::StatsConfig,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
@@ -670,6 +672,7 @@ pub fn parse_with_profiles(
             ),
         });
     }
+    let stats = super::stats::validate_stats(&raw.stats, &raw.service, &mut problems);
     // Everything is validated: now, in one step, the key material.
     let forward = forward.and_then(|valid| super::forward::with_keys(valid, &mut problems));
     let hep = hep.map(|mut hep| {
@@ -681,8 +684,9 @@ pub fn parse_with_profiles(
         }
         hep
     });
-    match forward {
-        Some(mut forward) if problems.is_empty() => Ok(AgentConfig {
+    match (forward, stats) {
+        (Some(mut forward), Some(stats)) if problems.is_empty() => Ok(AgentConfig {
+            stats,
             captures,
             hep,
             calls,

@@ -6,6 +6,8 @@
 //!   all that `replay --forward` needs.
 //! - [`agent`]: the daemon's whole file, the forwarding sections plus its sources,
 //!   correlation bounds, sensors, observability and shutdown.
+//! - [`stats`]: `[stats]` and `[[service]]`, the service statistics (the daemon's and
+//!   `teledge report`'s).
 //! - `keys`: the one step, after validation, that reads key material (sealing keys, the
 //!   site key) and builds the keyring and the pseudonymisation settings from it.
 
@@ -19,6 +21,7 @@ mod keys;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;
+pub mod stats;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
 pub(crate) use problem::{read_file, toml_problem};
@@ -45,6 +48,10 @@ pub(super) struct RawFile {
     observe: agent::RawObserve,
     #[serde(default)]
     shutdown: agent::RawShutdown,
+    #[serde(default)]
+    stats: stats::RawStats,
+    #[serde(default)]
+    service: Vec<stats::RawService>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

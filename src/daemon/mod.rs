@@ -196,6 +196,17 @@ impl RecordQueue {
     }
 }
 
+/// A random id for this run's interval records: a restarted daemon's records add up with
+/// the last run's instead of superseding them.
+fn run_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness, the clock tells runs apart as well.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return Timestamp::now().as_nanos() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
 /// The pipeline shared by the sources.
 type SharedPipeline = Arc<Mutex<Pipeline>>;
 
@@ -401,6 +412,14 @@ impl Daemon {
             Arc::clone(&health),
             Arc::clone(&metrics),
             Arc::clone(&dropped),
+            config.stats.enabled.then(|| {
+                let aggregator = crate::stats::Aggregator::new(
+                    config.stats.settings.clone(),
+                    &config.forward.node_id,
+                    run_id(),
+                );
+                (aggregator, Arc::clone(&produced))
+            }),
         )?;
 
         let ctx = Context {

@@ -1,5 +1,12 @@
 //! The spool writer: a thread of its own (sled's appends and fsyncs block) that takes records
 //! from the record queue to the [`Spooler`].
+//!
+//! It is also where the service statistics see the calls: every call record passes here in
+//! clear, before the spooler pseudonymises it, so it is classified into its service on its
+//! clear called number ([`crate::stats::service`]) and counted by the [`Aggregator`]; the
+//! interval records the aggregator emits (after the grace, revisions, and at shutdown the
+//! open intervals with `final: false`) are spooled like any record. The open intervals'
+//! figures are published as metrics once a second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -11,6 +18,8 @@ use crate::observe::events::{DropReason, InternalEvent, RecordsDropped, SpoolApp
 use crate::observe::{Health, Stage};
 use crate::record::Record;
 use crate::spooler::{Spooler, SpoolerError};
+use crate::stats::Aggregator;
+use crate::time::Timestamp;
 
 /// The running writer.
 #[derive(Debug)]
@@ -25,10 +34,11 @@ impl SpoolWriter {
         health: Arc<Health>,
         metrics: Arc<AgentMetrics>,
         queue_dropped: Arc<AtomicU64>,
+        stats: Option<(Aggregator, Arc<AtomicU64>)>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || write(rx, spooler, &health, &metrics, &queue_dropped))?;
+            .spawn(move || write(rx, spooler, &health, &metrics, &queue_dropped, stats))?;
         Ok(SpoolWriter { thread })
     }
 
@@ -55,8 +65,10 @@ fn write(
     health: &Health,
     metrics: &AgentMetrics,
     queue_dropped: &AtomicU64,
+    mut stats: Option<(Aggregator, Arc<AtomicU64>)>,
 ) -> u64 {
-    let flush_every = spooler.flush_every();
+    let flush_every = spooler.flush_every().min(STATS_EVERY);
+    let mut stats_due = std::time::Instant::now();
     let mut queue_announced = 0;
     let mut spool_drops_seen = spooler.spool_drops();
     loop {
@@ -74,23 +86,37 @@ fn write(
         let received = rx.recv_timeout(flush_every);
         let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
         if let Ok(record) = received {
-            // A record that does not reach the spool is lost: logged and counted as one.
-            match spooler.append(record) {
-                Ok(_) => {}
-                Err(SpoolerError::Serialise(_)) => {
-                    RecordsDropped {
-                        reason: DropReason::NotSerialisable,
-                        count: 1,
-                    }
-                    .emit(metrics);
-                    spooler.note_lost("record not serialisable", 1);
-                    health.records_lost(1);
+            if let (Some((aggregator, _)), Record::Call(call)) = (stats.as_mut(), &record) {
+                // Classified on the clear number, before the spooler pseudonymises it.
+                aggregator.call(call, Timestamp::now());
+            }
+            append(&mut spooler, record, health, metrics);
+        }
+        if let Some((aggregator, produced)) = stats.as_mut() {
+            let now = Timestamp::now();
+            let intervals = if closed {
+                aggregator.finish(now)
+            } else if stats_due.elapsed() >= STATS_EVERY {
+                stats_due = std::time::Instant::now();
+                publish_open(aggregator, now, metrics);
+                aggregator.tick(now)
+            } else {
+                Vec::new()
+            };
+            for interval in intervals {
+                // Made here, not in the record queue: counted as produced here.
+                produced.fetch_add(1, Ordering::Relaxed);
+                metrics.records_produced.with(&["interval"]).inc();
+                metrics.stats_interval_records.inc();
+                if interval.revision > 0 {
+                    metrics.stats_interval_revisions.inc();
                 }
-                Err(e) => {
-                    SpoolAppendFailed { error: &e }.emit(metrics);
-                    spooler.note_lost("spool append failed", 1);
-                    health.records_lost(1);
-                }
+                append(
+                    &mut spooler,
+                    Record::Interval(Box::new(interval)),
+                    health,
+                    metrics,
+                );
             }
         }
         let committed = if closed {
@@ -105,5 +131,104 @@ fn write(
         if closed {
             return spooler.spooled();
         }
+    }
+}
+
+/// How often the statistics close intervals and publish the open ones.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Appends one record; a record that does not reach the spool is lost: logged, counted and
+/// announced upstream as one.
+fn append(spooler: &mut Spooler, record: Record, health: &Health, metrics: &AgentMetrics) {
+    match spooler.append(record) {
+        Ok(_) => {}
+        Err(SpoolerError::Serialise(_)) => {
+            RecordsDropped {
+                reason: DropReason::NotSerialisable,
+                count: 1,
+            }
+            .emit(metrics);
+            spooler.note_lost("record not serialisable", 1);
+            health.records_lost(1);
+        }
+        Err(e) => {
+            SpoolAppendFailed { error: &e }.emit(metrics);
+            spooler.note_lost("spool append failed", 1);
+            health.records_lost(1);
+        }
+    }
+}
+
+/// The open interval of each service into the metrics (gauges: they start again at every
+/// interval).
+fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics) {
+    use crate::record::interval::MOS_BUCKETS_CENTI;
+    let counters = aggregator.counters();
+    metrics
+        .stats_calls_unclassified
+        .raise_to(counters.unclassified);
+    metrics.stats_contacts_too_late.raise_to(counters.too_late);
+    let (start, _) = aggregator.settings().clock.interval_of(now);
+    let mut open = aggregator.open(now);
+    for service in aggregator.settings().services.iter() {
+        let sums = open
+            .iter_mut()
+            .find(|r| r.service == service.name && r.interval_start == start)
+            .map(|r| std::mem::take(&mut r.sums))
+            .unwrap_or_default();
+        let name = service.name.as_str();
+        let contacts = &metrics.interval_contacts;
+        for (figure, value) in [
+            ("offered", sums.offered),
+            ("answered", sums.answered),
+            ("abandoned", sums.abandoned),
+            ("short_abandoned", sums.short_abandoned),
+            ("flowed_out", sums.flowed_out),
+            ("not_connected", sums.not_connected),
+            ("answered_within_t", sums.answered_within_t),
+            ("abandoned_within_t", sums.abandoned_within_t),
+        ] {
+            contacts.with(&[name, figure]).set(value as i64);
+        }
+        for outcome in [
+            "answered",
+            "abandoned",
+            "busy",
+            "rejected",
+            "not_reached",
+            "no_answer",
+            "failed",
+            "timed_out",
+        ] {
+            let n = sums.outcomes.get(outcome).copied().unwrap_or(0);
+            contacts
+                .with(&[name, &format!("outcome_{outcome}")])
+                .set(n as i64);
+        }
+        let mut cumulative = 0;
+        for (i, bound) in MOS_BUCKETS_CENTI.iter().enumerate() {
+            cumulative += sums.mos_buckets.get(i).copied().unwrap_or(0);
+            let le = format!("{:.2}", f64::from(*bound) / 100.0);
+            metrics
+                .interval_mos_calls
+                .with(&[name, &le])
+                .set(cumulative as i64);
+        }
+        metrics
+            .interval_mos_calls
+            .with(&[name, "+Inf"])
+            .set(sums.mos_scored as i64);
+        metrics
+            .interval_wait_answered_ms
+            .with(&[name])
+            .set(sums.wait_answered_ms as i64);
+        metrics
+            .interval_peak_concurrent
+            .with(&[name])
+            .set(i64::from(sums.peak_concurrent()));
+        metrics
+            .interval_start_timestamp_seconds
+            .with(&[name])
+            .set(start.as_nanos() / 1_000_000_000);
     }
 }

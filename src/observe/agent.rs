@@ -24,6 +24,8 @@ const MAX_SOURCES: usize = 32;
 const MAX_ERROR_KINDS: usize = 64;
 /// Record kinds, drop reasons and bounded tables: small closed sets.
 const MAX_SMALL_SET: usize = 16;
+/// Services told apart in the statistics' metrics.
+const MAX_SERVICES: usize = 64;
 /// Serial sensors on one box.
 const MAX_SENSORS: usize = 64;
 
@@ -114,6 +116,25 @@ pub struct AgentMetrics {
     // Sensors (for later).
     pub sensor_readings: Arc<Family<Counter>>,
     pub sensor_alerts: Arc<Family<Counter>>,
+
+    // Service statistics: the open interval of each service (see `crate::stats`).
+    /// Contacts of the open interval by service and figure (`offered`, `answered`,
+    /// `abandoned`, `short_abandoned`, `flowed_out`, `not_connected`, `answered_within_t`,
+    /// `abandoned_within_t`, outcomes as `outcome_<name>`).
+    pub interval_contacts: Arc<Family<Gauge>>,
+    /// Scored calls of the open interval with MOS at most `le`, by service (cumulative).
+    pub interval_mos_calls: Arc<Family<Gauge>>,
+    /// Σ wait of answered contacts (ms), peak concurrent contacts and start of the open
+    /// interval, by service.
+    pub interval_wait_answered_ms: Arc<Family<Gauge>>,
+    pub interval_peak_concurrent: Arc<Family<Gauge>>,
+    pub interval_start_timestamp_seconds: Arc<Family<Gauge>>,
+    /// Calls no `[[service]]` matched; contacts too late for their interval (counted in the
+    /// open one); interval records emitted (revisions included) and revisions.
+    pub stats_calls_unclassified: Arc<Counter>,
+    pub stats_contacts_too_late: Arc<Counter>,
+    pub stats_interval_records: Arc<Counter>,
+    pub stats_interval_revisions: Arc<Counter>,
 
     // The process and systemd.
     pub watchdog_pings: Arc<Counter>,
@@ -355,6 +376,57 @@ impl AgentMetrics {
                 Kind::Counter,
                 &["sensor"],
                 MAX_SENSORS,
+            ),
+            interval_contacts: r.family(
+                "teledge_interval_contacts",
+                "Contacts of the open interval, by service and figure.",
+                Kind::Gauge,
+                &["service", "figure"],
+                MAX_SERVICES * 24,
+            ),
+            interval_mos_calls: r.family(
+                "teledge_interval_mos_calls",
+                "Scored calls of the open interval with MOS at most le, by service.",
+                Kind::Gauge,
+                &["service", "le"],
+                MAX_SERVICES * 10,
+            ),
+            interval_wait_answered_ms: r.family(
+                "teledge_interval_wait_answered_milliseconds",
+                "Sum of the waits of answered contacts of the open interval, by service.",
+                Kind::Gauge,
+                &["service"],
+                MAX_SERVICES,
+            ),
+            interval_peak_concurrent: r.family(
+                "teledge_interval_peak_concurrent_contacts",
+                "Most contacts active at one second of the open interval, by service.",
+                Kind::Gauge,
+                &["service"],
+                MAX_SERVICES,
+            ),
+            interval_start_timestamp_seconds: r.family(
+                "teledge_interval_start_timestamp_seconds",
+                "Start of the open interval, by service.",
+                Kind::Gauge,
+                &["service"],
+                MAX_SERVICES,
+            ),
+            stats_calls_unclassified: r.counter(
+                "teledge_stats_calls_unclassified_total",
+                "Calls no [[service]] matched: not contacts.",
+            ),
+            stats_contacts_too_late: r.counter(
+                "teledge_stats_contacts_too_late_total",
+                "Contacts whose interval was no longer held, counted in the open one.",
+            ),
+            stats_interval_records: r.counter(
+                "teledge_stats_interval_records_total",
+                "Interval records emitted (revisions included).",
+            ),
+            stats_interval_revisions: r.counter(
+                "teledge_stats_interval_revisions_total",
+                "Interval records re-emitted because late contacts changed them.",
             ),
             watchdog_pings: r.counter(
                 "teledge_watchdog_pings_total",

@@ -144,9 +144,16 @@
 //! Records lost or set aside on the way out, made by the spool and the uplink (see [`gap`]):
 //! `node`, `reason`, `dropped`, `first_dropped`, `last_dropped`, `time`, and where they apply
 //! `epoch`, `detail`, `set_aside`, `status`.
+//!
+//! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
+//!
+//! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
+//! sums that merge exactly across nodes, runs and intervals; revised when late contacts
+//! change it. Fields and identity rules in [`interval`].
 
 mod call;
 pub mod gap;
+pub mod interval;
 pub mod media;
 pub mod sensor;
 mod summary;
@@ -181,6 +188,9 @@ pub enum Record {
     /// Records lost or set aside on the way out (`teledge.gap/1`), made by the spool and
     /// the uplink.
     Gap(Box<gap::GapRecord>),
+    /// One service's statistics over one interval (`teledge.interval/1`), made by
+    /// [`crate::stats`].
+    Interval(Box<interval::IntervalRecord>),
 }
 
 impl Record {
@@ -194,6 +204,7 @@ impl Record {
             Record::Sensor(_) => "sensor",
             Record::Alert(_) => "alert",
             Record::Gap(_) => "gap",
+            Record::Interval(_) => "interval",
         }
     }
 }

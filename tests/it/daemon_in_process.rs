@@ -15,7 +15,7 @@ use teledge::daemon::Daemon;
 
 /// A HEPv3 frame of `proto_type` (1 SIP, 5 RTCP-JSON) between two IPv4 endpoints, stamped
 /// now, with a correlation id when given.
-fn hep(
+pub(crate) fn hep(
     proto_type: u8,
     src: ([u8; 4], u16),
     dst: ([u8; 4], u16),
@@ -52,10 +52,16 @@ fn hep(
     frame
 }
 
-const CALLER: ([u8; 4], u16) = ([10, 0, 0, 1], 5060);
-const CALLEE: ([u8; 4], u16) = ([10, 0, 0, 2], 5060);
+pub(crate) const CALLER: ([u8; 4], u16) = ([10, 0, 0, 1], 5060);
+pub(crate) const CALLEE: ([u8; 4], u16) = ([10, 0, 0, 2], 5060);
 
-fn message(start: &str, call_id: &str, method: &str, cseq: u32, to_tag: bool) -> Vec<u8> {
+pub(crate) fn message(
+    start: &str,
+    call_id: &str,
+    method: &str,
+    cseq: u32,
+    to_tag: bool,
+) -> Vec<u8> {
     let to = if to_tag { ";tag=b" } else { "" };
     format!(
         "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call_id}{method}{cseq}\r\n\
@@ -66,7 +72,7 @@ fn message(start: &str, call_id: &str, method: &str, cseq: u32, to_tag: bool) ->
 }
 
 /// The HEP frames of a call answered and hung up, with an RTCP-JSON report while it talks.
-fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
+pub(crate) fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
     let rtcp = br#"{"type":200,"ssrc":1111,"report_count":1,"report_blocks":[{"source_ssrc":2222,"fraction_lost":26,"packets_lost":3,"highest_seq_no":100,"ia_jitter":8,"lsr":0,"dlsr":0}]}"#;
     vec![
         hep(
@@ -109,7 +115,7 @@ fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
 }
 
 /// A call answered and still talking: open when the daemon stops.
-fn open_call(call_id: &str) -> Vec<Vec<u8>> {
+pub(crate) fn open_call(call_id: &str) -> Vec<Vec<u8>> {
     vec![
         hep(
             1,
@@ -144,7 +150,7 @@ fn collected_call(out: &Path, pki: &Pki, call_id: &str) -> Option<Value> {
         .find(|r| r["call_id"] == id.as_str())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,7 +158,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use teledge::record::gap::{GapReason, GapRecord};
+use teledge::record::interval::{IntervalRecord, IntervalSums, SipSums};
 use teledge::record::media::{
     DelaySource, Dtmf, JitterBuffer, MediaQuality, NotScored, OrphanSource, OrphanStreamsSummary,
     RtcpReported, Score, StreamMetrics, StreamQuality, StreamRecord, Verdict, VoipMetrics,
@@ -645,6 +646,41 @@ fn every_field_present() -> Vec<Record> {
             extreme: Some(33.0),
         })),
         Record::Gap(Box::new(gap)),
+        Record::Interval(Box::new(IntervalRecord {
+            schema: teledge::record::interval::INTERVAL_SCHEMA.into(),
+            record_id: "0123456789abcdef0123456789abcdef".into(),
+            node: "edge-01".into(),
+            run: "00000000000000ff".into(),
+            service: "sales".into(),
+            interval_start: Timestamp::from_secs_nanos(1_767_225_600, 0),
+            interval_end: Timestamp::from_secs_nanos(1_767_226_500, 0),
+            interval_minutes: 15,
+            time_zone: "Europe/Berlin".into(),
+            local_start: "2026-01-01T01:00:00+01:00".into(),
+            attribution: "event".into(),
+            revision: 1,
+            closed: true,
+            sl_threshold_s: 20,
+            sl_target_percent: 80,
+            short_abandon_s: 5,
+            sums: IntervalSums {
+                offered: 3,
+                answered: 2,
+                abandoned: 1,
+                wait_answered_buckets: vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                // A map: its keys are data, not fields (left empty as in the summary).
+                outcomes: BTreeMap::new(),
+                concurrency: vec![[0, 60, 1]],
+                mos_centi_min: Some(410),
+                mos_buckets: vec![0, 0, 0, 0, 0, 0, 1, 0, 0],
+                sip: SipSums {
+                    invites: 3,
+                    pdd_buckets: vec![1; 15],
+                    ..SipSums::default()
+                },
+                ..IntervalSums::default()
+            },
+        })),
     ]
 }
 

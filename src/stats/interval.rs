@@ -1,0 +1,483 @@
+//! Intervals: 15, 30 or 60 minutes aligned in local time of an IANA zone (with `jiff`), and
+//! the [`Aggregator`] that keeps each service's open intervals, closes them after a grace
+//! and re-emits them with a higher revision when a late contact changes them.
+//!
+//! Alignment: within a stretch of constant UTC offset, intervals start where the local
+//! clock shows a multiple of the length (so `+05:45` gets quarter-hours at :00, :15, ... of
+//! local time); a change of offset also starts an interval. A spring-forward day in
+//! Europe/Berlin has 92 quarter-hours, a fall-back day 100 (02:00–03:00 twice, told apart by
+//! the offset in `local_start`).
+//!
+//! Attribution: a contact is counted whole in one interval, the one holding its
+//! service-level event (default, as Cisco and Genesys: answer, abandon or end, or arrival +
+//! T if that came first) or its arrival. Its concurrency runs over every interval it spans.
+//!
+//! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
+//! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
+//! with contacts or without (a missing record means the aggregator was not running). A contact that changes an emitted interval marks it; it is re-emitted
+//! (revision + 1) at most once per `grace`. Closed intervals are held for
+//! [`RETAIN_CLOSED`]; a contact for an interval no longer held (or more than [`AHEAD`] ahead
+//! of the clock: a broken source) is counted as `too_late` in its service's interval holding
+//! `now`; a contact's activity is followed for at most [`MAX_ACTIVE`]. Memory: per held interval the sums and one entry
+//! per contact start and end (concurrency), bounded by the contacts of the retained hours.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+
+use super::contact::Contact;
+use super::service::Services;
+use crate::record::interval::{IntervalRecord, IntervalSums, INTERVAL_SCHEMA};
+use crate::time::Timestamp;
+
+/// How long closed intervals are held for late contacts (the default longest call is 4 h).
+pub const RETAIN_CLOSED: Duration = Duration::from_secs(6 * 3600);
+/// How far ahead of the aggregator's clock a contact may be counted: times beyond are a
+/// broken source, and each would hold an interval.
+pub const AHEAD: Duration = Duration::from_secs(86_400);
+/// The longest a contact is followed in the concurrency timeline (the longest call the
+/// configuration allows is 7 days): a bogus end cannot make it walk without end.
+pub const MAX_ACTIVE: Duration = Duration::from_secs(8 * 86_400);
+
+/// Which interval a contact counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    /// The service-level event (answer, abandon, end, or threshold expiry).
+    Event,
+    Arrival,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Event => "event",
+            Attribution::Arrival => "arrival",
+        }
+    }
+}
+
+/// Interval boundaries in a zone.
+#[derive(Debug, Clone)]
+pub struct IntervalClock {
+    zone: TimeZone,
+    zone_name: String,
+    minutes: u32,
+}
+
+/// Why an interval clock cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    #[error("{0:?}: unknown time zone ({1})")]
+    Zone(String, String),
+    #[error("{0}: interval must be 15, 30 or 60 minutes")]
+    Minutes(u32),
+}
+
+const NANOS: i64 = 1_000_000_000;
+
+impl IntervalClock {
+    pub fn new(zone: &str, minutes: u32) -> Result<IntervalClock, ClockError> {
+        if ![15, 30, 60].contains(&minutes) {
+            return Err(ClockError::Minutes(minutes));
+        }
+        let tz =
+            TimeZone::get(zone).map_err(|e| ClockError::Zone(zone.to_owned(), e.to_string()))?;
+        Ok(IntervalClock {
+            zone: tz,
+            zone_name: zone.to_owned(),
+            minutes,
+        })
+    }
+
+    pub fn zone_name(&self) -> &str {
+        &self.zone_name
+    }
+
+    pub fn minutes(&self) -> u32 {
+        self.minutes
+    }
+
+    fn jiff(t: Timestamp) -> jiff::Timestamp {
+        jiff::Timestamp::from_nanosecond(i128::from(t.as_nanos()))
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn ours(t: jiff::Timestamp) -> Timestamp {
+        Timestamp::from_nanos(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
+    }
+
+    /// The interval holding `t`: `[start, end)`.
+    pub fn interval_of(&self, t: Timestamp) -> (Timestamp, Timestamp) {
+        let jt = Self::jiff(t);
+        let offset = i64::from(self.zone.to_offset(jt).seconds());
+        let secs = t.as_nanos().div_euclid(NANOS);
+        let length = i64::from(self.minutes) * 60;
+        let local = secs + offset;
+        let aligned = local - local.rem_euclid(length) - offset;
+        let mut start = Timestamp::from_nanos(aligned.saturating_mul(NANOS));
+        let mut end = Timestamp::from_nanos((aligned + length).saturating_mul(NANOS));
+        // A change of offset starts an interval (and ends the one before).
+        let just_after = Self::jiff(Timestamp::from_nanos(t.as_nanos().saturating_add(1)));
+        if let Some(prev) = self.zone.preceding(just_after).next() {
+            start = start.max(Self::ours(prev.timestamp()));
+        }
+        if let Some(next) = self.zone.following(jt).next() {
+            end = end.min(Self::ours(next.timestamp()));
+        }
+        (start, end)
+    }
+
+    /// `start` in local time with its offset, RFC 3339 (`2026-03-29T03:00:00+02:00`).
+    pub fn local(&self, start: Timestamp) -> String {
+        let t = Self::jiff(start);
+        let offset = self.zone.to_offset(t);
+        let secs = offset.seconds();
+        let sign = if secs < 0 { '-' } else { '+' };
+        let abs = secs.unsigned_abs();
+        // RFC 3339 has no seconds in an offset: historical LMT offsets are cut to minutes.
+        format!(
+            "{}{sign}{:02}:{:02}",
+            offset.to_datetime(t).strftime("%Y-%m-%dT%H:%M:%S"),
+            abs / 3600,
+            abs % 3600 / 60
+        )
+    }
+}
+
+/// Settings of the statistics (`[stats]` and `[[service]]`).
+#[derive(Debug, Clone)]
+pub struct StatsSettings {
+    pub clock: IntervalClock,
+    pub attribution: Attribution,
+    /// How long after its end an interval waits for late contacts before it is emitted.
+    pub grace: Duration,
+    pub services: Services,
+}
+
+impl StatsSettings {
+    /// Quarter-hours in UTC, by event time, a 5-minute grace, one `default` service.
+    pub fn utc_default() -> StatsSettings {
+        StatsSettings {
+            clock: IntervalClock {
+                zone: TimeZone::UTC,
+                zone_name: "UTC".into(),
+                minutes: 15,
+            },
+            attribution: Attribution::Event,
+            grace: Duration::from_secs(300),
+            services: Services::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    end: Timestamp,
+    sums: IntervalSums,
+    /// Concurrency as a difference map: second offset → change in active contacts.
+    active: BTreeMap<u32, i64>,
+    /// Revisions emitted so far (0: never emitted).
+    emitted: u32,
+    /// Changed since its last emission.
+    dirty: bool,
+    last_emitted: Option<Timestamp>,
+}
+
+impl Held {
+    fn runs(&self) -> Vec<[u32; 3]> {
+        let mut runs: Vec<[u32; 3]> = Vec::new();
+        let mut level: i64 = 0;
+        let mut at: u32 = 0;
+        for (&offset, &delta) in &self.active {
+            if offset > at && level > 0 {
+                runs.push([at, offset - at, level as u32]);
+            }
+            level += delta;
+            at = offset;
+        }
+        // One canonical form (adjacent runs of one level joined), so records compare equal
+        // whatever order their contacts came in.
+        super::kpi::concurrency_runs(&super::kpi::concurrency_dense(&runs))
+    }
+}
+
+/// Counts of what the aggregator did, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AggregatorCounters {
+    pub contacts: u64,
+    /// Calls no service matched.
+    pub unclassified: u64,
+    pub too_late: u64,
+    pub records: u64,
+    pub revisions: u64,
+}
+
+/// Per-service intervals: contacts in, interval records out.
+#[derive(Debug)]
+pub struct Aggregator {
+    settings: StatsSettings,
+    node: String,
+    run: String,
+    /// (service, interval start) → figures.
+    held: BTreeMap<(usize, Timestamp), Held>,
+    counters: AggregatorCounters,
+}
+
+impl Aggregator {
+    /// An aggregator for `node`; `run` tells its records from another run's (random at
+    /// every start of the daemon).
+    pub fn new(settings: StatsSettings, node: &str, run: u64) -> Aggregator {
+        Aggregator {
+            settings,
+            node: node.to_owned(),
+            run: format!("{run:016x}"),
+            held: BTreeMap::new(),
+            counters: AggregatorCounters::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &StatsSettings {
+        &self.settings
+    }
+
+    pub fn counters(&self) -> AggregatorCounters {
+        self.counters
+    }
+
+    /// A call record, classified (clear numbers) and counted if it is a contact.
+    pub fn call(&mut self, call: &crate::record::CallRecord, now: Timestamp) {
+        match self.settings.services.classify(call) {
+            Some(service) => self.contact(&Contact::from_call(call, service), now),
+            None => self.counters.unclassified += 1,
+        }
+    }
+
+    /// A queue call: its [`QueueFact`](super::QueueFact) is the authority for the queue
+    /// figures; the call record of its SIP leg, when the queue source joined one, gives
+    /// hold, media quality and the SIP facts. The service is the queue's name when a
+    /// `[[service]]` has it, else the call's classification; neither: not counted
+    /// (unclassified).
+    pub fn queue_fact(
+        &mut self,
+        fact: &super::QueueFact,
+        call: Option<&crate::record::CallRecord>,
+        now: Timestamp,
+    ) {
+        let service = self
+            .settings
+            .services
+            .by_name(&fact.queue)
+            .or_else(|| call.and_then(|c| self.settings.services.classify(c)));
+        let Some(service) = service else {
+            self.counters.unclassified += 1;
+            return;
+        };
+        let contact = match call {
+            Some(call) => {
+                let mut contact = Contact::from_call(call, service);
+                contact.apply_queue_fact(fact);
+                contact
+            }
+            None => Contact::from_queue_fact(fact, service),
+        };
+        self.contact(&contact, now);
+    }
+
+    /// Counts a contact in its interval and its concurrency in the intervals it spans.
+    /// `now` is the aggregator's clock (the capture time in replay): an interval closed more
+    /// than [`RETAIN_CLOSED`] before it is no longer held.
+    pub fn contact(&mut self, c: &Contact, now: Timestamp) {
+        let Some(threshold) = self
+            .settings
+            .services
+            .get(c.service)
+            .map(|s| s.sl_threshold_s)
+        else {
+            self.counters.unclassified += 1;
+            return;
+        };
+        let at = match self.settings.attribution {
+            Attribution::Event => c.event_time(threshold),
+            Attribution::Arrival => c.arrival,
+        };
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        let (start, end) = self.settings.clock.interval_of(at);
+        if end < horizon || at > now.plus(AHEAD) {
+            self.counters.too_late += 1;
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(c.service, open, open_end);
+            held.sums.too_late += 1;
+            held.dirty = true;
+            return;
+        }
+        self.counters.contacts += 1;
+        // Fields borrowed apart: the service's settings are read while its interval is
+        // written, without a copy per contact.
+        let held = self.held.entry((c.service, start)).or_insert_with(|| Held {
+            end,
+            ..Held::default()
+        });
+        if let Some(service) = self.settings.services.get(c.service) {
+            held.sums.add(c, service);
+        }
+        held.dirty = true;
+        if c.outcome == super::contact::ContactOutcome::Excluded {
+            return;
+        }
+        // Active during second s when it overlaps [s, s + 1): floor(arrival) <= s <
+        // ceil(end), at least the second it arrived in (a call shorter than a second
+        // counts too).
+        let first = c.arrival.max(horizon).as_nanos().div_euclid(NANOS);
+        let last = ceil_secs(c.end)
+            .max(first + 1)
+            .min(first.saturating_add(MAX_ACTIVE.as_secs() as i64))
+            .min(ceil_secs(now.plus(AHEAD)));
+        let mut s = first;
+        while s < last {
+            let (start, end) = self
+                .settings
+                .clock
+                .interval_of(Timestamp::from_nanos(s * NANOS));
+            let start_s = start.as_nanos().div_euclid(NANOS);
+            let end_s = end.as_nanos().div_euclid(NANOS);
+            let to = last.min(end_s);
+            let held = self.hold(c.service, start, end);
+            *held.active.entry((s - start_s) as u32).or_default() += 1;
+            *held.active.entry((to - start_s) as u32).or_default() -= 1;
+            held.dirty = true;
+            s = to;
+        }
+    }
+
+    fn hold(&mut self, service: usize, start: Timestamp, end: Timestamp) -> &mut Held {
+        self.held.entry((service, start)).or_insert_with(|| Held {
+            end,
+            ..Held::default()
+        })
+    }
+
+    fn record(
+        &self,
+        service: usize,
+        start: Timestamp,
+        held: &Held,
+        closed: bool,
+        revision: u32,
+    ) -> IntervalRecord {
+        let settings = self
+            .settings
+            .services
+            .get(service)
+            .cloned()
+            .unwrap_or_else(super::service::ServiceSettings::default_service);
+        let mut sums = held.sums.clone();
+        sums.concurrency = held.runs();
+        let record_id = crate::record::stable_id(&[
+            self.node.as_bytes(),
+            self.run.as_bytes(),
+            settings.name.as_bytes(),
+            &start.as_nanos().to_be_bytes(),
+            &revision.to_be_bytes(),
+            &[u8::from(closed)],
+        ]);
+        IntervalRecord {
+            schema: INTERVAL_SCHEMA.to_owned(),
+            record_id,
+            node: self.node.clone(),
+            run: self.run.clone(),
+            service: settings.name.clone(),
+            interval_start: start,
+            interval_end: held.end,
+            interval_minutes: self.settings.clock.minutes,
+            time_zone: self.settings.clock.zone_name.clone(),
+            local_start: self.settings.clock.local(start),
+            attribution: self.settings.attribution.as_str().to_owned(),
+            revision,
+            closed,
+            sl_threshold_s: settings.sl_threshold_s,
+            sl_target_percent: settings.sl_target_percent,
+            short_abandon_s: settings.short_abandon_s,
+            sums,
+        }
+    }
+
+    /// The interval records due at `now`: intervals whose grace has passed (first
+    /// emission), and changed emitted ones (a revision, at most once per grace). Intervals
+    /// older than [`RETAIN_CLOSED`] are forgotten.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
+        let grace = self.settings.grace;
+        // Every service has a current interval, with contacts or not: a missing record
+        // then means the aggregator was not running, never "no calls".
+        let (open_start, open_end) = self.settings.clock.interval_of(now);
+        for service in 0..self.settings.services.len() {
+            self.held
+                .entry((service, open_start))
+                .or_insert_with(|| Held {
+                    end: open_end,
+                    dirty: true,
+                    ..Held::default()
+                });
+        }
+        let mut due = Vec::new();
+        for (&(service, start), held) in &self.held {
+            let closes = held.end.plus(grace);
+            let revise = held.last_emitted.is_none_or(|at| at.plus(grace) <= now);
+            if now >= closes && held.dirty && revise {
+                due.push((service, start));
+            }
+        }
+        let mut out = Vec::new();
+        for key in due {
+            let Some(held) = self.held.get(&key) else {
+                continue;
+            };
+            let revision = held.emitted;
+            out.push(self.record(key.0, key.1, held, true, revision));
+            if let Some(held) = self.held.get_mut(&key) {
+                held.emitted += 1;
+                held.dirty = false;
+                held.last_emitted = Some(now);
+            }
+            self.counters.records += 1;
+            self.counters.revisions += u64::from(revision > 0);
+        }
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        self.held.retain(|_, h| h.end >= horizon || h.dirty);
+        out
+    }
+
+    /// Every interval not yet emitted in its last state, emitted now: closed when its end
+    /// has passed `now`, else open (`final: false`). For the end of a replay or a run.
+    pub fn finish(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
+        let mut out = Vec::new();
+        for (&(service, start), held) in &self.held {
+            if held.dirty {
+                out.push(self.record(service, start, held, held.end <= now, held.emitted));
+            }
+        }
+        self.held.clear();
+        self.counters.records += out.len() as u64;
+        out
+    }
+
+    /// The open intervals' records at `now` (not emitted; for the live view and metrics).
+    pub fn open(&self, now: Timestamp) -> Vec<IntervalRecord> {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.end > now)
+            .map(|(&(service, start), held)| self.record(service, start, held, false, held.emitted))
+            .collect()
+    }
+}
+
+fn ceil_secs(t: Timestamp) -> i64 {
+    let n = t.as_nanos();
+    n.div_euclid(NANOS) + i64::from(n.rem_euclid(NANOS) != 0)
+}

@@ -1,0 +1,108 @@
+//! Queue facts: what a queue system (Asterisk `queue_log`, FreeSWITCH `mod_callcenter`) says
+//! about one call, the input the statistics take from the queue sources.
+//!
+//! A [`QueueFact`] is made per queue call (the queue system's call id, e.g. Asterisk's
+//! `uniqueid`) by a queue source from its events; this module only defines the shape, the
+//! sources are elsewhere. When a contact has a queue fact, the fact is the **authority** for
+//! the queue KPIs of that contact: queue, arrival (enter time), wait, answered or abandoned or
+//! flowed out, ring-no-answer count, talk and wrap-up; SIP gives the rest (media quality, hold
+//! from re-INVITEs, who hung up when the queue does not say). A queue fact without a call
+//! record is a contact on its own (a queue system on a box whose SIP is not tapped).
+//!
+//! Shape (every time is [`Timestamp`], every duration is seconds as the queue system reports
+//! it; `None` when the queue system did not say):
+//!
+//! | field | Asterisk `queue_log` | FreeSWITCH `mod_callcenter` |
+//! |---|---|---|
+//! | `queue_call_id` | callid column (`uniqueid`) | `CC-Member-Session-UUID` |
+//! | `sip_call_id` | — (joined by the lead's source if the dialplan logs it) | `variable_sip_call_id` |
+//! | `queue` | queue column | `CC-Queue` |
+//! | `caller` | `ENTERQUEUE` callerid, **pseudonymised at ingest** | `CC-Member-CID-Number`, pseudonymised |
+//! | `enter_time` | `ENTERQUEUE` time | `CC-Member-Joined-Time` |
+//! | `end` | `CONNECT` / `ABANDON` / `EXITWITH*` / `EXITEMPTY` | `member-queue-end` cause and cancel reason |
+//! | `wait_s` | `CONNECT` holdtime, `ABANDON`/`EXIT*` waittime | answered − joined / leaving − joined |
+//! | `ring_s` | `CONNECT` ringtime (s) | answered − agent called |
+//! | `rona` | count of `RINGNOANSWER` | count of `bridge-agent-fail` |
+//! | `talk_s` | `COMPLETEAGENT`/`COMPLETECALLER` calltime, `TRANSFER` calltime | bridge terminated − answered |
+//! | `wrap_up_s` | the queue's `wrapuptime` when known | the agent's `wrap-up-time` |
+//! | `hangup_by` | `COMPLETECALLER` → caller, `COMPLETEAGENT` → agent | `cc_side` |
+//! | `transferred` | `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER` | — |
+//! | `agent` | agent column (member name, pseudonymised if it names a person) | `CC-Agent` |
+
+use crate::time::Timestamp;
+
+/// How a queue call left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueEnd {
+    /// Connected to an agent (`CONNECT`; FS `bridge-agent-start`).
+    Answered,
+    /// The caller hung up while queued (`ABANDON`; FS `Cancel` + `BREAK_OUT`).
+    Abandoned,
+    /// Left the queue by the queue's own rule, not by the caller hanging up: a flow-out.
+    FlowOut(FlowOut),
+    /// Still queued when the fact was made (the queue source flushes it at shutdown).
+    Open,
+}
+
+/// Why a call flowed out of the queue (not an abandon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlowOut {
+    /// `EXITWITHTIMEOUT`; FS `TIMEOUT`.
+    Timeout,
+    /// `EXITEMPTY`; FS `NO_AGENT_TIMEOUT`.
+    Empty,
+    /// `EXITWITHKEY`; FS `EXIT_WITH_KEY`.
+    Key,
+}
+
+impl FlowOut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowOut::Timeout => "timeout",
+            FlowOut::Empty => "empty",
+            FlowOut::Key => "key",
+        }
+    }
+}
+
+/// Who ended a queue call after it was connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueHangup {
+    Caller,
+    Agent,
+}
+
+/// What a queue system says about one call (see the module doc for the sources of each
+/// field). Made by a queue source; the statistics take it as the authority for queue KPIs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueFact {
+    /// The queue system's id of the call (Asterisk `uniqueid`, FS member session UUID).
+    pub queue_call_id: String,
+    /// The SIP Call-ID of the call's leg into the PBX, when the queue source can tell it:
+    /// joins the fact to the call record (before pseudonymisation, as the record has it).
+    pub sip_call_id: Option<String>,
+    /// The queue's name: the service this contact is counted in.
+    pub queue: String,
+    /// The caller, already pseudonymised by the queue source.
+    pub caller: Option<String>,
+    /// The agent (member) that answered, if any.
+    pub agent: Option<String>,
+    /// When the call entered the queue: the contact's arrival.
+    pub enter_time: Timestamp,
+    pub end: QueueEnd,
+    /// When it left the queue (connect, abandon, flow-out).
+    pub end_time: Option<Timestamp>,
+    /// Seconds in the queue until connect, abandon or flow-out (`holdtime`/`waittime`).
+    pub wait_s: Option<f64>,
+    /// Seconds the answering agent's phone rang before it answered.
+    pub ring_s: Option<f64>,
+    /// Ring-no-answer events: agents offered the call who did not take it.
+    pub rona: u32,
+    /// Seconds connected to the agent (`calltime`).
+    pub talk_s: Option<f64>,
+    /// After-call work in seconds, when the queue system tells it.
+    pub wrap_up_s: Option<f64>,
+    pub hangup_by: Option<QueueHangup>,
+    /// Ended by a transfer (the queue leg ends; what follows is another leg).
+    pub transferred: bool,
+}
