@@ -4,6 +4,7 @@
 //! SCTP common header and chunks, for SIP over SCTP; [`queue_log`] Asterisk `queue_log` lines and
 //! [`esl`] FreeSWITCH event-socket messages (contact-centre queue events).
 
+pub mod esl;
 pub mod hep;
 pub mod link;
 pub mod queue_log;

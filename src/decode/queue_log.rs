@@ -148,8 +148,7 @@ fn none_if_placeholder(value: &str) -> Option<&str> {
 }
 
 /// How the caller left the queue without reaching an agent, other than by hanging up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
     /// `EXITWITHTIMEOUT`: the queue's timeout expired.
     Timeout,
@@ -162,16 +161,14 @@ pub enum ExitKind {
 }
 
 /// Who ended a connected queue call (`COMPLETECALLER` / `COMPLETEAGENT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompletedBy {
     Caller,
     Agent,
 }
 
 /// Which transfer ended the queue call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransferKind {
     /// `TRANSFER` (Asterisk before 12).
     Transfer,

@@ -139,6 +139,13 @@
 //! overload, replace battery) or `communication` (the device stopped answering; ended when it
 //! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
 //!
+//! # Queue contact record (`"type": "queue"`, `"schema": "teledge.queue/1"`)
+//!
+//! One caller's stay in one ACD queue, from the PBX's queue events (Asterisk `queue_log`,
+//! FreeSWITCH `mod_callcenter`): queue, caller, enter/answer/end times, outcome (answered,
+//! abandoned, flow-out and its kind), wait, ring and talk seconds, agent, transfer, RONA
+//! count. Field by field in [`queue`].
+//!
 //! # Gap record (`"type": "gap"`, `"schema": "teledge.gap/1"`)
 //!
 //! Records lost or set aside on the way out, made by the spool and the uplink (see [`gap`]):
@@ -148,6 +155,7 @@
 mod call;
 pub mod gap;
 pub mod media;
+pub mod queue;
 pub mod sensor;
 mod summary;
 
@@ -181,6 +189,8 @@ pub enum Record {
     /// Records lost or set aside on the way out (`teledge.gap/1`), made by the spool and
     /// the uplink.
     Gap(Box<gap::GapRecord>),
+    /// A caller's stay in an ACD queue, from the PBX's queue events (`teledge.queue/1`).
+    Queue(Box<queue::QueueCallRecord>),
 }
 
 impl Record {
@@ -194,6 +204,7 @@ impl Record {
             Record::Sensor(_) => "sensor",
             Record::Alert(_) => "alert",
             Record::Gap(_) => "gap",
+            Record::Queue(_) => "queue",
         }
     }
 }
