@@ -17,6 +17,7 @@ pub(crate) mod live;
 mod media;
 mod observe;
 mod privacy;
+mod queue_log;
 mod regressions;
 mod robustness;
 mod schema;

@@ -1,0 +1,244 @@
+//! The `queue_log` source against real files: a writer thread appends numbered lines while
+//! the tailer polls on another, and the file is rotated by rename, copied and truncated,
+//! truncated outright, and the tailer stopped and started again in between — every line
+//! written is delivered exactly once, in order. Then the parser and the assembler over a
+//! public real-world `queue_log` sample (provenance in `tests/data/README.md`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use teledge::sources::queue_log::{StartAt, TailPosition, TailSettings, Tailer};
+
+fn settings(path: &Path) -> TailSettings {
+    TailSettings {
+        path: path.to_owned(),
+        max_line_len: 8192,
+        start_at: StartAt::Beginning,
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn line(n: usize) -> String {
+    format!("{}|{n}.1|support|NONE|ENTERQUEUE||4930{n:06}|1\n", 1_700_000_000 + n)
+}
+
+/// A tailer polling on its own thread until told to stop, then until nothing is left.
+struct Running {
+    stop: Arc<AtomicBool>,
+    lines: Arc<Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<Tailer>,
+}
+
+impl Running {
+    fn start(mut tailer: Tailer) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (Arc::clone(&stop), Arc::clone(&lines));
+        let thread = std::thread::spawn(move || {
+            let mut quiet = 0;
+            loop {
+                let n = tailer
+                    .poll(4096, &mut |b| {
+                        l.lock().unwrap().push(String::from_utf8_lossy(b).into_owned())
+                    })
+                    .unwrap();
+                if s.load(Ordering::Relaxed) {
+                    // Stopping: poll until several polls in a row find nothing (a rotated
+                    // file is kept for a few polls).
+                    quiet = if n == 0 { quiet + 1 } else { 0 };
+                    if quiet >= 10 {
+                        return tailer;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Running {
+            stop,
+            lines,
+            thread,
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.seen() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} lines", self.seen());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop(self) -> (Tailer, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let tailer = self.thread.join().unwrap();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (tailer, lines)
+    }
+}
+
+/// The lines `from..to` as written, without newlines.
+fn expected(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|n| line(n).trim_end().to_owned()).collect()
+}
+
+/// Writes lines `from..to` in bursts, the tailer reading meanwhile.
+fn write_lines(path: &Path, from: usize, to: usize) {
+    for n in from..to {
+        append(path, &line(n));
+        if n % 17 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue_log");
+    (dir, path)
+}
+
+#[test]
+fn rename_rotation_while_tailing_loses_and_repeats_nothing() {
+    let (_dir, path) = tmp();
+    append(&path, "");
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 300);
+    // logrotate's default: rename, then the writer opens a new file. A few lines still go
+    // to the old file after the rename (the writer has not reopened yet).
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path.with_extension("1"), 300, 310);
+    write_lines(&path, 310, 600);
+    // A second rotation, the old name already taken: .1 moves on to .2.
+    std::fs::rename(path.with_extension("1"), path.with_extension("2")).unwrap();
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path, 600, 700);
+    run.wait_for(700);
+    let (tailer, lines) = run.stop();
+    assert_eq!(lines, expected(0, 700));
+    assert_eq!(tailer.counters().rotations, 2);
+    assert_eq!(tailer.counters().possibly_lost, 0);
+}
+
+#[test]
+fn copytruncate_while_tailing_reads_the_rest_from_the_copy() {
+    let (_dir, path) = tmp();
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 200);
+    // Let the tailer fall behind a little, then logrotate's copytruncate: copy, truncate.
+    run.wait_for(100);
+    write_lines(&path, 200, 400);
+    std::fs::copy(&path, path.with_extension("1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    write_lines(&path, 400, 500);
+    run.wait_for(500);
+    let (tailer, lines) = run.stop();
+    assert_eq!(lines, expected(0, 500));
+    let c = tailer.counters();
+    assert_eq!((c.truncations, c.possibly_lost), (1, 0), "{c:?}");
+}
+
+#[test]
+fn truncation_without_a_copy_starts_over_and_counts_what_may_be_lost() {
+    let (_dir, path) = tmp();
+    let mut tailer = Tailer::new(settings(&path), None);
+    append(&path, &line(0));
+    append(&path, &line(1));
+    let mut got = Vec::new();
+    let mut take = |t: &mut Tailer| {
+        for _ in 0..3 {
+            t.poll(1 << 20, &mut |b| got.push(String::from_utf8_lossy(b).into_owned()))
+                .unwrap();
+        }
+    };
+    take(&mut tailer);
+    // Truncated to nothing (`> queue_log`) and written again, shorter than before.
+    std::fs::write(&path, line(2)).unwrap();
+    take(&mut tailer);
+    // Truncated and rewritten *longer* than what was read, between two polls: the last line
+    // read is no longer where it was, so this is a truncation too.
+    std::fs::write(&path, [line(3), line(4), line(5)].concat()).unwrap();
+    take(&mut tailer);
+    assert_eq!(got, expected(0, 6));
+    let c = tailer.counters();
+    assert_eq!(c.truncations, 2, "{c:?}");
+    // No copy beside it: whatever was written before the truncation and not read is lost,
+    // and the tailer says it may have been.
+    assert_eq!(c.possibly_lost, 2, "{c:?}");
+}
+
+#[test]
+fn restart_resumes_at_the_saved_position_even_across_a_rotation() {
+    let (_dir, path) = tmp();
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 150);
+    run.wait_for(150);
+    let (tailer, mut lines) = run.stop();
+    // What the daemon writes to its state file, through JSON as it does.
+    let saved: TailPosition =
+        serde_json::from_str(&serde_json::to_string(&tailer.position().unwrap()).unwrap())
+            .unwrap();
+    drop(tailer);
+    // While stopped: more lines, half a line, a rotation, more lines in the new file.
+    write_lines(&path, 150, 200);
+    append(&path, "1700000200|200.1|support|NONE|ENTER");
+    // The writer finishes its line before it reopens.
+    append(&path, "QUEUE||4930000200|1\n");
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path, 201, 260);
+    let run = Running::start(Tailer::new(settings(&path), Some(saved)));
+    run.wait_for(110);
+    let (tailer, more) = run.stop();
+    lines.extend(more);
+    assert_eq!(lines, expected(0, 260));
+    assert_eq!(tailer.counters().resumed, 1);
+
+    // And a plain restart on the same file: nothing read twice.
+    let saved = tailer.position();
+    drop(tailer);
+    write_lines(&path, 260, 270);
+    let run = Running::start(Tailer::new(settings(&path), saved));
+    run.wait_for(10);
+    let (_, more) = run.stop();
+    assert_eq!(more, expected(260, 270));
+}
+
+#[test]
+fn a_saved_position_that_no_longer_matches_reads_the_file_from_its_start() {
+    let (_dir, path) = tmp();
+    append(&path, &[line(0), line(1)].concat());
+    let mut tailer = Tailer::new(settings(&path), None);
+    let mut n = 0;
+    tailer.poll(1 << 20, &mut |_| n += 1).unwrap();
+    assert_eq!(n, 2);
+    let saved = tailer.position();
+    drop(tailer);
+    // Replaced in place by other content of the same length or more (same inode).
+    std::fs::write(&path, [line(7), line(8), line(9)].concat()).unwrap();
+    let mut tailer = Tailer::new(settings(&path), saved);
+    let mut got = Vec::new();
+    tailer
+        .poll(1 << 20, &mut |b| got.push(String::from_utf8_lossy(b).into_owned()))
+        .unwrap();
+    assert_eq!(got, expected(7, 10));
+    assert_eq!(tailer.counters().position_mismatch, 1);
+}
