@@ -6,6 +6,7 @@
 //!   all that `replay --forward` needs.
 //! - [`agent`]: the daemon's whole file, the forwarding sections plus its sources,
 //!   correlation bounds, sensors, observability and shutdown.
+//! - [`queue`]: the queue-event sources (`[[queue_log]]`, `[[callcenter]]`).
 //! - `keys`: the one step, after validation, that reads key material (sealing keys, the
 //!   site key) and builds the keyring and the pseudonymisation settings from it.
 
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod forward;
 mod keys;
 pub mod problem;
+pub mod queue;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
 pub(crate) use problem::{read_file, toml_problem};
@@ -35,6 +37,10 @@ pub(super) struct RawFile {
     correlation: agent::RawCorrelation,
     #[serde(default)]
     sensors: Vec<agent::RawSensor>,
+    #[serde(default)]
+    queue_log: Vec<queue::RawQueueLog>,
+    #[serde(default)]
+    callcenter: Vec<queue::RawCallcenter>,
     spool: forward::RawSpool,
     #[serde(default)]
     privacy: forward::RawPrivacy,

@@ -9,6 +9,7 @@
 // socket and its memory-mapped ring.
 #[cfg(target_os = "linux")]
 pub mod afpacket;
+pub mod callcenter;
 pub mod capture_file;
 #[cfg(target_os = "linux")]
 pub mod capture_thread;
