@@ -3,6 +3,7 @@
 //! fixture provenance (`tests/data/README.md`), never from teledge's own output.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod callcenter;
 mod calls;
 mod cli;
 mod configuration;
