@@ -242,3 +242,128 @@ fn a_saved_position_that_no_longer_matches_reads_the_file_from_its_start() {
     assert_eq!(got, expected(7, 10));
     assert_eq!(tailer.counters().position_mismatch, 1);
 }
+
+/// The rows of the public sample: the `queue_log` table of a real Asterisk (XiVO, 2012) as
+/// printed in Wazo's documentation, newest first per scenario. Each row becomes the line
+/// Asterisk writes to the file for the same event (`queue_log_to_file`): the realtime
+/// `time` column (local time, zone not stated) is read as UTC with its microseconds, the
+/// five data columns joined by `|` without trailing empty ones.
+fn xivo_sample_lines() -> Vec<String> {
+    let text = std::fs::read_to_string(crate::support::data_path(
+        "queue_log/xivo-doc-queue_log.rst",
+    ))
+    .unwrap();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for row in text.lines() {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(time) = cells.first() else { continue };
+        let Ok(t) = humantime::parse_rfc3339_weak(time) else {
+            continue;
+        };
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let mut data: Vec<&str> = cells[5..].to_vec();
+        while data.last() == Some(&"") {
+            data.pop();
+        }
+        let line = format!(
+            "{}.{:06}|{}|{}|{}|{}{}{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            if data.is_empty() { "" } else { "|" },
+            data.join("|")
+        );
+        rows.push((time.to_string(), line));
+    }
+    rows.sort();
+    rows.into_iter().map(|(_, line)| line).collect()
+}
+
+#[test]
+fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts() {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::decode::queue_log::{parse_line, QueueEvent};
+    use teledge::privacy::{Privacy, Pseudonymizer};
+    use teledge::record::queue::{QueueClosedBy, QueueHangup, QueueOutcome, QueueSource};
+    use teledge::time::Timestamp;
+
+    let lines = xivo_sample_lines();
+    // 12 rows in the sample, counted by hand.
+    assert_eq!(lines.len(), 12, "{lines:#?}");
+    let parsed: Vec<_> = lines
+        .iter()
+        .map(|l| parse_line(l.as_bytes()).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let unknown: Vec<&str> = parsed
+        .iter()
+        .filter(|l| matches!(l.event, QueueEvent::Unknown { .. }))
+        .map(|l| l.event.name())
+        .collect();
+    // Wazo's own events (a call refused before it enters the queue); kept, not refused.
+    assert_eq!(unknown, ["JOINEMPTY", "FULL", "CLOSED"]);
+
+    let key = [5; 32];
+    let p = Pseudonymizer::new(Privacy::keyed_hash(key));
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "xivo",
+        QueueLimits::default(),
+        Pseudonymizer::new(Privacy::keyed_hash(key)),
+    );
+    let mut records = Vec::new();
+    for line in &parsed {
+        assembler.asterisk(line, &mut |r| records.push(r));
+    }
+    // Two stays ended in the sample, each seen only from its end: COMPLETEAGENT of
+    // 1341401851.34 (held 2 s, talked 12 s) and ABANDON of 1341402586.51 (waited 6 s).
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let done = &records[0];
+    assert_eq!(done.call_id, p.identifier("1341401851.34"));
+    assert_eq!(
+        (done.outcome, done.wait_s, done.talk_s, done.hangup_by),
+        (
+            QueueOutcome::Answered,
+            Some(2.0),
+            Some(12.0),
+            Some(QueueHangup::Agent)
+        )
+    );
+    assert_eq!(done.agent.as_deref(), Some(p.identifier("Agent/3001").as_str()));
+    assert!(!done.complete, "its ENTERQUEUE is not in the sample");
+    let abandoned = &records[1];
+    assert_eq!(
+        (abandoned.outcome, abandoned.wait_s, abandoned.position, abandoned.orig_position),
+        (QueueOutcome::Abandoned, Some(6.0), Some(1), Some(1))
+    );
+    // 1341401601.24 entered and was answered by Agent/3001 after 2 s (the agent rang 1 s);
+    // the sample ends there: the stay is still open.
+    assert_eq!(assembler.open(), 1);
+    let mut open = Vec::new();
+    assembler.finish(Timestamp::from_secs_nanos(1_341_500_000, 0), &mut |r| {
+        open.push(r)
+    });
+    let connected = &open[0];
+    assert_eq!(
+        (connected.closed_by, connected.outcome),
+        (QueueClosedBy::Shutdown, QueueOutcome::Unknown)
+    );
+    assert_eq!((connected.wait_s, connected.ring_s), (Some(2.0), Some(1.0)));
+    assert_eq!(connected.caller.as_deref(), Some(p.number("1000").as_str()));
+    // 07:33:21.165823 → 07:33:23.085718: the microseconds of the realtime column survive.
+    let waited = connected
+        .connect_time
+        .unwrap()
+        .seconds_since(connected.enter_time.unwrap());
+    assert!((waited - 1.919895).abs() < 1e-9, "{waited}");
+    // Agent/3001 logged in, logged off, then was unpaused everywhere and in q1 and q2.
+    let agent = &assembler.agents()[&p.identifier("Agent/3001")];
+    assert_eq!(agent.logged_in, Some(false));
+    assert!(!agent.paused_all && !agent.in_call);
+    assert_eq!(
+        agent.queues.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["q1", "q2"]
+    );
+}
