@@ -367,3 +367,95 @@ fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts()
         ["q1", "q2"]
     );
 }
+
+/// The daemon end to end: a `[[queue_log]]` followed by the running daemon, its queue
+/// contacts spooled and forwarded to a real collector over mutual TLS; the daemon stopped
+/// while a caller waits and started again before the caller abandons — the state file
+/// carries the open stay, so the collector holds exactly one complete record of it, and
+/// no line is read twice (one record per stay, no superseded or partial ones).
+#[test]
+fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
+    use crate::daemon::{agent_config, pseudonym};
+    use crate::uplink::{collector, pki, stored};
+    use teledge::daemon::Daemon;
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let log = dir.path().join("queue_log");
+    append(&log, "1700000000|NONE|NONE|NONE|QUEUESTART|\n");
+    let state = dir.path().join("queue_log.state");
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\n",
+            log.display(),
+            state.display()
+        ),
+        None,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let lines_read = |d: &Daemon| d.metrics().source_packets.with(&["queue_log"]).get();
+    let wait_for = |d: &Daemon, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines_read(d) < n {
+            assert!(Instant::now() < deadline, "{} of {n} lines", lines_read(d));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let daemon = runtime.block_on(Daemon::start(config, &config_path)).unwrap();
+    append(
+        &log,
+        "1700000010|7.1|support|NONE|ENTERQUEUE||4930111|1\n\
+         1700000012|7.2|support|NONE|ENTERQUEUE||4930222|2\n\
+         1700000020|7.1|support|PJSIP/201|CONNECT|10|7.3|4\n\
+         1700000080|7.1|support|PJSIP/201|COMPLETECALLER|10|60|1\n",
+    );
+    wait_for(&daemon, 5);
+    runtime.block_on(daemon.shutdown());
+    assert!(state.exists(), "state file written at stop");
+    // While the daemon is down, the waiting caller gives up.
+    append(&log, "1700000100|7.2|support|NONE|ABANDON|1|2|88\n");
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let daemon = runtime.block_on(Daemon::start(config, &config_path)).unwrap();
+    wait_for(&daemon, 1);
+    let summary = runtime.block_on(daemon.shutdown());
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+
+    let queue: Vec<serde_json::Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "queue")
+        .collect();
+    assert_eq!(queue.len(), 2, "{queue:#?}");
+    let by_call = |id: &str| {
+        let id = pseudonym(&pki, id);
+        queue
+            .iter()
+            .find(|r| r["call_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} not collected: {queue:#?}"))
+            .clone()
+    };
+    let answered = by_call("7.1");
+    assert_eq!(answered["outcome"], "answered");
+    assert_eq!(answered["wait_s"], 10.0);
+    assert_eq!(answered["talk_s"], 60.0);
+    assert_eq!(answered["hangup_by"], "caller");
+    let abandoned = by_call("7.2");
+    assert_eq!(abandoned["outcome"], "abandoned");
+    assert_eq!(abandoned["complete"], true, "{abandoned:#}");
+    assert_eq!(abandoned["enter_time"], "2023-11-14T22:13:32.000000Z");
+    assert_eq!(abandoned["wait_s"], 88.0);
+    assert_eq!(abandoned["group"], "pbx1");
+    let text = serde_json::to_string(&queue).unwrap();
+    assert!(!text.contains("4930111") && !text.contains("PJSIP"), "{text}");
+}
