@@ -459,3 +459,40 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
     let text = serde_json::to_string(&queue).unwrap();
     assert!(!text.contains("4930111") && !text.contains("PJSIP"), "{text}");
 }
+
+/// `check-config` lists every problem of the queue sections with its path, and exits 78.
+#[test]
+fn bad_queue_sections_are_all_listed_by_check_config() {
+    use crate::daemon::agent_config;
+    use crate::uplink::pki;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[queue_log]]\npath = \"relative/queue_log\"\ngroup = \"two words\"\nstart_at = \"middle\"\nmax_open_calls = 0\n\
+         [[queue_log]]\npath = \"/var/log/asterisk/queue_log\"\nmax_line_bytes = 10\n\
+         [[callcenter]]\naddress = \"localhost\"\n",
+        None,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned()
+        + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    for path in [
+        "queue_log[0].path",
+        "queue_log[0].group",
+        "queue_log[0].start_at",
+        "queue_log[0].max_open_calls",
+        "queue_log[1].max_line_bytes",
+        "callcenter[0].address",
+        "callcenter[0].password",
+    ] {
+        assert!(text.contains(path), "{path} not in {text}");
+    }
+}
