@@ -174,7 +174,10 @@ pub(super) fn validate_queue_logs(
         } else if q.path.is_dir() {
             problems.push(ConfigProblem {
                 path: format!("{at}.path"),
-                message: format!("{}: is a directory, not the queue_log file", q.path.display()),
+                message: format!(
+                    "{}: is a directory, not the queue_log file",
+                    q.path.display()
+                ),
             });
         }
         if !seen_paths.insert(q.path.clone()) {
@@ -278,7 +281,10 @@ pub(super) fn validate_callcenters(
                 None
             }
         };
-        if password.as_deref().is_some_and(|p| p.contains(['\n', '\r'])) {
+        if password
+            .as_deref()
+            .is_some_and(|p| p.contains(['\n', '\r']))
+        {
             problems.push(ConfigProblem {
                 path: format!("{at}.password"),
                 message: "must be one line".into(),

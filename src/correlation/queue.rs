@@ -55,8 +55,8 @@ use crate::decode::queue_log::{
 };
 use crate::privacy::Pseudonymizer;
 use crate::record::queue::{
-    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource,
-    QueueTransfer, QueueTransferKind, QUEUE_SCHEMA,
+    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource, QueueTransfer,
+    QueueTransferKind, QUEUE_SCHEMA,
 };
 use crate::record::stable_id;
 use crate::time::Timestamp;
@@ -522,8 +522,7 @@ impl QueueAssembler {
             }
             CcAction::BridgeAgentEnd => {
                 if let Some(story) = self.story(key, &queue, at, out) {
-                    if let (Some(end), Some(a)) = (event.bridge_terminated, event.agent_answered)
-                    {
+                    if let (Some(end), Some(a)) = (event.bridge_terminated, event.agent_answered) {
                         story.talk_s = Some((end - a).max(0) as f64);
                     }
                 }
@@ -901,7 +900,15 @@ mod tests {
         );
         let got: Vec<_> = out
             .iter()
-            .map(|r| (r.outcome, r.flow_out, r.wait_s, r.position, r.exit_key.clone()))
+            .map(|r| {
+                (
+                    r.outcome,
+                    r.flow_out,
+                    r.wait_s,
+                    r.position,
+                    r.exit_key.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -1054,10 +1061,7 @@ mod tests {
         let out = feed(&mut b, "130|5.1|q|NONE|ABANDON|1|1|30");
         assert_eq!(out.len(), 1);
         assert!(out[0].complete);
-        assert_eq!(
-            out[0].enter_time,
-            Some(Timestamp::from_secs_nanos(100, 0))
-        );
+        assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(100, 0)));
     }
 
     #[test]

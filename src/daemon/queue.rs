@@ -175,7 +175,9 @@ impl QueueLogJob {
             if dirty && (stopping || last_save.elapsed() >= SAVE_EVERY) {
                 match save_state(config, &tailer, &assembler) {
                     Ok(()) => dirty = false,
-                    Err(e) => tracing::error!(state = %config.state_file.display(), error = %e, "queue_log state file not written: a restart would read lines again."),
+                    Err(e) => {
+                        tracing::error!(state = %config.state_file.display(), error = %e, "queue_log state file not written: a restart would read lines again.")
+                    }
                 }
                 last_save = Instant::now();
             }
@@ -371,13 +373,18 @@ fn spawn_callcenter(
             let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
             if evicted > evicted_announced && due {
                 last_gap = Some(Instant::now());
-                metrics.state_evictions.with(&["queue_stories"]).add(evicted - evicted_announced);
+                metrics
+                    .state_evictions
+                    .with(&["queue_stories"])
+                    .add(evicted - evicted_announced);
                 let mut gap = GapRecord::new(
                     &node,
                     GapReason::InputDropped,
                     Some(evicted - evicted_announced),
                 );
-                gap.detail = Some("queue calls evicted before their end (open queue calls table full)".into());
+                gap.detail = Some(
+                    "queue calls evicted before their end (open queue calls table full)".into(),
+                );
                 records.push(Record::Gap(Box::new(gap)));
                 evicted_announced = evicted;
             }

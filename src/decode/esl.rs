@@ -96,7 +96,8 @@ impl EslMessage {
 
     /// For a `command/reply`: whether it said `+OK`.
     pub fn reply_ok(&self) -> bool {
-        self.header("Reply-Text").is_some_and(|t| t.starts_with("+OK"))
+        self.header("Reply-Text")
+            .is_some_and(|t| t.starts_with("+OK"))
     }
 }
 
@@ -334,10 +335,7 @@ pub struct CallcenterEvent {
 
 /// Reads a `mod_callcenter` event; [`EslError::NotCallcenter`] for any other event.
 pub fn callcenter(event: &EslEvent) -> Result<CallcenterEvent, EslError> {
-    if !event
-        .header("Event-Subclass")
-        .is_some_and(|s| s == "callcenter::info")
-    {
+    if event.header("Event-Subclass") != Some("callcenter::info") {
         return Err(EslError::NotCallcenter);
     }
     let action = event

@@ -242,15 +242,21 @@ pub enum QueueEvent {
         orig_position: Option<u32>,
     },
     /// A member was rung and did not answer (RONA).
-    RingNoAnswer { ring_ms: u64 },
+    RingNoAnswer {
+        ring_ms: u64,
+    },
     /// The caller hung up while a member was ringing.
-    RingCanceled { ring_ms: Option<u64> },
+    RingCanceled {
+        ring_ms: Option<u64>,
+    },
     /// The member hung up during the announcement before the bridge.
     AgentDump,
     /// Answered, but the channels were not compatible: dropped.
     SysCompat,
     /// An agent logged in (the channel, or `exten@context` for callback agents).
-    AgentLogin { channel: String },
+    AgentLogin {
+        channel: String,
+    },
     /// An agent logged off after `login_s` seconds.
     AgentLogoff {
         channel: String,
@@ -258,18 +264,34 @@ pub enum QueueEvent {
         reason: Option<String>,
     },
     /// A member was added to the queue, paused or not.
-    AddMember { paused: bool },
+    AddMember {
+        paused: bool,
+    },
     RemoveMember,
-    Pause { kind: PauseKind, reason: String },
-    Penalty { penalty: i64 },
-    RingInUse { enabled: bool },
+    Pause {
+        kind: PauseKind,
+        reason: String,
+    },
+    Penalty {
+        penalty: i64,
+    },
+    RingInUse {
+        enabled: bool,
+    },
     ConfigReload,
     QueueStart,
     /// The number dialled (FreePBX's `DID` line).
-    Did { did: String },
-    Info { text: String },
+    Did {
+        did: String,
+    },
+    Info {
+        text: String,
+    },
     /// An event name not in the table, with up to 16 data fields.
-    Unknown { name: String, data: Vec<String> },
+    Unknown {
+        name: String,
+        data: Vec<String>,
+    },
 }
 
 impl QueueEvent {
@@ -415,10 +437,13 @@ impl<'a> Data<'a> {
     ) -> Result<Option<T>, QueueLogError> {
         match self.opt_text() {
             None => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|_| QueueLogError::BadNumber {
-                event: self.event,
-                field,
-            }),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| QueueLogError::BadNumber {
+                    event: self.event,
+                    field,
+                }),
         }
     }
 
@@ -631,8 +656,8 @@ mod tests {
 
     #[test]
     fn the_documented_example_line() {
-        let l = parse_line(b"1366720340|1366720340.303267|MYQUEUE|SIP/8007|RINGNOANSWER|1000")
-            .unwrap();
+        let l =
+            parse_line(b"1366720340|1366720340.303267|MYQUEUE|SIP/8007|RINGNOANSWER|1000").unwrap();
         assert_eq!(l.time, Timestamp::from_secs_nanos(1_366_720_340, 0));
         assert_eq!(l.call_id(), Some("1366720340.303267"));
         assert_eq!(l.queue(), Some("MYQUEUE"));
@@ -643,7 +668,10 @@ mod tests {
     #[test]
     fn times_with_fractions_and_bad_times() {
         let l = parse_line(b"1366720340.25|NONE|NONE|NONE|QUEUESTART|").unwrap();
-        assert_eq!(l.time, Timestamp::from_secs_nanos(1_366_720_340, 250_000_000));
+        assert_eq!(
+            l.time,
+            Timestamp::from_secs_nanos(1_366_720_340, 250_000_000)
+        );
         assert_eq!(l.call_id(), None);
         assert_eq!(l.queue(), None);
         for bad in [
@@ -908,7 +936,10 @@ mod tests {
             event("1|NONE|NONE|NONE|CONFIGRELOAD|"),
             QueueEvent::ConfigReload
         );
-        assert_eq!(event("1|NONE|NONE|NONE|QUEUESTART|"), QueueEvent::QueueStart);
+        assert_eq!(
+            event("1|NONE|NONE|NONE|QUEUESTART|"),
+            QueueEvent::QueueStart
+        );
         assert_eq!(
             event("1|1.1|q|NONE|DID|+4930555"),
             QueueEvent::Did {
@@ -969,7 +1000,9 @@ mod tests {
         );
         // Latin-1 in a caller name is replaced, not refused.
         let l = parse_line(b"1|1.1|q|NONE|ENTERQUEUE||123|1|M\xfcller").unwrap();
-        assert!(matches!(l.event, QueueEvent::EnterQueue { caller_name: Some(n), .. } if n.starts_with('M')));
+        assert!(
+            matches!(l.event, QueueEvent::EnterQueue { caller_name: Some(n), .. } if n.starts_with('M'))
+        );
     }
 
     proptest::proptest! {

@@ -168,7 +168,12 @@ async fn session(
     let reply = next_reply(&mut stream, &mut decoder, &mut buf, idle).await?;
     if !reply.reply_ok() {
         return Err(CallcenterError::SubscribeRefused(
-            reply.header("Reply-Text").unwrap_or("").chars().take(80).collect(),
+            reply
+                .header("Reply-Text")
+                .unwrap_or("")
+                .chars()
+                .take(80)
+                .collect(),
         ));
     }
     stats.connections.fetch_add(1, Ordering::Relaxed);

@@ -342,8 +342,7 @@ impl Tailer {
                 self.line_len += part.len() as u64;
                 consumed += part.len() as u64;
                 let line = &part[..nl];
-                if self.discarding || self.pending.len() + line.len() > self.settings.max_line_len
-                {
+                if self.discarding || self.pending.len() + line.len() > self.settings.max_line_len {
                     self.counters.lines_too_long += 1;
                     self.pending.clear();
                 } else if self.pending.is_empty() {

@@ -159,7 +159,9 @@ fn documented_callcenter_events_become_queue_contacts() {
     );
     assert_eq!(stats.events.load(std::sync::atomic::Ordering::Relaxed), 10);
     assert_eq!(
-        stats.other_events.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .other_events
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
 
@@ -215,7 +217,13 @@ fn documented_callcenter_events_become_queue_contacts() {
     );
     // No number or name of the events is in the records in clear.
     let json = serde_json::to_string(&records).unwrap();
-    for clear in ["4385551212", "5145551212", "AgentNameHere", "CHOUINARD", "b77c49c2"] {
+    for clear in [
+        "4385551212",
+        "5145551212",
+        "AgentNameHere",
+        "CHOUINARD",
+        "b77c49c2",
+    ] {
         assert!(!json.contains(clear), "{clear} in {json}");
     }
     // The agent events: logged in (Available), in a queue call? no (Receiving).
@@ -255,7 +263,11 @@ fn a_refused_password_is_counted_and_retried_and_never_shown_by_debug() {
             stop.clone(),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while stats.auth_failures.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        while stats
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 2
+        {
             assert!(tokio::time::Instant::now() < deadline, "no retry");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -263,6 +275,9 @@ fn a_refused_password_is_counted_and_retried_and_never_shown_by_debug() {
         client.await.unwrap();
     });
     assert_eq!(server.join().unwrap(), ["auth wrong", "auth wrong"]);
-    assert_eq!(stats.connections.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     assert!(format!("{stats:?}").contains("auth_failures: 2"));
 }

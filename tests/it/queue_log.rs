@@ -30,7 +30,10 @@ fn append(path: &Path, text: &str) {
 }
 
 fn line(n: usize) -> String {
-    format!("{}|{n}.1|support|NONE|ENTERQUEUE||4930{n:06}|1\n", 1_700_000_000 + n)
+    format!(
+        "{}|{n}.1|support|NONE|ENTERQUEUE||4930{n:06}|1\n",
+        1_700_000_000 + n
+    )
 }
 
 /// A tailer polling on its own thread until told to stop, then until nothing is left.
@@ -50,7 +53,9 @@ impl Running {
             loop {
                 let n = tailer
                     .poll(4096, &mut |b| {
-                        l.lock().unwrap().push(String::from_utf8_lossy(b).into_owned())
+                        l.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(b).into_owned())
                     })
                     .unwrap();
                 if s.load(Ordering::Relaxed) {
@@ -78,7 +83,11 @@ impl Running {
     fn wait_for(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.seen() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} lines", self.seen());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} lines",
+                self.seen()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -166,8 +175,10 @@ fn truncation_without_a_copy_starts_over_and_counts_what_may_be_lost() {
     let mut got = Vec::new();
     let mut take = |t: &mut Tailer| {
         for _ in 0..3 {
-            t.poll(1 << 20, &mut |b| got.push(String::from_utf8_lossy(b).into_owned()))
-                .unwrap();
+            t.poll(1 << 20, &mut |b| {
+                got.push(String::from_utf8_lossy(b).into_owned())
+            })
+            .unwrap();
         }
     };
     take(&mut tailer);
@@ -195,8 +206,7 @@ fn restart_resumes_at_the_saved_position_even_across_a_rotation() {
     let (tailer, mut lines) = run.stop();
     // What the daemon writes to its state file, through JSON as it does.
     let saved: TailPosition =
-        serde_json::from_str(&serde_json::to_string(&tailer.position().unwrap()).unwrap())
-            .unwrap();
+        serde_json::from_str(&serde_json::to_string(&tailer.position().unwrap()).unwrap()).unwrap();
     drop(tailer);
     // While stopped: more lines, half a line, a rotation, more lines in the new file.
     write_lines(&path, 150, 200);
@@ -237,7 +247,9 @@ fn a_saved_position_that_no_longer_matches_reads_the_file_from_its_start() {
     let mut tailer = Tailer::new(settings(&path), saved);
     let mut got = Vec::new();
     tailer
-        .poll(1 << 20, &mut |b| got.push(String::from_utf8_lossy(b).into_owned()))
+        .poll(1 << 20, &mut |b| {
+            got.push(String::from_utf8_lossy(b).into_owned())
+        })
         .unwrap();
     assert_eq!(got, expected(7, 10));
     assert_eq!(tailer.counters().position_mismatch, 1);
@@ -331,11 +343,19 @@ fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts()
             Some(QueueHangup::Agent)
         )
     );
-    assert_eq!(done.agent.as_deref(), Some(p.identifier("Agent/3001").as_str()));
+    assert_eq!(
+        done.agent.as_deref(),
+        Some(p.identifier("Agent/3001").as_str())
+    );
     assert!(!done.complete, "its ENTERQUEUE is not in the sample");
     let abandoned = &records[1];
     assert_eq!(
-        (abandoned.outcome, abandoned.wait_s, abandoned.position, abandoned.orig_position),
+        (
+            abandoned.outcome,
+            abandoned.wait_s,
+            abandoned.position,
+            abandoned.orig_position
+        ),
         (QueueOutcome::Abandoned, Some(6.0), Some(1), Some(1))
     );
     // 1341401601.24 entered and was answered by Agent/3001 after 2 s (the agent rang 1 s);
@@ -412,7 +432,9 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
     };
 
     let config = teledge::config::agent::load(&config_path).unwrap();
-    let daemon = runtime.block_on(Daemon::start(config, &config_path)).unwrap();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
     append(
         &log,
         "1700000010|7.1|support|NONE|ENTERQUEUE||4930111|1\n\
@@ -426,7 +448,9 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
     // While the daemon is down, the waiting caller gives up.
     append(&log, "1700000100|7.2|support|NONE|ABANDON|1|2|88\n");
     let config = teledge::config::agent::load(&config_path).unwrap();
-    let daemon = runtime.block_on(Daemon::start(config, &config_path)).unwrap();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
     wait_for(&daemon, 1);
     let summary = runtime.block_on(daemon.shutdown());
     assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
@@ -457,7 +481,10 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
     assert_eq!(abandoned["wait_s"], 88.0);
     assert_eq!(abandoned["group"], "pbx1");
     let text = serde_json::to_string(&queue).unwrap();
-    assert!(!text.contains("4930111") && !text.contains("PJSIP"), "{text}");
+    assert!(
+        !text.contains("4930111") && !text.contains("PJSIP"),
+        "{text}"
+    );
 }
 
 /// `check-config` lists every problem of the queue sections with its path, and exits 78.
@@ -481,8 +508,8 @@ fn bad_queue_sections_are_all_listed_by_check_config() {
         .arg(&config)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(78), "{text}");
     for path in [
         "queue_log[0].path",

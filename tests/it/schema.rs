@@ -17,8 +17,8 @@ use teledge::record::media::{
     WiresharkFigures,
 };
 use teledge::record::queue::{
-    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource,
-    QueueTransfer, QueueTransferKind,
+    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource, QueueTransfer,
+    QueueTransferKind,
 };
 use teledge::record::sensor::{
     AlertKind, AlertPhase, AlertRecord, Breach, Communication, PortCounters, SensorRecord,
