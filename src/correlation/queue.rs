@@ -6,7 +6,8 @@
 //!
 //! The assembler holds the node's [`Pseudonymizer`] and applies it the moment an event is
 //! taken in: caller numbers and transfer targets by the number mode, call ids and agents
-//! by the identifier hash. Nothing it keeps (the open stories, the agent table, its saved
+//! by the identifier hash (a FreeSWITCH caller leg's SIP Call-ID too, with the key call
+//! records use, so the two records of one call share it). Nothing it keeps (the open stories, the agent table, its saved
 //! [`AssemblerState`]) and nothing it emits holds them in clear.
 //!
 //! # Stories
@@ -121,6 +122,8 @@ pub struct AgentState {
 struct Story {
     record_id: String,
     call_id: String,
+    #[serde(default)]
+    sip_call_id: Option<String>,
     queue: String,
     caller: Option<String>,
     enter_ns: Option<i64>,
@@ -489,6 +492,10 @@ impl QueueAssembler {
                     story.call_id = self.pseudonymizer.identifier(session);
                 }
                 story.enter_ns = secs(event.joined).or(Some(at));
+                story.sip_call_id = event
+                    .sip_call_id
+                    .as_deref()
+                    .map(|c| self.pseudonymizer.identifier(c));
                 story.caller = event
                     .cid_number
                     .as_deref()
@@ -544,6 +551,10 @@ impl QueueAssembler {
                             s.call_id = self.pseudonymizer.identifier(session);
                         }
                         s.enter_ns = secs(event.joined);
+                        s.sip_call_id = event
+                            .sip_call_id
+                            .as_deref()
+                            .map(|c| self.pseudonymizer.identifier(c));
                         s.caller = event
                             .cid_number
                             .as_deref()
@@ -650,6 +661,7 @@ impl QueueAssembler {
                 &now.to_be_bytes(),
             ]),
             call_id: self.pseudonymizer.identifier(key),
+            sip_call_id: None,
             queue: queue.to_owned(),
             caller: None,
             enter_ns: None,
@@ -792,6 +804,7 @@ impl QueueAssembler {
             source: self.source,
             group: self.group.clone(),
             call_id: story.call_id,
+            sip_call_id: story.sip_call_id,
             queue: story.queue,
             caller: story.caller,
             enter_time: story.enter_ns.map(Timestamp::from_nanos),
@@ -1082,5 +1095,39 @@ mod tests {
              9|6.1|q|NONE|ABANDON|1|1|8",
         );
         assert_eq!(out[0].caller.as_deref(), Some("+*******456"));
+    }
+
+    #[test]
+    fn a_freeswitch_caller_legs_sip_call_id_is_hashed_as_call_records_hash_theirs() {
+        use crate::decode::esl::{callcenter, parse_event};
+        let mut a = QueueAssembler::new(
+            QueueSource::FreeswitchCallcenter,
+            "fs1",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        );
+        let mut out = Vec::new();
+        for text in [
+            "Event-Subclass: callcenter::info\nCC-Action: member-queue-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Member-Session-UUID: s1\nCC-Member-CID-Number: 1001\nvariable_sip_call_id: abc%40pbx\nEvent-Date-Timestamp: 1000000000\n\n",
+            // The agent channel's variables: its Call-ID is not the caller's.
+            "Event-Subclass: callcenter::info\nCC-Action: bridge-agent-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Agent: a1\nCC-Member-Joined-Time: 1000\nCC-Agent-Called-Time: 1002\nCC-Agent-Answered-Time: 1005\nvariable_sip_call_id: agent-leg\n\n",
+            "Event-Subclass: callcenter::info\nCC-Action: member-queue-end\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Cause: Terminated\nCC-Member-Joined-Time: 1000\nCC-Agent-Answered-Time: 1005\nCC-Member-Leaving-Time: 1065\nvariable_sip_call_id: abc%40pbx\n\n",
+        ] {
+            let event = callcenter(&parse_event(text.as_bytes()).unwrap()).unwrap();
+            a.callcenter(&event, Timestamp::from_secs_nanos(2000, 0), &mut |r| {
+                out.push(r)
+            });
+        }
+        assert_eq!(out.len(), 1);
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(
+            out[0].sip_call_id.as_deref(),
+            Some(p.identifier("abc@pbx").as_str())
+        );
+        assert_eq!(
+            (out[0].wait_s, out[0].ring_s, out[0].talk_s),
+            (Some(5.0), Some(3.0), Some(60.0))
+        );
+        assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(1000, 0)));
     }
 }

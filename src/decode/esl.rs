@@ -31,7 +31,8 @@
 //! `CC-Agent-Answered-Time`, `CC-Member-Leaving-Time`, `CC-Bridge-Terminated-Time`,
 //! `CC-Agent-Aborted-Time`) are Unix **seconds**; `Event-Date-Timestamp` is microseconds.
 //! Events also carry the member channel's variables (names, numbers, addresses): only the
-//! `CC-*` headers above and `Event-Date-Timestamp` are read; the rest is dropped here.
+//! `CC-*` headers above, `Event-Date-Timestamp` and, in the member's own events, its
+//! `variable_sip_call_id` (the caller leg's SIP Call-ID) are read; the rest is dropped here.
 
 use crate::time::Timestamp;
 
@@ -321,6 +322,10 @@ pub struct CallcenterEvent {
     pub session_uuid: Option<String>,
     /// `CC-Member-CID-Number` (personal data: the caller pseudonymises it).
     pub cid_number: Option<String>,
+    /// `variable_sip_call_id` of the member (caller) channel, in the events that carry the
+    /// member channel's variables (`member-queue-start`, `-resume`, `-end`): the SIP
+    /// Call-ID of the caller's leg. Other events carry the agent channel's: not read there.
+    pub sip_call_id: Option<String>,
     pub agent: Option<String>,
     pub joined: Option<i64>,
     pub agent_called: Option<i64>,
@@ -389,6 +394,12 @@ pub fn callcenter(event: &EslEvent) -> Result<CallcenterEvent, EslError> {
         member_uuid: text("CC-Member-UUID"),
         session_uuid: text("CC-Member-Session-UUID"),
         cid_number: text("CC-Member-CID-Number"),
+        sip_call_id: match action {
+            CcAction::MemberQueueStart | CcAction::MemberQueueResume | CcAction::MemberQueueEnd => {
+                text("variable_sip_call_id")
+            }
+            _ => None,
+        },
         agent: text("CC-Agent"),
         joined: epoch("CC-Member-Joined-Time")?,
         agent_called: epoch("CC-Agent-Called-Time")?,

@@ -17,6 +17,7 @@
 //! | `source` | `asterisk_queue_log` or `freeswitch_callcenter` |
 //! | `group` | the configured name of the PBX the events came from (`[[queue_log]] group`, `[[callcenter]] group`) |
 //! | `call_id` | the caller's call id in the PBX (Asterisk uniqueid; FreeSWITCH `CC-Member-Session-UUID`), keyed hash outside `clear` |
+//! | `sip_call_id` | the SIP Call-ID of the caller's leg when the PBX tells it (FreeSWITCH: `variable_sip_call_id` of the member channel; `queue_log` does not), keyed hash under the same key as call records' `call_id`, so it equals the `call_id` of that leg's `teledge.call/1` record; `null` otherwise |
 //! | `queue` | queue name as configured in the PBX |
 //! | `caller` | caller id number (`ENTERQUEUE` data2, `CC-Member-CID-Number`), by the number mode; `null` when not seen or empty |
 //! | `enter_time` | when the caller entered the queue (`ENTERQUEUE`, `member-queue-start`); `null` when that event was not seen |
@@ -120,6 +121,7 @@ pub struct QueueCallRecord {
     pub source: QueueSource,
     pub group: String,
     pub call_id: String,
+    pub sip_call_id: Option<String>,
     pub queue: String,
     pub caller: Option<String>,
     pub enter_time: Option<Timestamp>,

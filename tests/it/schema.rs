@@ -655,6 +655,7 @@ fn every_field_present() -> Vec<Record> {
             source: QueueSource::AsteriskQueueLog,
             group: "pbx1".into(),
             call_id: "h:0123456789abcdef".into(),
+            sip_call_id: Some("h:0123456789abcdef".into()),
             queue: "support".into(),
             caller: Some("h:0123456789abcdef".into()),
             enter_time: Some(time(0)),
