@@ -145,7 +145,9 @@ impl QueueLogJob {
         }
         let mut losses = Losses::default();
         let mut last_save = Instant::now();
-        let mut dirty = false;
+        // The first position is saved at once: a first start at the end of the file must
+        // not skip what is written while the daemon is down before its first line.
+        let mut dirty = true;
         let mut last_error: Option<std::io::ErrorKind> = None;
         loop {
             let stopping = self.stop.is_cancelled();
@@ -172,7 +174,7 @@ impl QueueLogJob {
             for gap in losses.due(&self.node, &tailer, &assembler, stopping) {
                 self.records.push(Record::Gap(Box::new(gap)));
             }
-            if dirty && (stopping || last_save.elapsed() >= SAVE_EVERY) {
+            if stopping || (dirty && last_save.elapsed() >= SAVE_EVERY) {
                 match save_state(config, &tailer, &assembler) {
                     Ok(()) => dirty = false,
                     Err(e) => {

@@ -23,8 +23,10 @@
 //!   writes the position with [`write_state_atomically`] after it has handled the lines
 //!   delivered, so a clean stop and start reads no line twice and loses none. After a crash,
 //!   the lines since the last saved position are delivered again.
-//! - **First start** (no position): from the end of the file (`StartAt::End`, only what is
-//!   written from now on) or from its start (`StartAt::Beginning`).
+//! - **First start** (no position): from the end of the file (`StartAt::End`: what is
+//!   written from now on, and the line being written when it is complete) or from its start
+//!   (`StartAt::Beginning`). A file that does not exist at the first look is new when it
+//!   appears, and read from its start.
 //!
 //! Plain file I/O, polled (the daemon every 250 ms): no inotify, so it works the same on any
 //! file system and in tests. Reads are positional (`pread`), at most `max_bytes` per poll.
@@ -115,6 +117,9 @@ pub struct Tailer {
     committed: Option<TailPosition>,
     /// A position to resume from at the first open.
     saved: Option<TailPosition>,
+    /// Where a file never read before begins: `start_at`, until the first open finds no
+    /// file — a file created later is new, and read from its start.
+    start_at: StartAt,
     counters: TailCounters,
 }
 
@@ -125,6 +130,7 @@ impl Tailer {
     /// A tailer that resumes at `saved` when it still matches the file.
     pub fn new(settings: TailSettings, saved: Option<TailPosition>) -> Self {
         Tailer {
+            start_at: settings.start_at,
             settings,
             current: None,
             draining: None,
@@ -197,7 +203,7 @@ impl Tailer {
         let rewritten = self.committed.as_ref().is_some_and(|p| {
             (p.dev, p.ino) == (cur.dev, cur.ino)
                 && p.offset <= len
-                && p.offset > 0
+                && p.last_line.is_some()
                 && !matches_line(&cur.file, p)
         });
         if len < cur.read_at || rewritten {
@@ -261,7 +267,10 @@ impl Tailer {
     fn open(&mut self) -> io::Result<bool> {
         let file = match File::open(&self.settings.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.start_at = StartAt::Beginning;
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
@@ -300,7 +309,11 @@ impl Tailer {
                     }
                 }
             }
-            None if self.settings.start_at == StartAt::End => cur.read_at = meta.len(),
+            // From the end, but from the start of a line: a line being written is read once
+            // it is complete.
+            None if self.start_at == StartAt::End => {
+                cur.read_at = start_of_last_line(&cur.file, meta.len(), self.settings.max_line_len)
+            }
             None => {}
         }
         if self.committed.is_none() {
@@ -470,6 +483,21 @@ impl Tailer {
     }
 }
 
+/// The offset just after the last newline within `max_line_len` bytes before `len` (`len`
+/// itself when the file ends with one, or when there is none that close).
+fn start_of_last_line(file: &File, len: u64, max_line_len: usize) -> u64 {
+    let back = len.min(max_line_len as u64 + 1);
+    let mut buf = vec![0u8; back as usize];
+    if file.read_exact_at(&mut buf, len - back).is_err() {
+        return len;
+    }
+    match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - back + i as u64 + 1,
+        None if back == len => 0,
+        None => len,
+    }
+}
+
 /// Whether `file` holds the position's last line just before its offset (or, without one,
 /// a newline there or the offset at the start).
 fn matches_line(file: &File, p: &TailPosition) -> bool {
@@ -580,6 +608,33 @@ mod tests {
         assert!(drain(&mut t).is_empty());
         append(&path, "new\n");
         assert_eq!(drain(&mut t), ["new"]);
+    }
+
+    #[test]
+    fn a_first_start_at_the_end_waits_for_the_line_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue_log");
+        append(&path, "old\nhalf");
+        let end = TailSettings {
+            start_at: StartAt::End,
+            ..settings(&path)
+        };
+        let mut t = Tailer::new(end.clone(), None);
+        assert!(drain(&mut t).is_empty());
+        append(&path, "-done\n");
+        assert_eq!(drain(&mut t), ["half-done"]);
+        // A file that did not exist at the first look is new: read from its start.
+        let later = dir.path().join("later");
+        let mut t = Tailer::new(
+            TailSettings {
+                path: later.clone(),
+                ..end
+            },
+            None,
+        );
+        assert!(drain(&mut t).is_empty());
+        append(&later, "first\n");
+        assert_eq!(drain(&mut t), ["first"]);
     }
 
     #[test]
