@@ -149,6 +149,7 @@ impl QueueLogJob {
         // not skip what is written while the daemon is down before its first line.
         let mut dirty = true;
         let mut last_error: Option<std::io::ErrorKind> = None;
+        let mut save_failing = false;
         loop {
             let stopping = self.stop.is_cancelled();
             // Everything already written is taken, also when stopping.
@@ -176,10 +177,16 @@ impl QueueLogJob {
             }
             if stopping || (dirty && last_save.elapsed() >= SAVE_EVERY) {
                 match save_state(config, &tailer, &assembler) {
-                    Ok(()) => dirty = false,
-                    Err(e) => {
-                        tracing::error!(state = %config.state_file.display(), error = %e, "queue_log state file not written: a restart would read lines again.")
+                    Ok(()) => {
+                        dirty = false;
+                        save_failing = false;
                     }
+                    // Said once until it works again, not every second.
+                    Err(e) if !save_failing => {
+                        save_failing = true;
+                        tracing::error!(state = %config.state_file.display(), error = %e, "queue_log state file not written: a restart would read lines again.");
+                    }
+                    Err(_) => {}
                 }
                 last_save = Instant::now();
             }
