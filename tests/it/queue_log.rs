@@ -411,7 +411,7 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
         dir.path(),
         c.port,
         &format!(
-            "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\n",
+            "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\nmax_line_bytes = 256\n",
             log.display(),
             state.display()
         ),
@@ -442,7 +442,23 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
          1700000020|7.1|support|PJSIP/201|CONNECT|10|7.3|4\n\
          1700000080|7.1|support|PJSIP/201|COMPLETECALLER|10|60|1\n",
     );
+    // A line over the bound: skipped, counted, and announced upstream at stop.
+    append(
+        &log,
+        &format!("1700000090|7.9|support|NONE|INFO|{}\n", "x".repeat(300)),
+    );
     wait_for(&daemon, 5);
+    let too_long = |d: &Daemon| {
+        d.metrics()
+            .decode_errors
+            .with(&["queue_log_too_long"])
+            .get()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while too_long(&daemon) < 1 {
+        assert!(Instant::now() < deadline, "long line not counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     runtime.block_on(daemon.shutdown());
     assert!(state.exists(), "state file written at stop");
     // While the daemon is down, the waiting caller gives up.
@@ -484,6 +500,20 @@ fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
     assert!(
         !text.contains("4930111") && !text.contains("PJSIP"),
         "{text}"
+    );
+    let gaps: Vec<serde_json::Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "gap" && r["reason"] == "input_dropped")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["dropped"], 1);
+    assert!(
+        gaps[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_line_bytes"),
+        "{gaps:#?}"
     );
 }
 
