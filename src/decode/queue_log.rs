@@ -666,6 +666,20 @@ mod tests {
     }
 
     #[test]
+    fn member_names_as_agents_and_placeholder_call_ids() {
+        // `log_membername_as_agent = yes`: the member name (a person's) instead of the
+        // interface; realtime members logged with `REALTIME` as the call id.
+        let l = parse_line(b"1700000000|1700000000.5|sales|Alice Smith|CONNECT|3|1700000000.6|2")
+            .unwrap();
+        assert_eq!(l.agent(), Some("Alice Smith"));
+        let l = parse_line(b"1700000000|REALTIME|sales|Alice Smith|ADDMEMBER|PAUSED").unwrap();
+        assert_eq!(l.call_id(), None);
+        assert_eq!(l.event, QueueEvent::AddMember { paused: true });
+        let l = parse_line(b"1700000000|MANAGER|sales|PJSIP/201|REMOVEMEMBER|").unwrap();
+        assert_eq!((l.call_id(), l.agent()), (None, Some("PJSIP/201")));
+    }
+
+    #[test]
     fn times_with_fractions_and_bad_times() {
         let l = parse_line(b"1366720340.25|NONE|NONE|NONE|QUEUESTART|").unwrap();
         assert_eq!(
