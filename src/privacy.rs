@@ -48,6 +48,10 @@
 //! | capture summary | `files`, `undecodable_files` | reduced to file names (directories may name people; a path without a file name, such as `..`, to nothing) |
 //! | capture summary | `decode.problems[].detail` | removed (decoder messages may quote wire bytes); `frame` and `kind` kept |
 //! | gap (made by the spool) | every field | kept: counts and record ids |
+//! | queue | `caller`, `transfer.target` | number mode, **at ingest** (the queue source pseudonymises before the record exists; the spool writer leaves queue records as they are) |
+//! | queue | `call_id`, `agent` | keyed hash (`h:`…) under the identifier key, at ingest: an agent's member name is a person's name, an interface names an extension |
+//! | queue | `queue`, `group`, `transfer.context`, `exit_key` | kept: names the PBX's configuration gives, a menu key |
+//! | queue | a `WITHDRAW`'s info, an attended transfer's bridge or channel names, pause reasons, caller names | never put in a record |
 //!
 //! Times, durations, counts, status and cause codes, outcomes and other closed sets are kept
 //! in every mode: they are what the statistics are made of.
@@ -201,6 +205,8 @@ impl Pseudonymizer {
             Record::Sensor(_) | Record::Alert(_) | Record::Interval(_) => {}
             // Counts and record ids of the node's own records.
             Record::Gap(_) => {}
+            // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
+            Record::Queue(_) => {}
         }
     }
 

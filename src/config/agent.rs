@@ -264,6 +264,10 @@ pub struct AgentConfig {
     /// How far sender times (HEP) may be from the local clock before they are replaced.
     pub clock_tolerance: ClockGuard,
     pub sensors: Vec<DeviceSettings>,
+    /// Asterisk `queue_log` files followed (`[[queue_log]]`).
+    pub queue_logs: Vec<super::queue::QueueLogConfig>,
+    /// FreeSWITCH event sockets read for `mod_callcenter` events (`[[callcenter]]`).
+    pub callcenters: Vec<super::queue::CallcenterConfig>,
     pub observe: ObserveSettings,
     pub drain_timeout: Duration,
     /// `[stats]` and `[[service]]`: interval records per service.
@@ -341,6 +345,12 @@ pub fn parse_with_profiles(
     let raw: RawFile = parse_raw(text)?;
     let sections: toml::Table = toml::from_str(text).map_err(|e| super::toml_problem(text, &e))?;
     let mut problems = Vec::new();
+    // State files of the queue_log sources go beside the spool by default.
+    let state_dir = raw
+        .spool
+        .dir()
+        .parent()
+        .map_or_else(|| raw.spool.dir().to_owned(), Path::to_owned);
     let forward = validate_forward(
         raw.node,
         raw.spool,
@@ -427,11 +437,21 @@ pub fn parse_with_profiles(
         .hep
         .as_ref()
         .map(|h| validate_hep(h, &mut problems, &mut warnings));
-    if captures.is_empty() && hep.is_none() && raw.sensors.is_empty() {
+    // State files of the queue_log sources go beside the spool by default.
+    let queue_logs = super::queue::validate_queue_logs(&raw.queue_log, &state_dir, &mut problems);
+    let callcenters = super::queue::validate_callcenters(&raw.callcenter, &mut problems);
+    if captures.is_empty()
+        && hep.is_none()
+        && raw.sensors.is_empty()
+        && queue_logs.is_empty()
+        && raw.callcenter.is_empty()
+    {
         problem!(
             problems,
             "capture",
-            "nothing to do: configure at least one [[capture]], [hep] or [[sensors]]".into(),
+            "nothing to do: configure at least one [[capture]], [hep], [[sensors]], \
+             [[queue_log]] or [[callcenter]]"
+                .into(),
         );
     }
 
@@ -698,6 +718,8 @@ pub fn parse_with_profiles(
                 past: Duration::from_secs(raw.correlation.past_time_tolerance_s),
             },
             sensors,
+            queue_logs,
+            callcenters,
             observe,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_s),
             warnings: {

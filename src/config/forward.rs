@@ -91,6 +91,13 @@ pub(super) struct RawSpool {
     old_keys: Vec<RawOldKey>,
 }
 
+impl RawSpool {
+    /// The spool directory as configured (other state files go beside it).
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOldKey {

@@ -8,6 +8,7 @@
 //!   correlation bounds, sensors, observability and shutdown.
 //! - [`stats`]: `[stats]` and `[[service]]`, the service statistics (the daemon's and
 //!   `teledge report`'s).
+//! - [`queue`]: the queue-event sources (`[[queue_log]]`, `[[callcenter]]`).
 //! - `keys`: the one step, after validation, that reads key material (sealing keys, the
 //!   site key) and builds the keyring and the pseudonymisation settings from it.
 
@@ -22,6 +23,7 @@ mod keys;
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;
 pub mod stats;
+pub mod queue;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
 pub(crate) use problem::{read_file, toml_problem};
@@ -40,6 +42,10 @@ pub(super) struct RawFile {
     correlation: agent::RawCorrelation,
     #[serde(default)]
     sensors: Vec<agent::RawSensor>,
+    #[serde(default)]
+    queue_log: Vec<queue::RawQueueLog>,
+    #[serde(default)]
+    callcenter: Vec<queue::RawCallcenter>,
     spool: forward::RawSpool,
     #[serde(default)]
     privacy: forward::RawPrivacy,

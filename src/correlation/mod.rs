@@ -13,10 +13,13 @@
 //! records of its own (bounded per minute, see [`media`]).
 //! [`hep::feed`] adapts HEP frames: the SIP inside them is handled like tapped SIP, and RTCP
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
+//! [`queue`] is the same idea for ACD queue events (Asterisk `queue_log`, FreeSWITCH
+//! `mod_callcenter`): one queue contact record per caller and queue, and agent states.
 
 pub mod calls;
 pub mod hep;
 pub mod media;
+pub mod queue;
 
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;

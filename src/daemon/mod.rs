@@ -4,7 +4,8 @@
 //! ```text
 //!  AF_PACKET ring ──(capture thread: Pipeline::frame)───┐
 //!  HEP listener ──(bounded channel)──(HEP task: Pipeline::hep)┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
-//!  sensor tasks ──(bridge)───────────────────────────────┘                                   │
+//!  sensor tasks ──(bridge)───────────────────────────────┤                                   │
+//!  queue_log threads, callcenter tasks (queue contacts) ──┘                                   │
 //!  ticker: Pipeline::tick, gauges                               uplink task ◄── durable records
 //! ```
 //!
@@ -44,7 +45,7 @@
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 //!
 //! Components, each built from its validated section and returning a handle (`capture`,
-//! `hep`, `sensors`, `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
+//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
 //! [`CancellationToken`] and one [`TaskTracker`]; every task takes a token itself (no flag
 //! fed from one). The sources' token (a child of the root) stops capture, HEP, sensors (a
 //! child of it each set, so SIGHUP can replace them) and the ticker; the uplink's loop has
@@ -79,6 +80,7 @@ use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
 mod hep;
+mod queue;
 mod reload;
 mod sensors;
 mod spool_writer;
@@ -295,6 +297,7 @@ pub struct Daemon {
     captures: capture::Captures,
     hep: Option<hep::HepInput>,
     sensors: sensors::Sensors,
+    queues: queue::QueueInputs,
     ticker: tokio::task::JoinHandle<()>,
     writer: spool_writer::SpoolWriter,
     uplink: uplink::Uplink,
@@ -333,6 +336,8 @@ impl Daemon {
             interfaces = ?config.captures.iter().map(|c| c.interface.as_str()).collect::<Vec<_>>(),
             hep = ?config.hep.as_ref().map(|h| (h.udp, h.tcp, h.tls.as_ref().map(|t| t.0), h.auth_key.is_some())),
             sensors = ?config.sensors.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            queue_logs = ?config.queue_logs.iter().map(|q| q.path.display().to_string()).collect::<Vec<_>>(),
+            callcenters = ?config.callcenters.iter().map(|c| c.address).collect::<Vec<_>>(),
             spool = %config.forward.spool.dir.display(),
             uplink = %format!("https://{}:{}{}", uplink.host, uplink.port, uplink.path),
             privacy = ?config.forward.privacy,
@@ -444,6 +449,13 @@ impl Daemon {
             None => None,
         };
         let sensors = sensors::Sensors::build(&config.sensors, &ctx);
+        let queues = queue::QueueInputs::build(
+            &config.queue_logs,
+            &config.callcenters,
+            &Pseudonymizer::new(config.forward.privacy.clone()),
+            &config.forward.node_id,
+            &ctx,
+        )?;
         let ticker = ticker::spawn(&ctx, &spool);
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
 
@@ -482,6 +494,7 @@ impl Daemon {
             captures,
             hep,
             sensors,
+            queues,
             ticker,
             writer,
             uplink,
@@ -550,6 +563,7 @@ impl Daemon {
             captures,
             hep,
             sensors,
+            queues,
             ticker,
             writer,
             uplink,
@@ -563,6 +577,7 @@ impl Daemon {
             hep.join().await;
         }
         sensors.join().await;
+        queues.join().await;
         let _ = ticker.await;
         {
             // What the reassembly still holds is decoded first, then open calls become

@@ -139,6 +139,13 @@
 //! overload, replace battery) or `communication` (the device stopped answering; ended when it
 //! answers again). Also `device`, `model`, `port`, `reading`, `unit`, `started`.
 //!
+//! # Queue contact record (`"type": "queue"`, `"schema": "teledge.queue/1"`)
+//!
+//! One caller's stay in one ACD queue, from the PBX's queue events (Asterisk `queue_log`,
+//! FreeSWITCH `mod_callcenter`): queue, caller, enter/answer/end times, outcome (answered,
+//! abandoned, flow-out and its kind), wait, ring and talk seconds, agent, transfer, RONA
+//! count. Field by field in [`queue`].
+//!
 //! # Gap record (`"type": "gap"`, `"schema": "teledge.gap/1"`)
 //!
 //! Records lost or set aside on the way out, made by the spool and the uplink (see [`gap`]):
@@ -155,6 +162,7 @@ mod call;
 pub mod gap;
 pub mod interval;
 pub mod media;
+pub mod queue;
 pub mod sensor;
 mod summary;
 
@@ -191,6 +199,8 @@ pub enum Record {
     /// One service's statistics over one interval (`teledge.interval/1`), made by
     /// [`crate::stats`].
     Interval(Box<interval::IntervalRecord>),
+    /// A caller's stay in an ACD queue, from the PBX's queue events (`teledge.queue/1`).
+    Queue(Box<queue::QueueCallRecord>),
 }
 
 impl Record {
@@ -205,6 +215,7 @@ impl Record {
             Record::Alert(_) => "alert",
             Record::Gap(_) => "gap",
             Record::Interval(_) => "interval",
+            Record::Queue(_) => "queue",
         }
     }
 }

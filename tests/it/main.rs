@@ -3,6 +3,7 @@
 //! fixture provenance (`tests/data/README.md`), never from teledge's own output.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod callcenter;
 mod calls;
 mod cli;
 mod configuration;
@@ -18,6 +19,7 @@ pub(crate) mod live;
 mod media;
 mod observe;
 mod privacy;
+mod queue_log;
 mod regressions;
 mod robustness;
 mod schema;

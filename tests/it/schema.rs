@@ -17,6 +17,10 @@ use teledge::record::media::{
     RtcpReported, Score, StreamMetrics, StreamQuality, StreamRecord, Verdict, VoipMetrics,
     WiresharkFigures,
 };
+use teledge::record::queue::{
+    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource, QueueTransfer,
+    QueueTransferKind,
+};
 use teledge::record::sensor::{
     AlertKind, AlertPhase, AlertRecord, Breach, Communication, PortCounters, SensorRecord,
     SensorValue,
@@ -681,6 +685,41 @@ fn every_field_present() -> Vec<Record> {
                 ..IntervalSums::default()
             },
         })),
+        Record::Queue(Box::new(QueueCallRecord {
+            schema: teledge::record::queue::QUEUE_SCHEMA,
+            record_id: "0123456789abcdef0123456789abcdef".into(),
+            source: QueueSource::AsteriskQueueLog,
+            group: "pbx1".into(),
+            call_id: "h:0123456789abcdef".into(),
+            sip_call_id: Some("h:0123456789abcdef".into()),
+            queue: "support".into(),
+            caller: Some("h:0123456789abcdef".into()),
+            enter_time: Some(time(0)),
+            orig_position: Some(1),
+            connect_time: Some(time(10)),
+            end_time: time(130),
+            outcome: QueueOutcome::Answered,
+            flow_out: Some(FlowOut::Key),
+            exit_key: Some("5".into()),
+            wait_s: Some(10.0),
+            ring_s: Some(3.0),
+            position: Some(1),
+            agent: Some("h:0123456789abcdef".into()),
+            talk_s: Some(120.0),
+            hangup_by: Some(QueueHangup::Agent),
+            transfer: Some(QueueTransfer {
+                kind: QueueTransferKind::Blind,
+                target: Some("h:0123456789abcdef".into()),
+                context: Some("from-internal".into()),
+            }),
+            ring_no_answer: 1,
+            ring_no_answer_s: 15.0,
+            ring_canceled: 0,
+            agent_dumps: 0,
+            wrap_up_s: Some(0.0),
+            complete: true,
+            closed_by: QueueClosedBy::Event,
+        })),
     ]
 }
 
@@ -814,5 +853,40 @@ fn a_gap_record_of_a_real_spool_validates() {
         assert_eq!(gap["reason"], "spool_full_drop_oldest");
         let errors = schemas.check(gap);
         assert!(errors.is_empty(), "{errors:#?}\n{gap}");
+    }
+}
+
+#[test]
+fn queue_records_made_from_queue_log_lines_validate() {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::decode::queue_log::parse_line;
+    use teledge::privacy::{Privacy, Pseudonymizer};
+    let schemas = Schemas::load();
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "pbx1",
+        QueueLimits::default(),
+        Pseudonymizer::new(Privacy::keyed_hash([1; 32])),
+    );
+    let mut records = Vec::new();
+    for line in [
+        "100|1.1|q|NONE|ENTERQUEUE||4930123|1",
+        "105|1.1|q|SIP/1|RINGNOANSWER|5000",
+        "110|1.1|q|SIP/2|CONNECT|10|1.2|2",
+        "170|1.1|q|SIP/2|COMPLETECALLER|10|60|1",
+        "200|2.1|q|NONE|ENTERQUEUE||4930124|1",
+        "230|2.1|q|NONE|EXITWITHKEY|3|1|1|30",
+        "300|3.1|q|SIP/2|ATTENDEDTRANSFER|BRIDGE|b-1|4|30|1",
+        "400|4.1|q|NONE|ENTERQUEUE||4930125|1",
+    ] {
+        let parsed = parse_line(line.as_bytes()).unwrap();
+        assembler.asterisk(&parsed, &mut |r| records.push(r));
+    }
+    assembler.finish(time(500), &mut |r| records.push(r));
+    assert_eq!(records.len(), 4);
+    for record in records {
+        let value = json(&Record::Queue(Box::new(record)));
+        let errors = schemas.check(&value);
+        assert!(errors.is_empty(), "{errors:#?}\n{value:#}");
     }
 }

@@ -1,0 +1,1133 @@
+//! Queue stories: ACD queue events (Asterisk `queue_log` lines, FreeSWITCH `mod_callcenter`
+//! events) in, one [`QueueCallRecord`] per caller and queue out, and the state of every
+//! agent. Deterministic: driven by the events' own times, no clock, no I/O.
+//!
+//! # Privacy
+//!
+//! The assembler holds the node's [`Pseudonymizer`] and applies it the moment an event is
+//! taken in: caller numbers and transfer targets by the number mode, call ids and agents
+//! by the identifier hash (a FreeSWITCH caller leg's SIP Call-ID too, with the key call
+//! records use, so the two records of one call share it). Nothing it keeps (the open stories, the agent table, its saved
+//! [`AssemblerState`]) and nothing it emits holds them in clear.
+//!
+//! # Stories
+//!
+//! A story is keyed by the caller's call id (Asterisk uniqueid — a caller is in one queue
+//! at a time — or FreeSWITCH `CC-Member-UUID`). It opens at `ENTERQUEUE` /
+//! `member-queue-start`, or at the first event of a call whose entry was not seen (a
+//! *partial* story, `complete: false`: the log was joined mid-call). It is emitted at its end:
+//! `COMPLETECALLER`, `COMPLETEAGENT`, `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER`,
+//! `ABANDON`, `EXITWITHTIMEOUT`, `EXITEMPTY`, `EXITWITHKEY`, `WITHDRAW`, `member-queue-end`.
+//! `RINGNOANSWER` / `bridge-agent-fail` count RONA, `RINGCANCELED` and `AGENTDUMP` are
+//! counted, `CONNECT` / `bridge-agent-start` set the answer.
+//!
+//! Bounds, each counted ([`QueueCounters`]) and announced by the owner of the assembler:
+//! - at most `max_open` open stories: a new one beyond it evicts the one whose last event is
+//!   oldest, emitted as `closed_by: evicted`, `outcome: unknown`;
+//! - a story without an event for `max_open_age` of **log time** (the latest event time
+//!   seen, not the wall clock: a backlog read hours late must not expire its stories) is
+//!   emitted as `closed_by: expired`;
+//! - an `ENTERQUEUE` for a call with an open story emits the old one as `superseded`;
+//! - at most `max_agents` agents are tracked; events of further agents are counted.
+//!
+//! # Agents
+//!
+//! Per agent (pseudonymised): logged in (`AGENTLOGIN`/`AGENTLOGOFF`; FreeSWITCH
+//! `agent-status-change` to or from `Logged Out`), the queues it is a member of and whether
+//! it is paused in each (`ADDMEMBER` [`PAUSED`], `REMOVEMEMBER`, `PAUSE`, `UNPAUSE`,
+//! `PAUSEALL`, `UNPAUSEALL`; FreeSWITCH `On Break` counts as paused), in a call (from the
+//! answer to the end), and when it last changed.
+//!
+//! # Saved state
+//!
+//! [`QueueAssembler::state`] and [`QueueAssembler::restore`] carry the open stories and
+//! the agents across a restart (the `queue_log` source writes them beside its file
+//! position), so a call that entered the queue before a restart and ends after it still
+//! makes one complete record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::esl::{CallcenterEvent, CcAction, CcEnd};
+use crate::decode::queue_log::{
+    CompletedBy, ExitKind, PauseKind, QueueEvent, QueueLogLine, TransferKind,
+};
+use crate::privacy::Pseudonymizer;
+use crate::record::queue::{
+    FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource, QueueTransfer,
+    QueueTransferKind, QUEUE_SCHEMA,
+};
+use crate::record::stable_id;
+use crate::time::Timestamp;
+
+/// Bounds of the assembler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_open: usize,
+    pub max_open_age: Duration,
+    pub max_agents: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_open: 10_000,
+            max_open_age: Duration::from_secs(4 * 3600),
+            max_agents: 10_000,
+        }
+    }
+}
+
+/// What the assembler did, for metrics and the owner's gap records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounters {
+    /// Events taken in.
+    pub events: u64,
+    /// Records emitted.
+    pub records: u64,
+    /// Stories whose first event was not their entry (joined mid-call).
+    pub partial_stories: u64,
+    /// Emitted as `evicted` (the table was full).
+    pub evicted: u64,
+    /// Emitted as `expired`.
+    pub expired: u64,
+    /// Emitted as `superseded`.
+    pub superseded: u64,
+    /// Events of agents beyond `max_agents`, not tracked.
+    pub agents_refused: u64,
+    /// Call events without a call id (nothing to attach them to).
+    pub events_without_call: u64,
+}
+
+/// The state of one agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// `Some(true)` after a login, `Some(false)` after a logoff; `None` when neither was seen
+    /// (Asterisk queue members need no login).
+    pub logged_in: Option<bool>,
+    /// Queues the agent is a member of, and whether it is paused there.
+    pub queues: BTreeMap<String, bool>,
+    /// Paused everywhere (`PAUSEALL`, FreeSWITCH `On Break`), until `UNPAUSEALL`.
+    pub paused_all: bool,
+    /// Between an answer and the end of that call.
+    pub in_call: bool,
+    /// Event time of the last change, ns since the epoch.
+    pub since_ns: i64,
+}
+
+/// A caller's stay in a queue while it is open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Story {
+    record_id: String,
+    call_id: String,
+    #[serde(default)]
+    sip_call_id: Option<String>,
+    queue: String,
+    caller: Option<String>,
+    enter_ns: Option<i64>,
+    orig_position: Option<u32>,
+    connect_ns: Option<i64>,
+    wait_s: Option<f64>,
+    ring_s: Option<f64>,
+    agent: Option<String>,
+    talk_s: Option<f64>,
+    ring_no_answer: u32,
+    ring_no_answer_ms: u64,
+    ring_canceled: u32,
+    agent_dumps: u32,
+    last_ns: i64,
+}
+
+/// How a story ends.
+#[derive(Debug, Default)]
+struct Ending {
+    outcome: Option<QueueOutcome>,
+    flow_out: Option<FlowOut>,
+    exit_key: Option<String>,
+    wait_s: Option<f64>,
+    position: Option<u32>,
+    talk_s: Option<f64>,
+    hangup_by: Option<QueueHangup>,
+    transfer: Option<QueueTransfer>,
+}
+
+/// What [`QueueAssembler::state`] saves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssemblerState {
+    stories: Vec<(String, Story)>,
+    agents: BTreeMap<String, AgentState>,
+    latest_ns: i64,
+}
+
+/// Queue events to queue contact records.
+#[derive(Debug)]
+pub struct QueueAssembler {
+    source: QueueSource,
+    group: String,
+    limits: QueueLimits,
+    pseudonymizer: Pseudonymizer,
+    /// Open stories by the PBX's key (uniqueid or member UUID), as written: the key never
+    /// leaves the assembler but in the saved state, next to the log it came from.
+    stories: HashMap<String, Story>,
+    agents: BTreeMap<String, AgentState>,
+    /// The latest event time seen (the log's clock), ns.
+    latest_ns: i64,
+    /// When expiry last ran, in log time.
+    last_expiry_ns: i64,
+    counters: QueueCounters,
+}
+
+/// How often (log time) open stories are checked for expiry.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+impl QueueAssembler {
+    pub fn new(
+        source: QueueSource,
+        group: impl Into<String>,
+        limits: QueueLimits,
+        pseudonymizer: Pseudonymizer,
+    ) -> Self {
+        QueueAssembler {
+            source,
+            group: group.into(),
+            limits,
+            pseudonymizer,
+            stories: HashMap::new(),
+            agents: BTreeMap::new(),
+            latest_ns: i64::MIN,
+            last_expiry_ns: i64::MIN,
+            counters: QueueCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> QueueCounters {
+        self.counters
+    }
+
+    /// Stories open now.
+    pub fn open(&self) -> usize {
+        self.stories.len()
+    }
+
+    /// Every agent seen, by its pseudonym.
+    pub fn agents(&self) -> &BTreeMap<String, AgentState> {
+        &self.agents
+    }
+
+    /// The open stories and the agents, to be saved.
+    pub fn state(&self) -> AssemblerState {
+        let mut stories: Vec<(String, Story)> = self
+            .stories
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        stories.sort_by(|a, b| a.0.cmp(&b.0));
+        AssemblerState {
+            stories,
+            agents: self.agents.clone(),
+            latest_ns: self.latest_ns,
+        }
+    }
+
+    /// Takes saved state back (at start, before any event), within the bounds.
+    pub fn restore(&mut self, state: AssemblerState) {
+        self.latest_ns = state.latest_ns;
+        for (key, story) in state.stories.into_iter().take(self.limits.max_open) {
+            self.stories.insert(key, story);
+        }
+        self.agents = state
+            .agents
+            .into_iter()
+            .take(self.limits.max_agents)
+            .collect();
+    }
+
+    /// One `queue_log` line.
+    pub fn asterisk(&mut self, line: &QueueLogLine, out: &mut dyn FnMut(QueueCallRecord)) {
+        self.counters.events += 1;
+        let now = line.time.as_nanos();
+        self.advance(now, out);
+        let agent = line.agent().map(|a| self.pseudonymizer.identifier(a));
+        let queue = line.queue().unwrap_or("").to_owned();
+        match &line.event {
+            QueueEvent::EnterQueue {
+                caller_id,
+                orig_position,
+                ..
+            } => {
+                let Some(key) = self.call_key(line.call_id()) else {
+                    return;
+                };
+                if let Some(old) = self.stories.remove(&key) {
+                    self.counters.superseded += 1;
+                    self.emit(old, now, QueueClosedBy::Superseded, Ending::default(), out);
+                }
+                let caller = (!caller_id.is_empty()).then(|| self.pseudonymizer.number(caller_id));
+                let mut story = self.new_story(&key, &queue, now);
+                story.enter_ns = Some(now);
+                story.caller = caller;
+                story.orig_position = *orig_position;
+                self.insert(key, story, now, out);
+            }
+            QueueEvent::Connect { hold_s, ring_s, .. } => {
+                if let Some(story) = self.story(line.call_id(), &queue, now, out) {
+                    story.connect_ns = Some(now);
+                    story.wait_s = Some(*hold_s as f64);
+                    story.ring_s = ring_s.map(|r| r as f64);
+                    story.agent = agent.clone();
+                }
+                if let Some(a) = &agent {
+                    self.agent(a, now, |s| s.in_call = true);
+                }
+            }
+            QueueEvent::Complete {
+                by,
+                hold_s,
+                talk_s,
+                orig_position,
+            } => {
+                let ending = Ending {
+                    outcome: Some(QueueOutcome::Answered),
+                    wait_s: Some(*hold_s as f64),
+                    talk_s: Some(*talk_s as f64),
+                    hangup_by: Some(match by {
+                        CompletedBy::Caller => QueueHangup::Caller,
+                        CompletedBy::Agent => QueueHangup::Agent,
+                    }),
+                    ..Ending::default()
+                };
+                self.end(line, &queue, *orig_position, agent.clone(), ending, out);
+                if let Some(a) = &agent {
+                    self.agent(a, now, |s| s.in_call = false);
+                }
+            }
+            QueueEvent::Transfer {
+                kind,
+                target,
+                context,
+                hold_s,
+                talk_s,
+                orig_position,
+            } => {
+                let (kind, target, context) = match kind {
+                    TransferKind::Transfer | TransferKind::Blind => (
+                        if *kind == TransferKind::Blind {
+                            QueueTransferKind::Blind
+                        } else {
+                            QueueTransferKind::Transfer
+                        },
+                        (!target.is_empty()).then(|| self.pseudonymizer.number(target)),
+                        (!context.is_empty()).then(|| context.clone()),
+                    ),
+                    // The method's data names bridges or channels: not kept.
+                    TransferKind::Attended => (
+                        QueueTransferKind::Attended,
+                        None,
+                        (!context.is_empty()).then(|| context.clone()),
+                    ),
+                };
+                let ending = Ending {
+                    outcome: Some(QueueOutcome::Answered),
+                    wait_s: Some(*hold_s as f64),
+                    talk_s: Some(*talk_s as f64),
+                    transfer: Some(QueueTransfer {
+                        kind,
+                        target,
+                        context,
+                    }),
+                    ..Ending::default()
+                };
+                self.end(line, &queue, *orig_position, agent.clone(), ending, out);
+                if let Some(a) = &agent {
+                    self.agent(a, now, |s| s.in_call = false);
+                }
+            }
+            QueueEvent::Abandon {
+                position,
+                orig_position,
+                wait_s,
+            } => {
+                let ending = Ending {
+                    outcome: Some(QueueOutcome::Abandoned),
+                    wait_s: Some(*wait_s as f64),
+                    position: Some(*position),
+                    ..Ending::default()
+                };
+                self.end(line, &queue, Some(*orig_position), None, ending, out);
+            }
+            QueueEvent::Exit {
+                kind,
+                detail,
+                position,
+                orig_position,
+                wait_s,
+            } => {
+                let ending = Ending {
+                    outcome: Some(QueueOutcome::FlowOut),
+                    flow_out: Some(match kind {
+                        ExitKind::Timeout => FlowOut::Timeout,
+                        ExitKind::Empty => FlowOut::Empty,
+                        ExitKind::Key => FlowOut::Key,
+                        ExitKind::Withdraw => FlowOut::Withdraw,
+                    }),
+                    // A menu key; a withdraw's free text is never kept.
+                    exit_key: if *kind == ExitKind::Key {
+                        detail.as_ref().map(|k| k.chars().take(8).collect())
+                    } else {
+                        None
+                    },
+                    wait_s: Some(*wait_s as f64),
+                    position: Some(*position),
+                    ..Ending::default()
+                };
+                self.end(line, &queue, Some(*orig_position), None, ending, out);
+            }
+            QueueEvent::RingNoAnswer { ring_ms } => {
+                if let Some(story) = self.story(line.call_id(), &queue, now, out) {
+                    story.ring_no_answer += 1;
+                    story.ring_no_answer_ms = story.ring_no_answer_ms.saturating_add(*ring_ms);
+                }
+            }
+            QueueEvent::RingCanceled { .. } => {
+                if let Some(story) = self.story(line.call_id(), &queue, now, out) {
+                    story.ring_canceled += 1;
+                }
+            }
+            QueueEvent::AgentDump => {
+                if let Some(story) = self.story(line.call_id(), &queue, now, out) {
+                    story.agent_dumps += 1;
+                }
+            }
+            QueueEvent::AgentLogin { .. } => {
+                if let Some(a) = &agent {
+                    self.agent(a, now, |s| s.logged_in = Some(true));
+                }
+            }
+            QueueEvent::AgentLogoff { .. } => {
+                if let Some(a) = &agent {
+                    self.agent(a, now, |s| {
+                        s.logged_in = Some(false);
+                        s.in_call = false;
+                    });
+                }
+            }
+            QueueEvent::AddMember { paused } => {
+                if let Some(a) = &agent {
+                    let q = queue.clone();
+                    self.agent(a, now, |s| {
+                        s.queues.insert(q, *paused);
+                    });
+                }
+            }
+            QueueEvent::RemoveMember => {
+                if let Some(a) = &agent {
+                    let q = queue.clone();
+                    self.agent(a, now, |s| {
+                        s.queues.remove(&q);
+                    });
+                }
+            }
+            QueueEvent::Pause { kind, .. } => {
+                if let Some(a) = &agent {
+                    let q = queue.clone();
+                    let kind = *kind;
+                    self.agent(a, now, |s| match kind {
+                        PauseKind::Pause | PauseKind::Unpause => {
+                            s.queues.insert(q, kind == PauseKind::Pause);
+                        }
+                        PauseKind::PauseAll | PauseKind::UnpauseAll => {
+                            let paused = kind == PauseKind::PauseAll;
+                            s.paused_all = paused;
+                            for p in s.queues.values_mut() {
+                                *p = paused;
+                            }
+                        }
+                    });
+                }
+            }
+            // Neither a story nor an agent state: the line is taken (and counted), nothing
+            // follows from it here.
+            QueueEvent::SysCompat
+            | QueueEvent::Penalty { .. }
+            | QueueEvent::RingInUse { .. }
+            | QueueEvent::ConfigReload
+            | QueueEvent::QueueStart
+            | QueueEvent::Did { .. }
+            | QueueEvent::Info { .. }
+            | QueueEvent::Unknown { .. } => {}
+        }
+    }
+
+    /// One `mod_callcenter` event. `now` is used when the event carries no
+    /// `Event-Date-Timestamp`.
+    pub fn callcenter(
+        &mut self,
+        event: &CallcenterEvent,
+        now: Timestamp,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) {
+        self.counters.events += 1;
+        let at = event.event_time.unwrap_or(now).as_nanos();
+        self.advance(at, out);
+        let secs = |t: Option<i64>| t.map(|s| Timestamp::from_secs_nanos(s, 0).as_nanos());
+        let agent = event
+            .agent
+            .as_deref()
+            .map(|a| self.pseudonymizer.identifier(a));
+        let queue = event.queue.clone().unwrap_or_default();
+        let key = event.member_uuid.as_deref();
+        match event.action {
+            CcAction::MemberQueueStart | CcAction::MemberQueueResume => {
+                let Some(key) = self.call_key(key) else {
+                    return;
+                };
+                if let Some(old) = self.stories.remove(&key) {
+                    self.counters.superseded += 1;
+                    self.emit(old, at, QueueClosedBy::Superseded, Ending::default(), out);
+                }
+                let mut story = self.new_story(&key, &queue, at);
+                if let Some(session) = &event.session_uuid {
+                    story.call_id = self.pseudonymizer.identifier(session);
+                }
+                story.enter_ns = secs(event.joined).or(Some(at));
+                story.sip_call_id = event
+                    .sip_call_id
+                    .as_deref()
+                    .map(|c| self.pseudonymizer.identifier(c));
+                story.caller = event
+                    .cid_number
+                    .as_deref()
+                    .map(|n| self.pseudonymizer.number(n));
+                self.insert(key, story, at, out);
+            }
+            CcAction::BridgeAgentStart => {
+                if let Some(story) = self.story(key, &queue, at, out) {
+                    let answered = event.agent_answered;
+                    story.connect_ns = secs(answered).or(Some(at));
+                    if let (Some(a), Some(j)) = (answered, event.joined) {
+                        story.wait_s = Some((a - j).max(0) as f64);
+                    }
+                    if let (Some(a), Some(c)) = (answered, event.agent_called) {
+                        story.ring_s = Some((a - c).max(0) as f64);
+                    }
+                    story.agent = agent.clone();
+                }
+                if let Some(a) = &agent {
+                    self.agent(a, at, |s| s.in_call = true);
+                }
+            }
+            CcAction::BridgeAgentFail => {
+                if let Some(story) = self.story(key, &queue, at, out) {
+                    story.ring_no_answer += 1;
+                    if let (Some(end), Some(c)) = (event.agent_aborted, event.agent_called) {
+                        let ms = (end - c).max(0).saturating_mul(1000) as u64;
+                        story.ring_no_answer_ms = story.ring_no_answer_ms.saturating_add(ms);
+                    }
+                }
+            }
+            CcAction::BridgeAgentEnd => {
+                if let Some(story) = self.story(key, &queue, at, out) {
+                    if let (Some(end), Some(a)) = (event.bridge_terminated, event.agent_answered) {
+                        story.talk_s = Some((end - a).max(0) as f64);
+                    }
+                }
+                if let Some(a) = &agent {
+                    self.agent(a, at, |s| s.in_call = false);
+                }
+            }
+            CcAction::MemberQueueEnd => {
+                let Some(key) = self.call_key(key) else {
+                    return;
+                };
+                let end_ns = secs(event.leaving).unwrap_or(at);
+                let mut story = match self.stories.remove(&key) {
+                    Some(s) => s,
+                    None => {
+                        self.counters.partial_stories += 1;
+                        let mut s = self.new_story(&key, &queue, at);
+                        if let Some(session) = &event.session_uuid {
+                            s.call_id = self.pseudonymizer.identifier(session);
+                        }
+                        s.enter_ns = secs(event.joined);
+                        s.sip_call_id = event
+                            .sip_call_id
+                            .as_deref()
+                            .map(|c| self.pseudonymizer.identifier(c));
+                        s.caller = event
+                            .cid_number
+                            .as_deref()
+                            .map(|n| self.pseudonymizer.number(n));
+                        s
+                    }
+                };
+                let waited = |until: Option<i64>| match (until, event.joined) {
+                    (Some(u), Some(j)) => Some((u - j).max(0) as f64),
+                    _ => None,
+                };
+                let mut ending = Ending::default();
+                match event.end {
+                    Some(CcEnd::Terminated) => {
+                        ending.outcome = Some(QueueOutcome::Answered);
+                        if story.connect_ns.is_none() {
+                            story.connect_ns = secs(event.agent_answered);
+                        }
+                        if story.agent.is_none() {
+                            story.agent = agent.clone();
+                        }
+                        ending.wait_s = story.wait_s.or_else(|| waited(event.agent_answered));
+                        if story.talk_s.is_none() {
+                            if let (Some(l), Some(a)) = (event.leaving, event.agent_answered) {
+                                ending.talk_s = Some((l - a).max(0) as f64);
+                            }
+                        }
+                    }
+                    Some(reason) => {
+                        let flow_out = match reason {
+                            CcEnd::Timeout => Some(FlowOut::Timeout),
+                            CcEnd::NoAgentTimeout => Some(FlowOut::Empty),
+                            CcEnd::ExitWithKey => Some(FlowOut::Key),
+                            CcEnd::CallerLeft | CcEnd::Terminated => None,
+                        };
+                        ending.outcome = Some(if flow_out.is_some() {
+                            QueueOutcome::FlowOut
+                        } else {
+                            QueueOutcome::Abandoned
+                        });
+                        ending.flow_out = flow_out;
+                        ending.wait_s = waited(event.leaving);
+                    }
+                    None => {}
+                }
+                self.emit(story, end_ns, QueueClosedBy::Event, ending, out);
+            }
+            CcAction::AgentStatusChange | CcAction::AgentStateChange => {
+                if let (Some(a), Some(status)) = (&agent, event.agent_status.as_deref()) {
+                    let status = status.to_owned();
+                    let is_status = event.action == CcAction::AgentStatusChange;
+                    self.agent(a, at, |s| {
+                        if is_status {
+                            s.logged_in = Some(status != "Logged Out");
+                            s.paused_all = status == "On Break";
+                        } else {
+                            s.in_call = status == "In a queue call";
+                        }
+                    });
+                }
+            }
+            CcAction::AgentOffering | CcAction::MembersCount | CcAction::Other => {}
+        }
+    }
+
+    /// Every open story becomes a record (`closed_by: shutdown`): the source stops and
+    /// will not save them.
+    pub fn finish(&mut self, now: Timestamp, out: &mut dyn FnMut(QueueCallRecord)) {
+        let mut open: Vec<Story> = self.stories.drain().map(|(_, s)| s).collect();
+        open.sort_by_key(|s| s.last_ns);
+        for story in open {
+            self.emit(
+                story,
+                now.as_nanos(),
+                QueueClosedBy::Shutdown,
+                Ending::default(),
+                out,
+            );
+        }
+    }
+
+    /// The key of a call event, counted when there is none.
+    fn call_key(&mut self, call_id: Option<&str>) -> Option<String> {
+        match call_id {
+            Some(id) => Some(id.to_owned()),
+            None => {
+                self.counters.events_without_call += 1;
+                None
+            }
+        }
+    }
+
+    fn new_story(&self, key: &str, queue: &str, now: i64) -> Story {
+        let source = match self.source {
+            QueueSource::AsteriskQueueLog => "asterisk_queue_log",
+            QueueSource::FreeswitchCallcenter => "freeswitch_callcenter",
+        };
+        Story {
+            record_id: stable_id(&[
+                source.as_bytes(),
+                self.group.as_bytes(),
+                key.as_bytes(),
+                queue.as_bytes(),
+                &now.to_be_bytes(),
+            ]),
+            call_id: self.pseudonymizer.identifier(key),
+            sip_call_id: None,
+            queue: queue.to_owned(),
+            caller: None,
+            enter_ns: None,
+            orig_position: None,
+            connect_ns: None,
+            wait_s: None,
+            ring_s: None,
+            agent: None,
+            talk_s: None,
+            ring_no_answer: 0,
+            ring_no_answer_ms: 0,
+            ring_canceled: 0,
+            agent_dumps: 0,
+            last_ns: now,
+        }
+    }
+
+    /// Opens a story, evicting the stalest one when the table is full.
+    fn insert(
+        &mut self,
+        key: String,
+        story: Story,
+        now: i64,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) {
+        if self.stories.len() >= self.limits.max_open {
+            let stalest = self
+                .stories
+                .iter()
+                .min_by_key(|(_, s)| s.last_ns)
+                .map(|(k, _)| k.clone());
+            if let Some(old) = stalest.and_then(|k| self.stories.remove(&k)) {
+                self.counters.evicted += 1;
+                self.emit(old, now, QueueClosedBy::Evicted, Ending::default(), out);
+            }
+        }
+        self.stories.insert(key, story);
+    }
+
+    /// The open story of a call, opened as a partial one when its entry was not seen.
+    fn story(
+        &mut self,
+        call_id: Option<&str>,
+        queue: &str,
+        now: i64,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) -> Option<&mut Story> {
+        let key = self.call_key(call_id)?;
+        if !self.stories.contains_key(&key) {
+            self.counters.partial_stories += 1;
+            let story = self.new_story(&key, queue, now);
+            self.insert(key.clone(), story, now, out);
+        }
+        let story = self.stories.get_mut(&key)?;
+        story.last_ns = story.last_ns.max(now);
+        Some(story)
+    }
+
+    /// An Asterisk end event: the story (or a partial one) is emitted.
+    fn end(
+        &mut self,
+        line: &QueueLogLine,
+        queue: &str,
+        orig_position: Option<u32>,
+        agent: Option<String>,
+        ending: Ending,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) {
+        let now = line.time.as_nanos();
+        let Some(key) = self.call_key(line.call_id()) else {
+            return;
+        };
+        let mut story = match self.stories.remove(&key) {
+            Some(s) => s,
+            None => {
+                self.counters.partial_stories += 1;
+                self.new_story(&key, queue, now)
+            }
+        };
+        if story.orig_position.is_none() {
+            story.orig_position = orig_position;
+        }
+        if story.agent.is_none() && ending.outcome == Some(QueueOutcome::Answered) {
+            story.agent = agent;
+        }
+        self.emit(story, now, QueueClosedBy::Event, ending, out);
+    }
+
+    fn agent(&mut self, agent: &str, now: i64, change: impl FnOnce(&mut AgentState)) {
+        if !self.agents.contains_key(agent) && self.agents.len() >= self.limits.max_agents {
+            self.counters.agents_refused += 1;
+            return;
+        }
+        let state = self.agents.entry(agent.to_owned()).or_default();
+        change(state);
+        state.since_ns = now;
+    }
+
+    /// Moves the log's clock and expires stories quiet for longer than `max_open_age`.
+    fn advance(&mut self, now: i64, out: &mut dyn FnMut(QueueCallRecord)) {
+        if now <= self.latest_ns {
+            return;
+        }
+        self.latest_ns = now;
+        let every = EXPIRY_EVERY.as_nanos() as i64;
+        if self.last_expiry_ns != i64::MIN && now - self.last_expiry_ns < every {
+            return;
+        }
+        self.last_expiry_ns = now;
+        let max_age = i64::try_from(self.limits.max_open_age.as_nanos()).unwrap_or(i64::MAX);
+        let mut quiet: Vec<String> = self
+            .stories
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.last_ns) > max_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        quiet.sort();
+        for key in quiet {
+            if let Some(story) = self.stories.remove(&key) {
+                self.counters.expired += 1;
+                self.emit(story, now, QueueClosedBy::Expired, Ending::default(), out);
+            }
+        }
+    }
+
+    fn emit(
+        &mut self,
+        story: Story,
+        end_ns: i64,
+        closed_by: QueueClosedBy,
+        ending: Ending,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) {
+        self.counters.records += 1;
+        let outcome = ending.outcome.unwrap_or(QueueOutcome::Unknown);
+        let complete = story.enter_ns.is_some() && closed_by == QueueClosedBy::Event;
+        out(QueueCallRecord {
+            schema: QUEUE_SCHEMA,
+            record_id: story.record_id,
+            source: self.source,
+            group: self.group.clone(),
+            call_id: story.call_id,
+            sip_call_id: story.sip_call_id,
+            queue: story.queue,
+            caller: story.caller,
+            enter_time: story.enter_ns.map(Timestamp::from_nanos),
+            orig_position: story.orig_position,
+            connect_time: story.connect_ns.map(Timestamp::from_nanos),
+            end_time: Timestamp::from_nanos(end_ns),
+            outcome,
+            flow_out: ending.flow_out,
+            exit_key: ending.exit_key,
+            wait_s: story.wait_s.or(ending.wait_s),
+            ring_s: story.ring_s,
+            position: ending.position,
+            agent: story.agent,
+            talk_s: ending.talk_s.or(story.talk_s),
+            hangup_by: ending.hangup_by,
+            transfer: ending.transfer,
+            ring_no_answer: story.ring_no_answer,
+            ring_no_answer_s: story.ring_no_answer_ms as f64 / 1000.0,
+            ring_canceled: story.ring_canceled,
+            agent_dumps: story.agent_dumps,
+            wrap_up_s: None,
+            complete,
+            closed_by,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::queue_log::parse_line;
+    use crate::privacy::{Privacy, PrivacyMode};
+
+    fn assembler(limits: QueueLimits) -> QueueAssembler {
+        QueueAssembler::new(
+            QueueSource::AsteriskQueueLog,
+            "pbx-1",
+            limits,
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        )
+    }
+
+    fn feed(a: &mut QueueAssembler, lines: &str) -> Vec<QueueCallRecord> {
+        let mut out = Vec::new();
+        for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let parsed = parse_line(line.as_bytes()).unwrap();
+            a.asterisk(&parsed, &mut |r| out.push(r));
+        }
+        out
+    }
+
+    #[test]
+    fn an_answered_call_in_one_record_with_hashed_identities() {
+        let mut a = assembler(QueueLimits::default());
+        let out = feed(
+            &mut a,
+            "1784160000|1.1|700|NONE|ENTERQUEUE||441632960111|1
+             1784160005|1.1|700|PJSIP/202|RINGNOANSWER|15000
+             1784160010|1.1|700|PJSIP/201|CONNECT|10|1.2|3
+             1784160130|1.1|700|PJSIP/201|COMPLETEAGENT|10|120|1",
+        );
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!(r.outcome, QueueOutcome::Answered);
+        assert_eq!(
+            r.enter_time,
+            Some(Timestamp::from_secs_nanos(1_784_160_000, 0))
+        );
+        assert_eq!(
+            r.connect_time,
+            Some(Timestamp::from_secs_nanos(1_784_160_010, 0))
+        );
+        assert_eq!(r.end_time, Timestamp::from_secs_nanos(1_784_160_130, 0));
+        assert_eq!(
+            (r.wait_s, r.ring_s, r.talk_s),
+            (Some(10.0), Some(3.0), Some(120.0))
+        );
+        assert_eq!((r.ring_no_answer, r.ring_no_answer_s), (1, 15.0));
+        assert_eq!(r.hangup_by, Some(QueueHangup::Agent));
+        assert!(r.complete);
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(r.caller.as_deref(), Some(p.number("441632960111").as_str()));
+        assert_eq!(r.agent.as_deref(), Some(p.identifier("PJSIP/201").as_str()));
+        assert_eq!(r.call_id, p.identifier("1.1"));
+        let json = serde_json::to_string(r).unwrap();
+        for clear in ["441632960111", "PJSIP", "\"1.1\""] {
+            assert!(!json.contains(clear), "{clear} in {json}");
+        }
+        assert_eq!(a.open(), 0);
+        assert!(!a.agents()[&p.identifier("PJSIP/201")].in_call);
+    }
+
+    #[test]
+    fn abandon_and_each_flow_out() {
+        let mut a = assembler(QueueLimits::default());
+        let out = feed(
+            &mut a,
+            "100|2.1|q|NONE|ENTERQUEUE||111|1
+             168|2.1|q|NONE|ABANDON|1|1|68
+             200|2.2|q|NONE|ENTERQUEUE||222|1
+             500|2.2|q|NONE|EXITWITHTIMEOUT|2|1|300
+             600|2.3|q|NONE|ENTERQUEUE||333|1
+             601|2.3|q|NONE|EXITEMPTY|1|1|1
+             700|2.4|q|NONE|ENTERQUEUE||444|2
+             742|2.4|q|NONE|EXITWITHKEY|5|1|2|42",
+        );
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.outcome,
+                    r.flow_out,
+                    r.wait_s,
+                    r.position,
+                    r.exit_key.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (QueueOutcome::Abandoned, None, Some(68.0), Some(1), None),
+                (
+                    QueueOutcome::FlowOut,
+                    Some(FlowOut::Timeout),
+                    Some(300.0),
+                    Some(2),
+                    None
+                ),
+                (
+                    QueueOutcome::FlowOut,
+                    Some(FlowOut::Empty),
+                    Some(1.0),
+                    Some(1),
+                    None
+                ),
+                (
+                    QueueOutcome::FlowOut,
+                    Some(FlowOut::Key),
+                    Some(42.0),
+                    Some(1),
+                    Some("5".into())
+                ),
+            ]
+        );
+        assert!(out.iter().all(|r| r.complete));
+    }
+
+    #[test]
+    fn transfers_end_the_story_and_hash_the_target() {
+        let mut a = assembler(QueueLimits::default());
+        let out = feed(
+            &mut a,
+            "100|3.1|q|NONE|ENTERQUEUE||111|1
+             104|3.1|q|SIP/8007|CONNECT|4|3.2|2
+             134|3.1|q|SIP/8007|BLINDTRANSFER|4930555|from-internal|4|30|1
+             200|3.3|q|NONE|ENTERQUEUE||111|1
+             204|3.3|q|SIP/8007|CONNECT|4|3.4|2
+             234|3.3|q|SIP/8007|ATTENDEDTRANSFER|BRIDGE|abc|4|30|1",
+        );
+        assert_eq!(out.len(), 2);
+        let t = out[0].transfer.as_ref().unwrap();
+        assert_eq!(t.kind, QueueTransferKind::Blind);
+        assert!(t.target.as_deref().unwrap().starts_with("h:"));
+        assert_eq!(t.context.as_deref(), Some("from-internal"));
+        assert_eq!(out[0].talk_s, Some(30.0));
+        let t = out[1].transfer.as_ref().unwrap();
+        assert_eq!(
+            (t.kind, t.target.as_deref(), t.context.as_deref()),
+            (QueueTransferKind::Attended, None, Some("BRIDGE"))
+        );
+    }
+
+    #[test]
+    fn partial_superseded_evicted_and_expired_stories() {
+        let mut a = assembler(QueueLimits {
+            max_open: 2,
+            max_open_age: Duration::from_secs(600),
+            max_agents: 1,
+        });
+        // Joined mid-call: a partial record.
+        let out = feed(&mut a, "100|4.1|q|SIP/1|COMPLETECALLER|5|50|1");
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].complete);
+        assert_eq!(out[0].enter_time, None);
+        assert_eq!(out[0].outcome, QueueOutcome::Answered);
+        // The same call entering again before an end: superseded.
+        let out = feed(
+            &mut a,
+            "200|4.2|q|NONE|ENTERQUEUE||1|1
+             210|4.2|q2|NONE|ENTERQUEUE||1|1",
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].closed_by, QueueClosedBy::Superseded);
+        assert_eq!(out[0].queue, "q");
+        // A full table evicts the stalest.
+        let out = feed(
+            &mut a,
+            "220|4.3|q|NONE|ENTERQUEUE||1|1
+             230|4.4|q|NONE|ENTERQUEUE||1|1",
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].closed_by, out[0].queue.as_str()),
+            (QueueClosedBy::Evicted, "q2")
+        );
+        assert_eq!(out[0].outcome, QueueOutcome::Unknown);
+        // Quiet for longer than the age in log time: expired at the next event.
+        let out = feed(&mut a, "2000|NONE|NONE|NONE|QUEUESTART|");
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.closed_by == QueueClosedBy::Expired));
+        let c = a.counters();
+        assert_eq!(
+            (c.partial_stories, c.superseded, c.evicted, c.expired),
+            (1, 1, 1, 2)
+        );
+        // A second agent beyond max_agents is counted, not tracked.
+        feed(
+            &mut a,
+            "2001|NONE|q|Alice|ADDMEMBER|
+             2002|NONE|q|Bob|ADDMEMBER|",
+        );
+        // SIP/1 (the partial call's agent) holds the one place.
+        assert_eq!(a.agents().len(), 1);
+        assert_eq!(a.counters().agents_refused, 2);
+    }
+
+    #[test]
+    fn agent_states_follow_login_membership_and_pauses() {
+        let mut a = assembler(QueueLimits::default());
+        feed(
+            &mut a,
+            "1|1.9|NONE|Agent/1001|AGENTLOGIN|SIP/1001-0001
+             2|MANAGER|sales|Agent/1001|ADDMEMBER|
+             3|MANAGER|support|Agent/1001|ADDMEMBER|PAUSED
+             4|NONE|sales|Agent/1001|PAUSE|Lunch
+             5|NONE|NONE|Agent/1001|UNPAUSEALL|",
+        );
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        let s = &a.agents()[&p.identifier("Agent/1001")];
+        assert_eq!(s.logged_in, Some(true));
+        assert_eq!(
+            s.queues,
+            BTreeMap::from([("sales".into(), false), ("support".into(), false)])
+        );
+        assert_eq!(s.since_ns, Timestamp::from_secs_nanos(5, 0).as_nanos());
+        feed(
+            &mut a,
+            "6|NONE|NONE|Agent/1001|PAUSEALL|
+             7|NONE|sales|Agent/1001|REMOVEMEMBER|
+             8|1.9|NONE|Agent/1001|AGENTLOGOFF|SIP/1001-0001|7",
+        );
+        let s = &a.agents()[&p.identifier("Agent/1001")];
+        assert_eq!(s.logged_in, Some(false));
+        assert!(s.paused_all);
+        assert_eq!(s.queues, BTreeMap::from([("support".into(), true)]));
+    }
+
+    #[test]
+    fn state_survives_a_restart_and_the_story_completes() {
+        let mut a = assembler(QueueLimits::default());
+        assert!(feed(&mut a, "100|5.1|q|NONE|ENTERQUEUE||123|1").is_empty());
+        let saved = serde_json::to_string(&a.state()).unwrap();
+        assert!(!saved.contains("\"123\""), "{saved}");
+        let mut b = assembler(QueueLimits::default());
+        b.restore(serde_json::from_str(&saved).unwrap());
+        let out = feed(&mut b, "130|5.1|q|NONE|ABANDON|1|1|30");
+        assert_eq!(out.len(), 1);
+        assert!(out[0].complete);
+        assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(100, 0)));
+    }
+
+    #[test]
+    fn clear_mode_keeps_numbers_and_keep_digits_cuts_them() {
+        let mut a = QueueAssembler::new(
+            QueueSource::AsteriskQueueLog,
+            "g",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::new(
+                PrivacyMode::KeepLastDigits(3),
+                Default::default(),
+                [1; 32],
+            )),
+        );
+        let out = feed(
+            &mut a,
+            "1|6.1|q|NONE|ENTERQUEUE||+4930123456|1
+             9|6.1|q|NONE|ABANDON|1|1|8",
+        );
+        assert_eq!(out[0].caller.as_deref(), Some("+*******456"));
+    }
+
+    #[test]
+    fn a_freeswitch_caller_legs_sip_call_id_is_hashed_as_call_records_hash_theirs() {
+        use crate::decode::esl::{callcenter, parse_event};
+        let mut a = QueueAssembler::new(
+            QueueSource::FreeswitchCallcenter,
+            "fs1",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        );
+        let mut out = Vec::new();
+        for text in [
+            "Event-Subclass: callcenter::info\nCC-Action: member-queue-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Member-Session-UUID: s1\nCC-Member-CID-Number: 1001\nvariable_sip_call_id: abc%40pbx\nEvent-Date-Timestamp: 1000000000\n\n",
+            // The agent channel's variables: its Call-ID is not the caller's.
+            "Event-Subclass: callcenter::info\nCC-Action: bridge-agent-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Agent: a1\nCC-Member-Joined-Time: 1000\nCC-Agent-Called-Time: 1002\nCC-Agent-Answered-Time: 1005\nvariable_sip_call_id: agent-leg\n\n",
+            "Event-Subclass: callcenter::info\nCC-Action: member-queue-end\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Cause: Terminated\nCC-Member-Joined-Time: 1000\nCC-Agent-Answered-Time: 1005\nCC-Member-Leaving-Time: 1065\nvariable_sip_call_id: abc%40pbx\n\n",
+        ] {
+            let event = callcenter(&parse_event(text.as_bytes()).unwrap()).unwrap();
+            a.callcenter(&event, Timestamp::from_secs_nanos(2000, 0), &mut |r| {
+                out.push(r)
+            });
+        }
+        assert_eq!(out.len(), 1);
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(
+            out[0].sip_call_id.as_deref(),
+            Some(p.identifier("abc@pbx").as_str())
+        );
+        assert_eq!(
+            (out[0].wait_s, out[0].ring_s, out[0].talk_s),
+            (Some(5.0), Some(3.0), Some(60.0))
+        );
+        assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(1000, 0)));
+    }
+}

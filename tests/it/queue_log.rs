@@ -1,0 +1,555 @@
+//! The `queue_log` source against real files: a writer thread appends numbered lines while
+//! the tailer polls on another, and the file is rotated by rename, copied and truncated,
+//! truncated outright, and the tailer stopped and started again in between — every line
+//! written is delivered exactly once, in order. Then the parser and the assembler over a
+//! public real-world `queue_log` sample (provenance in `tests/data/README.md`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use teledge::sources::queue_log::{StartAt, TailPosition, TailSettings, Tailer};
+
+fn settings(path: &Path) -> TailSettings {
+    TailSettings {
+        path: path.to_owned(),
+        max_line_len: 8192,
+        start_at: StartAt::Beginning,
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn line(n: usize) -> String {
+    format!(
+        "{}|{n}.1|support|NONE|ENTERQUEUE||4930{n:06}|1\n",
+        1_700_000_000 + n
+    )
+}
+
+/// A tailer polling on its own thread until told to stop, then until nothing is left.
+struct Running {
+    stop: Arc<AtomicBool>,
+    lines: Arc<Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<Tailer>,
+}
+
+impl Running {
+    fn start(mut tailer: Tailer) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (Arc::clone(&stop), Arc::clone(&lines));
+        let thread = std::thread::spawn(move || {
+            let mut quiet = 0;
+            loop {
+                let n = tailer
+                    .poll(4096, &mut |b| {
+                        l.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(b).into_owned())
+                    })
+                    .unwrap();
+                if s.load(Ordering::Relaxed) {
+                    // Stopping: poll until several polls in a row find nothing (a rotated
+                    // file is kept for a few polls).
+                    quiet = if n == 0 { quiet + 1 } else { 0 };
+                    if quiet >= 10 {
+                        return tailer;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Running {
+            stop,
+            lines,
+            thread,
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.seen() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} lines",
+                self.seen()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop(self) -> (Tailer, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let tailer = self.thread.join().unwrap();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (tailer, lines)
+    }
+}
+
+/// The lines `from..to` as written, without newlines.
+fn expected(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|n| line(n).trim_end().to_owned()).collect()
+}
+
+/// Writes lines `from..to` in bursts, the tailer reading meanwhile.
+fn write_lines(path: &Path, from: usize, to: usize) {
+    for n in from..to {
+        append(path, &line(n));
+        if n % 17 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue_log");
+    (dir, path)
+}
+
+#[test]
+fn rename_rotation_while_tailing_loses_and_repeats_nothing() {
+    let (_dir, path) = tmp();
+    append(&path, "");
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 300);
+    // logrotate's default: rename, then the writer opens a new file. A few lines still go
+    // to the old file after the rename (the writer has not reopened yet).
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path.with_extension("1"), 300, 310);
+    write_lines(&path, 310, 600);
+    // A second rotation, the old name already taken: .1 moves on to .2.
+    std::fs::rename(path.with_extension("1"), path.with_extension("2")).unwrap();
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path, 600, 700);
+    run.wait_for(700);
+    let (tailer, lines) = run.stop();
+    assert_eq!(lines, expected(0, 700));
+    assert_eq!(tailer.counters().rotations, 2);
+    assert_eq!(tailer.counters().possibly_lost, 0);
+}
+
+#[test]
+fn copytruncate_while_tailing_reads_the_rest_from_the_copy() {
+    let (_dir, path) = tmp();
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 200);
+    // Let the tailer fall behind a little, then logrotate's copytruncate: copy, truncate.
+    run.wait_for(100);
+    write_lines(&path, 200, 400);
+    std::fs::copy(&path, path.with_extension("1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    write_lines(&path, 400, 500);
+    run.wait_for(500);
+    let (tailer, lines) = run.stop();
+    assert_eq!(lines, expected(0, 500));
+    let c = tailer.counters();
+    assert_eq!((c.truncations, c.possibly_lost), (1, 0), "{c:?}");
+}
+
+#[test]
+fn truncation_without_a_copy_starts_over_and_counts_what_may_be_lost() {
+    let (_dir, path) = tmp();
+    let mut tailer = Tailer::new(settings(&path), None);
+    append(&path, &line(0));
+    append(&path, &line(1));
+    let mut got = Vec::new();
+    let mut take = |t: &mut Tailer| {
+        for _ in 0..3 {
+            t.poll(1 << 20, &mut |b| {
+                got.push(String::from_utf8_lossy(b).into_owned())
+            })
+            .unwrap();
+        }
+    };
+    take(&mut tailer);
+    // Truncated to nothing (`> queue_log`) and written again, shorter than before.
+    std::fs::write(&path, line(2)).unwrap();
+    take(&mut tailer);
+    // Truncated and rewritten *longer* than what was read, between two polls: the last line
+    // read is no longer where it was, so this is a truncation too.
+    std::fs::write(&path, [line(3), line(4), line(5)].concat()).unwrap();
+    take(&mut tailer);
+    assert_eq!(got, expected(0, 6));
+    let c = tailer.counters();
+    assert_eq!(c.truncations, 2, "{c:?}");
+    // No copy beside it: whatever was written before the truncation and not read is lost,
+    // and the tailer says it may have been.
+    assert_eq!(c.possibly_lost, 2, "{c:?}");
+}
+
+#[test]
+fn restart_resumes_at_the_saved_position_even_across_a_rotation() {
+    let (_dir, path) = tmp();
+    let run = Running::start(Tailer::new(settings(&path), None));
+    write_lines(&path, 0, 150);
+    run.wait_for(150);
+    let (tailer, mut lines) = run.stop();
+    // What the daemon writes to its state file, through JSON as it does.
+    let saved: TailPosition =
+        serde_json::from_str(&serde_json::to_string(&tailer.position().unwrap()).unwrap()).unwrap();
+    drop(tailer);
+    // While stopped: more lines, half a line, a rotation, more lines in the new file.
+    write_lines(&path, 150, 200);
+    append(&path, "1700000200|200.1|support|NONE|ENTER");
+    // The writer finishes its line before it reopens.
+    append(&path, "QUEUE||4930000200|1\n");
+    std::fs::rename(&path, path.with_extension("1")).unwrap();
+    write_lines(&path, 201, 260);
+    let run = Running::start(Tailer::new(settings(&path), Some(saved)));
+    run.wait_for(110);
+    let (tailer, more) = run.stop();
+    lines.extend(more);
+    assert_eq!(lines, expected(0, 260));
+    assert_eq!(tailer.counters().resumed, 1);
+
+    // And a plain restart on the same file: nothing read twice.
+    let saved = tailer.position();
+    drop(tailer);
+    write_lines(&path, 260, 270);
+    let run = Running::start(Tailer::new(settings(&path), saved));
+    run.wait_for(10);
+    let (_, more) = run.stop();
+    assert_eq!(more, expected(260, 270));
+}
+
+#[test]
+fn a_saved_position_that_no_longer_matches_reads_the_file_from_its_start() {
+    let (_dir, path) = tmp();
+    append(&path, &[line(0), line(1)].concat());
+    let mut tailer = Tailer::new(settings(&path), None);
+    let mut n = 0;
+    tailer.poll(1 << 20, &mut |_| n += 1).unwrap();
+    assert_eq!(n, 2);
+    let saved = tailer.position();
+    drop(tailer);
+    // Replaced in place by other content of the same length or more (same inode).
+    std::fs::write(&path, [line(7), line(8), line(9)].concat()).unwrap();
+    let mut tailer = Tailer::new(settings(&path), saved);
+    let mut got = Vec::new();
+    tailer
+        .poll(1 << 20, &mut |b| {
+            got.push(String::from_utf8_lossy(b).into_owned())
+        })
+        .unwrap();
+    assert_eq!(got, expected(7, 10));
+    assert_eq!(tailer.counters().position_mismatch, 1);
+}
+
+/// The rows of the public sample: the `queue_log` table of a real Asterisk (XiVO, 2012) as
+/// printed in Wazo's documentation, newest first per scenario. Each row becomes the line
+/// Asterisk writes to the file for the same event (`queue_log_to_file`): the realtime
+/// `time` column (local time, zone not stated) is read as UTC with its microseconds, the
+/// five data columns joined by `|` without trailing empty ones.
+fn xivo_sample_lines() -> Vec<String> {
+    let text = std::fs::read_to_string(crate::support::data_path(
+        "queue_log/xivo-doc-queue_log.rst",
+    ))
+    .unwrap();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for row in text.lines() {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(time) = cells.first() else { continue };
+        let Ok(t) = humantime::parse_rfc3339_weak(time) else {
+            continue;
+        };
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let mut data: Vec<&str> = cells[5..].to_vec();
+        while data.last() == Some(&"") {
+            data.pop();
+        }
+        let line = format!(
+            "{}.{:06}|{}|{}|{}|{}{}{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            if data.is_empty() { "" } else { "|" },
+            data.join("|")
+        );
+        rows.push((time.to_string(), line));
+    }
+    rows.sort();
+    rows.into_iter().map(|(_, line)| line).collect()
+}
+
+#[test]
+fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts() {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::decode::queue_log::{parse_line, QueueEvent};
+    use teledge::privacy::{Privacy, Pseudonymizer};
+    use teledge::record::queue::{QueueClosedBy, QueueHangup, QueueOutcome, QueueSource};
+    use teledge::time::Timestamp;
+
+    let lines = xivo_sample_lines();
+    // 12 rows in the sample, counted by hand.
+    assert_eq!(lines.len(), 12, "{lines:#?}");
+    let parsed: Vec<_> = lines
+        .iter()
+        .map(|l| parse_line(l.as_bytes()).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let unknown: Vec<&str> = parsed
+        .iter()
+        .filter(|l| matches!(l.event, QueueEvent::Unknown { .. }))
+        .map(|l| l.event.name())
+        .collect();
+    // Wazo's own events (a call refused before it enters the queue); kept, not refused.
+    assert_eq!(unknown, ["JOINEMPTY", "FULL", "CLOSED"]);
+
+    let key = [5; 32];
+    let p = Pseudonymizer::new(Privacy::keyed_hash(key));
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "xivo",
+        QueueLimits::default(),
+        Pseudonymizer::new(Privacy::keyed_hash(key)),
+    );
+    let mut records = Vec::new();
+    for line in &parsed {
+        assembler.asterisk(line, &mut |r| records.push(r));
+    }
+    // Two stays ended in the sample, each seen only from its end: COMPLETEAGENT of
+    // 1341401851.34 (held 2 s, talked 12 s) and ABANDON of 1341402586.51 (waited 6 s).
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let done = &records[0];
+    assert_eq!(done.call_id, p.identifier("1341401851.34"));
+    assert_eq!(
+        (done.outcome, done.wait_s, done.talk_s, done.hangup_by),
+        (
+            QueueOutcome::Answered,
+            Some(2.0),
+            Some(12.0),
+            Some(QueueHangup::Agent)
+        )
+    );
+    assert_eq!(
+        done.agent.as_deref(),
+        Some(p.identifier("Agent/3001").as_str())
+    );
+    assert!(!done.complete, "its ENTERQUEUE is not in the sample");
+    let abandoned = &records[1];
+    assert_eq!(
+        (
+            abandoned.outcome,
+            abandoned.wait_s,
+            abandoned.position,
+            abandoned.orig_position
+        ),
+        (QueueOutcome::Abandoned, Some(6.0), Some(1), Some(1))
+    );
+    // 1341401601.24 entered and was answered by Agent/3001 after 2 s (the agent rang 1 s);
+    // the sample ends there: the stay is still open.
+    assert_eq!(assembler.open(), 1);
+    let mut open = Vec::new();
+    assembler.finish(Timestamp::from_secs_nanos(1_341_500_000, 0), &mut |r| {
+        open.push(r)
+    });
+    let connected = &open[0];
+    assert_eq!(
+        (connected.closed_by, connected.outcome),
+        (QueueClosedBy::Shutdown, QueueOutcome::Unknown)
+    );
+    assert_eq!((connected.wait_s, connected.ring_s), (Some(2.0), Some(1.0)));
+    assert_eq!(connected.caller.as_deref(), Some(p.number("1000").as_str()));
+    // 07:33:21.165823 → 07:33:23.085718: the microseconds of the realtime column survive.
+    let waited = connected
+        .connect_time
+        .unwrap()
+        .seconds_since(connected.enter_time.unwrap());
+    assert!((waited - 1.919895).abs() < 1e-9, "{waited}");
+    // Agent/3001 logged in, logged off, then was unpaused everywhere and in q1 and q2.
+    let agent = &assembler.agents()[&p.identifier("Agent/3001")];
+    assert_eq!(agent.logged_in, Some(false));
+    assert!(!agent.paused_all && !agent.in_call);
+    assert_eq!(
+        agent.queues.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["q1", "q2"]
+    );
+}
+
+/// The daemon end to end: a `[[queue_log]]` followed by the running daemon, its queue
+/// contacts spooled and forwarded to a real collector over mutual TLS; the daemon stopped
+/// while a caller waits and started again before the caller abandons — the state file
+/// carries the open stay, so the collector holds exactly one complete record of it, and
+/// no line is read twice (one record per stay, no superseded or partial ones).
+#[test]
+fn the_daemon_spools_queue_contacts_and_keeps_open_stays_across_a_restart() {
+    use crate::daemon::{agent_config, pseudonym};
+    use crate::uplink::{collector, pki, stored};
+    use teledge::daemon::Daemon;
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let log = dir.path().join("queue_log");
+    append(&log, "1700000000|NONE|NONE|NONE|QUEUESTART|\n");
+    let state = dir.path().join("queue_log.state");
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\nmax_line_bytes = 256\n",
+            log.display(),
+            state.display()
+        ),
+        None,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let lines_read = |d: &Daemon| d.metrics().source_packets.with(&["queue_log"]).get();
+    let wait_for = |d: &Daemon, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines_read(d) < n {
+            assert!(Instant::now() < deadline, "{} of {n} lines", lines_read(d));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    append(
+        &log,
+        "1700000010|7.1|support|NONE|ENTERQUEUE||4930111|1\n\
+         1700000012|7.2|support|NONE|ENTERQUEUE||4930222|2\n\
+         1700000020|7.1|support|PJSIP/201|CONNECT|10|7.3|4\n\
+         1700000080|7.1|support|PJSIP/201|COMPLETECALLER|10|60|1\n",
+    );
+    // A line over the bound: skipped, counted, and announced upstream at stop.
+    append(
+        &log,
+        &format!("1700000090|7.9|support|NONE|INFO|{}\n", "x".repeat(300)),
+    );
+    wait_for(&daemon, 5);
+    let too_long = |d: &Daemon| {
+        d.metrics()
+            .decode_errors
+            .with(&["queue_log_too_long"])
+            .get()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while too_long(&daemon) < 1 {
+        assert!(Instant::now() < deadline, "long line not counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.block_on(daemon.shutdown());
+    assert!(state.exists(), "state file written at stop");
+    // While the daemon is down, the waiting caller gives up.
+    append(&log, "1700000100|7.2|support|NONE|ABANDON|1|2|88\n");
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    wait_for(&daemon, 1);
+    let summary = runtime.block_on(daemon.shutdown());
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+
+    let queue: Vec<serde_json::Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "queue")
+        .collect();
+    assert_eq!(queue.len(), 2, "{queue:#?}");
+    let by_call = |id: &str| {
+        let id = pseudonym(&pki, id);
+        queue
+            .iter()
+            .find(|r| r["call_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} not collected: {queue:#?}"))
+            .clone()
+    };
+    let answered = by_call("7.1");
+    assert_eq!(answered["outcome"], "answered");
+    assert_eq!(answered["wait_s"], 10.0);
+    assert_eq!(answered["talk_s"], 60.0);
+    assert_eq!(answered["hangup_by"], "caller");
+    let abandoned = by_call("7.2");
+    assert_eq!(abandoned["outcome"], "abandoned");
+    assert_eq!(abandoned["complete"], true, "{abandoned:#}");
+    assert_eq!(abandoned["enter_time"], "2023-11-14T22:13:32.000000Z");
+    assert_eq!(abandoned["wait_s"], 88.0);
+    assert_eq!(abandoned["group"], "pbx1");
+    let text = serde_json::to_string(&queue).unwrap();
+    assert!(
+        !text.contains("4930111") && !text.contains("PJSIP"),
+        "{text}"
+    );
+    let gaps: Vec<serde_json::Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "gap" && r["reason"] == "input_dropped")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["dropped"], 1);
+    assert!(
+        gaps[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_line_bytes"),
+        "{gaps:#?}"
+    );
+}
+
+/// `check-config` lists every problem of the queue sections with its path, and exits 78.
+#[test]
+fn bad_queue_sections_are_all_listed_by_check_config() {
+    use crate::daemon::agent_config;
+    use crate::uplink::pki;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[queue_log]]\npath = \"relative/queue_log\"\ngroup = \"two words\"\nstart_at = \"middle\"\nmax_open_calls = 0\n\
+         [[queue_log]]\npath = \"/var/log/asterisk/queue_log\"\nmax_line_bytes = 10\n\
+         [[callcenter]]\naddress = \"localhost\"\n",
+        None,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    for path in [
+        "queue_log[0].path",
+        "queue_log[0].group",
+        "queue_log[0].start_at",
+        "queue_log[0].max_open_calls",
+        "queue_log[1].max_line_bytes",
+        "callcenter[0].address",
+        "callcenter[0].password",
+    ] {
+        assert!(text.contains(path), "{path} not in {text}");
+    }
+}
