@@ -115,7 +115,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let bar = progress_bar(path, size, args.no_progress);
         let result = replay.read(
             &path.display().to_string(),
-            io::BufReader::with_capacity(1 << 20, file),
+            file,
             &mut sink,
             |p| {
                 if let Some(bar) = &bar {
@@ -209,7 +209,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         if let Err(e) = replay.read(
             &path.display().to_string(),
-            io::BufReader::with_capacity(1 << 20, file),
+            file,
             &mut sink,
             |_| {},
         ) {

@@ -164,11 +164,36 @@ struct Endpoint {
 /// Most other calls remembered per endpoint.
 const MAX_LEGS: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StreamKey {
     src: SocketAddr,
     dst: SocketAddr,
     ssrc: u32,
+}
+
+/// One `write` of the key's 40 bytes: the maps stay on std's keyed SipHash (the keys come
+/// from the network, so a hasher an attacker could collide is not an option), but the
+/// derived `Hash` fed SipHash a dozen small pieces (enum tags, each address part) per
+/// packet, which made the stream lookup the costliest step of the RTP path.
+impl std::hash::Hash for StreamKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut bytes = [0u8; 40];
+        bytes[..16].copy_from_slice(&ip_bytes(self.src.ip()));
+        bytes[16..32].copy_from_slice(&ip_bytes(self.dst.ip()));
+        bytes[32..34].copy_from_slice(&self.src.port().to_ne_bytes());
+        bytes[34..36].copy_from_slice(&self.dst.port().to_ne_bytes());
+        bytes[36..].copy_from_slice(&self.ssrc.to_ne_bytes());
+        state.write(&bytes);
+    }
+}
+
+/// An address as 16 bytes (IPv4 mapped into IPv6), for hashing. Equal keys hash equally;
+/// an IPv4 address and its mapped IPv6 form collide, which `Eq` then tells apart.
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 #[derive(Debug)]
@@ -179,6 +204,8 @@ struct Stream {
     codecs: Arc<[Codec]>,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
+    /// The last payload type's meaning, when it does not depend on the packet.
+    info_cache: Option<(u8, PayloadInfo)>,
     /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
     /// stream's direction in each.
     legs: Vec<(Arc<str>, Direction)>,
@@ -212,10 +239,12 @@ pub struct MediaTracker {
     limits: MediaLimits,
     endpoints: HashMap<SocketAddr, Endpoint>,
     endpoints_by_call: HashMap<Arc<str>, Vec<SocketAddr>>,
-    streams: HashMap<StreamKey, Stream>,
+    /// Boxed: the table then holds small entries (key and pointer) that stay in cache while
+    /// it is probed, and a half-empty table after growth costs pointers, not whole streams.
+    streams: HashMap<StreamKey, Box<Stream>>,
     streams_by_call: HashMap<Arc<str>, Vec<StreamKey>>,
     /// Streams of calls closed for inactivity, waiting for their call record.
-    closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
+    closed_by_call: HashMap<Arc<str>, Vec<Box<Stream>>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
@@ -495,21 +524,26 @@ impl MediaTracker {
         self.counters.streams += 1;
         self.counters.rtp_packets += packets.len() as u64;
         let info = payload_info(&codecs, first);
-        let mut stream = Stream {
+        let mut stream = Box::new(Stream {
             key,
             call: call.clone(),
             direction,
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
+            info_cache: None,
             legs: Vec::new(),
-        };
+        });
         stream.note_voice(first, info);
         for (time, packet) in rest {
             stream.packet(*time, packet);
         }
         if let Some(call) = call {
-            self.streams_by_call.entry(call).or_default().push(key);
+            // Sized for a call's two directions (an empty Vec grows to four keys at once).
+            self.streams_by_call
+                .entry(call)
+                .or_insert_with(|| Vec::with_capacity(2))
+                .push(key);
         } else {
             self.counters.orphan_streams += 1;
         }
@@ -531,7 +565,11 @@ impl MediaTracker {
             .get(&key.ssrc)
             .map(|keys| keys.iter().copied().filter(|k| *k != key).collect())
             .unwrap_or_default();
-        self.streams_by_ssrc.entry(key.ssrc).or_default().push(key);
+        // Nearly every SSRC has one stream (a relay's second leg makes two).
+        self.streams_by_ssrc
+            .entry(key.ssrc)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(key);
         for peer in peers {
             let (Some(this), Some(other)) = (self.streams.get(&key), self.streams.get(&peer))
             else {
@@ -932,7 +970,16 @@ impl MediaTracker {
 
 impl Stream {
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
-        let info = payload_info(&self.codecs, packet);
+        // The payload type rarely changes within a stream: its meaning is looked up in the
+        // SDP's codecs (names compared) only when it does, or when it depends on the packet.
+        let info = match self.info_cache {
+            Some((pt, info)) if pt == packet.payload_type => info,
+            _ => {
+                let (info, fixed) = payload_info_of(&self.codecs, packet);
+                self.info_cache = fixed.then_some((packet.payload_type, info));
+                info
+            }
+        };
         self.note_voice(packet, info);
         self.analyzer.packet(time, packet, info);
     }
@@ -1012,6 +1059,12 @@ fn codec_of(codecs: &[Codec], pt: u8) -> (Option<String>, Option<u32>) {
 }
 
 fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
+    payload_info_of(codecs, packet).0
+}
+
+/// The payload info, and whether it holds for every packet of this payload type (false
+/// when an unmapped dynamic type is read from the packet's payload).
+fn payload_info_of(codecs: &[Codec], packet: &RtpPacket) -> (PayloadInfo, bool) {
     let pt = packet.payload_type;
     let mapped = codecs
         .iter()
@@ -1029,14 +1082,15 @@ fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
         // RFC 4733 (what Wireshark's rtpevent preference assumes for PT 101).
         None => pt >= 96 && packet.payload_len == 4 && packet.payload_head[0] <= 16,
     };
-    PayloadInfo {
+    let info = PayloadInfo {
         // Events keep their clock (for durations); the analysis computes no jitter for them.
         clock_rate: clock,
         is_event,
         is_comfort_noise: pt == 13
             || pt == 19
             || name.is_some_and(|n| n.eq_ignore_ascii_case("CN")),
-    }
+    };
+    (info, name.is_some() || pt < 96)
 }
 
 /// What the receiver of `key` reported about it.
