@@ -652,7 +652,9 @@ pub struct StreamAnalyzer {
     payload_types: [u8; MAX_PAYLOAD_TYPES],
     payload_type_count: u8,
     comfort_noise: u64,
-    /// Allocated at the first event: most streams carry none.
+    /// Allocated at the first event: most streams carry none. Boxed on purpose: 8 bytes in
+    /// every stream's state instead of a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
     dtmf: Option<Box<Vec<DtmfEvent>>>,
     last_event_ts: Option<u32>,
 }
