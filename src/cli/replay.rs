@@ -152,16 +152,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let bar = progress_bar(path, size, args.no_progress);
-        let result = replay.read(
-            &path.display().to_string(),
-            io::BufReader::with_capacity(1 << 20, file),
-            &mut sink,
-            |p| {
-                if let Some(bar) = &bar {
-                    bar.set_position(p.bytes);
-                }
-            },
-        );
+        let result = replay.read(&path.display().to_string(), file, &mut sink, |p| {
+            if let Some(bar) = &bar {
+                bar.set_position(p.bytes);
+            }
+        });
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -262,12 +257,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut replay = Replay::new(replay_settings(&args)?);
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        if let Err(e) = replay.read(
-            &path.display().to_string(),
-            io::BufReader::with_capacity(1 << 20, file),
-            &mut sink,
-            |_| {},
-        ) {
+        if let Err(e) = replay.read(&path.display().to_string(), file, &mut sink, |_| {}) {
             eprintln!(
                 "teledge: {}: {}",
                 path.display(),

@@ -164,21 +164,74 @@ struct Endpoint {
 /// Most other calls remembered per endpoint.
 const MAX_LEGS: usize = 4;
 
+/// A stream's 5-tuple and SSRC, packed: 44 bytes where two `SocketAddr` and the SSRC take 68.
+/// A stream's key is held four times (the stream table, the stream, the SSRC and call
+/// indexes), so this is a good part of what a stream costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct StreamKey {
-    src: SocketAddr,
-    dst: SocketAddr,
+    /// Source address, destination address (16 bytes each, IPv4 mapped into IPv6), source
+    /// port, destination port (big-endian).
+    addrs: [u8; 36],
     ssrc: u32,
+    /// Bit 0: the source is IPv6, bit 1: the destination is (so `::ffff:a.b.c.d` and
+    /// `a.b.c.d` stay apart).
+    v6: u8,
 }
 
+impl StreamKey {
+    fn new(src: SocketAddr, dst: SocketAddr, ssrc: u32) -> Self {
+        let mut addrs = [0u8; 36];
+        addrs[..16].copy_from_slice(&ip_bytes(src.ip()));
+        addrs[16..32].copy_from_slice(&ip_bytes(dst.ip()));
+        addrs[32..34].copy_from_slice(&src.port().to_be_bytes());
+        addrs[34..].copy_from_slice(&dst.port().to_be_bytes());
+        StreamKey {
+            addrs,
+            ssrc,
+            v6: u8::from(src.is_ipv6()) | u8::from(dst.is_ipv6()) << 1,
+        }
+    }
+
+    fn src(&self) -> SocketAddr {
+        self.addr(0, 32, 1)
+    }
+
+    fn dst(&self) -> SocketAddr {
+        self.addr(16, 34, 2)
+    }
+
+    fn addr(&self, ip_at: usize, port_at: usize, v6_bit: u8) -> SocketAddr {
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&self.addrs[ip_at..ip_at + 16]);
+        let ip = std::net::Ipv6Addr::from(ip);
+        let ip = match ip.to_ipv4_mapped() {
+            Some(v4) if self.v6 & v6_bit == 0 => IpAddr::V4(v4),
+            _ => IpAddr::V6(ip),
+        };
+        let port = u16::from_be_bytes([self.addrs[port_at], self.addrs[port_at + 1]]);
+        SocketAddr::new(ip, port)
+    }
+}
+
+/// An address as 16 bytes (IPv4 mapped into IPv6).
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A measured stream. Its key is not repeated here (the table and the indexes hold it):
+/// what needs it is handed it.
 #[derive(Debug)]
 struct Stream {
-    key: StreamKey,
     call: Option<Arc<str>>,
     direction: Option<Direction>,
     codecs: Arc<[Codec]>,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
+    /// The last payload type's meaning, when it does not depend on the packet.
+    info_cache: Option<(u8, PayloadInfo)>,
     /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
     /// stream's direction in each.
     legs: Vec<(Arc<str>, Direction)>,
@@ -212,10 +265,12 @@ pub struct MediaTracker {
     limits: MediaLimits,
     endpoints: HashMap<SocketAddr, Endpoint>,
     endpoints_by_call: HashMap<Arc<str>, Vec<SocketAddr>>,
-    streams: HashMap<StreamKey, Stream>,
+    /// Boxed: the table then holds small entries (key and pointer) that stay in cache while
+    /// it is probed, and a half-empty table after growth costs pointers, not whole streams.
+    streams: HashMap<StreamKey, Box<Stream>>,
     streams_by_call: HashMap<Arc<str>, Vec<StreamKey>>,
     /// Streams of calls closed for inactivity, waiting for their call record.
-    closed_by_call: HashMap<Arc<str>, Vec<Stream>>,
+    closed_by_call: HashMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
@@ -360,11 +415,7 @@ impl MediaTracker {
     }
 
     fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
-        let key = StreamKey {
-            src: meta.src,
-            dst: meta.dst,
-            ssrc: rtp.ssrc,
-        };
+        let key = StreamKey::new(meta.src, meta.dst, rtp.ssrc);
         if let Some(stream) = self.streams.get_mut(&key) {
             self.counters.rtp_packets += 1;
             if stream.call.is_some() {
@@ -439,11 +490,7 @@ impl MediaTracker {
         // their chance. When the table is full, new candidates are turned away (and counted)
         // until old ones expire: a flood of garbage cannot grow memory, and streams that SDP
         // announced never need probation.
-        let key = StreamKey {
-            src: meta.src,
-            dst: meta.dst,
-            ssrc: rtp.ssrc,
-        };
+        let key = StreamKey::new(meta.src, meta.dst, rtp.ssrc);
         if !self.candidates.contains_key(&key)
             && self.candidates.len() >= self.limits.max_candidates
         {
@@ -495,21 +542,25 @@ impl MediaTracker {
         self.counters.streams += 1;
         self.counters.rtp_packets += packets.len() as u64;
         let info = payload_info(&codecs, first);
-        let mut stream = Stream {
-            key,
+        let mut stream = Box::new(Stream {
             call: call.clone(),
             direction,
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
+            info_cache: None,
             legs: Vec::new(),
-        };
+        });
         stream.note_voice(first, info);
         for (time, packet) in rest {
             stream.packet(*time, packet);
         }
         if let Some(call) = call {
-            self.streams_by_call.entry(call).or_default().push(key);
+            // Sized for a call's two directions (an empty Vec grows to four keys at once).
+            self.streams_by_call
+                .entry(call)
+                .or_insert_with(|| Vec::with_capacity(2))
+                .push(key);
         } else {
             self.counters.orphan_streams += 1;
         }
@@ -531,17 +582,22 @@ impl MediaTracker {
             .get(&key.ssrc)
             .map(|keys| keys.iter().copied().filter(|k| *k != key).collect())
             .unwrap_or_default();
-        self.streams_by_ssrc.entry(key.ssrc).or_default().push(key);
+        // Nearly every SSRC has one stream (a relay's second leg makes two).
+        self.streams_by_ssrc
+            .entry(key.ssrc)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(key);
         for peer in peers {
             let (Some(this), Some(other)) = (self.streams.get(&key), self.streams.get(&peer))
             else {
                 continue;
             };
-            let (attached, orphan) = match (this.call.is_some(), other.call.is_some()) {
-                (true, false) => (this, other),
-                (false, true) => (other, this),
-                _ => continue,
-            };
+            let ((attached, attached_key), orphan_key) =
+                match (this.call.is_some(), other.call.is_some()) {
+                    (true, false) => ((this, key), peer),
+                    (false, true) => ((other, peer), key),
+                    _ => continue,
+                };
             let Some(call) = attached.call.clone() else {
                 continue;
             };
@@ -549,8 +605,8 @@ impl MediaTracker {
                 self.counters.streams_beyond_call_cap += 1;
                 continue;
             }
-            let orphan_ips = [orphan.key.src.ip(), orphan.key.dst.ip()];
-            let relay_announced = [attached.key.src.ip(), attached.key.dst.ip()]
+            let orphan_ips = [orphan_key.src().ip(), orphan_key.dst().ip()];
+            let relay_announced = [attached_key.src().ip(), attached_key.dst().ip()]
                 .into_iter()
                 .filter(|ip| orphan_ips.contains(ip))
                 .any(|ip| {
@@ -562,7 +618,6 @@ impl MediaTracker {
                 continue;
             }
             let direction = attached.direction;
-            let orphan_key = orphan.key;
             if let Some(orphan) = self.streams.get_mut(&orphan_key) {
                 orphan.call = Some(call.clone());
                 orphan.direction = direction;
@@ -659,7 +714,7 @@ impl MediaTracker {
                     continue;
                 };
                 if stream.call.is_some()
-                    && (ips.contains(&key.src.ip()) || ips.contains(&key.dst.ip()))
+                    && (ips.contains(&key.src().ip()) || ips.contains(&key.dst().ip()))
                 {
                     return stream.call.clone();
                 }
@@ -724,7 +779,7 @@ impl MediaTracker {
                         keys.retain(|k| *k != key);
                     }
                     let rtcp = self.rtcp_by_call.get(leg).map(Vec::as_slice);
-                    let q = stream.quality(rtcp.or(Some(&[])));
+                    let q = stream.quality(key, rtcp.or(Some(&[])));
                     self.closed_legs
                         .entry(leg.clone())
                         .or_default()
@@ -733,9 +788,12 @@ impl MediaTracker {
                 if let Some(keys) = self.streams_by_call.get_mut(&call) {
                     keys.retain(|k| *k != key);
                 }
-                self.closed_by_call.entry(call).or_default().push(stream);
+                self.closed_by_call
+                    .entry(call)
+                    .or_default()
+                    .push((key, stream));
             }
-            None => self.orphan_out(&stream, out),
+            None => self.orphan_out(key, &stream, out),
         }
     }
 
@@ -792,20 +850,20 @@ impl MediaTracker {
                 // This call is another leg of the stream: a snapshot, the stream goes on.
                 if let Some(i) = stream.legs.iter().position(|(c, _)| &**c == call_id) {
                     let (_, direction) = stream.legs.remove(i);
-                    measured.push((Some(direction), stream.quality(Some(&rtcp))));
+                    measured.push((Some(direction), stream.quality(key, Some(&rtcp))));
                 }
                 continue;
             }
             if let Some((next, direction)) = stream.legs.pop() {
                 // The stream's first call ended; another leg keeps it.
-                measured.push((stream.direction, stream.quality(Some(&rtcp))));
+                measured.push((stream.direction, stream.quality(key, Some(&rtcp))));
                 stream.call = Some(next);
                 stream.direction = Some(direction);
                 continue;
             }
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
-                streams.push(stream);
+                streams.push((key, stream));
             }
         }
         for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
@@ -826,8 +884,8 @@ impl MediaTracker {
                 }
             }
         }
-        for stream in &streams {
-            measured.push((stream.direction, stream.quality(Some(&rtcp))));
+        for (key, stream) in &streams {
+            measured.push((stream.direction, stream.quality(*key, Some(&rtcp))));
         }
         measured.sort_by_key(|(_, q)| q.metrics.start_time);
         let mut quality = MediaQuality::default();
@@ -845,8 +903,8 @@ impl MediaTracker {
     /// Reports an orphan stream: its own record while the minute's budget lasts, else into
     /// the minute's summary (so an orphan RTP flood cannot push call records out of the
     /// spool).
-    fn orphan_out(&mut self, stream: &Stream, out: &mut impl FnMut(StreamRecord)) {
-        let record = orphan_record(stream);
+    fn orphan_out(&mut self, key: StreamKey, stream: &Stream, out: &mut impl FnMut(StreamRecord)) {
+        let record = orphan_record(key, stream);
         self.orphan_record_out(record, out);
     }
 
@@ -914,7 +972,7 @@ impl MediaTracker {
         for key in orphans {
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
-                records.push(orphan_record(&stream));
+                records.push(orphan_record(key, &stream));
             }
         }
         records.sort_by_key(|r| r.stream.metrics.start_time);
@@ -932,7 +990,16 @@ impl MediaTracker {
 
 impl Stream {
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
-        let info = payload_info(&self.codecs, packet);
+        // The payload type rarely changes within a stream: its meaning is looked up in the
+        // SDP's codecs (names compared) only when it does, or when it depends on the packet.
+        let info = match self.info_cache {
+            Some((pt, info)) if pt == packet.payload_type => info,
+            _ => {
+                let (info, fixed) = payload_info_of(&self.codecs, packet);
+                self.info_cache = fixed.then_some((packet.payload_type, info));
+                info
+            }
+        };
         self.note_voice(packet, info);
         self.analyzer.packet(time, packet, info);
     }
@@ -947,7 +1014,7 @@ impl Stream {
         codec_of(&self.codecs, pt).0
     }
 
-    fn quality(&self, rtcp: Option<&[RtcpObservation]>) -> StreamQuality {
+    fn quality(&self, key: StreamKey, rtcp: Option<&[RtcpObservation]>) -> StreamQuality {
         let metrics = self.analyzer.report();
         let codec = self.voice_pt.and_then(|pt| self.codec_name(pt));
         let codecs = metrics
@@ -956,7 +1023,7 @@ impl Stream {
             .map(|pt| self.codec_name(*pt).unwrap_or_else(|| format!("PT{pt}")))
             .collect();
         let clock = self.voice_pt.and_then(|pt| codec_of(&self.codecs, pt).1);
-        let reported = rtcp.and_then(|obs| reported_for(self.key, clock, obs));
+        let reported = rtcp.and_then(|obs| reported_for(key, clock, obs));
         let delay = reported.as_ref().and_then(|r| {
             r.mean_round_trip_ms
                 .map(|rtt| (rtt / 2.0, DelaySource::RtcpCapture))
@@ -971,9 +1038,9 @@ impl Stream {
             Err(reason) => (None, Some(reason)),
         };
         StreamQuality {
-            src: self.key.src.to_string(),
-            dst: self.key.dst.to_string(),
-            ssrc: format!("0x{:08X}", self.key.ssrc),
+            src: key.src().to_string(),
+            dst: key.dst().to_string(),
+            ssrc: format!("0x{:08X}", key.ssrc),
             codec,
             codecs,
             metrics: (&metrics).into(),
@@ -1012,6 +1079,12 @@ fn codec_of(codecs: &[Codec], pt: u8) -> (Option<String>, Option<u32>) {
 }
 
 fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
+    payload_info_of(codecs, packet).0
+}
+
+/// The payload info, and whether it holds for every packet of this payload type (false
+/// when an unmapped dynamic type is read from the packet's payload).
+fn payload_info_of(codecs: &[Codec], packet: &RtpPacket) -> (PayloadInfo, bool) {
     let pt = packet.payload_type;
     let mapped = codecs
         .iter()
@@ -1029,14 +1102,15 @@ fn payload_info(codecs: &[Codec], packet: &RtpPacket) -> PayloadInfo {
         // RFC 4733 (what Wireshark's rtpevent preference assumes for PT 101).
         None => pt >= 96 && packet.payload_len == 4 && packet.payload_head[0] <= 16,
     };
-    PayloadInfo {
+    let info = PayloadInfo {
         // Events keep their clock (for durations); the analysis computes no jitter for them.
         clock_rate: clock,
         is_event,
         is_comfort_noise: pt == 13
             || pt == 19
             || name.is_some_and(|n| n.eq_ignore_ascii_case("CN")),
-    }
+    };
+    (info, name.is_some() || pt < 96)
 }
 
 /// What the receiver of `key` reported about it.
@@ -1056,7 +1130,7 @@ fn reported_for(
     let from_receiver: Vec<&RtcpObservation> = observations
         .iter()
         .filter(about)
-        .filter(|o| o.src.ip() == key.dst.ip())
+        .filter(|o| o.src.ip() == key.dst().ip())
         .collect();
     let chosen = if from_receiver.is_empty() {
         observations.iter().filter(about).collect()
@@ -1199,14 +1273,14 @@ fn score(
     })
 }
 
-fn orphan_record(stream: &Stream) -> StreamRecord {
-    let quality = stream.quality(None);
+fn orphan_record(key: StreamKey, stream: &Stream) -> StreamRecord {
+    let quality = stream.quality(key, None);
     StreamRecord {
         schema: STREAM_SCHEMA,
         record_id: stable_id(&[
             quality.src.as_bytes(),
             quality.dst.as_bytes(),
-            &stream.key.ssrc.to_be_bytes(),
+            &key.ssrc.to_be_bytes(),
             &quality.metrics.start_time.as_nanos().to_be_bytes(),
         ]),
         stream: quality,
@@ -1269,6 +1343,31 @@ mod tests {
 
     /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
     #[test]
+    fn a_packed_stream_key_gives_back_its_addresses() {
+        for (src, dst) in [
+            ("10.0.0.1:4000", "10.0.0.2:5000"),
+            ("[2001:db8::1]:4000", "[2001:db8::2]:65535"),
+            ("[::ffff:10.0.0.1]:1", "10.0.0.1:2"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let key = StreamKey::new(src, dst, 0xDEAD_BEEF);
+            assert_eq!((key.src(), key.dst(), key.ssrc), (src, dst, 0xDEAD_BEEF));
+        }
+        // An IPv4 address and its IPv6-mapped form are different streams.
+        let v4 = StreamKey::new(
+            "10.0.0.1:1".parse().unwrap(),
+            "10.0.0.2:2".parse().unwrap(),
+            1,
+        );
+        let mapped = StreamKey::new(
+            "[::ffff:10.0.0.1]:1".parse().unwrap(),
+            "[::ffff:10.0.0.2]:2".parse().unwrap(),
+            1,
+        );
+        assert_ne!(v4, mapped);
+    }
+
+    #[test]
     fn round_trip_from_capture_times_not_the_endpoint_clock() {
         use crate::media::packet::ReceptionReport;
         let sr_seen = Timestamp::from_secs_nanos(1_700_000_000, 0);
@@ -1277,11 +1376,11 @@ mod tests {
         let rr_seen = Timestamp::from_secs_nanos(1_700_000_000, 580_000_000);
         let sender: SocketAddr = "10.0.0.1:4001".parse().unwrap();
         let receiver: SocketAddr = "10.0.0.2:5001".parse().unwrap();
-        let key = StreamKey {
-            src: "10.0.0.1:4000".parse().unwrap(),
-            dst: "10.0.0.2:5000".parse().unwrap(),
-            ssrc: 7,
-        };
+        let key = StreamKey::new(
+            "10.0.0.1:4000".parse().unwrap(),
+            "10.0.0.2:5000".parse().unwrap(),
+            7,
+        );
         let sr = RtcpObservation {
             time: sr_seen,
             src: sender,

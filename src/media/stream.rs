@@ -180,10 +180,11 @@ pub struct StreamReport {
     pub wireshark: WiresharkFigures,
 }
 
-/// Min, max and mean of a series, without keeping it.
+/// Min, max and mean of a series, without keeping it (min and max are valid once `count`
+/// is not zero: no `Option`, the state of every stream is kept small).
 #[derive(Debug, Clone, Copy, Default)]
 struct Summary {
-    min: Option<f64>,
+    min: f64,
     max: f64,
     sum: f64,
     count: u64,
@@ -191,14 +192,18 @@ struct Summary {
 
 impl Summary {
     fn add(&mut self, v: f64) {
-        self.min = Some(self.min.map_or(v, |m| m.min(v)));
-        self.max = if self.count == 0 { v } else { self.max.max(v) };
+        if self.count == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
         self.sum += v;
         self.count += 1;
     }
 
     fn min(&self) -> Option<f64> {
-        self.min.map(round6)
+        (self.count > 0).then(|| round6(self.min))
     }
 
     fn mean(&self) -> Option<f64> {
@@ -210,12 +215,11 @@ impl Summary {
     }
 }
 
-/// One emulated fixed playout buffer.
+/// One emulated fixed playout buffer (its size is [`JITTER_BUFFERS_MS`] at its index).
 #[derive(Debug, Clone, Copy)]
 struct JitterBuffer {
-    size: f64,
-    /// Transit (ms) of the packet the playout is anchored on.
-    anchor: Option<f64>,
+    /// Transit (ms) of the packet the playout is anchored on; NaN before the first.
+    anchor: f64,
     /// Consecutive packets outside the window.
     outside: u32,
     discarded: u64,
@@ -226,10 +230,9 @@ struct JitterBuffer {
 }
 
 impl JitterBuffer {
-    fn new(size: f64) -> Self {
+    fn new() -> Self {
         JitterBuffer {
-            size,
-            anchor: None,
+            anchor: f64::NAN,
             outside: 0,
             discarded: 0,
             resyncs: 0,
@@ -239,23 +242,22 @@ impl JitterBuffer {
     }
 
     /// A voice packet with this transit arrives; `gap` when lost packets precede it.
-    fn offer(&mut self, transit: f64, anchor_here: bool, gap: bool) {
-        let anchor = match self.anchor {
-            Some(a) if !anchor_here => a,
-            _ => {
-                self.anchor = Some(transit);
-                self.outside = 0;
-                transit
-            }
+    fn offer(&mut self, size: f64, transit: f64, anchor_here: bool, gap: bool) {
+        let anchor = if anchor_here || self.anchor.is_nan() {
+            self.anchor = transit;
+            self.outside = 0;
+            transit
+        } else {
+            self.anchor
         };
-        let late = transit > anchor + self.size;
-        let early = transit < anchor - self.size;
+        let late = transit > anchor + size;
+        let early = transit < anchor - size;
         let mut discarded = late;
         if late || early {
             self.outside += 1;
             if self.outside >= RESYNC_AFTER {
                 // The delay shifted for good: play out from this packet on.
-                self.anchor = Some(transit);
+                self.anchor = transit;
                 self.outside = 0;
                 self.resyncs += 1;
                 discarded = false;
@@ -312,7 +314,8 @@ struct Quality {
     jitter: f64,
     deltas: Summary,
     jitters: Summary,
-    max_skew: Option<f64>,
+    /// NaN until the first voice packet.
+    max_skew: f64,
     wrong_timestamp: u64,
     jumps: u64,
 }
@@ -334,7 +337,7 @@ impl Quality {
             jitter: 0.0,
             deltas: Summary::default(),
             jitters: Summary::default(),
-            max_skew: None,
+            max_skew: f64::NAN,
             wrong_timestamp: 0,
             jumps: 0,
         }
@@ -397,8 +400,8 @@ impl Quality {
         }
         let transit = now - media;
         let skew = self.first_transit - transit;
-        if self.max_skew.is_none_or(|m: f64| skew.abs() > m.abs()) {
-            self.max_skew = Some(skew);
+        if self.max_skew.is_nan() || skew.abs() > self.max_skew.abs() {
+            self.max_skew = skew;
         }
         if media_step < 0.0 {
             self.wrong_timestamp += 1;
@@ -444,16 +447,19 @@ struct Wireshark {
     /// Arrival (ms since the first packet) of the last in-time-sequence packet.
     time: f64,
     last_nominal: f64,
-    delta: f64,
     jitter: f64,
-    min_delta: Option<f64>,
+    /// Valid once `has_deltas` (no `Option`s: the state of every stream is kept small).
+    min_delta: f64,
     max_delta: f64,
     mean_delta: f64,
-    min_jitter: Option<f64>,
+    /// Valid once `has_jitters`.
+    min_jitter: f64,
     max_jitter: f64,
     mean_jitter: f64,
     max_skew: f64,
     any_clock: bool,
+    has_deltas: bool,
+    has_jitters: bool,
     pt: u8,
     sequence_errors: u64,
     wrong_timestamp: u64,
@@ -472,16 +478,17 @@ impl Wireshark {
             under: false,
             time: 0.0,
             last_nominal: 0.0,
-            delta: 0.0,
             jitter: 0.0,
-            min_delta: None,
+            min_delta: 0.0,
             max_delta: 0.0,
             mean_delta: 0.0,
-            min_jitter: None,
+            min_jitter: 0.0,
             max_jitter: 0.0,
             mean_jitter: 0.0,
             max_skew: 0.0,
             any_clock: false,
+            has_deltas: false,
+            has_jitters: false,
             pt: packet.payload_type,
             sequence_errors: 0,
             wrong_timestamp: 0,
@@ -533,6 +540,8 @@ impl Wireshark {
             info.clock_rate.unwrap_or(0)
         };
         let mut current_jitter = 0.0;
+        // Only read for a regular packet, which is always in time sequence.
+        let mut delta = 0.0;
         if in_time_sequence {
             if clock != 0 {
                 self.any_clock = true;
@@ -542,7 +551,7 @@ impl Wireshark {
                 let nominal = f64::from(since_first) / per_ms;
                 let expected = self.time + (nominal - self.last_nominal);
                 current_jitter = (15.0 * self.jitter + (now - expected).abs()) / 16.0;
-                self.delta = now - self.time;
+                delta = now - self.time;
                 self.jitter = current_jitter;
                 self.last_nominal = nominal;
                 let skew = nominal - now;
@@ -550,23 +559,33 @@ impl Wireshark {
                     self.max_skew = skew;
                 }
             } else {
-                self.delta = now - self.time;
+                delta = now - self.time;
             }
         }
         let regular = !packet.marker && !is_cn && in_time_sequence && !follows_cn;
         if regular {
             let n = self.total as f64;
-            if self.delta > self.max_delta {
-                self.max_delta = self.delta;
+            if delta > self.max_delta {
+                self.max_delta = delta;
             }
-            self.min_delta = Some(self.min_delta.map_or(self.delta, |m| m.min(self.delta)));
-            self.mean_delta = (self.mean_delta * (n - 1.0) + self.delta) / n;
+            self.min_delta = if self.has_deltas {
+                self.min_delta.min(delta)
+            } else {
+                delta
+            };
+            self.has_deltas = true;
+            self.mean_delta = (self.mean_delta * (n - 1.0) + delta) / n;
             if clock != 0 {
                 if self.jitter > self.max_jitter {
                     self.max_jitter = self.jitter;
                 }
                 self.mean_jitter = (self.mean_jitter * (n - 1.0) + current_jitter) / n;
-                self.min_jitter = Some(self.min_jitter.map_or(self.jitter, |m| m.min(self.jitter)));
+                self.min_jitter = if self.has_jitters {
+                    self.min_jitter.min(self.jitter)
+                } else {
+                    self.jitter
+                };
+                self.has_jitters = true;
             }
         }
         if in_time_sequence {
@@ -580,19 +599,19 @@ impl Wireshark {
         let expected = i64::from(self.stop_seq) + i64::from(self.seq_cycles) * 65_536
             - i64::from(self.start_seq)
             + 1;
-        let has_deltas = self.min_delta.is_some();
+        let (has_deltas, has_jitters) = (self.has_deltas, self.has_jitters);
         WiresharkFigures {
             version: WIRESHARK_VERSION,
             expected,
             lost: expected - self.total as i64,
             sequence_errors: self.sequence_errors,
             wrong_timestamp: self.wrong_timestamp,
-            min_delta_ms: self.min_delta.map(round6),
+            min_delta_ms: has_deltas.then_some(round6(self.min_delta)),
             mean_delta_ms: has_deltas.then_some(round6(self.mean_delta)),
             max_delta_ms: has_deltas.then_some(round6(self.max_delta)),
-            min_jitter_ms: self.min_jitter.map(round6),
-            mean_jitter_ms: self.min_jitter.map(|_| round6(self.mean_jitter)),
-            max_jitter_ms: self.min_jitter.map(|_| round6(self.max_jitter)),
+            min_jitter_ms: has_jitters.then_some(round6(self.min_jitter)),
+            mean_jitter_ms: has_jitters.then_some(round6(self.mean_jitter)),
+            max_jitter_ms: has_jitters.then_some(round6(self.max_jitter)),
             max_skew_ms: self.any_clock.then_some(round6(self.max_skew)),
         }
     }
@@ -623,12 +642,20 @@ pub struct StreamAnalyzer {
     seen: u128,
     duplicates: u64,
     out_of_order: u64,
-    loss_bursts: [u64; BURST_BUCKETS],
+    /// u32 (saturating): a stream would need over four billion bursts of loss in one
+    /// bucket to reach the top, and the state of every stream is kept small.
+    loss_bursts: [u32; BURST_BUCKETS],
     lost_in_gaps: u64,
-    buffers: [JitterBuffer; 2],
-    payload_types: Vec<u8>,
+    buffers: [JitterBuffer; JITTER_BUFFERS_MS.len()],
+    /// The first [`MAX_PAYLOAD_TYPES`] payload types seen, in order (`payload_type_count`
+    /// of them): inline, no allocation per stream.
+    payload_types: [u8; MAX_PAYLOAD_TYPES],
+    payload_type_count: u8,
     comfort_noise: u64,
-    dtmf: Vec<DtmfEvent>,
+    /// Allocated at the first event: most streams carry none. Boxed on purpose: 8 bytes in
+    /// every stream's state instead of a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    dtmf: Option<Box<Vec<DtmfEvent>>>,
     last_event_ts: Option<u32>,
 }
 
@@ -655,10 +682,11 @@ impl StreamAnalyzer {
             out_of_order: 0,
             loss_bursts: [0; BURST_BUCKETS],
             lost_in_gaps: 0,
-            buffers: JITTER_BUFFERS_MS.map(JitterBuffer::new),
-            payload_types: vec![packet.payload_type],
+            buffers: [JitterBuffer::new(); JITTER_BUFFERS_MS.len()],
+            payload_types: [packet.payload_type; MAX_PAYLOAD_TYPES],
+            payload_type_count: 1,
             comfort_noise: u64::from(info.is_comfort_noise),
-            dtmf: Vec::new(),
+            dtmf: None,
             last_event_ts: None,
         };
         s.track_event(time, packet, info);
@@ -689,10 +717,10 @@ impl StreamAnalyzer {
         }
         self.last_arrival = now_ms;
 
-        if self.payload_types.len() < MAX_PAYLOAD_TYPES
-            && !self.payload_types.contains(&packet.payload_type)
-        {
-            self.payload_types.push(packet.payload_type);
+        let known = &self.payload_types[..usize::from(self.payload_type_count)];
+        if known.len() < MAX_PAYLOAD_TYPES && !known.contains(&packet.payload_type) {
+            self.payload_types[known.len()] = packet.payload_type;
+            self.payload_type_count += 1;
         }
         let gap = self.track_sequence(packet.sequence);
         self.track_event(time, packet, info);
@@ -735,7 +763,7 @@ impl StreamAnalyzer {
                 let lost = jump - 1;
                 self.lost_in_gaps += lost;
                 let bucket = (lost as usize).min(BURST_BUCKETS) - 1;
-                self.loss_bursts[bucket] += 1;
+                self.loss_bursts[bucket] = self.loss_bursts[bucket].saturating_add(1);
                 return true;
             }
             return false;
@@ -766,7 +794,7 @@ impl StreamAnalyzer {
             .filter(|r| *r > 0)
             .map(|r| f64::from(duration) * 1000.0 / f64::from(r));
         if self.last_event_ts == Some(packet.timestamp) {
-            if let Some(last) = self.dtmf.last_mut() {
+            if let Some(last) = self.dtmf.as_mut().and_then(|d| d.last_mut()) {
                 last.duration_ms = duration_ms;
             }
             return;
@@ -780,8 +808,9 @@ impl StreamAnalyzer {
             _ => return,
         };
         self.last_event_ts = Some(packet.timestamp);
-        if self.dtmf.len() < MAX_EVENTS {
-            self.dtmf.push(DtmfEvent {
+        let dtmf = self.dtmf.get_or_insert_with(Box::default);
+        if dtmf.len() < MAX_EVENTS {
+            dtmf.push(DtmfEvent {
                 digit,
                 time,
                 duration_ms,
@@ -811,8 +840,8 @@ impl StreamAnalyzer {
         match self.quality.voice(now_ms, self.ext_ts, rate, regular) {
             Voice::Transit { transit, jumped } => {
                 let anchor_here = packet.marker || jumped;
-                for buffer in &mut self.buffers {
-                    buffer.offer(transit, anchor_here, gap);
+                for (buffer, size) in self.buffers.iter_mut().zip(JITTER_BUFFERS_MS) {
+                    buffer.offer(size, transit, anchor_here, gap);
                 }
             }
             Voice::Pending => {
@@ -839,7 +868,8 @@ impl StreamAnalyzer {
         let jitter_buffers = self
             .buffers
             .iter()
-            .map(|b| {
+            .zip(JITTER_BUFFERS_MS)
+            .map(|(b, size)| {
                 let bad = lost + b.discarded as i64;
                 let ppl = percent(bad).min(100.0);
                 let events = self.lost_in_gaps + b.discarded;
@@ -851,7 +881,7 @@ impl StreamAnalyzer {
                     (mean_run * (1.0 - ppl / 100.0)).max(1.0)
                 };
                 JitterBufferReport {
-                    size_ms: b.size,
+                    size_ms: size,
                     discarded: b.discarded,
                     resyncs: b.resyncs,
                     effective_loss_percent: round3(ppl),
@@ -879,12 +909,12 @@ impl StreamAnalyzer {
             min_jitter_ms: q.jitters.min(),
             mean_jitter_ms: q.jitters.mean(),
             max_jitter_ms: q.jitters.max(),
-            max_skew_ms: q.max_skew.map(round6),
-            payload_types: self.payload_types.clone(),
-            loss_bursts: self.loss_bursts,
+            max_skew_ms: (!q.max_skew.is_nan()).then(|| round6(q.max_skew)),
+            payload_types: self.payload_types[..usize::from(self.payload_type_count)].to_vec(),
+            loss_bursts: self.loss_bursts.map(u64::from),
             jitter_buffers,
             comfort_noise_packets: self.comfort_noise,
-            dtmf: self.dtmf.clone(),
+            dtmf: self.dtmf.as_deref().cloned().unwrap_or_default(),
             wireshark: self.wireshark.report(),
         }
     }

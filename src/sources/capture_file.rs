@@ -15,7 +15,9 @@ use crate::decode::link::LinkType;
 use crate::dissect::Frame;
 use crate::time::Timestamp;
 
-/// Initial read buffer; grown for larger records up to [`MAX_RECORD`].
+/// Initial read buffer; grown for larger records up to [`MAX_RECORD`]. The reader reads
+/// straight into it: hand [`read_frames`] the file itself, not a `BufReader` (that would copy
+/// every byte once more).
 const BUFFER: usize = 256 * 1024;
 /// Largest record accepted (pcapng blocks can legitimately exceed the 256 KiB snaplen a bit).
 const MAX_RECORD: usize = 16 * 1024 * 1024;

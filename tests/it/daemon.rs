@@ -146,6 +146,11 @@ impl Agent {
 }
 
 impl Agent {
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// After `wait_for_log`: waits for a later log line containing `needle`.
     fn wait_for_later_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -883,7 +888,7 @@ fn sipp_call(work: &Path, scenario: &[&str], target: u16) {
     assert!(status.success(), "sipp {args:?}: {status:?}");
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The effective uid, from /proc (no libc call needed).
     std::fs::read_to_string("/proc/self/status")
         .unwrap()

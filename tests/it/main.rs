@@ -17,6 +17,7 @@ mod hep;
 mod layering;
 pub(crate) mod live;
 mod media;
+mod memory;
 mod observe;
 mod privacy;
 mod queue_log;

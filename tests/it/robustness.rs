@@ -416,7 +416,10 @@ fn half_open_tcp_flows_with_partial_sip_stay_within_the_budget_and_the_real_call
 /// high-water mark only grows, so the last reading is the peak up to the last millisecond),
 /// with the summary it wrote. (wait4's ru_maxrss would not do: it also counts the memory of
 /// this test process, which the child shares between fork and exec.)
-fn replay_peak_rss_kib(capture: &std::path::Path, budget_mib: usize) -> (u64, serde_json::Value) {
+pub(crate) fn replay_peak_rss_kib(
+    capture: &std::path::Path,
+    budget_mib: usize,
+) -> (u64, serde_json::Value) {
     let out = capture.with_extension("jsonl");
     let mut child = teledge()
         .args(["replay", "--no-progress", "--memory-budget"])

@@ -29,6 +29,10 @@ struct Args {
     /// RTP packets per direction of an answered call (20 ms apart).
     #[arg(long, default_value_t = 20)]
     rtp: u32,
+    /// Calls keep their timing and SDP but send no RTP (`--rtp` still sets how long they
+    /// last): the baseline against which memory per RTP stream is measured.
+    #[arg(long)]
+    no_rtp_packets: bool,
     /// Milliseconds between call starts.
     #[arg(long, default_value_t = 50)]
     interval_ms: u64,
@@ -86,7 +90,7 @@ fn main() -> anyhow::Result<()> {
                 let answer = 2000;
                 events.push((ms(answer), call, Event::Ok));
                 events.push((ms(answer + 10), call, Event::Ack));
-                for i in 0..args.rtp {
+                for i in (0..args.rtp).filter(|_| !args.no_rtp_packets) {
                     let at = answer + 20 + u64::from(i) * 20;
                     let seq = i as u16;
                     events.push((ms(at), call, Event::Rtp { forward: true, seq }));
