@@ -2,14 +2,14 @@
 # Uplink benchmark (issue 14, goal 4): records forwarded per second over mutual TLS on
 # loopback, from a spool filled beforehand (records of 390 bytes, durable), to `teledge
 # collect` writing and syncing every batch. Each batch size is run on the same spool size in
-# the same run, the first (500 records, the default before) as the peer, with the ratios;
+# the same run, the first (500 records, the default) as the peer, with the ratios;
 # the goal is 100,000 records/s.
 #
 #   scripts/bench-uplink.sh        (RECORDS=100000 per run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-100000}
-# Batch sizes, the first being the peer (500: the default before this benchmark existed).
+# Batch sizes, the first being the peer (500: `uplink.batch_records`' default).
 SIZES=${SIZES:-500 2000 5000}
 PROFILE=${PROFILE:-release}
 cargo build --profile "$PROFILE" --locked --bins -q
