@@ -22,8 +22,9 @@ fi
 
 build() { # target qemu sysroot
   rustup target add "$1" >/dev/null
-  cargo build --locked --release --target "$1" --bin teledge
-  local bin="${CARGO_TARGET_DIR:-target}/$1/release/teledge"
+  # The `edge` profile: fat LTO, one codegen unit, stripped (see Cargo.toml).
+  cargo build --locked --profile edge --target "$1" --bin teledge
+  local bin="${CARGO_TARGET_DIR:-target}/$1/edge/teledge"
   file "$bin" 2>/dev/null || true
   "$2" -L "$3" "$bin" replay tests/data/sngrep_aaa.pcap --format table | tail -n 5
   # The daemon's parts that touch the OS: serial port listing (sysfs) and config checking.

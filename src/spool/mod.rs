@@ -6,9 +6,17 @@
 //!
 //! `<dir>/gen-<G>/` is a sled database (generation `G`; the highest one is current), with two
 //! trees:
-//! - `records`: key = store epoch (u64 BE) ‖ sequence (u64 BE), so iteration is FIFO; value =
-//!   the record sealed by [`crate::seal::Keyring`] with its id as associated data;
-//! - `meta`: `epoch`, `next_seq`, `pending_newest_drops`, `dropped_oldest`, `dropped_newest`.
+//! - `records`: key = store epoch (u64 BE) ‖ sequence (u64 BE) of the first record of a
+//!   *segment*, so iteration is FIFO; value = the segment: `0xB5`, then per record `seq − key
+//!   seq (u32 BE) | length (u32 BE) | the record sealed by` [`crate::seal::Keyring`] with its
+//!   own id as associated data. Appends gather in memory until [`SEGMENT_BYTES`] (6 KiB) or
+//!   the next flush, then go to sled as one value: one sled insert for ~14 call records
+//!   instead of two per record. A value that does not start with `0xB5` is one sealed record
+//!   under its key (the layout before segments, still read);
+//! - `meta`: `epoch`, `next_seq`, `pending_newest_drops`, `dropped_oldest`, `dropped_newest`,
+//!   and `acked_through` (key of the last acknowledged record when its segment also holds
+//!   records not yet acknowledged: a segment is removed once all its records are, so
+//!   acknowledgement stays per record and durable).
 //!
 //! `<dir>/manifest.json` names the current store's epoch and the key ids of the records it
 //! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
@@ -45,14 +53,18 @@
 //! sled buffers writes in process memory (its page cache and log buffer): an append is not
 //! on disk until a flush, so a process crash loses the same as a power cut. Precisely:
 //!
-//! - [`Spool::append`] writes to sled's buffers; [`Spool::flush`] makes every earlier append
-//!   durable (log buffers written and fsynced). The owner flushes at most every
+//! - [`Spool::append`] writes to the spool's segment buffer (at most [`SEGMENT_BYTES`] and
+//!   one record) or, when it is full, to sled's buffers; [`Spool::flush`] makes every earlier
+//!   append durable (segment written, log buffers written and fsynced); so does a clean close. The owner flushes at most every
 //!   `flush_interval` after an append (group commit, default 50 ms), and before it reports
-//!   anything as stored; sled's own backstop flushes every second.
+//!   anything as stored; sled's own backstop flushes its buffers (not the segment buffer) every
+//!   second.
 //! - A crash of the process (SIGKILL, abort, the OOM killer) or of the machine loses the
 //!   appends since the last flush: at most one `flush_interval` of records. Records not yet
 //!   handed to the spool (the owner's queue, open calls) are the owner's to state.
 //! - Only durable records are read for sending, so no id is ever sent and then given again.
+//! - The full-store policy drops whole segments, oldest first (at most one segment more than
+//!   needed), each dropped record counted and the range announced as before.
 //! - [`Spool::ack`] is durable before it returns: after any crash only the batch in flight,
 //!   whose acknowledgement never arrived, is sent again (the collector acknowledges it as
 //!   duplicates). Delivery is at least once, in order.
@@ -109,6 +121,12 @@ pub struct SpoolConfig {
     /// and announced by a gap record once there is room), because sled cannot be trusted to
     /// survive running out of disk, and dropping old records would not give space back.
     pub disk_reserve_bytes: u64,
+    /// Sealed bytes gathered into one sled value (a segment of records) before it is
+    /// written; capped so that no sled node reaches sled's blob size (see [`SEGMENT_BYTES`]).
+    pub segment_bytes: usize,
+    /// sled's log segment size for a new store (a power of two, 256 KiB to 16 MiB); a store
+    /// keeps the size it was created with.
+    pub sled_segment_bytes: usize,
 }
 
 impl SpoolConfig {
@@ -122,6 +140,8 @@ impl SpoolConfig {
             compact_above_bytes: 64 << 20,
             flush_interval: Duration::from_millis(50),
             disk_reserve_bytes: 16 << 20,
+            segment_bytes: SEGMENT_BYTES,
+            sled_segment_bytes: SLED_SEGMENT_BYTES,
         }
     }
 }
@@ -174,6 +194,74 @@ impl RecordId {
     pub fn display(self, node: &str) -> String {
         format!("{node}:{}:{}", self.epoch, self.seq)
     }
+}
+
+/// Sealed bytes at which the records appended are written to sled as one segment (default).
+///
+/// sled 0.34 writes any log item larger than a quarter of its log segment (128 KiB at its
+/// default 512 KiB) to a separate blob file that its flush never fsyncs; a leaf node holds up
+/// to 17 values and is rewritten whole, so a segment is kept under 1/80 of sled's log
+/// segment ([`Spool::segment_limit`]): no node of the records tree becomes a blob.
+pub const SEGMENT_BYTES: usize = 6 << 10;
+/// sled log segment size of a new store: sled's default (larger ones were not faster here,
+/// see docs/spool-performance.md).
+pub const SLED_SEGMENT_BYTES: usize = 512 << 10;
+/// First byte of a segment value; a value starting otherwise is one sealed record (the
+/// layout before segments: the sealed format's version byte is 1).
+const SEGMENT_TAG: u8 = 0xB5;
+
+/// A segment: [`SEGMENT_TAG`], then per record `seq − first seq (u32 BE) | length (u32 BE) |
+/// sealed record`; `first` is the id of its key (records may have been removed since).
+fn encode_segment<S: AsRef<[u8]>>(first: RecordId, records: &[(RecordId, S)]) -> Vec<u8> {
+    let len: usize = records.iter().map(|(_, s)| s.as_ref().len() + 8).sum();
+    let mut out = Vec::with_capacity(1 + len);
+    out.push(SEGMENT_TAG);
+    for (id, sealed) in records {
+        let sealed = sealed.as_ref();
+        out.extend_from_slice(&(id.seq.wrapping_sub(first.seq) as u32).to_be_bytes());
+        out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        out.extend_from_slice(sealed);
+    }
+    out
+}
+
+/// The records of a stored value under `key`: a segment, or a single sealed record (the
+/// layout before segments). A value that does not decode is returned whole as one record
+/// under its key: it will not open, so [`Spool::read`] sets it aside and announces it.
+fn decode_segment<'a>(key: &[u8], value: &'a [u8]) -> Vec<(RecordId, &'a [u8])> {
+    let Some(first) = RecordId::from_key(key) else {
+        return Vec::new();
+    };
+    let whole = || vec![(first, value)];
+    let Some(mut rest) = value.strip_prefix(&[SEGMENT_TAG]) else {
+        return whole();
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (Some(offset), Some(len)) = (rest.get(..4), rest.get(4..8)) else {
+            return whole();
+        };
+        let offset = u32::from_be_bytes([offset[0], offset[1], offset[2], offset[3]]);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(sealed) = rest.get(8..8 + len) else {
+            return whole();
+        };
+        out.push((
+            RecordId {
+                epoch: first.epoch,
+                seq: first.seq + u64::from(offset),
+            },
+            sealed,
+        ));
+        rest = &rest[8 + len..];
+    }
+    out
+}
+
+/// Whether `id` is at or below the acknowledgement watermark of a partly acknowledged
+/// segment (the watermark holds within its epoch only).
+fn is_acked(acked: Option<RecordId>, id: RecordId) -> bool {
+    acked.is_some_and(|a| a.epoch == id.epoch && id.seq <= a.seq)
 }
 
 /// A record read back from the spool.
@@ -264,6 +352,15 @@ pub struct Spool {
     manifest_keys: Option<BTreeSet<u32>>,
     appends_since_disk_check: u32,
     disk_was_full: bool,
+    /// Records appended but not yet in sled, oldest first (sealed), and their sealed bytes:
+    /// written as one segment when [`SEGMENT_BYTES`] is reached or at the next flush.
+    pending: Vec<(RecordId, Vec<u8>)>,
+    pending_bytes: usize,
+    /// sled's log segment size of this store (as it was created).
+    sled_segment: usize,
+    /// Records up to here (in this epoch) are acknowledged though their segment is still
+    /// stored (it holds later records too): `meta/acked_through`.
+    acked: Option<RecordId>,
     /// Drops are logged where they are announced, at most once per interval per reason.
     log_limiter: Limiter,
 }
@@ -280,6 +377,10 @@ impl std::fmt::Debug for Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        // A clean close makes every append durable (sled would flush its own buffers too).
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "Cannot flush the spool at close.");
+        }
         // A clean close leaves the exact key set for `check-config`.
         if let Err(e) = self.sync_manifest(true) {
             tracing::warn!(error = %crate::report::Chain(&e), "Cannot update the spool manifest at close.");
@@ -399,29 +500,36 @@ impl Spool {
             dropped_newest: read_u64("dropped_newest")?.unwrap_or(0),
             ..SpoolStats::default()
         };
+        let acked = meta
+            .get("acked_through")?
+            .and_then(|v| RecordId::from_key(&v));
         let mut max_seq = None;
+        let mut last_stored = None;
         let mut key_ids = BTreeMap::new();
         for entry in records.iter() {
             let (key, value) = entry?;
-            stats.records += 1;
-            stats.bytes += value.len() as u64;
-            if let Some(key_id) = Keyring::key_id_of(&value) {
-                *key_ids.entry(key_id).or_insert(0u64) += 1;
-            }
-            if let Some(id) = RecordId::from_key(&key) {
+            for (id, sealed) in decode_segment(&key, &value) {
+                if is_acked(acked, id) {
+                    continue;
+                }
+                stats.records += 1;
+                stats.bytes += sealed.len() as u64;
+                if let Some(key_id) = Keyring::key_id_of(sealed) {
+                    *key_ids.entry(key_id).or_insert(0u64) += 1;
+                }
                 if id.epoch == epoch {
                     max_seq = max_seq.max(Some(id.seq));
                 }
+                // Whatever survived the restart is durable.
+                last_stored = Some(id);
             }
         }
-        // next_seq is persisted on every append; the scan guards against a torn meta write.
+        // next_seq is persisted with every segment; the scan guards against a torn meta
+        // write, and an acknowledged record's id is never given again either.
         let next_seq = read_u64("next_seq")?
             .unwrap_or(0)
-            .max(max_seq.map_or(0, |s| s + 1));
-        // Whatever survived the restart is durable.
-        let last_stored = records
-            .last()?
-            .and_then(|(key, _)| RecordId::from_key(&key));
+            .max(max_seq.map_or(0, |s| s + 1))
+            .max(acked.filter(|a| a.epoch == epoch).map_or(0, |a| a.seq + 1));
         // Flush on open: the epoch just chosen, and whatever sled recovered, are durable
         // before anything is sent.
         db.flush()?;
@@ -434,6 +542,10 @@ impl Spool {
             pending_lost: Vec::new(),
             appends_since_disk_check: u32::MAX,
             disk_was_full: false,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            sled_segment: sled_segment_of(&generation_path(&config.dir, generation), &config),
+            acked,
             log_limiter: Limiter::default(),
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
@@ -574,33 +686,71 @@ impl Spool {
                 id: id.display(&self.config.node_id),
                 source,
             })?;
-        self.records.insert(id.key(), sealed.as_slice())?;
         self.count_key(&sealed, true)?;
         self.last_appended = Some(id);
         self.next_seq += 1;
-        self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
         self.stats.records += 1;
         self.stats.bytes += sealed.len() as u64;
         self.stats.appended += 1;
+        self.pending_bytes += sealed.len();
+        self.pending.push((id, sealed));
+        if self.pending_bytes >= self.segment_limit() {
+            self.write_pending()?;
+        }
         Ok(id)
     }
 
-    /// Removes the oldest records until `needed` bytes fit, then announces the gap.
+    /// Sealed bytes at which a segment is written: the configured size, capped at 1/80 of the
+    /// store's sled log segment (a leaf of 17 segments stays under sled's blob threshold of a
+    /// quarter log segment; a single record larger than that is stored alone).
+    fn segment_limit(&self) -> usize {
+        self.config.segment_bytes.min(self.sled_segment / 80)
+    }
+
+    /// Writes the records appended since the last segment into sled as one segment (not yet
+    /// durable: that is [`Spool::flush`]), with the next sequence number.
+    fn write_pending(&mut self) -> Result<(), SpoolError> {
+        let Some((first, _)) = self.pending.first() else {
+            return Ok(());
+        };
+        let key = first.key();
+        let value = encode_segment(*first, &self.pending);
+        self.records.insert(key, value)?;
+        self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Removes the oldest records until `needed` bytes fit, then announces the gap. Whole
+    /// segments are removed (the oldest first; at most [`SEGMENT_BYTES`] more than needed),
+    /// then, if the store holds none, the oldest records not yet written to one.
     fn drop_oldest(&mut self, needed: u64) -> Result<(), SpoolError> {
         let mut dropped = 0u64;
         let (mut first, mut last) = (None, None);
         // Room for the record and for the gap record that reports the drop.
         while self.stats.bytes + needed + 512 > self.config.max_bytes {
-            let Some((key, value)) = self.records.pop_min()? else {
-                break;
+            let removed: Vec<(RecordId, Vec<u8>)> = match self.records.pop_min()? {
+                Some((key, value)) => decode_segment(&key, &value)
+                    .into_iter()
+                    .filter(|(id, _)| !is_acked(self.acked, *id))
+                    .map(|(id, sealed)| (id, sealed.to_vec()))
+                    .collect(),
+                None if !self.pending.is_empty() => {
+                    let (id, sealed) = self.pending.remove(0);
+                    self.pending_bytes -= sealed.len();
+                    vec![(id, sealed)]
+                }
+                None => break,
             };
-            self.stats.records = self.stats.records.saturating_sub(1);
-            self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
-            self.count_key(&value, false)?;
-            dropped += 1;
-            let id = RecordId::from_key(&key);
-            first = first.or(id);
-            last = id;
+            for (id, sealed) in removed {
+                self.stats.records = self.stats.records.saturating_sub(1);
+                self.stats.bytes = self.stats.bytes.saturating_sub(sealed.len() as u64);
+                self.count_key(&sealed, false)?;
+                dropped += 1;
+                first = first.or(Some(id));
+                last = Some(id);
+            }
         }
         if dropped > 0 {
             self.stats.dropped_oldest += dropped;
@@ -722,6 +872,7 @@ impl Spool {
     /// Makes every earlier append durable (group commit point).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         let through = self.last_appended;
+        self.write_pending()?;
         self.db.flush()?;
         self.durable_through = through;
         Ok(())
@@ -749,34 +900,39 @@ impl Spool {
         let Some(durable) = self.durable_through else {
             return Ok(Vec::new());
         };
-        let range = match after {
-            Some(id) => self.records.range(id.key().to_vec()..),
-            None => self.records.iter(),
+        // From the segment holding `after` (the last one starting at or before it).
+        let start = match after {
+            Some(id) => self
+                .records
+                .range(..=id.key())
+                .next_back()
+                .transpose()?
+                .map_or_else(|| id.key().to_vec(), |(k, _)| k.to_vec()),
+            None => Vec::new(),
         };
         let mut out = Vec::new();
         let mut unreadable = Vec::new();
-        for entry in range {
+        'segments: for entry in self.records.range(start..) {
             let (key, value) = entry?;
-            let Some(id) = RecordId::from_key(&key) else {
-                continue;
-            };
-            if Some(id) == after {
-                continue;
-            }
-            if id > durable {
-                break;
-            }
-            match self.keyring.open(&self.aad(id), &value) {
-                Ok(payload) => out.push(StoredRecord { id, payload }),
-                Err(e) => {
-                    unreadable.push((id, value, e));
-                    if unreadable.len() >= SET_ASIDE_PER_READ {
-                        break;
+            for (id, sealed) in decode_segment(&key, &value) {
+                if after.is_some_and(|a| id <= a) || is_acked(self.acked, id) {
+                    continue;
+                }
+                if id > durable {
+                    break 'segments;
+                }
+                match self.keyring.open(&self.aad(id), sealed) {
+                    Ok(payload) => out.push(StoredRecord { id, payload }),
+                    Err(e) => {
+                        unreadable.push((id, sealed.to_vec(), e));
+                        if unreadable.len() >= SET_ASIDE_PER_READ {
+                            break 'segments;
+                        }
                     }
                 }
-            }
-            if out.len() >= max {
-                break;
+                if out.len() >= max {
+                    break 'segments;
+                }
             }
         }
         if !unreadable.is_empty() {
@@ -788,7 +944,7 @@ impl Spool {
     /// Moves records that will not open out of the store, still sealed, and announces them.
     fn set_aside(
         &mut self,
-        unreadable: Vec<(RecordId, sled::IVec, SealError)>,
+        unreadable: Vec<(RecordId, Vec<u8>, SealError)>,
     ) -> Result<(), SpoolError> {
         let name = format!("unreadable-{}.sealed", self.epoch);
         let path = self.config.dir.join(&name);
@@ -805,13 +961,12 @@ impl Spool {
         file.write_all(&buf)?;
         file.sync_all()?;
         sync_dir(&self.config.dir)?;
-        let mut batch = sled::Batch::default();
-        for (id, value, _) in &unreadable {
-            batch.remove(&id.key());
+        let ids: BTreeSet<RecordId> = unreadable.iter().map(|(id, ..)| *id).collect();
+        self.remove_records(&ids)?;
+        for (_, value, _) in &unreadable {
             self.stats.records = self.stats.records.saturating_sub(1);
             self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
         }
-        self.records.apply_batch(batch)?;
         for (_, value, _) in &unreadable {
             self.count_key(value, false)?;
         }
@@ -927,17 +1082,49 @@ impl Spool {
 
     /// Removes every record up to and including `through`: the collector has them.
     pub fn ack(&mut self, through: RecordId) -> Result<u64, SpoolError> {
+        // Every append reaches sled first: the flush below makes them durable with the
+        // acknowledgement, as one group commit.
+        self.write_pending()?;
         let mut removed = 0;
         let mut batch = sled::Batch::default();
         let mut values = Vec::new();
-        for entry in self.records.range(..=through.key().to_vec()) {
+        let mut partial = false;
+        for entry in self.records.range(..=through.key()) {
             let (key, value) = entry?;
-            batch.remove(key);
-            removed += 1;
-            self.stats.bytes = self.stats.bytes.saturating_sub(value.len() as u64);
-            values.push(value);
+            let mut whole = true;
+            for (id, sealed) in decode_segment(&key, &value) {
+                if is_acked(self.acked, id) {
+                    continue;
+                }
+                if id <= through {
+                    removed += 1;
+                    self.stats.bytes = self.stats.bytes.saturating_sub(sealed.len() as u64);
+                    values.push(sealed.to_vec());
+                } else {
+                    whole = false;
+                }
+            }
+            if whole {
+                batch.remove(key);
+            } else {
+                partial = true;
+            }
+        }
+        // A segment that also holds later records stays; the watermark says which of its
+        // records are gone (durable with the same flush).
+        let acked = partial.then_some(through);
+        if acked != self.acked {
+            match acked {
+                Some(id) => {
+                    self.meta.insert("acked_through", &id.key())?;
+                }
+                None => {
+                    self.meta.remove("acked_through")?;
+                }
+            }
         }
         self.records.apply_batch(batch)?;
+        self.acked = acked;
         self.stats.records = self.stats.records.saturating_sub(removed);
         self.stats.acked += removed;
         for value in &values {
@@ -947,6 +1134,40 @@ impl Spool {
         // sent again, never batches the collector acknowledged long ago.
         self.flush()?;
         Ok(removed)
+    }
+
+    /// Removes single records (by id) from the segments holding them, rewriting each such
+    /// segment without them (or removing it when nothing is left), in one atomic batch.
+    fn remove_records(&mut self, ids: &BTreeSet<RecordId>) -> Result<(), SpoolError> {
+        let mut segments = BTreeSet::new();
+        for id in ids {
+            if let Some((key, _)) = self.records.range(..=id.key()).next_back().transpose()? {
+                segments.insert(key);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for key in segments {
+            let Some(value) = self.records.get(&key)? else {
+                continue;
+            };
+            let entries = decode_segment(&key, &value);
+            let kept: Vec<(RecordId, &[u8])> = entries
+                .iter()
+                .filter(|(id, _)| !ids.contains(id))
+                .map(|(id, sealed)| (*id, *sealed))
+                .collect();
+            if kept.len() == entries.len() {
+                continue;
+            }
+            match RecordId::from_key(&key) {
+                Some(first) if !kept.is_empty() => {
+                    batch.insert(key, encode_segment(first, &kept));
+                }
+                _ => batch.remove(key),
+            }
+        }
+        self.records.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Moves every record the store holds to a fresh random epoch (new ids, FIFO order
@@ -970,45 +1191,72 @@ impl Spool {
         while epoch == old_epoch {
             epoch = fresh_epoch()?;
         }
+        // Everything appended so far moves with the rest.
+        self.write_pending()?;
         self.epoch = epoch;
         self.next_seq = 0;
         self.meta.insert("epoch", &epoch.to_be_bytes())?;
         self.meta.insert("next_seq", &0u64.to_be_bytes())?;
         self.db.flush()?;
+        let acked = self.acked;
         loop {
             let mut batch = sled::Batch::default();
             let mut moved = 0;
+            let mut segment: Vec<(RecordId, Vec<u8>)> = Vec::new();
+            let mut segment_bytes = 0;
+            let mut key_changes = Vec::new();
             for entry in self.records.iter() {
                 let (key, value) = entry?;
-                let Some(id) = RecordId::from_key(&key) else {
-                    continue;
-                };
-                if id.epoch == epoch {
+                let entries = decode_segment(&key, &value);
+                if entries.first().is_some_and(|(id, _)| id.epoch == epoch) {
                     continue;
                 }
-                let Ok(payload) = self.keyring.open(&self.aad(id), &value) else {
-                    continue;
-                };
-                let new_id = RecordId {
-                    epoch,
-                    seq: self.next_seq,
-                };
-                let sealed = self
-                    .keyring
-                    .seal(&self.aad(new_id), &payload)
-                    .map_err(|source| SpoolError::Seal {
-                        id: new_id.display(&self.config.node_id),
-                        source,
-                    })?;
-                self.stats.bytes =
-                    self.stats.bytes.saturating_sub(value.len() as u64) + sealed.len() as u64;
-                batch.remove(key);
-                batch.insert(new_id.key().to_vec(), sealed);
-                self.next_seq += 1;
-                moved += 1;
+                // Records that do not open stay where they are, for `read` to set aside.
+                let mut left: Vec<(RecordId, &[u8])> = Vec::new();
+                for (id, sealed) in &entries {
+                    if is_acked(acked, *id) {
+                        continue;
+                    }
+                    let Ok(payload) = self.keyring.open(&self.aad(*id), sealed) else {
+                        left.push((*id, sealed));
+                        continue;
+                    };
+                    let new_id = RecordId {
+                        epoch,
+                        seq: self.next_seq,
+                    };
+                    let resealed =
+                        self.keyring
+                            .seal(&self.aad(new_id), &payload)
+                            .map_err(|source| SpoolError::Seal {
+                                id: new_id.display(&self.config.node_id),
+                                source,
+                            })?;
+                    self.stats.bytes = self.stats.bytes.saturating_sub(sealed.len() as u64)
+                        + resealed.len() as u64;
+                    key_changes.push((sealed.to_vec(), resealed.clone()));
+                    segment_bytes += resealed.len();
+                    segment.push((new_id, resealed));
+                    self.next_seq += 1;
+                    moved += 1;
+                    if segment_bytes >= self.segment_limit() {
+                        batch.insert(&segment[0].0.key(), encode_segment(segment[0].0, &segment));
+                        segment.clear();
+                        segment_bytes = 0;
+                    }
+                }
+                if left.len() != entries.len() {
+                    match (left.first(), RecordId::from_key(&key)) {
+                        (Some(_), Some(first)) => batch.insert(key, encode_segment(first, &left)),
+                        _ => batch.remove(key),
+                    }
+                }
                 if moved >= CHUNK {
                     break;
                 }
+            }
+            if let Some((first, _)) = segment.first() {
+                batch.insert(&first.key(), encode_segment(*first, &segment));
             }
             if moved == 0 {
                 break;
@@ -1016,7 +1264,14 @@ impl Spool {
             self.records.apply_batch(batch)?;
             self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
             self.db.flush()?;
+            for (old, new) in key_changes {
+                self.count_key(&old, false)?;
+                self.count_key(&new, true)?;
+            }
         }
+        // The acknowledged records of the old epoch went with their segments.
+        self.acked = None;
+        self.meta.remove("acked_through")?;
         let node = self.config.node_id.clone();
         let mut gap = GapRecord::new(&node, GapReason::EpochReused, None);
         gap.epoch = Some(old_epoch);
@@ -1024,10 +1279,11 @@ impl Spool {
         self.insert_gap(&gap)?;
         self.stats.epochs_started += 1;
         // Read resumes from the new ids: everything moved is durable.
-        self.last_appended = self
-            .records
-            .last()?
-            .and_then(|(k, _)| RecordId::from_key(&k));
+        self.write_pending()?;
+        self.last_appended = match self.records.last()? {
+            Some((key, value)) => decode_segment(&key, &value).last().map(|(id, _)| *id),
+            None => None,
+        };
         self.flush()?;
         self.manifest_keys = None;
         self.sync_manifest(true)?;
@@ -1058,6 +1314,7 @@ impl Spool {
         self.records = self.db.open_tree("records")?;
         self.meta = meta;
         self.generation = new_generation;
+        self.sled_segment = sled_segment_of(&new_path, &self.config);
         self.stats.generation = new_generation;
         self.stats.compactions += 1;
         drop(old);
@@ -1157,6 +1414,7 @@ fn open_db(path: &Path, config: &SpoolConfig) -> Result<sled::Db, OpenFailure> {
     loop {
         let sled_config = sled::Config::new()
             .path(path)
+            .segment_size(sled_segment_of(path, config))
             .cache_capacity(config.cache_bytes)
             .mode(sled::Mode::LowSpace)
             // A backstop only: the owner's group commit is what the contract promises.
@@ -1194,6 +1452,20 @@ fn open_db(path: &Path, config: &SpoolConfig) -> Result<sled::Db, OpenFailure> {
             }
         }
     }
+}
+
+/// sled's log segment size for the store at `path`: the one it was created with (sled refuses
+/// to open a store with another), else the configured one for a new store.
+fn sled_segment_of(path: &Path, config: &SpoolConfig) -> usize {
+    std::fs::read_to_string(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .filter(|s| s.is_power_of_two() && (256 << 10..=16 << 20).contains(s))
+        .unwrap_or(config.sled_segment_bytes)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -1833,6 +2105,103 @@ mod tests {
             })
             .count();
         assert_eq!(generations, 1, "old generations are deleted");
+    }
+
+    /// Several records share one sled value (one insert per segment, not two per record),
+    /// and no sled node grows into a blob file (sled 0.34 never fsyncs those).
+    #[test]
+    fn records_are_stored_several_to_a_sled_value_and_never_as_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let payload = vec![b'r'; 390];
+        for _ in 0..5000 {
+            spool.append(&payload).unwrap();
+        }
+        spool.flush().unwrap();
+        let values = spool.records.len();
+        assert!(values <= 5000 / 10, "{values} sled values for 5000 records");
+        assert_eq!(spool.stats().records, 5000);
+        assert_eq!(spool.read(None, usize::MAX).unwrap().len(), 5000);
+        let blobs = dir.path().join("gen-0/blobs");
+        let count = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
+        assert_eq!(count, 0, "sled wrote blob files");
+    }
+
+    /// An acknowledgement through the middle of a segment is per record and durable: the
+    /// segment stays for its later records, the acknowledged ones are never read again, also
+    /// after a restart, and their ids are never given again.
+    #[test]
+    fn an_acknowledgement_inside_a_segment_is_durable_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let ids: Vec<RecordId> = (0..40u32)
+            .map(|i| spool.append(format!("r{i}").as_bytes()).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        assert_eq!(spool.records.len(), 1, "one segment");
+        assert_eq!(spool.ack(ids[9]).unwrap(), 10);
+        assert_eq!(
+            spool.records.len(),
+            1,
+            "the segment stays for its later records"
+        );
+        assert_eq!(spool.stats().records, 30);
+        assert_eq!(spool.read(None, 1).unwrap()[0].id, ids[10]);
+        // Reading on from inside the segment.
+        assert_eq!(spool.read(Some(ids[20]), 1).unwrap()[0].id, ids[21]);
+        assert_eq!(spool.ack(ids[19]).unwrap(), 10);
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(spool.stats().records, 20);
+        let read = spool.read(None, 100).unwrap();
+        assert_eq!(read.len(), 20);
+        assert_eq!(read[0].id, ids[20]);
+        assert_eq!(read[0].payload, b"r20");
+        // The whole segment acknowledged: removed, the watermark gone with it.
+        assert_eq!(spool.ack(ids[39]).unwrap(), 20);
+        assert_eq!(spool.records.len(), 0);
+        assert_eq!(spool.meta.get("acked_through").unwrap(), None);
+        let next = spool.append(b"next").unwrap().unwrap();
+        assert_eq!(next.seq, ids[39].seq + 1);
+    }
+
+    /// A store written before segments (one sealed record per value) is read, acknowledged
+    /// and appended to: an upgrade keeps every record.
+    #[test]
+    fn a_store_of_single_record_values_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let epoch = spool.epoch();
+        let aad = |seq| spool.aad(RecordId { epoch, seq });
+        let legacy: Vec<(RecordId, Vec<u8>)> = (0..5u64)
+            .map(|seq| {
+                let id = RecordId { epoch, seq };
+                (
+                    id,
+                    keyring()
+                        .seal(&aad(seq), format!("old{seq}").as_bytes())
+                        .unwrap(),
+                )
+            })
+            .collect();
+        for (id, sealed) in &legacy {
+            spool.records.insert(id.key(), sealed.as_slice()).unwrap();
+        }
+        spool.meta.insert("next_seq", &5u64.to_be_bytes()).unwrap();
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(spool.stats().records, 5);
+        let new = spool.append(b"new").unwrap().unwrap();
+        assert_eq!(new.seq, 5);
+        spool.flush().unwrap();
+        let read = spool.read(None, 100).unwrap();
+        let payloads: Vec<&[u8]> = read.iter().map(|r| r.payload.as_slice()).collect();
+        assert_eq!(
+            payloads,
+            [&b"old0"[..], b"old1", b"old2", b"old3", b"old4", b"new"]
+        );
+        assert_eq!(spool.ack(legacy[2].0).unwrap(), 3);
+        assert_eq!(spool.read(None, 1).unwrap()[0].payload, b"old3");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

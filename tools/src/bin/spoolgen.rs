@@ -59,6 +59,10 @@ enum Mode {
         backoff_min_ms: u64,
         #[arg(long, default_value_t = 60_000)]
         backoff_max_ms: u64,
+        /// Append (and make durable) every record before forwarding starts, then print the
+        /// forwarding rate alone (`forwarded <n> records in <s> s: <rate> records/s`).
+        #[arg(long)]
+        prefill: bool,
     },
     /// Spool benchmarks in a directory.
     Bench {
@@ -68,6 +72,12 @@ enum Mode {
         records: u64,
         #[arg(long, default_value_t = 1_000_000)]
         churn: u64,
+        /// Sealed bytes per sled value (the spool's segment; default: the spool's).
+        #[arg(long)]
+        segment_bytes: Option<usize>,
+        /// sled log segment size of the new store (default: the spool's).
+        #[arg(long)]
+        sled_segment_bytes: Option<usize>,
     },
 }
 
@@ -84,18 +94,22 @@ fn main() -> anyhow::Result<()> {
             drain_timeout,
             backoff_min_ms,
             backoff_max_ms,
+            prefill,
         } => load(
             &config,
             records,
             group,
             drain_timeout,
             (backoff_min_ms, backoff_max_ms),
+            prefill,
         ),
         Mode::Bench {
             dir,
             records,
             churn,
-        } => bench(&dir, records, churn),
+            segment_bytes,
+            sled_segment_bytes,
+        } => bench(&dir, records, churn, segment_bytes, sled_segment_bytes),
     }
 }
 
@@ -142,6 +156,7 @@ fn load(
     group: u64,
     drain_timeout: u64,
     (backoff_min, backoff_max): (u64, u64),
+    prefill: bool,
 ) -> anyhow::Result<()> {
     let config = teledge::config::load_forward(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (spool, _) = Spool::open(config.spool.clone(), config.keyring.clone())?;
@@ -181,6 +196,12 @@ fn load(
         Ok(())
     });
 
+    if prefill {
+        // Forwarding alone is measured: the producer finishes first.
+        while !done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -207,6 +228,14 @@ fn load(
         .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     let forwarded = drained.map_err(|e| anyhow::anyhow!("not drained: {}", e.reason))?;
     let stats = spool.lock().unwrap_or_else(|p| p.into_inner()).stats();
+    if prefill {
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "forwarded {} records in {seconds:.3} s: {:.0} records/s",
+            forwarder.stats.records,
+            forwarder.stats.records as f64 / seconds
+        );
+    }
     println!(
         "drained {} records in {:.3} s",
         forwarded.records,
@@ -223,31 +252,69 @@ fn load(
     Ok(())
 }
 
-fn bench(dir: &std::path::Path, records: u64, churn: u64) -> anyhow::Result<()> {
+/// Bytes this process handed to write(2)/pwrite(2) so far (`wchar` of /proc/self/io): the
+/// write amplification of the store beside the sealed bytes it holds.
+fn written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench(
+    dir: &std::path::Path,
+    records: u64,
+    churn: u64,
+    segment_bytes: Option<usize>,
+    sled_segment_bytes: Option<usize>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let keyring = Keyring::new((1, [1; 32]), &[]);
 
     // Durable appends with group commit: a flush every 50 ms, as the agent does.
     let spool_dir = dir.join("spool-bench");
     let _ = std::fs::remove_dir_all(&spool_dir);
-    let (mut spool, _) = Spool::open(SpoolConfig::new(&spool_dir, "bench"), keyring.clone())?;
+    let mut config = SpoolConfig::new(&spool_dir, "bench");
+    config.segment_bytes = segment_bytes.unwrap_or(config.segment_bytes);
+    config.sled_segment_bytes = sled_segment_bytes.unwrap_or(config.sled_segment_bytes);
+    println!(
+        "spool settings: segment {} bytes, sled log segment {} bytes",
+        config.segment_bytes, config.sled_segment_bytes
+    );
+    let (mut spool, _) = Spool::open(config, keyring.clone())?;
+    let written_before = written();
     let start = Instant::now();
     let mut last_flush = Instant::now();
+    let mut flushes = 0u64;
+    let mut longest_wait = Duration::ZERO;
     for n in 0..records {
         spool.append(&payload(n))?;
         if last_flush.elapsed() >= Duration::from_millis(50) {
             spool.flush()?;
+            flushes += 1;
+            longest_wait = longest_wait.max(last_flush.elapsed());
             last_flush = Instant::now();
         }
     }
     spool.flush()?;
+    flushes += 1;
+    longest_wait = longest_wait.max(last_flush.elapsed());
     let elapsed = start.elapsed().as_secs_f64();
+    let spool_rate = records as f64 / elapsed;
+    let spool_written = written() - written_before;
     let on_disk = spool.size_on_disk()?;
+    let sealed = spool.stats().bytes;
     println!(
-        "spool: {records} records of {} bytes, group commit 50 ms: {:.0} durable appends/s, {:.0} bytes on disk per record",
+        "spool: {records} records of {} bytes, group commit 50 ms ({flushes} flushes, longest wait for a commit {} ms): {spool_rate:.0} durable appends/s, {:.0} bytes on disk per record, on disk / sealed bytes {:.2}, written / sealed bytes {:.2}",
         payload(0).len(),
-        records as f64 / elapsed,
-        on_disk as f64 / records as f64
+        longest_wait.as_millis(),
+        on_disk as f64 / records as f64,
+        on_disk as f64 / sealed as f64,
+        spool_written as f64 / sealed as f64,
     );
 
     // Churn: a million records appended and acknowledged in waves, as a long-running agent.
@@ -290,10 +357,14 @@ fn bench(dir: &std::path::Path, records: u64, churn: u64) -> anyhow::Result<()> 
         }
     }
     file.sync_data()?;
+    let reference_rate = records as f64 / start.elapsed().as_secs_f64();
     println!(
-        "reference: append-only file, fdatasync every 50 ms: {:.0} durable appends/s, {:.0} bytes per record",
-        records as f64 / start.elapsed().as_secs_f64(),
+        "reference: append-only file, fdatasync every 50 ms: {reference_rate:.0} durable appends/s, {:.0} bytes per record",
         std::fs::metadata(&path)?.len() as f64 / records as f64
+    );
+    println!(
+        "ratio: spool / reference durable appends/s = {:.2}",
+        spool_rate / reference_rate
     );
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir_all(&spool_dir);
