@@ -15,6 +15,7 @@ mod generated;
 mod hep;
 pub(crate) mod live;
 mod media;
+mod packaging;
 mod observe;
 mod privacy;
 mod regressions;
