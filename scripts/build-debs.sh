@@ -106,11 +106,12 @@ manpage_made=0
 for arch in "${arches[@]}"; do
   t=$(triple "$arch")
   p=$(gnu_prefix "$arch")
-  # The host's own architecture is built without --target, into target/<profile>/ like any
-  # cargo build (and cargo test, whose binary the CI test packages).
+  # Release packages come from target/<triple>/release/ for every architecture. A test
+  # package for the host (another profile) is made from cargo's own target/<profile>/, where
+  # cargo test leaves the binary the CI test packages.
   target_args=(--target "$t")
   bin="$target_dir/$t/$profile_dir/teledge"
-  if [ "$t" = "$host_triple" ]; then
+  if [ "$t" = "$host_triple" ] && [ "$profile" != release ]; then
     target_args=()
     bin="$target_dir/$profile_dir/teledge"
   fi
