@@ -37,7 +37,10 @@ struct Package {
 fn package() -> &'static Package {
     static PACKAGE: OnceLock<Package> = OnceLock::new();
     PACKAGE.get_or_init(|| {
-        need("cargo-deb", "cargo-deb 3.8.0 (cargo install cargo-deb --version 3.8.0)");
+        need(
+            "cargo-deb",
+            "cargo-deb 3.8.0 (cargo install cargo-deb --version 3.8.0)",
+        );
         need("dpkg-deb", "the Debian package dpkg-dev");
         need("help2man", "the Debian package help2man");
         // The binary the script packages is the one cargo test built.
@@ -48,7 +51,10 @@ fn package() -> &'static Package {
             .args(["--no-build", "--profile", "dev", "--no-lintian", "--out"])
             .arg(dir.join("out"))
             .arg("amd64")
-            .env("CARGO_TARGET_DIR", built.parent().unwrap().parent().unwrap())
+            .env(
+                "CARGO_TARGET_DIR",
+                built.parent().unwrap().parent().unwrap(),
+            )
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -85,8 +91,7 @@ fn field(name: &str) -> String {
 }
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(package().unpacked.join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(package().unpacked.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
@@ -143,7 +148,10 @@ fn ships_the_daemon_its_unit_and_files_and_no_test_tools() {
             "usr/lib/systemd/system/teledge.service",
             "systemd/teledge.service",
         ),
-        ("usr/lib/sysusers.d/teledge.conf", "systemd/teledge.sysusers"),
+        (
+            "usr/lib/sysusers.d/teledge.conf",
+            "systemd/teledge.sysusers",
+        ),
         ("usr/lib/tmpfiles.d/teledge.conf", "systemd/teledge.tmpfile"),
         ("etc/teledge/teledge.example.toml", "teledge.example.toml"),
     ] {
@@ -170,10 +178,7 @@ fn ships_the_daemon_its_unit_and_files_and_no_test_tools() {
 fn control_fields_name_the_architecture_version_and_dependencies() {
     assert_eq!(field("Package"), "teledge");
     assert_eq!(field("Architecture"), "amd64");
-    assert_eq!(
-        field("Version"),
-        format!("{}-1", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(field("Version"), format!("{}-1", env!("CARGO_PKG_VERSION")));
     let depends = field("Depends");
     assert!(depends.contains("libc6 (>= "), "{depends}");
     // postinst runs systemd-sysusers: one of its providers must be there.
@@ -204,7 +209,8 @@ fn packaged_binary_runs_and_the_man_page_covers_every_subcommand() {
         format!("teledge {}", env!("CARGO_PKG_VERSION"))
     );
     let help = run(Command::new(&binary).arg("--help"));
-    let page = run(Command::new("zcat").arg(package().unpacked.join("usr/share/man/man1/teledge.1.gz")));
+    let page =
+        run(Command::new("zcat").arg(package().unpacked.join("usr/share/man/man1/teledge.1.gz")));
     assert!(page.contains(".TH TELEDGE \"1\""), "{page}");
     let commands: Vec<&str> = help
         .lines()
@@ -243,7 +249,9 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(starts.len(), 1, "{postinst}");
-    let gate = postinst.find("if config_valid; then").expect("the check-config gate");
+    let gate = postinst
+        .find("if config_valid; then")
+        .expect("the check-config gate");
     assert!(gate < starts[0], "{postinst}");
 
     // The credential postinst hands to check-config is the unit's.
@@ -262,7 +270,10 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
     assert!(postinst.contains("CONFIG=/etc/teledge/teledge.toml"));
 
     let prerm = read("DEBIAN/prerm");
-    assert!(prerm.contains("deb-systemd-invoke stop teledge.service"), "{prerm}");
+    assert!(
+        prerm.contains("deb-systemd-invoke stop teledge.service"),
+        "{prerm}"
+    );
     let postrm = read("DEBIAN/postrm");
     assert!(postrm.contains("deb-systemd-helper mask teledge.service"));
     assert!(postrm.contains("deb-systemd-helper purge teledge.service"));
