@@ -288,13 +288,20 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
 fn lintian_finds_nothing_not_overridden() {
     need("lintian", "the Debian package lintian");
     let out = Command::new("lintian")
-        .args(["--display-info", "--fail-on", "error,warning,info"])
+        .args(["--display-info", "--fail-on", "none"])
         .arg(&package().deb)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "lintian:\n{stdout}");
-    assert!(stdout.trim().is_empty(), "lintian:\n{stdout}");
+    assert!(out.status.success(), "lintian: {out:?}");
+    // As build-debs.sh judges a test package: the overrides for strings of the release
+    // binary are unused in this one, and that is all that may be said.
+    let hints: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: ") || l.starts_with("I: "))
+        .filter(|l| !l.starts_with("I: teledge: unused-override spelling-error-in-binary"))
+        .collect();
+    assert!(hints.is_empty(), "lintian:\n{stdout}");
 }
 
 /// The whole of `scripts/test-debs.sh`: release packages for all three architectures,
