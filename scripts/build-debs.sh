@@ -189,11 +189,10 @@ for arch in "${arches[@]}"; do
   [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] \
     || { echo "build-debs: $deb is not $arch" >&2; exit 1; }
   if ((lintian)); then
-    # Every tag down to info that debian/teledge.lintian-overrides does not list fails. A
-    # test package (not release) has another binary, in which the release binary's overridden
-    # strings need not be: their overrides are unused there, which is no fault.
-    ignore='^$'
-    [ "$profile" = release ] || ignore='^I: teledge: unused-override '
+    # Every tag down to info that debian/teledge.lintian-overrides does not list fails, but
+    # one: the override for byte sequences lintian takes for misspelt words is unused in a
+    # binary without them (they differ by architecture and build), which is no fault.
+    ignore='^I: teledge: unused-override spelling-error-in-binary '
     hints=$(lintian --display-info --fail-on none "$deb" | grep -E '^[EWI]: ' | grep -Ev "$ignore" || true)
     if [ -n "$hints" ]; then
       echo "build-debs: lintian on $deb:" >&2
