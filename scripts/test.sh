@@ -15,12 +15,22 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || need+=(sip-tester)
 # systemd-analyze and systemd-sysusers: the observe tests check the unit and sysusers files.
 [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-sysusers ] || need+=(systemd)
+# dpkg-dev, help2man, lintian: the packaging tests build the amd64 .deb and check it.
+command -v dpkg-deb >/dev/null 2>&1 && command -v dpkg-architecture >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v help2man >/dev/null 2>&1 || need+=(help2man)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "scripts/test.sh: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# cargo-deb (crates.io, pinned: the packaging tests and scripts/build-debs.sh use it).
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+  echo "scripts/test.sh: installing cargo-deb 3.8.0" >&2
+  cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
 cargo test --locked "$@"

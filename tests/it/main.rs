@@ -19,6 +19,7 @@ pub(crate) mod live;
 mod media;
 mod memory;
 mod observe;
+mod packaging;
 mod privacy;
 mod queue_log;
 mod regressions;
