@@ -200,6 +200,8 @@ impl Pseudonymizer {
             Record::Sensor(_) | Record::Alert(_) => {}
             // Counts and record ids of the node's own records.
             Record::Gap(_) => {}
+            // Versions, target names and reasons of the node's own updates.
+            Record::Update(_) => {}
         }
     }
 

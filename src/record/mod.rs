@@ -150,6 +150,7 @@ pub mod gap;
 pub mod media;
 pub mod sensor;
 mod summary;
+pub mod update;
 
 pub use call::{
     CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, Sdp, SdpCodec,
@@ -181,6 +182,8 @@ pub enum Record {
     /// Records lost or set aside on the way out (`teledge.gap/1`), made by the spool and
     /// the uplink.
     Gap(Box<gap::GapRecord>),
+    /// A step of a signed update on this node (`teledge.update/1`).
+    Update(Box<update::UpdateRecord>),
 }
 
 impl Record {
@@ -194,6 +197,7 @@ impl Record {
             Record::Sensor(_) => "sensor",
             Record::Alert(_) => "alert",
             Record::Gap(_) => "gap",
+            Record::Update(_) => "update",
         }
     }
 }
