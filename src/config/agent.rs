@@ -259,6 +259,8 @@ pub struct AgentConfig {
     pub sensors: Vec<DeviceSettings>,
     pub observe: ObserveSettings,
     pub drain_timeout: Duration,
+    /// `[fleet]`: signed updates, when the node takes part in a fleet.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
@@ -649,6 +651,10 @@ pub fn parse_with_profiles(
             ),
         });
     }
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| super::fleet::validate(f, observe.enabled, &mut problems));
     // Everything is validated: now, in one step, the key material.
     let forward = forward.and_then(|valid| super::keys::load(valid, &mut problems));
     let hep = hep.map(|mut hep| {
@@ -675,6 +681,7 @@ pub fn parse_with_profiles(
             sensors,
             observe,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_s),
+            fleet,
             warnings: {
                 let mut all = std::mem::take(&mut forward.warnings);
                 all.extend(warnings);

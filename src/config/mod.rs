@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub mod agent;
+pub mod fleet;
 pub mod forward;
 mod keys;
 pub mod problem;
@@ -43,6 +44,8 @@ pub(super) struct RawFile {
     observe: agent::RawObserve,
     #[serde(default)]
     shutdown: agent::RawShutdown,
+    /// Signed updates ([`fleet`]); absent: no fleet.
+    fleet: Option<fleet::RawFleet>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

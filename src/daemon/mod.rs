@@ -71,6 +71,7 @@ use crate::spooler::Spooler;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
+mod fleet;
 mod hep;
 mod reload;
 mod sensors;
@@ -400,6 +401,9 @@ impl Daemon {
         let sensors = sensors::Sensors::build(&config.sensors, &ctx);
         let ticker = ticker::spawn(&ctx, &spool, hep.as_ref().map(|h| Arc::clone(&h.stats)));
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
+        if let Some(settings) = &config.fleet {
+            fleet::spawn(settings, &config.forward, &ctx)?;
+        }
 
         // Ready: the spool is open, every source bound.
         let _ = notifier.ready();

@@ -135,7 +135,7 @@ impl<T: Transport> FleetAgent<T> {
     }
 
     /// Spools the installer's new outcomes and learns from them.
-    fn read_outcomes(&mut self, emit: &mut dyn FnMut(UpdateRecord)) -> Result<(), AgentError> {
+    fn read_outcomes(&mut self, emit: &mut (dyn FnMut(UpdateRecord) + Send)) -> Result<(), AgentError> {
         let path = self.settings.outcomes_file();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -179,7 +179,7 @@ impl<T: Transport> FleetAgent<T> {
     pub async fn poll(
         &mut self,
         now: SystemTime,
-        emit: &mut dyn FnMut(UpdateRecord),
+        emit: &mut (dyn FnMut(UpdateRecord) + Send),
     ) -> Result<(), AgentError> {
         self.read_outcomes(emit)?;
         if self.settings.request_file().exists() {
@@ -220,7 +220,7 @@ impl<T: Transport> FleetAgent<T> {
         version: &str,
         refusal: Refusal,
         targets_version: u64,
-        emit: &mut dyn FnMut(UpdateRecord),
+        emit: &mut (dyn FnMut(UpdateRecord) + Send),
     ) -> Result<(), AgentError> {
         tracing::warn!(%target, %version, reason = refusal.reason, detail = %refusal.detail, "Update refused.");
         if self
@@ -282,7 +282,7 @@ impl<T: Transport> FleetAgent<T> {
     async fn package(
         &mut self,
         trusted: &Trusted,
-        emit: &mut dyn FnMut(UpdateRecord),
+        emit: &mut (dyn FnMut(UpdateRecord) + Send),
     ) -> Result<bool, AgentError> {
         let Some(newest) = select::packages_for(&trusted.targets, &self.me).pop() else {
             return Ok(false);
@@ -379,7 +379,7 @@ impl<T: Transport> FleetAgent<T> {
     async fn config(
         &mut self,
         trusted: &Trusted,
-        emit: &mut dyn FnMut(UpdateRecord),
+        emit: &mut (dyn FnMut(UpdateRecord) + Send),
     ) -> Result<(), AgentError> {
         let Some(c) = select::newest_config(&trusted.targets, &self.me) else {
             return Ok(());
