@@ -9,13 +9,14 @@
 //! poll_interval_s = 3600                        # 60 .. 604800
 //! poll_jitter_s = 600                           # 0 .. poll_interval_s
 //! groups = ["site-a"]                           # for group-restricted targets
-//! probation_s = 300                             # healthy this long, or rolled back (10 .. 86400)
+//! probation_s = 300                             # healthy this long, or rolled back (1 .. 86400)
 //! start_timeout_s = 120                         # READY and /health 200 within (1 .. 3600)
 //! max_target_bytes = 268435456
 //! # arch = "amd64"                              # default: this build's
 //! # install_command = ["dpkg", "--force-confdef", "--force-confold", "-i"]
 //! # restart_command = ["systemctl", "restart", "teledge.service"]
 //! # reload_command = ["systemctl", "reload", "teledge.service"]
+//! # version_command = ["dpkg-query", "--showformat=${Version}", "--show", "teledge"]
 //! ```
 //!
 //! The probation needs `/health`: `[observe]` must be enabled with `[fleet]`.
@@ -49,6 +50,7 @@ pub(super) struct RawFleet {
     install_command: Option<Vec<String>>,
     restart_command: Option<Vec<String>>,
     reload_command: Option<Vec<String>>,
+    version_command: Option<Vec<String>>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -97,8 +99,8 @@ pub(super) fn validate(
     if jitter > raw.poll_interval_s {
         problem("poll_jitter_s", "must not exceed poll_interval_s".into());
     }
-    if !(10..=86_400).contains(&raw.probation_s) {
-        problem("probation_s", "must be between 10 and 86400".into());
+    if !(1..=86_400).contains(&raw.probation_s) {
+        problem("probation_s", "must be between 1 and 86400".into());
     }
     if !(1..=3600).contains(&raw.start_timeout_s) {
         problem("start_timeout_s", "must be between 1 and 3600".into());
@@ -115,6 +117,7 @@ pub(super) fn validate(
         ("install_command", &raw.install_command),
         ("restart_command", &raw.restart_command),
         ("reload_command", &raw.reload_command),
+        ("version_command", &raw.version_command),
     ] {
         if command.as_ref().is_some_and(|c| c.is_empty() || c[0].is_empty()) {
             problem(field, "must name a program".into());
@@ -147,6 +150,9 @@ pub(super) fn validate(
             .reload_command
             .clone()
             .unwrap_or_else(|| strings(&["systemctl", "reload", "teledge.service"])),
+        version_command: raw.version_command.clone().unwrap_or_else(|| {
+            strings(&["dpkg-query", "--showformat=${Version}", "--show", "teledge"])
+        }),
         max_target_bytes: raw.max_target_bytes,
     })
 }

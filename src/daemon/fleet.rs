@@ -11,6 +11,9 @@ use crate::record::Record;
 
 use super::{Context, DaemonError};
 
+/// How often the installer's outcome file is read between polls.
+const OUTCOMES_EVERY: Duration = Duration::from_secs(5);
+
 /// A random duration in `0..=max` (polls of a fleet do not fall in step).
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 8];
@@ -30,7 +33,7 @@ pub(super) fn spawn(
     ctx: &Context,
 ) -> Result<(), DaemonError> {
     let transport = HttpsTransport::new(&forward.uplink)?;
-    let version = installed_version(&settings.package);
+    let version = installed_version(&settings.version_command);
     let mut agent = FleetAgent::new(settings.clone(), &forward.node_id, transport, version.clone())
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
     tracing::info!(
@@ -45,23 +48,29 @@ pub(super) fn spawn(
     let records = ctx.records.clone();
     let (interval, spread) = (settings.poll_interval, settings.poll_jitter);
     ctx.tracker.spawn(async move {
-        let mut wait = jitter(spread);
+        let mut next_poll = tokio::time::Instant::now() + jitter(spread);
+        let mut outcomes = tokio::time::interval(OUTCOMES_EVERY);
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => break,
-            }
             let mut emit = |r| records.push(Record::Update(Box::new(r)));
-            let poll = agent.poll(SystemTime::now(), &mut emit);
             tokio::select! {
-                result = poll => {
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "Fleet poll failed on the node's own files.");
+                () = tokio::time::sleep_until(next_poll) => {
+                    tokio::select! {
+                        result = agent.poll(SystemTime::now(), &mut emit) => {
+                            if let Err(e) = result {
+                                tracing::error!(error = %e, "Fleet poll failed on the node's own files.");
+                            }
+                        }
+                        () = stop.cancelled() => break,
+                    }
+                    next_poll = tokio::time::Instant::now() + interval + jitter(spread);
+                }
+                _ = outcomes.tick() => {
+                    if let Err(e) = agent.read_outcomes(&mut emit) {
+                        tracing::error!(error = %e, "Fleet installer outcomes unreadable.");
                     }
                 }
                 () = stop.cancelled() => break,
             }
-            wait = interval + jitter(spread);
         }
     });
     Ok(())

@@ -2,8 +2,9 @@
 //! with up to `poll_jitter_s` of random delay (so a fleet does not poll in step). See the
 //! module doc of [`crate::fleet`] for the files.
 //!
-//! One poll: the installer's outcomes are read and spooled; if a request is still waiting
-//! for the installer, nothing else happens. Otherwise the TUF metadata is refreshed (a
+//! One poll: the installer's outcomes are read and spooled (also every few seconds between
+//! polls); if a request is still waiting for the installer or being applied, nothing else
+//! happens. Otherwise the TUF metadata is refreshed (a
 //! refusal is one `refused` record of kind `metadata`, announced once per reason until a
 //! refresh succeeds), then:
 //!
@@ -134,8 +135,9 @@ impl<T: Transport> FleetAgent<T> {
         write_atomic(&path, &bytes).map_err(io(&path))
     }
 
-    /// Spools the installer's new outcomes and learns from them.
-    fn read_outcomes(&mut self, emit: &mut (dyn FnMut(UpdateRecord) + Send)) -> Result<(), AgentError> {
+    /// Spools the installer's new outcomes and learns from them (the daemon calls it between
+    /// polls too, so a result is reported within seconds, not a poll interval later).
+    pub fn read_outcomes(&mut self, emit: &mut (dyn FnMut(UpdateRecord) + Send)) -> Result<(), AgentError> {
         let path = self.settings.outcomes_file();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -182,7 +184,10 @@ impl<T: Transport> FleetAgent<T> {
         emit: &mut (dyn FnMut(UpdateRecord) + Send),
     ) -> Result<(), AgentError> {
         self.read_outcomes(emit)?;
-        if self.settings.request_file().exists() {
+        // A request waiting for the installer, or one it is applying (the installer restarts
+        // this daemon during its probation and while going back): nothing new until done.
+        let applying = self.settings.handoff_dir().join("request.applying.json");
+        if self.settings.request_file().exists() || applying.exists() {
             tracing::debug!("An update is still waiting for the installer.");
             return Ok(());
         }
@@ -508,13 +513,12 @@ fn check_config_file(file: &Path, node: &str) -> Result<(), Refusal> {
     }
 }
 
-/// The installed version of `package` (`dpkg-query`), or this binary's version when the
-/// package is not installed (a build run by hand).
-pub fn installed_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["--showformat=${Version}", "--show", package])
-        .output()
-        .ok()
+/// The installed package's version (`[fleet] version_command`, `dpkg-query` by default), or
+/// this binary's version when the command fails (a build installed by hand).
+pub fn installed_version(command: &[String]) -> String {
+    command
+        .split_first()
+        .and_then(|(program, args)| Command::new(program).args(args).output().ok())
         .filter(|o| o.status.success() && !o.stdout.is_empty())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())

@@ -19,7 +19,8 @@
 //!    ([`crate::daemon::ReloadPlan`]), else a restart; then the probation.
 //! 4. Probation: `/health` must answer 200 within `start_timeout_s` (READY: for a
 //!    `Type=notify` unit the restart command itself returns only once READY, or fails), and
-//!    then at every check for `probation_s` (three failed checks in a row end it). Passed:
+//!    then at every check for `probation_s` (three failed checks in a row end it; a streak
+//!    under way when the time is up is followed to its end). Passed:
 //!    `healthy`. Failed: the previous package is installed again (or the previous file put
 //!    back), the service restarted and checked again, `rolled_back` with the reason and
 //!    whether the previous version is healthy; the agent never retries the failed version.
@@ -106,7 +107,9 @@ pub fn probation(addr: SocketAddr, start: Duration, probation: Duration) -> Resu
     }
     let end = Instant::now() + probation;
     let mut failures = 0;
-    while Instant::now() < end {
+    // Until the time is up *and* the last check passed: a streak of failures at the end is
+    // decided (three in a row fail it), not cut short.
+    while Instant::now() < end || failures > 0 {
         std::thread::sleep(Duration::from_millis(300));
         let check = probe(addr);
         if check == Ok(200) {

@@ -68,6 +68,9 @@ pub struct FleetSettings {
     pub restart_command: Vec<String>,
     /// Makes the service re-read its configuration (SIGHUP).
     pub reload_command: Vec<String>,
+    /// Prints the installed package's version (`dpkg-query`); when it fails, this binary's
+    /// own version is taken (a build installed by hand).
+    pub version_command: Vec<String>,
     /// Largest target accepted, whatever the metadata says.
     pub max_target_bytes: u64,
 }

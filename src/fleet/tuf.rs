@@ -560,6 +560,7 @@ impl<T: Transport> Client<T> {
 
     /// The time of this refresh: the later of `now` and the latest time seen before.
     fn fix_time(&self, now: SystemTime) -> Result<SystemTime, TufError> {
+        std::fs::create_dir_all(&self.store).map_err(self.store_error(""))?;
         let latest = self
             .read_stored(LATEST_TIME)?
             .and_then(|b| String::from_utf8(b).ok())

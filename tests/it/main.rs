@@ -11,6 +11,7 @@ mod crash;
 pub(crate) mod daemon;
 mod daemon_in_process;
 mod encapsulation;
+mod fleet;
 mod generated;
 mod hep;
 pub(crate) mod live;

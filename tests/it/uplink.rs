@@ -157,7 +157,7 @@ pub(crate) fn collector_on(pki: &Pki, cert: &str, out: &Path, port: u16) -> Coll
 }
 
 /// A collector with extra arguments, and at most `nofile` file descriptors if given.
-fn collector_with(
+pub(crate) fn collector_with(
     pki: &Pki,
     cert: &str,
     out: &Path,
