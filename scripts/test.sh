@@ -15,12 +15,25 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || need+=(sip-tester)
 # systemd-analyze and systemd-sysusers: the observe tests check the unit and sysusers files.
 [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-sysusers ] || need+=(systemd)
+# python3 with venv: the fleet tests build TUF repositories with python-tuf (below).
+command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
+  || need+=(python3 python3-venv)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "scripts/test.sh: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# python-tuf from PyPI in a virtual environment of the repository's own (Debian's python
+# refuses system-wide pip installs): tests/it/fleet.rs checks teledge's TUF client against
+# metadata an independent implementation made (tests/tuf/make_repo.py).
+venv=target/tuf-venv
+if ! "$venv/bin/python" -c 'import tuf, securesystemslib, cryptography' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing python-tuf into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0'
 fi
 
 cargo test --locked "$@"

@@ -545,7 +545,11 @@ async fn handle(
         reply(status, reason)
     };
     if req.method() == hyper::Method::GET {
-        if let Some(path) = req.uri().path().strip_prefix(crate::fleet::transport::FLEET_PREFIX) {
+        if let Some(path) = req
+            .uri()
+            .path()
+            .strip_prefix(crate::fleet::transport::FLEET_PREFIX)
+        {
             return fleet_file(shared, node, peer, path).await;
         }
     }
@@ -731,7 +735,10 @@ async fn fleet_file(
         }
         Ok(Err(e)) => {
             tracing::warn!(%peer, %node, path, error = %e, "Fleet file not served.");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "repository file unreadable")
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "repository file unreadable",
+            )
         }
         Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry"),
     }

@@ -110,7 +110,10 @@ pub(super) fn validate(
     }
     for (i, g) in raw.groups.iter().enumerate() {
         if !crate::uplink::valid_node_id(g) {
-            problem(&format!("groups[{i}]"), format!("{g:?}: 1-64 characters of [A-Za-z0-9._-]"));
+            problem(
+                &format!("groups[{i}]"),
+                format!("{g:?}: 1-64 characters of [A-Za-z0-9._-]"),
+            );
         }
     }
     for (field, command) in [
@@ -119,12 +122,18 @@ pub(super) fn validate(
         ("reload_command", &raw.reload_command),
         ("version_command", &raw.version_command),
     ] {
-        if command.as_ref().is_some_and(|c| c.is_empty() || c[0].is_empty()) {
+        if command
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c[0].is_empty())
+        {
             problem(field, "must name a program".into());
         }
     }
     if !observe_enabled {
-        problem("probation_s", "the probation reads /health: [observe] must be enabled".into());
+        problem(
+            "probation_s",
+            "the probation reads /health: [observe] must be enabled".into(),
+        );
     }
     (problems.len() == before).then(|| FleetSettings {
         root_file: raw.root_file.clone(),
@@ -139,9 +148,10 @@ pub(super) fn validate(
         package: "teledge".into(),
         start_timeout: Duration::from_secs(raw.start_timeout_s),
         probation: Duration::from_secs(raw.probation_s),
-        install_command: raw.install_command.clone().unwrap_or_else(|| {
-            strings(&["dpkg", "--force-confdef", "--force-confold", "-i"])
-        }),
+        install_command: raw
+            .install_command
+            .clone()
+            .unwrap_or_else(|| strings(&["dpkg", "--force-confdef", "--force-confold", "-i"])),
         restart_command: raw
             .restart_command
             .clone()

@@ -34,8 +34,13 @@ pub(super) fn spawn(
 ) -> Result<(), DaemonError> {
     let transport = HttpsTransport::new(&forward.uplink)?;
     let version = installed_version(&settings.version_command);
-    let mut agent = FleetAgent::new(settings.clone(), &forward.node_id, transport, version.clone())
-        .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
+    let mut agent = FleetAgent::new(
+        settings.clone(),
+        &forward.node_id,
+        transport,
+        version.clone(),
+    )
+    .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
     tracing::info!(
         state = %settings.state_dir.display(),
         version = %version,

@@ -103,7 +103,9 @@ impl<T: Transport> FleetAgent<T> {
         }
         let root = std::fs::read(&settings.root_file).map_err(io(&settings.root_file))?;
         let state_file = settings.state_file();
-        let state = read_json(&state_file).map_err(io(&state_file))?.unwrap_or_default();
+        let state = read_json(&state_file)
+            .map_err(io(&state_file))?
+            .unwrap_or_default();
         Ok(FleetAgent {
             client: Client::new(&settings.trusted_dir(), root, transport),
             me: NodeIdentity {
@@ -137,7 +139,10 @@ impl<T: Transport> FleetAgent<T> {
 
     /// Spools the installer's new outcomes and learns from them (the daemon calls it between
     /// polls too, so a result is reported within seconds, not a poll interval later).
-    pub fn read_outcomes(&mut self, emit: &mut (dyn FnMut(UpdateRecord) + Send)) -> Result<(), AgentError> {
+    pub fn read_outcomes(
+        &mut self,
+        emit: &mut (dyn FnMut(UpdateRecord) + Send),
+    ) -> Result<(), AgentError> {
         let path = self.settings.outcomes_file();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -149,7 +154,8 @@ impl<T: Transport> FleetAgent<T> {
         for line in lines.iter().skip(skip) {
             match serde_json::from_str::<UpdateRecord>(line) {
                 Ok(record) => {
-                    let failed = matches!(record.step, UpdateStep::RolledBack | UpdateStep::Refused);
+                    let failed =
+                        matches!(record.step, UpdateStep::RolledBack | UpdateStep::Refused);
                     match (record.kind, record.version.as_deref()) {
                         (UpdateKind::Package, Some(v)) if failed => {
                             self.state.failed_packages.insert(v.to_owned());
@@ -167,7 +173,9 @@ impl<T: Transport> FleetAgent<T> {
                     }
                     emit(record);
                 }
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "Unreadable installer outcome skipped."),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "Unreadable installer outcome skipped.")
+                }
             }
         }
         if lines.len() > skip {
@@ -193,7 +201,12 @@ impl<T: Transport> FleetAgent<T> {
         }
         let trusted = match self.client.refresh(now).await {
             Ok(t) => {
-                if self.state.announced.iter().any(|a| a.starts_with("metadata|")) {
+                if self
+                    .state
+                    .announced
+                    .iter()
+                    .any(|a| a.starts_with("metadata|"))
+                {
                     self.state.announced.retain(|a| !a.starts_with("metadata|"));
                     self.save()?;
                 }
@@ -301,14 +314,37 @@ impl<T: Transport> FleetAgent<T> {
                     "the newest package offered, {}, is older than the running {current}",
                     newest.version
                 );
-                self.refuse(UpdateKind::Package, &newest.name, &newest.version, Refusal { reason: "target_rollback", detail }, tv, emit)?;
+                self.refuse(
+                    UpdateKind::Package,
+                    &newest.name,
+                    &newest.version,
+                    Refusal {
+                        reason: "target_rollback",
+                        detail,
+                    },
+                    tv,
+                    emit,
+                )?;
                 return Ok(false);
             }
             std::cmp::Ordering::Greater => {}
         }
         if self.state.failed_packages.contains(&newest.version) {
-            let detail = format!("{} failed before on this node; never retried", newest.version);
-            self.refuse(UpdateKind::Package, &newest.name, &newest.version, Refusal { reason: "failed_before", detail }, tv, emit)?;
+            let detail = format!(
+                "{} failed before on this node; never retried",
+                newest.version
+            );
+            self.refuse(
+                UpdateKind::Package,
+                &newest.name,
+                &newest.version,
+                Refusal {
+                    reason: "failed_before",
+                    detail,
+                },
+                tv,
+                emit,
+            )?;
             return Ok(false);
         }
         let step = |step: UpdateStep| {
@@ -327,15 +363,34 @@ impl<T: Transport> FleetAgent<T> {
             Ok(f) => f,
             Err(refusal) => {
                 self.state.announced.insert(key);
-                self.refuse(UpdateKind::Package, &newest.name, &newest.version, refusal, tv, emit)?;
+                self.refuse(
+                    UpdateKind::Package,
+                    &newest.name,
+                    &newest.version,
+                    refusal,
+                    tv,
+                    emit,
+                )?;
                 return Ok(false);
             }
         };
         emit(step(UpdateStep::Downloaded));
-        if let Err(refusal) = check_package(&file, &self.settings.package, &newest.version, &self.me.arch) {
+        if let Err(refusal) = check_package(
+            &file,
+            &self.settings.package,
+            &newest.version,
+            &self.me.arch,
+        ) {
             let _ = std::fs::remove_file(&file);
             self.state.announced.insert(key);
-            self.refuse(UpdateKind::Package, &newest.name, &newest.version, refusal, tv, emit)?;
+            self.refuse(
+                UpdateKind::Package,
+                &newest.name,
+                &newest.version,
+                refusal,
+                tv,
+                emit,
+            )?;
             return Ok(false);
         }
         emit(step(UpdateStep::Verified));
@@ -345,15 +400,38 @@ impl<T: Transport> FleetAgent<T> {
                 Ok(file) => (p.name, file),
                 Err(refusal) => {
                     self.state.announced.insert(key);
-                    let detail = format!("the package to go back to ({current}) failed its checks: {}", refusal.detail);
-                    self.refuse(UpdateKind::Package, &newest.name, &newest.version, Refusal { reason: "no_rollback_package", detail }, tv, emit)?;
+                    let detail = format!(
+                        "the package to go back to ({current}) failed its checks: {}",
+                        refusal.detail
+                    );
+                    self.refuse(
+                        UpdateKind::Package,
+                        &newest.name,
+                        &newest.version,
+                        Refusal {
+                            reason: "no_rollback_package",
+                            detail,
+                        },
+                        tv,
+                        emit,
+                    )?;
                     return Ok(false);
                 }
             },
             None => {
                 self.state.announced.insert(key);
                 let detail = format!("the repository carries no package of the running version {current} for {}: there would be no way back", self.me.arch);
-                self.refuse(UpdateKind::Package, &newest.name, &newest.version, Refusal { reason: "no_rollback_package", detail }, tv, emit)?;
+                self.refuse(
+                    UpdateKind::Package,
+                    &newest.name,
+                    &newest.version,
+                    Refusal {
+                        reason: "no_rollback_package",
+                        detail,
+                    },
+                    tv,
+                    emit,
+                )?;
                 return Ok(false);
             }
         };
@@ -395,8 +473,19 @@ impl<T: Transport> FleetAgent<T> {
             return Ok(());
         }
         if self.state.failed_configs.contains(&c.version) {
-            let detail = format!("configuration {version} failed before on this node; never retried");
-            return self.refuse(UpdateKind::Config, &c.name, &version, Refusal { reason: "failed_before", detail }, tv, emit);
+            let detail =
+                format!("configuration {version} failed before on this node; never retried");
+            return self.refuse(
+                UpdateKind::Config,
+                &c.name,
+                &version,
+                Refusal {
+                    reason: "failed_before",
+                    detail,
+                },
+                tv,
+                emit,
+            );
         }
         let previous = self.state.config_version.to_string();
         let step = |step: UpdateStep| {
@@ -414,7 +503,9 @@ impl<T: Transport> FleetAgent<T> {
         self.state.announced.insert(key);
         let file = match self.fetch(trusted, &c.name, &c.target).await {
             Ok(f) => f,
-            Err(refusal) => return self.refuse(UpdateKind::Config, &c.name, &version, refusal, tv, emit),
+            Err(refusal) => {
+                return self.refuse(UpdateKind::Config, &c.name, &version, refusal, tv, emit)
+            }
         };
         emit(step(UpdateStep::Downloaded));
         if let Err(refusal) = check_config_file(&file, &self.me.node) {
@@ -449,19 +540,31 @@ fn check_package(file: &Path, package: &str, version: &str, arch: &str) -> Resul
     if get("Package") != package {
         return Err(Refusal {
             reason: "wrong_package",
-            detail: format!("{}: package {:?}, expected {package:?}", file.display(), get("Package")),
+            detail: format!(
+                "{}: package {:?}, expected {package:?}",
+                file.display(),
+                get("Package")
+            ),
         });
     }
     if get("Version") != version {
         return Err(Refusal {
             reason: "wrong_version",
-            detail: format!("{}: version {:?}, the signed target says {version:?}", file.display(), get("Version")),
+            detail: format!(
+                "{}: version {:?}, the signed target says {version:?}",
+                file.display(),
+                get("Version")
+            ),
         });
     }
     if get("Architecture") != arch && get("Architecture") != "all" {
         return Err(Refusal {
             reason: "wrong_arch",
-            detail: format!("{}: architecture {:?}, this node is {arch}", file.display(), get("Architecture")),
+            detail: format!(
+                "{}: architecture {:?}, this node is {arch}",
+                file.display(),
+                get("Architecture")
+            ),
         });
     }
     Ok(())
@@ -499,7 +602,10 @@ fn check_config_file(file: &Path, node: &str) -> Result<(), Refusal> {
         Ok(config) if config.forward.node_id == node => Ok(()),
         Ok(config) => Err(Refusal {
             reason: "invalid_config",
-            detail: format!("[node] id is {:?}, this node is {node:?}", config.forward.node_id),
+            detail: format!(
+                "[node] id is {:?}, this node is {node:?}",
+                config.forward.node_id
+            ),
         }),
         Err(errors) => Err(Refusal {
             reason: "invalid_config",

@@ -68,8 +68,10 @@ pub struct Installer {
 pub fn probe(addr: SocketAddr) -> Result<u16, String> {
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .map_err(|e| format!("send: {e}"))?;
     let mut head = [0u8; 64];
@@ -146,7 +148,15 @@ fn run(command: &[String], extra: &[&std::ffi::OsStr]) -> Result<(), String> {
         .map_err(|e| format!("{program}: {e}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(format!("{program} exited with {}: {tail}", out.status));
     }
     Ok(())
@@ -178,18 +188,29 @@ impl Installer {
     }
 
     fn trusted(&self) -> Result<Trusted, (String, String)> {
-        let root = std::fs::read(&self.settings.root_file)
-            .map_err(|e| ("not_signed".to_owned(), format!("{}: {e}", self.settings.root_file.display())))?;
+        let root = std::fs::read(&self.settings.root_file).map_err(|e| {
+            (
+                "not_signed".to_owned(),
+                format!("{}: {e}", self.settings.root_file.display()),
+            )
+        })?;
         // Offline: the transport is never used.
-        Client::new(&self.settings.trusted_dir(), root, DirTransport(PathBuf::new()))
-            .offline(SystemTime::now())
-            .map_err(|e| (e.reason().to_owned(), format!("trusted metadata: {e}")))
+        Client::new(
+            &self.settings.trusted_dir(),
+            root,
+            DirTransport(PathBuf::new()),
+        )
+        .offline(SystemTime::now())
+        .map_err(|e| (e.reason().to_owned(), format!("trusted metadata: {e}")))
     }
 
     /// Checks that `file` is exactly the signed target `name`.
     fn signed(&self, trusted: &Trusted, name: &str, file: &Path) -> Result<(), (String, String)> {
         let target = trusted.targets.get(name).ok_or_else(|| {
-            ("not_signed".to_owned(), format!("{name} is not a target of the trusted metadata"))
+            (
+                "not_signed".to_owned(),
+                format!("{name} is not a target of the trusted metadata"),
+            )
         })?;
         verify_file(name, file, target).map_err(|e| ("not_signed".to_owned(), e.to_string()))
     }
@@ -201,7 +222,11 @@ impl Installer {
         if let Some(request) = read_json::<Request>(&applying).map_err(io(&applying))? {
             // A run that did not finish (a power cut): go back to what ran before.
             let mut r = self.record(&request, UpdateStep::RolledBack);
-            r = Self::with_reason(r, "interrupted", "the installer did not finish; the previous version is put back".into());
+            r = Self::with_reason(
+                r,
+                "interrupted",
+                "the installer did not finish; the previous version is put back".into(),
+            );
             let back = self.go_back(&request);
             r.detail = Some(format!("{}; {back}", r.detail.unwrap_or_default()));
             records.push(r);
@@ -220,7 +245,11 @@ impl Installer {
 
     fn handle(&self, request: &Request) -> Vec<UpdateRecord> {
         let refused = |reason: &str, detail: String| {
-            vec![Self::with_reason(self.record(request, UpdateStep::Refused), reason, detail)]
+            vec![Self::with_reason(
+                self.record(request, UpdateStep::Refused),
+                reason,
+                detail,
+            )]
         };
         let trusted = match self.trusted() {
             Ok(t) => t,
@@ -232,16 +261,27 @@ impl Installer {
         match request.kind {
             UpdateKind::Package => self.package(request, &trusted),
             UpdateKind::Config => self.config(request),
-            UpdateKind::Metadata => refused("malformed", "a metadata request installs nothing".into()),
+            UpdateKind::Metadata => {
+                refused("malformed", "a metadata request installs nothing".into())
+            }
         }
     }
 
     fn package(&self, request: &Request, trusted: &Trusted) -> Vec<UpdateRecord> {
         let refused = |reason: &str, detail: String| {
-            vec![Self::with_reason(self.record(request, UpdateStep::Refused), reason, detail)]
+            vec![Self::with_reason(
+                self.record(request, UpdateStep::Refused),
+                reason,
+                detail,
+            )]
         };
-        let (Some(previous_target), Some(previous_file)) = (&request.previous_target, &request.previous_file) else {
-            return refused("no_rollback_package", "the request names no package to go back to".into());
+        let (Some(previous_target), Some(previous_file)) =
+            (&request.previous_target, &request.previous_file)
+        else {
+            return refused(
+                "no_rollback_package",
+                "the request names no package to go back to".into(),
+            );
         };
         if let Err((_, detail)) = self.signed(trusted, previous_target, previous_file) {
             return refused("no_rollback_package", detail);
@@ -250,17 +290,32 @@ impl Installer {
             Ok(fields) => {
                 let arch = fields.get("Architecture").map(String::as_str).unwrap_or("");
                 if arch != self.settings.arch && arch != "all" {
-                    return refused("wrong_arch", format!("architecture {arch:?}, this node is {}", self.settings.arch));
+                    return refused(
+                        "wrong_arch",
+                        format!("architecture {arch:?}, this node is {}", self.settings.arch),
+                    );
                 }
-                if fields.get("Package") != Some(&self.settings.package) || fields.get("Version") != Some(&request.version) {
-                    return refused("wrong_package", format!("control fields {fields:?} are not {} {}", self.settings.package, request.version));
+                if fields.get("Package") != Some(&self.settings.package)
+                    || fields.get("Version") != Some(&request.version)
+                {
+                    return refused(
+                        "wrong_package",
+                        format!(
+                            "control fields {fields:?} are not {} {}",
+                            self.settings.package, request.version
+                        ),
+                    );
                 }
             }
             Err(detail) => return refused("not_a_package", detail),
         }
         let mut records = Vec::new();
         if let Err(detail) = run(&self.settings.install_command, &[request.file.as_os_str()]) {
-            let mut r = Self::with_reason(self.record(request, UpdateStep::RolledBack), "install_failed", detail);
+            let mut r = Self::with_reason(
+                self.record(request, UpdateStep::RolledBack),
+                "install_failed",
+                detail,
+            );
             let back = self.go_back(request);
             r.detail = Some(format!("{}; {back}", r.detail.unwrap_or_default()));
             records.push(r);
@@ -275,14 +330,24 @@ impl Installer {
     fn restart_and_watch(&self, request: &Request, command: &[String]) -> UpdateRecord {
         let verdict = run(command, &[])
             .map_err(|e| format!("did not start: {e}"))
-            .and_then(|()| probation(self.health, self.settings.start_timeout, self.settings.probation));
+            .and_then(|()| {
+                probation(
+                    self.health,
+                    self.settings.start_timeout,
+                    self.settings.probation,
+                )
+            });
         match verdict {
             Ok(()) => {
                 tracing::info!(version = %request.version, "Update healthy after probation.");
                 self.record(request, UpdateStep::Healthy)
             }
             Err(detail) => {
-                let mut r = Self::with_reason(self.record(request, UpdateStep::RolledBack), "unhealthy", detail);
+                let mut r = Self::with_reason(
+                    self.record(request, UpdateStep::RolledBack),
+                    "unhealthy",
+                    detail,
+                );
                 let back = self.go_back(request);
                 r.detail = Some(format!("{}; {back}", r.detail.unwrap_or_default()));
                 r
@@ -319,7 +384,11 @@ impl Installer {
 
     fn config(&self, request: &Request) -> Vec<UpdateRecord> {
         let refused = |reason: &str, detail: String| {
-            vec![Self::with_reason(self.record(request, UpdateStep::Refused), reason, detail)]
+            vec![Self::with_reason(
+                self.record(request, UpdateStep::Refused),
+                reason,
+                detail,
+            )]
         };
         let new_text = match std::fs::read_to_string(&request.file) {
             Ok(t) => t,
@@ -327,7 +396,12 @@ impl Installer {
         };
         let old_text = match std::fs::read_to_string(&self.config_path) {
             Ok(t) => t,
-            Err(e) => return refused("invalid_config", format!("{}: {e}", self.config_path.display())),
+            Err(e) => {
+                return refused(
+                    "invalid_config",
+                    format!("{}: {e}", self.config_path.display()),
+                )
+            }
         };
         let new = match crate::config::agent::parse(&new_text) {
             Ok(c) => c,
@@ -339,10 +413,19 @@ impl Installer {
         let table = |text: &str| toml::from_str::<toml::Table>(text).unwrap_or_default();
         let (old_table, new_table) = (table(&old_text), table(&new_text));
         if new.forward.node_id != request.node {
-            return refused("invalid_config", format!("[node] id is {:?}, this node is {:?}", new.forward.node_id, request.node));
+            return refused(
+                "invalid_config",
+                format!(
+                    "[node] id is {:?}, this node is {:?}",
+                    new.forward.node_id, request.node
+                ),
+            );
         }
         if old_table.get("fleet") != new_table.get("fleet") {
-            return refused("fleet_section_changed", "a pushed configuration may not change [fleet]".into());
+            return refused(
+                "fleet_section_changed",
+                "a pushed configuration may not change [fleet]".into(),
+            );
         }
         let backup = previous_config(&self.config_path);
         if let Err(e) = std::fs::write(&backup, &old_text) {
@@ -378,7 +461,11 @@ impl Installer {
         f.sync_all().map_err(io(&outcomes))?;
         same_owner_as_dir(&outcomes);
         let done = self.done_file();
-        std::fs::write(&done, serde_json::to_vec_pretty(request).unwrap_or_default()).map_err(io(&done))?;
+        std::fs::write(
+            &done,
+            serde_json::to_vec_pretty(request).unwrap_or_default(),
+        )
+        .map_err(io(&done))?;
         same_owner_as_dir(&done);
         let applying = self.applying_file();
         std::fs::remove_file(&applying).map_err(io(&applying))?;

@@ -92,7 +92,10 @@ fn shares(a: &[String], b: &[String]) -> bool {
 }
 
 /// Every package target of the node's architecture that is for this node.
-pub fn packages_for(targets: &BTreeMap<String, TargetFile>, me: &NodeIdentity) -> Vec<PackageTarget> {
+pub fn packages_for(
+    targets: &BTreeMap<String, TargetFile>,
+    me: &NodeIdentity,
+) -> Vec<PackageTarget> {
     let mut out = Vec::new();
     for (name, target) in targets {
         let Some(Custom::Package {
@@ -133,23 +136,28 @@ pub fn package_of_version(
     version: &str,
     arch: &str,
 ) -> Option<PackageTarget> {
-    targets.iter().find_map(|(name, target)| match custom(target) {
-        Some(Custom::Package {
-            version: v,
-            arch: a,
-            ..
-        }) if v == version && a == arch => Some(PackageTarget {
-            name: name.clone(),
-            target: target.clone(),
-            version: v,
-            arch: a,
-        }),
-        _ => None,
-    })
+    targets
+        .iter()
+        .find_map(|(name, target)| match custom(target) {
+            Some(Custom::Package {
+                version: v,
+                arch: a,
+                ..
+            }) if v == version && a == arch => Some(PackageTarget {
+                name: name.clone(),
+                target: target.clone(),
+                version: v,
+                arch: a,
+            }),
+            _ => None,
+        })
 }
 
 /// The newest configuration target for this node.
-pub fn newest_config(targets: &BTreeMap<String, TargetFile>, me: &NodeIdentity) -> Option<ConfigTarget> {
+pub fn newest_config(
+    targets: &BTreeMap<String, TargetFile>,
+    me: &NodeIdentity,
+) -> Option<ConfigTarget> {
     targets
         .iter()
         .filter_map(|(name, target)| match custom(target) {
@@ -243,8 +251,10 @@ mod tests {
             let mut targets = BTreeMap::new();
             targets.insert(
                 "p".to_string(),
-                target(serde_json::json!({"kind": "package", "version": "2", "arch": "amd64",
-                    "rollout_percent": percent, "canary_groups": ["lab"]})),
+                target(
+                    serde_json::json!({"kind": "package", "version": "2", "arch": "amd64",
+                    "rollout_percent": percent, "canary_groups": ["lab"]}),
+                ),
             );
             let eligible: Vec<&String> = nodes
                 .iter()
@@ -253,7 +263,10 @@ mod tests {
             // Roughly the percentage, and every node eligible before still is.
             assert!(eligible.len() >= previous, "{percent}%: {}", eligible.len());
             let share = eligible.len() * 100 / nodes.len();
-            assert!(share.abs_diff(percent as usize) <= 8, "{percent}%: {share}%");
+            assert!(
+                share.abs_diff(percent as usize) <= 8,
+                "{percent}%: {share}%"
+            );
             previous = eligible.len();
             // A canary is eligible at any percentage; another architecture never.
             assert_eq!(packages_for(&targets, &me("edge-999", &["lab"])).len(), 1);
@@ -266,16 +279,35 @@ mod tests {
     #[test]
     fn a_configuration_is_for_the_nodes_or_groups_it_names_newest_first() {
         let mut targets = BTreeMap::new();
-        targets.insert("c/a".to_string(), target(serde_json::json!({"kind": "config", "version": 3, "groups": ["site-a"]})));
-        targets.insert("c/b".to_string(), target(serde_json::json!({"kind": "config", "version": 5, "nodes": ["edge-01"]})));
-        targets.insert("c/all".to_string(), target(serde_json::json!({"kind": "config", "version": 9})));
+        targets.insert(
+            "c/a".to_string(),
+            target(serde_json::json!({"kind": "config", "version": 3, "groups": ["site-a"]})),
+        );
+        targets.insert(
+            "c/b".to_string(),
+            target(serde_json::json!({"kind": "config", "version": 5, "nodes": ["edge-01"]})),
+        );
+        targets.insert(
+            "c/all".to_string(),
+            target(serde_json::json!({"kind": "config", "version": 9})),
+        );
         let me = |node: &str, group: &str| NodeIdentity {
             node: node.into(),
             arch: "amd64".into(),
             groups: vec![group.into()],
         };
-        assert_eq!(newest_config(&targets, &me("edge-01", "site-a")).unwrap().name, "c/b");
-        assert_eq!(newest_config(&targets, &me("edge-02", "site-a")).unwrap().name, "c/a");
+        assert_eq!(
+            newest_config(&targets, &me("edge-01", "site-a"))
+                .unwrap()
+                .name,
+            "c/b"
+        );
+        assert_eq!(
+            newest_config(&targets, &me("edge-02", "site-a"))
+                .unwrap()
+                .name,
+            "c/a"
+        );
         assert!(newest_config(&targets, &me("edge-02", "site-b")).is_none());
     }
 }

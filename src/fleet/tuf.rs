@@ -570,7 +570,10 @@ impl<T: Transport> Client<T> {
             Some(latest) if latest > now => latest,
             _ => now,
         };
-        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.persist(LATEST_TIME, secs.to_string().as_bytes())?;
         Ok(t)
     }
@@ -684,8 +687,8 @@ impl<T: Transport> Client<T> {
                 Err(e) => return Err(e),
             };
             let (envelope, common, signed) = open(&name, &bytes, "root")?;
-            let new: Root = serde_json::from_value(envelope.signed.clone())
-                .map_err(|e| malformed(&name, e))?;
+            let new: Root =
+                serde_json::from_value(envelope.signed.clone()).map_err(|e| malformed(&name, e))?;
             check_threshold(&name, "root", &root.value, &envelope, &signed)?;
             check_threshold(&name, "root", &new, &envelope, &signed)?;
             if common.version != next {
@@ -973,7 +976,8 @@ fn verify_meta(
 ) -> Result<Verified<MetaRole>, TufError> {
     let (envelope, _, signed) = open(file, bytes, role)?;
     check_threshold(file, role, root, &envelope, &signed)?;
-    let value: MetaRole = serde_json::from_value(envelope.signed).map_err(|e| malformed(file, e))?;
+    let value: MetaRole =
+        serde_json::from_value(envelope.signed).map_err(|e| malformed(file, e))?;
     Ok(Verified {
         value,
         bytes: bytes.to_vec(),

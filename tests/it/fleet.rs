@@ -260,7 +260,10 @@ fn a_python_tuf_repository_is_accepted_over_mutual_tls_and_its_root_rotation_fol
     let work = fleet.dir.path();
     let old = deb(work, "0.1.0", my_arch(), "#!/bin/sh\n");
     let new = deb(work, "0.2.0", my_arch(), "#!/bin/sh\n");
-    let targets = json!([package(&old, "0.1.0", my_arch()), package(&new, "0.2.0", my_arch())]);
+    let targets = json!([
+        package(&old, "0.1.0", my_arch()),
+        package(&new, "0.2.0", my_arch())
+    ]);
     let repo = make_repo(
         work,
         json!({"keys": keys(), "thresholds": {"targets": 2}, "states": [
@@ -275,13 +278,21 @@ fn a_python_tuf_repository_is_accepted_over_mutual_tls_and_its_root_rotation_fol
     let client = Client::new(&store, root.clone(), transport(&fleet, "edge-01"));
     let trusted = rt.block_on(client.refresh(SystemTime::now())).unwrap();
     assert_eq!(
-        (trusted.root_version, trusted.timestamp_version, trusted.snapshot_version, trusted.targets_version),
+        (
+            trusted.root_version,
+            trusted.timestamp_version,
+            trusted.snapshot_version,
+            trusted.targets_version
+        ),
         (1, 1, 1, 1)
     );
     assert!(trusted.consistent_snapshot);
     let name = format!("packages/teledge_0.2.0_{}.deb", my_arch());
     let target = &trusted.targets[&name];
-    assert_eq!(target.custom.as_ref().unwrap()["teledge"]["version"], "0.2.0");
+    assert_eq!(
+        target.custom.as_ref().unwrap()["teledge"]["version"],
+        "0.2.0"
+    );
     let dest = work.join("download.deb");
     rt.block_on(client.download(&trusted, &name, target, &dest))
         .unwrap();
@@ -296,7 +307,11 @@ fn a_python_tuf_repository_is_accepted_over_mutual_tls_and_its_root_rotation_fol
     assert_eq!(stored_root["signed"]["version"], 2);
 
     // The same repository with a client certificate of another CA: no TLS, nothing trusted.
-    let rogue = Client::new(&work.join("rogue"), root, transport(&fleet, "edge-01-rogue"));
+    let rogue = Client::new(
+        &work.join("rogue"),
+        root,
+        transport(&fleet, "edge-01-rogue"),
+    );
     let e = rt.block_on(rogue.refresh(SystemTime::now())).unwrap_err();
     assert_eq!(e.reason(), "unreachable", "{e}");
 }
@@ -353,7 +368,13 @@ fn metadata_attacks_are_refused_with_a_reason_and_a_record() {
     serve(&fleet.served, &repo, "v2");
     let records = poll(&rt, &mut agent);
     let r = refusal(&records, "version_rollback");
-    assert!(r.detail.as_ref().unwrap().contains("below the trusted version 3"), "{r:?}");
+    assert!(
+        r.detail
+            .as_ref()
+            .unwrap()
+            .contains("below the trusted version 3"),
+        "{r:?}"
+    );
     // The same refusal again is not announced twice.
     assert_eq!(poll(&rt, &mut agent), []);
 
@@ -410,7 +431,11 @@ fn target_attacks_are_refused_and_nothing_partial_is_kept() {
 
     // Tampered: one byte changed, same length.
     serve(&fleet.served, &repo, "next");
-    let file = served_target(&fleet.served, "packages", &format!("teledge_0.2.0_{arch}.deb"));
+    let file = served_target(
+        &fleet.served,
+        "packages",
+        &format!("teledge_0.2.0_{arch}.deb"),
+    );
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -433,7 +458,11 @@ fn target_attacks_are_refused_and_nothing_partial_is_kept() {
     let records = poll(&rt, &mut agent);
     assert_eq!(
         steps(&records),
-        [UpdateStep::Offered, UpdateStep::Downloaded, UpdateStep::Refused]
+        [
+            UpdateStep::Offered,
+            UpdateStep::Downloaded,
+            UpdateStep::Refused
+        ]
     );
     let r = refusal(&records, "wrong_arch");
     assert!(r.detail.as_ref().unwrap().contains(other_arch()), "{r:?}");
@@ -455,11 +484,16 @@ fn target_attacks_are_refused_and_nothing_partial_is_kept() {
             UpdateStep::HandedOver
         ]
     );
-    assert!(records.iter().all(|r| r.version.as_deref() == Some("0.4.0")
-        && r.previous.as_deref() == Some("0.1.0")));
+    assert!(records
+        .iter()
+        .all(|r| r.version.as_deref() == Some("0.4.0") && r.previous.as_deref() == Some("0.1.0")));
     let request: teledge::fleet::Request =
-        serde_json::from_slice(&std::fs::read(state.join("handoff/request.json")).unwrap()).unwrap();
-    assert_eq!(std::fs::read(&request.file).unwrap(), std::fs::read(&good).unwrap());
+        serde_json::from_slice(&std::fs::read(state.join("handoff/request.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        std::fs::read(&request.file).unwrap(),
+        std::fs::read(&good).unwrap()
+    );
     assert_eq!(
         std::fs::read(request.previous_file.unwrap()).unwrap(),
         std::fs::read(&current).unwrap()
@@ -510,7 +544,12 @@ fn a_node_offline_during_a_rollout_catches_up_when_it_returns() {
     refusal(&records, "unreachable");
     serve(&fleet.served, &repo, "r3");
     // Back: the newest version at once, the versions between skipped.
-    fleet.collector = Some(start_collector(&fleet.pki, &work, &fleet.served, fleet.port));
+    fleet.collector = Some(start_collector(
+        &fleet.pki,
+        &work,
+        &fleet.served,
+        fleet.port,
+    ));
     let records = poll(&rt, &mut agent);
     assert_eq!(
         steps(&records),
@@ -720,7 +759,10 @@ fn is_root() -> bool {
 
 #[test]
 fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_one_stays() {
-    assert!(is_root(), "dpkg installs into a temporary root: this test needs root (CI runs as root)");
+    assert!(
+        is_root(),
+        "dpkg installs into a temporary root: this test needs root (CI runs as root)"
+    );
     let fleet = fleet();
     let work = fleet.dir.path();
     let arch = my_arch();
@@ -771,7 +813,11 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
         .output()
         .unwrap();
     assert!(installed.status.success(), "{installed:?}");
-    let svc = service(work, &dpkg_root.join("usr/bin/teledge").display().to_string(), health);
+    let svc = service(
+        work,
+        &dpkg_root.join("usr/bin/teledge").display().to_string(),
+        health,
+    );
 
     // 0.2.0 cannot start: rolled back, back on 0.1.0 and healthy.
     serve(&fleet.served, &repo, "r2");
@@ -785,9 +831,26 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
     );
     let back = &steps_taken[1];
     assert_eq!(back.reason.as_deref(), Some("unhealthy"));
-    assert!(back.detail.as_ref().unwrap().contains("back on 0.1.0, healthy"), "{back:?}");
+    assert!(
+        back.detail
+            .as_ref()
+            .unwrap()
+            .contains("back on 0.1.0, healthy"),
+        "{back:?}"
+    );
     assert_eq!(dpkg_version(&dpkg_root), "0.1.0");
     assert!(svc.healthy());
+
+    // The node polls again (when it restarts; the poll interval is a minute): 0.2.0 is
+    // still the newest, and is refused without a download.
+    svc.restart();
+    svc.wait_healthy();
+    let out = work.join("out");
+    wait_collected(&out, |r| {
+        r.iter()
+            .any(|r| r["version"] == "0.2.0" && r["reason"] == "failed_before")
+    });
+    assert!(!work.join("fleet/handoff/request.json").exists());
 
     // 0.3.0 starts, answers, then stalls: rolled back too. The node polls again when it
     // restarts (a daemon restarted by hand here; the poll interval is a minute).
@@ -801,7 +864,11 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
         "{steps_taken:#?}"
     );
     assert!(
-        steps_taken[1].detail.as_ref().unwrap().contains("probation"),
+        steps_taken[1]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("probation"),
         "{steps_taken:#?}"
     );
     assert_eq!(dpkg_version(&dpkg_root), "0.1.0");
@@ -822,7 +889,6 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
 
     // Every step reached the collector through the daemon's spool; 0.2.0 was never
     // offered again after it failed.
-    let out = work.join("out");
     let records = wait_collected(&out, |r| {
         r.iter()
             .any(|r| r["step"] == "healthy" && r["version"] == "0.4.0")
@@ -834,9 +900,21 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
             .count()
     };
     for version in ["0.2.0", "0.3.0", "0.4.0"] {
-        for step in ["offered", "downloaded", "verified", "handed_over", "installed"] {
+        for step in [
+            "offered",
+            "downloaded",
+            "verified",
+            "handed_over",
+            "installed",
+        ] {
             assert_eq!(seen(version, step), 1, "{version} {step}: {records:#?}");
         }
+    }
+    // Each one as its schema says (schema/teledge.update-1.schema.json).
+    let schemas = crate::schema::Schemas::load();
+    for record in &records {
+        let errors = schemas.check(record);
+        assert!(errors.is_empty(), "{errors:#?}\n{record}");
     }
     assert_eq!(seen("0.2.0", "rolled_back"), 1);
     assert_eq!(seen("0.3.0", "rolled_back"), 1);
@@ -849,7 +927,8 @@ fn a_version_that_fails_to_start_and_one_that_stalls_are_rolled_back_and_a_good_
 }
 
 #[test]
-fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_unsigned_is_refused() {
+fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_unsigned_is_refused()
+{
     let fleet = fleet();
     let work = fleet.dir.path();
     let health = free_port();
@@ -867,7 +946,11 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
     let original = std::fs::read_to_string(&config).unwrap();
     // Version 1 changes what applies at once ([shutdown]): a reload.
     let v1 = work.join("v1.toml");
-    std::fs::write(&v1, original.replace("drain_timeout_s = 2", "drain_timeout_s = 3")).unwrap();
+    std::fs::write(
+        &v1,
+        original.replace("drain_timeout_s = 2", "drain_timeout_s = 3"),
+    )
+    .unwrap();
     // Version 2 is valid for check-config, but its HEP port is taken at run time: the
     // daemon cannot start with it.
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -893,7 +976,11 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
     );
     assert_eq!(repo.join("root.json"), repo_root);
     let real = env!("CARGO_BIN_EXE_teledge");
-    let svc = service(work, &format!("{real} run --config {}", config.display()), health);
+    let svc = service(
+        work,
+        &format!("{real} run --config {}", config.display()),
+        health,
+    );
     serve(&fleet.served, &repo, "c1");
     svc.restart();
     svc.wait_healthy();
@@ -904,7 +991,11 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
         "{steps_taken:#?}"
     );
     assert!(
-        steps_taken[0].detail.as_ref().unwrap().contains("Applied: shutdown"),
+        steps_taken[0]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("Applied: shutdown"),
         "a reload, not a restart: {steps_taken:#?}"
     );
     assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(&v1).unwrap());
@@ -918,14 +1009,25 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
         [UpdateStep::Installed, UpdateStep::RolledBack],
         "{steps_taken:#?}"
     );
-    assert!(steps_taken[1].detail.as_ref().unwrap().contains("back on 1, healthy"), "{steps_taken:#?}");
+    assert!(
+        steps_taken[1]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("back on 1, healthy"),
+        "{steps_taken:#?}"
+    );
     assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(&v1).unwrap());
     svc.wait_healthy();
 
     // Unsigned: a request the daemon's user forged, naming a file that is no signed target,
     // and one naming a signed target with other content. Neither is applied.
     let evil = work.join("fleet/downloads/evil.toml");
-    std::fs::write(&evil, original.replace("drain_timeout_s = 2", "drain_timeout_s = 9")).unwrap();
+    std::fs::write(
+        &evil,
+        original.replace("drain_timeout_s = 2", "drain_timeout_s = 9"),
+    )
+    .unwrap();
     let forged = |target: &str| {
         let request = teledge::fleet::Request {
             kind: UpdateKind::Config,
@@ -956,7 +1058,8 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
     // The central site saw it all, through the spool.
     let out = work.join("out");
     let records = wait_collected(&out, |r| {
-        r.iter().any(|r| r["step"] == "rolled_back" && r["version"] == "2")
+        r.iter()
+            .any(|r| r["step"] == "rolled_back" && r["version"] == "2")
             && r.iter().filter(|r| r["reason"] == "not_signed").count() == 2
     });
     assert!(records
@@ -980,7 +1083,10 @@ fn the_installer_units_pass_systemd_analyze_verify() {
     assert!(path_unit.contains("PathExists=/var/lib/teledge/fleet/handoff/request.json"));
     std::fs::write(dir.path().join("teledge-update.path"), path_unit).unwrap();
     let analyze = Path::new("/usr/bin/systemd-analyze");
-    assert!(analyze.exists(), "systemd-analyze is missing: install the Debian package `systemd`");
+    assert!(
+        analyze.exists(),
+        "systemd-analyze is missing: install the Debian package `systemd`"
+    );
     let out = Command::new(analyze)
         .current_dir(dir.path())
         .args(["verify", "teledge-update.service", "teledge-update.path"])

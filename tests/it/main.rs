@@ -20,7 +20,7 @@ mod observe;
 mod privacy;
 mod regressions;
 mod robustness;
-mod schema;
+pub(crate) mod schema;
 pub(crate) mod sensors;
 mod spool_model;
 mod support;
