@@ -957,6 +957,22 @@ fn check_pin(file: &str, bytes: &[u8], pin: &MetaFile) -> Result<(), TufError> {
     Ok(())
 }
 
+/// Parses and verifies one metadata file of `role` (`root`, `timestamp`, `snapshot`,
+/// `targets`) against a root that must verify itself; its version. Pure (no I/O, no
+/// clock): what a repository's bytes meet first, and the fuzz target `tuf_metadata`.
+pub fn verify_with_root(root: &[u8], role: &str, bytes: &[u8]) -> Result<u64, TufError> {
+    let root = verify_root_self(ROOT, root)?;
+    match role {
+        "root" => {
+            let (envelope, common, signed) = open(role, bytes, "root")?;
+            check_threshold(role, "root", &root.value, &envelope, &signed)?;
+            Ok(common.version)
+        }
+        "targets" => Ok(verify_targets(role, &root.value, bytes)?.value.version),
+        _ => Ok(verify_meta(role, role, &root.value, bytes)?.value.version),
+    }
+}
+
 fn verify_root_self(file: &str, bytes: &[u8]) -> Result<Verified<Root>, TufError> {
     let (envelope, _, signed) = open(file, bytes, "root")?;
     let root: Root =
