@@ -269,6 +269,7 @@ fn a_python_tuf_repository_is_accepted_over_mutual_tls_and_its_root_rotation_fol
         json!({"keys": keys(), "thresholds": {"targets": 2}, "states": [
             {"name": "s1", "targets": targets},
             {"name": "s2", "targets": targets, "rotate": "timestamp"},
+            {"name": "s3", "targets": targets, "rotate": "root", "without_old_root_keys": true},
         ]}),
     );
     let root = std::fs::read(repo.join("root.json")).unwrap();
@@ -302,6 +303,15 @@ fn a_python_tuf_repository_is_accepted_over_mutual_tls_and_its_root_rotation_fol
     serve(&fleet.served, &repo, "s2");
     let trusted = rt.block_on(client.refresh(SystemTime::now())).unwrap();
     assert_eq!((trusted.root_version, trusted.timestamp_version), (2, 2));
+    let stored_root: Value =
+        serde_json::from_slice(&std::fs::read(store.join("root.json")).unwrap()).unwrap();
+    assert_eq!(stored_root["signed"]["version"], 2);
+
+    // A third root signed only by its own new key, not by a threshold of the trusted root's.
+    serve(&fleet.served, &repo, "s3");
+    let e = rt.block_on(client.refresh(SystemTime::now())).unwrap_err();
+    assert_eq!(e.reason(), "signature_threshold", "{e}");
+    assert!(e.to_string().contains("3.root.json"), "{e}");
     let stored_root: Value =
         serde_json::from_slice(&std::fs::read(store.join("root.json")).unwrap()).unwrap();
     assert_eq!(stored_root["signed"]["version"], 2);
@@ -1097,4 +1107,69 @@ fn the_installer_units_pass_systemd_analyze_verify() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn check_config_lists_every_fleet_problem_and_update_apply_needs_a_fleet() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = r#"
+[fleet]
+root_file = "/nonexistent/root.json"
+state_dir = "relative/fleet"
+poll_interval_s = 5
+poll_jitter_s = 10
+probation_s = 0
+install_command = []
+groups = ["site a"]
+[hep]
+udp = "127.0.0.1:0"
+"#;
+    // Without [observe] (no /health) the probation has nothing to watch.
+    let config = agent_config(&pki, dir.path(), 1, bad, None);
+    let out = teledge().arg("check-config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "fleet.root_file",
+        "fleet.state_dir",
+        "fleet.poll_interval_s",
+        "fleet.poll_jitter_s",
+        "fleet.probation_s",
+        "fleet.install_command",
+        "fleet.groups[0]",
+    ] {
+        assert!(stderr.contains(path), "{path} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("[observe] must be enabled"), "{stderr}");
+
+    let root = dir.path().join("root.json");
+    std::fs::write(&root, "{}").unwrap();
+    let good = format!(
+        "[fleet]\nroot_file = \"{}\"\n[hep]\nudp = \"127.0.0.1:0\"\n",
+        root.display()
+    );
+    let config = agent_config(&pki, dir.path(), 1, &good, Some(free_port()));
+    let out = teledge().arg("check-config").arg(&config).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let without = agent_config(
+        &pki,
+        dir.path(),
+        1,
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        Some(free_port()),
+    );
+    let out = teledge()
+        .arg("update-apply")
+        .arg("--config")
+        .arg(&without)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [fleet] section"));
 }

@@ -19,6 +19,7 @@ one repository history.
         "expired": ["timestamp"],          # expires yesterday
         "targets_signers": 1,              # sign targets with this many keys (default all)
         "rotate": "timestamp",             # a new root version with a new key for the role
+        "without_old_root_keys": true,     # with "rotate": "root", not signed by the old key
         "bump": ["targets", "snapshot", "timestamp"]}]}   # default: all three
 
 Versions start at 1 and each state bumps the roles named in "bump".
@@ -78,12 +79,18 @@ def main():
         os.makedirs(targets_dir)
         role = state.get("rotate")
         if role:
+            old_root_signers = signers["root"]
             for keyid in list(root.signed.roles[role].keyids):
                 root.signed.revoke_key(keyid, role)
             signers[role] = [CryptoSigner.generate_ed25519()]
             root.signed.add_key(signers[role][0].public_key, role)
             root.signed.version += 1
             root.signatures.clear()
+            # A new root is signed by the old root keys and the new ones, unless the state
+            # says otherwise (an attack: a root only the new keys signed).
+            if not state.get("without_old_root_keys"):
+                for key in old_root_signers:
+                    root.sign(key, append=True)
             for key in signers["root"]:
                 root.sign(key, append=True)
             roots.append(copy.deepcopy(root))
