@@ -36,10 +36,11 @@
 //!
 //! # The trusted store
 //!
-//! A directory holding the last trusted `root.json`, `timestamp.json`, `snapshot.json`,
-//! `targets.json` (the bytes as fetched, each written to a temporary file, synced and
-//! renamed) and `latest_time`. Stored files are verified again on load; one that no longer
-//! verifies (keys rotated) is dropped.
+//! A directory holding every root after the shipped one (`N.root.json`), the last trusted
+//! `timestamp.json`, `snapshot.json`, `targets.json` (the bytes as fetched, each written to a
+//! temporary file, synced and renamed) and `latest_time`. Stored files are verified again on
+//! load, the roots as a chain from the shipped root (so the store's owner cannot plant a
+//! root); a role file that no longer verifies (keys rotated) is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -578,14 +579,21 @@ impl<T: Transport> Client<T> {
         Ok(t)
     }
 
-    /// Loads the trusted store (or the shipped root), verified again.
+    /// Loads the trusted store, verified again: the root chain from the *shipped* root
+    /// through every stored `N.root.json` (each signed by a threshold of the previous root's
+    /// keys and of its own, versions consecutive), so a root written into the store by
+    /// someone else than this client is never trusted; then the other roles against it.
     fn load(&self) -> Result<Stored, TufError> {
         std::fs::create_dir_all(&self.store).map_err(self.store_error(""))?;
-        let root_bytes = match self.read_stored(ROOT)? {
-            Some(b) => b,
-            None => self.shipped_root.clone(),
-        };
-        let root = verify_root_self(ROOT, &root_bytes)?;
+        let mut root = verify_root_self(ROOT, &self.shipped_root)?;
+        for _ in 0..self.limits.max_root_rotations {
+            let next = root.value.version + 1;
+            let name = format!("{next}.{ROOT}");
+            let Some(bytes) = self.read_stored(&name)? else {
+                break;
+            };
+            root = next_root(&name, &root.value, bytes, next)?;
+        }
         let timestamp = self
             .read_stored(TIMESTAMP)?
             .and_then(|b| verify_meta(TIMESTAMP, "timestamp", &root.value, &b).ok());
@@ -672,9 +680,6 @@ impl<T: Transport> Client<T> {
         let first_root = stored.root.value.clone();
         // Root rotation.
         let mut root = stored.root;
-        if self.read_stored(ROOT)?.is_none() {
-            self.persist(ROOT, &root.bytes)?;
-        }
         for _ in 0..self.limits.max_root_rotations {
             let next = root.value.version + 1;
             let name = format!("metadata/{next}.root.json");
@@ -686,21 +691,8 @@ impl<T: Transport> Client<T> {
                 }) => break,
                 Err(e) => return Err(e),
             };
-            let (envelope, common, signed) = open(&name, &bytes, "root")?;
-            let new: Root =
-                serde_json::from_value(envelope.signed.clone()).map_err(|e| malformed(&name, e))?;
-            check_threshold(&name, "root", &root.value, &envelope, &signed)?;
-            check_threshold(&name, "root", &new, &envelope, &signed)?;
-            if common.version != next {
-                return Err(TufError::VersionMismatch {
-                    file: name,
-                    got: common.version,
-                    expected: next,
-                    by: "the trusted root".into(),
-                });
-            }
-            self.persist(ROOT, &bytes)?;
-            root = Verified { value: new, bytes };
+            root = next_root(&name, &root.value, bytes, next)?;
+            self.persist(&format!("{next}.{ROOT}"), &root.bytes)?;
         }
         check_expiry(ROOT, &root.value.expires, now)?;
         let (mut stored_timestamp, mut stored_snapshot, stored_targets) =
@@ -971,6 +963,30 @@ pub fn verify_with_root(root: &[u8], role: &str, bytes: &[u8]) -> Result<u64, Tu
         "targets" => Ok(verify_targets(role, &root.value, bytes)?.value.version),
         _ => Ok(verify_meta(role, role, &root.value, bytes)?.value.version),
     }
+}
+
+/// The root after `trusted`: signed by a threshold of `trusted`'s root keys and of its own,
+/// version exactly `next`.
+fn next_root(
+    name: &str,
+    trusted: &Root,
+    bytes: Vec<u8>,
+    next: u64,
+) -> Result<Verified<Root>, TufError> {
+    let (envelope, common, signed) = open(name, &bytes, "root")?;
+    let new: Root =
+        serde_json::from_value(envelope.signed.clone()).map_err(|e| malformed(name, e))?;
+    check_threshold(name, "root", trusted, &envelope, &signed)?;
+    check_threshold(name, "root", &new, &envelope, &signed)?;
+    if common.version != next {
+        return Err(TufError::VersionMismatch {
+            file: name.to_owned(),
+            got: common.version,
+            expected: next,
+            by: "the trusted root".into(),
+        });
+    }
+    Ok(Verified { value: new, bytes })
 }
 
 fn verify_root_self(file: &str, bytes: &[u8]) -> Result<Verified<Root>, TufError> {
