@@ -13,6 +13,10 @@ pub struct UpdateApplyArgs {
     /// updates).
     #[arg(long, short, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// The installer's own directory (root only): requests and files are copied here before
+    /// they are checked (`teledge-update.service` creates it: `StateDirectory=`).
+    #[arg(long, default_value = "/var/lib/teledge-update")]
+    pub staging: PathBuf,
 }
 
 pub fn run(args: UpdateApplyArgs) -> anyhow::Result<ExitCode> {
@@ -31,6 +35,8 @@ pub fn run(args: UpdateApplyArgs) -> anyhow::Result<ExitCode> {
         settings,
         config_path: args.config,
         health: config.observe.listen,
+        node: config.forward.node_id.clone(),
+        staging: args.staging,
     };
     let records = installer.apply()?;
     for record in &records {

@@ -3,13 +3,19 @@
 //! separate unit, not a child of the daemon, because restarting the daemon kills the
 //! daemon's whole control group (and the daemon itself may not write `/usr` nor `/etc`).
 //!
-//! 1. The request is renamed to `request.applying.json` (a power cut from here on is found
-//!    at the next run: the previous version is put back, `rolled_back`, `interrupted`).
-//! 2. It is verified again, offline, against the agent's trusted TUF store and the shipped
-//!    root: every metadata file's signatures, the version chain, expiry; the file's length
-//!    and hashes must be those of the signed target it names. A file that is no signed
+//! 1. The request (a regular file, never followed through a link) is removed from the
+//!    hand-off directory, and it and its files are copied into the installer's own staging
+//!    directory (root only, `--staging`, `/var/lib/teledge-update`), where the staged request
+//!    is kept as `applying.json` (a power cut from here on is found at the next run: the
+//!    previous version is put back, `rolled_back`, `interrupted`). Nothing the daemon's
+//!    user can still change is used after this. `handoff/request.applying.json` tells the
+//!    agent (restarted during the probation) that an update is under way.
+//! 2. The staged files are verified, offline, against the agent's trusted TUF store from
+//!    the *shipped* root (root chain, signatures, the version chain, expiry); their length
+//!    and hashes must be those of the signed target they name. A file that is no signed
 //!    target is `refused` (`not_signed`); nothing else is trusted from the daemon's user.
-//! 3. **Package**: its control fields again (package, version, architecture), then the
+//! 3. **Package**: newer than the installed version (`target_rollback` otherwise), its
+//!    control fields again (package, version, architecture), then the
 //!    install command (`dpkg -i`), `installed`, the restart command, then the probation.
 //!    **Configuration**: validated as `check-config` does, `[node] id` and the whole
 //!    `[fleet]` section must be unchanged (a pushed configuration cannot cut a node off the
@@ -25,7 +31,8 @@
 //!    back), the service restarted and checked again, `rolled_back` with the reason and
 //!    whether the previous version is healthy; the agent never retries the failed version.
 //! 5. The steps are appended to `handoff/outcomes.jsonl` (owned like the directory, so the
-//!    daemon's user reads them) and the request becomes `request.done.json`.
+//!    daemon's user reads them; never written through a link) and the request is kept as
+//!    `request.done.json`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -62,6 +69,66 @@ pub struct Installer {
     pub config_path: PathBuf,
     /// Where `/health` is served.
     pub health: SocketAddr,
+    /// This node (for a record about a request that cannot be read).
+    pub node: String,
+    /// A root-only directory: the request and its files are copied here before anything is
+    /// checked, so the daemon's user cannot swap them between the check and dpkg.
+    pub staging: PathBuf,
+}
+
+/// Largest request file read.
+const MAX_REQUEST: u64 = 64 << 10;
+
+/// Opens a regular file for reading without following a symbolic link (and without
+/// blocking on a FIFO): the hand-off directory belongs to the daemon's user.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Reads at most `limit` bytes of a regular file; `None` when it does not exist.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(Some(bytes))
+}
+
+/// Writes (or appends to) a file in the daemon's directory without following a symbolic
+/// link, owned like the directory so the daemon's user can read it.
+fn write_in_handoff(path: &Path, bytes: &[u8], append: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).custom_flags(libc::O_NOFOLLOW);
+    if append {
+        options.append(true);
+    } else {
+        options.write(true).truncate(true);
+    }
+    let mut file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    if let Some(meta) = path.parent().and_then(|d| std::fs::metadata(d).ok()) {
+        let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+    }
+    Ok(())
 }
 
 /// One health check: the HTTP status of `GET /health`, or why there was none.
@@ -163,7 +230,13 @@ fn run(command: &[String], extra: &[&std::ffi::OsStr]) -> Result<(), String> {
 }
 
 impl Installer {
+    /// The request being applied, in the staging directory (root's own).
     fn applying_file(&self) -> PathBuf {
+        self.staging.join("applying.json")
+    }
+
+    /// Tells the agent an update is under way (`handoff/request.applying.json`).
+    fn marker_file(&self) -> PathBuf {
         self.settings.handoff_dir().join("request.applying.json")
     }
 
@@ -218,6 +291,16 @@ impl Installer {
     /// Handles the waiting request, if there is one; the steps it took.
     pub fn apply(&self) -> Result<Vec<UpdateRecord>, ApplyError> {
         let mut records = Vec::new();
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.staging)
+                .map_err(io(&self.staging))?;
+            std::fs::set_permissions(&self.staging, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&self.staging))?;
+        }
         let applying = self.applying_file();
         if let Some(request) = read_json::<Request>(&applying).map_err(io(&applying))? {
             // A run that did not finish (a power cut): go back to what ran before.
@@ -234,13 +317,77 @@ impl Installer {
             records.clear();
         }
         let request_file = self.settings.request_file();
-        let Some(request) = read_json::<Request>(&request_file).map_err(io(&request_file))? else {
-            return Ok(records);
+        let read = read_regular(&request_file, MAX_REQUEST);
+        // Gone before anything else: the path unit must not start us again for it.
+        let _ = std::fs::remove_file(&request_file);
+        let request = match read {
+            Ok(None) => return Ok(records),
+            Ok(Some(bytes)) => serde_json::from_slice::<Request>(&bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        std::fs::rename(&request_file, &applying).map_err(io(&request_file))?;
+        let request = match request.and_then(|r| self.stage(r)) {
+            Ok(r) => r,
+            Err(detail) => {
+                let mut r =
+                    UpdateRecord::new(&self.node, UpdateKind::Metadata, UpdateStep::Refused);
+                r = Self::with_reason(
+                    r,
+                    "malformed",
+                    format!("{}: {detail}", request_file.display()),
+                );
+                let line = [serde_json::to_vec(&r).unwrap_or_default(), b"\n".to_vec()].concat();
+                let outcomes = self.settings.outcomes_file();
+                write_in_handoff(&outcomes, &line, true).map_err(io(&outcomes))?;
+                records.push(r);
+                return Ok(records);
+            }
+        };
+        // The agent polls again when the service restarts: it must see that an update is
+        // under way (and not offer this version again before its outcome is written).
+        let marker = self.marker_file();
+        write_in_handoff(
+            &marker,
+            &serde_json::to_vec(&request).unwrap_or_default(),
+            false,
+        )
+        .map_err(io(&marker))?;
         records.extend(self.handle(&request));
         self.finish(&request, &records)?;
         Ok(records)
+    }
+
+    /// Copies the request's files into the staging directory (regular files only, never
+    /// through a link, at most `max_target_bytes`) and records the staged request there.
+    fn stage(&self, mut request: Request) -> Result<Request, String> {
+        if request.node != self.node {
+            return Err(format!(
+                "request for node {:?}, this is {:?}",
+                request.node, self.node
+            ));
+        }
+        let copy = |from: &Path, name: &str| -> Result<PathBuf, String> {
+            let to = self.staging.join(name);
+            let mut source = open_regular(from).map_err(|e| format!("{}: {e}", from.display()))?;
+            let mut dest =
+                std::fs::File::create(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+            let limit = self.settings.max_target_bytes;
+            let n = std::io::copy(&mut (&mut source).take(limit + 1), &mut dest)
+                .map_err(|e| format!("{}: {e}", from.display()))?;
+            if n > limit {
+                return Err(format!("{}: larger than max_target_bytes", from.display()));
+            }
+            dest.sync_all()
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+            Ok(to)
+        };
+        request.file = copy(&request.file, "new")?;
+        if let Some(previous) = &request.previous_file {
+            request.previous_file = Some(copy(previous, "previous")?);
+        }
+        let applying = self.applying_file();
+        super::tuf::write_atomic(&applying, &serde_json::to_vec(&request).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", applying.display()))?;
+        Ok(request)
     }
 
     fn handle(&self, request: &Request) -> Vec<UpdateRecord> {
@@ -285,6 +432,18 @@ impl Installer {
         };
         if let Err((_, detail)) = self.signed(trusted, previous_target, previous_file) {
             return refused("no_rollback_package", detail);
+        }
+        let installed = super::agent::installed_version(&self.settings.version_command);
+        if super::select::compare_versions(&request.version, &installed)
+            != std::cmp::Ordering::Greater
+        {
+            return refused(
+                "target_rollback",
+                format!(
+                    "{} is not newer than the installed {installed}",
+                    request.version
+                ),
+            );
         }
         match super::agent::deb_fields(&request.file) {
             Ok(fields) => {
@@ -452,21 +611,18 @@ impl Installer {
             text.extend(serde_json::to_vec(r).unwrap_or_default());
             text.push(b'\n');
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&outcomes)
-            .map_err(io(&outcomes))?;
-        f.write_all(&text).map_err(io(&outcomes))?;
-        f.sync_all().map_err(io(&outcomes))?;
-        same_owner_as_dir(&outcomes);
+        write_in_handoff(&outcomes, &text, true).map_err(io(&outcomes))?;
         let done = self.done_file();
-        std::fs::write(
+        write_in_handoff(
             &done,
-            serde_json::to_vec_pretty(request).unwrap_or_default(),
+            &serde_json::to_vec_pretty(request).unwrap_or_default(),
+            false,
         )
         .map_err(io(&done))?;
-        same_owner_as_dir(&done);
+        for name in ["new", "previous"] {
+            let _ = std::fs::remove_file(self.staging.join(name));
+        }
+        let _ = std::fs::remove_file(self.marker_file());
         let applying = self.applying_file();
         std::fs::remove_file(&applying).map_err(io(&applying))?;
         Ok(())
@@ -494,12 +650,4 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Gives a file the owner of its directory (the daemon's user owns the hand-off directory).
-fn same_owner_as_dir(path: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(meta) = path.parent().and_then(|d| std::fs::metadata(d).ok()) {
-        let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
-    }
 }

@@ -30,6 +30,7 @@
 //! | `downloads/` | agent | verified targets (a `.part` file until verified) |
 //! | `state.json` | agent | failed versions, applied configuration version, outcomes read |
 //! | `handoff/request.json` | agent | what to install (the path unit's trigger) |
+//! | `handoff/request.applying.json` | installer | an update is under way (the agent waits) |
 //! | `handoff/request.done.json` | installer | the request, once handled |
 //! | `handoff/outcomes.jsonl` | installer | its steps, as update records |
 

@@ -724,6 +724,8 @@ fn install_when_handed_over(dir: &Path, config: &Path) -> Vec<UpdateRecord> {
         .arg("update-apply")
         .arg("--config")
         .arg(config)
+        .arg("--staging")
+        .arg(dir.join("staging"))
         .output()
         .unwrap();
     assert!(
