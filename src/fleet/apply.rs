@@ -312,9 +312,8 @@ impl Installer {
             );
             let back = self.go_back(&request);
             r.detail = Some(format!("{}; {back}", r.detail.unwrap_or_default()));
+            self.finish(&request, std::slice::from_ref(&r))?;
             records.push(r);
-            self.finish(&request, &records)?;
-            records.clear();
         }
         let request_file = self.settings.request_file();
         let read = read_regular(&request_file, MAX_REQUEST);
@@ -351,8 +350,9 @@ impl Installer {
             false,
         )
         .map_err(io(&marker))?;
-        records.extend(self.handle(&request));
-        self.finish(&request, &records)?;
+        let steps = self.handle(&request);
+        self.finish(&request, &steps)?;
+        records.extend(steps);
         Ok(records)
     }
 

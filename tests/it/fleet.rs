@@ -982,6 +982,13 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
         ),
     )
     .unwrap();
+    // Version 3 is good, but the installer loses power during its probation.
+    let v3 = work.join("v3.toml");
+    std::fs::write(
+        &v3,
+        original.replace("drain_timeout_s = 2", "drain_timeout_s = 4"),
+    )
+    .unwrap();
     let conf = |file: &Path, version: u64| {
         json!({"path": format!("config/site-a-{version}.toml"), "file": file,
                "custom": {"teledge": {"kind": "config", "version": version, "groups": ["site-a"]}}})
@@ -991,6 +998,7 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
         json!({"keys": keys(), "thresholds": {"targets": 2}, "states": [
             {"name": "c1", "targets": [conf(&v1, 1)]},
             {"name": "c2", "targets": [conf(&v1, 1), conf(&v2, 2)]},
+            {"name": "c3", "targets": [conf(&v1, 1), conf(&v2, 2), conf(&v3, 3)]},
         ]}),
     );
     assert_eq!(repo.join("root.json"), repo_root);
@@ -1074,6 +1082,58 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
     }
     svc.wait_healthy();
 
+    // A power cut during the probation (the installer SIGKILLed once version 3 is in
+    // place): the next run puts version 1 back.
+    serve(&fleet.served, &repo, "c3");
+    svc.restart();
+    svc.wait_healthy();
+    let request = work.join("fleet/handoff/request.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !request.exists() {
+        assert!(Instant::now() < deadline, "version 3 not handed over");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let staging = work.join("staging");
+    let mut installer = teledge()
+        .arg("update-apply")
+        .arg("--config")
+        .arg(&config)
+        .arg("--staging")
+        .arg(&staging)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::fs::read(&config).unwrap() != std::fs::read(&v3).unwrap() {
+        assert!(Instant::now() < deadline, "version 3 never put in place");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    installer.kill().unwrap();
+    installer.wait().unwrap();
+    assert!(staging.join("applying.json").exists());
+    let out = teledge()
+        .arg("update-apply")
+        .arg("--config")
+        .arg(&config)
+        .arg("--staging")
+        .arg(&staging)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let steps_taken: Vec<UpdateRecord> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        steps(&steps_taken),
+        [UpdateStep::RolledBack],
+        "{steps_taken:#?}"
+    );
+    assert_eq!(steps_taken[0].reason.as_deref(), Some("interrupted"));
+    assert_eq!(steps_taken[0].version.as_deref(), Some("3"));
+    assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(&v1).unwrap());
+    svc.wait_healthy();
+
     // The central site saw it all, through the spool.
     let out = work.join("out");
     let records = wait_collected(&out, |r| {
@@ -1084,6 +1144,31 @@ fn signed_configuration_is_verified_applied_and_rolled_back_when_unhealthy_and_u
     assert!(records
         .iter()
         .any(|r| r["kind"] == "config" && r["step"] == "healthy" && r["version"] == "1"));
+
+    // The hand-off directory belongs to the daemon's user: a link planted there does not
+    // make the root installer read or write through it.
+    let victim = work.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let outcomes = work.join("fleet/handoff/outcomes.jsonl");
+    std::fs::remove_file(&outcomes).unwrap();
+    std::os::unix::fs::symlink(&victim, &outcomes).unwrap();
+    let request = work.join("fleet/handoff/request.json");
+    std::os::unix::fs::symlink(&victim, &request).unwrap();
+    let out = teledge()
+        .arg("update-apply")
+        .arg("--config")
+        .arg(&config)
+        .arg("--staging")
+        .arg(work.join("staging"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert!(
+        !request.exists(),
+        "the request is taken away even when refused"
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(&v1).unwrap());
 }
 
 #[test]
