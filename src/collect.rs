@@ -706,7 +706,12 @@ async fn fleet_file(
     else {
         return reply(StatusCode::NOT_FOUND, "no such repository file");
     };
-    let Ok(slot) = shared.batches.clone().acquire_owned().await else {
+    let Ok(Ok(slot)) = tokio::time::timeout(
+        shared.limits.body_timeout,
+        shared.batches.clone().acquire_owned(),
+    )
+    .await
+    else {
         return reply(StatusCode::SERVICE_UNAVAILABLE, "collector busy; retry");
     };
     let max = shared.limits.max_body as u64;

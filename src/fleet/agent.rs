@@ -201,13 +201,14 @@ impl<T: Transport> FleetAgent<T> {
         }
         let trusted = match self.client.refresh(now).await {
             Ok(t) => {
-                if self
-                    .state
-                    .announced
-                    .iter()
-                    .any(|a| a.starts_with("metadata|"))
-                {
-                    self.state.announced.retain(|a| !a.starts_with("metadata|"));
+                // Metadata refusals are over; refusals of targets no longer signed are
+                // forgotten (the set stays as small as the repository).
+                let before = self.state.announced.len();
+                self.state.announced.retain(|a| {
+                    a.split_once('|')
+                        .is_some_and(|(target, _)| t.targets.contains_key(target))
+                });
+                if self.state.announced.len() != before {
                     self.save()?;
                 }
                 t
