@@ -19,6 +19,9 @@ command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || ne
 command -v dpkg-deb >/dev/null 2>&1 && command -v dpkg-architecture >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v help2man >/dev/null 2>&1 || need+=(help2man)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
+# python3 with venv: the fleet tests build TUF repositories with python-tuf (below).
+command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
+  || need+=(python3 python3-venv)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -31,6 +34,16 @@ fi
 if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
   echo "scripts/test.sh: installing cargo-deb 3.8.0" >&2
   cargo install --locked --quiet cargo-deb --version 3.8.0
+fi
+
+# python-tuf from PyPI in a virtual environment of the repository's own (Debian's python
+# refuses system-wide pip installs): tests/it/fleet.rs checks teledge's TUF client against
+# metadata an independent implementation made (tests/tuf/make_repo.py).
+venv=target/tuf-venv
+if ! "$venv/bin/python" -c 'import tuf, securesystemslib, cryptography' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing python-tuf into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0'
 fi
 
 cargo test --locked "$@"

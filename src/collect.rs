@@ -62,6 +62,17 @@
 //! - an accept error (out of file descriptors, `EMFILE`) never ends the process: the loop backs
 //!   off (10 ms doubling to 1 s) and goes on.
 //!
+//! # Fleet repository
+//!
+//! With `--fleet DIR`, the collector also serves a TUF repository to its nodes, over the
+//! same mutual TLS (any node certificate the collector accepts): `GET /v1/fleet/metadata/…`
+//! and `GET /v1/fleet/targets/…` answer the files under `DIR/metadata` and `DIR/targets`;
+//! path components are `[A-Za-z0-9._+~-]`, never `.`, `..` or empty, so nothing outside
+//! `DIR` is reachable; a missing file is `404` (which ends the client's root rotation loop).
+//! The collector verifies nothing in the repository: the nodes do, and a compromised
+//! collector can only withhold updates (TUF's malicious mirror). A file larger than
+//! `--max-body-bytes` is not served (503); files are read whole under the batch bound.
+//!
 //! # Logs
 //!
 //! INFO: node connections (address, node) and batches (node, batch, records, new,
@@ -144,6 +155,9 @@ pub struct CollectConfig {
     pub limits: CollectLimits,
     /// Adds `stored_at` to every line written (see "Writes" in the module doc).
     pub stamp: bool,
+    /// A TUF repository (`DIR/metadata`, `DIR/targets`) served read-only to the nodes at
+    /// `GET /v1/fleet/…` (see the module doc), or none.
+    pub fleet_dir: Option<PathBuf>,
 }
 
 /// The collector's counters.
@@ -268,6 +282,7 @@ impl Throttle {
 struct Shared {
     out_dir: PathBuf,
     stamp: bool,
+    fleet_dir: Option<PathBuf>,
     limits: CollectLimits,
     stats: Arc<CollectStats>,
     nodes: Mutex<HashMap<String, Arc<Mutex<NodeStore>>>>,
@@ -359,6 +374,7 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
     let shared = Arc::new(Shared {
         out_dir: config.out_dir.clone(),
         stamp: config.stamp,
+        fleet_dir: config.fleet_dir.clone(),
         stats: stats.clone(),
         nodes: Mutex::new(
             nodes
@@ -538,6 +554,15 @@ async fn handle(
         tracing::warn!(%peer, %node, status = status.as_u16(), %reason, "Batch refused.");
         reply(status, reason)
     };
+    if req.method() == hyper::Method::GET {
+        if let Some(path) = req
+            .uri()
+            .path()
+            .strip_prefix(crate::fleet::transport::FLEET_PREFIX)
+        {
+            return fleet_file(shared, node, peer, path).await;
+        }
+    }
     if req.method() != hyper::Method::POST || req.uri().path() != "/v1/batches" {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -682,6 +707,65 @@ async fn handle(
             tracing::error!(%node, error = %crate::report::Chain(&e), "Batch task failed; not acknowledged.");
             reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry")
         }
+    }
+}
+
+/// A file of the fleet repository: only `metadata/…` and `targets/…` under `--fleet DIR`
+/// (no other path reaches the file system), read on the blocking pool under the same
+/// bound as batch bodies (at most `max_batches` held at once, each at most `max_body`).
+async fn fleet_file(
+    shared: &Shared,
+    node: &str,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    let Some(file) = shared
+        .fleet_dir
+        .as_deref()
+        .and_then(|dir| crate::fleet::tuf::repository_path(dir, path))
+    else {
+        return reply(StatusCode::NOT_FOUND, "no such repository file");
+    };
+    let Ok(Ok(slot)) = tokio::time::timeout(
+        shared.limits.body_timeout,
+        shared.batches.clone().acquire_owned(),
+    )
+    .await
+    else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "collector busy; retry");
+    };
+    let max = shared.limits.max_body as u64;
+    let read = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let meta = std::fs::metadata(&file)?;
+        if !meta.is_file() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        if meta.len() > max {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, more than --max-body-bytes {max}",
+                meta.len()
+            )));
+        }
+        std::fs::read(&file)
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => {
+            tracing::debug!(%peer, %node, path, bytes = bytes.len(), "Fleet file served.");
+            reply(StatusCode::OK, bytes)
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            reply(StatusCode::NOT_FOUND, "no such repository file")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, %node, path, error = %e, "Fleet file not served.");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "repository file unreadable",
+            )
+        }
+        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "internal failure; retry"),
     }
 }
 

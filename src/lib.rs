@@ -36,6 +36,8 @@
 //! - [`spooler`]: records into the spool: pseudonymise, serialise, append, group commit.
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
+//! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
+//!   privileged one-shot unit and rolled back when the new version is not healthy.
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
@@ -61,6 +63,7 @@ pub mod correlation;
 pub mod daemon;
 pub mod decode;
 pub mod dissect;
+pub mod fleet;
 pub mod log_limit;
 pub mod media;
 pub mod observe;

@@ -207,6 +207,8 @@ impl Pseudonymizer {
             Record::Gap(_) => {}
             // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
             Record::Queue(_) => {}
+            // Versions, target names and reasons of the node's own updates.
+            Record::Update(_) => {}
         }
     }
 

@@ -55,6 +55,10 @@ pub struct CollectArgs {
     /// Largest inflated batch, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_inflated_bytes: u64,
+    /// Serve this TUF repository (`DIR/metadata`, `DIR/targets`) to the nodes at
+    /// `/v1/fleet/`, over the same mutual TLS.
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
 }
 
 pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
@@ -66,6 +70,7 @@ pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
         out_dir: args.out,
         tls12_allowed: args.tls12,
         stamp: args.stamp,
+        fleet_dir: args.fleet,
         limits: teledge::collect::CollectLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 pub mod check_config;
 pub mod collect;
 pub mod dead_letters;
+pub mod fleet_apply;
 pub mod replay;
 pub mod report;
 pub mod run;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Records the collector refused for good: list them, resend them once fixed.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Install a fleet update the daemon handed over, hold its probation, roll back if it
+    /// fails (run as root by teledge-update.service).
+    UpdateApply(fleet_apply::UpdateApplyArgs),
 }
 
 impl Command {
@@ -72,6 +76,7 @@ impl Command {
             Command::DeadLetters(command) => dead_letters::run(command),
             Command::Run(args) => run::run(args),
             Command::CheckConfig(args) => check_config::run(args),
+            Command::UpdateApply(args) => fleet_apply::run(args),
         }
     }
 }

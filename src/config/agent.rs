@@ -272,6 +272,8 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// `[stats]` and `[[service]]`: interval records per service.
     pub stats: super::stats::StatsConfig,
+    /// `[fleet]`: signed updates, when the node takes part in a fleet.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
@@ -693,6 +695,10 @@ pub fn parse_with_profiles(
         });
     }
     let stats = super::stats::validate_stats(&raw.stats, &raw.service, &mut problems);
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| super::fleet::validate(f, observe.enabled, &mut problems));
     // Everything is validated: now, in one step, the key material.
     let forward = forward.and_then(|valid| super::forward::with_keys(valid, &mut problems));
     let hep = hep.map(|mut hep| {
@@ -722,6 +728,7 @@ pub fn parse_with_profiles(
             callcenters,
             observe,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_s),
+            fleet,
             warnings: {
                 let mut all = std::mem::take(&mut forward.warnings);
                 all.extend(warnings);

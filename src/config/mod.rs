@@ -17,6 +17,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub mod agent;
+pub mod fleet;
 pub mod forward;
 mod keys;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
@@ -58,6 +59,8 @@ pub(super) struct RawFile {
     stats: stats::RawStats,
     #[serde(default)]
     service: Vec<stats::RawService>,
+    /// Signed updates ([`fleet`]); absent: no fleet.
+    fleet: Option<fleet::RawFleet>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

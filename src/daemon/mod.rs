@@ -79,6 +79,7 @@ pub use crate::time::Clock;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
+mod fleet;
 mod hep;
 mod queue;
 mod reload;
@@ -458,6 +459,9 @@ impl Daemon {
         )?;
         let ticker = ticker::spawn(&ctx, &spool);
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
+        if let Some(settings) = &config.fleet {
+            fleet::spawn(settings, &config.forward, &ctx)?;
+        }
 
         // Ready: the spool is open, every source bound.
         let _ = notifier.ready();

@@ -165,6 +165,7 @@ pub mod media;
 pub mod queue;
 pub mod sensor;
 mod summary;
+pub mod update;
 
 pub use call::{
     CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, Sdp, SdpCodec,
@@ -201,6 +202,8 @@ pub enum Record {
     Interval(Box<interval::IntervalRecord>),
     /// A caller's stay in an ACD queue, from the PBX's queue events (`teledge.queue/1`).
     Queue(Box<queue::QueueCallRecord>),
+    /// A step of a signed update on this node (`teledge.update/1`).
+    Update(Box<update::UpdateRecord>),
 }
 
 impl Record {
@@ -216,6 +219,7 @@ impl Record {
             Record::Gap(_) => "gap",
             Record::Interval(_) => "interval",
             Record::Queue(_) => "queue",
+            Record::Update(_) => "update",
         }
     }
 }

@@ -38,7 +38,7 @@ fn schema_dir() -> PathBuf {
 }
 
 /// The schema files, by file name.
-struct Schemas {
+pub(crate) struct Schemas {
     files: BTreeMap<String, Value>,
 }
 
@@ -66,7 +66,7 @@ const KEYWORDS: &[&str] = &[
 ];
 
 impl Schemas {
-    fn load() -> Schemas {
+    pub(crate) fn load() -> Schemas {
         let mut files = BTreeMap::new();
         for entry in std::fs::read_dir(schema_dir()).unwrap() {
             let path = entry.unwrap().path();
@@ -235,7 +235,7 @@ impl Schemas {
     }
 
     /// Validates one serialised record against the schema its `"schema"` field names.
-    fn check(&self, record: &Value) -> Vec<String> {
+    pub(crate) fn check(&self, record: &Value) -> Vec<String> {
         let id = record["schema"].as_str().unwrap_or_default();
         let file = Self::file_of(id);
         let Some(schema) = self.files.get(&file) else {
@@ -589,6 +589,17 @@ fn every_field_present() -> Vec<Record> {
     gap.detail = Some("will not open".into());
     gap.set_aside = Some("quarantine-1".into());
     gap.status = Some(413);
+    let mut update = teledge::record::update::UpdateRecord::new(
+        "edge-01",
+        teledge::record::update::UpdateKind::Package,
+        teledge::record::update::UpdateStep::RolledBack,
+    );
+    update.target = Some("packages/teledge_0.2.0_arm64.deb".into());
+    update.version = Some("0.2.0".into());
+    update.previous = Some("0.1.0".into());
+    update.reason = Some("unhealthy".into());
+    update.detail = Some("not healthy within 120s; back on 0.1.0, healthy".into());
+    update.targets_version = Some(7);
     vec![
         Record::Call(Box::new(call)),
         Record::Stream(Box::new(StreamRecord {
@@ -720,6 +731,7 @@ fn every_field_present() -> Vec<Record> {
             complete: true,
             closed_by: QueueClosedBy::Event,
         })),
+        Record::Update(Box::new(update)),
     ]
 }
 

@@ -198,7 +198,7 @@ fn load(
 
     if prefill {
         // Forwarding alone is measured: the producer finishes first.
-        while !done.load(Ordering::SeqCst) {
+        while !producer.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -232,8 +232,8 @@ fn load(
         let seconds = start.elapsed().as_secs_f64();
         println!(
             "forwarded {} records in {seconds:.3} s: {:.0} records/s",
-            forwarder.stats.records,
-            forwarder.stats.records as f64 / seconds
+            forwarded.records,
+            forwarded.records as f64 / seconds
         );
     }
     println!(
