@@ -23,8 +23,8 @@ mod keys;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;
-pub mod stats;
 pub mod queue;
+pub mod stats;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};
 pub(crate) use problem::{read_file, toml_problem};
