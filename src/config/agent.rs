@@ -273,7 +273,7 @@ pub struct AgentConfig {
     /// `[stats]` and `[[service]]`: interval records per service.
     pub stats: super::stats::StatsConfig,
     /// `[fleet]`: signed updates, when the node takes part in a fleet.
-    pub fleet: Option<crate::fleet::FleetSettings>,
+    pub fleet: Option<super::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say

@@ -24,6 +24,7 @@ mod keys;
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;
 pub mod queue;
+pub mod reload;
 pub mod stats;
 
 pub use forward::{check_node_id, load_forward, parse_forward, ForwardConfig};

@@ -45,7 +45,7 @@
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 //!
 //! Components, each built from its validated section and returning a handle (`capture`,
-//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
+//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `spool_writer`, `uplink`; `config::reload` plans SIGHUP), run under one root
 //! [`CancellationToken`] and one [`TaskTracker`]; every task takes a token itself (no flag
 //! fed from one). The sources' token (a child of the root) stops capture, HEP, sensors (a
 //! child of it each set, so SIGHUP can replace them) and the ticker; the uplink's loop has
@@ -82,14 +82,13 @@ mod capture;
 mod fleet;
 mod hep;
 mod queue;
-mod reload;
 mod sensors;
 mod spool_writer;
 mod ticker;
 mod uplink;
 
+pub use crate::config::reload::ReloadPlan;
 pub use hep::HepAddrs;
-pub use reload::ReloadPlan;
 
 /// Records waiting for the spool writer.
 const RECORD_QUEUE: usize = 65_536;
@@ -529,7 +528,7 @@ impl Daemon {
     /// (`[uplink]`, `[[sensors]]`, `[shutdown]`), names the others as waiting for a restart,
     /// and reconnects the uplink in any case (renewed certificates take effect).
     pub async fn reload(&mut self, new: &AgentConfig) -> ReloadPlan {
-        let plan = reload::ReloadPlan::new(&self.running, new.sections.expose());
+        let plan = ReloadPlan::new(&self.running, new.sections.expose());
         for section in &plan.applied {
             match *section {
                 "uplink" => self.uplink.reconfigure(new.forward.uplink.clone()),

@@ -22,7 +22,7 @@
 //!    fleet nor change what runs as root); the running file is kept as
 //!    `<file>.fleet-previous`, the new one written in its place with the same mode and
 //!    owner, `installed`; then a reload (SIGHUP) when every changed section applies at once
-//!    ([`crate::daemon::ReloadPlan`]), else a restart; then the probation.
+//!    ([`crate::config::reload::ReloadPlan`]), else a restart; then the probation.
 //! 4. Probation: `/health` must answer 200 within `start_timeout_s` (READY: for a
 //!    `Type=notify` unit the restart command itself returns only once READY, or fails), and
 //!    then at every check for `probation_s` (three failed checks in a row end it; a streak
@@ -593,7 +593,7 @@ impl Installer {
         if let Err(e) = replace_file(&self.config_path, new_text.as_bytes()) {
             return refused("invalid_config", e);
         }
-        let plan = crate::daemon::ReloadPlan::new(&old_table, &new_table);
+        let plan = crate::config::reload::ReloadPlan::new(&old_table, &new_table);
         let command = if plan.needs_restart.is_empty() {
             &self.settings.reload_command
         } else {

@@ -42,71 +42,12 @@ pub mod transport;
 pub mod tuf;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::record::update::UpdateKind;
 
-/// `[fleet]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetSettings {
-    /// The root metadata shipped with the node (trusted on first use of the store only).
-    pub root_file: PathBuf,
-    pub state_dir: PathBuf,
-    pub poll_interval: Duration,
-    pub poll_jitter: Duration,
-    pub groups: Vec<String>,
-    /// Debian architecture of this node.
-    pub arch: String,
-    /// The package name targets must carry.
-    pub package: String,
-    pub start_timeout: Duration,
-    pub probation: Duration,
-    /// Installs a package file (the file is appended).
-    pub install_command: Vec<String>,
-    /// Restarts the service; for a `Type=notify` unit, returns once READY or failed.
-    pub restart_command: Vec<String>,
-    /// Makes the service re-read its configuration (SIGHUP).
-    pub reload_command: Vec<String>,
-    /// Prints the installed package's version (`dpkg-query`); when it fails, this binary's
-    /// own version is taken (a build installed by hand).
-    pub version_command: Vec<String>,
-    /// Largest target accepted, whatever the metadata says.
-    pub max_target_bytes: u64,
-}
-
-impl FleetSettings {
-    pub fn trusted_dir(&self) -> PathBuf {
-        self.state_dir.join("trusted")
-    }
-    pub fn downloads_dir(&self) -> PathBuf {
-        self.state_dir.join("downloads")
-    }
-    pub fn handoff_dir(&self) -> PathBuf {
-        self.state_dir.join("handoff")
-    }
-    pub fn request_file(&self) -> PathBuf {
-        self.handoff_dir().join("request.json")
-    }
-    pub fn outcomes_file(&self) -> PathBuf {
-        self.handoff_dir().join("outcomes.jsonl")
-    }
-    pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join("state.json")
-    }
-}
-
-/// The Debian architecture this binary was built for.
-pub fn native_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "armhf",
-        "x86" => "i386",
-        other => other,
-    }
-}
+pub use crate::config::fleet::{native_arch, FleetSettings};
 
 /// What the agent asks the installer to do (`handoff/request.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

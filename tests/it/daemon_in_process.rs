@@ -509,8 +509,14 @@ fn a_paused_clock_releases_a_call_record_when_advanced_past_the_grace() {
         assert_eq!(start.elapsed(), Duration::ZERO, "the clock moved by itself");
         assert_eq!(calls.get(), 0, "released before its grace");
 
-        // The grace is 250 ms and a tick comes every 250 ms: 600 ms sees it through.
-        tokio::time::advance(Duration::from_millis(600)).await;
+        // The default grace, then up to two ticks (250 ms each) see it through.
+        let grace = teledge::correlation::calls::CallLimits::default().record_grace;
+        tokio::time::advance(grace / 2).await;
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.get(), 0, "released half-way through its grace");
+        tokio::time::advance(grace - grace / 2 + Duration::from_millis(600)).await;
         for _ in 0..1000 {
             if calls.get() == 1 {
                 break;
