@@ -31,7 +31,7 @@ use rcgen::{
 };
 use sha2::Digest;
 
-//ENROL pub mod enrol;
+pub mod enrol;
 
 /// The CA certificate's file name in the CA directory (and next to issued certificates).
 pub const CA_CERT: &str = "ca.pem";
@@ -185,7 +185,13 @@ fn load_ca(dir: &Path) -> Result<(Issuer<'static, KeyPair>, String), PkiError> {
 }
 
 /// Writes `<stem>.pem`, `<stem>.key` (0600) and a copy of the CA certificate to `out`.
-fn write_leaf(out: &Path, stem: &str, cert: &str, key: &str, ca: &str) -> Result<(), PkiError> {
+pub(crate) fn write_leaf(
+    out: &Path,
+    stem: &str,
+    cert: &str,
+    key: &str,
+    ca: &str,
+) -> Result<(), PkiError> {
     make_dir(out, 0o755)?;
     write_file(&out.join(format!("{stem}.key")), key.as_bytes(), 0o600)?;
     write_file(&out.join(format!("{stem}.pem")), cert.as_bytes(), 0o644)?;

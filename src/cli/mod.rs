@@ -66,6 +66,9 @@ pub enum Command {
     /// The site CA, collector and node certificates, enrolment tokens.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Get this box's node certificate from the collector with a one-time token (the key is
+    /// made here and never leaves the box).
+    Enrol(pki::EnrolArgs),
 }
 
 impl Command {
@@ -82,6 +85,7 @@ impl Command {
             Command::CheckConfig(args) => check_config::run(args),
             Command::UpdateApply(args) => fleet_apply::run(args),
             Command::Pki(command) => pki::run(command),
+            Command::Enrol(args) => pki::enrol(args),
         }
     }
 }

@@ -100,3 +100,38 @@ pub fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `teledge enrol`: get this box's node certificate with a one-time token.
+#[derive(Debug, clap::Args)]
+pub struct EnrolArgs {
+    /// The collector's enrolment listener, `https://host:port`.
+    #[arg(long)]
+    pub collector: String,
+    /// The one-time token from `teledge pki enrol-token`.
+    #[arg(long)]
+    pub token: String,
+    /// The site CA certificate, given to the box out of band (the only trust root).
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// This box's node id (the token's).
+    #[arg(long)]
+    pub node_id: String,
+    /// Where to write node.key (0600, made here), node.pem and ca.pem.
+    #[arg(long, default_value = "/etc/teledge")]
+    pub out: PathBuf,
+}
+
+pub fn enrol(args: EnrolArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(teledge::pki::enrol::enrol(
+        &args.collector,
+        &args.token,
+        &args.ca_cert,
+        &args.node_id,
+        &args.out,
+    ))?;
+    println!("{}", args.out.join("node.pem").display());
+    Ok(ExitCode::SUCCESS)
+}
