@@ -1,4 +1,5 @@
-//! `teledge collect`: the receiving end of the uplink.
+//! `teledge collect`: the receiving end of the uplink, and with `--enrol-ca`/`--enrol-listen`
+//! the enrolment listener of new boxes ([`teledge::pki::enrol`]) in the same process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
