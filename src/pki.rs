@@ -444,6 +444,19 @@ mod tests {
             redeem(&ca, &other, &wrong, 30),
             Err(PkiError::Refused(Refusal::WrongNode { .. }))
         ));
+        // Redeemed at once from many threads: exactly one wins.
+        let raced = enrol_token(&ca, "edge-09", 600).unwrap();
+        let wins = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| redeem(&ca, &raced, &csr, 30).is_ok()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(false))
+                .filter(|won| *won)
+                .count()
+        });
+        assert_eq!(wins, 1);
         assert!(matches!(
             redeem(&ca, "../../etc/passwd", &csr, 30),
             Err(PkiError::Refused(Refusal::UnknownToken))

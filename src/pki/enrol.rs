@@ -115,8 +115,9 @@ pub async fn serve(
             let tls = match tokio::time::timeout(TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 _ => {
-                    stats.failed_handshakes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "Enrolment TLS handshake failed.");
+                    let failed_handshakes =
+                        stats.failed_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(%peer, failed_handshakes, "Enrolment TLS handshake failed or timed out.");
                     return;
                 }
             };
@@ -159,8 +160,8 @@ async fn handle(
         return reply(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
     let bad = |why: &str| {
-        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, why, "Bad enrolment request.");
+        let bad_requests = stats.bad_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(%peer, why, bad_requests, "Bad enrolment request.");
         reply(StatusCode::BAD_REQUEST, format!("{why}\n"))
     };
     let body = match tokio::time::timeout(
@@ -178,13 +179,13 @@ async fn handle(
     };
     match super::redeem(ca_dir, &request.token, &request.csr, days) {
         Ok(cert) => {
-            stats.enrolled.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, "Node enrolled.");
+            let enrolled = stats.enrolled.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(%peer, enrolled, "Node enrolled.");
             reply(StatusCode::OK, cert)
         }
         Err(PkiError::Refused(reason)) => {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %reason, "Enrolment refused.");
+            let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(%peer, %reason, refused, "Enrolment refused.");
             reply(StatusCode::FORBIDDEN, format!("{reason}\n"))
         }
         Err(e) => {
