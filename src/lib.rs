@@ -69,6 +69,7 @@ pub mod media;
 pub mod observe;
 pub mod outputs;
 pub mod pipeline;
+pub mod pki;
 pub mod privacy;
 pub mod reassembly;
 pub mod record;

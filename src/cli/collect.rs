@@ -1,4 +1,5 @@
-//! `teledge collect`: the receiving end of the uplink.
+//! `teledge collect`: the receiving end of the uplink, and with `--enrol-ca`/`--enrol-listen`
+//! the enrolment listener of new boxes ([`teledge::pki::enrol`]) in the same process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,17 @@ pub struct CollectArgs {
     /// `/v1/fleet/`, over the same mutual TLS.
     #[arg(long)]
     pub fleet: Option<PathBuf>,
+    /// Enrol new boxes with one-time tokens made by `teledge pki enrol-token --ca DIR`, signing
+    /// with the CA in DIR (needs `--enrol-listen`).
+    #[arg(long, requires = "enrol_listen")]
+    pub enrol_ca: Option<PathBuf>,
+    /// Address of the enrolment listener: server-authenticated TLS with the collector's
+    /// certificate, `POST /v1/enrol` only (boxes have no client certificate yet).
+    #[arg(long, requires = "enrol_ca")]
+    pub enrol_listen: Option<std::net::SocketAddr>,
+    /// Days of validity of an enrolled node's certificate.
+    #[arg(long, default_value_t = 365)]
+    pub enrol_days: u32,
 }
 
 pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +99,30 @@ pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(teledge::collect::run(config))?;
+    runtime.block_on(async {
+        let enrolment = match (args.enrol_ca, args.enrol_listen) {
+            (Some(ca), Some(listen)) => Some(tokio::spawn(teledge::pki::enrol::serve(
+                listen,
+                ca,
+                config.cert_file.clone(),
+                config.key_file.clone(),
+                args.enrol_days,
+            ))),
+            _ => None,
+        };
+        let collected = teledge::collect::run(config);
+        match enrolment {
+            // Whichever stops first (only a failure stops either) ends the collector.
+            Some(enrolment) => tokio::select! {
+                result = collected => result.map_err(anyhow::Error::from),
+                result = enrolment => match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                },
+            },
+            None => collected.await.map_err(anyhow::Error::from),
+        }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ pub mod check_config;
 pub mod collect;
 pub mod dead_letters;
 pub mod fleet_apply;
+pub mod pki;
 pub mod replay;
 pub mod report;
 pub mod run;
@@ -62,6 +63,12 @@ pub enum Command {
     /// Install a fleet update the daemon handed over, hold its probation, roll back if it
     /// fails (run as root by teledge-update.service).
     UpdateApply(fleet_apply::UpdateApplyArgs),
+    /// The site CA, collector and node certificates, enrolment tokens.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Get this box's node certificate from the collector with a one-time token (the key is
+    /// made here and never leaves the box).
+    Enrol(pki::EnrolArgs),
 }
 
 impl Command {
@@ -77,6 +84,8 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::CheckConfig(args) => check_config::run(args),
             Command::UpdateApply(args) => fleet_apply::run(args),
+            Command::Pki(command) => pki::run(command),
+            Command::Enrol(args) => pki::enrol(args),
         }
     }
 }

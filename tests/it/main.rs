@@ -21,6 +21,7 @@ mod media;
 mod memory;
 mod observe;
 mod packaging;
+mod pki;
 mod privacy;
 mod queue_log;
 mod regressions;

@@ -63,7 +63,7 @@ fn leaf_with(
 }
 
 pub(crate) struct Pki {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Pki {
@@ -248,7 +248,7 @@ timeout_ms = 3000
     path
 }
 
-fn replay_forward(config: &Path, timeout_s: u32) -> std::process::Output {
+pub(crate) fn replay_forward(config: &Path, timeout_s: u32) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
         .args(["replay", "--no-progress", "--forward", "--config"])
         .arg(config)
