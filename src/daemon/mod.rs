@@ -80,6 +80,7 @@ use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
 mod fleet;
+mod heartbeat;
 mod hep;
 mod queue;
 mod reload;
@@ -300,6 +301,7 @@ pub struct Daemon {
     sensors: sensors::Sensors,
     queues: queue::QueueInputs,
     ticker: tokio::task::JoinHandle<()>,
+    heartbeat: heartbeat::Heartbeat,
     writer: spool_writer::SpoolWriter,
     uplink: uplink::Uplink,
     produced: Arc<AtomicU64>,
@@ -458,6 +460,12 @@ impl Daemon {
             &ctx,
         )?;
         let ticker = ticker::spawn(&ctx, &spool);
+        let heartbeat = heartbeat::Heartbeat::spawn(
+            &ctx,
+            &config.forward.node_id,
+            config.heartbeat_interval,
+            &config.config_sha256,
+        );
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
         if let Some(settings) = &config.fleet {
             fleet::spawn(settings, &config.forward, &ctx)?;
@@ -500,6 +508,7 @@ impl Daemon {
             sensors,
             queues,
             ticker,
+            heartbeat,
             writer,
             uplink,
             produced,
@@ -542,6 +551,7 @@ impl Daemon {
             }
         }
         self.uplink.reconnect();
+        self.heartbeat.config_read(&new.config_sha256);
         plan
     }
 
@@ -569,6 +579,7 @@ impl Daemon {
             sensors,
             queues,
             ticker,
+            heartbeat,
             writer,
             uplink,
             produced,
@@ -583,6 +594,7 @@ impl Daemon {
         sensors.join().await;
         queues.join().await;
         let _ = ticker.await;
+        heartbeat.join().await;
         {
             // What the reassembly still holds is decoded first, then open calls become
             // partial records. Nothing is captured any more: waiting for room is right.
