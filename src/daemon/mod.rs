@@ -45,7 +45,9 @@
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 //!
 //! Components, each built from its validated section and returning a handle (`capture`,
-//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
+//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `heartbeat` (a
+//! `teledge.heartbeat/1` record at start, every `[node] heartbeat_interval_s` and after a
+//! reload that read a changed file), `spool_writer`, `uplink`; `reload` plans SIGHUP), run under one root
 //! [`CancellationToken`] and one [`TaskTracker`]; every task takes a token itself (no flag
 //! fed from one). The sources' token (a child of the root) stops capture, HEP, sensors (a
 //! child of it each set, so SIGHUP can replace them) and the ticker; the uplink's loop has

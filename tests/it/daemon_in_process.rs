@@ -743,3 +743,39 @@ fn heartbeats_follow_the_configured_interval() {
         daemon.shutdown().await;
     });
 }
+
+/// An interval outside 10..=86400 s is a configuration problem, named with its path.
+#[test]
+fn a_heartbeat_interval_out_of_range_is_refused_with_its_path() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "9", "86401"] {
+        let config_path = agent_config(
+            &pki,
+            dir.path(),
+            free_port(),
+            &format!("heartbeat_interval_s = {bad}\n[hep]\nudp = \"127.0.0.1:0\"\n"),
+            None,
+        );
+        let errors = teledge::config::agent::load(&config_path)
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            errors.contains("node.heartbeat_interval_s") && errors.contains(bad),
+            "{bad}: {errors}"
+        );
+    }
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        free_port(),
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    assert_eq!(
+        config.heartbeat_interval,
+        Duration::from_secs(300),
+        "default"
+    );
+}
