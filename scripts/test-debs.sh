@@ -179,6 +179,10 @@ check "man page installed" test -f "$root/usr/share/man/man1/teledge.1.gz"
 check "the unit is enabled" test "$(readlink "$root/etc/systemd/system/multi-user.target.wants/teledge.service")" \
   = /lib/systemd/system/teledge.service -o \
   "$(readlink "$root/etc/systemd/system/multi-user.target.wants/teledge.service")" = /usr/lib/systemd/system/teledge.service
+check "the fleet update path unit is enabled" \
+  test -L "$root/etc/systemd/system/multi-user.target.wants/teledge-update.path"
+check "the fleet installer service is not enabled" \
+  test ! -e "$root/etc/systemd/system/multi-user.target.wants/teledge-update.service"
 check "nothing was started" sh -c "! grep -qx 'teledge.service start' '$root/var/log/policy-rc.d.log' 2>/dev/null"
 check "postinst says why it did not start" \
   grep -q "not started: /etc/teledge/teledge.toml does not exist" "$work/apt.log"
@@ -269,7 +273,11 @@ check "the unit is masked" test "$(readlink "$root/etc/systemd/system/teledge.se
 check "the service was asked to stop" grep -qx "teledge.service stop" "$root/var/log/policy-rc.d.log"
 
 # 5. purge: state and the package's configuration go; the administrator's files and the user stay.
+# What the fleet installer's StateDirectory= holds (a kept previous package).
+in_root install -d -m 0700 /var/lib/teledge-update
+echo previous >"$root/var/lib/teledge-update/marker"
 check "purge" apt_in_root purge teledge
+check "/var/lib/teledge-update is gone" test ! -e "$root/var/lib/teledge-update"
 check "teledge is unknown to dpkg" sh -c "! chroot '$root' dpkg-query -W -f='\${Status}' teledge 2>/dev/null | grep -q ok"
 check "/var/lib/teledge is gone" test ! -e "$root/var/lib/teledge"
 check "the example conffile is gone" test ! -e "$etc/teledge.example.toml"

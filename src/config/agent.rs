@@ -276,6 +276,12 @@ pub struct AgentConfig {
     pub fleet: Option<super::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
+    /// `[node] heartbeat_interval_s` (default 300 s): how often a `teledge.heartbeat/1`
+    /// record says what the node runs (one is also made at start and after a reload).
+    pub heartbeat_interval: Duration,
+    /// SHA-256 (lowercase hex) of the configuration text's bytes: the heartbeat's
+    /// `config_sha256`, so the central site sees which configuration each node runs.
+    pub config_sha256: String,
     /// The file as parsed, by top-level section: SIGHUP compares it with the new file to say
     /// what changed. It holds whatever keys the file holds inline, so it is never printed.
     pub sections: Secret<toml::Table>,
@@ -334,6 +340,18 @@ macro_rules! problem {
     };
 }
 
+/// Default of `[node] heartbeat_interval_s`.
+const DEFAULT_HEARTBEAT_S: u64 = 300;
+
+/// SHA-256 of `bytes`, lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Validates configuration text (profile names are resolved in the default directories).
 pub fn parse(text: &str) -> Result<AgentConfig, ConfigErrors> {
     parse_with_profiles(text, &profile::default_dirs())
@@ -353,6 +371,18 @@ pub fn parse_with_profiles(
         .dir()
         .parent()
         .map_or_else(|| raw.spool.dir().to_owned(), Path::to_owned);
+    let heartbeat_interval = match raw.node.heartbeat_interval_s {
+        None => Duration::from_secs(DEFAULT_HEARTBEAT_S),
+        Some(s) if (10..=86_400).contains(&s) => Duration::from_secs(s),
+        Some(s) => {
+            problem!(
+                problems,
+                "node.heartbeat_interval_s",
+                format!("{s}: must be between 10 and 86400 seconds")
+            );
+            Duration::from_secs(DEFAULT_HEARTBEAT_S)
+        }
+    };
     let forward = validate_forward(
         raw.node,
         raw.spool,
@@ -735,6 +765,8 @@ pub fn parse_with_profiles(
                 all
             },
             sections: Secret::new(sections),
+            heartbeat_interval,
+            config_sha256: sha256_hex(text.as_bytes()),
             forward,
         }),
         _ => Err(ConfigErrors(problems)),

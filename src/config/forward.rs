@@ -67,6 +67,8 @@ use crate::uplink::UplinkSettings;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNode {
     id: String,
+    /// `[node] heartbeat_interval_s`: validated by the daemon's configuration (agent.rs).
+    pub(super) heartbeat_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,7 +45,9 @@
 //!   only while the data path makes progress; the status line shows calls, queue, last upload.
 //!
 //! Components, each built from its validated section and returning a handle (`capture`,
-//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `spool_writer`, `uplink`; `config::reload` plans SIGHUP), run under one root
+//! `hep`, `sensors`, `queue` (`[[queue_log]]`, `[[callcenter]]`), `ticker`, `heartbeat` (a
+//! `teledge.heartbeat/1` record at start, every `[node] heartbeat_interval_s` and after a
+//! reload that read a changed file), `spool_writer`, `uplink`; `config::reload` plans SIGHUP), run under one root
 //! [`CancellationToken`] and one [`TaskTracker`]; every task takes a token itself (no flag
 //! fed from one). The sources' token (a child of the root) stops capture, HEP, sensors (a
 //! child of it each set, so SIGHUP can replace them) and the ticker; the uplink's loop has
@@ -80,6 +82,7 @@ use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
 mod capture;
 mod fleet;
+mod heartbeat;
 mod hep;
 mod queue;
 mod sensors;
@@ -299,6 +302,7 @@ pub struct Daemon {
     sensors: sensors::Sensors,
     queues: queue::QueueInputs,
     ticker: tokio::task::JoinHandle<()>,
+    heartbeat: heartbeat::Heartbeat,
     writer: spool_writer::SpoolWriter,
     uplink: uplink::Uplink,
     produced: Arc<AtomicU64>,
@@ -457,6 +461,12 @@ impl Daemon {
             &ctx,
         )?;
         let ticker = ticker::spawn(&ctx, &spool);
+        let heartbeat = heartbeat::Heartbeat::spawn(
+            &ctx,
+            &config.forward.node_id,
+            config.heartbeat_interval,
+            &config.config_sha256,
+        );
         let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
         if let Some(settings) = &config.fleet {
             fleet::spawn(settings, &config.forward, &ctx)?;
@@ -499,6 +509,7 @@ impl Daemon {
             sensors,
             queues,
             ticker,
+            heartbeat,
             writer,
             uplink,
             produced,
@@ -541,6 +552,7 @@ impl Daemon {
             }
         }
         self.uplink.reconnect();
+        self.heartbeat.config_read(&new.config_sha256);
         plan
     }
 
@@ -568,6 +580,7 @@ impl Daemon {
             sensors,
             queues,
             ticker,
+            heartbeat,
             writer,
             uplink,
             produced,
@@ -582,6 +595,7 @@ impl Daemon {
         sensors.join().await;
         queues.join().await;
         let _ = ticker.await;
+        heartbeat.join().await;
         {
             // What the reassembly still holds is decoded first, then open calls become
             // partial records. Nothing is captured any more: waiting for room is right.

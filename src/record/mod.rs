@@ -152,6 +152,11 @@
 //! `node`, `reason`, `dropped`, `first_dropped`, `last_dropped`, `time`, and where they apply
 //! `epoch`, `detail`, `set_aside`, `status`.
 //!
+//! # Heartbeat record (`"type": "heartbeat"`, `"schema": "teledge.heartbeat/1"`)
+//!
+//! What a node runs — `version`, `arch`, `config_sha256`, `started`, `uptime_s` — at start,
+//! periodically and after a reload that changed the configuration; fields in [`heartbeat`].
+//!
 //! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
 //!
 //! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
@@ -160,6 +165,7 @@
 
 mod call;
 pub mod gap;
+pub mod heartbeat;
 pub mod interval;
 pub mod media;
 pub mod queue;
@@ -204,6 +210,9 @@ pub enum Record {
     Queue(Box<queue::QueueCallRecord>),
     /// A step of a signed update on this node (`teledge.update/1`).
     Update(Box<update::UpdateRecord>),
+    /// What this node runs: version, architecture, configuration digest, uptime
+    /// (`teledge.heartbeat/1`).
+    Heartbeat(Box<heartbeat::HeartbeatRecord>),
 }
 
 impl Record {
@@ -220,6 +229,7 @@ impl Record {
             Record::Interval(_) => "interval",
             Record::Queue(_) => "queue",
             Record::Update(_) => "update",
+            Record::Heartbeat(_) => "heartbeat",
         }
     }
 }

@@ -501,10 +501,11 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         summary["records_left_in_spool"], 0,
         "drained within the deadline"
     );
-    // The calls, and the statistics' interval record(s) spooled at shutdown.
+    // The calls, the statistics' interval record(s) spooled at shutdown, and the heartbeat
+    // made at start.
     let records = collected(
         &out,
-        |r| r["type"] == "call" || r["type"] == "interval",
+        |r| r["type"] == "call" || r["type"] == "interval" || r["type"] == "heartbeat",
         produced as usize,
         Duration::from_secs(10),
     );

@@ -557,6 +557,11 @@ fn a_lone_record_goes_at_once_and_a_burst_goes_in_few_batches() {
     let mut stream = TcpStream::connect(tcp).unwrap();
     let batches = daemon.metrics().uplink_batches_acked.clone();
     let acked = daemon.metrics().uplink_records_acked.clone();
+    // The heartbeat made at start goes first, alone: counted from here on.
+    wait_until("the start heartbeat acknowledged", || {
+        heartbeats(&out).len() == 1 && acked.get() == 1
+    });
+    let batches_before = batches.get();
 
     for frame in ended_call_with_rtcp("lone@inproc") {
         std::io::Write::write_all(&mut stream, &frame).unwrap();
@@ -566,9 +571,17 @@ fn a_lone_record_goes_at_once_and_a_burst_goes_in_few_batches() {
     });
     // The collector stores before the agent has read its acknowledgement.
     wait_until("the acknowledgement", || batches.get() >= 1);
-    assert_eq!(stored(&out).len(), 1, "one record, nothing else");
-    assert_eq!(batches.get(), 1, "sent alone: no waiting for more");
-    assert_eq!(acked.get(), 1);
+    assert_eq!(
+        stored(&out).len(),
+        2,
+        "one record (and the heartbeat), nothing else"
+    );
+    assert_eq!(
+        batches.get(),
+        batches_before + 1,
+        "sent alone: no waiting for more"
+    );
+    assert_eq!(acked.get(), 2);
 
     let burst = 300u64;
     let frames: Vec<u8> = (0..burst)
@@ -577,10 +590,10 @@ fn a_lone_record_goes_at_once_and_a_burst_goes_in_few_batches() {
         .collect();
     std::io::Write::write_all(&mut stream, &frames).unwrap();
     wait_until("the burst at the collector", || {
-        stored(&out).len() as u64 == 1 + burst
+        stored(&out).len() as u64 == 2 + burst
     });
-    wait_until("the acknowledgements", || acked.get() == 1 + burst);
-    let burst_batches = batches.get() - 1;
+    wait_until("the acknowledgements", || acked.get() == 2 + burst);
+    let burst_batches = batches.get() - batches_before - 1;
     println!("{burst} calls in {burst_batches} batches");
     assert!(
         // Each group commit (20 ms here) wakes an idle uplink, so the batches are about
@@ -588,7 +601,187 @@ fn a_lone_record_goes_at_once_and_a_burst_goes_in_few_batches() {
         burst_batches * 4 <= burst,
         "{burst} records that arrived together went in {burst_batches} batches"
     );
-    assert_eq!(acked.get(), 1 + burst);
+    assert_eq!(acked.get(), 2 + burst);
     let summary = runtime.block_on(daemon.shutdown());
     assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+}
+
+/// The heartbeat records at the collector, in the order stored.
+fn heartbeats(out: &Path) -> Vec<Value> {
+    stored(out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "heartbeat")
+        .collect()
+}
+
+/// `sha256sum` of a file: the digest computed by another implementation than teledge's.
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// The fleet inventory: a heartbeat at start reaches the collector through the spool with
+/// the running version, the Debian architecture (as dpkg names this machine's) and the
+/// SHA-256 of the configuration file; a SIGHUP that read a changed file sends one at once
+/// with the new digest; a reload of an unchanged file sends none.
+#[test]
+fn a_heartbeat_at_start_and_after_a_changed_configuration_reaches_the_collector() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    let first_digest = sha256sum(&config_path);
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let mut daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    wait_until("the start heartbeat at the collector", || {
+        !heartbeats(&out).is_empty()
+    });
+    let start = heartbeats(&out).remove(0);
+    let arch = std::process::Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .unwrap();
+    let arch = String::from_utf8(arch.stdout).unwrap();
+    assert_eq!(start["schema"], "teledge.heartbeat/1", "{start:#}");
+    assert_eq!(start["node"], "edge-01");
+    assert_eq!(start["reason"], "start");
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["arch"], arch.trim());
+    assert_eq!(start["config_sha256"], first_digest.as_str());
+    assert!(start["uptime_s"].as_f64().unwrap() < 10.0, "{start:#}");
+
+    // Changed: one comment more (nothing to apply, a different file all the same).
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str("# changed by the fleet owner\n");
+    std::fs::write(&config_path, &text).unwrap();
+    let second_digest = sha256sum(&config_path);
+    assert_ne!(first_digest, second_digest);
+    let new = teledge::config::agent::load(&config_path).unwrap();
+    runtime.block_on(daemon.reload(&new));
+    wait_until("the reload heartbeat at the collector", || {
+        heartbeats(&out).len() >= 2
+    });
+    let reload = heartbeats(&out).remove(1);
+    assert_eq!(reload["reason"], "reload", "{reload:#}");
+    assert_eq!(reload["config_sha256"], second_digest.as_str());
+    assert_eq!(reload["started"], start["started"]);
+    assert!(reload["uptime_s"].as_f64() >= start["uptime_s"].as_f64());
+    // The same file again: nothing new to say.
+    let same = teledge::config::agent::load(&config_path).unwrap();
+    runtime.block_on(daemon.reload(&same));
+
+    let summary = runtime.block_on(daemon.shutdown());
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+    let all = heartbeats(&out);
+    assert_eq!(all.len(), 2, "{all:#?}");
+}
+
+/// Every `[node] heartbeat_interval_s` one more, driven by a paused clock.
+#[test]
+fn heartbeats_follow_the_configured_interval() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        free_port(),
+        "heartbeat_interval_s = 60\n[hep]\nudp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("drain_timeout_s = 20", "drain_timeout_s = 1"),
+    )
+    .unwrap();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    assert_eq!(config.heartbeat_interval, Duration::from_secs(60));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let systemd = teledge::daemon::Systemd {
+            notifier: teledge::observe::Notifier::disabled(),
+            watchdog: None,
+        };
+        let daemon = Daemon::start_with(
+            config,
+            &config_path,
+            systemd,
+            teledge::daemon::Clock::tokio(),
+        )
+        .await
+        .unwrap();
+        let produced = daemon.metrics().records_produced.with(&["heartbeat"]);
+        let settle = || async {
+            for _ in 0..1000 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        assert_eq!(produced.get(), 1, "one at start");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        settle().await;
+        assert_eq!(produced.get(), 1, "not before the interval");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(produced.get(), 2, "one after 60 s");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        settle().await;
+        assert_eq!(produced.get(), 3, "and every 60 s");
+        daemon.shutdown().await;
+    });
+}
+
+/// An interval outside 10..=86400 s is a configuration problem, named with its path.
+#[test]
+fn a_heartbeat_interval_out_of_range_is_refused_with_its_path() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "9", "86401"] {
+        let config_path = agent_config(
+            &pki,
+            dir.path(),
+            free_port(),
+            &format!("heartbeat_interval_s = {bad}\n[hep]\nudp = \"127.0.0.1:0\"\n"),
+            None,
+        );
+        let errors = teledge::config::agent::load(&config_path)
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            errors.contains("node.heartbeat_interval_s") && errors.contains(bad),
+            "{bad}: {errors}"
+        );
+    }
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        free_port(),
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        None,
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    assert_eq!(
+        config.heartbeat_interval,
+        Duration::from_secs(300),
+        "default"
+    );
 }

@@ -9,6 +9,7 @@ mod cli;
 mod configuration;
 mod conformance;
 mod crash;
+mod cross;
 pub(crate) mod daemon;
 pub(crate) mod daemon_in_process;
 mod encapsulation;

@@ -815,7 +815,14 @@ timeout_ms = 2000
         assert_eq!(report["uplink_ever_acknowledged"], true, "{report:#}");
         assert!(report["uplink_last_success_seconds_ago"].as_f64().unwrap() < 30.0);
         assert!(report["uplink_failing_seconds"].is_null());
-        assert_eq!(stored(&out).len(), 5);
+        // The five spooled before, and the running agent's heartbeat from its start.
+        let lines = stored(&out);
+        let kinds: Vec<&str> = lines
+            .iter()
+            .map(|l| l["record"]["type"].as_str().unwrap_or("marker"))
+            .collect();
+        assert_eq!(lines.len(), 6, "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == "heartbeat").count(), 1);
         drop(c);
     }
 
@@ -908,7 +915,11 @@ timeout_ms = 2000
         assert!(resend.status.success(), "{resend:?}");
         let (report, _) = wait_for(metrics, 200, Duration::from_secs(20));
         assert_eq!(report["dead_letter_records"], 0);
-        let lines = stored(&out);
+        // Besides the agent's heartbeat from its start.
+        let lines: Vec<_> = stored(&out)
+            .into_iter()
+            .filter(|l| l["record"]["type"] != "heartbeat")
+            .collect();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(lines[0]["record"]["marker"], "refused-once");
         assert_ne!(lines[0]["id"], "edge-01:0:7", "resent under a new id");

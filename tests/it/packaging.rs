@@ -116,6 +116,8 @@ fn ships_the_daemon_its_unit_and_files_and_no_test_tools() {
     let mut expected: BTreeSet<String> = [
         "/usr/bin/teledge",
         "/usr/lib/systemd/system/teledge.service",
+        "/usr/lib/systemd/system/teledge-update.path",
+        "/usr/lib/systemd/system/teledge-update.service",
         "/usr/lib/sysusers.d/teledge.conf",
         "/usr/lib/tmpfiles.d/teledge.conf",
         "/etc/teledge/teledge.example.toml",
@@ -147,6 +149,14 @@ fn ships_the_daemon_its_unit_and_files_and_no_test_tools() {
         (
             "usr/lib/systemd/system/teledge.service",
             "systemd/teledge.service",
+        ),
+        (
+            "usr/lib/systemd/system/teledge-update.path",
+            "systemd/teledge-update.path",
+        ),
+        (
+            "usr/lib/systemd/system/teledge-update.service",
+            "systemd/teledge-update.service",
         ),
         (
             "usr/lib/sysusers.d/teledge.conf",
@@ -245,7 +255,7 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
     // Upgrades restart a running service only; the one `start` is behind check-config.
     assert!(postinst.contains("deb-systemd-invoke try-restart teledge.service"));
     let starts: Vec<usize> = postinst
-        .match_indices("deb-systemd-invoke start")
+        .match_indices("deb-systemd-invoke start teledge.service")
         .map(|(i, _)| i)
         .collect();
     assert_eq!(starts.len(), 1, "{postinst}");
@@ -282,6 +292,54 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
         postrm[purge..].contains("rm -rf \"${DPKG_ROOT:-}/var/lib/teledge\""),
         "{postrm}"
     );
+}
+
+/// The fleet installer (systemd/README.md): the path unit enabled and started, the installer
+/// service never started, restarted or stopped by the package's own upgrade (it runs that
+/// upgrade: a `start` from postinst would wait for itself), and its state gone on purge.
+#[test]
+fn maintainer_scripts_enable_the_update_path_and_never_touch_the_installer_on_upgrade() {
+    let postinst = read("DEBIAN/postinst");
+    assert!(postinst.contains("deb-systemd-helper enable teledge-update.path"));
+    assert!(postinst.contains("deb-systemd-invoke start teledge-update.path"));
+    // The service has no [Install]: nothing to enable; and nothing may start or restart it.
+    for line in postinst
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
+        assert!(
+            !line.contains("teledge-update.service"),
+            "postinst touches the installer: {line}"
+        );
+        if line.contains("try-restart") || line.contains("restart ") {
+            assert!(!line.contains("teledge-update"), "{line}");
+        }
+    }
+    let service = read("usr/lib/systemd/system/teledge-update.service");
+    assert!(!service.contains("[Install]"), "{service}");
+    let path_unit = read("usr/lib/systemd/system/teledge-update.path");
+    assert!(path_unit.contains("[Install]"), "{path_unit}");
+    // prerm stops the installer only on remove, never on upgrade.
+    let prerm = read("DEBIAN/prerm");
+    for block in prerm.split("# End automatically added section") {
+        if block.contains("teledge-update") {
+            assert!(block.contains("[ \"$1\" = remove ]"), "{block}");
+        }
+    }
+    // Purge removes the installer's StateDirectory= as well as the daemon's.
+    let state = service
+        .lines()
+        .find_map(|l| l.strip_prefix("StateDirectory="))
+        .expect("StateDirectory= in teledge-update.service");
+    let postrm = read("DEBIAN/postrm");
+    let purge = postrm.rfind("if [ \"$1\" = \"purge\" ]").unwrap();
+    assert!(
+        postrm[purge..].contains(&format!("rm -rf \"${{DPKG_ROOT:-}}/var/lib/{state}\"")),
+        "{postrm}"
+    );
+    assert!(postrm.contains("deb-systemd-helper purge teledge-update.path"));
+    // The daemon's unit set does not reach the installer's (an entry without unit-name would).
+    assert!(!postinst.contains("try-restart teledge.service teledge-update"));
 }
 
 #[test]

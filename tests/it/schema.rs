@@ -11,6 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use teledge::record::gap::{GapReason, GapRecord};
+use teledge::record::heartbeat::{HeartbeatReason, HeartbeatRecord};
 use teledge::record::interval::{IntervalRecord, IntervalSums, SipSums};
 use teledge::record::media::{
     DelaySource, Dtmf, JitterBuffer, MediaQuality, NotScored, OrphanSource, OrphanStreamsSummary,
@@ -732,6 +733,18 @@ fn every_field_present() -> Vec<Record> {
             closed_by: QueueClosedBy::Event,
         })),
         Record::Update(Box::new(update)),
+        Record::Heartbeat(Box::new(HeartbeatRecord {
+            schema: teledge::record::heartbeat::HEARTBEAT_SCHEMA.into(),
+            node: "edge-01".into(),
+            version: "0.1.0".into(),
+            arch: "arm64".into(),
+            config_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                .into(),
+            reason: HeartbeatReason::Reload,
+            started: "2026-01-01T00:00:00.000Z".into(),
+            uptime_s: 3600.5,
+            time: "2026-01-01T01:00:00.500Z".into(),
+        })),
     ]
 }
 

@@ -1,0 +1,137 @@
+//! `cross/build.sh`: its dispatch, through `--dry-run` (the real cross builds take about 20
+//! minutes each here and are not part of the test run). The script itself runs: argument
+//! parsing, the choice of packages and targets, the exit status.
+
+use std::path::Path;
+use std::process::Command;
+
+fn script(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cross/build.sh"))
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    (
+        out.status
+            .code()
+            .expect("cross/build.sh killed by a signal"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn required(stdout: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("requires: "))
+        .unwrap_or_else(|| panic!("no requires line in\n{stdout}"));
+    line.split_whitespace().map(String::from).collect()
+}
+
+fn commands(stdout: &str, program: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("+ "))
+        .filter(|l| l.split_whitespace().next() == Some(program))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn syntax_is_valid() {
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cross/build.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_argument_is_refused_with_usage_before_anything_runs() {
+    for args in [&["bogus"][..], &["--dry-run", "x86"], &["aarch64", "armv7"]] {
+        let (code, stdout, stderr) = script(args);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("usage: cross/build.sh"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stdout, "", "{args:?}: nothing may run");
+    }
+}
+
+#[test]
+fn one_target_builds_only_that_target_with_only_its_toolchain_and_exits_zero() {
+    for (arch, triple, qemu, packages, other) in [
+        (
+            "aarch64",
+            "aarch64-unknown-linux-gnu",
+            "qemu-aarch64",
+            ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
+            "armv7-unknown-linux-gnueabihf",
+        ),
+        (
+            "armv7",
+            "armv7-unknown-linux-gnueabihf",
+            "qemu-arm",
+            ["gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross"],
+            "aarch64-unknown-linux-gnu",
+        ),
+    ] {
+        let (code, stdout, stderr) = script(&["--dry-run", arch]);
+        assert_eq!(code, 0, "{arch}: {stdout}{stderr}");
+        let mut want: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+        want.push("qemu-user".into());
+        assert_eq!(required(&stdout), want, "{arch}");
+        assert_eq!(
+            commands(&stdout, "rustup"),
+            [format!("rustup target add {triple}")]
+        );
+        assert_eq!(
+            commands(&stdout, "cargo"),
+            [format!(
+                "cargo build --locked --profile edge --target {triple} --bin teledge"
+            )]
+        );
+        // Replay, sensors list, check-config: all under this target's qemu, on its binary.
+        let runs = commands(&stdout, qemu);
+        assert_eq!(runs.len(), 3, "{stdout}");
+        assert!(runs
+            .iter()
+            .all(|r| r.contains(&format!("target/{triple}/edge/teledge"))));
+        assert!(
+            !stdout.contains(other),
+            "{arch} must not touch {other}: {stdout}"
+        );
+        // An apt-get line, if any (a missing tool), installs only this target's packages.
+        for install in commands(&stdout, "apt-get")
+            .iter()
+            .filter(|l| l.contains("install"))
+        {
+            for word in install.split_whitespace().skip(4) {
+                assert!(want.iter().any(|w| w == word), "{arch}: {install}");
+            }
+        }
+    }
+}
+
+#[test]
+fn all_and_no_argument_build_both_targets_and_exit_zero() {
+    for args in [&["--dry-run"][..], &["--dry-run", "all"]] {
+        let (code, stdout, stderr) = script(args);
+        assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
+        let cargo = commands(&stdout, "cargo");
+        assert_eq!(cargo.len(), 2, "{stdout}");
+        assert!(cargo[0].contains("--target aarch64-unknown-linux-gnu"));
+        assert!(cargo[1].contains("--target armv7-unknown-linux-gnueabihf"));
+        // qemu-user once.
+        let required = required(&stdout);
+        assert_eq!(required.iter().filter(|p| *p == "qemu-user").count(), 1);
+        assert_eq!(required.len(), 5, "{required:?}");
+    }
+}
