@@ -28,6 +28,18 @@
 //! | `hangup_by` | `COMPLETECALLER` → caller, `COMPLETEAGENT` → agent | `cc_side` |
 //! | `transferred` | `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER` | — |
 //! | `agent` | agent column (member name, pseudonymised if it names a person) | `CC-Agent` |
+//!
+//! From a `teledge.queue/1` record ([`QueueFact::from_record`], what the daemon's spool
+//! writer and `teledge report --queue-log` do): `queue_call_id` ← `call_id`, `rona` ←
+//! `ring_no_answer`, `transferred` ← a `transfer`, `end` ← `outcome` (`unknown` →
+//! [`QueueEnd::Open`], not a contact's outcome: counted nowhere but concurrency) and
+//! `flow_out`, `end_time` ← `connect_time` when answered (the fact's end is when it left the
+//! queue), else the record's `end_time`. A record without `enter_time` (its `ENTERQUEUE` not
+//! seen: the log began mid-stay) gets the arrival the rest tells: `connect_time − wait_s`,
+//! else for abandons and flow-outs `end_time − wait_s`, else for answered calls
+//! `end_time − talk_s − wait_s`; with none of these it is no contact and `from_record`
+//! returns `None` (the caller counts it: `queue_no_arrival`). The record's identities are
+//! already pseudonymised (keyed hashes), so `sip_call_id` is the hash, not the clear Call-ID.
 
 use crate::time::Timestamp;
 
@@ -53,6 +65,9 @@ pub enum FlowOut {
     Empty,
     /// `EXITWITHKEY`; FS `EXIT_WITH_KEY`.
     Key,
+    /// `WITHDRAW`: taken out of the queue by the PBX (AMI `QueueWithdrawCaller`), not by
+    /// hanging up.
+    Withdraw,
 }
 
 impl FlowOut {
@@ -61,6 +76,7 @@ impl FlowOut {
             FlowOut::Timeout => "timeout",
             FlowOut::Empty => "empty",
             FlowOut::Key => "key",
+            FlowOut::Withdraw => "withdraw",
         }
     }
 }
@@ -105,4 +121,72 @@ pub struct QueueFact {
     pub hangup_by: Option<QueueHangup>,
     /// Ended by a transfer (the queue leg ends; what follows is another leg).
     pub transferred: bool,
+}
+
+impl QueueFact {
+    /// The fact of a queue contact record (mapping in the module doc); `None` when the
+    /// record tells no arrival.
+    pub fn from_record(r: &crate::record::queue::QueueCallRecord) -> Option<QueueFact> {
+        use crate::record::queue as rec;
+        let end = match (r.outcome, r.flow_out) {
+            (rec::QueueOutcome::Answered, _) => QueueEnd::Answered,
+            (rec::QueueOutcome::Abandoned, _) => QueueEnd::Abandoned,
+            (rec::QueueOutcome::FlowOut, kind) => QueueEnd::FlowOut(match kind {
+                Some(rec::FlowOut::Timeout) => FlowOut::Timeout,
+                Some(rec::FlowOut::Empty) => FlowOut::Empty,
+                Some(rec::FlowOut::Key) => FlowOut::Key,
+                Some(rec::FlowOut::Withdraw) => FlowOut::Withdraw,
+                // A flow-out whose kind was not told: the queue's own rule, i.e. timeout.
+                None => FlowOut::Timeout,
+            }),
+            (rec::QueueOutcome::Unknown, _) => QueueEnd::Open,
+        };
+        let end_time = match end {
+            QueueEnd::Answered => r.connect_time,
+            QueueEnd::Open => None,
+            _ => Some(r.end_time),
+        };
+        let back = |t: Timestamp, s: f64| -> Option<Timestamp> {
+            if !s.is_finite() || s < 0.0 {
+                return None;
+            }
+            let nanos = (s * 1e9).round() as i64;
+            Some(Timestamp::from_nanos(t.as_nanos().checked_sub(nanos)?))
+        };
+        let enter_time = r
+            .enter_time
+            .or_else(|| match (end, r.connect_time, r.wait_s) {
+                (_, Some(c), Some(w)) => back(c, w),
+                (QueueEnd::Abandoned | QueueEnd::FlowOut(_), None, Some(w)) => back(r.end_time, w),
+                (QueueEnd::Answered, None, Some(w)) => back(r.end_time, r.talk_s? + w),
+                _ => None,
+            })?;
+        // An answered record without its connect time: the answer is arrival + wait.
+        let end_time = match (end, end_time, r.wait_s) {
+            (QueueEnd::Answered, None, Some(w)) => std::time::Duration::try_from_secs_f64(w)
+                .ok()
+                .map(|d| enter_time.plus(d)),
+            (_, t, _) => t,
+        };
+        Some(QueueFact {
+            queue_call_id: r.call_id.clone(),
+            sip_call_id: r.sip_call_id.clone(),
+            queue: r.queue.clone(),
+            caller: r.caller.clone(),
+            agent: r.agent.clone(),
+            enter_time,
+            end,
+            end_time,
+            wait_s: r.wait_s,
+            ring_s: r.ring_s,
+            rona: r.ring_no_answer,
+            talk_s: r.talk_s,
+            wrap_up_s: r.wrap_up_s,
+            hangup_by: r.hangup_by.map(|h| match h {
+                rec::QueueHangup::Caller => QueueHangup::Caller,
+                rec::QueueHangup::Agent => QueueHangup::Agent,
+            }),
+            transferred: r.transfer.is_some(),
+        })
+    }
 }
