@@ -676,3 +676,115 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
     assert_eq!((sums.hangup_caller, sums.hangup_callee), (1, 2));
     assert_eq!(sums.longest_wait_ms, 30_000);
 }
+
+/// `teledge report --queue-log` over the public sample, with figures computed by hand from
+/// its rows (T = 20 s, short abandon 5 s, quarter-hours in UTC, attribution by event):
+/// - 1341401851.34 is seen only from its `COMPLETEAGENT` at 07:37:46.6 (held 2 s, talked
+///   12 s, the agent hung up): arrival 07:37:32.6, answered at 07:37:34.6 within T → the
+///   07:30 interval;
+/// - 1341402586.51 abandons at 07:49:52.9 after 6 s (not short, within T) → 07:45;
+/// - 1341401601.24 was connected but the sample ends before its end: no outcome, excluded;
+/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts.
+///
+/// A line that is not a `queue_log` line is left out, said, and the exit status is 1.
+#[test]
+fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queue_log");
+    let mut text = xivo_sample_lines().join("\n");
+    text.push('\n');
+    std::fs::write(&log, &text).unwrap();
+    let config = dir.path().join("teledge.toml");
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"q1\"\nsl_threshold_s = 20\nshort_abandon_s = 5\n",
+    )
+    .unwrap();
+    let run = |log: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["report", "--format", "jsonl", "--config"])
+            .arg(&config)
+            .arg("--queue-log")
+            .arg(log)
+            .output()
+            .unwrap()
+    };
+    let check = |out: &std::process::Output| {
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let at = |start: &str| {
+            lines
+                .iter()
+                .find(|l| l["interval_start"] == start)
+                .unwrap_or_else(|| panic!("no interval {start}: {lines:#?}"))["sums"]
+                .clone()
+        };
+        let a = at("2012-07-04T07:30:00.000000Z");
+        let figures = |s: &serde_json::Value| {
+            [
+                "offered",
+                "answered",
+                "abandoned",
+                "short_abandoned",
+                "flowed_out",
+                "answered_within_t",
+                "abandoned_within_t",
+                "wait_answered_ms",
+                "wait_abandoned_ms",
+                "handled",
+                "talk_ms",
+                "hangup_callee",
+                "from_queue",
+            ]
+            .map(|k| s[k].as_u64().unwrap_or_else(|| panic!("{k}: {s:#}")))
+        };
+        assert_eq!(
+            figures(&a),
+            [1, 1, 0, 0, 0, 1, 0, 2000, 0, 1, 12_000, 1, 1],
+            "{a:#}"
+        );
+        let b = at("2012-07-04T07:45:00.000000Z");
+        assert_eq!(
+            figures(&b),
+            [1, 0, 1, 0, 0, 0, 1, 0, 6000, 0, 0, 0, 1],
+            "{b:#}"
+        );
+        let offered: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["offered"].as_u64().unwrap())
+            .sum();
+        let excluded: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["excluded"].as_u64().unwrap())
+            .sum();
+        assert_eq!((offered, excluded), (2, 1), "{lines:#?}");
+    };
+    let out = run(&log);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(&out);
+
+    // A damaged line and an overlong one in the middle: left out, said, exit status 1.
+    let damaged = dir.path().join("queue_log.damaged");
+    let mut lines = xivo_sample_lines();
+    lines.insert(3, "not a queue_log line".into());
+    lines.insert(
+        5,
+        format!("1341401000|x|q1|NONE|INFO|{}", "y".repeat(10_000)),
+    );
+    std::fs::write(&damaged, lines.join("\n") + "\n").unwrap();
+    let out = run(&damaged);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 line(s) are not queue_log lines"),
+        "{stderr}"
+    );
+    check(&out);
+}
