@@ -93,7 +93,7 @@ impl Correlator {
     fn bye_answered(&mut self, msg: &SipMessage<'_>, now: Timestamp) {
         if self.ending.is_empty()
             || msg.cseq.method != crate::decode::sip::Method::Bye
-            || !msg.status().is_some_and(|s| s >= 200)
+            || msg.status().is_none_or(|s| s < 200)
         {
             return;
         }

@@ -37,7 +37,8 @@
 //! queue), else the record's `end_time`. A record without `enter_time` (its `ENTERQUEUE` not
 //! seen: the log began mid-stay) gets the arrival the rest tells: `connect_time − wait_s`,
 //! else for abandons and flow-outs `end_time − wait_s`, else for answered calls
-//! `end_time − talk_s − wait_s`; with none of these it is no contact and `from_record`
+//! `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at most
+//! [`MAX_ACTIVE`](super::interval::MAX_ACTIVE) tells nothing); with none of these it is no contact and `from_record`
 //! returns `None` (the caller counts it: `queue_no_arrival`). The record's identities are
 //! already pseudonymised (keyed hashes), so `sip_call_id` is the hash, not the clear Call-ID.
 
@@ -147,7 +148,8 @@ impl QueueFact {
             _ => Some(r.end_time),
         };
         let back = |t: Timestamp, s: f64| -> Option<Timestamp> {
-            if !s.is_finite() || s < 0.0 {
+            // A wait beyond what the aggregator follows is a broken source, not an arrival.
+            if !s.is_finite() || s < 0.0 || s > super::interval::MAX_ACTIVE.as_secs_f64() {
                 return None;
             }
             let nanos = (s * 1e9).round() as i64;
@@ -188,5 +190,104 @@ impl QueueFact {
             }),
             transferred: r.transfer.is_some(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::queue::{self as rec, QueueCallRecord};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_secs_nanos(1_700_000_000 + secs, 0)
+    }
+
+    fn record(outcome: rec::QueueOutcome) -> QueueCallRecord {
+        QueueCallRecord {
+            schema: rec::QUEUE_SCHEMA,
+            record_id: "0".repeat(32),
+            source: rec::QueueSource::AsteriskQueueLog,
+            group: "pbx".into(),
+            call_id: "h:1".into(),
+            sip_call_id: None,
+            queue: "support".into(),
+            caller: None,
+            enter_time: Some(t(0)),
+            orig_position: Some(1),
+            connect_time: None,
+            end_time: t(40),
+            outcome,
+            flow_out: None,
+            exit_key: None,
+            wait_s: None,
+            ring_s: None,
+            position: None,
+            agent: None,
+            talk_s: None,
+            hangup_by: None,
+            transfer: None,
+            ring_no_answer: 2,
+            ring_no_answer_s: 30.0,
+            ring_canceled: 0,
+            agent_dumps: 0,
+            wrap_up_s: None,
+            complete: true,
+            closed_by: rec::QueueClosedBy::Event,
+        }
+    }
+
+    #[test]
+    fn answered_ends_at_its_connect_and_carries_rona_and_transfer() {
+        let mut r = record(rec::QueueOutcome::Answered);
+        r.connect_time = Some(t(8));
+        r.wait_s = Some(8.0);
+        r.talk_s = Some(32.0);
+        r.transfer = Some(rec::QueueTransfer {
+            kind: rec::QueueTransferKind::Blind,
+            target: None,
+            context: None,
+        });
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!(
+            (f.end, f.end_time, f.rona),
+            (QueueEnd::Answered, Some(t(8)), 2)
+        );
+        assert!(f.transferred);
+        assert_eq!(f.queue_call_id, "h:1");
+    }
+
+    #[test]
+    fn withdraw_is_its_own_flow_out_and_unknown_stays_open() {
+        let mut r = record(rec::QueueOutcome::FlowOut);
+        r.flow_out = Some(rec::FlowOut::Withdraw);
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!(f.end, QueueEnd::FlowOut(FlowOut::Withdraw));
+        assert_eq!(f.end_time, Some(t(40)));
+        let f = QueueFact::from_record(&record(rec::QueueOutcome::Unknown)).unwrap();
+        assert_eq!((f.end, f.end_time), (QueueEnd::Open, None));
+    }
+
+    #[test]
+    fn a_missing_arrival_is_told_by_the_rest_or_the_record_is_no_fact() {
+        // Abandoned after 12 s: arrival = end − wait.
+        let mut r = record(rec::QueueOutcome::Abandoned);
+        r.enter_time = None;
+        r.wait_s = Some(12.0);
+        assert_eq!(QueueFact::from_record(&r).unwrap().enter_time, t(28));
+        // Answered, seen only from its COMPLETE: end − talk − hold; answer = arrival + hold.
+        let mut r = record(rec::QueueOutcome::Answered);
+        r.enter_time = None;
+        r.wait_s = Some(3.0);
+        r.talk_s = Some(10.0);
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!((f.enter_time, f.end_time), (t(27), Some(t(30))));
+        // Nothing tells it (or a wait that is no duration): no fact.
+        let mut r = record(rec::QueueOutcome::Abandoned);
+        r.enter_time = None;
+        assert_eq!(QueueFact::from_record(&r), None);
+        r.wait_s = Some(f64::NAN);
+        assert_eq!(QueueFact::from_record(&r), None);
+        r.wait_s = Some(1e300);
+        assert_eq!(QueueFact::from_record(&r), None);
     }
 }
