@@ -32,15 +32,17 @@
 //! From a `teledge.queue/1` record ([`QueueFact::from_record`], what the daemon's spool
 //! writer and `teledge report --queue-log` do): `queue_call_id` ← `call_id`, `rona` ←
 //! `ring_no_answer`, `transferred` ← a `transfer`, `end` ← `outcome` (`unknown` →
-//! [`QueueEnd::Open`], not a contact's outcome: counted nowhere but concurrency) and
-//! `flow_out`, `end_time` ← `connect_time` when answered (the fact's end is when it left the
-//! queue), else the record's `end_time`. A record without `enter_time` (its `ENTERQUEUE` not
-//! seen: the log began mid-stay) gets the arrival the rest tells: `connect_time − wait_s`,
-//! else for abandons and flow-outs `end_time − wait_s`, else for answered calls
-//! `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at most
-//! [`MAX_ACTIVE`](super::interval::MAX_ACTIVE) tells nothing); with none of these it is no contact and `from_record`
-//! returns `None` (the caller counts it: `queue_no_arrival`). The record's identities are
-//! already pseudonymised (keyed hashes), so `sip_call_id` is the hash, not the clear Call-ID.
+//! [`QueueEnd::Open`]: counted as `excluded`, not offered) and `flow_out` (`withdraw` →
+//! [`FlowOut::Withdraw`]), `end_time` ← `connect_time` when answered (the fact's end is
+//! when it left the queue), else the record's `end_time`. A record without `enter_time`
+//! (its `ENTERQUEUE` not seen: the log began mid-stay) gets the arrival the rest tells:
+//! `connect_time − wait_s`, else for abandons and flow-outs `end_time − wait_s`, else for
+//! answered calls `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at
+//! most [`MAX_ACTIVE`](super::interval::MAX_ACTIVE) tells nothing); with none of these it is
+//! no contact and `from_record` returns `None` (the caller counts it: `queue_no_arrival`).
+//! The record's identities are already pseudonymised (keyed hashes), so `sip_call_id` is the
+//! hash, not the clear Call-ID: the daemon does not join queue facts to call records (see
+//! [`Aggregator::queue_record`](super::Aggregator::queue_record)).
 
 use crate::time::Timestamp;
 
