@@ -59,7 +59,9 @@ pub struct ReplayArgs {
     /// The configuration for --forward: the daemon's file (only its [node], [spool],
     /// [privacy] and [uplink] are used) or one with just those sections; with a [stats]
     /// section (and [[service]]), interval records of the replayed calls are forwarded too.
-    #[arg(long, short, value_name = "PATH", requires = "forward")]
+    /// With `--format table`: its `[stats] time_zone` is the table's zone (unless --tz), and
+    /// its `[[service]]` give a SERVICE column.
+    #[arg(long, short, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
     #[arg(long, default_value_t = 60)]
@@ -101,9 +103,45 @@ fn replay_settings(args: &ReplayArgs) -> anyhow::Result<ReplaySettings> {
     })
 }
 
-/// The table's options from the arguments: the zone named, or the system's.
-fn table_options(args: &ReplayArgs) -> anyhow::Result<table::TableOptions> {
-    let zone = match &args.tz {
+/// The table's options from the arguments: the zone named, else the configuration's
+/// `[stats] time_zone`, else the system's; the configuration's services, if it has any.
+fn table_options(args: &ReplayArgs) -> anyhow::Result<Result<table::TableOptions, ExitCode>> {
+    if args.config.is_some() && args.format == Format::Jsonl {
+        // Would be ignored: a usage error, as clap's.
+        eprintln!("teledge: --config is read by --forward and by --format table only");
+        return Ok(Err(ExitCode::from(2)));
+    }
+    let mut zone_of_config = None;
+    let mut services = None;
+    if let (Some(path), Format::Table) = (&args.config, args.format) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let table = text.parse::<toml::Table>().ok();
+        let has = |key: &str| table.as_ref().is_some_and(|t| t.contains_key(key));
+        match teledge::config::stats::parse_stats(&text) {
+            Ok(config) => {
+                let stats = config.settings;
+                if table
+                    .as_ref()
+                    .and_then(|t| t.get("stats"))
+                    .and_then(|s| s.get("time_zone"))
+                    .is_some()
+                {
+                    zone_of_config = Some(stats.clock.zone_name().to_owned());
+                }
+                if has("service") {
+                    services = Some(stats.services);
+                }
+            }
+            Err(errors) => {
+                for problem in &errors.0 {
+                    eprintln!("teledge: {}: {problem}", path.display());
+                }
+                return Ok(Err(ExitCode::from(super::EXIT_CONFIG)));
+            }
+        }
+    }
+    let zone = match args.tz.as_ref().or(zone_of_config.as_ref()) {
         Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
             anyhow::anyhow!(
                 "--tz {name:?}: not a time zone this system knows ({e}); give an IANA name \
@@ -112,16 +150,20 @@ fn table_options(args: &ReplayArgs) -> anyhow::Result<table::TableOptions> {
         })?,
         None => jiff::tz::TimeZone::system(),
     };
-    Ok(table::TableOptions {
+    Ok(Ok(table::TableOptions {
         zone,
         verbose: args.verbose,
-    })
+        services,
+    }))
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let settings = replay_settings(&args)?;
     // Checked before any work: a misspelt zone is known before a large capture is read.
-    let table_options = table_options(&args)?;
+    let table_options = match table_options(&args)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
+    };
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,

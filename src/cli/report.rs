@@ -1,10 +1,14 @@
 //! `teledge report`: service statistics per interval, offline — from capture files (the
 //! calls classified into services on their clear numbers, as the daemon does) or from a
 //! collector's output directory (the nodes' interval records merged: highest revision per
-//! node and run, then summed) — as a table, CSV or JSON Lines.
+//! node and run, then summed) — as a table, CSV or JSON Lines. Asterisk `queue_log` files
+//! (`--queue-log`, with or without captures) are parsed and assembled into queue contacts as
+//! the daemon does, and counted as queue facts in the `[[service]]` named like their queue
+//! (without `--config`: all in the one service `default`). Lines that are not `queue_log`
+//! lines are counted and reported; the exit status then says the input was damaged.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,8 +24,16 @@ use teledge::time::Timestamp;
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Capture files (pcap, pcapng), read in this order as one capture.
-    #[arg(required_unless_present = "collected", conflicts_with = "collected")]
+    #[arg(
+        required_unless_present_any = ["collected", "queue_log"],
+        conflicts_with = "collected"
+    )]
     pub files: Vec<PathBuf>,
+    /// An Asterisk `queue_log` file (repeatable, read in this order): its queue contacts
+    /// counted in the `[[service]]` named like their queue (without `--config`: in
+    /// `default`).
+    #[arg(long, value_name = "FILE", conflicts_with = "collected")]
+    pub queue_log: Vec<PathBuf>,
     /// A collector's output directory (`<dir>/<node>/*.jsonl`): its interval records,
     /// merged across nodes.
     #[arg(long, value_name = "DIR")]
@@ -141,11 +153,35 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             replay.finish(&mut sink);
+            for path in &args.queue_log {
+                let file =
+                    File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let read = read_queue_log(
+                    io::BufReader::with_capacity(1 << 20, file),
+                    args.config.is_none(),
+                    &mut aggregator,
+                )
+                .with_context(|| format!("cannot read {}", path.display()))?;
+                if read.bad > 0 {
+                    eprintln!(
+                        "teledge: {}: {} line(s) are not queue_log lines and are left out",
+                        path.display(),
+                        read.bad
+                    );
+                    damaged = true;
+                }
+            }
             let counters = aggregator.counters();
             if counters.unclassified > 0 {
                 eprintln!(
                     "teledge: {} call(s) matched no [[service]] and are not counted",
                     counters.unclassified
+                );
+            }
+            if counters.queue_no_arrival > 0 {
+                eprintln!(
+                    "teledge: {} queue contact(s) tell no arrival and are not counted",
+                    counters.queue_no_arrival
                 );
             }
             // Every interval emitted, closed: the capture is all there is.
@@ -171,4 +207,103 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What reading a `queue_log` file found.
+#[derive(Debug, Default)]
+struct QueueLogRead {
+    /// Lines that are not `queue_log` lines (too long included).
+    bad: u64,
+}
+
+/// Parses a `queue_log` file line by line (each at most [`MAX_LINE_LEN`] bytes held),
+/// assembles its queue contacts and counts them; the stays still open at its end are
+/// closed at its last line's time (outcome unknown: not contacts). Each contact is counted
+/// with its own end as the aggregator's clock: all input is at hand, so none is too late
+/// (the captures read before may be hours later). `one_service`: every queue into the
+/// service `default`.
+///
+/// [`MAX_LINE_LEN`]: teledge::decode::queue_log::MAX_LINE_LEN
+fn read_queue_log(
+    mut reader: impl io::BufRead,
+    one_service: bool,
+    aggregator: &mut Aggregator,
+) -> io::Result<QueueLogRead> {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::decode::queue_log::{parse_line, QueueLogError, MAX_LINE_LEN};
+    use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
+    use teledge::record::queue::{QueueCallRecord, QueueSource};
+
+    // Clear: the report shows sums only, and nothing is stored.
+    let privacy = Privacy::new(PrivacyMode::Clear, AddressMode::Keep, [0; 32]);
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "report",
+        QueueLimits::default(),
+        Pseudonymizer::new(privacy),
+    );
+    let mut count = |mut r: QueueCallRecord| {
+        if one_service {
+            r.queue = "default".into();
+        }
+        aggregator.queue_record(&r, r.end_time);
+    };
+    let mut read = QueueLogRead::default();
+    let mut line = Vec::with_capacity(256);
+    let mut log_end = Timestamp::default();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_LEN as u64 + 2)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') && n > MAX_LINE_LEN {
+            // Too long: the rest of the line is skipped, not held.
+            read.bad += 1;
+            skip_line(&mut reader)?;
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        match parse_line(text) {
+            Ok(parsed) => {
+                log_end = log_end.max(parsed.time);
+                let mut records = Vec::new();
+                assembler.asterisk(&parsed, &mut |r| records.push(r));
+                for r in records {
+                    count(r);
+                }
+            }
+            Err(QueueLogError::Empty) => {}
+            Err(_) => read.bad += 1,
+        }
+    }
+    let mut records = Vec::new();
+    assembler.finish(log_end, &mut |r| records.push(r));
+    for r in records {
+        count(r);
+    }
+    Ok(read)
+}
+
+/// Skips to the next newline without holding what is skipped.
+fn skip_line(reader: &mut impl io::BufRead) -> io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
 }

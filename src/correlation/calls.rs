@@ -1487,6 +1487,7 @@ impl Call {
             ringing_time: self.ringing,
             answer_time: self.answer,
             end_time,
+            bye_answered_time: None,
             last_message_time: self.last_message,
             post_dial_delay_s: since_invite(self.ringing.or(failure_time).or(self.answer)),
             time_to_answer_s: since_invite(self.answer),

@@ -9,7 +9,8 @@
 //! is taken and put into it, and its media endpoints are remembered for the linger time so
 //! that anything later is counted rather than reported as orphans. A record held in its
 //! grace is released at once when the same Call-ID starts a new attempt, and when the
-//! correlator finishes. RTP that matches no call comes out as stream
+//! correlator finishes. A final response to the BYE that ended a call, seen while its
+//! record waits out the grace, gives the record's `bye_answered_time` (RFC 6076 SDD). RTP that matches no call comes out as stream
 //! records of its own (bounded per minute, see [`media`]).
 //! [`hep::feed`] adapts HEP frames: the SIP inside them is handled like tapped SIP, and RTCP
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
@@ -72,6 +73,7 @@ impl Correlator {
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
+        self.bye_answered(msg, now);
         let mut ended = Vec::new();
         self.calls
             .message(meta, msg, sdp.as_ref(), &mut |call| ended.push(call));
@@ -83,6 +85,28 @@ impl Correlator {
             self.media.learn(key, side, &calls::capped_sdp(&sdp));
         }
         self.release(now, out);
+    }
+
+    /// A final response to a BYE while the call it ended waits out its grace: the call's
+    /// `bye_answered_time` (RFC 6076 SDD). Later ones (retransmissions, a response after
+    /// the grace) change nothing; the tracker counts them as late messages.
+    fn bye_answered(&mut self, msg: &SipMessage<'_>, now: Timestamp) {
+        if self.ending.is_empty()
+            || msg.cseq.method != crate::decode::sip::Method::Bye
+            || msg.status().is_none_or(|s| s < 200)
+        {
+            return;
+        }
+        let key = calls::call_key(msg.call_id);
+        if let Some((_, call)) = self.ending.iter_mut().find(|(_, c)| {
+            c.closed_by == ClosedBy::Bye
+                && c.bye_answered_time.is_none()
+                && calls::call_key(&c.call_id) == key
+        }) {
+            if call.end_time.is_some_and(|e| e <= now) {
+                call.bye_answered_time = Some(now);
+            }
+        }
     }
 
     /// Ended calls wait out their grace (see the module doc).

@@ -6,7 +6,10 @@
 //! clear called number ([`crate::stats::service`]) and counted by the [`Aggregator`]; the
 //! interval records the aggregator emits (after the grace, revisions, and at shutdown the
 //! open intervals with `final: false`) are spooled like any record. The open intervals'
-//! figures are published as metrics once a second.
+//! figures are published as metrics once a second. Queue contact records (`teledge.queue/1`)
+//! are counted too, as queue facts in the `[[service]]` named like their queue
+//! ([`Aggregator::queue_record`]); those that tell no arrival are counted in
+//! `teledge_stats_queue_no_arrival_total`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -86,9 +89,17 @@ fn write(
         let received = rx.recv_timeout(flush_every);
         let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
         if let Ok(record) = received {
-            if let (Some((aggregator, _)), Record::Call(call)) = (stats.as_mut(), &record) {
-                // Classified on the clear number, before the spooler pseudonymises it.
-                aggregator.call(call, Timestamp::now());
+            match (stats.as_mut(), &record) {
+                (Some((aggregator, _)), Record::Call(call)) => {
+                    // Classified on the clear number, before the spooler pseudonymises it.
+                    aggregator.call(call, Timestamp::now());
+                }
+                (Some((aggregator, _)), Record::Queue(queue)) => {
+                    // Pseudonymised at ingest already: counted on its own, in the service
+                    // named like its queue (see `Aggregator::queue_record`).
+                    aggregator.queue_record(queue, Timestamp::now());
+                }
+                _ => {}
             }
             append(&mut spooler, record, health, metrics);
         }
@@ -168,6 +179,9 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
         .stats_calls_unclassified
         .raise_to(counters.unclassified);
     metrics.stats_contacts_too_late.raise_to(counters.too_late);
+    metrics
+        .stats_queue_no_arrival
+        .raise_to(counters.queue_no_arrival);
     let (start, _) = aggregator.settings().clock.interval_of(now);
     let mut open = aggregator.open(now);
     for service in aggregator.settings().services.iter() {

@@ -133,6 +133,7 @@ pub struct AgentMetrics {
     /// open one); interval records emitted (revisions included) and revisions.
     pub stats_calls_unclassified: Arc<Counter>,
     pub stats_contacts_too_late: Arc<Counter>,
+    pub stats_queue_no_arrival: Arc<Counter>,
     pub stats_interval_records: Arc<Counter>,
     pub stats_interval_revisions: Arc<Counter>,
 
@@ -419,6 +420,10 @@ impl AgentMetrics {
             stats_contacts_too_late: r.counter(
                 "teledge_stats_contacts_too_late_total",
                 "Contacts whose interval was no longer held, counted in the open one.",
+            ),
+            stats_queue_no_arrival: r.counter(
+                "teledge_stats_queue_no_arrival_total",
+                "Queue records that tell no arrival (no ENTERQUEUE, no wait): not contacts.",
             ),
             stats_interval_records: r.counter(
                 "teledge_stats_interval_records_total",

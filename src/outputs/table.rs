@@ -18,6 +18,9 @@ pub struct TableOptions {
     pub zone: TimeZone,
     /// Adds the final SIP status and the Call-ID of every call.
     pub verbose: bool,
+    /// With services (`replay --config` with `[[service]]`): a SERVICE column, each call
+    /// classified on its clear numbers as the statistics do (`-`: no service matched).
+    pub services: Option<crate::stats::Services>,
 }
 
 impl Default for TableOptions {
@@ -25,6 +28,7 @@ impl Default for TableOptions {
         TableOptions {
             zone: TimeZone::UTC,
             verbose: false,
+            services: None,
         }
     }
 }
@@ -50,6 +54,9 @@ pub fn write_table(
         "HUNG UP",
         "MOS"
     )?;
+    if options.services.is_some() {
+        write!(out, "  {:<16}", "SERVICE")?;
+    }
     if options.verbose {
         write!(out, "  {:<4}  CALL-ID", "SIP")?;
     }
@@ -88,6 +95,13 @@ pub fn write_table(
             hung_up,
             mos,
         )?;
+        if let Some(services) = &options.services {
+            let name = services
+                .classify(call)
+                .and_then(|i| services.get(i))
+                .map_or("-", |s| s.name.as_str());
+            write!(out, "  {:<16}", clip(name, 16))?;
+        }
         if options.verbose {
             write!(
                 out,

@@ -184,6 +184,9 @@ pub struct CallRecord {
     pub ringing_time: Option<Timestamp>,
     pub answer_time: Option<Timestamp>,
     pub end_time: Option<Timestamp>,
+    /// The first final response to the BYE that ended the call (RFC 6076 SDD = this −
+    /// `end_time`), when it came within the record grace; `None` otherwise.
+    pub bye_answered_time: Option<Timestamp>,
     pub last_message_time: Timestamp,
     pub post_dial_delay_s: Option<f64>,
     pub time_to_answer_s: Option<f64>,

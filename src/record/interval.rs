@@ -27,6 +27,9 @@ pub const WAIT_BUCKETS_S: [u32; 9] = [8, 30, 60, 90, 120, 180, 300, 600, 1200];
 pub const PDD_BUCKETS_MS: [u32; 14] = [
     100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12_000, 20_000,
 ];
+/// Upper bounds (inclusive, milliseconds) of the session disconnect delay histogram (RFC
+/// 6076 SDD: BYE → its final response); a last bucket counts longer delays.
+pub const SDD_BUCKETS_MS: [u32; 10] = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000];
 /// Upper bounds (inclusive, MOS × 100) of the MOS histogram; a last bucket counts higher.
 pub const MOS_BUCKETS_CENTI: [u32; 8] = [200, 250, 300, 310, 360, 400, 430, 450];
 /// The MOS below which a call counts as poor.
@@ -152,4 +155,9 @@ pub struct SipSums {
     pub pdd_count: u64,
     pub pdd_ms: u64,
     pub pdd_buckets: Vec<u64>,
+    /// Calls ended by a BYE whose final response was seen (RFC 6076 SDD), the delays'
+    /// total and their histogram over [`SDD_BUCKETS_MS`] plus one.
+    pub sdd_count: u64,
+    pub sdd_ms: u64,
+    pub sdd_buckets: Vec<u64>,
 }

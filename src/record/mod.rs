@@ -45,6 +45,7 @@
 //! | `ringing_time` | first 180 or 183 |
 //! | `answer_time` | first 2xx to the INVITE |
 //! | `end_time` | BYE, CANCEL, or the final failure response; `null` while the call is open |
+//! | `bye_answered_time` | the first final response to the BYE that ended the call (RFC 6076 session disconnect delay = this − `end_time`); `null` when the call did not end by a seen BYE, or the response was not seen within `record_grace` (the record is made then) |
 //! | `last_message_time` | the last message of the dialog seen |
 //! | `post_dial_delay_s` | INVITE → first 180/183; without one, INVITE → final response (`null` without the INVITE) |
 //! | `time_to_answer_s` | INVITE → answer (`null` without the INVITE) |

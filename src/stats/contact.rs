@@ -48,6 +48,8 @@ pub struct SipFacts {
     pub completed_ms: Option<u64>,
     /// Post-dial delay (RFC 6076 SRD): INVITE → first 18x, else → final response.
     pub pdd_ms: Option<u64>,
+    /// Session disconnect delay (RFC 6076 SDD): BYE → its final response, when seen.
+    pub sdd_ms: Option<u64>,
 }
 
 /// One contact's facts.
@@ -123,6 +125,12 @@ impl Contact {
                 .then(|| call.talk_duration_s.map(ms))
                 .flatten(),
             pdd_ms: call.post_dial_delay_s.map(ms),
+            sdd_ms: match (call.closed_by, call.end_time, call.bye_answered_time) {
+                (crate::record::ClosedBy::Bye, Some(bye), Some(answered)) => {
+                    Some(ms_between(answered, bye))
+                }
+                _ => None,
+            },
         });
         Contact {
             service,

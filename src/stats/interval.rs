@@ -209,6 +209,8 @@ pub struct AggregatorCounters {
     /// Calls no service matched.
     pub unclassified: u64,
     pub too_late: u64,
+    /// Queue records that tell no arrival ([`super::QueueFact::from_record`]): not counted.
+    pub queue_no_arrival: u64,
     pub records: u64,
     pub revisions: u64,
 }
@@ -282,6 +284,20 @@ impl Aggregator {
             None => Contact::from_queue_fact(fact, service),
         };
         self.contact(&contact, now);
+    }
+
+    /// A queue contact record (`teledge.queue/1`) as a [`QueueFact`](super::QueueFact) on
+    /// its own, without a call record: the record's identities are keyed hashes while the
+    /// call records the aggregator sees are clear, so the two are not joined here. It
+    /// counts in the `[[service]]` named like its queue, else nowhere (`unclassified`) —
+    /// a call classified by its numbers into that same service would count twice, so name
+    /// queue services apart from number-classified ones. A record telling no arrival is
+    /// counted in `queue_no_arrival`.
+    pub fn queue_record(&mut self, record: &crate::record::queue::QueueCallRecord, now: Timestamp) {
+        match super::QueueFact::from_record(record) {
+            Some(fact) => self.queue_fact(&fact, None, now),
+            None => self.counters.queue_no_arrival += 1,
+        }
     }
 
     /// Counts a contact in its interval and its concurrency in the intervals it spans.

@@ -26,7 +26,8 @@
 use super::contact::{Contact, ContactOutcome, HungUp};
 use super::service::ServiceSettings;
 use crate::record::interval::{
-    IntervalSums, SipSums, MOS_BUCKETS_CENTI, PDD_BUCKETS_MS, POOR_MOS_CENTI, WAIT_BUCKETS_S,
+    IntervalSums, SipSums, MOS_BUCKETS_CENTI, PDD_BUCKETS_MS, POOR_MOS_CENTI, SDD_BUCKETS_MS,
+    WAIT_BUCKETS_S,
 };
 
 fn bucket(buckets: &mut Vec<u64>, bounds: &[u32], value: u64) {
@@ -190,6 +191,11 @@ impl SipSums {
             self.pdd_ms += p;
             bucket(&mut self.pdd_buckets, &PDD_BUCKETS_MS, p);
         }
+        if let Some(d) = sip.sdd_ms {
+            self.sdd_count += 1;
+            self.sdd_ms += d;
+            bucket(&mut self.sdd_buckets, &SDD_BUCKETS_MS, d);
+        }
     }
 
     fn merge(&mut self, o: &SipSums) {
@@ -203,6 +209,9 @@ impl SipSums {
         self.pdd_count += o.pdd_count;
         self.pdd_ms += o.pdd_ms;
         add_buckets(&mut self.pdd_buckets, &o.pdd_buckets);
+        self.sdd_count += o.sdd_count;
+        self.sdd_ms += o.sdd_ms;
+        add_buckets(&mut self.sdd_buckets, &o.sdd_buckets);
     }
 }
 
@@ -374,5 +383,6 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
             "post-dial delay 95th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.pdd_buckets, &PDD_BUCKETS_MS, 0.95).map(|v| v / 1000.0),
         ),
+        k("sip_sdd_mean_s", "RFC 6076 SDD (BYE -> its final response): sdd_ms / sdd_count / 1000", ratio(sip.sdd_ms, sip.sdd_count).map(|v| v / 1000.0)),
     ]
 }

@@ -28,6 +28,21 @@
 //! | `hangup_by` | `COMPLETECALLER` → caller, `COMPLETEAGENT` → agent | `cc_side` |
 //! | `transferred` | `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER` | — |
 //! | `agent` | agent column (member name, pseudonymised if it names a person) | `CC-Agent` |
+//!
+//! From a `teledge.queue/1` record ([`QueueFact::from_record`], what the daemon's spool
+//! writer and `teledge report --queue-log` do): `queue_call_id` ← `call_id`, `rona` ←
+//! `ring_no_answer`, `transferred` ← a `transfer`, `end` ← `outcome` (`unknown` →
+//! [`QueueEnd::Open`]: counted as `excluded`, not offered) and `flow_out` (`withdraw` →
+//! [`FlowOut::Withdraw`]), `end_time` ← `connect_time` when answered (the fact's end is
+//! when it left the queue), else the record's `end_time`. A record without `enter_time`
+//! (its `ENTERQUEUE` not seen: the log began mid-stay) gets the arrival the rest tells:
+//! `connect_time − wait_s`, else for abandons and flow-outs `end_time − wait_s`, else for
+//! answered calls `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at
+//! most [`MAX_ACTIVE`](super::interval::MAX_ACTIVE) tells nothing); with none of these it is
+//! no contact and `from_record` returns `None` (the caller counts it: `queue_no_arrival`).
+//! The record's identities are already pseudonymised (keyed hashes), so `sip_call_id` is the
+//! hash, not the clear Call-ID: the daemon does not join queue facts to call records (see
+//! [`Aggregator::queue_record`](super::Aggregator::queue_record)).
 
 use crate::time::Timestamp;
 
@@ -53,6 +68,9 @@ pub enum FlowOut {
     Empty,
     /// `EXITWITHKEY`; FS `EXIT_WITH_KEY`.
     Key,
+    /// `WITHDRAW`: taken out of the queue by the PBX (AMI `QueueWithdrawCaller`), not by
+    /// hanging up.
+    Withdraw,
 }
 
 impl FlowOut {
@@ -61,6 +79,7 @@ impl FlowOut {
             FlowOut::Timeout => "timeout",
             FlowOut::Empty => "empty",
             FlowOut::Key => "key",
+            FlowOut::Withdraw => "withdraw",
         }
     }
 }
@@ -105,4 +124,172 @@ pub struct QueueFact {
     pub hangup_by: Option<QueueHangup>,
     /// Ended by a transfer (the queue leg ends; what follows is another leg).
     pub transferred: bool,
+}
+
+impl QueueFact {
+    /// The fact of a queue contact record (mapping in the module doc); `None` when the
+    /// record tells no arrival.
+    pub fn from_record(r: &crate::record::queue::QueueCallRecord) -> Option<QueueFact> {
+        use crate::record::queue as rec;
+        let end = match (r.outcome, r.flow_out) {
+            (rec::QueueOutcome::Answered, _) => QueueEnd::Answered,
+            (rec::QueueOutcome::Abandoned, _) => QueueEnd::Abandoned,
+            (rec::QueueOutcome::FlowOut, kind) => QueueEnd::FlowOut(match kind {
+                Some(rec::FlowOut::Timeout) => FlowOut::Timeout,
+                Some(rec::FlowOut::Empty) => FlowOut::Empty,
+                Some(rec::FlowOut::Key) => FlowOut::Key,
+                Some(rec::FlowOut::Withdraw) => FlowOut::Withdraw,
+                // A flow-out whose kind was not told: the queue's own rule, i.e. timeout.
+                None => FlowOut::Timeout,
+            }),
+            (rec::QueueOutcome::Unknown, _) => QueueEnd::Open,
+        };
+        let end_time = match end {
+            QueueEnd::Answered => r.connect_time,
+            QueueEnd::Open => None,
+            _ => Some(r.end_time),
+        };
+        let back = |t: Timestamp, s: f64| -> Option<Timestamp> {
+            // A wait beyond what the aggregator follows is a broken source, not an arrival.
+            if !s.is_finite() || s < 0.0 || s > super::interval::MAX_ACTIVE.as_secs_f64() {
+                return None;
+            }
+            let nanos = (s * 1e9).round() as i64;
+            Some(Timestamp::from_nanos(t.as_nanos().checked_sub(nanos)?))
+        };
+        let enter_time = r
+            .enter_time
+            .or_else(|| match (end, r.connect_time, r.wait_s) {
+                (_, Some(c), Some(w)) => back(c, w),
+                (QueueEnd::Abandoned | QueueEnd::FlowOut(_), None, Some(w)) => back(r.end_time, w),
+                (QueueEnd::Answered, None, Some(w)) => back(r.end_time, r.talk_s? + w),
+                _ => None,
+            })?;
+        // An answered record without its connect time: the answer is arrival + wait.
+        let end_time = match (end, end_time, r.wait_s) {
+            (QueueEnd::Answered, None, Some(w)) => std::time::Duration::try_from_secs_f64(w)
+                .ok()
+                .map(|d| enter_time.plus(d)),
+            (_, t, _) => t,
+        };
+        Some(QueueFact {
+            queue_call_id: r.call_id.clone(),
+            sip_call_id: r.sip_call_id.clone(),
+            queue: r.queue.clone(),
+            caller: r.caller.clone(),
+            agent: r.agent.clone(),
+            enter_time,
+            end,
+            end_time,
+            wait_s: r.wait_s,
+            ring_s: r.ring_s,
+            rona: r.ring_no_answer,
+            talk_s: r.talk_s,
+            wrap_up_s: r.wrap_up_s,
+            hangup_by: r.hangup_by.map(|h| match h {
+                rec::QueueHangup::Caller => QueueHangup::Caller,
+                rec::QueueHangup::Agent => QueueHangup::Agent,
+            }),
+            transferred: r.transfer.is_some(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::queue::{self as rec, QueueCallRecord};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_secs_nanos(1_700_000_000 + secs, 0)
+    }
+
+    fn record(outcome: rec::QueueOutcome) -> QueueCallRecord {
+        QueueCallRecord {
+            schema: rec::QUEUE_SCHEMA,
+            record_id: "0".repeat(32),
+            source: rec::QueueSource::AsteriskQueueLog,
+            group: "pbx".into(),
+            call_id: "h:1".into(),
+            sip_call_id: None,
+            queue: "support".into(),
+            caller: None,
+            enter_time: Some(t(0)),
+            orig_position: Some(1),
+            connect_time: None,
+            end_time: t(40),
+            outcome,
+            flow_out: None,
+            exit_key: None,
+            wait_s: None,
+            ring_s: None,
+            position: None,
+            agent: None,
+            talk_s: None,
+            hangup_by: None,
+            transfer: None,
+            ring_no_answer: 2,
+            ring_no_answer_s: 30.0,
+            ring_canceled: 0,
+            agent_dumps: 0,
+            wrap_up_s: None,
+            complete: true,
+            closed_by: rec::QueueClosedBy::Event,
+        }
+    }
+
+    #[test]
+    fn answered_ends_at_its_connect_and_carries_rona_and_transfer() {
+        let mut r = record(rec::QueueOutcome::Answered);
+        r.connect_time = Some(t(8));
+        r.wait_s = Some(8.0);
+        r.talk_s = Some(32.0);
+        r.transfer = Some(rec::QueueTransfer {
+            kind: rec::QueueTransferKind::Blind,
+            target: None,
+            context: None,
+        });
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!(
+            (f.end, f.end_time, f.rona),
+            (QueueEnd::Answered, Some(t(8)), 2)
+        );
+        assert!(f.transferred);
+        assert_eq!(f.queue_call_id, "h:1");
+    }
+
+    #[test]
+    fn withdraw_is_its_own_flow_out_and_unknown_stays_open() {
+        let mut r = record(rec::QueueOutcome::FlowOut);
+        r.flow_out = Some(rec::FlowOut::Withdraw);
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!(f.end, QueueEnd::FlowOut(FlowOut::Withdraw));
+        assert_eq!(f.end_time, Some(t(40)));
+        let f = QueueFact::from_record(&record(rec::QueueOutcome::Unknown)).unwrap();
+        assert_eq!((f.end, f.end_time), (QueueEnd::Open, None));
+    }
+
+    #[test]
+    fn a_missing_arrival_is_told_by_the_rest_or_the_record_is_no_fact() {
+        // Abandoned after 12 s: arrival = end − wait.
+        let mut r = record(rec::QueueOutcome::Abandoned);
+        r.enter_time = None;
+        r.wait_s = Some(12.0);
+        assert_eq!(QueueFact::from_record(&r).unwrap().enter_time, t(28));
+        // Answered, seen only from its COMPLETE: end − talk − hold; answer = arrival + hold.
+        let mut r = record(rec::QueueOutcome::Answered);
+        r.enter_time = None;
+        r.wait_s = Some(3.0);
+        r.talk_s = Some(10.0);
+        let f = QueueFact::from_record(&r).unwrap();
+        assert_eq!((f.enter_time, f.end_time), (t(27), Some(t(30))));
+        // Nothing tells it (or a wait that is no duration): no fact.
+        let mut r = record(rec::QueueOutcome::Abandoned);
+        r.enter_time = None;
+        assert_eq!(QueueFact::from_record(&r), None);
+        r.wait_s = Some(f64::NAN);
+        assert_eq!(QueueFact::from_record(&r), None);
+        r.wait_s = Some(1e300);
+        assert_eq!(QueueFact::from_record(&r), None);
+    }
 }

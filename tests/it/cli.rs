@@ -317,3 +317,65 @@ fn replay_table_speaks_a_supervisors_language() {
         "{stderr}"
     );
 }
+
+/// `replay --format table --config`: the configuration's `[stats] time_zone` is the table's
+/// zone unless `--tz` names one, and its `[[service]]` give a SERVICE column, classified on
+/// the clear called numbers (sngrep_aaa.pcap: three calls to 97239287044 / 0097239287044,
+/// one to 35104724, first INVITE 09:40:49 UTC = 15:25:49 +0545).
+#[test]
+fn replay_table_takes_its_zone_and_services_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("teledge.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ntime_zone = \"Asia/Kathmandu\"\n\n\
+         [[service]]\nname = \"israel\"\nnumbers = [\"972*\", \"00972*\"]\n\n\
+         [[service]]\nname = \"denmark\"\nnumbers = [\"35104724\"]\n",
+    )
+    .unwrap();
+    let table = |args: &[&str], config: &std::path::Path| {
+        let out = teledge()
+            .args(["replay", "--format", "table", "--config"])
+            .arg(config)
+            .args(args)
+            .arg(data_path("sngrep_aaa.pcap"))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, text) = table(&[], &config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("TIME (Asia/Kathmandu)"), "{text}");
+    let rows: Vec<&str> = text.lines().skip(1).take(4).collect();
+    assert!(rows[0].starts_with("2005-07-04 15:25:49 +0545"), "{text}");
+    let at = text.lines().next().unwrap().find("SERVICE").unwrap();
+    let service = |row: &str| row[at..].split_whitespace().next().unwrap().to_owned();
+    assert_eq!(
+        rows.iter().map(|r| service(r)).collect::<Vec<_>>(),
+        ["israel", "israel", "israel", "denmark"],
+        "{text}"
+    );
+
+    // --tz wins; a service matching none of the calls shows `-`.
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"denmark\"\nnumbers = [\"35104724\"]\n",
+    )
+    .unwrap();
+    let (code, text) = table(&["--tz", "Europe/Berlin"], &config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("TIME (Europe/Berlin)"), "{text}");
+    let at = text.lines().next().unwrap().find("SERVICE").unwrap();
+    let services: Vec<String> = text
+        .lines()
+        .skip(1)
+        .take(4)
+        .map(|r| r[at..].split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(services, ["-", "-", "-", "denmark"], "{text}");
+
+    // A bad statistics section is a configuration error, exit 78.
+    std::fs::write(&config, "[stats]\ntime_zone = \"Mars/Olympus\"\n").unwrap();
+    let (code, _) = table(&[], &config);
+    assert_eq!(code, Some(78));
+}

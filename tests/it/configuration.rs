@@ -200,7 +200,8 @@ fn check_config_takes_the_file_with_config_or_as_an_argument() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    // `--config` without `--forward` would be ignored by `replay`: refused instead.
+    // `--config` without `--forward` or `--format table` would be ignored by `replay`:
+    // refused instead.
     let out = teledge()
         .args(["replay", "--config"])
         .arg(&config)

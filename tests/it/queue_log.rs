@@ -553,3 +553,238 @@ fn bad_queue_sections_are_all_listed_by_check_config() {
         assert!(text.contains(path), "{path} not in {text}");
     }
 }
+
+/// Queue contacts reach the service statistics in the daemon: `queue_log` lines of the last
+/// minutes are followed, their `teledge.queue/1` records counted by the aggregator in the
+/// `[[service]]` named like the queue, and the interval records forwarded. The figures are
+/// computed here by hand from the lines (T = 10 s, short abandon 5 s):
+/// - 1.1 waits 5 s (one agent rang without answering first), talks 30 s: answered within T;
+/// - 1.2 abandons after 12 s (not within T, not short);
+/// - 1.3 leaves by timeout after 30 s: a flow-out;
+/// - 1.4 waits 20 s, talks 27 s: answered, not within T;
+/// - 1.5 is seen only from its `COMPLETEAGENT` (held 3 s, talked 10 s): its arrival is
+///   told by its end − talk − hold, answered within T;
+/// - 2.1 is in queue `billing`, which no `[[service]]` names: not counted.
+///
+/// Offered 5, answered 3, abandoned 1, flowed out 1; ASA (5 + 20 + 3) / 3 s.
+#[test]
+fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
+    use crate::daemon::agent_config;
+    use crate::uplink::{collector, pki, stored};
+    use teledge::daemon::Daemon;
+    use teledge::record::interval::IntervalRecord;
+
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let log = dir.path().join("queue_log");
+    append(&log, "");
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\n\n\
+             [[service]]\nname = \"support\"\nsl_threshold_s = 10\nshort_abandon_s = 5\n",
+            log.display(),
+            dir.path().join("state").display()
+        ),
+        None,
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    // Recent times: the aggregator holds intervals of the last hours only.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 120;
+    let lines = [
+        (0, "1.1|support|NONE|ENTERQUEUE||4930111|1"),
+        (1, "1.2|support|NONE|ENTERQUEUE||4930222|2"),
+        (2, "1.3|support|NONE|ENTERQUEUE||4930333|3"),
+        (3, "1.4|support|NONE|ENTERQUEUE||4930444|4"),
+        (3, "1.1|support|PJSIP/202|RINGNOANSWER|2000"),
+        (4, "2.1|billing|NONE|ENTERQUEUE||4930555|1"),
+        (5, "1.1|support|PJSIP/201|CONNECT|5|7.1|1"),
+        (9, "2.1|billing|NONE|ABANDON|1|1|5"),
+        (13, "1.2|support|NONE|ABANDON|1|2|12"),
+        (23, "1.4|support|PJSIP/203|CONNECT|20|7.4|2"),
+        (32, "1.3|support|NONE|EXITWITHTIMEOUT|1|3|30"),
+        (35, "1.1|support|PJSIP/201|COMPLETECALLER|5|30|1"),
+        (50, "1.4|support|PJSIP/203|COMPLETEAGENT|20|27|4"),
+        (60, "1.5|support|PJSIP/204|COMPLETEAGENT|3|10|1"),
+    ];
+    let text: String = lines
+        .iter()
+        .map(|(dt, rest)| format!("{}|{rest}\n", t0 + dt))
+        .collect();
+    append(&log, &text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.metrics().source_packets.with(&["queue_log"]).get() < lines.len() as u64 {
+        assert!(Instant::now() < deadline, "queue_log lines not read");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.block_on(daemon.shutdown());
+
+    let stored = stored(&out);
+    let queue_records = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "queue")
+        .count();
+    assert_eq!(queue_records, 6, "every stay ended is spooled too");
+    let intervals: Vec<IntervalRecord> = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "interval")
+        .map(|l| serde_json::from_value(l["record"].clone()).unwrap())
+        .collect();
+    assert!(
+        intervals.iter().all(|r| r.service == "support"),
+        "{intervals:#?}"
+    );
+    // The contacts may straddle an interval boundary: summed over the intervals.
+    let mut sums = teledge::record::interval::IntervalSums::default();
+    for r in teledge::stats::merge::merge(intervals) {
+        sums.merge(&r.sums);
+    }
+    assert_eq!(
+        (
+            sums.offered,
+            sums.answered,
+            sums.abandoned,
+            sums.flowed_out,
+            sums.from_queue
+        ),
+        (5, 3, 1, 1, 5),
+        "{sums:#?}"
+    );
+    assert_eq!((sums.answered_within_t, sums.abandoned_within_t), (2, 0));
+    assert_eq!(sums.short_abandoned, 0);
+    // ASA = Σ wait of answered / answered.
+    assert_eq!(sums.wait_answered_ms, (5 + 20 + 3) * 1000);
+    assert_eq!(sums.wait_abandoned_ms, 12_000);
+    assert_eq!((sums.handled, sums.talk_ms), (3, (30 + 27 + 10) * 1000));
+    assert_eq!(sums.rona, 1);
+    assert_eq!((sums.hangup_caller, sums.hangup_callee), (1, 2));
+    assert_eq!(sums.longest_wait_ms, 30_000);
+}
+
+/// `teledge report --queue-log` over the public sample, with figures computed by hand from
+/// its rows (T = 20 s, short abandon 5 s, quarter-hours in UTC, attribution by event):
+/// - 1341401851.34 is seen only from its `COMPLETEAGENT` at 07:37:46.6 (held 2 s, talked
+///   12 s, the agent hung up): arrival 07:37:32.6, answered at 07:37:34.6 within T → the
+///   07:30 interval;
+/// - 1341402586.51 abandons at 07:49:52.9 after 6 s (not short, within T) → 07:45;
+/// - 1341401601.24 was connected but the sample ends before its end: no outcome, excluded;
+/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts.
+///
+/// A line that is not a `queue_log` line is left out, said, and the exit status is 1.
+#[test]
+fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queue_log");
+    let mut text = xivo_sample_lines().join("\n");
+    text.push('\n');
+    std::fs::write(&log, &text).unwrap();
+    let config = dir.path().join("teledge.toml");
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"q1\"\nsl_threshold_s = 20\nshort_abandon_s = 5\n",
+    )
+    .unwrap();
+    let run = |log: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["report", "--format", "jsonl", "--config"])
+            .arg(&config)
+            .arg("--queue-log")
+            .arg(log)
+            .output()
+            .unwrap()
+    };
+    let check = |out: &std::process::Output| {
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let at = |start: &str| {
+            lines
+                .iter()
+                .find(|l| l["interval_start"] == start)
+                .unwrap_or_else(|| panic!("no interval {start}: {lines:#?}"))["sums"]
+                .clone()
+        };
+        let a = at("2012-07-04T07:30:00.000000Z");
+        let figures = |s: &serde_json::Value| {
+            [
+                "offered",
+                "answered",
+                "abandoned",
+                "short_abandoned",
+                "flowed_out",
+                "answered_within_t",
+                "abandoned_within_t",
+                "wait_answered_ms",
+                "wait_abandoned_ms",
+                "handled",
+                "talk_ms",
+                "hangup_callee",
+                "from_queue",
+            ]
+            .map(|k| s[k].as_u64().unwrap_or_else(|| panic!("{k}: {s:#}")))
+        };
+        assert_eq!(
+            figures(&a),
+            [1, 1, 0, 0, 0, 1, 0, 2000, 0, 1, 12_000, 1, 1],
+            "{a:#}"
+        );
+        let b = at("2012-07-04T07:45:00.000000Z");
+        assert_eq!(
+            figures(&b),
+            [1, 0, 1, 0, 0, 0, 1, 0, 6000, 0, 0, 0, 1],
+            "{b:#}"
+        );
+        let offered: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["offered"].as_u64().unwrap())
+            .sum();
+        let excluded: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["excluded"].as_u64().unwrap())
+            .sum();
+        assert_eq!((offered, excluded), (2, 1), "{lines:#?}");
+    };
+    let out = run(&log);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(&out);
+
+    // A damaged line and an overlong one in the middle: left out, said, exit status 1.
+    let damaged = dir.path().join("queue_log.damaged");
+    let mut lines = xivo_sample_lines();
+    lines.insert(3, "not a queue_log line".into());
+    lines.insert(
+        5,
+        format!("1341401000|x|q1|NONE|INFO|{}", "y".repeat(10_000)),
+    );
+    std::fs::write(&damaged, lines.join("\n") + "\n").unwrap();
+    let out = run(&damaged);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 line(s) are not queue_log lines"),
+        "{stderr}"
+    );
+    check(&out);
+}

@@ -500,6 +500,7 @@ fn every_field_present() -> Vec<Record> {
         ringing_time: Some(time(1)),
         answer_time: Some(time(5)),
         end_time: Some(time(65)),
+        bye_answered_time: Some(time(65)),
         last_message_time: time(65),
         post_dial_delay_s: Some(1.0),
         time_to_answer_s: Some(5.0),
@@ -692,6 +693,9 @@ fn every_field_present() -> Vec<Record> {
                 sip: SipSums {
                     invites: 3,
                     pdd_buckets: vec![1; 15],
+                    sdd_count: 1,
+                    sdd_ms: 3,
+                    sdd_buckets: vec![1; 11],
                     ..SipSums::default()
                 },
                 ..IntervalSums::default()

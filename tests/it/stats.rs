@@ -352,6 +352,7 @@ fn arb_contact(services: usize) -> impl Strategy<Value = (usize, Contact)> {
                     final_status: status,
                     completed_ms: None,
                     pdd_ms: Some(pdd),
+                    sdd_ms: None,
                 });
                 (node, c)
             },
@@ -1112,4 +1113,91 @@ fn check_config_lists_the_statistics_problems_and_exits_78() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("stats.time_zone (line"), "{text}");
     assert!(text.contains("service[0].short_abandon_s (line"), "{text}");
+}
+
+/// TShark's BYE → first final response per Call-ID of a capture, in nanoseconds: the RFC
+/// 6076 session disconnect delay (from the first BYE, retransmissions left aside).
+fn tshark_sdd_ns(capture: &str) -> std::collections::BTreeMap<String, i64> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(crate::support::data_path(capture))
+        .args(["-Y", "sip.CSeq.method == \"BYE\"", "-T", "fields"])
+        .args([
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "sip.Call-ID",
+            "-e",
+            "sip.Status-Code",
+        ])
+        .output()
+        .expect("tshark is required: run ./scripts/test.sh, which installs it");
+    assert!(out.status.success());
+    let mut bye: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut sdd = std::collections::BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (secs, frac) = f[0].split_once('.').unwrap();
+        let ns = secs.parse::<i64>().unwrap() * 1_000_000_000
+            + format!("{frac:0<9}")[..9].parse::<i64>().unwrap();
+        let status: Option<u16> = f.get(2).and_then(|s| s.parse().ok());
+        match status {
+            None => {
+                bye.entry(f[1].to_owned()).or_insert(ns);
+            }
+            Some(s) if s >= 200 => {
+                if let Some(b) = bye.get(f[1]) {
+                    sdd.entry(f[1].to_owned()).or_insert(ns - b);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    sdd
+}
+
+/// RFC 6076 SDD: every call of real captures ended by a BYE gets the time of the BYE's
+/// final response, its delay equal to TShark's to the nanosecond (TCP, a retransmitted BYE
+/// over ERSPAN, two B2BUA legs), and `teledge report` sums them into the interval's SIP
+/// sums and the `sip_sdd_mean_s` KPI.
+#[test]
+fn session_disconnect_delay_is_measured_like_tshark_and_summed_per_interval() {
+    for capture in [
+        "sip_ipv4_tcp.pcap",
+        "erspan_sip_ipv4_udp.pcapng",
+        "b2bua_direct_media.pcap",
+    ] {
+        let expected = tshark_sdd_ns(capture);
+        assert!(!expected.is_empty(), "{capture}: no BYE answered");
+        let (calls, _) = crate::support::replay(capture);
+        for (call_id, sdd) in &expected {
+            let call = crate::support::call(&calls, call_id);
+            let answered = call
+                .bye_answered_time
+                .unwrap_or_else(|| panic!("{capture} {call_id}: no bye_answered_time"));
+            assert_eq!(
+                answered.as_nanos() - call.end_time.unwrap().as_nanos(),
+                *sdd,
+                "{capture} {call_id}"
+            );
+        }
+        // Calls not ended by a seen BYE have none.
+        for call in calls.iter().filter(|c| !expected.contains_key(&c.call_id)) {
+            assert_eq!(call.bye_answered_time, None, "{capture} {}", call.call_id);
+        }
+    }
+
+    // The report: one call, SDD rounded to the millisecond as every duration in the sums.
+    let sdd = tshark_sdd_ns("sip_ipv4_tcp.pcap");
+    let sdd_ms = ((sdd.values().next().unwrap() + 500_000) / 1_000_000) as u64;
+    let lines = report(&[], &[&crate::support::data_path("sip_ipv4_tcp.pcap")]);
+    let line = with_contacts(&lines);
+    let sip = &line["sums"]["sip"];
+    assert_eq!(sip["sdd_count"], 1, "{line:#}");
+    assert_eq!(sip["sdd_ms"], sdd_ms, "{line:#}");
+    assert_eq!(
+        line["kpis"]["sip_sdd_mean_s"]["value"].as_f64(),
+        Some(sdd_ms as f64 / 1000.0),
+        "{line:#}"
+    );
 }
