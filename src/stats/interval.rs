@@ -36,9 +36,8 @@ pub const RETAIN_CLOSED: Duration = Duration::from_secs(6 * 3600);
 /// How far ahead of the aggregator's clock a contact may be counted: times beyond are a
 /// broken source, and each would hold an interval.
 pub const AHEAD: Duration = Duration::from_secs(86_400);
-/// The longest a contact is followed in the concurrency timeline (the longest call the
-/// configuration allows is 7 days): a bogus end cannot make it walk without end.
-pub const MAX_ACTIVE: Duration = Duration::from_secs(8 * 86_400);
+/// Defined beside the queue facts, the lowest module that needs it (no import loop).
+pub use super::queue::MAX_ACTIVE;
 
 /// Which interval a contact counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,13 +38,17 @@
 //! (its `ENTERQUEUE` not seen: the log began mid-stay) gets the arrival the rest tells:
 //! `connect_time − wait_s`, else for abandons and flow-outs `end_time − wait_s`, else for
 //! answered calls `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at
-//! most [`MAX_ACTIVE`](super::interval::MAX_ACTIVE) tells nothing); with none of these it is
+//! most [`MAX_ACTIVE`] tells nothing); with none of these it is
 //! no contact and `from_record` returns `None` (the caller counts it: `queue_no_arrival`).
 //! The record's identities are already pseudonymised (keyed hashes), so `sip_call_id` is the
 //! hash, not the clear Call-ID: the daemon does not join queue facts to call records (see
 //! [`Aggregator::queue_record`](super::Aggregator::queue_record)).
 
 use crate::time::Timestamp;
+
+/// The longest a contact is followed in the concurrency timeline (the longest call the
+/// configuration allows is 7 days): a bogus end cannot make it walk without end.
+pub const MAX_ACTIVE: std::time::Duration = std::time::Duration::from_secs(8 * 86_400);
 
 /// How a queue call left the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,7 +155,7 @@ impl QueueFact {
         };
         let back = |t: Timestamp, s: f64| -> Option<Timestamp> {
             // A wait beyond what the aggregator follows is a broken source, not an arrival.
-            if !s.is_finite() || s < 0.0 || s > super::interval::MAX_ACTIVE.as_secs_f64() {
+            if !s.is_finite() || s < 0.0 || s > MAX_ACTIVE.as_secs_f64() {
                 return None;
             }
             let nanos = (s * 1e9).round() as i64;
