@@ -101,8 +101,9 @@ pub fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `teledge enrol`: get this box's node certificate with a one-time token.
-#[derive(Debug, clap::Args)]
+/// `teledge enrol`: get this box's node certificate with a one-time token. Its `Debug` never
+/// shows the token.
+#[derive(clap::Args)]
 pub struct EnrolArgs {
     /// The collector's enrolment listener, `https://host:port`.
     #[arg(long)]
@@ -121,6 +122,18 @@ pub struct EnrolArgs {
     pub out: PathBuf,
 }
 
+impl std::fmt::Debug for EnrolArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolArgs")
+            .field("collector", &self.collector)
+            .field("token", &"<redacted>")
+            .field("ca_cert", &self.ca_cert)
+            .field("node_id", &self.node_id)
+            .field("out", &self.out)
+            .finish()
+    }
+}
+
 pub fn enrol(args: EnrolArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,4 +147,23 @@ pub fn enrol(args: EnrolArgs) -> anyhow::Result<ExitCode> {
     ))?;
     println!("{}", args.out.join("node.pem").display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EnrolArgs;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let args = EnrolArgs {
+            collector: "https://collector:8444".into(),
+            token: "5ec2e7a11c0ffee".into(),
+            ca_cert: "/media/ca.pem".into(),
+            node_id: "edge-01".into(),
+            out: "/etc/teledge".into(),
+        };
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("5ec2e7a11c0ffee"), "{shown}");
+        assert!(shown.contains("edge-01"), "{shown}");
+    }
 }
