@@ -187,9 +187,12 @@ impl RecordQueue {
         RecordsDropped { reason, count: 1 }.emit(&self.metrics);
     }
 
-    /// At shutdown, waiting is right: nothing is captured any more.
+    /// Waits for room instead of dropping: right at shutdown (nothing is captured any more)
+    /// and for a source that can wait without losing anything (a file it tails: the lines
+    /// stay in the file, so a full queue slows the reader down instead of costing records).
     fn push_waiting(&self, record: Record) {
         self.produced.fetch_add(1, Ordering::Relaxed);
+        self.metrics.records_produced.with(&[record.kind()]).inc();
         if self.tx.send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             RecordsDropped {

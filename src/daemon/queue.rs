@@ -205,7 +205,11 @@ impl QueueLogJob {
         let metrics = &self.metrics;
         tailer.poll(POLL_BYTES, &mut |line| match queue_log::parse_line(line) {
             Ok(parsed) => {
-                assembler.asterisk(&parsed, &mut |r| records.push(Record::Queue(Box::new(r))));
+                // A file can wait: a full record queue slows the tail down rather than
+                // dropping a queue call whose line the saved position has already passed.
+                assembler.asterisk(&parsed, &mut |r| {
+                    records.push_waiting(Record::Queue(Box::new(r)))
+                });
             }
             // Blank lines carry nothing.
             Err(queue_log::QueueLogError::Empty) => {}
