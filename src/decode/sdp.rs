@@ -6,8 +6,8 @@
 
 /// Why an SDP body could not be summarised.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed SDP: {0}")]
-pub struct SdpError(String);
+#[error("malformed SDP")]
+pub struct SdpError(#[source] sdp::Error);
 
 /// Media direction (RFC 3264 §5.1). `sendrecv` when nothing is said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +70,7 @@ impl SdpSummary {
 /// Summarises an SDP body.
 pub fn summarize(body: &[u8]) -> Result<SdpSummary, SdpError> {
     let mut reader = std::io::Cursor::new(body);
-    let session =
-        sdp::SessionDescription::unmarshal(&mut reader).map_err(|e| SdpError(e.to_string()))?;
+    let session = sdp::SessionDescription::unmarshal(&mut reader).map_err(SdpError)?;
     let session_address = session
         .connection_information
         .as_ref()

@@ -168,9 +168,18 @@ pub struct RtcpSummary {
 }
 
 /// Why an RTCP packet was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed RTCP: {0}")]
-pub struct RtcpError(String);
+#[derive(Debug, thiserror::Error)]
+pub enum RtcpError {
+    #[error("malformed RTCP: empty packet")]
+    Empty,
+    #[error("malformed RTCP: a packet's length runs beyond the datagram")]
+    Length,
+    #[error("malformed RTCP")]
+    Decode(#[source] rtcp::Error),
+    /// The `rtcp` crate panicked on the packet (caught; see the fuzzing notes in the README).
+    #[error("malformed RTCP: the decoder panicked")]
+    DecoderPanicked,
+}
 
 /// Decodes an RTCP compound packet.
 pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
@@ -189,7 +198,7 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
         let words = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
         let len = (words + 1) * 4;
         let Some(one) = rest.get(..len) else {
-            first_error.get_or_insert_with(|| "RTCP length beyond the datagram".to_owned());
+            first_error.get_or_insert(RtcpError::Length);
             break;
         };
         rest = &rest[len..];
@@ -208,17 +217,15 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
         match decoded {
             Ok(Ok(mut decoded)) => packets.append(&mut decoded),
             Ok(Err(e)) => {
-                first_error.get_or_insert_with(|| e.to_string());
+                first_error.get_or_insert(RtcpError::Decode(e));
             }
             Err(_) => {
-                first_error.get_or_insert_with(|| "RTCP decoder panicked".to_owned());
+                first_error.get_or_insert(RtcpError::DecoderPanicked);
             }
         }
     }
     if packets.is_empty() {
-        return Err(RtcpError(
-            first_error.unwrap_or_else(|| "empty RTCP packet".to_owned()),
-        ));
+        return Err(first_error.unwrap_or(RtcpError::Empty));
     }
     let mut summary = RtcpSummary::default();
     let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {

@@ -354,9 +354,9 @@ impl<O: Opener> Device<O> {
                 }
                 Ok(())
             }
-            Err(PollError::Disconnected(reason)) => {
+            Err(e @ PollError::Disconnected(_)) => {
                 self.counters.polls_failed += 1;
-                Err(reason)
+                Err(crate::report::chain(&e))
             }
             Err(e) => {
                 self.counters.polls_failed += 1;
@@ -583,7 +583,7 @@ pub async fn probe(
         path: settings.port.clone(),
         serial: settings.profile.serial.clone(),
     };
-    let port = opener.open().map_err(|e| e.to_string())?;
+    let port = opener.open().map_err(|e| crate::report::chain(&e))?;
     let mut session = Session::new(port, &settings.profile);
     let mut counters = PortCounters::default();
     let mut alerts = Vec::new();
@@ -595,7 +595,7 @@ pub async fn probe(
             .await
         {
             Ok(sample) => return Ok((sample, counters, alerts)),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = crate::report::chain(&e),
         }
     }
     Err(last)

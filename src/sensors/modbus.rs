@@ -21,7 +21,7 @@ use tokio_modbus::client::{rtu, Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::sensors::profile::{DataType, Reading, Source};
-use crate::sensors::serial::SerialLine;
+use crate::sensors::serial::{IoCause, SerialLine};
 
 /// Bytes of a transaction kept for diagnosis (a Modbus RTU frame is at most 256 bytes).
 const TAP_LIMIT: usize = 512;
@@ -29,7 +29,7 @@ const TAP_LIMIT: usize = 512;
 const MAX_REGISTERS_PER_REQUEST: u16 = 125;
 
 /// Why a Modbus transaction failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModbusError {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
@@ -41,8 +41,8 @@ pub enum ModbusError {
     Exception { code: u8, name: &'static str },
     #[error("reply did not match the request: {0}")]
     Mismatch(String),
-    #[error("port failed: {0}")]
-    Io(String),
+    #[error("port failed")]
+    Io(#[source] IoCause),
 }
 
 /// A transport shared between successive tokio-modbus contexts, recording what it reads.
@@ -321,7 +321,7 @@ impl<T: SerialLine> ModbusClient<T> {
                     classify_silence(&self.tap.take_seen(), self.slave, function, timeout)
                 } else {
                     self.context = None;
-                    return Err(ModbusError::Io(e.to_string()));
+                    return Err(ModbusError::Io(e.into()));
                 }
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => ModbusError::Mismatch(e.to_string()),

@@ -12,6 +12,49 @@ use tokio_serial::{
 
 use crate::sensors::profile::{Parity, SerialSettings};
 
+/// An I/O error kept as the source of the sensors' cloneable errors ([`PollError`],
+/// [`ModbusError`]), so the operating system's reason reaches the log through the error
+/// chain instead of being flattened to text. Two are equal when kind and text are.
+///
+/// [`PollError`]: crate::sensors::session::PollError
+/// [`ModbusError`]: crate::sensors::modbus::ModbusError
+#[derive(Debug, Clone)]
+pub struct IoCause(std::sync::Arc<std::io::Error>);
+
+impl IoCause {
+    /// The end of file a tty reads once its device is gone.
+    pub fn end_of_file() -> Self {
+        IoCause::from(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "end of file",
+        ))
+    }
+}
+
+impl From<std::io::Error> for IoCause {
+    fn from(e: std::io::Error) -> Self {
+        IoCause(std::sync::Arc::new(e))
+    }
+}
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// What a device task needs of a port: bytes both ways, and a way to drop stale input.
 pub trait SerialLine: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static {
     /// Throws away input not read yet (the rest of a reply that came too late).

@@ -14,7 +14,7 @@ use crate::sensors::ascii;
 use crate::sensors::megatec;
 use crate::sensors::modbus::{plan_requests, ModbusClient, ModbusError, RegisterRequest, Tap};
 use crate::sensors::profile::{decode_registers, Profile, Protocol, Source};
-use crate::sensors::serial::SerialLine;
+use crate::sensors::serial::{IoCause, SerialLine};
 
 /// Longest reply or line kept while waiting for its terminator.
 const MAX_REPLY: usize = ascii::MAX_LINE;
@@ -38,8 +38,8 @@ pub enum PollError {
     #[error("bad reply: {0}")]
     BadReply(String),
     /// The port is gone (end of file, EIO): close it and reopen later.
-    #[error("device disconnected: {0}")]
-    Disconnected(String),
+    #[error("device disconnected")]
+    Disconnected(#[source] IoCause),
 }
 
 impl PollError {
@@ -156,9 +156,9 @@ impl<T: SerialLine> Session<T> {
         match self.io.read(buf).await {
             // A tty whose device went away reads as end of file (or EIO below); without
             // this check a reader would spin on it at 100 % CPU.
-            Ok(0) => Err(PollError::Disconnected("end of file".into())),
+            Ok(0) => Err(PollError::Disconnected(IoCause::end_of_file())),
             Ok(n) => Ok(n),
-            Err(e) => Err(PollError::Disconnected(e.to_string())),
+            Err(e) => Err(PollError::Disconnected(e.into())),
         }
     }
 
@@ -166,11 +166,11 @@ impl<T: SerialLine> Session<T> {
         self.io
             .write_all(bytes)
             .await
-            .map_err(|e| PollError::Disconnected(e.to_string()))?;
+            .map_err(|e| PollError::Disconnected(e.into()))?;
         self.io
             .flush()
             .await
-            .map_err(|e| PollError::Disconnected(e.to_string()))
+            .map_err(|e| PollError::Disconnected(e.into()))
     }
 
     /// Reads until `terminator`, returning the reply without it. Bytes before a request are
@@ -381,7 +381,7 @@ impl<T: SerialLine> Session<T> {
                             PollError::BadReply(format!("{n} bytes of garbage"))
                         }
                         ModbusError::Mismatch(m) => PollError::BadReply(m),
-                        ModbusError::Io(m) => return Err(PollError::Disconnected(m)),
+                        ModbusError::Io(cause) => return Err(PollError::Disconnected(cause)),
                     };
                     if answered > 0 || first_error.is_some() {
                         // A partial poll: count this failure here, the poll still succeeds.
