@@ -1180,6 +1180,27 @@ fn the_installer_units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let service = std::fs::read_to_string(units.join("teledge-update.service")).unwrap();
     assert!(service.contains("ExecStart=/usr/bin/teledge update-apply"));
+    assert!(service.contains("Type=oneshot") && service.contains("User=root"));
+    // The daemon that downloads and verifies stays unprivileged and cannot write /usr: its
+    // own user, the whole file system read-only but its state directory, no privileges
+    // gained by exec.
+    let daemon = std::fs::read_to_string(units.join("teledge.service")).unwrap();
+    for line in [
+        "User=teledge",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            daemon.lines().any(|l| l == line),
+            "teledge.service lacks {line}"
+        );
+    }
+    assert!(
+        !daemon
+            .lines()
+            .any(|l| l.starts_with("ReadWritePaths=") && l.contains("/usr")),
+        "teledge.service may write /usr"
+    );
     std::fs::write(
         dir.path().join("teledge-update.service"),
         service.replace("/usr/bin/teledge", env!("CARGO_BIN_EXE_teledge")),
