@@ -366,8 +366,8 @@ pub fn table(status: &FleetStatus) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<20} {:<6} {:<12} {:<25} {:>6} {:<14} {}",
-        "NODE", "ARCH", "RUNNING", "LAST SEEN", "BUCKET", "PROGRESS", "DETAIL"
+        "{:<20} {:<6} {:<12} {:<25} {:>6} {:<14} DETAIL",
+        "NODE", "ARCH", "RUNNING", "LAST SEEN", "BUCKET", "PROGRESS"
     );
     for n in &status.nodes {
         let progress = serde_json::to_value(n.progress)
