@@ -279,6 +279,34 @@ fn a_release_signed_by_teledge_fleet_is_taken_by_our_agent_and_by_python_tuf_thr
     assert!(trusted.changed);
     let got = ngclient(&fleet, &root, &ng_state, &[]);
     assert_eq!(got["timestamp_version"], trusted.timestamp_version, "{got}");
+
+    // A package of another name than the nodes' is refused before anything is staged; a
+    // target removed is no longer signed.
+    let stranger = teledge()
+        .args([
+            "fleet",
+            "add-target",
+            "--repo",
+            &o.repo,
+            "--keys",
+            &o.keys,
+            "--package",
+        ])
+        .arg(&v2)
+        .args(["--package-name", "teledge-other"])
+        .output()
+        .unwrap();
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("expected \"teledge-other\""),
+        "{stranger:?}"
+    );
+    let other_target = format!("packages/teledge_0.1.0-1_{}.deb", other_arch());
+    o.run("remove-target", &[&other_target]);
+    o.run("publish", &[]);
+    let got = ngclient(&fleet, &root, &ng_state, &[&other_target, &v2_target]);
+    assert_eq!(got["targets"][&other_target], Value::Null, "{got}");
+    assert!(got["targets"][&v2_target].is_object(), "{got}");
 }
 
 #[test]
