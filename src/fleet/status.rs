@@ -107,7 +107,17 @@ pub fn read_collected(dir: &Path) -> std::io::Result<Collected> {
                         match u.kind {
                             UpdateKind::Package => {
                                 if let Some(v) = &u.version {
-                                    node.packages.insert(v.clone(), u);
+                                    // "Failed before" repeats a rollback: the rollback
+                                    // says more.
+                                    let repeat = u.step == UpdateStep::Refused
+                                        && u.reason.as_deref() == Some("failed_before")
+                                        && node
+                                            .packages
+                                            .get(v)
+                                            .is_some_and(|old| old.step == UpdateStep::RolledBack);
+                                    if !repeat {
+                                        node.packages.insert(v.clone(), u);
+                                    }
                                 }
                             }
                             UpdateKind::Config => node.config = Some(u),
@@ -478,11 +488,15 @@ mod tests {
                 heartbeat("done", "0.2.0", &fresh),
             ],
         );
+        // A rollback, then the refusal of the failed version at the next poll.
+        let mut failed_before = update("back", "0.2.0-1", "refused");
+        failed_before["record"]["reason"] = json!("failed_before");
         write(
             "back",
             &[
                 heartbeat("back", "0.1.0", &fresh),
                 update("back", "0.2.0-1", "rolled_back"),
+                failed_before,
             ],
         );
         write(&low, &[heartbeat(&low, "0.1.0", &fresh)]);
