@@ -640,7 +640,7 @@ impl Repository {
     ) -> Result<(String, u64), RepoError> {
         if audience.nodes.is_empty() && audience.groups.is_empty() {
             return Err(RepoError::Usage(
-                "a configuration is for --node or --group (the nodes refuse one for everyone)"
+                "a configuration is for nodes or groups (--node, --config-group): the nodes refuse one for everyone"
                     .into(),
             ));
         }
