@@ -287,10 +287,16 @@ check "the unit is neither enabled nor masked" test ! -e "$root/etc/systemd/syst
 check "the administrator's teledge.toml and keys stay" test -f "$etc/teledge.toml" -a -f "$etc/node.key"
 check "the user stays (Debian keeps system users)" in_root getent passwd teledge
 
-# 6. A box provisioned before the package: the first install starts the service.
+# 6. A box provisioned before the package: the first install starts the service. Its node
+#    key is as `teledge enrol` leaves it when the group teledge does not exist yet (root's,
+#    0600); postinst gives it to the group, or check-config (as teledge) could not read it.
+chown 0:0 "$etc/node.key"
+chmod 0600 "$etc/node.key"
 : >"$root/var/log/policy-rc.d.log"
 : >"$work/apt.log"
 check "install $version-1 onto a provisioned configuration" apt_in_root install "/tmp/$(basename "$v1")"
+check "postinst made the enrolled node.key 0640 root:teledge" \
+  test "$(chroot "$root" stat -c '%a %U:%G' /etc/teledge/node.key)" = "640 root:teledge"
 check "/var/lib/teledge is made again, 0700 teledge" \
   test "$(chroot "$root" stat -c '%a %U' /var/lib/teledge)" = "700 teledge"
 check "the configured service was asked to start" grep -qx "teledge.service start" "$root/var/log/policy-rc.d.log"

@@ -37,7 +37,8 @@
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
-//!   privileged one-shot unit and rolled back when the new version is not healthy.
+//!   privileged one-shot unit and rolled back when the new version is not healthy; and the
+//!   fleet owner's side (`teledge fleet`: keys, signed releases, rollouts, progress).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).

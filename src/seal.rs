@@ -26,7 +26,11 @@ pub enum SealError {
     },
     #[error("key file {path}: expected 32 bytes (raw) or 64 hex characters, found {len} bytes")]
     KeyLength { path: PathBuf, len: usize },
-    #[error("credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set")]
+    #[error(
+        "credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set (systemd sets it for \
+         the service from the unit's LoadCredential=; by hand, give the file: \
+         teledge check-config --credential {0}=FILE)"
+    )]
     NoCredentialsDirectory(String),
     #[error("sealed record too short or of unknown version")]
     Malformed,

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 pub mod check_config;
 pub mod collect;
 pub mod dead_letters;
+pub mod fleet;
 pub mod fleet_apply;
 pub mod pki;
 pub mod replay;
@@ -63,6 +64,10 @@ pub enum Command {
     /// Install a fleet update the daemon handed over, hold its probation, roll back if it
     /// fails (run as root by teledge-update.service).
     UpdateApply(fleet_apply::UpdateApplyArgs),
+    /// The fleet owner's side: TUF keys, releases (packages per architecture, groups,
+    /// rollout percentage, canaries), key rotation, re-signing, and a rollout's progress.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// The site CA, collector and node certificates, enrolment tokens.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -84,6 +89,7 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::CheckConfig(args) => check_config::run(args),
             Command::UpdateApply(args) => fleet_apply::run(args),
+            Command::Fleet(command) => fleet::run(command),
             Command::Pki(command) => pki::run(command),
             Command::Enrol(args) => pki::enrol(args),
         }

@@ -2,7 +2,7 @@
 //! one-time enrolment tokens (see [`teledge::pki`] for what each certificate holds).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
@@ -120,6 +120,11 @@ pub struct EnrolArgs {
     /// Where to write node.key (0600, made here), node.pem and ca.pem.
     #[arg(long, default_value = "/etc/teledge")]
     pub out: PathBuf,
+    /// The group that may read node.key (0640): the daemon's. When it does not exist yet
+    /// (the package is installed later), the key stays 0600 and the package's postinst
+    /// gives it to the group.
+    #[arg(long, default_value = "teledge")]
+    pub key_group: String,
 }
 
 impl std::fmt::Debug for EnrolArgs {
@@ -130,6 +135,7 @@ impl std::fmt::Debug for EnrolArgs {
             .field("ca_cert", &self.ca_cert)
             .field("node_id", &self.node_id)
             .field("out", &self.out)
+            .field("key_group", &self.key_group)
             .finish()
     }
 }
@@ -145,13 +151,76 @@ pub fn enrol(args: EnrolArgs) -> anyhow::Result<ExitCode> {
         &args.node_id,
         &args.out,
     ))?;
+    let key = args.out.join("node.key");
+    match group_id(Path::new("/etc/group"), &args.key_group)? {
+        Some(gid) => {
+            use std::os::unix::fs::PermissionsExt;
+            let given = std::os::unix::fs::chown(&key, None, Some(gid)).and_then(|()| {
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640))
+            });
+            match given {
+                Ok(()) => eprintln!(
+                    "teledge enrol: {} is 0640, group {} (the daemon reads it)",
+                    key.display(),
+                    args.key_group
+                ),
+                Err(e) => eprintln!(
+                    "teledge enrol: warning: cannot give {} to group {}: {e}; run \
+                     'chgrp {} {} && chmod 0640 {}' as root",
+                    key.display(),
+                    args.key_group,
+                    args.key_group,
+                    key.display(),
+                    key.display()
+                ),
+            }
+        }
+        None => eprintln!(
+            "teledge enrol: group {:?} does not exist yet: {} stays 0600; installing the \
+             package gives it to that group (postinst), or run \
+             'chgrp {} {} && chmod 0640 {}'",
+            args.key_group,
+            key.display(),
+            args.key_group,
+            key.display(),
+            key.display()
+        ),
+    }
     println!("{}", args.out.join("node.pem").display());
     Ok(ExitCode::SUCCESS)
 }
 
+/// The id of group `name` in a group file (`/etc/group`), `None` if it has no such group.
+fn group_id(file: &Path, name: &str) -> anyhow::Result<Option<u32>> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+            .flatten()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::EnrolArgs;
+
+    #[test]
+    fn group_ids_are_read_from_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("group");
+        std::fs::write(
+            &file,
+            "root:x:0:\nteledge-x:x:5:\nteledge:x:998:\nbad:x:y:\n",
+        )
+        .unwrap();
+        assert_eq!(super::group_id(&file, "teledge").unwrap(), Some(998));
+        assert_eq!(super::group_id(&file, "root").unwrap(), Some(0));
+        assert_eq!(super::group_id(&file, "bad").unwrap(), None);
+        assert_eq!(super::group_id(&file, "none").unwrap(), None);
+    }
 
     #[test]
     fn debug_never_shows_the_token() {
@@ -161,6 +230,7 @@ mod tests {
             ca_cert: "/media/ca.pem".into(),
             node_id: "edge-01".into(),
             out: "/etc/teledge".into(),
+            key_group: "teledge".into(),
         };
         let shown = format!("{args:?}");
         assert!(!shown.contains("5ec2e7a11c0ffee"), "{shown}");

@@ -80,3 +80,24 @@ pub(super) fn spawn(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_are_spread_over_the_whole_jitter_and_never_beyond_it() {
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_secs(600);
+        let draws: Vec<Duration> = (0..2000).map(|_| jitter(max)).collect();
+        assert!(draws.iter().all(|d| *d <= max));
+        // Spread over the range, not in step: every tenth of it is hit.
+        for tenth in 0..10u32 {
+            let (low, high) = (max * tenth / 10, max * (tenth + 1) / 10);
+            assert!(
+                draws.iter().any(|d| *d >= low && *d < high),
+                "nothing in {low:?}..{high:?}"
+            );
+        }
+    }
+}

@@ -17,6 +17,9 @@
 //!   holds a probation: the service must answer `/health` 200 within `start_timeout_s` and
 //!   keep answering 200 for `probation_s`. Otherwise the previous package (or configuration)
 //!   is put back and the failed version is never tried again.
+//! - [`repo`]: the fleet owner's side, `teledge fleet`: keys (root offline, the others
+//!   online), staging and signing releases, rotation, re-signing before expiry.
+//!   [`status`]: a rollout's progress from the records the collector holds.
 //! - Every step is a `teledge.update/1` record ([`crate::record::update`]): the agent's own
 //!   steps go straight to the spool; the installer's (it cannot open the daemon's spool)
 //!   are appended to `outcomes.jsonl` in the hand-off directory, which the agent reads and
@@ -37,7 +40,9 @@
 pub mod agent;
 pub mod apply;
 pub mod canonical;
+pub mod repo;
 pub mod select;
+pub mod status;
 pub mod transport;
 pub mod tuf;
 

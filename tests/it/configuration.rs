@@ -98,6 +98,55 @@ fn replay_forward_takes_the_daemons_configuration_file() {
     assert!(check.status.success(), "{}", text(&check));
 }
 
+/// `check-config` run by hand, outside the unit, on a configuration whose spool key is a
+/// systemd credential: without $CREDENTIALS_DIRECTORY it says how to give the file; with
+/// `--credential NAME=FILE` it reads it as the unit's `LoadCredential=` would hand it over.
+#[test]
+fn check_config_by_hand_takes_a_credential_file_and_says_how_without_it() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = example_configuration(&pki, &etc, 8443);
+    let by_hand = teledge()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(by_hand.status.code(), Some(78), "{}", text(&by_hand));
+    assert!(
+        text(&by_hand).contains("spool.key_credential (line")
+            && text(&by_hand).contains("teledge check-config --credential spool-key=FILE"),
+        "{}",
+        text(&by_hand)
+    );
+    let given = teledge()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .arg("--credential")
+        .arg(format!("spool-key={}", etc.join("spool-key").display()))
+        .output()
+        .unwrap();
+    assert!(given.status.success(), "{}", text(&given));
+    // A wrong file is the same problem the service would have.
+    let wrong = teledge()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .args(["--credential", "spool-key=/nonexistent/spool.key"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(78), "{}", text(&wrong));
+    assert!(text(&wrong).contains("spool-key"), "{}", text(&wrong));
+    let bad = teledge()
+        .args(["check-config", "--credential", "../x=/etc/passwd"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
+
 #[test]
 fn a_forwarding_only_configuration_still_works_in_the_old_form_too() {
     let pki = pki();

@@ -29,7 +29,7 @@ use crate::uplink::{collector_with, forward_config, pki, stored, Collector, Pki}
 
 /// The interpreter with python-tuf: `TELEDGE_TEST_PYTHON`, or the virtual environment
 /// `scripts/test.sh` makes. Missing is a failure, never a skip.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let python = std::env::var_os("TELEDGE_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -71,11 +71,11 @@ fn keys() -> Value {
     json!({"root": 1, "targets": 2, "snapshot": 1, "timestamp": 1})
 }
 
-fn my_arch() -> &'static str {
+pub(crate) fn my_arch() -> &'static str {
     teledge::fleet::native_arch()
 }
 
-fn other_arch() -> &'static str {
+pub(crate) fn other_arch() -> &'static str {
     if my_arch() == "amd64" {
         "arm64"
     } else {
@@ -84,7 +84,7 @@ fn other_arch() -> &'static str {
 }
 
 /// A `.deb` of package `teledge` whose `/usr/bin/teledge` is `program`.
-fn deb(dir: &Path, version: &str, arch: &str, program: &str) -> PathBuf {
+pub(crate) fn deb(dir: &Path, version: &str, arch: &str, program: &str) -> PathBuf {
     let tree = dir.join(format!("pkg-{version}-{arch}"));
     std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
     std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
@@ -145,15 +145,15 @@ fn served_target(served: &Path, dir: &str, suffix: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no target *{suffix} served"))
 }
 
-struct Fleet {
-    pki: Pki,
-    dir: tempfile::TempDir,
-    served: PathBuf,
-    port: u16,
-    collector: Option<Collector>,
+pub(crate) struct Fleet {
+    pub(crate) pki: Pki,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) served: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) collector: Option<Collector>,
 }
 
-fn fleet() -> Fleet {
+pub(crate) fn fleet() -> Fleet {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let served = dir.path().join("served");
@@ -168,7 +168,7 @@ fn fleet() -> Fleet {
     }
 }
 
-fn start_collector(pki: &Pki, dir: &Path, served: &Path, port: u16) -> Collector {
+pub(crate) fn start_collector(pki: &Pki, dir: &Path, served: &Path, port: u16) -> Collector {
     collector_with(
         pki,
         "collector",
@@ -179,7 +179,7 @@ fn start_collector(pki: &Pki, dir: &Path, served: &Path, port: u16) -> Collector
     )
 }
 
-fn transport(fleet: &Fleet, client_cert: &str) -> HttpsTransport {
+pub(crate) fn transport(fleet: &Fleet, client_cert: &str) -> HttpsTransport {
     let spool = fleet.dir.path().join(format!("spool-{client_cert}"));
     let config = forward_config(
         &fleet.pki,
@@ -193,7 +193,7 @@ fn transport(fleet: &Fleet, client_cert: &str) -> HttpsTransport {
     HttpsTransport::new(&forward.uplink).unwrap()
 }
 
-fn settings(state_dir: &Path, root: &Path) -> FleetSettings {
+pub(crate) fn settings(state_dir: &Path, root: &Path) -> FleetSettings {
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     FleetSettings {
         root_file: root.to_owned(),
@@ -213,14 +213,14 @@ fn settings(state_dir: &Path, root: &Path) -> FleetSettings {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn poll_at(
+pub(crate) fn poll_at(
     rt: &tokio::runtime::Runtime,
     agent: &mut FleetAgent<HttpsTransport>,
     now: SystemTime,
@@ -231,7 +231,10 @@ fn poll_at(
     records
 }
 
-fn poll(rt: &tokio::runtime::Runtime, agent: &mut FleetAgent<HttpsTransport>) -> Vec<UpdateRecord> {
+pub(crate) fn poll(
+    rt: &tokio::runtime::Runtime,
+    agent: &mut FleetAgent<HttpsTransport>,
+) -> Vec<UpdateRecord> {
     poll_at(rt, agent, SystemTime::now())
 }
 
@@ -250,7 +253,7 @@ fn refusal<'a>(records: &'a [UpdateRecord], reason: &str) -> &'a UpdateRecord {
     refused[0]
 }
 
-fn steps(records: &[UpdateRecord]) -> Vec<UpdateStep> {
+pub(crate) fn steps(records: &[UpdateRecord]) -> Vec<UpdateStep> {
     records.iter().map(|r| r.step).collect()
 }
 
@@ -582,7 +585,7 @@ fn a_node_offline_during_a_rollout_catches_up_when_it_returns() {
 }
 
 /// The service as the tests run it: `restart.sh` stands in for `systemctl restart`.
-struct Service {
+pub(crate) struct Service {
     dir: PathBuf,
     health: u16,
 }
@@ -594,11 +597,11 @@ impl Service {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         teledge::fleet::apply::probe(([127, 0, 0, 1], self.health).into()) == Ok(200)
     }
 
-    fn wait_healthy(&self) {
+    pub(crate) fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.healthy() {
             assert!(
@@ -610,7 +613,7 @@ impl Service {
         }
     }
 
-    fn restart(&self) {
+    pub(crate) fn restart(&self) {
         let status = Command::new("sh")
             .arg(self.dir.join("restart.sh"))
             .status()
@@ -634,7 +637,7 @@ impl Drop for Service {
 
 /// Writes the stand-ins for `systemctl restart` and `reload`: the program started is
 /// `program` (the installed `/usr/bin/teledge`, or the binary under test).
-fn service(dir: &Path, program: &str, health: u16) -> Service {
+pub(crate) fn service(dir: &Path, program: &str, health: u16) -> Service {
     std::fs::write(
         dir.join("restart.sh"),
         format!(
@@ -668,7 +671,7 @@ echo $! >{dir}/pid
 }
 
 /// The daemon's configuration with `[fleet]` (its installer's commands are the stand-ins).
-fn fleet_config(
+pub(crate) fn fleet_config(
     pki: &Pki,
     dir: &Path,
     collector: u16,
@@ -709,7 +712,7 @@ udp = "127.0.0.1:0"
 }
 
 /// Waits for the daemon's request, then runs the installer as the path unit would.
-fn install_when_handed_over(dir: &Path, config: &Path) -> Vec<UpdateRecord> {
+pub(crate) fn install_when_handed_over(dir: &Path, config: &Path) -> Vec<UpdateRecord> {
     let request = dir.join("fleet/handoff/request.json");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !request.exists() {
@@ -739,7 +742,7 @@ fn install_when_handed_over(dir: &Path, config: &Path) -> Vec<UpdateRecord> {
         .collect()
 }
 
-fn dpkg_version(root: &Path) -> String {
+pub(crate) fn dpkg_version(root: &Path) -> String {
     let out = Command::new("dpkg-query")
         .arg(format!("--root={}", root.display()))
         .args(["--showformat=${Version}", "--show", "teledge"])
@@ -749,7 +752,7 @@ fn dpkg_version(root: &Path) -> String {
 }
 
 /// Update records the collector stored (sent through the daemon's spool).
-fn collected_updates(out: &Path) -> Vec<Value> {
+pub(crate) fn collected_updates(out: &Path) -> Vec<Value> {
     stored(out)
         .into_iter()
         .map(|line| line["record"].clone())
@@ -757,7 +760,7 @@ fn collected_updates(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn wait_collected(out: &Path, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) fn wait_collected(out: &Path, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let records = collected_updates(out);
@@ -769,7 +772,7 @@ fn wait_collected(out: &Path, what: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -1177,6 +1180,27 @@ fn the_installer_units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let service = std::fs::read_to_string(units.join("teledge-update.service")).unwrap();
     assert!(service.contains("ExecStart=/usr/bin/teledge update-apply"));
+    assert!(service.contains("Type=oneshot") && service.contains("User=root"));
+    // The daemon that downloads and verifies stays unprivileged and cannot write /usr: its
+    // own user, the whole file system read-only but its state directory, no privileges
+    // gained by exec.
+    let daemon = std::fs::read_to_string(units.join("teledge.service")).unwrap();
+    for line in [
+        "User=teledge",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            daemon.lines().any(|l| l == line),
+            "teledge.service lacks {line}"
+        );
+    }
+    assert!(
+        !daemon
+            .lines()
+            .any(|l| l.starts_with("ReadWritePaths=") && l.contains("/usr")),
+        "teledge.service may write /usr"
+    );
     std::fs::write(
         dir.path().join("teledge-update.service"),
         service.replace("/usr/bin/teledge", env!("CARGO_BIN_EXE_teledge")),

@@ -14,6 +14,7 @@ pub(crate) mod daemon;
 pub(crate) mod daemon_in_process;
 mod encapsulation;
 mod fleet;
+mod fleet_owner;
 mod generated;
 mod hep;
 mod layering;

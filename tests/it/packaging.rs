@@ -252,6 +252,21 @@ fn maintainer_scripts_enable_the_service_and_start_it_only_when_configured() {
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
     assert!(postinst.contains("systemd-tmpfiles --create teledge.conf"));
     assert!(postinst.contains("deb-systemd-helper enable teledge.service"));
+    // systemd reloads its units after install and removal ("reload systemd").
+    assert!(
+        postinst.contains("systemctl --system daemon-reload"),
+        "{postinst}"
+    );
+    assert!(
+        read("DEBIAN/postrm").contains("systemctl --system daemon-reload"),
+        "postrm"
+    );
+    // An enrolled node.key is given to the daemon's group, after the user exists.
+    let sysusers = postinst.find("systemd-sysusers").unwrap();
+    let chgrp = postinst
+        .find("chgrp teledge \"$key\"")
+        .expect("postinst gives node.key to group teledge");
+    assert!(sysusers < chgrp, "{postinst}");
     // Upgrades restart a running service only; the one `start` is behind check-config.
     assert!(postinst.contains("deb-systemd-invoke try-restart teledge.service"));
     let starts: Vec<usize> = postinst

@@ -262,8 +262,49 @@ fn a_box_enrols_once_with_a_token_and_then_forwards() {
     refused_with(untrusting, "UnknownIssuer");
     assert!(!boxdir.join("node.key").exists());
 
-    ok(enrol(&url, &first, &ca_cert, "edge-05", &boxdir));
+    let enrolled = enrol(&url, &first, &ca_cert, "edge-05", &boxdir);
+    // No group teledge on this machine (the package is not installed): the key stays 0600
+    // and the message says what gives it to the daemon.
+    assert!(
+        String::from_utf8_lossy(&enrolled.stderr).contains("group \"teledge\" does not exist yet"),
+        "{enrolled:?}"
+    );
+    ok(enrolled);
     assert_eq!(mode(&boxdir.join("node.key")), 0o600);
+    // With the daemon's group present (here: nogroup, which every Debian has), the key is
+    // made readable to it: 0640, that group.
+    let grouped = work.path().join("grouped");
+    let again = token(&ca, "edge-05", 600);
+    let grouped_run = teledge(&[
+        "enrol",
+        "--collector",
+        &url,
+        "--token",
+        &again,
+        "--ca-cert",
+        s(&ca_cert),
+        "--node-id",
+        "edge-05",
+        "--out",
+        s(&grouped),
+        "--key-group",
+        "nogroup",
+    ]);
+    ok(grouped_run);
+    assert_eq!(mode(&grouped.join("node.key")), 0o640);
+    use std::os::unix::fs::MetadataExt;
+    let nogroup = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("nogroup:x:")
+                .map(|r| r.trim_end_matches(':').parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(grouped.join("node.key")).unwrap().gid(),
+        nogroup
+    );
     // The key was made on the box: the CA directory holds no private key but its own.
     for entry in walk(&ca) {
         let text = std::fs::read_to_string(&entry).unwrap_or_default();
