@@ -149,6 +149,8 @@ pub(super) struct RawUplink {
     timeout_ms: u64,
     #[serde(default = "default_dead_letter")]
     dead_letter_max_bytes: u64,
+    /// `[uplink.nats]`: the JetStream sink's settings (with a `nats://`/`tls://` url).
+    nats: Option<super::nats::RawNats>,
 }
 
 fn default_max_bytes() -> u64 {
@@ -462,13 +464,34 @@ pub(super) fn validate_forward(
         }
     };
 
-    let (host, port, url_path) = match parse_https_url(&raw.uplink.url) {
-        Ok(parts) => parts,
-        Err(message) => {
-            problem("uplink.url", message);
-            (String::new(), 0, String::new())
+    // A nats:// or tls:// url: the JetStream sink ([uplink.nats]) instead of the collector.
+    let nats_url = super::nats::is_nats_url(&raw.uplink.url);
+    let (host, port, url_path) = if nats_url {
+        (String::new(), 0, String::new())
+    } else {
+        if raw.uplink.nats.is_some() {
+            problem(
+                "uplink.nats",
+                "only with a nats:// or tls:// uplink url (the JetStream sink)".into(),
+            );
+        }
+        match parse_https_url(&raw.uplink.url) {
+            Ok(parts) => parts,
+            Err(message) => {
+                problem("uplink.url", message);
+                (String::new(), 0, String::new())
+            }
         }
     };
+    let mut nats_problems = Vec::new();
+    let nats = nats_url.then(|| {
+        super::nats::validate(
+            &raw.uplink.url,
+            raw.uplink.nats.unwrap_or_default(),
+            &node_id,
+            &mut nats_problems,
+        )
+    });
     let tls12_allowed = match raw.uplink.min_tls.as_str() {
         "1.3" => false,
         "1.2" => true,
@@ -552,6 +575,7 @@ pub(super) fn validate_forward(
         );
     }
 
+    problems.extend(nats_problems);
     let (Some(spool_key), Some(mode)) = (key_source, mode) else {
         return None;
     };
@@ -598,6 +622,7 @@ pub(super) fn validate_forward(
             timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
             dead_letter_dir: raw.spool.dir.join("dead-letter"),
             dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,
+            nats,
         },
         spool,
         warnings,
