@@ -19,6 +19,7 @@ mod hep;
 mod layering;
 pub(crate) mod live;
 mod media;
+mod nats;
 mod memory;
 mod observe;
 mod packaging;
