@@ -228,49 +228,71 @@ impl Contents {
 }
 
 fn read_stream(rt: &tokio::runtime::Runtime, pki: &Pki, servers: &[String]) -> Contents {
+    // A cluster that just lost or regained a node may time out an API request for a few
+    // seconds (its Raft groups elect leaders): the whole read is tried again then.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rt.block_on(try_read_stream(pki, servers)) {
+            Ok(contents) => return contents,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("stream not read yet: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("stream not read: {e}"),
+        }
+    }
+}
+
+async fn try_read_stream(pki: &Pki, servers: &[String]) -> Result<Contents, String> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let config = BusConfig {
         create_stream: None,
         ..bus(pki, servers, "ca.pem", "bus-client", 1)
     };
-    rt.block_on(async {
-        let publisher = teledge::collect::connect_bus(&config, 1).await.unwrap();
-        let mut stream = publisher.context().get_stream("TELEDGE").await.unwrap();
-        let messages = stream.info().await.unwrap().state.messages;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                ack_policy: AckPolicy::None,
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let publisher = teledge::collect::connect_bus(&config, 1)
+        .await
+        .map_err(|e| teledge::report::chain(&e))?;
+    let mut stream = publisher
+        .context()
+        .get_stream("TELEDGE")
+        .await
+        .map_err(|e| text(&e))?;
+    let messages = stream.info().await.map_err(|e| text(&e))?.state.messages;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| text(&e))?;
+    let mut lines = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
             .await
-            .unwrap();
-        let mut lines = Vec::new();
-        loop {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(1000)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-                .unwrap();
-            let before = lines.len();
-            while let Some(message) = batch.next().await {
-                let message = message.unwrap();
-                let msg_id = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                lines.push((msg_id, serde_json::from_slice(&message.payload).unwrap()));
-            }
-            if lines.len() == before {
-                break;
-            }
+            .map_err(|e| text(&e))?;
+        let before = lines.len();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| text(&e))?;
+            let msg_id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let line = serde_json::from_slice(&message.payload).map_err(|e| text(&e))?;
+            lines.push((msg_id, line));
         }
-        Contents { messages, lines }
-    })
+        if lines.len() == before {
+            break;
+        }
+    }
+    Ok(Contents { messages, lines })
 }
 
 /// A forwarding configuration of `node` publishing to `servers` (first is the url).
@@ -533,7 +555,13 @@ fn a_cluster_node_killed_under_load_loses_nothing_and_stores_nothing_twice() {
     // The stream leader is SIGKILLed under load; the others elect a new one (4–9 s).
     let at = nodes.iter().position(|n| n.name == leader).unwrap();
     nodes[at].kill();
+    let killed = Instant::now();
     let stats = forwarding.join().unwrap().unwrap();
+    eprintln!(
+        "leader {leader} killed; drained {:?} later: {stats:?}",
+        killed.elapsed()
+    );
+    assert!(stats.retries > 0, "the kill went unnoticed: {stats:?}");
     assert_eq!(stats.records + stats.duplicates, 3000, "{stats:?}");
     let survivors: Vec<String> = nodes
         .iter()
