@@ -739,3 +739,86 @@ fn forward_with(
     assert_eq!(spool.lock().unwrap().stats().records, 0);
     stats
 }
+
+/// GET `path` from the agent's observability port: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Polls `path` until `want(status, body)`; panics with the last answer after `within`.
+fn wait_http(port: u16, path: &str, within: Duration, want: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some((status, body)) = http_get(port, path) {
+            if want(status, &body) {
+                return body;
+            }
+            last = Some((status, body));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{path} never answered as wanted within {within:?}; last: {last:#?}");
+}
+
+#[test]
+fn the_daemon_shows_jetstream_failures_in_metrics_and_health_and_recovers() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    // The server runs, but no stream takes the agent's subjects yet.
+    let nats = Nats::start(&pki, work.path(), "n1", None);
+    nats.wait_healthy(Duration::from_secs(10));
+    let servers = vec![nats.url()];
+    let spool = work.path().join("spool");
+    let config = nats_config(&pki, &spool, "edge-01", &servers, 100);
+    let metrics = free_port();
+    let text = format!(
+        "{}\n[hep]\nudp = \"127.0.0.1:{}\"\n[observe]\nlisten = \"127.0.0.1:{metrics}\"\nuplink_failing_after_s = 1\n",
+        std::fs::read_to_string(&config).unwrap(),
+        free_port()
+    );
+    let config = work.path().join("teledge.toml");
+    std::fs::write(&config, text).unwrap();
+    let _agent = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Its heartbeat cannot land: /health degrades naming the cause, /metrics counts it.
+    let health = wait_http(metrics, "/health", Duration::from_secs(20), |s, b| {
+        s == 503 && b.contains("uplink failing for")
+    });
+    assert!(health.contains("no stream found"), "{health}");
+    let text = wait_http(metrics, "/metrics", Duration::from_secs(5), |_, b| {
+        b.contains("teledge_uplink_failures_total{kind=\"no_stream\"}")
+    });
+    assert!(text.contains("teledge_uplink_batches_acked_total 0"), "{text}");
+
+    // The stream appears: the agent delivers, health recovers.
+    let rt = runtime();
+    create_stream(&rt, &pki, &servers, 1);
+    wait_http(metrics, "/health", Duration::from_secs(40), |s, b| {
+        s == 200 && b.contains("\"uplink_ever_acknowledged\":true")
+    });
+    let contents = read_stream(&rt, &pki, &servers);
+    assert!(contents
+        .lines
+        .iter()
+        .any(|(_, l)| l["record"]["type"] == "heartbeat"));
+    let ids: HashSet<&str> = contents.lines.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len() as u64, contents.messages);
+}
