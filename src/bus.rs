@@ -73,7 +73,12 @@ fn jetstream(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> Consu
 
 /// Reads the stream into the files until `idle_exit` (if any) passes without a message.
 pub async fn consume(config: ConsumeConfig) -> Result<ConsumeStats, ConsumeError> {
-    let name = config.bus.nats.stream.clone().ok_or(ConsumeError::NoStream)?;
+    let name = config
+        .bus
+        .nats
+        .stream
+        .clone()
+        .ok_or(ConsumeError::NoStream)?;
     let publisher = connect_bus(&config.bus, 1).await?;
     let js = publisher.context();
     let stream = js
@@ -116,7 +121,10 @@ pub async fn consume(config: ConsumeConfig) -> Result<ConsumeStats, ConsumeError
             }
         }
         if messages.is_empty() {
-            if config.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+            if config
+                .idle_exit
+                .is_some_and(|d| last_message.elapsed() >= d)
+            {
                 // Acknowledgements are written before the connection goes.
                 let _ = js.client().flush().await;
                 return Ok(stats);
@@ -142,8 +150,13 @@ pub async fn consume(config: ConsumeConfig) -> Result<ConsumeStats, ConsumeError
                 continue;
             };
             if node != group_node && !group.is_empty() {
-                store_group(&mut files, &group_node, std::mem::take(&mut group), &mut stats)
-                    .await;
+                store_group(
+                    &mut files,
+                    &group_node,
+                    std::mem::take(&mut group),
+                    &mut stats,
+                )
+                .await;
             }
             group_node = node;
             group.push((message, line));

@@ -62,6 +62,25 @@
 //! - an accept error (out of file descriptors, `EMFILE`) never ends the process: the loop backs
 //!   off (10 ms doubling to 1 s) and goes on.
 //!
+//! # The bus
+//!
+//! With `--nats URL` (a [`BusConfig`]), every line of an accepted batch is also published
+//! into a JetStream stream, exactly as an agent's JetStream sink would publish it (subject
+//! `<prefix>.<node>.<kind>`, `Nats-Msg-Id` the record id, the line as payload; see
+//! [`crate::uplink::nats`]), and the batch is acknowledged to the agent only once *every*
+//! line has its PubAck; otherwise it is answered `503` (counted in `bus_failures`) and the
+//! agent retries. Files come first when there are any (`--out`), so the sequence checks
+//! above still refuse a regressed batch before anything is published; every line is
+//! published, not only those new to the files, so a batch whose files were written but
+//! whose publish failed still reaches the stream on the retry, where the duplicate window
+//! drops what it already holds. Without `--out` the collector keeps no state at all and
+//! several collectors behind a load balancer feed one stream: a batch retried through
+//! another collector is deduplicated by the stream (within its duplicate window; the
+//! watermark check against sequence regressions needs files). `--nats-create-stream`
+//! makes the stream (subjects `<prefix>.>`, file storage, `--nats-replicas`,
+//! `--nats-duplicate-window`) when it does not exist. `collect --from-nats` reads it back
+//! into files ([`crate::bus`]).
+//!
 //! # Fleet repository
 //!
 //! With `--fleet DIR`, the collector also serves a TUF repository to its nodes, over the
@@ -276,9 +295,9 @@ async fn publish_lines(
     for line in lines {
         let message = Outgoing::line(prefix, node, line.id.clone(), line.record.get().as_bytes())
             .map_err(|e| NatsError {
-                kind: NatsFailureKind::Refused,
-                reason: format!("record line: {e}"),
-            })?;
+            kind: NatsFailureKind::Refused,
+            reason: format!("record line: {e}"),
+        })?;
         messages.push(message);
     }
     bus.publish(messages).await
@@ -287,8 +306,14 @@ async fn publish_lines(
 /// Connects to NATS for publishing (`parallel` batches at once), and makes the stream when
 /// asked to and missing.
 pub async fn connect_bus(bus: &BusConfig, parallel: usize) -> Result<Publisher, CollectError> {
-    let tls = ClientTls::new(&bus.ca_file, &bus.cert_file, &bus.key_file, bus.tls12_allowed)?;
-    let publisher = Publisher::connect(&bus.nats, &tls, bus.timeout, "teledge collect", parallel).await?;
+    let tls = ClientTls::new(
+        &bus.ca_file,
+        &bus.cert_file,
+        &bus.key_file,
+        bus.tls12_allowed,
+    )?;
+    let publisher =
+        Publisher::connect(&bus.nats, &tls, bus.timeout, "teledge collect", parallel).await?;
     if let (Some(plan), Some(name)) = (bus.create_stream, &bus.nats.stream) {
         let config = async_nats::jetstream::stream::Config {
             name: name.clone(),
@@ -1306,7 +1331,9 @@ pub enum FilesError {
     },
     #[error("not a valid node id: {0:?}")]
     BadNode(String),
-    #[error("record {id} (epoch {epoch}, seq {seq}): {why}; a sequence went backwards in an epoch")]
+    #[error(
+        "record {id} (epoch {epoch}, seq {seq}): {why}; a sequence went backwards in an epoch"
+    )]
     Regression {
         epoch: u64,
         seq: u64,

@@ -37,6 +37,10 @@
 //! dead_letter_max_bytes = 67108864
 //! ```
 //!
+//! With `url = "nats://…"` or `"tls://…"` the records go to NATS JetStream instead of the
+//! HTTPS collector, with the settings of `[uplink.nats]` ([`super::nats`]); the files, batch
+//! bounds, timeout and dead letters above apply the same way.
+//!
 //! Beyond the shape, validation checks what would break the service later: every number
 //! within a range that works (no zero timeouts or caches, no disk reserve larger than the
 //! spool's file system), the node id usable as a directory name at the collector

@@ -65,7 +65,9 @@ fn check_server(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("nats://")
         .or_else(|| url.strip_prefix("tls://"))
-        .ok_or_else(|| format!("{url:?}: must start with nats:// or tls:// (TLS is required for both)"))?;
+        .ok_or_else(|| {
+            format!("{url:?}: must start with nats:// or tls:// (TLS is required for both)")
+        })?;
     if rest.contains('@') {
         return Err(format!(
             "{url:?}: no credentials in the url; use password_file, nkey_seed_file or creds_file"
@@ -162,7 +164,12 @@ pub(super) fn validate(
         }
     };
     let mut incomplete = false;
-    let auth = match (raw.user, raw.password_file, raw.nkey_seed_file, raw.creds_file) {
+    let auth = match (
+        raw.user,
+        raw.password_file,
+        raw.nkey_seed_file,
+        raw.creds_file,
+    ) {
         (Some(user), Some(password_file), None, None) => {
             file("uplink.nats.password_file", &password_file);
             NatsAuth::UserPassword {
@@ -236,7 +243,10 @@ nkey_seed_file = "/nonexistent/seed"
             "uplink.nats.max_in_flight",
             "uplink.nats.user",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
         assert!(!paths.contains(&"uplink.nats.servers[1]"), "{paths:?}");
     }

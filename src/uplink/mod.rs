@@ -59,6 +59,14 @@
 //!   not drain meanwhile is bounded by the spool's own policy (drop oldest or newest,
 //!   counted, announced by gap records).
 
+//!
+//! # JetStream instead
+//!
+//! An uplink url `nats://host:port` or `tls://host:port` (with `[uplink.nats]`) sends the
+//! same records to a NATS JetStream stream instead, one message per record, each batch
+//! removed from the spool once every record of it has its PubAck: the same forwarder, the
+//! same splitting, dead letters, backoff, alerts and counters; see [`nats`].
+
 pub mod client;
 pub mod dead_letter;
 pub mod forwarding;
@@ -133,7 +141,10 @@ pub enum NatsAuth {
     /// The client certificate only (a server with `verify_and_map`, or no authorization).
     Certificate,
     /// A user name and a password read from a file (its first line).
-    UserPassword { user: String, password_file: PathBuf },
+    UserPassword {
+        user: String,
+        password_file: PathBuf,
+    },
     /// An nkey seed (`SU…`) read from a file.
     Nkey { seed_file: PathBuf },
     /// A `.creds` file (user JWT and nkey seed), as `nsc` writes it.

@@ -245,8 +245,10 @@ impl Publisher {
             .connection_timeout(timeout)
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
-                let mut backoff =
-                    crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(8));
+                let mut backoff = crate::backoff::Backoff::new(
+                    Duration::from_millis(100),
+                    Duration::from_secs(8),
+                );
                 let mut wait = Duration::ZERO;
                 for _ in 0..attempts.min(16) {
                     wait = backoff.next_wait();
@@ -368,8 +370,8 @@ impl Publisher {
         let mut published = Published::default();
         let mut first_error: Option<NatsError> = None;
         let take = |result: Result<jetstream::publish::PublishAck, _>,
-                        published: &mut Published,
-                        first_error: &mut Option<NatsError>| {
+                    published: &mut Published,
+                    first_error: &mut Option<NatsError>| {
             match result {
                 Ok(ack) if ack.duplicate => published.duplicates += 1,
                 Ok(_) => published.new += 1,
@@ -456,7 +458,11 @@ impl NatsSink {
 
     /// Publishes a batch of the spool; the answer is an [`Ack`] as the collector would give
     /// (`through` the last id), only once every record is acknowledged by JetStream.
-    pub async fn send(&mut self, batch_id: &str, records: &[StoredRecord]) -> Result<Ack, NatsError> {
+    pub async fn send(
+        &mut self,
+        batch_id: &str,
+        records: &[StoredRecord],
+    ) -> Result<Ack, NatsError> {
         let prefix = &self.settings.subject_prefix;
         let mut messages = Vec::with_capacity(records.len());
         for r in records {

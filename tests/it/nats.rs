@@ -387,13 +387,17 @@ fn the_agent_publishes_each_record_once_and_the_stream_drops_resends() {
 
     // 1000 records, batches of 100: every one published, none a duplicate.
     let spool = work.path().join("spool");
-    let config = teledge::config::load_forward(&nats_config(&pki, &spool, "edge-01", &servers, 100))
-        .unwrap();
+    let config =
+        teledge::config::load_forward(&nats_config(&pki, &spool, "edge-01", &servers, 100))
+            .unwrap();
     assert!(config.uplink.nats.is_some());
     spool_records(&config, &records(1000));
     let (forwarding, _) = forward_in_background(config.clone(), Duration::from_secs(30));
     let stats = forwarding.join().unwrap().unwrap();
-    assert_eq!((stats.records, stats.duplicates, stats.batches), (1000, 0, 10));
+    assert_eq!(
+        (stats.records, stats.duplicates, stats.batches),
+        (1000, 0, 10)
+    );
     let contents = read_stream(&rt, &pki, &servers);
     contents.assert_each_once(1000);
     // The subject is <prefix>.<node>.<kind> and the message the HTTPS batch line.
@@ -417,12 +421,10 @@ fn the_agent_publishes_each_record_once_and_the_stream_drops_resends() {
         })
         .collect();
     let published = rt.block_on(async {
-        let publisher = teledge::collect::connect_bus(
-            &bus(&pki, &servers, "ca.pem", "bus-client", 1),
-            1,
-        )
-        .await
-        .unwrap();
+        let publisher =
+            teledge::collect::connect_bus(&bus(&pki, &servers, "ca.pem", "bus-client", 1), 1)
+                .await
+                .unwrap();
         publisher.publish(resend).await.unwrap()
     });
     assert_eq!((published.new, published.duplicates), (0, 1000));
@@ -486,9 +488,10 @@ fn tls_with_a_wrong_ca_or_a_foreign_client_certificate_is_refused() {
     // The agent with the wrong CA: a TLS failure, retried, and its records stay spooled.
     let spool = work.path().join("spool");
     let path = nats_config(&pki, &spool, "edge-01", &servers, 10);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(&pki.path("ca.pem").display().to_string(), &pki.path("rogue-ca.pem").display().to_string());
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &pki.path("ca.pem").display().to_string(),
+        &pki.path("rogue-ca.pem").display().to_string(),
+    );
     std::fs::write(&path, text).unwrap();
     let config = teledge::config::load_forward(&path).unwrap();
     spool_records(&config, &records(5));
@@ -502,7 +505,8 @@ fn tls_with_a_wrong_ca_or_a_foreign_client_certificate_is_refused() {
             Duration::from_millis(100),
         ));
     let result = rt.block_on(
-        forwarder.forward_until_drained(&spool_handle, Some(Instant::now() + Duration::from_secs(2))),
+        forwarder
+            .forward_until_drained(&spool_handle, Some(Instant::now() + Duration::from_secs(2))),
     );
     assert!(result.is_err(), "{result:?}");
     assert!(forwarder.stats.retries > 0);
@@ -538,7 +542,10 @@ fn a_cluster_node_killed_under_load_loses_nothing_and_stores_nothing_twice() {
         let publisher = teledge::collect::connect_bus(&config, 1).await.unwrap();
         let mut stream = publisher.context().get_stream("TELEDGE").await.unwrap();
         let info = stream.info().await.unwrap();
-        info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap()
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .unwrap()
     });
 
     let spool = work.path().join("spool");
@@ -642,9 +649,14 @@ fn two_collectors_publish_two_agents_into_one_stream_once_and_it_reads_back_into
     // edge-01 replays a capture through A; edge-02 through B, and a copy of edge-02's spool
     // taken before that is sent again through A: the same ids through another collector.
     let spool1 = work.path().join("spool1");
-    let config1 = crate::uplink::forward_config(&pki, &spool1, "edge-01", "edge-01", "ca.pem", a.port);
+    let config1 =
+        crate::uplink::forward_config(&pki, &spool1, "edge-01", "edge-01", "ca.pem", a.port);
     let out = crate::uplink::replay_forward(&config1, 30);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let spool2 = work.path().join("spool2");
     let config2 = crate::uplink::forward_config(&pki, &spool2, "edge-02", "edge-02", "ca.pem", b.1);
     let forward2 = teledge::config::load_forward(&config2).unwrap();
@@ -699,7 +711,10 @@ fn two_collectors_publish_two_agents_into_one_stream_once_and_it_reads_back_into
         .into_iter()
         .map(|l| (l["id"].as_str().unwrap().to_owned(), l))
         .collect();
-    assert_eq!(read_back, by_a, "what came back from the stream is what A stored");
+    assert_eq!(
+        read_back, by_a,
+        "what came back from the stream is what A stored"
+    );
     drop(b);
 }
 
@@ -734,7 +749,9 @@ fn forward_with(
     let spool = Mutex::new(spool);
     let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring).unwrap();
     let stats = rt
-        .block_on(forwarder.forward_until_drained(&spool, Some(Instant::now() + Duration::from_secs(30))))
+        .block_on(
+            forwarder.forward_until_drained(&spool, Some(Instant::now() + Duration::from_secs(30))),
+        )
         .unwrap();
     assert_eq!(spool.lock().unwrap().stats().records, 0);
     stats
@@ -806,7 +823,10 @@ fn the_daemon_shows_jetstream_failures_in_metrics_and_health_and_recovers() {
     let text = wait_http(metrics, "/metrics", Duration::from_secs(5), |_, b| {
         b.contains("teledge_uplink_failures_total{kind=\"no_stream\"}")
     });
-    assert!(text.contains("teledge_uplink_batches_acked_total 0"), "{text}");
+    assert!(
+        text.contains("teledge_uplink_batches_acked_total 0"),
+        "{text}"
+    );
 
     // The stream appears: the agent delivers, health recovers.
     let rt = runtime();
