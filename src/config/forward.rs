@@ -791,6 +791,47 @@ key_file = "/nonexistent/k.pem"
         assert!(text_of("uplink.ca_file").is_some());
     }
 
+    /// `[uplink.nats]` belongs to a NATS url; a NATS url takes it (or its defaults).
+    #[test]
+    fn the_jetstream_sink_is_chosen_by_the_url() {
+        let text = |url: &str, nats: &str| {
+            format!(
+                "[node]\nid = \"edge-01\"\n[spool]\ndir = \"/tmp/x\"\nkey_file = \"/nonexistent/k\"\n\
+                 [privacy]\nmode = \"clear\"\n[uplink]\nurl = \"{url}\"\nca_file = \"/nonexistent/ca\"\n\
+                 cert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n{nats}"
+            )
+        };
+        let paths = |text: String| -> Vec<String> {
+            parse_forward(&text)
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|p| p.path)
+                .collect()
+        };
+        let https_with_nats = paths(text("https://c.example", "[uplink.nats]\nstream = \"S\"\n"));
+        assert!(
+            https_with_nats.contains(&"uplink.nats".to_owned()),
+            "{https_with_nats:?}"
+        );
+        let nats = paths(text(
+            "tls://127.0.0.1:4222",
+            "[uplink.nats]\nsubject_prefix = \"a.>\"\n",
+        ));
+        assert!(
+            nats.contains(&"uplink.nats.subject_prefix".to_owned()),
+            "{nats:?}"
+        );
+        assert!(!nats.contains(&"uplink.url".to_owned()), "{nats:?}");
+        let plain = paths(text("tls://127.0.0.1:4222", ""));
+        assert!(
+            !plain
+                .iter()
+                .any(|p| p.starts_with("uplink.nats") || p == "uplink.url"),
+            "{plain:?}"
+        );
+    }
+
     #[test]
     fn https_urls() {
         assert_eq!(

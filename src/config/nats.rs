@@ -31,7 +31,7 @@ use super::{readable_file, ConfigProblem};
 use crate::uplink::nats::valid_subject_prefix;
 use crate::uplink::{NatsAuth, NatsSettings};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNats {
     #[serde(default)]
@@ -45,6 +45,22 @@ pub(super) struct RawNats {
     password_file: Option<PathBuf>,
     nkey_seed_file: Option<PathBuf>,
     creds_file: Option<PathBuf>,
+}
+
+/// No `[uplink.nats]` with a NATS url: every default.
+impl Default for RawNats {
+    fn default() -> Self {
+        RawNats {
+            servers: Vec::new(),
+            subject_prefix: default_prefix(),
+            stream: None,
+            max_in_flight: default_in_flight(),
+            user: None,
+            password_file: None,
+            nkey_seed_file: None,
+            creds_file: None,
+        }
+    }
 }
 
 fn default_prefix() -> String {
