@@ -19,6 +19,9 @@ command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || ne
 command -v dpkg-deb >/dev/null 2>&1 && command -v dpkg-architecture >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v help2man >/dev/null 2>&1 || need+=(help2man)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
+# nats-server (2.9, with JetStream): the NATS tests (tests/it/nats.rs) run single servers and
+# a 3-node cluster on loopback, and SIGKILL them.
+[ -x /usr/sbin/nats-server ] || need+=(nats-server)
 # python3 with venv: the fleet tests build TUF repositories with python-tuf (below).
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
   || need+=(python3 python3-venv)

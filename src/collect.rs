@@ -62,6 +62,25 @@
 //! - an accept error (out of file descriptors, `EMFILE`) never ends the process: the loop backs
 //!   off (10 ms doubling to 1 s) and goes on.
 //!
+//! # The bus
+//!
+//! With `--nats URL` (a [`BusConfig`]), every line of an accepted batch is also published
+//! into a JetStream stream, exactly as an agent's JetStream sink would publish it (subject
+//! `<prefix>.<node>.<kind>`, `Nats-Msg-Id` the record id, the line as payload; see
+//! [`crate::uplink::nats`]), and the batch is acknowledged to the agent only once *every*
+//! line has its PubAck; otherwise it is answered `503` (counted in `bus_failures`) and the
+//! agent retries. Files come first when there are any (`--out`), so the sequence checks
+//! above still refuse a regressed batch before anything is published; every line is
+//! published, not only those new to the files, so a batch whose files were written but
+//! whose publish failed still reaches the stream on the retry, where the duplicate window
+//! drops what it already holds. Without `--out` the collector keeps no state at all and
+//! several collectors behind a load balancer feed one stream: a batch retried through
+//! another collector is deduplicated by the stream (within its duplicate window; the
+//! watermark check against sequence regressions needs files). `--nats-create-stream`
+//! makes the stream (subjects `<prefix>.>`, file storage, `--nats-replicas`,
+//! `--nats-duplicate-window`) when it does not exist. `collect --from-nats` reads it back
+//! into files ([`crate::bus`]).
+//!
 //! # Fleet repository
 //!
 //! With `--fleet DIR`, the collector also serves a TUF repository to its nodes, over the
@@ -101,8 +120,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::uplink::tls::{server_config, TlsError};
-use crate::uplink::{decode_body, Ack, BatchLine};
+use crate::uplink::nats::{NatsError, NatsFailureKind, Outgoing, Publisher};
+use crate::uplink::tls::{server_config, ClientTls, TlsError};
+use crate::uplink::{decode_body, Ack, BatchLine, NatsSettings};
 
 /// Contents remembered per node to tell a re-sent record from a different one cheaply.
 pub const RECENT_MAX: usize = 4096;
@@ -150,7 +170,8 @@ pub struct CollectConfig {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    pub out_dir: PathBuf,
+    /// Where `<node>/<day>.jsonl` go; `None`: no files, the stream only (`bus` required).
+    pub out_dir: Option<PathBuf>,
     pub tls12_allowed: bool,
     pub limits: CollectLimits,
     /// Adds `stored_at` to every line written (see "Writes" in the module doc).
@@ -158,6 +179,32 @@ pub struct CollectConfig {
     /// A TUF repository (`DIR/metadata`, `DIR/targets`) served read-only to the nodes at
     /// `GET /v1/fleet/…` (see the module doc), or none.
     pub fleet_dir: Option<PathBuf>,
+    /// Publish what is accepted into a JetStream stream (see "The bus" in the module doc).
+    pub bus: Option<BusConfig>,
+}
+
+/// The collector's JetStream side: where to publish (or, for `collect --from-nats`, what
+/// to read) and with what identity.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    pub nats: NatsSettings,
+    /// TLS towards NATS (the site CA, a client certificate with clientAuth).
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub tls12_allowed: bool,
+    /// The PubAck (and API request) timeout.
+    pub timeout: Duration,
+    /// Create the stream (`nats.stream`, subjects `<prefix>.>`, file storage) when missing.
+    pub create_stream: Option<StreamPlan>,
+}
+
+/// The stream `collect --nats-create-stream` makes when it does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPlan {
+    pub replicas: usize,
+    /// How long the stream remembers a `Nats-Msg-Id`: resends within it are dropped.
+    pub duplicate_window: Duration,
 }
 
 /// The collector's counters.
@@ -186,6 +233,11 @@ pub struct CollectStats {
     pub storage_failures: AtomicU64,
     /// Lines of another node's ids found in a node's directory at start (ignored).
     pub foreign_ids_ignored: AtomicU64,
+    /// Batches not acknowledged because JetStream did not acknowledge every record (503).
+    pub bus_failures: AtomicU64,
+    /// Records JetStream stored as new, and as duplicates (already in the stream).
+    pub bus_published: AtomicU64,
+    pub bus_duplicates: AtomicU64,
 }
 
 impl CollectStats {
@@ -206,6 +258,7 @@ impl CollectStats {
             &self.refused_batches,
             &self.sequence_regressions,
             &self.storage_failures,
+            &self.bus_failures,
         ];
         all.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
@@ -226,6 +279,61 @@ pub enum CollectError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("NATS")]
+    Bus(#[from] NatsError),
+}
+
+/// Publishes a batch's lines into the stream, each under its record id; `Ok` once every
+/// one has its PubAck.
+async fn publish_lines(
+    bus: &Publisher,
+    prefix: &str,
+    node: &str,
+    lines: &[BatchLine],
+) -> Result<crate::uplink::nats::Published, NatsError> {
+    let mut messages = Vec::with_capacity(lines.len());
+    for line in lines {
+        let message = Outgoing::line(prefix, node, line.id.clone(), line.record.get().as_bytes())
+            .map_err(|e| NatsError {
+            kind: NatsFailureKind::Refused,
+            reason: format!("record line: {e}"),
+        })?;
+        messages.push(message);
+    }
+    bus.publish(messages).await
+}
+
+/// Connects to NATS for publishing (`parallel` batches at once), and makes the stream when
+/// asked to and missing.
+pub async fn connect_bus(bus: &BusConfig, parallel: usize) -> Result<Publisher, CollectError> {
+    let tls = ClientTls::new(
+        &bus.ca_file,
+        &bus.cert_file,
+        &bus.key_file,
+        bus.tls12_allowed,
+    )?;
+    let publisher =
+        Publisher::connect(&bus.nats, &tls, bus.timeout, "teledge collect", parallel).await?;
+    if let (Some(plan), Some(name)) = (bus.create_stream, &bus.nats.stream) {
+        let config = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", bus.nats.subject_prefix)],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: plan.replicas,
+            duplicate_window: plan.duplicate_window,
+            ..Default::default()
+        };
+        publisher
+            .context()
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| NatsError {
+                kind: NatsFailureKind::NoStream,
+                reason: format!("stream {name}: {}", crate::report::chain(&e)),
+            })?;
+        tracing::info!(stream = %name, replicas = plan.replicas, "JetStream stream ready.");
+    }
+    Ok(publisher)
 }
 
 /// Why a client certificate does not name a node.
@@ -280,7 +388,9 @@ impl Throttle {
 
 #[derive(Debug)]
 struct Shared {
-    out_dir: PathBuf,
+    out_dir: Option<PathBuf>,
+    bus: Option<Publisher>,
+    bus_prefix: String,
     stamp: bool,
     fleet_dir: Option<PathBuf>,
     limits: CollectLimits,
@@ -293,17 +403,21 @@ struct Shared {
 }
 
 impl Shared {
-    fn node(&self, node: &str) -> Arc<Mutex<NodeStore>> {
+    /// The node's file store (`None` without an output directory).
+    fn node(&self, node: &str) -> Option<Arc<Mutex<NodeStore>>> {
+        let out_dir = self.out_dir.as_ref()?;
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes
-            .entry(node.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(NodeStore::new(
-                    node.to_owned(),
-                    self.out_dir.join(node),
-                )))
-            })
-            .clone()
+        Some(
+            nodes
+                .entry(node.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(NodeStore::new(
+                        node.to_owned(),
+                        out_dir.join(node),
+                    )))
+                })
+                .clone(),
+        )
     }
 }
 
@@ -360,19 +474,32 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
         let path = path.to_owned();
         move |source| CollectError::Io { path, source }
     };
-    std::fs::create_dir_all(&config.out_dir).map_err(io_error(&config.out_dir))?;
     let stats = Arc::new(CollectStats::default());
-    let nodes = load_nodes(&config.out_dir, &stats).map_err(io_error(&config.out_dir))?;
-    tracing::info!(
-        nodes = nodes.len(),
-        node_epochs = nodes.values().map(|n| n.through.len()).sum::<usize>(),
-        foreign_ids_ignored = stats.foreign_ids_ignored.load(Ordering::Relaxed),
-        out = %config.out_dir.display(),
-        "Collector state loaded."
-    );
+    let mut nodes = HashMap::new();
+    if let Some(out_dir) = &config.out_dir {
+        std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+        nodes = load_nodes(out_dir, &stats).map_err(io_error(out_dir))?;
+        tracing::info!(
+            nodes = nodes.len(),
+            node_epochs = nodes.values().map(|n| n.through.len()).sum::<usize>(),
+            foreign_ids_ignored = stats.foreign_ids_ignored.load(Ordering::Relaxed),
+            out = %out_dir.display(),
+            "Collector state loaded."
+        );
+    }
+    let bus = match &config.bus {
+        Some(bus) => Some(connect_bus(bus, config.limits.max_batches).await?),
+        None => None,
+    };
     let limits = config.limits.clone();
     let shared = Arc::new(Shared {
         out_dir: config.out_dir.clone(),
+        bus,
+        bus_prefix: config
+            .bus
+            .as_ref()
+            .map(|b| b.nats.subject_prefix.clone())
+            .unwrap_or_default(),
         stamp: config.stamp,
         fleet_dir: config.fleet_dir.clone(),
         stats: stats.clone(),
@@ -653,11 +780,46 @@ async fn handle(
                 "empty batch".into(),
             ));
         };
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = store.store(&lines, stamp)?;
-        Ok((stored, lines.len(), through))
+        let stored = match store {
+            Some(store) => {
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                Some(store.store(&lines, stamp)?)
+            }
+            None => None,
+        };
+        Ok((stored, lines, through))
     })
     .await;
+    // Into the stream too: every line, not only those new to the files (a batch whose
+    // publish failed after its files were written comes back as duplicates there, and must
+    // still reach the stream, whose duplicate window drops what it already holds).
+    let outcome = match outcome {
+        Ok(Ok((stored, lines, through))) => match &shared.bus {
+            Some(bus) => match publish_lines(bus, &shared.bus_prefix, node, &lines).await {
+                Ok(published) => {
+                    stats
+                        .bus_published
+                        .fetch_add(published.new, Ordering::Relaxed);
+                    stats
+                        .bus_duplicates
+                        .fetch_add(published.duplicates, Ordering::Relaxed);
+                    let counts = stored.unwrap_or((published.new, published.duplicates));
+                    Ok(Ok((counts, lines.len(), through)))
+                }
+                Err(e) => {
+                    let n = CollectStats::bump(&stats.bus_failures);
+                    tracing::error!(%node, %batch, kind = ?e.kind, error = %e, bus_failures = n, "JetStream did not acknowledge every record; batch not acknowledged.");
+                    return reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("bus failure; retry: {e}"),
+                    );
+                }
+            },
+            None => Ok(Ok((stored.unwrap_or_default(), lines.len(), through))),
+        },
+        Ok(Err(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    };
     match outcome {
         Ok(Ok(((accepted, duplicates), records, through))) => {
             CollectStats::bump(&stats.batches);
@@ -1146,6 +1308,102 @@ fn id_of_node(node: &str, id: &str) -> Option<(u64, u64)> {
         text.parse().ok()
     };
     Some((number(epoch)?, number(seq)?))
+}
+
+/// The collector's files for another source of lines (`collect --from-nats`): the same
+/// `<node>/<day>.jsonl` files, watermarks, deduplication and regression checks as batches
+/// received over HTTPS (see the module doc).
+#[derive(Debug)]
+pub struct Files {
+    out_dir: PathBuf,
+    stamp: bool,
+    stats: CollectStats,
+    nodes: HashMap<String, NodeStore>,
+}
+
+/// Why lines were not stored in the files.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a valid node id: {0:?}")]
+    BadNode(String),
+    #[error(
+        "record {id} (epoch {epoch}, seq {seq}): {why}; a sequence went backwards in an epoch"
+    )]
+    Regression {
+        epoch: u64,
+        seq: u64,
+        id: String,
+        why: &'static str,
+    },
+    #[error("the node already has {0} store epochs (at most {MAX_EPOCHS_PER_NODE})")]
+    TooManyEpochs(usize),
+}
+
+impl Files {
+    /// Opens (creates) the output directory and reads every node's state from it.
+    pub fn open(out_dir: &Path, stamp: bool) -> Result<Files, CollectError> {
+        let io_error = |source| CollectError::Io {
+            path: out_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(out_dir).map_err(io_error)?;
+        let stats = CollectStats::default();
+        let nodes = load_nodes(out_dir, &stats).map_err(io_error)?;
+        Ok(Files {
+            out_dir: out_dir.to_owned(),
+            stamp,
+            stats,
+            nodes,
+        })
+    }
+
+    /// Stores `node`'s lines (new ones appended and synced); returns (new, duplicates).
+    pub fn store(&mut self, node: &str, lines: &[BatchLine]) -> Result<(u64, u64), FilesError> {
+        if !valid_node_id(node) {
+            return Err(FilesError::BadNode(node.to_owned()));
+        }
+        let out_dir = &self.out_dir;
+        let store = self
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeStore::new(node.to_owned(), out_dir.join(node)));
+        let stored = store.store(lines, self.stamp).map_err(|e| match e {
+            StoreError::Io { path, source } => FilesError::Io { path, source },
+            StoreError::TooManyEpochs(n) => FilesError::TooManyEpochs(n),
+            StoreError::Regression {
+                epoch,
+                seq,
+                id,
+                why,
+            } => FilesError::Regression {
+                epoch,
+                seq,
+                id,
+                why,
+            },
+        })?;
+        self.stats
+            .records_stored
+            .fetch_add(stored.0, Ordering::Relaxed);
+        self.stats.duplicates.fetch_add(stored.1, Ordering::Relaxed);
+        Ok(stored)
+    }
+
+    /// Counters (records stored, duplicates, foreign ids found at start).
+    pub fn stats(&self) -> &CollectStats {
+        &self.stats
+    }
+}
+
+/// The node of a record id `node:epoch:seq` (a valid node id), or `None`.
+pub fn node_of_id(id: &str) -> Option<&str> {
+    let node = id.split(':').next()?;
+    (valid_node_id(node) && id_of_node(node, id).is_some()).then_some(node)
 }
 
 /// Every node's state, from the output directory.

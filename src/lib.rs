@@ -36,6 +36,8 @@
 //! - [`spooler`]: records into the spool: pseudonymise, serialise, append, group commit.
 //! - [`spool`]: the store-and-forward queue in sled.
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
+//!   Or records to NATS JetStream ([`uplink::nats`]), which `collect` can also publish into;
+//!   [`bus`] reads such a stream back into the collector's files.
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
 //!   privileged one-shot unit and rolled back when the new version is not healthy; and the
 //!   fleet owner's side (`teledge fleet`: keys, signed releases, rollouts, progress).
@@ -57,6 +59,7 @@
 #![deny(unsafe_code)]
 
 pub mod backoff;
+pub mod bus;
 pub mod collect;
 pub mod config;
 pub mod config_problem;

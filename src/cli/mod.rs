@@ -49,8 +49,9 @@ pub enum Command {
     /// Service statistics per interval (offered, answered, service levels, ...) from capture
     /// files or a collector's output directory.
     Report(report::ReportArgs),
-    /// Receive records from agents over mutual TLS and store them as JSON Lines per day.
-    Collect(collect::CollectArgs),
+    /// Receive records from agents over mutual TLS and store them as JSON Lines per day (and/or
+    /// publish them into NATS JetStream; `--from-nats` reads such a stream back into files).
+    Collect(Box<collect::CollectArgs>),
     /// Run the agent: capture, HEP, sensors → spool → collector (the systemd service).
     Run(run::RunArgs),
     /// Validate a configuration file; print every problem with its path and line.
@@ -83,7 +84,7 @@ impl Command {
             Command::Replay(args) if args.forward => replay::forward(args),
             Command::Replay(args) => replay::run(args),
             Command::Report(args) => report::run(args),
-            Command::Collect(args) => collect::run(args),
+            Command::Collect(args) => collect::run(*args),
             Command::Sensors(command) => sensors::run(command),
             Command::DeadLetters(command) => dead_letters::run(command),
             Command::Run(args) => run::run(args),

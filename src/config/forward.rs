@@ -37,6 +37,10 @@
 //! dead_letter_max_bytes = 67108864
 //! ```
 //!
+//! With `url = "nats://…"` or `"tls://…"` the records go to NATS JetStream instead of the
+//! HTTPS collector, with the settings of `[uplink.nats]` ([`super::nats`]); the files, batch
+//! bounds, timeout and dead letters above apply the same way.
+//!
 //! Beyond the shape, validation checks what would break the service later: every number
 //! within a range that works (no zero timeouts or caches, no disk reserve larger than the
 //! spool's file system), the node id usable as a directory name at the collector
@@ -149,6 +153,8 @@ pub(super) struct RawUplink {
     timeout_ms: u64,
     #[serde(default = "default_dead_letter")]
     dead_letter_max_bytes: u64,
+    /// `[uplink.nats]`: the JetStream sink's settings (with a `nats://`/`tls://` url).
+    nats: Option<super::nats::RawNats>,
 }
 
 fn default_max_bytes() -> u64 {
@@ -462,13 +468,34 @@ pub(super) fn validate_forward(
         }
     };
 
-    let (host, port, url_path) = match parse_https_url(&raw.uplink.url) {
-        Ok(parts) => parts,
-        Err(message) => {
-            problem("uplink.url", message);
-            (String::new(), 0, String::new())
+    // A nats:// or tls:// url: the JetStream sink ([uplink.nats]) instead of the collector.
+    let nats_url = super::nats::is_nats_url(&raw.uplink.url);
+    let (host, port, url_path) = if nats_url {
+        (String::new(), 0, String::new())
+    } else {
+        if raw.uplink.nats.is_some() {
+            problem(
+                "uplink.nats",
+                "only with a nats:// or tls:// uplink url (the JetStream sink)".into(),
+            );
+        }
+        match parse_https_url(&raw.uplink.url) {
+            Ok(parts) => parts,
+            Err(message) => {
+                problem("uplink.url", message);
+                (String::new(), 0, String::new())
+            }
         }
     };
+    let mut nats_problems = Vec::new();
+    let nats = nats_url.then(|| {
+        super::nats::validate(
+            &raw.uplink.url,
+            raw.uplink.nats.unwrap_or_default(),
+            &node_id,
+            &mut nats_problems,
+        )
+    });
     let tls12_allowed = match raw.uplink.min_tls.as_str() {
         "1.3" => false,
         "1.2" => true,
@@ -552,6 +579,7 @@ pub(super) fn validate_forward(
         );
     }
 
+    problems.extend(nats_problems);
     let (Some(spool_key), Some(mode)) = (key_source, mode) else {
         return None;
     };
@@ -598,6 +626,7 @@ pub(super) fn validate_forward(
             timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
             dead_letter_dir: raw.spool.dir.join("dead-letter"),
             dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,
+            nats,
         },
         spool,
         warnings,
@@ -760,6 +789,47 @@ key_file = "/nonexistent/k.pem"
             "spool.key_credential (line 6)"
         );
         assert!(text_of("uplink.ca_file").is_some());
+    }
+
+    /// `[uplink.nats]` belongs to a NATS url; a NATS url takes it (or its defaults).
+    #[test]
+    fn the_jetstream_sink_is_chosen_by_the_url() {
+        let text = |url: &str, nats: &str| {
+            format!(
+                "[node]\nid = \"edge-01\"\n[spool]\ndir = \"/tmp/x\"\nkey_file = \"/nonexistent/k\"\n\
+                 [privacy]\nmode = \"clear\"\n[uplink]\nurl = \"{url}\"\nca_file = \"/nonexistent/ca\"\n\
+                 cert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n{nats}"
+            )
+        };
+        let paths = |text: String| -> Vec<String> {
+            parse_forward(&text)
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|p| p.path)
+                .collect()
+        };
+        let https_with_nats = paths(text("https://c.example", "[uplink.nats]\nstream = \"S\"\n"));
+        assert!(
+            https_with_nats.contains(&"uplink.nats".to_owned()),
+            "{https_with_nats:?}"
+        );
+        let nats = paths(text(
+            "tls://127.0.0.1:4222",
+            "[uplink.nats]\nsubject_prefix = \"a.>\"\n",
+        ));
+        assert!(
+            nats.contains(&"uplink.nats.subject_prefix".to_owned()),
+            "{nats:?}"
+        );
+        assert!(!nats.contains(&"uplink.url".to_owned()), "{nats:?}");
+        let plain = paths(text("tls://127.0.0.1:4222", ""));
+        assert!(
+            !plain
+                .iter()
+                .any(|p| p.starts_with("uplink.nats") || p == "uplink.url"),
+            "{plain:?}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod agent;
 pub mod fleet;
 pub mod forward;
 mod keys;
+pub mod nats;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;

@@ -1,4 +1,5 @@
-//! The uplink component: forwards durable records to the collector while the daemon runs,
+//! The uplink component: forwards durable records to the collector (or to NATS JetStream,
+//! the same forwarder with another sink: see `crate::uplink::nats`) while the daemon runs,
 //! reconnects on SIGHUP, and drains what it can under the deadline at shutdown.
 
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::{Context, DaemonError};
 use crate::config::ForwardConfig;
+use crate::observe::events::{InternalEvent, UplinkAttemptFailed};
 use crate::observe::{AgentMetrics, Stage};
 use crate::spool::Spool;
 use crate::uplink::client::{Attempt, Forwarder, UplinkStats};
@@ -43,7 +45,7 @@ impl Uplink {
                     Attempt::Acked => health.uplink_acked(),
                     Attempt::Drained => health.spool_drained(),
                     Attempt::Failed { kind, reason } => {
-                        metrics.uplink_failures.with(&[kind.label()]).inc();
+                        UplinkAttemptFailed { kind: kind.label() }.emit(&metrics);
                         health.uplink_failed(reason);
                     }
                     Attempt::Split { .. } | Attempt::DeadLettered { .. } => {

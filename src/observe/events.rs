@@ -13,11 +13,13 @@
 //! | [`SpoolAppendFailed`] | `teledge_records_dropped_total{reason="spool_append_failed"}` | ERROR |
 //! | [`DecodeErrors`] | `teledge_decode_errors_total{kind}` | WARN |
 //! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
+//! | [`UplinkAttemptFailed`] | `teledge_uplink_failures_total{kind}` | ERROR (by the forwarder) |
 //!
 //! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
 //! whose content cannot be used) and the ticker (the decode path's and the call table's loss
-//! totals, through [`NewSince`]).
+//! totals, through [`NewSince`]), the uplink component (batches to the HTTPS collector or to
+//! NATS JetStream that failed and will be retried).
 
 use super::agent::AgentMetrics;
 pub use crate::log_limit::LOG_INTERVAL;
@@ -153,6 +155,22 @@ impl InternalEvent for HepConnectionRefused<'_> {
                 "HEP connection refused or closed."
             );
         }
+    }
+}
+
+/// A batch not delivered — to the HTTPS collector or to NATS JetStream — and kept in the
+/// spool to be retried: counted by kind (`connect`, `tls`, `timeout`, `status_5xx`, …, and for
+/// JetStream `auth`, `no_stream`, `jetstream`). Nothing is lost. The forwarder logs it, at
+/// ERROR once when the uplink starts failing or the kind changes and at WARN when it works
+/// again (not once per retry), so the event only counts; `/health` is told by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkAttemptFailed<'a> {
+    pub kind: &'a str,
+}
+
+impl InternalEvent for UplinkAttemptFailed<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        metrics.uplink_failures.with(&[self.kind]).inc();
     }
 }
 

@@ -145,7 +145,7 @@ impl FragmentPool {
         self.stats.fragments += 1;
         self.expire(now);
         let end = offset + payload.len();
-        if end > MAX_DATAGRAM || (more_fragments && payload.len() % 8 != 0) {
+        if end > MAX_DATAGRAM || (more_fragments && !payload.len().is_multiple_of(8)) {
             self.stats.malformed += 1;
             return None;
         }

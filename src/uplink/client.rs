@@ -18,6 +18,7 @@ use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::Keyring;
 use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
+use crate::uplink::nats::{NatsFailureKind, NatsSink};
 use crate::uplink::tls::{ClientTls, TlsError};
 use crate::uplink::UplinkSettings;
 use crate::uplink::{encode_lines, Ack};
@@ -35,6 +36,12 @@ pub enum FailureKind {
     BadAck,
     /// An HTTP status other than 200 that is not about the batch's content.
     Status(u16),
+    /// NATS refused the credentials or the certificate's identity.
+    Auth,
+    /// JetStream: no stream takes the subject, or none has a leader now.
+    NoStream,
+    /// JetStream refused a publish (a wrong expected stream, a full stream, …).
+    JetStream,
 }
 
 impl FailureKind {
@@ -53,6 +60,9 @@ impl FailureKind {
             FailureKind::Status(429) => "status_429",
             FailureKind::Status(s) if (500..600).contains(&s) => "status_5xx",
             FailureKind::Status(_) => "status_other",
+            FailureKind::Auth => "auth",
+            FailureKind::NoStream => "no_stream",
+            FailureKind::JetStream => "jetstream",
         }
     }
 }
@@ -283,6 +293,70 @@ impl Uplink {
     }
 }
 
+/// Where the forwarder's batches go: the HTTPS collector or a JetStream stream (the
+/// uplink's url says which). Everything else about forwarding is the same for both.
+#[derive(Debug)]
+enum Sink {
+    Https(Uplink),
+    Nats(NatsSink),
+}
+
+impl Sink {
+    fn new(config: &UplinkSettings, node: &str) -> Result<Self, TlsError> {
+        Ok(match &config.nats {
+            Some(nats) => Sink::Nats(NatsSink::new(node, config, nats)?),
+            None => Sink::Https(Uplink::new(config.clone(), node.to_owned())?),
+        })
+    }
+
+    fn tls_alerts(&self) -> Arc<crate::uplink::tls::TlsAlerts> {
+        match self {
+            Sink::Https(u) => u.tls_alerts(),
+            Sink::Nats(n) => n.tls_alerts(),
+        }
+    }
+
+    /// Sends a batch of `node`'s records and returns the acknowledgement.
+    async fn send(
+        &mut self,
+        node: &str,
+        batch_id: &str,
+        batch: &[StoredRecord],
+    ) -> Result<Ack, SendError> {
+        match self {
+            Sink::Https(uplink) => {
+                let body = encode_batch(node, batch).map_err(|e| SendError::Retriable {
+                    kind: FailureKind::BadAck,
+                    reason: format!("batch not encoded: {e}"),
+                })?;
+                uplink.send(batch_id, body).await
+            }
+            Sink::Nats(sink) => sink.send(batch_id, batch).await.map_err(|e| {
+                let kind = match e.kind {
+                    NatsFailureKind::Connect => FailureKind::Connect,
+                    NatsFailureKind::Tls => FailureKind::Tls,
+                    NatsFailureKind::Auth => FailureKind::Auth,
+                    NatsFailureKind::Timeout => FailureKind::Timeout,
+                    NatsFailureKind::NoStream => FailureKind::NoStream,
+                    NatsFailureKind::Refused => FailureKind::JetStream,
+                    // About the record, not the bus: split down to it and dead-letter it,
+                    // as the collector's 413.
+                    NatsFailureKind::TooLarge => {
+                        return SendError::Refused {
+                            status: 413,
+                            reason: e.reason,
+                        }
+                    }
+                };
+                SendError::Retriable {
+                    kind,
+                    reason: e.reason,
+                }
+            }),
+        }
+    }
+}
+
 /// Single records dead-lettered in a row, without any batch acknowledged in between, after
 /// which a content refusal is treated as a failing collector instead (retried, alerted,
 /// records kept in the spool): a collector that refuses everything is broken or of another
@@ -308,7 +382,7 @@ struct Split {
 /// The forwarder: the one place that moves records from the spool to the collector, used by
 /// the daemon, `replay --forward` and the load generator alike.
 pub struct Forwarder {
-    uplink: Uplink,
+    uplink: Sink,
     uplink_config: UplinkSettings,
     node: String,
     dead_letters: DeadLetters,
@@ -341,7 +415,7 @@ impl Forwarder {
     /// A forwarder of node `node`'s records, with the agent's backoff (1 s to 60 s); `keyring`
     /// seals its dead letters.
     pub fn new(node: &str, settings: &UplinkSettings, keyring: &Keyring) -> Result<Self, TlsError> {
-        let uplink = Uplink::new(settings.clone(), node.to_owned())?;
+        let uplink = Sink::new(settings, node)?;
         let dead_letters = DeadLetters::for_uplink(settings, node, keyring);
         let mut stats = UplinkStats::default();
         if let Ok((held, _)) = dead_letters.count() {
@@ -385,7 +459,7 @@ impl Forwarder {
     /// A fresh connection with the certificates as they are now (SIGHUP); totals, state
     /// and hook carry over.
     pub fn reconnect(&mut self) -> Result<(), TlsError> {
-        self.uplink = Uplink::new(self.uplink_config.clone(), self.node.clone())?;
+        self.uplink = Sink::new(&self.uplink_config, &self.node)?;
         Ok(())
     }
 
@@ -397,7 +471,7 @@ impl Forwarder {
     /// A fresh connection with a changed `[uplink]` section (SIGHUP); totals, state and hook
     /// carry over. On error the running connection and its settings are kept.
     pub fn reconfigure(&mut self, config: UplinkSettings) -> Result<(), TlsError> {
-        self.uplink = Uplink::new(config.clone(), self.node.clone())?;
+        self.uplink = Sink::new(&config, &self.node)?;
         self.uplink_config = config;
         Ok(())
     }
@@ -489,8 +563,7 @@ impl Forwarder {
             };
             let batch_id = format!("{node}:{}:{}-{}", first.id.epoch, first.id.seq, last.id.seq);
             let last_id = last.id;
-            let body = encode_batch(&node, &batch).map_err(|e| ForwardError::Spool(e.into()))?;
-            let answer = self.uplink.send(&batch_id, body).await;
+            let answer = self.uplink.send(&node, &batch_id, &batch).await;
             let answer = match answer {
                 Ok(ack) => check_ack(ack, batch.len(), &last_id.display(&node)),
                 Err(e) => Err(e),

@@ -59,9 +59,18 @@
 //!   not drain meanwhile is bounded by the spool's own policy (drop oldest or newest,
 //!   counted, announced by gap records).
 
+//!
+//! # JetStream instead
+//!
+//! An uplink url `nats://host:port` or `tls://host:port` (with `[uplink.nats]`) sends the
+//! same records to a NATS JetStream stream instead, one message per record, each batch
+//! removed from the spool once every record of it has its PubAck: the same forwarder, the
+//! same splitting, dead letters, backoff, alerts and counters; see [`nats`].
+
 pub mod client;
 pub mod dead_letter;
 pub mod forwarding;
+pub mod nats;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -104,6 +113,42 @@ pub struct UplinkSettings {
     pub timeout: Duration,
     pub dead_letter_dir: PathBuf,
     pub dead_letter_max_bytes: u64,
+    /// Publish to NATS JetStream instead of POSTing to the HTTPS collector (a `nats://` or
+    /// `tls://` uplink url, see [`nats`]); `None`: the HTTPS collector at `host:port/path`.
+    pub nats: Option<NatsSettings>,
+}
+
+/// The JetStream sink's settings (`[uplink.nats]` with a `nats://`/`tls://` uplink url):
+/// where to publish and how to authenticate. TLS (the site CA, the node's certificate) and
+/// the acknowledgement timeout are the uplink's. Only file paths: no secret is held here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    /// Server URLs, the uplink url first (`nats://` or `tls://`; TLS is always required).
+    pub servers: Vec<String>,
+    /// Subjects are `<prefix>.<node>.<kind>`.
+    pub subject_prefix: String,
+    /// The stream the records must land in (`Nats-Expected-Stream`), or any.
+    pub stream: Option<String>,
+    /// Most publishes awaiting their acknowledgement at once.
+    pub max_in_flight: usize,
+    pub auth: NatsAuth,
+}
+
+/// How the agent (or the collector) proves who it is to NATS, besides its certificate.
+/// Secrets stay in their files until the connection is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// The client certificate only (a server with `verify_and_map`, or no authorization).
+    Certificate,
+    /// A user name and a password read from a file (its first line).
+    UserPassword {
+        user: String,
+        password_file: PathBuf,
+    },
+    /// An nkey seed (`SU…`) read from a file.
+    Nkey { seed_file: PathBuf },
+    /// A `.creds` file (user JWT and nkey seed), as `nsc` writes it.
+    Credentials { file: PathBuf },
 }
 
 /// One line of a batch.

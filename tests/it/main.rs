@@ -21,6 +21,7 @@ mod layering;
 pub(crate) mod live;
 mod media;
 mod memory;
+mod nats;
 mod observe;
 mod packaging;
 mod pki;

@@ -105,6 +105,13 @@ pub(crate) fn pki() -> Pki {
         "collector-wrong-host",
         leaf(&site, "collector", &["collector.example"], false),
     );
+    // NATS (tests/it/nats.rs): a server certificate for loopback by address, and the
+    // collector's client certificate towards NATS.
+    put(
+        "nats-server",
+        leaf(&site, "nats", &["127.0.0.1", "localhost"], false),
+    );
+    put("bus-client", leaf(&site, "collector-bus", &[], false));
     put("edge-01", leaf(&site, "edge-01", &[], false));
     put("edge-02", leaf(&site, "edge-02", &[], false));
     put("edge-01-rogue", leaf(&rogue, "edge-01", &[], false));
@@ -744,7 +751,7 @@ fn picky(pki: &Pki, policy: PickyPolicy) -> Picky {
 }
 
 /// Appends records to the spool of `config` (opened and closed here).
-fn spool_records(config: &teledge::config::ForwardConfig, records: &[Vec<u8>]) {
+pub(crate) fn spool_records(config: &teledge::config::ForwardConfig, records: &[Vec<u8>]) {
     let (mut spool, _) =
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
     for r in records {
@@ -783,7 +790,7 @@ fn forward_once(
     (result, forwarder.stats, left)
 }
 
-fn record(n: usize, pad: usize, marker: &str) -> Vec<u8> {
+pub(crate) fn record(n: usize, pad: usize, marker: &str) -> Vec<u8> {
     format!(
         r#"{{"type":"test","n":{n},"marker":"{marker}","pad":"{}"}}"#,
         "x".repeat(pad)
