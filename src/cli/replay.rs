@@ -281,11 +281,17 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if spool_error.is_some() {
             return;
         }
-        if let (Some(aggregator), Record::Call(call)) = (aggregator.borrow_mut().as_mut(), &record)
-        {
-            // Classified on the clear number, before the spooler pseudonymises it.
-            last = last.max(call.end_time.unwrap_or(call.last_message_time));
-            aggregator.call(call, last);
+        match (aggregator.borrow_mut().as_mut(), &record) {
+            (Some(aggregator), Record::Call(call)) => {
+                // Classified on the clear number, before the spooler pseudonymises it.
+                last = last.max(call.end_time.unwrap_or(call.last_message_time));
+                aggregator.call(call, last);
+            }
+            (Some(aggregator), Record::Registrations(minute)) => {
+                last = last.max(minute.minute_start);
+                aggregator.registrations(minute, last);
+            }
+            _ => {}
         }
         // Group commit: durable at most one interval after the append.
         if let Err(e) = spooler

@@ -131,12 +131,17 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         None => {
             let mut aggregator = Aggregator::new(config.settings.clone(), "report", 0);
             let mut last = Timestamp::default();
-            let mut sink = |record: Record| {
-                if let Record::Call(call) = record {
+            let mut sink = |record: Record| match record {
+                Record::Call(call) => {
                     let now = call.end_time.unwrap_or(call.last_message_time);
                     last = last.max(now);
                     aggregator.call(&call, last);
                 }
+                Record::Registrations(minute) => {
+                    last = last.max(minute.minute_start);
+                    aggregator.registrations(&minute, last);
+                }
+                _ => {}
             };
             let mut replay = Replay::new(ReplaySettings::default());
             for path in &args.files {

@@ -16,11 +16,15 @@
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
 //! [`queue`] is the same idea for ACD queue events (Asterisk `queue_log`, FreeSWITCH
 //! `mod_callcenter`): one queue contact record per caller and queue, and agent states.
+//! [`registrations`] times REGISTER attempts (RFC 6076 RRD and IRA) into one
+//! `teledge.registrations/1` record per minute of capture time, which the statistics sum
+//! into the interval records.
 
 pub mod calls;
 pub mod hep;
 pub mod media;
 pub mod queue;
+pub mod registrations;
 
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
@@ -45,6 +49,7 @@ pub struct Correlator {
     /// Ended calls waiting out their grace, oldest first: (time the record is made, record).
     ending: VecDeque<(Timestamp, CallRecord)>,
     grace: Duration,
+    registrations: registrations::RegistrationTracker,
 }
 
 impl Correlator {
@@ -55,6 +60,7 @@ impl Correlator {
         };
         Correlator {
             grace: calls.record_grace,
+            registrations: registrations::RegistrationTracker::new(calls.linger),
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
@@ -74,6 +80,7 @@ impl Correlator {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
         self.bye_answered(msg, now);
+        self.registrations.message(now, msg);
         let mut ended = Vec::new();
         self.calls
             .message(meta, msg, sdp.as_ref(), &mut |call| ended.push(call));
@@ -181,6 +188,8 @@ impl Correlator {
         self.calls.advance(now, &mut |call| ended.push(call));
         self.hold(ended, now, out);
         self.release(now, out);
+        self.registrations
+            .advance(now, &mut |r| out(Record::Registrations(Box::new(r))));
         self.media
             .advance(now, &mut |s| out(Record::Stream(Box::new(s))));
         self.orphan_summaries(out);
@@ -197,6 +206,8 @@ impl Correlator {
             out(Record::Call(Box::new(call)));
         });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+        self.registrations
+            .finish(&mut |r| out(Record::Registrations(Box::new(r))));
         self.orphan_summaries(out);
     }
 }

@@ -9,7 +9,9 @@
 //! figures are published as metrics once a second. Queue contact records (`teledge.queue/1`)
 //! are counted too, as queue facts in the `[[service]]` named like their queue
 //! ([`Aggregator::queue_record`]); those that tell no arrival are counted in
-//! `teledge_stats_queue_no_arrival_total`.
+//! `teledge_stats_queue_no_arrival_total`. The correlation's per-minute registration records
+//! (`teledge.registrations/1`) are spooled and summed into the first service's interval
+//! (`sip.registrations`, `sip.rrd_*`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -98,6 +100,10 @@ fn write(
                     // Pseudonymised at ingest already: counted on its own, in the service
                     // named like its queue (see `Aggregator::queue_record`).
                     aggregator.queue_record(queue, Timestamp::now());
+                }
+                (Some((aggregator, _)), Record::Registrations(minute)) => {
+                    // The node's REGISTER attempts (RFC 6076 RRD, IRA): its first service.
+                    aggregator.registrations(minute, Timestamp::now());
                 }
                 _ => {}
             }

@@ -160,4 +160,19 @@ pub struct SipSums {
     pub sdd_count: u64,
     pub sdd_ms: u64,
     pub sdd_buckets: Vec<u64>,
+    /// REGISTER attempts of the node (from its `teledge.registrations/1` records, counted
+    /// in the interval of the node's *first* service only: registrations belong to no
+    /// service), that ended in the interval: registered, failed or timed out (RFC 6076
+    /// IRA's numerator: `registrations_ineffective`), challenged and not retried.
+    pub registrations: u64,
+    pub registered: u64,
+    pub registrations_ineffective: u64,
+    pub registrations_challenge_unanswered: u64,
+    /// REGISTERs not timed (too many attempts open at once).
+    pub registrations_not_timed: u64,
+    /// Σ registration request delay (RFC 6076 RRD: first REGISTER → 2xx, challenges
+    /// included) and its histogram over
+    /// [`RRD_BUCKETS_MS`](crate::record::registration::RRD_BUCKETS_MS) plus one.
+    pub rrd_ms: u64,
+    pub rrd_buckets: Vec<u64>,
 }

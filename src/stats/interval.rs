@@ -299,6 +299,38 @@ impl Aggregator {
         }
     }
 
+    /// A minute of the node's REGISTER attempts (`teledge.registrations/1`): summed into the
+    /// `sip` section of the interval holding the minute, in the first service (registrations
+    /// belong to no service; the first one, `default` without `[[service]]`, carries the
+    /// node's figures, so adding services up never counts them twice). Intervals start on
+    /// whole minutes in every zone whose offset is whole minutes, so a minute lies in one
+    /// interval. Too late (or too far ahead) like a contact: counted in `too_late`.
+    pub fn registrations(
+        &mut self,
+        r: &crate::record::registration::RegistrationsRecord,
+        now: Timestamp,
+    ) {
+        if self.settings.services.is_empty() {
+            return;
+        }
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        let (start, end) = self.settings.clock.interval_of(r.minute_start);
+        if end < horizon || r.minute_start > now.plus(AHEAD) {
+            self.counters.too_late += 1;
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(0, open, open_end);
+            held.sums.too_late += 1;
+            held.dirty = true;
+            return;
+        }
+        let held = self.hold(0, start, end);
+        held.sums.sip.add_registrations(r);
+        held.dirty = true;
+    }
+
     /// Counts a contact in its interval and its concurrency in the intervals it spans.
     /// `now` is the aggregator's clock (the capture time in replay): an interval closed more
     /// than [`RETAIN_CLOSED`] before it is no longer held.

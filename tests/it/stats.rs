@@ -1201,3 +1201,83 @@ fn session_disconnect_delay_is_measured_like_tshark_and_summed_per_interval() {
         "{line:#}"
     );
 }
+
+/// RFC 6076 RRD and IRA (the issue's "SRD (registrations)"): REGISTER attempts of real
+/// captures timed from the first REGISTER to the final 2xx across 401 challenges, by Call-ID
+/// and CSeq, summed into the interval records' `sip` section by `teledge report`.
+///
+/// Expected figures by hand from `tshark -r sngrep_aaa.pcap -Y 'sip.CSeq.method ==
+/// "REGISTER"'` (relative time, Call-ID, CSeq, status), one phone registering to a
+/// registrar that challenges every REGISTER:
+///
+/// ```text
+/// 32.004937 578222729 68 REGISTER / 32.141694 401 → 49.420564 69 REGISTER / 49.616489 403   failed
+/// 139.349155 70 / 401 → 156.629834 71 / 156.781808 401 → no REGISTER for 150 s             challenge unanswered
+/// 306.829874 72 / 401 → 324.155054 73 / 324.305849 401 → none for 74 s                       challenge unanswered
+/// 398.071097 74 / 401 → 415.396135 75 / 415.567606 200                                      RRD 17.496509 s
+/// 915.314807 76 / 401 → 77 / 401 → 78 / 401 → 968.611582 79 / 968.760484 401 → none          challenge unanswered
+/// 1255.964931 29858147 1 / 401 → 1273.350228 2 / 1273.510395 200                          RRD 17.545464 s
+/// 1290.564631 3 / 1290.701065 401 → 1324.813914 4 (34.1 s later: past Timer F, 32 s)        challenge unanswered
+/// 1324.813914 4 / 1324.965484 401 → 1460.423917 5 (135 s later)                              challenge unanswered
+/// 1460.423917 5 / 401 → 1477.884004 6 / 1478.042520 200                                     RRD 17.618603 s
+/// ```
+///
+/// and `rtp_rtcp_sip_ipv4_udp.pcap`: three REGISTERs answered 200 directly, after
+/// 15.702, 16.384 and 15.590 ms.
+#[test]
+fn registrations_are_timed_across_challenges_and_summed_per_interval() {
+    let sum = |lines: &[serde_json::Value], field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["sums"]["sip"][field].as_u64().unwrap())
+            .sum()
+    };
+    let lines = report(&[], &[&crate::support::data_path("sngrep_aaa.pcap")]);
+    // Attempts: 1 failed, 5 challenges unanswered, 3 registered.
+    assert_eq!(sum(&lines, "registrations"), 9, "{lines:#?}");
+    assert_eq!(sum(&lines, "registered"), 3);
+    assert_eq!(sum(&lines, "registrations_ineffective"), 1);
+    assert_eq!(sum(&lines, "registrations_challenge_unanswered"), 5);
+    assert_eq!(sum(&lines, "registrations_not_timed"), 0);
+    // Each delay rounded to the millisecond: 17497 + 17545 + 17619.
+    assert_eq!(sum(&lines, "rrd_ms"), 17_497 + 17_545 + 17_619);
+    // Every delay in the bucket of at most 20 s (bounds 10 … 15000, 20000, …).
+    let mut buckets = vec![0u64; 15];
+    for l in &lines {
+        for (i, n) in l["sums"]["sip"]["rrd_buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            buckets[i] += n.as_u64().unwrap();
+        }
+    }
+    assert_eq!(buckets[11], 3, "{buckets:?}");
+    assert_eq!(buckets.iter().sum::<u64>(), 3);
+
+    // One quarter-hour of the short capture: mean, percentiles and IRA displayed.
+    let lines = report(
+        &[],
+        &[&crate::support::data_path("rtp_rtcp_sip_ipv4_udp.pcap")],
+    );
+    let line = lines
+        .iter()
+        .find(|l| l["sums"]["sip"]["registrations"] != 0)
+        .expect("an interval with the registrations");
+    let sip = &line["sums"]["sip"];
+    assert_eq!(sum(&lines, "registrations"), 3, "{lines:#?}");
+    assert_eq!(
+        (sip["registered"].as_u64(), sip["rrd_ms"].as_u64()),
+        (Some(3), Some(16 + 16 + 16))
+    );
+    assert!(close(kpi_of(line, "sip_rrd_mean_s"), 0.016), "{line:#}");
+    // 16 ms falls in the bucket of at most 20 ms.
+    assert!(close(kpi_of(line, "sip_rrd_p50_s"), 0.020), "{line:#}");
+    assert!(close(kpi_of(line, "sip_rrd_p95_s"), 0.020), "{line:#}");
+    assert!(close(kpi_of(line, "sip_ira"), 0.0), "{line:#}");
+}
+
+fn kpi_of(line: &serde_json::Value, name: &str) -> Option<f64> {
+    line["kpis"][name]["value"].as_f64()
+}
