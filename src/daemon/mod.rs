@@ -425,11 +425,15 @@ impl Daemon {
             Arc::clone(&metrics),
             Arc::clone(&dropped),
             config.stats.enabled.then(|| {
-                let aggregator = crate::stats::Aggregator::new(
+                let mut aggregator = crate::stats::Aggregator::new(
                     config.stats.settings.clone(),
                     &config.forward.node_id,
                     run_id(),
                 );
+                // A queue source: its records and the calls of the same contacts join.
+                if !config.queue_logs.is_empty() || !config.callcenters.is_empty() {
+                    aggregator = aggregator.with_queue_join(crate::stats::interval::JOIN_WINDOW);
+                }
                 (aggregator, Arc::clone(&produced))
             }),
         )?;

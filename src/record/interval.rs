@@ -116,6 +116,10 @@ pub struct IntervalSums {
     /// [`crate::stats::interval::RETAIN_CLOSED`] ago, or a day ahead of the clock): counted
     /// here, in the interval open when they arrived, instead of there.
     pub too_late: u64,
+    /// Queue records (`teledge.queue/1`) that tell no arrival (their `ENTERQUEUE` not seen
+    /// and nothing else to derive it from): not counted as contacts, announced here, in the
+    /// interval open when they came (their queue's service, else the first).
+    pub queue_no_arrival: u64,
     /// Contacts active during each second of the interval (overlapping it), run-length
     /// encoded as
     /// `[offset_s, length_s, calls]`, sorted, without zero runs.

@@ -153,6 +153,7 @@ impl IntervalSums {
         }
         self.excluded += o.excluded;
         self.too_late += o.too_late;
+        self.queue_no_arrival += o.queue_no_arrival;
         self.concurrency = merge_concurrency(&self.concurrency, &o.concurrency);
         self.mos_scored += o.mos_scored;
         self.mos_centi_sum += o.mos_centi_sum;

@@ -1281,3 +1281,109 @@ fn registrations_are_timed_across_challenges_and_summed_per_interval() {
 fn kpi_of(line: &serde_json::Value, name: &str) -> Option<f64> {
     line["kpis"][name]["value"].as_f64()
 }
+
+/// A call record and the queue record of the same contact are joined and counted once, in
+/// the queue's service: queue figures (arrival, wait, ring, talk, outcome, who hung up)
+/// from the queue, the rest (hold from the re-INVITEs, MOS, RFC 6076 facts) from SIP.
+///
+/// Input: two real captures and a `queue_log` written by hand for their calls (Asterisk is
+/// not in Debian 12; see `tests/data/README.md`). Expected, by hand:
+/// - `support` (the queue's service; no number of the captures matches it): `101`
+///   (sip_ipv4_tcp.pcap, SIP answered by the PBX, MOS 4.41) abandoned in the queue after
+///   5 s; `20008777` (erspan, held 10.527329 s) answered after 7 s, ring 2 s, talk 13 s,
+///   the agent hung up; `555` (no call) flowed out after 60 s; `20008909` an hour after its
+///   calls (no call fits: counted alone) abandoned after 3 s (short). Offered 4, answered 1,
+///   abandoned 2 (1 short), flowed out 1, all 4 from the queue; hold 10 527 ms; one MOS
+///   (441); two SIP INVITEs.
+/// - `lines` (every other number): the capture's two consultation legs from `20008909`,
+///   answered, held 0.668981 and 0.668604 s.
+///
+/// Without the join the two joined calls would count in `lines` as well: 4 there, not 2.
+#[test]
+fn a_call_and_its_queue_log_contact_are_joined_and_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stats.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ninterval_minutes = 60\n\n\
+         [[service]]\nname = \"support\"\nnumbers = [\"0800*\"]\n\n\
+         [[service]]\nname = \"lines\"\n",
+    )
+    .unwrap();
+    let queue_log = crate::support::data_path("callcenter/queue_log-bundled-captures");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--format", "jsonl", "--config"])
+        .arg(&config)
+        .arg(crate::support::data_path("sip_ipv4_tcp.pcap"))
+        .arg(crate::support::data_path("erspan_sip_ipv4_udp.pcapng"))
+        .arg("--queue-log")
+        .arg(&queue_log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 call(s) joined"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sum = |service: &str, path: &[&str]| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["service"] == service)
+            .map(|l| {
+                let mut v = &l["sums"];
+                for p in path {
+                    v = &v[p];
+                }
+                v.as_u64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let s = |f: &str| sum("support", &[f]);
+    assert_eq!(
+        (
+            s("offered"),
+            s("answered"),
+            s("abandoned"),
+            s("short_abandoned")
+        ),
+        (4, 1, 2, 1),
+        "{lines:#?}"
+    );
+    assert_eq!((s("flowed_out"), s("from_queue")), (1, 4));
+    // Queue figures from the queue_log.
+    assert_eq!(s("wait_answered_ms"), 7000);
+    assert_eq!(s("wait_abandoned_ms"), 5000 + 3000);
+    assert_eq!((s("rang"), s("ring_ms")), (1, 2000));
+    assert_eq!((s("handled"), s("talk_ms")), (1, 13_000));
+    assert_eq!((s("hangup_callee"), s("hangup_caller")), (1, 0));
+    // The rest from SIP.
+    assert_eq!(s("hold_ms"), 10_527);
+    assert_eq!((s("mos_scored"), s("mos_centi_sum")), (1, 441));
+    assert_eq!(sum("support", &["sip", "invites"]), 2);
+    // The other calls, once each.
+    let l = |f: &str| sum("lines", &[f]);
+    assert_eq!(
+        (l("offered"), l("answered"), l("from_queue")),
+        (2, 2, 0),
+        "{lines:#?}"
+    );
+    assert_eq!(l("hold_ms"), 669 + 669);
+
+    // Without the queue_log the same captures count 4 calls in `lines`.
+    let alone = report(
+        &["--config", config.to_str().unwrap()],
+        &[
+            &crate::support::data_path("sip_ipv4_tcp.pcap"),
+            &crate::support::data_path("erspan_sip_ipv4_udp.pcapng"),
+        ],
+    );
+    let offered: u64 = alone
+        .iter()
+        .filter(|l| l["service"] == "lines")
+        .map(|l| l["sums"]["offered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(offered, 4);
+}
