@@ -423,7 +423,7 @@ impl Aggregator {
     }
 
     /// A queue fact, joined with a waiting call of the same contact or waiting for one.
-    fn queue_fact_joining(&mut self, fact: super::QueueFact, now: Timestamp) {
+    pub fn queue_fact_joining(&mut self, fact: super::QueueFact, now: Timestamp) {
         let Some(join) = self.join.as_mut() else {
             return self.queue_fact(&fact, None, now);
         };

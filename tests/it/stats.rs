@@ -1387,3 +1387,103 @@ fn a_call_and_its_queue_log_contact_are_joined_and_counted_once() {
         .sum();
     assert_eq!(offered, 4);
 }
+
+/// The join as the daemon runs it: a queue record naming its SIP Call-ID joins that call at
+/// once; a queue record of the same caller an hour after the call does not join it; records
+/// without a partner wait the window (30 s) and are then counted on their own, each once;
+/// at most `MAX_JOIN_WAITING` wait (the oldest is counted early, and counted as such).
+#[test]
+fn the_queue_join_waits_its_window_then_counts_each_record_alone() {
+    use teledge::stats::interval::{JoinKeys, MAX_JOIN_WAITING};
+    use teledge::stats::service::NumberPattern;
+    use teledge::stats::{QueueEnd, QueueFact};
+    let mut s = settings("UTC", 60, Attribution::Arrival);
+    let mut sales = ServiceSettings::default_service();
+    sales.name = "sales".into();
+    sales.numbers = vec![NumberPattern::parse("0800*")];
+    let mut lines = ServiceSettings::default_service();
+    lines.name = "lines".into();
+    s.services = Services::new(vec![sales, lines]);
+    let mut agg = Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30));
+    let (calls, _) = crate::support::replay("erspan_sip_ipv4_udp.pcapng");
+    let answered: Vec<_> = calls
+        .iter()
+        .filter(|c| c.outcome == teledge::record::Outcome::Answered)
+        .collect();
+    let (c1, c2) = (answered[0], answered[1]);
+    let keys = |c: &teledge::record::CallRecord| JoinKeys {
+        call_id: c.call_id.clone(),
+        callers: c.caller.user.iter().cloned().collect(),
+    };
+    let fact = |enter: Timestamp, caller: Option<String>, sip: Option<String>| QueueFact {
+        queue_call_id: "q".into(),
+        sip_call_id: sip,
+        queue: "sales".into(),
+        caller,
+        agent: None,
+        enter_time: enter,
+        end: QueueEnd::Abandoned,
+        end_time: Some(enter.plus(Duration::from_secs(4))),
+        wait_s: Some(4.0),
+        ring_s: None,
+        rona: 0,
+        talk_s: None,
+        wrap_up_s: None,
+        hangup_by: None,
+        transferred: false,
+    };
+    let now = c2.end_time.unwrap().max(c1.end_time.unwrap());
+    // c1 first; its queue record (FreeSWITCH style: with the leg's Call-ID) joins it.
+    agg.call_keyed(c1, keys(c1), now);
+    assert_eq!(agg.join_waiting(), (1, 0));
+    agg.queue_fact_joining(
+        fact(c1.invite_time.unwrap(), None, Some(c1.call_id.clone())),
+        now,
+    );
+    assert_eq!((agg.join_waiting(), agg.counters().joined), ((0, 0), 1));
+    // The same caller as c2, but an hour after it: no join; both wait.
+    let later = c2.invite_time.unwrap().plus(Duration::from_secs(3600));
+    agg.queue_fact_joining(fact(later, c2.caller.user.clone(), None), now);
+    agg.call_keyed(c2, keys(c2), now);
+    assert_eq!(agg.join_waiting(), (1, 1));
+    assert!(agg
+        .tick(now.plus(Duration::from_secs(29)))
+        .iter()
+        .all(|r| r.sums.offered == 0));
+    assert_eq!(agg.join_waiting(), (1, 1), "within the window");
+    agg.tick(now.plus(Duration::from_secs(31)));
+    assert_eq!(agg.join_waiting(), (0, 0), "counted alone after the window");
+    let records = agg.finish(now.plus(Duration::from_secs(32)));
+    let sum = |service: &str, f: fn(&teledge::record::interval::IntervalSums) -> u64| -> u64 {
+        records
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| f(&r.sums))
+            .sum()
+    };
+    // sales: c1 joined (queue says abandoned after 4 s) and the late queue record alone.
+    assert_eq!(sum("sales", |s| s.offered), 2);
+    assert_eq!(sum("sales", |s| s.abandoned), 2);
+    assert_eq!(sum("sales", |s| s.from_queue), 2);
+    assert_eq!(sum("sales", |s| s.sip.invites), 1, "c1's SIP facts kept");
+    // lines: c2 alone, answered.
+    assert_eq!(
+        (sum("lines", |s| s.offered), sum("lines", |s| s.answered)),
+        (1, 1)
+    );
+
+    // The bound: one call more than may wait; the oldest is counted at once.
+    let mut agg = Aggregator::new(settings("UTC", 60, Attribution::Arrival), "n1", 1)
+        .with_queue_join(Duration::from_secs(30));
+    for _ in 0..=MAX_JOIN_WAITING {
+        agg.call_keyed(c2, keys(c2), now);
+    }
+    assert_eq!(agg.join_waiting(), (MAX_JOIN_WAITING, 0));
+    assert_eq!(agg.counters().join_overflow, 1);
+    let offered: u64 = agg.finish(now).iter().map(|r| r.sums.offered).sum();
+    assert_eq!(
+        offered,
+        MAX_JOIN_WAITING as u64 + 1,
+        "every call counted once"
+    );
+}
