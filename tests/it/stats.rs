@@ -1487,3 +1487,50 @@ fn the_queue_join_waits_its_window_then_counts_each_record_alone() {
         "every call counted once"
     );
 }
+
+/// `[[service]]` by trunk or PBX address and direction, on the calls of two real captures
+/// (addresses as `teledge replay` shows them), first match wins. By hand:
+/// - `never` (called number 20008910 *to* 180.173.83.0/24): the call to 20008910 came *from*
+///   180.173.83.248, so no call is outbound to it — 0;
+/// - `pbx-in` (inbound from 192.168.1.0/24, the default direction with trunks): the two
+///   calls from 192.168.1.191 — 2;
+/// - `to-carrier` (outbound to 101.231.48.19): the call from 180.173.83.248 to it — 1;
+/// - `desk` (number 201, either way through 10.33.6.101): the TCP call 101 → 201 — 1.
+#[test]
+fn services_are_told_by_trunk_address_and_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stats.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ninterval_minutes = 60\n\n\
+         [[service]]\nname = \"never\"\nnumbers = [\"20008910\"]\ntrunks = [\"180.173.83.0/24\"]\ndirection = \"outbound\"\n\n\
+         [[service]]\nname = \"pbx-in\"\ntrunks = [\"192.168.1.0/24\"]\n\n\
+         [[service]]\nname = \"to-carrier\"\ntrunks = [\"101.231.48.19\"]\ndirection = \"outbound\"\n\n\
+         [[service]]\nname = \"desk\"\nnumbers = [\"201\"]\ntrunks = [\"10.33.6.101\"]\ndirection = \"any\"\n",
+    )
+    .unwrap();
+    let lines = report(
+        &["--config", config.to_str().unwrap()],
+        &[
+            &crate::support::data_path("erspan_sip_ipv4_udp.pcapng"),
+            &crate::support::data_path("sip_ipv4_tcp.pcap"),
+        ],
+    );
+    let offered = |service: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["service"] == service)
+            .map(|l| l["sums"]["offered"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        [
+            offered("never"),
+            offered("pbx-in"),
+            offered("to-carrier"),
+            offered("desk")
+        ],
+        [0, 2, 1, 1],
+        "{lines:#?}"
+    );
+}
