@@ -12,6 +12,14 @@
 //! service-level event (default, as Cisco and Genesys: answer, abandon or end, or arrival +
 //! T if that came first) or its arrival. Its concurrency runs over every interval it spans.
 //!
+//! Joining (with [`Aggregator::with_queue_join`], when a queue source is configured): a call
+//! record and a queue record of the same contact are counted once, queue figures from the
+//! queue, the rest from SIP; each waits at most the join window ([`JOIN_WINDOW`] in the
+//! daemon) for its partner, at most [`MAX_JOIN_WAITING`] of each wait (the oldest beyond is
+//! counted alone, `join_overflow`). Registrations: the node's per-minute registration
+//! records are summed into the first service's interval holding the minute
+//! ([`Aggregator::registrations`]).
+//!
 //! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
 //! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
 //! with contacts or without (a missing record means the aggregator was not running). A contact that changes an emitted interval marks it; it is re-emitted
