@@ -154,7 +154,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 }
                 _ => {}
             };
-            let mut replay = Replay::new(ReplaySettings::default());
+            let mut replay = Replay::with_registrations(ReplaySettings::default());
             for path in &args.files {
                 let file =
                     File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

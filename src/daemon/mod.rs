@@ -441,10 +441,11 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            pipeline: Arc::new(Mutex::new(Pipeline::new(Correlator::new(
-                config.calls,
-                config.media,
-            )))),
+            // With the statistics, REGISTER attempts are timed too (RFC 6076 RRD, IRA).
+            pipeline: Arc::new(Mutex::new(Pipeline::new(
+                Correlator::new(config.calls, config.media)
+                    .with_registration_records(config.stats.enabled),
+            ))),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),

@@ -850,7 +850,7 @@ fn every_record_of_every_bundled_capture_validates() {
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for capture in &captures {
         let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
-            .arg("replay")
+            .args(["replay", "--registrations"])
             .arg(capture)
             .output()
             .unwrap();

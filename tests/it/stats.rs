@@ -435,6 +435,33 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
     {
         sock.send_to(&frame, udp).unwrap();
     }
+    // A phone registering through a challenge: one attempt, registered (RFC 6076 RRD).
+    {
+        use crate::daemon_in_process::{hep, message, CALLEE, CALLER};
+        let reg = |start: &str, cseq: u32, from_phone: bool| {
+            let (src, dst) = if from_phone {
+                (CALLER, CALLEE)
+            } else {
+                (CALLEE, CALLER)
+            };
+            hep(
+                1,
+                src,
+                dst,
+                &message(start, "reg@stats", "REGISTER", cseq, !from_phone),
+                None,
+            )
+        };
+        for frame in [
+            reg("REGISTER sip:pbx SIP/2.0", 1, true),
+            reg("SIP/2.0 401 Unauthorized", 1, false),
+            reg("REGISTER sip:pbx SIP/2.0", 2, true),
+            reg("SIP/2.0 200 OK", 2, false),
+        ] {
+            sock.send_to(&frame, udp).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     wait_until("the ended call counted in the open interval", || {
         daemon
             .metrics()
@@ -481,6 +508,25 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         .iter()
         .filter(|r| r.service == "other")
         .all(|r| r.sums.offered == 0));
+    // The registration: a teledge.registrations/1 record at the collector, and summed into
+    // the first service's interval (registrations belong to no service).
+    let attempts: u64 = stored(&out)
+        .iter()
+        .filter(|l| l["record"]["type"] == "registrations")
+        .map(|l| l["record"]["registered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempts, 1);
+    let first: Vec<_> = intervals.iter().filter(|r| r.service == "other").collect();
+    let registered: u64 = first.iter().map(|r| r.sums.sip.registered).sum();
+    let rrd_ms: u64 = first.iter().map(|r| r.sums.sip.rrd_ms).sum();
+    assert_eq!(registered, 1, "{intervals:#?}");
+    // Three sends 20 ms apart on loopback, timed by the daemon's clock for HEP input
+    // (which may step by its tick): well under a second.
+    assert!(rrd_ms < 1000, "{rrd_ms}");
+    assert_eq!(
+        sales.iter().map(|r| r.sums.sip.registrations).sum::<u64>(),
+        0
+    );
     // The call records at the collector are pseudonymised: no clear number "200".
     for line in stored(&out)
         .iter()
@@ -1533,4 +1579,67 @@ fn services_are_told_by_trunk_address_and_direction() {
         [0, 2, 1, 1],
         "{lines:#?}"
     );
+}
+
+/// The join as the daemon makes it, with the site key: the queue source pseudonymises the
+/// `queue_log` caller at ingest (keyed hash), the spool writer keys the clear call record
+/// with the same pseudonymiser ([`JoinKeys::of`]), and the two meet; keys made under
+/// another site key meet nothing (the call and the queue stay then count apart).
+#[test]
+fn the_join_meets_on_keyed_hashes_made_with_the_same_site_key() {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
+    use teledge::record::queue::QueueSource;
+    use teledge::stats::interval::JoinKeys;
+    let keyed = |key: u8| {
+        Pseudonymizer::new(Privacy::new(
+            PrivacyMode::KeyedHash {
+                site_key: [key; 32],
+            },
+            AddressMode::Keep,
+            [0; 32],
+        ))
+    };
+    // The erspan capture's call from 20008777 and its queue stay (lines 3–5 of the file).
+    let (calls, _) = crate::support::replay("erspan_sip_ipv4_udp.pcapng");
+    let call = calls
+        .iter()
+        .find(|c| c.caller.user.as_deref() == Some("20008777"))
+        .unwrap();
+    let text = std::fs::read_to_string(crate::support::data_path(
+        "callcenter/queue_log-bundled-captures",
+    ))
+    .unwrap();
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "pbx1",
+        QueueLimits::default(),
+        keyed(7),
+    );
+    let mut records = Vec::new();
+    for line in text.lines().filter(|l| l.contains("1526006126.12")) {
+        let parsed = teledge::decode::queue_log::parse_line(line.as_bytes()).unwrap();
+        assembler.asterisk(&parsed, &mut |r| records.push(r));
+    }
+    assert_eq!(records.len(), 1);
+    let stay = &records[0];
+    assert!(
+        stay.caller.as_deref().unwrap().starts_with("h:"),
+        "{stay:?}"
+    );
+    let count = |key: u8| {
+        let mut s = settings("UTC", 60, Attribution::Arrival);
+        let mut support = ServiceSettings::default_service();
+        support.name = "support".into();
+        s.services = Services::new(vec![support]);
+        let mut agg = Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30));
+        let now = call.end_time.unwrap();
+        agg.call_keyed(call, JoinKeys::of(call, &keyed(key)), now);
+        agg.queue_record(stay, now);
+        let joined = agg.counters().joined;
+        let offered: u64 = agg.finish(now).iter().map(|r| r.sums.offered).sum();
+        (joined, offered)
+    };
+    assert_eq!(count(7), (1, 1), "same site key: one contact");
+    assert_eq!(count(8), (0, 2), "another site key: the two count apart");
 }
