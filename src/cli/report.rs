@@ -137,7 +137,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             // join (every record is at hand: they wait for each other to the end).
             let join = !args.files.is_empty() && !args.queue_log.is_empty();
             if join {
-                aggregator = aggregator.with_queue_join(REPORT_JOIN_WINDOW);
+                aggregator = aggregator.with_queue_join(REPORT_JOIN_WINDOW, REPORT_JOIN_WAITING);
             }
             let clear = clear_pseudonymizer();
             // Each record with its own time as the aggregator's clock: all input is at hand,
@@ -201,7 +201,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "teledge: {} record(s) counted without waiting for their partner (over {} waiting)",
                     counters.join_overflow,
-                    teledge::stats::interval::MAX_JOIN_WAITING
+                    REPORT_JOIN_WAITING
                 );
             }
             if counters.unclassified > 0 {
@@ -319,6 +319,10 @@ fn read_queue_log(
 /// How long a call or queue record of `teledge report` waits for its partner: all input
 /// is at hand, so to the end (a year of capture time).
 const REPORT_JOIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Most calls (and queue stays) of `teledge report` waiting for their partner: about 300
+/// bytes each. Beyond, the oldest call is counted alone (said on standard error).
+const REPORT_JOIN_WAITING: usize = 500_000;
 
 /// Clear identities: the report shows sums only and stores nothing; queue records and the
 /// calls' join keys are made alike.

@@ -432,7 +432,10 @@ impl Daemon {
                 );
                 // A queue source: its records and the calls of the same contacts join.
                 if !config.queue_logs.is_empty() || !config.callcenters.is_empty() {
-                    aggregator = aggregator.with_queue_join(crate::stats::interval::JOIN_WINDOW);
+                    aggregator = aggregator.with_queue_join(
+                        crate::stats::interval::JOIN_WINDOW,
+                        crate::stats::interval::MAX_JOIN_WAITING,
+                    );
                 }
                 (aggregator, Arc::clone(&produced))
             }),

@@ -286,12 +286,94 @@ struct WaitingFact {
     fact: super::QueueFact,
 }
 
+/// Records waiting for a partner, oldest first, found by their join keys (Call-ID, caller
+/// numbers) without a scan of all of them.
+#[derive(Debug)]
+struct Waiting<T> {
+    next: u64,
+    items: BTreeMap<u64, (Vec<String>, T)>,
+    by_key: std::collections::HashMap<String, Vec<u64>>,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Waiting {
+            next: 0,
+            items: BTreeMap::new(),
+            by_key: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T> Waiting<T> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push_back(&mut self, keys: Vec<String>, item: T) {
+        let seq = self.next;
+        self.next += 1;
+        for key in &keys {
+            self.by_key.entry(key.clone()).or_default().push(seq);
+        }
+        self.items.insert(seq, (keys, item));
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.items.first_key_value().map(|(_, (_, item))| item)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<T> {
+        let (keys, item) = self.items.remove(&seq)?;
+        for key in keys {
+            if let Some(seqs) = self.by_key.get_mut(&key) {
+                seqs.retain(|s| *s != seq);
+                if seqs.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+        Some(item)
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let seq = *self.items.first_key_value()?.0;
+        self.remove(seq)
+    }
+
+    /// The records waiting under any of `keys`, each once.
+    fn candidates<'a>(&'a self, keys: &[&str]) -> Vec<(u64, &'a T)> {
+        let mut seqs: Vec<u64> = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(*k))
+            .flatten()
+            .copied()
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.iter()
+            .filter_map(|s| self.items.get(s).map(|(_, item)| (*s, item)))
+            .collect()
+    }
+}
+
+/// The keys a queue fact is found by: its SIP Call-ID when told (it decides alone), else
+/// its caller.
+fn fact_keys(fact: &super::QueueFact) -> Vec<String> {
+    match (&fact.sip_call_id, &fact.caller) {
+        (Some(id), _) => vec![id.clone()],
+        (None, Some(caller)) => vec![caller.clone()],
+        (None, None) => Vec::new(),
+    }
+}
+
 /// Calls and queue facts waiting for their partner (see [`Aggregator::with_queue_join`]).
 #[derive(Debug)]
 struct Join {
     window: Duration,
-    calls: std::collections::VecDeque<WaitingCall>,
-    facts: std::collections::VecDeque<WaitingFact>,
+    max_waiting: usize,
+    calls: Waiting<WaitingCall>,
+    facts: Waiting<WaitingFact>,
 }
 
 /// How well a queue fact fits a call: lower is better; `None`: not the same contact. The
@@ -350,11 +432,14 @@ impl Aggregator {
     /// (arrival, wait, outcome, talk, wrap-up, RONA, transfers) and the rest from SIP (MOS,
     /// hold, RFC 6076 facts, who hung up when the queue does not say); a call no queue record
     /// joined counts as a call, a queue record no call joined as a queue contact on its own.
-    pub fn with_queue_join(mut self, window: Duration) -> Aggregator {
+    /// At most `max_waiting` calls and as many queue facts wait (the daemon:
+    /// [`MAX_JOIN_WAITING`]); beyond, the oldest is counted alone (`join_overflow`).
+    pub fn with_queue_join(mut self, window: Duration, max_waiting: usize) -> Aggregator {
         self.join = Some(Join {
             window,
-            calls: std::collections::VecDeque::new(),
-            facts: std::collections::VecDeque::new(),
+            max_waiting: max_waiting.max(1),
+            calls: Waiting::default(),
+            facts: Waiting::default(),
         });
         self
     }
@@ -381,10 +466,14 @@ impl Aggregator {
             keys,
         };
         let services = &self.settings.services;
+        let keys: Vec<String> = std::iter::once(waiting.keys.call_id.clone())
+            .chain(waiting.keys.callers.iter().cloned())
+            .collect();
+        let lookup: Vec<&str> = keys.iter().map(String::as_str).collect();
         let best = join
             .facts
-            .iter()
-            .enumerate()
+            .candidates(&lookup)
+            .into_iter()
             .filter_map(|(i, f)| {
                 Some((fit(&f.fact, services.by_name(&f.fact.queue), &waiting)?, i))
             })
@@ -395,14 +484,14 @@ impl Aggregator {
                 return self.joined(&f.fact, waiting.contact, now);
             }
         }
-        if join.calls.len() >= MAX_JOIN_WAITING {
+        if join.calls.len() >= join.max_waiting {
             if let Some(oldest) = join.calls.pop_front() {
                 self.counters.join_overflow += 1;
                 self.call_alone(oldest);
             }
         }
         if let Some(join) = self.join.as_mut() {
-            join.calls.push_back(waiting);
+            join.calls.push_back(keys, waiting);
         }
     }
 
@@ -436,10 +525,16 @@ impl Aggregator {
             return self.queue_fact(&fact, None, now);
         };
         let service = self.settings.services.by_name(&fact.queue);
+        let keys = fact_keys(&fact);
+        if keys.is_empty() {
+            // Neither a Call-ID nor a caller: nothing can join it.
+            return self.queue_fact(&fact, None, now);
+        }
+        let lookup: Vec<&str> = keys.iter().map(String::as_str).collect();
         let best = join
             .calls
-            .iter()
-            .enumerate()
+            .candidates(&lookup)
+            .into_iter()
             .filter_map(|(i, c)| Some((fit(&fact, service, c)?, i)))
             .min();
         if let Some((_, i)) = best {
@@ -448,18 +543,15 @@ impl Aggregator {
                 return self.joined(&fact, call.contact, now);
             }
         }
-        if join.facts.len() >= MAX_JOIN_WAITING {
+        if join.facts.len() >= join.max_waiting {
             if let Some(oldest) = join.facts.pop_front() {
                 self.counters.join_overflow += 1;
                 self.queue_fact(&oldest.fact, None, oldest.now);
             }
         }
         if let Some(join) = self.join.as_mut() {
-            join.facts.push_back(WaitingFact {
-                until: now.plus(join.window),
-                now,
-                fact,
-            });
+            let until = now.plus(join.window);
+            join.facts.push_back(keys, WaitingFact { until, now, fact });
         }
     }
 

@@ -1450,7 +1450,8 @@ fn the_queue_join_waits_its_window_then_counts_each_record_alone() {
     let mut lines = ServiceSettings::default_service();
     lines.name = "lines".into();
     s.services = Services::new(vec![sales, lines]);
-    let mut agg = Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30));
+    let mut agg =
+        Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
     let (calls, _) = crate::support::replay("erspan_sip_ipv4_udp.pcapng");
     let answered: Vec<_> = calls
         .iter()
@@ -1520,7 +1521,7 @@ fn the_queue_join_waits_its_window_then_counts_each_record_alone() {
 
     // The bound: one call more than may wait; the oldest is counted at once.
     let mut agg = Aggregator::new(settings("UTC", 60, Attribution::Arrival), "n1", 1)
-        .with_queue_join(Duration::from_secs(30));
+        .with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
     for _ in 0..=MAX_JOIN_WAITING {
         agg.call_keyed(c2, keys(c2), now);
     }
@@ -1590,7 +1591,7 @@ fn the_join_meets_on_keyed_hashes_made_with_the_same_site_key() {
     use teledge::correlation::queue::{QueueAssembler, QueueLimits};
     use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
     use teledge::record::queue::QueueSource;
-    use teledge::stats::interval::JoinKeys;
+    use teledge::stats::interval::{JoinKeys, MAX_JOIN_WAITING};
     let keyed = |key: u8| {
         Pseudonymizer::new(Privacy::new(
             PrivacyMode::KeyedHash {
@@ -1632,7 +1633,8 @@ fn the_join_meets_on_keyed_hashes_made_with_the_same_site_key() {
         let mut support = ServiceSettings::default_service();
         support.name = "support".into();
         s.services = Services::new(vec![support]);
-        let mut agg = Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30));
+        let mut agg =
+            Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
         let now = call.end_time.unwrap();
         agg.call_keyed(call, JoinKeys::of(call, &keyed(key)), now);
         agg.queue_record(stay, now);
