@@ -51,6 +51,7 @@
 //! | queue | `caller`, `transfer.target` | number mode, **at ingest** (the queue source pseudonymises before the record exists; the spool writer leaves queue records as they are) |
 //! | queue | `call_id`, `agent` | keyed hash (`h:`…) under the identifier key, at ingest: an agent's member name is a person's name, an interface names an extension |
 //! | queue | `queue`, `group`, `transfer.context`, `exit_key` | kept: names the PBX's configuration gives, a menu key |
+//! | registrations | every field | kept: counts and sums of a minute's REGISTER attempts (no Call-ID, address or user is put in it) |
 //! | heartbeat | every field | kept: the node id, version, architecture, the configuration's SHA-256 (never its contents), times |
 //! | queue | a `WITHDRAW`'s info, an attended transfer's bridge or channel names, pause reasons, caller names | never put in a record |
 //!
@@ -208,6 +209,8 @@ impl Pseudonymizer {
             Record::Gap(_) => {}
             // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
             Record::Queue(_) => {}
+            // Counts and sums of one minute's REGISTER attempts: no identity.
+            Record::Registrations(_) => {}
             // Versions, target names and reasons of the node's own updates.
             Record::Update(_) => {}
             // Version, architecture, the configuration's digest (not its contents), times.

@@ -35,8 +35,19 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(settings: ReplaySettings) -> Self {
+        Self::build(settings, false)
+    }
+
+    /// A replay whose records include the `teledge.registrations/1` records of the REGISTER
+    /// attempts (for the statistics, see [`Correlator::with_registration_records`]).
+    pub fn with_registrations(settings: ReplaySettings) -> Self {
+        Self::build(settings, true)
+    }
+
+    fn build(settings: ReplaySettings, registrations: bool) -> Self {
         let (pipeline, input) = Pipeline::single(
-            Correlator::new(settings.calls, settings.media),
+            Correlator::new(settings.calls, settings.media)
+                .with_registration_records(registrations),
             settings.dissect,
         );
         Replay {

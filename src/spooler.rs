@@ -118,6 +118,12 @@ impl Spooler {
         self.spooled
     }
 
+    /// The pseudonymiser records are rewritten with (the statistics make their join keys
+    /// with it, the way queue records carry their identities).
+    pub fn pseudonymizer(&self) -> &Pseudonymizer {
+        &self.pseudonymizer
+    }
+
     /// The flush interval: how long a record may wait for its commit.
     pub fn flush_every(&self) -> Duration {
         self.flush_every

@@ -66,6 +66,11 @@ pub struct ReplayArgs {
     /// Seconds to keep retrying an unreachable collector before exiting with the rest spooled.
     #[arg(long, default_value_t = 60)]
     pub forward_timeout: u64,
+    /// Also time the REGISTER attempts (RFC 6076 RRD and IRA) and write one
+    /// `teledge.registrations/1` record per minute; with `--forward` and a `[stats]` section
+    /// they are always made (the statistics sum them).
+    #[arg(long)]
+    pub registrations: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,7 +194,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut damaged = false;
-    let mut replay = Replay::new(settings);
+    let mut replay = if args.registrations {
+        Replay::with_registrations(settings)
+    } else {
+        Replay::new(settings)
+    };
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -281,11 +290,17 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if spool_error.is_some() {
             return;
         }
-        if let (Some(aggregator), Record::Call(call)) = (aggregator.borrow_mut().as_mut(), &record)
-        {
-            // Classified on the clear number, before the spooler pseudonymises it.
-            last = last.max(call.end_time.unwrap_or(call.last_message_time));
-            aggregator.call(call, last);
+        match (aggregator.borrow_mut().as_mut(), &record) {
+            (Some(aggregator), Record::Call(call)) => {
+                // Classified on the clear number, before the spooler pseudonymises it.
+                last = last.max(call.end_time.unwrap_or(call.last_message_time));
+                aggregator.call(call, last);
+            }
+            (Some(aggregator), Record::Registrations(minute)) => {
+                last = last.max(minute.minute_start);
+                aggregator.registrations(minute, last);
+            }
+            _ => {}
         }
         // Group commit: durable at most one interval after the append.
         if let Err(e) = spooler
@@ -296,7 +311,12 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut damaged = false;
-    let mut replay = Replay::new(replay_settings(&args)?);
+    let with_stats = aggregator.borrow().is_some();
+    let mut replay = if args.registrations || with_stats {
+        Replay::with_registrations(replay_settings(&args)?)
+    } else {
+        Replay::new(replay_settings(&args)?)
+    };
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         if let Err(e) = replay.read(&path.display().to_string(), file, &mut sink, |_| {}) {

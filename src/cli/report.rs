@@ -4,7 +4,10 @@
 //! node and run, then summed) — as a table, CSV or JSON Lines. Asterisk `queue_log` files
 //! (`--queue-log`, with or without captures) are parsed and assembled into queue contacts as
 //! the daemon does, and counted as queue facts in the `[[service]]` named like their queue
-//! (without `--config`: all in the one service `default`). Lines that are not `queue_log`
+//! (without `--config`: all in the one service `default`); with captures too, a call and the
+//! queue contact of the same caller (same number, the queue stay within the call) are
+//! joined and counted once, queue figures from the queue, the rest from SIP (see
+//! `Aggregator::with_queue_join`). Lines that are not `queue_log`
 //! lines are counted and reported; the exit status then says the input was damaged.
 
 use std::fs::File;
@@ -130,15 +133,28 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let mut aggregator = Aggregator::new(config.settings.clone(), "report", 0);
-            let mut last = Timestamp::default();
-            let mut sink = |record: Record| {
-                if let Record::Call(call) = record {
+            // Captures and a queue_log: a call and the queue record of the same contact
+            // join (every record is at hand: they wait for each other to the end).
+            let join = !args.files.is_empty() && !args.queue_log.is_empty();
+            if join {
+                aggregator = aggregator.with_queue_join(REPORT_JOIN_WINDOW, REPORT_JOIN_WAITING);
+            }
+            let clear = clear_pseudonymizer();
+            // Each record with its own time as the aggregator's clock: all input is at hand,
+            // so none is too late, whatever order the files are given in.
+            let mut sink = |record: Record| match record {
+                Record::Call(call) => {
                     let now = call.end_time.unwrap_or(call.last_message_time);
-                    last = last.max(now);
-                    aggregator.call(&call, last);
+                    let keys = teledge::stats::interval::JoinKeys::of(&call, &clear);
+                    aggregator.call_keyed(&call, keys, now);
                 }
+                Record::Registrations(minute) => {
+                    let now = minute.minute_start.plus(std::time::Duration::from_secs(60));
+                    aggregator.registrations(&minute, now);
+                }
+                _ => {}
             };
-            let mut replay = Replay::new(ReplaySettings::default());
+            let mut replay = Replay::with_registrations(ReplaySettings::default());
             for path in &args.files {
                 let file =
                     File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -171,7 +187,23 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                     damaged = true;
                 }
             }
+            // Every interval emitted, closed: the capture is all there is (calls and queue
+            // records still waiting for a partner are counted on their own first).
+            let intervals = aggregator.finish(Timestamp::from_nanos(i64::MAX));
             let counters = aggregator.counters();
+            if join {
+                eprintln!(
+                    "teledge: {} call(s) joined with the queue_log contact of the same caller",
+                    counters.joined
+                );
+            }
+            if counters.join_overflow > 0 {
+                eprintln!(
+                    "teledge: {} record(s) counted without waiting for their partner (over {} waiting)",
+                    counters.join_overflow,
+                    REPORT_JOIN_WAITING
+                );
+            }
             if counters.unclassified > 0 {
                 eprintln!(
                     "teledge: {} call(s) matched no [[service]] and are not counted",
@@ -184,8 +216,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                     counters.queue_no_arrival
                 );
             }
-            // Every interval emitted, closed: the capture is all there is.
-            aggregator.finish(Timestamp::from_nanos(i64::MAX))
+            intervals
         }
     };
     let merged = teledge::stats::merge::merge(records);
@@ -231,16 +262,13 @@ fn read_queue_log(
 ) -> io::Result<QueueLogRead> {
     use teledge::correlation::queue::{QueueAssembler, QueueLimits};
     use teledge::decode::queue_log::{parse_line, QueueLogError, MAX_LINE_LEN};
-    use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
     use teledge::record::queue::{QueueCallRecord, QueueSource};
 
-    // Clear: the report shows sums only, and nothing is stored.
-    let privacy = Privacy::new(PrivacyMode::Clear, AddressMode::Keep, [0; 32]);
     let mut assembler = QueueAssembler::new(
         QueueSource::AsteriskQueueLog,
         "report",
         QueueLimits::default(),
-        Pseudonymizer::new(privacy),
+        clear_pseudonymizer(),
     );
     let mut count = |mut r: QueueCallRecord| {
         if one_service {
@@ -286,6 +314,21 @@ fn read_queue_log(
         count(r);
     }
     Ok(read)
+}
+
+/// How long a call or queue record of `teledge report` waits for its partner: all input
+/// is at hand, so to the end (a year of capture time).
+const REPORT_JOIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Most calls (and queue stays) of `teledge report` waiting for their partner: about 300
+/// bytes each. Beyond, the oldest call is counted alone (said on standard error).
+const REPORT_JOIN_WAITING: usize = 500_000;
+
+/// Clear identities: the report shows sums only and stores nothing; queue records and the
+/// calls' join keys are made alike.
+fn clear_pseudonymizer() -> teledge::privacy::Pseudonymizer {
+    use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
+    Pseudonymizer::new(Privacy::new(PrivacyMode::Clear, AddressMode::Keep, [0; 32]))
 }
 
 /// Skips to the next newline without holding what is skipped.

@@ -16,11 +16,15 @@
 //! relayed as JSON is attached to the call its correlation id (the Call-ID) names.
 //! [`queue`] is the same idea for ACD queue events (Asterisk `queue_log`, FreeSWITCH
 //! `mod_callcenter`): one queue contact record per caller and queue, and agent states.
+//! [`registrations`] times REGISTER attempts (RFC 6076 RRD and IRA) into one
+//! `teledge.registrations/1` record per minute of capture time, which the statistics sum
+//! into the interval records (when asked: [`Correlator::with_registration_records`]).
 
 pub mod calls;
 pub mod hep;
 pub mod media;
 pub mod queue;
+pub mod registrations;
 
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
@@ -45,6 +49,10 @@ pub struct Correlator {
     /// Ended calls waiting out their grace, oldest first: (time the record is made, record).
     ending: VecDeque<(Timestamp, CallRecord)>,
     grace: Duration,
+    /// Times REGISTER attempts when the statistics want them
+    /// ([`Correlator::with_registration_records`]).
+    registrations: Option<registrations::RegistrationTracker>,
+    linger: Duration,
 }
 
 impl Correlator {
@@ -55,10 +63,21 @@ impl Correlator {
         };
         Correlator {
             grace: calls.record_grace,
+            registrations: None,
+            linger: calls.linger,
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
         }
+    }
+
+    /// Also times REGISTER attempts and makes a `teledge.registrations/1` record per minute
+    /// (for the statistics: the daemon with `[stats]`, `teledge report`, `replay
+    /// --registrations`); off by default, so a replay's records are the calls' and streams'.
+    /// The timeout of an attempt is the `linger` (SIP Timer F, 32 s).
+    pub fn with_registration_records(mut self, on: bool) -> Self {
+        self.registrations = on.then(|| registrations::RegistrationTracker::new(self.linger));
+        self
     }
 
     pub fn calls(&self) -> &CallTracker {
@@ -74,6 +93,9 @@ impl Correlator {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
         self.bye_answered(msg, now);
+        if let Some(registrations) = self.registrations.as_mut() {
+            registrations.message(now, msg);
+        }
         let mut ended = Vec::new();
         self.calls
             .message(meta, msg, sdp.as_ref(), &mut |call| ended.push(call));
@@ -181,6 +203,9 @@ impl Correlator {
         self.calls.advance(now, &mut |call| ended.push(call));
         self.hold(ended, now, out);
         self.release(now, out);
+        if let Some(registrations) = self.registrations.as_mut() {
+            registrations.advance(now, &mut |r| out(Record::Registrations(Box::new(r))));
+        }
         self.media
             .advance(now, &mut |s| out(Record::Stream(Box::new(s))));
         self.orphan_summaries(out);
@@ -197,6 +222,9 @@ impl Correlator {
             out(Record::Call(Box::new(call)));
         });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+        if let Some(registrations) = self.registrations.as_mut() {
+            registrations.finish(&mut |r| out(Record::Registrations(Box::new(r))));
+        }
         self.orphan_summaries(out);
     }
 }

@@ -425,11 +425,18 @@ impl Daemon {
             Arc::clone(&metrics),
             Arc::clone(&dropped),
             config.stats.enabled.then(|| {
-                let aggregator = crate::stats::Aggregator::new(
+                let mut aggregator = crate::stats::Aggregator::new(
                     config.stats.settings.clone(),
                     &config.forward.node_id,
                     run_id(),
                 );
+                // A queue source: its records and the calls of the same contacts join.
+                if !config.queue_logs.is_empty() || !config.callcenters.is_empty() {
+                    aggregator = aggregator.with_queue_join(
+                        crate::stats::interval::JOIN_WINDOW,
+                        crate::stats::interval::MAX_JOIN_WAITING,
+                    );
+                }
                 (aggregator, Arc::clone(&produced))
             }),
         )?;
@@ -437,10 +444,11 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            pipeline: Arc::new(Mutex::new(Pipeline::new(Correlator::new(
-                config.calls,
-                config.media,
-            )))),
+            // With the statistics, REGISTER attempts are timed too (RFC 6076 RRD, IRA).
+            pipeline: Arc::new(Mutex::new(Pipeline::new(
+                Correlator::new(config.calls, config.media)
+                    .with_registration_records(config.stats.enabled),
+            ))),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),

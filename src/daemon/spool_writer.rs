@@ -8,8 +8,13 @@
 //! open intervals with `final: false`) are spooled like any record. The open intervals'
 //! figures are published as metrics once a second. Queue contact records (`teledge.queue/1`)
 //! are counted too, as queue facts in the `[[service]]` named like their queue
-//! ([`Aggregator::queue_record`]); those that tell no arrival are counted in
-//! `teledge_stats_queue_no_arrival_total`.
+//! ([`Aggregator::queue_record`]); with a queue source configured, a call record and the
+//! queue record of the same contact are joined and counted once (the call's keys made by
+//! the spooler's pseudonymiser, see [`Aggregator::with_queue_join`]); queue records that
+//! tell no arrival are counted in `teledge_stats_queue_no_arrival_total` and in the
+//! interval's `queue_no_arrival`. The correlation's per-minute registration records
+//! (`teledge.registrations/1`) are spooled and summed into the first service's interval
+//! (`sip.registrations`, `sip.rrd_*`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -91,13 +96,19 @@ fn write(
         if let Ok(record) = received {
             match (stats.as_mut(), &record) {
                 (Some((aggregator, _)), Record::Call(call)) => {
-                    // Classified on the clear number, before the spooler pseudonymises it.
-                    aggregator.call(call, Timestamp::now());
+                    // Classified on the clear number, before the spooler pseudonymises it;
+                    // keyed as the queue sources key their records, to join them.
+                    let keys = crate::stats::interval::JoinKeys::of(call, spooler.pseudonymizer());
+                    aggregator.call_keyed(call, keys, Timestamp::now());
                 }
                 (Some((aggregator, _)), Record::Queue(queue)) => {
                     // Pseudonymised at ingest already: counted on its own, in the service
                     // named like its queue (see `Aggregator::queue_record`).
                     aggregator.queue_record(queue, Timestamp::now());
+                }
+                (Some((aggregator, _)), Record::Registrations(minute)) => {
+                    // The node's REGISTER attempts (RFC 6076 RRD, IRA): its first service.
+                    aggregator.registrations(minute, Timestamp::now());
                 }
                 _ => {}
             }
@@ -182,6 +193,8 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
     metrics
         .stats_queue_no_arrival
         .raise_to(counters.queue_no_arrival);
+    metrics.stats_queue_joined.raise_to(counters.joined);
+    metrics.stats_join_overflow.raise_to(counters.join_overflow);
     let (start, _) = aggregator.settings().clock.interval_of(now);
     let mut open = aggregator.open(now);
     for service in aggregator.settings().services.iter() {

@@ -134,6 +134,10 @@ pub struct AgentMetrics {
     pub stats_calls_unclassified: Arc<Counter>,
     pub stats_contacts_too_late: Arc<Counter>,
     pub stats_queue_no_arrival: Arc<Counter>,
+    /// Call records joined with the queue record of the same contact (counted once).
+    pub stats_queue_joined: Arc<Counter>,
+    /// Call or queue records counted on their own before their wait for a partner ended.
+    pub stats_join_overflow: Arc<Counter>,
     pub stats_interval_records: Arc<Counter>,
     pub stats_interval_revisions: Arc<Counter>,
 
@@ -424,6 +428,14 @@ impl AgentMetrics {
             stats_queue_no_arrival: r.counter(
                 "teledge_stats_queue_no_arrival_total",
                 "Queue records that tell no arrival (no ENTERQUEUE, no wait): not contacts.",
+            ),
+            stats_queue_joined: r.counter(
+                "teledge_stats_queue_joined_total",
+                "Call records joined with the queue record of the same contact (counted once).",
+            ),
+            stats_join_overflow: r.counter(
+                "teledge_stats_join_overflow_total",
+                "Call or queue records counted on their own early: too many waited for a partner.",
             ),
             stats_interval_records: r.counter(
                 "teledge_stats_interval_records_total",

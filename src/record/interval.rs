@@ -116,6 +116,10 @@ pub struct IntervalSums {
     /// [`crate::stats::interval::RETAIN_CLOSED`] ago, or a day ahead of the clock): counted
     /// here, in the interval open when they arrived, instead of there.
     pub too_late: u64,
+    /// Queue records (`teledge.queue/1`) that tell no arrival (their `ENTERQUEUE` not seen
+    /// and nothing else to derive it from): not counted as contacts, announced here, in the
+    /// interval open when they came (their queue's service, else the first).
+    pub queue_no_arrival: u64,
     /// Contacts active during each second of the interval (overlapping it), run-length
     /// encoded as
     /// `[offset_s, length_s, calls]`, sorted, without zero runs.
@@ -160,4 +164,19 @@ pub struct SipSums {
     pub sdd_count: u64,
     pub sdd_ms: u64,
     pub sdd_buckets: Vec<u64>,
+    /// REGISTER attempts of the node (from its `teledge.registrations/1` records, counted
+    /// in the interval of the node's *first* service only: registrations belong to no
+    /// service), that ended in the interval: registered, failed or timed out (RFC 6076
+    /// IRA's numerator: `registrations_ineffective`), challenged and not retried.
+    pub registrations: u64,
+    pub registered: u64,
+    pub registrations_ineffective: u64,
+    pub registrations_challenge_unanswered: u64,
+    /// REGISTERs not timed (too many attempts open at once).
+    pub registrations_not_timed: u64,
+    /// Σ registration request delay (RFC 6076 RRD: first REGISTER → 2xx, challenges
+    /// included) and its histogram over
+    /// [`RRD_BUCKETS_MS`](crate::record::registration::RRD_BUCKETS_MS) plus one.
+    pub rrd_ms: u64,
+    pub rrd_buckets: Vec<u64>,
 }

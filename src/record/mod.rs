@@ -158,6 +158,12 @@
 //! What a node runs — `version`, `arch`, `config_sha256`, `started`, `uptime_s` — at start,
 //! periodically and after a reload that changed the configuration; fields in [`heartbeat`].
 //!
+//! # Registrations record (`"type": "registrations"`, `"schema": "teledge.registrations/1"`)
+//!
+//! The REGISTER attempts that ended in one minute: counts, the RFC 6076 registration request
+//! delay (sum and histogram) and the ineffective attempts; no identity. Fields in
+//! [`registration`].
+//!
 //! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
 //!
 //! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
@@ -170,6 +176,7 @@ pub mod heartbeat;
 pub mod interval;
 pub mod media;
 pub mod queue;
+pub mod registration;
 pub mod sensor;
 mod summary;
 pub mod update;
@@ -209,6 +216,8 @@ pub enum Record {
     Interval(Box<interval::IntervalRecord>),
     /// A caller's stay in an ACD queue, from the PBX's queue events (`teledge.queue/1`).
     Queue(Box<queue::QueueCallRecord>),
+    /// The REGISTER attempts that ended in one minute, timed (`teledge.registrations/1`).
+    Registrations(Box<registration::RegistrationsRecord>),
     /// A step of a signed update on this node (`teledge.update/1`).
     Update(Box<update::UpdateRecord>),
     /// What this node runs: version, architecture, configuration digest, uptime
@@ -229,6 +238,7 @@ impl Record {
             Record::Gap(_) => "gap",
             Record::Interval(_) => "interval",
             Record::Queue(_) => "queue",
+            Record::Registrations(_) => "registrations",
             Record::Update(_) => "update",
             Record::Heartbeat(_) => "heartbeat",
         }

@@ -12,6 +12,14 @@
 //! service-level event (default, as Cisco and Genesys: answer, abandon or end, or arrival +
 //! T if that came first) or its arrival. Its concurrency runs over every interval it spans.
 //!
+//! Joining (with [`Aggregator::with_queue_join`], when a queue source is configured): a call
+//! record and a queue record of the same contact are counted once, queue figures from the
+//! queue, the rest from SIP; each waits at most the join window ([`JOIN_WINDOW`] in the
+//! daemon) for its partner, at most [`MAX_JOIN_WAITING`] of each wait (the oldest beyond is
+//! counted alone, `join_overflow`). Registrations: the node's per-minute registration
+//! records are summed into the first service's interval holding the minute
+//! ([`Aggregator::registrations`]).
+//!
 //! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
 //! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
 //! with contacts or without (a missing record means the aggregator was not running). A contact that changes an emitted interval marks it; it is re-emitted
@@ -210,8 +218,185 @@ pub struct AggregatorCounters {
     pub too_late: u64,
     /// Queue records that tell no arrival ([`super::QueueFact::from_record`]): not counted.
     pub queue_no_arrival: u64,
+    /// Call records joined with a queue record of the same contact (counted once).
+    pub joined: u64,
+    /// Records counted on their own before their wait for a partner ended:
+    /// [`MAX_JOIN_WAITING`] were waiting.
+    pub join_overflow: u64,
     pub records: u64,
     pub revisions: u64,
+}
+
+/// What joins a call record to a queue record of the same contact, made the way queue
+/// records carry them (pseudonymised at ingest, see [`crate::privacy`]): the call's
+/// Call-ID as an identifier, its caller numbers (the From user and the asserted identity's)
+/// as numbers. Made by whoever holds the pseudonymiser (the daemon's spool writer, `teledge
+/// report`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinKeys {
+    pub call_id: String,
+    pub callers: Vec<String>,
+}
+
+impl JoinKeys {
+    /// The keys of a call record (clear, before the spooler pseudonymises it), made by
+    /// `pseudonymizer` as the queue sources make theirs.
+    pub fn of(
+        call: &crate::record::CallRecord,
+        pseudonymizer: &crate::privacy::Pseudonymizer,
+    ) -> JoinKeys {
+        let mut callers: Vec<String> = [Some(&call.caller), call.asserted_identity.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.user.as_deref())
+            .filter(|u| !u.is_empty())
+            .map(|u| pseudonymizer.number(u))
+            .collect();
+        callers.dedup();
+        JoinKeys {
+            call_id: pseudonymizer.identifier(&call.call_id),
+            callers,
+        }
+    }
+}
+
+/// How far (seconds) a queue's arrival may lie outside its call (INVITE to end) and still
+/// join it: `queue_log` times are whole seconds, and the PBX's clock is not the capture's.
+pub const JOIN_SLACK: Duration = Duration::from_secs(2);
+/// How long a call record or a queue record waits for its partner before it is counted on
+/// its own (the daemon; `teledge report` has every record at hand and waits to the end).
+pub const JOIN_WINDOW: Duration = Duration::from_secs(30);
+/// Most records waiting for a partner; beyond, the oldest is counted on its own now
+/// (`join_overflow`).
+pub const MAX_JOIN_WAITING: usize = 20_000;
+
+#[derive(Debug)]
+struct WaitingCall {
+    until: Timestamp,
+    now: Timestamp,
+    /// The call's contact, with `service` its classification (or `usize::MAX`: none).
+    contact: Contact,
+    keys: JoinKeys,
+}
+
+#[derive(Debug)]
+struct WaitingFact {
+    until: Timestamp,
+    now: Timestamp,
+    fact: super::QueueFact,
+}
+
+/// Records waiting for a partner, oldest first, found by their join keys (Call-ID, caller
+/// numbers) without a scan of all of them.
+#[derive(Debug)]
+struct Waiting<T> {
+    next: u64,
+    items: BTreeMap<u64, (Vec<String>, T)>,
+    by_key: std::collections::HashMap<String, Vec<u64>>,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Waiting {
+            next: 0,
+            items: BTreeMap::new(),
+            by_key: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T> Waiting<T> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push_back(&mut self, keys: Vec<String>, item: T) {
+        let seq = self.next;
+        self.next += 1;
+        for key in &keys {
+            self.by_key.entry(key.clone()).or_default().push(seq);
+        }
+        self.items.insert(seq, (keys, item));
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.items.first_key_value().map(|(_, (_, item))| item)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<T> {
+        let (keys, item) = self.items.remove(&seq)?;
+        for key in keys {
+            if let Some(seqs) = self.by_key.get_mut(&key) {
+                seqs.retain(|s| *s != seq);
+                if seqs.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+        Some(item)
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let seq = *self.items.first_key_value()?.0;
+        self.remove(seq)
+    }
+
+    /// The records waiting under any of `keys`, each once.
+    fn candidates<'a>(&'a self, keys: &[&str]) -> Vec<(u64, &'a T)> {
+        let mut seqs: Vec<u64> = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(*k))
+            .flatten()
+            .copied()
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.iter()
+            .filter_map(|s| self.items.get(s).map(|(_, item)| (*s, item)))
+            .collect()
+    }
+}
+
+/// The keys a queue fact is found by: its SIP Call-ID when told (it decides alone), else
+/// its caller.
+fn fact_keys(fact: &super::QueueFact) -> Vec<String> {
+    match (&fact.sip_call_id, &fact.caller) {
+        (Some(id), _) => vec![id.clone()],
+        (None, Some(caller)) => vec![caller.clone()],
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Calls and queue facts waiting for their partner (see [`Aggregator::with_queue_join`]).
+#[derive(Debug)]
+struct Join {
+    window: Duration,
+    max_waiting: usize,
+    calls: Waiting<WaitingCall>,
+    facts: Waiting<WaitingFact>,
+}
+
+/// How well a queue fact fits a call: lower is better; `None`: not the same contact. The
+/// SIP Call-ID (when the queue source tells it) decides alone; otherwise the caller's
+/// number must be the same and the queue stay lie within the call (± [`JOIN_SLACK`]), the
+/// nearest arrival first, a call classified into the queue's service before another.
+fn fit(fact: &super::QueueFact, fact_service: Option<usize>, call: &WaitingCall) -> Option<u64> {
+    if let Some(id) = &fact.sip_call_id {
+        return (*id == call.keys.call_id).then_some(0);
+    }
+    let caller = fact.caller.as_ref()?;
+    if !call.keys.callers.contains(caller) {
+        return None;
+    }
+    let slack = JOIN_SLACK.as_nanos() as i64;
+    let enter = fact.enter_time.as_nanos();
+    let (arrival, end) = (call.contact.arrival.as_nanos(), call.contact.end.as_nanos());
+    if enter < arrival.saturating_sub(slack) || enter > end.saturating_add(slack) {
+        return None;
+    }
+    let distance_ms = (enter - arrival).unsigned_abs() / 1_000_000;
+    let other_service = u64::from(fact_service.is_some_and(|s| s != call.contact.service));
+    Some(1 + other_service * (1 << 40) + distance_ms)
 }
 
 /// Per-service intervals: contacts in, interval records out.
@@ -223,6 +408,7 @@ pub struct Aggregator {
     /// (service, interval start) → figures.
     held: BTreeMap<(usize, Timestamp), Held>,
     counters: AggregatorCounters,
+    join: Option<Join>,
 }
 
 impl Aggregator {
@@ -235,6 +421,160 @@ impl Aggregator {
             run: format!("{run:016x}"),
             held: BTreeMap::new(),
             counters: AggregatorCounters::default(),
+            join: None,
+        }
+    }
+
+    /// Joins call records with the queue records of the same contacts (when a queue source
+    /// is configured): each call record ([`Aggregator::call_keyed`]) and each queue record
+    /// ([`Aggregator::queue_record`]) waits up to `window` for its partner. Joined, the
+    /// contact counts **once**, in the queue's service, its queue figures from the queue
+    /// (arrival, wait, outcome, talk, wrap-up, RONA, transfers) and the rest from SIP (MOS,
+    /// hold, RFC 6076 facts, who hung up when the queue does not say); a call no queue record
+    /// joined counts as a call, a queue record no call joined as a queue contact on its own.
+    /// At most `max_waiting` calls and as many queue facts wait (the daemon:
+    /// [`MAX_JOIN_WAITING`]); beyond, the oldest is counted alone (`join_overflow`).
+    pub fn with_queue_join(mut self, window: Duration, max_waiting: usize) -> Aggregator {
+        self.join = Some(Join {
+            window,
+            max_waiting: max_waiting.max(1),
+            calls: Waiting::default(),
+            facts: Waiting::default(),
+        });
+        self
+    }
+
+    /// Records waiting for their partner: (calls, queue facts).
+    pub fn join_waiting(&self) -> (usize, usize) {
+        self.join
+            .as_ref()
+            .map_or((0, 0), |j| (j.calls.len(), j.facts.len()))
+    }
+
+    /// A call record with its [`JoinKeys`]: joined with a waiting queue record of the same
+    /// contact, else waiting for one (with queue joins on), else counted at once like
+    /// [`Aggregator::call`].
+    pub fn call_keyed(&mut self, call: &crate::record::CallRecord, keys: JoinKeys, now: Timestamp) {
+        let Some(join) = self.join.as_mut() else {
+            return self.call(call, now);
+        };
+        let classified = self.settings.services.classify(call);
+        let waiting = WaitingCall {
+            until: now.plus(join.window),
+            now,
+            contact: Contact::from_call(call, classified.unwrap_or(usize::MAX)),
+            keys,
+        };
+        let services = &self.settings.services;
+        let keys: Vec<String> = std::iter::once(waiting.keys.call_id.clone())
+            .chain(waiting.keys.callers.iter().cloned())
+            .collect();
+        let lookup: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let best = join
+            .facts
+            .candidates(&lookup)
+            .into_iter()
+            .filter_map(|(i, f)| {
+                Some((fit(&f.fact, services.by_name(&f.fact.queue), &waiting)?, i))
+            })
+            .min();
+        if let Some((_, i)) = best {
+            if let Some(f) = join.facts.remove(i) {
+                self.counters.joined += 1;
+                return self.joined(&f.fact, waiting.contact, now);
+            }
+        }
+        if join.calls.len() >= join.max_waiting {
+            if let Some(oldest) = join.calls.pop_front() {
+                self.counters.join_overflow += 1;
+                self.call_alone(oldest);
+            }
+        }
+        if let Some(join) = self.join.as_mut() {
+            join.calls.push_back(keys, waiting);
+        }
+    }
+
+    fn call_alone(&mut self, w: WaitingCall) {
+        if w.contact.service == usize::MAX {
+            self.counters.unclassified += 1;
+        } else {
+            self.contact(&w.contact, w.now);
+        }
+    }
+
+    /// A queue fact and the contact of its call, counted once (see `with_queue_join`).
+    fn joined(&mut self, fact: &super::QueueFact, mut contact: Contact, now: Timestamp) {
+        let service = self
+            .settings
+            .services
+            .by_name(&fact.queue)
+            .or((contact.service != usize::MAX).then_some(contact.service));
+        let Some(service) = service else {
+            self.counters.unclassified += 1;
+            return;
+        };
+        contact.service = service;
+        contact.apply_queue_fact(fact);
+        self.contact(&contact, now);
+    }
+
+    /// A queue fact, joined with a waiting call of the same contact or waiting for one.
+    pub fn queue_fact_joining(&mut self, fact: super::QueueFact, now: Timestamp) {
+        let Some(join) = self.join.as_mut() else {
+            return self.queue_fact(&fact, None, now);
+        };
+        let service = self.settings.services.by_name(&fact.queue);
+        let keys = fact_keys(&fact);
+        if keys.is_empty() {
+            // Neither a Call-ID nor a caller: nothing can join it.
+            return self.queue_fact(&fact, None, now);
+        }
+        let lookup: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let best = join
+            .calls
+            .candidates(&lookup)
+            .into_iter()
+            .filter_map(|(i, c)| Some((fit(&fact, service, c)?, i)))
+            .min();
+        if let Some((_, i)) = best {
+            if let Some(call) = join.calls.remove(i) {
+                self.counters.joined += 1;
+                return self.joined(&fact, call.contact, now);
+            }
+        }
+        if join.facts.len() >= join.max_waiting {
+            if let Some(oldest) = join.facts.pop_front() {
+                self.counters.join_overflow += 1;
+                self.queue_fact(&oldest.fact, None, oldest.now);
+            }
+        }
+        if let Some(join) = self.join.as_mut() {
+            let until = now.plus(join.window);
+            join.facts.push_back(keys, WaitingFact { until, now, fact });
+        }
+    }
+
+    /// Counts on their own the calls and queue facts whose wait ended by `now` (all of them
+    /// with `all`).
+    fn flush_join(&mut self, now: Timestamp, all: bool) {
+        loop {
+            let Some(join) = self.join.as_mut() else {
+                return;
+            };
+            let call = join.calls.front().is_some_and(|c| all || c.until <= now);
+            let fact = join.facts.front().is_some_and(|f| all || f.until <= now);
+            if call {
+                if let Some(c) = join.calls.pop_front() {
+                    self.call_alone(c);
+                }
+            } else if fact {
+                if let Some(f) = join.facts.pop_front() {
+                    self.queue_fact(&f.fact, None, f.now);
+                }
+            } else {
+                return;
+            }
         }
     }
 
@@ -285,18 +625,62 @@ impl Aggregator {
         self.contact(&contact, now);
     }
 
-    /// A queue contact record (`teledge.queue/1`) as a [`QueueFact`](super::QueueFact) on
-    /// its own, without a call record: the record's identities are keyed hashes while the
-    /// call records the aggregator sees are clear, so the two are not joined here. It
-    /// counts in the `[[service]]` named like its queue, else nowhere (`unclassified`) —
-    /// a call classified by its numbers into that same service would count twice, so name
-    /// queue services apart from number-classified ones. A record telling no arrival is
-    /// counted in `queue_no_arrival`.
+    /// A queue contact record (`teledge.queue/1`) as a [`QueueFact`](super::QueueFact):
+    /// with queue joins on ([`Aggregator::with_queue_join`]) joined with the call record of
+    /// the same contact (by the keys of [`JoinKeys`], which the caller made with the same
+    /// pseudonymiser as the queue record's identities), else on its own. It counts in the
+    /// `[[service]]` named like its queue, else in its call's service, else nowhere
+    /// (`unclassified`). A record telling no arrival is counted in `queue_no_arrival` — the
+    /// counter and the `queue_no_arrival` sum of the interval open at `now` (its queue's
+    /// service, else the first), so the collector learns of it too.
     pub fn queue_record(&mut self, record: &crate::record::queue::QueueCallRecord, now: Timestamp) {
         match super::QueueFact::from_record(record) {
-            Some(fact) => self.queue_fact(&fact, None, now),
-            None => self.counters.queue_no_arrival += 1,
+            Some(fact) => self.queue_fact_joining(fact, now),
+            None => {
+                // Announced upstream too: in the interval of its queue's service (else the
+                // first service) open at `now`, like a contact too late.
+                self.counters.queue_no_arrival += 1;
+                let service = self.settings.services.by_name(&record.queue).unwrap_or(0);
+                if service < self.settings.services.len() {
+                    let (open, open_end) = self.settings.clock.interval_of(now);
+                    let held = self.hold(service, open, open_end);
+                    held.sums.queue_no_arrival += 1;
+                    held.dirty = true;
+                }
+            }
         }
+    }
+
+    /// A minute of the node's REGISTER attempts (`teledge.registrations/1`): summed into the
+    /// `sip` section of the interval holding the minute, in the first service (registrations
+    /// belong to no service; the first one, `default` without `[[service]]`, carries the
+    /// node's figures, so adding services up never counts them twice). Intervals start on
+    /// whole minutes in every zone whose offset is whole minutes, so a minute lies in one
+    /// interval. Too late (or too far ahead) like a contact: counted in `too_late`.
+    pub fn registrations(
+        &mut self,
+        r: &crate::record::registration::RegistrationsRecord,
+        now: Timestamp,
+    ) {
+        if self.settings.services.is_empty() {
+            return;
+        }
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        let (start, end) = self.settings.clock.interval_of(r.minute_start);
+        if end < horizon || r.minute_start > now.plus(AHEAD) {
+            self.counters.too_late += 1;
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(0, open, open_end);
+            held.sums.too_late += 1;
+            held.dirty = true;
+            return;
+        }
+        let held = self.hold(0, start, end);
+        held.sums.sip.add_registrations(r);
+        held.dirty = true;
     }
 
     /// Counts a contact in its interval and its concurrency in the intervals it spans.
@@ -424,6 +808,7 @@ impl Aggregator {
     /// emission), and changed emitted ones (a revision, at most once per grace). Intervals
     /// older than [`RETAIN_CLOSED`] are forgotten.
     pub fn tick(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
+        self.flush_join(now, false);
         let grace = self.settings.grace;
         // Every service has a current interval, with contacts or not: a missing record
         // then means the aggregator was not running, never "no calls".
@@ -471,6 +856,7 @@ impl Aggregator {
     /// Every interval not yet emitted in its last state, emitted now: closed when its end
     /// has passed `now`, else open (`final: false`). For the end of a replay or a run.
     pub fn finish(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
+        self.flush_join(now, true);
         let mut out = Vec::new();
         for (&(service, start), held) in &self.held {
             if held.dirty {

@@ -19,8 +19,9 @@
 //! | `concurrency` | contacts active during each second s of the interval (overlapping [s, s + 1)); contacts are counted once their record is made, so the live view misses calls still in progress |
 //! | `mos_*` | scored calls, Σ MOS, lowest MOS, calls below MOS 3.6, MOS histogram |
 //! | `sip.*` | RFC 6076 inputs over calls whose INVITE was seen |
+//! | `sip.registrations`, `sip.registered`, `sip.registrations_*`, `sip.rrd_*` | the node's REGISTER attempts (RFC 6076 RRD, IRA), from its `teledge.registrations/1` records, in its first service's intervals only |
 //!
-//! Percentiles (post-dial delay) are read from fixed histogram buckets, so they merge
+//! Percentiles (post-dial delay, registration request delay) are read from fixed histogram buckets, so they merge
 //! exactly too: a percentile is reported as the upper bound of the bucket it falls in.
 
 use super::contact::{Contact, ContactOutcome, HungUp};
@@ -29,6 +30,7 @@ use crate::record::interval::{
     IntervalSums, SipSums, MOS_BUCKETS_CENTI, PDD_BUCKETS_MS, POOR_MOS_CENTI, SDD_BUCKETS_MS,
     WAIT_BUCKETS_S,
 };
+use crate::record::registration::RRD_BUCKETS_MS;
 
 fn bucket(buckets: &mut Vec<u64>, bounds: &[u32], value: u64) {
     if buckets.len() != bounds.len() + 1 {
@@ -151,6 +153,7 @@ impl IntervalSums {
         }
         self.excluded += o.excluded;
         self.too_late += o.too_late;
+        self.queue_no_arrival += o.queue_no_arrival;
         self.concurrency = merge_concurrency(&self.concurrency, &o.concurrency);
         self.mos_scored += o.mos_scored;
         self.mos_centi_sum += o.mos_centi_sum;
@@ -212,6 +215,24 @@ impl SipSums {
         self.sdd_count += o.sdd_count;
         self.sdd_ms += o.sdd_ms;
         add_buckets(&mut self.sdd_buckets, &o.sdd_buckets);
+        self.registrations += o.registrations;
+        self.registered += o.registered;
+        self.registrations_ineffective += o.registrations_ineffective;
+        self.registrations_challenge_unanswered += o.registrations_challenge_unanswered;
+        self.registrations_not_timed += o.registrations_not_timed;
+        self.rrd_ms += o.rrd_ms;
+        add_buckets(&mut self.rrd_buckets, &o.rrd_buckets);
+    }
+
+    /// Adds one minute's registration attempts (a `teledge.registrations/1` record).
+    pub fn add_registrations(&mut self, r: &crate::record::registration::RegistrationsRecord) {
+        self.registrations += r.attempts;
+        self.registered += r.registered;
+        self.registrations_ineffective += r.failed + r.timed_out;
+        self.registrations_challenge_unanswered += r.challenge_unanswered;
+        self.registrations_not_timed += r.not_timed;
+        self.rrd_ms += r.rrd_ms;
+        add_buckets(&mut self.rrd_buckets, &r.rrd_buckets);
     }
 }
 
@@ -382,6 +403,26 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
             "sip_pdd_p95_s",
             "post-dial delay 95th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.pdd_buckets, &PDD_BUCKETS_MS, 0.95).map(|v| v / 1000.0),
+        ),
+        k(
+            "sip_rrd_mean_s",
+            "RFC 6076 RRD (the issue's 'SRD (registrations)': first REGISTER -> 2xx, challenges included): rrd_ms / registered / 1000",
+            ratio(sip.rrd_ms, sip.registered).map(|v| v / 1000.0),
+        ),
+        k(
+            "sip_rrd_p50_s",
+            "registration request delay 50th percentile, upper bound of its histogram bucket",
+            bucket_quantile(&sip.rrd_buckets, &RRD_BUCKETS_MS, 0.5).map(|v| v / 1000.0),
+        ),
+        k(
+            "sip_rrd_p95_s",
+            "registration request delay 95th percentile, upper bound of its histogram bucket",
+            bucket_quantile(&sip.rrd_buckets, &RRD_BUCKETS_MS, 0.95).map(|v| v / 1000.0),
+        ),
+        k(
+            "sip_ira",
+            "RFC 6076 IRA: registrations_ineffective (final failure other than 401/407/494, or no final response) / registrations x 100",
+            percent(sip.registrations_ineffective, sip.registrations),
         ),
         k("sip_sdd_mean_s", "RFC 6076 SDD (BYE -> its final response): sdd_ms / sdd_count / 1000", ratio(sip.sdd_ms, sip.sdd_count).map(|v| v / 1000.0)),
     ]

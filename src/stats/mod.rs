@@ -8,7 +8,9 @@
 //!   authority for its queue figures when there is one;
 //! - [`kpi`]: contacts into primitive sums that merge exactly; ratios with their formulas;
 //! - [`interval`]: intervals aligned in a time zone, the [`Aggregator`] emitting
-//!   `teledge.interval/1` records after a grace and revising them for late contacts;
+//!   `teledge.interval/1` records after a grace and revising them for late contacts, joining
+//!   call records with the queue records of the same contacts, and summing the node's
+//!   per-minute registration records (RFC 6076 RRD, IRA) into its first service;
 //! - [`merge`]: interval records of many nodes and runs into one per service and interval;
 //! - [`report`]: tables, CSV and JSON Lines of interval records; a collector's output read;
 //! - [`queue`]: [`QueueFact`], what a queue source says about one call.

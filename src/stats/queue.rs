@@ -15,7 +15,7 @@
 //! | field | Asterisk `queue_log` | FreeSWITCH `mod_callcenter` |
 //! |---|---|---|
 //! | `queue_call_id` | callid column (`uniqueid`) | `CC-Member-Session-UUID` |
-//! | `sip_call_id` | — (joined by the lead's source if the dialplan logs it) | `variable_sip_call_id` |
+//! | `sip_call_id` | — (the join uses the caller number and times) | `variable_sip_call_id` |
 //! | `queue` | queue column | `CC-Queue` |
 //! | `caller` | `ENTERQUEUE` callerid, **pseudonymised at ingest** | `CC-Member-CID-Number`, pseudonymised |
 //! | `enter_time` | `ENTERQUEUE` time | `CC-Member-Joined-Time` |
@@ -40,9 +40,12 @@
 //! answered calls `end_time − talk_s − wait_s` (a wait or talk that is not a duration of at
 //! most [`MAX_ACTIVE`] tells nothing); with none of these it is
 //! no contact and `from_record` returns `None` (the caller counts it: `queue_no_arrival`).
-//! The record's identities are already pseudonymised (keyed hashes), so `sip_call_id` is the
-//! hash, not the clear Call-ID: the daemon does not join queue facts to call records (see
-//! [`Aggregator::queue_record`](super::Aggregator::queue_record)).
+//! The record's identities are already pseudonymised (keyed hashes), so `sip_call_id` and
+//! `caller` are hashes: a call record is joined to the fact by keys made with the same
+//! pseudonymiser ([`JoinKeys`](super::interval::JoinKeys), see
+//! [`Aggregator::with_queue_join`](super::Aggregator::with_queue_join)) — by the SIP Call-ID
+//! when the queue source tells it, else by the caller's number with the queue stay inside
+//! the call (Asterisk's `queue_log` call id is a channel uniqueid, never the Call-ID).
 
 use crate::time::Timestamp;
 

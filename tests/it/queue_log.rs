@@ -564,7 +564,9 @@ fn bad_queue_sections_are_all_listed_by_check_config() {
 /// - 1.4 waits 20 s, talks 27 s: answered, not within T;
 /// - 1.5 is seen only from its `COMPLETEAGENT` (held 3 s, talked 10 s): its arrival is
 ///   told by its end − talk − hold, answered within T;
-/// - 2.1 is in queue `billing`, which no `[[service]]` names: not counted.
+/// - 2.1 is in queue `billing`, which no `[[service]]` names: not counted;
+/// - 1.6 tells no arrival (seen from its end only, with an absurd hold time): not a
+///   contact, counted in the interval's `queue_no_arrival` and the metric.
 ///
 /// Offered 5, answered 3, abandoned 1, flowed out 1; ASA (5 + 20 + 3) / 3 s.
 #[test]
@@ -622,6 +624,9 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
         (35, "1.1|support|PJSIP/201|COMPLETECALLER|5|30|1"),
         (50, "1.4|support|PJSIP/203|COMPLETEAGENT|20|27|4"),
         (60, "1.5|support|PJSIP/204|COMPLETEAGENT|3|10|1"),
+        // Seen only from its end, with a hold time of three years (a broken source): no
+        // arrival can be told, so no contact — counted and announced in the interval.
+        (61, "1.6|support|PJSIP/205|COMPLETECALLER|99999999|30|1"),
     ];
     let text: String = lines
         .iter()
@@ -633,6 +638,15 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
         assert!(Instant::now() < deadline, "queue_log lines not read");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let daemon_no_arrival = loop {
+        // Published once a second by the spool writer.
+        let n = daemon.metrics().stats_queue_no_arrival.get();
+        if n > 0 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     runtime.block_on(daemon.shutdown());
 
     let stored = stored(&out);
@@ -640,7 +654,7 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
         .iter()
         .filter(|l| l["record"]["type"] == "queue")
         .count();
-    assert_eq!(queue_records, 6, "every stay ended is spooled too");
+    assert_eq!(queue_records, 7, "every stay ended is spooled too");
     let intervals: Vec<IntervalRecord> = stored
         .iter()
         .filter(|l| l["record"]["type"] == "interval")
@@ -675,6 +689,9 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
     assert_eq!(sums.rona, 1);
     assert_eq!((sums.hangup_caller, sums.hangup_callee), (1, 2));
     assert_eq!(sums.longest_wait_ms, 30_000);
+    // 1.6: not a contact, but the collector is told (and the metric counts it).
+    assert_eq!(sums.queue_no_arrival, 1, "{sums:#?}");
+    assert_eq!(daemon_no_arrival, 1);
 }
 
 /// `teledge report --queue-log` over the public sample, with figures computed by hand from

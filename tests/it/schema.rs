@@ -696,6 +696,11 @@ fn every_field_present() -> Vec<Record> {
                     sdd_count: 1,
                     sdd_ms: 3,
                     sdd_buckets: vec![1; 11],
+                    registrations: 2,
+                    registered: 1,
+                    registrations_ineffective: 1,
+                    rrd_ms: 120,
+                    rrd_buckets: vec![1; 15],
                     ..SipSums::default()
                 },
                 ..IntervalSums::default()
@@ -736,6 +741,22 @@ fn every_field_present() -> Vec<Record> {
             complete: true,
             closed_by: QueueClosedBy::Event,
         })),
+        Record::Registrations(Box::new(
+            teledge::record::registration::RegistrationsRecord {
+                schema: teledge::record::registration::REGISTRATIONS_SCHEMA.into(),
+                record_id: "0123456789abcdef0123456789abcdef".into(),
+                minute_start: time(0),
+                attempts: 3,
+                registered: 1,
+                challenged: 1,
+                failed: 1,
+                timed_out: 1,
+                challenge_unanswered: 0,
+                rrd_ms: 17_497,
+                rrd_buckets: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+                not_timed: 0,
+            },
+        )),
         Record::Update(Box::new(update)),
         Record::Heartbeat(Box::new(HeartbeatRecord {
             schema: teledge::record::heartbeat::HEARTBEAT_SCHEMA.into(),
@@ -829,7 +850,7 @@ fn every_record_of_every_bundled_capture_validates() {
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for capture in &captures {
         let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
-            .arg("replay")
+            .args(["replay", "--registrations"])
             .arg(capture)
             .output()
             .unwrap();
@@ -853,6 +874,7 @@ fn every_record_of_every_bundled_capture_validates() {
         "{by_kind:?}"
     );
     assert!(by_kind.contains_key("stream"), "{by_kind:?}");
+    assert!(by_kind.contains_key("registrations"), "{by_kind:?}");
 }
 
 #[test]

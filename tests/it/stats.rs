@@ -435,6 +435,33 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
     {
         sock.send_to(&frame, udp).unwrap();
     }
+    // A phone registering through a challenge: one attempt, registered (RFC 6076 RRD).
+    {
+        use crate::daemon_in_process::{hep, message, CALLEE, CALLER};
+        let reg = |start: &str, cseq: u32, from_phone: bool| {
+            let (src, dst) = if from_phone {
+                (CALLER, CALLEE)
+            } else {
+                (CALLEE, CALLER)
+            };
+            hep(
+                1,
+                src,
+                dst,
+                &message(start, "reg@stats", "REGISTER", cseq, !from_phone),
+                None,
+            )
+        };
+        for frame in [
+            reg("REGISTER sip:pbx SIP/2.0", 1, true),
+            reg("SIP/2.0 401 Unauthorized", 1, false),
+            reg("REGISTER sip:pbx SIP/2.0", 2, true),
+            reg("SIP/2.0 200 OK", 2, false),
+        ] {
+            sock.send_to(&frame, udp).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     wait_until("the ended call counted in the open interval", || {
         daemon
             .metrics()
@@ -481,6 +508,25 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         .iter()
         .filter(|r| r.service == "other")
         .all(|r| r.sums.offered == 0));
+    // The registration: a teledge.registrations/1 record at the collector, and summed into
+    // the first service's interval (registrations belong to no service).
+    let attempts: u64 = stored(&out)
+        .iter()
+        .filter(|l| l["record"]["type"] == "registrations")
+        .map(|l| l["record"]["registered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempts, 1);
+    let first: Vec<_> = intervals.iter().filter(|r| r.service == "other").collect();
+    let registered: u64 = first.iter().map(|r| r.sums.sip.registered).sum();
+    let rrd_ms: u64 = first.iter().map(|r| r.sums.sip.rrd_ms).sum();
+    assert_eq!(registered, 1, "{intervals:#?}");
+    // Three sends 20 ms apart on loopback, timed by the daemon's clock for HEP input
+    // (which may step by its tick): well under a second.
+    assert!(rrd_ms < 1000, "{rrd_ms}");
+    assert_eq!(
+        sales.iter().map(|r| r.sums.sip.registrations).sum::<u64>(),
+        0
+    );
     // The call records at the collector are pseudonymised: no clear number "200".
     for line in stored(&out)
         .iter()
@@ -1200,4 +1246,402 @@ fn session_disconnect_delay_is_measured_like_tshark_and_summed_per_interval() {
         Some(sdd_ms as f64 / 1000.0),
         "{line:#}"
     );
+}
+
+/// RFC 6076 RRD and IRA (the issue's "SRD (registrations)"): REGISTER attempts of real
+/// captures timed from the first REGISTER to the final 2xx across 401 challenges, by Call-ID
+/// and CSeq, summed into the interval records' `sip` section by `teledge report`.
+///
+/// Expected figures by hand from `tshark -r sngrep_aaa.pcap -Y 'sip.CSeq.method ==
+/// "REGISTER"'` (relative time, Call-ID, CSeq, status), one phone registering to a
+/// registrar that challenges every REGISTER:
+///
+/// ```text
+/// 32.004937 578222729 68 REGISTER / 32.141694 401 → 49.420564 69 REGISTER / 49.616489 403   failed
+/// 139.349155 70 / 401 → 156.629834 71 / 156.781808 401 → no REGISTER for 150 s             challenge unanswered
+/// 306.829874 72 / 401 → 324.155054 73 / 324.305849 401 → none for 74 s                       challenge unanswered
+/// 398.071097 74 / 401 → 415.396135 75 / 415.567606 200                                      RRD 17.496509 s
+/// 915.314807 76 / 401 → 77 / 401 → 78 / 401 → 968.611582 79 / 968.760484 401 → none          challenge unanswered
+/// 1255.964931 29858147 1 / 401 → 1273.350228 2 / 1273.510395 200                          RRD 17.545464 s
+/// 1290.564631 3 / 1290.701065 401 → 1324.813914 4 (34.1 s later: past Timer F, 32 s)        challenge unanswered
+/// 1324.813914 4 / 1324.965484 401 → 1460.423917 5 (135 s later)                              challenge unanswered
+/// 1460.423917 5 / 401 → 1477.884004 6 / 1478.042520 200                                     RRD 17.618603 s
+/// ```
+///
+/// and `rtp_rtcp_sip_ipv4_udp.pcap`: three REGISTERs answered 200 directly, after
+/// 15.702, 16.384 and 15.590 ms.
+#[test]
+fn registrations_are_timed_across_challenges_and_summed_per_interval() {
+    let sum = |lines: &[serde_json::Value], field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["sums"]["sip"][field].as_u64().unwrap())
+            .sum()
+    };
+    let lines = report(&[], &[&crate::support::data_path("sngrep_aaa.pcap")]);
+    // Attempts: 1 failed, 5 challenges unanswered, 3 registered.
+    assert_eq!(sum(&lines, "registrations"), 9, "{lines:#?}");
+    assert_eq!(sum(&lines, "registered"), 3);
+    assert_eq!(sum(&lines, "registrations_ineffective"), 1);
+    assert_eq!(sum(&lines, "registrations_challenge_unanswered"), 5);
+    assert_eq!(sum(&lines, "registrations_not_timed"), 0);
+    // Each delay rounded to the millisecond: 17497 + 17545 + 17619.
+    assert_eq!(sum(&lines, "rrd_ms"), 17_497 + 17_545 + 17_619);
+    // Every delay in the bucket of at most 20 s (bounds 10 … 15000, 20000, …).
+    let mut buckets = vec![0u64; 15];
+    for l in &lines {
+        for (i, n) in l["sums"]["sip"]["rrd_buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            buckets[i] += n.as_u64().unwrap();
+        }
+    }
+    assert_eq!(buckets[11], 3, "{buckets:?}");
+    assert_eq!(buckets.iter().sum::<u64>(), 3);
+
+    // One quarter-hour of the short capture: mean, percentiles and IRA displayed.
+    let lines = report(
+        &[],
+        &[&crate::support::data_path("rtp_rtcp_sip_ipv4_udp.pcap")],
+    );
+    let line = lines
+        .iter()
+        .find(|l| l["sums"]["sip"]["registrations"] != 0)
+        .expect("an interval with the registrations");
+    let sip = &line["sums"]["sip"];
+    assert_eq!(sum(&lines, "registrations"), 3, "{lines:#?}");
+    assert_eq!(
+        (sip["registered"].as_u64(), sip["rrd_ms"].as_u64()),
+        (Some(3), Some(16 + 16 + 16))
+    );
+    assert!(close(kpi_of(line, "sip_rrd_mean_s"), 0.016), "{line:#}");
+    // 16 ms falls in the bucket of at most 20 ms.
+    assert!(close(kpi_of(line, "sip_rrd_p50_s"), 0.020), "{line:#}");
+    assert!(close(kpi_of(line, "sip_rrd_p95_s"), 0.020), "{line:#}");
+    assert!(close(kpi_of(line, "sip_ira"), 0.0), "{line:#}");
+}
+
+fn kpi_of(line: &serde_json::Value, name: &str) -> Option<f64> {
+    line["kpis"][name]["value"].as_f64()
+}
+
+/// A call record and the queue record of the same contact are joined and counted once, in
+/// the queue's service: queue figures (arrival, wait, ring, talk, outcome, who hung up)
+/// from the queue, the rest (hold from the re-INVITEs, MOS, RFC 6076 facts) from SIP.
+///
+/// Input: two real captures and a `queue_log` written by hand for their calls (Asterisk is
+/// not in Debian 12; see `tests/data/README.md`). Expected, by hand:
+/// - `support` (the queue's service; no number of the captures matches it): `101`
+///   (sip_ipv4_tcp.pcap, SIP answered by the PBX, MOS 4.41) abandoned in the queue after
+///   5 s; `20008777` (erspan, held 10.527329 s) answered after 7 s, ring 2 s, talk 13 s,
+///   the agent hung up; `555` (no call) flowed out after 60 s; `20008909` an hour after its
+///   calls (no call fits: counted alone) abandoned after 3 s (short). Offered 4, answered 1,
+///   abandoned 2 (1 short), flowed out 1, all 4 from the queue; hold 10 527 ms; one MOS
+///   (441); two SIP INVITEs.
+/// - `lines` (every other number): the capture's two consultation legs from `20008909`,
+///   answered, held 0.668981 and 0.668604 s.
+///
+/// Without the join the two joined calls would count in `lines` as well: 4 there, not 2.
+#[test]
+fn a_call_and_its_queue_log_contact_are_joined_and_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stats.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ninterval_minutes = 60\n\n\
+         [[service]]\nname = \"support\"\nnumbers = [\"0800*\"]\n\n\
+         [[service]]\nname = \"lines\"\n",
+    )
+    .unwrap();
+    let queue_log = crate::support::data_path("callcenter/queue_log-bundled-captures");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--format", "jsonl", "--config"])
+        .arg(&config)
+        .arg(crate::support::data_path("sip_ipv4_tcp.pcap"))
+        .arg(crate::support::data_path("erspan_sip_ipv4_udp.pcapng"))
+        .arg("--queue-log")
+        .arg(&queue_log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 call(s) joined"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sum = |service: &str, path: &[&str]| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["service"] == service)
+            .map(|l| {
+                let mut v = &l["sums"];
+                for p in path {
+                    v = &v[p];
+                }
+                v.as_u64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let s = |f: &str| sum("support", &[f]);
+    assert_eq!(
+        (
+            s("offered"),
+            s("answered"),
+            s("abandoned"),
+            s("short_abandoned")
+        ),
+        (4, 1, 2, 1),
+        "{lines:#?}"
+    );
+    assert_eq!((s("flowed_out"), s("from_queue")), (1, 4));
+    // Queue figures from the queue_log.
+    assert_eq!(s("wait_answered_ms"), 7000);
+    assert_eq!(s("wait_abandoned_ms"), 5000 + 3000);
+    assert_eq!((s("rang"), s("ring_ms")), (1, 2000));
+    assert_eq!((s("handled"), s("talk_ms")), (1, 13_000));
+    assert_eq!((s("hangup_callee"), s("hangup_caller")), (1, 0));
+    // The rest from SIP.
+    assert_eq!(s("hold_ms"), 10_527);
+    assert_eq!((s("mos_scored"), s("mos_centi_sum")), (1, 441));
+    assert_eq!(sum("support", &["sip", "invites"]), 2);
+    // The other calls, once each.
+    let l = |f: &str| sum("lines", &[f]);
+    assert_eq!(
+        (l("offered"), l("answered"), l("from_queue")),
+        (2, 2, 0),
+        "{lines:#?}"
+    );
+    assert_eq!(l("hold_ms"), 669 + 669);
+
+    // Without the queue_log the same captures count 4 calls in `lines`.
+    let alone = report(
+        &["--config", config.to_str().unwrap()],
+        &[
+            &crate::support::data_path("sip_ipv4_tcp.pcap"),
+            &crate::support::data_path("erspan_sip_ipv4_udp.pcapng"),
+        ],
+    );
+    let offered: u64 = alone
+        .iter()
+        .filter(|l| l["service"] == "lines")
+        .map(|l| l["sums"]["offered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(offered, 4);
+}
+
+/// The join as the daemon runs it: a queue record naming its SIP Call-ID joins that call at
+/// once; a queue record of the same caller an hour after the call does not join it; records
+/// without a partner wait the window (30 s) and are then counted on their own, each once;
+/// at most `MAX_JOIN_WAITING` wait (the oldest is counted early, and counted as such).
+#[test]
+fn the_queue_join_waits_its_window_then_counts_each_record_alone() {
+    use teledge::stats::interval::{JoinKeys, MAX_JOIN_WAITING};
+    use teledge::stats::service::NumberPattern;
+    use teledge::stats::{QueueEnd, QueueFact};
+    let mut s = settings("UTC", 60, Attribution::Arrival);
+    let mut sales = ServiceSettings::default_service();
+    sales.name = "sales".into();
+    sales.numbers = vec![NumberPattern::parse("0800*")];
+    let mut lines = ServiceSettings::default_service();
+    lines.name = "lines".into();
+    s.services = Services::new(vec![sales, lines]);
+    let mut agg =
+        Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
+    let (calls, _) = crate::support::replay("erspan_sip_ipv4_udp.pcapng");
+    let answered: Vec<_> = calls
+        .iter()
+        .filter(|c| c.outcome == teledge::record::Outcome::Answered)
+        .collect();
+    let (c1, c2) = (answered[0], answered[1]);
+    let keys = |c: &teledge::record::CallRecord| JoinKeys {
+        call_id: c.call_id.clone(),
+        callers: c.caller.user.iter().cloned().collect(),
+    };
+    let fact = |enter: Timestamp, caller: Option<String>, sip: Option<String>| QueueFact {
+        queue_call_id: "q".into(),
+        sip_call_id: sip,
+        queue: "sales".into(),
+        caller,
+        agent: None,
+        enter_time: enter,
+        end: QueueEnd::Abandoned,
+        end_time: Some(enter.plus(Duration::from_secs(4))),
+        wait_s: Some(4.0),
+        ring_s: None,
+        rona: 0,
+        talk_s: None,
+        wrap_up_s: None,
+        hangup_by: None,
+        transferred: false,
+    };
+    let now = c2.end_time.unwrap().max(c1.end_time.unwrap());
+    // c1 first; its queue record (FreeSWITCH style: with the leg's Call-ID) joins it.
+    agg.call_keyed(c1, keys(c1), now);
+    assert_eq!(agg.join_waiting(), (1, 0));
+    agg.queue_fact_joining(
+        fact(c1.invite_time.unwrap(), None, Some(c1.call_id.clone())),
+        now,
+    );
+    assert_eq!((agg.join_waiting(), agg.counters().joined), ((0, 0), 1));
+    // The same caller as c2, but an hour after it: no join; both wait.
+    let later = c2.invite_time.unwrap().plus(Duration::from_secs(3600));
+    agg.queue_fact_joining(fact(later, c2.caller.user.clone(), None), now);
+    agg.call_keyed(c2, keys(c2), now);
+    assert_eq!(agg.join_waiting(), (1, 1));
+    assert!(agg
+        .tick(now.plus(Duration::from_secs(29)))
+        .iter()
+        .all(|r| r.sums.offered == 0));
+    assert_eq!(agg.join_waiting(), (1, 1), "within the window");
+    agg.tick(now.plus(Duration::from_secs(31)));
+    assert_eq!(agg.join_waiting(), (0, 0), "counted alone after the window");
+    let records = agg.finish(now.plus(Duration::from_secs(32)));
+    let sum = |service: &str, f: fn(&teledge::record::interval::IntervalSums) -> u64| -> u64 {
+        records
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| f(&r.sums))
+            .sum()
+    };
+    // sales: c1 joined (queue says abandoned after 4 s) and the late queue record alone.
+    assert_eq!(sum("sales", |s| s.offered), 2);
+    assert_eq!(sum("sales", |s| s.abandoned), 2);
+    assert_eq!(sum("sales", |s| s.from_queue), 2);
+    assert_eq!(sum("sales", |s| s.sip.invites), 1, "c1's SIP facts kept");
+    // lines: c2 alone, answered.
+    assert_eq!(
+        (sum("lines", |s| s.offered), sum("lines", |s| s.answered)),
+        (1, 1)
+    );
+
+    // The bound: one call more than may wait; the oldest is counted at once.
+    let mut agg = Aggregator::new(settings("UTC", 60, Attribution::Arrival), "n1", 1)
+        .with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
+    for _ in 0..=MAX_JOIN_WAITING {
+        agg.call_keyed(c2, keys(c2), now);
+    }
+    assert_eq!(agg.join_waiting(), (MAX_JOIN_WAITING, 0));
+    assert_eq!(agg.counters().join_overflow, 1);
+    let offered: u64 = agg.finish(now).iter().map(|r| r.sums.offered).sum();
+    assert_eq!(
+        offered,
+        MAX_JOIN_WAITING as u64 + 1,
+        "every call counted once"
+    );
+}
+
+/// `[[service]]` by trunk or PBX address and direction, on the calls of two real captures
+/// (addresses as `teledge replay` shows them), first match wins. By hand:
+/// - `never` (called number 20008910 *to* 180.173.83.0/24): the call to 20008910 came *from*
+///   180.173.83.248, so no call is outbound to it — 0;
+/// - `pbx-in` (inbound from 192.168.1.0/24, the default direction with trunks): the two
+///   calls from 192.168.1.191 — 2;
+/// - `to-carrier` (outbound to 101.231.48.19): the call from 180.173.83.248 to it — 1;
+/// - `desk` (number 201, either way through 10.33.6.101): the TCP call 101 → 201 — 1.
+#[test]
+fn services_are_told_by_trunk_address_and_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stats.toml");
+    std::fs::write(
+        &config,
+        "[stats]\ninterval_minutes = 60\n\n\
+         [[service]]\nname = \"never\"\nnumbers = [\"20008910\"]\ntrunks = [\"180.173.83.0/24\"]\ndirection = \"outbound\"\n\n\
+         [[service]]\nname = \"pbx-in\"\ntrunks = [\"192.168.1.0/24\"]\n\n\
+         [[service]]\nname = \"to-carrier\"\ntrunks = [\"101.231.48.19\"]\ndirection = \"outbound\"\n\n\
+         [[service]]\nname = \"desk\"\nnumbers = [\"201\"]\ntrunks = [\"10.33.6.101\"]\ndirection = \"any\"\n",
+    )
+    .unwrap();
+    let lines = report(
+        &["--config", config.to_str().unwrap()],
+        &[
+            &crate::support::data_path("erspan_sip_ipv4_udp.pcapng"),
+            &crate::support::data_path("sip_ipv4_tcp.pcap"),
+        ],
+    );
+    let offered = |service: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["service"] == service)
+            .map(|l| l["sums"]["offered"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        [
+            offered("never"),
+            offered("pbx-in"),
+            offered("to-carrier"),
+            offered("desk")
+        ],
+        [0, 2, 1, 1],
+        "{lines:#?}"
+    );
+}
+
+/// The join as the daemon makes it, with the site key: the queue source pseudonymises the
+/// `queue_log` caller at ingest (keyed hash), the spool writer keys the clear call record
+/// with the same pseudonymiser ([`JoinKeys::of`]), and the two meet; keys made under
+/// another site key meet nothing (the call and the queue stay then count apart).
+#[test]
+fn the_join_meets_on_keyed_hashes_made_with_the_same_site_key() {
+    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+    use teledge::privacy::{AddressMode, Privacy, PrivacyMode, Pseudonymizer};
+    use teledge::record::queue::QueueSource;
+    use teledge::stats::interval::{JoinKeys, MAX_JOIN_WAITING};
+    let keyed = |key: u8| {
+        Pseudonymizer::new(Privacy::new(
+            PrivacyMode::KeyedHash {
+                site_key: [key; 32],
+            },
+            AddressMode::Keep,
+            [0; 32],
+        ))
+    };
+    // The erspan capture's call from 20008777 and its queue stay (lines 3–5 of the file).
+    let (calls, _) = crate::support::replay("erspan_sip_ipv4_udp.pcapng");
+    let call = calls
+        .iter()
+        .find(|c| c.caller.user.as_deref() == Some("20008777"))
+        .unwrap();
+    let text = std::fs::read_to_string(crate::support::data_path(
+        "callcenter/queue_log-bundled-captures",
+    ))
+    .unwrap();
+    let mut assembler = QueueAssembler::new(
+        QueueSource::AsteriskQueueLog,
+        "pbx1",
+        QueueLimits::default(),
+        keyed(7),
+    );
+    let mut records = Vec::new();
+    for line in text.lines().filter(|l| l.contains("1526006126.12")) {
+        let parsed = teledge::decode::queue_log::parse_line(line.as_bytes()).unwrap();
+        assembler.asterisk(&parsed, &mut |r| records.push(r));
+    }
+    assert_eq!(records.len(), 1);
+    let stay = &records[0];
+    assert!(
+        stay.caller.as_deref().unwrap().starts_with("h:"),
+        "{stay:?}"
+    );
+    let count = |key: u8| {
+        let mut s = settings("UTC", 60, Attribution::Arrival);
+        let mut support = ServiceSettings::default_service();
+        support.name = "support".into();
+        s.services = Services::new(vec![support]);
+        let mut agg =
+            Aggregator::new(s, "n1", 1).with_queue_join(Duration::from_secs(30), MAX_JOIN_WAITING);
+        let now = call.end_time.unwrap();
+        agg.call_keyed(call, JoinKeys::of(call, &keyed(key)), now);
+        agg.queue_record(stay, now);
+        let joined = agg.counters().joined;
+        let offered: u64 = agg.finish(now).iter().map(|r| r.sums.offered).sum();
+        (joined, offered)
+    };
+    assert_eq!(count(7), (1, 1), "same site key: one contact");
+    assert_eq!(count(8), (0, 2), "another site key: the two count apart");
 }
