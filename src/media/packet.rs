@@ -172,13 +172,12 @@ pub struct RtcpSummary {
 #[error("malformed RTCP: {0}")]
 pub struct RtcpError(String);
 
-/// Decodes an RTCP compound packet.
-pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
-    use rtcp::extended_report::{ExtendedReport, VoIPMetricsReportBlock};
-    use rtcp::receiver_report::ReceiverReport;
-    use rtcp::sender_report::SenderReport;
-    use rtcp::source_description::{SdesType, SourceDescription};
-
+/// The SR, RR, SDES and XR packets of an RTCP compound packet, decoded by the `rtcp` crate
+/// one by one (what [`decode_rtcp`] summarises, and what the HEP relay turns into HOMER's
+/// JSON). An error when none of them decodes.
+pub fn rtcp_packets(
+    data: &[u8],
+) -> Result<Vec<Box<dyn rtcp::packet::Packet + Send + Sync>>, RtcpError> {
     // Each packet of the compound is decoded on its own, so that trailing bytes after the last
     // packet (seen from real gateways) or one packet type the crate refuses do not cost the
     // reports around it.
@@ -220,6 +219,17 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
             first_error.unwrap_or_else(|| "empty RTCP packet".to_owned()),
         ));
     }
+    Ok(packets)
+}
+
+/// Decodes an RTCP compound packet.
+pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
+    use rtcp::extended_report::{ExtendedReport, VoIPMetricsReportBlock};
+    use rtcp::receiver_report::ReceiverReport;
+    use rtcp::sender_report::SenderReport;
+    use rtcp::source_description::{SdesType, SourceDescription};
+
+    let packets = rtcp_packets(data)?;
     let mut summary = RtcpSummary::default();
     let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {
         source_ssrc: r.ssrc,
