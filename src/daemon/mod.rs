@@ -84,6 +84,7 @@ mod capture;
 mod fleet;
 mod heartbeat;
 mod hep;
+mod hep_out;
 mod queue;
 mod sensors;
 mod spool_writer;
@@ -133,6 +134,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
 }
 
 impl DaemonError {
@@ -160,6 +163,9 @@ impl DaemonError {
                 matches!(e.kind(), PermissionDenied | NotFound)
             }
             DaemonError::Spool(_) | DaemonError::Io(_) => false,
+            // The TLS files of [hep_out] were checked by the configuration; a thread that
+            // would not start is the host's trouble, maybe passing.
+            DaemonError::Relay(e) => !matches!(e, crate::relay::RelayError::Thread(_)),
         }
     }
 }
@@ -302,6 +308,8 @@ pub struct Daemon {
     spool: Arc<Mutex<Spool>>,
     captures: capture::Captures,
     hep: Option<hep::HepInput>,
+    /// The HEP relay to HOMER (`[hep_out]`).
+    hep_out: Option<crate::relay::HepRelay>,
     sensors: sensors::Sensors,
     queues: queue::QueueInputs,
     ticker: tokio::task::JoinHandle<()>,
@@ -448,6 +456,7 @@ impl Daemon {
             sources: root.child_token(),
             tracker: tracker.clone(),
         };
+        let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
         let captures = capture::Captures::build(&config.captures, &ctx)?;
         let hep = match &config.hep {
             Some(h) => {
@@ -509,6 +518,7 @@ impl Daemon {
             spool,
             captures,
             hep,
+            hep_out,
             sensors,
             queues,
             ticker,
@@ -580,6 +590,7 @@ impl Daemon {
             spool,
             captures,
             hep,
+            hep_out,
             sensors,
             queues,
             ticker,
@@ -609,6 +620,7 @@ impl Daemon {
             });
             ticker::publish_pipeline_counters(&p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
+        hep_out::finish(hep_out, Duration::from_secs(2)).await;
         let Context {
             records, tracker, ..
         } = ctx;

@@ -78,6 +78,25 @@ pub enum Overflow {
 
 type Queued = (FrameKind, Vec<u8>);
 
+/// Every reason of `teledge_hep_out_dropped_total`.
+pub const DROP_REASONS: [&str; 7] = [
+    "queue_full",
+    "closed",
+    "send_failed",
+    "shutdown",
+    "too_large",
+    "family_mismatch",
+    "time_out_of_range",
+];
+
+/// Frames dropped so far, all reasons.
+pub fn dropped_total(metrics: &AgentMetrics) -> u64 {
+    DROP_REASONS
+        .iter()
+        .map(|r| metrics.hep_out_dropped.with(&[r]).get())
+        .sum()
+}
+
 /// The running relay: its sender thread and what stops it.
 #[derive(Debug)]
 pub struct HepRelay {
