@@ -12,7 +12,7 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    const SECTIONS: [&'static str; 11] = [
+    const SECTIONS: [&'static str; 12] = [
         "node",
         "capture",
         "hep",
