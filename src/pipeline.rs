@@ -65,6 +65,14 @@ pub enum Mirrored<'a> {
 /// capture path under the pipeline's lock: it must queue, never wait.
 pub trait Mirror: Send + std::fmt::Debug {
     fn mirror(&mut self, event: Mirrored<'_>);
+
+    /// True for a frame the mirror itself sent, captured again on the wire (a capture
+    /// interface that carries the relay's traffic): the pipeline neither mirrors nor
+    /// correlates it, since what it carries was correlated when it was captured.
+    fn own_frame(&self, hep: &HepFrame<'_>) -> bool {
+        let _ = hep;
+        false
+    }
 }
 
 /// The mirror, if any, told about `record` before it goes `out`.
@@ -138,8 +146,11 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
     }
 
     fn hep_sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>, hep: &HepFrame<'_>) {
-        // Relayed as received (its agent's capture id), not as if we had captured it.
+        // Relayed as received, not as if we had captured it.
         if let Some(m) = self.mirror.as_mut() {
+            if m.own_frame(hep) {
+                return;
+            }
             m.mirror(Mirrored::Hep(hep));
         }
         self.correlate_sip(meta, message);
@@ -173,8 +184,11 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
     }
 
     fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
-        if hep.proto_type == ProtoType::RtcpJson {
-            if let Some(m) = self.mirror.as_mut() {
+        if let Some(m) = self.mirror.as_mut() {
+            if m.own_frame(hep) {
+                return;
+            }
+            if hep.proto_type == ProtoType::RtcpJson {
                 m.mirror(Mirrored::Hep(hep));
             }
         }

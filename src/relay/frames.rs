@@ -127,9 +127,7 @@ pub fn frames(event: Mirrored<'_>, id: &Identity, kinds: Kinds) -> Vec<Made> {
                 ProtoType::RtcpJson if kinds.rtcp => FrameKind::Rtcp,
                 _ => return Vec::new(),
             };
-            if hep.capture_id == Some(id.capture_id)
-                && hep.node_name.as_deref() == id.node_name.as_deref()
-            {
+            if is_own(hep, id) {
                 return vec![Made::Skipped("own_frame")];
             }
             let frame = HepFrame {
@@ -149,6 +147,11 @@ pub fn frames(event: Mirrored<'_>, id: &Identity, kinds: Kinds) -> Vec<Made> {
         }
         _ => Vec::new(),
     }
+}
+
+/// A frame that carries this relay's identity: its own output, captured again.
+pub fn is_own(hep: &HepFrame<'_>, id: &Identity) -> bool {
+    hep.capture_id == Some(id.capture_id) && hep.node_name.as_deref() == id.node_name.as_deref()
 }
 
 fn made(kind: FrameKind, frame: &HepFrame<'_>) -> Made {

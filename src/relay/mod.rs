@@ -228,6 +228,14 @@ impl Mirror for HepMirror {
             }
         }
     }
+
+    fn own_frame(&self, hep: &crate::decode::hep::HepFrame<'_>) -> bool {
+        let own = frames::is_own(hep, &self.identity);
+        if own {
+            self.metrics.hep_out_skipped.with(&["own_frame"]).inc();
+        }
+        own
+    }
 }
 
 impl HepMirror {

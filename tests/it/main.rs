@@ -16,6 +16,7 @@ mod encapsulation;
 mod fleet;
 mod generated;
 mod hep;
+mod hep_out;
 mod layering;
 pub(crate) mod live;
 mod media;

@@ -1,0 +1,591 @@
+//! The HEP relay (`[hep_out]`, `replay --hep-out`) against an independent decoder, and
+//! Kamailio as a HEP source. Real parts only: Kamailio 5.6 from Debian (`sipcapture` to
+//! receive, `siptrace` to send), SIPp, TShark for what went in.
+//!
+//! Kamailio's `sipcapture` with `nonsip_hook` hands every HEP packet to
+//! `event_route[sipcapture:request]`, where `$hep(0x00N)` reads its chunks (reference:
+//! scale-out-and-hep.md §5); the route logs them on one line per frame, which the tests read.
+//! It does not expose 0x0012/0x0013/0x0020 (they read as empty): those are checked with our
+//! own decoder in the unit tests (`relay::frames`, `decode::hep::encode`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::daemon::{agent_config, collected, free_port, teledge, Agent};
+use crate::support::data_path;
+use crate::uplink::{collector, pki};
+
+const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
+
+/// A Kamailio process with its configuration and log in a directory of its own.
+struct Kamailio {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    fn start(config: &str) -> Kamailio {
+        assert!(
+            Path::new("/usr/sbin/kamailio").exists(),
+            "Kamailio is needed (Debian package kamailio; scripts/test.sh installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("kamailio.cfg");
+        let config = config.replace("@DIR@", dir.path().to_str().unwrap());
+        std::fs::write(&cfg, config).unwrap();
+        std::fs::create_dir_all(dir.path().join("db")).unwrap();
+        let check = Command::new("kamailio")
+            .args(["-c", "-f"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "kamailio -c: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = dir.path().join("kamailio.log");
+        let child = Command::new("kamailio")
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-f"])
+            .arg(&cfg)
+            .arg("-Y")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Kamailio {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The chunks of every frame the receiver logged, in arrival order.
+    fn frames(&self) -> Vec<HashMap<String, String>> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("HEPLOG ").map(|(_, rest)| rest))
+            .map(|rest| {
+                rest.split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `sipcapture` receiver on UDP `port` that logs the chunks of every HEP frame; for type 5
+/// frames also the JSON itself (it carries no spaces: heplify's and ours are compact).
+fn sipcapture_receiver(port: u16) -> Kamailio {
+    Kamailio::start(&format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+listen=udp:127.0.0.1:{port}
+mpath="{MODULES}"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "db_text.so"
+loadmodule "sipcapture.so"
+modparam("sipcapture", "db_url", "text://@DIR@/db")
+modparam("sipcapture", "hep_capture_on", 1)
+modparam("sipcapture", "capture_on", 1)
+modparam("sipcapture", "nonsip_hook", 1)
+event_route[sipcapture:request] {{
+    if ($hep(0x00b) == 5) {{
+        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}}) json=$hep(0x00f)\n");
+    }} else {{
+        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}})\n");
+    }}
+    return 0;
+}}
+request_route {{ drop; }}
+onreply_route {{ drop; }}
+"#
+    ))
+}
+
+/// Sends probe frames until the receiver logs one: it is then up.
+fn wait_until_receiving(k: &Kamailio, port: u16) {
+    let probe = probe_frame();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        socket.send_to(&probe, ("127.0.0.1", port)).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        if k.frames().iter().any(|f| f["cid"] == "probe") {
+            return;
+        }
+    }
+    panic!("Kamailio never received a HEP frame:\n{}", k.log());
+}
+
+/// A HEP frame with correlation id `probe`, encoded by our encoder (any frame would do).
+fn probe_frame() -> Vec<u8> {
+    use std::borrow::Cow;
+    use teledge::decode::hep::{encode, HepFrame, IpFamily, IpProtocol, ProtoType};
+    encode(&HepFrame {
+        family: IpFamily::V4,
+        ip_protocol: IpProtocol::Udp,
+        src: "127.0.0.1:1".parse().unwrap(),
+        dst: "127.0.0.1:2".parse().unwrap(),
+        time: teledge::time::Timestamp::now(),
+        proto_type: ProtoType::Other(100),
+        capture_id: Some(1),
+        keep_alive_s: None,
+        auth_key: None,
+        payload: Cow::Borrowed(b"probe"),
+        compressed: false,
+        correlation_id: Some(Cow::Borrowed(b"probe")),
+        vlan: None,
+        node_name: None,
+        tcp_flags: None,
+        ip_tos: None,
+        mos: None,
+        vendor_chunks: 0,
+        skipped_chunks: 0,
+    })
+    .unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// TShark's fields of the frames matching `filter`, one row per frame.
+fn tshark_rows(capture: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    crate::support::pinned_tshark();
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(capture).args(["-Y", filter, "-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+/// `1105725482.965944000` → ("1105725482", "965944").
+fn sec_usec(epoch: &str) -> (String, String) {
+    let (s, frac) = epoch.split_once('.').unwrap();
+    let us: u32 = frac[..6].parse().unwrap();
+    (s.to_owned(), us.to_string())
+}
+
+/// Every SIP message of a capture, as TShark reads it, arrives at Kamailio's `sipcapture`
+/// as one type-1 frame with the same addresses, ports, transport, capture time (µs), Call-ID
+/// and payload bytes, in capture order; every RTCP packet of the call as a type-5 frame
+/// whose correlation id is the call's Call-ID and whose JSON names the packet's sender
+/// SSRC and type; each stream of the call as a type-34 report; all with our capture id and
+/// auth key.
+#[test]
+fn hep_out_of_a_replay_is_read_by_kamailio_sipcapture_message_for_message() {
+    let port = free_port();
+    let k = sipcapture_receiver(port);
+    wait_until_receiving(&k, port);
+    let capture = data_path("rtp_rtcp_sip_ipv4_udp.pcap");
+    let out = teledge()
+        .args(["replay", "--no-progress", "--hep-out"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--hep-capture-id", "4711"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 dropped"), "{stderr}");
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let frames: Vec<HashMap<String, String>> = k
+        .frames()
+        .into_iter()
+        .filter(|f| f["cid"] != "probe")
+        .collect();
+    for f in &frames {
+        assert_eq!(f["v"], "3");
+        assert_eq!(f["c"], "4711", "{f:?}");
+        assert_eq!(f["f"], "2");
+        assert_eq!(f["p"], "17");
+    }
+    let of_type = |t: &str| -> Vec<&HashMap<String, String>> {
+        frames.iter().filter(|f| f["t"] == t).collect()
+    };
+
+    // SIP: message for message, in order.
+    let sip = tshark_rows(
+        &capture,
+        "sip",
+        &[
+            "frame.time_epoch",
+            "ip.src",
+            "ip.dst",
+            "udp.srcport",
+            "udp.dstport",
+            "sip.Call-ID",
+            "udp.payload",
+        ],
+    );
+    let got = of_type("1");
+    assert_eq!(got.len(), sip.len(), "{got:#?}");
+    assert_eq!(sip.len(), 14);
+    for (row, f) in sip.iter().zip(&got) {
+        let (s, us) = sec_usec(&row[0]);
+        let payload = hex_bytes(&row[6]);
+        assert_eq!(
+            (&f["ts"], &f["us"], &f["s"], &f["d"], &f["sp"], &f["dp"], &f["cid"]),
+            (&s, &us, &row[1], &row[2], &row[3], &row[4], &row[5]),
+            "{row:?}"
+        );
+        assert_eq!(f["len"], payload.len().to_string());
+        assert_eq!(f["sha"], sha256_hex(&payload), "payload of {row:?}");
+    }
+
+    // RTCP: every packet TShark dissects as RTCP, with the Call-ID of its call and its
+    // sender SSRC and type in heplify's JSON.
+    let call_with_media = "12013223@200.57.7.195";
+    let rtcp = tshark_rows(
+        &capture,
+        "rtcp",
+        &[
+            "frame.time_epoch",
+            "ip.src",
+            "ip.dst",
+            "udp.srcport",
+            "udp.dstport",
+            "rtcp.senderssrc",
+            "rtcp.pt",
+        ],
+    );
+    let got = of_type("5");
+    assert!(rtcp.len() >= 20, "{rtcp:?}");
+    for row in &rtcp {
+        let (s, us) = sec_usec(&row[0]);
+        let f = got
+            .iter()
+            .find(|f| {
+                (&f["ts"], &f["us"], &f["s"], &f["d"], &f["sp"], &f["dp"])
+                    == (&s, &us, &row[1], &row[2], &row[3], &row[4])
+            })
+            .unwrap_or_else(|| panic!("RTCP {row:?} not relayed: {got:#?}"));
+        assert_eq!(f["cid"], call_with_media);
+        let json: Value = serde_json::from_str(&f["json"]).unwrap();
+        let ssrc = u64::from_str_radix(
+            row[5].split(',').next().unwrap().trim_start_matches("0x"),
+            16,
+        )
+        .unwrap();
+        assert_eq!(json["ssrc"], ssrc, "{row:?} {json}");
+        let first_type: u64 = row[6].split(',').next().unwrap().parse().unwrap();
+        assert_eq!(json["type"], first_type, "{row:?} {json}");
+        assert_eq!(f["len"], f["json"].len().to_string());
+    }
+    // The capture's README counts 28 RTCP packets; TShark dissects those its SDP
+    // conversations cover. Every relayed one belongs to the call.
+    assert_eq!(got.len(), 28, "{got:#?}");
+    assert!(got.iter().all(|f| f["cid"] == call_with_media));
+
+    // Stream reports: one per stream of the call's record, at the stream's end.
+    let call = records
+        .iter()
+        .find(|r| r["call_id"] == call_with_media)
+        .unwrap();
+    let q = &call["media_quality"];
+    let streams: Vec<&Value> = ["caller_to_callee", "callee_to_caller", "unknown_direction"]
+        .iter()
+        .flat_map(|d| q[d].as_array().unwrap())
+        .collect();
+    let reports = of_type("34");
+    assert_eq!(reports.len(), streams.len(), "{reports:#?}");
+    assert!(!streams.is_empty());
+    for s in streams {
+        let (src, dst) = (s["src"].as_str().unwrap(), s["dst"].as_str().unwrap());
+        let (sip, sport) = src.rsplit_once(':').unwrap();
+        let (dip, dport) = dst.rsplit_once(':').unwrap();
+        assert!(
+            reports.iter().any(|f| (&*f["s"], &*f["sp"], &*f["d"], &*f["dp"], &*f["cid"])
+                == (sip, sport, dip, dport, call_with_media)),
+            "no report for {src} -> {dst}: {reports:#?}"
+        );
+    }
+}
+
+/// Kamailio proxies SIPp calls (uac → Kamailio → uas) and mirrors every message it
+/// receives and sends to one agent's HEP listener over TCP (`siptrace`, `trace_mode 1`);
+/// a second agent captures the same calls live on the loopback. Both agents' call
+/// records agree: the same calls, outcomes, parties (pseudonymised with the same key),
+/// addresses, message counts and times (Kamailio stamps HEP with its own clock, at most a
+/// few milliseconds from the kernel's capture time). The live agent also relays what it
+/// captures to a `sipcapture` receiver (`[hep_out]` in `teledge run`): the SIP messages
+/// arrive there, and its own HEP seen again on the loopback is not relayed twice.
+///
+/// HEP goes over TCP so the live agent, which sees everything on the loopback, does not
+/// also read Kamailio's mirror as SIP: HEP inside a TCP stream is not SIP to it.
+#[test]
+fn kamailio_siptrace_gives_the_call_records_live_capture_gives() {
+    crate::live::in_fresh_netns(kamailio_siptrace_in_netns);
+}
+
+fn kamailio_siptrace_in_netns() {
+    assert!(
+        Command::new("sipp").arg("-v").output().is_ok(),
+        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
+    );
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (hep_port, proxy_port, uas_port, capture_port) =
+        (free_port(), free_port(), free_port(), free_port());
+
+    // The HOMER stand-in for the live agent's relay.
+    let receiver = sipcapture_receiver(capture_port);
+    wait_until_receiving(&receiver, capture_port);
+
+    // Agent 1: the HEP listener Kamailio mirrors to.
+    let hep_dir = dir.path().join("hep");
+    std::fs::create_dir_all(&hep_dir).unwrap();
+    let hep_out = hep_dir.join("collected");
+    let hep_collector = collector(&pki, "collector", &hep_out);
+    let hep_config = agent_config(
+        &pki,
+        &hep_dir,
+        hep_collector.port,
+        &format!("[hep]\ntcp = \"127.0.0.1:{hep_port}\"\n"),
+        None,
+    );
+    let mut hep_agent = Agent::start(&hep_config);
+    hep_agent.wait_for_log("teledge running");
+
+    // Agent 2: live capture of the loopback, relaying to the receiver.
+    let live_dir = dir.path().join("live");
+    std::fs::create_dir_all(&live_dir).unwrap();
+    let live_out = live_dir.join("collected");
+    let live_collector = collector(&pki, "collector", &live_out);
+    let metrics_port = free_port();
+    let live_config = agent_config(
+        &pki,
+        &live_dir,
+        live_collector.port,
+        &format!(
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n\
+             [hep_out]\nenabled = true\naddress = \"127.0.0.1:{capture_port}\"\n\
+             capture_id = 4712\nauth_key = \"relay-key\"\n"
+        ),
+        Some(metrics_port),
+    );
+    let mut live_agent = Agent::start(&live_config);
+    live_agent.wait_for_log("teledge running");
+
+    let kamailio = Kamailio::start(&format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+listen=udp:127.0.0.1:{proxy_port}
+listen=tcp:127.0.0.1:{proxy_port}
+mpath="{MODULES}"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "maxfwd.so"
+loadmodule "siptrace.so"
+modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:{hep_port};transport=tcp")
+modparam("siptrace", "hep_mode_on", 1)
+modparam("siptrace", "hep_version", 3)
+modparam("siptrace", "hep_capture_id", 2001)
+modparam("siptrace", "trace_on", 1)
+modparam("siptrace", "trace_mode", 1)
+modparam("siptrace", "trace_to_database", 0)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    $du = "sip:127.0.0.1:{uas_port}";
+    forward();
+    exit;
+}}
+"#
+    ));
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        kamailio.log().contains("Listening on"),
+        "{}",
+        kamailio.log()
+    );
+
+    let work = dir.path().join("sipp");
+    std::fs::create_dir_all(&work).unwrap();
+    let sipp = |args: &[&str]| {
+        let mut cmd = Command::new("sipp");
+        cmd.args(args)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let calls = 3;
+    let mut uas = sipp(&[
+        "-sn",
+        "uas",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &uas_port.to_string(),
+        "-m",
+        &calls.to_string(),
+        "-nostdin",
+    ])
+    .spawn()
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let uac_port = free_port();
+    let status = sipp(&[
+        "-sn",
+        "uac",
+        &format!("127.0.0.1:{proxy_port}"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &uac_port.to_string(),
+        "-s",
+        "1000",
+        "-m",
+        &calls.to_string(),
+        "-d",
+        "300",
+        "-nostdin",
+        "-timeout",
+        "30",
+    ])
+    .status()
+    .unwrap();
+    assert!(status.success(), "sipp uac through Kamailio: {status:?}");
+    let _ = uas.wait();
+
+    let want = |r: &Value| r["type"] == "call";
+    let from_hep = collected(&hep_out, want, calls, Duration::from_secs(20));
+    let from_live = collected(&live_out, want, calls, Duration::from_secs(20));
+    assert_eq!(from_hep.len(), calls, "{from_hep:#?}");
+    assert_eq!(from_live.len(), calls, "{from_live:#?}");
+    let metrics = crate::daemon::http_get(metrics_port, "/metrics");
+    let hep_summary = hep_agent.stop();
+    let live_summary = live_agent.stop();
+    println!("HEP agent: {hep_summary}\nlive agent: {live_summary}");
+
+    let by_call = |records: &[Value]| -> BTreeMap<String, Value> {
+        records
+            .iter()
+            .map(|r| (r["call_id"].as_str().unwrap().to_owned(), r.clone()))
+            .collect()
+    };
+    let (hep_calls, live_calls) = (by_call(&from_hep), by_call(&from_live));
+    assert_eq!(
+        hep_calls.keys().collect::<Vec<_>>(),
+        live_calls.keys().collect::<Vec<_>>()
+    );
+    let time = |v: &Value| -> f64 {
+        humantime::parse_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    for (call_id, h) in &hep_calls {
+        let l = &live_calls[call_id];
+        for field in [
+            "outcome",
+            "state",
+            "closed_by",
+            "final_status",
+            "caller",
+            "callee",
+            "transport",
+            "caller_address",
+            "callee_address",
+            "messages",
+            "retransmissions",
+            "hangup_by",
+            "complete",
+        ] {
+            assert_eq!(h[field], l[field], "{call_id}: {field}\nHEP {h:#}\nlive {l:#}");
+        }
+        assert_eq!(h["outcome"], "answered");
+        for field in ["invite_time", "answer_time", "end_time"] {
+            let (a, b) = (time(&h[field]), time(&l[field]));
+            assert!((a - b).abs() < 0.05, "{call_id}: {field} {a} vs {b}");
+        }
+    }
+
+    // The live agent's relay: every SIP message it captured went to the receiver (with its
+    // capture id and key); its own HEP, captured again on the loopback, was not relayed.
+    thread::sleep(Duration::from_millis(300));
+    let relayed: Vec<HashMap<String, String>> = receiver
+        .frames()
+        .into_iter()
+        .filter(|f| f["cid"] != "probe")
+        .collect();
+    let sip: Vec<&HashMap<String, String>> = relayed.iter().filter(|f| f["t"] == "1").collect();
+    // Each call: INVITE, 100 (from Kamailio? no: stateless), 180, 200, ACK, BYE, 200 on both
+    // legs; counted from the records, never assumed.
+    let messages: u64 = live_calls
+        .values()
+        .map(|r| r["messages"].as_u64().unwrap())
+        .sum();
+    assert!(messages > 0);
+    assert_eq!(sip.len() as u64, messages, "{sip:#?}");
+    for f in &sip {
+        assert_eq!((&*f["c"], &*f["a"]), ("4712", "relay-key"));
+        assert!(live_calls.contains_key(&f["cid"]), "{f:?}");
+    }
+    for expected in [
+        format!("teledge_hep_out_frames_total{{type=\"sip\"}} {messages}"),
+        "teledge_hep_out_connected 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&expected), "{expected} not in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("teledge_hep_out_dropped_total{"),
+        "{metrics}"
+    );
+    let _ = std::io::stdout().flush();
+}
