@@ -353,19 +353,83 @@ fn hep_out_of_a_replay_is_read_by_kamailio_sipcapture_message_for_message() {
 }
 
 /// Kamailio proxies SIPp calls (uac → Kamailio → uas) and mirrors every message it
-/// receives and sends to one agent's HEP listener over TCP (`siptrace`, `trace_mode 1`);
-/// a second agent captures the same calls live on the loopback. Both agents' call
-/// records agree: the same calls, outcomes, parties (pseudonymised with the same key),
-/// addresses, message counts and times (Kamailio stamps HEP with its own clock, at most a
-/// few milliseconds from the kernel's capture time). The live agent also relays what it
-/// captures to a `sipcapture` receiver (`[hep_out]` in `teledge run`): the SIP messages
-/// arrive there, and its own HEP seen again on the loopback is not relayed twice.
+/// receives and sends as HEP (`siptrace`, `trace_mode 1`) to one agent's HEP listener; a
+/// second agent captures the same calls live on the loopback. Both agents' call records
+/// agree: the same calls, outcomes, parties (pseudonymised with the same key), addresses,
+/// message counts and times (Kamailio stamps HEP with its own clock, at most a few
+/// milliseconds from the kernel's capture time). The live agent also relays what it
+/// captures to a `sipcapture` receiver (`[hep_out]` in `teledge run`): every SIP message
+/// arrives there with its capture id and key, and its own HEP, seen again on the loopback,
+/// is neither relayed nor counted twice.
 ///
-/// HEP goes over TCP so the live agent, which sees everything on the loopback, does not
-/// also read Kamailio's mirror as SIP: HEP inside a TCP stream is not SIP to it.
+/// The HEP agent runs in a network namespace of its own, reached over a veth pair: the live
+/// agent captures the loopback, and Kamailio's mirror must not pass there, or it would see
+/// each message twice (once as SIP, once inside HEP from Kamailio).
 #[test]
 fn kamailio_siptrace_gives_the_call_records_live_capture_gives() {
     crate::live::in_fresh_netns(kamailio_siptrace_in_netns);
+}
+
+/// Runs `ip` in the calling thread's network namespace.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// The HEP agent in a namespace of its own: a thread that moves into a fresh network
+/// namespace, takes the veth end `vh` as 10.99.0.2, and runs a collector and an agent
+/// listening for HEP on UDP `hep_port` until told to stop; returns the calls collected.
+fn hep_agent_in_own_netns(
+    hep_port: u16,
+    dir: PathBuf,
+    pki: std::sync::Arc<crate::uplink::Pki>,
+) -> (
+    std::sync::mpsc::Receiver<u32>,
+    std::sync::mpsc::Sender<()>,
+    thread::JoinHandle<Vec<Value>>,
+) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let handle = thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; it moves only this thread into a new network
+        // namespace. gettid has no arguments.
+        #[allow(unsafe_code)]
+        let (rc, tid) = unsafe { (libc::unshare(libc::CLONE_NEWNET), libc::gettid()) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        tid_tx.send(tid as u32).unwrap();
+        // Wait for the veth end to arrive.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ip")
+            .args(["link", "show", "vh"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "veth end never arrived");
+            thread::sleep(Duration::from_millis(50));
+        }
+        ip(&["addr", "add", "10.99.0.2/24", "dev", "vh"]);
+        ip(&["link", "set", "vh", "up"]);
+        let out = dir.join("collected");
+        let c = collector(&pki, "collector", &out);
+        let config = agent_config(
+            &pki,
+            &dir,
+            c.port,
+            &format!("[hep]\nudp = \"10.99.0.2:{hep_port}\"\n"),
+            None,
+        );
+        let mut agent = Agent::start(&config);
+        agent.wait_for_log("teledge running");
+        tid_tx.send(0).unwrap();
+        let _ = stop_rx.recv_timeout(Duration::from_secs(120));
+        let calls = collected(&out, |r| r["type"] == "call", 3, Duration::from_secs(20));
+        println!("HEP agent: {}", agent.stop());
+        calls
+    });
+    (tid_rx, stop_tx, handle)
 }
 
 fn kamailio_siptrace_in_netns() {
@@ -373,7 +437,8 @@ fn kamailio_siptrace_in_netns() {
         Command::new("sipp").arg("-v").output().is_ok(),
         "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
     );
-    let pki = pki();
+    // One PKI for both agents: the same site key, so the same pseudonyms.
+    let pki = std::sync::Arc::new(pki());
     let dir = tempfile::tempdir().unwrap();
     let (hep_port, proxy_port, uas_port, capture_port) =
         (free_port(), free_port(), free_port(), free_port());
@@ -382,20 +447,18 @@ fn kamailio_siptrace_in_netns() {
     let receiver = sipcapture_receiver(capture_port);
     wait_until_receiving(&receiver, capture_port);
 
-    // Agent 1: the HEP listener Kamailio mirrors to.
+    // Agent 1, in its own namespace: the HEP listener Kamailio mirrors to, over the veth.
     let hep_dir = dir.path().join("hep");
     std::fs::create_dir_all(&hep_dir).unwrap();
-    let hep_out = hep_dir.join("collected");
-    let hep_collector = collector(&pki, "collector", &hep_out);
-    let hep_config = agent_config(
-        &pki,
-        &hep_dir,
-        hep_collector.port,
-        &format!("[hep]\ntcp = \"127.0.0.1:{hep_port}\"\n"),
-        None,
-    );
-    let mut hep_agent = Agent::start(&hep_config);
-    hep_agent.wait_for_log("teledge running");
+    let (ready, stop_hep, hep_thread) = hep_agent_in_own_netns(hep_port, hep_dir, std::sync::Arc::clone(&pki));
+    let tid = ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    ip(&["link", "add", "vk", "type", "veth", "peer", "name", "vh"]);
+    ip(&["link", "set", "vh", "netns", &tid.to_string()]);
+    ip(&["addr", "add", "10.99.0.1/24", "dev", "vk"]);
+    ip(&["link", "set", "vk", "up"]);
+    ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the HEP agent started");
 
     // Agent 2: live capture of the loopback, relaying to the receiver.
     let live_dir = dir.path().join("live");
@@ -423,14 +486,15 @@ debug=2
 log_stderror=yes
 children=1
 listen=udp:127.0.0.1:{proxy_port}
-listen=tcp:127.0.0.1:{proxy_port}
+listen=udp:10.99.0.1:{proxy_port}
 mpath="{MODULES}"
 loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "xlog.so"
 loadmodule "maxfwd.so"
 loadmodule "siptrace.so"
-modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:{hep_port};transport=tcp")
+modparam("siptrace", "duplicate_uri", "sip:10.99.0.2:{hep_port}")
+modparam("siptrace", "send_sock_addr", "sip:10.99.0.1:{proxy_port}")
 modparam("siptrace", "hep_mode_on", 1)
 modparam("siptrace", "hep_version", 3)
 modparam("siptrace", "hep_capture_id", 2001)
@@ -445,10 +509,11 @@ request_route {{
 }}
 "#
     ));
+    let mut kamailio = kamailio;
     thread::sleep(Duration::from_millis(1500));
     assert!(
-        kamailio.log().contains("Listening on"),
-        "{}",
+        kamailio.child.try_wait().unwrap().is_none(),
+        "Kamailio exited: {}",
         kamailio.log()
     );
 
@@ -503,14 +568,13 @@ request_route {{
     let _ = uas.wait();
 
     let want = |r: &Value| r["type"] == "call";
-    let from_hep = collected(&hep_out, want, calls, Duration::from_secs(20));
     let from_live = collected(&live_out, want, calls, Duration::from_secs(20));
+    stop_hep.send(()).unwrap();
+    let from_hep = hep_thread.join().unwrap();
     assert_eq!(from_hep.len(), calls, "{from_hep:#?}");
     assert_eq!(from_live.len(), calls, "{from_live:#?}");
     let metrics = crate::daemon::http_get(metrics_port, "/metrics");
-    let hep_summary = hep_agent.stop();
-    let live_summary = live_agent.stop();
-    println!("HEP agent: {hep_summary}\nlive agent: {live_summary}");
+    println!("live agent: {}", live_agent.stop());
 
     let by_call = |records: &[Value]| -> BTreeMap<String, Value> {
         records
@@ -565,17 +629,20 @@ request_route {{
         .filter(|f| f["cid"] != "probe")
         .collect();
     let sip: Vec<&HashMap<String, String>> = relayed.iter().filter(|f| f["t"] == "1").collect();
-    // Each call: INVITE, 100 (from Kamailio? no: stateless), 180, 200, ACK, BYE, 200 on both
-    // legs; counted from the records, never assumed.
-    let messages: u64 = live_calls
-        .values()
-        .map(|r| r["messages"].as_u64().unwrap())
-        .sum();
-    assert!(messages > 0);
+    // Each call through the stateless proxy is 6 messages (INVITE, 180, 200, ACK, BYE, 200),
+    // each on both legs: 12 on the wire per call (reference scale-out-and-hep.md §5, which
+    // counted 12 siptrace frames for one SIPp call; Kamailio sends no 100 statelessly).
+    let messages = 12 * calls as u64;
     assert_eq!(sip.len() as u64, messages, "{sip:#?}");
+    // Records carry the Call-ID pseudonymised; HEP carries it as captured (HOMER needs it).
+    let mut per_call: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &sip {
+        *per_call.entry(&f["cid"]).or_default() += 1;
+    }
+    assert_eq!(per_call.len(), calls, "{per_call:?}");
+    assert!(per_call.values().all(|n| *n == 12), "{per_call:?}");
     for f in &sip {
         assert_eq!((&*f["c"], &*f["a"]), ("4712", "relay-key"));
-        assert!(live_calls.contains_key(&f["cid"]), "{f:?}");
     }
     for expected in [
         format!("teledge_hep_out_frames_total{{type=\"sip\"}} {messages}"),
@@ -587,5 +654,12 @@ request_route {{
         !metrics.contains("teledge_hep_out_dropped_total{"),
         "{metrics}"
     );
+    // Its own frames, captured again on the loopback: seen, skipped, counted.
+    let own = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("teledge_hep_out_skipped_total{reason=\"own_frame\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(own > 0 && own <= messages, "own frames skipped: {own}\n{metrics}");
     let _ = std::io::stdout().flush();
 }
