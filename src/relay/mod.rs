@@ -498,3 +498,160 @@ impl Sender {
         Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::decode::hep::{frame_len, parse, Framing};
+    use crate::dissect::{MessageMeta, Transport};
+    use crate::time::Timestamp;
+
+    fn config(address: &str, transport: HepOutTransport, queue: usize) -> HepOutConfig {
+        let mut c = HepOutConfig::to(address, transport);
+        c.queue_frames = queue;
+        c.reconnect_min = Duration::from_millis(10);
+        c.reconnect_max = Duration::from_millis(50);
+        c
+    }
+
+    fn sip(mirror: &mut HepMirror, n: u32) {
+        let raw = format!(
+            "OPTIONS sip:a@h SIP/2.0\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\n\
+             Call-ID: c-{n}\r\nCSeq: {n} OPTIONS\r\n\r\n"
+        );
+        let message = crate::decode::sip::parse(raw.as_bytes()).unwrap();
+        let meta = MessageMeta {
+            frame: u64::from(n),
+            time: Timestamp::from_secs_nanos(1_700_000_000 + i64::from(n), 0),
+            src: "10.0.0.1:5060".parse().unwrap(),
+            dst: "10.0.0.2:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        mirror.mirror(Mirrored::Sip {
+            meta: &meta,
+            message: &message,
+        });
+    }
+
+    fn series(metrics: &AgentMetrics, line_start: &str) -> u64 {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A server that is not there: the frame in hand waits for a connection, the queue
+    /// fills, and every frame beyond it is dropped at once and counted — in the metrics
+    /// /metrics shows — as are those still queued when the relay stops.
+    #[test]
+    fn a_full_queue_drops_and_counts_every_frame() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = Arc::new(AgentMetrics::new());
+        let (relay, mut mirror) = HepRelay::start(
+            &config(&format!("127.0.0.1:{port}"), HepOutTransport::Tcp, 16),
+            Overflow::Drop,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let started = Instant::now();
+        for n in 0..200 {
+            sip(&mut mirror, n);
+        }
+        // Never waits: 200 frames against a dead server in far less than one connect timeout.
+        assert!(started.elapsed() < IO_TIMEOUT, "{:?}", started.elapsed());
+        let full = series(&metrics, "teledge_hep_out_dropped_total{reason=\"queue_full\"}");
+        // 16 queued, at most one in the sender's hand.
+        assert!((183..=184).contains(&full), "{full}");
+        // The sender tries (and fails) to connect, told as an event.
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while series(&metrics, "teledge_hep_out_connection_failures_total") == 0 {
+            assert!(Instant::now() < deadline, "no connection failure counted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        relay.finish(Duration::ZERO);
+        let shutdown = series(&metrics, "teledge_hep_out_dropped_total{reason=\"shutdown\"}");
+        assert_eq!(full + shutdown, 200);
+        assert_eq!(dropped_total(&metrics), 200);
+        assert_eq!(series(&metrics, "teledge_hep_out_frames_total"), 0);
+        // After the relay stopped, a frame has nowhere to go: counted too.
+        sip(&mut mirror, 1);
+        assert_eq!(
+            series(&metrics, "teledge_hep_out_dropped_total{reason=\"closed\"}"),
+            1
+        );
+    }
+
+    /// Reads frames off a TCP connection with our own framer and decoder until `n` came.
+    fn read_frames(stream: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut buf, mut frames) = (Vec::new(), Vec::new());
+        while frames.len() < n {
+            let mut chunk = [0u8; 4096];
+            let got = stream.read(&mut chunk).unwrap();
+            assert!(got > 0, "connection closed after {} frames", frames.len());
+            buf.extend_from_slice(&chunk[..got]);
+            while let Framing::Frame(len) = frame_len(&buf, 65_535) {
+                frames.push(buf.drain(..len).collect());
+            }
+        }
+        frames
+    }
+
+    /// TCP: frames arrive back to back, in order, as encoded; when the server closes the
+    /// connection, the relay notices, reconnects with backoff and goes on.
+    #[test]
+    fn tcp_frames_arrive_in_order_and_the_relay_reconnects() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let metrics = Arc::new(AgentMetrics::new());
+        let (relay, mut mirror) = HepRelay::start(
+            &config(&address, HepOutTransport::Tcp, 1000),
+            Overflow::Drop,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        for n in 0..10 {
+            sip(&mut mirror, n);
+        }
+        let (mut first, _) = listener.accept().unwrap();
+        let frames = read_frames(&mut first, 10);
+        for (n, bytes) in frames.iter().enumerate() {
+            let f = parse(bytes).unwrap();
+            assert_eq!(f.correlation_id_str(), Some(format!("c-{n}").as_str()));
+            assert_eq!(f.time, Timestamp::from_secs_nanos(1_700_000_000 + n as i64, 0));
+        }
+        drop(first);
+        // The relay sees the close while idle, then reconnects for the next frames.
+        std::thread::sleep(Duration::from_millis(300));
+        for n in 10..20 {
+            sip(&mut mirror, n);
+        }
+        let (mut second, _) = listener.accept().unwrap();
+        let frames = read_frames(&mut second, 10);
+        let ids: Vec<String> = frames
+            .iter()
+            .map(|b| parse(b).unwrap().correlation_id_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, (10..20).map(|n| format!("c-{n}")).collect::<Vec<_>>());
+        relay.finish(Duration::from_secs(1));
+        assert_eq!(
+            series(&metrics, "teledge_hep_out_frames_total{type=\"sip\"}"),
+            20
+        );
+        assert_eq!(dropped_total(&metrics), 0);
+    }
+}
