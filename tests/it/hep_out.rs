@@ -663,3 +663,108 @@ request_route {{
     assert!(own > 0 && own <= messages, "own frames skipped: {own}\n{metrics}");
     let _ = std::io::stdout().flush();
 }
+
+/// A TLS server with the site's `localhost` certificate that reads frames with our framer
+/// until `n` came (or the handshake failed: then none).
+fn tls_server(
+    pki: &crate::uplink::Pki,
+    n: usize,
+) -> (u16, thread::JoinHandle<Vec<Vec<u8>>>) {
+    use std::io::Read;
+    use teledge::decode::hep::{frame_len, Framing};
+    use teledge::uplink::tls::{load_certs, load_private_key};
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        load_certs(&pki.path("collector.pem")).unwrap(),
+        load_private_key(&pki.path("collector.key")).unwrap(),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let (mut buf, mut frames) = (Vec::new(), Vec::new());
+        while frames.len() < n {
+            let mut chunk = [0u8; 4096];
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(got) => buf.extend_from_slice(&chunk[..got]),
+            }
+            while let Framing::Frame(len) = frame_len(&buf, 65_535) {
+                frames.push(buf.drain(..len).collect());
+            }
+        }
+        frames
+    });
+    (port, handle)
+}
+
+fn relay_sip(mirror: &mut teledge::relay::HepMirror, n: u32) {
+    use teledge::pipeline::Mirror;
+    let raw = format!(
+        "OPTIONS sip:a@h SIP/2.0\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: tls-{n}\r\nCSeq: {n} OPTIONS\r\n\r\n"
+    );
+    let message = teledge::decode::sip::parse(raw.as_bytes()).unwrap();
+    let meta = teledge::dissect::MessageMeta {
+        frame: u64::from(n),
+        time: teledge::time::Timestamp::from_secs_nanos(1_700_000_000, n * 1000),
+        src: "192.0.2.1:5060".parse().unwrap(),
+        dst: "192.0.2.2:5062".parse().unwrap(),
+        transport: teledge::dissect::Transport::Tcp,
+    };
+    mirror.mirror(teledge::pipeline::Mirrored::Sip {
+        meta: &meta,
+        message: &message,
+    });
+}
+
+/// TLS (rustls, ring) to a server whose certificate the configured CA signed: every frame
+/// arrives, as encoded. With another CA configured, the relay refuses the server: nothing
+/// is sent, the failure is counted, and the frames are counted as dropped at shutdown.
+#[test]
+fn hep_out_over_tls_trusts_the_configured_ca_only() {
+    use teledge::config::hep_out::{HepOutConfig, HepOutTls, HepOutTransport};
+    use teledge::relay::{dropped_total, HepRelay, Overflow};
+    let pki = pki();
+    for (ca, expect) in [("ca.pem", 5), ("rogue-ca.pem", 0)] {
+        let (port, server) = tls_server(&pki, 5);
+        let mut config = HepOutConfig::to(
+            &format!("127.0.0.1:{port}"),
+            HepOutTransport::Tls(HepOutTls {
+                ca_file: pki.path(ca),
+                server_name: "localhost".into(),
+                client_cert: None,
+            }),
+        );
+        config.reconnect_min = Duration::from_millis(10);
+        config.reconnect_max = Duration::from_millis(20);
+        let metrics = std::sync::Arc::new(teledge::observe::AgentMetrics::new());
+        let (relay, mut mirror) =
+            HepRelay::start(&config, Overflow::Drop, std::sync::Arc::clone(&metrics)).unwrap();
+        for n in 0..5 {
+            relay_sip(&mut mirror, n);
+        }
+        let frames = server.join().unwrap();
+        relay.finish(Duration::from_millis(500));
+        assert_eq!(frames.len(), expect, "{ca}");
+        for (n, bytes) in frames.iter().enumerate() {
+            let f = teledge::decode::hep::parse(bytes).unwrap();
+            assert_eq!(f.correlation_id_str(), Some(format!("tls-{n}").as_str()));
+            assert_eq!(f.ip_protocol, teledge::decode::hep::IpProtocol::Tcp);
+        }
+        let sent = metrics.hep_out_frames.with(&["sip"]).get();
+        assert_eq!(sent, expect as u64, "{ca}");
+        assert_eq!(sent + dropped_total(&metrics), 5, "{ca}");
+        if expect == 0 {
+            assert!(metrics.hep_out_connection_failures.get() > 0);
+        }
+    }
+}
