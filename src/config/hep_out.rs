@@ -303,7 +303,10 @@ pub(super) fn validate(
         }
         (None, None) => None,
         (Some(_), Some(_)) => {
-            problem("auth_key", "give auth_key or auth_key_file, not both".into());
+            problem(
+                "auth_key",
+                "give auth_key or auth_key_file, not both".into(),
+            );
             None
         }
     };
@@ -372,10 +375,7 @@ pub(super) fn validate(
         transport,
         capture_id: raw.capture_id,
         auth_key,
-        node_name: raw
-            .node_name
-            .clone()
-            .or_else(|| node_id.map(str::to_owned)),
+        node_name: raw.node_name.clone().or_else(|| node_id.map(str::to_owned)),
         queue_frames: raw.queue_frames,
         sip: raw.sip,
         rtcp: raw.rtcp,
@@ -459,8 +459,9 @@ mod tests {
 
     #[test]
     fn a_key_in_clear_is_a_warning_and_never_printed() {
-        let (config, problems, warnings) =
-            run("enabled = true\naddress = \"[::1]:9060\"\ntransport = \"tcp\"\nauth_key = \"s3cret\"");
+        let (config, problems, warnings) = run(
+            "enabled = true\naddress = \"[::1]:9060\"\ntransport = \"tcp\"\nauth_key = \"s3cret\"",
+        );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(warnings[0].path, "hep_out.auth_key");
         let config = config.unwrap();

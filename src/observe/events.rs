@@ -174,10 +174,7 @@ impl InternalEvent for HepRelayDropped<'_> {
         if self.count == 0 {
             return;
         }
-        metrics
-            .hep_out_dropped
-            .with(&[self.reason])
-            .add(self.count);
+        metrics.hep_out_dropped.with(&[self.reason]).add(self.count);
         if let Some(count) = metrics
             .log_limiter
             .due(("hep_out_dropped", self.reason), self.count)

@@ -407,7 +407,10 @@ mod tests {
         assert_eq!((f.src, f.dst), (meta.src, meta.dst));
         assert_eq!(f.family, IpFamily::V6);
         assert_eq!(f.ip_protocol, IpProtocol::Tcp);
-        assert_eq!(f.time, Timestamp::from_secs_nanos(1_700_000_000, 123_456_000));
+        assert_eq!(
+            f.time,
+            Timestamp::from_secs_nanos(1_700_000_000, 123_456_000)
+        );
         assert_eq!(f.proto_type, ProtoType::Sip);
         assert_eq!(&*f.payload, &raw[..]);
         assert_eq!(f.capture_id, Some(2002));
@@ -442,7 +445,7 @@ mod tests {
         p.extend_from_slice(&80u32.to_be_bytes()); // jitter
         p.extend_from_slice(&7u32.to_be_bytes()); // LSR
         p.extend_from_slice(&9u32.to_be_bytes()); // DLSR
-        // SDES: one chunk, CNAME "a", end.
+                                                  // SDES: one chunk, CNAME "a", end.
         p.extend_from_slice(&[0x81, 202, 0, 2]);
         p.extend_from_slice(&0x1111_2222u32.to_be_bytes());
         p.extend_from_slice(&[1, 1, b'a', 0]);
@@ -501,7 +504,10 @@ mod tests {
         let f = parse(&bytes).unwrap();
         assert_eq!(f.capture_id, Some(2002));
         assert_eq!(f.node_name_str(), Some("edge-1"));
-        assert_eq!((f.src, f.dst, f.time), (received.src, received.dst, received.time));
+        assert_eq!(
+            (f.src, f.dst, f.time),
+            (received.src, received.dst, received.time)
+        );
         assert_eq!(f.payload, received.payload);
         assert_eq!(f.correlation_id_str(), Some("cid"));
         // What we sent, seen again: skipped.

@@ -282,7 +282,13 @@ impl HepMirror {
 /// The client configuration: the CA given, nothing else; a client certificate if given.
 fn tls_client(
     tls: &HepOutTls,
-) -> Result<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>), RelayError> {
+) -> Result<
+    (
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    ),
+    RelayError,
+> {
     let roots = crate::uplink::tls::load_roots(&tls.ca_file)?;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -347,7 +353,10 @@ impl Conn {
 struct Sender {
     address: String,
     tcp: bool,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     backoff: Backoff,
     metrics: Arc<AgentMetrics>,
     deadline: Arc<Mutex<Option<Instant>>>,
@@ -365,8 +374,7 @@ impl Sender {
         let mut retry_at = Instant::now();
         loop {
             let deadline = self.deadline();
-            if self.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
-            {
+            if self.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             let item = match pending.take() {
@@ -413,10 +421,7 @@ impl Sender {
             };
             match c.send(&item.1) {
                 Ok(()) => {
-                    self.metrics
-                        .hep_out_frames
-                        .with(&[item.0.as_str()])
-                        .inc();
+                    self.metrics.hep_out_frames.with(&[item.0.as_str()]).inc();
                     self.metrics.hep_out_bytes.add(item.1.len() as u64);
                 }
                 Err(e) => {
@@ -571,7 +576,10 @@ mod tests {
         }
         // Never waits: 200 frames against a dead server in far less than one connect timeout.
         assert!(started.elapsed() < IO_TIMEOUT, "{:?}", started.elapsed());
-        let full = series(&metrics, "teledge_hep_out_dropped_total{reason=\"queue_full\"}");
+        let full = series(
+            &metrics,
+            "teledge_hep_out_dropped_total{reason=\"queue_full\"}",
+        );
         // 16 queued, at most one in the sender's hand.
         assert!((183..=184).contains(&full), "{full}");
         // The sender tries (and fails) to connect, told as an event.
@@ -581,7 +589,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         relay.finish(Duration::ZERO);
-        let shutdown = series(&metrics, "teledge_hep_out_dropped_total{reason=\"shutdown\"}");
+        let shutdown = series(
+            &metrics,
+            "teledge_hep_out_dropped_total{reason=\"shutdown\"}",
+        );
         assert_eq!(full + shutdown, 200);
         assert_eq!(dropped_total(&metrics), 200);
         assert_eq!(series(&metrics, "teledge_hep_out_frames_total"), 0);
@@ -632,7 +643,10 @@ mod tests {
         for (n, bytes) in frames.iter().enumerate() {
             let f = parse(bytes).unwrap();
             assert_eq!(f.correlation_id_str(), Some(format!("c-{n}").as_str()));
-            assert_eq!(f.time, Timestamp::from_secs_nanos(1_700_000_000 + n as i64, 0));
+            assert_eq!(
+                f.time,
+                Timestamp::from_secs_nanos(1_700_000_000 + n as i64, 0)
+            );
         }
         drop(first);
         // The relay sees the close while idle, then reconnects for the next frames.

@@ -191,7 +191,9 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 fn tshark_rows(capture: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     crate::support::pinned_tshark();
     let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(capture).args(["-Y", filter, "-T", "fields"]);
+    cmd.arg("-r")
+        .arg(capture)
+        .args(["-Y", filter, "-T", "fields"]);
     for f in fields {
         cmd.args(["-e", f]);
     }
@@ -345,8 +347,10 @@ fn hep_out_of_a_replay_is_read_by_kamailio_sipcapture_message_for_message() {
         let (sip, sport) = src.rsplit_once(':').unwrap();
         let (dip, dport) = dst.rsplit_once(':').unwrap();
         assert!(
-            reports.iter().any(|f| (&*f["s"], &*f["sp"], &*f["d"], &*f["dp"], &*f["cid"])
-                == (sip, sport, dip, dport, call_with_media)),
+            reports
+                .iter()
+                .any(|f| (&*f["s"], &*f["sp"], &*f["d"], &*f["dp"], &*f["cid"])
+                    == (sip, sport, dip, dport, call_with_media)),
             "no report for {src} -> {dst}: {reports:#?}"
         );
     }
@@ -450,7 +454,8 @@ fn kamailio_siptrace_in_netns() {
     // Agent 1, in its own namespace: the HEP listener Kamailio mirrors to, over the veth.
     let hep_dir = dir.path().join("hep");
     std::fs::create_dir_all(&hep_dir).unwrap();
-    let (ready, stop_hep, hep_thread) = hep_agent_in_own_netns(hep_port, hep_dir, std::sync::Arc::clone(&pki));
+    let (ready, stop_hep, hep_thread) =
+        hep_agent_in_own_netns(hep_port, hep_dir, std::sync::Arc::clone(&pki));
     let tid = ready.recv_timeout(Duration::from_secs(10)).unwrap();
     ip(&["link", "add", "vk", "type", "veth", "peer", "name", "vh"]);
     ip(&["link", "set", "vh", "netns", &tid.to_string()]);
@@ -611,7 +616,10 @@ request_route {{
             "hangup_by",
             "complete",
         ] {
-            assert_eq!(h[field], l[field], "{call_id}: {field}\nHEP {h:#}\nlive {l:#}");
+            assert_eq!(
+                h[field], l[field],
+                "{call_id}: {field}\nHEP {h:#}\nlive {l:#}"
+            );
         }
         assert_eq!(h["outcome"], "answered");
         for field in ["invite_time", "answer_time", "end_time"] {
@@ -660,16 +668,16 @@ request_route {{
         .find_map(|l| l.strip_prefix("teledge_hep_out_skipped_total{reason=\"own_frame\"} "))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    assert!(own > 0 && own <= messages, "own frames skipped: {own}\n{metrics}");
+    assert!(
+        own > 0 && own <= messages,
+        "own frames skipped: {own}\n{metrics}"
+    );
     let _ = std::io::stdout().flush();
 }
 
 /// A TLS server with the site's `localhost` certificate that reads frames with our framer
 /// until `n` came (or the handshake failed: then none).
-fn tls_server(
-    pki: &crate::uplink::Pki,
-    n: usize,
-) -> (u16, thread::JoinHandle<Vec<Vec<u8>>>) {
+fn tls_server(pki: &crate::uplink::Pki, n: usize) -> (u16, thread::JoinHandle<Vec<Vec<u8>>>) {
     use std::io::Read;
     use teledge::decode::hep::{frame_len, Framing};
     use teledge::uplink::tls::{load_certs, load_private_key};
@@ -688,7 +696,8 @@ fn tls_server(
     let port = listener.local_addr().unwrap().port();
     let handle = thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, sock);
         let (mut buf, mut frames) = (Vec::new(), Vec::new());
