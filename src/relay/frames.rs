@@ -246,9 +246,10 @@ fn stream_reports(call: &CallRecord, id: &Identity) -> Vec<Made> {
     out
 }
 
-/// A stream's report: the RTP-agent keys HOMER's report view and heplify-server's
-/// Prometheus path read (upper case), then teledge's own measurement in full (`teledge`,
-/// the `media_quality` stream of `teledge.call/1`).
+/// A stream's report: upper-case keys in the style of RTP-agent reports (`CORRELATION_ID`,
+/// `MOS`, `JITTER`, `PACKET_LOSS`, ...; not checked against a running heplify-server, none
+/// runs here), then teledge's own measurement in full (`teledge`: the `media_quality`
+/// stream of `teledge.call/1`).
 pub fn stream_report_json(call_id: &str, direction: &str, s: &StreamQuality) -> Vec<u8> {
     let m = &s.metrics;
     let (src_ip, src_port) = split(&s.src);
@@ -417,6 +418,8 @@ mod tests {
         assert_eq!(f.auth_key.as_deref(), Some(&b"myHep"[..]));
         assert_eq!(f.node_name_str(), Some("edge-1"));
         assert_eq!(f.correlation_id_str(), Some("c-42"));
+        // The key is in the frame, never in Debug output.
+        assert!(!format!("{:?}", identity()).contains("myHep"));
         // Turned off: nothing.
         let off = Kinds { sip: false, ..ALL };
         assert!(frames(
