@@ -26,7 +26,7 @@
 //! bound, the reconnect waits, at least one kind of frame enabled. A key sent without TLS
 //! travels in clear: a warning.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -383,21 +383,6 @@ pub(super) fn validate(
         reconnect_min: Duration::from_millis(raw.reconnect_min_ms),
         reconnect_max: Duration::from_secs(raw.reconnect_max_s),
     })
-}
-
-/// The section's paths that name files (for the reload's change detection, if it wants them).
-pub fn files(config: &HepOutConfig) -> Vec<&Path> {
-    match &config.transport {
-        HepOutTransport::Tls(tls) => {
-            let mut files = vec![tls.ca_file.as_path()];
-            if let Some((cert, key)) = &tls.client_cert {
-                files.push(cert);
-                files.push(key);
-            }
-            files
-        }
-        _ => Vec::new(),
-    }
 }
 
 #[cfg(test)]
