@@ -118,9 +118,9 @@ modparam("sipcapture", "capture_on", 1)
 modparam("sipcapture", "nonsip_hook", 1)
 event_route[sipcapture:request] {{
     if ($hep(0x00b) == 5) {{
-        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}}) json=$hep(0x00f)\n");
+        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) s6=$hep(0x005) d6=$hep(0x006) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}}) json=$hep(0x00f)\n");
     }} else {{
-        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}})\n");
+        xlog("L_ALERT", "HEPLOG v=$hep(version) f=$hep(0x001) p=$hep(0x002) s=$hep(0x003) d=$hep(0x004) s6=$hep(0x005) d6=$hep(0x006) sp=$hep(0x007) dp=$hep(0x008) ts=$hep(0x009) us=$hep(0x00a) t=$hep(0x00b) c=$hep(0x00c) a=$hep(0x00e) cid=$hep(0x011) len=$(hep(0x00f){{s.len}}) sha=$(hep(0x00f){{s.sha256}})\n");
     }}
     return 0;
 }}
@@ -353,6 +353,78 @@ fn hep_out_of_a_replay_is_read_by_kamailio_sipcapture_message_for_message() {
                     == (sip, sport, dip, dport, call_with_media)),
             "no report for {src} -> {dst}: {reports:#?}"
         );
+    }
+}
+
+/// The original family and transport: SIP over IPv6 arrives with its IPv6 addresses
+/// (family 10, chunks 0x0005/0x0006) and SIP over TCP with IP protocol 6, each message with
+/// the time and ports TShark gives its frame.
+#[test]
+fn hep_out_keeps_ipv6_addresses_and_tcp_transport() {
+    for (capture, v6, proto) in [
+        ("sip_ipv6_udp.pcap", true, "17"),
+        ("sip_ipv4_tcp.pcap", false, "6"),
+    ] {
+        let port = free_port();
+        let k = sipcapture_receiver(port);
+        wait_until_receiving(&k, port);
+        let path = data_path(capture);
+        let out = teledge()
+            .args([
+                "replay",
+                "--no-progress",
+                "--output",
+                "/dev/null",
+                "--hep-out",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        thread::sleep(Duration::from_millis(500));
+        let frames: Vec<HashMap<String, String>> = k
+            .frames()
+            .into_iter()
+            .filter(|f| f["cid"] != "probe" && f["t"] == "1")
+            .collect();
+        let (ip, port_field) = match (v6, proto) {
+            (true, _) => ("ipv6", "udp"),
+            (false, "6") => ("ip", "tcp"),
+            _ => ("ip", "udp"),
+        };
+        let rows = tshark_rows(
+            &path,
+            "sip",
+            &[
+                "frame.time_epoch",
+                &format!("{ip}.src"),
+                &format!("{ip}.dst"),
+                &format!("{port_field}.srcport"),
+                &format!("{port_field}.dstport"),
+                "sip.Call-ID",
+            ],
+        );
+        assert!(!rows.is_empty());
+        assert!(frames.len() >= rows.len(), "{capture}: {frames:#?}");
+        let addr = |f: &HashMap<String, String>, key: &str| -> std::net::IpAddr {
+            f[key].parse().unwrap_or_else(|_| panic!("{key} in {f:?}"))
+        };
+        for row in &rows {
+            let (s, us) = sec_usec(&row[0]);
+            let (src, dst): (std::net::IpAddr, std::net::IpAddr) =
+                (row[1].parse().unwrap(), row[2].parse().unwrap());
+            let cid = row[5].split(',').next().unwrap();
+            let (sk, dk) = if v6 { ("s6", "d6") } else { ("s", "d") };
+            let found = frames.iter().any(|f| {
+                (&f["ts"], &f["us"], &f["sp"], &f["dp"], &*f["cid"])
+                    == (&s, &us, &row[3], &row[4], cid)
+                    && (addr(f, sk), addr(f, dk)) == (src, dst)
+                    && f["p"] == proto
+                    && f["f"] == if v6 { "10" } else { "2" }
+            });
+            assert!(found, "{capture}: {row:?} not among {frames:#?}");
+        }
     }
 }
 
