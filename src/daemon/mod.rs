@@ -14,6 +14,9 @@
 //!   per packet, uncontended with one interface), and
 //!   hands records on with `try_send`; a full record queue drops the record and counts it
 //!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
+//! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
+//!   ([`crate::relay`]), whose own thread sends to HOMER from a bounded queue (a full queue
+//!   drops and counts); it is finished after the pipeline at shutdown (2 s to drain).
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
