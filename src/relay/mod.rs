@@ -10,7 +10,7 @@
 //! - The pipeline hands every SIP message, every RTCP packet of a call and every call record
 //!   to [`HepMirror`] ([`crate::pipeline::Mirror`]); [`frames`] turns them into HEPv3 frames
 //!   (type 1 SIP, type 5 RTCP JSON with the Call-ID as correlation id, type 34 per-stream
-//!   quality reports when a call's record is made), encoded by [`crate::decode::hep::encode`].
+//!   quality reports when a call's record is made), encoded by [`crate::decode::hep::encode()`].
 //! - The relay never slows capture: the mirror only queues (`try_send`); when the queue is
 //!   full the frame is dropped and counted (`teledge_hep_out_dropped_total{reason="queue_full"}`,
 //!   [`HepRelayDropped`]). A replay may wait instead ([`Overflow::Wait`]): it has no ring to
