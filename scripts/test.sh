@@ -13,6 +13,9 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # SIPp (sip-tester): the daemon test places real calls with RTP and captures them live.
 command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || need+=(sip-tester)
+# kamailio: the HEP tests send HEP out to Kamailio's sipcapture module (an independent
+# decoder) and take HEP in from its siptrace module while it proxies SIPp calls.
+[ -x /usr/sbin/kamailio ] || need+=(kamailio)
 # systemd-analyze and systemd-sysusers: the observe tests check the unit and sysusers files.
 [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-sysusers ] || need+=(systemd)
 # dpkg-dev, help2man, lintian: the packaging tests build the amd64 .deb and check it.

@@ -99,6 +99,13 @@ pub trait Observer {
     fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
         let _ = (frame, hep);
     }
+
+    /// The SIP message of a type-1 HEP frame found in a UDP datagram, with the frame it came
+    /// in (for an observer that relays frames as received). By default, [`Observer::sip`].
+    fn hep_sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>, hep: &HepFrame<'_>) {
+        let _ = hep;
+        self.sip(meta, message);
+    }
 }
 
 /// Where and when the message inside a HEP frame was seen: at the agent that captured it,
@@ -560,7 +567,7 @@ impl Dissector {
         match sip::parse(&frame.payload) {
             Ok(message) => {
                 self.stats.sip_messages_hep += 1;
-                sink.sip(&meta, &message);
+                sink.hep_sip(&meta, &message, &frame);
             }
             Err(e) => {
                 self.stats.sip_parse_errors += 1;

@@ -30,6 +30,8 @@
 //! - [`stats`]: service statistics — calls classified into services, contact facts, KPI
 //!   sums per interval (`teledge.interval/1`), merged exactly across nodes.
 //! - [`outputs`]: JSON Lines and tables.
+//! - [`relay`]: the HEP relay — SIP, RTCP and stream reports forwarded to a HOMER server as
+//!   HEPv3 over UDP, TCP or TLS, from a bounded queue (`[hep_out]`, `replay --hep-out`).
 //! - [`replay`]: `teledge replay`, the pipeline over capture files.
 //! - [`privacy`]: pseudonymisation of numbers and names before storage.
 //! - [`seal`]: sealing records at rest (XChaCha20-Poly1305 keyring).
@@ -77,6 +79,7 @@ pub mod pki;
 pub mod privacy;
 pub mod reassembly;
 pub mod record;
+pub mod relay;
 pub mod replay;
 pub mod report;
 pub mod seal;

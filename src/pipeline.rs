@@ -13,6 +13,13 @@
 //! - [`Pipeline::finish`] flushes what every input's reassembly still holds (TCP data behind
 //!   a hole, for instance), then closes every open call as partial with the reason given.
 //!
+//! A [`Mirror`] set with [`Pipeline::set_mirror`] is handed, as they pass, every SIP message
+//! (with its bytes, addresses, transport and capture time as captured, before any time
+//! check), every RTCP packet the media tracker attributes to a call (with its Call-ID), every
+//! HEP frame of type 1 or 5 from the listener or found on the wire (as received), and every
+//! record made. The HEP relay (`crate::relay`) is one; a mirror must not block (it is called
+//! under the pipeline's lock, on the capture path).
+//!
 //! Times a sender stamped can be checked on their way in by an input's [`TimeCheck`] (the
 //! daemon keeps one frame stamped a day ahead from freezing every timeout); replay has none.
 //! No I/O: records leave through the `out` callback, so the same code runs over a file, a
@@ -20,7 +27,7 @@
 
 use crate::correlation::hep::{Fed, FeedError};
 use crate::correlation::Correlator;
-use crate::decode::hep::HepFrame;
+use crate::decode::hep::{HepFrame, ProtoType};
 use crate::decode::sip::SipMessage;
 use crate::dissect::{
     DatagramMeta, DissectLimits, DissectStats, Dissector, Frame, MessageMeta, Observer,
@@ -31,6 +38,55 @@ use crate::time::Timestamp;
 /// Checks a time a sender stamped before it drives the correlator's clock: returns the time
 /// to use (the local clock's when the stamp is out of tolerance).
 pub type TimeCheck = Box<dyn Fn(Timestamp) -> Timestamp + Send + Sync>;
+
+/// What a [`Mirror`] is handed.
+#[derive(Debug, Clone, Copy)]
+pub enum Mirrored<'a> {
+    /// A SIP message as captured: `message.raw` is its bytes, `meta` where and when it was
+    /// seen (the capture time, not checked against the local clock).
+    Sip {
+        meta: &'a MessageMeta,
+        message: &'a SipMessage<'a>,
+    },
+    /// An RTCP compound packet the media tracker attributes to the call `call_id`.
+    Rtcp {
+        meta: &'a DatagramMeta,
+        payload: &'a [u8],
+        call_id: &'a str,
+    },
+    /// A HEP frame of type 1 (SIP) or 5 (RTCP-JSON) as received, from the HEP listener or
+    /// found inside a captured UDP datagram.
+    Hep(&'a HepFrame<'a>),
+    /// A record the correlator made (a call record carries its streams' quality).
+    Record(&'a Record),
+}
+
+/// Something that sees what passes through the pipeline (the HEP relay). Called on the
+/// capture path under the pipeline's lock: it must queue, never wait.
+pub trait Mirror: Send + std::fmt::Debug {
+    fn mirror(&mut self, event: Mirrored<'_>);
+
+    /// True for a frame the mirror itself sent, captured again on the wire (a capture
+    /// interface that carries the relay's traffic): the pipeline neither mirrors nor
+    /// correlates it, since what it carries was correlated when it was captured.
+    fn own_frame(&self, hep: &HepFrame<'_>) -> bool {
+        let _ = hep;
+        false
+    }
+}
+
+/// The mirror, if any, told about `record` before it goes `out`.
+fn mirrored_out<'m>(
+    mirror: &'m mut Option<Box<dyn Mirror>>,
+    out: &'m mut impl FnMut(Record),
+) -> impl FnMut(Record) + 'm {
+    move |record| {
+        if let Some(m) = mirror.as_mut() {
+            m.mirror(Mirrored::Record(&record));
+        }
+        out(record)
+    }
+}
 
 /// One of a pipeline's inputs (an index handed out by [`Pipeline::add_input`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +117,8 @@ pub struct Pipeline {
     /// HEP frames captured on the wire whose SIP would not parse or whose RTCP-JSON had no
     /// Call-ID or would not read: counted (in [`Pipeline::loss_totals`] as `hep_unusable`).
     hep_unusable: u64,
+    /// Told about what passes ([`Pipeline::set_mirror`]).
+    mirror: Option<Box<dyn Mirror>>,
 }
 
 /// Hands decoded events to the correlator and its records on: the one adapter between the
@@ -70,6 +128,7 @@ struct Feed<'a, F> {
     time_check: Option<&'a TimeCheck>,
     out: &'a mut F,
     hep_unusable: &'a mut u64,
+    mirror: &'a mut Option<Box<dyn Mirror>>,
 }
 
 impl<F> Feed<'_, F> {
@@ -80,38 +139,99 @@ impl<F> Feed<'_, F> {
 
 impl<F: FnMut(Record)> Observer for Feed<'_, F> {
     fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
+        if let Some(m) = self.mirror.as_mut() {
+            m.mirror(Mirrored::Sip { meta, message });
+        }
+        self.correlate_sip(meta, message);
+    }
+
+    fn hep_sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>, hep: &HepFrame<'_>) {
+        // Relayed as received, not as if we had captured it.
+        if let Some(m) = self.mirror.as_mut() {
+            if m.own_frame(hep) {
+                return;
+            }
+            m.mirror(Mirrored::Hep(hep));
+        }
+        self.correlate_sip(meta, message);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
+        let checked = DatagramMeta {
+            time: self.check(meta.time),
+            ..*meta
+        };
+        let Feed {
+            correlator,
+            out,
+            mirror,
+            ..
+        } = self;
+        correlator.datagram(&checked, payload, &mut mirrored_out(mirror, *out));
+        // Only RTCP the tracker attributes to a call is mirrored: a report without a Call-ID
+        // is useless to HOMER (it stores no type-5 frame without one).
+        if let Some(m) = mirror.as_mut() {
+            if crate::media::packet::classify(payload) == crate::media::packet::Kind::Rtcp {
+                if let Some(call_id) = correlator.rtcp_call(&checked, payload) {
+                    m.mirror(Mirrored::Rtcp {
+                        meta,
+                        payload,
+                        call_id: &call_id,
+                    });
+                }
+            }
+        }
+    }
+
+    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
+        if let Some(m) = self.mirror.as_mut() {
+            if m.own_frame(hep) {
+                return;
+            }
+            if hep.proto_type == ProtoType::RtcpJson {
+                m.mirror(Mirrored::Hep(hep));
+            }
+        }
+        // SIP joins its calls, RTCP JSON its call (a report for no tracked call is counted by
+        // the tracker); a body that will not parse, or RTCP-JSON without a Call-ID, is
+        // counted here. The frame is copied only when its time has to be replaced.
+        let time = self.check(hep.time);
+        let Feed {
+            correlator,
+            out,
+            mirror,
+            hep_unusable,
+            ..
+        } = self;
+        let mut out = mirrored_out(mirror, *out);
+        let fed = if time == hep.time {
+            crate::correlation::hep::feed(correlator, hep, frame, &mut out)
+        } else {
+            let mut hep = hep.clone();
+            hep.time = time;
+            crate::correlation::hep::feed(correlator, &hep, frame, &mut out)
+        };
+        if fed.is_err() {
+            **hep_unusable += 1;
+        }
+    }
+}
+
+impl<F: FnMut(Record)> Feed<'_, F> {
+    fn correlate_sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
         // Kernel times are the local clock already; HEP frames captured on the wire carry
         // their sender's time, which must not drive the correlator's clock unchecked.
         let meta = MessageMeta {
             time: self.check(meta.time),
             ..*meta
         };
-        self.correlator.sip(&meta, message, self.out);
-    }
-
-    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
-        let meta = DatagramMeta {
-            time: self.check(meta.time),
-            ..*meta
-        };
-        self.correlator.datagram(&meta, payload, self.out);
-    }
-
-    fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
-        // SIP joins its calls, RTCP JSON its call (a report for no tracked call is counted by
-        // the tracker); a body that will not parse, or RTCP-JSON without a Call-ID, is
-        // counted here. The frame is copied only when its time has to be replaced.
-        let time = self.check(hep.time);
-        let fed = if time == hep.time {
-            crate::correlation::hep::feed(self.correlator, hep, frame, self.out)
-        } else {
-            let mut hep = hep.clone();
-            hep.time = time;
-            crate::correlation::hep::feed(self.correlator, &hep, frame, self.out)
-        };
-        if fed.is_err() {
-            *self.hep_unusable += 1;
-        }
+        let Feed {
+            correlator,
+            out,
+            mirror,
+            ..
+        } = self;
+        correlator.sip(&meta, message, &mut mirrored_out(mirror, *out));
     }
 }
 
@@ -122,7 +242,14 @@ impl Pipeline {
             inputs: Vec::new(),
             correlator,
             hep_unusable: 0,
+            mirror: None,
         }
+    }
+
+    /// Sets the mirror told about every SIP message, attributed RTCP packet, HEP frame and
+    /// record from now on (see the module documentation).
+    pub fn set_mirror(&mut self, mirror: Box<dyn Mirror>) {
+        self.mirror = Some(mirror);
     }
 
     /// A pipeline with one input (a replay: every file is one continuous capture).
@@ -163,6 +290,7 @@ impl Pipeline {
             time_check: time_check.as_ref(),
             out,
             hep_unusable: &mut self.hep_unusable,
+            mirror: &mut self.mirror,
         };
         dissector.frame(frame, &mut feed);
     }
@@ -175,12 +303,19 @@ impl Pipeline {
         sequence: u64,
         out: &mut impl FnMut(Record),
     ) -> Result<Fed, FeedError> {
-        crate::correlation::hep::feed(&mut self.correlator, frame, sequence, out)
+        if matches!(frame.proto_type, ProtoType::Sip | ProtoType::RtcpJson) {
+            if let Some(m) = self.mirror.as_mut() {
+                m.mirror(Mirrored::Hep(frame));
+            }
+        }
+        let mut out = mirrored_out(&mut self.mirror, out);
+        crate::correlation::hep::feed(&mut self.correlator, frame, sequence, &mut out)
     }
 
     /// Moves time forward to `now`: calls and streams time out.
     pub fn tick(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
-        self.correlator.advance(now, out);
+        self.correlator
+            .advance(now, &mut mirrored_out(&mut self.mirror, out));
     }
 
     /// Ends the pipeline: what every input's reassembly still holds is decoded (holes still
@@ -198,10 +333,12 @@ impl Pipeline {
                 time_check: time_check.as_ref(),
                 out: &mut *out,
                 hep_unusable: &mut self.hep_unusable,
+                mirror: &mut self.mirror,
             };
             dissector.finish(now, &mut feed);
         }
-        self.correlator.finish(closed_by, out);
+        self.correlator
+            .finish(closed_by, &mut mirrored_out(&mut self.mirror, out));
     }
 
     pub fn correlator(&self) -> &Correlator {

@@ -60,6 +60,11 @@ impl Replay {
         }
     }
 
+    /// Hands what passes through the pipeline to `mirror` (`replay --hep-out`: the HEP relay).
+    pub fn set_mirror(&mut self, mirror: Box<dyn crate::pipeline::Mirror>) {
+        self.pipeline.set_mirror(mirror);
+    }
+
     /// Reads one capture. Records of calls that ended go to `out` as they end. On error, the
     /// frames before the damage have been processed. A file whose every frame failed to
     /// decode is an error too ([`CaptureError::Undecodable`], with the kinds of failure), and

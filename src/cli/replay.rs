@@ -71,6 +71,77 @@ pub struct ReplayArgs {
     /// they are always made (the statistics sum them).
     #[arg(long)]
     pub registrations: bool,
+    /// Also send what the capture holds to a HOMER server (heplify-server) at HOST:PORT as
+    /// HEPv3: every SIP message (type 1) with its original addresses and capture time, RTCP
+    /// of calls (type 5 JSON, correlation id = Call-ID) and per-stream quality reports
+    /// (type 34) as calls end.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub hep_out: Option<String>,
+    /// Transport for --hep-out.
+    #[arg(long, value_enum, default_value_t = HepTransport::Udp, requires = "hep_out")]
+    pub hep_transport: HepTransport,
+    /// Capture id (HEP chunk 0x000c) of the frames of --hep-out.
+    #[arg(long, default_value_t = teledge::config::hep_out::DEFAULT_CAPTURE_ID, requires = "hep_out")]
+    pub hep_capture_id: u32,
+    /// Node name (HEP chunk 0x0013) of the frames of --hep-out.
+    #[arg(long, requires = "hep_out")]
+    pub hep_node_name: Option<String>,
+}
+
+/// Transport of `--hep-out` (TLS and an auth key: the daemon's `[hep_out]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HepTransport {
+    Udp,
+    Tcp,
+}
+
+/// `--hep-out`: the relay started and its mirror set on the replay.
+struct HepOut {
+    relay: teledge::relay::HepRelay,
+    metrics: std::sync::Arc<teledge::observe::AgentMetrics>,
+}
+
+fn start_hep_out(args: &ReplayArgs, replay: &mut Replay) -> anyhow::Result<Option<HepOut>> {
+    use teledge::config::hep_out::{check_address, HepOutConfig, HepOutTransport};
+    let Some(address) = &args.hep_out else {
+        return Ok(None);
+    };
+    check_address(address).map_err(|m| anyhow::anyhow!("--hep-out {m}"))?;
+    let transport = match args.hep_transport {
+        HepTransport::Udp => HepOutTransport::Udp,
+        HepTransport::Tcp => HepOutTransport::Tcp,
+    };
+    let mut config = HepOutConfig::to(address, transport);
+    config.capture_id = args.hep_capture_id;
+    config.node_name = args.hep_node_name.clone();
+    let metrics = std::sync::Arc::new(teledge::observe::AgentMetrics::new());
+    // A file has no ring to overflow: wait for room rather than drop (up to 5 s).
+    let (relay, mirror) = teledge::relay::HepRelay::start(
+        &config,
+        teledge::relay::Overflow::Wait(Duration::from_secs(5)),
+        std::sync::Arc::clone(&metrics),
+    )?;
+    replay.set_mirror(Box::new(mirror));
+    Ok(Some(HepOut { relay, metrics }))
+}
+
+/// Sends what is queued (up to 10 s), then says on standard error what was sent and lost.
+fn finish_hep_out(hep: Option<HepOut>, address: Option<&str>) {
+    let Some(HepOut { relay, metrics }) = hep else {
+        return;
+    };
+    relay.finish(Duration::from_secs(10));
+    let sent = |t: &str| metrics.hep_out_frames.with(&[t]).get();
+    let dropped = teledge::relay::dropped_total(&metrics);
+    eprintln!(
+        "teledge: HEP to {}: {} frames sent (sip {}, rtcp {}, stream_report {}), {} dropped",
+        address.unwrap_or(""),
+        sent("sip") + sent("rtcp") + sent("stream_report"),
+        sent("sip"),
+        sent("rtcp"),
+        sent("stream_report"),
+        dropped
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,6 +270,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         Replay::new(settings)
     };
+    let hep_out = start_hep_out(&args, &mut replay)?;
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -225,6 +297,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let summary = replay.finish(&mut sink);
+    finish_hep_out(hep_out, args.hep_out.as_deref());
     if let Some(e) = write_error {
         return Err(e).context("cannot write records");
     }
@@ -317,6 +390,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         Replay::new(replay_settings(&args)?)
     };
+    let hep_out = start_hep_out(&args, &mut replay)?;
     for path in &args.files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         if let Err(e) = replay.read(&path.display().to_string(), file, &mut sink, |_| {}) {
@@ -329,6 +403,7 @@ pub fn forward(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     replay.finish(&mut sink);
+    finish_hep_out(hep_out, args.hep_out.as_deref());
     // The capture is all there is: every interval is closed.
     let intervals = aggregator
         .borrow_mut()

@@ -274,6 +274,8 @@ pub struct AgentConfig {
     pub stats: super::stats::StatsConfig,
     /// `[fleet]`: signed updates, when the node takes part in a fleet.
     pub fleet: Option<super::fleet::FleetSettings>,
+    /// `[hep_out]`: the HEP relay to HOMER, when enabled.
+    pub hep_out: Option<super::hep_out::HepOutConfig>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     /// `[node] heartbeat_interval_s` (default 300 s): how often a `teledge.heartbeat/1`
@@ -729,6 +731,10 @@ pub fn parse_with_profiles(
         .fleet
         .as_ref()
         .and_then(|f| super::fleet::validate(f, observe.enabled, &mut problems));
+    let hep_out = raw.hep_out.as_ref().and_then(|h| {
+        let node_id = forward.as_ref().map(|f| f.node_id.as_str());
+        super::hep_out::validate(h, node_id, &mut problems, &mut warnings)
+    });
     // Everything is validated: now, in one step, the key material.
     let forward = forward.and_then(|valid| super::forward::with_keys(valid, &mut problems));
     let hep = hep.map(|mut hep| {
@@ -759,6 +765,7 @@ pub fn parse_with_profiles(
             observe,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_s),
             fleet,
+            hep_out,
             warnings: {
                 let mut all = std::mem::take(&mut forward.warnings);
                 all.extend(warnings);

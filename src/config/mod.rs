@@ -19,6 +19,7 @@ use serde::Deserialize;
 pub mod agent;
 pub mod fleet;
 pub mod forward;
+pub mod hep_out;
 mod keys;
 pub mod nats;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
@@ -63,6 +64,8 @@ pub(super) struct RawFile {
     service: Vec<stats::RawService>,
     /// Signed updates ([`fleet`]); absent: no fleet.
     fleet: Option<fleet::RawFleet>,
+    /// The HEP relay ([`hep_out`]); absent: off.
+    hep_out: Option<hep_out::RawHepOut>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

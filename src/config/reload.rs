@@ -4,7 +4,7 @@
 /// (reconnect with the new settings), `sensors` (the tasks restarted with the new set, when
 /// there were sensors and still are) and `shutdown` (the drain deadline) apply at once;
 /// every other section (`node`, `capture`, `hep`, `correlation`, `spool`, `privacy`,
-/// `observe`, `fleet`) and a change from or to no sensors at all take a restart.
+/// `observe`, `fleet`, `hep_out`) and a change from or to no sensors at all take a restart.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
     pub applied: Vec<&'static str>,
@@ -12,7 +12,7 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    const SECTIONS: [&'static str; 11] = [
+    const SECTIONS: [&'static str; 12] = [
         "node",
         "capture",
         "hep",
@@ -24,6 +24,7 @@ impl ReloadPlan {
         "observe",
         "shutdown",
         "fleet",
+        "hep_out",
     ];
 
     pub fn new(running: &toml::Table, new: &toml::Table) -> Self {

@@ -700,6 +700,18 @@ impl MediaTracker {
         }
     }
 
+    /// The call an RTCP packet is kept with (the call of the endpoint it goes to or comes
+    /// from, else of a stream it reports on): what the HEP relay puts in a type-5 frame's
+    /// correlation id. `None` when it does not decode or matches no open call.
+    pub fn rtcp_call(&self, meta: &DatagramMeta, payload: &[u8]) -> Option<Arc<str>> {
+        let summary = packet::decode_rtcp(payload).ok()?;
+        self.endpoints
+            .get(&meta.dst)
+            .or_else(|| self.endpoints.get(&meta.src))
+            .map(|e| e.call.clone())
+            .or_else(|| self.call_by_ssrc(meta, &summary))
+    }
+
     /// RTCP on a relay leg no SDP announced: the call of a stream whose SSRC the packet sends
     /// or reports on, and which runs through one of the packet's addresses.
     fn call_by_ssrc(&self, meta: &DatagramMeta, summary: &RtcpSummary) -> Option<Arc<str>> {

@@ -191,6 +191,12 @@ impl Correlator {
         self.orphan_summaries(out);
     }
 
+    /// The call an RTCP packet belongs to, as [`Correlator::datagram`] attributes it (see
+    /// [`MediaTracker::rtcp_call`]); `None` for a packet that is not RTCP or matches no call.
+    pub fn rtcp_call(&self, meta: &DatagramMeta, payload: &[u8]) -> Option<std::sync::Arc<str>> {
+        self.media.rtcp_call(meta, payload)
+    }
+
     fn orphan_summaries(&mut self, out: &mut impl FnMut(Record)) {
         for summary in self.media.take_orphan_summaries() {
             out(Record::OrphanStreams(Box::new(summary)));

@@ -14,6 +14,9 @@
 //!   per packet, uncontended with one interface), and
 //!   hands records on with `try_send`; a full record queue drops the record and counts it
 //!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
+//! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
+//!   ([`crate::relay`]), whose own thread sends to HOMER from a bounded queue (a full queue
+//!   drops and counts); it is finished after the pipeline at shutdown (2 s to drain).
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
@@ -84,6 +87,7 @@ mod capture;
 mod fleet;
 mod heartbeat;
 mod hep;
+mod hep_out;
 mod queue;
 mod sensors;
 mod spool_writer;
@@ -133,6 +137,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
 }
 
 impl DaemonError {
@@ -160,6 +166,9 @@ impl DaemonError {
                 matches!(e.kind(), PermissionDenied | NotFound)
             }
             DaemonError::Spool(_) | DaemonError::Io(_) => false,
+            // The TLS files of [hep_out] were checked by the configuration; a thread that
+            // would not start is the host's trouble, maybe passing.
+            DaemonError::Relay(e) => !matches!(e, crate::relay::RelayError::Thread(_)),
         }
     }
 }
@@ -302,6 +311,8 @@ pub struct Daemon {
     spool: Arc<Mutex<Spool>>,
     captures: capture::Captures,
     hep: Option<hep::HepInput>,
+    /// The HEP relay to HOMER (`[hep_out]`).
+    hep_out: Option<crate::relay::HepRelay>,
     sensors: sensors::Sensors,
     queues: queue::QueueInputs,
     ticker: tokio::task::JoinHandle<()>,
@@ -456,6 +467,7 @@ impl Daemon {
             sources: root.child_token(),
             tracker: tracker.clone(),
         };
+        let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
         let captures = capture::Captures::build(&config.captures, &ctx)?;
         let hep = match &config.hep {
             Some(h) => {
@@ -517,6 +529,7 @@ impl Daemon {
             spool,
             captures,
             hep,
+            hep_out,
             sensors,
             queues,
             ticker,
@@ -588,6 +601,7 @@ impl Daemon {
             spool,
             captures,
             hep,
+            hep_out,
             sensors,
             queues,
             ticker,
@@ -617,6 +631,7 @@ impl Daemon {
             });
             ticker::publish_pipeline_counters(&p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
+        hep_out::finish(hep_out, Duration::from_secs(2)).await;
         let Context {
             records, tracker, ..
         } = ctx;

@@ -167,6 +167,8 @@ pub struct SipMessage<'a> {
     pub body: &'a [u8],
     /// True when Content-Length promised more body than the buffer holds.
     pub body_truncated: bool,
+    /// The whole message as given to [`parse`] (what the HEP relay sends on, byte for byte).
+    pub raw: &'a [u8],
     headers: Vec<Header<'a>>,
 }
 
@@ -322,6 +324,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         content_length: None,
         body: &[],
         body_truncated: false,
+        raw: data,
         headers: Vec::new(),
     };
     let (mut have_call_id, mut have_cseq, mut have_from, mut have_to, mut have_via) =

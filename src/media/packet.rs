@@ -181,13 +181,12 @@ pub enum RtcpError {
     DecoderPanicked,
 }
 
-/// Decodes an RTCP compound packet.
-pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
-    use rtcp::extended_report::{ExtendedReport, VoIPMetricsReportBlock};
-    use rtcp::receiver_report::ReceiverReport;
-    use rtcp::sender_report::SenderReport;
-    use rtcp::source_description::{SdesType, SourceDescription};
-
+/// The SR, RR, SDES and XR packets of an RTCP compound packet, decoded by the `rtcp` crate
+/// one by one (what [`decode_rtcp`] summarises, and what the HEP relay turns into HOMER's
+/// JSON). An error when none of them decodes.
+pub fn rtcp_packets(
+    data: &[u8],
+) -> Result<Vec<Box<dyn rtcp::packet::Packet + Send + Sync>>, RtcpError> {
     // Each packet of the compound is decoded on its own, so that trailing bytes after the last
     // packet (seen from real gateways) or one packet type the crate refuses do not cost the
     // reports around it.
@@ -227,6 +226,17 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
     if packets.is_empty() {
         return Err(first_error.unwrap_or(RtcpError::Empty));
     }
+    Ok(packets)
+}
+
+/// Decodes an RTCP compound packet.
+pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
+    use rtcp::extended_report::{ExtendedReport, VoIPMetricsReportBlock};
+    use rtcp::receiver_report::ReceiverReport;
+    use rtcp::sender_report::SenderReport;
+    use rtcp::source_description::{SdesType, SourceDescription};
+
+    let packets = rtcp_packets(data)?;
     let mut summary = RtcpSummary::default();
     let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {
         source_ssrc: r.ssrc,

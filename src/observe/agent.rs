@@ -141,6 +141,19 @@ pub struct AgentMetrics {
     pub stats_interval_records: Arc<Counter>,
     pub stats_interval_revisions: Arc<Counter>,
 
+    // The HEP relay to HOMER (`[hep_out]`, see `crate::relay`).
+    /// Frames sent, by type (`sip`, `rtcp`, `stream_report`).
+    pub hep_out_frames: Arc<Family<Counter>>,
+    pub hep_out_bytes: Arc<Counter>,
+    /// Frames lost on the way out, by reason (`queue_full`, `send_failed`, `too_large`,
+    /// `shutdown`, ...).
+    pub hep_out_dropped: Arc<Family<Counter>>,
+    /// Events not relayed on purpose, by reason (`own_frame`, `stream_without_call`, ...).
+    pub hep_out_skipped: Arc<Family<Counter>>,
+    pub hep_out_connection_failures: Arc<Counter>,
+    /// 1 while the TCP/TLS connection to the server is up (UDP: once the socket is open).
+    pub hep_out_connected: Arc<Gauge>,
+
     // The process and systemd.
     pub watchdog_pings: Arc<Counter>,
     /// Watchdog ticks without a ping because the data path made no progress.
@@ -444,6 +457,39 @@ impl AgentMetrics {
             stats_interval_revisions: r.counter(
                 "teledge_stats_interval_revisions_total",
                 "Interval records re-emitted because late contacts changed them.",
+            ),
+            hep_out_frames: r.family(
+                "teledge_hep_out_frames_total",
+                "HEP frames sent to the HOMER server, by type.",
+                Kind::Counter,
+                &["type"],
+                MAX_SMALL_SET,
+            ),
+            hep_out_bytes: r.counter(
+                "teledge_hep_out_bytes_total",
+                "Bytes of HEP frames sent to the HOMER server.",
+            ),
+            hep_out_dropped: r.family(
+                "teledge_hep_out_dropped_total",
+                "HEP frames lost on the way to the HOMER server, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            hep_out_skipped: r.family(
+                "teledge_hep_out_skipped_total",
+                "Events not relayed to the HOMER server on purpose, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            hep_out_connection_failures: r.counter(
+                "teledge_hep_out_connection_failures_total",
+                "Failed connections or sends to the HOMER server (retried with backoff).",
+            ),
+            hep_out_connected: r.gauge(
+                "teledge_hep_out_connected",
+                "1 while the HEP relay has a connection (or socket) to the HOMER server.",
             ),
             watchdog_pings: r.counter(
                 "teledge_watchdog_pings_total",

@@ -14,6 +14,8 @@
 //! | [`DecodeErrors`] | `teledge_decode_errors_total{kind}` | WARN |
 //! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
 //! | [`UplinkAttemptFailed`] | `teledge_uplink_failures_total{kind}` | ERROR (by the forwarder) |
+//! | [`HepRelayDropped`] | `teledge_hep_out_dropped_total{reason}` | WARN |
+//! | [`HepRelayConnectionFailed`] | `teledge_hep_out_connection_failures_total` | WARN |
 //!
 //! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
@@ -171,6 +173,58 @@ pub struct UplinkAttemptFailed<'a> {
 impl InternalEvent for UplinkAttemptFailed<'_> {
     fn emit(self, metrics: &AgentMetrics) {
         metrics.uplink_failures.with(&[self.kind]).inc();
+    }
+}
+
+/// HEP frames for the HOMER server lost by the relay (`crate::relay`): its queue was full,
+/// a send failed, a frame would not encode, or shutdown came first. The records are not
+/// affected (they go through the spool); what HOMER shows misses these frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HepRelayDropped<'a> {
+    /// `queue_full`, `closed`, `send_failed`, `too_large`, `family_mismatch`,
+    /// `time_out_of_range`, `shutdown`.
+    pub reason: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for HepRelayDropped<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        metrics.hep_out_dropped.with(&[self.reason]).add(self.count);
+        if let Some(count) = metrics
+            .log_limiter
+            .due(("hep_out_dropped", self.reason), self.count)
+        {
+            tracing::warn!(
+                reason = self.reason,
+                count,
+                "HEP frames for the HOMER server dropped."
+            );
+        }
+    }
+}
+
+/// The relay could not connect or send to the HOMER server; it retries with backoff.
+#[derive(Debug)]
+pub struct HepRelayConnectionFailed<'a> {
+    pub address: &'a str,
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for HepRelayConnectionFailed<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        metrics.hep_out_connection_failures.inc();
+        metrics.hep_out_connected.set(0);
+        if let Some(count) = metrics.log_limiter.due(("hep_out_connection", ""), 1) {
+            tracing::warn!(
+                address = self.address,
+                error = %chain(self.error),
+                count,
+                "HEP relay: no connection to the HOMER server; retrying."
+            );
+        }
     }
 }
 

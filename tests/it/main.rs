@@ -17,6 +17,7 @@ mod fleet;
 mod fleet_owner;
 mod generated;
 mod hep;
+mod hep_out;
 mod layering;
 pub(crate) mod live;
 mod media;

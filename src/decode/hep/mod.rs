@@ -24,16 +24,18 @@
 //! (heplify, captagent, Asterisk, FreeSWITCH, Kamailio) sends them; a frame without them could
 //! not be attributed to a call anyway. Microseconds default to 0, the rest is optional.
 //!
-//! The parts: [`frame`] decodes one whole frame, [`framing`] finds frames in a TCP/TLS
-//! stream, [`mod@rtcp_json`] reads the JSON body of an RTCP report. Whether a frame is let in
+//! The parts: [`frame`] decodes one whole frame, [`mod@encode`] writes one (the HEP relay's
+//! encoder, the decoder's inverse), [`framing`] finds frames in a TCP/TLS stream, [`mod@rtcp_json`] reads the JSON body of an RTCP report. Whether a frame is let in
 //! (the auth key) is the listener's policy, in [`crate::sources::hep`].
 
+pub mod encode;
 pub mod frame;
 pub mod framing;
 pub mod rtcp_json;
 #[cfg(test)]
 pub(crate) mod test_frames;
 
+pub use encode::{encode, encoded_len, EncodeError};
 pub use frame::{
     parse, parse_with_limit, starts_with_hep3, HepError, HepErrorKind, HepFrame, HepFrameOwned,
     IpFamily, IpProtocol, ProtoType, CHUNK_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED, HEADER_LEN, MAGIC,
