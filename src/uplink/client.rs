@@ -20,7 +20,7 @@ use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
 use crate::uplink::tls::{ClientTls, TlsError};
 use crate::uplink::UplinkSettings;
-use crate::uplink::{encode_lines, Ack};
+use crate::uplink::Ack;
 
 /// What kind of failure an attempt met (the label of `teledge_uplink_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -321,6 +321,11 @@ pub struct Forwarder {
     failing: Option<Failing>,
     /// Old clear-text dead letters are looked for once, at the first round.
     legacy_checked: bool,
+    /// The last record of a batch the collector acknowledged that is not yet removed from
+    /// the spool: its removal (a sled flush) runs while the next batch is in flight. Kept
+    /// here, not in a local, so a round cancelled in between (stop, reconnect) still
+    /// removes it at the next round instead of sending the batch again.
+    unacked: Option<RecordId>,
     pub stats: UplinkStats,
     /// Told after every attempt (the daemon's metrics and health), so an outage shows while
     /// it lasts, not only when the backlog has drained.
@@ -358,6 +363,7 @@ impl Forwarder {
             new_epoch_since_ack: false,
             failing: None,
             legacy_checked: false,
+            unacked: None,
             stats,
             progress: None,
         })
@@ -457,6 +463,15 @@ impl Forwarder {
     ///
     /// The spool is locked only to read a batch and to acknowledge it, never across the
     /// network exchange, so producers keep appending while a batch is in flight.
+    ///
+    /// Pipelined by one step, within the same memory: once batch N is acknowledged, batch
+    /// N+1 is read (after N's last record) and sent, and N's records are removed from the
+    /// spool while N+1 is in flight. N's removal is always complete before N+1's answer is
+    /// acted on, so a refusal, a split or a failure sees the spool as before. The removal
+    /// is made durable lazily ([`Spool::ack_lazily`]: with the group commit, at most one
+    /// flush per `spool.flush_interval`, and at the end of every round), not by an fsync
+    /// per batch; a crash in between sends those batches again (duplicates the collector
+    /// drops, never a loss).
     pub async fn forward_until_drained(
         &mut self,
         spool: &Mutex<Spool>,
@@ -470,7 +485,7 @@ impl Forwarder {
                 let limit = self
                     .split
                     .map_or(self.uplink_config.batch_records, |s| s.limit);
-                let batch = spool.read(None, limit)?;
+                let batch = spool.read(self.unacked, limit)?;
                 (
                     trim_to_bytes(batch, self.uplink_config.batch_max_bytes),
                     spool.node_id().to_owned(),
@@ -479,6 +494,10 @@ impl Forwarder {
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 {
                     let mut spool = lock(spool);
+                    if let Some(through) = self.unacked {
+                        spool.ack_lazily(through)?;
+                        self.unacked = None;
+                    }
                     spool.flush()?;
                     spool.compact_if_drained()?;
                 }
@@ -490,7 +509,26 @@ impl Forwarder {
             let batch_id = format!("{node}:{}:{}-{}", first.id.epoch, first.id.seq, last.id.seq);
             let last_id = last.id;
             let body = encode_batch(&node, &batch).map_err(|e| ForwardError::Spool(e.into()))?;
-            let answer = self.uplink.send(&batch_id, body).await;
+            let send = self.uplink.send(&batch_id, body);
+            let answer = match self.unacked {
+                None => send.await,
+                Some(through) => {
+                    let unacked = &mut self.unacked;
+                    let remove = async {
+                        // The request goes out first (its connection task runs), then the
+                        // removal blocks this task for its flush while the collector works.
+                        tokio::task::yield_now().await;
+                        let removed = lock(spool).ack_lazily(through);
+                        if removed.is_ok() {
+                            *unacked = None;
+                        }
+                        removed
+                    };
+                    let (answer, removed) = tokio::join!(send, remove);
+                    removed?;
+                    answer
+                }
+            };
             let answer = match answer {
                 Ok(ack) => check_ack(ack, batch.len(), &last_id.display(&node)),
                 Err(e) => Err(e),
@@ -511,7 +549,9 @@ impl Forwarder {
                     self.stats.batches += 1;
                     self.stats.records += ack.accepted;
                     self.stats.duplicates += ack.duplicates;
-                    lock(spool).ack(last_id)?;
+                    // Removed from the spool while the next batch is in flight (above), or
+                    // at the end of the round.
+                    self.unacked = Some(last_id);
                     self.report(Attempt::Acked);
                 }
                 Err(SendError::Refused { status, reason }) if batch.len() > 1 => {
@@ -720,16 +760,35 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
     spool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Encodes a batch in the wire format (see the module doc of `uplink`).
+/// Encodes a batch in the wire format (see the module doc of `uplink`): lines are written
+/// into one reused buffer handed to gzip (fastest level) 64 KiB at a time, so neither a
+/// buffer per line nor a deflate call per JSON token.
 pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec<u8>> {
-    let mut lines = Vec::with_capacity(records.len());
+    use std::io::Write;
+    const CHUNK: usize = 64 * 1024;
+    let raw: usize = records.iter().map(|r| r.payload.len() + 48).sum();
+    // Call records compress about 4:1 at this level: room for that without regrowing.
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw / 3 + 64),
+        flate2::Compression::fast(),
+    );
+    let mut chunk = Vec::with_capacity(CHUNK + 1024);
     for r in records {
-        lines.push(serde_json::to_vec(&crate::uplink::BatchLine {
-            id: r.id.display(node),
-            record: raw_record(&r.payload),
-        })?);
+        serde_json::to_writer(
+            &mut chunk,
+            &crate::uplink::BatchLine {
+                id: r.id.display(node),
+                record: raw_record(&r.payload),
+            },
+        )?;
+        chunk.push(b'\n');
+        if chunk.len() >= CHUNK {
+            gz.write_all(&chunk)?;
+            chunk.clear();
+        }
     }
-    encode_lines(&lines)
+    gz.write_all(&chunk)?;
+    gz.finish()
 }
 
 #[cfg(test)]
