@@ -5,7 +5,8 @@
 # After SETTLE seconds each process's memory is read from /proc (`status`, `smaps`) and
 # broken down: the capture ring (the `socket:` mapping, which the kernel fills whole at
 # mmap), the program's own file (text and read-only data), shared libraries, anonymous
-# memory (heap, stacks) and threads. Run for each ring size in RINGS (MiB; `ring_mib` in
+# memory (heap, stacks) and threads, and the private part (USS: pages no other process maps;
+# the collector runs from a copy of the binary, so the agent's text counts as its own). Run for each ring size in RINGS (MiB; `ring_mib` in
 # `[[capture]]`, default 16); the goal is VmRSS ≤ 10 MiB. Needs root (AF_PACKET).
 #
 #   sudo scripts/bench-idle.sh          (RINGS="16 4 2", SETTLE=5, PROFILE=release)
@@ -47,7 +48,9 @@ trap cleanup EXIT
   chmod 600 ./*.key
 )
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" collect --listen "127.0.0.1:$port" --ca "$work/ca.pem" \
+# The collector runs from a copy, so it shares no page of program text with the agent.
+cp "$bin" "$work/teledge-collector"
+"$work/teledge-collector" collect --listen "127.0.0.1:$port" --ca "$work/ca.pem" \
   --cert "$work/collector.pem" --key "$work/collector.key" --out "$work/out" >/dev/null 2>&1 &
 pids+=($!)
 
@@ -76,9 +79,11 @@ report() { # label pid exe_regex
   anon=$(field "$pid" RssAnon)
   threads=$(field "$pid" Threads)
   read -r ring prog libs heap stacks other < <(split "$pid" "$3")
-  awk -v l="$1" -v r="$rss" -v a="$anon" -v g="$ring" -v p="$prog" -v s="$libs" -v h="$heap" -v k="$stacks" -v o="$other" -v t="$threads" \
-    'BEGIN { printf "  %-38s VmRSS %5.1f MiB = ring %4.1f + program file %4.1f + libraries %3.1f + heap %3.1f + anonymous %3.1f (RssAnon %3.1f); %2d threads\n",
-      l, r/1024, g/1024, p/1024, s/1024, h/1024, (k+o)/1024, a/1024, t }'
+  # Private (USS): resident pages no other process maps (the ring included).
+  uss=$(awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" { s += $2 } END { print s }' "/proc/$pid/smaps_rollup")
+  awk -v l="$1" -v r="$rss" -v a="$anon" -v g="$ring" -v p="$prog" -v s="$libs" -v h="$heap" -v k="$stacks" -v o="$other" -v t="$threads" -v u="$uss" \
+    'BEGIN { printf "  %-36s VmRSS %4.1f MiB = ring %4.1f + program file %4.1f + libraries %3.1f + heap %3.1f + anonymous %3.1f; RssAnon %3.1f, private %4.1f; %2d threads\n",
+      l, r/1024, g/1024, p/1024, s/1024, h/1024, (k+o)/1024, a/1024, u/1024, t }'
 }
 
 echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $(tcpdump --version 2>&1 | head -n 1)"
