@@ -19,8 +19,8 @@ use crate::seal::Keyring;
 use crate::spool::{RecordId, Spool, SpoolError, StoredRecord};
 use crate::uplink::dead_letter::{raw_record, DeadLetterError, DeadLetters};
 use crate::uplink::tls::{ClientTls, TlsError};
-use crate::uplink::UplinkSettings;
 use crate::uplink::Ack;
+use crate::uplink::UplinkSettings;
 
 /// What kind of failure an attempt met (the label of `teledge_uplink_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -789,7 +789,11 @@ pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec
             && !p.contains(&b'\n')
             && std::str::from_utf8(p).is_ok();
         if plain_id && one_object {
-            write!(chunk, "{{\"id\":\"{node}:{}:{}\",\"record\":", r.id.epoch, r.id.seq)?;
+            write!(
+                chunk,
+                "{{\"id\":\"{node}:{}:{}\",\"record\":",
+                r.id.epoch, r.id.seq
+            )?;
             chunk.extend_from_slice(p);
             chunk.push(b'}');
         } else {
@@ -851,7 +855,10 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines[0].record.get(), r#"{"type":"call","n":"\u00e9\n","x":[1,2]}"#);
+        assert_eq!(
+            lines[0].record.get(),
+            r#"{"type":"call","n":"\u00e9\n","x":[1,2]}"#
+        );
         assert_eq!(lines[1].record.get(), r#""not json\n{""#);
     }
 
