@@ -322,7 +322,7 @@ pub struct Forwarder {
     /// Old clear-text dead letters are looked for once, at the first round.
     legacy_checked: bool,
     /// The last record of a batch the collector acknowledged that is not yet removed from
-    /// the spool: its removal (a sled flush) runs while the next batch is in flight. Kept
+    /// the spool: its removal (flushed lazily) runs while the next batch is in flight. Kept
     /// here, not in a local, so a round cancelled in between (stop, reconnect) still
     /// removes it at the next round instead of sending the batch again.
     unacked: Option<RecordId>,
@@ -516,7 +516,8 @@ impl Forwarder {
                     let unacked = &mut self.unacked;
                     let remove = async {
                         // The request goes out first (its connection task runs), then the
-                        // removal blocks this task for its flush while the collector works.
+                        // removal (and a flush, once an interval) blocks this task while the
+                        // collector works.
                         tokio::task::yield_now().await;
                         let removed = lock(spool).ack_lazily(through);
                         if removed.is_ok() {
