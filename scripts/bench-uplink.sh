@@ -6,6 +6,9 @@
 # the goal is 100,000 records/s.
 #
 #   scripts/bench-uplink.sh        (RECORDS=100000 per run)
+#   BASE=DIR scripts/bench-uplink.sh   also runs the `teledge-spoolgen` in DIR (an earlier
+#                                      build's agent side) to the same collector on the same
+#                                      sizes, alternating, as the before of a change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-100000}
@@ -16,6 +19,7 @@ cargo build --profile "$PROFILE" --locked --bins -q
 dir=$PROFILE
 [ "$PROFILE" = dev ] && dir=debug
 bin=${CARGO_TARGET_DIR:-target}/$dir
+BASE=${BASE:-}
 
 work=$(mktemp -d)
 collector=""
@@ -51,7 +55,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-rate() { # batch_records -> records/s
+rate() { # batch_records [bindir] -> records/s
+  local b=${2:-$bin}
   rm -rf "$work/spool"
   cat > "$work/forward.toml" <<EOF
 [node]
@@ -70,7 +75,7 @@ cert_file = "$work/edge.pem"
 key_file = "$work/edge.key"
 batch_records = $1
 EOF
-  "$bin/teledge-spoolgen" load --config "$work/forward.toml" --records "$RECORDS" \
+  "$b/teledge-spoolgen" load --config "$work/forward.toml" --records "$RECORDS" \
     --group 5000 --prefill | sed -n 's/^forwarded .*: \([0-9]*\) records\/s$/\1/p'
 }
 echo "uplink, mutual TLS on loopback, $RECORDS records of 390 bytes from a filled spool, collector syncing every batch:"
@@ -80,4 +85,9 @@ for size in $SIZES; do
   [ -n "$base" ] || base=$r
   awk -v r="$r" -v b="$base" -v s="$size" 'BEGIN {
     printf "  batches of %5d records: %7d records/s; ratio to the first = %.2f; of the 100,000 goal = %.2f\n", s, r, r / b, r / 100000 }'
+  if [ -n "$BASE" ]; then
+    o=$(rate "$size" "$BASE")
+    awk -v r="$r" -v o="$o" -v s="$size" 'BEGIN {
+    printf "    before (BASE agent)  %5d records: %7d records/s; now / before = %.2f\n", s, o, r / o }'
+  fi
 done

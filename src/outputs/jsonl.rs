@@ -4,20 +4,28 @@ use std::io::{self, Write};
 
 use crate::record::Record;
 
-/// Writes records as JSON Lines.
+/// Writes records as JSON Lines. Each line is serialised into a reused buffer and handed to
+/// `out` in one write: serde_json writes token by token, and a `BufWriter` costs a call per
+/// token where a `Vec` costs a copy (the JSON writing was ~13 % of a SIP replay's profile).
 #[derive(Debug)]
 pub struct JsonLines<W: Write> {
     out: W,
+    line: Vec<u8>,
 }
 
 impl<W: Write> JsonLines<W> {
     pub fn new(out: W) -> Self {
-        JsonLines { out }
+        JsonLines {
+            out,
+            line: Vec::with_capacity(4096),
+        }
     }
 
     pub fn write(&mut self, record: &Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     pub fn finish(mut self) -> io::Result<W> {

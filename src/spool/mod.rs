@@ -41,7 +41,8 @@
 //!   number a previous store could have had; within a store the epoch never changes
 //!   (compaction copies `meta`), and `seq` grows by one per append, so ids are FIFO within
 //!   the store.
-//! - Records are removed only by [`Spool::ack`] (the collector acknowledged them), by the
+//! - Records are removed only by [`Spool::ack`] or [`Spool::ack_lazily`] (the collector
+//!   acknowledged them), by the
 //!   full-store policy, or by setting aside a record that will not open; every removal but an
 //!   acknowledgement is counted and announced by a gap record that travels upstream like any
 //!   other record. A quarantined store is announced by a gap record (`store_quarantined`)
@@ -67,7 +68,10 @@
 //!   needed), each dropped record counted and the range announced as before.
 //! - [`Spool::ack`] is durable before it returns: after any crash only the batch in flight,
 //!   whose acknowledgement never arrived, is sent again (the collector acknowledges it as
-//!   duplicates). Delivery is at least once, in order.
+//!   duplicates). Delivery is at least once, in order. [`Spool::ack_lazily`] (the uplink's,
+//!   batch after batch) is durable with the next flush, at the latest one `flush_interval`
+//!   after an earlier flush or at the end of the uplink's round: a crash may also send again
+//!   the batches acknowledged within that interval — more duplicates, still no loss.
 //! - Drop counters and pending drop-newest announcements are in `meta` (durable with the next
 //!   flush); disk-full drops are counted in memory only (the disk had no room to note them),
 //!   so a crash while the disk is full loses that count, not records that were stored.
@@ -363,6 +367,9 @@ pub struct Spool {
     acked: Option<RecordId>,
     /// Drops are logged where they are announced, at most once per interval per reason.
     log_limiter: Limiter,
+    /// When the store was last flushed: [`Spool::ack_lazily`] flushes once this is older
+    /// than the group commit interval.
+    last_flush: std::time::Instant,
 }
 
 impl std::fmt::Debug for Spool {
@@ -547,6 +554,7 @@ impl Spool {
             sled_segment: sled_segment_of(&generation_path(&config.dir, generation), &config),
             acked,
             log_limiter: Limiter::default(),
+            last_flush: std::time::Instant::now(),
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -875,6 +883,7 @@ impl Spool {
         self.write_pending()?;
         self.db.flush()?;
         self.durable_through = through;
+        self.last_flush = std::time::Instant::now();
         Ok(())
     }
 
@@ -1080,8 +1089,31 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes every record up to and including `through`: the collector has them.
+    /// Removes every record up to and including `through`: the collector has them. Durable
+    /// at once (a flush): after a crash, only a batch whose acknowledgement never arrived is
+    /// sent again, never batches the collector acknowledged long ago.
     pub fn ack(&mut self, through: RecordId) -> Result<u64, SpoolError> {
+        let removed = self.remove_through(through)?;
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// Removes every record up to and including `through` like [`Spool::ack`], but makes
+    /// the removal durable with the next flush — the owner's group commit, or here once the
+    /// last flush is older than the group commit interval (`flush_interval`) — instead of
+    /// an fsync per acknowledgement. A crash in between sends at most one interval's worth
+    /// of acknowledged records again: duplicates the collector drops (at least once, never a
+    /// loss). The uplink acknowledges batch after batch this way (one flush per ~50 ms
+    /// instead of one per batch).
+    pub fn ack_lazily(&mut self, through: RecordId) -> Result<u64, SpoolError> {
+        let removed = self.remove_through(through)?;
+        if self.last_flush.elapsed() >= self.config.flush_interval {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_through(&mut self, through: RecordId) -> Result<u64, SpoolError> {
         // Every append reaches sled first: the flush below makes them durable with the
         // acknowledgement, as one group commit.
         self.write_pending()?;
@@ -1130,9 +1162,6 @@ impl Spool {
         for value in &values {
             self.count_key(value, false)?;
         }
-        // Durable at once: after a crash, only a batch whose acknowledgement never arrived is
-        // sent again, never batches the collector acknowledged long ago.
-        self.flush()?;
         Ok(removed)
     }
 
@@ -1623,6 +1652,34 @@ mod tests {
         // Ids are never reused after a restart.
         let c = spool.append(b"three").unwrap().unwrap();
         assert!(c > b);
+    }
+
+    /// `ack_lazily` removes at once (nothing acknowledged is read again) and flushes only
+    /// once the group commit interval has passed since the last flush.
+    #[test]
+    fn lazy_acks_remove_at_once_and_flush_once_an_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.flush_interval = Duration::from_secs(10);
+        let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+        let ids: Vec<RecordId> = (0..5)
+            .map(|n| spool.append(format!("r{n}").as_bytes()).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        let flushed = spool.last_flush;
+        assert_eq!(spool.ack_lazily(ids[1]).unwrap(), 2);
+        assert_eq!(spool.last_flush, flushed, "no flush within the interval");
+        let read = spool.read(None, 10).unwrap();
+        assert_eq!(read.first().map(|r| r.id), Some(ids[2]));
+        assert_eq!(spool.stats().records, 3);
+        // Past the interval, the next lazy acknowledgement flushes.
+        spool.last_flush -= Duration::from_secs(11);
+        assert_eq!(spool.ack_lazily(ids[3]).unwrap(), 2);
+        assert!(spool.last_flush.elapsed() < Duration::from_secs(5));
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let read = spool.read(None, 10).unwrap();
+        assert_eq!(read.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[4]]);
     }
 
     #[test]
