@@ -38,6 +38,9 @@
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
 //!   privileged one-shot unit and rolled back when the new version is not healthy.
+//! - [`access`]: who may see the status page and listen to which service's calls
+//!   (supervisor tokens, session cookies, client certificates), and the audit records of
+//!   what they did (`teledge.audit/1`).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
@@ -55,6 +58,7 @@
 //! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod collect;
 pub mod config;
