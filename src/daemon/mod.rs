@@ -87,6 +87,7 @@ mod hep;
 mod queue;
 mod sensors;
 mod spool_writer;
+mod status;
 mod ticker;
 mod uplink;
 
@@ -237,6 +238,8 @@ struct Context {
     /// Cancelled first at shutdown: every source and the ticker stop.
     sources: CancellationToken,
     tracker: TaskTracker,
+    /// The status page's feed, when `[status]` enables the page.
+    status: Option<Arc<status::StatusFeed>>,
 }
 
 /// How the daemon talks to systemd: where notifications go, and the watchdog interval
@@ -420,6 +423,18 @@ impl Daemon {
         // listen sessions end (and are audited) while the record queue is still open.
         let listeners = root.child_token();
 
+        // The status page's snapshots: published by the ticker, read by the page.
+        let status_feed = access.as_ref().map(|_| {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::default());
+            let feed = Arc::new(status::StatusFeed::new(
+                tx,
+                config.stats.settings.services.clone(),
+                Pseudonymizer::new(config.forward.privacy.clone()),
+                &config.forward.node_id,
+            ));
+            (feed, rx)
+        });
+
         let observe_addr = if config.observe.enabled {
             let listener = observe::http::bind(config.observe.listen)
                 .await
@@ -431,6 +446,16 @@ impl Daemon {
             let endpoint = observe::http::Endpoint {
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
+                page: match (&access, &status_feed) {
+                    (Some(access), Some((_, snapshots))) => Some(observe::page::Page::new(
+                        Arc::clone(access),
+                        audit.clone(),
+                        snapshots.clone(),
+                        Arc::clone(&metrics),
+                        listeners.clone(),
+                    )),
+                    _ => None,
+                },
             };
             // The root token: the endpoint answers until everything else has stopped.
             tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
@@ -462,6 +487,7 @@ impl Daemon {
             Arc::clone(&health),
             Arc::clone(&metrics),
             Arc::clone(&dropped),
+            status_feed.as_ref().map(|(feed, _)| Arc::clone(feed)),
             config.stats.enabled.then(|| {
                 let aggregator = crate::stats::Aggregator::new(
                     config.stats.settings.clone(),
@@ -485,6 +511,7 @@ impl Daemon {
             clock_guard: config.clock_tolerance,
             sources: root.child_token(),
             tracker: tracker.clone(),
+            status: status_feed.map(|(feed, _)| feed),
         };
         let captures = capture::Captures::build(&config.captures, &ctx)?;
         let hep = match &config.hep {

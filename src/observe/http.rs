@@ -1,4 +1,5 @@
-//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`.
+//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`, and
+//! with `[status] enabled` the status page ([`super::page`]) beside them.
 //!
 //! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
 //! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,11 +33,38 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to finish requests in flight at shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
+/// A response body: whole (metrics, health, the page's files) or streamed (events).
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 /// What the endpoint serves.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub metrics: Arc<AgentMetrics>,
     pub health: Arc<Health>,
+    /// The status page, when `[status]` enables it.
+    pub page: Option<super::page::Page>,
+}
+
+impl Endpoint {
+    /// `/metrics` and `/health` only.
+    pub fn new(metrics: Arc<AgentMetrics>, health: Arc<Health>) -> Endpoint {
+        Endpoint {
+            metrics,
+            health,
+            page: None,
+        }
+    }
+}
+
+/// Answers one request from `peer`: the status page's paths when it is enabled, else
+/// [`handle`].
+pub fn route<B>(req: &Request<B>, peer: SocketAddr, endpoint: &Endpoint) -> Response<Body> {
+    if let Some(page) = &endpoint.page {
+        if super::page::is_page_path(req.uri().path()) {
+            return super::page::handle(req, peer, page);
+        }
+    }
+    handle(req, endpoint).map(|b| b.map_err(|e| match e {}).boxed())
 }
 
 /// Binds the listener (separate from [`serve`] so startup fails early on a taken port, and
@@ -87,7 +115,7 @@ pub async fn serve(
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let endpoint = endpoint.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&req, &endpoint)) }
+                async move { Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
