@@ -31,5 +31,6 @@ pub(crate) mod schema;
 pub(crate) mod sensors;
 mod spool_model;
 mod stats;
+pub(crate) mod status_page;
 mod support;
 pub(crate) mod uplink;

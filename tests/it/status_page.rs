@@ -1,0 +1,445 @@
+//! The status page over real HTTP (the endpoint's hyper server on a loopback port, requests
+//! written by hand so the test sees the bytes on the wire): security headers, the 401/403
+//! refusals and their counts, the token login with its cookie and its audit records, ETag
+//! revalidation, the snapshot JSON filtered per viewer, and the Server-Sent Events framing
+//! as snapshots are published. The browser test with a real call is in `status_browser`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use teledge::access::audit::AuditSink;
+use teledge::access::{make_token, Access, AccessSettings, ServiceSet, Supervisor};
+use teledge::observe::http::{self, Endpoint};
+use teledge::observe::page::{Page, CSP};
+use teledge::observe::status::{CallView, Snapshot};
+use teledge::observe::{AgentMetrics, Health, HealthThresholds, Stage};
+use teledge::record::audit::{AuditAction, AuditAuth, AuditOutcome};
+
+pub(crate) struct Served {
+    pub addr: std::net::SocketAddr,
+    pub alice: String,
+    pub bob: String,
+    pub tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
+    pub audit: Arc<std::sync::Mutex<Vec<teledge::record::audit::AuditRecord>>>,
+    pub metrics: Arc<AgentMetrics>,
+    pub stop: CancellationToken,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn call(id: &str, service: &str, seq: u64) -> CallView {
+    CallView {
+        id: id.into(),
+        service: Some(service.into()),
+        caller: Some("h:caller".into()),
+        callee: Some("h:callee".into()),
+        state: "connected".into(),
+        started: teledge::time::Timestamp::from_secs_nanos(1_767_225_600, 0),
+        duration_s: seq as f64,
+        talk_s: Some(seq as f64),
+        caller_to_callee: None,
+        callee_to_caller: None,
+        listen: false,
+    }
+}
+
+fn snapshot(seq: u64) -> Snapshot {
+    Snapshot {
+        seq,
+        node: "edge-01".into(),
+        calls: vec![
+            call("h:sales-call", "sales", seq),
+            call("h:hr-call", "hr", seq),
+        ],
+        ..Snapshot::default()
+    }
+}
+
+/// An endpoint with the page: alice views everything and may listen to sales (monitorable),
+/// bob has no permission at all.
+pub(crate) async fn serve() -> Served {
+    let (alice, alice_hash) = make_token();
+    let (bob, bob_hash) = make_token();
+    let access = Arc::new(Access::new(AccessSettings {
+        supervisors: vec![
+            Supervisor {
+                id: "alice".into(),
+                token_sha256: Some(alice_hash),
+                cert_cn: None,
+                view: ServiceSet::only(["sales"]),
+                listen: ServiceSet::only(["sales"]),
+            },
+            Supervisor {
+                id: "bob".into(),
+                token_sha256: Some(bob_hash),
+                cert_cn: None,
+                view: ServiceSet::Nothing,
+                listen: ServiceSet::Nothing,
+            },
+        ],
+        monitorable: ["sales".to_owned()].into(),
+        ..AccessSettings::default()
+    }));
+    let metrics = Arc::new(AgentMetrics::new());
+    metrics.watch_access(&access);
+    let health = Arc::new(Health::new(
+        &[Stage::SpoolWriter],
+        HealthThresholds::default(),
+    ));
+    let (sink, audit) = AuditSink::collecting("edge-01");
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(1)));
+    let stop = CancellationToken::new();
+    let page = Page::new(access, sink, rx, Arc::clone(&metrics), stop.clone());
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = Endpoint {
+        page: Some(page),
+        ..Endpoint::new(Arc::clone(&metrics), health)
+    };
+    let server = tokio::spawn(http::serve(listener, endpoint, stop.clone()));
+    Served {
+        addr,
+        alice,
+        bob,
+        tx,
+        audit,
+        metrics,
+        stop,
+        server,
+    }
+}
+
+/// One request (`Connection: close`); status, lowercase head, body.
+pub(crate) async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .expect("the response within 10 s")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+fn assert_secure(head: &str) {
+    assert_eq!(
+        header(head, "content-security-policy"),
+        Some(CSP.to_ascii_lowercase().as_str()),
+        "{head}"
+    );
+    assert!(!CSP.contains("unsafe-inline") && CSP.contains("script-src 'self'"));
+    assert_eq!(header(head, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(head, "referrer-policy"), Some("no-referrer"));
+}
+
+/// Logs in with a token; the `name=value` of the session cookie.
+pub(crate) async fn login(addr: std::net::SocketAddr, token: &str) -> String {
+    let bearer = format!("Bearer {token}");
+    let (status, head, _) =
+        request(addr, "POST", "/api/login", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 204, "{head}");
+    let cookie = header(&head, "set-cookie").unwrap().to_owned();
+    assert!(
+        cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    // The head is lowercased; the cookie's value is lowercase hex anyway.
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn without_a_valid_token_the_page_and_its_data_are_refused_and_counted() {
+    let s = serve().await;
+    // Nothing: 401 with the login form as the body, and the Bearer challenge.
+    let (status, head, body) = request(s.addr, "GET", "/", &[]).await;
+    assert_eq!(status, 401);
+    assert_secure(&head);
+    assert_eq!(
+        header(&head, "www-authenticate"),
+        Some("bearer realm=\"teledge\"")
+    );
+    assert!(body.contains("id=\"login\""), "{body}");
+    assert!(!body.contains("h:sales-call"));
+    for path in ["/api/snapshot", "/api/events"] {
+        let (status, _, body) = request(s.addr, "GET", path, &[]).await;
+        assert_eq!(status, 401, "{path}");
+        assert!(!body.contains("h:sales-call"));
+    }
+    // A wrong token, a wrong cookie, another scheme: 401.
+    let wrong = format!("Bearer {}0", s.alice);
+    let (status, _, _) =
+        request(s.addr, "GET", "/api/snapshot", &[("Authorization", &wrong)]).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = request(s.addr, "GET", "/", &[("Cookie", "teledge_session=00ff")]).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = request(s.addr, "POST", "/api/login", &[("Authorization", &wrong)]).await;
+    assert_eq!(status, 401);
+    // Bob is known but may view nothing: 403.
+    let bob = format!("Bearer {}", s.bob);
+    let (status, _, body) =
+        request(s.addr, "GET", "/api/snapshot", &[("Authorization", &bob)]).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("not_permitted"));
+    // Every refusal counted, by reason.
+    let (_, _, metrics) = request(s.addr, "GET", "/metrics", &[]).await;
+    let count = |reason: &str| {
+        let prefix = format!("teledge_access_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(count("no_credentials"), 3.0);
+    assert_eq!(count("bad_credentials"), 3.0);
+    assert_eq!(count("not_permitted"), 1.0);
+    // The refused login is audited, nobody named.
+    let audit = s.audit.lock().unwrap().clone();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].action,
+            audit[0].outcome,
+            audit[0].principal.as_deref(),
+            audit[0].status
+        ),
+        (AuditAction::Login, AuditOutcome::Refused, None, Some(401))
+    );
+    assert_eq!(audit[0].reason.as_deref(), Some("bad_credentials"));
+    s.stop.cancel();
+    s.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_token_login_gives_a_cookie_that_opens_the_page_filtered_to_the_viewer() {
+    let s = serve().await;
+    let cookie = login(s.addr, &s.alice).await;
+    let audit = s.audit.lock().unwrap().clone();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].action,
+            audit[0].outcome,
+            audit[0].principal.as_deref(),
+            audit[0].auth
+        ),
+        (
+            AuditAction::Login,
+            AuditOutcome::Ok,
+            Some("alice"),
+            AuditAuth::Token
+        )
+    );
+    assert!(audit[0].client_address.starts_with("127.0.0.1:"));
+
+    let (status, head, body) = request(s.addr, "GET", "/", &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 200);
+    assert_secure(&head);
+    assert_eq!(header(&head, "cache-control"), Some("no-cache"));
+    // No inline script or style anywhere in the page: only files from the agent.
+    assert!(body.contains("<script src=\"/static/app.js\" defer></script>"));
+    assert_eq!(body.matches("<script").count(), 1);
+    assert!(!body.contains("style=") && !body.contains("<style") && !body.contains("onclick"));
+
+    // The snapshot: alice sees sales (listenable), not hr.
+    let (status, head, body) =
+        request(s.addr, "GET", "/api/snapshot", &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let calls = json["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["id"], "h:sales-call");
+    assert_eq!(calls[0]["listen"], true);
+    assert_eq!(json["calls_not_shown"], 1);
+
+    // The embedded files: an ETag, and 304 when the browser has them.
+    let (status, head, js) = request(s.addr, "GET", "/static/app.js", &[]).await;
+    assert_eq!(status, 200);
+    assert!(header(&head, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.contains("EventSource"));
+    let etag = header(&head, "etag").unwrap().to_owned();
+    let (status, _, body) =
+        request(s.addr, "GET", "/static/app.js", &[("If-None-Match", &etag)]).await;
+    assert_eq!((status, body.as_str()), (304, ""));
+
+    // Logout ends the session.
+    let (status, _, _) = request(s.addr, "POST", "/api/logout", &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 204);
+    let (status, _, _) = request(s.addr, "GET", "/api/snapshot", &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 401);
+    s.stop.cancel();
+    s.server.await.unwrap().unwrap();
+}
+
+/// Reads one SSE event (lines up to a blank line), skipping comments and `retry:`.
+async fn next_event(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>,
+) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        if line.is_empty() {
+            if fields.iter().any(|(k, _): &(String, String)| k == "event") {
+                return fields;
+            }
+            fields.clear();
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (k, v) = line.split_once(": ").unwrap_or((&line, ""));
+        fields.push((k.to_owned(), v.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn events_are_framed_as_server_sent_events_and_follow_the_snapshots() {
+    let s = serve().await;
+    let cookie = login(s.addr, &s.alice).await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let text = format!(
+        "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nCookie: {cookie}\r\n\r\n"
+    );
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(tcp).lines();
+    let mut head = Vec::new();
+    loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line.to_ascii_lowercase());
+    }
+    let head = head.join("\n");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    assert_eq!(header(&head, "x-accel-buffering"), Some("no"));
+    assert_eq!(header(&head, "transfer-encoding"), Some("chunked"));
+    // Chunked transfer: a size line, then the event text. Read the event lines through
+    // the chunk framing by skipping the hex size lines.
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        let event = next_event(&mut lines).await;
+        // Chunk size lines are bare hex numbers: drop them from the fields.
+        let event: Vec<_> = event
+            .into_iter()
+            .filter(|(k, v)| !(v.is_empty() && u64::from_str_radix(k, 16).is_ok()))
+            .collect();
+        let id: u64 = event
+            .iter()
+            .find(|(k, _)| k == "id")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(
+            event.iter().find(|(k, _)| k == "event").unwrap().1,
+            "snapshot"
+        );
+        let data: Vec<_> = event.iter().filter(|(k, _)| k == "data").collect();
+        assert_eq!(data.len(), 1, "one data line per event: {event:?}");
+        let json: serde_json::Value = serde_json::from_str(&data[0].1).unwrap();
+        assert_eq!(json["seq"], id);
+        assert_eq!(
+            json["calls"].as_array().unwrap().len(),
+            1,
+            "filtered: {json}"
+        );
+        events.push(id);
+        // The daemon publishes the next one.
+        s.tx.send_replace(Arc::new(snapshot(id + 1)));
+    }
+    assert_eq!(events, vec![1, 2, 3]);
+    assert_eq!(s.metrics.status_streams.get(), 1);
+    // Logging out ends the stream with a `logout` event at the next snapshot.
+    let (status, _, _) = request(s.addr, "POST", "/api/logout", &[("Cookie", &cookie)]).await;
+    assert_eq!(status, 204);
+    s.tx.send_replace(Arc::new(snapshot(9)));
+    // (The snapshot published after the third event may still come first.)
+    let mut event = next_event(&mut lines).await;
+    if event.iter().any(|(k, v)| k == "id" && v == "4") {
+        event = next_event(&mut lines).await;
+    }
+    assert!(
+        event.iter().any(|(k, v)| k == "event" && v == "logout"),
+        "{event:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while s.metrics.status_streams.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stream's task ends");
+    s.stop.cancel();
+    s.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn event_streams_are_bounded_and_end_at_shutdown() {
+    let s = serve().await;
+    let bearer = format!("Bearer {}", s.alice);
+    let mut open = Vec::new();
+    for _ in 0..teledge::observe::page::MAX_STREAMS {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let text = format!(
+            "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: {bearer}\r\n\r\n"
+        );
+        tcp.write_all(text.as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        open.push(tcp);
+    }
+    let (status, head, _) =
+        request(s.addr, "GET", "/api/events", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 503);
+    assert_eq!(header(&head, "retry-after"), Some("10"));
+    assert_eq!(s.metrics.status_streams_refused.get(), 1);
+    // Shutdown ends every stream: the server returns within its drain deadline.
+    s.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), s.server)
+        .await
+        .expect("shutdown does not wait for open event streams")
+        .unwrap()
+        .unwrap();
+    for mut tcp in open {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the stream was closed");
+    }
+}
