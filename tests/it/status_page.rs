@@ -443,3 +443,94 @@ async fn event_streams_are_bounded_and_end_at_shutdown() {
         assert!(read.is_ok(), "the stream was closed");
     }
 }
+
+/// `teledge supervisor-token`: a token, and the configuration lines with its SHA-256 (as an
+/// independent SHA-256 implementation computes it).
+pub(crate) fn supervisor_token(id: &str) -> (String, String) {
+    let out = crate::daemon::teledge()
+        .args(["supervisor-token", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.trim_start_matches('#').trim().strip_prefix("tdg1_"))
+        .map(|t| format!("tdg1_{t}"))
+        .unwrap_or_else(|| panic!("no token in {text}"));
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token_sha256 = \""))
+        .map(|h| h.trim_end_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("no hash line in {text}"));
+    use sha2::Digest;
+    let expected: String = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hash, expected, "token_sha256 is the SHA-256 of the token");
+    assert!(text.contains(&format!("[[supervisor]]\nid = \"{id}\"\n")), "{text}");
+    assert!(!text.contains(&format!("token_sha256 = \"{token}")));
+    (token, hash)
+}
+
+#[test]
+fn supervisor_tokens_are_made_hashed_and_checked_with_the_configuration() {
+    let (token, hash) = supervisor_token("alice");
+    let (other, _) = supervisor_token("alice");
+    assert_ne!(token, other, "every token is new");
+    let refused = crate::daemon::teledge()
+        .args(["supervisor-token", "no spaces"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(78));
+
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |sections: &str| {
+        let config = crate::daemon::agent_config(&pki, dir.path(), 4433, sections, Some(9464));
+        let out = crate::daemon::teledge()
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let services = "[hep]\nudp = \"127.0.0.1:9060\"\n[[service]]\nname = \"sales\"\nmonitorable = true\n[[service]]\nname = \"hr\"\n";
+    let (code, text) = check(&format!(
+        "[status]\nenabled = true\n{services}[[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nview = [\"*\"]\nlisten = [\"sales\"]\n"
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    // Every problem, by its path: listen on a service that is not monitorable, a token
+    // instead of its hash, an unknown service, a supervisor nobody can be, a duplicate id.
+    let (code, text) = check(&format!(
+        "[status]\nenabled = true\n{services}\
+         [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nlisten = [\"hr\"]\n\
+         [[supervisor]]\nid = \"bob\"\ntoken_sha256 = \"{token}\"\n\
+         [[supervisor]]\nid = \"carol\"\ncert_cn = \"carol\"\nview = [\"nope\"]\n\
+         [[supervisor]]\nid = \"alice\"\n"
+    ));
+    assert_eq!(code, Some(78), "{text}");
+    for expected in [
+        "supervisor[0].listen",
+        "\"hr\" is not monitorable",
+        "supervisor[1].token_sha256",
+        "supervisor[2].view",
+        "\"nope\" is not a [[service]]",
+        "supervisor[3].id",
+        "already a supervisor",
+        "needs token_sha256 or cert_cn",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
+    assert!(!text.contains(&token), "the token is never echoed:\n{text}");
+    // The page serves nobody anonymously.
+    let (code, text) = check("[status]\nenabled = true\n[hep]\nudp = \"127.0.0.1:9060\"\n");
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("status.enabled"), "{text}");
+}
