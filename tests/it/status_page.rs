@@ -469,7 +469,10 @@ pub(crate) fn supervisor_token(id: &str) -> (String, String) {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(hash, expected, "token_sha256 is the SHA-256 of the token");
-    assert!(text.contains(&format!("[[supervisor]]\nid = \"{id}\"\n")), "{text}");
+    assert!(
+        text.contains(&format!("[[supervisor]]\nid = \"{id}\"\n")),
+        "{text}"
+    );
     assert!(!text.contains(&format!("token_sha256 = \"{token}")));
     (token, hash)
 }

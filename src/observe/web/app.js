@@ -46,15 +46,16 @@ function renderCalls(s) {
     const listen = c.listen
       ? el("button", { type: "button", class: "listen", "data-call": c.id }, "Listen")
       : "–";
+    // The figures first, so a phone shows them without scrolling the table.
     return el("tr", { "data-call": c.id },
-      el("td", { class: "id", title: c.id }, c.id),
       el("td", {}, c.service || "–"),
-      el("td", {}, (c.caller || "?") + " → " + (c.callee || "?")),
       el("td", { class: "state" }, c.state.replace("_", " ")),
       el("td", { class: "duration" }, duration(c.duration_s)),
       direction(c.caller_to_callee),
       direction(c.callee_to_caller),
-      el("td", {}, listen));
+      el("td", {}, listen),
+      el("td", {}, (c.caller || "?") + " → " + (c.callee || "?")),
+      el("td", { class: "id", title: c.id }, c.id));
   });
   body.replaceChildren(...rows);
   document.getElementById("no-calls").hidden = s.calls.length > 0;
@@ -89,7 +90,7 @@ function chart(history, open) {
 }
 
 function kpi(name, value) {
-  return [el("dt", {}, name), el("dd", {}, value)];
+  return [el("div", {}, el("dt", {}, name), el("dd", {}, value))];
 }
 
 function renderServices(s) {
