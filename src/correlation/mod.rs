@@ -185,7 +185,7 @@ impl Correlator {
     /// At most `limit` calls, the most recent first; `.1` is how many more are open.
     pub fn active_calls(&self, limit: usize) -> (Vec<ActiveCall>, usize) {
         let mut calls: Vec<ActiveCall> = self.calls.active().collect();
-        calls.sort_by(|a, b| b.started.cmp(&a.started));
+        calls.sort_by_key(|c| std::cmp::Reverse(c.started));
         let more = calls.len().saturating_sub(limit);
         calls.truncate(limit);
         for call in &mut calls {

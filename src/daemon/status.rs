@@ -161,10 +161,10 @@ impl StatusFeed {
     pub(super) fn record(&self, record: &Record) {
         let mut board = lock(&self.board);
         match record {
-            Record::Sensor(s) => {
-                if board.sensors.len() < MAX_SENSORS || board.sensors.contains_key(&s.device) {
-                    board.sensors.insert(s.device.clone(), sensor_view(s));
-                }
+            Record::Sensor(s)
+                if board.sensors.len() < MAX_SENSORS || board.sensors.contains_key(&s.device) =>
+            {
+                board.sensors.insert(s.device.clone(), sensor_view(s));
             }
             Record::Alert(a) => match a.phase {
                 AlertPhase::Started => {

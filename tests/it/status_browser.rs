@@ -159,10 +159,8 @@ fn chromium_watches_a_live_call() {
         }
     });
     let next = |what: &str, within: Duration| -> Value {
-        let v = rx
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("the browser script's {what} within {within:?}"));
-        v
+        rx.recv_timeout(within)
+            .unwrap_or_else(|_| panic!("the browser script's {what} within {within:?}"))
     };
     let ready = next("login", Duration::from_secs(60));
     if ready["step"] != "ready" {
@@ -241,8 +239,8 @@ fn chromium_watches_a_live_call() {
     // The caller's direction carries the G.711 audio: a MOS for it, in range.
     let mos = samples
         .iter()
-        .filter_map(|s| number(s["forward"].as_str().unwrap()))
-        .last()
+        .rev()
+        .find_map(|s| number(s["forward"].as_str().unwrap()))
         .unwrap_or_else(|| panic!("no MOS in {samples:#?}"));
     assert!((3.5..=4.5).contains(&mos), "MOS {mos}");
     assert_eq!(summary["screenshot"], true);
