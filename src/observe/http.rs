@@ -33,8 +33,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to finish requests in flight at shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
-/// A response body: whole (metrics, health, the page's files) or streamed (events).
-pub type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+pub use super::page::Body;
 
 /// What the endpoint serves.
 #[derive(Debug, Clone)]

@@ -36,10 +36,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::agent::AgentMetrics;
-use super::http::Body;
 use super::status::{Snapshot, SnapshotRx};
 use crate::access::audit::{AuditSink, Client};
 use crate::access::{Access, Credentials, Denied, Permission, Principal};
+
+/// A response body of the endpoint: whole (metrics, health, the page's files) or streamed
+/// (events).
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Event streams open at once (each holds one of the endpoint's connections).
 pub const MAX_STREAMS: usize = 8;
