@@ -12,8 +12,8 @@
 //!   nothing to guess here; the configuration file (and a backup of it) never holds a token
 //!   that would let its reader in. Hashes are compared in constant time;
 //! - and/or a **client certificate** from the site CA (`cert_cn`: the certificate's subject
-//!   CN), when the HTTP server is given a TLS certificate and the site CA (the TLS layer
-//!   verifies the chain; this module matches the CN);
+//!   CN), when the HTTP server is given a TLS certificate and the site CA ([`tls`]: the TLS
+//!   layer verifies the chain; this module matches the CN);
 //! - **permissions per service**: `view` (see the service's calls on the page) and `listen`
 //!   (hear them live), each a list of `[[service]]` names or `"*"` for all. `listen` implies
 //!   `view`. A service is listenable only if its `[[service]]` says `monitorable = true`
@@ -62,6 +62,9 @@
 //! handler that refused it ([`audit::AuditSink`]).
 
 pub mod audit;
+pub mod tls;
+
+pub use tls::ClientCertCn;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,6 +198,13 @@ impl<'a> Credentials<'a> {
                 .and_then(|v| v.to_str().ok()),
             client_cert_cn,
         }
+    }
+
+    /// The credentials of a request: its headers, and the verified client certificate's
+    /// CN the HTTPS server put into its extensions ([`ClientCertCn`]).
+    pub fn from_request<B>(req: &'a hyper::Request<B>) -> Credentials<'a> {
+        let cn = req.extensions().get::<ClientCertCn>().map(|c| &*c.0);
+        Credentials::from_headers(req.headers(), cn)
     }
 
     fn bearer(&self) -> Option<&'a str> {
@@ -736,6 +746,23 @@ mod tests {
             .unwrap();
         assert!(login.set_cookie.contains("HttpOnly"));
         assert!(login.set_cookie.contains("SameSite=Strict"));
+        // Plain HTTP: no Secure (the browser would not send it back); HTTPS: Secure.
+        assert!(!login.set_cookie.contains("Secure"));
+        let https = Access::new(AccessSettings {
+            secure_cookie: true,
+            ..access.settings().clone()
+        });
+        let secure = https
+            .login(&Credentials {
+                authorization: Some(&a),
+                ..Credentials::default()
+            })
+            .unwrap();
+        assert!(
+            secure.set_cookie.ends_with("; Secure"),
+            "{}",
+            secure.set_cookie
+        );
         let pair = login.set_cookie.split(';').next().unwrap().to_owned();
         let header = format!("other=1; {pair}");
         let creds = Credentials {

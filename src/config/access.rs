@@ -6,6 +6,9 @@
 //! [status]
 //! enabled = true              # serve the status page at / (default false)
 //! session_ttl_s = 43200       # a login lasts this long (60..=604800, default 12 h)
+//! tls_cert_file = "/etc/teledge/status.pem" # HTTPS for the whole [observe] endpoint
+//! tls_key_file = "/etc/teledge/status.key"
+//! client_ca_file = "/etc/teledge/ca.pem"    # accept supervisors' client certificates (site CA)
 //!
 //! [[supervisor]]
 //! id = "alice"                # 1..=64 of [A-Za-z0-9._@-], unique; audit records name it
@@ -15,7 +18,10 @@
 //! listen = ["sales"]          # services she may listen to (only monitorable ones; implies view)
 //! ```
 //!
-//! The page is off by default; enabled, it requires at least one supervisor (there is no
+//! With `tls_cert_file` and `tls_key_file` the whole `[observe]` endpoint (metrics
+//! included) speaks HTTPS and the session cookie is `Secure`; `client_ca_file` needs them,
+//! and a supervisor's `cert_cn` needs `client_ca_file`. The page is off by default;
+//! enabled, it requires at least one supervisor (there is no
 //! anonymous view, on loopback either), and each supervisor needs a token hash or a
 //! certificate CN. A service named in `view` or `listen` must be a `[[service]]`; naming one
 //! in `listen` that is not `monitorable = true` is a problem (the permission could never be
@@ -35,6 +41,9 @@ pub(super) struct RawStatus {
     #[serde(default)]
     enabled: bool,
     session_ttl_s: Option<u64>,
+    tls_cert_file: Option<std::path::PathBuf>,
+    tls_key_file: Option<std::path::PathBuf>,
+    client_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +64,16 @@ pub struct StatusConfig {
     /// Serve the status page (and its API) on the `[observe]` listener.
     pub enabled: bool,
     pub access: AccessSettings,
+    /// HTTPS: certificate and key files, and the site CA for client certificates.
+    pub tls: Option<StatusTls>,
+}
+
+/// `[status] tls_cert_file`, `tls_key_file`, `client_ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -175,13 +194,64 @@ pub(super) fn validate_status(
             listen,
         });
     }
+    let tls = match (&status.tls_cert_file, &status.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            if let Err((field, message)) = super::check_key_pair(cert, key) {
+                let field = if field == "cert_file" {
+                    "tls_cert_file"
+                } else {
+                    "tls_key_file"
+                };
+                push(format!("status.{field}"), message);
+            }
+            if let Some(ca) = &status.client_ca_file {
+                if let Err(e) = crate::uplink::tls::load_roots(ca) {
+                    push("status.client_ca_file".into(), crate::report::chain(&e));
+                }
+            }
+            Some(StatusTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: status.client_ca_file.clone(),
+            })
+        }
+        (None, None) => {
+            if status.client_ca_file.is_some() {
+                push(
+                    "status.client_ca_file".into(),
+                    "client certificates need HTTPS: set tls_cert_file and tls_key_file".into(),
+                );
+            }
+            None
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            push(
+                "status.tls_cert_file".into(),
+                "tls_cert_file and tls_key_file go together".into(),
+            );
+            None
+        }
+    };
+    if status.client_ca_file.is_none() {
+        for (i, s) in supervisors.iter().enumerate() {
+            if s.cert_cn.is_some() {
+                push(
+                    format!("supervisor[{i}].cert_cn"),
+                    "needs [status] client_ca_file (and HTTPS): no client certificate can be \
+                     presented otherwise"
+                        .into(),
+                );
+            }
+        }
+    }
     StatusConfig {
         enabled: status.enabled,
         access: AccessSettings {
             supervisors: valid,
             monitorable,
             session_ttl,
-            secure_cookie: false,
+            secure_cookie: tls.is_some(),
         },
+        tls,
     }
 }

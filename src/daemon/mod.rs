@@ -443,7 +443,16 @@ impl Daemon {
                     source,
                 })?;
             let addr = listener.local_addr().ok();
+            let tls = match config.status.tls.as_ref().filter(|_| config.status.enabled) {
+                Some(t) => Some(crate::access::tls::server_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )?),
+                None => None,
+            };
             let endpoint = observe::http::Endpoint {
+                tls,
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
                 page: match (&access, &status_feed) {

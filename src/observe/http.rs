@@ -42,6 +42,9 @@ pub struct Endpoint {
     pub health: Arc<Health>,
     /// The status page, when `[status]` enables it.
     pub page: Option<super::page::Page>,
+    /// HTTPS (`[status] tls_cert_file`), with optional client certificates of the site CA
+    /// whose CN reaches the handlers as a [`crate::access::ClientCertCn`] extension.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Endpoint {
@@ -51,6 +54,7 @@ impl Endpoint {
             metrics,
             health,
             page: None,
+            tls: None,
         }
     }
 }
@@ -112,25 +116,23 @@ pub async fn serve(
         let conn_shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let endpoint = endpoint.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = conn_shutdown.cancelled() => {
-                    // Finish the request in flight, then close (no new keep-alive request).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match endpoint.tls.clone() {
+                None => connection(TokioIo::new(tcp), peer, None, endpoint, conn_shutdown).await,
+                Some(config) => {
+                    // The handshake within the head's time (a client that opens and waits
+                    // holds a slot no longer than one that sends no head).
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %crate::report::Chain(&e), "Status endpoint TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let cn = crate::access::tls::client_cn(tls.get_ref().1);
+                    connection(TokioIo::new(tls), peer, cn, endpoint, conn_shutdown).await;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
             }
         });
     }
@@ -143,6 +145,41 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it closes or shutdown.
+async fn connection<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    cn: Option<crate::access::ClientCertCn>,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(cn) = &cn {
+            req.extensions_mut().insert(cn.clone());
+        }
+        let endpoint = endpoint.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight, then close (no new keep-alive request).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
+    }
 }
 
 /// Answers one request. Pure apart from reading the metrics and health.

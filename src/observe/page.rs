@@ -231,7 +231,7 @@ pub fn handle<B>(req: &Request<B>, peer: SocketAddr, page: &Page) -> Response<Bo
         }
         "/api/login" if method == Method::POST => login(req, peer, page),
         "/api/logout" if method == Method::POST => {
-            let creds = Credentials::from_headers(req.headers(), None);
+            let creds = Credentials::from_request(req);
             let clear = page.access.logout(&creds);
             let mut r = respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new());
             if let Ok(v) = HeaderValue::from_str(&clear) {
@@ -244,11 +244,10 @@ pub fn handle<B>(req: &Request<B>, peer: SocketAddr, page: &Page) -> Response<Bo
             method_not_allowed("GET, HEAD")
         }
         "/" | "/index.html" => {
-            match page.access.authorize(
-                &Credentials::from_headers(req.headers(), None),
-                None,
-                Permission::View,
-            ) {
+            match page
+                .access
+                .authorize(&Credentials::from_request(req), None, Permission::View)
+            {
                 Ok(_) => serve_asset(req, &INDEX),
                 // The login form, with the status that says why.
                 Err(d) if d.status() == 401 => refused(d, Some(&LOGIN)),
@@ -273,16 +272,13 @@ pub fn handle<B>(req: &Request<B>, peer: SocketAddr, page: &Page) -> Response<Bo
 }
 
 fn viewer<B>(req: &Request<B>, page: &Page) -> Result<Principal, Denied> {
-    page.access.authorize(
-        &Credentials::from_headers(req.headers(), None),
-        None,
-        Permission::View,
-    )
+    page.access
+        .authorize(&Credentials::from_request(req), None, Permission::View)
 }
 
 fn login<B>(req: &Request<B>, peer: SocketAddr, page: &Page) -> Response<Body> {
     let client = Client::from_headers(peer, req.headers());
-    let creds = Credentials::from_headers(req.headers(), None);
+    let creds = Credentials::from_request(req);
     match page.access.login(&creds) {
         Ok(login) => {
             page.audit.login(Ok(&login.principal), 204, &client);
@@ -351,6 +347,10 @@ fn events<B>(req: &Request<B>, principal: Principal, page: &Page) -> Response<Bo
         .get(header::COOKIE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let cert_cn = req
+        .extensions()
+        .get::<crate::access::ClientCertCn>()
+        .map(|c| Arc::clone(&c.0));
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let mut snapshots = page.snapshots.clone();
     let access = Arc::clone(&page.access);
@@ -372,7 +372,7 @@ fn events<B>(req: &Request<B>, principal: Principal, page: &Page) -> Response<Bo
                     let creds = Credentials {
                         authorization: authorization.as_deref(),
                         cookie: cookie.as_deref(),
-                        client_cert_cn: None,
+                        client_cert_cn: cert_cn.as_deref(),
                     };
                     if access.authorize(&creds, None, Permission::View).is_err() {
                         let _ = tx.send(Bytes::from_static(b"event: logout\ndata: {}\n\n")).await;

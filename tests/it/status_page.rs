@@ -528,6 +528,8 @@ fn supervisor_tokens_are_made_hashed_and_checked_with_the_configuration() {
         "supervisor[3].id",
         "already a supervisor",
         "needs token_sha256 or cert_cn",
+        "supervisor[2].cert_cn",
+        "needs [status] client_ca_file",
     ] {
         assert!(text.contains(expected), "{expected} missing in:\n{text}");
     }
@@ -536,4 +538,151 @@ fn supervisor_tokens_are_made_hashed_and_checked_with_the_configuration() {
     let (code, text) = check("[status]\nenabled = true\n[hep]\nudp = \"127.0.0.1:9060\"\n");
     assert_eq!(code, Some(78), "{text}");
     assert!(text.contains("status.enabled"), "{text}");
+}
+
+/// One HTTPS request to the endpoint, with the client certificate `client` (a name in the
+/// test PKI) or none; `Err` when the handshake fails.
+async fn https_request(
+    pki: &crate::uplink::Pki,
+    addr: std::net::SocketAddr,
+    client: Option<&str>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, String), std::io::Error> {
+    use teledge::uplink::tls::{load_certs, load_private_key, load_roots};
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(load_roots(&pki.path("ca.pem")).unwrap());
+    let config = match client {
+        Some(name) => builder
+            .with_client_auth_cert(
+                load_certs(&pki.path(&format!("{name}.pem"))).unwrap(),
+                load_private_key(&pki.path(&format!("{name}.key"))).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let mut text = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    tls.write_all(text.as_bytes()).await?;
+    let mut response = Vec::new();
+    // TLS 1.3 reports a refused client certificate after the handshake, at the first read.
+    tls.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response: {response:?}")))?;
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+#[tokio::test]
+async fn over_https_a_client_certificate_of_the_site_ca_identifies_a_supervisor() {
+    let pki = crate::uplink::pki();
+    let (token, hash) = make_token();
+    let access = Arc::new(Access::new(AccessSettings {
+        supervisors: vec![
+            Supervisor {
+                id: "carol".into(),
+                token_sha256: None,
+                cert_cn: Some("edge-01".into()),
+                view: ServiceSet::All,
+                listen: ServiceSet::Nothing,
+            },
+            Supervisor {
+                id: "alice".into(),
+                token_sha256: Some(hash),
+                cert_cn: None,
+                view: ServiceSet::All,
+                listen: ServiceSet::Nothing,
+            },
+        ],
+        secure_cookie: true,
+        ..AccessSettings::default()
+    }));
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::new(
+        &[Stage::SpoolWriter],
+        HealthThresholds::default(),
+    ));
+    let (sink, audit) = AuditSink::collecting("edge-01");
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(1)));
+    let stop = CancellationToken::new();
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = Endpoint {
+        page: Some(Page::new(
+            access,
+            sink,
+            rx,
+            Arc::clone(&metrics),
+            stop.clone(),
+        )),
+        tls: Some(
+            teledge::access::tls::server_config(
+                &pki.path("collector.pem"),
+                &pki.path("collector.key"),
+                Some(&pki.path("ca.pem")),
+            )
+            .unwrap(),
+        ),
+        ..Endpoint::new(Arc::clone(&metrics), health)
+    };
+    let server = tokio::spawn(http::serve(listener, endpoint, stop.clone()));
+
+    // Carol's certificate (CN edge-01, site CA): in, no token needed.
+    let (status, _, body) = https_request(&pki, addr, Some("edge-01"), "/api/snapshot", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("h:sales-call"));
+    // A certificate of the site CA that names no supervisor: 401.
+    let (status, _, _) = https_request(&pki, addr, Some("edge-02"), "/api/snapshot", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    // A certificate of another CA: no TLS session at all.
+    assert!(
+        https_request(&pki, addr, Some("edge-01-rogue"), "/api/snapshot", &[])
+            .await
+            .is_err(),
+        "a rogue CA's certificate is refused in the handshake"
+    );
+    // Without a certificate, a token still works, and the cookie is Secure.
+    let (status, _, _) = https_request(&pki, addr, None, "/api/snapshot", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {token}");
+    let (status, _, _) = https_request(
+        &pki,
+        addr,
+        None,
+        "/api/snapshot",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    // Plain HTTP gets no answer from an HTTPS endpoint.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /api/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut plain = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut plain)).await;
+    assert!(!String::from_utf8_lossy(&plain).contains("h:sales-call"));
+    assert!(audit.lock().unwrap().is_empty(), "no login was made");
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }
