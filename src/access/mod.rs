@@ -334,6 +334,9 @@ pub struct Access {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     refused: [AtomicU64; 4],
     sessions_evicted: AtomicU64,
+    /// A refusal is logged (WARN) at most once per [`crate::log_limit::LOG_INTERVAL`] per
+    /// reason, with how many it stands for; counted every time.
+    log_limiter: crate::log_limit::Limiter,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -387,6 +390,7 @@ impl Access {
             sessions: Mutex::new(HashMap::new()),
             refused: Default::default(),
             sessions_evicted: AtomicU64::new(0),
+            log_limiter: crate::log_limit::Limiter::default(),
         }
     }
 
@@ -413,8 +417,16 @@ impl Access {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The one place a refusal is counted and logged.
     fn refuse(&self, reason: Denied) -> Denied {
         self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.log_limiter.due(("access_refused", reason.code()), 1) {
+            tracing::warn!(
+                reason = reason.code(),
+                count,
+                "Supervisor view: request refused by access control."
+            );
+        }
         reason
     }
 

@@ -316,3 +316,149 @@ impl StatusFeed {
 
 /// The limit of calls a snapshot shows.
 pub(super) const CALLS: usize = MAX_CALLS_SHOWN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlation::LiveStream;
+    use crate::observe::{HealthThresholds, Stage};
+    use crate::privacy::Privacy;
+    use crate::record::sensor::{AlertKind, Breach, Communication, PortCounters, SensorValue};
+    use crate::record::{Party, State};
+    use crate::stats::service::{Direction, NumberPattern, ServiceSettings};
+
+    fn feed() -> (StatusFeed, crate::observe::status::SnapshotRx) {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::default());
+        let sales = ServiceSettings {
+            name: "sales".into(),
+            numbers: vec![NumberPattern::parse("0800*")],
+            trunks: Vec::new(),
+            direction: Direction::Any,
+            monitorable: true,
+            ..ServiceSettings::default_service()
+        };
+        let feed = StatusFeed::new(
+            tx,
+            Services::new(vec![sales]),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+            "edge-01",
+        );
+        (feed, rx)
+    }
+
+    fn stream(packets: u64, mos: Option<f64>) -> LiveStream {
+        LiveStream {
+            codec: Some("PCMA".into()),
+            packets,
+            lost_percent: 0.5,
+            jitter_ms: Some(1.234),
+            mos,
+        }
+    }
+
+    fn party(user: &str) -> Party {
+        Party {
+            user: Some(user.into()),
+            display_name: Some("Erika Mustermann".into()),
+            uri: Some(format!("sip:{user}@example.com")),
+        }
+    }
+
+    fn alert(id: &str, phase: AlertPhase) -> Record {
+        Record::Alert(Box::new(AlertRecord {
+            schema: crate::record::sensor::ALERT_SCHEMA,
+            record_id: id.into(),
+            alert_id: id.into(),
+            device: "ups".into(),
+            model: "Megatec Q1".into(),
+            port: "/dev/ttyUSB0".into(),
+            kind: AlertKind::Limit,
+            reading: "temperature".into(),
+            phase,
+            breach: Some(Breach::High),
+            limit: Some(30.0),
+            unit: "°C".into(),
+            started: Timestamp::from_secs_nanos(100, 0),
+            ended: None,
+            duration_s: None,
+            value: Some(31.0),
+            extreme: None,
+        }))
+    }
+
+    #[test]
+    fn a_snapshot_shows_calls_pseudonymised_and_classified_with_sensors_and_open_alerts() {
+        let (feed, rx) = feed();
+        let metrics = AgentMetrics::new();
+        metrics.source_kernel_drops.with(&["eth0"]).add(3);
+        let health = Health::new(&[Stage::SpoolWriter], HealthThresholds::default());
+        assert!(feed.due());
+        feed.record(&Record::Sensor(Box::new(SensorRecord {
+            schema: crate::record::sensor::SENSOR_SCHEMA,
+            record_id: "r".into(),
+            device: "ups".into(),
+            model: "Megatec Q1".into(),
+            port: "/dev/ttyUSB0".into(),
+            time: Timestamp::from_secs_nanos(100, 0),
+            communication: Communication::Ok,
+            last_good_time: None,
+            stale: false,
+            values: vec![SensorValue {
+                name: "temperature".into(),
+                value: 31.0,
+                unit: "°C".into(),
+            }],
+            states: [("on_battery".to_owned(), true), ("fault".to_owned(), false)].into(),
+            counters: PortCounters::default(),
+        })));
+        feed.record(&alert("a1", AlertPhase::Started));
+        feed.record(&alert("a2", AlertPhase::Started));
+        feed.record(&alert("a1", AlertPhase::Ended));
+        let started = Timestamp::from_secs_nanos(1000, 0);
+        let call = ActiveCall {
+            call_id: "abc@pbx".into(),
+            caller: party("4930111"),
+            callee: party("0800123"),
+            caller_address: "192.0.2.1:5060".parse().unwrap(),
+            callee_address: "192.0.2.2:5060".parse().unwrap(),
+            state: State::Connected,
+            started,
+            answered: Some(started.plus(Duration::from_secs(5))),
+            started_before_capture: false,
+            caller_to_callee: vec![stream(10, None), stream(500, Some(4.2))],
+            callee_to_caller: Vec::new(),
+        };
+        let now = started.plus(Duration::from_secs(65));
+        feed.publish(&[call], 3, now, &metrics, &health);
+        assert!(!feed.due(), "once a second");
+        let s = rx.borrow().clone();
+        assert_eq!(s.seq, 1);
+        let c = &s.calls[0];
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(c.id, p.identifier("abc@pbx"));
+        assert_ne!(c.id, "abc@pbx");
+        assert_eq!(c.caller.as_deref(), Some(p.number("4930111").as_str()));
+        assert!(!format!("{s:?}").contains("Erika") && !format!("{s:?}").contains("0800123"));
+        assert_eq!(
+            c.service.as_deref(),
+            Some("sales"),
+            "classified on the clear number"
+        );
+        assert_eq!(c.state, "connected");
+        assert_eq!((c.duration_s, c.talk_s), (65.0, Some(60.0)));
+        let forward = c.caller_to_callee.as_ref().unwrap();
+        assert_eq!(
+            (forward.packets, forward.mos, forward.jitter_ms),
+            (500, Some(4.2), Some(1.23))
+        );
+        assert!(c.callee_to_caller.is_none());
+        assert_eq!(s.calls_not_shown, 3);
+        assert_eq!(s.sensors.len(), 1);
+        assert_eq!(s.sensors[0].states, vec!["on_battery".to_owned()]);
+        let alerts: Vec<_> = s.alerts.iter().map(|a| a.reading.as_str()).collect();
+        assert_eq!(alerts, vec!["temperature"], "a1 ended, a2 open");
+        assert_eq!(s.capture.kernel_drops, 3);
+        assert_eq!(s.services[0].name, "sales");
+        assert!(s.services[0].monitorable);
+    }
+}

@@ -13,6 +13,7 @@
 //! | [`SpoolAppendFailed`] | `teledge_records_dropped_total{reason="spool_append_failed"}` | ERROR |
 //! | [`DecodeErrors`] | `teledge_decode_errors_total{kind}` | WARN |
 //! | [`HepConnectionRefused`] | `teledge_hep_connections_closed_total{reason}` | WARN |
+//! | a refusal by `crate::access::Access` (status page, live listen) | `teledge_access_refused_total{reason}` (counted in `Access`, read at scrape time) | WARN |
 //!
 //! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
