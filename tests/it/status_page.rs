@@ -686,3 +686,81 @@ async fn over_https_a_client_certificate_of_the_site_ca_identifies_a_supervisor(
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// The daemon's audit sink for live listen sessions (the API the WHEP endpoint uses): a
+/// session that ends on [`teledge::daemon::Daemon::listeners_token`] at shutdown still
+/// reaches the spool and the collector, as exactly one record with its start and end.
+#[test]
+fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
+    use crate::daemon_in_process::runtime;
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = crate::uplink::collector(&pki, "collector", &out);
+    let (token, _) = make_token();
+    let hash = teledge::access::token_hash_hex(&token);
+    let config_path = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
+             [[service]]\nname = \"sales\"\nmonitorable = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nlisten = [\"sales\"]\n"
+        ),
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(teledge::daemon::Daemon::start(config, &config_path))
+        .unwrap();
+    let addr = daemon.observe_addr().unwrap();
+    let (status, _, _) = runtime.block_on(request(addr, "GET", "/api/snapshot", &[]));
+    assert_eq!(status, 401);
+    let access = Arc::clone(daemon.access().unwrap());
+    let principal = teledge::access::Principal {
+        id: "alice".into(),
+        auth: AuditAuth::Token,
+        view: ServiceSet::Nothing,
+        listen: ServiceSet::only(["sales"]),
+    };
+    access
+        .check(
+            &principal,
+            Some("sales"),
+            teledge::access::Permission::Listen,
+        )
+        .unwrap();
+    let audit = daemon.audit().clone();
+    let stop = daemon.listeners_token();
+    let client = teledge::access::audit::Client {
+        address: "192.0.2.7:50000".parse().unwrap(),
+        user_agent: None,
+    };
+    let session = runtime.spawn(async move {
+        let session = audit.listen_started(&principal, "h:0123", Some("sales"), "s1", 201, &client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancelled().await;
+        session.end(teledge::access::audit::ListenEnd::Shutdown);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = runtime.block_on(daemon.shutdown());
+    runtime.block_on(session).unwrap();
+    assert_eq!(summary.records_left_in_spool, 0, "{summary:?}");
+    let audits: Vec<serde_json::Value> = crate::uplink::stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .filter(|r| r["type"] == "audit")
+        .collect();
+    assert_eq!(audits.len(), 1, "{audits:#?}");
+    let a = &audits[0];
+    assert_eq!(a["action"], "listen");
+    assert_eq!(a["outcome"], "ok");
+    assert_eq!(a["reason"], "shutdown");
+    assert_eq!(a["principal"], "alice");
+    assert_eq!(a["call_id"], "h:0123");
+    assert!(a["duration_s"].as_f64().unwrap() >= 0.3, "{a:#}");
+    let schemas = crate::schema::Schemas::load();
+    assert!(schemas.check(a).is_empty(), "{:?}", schemas.check(a));
+}
