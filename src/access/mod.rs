@@ -329,7 +329,8 @@ pub struct Login {
 /// The access decisions of one daemon: supervisors, sessions, refusal counts.
 #[derive(Debug)]
 pub struct Access {
-    settings: AccessSettings,
+    /// Replaced whole by a SIGHUP that changed `[[supervisor]]` ([`Access::replace`]).
+    settings: std::sync::RwLock<std::sync::Arc<AccessSettings>>,
     /// By SHA-256 of the session id.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     refused: [AtomicU64; 4],
@@ -386,7 +387,7 @@ pub fn token_hash_hex(token: &str) -> String {
 impl Access {
     pub fn new(settings: AccessSettings) -> Access {
         Access {
-            settings,
+            settings: std::sync::RwLock::new(std::sync::Arc::new(settings)),
             sessions: Mutex::new(HashMap::new()),
             refused: Default::default(),
             sessions_evicted: AtomicU64::new(0),
@@ -394,8 +395,23 @@ impl Access {
         }
     }
 
-    pub fn settings(&self) -> &AccessSettings {
-        &self.settings
+    /// The settings in force now.
+    pub fn settings(&self) -> std::sync::Arc<AccessSettings> {
+        std::sync::Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// New supervisors (a SIGHUP): a removed supervisor's token, certificate and open
+    /// sessions stop working at once, changed permissions apply to the next request; the
+    /// monitorable services and the cookie's `Secure` stay as they were started (they
+    /// follow `[[service]]` and `[status]`, which take a restart).
+    pub fn replace(&self, new: &AccessSettings) {
+        let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        *settings = std::sync::Arc::new(AccessSettings {
+            supervisors: new.supervisors.clone(),
+            session_ttl: new.session_ttl,
+            monitorable: settings.monitorable.clone(),
+            secure_cookie: settings.secure_cookie,
+        });
     }
 
     /// Refusals so far by reason, in the order of [`Denied::ALL`].
@@ -430,12 +446,12 @@ impl Access {
         reason
     }
 
-    fn by_token(&self, token: &str) -> Option<&Supervisor> {
+    fn by_token<'s>(settings: &'s AccessSettings, token: &str) -> Option<&'s Supervisor> {
         use subtle::ConstantTimeEq;
         let presented = sha256(token.as_bytes());
         // Every supervisor is compared (no early exit), each in constant time.
         let mut found = None;
-        for s in &self.settings.supervisors {
+        for s in &settings.supervisors {
             if let Some(hash) = &s.token_sha256 {
                 if bool::from(hash.ct_eq(&presented)) && found.is_none() {
                     found = Some(s);
@@ -445,15 +461,15 @@ impl Access {
         found
     }
 
-    fn by_id(&self, id: &str) -> Option<&Supervisor> {
-        self.settings.supervisors.iter().find(|s| s.id == id)
+    fn by_id<'s>(settings: &'s AccessSettings, id: &str) -> Option<&'s Supervisor> {
+        settings.supervisors.iter().find(|s| s.id == id)
     }
 
     /// Who the credentials prove, without counting a refusal.
     fn identify(&self, creds: &Credentials<'_>) -> Result<Principal, Denied> {
+        let settings = self.settings();
         if let Some(token) = creds.bearer() {
-            return self
-                .by_token(token)
+            return Self::by_token(&settings, token)
                 .map(|s| Principal::of(s, AuditAuth::Token))
                 .ok_or(Denied::BadCredentials);
         }
@@ -462,8 +478,7 @@ impl Access {
             let mut sessions = self.lock();
             let now = Instant::now();
             return match sessions.get(&key) {
-                Some(s) if s.expires > now => self
-                    .by_id(&s.supervisor)
+                Some(s) if s.expires > now => Self::by_id(&settings, &s.supervisor)
                     .map(|sup| Principal::of(sup, AuditAuth::Session))
                     .ok_or(Denied::BadCredentials),
                 Some(_) => {
@@ -474,8 +489,7 @@ impl Access {
             };
         }
         if let Some(cn) = creds.client_cert_cn {
-            return self
-                .settings
+            return settings
                 .supervisors
                 .iter()
                 .find(|s| s.cert_cn.as_deref() == Some(cn))
@@ -537,7 +551,7 @@ impl Access {
                     return Err(Denied::NotPermitted);
                 }
                 match service {
-                    Some(s) if self.settings.monitorable.contains(s) => Ok(()),
+                    Some(s) if self.settings().monitorable.contains(s) => Ok(()),
                     _ => Err(Denied::NotMonitorable),
                 }
             }
@@ -553,7 +567,8 @@ impl Access {
         };
         let principal = self.authorize(&creds, None, Permission::View)?;
         let id = random_hex();
-        let ttl = self.settings.session_ttl;
+        let settings = self.settings();
+        let ttl = settings.session_ttl;
         let now = Instant::now();
         let mut evicted = false;
         {
@@ -579,7 +594,7 @@ impl Access {
                 },
             );
         }
-        let secure = if self.settings.secure_cookie {
+        let secure = if settings.secure_cookie {
             "; Secure"
         } else {
             ""
@@ -762,7 +777,7 @@ mod tests {
         assert!(!login.set_cookie.contains("Secure"));
         let https = Access::new(AccessSettings {
             secure_cookie: true,
-            ..access.settings().clone()
+            ..(*access.settings()).clone()
         });
         let secure = https
             .login(&Credentials {
@@ -788,6 +803,43 @@ mod tests {
         assert_eq!(access.login(&creds).unwrap_err(), Denied::NoCredentials);
         access.logout(&creds);
         assert_eq!(access.authenticate(&creds), Err(Denied::BadCredentials));
+    }
+
+    #[test]
+    fn replaced_supervisors_take_effect_at_once_sessions_included() {
+        let (access, alice, bob) = access();
+        let a = bearer(&alice);
+        let login = access
+            .login(&Credentials {
+                authorization: Some(&a),
+                ..Credentials::default()
+            })
+            .unwrap();
+        let pair = login.set_cookie.split(';').next().unwrap().to_owned();
+        let session = Credentials {
+            cookie: Some(&pair),
+            ..Credentials::default()
+        };
+        assert!(access.authenticate(&session).is_ok());
+        // Alice removed, bob kept: her token and her open session stop working.
+        let mut settings = (*access.settings()).clone();
+        settings.supervisors.retain(|s| s.id == "bob");
+        settings.monitorable.clear();
+        access.replace(&settings);
+        assert_eq!(access.authenticate(&session), Err(Denied::BadCredentials));
+        let token = Credentials {
+            authorization: Some(&a),
+            ..Credentials::default()
+        };
+        assert_eq!(access.authenticate(&token), Err(Denied::BadCredentials));
+        let b = bearer(&bob);
+        let b = Credentials {
+            authorization: Some(&b),
+            ..Credentials::default()
+        };
+        assert_eq!(access.authenticate(&b).unwrap().id, "bob");
+        // What follows [[service]] stays as started.
+        assert!(access.settings().monitorable.contains("sales"));
     }
 
     #[test]

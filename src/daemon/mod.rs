@@ -643,6 +643,11 @@ impl Daemon {
                 "uplink" => self.uplink.reconfigure(new.forward.uplink.clone()),
                 "sensors" => self.sensors.replace(&new.sensors).await,
                 "shutdown" => self.drain_timeout = new.drain_timeout,
+                "supervisor" => {
+                    if let Some(access) = &self.access {
+                        access.replace(&new.status.access);
+                    }
+                }
                 _ => {}
             }
             if let Some(value) = new.sections.expose().get(*section) {

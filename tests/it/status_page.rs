@@ -764,3 +764,66 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
     let schemas = crate::schema::Schemas::load();
     assert!(schemas.check(a).is_empty(), "{:?}", schemas.check(a));
 }
+
+/// SIGHUP revokes a supervisor at once (token and open session), without a restart.
+#[test]
+fn a_reload_that_removes_a_supervisor_locks_them_out_at_once() {
+    use crate::daemon_in_process::runtime;
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let c = crate::uplink::collector(&pki, "collector", &dir.path().join("collected"));
+    let (alice, _) = make_token();
+    let (bob, _) = make_token();
+    let supervisor = |id: &str, token: &str| {
+        format!(
+            "[[supervisor]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nview = [\"*\"]\n",
+            teledge::access::token_hash_hex(token)
+        )
+    };
+    let base = "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n";
+    let config_path = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "{base}{}{}",
+            supervisor("alice", &alice),
+            supervisor("bob", &bob)
+        ),
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let mut daemon = runtime
+        .block_on(teledge::daemon::Daemon::start(config, &config_path))
+        .unwrap();
+    let addr = daemon.observe_addr().unwrap();
+    let cookie = runtime.block_on(login(addr, &alice));
+    let get = |headers: &[(&str, &str)]| {
+        runtime
+            .block_on(request(addr, "GET", "/api/snapshot", headers))
+            .0
+    };
+    let alice_bearer = format!("Bearer {alice}");
+    assert_eq!(get(&[("Cookie", &cookie)]), 200);
+
+    let new_path = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("{base}{}", supervisor("bob", &bob)),
+        Some(0),
+    );
+    let new = teledge::config::agent::load(&new_path).unwrap();
+    let plan = runtime.block_on(daemon.reload(&new));
+    assert!(plan.applied.contains(&"supervisor"), "{plan:?}");
+    assert_eq!(get(&[("Cookie", &cookie)]), 401, "her open session ends");
+    assert_eq!(
+        get(&[("Authorization", &alice_bearer)]),
+        401,
+        "her token is refused"
+    );
+    let bob_bearer = format!("Bearer {bob}");
+    assert_eq!(get(&[("Authorization", &bob_bearer)]), 200);
+    runtime.block_on(daemon.shutdown());
+}
