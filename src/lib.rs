@@ -43,6 +43,9 @@
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
 //!   privileged one-shot unit and rolled back when the new version is not healthy; and the
 //!   fleet owner's side (`teledge fleet`: keys, signed releases, rollouts, progress).
+//! - [`access`]: who may see the status page and listen to which service's calls
+//!   (supervisor tokens, session cookies, client certificates), and the audit records of
+//!   what they did (`teledge.audit/1`).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
@@ -60,6 +63,7 @@
 //! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod bus;
 pub mod collect;

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub mod access;
 pub mod agent;
 pub mod fleet;
 pub mod forward;
@@ -66,6 +67,11 @@ pub(super) struct RawFile {
     fleet: Option<fleet::RawFleet>,
     /// The HEP relay ([`hep_out`]); absent: off.
     hep_out: Option<hep_out::RawHepOut>,
+    /// The status page ([`access`]).
+    #[serde(default)]
+    status: access::RawStatus,
+    #[serde(default)]
+    supervisor: Vec<access::RawSupervisor>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

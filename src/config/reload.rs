@@ -4,7 +4,9 @@
 /// (reconnect with the new settings), `sensors` (the tasks restarted with the new set, when
 /// there were sensors and still are) and `shutdown` (the drain deadline) apply at once;
 /// every other section (`node`, `capture`, `hep`, `correlation`, `spool`, `privacy`,
-/// `observe`, `fleet`, `hep_out`) and a change from or to no sensors at all take a restart.
+/// `observe`, `fleet`, `hep_out`, `status`) and a change from or to no sensors at all take a restart;
+/// `supervisor` applies at once while the status page runs (`[status] enabled` before and
+/// after; see `crate::access::Access::replace`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
     pub applied: Vec<&'static str>,
@@ -12,7 +14,7 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    const SECTIONS: [&'static str; 12] = [
+    const SECTIONS: [&'static str; 14] = [
         "node",
         "capture",
         "hep",
@@ -25,6 +27,8 @@ impl ReloadPlan {
         "shutdown",
         "fleet",
         "hep_out",
+        "status",
+        "supervisor",
     ];
 
     pub fn new(running: &toml::Table, new: &toml::Table) -> Self {
@@ -34,12 +38,21 @@ impl ReloadPlan {
                 .and_then(toml::Value::as_array)
                 .is_some_and(|a| !a.is_empty())
         };
+        let status_on = |t: &toml::Table| {
+            t.get("status")
+                .and_then(|s| s.get("enabled"))
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false)
+        };
         for section in Self::SECTIONS {
             if running.get(section) == new.get(section) {
                 continue;
             }
             let live = match section {
                 "uplink" | "shutdown" => true,
+                // Supervisors are replaced in the running access control (revocation
+                // without a restart), when the page runs and still will.
+                "supervisor" => status_on(running) && status_on(new),
                 "sensors" => has_sensors(running) && has_sensors(new),
                 _ => false,
             };

@@ -436,6 +436,27 @@ impl CallTracker {
         self.calls.len()
     }
 
+    /// The calls open now, as the live status view shows them (see
+    /// [`super::Correlator::active_calls`]); media is filled in by the correlator.
+    pub fn active(&self) -> impl Iterator<Item = super::ActiveCall> + '_ {
+        self.calls
+            .values()
+            .filter(|c| c.closed.is_none())
+            .map(|c| super::ActiveCall {
+                call_id: c.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                caller_address: c.caller_address,
+                callee_address: c.callee_address,
+                state: c.state(),
+                started: c.invite_time.unwrap_or(c.first_message),
+                answered: c.answer,
+                started_before_capture: c.started_before_capture,
+                caller_to_callee: Vec::new(),
+                callee_to_caller: Vec::new(),
+            })
+    }
+
     /// Ended dialogs remembered (tombstones).
     pub fn ended_dialogs(&self) -> usize {
         self.ended.len()

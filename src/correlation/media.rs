@@ -846,6 +846,42 @@ impl MediaTracker {
         quality
     }
 
+    /// Live figures of a call's open streams so far, by direction (caller → callee,
+    /// callee → caller), for the status view: nothing is taken or closed. Streams of no
+    /// known direction are left out.
+    pub fn live(&self, call_id: &str) -> (Vec<super::LiveStream>, Vec<super::LiveStream>) {
+        let mut forward = Vec::new();
+        let mut back = Vec::new();
+        for key in self.streams_by_call.get(call_id).into_iter().flatten() {
+            let Some(stream) = self.streams.get(key) else {
+                continue;
+            };
+            let direction = if stream.call.as_deref() == Some(call_id) {
+                stream.direction
+            } else {
+                stream
+                    .legs
+                    .iter()
+                    .find(|(c, _)| &**c == call_id)
+                    .map(|(_, d)| *d)
+            };
+            let q = stream.quality(*key, None);
+            let live = super::LiveStream {
+                codec: q.codec,
+                packets: q.metrics.packets,
+                lost_percent: q.metrics.lost_percent,
+                jitter_ms: q.metrics.mean_jitter_ms,
+                mos: q.score.as_ref().map(|s| s.mos),
+            };
+            match direction {
+                Some(Direction::CallerToCallee) => forward.push(live),
+                Some(Direction::CalleeToCaller) => back.push(live),
+                None => {}
+            }
+        }
+        (forward, back)
+    }
+
     /// Everything measured for a call, which is over: its streams are closed, its endpoints
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {

@@ -41,6 +41,35 @@ use media::{MediaLimits, MediaTracker};
 /// Ended calls held in their grace at most; beyond it the oldest record is made at once.
 const MAX_CALLS_IN_GRACE: usize = 10_000;
 
+/// A call open now, as the live status view shows it (clear identities: the daemon
+/// pseudonymises them before anything leaves the pipeline).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCall {
+    pub call_id: String,
+    pub caller: crate::record::Party,
+    pub callee: crate::record::Party,
+    pub caller_address: std::net::SocketAddr,
+    pub callee_address: std::net::SocketAddr,
+    pub state: crate::record::State,
+    /// The INVITE (or, joined mid-call, the first message seen).
+    pub started: Timestamp,
+    pub answered: Option<Timestamp>,
+    pub started_before_capture: bool,
+    pub caller_to_callee: Vec<LiveStream>,
+    pub callee_to_caller: Vec<LiveStream>,
+}
+
+/// An open RTP stream's figures so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveStream {
+    pub codec: Option<String>,
+    pub packets: u64,
+    pub lost_percent: f64,
+    pub jitter_ms: Option<f64>,
+    /// The E-model MOS so far (`None`: not scored, e.g. wideband or no data yet).
+    pub mos: Option<f64>,
+}
+
 /// Calls and their media.
 #[derive(Debug)]
 pub struct Correlator {
@@ -171,6 +200,22 @@ impl Correlator {
                 emit(&mut self.media, call, at, out);
             }
         }
+    }
+
+    /// The calls open now with their media's live figures, for the status view: a plain
+    /// function of this correlator (a sharded daemon calls it per shard and concatenates).
+    /// At most `limit` calls, the most recent first; `.1` is how many more are open.
+    pub fn active_calls(&self, limit: usize) -> (Vec<ActiveCall>, usize) {
+        let mut calls: Vec<ActiveCall> = self.calls.active().collect();
+        calls.sort_by_key(|c| std::cmp::Reverse(c.started));
+        let more = calls.len().saturating_sub(limit);
+        calls.truncate(limit);
+        for call in &mut calls {
+            let (forward, back) = self.media.live(calls::call_key(&call.call_id));
+            call.caller_to_callee = forward;
+            call.callee_to_caller = back;
+        }
+        (calls, more)
     }
 
     /// Ended calls waiting out their grace.

@@ -91,6 +91,7 @@ mod hep_out;
 mod queue;
 mod sensors;
 mod spool_writer;
+mod status;
 mod ticker;
 mod uplink;
 
@@ -246,6 +247,8 @@ struct Context {
     /// Cancelled first at shutdown: every source and the ticker stop.
     sources: CancellationToken,
     tracker: TaskTracker,
+    /// The status page's feed, when `[status]` enables the page.
+    status: Option<Arc<status::StatusFeed>>,
 }
 
 /// How the daemon talks to systemd: where notifications go, and the watchdog interval
@@ -325,6 +328,12 @@ pub struct Daemon {
     running: toml::Table,
     drain_timeout: Duration,
     observe_addr: Option<SocketAddr>,
+    access: Option<Arc<crate::access::Access>>,
+    audit: crate::access::audit::AuditSink,
+    /// The record queue as the audit sink sees it: emptied at shutdown before the writer
+    /// drains.
+    audit_queue: Arc<Mutex<Option<RecordQueue>>>,
+    listeners: CancellationToken,
 }
 
 impl Daemon {
@@ -394,6 +403,49 @@ impl Daemon {
         metrics.watch_spool(Arc::clone(&spool));
         health.set_spool_open(true);
 
+        // The supervisor view's access control and audit (`[status]`, `[[supervisor]]`):
+        // refusals are counted in `Access` and read at scrape time. Audit records go to the
+        // record queue once it exists (the slot is filled below and emptied at shutdown, so
+        // the endpoint, which outlives the spool writer, never holds the queue open).
+        let access = config
+            .status
+            .enabled
+            .then(|| Arc::new(crate::access::Access::new(config.status.access.clone())));
+        if let Some(access) = &access {
+            metrics.watch_access(access);
+        }
+        let audit_queue: Arc<Mutex<Option<RecordQueue>>> = Arc::default();
+        let audit =
+            {
+                let slot = Arc::clone(&audit_queue);
+                let metrics = Arc::clone(&metrics);
+                crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
+                    match lock(&slot).as_ref() {
+                        Some(queue) => queue.push(record),
+                        None => RecordsDropped {
+                            reason: DropReason::QueueClosed,
+                            count: 1,
+                        }
+                        .emit(&metrics),
+                    }
+                })
+            };
+        // Cancelled at shutdown right after the sources: status streams close and live
+        // listen sessions end (and are audited) while the record queue is still open.
+        let listeners = root.child_token();
+
+        // The status page's snapshots: published by the ticker, read by the page.
+        let status_feed = access.as_ref().map(|_| {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::default());
+            let feed = Arc::new(status::StatusFeed::new(
+                tx,
+                config.stats.settings.services.clone(),
+                Pseudonymizer::new(config.forward.privacy.clone()),
+                &config.forward.node_id,
+            ));
+            (feed, rx)
+        });
+
         let observe_addr = if config.observe.enabled {
             let listener = observe::http::bind(config.observe.listen)
                 .await
@@ -402,9 +454,28 @@ impl Daemon {
                     source,
                 })?;
             let addr = listener.local_addr().ok();
+            let tls = match config.status.tls.as_ref().filter(|_| config.status.enabled) {
+                Some(t) => Some(crate::access::tls::server_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )?),
+                None => None,
+            };
             let endpoint = observe::http::Endpoint {
+                tls,
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
+                page: match (&access, &status_feed) {
+                    (Some(access), Some((_, snapshots))) => Some(observe::page::Page::new(
+                        Arc::clone(access),
+                        audit.clone(),
+                        snapshots.clone(),
+                        Arc::clone(&metrics),
+                        listeners.clone(),
+                    )),
+                    _ => None,
+                },
             };
             // The root token: the endpoint answers until everything else has stopped.
             tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
@@ -423,6 +494,7 @@ impl Daemon {
             produced: Arc::clone(&produced),
             dropped: Arc::clone(&dropped),
         };
+        *lock(&audit_queue) = Some(records.clone());
         let committed = Arc::new(Notify::new());
         let writer = spool_writer::SpoolWriter::spawn(
             record_rx,
@@ -435,6 +507,7 @@ impl Daemon {
             Arc::clone(&health),
             Arc::clone(&metrics),
             Arc::clone(&dropped),
+            status_feed.as_ref().map(|(feed, _)| Arc::clone(feed)),
             config.stats.enabled.then(|| {
                 let mut aggregator = crate::stats::Aggregator::new(
                     config.stats.settings.clone(),
@@ -466,6 +539,7 @@ impl Daemon {
             clock_guard: config.clock_tolerance,
             sources: root.child_token(),
             tracker: tracker.clone(),
+            status: status_feed.map(|(feed, _)| feed),
         };
         let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
         let captures = capture::Captures::build(&config.captures, &ctx)?;
@@ -541,7 +615,28 @@ impl Daemon {
             running: config.sections.expose().clone(),
             drain_timeout: config.drain_timeout,
             observe_addr,
+            access,
+            audit,
+            audit_queue,
+            listeners,
         })
+    }
+
+    /// Access control of the status page and live listen (`None`: `[status]` is not
+    /// enabled, and nothing of the supervisor view may be served).
+    pub fn access(&self) -> Option<&Arc<crate::access::Access>> {
+        self.access.as_ref()
+    }
+
+    /// Where audit records of logins and listen sessions go (through the spool).
+    pub fn audit(&self) -> &crate::access::audit::AuditSink {
+        &self.audit
+    }
+
+    /// Cancelled at shutdown right after the sources stop, while audit records can still
+    /// reach the spool: a live listen session ends (and writes its audit record) on it.
+    pub fn listeners_token(&self) -> CancellationToken {
+        self.listeners.clone()
     }
 
     /// Where the HEP listener is bound, if there is one.
@@ -569,6 +664,11 @@ impl Daemon {
                 "uplink" => self.uplink.reconfigure(new.forward.uplink.clone()),
                 "sensors" => self.sensors.replace(&new.sensors).await,
                 "shutdown" => self.drain_timeout = new.drain_timeout,
+                "supervisor" => {
+                    if let Some(access) = &self.access {
+                        access.replace(&new.status.access);
+                    }
+                }
                 _ => {}
             }
             if let Some(value) = new.sections.expose().get(*section) {
@@ -610,9 +710,12 @@ impl Daemon {
             uplink,
             produced,
             dropped,
+            audit_queue,
+            listeners,
             ..
         } = self;
         ctx.sources.cancel();
+        listeners.cancel();
         let captured = captures.join();
         if let Some(hep) = hep {
             hep.join().await;
@@ -635,7 +738,9 @@ impl Daemon {
         let Context {
             records, tracker, ..
         } = ctx;
-        // The last sender: the writer drains the queue, commits and ends.
+        // The last sender: the writer drains the queue, commits and ends. (Audit records
+        // after this point are counted as dropped, queue_closed.)
+        lock(&audit_queue).take();
         drop(records);
         let spooled = writer.join().await;
         let forwarded = uplink.drain(deadline).await;

@@ -42,11 +42,22 @@ impl SpoolWriter {
         health: Arc<Health>,
         metrics: Arc<AgentMetrics>,
         queue_dropped: Arc<AtomicU64>,
+        status: Option<Arc<super::status::StatusFeed>>,
         stats: Option<(Aggregator, Arc<AtomicU64>)>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || write(rx, spooler, &health, &metrics, &queue_dropped, stats))?;
+            .spawn(move || {
+                write(
+                    rx,
+                    spooler,
+                    &health,
+                    &metrics,
+                    &queue_dropped,
+                    status.as_deref(),
+                    stats,
+                )
+            })?;
         Ok(SpoolWriter { thread })
     }
 
@@ -73,6 +84,7 @@ fn write(
     health: &Health,
     metrics: &AgentMetrics,
     queue_dropped: &AtomicU64,
+    status: Option<&super::status::StatusFeed>,
     mut stats: Option<(Aggregator, Arc<AtomicU64>)>,
 ) -> u64 {
     let flush_every = spooler.flush_every().min(STATS_EVERY);
@@ -112,6 +124,9 @@ fn write(
                 }
                 _ => {}
             }
+            if let Some(status) = status {
+                status.record(&record);
+            }
             append(&mut spooler, record, health, metrics);
         }
         if let Some((aggregator, produced)) = stats.as_mut() {
@@ -121,6 +136,9 @@ fn write(
             } else if stats_due.elapsed() >= STATS_EVERY {
                 stats_due = std::time::Instant::now();
                 publish_open(aggregator, now, metrics);
+                if let Some(status) = status {
+                    status.open_intervals(&aggregator.open(now));
+                }
                 aggregator.tick(now)
             } else {
                 Vec::new()
@@ -133,12 +151,11 @@ fn write(
                 if interval.revision > 0 {
                     metrics.stats_interval_revisions.inc();
                 }
-                append(
-                    &mut spooler,
-                    Record::Interval(Box::new(interval)),
-                    health,
-                    metrics,
-                );
+                let interval = Record::Interval(Box::new(interval));
+                if let Some(status) = status {
+                    status.record(&interval);
+                }
+                append(&mut spooler, interval, health, metrics);
             }
         }
         let committed = if closed {

@@ -35,6 +35,17 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> 
                 let records = &ctx.records;
                 p.tick(ctx.live_now.now(), &mut |r| records.push(r));
                 publish_pipeline_counters(&p, metrics, &mut lock(&ctx.losses_told));
+                // The status page's snapshot, once a second: the active calls are taken
+                // under the lock this tick holds anyway, the rest is built without it.
+                let active = ctx
+                    .status
+                    .as_ref()
+                    .filter(|s| s.due())
+                    .map(|s| (s, p.correlator().active_calls(super::status::CALLS)));
+                drop(p);
+                if let Some((status, (calls, more))) = active {
+                    status.publish(&calls, more, ctx.live_now.now(), metrics, &ctx.health);
+                }
             }
             // try_lock: a flush in progress is not worth waiting for; next tick.
             if let Ok(s) = spool.try_lock() {

@@ -16,6 +16,7 @@
 //! | [`UplinkAttemptFailed`] | `teledge_uplink_failures_total{kind}` | ERROR (by the forwarder) |
 //! | [`HepRelayDropped`] | `teledge_hep_out_dropped_total{reason}` | WARN |
 //! | [`HepRelayConnectionFailed`] | `teledge_hep_out_connection_failures_total` | WARN |
+//! | a refusal by `crate::access::Access` (status page, live listen) | `teledge_access_refused_total{reason}` (counted in `Access`, read at scrape time) | WARN |
 //!
 //! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames

@@ -1,4 +1,5 @@
-//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`.
+//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`, and
+//! with `[status] enabled` the status page ([`super::page`]) beside them.
 //!
 //! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
 //! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,11 +33,41 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to finish requests in flight at shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
+pub use super::page::Body;
+
 /// What the endpoint serves.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub metrics: Arc<AgentMetrics>,
     pub health: Arc<Health>,
+    /// The status page, when `[status]` enables it.
+    pub page: Option<super::page::Page>,
+    /// HTTPS (`[status] tls_cert_file`), with optional client certificates of the site CA
+    /// whose CN reaches the handlers as a [`crate::access::ClientCertCn`] extension.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Endpoint {
+    /// `/metrics` and `/health` only.
+    pub fn new(metrics: Arc<AgentMetrics>, health: Arc<Health>) -> Endpoint {
+        Endpoint {
+            metrics,
+            health,
+            page: None,
+            tls: None,
+        }
+    }
+}
+
+/// Answers one request from `peer`: the status page's paths when it is enabled, else
+/// [`handle`].
+pub fn route<B>(req: &Request<B>, peer: SocketAddr, endpoint: &Endpoint) -> Response<Body> {
+    if let Some(page) = &endpoint.page {
+        if super::page::is_page_path(req.uri().path()) {
+            return super::page::handle(req, peer, page);
+        }
+    }
+    handle(req, endpoint).map(|b| b.map_err(|e| match e {}).boxed())
 }
 
 /// Binds the listener (separate from [`serve`] so startup fails early on a taken port, and
@@ -85,25 +116,23 @@ pub async fn serve(
         let conn_shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let endpoint = endpoint.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&req, &endpoint)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = conn_shutdown.cancelled() => {
-                    // Finish the request in flight, then close (no new keep-alive request).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match endpoint.tls.clone() {
+                None => connection(TokioIo::new(tcp), peer, None, endpoint, conn_shutdown).await,
+                Some(config) => {
+                    // The handshake within the head's time (a client that opens and waits
+                    // holds a slot no longer than one that sends no head).
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %crate::report::Chain(&e), "Status endpoint TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let cn = crate::access::tls::client_cn(tls.get_ref().1);
+                    connection(TokioIo::new(tls), peer, cn, endpoint, conn_shutdown).await;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
             }
         });
     }
@@ -116,6 +145,41 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it closes or shutdown.
+async fn connection<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    cn: Option<crate::access::ClientCertCn>,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(cn) = &cn {
+            req.extensions_mut().insert(cn.clone());
+        }
+        let endpoint = endpoint.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight, then close (no new keep-alive request).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
+    }
 }
 
 /// Answers one request. Pure apart from reading the metrics and health.

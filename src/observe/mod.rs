@@ -7,7 +7,8 @@
 //!   pipeline bumps.
 //! - [`health`]: [`Health`], per-stage progress the pipeline updates, judged against
 //!   [`HealthThresholds`].
-//! - [`http`]: the local endpoint serving `/metrics` and `/health` (hyper).
+//! - [`http`]: the local endpoint serving `/metrics` and `/health` (hyper), and the status
+//!   page ([`page`], off by default) with the node's live [`status::Snapshot`].
 //! - [`systemd`]: `sd_notify` (ready, status, watchdog, stopping, reloading) without
 //!   libsystemd, and the [`Watchdog`] that pings only while the data path progresses.
 //!
@@ -23,7 +24,7 @@
 //! let health = Arc::new(Health::new(&[Stage::SpoolWriter, Stage::Uplink], settings.health.clone()));
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let listener = observe::http::bind(settings.listen).await?;
-//! let endpoint = observe::http::Endpoint { metrics: metrics.clone(), health: health.clone() };
+//! let endpoint = observe::http::Endpoint::new(metrics.clone(), health.clone());
 //! tokio::spawn(observe::http::serve(listener, endpoint, shutdown.clone()));
 //! // ... open the spool (metrics.watch_spool(spool.clone()); health.set_spool_open(true)) ...
 //! let notifier = observe::Notifier::from_env();
@@ -44,6 +45,8 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod page;
+pub mod status;
 pub mod systemd;
 
 use std::net::{Ipv4Addr, SocketAddr};

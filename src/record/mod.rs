@@ -164,12 +164,18 @@
 //! delay (sum and histogram) and the ineffective attempts; no identity. Fields in
 //! [`registration`].
 //!
+//! # Audit record (`"type": "audit"`, `"schema": "teledge.audit/1"`)
+//!
+//! A supervisor's page login or live listen session: who, which call, action, start, end,
+//! outcome, client address; fields in [`audit`].
+//!
 //! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
 //!
 //! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
 //! sums that merge exactly across nodes, runs and intervals; revised when late contacts
 //! change it. Fields and identity rules in [`interval`].
 
+pub mod audit;
 mod call;
 pub mod gap;
 pub mod heartbeat;
@@ -223,6 +229,8 @@ pub enum Record {
     /// What this node runs: version, architecture, configuration digest, uptime
     /// (`teledge.heartbeat/1`).
     Heartbeat(Box<heartbeat::HeartbeatRecord>),
+    /// A supervisor's login or live listen session (`teledge.audit/1`).
+    Audit(Box<audit::AuditRecord>),
 }
 
 impl Record {
@@ -241,6 +249,7 @@ impl Record {
             Record::Registrations(_) => "registrations",
             Record::Update(_) => "update",
             Record::Heartbeat(_) => "heartbeat",
+            Record::Audit(_) => "audit",
         }
     }
 }

@@ -117,8 +117,8 @@ pub struct ServiceSettings {
     pub sl_threshold_s: u32,
     /// The service-level target (percent), shown beside the service levels.
     pub sl_target_percent: u32,
-    /// May a supervisor feature listen to this service's calls (for a later feature;
-    /// statistics do not use it).
+    /// May supervisors listen to this service's calls live (`crate::access`; statistics do
+    /// not use it).
     pub monitorable: bool,
 }
 
@@ -138,12 +138,17 @@ impl ServiceSettings {
     }
 
     fn matches(&self, call: &CallRecord) -> bool {
+        self.matches_parts(
+            call.callee.user.as_deref(),
+            &call.caller_address,
+            &call.callee_address,
+        )
+    }
+
+    /// [`Self::matches`] on the parts it reads: the called user, the signalling addresses.
+    fn matches_parts(&self, callee_user: Option<&str>, caller: &str, callee: &str) -> bool {
         let number_ok = self.numbers.is_empty()
-            || call
-                .callee
-                .user
-                .as_deref()
-                .is_some_and(|n| self.numbers.iter().any(|p| p.matches(n)));
+            || callee_user.is_some_and(|n| self.numbers.iter().any(|p| p.matches(n)));
         if !number_ok {
             return false;
         }
@@ -158,9 +163,9 @@ impl ServiceSettings {
                 .is_ok_and(|ip| self.trunks.iter().any(|n| n.contains(ip)))
         };
         match self.direction {
-            Direction::Inbound => on_trunk(&call.caller_address),
-            Direction::Outbound => on_trunk(&call.callee_address),
-            Direction::Any => on_trunk(&call.caller_address) || on_trunk(&call.callee_address),
+            Direction::Inbound => on_trunk(caller),
+            Direction::Outbound => on_trunk(callee),
+            Direction::Any => on_trunk(caller) || on_trunk(callee),
         }
     }
 }
@@ -189,6 +194,19 @@ impl Services {
     /// pseudonymisation).
     pub fn classify(&self, call: &CallRecord) -> Option<usize> {
         self.0.iter().position(|s| s.matches(call))
+    }
+
+    /// [`Self::classify`] of a call still open (the live status view): by its called user
+    /// (clear) and signalling addresses (`ip:port`).
+    pub fn classify_parts(
+        &self,
+        callee_user: Option<&str>,
+        caller_address: &str,
+        callee_address: &str,
+    ) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|s| s.matches_parts(callee_user, caller_address, callee_address))
     }
 
     /// The index of a service by name (queue facts name their queue).

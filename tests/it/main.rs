@@ -34,5 +34,7 @@ pub(crate) mod schema;
 pub(crate) mod sensors;
 mod spool_model;
 mod stats;
+mod status_browser;
+pub(crate) mod status_page;
 mod support;
 pub(crate) mod uplink;

@@ -329,10 +329,7 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
-        Endpoint {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
+        Endpoint::new(metrics.clone(), health.clone()),
         stop.clone(),
     ));
 
