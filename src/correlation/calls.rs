@@ -436,6 +436,12 @@ impl CallTracker {
         self.calls.len()
     }
 
+    /// Whether the call with this Call-ID is open (tracked and not ended): live listen may
+    /// listen to it.
+    pub fn is_open(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_key(call_id))
+    }
+
     /// Ended dialogs remembered (tombstones).
     pub fn ended_dialogs(&self) -> usize {
         self.ended.len()

@@ -25,6 +25,7 @@ pub mod queue;
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
 use crate::dissect::{DatagramMeta, MessageMeta};
+use crate::media::tap::ListenTap;
 use crate::record::{CallRecord, ClosedBy, Record};
 use crate::time::Timestamp;
 
@@ -33,6 +34,15 @@ use std::time::Duration;
 
 use calls::{CallLimits, CallTracker};
 use media::{MediaLimits, MediaTracker};
+
+/// An open call as live listen sees it ([`Correlator::listenable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenableCall {
+    /// The key the tap knows the call by.
+    pub call_key: String,
+    /// Codecs its media endpoints announced, newest SDP first.
+    pub codecs: Vec<crate::decode::sdp::Codec>,
+}
 
 /// Ended calls held in their grace at most; beyond it the oldest record is made at once.
 const MAX_CALLS_IN_GRACE: usize = 10_000;
@@ -67,6 +77,26 @@ impl Correlator {
 
     pub fn media(&self) -> &MediaTracker {
         &self.media
+    }
+
+    /// Live listen's hook ([`crate::media::tap`]): the media tracker hands RTP of listened
+    /// calls to it, and the calls' end closes their listeners. Each correlator (or shard)
+    /// holds a clone of the one tap.
+    pub fn set_listen_tap(&mut self, tap: ListenTap) {
+        self.media.set_tap(tap);
+    }
+
+    /// A call live listen may listen to: open, with the codecs its SDP announced; `None`
+    /// when no open call has this Call-ID.
+    pub fn listenable(&self, call_id: &str) -> Option<ListenableCall> {
+        if !self.calls.is_open(call_id) {
+            return None;
+        }
+        let key = calls::call_key(call_id);
+        Some(ListenableCall {
+            call_key: key.to_owned(),
+            codecs: self.media.call_codecs(key),
+        })
     }
 
     /// Handles a SIP message.
@@ -122,6 +152,7 @@ impl Correlator {
                 }
             }
             self.media.closing(&call.call_id);
+            self.media.tap().call_ended(calls::call_key(&call.call_id));
             self.ending.push_back((at, call));
         }
     }
@@ -197,6 +228,7 @@ impl Correlator {
             out(Record::Call(Box::new(call)));
         });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
+        media.tap().all_ended();
         self.orphan_summaries(out);
     }
 }
