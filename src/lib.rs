@@ -38,6 +38,8 @@
 //! - [`uplink`]: batches to the collector over mutual TLS; [`collect`] is the receiving end.
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
 //!   privileged one-shot unit and rolled back when the new version is not healthy.
+//! - [`listen`]: live listen to a call in the browser (WHEP over webrtc-rs; feature
+//!   `listen`), fed by the media tap ([`media::tap`]).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
@@ -64,6 +66,7 @@ pub mod daemon;
 pub mod decode;
 pub mod dissect;
 pub mod fleet;
+pub mod listen;
 pub mod log_limit;
 pub mod media;
 pub mod observe;
