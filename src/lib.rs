@@ -40,6 +40,9 @@
 //!   privileged one-shot unit and rolled back when the new version is not healthy.
 //! - [`listen`]: live listen to a call in the browser (WHEP over webrtc-rs; feature
 //!   `listen`), fed by the media tap ([`media::tap`]).
+//! - [`access`]: who may see the status page and listen to which service's calls
+//!   (supervisor tokens, session cookies, client certificates), and the audit records of
+//!   what they did (`teledge.audit/1`).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
 //! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
 //!   shows, retry waits, flood control for log lines, an error told with its causes once).
@@ -57,6 +60,7 @@
 //! `SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod collect;
 pub mod config;

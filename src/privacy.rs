@@ -212,6 +212,10 @@ impl Pseudonymizer {
             Record::Update(_) => {}
             // Version, architecture, the configuration's digest (not its contents), times.
             Record::Heartbeat(_) => {}
+            // The call id is the one the status page showed (already pseudonymised), the
+            // principal a configured supervisor id, the client the supervisor's workstation,
+            // which an audit trail must name (see crate::record::audit).
+            Record::Audit(_) => {}
         }
     }
 

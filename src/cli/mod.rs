@@ -16,6 +16,7 @@ pub mod replay;
 pub mod report;
 pub mod run;
 pub mod sensors;
+pub mod supervisor_token;
 
 /// Exit code when a capture could only be read in part (records before the damage are written).
 pub const EXIT_DAMAGED_INPUT: u8 = 1;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Get this box's node certificate from the collector with a one-time token (the key is
     /// made here and never leaves the box).
     Enrol(pki::EnrolArgs),
+    /// Make a bearer token for a supervisor of the status page, and the configuration lines
+    /// with its hash.
+    SupervisorToken(supervisor_token::SupervisorTokenArgs),
 }
 
 impl Command {
@@ -86,6 +90,7 @@ impl Command {
             Command::UpdateApply(args) => fleet_apply::run(args),
             Command::Pki(command) => pki::run(command),
             Command::Enrol(args) => pki::enrol(args),
+            Command::SupervisorToken(args) => supervisor_token::run(args),
         }
     }
 }

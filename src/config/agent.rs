@@ -272,6 +272,8 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// `[stats]` and `[[service]]`: interval records per service.
     pub stats: super::stats::StatsConfig,
+    /// `[status]` and `[[supervisor]]`: the status page and who may use it (and listen).
+    pub status: super::access::StatusConfig,
     /// `[fleet]`: signed updates, when the node takes part in a fleet.
     pub fleet: Option<super::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
@@ -725,6 +727,19 @@ pub fn parse_with_profiles(
         });
     }
     let stats = super::stats::validate_stats(&raw.stats, &raw.service, &mut problems);
+    let status = super::access::validate_status(
+        &raw.status,
+        &raw.supervisor,
+        &super::stats::service_monitorable(&raw.service),
+        &mut problems,
+    );
+    if status.enabled && !observe.enabled {
+        problem!(
+            problems,
+            "status.enabled",
+            "the status page is served by the [observe] endpoint: it needs observe.enabled".into()
+        );
+    }
     let fleet = raw
         .fleet
         .as_ref()
@@ -743,6 +758,7 @@ pub fn parse_with_profiles(
     match (forward, stats) {
         (Some(mut forward), Some(stats)) if problems.is_empty() => Ok(AgentConfig {
             stats,
+            status,
             captures,
             hep,
             calls,

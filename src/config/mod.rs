@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub mod access;
 pub mod agent;
 pub mod fleet;
 pub mod forward;
@@ -62,6 +63,11 @@ pub(super) struct RawFile {
     service: Vec<stats::RawService>,
     /// Signed updates ([`fleet`]); absent: no fleet.
     fleet: Option<fleet::RawFleet>,
+    /// The status page ([`access`]).
+    #[serde(default)]
+    status: access::RawStatus,
+    #[serde(default)]
+    supervisor: Vec<access::RawSupervisor>,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

@@ -20,7 +20,7 @@
 //! short_abandon_s = 5        # abandons shorter than this are short abandons
 //! sl_threshold_s = 20        # service-level threshold T
 //! sl_target_percent = 80
-//! monitorable = false        # for a later supervisor feature
+//! monitorable = true         # supervisors may listen live (default false; see [[supervisor]])
 //! ```
 
 use serde::Deserialize;
@@ -98,6 +98,14 @@ fn default_threshold() -> u32 {
 }
 fn default_target() -> u32 {
     80
+}
+
+/// Each `[[service]]`'s name and whether it is `monitorable` (for `config::access`).
+pub(super) fn service_monitorable(services: &[RawService]) -> Vec<(&str, bool)> {
+    services
+        .iter()
+        .map(|s| (s.name.as_str(), s.monitorable))
+        .collect()
 }
 
 /// The statistics settings, and whether the daemon emits interval records.

@@ -314,6 +314,12 @@ pub struct Daemon {
     running: toml::Table,
     drain_timeout: Duration,
     observe_addr: Option<SocketAddr>,
+    access: Option<Arc<crate::access::Access>>,
+    audit: crate::access::audit::AuditSink,
+    /// The record queue as the audit sink sees it: emptied at shutdown before the writer
+    /// drains.
+    audit_queue: Arc<Mutex<Option<RecordQueue>>>,
+    listeners: CancellationToken,
 }
 
 impl Daemon {
@@ -383,6 +389,37 @@ impl Daemon {
         metrics.watch_spool(Arc::clone(&spool));
         health.set_spool_open(true);
 
+        // The supervisor view's access control and audit (`[status]`, `[[supervisor]]`):
+        // refusals are counted in `Access` and read at scrape time. Audit records go to the
+        // record queue once it exists (the slot is filled below and emptied at shutdown, so
+        // the endpoint, which outlives the spool writer, never holds the queue open).
+        let access = config
+            .status
+            .enabled
+            .then(|| Arc::new(crate::access::Access::new(config.status.access.clone())));
+        if let Some(access) = &access {
+            metrics.watch_access(access);
+        }
+        let audit_queue: Arc<Mutex<Option<RecordQueue>>> = Arc::default();
+        let audit =
+            {
+                let slot = Arc::clone(&audit_queue);
+                let metrics = Arc::clone(&metrics);
+                crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
+                    match lock(&slot).as_ref() {
+                        Some(queue) => queue.push(record),
+                        None => RecordsDropped {
+                            reason: DropReason::QueueClosed,
+                            count: 1,
+                        }
+                        .emit(&metrics),
+                    }
+                })
+            };
+        // Cancelled at shutdown right after the sources: status streams close and live
+        // listen sessions end (and are audited) while the record queue is still open.
+        let listeners = root.child_token();
+
         let observe_addr = if config.observe.enabled {
             let listener = observe::http::bind(config.observe.listen)
                 .await
@@ -412,6 +449,7 @@ impl Daemon {
             produced: Arc::clone(&produced),
             dropped: Arc::clone(&dropped),
         };
+        *lock(&audit_queue) = Some(records.clone());
         let committed = Arc::new(Notify::new());
         let writer = spool_writer::SpoolWriter::spawn(
             record_rx,
@@ -520,7 +558,28 @@ impl Daemon {
             running: config.sections.expose().clone(),
             drain_timeout: config.drain_timeout,
             observe_addr,
+            access,
+            audit,
+            audit_queue,
+            listeners,
         })
+    }
+
+    /// Access control of the status page and live listen (`None`: `[status]` is not
+    /// enabled, and nothing of the supervisor view may be served).
+    pub fn access(&self) -> Option<&Arc<crate::access::Access>> {
+        self.access.as_ref()
+    }
+
+    /// Where audit records of logins and listen sessions go (through the spool).
+    pub fn audit(&self) -> &crate::access::audit::AuditSink {
+        &self.audit
+    }
+
+    /// Cancelled at shutdown right after the sources stop, while audit records can still
+    /// reach the spool: a live listen session ends (and writes its audit record) on it.
+    pub fn listeners_token(&self) -> CancellationToken {
+        self.listeners.clone()
     }
 
     /// Where the HEP listener is bound, if there is one.
@@ -588,9 +647,12 @@ impl Daemon {
             uplink,
             produced,
             dropped,
+            audit_queue,
+            listeners,
             ..
         } = self;
         ctx.sources.cancel();
+        listeners.cancel();
         let captured = captures.join();
         if let Some(hep) = hep {
             hep.join().await;
@@ -612,7 +674,9 @@ impl Daemon {
         let Context {
             records, tracker, ..
         } = ctx;
-        // The last sender: the writer drains the queue, commits and ends.
+        // The last sender: the writer drains the queue, commits and ends. (Audit records
+        // after this point are counted as dropped, queue_closed.)
+        lock(&audit_queue).take();
         drop(records);
         let spooled = writer.join().await;
         let forwarded = uplink.drain(deadline).await;

@@ -142,6 +142,18 @@ pub struct AgentMetrics {
     /// Watchdog ticks without a ping because the data path made no progress.
     pub watchdog_withheld: Arc<Counter>,
     pub start_time_seconds: Arc<Gauge>,
+
+    // The status page and access control (see `crate::access`; read at scrape time from
+    // the daemon's `Access`, see `watch_access`).
+    /// Requests refused by access control, by reason (`no_credentials`, `bad_credentials`,
+    /// `not_permitted`, `not_monitorable`).
+    pub access_refused: Arc<Family<Sampled>>,
+    /// Sessions ended early to make room for a new login.
+    pub access_sessions_evicted: Arc<Sampled>,
+    /// Status page event streams (SSE) open now.
+    pub status_streams: Arc<Gauge>,
+    /// Status page event streams refused because too many were open.
+    pub status_streams_refused: Arc<Counter>,
 }
 
 impl Default for AgentMetrics {
@@ -441,6 +453,26 @@ impl AgentMetrics {
                 "teledge_watchdog_withheld_total",
                 "Watchdog ticks without a ping because the data path made no progress.",
             ),
+            access_refused: r.family(
+                "teledge_access_refused_total",
+                "Status page and live listen requests refused by access control, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            access_sessions_evicted: r.sampled(
+                "teledge_access_sessions_evicted_total",
+                "Supervisor sessions ended early to make room for a new login.",
+                Kind::Counter,
+            ),
+            status_streams: r.gauge(
+                "teledge_status_streams",
+                "Status page event streams (SSE) open now.",
+            ),
+            status_streams_refused: r.counter(
+                "teledge_status_streams_refused_total",
+                "Status page event streams refused because the most allowed were open.",
+            ),
             start_time_seconds: r.gauge(
                 "teledge_start_time_seconds",
                 "Unix time at which the process started.",
@@ -464,6 +496,20 @@ impl AgentMetrics {
 
     /// Reads the spool's levels and counters at scrape time. A scrape never waits for the
     /// spool: if it is locked (a flush in progress) the last values are shown again.
+    /// Reads access control's refusal counts at scrape time (they are counted once, in
+    /// [`crate::access::Access`]).
+    pub fn watch_access(&self, access: &Arc<crate::access::Access>) {
+        for reason in crate::access::Denied::ALL {
+            let access = Arc::clone(access);
+            self.access_refused
+                .with(&[reason.code()])
+                .set_source(move || Some(access.refused(reason) as f64));
+        }
+        let access = Arc::clone(access);
+        self.access_sessions_evicted
+            .set_source(move || Some(access.sessions_evicted() as f64));
+    }
+
     pub fn watch_spool(&self, spool: Arc<Mutex<Spool>>) {
         let stat = |pick: fn(&SpoolStats) -> u64| {
             let spool = spool.clone();

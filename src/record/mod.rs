@@ -158,12 +158,18 @@
 //! What a node runs — `version`, `arch`, `config_sha256`, `started`, `uptime_s` — at start,
 //! periodically and after a reload that changed the configuration; fields in [`heartbeat`].
 //!
+//! # Audit record (`"type": "audit"`, `"schema": "teledge.audit/1"`)
+//!
+//! A supervisor's page login or live listen session: who, which call, action, start, end,
+//! outcome, client address; fields in [`audit`].
+//!
 //! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
 //!
 //! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
 //! sums that merge exactly across nodes, runs and intervals; revised when late contacts
 //! change it. Fields and identity rules in [`interval`].
 
+pub mod audit;
 mod call;
 pub mod gap;
 pub mod heartbeat;
@@ -214,6 +220,8 @@ pub enum Record {
     /// What this node runs: version, architecture, configuration digest, uptime
     /// (`teledge.heartbeat/1`).
     Heartbeat(Box<heartbeat::HeartbeatRecord>),
+    /// A supervisor's login or live listen session (`teledge.audit/1`).
+    Audit(Box<audit::AuditRecord>),
 }
 
 impl Record {
@@ -231,6 +239,7 @@ impl Record {
             Record::Queue(_) => "queue",
             Record::Update(_) => "update",
             Record::Heartbeat(_) => "heartbeat",
+            Record::Audit(_) => "audit",
         }
     }
 }
