@@ -274,6 +274,8 @@ pub struct AgentConfig {
     pub stats: super::stats::StatsConfig,
     /// `[status]` and `[[supervisor]]`: the status page and who may use it (and listen).
     pub status: super::access::StatusConfig,
+    /// `[listen]`: live listen to calls over WebRTC (WHEP).
+    pub listen: crate::listen::ListenSettings,
     /// `[fleet]`: signed updates, when the node takes part in a fleet.
     pub fleet: Option<super::fleet::FleetSettings>,
     /// Findings that do not stop the service (printed by `check-config`, logged by `run`).
@@ -740,6 +742,8 @@ pub fn parse_with_profiles(
             "the status page is served by the [observe] endpoint: it needs observe.enabled".into()
         );
     }
+    let listen =
+        super::listen::validate_listen(&raw.listen, status.enabled, observe.enabled, &mut problems);
     let fleet = raw
         .fleet
         .as_ref()
@@ -759,6 +763,7 @@ pub fn parse_with_profiles(
         (Some(mut forward), Some(stats)) if problems.is_empty() => Ok(AgentConfig {
             stats,
             status,
+            listen,
             captures,
             hep,
             calls,

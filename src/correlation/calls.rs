@@ -442,6 +442,17 @@ impl CallTracker {
         self.calls.contains_key(call_key(call_id))
     }
 
+    /// What service classification reads of an open call: the called number and the
+    /// caller's and callee's signalling addresses.
+    pub fn open_call_facts(&self, call_id: &str) -> Option<(Option<String>, String, String)> {
+        let call = self.calls.get(call_key(call_id))?;
+        Some((
+            call.callee.user.clone(),
+            call.caller_address.to_string(),
+            call.callee_address.to_string(),
+        ))
+    }
+
     /// Ended dialogs remembered (tombstones).
     pub fn ended_dialogs(&self) -> usize {
         self.ended.len()

@@ -42,6 +42,11 @@ pub struct ListenableCall {
     pub call_key: String,
     /// Codecs its media endpoints announced, newest SDP first.
     pub codecs: Vec<crate::decode::sdp::Codec>,
+    /// The called number (clear: classification runs before pseudonymisation).
+    pub callee_user: Option<String>,
+    /// Signalling addresses of caller and callee (`ip:port`).
+    pub caller_address: String,
+    pub callee_address: String,
 }
 
 /// Ended calls held in their grace at most; beyond it the oldest record is made at once.
@@ -89,13 +94,14 @@ impl Correlator {
     /// A call live listen may listen to: open, with the codecs its SDP announced; `None`
     /// when no open call has this Call-ID.
     pub fn listenable(&self, call_id: &str) -> Option<ListenableCall> {
-        if !self.calls.is_open(call_id) {
-            return None;
-        }
+        let (callee_user, caller_address, callee_address) = self.calls.open_call_facts(call_id)?;
         let key = calls::call_key(call_id);
         Some(ListenableCall {
             call_key: key.to_owned(),
             codecs: self.media.call_codecs(key),
+            callee_user,
+            caller_address,
+            callee_address,
         })
     }
 

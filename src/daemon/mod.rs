@@ -84,6 +84,7 @@ mod capture;
 mod fleet;
 mod heartbeat;
 mod hep;
+mod listen;
 mod queue;
 mod sensors;
 mod spool_writer;
@@ -419,6 +420,10 @@ impl Daemon {
         // Cancelled at shutdown right after the sources: status streams close and live
         // listen sessions end (and are audited) while the record queue is still open.
         let listeners = root.child_token();
+        // Live listen: the tap the correlator feeds, and the pipeline its lookups read (set
+        // once the pipeline exists, below).
+        let listen_tap = crate::media::tap::ListenTap::new(config.listen.limits);
+        let listen_pipeline: listen::PipelineSlot = Arc::default();
 
         let observe_addr = if config.observe.enabled {
             let listener = observe::http::bind(config.observe.listen)
@@ -431,6 +436,16 @@ impl Daemon {
             let endpoint = observe::http::Endpoint {
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
+                listen: listen::whep_service(
+                    &config,
+                    &listen_tap,
+                    &listen_pipeline,
+                    access.as_ref(),
+                    &audit,
+                    &listeners,
+                    &tracker,
+                    &metrics,
+                ),
             };
             // The root token: the endpoint answers until everything else has stopped.
             tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
@@ -475,10 +490,11 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            pipeline: Arc::new(Mutex::new(Pipeline::new(Correlator::new(
-                config.calls,
-                config.media,
-            )))),
+            pipeline: Arc::new(Mutex::new(Pipeline::new({
+                let mut correlator = Correlator::new(config.calls, config.media);
+                correlator.set_listen_tap(listen_tap.clone());
+                correlator
+            }))),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),
@@ -486,6 +502,7 @@ impl Daemon {
             sources: root.child_token(),
             tracker: tracker.clone(),
         };
+        let _ = listen_pipeline.set(Arc::clone(&ctx.pipeline));
         let captures = capture::Captures::build(&config.captures, &ctx)?;
         let hep = match &config.hep {
             Some(h) => {

@@ -11,6 +11,8 @@
 //! | `DELETE /whep/sessions/{id}` | `200`; `404` when no such session |
 //! | `PATCH /whep/sessions/{id}` (trickle, ICE restart) | `405`: the server does not trickle, the answer has every candidate |
 //! | `OPTIONS` (any `/whep/` path, CORS preflight, no authentication) | `204`, `Accept-Post: application/sdp`, CORS headers |
+//! | anything else without valid credentials | `401` + `WWW-Authenticate: Bearer` (a POST is audited as refused) |
+//! | — not permitted for the call's service, or the service is not monitorable | `403` (audited) |
 //! | `HEAD /whep/calls/{Call-ID}` | `200` with `Content-Type: application/sdp` when the call is open, else `409` |
 
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::whep::{CreateError, Whep, MAX_OFFER_BYTES, RETRY_AFTER_S};
+use crate::access::audit::Client;
+use crate::access::{Credentials, Principal};
 
 /// Time allowed for the offer's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,12 +60,13 @@ pub fn preflight() -> Response<Full<Bytes>> {
     r
 }
 
-/// Handles an authenticated WHEP request for `principal`.
+/// Handles a WHEP request from `peer`: the preflight as it is, everything else once
+/// authenticated (`client_cert_cn`: a client certificate's CN the TLS layer verified).
 pub async fn route<B>(
     req: Request<B>,
     whep: &Whep,
-    principal: &str,
-    client: Option<SocketAddr>,
+    peer: SocketAddr,
+    client_cert_cn: Option<&str>,
 ) -> Response<Full<Bytes>>
 where
     B: Body<Data = Bytes>,
@@ -71,12 +76,46 @@ where
     if is_preflight(&req) {
         return preflight();
     }
-    if let Some(call) = path.strip_prefix(CALLS) {
-        let Some(call_id) = percent_decode(call) else {
-            return text(StatusCode::BAD_REQUEST, "the Call-ID is not valid percent-encoded UTF-8\n");
+    let client = Client::from_headers(peer, req.headers());
+    let call = path.strip_prefix(CALLS).map(percent_decode);
+    let principal = whep
+        .access()
+        .authenticate(&Credentials::from_headers(req.headers(), client_cert_cn));
+    let principal = match principal {
+        Ok(p) => p,
+        Err(denied) => {
+            if req.method() == Method::POST {
+                whep.audit().listen_refused(
+                    None,
+                    denied.code(),
+                    denied.status(),
+                    call.as_ref().and_then(|c| c.as_deref()),
+                    None,
+                    &client,
+                );
+            }
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                format!("{denied}: send Authorization: Bearer <supervisor token>\n"),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    if let Some(call_id) = call {
+        let Some(call_id) = call_id else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the Call-ID is not valid percent-encoded UTF-8\n",
+            );
         };
+        let client = &client;
+        let principal = &principal;
         return match *req.method() {
             Method::POST => post(req, whep, &call_id, principal, client).await,
+            // Whether the call is live, to anyone authenticated (it says no more than the
+            // status page's list).
             Method::HEAD => match whep.lookup(&call_id) {
                 Some(_) => {
                     let mut r = reply(StatusCode::OK, Bytes::new());
@@ -106,8 +145,8 @@ async fn post<B>(
     req: Request<B>,
     whep: &Whep,
     call_id: &str,
-    principal: &str,
-    client: Option<SocketAddr>,
+    principal: &Principal,
+    client: &Client,
 ) -> Response<Full<Bytes>>
 where
     B: Body<Data = Bytes>,
@@ -130,7 +169,12 @@ where
     }
     let body = Limited::new(req.into_body(), MAX_OFFER_BYTES);
     let offer = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the offer did not arrive in time\n"),
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the offer did not arrive in time\n",
+            )
+        }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too long\n")
         }
@@ -140,10 +184,7 @@ where
             Err(_) => return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8\n"),
         },
     };
-    match whep
-        .create(call_id, offer, principal.to_owned(), client)
-        .await
-    {
+    match whep.create(call_id, offer, principal, client).await {
         Ok(created) => {
             let mut r = reply(StatusCode::CREATED, Bytes::from(created.answer));
             let h = r.headers_mut();
@@ -158,9 +199,9 @@ where
         }
         Err(e) => {
             tracing::info!(
-                principal = %principal,
+                principal = %principal.id,
                 call = %call_id,
-                client = ?client,
+                client = %client.address,
                 reason = e.kind(),
                 error = %crate::report::Chain(&e),
                 "Live listen refused."

@@ -22,10 +22,27 @@
 //! when the call ends (the tap closes its queue), when the browser leaves (`DELETE`, or the
 //! peer connection fails or closes: ICE consent freshness, RFC 7675, finds a closed tab),
 //! and at shutdown. Listeners are bounded per call and in all ([`ListenSettings::limits`]).
-//! Every session that was created ends with one [`ListenEnded`] given to the audit sink.
+//!
+//! Access: every WHEP request but the CORS preflight is authenticated by
+//! [`crate::access`] (bearer token, session cookie, client certificate); a POST needs the
+//! `listen` permission for the call's service, and the service must be `monitorable`. Every
+//! listen is audited through [`crate::access::audit`]: a refusal as one record, a session
+//! as one record when it ends (start, end, why).
 
 #[cfg(feature = "listen")]
+pub mod http;
+#[cfg(feature = "listen")]
 pub mod whep;
+
+/// The WHEP service the HTTP endpoint routes to (uninhabited without the `listen`
+/// feature, so the endpoint's field exists in both builds).
+#[cfg(feature = "listen")]
+pub type Service = whep::Whep;
+/// The WHEP service the HTTP endpoint routes to (uninhabited without the `listen`
+/// feature, so the endpoint's field exists in both builds).
+#[cfg(not(feature = "listen"))]
+#[derive(Debug, Clone)]
+pub enum Service {}
 
 use std::net::IpAddr;
 
@@ -71,22 +88,4 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
         }
     }
-}
-
-/// One finished listen session, for the audit record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenEnded {
-    /// Who listened (the authenticated principal's name).
-    pub principal: String,
-    /// The call's key (its Call-ID as the correlator keys it).
-    pub call: String,
-    /// The WHEP session id (the last segment of its URL).
-    pub session: String,
-    /// The client's address.
-    pub client: Option<std::net::SocketAddr>,
-    pub start: crate::time::Timestamp,
-    pub end: crate::time::Timestamp,
-    pub reason: EndReason,
-    /// RTP packets sent to the browser.
-    pub packets_sent: u64,
 }

@@ -23,11 +23,14 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
-use super::{EndReason, ListenEnded, ListenSettings};
+use super::{EndReason, ListenSettings};
+use crate::access::audit::{AuditSink, Client, ListenAudit, ListenEnd};
+use crate::access::{Access, Denied, Permission, Principal};
 use crate::correlation::ListenableCall;
 use crate::decode::sdp::Codec;
 use crate::media::g711::{mix_into, Law};
 use crate::media::tap::{ListenTap, TapDirection, TapFull, TapPacket};
+use crate::stats::service::Services;
 use crate::time::Timestamp;
 
 /// Longest SDP offer read (a browser's audio-only offer is 2–4 KiB).
@@ -47,14 +50,14 @@ pub const RETRY_AFTER_S: u32 = 5;
 
 /// Looks up a call by its Call-ID in the correlator: open, and its codecs.
 pub type CallLookup = Arc<dyn Fn(&str) -> Option<ListenableCall> + Send + Sync>;
-/// Receives every finished session (the audit record).
-pub type AuditSink = Arc<dyn Fn(ListenEnded) + Send + Sync>;
 
 /// Why a session was not created; [`CreateError::status`] is its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     #[error("no active call with this Call-ID")]
     NotActive,
+    #[error(transparent)]
+    Denied(Denied),
     #[error(transparent)]
     Full(#[from] TapFull),
     #[error("the call's codecs ({0}) include no G.711 (PCMU/PCMA); teledge does not transcode")]
@@ -73,6 +76,7 @@ impl CreateError {
     pub fn status(&self) -> u16 {
         match self {
             CreateError::NotActive => 409,
+            CreateError::Denied(d) => d.status(),
             CreateError::Full(_) => 503,
             CreateError::Codec(_) => 422,
             CreateError::Offer(_) | CreateError::NoAudio => 400,
@@ -83,9 +87,10 @@ impl CreateError {
     /// The counter's label.
     pub fn kind(&self) -> &'static str {
         match self {
-            CreateError::NotActive => "not_active",
-            CreateError::Full(_) => "full",
-            CreateError::Codec(_) => "codec",
+            CreateError::NotActive => "no_such_call",
+            CreateError::Denied(d) => d.code(),
+            CreateError::Full(_) => "listeners_full",
+            CreateError::Codec(_) => "codec_not_g711",
             CreateError::Offer(_) | CreateError::NoAudio => "bad_offer",
             CreateError::Setup(_) | CreateError::Gathering => "setup_failed",
         }
@@ -106,6 +111,9 @@ pub struct WhepCounters {
     pub sessions_started: AtomicU64,
     pub sessions_ended: AtomicU64,
     pub refused_not_active: AtomicU64,
+    /// Refused by access control after authentication (not permitted, not monitorable);
+    /// authentication failures are counted by `access`.
+    pub refused_denied: AtomicU64,
     pub refused_full: AtomicU64,
     pub refused_codec: AtomicU64,
     pub refused_bad_offer: AtomicU64,
@@ -138,7 +146,9 @@ struct Inner {
     default_ip: IpAddr,
     tap: ListenTap,
     lookup: CallLookup,
+    access: Arc<Access>,
     audit: AuditSink,
+    services: Services,
     sessions: Mutex<HashMap<String, CancellationToken>>,
     counters: WhepCounters,
     shutdown: CancellationToken,
@@ -151,13 +161,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Whep {
     /// `default_ip`: the HTTP endpoint's address, used when `[listen] media_address` is
-    /// unset. Sessions stop when `shutdown` is cancelled; `tracker` waits for them.
+    /// unset. `services` classify the call (access is per service). Sessions stop when
+    /// `shutdown` is cancelled; `tracker` waits for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: ListenSettings,
         default_ip: IpAddr,
         tap: ListenTap,
         lookup: CallLookup,
+        access: Arc<Access>,
         audit: AuditSink,
+        services: Services,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Whep {
@@ -167,7 +181,9 @@ impl Whep {
                 default_ip,
                 tap,
                 lookup,
+                access,
                 audit,
+                services,
                 sessions: Mutex::new(HashMap::new()),
                 counters: WhepCounters::default(),
                 shutdown,
@@ -184,6 +200,14 @@ impl Whep {
         &self.inner.tap
     }
 
+    pub fn access(&self) -> &Access {
+        &self.inner.access
+    }
+
+    pub fn audit(&self) -> &AuditSink {
+        &self.inner.audit
+    }
+
     /// Sessions running now.
     pub fn sessions(&self) -> usize {
         lock(&self.inner.sessions).len()
@@ -194,19 +218,33 @@ impl Whep {
         (self.inner.lookup)(call_id)
     }
 
-    /// Answers a WHEP offer for the call with this Call-ID and starts the session.
+    /// Answers a WHEP offer of an authenticated `principal` for the call with this Call-ID
+    /// and starts the session, if the principal may listen to the call's service. Every
+    /// outcome is audited: a refusal at once, a session when it ends.
     pub async fn create(
         &self,
         call_id: &str,
         offer: String,
-        principal: String,
-        client: Option<SocketAddr>,
+        principal: &Principal,
+        client: &Client,
     ) -> Result<Created, CreateError> {
-        let result = self.try_create(call_id, offer, principal, client).await;
+        let mut service = None;
+        let result = self
+            .try_create(call_id, offer, principal, client, &mut service)
+            .await;
         if let Err(e) = &result {
+            self.inner.audit.listen_refused(
+                Some(principal),
+                e.kind(),
+                e.status(),
+                Some(call_id),
+                service.as_deref(),
+                client,
+            );
             let c = &self.inner.counters;
             match e {
                 CreateError::NotActive => &c.refused_not_active,
+                CreateError::Denied(_) => &c.refused_denied,
                 CreateError::Full(_) => &c.refused_full,
                 CreateError::Codec(_) => &c.refused_codec,
                 CreateError::Offer(_) | CreateError::NoAudio => &c.refused_bad_offer,
@@ -221,14 +259,27 @@ impl Whep {
         &self,
         call_id: &str,
         offer: String,
-        principal: String,
-        client: Option<SocketAddr>,
+        principal: &Principal,
+        client: &Client,
+        service: &mut Option<String>,
     ) -> Result<Created, CreateError> {
         let inner = &self.inner;
-        // Subscribe first, then check the call (see `ListenTap::subscribe`): a call that
+        let call = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
+        *service = inner
+            .services
+            .classify_open(
+                call.callee_user.as_deref(),
+                &call.caller_address,
+                &call.callee_address,
+            )
+            .map(|s| s.name.clone());
+        inner
+            .access
+            .check(principal, service.as_deref(), Permission::Listen)
+            .map_err(CreateError::Denied)?;
+        // Subscribe, then check the call again (see `ListenTap::subscribe`): a call that
         // ends in between closes the subscription.
-        let call_key = crate::correlation::calls::call_key(call_id);
-        let subscription = inner.tap.subscribe(call_key)?;
+        let subscription = inner.tap.subscribe(&call.call_key)?;
         let call = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
         let law = law_of_call(&call.codecs)?;
         if !offer_has_audio(&offer, law) {
@@ -296,22 +347,27 @@ impl Whep {
             .counters
             .sessions_started
             .fetch_add(1, Ordering::Relaxed);
-        let start = Timestamp::now();
+        let audit = inner.audit.listen_started(
+            principal,
+            &call.call_key,
+            service.as_deref(),
+            &session,
+            201,
+            client,
+        );
         tracing::info!(
-            principal = %principal,
+            principal = %principal.id,
             call = %call.call_key,
             session = %session,
-            client = ?client,
+            client = %client.address,
             law = ?law,
             "Live listen started."
         );
         let this = self.clone();
         let sid = session.clone();
-        let call_key = call.call_key.clone();
         inner.tracker.spawn(async move {
             let mut mixer = Mixer::new(law, &call.codecs);
             let (reason, sent) = run_session(
-                &pc,
                 &track,
                 ssrc,
                 law,
@@ -323,7 +379,8 @@ impl Whep {
                 &this.inner.counters,
             )
             .await;
-            let _ = pc.close().await;
+            // Audited before the close, which may take a moment: at shutdown the record
+            // queue is open only until the sources have stopped.
             lock(&this.inner.sessions).remove(&sid);
             let c = &this.inner.counters;
             c.sessions_ended.fetch_add(1, Ordering::Relaxed);
@@ -331,25 +388,15 @@ impl Whep {
                 .fetch_add(mixer.skipped, Ordering::Relaxed);
             c.samples_overflowed
                 .fetch_add(mixer.overflowed, Ordering::Relaxed);
-            let ended = ListenEnded {
-                principal,
-                call: call_key,
-                session: sid,
-                client,
-                start,
-                end: Timestamp::now(),
-                reason,
-                packets_sent: sent,
-            };
             tracing::info!(
-                principal = %ended.principal,
-                call = %ended.call,
-                session = %ended.session,
-                reason = ended.reason.as_str(),
+                call = %call.call_key,
+                session = %sid,
+                reason = reason.as_str(),
                 packets_sent = sent,
                 "Live listen ended."
             );
-            (this.inner.audit)(ended);
+            end_audit(audit, reason);
+            let _ = pc.close().await;
         });
         Ok(Created { session, answer })
     }
@@ -364,6 +411,17 @@ impl Whep {
             None => false,
         }
     }
+}
+
+/// The session's one audit record.
+fn end_audit(audit: ListenAudit, reason: EndReason) {
+    audit.end(match reason {
+        EndReason::CallEnded => ListenEnd::CallEnded,
+        EndReason::Deleted | EndReason::PeerGone => ListenEnd::ClientLeft,
+        EndReason::Shutdown => ListenEnd::Shutdown,
+        // ICE or DTLS never came up: the session failed.
+        EndReason::NeverConnected => ListenEnd::Error,
+    });
 }
 
 /// The law the session plays: the first G.711 codec the call's SDP names; PCMU when its SDP
@@ -467,7 +525,6 @@ impl PeerConnectionEventHandler for Handler {
 /// connected, until the call, the client or the daemon ends it.
 #[allow(clippy::too_many_arguments)]
 async fn run_session(
-    pc: &Arc<dyn PeerConnection>,
     track: &Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     law: Law,
@@ -478,7 +535,6 @@ async fn run_session(
     shutdown: &CancellationToken,
     counters: &WhepCounters,
 ) -> (EndReason, u64) {
-    let _ = pc; // closed by the caller
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;

@@ -1,11 +1,13 @@
-//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`.
+//! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`, and
+//! live listen's WHEP routes (`/whep/…`, handed to `listen::http`, which reads the offer's
+//! body) when `[listen]` is enabled.
 //!
 //! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
 //! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
 //!
 //! Bounded like everything else: at most [`MAX_CONNECTIONS`] connections at once (more wait
 //! in the listen backlog), a request head must arrive within [`HEADER_TIMEOUT`], and bodies
-//! are never read. On shutdown it stops accepting, lets requests in flight finish, and gives
+//! are never read (but a WHEP offer's, bounded by `listen::http`). On shutdown it stops accepting, lets requests in flight finish, and gives
 //! up on connections still open after [`DRAIN_DEADLINE`].
 
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 pub struct Endpoint {
     pub metrics: Arc<AgentMetrics>,
     pub health: Arc<Health>,
+    /// Live listen (WHEP, `/whep/…`), when `[listen]` is enabled.
+    pub listen: Option<crate::listen::Service>,
 }
 
 /// Binds the listener (separate from [`serve`] so startup fails early on a taken port, and
@@ -87,7 +91,17 @@ pub async fn serve(
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let endpoint = endpoint.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&req, &endpoint)) }
+                async move {
+                    #[cfg(feature = "listen")]
+                    if let (Some(whep), true) = (
+                        &endpoint.listen,
+                        req.uri().path().starts_with("/whep/"),
+                    ) {
+                        let answer = crate::listen::http::route(req, whep, peer, None).await;
+                        return Ok::<_, std::convert::Infallible>(answer);
+                    }
+                    Ok::<_, std::convert::Infallible>(handle(&req, &endpoint))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -23,7 +23,7 @@
 //! let health = Arc::new(Health::new(&[Stage::SpoolWriter, Stage::Uplink], settings.health.clone()));
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let listener = observe::http::bind(settings.listen).await?;
-//! let endpoint = observe::http::Endpoint { metrics: metrics.clone(), health: health.clone() };
+//! let endpoint = observe::http::Endpoint { metrics: metrics.clone(), health: health.clone(), listen: None };
 //! tokio::spawn(observe::http::serve(listener, endpoint, shutdown.clone()));
 //! // ... open the spool (metrics.watch_spool(spool.clone()); health.set_spool_open(true)) ...
 //! let notifier = observe::Notifier::from_env();

@@ -138,12 +138,18 @@ impl ServiceSettings {
     }
 
     fn matches(&self, call: &CallRecord) -> bool {
+        self.matches_parts(
+            call.callee.user.as_deref(),
+            &call.caller_address,
+            &call.callee_address,
+        )
+    }
+
+    /// [`ServiceSettings::matches`] on the facts it reads: the called number and the two
+    /// signalling addresses.
+    fn matches_parts(&self, callee_user: Option<&str>, caller: &str, callee: &str) -> bool {
         let number_ok = self.numbers.is_empty()
-            || call
-                .callee
-                .user
-                .as_deref()
-                .is_some_and(|n| self.numbers.iter().any(|p| p.matches(n)));
+            || callee_user.is_some_and(|n| self.numbers.iter().any(|p| p.matches(n)));
         if !number_ok {
             return false;
         }
@@ -158,9 +164,9 @@ impl ServiceSettings {
                 .is_ok_and(|ip| self.trunks.iter().any(|n| n.contains(ip)))
         };
         match self.direction {
-            Direction::Inbound => on_trunk(&call.caller_address),
-            Direction::Outbound => on_trunk(&call.callee_address),
-            Direction::Any => on_trunk(&call.caller_address) || on_trunk(&call.callee_address),
+            Direction::Inbound => on_trunk(caller),
+            Direction::Outbound => on_trunk(callee),
+            Direction::Any => on_trunk(caller) || on_trunk(callee),
         }
     }
 }
@@ -189,6 +195,20 @@ impl Services {
     /// pseudonymisation).
     pub fn classify(&self, call: &CallRecord) -> Option<usize> {
         self.0.iter().position(|s| s.matches(call))
+    }
+
+    /// The service of a call still open (live listen decides by it before any record
+    /// exists): its called number and signalling addresses, as [`Services::classify`]
+    /// reads them from the record.
+    pub fn classify_open(
+        &self,
+        callee_user: Option<&str>,
+        caller_address: &str,
+        callee_address: &str,
+    ) -> Option<&ServiceSettings> {
+        self.0
+            .iter()
+            .find(|s| s.matches_parts(callee_user, caller_address, callee_address))
     }
 
     /// The index of a service by name (queue facts name their queue).

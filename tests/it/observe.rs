@@ -332,6 +332,7 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
         Endpoint {
             metrics: metrics.clone(),
             health: health.clone(),
+            listen: None,
         },
         stop.clone(),
     ));
