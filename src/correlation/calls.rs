@@ -442,6 +442,11 @@ impl CallTracker {
         self.calls.contains_key(call_key(call_id))
     }
 
+    /// The keys of the open calls (live listen finds a call by its pseudonym among them).
+    pub fn open_call_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.calls.keys().map(String::as_str)
+    }
+
     /// What service classification reads of an open call: the called number and the
     /// caller's and callee's signalling addresses.
     pub fn open_call_facts(&self, call_id: &str) -> Option<(Option<String>, String, String)> {

@@ -35,10 +35,22 @@ pub(super) fn whep_service(
     {
         let access = access.filter(|_| config.listen.enabled)?;
         let pipeline = Arc::clone(pipeline);
-        let lookup: crate::listen::whep::CallLookup = Arc::new(move |call_id: &str| {
+        let pseudonyms = crate::privacy::Pseudonymizer::new(config.forward.privacy.clone());
+        let lookup: crate::listen::whep::CallLookup = Arc::new(move |id: &str| {
             let pipeline = pipeline.get()?;
             let p = super::lock(pipeline);
-            p.correlator().listenable(call_id)
+            let correlator = p.correlator();
+            // The Call-ID itself, or the pseudonym the status page shows (one keyed hash per
+            // open call, per offer).
+            let call = correlator.listenable(id).or_else(|| {
+                let key = correlator
+                    .calls()
+                    .open_call_keys()
+                    .find(|key| pseudonyms.identifier(key) == id)?;
+                correlator.listenable(key)
+            })?;
+            let shown = pseudonyms.identifier(&call.call_key);
+            Some((call, shown))
         });
         let whep = crate::listen::whep::Whep::new(
             config.listen.clone(),

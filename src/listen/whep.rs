@@ -48,8 +48,10 @@ const MAX_BUFFERED: usize = 8000;
 /// `Retry-After` seconds of a `409` or `503`.
 pub const RETRY_AFTER_S: u32 = 5;
 
-/// Looks up a call by its Call-ID in the correlator: open, and its codecs.
-pub type CallLookup = Arc<dyn Fn(&str) -> Option<ListenableCall> + Send + Sync>;
+/// Looks up an open call by the id in a WHEP URL — its Call-ID, or the pseudonymised id the
+/// status page shows — in the correlator: the call, and its id as the page shows it (what
+/// audit records name).
+pub type CallLookup = Arc<dyn Fn(&str) -> Option<(ListenableCall, String)> + Send + Sync>;
 
 /// Why a session was not created; [`CreateError::status`] is its HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +216,7 @@ impl Whep {
     }
 
     /// Whether the call with this Call-ID could be listened to now.
-    pub fn lookup(&self, call_id: &str) -> Option<ListenableCall> {
+    pub fn lookup(&self, call_id: &str) -> Option<(ListenableCall, String)> {
         (self.inner.lookup)(call_id)
     }
 
@@ -264,7 +266,7 @@ impl Whep {
         service: &mut Option<String>,
     ) -> Result<Created, CreateError> {
         let inner = &self.inner;
-        let call = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
+        let (call, shown_id) = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
         *service = inner
             .services
             .classify_open(
@@ -280,7 +282,7 @@ impl Whep {
         // Subscribe, then check the call again (see `ListenTap::subscribe`): a call that
         // ends in between closes the subscription.
         let subscription = inner.tap.subscribe(&call.call_key)?;
-        let call = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
+        let (call, _) = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
         let law = law_of_call(&call.codecs)?;
         if !offer_has_audio(&offer, law) {
             return Err(CreateError::NoAudio);
@@ -349,7 +351,7 @@ impl Whep {
             .fetch_add(1, Ordering::Relaxed);
         let audit = inner.audit.listen_started(
             principal,
-            &call.call_key,
+            &shown_id,
             service.as_deref(),
             &session,
             201,
@@ -357,7 +359,7 @@ impl Whep {
         );
         tracing::info!(
             principal = %principal.id,
-            call = %call.call_key,
+            call = %shown_id,
             session = %session,
             client = %client.address,
             law = ?law,
@@ -389,7 +391,7 @@ impl Whep {
             c.samples_overflowed
                 .fetch_add(mixer.overflowed, Ordering::Relaxed);
             tracing::info!(
-                call = %call.call_key,
+                call = %shown_id,
                 session = %sid,
                 reason = reason.as_str(),
                 packets_sent = sent,

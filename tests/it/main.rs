@@ -17,6 +17,8 @@ mod fleet;
 mod generated;
 mod hep;
 mod layering;
+#[cfg(feature = "listen")]
+mod listen;
 pub(crate) mod live;
 mod media;
 mod memory;
