@@ -13,6 +13,7 @@
 //! | `OPTIONS` (any `/whep/` path, CORS preflight, no authentication) | `204`, `Accept-Post: application/sdp`, CORS headers |
 //! | anything else without valid credentials | `401` + `WWW-Authenticate: Bearer` (a POST is audited as refused) |
 //! | — not permitted for the call's service, or the service is not monitorable | `403` (audited) |
+//! | `GET /whep/player.html`, `GET /whep/listen.js` (no authentication: no data) | a minimal player page and the WHEP client script the status page uses too |
 //! | `HEAD /whep/calls/{Call-ID}` | `200` with `Content-Type: application/sdp` when the call is open, else `409` |
 
 use std::net::SocketAddr;
@@ -34,6 +35,10 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALLS: &str = "/whep/calls/";
 /// Where sessions are.
 pub const SESSIONS: &str = "/whep/sessions/";
+/// A minimal player page: a call id, a token (or the status page's login), *Listen*.
+pub const PLAYER: &str = "/whep/player.html";
+/// The WHEP client script (`teledgeListen(callId, {audio, token})`), for the status page too.
+pub const SCRIPT: &str = "/whep/listen.js";
 
 /// Whether this request is a CORS preflight (answered without authentication).
 pub fn is_preflight<B>(req: &Request<B>) -> bool {
@@ -75,6 +80,11 @@ where
     let path = req.uri().path().to_owned();
     if is_preflight(&req) {
         return preflight();
+    }
+    if req.method() == Method::GET {
+        if let Some(page) = static_file(&path) {
+            return page;
+        }
     }
     let client = Client::from_headers(peer, req.headers());
     let call = path.strip_prefix(CALLS).map(percent_decode);
@@ -216,6 +226,39 @@ where
             r
         }
     }
+}
+
+/// The player page and the WHEP client script (no data in them: served without
+/// authentication, with a strict content security policy: no inline script).
+fn static_file(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (body, content_type) = match path {
+        PLAYER => (include_str!("web/player.html"), "text/html; charset=utf-8"),
+        SCRIPT => (
+            include_str!("web/listen.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return None,
+    };
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; media-src 'self' blob:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(r)
 }
 
 fn not_live() -> Response<Full<Bytes>> {

@@ -608,3 +608,126 @@ fn webrtc_client_hears_a_live_call() {
         "{audits:#?}"
     );
 }
+
+/// puppeteer-core, installed by scripts/test.sh (npm, pinned) into target/.
+fn puppeteer() -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/puppeteer/node_modules/puppeteer-core");
+    assert!(
+        dir.join("package.json").exists(),
+        "puppeteer-core 24.43.1 is needed in {} (scripts/test.sh installs it with npm)",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn a_headless_chromium_listens_on_the_player_page_and_the_session_ends_with_the_call() {
+    crate::live::in_fresh_netns(chromium_listens);
+}
+
+fn chromium_listens() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is needed (Debian package chromium; scripts/test.sh installs it)"
+    );
+    let puppeteer = puppeteer();
+    // Chromium gathers no candidate in a namespace without a route out: a veth pair (both
+    // ends in this namespace) with the default route stands in for the LAN.
+    for args in [
+        &[
+            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+        ][..],
+        &["addr", "add", "10.77.0.1/24", "dev", "lan0"],
+        &["link", "set", "lan0", "up"],
+        &["link", "set", "lan1", "up"],
+        &["route", "add", "default", "dev", "lan0"],
+    ] {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let rig = rig();
+    let (mut uac, call_id) = rig.start_call();
+    rig.wait_for_call(&whep_path(&call_id));
+    // The page is given the call as the status page shows it: its pseudonym.
+    let shown = crate::daemon::pseudonym(&rig.pki, &call_id);
+    let profile = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/listen/chromium.js");
+    let driver = Command::new("node")
+        .arg(&script)
+        .env("PUPPETEER", &puppeteer)
+        .env("BASE", format!("http://127.0.0.1:{}", rig.http))
+        .env("CALL", &shown)
+        .env("TOKEN", &rig.token)
+        .env("USER_DATA", profile.path())
+        .env("LISTEN_S", "4")
+        .env("END_WAIT_S", "20")
+        .output()
+        .expect("node is needed (Debian package nodejs; scripts/test.sh installs it)");
+    let status = uac.wait().unwrap();
+    assert!(status.success(), "sipp uac_pcap: {status:?}");
+    let stdout = String::from_utf8_lossy(&driver.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "driver output {e}: {stdout}\n{}",
+            String::from_utf8_lossy(&driver.stderr)
+        )
+    });
+    println!("chromium: {result:#}");
+    // The one error a page may log: the browser's note on the refused (401) POST.
+    let errors: Vec<&Value> = result["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.as_str().unwrap_or("").contains("status of 401"))
+        .collect();
+    assert!(errors.is_empty(), "{result:#}");
+    // A wrong token: refused, no peer connection kept.
+    let wrong = result["wrong_token"].as_str().unwrap();
+    assert!(wrong.starts_with("refused: 401"), "{wrong}");
+    assert_eq!(result["wrong_token_session"], false);
+    // The right one: connected within 5 s, PCMU at 50 packets/s, a level that is not
+    // silence, nothing lost on the loopback.
+    assert_eq!(result["state"], "connected", "{result:#}");
+    assert!(result["connect_ms"].as_u64().unwrap() < 5000, "{result:#}");
+    let samples = result["samples"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    assert_eq!(last["codec"], "audio/PCMU", "{result:#}");
+    let received = last["packetsReceived"].as_u64().unwrap();
+    assert!(received >= 100, "packets received {received}: {result:#}");
+    let level = samples
+        .iter()
+        .filter_map(|s| s["audioLevel"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(level > 0.01, "audio level {level}: {result:#}");
+    let energy = last["totalAudioEnergy"].as_f64().unwrap();
+    assert!(energy > 0.0, "{result:#}");
+    assert_eq!(last["packetsLost"], 0, "{result:#}");
+    // The call ended (BYE): the session ended with it.
+    let ended = result["ended_state"].as_str().unwrap_or("still connected");
+    assert!(
+        ["closed", "failed", "disconnected"].contains(&ended),
+        "{ended}: {result:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.metric("teledge_listen_sessions") != 0.0 {
+        assert!(Instant::now() < deadline, "the session outlived its call");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut rig = rig;
+    rig.agent.take().unwrap().stop();
+    let audits = collected(
+        &rig.out,
+        |r| r["type"] == "audit",
+        2,
+        Duration::from_secs(10),
+    );
+    let ok: Vec<&Value> = audits.iter().filter(|r| r["outcome"] == "ok").collect();
+    assert_eq!(ok.len(), 1, "{audits:#?}");
+    assert_eq!(ok[0]["call_id"], shown.as_str());
+    assert_eq!(ok[0]["reason"], "call_ended");
+    assert!(
+        ok[0]["user_agent"].as_str().unwrap().contains("Chrome"),
+        "{audits:#?}"
+    );
+}
