@@ -22,6 +22,11 @@ command -v lintian >/dev/null 2>&1 || need+=(lintian)
 # python3 with venv: the fleet tests build TUF repositories with python-tuf (below).
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
   || need+=(python3 python3-venv)
+# chromium, nodejs, npm: the live listen test plays a call in a real headless Chromium
+# (tests/it/listen.rs), driven by puppeteer-core (below).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -44,6 +49,15 @@ if ! "$venv/bin/python" -c 'import tuf, securesystemslib, cryptography' >/dev/nu
   echo "scripts/test.sh: installing python-tuf into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet 'tuf==7.0.1' 'securesystemslib[crypto]==1.6.0'
+fi
+
+# puppeteer-core from npm (pinned; 24.x is the last for Node 20), into target/: it drives
+# Debian's chromium and never downloads a browser of its own.
+pptr=target/puppeteer
+if [ "$(node -p "require('./$pptr/node_modules/puppeteer-core/package.json').version" 2>/dev/null)" != "24.43.1" ]; then
+  echo "scripts/test.sh: installing puppeteer-core 24.43.1 into $pptr" >&2
+  mkdir -p "$pptr"
+  (cd "$pptr" && npm install --no-audit --no-fund --loglevel=error puppeteer-core@24.43.1 >/dev/null)
 fi
 
 cargo test --locked "$@"

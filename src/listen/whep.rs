@@ -483,7 +483,6 @@ async fn build_peer(
         RTCRtpCodecParameters {
             rtp_codec: codec(law),
             payload_type: law.payload_type(),
-            ..Default::default()
         },
         RtpCodecKind::Audio,
     )?;

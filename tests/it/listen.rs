@@ -331,7 +331,6 @@ mod client {
                     RTCRtpCodecParameters {
                         rtp_codec: codec(mime),
                         payload_type: pt,
-                        ..Default::default()
                     },
                     RtpCodecKind::Audio,
                 )
