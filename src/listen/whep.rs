@@ -772,8 +772,9 @@ mod tests {
         let f = m.frame().unwrap();
         let level = Law::A.decode(f[0]);
         let want = Law::Mu.decode(0x9F);
+        // Re-encoded in A-law: within one A-law step (256 at this level) of the µ-law value.
         assert!(
-            (i32::from(level) - i32::from(want)).abs() < 64,
+            (i32::from(level) - i32::from(want)).abs() <= 256,
             "{level} {want}"
         );
     }
