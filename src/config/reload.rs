@@ -12,7 +12,7 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    const SECTIONS: [&'static str; 11] = [
+    const SECTIONS: [&'static str; 12] = [
         "node",
         "capture",
         "hep",
@@ -24,6 +24,7 @@ impl ReloadPlan {
         "observe",
         "shutdown",
         "fleet",
+        "listen",
     ];
 
     pub fn new(running: &toml::Table, new: &toml::Table) -> Self {

@@ -10,7 +10,7 @@
 //! | — not `application/sdp` / offer unusable / over 64 KiB | `415` / `400` / `413` |
 //! | `DELETE /whep/sessions/{id}` | `200`; `404` when no such session |
 //! | `PATCH /whep/sessions/{id}` (trickle, ICE restart) | `405`: the server does not trickle, the answer has every candidate |
-//! | `OPTIONS` (any `/whep/` path, CORS preflight, no authentication) | `204`, `Accept-Post: application/sdp`, CORS headers |
+//! | `OPTIONS` (any `/whep/` path, CORS preflight, no authentication) | `200`, `Accept-Post: application/sdp`, CORS headers |
 //! | anything else without valid credentials | `401` + `WWW-Authenticate: Bearer` (a POST is audited as refused) |
 //! | — not permitted for the call's service, or the service is not monitorable | `403` (audited) |
 //! | `GET /whep/player.html`, `GET /whep/listen.js` (no authentication: no data) | a minimal player page and the WHEP client script the status page uses too |
@@ -47,7 +47,7 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
 
 /// Answers a CORS preflight.
 pub fn preflight() -> Response<Full<Bytes>> {
-    let mut r = reply(StatusCode::NO_CONTENT, Bytes::new());
+    let mut r = reply(StatusCode::OK, Bytes::new());
     let h = r.headers_mut();
     h.insert("accept-post", HeaderValue::from_static("application/sdp"));
     h.insert(

@@ -546,6 +546,9 @@ async fn run_session(
     let mut first = true;
     let reason = loop {
         tokio::select! {
+            // In this order: the session's token is a child of shutdown's, and a session
+            // ended by shutdown must say so.
+            biased;
             () = shutdown.cancelled() => break EndReason::Shutdown,
             () = cancel.cancelled() => break EndReason::Deleted,
             packet = subscription.packets.recv() => match packet {
