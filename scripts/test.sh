@@ -28,8 +28,8 @@ command -v lintian >/dev/null 2>&1 || need+=(lintian)
 # python3 with venv: the fleet tests build TUF repositories with python-tuf (below).
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
   || need+=(python3 python3-venv)
-# chromium, nodejs, npm: the status page test drives Debian's Chromium with puppeteer-core
-# (installed below from npm, pinned).
+# chromium, nodejs, npm: the status page and live listen tests drive Debian's Chromium
+# with puppeteer-core (installed below from npm, pinned).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

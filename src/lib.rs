@@ -43,6 +43,8 @@
 //! - [`fleet`]: signed updates of packages and configuration (a TUF client), installed by a
 //!   privileged one-shot unit and rolled back when the new version is not healthy; and the
 //!   fleet owner's side (`teledge fleet`: keys, signed releases, rollouts, progress).
+//! - [`listen`]: live listen to a call in the browser (WHEP over webrtc-rs; feature
+//!   `listen`), fed by the media tap ([`media::tap`]).
 //! - [`access`]: who may see the status page and listen to which service's calls
 //!   (supervisor tokens, session cookies, client certificates), and the audit records of
 //!   what they did (`teledge.audit/1`).
@@ -74,6 +76,7 @@ pub mod daemon;
 pub mod decode;
 pub mod dissect;
 pub mod fleet;
+pub mod listen;
 pub mod log_limit;
 pub mod media;
 pub mod observe;

@@ -274,6 +274,8 @@ pub struct AgentConfig {
     pub stats: super::stats::StatsConfig,
     /// `[status]` and `[[supervisor]]`: the status page and who may use it (and listen).
     pub status: super::access::StatusConfig,
+    /// `[listen]`: live listen to calls over WebRTC (WHEP).
+    pub listen: crate::listen::ListenSettings,
     /// `[fleet]`: signed updates, when the node takes part in a fleet.
     pub fleet: Option<super::fleet::FleetSettings>,
     /// `[hep_out]`: the HEP relay to HOMER, when enabled.
@@ -742,6 +744,8 @@ pub fn parse_with_profiles(
             "the status page is served by the [observe] endpoint: it needs observe.enabled".into()
         );
     }
+    let listen =
+        super::listen::validate_listen(&raw.listen, status.enabled, observe.enabled, &mut problems);
     let fleet = raw
         .fleet
         .as_ref()
@@ -765,6 +769,7 @@ pub fn parse_with_profiles(
         (Some(mut forward), Some(stats)) if problems.is_empty() => Ok(AgentConfig {
             stats,
             status,
+            listen,
             captures,
             hep,
             calls,

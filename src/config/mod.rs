@@ -23,6 +23,7 @@ pub mod forward;
 pub mod hep_out;
 mod keys;
 pub mod nats;
+pub mod listen;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;
@@ -72,6 +73,9 @@ pub(super) struct RawFile {
     status: access::RawStatus,
     #[serde(default)]
     supervisor: Vec<access::RawSupervisor>,
+    /// Live listen, WHEP ([`listen`]).
+    #[serde(default)]
+    listen: listen::RawListen,
 }
 
 /// The file's text in the shape of [`RawFile`], or the first TOML error placed by its line.

@@ -14,7 +14,7 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    const SECTIONS: [&'static str; 14] = [
+    const SECTIONS: [&'static str; 15] = [
         "node",
         "capture",
         "hep",
@@ -29,6 +29,7 @@ impl ReloadPlan {
         "hep_out",
         "status",
         "supervisor",
+        "listen",
     ];
 
     pub fn new(running: &toml::Table, new: &toml::Table) -> Self {

@@ -457,6 +457,28 @@ impl CallTracker {
             })
     }
 
+    /// Whether the call with this Call-ID is open (tracked and not ended): live listen may
+    /// listen to it.
+    pub fn is_open(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_key(call_id))
+    }
+
+    /// The keys of the open calls (live listen finds a call by its pseudonym among them).
+    pub fn open_call_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.calls.keys().map(String::as_str)
+    }
+
+    /// What service classification reads of an open call: the called number and the
+    /// caller's and callee's signalling addresses.
+    pub fn open_call_facts(&self, call_id: &str) -> Option<(Option<String>, String, String)> {
+        let call = self.calls.get(call_key(call_id))?;
+        Some((
+            call.callee.user.clone(),
+            call.caller_address.to_string(),
+            call.callee_address.to_string(),
+        ))
+    }
+
     /// Ended dialogs remembered (tombstones).
     pub fn ended_dialogs(&self) -> usize {
         self.ended.len()

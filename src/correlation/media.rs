@@ -52,6 +52,7 @@ use crate::dissect::DatagramMeta;
 use crate::media::emodel::{self, DelaySource, NotScored, Score};
 use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
 use crate::media::stream::{PayloadInfo, StreamAnalyzer, JITTER_BUFFERS_MS};
+use crate::media::tap::{ListenTap, TapDirection};
 use crate::record::media::{
     MediaQuality, OrphanStreamsSummary, RtcpReported, StreamQuality, StreamRecord,
     ORPHAN_SUMMARY_SCHEMA, STREAM_SCHEMA,
@@ -291,6 +292,9 @@ pub struct MediaTracker {
     orphan_summaries_ready: Vec<OrphanStreamsSummary>,
     counters: MediaCounters,
     last_sweep: Timestamp,
+    /// Live listen's hook: RTP of listened calls goes there (nothing is done while no one
+    /// listens; see [`crate::media::tap`]).
+    tap: ListenTap,
 }
 
 impl MediaTracker {
@@ -314,6 +318,7 @@ impl MediaTracker {
             orphan_summaries_ready: Vec::new(),
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
+            tap: ListenTap::default(),
         }
     }
 
@@ -401,13 +406,60 @@ impl MediaTracker {
             Kind::Other => self.counters.other_datagrams += 1,
             Kind::Rtcp => self.rtcp(meta, payload),
             Kind::Rtp => match packet::decode_rtp(payload) {
-                Ok(rtp) => self.rtp(meta, rtp),
+                Ok(rtp) => {
+                    self.rtp(meta, rtp);
+                    if self.tap.is_listening() {
+                        self.tap_rtp(meta, &rtp, payload);
+                    }
+                }
                 // Only an announced media endpoint makes a bad header an RTP error; elsewhere
                 // it is some other protocol that shares RTP's first bits.
                 Err(_) if self.is_endpoint(meta) => self.counters.rtp_decode_errors += 1,
                 Err(_) => self.counters.other_datagrams += 1,
             },
         }
+    }
+
+    /// The live-listen hook (see [`crate::media::tap`]).
+    pub fn set_tap(&mut self, tap: ListenTap) {
+        self.tap = tap;
+    }
+
+    pub fn tap(&self) -> &ListenTap {
+        &self.tap
+    }
+
+    /// Hands an RTP packet of a call's stream to the call's listeners (and those of the
+    /// other legs that share the stream).
+    fn tap_rtp(&self, meta: &DatagramMeta, rtp: &RtpPacket, datagram: &[u8]) {
+        let Some(stream) = self
+            .streams
+            .get(&StreamKey::new(meta.src, meta.dst, rtp.ssrc))
+        else {
+            return;
+        };
+        if let (Some(call), Some(direction)) = (&stream.call, stream.direction) {
+            self.tap.rtp(call, tap_direction(direction), rtp, datagram);
+        }
+        for (leg, direction) in &stream.legs {
+            self.tap.rtp(leg, tap_direction(*direction), rtp, datagram);
+        }
+    }
+
+    /// The codecs a call's media endpoints announced (its newest SDP first), for live
+    /// listen to choose the law it plays.
+    pub fn call_codecs(&self, call: &str) -> Vec<Codec> {
+        let mut codecs: Vec<Codec> = Vec::new();
+        for addr in self.endpoints_by_call.get(call).into_iter().flatten().rev() {
+            if let Some(ep) = self.endpoints.get(addr).filter(|e| &*e.call == call) {
+                for c in ep.codecs.iter() {
+                    if !codecs.contains(c) {
+                        codecs.push(c.clone());
+                    }
+                }
+            }
+        }
+        codecs
     }
 
     fn is_endpoint(&self, meta: &DatagramMeta) -> bool {
@@ -1096,6 +1148,13 @@ impl Stream {
             not_scored: not_scored.as_ref().map(Into::into),
             rtcp: reported,
         }
+    }
+}
+
+fn tap_direction(direction: Direction) -> TapDirection {
+    match direction {
+        Direction::CallerToCallee => TapDirection::CallerToCallee,
+        Direction::CalleeToCaller => TapDirection::CalleeToCaller,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod registrations;
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
 use crate::dissect::{DatagramMeta, MessageMeta};
+use crate::media::tap::ListenTap;
 use crate::record::{CallRecord, ClosedBy, Record};
 use crate::time::Timestamp;
 
@@ -37,6 +38,20 @@ use std::time::Duration;
 
 use calls::{CallLimits, CallTracker};
 use media::{MediaLimits, MediaTracker};
+
+/// An open call as live listen sees it ([`Correlator::listenable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenableCall {
+    /// The key the tap knows the call by.
+    pub call_key: String,
+    /// Codecs its media endpoints announced, newest SDP first.
+    pub codecs: Vec<crate::decode::sdp::Codec>,
+    /// The called number (clear: classification runs before pseudonymisation).
+    pub callee_user: Option<String>,
+    /// Signalling addresses of caller and callee (`ip:port`).
+    pub caller_address: String,
+    pub callee_address: String,
+}
 
 /// Ended calls held in their grace at most; beyond it the oldest record is made at once.
 const MAX_CALLS_IN_GRACE: usize = 10_000;
@@ -117,6 +132,27 @@ impl Correlator {
         &self.media
     }
 
+    /// Live listen's hook ([`crate::media::tap`]): the media tracker hands RTP of listened
+    /// calls to it, and the calls' end closes their listeners. Each correlator (or shard)
+    /// holds a clone of the one tap.
+    pub fn set_listen_tap(&mut self, tap: ListenTap) {
+        self.media.set_tap(tap);
+    }
+
+    /// A call live listen may listen to: open, with the codecs its SDP announced; `None`
+    /// when no open call has this Call-ID.
+    pub fn listenable(&self, call_id: &str) -> Option<ListenableCall> {
+        let (callee_user, caller_address, callee_address) = self.calls.open_call_facts(call_id)?;
+        let key = calls::call_key(call_id);
+        Some(ListenableCall {
+            call_key: key.to_owned(),
+            codecs: self.media.call_codecs(key),
+            callee_user,
+            caller_address,
+            callee_address,
+        })
+    }
+
     /// Handles a SIP message.
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
         let sdp = calls::summarize_sdp(msg);
@@ -173,6 +209,7 @@ impl Correlator {
                 }
             }
             self.media.closing(&call.call_id);
+            self.media.tap().call_ended(calls::call_key(&call.call_id));
             self.ending.push_back((at, call));
         }
     }
@@ -276,6 +313,7 @@ impl Correlator {
         if let Some(registrations) = self.registrations.as_mut() {
             registrations.finish(&mut |r| out(Record::Registrations(Box::new(r))));
         }
+        media.tap().all_ended();
         self.orphan_summaries(out);
     }
 }

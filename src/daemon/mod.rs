@@ -88,6 +88,7 @@ mod fleet;
 mod heartbeat;
 mod hep;
 mod hep_out;
+mod listen;
 mod queue;
 mod sensors;
 mod spool_writer;
@@ -433,6 +434,10 @@ impl Daemon {
         // Cancelled at shutdown right after the sources: status streams close and live
         // listen sessions end (and are audited) while the record queue is still open.
         let listeners = root.child_token();
+        // Live listen: the tap the correlator feeds, and the pipeline its lookups read (set
+        // once the pipeline exists, below).
+        let listen_tap = crate::media::tap::ListenTap::new(config.listen.limits);
+        let listen_pipeline: listen::PipelineSlot = Arc::default();
 
         // The status page's snapshots: published by the ticker, read by the page.
         let status_feed = access.as_ref().map(|_| {
@@ -476,6 +481,16 @@ impl Daemon {
                     )),
                     _ => None,
                 },
+                listen: listen::whep_service(
+                    &config,
+                    &listen_tap,
+                    &listen_pipeline,
+                    access.as_ref(),
+                    &audit,
+                    &listeners,
+                    &tracker,
+                    &metrics,
+                ),
             };
             // The root token: the endpoint answers until everything else has stopped.
             tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
@@ -529,10 +544,12 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
             // With the statistics, REGISTER attempts are timed too (RFC 6076 RRD, IRA).
-            pipeline: Arc::new(Mutex::new(Pipeline::new(
-                Correlator::new(config.calls, config.media)
-                    .with_registration_records(config.stats.enabled),
-            ))),
+            pipeline: Arc::new(Mutex::new(Pipeline::new({
+                let mut correlator = Correlator::new(config.calls, config.media)
+                    .with_registration_records(config.stats.enabled);
+                correlator.set_listen_tap(listen_tap.clone());
+                correlator
+            }))),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),
@@ -542,6 +559,7 @@ impl Daemon {
             status: status_feed.map(|(feed, _)| feed),
         };
         let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
+        let _ = listen_pipeline.set(Arc::clone(&ctx.pipeline));
         let captures = capture::Captures::build(&config.captures, &ctx)?;
         let hep = match &config.hep {
             Some(h) => {

@@ -171,6 +171,18 @@ pub struct AgentMetrics {
     pub status_streams: Arc<Gauge>,
     /// Status page event streams refused because too many were open.
     pub status_streams_refused: Arc<Counter>,
+
+    // Live listen (WHEP; read at scrape time from `listen::whep::Whep`, see `watch_listen`).
+    /// Listen sessions running now.
+    pub listen_sessions: Arc<Sampled>,
+    /// Listen sessions started and ended (`event`).
+    pub listen_session_events: Arc<Family<Sampled>>,
+    /// WHEP offers refused after authentication, by reason (authentication failures are in
+    /// `teledge_access_refused_total`).
+    pub listen_refused: Arc<Family<Sampled>>,
+    /// Packets of live listen: `tapped` (handed from capture to a session), `tap_dropped` (a
+    /// full session queue: capture never waits), `sent` (to browsers), `skipped` (not G.711).
+    pub listen_packets: Arc<Family<Sampled>>,
 }
 
 impl Default for AgentMetrics {
@@ -531,6 +543,32 @@ impl AgentMetrics {
                 "teledge_status_streams_refused_total",
                 "Status page event streams refused because the most allowed were open.",
             ),
+            listen_sessions: r.sampled(
+                "teledge_listen_sessions",
+                "Live listen (WHEP) sessions running now.",
+                Kind::Gauge,
+            ),
+            listen_session_events: r.family(
+                "teledge_listen_session_events_total",
+                "Live listen sessions started and ended.",
+                Kind::Counter,
+                &["event"],
+                MAX_SMALL_SET,
+            ),
+            listen_refused: r.family(
+                "teledge_listen_refused_total",
+                "Live listen offers refused after authentication, by reason.",
+                Kind::Counter,
+                &["reason"],
+                MAX_SMALL_SET,
+            ),
+            listen_packets: r.family(
+                "teledge_listen_packets_total",
+                "Live listen packets: tapped from capture, dropped at a full session queue, sent, skipped (not G.711).",
+                Kind::Counter,
+                &["what"],
+                MAX_SMALL_SET,
+            ),
             start_time_seconds: r.gauge(
                 "teledge_start_time_seconds",
                 "Unix time at which the process started.",
@@ -566,6 +604,59 @@ impl AgentMetrics {
         let access = Arc::clone(access);
         self.access_sessions_evicted
             .set_source(move || Some(access.sessions_evicted() as f64));
+    }
+
+    /// Reads live listen's counters at scrape time (counted once, in the WHEP service and
+    /// its tap).
+    #[cfg(feature = "listen")]
+    pub fn watch_listen(&self, whep: &crate::listen::whep::Whep) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        type Pick = fn(&crate::listen::whep::WhepCounters) -> &AtomicU64;
+        let counter = |pick: Pick| {
+            let whep = whep.clone();
+            move || Some(pick(whep.counters()).load(Ordering::Relaxed) as f64)
+        };
+        let w = whep.clone();
+        self.listen_sessions
+            .set_source(move || Some(w.sessions() as f64));
+        let events: [(&str, Pick); 2] = [
+            ("started", |c| &c.sessions_started),
+            ("ended", |c| &c.sessions_ended),
+        ];
+        for (event, pick) in events {
+            self.listen_session_events
+                .with(&[event])
+                .set_source(counter(pick));
+        }
+        let refused: [(&str, Pick); 6] = [
+            ("no_such_call", |c| &c.refused_not_active),
+            ("denied", |c| &c.refused_denied),
+            ("listeners_full", |c| &c.refused_full),
+            ("codec_not_g711", |c| &c.refused_codec),
+            ("bad_offer", |c| &c.refused_bad_offer),
+            ("setup_failed", |c| &c.setup_failed),
+        ];
+        for (reason, pick) in refused {
+            self.listen_refused
+                .with(&[reason])
+                .set_source(counter(pick));
+        }
+        let packets: [(&str, Pick); 3] = [
+            ("sent", |c| &c.packets_sent),
+            ("skipped", |c| &c.packets_skipped),
+            ("samples_overflowed", |c| &c.samples_overflowed),
+        ];
+        for (what, pick) in packets {
+            self.listen_packets.with(&[what]).set_source(counter(pick));
+        }
+        let tap = whep.tap().clone();
+        self.listen_packets
+            .with(&["tapped"])
+            .set_source(move || Some(tap.counters().packets_forwarded as f64));
+        let tap = whep.tap().clone();
+        self.listen_packets
+            .with(&["tap_dropped"])
+            .set_source(move || Some(tap.counters().packets_dropped as f64));
     }
 
     pub fn watch_spool(&self, spool: Arc<Mutex<Spool>>) {

@@ -1,12 +1,14 @@
 //! The local HTTP endpoint: `GET /metrics` (Prometheus text 0.0.4) and `GET /health`, and
 //! with `[status] enabled` the status page ([`super::page`]) beside them.
+//! Live listen's WHEP routes (`/whep/…`, handed to `listen::http`, which reads the offer's
+//! body) when `[listen]` is enabled.
 //!
 //! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
 //! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
 //!
 //! Bounded like everything else: at most [`MAX_CONNECTIONS`] connections at once (more wait
 //! in the listen backlog), a request head must arrive within [`HEADER_TIMEOUT`], and bodies
-//! are never read. On shutdown it stops accepting, lets requests in flight finish, and gives
+//! are never read (but a WHEP offer's, bounded by `listen::http`). On shutdown it stops accepting, lets requests in flight finish, and gives
 //! up on connections still open after [`DRAIN_DEADLINE`].
 
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct Endpoint {
     /// HTTPS (`[status] tls_cert_file`), with optional client certificates of the site CA
     /// whose CN reaches the handlers as a [`crate::access::ClientCertCn`] extension.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Live listen (WHEP, `/whep/…`), when `[listen]` is enabled.
+    pub listen: Option<crate::listen::Service>,
 }
 
 impl Endpoint {
@@ -55,6 +59,7 @@ impl Endpoint {
             health,
             page: None,
             tls: None,
+            listen: None,
         }
     }
 }
@@ -162,7 +167,17 @@ async fn connection<I>(
             req.extensions_mut().insert(cn.clone());
         }
         let endpoint = endpoint.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint)) }
+        #[cfg(feature = "listen")]
+        let cn = cn.clone();
+        async move {
+            #[cfg(feature = "listen")]
+            if let (Some(whep), true) = (&endpoint.listen, req.uri().path().starts_with("/whep/")) {
+                let cn = cn.as_ref().map(|c| c.0.as_ref());
+                let answer = crate::listen::http::route(req, whep, peer, cn).await;
+                return Ok::<_, std::convert::Infallible>(answer.map(|b| b.map_err(|e| match e {}).boxed()));
+            }
+            Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint))
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

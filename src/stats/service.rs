@@ -209,6 +209,18 @@ impl Services {
             .position(|s| s.matches_parts(callee_user, caller_address, callee_address))
     }
 
+    /// The service of a call still open (live listen decides by it before any record
+    /// exists): [`Self::classify_parts`], the service itself.
+    pub fn classify_open(
+        &self,
+        callee_user: Option<&str>,
+        caller_address: &str,
+        callee_address: &str,
+    ) -> Option<&ServiceSettings> {
+        self.classify_parts(callee_user, caller_address, callee_address)
+            .and_then(|i| self.0.get(i))
+    }
+
     /// The index of a service by name (queue facts name their queue).
     pub fn by_name(&self, name: &str) -> Option<usize> {
         self.0.iter().position(|s| s.name == name)

@@ -152,7 +152,7 @@ impl Agent {
     }
 
     /// After `wait_for_log`: waits for a later log line containing `needle`.
-    fn wait_for_later_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_later_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let rest = self.rest.as_ref().expect("wait_for_log first");
@@ -674,7 +674,7 @@ fn a_hep_frame_stamped_in_the_future_does_not_freeze_call_timeouts() {
 }
 
 /// A SIPp process, killed when dropped.
-struct Sipp(Child);
+pub(crate) struct Sipp(pub(crate) Child);
 
 impl Drop for Sipp {
     fn drop(&mut self) {
@@ -683,7 +683,7 @@ impl Drop for Sipp {
     }
 }
 
-fn sipp(args: &[&str], cwd: &Path) -> Command {
+pub(crate) fn sipp(args: &[&str], cwd: &Path) -> Command {
     let mut cmd = Command::new("sipp");
     cmd.args(args)
         .arg("-nostdin")

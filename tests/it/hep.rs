@@ -78,8 +78,14 @@ fn hep_inner_sip_matches_tshark() {
 fn hep_fixture_chunks_decode_as_documented() {
     let frames = hep_frames("hep.pcap");
     let first = hep::parse(&frames[0].1).unwrap();
-    assert_eq!(first.src, "192.168.1.1:5060".parse().unwrap());
-    assert_eq!(first.dst, "192.168.1.2:5060".parse().unwrap());
+    assert_eq!(
+        first.src,
+        "192.168.1.1:5060".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        first.dst,
+        "192.168.1.2:5060".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(first.capture_id, Some(2001));
     assert_eq!(first.auth_key.as_deref(), Some(&b"myHep"[..]));
     assert_eq!(first.correlation_id_str(), Some("qgf3dm9rudi@127.0.0.1"));

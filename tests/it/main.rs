@@ -19,6 +19,8 @@ mod generated;
 mod hep;
 mod hep_out;
 mod layering;
+#[cfg(feature = "listen")]
+mod listen;
 pub(crate) mod live;
 mod media;
 mod memory;

@@ -608,8 +608,14 @@ mod tests {
         let f = parse(&bytes).unwrap();
         assert_eq!(f.family, IpFamily::V4);
         assert_eq!(f.ip_protocol, IpProtocol::Udp);
-        assert_eq!(f.src, "212.202.0.1:12010".parse().unwrap());
-        assert_eq!(f.dst, "82.116.0.211:5060".parse().unwrap());
+        assert_eq!(
+            f.src,
+            "212.202.0.1:12010".parse::<std::net::SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            f.dst,
+            "82.116.0.211:5060".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(
             f.time,
             Timestamp::from_secs_nanos(1_313_440_459, 120_000_000)
