@@ -46,6 +46,17 @@ struct Nats {
 impl Nats {
     /// Node `name` with its store in `dir`; `cluster`: (route port, every node's route port).
     fn start(pki: &Pki, dir: &Path, name: &str, cluster: Option<(u16, &[u16])>) -> Nats {
+        Nats::start_with(pki, dir, name, cluster, "")
+    }
+
+    /// [`Nats::start`] with `extra` configuration (an `authorization` block, say).
+    fn start_with(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        cluster: Option<(u16, &[u16])>,
+        extra: &str,
+    ) -> Nats {
         assert!(
             Path::new(NATS_SERVER).exists(),
             "{NATS_SERVER} is required: run ./scripts/test.sh, which installs the Debian package nats-server"
@@ -77,6 +88,7 @@ http: 127.0.0.1:{http}
 jetstream {{ store_dir: "{store}", max_mem: 64MB, max_file: 1GB }}
 tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", verify: true, timeout: 2 }}
 {cluster}
+{extra}
 "#,
                 store = store.display(),
                 cert = pki.path("nats-server.pem").display(),
@@ -841,4 +853,96 @@ fn the_daemon_shows_jetstream_failures_in_metrics_and_health_and_recovers() {
         .any(|(_, l)| l["record"]["type"] == "heartbeat"));
     let ids: HashSet<&str> = contents.lines.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids.len() as u64, contents.messages);
+}
+
+/// NATS credentials besides the client certificate: a user with a password from a file, and
+/// an nkey seed from a file, each accepted by a real nats-server whose `authorization` block
+/// names them; a wrong password is refused (the records stay spooled).
+#[test]
+fn users_with_a_password_file_or_an_nkey_seed_publish_and_a_wrong_password_is_refused() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let pair = nkeys::KeyPair::new_user();
+    let seed_file = work.path().join("edge.nk");
+    std::fs::write(&seed_file, format!("{}\n", pair.seed().unwrap())).unwrap();
+    let auth = format!(
+        r#"authorization {{ users = [
+  {{ user: "edge-01", password: "right horse battery" }},
+  {{ user: "reader", password: "reader-pw" }},
+  {{ nkey: "{}" }}
+] }}"#,
+        pair.public_key()
+    );
+    let nats = Nats::start_with(&pki, work.path(), "n1", None, &auth);
+    nats.wait_healthy(Duration::from_secs(10));
+    let rt = runtime();
+    let servers = vec![nats.url()];
+    let reader_password = work.path().join("reader.password");
+    std::fs::write(&reader_password, "reader-pw\n").unwrap();
+    let mut reader = bus(&pki, &servers, "ca.pem", "bus-client", 1);
+    reader.nats.auth = NatsAuth::UserPassword {
+        user: "reader".into(),
+        password_file: reader_password,
+    };
+    // Without credentials the client certificate alone no longer gets in.
+    let bare = bus(&pki, &servers, "ca.pem", "bus-client", 1);
+    assert!(rt.block_on(teledge::collect::connect_bus(&bare, 1)).is_err());
+    rt.block_on(teledge::collect::connect_bus(&reader, 1))
+        .map_err(|e| teledge::report::chain(&e))
+        .unwrap();
+
+    let agent = |spool: &str, credentials: String| {
+        let spool = work.path().join(spool);
+        let path = nats_config(&pki, &spool, "edge-01", &servers, 10);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&credentials);
+        std::fs::write(&path, text).unwrap();
+        teledge::config::load_forward(&path).unwrap()
+    };
+    let password_file = work.path().join("edge.password");
+    std::fs::write(&password_file, "right horse battery\n").unwrap();
+    let with_password = agent(
+        "spool-password",
+        format!(
+            "user = \"edge-01\"\npassword_file = \"{}\"\n",
+            password_file.display()
+        ),
+    );
+    spool_records(&with_password, &records(10));
+    let (forwarding, _) = forward_in_background(with_password, Duration::from_secs(20));
+    assert_eq!(forwarding.join().unwrap().unwrap().records, 10);
+
+    let with_nkey = agent(
+        "spool-nkey",
+        format!("nkey_seed_file = \"{}\"\n", seed_file.display()),
+    );
+    spool_records(&with_nkey, &records(10));
+    let (forwarding, _) = forward_in_background(with_nkey, Duration::from_secs(20));
+    assert_eq!(forwarding.join().unwrap().unwrap().records, 10);
+
+    // A wrong password: refused, retried, nothing leaves the spool.
+    let wrong_file = work.path().join("wrong.password");
+    std::fs::write(&wrong_file, "wrong\n").unwrap();
+    let wrong = agent(
+        "spool-wrong",
+        format!(
+            "user = \"edge-01\"\npassword_file = \"{}\"\n",
+            wrong_file.display()
+        ),
+    );
+    spool_records(&wrong, &records(3));
+    let (spool, _) = teledge::spool::Spool::open(wrong.spool.clone(), wrong.keyring.clone()).unwrap();
+    let spool = Mutex::new(spool);
+    let mut forwarder = Forwarder::new(&wrong.node_id, &wrong.uplink, &wrong.keyring)
+        .unwrap()
+        .with_backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        ));
+    let result = rt.block_on(
+        forwarder.forward_until_drained(&spool, Some(Instant::now() + Duration::from_secs(2))),
+    );
+    assert!(result.is_err(), "{result:?}");
+    assert!(forwarder.stats.retries > 0);
+    assert_eq!(spool.lock().unwrap().stats().records, 3);
 }
