@@ -44,7 +44,8 @@ function renderCalls(s) {
   const body = document.querySelector("#calls tbody");
   const rows = s.calls.map((c) => {
     const listen = c.listen
-      ? el("button", { type: "button", class: "listen", "data-call": c.id }, "Listen")
+      ? el("button", { type: "button", class: "listen", "data-call": c.id },
+          listening.callId === c.id ? "Stop" : "Listen")
       : "–";
     // The figures first, so a phone shows them without scrolling the table.
     return el("tr", { "data-call": c.id },
@@ -154,6 +155,64 @@ function render(s) {
   renderSystem(s);
 }
 
+// Live listen from the table: the WHEP client (/whep/listen.js, served when `[listen]` is
+// enabled; the session cookie authenticates it) plays one call at a time in a hidden <audio>.
+// Not covered by the browser tests: tests/it/listen.rs drives the player page instead.
+const listening = { callId: null, session: null };
+
+function listenState(text) {
+  document.getElementById("listen-state").textContent = text;
+  for (const b of document.querySelectorAll("button.listen")) {
+    b.textContent = b.dataset.call === listening.callId ? "Stop" : "Listen";
+  }
+}
+
+// The WHEP client script, fetched on the first click only (an agent without `[listen]`
+// answers 404, and the page should not ask for it on every load).
+function loadListenScript() {
+  return new Promise((resolve) => {
+    const script = document.createElement("script");
+    script.src = "/whep/listen.js";
+    script.onload = resolve;
+    script.onerror = resolve;
+    document.head.appendChild(script);
+  });
+}
+
+async function toggleListen(callId) {
+  const previous = listening.session;
+  const same = listening.callId === callId;
+  listening.callId = null;
+  listening.session = null;
+  if (previous) await previous.stop();
+  if (same) { listenState(""); return; }
+  if (typeof window.teledgeListen !== "function") await loadListenScript();
+  if (typeof window.teledgeListen !== "function") {
+    listenState("live listen is not enabled on this agent");
+    return;
+  }
+  listening.callId = callId;
+  listenState("connecting…");
+  try {
+    const session = await window.teledgeListen(callId, { audio: document.getElementById("listen-audio") });
+    if (listening.callId !== callId) { await session.stop(); return; }
+    listening.session = session;
+    session.pc.addEventListener("connectionstatechange", () => {
+      const state = session.pc.connectionState;
+      if (listening.session === session && (state === "failed" || state === "closed" || state === "disconnected")) {
+        listening.callId = null;
+        listening.session = null;
+        listenState("listening ended");
+      } else if (listening.session === session && state === "connected") {
+        listenState("listening");
+      }
+    });
+  } catch (e) {
+    listening.callId = null;
+    listenState("listen refused: " + e.message);
+  }
+}
+
 function toLogin() {
   window.location.assign("/login");
 }
@@ -166,6 +225,10 @@ document.addEventListener("DOMContentLoaded", () => {
     // A refused stream (401) is not retried by the browser: find out why it stopped.
     const r = await fetch("/api/snapshot", { credentials: "same-origin", cache: "no-store" }).catch(() => null);
     if (r && r.status === 401) { events.close(); toLogin(); }
+  });
+  document.querySelector("#calls tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button.listen");
+    if (button) toggleListen(button.dataset.call);
   });
   document.getElementById("logout").addEventListener("click", async () => {
     events.close();
