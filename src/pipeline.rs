@@ -18,8 +18,11 @@
 //! No I/O: records leave through the `out` callback, so the same code runs over a file, a
 //! live ring or a test vector.
 
+use std::sync::{Arc, Mutex};
+
 use crate::correlation::hep::{Fed, FeedError};
-use crate::correlation::Correlator;
+use crate::correlation::sharded::ShardedCorrelator;
+use crate::correlation::{Correlate, Correlator};
 use crate::decode::hep::HepFrame;
 use crate::decode::sip::SipMessage;
 use crate::dissect::{
@@ -63,22 +66,22 @@ pub struct Pipeline {
     hep_unusable: u64,
 }
 
-/// Hands decoded events to the correlator and its records on: the one adapter between the
-/// decode path and the calls.
-struct Feed<'a, F> {
-    correlator: &'a mut Correlator,
+/// Hands decoded events to the correlator (one, or sharded) and its records on: the one
+/// adapter between the decode path and the calls.
+struct Feed<'a, C, F> {
+    correlator: &'a mut C,
     time_check: Option<&'a TimeCheck>,
     out: &'a mut F,
     hep_unusable: &'a mut u64,
 }
 
-impl<F> Feed<'_, F> {
+impl<C, F> Feed<'_, C, F> {
     fn check(&self, time: Timestamp) -> Timestamp {
         self.time_check.map_or(time, |check| check(time))
     }
 }
 
-impl<F: FnMut(Record)> Observer for Feed<'_, F> {
+impl<C: Correlate, F: FnMut(Record)> Observer for Feed<'_, C, F> {
     fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
         // Kernel times are the local clock already; HEP frames captured on the wire carry
         // their sender's time, which must not drive the correlator's clock unchecked.
@@ -103,11 +106,11 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
         // counted here. The frame is copied only when its time has to be replaced.
         let time = self.check(hep.time);
         let fed = if time == hep.time {
-            crate::correlation::hep::feed(self.correlator, hep, frame, self.out)
+            crate::correlation::hep::feed(&mut *self.correlator, hep, frame, self.out)
         } else {
             let mut hep = hep.clone();
             hep.time = time;
-            crate::correlation::hep::feed(self.correlator, &hep, frame, self.out)
+            crate::correlation::hep::feed(&mut *self.correlator, &hep, frame, self.out)
         };
         if fed.is_err() {
             *self.hep_unusable += 1;
@@ -234,6 +237,166 @@ impl Pipeline {
         }
         if self.hep_unusable > 0 {
             totals.insert("hep_unusable", self.hep_unusable);
+        }
+        totals
+    }
+}
+
+/// One input of a [`LivePipeline`]: its decode state and the count of HEP found on the wire
+/// that could not be used, used by one capture thread (and read by the ticker for its
+/// counters).
+#[derive(Debug)]
+pub struct LiveInput {
+    name: String,
+    state: Mutex<(Input, u64)>,
+}
+
+impl LiveInput {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (Input, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The pipeline of the daemon: the same decode and correlation as [`Pipeline`], for several
+/// threads at once. Each capture thread decodes its own frames (its [`LiveInput`], one per
+/// thread, is locked only by that thread and the ticker), then hands every event to a
+/// [`ShardedCorrelator`]: SIP to its call's shard, RTP to its media endpoint's — no lock
+/// that every packet takes. With one shard and one input it does what [`Pipeline`] does.
+#[derive(Debug)]
+pub struct LivePipeline {
+    inputs: Mutex<Vec<Arc<LiveInput>>>,
+    correlator: ShardedCorrelator,
+}
+
+impl LivePipeline {
+    pub fn new(correlator: ShardedCorrelator) -> Self {
+        LivePipeline {
+            inputs: Mutex::new(Vec::new()),
+            correlator,
+        }
+    }
+
+    /// Adds an input (one capture thread's decode state), bounded by `limits`.
+    pub fn add_input(
+        &self,
+        name: &str,
+        limits: DissectLimits,
+        time_check: Option<TimeCheck>,
+    ) -> Arc<LiveInput> {
+        let input = Arc::new(LiveInput {
+            name: name.to_owned(),
+            state: Mutex::new((
+                Input {
+                    name: name.to_owned(),
+                    dissector: Dissector::new(limits),
+                    time_check,
+                },
+                0,
+            )),
+        });
+        self.inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&input));
+        input
+    }
+
+    /// Decodes one frame of `input` and correlates what it holds.
+    pub fn frame(&self, input: &LiveInput, frame: &Frame<'_>, out: &mut impl FnMut(Record)) {
+        let mut state = input.state();
+        let (Input {
+            dissector,
+            time_check,
+            ..
+        }, hep_unusable) = &mut *state;
+        let mut feed = Feed {
+            correlator: &mut &self.correlator,
+            time_check: time_check.as_ref(),
+            out,
+            hep_unusable,
+        };
+        dissector.frame(frame, &mut feed);
+    }
+
+    /// Correlates a HEP frame from the HEP listener (see [`Pipeline::hep`]).
+    pub fn hep(
+        &self,
+        frame: &HepFrame<'_>,
+        sequence: u64,
+        out: &mut impl FnMut(Record),
+    ) -> Result<Fed, FeedError> {
+        crate::correlation::hep::feed(&mut &self.correlator, frame, sequence, out)
+    }
+
+    /// Moves time forward to `now` in every shard.
+    pub fn tick(&self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        self.correlator.advance(now, out);
+    }
+
+    /// Ends the pipeline as [`Pipeline::finish`] does: every input's reassembly first, then
+    /// every shard's open calls.
+    pub fn finish(&self, now: Timestamp, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        for input in self.inputs() {
+            let mut state = input.state();
+            let (Input {
+                dissector,
+                time_check,
+                ..
+            }, hep_unusable) = &mut *state;
+            let mut feed = Feed {
+                correlator: &mut &self.correlator,
+                time_check: time_check.as_ref(),
+                out: &mut *out,
+                hep_unusable,
+            };
+            dissector.finish(now, &mut feed);
+        }
+        self.correlator.finish(closed_by, out);
+    }
+
+    pub fn correlator(&self) -> &ShardedCorrelator {
+        &self.correlator
+    }
+
+    fn inputs(&self) -> Vec<Arc<LiveInput>> {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The decode counters of one input.
+    pub fn dissect_stats(&self, input: &LiveInput) -> DissectStats {
+        input.state().0.dissector.stats()
+    }
+
+    /// Every input name with the bytes its reassembly holds (inputs of one name — the
+    /// capture threads of one interface — summed).
+    pub fn bytes_held(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut held = std::collections::BTreeMap::new();
+        for input in self.inputs() {
+            *held.entry(input.name.clone()).or_default() += input.state().0.dissector.bytes_held();
+        }
+        held
+    }
+
+    /// The losses of every input's decode path, summed by kind, as [`Pipeline::loss_totals`].
+    pub fn loss_totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut totals = std::collections::BTreeMap::new();
+        let mut hep_unusable = 0;
+        for input in self.inputs() {
+            let state = input.state();
+            for (kind, n) in state.0.dissector.stats().loss_counters() {
+                *totals.entry(kind).or_default() += n;
+            }
+            hep_unusable += state.1;
+        }
+        if hep_unusable > 0 {
+            totals.insert("hep_unusable", hep_unusable);
         }
         totals
     }

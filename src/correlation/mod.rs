@@ -21,6 +21,7 @@ pub mod calls;
 pub mod hep;
 pub mod media;
 pub mod queue;
+pub mod sharded;
 
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
@@ -71,6 +72,18 @@ impl Correlator {
 
     /// Handles a SIP message.
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        self.sip_learning(meta, msg, out, &mut |_| {});
+    }
+
+    /// [`Correlator::sip`], telling `learned` every media endpoint its SDP taught the media
+    /// tracker (a sharded correlator routes RTP to and from them to this correlator).
+    pub fn sip_learning(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        out: &mut impl FnMut(Record),
+        learned: &mut impl FnMut(std::net::SocketAddr),
+    ) {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
         self.bye_answered(msg, now);
@@ -82,7 +95,11 @@ impl Correlator {
             let key = calls::call_key(msg.call_id);
             // A new attempt in the same Call-ID: the ended one's media is complete now.
             self.release_call(key, out);
-            self.media.learn(key, side, &calls::capped_sdp(&sdp));
+            let sdp = calls::capped_sdp(&sdp);
+            self.media.learn(key, side, &sdp);
+            for (addr, _, _) in media::announced(&sdp) {
+                learned(addr);
+            }
         }
         self.release(now, out);
     }
@@ -198,6 +215,32 @@ impl Correlator {
         });
         media.finish(&mut |s| out(Record::Stream(Box::new(s))));
         self.orphan_summaries(out);
+    }
+}
+
+/// Where decoded events go: one [`Correlator`] (replay), or correlators sharded by call
+/// ([`sharded::ShardedCorrelator`], the daemon). The pipeline's decode adapter and
+/// [`hep::feed`] hand their events to either.
+pub trait Correlate {
+    /// A SIP message ([`Correlator::sip`]).
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record));
+    /// A UDP datagram that is not SIP ([`Correlator::datagram`]).
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record));
+    /// An RTCP report relayed by a HEP agent ([`Correlator::hep_rtcp`]).
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool;
+}
+
+impl Correlate for Correlator {
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        Correlator::sip(self, meta, msg, out);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
+        Correlator::datagram(self, meta, payload, out);
+    }
+
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        Correlator::hep_rtcp(self, call_id, time, report)
     }
 }
 

@@ -69,9 +69,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::agent::AgentConfig;
-use crate::correlation::Correlator;
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
-use crate::pipeline::{Pipeline, TimeCheck};
+use crate::correlation::sharded::ShardedCorrelator;
+use crate::pipeline::{LivePipeline, TimeCheck};
 use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
 use crate::sources::afpacket::LiveCaptureError;
@@ -215,8 +215,9 @@ fn run_id() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// The pipeline shared by the sources.
-type SharedPipeline = Arc<Mutex<Pipeline>>;
+/// The pipeline shared by the sources: every capture thread decodes its own frames and
+/// correlates them in the shard of their call (no lock every packet takes).
+type SharedPipeline = Arc<LivePipeline>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -437,10 +438,11 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            pipeline: Arc::new(Mutex::new(Pipeline::new(Correlator::new(
+            pipeline: Arc::new(LivePipeline::new(ShardedCorrelator::new(
+                config.shards,
                 config.calls,
                 config.media,
-            )))),
+            ))),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),
@@ -602,12 +604,12 @@ impl Daemon {
         {
             // What the reassembly still holds is decoded first, then open calls become
             // partial records. Nothing is captured any more: waiting for room is right.
-            let mut p = lock(&ctx.pipeline);
+            let p = &ctx.pipeline;
             let records = &ctx.records;
             p.finish(ctx.live_now.now(), ClosedBy::Shutdown, &mut |r| {
                 records.push_waiting(r)
             });
-            ticker::publish_pipeline_counters(&p, &ctx.metrics, &mut lock(&ctx.losses_told));
+            ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
         let Context {
             records, tracker, ..
