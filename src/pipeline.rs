@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::correlation::hep::{Fed, FeedError};
-use crate::correlation::sharded::ShardedCorrelator;
+use crate::correlation::sharded::{HoldCounters, MediaHold, Routed, ShardedCorrelator};
 use crate::correlation::{Correlate, Correlator};
 use crate::decode::hep::HepFrame;
 use crate::decode::sip::SipMessage;
@@ -248,7 +248,16 @@ impl Pipeline {
 #[derive(Debug)]
 pub struct LiveInput {
     name: String,
-    state: Mutex<(Input, u64)>,
+    state: Mutex<LiveState>,
+}
+
+/// What a capture thread's input holds.
+#[derive(Debug)]
+struct LiveState {
+    input: Input,
+    hep_unusable: u64,
+    /// RTP of flows no route names yet, held back a moment ([`MediaHold`]).
+    hold: MediaHold,
 }
 
 impl LiveInput {
@@ -256,7 +265,7 @@ impl LiveInput {
         &self.name
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, (Input, u64)> {
+    fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -270,13 +279,19 @@ impl LiveInput {
 pub struct LivePipeline {
     inputs: Mutex<Vec<Arc<LiveInput>>>,
     correlator: ShardedCorrelator,
+    /// How long a capture thread holds RTP of a flow no route names yet.
+    media_hold: std::time::Duration,
 }
 
 impl LivePipeline {
-    pub fn new(correlator: ShardedCorrelator) -> Self {
+    /// A live pipeline whose capture threads hold RTP of flows no route names yet for up
+    /// to `media_hold` of capture time (longer than the rings' block timeout: see
+    /// [`MediaHold`]).
+    pub fn new(correlator: ShardedCorrelator, media_hold: std::time::Duration) -> Self {
         LivePipeline {
             inputs: Mutex::new(Vec::new()),
             correlator,
+            media_hold,
         }
     }
 
@@ -289,14 +304,15 @@ impl LivePipeline {
     ) -> Arc<LiveInput> {
         let input = Arc::new(LiveInput {
             name: name.to_owned(),
-            state: Mutex::new((
-                Input {
+            state: Mutex::new(LiveState {
+                input: Input {
                     name: name.to_owned(),
                     dissector: Dissector::new(limits),
                     time_check,
                 },
-                0,
-            )),
+                hep_unusable: 0,
+                hold: MediaHold::new(self.media_hold),
+            }),
         });
         self.inputs
             .lock()
@@ -308,18 +324,50 @@ impl LivePipeline {
     /// Decodes one frame of `input` and correlates what it holds.
     pub fn frame(&self, input: &LiveInput, frame: &Frame<'_>, out: &mut impl FnMut(Record)) {
         let mut state = input.state();
-        let (Input {
-            dissector,
-            time_check,
-            ..
-        }, hep_unusable) = &mut *state;
+        let LiveState {
+            input:
+                Input {
+                    dissector,
+                    time_check,
+                    ..
+                },
+            hep_unusable,
+            hold,
+        } = &mut *state;
         let mut feed = Feed {
-            correlator: &mut &self.correlator,
+            correlator: &mut Routed {
+                shards: &self.correlator,
+                hold,
+            },
             time_check: time_check.as_ref(),
             out,
             hep_unusable,
         };
         dissector.frame(frame, &mut feed);
+    }
+
+    /// Releases the RTP `input` held whose route has appeared or whose hold has passed by
+    /// `now` (a capture thread calls it after every batch).
+    pub fn release_held(&self, input: &LiveInput, now: Timestamp, out: &mut impl FnMut(Record)) {
+        let mut state = input.state();
+        Routed {
+            shards: &self.correlator,
+            hold: &mut state.hold,
+        }
+        .release(now, out);
+    }
+
+    /// The hold counters of every input, summed.
+    pub fn hold_counters(&self) -> HoldCounters {
+        let mut sum = HoldCounters::default();
+        for input in self.inputs() {
+            let c = input.state().hold.counters();
+            sum.held += c.held;
+            sum.released_routed += c.released_routed;
+            sum.released_unrouted += c.released_unrouted;
+            sum.not_held_full += c.not_held_full;
+        }
+        sum
     }
 
     /// Correlates a HEP frame from the HEP listener (see [`Pipeline::hep`]).
@@ -342,18 +390,28 @@ impl LivePipeline {
     pub fn finish(&self, now: Timestamp, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
         for input in self.inputs() {
             let mut state = input.state();
-            let (Input {
-                dissector,
-                time_check,
-                ..
-            }, hep_unusable) = &mut *state;
+            let LiveState {
+                input:
+                    Input {
+                        dissector,
+                        time_check,
+                        ..
+                    },
+                hep_unusable,
+                hold,
+            } = &mut *state;
+            let mut routed = Routed {
+                shards: &self.correlator,
+                hold,
+            };
             let mut feed = Feed {
-                correlator: &mut &self.correlator,
+                correlator: &mut routed,
                 time_check: time_check.as_ref(),
                 out: &mut *out,
                 hep_unusable,
             };
             dissector.finish(now, &mut feed);
+            routed.release_all(out);
         }
         self.correlator.finish(closed_by, out);
     }
@@ -371,7 +429,7 @@ impl LivePipeline {
 
     /// The decode counters of one input.
     pub fn dissect_stats(&self, input: &LiveInput) -> DissectStats {
-        input.state().0.dissector.stats()
+        input.state().input.dissector.stats()
     }
 
     /// Every input name with the bytes its reassembly holds (inputs of one name — the
@@ -379,7 +437,8 @@ impl LivePipeline {
     pub fn bytes_held(&self) -> std::collections::BTreeMap<String, usize> {
         let mut held = std::collections::BTreeMap::new();
         for input in self.inputs() {
-            *held.entry(input.name.clone()).or_default() += input.state().0.dissector.bytes_held();
+            *held.entry(input.name.clone()).or_default() +=
+                input.state().input.dissector.bytes_held();
         }
         held
     }
@@ -390,10 +449,10 @@ impl LivePipeline {
         let mut hep_unusable = 0;
         for input in self.inputs() {
             let state = input.state();
-            for (kind, n) in state.0.dissector.stats().loss_counters() {
+            for (kind, n) in state.input.dissector.stats().loss_counters() {
                 *totals.entry(kind).or_default() += n;
             }
-            hep_unusable += state.1;
+            hep_unusable += state.hep_unusable;
         }
         if hep_unusable > 0 {
             totals.insert("hep_unusable", hep_unusable);

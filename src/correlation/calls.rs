@@ -202,7 +202,25 @@ impl CallCounters {
     /// Adds another tracker's counters (the shards of a sharded correlator). Every field is
     /// named, so a new counter cannot be left out of the sum.
     pub fn add(&mut self, other: &Self) {
-        let CallCounters { calls, started_before_capture, registrations, other_transactions, orphan_messages, partial_calls_refused, late_messages, ignored_after_final, ended_forgotten, evicted_in_setup, dropped_at_capacity, fields_truncated, hep_rtcp_attached, hep_rtcp_unmatched, hep_rtcp_after_end, hep_rtcp_dropped, records_grace_cut_short } = *other;
+        let CallCounters {
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
+        } = *other;
         self.calls += calls;
         self.started_before_capture += started_before_capture;
         self.registrations += registrations;

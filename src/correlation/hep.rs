@@ -82,9 +82,9 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::correlation::Correlator;
     use crate::correlation::calls::CallLimits;
     use crate::correlation::media::MediaLimits;
+    use crate::correlation::Correlator;
     use crate::decode::hep::{IpFamily, IpProtocol};
     use crate::record::ClosedBy;
     use crate::record::Transport;

@@ -146,7 +146,27 @@ impl MediaCounters {
     /// Adds another tracker's counters (the shards of a sharded correlator). Every field is
     /// named, so a new counter cannot be left out of the sum.
     pub fn add(&mut self, other: &Self) {
-        let MediaCounters { rtp_packets, rtp_packets_in_calls, rtp_decode_errors, rtcp_packets, rtcp_decode_errors, rtcp_unattributed, rtcp_dropped_at_capacity, streams, peak_active_streams, orphan_streams, other_datagrams, probation_discarded, streams_dropped_at_capacity, endpoints_dropped_at_capacity, rtp_after_call_end, rtcp_after_call_end, ended_endpoints_forgotten, orphan_streams_summarised, streams_beyond_call_cap } = *other;
+        let MediaCounters {
+            rtp_packets,
+            rtp_packets_in_calls,
+            rtp_decode_errors,
+            rtcp_packets,
+            rtcp_decode_errors,
+            rtcp_unattributed,
+            rtcp_dropped_at_capacity,
+            streams,
+            peak_active_streams,
+            orphan_streams,
+            other_datagrams,
+            probation_discarded,
+            streams_dropped_at_capacity,
+            endpoints_dropped_at_capacity,
+            rtp_after_call_end,
+            rtcp_after_call_end,
+            ended_endpoints_forgotten,
+            orphan_streams_summarised,
+            streams_beyond_call_cap,
+        } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
         self.rtp_decode_errors += rtp_decode_errors;

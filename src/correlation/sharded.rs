@@ -116,7 +116,8 @@ impl ShardedCorrelator {
 
     /// The shard of a Call-ID.
     pub fn shard_of_call(&self, call_id: &str) -> usize {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(calls::call_key(call_id));
+        let hash =
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(calls::call_key(call_id));
         (hash % self.shards.len() as u64) as usize
     }
 
@@ -126,16 +127,17 @@ impl ShardedCorrelator {
         if self.shards.len() == 1 {
             return 0;
         }
-        if let Some(shard) = self
-            .routes
-            .get(&meta.dst)
-            .or_else(|| self.routes.get(&meta.src))
-        {
+        if let Some(shard) = self.route_of(&meta.src, &meta.dst) {
             return shard;
         }
         let (a, b) = (mix(&meta.src), mix(&meta.dst));
         // Unordered: both directions of a flow meet.
         ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.shards.len()
+    }
+
+    /// The shard a route names for a datagram between these addresses (destination first).
+    fn route_of(&self, src: &SocketAddr, dst: &SocketAddr) -> Option<usize> {
+        self.routes.get(dst).or_else(|| self.routes.get(src))
     }
 
     /// Locks a shard, counting a wait.
@@ -184,9 +186,8 @@ impl ShardedCorrelator {
             self.lock(shard).advance(now, out);
         }
         if self.shards.len() > 1 {
-            self.routes.sweep_next(|shard, addr| {
-                self.lock(shard).media().knows_endpoint(addr)
-            });
+            self.routes
+                .sweep_next(|shard, addr| self.lock(shard).media().knows_endpoint(addr));
         }
     }
 
@@ -267,6 +268,212 @@ impl Correlate for &ShardedCorrelator {
     }
 }
 
+/// Most flows one thread holds back at a time, and most bytes it holds for them.
+const HOLD_MAX_FLOWS: usize = 8_192;
+const HOLD_MAX_BYTES: usize = 4 << 20;
+
+/// Counters of a thread's [`MediaHold`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldCounters {
+    /// Datagrams held back because no route existed yet.
+    pub held: u64,
+    /// Held datagrams released to the shard a route named once it appeared.
+    pub released_routed: u64,
+    /// Held datagrams released to the address pair's shard after the hold (orphans).
+    pub released_unrouted: u64,
+    /// Datagrams not held because the hold was full (handled at once, as without a hold).
+    pub not_held_full: u64,
+}
+
+/// One capture thread's hold on RTP and RTCP of flows no route names yet.
+///
+/// A call's SDP and its first RTP packets can be handled by two capture threads, and the
+/// thread with the SDP may be a ring block behind (up to the block timeout): without a hold,
+/// those first packets would open an orphan stream in the wrong shard and the call's stream
+/// would start late. So a thread holds the datagrams of a new, unrouted RTP/RTCP flow for up
+/// to `hold` (capture time, longer than a block timeout), in order: released to the shard
+/// of the route as soon as one appears, else, after the hold, to the address pair's shard as
+/// the orphan it is — from then on that flow is not held again while it is seen. Bounded in
+/// flows and bytes; beyond, a datagram is handled at once and counted.
+#[derive(Debug)]
+pub struct MediaHold {
+    hold: std::time::Duration,
+    flows: HashMap<(SocketAddr, SocketAddr), HeldFlow>,
+    bytes: usize,
+    counters: HoldCounters,
+}
+
+#[derive(Debug)]
+struct HeldFlow {
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    /// Empty once the flow was released as unrouted (it is then only remembered).
+    packets: Vec<(DatagramMeta, Box<[u8]>)>,
+    settled: bool,
+}
+
+impl MediaHold {
+    pub fn new(hold: std::time::Duration) -> Self {
+        MediaHold {
+            hold,
+            flows: HashMap::new(),
+            bytes: 0,
+            counters: HoldCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> HoldCounters {
+        self.counters
+    }
+
+    /// Datagrams held now.
+    pub fn held_now(&self) -> usize {
+        self.flows.values().map(|f| f.packets.len()).sum()
+    }
+}
+
+fn pair(meta: &DatagramMeta) -> (SocketAddr, SocketAddr) {
+    if meta.src <= meta.dst {
+        (meta.src, meta.dst)
+    } else {
+        (meta.dst, meta.src)
+    }
+}
+
+/// A capture thread's view of the shards: a [`ShardedCorrelator`] and the thread's
+/// [`MediaHold`].
+#[derive(Debug)]
+pub struct Routed<'a> {
+    pub shards: &'a ShardedCorrelator,
+    pub hold: &'a mut MediaHold,
+}
+
+impl Routed<'_> {
+    /// Releases what the hold may release at `now`: flows a route now names, and flows
+    /// held longer than the hold (to their pair's shard). Settled flows not seen for a
+    /// while are forgotten.
+    pub fn release(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        if self.hold.flows.is_empty() {
+            return;
+        }
+        let hold = self.hold.hold;
+        let forget = hold.as_secs_f64() * 20.0;
+        let mut due = Vec::new();
+        self.hold.flows.retain(|key, flow| {
+            if flow.settled {
+                return now.seconds_since(flow.last_seen) <= forget;
+            }
+            due.push(*key);
+            true
+        });
+        for key in due {
+            let routed = self.shards.route_of(&key.0, &key.1);
+            let Some(flow) = self.hold.flows.get_mut(&key) else {
+                continue;
+            };
+            let expired = now.seconds_since(flow.first_seen) > hold.as_secs_f64();
+            if routed.is_none() && !expired {
+                continue;
+            }
+            let packets = std::mem::take(&mut flow.packets);
+            if routed.is_some() {
+                self.hold.flows.remove(&key);
+                self.hold.counters.released_routed += packets.len() as u64;
+            } else {
+                flow.settled = true;
+                self.hold.counters.released_unrouted += packets.len() as u64;
+            }
+            for (meta, payload) in packets {
+                self.hold.bytes -= payload.len();
+                self.shards.datagram(&meta, &payload, out);
+            }
+        }
+    }
+
+    /// Releases everything held (the pipeline finishes).
+    pub fn release_all(&mut self, out: &mut impl FnMut(Record)) {
+        let flows = std::mem::take(&mut self.hold.flows);
+        self.hold.bytes = 0;
+        for (_, flow) in flows {
+            for (meta, payload) in flow.packets {
+                self.hold.counters.released_unrouted += 1;
+                self.shards.datagram(&meta, &payload, out);
+            }
+        }
+    }
+}
+
+impl Correlate for Routed<'_> {
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        self.shards.sip(meta, msg, out);
+    }
+
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
+        if self.shards.shards.len() == 1 {
+            return self.shards.datagram(meta, payload, out);
+        }
+        let routed = self.shards.route_of(&meta.src, &meta.dst);
+        let key = pair(meta);
+        let settled = self.hold.flows.get_mut(&key).map(|flow| {
+            flow.last_seen = meta.time;
+            flow.settled
+        });
+        match settled {
+            // An orphan flow already released: handled at once.
+            Some(true) => {}
+            // The route came: what was held goes first, in order.
+            Some(false) if routed.is_some() => self.release(meta.time, out),
+            Some(false) => {
+                let full = self.hold.bytes + payload.len() > HOLD_MAX_BYTES;
+                if let Some(flow) = self.hold.flows.get_mut(&key) {
+                    if !full {
+                        self.hold.bytes += payload.len();
+                        self.hold.counters.held += 1;
+                        flow.packets.push((*meta, payload.into()));
+                        return;
+                    }
+                    // The hold is full: this flow goes on unheld, what it held first.
+                    self.hold.counters.not_held_full += 1;
+                    flow.settled = true;
+                    let packets = std::mem::take(&mut flow.packets);
+                    self.hold.counters.released_unrouted += packets.len() as u64;
+                    for (meta, payload) in packets {
+                        self.hold.bytes -= payload.len();
+                        self.shards.datagram(&meta, &payload, out);
+                    }
+                }
+            }
+            None if routed.is_none()
+                && crate::media::packet::classify(payload) != crate::media::packet::Kind::Other =>
+            {
+                if self.hold.flows.len() < HOLD_MAX_FLOWS
+                    && self.hold.bytes + payload.len() <= HOLD_MAX_BYTES
+                {
+                    self.hold.bytes += payload.len();
+                    self.hold.counters.held += 1;
+                    self.hold.flows.insert(
+                        key,
+                        HeldFlow {
+                            first_seen: meta.time,
+                            last_seen: meta.time,
+                            packets: vec![(*meta, payload.into())],
+                            settled: false,
+                        },
+                    );
+                    return;
+                }
+                self.hold.counters.not_held_full += 1;
+            }
+            None => {}
+        }
+        self.shards.datagram(meta, payload, out);
+    }
+
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        self.shards.hep_rtcp(call_id, time, report)
+    }
+}
+
 /// A cheap, fixed mix of an address (stripe and orphan shard choice; not exposed to
 /// anyone who could choose addresses to collide, beyond spreading their own traffic).
 fn mix(addr: &SocketAddr) -> u64 {
@@ -313,7 +520,10 @@ impl MediaRoutes {
     }
 
     fn set(&self, addr: SocketAddr, shard: usize) {
-        let mut stripe = self.stripe(&addr).write().unwrap_or_else(|p| p.into_inner());
+        let mut stripe = self
+            .stripe(&addr)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(old) = stripe.get_mut(&addr) {
             *old = shard;
             return;
@@ -336,8 +546,7 @@ impl MediaRoutes {
         let mut stripe = self.stripes[i].write().unwrap_or_else(|p| p.into_inner());
         let before = stripe.len();
         stripe.retain(|addr, shard| knows(*shard, addr));
-        self.len
-            .fetch_sub(before - stripe.len(), Ordering::Relaxed);
+        self.len.fetch_sub(before - stripe.len(), Ordering::Relaxed);
     }
 }
 
@@ -387,15 +596,39 @@ mod tests {
         let id = format!("call-{n}@x");
         let caller = format!("10.1.{}.{}", n / 250, n % 250);
         let callee = format!("10.2.{}.{}", n / 250, n % 250);
-        c(Event::Sip(start_ms, sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some(&caller))));
-        c(Event::Sip(start_ms + 10, sip(&id, "SIP/2.0 200 OK", "1 INVITE", Some(&callee))));
+        c(Event::Sip(
+            start_ms,
+            sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some(&caller)),
+        ));
+        c(Event::Sip(
+            start_ms + 10,
+            sip(&id, "SIP/2.0 200 OK", "1 INVITE", Some(&callee)),
+        ));
         for i in 0..50u16 {
             let ms = start_ms + 20 + i64::from(i) * 20;
-            c(Event::Rtp(ms, format!("{caller}:4000"), format!("{callee}:4000"), i, 2 * n));
-            c(Event::Rtp(ms, format!("{callee}:4000"), format!("{caller}:4000"), i, 2 * n + 1));
+            c(Event::Rtp(
+                ms,
+                format!("{caller}:4000"),
+                format!("{callee}:4000"),
+                i,
+                2 * n,
+            ));
+            c(Event::Rtp(
+                ms,
+                format!("{callee}:4000"),
+                format!("{caller}:4000"),
+                i,
+                2 * n + 1,
+            ));
         }
-        c(Event::Sip(start_ms + 1_100, sip(&id, "BYE sip:b@x SIP/2.0", "2 BYE", None)));
-        c(Event::Sip(start_ms + 1_110, sip(&id, "SIP/2.0 200 OK", "2 BYE", None)));
+        c(Event::Sip(
+            start_ms + 1_100,
+            sip(&id, "BYE sip:b@x SIP/2.0", "2 BYE", None),
+        ));
+        c(Event::Sip(
+            start_ms + 1_110,
+            sip(&id, "SIP/2.0 200 OK", "2 BYE", None),
+        ));
     }
 
     enum Event {
@@ -479,5 +712,75 @@ mod tests {
         let mut per_shard = Vec::new();
         sharded.for_each(|c| per_shard.push(c.calls().counters().calls));
         assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+    }
+
+    /// The thread that sees a call's first RTP can be ahead of the thread with its SDP: the
+    /// RTP is held until the route appears and then measured in the call, none of it as an
+    /// orphan. RTP that no SDP ever names is released after the hold as the orphan it is.
+    #[test]
+    fn rtp_seen_before_its_sdp_is_held_until_the_route_appears() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut hold = MediaHold::new(std::time::Duration::from_millis(250));
+        let mut out = Vec::new();
+        let id = "early@x";
+        let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.1"));
+        let ok = sip(id, "SIP/2.0 200 OK", "1 INVITE", Some("10.2.0.1"));
+        // From an address the INVITE did not announce (a media relay), to the callee's
+        // endpoint, which only the 200 announces.
+        let rtp_at = |ms: i64, seq: u16| {
+            Event::Rtp(ms, "10.3.0.1:4000".into(), "10.2.0.1:4000".into(), seq, 7)
+        };
+        // An orphan flow, never announced.
+        let orphan_at = |ms: i64, seq: u16| {
+            Event::Rtp(ms, "10.9.0.1:4000".into(), "10.9.0.2:4000".into(), seq, 9)
+        };
+        {
+            let mut routed = Routed {
+                shards: &sharded,
+                hold: &mut hold,
+            };
+            feed(&mut routed, Event::Sip(0, invite), &mut out);
+            // The callee's RTP endpoint is learned from the 200, which this thread sees late.
+            for seq in 0..5u16 {
+                feed(&mut routed, rtp_at(20 + i64::from(seq) * 20, seq), &mut out);
+                feed(
+                    &mut routed,
+                    orphan_at(20 + i64::from(seq) * 20, seq),
+                    &mut out,
+                );
+            }
+            assert_eq!(routed.hold.held_now(), 10);
+            feed(&mut routed, Event::Sip(90, ok), &mut out);
+            routed.release(at(110), &mut |r| out.push(r));
+            assert_eq!(
+                routed.hold.held_now(),
+                5,
+                "the call's RTP released, the orphan's held"
+            );
+            for seq in 5..50u16 {
+                feed(&mut routed, rtp_at(20 + i64::from(seq) * 20, seq), &mut out);
+                feed(
+                    &mut routed,
+                    orphan_at(20 + i64::from(seq) * 20, seq),
+                    &mut out,
+                );
+                routed.release(at(20 + i64::from(seq) * 20), &mut |r| out.push(r));
+            }
+            feed(
+                &mut routed,
+                Event::Sip(1_100, sip(id, "BYE sip:b@x SIP/2.0", "2 BYE", None)),
+                &mut out,
+            );
+            routed.release_all(&mut |r| out.push(r));
+        }
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        assert_eq!(calls_with_packets(&out), [(id.to_owned(), 50)]);
+        let c = hold.counters();
+        assert_eq!(c.released_routed, 5);
+        // The orphan flow: held for 250 ms of capture time (20 ms to 280 ms), then released.
+        assert_eq!(c.released_unrouted, 14, "{c:?}");
+        let (_, media) = sharded.counters();
+        assert_eq!(media.orphan_streams, 1, "the unannounced flow, once");
+        assert_eq!(media.rtp_packets, 100);
     }
 }

@@ -74,11 +74,9 @@ impl Captures {
                 };
                 let clock =
                     LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, &c.interface);
-                let input = ctx.pipeline.add_input(
-                    &c.interface,
-                    limits,
-                    Some(clock.into_time_check()),
-                );
+                let input =
+                    ctx.pipeline
+                        .add_input(&c.interface, limits, Some(clock.into_time_check()));
                 let sink = CaptureSink {
                     pipeline: Arc::clone(&ctx.pipeline),
                     input,
@@ -151,6 +149,11 @@ impl PacketSink for CaptureSink {
     }
 
     fn batch_end(&mut self) {
+        // Kernel capture times are the wall clock: the hold is measured on it too.
+        let records = &self.records;
+        let now = crate::time::Timestamp::now();
+        self.pipeline
+            .release_held(&self.input, now, &mut |r| records.push(r));
         self.health.progress(Stage::Capture);
     }
 }

@@ -69,8 +69,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::agent::AgentConfig;
-use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
 use crate::correlation::sharded::ShardedCorrelator;
+use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
 use crate::pipeline::{LivePipeline, TimeCheck};
 use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
@@ -221,6 +221,17 @@ type SharedPipeline = Arc<LivePipeline>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a capture thread holds RTP of a flow no route names yet: two ring block
+/// timeouts (the longest a sibling thread's block can hold the SDP back) and a margin.
+fn media_hold(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
+    let block = captures
+        .iter()
+        .map(|c| c.ring.block_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(2 * u64::from(block) + 50)
 }
 
 /// What every component is built with.
@@ -438,11 +449,10 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            pipeline: Arc::new(LivePipeline::new(ShardedCorrelator::new(
-                config.shards,
-                config.calls,
-                config.media,
-            ))),
+            pipeline: Arc::new(LivePipeline::new(
+                ShardedCorrelator::new(config.shards, config.calls, config.media),
+                media_hold(&config.captures),
+            )),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),

@@ -125,7 +125,9 @@ pub(super) fn publish_pipeline_counters(
     metrics.call_table_bytes.set(held as i64);
     let (calls, media) = c.counters();
     let shards = c.stats();
-    metrics.correlation_shard_lock_waits.raise_to(shards.lock_waits);
+    metrics
+        .correlation_shard_lock_waits
+        .raise_to(shards.lock_waits);
     metrics.correlation_media_routes.set(shards.routes as i64);
     metrics.correlation_shards.set(shards.shards as i64);
     for (table, n) in [
@@ -286,11 +288,14 @@ mod tests {
 
     #[test]
     fn decode_errors_metric_sums_every_interface() {
-        let pipeline = LivePipeline::new(ShardedCorrelator::new(
-            2,
-            crate::correlation::calls::CallLimits::default(),
-            crate::correlation::media::MediaLimits::default(),
-        ));
+        let pipeline = LivePipeline::new(
+            ShardedCorrelator::new(
+                2,
+                crate::correlation::calls::CallLimits::default(),
+                crate::correlation::media::MediaLimits::default(),
+            ),
+            Duration::from_millis(250),
+        );
         let metrics = AgentMetrics::new();
         let mut told = NewSince::default();
         let inputs = [
@@ -322,11 +327,14 @@ mod tests {
     /// HEP task had counted under the same kind.
     #[test]
     fn decode_errors_of_two_sources_add_up() {
-        let pipeline = LivePipeline::new(ShardedCorrelator::new(
-            2,
-            crate::correlation::calls::CallLimits::default(),
-            crate::correlation::media::MediaLimits::default(),
-        ));
+        let pipeline = LivePipeline::new(
+            ShardedCorrelator::new(
+                2,
+                crate::correlation::calls::CallLimits::default(),
+                crate::correlation::media::MediaLimits::default(),
+            ),
+            Duration::from_millis(250),
+        );
         let metrics = AgentMetrics::new();
         let mut told = NewSince::default();
         let input = pipeline.add_input("eth0", DissectLimits::default(), None);

@@ -1484,21 +1484,24 @@ fn the_capture_ring_is_the_one_the_configuration_checked() {
         &pki,
         dir.path(),
         9,
-        "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\n",
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\nthreads = 2\n",
         None,
     );
     let config = teledge::config::agent::load(&path).unwrap();
     let ring = config.captures[0].ring;
+    // Two capture threads share the interface's 9 MiB: a ring of 4.5 MiB each.
+    assert_eq!(config.captures[0].threads, 2);
+    assert_eq!(config.shards, 2);
     assert_eq!(
         ring,
         RingSettings {
             block_size: 256 << 10,
-            block_count: 36,
+            block_count: 18,
             block_timeout_ms: 20,
             ..RingSettings::default()
         }
     );
-    assert_eq!(ring.total_bytes(), 9 << 20);
+    assert_eq!(ring.total_bytes() * 2, 9 << 20);
     assert_eq!(ring.validate(4096), Ok(()));
 }
 

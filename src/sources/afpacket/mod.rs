@@ -231,7 +231,8 @@ impl LiveCapture {
             // The kernel takes a group only on a bound socket; its hash is symmetric, so
             // both directions of a flow (a TCP stream to reassemble) reach the same member,
             // and every fragment of an IP datagram too (fragments hash on addresses only).
-            let value = libc::c_int::from(group) | ((libc::PACKET_FANOUT_HASH as libc::c_int) << 16);
+            let value =
+                libc::c_int::from(group) | ((libc::PACKET_FANOUT_HASH as libc::c_int) << 16);
             sys::set_int(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, value)
                 .map_err(|e| io_err("PACKET_FANOUT", e))?;
         }
