@@ -13,6 +13,11 @@
 //! - [`Pipeline::finish`] flushes what every input's reassembly still holds (TCP data behind
 //!   a hole, for instance), then closes every open call as partial with the reason given.
 //!
+//! [`LivePipeline`] is the same path for the daemon's threads: every capture thread decodes
+//! its own frames ([`LiveInput`]) and hands the events to a [`ShardedCorrelator`], whose
+//! shards each take the calls (and their media) of a share of the Call-IDs. Replay stays on
+//! [`Pipeline`]: one thread, one correlator, deterministic.
+//!
 //! Times a sender stamped can be checked on their way in by an input's [`TimeCheck`] (the
 //! daemon keeps one frame stamped a day ahead from freezing every timeout); replay has none.
 //! No I/O: records leave through the `out` callback, so the same code runs over a file, a

@@ -2,18 +2,24 @@
 //! joined by bounded queues.
 //!
 //! ```text
-//!  AF_PACKET ring ──(capture thread: Pipeline::frame)───┐
-//!  HEP listener ──(bounded channel)──(HEP task: Pipeline::hep)┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
-//!  sensor tasks ──(bridge)───────────────────────────────┤                                   │
-//!  queue_log threads, callcenter tasks (queue contacts) ──┘                                   │
-//!  ticker: Pipeline::tick, gauges                               uplink task ◄── durable records
+//!  AF_PACKET rings (fanout) ──(capture threads: LivePipeline::frame)──┐
+//!  HEP listener ──(bounded channel)──(HEP task: LivePipeline::hep)────┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
+//!  sensor tasks ──(bridge)────────────────────────────────────────────┤                                   │
+//!  queue_log threads, callcenter tasks (queue contacts) ───────────────┘                                   │
+//!  ticker: LivePipeline::tick, gauges                                        uplink task ◄── durable records
 //! ```
 //!
-//! - Capture never waits: a capture thread decodes and correlates its own packets (the shared
-//!   [`Pipeline`] — one decode state per interface, one correlator — is behind a mutex held
-//!   per packet, uncontended with one interface), and
-//!   hands records on with `try_send`; a full record queue drops the record and counts it
-//!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
+//! - Capture never waits: each interface has `[[capture]] threads` capture threads (by
+//!   default one a core), each with its own AF_PACKET socket and ring in one
+//!   `PACKET_FANOUT` group, so the kernel hands each flow to one of them. A capture thread
+//!   decodes its own packets (its own decode state in the [`LivePipeline`]) and correlates
+//!   them in the shard of their call ([`crate::correlation::sharded`]: SIP by Call-ID, RTP by
+//!   the shard that learned its media endpoint from the SDP, `[correlation] shards`, by
+//!   default one a capture thread): threads take a lock only for the shard an event
+//!   belongs to, so they do not take turns at one mutex (waits are counted,
+//!   `teledge_correlation_shard_lock_waits_total`). It hands records on with `try_send`; a
+//!   full record queue drops the record and counts it (`teledge_records_dropped_total`). The
+//!   spool absorbs a slow or absent uplink.
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
