@@ -414,10 +414,14 @@ impl Correlate for Routed<'_> {
         }
         let routed = self.shards.route_of(&meta.src, &meta.dst);
         let key = pair(meta);
-        let settled = self.hold.flows.get_mut(&key).map(|flow| {
-            flow.last_seen = meta.time;
-            flow.settled
-        });
+        let settled = if self.hold.flows.is_empty() {
+            None
+        } else {
+            self.hold.flows.get_mut(&key).map(|flow| {
+                flow.last_seen = meta.time;
+                flow.settled
+            })
+        };
         match settled {
             // An orphan flow already released: handled at once.
             Some(true) => {}

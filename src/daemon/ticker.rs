@@ -130,6 +130,16 @@ pub(super) fn publish_pipeline_counters(
         .raise_to(shards.lock_waits);
     metrics.correlation_media_routes.set(shards.routes as i64);
     metrics.correlation_shards.set(shards.shards as i64);
+    let held = p.hold_counters();
+    for (outcome, n) in [
+        ("routed", held.released_routed),
+        ("unrouted", held.released_unrouted),
+        ("hold_full", held.not_held_full),
+    ] {
+        if n > 0 {
+            metrics.correlation_media_held.with(&[outcome]).raise_to(n);
+        }
+    }
     for (table, n) in [
         ("calls_in_setup", calls.evicted_in_setup),
         ("ended_dialogs", calls.ended_forgotten),

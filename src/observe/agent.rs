@@ -62,6 +62,11 @@ pub struct AgentMetrics {
     pub correlation_shard_lock_waits: Arc<Counter>,
     /// Media endpoint → shard routes held.
     pub correlation_media_routes: Arc<Gauge>,
+    /// RTP/RTCP datagrams a capture thread held back because no route named their flow
+    /// yet, by what became of them: `routed` (released to the call's shard when its SDP
+    /// was handled), `unrouted` (released as orphans after the hold), `hold_full` (not held:
+    /// the hold was at its bound).
+    pub correlation_media_held: Arc<Family<Counter>>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
     /// Sender times (HEP) too far from the local clock, replaced by it; by source and
@@ -219,6 +224,13 @@ impl AgentMetrics {
             correlation_media_routes: r.gauge(
                 "teledge_correlation_media_routes",
                 "Media endpoints routed to a correlation shard.",
+            ),
+            correlation_media_held: r.family(
+                "teledge_correlation_media_held_total",
+                "RTP/RTCP held until a route named its flow, by outcome.",
+                Kind::Counter,
+                &["outcome"],
+                MAX_SMALL_SET,
             ),
             state_evictions: r.family(
                 "teledge_state_evictions_total",
