@@ -22,8 +22,8 @@ pub mod fleet;
 pub mod forward;
 pub mod hep_out;
 mod keys;
-pub mod nats;
 pub mod listen;
+pub mod nats;
 /// The problems' vocabulary: a leaf outside this module ([`crate::config_problem`]), so
 /// that a section's owner (sensor profiles) uses it without importing the configuration.
 pub use crate::config_problem as problem;

@@ -174,7 +174,9 @@ async fn connection<I>(
             if let (Some(whep), true) = (&endpoint.listen, req.uri().path().starts_with("/whep/")) {
                 let cn = cn.as_ref().map(|c| c.0.as_ref());
                 let answer = crate::listen::http::route(req, whep, peer, cn).await;
-                return Ok::<_, std::convert::Infallible>(answer.map(|b| b.map_err(|e| match e {}).boxed()));
+                return Ok::<_, std::convert::Infallible>(
+                    answer.map(|b| b.map_err(|e| match e {}).boxed()),
+                );
             }
             Ok::<_, std::convert::Infallible>(route(&req, peer, &endpoint))
         }
