@@ -74,7 +74,8 @@ pub enum Mirrored<'a> {
 }
 
 /// Something that sees what passes through the pipeline (the HEP relay). Called on the
-/// capture path under the pipeline's lock: it must queue, never wait.
+/// capture path (in the live pipeline, records under the lock of a correlation shard): it
+/// must queue, never wait.
 pub trait Mirror: Send + std::fmt::Debug {
     fn mirror(&mut self, event: Mirrored<'_>);
 
@@ -942,5 +943,186 @@ mod tests {
             pipeline.frame(input, &frame, &mut out);
         }
         assert_eq!(pipeline.loss_totals().get("hep_unusable"), Some(&2));
+    }
+
+    /// A mirror that writes down what it is handed.
+    #[derive(Debug, Clone, Default)]
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    impl Mirror for Recording {
+        fn mirror(&mut self, event: Mirrored<'_>) {
+            let seen = match event {
+                Mirrored::Sip { meta, message } => {
+                    format!("sip {} {} {}", message.call_id, meta.src, meta.dst)
+                }
+                Mirrored::Rtcp {
+                    meta,
+                    payload,
+                    call_id,
+                } => format!("rtcp {call_id} {} {} {}", meta.src, meta.dst, payload.len()),
+                Mirrored::Hep(hep) => format!("hep {:?}", hep.proto_type),
+                Mirrored::Record(r) => match r {
+                    Record::Call(c) => format!("call {} {:?}", c.call_id, c.closed_by),
+                    other => format!("record {}", other.kind()),
+                },
+            };
+            self.0.lock().unwrap().push(seen);
+        }
+    }
+
+    /// Ethernet/IPv4/UDP from `src` to `dst`.
+    fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0, dst.0, 64)
+            .udp(src.1, dst.1);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// One call: INVITE and 200 with SDP, RTP both ways, an RTCP report to each RTCP port,
+    /// a HEP frame on the wire; then the call is left open.
+    fn mirrored_call_frames() -> Vec<Vec<u8>> {
+        let sdp = |ip: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+        };
+        let message = |first: &str, to_tag: &str, body: &str| {
+            format!(
+                "{first}\r\nVia: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bKm1\r\nFrom: <sip:a@x>;tag=a\r\n\
+                 To: <sip:b@x>{to_tag}\r\nCall-ID: mirrored@x\r\nCSeq: 1 INVITE\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let (caller, callee) = ([10, 1, 0, 1], [10, 2, 0, 1]);
+        let mut frames = vec![
+            udp_frame(
+                (caller, 5060),
+                (callee, 5060),
+                &message("INVITE sip:b@x SIP/2.0", "", &sdp("10.1.0.1")),
+            ),
+            udp_frame(
+                (callee, 5060),
+                (caller, 5060),
+                &message("SIP/2.0 200 OK", ";tag=b", &sdp("10.2.0.1")),
+            ),
+        ];
+        for seq in 0..5u16 {
+            let mut rtp = vec![0x80, 8];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            rtp.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            rtp.extend_from_slice(&7u32.to_be_bytes());
+            rtp.extend_from_slice(&[0xD5; 160]);
+            frames.push(udp_frame((caller, 4000), (callee, 4000), &rtp));
+        }
+        // A sender report of SSRC 7 (no report blocks), to the callee's RTCP port.
+        let mut sr = vec![0x80, 200, 0, 6];
+        sr.extend_from_slice(&7u32.to_be_bytes());
+        sr.extend_from_slice(&[0; 20]);
+        frames.push(udp_frame((caller, 4001), (callee, 4001), &sr));
+        frames.push(udp_frame(
+            ([10, 0, 0, 9], 40_000),
+            ([10, 0, 0, 10], 9060),
+            &hep_frame(
+                5,
+                br#"{"type":200,"ssrc":1234,"report_count":0}"#,
+                Some("mirrored@x"),
+            ),
+        ));
+        frames
+    }
+
+    /// The daemon's live pipeline mirrors what replay's does: the same SIP, RTCP of the
+    /// call, HEP and records, in the same order, with two shards (the call in one of them).
+    #[test]
+    fn the_live_pipeline_mirrors_what_the_replay_pipeline_mirrors() {
+        let frames = mirrored_call_frames();
+        let limits = DissectLimits::default();
+        let listener_hep = hep_frame(1, &invite("from-listener"), None);
+        let listener_hep = crate::decode::hep::parse(&listener_hep).unwrap();
+
+        let replay_seen = Recording::default();
+        let (mut replay, input) = Pipeline::single(
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            limits,
+        );
+        replay.set_mirror(Box::new(replay_seen.clone()));
+        let mut replay_records = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let frame = Frame {
+                number: i as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, i as u32 * 20_000_000),
+                link: LinkType::Ethernet,
+                data,
+            };
+            replay.frame(input, &frame, &mut |r| replay_records.push(r));
+        }
+        replay
+            .hep(&listener_hep, 1, &mut |r| replay_records.push(r))
+            .unwrap();
+        replay.tick(Timestamp::from_secs_nanos(1_001, 0), &mut |r| {
+            replay_records.push(r)
+        });
+        replay.finish(
+            Timestamp::from_secs_nanos(1_002, 0),
+            ClosedBy::Shutdown,
+            &mut |r| replay_records.push(r),
+        );
+
+        let live_seen = Recording::default();
+        let live = LivePipeline::new(
+            ShardedCorrelator::new(2, CallLimits::default(), MediaLimits::default()),
+            std::time::Duration::from_millis(250),
+        );
+        // The mirror is set after the input exists, as may happen in the daemon.
+        let input = live.add_input("eth0", limits, None);
+        live.set_mirror(Box::new(live_seen.clone()));
+        let mut live_records = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let frame = Frame {
+                number: i as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, i as u32 * 20_000_000),
+                link: LinkType::Ethernet,
+                data,
+            };
+            live.frame(&input, &frame, &mut |r| live_records.push(r));
+            live.release_held(&input, frame.time, &mut |r| live_records.push(r));
+        }
+        live.hep(&listener_hep, 1, &mut |r| live_records.push(r))
+            .unwrap();
+        live.tick(Timestamp::from_secs_nanos(1_001, 0), &mut |r| {
+            live_records.push(r)
+        });
+        live.finish(
+            Timestamp::from_secs_nanos(1_002, 0),
+            ClosedBy::Shutdown,
+            &mut |r| live_records.push(r),
+        );
+
+        let replay_seen = replay_seen.0.lock().unwrap().clone();
+        let live_seen = live_seen.0.lock().unwrap().clone();
+        for expected in [
+            "sip mirrored@x 10.1.0.1:5060 10.2.0.1:5060",
+            "rtcp mirrored@x 10.1.0.1:4001 10.2.0.1:4001 28",
+            "hep RtcpJson",
+            "hep Sip",
+            "call mirrored@x Shutdown",
+            "call from-listener Shutdown",
+        ] {
+            assert!(
+                replay_seen.iter().any(|s| s == expected),
+                "{expected}: {replay_seen:?}"
+            );
+        }
+        assert_eq!(live_seen, replay_seen);
+        assert_eq!(live_records.len(), replay_records.len());
+        assert_eq!(
+            replay_seen
+                .iter()
+                .filter(|s| s.starts_with("call ") || s.starts_with("record "))
+                .count(),
+            replay_records.len()
+        );
     }
 }

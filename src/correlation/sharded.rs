@@ -901,4 +901,112 @@ mod tests {
         assert_eq!(media.orphan_streams, 1, "the unannounced flow, once");
         assert_eq!(media.rtp_packets, 100);
     }
+
+    /// Every shard times the REGISTERs of its Call-IDs: the registrations records of 8
+    /// shards add up to one correlator's, with ids no two records share, and `finish`
+    /// emits the minutes still held.
+    #[test]
+    fn registrations_of_every_shard_add_up_to_one_correlators() {
+        let single = Correlator::new(CallLimits::default(), MediaLimits::default())
+            .with_registration_records(true);
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default())
+            .with_registration_records(true);
+        let mut single = single;
+        let (mut one, mut many) = (Vec::new(), Vec::new());
+        let reg = |n: u32, ms: i64| -> Vec<Event> {
+            let id = format!("reg-{n}@x");
+            vec![
+                Event::Sip(ms, sip(&id, "REGISTER sip:x SIP/2.0", "1 REGISTER", None)),
+                Event::Sip(ms + 20, sip(&id, "SIP/2.0 200 OK", "1 REGISTER", None)),
+            ]
+        };
+        for n in 0..100u32 {
+            // Two minutes of attempts, each one 20 ms.
+            for e in reg(n, i64::from(n) * 1_000) {
+                feed(&mut single, e, &mut one);
+            }
+            for e in reg(n, i64::from(n) * 1_000) {
+                feed(&mut &sharded, e, &mut many);
+            }
+        }
+        sharded.advance(at(200_000), &mut |r| many.push(r));
+        single.advance(at(200_000), &mut |r| one.push(r));
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let sum = |records: &[Record]| {
+            let mut by_minute = std::collections::BTreeMap::new();
+            let mut ids = std::collections::BTreeSet::new();
+            for r in records {
+                if let Record::Registrations(r) = r {
+                    assert!(ids.insert(r.record_id.clone()), "id shared: {r:?}");
+                    let m = by_minute.entry(r.minute_start).or_insert((0, 0, 0));
+                    m.0 += r.attempts;
+                    m.1 += r.registered;
+                    m.2 += r.rrd_ms;
+                }
+            }
+            by_minute
+        };
+        let (one, many_sum) = (sum(&one), sum(&many));
+        assert_eq!(one.values().map(|m| m.0).sum::<u64>(), 100);
+        assert_eq!(one, many_sum);
+        let records = many
+            .iter()
+            .filter(|r| matches!(r, Record::Registrations(_)))
+            .count();
+        assert!(records > one.len(), "one record per shard and minute");
+    }
+
+    /// Open calls of every shard: the status view gets the most recent in all, and live
+    /// listen finds a call by its Call-ID and by any key test, whatever its shard.
+    #[test]
+    fn open_calls_are_found_over_every_shard() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        for n in 0..20u32 {
+            let id = format!("open-{n}@x");
+            let ip = format!("10.1.0.{}", n + 1);
+            feed(
+                &mut &sharded,
+                Event::Sip(
+                    i64::from(n) * 10,
+                    sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some(&ip)),
+                ),
+                &mut out,
+            );
+        }
+        let mut per_shard = Vec::new();
+        sharded.for_each(|c| per_shard.push(c.calls().open_calls()));
+        assert!(
+            per_shard.iter().filter(|n| **n > 0).count() > 1,
+            "{per_shard:?}"
+        );
+
+        let (calls, more) = sharded.active_calls(5);
+        let ids: Vec<&str> = calls.iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "open-19@x",
+                "open-18@x",
+                "open-17@x",
+                "open-16@x",
+                "open-15@x"
+            ]
+        );
+        assert_eq!(more, 15);
+        let (calls, more) = sharded.active_calls(100);
+        assert_eq!((calls.len(), more), (20, 0));
+
+        for n in 0..20u32 {
+            let id = format!("open-{n}@x");
+            let call = sharded.listenable(&id).expect("open");
+            assert_eq!(call.call_key, id);
+            assert_eq!(call.codecs.len(), 1, "{call:?}");
+            let found = sharded.listenable_matching(|key| key == id).expect("found");
+            assert_eq!(found.call_key, id);
+        }
+        assert!(sharded.listenable("none@x").is_none());
+        assert!(sharded.listenable_matching(|_| false).is_none());
+    }
 }
