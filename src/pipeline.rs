@@ -18,7 +18,7 @@
 //! check), every RTCP packet the media tracker attributes to a call (with its Call-ID), every
 //! HEP frame of type 1 or 5 from the listener or found on the wire (as received), and every
 //! record made. The HEP relay (`crate::relay`) is one; a mirror must not block (it is called
-//! under the pipeline's lock, on the capture path).
+//! on the capture path).
 //!
 //! [`LivePipeline`] is the same path for the daemon's threads: every capture thread decodes
 //! its own frames ([`LiveInput`]) and hands the events to a [`ShardedCorrelator`], whose

@@ -365,6 +365,9 @@ pub struct MediaTracker {
     /// Live listen's hook: RTP of listened calls goes there (nothing is done while no one
     /// listens; see [`crate::media::tap`]).
     tap: ListenTap,
+    /// The correlation shard this tracker measures for (part of its orphan summaries' ids
+    /// when not 0: every shard sums up its own orphans of a minute).
+    shard: u32,
 }
 
 impl MediaTracker {
@@ -389,7 +392,16 @@ impl MediaTracker {
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
             tap: ListenTap::default(),
+            shard: 0,
         }
+    }
+
+    /// The tracker of correlation shard `shard` ([`crate::correlation::sharded`]): its
+    /// orphan summaries' ids carry the shard (shard 0's are an unsharded tracker's), so two
+    /// shards' summaries whose windows start at the same instant are not taken for
+    /// duplicates by a collector.
+    pub fn set_shard(&mut self, shard: u32) {
+        self.shard = shard;
     }
 
     pub fn counters(&self) -> MediaCounters {
@@ -1105,10 +1117,13 @@ impl MediaTracker {
 
     fn close_orphan_window(&mut self) {
         if let Some(mut summary) = self.orphan_summary.take() {
-            summary.record_id = stable_id(&[
-                ORPHAN_SUMMARY_SCHEMA.as_bytes(),
-                &summary.interval_start.as_nanos().to_be_bytes(),
-            ]);
+            let start = summary.interval_start.as_nanos().to_be_bytes();
+            let shard = self.shard.to_be_bytes();
+            let mut parts: Vec<&[u8]> = vec![ORPHAN_SUMMARY_SCHEMA.as_bytes(), &start];
+            if self.shard != 0 {
+                parts.push(&shard);
+            }
+            summary.record_id = stable_id(&parts);
             self.orphan_summaries_ready.push(summary);
         }
         self.orphan_window = None;

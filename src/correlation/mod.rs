@@ -98,6 +98,8 @@ pub struct Correlator {
     /// ([`Correlator::with_registration_records`]).
     registrations: Option<registrations::RegistrationTracker>,
     linger: Duration,
+    /// The shard this correlator is of a sharded one ([`Correlator::in_shard`]), else 0.
+    shard: u32,
 }
 
 impl Correlator {
@@ -110,6 +112,7 @@ impl Correlator {
             grace: calls.record_grace,
             registrations: None,
             linger: calls.linger,
+            shard: 0,
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
@@ -121,16 +124,27 @@ impl Correlator {
     /// --registrations`); off by default, so a replay's records are the calls' and streams'.
     /// The timeout of an attempt is the `linger` (SIP Timer F, 32 s).
     pub fn with_registration_records(mut self, on: bool) -> Self {
-        self.set_registration_records(on, 0);
+        self.set_registration_records(on);
         self
     }
 
-    /// [`Correlator::with_registration_records`] for shard `shard` of a sharded correlator
-    /// (its records' ids differ from other shards' with the same figures; shard 0's are
-    /// those of one correlator).
-    pub fn set_registration_records(&mut self, on: bool, shard: u32) {
+    /// [`Correlator::with_registration_records`] in place.
+    pub fn set_registration_records(&mut self, on: bool) {
         self.registrations =
-            on.then(|| registrations::RegistrationTracker::new(self.linger).in_shard(shard));
+            on.then(|| registrations::RegistrationTracker::new(self.linger).in_shard(self.shard));
+    }
+
+    /// Shard `shard` of a sharded correlator ([`sharded`]): every shard makes its own
+    /// per-minute records (registrations, orphan summaries), which add up; the shard goes
+    /// into their ids so that two shards with the same figures do not make one id (shard
+    /// 0's are one correlator's).
+    pub fn in_shard(mut self, shard: u32) -> Self {
+        self.shard = shard;
+        self.media.set_shard(shard);
+        if let Some(r) = self.registrations.take() {
+            self.registrations = Some(r.in_shard(shard));
+        }
+        self
     }
 
     pub fn calls(&self) -> &CallTracker {

@@ -102,7 +102,7 @@ impl ShardedCorrelator {
         };
         ShardedCorrelator {
             shards: (0..n)
-                .map(|_| Mutex::new(Correlator::new(calls, media_share)))
+                .map(|i| Mutex::new(Correlator::new(calls, media_share).in_shard(i as u32)))
                 .collect(),
             // Open endpoints and those of ended calls within their linger.
             routes: MediaRoutes::new(media.max_endpoints.saturating_mul(2)),
@@ -114,11 +114,11 @@ impl ShardedCorrelator {
     /// record a minute ([`Correlator::with_registration_records`]): they hold counts and sums
     /// only, so the statistics add them up as they would one correlator's.
     pub fn with_registration_records(mut self, on: bool) -> Self {
-        for (i, shard) in self.shards.iter_mut().enumerate() {
+        for shard in self.shards.iter_mut() {
             shard
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
-                .set_registration_records(on, i as u32);
+                .set_registration_records(on);
         }
         self
     }
@@ -1008,5 +1008,53 @@ mod tests {
         }
         assert!(sharded.listenable("none@x").is_none());
         assert!(sharded.listenable_matching(|_| false).is_none());
+    }
+
+    /// Orphan RTP beyond every shard's share of the per-minute budget: each shard sums up
+    /// its own in a summary of the minute, with an id of its own, and the summaries add up
+    /// to every orphan stream.
+    #[test]
+    fn orphan_summaries_of_several_shards_have_ids_of_their_own() {
+        let media = MediaLimits {
+            max_orphan_records_per_minute: 4,
+            ..MediaLimits::default()
+        };
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), media);
+        let mut out = Vec::new();
+        let streams = 200u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                feed(
+                    &mut &sharded,
+                    Event::Rtp(
+                        i64::from(i) * 10 + i64::from(seq),
+                        format!("10.66.{}.{}:4000", i / 250, i % 250),
+                        "10.0.0.1:5000".into(),
+                        seq,
+                        i,
+                    ),
+                    &mut out,
+                );
+            }
+        }
+        sharded.advance(at(200_000), &mut |r| out.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let summaries: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::OrphanStreams(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let singles = out
+            .iter()
+            .filter(|r| matches!(r, Record::Stream(_)))
+            .count() as u64;
+        assert!(summaries.len() > 1, "{} summaries", summaries.len());
+        let ids: std::collections::BTreeSet<&str> =
+            summaries.iter().map(|s| s.record_id.as_str()).collect();
+        assert_eq!(ids.len(), summaries.len(), "ids shared");
+        let summed: u64 = summaries.iter().map(|s| s.streams).sum();
+        assert_eq!(singles + summed, u64::from(streams));
     }
 }
