@@ -30,7 +30,11 @@
 //! What differs from one correlator, and why it is accepted:
 //! - Events of one call that two threads handle reach its shard in the order the threads take
 //!   the lock, not strictly in capture order (as with two interfaces into one correlator
-//!   before); the call state machine is driven by capture time and tolerates it.
+//!   before); the call state machine is driven by capture time and tolerates it. What is
+//!   taken from the first message seen is not reordered, though: the two hops of a proxied
+//!   call (UAC → proxy, proxy → UAS: one Call-ID, two flows) may reach the shard in either
+//!   order, and the record's `caller_address`/`callee_address` are those of the hop whose
+//!   INVITE came first (with one capture thread, the one captured first).
 //! - RTP that a thread sees before another thread has handled the SDP announcing its endpoint
 //!   is on probation (or an orphan) in the pair's shard until the route exists; with fanout by
 //!   flow and the SDP sent before the media, that is a matter of the first packets at most.
