@@ -15,6 +15,21 @@
 # PEER=tshark runs the same steps with `tshark -i lo -q -z rtp,streams` (RTP analysis of
 # every stream, as teledge does; libpcap's default 2 MiB buffer, or BUFFER_MIB) in teledge's
 # place; drops are what TShark reports at exit, RSS is tshark's plus dumpcap's.
+#
+# MODE=veth (issue 14: a generator that is not the bottleneck) measures the capture side on
+# 1 and on 2 cores: `tcpreplay` (Debian) replays the same calls into one end of a veth pair
+# inside a private network namespace at a fixed packet rate (`--pps`, calls x 100) while
+# `teledge run` captures the other end with `[[capture]] threads` = cores (one PACKET_FANOUT
+# socket and one correlation shard each). The calls come from `teledge-loadgen pcap`:
+# INVITE/200/ACK with SDP for every call (once, top speed), then 10 rounds of RTP both ways
+# for every call, looped for STEP_SECONDS at the packet rate, then BYE/200. The kernel
+# delivers a veth frame to the capture sockets on the sending core (softirq), so with one
+# core teledge (core 1) does only its own work while tcpreplay and the kernel's copy into
+# the rings run on core 0; with two, teledge's threads run on both and share core 0 with the
+# generator (this machine has two). A step counts only when tcpreplay sent every packet at
+# the asked rate and the veth dropped none (`ip -s link`): the generator was not the limit.
+# It passes with zero kernel drops on the rings. CALLS lists the steps (default 1000 ...
+# 8000), CORES_LIST the core counts (default "1 2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_SECONDS=${STEP_SECONDS:-8}
@@ -24,7 +39,12 @@ BISECT=${BISECT:-3}
 RING_MIB=${RING_MIB:-16}
 PEER=${PEER:-teledge}
 BUFFER_MIB=${BUFFER_MIB:-2}
+MODE=${MODE:-loopback}
 [ "$(id -u)" -eq 0 ] || { echo "bench-live.sh: needs root (AF_PACKET capture, network namespace)" >&2; exit 1; }
+if [ "$MODE" = veth ] && ! command -v tcpreplay >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q tcpreplay >/dev/null \
+    || { echo "bench-live.sh: MODE=veth needs tcpreplay (Debian package tcpreplay)" >&2; exit 1; }
+fi
 cargo build --release --locked -p teledge --bin teledge -q
 cargo build --release --locked -p teledge-tools --bin teledge-loadgen -q
 bindir="${CARGO_TARGET_DIR:-target}/release"
@@ -67,6 +87,89 @@ enabled = false
 drain_timeout_s = 1
 EOF
 }
+
+# veth_config SPOOL THREADS: teledge capturing tg1 with THREADS fanout threads, /metrics on.
+veth_config() {
+  config "$1" | sed -e 's/^interface = "lo"/interface = "tg1"/' \
+    -e "s/^block_kib = 1024/block_kib = 1024\nthreads = $2/" \
+    -e 's/^enabled = false/enabled = true\nlisten = "127.0.0.1:9464"/'
+}
+
+# veth_step N CORES: prints "target_pps sent_pps failed veth_drops kernel_pkts kernel_drops
+# cpu_s lock_waits records rss_kib"
+veth_step() {
+  local n=$1 cores=$2 pc="$dir/pcap-$1" cfg="$dir/veth-$1-$2.toml" log="$dir/veth-$1-$2.log"
+  local out="$dir/veth-$1-$2.out" pps=$(( $1 * 100 )) cpus=1
+  [ "$cores" -ge 2 ] && cpus=0-$((cores - 1))
+  [ -f "$pc/rtp.pcap" ] || "$bindir/teledge-loadgen" pcap --calls "$n" --ticks 10 --out "$pc" > /dev/null
+  local loops=$(( STEP_SECONDS * 100 / 10 ))
+  veth_config "$dir/spool-$n" "$cores" > "$cfg"
+  unshare -n bash -c "
+    set -e
+    ip link set lo up
+    ip link add tg0 type veth peer name tg1
+    ip link set tg0 up; ip link set tg1 up
+    taskset -c $cpus '$bindir/teledge' run --config '$cfg' 2> '$log' &
+    pid=\$!
+    sleep 2
+    taskset -c 0 tcpreplay -q -i tg0 --topspeed '$pc/setup.pcap' > '$out.setup' 2>&1
+    sleep 0.5
+    taskset -c 0 tcpreplay -i tg0 --pps=$pps --loop=$loops '$pc/rtp.pcap' > '$out.rtp' 2>&1
+    taskset -c 0 tcpreplay -q -i tg0 --topspeed '$pc/teardown.pcap' > '$out.teardown' 2>&1
+    sleep 1.5
+    curl -s http://127.0.0.1:9464/metrics > '$out.metrics' || true
+    grep VmHWM /proc/\$pid/status | awk '{print \$2}' > '$out.rss'
+    awk '{print \$14 + \$15}' /proc/\$pid/stat > '$out.cpu'
+    ip -s -j link show tg0 > '$out.link'
+    kill -TERM \$pid
+    wait \$pid"
+  python3 - "$log" "$out" "$pps" <<'PY'
+import json, re, sys
+log, out, pps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+summary = None
+for line in open(log):
+    if "teledge: stopped: " in line:
+        summary = json.loads(line.split("teledge: stopped: ", 1)[1])
+if summary is None:
+    sys.exit("teledge run left no summary; see " + log)
+rtp = open(out + ".rtp").read()
+sent = int(re.search(r"Actual: (\d+) packets", rtp).group(1))
+secs = float(re.search(r"packets \(\d+ bytes\) sent in ([\d.]+) seconds", rtp).group(1))
+failed = int(re.search(r"Failed packets:\s+(\d+)", rtp).group(1))
+link = json.load(open(out + ".link"))[0]["stats64"]
+veth_drops = link["tx"]["dropped"]
+metrics = open(out + ".metrics").read()
+m = re.search(r"^teledge_correlation_shard_lock_waits_total (\d+)", metrics, re.M)
+waits = int(m.group(1)) if m else -1
+cpu = int(open(out + ".cpu").read()) / 100
+print(pps, round(sent / secs), failed, veth_drops, summary["packets_captured"],
+      summary["kernel_drops"], cpu, waits, summary["records_produced"],
+      open(out + ".rss").read().strip())
+PY
+  rm -rf "$dir/spool-$n"
+}
+
+if [ "$MODE" = veth ]; then
+  echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); ring ${RING_MIB} MiB an interface; ${STEP_SECONDS} s a step; generator: tcpreplay $(tcpreplay --version 2>&1 | awk 'NR==1{print $3}') on core 0"
+  printf '%5s %7s %9s %9s %7s %10s %8s %7s %7s %9s %8s %s\n' cores calls "pkts/s" "sent/s" "veth dr" "kernel pk" "k drops" "CPU s" "us/pkt" "lockwait" "RSS MiB" result
+  for cores in ${CORES_LIST:-1 2}; do
+    best=0
+    for n in ${CALLS:-1000 2000 3000 4000 5000 6000 8000}; do
+      read -r pps sent failed vdrops kpk kdrops cpu waits records rss < <(veth_step "$n" "$cores")
+      [ -n "$rss" ] || { echo "bench-live.sh: step $n/$cores failed (see $dir/veth-$n-$cores.*)" >&2; exit 1; }
+      # The generator kept the rate (within 2 %) and lost nothing, else it was what was measured.
+      verdict=ok
+      if [ "$failed" -gt 0 ] || [ "$vdrops" -gt 0 ] || awk "BEGIN{exit !($sent < $pps * 0.98)}"; then
+        verdict=generator-limited
+      elif [ "$kdrops" -gt 0 ]; then verdict=DROPS; fi
+      if [ "$verdict" = ok ] && [ "$n" -gt "$best" ]; then best=$n; fi
+      printf '%5d %7d %9d %9d %7d %10d %8d %7s %7s %9s %8s %s\n' "$cores" "$n" "$pps" "$sent" "$vdrops" "$kpk" "$kdrops" "$cpu" \
+        "$(awk "BEGIN{printf \"%.2f\", $cpu * 1e6 / ($kpk > 0 ? $kpk : 1)}")" "$waits" "$(awk "BEGIN{printf \"%.1f\", $rss/1024}")" "$verdict"
+    done
+    echo "cores $cores: most calls with zero kernel drops while the generator kept its rate: $best"
+  done
+  exit 0
+fi
 
 # run_tshark N: the same line for TShark (records: RTP streams it reported).
 run_tshark() {

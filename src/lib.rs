@@ -22,7 +22,8 @@
 //!   SCTP chunks).
 //! - [`reassembly`]: bounded, stateful reassembly (IP fragments, TCP streams, SIP framing,
 //!   SCTP user messages).
-//! - [`correlation`]: call tracking, from SIP messages to call records.
+//! - [`correlation`]: call tracking, from SIP messages to call records; sharded by call for
+//!   the daemon's capture threads (`correlation::sharded`).
 //! - [`pipeline`]: decode and correlation together, the one path from frames to records that
 //!   `replay`, `replay --forward` and `run` share.
 //! - [`record`]: the record types and their documented, versioned schema (a leaf; the

@@ -18,15 +18,27 @@
 //! check), every RTCP packet the media tracker attributes to a call (with its Call-ID), every
 //! HEP frame of type 1 or 5 from the listener or found on the wire (as received), and every
 //! record made. The HEP relay (`crate::relay`) is one; a mirror must not block (it is called
-//! under the pipeline's lock, on the capture path).
+//! on the capture path).
+//!
+//! [`LivePipeline`] is the same path for the daemon's threads: every capture thread decodes
+//! its own frames ([`LiveInput`]) and hands the events to a [`ShardedCorrelator`], whose
+//! shards each take the calls (and their media) of a share of the Call-IDs. Replay stays on
+//! [`Pipeline`]: one thread, one correlator, deterministic. Its mirror
+//! ([`LivePipeline::set_mirror`]) is handed the same events from every capture thread, the
+//! HEP task and the ticker, behind a mutex of its own (taken only for what is mirrored, after
+//! any shard lock, never before one): RTCP held back by a capture thread
+//! ([`crate::correlation::sharded::MediaHold`]) is mirrored when it is correlated.
 //!
 //! Times a sender stamped can be checked on their way in by an input's [`TimeCheck`] (the
 //! daemon keeps one frame stamped a day ahead from freezing every timeout); replay has none.
 //! No I/O: records leave through the `out` callback, so the same code runs over a file, a
 //! live ring or a test vector.
 
+use std::sync::{Arc, Mutex};
+
 use crate::correlation::hep::{Fed, FeedError};
-use crate::correlation::Correlator;
+use crate::correlation::sharded::{HoldCounters, MediaHold, Routed, ShardedCorrelator};
+use crate::correlation::{Correlate, Correlator, RtcpSeen};
 use crate::decode::hep::{HepFrame, ProtoType};
 use crate::decode::sip::SipMessage;
 use crate::dissect::{
@@ -62,7 +74,8 @@ pub enum Mirrored<'a> {
 }
 
 /// Something that sees what passes through the pipeline (the HEP relay). Called on the
-/// capture path under the pipeline's lock: it must queue, never wait.
+/// capture path (in the live pipeline, records under the lock of a correlation shard): it
+/// must queue, never wait.
 pub trait Mirror: Send + std::fmt::Debug {
     fn mirror(&mut self, event: Mirrored<'_>);
 
@@ -121,23 +134,23 @@ pub struct Pipeline {
     mirror: Option<Box<dyn Mirror>>,
 }
 
-/// Hands decoded events to the correlator and its records on: the one adapter between the
-/// decode path and the calls.
-struct Feed<'a, F> {
-    correlator: &'a mut Correlator,
+/// Hands decoded events to the correlator (one, or sharded) and its records on: the one
+/// adapter between the decode path and the calls.
+struct Feed<'a, C, F> {
+    correlator: &'a mut C,
     time_check: Option<&'a TimeCheck>,
     out: &'a mut F,
     hep_unusable: &'a mut u64,
     mirror: &'a mut Option<Box<dyn Mirror>>,
 }
 
-impl<F> Feed<'_, F> {
+impl<C, F> Feed<'_, C, F> {
     fn check(&self, time: Timestamp) -> Timestamp {
         self.time_check.map_or(time, |check| check(time))
     }
 }
 
-impl<F: FnMut(Record)> Observer for Feed<'_, F> {
+impl<C: Correlate, F: FnMut(Record)> Observer for Feed<'_, C, F> {
     fn sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
         if let Some(m) = self.mirror.as_mut() {
             m.mirror(Mirrored::Sip { meta, message });
@@ -167,20 +180,39 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
             mirror,
             ..
         } = self;
-        correlator.datagram(&checked, payload, &mut mirrored_out(mirror, *out));
-        // Only RTCP the tracker attributes to a call is mirrored: a report without a Call-ID
-        // is useless to HOMER (it stores no type-5 frame without one).
-        if let Some(m) = mirror.as_mut() {
-            if crate::media::packet::classify(payload) == crate::media::packet::Kind::Rtcp {
-                if let Some(call_id) = correlator.rtcp_call(&checked, payload) {
+        if mirror.is_none() {
+            correlator.datagram(&checked, payload, *out);
+            return;
+        }
+        // Records and RTCP both go to the mirror, one after the other, never at once.
+        let mirror = std::cell::RefCell::new(mirror);
+        correlator.datagram_with_rtcp(
+            &checked,
+            payload,
+            &mut |record| {
+                if let Some(m) = mirror.borrow_mut().as_mut() {
+                    m.mirror(Mirrored::Record(&record));
+                }
+                out(record)
+            },
+            // Only RTCP the tracker attributes to a call is mirrored: a report without a
+            // Call-ID is useless to HOMER (it stores no type-5 frame without one). This
+            // packet goes as captured; one a capture thread held back, as correlated.
+            Some(&mut |seen: &DatagramMeta, bytes: &[u8], call_id: &str| {
+                let meta = if std::ptr::eq(bytes.as_ptr(), payload.as_ptr()) {
+                    meta
+                } else {
+                    seen
+                };
+                if let Some(m) = mirror.borrow_mut().as_mut() {
                     m.mirror(Mirrored::Rtcp {
                         meta,
-                        payload,
-                        call_id: &call_id,
+                        payload: bytes,
+                        call_id,
                     });
                 }
-            }
-        }
+            }),
+        );
     }
 
     fn hep(&mut self, frame: u64, hep: &HepFrame<'_>) {
@@ -205,11 +237,11 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
         } = self;
         let mut out = mirrored_out(mirror, *out);
         let fed = if time == hep.time {
-            crate::correlation::hep::feed(correlator, hep, frame, &mut out)
+            crate::correlation::hep::feed(*correlator, hep, frame, &mut out)
         } else {
             let mut hep = hep.clone();
             hep.time = time;
-            crate::correlation::hep::feed(correlator, &hep, frame, &mut out)
+            crate::correlation::hep::feed(*correlator, &hep, frame, &mut out)
         };
         if fed.is_err() {
             **hep_unusable += 1;
@@ -217,7 +249,7 @@ impl<F: FnMut(Record)> Observer for Feed<'_, F> {
     }
 }
 
-impl<F: FnMut(Record)> Feed<'_, F> {
+impl<C: Correlate, F: FnMut(Record)> Feed<'_, C, F> {
     fn correlate_sip(&mut self, meta: &MessageMeta, message: &SipMessage<'_>) {
         // Kernel times are the local clock already; HEP frames captured on the wire carry
         // their sender's time, which must not drive the correlator's clock unchecked.
@@ -371,6 +403,324 @@ impl Pipeline {
         }
         if self.hep_unusable > 0 {
             totals.insert("hep_unusable", self.hep_unusable);
+        }
+        totals
+    }
+}
+
+/// One input of a [`LivePipeline`]: its decode state and the count of HEP found on the wire
+/// that could not be used, used by one capture thread (and read by the ticker for its
+/// counters).
+#[derive(Debug)]
+pub struct LiveInput {
+    name: String,
+    state: Mutex<LiveState>,
+}
+
+/// What a capture thread's input holds.
+#[derive(Debug)]
+struct LiveState {
+    input: Input,
+    hep_unusable: u64,
+    /// RTP of flows no route names yet, held back a moment ([`MediaHold`]).
+    hold: MediaHold,
+    /// The pipeline's mirror ([`LivePipeline::set_mirror`]), if any.
+    mirror: Option<Box<dyn Mirror>>,
+}
+
+/// The mirror of a [`LivePipeline`], shared by its capture threads, the HEP task and the
+/// ticker: each takes its lock for what it mirrors.
+#[derive(Debug, Clone)]
+struct SharedMirror(Arc<Mutex<Box<dyn Mirror>>>);
+
+impl SharedMirror {
+    fn boxed(&self) -> Box<dyn Mirror> {
+        Box::new(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Mirror>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Mirror for SharedMirror {
+    fn mirror(&mut self, event: Mirrored<'_>) {
+        self.lock().mirror(event);
+    }
+
+    fn own_frame(&self, hep: &HepFrame<'_>) -> bool {
+        self.lock().own_frame(hep)
+    }
+}
+
+/// Runs `f` with `out` told to the mirror first, and an [`RtcpSeen`] that mirrors the RTCP
+/// of calls (when there is a mirror).
+fn mirroring<R>(
+    mirror: &mut Option<Box<dyn Mirror>>,
+    out: &mut impl FnMut(Record),
+    f: impl FnOnce(&mut dyn FnMut(Record), RtcpSeen<'_>) -> R,
+) -> R {
+    if mirror.is_none() {
+        return f(out, None);
+    }
+    let mirror = std::cell::RefCell::new(mirror);
+    f(
+        &mut |record| {
+            if let Some(m) = mirror.borrow_mut().as_mut() {
+                m.mirror(Mirrored::Record(&record));
+            }
+            out(record)
+        },
+        Some(&mut |meta: &DatagramMeta, payload: &[u8], call_id: &str| {
+            if let Some(m) = mirror.borrow_mut().as_mut() {
+                m.mirror(Mirrored::Rtcp {
+                    meta,
+                    payload,
+                    call_id,
+                });
+            }
+        }),
+    )
+}
+
+impl LiveInput {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The pipeline of the daemon: the same decode and correlation as [`Pipeline`], for several
+/// threads at once. Each capture thread decodes its own frames (its [`LiveInput`], one per
+/// thread, is locked only by that thread and the ticker), then hands every event to a
+/// [`ShardedCorrelator`]: SIP to its call's shard, RTP to its media endpoint's — no lock
+/// that every packet takes. With one shard and one input it does what [`Pipeline`] does.
+#[derive(Debug)]
+pub struct LivePipeline {
+    inputs: Mutex<Vec<Arc<LiveInput>>>,
+    correlator: ShardedCorrelator,
+    /// Set once by [`LivePipeline::set_mirror`] (taken after `inputs`, never before).
+    mirror: Mutex<Option<SharedMirror>>,
+    /// How long a capture thread holds RTP of a flow no route names yet.
+    media_hold: std::time::Duration,
+}
+
+impl LivePipeline {
+    /// A live pipeline whose capture threads hold RTP of flows no route names yet for up
+    /// to `media_hold` of capture time (longer than the rings' block timeout: see
+    /// [`MediaHold`]).
+    pub fn new(correlator: ShardedCorrelator, media_hold: std::time::Duration) -> Self {
+        LivePipeline {
+            inputs: Mutex::new(Vec::new()),
+            correlator,
+            mirror: Mutex::new(None),
+            media_hold,
+        }
+    }
+
+    /// Sets the mirror told, as [`Pipeline::set_mirror`]'s is, about what passes through
+    /// every input (those added already and those to come), the HEP task and the ticks.
+    pub fn set_mirror(&self, mirror: Box<dyn Mirror>) {
+        let shared = SharedMirror(Arc::new(Mutex::new(mirror)));
+        let inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        *self.mirror.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
+        for input in inputs.iter() {
+            input.state().mirror = Some(shared.boxed());
+        }
+    }
+
+    /// The mirror, for a moment's use (the HEP task, a tick, the finish).
+    fn mirror(&self) -> Option<Box<dyn Mirror>> {
+        self.mirror
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(SharedMirror::boxed)
+    }
+
+    /// Adds an input (one capture thread's decode state), bounded by `limits`.
+    pub fn add_input(
+        &self,
+        name: &str,
+        limits: DissectLimits,
+        time_check: Option<TimeCheck>,
+    ) -> Arc<LiveInput> {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let input = Arc::new(LiveInput {
+            name: name.to_owned(),
+            state: Mutex::new(LiveState {
+                input: Input {
+                    name: name.to_owned(),
+                    dissector: Dissector::new(limits),
+                    time_check,
+                },
+                hep_unusable: 0,
+                hold: MediaHold::new(self.media_hold),
+                mirror: self.mirror(),
+            }),
+        });
+        inputs.push(Arc::clone(&input));
+        input
+    }
+
+    /// Decodes one frame of `input` and correlates what it holds.
+    pub fn frame(&self, input: &LiveInput, frame: &Frame<'_>, out: &mut impl FnMut(Record)) {
+        let mut state = input.state();
+        let LiveState {
+            input:
+                Input {
+                    dissector,
+                    time_check,
+                    ..
+                },
+            hep_unusable,
+            hold,
+            mirror,
+        } = &mut *state;
+        let mut feed = Feed {
+            correlator: &mut Routed {
+                shards: &self.correlator,
+                hold,
+            },
+            time_check: time_check.as_ref(),
+            out,
+            hep_unusable,
+            mirror,
+        };
+        dissector.frame(frame, &mut feed);
+    }
+
+    /// Releases the RTP `input` held whose route has appeared or whose hold has passed by
+    /// `now` (a capture thread calls it after every batch).
+    pub fn release_held(&self, input: &LiveInput, now: Timestamp, out: &mut impl FnMut(Record)) {
+        let mut state = input.state();
+        let LiveState { hold, mirror, .. } = &mut *state;
+        let mut routed = Routed {
+            shards: &self.correlator,
+            hold,
+        };
+        mirroring(mirror, out, |out, rtcp| {
+            routed.release_with_rtcp(now, &mut &mut *out, rtcp)
+        });
+    }
+
+    /// The hold counters of every input, summed.
+    pub fn hold_counters(&self) -> HoldCounters {
+        let mut sum = HoldCounters::default();
+        for input in self.inputs() {
+            let c = input.state().hold.counters();
+            sum.held += c.held;
+            sum.released_routed += c.released_routed;
+            sum.released_unrouted += c.released_unrouted;
+            sum.not_held_full += c.not_held_full;
+        }
+        sum
+    }
+
+    /// Correlates a HEP frame from the HEP listener (see [`Pipeline::hep`]).
+    pub fn hep(
+        &self,
+        frame: &HepFrame<'_>,
+        sequence: u64,
+        out: &mut impl FnMut(Record),
+    ) -> Result<Fed, FeedError> {
+        let mut mirror = self.mirror();
+        if matches!(frame.proto_type, ProtoType::Sip | ProtoType::RtcpJson) {
+            if let Some(m) = mirror.as_mut() {
+                m.mirror(Mirrored::Hep(frame));
+            }
+        }
+        let mut out = mirrored_out(&mut mirror, out);
+        crate::correlation::hep::feed(&mut &self.correlator, frame, sequence, &mut out)
+    }
+
+    /// Moves time forward to `now` in every shard.
+    pub fn tick(&self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        let mut mirror = self.mirror();
+        self.correlator
+            .advance(now, &mut mirrored_out(&mut mirror, out));
+    }
+
+    /// Ends the pipeline as [`Pipeline::finish`] does: every input's reassembly first, then
+    /// every shard's open calls.
+    pub fn finish(&self, now: Timestamp, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        for input in self.inputs() {
+            let mut state = input.state();
+            let LiveState {
+                input:
+                    Input {
+                        dissector,
+                        time_check,
+                        ..
+                    },
+                hep_unusable,
+                hold,
+                mirror,
+            } = &mut *state;
+            let mut routed = Routed {
+                shards: &self.correlator,
+                hold,
+            };
+            let mut feed = Feed {
+                correlator: &mut routed,
+                time_check: time_check.as_ref(),
+                out: &mut *out,
+                hep_unusable,
+                mirror,
+            };
+            dissector.finish(now, &mut feed);
+            mirroring(mirror, out, |out, rtcp| {
+                routed.release_all_with_rtcp(&mut &mut *out, rtcp)
+            });
+        }
+        let mut mirror = self.mirror();
+        self.correlator
+            .finish(closed_by, &mut mirrored_out(&mut mirror, out));
+    }
+
+    pub fn correlator(&self) -> &ShardedCorrelator {
+        &self.correlator
+    }
+
+    fn inputs(&self) -> Vec<Arc<LiveInput>> {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The decode counters of one input.
+    pub fn dissect_stats(&self, input: &LiveInput) -> DissectStats {
+        input.state().input.dissector.stats()
+    }
+
+    /// Every input name with the bytes its reassembly holds (inputs of one name — the
+    /// capture threads of one interface — summed).
+    pub fn bytes_held(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut held = std::collections::BTreeMap::new();
+        for input in self.inputs() {
+            *held.entry(input.name.clone()).or_default() +=
+                input.state().input.dissector.bytes_held();
+        }
+        held
+    }
+
+    /// The losses of every input's decode path, summed by kind, as [`Pipeline::loss_totals`].
+    pub fn loss_totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut totals = std::collections::BTreeMap::new();
+        let mut hep_unusable = 0;
+        for input in self.inputs() {
+            let state = input.state();
+            for (kind, n) in state.input.dissector.stats().loss_counters() {
+                *totals.entry(kind).or_default() += n;
+            }
+            hep_unusable += state.hep_unusable;
+        }
+        if hep_unusable > 0 {
+            totals.insert("hep_unusable", hep_unusable);
         }
         totals
     }
@@ -593,5 +943,186 @@ mod tests {
             pipeline.frame(input, &frame, &mut out);
         }
         assert_eq!(pipeline.loss_totals().get("hep_unusable"), Some(&2));
+    }
+
+    /// A mirror that writes down what it is handed.
+    #[derive(Debug, Clone, Default)]
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    impl Mirror for Recording {
+        fn mirror(&mut self, event: Mirrored<'_>) {
+            let seen = match event {
+                Mirrored::Sip { meta, message } => {
+                    format!("sip {} {} {}", message.call_id, meta.src, meta.dst)
+                }
+                Mirrored::Rtcp {
+                    meta,
+                    payload,
+                    call_id,
+                } => format!("rtcp {call_id} {} {} {}", meta.src, meta.dst, payload.len()),
+                Mirrored::Hep(hep) => format!("hep {:?}", hep.proto_type),
+                Mirrored::Record(r) => match r {
+                    Record::Call(c) => format!("call {} {:?}", c.call_id, c.closed_by),
+                    other => format!("record {}", other.kind()),
+                },
+            };
+            self.0.lock().unwrap().push(seen);
+        }
+    }
+
+    /// Ethernet/IPv4/UDP from `src` to `dst`.
+    fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0, dst.0, 64)
+            .udp(src.1, dst.1);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// One call: INVITE and 200 with SDP, RTP both ways, an RTCP report to each RTCP port,
+    /// a HEP frame on the wire; then the call is left open.
+    fn mirrored_call_frames() -> Vec<Vec<u8>> {
+        let sdp = |ip: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+        };
+        let message = |first: &str, to_tag: &str, body: &str| {
+            format!(
+                "{first}\r\nVia: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bKm1\r\nFrom: <sip:a@x>;tag=a\r\n\
+                 To: <sip:b@x>{to_tag}\r\nCall-ID: mirrored@x\r\nCSeq: 1 INVITE\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let (caller, callee) = ([10, 1, 0, 1], [10, 2, 0, 1]);
+        let mut frames = vec![
+            udp_frame(
+                (caller, 5060),
+                (callee, 5060),
+                &message("INVITE sip:b@x SIP/2.0", "", &sdp("10.1.0.1")),
+            ),
+            udp_frame(
+                (callee, 5060),
+                (caller, 5060),
+                &message("SIP/2.0 200 OK", ";tag=b", &sdp("10.2.0.1")),
+            ),
+        ];
+        for seq in 0..5u16 {
+            let mut rtp = vec![0x80, 8];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            rtp.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            rtp.extend_from_slice(&7u32.to_be_bytes());
+            rtp.extend_from_slice(&[0xD5; 160]);
+            frames.push(udp_frame((caller, 4000), (callee, 4000), &rtp));
+        }
+        // A sender report of SSRC 7 (no report blocks), to the callee's RTCP port.
+        let mut sr = vec![0x80, 200, 0, 6];
+        sr.extend_from_slice(&7u32.to_be_bytes());
+        sr.extend_from_slice(&[0; 20]);
+        frames.push(udp_frame((caller, 4001), (callee, 4001), &sr));
+        frames.push(udp_frame(
+            ([10, 0, 0, 9], 40_000),
+            ([10, 0, 0, 10], 9060),
+            &hep_frame(
+                5,
+                br#"{"type":200,"ssrc":1234,"report_count":0}"#,
+                Some("mirrored@x"),
+            ),
+        ));
+        frames
+    }
+
+    /// The daemon's live pipeline mirrors what replay's does: the same SIP, RTCP of the
+    /// call, HEP and records, in the same order, with two shards (the call in one of them).
+    #[test]
+    fn the_live_pipeline_mirrors_what_the_replay_pipeline_mirrors() {
+        let frames = mirrored_call_frames();
+        let limits = DissectLimits::default();
+        let listener_hep = hep_frame(1, &invite("from-listener"), None);
+        let listener_hep = crate::decode::hep::parse(&listener_hep).unwrap();
+
+        let replay_seen = Recording::default();
+        let (mut replay, input) = Pipeline::single(
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            limits,
+        );
+        replay.set_mirror(Box::new(replay_seen.clone()));
+        let mut replay_records = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let frame = Frame {
+                number: i as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, i as u32 * 20_000_000),
+                link: LinkType::Ethernet,
+                data,
+            };
+            replay.frame(input, &frame, &mut |r| replay_records.push(r));
+        }
+        replay
+            .hep(&listener_hep, 1, &mut |r| replay_records.push(r))
+            .unwrap();
+        replay.tick(Timestamp::from_secs_nanos(1_001, 0), &mut |r| {
+            replay_records.push(r)
+        });
+        replay.finish(
+            Timestamp::from_secs_nanos(1_002, 0),
+            ClosedBy::Shutdown,
+            &mut |r| replay_records.push(r),
+        );
+
+        let live_seen = Recording::default();
+        let live = LivePipeline::new(
+            ShardedCorrelator::new(2, CallLimits::default(), MediaLimits::default()),
+            std::time::Duration::from_millis(250),
+        );
+        // The mirror is set after the input exists, as may happen in the daemon.
+        let input = live.add_input("eth0", limits, None);
+        live.set_mirror(Box::new(live_seen.clone()));
+        let mut live_records = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let frame = Frame {
+                number: i as u64 + 1,
+                time: Timestamp::from_secs_nanos(1_000, i as u32 * 20_000_000),
+                link: LinkType::Ethernet,
+                data,
+            };
+            live.frame(&input, &frame, &mut |r| live_records.push(r));
+            live.release_held(&input, frame.time, &mut |r| live_records.push(r));
+        }
+        live.hep(&listener_hep, 1, &mut |r| live_records.push(r))
+            .unwrap();
+        live.tick(Timestamp::from_secs_nanos(1_001, 0), &mut |r| {
+            live_records.push(r)
+        });
+        live.finish(
+            Timestamp::from_secs_nanos(1_002, 0),
+            ClosedBy::Shutdown,
+            &mut |r| live_records.push(r),
+        );
+
+        let replay_seen = replay_seen.0.lock().unwrap().clone();
+        let live_seen = live_seen.0.lock().unwrap().clone();
+        for expected in [
+            "sip mirrored@x 10.1.0.1:5060 10.2.0.1:5060",
+            "rtcp mirrored@x 10.1.0.1:4001 10.2.0.1:4001 28",
+            "hep RtcpJson",
+            "hep Sip",
+            "call mirrored@x Shutdown",
+            "call from-listener Shutdown",
+        ] {
+            assert!(
+                replay_seen.iter().any(|s| s == expected),
+                "{expected}: {replay_seen:?}"
+            );
+        }
+        assert_eq!(live_seen, replay_seen);
+        assert_eq!(live_records.len(), replay_records.len());
+        assert_eq!(
+            replay_seen
+                .iter()
+                .filter(|s| s.starts_with("call ") || s.starts_with("record "))
+                .count(),
+            replay_records.len()
+        );
     }
 }

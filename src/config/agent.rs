@@ -43,6 +43,8 @@ pub(super) struct RawCapture {
     block_timeout_ms: u32,
     #[serde(default)]
     promiscuous: bool,
+    /// Capture threads (fanout sockets) for this interface; default: the cores available.
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,9 @@ pub(super) struct RawCorrelation {
     /// Milliseconds a call's record waits after the call ended for its RTP/RTCP in flight.
     #[serde(default = "default_record_grace_ms")]
     record_grace_ms: u64,
+    /// Correlation shards; default: the capture threads of every interface together.
+    #[serde(default)]
+    shards: Option<usize>,
 }
 
 impl Default for RawCorrelation {
@@ -108,6 +113,7 @@ impl Default for RawCorrelation {
             future_time_tolerance_s: default_future_tolerance(),
             past_time_tolerance_s: default_past_tolerance(),
             record_grace_ms: default_record_grace_ms(),
+            shards: None,
         }
     }
 }
@@ -163,6 +169,16 @@ impl Default for RawShutdown {
             drain_timeout_s: default_drain(),
         }
     }
+}
+
+/// Most capture threads for one interface.
+pub const MAX_CAPTURE_THREADS: usize = 64;
+
+/// Capture threads of an interface by default: one a core this process may run on.
+fn default_capture_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_CAPTURE_THREADS)
 }
 
 fn default_ring_mib() -> u32 {
@@ -224,9 +240,13 @@ fn default_hep_connections_per_source() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     pub interface: String,
-    /// The ring's geometry, computed and checked against the kernel's rules once, here.
+    /// The ring's geometry, computed and checked against the kernel's rules once, here:
+    /// the ring of *each* capture thread (`ring_mib` is the interface's, shared out).
     pub ring: crate::sources::afpacket::RingSettings,
     pub promiscuous: bool,
+    /// Capture threads, each with its own socket and ring in one `PACKET_FANOUT` group
+    /// (1: one socket, no fanout).
+    pub threads: usize,
 }
 
 /// The HEP listener.
@@ -255,6 +275,9 @@ pub struct AgentConfig {
     pub hep: Option<HepConfig>,
     pub calls: CallLimits,
     pub media: MediaLimits,
+    /// Correlation shards (`[correlation] shards`; by default the capture threads of every
+    /// interface together, at least 1): see [`crate::correlation::sharded`].
+    pub shards: usize,
     /// HEP frames queued between the listener and correlation; beyond it frames are dropped
     /// and counted (the listener never waits). Live capture correlates on its own thread and
     /// needs no queue: the kernel ring is its buffer.
@@ -426,7 +449,17 @@ pub fn parse_with_profiles(
                 "must be a power of two between 4 and 65536".into()
             );
         }
-        let ring = u64::from(c.ring_mib) << 20;
+        let threads = c.threads.unwrap_or_else(default_capture_threads);
+        if threads == 0 || threads > MAX_CAPTURE_THREADS {
+            problem!(
+                problems,
+                at("threads"),
+                format!("must be between 1 and {MAX_CAPTURE_THREADS}")
+            );
+        }
+        let threads = threads.clamp(1, MAX_CAPTURE_THREADS);
+        // Each thread's ring is its share of the interface's.
+        let ring = (u64::from(c.ring_mib) << 20) / threads as u64;
         if c.ring_mib == 0 || c.ring_mib > 4096 {
             problem!(
                 problems,
@@ -437,7 +470,7 @@ pub fn parse_with_profiles(
             problem!(
                 problems,
                 at("ring_mib"),
-                "must hold at least one block".into()
+                format!("must hold at least one block for each of the {threads} capture threads")
             );
         }
         if c.block_timeout_ms == 0 || c.block_timeout_ms > 1000 {
@@ -467,6 +500,7 @@ pub fn parse_with_profiles(
             interface: c.interface.clone(),
             ring: ring_settings,
             promiscuous: c.promiscuous,
+            threads,
         });
     }
 
@@ -717,7 +751,10 @@ pub fn parse_with_profiles(
 
     // The unit's MemoryHigh= (systemd/teledge.service): buffers configured beyond it would
     // be throttled, then killed.
-    let buffers = captures.iter().map(|c| c.ring.total_bytes()).sum::<u64>()
+    let buffers = captures
+        .iter()
+        .map(|c| c.ring.total_bytes() * c.threads as u64)
+        .sum::<u64>()
         + raw.correlation.queue_bytes as u64
         + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
     if buffers > UNIT_MEMORY_HIGH {
@@ -765,6 +802,21 @@ pub fn parse_with_profiles(
         }
         hep
     });
+    let shards = match raw.correlation.shards {
+        Some(n) if n == 0 || n > crate::correlation::sharded::MAX_SHARDS => {
+            problem!(
+                problems,
+                "correlation.shards",
+                format!(
+                    "must be between 1 and {}",
+                    crate::correlation::sharded::MAX_SHARDS
+                )
+            );
+            1
+        }
+        Some(n) => n,
+        None => captures.iter().map(|c| c.threads).sum::<usize>().max(1),
+    };
     match (forward, stats) {
         (Some(mut forward), Some(stats)) if problems.is_empty() => Ok(AgentConfig {
             stats,
@@ -774,6 +826,7 @@ pub fn parse_with_profiles(
             hep,
             calls,
             media,
+            shards,
             queue_frames: raw.correlation.queue_frames,
             queue_bytes: raw.correlation.queue_bytes,
             clock_tolerance: ClockGuard {

@@ -198,6 +198,49 @@ pub struct CallCounters {
     pub records_grace_cut_short: u64,
 }
 
+impl CallCounters {
+    /// Adds another tracker's counters (the shards of a sharded correlator). Every field is
+    /// named, so a new counter cannot be left out of the sum.
+    pub fn add(&mut self, other: &Self) {
+        let CallCounters {
+            calls,
+            started_before_capture,
+            registrations,
+            other_transactions,
+            orphan_messages,
+            partial_calls_refused,
+            late_messages,
+            ignored_after_final,
+            ended_forgotten,
+            evicted_in_setup,
+            dropped_at_capacity,
+            fields_truncated,
+            hep_rtcp_attached,
+            hep_rtcp_unmatched,
+            hep_rtcp_after_end,
+            hep_rtcp_dropped,
+            records_grace_cut_short,
+        } = *other;
+        self.calls += calls;
+        self.started_before_capture += started_before_capture;
+        self.registrations += registrations;
+        self.other_transactions += other_transactions;
+        self.orphan_messages += orphan_messages;
+        self.partial_calls_refused += partial_calls_refused;
+        self.late_messages += late_messages;
+        self.ignored_after_final += ignored_after_final;
+        self.ended_forgotten += ended_forgotten;
+        self.evicted_in_setup += evicted_in_setup;
+        self.dropped_at_capacity += dropped_at_capacity;
+        self.fields_truncated += fields_truncated;
+        self.hep_rtcp_attached += hep_rtcp_attached;
+        self.hep_rtcp_unmatched += hep_rtcp_unmatched;
+        self.hep_rtcp_after_end += hep_rtcp_after_end;
+        self.hep_rtcp_dropped += hep_rtcp_dropped;
+        self.records_grace_cut_short += records_grace_cut_short;
+    }
+}
+
 /// Most transactions remembered per call for retransmission detection.
 const MAX_SEEN_PER_CALL: usize = 128;
 /// Most HEP RTCP entries (reporter and reported SSRC pairs) kept per call.

@@ -6,7 +6,7 @@
 //! Other types (logs, DNS, QoS of other formats) are not call signalling and are only
 //! reported back as ignored, so the caller can count them.
 
-use crate::correlation::Correlator;
+use crate::correlation::Correlate;
 use crate::decode::hep::{self, HepFrame, ProtoType};
 use crate::decode::sip::{self, SipError};
 use crate::dissect::hep_message_meta;
@@ -49,7 +49,7 @@ impl FeedError {
 
 /// Feeds one HEP frame to the correlator; records it completes go to `out`.
 pub fn feed(
-    correlator: &mut Correlator,
+    correlator: &mut impl Correlate,
     frame: &HepFrame<'_>,
     frame_no: u64,
     out: &mut impl FnMut(Record),
@@ -84,6 +84,7 @@ mod tests {
     use super::*;
     use crate::correlation::calls::CallLimits;
     use crate::correlation::media::MediaLimits;
+    use crate::correlation::Correlator;
     use crate::decode::hep::{IpFamily, IpProtocol};
     use crate::record::ClosedBy;
     use crate::record::Transport;

@@ -143,6 +143,76 @@ pub struct MediaCounters {
     pub streams_beyond_call_cap: u64,
 }
 
+impl MediaCounters {
+    /// Adds another tracker's counters (the shards of a sharded correlator). Every field is
+    /// named, so a new counter cannot be left out of the sum.
+    pub fn add(&mut self, other: &Self) {
+        let MediaCounters {
+            rtp_packets,
+            rtp_packets_in_calls,
+            rtp_decode_errors,
+            rtcp_packets,
+            rtcp_decode_errors,
+            rtcp_unattributed,
+            rtcp_dropped_at_capacity,
+            streams,
+            peak_active_streams,
+            orphan_streams,
+            other_datagrams,
+            probation_discarded,
+            streams_dropped_at_capacity,
+            endpoints_dropped_at_capacity,
+            rtp_after_call_end,
+            rtcp_after_call_end,
+            ended_endpoints_forgotten,
+            orphan_streams_summarised,
+            streams_beyond_call_cap,
+        } = *other;
+        self.rtp_packets += rtp_packets;
+        self.rtp_packets_in_calls += rtp_packets_in_calls;
+        self.rtp_decode_errors += rtp_decode_errors;
+        self.rtcp_packets += rtcp_packets;
+        self.rtcp_decode_errors += rtcp_decode_errors;
+        self.rtcp_unattributed += rtcp_unattributed;
+        self.rtcp_dropped_at_capacity += rtcp_dropped_at_capacity;
+        self.streams += streams;
+        self.peak_active_streams += peak_active_streams;
+        self.orphan_streams += orphan_streams;
+        self.other_datagrams += other_datagrams;
+        self.probation_discarded += probation_discarded;
+        self.streams_dropped_at_capacity += streams_dropped_at_capacity;
+        self.endpoints_dropped_at_capacity += endpoints_dropped_at_capacity;
+        self.rtp_after_call_end += rtp_after_call_end;
+        self.rtcp_after_call_end += rtcp_after_call_end;
+        self.ended_endpoints_forgotten += ended_endpoints_forgotten;
+        self.orphan_streams_summarised += orphan_streams_summarised;
+        self.streams_beyond_call_cap += streams_beyond_call_cap;
+    }
+}
+
+/// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
+/// address of each `m=` line with a port (not on hold, `c=0.0.0.0`) and, when it differs, its
+/// RTCP address (`true`: RTCP only), with the line's codecs.
+pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, Arc<[Codec]>)> + '_ {
+    sdp.media
+        .iter()
+        .filter(|m| m.port != 0)
+        .filter_map(|media| {
+            let ip = media
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .filter(|ip| !ip.is_unspecified())?;
+            let codecs: Arc<[Codec]> = media.codecs.clone().into();
+            let rtcp = media
+                .rtcp_port
+                .filter(|p| *p != media.port)
+                .map(|p| (SocketAddr::new(ip, p), true, codecs.clone()));
+            Some(std::iter::once((SocketAddr::new(ip, media.port), false, codecs)).chain(rtcp))
+        })
+        .flatten()
+}
+
 /// Which way a stream runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -295,6 +365,9 @@ pub struct MediaTracker {
     /// Live listen's hook: RTP of listened calls goes there (nothing is done while no one
     /// listens; see [`crate::media::tap`]).
     tap: ListenTap,
+    /// The correlation shard this tracker measures for (part of its orphan summaries' ids
+    /// when not 0: every shard sums up its own orphans of a minute).
+    shard: u32,
 }
 
 impl MediaTracker {
@@ -319,7 +392,16 @@ impl MediaTracker {
             counters: MediaCounters::default(),
             last_sweep: Timestamp::default(),
             tap: ListenTap::default(),
+            shard: 0,
         }
+    }
+
+    /// The tracker of correlation shard `shard` ([`crate::correlation::sharded`]): its
+    /// orphan summaries' ids carry the shard (shard 0's are an unsharded tracker's), so two
+    /// shards' summaries whose windows start at the same instant are not taken for
+    /// duplicates by a collector.
+    pub fn set_shard(&mut self, shard: u32) {
+        self.shard = shard;
     }
 
     pub fn counters(&self) -> MediaCounters {
@@ -337,61 +419,50 @@ impl MediaTracker {
             Some((k, _)) => k.clone(),
             None => Arc::from(call_id),
         };
-        for media in sdp.media.iter().filter(|m| m.port != 0) {
-            let Some(ip) = media
-                .address
-                .as_deref()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            else {
+        for (addr, rtcp_only, codecs) in announced(sdp) {
+            if self.endpoints.len() >= self.limits.max_endpoints
+                && !self.endpoints.contains_key(&addr)
+            {
+                self.counters.endpoints_dropped_at_capacity += 1;
                 continue;
-            };
-            if ip.is_unspecified() {
-                continue; // c=0.0.0.0: on hold, nothing to receive
             }
-            let codecs: Arc<[Codec]> = media.codecs.clone().into();
-            let mut add = |addr: SocketAddr, rtcp_only: bool| {
-                if self.endpoints.len() >= self.limits.max_endpoints
-                    && !self.endpoints.contains_key(&addr)
-                {
-                    self.counters.endpoints_dropped_at_capacity += 1;
-                    return;
+            self.ended_endpoints.remove(&addr);
+            let others = match self.endpoints.get(&addr) {
+                Some(old) if old.call != call => {
+                    let mut others: Vec<(Arc<str>, Side)> = old
+                        .others
+                        .iter()
+                        .filter(|(c, _)| *c != call)
+                        .cloned()
+                        .collect();
+                    others.insert(0, (old.call.clone(), old.side));
+                    others.truncate(MAX_LEGS);
+                    others
                 }
-                self.ended_endpoints.remove(&addr);
-                let others = match self.endpoints.get(&addr) {
-                    Some(old) if old.call != call => {
-                        let mut others: Vec<(Arc<str>, Side)> = old
-                            .others
-                            .iter()
-                            .filter(|(c, _)| *c != call)
-                            .cloned()
-                            .collect();
-                        others.insert(0, (old.call.clone(), old.side));
-                        others.truncate(MAX_LEGS);
-                        others
-                    }
-                    Some(old) => old.others.clone(),
-                    None => Vec::new(),
-                };
-                self.endpoints.insert(
-                    addr,
-                    Endpoint {
-                        call: call.clone(),
-                        side,
-                        rtcp_only,
-                        codecs: codecs.clone(),
-                        others,
-                    },
-                );
-                self.endpoints_by_call
-                    .entry(call.clone())
-                    .or_default()
-                    .push(addr);
+                Some(old) => old.others.clone(),
+                None => Vec::new(),
             };
-            add(SocketAddr::new(ip, media.port), false);
-            if let Some(rtcp) = media.rtcp_port.filter(|p| *p != media.port) {
-                add(SocketAddr::new(ip, rtcp), true);
-            }
+            self.endpoints.insert(
+                addr,
+                Endpoint {
+                    call: call.clone(),
+                    side,
+                    rtcp_only,
+                    codecs,
+                    others,
+                },
+            );
+            self.endpoints_by_call
+                .entry(call.clone())
+                .or_default()
+                .push(addr);
         }
+    }
+
+    /// True while `addr` is a media endpoint of a call here, open or ended within its
+    /// linger: where RTP to or from it is measured or counted.
+    pub fn knows_endpoint(&self, addr: &SocketAddr) -> bool {
+        self.endpoints.contains_key(addr) || self.ended_endpoints.contains_key(addr)
     }
 
     /// Handles a UDP datagram that is not SIP.
@@ -1046,10 +1117,13 @@ impl MediaTracker {
 
     fn close_orphan_window(&mut self) {
         if let Some(mut summary) = self.orphan_summary.take() {
-            summary.record_id = stable_id(&[
-                ORPHAN_SUMMARY_SCHEMA.as_bytes(),
-                &summary.interval_start.as_nanos().to_be_bytes(),
-            ]);
+            let start = summary.interval_start.as_nanos().to_be_bytes();
+            let shard = self.shard.to_be_bytes();
+            let mut parts: Vec<&[u8]> = vec![ORPHAN_SUMMARY_SCHEMA.as_bytes(), &start];
+            if self.shard != 0 {
+                parts.push(&shard);
+            }
+            summary.record_id = stable_id(&parts);
             self.orphan_summaries_ready.push(summary);
         }
         self.orphan_window = None;

@@ -25,6 +25,7 @@ pub mod hep;
 pub mod media;
 pub mod queue;
 pub mod registrations;
+pub mod sharded;
 
 use crate::decode::hep::RtcpJson;
 use crate::decode::sip::SipMessage;
@@ -97,6 +98,8 @@ pub struct Correlator {
     /// ([`Correlator::with_registration_records`]).
     registrations: Option<registrations::RegistrationTracker>,
     linger: Duration,
+    /// The shard this correlator is of a sharded one ([`Correlator::in_shard`]), else 0.
+    shard: u32,
 }
 
 impl Correlator {
@@ -109,6 +112,7 @@ impl Correlator {
             grace: calls.record_grace,
             registrations: None,
             linger: calls.linger,
+            shard: 0,
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
@@ -120,7 +124,26 @@ impl Correlator {
     /// --registrations`); off by default, so a replay's records are the calls' and streams'.
     /// The timeout of an attempt is the `linger` (SIP Timer F, 32 s).
     pub fn with_registration_records(mut self, on: bool) -> Self {
-        self.registrations = on.then(|| registrations::RegistrationTracker::new(self.linger));
+        self.set_registration_records(on);
+        self
+    }
+
+    /// [`Correlator::with_registration_records`] in place.
+    pub fn set_registration_records(&mut self, on: bool) {
+        self.registrations =
+            on.then(|| registrations::RegistrationTracker::new(self.linger).in_shard(self.shard));
+    }
+
+    /// Shard `shard` of a sharded correlator ([`sharded`]): every shard makes its own
+    /// per-minute records (registrations, orphan summaries), which add up; the shard goes
+    /// into their ids so that two shards with the same figures do not make one id (shard
+    /// 0's are one correlator's).
+    pub fn in_shard(mut self, shard: u32) -> Self {
+        self.shard = shard;
+        self.media.set_shard(shard);
+        if let Some(r) = self.registrations.take() {
+            self.registrations = Some(r.in_shard(shard));
+        }
         self
     }
 
@@ -155,6 +178,18 @@ impl Correlator {
 
     /// Handles a SIP message.
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        self.sip_learning(meta, msg, out, &mut |_| {});
+    }
+
+    /// [`Correlator::sip`], telling `learned` every media endpoint its SDP taught the media
+    /// tracker (a sharded correlator routes RTP to and from them to this correlator).
+    pub fn sip_learning(
+        &mut self,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        out: &mut impl FnMut(Record),
+        learned: &mut impl FnMut(std::net::SocketAddr),
+    ) {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
         self.bye_answered(msg, now);
@@ -169,7 +204,11 @@ impl Correlator {
             let key = calls::call_key(msg.call_id);
             // A new attempt in the same Call-ID: the ended one's media is complete now.
             self.release_call(key, out);
-            self.media.learn(key, side, &calls::capped_sdp(&sdp));
+            let sdp = calls::capped_sdp(&sdp);
+            self.media.learn(key, side, &sdp);
+            for (addr, _, _) in media::announced(&sdp) {
+                learned(addr);
+            }
         }
         self.release(now, out);
     }
@@ -279,6 +318,18 @@ impl Correlator {
         self.media.rtcp_call(meta, payload)
     }
 
+    /// [`Correlator::rtcp_call`] of a packet that is RTCP; `None` for anything else.
+    pub fn rtcp_attributed(
+        &self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+    ) -> Option<std::sync::Arc<str>> {
+        if crate::media::packet::classify(payload) != crate::media::packet::Kind::Rtcp {
+            return None;
+        }
+        self.rtcp_call(meta, payload)
+    }
+
     fn orphan_summaries(&mut self, out: &mut impl FnMut(Record)) {
         for summary in self.media.take_orphan_summaries() {
             out(Record::OrphanStreams(Box::new(summary)));
@@ -315,6 +366,67 @@ impl Correlator {
         }
         media.tap().all_ended();
         self.orphan_summaries(out);
+    }
+}
+
+/// Told, as it is correlated, about an RTCP packet the media tracker attributes to a call,
+/// with that call's Call-ID (the pipeline's mirror: [`crate::pipeline::Mirror`]).
+pub type RtcpSeen<'a> = Option<&'a mut dyn FnMut(&DatagramMeta, &[u8], &str)>;
+
+/// `rtcp` again, for one more call.
+pub fn rtcp_again<'s>(rtcp: &'s mut RtcpSeen<'_>) -> RtcpSeen<'s> {
+    match rtcp {
+        Some(f) => Some(&mut **f),
+        None => None,
+    }
+}
+
+/// Where decoded events go: one [`Correlator`] (replay), or correlators sharded by call
+/// ([`sharded::ShardedCorrelator`], the daemon). The pipeline's decode adapter and
+/// [`hep::feed`] hand their events to either.
+pub trait Correlate {
+    /// A SIP message ([`Correlator::sip`]).
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record));
+    /// A UDP datagram that is not SIP ([`Correlator::datagram`]).
+    fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
+        self.datagram_with_rtcp(meta, payload, out, None);
+    }
+    /// [`Correlate::datagram`], telling `rtcp` about every RTCP packet attributed to a call
+    /// as it is correlated: this one (after it was measured, as [`Correlator::rtcp_call`]
+    /// attributes it), or packets held back before it that it releases.
+    fn datagram_with_rtcp(
+        &mut self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(Record),
+        rtcp: RtcpSeen<'_>,
+    );
+    /// An RTCP report relayed by a HEP agent ([`Correlator::hep_rtcp`]).
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool;
+}
+
+impl Correlate for Correlator {
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        Correlator::sip(self, meta, msg, out);
+    }
+
+    fn datagram_with_rtcp(
+        &mut self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(Record),
+        rtcp: RtcpSeen<'_>,
+    ) {
+        Correlator::datagram(self, meta, payload, out);
+        if let Some(rtcp) = rtcp {
+            if let Some(call_id) = self.rtcp_attributed(meta, payload) {
+                rtcp(meta, payload, &call_id);
+            }
+        }
+    }
+
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        Correlator::hep_rtcp(self, call_id, time, report)
     }
 }
 

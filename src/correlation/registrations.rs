@@ -61,6 +61,8 @@ pub struct RegistrationTracker {
     minutes: BTreeMap<i64, RegistrationsRecord>,
     last_sweep: Timestamp,
     emitted: u64,
+    /// The correlation shard this tracker times (part of its records' ids when not 0).
+    shard: u32,
 }
 
 fn key_of(call_id: &str) -> u64 {
@@ -85,7 +87,17 @@ impl RegistrationTracker {
             minutes: BTreeMap::new(),
             last_sweep: Timestamp::default(),
             emitted: 0,
+            shard: 0,
         }
+    }
+
+    /// The tracker of correlation shard `shard`: every shard emits its own records of a
+    /// minute (they add up), so the shard goes into their ids, lest two shards with the same
+    /// figures make one id that a collector would take for a duplicate. Shard 0's ids are
+    /// those of an unsharded tracker.
+    pub fn in_shard(mut self, shard: u32) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Attempts open.
@@ -238,14 +250,24 @@ impl RegistrationTracker {
     }
 
     fn emit(&mut self, mut record: RegistrationsRecord, out: &mut impl FnMut(RegistrationsRecord)) {
-        record.record_id = crate::record::stable_id(&[
+        let minute = record.minute_start.as_nanos().to_be_bytes();
+        let emitted = self.emitted.to_be_bytes();
+        let attempts = record.attempts.to_be_bytes();
+        let rrd_ms = record.rrd_ms.to_be_bytes();
+        let not_timed = record.not_timed.to_be_bytes();
+        let shard = self.shard.to_be_bytes();
+        let mut parts: Vec<&[u8]> = vec![
             b"registrations",
-            &record.minute_start.as_nanos().to_be_bytes(),
-            &self.emitted.to_be_bytes(),
-            &record.attempts.to_be_bytes(),
-            &record.rrd_ms.to_be_bytes(),
-            &record.not_timed.to_be_bytes(),
-        ]);
+            &minute,
+            &emitted,
+            &attempts,
+            &rrd_ms,
+            &not_timed,
+        ];
+        if self.shard != 0 {
+            parts.push(&shard);
+        }
+        record.record_id = crate::record::stable_id(&parts);
         self.emitted += 1;
         out(record);
     }

@@ -1,17 +1,18 @@
-//! The live capture component: one [`CaptureThread`] per interface reading its AF_PACKET
-//! ring into the shared pipeline (its own decode state, the one correlator), reopening the
-//! capture with backoff when the interface goes down or away.
+//! The live capture component: `[[capture]] threads` [`CaptureThread`]s per interface, each
+//! reading its own AF_PACKET ring (one `PACKET_FANOUT` group per interface when there are
+//! several: the kernel hands each flow to one of them) into the live pipeline — its own
+//! decode state, the correlation shards its calls belong to — and reopening the capture with
+//! backoff when the interface goes down or away.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{lock, Context, DaemonError, LiveClock, RecordQueue, SharedPipeline};
+use super::{Context, DaemonError, LiveClock, RecordQueue, SharedPipeline};
 use crate::config::agent::CaptureConfig;
 use crate::dissect::DissectLimits;
 use crate::observe::{self, Health, Stage};
-use crate::pipeline::InputId;
-use crate::sources::afpacket::{
-    KernelStats, LiveCapture, LiveCaptureError, LivePacket, PacketSink,
-};
+use crate::pipeline::LiveInput;
+use crate::sources::afpacket::{Fanout, KernelStats, LiveCaptureError, LivePacket, PacketSink};
 use crate::sources::capture_thread::{CaptureSettings, CaptureThread};
 
 /// The running capture threads.
@@ -34,52 +35,73 @@ impl Captures {
     /// a configuration problem and stops the start.
     pub(super) fn build(configs: &[CaptureConfig], ctx: &Context) -> Result<Self, DaemonError> {
         let mut threads = Vec::new();
-        for c in configs {
-            let ring = c.ring;
-            let capture = match LiveCapture::open(&c.interface, ring, c.promiscuous) {
-                Ok(capture) => Some(capture),
-                Err(
-                    e @ (LiveCaptureError::InterfaceNotFound { .. }
-                    | LiveCaptureError::InterfaceDown { .. }
-                    | LiveCaptureError::InterfaceGone { .. }),
-                ) => {
-                    tracing::warn!(error = %crate::report::Chain(&e), "Interface not there yet; capturing as soon as it is there.");
-                    None
+        let inputs: usize = configs.iter().map(|c| c.threads).sum();
+        for (index, c) in configs.iter().enumerate() {
+            // One fanout group per interface when it has several threads; the id names the
+            // group in the network namespace, so it is this process's own.
+            let fanout = (c.threads > 1).then(|| Fanout {
+                group: fanout_group(std::process::id(), index),
+            });
+            // The kernel counters of each thread, summed into the interface's metric.
+            let drops_by_thread: Arc<[AtomicU64]> =
+                (0..c.threads).map(|_| AtomicU64::new(0)).collect();
+            for thread in 0..c.threads {
+                let settings = CaptureSettings {
+                    interface: c.interface.clone(),
+                    ring: c.ring,
+                    promiscuous: c.promiscuous,
+                    fanout,
+                };
+                let capture = match settings.open() {
+                    Ok(capture) => Some(capture),
+                    Err(
+                        e @ (LiveCaptureError::InterfaceNotFound { .. }
+                        | LiveCaptureError::InterfaceDown { .. }
+                        | LiveCaptureError::InterfaceGone { .. }),
+                    ) => {
+                        if thread == 0 {
+                            tracing::warn!(error = %crate::report::Chain(&e), "Interface not there yet; capturing as soon as it is there.");
+                        }
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                // One memory budget for the daemon's reassembly: each capture thread decodes
+                // with its share.
+                let limits = DissectLimits {
+                    memory_budget: crate::dissect::DEFAULT_MEMORY_BUDGET / inputs.max(1),
+                    ..DissectLimits::default()
+                };
+                let clock =
+                    LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, &c.interface);
+                let input =
+                    ctx.pipeline
+                        .add_input(&c.interface, limits, Some(clock.into_time_check()));
+                let sink = CaptureSink {
+                    pipeline: Arc::clone(&ctx.pipeline),
+                    input,
+                    records: ctx.records.clone(),
+                    frames: 0,
+                    packets: ctx.metrics.source_packets.with(&[&c.interface]),
+                    bytes: ctx.metrics.source_bytes.with(&[&c.interface]),
+                    health: Arc::clone(&ctx.health),
+                };
+                if thread == 0 {
+                    tracing::info!(interface = %c.interface, threads = c.threads, ring_bytes = c.ring.total_bytes() * c.threads as u64, "Capturing.");
                 }
-                Err(e) => return Err(e.into()),
-            };
-            // One memory budget for the daemon's reassembly: each interface decodes with its
-            // share.
-            let limits = DissectLimits {
-                memory_budget: crate::dissect::DEFAULT_MEMORY_BUDGET / configs.len().max(1),
-                ..DissectLimits::default()
-            };
-            let clock = LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, &c.interface);
-            let input =
-                lock(&ctx.pipeline).add_input(&c.interface, limits, Some(clock.into_time_check()));
-            let sink = CaptureSink {
-                pipeline: Arc::clone(&ctx.pipeline),
-                input,
-                records: ctx.records.clone(),
-                frames: 0,
-                packets: ctx.metrics.source_packets.with(&[&c.interface]),
-                bytes: ctx.metrics.source_bytes.with(&[&c.interface]),
-                health: Arc::clone(&ctx.health),
-            };
-            tracing::info!(interface = %c.interface, ring_bytes = c.ring.total_bytes(), "Capturing.");
-            let drops = ctx.metrics.source_kernel_drops.with(&[&c.interface]);
-            let settings = CaptureSettings {
-                interface: c.interface.clone(),
-                ring,
-                promiscuous: c.promiscuous,
-            };
-            threads.push(CaptureThread::spawn(
-                settings,
-                capture,
-                ctx.sources.clone(),
-                sink,
-                move |kernel: KernelStats| drops.raise_to(kernel.drops),
-            )?);
+                let drops = ctx.metrics.source_kernel_drops.with(&[&c.interface]);
+                let by_thread = Arc::clone(&drops_by_thread);
+                threads.push(CaptureThread::spawn(
+                    settings,
+                    capture,
+                    ctx.sources.clone(),
+                    sink,
+                    move |kernel: KernelStats| {
+                        by_thread[thread].store(kernel.drops, Ordering::Relaxed);
+                        drops.raise_to(by_thread.iter().map(|d| d.load(Ordering::Relaxed)).sum());
+                    },
+                )?);
+            }
         }
         Ok(Captures { threads })
     }
@@ -103,11 +125,11 @@ impl Captures {
     }
 }
 
-/// A capture thread's sink: decode and correlate its interface's frames under the shared
-/// lock.
+/// A capture thread's sink: decodes its frames (its own input) and correlates them in the
+/// shards their calls belong to.
 struct CaptureSink {
     pipeline: SharedPipeline,
-    input: InputId,
+    input: Arc<LiveInput>,
     records: RecordQueue,
     frames: u64,
     packets: Arc<observe::metrics::Counter>,
@@ -122,10 +144,37 @@ impl PacketSink for CaptureSink {
         self.bytes.add(packet.data.len() as u64);
         let frame = packet.frame(self.frames);
         let records = &self.records;
-        lock(&self.pipeline).frame(self.input, &frame, &mut |r| records.push(r));
+        self.pipeline
+            .frame(&self.input, &frame, &mut |r| records.push(r));
     }
 
     fn batch_end(&mut self) {
+        // Kernel capture times are the wall clock: the hold is measured on it too.
+        let records = &self.records;
+        let now = crate::time::Timestamp::now();
+        self.pipeline
+            .release_held(&self.input, now, &mut |r| records.push(r));
         self.health.progress(Stage::Capture);
+    }
+}
+
+/// The fanout group id of the `index`-th configured interface of process `pid`: ids name
+/// groups in the whole network namespace, so two daemons (or a test beside a daemon) on one
+/// interface must not share one. Deterministic, so a thread that reopens its capture joins
+/// its siblings' group again.
+fn fanout_group(pid: u32, index: usize) -> u16 {
+    let mixed = pid.wrapping_mul(0x9E37_79B9) ^ (index as u32).wrapping_mul(0x85EB_CA6B);
+    (mixed ^ (mixed >> 16)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fanout_group;
+
+    #[test]
+    fn fanout_groups_differ_by_interface_and_process() {
+        assert_ne!(fanout_group(100, 0), fanout_group(100, 1));
+        assert_ne!(fanout_group(100, 0), fanout_group(101, 0));
+        assert_eq!(fanout_group(100, 2), fanout_group(100, 2));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{lock, Context, DaemonError, LiveClock};
+use super::{Context, DaemonError, LiveClock};
 use crate::config::agent::HepConfig;
 use crate::observe::events::{DecodeErrors, InternalEvent};
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
@@ -89,8 +89,7 @@ impl HepInput {
                 bytes.add(event.frame.payload.len() as u64);
                 // The sender's clock: checked against ours before it drives any timeout.
                 event.frame.time = clock.check(event.frame.time);
-                let fed =
-                    lock(&pipeline).hep(&event.frame, event.sequence, &mut |r| records.push(r));
+                let fed = pipeline.hep(&event.frame, event.sequence, &mut |r| records.push(r));
                 if let Err(e) = fed {
                     tracing::debug!(error = %crate::report::Chain(&e), "HEP frame not used.");
                     DecodeErrors {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{lock, Context, DaemonError};
+use super::{Context, DaemonError};
 use crate::config::hep_out::HepOutConfig;
 use crate::relay::{HepRelay, Overflow};
 
@@ -19,7 +19,7 @@ pub(super) fn start(
         return Ok(None);
     };
     let (relay, mirror) = HepRelay::start(config, Overflow::Drop, Arc::clone(&ctx.metrics))?;
-    lock(&ctx.pipeline).set_mirror(Box::new(mirror));
+    ctx.pipeline.set_mirror(Box::new(mirror));
     Ok(Some(relay))
 }
 

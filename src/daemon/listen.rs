@@ -1,7 +1,9 @@
 //! Live listen's place in the daemon: the WHEP service on the `[observe]` endpoint, when
 //! `[listen]` is enabled (config validation has made sure `[status]` access control is on).
-//! Its call lookups lock the shared pipeline for one table lookup (the capture thread
-//! holds that lock per packet; a lookup per WHEP offer does not disturb it).
+//! Its call lookups go to the shared pipeline's correlation shards: a Call-ID to its call's
+//! shard (one table lookup under that shard's lock), a pseudonym shard by shard (one keyed
+//! hash per open call, one shard locked at a time); a lookup per WHEP offer does not disturb
+//! the capture threads.
 
 use std::sync::{Arc, OnceLock};
 
@@ -37,17 +39,11 @@ pub(super) fn whep_service(
         let pipeline = Arc::clone(pipeline);
         let pseudonyms = crate::privacy::Pseudonymizer::new(config.forward.privacy.clone());
         let lookup: crate::listen::whep::CallLookup = Arc::new(move |id: &str| {
-            let pipeline = pipeline.get()?;
-            let p = super::lock(pipeline);
-            let correlator = p.correlator();
+            let correlator = pipeline.get()?.correlator();
             // The Call-ID itself, or the pseudonym the status page shows (one keyed hash per
             // open call, per offer).
             let call = correlator.listenable(id).or_else(|| {
-                let key = correlator
-                    .calls()
-                    .open_call_keys()
-                    .find(|key| pseudonyms.identifier(key) == id)?;
-                correlator.listenable(key)
+                correlator.listenable_matching(|key| pseudonyms.identifier(key) == id)
             })?;
             let shown = pseudonyms.identifier(&call.call_key);
             Some((call, shown))

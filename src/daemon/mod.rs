@@ -2,21 +2,28 @@
 //! joined by bounded queues.
 //!
 //! ```text
-//!  AF_PACKET ring ──(capture thread: Pipeline::frame)───┐
-//!  HEP listener ──(bounded channel)──(HEP task: Pipeline::hep)┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
-//!  sensor tasks ──(bridge)───────────────────────────────┤                                   │
-//!  queue_log threads, callcenter tasks (queue contacts) ──┘                                   │
-//!  ticker: Pipeline::tick, gauges                               uplink task ◄── durable records
+//!  AF_PACKET rings (fanout) ──(capture threads: LivePipeline::frame)──┐
+//!  HEP listener ──(bounded channel)──(HEP task: LivePipeline::hep)────┼─ records ─(bounded)─ spool writer (Spooler) ─ sled
+//!  sensor tasks ──(bridge)────────────────────────────────────────────┤                                   │
+//!  queue_log threads, callcenter tasks (queue contacts) ───────────────┘                                   │
+//!  ticker: LivePipeline::tick, gauges                                        uplink task ◄── durable records
 //! ```
 //!
-//! - Capture never waits: a capture thread decodes and correlates its own packets (the shared
-//!   [`Pipeline`] — one decode state per interface, one correlator — is behind a mutex held
-//!   per packet, uncontended with one interface), and
-//!   hands records on with `try_send`; a full record queue drops the record and counts it
-//!   (`teledge_records_dropped_total`). The spool absorbs a slow or absent uplink.
+//! - Capture never waits: each interface has `[[capture]] threads` capture threads (by
+//!   default one a core), each with its own AF_PACKET socket and ring in one
+//!   `PACKET_FANOUT` group, so the kernel hands each flow to one of them. A capture thread
+//!   decodes its own packets (its own decode state in the [`LivePipeline`]) and correlates
+//!   them in the shard of their call ([`crate::correlation::sharded`]: SIP by Call-ID, RTP by
+//!   the shard that learned its media endpoint from the SDP, `[correlation] shards`, by
+//!   default one a capture thread): threads take a lock only for the shard an event
+//!   belongs to, so they do not take turns at one mutex (waits are counted,
+//!   `teledge_correlation_shard_lock_waits_total`). It hands records on with `try_send`; a
+//!   full record queue drops the record and counts it (`teledge_records_dropped_total`). The
+//!   spool absorbs a slow or absent uplink.
 //! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
-//!   ([`crate::relay`]), whose own thread sends to HOMER from a bounded queue (a full queue
-//!   drops and counts); it is finished after the pipeline at shutdown (2 s to drain).
+//!   ([`crate::relay`]) from every capture thread, the HEP task and the ticker, whose own
+//!   thread sends to HOMER from a bounded queue (a full queue drops and counts); it is
+//!   finished after the pipeline at shutdown (2 s to drain).
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
@@ -72,9 +79,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::agent::AgentConfig;
-use crate::correlation::Correlator;
+use crate::correlation::sharded::ShardedCorrelator;
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
-use crate::pipeline::{Pipeline, TimeCheck};
+use crate::pipeline::{LivePipeline, TimeCheck};
 use crate::privacy::Pseudonymizer;
 use crate::record::{ClosedBy, Record};
 use crate::sources::afpacket::LiveCaptureError;
@@ -226,11 +233,23 @@ fn run_id() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// The pipeline shared by the sources.
-type SharedPipeline = Arc<Mutex<Pipeline>>;
+/// The pipeline shared by the sources: every capture thread decodes its own frames and
+/// correlates them in the shard of their call (no lock every packet takes).
+type SharedPipeline = Arc<LivePipeline>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a capture thread holds RTP of a flow no route names yet: two ring block
+/// timeouts (the longest a sibling thread's block can hold the SDP back) and a margin.
+fn media_hold(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
+    let block = captures
+        .iter()
+        .map(|c| c.ring.block_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(2 * u64::from(block) + 50)
 }
 
 /// What every component is built with.
@@ -543,13 +562,14 @@ impl Daemon {
         let ctx = Context {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            // With the statistics, REGISTER attempts are timed too (RFC 6076 RRD, IRA).
-            pipeline: Arc::new(Mutex::new(Pipeline::new({
-                let mut correlator = Correlator::new(config.calls, config.media)
-                    .with_registration_records(config.stats.enabled);
-                correlator.set_listen_tap(listen_tap.clone());
-                correlator
-            }))),
+            // With the statistics, REGISTER attempts are timed too (RFC 6076 RRD, IRA), in
+            // every shard; live listen's tap is fed by every shard.
+            pipeline: Arc::new(LivePipeline::new(
+                ShardedCorrelator::new(config.shards, config.calls, config.media)
+                    .with_registration_records(config.stats.enabled)
+                    .with_listen_tap(&listen_tap),
+                media_hold(&config.captures),
+            )),
             losses_told: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),
@@ -745,12 +765,12 @@ impl Daemon {
         {
             // What the reassembly still holds is decoded first, then open calls become
             // partial records. Nothing is captured any more: waiting for room is right.
-            let mut p = lock(&ctx.pipeline);
+            let p = &ctx.pipeline;
             let records = &ctx.records;
             p.finish(ctx.live_now.now(), ClosedBy::Shutdown, &mut |r| {
                 records.push_waiting(r)
             });
-            ticker::publish_pipeline_counters(&p, &ctx.metrics, &mut lock(&ctx.losses_told));
+            ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
         hep_out::finish(hep_out, Duration::from_secs(2)).await;
         let Context {

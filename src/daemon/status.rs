@@ -1,8 +1,9 @@
 //! The status page's feed ([`StatusFeed`]): what the daemon knows, gathered into one
 //! [`Snapshot`] once a second and published through a `watch` channel the page reads.
 //!
-//! - The ticker (which holds the pipeline lock for its tick anyway) takes the correlator's
-//!   active calls ([`crate::correlation::Correlator::active_calls`]), and publishes.
+//! - The ticker, after its tick, takes the active calls of every correlation shard, one
+//!   shard locked at a time
+//!   ([`crate::correlation::sharded::ShardedCorrelator::active_calls`]), and publishes.
 //! - The spool writer, which sees every record, keeps the last reading of each sensor, the
 //!   open alerts, the closed intervals of each service and the open interval's figures
 //!   (from the aggregator) on the board.

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use super::{lock, Context, TICK};
 use crate::observe::events::{DecodeErrors, DropReason, InternalEvent, NewSince, RecordsDropped};
 use crate::observe::{AgentMetrics, Stage};
-use crate::pipeline::Pipeline;
+use crate::pipeline::LivePipeline;
 use crate::record::gap::{GapReason, GapRecord};
 use crate::record::Record;
 use crate::spool::Spool;
@@ -31,19 +31,14 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> 
             }
             let metrics = &ctx.metrics;
             {
-                let mut p = lock(&ctx.pipeline);
+                let p = &ctx.pipeline;
                 let records = &ctx.records;
                 p.tick(ctx.live_now.now(), &mut |r| records.push(r));
-                publish_pipeline_counters(&p, metrics, &mut lock(&ctx.losses_told));
-                // The status page's snapshot, once a second: the active calls are taken
-                // under the lock this tick holds anyway, the rest is built without it.
-                let active = ctx
-                    .status
-                    .as_ref()
-                    .filter(|s| s.due())
-                    .map(|s| (s, p.correlator().active_calls(super::status::CALLS)));
-                drop(p);
-                if let Some((status, (calls, more))) = active {
+                publish_pipeline_counters(p, metrics, &mut lock(&ctx.losses_told));
+                // The status page's snapshot, once a second: the active calls of every
+                // shard, one shard locked at a time; the rest is built without a lock.
+                if let Some(status) = ctx.status.as_ref().filter(|s| s.due()) {
+                    let (calls, more) = p.correlator().active_calls(super::status::CALLS);
                     status.publish(&calls, more, ctx.live_now.now(), metrics, &ctx.health);
                 }
             }
@@ -53,7 +48,7 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> 
                 drop(s);
                 metrics.spool_oldest_age_seconds.set(age);
             }
-            let decode_losses = lock(&ctx.pipeline).loss_totals().values().sum();
+            let decode_losses = ctx.pipeline.loss_totals().values().sum();
             for gap in input_losses.due(&node, metrics, decode_losses, Instant::now()) {
                 ctx.records.push(Record::Gap(Box::new(gap)));
             }
@@ -120,17 +115,44 @@ impl InputLosses {
 
 /// Publishes the correlator's gauges and eviction counters, and tells the decode path's and
 /// the call table's new losses as events (`told` remembers what was told).
-pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics, told: &mut NewSince) {
+pub(super) fn publish_pipeline_counters(
+    p: &LivePipeline,
+    metrics: &AgentMetrics,
+    told: &mut NewSince,
+) {
     let c = p.correlator();
-    metrics.calls_active.set(c.calls().open_calls() as i64);
-    metrics.call_table_bytes.set(c.calls().held_bytes() as i64);
-    let (calls, media) = (c.calls().counters(), c.media().counters());
+    let (mut open, mut held, mut streams) = (0, 0, 0);
+    c.for_each(|shard| {
+        open += shard.calls().open_calls();
+        held += shard.calls().held_bytes();
+        streams += shard.media().active_streams();
+    });
+    metrics.calls_active.set(open as i64);
+    metrics.call_table_bytes.set(held as i64);
+    let (calls, media) = c.counters();
+    let shards = c.stats();
+    metrics
+        .correlation_shard_lock_waits
+        .raise_to(shards.lock_waits);
+    metrics.correlation_media_routes.set(shards.routes as i64);
+    metrics.correlation_shards.set(shards.shards as i64);
+    let held = p.hold_counters();
+    for (outcome, n) in [
+        ("routed", held.released_routed),
+        ("unrouted", held.released_unrouted),
+        ("hold_full", held.not_held_full),
+    ] {
+        if n > 0 {
+            metrics.correlation_media_held.with(&[outcome]).raise_to(n);
+        }
+    }
     for (table, n) in [
         ("calls_in_setup", calls.evicted_in_setup),
         ("ended_dialogs", calls.ended_forgotten),
         ("ended_media_endpoints", media.ended_endpoints_forgotten),
         ("orphan_stream_records", media.orphan_streams_summarised),
         ("calls_joined_mid_dialog", calls.partial_calls_refused),
+        ("media_routes", shards.routes_dropped_at_capacity),
     ] {
         if n > 0 {
             metrics.state_evictions.with(&[table]).raise_to(n);
@@ -141,16 +163,14 @@ pub(super) fn publish_pipeline_counters(p: &Pipeline, metrics: &AgentMetrics, to
         count: told.new_since("call_table_full", calls.dropped_at_capacity),
     }
     .emit(metrics);
-    metrics
-        .streams_active
-        .set(c.media().active_streams() as i64);
+    metrics.streams_active.set(streams as i64);
     publish_decode_counters(p, metrics, told);
 }
 
 /// Publishes the decode path's error and drop counters by kind, summed over every capture
 /// interface (they only grow), and the bytes each interface's reassembly holds.
 pub(super) fn publish_decode_counters(
-    pipeline: &Pipeline,
+    pipeline: &LivePipeline,
     metrics: &AgentMetrics,
     told: &mut NewSince,
 ) {
@@ -165,7 +185,7 @@ pub(super) fn publish_decode_counters(
     for (interface, held) in pipeline.bytes_held() {
         metrics
             .reassembly_bytes_held
-            .with(&[interface])
+            .with(&[&interface])
             .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 }
@@ -234,7 +254,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::correlation::Correlator;
+    use crate::correlation::sharded::ShardedCorrelator;
     use crate::dissect::DissectLimits;
     use crate::spool::SpoolStats;
     use crate::time::Timestamp;
@@ -284,10 +304,14 @@ mod tests {
 
     #[test]
     fn decode_errors_metric_sums_every_interface() {
-        let mut pipeline = Pipeline::new(Correlator::new(
-            crate::correlation::calls::CallLimits::default(),
-            crate::correlation::media::MediaLimits::default(),
-        ));
+        let pipeline = LivePipeline::new(
+            ShardedCorrelator::new(
+                2,
+                crate::correlation::calls::CallLimits::default(),
+                crate::correlation::media::MediaLimits::default(),
+            ),
+            Duration::from_millis(250),
+        );
         let metrics = AgentMetrics::new();
         let mut told = NewSince::default();
         let inputs = [
@@ -295,7 +319,7 @@ mod tests {
             pipeline.add_input("eth1", DissectLimits::default(), None),
         ];
         for round in 0..2 {
-            for (n, input) in inputs.into_iter().enumerate() {
+            for (n, input) in inputs.iter().enumerate() {
                 // Frames too short for an Ethernet header: 3 on eth0, 2 on eth1 each round.
                 for number in 0..(3 - n as u64) {
                     let frame = crate::dissect::Frame {
@@ -319,10 +343,14 @@ mod tests {
     /// HEP task had counted under the same kind.
     #[test]
     fn decode_errors_of_two_sources_add_up() {
-        let mut pipeline = Pipeline::new(Correlator::new(
-            crate::correlation::calls::CallLimits::default(),
-            crate::correlation::media::MediaLimits::default(),
-        ));
+        let pipeline = LivePipeline::new(
+            ShardedCorrelator::new(
+                2,
+                crate::correlation::calls::CallLimits::default(),
+                crate::correlation::media::MediaLimits::default(),
+            ),
+            Duration::from_millis(250),
+        );
         let metrics = AgentMetrics::new();
         let mut told = NewSince::default();
         let input = pipeline.add_input("eth0", DissectLimits::default(), None);
@@ -340,7 +368,7 @@ mod tests {
                 link: crate::decode::link::LinkType::Ethernet,
                 data: &[0; 6],
             };
-            pipeline.frame(input, &frame, &mut |_| {});
+            pipeline.frame(&input, &frame, &mut |_| {});
         }
         publish_decode_counters(&pipeline, &metrics, &mut told);
         publish_decode_counters(&pipeline, &metrics, &mut told);

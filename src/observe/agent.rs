@@ -55,6 +55,18 @@ pub struct AgentMetrics {
     /// Bytes the call table holds (open calls and ended dialogs), as it accounts them.
     pub call_table_bytes: Arc<Gauge>,
     pub streams_active: Arc<Gauge>,
+    /// Correlation shards (`[correlation] shards`).
+    pub correlation_shards: Arc<Gauge>,
+    /// Times a capture thread found the correlation shard it needed held by another thread
+    /// and waited: low when sharding keeps threads apart.
+    pub correlation_shard_lock_waits: Arc<Counter>,
+    /// Media endpoint → shard routes held.
+    pub correlation_media_routes: Arc<Gauge>,
+    /// RTP/RTCP datagrams a capture thread held back because no route named their flow
+    /// yet, by what became of them: `routed` (released to the call's shard when its SDP
+    /// was handled), `unrouted` (released as orphans after the hold), `hold_full` (not held:
+    /// the hold was at its bound).
+    pub correlation_media_held: Arc<Family<Counter>>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
     /// Sender times (HEP) too far from the local clock, replaced by it; by source and
@@ -245,6 +257,22 @@ impl AgentMetrics {
                 "Bytes held by the call table (open calls and ended dialogs).",
             ),
             streams_active: r.gauge("teledge_media_streams_active", "RTP streams being tracked."),
+            correlation_shards: r.gauge("teledge_correlation_shards", "Correlation shards."),
+            correlation_shard_lock_waits: r.counter(
+                "teledge_correlation_shard_lock_waits_total",
+                "Times a thread waited for a correlation shard another thread held.",
+            ),
+            correlation_media_routes: r.gauge(
+                "teledge_correlation_media_routes",
+                "Media endpoints routed to a correlation shard.",
+            ),
+            correlation_media_held: r.family(
+                "teledge_correlation_media_held_total",
+                "RTP/RTCP held until a route named its flow, by outcome.",
+                Kind::Counter,
+                &["outcome"],
+                MAX_SMALL_SET,
+            ),
             state_evictions: r.family(
                 "teledge_state_evictions_total",
                 "Entries evicted from a bounded table (full or timed out), by table.",

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::sources::afpacket::{
-    KernelStats, LiveCapture, LiveCaptureError, PacketSink, RingSettings, STOP_CHECK_INTERVAL,
+    CaptureFilter, Fanout, KernelStats, LiveCapture, LiveCaptureError, PacketSink, RingSettings,
+    STOP_CHECK_INTERVAL,
 };
 
 /// How often the kernel's counters are read and handed to the caller.
@@ -23,6 +24,22 @@ pub struct CaptureSettings {
     pub ring: RingSettings,
     /// Ask the NIC for frames not addressed to this host (a port mirror).
     pub promiscuous: bool,
+    /// The fanout group this thread's socket joins (one of several threads of the
+    /// interface), also when it reopens.
+    pub fanout: Option<Fanout>,
+}
+
+impl CaptureSettings {
+    /// Opens the capture these settings describe.
+    pub fn open(&self) -> Result<LiveCapture, LiveCaptureError> {
+        LiveCapture::open_with(
+            &self.interface,
+            self.ring,
+            self.promiscuous,
+            CaptureFilter::IpOnly,
+            self.fanout,
+        )
+    }
 }
 
 /// A capture running on its thread.
@@ -39,7 +56,7 @@ impl CaptureThread {
         stop: CancellationToken,
         sink: S,
     ) -> Result<Self, LiveCaptureError> {
-        let capture = LiveCapture::open(&settings.interface, settings.ring, settings.promiscuous)?;
+        let capture = settings.open()?;
         let interface = settings.interface.clone();
         Self::spawn(settings, Some(capture), stop, sink, |_| {}).map_err(|source| {
             LiveCaptureError::Io {
@@ -102,7 +119,7 @@ fn capture_loop(
                 std::thread::sleep(STOP_CHECK_INTERVAL);
                 continue;
             }
-            match LiveCapture::open(interface, settings.ring, settings.promiscuous) {
+            match settings.open() {
                 Ok(c) => {
                     tracing::info!(interface, "Capture reopened.");
                     backoff.reset();

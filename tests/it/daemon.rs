@@ -719,7 +719,10 @@ fn live_capture_of_sipp_calls() {
         &pki,
         dir.path(),
         c.port,
-        "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n[correlation]\nstream_idle_s = 5\n",
+        // Two capture threads in a fanout group and two correlation shards whatever the
+        // machine's cores: SIP and RTP are different flows, handled by different threads,
+        // and must still meet in one call (all 236 packets below in the call's stream).
+        "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\nthreads = 2\n[correlation]\nstream_idle_s = 5\nshards = 2\n",
         Some(metrics_port),
     );
     let mut agent = Agent::start(&config);
@@ -1484,22 +1487,57 @@ fn the_capture_ring_is_the_one_the_configuration_checked() {
         &pki,
         dir.path(),
         9,
-        "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\n",
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 9\nblock_kib = 256\nblock_timeout_ms = 20\nthreads = 2\n",
         None,
     );
     let config = teledge::config::agent::load(&path).unwrap();
     let ring = config.captures[0].ring;
+    // Two capture threads share the interface's 9 MiB: a ring of 4.5 MiB each.
+    assert_eq!(config.captures[0].threads, 2);
+    assert_eq!(config.shards, 2);
     assert_eq!(
         ring,
         RingSettings {
             block_size: 256 << 10,
-            block_count: 36,
+            block_count: 18,
             block_timeout_ms: 20,
             ..RingSettings::default()
         }
     );
-    assert_eq!(ring.total_bytes(), 9 << 20);
+    assert_eq!(ring.total_bytes() * 2, 9 << 20);
     assert_eq!(ring.validate(4096), Ok(()));
+}
+
+/// `[[capture]] threads` and `[correlation] shards` are checked, every problem named.
+#[test]
+fn capture_threads_and_correlation_shards_are_validated() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let path = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[capture]]\ninterface = \"eth9\"\nthreads = 0\n[[capture]]\ninterface = \"eth8\"\nring_mib = 1\nblock_kib = 1024\nthreads = 2\n[correlation]\nshards = 0\n",
+        None,
+    );
+    let errors = teledge::config::agent::load(&path).unwrap_err().to_string();
+    for expected in [
+        "capture[0].threads",
+        "capture[1].ring_mib",
+        "correlation.shards",
+    ] {
+        assert!(errors.contains(expected), "{expected}: {errors}");
+    }
+    // Without `shards`, one shard a capture thread.
+    let path = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        "[[capture]]\ninterface = \"eth9\"\nthreads = 3\n[[capture]]\ninterface = \"eth8\"\nthreads = 1\n",
+        None,
+    );
+    let config = teledge::config::agent::load(&path).unwrap();
+    assert_eq!(config.shards, 4);
 }
 
 /// Issue 13 item 6, functional (the figures come from `scripts/bench-latency.sh`): a live

@@ -537,7 +537,10 @@ fn kamailio_siptrace_in_netns() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the HEP agent started");
 
-    // Agent 2: live capture of the loopback, relaying to the receiver.
+    // Agent 2: live capture of the loopback, relaying to the receiver. One capture thread:
+    // the two hops of a proxied call (UAC → Kamailio → UAS) are different flows, which two
+    // threads may hand to the call's shard in either order, and the record's addresses are
+    // those of the first INVITE the shard sees (see `correlation::sharded`).
     let live_dir = dir.path().join("live");
     std::fs::create_dir_all(&live_dir).unwrap();
     let live_out = live_dir.join("collected");
@@ -548,7 +551,7 @@ fn kamailio_siptrace_in_netns() {
         &live_dir,
         live_collector.port,
         &format!(
-            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\n\
+            "[[capture]]\ninterface = \"lo\"\nring_mib = 8\nblock_kib = 256\nthreads = 1\n\
              [hep_out]\nenabled = true\naddress = \"127.0.0.1:{capture_port}\"\n\
              capture_id = 4712\nauth_key = \"relay-key\"\n"
         ),

@@ -409,6 +409,7 @@ fn capture_thread_delivers_and_stops_on_its_token() {
             interface: "lo".into(),
             ring: RingSettings::default(),
             promiscuous: false,
+            fanout: None,
         };
         let thread =
             CaptureThread::open_and_spawn(settings, stop.clone(), move |p: LivePacket<'_>| {

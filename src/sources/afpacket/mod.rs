@@ -102,6 +102,14 @@ pub enum LiveCaptureError {
     },
 }
 
+/// A `PACKET_FANOUT` group: the sockets of one interface that share its packets, flow by
+/// flow (`PACKET_FANOUT_HASH`), one capture thread each. The id is the group's name in the
+/// network namespace; the sockets of one group must agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub group: u16,
+}
+
 /// The kernel's counters of the socket, accumulated since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelStats {
@@ -166,6 +174,19 @@ impl LiveCapture {
         promiscuous: bool,
         filter: CaptureFilter,
     ) -> Result<Self, LiveCaptureError> {
+        Self::open_with(interface, settings, promiscuous, filter, None)
+    }
+
+    /// [`LiveCapture::open_with_filter`], joining the interface's packets with the other
+    /// sockets of a [`Fanout`] group when one is given: the kernel then hands each flow to
+    /// one member.
+    pub fn open_with(
+        interface: &str,
+        settings: RingSettings,
+        promiscuous: bool,
+        filter: CaptureFilter,
+        fanout: Option<Fanout>,
+    ) -> Result<Self, LiveCaptureError> {
         let name = interface.to_owned();
         let io_err =
             |operation: &'static str, source: io::Error| classify(interface, operation, source);
@@ -206,6 +227,15 @@ impl LiveCapture {
             _ => io_err("PACKET_RX_RING", source),
         })?;
         sys::bind(&fd, ifindex).map_err(|e| io_err("bind", e))?;
+        if let Some(Fanout { group }) = fanout {
+            // The kernel takes a group only on a bound socket; its hash is symmetric, so
+            // both directions of a flow (a TCP stream to reassemble) reach the same member,
+            // and every fragment of an IP datagram too (fragments hash on addresses only).
+            let value =
+                libc::c_int::from(group) | ((libc::PACKET_FANOUT_HASH as libc::c_int) << 16);
+            sys::set_int(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, value)
+                .map_err(|e| io_err("PACKET_FANOUT", e))?;
+        }
         if promiscuous {
             sys::promiscuous(&fd, ifindex).map_err(|e| io_err("PACKET_ADD_MEMBERSHIP", e))?;
         }

@@ -42,6 +42,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Write the same calls as three pcap files of Ethernet frames for `tcpreplay` into a
+    /// veth pair (scripts/bench-live.sh): `setup.pcap` (INVITE with SDP, 200 with SDP, ACK
+    /// for every call), `rtp.pcap` (TICKS rounds of one RTP packet each way for every call,
+    /// replayed in a loop at a fixed packet rate) and `teardown.pcap` (BYE and 200).
+    Pcap {
+        #[arg(long)]
+        calls: u32,
+        /// Rounds of RTP (20 ms of audio each) in rtp.pcap.
+        #[arg(long, default_value_t = 10)]
+        ticks: u32,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Capture, decode and correlate for a while, then print counters as JSON.
     Capture {
         #[arg(long, default_value = "lo")]
@@ -74,6 +87,7 @@ fn media_ip(side: u8, call: u32) -> std::net::Ipv4Addr {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Send { calls, seconds } => send(calls, Duration::from_secs(seconds)),
+        Command::Pcap { calls, ticks, out } => pcap(calls, ticks, &out),
         Command::Capture {
             interface,
             seconds,
@@ -201,6 +215,133 @@ fn send(calls: u32, duration: Duration) -> anyhow::Result<()> {
             "target_pps": u64::from(calls) * 100,
             "achieved_pps": sent as f64 / elapsed.as_secs_f64(),
             "max_lag_ms": max_lag.as_secs_f64() * 1e3,
+        })
+    );
+    Ok(())
+}
+
+/// A pcap writer of Ethernet frames (microsecond time stamps), one frame every 2 µs: the
+/// times do not matter, tcpreplay paces by packet rate.
+struct PcapFile {
+    out: std::io::BufWriter<std::fs::File>,
+    frames: u64,
+}
+
+impl PcapFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut header = Vec::new();
+        header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        header.extend_from_slice(&2u16.to_le_bytes());
+        header.extend_from_slice(&4u16.to_le_bytes());
+        header.extend_from_slice(&[0; 8]);
+        header.extend_from_slice(&65_535u32.to_le_bytes());
+        header.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+        std::io::Write::write_all(&mut out, &header)?;
+        Ok(PcapFile { out, frames: 0 })
+    }
+
+    /// One UDP datagram between two IPv4 addresses.
+    fn udp(
+        &mut self,
+        src: (std::net::Ipv4Addr, u16),
+        dst: (std::net::Ipv4Addr, u16),
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.0.octets(), dst.0.octets(), 64)
+            .udp(src.1, dst.1);
+        let mut frame = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut frame, payload)?;
+        let micros = 1_700_000_000_000_000u64 + self.frames * 2;
+        self.frames += 1;
+        let mut record = Vec::with_capacity(16 + frame.len());
+        record.extend_from_slice(&((micros / 1_000_000) as u32).to_le_bytes());
+        record.extend_from_slice(&((micros % 1_000_000) as u32).to_le_bytes());
+        record.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        record.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        record.extend_from_slice(&frame);
+        std::io::Write::write_all(&mut self.out, &record)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<u64> {
+        std::io::Write::flush(&mut self.out)?;
+        Ok(self.frames)
+    }
+}
+
+fn pcap(calls: u32, ticks: u32, dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_CALLS).contains(&calls),
+        "--calls must be 1 to {MAX_CALLS}"
+    );
+    std::fs::create_dir_all(dir)?;
+    let host = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let (caller, callee) = ((host, CALLER_SIP), (host, CALLEE_SIP));
+    let mut setup = PcapFile::create(&dir.join("setup.pcap"))?;
+    for call in 0..calls {
+        let invite = sip(
+            call,
+            "INVITE sip:agent@127.0.0.1 SIP/2.0",
+            "INVITE",
+            1,
+            false,
+            &sdp(media_ip(1, call), CALLER_RTP),
+        );
+        setup.udp(caller, callee, invite.as_bytes())?;
+        let ok = sip(
+            call,
+            "SIP/2.0 200 OK",
+            "INVITE",
+            1,
+            true,
+            &sdp(media_ip(2, call), CALLEE_RTP),
+        );
+        setup.udp(callee, caller, ok.as_bytes())?;
+        let ack = sip(call, "ACK sip:agent@127.0.0.1 SIP/2.0", "ACK", 1, true, "");
+        setup.udp(caller, callee, ack.as_bytes())?;
+    }
+    let mut rtp = PcapFile::create(&dir.join("rtp.pcap"))?;
+    let mut packet = [0xd5u8; 12 + 160];
+    for tick in 0..ticks {
+        for call in 0..calls {
+            for (ssrc, src, dst) in [
+                (
+                    2 * call,
+                    (media_ip(1, call), CALLER_RTP),
+                    (media_ip(2, call), CALLEE_RTP),
+                ),
+                (
+                    2 * call + 1,
+                    (media_ip(2, call), CALLEE_RTP),
+                    (media_ip(1, call), CALLER_RTP),
+                ),
+            ] {
+                packet[0] = 0x80;
+                packet[1] = 8;
+                packet[2..4].copy_from_slice(&(tick as u16).to_be_bytes());
+                packet[4..8].copy_from_slice(&(tick * 160).to_be_bytes());
+                packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                rtp.udp(src, dst, &packet)?;
+            }
+        }
+    }
+    let mut teardown = PcapFile::create(&dir.join("teardown.pcap"))?;
+    for call in 0..calls {
+        let bye = sip(call, "BYE sip:agent@127.0.0.1 SIP/2.0", "BYE", 2, true, "");
+        teardown.udp(caller, callee, bye.as_bytes())?;
+        let ok = sip(call, "SIP/2.0 200 OK", "BYE", 2, true, "");
+        teardown.udp(callee, caller, ok.as_bytes())?;
+    }
+    println!(
+        "{}",
+        json!({
+            "calls": calls,
+            "setup_frames": setup.finish()?,
+            "rtp_frames": rtp.finish()?,
+            "teardown_frames": teardown.finish()?,
         })
     );
     Ok(())

@@ -1,0 +1,1064 @@
+//! Correlation sharded by call, so that several capture threads correlate at the same time
+//! instead of taking turns at one lock (the daemon; replay keeps one [`Correlator`]).
+//!
+//! A call's SIP and its RTP arrive on different flows — the kernel's fanout spreads them over
+//! different capture threads — yet must meet in one correlator. So:
+//!
+//! - **SIP goes to the shard of its Call-ID** (a fixed hash of [`calls::call_key`]), and so do
+//!   RTCP reports relayed by HEP (their correlation id is the Call-ID).
+//! - **RTP and RTCP go to the shard that learned their media endpoint.** When a shard's SDP
+//!   teaches it an endpoint ([`Correlator::sip_learning`]), the endpoint → shard route is
+//!   written into a table every capture thread reads ([`MediaRoutes`]: striped read-write
+//!   locks, so two threads rarely touch the same cache line). A datagram takes the route of its
+//!   destination, else of its source (an endpoint behind NAT), as [`super::media`] attaches a
+//!   stream. The newest announcement of an address wins, as in one correlator.
+//! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by the unordered
+//!   address pair, so both directions of an orphan flow are measured in one place.
+//! - A route lives while its shard still knows the endpoint (open, or ended within the
+//!   linger, [`super::media::MediaTracker::knows_endpoint`]): [`ShardedCorrelator::advance`]
+//!   sweeps one stripe of the table per tick. The table is bounded (the endpoints every shard
+//!   may hold, twice); a route beyond it is not written and counted
+//!   ([`ShardStats::routes_dropped_at_capacity`]): that endpoint's RTP then goes where an
+//!   orphan's would.
+//!
+//! Each shard is one [`Correlator`] behind its own mutex, holding its share of every capacity
+//! bound (calls, bytes, streams, endpoints, orphan records a minute: the configured total
+//! divided by the number of shards, rounded up), so the memory bound is the configured one
+//! whatever the shard count. A lock that was taken when a thread wanted it is counted
+//! ([`ShardStats::lock_waits`]): the evidence that threads do not serialise.
+//!
+//! What differs from one correlator, and why it is accepted:
+//! - Events of one call that two threads handle reach its shard in the order the threads take
+//!   the lock, not strictly in capture order (as with two interfaces into one correlator
+//!   before); the call state machine is driven by capture time and tolerates it. What is
+//!   taken from the first message seen is not reordered, though: the two hops of a proxied
+//!   call (UAC → proxy, proxy → UAS: one Call-ID, two flows) may reach the shard in either
+//!   order, and the record's `caller_address`/`callee_address` are those of the hop whose
+//!   INVITE came first (with one capture thread, the one captured first).
+//! - RTP that a thread sees before another thread has handled the SDP announcing its endpoint
+//!   is on probation (or an orphan) in the pair's shard until the route exists; with fanout by
+//!   flow and the SDP sent before the media, that is a matter of the first packets at most.
+//! - The legs of a B2BUA with direct media (two Call-IDs announcing the same endpoints) are
+//!   joined only when both calls fall in one shard; otherwise the stream belongs to the leg
+//!   that announced last. One shard behaves exactly like one correlator.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
+
+use super::calls::{self, CallCounters, CallLimits};
+use super::media::{MediaCounters, MediaLimits};
+use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
+use crate::decode::hep::RtcpJson;
+use crate::decode::sip::SipMessage;
+use crate::dissect::{DatagramMeta, MessageMeta};
+use crate::record::{ClosedBy, Record};
+use crate::time::Timestamp;
+
+/// Most shards: more than any edge box has cores, many times over.
+pub const MAX_SHARDS: usize = 256;
+
+/// Stripes of the route table: a power of two, enough that threads seldom share one.
+const ROUTE_STRIPES: usize = 64;
+
+/// Counters of the sharding itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shards: usize,
+    /// Times a thread found the shard it needed locked by another thread and waited.
+    pub lock_waits: u64,
+    /// Media endpoint routes held now.
+    pub routes: usize,
+    /// Routes not written because the table was full.
+    pub routes_dropped_at_capacity: u64,
+}
+
+/// Calls and their media, sharded by call (see the module doc). Shared by reference between
+/// threads; every method takes `&self`.
+#[derive(Debug)]
+pub struct ShardedCorrelator {
+    shards: Box<[Mutex<Correlator>]>,
+    routes: MediaRoutes,
+    lock_waits: AtomicU64,
+}
+
+impl ShardedCorrelator {
+    /// `shards` correlators (at least one, at most [`MAX_SHARDS`]) sharing the bounds in
+    /// `calls` and `media` between them.
+    pub fn new(shards: usize, calls: CallLimits, media: MediaLimits) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS);
+        let share = |total: usize| total.div_ceil(n).max(1);
+        let calls = CallLimits {
+            max_calls: share(calls.max_calls),
+            max_bytes: share(calls.max_bytes),
+            max_ended: share(calls.max_ended),
+            max_partial_calls_per_minute: share(calls.max_partial_calls_per_minute),
+            ..calls
+        };
+        let media_share = MediaLimits {
+            max_streams: share(media.max_streams),
+            max_endpoints: share(media.max_endpoints),
+            max_candidates: share(media.max_candidates),
+            max_orphan_records_per_minute: share(media.max_orphan_records_per_minute),
+            ..media
+        };
+        ShardedCorrelator {
+            shards: (0..n)
+                .map(|i| Mutex::new(Correlator::new(calls, media_share).in_shard(i as u32)))
+                .collect(),
+            // Open endpoints and those of ended calls within their linger.
+            routes: MediaRoutes::new(media.max_endpoints.saturating_mul(2)),
+            lock_waits: AtomicU64::new(0),
+        }
+    }
+
+    /// Every shard times the REGISTERs of its Call-IDs and makes its own registrations
+    /// record a minute ([`Correlator::with_registration_records`]): they hold counts and sums
+    /// only, so the statistics add them up as they would one correlator's.
+    pub fn with_registration_records(mut self, on: bool) -> Self {
+        for shard in self.shards.iter_mut() {
+            shard
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_registration_records(on);
+        }
+        self
+    }
+
+    /// Live listen's tap, a clone in every shard ([`Correlator::set_listen_tap`]): a call's
+    /// RTP reaches it from the shard that measures it.
+    pub fn with_listen_tap(mut self, tap: &crate::media::tap::ListenTap) -> Self {
+        for shard in self.shards.iter_mut() {
+            shard
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_listen_tap(tap.clone());
+        }
+        self
+    }
+
+    /// The open call with this Call-ID live listen may listen to, from its call's shard
+    /// ([`Correlator::listenable`]).
+    pub fn listenable(&self, call_id: &str) -> Option<ListenableCall> {
+        self.lock(self.shard_of_call(call_id)).listenable(call_id)
+    }
+
+    /// The first open call whose key `matches` (live listen finds a call by the pseudonym
+    /// the status page shows), shard by shard, each locked only while its keys are tried.
+    pub fn listenable_matching(
+        &self,
+        mut matches: impl FnMut(&str) -> bool,
+    ) -> Option<ListenableCall> {
+        (0..self.shards.len()).find_map(|shard| {
+            let c = self.lock(shard);
+            let key = c.calls().open_call_keys().find(|key| matches(key))?;
+            c.listenable(key)
+        })
+    }
+
+    /// The calls open now for the status view ([`Correlator::active_calls`]): every shard's,
+    /// one shard locked at a time, the most recent `limit` of them in all, most recent first;
+    /// `.1` is how many more are open.
+    pub fn active_calls(&self, limit: usize) -> (Vec<ActiveCall>, usize) {
+        let mut calls = Vec::new();
+        let mut more = 0;
+        for shard in 0..self.shards.len() {
+            let (some, beyond) = self.lock(shard).active_calls(limit);
+            calls.extend(some);
+            more += beyond;
+        }
+        calls.sort_by_key(|c| std::cmp::Reverse(c.started));
+        more += calls.len().saturating_sub(limit);
+        calls.truncate(limit);
+        (calls, more)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard of a Call-ID.
+    pub fn shard_of_call(&self, call_id: &str) -> usize {
+        let hash =
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(calls::call_key(call_id));
+        (hash % self.shards.len() as u64) as usize
+    }
+
+    /// The shard of a datagram: the route of its destination, else of its source, else its
+    /// address pair's.
+    fn shard_of_datagram(&self, meta: &DatagramMeta) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        if let Some(shard) = self.route_of(&meta.src, &meta.dst) {
+            return shard;
+        }
+        let (a, b) = (mix(&meta.src), mix(&meta.dst));
+        // Unordered: both directions of a flow meet.
+        ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.shards.len()
+    }
+
+    /// The shard a route names for a datagram between these addresses (destination first).
+    fn route_of(&self, src: &SocketAddr, dst: &SocketAddr) -> Option<usize> {
+        self.routes.get(dst).or_else(|| self.routes.get(src))
+    }
+
+    /// Locks a shard, counting a wait.
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Correlator> {
+        let m = &self.shards[shard % self.shards.len()];
+        match m.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.lock_waits.fetch_add(1, Ordering::Relaxed);
+                m.lock().unwrap_or_else(|p| p.into_inner())
+            }
+        }
+    }
+
+    /// Handles a SIP message in its call's shard and routes the media endpoints it taught.
+    pub fn sip(&self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        let shard = self.shard_of_call(msg.call_id);
+        let mut learned = Vec::new();
+        self.lock(shard)
+            .sip_learning(meta, msg, out, &mut |addr| learned.push(addr));
+        // Written after the shard has learned them (and without holding its lock: the sweep
+        // takes a stripe, then shards).
+        if self.shards.len() > 1 {
+            for addr in learned {
+                self.routes.set(addr, shard);
+            }
+        }
+    }
+
+    /// Handles a datagram that is not SIP in the shard of its media endpoint.
+    pub fn datagram(&self, meta: &DatagramMeta, payload: &[u8], out: &mut impl FnMut(Record)) {
+        self.datagram_with_rtcp(meta, payload, out, None);
+    }
+
+    /// [`ShardedCorrelator::datagram`], telling `rtcp` (after the shard's lock is let go)
+    /// the call its shard attributes it to when it is RTCP ([`Correlate::datagram_with_rtcp`]).
+    pub fn datagram_with_rtcp(
+        &self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(Record),
+        rtcp: RtcpSeen<'_>,
+    ) {
+        let mut shard = self.lock(self.shard_of_datagram(meta));
+        shard.datagram(meta, payload, out);
+        let Some(rtcp) = rtcp else {
+            return;
+        };
+        let call_id = shard.rtcp_attributed(meta, payload);
+        drop(shard);
+        if let Some(call_id) = call_id {
+            rtcp(meta, payload, &call_id);
+        }
+    }
+
+    /// Attaches an RTCP report relayed by HEP to the call with this Call-ID.
+    pub fn hep_rtcp(&self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        self.lock(self.shard_of_call(call_id))
+            .hep_rtcp(call_id, time, report)
+    }
+
+    /// Moves time forward in every shard, and sweeps one stripe of the route table.
+    pub fn advance(&self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        for shard in 0..self.shards.len() {
+            self.lock(shard).advance(now, out);
+        }
+        if self.shards.len() > 1 {
+            self.routes
+                .sweep_next(|shard, addr| self.lock(shard).media().knows_endpoint(addr));
+        }
+    }
+
+    /// Reports everything still open, shard by shard.
+    pub fn finish(&self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        for shard in 0..self.shards.len() {
+            self.lock(shard).finish(closed_by, out);
+        }
+    }
+
+    /// Calls `f` with every shard's correlator in turn (each locked while `f` runs).
+    pub fn for_each(&self, mut f: impl FnMut(&Correlator)) {
+        for shard in 0..self.shards.len() {
+            f(&self.lock(shard));
+        }
+    }
+
+    /// Calls open, summed over the shards.
+    pub fn open_calls(&self) -> usize {
+        let mut n = 0;
+        self.for_each(|c| n += c.calls().open_calls());
+        n
+    }
+
+    /// Bytes the call tables hold, summed over the shards.
+    pub fn held_bytes(&self) -> usize {
+        let mut n = 0;
+        self.for_each(|c| n += c.calls().held_bytes());
+        n
+    }
+
+    /// Streams measured now, summed over the shards.
+    pub fn active_streams(&self) -> usize {
+        let mut n = 0;
+        self.for_each(|c| n += c.media().active_streams());
+        n
+    }
+
+    /// Ended calls waiting out their grace, summed over the shards.
+    pub fn calls_in_grace(&self) -> usize {
+        let mut n = 0;
+        self.for_each(|c| n += c.calls_in_grace());
+        n
+    }
+
+    /// The call and media counters, summed over the shards (`peak_active_streams` is the
+    /// sum of each shard's peak: an upper bound of the peak).
+    pub fn counters(&self) -> (CallCounters, MediaCounters) {
+        let (mut calls, mut media) = (CallCounters::default(), MediaCounters::default());
+        self.for_each(|c| {
+            calls.add(&c.calls().counters());
+            media.add(&c.media().counters());
+        });
+        (calls, media)
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            shards: self.shards.len(),
+            lock_waits: self.lock_waits.load(Ordering::Relaxed),
+            routes: self.routes.len(),
+            routes_dropped_at_capacity: self.routes.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Correlate for &ShardedCorrelator {
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        ShardedCorrelator::sip(self, meta, msg, out);
+    }
+
+    fn datagram_with_rtcp(
+        &mut self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(Record),
+        rtcp: RtcpSeen<'_>,
+    ) {
+        ShardedCorrelator::datagram_with_rtcp(self, meta, payload, out, rtcp);
+    }
+
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        ShardedCorrelator::hep_rtcp(self, call_id, time, report)
+    }
+}
+
+/// Most flows one thread holds back at a time, and most bytes it holds for them.
+const HOLD_MAX_FLOWS: usize = 8_192;
+const HOLD_MAX_BYTES: usize = 4 << 20;
+
+/// Counters of a thread's [`MediaHold`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldCounters {
+    /// Datagrams held back because no route existed yet.
+    pub held: u64,
+    /// Held datagrams released to the shard a route named once it appeared.
+    pub released_routed: u64,
+    /// Held datagrams released to the address pair's shard after the hold (orphans).
+    pub released_unrouted: u64,
+    /// Datagrams not held because the hold was full (handled at once, as without a hold).
+    pub not_held_full: u64,
+}
+
+/// One capture thread's hold on RTP and RTCP of flows no route names yet.
+///
+/// A call's SDP and its first RTP packets can be handled by two capture threads, and the
+/// thread with the SDP may be a ring block behind (up to the block timeout): without a hold,
+/// those first packets would open an orphan stream in the wrong shard and the call's stream
+/// would start late. So a thread holds the datagrams of a new, unrouted RTP/RTCP flow for up
+/// to `hold` (capture time, longer than a block timeout), in order: released to the shard
+/// of the route as soon as one appears, else, after the hold, to the address pair's shard as
+/// the orphan it is — from then on that flow is not held again while it is seen. Bounded in
+/// flows and bytes; beyond, a datagram is handled at once and counted.
+#[derive(Debug)]
+pub struct MediaHold {
+    hold: std::time::Duration,
+    flows: HashMap<(SocketAddr, SocketAddr), HeldFlow>,
+    bytes: usize,
+    counters: HoldCounters,
+}
+
+#[derive(Debug)]
+struct HeldFlow {
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    /// Empty once the flow was released as unrouted (it is then only remembered).
+    packets: Vec<(DatagramMeta, Box<[u8]>)>,
+    settled: bool,
+}
+
+impl MediaHold {
+    pub fn new(hold: std::time::Duration) -> Self {
+        MediaHold {
+            hold,
+            flows: HashMap::new(),
+            bytes: 0,
+            counters: HoldCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> HoldCounters {
+        self.counters
+    }
+
+    /// Datagrams held now.
+    pub fn held_now(&self) -> usize {
+        self.flows.values().map(|f| f.packets.len()).sum()
+    }
+}
+
+fn pair(meta: &DatagramMeta) -> (SocketAddr, SocketAddr) {
+    if meta.src <= meta.dst {
+        (meta.src, meta.dst)
+    } else {
+        (meta.dst, meta.src)
+    }
+}
+
+/// A capture thread's view of the shards: a [`ShardedCorrelator`] and the thread's
+/// [`MediaHold`].
+#[derive(Debug)]
+pub struct Routed<'a> {
+    pub shards: &'a ShardedCorrelator,
+    pub hold: &'a mut MediaHold,
+}
+
+impl Routed<'_> {
+    /// Releases what the hold may release at `now`: flows a route now names, and flows
+    /// held longer than the hold (to their pair's shard). Settled flows not seen for a
+    /// while are forgotten.
+    pub fn release(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
+        self.release_with_rtcp(now, out, None);
+    }
+
+    /// [`Routed::release`], telling `rtcp` about the released RTCP packets attributed to a
+    /// call ([`Correlate::datagram_with_rtcp`]).
+    pub fn release_with_rtcp(
+        &mut self,
+        now: Timestamp,
+        out: &mut impl FnMut(Record),
+        mut rtcp: RtcpSeen<'_>,
+    ) {
+        if self.hold.flows.is_empty() {
+            return;
+        }
+        let hold = self.hold.hold;
+        let forget = hold.as_secs_f64() * 20.0;
+        let mut due = Vec::new();
+        self.hold.flows.retain(|key, flow| {
+            if flow.settled {
+                return now.seconds_since(flow.last_seen) <= forget;
+            }
+            due.push(*key);
+            true
+        });
+        for key in due {
+            let routed = self.shards.route_of(&key.0, &key.1);
+            let Some(flow) = self.hold.flows.get_mut(&key) else {
+                continue;
+            };
+            let expired = now.seconds_since(flow.first_seen) > hold.as_secs_f64();
+            if routed.is_none() && !expired {
+                continue;
+            }
+            let packets = std::mem::take(&mut flow.packets);
+            if routed.is_some() {
+                self.hold.flows.remove(&key);
+                self.hold.counters.released_routed += packets.len() as u64;
+            } else {
+                flow.settled = true;
+                self.hold.counters.released_unrouted += packets.len() as u64;
+            }
+            for (meta, payload) in packets {
+                self.hold.bytes -= payload.len();
+                self.shards
+                    .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
+            }
+        }
+    }
+
+    /// Releases everything held (the pipeline finishes).
+    pub fn release_all(&mut self, out: &mut impl FnMut(Record)) {
+        self.release_all_with_rtcp(out, None);
+    }
+
+    /// [`Routed::release_all`], telling `rtcp` as [`Routed::release_with_rtcp`] does.
+    pub fn release_all_with_rtcp(&mut self, out: &mut impl FnMut(Record), mut rtcp: RtcpSeen<'_>) {
+        let flows = std::mem::take(&mut self.hold.flows);
+        self.hold.bytes = 0;
+        for (_, flow) in flows {
+            for (meta, payload) in flow.packets {
+                self.hold.counters.released_unrouted += 1;
+                self.shards
+                    .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
+            }
+        }
+    }
+}
+
+impl Correlate for Routed<'_> {
+    fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
+        self.shards.sip(meta, msg, out);
+    }
+
+    fn datagram_with_rtcp(
+        &mut self,
+        meta: &DatagramMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(Record),
+        mut rtcp: RtcpSeen<'_>,
+    ) {
+        if self.shards.shards.len() == 1 {
+            return self.shards.datagram_with_rtcp(meta, payload, out, rtcp);
+        }
+        let routed = self.shards.route_of(&meta.src, &meta.dst);
+        let key = pair(meta);
+        let settled = if self.hold.flows.is_empty() {
+            None
+        } else {
+            self.hold.flows.get_mut(&key).map(|flow| {
+                flow.last_seen = meta.time;
+                flow.settled
+            })
+        };
+        match settled {
+            // An orphan flow already released: handled at once.
+            Some(true) => {}
+            // The route came: what was held goes first, in order.
+            Some(false) if routed.is_some() => {
+                self.release_with_rtcp(meta.time, out, rtcp_again(&mut rtcp))
+            }
+            Some(false) => {
+                let full = self.hold.bytes + payload.len() > HOLD_MAX_BYTES;
+                if let Some(flow) = self.hold.flows.get_mut(&key) {
+                    if !full {
+                        self.hold.bytes += payload.len();
+                        self.hold.counters.held += 1;
+                        flow.packets.push((*meta, payload.into()));
+                        return;
+                    }
+                    // The hold is full: this flow goes on unheld, what it held first.
+                    self.hold.counters.not_held_full += 1;
+                    flow.settled = true;
+                    let packets = std::mem::take(&mut flow.packets);
+                    self.hold.counters.released_unrouted += packets.len() as u64;
+                    for (meta, payload) in packets {
+                        self.hold.bytes -= payload.len();
+                        self.shards
+                            .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
+                    }
+                }
+            }
+            None if routed.is_none()
+                && crate::media::packet::classify(payload) != crate::media::packet::Kind::Other =>
+            {
+                if self.hold.flows.len() < HOLD_MAX_FLOWS
+                    && self.hold.bytes + payload.len() <= HOLD_MAX_BYTES
+                {
+                    self.hold.bytes += payload.len();
+                    self.hold.counters.held += 1;
+                    self.hold.flows.insert(
+                        key,
+                        HeldFlow {
+                            first_seen: meta.time,
+                            last_seen: meta.time,
+                            packets: vec![(*meta, payload.into())],
+                            settled: false,
+                        },
+                    );
+                    return;
+                }
+                self.hold.counters.not_held_full += 1;
+            }
+            None => {}
+        }
+        self.shards.datagram_with_rtcp(meta, payload, out, rtcp);
+    }
+
+    fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
+        self.shards.hep_rtcp(call_id, time, report)
+    }
+}
+
+/// A cheap, fixed mix of an address (stripe and orphan shard choice; not exposed to
+/// anyone who could choose addresses to collide, beyond spreading their own traffic).
+fn mix(addr: &SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    (ip ^ (u64::from(addr.port()) << 32)).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+}
+
+/// Media endpoint → shard, read by every capture thread for every datagram.
+#[derive(Debug)]
+struct MediaRoutes {
+    stripes: Box<[RwLock<HashMap<SocketAddr, usize>>]>,
+    len: AtomicUsize,
+    max: usize,
+    dropped: AtomicU64,
+    next_sweep: AtomicUsize,
+}
+
+impl MediaRoutes {
+    fn new(max: usize) -> Self {
+        MediaRoutes {
+            stripes: (0..ROUTE_STRIPES)
+                .map(|_| RwLock::new(HashMap::new()))
+                .collect(),
+            len: AtomicUsize::new(0),
+            max: max.max(1),
+            dropped: AtomicU64::new(0),
+            next_sweep: AtomicUsize::new(0),
+        }
+    }
+
+    fn stripe(&self, addr: &SocketAddr) -> &RwLock<HashMap<SocketAddr, usize>> {
+        &self.stripes[(mix(addr) >> 58) as usize % ROUTE_STRIPES]
+    }
+
+    fn get(&self, addr: &SocketAddr) -> Option<usize> {
+        let stripe = self.stripe(addr).read().unwrap_or_else(|p| p.into_inner());
+        stripe.get(addr).copied()
+    }
+
+    fn set(&self, addr: SocketAddr, shard: usize) {
+        let mut stripe = self
+            .stripe(&addr)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = stripe.get_mut(&addr) {
+            *old = shard;
+            return;
+        }
+        if self.len.load(Ordering::Relaxed) >= self.max {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stripe.insert(addr, shard);
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Drops the routes of one stripe (the next in turn) whose shard no longer `knows` them.
+    fn sweep_next(&self, mut knows: impl FnMut(usize, &SocketAddr) -> bool) {
+        let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % ROUTE_STRIPES;
+        let mut stripe = self.stripes[i].write().unwrap_or_else(|p| p.into_inner());
+        let before = stripe.len();
+        stripe.retain(|addr, shard| knows(*shard, addr));
+        self.len.fetch_sub(before - stripe.len(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::record::Record;
+
+    fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 8];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xD5; 160]);
+        p
+    }
+
+    const T0: i64 = 1_700_000_000_000_000_000;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_nanos(T0 + ms * 1_000_000)
+    }
+
+    fn sip(call: &str, first_line: &str, cseq: &str, media: Option<&str>) -> String {
+        let body = media.map_or(String::new(), |ip| {
+            format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+        });
+        let to_tag = if first_line.starts_with("SIP/2.0") || !cseq.contains("INVITE") {
+            ";tag=b"
+        } else {
+            ""
+        };
+        format!(
+            "{first_line}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{call}{}\r\nFrom: <sip:a@x>;tag=a\r\n\
+             To: <sip:b@x>{to_tag}\r\nCall-ID: {call}\r\nCSeq: {cseq}\r\n{}Content-Length: {}\r\n\r\n{body}",
+            cseq.len(),
+            if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+            body.len()
+        )
+    }
+
+    /// Feeds one call (INVITE and 200 with SDP, 50 RTP packets each way, BYE and 200)
+    /// into `c`, caller media on `10.1.x.y`, callee on `10.2.x.y`.
+    fn call(c: &mut impl FnMut(Event), n: u32, start_ms: i64) {
+        let id = format!("call-{n}@x");
+        let caller = format!("10.1.{}.{}", n / 250, n % 250);
+        let callee = format!("10.2.{}.{}", n / 250, n % 250);
+        c(Event::Sip(
+            start_ms,
+            sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some(&caller)),
+        ));
+        c(Event::Sip(
+            start_ms + 10,
+            sip(&id, "SIP/2.0 200 OK", "1 INVITE", Some(&callee)),
+        ));
+        for i in 0..50u16 {
+            let ms = start_ms + 20 + i64::from(i) * 20;
+            c(Event::Rtp(
+                ms,
+                format!("{caller}:4000"),
+                format!("{callee}:4000"),
+                i,
+                2 * n,
+            ));
+            c(Event::Rtp(
+                ms,
+                format!("{callee}:4000"),
+                format!("{caller}:4000"),
+                i,
+                2 * n + 1,
+            ));
+        }
+        c(Event::Sip(
+            start_ms + 1_100,
+            sip(&id, "BYE sip:b@x SIP/2.0", "2 BYE", None),
+        ));
+        c(Event::Sip(
+            start_ms + 1_110,
+            sip(&id, "SIP/2.0 200 OK", "2 BYE", None),
+        ));
+    }
+
+    enum Event {
+        Sip(i64, String),
+        Rtp(i64, String, String, u16, u32),
+    }
+
+    fn feed(c: &mut impl Correlate, event: Event, out: &mut Vec<Record>) {
+        match event {
+            Event::Sip(ms, text) => {
+                let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+                let meta = MessageMeta {
+                    frame: 0,
+                    time: at(ms),
+                    src: "10.0.0.1:5060".parse().unwrap(),
+                    dst: "10.0.0.2:5060".parse().unwrap(),
+                    transport: crate::dissect::Transport::Udp,
+                };
+                c.sip(&meta, &msg, &mut |r| out.push(r));
+            }
+            Event::Rtp(ms, src, dst, seq, ssrc) => {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(ms),
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                };
+                c.datagram(&meta, &rtp(seq, ssrc), &mut |r| out.push(r));
+            }
+        }
+    }
+
+    /// (Call-ID, packets measured in its streams), sorted.
+    fn calls_with_packets(records: &[Record]) -> Vec<(String, u64)> {
+        let mut calls: Vec<(String, u64)> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(c) => {
+                    let q = &c.media_quality;
+                    let packets = q
+                        .caller_to_callee
+                        .iter()
+                        .chain(&q.callee_to_caller)
+                        .map(|s| s.metrics.packets)
+                        .sum();
+                    Some((c.call_id.clone(), packets))
+                }
+                _ => None,
+            })
+            .collect();
+        calls.sort();
+        calls
+    }
+
+    /// The same calls give the same call records with 1 and with 8 shards: each call's SIP
+    /// and its RTP meet in one shard although they are different flows.
+    #[test]
+    fn every_call_meets_its_media_in_one_shard() {
+        let mut single = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default());
+        let (mut one, mut many) = (Vec::new(), Vec::new());
+        for n in 0..200 {
+            let start = i64::from(n) * 5;
+            call(&mut |e| feed(&mut single, e, &mut one), n, start);
+        }
+        for n in 0..200 {
+            let start = i64::from(n) * 5;
+            call(&mut |e| feed(&mut &sharded, e, &mut many), n, start);
+        }
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let (one, many) = (calls_with_packets(&one), calls_with_packets(&many));
+        assert_eq!(one.len(), 200);
+        assert!(one.iter().all(|(_, packets)| *packets == 100), "{one:?}");
+        assert_eq!(one, many);
+        let (calls, media) = sharded.counters();
+        assert_eq!(calls.calls, 200);
+        assert_eq!(media.orphan_streams, 0);
+        assert_eq!(media.rtp_packets_in_calls, 200 * 100);
+        // Calls spread over the shards.
+        let mut per_shard = Vec::new();
+        sharded.for_each(|c| per_shard.push(c.calls().counters().calls));
+        assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+    }
+
+    /// The thread that sees a call's first RTP can be ahead of the thread with its SDP: the
+    /// RTP is held until the route appears and then measured in the call, none of it as an
+    /// orphan. RTP that no SDP ever names is released after the hold as the orphan it is.
+    #[test]
+    fn rtp_seen_before_its_sdp_is_held_until_the_route_appears() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut hold = MediaHold::new(std::time::Duration::from_millis(250));
+        let mut out = Vec::new();
+        let id = "early@x";
+        let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.1"));
+        let ok = sip(id, "SIP/2.0 200 OK", "1 INVITE", Some("10.2.0.1"));
+        // From an address the INVITE did not announce (a media relay), to the callee's
+        // endpoint, which only the 200 announces.
+        let rtp_at = |ms: i64, seq: u16| {
+            Event::Rtp(ms, "10.3.0.1:4000".into(), "10.2.0.1:4000".into(), seq, 7)
+        };
+        // An orphan flow, never announced.
+        let orphan_at = |ms: i64, seq: u16| {
+            Event::Rtp(ms, "10.9.0.1:4000".into(), "10.9.0.2:4000".into(), seq, 9)
+        };
+        {
+            let mut routed = Routed {
+                shards: &sharded,
+                hold: &mut hold,
+            };
+            feed(&mut routed, Event::Sip(0, invite), &mut out);
+            // The callee's RTP endpoint is learned from the 200, which this thread sees late.
+            for seq in 0..5u16 {
+                feed(&mut routed, rtp_at(20 + i64::from(seq) * 20, seq), &mut out);
+                feed(
+                    &mut routed,
+                    orphan_at(20 + i64::from(seq) * 20, seq),
+                    &mut out,
+                );
+            }
+            assert_eq!(routed.hold.held_now(), 10);
+            feed(&mut routed, Event::Sip(90, ok), &mut out);
+            routed.release(at(110), &mut |r| out.push(r));
+            assert_eq!(
+                routed.hold.held_now(),
+                5,
+                "the call's RTP released, the orphan's held"
+            );
+            for seq in 5..50u16 {
+                feed(&mut routed, rtp_at(20 + i64::from(seq) * 20, seq), &mut out);
+                feed(
+                    &mut routed,
+                    orphan_at(20 + i64::from(seq) * 20, seq),
+                    &mut out,
+                );
+                routed.release(at(20 + i64::from(seq) * 20), &mut |r| out.push(r));
+            }
+            feed(
+                &mut routed,
+                Event::Sip(1_100, sip(id, "BYE sip:b@x SIP/2.0", "2 BYE", None)),
+                &mut out,
+            );
+            routed.release_all(&mut |r| out.push(r));
+        }
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        assert_eq!(calls_with_packets(&out), [(id.to_owned(), 50)]);
+        let c = hold.counters();
+        assert_eq!(c.released_routed, 5);
+        // The orphan flow: held for 250 ms of capture time (20 ms to 280 ms), then released.
+        assert_eq!(c.released_unrouted, 14, "{c:?}");
+        let (_, media) = sharded.counters();
+        assert_eq!(media.orphan_streams, 1, "the unannounced flow, once");
+        assert_eq!(media.rtp_packets, 100);
+    }
+
+    /// Every shard times the REGISTERs of its Call-IDs: the registrations records of 8
+    /// shards add up to one correlator's, with ids no two records share, and `finish`
+    /// emits the minutes still held.
+    #[test]
+    fn registrations_of_every_shard_add_up_to_one_correlators() {
+        let single = Correlator::new(CallLimits::default(), MediaLimits::default())
+            .with_registration_records(true);
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default())
+            .with_registration_records(true);
+        let mut single = single;
+        let (mut one, mut many) = (Vec::new(), Vec::new());
+        let reg = |n: u32, ms: i64| -> Vec<Event> {
+            let id = format!("reg-{n}@x");
+            vec![
+                Event::Sip(ms, sip(&id, "REGISTER sip:x SIP/2.0", "1 REGISTER", None)),
+                Event::Sip(ms + 20, sip(&id, "SIP/2.0 200 OK", "1 REGISTER", None)),
+            ]
+        };
+        for n in 0..100u32 {
+            // Two minutes of attempts, each one 20 ms.
+            for e in reg(n, i64::from(n) * 1_000) {
+                feed(&mut single, e, &mut one);
+            }
+            for e in reg(n, i64::from(n) * 1_000) {
+                feed(&mut &sharded, e, &mut many);
+            }
+        }
+        sharded.advance(at(200_000), &mut |r| many.push(r));
+        single.advance(at(200_000), &mut |r| one.push(r));
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let sum = |records: &[Record]| {
+            let mut by_minute = std::collections::BTreeMap::new();
+            let mut ids = std::collections::BTreeSet::new();
+            for r in records {
+                if let Record::Registrations(r) = r {
+                    assert!(ids.insert(r.record_id.clone()), "id shared: {r:?}");
+                    let m = by_minute.entry(r.minute_start).or_insert((0, 0, 0));
+                    m.0 += r.attempts;
+                    m.1 += r.registered;
+                    m.2 += r.rrd_ms;
+                }
+            }
+            by_minute
+        };
+        let (one, many_sum) = (sum(&one), sum(&many));
+        assert_eq!(one.values().map(|m| m.0).sum::<u64>(), 100);
+        assert_eq!(one, many_sum);
+        let records = many
+            .iter()
+            .filter(|r| matches!(r, Record::Registrations(_)))
+            .count();
+        assert!(records > one.len(), "one record per shard and minute");
+    }
+
+    /// Open calls of every shard: the status view gets the most recent in all, and live
+    /// listen finds a call by its Call-ID and by any key test, whatever its shard.
+    #[test]
+    fn open_calls_are_found_over_every_shard() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        for n in 0..20u32 {
+            let id = format!("open-{n}@x");
+            let ip = format!("10.1.0.{}", n + 1);
+            feed(
+                &mut &sharded,
+                Event::Sip(
+                    i64::from(n) * 10,
+                    sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some(&ip)),
+                ),
+                &mut out,
+            );
+        }
+        let mut per_shard = Vec::new();
+        sharded.for_each(|c| per_shard.push(c.calls().open_calls()));
+        assert!(
+            per_shard.iter().filter(|n| **n > 0).count() > 1,
+            "{per_shard:?}"
+        );
+
+        let (calls, more) = sharded.active_calls(5);
+        let ids: Vec<&str> = calls.iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "open-19@x",
+                "open-18@x",
+                "open-17@x",
+                "open-16@x",
+                "open-15@x"
+            ]
+        );
+        assert_eq!(more, 15);
+        let (calls, more) = sharded.active_calls(100);
+        assert_eq!((calls.len(), more), (20, 0));
+
+        for n in 0..20u32 {
+            let id = format!("open-{n}@x");
+            let call = sharded.listenable(&id).expect("open");
+            assert_eq!(call.call_key, id);
+            assert_eq!(call.codecs.len(), 1, "{call:?}");
+            let found = sharded.listenable_matching(|key| key == id).expect("found");
+            assert_eq!(found.call_key, id);
+        }
+        assert!(sharded.listenable("none@x").is_none());
+        assert!(sharded.listenable_matching(|_| false).is_none());
+    }
+
+    /// Orphan RTP beyond every shard's share of the per-minute budget: each shard sums up
+    /// its own in a summary of the minute, with an id of its own, and the summaries add up
+    /// to every orphan stream.
+    #[test]
+    fn orphan_summaries_of_several_shards_have_ids_of_their_own() {
+        let media = MediaLimits {
+            max_orphan_records_per_minute: 4,
+            ..MediaLimits::default()
+        };
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), media);
+        let mut out = Vec::new();
+        let streams = 200u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                feed(
+                    &mut &sharded,
+                    Event::Rtp(
+                        i64::from(i) * 10 + i64::from(seq),
+                        format!("10.66.{}.{}:4000", i / 250, i % 250),
+                        "10.0.0.1:5000".into(),
+                        seq,
+                        i,
+                    ),
+                    &mut out,
+                );
+            }
+        }
+        sharded.advance(at(200_000), &mut |r| out.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let summaries: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::OrphanStreams(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let singles = out
+            .iter()
+            .filter(|r| matches!(r, Record::Stream(_)))
+            .count() as u64;
+        assert!(summaries.len() > 1, "{} summaries", summaries.len());
+        let ids: std::collections::BTreeSet<&str> =
+            summaries.iter().map(|s| s.record_id.as_str()).collect();
+        assert_eq!(ids.len(), summaries.len(), "ids shared");
+        let summed: u64 = summaries.iter().map(|s| s.streams).sum();
+        assert_eq!(singles + summed, u64::from(streams));
+    }
+}
