@@ -10,7 +10,7 @@
 //! ```
 //!
 //! - Capture never waits: each interface has `[[capture]] threads` capture threads (by
-//!   default one a core), each with its own AF_PACKET socket and ring in one
+//!   default one; `threads = N` to scale), each with its own AF_PACKET socket and ring in one
 //!   `PACKET_FANOUT` group, so the kernel hands each flow to one of them. A capture thread
 //!   decodes its own packets (its own decode state in the [`LivePipeline`]) and correlates
 //!   them in the shard of their call ([`crate::correlation::sharded`]: SIP by Call-ID, RTP by

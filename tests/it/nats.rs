@@ -886,7 +886,9 @@ fn users_with_a_password_file_or_an_nkey_seed_publish_and_a_wrong_password_is_re
     };
     // Without credentials the client certificate alone no longer gets in.
     let bare = bus(&pki, &servers, "ca.pem", "bus-client", 1);
-    assert!(rt.block_on(teledge::collect::connect_bus(&bare, 1)).is_err());
+    assert!(rt
+        .block_on(teledge::collect::connect_bus(&bare, 1))
+        .is_err());
     rt.block_on(teledge::collect::connect_bus(&reader, 1))
         .map_err(|e| teledge::report::chain(&e))
         .unwrap();
@@ -931,7 +933,8 @@ fn users_with_a_password_file_or_an_nkey_seed_publish_and_a_wrong_password_is_re
         ),
     );
     spool_records(&wrong, &records(3));
-    let (spool, _) = teledge::spool::Spool::open(wrong.spool.clone(), wrong.keyring.clone()).unwrap();
+    let (spool, _) =
+        teledge::spool::Spool::open(wrong.spool.clone(), wrong.keyring.clone()).unwrap();
     let spool = Mutex::new(spool);
     let mut forwarder = Forwarder::new(&wrong.node_id, &wrong.uplink, &wrong.keyring)
         .unwrap()
