@@ -279,8 +279,12 @@ async fn try_read_stream(pki: &Pki, servers: &[String]) -> Result<Contents, Stri
         })
         .await
         .map_err(|e| text(&e))?;
+    // Read until every stored message is in: after a leader change an ephemeral consumer can
+    // deliver in bursts, so an empty fetch ends the read only once 5 s of them pass, and a
+    // short read is an error that `read_stream` retries as a whole.
     let mut lines = Vec::new();
-    loop {
+    let mut empty = 0;
+    while (lines.len() as u64) < messages {
         let mut batch = consumer
             .fetch()
             .max_messages(1000)
@@ -301,7 +305,12 @@ async fn try_read_stream(pki: &Pki, servers: &[String]) -> Result<Contents, Stri
             lines.push((msg_id, line));
         }
         if lines.len() == before {
-            break;
+            empty += 1;
+            if empty == 10 {
+                return Err(format!("read {} of {messages} messages", lines.len()));
+            }
+        } else {
+            empty = 0;
         }
     }
     Ok(Contents { messages, lines })
