@@ -516,22 +516,7 @@ fn tls_with_a_wrong_ca_or_a_foreign_client_certificate_is_refused() {
     std::fs::write(&path, text).unwrap();
     let config = teledge::config::load_forward(&path).unwrap();
     spool_records(&config, &records(5));
-    let (spool_handle, _) =
-        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
-    let spool_handle = Mutex::new(spool_handle);
-    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)
-        .unwrap()
-        .with_backoff(Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(100),
-        ));
-    let result = rt.block_on(
-        forwarder
-            .forward_until_drained(&spool_handle, Some(Instant::now() + Duration::from_secs(2))),
-    );
-    assert!(result.is_err(), "{result:?}");
-    assert!(forwarder.stats.retries > 0);
-    assert_eq!(spool_handle.lock().unwrap().stats().records, 5);
+    assert_refused_and_kept(&rt, &config, 5);
 }
 
 #[test]
@@ -942,10 +927,19 @@ fn users_with_a_password_file_or_an_nkey_seed_publish_and_a_wrong_password_is_re
         ),
     );
     spool_records(&wrong, &records(3));
+    assert_refused_and_kept(&rt, &wrong, 3);
+}
+
+/// Forwarding `config`'s spool for 2 s fails: retried, and all `spooled` records stay.
+fn assert_refused_and_kept(
+    rt: &tokio::runtime::Runtime,
+    config: &teledge::config::ForwardConfig,
+    spooled: u64,
+) {
     let (spool, _) =
-        teledge::spool::Spool::open(wrong.spool.clone(), wrong.keyring.clone()).unwrap();
+        teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
     let spool = Mutex::new(spool);
-    let mut forwarder = Forwarder::new(&wrong.node_id, &wrong.uplink, &wrong.keyring)
+    let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)
         .unwrap()
         .with_backoff(Backoff::new(
             Duration::from_millis(50),
@@ -956,5 +950,5 @@ fn users_with_a_password_file_or_an_nkey_seed_publish_and_a_wrong_password_is_re
     );
     assert!(result.is_err(), "{result:?}");
     assert!(forwarder.stats.retries > 0);
-    assert_eq!(spool.lock().unwrap().stats().records, 3);
+    assert_eq!(spool.lock().unwrap().stats().records, spooled);
 }
