@@ -360,8 +360,11 @@ impl<T: Transport> FleetAgent<T> {
         if !self.state.announced.contains(&key) {
             emit(step(UpdateStep::Offered));
         }
-        let file = match self.fetch(trusted, &newest.name, &newest.target).await {
-            Ok(f) => f,
+        let staged = self
+            .stage_package(trusted, &newest, &current, &mut |s| emit(step(s)))
+            .await;
+        let (file, previous) = match staged {
+            Ok(staged) => staged,
             Err(refusal) => {
                 self.state.announced.insert(key);
                 self.refuse(
@@ -369,67 +372,6 @@ impl<T: Transport> FleetAgent<T> {
                     &newest.name,
                     &newest.version,
                     refusal,
-                    tv,
-                    emit,
-                )?;
-                return Ok(false);
-            }
-        };
-        emit(step(UpdateStep::Downloaded));
-        if let Err(refusal) = check_package(
-            &file,
-            &self.settings.package,
-            &newest.version,
-            &self.me.arch,
-        ) {
-            let _ = std::fs::remove_file(&file);
-            self.state.announced.insert(key);
-            self.refuse(
-                UpdateKind::Package,
-                &newest.name,
-                &newest.version,
-                refusal,
-                tv,
-                emit,
-            )?;
-            return Ok(false);
-        }
-        emit(step(UpdateStep::Verified));
-        // The way back: the running version's own signed package.
-        let previous = match select::package_of_version(&trusted.targets, &current, &self.me.arch) {
-            Some(p) => match self.prepare_package(trusted, &p).await {
-                Ok(file) => (p.name, file),
-                Err(refusal) => {
-                    self.state.announced.insert(key);
-                    let detail = format!(
-                        "the package to go back to ({current}) failed its checks: {}",
-                        refusal.detail
-                    );
-                    self.refuse(
-                        UpdateKind::Package,
-                        &newest.name,
-                        &newest.version,
-                        Refusal {
-                            reason: "no_rollback_package",
-                            detail,
-                        },
-                        tv,
-                        emit,
-                    )?;
-                    return Ok(false);
-                }
-            },
-            None => {
-                self.state.announced.insert(key);
-                let detail = format!("the repository carries no package of the running version {current} for {}: there would be no way back", self.me.arch);
-                self.refuse(
-                    UpdateKind::Package,
-                    &newest.name,
-                    &newest.version,
-                    Refusal {
-                        reason: "no_rollback_package",
-                        detail,
-                    },
                     tv,
                     emit,
                 )?;
@@ -450,6 +392,49 @@ impl<T: Transport> FleetAgent<T> {
         self.hand_over(&request)?;
         emit(step(UpdateStep::HandedOver));
         Ok(true)
+    }
+
+    /// Fetches and checks the offered package and the running version's own package (the way
+    /// back), announcing `Downloaded` and `Verified` on the way; a refusal names what failed.
+    async fn stage_package(
+        &self,
+        trusted: &Trusted,
+        newest: &select::PackageTarget,
+        current: &str,
+        announce: &mut (dyn FnMut(UpdateStep) + Send),
+    ) -> Result<(PathBuf, (String, PathBuf)), Refusal> {
+        let file = self.fetch(trusted, &newest.name, &newest.target).await?;
+        announce(UpdateStep::Downloaded);
+        if let Err(refusal) = check_package(
+            &file,
+            &self.settings.package,
+            &newest.version,
+            &self.me.arch,
+        ) {
+            let _ = std::fs::remove_file(&file);
+            return Err(refusal);
+        }
+        announce(UpdateStep::Verified);
+        // The way back: the running version's own signed package.
+        let Some(p) = select::package_of_version(&trusted.targets, current, &self.me.arch) else {
+            return Err(Refusal {
+                reason: "no_rollback_package",
+                detail: format!(
+                    "the repository carries no package of the running version {current} for {}: there would be no way back",
+                    self.me.arch
+                ),
+            });
+        };
+        match self.prepare_package(trusted, &p).await {
+            Ok(back) => Ok((file, (p.name, back))),
+            Err(refusal) => Err(Refusal {
+                reason: "no_rollback_package",
+                detail: format!(
+                    "the package to go back to ({current}) failed its checks: {}",
+                    refusal.detail
+                ),
+            }),
+        }
     }
 
     fn hand_over(&self, request: &Request) -> Result<(), AgentError> {

@@ -837,23 +837,13 @@ impl Repository {
         targets_version: u64,
         targets_bytes: &[u8],
     ) -> Result<(u64, Vec<u8>), RepoError> {
-        let (_, root) = self.newest_root()?;
-        let keys = load_keys(&self.keys)?;
-        let signers = self.signers(&root, "snapshot", &keys, &self.keys)?;
-        let version = self.next_version("snapshot");
-        let d = Digests::of(targets_bytes);
-        let signed = json!({
-            "_type": "snapshot",
-            "spec_version": SPEC_VERSION,
-            "version": version,
-            "expires": format_time(now + self.lifetimes.snapshot),
-            "meta": {"targets.json": {
-                "version": targets_version,
-                "length": targets_bytes.len(),
-                "hashes": {"sha256": d.sha256},
-            }},
-        });
-        let bytes = envelope(&signed, &signers)?;
+        let (version, bytes) = self.sign_meta_of(
+            "snapshot",
+            "targets.json",
+            now,
+            targets_version,
+            targets_bytes,
+        )?;
         write_file(
             &self.metadata().join(format!("{version}.snapshot.json")),
             &bytes,
@@ -867,25 +857,44 @@ impl Repository {
         snapshot_version: u64,
         snapshot_bytes: &[u8],
     ) -> Result<u64, RepoError> {
+        let (version, bytes) = self.sign_meta_of(
+            "timestamp",
+            "snapshot.json",
+            now,
+            snapshot_version,
+            snapshot_bytes,
+        )?;
+        write_file(&self.metadata().join("timestamp.json"), &bytes)?;
+        Ok(version)
+    }
+
+    /// The next version of `role` (snapshot or timestamp), which names one file of the role
+    /// below it (`of`) by its version, length and SHA-256, signed by the role's keys.
+    fn sign_meta_of(
+        &self,
+        role: &str,
+        of: &str,
+        now: SystemTime,
+        of_version: u64,
+        of_bytes: &[u8],
+    ) -> Result<(u64, Vec<u8>), RepoError> {
         let (_, root) = self.newest_root()?;
         let keys = load_keys(&self.keys)?;
-        let signers = self.signers(&root, "timestamp", &keys, &self.keys)?;
-        let version = self.next_version("timestamp");
-        let d = Digests::of(snapshot_bytes);
+        let signers = self.signers(&root, role, &keys, &self.keys)?;
+        let version = self.next_version(role);
+        let d = Digests::of(of_bytes);
         let signed = json!({
-            "_type": "timestamp",
+            "_type": role,
             "spec_version": SPEC_VERSION,
             "version": version,
-            "expires": format_time(now + self.lifetimes.timestamp),
-            "meta": {"snapshot.json": {
-                "version": snapshot_version,
-                "length": snapshot_bytes.len(),
+            "expires": format_time(now + self.lifetimes.of(role)),
+            "meta": {of: {
+                "version": of_version,
+                "length": of_bytes.len(),
                 "hashes": {"sha256": d.sha256},
             }},
         });
-        let bytes = envelope(&signed, &signers)?;
-        write_file(&self.metadata().join("timestamp.json"), &bytes)?;
-        Ok(version)
+        Ok((version, envelope(&signed, &signers)?))
     }
 
     /// Signs the staged targets as a new release: targets, snapshot and timestamp, each one
