@@ -751,11 +751,7 @@ impl<T: Transport> Client<T> {
         let snapshot = match stored_snapshot.take() {
             Some(s) if s.value.version == snapshot_pin.version => s,
             old => {
-                let name = if root.consistent_snapshot {
-                    format!("metadata/{}.{SNAPSHOT}", snapshot_pin.version)
-                } else {
-                    format!("metadata/{SNAPSHOT}")
-                };
+                let name = meta_path(SNAPSHOT, &snapshot_pin, root.consistent_snapshot);
                 let limit = snapshot_pin.length.unwrap_or(self.limits.snapshot_bytes);
                 let bytes = self.fetch(&name, limit).await?;
                 check_pin(&name, &bytes, &snapshot_pin)?;
@@ -797,11 +793,7 @@ impl<T: Transport> Client<T> {
         let targets = match stored_targets {
             Some(t) if t.value.version == targets_pin.version => t,
             _ => {
-                let name = if root.consistent_snapshot {
-                    format!("metadata/{}.{TARGETS}", targets_pin.version)
-                } else {
-                    format!("metadata/{TARGETS}")
-                };
+                let name = meta_path(TARGETS, &targets_pin, root.consistent_snapshot);
                 let limit = targets_pin.length.unwrap_or(self.limits.targets_bytes);
                 let bytes = self.fetch(&name, limit).await?;
                 check_pin(&name, &bytes, &targets_pin)?;
@@ -926,6 +918,16 @@ fn expect_version(file: &str, got: u64, expected: u64, by: &str) -> Result<(), T
         });
     }
     Ok(())
+}
+
+/// Where a metadata file pinned by the role above it is fetched from: by version when the
+/// repository uses consistent snapshots (TUF 5.6), else by its plain name.
+fn meta_path(file: &str, pin: &MetaFile, consistent_snapshot: bool) -> String {
+    if consistent_snapshot {
+        format!("metadata/{}.{file}", pin.version)
+    } else {
+        format!("metadata/{file}")
+    }
 }
 
 fn check_pin(file: &str, bytes: &[u8], pin: &MetaFile) -> Result<(), TufError> {
