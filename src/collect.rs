@@ -1255,23 +1255,7 @@ fn content_hash(record: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// The `*.jsonl` files of a directory, oldest day first (absent directory: none).
-fn jsonl_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "jsonl") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
+use crate::outputs::jsonl::day_files as jsonl_files;
 
 /// The length of a file up to and including its last newline: what was written whole.
 fn good_length(file: &mut File, path: &Path) -> std::io::Result<u64> {

@@ -21,7 +21,6 @@
 //! year of records costs the time to read them, not memory.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -55,84 +54,51 @@ pub struct Collected {
 /// Reads `dir/<node>/*.jsonl` in file order (days, then lines: the order records were
 /// stored).
 pub fn read_collected(dir: &Path) -> std::io::Result<Collected> {
-    let mut found = Collected::default();
-    let mut files = Vec::new();
-    for node in std::fs::read_dir(dir)? {
-        let node = node?.path();
-        if !node.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(&node)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "jsonl") && path.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    for path in files {
-        let reader = std::io::BufReader::new(std::fs::File::open(&path)?);
-        for (i, line) in reader.lines().enumerate() {
-            let line = line?;
-            if !line.contains("\"heartbeat\"") && !line.contains("\"update\"") {
-                continue;
-            }
-            let value: Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(e) => {
-                    found
-                        .unreadable
-                        .push(format!("{}:{}: {e}", path.display(), i + 1));
-                    continue;
-                }
-            };
-            let record = value.get("record").unwrap_or(&value);
+    let mut nodes: BTreeMap<String, NodeRecords> = BTreeMap::new();
+    let unreadable = crate::outputs::jsonl::read_stored(
+        dir,
+        |line| line.contains("\"heartbeat\"") || line.contains("\"update\""),
+        |record| {
             match record.get("type").and_then(Value::as_str) {
                 Some("heartbeat") => {
-                    match serde_json::from_value::<HeartbeatRecord>(record.clone()) {
-                        Ok(h) => {
-                            let node = h.node.clone();
-                            found.nodes.entry(node).or_default().heartbeat = Some(h);
-                        }
-                        Err(e) => {
-                            found
-                                .unreadable
-                                .push(format!("{}:{}: {e}", path.display(), i + 1))
-                        }
-                    }
+                    let h = serde_json::from_value::<HeartbeatRecord>(record.clone())
+                        .map_err(|e| e.to_string())?;
+                    let node = h.node.clone();
+                    nodes.entry(node).or_default().heartbeat = Some(h);
                 }
-                Some("update") => match serde_json::from_value::<UpdateRecord>(record.clone()) {
-                    Ok(u) => {
-                        let node = found.nodes.entry(u.node.clone()).or_default();
-                        match u.kind {
-                            UpdateKind::Package => {
-                                if let Some(v) = &u.version {
-                                    // "Failed before" repeats a rollback: the rollback
-                                    // says more.
-                                    let repeat = u.step == UpdateStep::Refused
-                                        && u.reason.as_deref() == Some("failed_before")
-                                        && node
-                                            .packages
-                                            .get(v)
-                                            .is_some_and(|old| old.step == UpdateStep::RolledBack);
-                                    if !repeat {
-                                        node.packages.insert(v.clone(), u);
-                                    }
-                                }
-                            }
-                            UpdateKind::Config => node.config = Some(u),
-                            UpdateKind::Metadata => node.metadata_refusal = Some(u),
-                        }
-                    }
-                    Err(e) => found
-                        .unreadable
-                        .push(format!("{}:{}: {e}", path.display(), i + 1)),
-                },
+                Some("update") => {
+                    let u = serde_json::from_value::<UpdateRecord>(record.clone())
+                        .map_err(|e| e.to_string())?;
+                    note_update(nodes.entry(u.node.clone()).or_default(), u);
+                }
                 _ => {}
             }
+            Ok(())
+        },
+    )?;
+    Ok(Collected { nodes, unreadable })
+}
+
+/// Keeps the newest update record of each kind (per version for packages).
+fn note_update(node: &mut NodeRecords, u: UpdateRecord) {
+    match u.kind {
+        UpdateKind::Package => {
+            if let Some(v) = &u.version {
+                // "Failed before" repeats a rollback: the rollback says more.
+                let repeat = u.step == UpdateStep::Refused
+                    && u.reason.as_deref() == Some("failed_before")
+                    && node
+                        .packages
+                        .get(v)
+                        .is_some_and(|old| old.step == UpdateStep::RolledBack);
+                if !repeat {
+                    node.packages.insert(v.clone(), u);
+                }
+            }
         }
+        UpdateKind::Config => node.config = Some(u),
+        UpdateKind::Metadata => node.metadata_refusal = Some(u),
     }
-    Ok(found)
 }
 
 /// A package release: the newest package version of an architecture.

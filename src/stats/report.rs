@@ -154,48 +154,19 @@ pub struct Collected {
 /// interval records.
 pub fn read_collected(dir: &std::path::Path) -> io::Result<Collected> {
     let mut found = Collected::default();
-    let mut files = Vec::new();
-    for node in std::fs::read_dir(dir)? {
-        let node = node?.path();
-        if !node.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(&node)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "jsonl") && path.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    for path in files {
-        use std::io::BufRead;
-        // Line by line: a day of a busy node's records need not fit in memory.
-        let reader = io::BufReader::new(std::fs::File::open(&path)?);
-        for (i, line) in reader.lines().enumerate() {
-            let line = line?;
-            let line = line.as_str();
-            if line.trim().is_empty() {
-                continue;
-            }
-            let place = || format!("{}:{}", path.display(), i + 1);
-            let value: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => {
-                    found.unreadable.push(format!("{}: {e}", place()));
-                    continue;
-                }
-            };
-            let record = value.get("record").unwrap_or(&value);
+    found.unreadable = crate::outputs::jsonl::read_stored(
+        dir,
+        |_| true,
+        |record| {
             if record.get("type").and_then(|t| t.as_str()) != Some("interval") {
                 found.other_lines += 1;
-                continue;
+                return Ok(());
             }
-            match serde_json::from_value::<IntervalRecord>(record.clone()) {
-                Ok(r) => found.intervals.push(r),
-                Err(e) => found.unreadable.push(format!("{}: {e}", place())),
-            }
-        }
-    }
+            let r = serde_json::from_value::<IntervalRecord>(record.clone())
+                .map_err(|e| e.to_string())?;
+            found.intervals.push(r);
+            Ok(())
+        },
+    )?;
     Ok(found)
 }
