@@ -49,15 +49,7 @@ fn spooled(out: &Output) -> usize {
 /// The shipped example with its key and certificate paths in `etc`, its spool in `etc`, its
 /// uplink pointed at a collector on `port`.
 fn example_configuration(pki: &Pki, etc: &Path, port: u16) -> PathBuf {
-    for (from, to) in [
-        ("site.key", "site.key"),
-        ("spool.key", "spool-key"),
-        ("ca.pem", "ca.pem"),
-        ("edge-01.pem", "node.pem"),
-        ("edge-01.key", "node.key"),
-    ] {
-        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
-    }
+    pki.install_as_edge_01(etc);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("teledge.example.toml")).unwrap();
     let url = "https://collector.example.net:8443/v1/batches";

@@ -314,15 +314,7 @@ fn the_shipped_example_configuration_is_valid() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path();
-    for (from, to) in [
-        ("site.key", "site.key"),
-        ("spool.key", "spool-key"),
-        ("ca.pem", "ca.pem"),
-        ("edge-01.pem", "node.pem"),
-        ("edge-01.key", "node.key"),
-    ] {
-        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
-    }
+    pki.install_as_edge_01(etc);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("teledge.example.toml"))
         .unwrap()

@@ -76,6 +76,20 @@ impl Pki {
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Copies edge-01's keys and certificates into `etc` under the names the shipped example
+    /// configuration (`teledge.example.toml`) gives them below `/etc/teledge/`.
+    pub(crate) fn install_as_edge_01(&self, etc: &Path) {
+        for (from, to) in [
+            ("site.key", "site.key"),
+            ("spool.key", "spool-key"),
+            ("ca.pem", "ca.pem"),
+            ("edge-01.pem", "node.pem"),
+            ("edge-01.key", "node.key"),
+        ] {
+            std::fs::copy(self.path(from), etc.join(to)).unwrap();
+        }
+    }
 }
 
 /// The site CA, a collector certificate for `localhost`, node certificates for edge-01 and
@@ -1819,15 +1833,7 @@ fn check_config_fails_when_the_spool_holds_a_key_the_keyring_lacks() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path();
-    for (from, to) in [
-        ("site.key", "site.key"),
-        ("spool.key", "spool-key"),
-        ("ca.pem", "ca.pem"),
-        ("edge-01.pem", "node.pem"),
-        ("edge-01.key", "node.key"),
-    ] {
-        std::fs::copy(pki.path(from), etc.join(to)).unwrap();
-    }
+    pki.install_as_edge_01(etc);
     let spool_dir = etc.join("spool");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("teledge.example.toml"))
