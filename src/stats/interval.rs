@@ -36,7 +36,11 @@ use jiff::tz::TimeZone;
 
 use super::contact::Contact;
 use super::service::Services;
-use crate::record::interval::{IntervalRecord, IntervalSums, INTERVAL_SCHEMA};
+use crate::record::agent::{AgentPresence, AgentStateRecord};
+use crate::record::interval::{
+    IntervalRecord, IntervalSums, INTERVAL_SCHEMA, MAX_PAUSE_REASONS, NO_PAUSE_REASON,
+    OTHER_PAUSE_REASON,
+};
 use crate::time::Timestamp;
 
 /// How long closed intervals are held for late contacts (the default longest call is 4 h).
@@ -225,6 +229,29 @@ pub struct AggregatorCounters {
     pub join_overflow: u64,
     pub records: u64,
     pub revisions: u64,
+    /// Agent state records taken (`teledge.agent/1`).
+    pub agent_states: u64,
+    /// Agent state records of a queue no `[[service]]` is named like: not counted.
+    pub agent_states_unclassified: u64,
+    /// Agent state changes not followed: [`MAX_AGENT_SPANS`] agents and queues were open.
+    pub agent_spans_refused: u64,
+    /// Agent logins or logoffs whose interval was no longer held.
+    pub agent_too_late: u64,
+    /// Calls counted in the node's RFC 6076 section (`node_sip`).
+    pub node_calls: u64,
+}
+
+/// Most agents × queues followed at once (the queue sources track at most 10,000 agents);
+/// a state change beyond is counted (`agents.refused`, `agent_spans_refused`), not followed.
+pub const MAX_AGENT_SPANS: usize = 50_000;
+
+/// An agent's presence in a queue since its last change (or the last cut at a tick).
+#[derive(Debug, Clone)]
+struct AgentSpan {
+    service: usize,
+    since: Timestamp,
+    state: AgentPresence,
+    reason: Option<String>,
 }
 
 /// What joins a call record to a queue record of the same contact, made the way queue
@@ -409,6 +436,11 @@ pub struct Aggregator {
     held: BTreeMap<(usize, Timestamp), Held>,
     counters: AggregatorCounters,
     join: Option<Join>,
+    /// Open agent presences by (agent pseudonym, queue).
+    agent_spans: BTreeMap<(String, Option<String>), AgentSpan>,
+    /// The clock of the last [`Aggregator::tick`]: intervals older than [`RETAIN_CLOSED`]
+    /// before it may be gone (never ticked, as `teledge report`: every interval is held).
+    last_tick: Option<Timestamp>,
 }
 
 impl Aggregator {
@@ -422,7 +454,192 @@ impl Aggregator {
             held: BTreeMap::new(),
             counters: AggregatorCounters::default(),
             join: None,
+            agent_spans: BTreeMap::new(),
+            last_tick: None,
         }
+    }
+
+    /// An agent state change (`teledge.agent/1`): the agent's time in its queue since its
+    /// last change is added to the intervals it spans, split exactly at their boundaries
+    /// (staffed, and paused by reason); a start or end of being staffed counts as a login
+    /// or logoff in the interval holding it. The presence counts in the `[[service]]`
+    /// named like its queue; a presence without a queue (FreeSWITCH agents, an Asterisk
+    /// agent logged in before any queue event named its queues) in the first service;
+    /// a queue no service is named like: not counted (`agent_states_unclassified`). An
+    /// agent still staffed is counted up to `now` at every [`Aggregator::tick`] and at
+    /// [`Aggregator::finish`], so a closing interval holds its agents' time up to its end.
+    pub fn agent_state(&mut self, r: &AgentStateRecord, now: Timestamp) {
+        self.counters.agent_states += 1;
+        let service = match &r.queue {
+            Some(q) => self.settings.services.by_name(q),
+            None => (!self.settings.services.is_empty()).then_some(0),
+        };
+        let key = (r.agent.clone(), r.queue.clone());
+        let previous = self.agent_spans.remove(&key);
+        if let Some(span) = &previous {
+            self.accrue(span, r.time, now);
+        }
+        let Some(service) = service else {
+            self.counters.agent_states_unclassified += 1;
+            return;
+        };
+        let was_on = previous.is_some();
+        let is_on = r.state != AgentPresence::Off;
+        // A presence read back at a start is no login.
+        if was_on != is_on && r.event != "restored" {
+            match self.agent_interval(service, r.time, now) {
+                Some(held) => {
+                    if is_on {
+                        held.sums.agents.logins += 1;
+                    } else {
+                        held.sums.agents.logoffs += 1;
+                    }
+                    held.dirty = true;
+                }
+                None => self.counters.agent_too_late += 1,
+            }
+        }
+        if !is_on {
+            return;
+        }
+        if self.agent_spans.len() >= MAX_AGENT_SPANS {
+            self.counters.agent_spans_refused += 1;
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(service, open, open_end);
+            held.sums.agents.refused += 1;
+            held.dirty = true;
+            return;
+        }
+        self.agent_spans.insert(
+            key,
+            AgentSpan {
+                service,
+                since: r.time,
+                state: r.state,
+                reason: r.reason.clone(),
+            },
+        );
+    }
+
+    /// Agents × queues followed now.
+    pub fn agent_spans(&self) -> usize {
+        self.agent_spans.len()
+    }
+
+    /// The oldest interval end still held, when intervals have been forgotten.
+    fn horizon(&self) -> Option<Timestamp> {
+        self.last_tick.map(|t| {
+            Timestamp::from_nanos(t.as_nanos().saturating_sub(RETAIN_CLOSED.as_nanos() as i64))
+        })
+    }
+
+    /// The interval holding `t` for an agent figure, `None` when it is no longer held or
+    /// more than [`AHEAD`] ahead of `now`.
+    fn agent_interval(
+        &mut self,
+        service: usize,
+        t: Timestamp,
+        now: Timestamp,
+    ) -> Option<&mut Held> {
+        let (start, end) = self.settings.clock.interval_of(t);
+        if self.horizon().is_some_and(|h| end < h) || t > now.plus(AHEAD) {
+            return None;
+        }
+        Some(self.hold(service, start, end))
+    }
+
+    /// Adds an agent's presence from `span.since` to `to` to the intervals it spans, each
+    /// piece in whole milliseconds (rounded down); pieces in intervals no longer held are
+    /// counted in `agents.too_late_ms` of the interval open at `now`.
+    fn accrue(&mut self, span: &AgentSpan, to: Timestamp, now: Timestamp) {
+        let to = to.min(now.plus(AHEAD));
+        let floor = to.as_nanos().saturating_sub(MAX_ACTIVE.as_nanos() as i64);
+        let mut t = Timestamp::from_nanos(span.since.as_nanos().max(floor));
+        let horizon = self.horizon();
+        let mut late_ms = 0;
+        while t < to {
+            let (start, end) = self.settings.clock.interval_of(t);
+            let piece_end = to.min(end);
+            if piece_end <= t {
+                break;
+            }
+            let ms = ((piece_end.as_nanos() - t.as_nanos()) / 1_000_000) as u64;
+            if horizon.is_some_and(|h| end < h) {
+                late_ms += ms;
+            } else {
+                let held = self.hold(span.service, start, end);
+                let agents = &mut held.sums.agents;
+                agents.staffed_ms += ms;
+                if span.state == AgentPresence::Paused {
+                    agents.paused_ms += ms;
+                    let reason = span.reason.as_deref().unwrap_or(NO_PAUSE_REASON);
+                    let by = &mut agents.paused_by_reason_ms;
+                    if by.contains_key(reason) || by.len() < MAX_PAUSE_REASONS {
+                        *by.entry(reason.to_owned()).or_default() += ms;
+                    } else {
+                        *by.entry(OTHER_PAUSE_REASON.to_owned()).or_default() += ms;
+                        agents.pause_reasons_folded += 1;
+                    }
+                }
+                held.dirty = true;
+            }
+            t = piece_end;
+        }
+        if late_ms > 0 {
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(span.service, open, open_end);
+            held.sums.agents.too_late_ms += late_ms;
+            held.dirty = true;
+        }
+    }
+
+    /// Counts every open agent presence up to `now` (the presences go on from `now`).
+    fn cut_agents(&mut self, now: Timestamp) {
+        let mut spans = std::mem::take(&mut self.agent_spans);
+        for span in spans.values_mut() {
+            if span.since < now {
+                self.accrue(span, now, now);
+                span.since = now;
+            }
+        }
+        self.agent_spans = spans;
+    }
+
+    /// A call for the node's RFC 6076 section (`node_sip`): every call whose INVITE was
+    /// seen and that ended (as a contact would be, whatever its service), in the first
+    /// service's interval holding its service-level event (or arrival, by the
+    /// attribution).
+    fn node_call(&mut self, call: &crate::record::CallRecord, now: Timestamp) {
+        let Some(first) = self.settings.services.get(0) else {
+            return;
+        };
+        let contact = Contact::from_call(call, 0);
+        if contact.outcome == super::contact::ContactOutcome::Excluded {
+            return;
+        }
+        let Some(sip) = contact.sip else {
+            return;
+        };
+        let at = match self.settings.attribution {
+            Attribution::Event => contact.event_time(first.sl_threshold_s),
+            Attribution::Arrival => contact.arrival,
+        };
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        let (start, end) = self.settings.clock.interval_of(at);
+        if end < horizon || at > now.plus(AHEAD) {
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(0, open, open_end);
+            held.sums.node_calls_too_late += 1;
+            held.dirty = true;
+            return;
+        }
+        self.counters.node_calls += 1;
+        let held = self.hold(0, start, end);
+        held.sums.node_sip.add(&sip);
+        held.dirty = true;
     }
 
     /// Joins call records with the queue records of the same contacts (when a queue source
@@ -455,8 +672,12 @@ impl Aggregator {
     /// contact, else waiting for one (with queue joins on), else counted at once like
     /// [`Aggregator::call`].
     pub fn call_keyed(&mut self, call: &crate::record::CallRecord, keys: JoinKeys, now: Timestamp) {
-        let Some(join) = self.join.as_mut() else {
+        if self.join.is_none() {
             return self.call(call, now);
+        }
+        self.node_call(call, now);
+        let Some(join) = self.join.as_mut() else {
+            return;
         };
         let classified = self.settings.services.classify(call);
         let waiting = WaitingCall {
@@ -588,6 +809,7 @@ impl Aggregator {
 
     /// A call record, classified (clear numbers) and counted if it is a contact.
     pub fn call(&mut self, call: &crate::record::CallRecord, now: Timestamp) {
+        self.node_call(call, now);
         match self.settings.services.classify(call) {
             Some(service) => self.contact(&Contact::from_call(call, service), now),
             None => self.counters.unclassified += 1,
@@ -680,6 +902,7 @@ impl Aggregator {
         }
         let held = self.hold(0, start, end);
         held.sums.sip.add_registrations(r);
+        held.sums.node_sip.add_registrations(r);
         held.dirty = true;
     }
 
@@ -809,6 +1032,8 @@ impl Aggregator {
     /// older than [`RETAIN_CLOSED`] are forgotten.
     pub fn tick(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
         self.flush_join(now, false);
+        self.last_tick = Some(now);
+        self.cut_agents(now);
         let grace = self.settings.grace;
         // Every service has a current interval, with contacts or not: a missing record
         // then means the aggregator was not running, never "no calls".
@@ -857,6 +1082,7 @@ impl Aggregator {
     /// has passed `now`, else open (`final: false`). For the end of a replay or a run.
     pub fn finish(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
         self.flush_join(now, true);
+        self.cut_agents(now);
         let mut out = Vec::new();
         for (&(service, start), held) in &self.held {
             if held.dirty {
