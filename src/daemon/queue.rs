@@ -142,6 +142,9 @@ impl QueueLogJob {
         );
         if let Some(state) = saved {
             assembler.restore(state.queue);
+            // The agents logged in before the restart are followed from now on (taken
+            // with the first poll's records).
+            assembler.announce_agents(Timestamp::now());
         }
         let mut losses = Losses::default();
         let mut last_save = Instant::now();
@@ -210,6 +213,9 @@ impl QueueLogJob {
                 assembler.asterisk(&parsed, &mut |r| {
                     records.push_waiting(Record::Queue(Box::new(r)))
                 });
+                for a in assembler.take_agent_states() {
+                    records.push_waiting(Record::Agent(Box::new(a)));
+                }
             }
             // Blank lines carry nothing.
             Err(queue_log::QueueLogError::Empty) => {}
@@ -382,6 +388,9 @@ fn spawn_callcenter(
             assembler.callcenter(&event, Timestamp::now(), &mut |r| {
                 records.push(Record::Queue(Box::new(r)))
             });
+            for a in assembler.take_agent_states() {
+                records.push(Record::Agent(Box::new(a)));
+            }
             let evicted = assembler.counters().evicted;
             let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
             if evicted > evicted_announced && due {

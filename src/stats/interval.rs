@@ -593,6 +593,14 @@ impl Aggregator {
         }
     }
 
+    /// Counts every open agent presence up to `at` and stops following them (no logoff
+    /// counted): the end of a `queue_log` that `teledge report` read, whose agents still
+    /// logged in count up to its last line.
+    pub fn end_agents(&mut self, at: Timestamp) {
+        self.cut_agents(at);
+        self.agent_spans.clear();
+    }
+
     /// Counts every open agent presence up to `now` (the presences go on from `now`).
     fn cut_agents(&mut self, now: Timestamp) {
         let mut spans = std::mem::take(&mut self.agent_spans);

@@ -169,6 +169,13 @@ impl IntervalSums {
         self.agents.merge(&o.agents);
     }
 
+    /// Adds another interval's node section (`node_sip`) only: the node table of
+    /// `teledge report` sums it over services.
+    pub fn merge_node_sip(&mut self, o: &IntervalSums) {
+        self.node_sip.merge(&o.node_sip);
+        self.node_calls_too_late += o.node_calls_too_late;
+    }
+
     /// The most contacts active during one second.
     pub fn peak_concurrent(&self) -> u32 {
         self.concurrency.iter().map(|r| r[2]).max().unwrap_or(0)

@@ -701,7 +701,8 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
 ///   07:30 interval;
 /// - 1341402586.51 abandons at 07:49:52.9 after 6 s (not short, within T) → 07:45;
 /// - 1341401601.24 was connected but the sample ends before its end: no outcome, excluded;
-/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts.
+/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts;
+/// - Agent/3001's login and logoff: its staffed time (see the agent figures below).
 ///
 /// A line that is not a `queue_log` line is left out, said, and the exit status is 1.
 #[test]
@@ -778,6 +779,23 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
             .map(|l| l["sums"]["excluded"].as_u64().unwrap())
             .sum();
         assert_eq!((offered, excluded), (2, 1), "{lines:#?}");
+        // Agent/3001 logs in (AGENTCALLBACKLOGIN, queue NONE: no queue named yet, so its
+        // presence counts in the first service, q1) at 15:27:23.896208 and off
+        // (AGENTCALLBACKLOGOFF) at 15:28:06.249357: staffed 42.353149 s → 42,353 ms (the
+        // log's own logintime says 43 s, whole seconds), one login, one logoff, in the
+        // 15:15 interval; the UNPAUSEALL/UNPAUSE after the logoff staff nothing.
+        let agents = &at("2012-07-03T15:15:00.000000Z")["agents"];
+        let figure = |k: &str| agents[k].as_u64().unwrap_or_else(|| panic!("{k}: {agents:#}"));
+        assert_eq!(
+            ["staffed_ms", "paused_ms", "logins", "logoffs"].map(figure),
+            [42_353, 0, 1, 1],
+            "{agents:#}"
+        );
+        let staffed: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["agents"]["staffed_ms"].as_u64().unwrap())
+            .sum();
+        assert_eq!(staffed, 42_353, "{lines:#?}");
     };
     let out = run(&log);
     assert!(
