@@ -313,12 +313,12 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
         ("sdd_ms", node_sip.sdd_ms),
         ("registrations", node_sip.registrations),
         ("registered", node_sip.registered),
-        ("registrations_ineffective", node_sip.registrations_ineffective),
+        (
+            "registrations_ineffective",
+            node_sip.registrations_ineffective,
+        ),
         ("rrd_ms", node_sip.rrd_ms),
     ] {
-        metrics
-            .interval_node_sip
-            .with(&[figure])
-            .set(value as i64);
+        metrics.interval_node_sip.with(&[figure]).set(value as i64);
     }
 }

@@ -1116,3 +1116,331 @@ fn ceil_secs(t: Timestamp) -> i64 {
     let n = t.as_nanos();
     n.div_euclid(NANOS) + i64::from(n.rem_euclid(NANOS) != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Agent figures of the aggregator, every expected value worked out by hand in the
+    //! test's doc (no value read back from the code under test).
+
+    use super::*;
+    use crate::record::agent::{AgentPresence, AgentStateRecord, AGENT_SCHEMA};
+    use crate::record::queue::QueueSource;
+    use crate::stats::service::ServiceSettings;
+
+    fn utc(t: &str) -> Timestamp {
+        let t: jiff::Timestamp = t.parse().unwrap();
+        Timestamp::from_nanos(t.as_nanosecond() as i64)
+    }
+
+    fn settings(zone: &str, queue: &str) -> StatsSettings {
+        let mut service = ServiceSettings::default_service();
+        service.name = queue.into();
+        StatsSettings {
+            clock: IntervalClock::new(zone, 15).unwrap(),
+            attribution: Attribution::Event,
+            grace: Duration::from_secs(300),
+            services: Services::new(vec![service]),
+        }
+    }
+
+    fn change(
+        agent: &str,
+        queue: Option<&str>,
+        time: &str,
+        state: AgentPresence,
+        reason: Option<&str>,
+    ) -> AgentStateRecord {
+        AgentStateRecord {
+            schema: AGENT_SCHEMA,
+            record_id: String::new(),
+            source: QueueSource::AsteriskQueueLog,
+            group: "pbx".into(),
+            agent: agent.into(),
+            queue: queue.map(str::to_owned),
+            time: utc(time),
+            state,
+            reason: reason.map(str::to_owned),
+            event: "test",
+        }
+    }
+
+    fn feed(a: &mut Aggregator, changes: &[AgentStateRecord]) {
+        for c in changes {
+            a.agent_state(c, c.time);
+        }
+    }
+
+    /// `(local_start, staffed_ms, paused_ms, logins, logoffs)` of each record with agents.
+    fn figures(records: &[IntervalRecord]) -> Vec<(String, u64, u64, u64, u64)> {
+        let mut out: Vec<_> = records
+            .iter()
+            .filter(|r| r.sums.agents != Default::default())
+            .map(|r| {
+                let a = &r.sums.agents;
+                (
+                    r.local_start.clone(),
+                    a.staffed_ms,
+                    a.paused_ms,
+                    a.logins,
+                    a.logoffs,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// One agent of queue `support`: member at 10:10:00, paused ("Lunch") at 10:20:00.5,
+    /// unpaused at 10:50:00, removed at 11:05:30. By hand, per quarter-hour:
+    /// - 10:00: staffed 10:10 → 10:15 = 300 s, a login;
+    /// - 10:15: staffed 900 s, of them paused 10:20:00.5 → 10:30 = 599.5 s;
+    /// - 10:30: staffed and paused 900 s;
+    /// - 10:45: staffed 900 s, paused 10:45 → 10:50 = 300 s;
+    /// - 11:00: staffed 11:00 → 11:05:30 = 330 s, a logoff.
+    ///
+    /// Total staffed 3,330 s (10:10 → 11:05:30), paused 1,799.5 s, all of it "Lunch".
+    #[test]
+    fn agent_time_is_split_exactly_at_interval_boundaries_with_pauses_by_reason() {
+        let mut a = Aggregator::new(settings("UTC", "support"), "n", 1);
+        let q = Some("support");
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:20:00.5Z",
+                    AgentPresence::Paused,
+                    Some("Lunch"),
+                ),
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:50:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change("h:a", q, "2026-01-05T11:05:30Z", AgentPresence::Off, None),
+            ],
+        );
+        let records = a.finish(utc("2026-01-05T12:00:00Z"));
+        assert_eq!(
+            figures(&records),
+            vec![
+                ("2026-01-05T10:00:00+00:00".into(), 300_000, 0, 1, 0),
+                ("2026-01-05T10:15:00+00:00".into(), 900_000, 599_500, 0, 0),
+                ("2026-01-05T10:30:00+00:00".into(), 900_000, 900_000, 0, 0),
+                ("2026-01-05T10:45:00+00:00".into(), 900_000, 300_000, 0, 0),
+                ("2026-01-05T11:00:00+00:00".into(), 330_000, 0, 0, 1),
+            ]
+        );
+        let lunch: u64 = records
+            .iter()
+            .map(|r| {
+                r.sums
+                    .agents
+                    .paused_by_reason_ms
+                    .get("Lunch")
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(lunch, 1_799_500);
+    }
+
+    /// An agent staffed from 10:10 and still logged in: the tick at 10:20:05 (the 10:00
+    /// interval's end + the 5 min grace) emits 10:00 with the agent counted up to its end,
+    /// 10:10 → 10:15 = 300 s; the open 10:15 interval holds 10:15 → 10:20:05 = 305 s. A
+    /// queue no service is named like is not counted.
+    #[test]
+    fn an_agent_still_staffed_counts_up_to_the_interval_end_when_it_closes() {
+        let mut a = Aggregator::new(settings("UTC", "support"), "n", 1);
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    Some("support"),
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:b",
+                    Some("sales"),
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+            ],
+        );
+        let closed = a.tick(utc("2026-01-05T10:20:05Z"));
+        assert_eq!(
+            figures(&closed),
+            vec![("2026-01-05T10:00:00+00:00".into(), 300_000, 0, 1, 0)]
+        );
+        let open = a.open(utc("2026-01-05T10:20:05Z"));
+        assert_eq!(
+            figures(&open),
+            vec![("2026-01-05T10:15:00+00:00".into(), 305_000, 0, 0, 0)]
+        );
+        assert_eq!(a.counters().agent_states_unclassified, 1);
+        assert_eq!(a.agent_spans(), 1);
+    }
+
+    /// 17 pause reasons of 10 s each in one quarter-hour: 16 kept apart, the 17th counted
+    /// under `_other` (10 s, one span folded); paused 170 s in all.
+    #[test]
+    fn pause_reasons_are_bounded_and_the_rest_counted() {
+        let mut a = Aggregator::new(settings("UTC", "q"), "n", 1);
+        let mut changes = Vec::new();
+        for i in 0..17 {
+            let reason = format!("r{i:02}");
+            let start = format!("2026-01-05T10:00:{:02}Z", i * 2);
+            changes.push(change(
+                &format!("h:{i}"),
+                Some("q"),
+                &start,
+                AgentPresence::Paused,
+                Some(&reason),
+            ));
+        }
+        for i in 0..17 {
+            let end = format!("2026-01-05T10:00:{:02}Z", i * 2 + 10);
+            changes.push(change(
+                &format!("h:{i}"),
+                Some("q"),
+                &end,
+                AgentPresence::Off,
+                None,
+            ));
+        }
+        changes.sort_by_key(|c| c.time);
+        feed(&mut a, &changes);
+        let records = a.finish(utc("2026-01-05T11:00:00Z"));
+        let agents = &records
+            .iter()
+            .find(|r| r.sums.agents.paused_ms > 0)
+            .unwrap()
+            .sums
+            .agents;
+        assert_eq!((agents.paused_ms, agents.staffed_ms), (170_000, 170_000));
+        assert_eq!(agents.paused_by_reason_ms.len(), 17);
+        assert_eq!(agents.paused_by_reason_ms[OTHER_PAUSE_REASON], 10_000);
+        assert_eq!(agents.pause_reasons_folded, 1);
+        assert_eq!((agents.logins, agents.logoffs), (17, 17));
+    }
+
+    /// 29 March 2026 in Europe/Berlin: 02:00 CET becomes 03:00 CEST (01:00 UTC). An agent
+    /// staffed 00:50 → 01:10 UTC (a presence without a queue: the first service) counts
+    /// 600 s in the quarter-hour starting 01:45+01:00 and 600 s in the one starting
+    /// 03:00+02:00, the next local quarter-hour after the change.
+    #[test]
+    fn agent_time_splits_at_a_daylight_saving_change() {
+        let mut a = Aggregator::new(settings("Europe/Berlin", "q"), "n", 1);
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    None,
+                    "2026-03-29T00:50:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:a",
+                    None,
+                    "2026-03-29T01:10:00Z",
+                    AgentPresence::Off,
+                    None,
+                ),
+            ],
+        );
+        let records = a.finish(utc("2026-03-29T02:00:00Z"));
+        assert_eq!(
+            figures(&records),
+            vec![
+                ("2026-03-29T01:45:00+01:00".into(), 600_000, 0, 1, 0),
+                ("2026-03-29T03:00:00+02:00".into(), 600_000, 0, 0, 1),
+            ]
+        );
+    }
+
+    /// Two nodes, each with its own agents, merged, give the sums of one aggregator fed
+    /// both: agent figures merge exactly (integers).
+    #[test]
+    fn agent_figures_of_two_nodes_merge_exactly() {
+        let first = [
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:01:00.25Z",
+                AgentPresence::Staffed,
+                None,
+            ),
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:21:00Z",
+                AgentPresence::Paused,
+                Some("Break"),
+            ),
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:40:00Z",
+                AgentPresence::Off,
+                None,
+            ),
+        ];
+        let second = [
+            change(
+                "h:b",
+                Some("q"),
+                "2026-01-05T10:05:00Z",
+                AgentPresence::Paused,
+                None,
+            ),
+            change(
+                "h:b",
+                Some("q"),
+                "2026-01-05T10:33:20.125Z",
+                AgentPresence::Off,
+                None,
+            ),
+        ];
+        let end = utc("2026-01-05T12:00:00Z");
+        let mut a = Aggregator::new(settings("UTC", "q"), "a", 1);
+        feed(&mut a, &first);
+        let mut b = Aggregator::new(settings("UTC", "q"), "b", 2);
+        feed(&mut b, &second);
+        let merged = crate::stats::merge::merge(a.finish(end).into_iter().chain(b.finish(end)));
+        let mut all = Aggregator::new(settings("UTC", "q"), "ab", 3);
+        let mut both: Vec<_> = first.iter().chain(&second).cloned().collect();
+        both.sort_by_key(|c| c.time);
+        feed(&mut all, &both);
+        let one = all.finish(end);
+        let sums = |rs: &[IntervalRecord]| -> Vec<(i64, crate::record::interval::AgentSums)> {
+            let mut v: Vec<_> = rs
+                .iter()
+                .filter(|r| r.sums.agents != Default::default())
+                .map(|r| (r.interval_start.as_nanos(), r.sums.agents.clone()))
+                .collect();
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        assert_eq!(sums(&merged), sums(&one));
+        // By hand: staffed a 10:01:00.25 → 10:40 (2,339.75 s) + b 10:05 → 10:33:20.125
+        // (1,700.125 s), each piece rounded down to the millisecond.
+        let staffed: u64 = sums(&one).iter().map(|(_, s)| s.staffed_ms).sum();
+        assert_eq!(staffed, 2_339_750 + 1_700_125);
+    }
+}

@@ -503,3 +503,67 @@ fn sip_kpis(sip: &SipSums, node: bool) -> Vec<Kpi> {
         k(n("sip_sdd_mean_s", "node_sip_sdd_mean_s"), "RFC 6076 SDD (BYE -> its final response): sdd_ms / sdd_count / 1000", ratio(sip.sdd_ms, sip.sdd_count).map(|v| v / 1000.0)),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formula(s: &IntervalSums, name: &str) -> (&'static str, Option<f64>) {
+        let k = kpis(s).into_iter().find(|k| k.name == name).unwrap();
+        (k.formula, k.value)
+    }
+
+    /// AHT says which parts it holds: two handled contacts, 300 s and 200 s of talk, one
+    /// with 60 s of wrap-up → (500 + 60) / 2 = 280 s, "wrap-up of wrap_up_known of the
+    /// handled contacts only"; without wrap-up "no wrap-up"; with both "every".
+    /// Occupancy: (500 + 60) s over staffed 3,600 s − paused 1,200 s = 560 / 2,400 =
+    /// 23.33 %.
+    #[test]
+    fn aht_names_the_parts_present_and_occupancy_uses_staffed_minus_paused() {
+        let mut s = IntervalSums {
+            handled: 2,
+            talk_ms: 500_000,
+            ..IntervalSums::default()
+        };
+        let (f, v) = formula(&s, "aht_s");
+        assert!(f.contains("no wrap-up"), "{f}");
+        assert_eq!(v, Some(250.0));
+        s.wrap_up_ms = 60_000;
+        s.wrap_up_known = 1;
+        let (f, v) = formula(&s, "aht_s");
+        assert!(
+            f.contains("wrap_up_known of the handled contacts only"),
+            "{f}"
+        );
+        assert_eq!(v, Some(280.0));
+        s.wrap_up_known = 2;
+        assert!(formula(&s, "aht_s").0.contains("every handled contact"));
+        assert_eq!(formula(&s, "occupancy_percent").1, None);
+        s.agents.staffed_ms = 3_600_000;
+        s.agents.paused_ms = 1_200_000;
+        let (f, v) = formula(&s, "occupancy_percent");
+        assert!(f.contains("staffed_ms - agents.paused_ms"), "{f}");
+        assert!((v.unwrap() - 560.0 / 2400.0 * 100.0).abs() < 1e-9);
+    }
+
+    /// The node section has its own KPIs beside the service's, by the same formulas: 10
+    /// INVITEs, 1 established, 9 refused with 403 (neither effective nor ineffective) →
+    /// SER 10 %, SEER 10 %, ISA 0 %.
+    #[test]
+    fn the_node_section_has_its_own_rfc_6076_kpis() {
+        let s = IntervalSums {
+            node_sip: SipSums {
+                invites: 10,
+                established: 1,
+                effective: 1,
+                ..SipSums::default()
+            },
+            ..IntervalSums::default()
+        };
+        assert_eq!(formula(&s, "node_sip_invites").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_ser").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_seer").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_isa").1, Some(0.0));
+        assert_eq!(formula(&s, "sip_ser").1, None);
+    }
+}

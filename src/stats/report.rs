@@ -132,7 +132,11 @@ fn write_node_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Res
     if by_interval.values().all(|s| s.node_sip.invites == 0) {
         return Ok(());
     }
-    write!(out, "Node: every call seen, whatever its service (RFC 6076)\n{:<25}", "interval (local)")?;
+    write!(
+        out,
+        "Node: every call seen, whatever its service (RFC 6076)\n{:<25}",
+        "interval (local)"
+    )?;
     for (_, head) in NODE_KPIS {
         write!(out, " {head:>9}")?;
     }

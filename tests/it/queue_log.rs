@@ -785,7 +785,11 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
         // log's own logintime says 43 s, whole seconds), one login, one logoff, in the
         // 15:15 interval; the UNPAUSEALL/UNPAUSE after the logoff staff nothing.
         let agents = &at("2012-07-03T15:15:00.000000Z")["agents"];
-        let figure = |k: &str| agents[k].as_u64().unwrap_or_else(|| panic!("{k}: {agents:#}"));
+        let figure = |k: &str| {
+            agents[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k}: {agents:#}"))
+        };
         assert_eq!(
             ["staffed_ms", "paused_ms", "logins", "logoffs"].map(figure),
             [42_353, 0, 1, 1],
