@@ -1419,7 +1419,12 @@ mod tests {
                 out.push(r)
             });
         }
+        // The answered record waits for its agent's wrap-up (no state change follows
+        // here): made at the source's end, without one.
+        assert!(out.is_empty());
+        a.finish(Timestamp::from_secs_nanos(2000, 0), &mut |r| out.push(r));
         assert_eq!(out.len(), 1);
+        assert_eq!(out[0].wrap_up_s, None);
         let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
         assert_eq!(
             out[0].sip_call_id.as_deref(),
@@ -1430,5 +1435,185 @@ mod tests {
             (Some(5.0), Some(3.0), Some(60.0))
         );
         assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(1000, 0)));
+    }
+    /// Agent states from `queue_log` lines in `app_queue`'s format (written by hand: no
+    /// Asterisk here), the expected records worked out from the lines:
+    /// - PJSIP/201 joins `support` (staffed), pauses there for "Lunch", joins `sales`
+    ///   paused (no reason), is unpaused everywhere (`UNPAUSEALL`: both queues staffed, in
+    ///   queue order), leaves `support`;
+    /// - Agent/1001 logs in (no queue named yet: a presence without a queue), is unpaused
+    ///   in `q` (now known as its queue: the queue-less presence ends, `q` is staffed), logs
+    ///   off.
+    #[test]
+    fn agent_states_become_records_of_each_change_per_queue() {
+        let mut a = assembler(QueueLimits::default());
+        feed(
+            &mut a,
+            "1000|NONE|support|PJSIP/201|ADDMEMBER|
+             1060|NONE|support|PJSIP/201|PAUSE|Lunch
+             1070|NONE|sales|PJSIP/201|ADDMEMBER|PAUSED
+             1080|NONE|NONE|PJSIP/201|UNPAUSEALL|
+             1090|NONE|support|PJSIP/201|REMOVEMEMBER|
+             2000|1.9|NONE|Agent/1001|AGENTLOGIN|SIP/1001-0001
+             2010|NONE|q|Agent/1001|UNPAUSE|
+             2020|1.9|NONE|Agent/1001|AGENTLOGOFF|SIP/1001-0001|20",
+        );
+        let states = a.take_agent_states();
+        let got: Vec<_> = states
+            .iter()
+            .map(|r| {
+                (
+                    r.queue.as_deref(),
+                    r.time.as_nanos() / 1_000_000_000,
+                    r.state,
+                    r.reason.as_deref(),
+                    r.event,
+                )
+            })
+            .collect();
+        use AgentPresence::{Off, Paused, Staffed};
+        assert_eq!(
+            got,
+            vec![
+                (Some("support"), 1000, Staffed, None, "ADDMEMBER"),
+                (Some("support"), 1060, Paused, Some("Lunch"), "PAUSE"),
+                (Some("sales"), 1070, Paused, None, "ADDMEMBER"),
+                (Some("sales"), 1080, Staffed, None, "UNPAUSEALL"),
+                (Some("support"), 1080, Staffed, None, "UNPAUSEALL"),
+                (Some("support"), 1090, Off, None, "REMOVEMEMBER"),
+                (None, 2000, Staffed, None, "AGENTLOGIN"),
+                (None, 2010, Off, None, "UNPAUSE"),
+                (Some("q"), 2010, Staffed, None, "UNPAUSE"),
+                (Some("q"), 2020, Off, None, "AGENTLOGOFF"),
+            ]
+        );
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(states[0].agent, p.identifier("PJSIP/201"));
+        let json = serde_json::to_string(&states).unwrap();
+        assert!(
+            !json.contains("PJSIP") && !json.contains("Agent/"),
+            "{json}"
+        );
+        assert!(a.take_agent_states().is_empty());
+        assert_eq!(a.counters().agent_states, 10);
+        // A restart: the agents' presence read back is announced (PJSIP/201 still staffed
+        // in `sales`; Agent/1001 is logged off: nothing).
+        let saved = a.state();
+        let mut b = assembler(QueueLimits::default());
+        b.restore(saved);
+        b.announce_agents(Timestamp::from_secs_nanos(5000, 0));
+        let restored: Vec<_> = b
+            .take_agent_states()
+            .into_iter()
+            .map(|r| (r.queue, r.state, r.event))
+            .collect();
+        assert_eq!(restored, vec![(Some("sales".into()), Staffed, "restored")]);
+    }
+
+    /// FreeSWITCH wrap-up, events in `mod_callcenter`'s documented format and in the order
+    /// `outbound_agent_thread_run` fires them (no FreeSWITCH here). Agent a1 is `Available
+    /// (On Demand)`: after its call (joined 1000, answered 1005, leaving 1065) its state
+    /// becomes `Idle` (1065.5) and, its after-call work done, `Waiting` at 1095.25: the
+    /// answered record is made then, wrap-up 1095.25 − 1065 = 30.25 s. Then `Available`:
+    /// its next call (leaving 1200) goes straight to `Waiting` (1200.1): the configured
+    /// `wrap-up-time` is silent, the wrap-up unknown (`null`), the record made at once.
+    #[test]
+    fn freeswitch_wrap_up_is_measured_after_idle_and_unknown_otherwise() {
+        use crate::decode::esl::{callcenter, parse_event};
+        let mut a = QueueAssembler::new(
+            QueueSource::FreeswitchCallcenter,
+            "fs1",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        );
+        let mut out = Vec::new();
+        let send = |a: &mut QueueAssembler, out: &mut Vec<QueueCallRecord>, text: &str| {
+            let event = callcenter(&parse_event(text.as_bytes()).unwrap()).unwrap();
+            a.callcenter(&event, Timestamp::from_secs_nanos(1, 0), &mut |r| {
+                out.push(r)
+            });
+        };
+        let call = |m: &str, joined: u32, answered: u32, leaving: u32| {
+            [
+                format!("Event-Subclass: callcenter::info\nCC-Action: member-queue-start\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Member-Session-UUID: s{m}\nEvent-Date-Timestamp: {joined}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: bridge-agent-start\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Member-Joined-Time: {joined}\nCC-Agent-Called-Time: {joined}\nCC-Agent-Answered-Time: {answered}\nEvent-Date-Timestamp: {answered}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: bridge-agent-end\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Agent-Answered-Time: {answered}\nCC-Bridge-Terminated-Time: {leaving}\nEvent-Date-Timestamp: {leaving}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: member-queue-end\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Cause: Terminated\nCC-Member-Joined-Time: {joined}\nCC-Agent-Answered-Time: {answered}\nCC-Member-Leaving-Time: {leaving}\nEvent-Date-Timestamp: {leaving}000000\n\n"),
+            ]
+        };
+        let agent = |action: &str, header: &str, value: &str, at_us: u64| {
+            format!("Event-Subclass: callcenter::info\nCC-Action: {action}\nCC-Agent: a1\n{header}: {value}\nEvent-Date-Timestamp: {at_us}\n\n")
+        };
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-status-change",
+                "CC-Agent-Status",
+                "Available (On Demand)",
+                900_000_000,
+            ),
+        );
+        for e in call("m1", 1000, 1005, 1065) {
+            send(&mut a, &mut out, &e);
+        }
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Idle",
+                1_065_500_000,
+            ),
+        );
+        assert!(out.is_empty(), "made before its wrap-up ended: {out:?}");
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Waiting",
+                1_095_250_000,
+            ),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].wrap_up_s, Some(30.25));
+        assert_eq!(out[0].talk_s, Some(60.0));
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-status-change",
+                "CC-Agent-Status",
+                "Available",
+                1_100_000_000,
+            ),
+        );
+        for e in call("m2", 1150, 1160, 1200) {
+            send(&mut a, &mut out, &e);
+        }
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Waiting",
+                1_200_100_000,
+            ),
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].wrap_up_s, None);
+        // The agent's presence: staffed from its first status (no queue: FreeSWITCH events
+        // name none), the change of status keeps it staffed (no new record).
+        let states: Vec<_> = a
+            .take_agent_states()
+            .into_iter()
+            .map(|r| (r.queue, r.state, r.time.as_nanos() / 1_000_000))
+            .collect();
+        assert_eq!(states, vec![(None, AgentPresence::Staffed, 900_000)]);
+        assert_eq!(a.counters().records, 2);
     }
 }
