@@ -38,6 +38,27 @@
 //! `PAUSEALL`, `UNPAUSEALL`; FreeSWITCH `On Break` counts as paused), in a call (from the
 //! answer to the end), and when it last changed.
 //!
+//! Every change of an agent's *presence* in a queue (off, staffed, paused with its reason)
+//! becomes a `teledge.agent/1` record ([`AgentStateRecord`]), taken by the owner with
+//! [`QueueAssembler::take_agent_states`] (at most [`MAX_AGENT_STATES_HELD`] held; beyond,
+//! counted). An agent logged in (`AGENTLOGIN`, FreeSWITCH `Available`) whose queues no event
+//! named has one presence without a queue; once a queue event names one, that presence
+//! ends and the queue's begins. After [`QueueAssembler::restore`],
+//! [`QueueAssembler::announce_agents`] tells every presence read back (`event: restored`).
+//!
+//! # Wrap-up (FreeSWITCH)
+//!
+//! `mod_callcenter` (`outbound_agent_thread_run`) sets an agent's state after a queue call
+//! to `Idle` when its status is `Available (On Demand)` — the agent does its after-call
+//! work and sets itself `Waiting` — and to `Waiting` otherwise, where the agent's configured
+//! `wrap-up-time` keeps calls away with no event. So an answered record with an agent waits
+//! for that agent's next state change: after an `Idle`, `wrap_up_s` runs from the member's
+//! leaving time to the next change of state or status; without one it is unknown. At most
+//! `max_open` wait (beyond, or when the agent answers another call first, the record is made
+//! without: `wrap_up_not_waited`), each at most `max_open_age` (`wrap_up_expired`); the
+//! rest are made at [`QueueAssembler::finish`]. Asterisk's `queue_log` has no per-call
+//! wrap-up at all.
+//!
 //! # Saved state
 //!
 //! [`QueueAssembler::state`] and [`QueueAssembler::restore`] carry the open stories and

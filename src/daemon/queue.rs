@@ -1,7 +1,9 @@
 //! The queue-event component: one thread per `[[queue_log]]` (tail → parse → assemble →
 //! record queue, its state file kept), one task pair per `[[callcenter]]` (event socket
 //! client → assembler). Queue contacts go to the spool as `teledge.queue/1` records like
-//! every other record, so they are durable and forwarded whoever consumes them later.
+//! every other record, so they are durable and forwarded whoever consumes them later; so
+//! do the agents' presence changes (`teledge.agent/1`), taken from the assembler after each
+//! line or event (after a restart, the presences of the state file first, `restored`).
 //!
 //! - The `queue_log` thread polls every `poll_interval` (default 250 ms), reads at most
 //!   1 MiB per poll and polls again at once while there is more (a backlog is read in

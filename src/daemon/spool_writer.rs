@@ -14,7 +14,11 @@
 //! tell no arrival are counted in `teledge_stats_queue_no_arrival_total` and in the
 //! interval's `queue_no_arrival`. The correlation's per-minute registration records
 //! (`teledge.registrations/1`) are spooled and summed into the first service's interval
-//! (`sip.registrations`, `sip.rrd_*`).
+//! (`sip.registrations`, `sip.rrd_*`, and `node_sip`, where every call's RFC 6076 facts are
+//! summed too, whatever its service). Agent state records (`teledge.agent/1`, from the
+//! queue sources) give each service's staffed and paused agent time (`agents`); the open
+//! interval's agent figures and the node's RFC 6076 inputs are in the metrics too
+//! (`teledge_interval_agents`, `teledge_interval_node_sip`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -18,7 +18,14 @@
 //! daemon) for its partner, at most [`MAX_JOIN_WAITING`] of each wait (the oldest beyond is
 //! counted alone, `join_overflow`). Registrations: the node's per-minute registration
 //! records are summed into the first service's interval holding the minute
-//! ([`Aggregator::registrations`]).
+//! ([`Aggregator::registrations`]); so is every call's RFC 6076 facts, whatever its service
+//! (`node_sip`, [`Aggregator::call`]).
+//!
+//! Agents ([`Aggregator::agent_state`]): each agent's presence in each queue is followed
+//! from one `teledge.agent/1` change to the next (at most [`MAX_AGENT_SPANS`]); the time
+//! between is added to the intervals it spans, split exactly at their boundaries, and every
+//! open presence is cut at each [`Aggregator::tick`] and at [`Aggregator::finish`], so an
+//! interval holds its agents' time up to its end when it closes.
 //!
 //! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
 //! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,

@@ -20,6 +20,13 @@
 //! | `mos_*` | scored calls, Σ MOS, lowest MOS, calls below MOS 3.6, MOS histogram |
 //! | `sip.*` | RFC 6076 inputs over calls whose INVITE was seen |
 //! | `sip.registrations`, `sip.registered`, `sip.registrations_*`, `sip.rrd_*` | the node's REGISTER attempts (RFC 6076 RRD, IRA), from its `teledge.registrations/1` records, in its first service's intervals only |
+//! | `node_sip.*` | the same RFC 6076 inputs over **every** call of the node whose INVITE was seen and that ended, whatever its service, and its registrations: in its first service's intervals only (`node_calls_too_late`: calls whose interval was gone) |
+//! | `agents.*` | the service's agents from `teledge.agent/1` state changes: staffed and paused agent-milliseconds (split exactly at interval boundaries), paused by reason (bounded), logins, logoffs (see [`crate::stats::interval::Aggregator::agent_state`]) |
+//!
+//! AHT is (talk + wrap-up) / handled, its formula naming the parts present (wrap-up for
+//! none, some or all handled contacts: only FreeSWITCH agents in `Available (On Demand)`
+//! tell it; Asterisk's `queue_log` never does). Occupancy is (talk + wrap-up) / (staffed −
+//! paused); talk includes hold in both.
 //!
 //! Percentiles (post-dial delay, registration request delay) are read from fixed histogram buckets, so they merge
 //! exactly too: a percentile is reported as the upper bound of the bucket it falls in.
