@@ -842,6 +842,9 @@ impl Aggregator {
         call: Option<&crate::record::CallRecord>,
         now: Timestamp,
     ) {
+        if let Some(call) = call {
+            self.node_call(call, now);
+        }
         let service = self
             .settings
             .services
