@@ -480,6 +480,9 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         "teledge_interval_mos_calls{service=\"sales\",le=\"3.60\"} 0",
         "teledge_interval_mos_calls{service=\"sales\",le=\"+Inf\"} 0",
         "teledge_interval_peak_concurrent_contacts{service=\"sales\"} 1",
+        // The node's RFC 6076 section: the ended call, whatever its service.
+        "teledge_interval_node_sip{figure=\"invites\"} 1",
+        "teledge_interval_node_sip{figure=\"established\"} 1",
     ] {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
@@ -527,6 +530,19 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         sales.iter().map(|r| r.sums.sip.registrations).sum::<u64>(),
         0
     );
+    // The node's RFC 6076 section, in the first service (`other`) although both calls are
+    // `sales` contacts: the same two INVITEs as `sales`' own section, and the registration.
+    let node_invites: u64 = first.iter().map(|r| r.sums.node_sip.invites).sum();
+    let sales_invites: u64 = sales.iter().map(|r| r.sums.sip.invites).sum();
+    assert_eq!((node_invites, sales_invites), (2, 2), "{intervals:#?}");
+    assert_eq!(
+        first
+            .iter()
+            .map(|r| r.sums.node_sip.registered)
+            .sum::<u64>(),
+        1
+    );
+    assert!(sales.iter().all(|r| r.sums.node_sip.invites == 0));
     // The call records at the collector are pseudonymised: no clear number "200".
     for line in stored(&out)
         .iter()
