@@ -249,6 +249,7 @@ impl QueueLogJob {
             ("queue_stories", c.evicted),
             ("queue_stories_expired", c.expired),
             ("queue_agents", c.agents_refused),
+            ("queue_agent_states", c.agent_states_dropped),
         ] {
             if n > 0 {
                 m.state_evictions.with(&[table]).raise_to(n);
@@ -303,7 +304,7 @@ fn save_state(
 /// What was announced by gap records so far.
 #[derive(Debug, Default)]
 struct Losses {
-    announced: [u64; 4],
+    announced: [u64; 5],
     last: Option<Instant>,
 }
 
@@ -324,12 +325,14 @@ impl Losses {
             t.partial_lines_dropped,
             t.possibly_lost,
             assembler.counters().evicted,
+            assembler.counters().agent_states_dropped,
         ];
         let details = [
             "queue_log lines longer than max_line_bytes skipped",
             "queue_log partial lines dropped at a rotation or truncation",
             "queue_log truncated or rotated with unread lines that could not be found",
             "queue calls evicted before their end (open queue calls table full)",
+            "agent state records dropped (too many waiting to be taken)",
         ];
         let mut gaps = Vec::new();
         for (i, ((now, announced), detail)) in current
@@ -384,6 +387,7 @@ fn spawn_callcenter(
     // sources' token, drops the channel's sender — after every event it took is assembled.
     ctx.tracker.spawn(async move {
         let mut evicted_announced = 0;
+        let mut dropped_announced = 0;
         let mut last_gap: Option<Instant> = None;
         while let Some(event) = rx.recv().await {
             metrics.source_packets.with(&["callcenter"]).inc();
@@ -392,6 +396,23 @@ fn spawn_callcenter(
             });
             for a in assembler.take_agent_states() {
                 records.push(Record::Agent(Box::new(a)));
+            }
+            let dropped = assembler.counters().agent_states_dropped;
+            if dropped > dropped_announced {
+                // Taken after every event, so never expected: logged and announced at once.
+                metrics
+                    .state_evictions
+                    .with(&["queue_agent_states"])
+                    .add(dropped - dropped_announced);
+                let mut gap = GapRecord::new(
+                    &node,
+                    GapReason::InputDropped,
+                    Some(dropped - dropped_announced),
+                );
+                gap.detail =
+                    Some("agent state records dropped (too many waiting to be taken)".into());
+                records.push(Record::Gap(Box::new(gap)));
+                dropped_announced = dropped;
             }
             let evicted = assembler.counters().evicted;
             let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
