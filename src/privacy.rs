@@ -209,6 +209,9 @@ impl Pseudonymizer {
             Record::Gap(_) => {}
             // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
             Record::Queue(_) => {}
+            // The agent pseudonymised at ingest too (crate::correlation::queue); queue
+            // names are configuration, pause reasons the PBX's codes.
+            Record::Agent(_) => {}
             // Counts and sums of one minute's REGISTER attempts: no identity.
             Record::Registrations(_) => {}
             // Versions, target names and reasons of the node's own updates.

@@ -270,11 +270,23 @@ fn read_queue_log(
         QueueLimits::default(),
         clear_pseudonymizer(),
     );
-    let mut count = |mut r: QueueCallRecord| {
+    let count = |mut r: QueueCallRecord, aggregator: &mut Aggregator| {
         if one_service {
             r.queue = "default".into();
         }
         aggregator.queue_record(&r, r.end_time);
+    };
+    // Agent states: in the service named like their queue; with every queue in `default`,
+    // each agent's presence in each queue is still followed on its own.
+    let agent = |mut a: teledge::record::agent::AgentStateRecord, aggregator: &mut Aggregator| {
+        if one_service {
+            if let Some(q) = a.queue.take() {
+                a.agent = format!("{}\u{0}{q}", a.agent);
+                a.queue = Some("default".into());
+            }
+        }
+        let at = a.time;
+        aggregator.agent_state(&a, at);
     };
     let mut read = QueueLogRead::default();
     let mut line = Vec::with_capacity(256);
@@ -301,7 +313,10 @@ fn read_queue_log(
                 let mut records = Vec::new();
                 assembler.asterisk(&parsed, &mut |r| records.push(r));
                 for r in records {
-                    count(r);
+                    count(r, aggregator);
+                }
+                for a in assembler.take_agent_states() {
+                    agent(a, aggregator);
                 }
             }
             Err(QueueLogError::Empty) => {}
@@ -311,8 +326,10 @@ fn read_queue_log(
     let mut records = Vec::new();
     assembler.finish(log_end, &mut |r| records.push(r));
     for r in records {
-        count(r);
+        count(r, aggregator);
     }
+    // Agents still logged in at the log's end count up to its last line.
+    aggregator.end_agents(log_end);
     Ok(read)
 }
 

@@ -38,6 +38,27 @@
 //! `PAUSEALL`, `UNPAUSEALL`; FreeSWITCH `On Break` counts as paused), in a call (from the
 //! answer to the end), and when it last changed.
 //!
+//! Every change of an agent's *presence* in a queue (off, staffed, paused with its reason)
+//! becomes a `teledge.agent/1` record ([`AgentStateRecord`]), taken by the owner with
+//! [`QueueAssembler::take_agent_states`] (at most [`MAX_AGENT_STATES_HELD`] held; beyond,
+//! counted). An agent logged in (`AGENTLOGIN`, FreeSWITCH `Available`) whose queues no event
+//! named has one presence without a queue; once a queue event names one, that presence
+//! ends and the queue's begins. After [`QueueAssembler::restore`],
+//! [`QueueAssembler::announce_agents`] tells every presence read back (`event: restored`).
+//!
+//! # Wrap-up (FreeSWITCH)
+//!
+//! `mod_callcenter` (`outbound_agent_thread_run`) sets an agent's state after a queue call
+//! to `Idle` when its status is `Available (On Demand)` — the agent does its after-call
+//! work and sets itself `Waiting` — and to `Waiting` otherwise, where the agent's configured
+//! `wrap-up-time` keeps calls away with no event. So an answered record with an agent waits
+//! for that agent's next state change: after an `Idle`, `wrap_up_s` runs from the member's
+//! leaving time to the next change of state or status; without one it is unknown. At most
+//! `max_open` wait (beyond, or when the agent answers another call first, the record is made
+//! without: `wrap_up_not_waited`), each at most `max_open_age` (`wrap_up_expired`); the
+//! rest are made at [`QueueAssembler::finish`]. Asterisk's `queue_log` has no per-call
+//! wrap-up at all.
+//!
 //! # Saved state
 //!
 //! [`QueueAssembler::state`] and [`QueueAssembler::restore`] carry the open stories and
@@ -55,6 +76,7 @@ use crate::decode::queue_log::{
     CompletedBy, ExitKind, PauseKind, QueueEvent, QueueLogLine, TransferKind,
 };
 use crate::privacy::Pseudonymizer;
+use crate::record::agent::{AgentPresence, AgentStateRecord, AGENT_SCHEMA, MAX_REASON_CHARS};
 use crate::record::queue::{
     FlowOut, QueueCallRecord, QueueClosedBy, QueueHangup, QueueOutcome, QueueSource, QueueTransfer,
     QueueTransferKind, QUEUE_SCHEMA,
@@ -99,7 +121,25 @@ pub struct QueueCounters {
     pub agents_refused: u64,
     /// Call events without a call id (nothing to attach them to).
     pub events_without_call: u64,
+    /// Agent state records made (`teledge.agent/1`).
+    #[serde(default)]
+    pub agent_states: u64,
+    /// Agent state records not kept: [`MAX_AGENT_STATES_HELD`] were waiting to be taken.
+    #[serde(default)]
+    pub agent_states_dropped: u64,
+    /// FreeSWITCH answered records made at once, without waiting for their agent's
+    /// wrap-up: `max_open` were waiting already, or the agent answered another call first.
+    #[serde(default)]
+    pub wrap_up_not_waited: u64,
+    /// FreeSWITCH answered records whose agent's state did not change within
+    /// `max_open_age` (made without a wrap-up).
+    #[serde(default)]
+    pub wrap_up_expired: u64,
 }
+
+/// Most agent state records held until the owner takes them
+/// ([`QueueAssembler::take_agent_states`], after every event or poll).
+pub const MAX_AGENT_STATES_HELD: usize = 100_000;
 
 /// The state of one agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +155,56 @@ pub struct AgentState {
     pub in_call: bool,
     /// Event time of the last change, ns since the epoch.
     pub since_ns: i64,
+    /// The pause reason per paused queue (`PAUSE` data), when the PBX gave one.
+    #[serde(default)]
+    pub reasons: BTreeMap<String, String>,
+    /// The reason of a `PAUSEALL` (FreeSWITCH: `On Break`).
+    #[serde(default)]
+    pub paused_all_reason: Option<String>,
+}
+
+/// What an agent is in each queue, from its state: no presence when logged off; in each
+/// queue it is a member of, staffed or paused (with the reason); logged in without a queue
+/// known (an Asterisk `AGENTLOGIN` before any event of a queue, every FreeSWITCH agent):
+/// one presence without a queue.
+fn presence(s: &AgentState) -> BTreeMap<Option<String>, (AgentPresence, Option<String>)> {
+    let mut m = BTreeMap::new();
+    if s.logged_in == Some(false) {
+        return m;
+    }
+    if !s.queues.is_empty() {
+        for (q, paused) in &s.queues {
+            let p = if *paused {
+                (AgentPresence::Paused, s.reasons.get(q).cloned())
+            } else {
+                (AgentPresence::Staffed, None)
+            };
+            m.insert(Some(q.clone()), p);
+        }
+    } else if s.logged_in == Some(true) {
+        let p = if s.paused_all {
+            (AgentPresence::Paused, s.paused_all_reason.clone())
+        } else {
+            (AgentPresence::Staffed, None)
+        };
+        m.insert(None, p);
+    }
+    m
+}
+
+/// A pause reason as kept: trimmed, at most [`MAX_REASON_CHARS`] characters, `None` when
+/// empty.
+fn pause_reason(text: &str) -> Option<String> {
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.chars().take(MAX_REASON_CHARS).collect())
+}
+
+/// A FreeSWITCH answered record waiting for its agent's after-call work to end.
+#[derive(Debug)]
+struct WrapUpWait {
+    record: QueueCallRecord,
+    /// When the agent's state became `Idle` after the call (Available (On Demand) agents).
+    idle_ns: Option<i64>,
 }
 
 /// A caller's stay in a queue while it is open.
@@ -177,6 +267,10 @@ pub struct QueueAssembler {
     /// When expiry last ran, in log time.
     last_expiry_ns: i64,
     counters: QueueCounters,
+    /// Agent state records made, until the owner takes them.
+    agent_states: Vec<AgentStateRecord>,
+    /// FreeSWITCH answered records waiting for their agent's wrap-up, by agent pseudonym.
+    wrap_up: HashMap<String, WrapUpWait>,
 }
 
 /// How often (log time) open stories are checked for expiry.
@@ -199,6 +293,88 @@ impl QueueAssembler {
             latest_ns: i64::MIN,
             last_expiry_ns: i64::MIN,
             counters: QueueCounters::default(),
+            agent_states: Vec::new(),
+            wrap_up: HashMap::new(),
+        }
+    }
+
+    /// The agent state records made since the last call (`teledge.agent/1`), oldest first.
+    pub fn take_agent_states(&mut self) -> Vec<AgentStateRecord> {
+        std::mem::take(&mut self.agent_states)
+    }
+
+    /// Every agent's current presence as agent state records at `now` (`event:
+    /// restored`): after [`QueueAssembler::restore`], so the statistics follow the agents
+    /// already logged in from the start on (the time the source was down is not counted).
+    pub fn announce_agents(&mut self, now: Timestamp) {
+        let agents: Vec<(String, AgentState)> = self
+            .agents
+            .iter()
+            .map(|(a, s)| (a.clone(), s.clone()))
+            .collect();
+        for (agent, state) in agents {
+            self.announce(
+                &agent,
+                now.as_nanos(),
+                "restored",
+                &BTreeMap::new(),
+                &presence(&state),
+            );
+        }
+    }
+
+    /// Records the changes between two presences of an agent.
+    fn announce(
+        &mut self,
+        agent: &str,
+        now: i64,
+        event: &'static str,
+        before: &BTreeMap<Option<String>, (AgentPresence, Option<String>)>,
+        after: &BTreeMap<Option<String>, (AgentPresence, Option<String>)>,
+    ) {
+        let off = (AgentPresence::Off, None);
+        let queues: std::collections::BTreeSet<&Option<String>> =
+            before.keys().chain(after.keys()).collect();
+        for queue in queues {
+            let old = before.get(queue).unwrap_or(&off);
+            let new = after.get(queue).unwrap_or(&off);
+            if old == new {
+                continue;
+            }
+            if self.agent_states.len() >= MAX_AGENT_STATES_HELD {
+                self.counters.agent_states_dropped += 1;
+                continue;
+            }
+            let source = match self.source {
+                QueueSource::AsteriskQueueLog => "asterisk_queue_log",
+                QueueSource::FreeswitchCallcenter => "freeswitch_callcenter",
+            };
+            let state = match new.0 {
+                AgentPresence::Off => "off",
+                AgentPresence::Staffed => "staffed",
+                AgentPresence::Paused => "paused",
+            };
+            self.counters.agent_states += 1;
+            self.agent_states.push(AgentStateRecord {
+                schema: AGENT_SCHEMA,
+                record_id: stable_id(&[
+                    source.as_bytes(),
+                    self.group.as_bytes(),
+                    agent.as_bytes(),
+                    queue.as_deref().unwrap_or("").as_bytes(),
+                    &now.to_be_bytes(),
+                    state.as_bytes(),
+                    new.1.as_deref().unwrap_or("").as_bytes(),
+                ]),
+                source: self.source,
+                group: self.group.clone(),
+                agent: agent.to_owned(),
+                queue: queue.clone(),
+                time: Timestamp::from_nanos(now),
+                state: new.0,
+                reason: new.1.clone(),
+                event,
+            });
         }
     }
 
@@ -279,7 +455,7 @@ impl QueueAssembler {
                     story.agent = agent.clone();
                 }
                 if let Some(a) = &agent {
-                    self.agent(a, now, |s| s.in_call = true);
+                    self.agent(a, now, "CONNECT", |s| s.in_call = true);
                 }
             }
             QueueEvent::Complete {
@@ -300,7 +476,7 @@ impl QueueAssembler {
                 };
                 self.end(line, &queue, *orig_position, agent.clone(), ending, out);
                 if let Some(a) = &agent {
-                    self.agent(a, now, |s| s.in_call = false);
+                    self.agent(a, now, "COMPLETE", |s| s.in_call = false);
                 }
             }
             QueueEvent::Transfer {
@@ -341,7 +517,7 @@ impl QueueAssembler {
                 };
                 self.end(line, &queue, *orig_position, agent.clone(), ending, out);
                 if let Some(a) = &agent {
-                    self.agent(a, now, |s| s.in_call = false);
+                    self.agent(a, now, "COMPLETE", |s| s.in_call = false);
                 }
             }
             QueueEvent::Abandon {
@@ -402,51 +578,74 @@ impl QueueAssembler {
             }
             QueueEvent::AgentLogin { .. } => {
                 if let Some(a) = &agent {
-                    self.agent(a, now, |s| s.logged_in = Some(true));
+                    self.agent(a, now, "AGENTLOGIN", |s| s.logged_in = Some(true));
                 }
             }
             QueueEvent::AgentLogoff { .. } => {
                 if let Some(a) = &agent {
-                    self.agent(a, now, |s| {
+                    self.agent(a, now, "AGENTLOGOFF", |s| {
                         s.logged_in = Some(false);
                         s.in_call = false;
                     });
                 }
             }
-            QueueEvent::AddMember { paused } => {
+            // A membership or pause names its queue; a line of no queue (`NONE`) changes
+            // none.
+            QueueEvent::AddMember { paused } if !queue.is_empty() => {
                 if let Some(a) = &agent {
                     let q = queue.clone();
-                    self.agent(a, now, |s| {
+                    self.agent(a, now, "ADDMEMBER", |s| {
+                        s.reasons.remove(&q);
                         s.queues.insert(q, *paused);
                     });
                 }
             }
-            QueueEvent::RemoveMember => {
+            QueueEvent::RemoveMember if !queue.is_empty() => {
                 if let Some(a) = &agent {
                     let q = queue.clone();
-                    self.agent(a, now, |s| {
+                    self.agent(a, now, "REMOVEMEMBER", |s| {
                         s.queues.remove(&q);
+                        s.reasons.remove(&q);
                     });
                 }
             }
-            QueueEvent::Pause { kind, .. } => {
+            QueueEvent::Pause { kind, reason } => {
                 if let Some(a) = &agent {
                     let q = queue.clone();
                     let kind = *kind;
-                    self.agent(a, now, |s| match kind {
-                        PauseKind::Pause | PauseKind::Unpause => {
-                            s.queues.insert(q, kind == PauseKind::Pause);
+                    let reason = pause_reason(reason);
+                    let event = match kind {
+                        PauseKind::Pause => "PAUSE",
+                        PauseKind::Unpause => "UNPAUSE",
+                        PauseKind::PauseAll => "PAUSEALL",
+                        PauseKind::UnpauseAll => "UNPAUSEALL",
+                    };
+                    self.agent(a, now, event, |s| match kind {
+                        PauseKind::Pause | PauseKind::Unpause if !q.is_empty() => {
+                            let paused = kind == PauseKind::Pause;
+                            match (paused, reason) {
+                                (true, Some(r)) => s.reasons.insert(q.clone(), r),
+                                _ => s.reasons.remove(&q),
+                            };
+                            s.queues.insert(q, paused);
                         }
+                        PauseKind::Pause | PauseKind::Unpause => {}
                         PauseKind::PauseAll | PauseKind::UnpauseAll => {
                             let paused = kind == PauseKind::PauseAll;
                             s.paused_all = paused;
-                            for p in s.queues.values_mut() {
+                            s.paused_all_reason = if paused { reason.clone() } else { None };
+                            s.reasons.clear();
+                            for (q, p) in s.queues.iter_mut() {
                                 *p = paused;
+                                if let (true, Some(r)) = (paused, &reason) {
+                                    s.reasons.insert(q.clone(), r.clone());
+                                }
                             }
                         }
                     });
                 }
             }
+            QueueEvent::AddMember { .. } | QueueEvent::RemoveMember => {}
             // Neither a story nor an agent state: the line is taken (and counted), nothing
             // follows from it here.
             QueueEvent::SysCompat
@@ -515,7 +714,7 @@ impl QueueAssembler {
                     story.agent = agent.clone();
                 }
                 if let Some(a) = &agent {
-                    self.agent(a, at, |s| s.in_call = true);
+                    self.agent(a, at, "bridge-agent-start", |s| s.in_call = true);
                 }
             }
             CcAction::BridgeAgentFail => {
@@ -534,7 +733,7 @@ impl QueueAssembler {
                     }
                 }
                 if let Some(a) = &agent {
-                    self.agent(a, at, |s| s.in_call = false);
+                    self.agent(a, at, "bridge-agent-end", |s| s.in_call = false);
                 }
             }
             CcAction::MemberQueueEnd => {
@@ -600,20 +799,32 @@ impl QueueAssembler {
                     }
                     None => {}
                 }
-                self.emit(story, end_ns, QueueClosedBy::Event, ending, out);
+                if ending.outcome == Some(QueueOutcome::Answered) && story.agent.is_some() {
+                    let record = self.make(story, end_ns, QueueClosedBy::Event, ending);
+                    self.wait_wrap_up(record, out);
+                } else {
+                    self.emit(story, end_ns, QueueClosedBy::Event, ending, out);
+                }
             }
             CcAction::AgentStatusChange | CcAction::AgentStateChange => {
                 if let (Some(a), Some(status)) = (&agent, event.agent_status.as_deref()) {
                     let status = status.to_owned();
                     let is_status = event.action == CcAction::AgentStatusChange;
-                    self.agent(a, at, |s| {
+                    let name = if is_status {
+                        "agent-status-change"
+                    } else {
+                        "agent-state-change"
+                    };
+                    self.agent(a, at, name, |s| {
                         if is_status {
                             s.logged_in = Some(status != "Logged Out");
                             s.paused_all = status == "On Break";
+                            s.paused_all_reason = s.paused_all.then(|| status.clone());
                         } else {
                             s.in_call = status == "In a queue call";
                         }
                     });
+                    self.wrap_up_state(a, at, is_status, &status, out);
                 }
             }
             CcAction::AgentOffering | CcAction::MembersCount | CcAction::Other => {}
@@ -623,6 +834,7 @@ impl QueueAssembler {
     /// Every open story becomes a record (`closed_by: shutdown`): the source stops and
     /// will not save them.
     pub fn finish(&mut self, now: Timestamp, out: &mut dyn FnMut(QueueCallRecord)) {
+        self.flush_wrap_up(now.as_nanos(), true, out);
         let mut open: Vec<Story> = self.stories.drain().map(|(_, s)| s).collect();
         open.sort_by_key(|s| s.last_ns);
         for story in open {
@@ -750,14 +962,27 @@ impl QueueAssembler {
         self.emit(story, now, QueueClosedBy::Event, ending, out);
     }
 
-    fn agent(&mut self, agent: &str, now: i64, change: impl FnOnce(&mut AgentState)) {
+    /// Applies an agent event to the agent's state; a change of its presence in a queue is
+    /// an agent state record.
+    fn agent(
+        &mut self,
+        agent: &str,
+        now: i64,
+        event: &'static str,
+        change: impl FnOnce(&mut AgentState),
+    ) {
         if !self.agents.contains_key(agent) && self.agents.len() >= self.limits.max_agents {
             self.counters.agents_refused += 1;
             return;
         }
         let state = self.agents.entry(agent.to_owned()).or_default();
+        let before = presence(state);
         change(state);
         state.since_ns = now;
+        let after = presence(state);
+        if before != after {
+            self.announce(agent, now, event, &before, &after);
+        }
     }
 
     /// Moves the log's clock and expires stories quiet for longer than `max_open_age`.
@@ -771,6 +996,7 @@ impl QueueAssembler {
             return;
         }
         self.last_expiry_ns = now;
+        self.flush_wrap_up(now, false, out);
         let max_age = i64::try_from(self.limits.max_open_age.as_nanos()).unwrap_or(i64::MAX);
         let mut quiet: Vec<String> = self
             .stories
@@ -796,9 +1022,19 @@ impl QueueAssembler {
         out: &mut dyn FnMut(QueueCallRecord),
     ) {
         self.counters.records += 1;
+        out(self.make(story, end_ns, closed_by, ending));
+    }
+
+    fn make(
+        &self,
+        story: Story,
+        end_ns: i64,
+        closed_by: QueueClosedBy,
+        ending: Ending,
+    ) -> QueueCallRecord {
         let outcome = ending.outcome.unwrap_or(QueueOutcome::Unknown);
         let complete = story.enter_ns.is_some() && closed_by == QueueClosedBy::Event;
-        out(QueueCallRecord {
+        QueueCallRecord {
             schema: QUEUE_SCHEMA,
             record_id: story.record_id,
             source: self.source,
@@ -828,7 +1064,93 @@ impl QueueAssembler {
             wrap_up_s: None,
             complete,
             closed_by,
-        });
+        }
+    }
+
+    /// A FreeSWITCH answered record: waits for its agent's after-call work (see
+    /// [`QueueAssembler::wrap_up_state`]), or is made at once when it cannot wait.
+    fn wait_wrap_up(&mut self, record: QueueCallRecord, out: &mut dyn FnMut(QueueCallRecord)) {
+        self.counters.records += 1;
+        let Some(agent) = record.agent.clone() else {
+            return out(record);
+        };
+        if let Some(old) = self.wrap_up.remove(&agent) {
+            // The agent answered again before its state told the end of the last call's
+            // wrap-up: that one is not known.
+            self.counters.wrap_up_not_waited += 1;
+            out(old.record);
+        }
+        if self.wrap_up.len() >= self.limits.max_open {
+            self.counters.wrap_up_not_waited += 1;
+            return out(record);
+        }
+        self.wrap_up.insert(
+            agent,
+            WrapUpWait {
+                record,
+                idle_ns: None,
+            },
+        );
+    }
+
+    /// An agent's state or status changed: the wrap-up of its last answered call ends.
+    ///
+    /// What `mod_callcenter` does after a queue call (`outbound_agent_thread_run`): it sets
+    /// the agent's state to `Idle` when its status is `Available (On Demand)` — the agent
+    /// then does its after-call work and sets itself `Waiting` again — and to `Waiting`
+    /// otherwise, where the agent's configured `wrap-up-time` keeps calls away silently (no
+    /// event tells it, nor its end). So the wrap-up is measured only after an `Idle`: from
+    /// the member's leaving time (`CC-Member-Leaving-Time`, whole seconds, the bridge's end)
+    /// to the next change of the agent's state (`Waiting`, `Receiving`, ...) or status
+    /// (`On Break`, `Logged Out`); straight to `Waiting` it is unknown (`null`).
+    fn wrap_up_state(
+        &mut self,
+        agent: &str,
+        at: i64,
+        is_status: bool,
+        value: &str,
+        out: &mut dyn FnMut(QueueCallRecord),
+    ) {
+        let Some(wait) = self.wrap_up.get_mut(agent) else {
+            return;
+        };
+        if !is_status && value == "Idle" {
+            wait.idle_ns.get_or_insert(at);
+            return;
+        }
+        if is_status && wait.idle_ns.is_none() {
+            // A status change before the state told anything: the state change follows.
+            return;
+        }
+        let Some(mut wait) = self.wrap_up.remove(agent) else {
+            return;
+        };
+        if wait.idle_ns.is_some() {
+            let end = wait.record.end_time.as_nanos();
+            wait.record.wrap_up_s = Some(at.saturating_sub(end).max(0) as f64 / 1e9);
+        }
+        out(wait.record);
+    }
+
+    /// The answered records still waiting for a wrap-up, made without one: those quiet
+    /// for `max_open_age` (log time `now`), or all of them.
+    fn flush_wrap_up(&mut self, now: i64, all: bool, out: &mut dyn FnMut(QueueCallRecord)) {
+        let max_age = i64::try_from(self.limits.max_open_age.as_nanos()).unwrap_or(i64::MAX);
+        let mut due: Vec<(i64, String)> = self
+            .wrap_up
+            .iter()
+            .filter(|(_, w)| all || now.saturating_sub(w.record.end_time.as_nanos()) > max_age)
+            .map(|(a, w)| (w.record.end_time.as_nanos(), a.clone()))
+            .collect();
+        due.sort();
+        for (_, agent) in due {
+            if let Some(wait) = self.wrap_up.remove(&agent) {
+                if !all {
+                    self.counters.wrap_up_expired += 1;
+                }
+                out(wait.record);
+            }
+        }
     }
 }
 
@@ -1118,7 +1440,12 @@ mod tests {
                 out.push(r)
             });
         }
+        // The answered record waits for its agent's wrap-up (no state change follows
+        // here): made at the source's end, without one.
+        assert!(out.is_empty());
+        a.finish(Timestamp::from_secs_nanos(2000, 0), &mut |r| out.push(r));
         assert_eq!(out.len(), 1);
+        assert_eq!(out[0].wrap_up_s, None);
         let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
         assert_eq!(
             out[0].sip_call_id.as_deref(),
@@ -1129,5 +1456,185 @@ mod tests {
             (Some(5.0), Some(3.0), Some(60.0))
         );
         assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(1000, 0)));
+    }
+    /// Agent states from `queue_log` lines in `app_queue`'s format (written by hand: no
+    /// Asterisk here), the expected records worked out from the lines:
+    /// - PJSIP/201 joins `support` (staffed), pauses there for "Lunch", joins `sales`
+    ///   paused (no reason), is unpaused everywhere (`UNPAUSEALL`: both queues staffed, in
+    ///   queue order), leaves `support`;
+    /// - Agent/1001 logs in (no queue named yet: a presence without a queue), is unpaused
+    ///   in `q` (now known as its queue: the queue-less presence ends, `q` is staffed), logs
+    ///   off.
+    #[test]
+    fn agent_states_become_records_of_each_change_per_queue() {
+        let mut a = assembler(QueueLimits::default());
+        feed(
+            &mut a,
+            "1000|NONE|support|PJSIP/201|ADDMEMBER|
+             1060|NONE|support|PJSIP/201|PAUSE|Lunch
+             1070|NONE|sales|PJSIP/201|ADDMEMBER|PAUSED
+             1080|NONE|NONE|PJSIP/201|UNPAUSEALL|
+             1090|NONE|support|PJSIP/201|REMOVEMEMBER|
+             2000|1.9|NONE|Agent/1001|AGENTLOGIN|SIP/1001-0001
+             2010|NONE|q|Agent/1001|UNPAUSE|
+             2020|1.9|NONE|Agent/1001|AGENTLOGOFF|SIP/1001-0001|20",
+        );
+        let states = a.take_agent_states();
+        let got: Vec<_> = states
+            .iter()
+            .map(|r| {
+                (
+                    r.queue.as_deref(),
+                    r.time.as_nanos() / 1_000_000_000,
+                    r.state,
+                    r.reason.as_deref(),
+                    r.event,
+                )
+            })
+            .collect();
+        use AgentPresence::{Off, Paused, Staffed};
+        assert_eq!(
+            got,
+            vec![
+                (Some("support"), 1000, Staffed, None, "ADDMEMBER"),
+                (Some("support"), 1060, Paused, Some("Lunch"), "PAUSE"),
+                (Some("sales"), 1070, Paused, None, "ADDMEMBER"),
+                (Some("sales"), 1080, Staffed, None, "UNPAUSEALL"),
+                (Some("support"), 1080, Staffed, None, "UNPAUSEALL"),
+                (Some("support"), 1090, Off, None, "REMOVEMEMBER"),
+                (None, 2000, Staffed, None, "AGENTLOGIN"),
+                (None, 2010, Off, None, "UNPAUSE"),
+                (Some("q"), 2010, Staffed, None, "UNPAUSE"),
+                (Some("q"), 2020, Off, None, "AGENTLOGOFF"),
+            ]
+        );
+        let p = Pseudonymizer::new(Privacy::keyed_hash([7; 32]));
+        assert_eq!(states[0].agent, p.identifier("PJSIP/201"));
+        let json = serde_json::to_string(&states).unwrap();
+        assert!(
+            !json.contains("PJSIP") && !json.contains("Agent/"),
+            "{json}"
+        );
+        assert!(a.take_agent_states().is_empty());
+        assert_eq!(a.counters().agent_states, 10);
+        // A restart: the agents' presence read back is announced (PJSIP/201 still staffed
+        // in `sales`; Agent/1001 is logged off: nothing).
+        let saved = a.state();
+        let mut b = assembler(QueueLimits::default());
+        b.restore(saved);
+        b.announce_agents(Timestamp::from_secs_nanos(5000, 0));
+        let restored: Vec<_> = b
+            .take_agent_states()
+            .into_iter()
+            .map(|r| (r.queue, r.state, r.event))
+            .collect();
+        assert_eq!(restored, vec![(Some("sales".into()), Staffed, "restored")]);
+    }
+
+    /// FreeSWITCH wrap-up, events in `mod_callcenter`'s documented format and in the order
+    /// `outbound_agent_thread_run` fires them (no FreeSWITCH here). Agent a1 is `Available
+    /// (On Demand)`: after its call (joined 1000, answered 1005, leaving 1065) its state
+    /// becomes `Idle` (1065.5) and, its after-call work done, `Waiting` at 1095.25: the
+    /// answered record is made then, wrap-up 1095.25 − 1065 = 30.25 s. Then `Available`:
+    /// its next call (leaving 1200) goes straight to `Waiting` (1200.1): the configured
+    /// `wrap-up-time` is silent, the wrap-up unknown (`null`), the record made at once.
+    #[test]
+    fn freeswitch_wrap_up_is_measured_after_idle_and_unknown_otherwise() {
+        use crate::decode::esl::{callcenter, parse_event};
+        let mut a = QueueAssembler::new(
+            QueueSource::FreeswitchCallcenter,
+            "fs1",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        );
+        let mut out = Vec::new();
+        let send = |a: &mut QueueAssembler, out: &mut Vec<QueueCallRecord>, text: &str| {
+            let event = callcenter(&parse_event(text.as_bytes()).unwrap()).unwrap();
+            a.callcenter(&event, Timestamp::from_secs_nanos(1, 0), &mut |r| {
+                out.push(r)
+            });
+        };
+        let call = |m: &str, joined: u32, answered: u32, leaving: u32| {
+            [
+                format!("Event-Subclass: callcenter::info\nCC-Action: member-queue-start\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Member-Session-UUID: s{m}\nEvent-Date-Timestamp: {joined}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: bridge-agent-start\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Member-Joined-Time: {joined}\nCC-Agent-Called-Time: {joined}\nCC-Agent-Answered-Time: {answered}\nEvent-Date-Timestamp: {answered}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: bridge-agent-end\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Agent-Answered-Time: {answered}\nCC-Bridge-Terminated-Time: {leaving}\nEvent-Date-Timestamp: {leaving}000000\n\n"),
+                format!("Event-Subclass: callcenter::info\nCC-Action: member-queue-end\nCC-Queue: q\nCC-Member-UUID: {m}\nCC-Agent: a1\nCC-Cause: Terminated\nCC-Member-Joined-Time: {joined}\nCC-Agent-Answered-Time: {answered}\nCC-Member-Leaving-Time: {leaving}\nEvent-Date-Timestamp: {leaving}000000\n\n"),
+            ]
+        };
+        let agent = |action: &str, header: &str, value: &str, at_us: u64| {
+            format!("Event-Subclass: callcenter::info\nCC-Action: {action}\nCC-Agent: a1\n{header}: {value}\nEvent-Date-Timestamp: {at_us}\n\n")
+        };
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-status-change",
+                "CC-Agent-Status",
+                "Available (On Demand)",
+                900_000_000,
+            ),
+        );
+        for e in call("m1", 1000, 1005, 1065) {
+            send(&mut a, &mut out, &e);
+        }
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Idle",
+                1_065_500_000,
+            ),
+        );
+        assert!(out.is_empty(), "made before its wrap-up ended: {out:?}");
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Waiting",
+                1_095_250_000,
+            ),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].wrap_up_s, Some(30.25));
+        assert_eq!(out[0].talk_s, Some(60.0));
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-status-change",
+                "CC-Agent-Status",
+                "Available",
+                1_100_000_000,
+            ),
+        );
+        for e in call("m2", 1150, 1160, 1200) {
+            send(&mut a, &mut out, &e);
+        }
+        send(
+            &mut a,
+            &mut out,
+            &agent(
+                "agent-state-change",
+                "CC-Agent-State",
+                "Waiting",
+                1_200_100_000,
+            ),
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].wrap_up_s, None);
+        // The agent's presence: staffed from its first status (no queue: FreeSWITCH events
+        // name none), the change of status keeps it staffed (no new record).
+        let states: Vec<_> = a
+            .take_agent_states()
+            .into_iter()
+            .map(|r| (r.queue, r.state, r.time.as_nanos() / 1_000_000))
+            .collect();
+        assert_eq!(states, vec![(None, AgentPresence::Staffed, 900_000)]);
+        assert_eq!(a.counters().records, 2);
     }
 }

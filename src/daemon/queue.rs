@@ -1,7 +1,9 @@
 //! The queue-event component: one thread per `[[queue_log]]` (tail → parse → assemble →
 //! record queue, its state file kept), one task pair per `[[callcenter]]` (event socket
 //! client → assembler). Queue contacts go to the spool as `teledge.queue/1` records like
-//! every other record, so they are durable and forwarded whoever consumes them later.
+//! every other record, so they are durable and forwarded whoever consumes them later; so
+//! do the agents' presence changes (`teledge.agent/1`), taken from the assembler after each
+//! line or event (after a restart, the presences of the state file first, `restored`).
 //!
 //! - The `queue_log` thread polls every `poll_interval` (default 250 ms), reads at most
 //!   1 MiB per poll and polls again at once while there is more (a backlog is read in
@@ -142,6 +144,9 @@ impl QueueLogJob {
         );
         if let Some(state) = saved {
             assembler.restore(state.queue);
+            // The agents logged in before the restart are followed from now on (taken
+            // with the first poll's records).
+            assembler.announce_agents(Timestamp::now());
         }
         let mut losses = Losses::default();
         let mut last_save = Instant::now();
@@ -210,6 +215,9 @@ impl QueueLogJob {
                 assembler.asterisk(&parsed, &mut |r| {
                     records.push_waiting(Record::Queue(Box::new(r)))
                 });
+                for a in assembler.take_agent_states() {
+                    records.push_waiting(Record::Agent(Box::new(a)));
+                }
             }
             // Blank lines carry nothing.
             Err(queue_log::QueueLogError::Empty) => {}
@@ -241,6 +249,7 @@ impl QueueLogJob {
             ("queue_stories", c.evicted),
             ("queue_stories_expired", c.expired),
             ("queue_agents", c.agents_refused),
+            ("queue_agent_states", c.agent_states_dropped),
         ] {
             if n > 0 {
                 m.state_evictions.with(&[table]).raise_to(n);
@@ -295,7 +304,7 @@ fn save_state(
 /// What was announced by gap records so far.
 #[derive(Debug, Default)]
 struct Losses {
-    announced: [u64; 4],
+    announced: [u64; 5],
     last: Option<Instant>,
 }
 
@@ -316,12 +325,14 @@ impl Losses {
             t.partial_lines_dropped,
             t.possibly_lost,
             assembler.counters().evicted,
+            assembler.counters().agent_states_dropped,
         ];
         let details = [
             "queue_log lines longer than max_line_bytes skipped",
             "queue_log partial lines dropped at a rotation or truncation",
             "queue_log truncated or rotated with unread lines that could not be found",
             "queue calls evicted before their end (open queue calls table full)",
+            "agent state records dropped (too many waiting to be taken)",
         ];
         let mut gaps = Vec::new();
         for (i, ((now, announced), detail)) in current
@@ -376,12 +387,33 @@ fn spawn_callcenter(
     // sources' token, drops the channel's sender — after every event it took is assembled.
     ctx.tracker.spawn(async move {
         let mut evicted_announced = 0;
+        let mut dropped_announced = 0;
         let mut last_gap: Option<Instant> = None;
         while let Some(event) = rx.recv().await {
             metrics.source_packets.with(&["callcenter"]).inc();
             assembler.callcenter(&event, Timestamp::now(), &mut |r| {
                 records.push(Record::Queue(Box::new(r)))
             });
+            for a in assembler.take_agent_states() {
+                records.push(Record::Agent(Box::new(a)));
+            }
+            let dropped = assembler.counters().agent_states_dropped;
+            if dropped > dropped_announced {
+                // Taken after every event, so never expected: logged and announced at once.
+                metrics
+                    .state_evictions
+                    .with(&["queue_agent_states"])
+                    .add(dropped - dropped_announced);
+                let mut gap = GapRecord::new(
+                    &node,
+                    GapReason::InputDropped,
+                    Some(dropped - dropped_announced),
+                );
+                gap.detail =
+                    Some("agent state records dropped (too many waiting to be taken)".into());
+                records.push(Record::Gap(Box::new(gap)));
+                dropped_announced = dropped;
+            }
             let evicted = assembler.counters().evicted;
             let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
             if evicted > evicted_announced && due {

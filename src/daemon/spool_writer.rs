@@ -14,7 +14,11 @@
 //! tell no arrival are counted in `teledge_stats_queue_no_arrival_total` and in the
 //! interval's `queue_no_arrival`. The correlation's per-minute registration records
 //! (`teledge.registrations/1`) are spooled and summed into the first service's interval
-//! (`sip.registrations`, `sip.rrd_*`).
+//! (`sip.registrations`, `sip.rrd_*`, and `node_sip`, where every call's RFC 6076 facts are
+//! summed too, whatever its service). Agent state records (`teledge.agent/1`, from the
+//! queue sources) give each service's staffed and paused agent time (`agents`); the open
+//! interval's agent figures and the node's RFC 6076 inputs are in the metrics too
+//! (`teledge_interval_agents`, `teledge_interval_node_sip`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -118,6 +122,11 @@ fn write(
                     // named like its queue (see `Aggregator::queue_record`).
                     aggregator.queue_record(queue, Timestamp::now());
                 }
+                (Some((aggregator, _)), Record::Agent(agent)) => {
+                    // An agent's presence in a queue (pseudonymised at ingest): staffed and
+                    // paused time in the service named like its queue.
+                    aggregator.agent_state(agent, Timestamp::now());
+                }
                 (Some((aggregator, _)), Record::Registrations(minute)) => {
                     // The node's REGISTER attempts (RFC 6076 RRD, IRA): its first service.
                     aggregator.registrations(minute, Timestamp::now());
@@ -212,8 +221,12 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
         .raise_to(counters.queue_no_arrival);
     metrics.stats_queue_joined.raise_to(counters.joined);
     metrics.stats_join_overflow.raise_to(counters.join_overflow);
+    metrics
+        .stats_agent_states_unclassified
+        .raise_to(counters.agent_states_unclassified);
     let (start, _) = aggregator.settings().clock.interval_of(now);
     let mut open = aggregator.open(now);
+    let mut node_sip = crate::record::interval::SipSums::default();
     for service in aggregator.settings().services.iter() {
         let sums = open
             .iter_mut()
@@ -274,5 +287,42 @@ fn publish_open(aggregator: &Aggregator, now: Timestamp, metrics: &AgentMetrics)
             .interval_start_timestamp_seconds
             .with(&[name])
             .set(start.as_nanos() / 1_000_000_000);
+        let a = &sums.agents;
+        for (figure, value) in [
+            ("staffed_ms", a.staffed_ms),
+            ("paused_ms", a.paused_ms),
+            ("logins", a.logins),
+            ("logoffs", a.logoffs),
+        ] {
+            metrics
+                .interval_agents
+                .with(&[name, figure])
+                .set(value as i64);
+        }
+        node_sip.merge(&sums.node_sip);
+    }
+    // The node's RFC 6076 section lives in its first service's interval: summed over the
+    // services, it is the node's.
+    for (figure, value) in [
+        ("invites", node_sip.invites),
+        ("established", node_sip.established),
+        ("redirected", node_sip.redirected),
+        ("effective", node_sip.effective),
+        ("ineffective", node_sip.ineffective),
+        ("completed", node_sip.completed),
+        ("completed_ms", node_sip.completed_ms),
+        ("pdd_count", node_sip.pdd_count),
+        ("pdd_ms", node_sip.pdd_ms),
+        ("sdd_count", node_sip.sdd_count),
+        ("sdd_ms", node_sip.sdd_ms),
+        ("registrations", node_sip.registrations),
+        ("registered", node_sip.registered),
+        (
+            "registrations_ineffective",
+            node_sip.registrations_ineffective,
+        ),
+        ("rrd_ms", node_sip.rrd_ms),
+    ] {
+        metrics.interval_node_sip.with(&[figure]).set(value as i64);
     }
 }

@@ -141,6 +141,16 @@ pub struct AgentMetrics {
     pub interval_wait_answered_ms: Arc<Family<Gauge>>,
     pub interval_peak_concurrent: Arc<Family<Gauge>>,
     pub interval_start_timestamp_seconds: Arc<Family<Gauge>>,
+    /// Agent figures of the open interval by service and figure (`staffed_ms`,
+    /// `paused_ms`, `logins`, `logoffs`), from the queue sources' agent states.
+    pub interval_agents: Arc<Family<Gauge>>,
+    /// The node's RFC 6076 inputs over every call of the open interval, by figure
+    /// (`invites`, `established`, `redirected`, `effective`, `ineffective`, `completed`,
+    /// `completed_ms`, `pdd_count`, `pdd_ms`, `sdd_count`, `sdd_ms`, `registrations`,
+    /// `registered`, `registrations_ineffective`, `rrd_ms`).
+    pub interval_node_sip: Arc<Family<Gauge>>,
+    /// Agent state records of a queue no `[[service]]` is named like (not counted).
+    pub stats_agent_states_unclassified: Arc<Counter>,
     /// Calls no `[[service]]` matched; contacts too late for their interval (counted in the
     /// open one); interval records emitted (revisions included) and revisions.
     pub stats_calls_unclassified: Arc<Counter>,
@@ -481,6 +491,24 @@ impl AgentMetrics {
                 Kind::Gauge,
                 &["service"],
                 MAX_SERVICES,
+            ),
+            interval_agents: r.family(
+                "teledge_interval_agents",
+                "Agent figures of the open interval (staffed_ms, paused_ms, logins, logoffs), by service.",
+                Kind::Gauge,
+                &["service", "figure"],
+                MAX_SERVICES * 4,
+            ),
+            interval_node_sip: r.family(
+                "teledge_interval_node_sip",
+                "RFC 6076 inputs over every call of the node in the open interval, by figure.",
+                Kind::Gauge,
+                &["figure"],
+                16,
+            ),
+            stats_agent_states_unclassified: r.counter(
+                "teledge_stats_agent_states_unclassified_total",
+                "Agent state records of a queue no [[service]] is named like: not counted.",
             ),
             stats_calls_unclassified: r.counter(
                 "teledge_stats_calls_unclassified_total",

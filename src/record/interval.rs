@@ -135,6 +135,51 @@ pub struct IntervalSums {
     pub mos_buckets: Vec<u64>,
     // SIP (RFC 6076), over the service's calls whose INVITE was seen.
     pub sip: SipSums,
+    /// RFC 6076 inputs over **every** call of the node whose INVITE was seen, whatever its
+    /// service (classified or not, a contact or not), and the node's registrations: in the
+    /// interval of the node's *first* service only (like `sip.registrations`), so adding
+    /// the services of a node up never counts a call twice. All zero in the other services.
+    pub node_sip: SipSums,
+    /// Calls whose interval was no longer held (see `too_late`): not in `node_sip`, counted
+    /// here, in the first service's interval open when they came.
+    pub node_calls_too_late: u64,
+    /// The service's agents (its queue's members), from the queue sources' agent states.
+    pub agents: AgentSums,
+}
+
+/// Most pause reasons kept apart per interval; the time of further reasons is counted
+/// under [`OTHER_PAUSE_REASON`] (and the spans so folded in `pause_reasons_folded`).
+pub const MAX_PAUSE_REASONS: usize = 16;
+/// The key the time of pauses beyond [`MAX_PAUSE_REASONS`] reasons is counted under.
+pub const OTHER_PAUSE_REASON: &str = "_other";
+/// The key of pauses the PBX gave no reason for.
+pub const NO_PAUSE_REASON: &str = "_none";
+
+/// Agent figures of one service (its queue) over one interval, from `teledge.agent/1`
+/// state changes: the time between two changes of one agent in one queue is split exactly
+/// at the interval boundaries (each piece in whole milliseconds, rounded down); an agent
+/// still staffed when an interval closes counts up to its end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentSums {
+    /// Σ agent time staffed (logged in or a member), paused time included, ms.
+    pub staffed_ms: u64,
+    /// Σ agent time paused (a part of `staffed_ms`), ms.
+    pub paused_ms: u64,
+    /// `paused_ms` by pause reason (at most [`MAX_PAUSE_REASONS`] per interval of one node,
+    /// beyond them [`OTHER_PAUSE_REASON`]; no reason: [`NO_PAUSE_REASON`]).
+    pub paused_by_reason_ms: std::collections::BTreeMap<String, u64>,
+    /// Pause spans whose reason was beyond the bound, counted under `_other`.
+    pub pause_reasons_folded: u64,
+    /// An agent became staffed (login, membership) / stopped being staffed, in this queue.
+    pub logins: u64,
+    pub logoffs: u64,
+    /// Agent time of intervals no longer held (closed more than the retention ago when its
+    /// state change came), counted here, in the interval open then, ms.
+    pub too_late_ms: u64,
+    /// Agent state changes not followed: [`crate::stats::interval::MAX_AGENT_SPANS`] agents
+    /// and queues were open already.
+    pub refused: u64,
 }
 
 /// Sums for the RFC 6076 SIP KPIs.

@@ -169,12 +169,18 @@
 //! A supervisor's page login or live listen session: who, which call, action, start, end,
 //! outcome, client address; fields in [`audit`].
 //!
+//! # Agent state record (`"type": "agent"`, `"schema": "teledge.agent/1"`)
+//!
+//! A change of one ACD agent's presence (off, staffed, paused with its reason) in one queue,
+//! from the PBX's queue events; the agent pseudonymised at ingest. Fields in [`agent`].
+//!
 //! # Interval record (`"type": "interval"`, `"schema": "teledge.interval/1"`)
 //!
 //! One service's contact-centre statistics over one 15/30/60-minute interval, as primitive
 //! sums that merge exactly across nodes, runs and intervals; revised when late contacts
 //! change it. Fields and identity rules in [`interval`].
 
+pub mod agent;
 pub mod audit;
 mod call;
 pub mod gap;
@@ -231,6 +237,9 @@ pub enum Record {
     Heartbeat(Box<heartbeat::HeartbeatRecord>),
     /// A supervisor's login or live listen session (`teledge.audit/1`).
     Audit(Box<audit::AuditRecord>),
+    /// A change of an ACD agent's presence in a queue, from the PBX's queue events
+    /// (`teledge.agent/1`).
+    Agent(Box<agent::AgentStateRecord>),
 }
 
 impl Record {
@@ -250,6 +259,7 @@ impl Record {
             Record::Update(_) => "update",
             Record::Heartbeat(_) => "heartbeat",
             Record::Audit(_) => "audit",
+            Record::Agent(_) => "agent",
         }
     }
 }

@@ -38,7 +38,7 @@
 //! | `ring_no_answer_s` | their ring time summed (seconds; Asterisk writes milliseconds) |
 //! | `ring_canceled` | `RINGCANCELED`: the caller hung up while an agent rang |
 //! | `agent_dumps` | `AGENTDUMP`: an agent hung up during the announcement |
-//! | `wrap_up_s` | after-call work of this contact; `null`: neither `queue_log` nor `mod_callcenter` reports it per call (it is a queue or agent setting) |
+//! | `wrap_up_s` | after-call work of this contact, seconds: FreeSWITCH, when the agent's state went `Idle` after the call (status `Available (On Demand)`), from the member's leaving time to the agent's next state or status change (the record is made then); `null` otherwise — `queue_log` writes no per-call wrap-up, and an agent going straight to `Waiting` is held back by its configured `wrap-up-time` silently |
 //! | `complete` | `true` when the stay was followed from entering to its end |
 //! | `closed_by` | `event` (its end event), `superseded` (the same call entered a queue again before an end was seen), `expired` (no event for `max_open_age_s` of log time), `evicted` (the table of open stays was full; this was the one waiting longest), `shutdown` (open when the source stopped; FreeSWITCH only: the `queue_log` source keeps open stays across restarts) |
 

@@ -18,7 +18,14 @@
 //! daemon) for its partner, at most [`MAX_JOIN_WAITING`] of each wait (the oldest beyond is
 //! counted alone, `join_overflow`). Registrations: the node's per-minute registration
 //! records are summed into the first service's interval holding the minute
-//! ([`Aggregator::registrations`]).
+//! ([`Aggregator::registrations`]); so is every call's RFC 6076 facts, whatever its service
+//! (`node_sip`, [`Aggregator::call`]).
+//!
+//! Agents ([`Aggregator::agent_state`]): each agent's presence in each queue is followed
+//! from one `teledge.agent/1` change to the next (at most [`MAX_AGENT_SPANS`]); the time
+//! between is added to the intervals it spans, split exactly at their boundaries, and every
+//! open presence is cut at each [`Aggregator::tick`] and at [`Aggregator::finish`], so an
+//! interval holds its agents' time up to its end when it closes.
 //!
 //! Emission: an interval is emitted (revision 0, `final: true`) once `grace` has passed
 //! after its end; from the first [`Aggregator::tick`] on, every interval of every service is,
@@ -36,7 +43,11 @@ use jiff::tz::TimeZone;
 
 use super::contact::Contact;
 use super::service::Services;
-use crate::record::interval::{IntervalRecord, IntervalSums, INTERVAL_SCHEMA};
+use crate::record::agent::{AgentPresence, AgentStateRecord};
+use crate::record::interval::{
+    IntervalRecord, IntervalSums, INTERVAL_SCHEMA, MAX_PAUSE_REASONS, NO_PAUSE_REASON,
+    OTHER_PAUSE_REASON,
+};
 use crate::time::Timestamp;
 
 /// How long closed intervals are held for late contacts (the default longest call is 4 h).
@@ -225,6 +236,29 @@ pub struct AggregatorCounters {
     pub join_overflow: u64,
     pub records: u64,
     pub revisions: u64,
+    /// Agent state records taken (`teledge.agent/1`).
+    pub agent_states: u64,
+    /// Agent state records of a queue no `[[service]]` is named like: not counted.
+    pub agent_states_unclassified: u64,
+    /// Agent state changes not followed: [`MAX_AGENT_SPANS`] agents and queues were open.
+    pub agent_spans_refused: u64,
+    /// Agent logins or logoffs whose interval was no longer held.
+    pub agent_too_late: u64,
+    /// Calls counted in the node's RFC 6076 section (`node_sip`).
+    pub node_calls: u64,
+}
+
+/// Most agents × queues followed at once (the queue sources track at most 10,000 agents);
+/// a state change beyond is counted (`agents.refused`, `agent_spans_refused`), not followed.
+pub const MAX_AGENT_SPANS: usize = 50_000;
+
+/// An agent's presence in a queue since its last change (or the last cut at a tick).
+#[derive(Debug, Clone)]
+struct AgentSpan {
+    service: usize,
+    since: Timestamp,
+    state: AgentPresence,
+    reason: Option<String>,
 }
 
 /// What joins a call record to a queue record of the same contact, made the way queue
@@ -409,6 +443,11 @@ pub struct Aggregator {
     held: BTreeMap<(usize, Timestamp), Held>,
     counters: AggregatorCounters,
     join: Option<Join>,
+    /// Open agent presences by (agent pseudonym, queue).
+    agent_spans: BTreeMap<(String, Option<String>), AgentSpan>,
+    /// The clock of the last [`Aggregator::tick`]: intervals older than [`RETAIN_CLOSED`]
+    /// before it may be gone (never ticked, as `teledge report`: every interval is held).
+    last_tick: Option<Timestamp>,
 }
 
 impl Aggregator {
@@ -422,7 +461,200 @@ impl Aggregator {
             held: BTreeMap::new(),
             counters: AggregatorCounters::default(),
             join: None,
+            agent_spans: BTreeMap::new(),
+            last_tick: None,
         }
+    }
+
+    /// An agent state change (`teledge.agent/1`): the agent's time in its queue since its
+    /// last change is added to the intervals it spans, split exactly at their boundaries
+    /// (staffed, and paused by reason); a start or end of being staffed counts as a login
+    /// or logoff in the interval holding it. The presence counts in the `[[service]]`
+    /// named like its queue; a presence without a queue (FreeSWITCH agents, an Asterisk
+    /// agent logged in before any queue event named its queues) in the first service;
+    /// a queue no service is named like: not counted (`agent_states_unclassified`). An
+    /// agent still staffed is counted up to `now` at every [`Aggregator::tick`] and at
+    /// [`Aggregator::finish`], so a closing interval holds its agents' time up to its end.
+    pub fn agent_state(&mut self, r: &AgentStateRecord, now: Timestamp) {
+        self.counters.agent_states += 1;
+        let service = match &r.queue {
+            Some(q) => self.settings.services.by_name(q),
+            None => (!self.settings.services.is_empty()).then_some(0),
+        };
+        let key = (r.agent.clone(), r.queue.clone());
+        let previous = self.agent_spans.remove(&key);
+        if let Some(span) = &previous {
+            self.accrue(span, r.time, now);
+        }
+        let Some(service) = service else {
+            self.counters.agent_states_unclassified += 1;
+            return;
+        };
+        let was_on = previous.is_some();
+        let is_on = r.state != AgentPresence::Off;
+        // A presence read back at a start is no login.
+        if was_on != is_on && r.event != "restored" {
+            match self.agent_interval(service, r.time, now) {
+                Some(held) => {
+                    if is_on {
+                        held.sums.agents.logins += 1;
+                    } else {
+                        held.sums.agents.logoffs += 1;
+                    }
+                    held.dirty = true;
+                }
+                None => self.counters.agent_too_late += 1,
+            }
+        }
+        if !is_on {
+            return;
+        }
+        if self.agent_spans.len() >= MAX_AGENT_SPANS {
+            self.counters.agent_spans_refused += 1;
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(service, open, open_end);
+            held.sums.agents.refused += 1;
+            held.dirty = true;
+            return;
+        }
+        self.agent_spans.insert(
+            key,
+            AgentSpan {
+                service,
+                since: r.time,
+                state: r.state,
+                reason: r.reason.clone(),
+            },
+        );
+    }
+
+    /// Agents × queues followed now.
+    pub fn agent_spans(&self) -> usize {
+        self.agent_spans.len()
+    }
+
+    /// The oldest interval end still held, when intervals have been forgotten.
+    fn horizon(&self) -> Option<Timestamp> {
+        self.last_tick.map(|t| {
+            Timestamp::from_nanos(t.as_nanos().saturating_sub(RETAIN_CLOSED.as_nanos() as i64))
+        })
+    }
+
+    /// The interval holding `t` for an agent figure, `None` when it is no longer held or
+    /// more than [`AHEAD`] ahead of `now`.
+    fn agent_interval(
+        &mut self,
+        service: usize,
+        t: Timestamp,
+        now: Timestamp,
+    ) -> Option<&mut Held> {
+        let (start, end) = self.settings.clock.interval_of(t);
+        if self.horizon().is_some_and(|h| end < h) || t > now.plus(AHEAD) {
+            return None;
+        }
+        Some(self.hold(service, start, end))
+    }
+
+    /// Adds an agent's presence from `span.since` to `to` to the intervals it spans, each
+    /// piece in whole milliseconds (rounded down); pieces in intervals no longer held are
+    /// counted in `agents.too_late_ms` of the interval open at `now`.
+    fn accrue(&mut self, span: &AgentSpan, to: Timestamp, now: Timestamp) {
+        let to = to.min(now.plus(AHEAD));
+        let floor = to.as_nanos().saturating_sub(MAX_ACTIVE.as_nanos() as i64);
+        let mut t = Timestamp::from_nanos(span.since.as_nanos().max(floor));
+        let horizon = self.horizon();
+        let mut late_ms = 0;
+        while t < to {
+            let (start, end) = self.settings.clock.interval_of(t);
+            let piece_end = to.min(end);
+            if piece_end <= t {
+                break;
+            }
+            let ms = ((piece_end.as_nanos() - t.as_nanos()) / 1_000_000) as u64;
+            if horizon.is_some_and(|h| end < h) {
+                late_ms += ms;
+            } else {
+                let held = self.hold(span.service, start, end);
+                let agents = &mut held.sums.agents;
+                agents.staffed_ms += ms;
+                if span.state == AgentPresence::Paused {
+                    agents.paused_ms += ms;
+                    let reason = span.reason.as_deref().unwrap_or(NO_PAUSE_REASON);
+                    let by = &mut agents.paused_by_reason_ms;
+                    if by.contains_key(reason) || by.len() < MAX_PAUSE_REASONS {
+                        *by.entry(reason.to_owned()).or_default() += ms;
+                    } else {
+                        *by.entry(OTHER_PAUSE_REASON.to_owned()).or_default() += ms;
+                        agents.pause_reasons_folded += 1;
+                    }
+                }
+                held.dirty = true;
+            }
+            t = piece_end;
+        }
+        if late_ms > 0 {
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(span.service, open, open_end);
+            held.sums.agents.too_late_ms += late_ms;
+            held.dirty = true;
+        }
+    }
+
+    /// Counts every open agent presence up to `at` and stops following them (no logoff
+    /// counted): the end of a `queue_log` that `teledge report` read, whose agents still
+    /// logged in count up to its last line.
+    pub fn end_agents(&mut self, at: Timestamp) {
+        self.cut_agents(at);
+        self.agent_spans.clear();
+    }
+
+    /// Counts every open agent presence up to `now` (the presences go on from `now`).
+    fn cut_agents(&mut self, now: Timestamp) {
+        let mut spans = std::mem::take(&mut self.agent_spans);
+        for span in spans.values_mut() {
+            if span.since < now {
+                self.accrue(span, now, now);
+                span.since = now;
+            }
+        }
+        self.agent_spans = spans;
+    }
+
+    /// A call for the node's RFC 6076 section (`node_sip`): every call whose INVITE was
+    /// seen and that ended (as a contact would be, whatever its service), in the first
+    /// service's interval holding its service-level event (or arrival, by the
+    /// attribution).
+    fn node_call(&mut self, call: &crate::record::CallRecord, now: Timestamp) {
+        let Some(first) = self.settings.services.get(0) else {
+            return;
+        };
+        let contact = Contact::from_call(call, 0);
+        if contact.outcome == super::contact::ContactOutcome::Excluded {
+            return;
+        }
+        let Some(sip) = contact.sip else {
+            return;
+        };
+        let at = match self.settings.attribution {
+            Attribution::Event => contact.event_time(first.sl_threshold_s),
+            Attribution::Arrival => contact.arrival,
+        };
+        let horizon = Timestamp::from_nanos(
+            now.as_nanos()
+                .saturating_sub(RETAIN_CLOSED.as_nanos() as i64),
+        );
+        let (start, end) = self.settings.clock.interval_of(at);
+        if end < horizon || at > now.plus(AHEAD) {
+            let (open, open_end) = self.settings.clock.interval_of(now);
+            let held = self.hold(0, open, open_end);
+            held.sums.node_calls_too_late += 1;
+            held.dirty = true;
+            return;
+        }
+        self.counters.node_calls += 1;
+        let held = self.hold(0, start, end);
+        held.sums.node_sip.add(&sip);
+        held.dirty = true;
     }
 
     /// Joins call records with the queue records of the same contacts (when a queue source
@@ -455,8 +687,12 @@ impl Aggregator {
     /// contact, else waiting for one (with queue joins on), else counted at once like
     /// [`Aggregator::call`].
     pub fn call_keyed(&mut self, call: &crate::record::CallRecord, keys: JoinKeys, now: Timestamp) {
-        let Some(join) = self.join.as_mut() else {
+        if self.join.is_none() {
             return self.call(call, now);
+        }
+        self.node_call(call, now);
+        let Some(join) = self.join.as_mut() else {
+            return;
         };
         let classified = self.settings.services.classify(call);
         let waiting = WaitingCall {
@@ -588,6 +824,7 @@ impl Aggregator {
 
     /// A call record, classified (clear numbers) and counted if it is a contact.
     pub fn call(&mut self, call: &crate::record::CallRecord, now: Timestamp) {
+        self.node_call(call, now);
         match self.settings.services.classify(call) {
             Some(service) => self.contact(&Contact::from_call(call, service), now),
             None => self.counters.unclassified += 1,
@@ -605,6 +842,9 @@ impl Aggregator {
         call: Option<&crate::record::CallRecord>,
         now: Timestamp,
     ) {
+        if let Some(call) = call {
+            self.node_call(call, now);
+        }
         let service = self
             .settings
             .services
@@ -680,6 +920,7 @@ impl Aggregator {
         }
         let held = self.hold(0, start, end);
         held.sums.sip.add_registrations(r);
+        held.sums.node_sip.add_registrations(r);
         held.dirty = true;
     }
 
@@ -809,6 +1050,8 @@ impl Aggregator {
     /// older than [`RETAIN_CLOSED`] are forgotten.
     pub fn tick(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
         self.flush_join(now, false);
+        self.last_tick = Some(now);
+        self.cut_agents(now);
         let grace = self.settings.grace;
         // Every service has a current interval, with contacts or not: a missing record
         // then means the aggregator was not running, never "no calls".
@@ -857,6 +1100,7 @@ impl Aggregator {
     /// has passed `now`, else open (`final: false`). For the end of a replay or a run.
     pub fn finish(&mut self, now: Timestamp) -> Vec<IntervalRecord> {
         self.flush_join(now, true);
+        self.cut_agents(now);
         let mut out = Vec::new();
         for (&(service, start), held) in &self.held {
             if held.dirty {
@@ -881,4 +1125,332 @@ impl Aggregator {
 fn ceil_secs(t: Timestamp) -> i64 {
     let n = t.as_nanos();
     n.div_euclid(NANOS) + i64::from(n.rem_euclid(NANOS) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Agent figures of the aggregator, every expected value worked out by hand in the
+    //! test's doc (no value read back from the code under test).
+
+    use super::*;
+    use crate::record::agent::{AgentPresence, AgentStateRecord, AGENT_SCHEMA};
+    use crate::record::queue::QueueSource;
+    use crate::stats::service::ServiceSettings;
+
+    fn utc(t: &str) -> Timestamp {
+        let t: jiff::Timestamp = t.parse().unwrap();
+        Timestamp::from_nanos(t.as_nanosecond() as i64)
+    }
+
+    fn settings(zone: &str, queue: &str) -> StatsSettings {
+        let mut service = ServiceSettings::default_service();
+        service.name = queue.into();
+        StatsSettings {
+            clock: IntervalClock::new(zone, 15).unwrap(),
+            attribution: Attribution::Event,
+            grace: Duration::from_secs(300),
+            services: Services::new(vec![service]),
+        }
+    }
+
+    fn change(
+        agent: &str,
+        queue: Option<&str>,
+        time: &str,
+        state: AgentPresence,
+        reason: Option<&str>,
+    ) -> AgentStateRecord {
+        AgentStateRecord {
+            schema: AGENT_SCHEMA,
+            record_id: String::new(),
+            source: QueueSource::AsteriskQueueLog,
+            group: "pbx".into(),
+            agent: agent.into(),
+            queue: queue.map(str::to_owned),
+            time: utc(time),
+            state,
+            reason: reason.map(str::to_owned),
+            event: "test",
+        }
+    }
+
+    fn feed(a: &mut Aggregator, changes: &[AgentStateRecord]) {
+        for c in changes {
+            a.agent_state(c, c.time);
+        }
+    }
+
+    /// `(local_start, staffed_ms, paused_ms, logins, logoffs)` of each record with agents.
+    fn figures(records: &[IntervalRecord]) -> Vec<(String, u64, u64, u64, u64)> {
+        let mut out: Vec<_> = records
+            .iter()
+            .filter(|r| r.sums.agents != Default::default())
+            .map(|r| {
+                let a = &r.sums.agents;
+                (
+                    r.local_start.clone(),
+                    a.staffed_ms,
+                    a.paused_ms,
+                    a.logins,
+                    a.logoffs,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// One agent of queue `support`: member at 10:10:00, paused ("Lunch") at 10:20:00.5,
+    /// unpaused at 10:50:00, removed at 11:05:30. By hand, per quarter-hour:
+    /// - 10:00: staffed 10:10 → 10:15 = 300 s, a login;
+    /// - 10:15: staffed 900 s, of them paused 10:20:00.5 → 10:30 = 599.5 s;
+    /// - 10:30: staffed and paused 900 s;
+    /// - 10:45: staffed 900 s, paused 10:45 → 10:50 = 300 s;
+    /// - 11:00: staffed 11:00 → 11:05:30 = 330 s, a logoff.
+    ///
+    /// Total staffed 3,330 s (10:10 → 11:05:30), paused 1,799.5 s, all of it "Lunch".
+    #[test]
+    fn agent_time_is_split_exactly_at_interval_boundaries_with_pauses_by_reason() {
+        let mut a = Aggregator::new(settings("UTC", "support"), "n", 1);
+        let q = Some("support");
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:20:00.5Z",
+                    AgentPresence::Paused,
+                    Some("Lunch"),
+                ),
+                change(
+                    "h:a",
+                    q,
+                    "2026-01-05T10:50:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change("h:a", q, "2026-01-05T11:05:30Z", AgentPresence::Off, None),
+            ],
+        );
+        let records = a.finish(utc("2026-01-05T12:00:00Z"));
+        assert_eq!(
+            figures(&records),
+            vec![
+                ("2026-01-05T10:00:00+00:00".into(), 300_000, 0, 1, 0),
+                ("2026-01-05T10:15:00+00:00".into(), 900_000, 599_500, 0, 0),
+                ("2026-01-05T10:30:00+00:00".into(), 900_000, 900_000, 0, 0),
+                ("2026-01-05T10:45:00+00:00".into(), 900_000, 300_000, 0, 0),
+                ("2026-01-05T11:00:00+00:00".into(), 330_000, 0, 0, 1),
+            ]
+        );
+        let lunch: u64 = records
+            .iter()
+            .map(|r| {
+                r.sums
+                    .agents
+                    .paused_by_reason_ms
+                    .get("Lunch")
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(lunch, 1_799_500);
+    }
+
+    /// An agent staffed from 10:10 and still logged in: the tick at 10:20:05 (the 10:00
+    /// interval's end + the 5 min grace) emits 10:00 with the agent counted up to its end,
+    /// 10:10 → 10:15 = 300 s; the open 10:15 interval holds 10:15 → 10:20:05 = 305 s. A
+    /// queue no service is named like is not counted.
+    #[test]
+    fn an_agent_still_staffed_counts_up_to_the_interval_end_when_it_closes() {
+        let mut a = Aggregator::new(settings("UTC", "support"), "n", 1);
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    Some("support"),
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:b",
+                    Some("sales"),
+                    "2026-01-05T10:10:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+            ],
+        );
+        let closed = a.tick(utc("2026-01-05T10:20:05Z"));
+        assert_eq!(
+            figures(&closed),
+            vec![("2026-01-05T10:00:00+00:00".into(), 300_000, 0, 1, 0)]
+        );
+        let open = a.open(utc("2026-01-05T10:20:05Z"));
+        assert_eq!(
+            figures(&open),
+            vec![("2026-01-05T10:15:00+00:00".into(), 305_000, 0, 0, 0)]
+        );
+        assert_eq!(a.counters().agent_states_unclassified, 1);
+        assert_eq!(a.agent_spans(), 1);
+    }
+
+    /// 17 pause reasons of 10 s each in one quarter-hour: 16 kept apart, the 17th counted
+    /// under `_other` (10 s, one span folded); paused 170 s in all.
+    #[test]
+    fn pause_reasons_are_bounded_and_the_rest_counted() {
+        let mut a = Aggregator::new(settings("UTC", "q"), "n", 1);
+        let mut changes = Vec::new();
+        for i in 0..17 {
+            let reason = format!("r{i:02}");
+            let start = format!("2026-01-05T10:00:{:02}Z", i * 2);
+            changes.push(change(
+                &format!("h:{i}"),
+                Some("q"),
+                &start,
+                AgentPresence::Paused,
+                Some(&reason),
+            ));
+        }
+        for i in 0..17 {
+            let end = format!("2026-01-05T10:00:{:02}Z", i * 2 + 10);
+            changes.push(change(
+                &format!("h:{i}"),
+                Some("q"),
+                &end,
+                AgentPresence::Off,
+                None,
+            ));
+        }
+        changes.sort_by_key(|c| c.time);
+        feed(&mut a, &changes);
+        let records = a.finish(utc("2026-01-05T11:00:00Z"));
+        let agents = &records
+            .iter()
+            .find(|r| r.sums.agents.paused_ms > 0)
+            .unwrap()
+            .sums
+            .agents;
+        assert_eq!((agents.paused_ms, agents.staffed_ms), (170_000, 170_000));
+        assert_eq!(agents.paused_by_reason_ms.len(), 17);
+        assert_eq!(agents.paused_by_reason_ms[OTHER_PAUSE_REASON], 10_000);
+        assert_eq!(agents.pause_reasons_folded, 1);
+        assert_eq!((agents.logins, agents.logoffs), (17, 17));
+    }
+
+    /// 29 March 2026 in Europe/Berlin: 02:00 CET becomes 03:00 CEST (01:00 UTC). An agent
+    /// staffed 00:50 → 01:10 UTC (a presence without a queue: the first service) counts
+    /// 600 s in the quarter-hour starting 01:45+01:00 and 600 s in the one starting
+    /// 03:00+02:00, the next local quarter-hour after the change.
+    #[test]
+    fn agent_time_splits_at_a_daylight_saving_change() {
+        let mut a = Aggregator::new(settings("Europe/Berlin", "q"), "n", 1);
+        feed(
+            &mut a,
+            &[
+                change(
+                    "h:a",
+                    None,
+                    "2026-03-29T00:50:00Z",
+                    AgentPresence::Staffed,
+                    None,
+                ),
+                change(
+                    "h:a",
+                    None,
+                    "2026-03-29T01:10:00Z",
+                    AgentPresence::Off,
+                    None,
+                ),
+            ],
+        );
+        let records = a.finish(utc("2026-03-29T02:00:00Z"));
+        assert_eq!(
+            figures(&records),
+            vec![
+                ("2026-03-29T01:45:00+01:00".into(), 600_000, 0, 1, 0),
+                ("2026-03-29T03:00:00+02:00".into(), 600_000, 0, 0, 1),
+            ]
+        );
+    }
+
+    /// Two nodes, each with its own agents, merged, give the sums of one aggregator fed
+    /// both: agent figures merge exactly (integers).
+    #[test]
+    fn agent_figures_of_two_nodes_merge_exactly() {
+        let first = [
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:01:00.25Z",
+                AgentPresence::Staffed,
+                None,
+            ),
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:21:00Z",
+                AgentPresence::Paused,
+                Some("Break"),
+            ),
+            change(
+                "h:a",
+                Some("q"),
+                "2026-01-05T10:40:00Z",
+                AgentPresence::Off,
+                None,
+            ),
+        ];
+        let second = [
+            change(
+                "h:b",
+                Some("q"),
+                "2026-01-05T10:05:00Z",
+                AgentPresence::Paused,
+                None,
+            ),
+            change(
+                "h:b",
+                Some("q"),
+                "2026-01-05T10:33:20.125Z",
+                AgentPresence::Off,
+                None,
+            ),
+        ];
+        let end = utc("2026-01-05T12:00:00Z");
+        let mut a = Aggregator::new(settings("UTC", "q"), "a", 1);
+        feed(&mut a, &first);
+        let mut b = Aggregator::new(settings("UTC", "q"), "b", 2);
+        feed(&mut b, &second);
+        let merged = crate::stats::merge::merge(a.finish(end).into_iter().chain(b.finish(end)));
+        let mut all = Aggregator::new(settings("UTC", "q"), "ab", 3);
+        let mut both: Vec<_> = first.iter().chain(&second).cloned().collect();
+        both.sort_by_key(|c| c.time);
+        feed(&mut all, &both);
+        let one = all.finish(end);
+        let sums = |rs: &[IntervalRecord]| -> Vec<(i64, crate::record::interval::AgentSums)> {
+            let mut v: Vec<_> = rs
+                .iter()
+                .filter(|r| r.sums.agents != Default::default())
+                .map(|r| (r.interval_start.as_nanos(), r.sums.agents.clone()))
+                .collect();
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        assert_eq!(sums(&merged), sums(&one));
+        // By hand: staffed a 10:01:00.25 → 10:40 (2,339.75 s) + b 10:05 → 10:33:20.125
+        // (1,700.125 s), each piece rounded down to the millisecond.
+        let staffed: u64 = sums(&one).iter().map(|(_, s)| s.staffed_ms).sum();
+        assert_eq!(staffed, 2_339_750 + 1_700_125);
+    }
 }

@@ -20,6 +20,13 @@
 //! | `mos_*` | scored calls, Σ MOS, lowest MOS, calls below MOS 3.6, MOS histogram |
 //! | `sip.*` | RFC 6076 inputs over calls whose INVITE was seen |
 //! | `sip.registrations`, `sip.registered`, `sip.registrations_*`, `sip.rrd_*` | the node's REGISTER attempts (RFC 6076 RRD, IRA), from its `teledge.registrations/1` records, in its first service's intervals only |
+//! | `node_sip.*` | the same RFC 6076 inputs over **every** call of the node whose INVITE was seen and that ended, whatever its service, and its registrations: in its first service's intervals only (`node_calls_too_late`: calls whose interval was gone) |
+//! | `agents.*` | the service's agents from `teledge.agent/1` state changes: staffed and paused agent-milliseconds (split exactly at interval boundaries), paused by reason (bounded), logins, logoffs (see [`crate::stats::interval::Aggregator::agent_state`]) |
+//!
+//! AHT is (talk + wrap-up) / handled, its formula naming the parts present (wrap-up for
+//! none, some or all handled contacts: only FreeSWITCH agents in `Available (On Demand)`
+//! tell it; Asterisk's `queue_log` never does). Occupancy is (talk + wrap-up) / (staffed −
+//! paused); talk includes hold in both.
 //!
 //! Percentiles (post-dial delay, registration request delay) are read from fixed histogram buckets, so they merge
 //! exactly too: a percentile is reported as the upper bound of the bucket it falls in.
@@ -27,8 +34,8 @@
 use super::contact::{Contact, ContactOutcome, HungUp};
 use super::service::ServiceSettings;
 use crate::record::interval::{
-    IntervalSums, SipSums, MOS_BUCKETS_CENTI, PDD_BUCKETS_MS, POOR_MOS_CENTI, SDD_BUCKETS_MS,
-    WAIT_BUCKETS_S,
+    AgentSums, IntervalSums, SipSums, MOS_BUCKETS_CENTI, PDD_BUCKETS_MS, POOR_MOS_CENTI,
+    SDD_BUCKETS_MS, WAIT_BUCKETS_S,
 };
 use crate::record::registration::RRD_BUCKETS_MS;
 
@@ -164,6 +171,16 @@ impl IntervalSums {
         self.mos_poor += o.mos_poor;
         add_buckets(&mut self.mos_buckets, &o.mos_buckets);
         self.sip.merge(&o.sip);
+        self.node_sip.merge(&o.node_sip);
+        self.node_calls_too_late += o.node_calls_too_late;
+        self.agents.merge(&o.agents);
+    }
+
+    /// Adds another interval's node section (`node_sip`) only: the node table of
+    /// `teledge report` sums it over services.
+    pub fn merge_node_sip(&mut self, o: &IntervalSums) {
+        self.node_sip.merge(&o.node_sip);
+        self.node_calls_too_late += o.node_calls_too_late;
     }
 
     /// The most contacts active during one second.
@@ -172,8 +189,27 @@ impl IntervalSums {
     }
 }
 
+impl AgentSums {
+    /// Adds another interval's agent figures: exact. Pause reasons are added by name (the
+    /// bound applies per node and interval: a merge of n nodes holds at most n × the
+    /// bound, and merging in any order gives the same map).
+    pub fn merge(&mut self, o: &AgentSums) {
+        self.staffed_ms += o.staffed_ms;
+        self.paused_ms += o.paused_ms;
+        for (reason, ms) in &o.paused_by_reason_ms {
+            *self.paused_by_reason_ms.entry(reason.clone()).or_default() += ms;
+        }
+        self.pause_reasons_folded += o.pause_reasons_folded;
+        self.logins += o.logins;
+        self.logoffs += o.logoffs;
+        self.too_late_ms += o.too_late_ms;
+        self.refused += o.refused;
+    }
+}
+
 impl SipSums {
-    fn add(&mut self, sip: &super::contact::SipFacts) {
+    /// Adds one call's SIP facts.
+    pub(crate) fn add(&mut self, sip: &super::contact::SipFacts) {
         self.invites += 1;
         match sip.final_status {
             Some(s @ 200..=299) => {
@@ -201,7 +237,7 @@ impl SipSums {
         }
     }
 
-    fn merge(&mut self, o: &SipSums) {
+    pub(crate) fn merge(&mut self, o: &SipSums) {
         self.invites += o.invites;
         self.established += o.established;
         self.redirected += o.redirected;
@@ -317,6 +353,20 @@ pub fn bucket_quantile(buckets: &[u64], bounds: &[u32], q: f64) -> Option<f64> {
     None
 }
 
+/// The AHT's formula, saying which parts the sums hold: talk always (hold included: SIP
+/// talk runs answer → BYE, a queue's `calltime` is the bridged time), wrap-up for the
+/// handled contacts whose source told it (`wrap_up_known`: FreeSWITCH agents in
+/// `Available (On Demand)`; never Asterisk's `queue_log`).
+fn aht_formula(s: &IntervalSums) -> &'static str {
+    if s.wrap_up_known == 0 {
+        "(talk_ms + wrap_up_ms) / handled / 1000 (talk includes hold; no wrap-up: no contact's source gave one)"
+    } else if s.wrap_up_known >= s.handled {
+        "(talk_ms + wrap_up_ms) / handled / 1000 (talk includes hold; wrap-up of every handled contact)"
+    } else {
+        "(talk_ms + wrap_up_ms) / handled / 1000 (talk includes hold; wrap-up of wrap_up_known of the handled contacts only)"
+    }
+}
+
 /// Every displayed KPI of some sums, in a fixed order (the columns of `teledge report`).
 pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
     let sl_offered = s.offered.saturating_sub(s.short_abandoned);
@@ -327,8 +377,7 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
         value,
     };
     let sip = &s.sip;
-    let attempts = sip.invites.saturating_sub(sip.redirected);
-    vec![
+    let mut out = vec![
         k("offered", "offered", Some(s.offered as f64)),
         k("answered", "answered", Some(s.answered as f64)),
         k("abandoned", "abandoned (short included)", Some(s.abandoned as f64)),
@@ -372,7 +421,7 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
         k("avg_ring_s", "ring_ms / rang / 1000", ratio(s.ring_ms, s.rang).map(|v| v / 1000.0)),
         k(
             "aht_s",
-            "(talk_ms + wrap_up_ms) / handled / 1000 (talk includes hold; wrap-up where a queue gives it)",
+            aht_formula(s),
             ratio(s.talk_ms + s.wrap_up_ms, s.handled).map(|v| v / 1000.0),
         ),
         k("avg_hold_s", "hold_ms / handled / 1000", ratio(s.hold_ms, s.handled).map(|v| v / 1000.0)),
@@ -380,50 +429,148 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
         k("mos_mean", "mos_centi_sum / mos_scored / 100", ratio(s.mos_centi_sum, s.mos_scored).map(|v| v / 100.0)),
         k("mos_worst", "mos_centi_min / 100", s.mos_centi_min.map(|m| f64::from(m) / 100.0)),
         k("mos_poor_percent", "mos_poor (MOS < 3.6) / mos_scored x 100", percent(s.mos_poor, s.mos_scored)),
+    ];
+    out.extend(sip_kpis(sip, false));
+    let occupied = s.agents.staffed_ms.saturating_sub(s.agents.paused_ms);
+    out.extend([
+        k("agent_staffed_s", "agents.staffed_ms / 1000 (agent-seconds logged in or a member, paused included)", Some(s.agents.staffed_ms as f64 / 1000.0)),
+        k("agent_paused_s", "agents.paused_ms / 1000", Some(s.agents.paused_ms as f64 / 1000.0)),
+        k("agent_logins", "agents.logins", Some(s.agents.logins as f64)),
+        k("agent_logoffs", "agents.logoffs", Some(s.agents.logoffs as f64)),
         k(
-            "sip_ser",
+            "occupancy_percent",
+            "(talk_ms + wrap_up_ms) / (agents.staffed_ms - agents.paused_ms) x 100 (talk includes hold; wrap-up where the source gives it)",
+            percent(s.talk_ms + s.wrap_up_ms, occupied),
+        ),
+    ]);
+    out.push(k(
+        "node_sip_invites",
+        "node_sip.invites (every call of the node whose INVITE was seen, whatever its service)",
+        Some(s.node_sip.invites as f64),
+    ));
+    out.extend(sip_kpis(&s.node_sip, true));
+    out
+}
+
+/// The RFC 6076 KPIs of SIP sums: a service's (`sip_*`) or the node's over every call
+/// (`node_sip_*`), with the same formulas.
+fn sip_kpis(sip: &SipSums, node: bool) -> Vec<Kpi> {
+    let n = |service: &'static str, node_name: &'static str| if node { node_name } else { service };
+    let k = |name, formula, value| Kpi {
+        name,
+        formula,
+        value,
+    };
+    let attempts = sip.invites.saturating_sub(sip.redirected);
+    vec![
+        k(
+            n("sip_ser", "node_sip_ser"),
             "RFC 6076 SER: established / (invites - redirected) x 100",
             percent(sip.established, attempts),
         ),
         k(
-            "sip_seer",
+            n("sip_seer", "node_sip_seer"),
             "RFC 6076 SEER: final 200/480/486/600/603 / (invites - redirected) x 100",
             percent(sip.effective, attempts),
         ),
-        k("sip_isa", "RFC 6076 ISA: final 408/500/503/504 / invites x 100", percent(sip.ineffective, sip.invites)),
-        k("sip_scr", "RFC 6076 SCR: established and ended by BYE / invites x 100", percent(sip.completed, sip.invites)),
-        k("sip_sdt_s", "RFC 6076 SDT: completed_ms / completed / 1000", ratio(sip.completed_ms, sip.completed).map(|v| v / 1000.0)),
-        k("sip_srd_mean_s", "RFC 6076 SRD (post-dial delay): pdd_ms / pdd_count / 1000", ratio(sip.pdd_ms, sip.pdd_count).map(|v| v / 1000.0)),
+        k(n("sip_isa", "node_sip_isa"), "RFC 6076 ISA: final 408/500/503/504 / invites x 100", percent(sip.ineffective, sip.invites)),
+        k(n("sip_scr", "node_sip_scr"), "RFC 6076 SCR: established and ended by BYE / invites x 100", percent(sip.completed, sip.invites)),
+        k(n("sip_sdt_s", "node_sip_sdt_s"), "RFC 6076 SDT: completed_ms / completed / 1000", ratio(sip.completed_ms, sip.completed).map(|v| v / 1000.0)),
+        k(n("sip_srd_mean_s", "node_sip_srd_mean_s"), "RFC 6076 SRD (post-dial delay): pdd_ms / pdd_count / 1000", ratio(sip.pdd_ms, sip.pdd_count).map(|v| v / 1000.0)),
         k(
-            "sip_pdd_p50_s",
+            n("sip_pdd_p50_s", "node_sip_pdd_p50_s"),
             "post-dial delay 50th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.pdd_buckets, &PDD_BUCKETS_MS, 0.5).map(|v| v / 1000.0),
         ),
         k(
-            "sip_pdd_p95_s",
+            n("sip_pdd_p95_s", "node_sip_pdd_p95_s"),
             "post-dial delay 95th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.pdd_buckets, &PDD_BUCKETS_MS, 0.95).map(|v| v / 1000.0),
         ),
         k(
-            "sip_rrd_mean_s",
+            n("sip_rrd_mean_s", "node_sip_rrd_mean_s"),
             "RFC 6076 RRD (the issue's 'SRD (registrations)': first REGISTER -> 2xx, challenges included): rrd_ms / registered / 1000",
             ratio(sip.rrd_ms, sip.registered).map(|v| v / 1000.0),
         ),
         k(
-            "sip_rrd_p50_s",
+            n("sip_rrd_p50_s", "node_sip_rrd_p50_s"),
             "registration request delay 50th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.rrd_buckets, &RRD_BUCKETS_MS, 0.5).map(|v| v / 1000.0),
         ),
         k(
-            "sip_rrd_p95_s",
+            n("sip_rrd_p95_s", "node_sip_rrd_p95_s"),
             "registration request delay 95th percentile, upper bound of its histogram bucket",
             bucket_quantile(&sip.rrd_buckets, &RRD_BUCKETS_MS, 0.95).map(|v| v / 1000.0),
         ),
         k(
-            "sip_ira",
+            n("sip_ira", "node_sip_ira"),
             "RFC 6076 IRA: registrations_ineffective (final failure other than 401/407/494, or no final response) / registrations x 100",
             percent(sip.registrations_ineffective, sip.registrations),
         ),
-        k("sip_sdd_mean_s", "RFC 6076 SDD (BYE -> its final response): sdd_ms / sdd_count / 1000", ratio(sip.sdd_ms, sip.sdd_count).map(|v| v / 1000.0)),
+        k(n("sip_sdd_mean_s", "node_sip_sdd_mean_s"), "RFC 6076 SDD (BYE -> its final response): sdd_ms / sdd_count / 1000", ratio(sip.sdd_ms, sip.sdd_count).map(|v| v / 1000.0)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formula(s: &IntervalSums, name: &str) -> (&'static str, Option<f64>) {
+        let k = kpis(s).into_iter().find(|k| k.name == name).unwrap();
+        (k.formula, k.value)
+    }
+
+    /// AHT says which parts it holds: two handled contacts, 300 s and 200 s of talk, one
+    /// with 60 s of wrap-up → (500 + 60) / 2 = 280 s, "wrap-up of wrap_up_known of the
+    /// handled contacts only"; without wrap-up "no wrap-up"; with both "every".
+    /// Occupancy: (500 + 60) s over staffed 3,600 s − paused 1,200 s = 560 / 2,400 =
+    /// 23.33 %.
+    #[test]
+    fn aht_names_the_parts_present_and_occupancy_uses_staffed_minus_paused() {
+        let mut s = IntervalSums {
+            handled: 2,
+            talk_ms: 500_000,
+            ..IntervalSums::default()
+        };
+        let (f, v) = formula(&s, "aht_s");
+        assert!(f.contains("no wrap-up"), "{f}");
+        assert_eq!(v, Some(250.0));
+        s.wrap_up_ms = 60_000;
+        s.wrap_up_known = 1;
+        let (f, v) = formula(&s, "aht_s");
+        assert!(
+            f.contains("wrap_up_known of the handled contacts only"),
+            "{f}"
+        );
+        assert_eq!(v, Some(280.0));
+        s.wrap_up_known = 2;
+        assert!(formula(&s, "aht_s").0.contains("every handled contact"));
+        assert_eq!(formula(&s, "occupancy_percent").1, None);
+        s.agents.staffed_ms = 3_600_000;
+        s.agents.paused_ms = 1_200_000;
+        let (f, v) = formula(&s, "occupancy_percent");
+        assert!(f.contains("staffed_ms - agents.paused_ms"), "{f}");
+        assert!((v.unwrap() - 560.0 / 2400.0 * 100.0).abs() < 1e-9);
+    }
+
+    /// The node section has its own KPIs beside the service's, by the same formulas: 10
+    /// INVITEs, 1 established, 9 refused with 403 (neither effective nor ineffective) →
+    /// SER 10 %, SEER 10 %, ISA 0 %.
+    #[test]
+    fn the_node_section_has_its_own_rfc_6076_kpis() {
+        let s = IntervalSums {
+            node_sip: SipSums {
+                invites: 10,
+                established: 1,
+                effective: 1,
+                ..SipSums::default()
+            },
+            ..IntervalSums::default()
+        };
+        assert_eq!(formula(&s, "node_sip_invites").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_ser").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_seer").1, Some(10.0));
+        assert_eq!(formula(&s, "node_sip_isa").1, Some(0.0));
+        assert_eq!(formula(&s, "sip_ser").1, None);
+    }
 }

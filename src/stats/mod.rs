@@ -9,8 +9,10 @@
 //! - [`kpi`]: contacts into primitive sums that merge exactly; ratios with their formulas;
 //! - [`interval`]: intervals aligned in a time zone, the [`Aggregator`] emitting
 //!   `teledge.interval/1` records after a grace and revising them for late contacts, joining
-//!   call records with the queue records of the same contacts, and summing the node's
-//!   per-minute registration records (RFC 6076 RRD, IRA) into its first service;
+//!   call records with the queue records of the same contacts, summing the node's
+//!   per-minute registration records (RFC 6076 RRD, IRA) and every call's RFC 6076 facts
+//!   (`node_sip`) into its first service, and agents' presences (`teledge.agent/1`) into
+//!   staffed and paused agent time per queue, split exactly at interval boundaries;
 //! - [`merge`]: interval records of many nodes and runs into one per service and interval;
 //! - [`report`]: tables, CSV and JSON Lines of interval records; a collector's output read;
 //! - [`queue`]: [`QueueFact`], what a queue source says about one call.

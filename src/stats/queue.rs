@@ -24,7 +24,7 @@
 //! | `ring_s` | `CONNECT` ringtime (s) | answered − agent called |
 //! | `rona` | count of `RINGNOANSWER` | count of `bridge-agent-fail` |
 //! | `talk_s` | `COMPLETEAGENT`/`COMPLETECALLER` calltime, `TRANSFER` calltime | bridge terminated − answered |
-//! | `wrap_up_s` | the queue's `wrapuptime` when known | the agent's `wrap-up-time` |
+//! | `wrap_up_s` | never: `queue_log` writes no per-call wrap-up (`wrapuptime` is a queue setting applied silently) | measured after an `Idle` state (agents `Available (On Demand)`): next state change − leaving time; else unknown (see `correlation::queue`) |
 //! | `hangup_by` | `COMPLETECALLER` → caller, `COMPLETEAGENT` → agent | `cc_side` |
 //! | `transferred` | `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER` | — |
 //! | `agent` | agent column (member name, pseudonymised if it names a person) | `CC-Agent` |

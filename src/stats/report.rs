@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 
 use super::kpi::{kpis, Kpi};
-use crate::record::interval::IntervalRecord;
+use crate::record::interval::{IntervalRecord, IntervalSums};
 
 /// The columns of the table (the CSV and JSON Lines carry every KPI).
 const TABLE_KPIS: [(&str, &str); 12] = [
@@ -65,6 +65,8 @@ pub fn write_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Resu
         writeln!(out)?;
     }
     writeln!(out)?;
+    write_node_table(out, records)?;
+    write_agent_table(out, records)?;
     if let Some(r) = records.first() {
         writeln!(
             out,
@@ -73,11 +75,113 @@ pub fn write_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Resu
         )?;
     }
     for k in kpis(&Default::default()) {
-        if TABLE_KPIS.iter().any(|(n, _)| *n == k.name) {
+        if TABLE_KPIS.iter().any(|(n, _)| *n == k.name)
+            || NODE_KPIS.iter().any(|(n, _)| *n == k.name)
+            || AGENT_KPIS.iter().any(|(n, _)| *n == k.name)
+        {
             writeln!(out, "  {:<18} {}", k.name, k.formula)?;
         }
     }
     Ok(())
+}
+
+/// The columns of the node table: RFC 6076 over every call of the node(s).
+const NODE_KPIS: [(&str, &str); 9] = [
+    ("node_sip_invites", "invites"),
+    ("node_sip_ser", "SER%"),
+    ("node_sip_seer", "SEER%"),
+    ("node_sip_isa", "ISA%"),
+    ("node_sip_scr", "SCR%"),
+    ("node_sip_sdt_s", "SDT s"),
+    ("node_sip_pdd_p50_s", "PDD50 s"),
+    ("node_sip_pdd_p95_s", "PDD95 s"),
+    ("node_sip_sdd_mean_s", "SDD s"),
+];
+
+/// The columns of the agent table.
+const AGENT_KPIS: [(&str, &str); 5] = [
+    ("agent_staffed_s", "staffed s"),
+    ("agent_paused_s", "paused s"),
+    ("agent_logins", "logins"),
+    ("agent_logoffs", "logoffs"),
+    ("occupancy_percent", "occ%"),
+];
+
+fn write_columns(out: &mut impl Write, all: &[Kpi], columns: &[(&str, &str)]) -> io::Result<()> {
+    for (name, _) in columns {
+        let text = all
+            .iter()
+            .find(|k| k.name == *name)
+            .map_or("-".into(), value_text);
+        write!(out, " {text:>9}")?;
+    }
+    writeln!(out)
+}
+
+/// The node section: per interval, the RFC 6076 KPIs over every call seen (the services'
+/// `node_sip` added up: a node carries it in its first service only), when any call was.
+fn write_node_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Result<()> {
+    let mut by_interval: std::collections::BTreeMap<(i64, &str), IntervalSums> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        by_interval
+            .entry((r.interval_start.as_nanos(), r.local_start.as_str()))
+            .or_default()
+            .merge_node_sip(&r.sums);
+    }
+    if by_interval.values().all(|s| s.node_sip.invites == 0) {
+        return Ok(());
+    }
+    write!(
+        out,
+        "Node: every call seen, whatever its service (RFC 6076)\n{:<25}",
+        "interval (local)"
+    )?;
+    for (_, head) in NODE_KPIS {
+        write!(out, " {head:>9}")?;
+    }
+    writeln!(out)?;
+    for ((_, local), sums) in &by_interval {
+        write!(out, "{local:<25}")?;
+        write_columns(out, &kpis(sums), &NODE_KPIS)?;
+    }
+    writeln!(out)
+}
+
+/// The agent section: per service and interval with agent time, staffed and paused
+/// agent-seconds, logins, logoffs, occupancy, and the paused time by reason.
+fn write_agent_table(out: &mut impl Write, records: &[IntervalRecord]) -> io::Result<()> {
+    if records.iter().all(|r| r.sums.agents == Default::default()) {
+        return Ok(());
+    }
+    write!(out, "Agents\n{:<25} {:<12}", "interval (local)", "service")?;
+    for (_, head) in AGENT_KPIS {
+        write!(out, " {head:>9}")?;
+    }
+    writeln!(out, "  paused by reason (s)")?;
+    for r in records {
+        if r.sums.agents == Default::default() {
+            continue;
+        }
+        write!(out, "{:<25} {:<12}", r.local_start, r.service)?;
+        let all = kpis(&r.sums);
+        for (name, _) in AGENT_KPIS {
+            let text = all
+                .iter()
+                .find(|k| k.name == name)
+                .map_or("-".into(), value_text);
+            write!(out, " {text:>9}")?;
+        }
+        let reasons: Vec<String> = r
+            .sums
+            .agents
+            .paused_by_reason_ms
+            .iter()
+            .map(|(reason, ms)| format!("{reason}={:.1}", *ms as f64 / 1000.0))
+            .collect();
+        writeln!(out, "  {}", reasons.join(" "))?;
+    }
+    writeln!(out)
 }
 
 fn csv_field(text: &str) -> String {

@@ -610,19 +610,24 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
         .as_secs()
         - 120;
     let lines = [
+        (0, "NONE|support|PJSIP/201|ADDMEMBER|"),
         (0, "1.1|support|NONE|ENTERQUEUE||4930111|1"),
         (1, "1.2|support|NONE|ENTERQUEUE||4930222|2"),
+        (2, "NONE|billing|PJSIP/209|ADDMEMBER|"),
         (2, "1.3|support|NONE|ENTERQUEUE||4930333|3"),
         (3, "1.4|support|NONE|ENTERQUEUE||4930444|4"),
         (3, "1.1|support|PJSIP/202|RINGNOANSWER|2000"),
         (4, "2.1|billing|NONE|ENTERQUEUE||4930555|1"),
         (5, "1.1|support|PJSIP/201|CONNECT|5|7.1|1"),
         (9, "2.1|billing|NONE|ABANDON|1|1|5"),
+        (10, "NONE|support|PJSIP/201|PAUSE|Lunch"),
         (13, "1.2|support|NONE|ABANDON|1|2|12"),
         (23, "1.4|support|PJSIP/203|CONNECT|20|7.4|2"),
         (32, "1.3|support|NONE|EXITWITHTIMEOUT|1|3|30"),
         (35, "1.1|support|PJSIP/201|COMPLETECALLER|5|30|1"),
+        (40, "NONE|support|PJSIP/201|UNPAUSE|"),
         (50, "1.4|support|PJSIP/203|COMPLETEAGENT|20|27|4"),
+        (55, "NONE|support|PJSIP/201|REMOVEMEMBER|"),
         (60, "1.5|support|PJSIP/204|COMPLETEAGENT|3|10|1"),
         // Seen only from its end, with a hold time of three years (a broken source): no
         // arrival can be told, so no contact — counted and announced in the interval.
@@ -655,6 +660,20 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
         .filter(|l| l["record"]["type"] == "queue")
         .count();
     assert_eq!(queue_records, 7, "every stay ended is spooled too");
+    // Every change of an agent's presence is spooled (pseudonymised at ingest): PJSIP/201
+    // joins, pauses, unpauses, leaves `support`; PJSIP/209 joins `billing`.
+    let agent_records: Vec<&serde_json::Value> = stored
+        .iter()
+        .filter(|l| l["record"]["type"] == "agent")
+        .map(|l| &l["record"])
+        .collect();
+    assert_eq!(agent_records.len(), 5, "{agent_records:#?}");
+    assert!(
+        agent_records
+            .iter()
+            .all(|r| !r["agent"].as_str().unwrap().contains("PJSIP")),
+        "{agent_records:#?}"
+    );
     let intervals: Vec<IntervalRecord> = stored
         .iter()
         .filter(|l| l["record"]["type"] == "interval")
@@ -692,6 +711,19 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
     // 1.6: not a contact, but the collector is told (and the metric counts it).
     assert_eq!(sums.queue_no_arrival, 1, "{sums:#?}");
     assert_eq!(daemon_no_arrival, 1);
+    // PJSIP/201 in `support`: a member from t0 to t0 + 55 s (55 s staffed, one login, one
+    // logoff), paused "Lunch" from t0 + 10 to t0 + 40 (30 s); whole seconds, so exact
+    // whatever interval boundary lies between. `billing` is no service: not counted.
+    let a = &sums.agents;
+    assert_eq!(
+        (a.staffed_ms, a.paused_ms, a.logins, a.logoffs),
+        (55_000, 30_000, 1, 1),
+        "{a:#?}"
+    );
+    assert_eq!(
+        a.paused_by_reason_ms,
+        std::collections::BTreeMap::from([("Lunch".to_owned(), 30_000)])
+    );
 }
 
 /// `teledge report --queue-log` over the public sample, with figures computed by hand from
@@ -701,7 +733,8 @@ fn queue_log_contacts_are_counted_in_the_service_named_like_their_queue() {
 ///   07:30 interval;
 /// - 1341402586.51 abandons at 07:49:52.9 after 6 s (not short, within T) → 07:45;
 /// - 1341401601.24 was connected but the sample ends before its end: no outcome, excluded;
-/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts.
+/// - JOINEMPTY, FULL, CLOSED are refused before entering the queue: no contacts;
+/// - Agent/3001's login and logoff: its staffed time (see the agent figures below).
 ///
 /// A line that is not a `queue_log` line is left out, said, and the exit status is 1.
 #[test]
@@ -778,6 +811,27 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
             .map(|l| l["sums"]["excluded"].as_u64().unwrap())
             .sum();
         assert_eq!((offered, excluded), (2, 1), "{lines:#?}");
+        // Agent/3001 logs in (AGENTCALLBACKLOGIN, queue NONE: no queue named yet, so its
+        // presence counts in the first service, q1) at 15:27:23.896208 and off
+        // (AGENTCALLBACKLOGOFF) at 15:28:06.249357: staffed 42.353149 s → 42,353 ms (the
+        // log's own logintime says 43 s, whole seconds), one login, one logoff, in the
+        // 15:15 interval; the UNPAUSEALL/UNPAUSE after the logoff staff nothing.
+        let agents = &at("2012-07-03T15:15:00.000000Z")["agents"];
+        let figure = |k: &str| {
+            agents[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k}: {agents:#}"))
+        };
+        assert_eq!(
+            ["staffed_ms", "paused_ms", "logins", "logoffs"].map(figure),
+            [42_353, 0, 1, 1],
+            "{agents:#}"
+        );
+        let staffed: u64 = lines
+            .iter()
+            .map(|l| l["sums"]["agents"]["staffed_ms"].as_u64().unwrap())
+            .sum();
+        assert_eq!(staffed, 42_353, "{lines:#?}");
     };
     let out = run(&log);
     assert!(

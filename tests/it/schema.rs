@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 use teledge::record::gap::{GapReason, GapRecord};
 use teledge::record::heartbeat::{HeartbeatReason, HeartbeatRecord};
-use teledge::record::interval::{IntervalRecord, IntervalSums, SipSums};
+use teledge::record::interval::{AgentSums, IntervalRecord, IntervalSums, SipSums};
 use teledge::record::media::{
     DelaySource, Dtmf, JitterBuffer, MediaQuality, NotScored, OrphanSource, OrphanStreamsSummary,
     RtcpReported, Score, StreamMetrics, StreamQuality, StreamRecord, Verdict, VoipMetrics,
@@ -703,6 +703,22 @@ fn every_field_present() -> Vec<Record> {
                     rrd_buckets: vec![1; 15],
                     ..SipSums::default()
                 },
+                node_sip: SipSums {
+                    invites: 4,
+                    pdd_buckets: vec![1; 15],
+                    sdd_buckets: vec![1; 11],
+                    rrd_buckets: vec![1; 15],
+                    ..SipSums::default()
+                },
+                node_calls_too_late: 1,
+                agents: AgentSums {
+                    staffed_ms: 900_000,
+                    paused_ms: 60_000,
+                    // A map: its keys are data, not fields (left empty as `outcomes`).
+                    paused_by_reason_ms: BTreeMap::new(),
+                    logins: 1,
+                    ..AgentSums::default()
+                },
                 ..IntervalSums::default()
             },
         })),
@@ -758,6 +774,18 @@ fn every_field_present() -> Vec<Record> {
             },
         )),
         Record::Update(Box::new(update)),
+        Record::Agent(Box::new(teledge::record::agent::AgentStateRecord {
+            schema: teledge::record::agent::AGENT_SCHEMA,
+            record_id: "0123456789abcdef0123456789abcdef".into(),
+            source: QueueSource::AsteriskQueueLog,
+            group: "pbx1".into(),
+            agent: "h:0123456789abcdef".into(),
+            queue: Some("support".into()),
+            time: time(0),
+            state: teledge::record::agent::AgentPresence::Paused,
+            reason: Some("Lunch".into()),
+            event: "PAUSE",
+        })),
         Record::Audit(Box::new(teledge::record::audit::AuditRecord {
             schema: teledge::record::audit::AUDIT_SCHEMA,
             record_id: "0123456789abcdef0123456789abcdef".into(),

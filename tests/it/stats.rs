@@ -480,6 +480,9 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         "teledge_interval_mos_calls{service=\"sales\",le=\"3.60\"} 0",
         "teledge_interval_mos_calls{service=\"sales\",le=\"+Inf\"} 0",
         "teledge_interval_peak_concurrent_contacts{service=\"sales\"} 1",
+        // The node's RFC 6076 section: the ended call, whatever its service.
+        "teledge_interval_node_sip{figure=\"invites\"} 1",
+        "teledge_interval_node_sip{figure=\"established\"} 1",
     ] {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
@@ -527,6 +530,19 @@ fn the_daemon_counts_contacts_per_service_shows_the_open_interval_and_forwards_i
         sales.iter().map(|r| r.sums.sip.registrations).sum::<u64>(),
         0
     );
+    // The node's RFC 6076 section, in the first service (`other`) although both calls are
+    // `sales` contacts: the same two INVITEs as `sales`' own section, and the registration.
+    let node_invites: u64 = first.iter().map(|r| r.sums.node_sip.invites).sum();
+    let sales_invites: u64 = sales.iter().map(|r| r.sums.sip.invites).sum();
+    assert_eq!((node_invites, sales_invites), (2, 2), "{intervals:#?}");
+    assert_eq!(
+        first
+            .iter()
+            .map(|r| r.sums.node_sip.registered)
+            .sum::<u64>(),
+        1
+    );
+    assert!(sales.iter().all(|r| r.sums.node_sip.invites == 0));
     // The call records at the collector are pseudonymised: no clear number "200".
     for line in stored(&out)
         .iter()
@@ -1644,4 +1660,113 @@ fn the_join_meets_on_keyed_hashes_made_with_the_same_site_key() {
     };
     assert_eq!(count(7), (1, 1), "same site key: one contact");
     assert_eq!(count(8), (0, 2), "another site key: the two count apart");
+}
+
+/// RFC 6076 per node over every call: with a `[[service]]` that no call of the capture
+/// matches (no contact at all), `teledge report` still gives the node's section
+/// (`node_sip`, in the first service's interval) over all ten calls; its figures and KPIs
+/// computed here from TShark's final statuses by RFC 6076's definitions (SER: 2xx over
+/// INVITEs less 3xx; SEER: 200/480/486/600/603 over the same; ISA: 408/500/503/504 over
+/// INVITEs). Without `[[service]]` every call is a contact of `default`, and the node's
+/// section equals the service's. The table shows a node section, the CSV its columns.
+#[test]
+fn the_node_section_counts_every_call_whatever_its_service() {
+    let t = tshark_calls("sipp_branch_403_bye.pcap");
+    let capture = crate::support::data_path("sipp_branch_403_bye.pcap");
+    let invites = t.statuses.len() as u64;
+    let count = |f: &dyn Fn(u16) -> bool| t.statuses.iter().filter(|s| f(**s)).count() as u64;
+    let established = count(&|s| (200..300).contains(&s));
+    let redirected = count(&|s| (300..400).contains(&s));
+    let effective = count(&|s| matches!(s, 200 | 480 | 486 | 600 | 603));
+    let ineffective = count(&|s| matches!(s, 408 | 500 | 503 | 504));
+    assert_eq!((t.offered, invites), (10, 10));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("teledge.toml");
+    std::fs::write(
+        &config,
+        "[[service]]\nname = \"elsewhere\"\nnumbers = [\"999999999\"]\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let lines = report(&["--config", config_arg], &[&capture]);
+    let sum = |lines: &[serde_json::Value], section: &str, field: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["sums"][section][field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["sums"]["offered"].as_u64().unwrap())
+            .sum::<u64>(),
+        0,
+        "no call is a contact of `elsewhere`"
+    );
+    assert_eq!(sum(&lines, "sip", "invites"), 0);
+    assert_eq!(
+        [
+            "invites",
+            "established",
+            "redirected",
+            "effective",
+            "ineffective"
+        ]
+        .map(|f| sum(&lines, "node_sip", f)),
+        [invites, established, redirected, effective, ineffective]
+    );
+    let node = lines
+        .iter()
+        .find(|l| l["sums"]["node_sip"]["invites"] != 0)
+        .unwrap();
+    assert_eq!(node["service"], "elsewhere");
+    let percent = |n: u64, d: u64| n as f64 * 100.0 / d as f64;
+    assert!(close(
+        kpi_of(node, "node_sip_ser"),
+        percent(established, invites - redirected)
+    ));
+    assert!(close(
+        kpi_of(node, "node_sip_seer"),
+        percent(effective, invites - redirected)
+    ));
+    assert!(close(
+        kpi_of(node, "node_sip_isa"),
+        percent(ineffective, invites)
+    ));
+    assert_eq!(kpi_of(node, "sip_ser"), None);
+
+    // Every call one service: the node's section is the service's.
+    let lines = report(&[], &[&capture]);
+    for l in &lines {
+        assert_eq!(l["sums"]["node_sip"], l["sums"]["sip"], "{l:#}");
+    }
+    assert_eq!(sum(&lines, "node_sip", "invites"), invites);
+
+    let run = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["report", "--config", config_arg, "--format", format])
+            .arg(&capture)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run("table");
+    assert!(table.contains("Node: every call seen"), "{table}");
+    assert!(table.contains("node_sip_ser"), "{table}");
+    let csv = run("csv");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let ser = header.iter().position(|h| *h == "node_sip_ser").unwrap();
+    let filled: Vec<String> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').nth(ser).unwrap_or("").to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    assert_eq!(filled.len(), 1, "{csv}");
+    assert!(
+        (filled[0].parse::<f64>().unwrap() - percent(established, invites - redirected)).abs()
+            < 1e-9
+    );
 }
