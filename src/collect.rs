@@ -1255,7 +1255,7 @@ fn content_hash(record: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
-use crate::outputs::jsonl::day_files as jsonl_files;
+use crate::record::stored::day_files as jsonl_files;
 
 /// The length of a file up to and including its last newline: what was written whole.
 fn good_length(file: &mut File, path: &Path) -> std::io::Result<u64> {

@@ -55,7 +55,7 @@ pub struct Collected {
 /// stored).
 pub fn read_collected(dir: &Path) -> std::io::Result<Collected> {
     let mut nodes: BTreeMap<String, NodeRecords> = BTreeMap::new();
-    let unreadable = crate::outputs::jsonl::read_stored(
+    let unreadable = crate::record::stored::read_stored(
         dir,
         |line| line.contains("\"heartbeat\"") || line.contains("\"update\""),
         |record| {

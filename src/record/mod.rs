@@ -190,6 +190,7 @@ pub mod media;
 pub mod queue;
 pub mod registration;
 pub mod sensor;
+pub mod stored;
 mod summary;
 pub mod update;
 

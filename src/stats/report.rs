@@ -258,7 +258,7 @@ pub struct Collected {
 /// interval records.
 pub fn read_collected(dir: &std::path::Path) -> io::Result<Collected> {
     let mut found = Collected::default();
-    found.unreadable = crate::outputs::jsonl::read_stored(
+    found.unreadable = crate::record::stored::read_stored(
         dir,
         |_| true,
         |record| {
