@@ -16,8 +16,12 @@
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
-//!   dialog. The caller's INVITE transaction is the first INVITE seen for its CSeq (its top Via
-//!   branch); the same INVITE seen again on other branches is a proxy's forks. A failure on a
+//!   dialog. The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
+//!   Via branch; one that arrives after a copy captured later — the hops of a proxy on the
+//!   tapped box, delivered by two capture threads — is adopted, with the addresses, times,
+//!   parties and offer the call takes from its INVITE); the same INVITE seen on other
+//!   branches is a proxy's forks. First provisional, ringing and answer times are the
+//!   earliest captured, whichever hop's arrived first. A failure on a
 //!   fork's branch does not end the attempt (another fork may answer); a failure on any other
 //!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as

@@ -27,14 +27,47 @@
 //! whatever the shard count. A lock that was taken when a thread wanted it is counted
 //! ([`ShardStats::lock_waits`]): the evidence that threads do not serialise.
 //!
+//! # Capture order: the SIP reorder window
+//!
+//! Each capture thread delivers its packets in capture order, but across threads one call's
+//! packets can reach its shard out of order by up to a ring block timeout (a thread's block
+//! is handed over when full or when the timeout passes): the two hops of a call through a
+//! proxy on the tapped box (UAC → proxy, proxy → UAS: one Call-ID, two flows, often two
+//! threads) interleave, so the second hop's INVITE can come first, a 200 before its 180,
+//! the ACK or BYE before the 200, a 487 before the CANCEL. The call state machine is built
+//! on capture order in many places (the first INVITE is the caller's, the record is made
+//! at the BYE or the final response and is final, a CANCEL after the final response is too
+//! late, ...), so rather than make every transition order-tolerant — a set of special cases
+//! that could not be shown complete — each shard puts its SIP back in capture order
+//! ([`ShardedCorrelator::with_reorder_window`]; the daemon sets it when an interface has
+//! several capture threads: two block timeouts and 50 ms, as long as the media hold):
+//!
+//! - a message waits in its shard's window until the shard has seen a capture time the
+//!   window later (a later message, or the tick's [`ShardedCorrelator::advance`]); then the
+//!   waiting messages are applied earliest first (ties in arrival order), so the call
+//!   tracker sees exactly the time-ordered feed one thread gives, and the records are the
+//!   same (`tests::proxied_calls_delivered_by_two_threads_give_the_time_ordered_records`);
+//! - time in a shard ([`Correlator::advance`]: timeouts, the record grace) runs the window
+//!   behind the tick, so a record is not made before the media captured within its grace
+//!   has come from every thread;
+//! - the window is bounded (its share of [`WINDOW_MAX_MESSAGES`] and [`WINDOW_MAX_BYTES`]
+//!   per shard): beyond it, the earliest message is applied before its window passed
+//!   ([`ShardStats::sip_window_full`]); a message more than the window late is applied
+//!   after later ones ([`ShardStats::sip_late`]); both are counted, as are the messages the
+//!   window put back in order ([`ShardStats::sip_reordered`]). Even then, the tracker adopts
+//!   an INVITE of the call's transaction captured before the one it opened the call with,
+//!   and keeps the earliest ringing and answer times ([`super::calls`]), so a late hop still
+//!   gives the first hop's addresses;
+//! - the cost: a call's SIP is applied (and its record made, its media routes written, its
+//!   state shown on the status page) a window later; the RTP hold is that much longer, so
+//!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
+//!   thread the window is zero and every message is applied as it comes.
+//!
 //! What differs from one correlator, and why it is accepted:
-//! - Events of one call that two threads handle reach its shard in the order the threads take
-//!   the lock, not strictly in capture order (as with two interfaces into one correlator
-//!   before); the call state machine is driven by capture time and tolerates it. What is
-//!   taken from the first message seen is not reordered, though: the two hops of a proxied
-//!   call (UAC → proxy, proxy → UAS: one Call-ID, two flows) may reach the shard in either
-//!   order, and the record's `caller_address`/`callee_address` are those of the hop whose
-//!   INVITE came first (with one capture thread, the one captured first).
+//! - RTP and SIP are not put in one order: RTP is measured as it comes (its own flow is in
+//!   order, on one thread), while the SIP around it may wait in the window. What a stream
+//!   is attributed to depends on the SDP having been applied first, which the hold below
+//!   ensures.
 //! - RTP that a thread sees before another thread has handled the SDP announcing its endpoint
 //!   is on probation (or an orphan) in the pair's shard until the route exists; with fanout by
 //!   flow and the SDP sent before the media, that is a matter of the first packets at most.
@@ -1572,14 +1605,14 @@ mod tests {
                 seed = seed
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let early = (seed >> 33) % 2 == 0;
+                let early = (seed >> 33).is_multiple_of(2);
                 let arrival = |p: &Captured| {
                     let phase = if p.thread == 0 { phases.0 } else { phases.1 };
                     let retired = (p.ms - phase).div_euclid(block) * block + block + phase;
                     // Some blocks fill up and are handed over early: what their first
                     // half holds comes half way, the rest as it is captured (a thread
                     // still delivers in its own capture order).
-                    if early && (retired / block) % 3 == 0 {
+                    if early && (retired / block).rem_euclid(3) == 0 {
                         p.ms.max(retired - block / 2)
                     } else {
                         retired
