@@ -58,6 +58,8 @@
 //!   an INVITE of the call's transaction captured before the one it opened the call with,
 //!   and keeps the earliest ringing and answer times ([`super::calls`]), so a late hop still
 //!   gives the first hop's addresses;
+//! - RTCP reports relayed by HEP wait in the window too (their call's INVITE may be
+//!   waiting there); a report that finds the window full is applied at once, counted;
 //! - the cost: a call's SIP is applied (and its record made, its media routes written, its
 //!   state shown on the status page) a window later; the RTP hold is that much longer, so
 //!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
@@ -183,8 +185,23 @@ struct SipWindow {
 struct Pending {
     time: Timestamp,
     arrival: u64,
-    meta: MessageMeta,
-    raw: Box<[u8]>,
+    /// Bytes accounted against the window's bound.
+    bytes: usize,
+    event: Windowed,
+}
+
+/// What waits in a window: SIP, and RTCP reports relayed by HEP (which must find the call
+/// their Call-ID names, whose INVITE may be waiting too).
+#[derive(Debug)]
+enum Windowed {
+    Sip {
+        meta: MessageMeta,
+        raw: Box<[u8]>,
+    },
+    HepRtcp {
+        call_id: Box<str>,
+        report: Box<RtcpJson>,
+    },
 }
 
 impl PartialEq for Pending {
@@ -387,26 +404,35 @@ impl ShardedCorrelator {
         }
     }
 
-    /// Puts a message into its shard's reorder window, counting one that came after a
-    /// later-captured one.
+    /// Puts a message into its shard's reorder window.
     fn hold_sip(&self, s: &mut Shard, meta: &MessageMeta, raw: &[u8]) {
+        let event = Windowed::Sip {
+            meta: *meta,
+            raw: raw.into(),
+        };
+        self.hold(s, meta.time, raw.len(), event);
+    }
+
+    /// Puts an event into its shard's reorder window, counting one that came after a
+    /// later-captured one.
+    fn hold(&self, s: &mut Shard, time: Timestamp, bytes: usize, event: Windowed) {
         let w = &mut s.window;
-        if meta.time < w.newest {
+        if time < w.newest {
             self.reorder.reordered.fetch_add(1, Ordering::Relaxed);
-            if meta.time < w.applied {
+            if time < w.applied {
                 // A later-captured message was applied already: this one cannot go before
                 // it (it came more than the window late).
                 self.reorder.late.fetch_add(1, Ordering::Relaxed);
             }
         }
-        w.newest = w.newest.max(meta.time);
+        w.newest = w.newest.max(time);
         w.arrivals += 1;
-        w.bytes += raw.len();
+        w.bytes += bytes;
         w.pending.push(std::cmp::Reverse(Pending {
-            time: meta.time,
+            time,
             arrival: w.arrivals,
-            meta: *meta,
-            raw: raw.into(),
+            bytes,
+            event,
         }));
     }
 
@@ -446,12 +472,20 @@ impl ShardedCorrelator {
         let Some(std::cmp::Reverse(p)) = s.window.pending.pop() else {
             return;
         };
-        s.window.bytes -= p.raw.len();
+        s.window.bytes -= p.bytes;
         s.window.applied = s.window.applied.max(p.time);
-        // It parsed when it came; parsing is pure, so it parses again.
-        if let Ok(msg) = crate::decode::sip::parse(&p.raw) {
-            s.correlator
-                .sip_learning(&p.meta, &msg, out, &mut |addr| learned.push(addr));
+        match p.event {
+            Windowed::Sip { meta, raw } => {
+                // It parsed when it came; parsing is pure, so it parses again.
+                if let Ok(msg) = crate::decode::sip::parse(&raw) {
+                    s.correlator
+                        .sip_learning(&meta, &msg, out, &mut |addr| learned.push(addr));
+                }
+            }
+            Windowed::HepRtcp { call_id, report } => {
+                // Attached or counted as unmatched by the tracker.
+                s.correlator.hep_rtcp(&call_id, p.time, &report);
+            }
         }
     }
 
@@ -497,9 +531,30 @@ impl ShardedCorrelator {
     }
 
     /// Attaches an RTCP report relayed by HEP to the call with this Call-ID.
+    /// With a reorder window, the report waits in it with the call's SIP (and true is
+    /// returned: whether it found its call is counted by the tracker when it is applied).
     pub fn hep_rtcp(&self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
-        self.lock(self.shard_of_call(call_id))
-            .hep_rtcp(call_id, time, report)
+        let shard = self.shard_of_call(call_id);
+        let mut s = self.lock(shard);
+        if self.window.is_zero() {
+            return s.hep_rtcp(call_id, time, report);
+        }
+        // Its Call-ID and an estimate of the report's size.
+        let bytes = call_id.len() + 256;
+        if s.window.pending.len() >= self.window_max_messages
+            || s.window.bytes + bytes > self.window_max_bytes
+        {
+            // The window is full: applied at once, counted. (Reports make no records, so
+            // the window is let go by the next message or tick, which have a record sink.)
+            self.reorder.window_full.fetch_add(1, Ordering::Relaxed);
+            return s.hep_rtcp(call_id, time, report);
+        }
+        let event = Windowed::HepRtcp {
+            call_id: call_id.into(),
+            report: Box::new(report.clone()),
+        };
+        self.hold(&mut s, time, bytes, event);
+        true
     }
 
     /// Moves time forward in every shard, and sweeps one stripe of the route table.
@@ -1691,5 +1746,29 @@ mod tests {
         let stats = sharded.stats();
         assert_eq!((stats.sip_reordered, stats.sip_late), (1, 1), "{stats:?}");
         assert_eq!(sharded.open_calls(), n as usize + 1);
+    }
+
+    /// An RTCP report relayed by HEP waits in the window with its call's SIP: it reaches
+    /// the call whose INVITE is still waiting there.
+    #[test]
+    fn hep_rtcp_waits_with_its_calls_sip_in_the_window() {
+        let sharded = ShardedCorrelator::new(2, CallLimits::default(), MediaLimits::default())
+            .with_reorder_window(std::time::Duration::from_millis(250));
+        let mut out = Vec::new();
+        let id = "rtcp@x";
+        let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.1"));
+        feed(&mut &sharded, Event::Sip(0, invite), &mut out);
+        let ok = sip(id, "SIP/2.0 200 OK", "1 INVITE", Some("10.2.0.1"));
+        feed(&mut &sharded, Event::Sip(10, ok), &mut out);
+        assert_eq!(sharded.open_calls(), 0, "the INVITE waits in the window");
+        assert!(sharded.hep_rtcp(id, at(50), &RtcpJson::default()));
+        let bye = sip(id, "BYE sip:b@x SIP/2.0", "2 BYE", None);
+        feed(&mut &sharded, Event::Sip(100, bye), &mut out);
+        sharded.advance(at(5_000), &mut |r| out.push(r));
+        let (calls, _) = sharded.counters();
+        assert_eq!((calls.hep_rtcp_attached, calls.hep_rtcp_unmatched), (1, 0));
+        let records = call_records(&out);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].hep_rtcp.len(), 1, "{:?}", records[0]);
     }
 }
