@@ -23,17 +23,17 @@ use crate::daemon::{agent_config, collected, free_port, teledge, Agent};
 use crate::support::data_path;
 use crate::uplink::{collector, pki};
 
-const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
+pub(crate) const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
 
 /// A Kamailio process with its configuration and log in a directory of its own.
-struct Kamailio {
-    child: Child,
+pub(crate) struct Kamailio {
+    pub(crate) child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Kamailio {
-    fn start(config: &str) -> Kamailio {
+    pub(crate) fn start(config: &str) -> Kamailio {
         assert!(
             Path::new("/usr/sbin/kamailio").exists(),
             "Kamailio is needed (Debian package kamailio; scripts/test.sh installs it)"
@@ -71,7 +71,7 @@ impl Kamailio {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
