@@ -537,10 +537,8 @@ fn kamailio_siptrace_in_netns() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the HEP agent started");
 
-    // Agent 2: live capture of the loopback, relaying to the receiver. One capture thread:
-    // the two hops of a proxied call (UAC → Kamailio → UAS) are different flows, which two
-    // threads may hand to the call's shard in either order, and the record's addresses are
-    // those of the first INVITE the shard sees (see `correlation::sharded`).
+    // Agent 2: live capture of the loopback, relaying to the receiver, with one capture
+    // thread (the proxied calls captured by two threads are `proxied::`'s test).
     let live_dir = dir.path().join("live");
     std::fs::create_dir_all(&live_dir).unwrap();
     let live_out = live_dir.join("collected");

@@ -10,7 +10,6 @@
 //! block; the daemon's records must be the ones the time-ordered replay gives, naming the
 //! first hop (UAC → proxy) as caller and callee.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
