@@ -582,14 +582,25 @@ impl ShardedCorrelator {
 
     /// Reports everything still open, shard by shard.
     pub fn finish(&self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        self.flush_windows(out);
         for shard in 0..self.shards.len() {
-            let mut s = self.lock(shard);
-            // What the window still holds, in order: the pipeline ends, nothing comes later.
+            self.lock(shard).finish(closed_by, out);
+        }
+    }
+
+    /// Applies everything the reorder windows hold, in order, and writes the routes it
+    /// teaches (the pipeline ends: nothing comes later; called before the capture threads'
+    /// held RTP is let go, so that it finds its routes).
+    pub fn flush_windows(&self, out: &mut impl FnMut(Record)) {
+        for shard in 0..self.shards.len() {
             let mut learned = Vec::new();
-            while !s.window.pending.is_empty() {
-                self.apply_first(&mut s, out, &mut learned);
+            {
+                let mut s = self.lock(shard);
+                while !s.window.pending.is_empty() {
+                    self.apply_first(&mut s, out, &mut learned);
+                }
             }
-            s.correlator.finish(closed_by, out);
+            self.route(shard, learned);
         }
     }
 
@@ -1719,8 +1730,8 @@ mod tests {
         }
     }
 
-    /// Without the window, the tracker still names the first hop when the second hop's
-    /// INVITE comes first; the window's bound applies messages early, counted.
+    /// The window's bound applies the earliest messages before their window passed, counted;
+    /// a message more than the window late is applied after later ones, counted.
     #[test]
     fn the_reorder_window_is_bounded_and_counted() {
         let window = std::time::Duration::from_millis(250);
