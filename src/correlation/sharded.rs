@@ -39,8 +39,9 @@
 //! at the BYE or the final response and is final, a CANCEL after the final response is too
 //! late, ...), so rather than make every transition order-tolerant — a set of special cases
 //! that could not be shown complete — each shard puts its SIP back in capture order
-//! ([`ShardedCorrelator::with_reorder_window`]; the daemon sets it when an interface has
-//! several capture threads: two block timeouts and 50 ms, as long as the media hold):
+//! ([`ShardedCorrelator::with_reorder_window`]; the daemon sets it when it has more than one
+//! capture thread in all: two ring block timeouts and 50 ms, the longest one thread's
+//! packets can trail a sibling's):
 //!
 //! - a message waits in its shard's window until the shard has seen a capture time the
 //!   window later (a later message, or the tick's [`ShardedCorrelator::advance`]); then the
