@@ -5,6 +5,15 @@
 //! messages and their capture times (`advance` moves time forward), so replay, live capture
 //! and tests behave alike without a clock.
 //!
+//! It expects messages in capture order: the record is made at the message that ends the
+//! call and is final, so a BYE seen before the 200 it follows, or a 487 before its CANCEL,
+//! would make another record. With several capture threads, [`super::sharded`] puts each
+//! call's SIP back in capture order within a window before it reaches the tracker (its
+//! module doc says why that rather than an order-tolerant state machine). On its own the
+//! tracker tolerates only what a proxy's two hops make of the start of a call: an INVITE of
+//! the call's transaction captured before the one it was opened with is adopted, and the
+//! first provisional, ringing and answer times are the earliest captured.
+//!
 //! What it understands:
 //! - retransmissions: a request with a transaction (method, CSeq, Via branch) already seen, or
 //!   a response with a (status, CSeq, Via branch, To-tag) already seen, is counted and

@@ -61,6 +61,7 @@
 //!   gives the first hop's addresses;
 //! - RTCP reports relayed by HEP wait in the window too (their call's INVITE may be
 //!   waiting there); a report that finds the window full is applied at once, counted;
+//! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure);
 //! - the cost: a call's SIP is applied (and its record made, its media routes written, its
 //!   state shown on the status page) a window later; the RTP hold is that much longer, so
 //!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
