@@ -7,7 +7,7 @@
 //!
 //! It expects messages in capture order: the record is made at the message that ends the
 //! call and is final, so a BYE seen before the 200 it follows, or a 487 before its CANCEL,
-//! would make another record. With several capture threads, [`super::sharded`] puts each
+//! would give another outcome and other times. With several capture threads, [`super::sharded`] puts each
 //! call's SIP back in capture order within a window before it reaches the tracker (its
 //! module doc says why that rather than an order-tolerant state machine). On its own the
 //! tracker tolerates only what a proxy's two hops make of the start of a call: an INVITE of
