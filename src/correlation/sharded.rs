@@ -61,6 +61,9 @@
 //!   gives the first hop's addresses;
 //! - RTCP reports relayed by HEP wait in the window too (their call's INVITE may be
 //!   waiting there); a report that finds the window full is applied at once, counted;
+//! - SIP relayed by HEP carries its sender's time: from a sender whose clock is behind the
+//!   local one by more than the window, it is applied as it comes (counted as late), as
+//!   without a window;
 //! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure);
 //! - the cost: a call's SIP is applied (and its record made, its media routes written, its
 //!   state shown on the status page) a window later; the RTP hold is that much longer, so
