@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # socat: the sensor tests join two pseudo-terminals with it (device simulator <-> teledge).
 need=()
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
+# dumpcap (wireshark-common, a dependency of tshark): the proxied-call test captures the
+# loopback beside the daemon and replays the pcap single-threaded.
+command -v dumpcap >/dev/null 2>&1 || need+=(wireshark-common)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 # iproute2: the live-capture tests run in network namespaces of their own.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

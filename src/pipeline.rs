@@ -672,6 +672,10 @@ impl LivePipeline {
                 mirror,
             };
             dissector.finish(now, &mut feed);
+            // The SIP still in the shards' reorder windows first: the RTP held for want of
+            // a route finds the routes it teaches.
+            self.correlator
+                .flush_windows(&mut mirrored_out(&mut self.mirror(), &mut *out));
             mirroring(mirror, out, |out, rtcp| {
                 routed.release_all_with_rtcp(&mut &mut *out, rtcp)
             });

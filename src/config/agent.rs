@@ -43,7 +43,8 @@ pub(super) struct RawCapture {
     block_timeout_ms: u32,
     #[serde(default)]
     promiscuous: bool,
-    /// Capture threads (fanout sockets) for this interface; default: the cores available.
+    /// Capture threads (fanout sockets) for this interface; default: the cores available,
+    /// at most [`DEFAULT_MAX_CAPTURE_THREADS`].
     threads: Option<usize>,
 }
 
@@ -174,14 +175,20 @@ impl Default for RawShutdown {
 /// Most capture threads for one interface.
 pub const MAX_CAPTURE_THREADS: usize = 64;
 
-/// Capture threads of an interface by default: one. Several threads (`threads = N`) scale
-/// capture over cores, at one cost: a call crossing a proxy on the tapped box has two hops
-/// with one Call-ID, and with several threads either hop's INVITE can reach the call's shard
-/// first, so the record's `caller_address`/`callee_address` may name the second hop (see
-/// `crate::correlation::sharded`). One thread keeps capture order exact; a site that needs
-/// more than one core's capture (about 3,000 G.711 calls measured) opts in.
+/// Most capture threads an interface gets by default (more only with `threads = N`): an
+/// edge box's cores are shared with the uplink, the spool and the statistics, and four
+/// capture threads take more than the largest measured site's traffic.
+pub const DEFAULT_MAX_CAPTURE_THREADS: usize = 4;
+
+/// Capture threads of an interface by default: one a core this process may run on, at most
+/// [`DEFAULT_MAX_CAPTURE_THREADS`]. With several, one call's packets reach its correlation
+/// shard from several threads, out of capture order by up to a ring block; each shard puts
+/// its SIP back in capture order within a window (see `crate::correlation::sharded`), so a
+/// call through a proxy on the tapped box still names its first hop's addresses.
 fn default_capture_threads() -> usize {
-    1
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, DEFAULT_MAX_CAPTURE_THREADS)
 }
 
 fn default_ring_mib() -> u32 {

@@ -5,6 +5,15 @@
 //! messages and their capture times (`advance` moves time forward), so replay, live capture
 //! and tests behave alike without a clock.
 //!
+//! It expects messages in capture order: the record is made at the message that ends the
+//! call and is final, so a BYE seen before the 200 it follows, or a 487 before its CANCEL,
+//! would give another outcome and other times. With several capture threads, [`super::sharded`] puts each
+//! call's SIP back in capture order within a window before it reaches the tracker (its
+//! module doc says why that rather than an order-tolerant state machine). On its own the
+//! tracker tolerates only what a proxy's two hops make of the start of a call: an INVITE of
+//! the call's transaction captured before the one it was opened with is adopted, and the
+//! first provisional, ringing and answer times are the earliest captured.
+//!
 //! What it understands:
 //! - retransmissions: a request with a transaction (method, CSeq, Via branch) already seen, or
 //!   a response with a (status, CSeq, Via branch, To-tag) already seen, is counted and
@@ -16,8 +25,12 @@
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
-//!   dialog. The caller's INVITE transaction is the first INVITE seen for its CSeq (its top Via
-//!   branch); the same INVITE seen again on other branches is a proxy's forks. A failure on a
+//!   dialog. The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
+//!   Via branch; one that arrives after a copy captured later — the hops of a proxy on the
+//!   tapped box, delivered by two capture threads — is adopted, with the addresses, times,
+//!   parties and offer the call takes from its INVITE); the same INVITE seen on other
+//!   branches is a proxy's forks. First provisional, ringing and answer times are the
+//!   earliest captured, whichever hop's arrived first. A failure on a
 //!   fork's branch does not end the attempt (another fork may answer); a failure on any other
 //!   branch does; a 2xx on any branch answers it;
 //! - calls that never end: a setup that gets no final answer within `setup_timeout` is closed as
@@ -1091,6 +1104,11 @@ impl Call {
         match method {
             Method::Invite if msg.to.tag.is_none() => {
                 let cseq = msg.cseq.number;
+                if self.invite_cseq == Some(cseq) && self.invite_time.is_some_and(|first| t < first)
+                {
+                    // The same INVITE captured earlier on another hop: the first hop.
+                    self.adopt_first_hop(meta, msg, sdp, cap);
+                }
                 let newer = self.invite_cseq.is_none_or(|c| cseq > c);
                 if newer {
                     // The same attempt, re-sent after a challenge (or a 422 retry).
@@ -1177,6 +1195,48 @@ impl Call {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Adopts an INVITE of the call's current transaction (same CSeq, no To-tag) captured
+    /// before the one the call was opened with: a proxy's first hop (UAC → proxy) that reached
+    /// this tracker after its second (proxy → UAS), as capture threads may deliver them. What
+    /// the call takes from its INVITE is taken from this one, as a time-ordered feed would
+    /// have: addresses, transport, invite time, parties, tags, identities, the caller's user
+    /// agent, the offer; the branch seen first becomes a fork branch (a proxy's forwarded
+    /// copy), this one the caller's transaction.
+    fn adopt_first_hop(
+        &mut self,
+        meta: &MessageMeta,
+        invite: &SipMessage<'_>,
+        sdp: Option<&SdpSummary>,
+        cap: &mut Capper<'_>,
+    ) {
+        let ours = invite.via_branch.map(|b| cap.tag(b));
+        if let Some(seen) = self.invite_branch.take() {
+            if ours.as_ref() != Some(&seen)
+                && !self.fork_branches.contains(&seen)
+                && self.fork_branches.len() < MAX_FORKS
+            {
+                self.fork_branches.push(seen);
+            }
+        }
+        self.fork_branches.retain(|b| Some(b) != ours.as_ref());
+        self.invite_branch = ours;
+        self.linked_call_id = invite.linked_call_id.map(|s| cap.text(s));
+        self.caller = cap.party(&invite.from);
+        self.callee = cap.party(&invite.to);
+        self.asserted_identity = invite.asserted_identity.as_ref().map(|p| cap.party(p));
+        self.diverted_from = invite.diversion.as_ref().map(|p| cap.party(p));
+        self.caller_tag = invite.from.tag.map(|t| cap.tag(t));
+        self.transport = meta.transport;
+        self.caller_address = meta.src;
+        self.callee_address = meta.dst;
+        self.invite_time = Some(meta.time);
+        self.first_message = self.first_message.min(meta.time);
+        self.user_agents.caller = invite.user_agent.map(|s| cap.text(s));
+        if let Some(sdp) = sdp {
+            self.media.offer = Some(cap.sdp(sdp));
         }
     }
 
@@ -1282,9 +1342,11 @@ impl Call {
                 if self.failed() {
                     return true;
                 }
-                self.first_provisional.get_or_insert(t);
+                // The earliest captured, whichever arrived first (the hops of a proxy, two
+                // capture threads).
+                earliest(&mut self.first_provisional, t);
                 if status == 180 || status == 183 {
-                    self.ringing.get_or_insert(t);
+                    earliest(&mut self.ringing, t);
                 }
                 if let Some(sdp) = sdp {
                     self.early_media = true;
@@ -1295,6 +1357,15 @@ impl Call {
                 false
             }
             200..=299 => {
+                if let (Some(answer), Some(final_response)) =
+                    (self.answer.as_mut(), self.final_response.as_mut())
+                {
+                    if t < *answer {
+                        // The same answer captured earlier on another hop.
+                        *answer = t;
+                        final_response.2 = t;
+                    }
+                }
                 if self.answer.is_none() && !self.answered_before_capture {
                     if self.failed() {
                         // A 2xx after the caller's transaction failed: nothing to answer.
@@ -1611,6 +1682,13 @@ impl Call {
             hep_rtcp: self.hep_rtcp,
             call_id: self.call_id,
         }
+    }
+}
+
+/// Keeps the earliest time of an event seen more than once (on the hops of a proxy).
+fn earliest(slot: &mut Option<Timestamp>, t: Timestamp) {
+    if slot.is_none_or(|seen| t < seen) {
+        *slot = Some(t);
     }
 }
 
@@ -2135,6 +2213,130 @@ mod tests {
             c.retransmissions, 0,
             "the proxy's copy of the 200 is no retransmission"
         );
+    }
+
+    /// One message of a call through a proxy on the tapped box: (time in ms, hop 1 or 2,
+    /// from the caller's side, text). Hop 1 is UAC (10.0.0.1) → proxy (10.0.0.9, branch c),
+    /// hop 2 proxy → UAS (10.0.0.2, branch p); one Call-ID.
+    type HopMessage = (i64, u8, bool, String);
+
+    fn proxied_call() -> Vec<HopMessage> {
+        let req = |method: &str, cseq: u32, hop: u8, to_tag: bool, sdp: Option<&str>| {
+            let branch = if hop == 1 { "z9hG4bKc" } else { "z9hG4bKp" };
+            let to = if to_tag { ";tag=B" } else { "" };
+            let body = sdp.map_or(String::new(), |ip| {
+                format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+            });
+            format!(
+                "{method} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.{};branch={branch}{method}{}\r\n\
+                 From: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>{to}\r\nCall-ID: proxied@test\r\n\
+                 CSeq: {cseq} {method}\r\nUser-Agent: hop{hop}\r\n{}Content-Length: {}\r\n\r\n{body}",
+                if hop == 1 { 1 } else { 9 },
+                if method == "INVITE" || method == "ACK" { String::new() } else { cseq.to_string() },
+                if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+                body.len()
+            )
+        };
+        let resp = |status: u16, cseq: u32, method: &str, hop: u8, to_tag: bool| {
+            let branch = if hop == 1 { "z9hG4bKc" } else { "z9hG4bKp" };
+            let branch = format!(
+                "{branch}{}",
+                if method == "INVITE" {
+                    String::new()
+                } else {
+                    format!("{method}{cseq}")
+                }
+            );
+            let to = if to_tag { ";tag=B" } else { "" };
+            format!(
+                "SIP/2.0 {status} Whatever\r\nVia: SIP/2.0/UDP 10.0.0.1;branch={branch}\r\n\
+                 From: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>{to}\r\nCall-ID: proxied@test\r\n\
+                 CSeq: {cseq} {method}\r\nServer: uas\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        vec![
+            (0, 1, true, req("INVITE", 1, 1, false, Some("10.0.0.1"))),
+            (1, 1, false, resp(100, 1, "INVITE", 1, false)),
+            (3, 2, true, req("INVITE", 1, 2, false, Some("10.0.0.9"))),
+            (4, 2, false, resp(100, 1, "INVITE", 2, false)),
+            (50, 2, false, resp(180, 1, "INVITE", 2, true)),
+            (51, 1, false, resp(180, 1, "INVITE", 1, true)),
+            (900, 2, false, resp(200, 1, "INVITE", 2, true)),
+            (901, 1, false, resp(200, 1, "INVITE", 1, true)),
+            (910, 1, true, req("ACK", 1, 1, true, None)),
+            (911, 2, true, req("ACK", 1, 2, true, None)),
+            (5000, 1, true, req("BYE", 2, 1, true, None)),
+            (5001, 2, true, req("BYE", 2, 2, true, None)),
+            (5010, 2, false, resp(200, 2, "BYE", 2, true)),
+            (5011, 1, false, resp(200, 2, "BYE", 1, true)),
+        ]
+    }
+
+    impl Harness {
+        fn feed_hop(&mut self, (at, hop, from_caller, text): &HopMessage) {
+            let (near, far) = if *hop == 1 {
+                ("10.0.0.1:5060", "10.0.0.9:5060")
+            } else {
+                ("10.0.0.9:5060", "10.0.0.2:5060")
+            };
+            let (src, dst) = if *from_caller {
+                (near, far)
+            } else {
+                (far, near)
+            };
+            let msg = sip::parse(text.as_bytes()).unwrap();
+            let meta = MessageMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + at * 1_000_000),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            let sdp = summarize_sdp(&msg);
+            let records = &mut self.records;
+            self.tracker
+                .message(&meta, &msg, sdp.as_ref(), &mut |r| records.push(r));
+        }
+    }
+
+    /// A call through a proxy on the tapped box, whose second hop's INVITE reached the
+    /// tracker before the first hop's (two capture threads): the call adopts the INVITE
+    /// captured first, and its record is the one the time-ordered feed gives — the first
+    /// hop's addresses, invite time, parties, user agent and offer, and the same id.
+    #[test]
+    fn the_second_hops_invite_first_still_gives_the_first_hops_call() {
+        let call = proxied_call();
+        let mut ordered = Harness::new();
+        for m in &call {
+            ordered.feed_hop(m);
+        }
+        let want = ordered.only().clone();
+        assert_eq!(want.caller_address, "10.0.0.1:5060");
+        assert_eq!(want.callee_address, "10.0.0.9:5060");
+        assert_eq!(want.outcome, Outcome::Answered);
+        assert_eq!(want.user_agents.caller.as_deref(), Some("hop1"));
+
+        // Hop 2's INVITE (and its 100) first, then hop 1's, then the rest.
+        let mut arrival = vec![
+            call[2].clone(),
+            call[3].clone(),
+            call[0].clone(),
+            call[1].clone(),
+        ];
+        arrival.extend(call[4..].iter().cloned());
+        let mut shuffled = Harness::new();
+        for m in &arrival {
+            shuffled.feed_hop(m);
+        }
+        assert_eq!(shuffled.only(), &want);
+        // The same with hop 2's INVITE first and nothing else out of order.
+        let mut arrival = vec![call[2].clone(), call[0].clone(), call[1].clone()];
+        arrival.extend(call[3..].iter().cloned());
+        let mut shuffled = Harness::new();
+        for m in &arrival {
+            shuffled.feed_hop(m);
+        }
+        assert_eq!(shuffled.only(), &want);
     }
 
     #[test]

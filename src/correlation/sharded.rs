@@ -27,14 +27,54 @@
 //! whatever the shard count. A lock that was taken when a thread wanted it is counted
 //! ([`ShardStats::lock_waits`]): the evidence that threads do not serialise.
 //!
+//! # Capture order: the SIP reorder window
+//!
+//! Each capture thread delivers its packets in capture order, but across threads one call's
+//! packets can reach its shard out of order by up to a ring block timeout (a thread's block
+//! is handed over when full or when the timeout passes): the two hops of a call through a
+//! proxy on the tapped box (UAC → proxy, proxy → UAS: one Call-ID, two flows, often two
+//! threads) interleave, so the second hop's INVITE can come first, a 200 before its 180,
+//! the ACK or BYE before the 200, a 487 before the CANCEL. The call state machine is built
+//! on capture order in many places (the first INVITE is the caller's, the record is made
+//! at the BYE or the final response and is final, a CANCEL after the final response is too
+//! late, ...), so rather than make every transition order-tolerant — a set of special cases
+//! that could not be shown complete — each shard puts its SIP back in capture order
+//! ([`ShardedCorrelator::with_reorder_window`]; the daemon sets it when it has more than one
+//! capture thread in all: two ring block timeouts and 50 ms, the longest one thread's
+//! packets can trail a sibling's):
+//!
+//! - a message waits in its shard's window until the shard has seen a capture time the
+//!   window later (a later message, or the tick's [`ShardedCorrelator::advance`]); then the
+//!   waiting messages are applied earliest first (ties in arrival order), so the call
+//!   tracker sees exactly the time-ordered feed one thread gives, and the records are the
+//!   same (`tests::proxied_calls_delivered_by_two_threads_give_the_time_ordered_records`);
+//! - time in a shard ([`Correlator::advance`]: timeouts, the record grace) runs the window
+//!   behind the tick, so a record is not made before the media captured within its grace
+//!   has come from every thread;
+//! - the window is bounded (its share of [`WINDOW_MAX_MESSAGES`] and [`WINDOW_MAX_BYTES`]
+//!   per shard): beyond it, the earliest message is applied before its window passed
+//!   ([`ShardStats::sip_window_full`]); a message more than the window late is applied
+//!   after later ones ([`ShardStats::sip_late`]); both are counted, as are the messages the
+//!   window put back in order ([`ShardStats::sip_reordered`]). Even then, the tracker adopts
+//!   an INVITE of the call's transaction captured before the one it opened the call with,
+//!   and keeps the earliest ringing and answer times ([`super::calls`]), so a late hop still
+//!   gives the first hop's addresses;
+//! - RTCP reports relayed by HEP wait in the window too (their call's INVITE may be
+//!   waiting there); a report that finds the window full is applied at once, counted;
+//! - SIP relayed by HEP carries its sender's time: from a sender whose clock is behind the
+//!   local one by more than the window, it is applied as it comes (counted as late), as
+//!   without a window;
+//! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure);
+//! - the cost: a call's SIP is applied (and its record made, its media routes written, its
+//!   state shown on the status page) a window later; the RTP hold is that much longer, so
+//!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
+//!   thread the window is zero and every message is applied as it comes.
+//!
 //! What differs from one correlator, and why it is accepted:
-//! - Events of one call that two threads handle reach its shard in the order the threads take
-//!   the lock, not strictly in capture order (as with two interfaces into one correlator
-//!   before); the call state machine is driven by capture time and tolerates it. What is
-//!   taken from the first message seen is not reordered, though: the two hops of a proxied
-//!   call (UAC → proxy, proxy → UAS: one Call-ID, two flows) may reach the shard in either
-//!   order, and the record's `caller_address`/`callee_address` are those of the hop whose
-//!   INVITE came first (with one capture thread, the one captured first).
+//! - RTP and SIP are not put in one order: RTP is measured as it comes (its own flow is in
+//!   order, on one thread), while the SIP around it may wait in the window. What a stream
+//!   is attributed to depends on the SDP having been applied first, which the hold below
+//!   ensures.
 //! - RTP that a thread sees before another thread has handled the SDP announcing its endpoint
 //!   is on probation (or an orphan) in the pair's shard until the route exists; with fanout by
 //!   flow and the SDP sent before the media, that is a matter of the first packets at most.
@@ -73,15 +113,117 @@ pub struct ShardStats {
     pub routes: usize,
     /// Routes not written because the table was full.
     pub routes_dropped_at_capacity: u64,
+    /// SIP messages that reached their shard after a message captured later (put back in
+    /// capture order by the reorder window, unless also counted in `sip_late`).
+    pub sip_reordered: u64,
+    /// SIP messages that came more than the reorder window late: applied after a message
+    /// captured later (the call tracker adopts an earlier INVITE even then).
+    pub sip_late: u64,
+    /// SIP messages applied before their window passed because the window was full.
+    pub sip_window_full: u64,
 }
 
 /// Calls and their media, sharded by call (see the module doc). Shared by reference between
 /// threads; every method takes `&self`.
 #[derive(Debug)]
 pub struct ShardedCorrelator {
-    shards: Box<[Mutex<Correlator>]>,
+    shards: Box<[Mutex<Shard>]>,
     routes: MediaRoutes,
     lock_waits: AtomicU64,
+    /// The SIP reorder window ([`ShardedCorrelator::with_reorder_window`]); zero: none.
+    window: std::time::Duration,
+    /// Most messages and bytes each shard's window holds.
+    window_max_messages: usize,
+    window_max_bytes: usize,
+    reorder: ReorderCounters,
+}
+
+/// A shard: its correlator and the SIP waiting in its reorder window.
+#[derive(Debug)]
+struct Shard {
+    correlator: Correlator,
+    window: SipWindow,
+}
+
+impl std::ops::Deref for Shard {
+    type Target = Correlator;
+    fn deref(&self) -> &Correlator {
+        &self.correlator
+    }
+}
+
+impl std::ops::DerefMut for Shard {
+    fn deref_mut(&mut self) -> &mut Correlator {
+        &mut self.correlator
+    }
+}
+
+/// Most SIP messages, and bytes of them, the reorder windows of all shards hold together
+/// (each shard its share): at 1,000 call attempts a second, about ten messages each, a
+/// 250 ms window holds 2,500 messages of well under 1 KiB.
+pub const WINDOW_MAX_MESSAGES: usize = 16_384;
+pub const WINDOW_MAX_BYTES: usize = 8 << 20;
+
+/// Counters of the SIP reorder windows ([`ShardedCorrelator::with_reorder_window`]).
+#[derive(Debug, Default)]
+struct ReorderCounters {
+    reordered: AtomicU64,
+    late: AtomicU64,
+    window_full: AtomicU64,
+}
+
+/// SIP messages of one shard waiting for their reorder window to pass, earliest capture
+/// time first.
+#[derive(Debug, Default)]
+struct SipWindow {
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+    bytes: usize,
+    /// The latest capture time this shard has seen (SIP, or the time `advance` brought).
+    newest: Timestamp,
+    /// The capture time of the last message applied from the window.
+    applied: Timestamp,
+    /// Arrival order, to keep messages of one capture time in the order they came.
+    arrivals: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    time: Timestamp,
+    arrival: u64,
+    /// Bytes accounted against the window's bound.
+    bytes: usize,
+    event: Windowed,
+}
+
+/// What waits in a window: SIP, and RTCP reports relayed by HEP (which must find the call
+/// their Call-ID names, whose INVITE may be waiting too).
+#[derive(Debug)]
+enum Windowed {
+    Sip {
+        meta: MessageMeta,
+        raw: Box<[u8]>,
+    },
+    HepRtcp {
+        call_id: Box<str>,
+        report: Box<RtcpJson>,
+    },
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.arrival) == (other.time, other.arrival)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.arrival).cmp(&(other.time, other.arrival))
+    }
 }
 
 impl ShardedCorrelator {
@@ -106,12 +248,34 @@ impl ShardedCorrelator {
         };
         ShardedCorrelator {
             shards: (0..n)
-                .map(|i| Mutex::new(Correlator::new(calls, media_share).in_shard(i as u32)))
+                .map(|i| {
+                    Mutex::new(Shard {
+                        correlator: Correlator::new(calls, media_share).in_shard(i as u32),
+                        window: SipWindow::default(),
+                    })
+                })
                 .collect(),
             // Open endpoints and those of ended calls within their linger.
             routes: MediaRoutes::new(media.max_endpoints.saturating_mul(2)),
             lock_waits: AtomicU64::new(0),
+            window: std::time::Duration::ZERO,
+            window_max_messages: share(WINDOW_MAX_MESSAGES),
+            window_max_bytes: share(WINDOW_MAX_BYTES),
+            reorder: ReorderCounters::default(),
         }
+    }
+
+    /// Applies each shard's SIP in capture-time order within `window` (see the module doc):
+    /// a message waits in its shard until the shard has seen a capture time `window` later
+    /// (a later message, or [`ShardedCorrelator::advance`]). Zero (the default): every
+    /// message is applied as it arrives, as one correlator does.
+    pub fn with_reorder_window(mut self, window: std::time::Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    pub fn reorder_window(&self) -> std::time::Duration {
+        self.window
     }
 
     /// Every shard times the REGISTERs of its Call-IDs and makes its own registrations
@@ -206,7 +370,7 @@ impl ShardedCorrelator {
     }
 
     /// Locks a shard, counting a wait.
-    fn lock(&self, shard: usize) -> MutexGuard<'_, Correlator> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         let m = &self.shards[shard % self.shards.len()];
         match m.try_lock() {
             Ok(guard) => guard,
@@ -222,15 +386,127 @@ impl ShardedCorrelator {
     pub fn sip(&self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
         let shard = self.shard_of_call(msg.call_id);
         let mut learned = Vec::new();
-        self.lock(shard)
-            .sip_learning(meta, msg, out, &mut |addr| learned.push(addr));
-        // Written after the shard has learned them (and without holding its lock: the sweep
-        // takes a stripe, then shards).
+        {
+            let mut s = self.lock(shard);
+            if self.window.is_zero() {
+                s.correlator
+                    .sip_learning(meta, msg, out, &mut |addr| learned.push(addr));
+            } else {
+                self.hold_sip(&mut s, meta, msg.raw);
+                self.apply_due(&mut s, out, &mut learned);
+            }
+        }
+        self.route(shard, learned);
+    }
+
+    /// Writes the routes of the endpoints a shard learned, after it has learned them (and
+    /// without holding its lock: the sweep takes a stripe, then shards).
+    fn route(&self, shard: usize, learned: Vec<SocketAddr>) {
         if self.shards.len() > 1 {
             for addr in learned {
                 self.routes.set(addr, shard);
             }
         }
+    }
+
+    /// Puts a message into its shard's reorder window.
+    fn hold_sip(&self, s: &mut Shard, meta: &MessageMeta, raw: &[u8]) {
+        let event = Windowed::Sip {
+            meta: *meta,
+            raw: raw.into(),
+        };
+        self.hold(s, meta.time, raw.len(), event);
+    }
+
+    /// Puts an event into its shard's reorder window, counting one that came after a
+    /// later-captured one.
+    fn hold(&self, s: &mut Shard, time: Timestamp, bytes: usize, event: Windowed) {
+        let w = &mut s.window;
+        if time < w.newest {
+            self.reorder.reordered.fetch_add(1, Ordering::Relaxed);
+            if time < w.applied {
+                // A later-captured message was applied already: this one cannot go before
+                // it (it came more than the window late).
+                self.reorder.late.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        w.newest = w.newest.max(time);
+        w.arrivals += 1;
+        w.bytes += bytes;
+        w.pending.push(std::cmp::Reverse(Pending {
+            time,
+            arrival: w.arrivals,
+            bytes,
+            event,
+        }));
+    }
+
+    /// Applies, earliest first, the messages of a shard's window whose window has passed
+    /// (the shard has seen a capture time `window` later), and the earliest beyond the
+    /// window's bound (counted).
+    fn apply_due(
+        &self,
+        s: &mut Shard,
+        out: &mut impl FnMut(Record),
+        learned: &mut Vec<SocketAddr>,
+    ) {
+        loop {
+            let Some(std::cmp::Reverse(first)) = s.window.pending.peek() else {
+                return;
+            };
+            let due = first.time.plus(self.window) <= s.window.newest;
+            let full = s.window.pending.len() > self.window_max_messages
+                || s.window.bytes > self.window_max_bytes;
+            if !due && !full {
+                return;
+            }
+            if !due {
+                self.reorder.window_full.fetch_add(1, Ordering::Relaxed);
+            }
+            self.apply_first(s, out, learned);
+        }
+    }
+
+    /// Applies the earliest message of a shard's window.
+    fn apply_first(
+        &self,
+        s: &mut Shard,
+        out: &mut impl FnMut(Record),
+        learned: &mut Vec<SocketAddr>,
+    ) {
+        let Some(std::cmp::Reverse(p)) = s.window.pending.pop() else {
+            return;
+        };
+        s.window.bytes -= p.bytes;
+        s.window.applied = s.window.applied.max(p.time);
+        match p.event {
+            Windowed::Sip { meta, raw } => {
+                // It parsed when it came; parsing is pure, so it parses again.
+                if let Ok(msg) = crate::decode::sip::parse(&raw) {
+                    s.correlator
+                        .sip_learning(&meta, &msg, out, &mut |addr| learned.push(addr));
+                }
+            }
+            Windowed::HepRtcp { call_id, report } => {
+                // Attached or counted as unmatched by the tracker.
+                s.correlator.hep_rtcp(&call_id, p.time, &report);
+            }
+        }
+    }
+
+    /// `now` less the reorder window.
+    fn behind(&self, now: Timestamp) -> Timestamp {
+        let window = i64::try_from(self.window.as_nanos()).unwrap_or(i64::MAX);
+        Timestamp::from_nanos(now.as_nanos().saturating_sub(window))
+    }
+
+    /// SIP messages waiting in the reorder windows now.
+    pub fn sip_in_window(&self) -> usize {
+        let mut n = 0;
+        for shard in 0..self.shards.len() {
+            n += self.lock(shard).window.pending.len();
+        }
+        n
     }
 
     /// Handles a datagram that is not SIP in the shard of its media endpoint.
@@ -260,15 +536,48 @@ impl ShardedCorrelator {
     }
 
     /// Attaches an RTCP report relayed by HEP to the call with this Call-ID.
+    /// With a reorder window, the report waits in it with the call's SIP (and true is
+    /// returned: whether it found its call is counted by the tracker when it is applied).
     pub fn hep_rtcp(&self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
-        self.lock(self.shard_of_call(call_id))
-            .hep_rtcp(call_id, time, report)
+        let shard = self.shard_of_call(call_id);
+        let mut s = self.lock(shard);
+        if self.window.is_zero() {
+            return s.hep_rtcp(call_id, time, report);
+        }
+        // Its Call-ID and an estimate of the report's size.
+        let bytes = call_id.len() + 256;
+        if s.window.pending.len() >= self.window_max_messages
+            || s.window.bytes + bytes > self.window_max_bytes
+        {
+            // The window is full: applied at once, counted. (Reports make no records, so
+            // the window is let go by the next message or tick, which have a record sink.)
+            self.reorder.window_full.fetch_add(1, Ordering::Relaxed);
+            return s.hep_rtcp(call_id, time, report);
+        }
+        let event = Windowed::HepRtcp {
+            call_id: call_id.into(),
+            report: Box::new(report.clone()),
+        };
+        self.hold(&mut s, time, bytes, event);
+        true
     }
 
     /// Moves time forward in every shard, and sweeps one stripe of the route table.
     pub fn advance(&self, now: Timestamp, out: &mut impl FnMut(Record)) {
         for shard in 0..self.shards.len() {
-            self.lock(shard).advance(now, out);
+            let mut learned = Vec::new();
+            {
+                let mut s = self.lock(shard);
+                if !s.window.pending.is_empty() {
+                    s.window.newest = s.window.newest.max(now);
+                    self.apply_due(&mut s, out, &mut learned);
+                }
+                // Time in a shard runs the window behind: packets captured up to then may
+                // still be on their way from another capture thread, and a record in its
+                // grace must not be made without them.
+                s.correlator.advance(self.behind(now), out);
+            }
+            self.route(shard, learned);
         }
         if self.shards.len() > 1 {
             self.routes
@@ -278,8 +587,25 @@ impl ShardedCorrelator {
 
     /// Reports everything still open, shard by shard.
     pub fn finish(&self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
+        self.flush_windows(out);
         for shard in 0..self.shards.len() {
             self.lock(shard).finish(closed_by, out);
+        }
+    }
+
+    /// Applies everything the reorder windows hold, in order, and writes the routes it
+    /// teaches (the pipeline ends: nothing comes later; called before the capture threads'
+    /// held RTP is let go, so that it finds its routes).
+    pub fn flush_windows(&self, out: &mut impl FnMut(Record)) {
+        for shard in 0..self.shards.len() {
+            let mut learned = Vec::new();
+            {
+                let mut s = self.lock(shard);
+                while !s.window.pending.is_empty() {
+                    self.apply_first(&mut s, out, &mut learned);
+                }
+            }
+            self.route(shard, learned);
         }
     }
 
@@ -335,6 +661,9 @@ impl ShardedCorrelator {
             lock_waits: self.lock_waits.load(Ordering::Relaxed),
             routes: self.routes.len(),
             routes_dropped_at_capacity: self.routes.dropped.load(Ordering::Relaxed),
+            sip_reordered: self.reorder.reordered.load(Ordering::Relaxed),
+            sip_late: self.reorder.late.load(Ordering::Relaxed),
+            sip_window_full: self.reorder.window_full.load(Ordering::Relaxed),
         }
     }
 }
@@ -1060,5 +1389,402 @@ mod tests {
         assert_eq!(ids.len(), summaries.len(), "ids shared");
         let summed: u64 = summaries.iter().map(|s| s.streams).sum();
         assert_eq!(singles + summed, u64::from(streams));
+    }
+
+    /// One packet of the proxied calls below: capture time (ms), the capture thread that
+    /// sees it, and what it is.
+    #[derive(Clone)]
+    struct Captured {
+        ms: i64,
+        thread: usize,
+        src: SocketAddr,
+        dst: SocketAddr,
+        packet: Packet,
+    }
+
+    #[derive(Clone)]
+    enum Packet {
+        Sip(String),
+        Rtp(u16, u32),
+    }
+
+    const UAC: &str = "10.0.0.1:5060";
+    const PROXY: &str = "10.0.0.9:5060";
+    const UAS: &str = "10.0.0.2:5060";
+
+    /// Calls through a proxy on the tapped box (UAC → proxy → UAS, one Call-ID per call,
+    /// the proxy record-routing and stateful): answered (with RTP both ways), busy and
+    /// cancelled ones. Hop 1 (UAC ↔ proxy) and the caller's RTP are captured by thread 0,
+    /// hop 2 (proxy ↔ UAS) and the callee's RTP by thread 1, as a fanout by flow may split
+    /// them.
+    fn proxied_calls(calls: u32) -> Vec<Captured> {
+        let mut out = Vec::new();
+        for n in 0..calls {
+            let id = format!("proxied-{n}@x");
+            let start = i64::from(n) * 37;
+            let caller_media = format!("10.1.0.{}", n + 1);
+            let callee_media = format!("10.2.0.{}", n + 1);
+            let msg = |first: &str, cseq: &str, branch: &str, to_tag: bool, sdp: Option<&str>| {
+                let body = sdp.map_or(String::new(), |ip| {
+                    format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+                });
+                format!(
+                    "{first}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{id}{branch}\r\nFrom: <sip:a@x>;tag=a\r\n\
+                     To: <sip:b@x>{}\r\nCall-ID: {id}\r\nCSeq: {cseq}\r\nUser-Agent: {branch}\r\n{}Content-Length: {}\r\n\r\n{body}",
+                    if to_tag { ";tag=b" } else { "" },
+                    if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+                    body.len()
+                )
+            };
+            let mut media = Vec::new();
+            let mut sip = |ms: i64, hop: usize, forward: bool, text: String| {
+                let (near, far) = if hop == 1 { (UAC, PROXY) } else { (PROXY, UAS) };
+                let (src, dst) = if forward { (near, far) } else { (far, near) };
+                out.push(Captured {
+                    ms: start + ms,
+                    thread: hop - 1,
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    packet: Packet::Sip(text),
+                });
+            };
+            let invite = "INVITE sip:b@x SIP/2.0";
+            for hop in [1, 2] {
+                let b = if hop == 1 { "c" } else { "p" };
+                let at = if hop == 1 { 0 } else { 2 };
+                sip(
+                    at,
+                    hop,
+                    true,
+                    msg(invite, "1 INVITE", b, false, Some(&caller_media)),
+                );
+                sip(
+                    at + 1,
+                    hop,
+                    false,
+                    msg("SIP/2.0 100 Trying", "1 INVITE", b, false, None),
+                );
+            }
+            match n % 3 {
+                0 => {
+                    for (at, hop) in [(40, 2), (41, 1)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        sip(
+                            at,
+                            hop,
+                            false,
+                            msg("SIP/2.0 180 Ringing", "1 INVITE", b, true, None),
+                        );
+                    }
+                    for (at, hop) in [(300, 2), (301, 1)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        let ok = msg("SIP/2.0 200 OK", "1 INVITE", b, true, Some(&callee_media));
+                        sip(at, hop, false, ok);
+                    }
+                    for (at, hop) in [(310, 1), (311, 2)] {
+                        sip(
+                            at,
+                            hop,
+                            true,
+                            msg("ACK sip:b@x SIP/2.0", "1 ACK", "ack", true, None),
+                        );
+                    }
+                    for i in 0..40u16 {
+                        let ms = start + 320 + i64::from(i) * 20;
+                        for (thread, src, dst, ssrc) in [
+                            (0, &caller_media, &callee_media, 2 * n),
+                            (1, &callee_media, &caller_media, 2 * n + 1),
+                        ] {
+                            media.push(Captured {
+                                ms,
+                                thread,
+                                src: format!("{src}:4000").parse().unwrap(),
+                                dst: format!("{dst}:4000").parse().unwrap(),
+                                packet: Packet::Rtp(i, ssrc),
+                            });
+                        }
+                    }
+                    for (at, hop) in [(1_200, 1), (1_201, 2)] {
+                        sip(
+                            at,
+                            hop,
+                            true,
+                            msg("BYE sip:b@x SIP/2.0", "2 BYE", "bye", true, None),
+                        );
+                    }
+                    for (at, hop) in [(1_210, 2), (1_211, 1)] {
+                        sip(
+                            at,
+                            hop,
+                            false,
+                            msg("SIP/2.0 200 OK", "2 BYE", "bye", true, None),
+                        );
+                    }
+                }
+                1 => {
+                    for (at, hop) in [(60, 2), (63, 1)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        sip(
+                            at,
+                            hop,
+                            false,
+                            msg("SIP/2.0 486 Busy Here", "1 INVITE", b, true, None),
+                        );
+                        sip(
+                            at + 1,
+                            hop,
+                            true,
+                            msg("ACK sip:b@x SIP/2.0", "1 ACK", b, true, None),
+                        );
+                    }
+                }
+                _ => {
+                    for (at, hop) in [(40, 2), (41, 1)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        sip(
+                            at,
+                            hop,
+                            false,
+                            msg("SIP/2.0 180 Ringing", "1 INVITE", b, true, None),
+                        );
+                    }
+                    for (at, hop) in [(500, 1), (502, 2)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        sip(
+                            at,
+                            hop,
+                            true,
+                            msg("CANCEL sip:b@x SIP/2.0", "1 CANCEL", b, false, None),
+                        );
+                        sip(
+                            at + 1,
+                            hop,
+                            false,
+                            msg("SIP/2.0 200 OK", "1 CANCEL", b, true, None),
+                        );
+                    }
+                    for (at, hop) in [(510, 2), (512, 1)] {
+                        let b = if hop == 1 { "c" } else { "p" };
+                        sip(
+                            at,
+                            hop,
+                            false,
+                            msg("SIP/2.0 487 Request Terminated", "1 INVITE", b, true, None),
+                        );
+                        sip(
+                            at + 1,
+                            hop,
+                            true,
+                            msg("ACK sip:b@x SIP/2.0", "1 ACK", b, true, None),
+                        );
+                    }
+                }
+            }
+            out.extend(media);
+        }
+        out
+    }
+
+    fn feed_captured(c: &mut impl Correlate, p: &Captured, out: &mut Vec<Record>) {
+        match &p.packet {
+            Packet::Sip(text) => {
+                let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+                let meta = MessageMeta {
+                    frame: 0,
+                    time: at(p.ms),
+                    src: p.src,
+                    dst: p.dst,
+                    transport: crate::dissect::Transport::Udp,
+                };
+                c.sip(&meta, &msg, &mut |r| out.push(r));
+            }
+            Packet::Rtp(seq, ssrc) => {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(p.ms),
+                    src: p.src,
+                    dst: p.dst,
+                };
+                c.datagram(&meta, &rtp(*seq, *ssrc), &mut |r| out.push(r));
+            }
+        }
+    }
+
+    /// The call records, by Call-ID.
+    fn call_records(records: &[Record]) -> Vec<crate::record::CallRecord> {
+        let mut calls: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(c) => Some((**c).clone()),
+                _ => None,
+            })
+            .collect();
+        calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        calls
+    }
+
+    /// Proxied calls (two hops, one Call-ID) whose packets two capture threads deliver in
+    /// their own order — each thread's ring hands over a block when its timeout (100 ms)
+    /// passes, so one thread's packets come up to a block timeout after the other's
+    /// (the second hop's INVITE before the first's, a 200 before its 180, the ACK and BYE
+    /// before the 200, the 487 before the CANCEL, RTP before its SDP) — give, with the
+    /// reorder window of the daemon (two block timeouts and a margin), the records one
+    /// correlator gives fed in capture order: every field, the first hop's addresses too.
+    #[test]
+    fn proxied_calls_delivered_by_two_threads_give_the_time_ordered_records() {
+        let packets = proxied_calls(30);
+        let mut ordered = packets.clone();
+        ordered.sort_by_key(|p| p.ms);
+        let mut single = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut want = Vec::new();
+        for p in &ordered {
+            feed_captured(&mut single, p, &mut want);
+        }
+        single.finish(ClosedBy::CaptureEnd, &mut |r| want.push(r));
+        let want = call_records(&want);
+        assert_eq!(want.len(), 30);
+        for c in &want {
+            assert_eq!(
+                (c.caller_address.as_str(), c.callee_address.as_str()),
+                (UAC, PROXY)
+            );
+            assert_eq!(c.user_agents.caller.as_deref(), Some("c"));
+            assert!(c.complete, "{c:?}");
+        }
+        let answered: Vec<_> = want
+            .iter()
+            .filter(|c| c.outcome == crate::record::Outcome::Answered)
+            .collect();
+        assert_eq!(answered.len(), 10);
+        assert!(answered.iter().all(|c| c
+            .media_quality
+            .caller_to_callee
+            .iter()
+            .chain(&c.media_quality.callee_to_caller)
+            .map(|s| s.metrics.packets)
+            .sum::<u64>()
+            == 80));
+
+        let block = 100;
+        let window = std::time::Duration::from_millis(2 * block as u64 + 50);
+        let hold = window + std::time::Duration::from_millis(2 * block as u64 + 50 + 250);
+        // Block phases of the two threads, and a pseudo-random delay within a block
+        // (a block handed over early when full).
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for phases in [(0, 50), (50, 0), (0, 99), (99, 0), (30, 70), (0, 0)] {
+            for shards in [1, 2, 4] {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let early = (seed >> 33).is_multiple_of(2);
+                let arrival = |p: &Captured| {
+                    let phase = if p.thread == 0 { phases.0 } else { phases.1 };
+                    let retired = (p.ms - phase).div_euclid(block) * block + block + phase;
+                    // Some blocks fill up and are handed over early: what their first
+                    // half holds comes half way, the rest as it is captured (a thread
+                    // still delivers in its own capture order).
+                    if early && (retired / block).rem_euclid(3) == 0 {
+                        p.ms.max(retired - block / 2)
+                    } else {
+                        retired
+                    }
+                };
+                let mut arrived = packets.clone();
+                arrived.sort_by_key(|p| (arrival(p), p.thread, p.ms));
+                assert!(
+                    arrived.windows(2).any(|w| w[1].ms < w[0].ms),
+                    "the threads deliver out of capture order"
+                );
+                let sharded =
+                    ShardedCorrelator::new(shards, CallLimits::default(), MediaLimits::default())
+                        .with_reorder_window(window);
+                let mut holds = [MediaHold::new(hold), MediaHold::new(hold)];
+                let mut got = Vec::new();
+                let mut tick = 0;
+                for p in &arrived {
+                    let now = arrival(p);
+                    while tick + 250 <= now {
+                        tick += 250;
+                        sharded.advance(at(tick), &mut |r| got.push(r));
+                    }
+                    let mut routed = Routed {
+                        shards: &sharded,
+                        hold: &mut holds[p.thread],
+                    };
+                    feed_captured(&mut routed, p, &mut got);
+                    routed.release(at(now), &mut |r| got.push(r));
+                }
+                for hold in &mut holds {
+                    Routed {
+                        shards: &sharded,
+                        hold,
+                    }
+                    .release_all(&mut |r| got.push(r));
+                }
+                sharded.finish(ClosedBy::CaptureEnd, &mut |r| got.push(r));
+                let got = call_records(&got);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g, w, "phases {phases:?}, {shards} shards");
+                }
+                let stats = sharded.stats();
+                assert!(stats.sip_reordered > 0, "{stats:?}");
+                assert_eq!((stats.sip_late, stats.sip_window_full), (0, 0), "{stats:?}");
+                assert_eq!(sharded.sip_in_window(), 0);
+            }
+        }
+    }
+
+    /// The window's bound applies the earliest messages before their window passed, counted;
+    /// a message more than the window late is applied after later ones, counted.
+    #[test]
+    fn the_reorder_window_is_bounded_and_counted() {
+        let window = std::time::Duration::from_millis(250);
+        let sharded = ShardedCorrelator::new(1, CallLimits::default(), MediaLimits::default())
+            .with_reorder_window(window);
+        let mut out = Vec::new();
+        let n = WINDOW_MAX_MESSAGES as u32 + 10;
+        for i in 0..n {
+            let id = format!("flood-{i}@x");
+            let text = sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
+            feed(&mut &sharded, Event::Sip(0, text), &mut out);
+        }
+        let stats = sharded.stats();
+        assert_eq!(stats.sip_window_full, 10, "{stats:?}");
+        assert_eq!(sharded.sip_in_window(), WINDOW_MAX_MESSAGES);
+        assert_eq!(sharded.open_calls(), 10);
+        // A message more than the window late is applied at once after later ones, counted.
+        let late = sip("late@x", "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
+        sharded.advance(at(1_000), &mut |r| out.push(r));
+        assert_eq!(sharded.sip_in_window(), 0);
+        feed(&mut &sharded, Event::Sip(-10, late), &mut out);
+        sharded.advance(at(2_000), &mut |r| out.push(r));
+        let stats = sharded.stats();
+        assert_eq!((stats.sip_reordered, stats.sip_late), (1, 1), "{stats:?}");
+        assert_eq!(sharded.open_calls(), n as usize + 1);
+    }
+
+    /// An RTCP report relayed by HEP waits in the window with its call's SIP: it reaches
+    /// the call whose INVITE is still waiting there.
+    #[test]
+    fn hep_rtcp_waits_with_its_calls_sip_in_the_window() {
+        let sharded = ShardedCorrelator::new(2, CallLimits::default(), MediaLimits::default())
+            .with_reorder_window(std::time::Duration::from_millis(250));
+        let mut out = Vec::new();
+        let id = "rtcp@x";
+        let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.1"));
+        feed(&mut &sharded, Event::Sip(0, invite), &mut out);
+        let ok = sip(id, "SIP/2.0 200 OK", "1 INVITE", Some("10.2.0.1"));
+        feed(&mut &sharded, Event::Sip(10, ok), &mut out);
+        assert_eq!(sharded.open_calls(), 0, "the INVITE waits in the window");
+        assert!(sharded.hep_rtcp(id, at(50), &RtcpJson::default()));
+        let bye = sip(id, "BYE sip:b@x SIP/2.0", "2 BYE", None);
+        feed(&mut &sharded, Event::Sip(100, bye), &mut out);
+        sharded.advance(at(5_000), &mut |r| out.push(r));
+        let (calls, _) = sharded.counters();
+        assert_eq!((calls.hep_rtcp_attached, calls.hep_rtcp_unmatched), (1, 0));
+        let records = call_records(&out);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].hep_rtcp.len(), 1, "{:?}", records[0]);
     }
 }

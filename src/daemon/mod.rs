@@ -10,14 +10,19 @@
 //! ```
 //!
 //! - Capture never waits: each interface has `[[capture]] threads` capture threads (by
-//!   default one; `threads = N` to scale), each with its own AF_PACKET socket and ring in one
+//!   default one a core, at most four; `threads = N` overrides it), each with its own
+//!   AF_PACKET socket and ring in one
 //!   `PACKET_FANOUT` group, so the kernel hands each flow to one of them. A capture thread
 //!   decodes its own packets (its own decode state in the [`LivePipeline`]) and correlates
 //!   them in the shard of their call ([`crate::correlation::sharded`]: SIP by Call-ID, RTP by
 //!   the shard that learned its media endpoint from the SDP, `[correlation] shards`, by
 //!   default one a capture thread): threads take a lock only for the shard an event
 //!   belongs to, so they do not take turns at one mutex (waits are counted,
-//!   `teledge_correlation_shard_lock_waits_total`). It hands records on with `try_send`; a
+//!   `teledge_correlation_shard_lock_waits_total`). With several capture threads each shard
+//!   applies its SIP in capture order within a reorder window (two block timeouts and
+//!   50 ms: a call's packets from sibling threads are out of order by up to a block), so
+//!   the records are those one thread would make ([`crate::correlation::sharded`],
+//!   `teledge_correlation_sip_reordered_total`). It hands records on with `try_send`; a
 //!   full record queue drops the record and counts it (`teledge_records_dropped_total`). The
 //!   spool absorbs a slow or absent uplink.
 //! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
@@ -241,15 +246,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How long a capture thread holds RTP of a flow no route names yet: two ring block
-/// timeouts (the longest a sibling thread's block can hold the SDP back) and a margin.
-fn media_hold(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
+/// How far a capture thread's packets can trail a sibling's: two ring block timeouts (the
+/// longest a block can hold a packet back, and its thread's turn) and a margin.
+fn thread_skew(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
     let block = captures
         .iter()
         .map(|c| c.ring.block_timeout_ms)
         .max()
         .unwrap_or(0);
     Duration::from_millis(2 * u64::from(block) + 50)
+}
+
+/// The SIP reorder window of the correlation shards
+/// ([`ShardedCorrelator::with_reorder_window`]): with more than one capture thread, their
+/// skew, so one call's SIP is applied in capture order whichever thread captured it; with
+/// one, none.
+fn reorder_window(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
+    let threads: usize = captures.iter().map(|c| c.threads).sum();
+    if threads > 1 {
+        thread_skew(captures)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// How long a capture thread holds RTP of a flow no route names yet: the skew (a sibling
+/// thread's block can hold the SDP back), and, with a reorder window, the window and a tick
+/// more (the SDP is applied, and its route written, once the window has passed: on a later
+/// message of its shard, or on the tick).
+fn media_hold(captures: &[crate::config::agent::CaptureConfig]) -> Duration {
+    let window = reorder_window(captures);
+    let tick = if window.is_zero() {
+        Duration::ZERO
+    } else {
+        TICK
+    };
+    thread_skew(captures) + window + tick
 }
 
 /// What every component is built with.
@@ -567,7 +599,8 @@ impl Daemon {
             pipeline: Arc::new(LivePipeline::new(
                 ShardedCorrelator::new(config.shards, config.calls, config.media)
                     .with_registration_records(config.stats.enabled)
-                    .with_listen_tap(&listen_tap),
+                    .with_listen_tap(&listen_tap)
+                    .with_reorder_window(reorder_window(&config.captures)),
                 media_hold(&config.captures),
             )),
             losses_told: Arc::default(),

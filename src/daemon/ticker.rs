@@ -146,6 +146,18 @@ pub(super) fn publish_pipeline_counters(
             metrics.correlation_media_held.with(&[outcome]).raise_to(n);
         }
     }
+    for (outcome, n) in [
+        ("reordered", shards.sip_reordered),
+        ("late", shards.sip_late),
+        ("window_full", shards.sip_window_full),
+    ] {
+        if n > 0 {
+            metrics
+                .correlation_sip_reordered
+                .with(&[outcome])
+                .raise_to(n);
+        }
+    }
     for (table, n) in [
         ("calls_in_setup", calls.evicted_in_setup),
         ("ended_dialogs", calls.ended_forgotten),

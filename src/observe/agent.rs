@@ -67,6 +67,11 @@ pub struct AgentMetrics {
     /// was handled), `unrouted` (released as orphans after the hold), `hold_full` (not held:
     /// the hold was at its bound).
     pub correlation_media_held: Arc<Family<Counter>>,
+    /// SIP messages that reached their correlation shard after one captured later (several
+    /// capture threads), by what the shard's reorder window did: `reordered` (put back in
+    /// capture order), `late` (came more than the window late: applied after later ones),
+    /// `window_full` (applied before the window passed: it was at its bound).
+    pub correlation_sip_reordered: Arc<Family<Counter>>,
     /// Entries evicted from a bounded table because it was full or timed out, by table.
     pub state_evictions: Arc<Family<Counter>>,
     /// Sender times (HEP) too far from the local clock, replaced by it; by source and
@@ -279,6 +284,13 @@ impl AgentMetrics {
             correlation_media_held: r.family(
                 "teledge_correlation_media_held_total",
                 "RTP/RTCP held until a route named its flow, by outcome.",
+                Kind::Counter,
+                &["outcome"],
+                MAX_SMALL_SET,
+            ),
+            correlation_sip_reordered: r.family(
+                "teledge_correlation_sip_reordered_total",
+                "SIP put back in capture order by a correlation shard's reorder window, by outcome.",
                 Kind::Counter,
                 &["outcome"],
                 MAX_SMALL_SET,

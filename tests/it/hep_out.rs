@@ -23,17 +23,17 @@ use crate::daemon::{agent_config, collected, free_port, teledge, Agent};
 use crate::support::data_path;
 use crate::uplink::{collector, pki};
 
-const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
+pub(crate) const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
 
 /// A Kamailio process with its configuration and log in a directory of its own.
-struct Kamailio {
-    child: Child,
+pub(crate) struct Kamailio {
+    pub(crate) child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Kamailio {
-    fn start(config: &str) -> Kamailio {
+    pub(crate) fn start(config: &str) -> Kamailio {
         assert!(
             Path::new("/usr/sbin/kamailio").exists(),
             "Kamailio is needed (Debian package kamailio; scripts/test.sh installs it)"
@@ -71,7 +71,7 @@ impl Kamailio {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
@@ -537,10 +537,8 @@ fn kamailio_siptrace_in_netns() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the HEP agent started");
 
-    // Agent 2: live capture of the loopback, relaying to the receiver. One capture thread:
-    // the two hops of a proxied call (UAC → Kamailio → UAS) are different flows, which two
-    // threads may hand to the call's shard in either order, and the record's addresses are
-    // those of the first INVITE the shard sees (see `correlation::sharded`).
+    // Agent 2: live capture of the loopback, relaying to the receiver, with one capture
+    // thread (the proxied calls captured by two threads are `proxied::`'s test).
     let live_dir = dir.path().join("live");
     std::fs::create_dir_all(&live_dir).unwrap();
     let live_out = live_dir.join("collected");

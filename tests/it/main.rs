@@ -29,6 +29,7 @@ mod observe;
 mod packaging;
 mod pki;
 mod privacy;
+mod proxied;
 mod queue_log;
 mod regressions;
 mod robustness;
