@@ -33,6 +33,7 @@
 //! min_tls = "1.3"                      # or "1.2"
 //! batch_records = 500
 //! batch_max_bytes = 4194304            # uncompressed JSON lines per batch (one record at least)
+//! compression_level = 1                # gzip level of a batch: 0 (none) to 9
 //! timeout_ms = 10000
 //! dead_letter_max_bytes = 67108864
 //! ```
@@ -149,6 +150,8 @@ pub(super) struct RawUplink {
     batch_records: usize,
     #[serde(default = "default_batch_bytes")]
     batch_max_bytes: usize,
+    #[serde(default = "default_compression_level")]
+    compression_level: u32,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_dead_letter")]
@@ -189,6 +192,9 @@ fn default_batch() -> usize {
 }
 fn default_batch_bytes() -> usize {
     4 << 20
+}
+fn default_compression_level() -> u32 {
+    crate::uplink::DEFAULT_COMPRESSION_LEVEL
 }
 fn default_timeout_ms() -> u64 {
     10_000
@@ -569,6 +575,15 @@ pub(super) fn validate_forward(
             "must be between 4096 and 67108864 (the collector takes 64 MiB at most)".into(),
         );
     }
+    if raw.uplink.compression_level > 9 {
+        problem(
+            "uplink.compression_level",
+            format!(
+                "{}: must be between 0 (no compression) and 9",
+                raw.uplink.compression_level
+            ),
+        );
+    }
     if !(100..=600_000).contains(&raw.uplink.timeout_ms) {
         problem(
             "uplink.timeout_ms",
@@ -623,6 +638,7 @@ pub(super) fn validate_forward(
             tls12_allowed,
             batch_records: raw.uplink.batch_records,
             batch_max_bytes: raw.uplink.batch_max_bytes,
+            compression_level: raw.uplink.compression_level,
             timeout: Duration::from_millis(raw.uplink.timeout_ms.max(1)),
             dead_letter_dir: raw.spool.dir.join("dead-letter"),
             dead_letter_max_bytes: raw.uplink.dead_letter_max_bytes,
@@ -698,6 +714,7 @@ ca_file = "/nonexistent/ca.pem"
 cert_file = "/nonexistent/c.pem"
 key_file = "/nonexistent/k.pem"
 min_tls = "1.0"
+compression_level = 10
 "#;
         let errors = parse_forward(text).unwrap_err().0;
         let paths: Vec<&str> = errors.iter().map(|p| p.path.as_str()).collect();
@@ -709,6 +726,7 @@ min_tls = "1.0"
             "privacy.site_key_file",
             "uplink.url",
             "uplink.min_tls",
+            "uplink.compression_level",
             "uplink.ca_file",
             "uplink.cert_file",
             "uplink.key_file",

@@ -325,10 +325,12 @@ impl Sink {
     ) -> Result<Ack, SendError> {
         match self {
             Sink::Https(uplink) => {
-                let body = encode_batch(node, batch).map_err(|e| SendError::Retriable {
-                    kind: FailureKind::BadAck,
-                    reason: format!("batch not encoded: {e}"),
-                })?;
+                let level = uplink.config.compression_level;
+                let body =
+                    encode_batch_at(node, batch, level).map_err(|e| SendError::Retriable {
+                        kind: FailureKind::BadAck,
+                        reason: format!("batch not encoded: {e}"),
+                    })?;
                 uplink.send(batch_id, body).await
             }
             Sink::Nats(sink) => sink.send(batch_id, batch).await.map_err(|e| {
@@ -846,13 +848,22 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 /// [`raw_record`] instead (as a JSON string if it is not JSON); anything else the collector
 /// cannot read is refused by it and isolated by the split (module doc).
 pub fn encode_batch(node: &str, records: &[StoredRecord]) -> std::io::Result<Vec<u8>> {
+    encode_batch_at(node, records, crate::uplink::DEFAULT_COMPRESSION_LEVEL)
+}
+
+/// [`encode_batch`] at gzip level `level` (0 to 9; `uplink.compression_level`).
+pub fn encode_batch_at(
+    node: &str,
+    records: &[StoredRecord],
+    level: u32,
+) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     const CHUNK: usize = 64 * 1024;
     let raw: usize = records.iter().map(|r| r.payload.len() + 48).sum();
     // Call records compress about 4:1 at this level: room for that without regrowing.
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(raw / 3 + 64),
-        flate2::Compression::fast(),
+        flate2::Compression::new(level.min(9)),
     );
     let plain_id = crate::uplink::valid_node_id(node);
     let mut chunk = Vec::with_capacity(CHUNK + 1024);
@@ -934,6 +945,25 @@ mod tests {
             r#"{"type":"call","n":"\u00e9\n","x":[1,2]}"#
         );
         assert_eq!(lines[1].record.get(), r#""not json\n{""#);
+        // Every level (`uplink.compression_level`) inflates to the same lines; level 0 is
+        // gzip's stored blocks (larger than the plain text), 9 no larger than 1.
+        let sizes: Vec<usize> = [0, 1, 9]
+            .into_iter()
+            .map(|level| {
+                let body = encode_batch_at("edge-01", &records, level).unwrap();
+                let inflated = crate::uplink::decode_body(&body, 1 << 20).unwrap();
+                assert_eq!(
+                    String::from_utf8(inflated).unwrap(),
+                    expected,
+                    "level {level}"
+                );
+                body.len()
+            })
+            .collect();
+        assert!(
+            sizes[0] > expected.len() && sizes[2] <= sizes[1],
+            "{sizes:?}"
+        );
     }
 
     #[test]

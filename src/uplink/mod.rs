@@ -110,6 +110,9 @@ pub struct UplinkSettings {
     /// Most uncompressed bytes of JSON lines in one batch (a larger single record is sent
     /// alone). Below the collector's 256 MiB inflate and 64 MiB body limits.
     pub batch_max_bytes: usize,
+    /// gzip level of a batch body, 0 (stored, no compression) to 9 (`uplink.compression_level`,
+    /// default [`DEFAULT_COMPRESSION_LEVEL`]).
+    pub compression_level: u32,
     pub timeout: Duration,
     pub dead_letter_dir: PathBuf,
     pub dead_letter_max_bytes: u64,
@@ -150,6 +153,11 @@ pub enum NatsAuth {
     /// A `.creds` file (user JWT and nkey seed), as `nsc` writes it.
     Credentials { file: PathBuf },
 }
+
+/// gzip level of batch bodies unless `uplink.compression_level` says otherwise: level 1
+/// (zlib-rs' quick deflate) compressed call records ~4:1 at a fraction of the CPU of the
+/// higher levels; measured in `scripts/bench-uplink.sh` (README, uplink figures).
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
 
 /// One line of a batch.
 #[derive(Debug, Serialize, Deserialize)]
