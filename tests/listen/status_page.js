@@ -152,12 +152,14 @@ function inbound(page) {
     result.listen_script_after = await page.evaluate(() => typeof window.teledgeListen);
     result.peer_connections = await page.evaluate(() => window.__pcs.length);
     if (result.state !== 'listening') return;
-    await sleep(1200); // a snapshot re-renders the row: the button now says Stop
     result.button_listening = await page.$eval(button, (b) => b.textContent);
+    // Samples while the session lasts (on a loaded machine the call may end sooner).
     const listenS = Number(process.env.LISTEN_S || '4');
     for (let i = 0; i < listenS * 4; i++) {
       await sleep(250);
-      result.samples.push(await inbound(page));
+      const sample = await inbound(page);
+      if (sample.connectionState !== 'connected') break;
+      result.samples.push(sample);
     }
     // The call ends: the session must end with it, and the page must say so.
     const endWait = Number(process.env.END_WAIT_S || '30') * 1000;
