@@ -1,6 +1,6 @@
 //! The Call-ID segment of a WHEP URL (`/whep/calls/{id}`, percent-encoded, from the network):
 //! never panics, never grows, and decodes only to non-empty UTF-8.
-//! (Not run yet: written with live listen; `cargo fuzz run whep_path`.)
+//! (Runs are recorded in the README, *Fuzzing*.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

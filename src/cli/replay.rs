@@ -112,6 +112,15 @@ fn start_hep_out(args: &ReplayArgs, replay: &mut Replay) -> anyhow::Result<Optio
         HepTransport::Tcp => HepOutTransport::Tcp,
     };
     let mut config = HepOutConfig::to(address, transport);
+    if let Some(warning) = teledge::config::in_clear::hep_out(
+        address,
+        config.transport.as_str(),
+        config.sip,
+        config.rtcp || config.stream_reports,
+        false,
+    ) {
+        eprintln!("teledge: warning: --hep-out: {}", warning.message);
+    }
     config.capture_id = args.hep_capture_id;
     config.node_name = args.hep_node_name.clone();
     let metrics = std::sync::Arc::new(teledge::observe::AgentMetrics::new());

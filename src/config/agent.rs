@@ -10,7 +10,9 @@
 //! baud rates, queue bounds, clock tolerances), serial ports that exist must be character
 //! devices, HEP on every address (`0.0.0.0`, `::`) requires an `auth_key` (on another
 //! address than loopback it is a warning), the HEP TLS key must match its certificate, and
-//! buffers adding up beyond the systemd unit's `MemoryHigh=` are a warning.
+//! buffers adding up beyond the systemd unit's `MemoryHigh=` are a warning. Whatever would
+//! travel in clear to or from another box (identities, keys, tokens) is a warning from
+//! [`super::in_clear`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -793,6 +795,17 @@ pub fn parse_with_profiles(
     }
     let listen =
         super::listen::validate_listen(&raw.listen, status.enabled, observe.enabled, &mut problems);
+    // What would travel in clear (worded in one place, `config::in_clear`).
+    if status.enabled {
+        warnings.extend(super::in_clear::status_page(
+            observe.listen,
+            status.tls.is_some(),
+            listen.enabled,
+        ));
+    }
+    for (i, c) in callcenters.iter().enumerate() {
+        warnings.extend(super::in_clear::callcenter(i, c.address));
+    }
     let fleet = raw
         .fleet
         .as_ref()
@@ -948,6 +961,11 @@ fn validate_hep(
             }
         }
     }
+    warnings.extend(super::in_clear::hep_in(
+        udp,
+        tcp,
+        h.auth_key.is_some() || h.auth_key_file.is_some(),
+    ));
     for (field, value, min, max) in [
         ("first_frame_timeout_s", h.first_frame_timeout_s, 1, 60),
         ("idle_timeout_s", h.idle_timeout_s, 1, 3600),

@@ -23,8 +23,9 @@
 //! Validated with every problem listed: the address (`host:port`, the host a name or an IP
 //! address), the transport, TLS files readable and the client key matching its certificate,
 //! TLS settings without `transport = "tls"`, the key (not empty, not both forms), the queue
-//! bound, the reconnect waits, at least one kind of frame enabled. A key sent without TLS
-//! travels in clear: a warning.
+//! bound, the reconnect waits, at least one kind of frame enabled. Without TLS to another
+//! box, the SIP as captured (identities), the reports' Call-IDs and the key travel in clear:
+//! a warning, worded with the others of its kind in [`super::in_clear`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -360,18 +361,16 @@ pub(super) fn validate(
         }
     }
     let transport = transport?;
-    if auth_key.is_some() && !matches!(transport, HepOutTransport::Tls(_)) {
-        warnings.push(ConfigProblem {
-            path: "hep_out.auth_key".into(),
-            message: format!(
-                "the key travels in clear over {}: use transport = \"tls\" beyond a trusted \
-                 network",
-                transport.as_str()
-            ),
-        });
-    }
+    let address = raw.address.clone()?;
+    warnings.extend(super::in_clear::hep_out(
+        &address,
+        transport.as_str(),
+        raw.sip,
+        raw.rtcp || raw.stream_reports,
+        auth_key.is_some(),
+    ));
     Some(HepOutConfig {
-        address: raw.address.clone()?,
+        address,
         transport,
         capture_id: raw.capture_id,
         auth_key,
@@ -402,13 +401,43 @@ mod tests {
     fn off_by_default_and_defaults_when_on() {
         let (config, problems, _) = run("address = \"127.0.0.1:9060\"");
         assert!(config.is_none() && problems.is_empty());
-        let (config, problems, warnings) = run("enabled = true\naddress = \"homer:9060\"");
+        let (config, problems, warnings) = run("enabled = true\naddress = \"127.0.0.1:9060\"");
         assert!(problems.is_empty() && warnings.is_empty(), "{problems:?}");
         let config = config.unwrap();
         assert_eq!(config.transport, HepOutTransport::Udp);
         assert_eq!(config.capture_id, 2002);
         assert_eq!(config.node_name.as_deref(), Some("node-1"));
         assert!(config.sip && config.rtcp && config.stream_reports);
+    }
+
+    #[test]
+    fn sip_in_clear_to_another_box_is_a_warning() {
+        // The defaults (udp, every kind of frame) to a HOMER elsewhere: the identities in
+        // the SIP travel in clear. The service runs.
+        let (config, problems, warnings) = run("enabled = true\naddress = \"homer:9060\"");
+        assert!(problems.is_empty() && config.is_some(), "{problems:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].path, "hep_out");
+        let message = &warnings[0].message;
+        assert!(
+            message.starts_with("the SIP messages as captured (callers' and callees' numbers")
+                && message.contains("travel in clear (udp to homer:9060)")
+                && !message.contains("auth key"),
+            "{message}"
+        );
+        // Reports only: their Call-IDs.
+        let (_, _, warnings) =
+            run("enabled = true\naddress = \"10.1.1.1:9060\"\ntransport = \"tcp\"\nsip = false");
+        assert!(
+            warnings[0]
+                .message
+                .starts_with("quality reports (RTCP, stream reports) with their Call-IDs travel"),
+            "{warnings:?}"
+        );
+        // To this box: nothing leaves it.
+        let (_, _, warnings) =
+            run("enabled = true\naddress = \"localhost:9060\"\nauth_key = \"k\"");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -445,10 +474,19 @@ mod tests {
     #[test]
     fn a_key_in_clear_is_a_warning_and_never_printed() {
         let (config, problems, warnings) = run(
-            "enabled = true\naddress = \"[::1]:9060\"\ntransport = \"tcp\"\nauth_key = \"s3cret\"",
+            "enabled = true\naddress = \"[2001:db8::1]:9060\"\ntransport = \"tcp\"\n\
+             auth_key = \"s3cret\"",
         );
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(warnings[0].path, "hep_out.auth_key");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].path, "hep_out");
+        assert!(
+            warnings[0]
+                .message
+                .contains("and the HEP auth key travel in clear (tcp to [2001:db8::1]:9060)"),
+            "{warnings:?}"
+        );
+        assert!(!format!("{warnings:?}").contains("s3cret"));
         let config = config.unwrap();
         assert_eq!(config.auth_key.as_ref().unwrap().expose(), "s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));

@@ -21,6 +21,7 @@ pub mod agent;
 pub mod fleet;
 pub mod forward;
 pub mod hep_out;
+pub mod in_clear;
 mod keys;
 pub mod listen;
 pub mod nats;

@@ -1135,6 +1135,90 @@ fn check_config_refuses_values_that_would_break_the_service() {
     assert!(stderr.contains("MemoryHigh="), "{stderr}");
 }
 
+/// Whatever would travel in clear to or from another box is a warning from `check-config`,
+/// worded alike (`config::in_clear`): the SIP relayed to HOMER over UDP, a HEP key on a plain
+/// listener, the FreeSWITCH event socket, the status page (tokens, cookies) over plain HTTP.
+/// With TLS, or on loopback, none of them. The service runs either way.
+#[test]
+fn check_config_warns_of_what_would_travel_in_clear() {
+    let pki = pki();
+    let hash = teledge::access::token_hash_hex(&teledge::access::make_token().0);
+    let exposed = |t: String| {
+        t.replace(
+            "udp = \"127.0.0.1:9060\"",
+            "udp = \"0.0.0.0:9060\"\nauth_key = \"k\"",
+        )
+        .replace(
+            "[observe]\nenabled = false",
+            &format!(
+                "[observe]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n\
+                     [status]\nenabled = true\n\
+                     [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nview = [\"*\"]\n\
+                     [listen]\nenabled = true\n\
+                     [hep_out]\nenabled = true\naddress = \"homer.example:9060\"\n\
+                     [[callcenter]]\naddress = \"192.0.2.5:8021\"\npassword = \"ClueCon\"\n"
+            ),
+        )
+    };
+    let out = check_config_with(&pki, exposed);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let in_clear: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" in clear ("))
+        .collect();
+    for (path, what) in [
+        ("hep_out", "the SIP messages as captured"),
+        ("hep.udp", "the HEP auth key"),
+        ("callcenter[0].address", "the event-socket password"),
+        (
+            "status",
+            "supervisor tokens (login and live listen requests)",
+        ),
+    ] {
+        assert!(
+            in_clear
+                .iter()
+                .any(|l| l.contains(&format!("warning: {path} (line ")) && l.contains(what)),
+            "{path}: {stderr}"
+        );
+    }
+    assert_eq!(in_clear.len(), 4, "{stderr}");
+    assert!(
+        in_clear
+            .iter()
+            .all(|l| l.contains("anyone on the path can read")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ClueCon"), "{stderr}");
+
+    // The same outputs protected (TLS) or kept on this box: nothing to warn of.
+    let protected = |t: String| {
+        exposed(t)
+            .replace("0.0.0.0:9060", "127.0.0.1:9060")
+            .replace("192.0.2.5:8021", "127.0.0.1:8021")
+            .replace(
+                "address = \"homer.example:9060\"",
+                &format!(
+                    "address = \"homer.example:9061\"\ntransport = \"tls\"\ntls_ca_file = \"{}\"",
+                    pki.path("ca.pem").display()
+                ),
+            )
+            .replace(
+                "[status]\nenabled = true",
+                &format!(
+                    "[status]\nenabled = true\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+                    pki.path("edge-01.pem").display(),
+                    pki.path("edge-01.key").display()
+                ),
+            )
+    };
+    let out = check_config_with(&pki, protected);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(" in clear ("), "{stderr}");
+}
+
 #[test]
 fn a_configuration_failure_found_only_at_run_start_exits_78() {
     let pki = pki();

@@ -620,19 +620,9 @@ fn puppeteer() -> PathBuf {
     dir
 }
 
-#[test]
-fn a_headless_chromium_listens_on_the_player_page_and_the_session_ends_with_the_call() {
-    crate::live::in_fresh_netns(chromium_listens);
-}
-
-fn chromium_listens() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Chromium is needed (Debian package chromium; scripts/test.sh installs it)"
-    );
-    let puppeteer = puppeteer();
-    // Chromium gathers no candidate in a namespace without a route out: a veth pair (both
-    // ends in this namespace) with the default route stands in for the LAN.
+/// Chromium gathers no candidate in a namespace without a route out: a veth pair (both ends
+/// in this namespace) with the default route stands in for the LAN.
+fn lan_for_chromium() {
     for args in [
         &[
             "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
@@ -645,33 +635,106 @@ fn chromium_listens() {
         let out = Command::new("ip").args(args).output().unwrap();
         assert!(out.status.success(), "ip {args:?}: {out:?}");
     }
-    let rig = rig();
-    let (mut uac, call_id) = rig.start_call();
+}
+
+/// A puppeteer-core script under `tests/listen/` run by Node: it prints one JSON object a
+/// line (steps, then its result) and reads lines from stdin (what it waits for).
+struct Driver {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Driver {
+    fn start(script: &str, rig: &Rig, profile: &Path, env: &[(&str, &str)]) -> Driver {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/listen")
+            .join(script);
+        let mut child = Command::new("node")
+            .arg(&script)
+            .env("PUPPETEER", puppeteer())
+            .env("BASE", format!("http://127.0.0.1:{}", rig.http))
+            .env("USER_DATA", profile)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node is needed (Debian package nodejs; scripts/test.sh installs it)");
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Driver { child, lines }
+    }
+
+    /// The script's next line.
+    fn next(&mut self) -> Value {
+        let line = self
+            .lines
+            .next()
+            .expect("the browser script ended early")
+            .expect("the browser script's output");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("browser script output {e}: {line}"))
+    }
+
+    /// Waits for `{"step": step}`.
+    fn step(&mut self, step: &str) {
+        let v = self.next();
+        assert_eq!(v["step"], step, "{v:#}");
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The script's result (its last line), once it has ended.
+    fn result(mut self) -> Value {
+        let v = self.next();
+        let _ = self.child.wait();
+        v
+    }
+}
+
+/// Starts the rig's call once the browser script has its page open (`{"step":"ready"}`:
+/// the recording is not spent on browser start-up) and tells the script which call it is,
+/// as the status page shows it (its pseudonym): the SIPp process, the call as shown.
+fn call_for(driver: &mut Driver, rig: &Rig) -> (std::process::Child, String) {
+    driver.step("ready");
+    let (uac, call_id) = rig.start_call();
     rig.wait_for_call(&whep_path(&call_id));
-    // The page is given the call as the status page shows it: its pseudonym.
     let shown = crate::daemon::pseudonym(&rig.pki, &call_id);
+    driver.send(&shown);
+    (uac, shown)
+}
+
+#[test]
+fn a_headless_chromium_listens_on_the_player_page_and_the_session_ends_with_the_call() {
+    crate::live::in_fresh_netns(chromium_listens);
+}
+
+fn chromium_listens() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is needed (Debian package chromium; scripts/test.sh installs it)"
+    );
+    lan_for_chromium();
+    let rig = rig();
     let profile = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/listen/chromium.js");
-    let driver = Command::new("node")
-        .arg(&script)
-        .env("PUPPETEER", &puppeteer)
-        .env("BASE", format!("http://127.0.0.1:{}", rig.http))
-        .env("CALL", &shown)
-        .env("TOKEN", &rig.token)
-        .env("USER_DATA", profile.path())
-        .env("LISTEN_S", "4")
-        .env("END_WAIT_S", "20")
-        .output()
-        .expect("node is needed (Debian package nodejs; scripts/test.sh installs it)");
+    let mut driver = Driver::start(
+        "chromium.js",
+        &rig,
+        profile.path(),
+        &[
+            ("TOKEN", rig.token.as_str()),
+            ("LISTEN_S", "4"),
+            ("END_WAIT_S", "20"),
+        ],
+    );
+    let (mut uac, shown) = call_for(&mut driver, &rig);
+    let result = driver.result();
     let status = uac.wait().unwrap();
     assert!(status.success(), "sipp uac_pcap: {status:?}");
-    let stdout = String::from_utf8_lossy(&driver.stdout);
-    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "driver output {e}: {stdout}\n{}",
-            String::from_utf8_lossy(&driver.stderr)
-        )
-    });
     println!("chromium: {result:#}");
     // The one error a page may log: the browser's note on the refused (401) POST.
     let errors: Vec<&Value> = result["errors"]
@@ -689,8 +752,10 @@ fn chromium_listens() {
     // silence, nothing lost on the loopback.
     assert_eq!(result["state"], "connected", "{result:#}");
     assert!(result["connect_ms"].as_u64().unwrap() < 5000, "{result:#}");
+    // (A sample taken after the call ended finds no inbound stream: the page closes its
+    // peer connection as soon as the agent ends the session.)
     let samples = result["samples"].as_array().unwrap();
-    let last = samples.last().unwrap();
+    let last = samples.iter().rev().find(|s| !s.is_null()).unwrap();
     assert_eq!(last["codec"], "audio/PCMU", "{result:#}");
     let received = last["packetsReceived"].as_u64().unwrap();
     assert!(received >= 100, "packets received {received}: {result:#}");
@@ -707,6 +772,10 @@ fn chromium_listens() {
     assert!(
         ["closed", "failed", "disconnected"].contains(&ended),
         "{ended}: {result:#}"
+    );
+    assert_eq!(
+        result["ended_text"], "ended: ended by the agent",
+        "the player says why: {result:#}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while rig.metric("teledge_listen_sessions") != 0.0 {
@@ -729,4 +798,161 @@ fn chromium_listens() {
         ok[0]["user_agent"].as_str().unwrap().contains("Chrome"),
         "{audits:#?}"
     );
+}
+
+/// The status page's own *Listen* button in a real headless Chromium
+/// (`tests/listen/status_page.js`): a supervisor who may only view gets no button and a WHEP
+/// POST made from the page with their session is refused (403), with no media; a supervisor
+/// who may listen clicks the button, the page loads `/whep/listen.js`, and its
+/// RTCPeerConnection's `getStats()` shows the call's recorded audio arriving; the session
+/// ends when the call ends, and leaves exactly one `teledge.audit/1` listen record.
+#[test]
+fn a_headless_chromium_listens_with_the_status_pages_button_and_a_viewer_cannot() {
+    crate::live::in_fresh_netns(chromium_listens_on_the_status_page);
+}
+
+fn chromium_listens_on_the_status_page() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is needed (Debian package chromium; scripts/test.sh installs it)"
+    );
+    lan_for_chromium();
+    let rig = rig();
+    let profile = tempfile::tempdir().unwrap();
+    let mut driver = Driver::start(
+        "status_page.js",
+        &rig,
+        profile.path(),
+        &[
+            ("TOKEN", rig.token.as_str()),
+            ("VIEWER_TOKEN", rig.viewer_token.as_str()),
+            ("LISTEN_S", "3"),
+            ("END_WAIT_S", "20"),
+        ],
+    );
+    // Both supervisors are logged in: the call starts.
+    let (mut uac, shown) = call_for(&mut driver, &rig);
+
+    // The viewer is done: nothing was tapped, no session exists.
+    driver.step("viewer");
+    assert_eq!(rig.metric("teledge_listen_sessions"), 0.0);
+    assert_eq!(
+        rig.metric("teledge_listen_packets_total{what=\"tapped\"}"),
+        0.0,
+        "no media for a refused listener"
+    );
+    driver.send("go");
+    let result = driver.result();
+    let status = uac.wait().unwrap();
+    assert!(status.success(), "sipp uac_pcap: {status:?}");
+    println!("chromium: {result:#}");
+
+    // The viewer: no button, refused, nothing received.
+    assert_eq!(result["viewer_buttons"], 0, "{result:#}");
+    assert_eq!(result["viewer_listen_cell"], "–", "{result:#}");
+    assert_eq!(result["viewer_post"]["status"], 403, "{result:#}");
+    assert!(result["viewer_post"]["location"].is_null(), "{result:#}");
+    // The browser's own note on the refused POST is the one error the viewer's page logs.
+    let viewer_errors: Vec<&Value> = result["viewer_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.as_str().unwrap_or("").contains("status of 403"))
+        .collect();
+    assert!(viewer_errors.is_empty(), "{result:#}");
+
+    // The listener: the button, a click, the WHEP client loaded on that click, connected.
+    assert!(
+        result["errors"].as_array().unwrap().is_empty(),
+        "{result:#}"
+    );
+    assert_eq!(result["button_before"], "Listen", "{result:#}");
+    assert_eq!(result["listen_script_before"], "undefined", "{result:#}");
+    assert_eq!(result["listen_script_after"], "function", "{result:#}");
+    assert_eq!(result["state"], "listening", "{result:#}");
+    assert!(result["connect_ms"].as_u64().unwrap() < 5000, "{result:#}");
+    assert_eq!(result["peer_connections"], 1, "{result:#}");
+    assert_eq!(result["button_listening"], "Stop", "{result:#}");
+    // (Samples are taken while the session is connected; at least 1 s of the call's audio,
+    // 50 packets, even on a loaded machine where the click comes late in the recording.)
+    let samples = result["samples"].as_array().unwrap();
+    let last = samples
+        .last()
+        .unwrap_or_else(|| panic!("no sample: {result:#}"));
+    assert_eq!(last["codec"], "audio/PCMU", "{result:#}");
+    assert_eq!(last["playing"], true, "the page plays it: {result:#}");
+    let received = last["packetsReceived"].as_u64().unwrap();
+    assert!(received >= 50, "packets received {received}: {result:#}");
+    let level = samples
+        .iter()
+        .filter_map(|s| s["audioLevel"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(level > 0.01, "audio level {level}: {result:#}");
+    assert!(
+        last["totalAudioEnergy"].as_f64().unwrap() > 0.0,
+        "{result:#}"
+    );
+    assert_eq!(last["packetsLost"], 0, "{result:#}");
+    // The call ended: the agent ended the session with it (its DTLS transport closed), and
+    // the page said so as the call left the table, not seconds later when the browser's ICE
+    // checks would have noticed the silence.
+    let end = &result["end"];
+    assert_eq!(end["pc"], "closed", "{result:#}");
+    assert_eq!(end["dtls"], "closed", "{result:#}");
+    assert_eq!(end["text"], "listening ended", "{result:#}");
+    assert_eq!(result["row_gone"], true, "{result:#}");
+    let said = result["page_said_after_ms"].as_u64().unwrap();
+    let gone = result["row_gone_after_ms"].as_u64().unwrap();
+    assert!(said <= gone + 2500, "{result:#}");
+    assert_eq!(
+        result["last"]["playing"], false,
+        "the page let go of the audio: {result:#}"
+    );
+    assert_eq!(result["csp"], serde_json::json!([]), "{result:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.metric("teledge_listen_sessions") != 0.0 {
+        assert!(Instant::now() < deadline, "the session outlived its call");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The viewer's refused peer connection received nothing, all call long.
+    assert_eq!(result["viewer_media"]["packetsReceived"], 0, "{result:#}");
+    assert_ne!(result["viewer_media"]["connectionState"], "connected");
+    assert_eq!(result["viewer_csp"], serde_json::json!([]), "{result:#}");
+
+    // The audit trail: two logins, the viewer's refusal, and exactly one listen session.
+    let mut rig = rig;
+    rig.agent.take().unwrap().stop();
+    let audits = collected(
+        &rig.out,
+        |r| r["type"] == "audit",
+        4,
+        Duration::from_secs(10),
+    );
+    let listens: Vec<&Value> = audits.iter().filter(|r| r["action"] == "listen").collect();
+    assert_eq!(listens.len(), 2, "{audits:#?}");
+    let refused = listens.iter().find(|r| r["outcome"] == "refused").unwrap();
+    assert_eq!(refused["principal"], "bob");
+    assert_eq!(refused["reason"], "not_permitted");
+    assert_eq!(refused["status"], 403);
+    let ok: Vec<&&Value> = listens.iter().filter(|r| r["outcome"] == "ok").collect();
+    assert_eq!(ok.len(), 1, "{audits:#?}");
+    assert_eq!(ok[0]["principal"], "alice");
+    assert_eq!(ok[0]["call_id"], shown.as_str());
+    assert_eq!(ok[0]["service"], "sales");
+    assert_eq!(ok[0]["reason"], "call_ended");
+    assert!(
+        ok[0]["user_agent"].as_str().unwrap().contains("Chrome"),
+        "{audits:#?}"
+    );
+    let logins: Vec<(&str, &str)> = audits
+        .iter()
+        .filter(|r| r["action"] == "login")
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap_or("?"),
+                r["outcome"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(logins, [("bob", "ok"), ("alice", "ok")], "{audits:#?}");
 }

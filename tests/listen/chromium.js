@@ -1,13 +1,31 @@
 // Drives a real headless Chromium (Debian's) with puppeteer-core: opens teledge's player
 // page, first listens with a wrong token (refused: no peer connection, no media), then with
 // the right one, samples getStats() while the call plays, and waits for the session to end
-// when the call ends. Prints one JSON object; tests/it/listen.rs judges it.
+// when the call ends. Once the page is open it prints {"step":"ready"} and reads the call id
+// (as the status page shows it) from stdin: the test starts the call then. Prints one JSON
+// object last; tests/it/listen.rs judges it.
 //
 // Environment: PUPPETEER (the puppeteer-core directory), BASE (http://127.0.0.1:port),
-// CALL (the call id), TOKEN (a supervisor token), USER_DATA (a fresh profile directory),
+// TOKEN (a supervisor token), USER_DATA (a fresh profile directory),
 // LISTEN_S (seconds to sample), END_WAIT_S (seconds to wait for the end).
 'use strict';
 const puppeteer = require(process.env.PUPPETEER);
+
+const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+// The first line from stdin.
+const stdinLine = () => new Promise((resolve) => {
+  let text = '';
+  process.stdin.setEncoding('utf8');
+  const more = (chunk) => {
+    text += chunk;
+    const i = text.indexOf('\n');
+    if (i < 0) return;
+    process.stdin.off('data', more);
+    process.stdin.pause();
+    resolve(text.slice(0, i).trim());
+  };
+  process.stdin.on('data', more);
+});
 
 (async () => {
   const result = { errors: [], samples: [] };
@@ -26,6 +44,9 @@ const puppeteer = require(process.env.PUPPETEER);
     page.on('pageerror', (e) => result.errors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
     await page.goto(process.env.BASE + '/whep/player.html', { waitUntil: 'load' });
+    // The page is open: the test starts the call and says which it is.
+    say({ step: 'ready' });
+    const call = await stdinLine();
     const state = () => page.$eval('#state', (e) => e.textContent);
     const settled = () => page.waitForFunction(() => {
       const s = document.getElementById('state').textContent;
@@ -33,7 +54,7 @@ const puppeteer = require(process.env.PUPPETEER);
     }, { timeout: 15000 });
 
     // A wrong token.
-    await page.type('#call', process.env.CALL);
+    await page.type('#call', call);
     await page.type('#token', 'tdg1_not-a-token');
     await page.click('#listen');
     await settled();
@@ -80,7 +101,7 @@ const puppeteer = require(process.env.PUPPETEER);
     const t0 = Date.now();
     while (Date.now() - t0 < endWait) {
       const s = await page.evaluate(() => window.teledgeSession.pc.connectionState);
-      if (s !== 'connected') { result.ended_state = s; break; }
+      if (s !== 'connected') { result.ended_state = s; result.ended_text = await state(); break; }
       await new Promise((r) => setTimeout(r, 200));
     }
     result.ended_at_ms = Date.now();
@@ -89,6 +110,6 @@ const puppeteer = require(process.env.PUPPETEER);
     result.errors.push('driver: ' + String(e));
   } finally {
     await browser.close();
-    process.stdout.write(JSON.stringify(result) + '\n');
+    say(result);
   }
 })();

@@ -1,7 +1,12 @@
 // teledge live listen: a WHEP client (draft-ietf-wish-whep) for the browser.
 //
-//   const s = await teledgeListen(callId, { audio: audioElement, token: optionalBearer });
+//   const s = await teledgeListen(callId, { audio: audioElement, token: optionalBearer,
+//                                           onended: (why) => … });
 //   s.pc (the RTCPeerConnection), s.location (the session URL), await s.stop()
+//
+// `onended` is called once when the session ends without stop(): the agent ended it (the
+// call ended: its DTLS transport closes at once, well before the browser's ICE checks would
+// notice the silence) or the connection failed. The peer connection is closed then.
 //
 // One recvonly audio transceiver; no ICE servers (teledge answers with host candidates on
 // the LAN); the offer is sent once gathering is done or after a second (teledge needs no
@@ -38,14 +43,38 @@ async function teledgeListen(callId, opts) {
   }
   const location = answer.headers.get('Location');
   await pc.setRemoteDescription({ type: 'answer', sdp: await answer.text() });
+  let ended = false;
+  const end = (why) => {
+    if (ended) return;
+    ended = true;
+    pc.close();
+    if (options.audio) options.audio.srcObject = null;
+    if (options.onended) options.onended(why);
+  };
+  const receiver = pc.getReceivers()[0];
+  const dtls = receiver && receiver.transport;
+  if (dtls) {
+    dtls.addEventListener('statechange', () => {
+      if (dtls.state === 'closed') end('ended by the agent');
+      if (dtls.state === 'failed') end('failed');
+    });
+  }
+  pc.addEventListener('connectionstatechange', () => {
+    const state = pc.connectionState;
+    if (state === 'failed' || state === 'disconnected') end(state);
+  });
   const del = {};
   if (options.token) del.Authorization = 'Bearer ' + options.token;
   return {
     pc: pc,
     location: location,
     stop: async () => {
+      // A session the agent ended is gone there already (a DELETE would find nothing).
+      const open = !ended;
+      ended = true;
       pc.close();
-      await fetch(location, { method: 'DELETE', headers: del }).catch(() => {});
+      if (options.audio) options.audio.srcObject = null;
+      if (open) await fetch(location, { method: 'DELETE', headers: del }).catch(() => {});
     },
   };
 }
@@ -70,6 +99,7 @@ document.addEventListener('DOMContentLoaded', () => {
       session = await teledgeListen(call.value, {
         audio: document.getElementById('audio'),
         token: document.getElementById('token').value,
+        onended: (why) => { show('ended: ' + why); stopButton.disabled = true; },
       });
       window.teledgeSession = session;
       stopButton.disabled = false;

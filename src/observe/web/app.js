@@ -157,8 +157,10 @@ function render(s) {
 
 // Live listen from the table: the WHEP client (/whep/listen.js, served when `[listen]` is
 // enabled; the session cookie authenticates it) plays one call at a time in a hidden <audio>.
-// Not covered by the browser tests: tests/it/listen.rs drives the player page instead.
-const listening = { callId: null, session: null };
+// A click is the user gesture that lets it play. When the call ends the agent ends the
+// session and the page says so at once. Driven in a real browser by tests/it/listen.rs
+// (tests/listen/status_page.js).
+const listening = { callId: null, session: null, attempt: null };
 
 function listenState(text) {
   document.getElementById("listen-state").textContent = text;
@@ -184,6 +186,7 @@ async function toggleListen(callId) {
   const same = listening.callId === callId;
   listening.callId = null;
   listening.session = null;
+  listening.attempt = null;
   if (previous) await previous.stop();
   if (same) { listenState(""); return; }
   if (typeof window.teledgeListen !== "function") await loadListenScript();
@@ -193,22 +196,31 @@ async function toggleListen(callId) {
   }
   listening.callId = callId;
   listenState("connecting…");
+  // This click's attempt: a later click (another call, or Stop) supersedes it.
+  const attempt = {};
+  listening.attempt = attempt;
   try {
-    const session = await window.teledgeListen(callId, { audio: document.getElementById("listen-audio") });
-    if (listening.callId !== callId) { await session.stop(); return; }
-    listening.session = session;
-    session.pc.addEventListener("connectionstatechange", () => {
-      const state = session.pc.connectionState;
-      if (listening.session === session && (state === "failed" || state === "closed" || state === "disconnected")) {
+    const session = await window.teledgeListen(callId, {
+      audio: document.getElementById("listen-audio"),
+      onended: () => {
+        if (listening.attempt !== attempt) return;
         listening.callId = null;
         listening.session = null;
+        listening.attempt = null;
         listenState("listening ended");
-      } else if (listening.session === session && state === "connected") {
-        listenState("listening");
-      }
+      },
     });
+    if (listening.attempt !== attempt || listening.callId !== callId) { await session.stop(); return; }
+    listening.session = session;
+    const connected = () => {
+      if (listening.session === session && session.pc.connectionState === "connected") listenState("listening");
+    };
+    session.pc.addEventListener("connectionstatechange", connected);
+    connected();
   } catch (e) {
+    if (listening.attempt !== attempt) return;
     listening.callId = null;
+    listening.attempt = null;
     listenState("listen refused: " + e.message);
   }
 }
