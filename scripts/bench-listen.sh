@@ -80,7 +80,7 @@ max_listeners_per_call = 1
 EOF
 }
 
-# run LISTENERS: "drops kernel_packets rtp_sent rtp_target lag_ms connected heard_min heard_total tapped tap_dropped sent cpu_s"
+# run LISTENERS: "drops kernel_packets rtp_sent rtp_target lag_ms connected heard_min heard_total tapped tap_dropped sent cpu_s peak_rss_mib"
 run() {
   local l=$1 cfg="$dir/run-$1.toml" snd="$dir/send-$1.json" log="$dir/run-$1.log" wl="$dir/whep-$1.json" met="$dir/metrics-$1.txt"
   config "$dir/spool-$l" > "$cfg"
@@ -103,6 +103,7 @@ run() {
     sleep 1
     python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())\" > '$met'
     awk '{print \$14 + \$15}' /proc/\$pid/stat > '$met.cpu'
+    awk '/^VmHWM/{print \$2}' /proc/\$pid/status > '$met.rss'
     kill -TERM \$pid
     wait \$pid"
   python3 - "$log" "$snd" "$wl" "$met" <<'EOF'
@@ -124,15 +125,22 @@ print(summary["kernel_drops"], summary["packets_captured"], s["rtp_sent"], s["rt
       metric('teledge_listen_packets_total{what="tapped"}'),
       metric('teledge_listen_packets_total{what="tap_dropped"}'),
       metric('teledge_listen_packets_total{what="sent"}'),
-      int(open(sys.argv[4] + ".cpu").read()) / 100)
+      int(open(sys.argv[4] + ".cpu").read()) / 100,
+      round(int(open(sys.argv[4] + ".rss").read()) / 1024, 1))
 EOF
   rm -rf "$dir/spool-$l"
 }
 
 echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r); $CALLS calls ($((CALLS * 100)) packets/s), ring ${RING_MIB} MiB, ${STEP_SECONDS} s a step"
-printf '%9s %12s %8s %9s %10s %11s %13s %9s %12s %8s %8s\n' listeners "kernel pkts" drops "lag ms" connected "heard/min" "heard total" tapped "tap dropped" sent "CPU s"
+printf '%9s %12s %8s %9s %10s %11s %13s %9s %12s %8s %8s %13s\n' listeners "kernel pkts" drops "lag ms" connected "heard least" "heard total" tapped "tap dropped" sent "CPU s" "peak RSS MiB"
+status=0
 for l in "$LISTENERS" 0; do
-  read -r drops kpk sent target lag conn hmin htot tapped tdrop lsent cpu < <(run "$l")
-  printf '%9d %12d %8d %9s %10d %11d %13d %9d %12d %8d %8s\n' "$l" "$kpk" "$drops" "$lag" "$conn" "$hmin" "$htot" "$tapped" "$tdrop" "$lsent" "$cpu"
+  read -r drops kpk sent target lag conn hmin htot tapped tdrop lsent cpu rss < <(run "$l")
+  printf '%9d %12d %8d %9s %10d %11d %13d %9d %12d %8d %8s %13s\n' "$l" "$kpk" "$drops" "$lag" "$conn" "$hmin" "$htot" "$tapped" "$tdrop" "$lsent" "$cpu" "$rss"
   [ "$sent" -ge "$target" ] || echo "note: the sender fell behind at $l listeners ($sent of $target RTP packets sent)"
+  if [ "$l" -gt 0 ] && { [ "$conn" -lt "$l" ] || [ "$hmin" -eq 0 ]; }; then
+    echo "FAILED: not every listener heard its call ($conn of $l connected, least heard $hmin packets; $dir/whep-$l.json)"
+    status=1
+  fi
 done
+exit $status
