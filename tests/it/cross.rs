@@ -130,7 +130,11 @@ fn one_target_builds_only_that_target_with_only_its_toolchain_and_exits_zero() {
                 "{arch}: {capture} is not replayed: {stdout}"
             );
         }
-        for other in ["--version", "sensors list", "check-config --config teledge.example.toml"] {
+        for other in [
+            "--version",
+            "sensors list",
+            "check-config --config teledge.example.toml",
+        ] {
             assert_eq!(
                 runs.iter().filter(|r| r.contains(other)).count(),
                 1,
@@ -161,7 +165,10 @@ fn all_and_no_argument_build_both_targets_and_exit_zero() {
         assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
         let cargo = commands(&stdout, "cargo");
         assert_eq!(cargo.len(), 3, "{stdout}");
-        assert_eq!(cargo[0], "cargo build --locked --bin teledge", "the host's, once");
+        assert_eq!(
+            cargo[0], "cargo build --locked --bin teledge",
+            "the host's, once"
+        );
         assert!(cargo[1].contains("--target aarch64-unknown-linux-gnu"));
         assert!(cargo[2].contains("--target armv7-unknown-linux-gnueabihf"));
         // qemu-user once.
