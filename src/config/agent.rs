@@ -557,8 +557,15 @@ pub fn parse_with_profiles(
         ("max_calls", c.max_calls, 1, 10_000_000),
         ("max_streams", c.max_streams, 1, 10_000_000),
         ("queue_frames", c.queue_frames, 64, 10_000_000),
-        // At least a few of the largest frames; at most what a box can spare.
-        ("queue_bytes", c.queue_bytes, 1 << 20, 4 << 30),
+        // At least a few of the largest frames; at most what a box can spare (4 GiB, or
+        // the address space on a 32-bit box: `4 << 30` in a 32-bit usize is 0, which
+        // refused every value on armv7).
+        (
+            "queue_bytes",
+            c.queue_bytes,
+            1 << 20,
+            usize::try_from(4u64 << 30).unwrap_or(usize::MAX),
+        ),
         (
             "future_time_tolerance_s",
             c.future_time_tolerance_s as usize,

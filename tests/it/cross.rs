@@ -1,6 +1,7 @@
 //! `cross/build.sh`: its dispatch, through `--dry-run` (the real cross builds take about 20
 //! minutes each here and are not part of the test run). The script itself runs: argument
-//! parsing, the choice of packages and targets, the exit status.
+//! parsing, the choice of packages and targets, the runs under qemu (every bundled capture
+//! replayed, for comparison with the host's build), the exit status.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,6 +37,19 @@ fn commands(stdout: &str, program: &str) -> Vec<String> {
         .filter(|l| l.split_whitespace().next() == Some(program))
         .map(String::from)
         .collect()
+}
+
+/// The capture files in tests/data/ (the script replays each), as the script names them.
+fn bundled_captures() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng"))
+        .map(|n| format!("tests/data/{n}"))
+        .collect();
+    out.sort();
+    out
 }
 
 #[test]
@@ -92,18 +106,42 @@ fn one_target_builds_only_that_target_with_only_its_toolchain_and_exits_zero() {
             commands(&stdout, "rustup"),
             [format!("rustup target add {triple}")]
         );
+        // The host's build (the reference for the replays), then the target's.
         assert_eq!(
             commands(&stdout, "cargo"),
-            [format!(
-                "cargo build --locked --profile edge --target {triple} --bin teledge"
-            )]
+            [
+                "cargo build --locked --bin teledge".to_string(),
+                format!("cargo build --locked --profile edge --target {triple} --bin teledge")
+            ]
         );
-        // Replay, sensors list, check-config: all under this target's qemu, on its binary.
+        // --version, a replay of every bundled capture, sensors list, check-config: all under
+        // this target's qemu, on its binary.
         let runs = commands(&stdout, qemu);
-        assert_eq!(runs.len(), 3, "{stdout}");
         assert!(runs
             .iter()
             .all(|r| r.contains(&format!("target/{triple}/edge/teledge"))));
+        let captures = bundled_captures();
+        assert!(captures.len() >= 10, "{captures:?}");
+        let replays: Vec<&String> = runs.iter().filter(|r| r.contains(" replay ")).collect();
+        assert_eq!(replays.len(), captures.len(), "{stdout}");
+        for capture in &captures {
+            assert!(
+                replays.iter().any(|r| r.ends_with(&format!(" {capture}"))),
+                "{arch}: {capture} is not replayed: {stdout}"
+            );
+        }
+        for other in [
+            "--version",
+            "sensors list",
+            "check-config --config teledge.example.toml",
+        ] {
+            assert_eq!(
+                runs.iter().filter(|r| r.contains(other)).count(),
+                1,
+                "{arch}: {other}: {stdout}"
+            );
+        }
+        assert_eq!(runs.len(), captures.len() + 3, "{stdout}");
         assert!(
             !stdout.contains(other),
             "{arch} must not touch {other}: {stdout}"
@@ -126,9 +164,13 @@ fn all_and_no_argument_build_both_targets_and_exit_zero() {
         let (code, stdout, stderr) = script(args);
         assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
         let cargo = commands(&stdout, "cargo");
-        assert_eq!(cargo.len(), 2, "{stdout}");
-        assert!(cargo[0].contains("--target aarch64-unknown-linux-gnu"));
-        assert!(cargo[1].contains("--target armv7-unknown-linux-gnueabihf"));
+        assert_eq!(cargo.len(), 3, "{stdout}");
+        assert_eq!(
+            cargo[0], "cargo build --locked --bin teledge",
+            "the host's, once"
+        );
+        assert!(cargo[1].contains("--target aarch64-unknown-linux-gnu"));
+        assert!(cargo[2].contains("--target armv7-unknown-linux-gnueabihf"));
         // qemu-user once.
         let required = required(&stdout);
         assert_eq!(required.iter().filter(|p| *p == "qemu-user").count(), 1);
