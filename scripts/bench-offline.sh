@@ -24,6 +24,7 @@ RUNS=${RUNS:-5}
 dir=target/bench
 mkdir -p "$dir"
 cargo build --release --locked --bins -q
+cargo build --release --locked -p teledge-tools --bin teledge-gencap -q
 gen=target/release/teledge-gencap
 teledge=target/release/teledge
 sip="$dir/calls-$CALLS-rtp-20.pcap"

@@ -24,7 +24,7 @@ BASE=${BASE:-}
 work=$(mktemp -d)
 collector=""
 cleanup() {
-  [ -n "$collector" ] && kill "$collector" 2>/dev/null && wait "$collector" 2>/dev/null
+  [ -n "$collector" ] && kill "$collector" 2>/dev/null && { wait "$collector" 2>/dev/null || true; }
   rm -rf "$work"
 }
 trap cleanup EXIT
