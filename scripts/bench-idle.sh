@@ -25,7 +25,7 @@ bin=${BIN:-${CARGO_TARGET_DIR:-target}/$dir/teledge}
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -29,7 +29,7 @@ bin=${CARGO_TARGET_DIR:-target}/$dir
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
   rm -rf "$work"
 }
 trap cleanup EXIT
