@@ -97,6 +97,46 @@ impl Drop for Kamailio {
     }
 }
 
+/// `calls` calls from SIPp's built-in uac (on 127.0.0.1:`uac_port`) to the proxy `kamailio`
+/// listening on 127.0.0.1:`proxy_port`, which routes them to SIPp's built-in uas on
+/// 127.0.0.1:`uas_port`; `uac_options` add to the uac's (call rate `-r`, hold time `-d`).
+/// Waits `settle` first and checks Kamailio is still running then (a configuration it
+/// accepted with `-c` can still fail to start), and returns once the uac succeeded and the uas
+/// has seen every call; SIPp runs in `work`.
+pub(crate) fn sipp_through_proxy(
+    kamailio: &mut Kamailio,
+    settle: Duration,
+    work: &Path,
+    (proxy_port, uas_port, uac_port): (u16, u16, u16),
+    calls: usize,
+    uac_options: &[&str],
+) {
+    thread::sleep(settle);
+    assert!(
+        kamailio.child.try_wait().unwrap().is_none(),
+        "Kamailio exited: {}",
+        kamailio.log()
+    );
+    std::fs::create_dir_all(work).unwrap();
+    let uas = format!("-sn uas -i 127.0.0.1 -p {uas_port} -m {calls}");
+    let uas: Vec<&str> = uas.split(' ').collect();
+    let mut uas = crate::daemon::sipp(&uas, work).spawn().unwrap();
+    // The uas listening before the first INVITE reaches it.
+    thread::sleep(Duration::from_millis(300));
+    let uac = format!(
+        "-sn uac 127.0.0.1:{proxy_port} -i 127.0.0.1 -p {uac_port} -s 1000 -m {calls} -timeout 30"
+    );
+    let mut uac: Vec<&str> = uac.split(' ').collect();
+    uac.extend_from_slice(uac_options);
+    let status = crate::daemon::sipp(&uac, work).status().unwrap();
+    assert!(
+        status.success(),
+        "sipp uac through Kamailio: {status:?}\n{}",
+        kamailio.log()
+    );
+    let _ = uas.wait();
+}
+
 /// A `sipcapture` receiver on UDP `port` that logs the chunks of every HEP frame; for type 5
 /// frames also the JSON itself (it carries no spaces: heplify's and ours are compact).
 fn sipcapture_receiver(port: u16) -> Kamailio {
@@ -558,7 +598,7 @@ fn kamailio_siptrace_in_netns() {
     let mut live_agent = Agent::start(&live_config);
     live_agent.wait_for_log("teledge running");
 
-    let kamailio = Kamailio::start(&format!(
+    let mut kamailio = Kamailio::start(&format!(
         r#"#!KAMAILIO
 debug=2
 log_stderror=yes
@@ -587,63 +627,15 @@ request_route {{
 }}
 "#
     ));
-    let mut kamailio = kamailio;
-    thread::sleep(Duration::from_millis(1500));
-    assert!(
-        kamailio.child.try_wait().unwrap().is_none(),
-        "Kamailio exited: {}",
-        kamailio.log()
-    );
-
-    let work = dir.path().join("sipp");
-    std::fs::create_dir_all(&work).unwrap();
-    let sipp = |args: &[&str]| {
-        let mut cmd = Command::new("sipp");
-        cmd.args(args)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
-    };
     let calls = 3;
-    let mut uas = sipp(&[
-        "-sn",
-        "uas",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &uas_port.to_string(),
-        "-m",
-        &calls.to_string(),
-        "-nostdin",
-    ])
-    .spawn()
-    .unwrap();
-    thread::sleep(Duration::from_millis(300));
-    let uac_port = free_port();
-    let status = sipp(&[
-        "-sn",
-        "uac",
-        &format!("127.0.0.1:{proxy_port}"),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &uac_port.to_string(),
-        "-s",
-        "1000",
-        "-m",
-        &calls.to_string(),
-        "-d",
-        "300",
-        "-nostdin",
-        "-timeout",
-        "30",
-    ])
-    .status()
-    .unwrap();
-    assert!(status.success(), "sipp uac through Kamailio: {status:?}");
-    let _ = uas.wait();
+    sipp_through_proxy(
+        &mut kamailio,
+        Duration::from_millis(1500),
+        &dir.path().join("sipp"),
+        (proxy_port, uas_port, free_port()),
+        calls,
+        &["-d", "300"],
+    );
 
     let want = |r: &Value| r["type"] == "call";
     let from_live = collected(&live_out, want, calls, Duration::from_secs(20));
