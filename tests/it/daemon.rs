@@ -390,6 +390,24 @@ fn call_messages(n: u32) -> Vec<String> {
     ]
 }
 
+/// The HEP frames of [`call_messages`]`(n)`, from 10.0.0.1 (caller) and 10.0.0.2 (the
+/// responses), stamped `secs` and `n * 10 + i` microseconds.
+fn call_frames(n: u32, secs: u32) -> Vec<Vec<u8>> {
+    let (caller, callee) = (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060));
+    call_messages(n)
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let (src, dst) = if i == 1 || i == 4 {
+                (callee, caller)
+            } else {
+                (caller, callee)
+            };
+            hep_frame(src, dst, secs, n * 10 + i as u32, message.as_bytes())
+        })
+        .collect()
+}
+
 #[test]
 fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
     let pki = pki();
@@ -431,44 +449,15 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
         .as_secs() as u32;
     let mut sent_calls = 0u32;
     for n in 0..400u32 {
-        for (i, message) in call_messages(n).iter().enumerate() {
-            let (src, dst) = if i == 1 || i == 4 {
-                (([10, 0, 0, 2], 5060), ([10, 0, 0, 1], 5060))
-            } else {
-                (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060))
-            };
-            stream
-                .write_all(&hep_frame(
-                    src,
-                    dst,
-                    now,
-                    n * 10 + i as u32,
-                    message.as_bytes(),
-                ))
-                .unwrap();
+        for frame in call_frames(n, now) {
+            stream.write_all(&frame).unwrap();
         }
         sent_calls += 1;
     }
     // Half of a last call: it is open when the agent stops.
-    let open = call_messages(9999);
-    stream
-        .write_all(&hep_frame(
-            ([10, 0, 0, 1], 5060),
-            ([10, 0, 0, 2], 5060),
-            now,
-            1,
-            open[0].as_bytes(),
-        ))
-        .unwrap();
-    stream
-        .write_all(&hep_frame(
-            ([10, 0, 0, 2], 5060),
-            ([10, 0, 0, 1], 5060),
-            now,
-            2,
-            open[1].as_bytes(),
-        ))
-        .unwrap();
+    for frame in &call_frames(9999, now)[..2] {
+        stream.write_all(frame).unwrap();
+    }
     stream.flush().unwrap();
     thread::sleep(Duration::from_millis(300));
     // The memory the unit allows is well above what the load took (peak resident set).
@@ -675,6 +664,15 @@ impl Drop for Sipp {
     }
 }
 
+/// Fails with what to install when SIPp is missing.
+pub(crate) fn require_sipp() {
+    assert!(
+        Command::new("sipp").arg("-v").output().is_ok(),
+        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
+    );
+}
+
+/// SIPp with `args`, run in `cwd`, without a terminal (`-nostdin`) and quiet.
 pub(crate) fn sipp(args: &[&str], cwd: &Path) -> Command {
     let mut cmd = Command::new("sipp");
     cmd.args(args)
@@ -694,10 +692,7 @@ fn live_capture_of_sipp_calls_gives_outcomes_durations_and_media_counts() {
 }
 
 fn live_capture_of_sipp_calls() {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     assert!(
         is_root(),
         "live capture needs root (CAP_NET_RAW), as CI has"
@@ -1465,21 +1460,8 @@ fn sigkill_after_the_bye_loses_no_ended_call() {
         .as_secs() as u32;
     let calls = 200u32;
     for n in 0..calls {
-        for (i, message) in call_messages(n).iter().enumerate() {
-            let (src, dst) = if i == 1 || i == 4 {
-                (([10, 0, 0, 2], 5060), ([10, 0, 0, 1], 5060))
-            } else {
-                (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060))
-            };
-            stream
-                .write_all(&hep_frame(
-                    src,
-                    dst,
-                    now,
-                    n * 10 + i as u32,
-                    message.as_bytes(),
-                ))
-                .unwrap();
+        for frame in call_frames(n, now) {
+            stream.write_all(&frame).unwrap();
         }
     }
     stream.flush().unwrap();
@@ -1627,10 +1609,7 @@ fn a_live_calls_record_is_stored_seconds_after_its_bye() {
 }
 
 fn a_live_calls_record_is_stored_seconds_after_its_bye_in_netns() {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("collected");

@@ -74,28 +74,8 @@ pub(crate) fn message(
 /// The HEP frames of a call answered and hung up, with an RTCP-JSON report while it talks.
 pub(crate) fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
     let rtcp = br#"{"type":200,"ssrc":1111,"report_count":1,"report_blocks":[{"source_ssrc":2222,"fraction_lost":26,"packets_lost":3,"highest_seq_no":100,"ia_jitter":8,"lsr":0,"dlsr":0}]}"#;
-    vec![
-        hep(
-            1,
-            CALLER,
-            CALLEE,
-            &message("INVITE sip:200@pbx SIP/2.0", call_id, "INVITE", 1, false),
-            None,
-        ),
-        hep(
-            1,
-            CALLEE,
-            CALLER,
-            &message("SIP/2.0 200 OK", call_id, "INVITE", 1, true),
-            None,
-        ),
-        hep(
-            1,
-            CALLER,
-            CALLEE,
-            &message("ACK sip:200@pbx SIP/2.0", call_id, "ACK", 1, true),
-            None,
-        ),
+    let mut frames = open_call(call_id);
+    frames.extend([
         hep(5, CALLER, CALLEE, rtcp, Some(call_id)),
         hep(
             1,
@@ -111,7 +91,8 @@ pub(crate) fn ended_call_with_rtcp(call_id: &str) -> Vec<Vec<u8>> {
             &message("SIP/2.0 200 OK", call_id, "BYE", 2, true),
             None,
         ),
-    ]
+    ]);
+    frames
 }
 
 /// A call answered and still talking: open when the daemon stops.

@@ -549,10 +549,7 @@ fn hep_agent_in_own_netns(
 }
 
 fn kamailio_siptrace_in_netns() {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     // One PKI for both agents: the same site key, so the same pseudonyms.
     let pki = std::sync::Arc::new(pki());
     let dir = tempfile::tempdir().unwrap();

@@ -37,10 +37,7 @@ pub(crate) struct Rig {
 
 /// Starts the rig; call inside a fresh network namespace.
 pub(crate) fn rig() -> Rig {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     assert!(
         is_root(),
         "live capture needs root (CAP_NET_RAW), as CI has"

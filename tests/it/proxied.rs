@@ -68,10 +68,7 @@ impl Drop for Dumpcap {
 }
 
 fn proxied_calls_in_netns() {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let (proxy_port, uas_port, uac_port, metrics_port) =

@@ -939,10 +939,7 @@ fn live_sipp_calls_with_exact_timings_give_the_figures_computed_by_hand() {
 
 fn live_sipp_calls() {
     use std::process::{Command, Stdio};
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     let dir = tempfile::tempdir().unwrap();
     let scenarios = crate::support::data_path("sipp");
     let pcap = dir.path().join("calls.pcap");

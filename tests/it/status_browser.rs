@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{agent_config, free_port, http_get, Agent};
+use crate::daemon::{agent_config, free_port, http_get, sipp, Agent};
 use crate::uplink::{collector, pki, stored};
 
 /// Where puppeteer-core is installed (scripts/test.sh).
@@ -38,17 +38,6 @@ impl Drop for Killed {
     }
 }
 
-fn sipp(args: &[&str], cwd: &Path) -> Command {
-    let mut cmd = Command::new("sipp");
-    cmd.args(args)
-        .arg("-nostdin")
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
-    cmd
-}
-
 fn number(text: &str) -> Option<f64> {
     text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .find(|t| !t.is_empty())
@@ -67,10 +56,7 @@ fn chromium_logs_in_and_watches_a_live_sipp_call_on_the_status_page() {
 }
 
 fn chromium_watches_a_live_call() {
-    assert!(
-        Command::new("sipp").arg("-v").output().is_ok(),
-        "SIPp is needed (Debian package sip-tester; scripts/test.sh installs it)"
-    );
+    crate::daemon::require_sipp();
     assert!(
         Path::new("/usr/bin/chromium").is_file(),
         "Chromium is needed (Debian package chromium; scripts/test.sh installs it)"
