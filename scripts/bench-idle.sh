@@ -22,37 +22,13 @@ dir=$PROFILE
 [ "$PROFILE" = dev ] && dir=debug
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/$dir/teledge}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-(
-  cd "$work"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout ca.key -out ca.pem \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-  cert() { # name cn ext
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
-      -keyout "$1.key" -out "$1.csr" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile "$1.ext" -out "$1.pem" 2>/dev/null
-  }
-  cert collector localhost 'extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n'
-  cert edge edge-01 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
-  head -c 32 /dev/urandom > site.key
-  head -c 32 /dev/urandom > spool.key
-  chmod 600 ./*.key
-)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. scripts/bench-common.sh
+bench_work
+site_pki "$work" collector localhost "$SERVER_LOCALHOST" edge edge-01 "$CLIENT"
+port=$(free_port)
 # The collector runs from a copy, so it shares no page of program text with the agent.
 cp "$bin" "$work/teledge-collector"
-"$work/teledge-collector" collect --listen "127.0.0.1:$port" --ca "$work/ca.pem" \
-  --cert "$work/collector.pem" --key "$work/collector.key" --out "$work/out" >/dev/null 2>&1 &
-pids+=($!)
+start_collector "$work/teledge-collector" "$port"
 
 # Resident KiB of PID by where it lies (smaps "Rss:" per mapping): "ring program libraries
 # heap stacks other", program = mappings of the file matching the awk regex EXE.
@@ -88,7 +64,7 @@ report() { # label pid exe_regex
 
 echo "machine: $(nproc) cores, $(uname -m), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $(tcpdump --version 2>&1 | head -n 1)"
 echo "idle, one capture on lo, after ${SETTLE} s (binary $bin, $(stat -c %s "$bin") bytes):"
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(free_port)
 for ring in $RINGS; do
   rm -rf "$work/spool"
   cat > "$work/teledge.toml" <<EOF

@@ -26,44 +26,11 @@ dir=$PROFILE
 [ "$PROFILE" = dev ] && dir=debug
 bin=${CARGO_TARGET_DIR:-target}/$dir
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-(
-  cd "$work"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout ca.key -out ca.pem \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-  cert() { # name cn ext
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
-      -keyout "$1.key" -out "$1.csr" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile "$1.ext" -out "$1.pem" 2>/dev/null
-  }
-  cert collector localhost 'extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n'
-  cert nats nats 'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n'
-  cert edge edge-01 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
-  cert bus collector-bus 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
-  head -c 32 /dev/urandom > site.key
-  head -c 32 /dev/urandom > spool.key
-  chmod 600 ./*.key
-)
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  exit 1
-}
+. scripts/bench-common.sh
+bench_work
+site_pki "$work" collector localhost "$SERVER_LOCALHOST" \
+  nats nats 'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' \
+  edge edge-01 "$CLIENT" bus collector-bus "$CLIENT"
 
 nats_port=$(free_port)
 cat > "$work/nats.conf" <<EOF
@@ -77,9 +44,7 @@ wait_port "$nats_port"
 
 # The peer: files, synced per batch.
 files_port=$(free_port)
-"$bin/teledge" collect --listen "127.0.0.1:$files_port" --ca "$work/ca.pem" \
-  --cert "$work/collector.pem" --key "$work/collector.key" --out "$work/out" >/dev/null 2>&1 &
-pids+=($!)
+start_collector "$bin/teledge" "$files_port"
 # The collector on the bus (it makes the stream TELEDGE, R1, subjects teledge.>).
 bus_port=$(free_port)
 "$bin/teledge" collect --listen "127.0.0.1:$bus_port" --ca "$work/ca.pem" \

@@ -21,39 +21,12 @@ dir=$PROFILE
 bin=${CARGO_TARGET_DIR:-target}/$dir
 BASE=${BASE:-}
 
-work=$(mktemp -d)
-collector=""
-cleanup() {
-  [ -n "$collector" ] && kill "$collector" 2>/dev/null && { wait "$collector" 2>/dev/null || true; }
-  rm -rf "$work"
-}
-trap cleanup EXIT
-(
-  cd "$work"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout ca.key -out ca.pem \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-  cert() { # name cn ext
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
-      -keyout "$1.key" -out "$1.csr" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile "$1.ext" -out "$1.pem" 2>/dev/null
-  }
-  cert collector localhost 'extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n'
-  cert edge edge-01 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
-  head -c 32 /dev/urandom > site.key
-  head -c 32 /dev/urandom > spool.key
-  chmod 600 ./*.key
-)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/teledge" collect --listen "127.0.0.1:$port" --ca "$work/ca.pem" \
-  --cert "$work/collector.pem" --key "$work/collector.key" --out "$work/out" >/dev/null 2>&1 &
-collector=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+. scripts/bench-common.sh
+bench_work
+site_pki "$work" collector localhost "$SERVER_LOCALHOST" edge edge-01 "$CLIENT"
+port=$(free_port)
+start_collector "$bin/teledge" "$port"
+wait_port "$port"
 
 rate() { # batch_records [bindir] -> records/s
   local b=${2:-$bin}
