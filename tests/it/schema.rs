@@ -988,3 +988,131 @@ fn queue_records_made_from_queue_log_lines_validate() {
         assert!(errors.is_empty(), "{errors:#?}\n{value:#}");
     }
 }
+
+fn schema_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every `required` field of a schema file: (JSON pointer of the object, field).
+fn required_fields(schema: &Value, at: &str, out: &mut BTreeSet<(String, String)>) {
+    match schema {
+        Value::Object(object) => {
+            for name in object
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let pointer = if at.is_empty() { "/" } else { at };
+                out.insert((pointer.to_owned(), name.as_str().unwrap().to_owned()));
+            }
+            for (key, sub) in object.iter().filter(|(k, _)| *k != "required") {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                required_fields(sub, &format!("{at}/{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, sub) in items.iter().enumerate() {
+                required_fields(sub, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn required_fields_are_frozen_within_a_schema_version() {
+    // Records are kept for years: one written by an older teledge under the same "schema"
+    // name lacks the fields added since, so a field added to a version cannot be required.
+    let schemas = Schemas::load();
+    let mut now = BTreeSet::new();
+    for (file, schema) in &schemas.files {
+        let mut fields = BTreeSet::new();
+        required_fields(schema, "", &mut fields);
+        now.extend(fields.into_iter().map(|(at, f)| format!("{file} {at} {f}")));
+    }
+    let frozen: BTreeSet<String> =
+        std::fs::read_to_string(schema_fixtures().join("required-fields.txt"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+    let added: Vec<_> = now.difference(&frozen).collect();
+    let dropped: Vec<_> = frozen.difference(&now).collect();
+    assert!(
+        added.is_empty() && dropped.is_empty(),
+        "required fields changed within a schema version (schema/README.md: a field added to a \
+         version is listed in `properties` only; a field made required, or a required one \
+         dropped, needs a new version and file, whose lines then go into \
+         tests/data/schema/required-fields.txt):\nnewly required: {added:#?}\nno longer \
+         required: {dropped:#?}"
+    );
+}
+
+#[test]
+fn an_interval_record_as_the_first_interval_1_wrote_it_validates() {
+    // The fixture has exactly the fields of teledge.interval/1 as its schema file first
+    // declared them (3c4eacd, when a test held that file equal to the record type): it is
+    // valid under that file, which refuses any field added since ("additionalProperties":
+    // false), so the fixture cannot hold one.
+    let schemas = Schemas::load();
+    let mut first = Schemas::load();
+    first.files.insert(
+        "teledge.interval-1.schema.json".to_owned(),
+        read_json(&schema_fixtures().join("teledge.interval-1.3c4eacd.schema.json")),
+    );
+    let old = read_json(&schema_fixtures().join("interval-1.3c4eacd.json"));
+    let errors = first.check(&old);
+    assert!(errors.is_empty(), "not what 3c4eacd wrote: {errors:#?}");
+
+    // Today's file takes it, and teledge reads it back (the statistics merge records of
+    // many runs, old ones too): the sums added since read as zero.
+    let errors = schemas.check(&old);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let read: IntervalRecord = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(read.sums.offered, 4);
+    assert_eq!(read.sums.sip.invites, 4);
+    assert_eq!(
+        (read.sums.sip.sdd_count, read.sums.node_sip.clone()),
+        (0, SipSums::default())
+    );
+    assert_eq!(read.sums.agents, AgentSums::default());
+
+    // Today's records still validate, and carry fields the first file refuses.
+    let today = every_field_present()
+        .into_iter()
+        .map(|r| json(&r))
+        .find(|v| v["type"] == "interval")
+        .unwrap();
+    assert!(schemas.check(&today).is_empty());
+    assert!(!first.check(&today).is_empty());
+
+    // The fields the first version wrote stay required: without any one of them, refused.
+    let mut fields = Vec::new();
+    for (at, object) in [
+        ("", &old),
+        ("sums", &old["sums"]),
+        ("sums.sip", &old["sums"]["sip"]),
+    ] {
+        fields.extend(object.as_object().unwrap().keys().map(|k| (at, k.clone())));
+    }
+    assert!(fields.len() > 60, "{fields:?}");
+    for (at, field) in fields {
+        let mut without = old.clone();
+        let object = at
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .fold(&mut without, |v, p| &mut v[p]);
+        object.as_object_mut().unwrap().remove(&field);
+        assert!(
+            !schemas.check(&without).is_empty(),
+            "{at}.{field} is no longer required"
+        );
+    }
+}
