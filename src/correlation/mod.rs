@@ -178,17 +178,18 @@ impl Correlator {
 
     /// Handles a SIP message.
     pub fn sip(&mut self, meta: &MessageMeta, msg: &SipMessage<'_>, out: &mut impl FnMut(Record)) {
-        self.sip_learning(meta, msg, out, &mut |_| {});
+        self.sip_learning(meta, msg, out, &mut |_, _| {});
     }
 
     /// [`Correlator::sip`], telling `learned` every media endpoint its SDP taught the media
-    /// tracker (a sharded correlator routes RTP to and from them to this correlator).
+    /// tracker, and whether it is an RTCP-only one (a sharded correlator routes RTP to and
+    /// from them to this correlator; RTCP only to and from RTCP-only ones).
     pub fn sip_learning(
         &mut self,
         meta: &MessageMeta,
         msg: &SipMessage<'_>,
         out: &mut impl FnMut(Record),
-        learned: &mut impl FnMut(std::net::SocketAddr),
+        learned: &mut impl FnMut(std::net::SocketAddr, bool),
     ) {
         let sdp = calls::summarize_sdp(msg);
         let now = meta.time;
@@ -206,8 +207,8 @@ impl Correlator {
             self.release_call(key, out);
             let sdp = calls::capped_sdp(&sdp);
             self.media.learn(key, side, &sdp);
-            for (addr, _, _) in media::announced(&sdp) {
-                learned(addr);
+            for (addr, rtcp_only, _) in media::announced(&sdp) {
+                learned(addr, rtcp_only);
             }
         }
         self.release(now, out);

@@ -85,14 +85,16 @@
 //! - RTP that a thread sees before another thread has handled the SDP announcing its endpoint
 //!   is on probation (or an orphan) in the pair's shard until the route exists; with fanout by
 //!   flow and the SDP sent before the media, that is a matter of the first packets at most.
-//! - Known gap, found 2026-12-02 and not fixed: RTP of a call whose offer's endpoint has a
-//!   route is not held, so it can reach the shards while the call's 200 OK still waits in
-//!   the window. With two shards and a 250 ms window, 81 of the 300 calls of
-//!   `teledge-gencap --calls 300 --rtp 500 --interval-ms 100` lose packets of a stream (5 of
-//!   500, or all but the first 15) to 80 separate stream records that the same run without a
-//!   window, or with one shard, does not make; each split begins within a window and a tick
-//!   after the call's 200 OK, while it may still wait in the window. `examples/sip_window_cost.rs` shows it (`SHOW=1` prints the
-//!   records). The proxied-call tests do not see it: SIPp's built-in scenarios send no RTP.
+//! - A route is written when its shard applies the SDP, so with a window a window late, and
+//!   the newest *applied* announcement of an address wins. RTP that already flows under a
+//!   newer announcement still in the window (routed by its other endpoint) can meanwhile
+//!   follow an older announcement of the same address by a call of another shard, applied
+//!   just then. RTP ignores RTCP-only routes, as the media tracker ignores RTCP-only
+//!   endpoints for RTP (found 2026-12-02 with `teledge-gencap`, whose callee RTP ports are
+//!   consecutive, so one call's RTCP port is the next call's RTP port: 81 of 300 calls lost
+//!   packets to 80 separate stream records; `examples/sip_window_cost.rs` with `SHOW=1`
+//!   compares). What is left needs one RTP address announced by two calls of different
+//!   shards within one window: a port reused within a quarter of a second.
 //! - The legs of a B2BUA with direct media (two Call-IDs announcing the same endpoints) are
 //!   joined only when both calls fall in one shard; otherwise the stream belongs to the leg
 //!   that announced last. One shard behaves exactly like one correlator.
@@ -367,11 +369,11 @@ impl ShardedCorrelator {
 
     /// The shard of a datagram: the route of its destination, else of its source, else its
     /// address pair's.
-    fn shard_of_datagram(&self, meta: &DatagramMeta) -> usize {
+    fn shard_of_datagram(&self, meta: &DatagramMeta, payload: &[u8]) -> usize {
         if self.shards.len() == 1 {
             return 0;
         }
-        if let Some(shard) = self.route_of(&meta.src, &meta.dst) {
+        if let Some(shard) = self.route_of(&meta.src, &meta.dst, payload) {
             return shard;
         }
         let (a, b) = (mix(&meta.src), mix(&meta.dst));
@@ -379,9 +381,17 @@ impl ShardedCorrelator {
         ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.shards.len()
     }
 
-    /// The shard a route names for a datagram between these addresses (destination first).
-    fn route_of(&self, src: &SocketAddr, dst: &SocketAddr) -> Option<usize> {
-        self.routes.get(dst).or_else(|| self.routes.get(src))
+    /// The shard a route names for a datagram with this payload between these addresses
+    /// (destination first). RTP does not take the route of an RTCP-only endpoint, as the
+    /// media tracker does not attach RTP to one: the port may be another call's RTP port,
+    /// whose route a reorder window writes later ([`super::media::MediaTracker`]).
+    fn route_of(&self, src: &SocketAddr, dst: &SocketAddr, payload: &[u8]) -> Option<usize> {
+        let rtp = crate::media::packet::classify(payload) == crate::media::packet::Kind::Rtp;
+        let usable = |r: Route| (!rtp || !r.rtcp_only).then_some(r.shard);
+        self.routes
+            .get(dst)
+            .and_then(usable)
+            .or_else(|| self.routes.get(src).and_then(usable))
     }
 
     /// Locks a shard, counting a wait.
@@ -405,7 +415,9 @@ impl ShardedCorrelator {
             let mut s = self.lock(shard);
             if self.window.is_zero() {
                 s.correlator
-                    .sip_learning(meta, msg, out, &mut |addr| learned.push(addr));
+                    .sip_learning(meta, msg, out, &mut |addr, rtcp_only| {
+                        learned.push((addr, rtcp_only));
+                    });
             } else {
                 self.hold_sip(&mut s, meta, msg.raw);
                 self.apply_due(&mut s, out, &mut learned);
@@ -416,10 +428,10 @@ impl ShardedCorrelator {
 
     /// Writes the routes of the endpoints a shard learned, after it has learned them (and
     /// without holding its lock: the sweep takes a stripe, then shards).
-    fn route(&self, shard: usize, learned: Vec<SocketAddr>) {
+    fn route(&self, shard: usize, learned: Vec<(SocketAddr, bool)>) {
         if self.shards.len() > 1 {
-            for addr in learned {
-                self.routes.set(addr, shard);
+            for (addr, rtcp_only) in learned {
+                self.routes.set(addr, Route { shard, rtcp_only });
             }
         }
     }
@@ -463,7 +475,7 @@ impl ShardedCorrelator {
         &self,
         s: &mut Shard,
         out: &mut impl FnMut(Record),
-        learned: &mut Vec<SocketAddr>,
+        learned: &mut Vec<(SocketAddr, bool)>,
     ) {
         loop {
             let Some(std::cmp::Reverse(first)) = s.window.pending.peek() else {
@@ -487,7 +499,7 @@ impl ShardedCorrelator {
         &self,
         s: &mut Shard,
         out: &mut impl FnMut(Record),
-        learned: &mut Vec<SocketAddr>,
+        learned: &mut Vec<(SocketAddr, bool)>,
     ) {
         let Some(std::cmp::Reverse(p)) = s.window.pending.pop() else {
             return;
@@ -499,7 +511,9 @@ impl ShardedCorrelator {
                 // It parsed when it came; parsing is pure, so it parses again.
                 if let Ok(msg) = crate::decode::sip::parse(&raw) {
                     s.correlator
-                        .sip_learning(&meta, &msg, out, &mut |addr| learned.push(addr));
+                        .sip_learning(&meta, &msg, out, &mut |addr, rtcp_only| {
+                            learned.push((addr, rtcp_only));
+                        });
                 }
             }
             Windowed::HepRtcp { call_id, report } => {
@@ -538,7 +552,7 @@ impl ShardedCorrelator {
         out: &mut impl FnMut(Record),
         rtcp: RtcpSeen<'_>,
     ) {
-        let mut shard = self.lock(self.shard_of_datagram(meta));
+        let mut shard = self.lock(self.shard_of_datagram(meta, payload));
         shard.datagram(meta, payload, out);
         let Some(rtcp) = rtcp else {
             return;
@@ -813,10 +827,13 @@ impl Routed<'_> {
             true
         });
         for key in due {
-            let routed = self.shards.route_of(&key.0, &key.1);
             let Some(flow) = self.hold.flows.get_mut(&key) else {
                 continue;
             };
+            let routed = flow
+                .packets
+                .first()
+                .and_then(|(meta, payload)| self.shards.route_of(&meta.src, &meta.dst, payload));
             let expired = now.seconds_since(flow.first_seen) > hold.as_secs_f64();
             if routed.is_none() && !expired {
                 continue;
@@ -871,7 +888,7 @@ impl Correlate for Routed<'_> {
         if self.shards.shards.len() == 1 {
             return self.shards.datagram_with_rtcp(meta, payload, out, rtcp);
         }
-        let routed = self.shards.route_of(&meta.src, &meta.dst);
+        let routed = self.shards.route_of(&meta.src, &meta.dst, payload);
         let key = pair(meta);
         let settled = if self.hold.flows.is_empty() {
             None
@@ -953,10 +970,18 @@ fn mix(addr: &SocketAddr) -> u64 {
     (ip ^ (u64::from(addr.port()) << 32)).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
 }
 
+/// Where a media endpoint's datagrams go: the shard that learned it, and whether its SDP
+/// announced it for RTCP only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    shard: usize,
+    rtcp_only: bool,
+}
+
 /// Media endpoint → shard, read by every capture thread for every datagram.
 #[derive(Debug)]
 struct MediaRoutes {
-    stripes: Box<[RwLock<HashMap<SocketAddr, usize>>]>,
+    stripes: Box<[RwLock<HashMap<SocketAddr, Route>>]>,
     len: AtomicUsize,
     max: usize,
     dropped: AtomicU64,
@@ -976,29 +1001,29 @@ impl MediaRoutes {
         }
     }
 
-    fn stripe(&self, addr: &SocketAddr) -> &RwLock<HashMap<SocketAddr, usize>> {
+    fn stripe(&self, addr: &SocketAddr) -> &RwLock<HashMap<SocketAddr, Route>> {
         &self.stripes[(mix(addr) >> 58) as usize % ROUTE_STRIPES]
     }
 
-    fn get(&self, addr: &SocketAddr) -> Option<usize> {
+    fn get(&self, addr: &SocketAddr) -> Option<Route> {
         let stripe = self.stripe(addr).read().unwrap_or_else(|p| p.into_inner());
         stripe.get(addr).copied()
     }
 
-    fn set(&self, addr: SocketAddr, shard: usize) {
+    fn set(&self, addr: SocketAddr, route: Route) {
         let mut stripe = self
             .stripe(&addr)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(old) = stripe.get_mut(&addr) {
-            *old = shard;
+            *old = route;
             return;
         }
         if self.len.load(Ordering::Relaxed) >= self.max {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        stripe.insert(addr, shard);
+        stripe.insert(addr, route);
         self.len.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -1011,7 +1036,7 @@ impl MediaRoutes {
         let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % ROUTE_STRIPES;
         let mut stripe = self.stripes[i].write().unwrap_or_else(|p| p.into_inner());
         let before = stripe.len();
-        stripe.retain(|addr, shard| knows(*shard, addr));
+        stripe.retain(|addr, route| knows(route.shard, addr));
         self.len.fetch_sub(before - stripe.len(), Ordering::Relaxed);
     }
 }
@@ -1097,6 +1122,7 @@ mod tests {
         ));
     }
 
+    #[derive(Clone)]
     enum Event {
         Sip(i64, String),
         Rtp(i64, String, String, u16, u32),
@@ -1748,6 +1774,80 @@ mod tests {
                 assert_eq!(sharded.sip_in_window(), 0);
             }
         }
+    }
+
+    /// Regression: with a reorder window, call A's SDP (callee port 4000, so RTCP on 4001)
+    /// is applied a window late, after call B's RTP to port 4001 of the same callee address
+    /// (B's answer, still in the window) has started. Its route for 4001 (RTCP only) took
+    /// B's RTP to A's shard, where it became an orphan stream until B's answer was applied
+    /// (found with `teledge-gencap`, whose callee ports are consecutive). RTP does not take
+    /// an RTCP-only route, as the media tracker does not attach RTP to one.
+    #[test]
+    fn rtp_to_a_port_another_call_announced_for_rtcp_stays_with_its_call_in_a_window() {
+        let sharded = ShardedCorrelator::new(2, CallLimits::default(), MediaLimits::default())
+            .with_reorder_window(std::time::Duration::from_millis(250));
+        let mut ids = (0..).map(|i| format!("call-{i}@x"));
+        let a = ids.next().unwrap();
+        let b = ids
+            .find(|id| sharded.shard_of_call(id) != sharded.shard_of_call(&a))
+            .unwrap();
+        let answer = |id: &str, port: &str| {
+            sip(id, "SIP/2.0 200 OK", "1 INVITE", Some("10.2.0.1"))
+                .replace("m=audio 4000", &format!("m=audio {port}"))
+        };
+        let mut events = vec![
+            Event::Sip(
+                0,
+                sip(&a, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.1")),
+            ),
+            Event::Sip(
+                5,
+                sip(&b, "INVITE sip:b@x SIP/2.0", "1 INVITE", Some("10.1.0.2")),
+            ),
+            Event::Sip(1_000, answer(&a, "4000")),
+            Event::Sip(1_050, answer(&b, "4001")),
+        ];
+        for i in 0..50u16 {
+            let ms = 1_070 + i64::from(i) * 20;
+            let (caller, callee) = ("10.1.0.2:4000".to_owned(), "10.2.0.1:4001".to_owned());
+            events.push(Event::Rtp(ms, caller.clone(), callee.clone(), i, 1));
+            events.push(Event::Rtp(ms, callee, caller, i, 2));
+        }
+        for (id, ms) in [(&a, 2_100), (&b, 2_110)] {
+            events.push(Event::Sip(
+                ms,
+                sip(id, "BYE sip:b@x SIP/2.0", "2 BYE", None),
+            ));
+            events.push(Event::Sip(ms + 5, sip(id, "SIP/2.0 200 OK", "2 BYE", None)));
+        }
+        let (mut single, mut one, mut many) = (
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut tick = 250;
+        for event in events {
+            let (Event::Sip(ms, _) | Event::Rtp(ms, ..)) = &event;
+            // The daemon's tick, every 250 ms.
+            while tick <= *ms {
+                sharded.advance(at(tick), &mut |r| many.push(r));
+                tick += 250;
+            }
+            feed(&mut single, event.clone(), &mut one);
+            feed(&mut &sharded, event, &mut many);
+        }
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let mut expected = vec![(a, 0), (b, 100)];
+        expected.sort();
+        assert_eq!(calls_with_packets(&one), expected);
+        assert_eq!(calls_with_packets(&many), expected);
+        let (_, media) = sharded.counters();
+        assert_eq!(media.orphan_streams, 0, "{media:?}");
+        assert!(
+            !many.iter().any(|r| matches!(r, Record::Stream(_))),
+            "{many:#?}"
+        );
     }
 
     /// The window's bound applies the earliest messages before their window passed, counted;
