@@ -67,8 +67,8 @@
 //! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure).
 //!   That second parse is most of what the window costs: over 20,300 SIP messages without
 //!   RTP (`examples/sip_window_cost.rs`, two shards, callgrind, 2026-12-02) the run takes
-//!   762 M instructions without a window and 1,072 M with one of 250 ms, of which `parse`
-//!   292 M and 584 M: 14,400 instructions a message, 94 % of the difference. Keeping the
+//!   765 M instructions without a window and 1,077 M with one of 250 ms, of which `parse`
+//!   292 M and 584 M: 14,400 instructions a message, 93 % of the difference. Keeping the
 //!   parsed form instead would need a [`SipMessage`] that owns its bytes (its fields borrow
 //!   them; the headers are private to `decode::sip`): an offset-based mirror of it in
 //!   `decode::sip` with a test that it views back to the same message, not done yet;
