@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -54,6 +55,8 @@ impl Kamailio {
             String::from_utf8_lossy(&check.stderr)
         );
         let log = dir.path().join("kamailio.log");
+        // A process group of its own: Kamailio forks workers, which outlive a kill of the
+        // main process alone (reparented, listening on); `drop` kills the whole group.
         let child = Command::new("kamailio")
             .args(["-DD", "-E", "-m", "64", "-M", "8", "-f"])
             .arg(&cfg)
@@ -62,6 +65,7 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0)
             .spawn()
             .unwrap();
         Kamailio {
@@ -92,7 +96,11 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill takes a process group id (the group this Kamailio leads, made at
+        // spawn) and a signal number.
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
