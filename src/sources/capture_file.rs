@@ -183,7 +183,10 @@ pub fn read_frames<R: Read + Send>(
                         },
                     );
                 }
-                reader.consume(len);
+                // Without a shift: `consume` moves the rest of the buffer to its start
+                // whenever half of it has been read, copying every byte of the file once
+                // more; `refill` shifts only the partial record left at the end.
+                reader.consume_noshift(len);
             }
             Err(PcapError::Eof) => return Ok(frames),
             Err(PcapError::UnexpectedEof) => {
