@@ -76,10 +76,49 @@ pub fn read_frames<R: Read + Send>(
             return read_legacy(&header, Direct { input }, on_frame);
         }
     }
-    read_parsed(
-        std::io::Cursor::new(head[..got].to_vec()).chain(input),
-        on_frame,
-    )
+    read_parsed(Prefixed::new(head, got, input), on_frame)
+}
+
+/// The input with the bytes already read from it put back in front. Its first read gives
+/// those bytes and, in the same call, what the input gives for the rest of the buffer:
+/// pcap-parser's `create_reader` recognises the format from one read, and a pcapng
+/// section header is longer than the 24 bytes read to look for a pcap header.
+struct Prefixed<R> {
+    head: [u8; 24],
+    at: usize,
+    got: usize,
+    input: R,
+}
+
+impl<R> Prefixed<R> {
+    fn new(head: [u8; 24], got: usize, input: R) -> Self {
+        Prefixed {
+            head,
+            at: 0,
+            got,
+            input,
+        }
+    }
+}
+
+impl<R: Read> Read for Prefixed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.head[self.at..self.got];
+        if rest.is_empty() {
+            return self.input.read(buf);
+        }
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        if n == buf.len() {
+            return Ok(n);
+        }
+        match self.input.read(&mut buf[n..]) {
+            Ok(more) => Ok(n + more),
+            // The error comes again with the next read; these bytes are good.
+            Err(_) => Ok(n),
+        }
+    }
 }
 
 /// [`read_frames`], with the file read on a second thread while the caller's thread walks
@@ -99,12 +138,7 @@ pub fn read_frames_ahead<R: Read + Send>(
     let (head, got) = read_head(&mut input)?;
     let header = match pcap_parser::pcap::parse_pcap_header(&head[..got]) {
         Ok((_, header)) if !header.is_modified_format() => header,
-        _ => {
-            return read_parsed(
-                std::io::Cursor::new(head[..got].to_vec()).chain(input),
-                on_frame,
-            )
-        }
+        _ => return read_parsed(Prefixed::new(head, got, input), on_frame),
     };
     let (full_tx, full) = std::sync::mpsc::sync_channel(AHEAD_CHUNKS);
     let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AHEAD_CHUNKS);
@@ -130,30 +164,30 @@ pub fn read_frames_ahead<R: Read + Send>(
                 }
             });
         if let Err(e) = reader {
-            tracing::debug!(error = %e, "No thread to read the capture ahead; reading inline.");
-            return Err(e);
+            // The input went to the thread that could not start: nothing was read past the
+            // header, but the input is gone. Systems that refuse a thread are out of memory.
+            tracing::debug!(error = %e, "No thread to read the capture ahead.");
+            return Err(CaptureError::Read(PcapError::ReadError));
         }
         // The walk's end drops `full` and `empty`, which ends the reading thread.
-        Ok(read_legacy(&header, Ahead { full, empty }, on_frame))
-    })
-    .unwrap_or_else(|_| {
-        // The input went to the thread that could not start: nothing was read past the
-        // header, but the input is gone. Systems that refuse a thread are out of memory.
-        Err(CaptureError::Read(PcapError::ReadError))
+        read_legacy(&header, Ahead { full, empty }, on_frame)
     })
 }
 
 /// Chunks at most this many ahead of the walk when reading on a second thread.
 const AHEAD_CHUNKS: usize = 2;
 
+/// What [`Chunks::next`] gives: a chunk and how much of it is filled, or the end.
+type Chunk = Result<Option<(Vec<u8>, usize)>, CaptureError>;
+
 /// Chunks read by [`read_frames_ahead`]'s thread.
 struct Ahead {
-    full: std::sync::mpsc::Receiver<Result<Option<(Vec<u8>, usize)>, CaptureError>>,
+    full: std::sync::mpsc::Receiver<Chunk>,
     empty: std::sync::mpsc::SyncSender<Vec<u8>>,
 }
 
 impl Chunks for Ahead {
-    fn next(&mut self, spent: Vec<u8>) -> Result<Option<(Vec<u8>, usize)>, CaptureError> {
+    fn next(&mut self, spent: Vec<u8>) -> Chunk {
         if spent.capacity() > 0 {
             // The reader may have ended (end of file): then the chunk is simply dropped.
             let _ = self.empty.send(spent);
@@ -183,7 +217,7 @@ trait Chunks {
     /// The next chunk and how many of its bytes are the file's; `None` at the end of the
     /// file. `spent` is the previous chunk, whose bytes have all been used (its buffer can
     /// be read into again).
-    fn next(&mut self, spent: Vec<u8>) -> Result<Option<(Vec<u8>, usize)>, CaptureError>;
+    fn next(&mut self, spent: Vec<u8>) -> Chunk;
 }
 
 /// Chunks read from the file on the caller's thread, into one reused buffer.
@@ -192,7 +226,7 @@ struct Direct<R> {
 }
 
 impl<R: Read> Chunks for Direct<R> {
-    fn next(&mut self, mut spent: Vec<u8>) -> Result<Option<(Vec<u8>, usize)>, CaptureError> {
+    fn next(&mut self, mut spent: Vec<u8>) -> Chunk {
         if spent.len() < BUFFER {
             spent.resize(BUFFER, 0);
         }
@@ -656,6 +690,14 @@ mod tests {
         assert_eq!(long, through_parser(&huge));
         assert_eq!(through_thread(&huge, 100_000), long);
         assert!(long.1.contains("record larger than"), "{}", long.1);
+        // A pcapng file goes through pcap-parser's reader whole (its section header is longer
+        // than the 24 bytes read to look for a pcap header). pcap-parser recognises a format
+        // from its first read, so only whole reads (as from a file) are compared here.
+        let pcapng = include_bytes!("../../tests/data/websocket-sip.pcapng");
+        let parsed = through_parser(pcapng);
+        assert!(parsed.0.len() > 10, "{}", parsed.1);
+        assert_eq!(through_legacy(pcapng, usize::MAX), parsed, "pcapng");
+        assert_eq!(through_thread(pcapng, usize::MAX), parsed, "pcapng");
         // Not a pcap, an empty file, a header cut short: the general path's answers.
         for bad in [&b""[..], b"not a capture file", &huge[..20]] {
             assert_eq!(through_legacy(bad, usize::MAX), through_parser(bad));
