@@ -12,7 +12,7 @@ use clap::ValueEnum;
 
 use super::{EXIT_DAMAGED_INPUT, EXIT_NOT_DRAINED};
 use teledge::correlation::calls::CallLimits;
-use teledge::outputs::{jsonl::JsonLinesThread, table};
+use teledge::outputs::{jsonl::JsonLines, table};
 use teledge::record::Record;
 use teledge::replay::{Replay, ReplaySettings};
 
@@ -249,28 +249,24 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
-    let out: Box<dyn Write + Send> = match &args.output {
+    let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         )),
-        None => Box::new(BufWriter::new(io::stdout())),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    // JSON Lines are serialised and written on a thread of their own; a table is written at
-    // the end, from the calls kept.
-    let (mut jsonl, table_out) = match args.format {
-        Format::Jsonl => (
-            Some(JsonLinesThread::spawn(out).context("cannot start the record writer")?),
-            None,
-        ),
-        Format::Table => (None, Some(out)),
-    };
+    let mut jsonl = JsonLines::new(out);
     let mut table_calls = Vec::new();
-    let mut sink = |record: Record| match jsonl.as_mut() {
-        // Once writing failed nothing more is queued; the error is reported at the end.
-        Some(lines) => {
-            lines.write(record);
+    let mut write_error: Option<io::Error> = None;
+    let mut sink = |record: Record| match args.format {
+        Format::Jsonl => {
+            if write_error.is_none() {
+                if let Err(e) = jsonl.write(&record) {
+                    write_error = Some(e);
+                }
+            }
         }
-        None => {
+        Format::Table => {
             if let Record::Call(call) = record {
                 table_calls.push(*call);
             }
@@ -311,14 +307,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let summary = replay.finish(&mut sink);
     finish_hep_out(hep_out, args.hep_out.as_deref());
-    if let Some(lines) = jsonl {
-        lines.finish().context("cannot write records")?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write records");
     }
-    if let Some(mut out) = table_out {
-        table_calls.sort_by_key(|c| c.invite_time.unwrap_or(c.first_message_time));
-        table::write_table(&mut out, &table_calls, &summary, &table_options)
-            .and_then(|()| out.flush())
-            .context("cannot write table")?;
+    match args.format {
+        Format::Jsonl => {
+            jsonl.finish().context("cannot write records")?;
+        }
+        Format::Table => {
+            table_calls.sort_by_key(|c| c.invite_time.unwrap_or(c.first_message_time));
+            let mut out = jsonl.finish().context("cannot write records")?;
+            table::write_table(&mut out, &table_calls, &summary, &table_options)
+                .and_then(|()| out.flush())
+                .context("cannot write table")?;
+        }
     }
     // Damaged packets inside a readable file do not fail the replay, but the user hears of
     // them, with the packet numbers to look at.

@@ -4,6 +4,10 @@
 //!
 //! A damaged file yields every frame before the damage, then an error that says which frame
 //! and byte offset the damage is at.
+//!
+//! Files are read with `read(2)`, never memory-mapped: a capture truncated while mapped (a
+//! file rotated or cut by another program during the replay) would kill the process with
+//! SIGBUS instead of giving the truncation error above.
 
 use std::io::Read;
 
@@ -121,82 +125,6 @@ impl<R: Read> Read for Prefixed<R> {
     }
 }
 
-/// [`read_frames`], with the file read on a second thread while the caller's thread walks
-/// and decodes what was read before (`teledge replay`): the kernel's copy of the file into
-/// memory (a sixth of an RTP replay's time on one core) then runs beside the analysis. At
-/// most [`AHEAD_CHUNKS`] chunks of [`BUFFER`] bytes are held; each goes back to the reading
-/// thread once walked. Only classic pcap files are read ahead (pcapng goes through
-/// pcap-parser's reader, on the caller's thread). A system that refuses the thread gives a
-/// read error before any frame.
-///
-/// The file is read with `read(2)`, never mapped: a file truncated while mapped (a capture
-/// rotated or cut by another program) would kill the process with SIGBUS.
-pub fn read_frames_ahead<R: Read + Send>(
-    mut input: R,
-    on_frame: impl FnMut(&Frame<'_>, Progress),
-) -> Result<u64, CaptureError> {
-    let (head, got) = read_head(&mut input)?;
-    let header = match pcap_parser::pcap::parse_pcap_header(&head[..got]) {
-        Ok((_, header)) if !header.is_modified_format() => header,
-        _ => return read_parsed(Prefixed::new(head, got, input), on_frame),
-    };
-    let (full_tx, full) = std::sync::mpsc::sync_channel(AHEAD_CHUNKS);
-    let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AHEAD_CHUNKS);
-    std::thread::scope(|scope| {
-        let reader = std::thread::Builder::new()
-            .name("capture-read".into())
-            .spawn_scoped(scope, move || {
-                let mut direct = Direct { input };
-                for _ in 0..AHEAD_CHUNKS {
-                    let chunk = direct.next(Vec::new());
-                    let more = matches!(chunk, Ok(Some(_)));
-                    if full_tx.send(chunk).is_err() || !more {
-                        return;
-                    }
-                }
-                // Then only into chunks the walk has handed back: at most AHEAD_CHUNKS exist.
-                while let Ok(spent) = empty_rx.recv() {
-                    let chunk = direct.next(spent);
-                    let more = matches!(chunk, Ok(Some(_)));
-                    if full_tx.send(chunk).is_err() || !more {
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = reader {
-            // The input went to the thread that could not start: nothing was read past the
-            // header, but the input is gone. Systems that refuse a thread are out of memory.
-            tracing::debug!(error = %e, "No thread to read the capture ahead.");
-            return Err(CaptureError::Read(PcapError::ReadError));
-        }
-        // The walk's end drops `full` and `empty`, which ends the reading thread.
-        read_legacy(&header, Ahead { full, empty }, on_frame)
-    })
-}
-
-/// Chunks at most this many ahead of the walk when reading on a second thread.
-const AHEAD_CHUNKS: usize = 2;
-
-/// What [`Chunks::next`] gives: a chunk and how much of it is filled, or the end.
-type Chunk = Result<Option<(Vec<u8>, usize)>, CaptureError>;
-
-/// Chunks read by [`read_frames_ahead`]'s thread.
-struct Ahead {
-    full: std::sync::mpsc::Receiver<Chunk>,
-    empty: std::sync::mpsc::SyncSender<Vec<u8>>,
-}
-
-impl Chunks for Ahead {
-    fn next(&mut self, spent: Vec<u8>) -> Chunk {
-        if spent.capacity() > 0 {
-            // The reader may have ended (end of file): then the chunk is simply dropped.
-            let _ = self.empty.send(spent);
-        }
-        // A closed channel is the reader's end after `None` or an error it sent already.
-        self.full.recv().unwrap_or(Ok(None))
-    }
-}
-
 /// The first 24 bytes of a file (fewer if it is shorter): enough for a pcap header.
 fn read_head(input: &mut impl Read) -> Result<([u8; 24], usize), CaptureError> {
     let mut head = [0u8; 24];
@@ -212,7 +140,11 @@ fn read_head(input: &mut impl Read) -> Result<([u8; 24], usize), CaptureError> {
     Ok((head, got))
 }
 
-/// Where [`read_legacy`] gets the file's bytes from, a chunk at a time.
+/// What [`Chunks::next`] gives: a chunk and how much of it is filled, or the end.
+type Chunk = Result<Option<(Vec<u8>, usize)>, CaptureError>;
+
+/// Where [`read_legacy`] gets the file's bytes from, a chunk at a time (the file, read into
+/// one reused buffer; the tests read it in pieces of any size).
 trait Chunks {
     /// The next chunk and how many of its bytes are the file's; `None` at the end of the
     /// file. `spent` is the previous chunk, whose bytes have all been used (its buffer can
@@ -588,14 +520,6 @@ mod tests {
         walk(result, frames)
     }
 
-    fn through_thread(data: &[u8], step: usize) -> Seen {
-        let mut frames = Vec::new();
-        let result = read_frames_ahead(Trickle { data, step }, |f, p| {
-            frames.push((f.number, f.time, f.data.to_vec(), p.frames, p.bytes))
-        });
-        walk(result, frames)
-    }
-
     fn through_parser(data: &[u8]) -> Seen {
         let mut frames = Vec::new();
         let result = read_parsed(data, |f, p| {
@@ -664,7 +588,6 @@ mod tests {
             assert_eq!(whole.0.len(), 400);
             for step in [usize::MAX, 1000, 17] {
                 assert_eq!(through_legacy(&file, step), whole, "step {step}");
-                assert_eq!(through_thread(&file, step), whole, "step {step}");
             }
             // Cut anywhere: the same frames, then the same error (or end).
             for i in 0..60u64 {
@@ -673,7 +596,6 @@ mod tests {
                 let step = [usize::MAX, 4096, 999][i as usize % 3];
                 let parsed = through_parser(&file[..cut]);
                 assert_eq!(through_legacy(&file[..cut], step), parsed, "cut {cut}");
-                assert_eq!(through_thread(&file[..cut], step), parsed, "cut {cut}");
             }
         }
         // A record announcing more than MAX_RECORD: truncated when the file ends first,
@@ -688,7 +610,6 @@ mod tests {
         huge.resize(huge.len() + MAX_RECORD + 100, 0);
         let long = through_legacy(&huge, usize::MAX);
         assert_eq!(long, through_parser(&huge));
-        assert_eq!(through_thread(&huge, 100_000), long);
         assert!(long.1.contains("record larger than"), "{}", long.1);
         // A pcapng file goes through pcap-parser's reader whole (its section header is longer
         // than the 24 bytes read to look for a pcap header). pcap-parser recognises a format
@@ -697,11 +618,9 @@ mod tests {
         let parsed = through_parser(pcapng);
         assert!(parsed.0.len() > 10, "{}", parsed.1);
         assert_eq!(through_legacy(pcapng, usize::MAX), parsed, "pcapng");
-        assert_eq!(through_thread(pcapng, usize::MAX), parsed, "pcapng");
         // Not a pcap, an empty file, a header cut short: the general path's answers.
         for bad in [&b""[..], b"not a capture file", &huge[..20]] {
             assert_eq!(through_legacy(bad, usize::MAX), through_parser(bad));
-            assert_eq!(through_thread(bad, usize::MAX), through_parser(bad));
         }
     }
 }
