@@ -12,7 +12,11 @@
 # time). On a shared machine the CPU-time ratio is the steadier figure; both are printed.
 # 3. Memory per active RTP stream: peak RSS of `teledge replay` on STREAM_CALLS calls with
 #    RTP, minus its peak on the same calls without RTP (`teledge-gencap --no-rtp-packets`),
-#    over the most streams measured at once (what tests/it/memory.rs asserts).
+#    each the lowest of RUNS runs, over the most streams held at once — the summary's
+#    `media.peak_active_streams`, the stream table's largest size (a stream stays in it until
+#    its call's record is made, `record_grace_ms` after the call ends: on this capture every
+#    stream is held at the peak). Printed beside issue 14's goal (1 KiB); what
+#    tests/it/memory.rs asserts (≤ 1.5 KiB).
 # Idle RSS of `teledge run` with one capture needs root and certificates: it is printed by
 # `cargo test --release --test it memory::idle -- --nocapture`.
 set -euo pipefail
@@ -85,15 +89,38 @@ compare "$media" "teledge replay" "tshark -q -z rtp,streams" \
   $teledge replay --no-progress --output /dev/null "$media" -- \
   tshark -r "$media" -q -o rtp.heuristic_rtp:TRUE -z rtp,streams
 
+# The floor under any reader of the file: copying it from the page cache (`cat`), best of RUNS.
+floor() {
+  local best="" r
+  for _ in $(seq "$RUNS"); do
+    r=$(once cat "$1")
+    if [ -z "$best" ] || awk -v x="${r%% *}" -v y="${best%% *}" 'BEGIN{exit !(x < y)}'; then best=$r; fi
+  done
+  echo "bare read of $1 (cat > /dev/null): wall ${best%% *} s"
+}
+echo
+floor "$sip"
+floor "$media"
+
 echo
 rtp="$dir/streams-$STREAM_CALLS.pcap"
 silent="$dir/streams-$STREAM_CALLS-silent.pcap"
 [ -f "$rtp" ] || $gen --calls "$STREAM_CALLS" --rtp 110 --interval-ms 1 --out "$rtp"
 [ -f "$silent" ] || $gen --calls "$STREAM_CALLS" --rtp 110 --interval-ms 1 --no-rtp-packets --out "$silent"
-read -r _ _ m_rtp < <(once $teledge replay --no-progress --output /dev/null "$rtp")
-read -r _ _ m_silent < <(once $teledge replay --no-progress --output /dev/null "$silent")
+lowest_peak() {
+  local best="" m
+  for _ in $(seq "$RUNS"); do
+    read -r _ _ m < <(once "$@")
+    if [ -z "$best" ] || [ "$m" -lt "$best" ]; then best=$m; fi
+  done
+  echo "$best"
+}
+m_rtp=$(lowest_peak $teledge replay --no-progress --output /dev/null "$rtp")
+m_silent=$(lowest_peak $teledge replay --no-progress --output /dev/null "$silent")
 streams=$($teledge replay --no-progress "$rtp" | tail -n 1 |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["media"]["peak_active_streams"])')
 awk -v a="$m_rtp" -v b="$m_silent" -v s="$streams" 'BEGIN{
-  printf "memory per active RTP stream: %.0f bytes (peak RSS %.1f MiB with RTP, %.1f MiB without, %d streams at once)\n",
-    (a - b) * 1024 / s, a/1024, b/1024, s}'
+  per = (a - b) * 1024 / s
+  printf "memory per active RTP stream: %.0f bytes, goal 1024 bytes: %s\n", per, (per <= 1024 ? "met" : "not met")
+  printf "  (lowest peak RSS %.1f MiB with RTP, %.1f MiB without; %d streams held at once, media.peak_active_streams)\n",
+    a/1024, b/1024, s}'

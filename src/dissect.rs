@@ -378,6 +378,10 @@ impl Dissector {
                 .problem(ctx.frame, "depth", "tunnels nested too deep");
             return;
         }
+        if let Some((src, dst, protocol, payload)) = plain_ipv4(data) {
+            self.transport(ctx, src, dst, protocol, payload, depth, sink);
+            return;
+        }
         let slice = match LaxIpSlice::from_slice(data) {
             Ok((slice, _)) => slice,
             Err(e) => {
@@ -824,8 +828,78 @@ impl From<&DissectStats> for crate::record::DecodeCounters {
     }
 }
 
+/// The common IPv4 packet read in place: a 20-byte header (no options), complete (the total
+/// length within the frame; what follows it is link padding), not a fragment, not carrying
+/// an authentication header. Gives the addresses, the protocol and the payload exactly as
+/// etherparse's `LaxIpSlice` does for such a packet (a test checks it); anything else (IPv6,
+/// options, fragments, truncated or inconsistent lengths) is left to etherparse. This runs
+/// for every media packet, where etherparse's general parse was 7 % of an RTP replay.
+fn plain_ipv4(data: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
+    let header = data.first_chunk::<20>()?;
+    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let fragmenting = u16::from_be_bytes([header[6], header[7]]) & 0x3FFF != 0;
+    let protocol = header[9];
+    if header[0] != 0x45 || total < 20 || total > data.len() || fragmenting || protocol == 51 {
+        return None;
+    }
+    let src = std::net::Ipv4Addr::new(header[12], header[13], header[14], header[15]);
+    let dst = std::net::Ipv4Addr::new(header[16], header[17], header[18], header[19]);
+    Some((IpAddr::V4(src), IpAddr::V4(dst), protocol, &data[20..total]))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn plain_ipv4_reads_what_etherparse_reads() {
+        // Random headers around the fast path's conditions (version and length nibble, total
+        // length, flags and offset, protocol 51), compared with etherparse's lax parse.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut taken = 0;
+        for round in 0..20_000 {
+            let len = 20 + (next() % 60) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            data[0] = [0x45, 0x45, 0x45, 0x46, 0x65, 0x44][round % 6];
+            let total = match next() % 4 {
+                0 => len as u16,
+                1 => (next() % len as u64) as u16,
+                2 => len as u16 + 1,
+                _ => 20,
+            };
+            data[2..4].copy_from_slice(&total.to_be_bytes());
+            if next() % 2 == 0 {
+                data[6] &= 0x40;
+                data[7] = 0;
+            }
+            if next() % 8 == 0 {
+                data[9] = 51;
+            }
+            let Some((src, dst, protocol, payload)) = plain_ipv4(&data) else {
+                continue;
+            };
+            taken += 1;
+            let (slice, _) = LaxIpSlice::from_slice(&data).unwrap();
+            let p = slice.payload();
+            assert_eq!(
+                (
+                    slice.source_addr(),
+                    slice.destination_addr(),
+                    p.ip_number.0,
+                    p.payload
+                ),
+                (src, dst, protocol, payload),
+                "{data:02x?}"
+            );
+            assert!(!p.fragmented && !p.incomplete, "{data:02x?}");
+        }
+        assert!(taken > 1000, "{taken}");
+    }
     use super::*;
 
     /// An Ethernet/IPv4/TCP frame from `port` to 192.0.2.1:5060.

@@ -238,51 +238,136 @@ const MAX_LEGS: usize = 4;
 /// A stream's 5-tuple and SSRC, packed: 44 bytes where two `SocketAddr` and the SSRC take 68.
 /// A stream's key is held four times (the stream table, the stream, the SSRC and call
 /// indexes), so this is a good part of what a stream costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Every RTP packet looks its stream up by this key, so it is compared and hashed as a few
+/// machine words: the derived `PartialEq` of a byte array called `bcmp` on every probe, and
+/// the derived `Hash` fed the hasher four pieces (a length, the bytes, the SSRC, the flags).
+#[derive(Debug, Clone, Copy)]
 struct StreamKey {
-    /// Source address, destination address (16 bytes each, IPv4 mapped into IPv6), source
-    /// port, destination port (big-endian).
-    addrs: [u8; 36],
+    /// Source address, destination address (four words each, IPv4 mapped into IPv6, in
+    /// network order), then source port << 16 | destination port.
+    words: [u32; 9],
     ssrc: u32,
     /// Bit 0: the source is IPv6, bit 1: the destination is (so `::ffff:a.b.c.d` and
     /// `a.b.c.d` stay apart).
     v6: u8,
 }
 
+impl PartialEq for StreamKey {
+    fn eq(&self, other: &Self) -> bool {
+        let mut diff = (self.ssrc ^ other.ssrc) | u32::from(self.v6 ^ other.v6);
+        for (a, b) in self.words.iter().zip(&other.words) {
+            diff |= a ^ b;
+        }
+        diff == 0
+    }
+}
+
+impl Eq for StreamKey {}
+
+impl std::hash::Hash for StreamKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let w = |i: usize| u64::from(self.words[i]) << 32 | u64::from(self.words[i + 1]);
+        state.write_u128(u128::from(w(0)) << 64 | u128::from(w(2)));
+        state.write_u128(u128::from(w(4)) << 64 | u128::from(w(6)));
+        state.write_u64(u64::from(self.words[8]) << 32 | u64::from(self.ssrc));
+        state.write_u8(self.v6);
+    }
+}
+
 impl StreamKey {
     fn new(src: SocketAddr, dst: SocketAddr, ssrc: u32) -> Self {
-        let mut addrs = [0u8; 36];
-        addrs[..16].copy_from_slice(&ip_bytes(src.ip()));
-        addrs[16..32].copy_from_slice(&ip_bytes(dst.ip()));
-        addrs[32..34].copy_from_slice(&src.port().to_be_bytes());
-        addrs[34..].copy_from_slice(&dst.port().to_be_bytes());
+        let mut words = [0u32; 9];
+        for (i, chunk) in ip_bytes(src.ip()).chunks_exact(4).enumerate() {
+            words[i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        for (i, chunk) in ip_bytes(dst.ip()).chunks_exact(4).enumerate() {
+            words[4 + i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        words[8] = u32::from(src.port()) << 16 | u32::from(dst.port());
         StreamKey {
-            addrs,
+            words,
             ssrc,
             v6: u8::from(src.is_ipv6()) | u8::from(dst.is_ipv6()) << 1,
         }
     }
 
     fn src(&self) -> SocketAddr {
-        self.addr(0, 32, 1)
+        self.addr(0, (self.words[8] >> 16) as u16, 1)
     }
 
     fn dst(&self) -> SocketAddr {
-        self.addr(16, 34, 2)
+        self.addr(4, self.words[8] as u16, 2)
     }
 
-    fn addr(&self, ip_at: usize, port_at: usize, v6_bit: u8) -> SocketAddr {
-        let mut ip = [0u8; 16];
-        ip.copy_from_slice(&self.addrs[ip_at..ip_at + 16]);
-        let ip = std::net::Ipv6Addr::from(ip);
+    fn addr(&self, at: usize, port: u16, v6_bit: u8) -> SocketAddr {
+        let w = &self.words[at..at + 4];
+        let ip = std::net::Ipv6Addr::from(
+            u128::from(w[0]) << 96
+                | u128::from(w[1]) << 64
+                | u128::from(w[2]) << 32
+                | u128::from(w[3]),
+        );
         let ip = match ip.to_ipv4_mapped() {
             Some(v4) if self.v6 & v6_bit == 0 => IpAddr::V4(v4),
             _ => IpAddr::V6(ip),
         };
-        let port = u16::from_be_bytes([self.addrs[port_at], self.addrs[port_at + 1]]);
         SocketAddr::new(ip, port)
     }
 }
+
+/// The hasher of the tables keyed by [`StreamKey`] (one lookup per RTP packet). Keys come
+/// from whoever sends packets, so the hash must be keyed, or a sender could pick addresses,
+/// ports and SSRCs that all collide and make every lookup walk one long probe sequence (hash
+/// flooding). std's keyed SipHash-1-3 was 12 % of the instructions of an RTP replay;
+/// foldhash is a keyed multiply-fold hash, several times faster, keyed here with 128 bits
+/// from the operating system's random source once per process (foldhash's own default seed
+/// is derived from addresses and the clock, which it does not claim resists flooding). It
+/// is not a cryptographic function: an attacker able to observe the hash values or the
+/// tables' iteration order over time could in principle recover the key. Senders see
+/// neither (only the readers of records see the order in which one idle sweep reports
+/// orphan streams), and the tables are bounded (`max_streams`, `max_candidates`).
+#[derive(Clone)]
+struct StreamHasher(foldhash::fast::SeedableRandomState);
+
+impl Default for StreamHasher {
+    fn default() -> Self {
+        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(random_u64()));
+        StreamHasher(foldhash::fast::SeedableRandomState::with_seed(
+            random_u64(),
+            shared,
+        ))
+    }
+}
+
+impl std::fmt::Debug for StreamHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamHasher")
+    }
+}
+
+impl std::hash::BuildHasher for StreamHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+/// 64 bits from the operating system's random source; should it fail (it does not on
+/// Linux after boot), std's own per-process random keys.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
+}
+
+/// The tables keyed by [`StreamKey`].
+type StreamMap<V> = HashMap<StreamKey, V, StreamHasher>;
 
 /// An address as 16 bytes (IPv4 mapped into IPv6).
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -338,14 +423,14 @@ pub struct MediaTracker {
     endpoints_by_call: HashMap<Arc<str>, Vec<SocketAddr>>,
     /// Boxed: the table then holds small entries (key and pointer) that stay in cache while
     /// it is probed, and a half-empty table after growth costs pointers, not whole streams.
-    streams: HashMap<StreamKey, Box<Stream>>,
+    streams: StreamMap<Box<Stream>>,
     streams_by_call: HashMap<Arc<str>, Vec<StreamKey>>,
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: HashMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
     rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
-    candidates: HashMap<StreamKey, Candidate>,
+    candidates: StreamMap<Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay.
     streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
@@ -376,12 +461,12 @@ impl MediaTracker {
             limits,
             endpoints: HashMap::new(),
             endpoints_by_call: HashMap::new(),
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             streams_by_call: HashMap::new(),
             closed_by_call: HashMap::new(),
             rtcp_by_call: HashMap::new(),
             closed_legs: HashMap::new(),
-            candidates: HashMap::new(),
+            candidates: StreamMap::default(),
             streams_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
             closing: std::collections::HashSet::new(),

@@ -341,7 +341,9 @@ impl Correlator {
     pub fn advance(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
         let mut ended = Vec::new();
         self.calls.advance(now, &mut |call| ended.push(call));
-        self.hold(ended, now, out);
+        if !ended.is_empty() {
+            self.hold(ended, now, out);
+        }
         self.release(now, out);
         if let Some(registrations) = self.registrations.as_mut() {
             registrations.advance(now, &mut |r| out(Record::Registrations(Box::new(r))));
