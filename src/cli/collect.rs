@@ -78,7 +78,8 @@ pub struct CollectArgs {
     pub bus: BusArgs,
 }
 
-/// The JetStream side of the collector.
+// The JetStream side of the collector. (A plain comment: a doc comment on a flattened
+// `Args` struct becomes the subcommand's about text when clap builds it deferred.)
 #[derive(Debug, clap::Args)]
 pub struct BusArgs {
     /// Publish every accepted record into JetStream (`nats://` or `tls://`, TLS required;

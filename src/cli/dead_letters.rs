@@ -8,6 +8,7 @@ use teledge::config::ForwardConfig;
 use teledge::uplink::dead_letter::DeadLetters;
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub enum DeadLettersCommand {
     /// List the dead letters: record id, the collector's status and reason, when.
     List(ConfigArg),

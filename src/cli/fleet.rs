@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use teledge::fleet::repo::{Audience, ConfigAudience, Lifetimes, Published, Repository};
 
-/// Where the repository and its online keys are.
+// Where the repository and its online keys are. (Plain comments on these flattened `Args`
+// structs: a doc comment becomes the subcommand's about text when clap builds it deferred.)
 #[derive(Debug, Args)]
 pub struct RepoArgs {
     /// The repository: `teledge collect --fleet DIR` serves its metadata/ and targets/.
@@ -34,7 +35,7 @@ impl RepoArgs {
     }
 }
 
-/// Signature lifetimes.
+// Signature lifetimes.
 #[derive(Debug, Args)]
 pub struct LifetimeArgs {
     /// Days a root version lasts.
@@ -63,7 +64,7 @@ impl LifetimeArgs {
     }
 }
 
-/// Who a package is for.
+// Who a package is for.
 #[derive(Debug, Args)]
 pub struct AudienceArgs {
     /// Only nodes in one of these groups (`[fleet] groups`); default every node.
@@ -89,6 +90,7 @@ impl AudienceArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum FleetCommand {
     /// Make the keys (root keys into --root-keys, to be kept offline; the online keys into
     /// --keys) and the repository with root version 1 and an empty release. Ship

@@ -43,7 +43,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `defer`: a subcommand's arguments are built only when it is the one invoked (here and in
+/// the nested enums). Building every subcommand's arguments was a fifth of the code `teledge
+/// run` executed before READY, and under emulation (qemu-user) code run once costs its
+/// translation (docs/performance.md, "Binary size and start-up").
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Read capture files (pcap, pcapng) and report every SIP call in them.
     Replay(replay::ReplayArgs),

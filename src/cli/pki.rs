@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub enum PkiCommand {
     /// Create the site CA: DIR/ca.pem (give it to every box and the collector) and DIR/ca.key
     /// (mode 0600; keep it off the network). Never overwrites an existing CA.
@@ -101,8 +102,9 @@ pub fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `teledge enrol`: get this box's node certificate with a one-time token. Its `Debug` never
-/// shows the token.
+// `teledge enrol`: get this box's node certificate with a one-time token. Its `Debug` never
+// shows the token. (A plain comment: clap would make a doc comment the subcommand's about
+// text, built deferred, over the variant's.)
 #[derive(clap::Args)]
 pub struct EnrolArgs {
     /// The collector's enrolment listener, `https://host:port`.

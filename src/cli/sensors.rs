@@ -12,6 +12,7 @@ use teledge::sensors::device::{probe, Device, DeviceSettings, SerialOpener};
 use teledge::sensors::profile;
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub enum SensorsCommand {
     /// List the serial ports of this machine with their USB ids and stable names.
     List,

@@ -628,6 +628,15 @@ impl Daemon {
             &config.forward.node_id,
             &ctx,
         )?;
+        let uplink = uplink::Uplink::prepare(&config.forward, &ctx)?;
+        if let Some(settings) = &config.fleet {
+            fleet::spawn(settings, &config.forward, &ctx)?;
+        }
+
+        // Ready: the spool is open, every source bound, every configuration file read. What
+        // follows cannot fail and starts at once; it comes after READY so it does not delay
+        // it (on a one-core box, or under qemu-user, its first run competed with the start).
+        let _ = notifier.ready();
         let ticker = ticker::spawn(&ctx, &spool);
         let heartbeat = heartbeat::Heartbeat::spawn(
             &ctx,
@@ -635,13 +644,7 @@ impl Daemon {
             config.heartbeat_interval,
             &config.config_sha256,
         );
-        let uplink = uplink::Uplink::build(&config.forward, &ctx, &spool, committed)?;
-        if let Some(settings) = &config.fleet {
-            fleet::spawn(settings, &config.forward, &ctx)?;
-        }
-
-        // Ready: the spool is open, every source bound.
-        let _ = notifier.ready();
+        let uplink = uplink.start(&spool, committed, &ctx.tracker);
         if let Some(interval) = systemd.watchdog.filter(|_| notifier.is_enabled()) {
             let dog = observe::Watchdog::new(notifier.clone(), interval).with_counters(
                 metrics.watchdog_pings.clone(),

@@ -23,15 +23,22 @@ pub(super) struct Uplink {
     metrics: Arc<AgentMetrics>,
 }
 
+/// The uplink set up but not started: everything that can fail (the TLS files) is done.
+/// The daemon starts it right after READY, so its first attempt does not compete with the
+/// start-up for the CPU (a one-core box, or qemu-user translating code).
+#[derive(Debug)]
+pub(super) struct PreparedUplink {
+    forwarder: Forwarder,
+    metrics: Arc<AgentMetrics>,
+    health: Arc<crate::observe::Health>,
+}
+
 impl Uplink {
-    /// Sets up the forwarder (TLS files read now) and starts forwarding whatever the spool
-    /// holds; `committed` wakes it after every commit.
-    pub(super) fn build(
+    /// Sets up the forwarder (TLS files read now); [`PreparedUplink::start`] starts it.
+    pub(super) fn prepare(
         config: &ForwardConfig,
         ctx: &Context,
-        spool: &Arc<Mutex<Spool>>,
-        committed: Arc<Notify>,
-    ) -> Result<Self, DaemonError> {
+    ) -> Result<PreparedUplink, DaemonError> {
         let metrics = &ctx.metrics;
         let health = &ctx.health;
         let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring)?;
@@ -59,13 +66,10 @@ impl Uplink {
         health.set_dead_letters(forwarder.stats.dead_letters_held);
         metrics.observe_uplink(&forwarder.stats, SystemTime::now());
         watch_certificate(metrics, &config.uplink);
-        let health = Arc::clone(health);
-        let forwarding = Forwarding::start(forwarder, spool, committed, &ctx.tracker, move || {
-            health.progress(Stage::Uplink)
-        });
-        Ok(Uplink {
-            forwarding,
+        Ok(PreparedUplink {
+            forwarder,
             metrics: Arc::clone(metrics),
+            health: Arc::clone(health),
         })
     }
 
@@ -89,6 +93,25 @@ impl Uplink {
                 tracing::warn!(%reason, "Collector not reached before the drain deadline; the rest stays spooled.");
                 stats
             }
+        }
+    }
+}
+
+impl PreparedUplink {
+    /// Starts forwarding whatever the spool holds; `committed` wakes it after every commit.
+    pub(super) fn start(
+        self,
+        spool: &Arc<Mutex<Spool>>,
+        committed: Arc<Notify>,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Uplink {
+        let health = self.health;
+        let forwarding = Forwarding::start(self.forwarder, spool, committed, tracker, move || {
+            health.progress(Stage::Uplink)
+        });
+        Uplink {
+            forwarding,
+            metrics: self.metrics,
         }
     }
 }
