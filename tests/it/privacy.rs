@@ -228,12 +228,21 @@ fn replay_forward(config: &Path, capture: &Path, timeout_s: u32) -> std::process
         .unwrap()
 }
 
+/// A secret counts where it stands on its own: not inside a longer run of hex digits or
+/// letters. Short secrets ("4711") otherwise turn up by chance inside the hex of record ids,
+/// keyed hashes and timestamps (seen once in about twenty runs), while a leaked identity is
+/// always delimited (`"4711"`, `sip:4711@`, `4711;tag`).
 fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS {
-        assert!(
-            !text.contains(secret),
-            "{secret:?} in clear in {what}:\n{text}"
-        );
+        let leaked = text.match_indices(secret).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + secret.len()..].chars().next();
+            ![before, after]
+                .into_iter()
+                .flatten()
+                .any(|c| c.is_ascii_alphanumeric())
+        });
+        assert!(!leaked, "{secret:?} in clear in {what}:\n{text}");
     }
 }
 
