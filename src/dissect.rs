@@ -854,13 +854,7 @@ mod tests {
     fn plain_ipv4_reads_what_etherparse_reads() {
         // Random headers around the fast path's conditions (version and length nibble, total
         // length, flags and offset, protocol 51), compared with etherparse's lax parse.
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x2545_F491_4F6C_DD1Du64);
         let mut taken = 0;
         for round in 0..20_000 {
             let len = 20 + (next() % 60) as usize;
@@ -873,11 +867,11 @@ mod tests {
                 _ => 20,
             };
             data[2..4].copy_from_slice(&total.to_be_bytes());
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 data[6] &= 0x40;
                 data[7] = 0;
             }
-            if next() % 8 == 0 {
+            if next().is_multiple_of(8) {
                 data[9] = 51;
             }
             let Some((src, dst, protocol, payload)) = plain_ipv4(&data) else {

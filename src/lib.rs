@@ -97,5 +97,7 @@ pub mod sources;
 pub mod spool;
 pub mod spooler;
 pub mod stats;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod uplink;

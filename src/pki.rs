@@ -277,10 +277,7 @@ fn token_dir(ca_dir: &Path) -> PathBuf {
 }
 
 fn token_hash(token: &str) -> String {
-    sha2::Sha256::digest(token.trim().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -304,7 +301,7 @@ pub fn enrol_token(ca_dir: &Path, node_id: &str, ttl_s: u64) -> Result<String, P
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes)
         .map_err(|e| PkiError::Internal(format!("system random source: {e}")))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = hex::encode(bytes);
     let dir = token_dir(ca_dir);
     make_dir(&dir.join("used"), 0o700)?;
     let entry = TokenEntry {

@@ -479,8 +479,7 @@ fn keyed_hash(key: &[u8; 32], value: &str) -> String {
     };
     mac.update(value.as_bytes());
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("h:{hex}")
+    format!("h:{}", hex::encode(&digest[..8]))
 }
 
 #[cfg(test)]

@@ -12,6 +12,19 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The time zone of an IANA name. "UTC" (the configuration's default) is answered without
+/// the time zone database: a lookup by name makes jiff list the whole of
+/// `/usr/share/zoneinfo` first (hundreds of directory reads, a fifth of what `teledge run`
+/// executed before READY; docs/performance.md, "Binary size and start-up"), and UTC's
+/// offset is zero at every instant either way.
+pub fn zone(name: &str) -> Result<jiff::tz::TimeZone, jiff::Error> {
+    if name == "UTC" {
+        Ok(jiff::tz::TimeZone::UTC)
+    } else {
+        jiff::tz::TimeZone::get(name)
+    }
+}
+
 /// Nanoseconds since the Unix epoch, as captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(i64);

@@ -118,7 +118,7 @@ fn record_id() -> String {
             &n.to_be_bytes(),
         ]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 impl AuditSink {

@@ -347,10 +347,6 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses 64 hex digits (a `token_sha256`).
 pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
@@ -369,7 +365,7 @@ fn random_hex() -> String {
     // would be worse than stopping.
     #[allow(clippy::expect_used)]
     getrandom::getrandom(&mut bytes).expect("the system's random number generator");
-    hex(&bytes)
+    hex::encode(bytes)
 }
 
 /// A new supervisor token and its SHA-256 (lowercase hex) for `token_sha256`.
@@ -381,7 +377,7 @@ pub fn make_token() -> (String, [u8; 32]) {
 
 /// The SHA-256 of a token as `token_sha256` holds it (lowercase hex).
 pub fn token_hash_hex(token: &str) -> String {
-    hex(&sha256(token.as_bytes()))
+    hex::encode(sha256(token.as_bytes()))
 }
 
 impl Access {
@@ -664,7 +660,7 @@ mod tests {
         let (b, _) = make_token();
         assert_ne!(a, b);
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
-        assert_eq!(token_hash_hex(&a), hex(&ha));
+        assert_eq!(token_hash_hex(&a), hex::encode(ha));
         assert_eq!(parse_sha256_hex(&token_hash_hex(&a)), Some(ha));
         assert_eq!(parse_sha256_hex("xyz"), None);
         assert_eq!(parse_sha256_hex(&"g".repeat(64)), None);

@@ -49,7 +49,7 @@ impl Credentials {
         use std::os::unix::fs::DirBuilderExt;
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let name = hex::encode(random);
         let dir = std::env::temp_dir().join(format!("teledge-credentials-{name}"));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let credentials = Credentials(dir);

@@ -227,7 +227,7 @@ fn table_options(args: &ReplayArgs) -> anyhow::Result<Result<table::TableOptions
         }
     }
     let zone = match args.tz.as_ref().or(zone_of_config.as_ref()) {
-        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
+        Some(name) => teledge::time::zone(name).map_err(|e| {
             anyhow::anyhow!(
                 "--tz {name:?}: not a time zone this system knows ({e}); give an IANA name \
                  such as Europe/Berlin or UTC"

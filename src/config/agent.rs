@@ -386,11 +386,7 @@ const DEFAULT_HEARTBEAT_S: u64 = 300;
 
 /// SHA-256 of `bytes`, lowercase hex.
 fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// Validates configuration text (profile names are resolved in the default directories).

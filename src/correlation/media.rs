@@ -277,13 +277,16 @@ impl std::hash::Hash for StreamKey {
 
 impl StreamKey {
     fn new(src: SocketAddr, dst: SocketAddr, ssrc: u32) -> Self {
+        // An address as four words in network order (IPv4 mapped into IPv6).
+        let ip_words = |ip: IpAddr| {
+            let b = ip_bytes(ip);
+            std::array::from_fn::<u32, 4, _>(|i| {
+                u32::from_be_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+            })
+        };
         let mut words = [0u32; 9];
-        for (i, chunk) in ip_bytes(src.ip()).chunks_exact(4).enumerate() {
-            words[i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-        for (i, chunk) in ip_bytes(dst.ip()).chunks_exact(4).enumerate() {
-            words[4 + i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
+        words[..4].copy_from_slice(&ip_words(src.ip()));
+        words[4..8].copy_from_slice(&ip_words(dst.ip()));
         words[8] = u32::from(src.port()) << 16 | u32::from(dst.port());
         StreamKey {
             words,

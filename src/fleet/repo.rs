@@ -138,10 +138,6 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The public key as TUF writes it.
 pub fn public_key_json(public_hex: &str) -> Value {
     json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": public_hex}})
@@ -150,7 +146,7 @@ pub fn public_key_json(public_hex: &str) -> Value {
 /// The key id: SHA-256 of the key's canonical JSON.
 pub fn keyid(public_hex: &str) -> String {
     let bytes = canonical::encode(&public_key_json(public_hex)).unwrap_or_default();
-    hex(&Sha256::digest(&bytes))
+    hex::encode(Sha256::digest(&bytes))
 }
 
 const PEM_TAG: &str = "PRIVATE KEY";
@@ -162,7 +158,7 @@ impl SigningKey {
     fn from_pkcs8(role: &str, der: &[u8], path: &Path) -> Result<Self, RepoError> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|e| bad(path, format!("not an ed25519 PKCS#8 key: {e}")))?;
-        let public_hex = hex(pair.public_key().as_ref());
+        let public_hex = hex::encode(pair.public_key().as_ref());
         Ok(SigningKey {
             role: role.to_owned(),
             keyid: keyid(&public_hex),
@@ -215,7 +211,7 @@ impl SigningKey {
     }
 
     fn sign(&self, message: &[u8]) -> Value {
-        json!({"keyid": self.keyid, "sig": hex(self.pair.sign(message).as_ref())})
+        json!({"keyid": self.keyid, "sig": hex::encode(self.pair.sign(message).as_ref())})
     }
 }
 
@@ -1217,7 +1213,7 @@ mod tests {
         .unwrap();
         assert!(SigningKey::load(&junk).is_err());
         // The key id is python-tuf's: SHA-256 of the canonical key object.
-        let expected = hex(&Sha256::digest(
+        let expected = hex::encode(Sha256::digest(
             format!(
                 "{{\"keytype\":\"ed25519\",\"keyval\":{{\"public\":\"{}\"}},\"scheme\":\"ed25519\"}}",
                 k.public_hex

@@ -300,10 +300,6 @@ fn parse_time(file: &str, s: &str) -> Result<SystemTime, TufError> {
     humantime::parse_rfc3339(s).map_err(|e| malformed(file, format!("expires {s:?}: {e}")))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -433,8 +429,8 @@ pub struct Digests {
 impl Digests {
     pub fn of(bytes: &[u8]) -> Self {
         Digests {
-            sha256: hex(&Sha256::digest(bytes)),
-            sha512: hex(&Sha512::digest(bytes)),
+            sha256: hex::encode(Sha256::digest(bytes)),
+            sha512: hex::encode(Sha512::digest(bytes)),
         }
     }
 }
@@ -482,8 +478,8 @@ pub fn verify_file(name: &str, path: &Path, target: &TargetFile) -> Result<(), T
         source,
     })?;
     let digests = Digests {
-        sha256: hex(&hashing.sha256.finalize()),
-        sha512: hex(&hashing.sha512.finalize()),
+        sha256: hex::encode(hashing.sha256.finalize()),
+        sha512: hex::encode(hashing.sha512.finalize()),
     };
     check_hashes(
         name,
@@ -880,8 +876,8 @@ impl<T: Transport> Client<T> {
             }
             hashing.flush().map_err(io)?;
             let digests = Digests {
-                sha256: hex(&hashing.sha256.clone().finalize()),
-                sha512: hex(&hashing.sha512.clone().finalize()),
+                sha256: hex::encode(hashing.sha256.clone().finalize()),
+                sha512: hex::encode(hashing.sha512.clone().finalize()),
             };
             check_hashes(
                 name,
@@ -1137,6 +1133,6 @@ mod tests {
         assert_eq!(unhex("00ff10"), Some(vec![0, 255, 16]));
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
-        assert_eq!(hex(&[0, 255]), "00ff");
+        assert_eq!(hex::encode([0, 255]), "00ff");
     }
 }

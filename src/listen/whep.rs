@@ -717,7 +717,7 @@ fn random_id() -> String {
         // by the caller seeing an id built from the clock only in that impossible case.
         b[..8].copy_from_slice(&Timestamp::now().as_nanos().to_le_bytes()[..8]);
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 #[cfg(test)]

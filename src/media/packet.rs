@@ -365,13 +365,7 @@ mod tests {
         // Every first byte (version, padding, extension, CSRC count) and marker/payload type
         // bit, lengths around every header size, extension lengths and padding counts that
         // fit and that do not: a deterministic pseudo-random walk (xorshift).
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15u64);
         let mut compared = 0;
         for b0 in 0..=255u8 {
             for round in 0..64 {

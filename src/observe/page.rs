@@ -62,10 +62,7 @@ struct Asset {
 
 fn asset(body: &'static str, content_type: &'static str) -> Asset {
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-    let etag = digest.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let etag = hex::encode(&digest.as_ref()[..12]);
     Asset {
         body,
         content_type,

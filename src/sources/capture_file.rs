@@ -77,7 +77,7 @@ pub fn read_frames<R: Read + Send>(
     let (head, got) = read_head(&mut input)?;
     if let Ok((_, header)) = pcap_parser::pcap::parse_pcap_header(&head[..got]) {
         if !header.is_modified_format() {
-            return read_legacy(&header, Direct { input }, on_frame);
+            return read_legacy(&header, Chunks { input }, on_frame);
         }
     }
     read_parsed(Prefixed::new(head, got, input), on_frame)
@@ -143,21 +143,16 @@ fn read_head(input: &mut impl Read) -> Result<([u8; 24], usize), CaptureError> {
 /// What [`Chunks::next`] gives: a chunk and how much of it is filled, or the end.
 type Chunk = Result<Option<(Vec<u8>, usize)>, CaptureError>;
 
-/// Where [`read_legacy`] gets the file's bytes from, a chunk at a time (the file, read into
-/// one reused buffer; the tests read it in pieces of any size).
-trait Chunks {
-    /// The next chunk and how many of its bytes are the file's; `None` at the end of the
-    /// file. `spent` is the previous chunk, whose bytes have all been used (its buffer can
-    /// be read into again).
-    fn next(&mut self, spent: Vec<u8>) -> Chunk;
-}
-
-/// Chunks read from the file on the caller's thread, into one reused buffer.
-struct Direct<R> {
+/// Where [`read_legacy`] gets the file's bytes from: read a chunk at a time into one reused
+/// buffer (the tests read the file in pieces of any size).
+struct Chunks<R> {
     input: R,
 }
 
-impl<R: Read> Chunks for Direct<R> {
+impl<R: Read> Chunks<R> {
+    /// The next chunk and how many of its bytes are the file's; `None` at the end of the
+    /// file. `spent` is the previous chunk, whose bytes have all been used (its buffer is
+    /// read into again).
     fn next(&mut self, mut spent: Vec<u8>) -> Chunk {
         if spent.len() < BUFFER {
             spent.resize(BUFFER, 0);
@@ -183,7 +178,7 @@ impl<R: Read> Chunks for Direct<R> {
 /// general path gives (checked by tests over cut and flipped files).
 fn read_legacy(
     header: &pcap_parser::PcapHeader,
-    mut chunks: impl Chunks,
+    mut chunks: Chunks<impl Read>,
     mut on_frame: impl FnMut(&Frame<'_>, Progress),
 ) -> Result<u64, CaptureError> {
     let big_endian = header.is_bigendian();
@@ -274,7 +269,7 @@ fn read_legacy(
 /// A record header announces more than [`MAX_RECORD`] bytes: as pcap-parser's reader does,
 /// a damaged file if that much follows, a truncated one if the file ends first.
 fn too_large(
-    chunks: &mut impl Chunks,
+    chunks: &mut Chunks<impl Read>,
     mut chunk: Vec<u8>,
     mut available: usize,
     frames: u64,
@@ -562,13 +557,7 @@ mod tests {
 
     #[test]
     fn the_legacy_walk_equals_pcap_parsers_reader() {
-        let mut x = 0x1234_5678_9ABC_DEF1u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x1234_5678_9ABC_DEF1u64);
         // Over two 256 KiB chunks of records from 0 to 3000 bytes, so records straddle chunk
         // ends whatever the read sizes.
         let records: Vec<(u32, u32, Vec<u8>)> = (0..400)

@@ -375,7 +375,7 @@ impl Tailer {
                     dev: r.dev,
                     ino: r.ino,
                     offset: chunk_start + consumed,
-                    last_line: bounded.then(|| (len, hex(&hash))),
+                    last_line: bounded.then(|| (len, hex::encode(hash))),
                 });
                 rest = after;
             }
@@ -508,7 +508,7 @@ fn matches_line(file: &File, p: &TailPosition) -> bool {
             };
             let mut buf = vec![0u8; *len as usize];
             match file.read_exact_at(&mut buf, start) {
-                Ok(()) => hex(&Sha256::digest(&buf)) == *sha,
+                Ok(()) => hex::encode(Sha256::digest(&buf)) == *sha,
                 Err(_) => false,
             }
         }
@@ -518,10 +518,6 @@ fn matches_line(file: &File, p: &TailPosition) -> bool {
             file.read_exact_at(&mut b, p.offset - 1).is_ok() && b[0] == b'\n'
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a

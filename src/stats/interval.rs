@@ -99,15 +99,8 @@ impl IntervalClock {
         if ![15, 30, 60].contains(&minutes) {
             return Err(ClockError::Minutes(minutes));
         }
-        // "UTC" (the default) needs no time zone database: a lookup by name first makes jiff
-        // list the whole of /usr/share/zoneinfo (hundreds of directory reads, a fifth of what
-        // `teledge run` executed before READY; docs/performance.md, "Binary size and
-        // start-up"). Its offset is zero at every instant either way.
-        let tz = if zone == "UTC" {
-            TimeZone::UTC
-        } else {
-            TimeZone::get(zone).map_err(|e| ClockError::Zone(zone.to_owned(), e.to_string()))?
-        };
+        let tz = crate::time::zone(zone)
+            .map_err(|e| ClockError::Zone(zone.to_owned(), e.to_string()))?;
         Ok(IntervalClock {
             zone: tz,
             zone_name: zone.to_owned(),

@@ -182,10 +182,7 @@ impl DeadLetters {
             "{}-{}-{}{SUFFIX}",
             id.epoch,
             id.seq,
-            digest[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            hex::encode(&digest[..8])
         );
         let path = self.dir.join(&name);
         let sealed =
