@@ -197,7 +197,9 @@ fn read_legacy(
         }
     };
     // The whole record (16-byte header and data), its length in `record` given its header.
-    let record_len = |h: &[u8]| 16 + word(h, 8) as usize;
+    // Saturating: on a 32-bit box a hostile length near 4 GiB would wrap to a few bytes and
+    // hand over a record shorter than its own header; saturated, it is refused as too large.
+    let record_len = |h: &[u8]| 16usize.saturating_add(word(h, 8) as usize);
     let mut frames: u64 = 0;
     // File offset of the next record.
     let mut offset: u64 = 24;
