@@ -37,19 +37,8 @@ dir=$(realpath -m target/bench/latency)
 rm -rf "$dir" && mkdir -p "$dir/pki" "$dir/sipp"
 
 # The site CA, the collector's certificate (localhost) and the node's (CN = node id).
-( cd "$dir/pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout ca.key -out ca.pem 2>/dev/null
-  leaf() { # name cn extensions
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" -keyout "$1.key" \
-      -out "$1.csr" 2>/dev/null
-    printf '%b' "$3" > "$1.ext"
-    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile "$1.ext" -out "$1.pem" 2>/dev/null
-  }
-  leaf collector localhost 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\n'
-  leaf node bench 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
-  head -c 32 /dev/urandom > spool.key; head -c 32 /dev/urandom > site.key )
+. scripts/bench-common.sh
+site_pki "$dir/pki" collector localhost "$SERVER_LOCALHOST" node bench "$CLIENT"
 
 cat > "$dir/run.sh" <<EOF
 set -euo pipefail

@@ -27,18 +27,11 @@ bindir="$(realpath "${CARGO_TARGET_DIR:-target}/release")"
 dir=$(realpath -m target/bench/listen)
 rm -rf "$dir" && mkdir -p "$dir/pki"
 
-( cd "$dir/pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout ca.key -out ca.pem 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench -keyout node.key \
-    -out node.csr 2>/dev/null
-  printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > node.ext
-  openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile node.ext \
-    -out node.pem 2>/dev/null
-  head -c 32 /dev/urandom > spool.key; head -c 32 /dev/urandom > site.key )
+. scripts/bench-common.sh
+site_pki "$dir/pki" node bench "$CLIENT"
 token="tdg1_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 hash=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 max=$((LISTENERS > 0 ? LISTENERS : 1))
 
 config() { # spool dir

@@ -52,15 +52,8 @@ dir=$(realpath -m target/bench/live)
 rm -rf "$dir" && mkdir -p "$dir/pki"
 
 # Keys and certificates the configuration must name (the uplink is never reached).
-( cd "$dir/pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout ca.key -out ca.pem 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench -keyout node.key \
-    -out node.csr 2>/dev/null
-  printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > node.ext
-  openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile node.ext \
-    -out node.pem 2>/dev/null
-  head -c 32 /dev/urandom > spool.key; head -c 32 /dev/urandom > site.key )
+. scripts/bench-common.sh
+site_pki "$dir/pki" node bench "$CLIENT"
 
 config() { # spool dir
   cat <<EOF
