@@ -872,6 +872,17 @@ mod tests {
         assert_eq!(pipeline.loss_totals()["link"], 5);
     }
 
+    /// A HEP frame as a capture sees it: Ethernet, IPv4, UDP to port 9060.
+    fn hep_on_the_wire(hep: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 9], [10, 0, 0, 10], 64)
+            .udp(40_000, 9060)
+            .write(&mut data, hep)
+            .unwrap();
+        data
+    }
+
     /// HEP found on the wire: its RTCP-JSON joins the call named by its correlation id, as
     /// HEP from the listener does (the daemon used to drop it).
     #[test]
@@ -893,13 +904,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let hep = hep_frame(proto, &payload, correlation);
-            let builder =
-                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                    .ipv4([10, 0, 0, 9], [10, 0, 0, 10], 64)
-                    .udp(40_000, 9060);
-            let mut data = Vec::new();
-            builder.write(&mut data, &hep).unwrap();
+            let data = hep_on_the_wire(&hep_frame(proto, &payload, correlation));
             let frame = Frame {
                 number: number as u64 + 1,
                 time: Timestamp::from_secs_nanos(1_000, 0),
@@ -931,13 +936,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let hep = hep_frame(proto, &payload, correlation);
-            let builder =
-                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                    .ipv4([10, 0, 0, 9], [10, 0, 0, 10], 64)
-                    .udp(40_000, 9060);
-            let mut data = Vec::new();
-            builder.write(&mut data, &hep).unwrap();
+            let data = hep_on_the_wire(&hep_frame(proto, &payload, correlation));
             let frame = Frame {
                 number: number as u64 + 1,
                 time: Timestamp::from_secs_nanos(1_000, 0),
