@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds teledge for the ARM edge boxes and runs the result under qemu-user, to prove the
 # binary works, not just that it links: `--version`, `sensors list`, `check-config` of the
-# example configuration, and a `replay` of every bundled capture in tests/data/, whose
+# example configuration, the library's unit tests built for the target (`cargo test --lib`
+# with qemu as the runner), and a `replay` of every bundled capture in tests/data/, whose
 # records must be byte for byte those of the host's own build (x86_64, `cargo build`) of the
 # same sources (endianness, word size, floating point, the C parts of ring and the time
 # zone database all show there).
@@ -120,6 +121,14 @@ build() { # arch
   ((dry)) || file "$bin" 2>/dev/null || true
   run "$q" -L "$s" "$bin" --version
   same_records "$q" "$s" "$bin" "$1"
+  # The library's unit tests built for the target and run under its qemu: what only a
+  # 32-bit word or another libc shows (armv7 found pcap-parser's 32-bit overflow this way).
+  local runner
+  runner="CARGO_TARGET_$(echo "$t" | tr 'a-z-' 'A-Z_')_RUNNER"
+  if ! run env "$runner=$q -L $s" cargo test --locked --target "$t" --lib -q; then
+    echo "$1: the unit tests failed under $q" >&2
+    failed=1
+  fi
   # The daemon's parts that touch the OS: serial port listing (sysfs) and config checking.
   run "$q" -L "$s" "$bin" sensors list
   # 78 (EX_CONFIG): the example configuration names files this box does not have; anything

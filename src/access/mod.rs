@@ -841,22 +841,30 @@ mod tests {
     #[test]
     fn sessions_are_bounded_and_expire() {
         let (alice, hash) = make_token();
-        let access = Access::new(AccessSettings {
-            supervisors: vec![Supervisor {
-                id: "alice".into(),
-                token_sha256: Some(hash),
-                cert_cn: None,
-                view: ServiceSet::All,
-                listen: ServiceSet::Nothing,
-            }],
-            session_ttl: Duration::from_millis(50),
-            ..AccessSettings::default()
-        });
+        // The bound and the expiry on two instances, so that however slowly the logins run
+        // (under qemu: 256 logins outlast a short lifetime) neither property hides the other.
+        let with_ttl = |session_ttl| {
+            Access::new(AccessSettings {
+                supervisors: vec![Supervisor {
+                    id: "alice".into(),
+                    token_sha256: Some(hash),
+                    cert_cn: None,
+                    view: ServiceSet::All,
+                    listen: ServiceSet::Nothing,
+                }],
+                session_ttl,
+                ..AccessSettings::default()
+            })
+        };
         let a = bearer(&alice);
         let creds = Credentials {
             authorization: Some(&a),
             ..Credentials::default()
         };
+        let cookie = |login: &Login| login.set_cookie.split(';').next().unwrap().to_owned();
+
+        // Bounded: the oldest session gives way to the newest.
+        let access = with_ttl(Duration::from_secs(3600));
         let first = access.login(&creds).unwrap();
         for _ in 1..MAX_SESSIONS {
             assert!(!access.login(&creds).unwrap().evicted);
@@ -864,16 +872,27 @@ mod tests {
         assert!(access.login(&creds).unwrap().evicted);
         assert_eq!(access.sessions(), MAX_SESSIONS);
         assert_eq!(access.sessions_evicted(), 1);
-        let pair = first.set_cookie.split(';').next().unwrap().to_owned();
+        let pair = cookie(&first);
         let old = Credentials {
             cookie: Some(&pair),
             ..Credentials::default()
         };
         assert_eq!(access.authenticate(&old), Err(Denied::BadCredentials));
-        std::thread::sleep(Duration::from_millis(60));
+
+        // Expired: swept at the next login, and no longer accepted.
+        let access = with_ttl(Duration::from_millis(200));
+        let first = access.login(&creds).unwrap();
+        access.login(&creds).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
         let last = access.login(&creds).unwrap();
         assert_eq!(access.sessions(), 1, "expired sessions are swept at login");
-        let pair = last.set_cookie.split(';').next().unwrap().to_owned();
+        let pair = cookie(&first);
+        let expired = Credentials {
+            cookie: Some(&pair),
+            ..Credentials::default()
+        };
+        assert!(access.authenticate(&expired).is_err());
+        let pair = cookie(&last);
         let fresh = Credentials {
             cookie: Some(&pair),
             ..Credentials::default()

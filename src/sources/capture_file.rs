@@ -605,11 +605,13 @@ mod tests {
         // A length that wraps to a few bytes when the 16-byte header is added in 32 bits (an
         // armv7 box): refused the same way, not handed over shorter than its own header. On a
         // 64-bit host this is just another huge record; `cross/build.sh`'s lib-test run under
-        // qemu-arm is what exercises the wrap.
+        // qemu-arm is what exercises the wrap. Compared with the MAX_RECORD + 1 answer, not
+        // with pcap-parser: its reader (0.17, reader.rs:160, `available_data() + n`)
+        // overflows on this length on 32-bit boxes (a panic in a debug build; in a release
+        // build the sum wraps and `grow` refuses the record). Only Kuznetsov's modified
+        // pcap format still reaches that reader.
         huge[at + 8..at + 12].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes());
-        let wrapped = through_legacy(&huge, usize::MAX);
-        assert_eq!(wrapped, through_parser(&huge));
-        assert!(wrapped.1.contains("record larger than"), "{}", wrapped.1);
+        assert_eq!(through_legacy(&huge, usize::MAX), long);
         // A pcapng file goes through pcap-parser's reader whole (its section header is longer
         // than the 24 bytes read to look for a pcap header). pcap-parser recognises a format
         // from its first read, so only whole reads (as from a file) are compared here.

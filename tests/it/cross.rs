@@ -142,6 +142,16 @@ fn one_target_builds_only_that_target_with_only_its_toolchain_and_exits_zero() {
             );
         }
         assert_eq!(runs.len(), captures.len() + 3, "{stdout}");
+        // The unit tests, built for this target and run under its qemu.
+        let runner = triple.to_uppercase().replace('-', "_");
+        assert_eq!(
+            commands(&stdout, "env"),
+            [format!(
+                "env CARGO_TARGET_{runner}_RUNNER={qemu} -L {} cargo test --locked --target {triple} --lib -q",
+                if arch == "armv7" { "/usr/arm-linux-gnueabihf" } else { "/usr/aarch64-linux-gnu" }
+            )],
+            "{stdout}"
+        );
         assert!(
             !stdout.contains(other),
             "{arch} must not touch {other}: {stdout}"
