@@ -7,9 +7,14 @@
 # mmap), the program's own file (text and read-only data), shared libraries, anonymous
 # memory (heap, stacks) and threads, and the private part (USS: pages no other process maps;
 # the collector runs from a copy of the binary, so the agent's text counts as its own). Run for each ring size in RINGS (MiB; `ring_mib` in
-# `[[capture]]`, default 16); the goal is VmRSS ≤ 10 MiB. Needs root (AF_PACKET).
+# `[[capture]]`, default 16; `ring_mib` must hold a block for each capture thread, by default
+# one a core: THREADS=1 sets `threads = 1` for a 1 MiB ring); the goal is VmRSS ≤ 10 MiB.
+# Then, for SETTLE seconds more, what the idle daemon touches: the referenced bits are cleared
+# (`/proc/PID/clear_refs`) and the program file's resident pages read again ("Referenced" in
+# smaps): the steady idle working set of program text, beside all that start-up left mapped.
+# Needs root (AF_PACKET, clear_refs).
 #
-#   sudo scripts/bench-idle.sh          (RINGS="16 4 2", SETTLE=5, PROFILE=release)
+#   sudo scripts/bench-idle.sh          (RINGS="16 4 2", SETTLE=5, PROFILE=release, THREADS unset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RINGS=${RINGS:-16 4 2}
@@ -72,7 +77,8 @@ for ring in $RINGS; do
 id = "edge-01"
 [[capture]]
 interface = "lo"
-ring_mib = $ring
+ring_mib = $ring${THREADS:+
+threads = $THREADS}
 [privacy]
 mode = "keyed_hash"
 site_key_file = "$work/site.key"
@@ -98,6 +104,11 @@ EOF
   kill -0 "$agent" 2>/dev/null || { echo "teledge run exited:" >&2; cat "$work/run.log" >&2; exit 1; }
   report "teledge run (ring_mib = $ring)" "$agent" '/teledge$'
   report "tcpdump -i lo (2 MiB buffer)" "$peer" '/tcpdump$'
+  echo 1 > "/proc/$agent/clear_refs"
+  sleep "$SETTLE"
+  awk -v s="$SETTLE" '/^[0-9a-f]+-[0-9a-f]+ / { prog = ($6 ~ /\/teledge$/) }
+    prog && $1 == "Rss:" { r += $2 } prog && $1 == "Referenced:" { f += $2 }
+    END { printf "  %-36s program file resident %4.1f MiB, of it referenced in the next %d s idle %4.1f MiB\n", "", r/1024, s, f/1024 }' "/proc/$agent/smaps"
   kill "$agent" "$peer"
   wait "$agent" "$peer" 2>/dev/null || true
 done

@@ -75,7 +75,6 @@ use crate::observe::events::{DropReason, InternalEvent, NewSince, RecordsDropped
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -95,6 +94,7 @@ use crate::spooler::Spooler;
 pub use crate::time::Clock;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
+mod bounded;
 mod capture;
 mod fleet;
 mod heartbeat;
@@ -111,7 +111,8 @@ mod uplink;
 pub use crate::config::reload::ReloadPlan;
 pub use hep::HepAddrs;
 
-/// Records waiting for the spool writer.
+/// Records waiting for the spool writer, at most (the queue takes memory as it fills:
+/// [`bounded`]).
 const RECORD_QUEUE: usize = 65_536;
 /// How often time moves forward without packets. Short, because it also releases call
 /// records whose grace for media in flight has passed when no other message does, and so is
@@ -190,7 +191,7 @@ impl DaemonError {
 /// Counting hand-off of records to the spool writer: never blocks.
 #[derive(Debug, Clone)]
 struct RecordQueue {
-    tx: SyncSender<Record>,
+    tx: bounded::BoundedSender<Record>,
     metrics: Arc<AgentMetrics>,
     produced: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
@@ -203,8 +204,8 @@ impl RecordQueue {
         self.metrics.records_produced.with(&[kind]).inc();
         let reason = match self.tx.try_send(record) {
             Ok(()) => return,
-            Err(TrySendError::Full(_)) => DropReason::QueueFull,
-            Err(TrySendError::Disconnected(_)) => DropReason::QueueClosed,
+            Err(bounded::TrySendError::Full(_)) => DropReason::QueueFull,
+            Err(bounded::TrySendError::Disconnected(_)) => DropReason::QueueClosed,
         };
         self.dropped.fetch_add(1, Ordering::Relaxed);
         RecordsDropped { reason, count: 1 }.emit(&self.metrics);
@@ -551,7 +552,7 @@ impl Daemon {
         };
 
         // Records → spool writer thread.
-        let (record_tx, record_rx) = sync_channel::<Record>(RECORD_QUEUE);
+        let (record_tx, record_rx) = bounded::channel::<Record>(RECORD_QUEUE);
         let produced = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let records = RecordQueue {

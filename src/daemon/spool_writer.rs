@@ -21,7 +21,7 @@
 //! (`teledge_interval_agents`, `teledge_interval_node_sip`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -41,7 +41,7 @@ pub(super) struct SpoolWriter {
 
 impl SpoolWriter {
     pub(super) fn spawn(
-        rx: Receiver<Record>,
+        rx: super::bounded::BoundedReceiver<Record>,
         spooler: Spooler,
         health: Arc<Health>,
         metrics: Arc<AgentMetrics>,
@@ -83,7 +83,7 @@ impl SpoolWriter {
 /// when the queue closes. Returns records spooled. Every record lost on the way (the queue
 /// full, an append that failed) is also announced upstream by a gap record.
 fn write(
-    rx: Receiver<Record>,
+    rx: super::bounded::BoundedReceiver<Record>,
     mut spooler: Spooler,
     health: &Health,
     metrics: &AgentMetrics,
