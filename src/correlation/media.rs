@@ -1610,6 +1610,33 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
 mod tests {
     use super::*;
 
+    /// What a stream held at once costs in the tracker's own structures: its boxed state and
+    /// its key's slots in the tables (issue 14 goal 5, ≤ 1 KiB a stream in all). Printed with
+    /// `--nocapture`.
+    #[test]
+    fn the_per_stream_structures_stay_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Stream", size_of::<Stream>()),
+            ("StreamAnalyzer", size_of::<StreamAnalyzer>()),
+            ("StreamKey", size_of::<StreamKey>()),
+            (
+                "streams slot (StreamKey, Box<Stream>)",
+                size_of::<(StreamKey, Box<Stream>)>(),
+            ),
+            ("streams_by_ssrc slot", size_of::<(u32, Vec<StreamKey>)>()),
+            (
+                "streams_by_call slot",
+                size_of::<(Arc<str>, Vec<StreamKey>)>(),
+            ),
+            ("Endpoint", size_of::<Endpoint>()),
+        ];
+        for (name, size) in sizes {
+            println!("size_of::<{name}>() = {size}");
+        }
+        assert!(size_of::<Stream>() <= 1024, "{sizes:?}");
+    }
+
     /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
     #[test]
     fn a_packed_stream_key_gives_back_its_addresses() {

@@ -1031,6 +1031,25 @@ mod tests {
         Timestamp::from_nanos((ms * 1e6) as i64)
     }
 
+    /// What one stream's analysis costs (each stream held at once keeps one; issue 14 goal 5:
+    /// ≤ 1 KiB a stream in all). Printed with `--nocapture`; the bound fails a change that
+    /// grows the state without a reason written down here.
+    #[test]
+    fn the_state_of_a_stream_stays_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("StreamAnalyzer", size_of::<StreamAnalyzer>()),
+            ("Wireshark", size_of::<Wireshark>()),
+            ("Quality", size_of::<Quality>()),
+            ("JitterBuffer", size_of::<JitterBuffer>()),
+            ("Summary", size_of::<Summary>()),
+        ];
+        for (name, size) in sizes {
+            println!("size_of::<{name}>() = {size}");
+        }
+        assert!(size_of::<StreamAnalyzer>() <= 1024, "{sizes:?}");
+    }
+
     #[test]
     fn late_packet_is_discarded_by_the_small_buffer_only() {
         // 20 ms packets; packet 10 arrives 120 ms late.
