@@ -193,7 +193,7 @@ impl MediaCounters {
 /// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
 /// address of each `m=` line with a port (not on hold, `c=0.0.0.0`) and, when it differs, its
 /// RTCP address (`true`: RTCP only), with the line's codecs.
-pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, Arc<[Codec]>)> + '_ {
+pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, &[Codec])> + '_ {
     sdp.media
         .iter()
         .filter(|m| m.port != 0)
@@ -203,11 +203,11 @@ pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, Ar
                 .as_deref()
                 .and_then(|a| a.parse::<IpAddr>().ok())
                 .filter(|ip| !ip.is_unspecified())?;
-            let codecs: Arc<[Codec]> = media.codecs.clone().into();
+            let codecs = media.codecs.as_slice();
             let rtcp = media
                 .rtcp_port
                 .filter(|p| *p != media.port)
-                .map(|p| (SocketAddr::new(ip, p), true, codecs.clone()));
+                .map(|p| (SocketAddr::new(ip, p), true, codecs));
             Some(std::iter::once((SocketAddr::new(ip, media.port), false, codecs)).chain(rtcp))
         })
         .flatten()
@@ -228,8 +228,20 @@ struct Endpoint {
     rtcp_only: bool,
     codecs: Arc<[Codec]>,
     /// Other open calls that announced the same address, with their side: the legs of a
-    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs.
-    others: Vec<(Arc<str>, Side)>,
+    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs. Boxed:
+    /// most endpoints have none (8 bytes in every endpoint's slot instead of a `Vec`'s 24).
+    #[allow(clippy::box_collection)]
+    others: Option<Box<Legs<Side>>>,
+}
+
+/// Other calls with their side of an endpoint, or their direction of a stream.
+type Legs<T> = Vec<(Arc<str>, T)>;
+
+impl Endpoint {
+    /// The other open calls that announced the address, with their side.
+    fn others(&self) -> &[(Arc<str>, Side)] {
+        self.others.as_deref().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Most other calls remembered per endpoint.
@@ -395,7 +407,7 @@ struct Stream {
     /// stream's direction in each. Boxed: most streams have none, and 8 bytes in every
     /// stream's state are cheaper than a `Vec`'s 24.
     #[allow(clippy::box_collection)]
-    legs: Option<Box<Vec<(Arc<str>, Direction)>>>,
+    legs: Option<Box<Legs<Direction>>>,
 }
 
 #[derive(Debug)]
@@ -416,6 +428,9 @@ struct RtcpObservation {
 /// above no conversation is possible. Samples a little below zero (an endpoint that rounds
 /// its DLSR, next to a tap that sees a round trip near zero) count as 0.
 pub const RTT_PLAUSIBLE_MS: std::ops::RangeInclusive<f64> = -2.0..=5000.0;
+
+/// Codec lists the tracker keeps to share among the endpoints that announce them.
+const SHARED_CODEC_LISTS: usize = 8;
 
 /// Probation packets kept per unconfirmed flow.
 const PROBATION_PACKETS: usize = 4;
@@ -463,6 +478,11 @@ pub struct MediaTracker {
     /// The correlation shard this tracker measures for (part of its orphan summaries' ids
     /// when not 0: every shard sums up its own orphans of a minute).
     shard: u32,
+    /// The codec lists of recent SDPs, the last used first, at most [`SHARED_CODEC_LISTS`]:
+    /// the endpoints that announce an equal list share one (most SDPs at a site offer one
+    /// of a few lists), so an endpoint costs a reference, not a copy of its list with every
+    /// codec's name.
+    codec_lists: Vec<Arc<[Codec]>>,
 }
 
 impl MediaTracker {
@@ -489,6 +509,7 @@ impl MediaTracker {
             last_sweep: Timestamp::default(),
             tap: ListenTap::default(),
             shard: 0,
+            codec_lists: Vec::with_capacity(SHARED_CODEC_LISTS),
         }
     }
 
@@ -526,18 +547,19 @@ impl MediaTracker {
             let others = match self.endpoints.get(&addr) {
                 Some(old) if old.call != call => {
                     let mut others: Vec<(Arc<str>, Side)> = old
-                        .others
+                        .others()
                         .iter()
                         .filter(|(c, _)| *c != call)
                         .cloned()
                         .collect();
                     others.insert(0, (old.call.clone(), old.side));
                     others.truncate(MAX_LEGS);
-                    others
+                    Some(Box::new(others))
                 }
                 Some(old) => old.others.clone(),
-                None => Vec::new(),
+                None => None,
             };
+            let codecs = self.shared_codecs(codecs);
             self.endpoints.insert(
                 addr,
                 Endpoint {
@@ -553,6 +575,22 @@ impl MediaTracker {
                 .or_default()
                 .push(addr);
         }
+    }
+
+    /// An endpoint's codec list: an equal one of [`Self::codec_lists`], else a new one,
+    /// remembered in place of the least recently used.
+    fn shared_codecs(&mut self, codecs: &[Codec]) -> Arc<[Codec]> {
+        let lists = &mut self.codec_lists;
+        if let Some(i) = lists.iter().position(|l| **l == *codecs) {
+            lists[..=i].rotate_right(1);
+            return lists[0].clone();
+        }
+        let list: Arc<[Codec]> = Arc::from(codecs);
+        if lists.len() >= SHARED_CODEC_LISTS {
+            lists.pop();
+        }
+        lists.insert(0, list.clone());
+        list
     }
 
     /// True while `addr` is a media endpoint of a call here, open or ended within its
@@ -655,9 +693,9 @@ impl MediaTracker {
         // stream too, each in its own direction.
         let legs: Vec<(Arc<str>, Direction)> = match (to, from) {
             (Some(to), Some(from)) => to
-                .others
+                .others()
                 .iter()
-                .filter(|(c, _)| from.call == *c || from.others.iter().any(|(o, _)| o == c))
+                .filter(|(c, _)| from.call == *c || from.others().iter().any(|(o, _)| o == c))
                 .map(|(c, side)| (c.clone(), toward(*side)))
                 .collect(),
             _ => Vec::new(),
@@ -908,7 +946,7 @@ impl MediaTracker {
             .get(&meta.dst)
             .or_else(|| self.endpoints.get(&meta.src));
         let legs: Vec<Arc<str>> = endpoint
-            .map(|e| e.others.iter().map(|(c, _)| c.clone()).collect())
+            .map(|e| e.others().iter().map(|(c, _)| c.clone()).collect())
             .unwrap_or_default();
         let call = endpoint
             .map(|e| e.call.clone())
@@ -1168,9 +1206,11 @@ impl MediaTracker {
             let Some(endpoint) = self.endpoints.get_mut(&addr) else {
                 continue;
             };
-            endpoint.others.retain(|(c, _)| &**c != call_id);
+            if let Some(others) = endpoint.others.as_deref_mut() {
+                others.retain(|(c, _)| &**c != call_id);
+            }
             if &*endpoint.call == call_id {
-                match endpoint.others.pop() {
+                match endpoint.others.as_deref_mut().and_then(Vec::pop) {
                     // Another leg announced it too: the endpoint is now that leg's.
                     Some((call, side)) => {
                         endpoint.call = call;
