@@ -226,7 +226,7 @@ struct Endpoint {
     /// Who announced it: media sent *to* it goes to this side.
     side: Side,
     rtcp_only: bool,
-    codecs: Arc<[Codec]>,
+    codecs: Codecs,
     /// Other open calls that announced the same address, with their side: the legs of a
     /// B2BUA with direct media negotiate the same endpoints under two Call-IDs. Boxed:
     /// most endpoints have none (8 bytes in every endpoint's slot instead of a `Vec`'s 24).
@@ -236,6 +236,11 @@ struct Endpoint {
 
 /// Other calls with their side of an endpoint, or their direction of a stream.
 type Legs<T> = Vec<(Arc<str>, T)>;
+
+/// An SDP line's codecs, shared by the endpoints that announce an equal list and their
+/// streams (see [`MediaTracker::shared_codecs`]). A thin pointer: 8 bytes in every stream
+/// and endpoint where an `Arc<[Codec]>` takes 16, for one allocation more per distinct list.
+type Codecs = Arc<Vec<Codec>>;
 
 impl Endpoint {
     /// The other open calls that announced the address, with their side.
@@ -398,11 +403,11 @@ fn ip_bytes(ip: IpAddr) -> [u8; 16] {
 struct Stream {
     call: Option<Arc<str>>,
     direction: Option<Direction>,
-    codecs: Arc<[Codec]>,
+    codecs: Codecs,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
     /// The last payload type's meaning, when it does not depend on the packet.
-    info_cache: Option<(u8, PayloadInfo)>,
+    info_cache: InfoCache,
     /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
     /// stream's direction in each. Boxed: most streams have none, and 8 bytes in every
     /// stream's state are cheaper than a `Vec`'s 24.
@@ -482,7 +487,7 @@ pub struct MediaTracker {
     /// the endpoints that announce an equal list share one (most SDPs at a site offer one
     /// of a few lists), so an endpoint costs a reference, not a copy of its list with every
     /// codec's name.
-    codec_lists: Vec<Arc<[Codec]>>,
+    codec_lists: Vec<Codecs>,
 }
 
 impl MediaTracker {
@@ -579,13 +584,13 @@ impl MediaTracker {
 
     /// An endpoint's codec list: an equal one of [`Self::codec_lists`], else a new one,
     /// remembered in place of the least recently used.
-    fn shared_codecs(&mut self, codecs: &[Codec]) -> Arc<[Codec]> {
+    fn shared_codecs(&mut self, codecs: &[Codec]) -> Codecs {
         let lists = &mut self.codec_lists;
-        if let Some(i) = lists.iter().position(|l| **l == *codecs) {
+        if let Some(i) = lists.iter().position(|l| l.as_slice() == codecs) {
             lists[..=i].rotate_right(1);
             return lists[0].clone();
         }
-        let list: Arc<[Codec]> = Arc::from(codecs);
+        let list = Arc::new(codecs.to_vec());
         if lists.len() >= SHARED_CODEC_LISTS {
             lists.pop();
         }
@@ -770,7 +775,8 @@ impl MediaTracker {
             return;
         }
         if let Some(candidate) = self.candidates.remove(&key) {
-            self.open_stream(key, None, None, Arc::from(Vec::new()), &candidate.packets);
+            let no_codecs = self.shared_codecs(&[]);
+            self.open_stream(key, None, None, no_codecs, &candidate.packets);
         }
     }
 
@@ -779,7 +785,7 @@ impl MediaTracker {
         key: StreamKey,
         call: Option<Arc<str>>,
         direction: Option<Direction>,
-        codecs: Arc<[Codec]>,
+        codecs: Codecs,
         packets: &[(Timestamp, RtpPacket)],
     ) {
         let Some(((first_time, first), rest)) = packets.split_first() else {
@@ -805,7 +811,7 @@ impl MediaTracker {
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
-            info_cache: None,
+            info_cache: InfoCache::EMPTY,
             legs: None,
         });
         stream.note_voice(first, info);
@@ -1329,6 +1335,50 @@ impl MediaTracker {
     }
 }
 
+/// A payload type and its meaning, packed: 8 bytes where an `Option<(u8, PayloadInfo)>`
+/// takes 16.
+#[derive(Debug, Clone, Copy)]
+struct InfoCache {
+    pt: u8,
+    /// [`InfoCache::HELD`] and the flags of the meaning.
+    flags: u8,
+    clock_rate: u32,
+}
+
+impl InfoCache {
+    const HELD: u8 = 1;
+    const CLOCK: u8 = 2;
+    const EVENT: u8 = 4;
+    const COMFORT_NOISE: u8 = 8;
+    /// Nothing cached.
+    const EMPTY: InfoCache = InfoCache {
+        pt: 0,
+        flags: 0,
+        clock_rate: 0,
+    };
+
+    fn new(pt: u8, info: PayloadInfo) -> Self {
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        InfoCache {
+            pt,
+            flags: Self::HELD
+                | flag(info.clock_rate.is_some(), Self::CLOCK)
+                | flag(info.is_event, Self::EVENT)
+                | flag(info.is_comfort_noise, Self::COMFORT_NOISE),
+            clock_rate: info.clock_rate.unwrap_or(0),
+        }
+    }
+
+    /// The meaning of `pt`, if it is the one cached.
+    fn get(&self, pt: u8) -> Option<PayloadInfo> {
+        (self.flags & Self::HELD != 0 && self.pt == pt).then(|| PayloadInfo {
+            clock_rate: (self.flags & Self::CLOCK != 0).then_some(self.clock_rate),
+            is_event: self.flags & Self::EVENT != 0,
+            is_comfort_noise: self.flags & Self::COMFORT_NOISE != 0,
+        })
+    }
+}
+
 impl Stream {
     /// The other calls (B2BUA legs) of the stream, with its direction in each.
     fn legs(&self) -> &[(Arc<str>, Direction)] {
@@ -1338,11 +1388,15 @@ impl Stream {
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
         // The payload type rarely changes within a stream: its meaning is looked up in the
         // SDP's codecs (names compared) only when it does, or when it depends on the packet.
-        let info = match self.info_cache {
-            Some((pt, info)) if pt == packet.payload_type => info,
-            _ => {
+        let info = match self.info_cache.get(packet.payload_type) {
+            Some(info) => info,
+            None => {
                 let (info, fixed) = payload_info_of(&self.codecs, packet);
-                self.info_cache = fixed.then_some((packet.payload_type, info));
+                self.info_cache = if fixed {
+                    InfoCache::new(packet.payload_type, info)
+                } else {
+                    InfoCache::EMPTY
+                };
                 info
             }
         };
