@@ -407,7 +407,7 @@ struct Stream {
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
     /// The last payload type's meaning, when it does not depend on the packet.
-    info_cache: InfoCache,
+    info_cache: Option<(u8, PayloadInfo)>,
     /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
     /// stream's direction in each. Boxed: most streams have none, and 8 bytes in every
     /// stream's state are cheaper than a `Vec`'s 24.
@@ -811,7 +811,7 @@ impl MediaTracker {
             codecs,
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
-            info_cache: InfoCache::EMPTY,
+            info_cache: None,
             legs: None,
         });
         stream.note_voice(first, info);
@@ -1335,50 +1335,6 @@ impl MediaTracker {
     }
 }
 
-/// A payload type and its meaning, packed: 8 bytes where an `Option<(u8, PayloadInfo)>`
-/// takes 16.
-#[derive(Debug, Clone, Copy)]
-struct InfoCache {
-    pt: u8,
-    /// [`InfoCache::HELD`] and the flags of the meaning.
-    flags: u8,
-    clock_rate: u32,
-}
-
-impl InfoCache {
-    const HELD: u8 = 1;
-    const CLOCK: u8 = 2;
-    const EVENT: u8 = 4;
-    const COMFORT_NOISE: u8 = 8;
-    /// Nothing cached.
-    const EMPTY: InfoCache = InfoCache {
-        pt: 0,
-        flags: 0,
-        clock_rate: 0,
-    };
-
-    fn new(pt: u8, info: PayloadInfo) -> Self {
-        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-        InfoCache {
-            pt,
-            flags: Self::HELD
-                | flag(info.clock_rate.is_some(), Self::CLOCK)
-                | flag(info.is_event, Self::EVENT)
-                | flag(info.is_comfort_noise, Self::COMFORT_NOISE),
-            clock_rate: info.clock_rate.unwrap_or(0),
-        }
-    }
-
-    /// The meaning of `pt`, if it is the one cached.
-    fn get(&self, pt: u8) -> Option<PayloadInfo> {
-        (self.flags & Self::HELD != 0 && self.pt == pt).then(|| PayloadInfo {
-            clock_rate: (self.flags & Self::CLOCK != 0).then_some(self.clock_rate),
-            is_event: self.flags & Self::EVENT != 0,
-            is_comfort_noise: self.flags & Self::COMFORT_NOISE != 0,
-        })
-    }
-}
-
 impl Stream {
     /// The other calls (B2BUA legs) of the stream, with its direction in each.
     fn legs(&self) -> &[(Arc<str>, Direction)] {
@@ -1388,15 +1344,11 @@ impl Stream {
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
         // The payload type rarely changes within a stream: its meaning is looked up in the
         // SDP's codecs (names compared) only when it does, or when it depends on the packet.
-        let info = match self.info_cache.get(packet.payload_type) {
-            Some(info) => info,
-            None => {
+        let info = match self.info_cache {
+            Some((pt, info)) if pt == packet.payload_type => info,
+            _ => {
                 let (info, fixed) = payload_info_of(&self.codecs, packet);
-                self.info_cache = if fixed {
-                    InfoCache::new(packet.payload_type, info)
-                } else {
-                    InfoCache::EMPTY
-                };
+                self.info_cache = fixed.then_some((packet.payload_type, info));
                 info
             }
         };
@@ -1511,7 +1463,7 @@ fn payload_info_of(codecs: &[Codec], packet: &RtpPacket) -> (PayloadInfo, bool) 
     };
     let info = PayloadInfo {
         // Events keep their clock (for durations); the analysis computes no jitter for them.
-        clock_rate: clock,
+        clock_rate: clock.unwrap_or(0),
         is_event,
         is_comfort_noise: pt == 13
             || pt == 19

@@ -73,8 +73,10 @@ use crate::time::Timestamp;
 /// How to interpret a payload type of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PayloadInfo {
-    /// RTP clock rate; `None` when unknown (no jitter can be computed).
-    pub clock_rate: Option<u32>,
+    /// RTP clock rate; 0 when unknown (no jitter can be computed). Not an `Option`: the
+    /// analysis treats an unknown clock and a clock of 0 alike, and a stream caches its
+    /// payload type's meaning (8 bytes, where an `Option<u32>` made it 12).
+    pub clock_rate: u32,
     /// RFC 4733 telephone-event: events, not voice.
     pub is_event: bool,
     /// Comfort noise (RFC 3389).
@@ -561,7 +563,7 @@ impl Wireshark {
         } else if info.is_event {
             0
         } else {
-            info.clock_rate.unwrap_or(0)
+            info.clock_rate
         };
         let mut current_jitter = 0.0;
         // Only read for a regular packet, which is always in time sequence.
@@ -828,10 +830,8 @@ impl StreamAnalyzer {
         // RFC 4733 §2.3: event, E|R|volume, duration; one event per RTP timestamp.
         let [event, _end_and_volume, d0, d1] = packet.payload_head;
         let duration = u16::from_be_bytes([d0, d1]);
-        let duration_ms = info
-            .clock_rate
-            .filter(|r| *r > 0)
-            .map(|r| f64::from(duration) * 1000.0 / f64::from(r));
+        let duration_ms = (info.clock_rate > 0)
+            .then(|| f64::from(duration) * 1000.0 / f64::from(info.clock_rate));
         if let Some(dtmf) = self.dtmf.as_mut().filter(|d| d.last_ts == packet.timestamp) {
             if let Some(last) = dtmf.events.last_mut() {
                 last.duration_ms = duration_ms;
@@ -867,9 +867,8 @@ impl StreamAnalyzer {
         regular: bool,
         gap: bool,
     ) {
-        let rate = info
-            .clock_rate
-            .filter(|r| *r > 0 && !info.is_event && !info.is_comfort_noise);
+        let rate = info.clock_rate;
+        let rate = (rate > 0 && !info.is_event && !info.is_comfort_noise).then_some(rate);
         let Some(rate) = rate else {
             if gap {
                 self.buffers.iter_mut().for_each(JitterBuffer::gap_only);
@@ -1053,7 +1052,7 @@ mod tests {
     use super::*;
 
     const PCMA: PayloadInfo = PayloadInfo {
-        clock_rate: Some(8000),
+        clock_rate: 8000,
         is_event: false,
         is_comfort_noise: false,
     };
@@ -1203,7 +1202,7 @@ mod tests {
     #[test]
     fn wireshark_40_counts_44_samples_per_ms() {
         const L16: PayloadInfo = PayloadInfo {
-            clock_rate: Some(44_100),
+            clock_rate: 44_100,
             is_event: false,
             is_comfort_noise: false,
         };
@@ -1290,9 +1289,9 @@ mod tests {
         fn info(pt: u8) -> PayloadInfo {
             PayloadInfo {
                 clock_rate: match pt {
-                    8 | 13 | 101 => Some(8000),
-                    34 => Some(90_000),
-                    _ => None,
+                    8 | 13 | 101 => 8000,
+                    34 => 90_000,
+                    _ => 0,
                 },
                 is_event: pt == 101,
                 is_comfort_noise: pt == 13,
