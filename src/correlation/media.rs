@@ -1341,6 +1341,9 @@ impl Stream {
         self.legs.as_deref().map_or(&[], Vec::as_slice)
     }
 
+    /// Once a packet: inlined into [`MediaTracker::rtp`] (thin LTO left it out of line
+    /// once the stream's fields changed: +2 M instructions on 102,030 packets).
+    #[inline]
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
         // The payload type rarely changes within a stream: its meaning is looked up in the
         // SDP's codecs (names compared) only when it does, or when it depends on the packet.
