@@ -16,7 +16,7 @@
 #    `media.peak_active_streams`, the stream table's largest size (a stream stays in it until
 #    its call's record is made, `record_grace_ms` after the call ends: on this capture every
 #    stream is held at the peak). Printed beside issue 14's goal (1 KiB); what
-#    tests/it/memory.rs asserts (≤ 1.5 KiB).
+#    tests/it/memory.rs asserts (≤ 1,408 bytes in the debug build).
 #    Peak RSS moves by ±150 bytes a stream between runs on a loaded machine, so the same
 #    difference is also taken of the heap at its peak (valgrind's DHAT, `At t-gmax`: the
 #    bytes live at the heap's largest moment, exact and repeatable; malloc's own headers
