@@ -193,7 +193,7 @@ impl MediaCounters {
 /// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
 /// address of each `m=` line with a port (not on hold, `c=0.0.0.0`) and, when it differs, its
 /// RTCP address (`true`: RTCP only), with the line's codecs.
-pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, Arc<[Codec]>)> + '_ {
+pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, &[Codec])> + '_ {
     sdp.media
         .iter()
         .filter(|m| m.port != 0)
@@ -203,11 +203,11 @@ pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, Ar
                 .as_deref()
                 .and_then(|a| a.parse::<IpAddr>().ok())
                 .filter(|ip| !ip.is_unspecified())?;
-            let codecs: Arc<[Codec]> = media.codecs.clone().into();
+            let codecs = media.codecs.as_slice();
             let rtcp = media
                 .rtcp_port
                 .filter(|p| *p != media.port)
-                .map(|p| (SocketAddr::new(ip, p), true, codecs.clone()));
+                .map(|p| (SocketAddr::new(ip, p), true, codecs));
             Some(std::iter::once((SocketAddr::new(ip, media.port), false, codecs)).chain(rtcp))
         })
         .flatten()
@@ -226,10 +226,27 @@ struct Endpoint {
     /// Who announced it: media sent *to* it goes to this side.
     side: Side,
     rtcp_only: bool,
-    codecs: Arc<[Codec]>,
+    codecs: Codecs,
     /// Other open calls that announced the same address, with their side: the legs of a
-    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs.
-    others: Vec<(Arc<str>, Side)>,
+    /// B2BUA with direct media negotiate the same endpoints under two Call-IDs. Boxed:
+    /// most endpoints have none (8 bytes in every endpoint's slot instead of a `Vec`'s 24).
+    #[allow(clippy::box_collection)]
+    others: Option<Box<Legs<Side>>>,
+}
+
+/// Other calls with their side of an endpoint, or their direction of a stream.
+type Legs<T> = Vec<(Arc<str>, T)>;
+
+/// An SDP line's codecs, shared by the endpoints that announce an equal list and their
+/// streams (see [`MediaTracker::shared_codecs`]). A thin pointer: 8 bytes in every stream
+/// and endpoint where an `Arc<[Codec]>` takes 16, for one allocation more per distinct list.
+type Codecs = Arc<Vec<Codec>>;
+
+impl Endpoint {
+    /// The other open calls that announced the address, with their side.
+    fn others(&self) -> &[(Arc<str>, Side)] {
+        self.others.as_deref().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Most other calls remembered per endpoint.
@@ -386,14 +403,16 @@ fn ip_bytes(ip: IpAddr) -> [u8; 16] {
 struct Stream {
     call: Option<Arc<str>>,
     direction: Option<Direction>,
-    codecs: Arc<[Codec]>,
+    codecs: Codecs,
     voice_pt: Option<u8>,
     analyzer: StreamAnalyzer,
     /// The last payload type's meaning, when it does not depend on the packet.
     info_cache: Option<(u8, PayloadInfo)>,
     /// Other calls (B2BUA legs) that negotiated both of this stream's endpoints, with the
-    /// stream's direction in each.
-    legs: Vec<(Arc<str>, Direction)>,
+    /// stream's direction in each. Boxed: most streams have none, and 8 bytes in every
+    /// stream's state are cheaper than a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    legs: Option<Box<Legs<Direction>>>,
 }
 
 #[derive(Debug)]
@@ -415,6 +434,9 @@ struct RtcpObservation {
 /// its DLSR, next to a tap that sees a round trip near zero) count as 0.
 pub const RTT_PLAUSIBLE_MS: std::ops::RangeInclusive<f64> = -2.0..=5000.0;
 
+/// Codec lists the tracker keeps to share among the endpoints that announce them.
+const SHARED_CODEC_LISTS: usize = 8;
+
 /// Probation packets kept per unconfirmed flow.
 const PROBATION_PACKETS: usize = 4;
 
@@ -434,8 +456,13 @@ pub struct MediaTracker {
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
     candidates: StreamMap<Candidate>,
-    /// Open streams by SSRC, to link the legs of a media relay.
-    streams_by_ssrc: HashMap<u32, Vec<StreamKey>>,
+    /// Open streams by SSRC, to link the legs of a media relay: the first open stream of
+    /// each SSRC, inline (a slot of 48 bytes where a one-key `Vec` took a 32-byte slot and a
+    /// 64-byte allocation), ...
+    streams_by_ssrc: HashMap<u32, StreamKey>,
+    /// ... and the further ones of an SSRC already there, in the order they opened (a
+    /// relay's second leg; empty on most captures).
+    more_by_ssrc: HashMap<u32, Vec<StreamKey>>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: HashMap<SocketAddr, Timestamp>,
     /// Calls that ended and wait out their record grace: their streams still measure what
@@ -456,6 +483,11 @@ pub struct MediaTracker {
     /// The correlation shard this tracker measures for (part of its orphan summaries' ids
     /// when not 0: every shard sums up its own orphans of a minute).
     shard: u32,
+    /// The codec lists of recent SDPs, the last used first, at most [`SHARED_CODEC_LISTS`]:
+    /// the endpoints that announce an equal list share one (most SDPs at a site offer one
+    /// of a few lists), so an endpoint costs a reference, not a copy of its list with every
+    /// codec's name.
+    codec_lists: Vec<Codecs>,
 }
 
 impl MediaTracker {
@@ -471,6 +503,7 @@ impl MediaTracker {
             closed_legs: HashMap::new(),
             candidates: StreamMap::default(),
             streams_by_ssrc: HashMap::new(),
+            more_by_ssrc: HashMap::new(),
             ended_endpoints: HashMap::new(),
             closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
@@ -481,6 +514,7 @@ impl MediaTracker {
             last_sweep: Timestamp::default(),
             tap: ListenTap::default(),
             shard: 0,
+            codec_lists: Vec::with_capacity(SHARED_CODEC_LISTS),
         }
     }
 
@@ -518,18 +552,19 @@ impl MediaTracker {
             let others = match self.endpoints.get(&addr) {
                 Some(old) if old.call != call => {
                     let mut others: Vec<(Arc<str>, Side)> = old
-                        .others
+                        .others()
                         .iter()
                         .filter(|(c, _)| *c != call)
                         .cloned()
                         .collect();
                     others.insert(0, (old.call.clone(), old.side));
                     others.truncate(MAX_LEGS);
-                    others
+                    Some(Box::new(others))
                 }
                 Some(old) => old.others.clone(),
-                None => Vec::new(),
+                None => None,
             };
+            let codecs = self.shared_codecs(codecs);
             self.endpoints.insert(
                 addr,
                 Endpoint {
@@ -545,6 +580,22 @@ impl MediaTracker {
                 .or_default()
                 .push(addr);
         }
+    }
+
+    /// An endpoint's codec list: an equal one of [`Self::codec_lists`], else a new one,
+    /// remembered in place of the least recently used.
+    fn shared_codecs(&mut self, codecs: &[Codec]) -> Codecs {
+        let lists = &mut self.codec_lists;
+        if let Some(i) = lists.iter().position(|l| l.as_slice() == codecs) {
+            lists[..=i].rotate_right(1);
+            return lists[0].clone();
+        }
+        let list = Arc::new(codecs.to_vec());
+        if lists.len() >= SHARED_CODEC_LISTS {
+            lists.pop();
+        }
+        lists.insert(0, list.clone());
+        list
     }
 
     /// True while `addr` is a media endpoint of a call here, open or ended within its
@@ -600,7 +651,7 @@ impl MediaTracker {
         if let (Some(call), Some(direction)) = (&stream.call, stream.direction) {
             self.tap.rtp(call, tap_direction(direction), rtp, datagram);
         }
-        for (leg, direction) in &stream.legs {
+        for (leg, direction) in stream.legs() {
             self.tap.rtp(leg, tap_direction(*direction), rtp, datagram);
         }
     }
@@ -647,9 +698,9 @@ impl MediaTracker {
         // stream too, each in its own direction.
         let legs: Vec<(Arc<str>, Direction)> = match (to, from) {
             (Some(to), Some(from)) => to
-                .others
+                .others()
                 .iter()
-                .filter(|(c, _)| from.call == *c || from.others.iter().any(|(o, _)| o == c))
+                .filter(|(c, _)| from.call == *c || from.others().iter().any(|(o, _)| o == c))
                 .map(|(c, side)| (c.clone(), toward(*side)))
                 .collect(),
             _ => Vec::new(),
@@ -681,7 +732,7 @@ impl MediaTracker {
                             .or_default()
                             .push(key);
                     }
-                    stream.legs = legs;
+                    stream.legs = (!legs.is_empty()).then(|| Box::new(legs));
                 }
             }
             None if self.ended_call_media(meta) => self.counters.rtp_after_call_end += 1,
@@ -724,7 +775,8 @@ impl MediaTracker {
             return;
         }
         if let Some(candidate) = self.candidates.remove(&key) {
-            self.open_stream(key, None, None, Arc::from(Vec::new()), &candidate.packets);
+            let no_codecs = self.shared_codecs(&[]);
+            self.open_stream(key, None, None, no_codecs, &candidate.packets);
         }
     }
 
@@ -733,7 +785,7 @@ impl MediaTracker {
         key: StreamKey,
         call: Option<Arc<str>>,
         direction: Option<Direction>,
-        codecs: Arc<[Codec]>,
+        codecs: Codecs,
         packets: &[(Timestamp, RtpPacket)],
     ) {
         let Some(((first_time, first), rest)) = packets.split_first() else {
@@ -760,7 +812,7 @@ impl MediaTracker {
             voice_pt: None,
             analyzer: StreamAnalyzer::new(*first_time, first, info),
             info_cache: None,
-            legs: Vec::new(),
+            legs: None,
         });
         stream.note_voice(first, info);
         for (time, packet) in rest {
@@ -789,15 +841,21 @@ impl MediaTracker {
     /// leg: it joins the call, in the same direction.
     fn link_relayed(&mut self, key: StreamKey) {
         let peers: Vec<StreamKey> = self
-            .streams_by_ssrc
-            .get(&key.ssrc)
-            .map(|keys| keys.iter().copied().filter(|k| *k != key).collect())
-            .unwrap_or_default();
-        // Nearly every SSRC has one stream (a relay's second leg makes two).
-        self.streams_by_ssrc
-            .entry(key.ssrc)
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(key);
+            .ssrc_streams(key.ssrc)
+            .filter(|k| **k != key)
+            .copied()
+            .collect();
+        match self.streams_by_ssrc.entry(key.ssrc) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(key);
+            }
+            // Nearly every SSRC has one stream (a relay's second leg makes two).
+            std::collections::hash_map::Entry::Occupied(_) => self
+                .more_by_ssrc
+                .entry(key.ssrc)
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(key),
+        }
         for peer in peers {
             let (Some(this), Some(other)) = (self.streams.get(&key), self.streams.get(&peer))
             else {
@@ -849,11 +907,33 @@ impl MediaTracker {
             + self.closed_legs.get(call).map_or(0, Vec::len)
     }
 
+    /// The open streams of an SSRC, in the order they opened.
+    fn ssrc_streams(&self, ssrc: u32) -> impl Iterator<Item = &StreamKey> {
+        self.streams_by_ssrc
+            .get(&ssrc)
+            .into_iter()
+            .chain(self.more_by_ssrc.get(&ssrc).into_iter().flatten())
+    }
+
     fn unindex_ssrc(&mut self, key: StreamKey) {
-        if let Some(keys) = self.streams_by_ssrc.get_mut(&key.ssrc) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                self.streams_by_ssrc.remove(&key.ssrc);
+        let ssrc = key.ssrc;
+        if self.streams_by_ssrc.get(&ssrc) == Some(&key) {
+            // The next one, if any, takes its place.
+            match self.more_by_ssrc.get_mut(&ssrc) {
+                Some(more) => {
+                    self.streams_by_ssrc.insert(ssrc, more.remove(0));
+                    if more.is_empty() {
+                        self.more_by_ssrc.remove(&ssrc);
+                    }
+                }
+                None => {
+                    self.streams_by_ssrc.remove(&ssrc);
+                }
+            }
+        } else if let Some(more) = self.more_by_ssrc.get_mut(&ssrc) {
+            more.retain(|k| *k != key);
+            if more.is_empty() {
+                self.more_by_ssrc.remove(&ssrc);
             }
         }
     }
@@ -872,7 +952,7 @@ impl MediaTracker {
             .get(&meta.dst)
             .or_else(|| self.endpoints.get(&meta.src));
         let legs: Vec<Arc<str>> = endpoint
-            .map(|e| e.others.iter().map(|(c, _)| c.clone()).collect())
+            .map(|e| e.others().iter().map(|(c, _)| c.clone()).collect())
             .unwrap_or_default();
         let call = endpoint
             .map(|e| e.call.clone())
@@ -932,7 +1012,7 @@ impl MediaTracker {
             .chain(summary.reports.iter().map(|r| r.source_ssrc));
         let ips = [meta.src.ip(), meta.dst.ip()];
         for ssrc in ssrcs {
-            for key in self.streams_by_ssrc.get(&ssrc).into_iter().flatten() {
+            for key in self.ssrc_streams(ssrc) {
                 let Some(stream) = self.streams.get(key) else {
                     continue;
                 };
@@ -997,7 +1077,7 @@ impl MediaTracker {
         self.unindex_ssrc(key);
         match stream.call.clone() {
             Some(call) => {
-                for (leg, direction) in &stream.legs {
+                for (leg, direction) in stream.legs() {
                     if let Some(keys) = self.streams_by_call.get_mut(leg) {
                         keys.retain(|k| *k != key);
                     }
@@ -1071,7 +1151,7 @@ impl MediaTracker {
                 stream.direction
             } else {
                 stream
-                    .legs
+                    .legs()
                     .iter()
                     .find(|(c, _)| &**c == call_id)
                     .map(|(_, d)| *d)
@@ -1107,13 +1187,16 @@ impl MediaTracker {
             };
             if stream.call.as_deref() != Some(call_id) {
                 // This call is another leg of the stream: a snapshot, the stream goes on.
-                if let Some(i) = stream.legs.iter().position(|(c, _)| &**c == call_id) {
-                    let (_, direction) = stream.legs.remove(i);
-                    measured.push((Some(direction), stream.quality(key, Some(&rtcp))));
+                let legs = stream.legs.as_deref_mut();
+                if let Some(legs) = legs {
+                    if let Some(i) = legs.iter().position(|(c, _)| &**c == call_id) {
+                        let (_, direction) = legs.remove(i);
+                        measured.push((Some(direction), stream.quality(key, Some(&rtcp))));
+                    }
                 }
                 continue;
             }
-            if let Some((next, direction)) = stream.legs.pop() {
+            if let Some((next, direction)) = stream.legs.as_deref_mut().and_then(Vec::pop) {
                 // The stream's first call ended; another leg keeps it.
                 measured.push((stream.direction, stream.quality(key, Some(&rtcp))));
                 stream.call = Some(next);
@@ -1129,9 +1212,11 @@ impl MediaTracker {
             let Some(endpoint) = self.endpoints.get_mut(&addr) else {
                 continue;
             };
-            endpoint.others.retain(|(c, _)| &**c != call_id);
+            if let Some(others) = endpoint.others.as_deref_mut() {
+                others.retain(|(c, _)| &**c != call_id);
+            }
             if &*endpoint.call == call_id {
-                match endpoint.others.pop() {
+                match endpoint.others.as_deref_mut().and_then(Vec::pop) {
                     // Another leg announced it too: the endpoint is now that leg's.
                     Some((call, side)) => {
                         endpoint.call = call;
@@ -1251,6 +1336,14 @@ impl MediaTracker {
 }
 
 impl Stream {
+    /// The other calls (B2BUA legs) of the stream, with its direction in each.
+    fn legs(&self) -> &[(Arc<str>, Direction)] {
+        self.legs.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Once a packet: inlined into [`MediaTracker::rtp`] (thin LTO left it out of line
+    /// once the stream's fields changed: +2 M instructions on 102,030 packets).
+    #[inline]
     fn packet(&mut self, time: Timestamp, packet: &RtpPacket) {
         // The payload type rarely changes within a stream: its meaning is looked up in the
         // SDP's codecs (names compared) only when it does, or when it depends on the packet.
@@ -1373,7 +1466,7 @@ fn payload_info_of(codecs: &[Codec], packet: &RtpPacket) -> (PayloadInfo, bool) 
     };
     let info = PayloadInfo {
         // Events keep their clock (for durations); the analysis computes no jitter for them.
-        clock_rate: clock,
+        clock_rate: clock.unwrap_or(0),
         is_event,
         is_comfort_noise: pt == 13
             || pt == 19
@@ -1609,6 +1702,33 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a stream held at once costs in the tracker's own structures: its boxed state and
+    /// its key's slots in the tables (issue 14 goal 5, ≤ 1 KiB a stream in all). Printed with
+    /// `--nocapture`.
+    #[test]
+    fn the_per_stream_structures_stay_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Stream", size_of::<Stream>()),
+            ("StreamAnalyzer", size_of::<StreamAnalyzer>()),
+            ("StreamKey", size_of::<StreamKey>()),
+            (
+                "streams slot (StreamKey, Box<Stream>)",
+                size_of::<(StreamKey, Box<Stream>)>(),
+            ),
+            ("streams_by_ssrc slot", size_of::<(u32, StreamKey)>()),
+            (
+                "streams_by_call slot",
+                size_of::<(Arc<str>, Vec<StreamKey>)>(),
+            ),
+            ("Endpoint", size_of::<Endpoint>()),
+        ];
+        for (name, size) in sizes {
+            println!("size_of::<{name}>() = {size}");
+        }
+        assert!(size_of::<Stream>() <= 1024, "{sizes:?}");
+    }
 
     /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
     #[test]

@@ -16,16 +16,19 @@ fn gencap(out: &Path, args: &[&str]) {
     assert!(status.success());
 }
 
-/// An active RTP stream costs at most 1.5 KiB of resident memory: the analysis state, its
+/// An active RTP stream costs at most 1.375 KiB of resident memory: the analysis state, its
 /// place in the stream table and the SSRC and call indexes, and the allocator's share.
-/// Measured as the kernel counts it: the peak RSS of `teledge replay` on 3000 calls (about
-/// 3300 streams measured at once), minus its peak on the same calls (same SIP, same SDP,
-/// same timing) sending no RTP, over the most streams measured at once. Before the stream
-/// state was packed (a 68-byte key held four times, streams stored inline in the table,
-/// `Vec`s and `Option`s per stream) this read 1.7 KiB; packed, 1.2 KiB. (The issue's goal
-/// is 1 KiB: not reached, see docs/performance.md.)
+/// Measured as the kernel counts it: the peak RSS of `teledge replay` on 3000 calls (4000
+/// streams measured at once), minus its peak on the same calls (same SIP, same SDP, same
+/// timing) sending no RTP, over the most streams measured at once. Before the stream state
+/// was packed (a 68-byte key held four times, streams stored inline in the table, `Vec`s
+/// and `Option`s per stream) this read 1.7 KiB; packed, 1.0–1.2 KiB; with the state at 552
+/// bytes and the SSRC index inline (2026-12-03) 0.9–1.0 KiB in release, where the heap's
+/// own difference (DHAT) is 833 bytes; this debug-build test read 924–1,196 bytes in
+/// three runs. The bound leaves room for peak RSS's noise; issue 14's 1 KiB is checked by
+/// `scripts/bench-offline.sh`.
 #[test]
-fn an_active_rtp_stream_costs_at_most_one_and_a_half_kib() {
+fn an_active_rtp_stream_costs_at_most_1408_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let with_rtp = dir.path().join("rtp.pcap");
     let silent = dir.path().join("silent.pcap");
@@ -47,7 +50,7 @@ fn an_active_rtp_stream_costs_at_most_one_and_a_half_kib() {
          {per_stream} bytes per stream"
     );
     assert!(
-        per_stream <= 1536,
+        per_stream <= 1408,
         "{per_stream} bytes per active stream ({peak_rtp} KiB vs {peak_silent} KiB, {streams} streams)"
     );
 }
