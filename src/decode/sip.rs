@@ -263,10 +263,18 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     let unterminated_head =
         body_start == data.len() && head.len() == data.len() && !data.ends_with(b"\n");
 
+    // One UTF-8 check of the whole head when it is text (every real message): the lines
+    // and headers are then cut from it at ASCII bytes (line ends, colons), which are always
+    // character boundaries. A head with bytes that are not UTF-8 is checked piece by piece.
+    let text = std::str::from_utf8(head).ok();
     let mut lines = LineSpans::new(head);
     let (first_start, first_end) = lines.next().ok_or(SipError::NotSip)?;
-    let first_line =
-        std::str::from_utf8(&head[first_start..first_end]).map_err(|_| SipError::NotUtf8)?;
+    let first_line = match text {
+        Some(text) => &text[first_start..first_end],
+        None => {
+            std::str::from_utf8(&head[first_start..first_end]).map_err(|_| SipError::NotUtf8)?
+        }
+    };
     let start = parse_start_line(first_line).ok_or(SipError::NotSip)?;
 
     let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
@@ -286,7 +294,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
             continue;
         }
         if let Some(done) = current.take() {
-            headers.extend(make_header(head, done));
+            headers.extend(make_header(head, text, done));
         }
         let Some(colon) = memchr::memchr(b':', line) else {
             // A message cut short (a snap length, a datagram truncated on the way) ends in
@@ -300,7 +308,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         current = Some((line_start, line_start + colon, line_end));
     }
     if let Some(done) = current {
-        headers.extend(make_header(head, done));
+        headers.extend(make_header(head, text, done));
     }
 
     let mut msg = SipMessage {
@@ -331,51 +339,56 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         (false, false, false, false, false);
 
     for h in &headers {
-        let name = canonical_name(h.name);
-        let value = h.value.trim();
-        if name.eq_ignore_ascii_case("Call-ID") && !have_call_id {
-            msg.call_id = value;
-            have_call_id = !value.is_empty();
-        } else if name.eq_ignore_ascii_case("CSeq") && !have_cseq {
-            msg.cseq = parse_cseq(value).ok_or(SipError::MissingHeader("CSeq"))?;
-            have_cseq = true;
-        } else if name.eq_ignore_ascii_case("From") && !have_from {
-            msg.from = parse_name_addr(value).ok_or(SipError::MissingHeader("From"))?;
-            have_from = true;
-        } else if name.eq_ignore_ascii_case("To") && !have_to {
-            msg.to = parse_name_addr(value).ok_or(SipError::MissingHeader("To"))?;
-            have_to = true;
-        } else if name.eq_ignore_ascii_case("Via") && !have_via {
-            if let Some(top) = split_list(value).next() {
-                msg.via_branch = param(top, "branch");
-                msg.via_transport = top
-                    .split_whitespace()
-                    .next()
-                    .and_then(|proto| proto.rsplit('/').next());
+        let Some(known) = Known::of(h.name) else {
+            continue;
+        };
+        let value = h.value; // trimmed by make_header
+        match known {
+            Known::CallId if !have_call_id => {
+                msg.call_id = value;
+                have_call_id = !value.is_empty();
             }
-            have_via = true;
-        } else if name.eq_ignore_ascii_case("Contact") && msg.contact.is_none() {
-            msg.contact = split_list(value).next().and_then(parse_name_addr);
-        } else if name.eq_ignore_ascii_case("User-Agent") && msg.user_agent.is_none() {
-            msg.user_agent = Some(value);
-        } else if name.eq_ignore_ascii_case("Server") && msg.server.is_none() {
-            msg.server = Some(value);
-        } else if name.eq_ignore_ascii_case("P-Asserted-Identity")
-            && msg.asserted_identity.is_none()
-        {
-            msg.asserted_identity = split_list(value).next().and_then(parse_name_addr);
-        } else if name.eq_ignore_ascii_case("Diversion") && msg.diversion.is_none() {
-            msg.diversion = split_list(value).next().and_then(parse_name_addr);
-        } else if (name.eq_ignore_ascii_case("X-CID")
-            || name.eq_ignore_ascii_case("X-Call-ID")
-            || name.eq_ignore_ascii_case("X-Orig-Call-ID"))
-            && msg.linked_call_id.is_none()
-        {
-            msg.linked_call_id = Some(value);
-        } else if name.eq_ignore_ascii_case("Content-Type") && msg.content_type.is_none() {
-            msg.content_type = Some(value);
-        } else if name.eq_ignore_ascii_case("Content-Length") && msg.content_length.is_none() {
-            msg.content_length = value.parse().ok();
+            Known::CSeq if !have_cseq => {
+                msg.cseq = parse_cseq(value).ok_or(SipError::MissingHeader("CSeq"))?;
+                have_cseq = true;
+            }
+            Known::From if !have_from => {
+                msg.from = parse_name_addr(value).ok_or(SipError::MissingHeader("From"))?;
+                have_from = true;
+            }
+            Known::To if !have_to => {
+                msg.to = parse_name_addr(value).ok_or(SipError::MissingHeader("To"))?;
+                have_to = true;
+            }
+            Known::Via if !have_via => {
+                if let Some(top) = split_list(value).next() {
+                    msg.via_branch = param(top, "branch");
+                    msg.via_transport = top
+                        .split_whitespace()
+                        .next()
+                        .and_then(|proto| proto.rsplit('/').next());
+                }
+                have_via = true;
+            }
+            Known::Contact if msg.contact.is_none() => {
+                msg.contact = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::UserAgent if msg.user_agent.is_none() => msg.user_agent = Some(value),
+            Known::Server if msg.server.is_none() => msg.server = Some(value),
+            Known::AssertedIdentity if msg.asserted_identity.is_none() => {
+                msg.asserted_identity = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::Diversion if msg.diversion.is_none() => {
+                msg.diversion = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::LinkedCallId if msg.linked_call_id.is_none() => {
+                msg.linked_call_id = Some(value);
+            }
+            Known::ContentType if msg.content_type.is_none() => msg.content_type = Some(value),
+            Known::ContentLength if msg.content_length.is_none() => {
+                msg.content_length = value.parse().ok();
+            }
+            _ => {}
         }
     }
     if !have_call_id {
@@ -402,6 +415,53 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     }
     msg.headers = headers;
     Ok(msg)
+}
+
+/// The headers [`parse`] reads into [`SipMessage`]'s fields.
+#[derive(Clone, Copy)]
+enum Known {
+    CallId,
+    CSeq,
+    From,
+    To,
+    Via,
+    Contact,
+    UserAgent,
+    Server,
+    AssertedIdentity,
+    Diversion,
+    /// `X-CID`, `X-Call-ID`, `X-Orig-Call-ID`.
+    LinkedCallId,
+    ContentType,
+    ContentLength,
+}
+
+impl Known {
+    /// The header a name (full or compact form, any case) stands for. Chosen by length and
+    /// first letter before any comparison: most headers of a message are none of these.
+    fn of(name: &str) -> Option<Known> {
+        let name = canonical_name(name);
+        let is = |full: &str| name.eq_ignore_ascii_case(full);
+        let first = name.as_bytes().first()?.to_ascii_lowercase();
+        Some(match (name.len(), first) {
+            (7, b'c') if is("Call-ID") => Known::CallId,
+            (7, b'c') if is("Contact") => Known::Contact,
+            (4, b'c') if is("CSeq") => Known::CSeq,
+            (4, b'f') if is("From") => Known::From,
+            (2, b't') if is("To") => Known::To,
+            (3, b'v') if is("Via") => Known::Via,
+            (10, b'u') if is("User-Agent") => Known::UserAgent,
+            (6, b's') if is("Server") => Known::Server,
+            (19, b'p') if is("P-Asserted-Identity") => Known::AssertedIdentity,
+            (9, b'd') if is("Diversion") => Known::Diversion,
+            (5, b'x') if is("X-CID") => Known::LinkedCallId,
+            (9, b'x') if is("X-Call-ID") => Known::LinkedCallId,
+            (14, b'x') if is("X-Orig-Call-ID") => Known::LinkedCallId,
+            (12, b'c') if is("Content-Type") => Known::ContentType,
+            (14, b'c') if is("Content-Length") => Known::ContentLength,
+            _ => return None,
+        })
+    }
 }
 
 /// Maps a compact header name (RFC 3261 §7.3.3 and later RFCs) to its full form.
@@ -441,17 +501,20 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
         let s = rest?;
         let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
         let mut cut = None;
-        for (i, c) in s.char_indices() {
+        // Bytes rather than characters: every delimiter is ASCII, and no byte of a multi-byte
+        // UTF-8 character is (an escaped one is skipped by its first byte, and its others
+        // match nothing), so the cuts are the same.
+        for (i, &c) in s.as_bytes().iter().enumerate() {
             if escaped {
                 escaped = false;
                 continue;
             }
             match c {
-                '\\' if in_quotes => escaped = true,
-                '"' => in_quotes = !in_quotes,
-                '<' if !in_quotes => in_angle = true,
-                '>' if !in_quotes => in_angle = false,
-                ',' if !in_quotes && !in_angle => {
+                b'\\' if in_quotes => escaped = true,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => {
                     cut = Some(i);
                     break;
                 }
@@ -468,7 +531,7 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
                 s
             }
         };
-        let item = item.trim();
+        let item = trim(item);
         if !item.is_empty() {
             return Some(item);
         }
@@ -477,14 +540,14 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
 
 /// Parses a name-addr (`"Name" <uri>;params`, `Name <uri>`) or an addr-spec (`uri;params`).
 pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
-    let value = value.trim();
+    let value = trim(value);
     let (display_name, after_display) = if let Some(quoted) = value.strip_prefix('"') {
         let end = closing_quote(quoted)?;
-        (Some(&quoted[..end]), quoted[end + 1..].trim_start())
+        (Some(&quoted[..end]), trim_start(&quoted[end + 1..]))
     } else {
         match value.find('<') {
             Some(lt) => {
-                let name = value[..lt].trim();
+                let name = trim(&value[..lt]);
                 ((!name.is_empty()).then_some(name), &value[lt..])
             }
             None => (None, value),
@@ -492,12 +555,12 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
     };
     let (uri, params) = if let Some(inner) = after_display.strip_prefix('<') {
         let gt = inner.find('>')?;
-        (inner[..gt].trim(), &inner[gt + 1..])
+        (trim(&inner[..gt]), &inner[gt + 1..])
     } else {
         // addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10).
         match after_display.find(';') {
-            Some(semi) => (after_display[..semi].trim(), &after_display[semi..]),
-            None => (after_display.trim(), ""),
+            Some(semi) => (trim(&after_display[..semi]), &after_display[semi..]),
+            None => (trim(after_display), ""),
         }
     };
     if uri.is_empty() {
@@ -518,20 +581,21 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
 pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
     params.split(';').skip(1).find_map(|p| {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
-        key.trim()
+        trim(key)
             .eq_ignore_ascii_case(name)
-            .then(|| value.trim())
+            .then(|| trim(value))
             .filter(|v| !v.is_empty())
     })
 }
 
 fn closing_quote(s: &str) -> Option<usize> {
+    // By bytes, as in `split_list`: the same index.
     let mut escaped = false;
-    for (i, c) in s.char_indices() {
+    for (i, &c) in s.as_bytes().iter().enumerate() {
         match c {
             _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => return Some(i),
+            b'\\' => escaped = true,
+            b'"' => return Some(i),
             _ => {}
         }
     }
@@ -560,7 +624,7 @@ fn split_uri(uri: &str) -> (Option<&str>, Option<&str>) {
         }
         None => (None, rest),
     };
-    let host = hostport.split(';').next().unwrap_or("").trim();
+    let host = trim(hostport.split(';').next().unwrap_or(""));
     (user, (!host.is_empty()).then_some(host))
 }
 
@@ -629,14 +693,62 @@ fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
 /// in the ERSPAN sample appends it to a To-tag); the value is cut where it stops being UTF-8,
 /// as Wireshark shows it, rather than failing the whole message. A header whose name is not
 /// text is skipped.
-fn make_header(
-    head: &[u8],
+fn make_header<'a>(
+    head: &'a [u8],
+    text: Option<&'a str>,
     (name_start, colon, value_end): (usize, usize, usize),
-) -> Option<Header<'_>> {
+) -> Option<Header<'a>> {
+    if let Some(text) = text {
+        // The head is text: the same cuts, without checking each piece again.
+        return Some(Header {
+            name: trim(&text[name_start..colon]),
+            value: trim(&text[colon + 1..value_end]),
+        });
+    }
     Some(Header {
-        name: std::str::from_utf8(&head[name_start..colon]).ok()?.trim(),
-        value: utf8_prefix(&head[colon + 1..value_end]).trim(),
+        name: trim(std::str::from_utf8(&head[name_start..colon]).ok()?),
+        value: trim(utf8_prefix(&head[colon + 1..value_end])),
     })
+}
+
+/// `str::trim`, with ASCII white space taken off byte by byte first: `str::trim` decodes
+/// characters from each end, and header text is almost always ASCII. When what is left
+/// starts or ends with a byte that is not ASCII (perhaps more white space: U+00A0, U+3000,
+/// ...), `str::trim` finishes the job, so the result is always exactly `str::trim`'s.
+fn trim(s: &str) -> &str {
+    trim_end(trim_start(s))
+}
+
+/// `str::trim_start`, ASCII first (see [`trim`]).
+fn trim_start(s: &str) -> &str {
+    let skip = s
+        .bytes()
+        .position(|b| !is_ascii_space(b))
+        .unwrap_or(s.len());
+    let s = &s[skip..];
+    if s.as_bytes().first().is_some_and(|b| !b.is_ascii()) {
+        return s.trim_start();
+    }
+    s
+}
+
+/// `str::trim_end`, ASCII first (see [`trim`]).
+fn trim_end(s: &str) -> &str {
+    let keep = s
+        .bytes()
+        .rposition(|b| !is_ascii_space(b))
+        .map_or(0, |i| i + 1);
+    let s = &s[..keep];
+    if s.as_bytes().last().is_some_and(|b| !b.is_ascii()) {
+        return s.trim_end();
+    }
+    s
+}
+
+/// The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab, form
+/// feed, carriage return and space (`u8::is_ascii_whitespace` leaves out vertical tab).
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
 }
 
 /// The longest prefix of `bytes` that is valid UTF-8.
@@ -882,6 +994,39 @@ v=0\r\nextra";
         let raw = "INVITE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Type: appINVITE\u{71c}/sdp\r\n\r\nv=0";
         let msg = parse(raw.as_bytes()).unwrap();
         assert_eq!(msg.sdp(), None);
+    }
+
+    /// The ASCII-first trims are `str::trim`'s, on every mix of ASCII and Unicode white space
+    /// at either end (U+0085 and U+00A0 are two bytes, U+3000 three, U+00E9 is no space).
+    #[test]
+    fn trims_are_str_trims() {
+        let pieces = [
+            "", " ", "\t", "\x0b", "\x0c", "\r\n", "\u{85}", "\u{a0}", "\u{3000}", "\u{e9}", "a",
+            "a b", "<x>",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}");
+                    assert_eq!(trim(&s), s.trim(), "{s:?}");
+                    assert_eq!(trim_start(&s), s.trim_start(), "{s:?}");
+                    assert_eq!(trim_end(&s), s.trim_end(), "{s:?}");
+                }
+            }
+        }
+    }
+
+    /// Lists are cut by bytes: an escaped multi-byte character inside quotes, commas in
+    /// quotes and angle brackets.
+    #[test]
+    fn split_list_by_bytes() {
+        let value = "\"A \\\u{e9}, b\" <sip:a@h;x=1,2>;tag=1 , <sip:b@h> ,, \u{a0}c\u{3000}";
+        let items: Vec<_> = split_list(value).collect();
+        assert_eq!(
+            items,
+            vec!["\"A \\\u{e9}, b\" <sip:a@h;x=1,2>;tag=1", "<sip:b@h>", "c"]
+        );
+        assert_eq!(closing_quote("a\\\u{e9}\"b\""), Some(4));
     }
 
     #[test]
