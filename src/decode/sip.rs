@@ -545,7 +545,7 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
         let end = closing_quote(quoted)?;
         (Some(&quoted[..end]), trim_start(&quoted[end + 1..]))
     } else {
-        match value.find('<') {
+        match find_byte(value, b'<') {
             Some(lt) => {
                 let name = trim(&value[..lt]);
                 ((!name.is_empty()).then_some(name), &value[lt..])
@@ -554,11 +554,11 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
         }
     };
     let (uri, params) = if let Some(inner) = after_display.strip_prefix('<') {
-        let gt = inner.find('>')?;
+        let gt = find_byte(inner, b'>')?;
         (trim(&inner[..gt]), &inner[gt + 1..])
     } else {
         // addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10).
-        match after_display.find(';') {
+        match find_byte(after_display, b';') {
             Some(semi) => (trim(&after_display[..semi]), &after_display[semi..]),
             None => (trim(after_display), ""),
         }
@@ -579,8 +579,8 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
 /// Returns the value of `;name=value` in a parameter list (case-insensitive name), unquoted
 /// quotes kept as written.
 pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
-    params.split(';').skip(1).find_map(|p| {
-        let (key, value) = p.split_once('=').unwrap_or((p, ""));
+    split_byte(params, b';').skip(1).find_map(|p| {
+        let (key, value) = split_once_byte(p, b'=').unwrap_or((p, ""));
         trim(key)
             .eq_ignore_ascii_case(name)
             .then(|| trim(value))
@@ -604,27 +604,27 @@ fn closing_quote(s: &str) -> Option<usize> {
 
 /// Splits `sip:user@host:port;params` into user and host; `tel:+123;phone-context=x` into number.
 fn split_uri(uri: &str) -> (Option<&str>, Option<&str>) {
-    let Some((scheme, rest)) = uri.split_once(':') else {
+    let Some((scheme, rest)) = split_once_byte(uri, b':') else {
         return (None, None);
     };
     if scheme.eq_ignore_ascii_case("tel") {
-        let number = rest.split(';').next().unwrap_or("").trim();
+        let number = trim(before(rest, b';'));
         return ((!number.is_empty()).then_some(number), None);
     }
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return (None, None);
     }
-    let rest = rest.split(['?']).next().unwrap_or("");
-    let (user, hostport) = match rest.rfind('@') {
+    let rest = before(rest, b'?');
+    let (user, hostport) = match rest.bytes().rposition(|b| b == b'@') {
         Some(at) => {
             // User parameters (`sip:+1234;npdi@host`) are not part of the number.
-            let user = rest[..at].split(';').next().unwrap_or("");
-            let user = user.split(':').next().unwrap_or(""); // drop a password
+            let user = before(&rest[..at], b';');
+            let user = before(user, b':'); // drop a password
             ((!user.is_empty()).then_some(user), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let host = trim(hostport.split(';').next().unwrap_or(""));
+    let host = trim(before(hostport, b';'));
     (user, (!host.is_empty()).then_some(host))
 }
 
@@ -667,7 +667,7 @@ fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
             reason: after.trim(),
         });
     }
-    let mut parts = line.split(' ');
+    let mut parts = split_byte(line, b' ');
     let method = parts.next()?;
     let uri = parts.next()?;
     let version = parts.next()?;
@@ -751,6 +751,42 @@ fn is_ascii_space(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
 }
 
+// `str::find`, `split`, `split_once` for one ASCII byte. The `char` forms run a general
+// searcher, a call and a set-up per use, which on the short pieces of a header costs more
+// than the search; a UTF-8 string holds an ASCII byte only as that character, so the
+// positions (and the pieces) are the same.
+
+fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    s.bytes().position(|b| b == byte)
+}
+
+/// What comes before the first `byte` (all of `s` without one): `s.split(c).next()`.
+fn before(s: &str, byte: u8) -> &str {
+    find_byte(s, byte).map_or(s, |i| &s[..i])
+}
+
+fn split_once_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let i = find_byte(s, byte)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+fn split_byte(s: &str, byte: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r, byte) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// The longest prefix of `bytes` that is valid UTF-8.
 fn utf8_prefix(bytes: &[u8]) -> &str {
     match std::str::from_utf8(bytes) {
@@ -763,16 +799,20 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
 /// where the body starts. The earlier blank line wins, whichever its line ends: a head ended
 /// by bare `\n\n` may carry a body that contains `\r\n\r\n` (HEPGEN in hep.pcap does).
 fn split_head(data: &[u8]) -> (&[u8], usize) {
-    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|p| (p, p + 4));
-    let lf = memchr::memmem::find(data, b"\n\n").map(|p| (p, p + 2));
-    let end = match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    };
-    match end {
-        Some((head, body)) => (&data[..head], body),
-        None => (data, data.len()),
+    // One walk over the line ends of the head: a blank line is a line end followed by
+    // another (`\n\n` at the first), or by `\r\n` after a `\r` (`\r\n\r\n` one byte
+    // before it). The first line end that completes either is the earlier blank line, and
+    // the body (which may be long, and may hold blank lines of its own) is never searched.
+    for nl in memchr::memchr_iter(b'\n', data) {
+        match data.get(nl + 1) {
+            Some(b'\n') => return (&data[..nl], nl + 2),
+            Some(b'\r') if nl > 0 && data[nl - 1] == b'\r' && data.get(nl + 2) == Some(&b'\n') => {
+                return (&data[..nl - 1], nl + 3);
+            }
+            _ => {}
+        }
     }
+    (data, data.len())
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -1027,6 +1067,54 @@ v=0\r\nextra";
             vec!["\"A \\\u{e9}, b\" <sip:a@h;x=1,2>;tag=1", "<sip:b@h>", "c"]
         );
         assert_eq!(closing_quote("a\\\u{e9}\"b\""), Some(4));
+    }
+
+    /// The one-walk `split_head` finds what two `memmem` searches found (the earlier blank
+    /// line, `\r\n\r\n` or `\n\n`), on every string of up to 8 bytes of `\r`, `\n`, `a`.
+    #[test]
+    fn split_head_is_the_earlier_of_both_blank_lines() {
+        fn reference(data: &[u8]) -> (&[u8], usize) {
+            let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|p| (p, p + 4));
+            let lf = memchr::memmem::find(data, b"\n\n").map(|p| (p, p + 2));
+            let end = match (crlf, lf) {
+                (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            match end {
+                Some((head, body)) => (&data[..head], body),
+                None => (data, data.len()),
+            }
+        }
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let data: Vec<u8> = (0..len).map(|i| b"\r\na"[n / 3usize.pow(i) % 3]).collect();
+                assert_eq!(split_head(&data), reference(&data), "{data:?}");
+            }
+        }
+    }
+
+    /// The byte forms of `split`, `split_once`, `find` give the `char` forms' pieces.
+    #[test]
+    fn byte_splits_are_char_splits() {
+        for s in [
+            "",
+            ";",
+            "a;b",
+            ";a;;b;",
+            "\u{e9};x=\u{3000}",
+            "sip:a@h:5060;x",
+        ] {
+            for c in [';', ':', '=', '@'] {
+                let b = c as u8;
+                assert_eq!(
+                    split_byte(s, b).collect::<Vec<_>>(),
+                    s.split(c).collect::<Vec<_>>()
+                );
+                assert_eq!(split_once_byte(s, b), s.split_once(c));
+                assert_eq!(find_byte(s, b), s.find(c));
+                assert_eq!(before(s, b), s.split(c).next().unwrap_or(""));
+            }
+        }
     }
 
     #[test]
