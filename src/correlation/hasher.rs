@@ -3,16 +3,17 @@
 //!
 //! Keys come from whoever sends packets, so the hash must be keyed, or a sender could pick
 //! Call-IDs (or addresses, branches, CSeqs) that all collide and make every lookup walk one
-//! long probe sequence (hash flooding). std's keyed SipHash-1-3 was 3 % of the instructions
-//! of a SIP replay (5.6 % before the media tables left it); foldhash is a keyed
+//! long probe sequence (hash flooding). std's keyed SipHash-1-3 was 3.8 % of the instructions
+//! of a SIP replay (inclusive, base of 2026-12-03); foldhash is a keyed
 //! multiply-fold hash, several times faster, keyed here with 128 bits from the operating
 //! system's random source once per process (foldhash's own default seed is derived from
 //! addresses and the clock, which it does not claim resists flooding). It is not a
 //! cryptographic function: an attacker able to observe the hash values or the tables'
 //! iteration order over time could in principle recover the key. Senders see neither
-//! (nothing derived from these hashes is written to a record or a log, and no output
-//! follows a table's order without sorting it first), and every table is bounded
-//! (`max_calls`, the tombstone and transaction caps, `max_streams`).
+//! (nothing derived from these hashes is written to a record or a log; calls timed out or
+//! left at the end are sorted by creation before their records are made), and every table
+//! is bounded
+//! (`max_calls`, the tombstone, transaction and held-flow caps, the route table's size).
 //!
 //! The media tracker's [`StreamKey`](super::media) tables use a hasher of the same design.
 
