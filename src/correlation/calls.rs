@@ -95,12 +95,12 @@
 //! a new one refused (counted). Tombstones are bounded by `max_ended` (the oldest forgotten
 //! first, counted).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::hasher::{KeyedMap, KeyedSet};
 use crate::decode::hep::{ReportBlock, RtcpJson};
 use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
@@ -294,12 +294,30 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
 
 /// An SDP summary cut to the caps a call keeps (media lines, codecs, names); the media
 /// tracker learns endpoints from the same cut.
-pub fn capped_sdp(sdp: &SdpSummary) -> SdpSummary {
-    let mut ignored = 0;
-    Capper {
-        truncated: &mut ignored,
+/// Borrowed when it is within the caps already (almost always: no copy is made then).
+pub fn capped_sdp(sdp: &SdpSummary) -> std::borrow::Cow<'_, SdpSummary> {
+    let within_caps = sdp.media.len() <= MAX_SDP_MEDIA
+        && sdp.media.iter().all(|m| {
+            m.codecs.len() <= MAX_SDP_CODECS
+                && m.media.len() <= MAX_TAG_BYTES
+                && m.protocol.len() <= MAX_TAG_BYTES
+                && m.address.as_ref().is_none_or(|a| a.len() <= MAX_TAG_BYTES)
+                && m.codecs.iter().all(|c| {
+                    c.name
+                        .as_ref()
+                        .is_none_or(|n| n.len() <= MAX_CODEC_NAME_BYTES)
+                })
+        });
+    if within_caps {
+        return std::borrow::Cow::Borrowed(sdp);
     }
-    .sdp(sdp)
+    let mut ignored = 0;
+    std::borrow::Cow::Owned(
+        Capper {
+            truncated: &mut ignored,
+        }
+        .sdp(sdp),
+    )
 }
 
 /// Copies header text into the call under its cap, counting cuts.
@@ -435,7 +453,7 @@ struct Call {
     /// The session interval (RFC 4028) the last 2xx to an INVITE or UPDATE set, in seconds.
     session_interval: Option<u32>,
     media: CallMedia,
-    seen: HashSet<u64>,
+    seen: KeyedSet<u64>,
     hep_rtcp: Vec<HepRtcp>,
     /// Why and when the record was (or will be) made.
     closed: Option<(ClosedBy, Timestamp)>,
@@ -445,14 +463,14 @@ struct Call {
 #[derive(Debug)]
 pub struct CallTracker {
     limits: CallLimits,
-    calls: HashMap<String, Call>,
+    calls: KeyedMap<String, Call>,
     /// Calls in creation order (lazily pruned), to find the oldest one in setup.
     order: VecDeque<(u64, String)>,
     next_seq: u64,
     held_bytes: usize,
-    ended: HashMap<u64, Tombstone>,
+    ended: KeyedMap<u64, Tombstone>,
     ended_order: VecDeque<(Timestamp, u64)>,
-    out_of_dialog_seen: HashSet<u64>,
+    out_of_dialog_seen: KeyedSet<u64>,
     /// Start of the current minute of partial calls, and how many were opened in it.
     partial_window: (Timestamp, usize),
     counters: CallCounters,
@@ -461,8 +479,8 @@ pub struct CallTracker {
 
 /// What a message did to the table.
 enum Applied {
-    /// The call with this key may have changed.
-    Call(String),
+    /// The message's call (the key of its Call-ID) may have changed.
+    Call,
     Nothing,
 }
 
@@ -470,13 +488,13 @@ impl CallTracker {
     pub fn new(limits: CallLimits) -> Self {
         CallTracker {
             limits,
-            calls: HashMap::new(),
+            calls: KeyedMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
             held_bytes: 0,
-            ended: HashMap::new(),
+            ended: KeyedMap::default(),
             ended_order: VecDeque::new(),
-            out_of_dialog_seen: HashSet::new(),
+            out_of_dialog_seen: KeyedSet::default(),
             partial_window: (Timestamp::default(), 0),
             counters: CallCounters::default(),
             last_sweep: Timestamp::default(),
@@ -560,10 +578,11 @@ impl CallTracker {
     ) {
         // The message is applied before time advances: a message of a call is proof the call
         // is alive, even when the capture's clock jumped past a timeout since the last one.
-        if let Applied::Call(key) = self.apply(meta, msg, sdp, out) {
-            let ended = self.calls.get(&key).and_then(Call::ended);
+        if let Applied::Call = self.apply(meta, msg, sdp, out) {
+            let key = call_key(msg.call_id);
+            let ended = self.calls.get(key).and_then(Call::ended);
             if let Some(by) = ended {
-                self.end(&key, by, meta.time, out);
+                self.end(key, by, meta.time, out);
             }
         }
         self.advance(meta.time, out);
@@ -601,7 +620,7 @@ impl CallTracker {
             }
             let after = call.held_bytes();
             self.held_bytes = (self.held_bytes + after).saturating_sub(before);
-            return Applied::Call(key.to_owned());
+            return Applied::Call;
         }
         let hashed = hash_of(&key);
         if let Some(tombstone) = self.ended.get(&hashed) {
@@ -644,7 +663,7 @@ impl CallTracker {
             self.order.push_back((seq, key.to_owned()));
             self.calls.insert(key.to_owned(), call);
             self.compact_order();
-            return Applied::Call(key.to_owned());
+            return Applied::Call;
         }
         if msg.to.tag.is_some() && msg.cseq.method != Method::Register
             || msg.cseq.method == Method::Invite
@@ -978,7 +997,7 @@ impl Call {
             hold_total: 0.0,
             session_interval: None,
             media: CallMedia::default(),
-            seen: HashSet::new(),
+            seen: KeyedSet::default(),
             hep_rtcp: Vec::new(),
             closed: None,
         }
@@ -1621,12 +1640,14 @@ impl Call {
             closed_by,
             ClosedBy::Bye | ClosedBy::Cancel | ClosedBy::FinalResponse
         );
+        // Written once: the record shows it, and its id hashes it.
+        let caller_address = self.caller_address.to_string();
         CallRecord {
             schema: CALL_SCHEMA,
             record_id: record_id(
                 &self.call_id,
                 self.invite_time.unwrap_or(self.first_message),
-                self.caller_address,
+                &caller_address,
             ),
             linked_call_id: self.linked_call_id,
             caller: self.caller,
@@ -1634,7 +1655,7 @@ impl Call {
             asserted_identity: self.asserted_identity,
             diverted_from: self.diverted_from,
             transport: self.transport.into(),
-            caller_address: self.caller_address.to_string(),
+            caller_address,
             callee_address: self.callee_address.to_string(),
             started_before_capture: self.started_before_capture,
             roles_known: self.roles_known,
@@ -1713,17 +1734,16 @@ fn ssrc_text(ssrc: u64) -> String {
 }
 
 fn hash_of(value: &impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
+    super::hasher::fingerprint(value)
 }
 
 /// A stable id: the same call in the same capture always gets the same id.
-fn record_id(call_id: &str, invite_time: Timestamp, caller: SocketAddr) -> String {
+/// `caller` is the caller's address as the record writes it (`SocketAddr`'s `Display`).
+fn record_id(call_id: &str, invite_time: Timestamp, caller: &str) -> String {
     crate::record::stable_id(&[
         call_id.as_bytes(),
         &invite_time.as_nanos().to_be_bytes(),
-        caller.to_string().as_bytes(),
+        caller.as_bytes(),
     ])
 }
 

@@ -22,9 +22,10 @@
 //! emitted two seconds after they end (a later ending of that minute comes in another
 //! record of the same minute: the records add up).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::hasher::KeyedMap;
 use crate::decode::sip::{Method, SipMessage};
 use crate::record::registration::{RegistrationsRecord, REGISTRATIONS_SCHEMA, RRD_BUCKETS_MS};
 use crate::time::Timestamp;
@@ -56,7 +57,7 @@ enum Ending {
 #[derive(Debug)]
 pub struct RegistrationTracker {
     timeout: Duration,
-    pending: HashMap<u64, Pending>,
+    pending: KeyedMap<u64, Pending>,
     /// Minute start (ns) → its figures.
     minutes: BTreeMap<i64, RegistrationsRecord>,
     last_sweep: Timestamp,
@@ -66,10 +67,7 @@ pub struct RegistrationTracker {
 }
 
 fn key_of(call_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    super::calls::call_key(call_id).hash(&mut h);
-    h.finish()
+    super::hasher::fingerprint(&super::calls::call_key(call_id))
 }
 
 fn ms_between(later: Timestamp, earlier: Timestamp) -> u64 {
@@ -83,7 +81,7 @@ impl RegistrationTracker {
     pub fn new(timeout: Duration) -> Self {
         RegistrationTracker {
             timeout,
-            pending: HashMap::new(),
+            pending: KeyedMap::default(),
             minutes: BTreeMap::new(),
             last_sweep: Timestamp::default(),
             emitted: 0,

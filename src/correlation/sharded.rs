@@ -99,13 +99,13 @@
 //!   joined only when both calls fall in one shard; otherwise the stream belongs to the leg
 //!   that announced last. One shard behaves exactly like one correlator.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 
 use super::calls::{self, CallCounters, CallLimits};
+use super::hasher::KeyedMap;
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
 use crate::decode::hep::RtcpJson;
@@ -747,7 +747,7 @@ pub struct HoldCounters {
 #[derive(Debug)]
 pub struct MediaHold {
     hold: std::time::Duration,
-    flows: HashMap<(SocketAddr, SocketAddr), HeldFlow>,
+    flows: KeyedMap<(SocketAddr, SocketAddr), HeldFlow>,
     bytes: usize,
     counters: HoldCounters,
 }
@@ -765,7 +765,7 @@ impl MediaHold {
     pub fn new(hold: std::time::Duration) -> Self {
         MediaHold {
             hold,
-            flows: HashMap::new(),
+            flows: KeyedMap::default(),
             bytes: 0,
             counters: HoldCounters::default(),
         }
@@ -981,7 +981,7 @@ struct Route {
 /// Media endpoint → shard, read by every capture thread for every datagram.
 #[derive(Debug)]
 struct MediaRoutes {
-    stripes: Box<[RwLock<HashMap<SocketAddr, Route>>]>,
+    stripes: Box<[RwLock<KeyedMap<SocketAddr, Route>>]>,
     len: AtomicUsize,
     max: usize,
     dropped: AtomicU64,
@@ -992,7 +992,7 @@ impl MediaRoutes {
     fn new(max: usize) -> Self {
         MediaRoutes {
             stripes: (0..ROUTE_STRIPES)
-                .map(|_| RwLock::new(HashMap::new()))
+                .map(|_| RwLock::new(KeyedMap::default()))
                 .collect(),
             len: AtomicUsize::new(0),
             max: max.max(1),
@@ -1001,7 +1001,7 @@ impl MediaRoutes {
         }
     }
 
-    fn stripe(&self, addr: &SocketAddr) -> &RwLock<HashMap<SocketAddr, Route>> {
+    fn stripe(&self, addr: &SocketAddr) -> &RwLock<KeyedMap<SocketAddr, Route>> {
         &self.stripes[(mix(addr) >> 58) as usize % ROUTE_STRIPES]
     }
 

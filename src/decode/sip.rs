@@ -263,10 +263,18 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     let unterminated_head =
         body_start == data.len() && head.len() == data.len() && !data.ends_with(b"\n");
 
+    // One UTF-8 check of the whole head when it is text (every real message): the lines
+    // and headers are then cut from it at ASCII bytes (line ends, colons), which are always
+    // character boundaries. A head with bytes that are not UTF-8 is checked piece by piece.
+    let text = std::str::from_utf8(head).ok();
     let mut lines = LineSpans::new(head);
     let (first_start, first_end) = lines.next().ok_or(SipError::NotSip)?;
-    let first_line =
-        std::str::from_utf8(&head[first_start..first_end]).map_err(|_| SipError::NotUtf8)?;
+    let first_line = match text {
+        Some(text) => &text[first_start..first_end],
+        None => {
+            std::str::from_utf8(&head[first_start..first_end]).map_err(|_| SipError::NotUtf8)?
+        }
+    };
     let start = parse_start_line(first_line).ok_or(SipError::NotSip)?;
 
     let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
@@ -286,7 +294,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
             continue;
         }
         if let Some(done) = current.take() {
-            headers.extend(make_header(head, done));
+            headers.extend(make_header(head, text, done));
         }
         let Some(colon) = memchr::memchr(b':', line) else {
             // A message cut short (a snap length, a datagram truncated on the way) ends in
@@ -300,7 +308,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         current = Some((line_start, line_start + colon, line_end));
     }
     if let Some(done) = current {
-        headers.extend(make_header(head, done));
+        headers.extend(make_header(head, text, done));
     }
 
     let mut msg = SipMessage {
@@ -331,51 +339,56 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
         (false, false, false, false, false);
 
     for h in &headers {
-        let name = canonical_name(h.name);
-        let value = h.value.trim();
-        if name.eq_ignore_ascii_case("Call-ID") && !have_call_id {
-            msg.call_id = value;
-            have_call_id = !value.is_empty();
-        } else if name.eq_ignore_ascii_case("CSeq") && !have_cseq {
-            msg.cseq = parse_cseq(value).ok_or(SipError::MissingHeader("CSeq"))?;
-            have_cseq = true;
-        } else if name.eq_ignore_ascii_case("From") && !have_from {
-            msg.from = parse_name_addr(value).ok_or(SipError::MissingHeader("From"))?;
-            have_from = true;
-        } else if name.eq_ignore_ascii_case("To") && !have_to {
-            msg.to = parse_name_addr(value).ok_or(SipError::MissingHeader("To"))?;
-            have_to = true;
-        } else if name.eq_ignore_ascii_case("Via") && !have_via {
-            if let Some(top) = split_list(value).next() {
-                msg.via_branch = param(top, "branch");
-                msg.via_transport = top
-                    .split_whitespace()
-                    .next()
-                    .and_then(|proto| proto.rsplit('/').next());
+        let Some(known) = Known::of(h.name) else {
+            continue;
+        };
+        let value = h.value; // trimmed by make_header
+        match known {
+            Known::CallId if !have_call_id => {
+                msg.call_id = value;
+                have_call_id = !value.is_empty();
             }
-            have_via = true;
-        } else if name.eq_ignore_ascii_case("Contact") && msg.contact.is_none() {
-            msg.contact = split_list(value).next().and_then(parse_name_addr);
-        } else if name.eq_ignore_ascii_case("User-Agent") && msg.user_agent.is_none() {
-            msg.user_agent = Some(value);
-        } else if name.eq_ignore_ascii_case("Server") && msg.server.is_none() {
-            msg.server = Some(value);
-        } else if name.eq_ignore_ascii_case("P-Asserted-Identity")
-            && msg.asserted_identity.is_none()
-        {
-            msg.asserted_identity = split_list(value).next().and_then(parse_name_addr);
-        } else if name.eq_ignore_ascii_case("Diversion") && msg.diversion.is_none() {
-            msg.diversion = split_list(value).next().and_then(parse_name_addr);
-        } else if (name.eq_ignore_ascii_case("X-CID")
-            || name.eq_ignore_ascii_case("X-Call-ID")
-            || name.eq_ignore_ascii_case("X-Orig-Call-ID"))
-            && msg.linked_call_id.is_none()
-        {
-            msg.linked_call_id = Some(value);
-        } else if name.eq_ignore_ascii_case("Content-Type") && msg.content_type.is_none() {
-            msg.content_type = Some(value);
-        } else if name.eq_ignore_ascii_case("Content-Length") && msg.content_length.is_none() {
-            msg.content_length = value.parse().ok();
+            Known::CSeq if !have_cseq => {
+                msg.cseq = parse_cseq(value).ok_or(SipError::MissingHeader("CSeq"))?;
+                have_cseq = true;
+            }
+            Known::From if !have_from => {
+                msg.from = parse_name_addr(value).ok_or(SipError::MissingHeader("From"))?;
+                have_from = true;
+            }
+            Known::To if !have_to => {
+                msg.to = parse_name_addr(value).ok_or(SipError::MissingHeader("To"))?;
+                have_to = true;
+            }
+            Known::Via if !have_via => {
+                if let Some(top) = split_list(value).next() {
+                    msg.via_branch = param(top, "branch");
+                    msg.via_transport = top
+                        .split_whitespace()
+                        .next()
+                        .and_then(|proto| proto.rsplit('/').next());
+                }
+                have_via = true;
+            }
+            Known::Contact if msg.contact.is_none() => {
+                msg.contact = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::UserAgent if msg.user_agent.is_none() => msg.user_agent = Some(value),
+            Known::Server if msg.server.is_none() => msg.server = Some(value),
+            Known::AssertedIdentity if msg.asserted_identity.is_none() => {
+                msg.asserted_identity = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::Diversion if msg.diversion.is_none() => {
+                msg.diversion = split_list(value).next().and_then(parse_name_addr);
+            }
+            Known::LinkedCallId if msg.linked_call_id.is_none() => {
+                msg.linked_call_id = Some(value);
+            }
+            Known::ContentType if msg.content_type.is_none() => msg.content_type = Some(value),
+            Known::ContentLength if msg.content_length.is_none() => {
+                msg.content_length = value.parse().ok();
+            }
+            _ => {}
         }
     }
     if !have_call_id {
@@ -402,6 +415,53 @@ pub fn parse(data: &[u8]) -> Result<SipMessage<'_>, SipError> {
     }
     msg.headers = headers;
     Ok(msg)
+}
+
+/// The headers [`parse`] reads into [`SipMessage`]'s fields.
+#[derive(Clone, Copy)]
+enum Known {
+    CallId,
+    CSeq,
+    From,
+    To,
+    Via,
+    Contact,
+    UserAgent,
+    Server,
+    AssertedIdentity,
+    Diversion,
+    /// `X-CID`, `X-Call-ID`, `X-Orig-Call-ID`.
+    LinkedCallId,
+    ContentType,
+    ContentLength,
+}
+
+impl Known {
+    /// The header a name (full or compact form, any case) stands for. Chosen by length and
+    /// first letter before any comparison: most headers of a message are none of these.
+    fn of(name: &str) -> Option<Known> {
+        let name = canonical_name(name);
+        let is = |full: &str| name.eq_ignore_ascii_case(full);
+        let first = name.as_bytes().first()?.to_ascii_lowercase();
+        Some(match (name.len(), first) {
+            (7, b'c') if is("Call-ID") => Known::CallId,
+            (7, b'c') if is("Contact") => Known::Contact,
+            (4, b'c') if is("CSeq") => Known::CSeq,
+            (4, b'f') if is("From") => Known::From,
+            (2, b't') if is("To") => Known::To,
+            (3, b'v') if is("Via") => Known::Via,
+            (10, b'u') if is("User-Agent") => Known::UserAgent,
+            (6, b's') if is("Server") => Known::Server,
+            (19, b'p') if is("P-Asserted-Identity") => Known::AssertedIdentity,
+            (9, b'd') if is("Diversion") => Known::Diversion,
+            (5, b'x') if is("X-CID") => Known::LinkedCallId,
+            (9, b'x') if is("X-Call-ID") => Known::LinkedCallId,
+            (14, b'x') if is("X-Orig-Call-ID") => Known::LinkedCallId,
+            (12, b'c') if is("Content-Type") => Known::ContentType,
+            (14, b'c') if is("Content-Length") => Known::ContentLength,
+            _ => return None,
+        })
+    }
 }
 
 /// Maps a compact header name (RFC 3261 §7.3.3 and later RFCs) to its full form.
@@ -441,17 +501,20 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
         let s = rest?;
         let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
         let mut cut = None;
-        for (i, c) in s.char_indices() {
+        // Bytes rather than characters: every delimiter is ASCII, and no byte of a multi-byte
+        // UTF-8 character is (an escaped one is skipped by its first byte, and its others
+        // match nothing), so the cuts are the same.
+        for (i, &c) in s.as_bytes().iter().enumerate() {
             if escaped {
                 escaped = false;
                 continue;
             }
             match c {
-                '\\' if in_quotes => escaped = true,
-                '"' => in_quotes = !in_quotes,
-                '<' if !in_quotes => in_angle = true,
-                '>' if !in_quotes => in_angle = false,
-                ',' if !in_quotes && !in_angle => {
+                b'\\' if in_quotes => escaped = true,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => {
                     cut = Some(i);
                     break;
                 }
@@ -468,7 +531,7 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
                 s
             }
         };
-        let item = item.trim();
+        let item = trim(item);
         if !item.is_empty() {
             return Some(item);
         }
@@ -477,27 +540,27 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
 
 /// Parses a name-addr (`"Name" <uri>;params`, `Name <uri>`) or an addr-spec (`uri;params`).
 pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
-    let value = value.trim();
+    let value = trim(value);
     let (display_name, after_display) = if let Some(quoted) = value.strip_prefix('"') {
         let end = closing_quote(quoted)?;
-        (Some(&quoted[..end]), quoted[end + 1..].trim_start())
+        (Some(&quoted[..end]), trim_start(&quoted[end + 1..]))
     } else {
-        match value.find('<') {
+        match find_byte(value, b'<') {
             Some(lt) => {
-                let name = value[..lt].trim();
+                let name = trim(&value[..lt]);
                 ((!name.is_empty()).then_some(name), &value[lt..])
             }
             None => (None, value),
         }
     };
     let (uri, params) = if let Some(inner) = after_display.strip_prefix('<') {
-        let gt = inner.find('>')?;
-        (inner[..gt].trim(), &inner[gt + 1..])
+        let gt = find_byte(inner, b'>')?;
+        (trim(&inner[..gt]), &inner[gt + 1..])
     } else {
         // addr-spec form: parameters after the URI belong to the header (RFC 3261 §20.10).
-        match after_display.find(';') {
-            Some(semi) => (after_display[..semi].trim(), &after_display[semi..]),
-            None => (after_display.trim(), ""),
+        match find_byte(after_display, b';') {
+            Some(semi) => (trim(&after_display[..semi]), &after_display[semi..]),
+            None => (trim(after_display), ""),
         }
     };
     if uri.is_empty() {
@@ -516,22 +579,23 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
 /// Returns the value of `;name=value` in a parameter list (case-insensitive name), unquoted
 /// quotes kept as written.
 pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
-    params.split(';').skip(1).find_map(|p| {
-        let (key, value) = p.split_once('=').unwrap_or((p, ""));
-        key.trim()
+    split_byte(params, b';').skip(1).find_map(|p| {
+        let (key, value) = split_once_byte(p, b'=').unwrap_or((p, ""));
+        trim(key)
             .eq_ignore_ascii_case(name)
-            .then(|| value.trim())
+            .then(|| trim(value))
             .filter(|v| !v.is_empty())
     })
 }
 
 fn closing_quote(s: &str) -> Option<usize> {
+    // By bytes, as in `split_list`: the same index.
     let mut escaped = false;
-    for (i, c) in s.char_indices() {
+    for (i, &c) in s.as_bytes().iter().enumerate() {
         match c {
             _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => return Some(i),
+            b'\\' => escaped = true,
+            b'"' => return Some(i),
             _ => {}
         }
     }
@@ -540,27 +604,27 @@ fn closing_quote(s: &str) -> Option<usize> {
 
 /// Splits `sip:user@host:port;params` into user and host; `tel:+123;phone-context=x` into number.
 fn split_uri(uri: &str) -> (Option<&str>, Option<&str>) {
-    let Some((scheme, rest)) = uri.split_once(':') else {
+    let Some((scheme, rest)) = split_once_byte(uri, b':') else {
         return (None, None);
     };
     if scheme.eq_ignore_ascii_case("tel") {
-        let number = rest.split(';').next().unwrap_or("").trim();
+        let number = trim(before(rest, b';'));
         return ((!number.is_empty()).then_some(number), None);
     }
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return (None, None);
     }
-    let rest = rest.split(['?']).next().unwrap_or("");
-    let (user, hostport) = match rest.rfind('@') {
+    let rest = before(rest, b'?');
+    let (user, hostport) = match rest.bytes().rposition(|b| b == b'@') {
         Some(at) => {
             // User parameters (`sip:+1234;npdi@host`) are not part of the number.
-            let user = rest[..at].split(';').next().unwrap_or("");
-            let user = user.split(':').next().unwrap_or(""); // drop a password
+            let user = before(&rest[..at], b';');
+            let user = before(user, b':'); // drop a password
             ((!user.is_empty()).then_some(user), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let host = hostport.split(';').next().unwrap_or("").trim();
+    let host = trim(before(hostport, b';'));
     (user, (!host.is_empty()).then_some(host))
 }
 
@@ -603,7 +667,7 @@ fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
             reason: after.trim(),
         });
     }
-    let mut parts = line.split(' ');
+    let mut parts = split_byte(line, b' ');
     let method = parts.next()?;
     let uri = parts.next()?;
     let version = parts.next()?;
@@ -629,13 +693,97 @@ fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
 /// in the ERSPAN sample appends it to a To-tag); the value is cut where it stops being UTF-8,
 /// as Wireshark shows it, rather than failing the whole message. A header whose name is not
 /// text is skipped.
-fn make_header(
-    head: &[u8],
+fn make_header<'a>(
+    head: &'a [u8],
+    text: Option<&'a str>,
     (name_start, colon, value_end): (usize, usize, usize),
-) -> Option<Header<'_>> {
+) -> Option<Header<'a>> {
+    if let Some(text) = text {
+        // The head is text: the same cuts, without checking each piece again.
+        return Some(Header {
+            name: trim(&text[name_start..colon]),
+            value: trim(&text[colon + 1..value_end]),
+        });
+    }
     Some(Header {
-        name: std::str::from_utf8(&head[name_start..colon]).ok()?.trim(),
-        value: utf8_prefix(&head[colon + 1..value_end]).trim(),
+        name: trim(std::str::from_utf8(&head[name_start..colon]).ok()?),
+        value: trim(utf8_prefix(&head[colon + 1..value_end])),
+    })
+}
+
+/// `str::trim`, with ASCII white space taken off byte by byte first: `str::trim` decodes
+/// characters from each end, and header text is almost always ASCII. When what is left
+/// starts or ends with a byte that is not ASCII (perhaps more white space: U+00A0, U+3000,
+/// ...), `str::trim` finishes the job, so the result is always exactly `str::trim`'s.
+fn trim(s: &str) -> &str {
+    trim_end(trim_start(s))
+}
+
+/// `str::trim_start`, ASCII first (see [`trim`]).
+fn trim_start(s: &str) -> &str {
+    let skip = s
+        .bytes()
+        .position(|b| !is_ascii_space(b))
+        .unwrap_or(s.len());
+    let s = &s[skip..];
+    if s.as_bytes().first().is_some_and(|b| !b.is_ascii()) {
+        return s.trim_start();
+    }
+    s
+}
+
+/// `str::trim_end`, ASCII first (see [`trim`]).
+fn trim_end(s: &str) -> &str {
+    let keep = s
+        .bytes()
+        .rposition(|b| !is_ascii_space(b))
+        .map_or(0, |i| i + 1);
+    let s = &s[..keep];
+    if s.as_bytes().last().is_some_and(|b| !b.is_ascii()) {
+        return s.trim_end();
+    }
+    s
+}
+
+/// The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab, form
+/// feed, carriage return and space (`u8::is_ascii_whitespace` leaves out vertical tab).
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+// `str::find`, `split`, `split_once` for one ASCII byte. The `char` forms run a general
+// searcher, a call and a set-up per use, which on the short pieces of a header costs more
+// than the search; a UTF-8 string holds an ASCII byte only as that character, so the
+// positions (and the pieces) are the same.
+
+fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    s.bytes().position(|b| b == byte)
+}
+
+/// What comes before the first `byte` (all of `s` without one): `s.split(c).next()`.
+fn before(s: &str, byte: u8) -> &str {
+    find_byte(s, byte).map_or(s, |i| &s[..i])
+}
+
+fn split_once_byte(s: &str, byte: u8) -> Option<(&str, &str)> {
+    let i = find_byte(s, byte)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+fn split_byte(s: &str, byte: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r, byte) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
     })
 }
 
@@ -651,16 +799,20 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
 /// where the body starts. The earlier blank line wins, whichever its line ends: a head ended
 /// by bare `\n\n` may carry a body that contains `\r\n\r\n` (HEPGEN in hep.pcap does).
 fn split_head(data: &[u8]) -> (&[u8], usize) {
-    let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|p| (p, p + 4));
-    let lf = memchr::memmem::find(data, b"\n\n").map(|p| (p, p + 2));
-    let end = match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    };
-    match end {
-        Some((head, body)) => (&data[..head], body),
-        None => (data, data.len()),
+    // One walk over the line ends of the head: a blank line is a line end followed by
+    // another (`\n\n` at the first), or by `\r\n` after a `\r` (`\r\n\r\n` one byte
+    // before it). The first line end that completes either is the earlier blank line, and
+    // the body (which may be long, and may hold blank lines of its own) is never searched.
+    for nl in memchr::memchr_iter(b'\n', data) {
+        match data.get(nl + 1) {
+            Some(b'\n') => return (&data[..nl], nl + 2),
+            Some(b'\r') if nl > 0 && data[nl - 1] == b'\r' && data.get(nl + 2) == Some(&b'\n') => {
+                return (&data[..nl - 1], nl + 3);
+            }
+            _ => {}
+        }
     }
+    (data, data.len())
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -882,6 +1034,87 @@ v=0\r\nextra";
         let raw = "INVITE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Type: appINVITE\u{71c}/sdp\r\n\r\nv=0";
         let msg = parse(raw.as_bytes()).unwrap();
         assert_eq!(msg.sdp(), None);
+    }
+
+    /// The ASCII-first trims are `str::trim`'s, on every mix of ASCII and Unicode white space
+    /// at either end (U+0085 and U+00A0 are two bytes, U+3000 three, U+00E9 is no space).
+    #[test]
+    fn trims_are_str_trims() {
+        let pieces = [
+            "", " ", "\t", "\x0b", "\x0c", "\r\n", "\u{85}", "\u{a0}", "\u{3000}", "\u{e9}", "a",
+            "a b", "<x>",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}");
+                    assert_eq!(trim(&s), s.trim(), "{s:?}");
+                    assert_eq!(trim_start(&s), s.trim_start(), "{s:?}");
+                    assert_eq!(trim_end(&s), s.trim_end(), "{s:?}");
+                }
+            }
+        }
+    }
+
+    /// Lists are cut by bytes: an escaped multi-byte character inside quotes, commas in
+    /// quotes and angle brackets.
+    #[test]
+    fn split_list_by_bytes() {
+        let value = "\"A \\\u{e9}, b\" <sip:a@h;x=1,2>;tag=1 , <sip:b@h> ,, \u{a0}c\u{3000}";
+        let items: Vec<_> = split_list(value).collect();
+        assert_eq!(
+            items,
+            vec!["\"A \\\u{e9}, b\" <sip:a@h;x=1,2>;tag=1", "<sip:b@h>", "c"]
+        );
+        assert_eq!(closing_quote("a\\\u{e9}\"b\""), Some(4));
+    }
+
+    /// The one-walk `split_head` finds what two `memmem` searches found (the earlier blank
+    /// line, `\r\n\r\n` or `\n\n`), on every string of up to 8 bytes of `\r`, `\n`, `a`.
+    #[test]
+    fn split_head_is_the_earlier_of_both_blank_lines() {
+        fn reference(data: &[u8]) -> (&[u8], usize) {
+            let crlf = memchr::memmem::find(data, b"\r\n\r\n").map(|p| (p, p + 4));
+            let lf = memchr::memmem::find(data, b"\n\n").map(|p| (p, p + 2));
+            let end = match (crlf, lf) {
+                (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            match end {
+                Some((head, body)) => (&data[..head], body),
+                None => (data, data.len()),
+            }
+        }
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let data: Vec<u8> = (0..len).map(|i| b"\r\na"[n / 3usize.pow(i) % 3]).collect();
+                assert_eq!(split_head(&data), reference(&data), "{data:?}");
+            }
+        }
+    }
+
+    /// The byte forms of `split`, `split_once`, `find` give the `char` forms' pieces.
+    #[test]
+    fn byte_splits_are_char_splits() {
+        for s in [
+            "",
+            ";",
+            "a;b",
+            ";a;;b;",
+            "\u{e9};x=\u{3000}",
+            "sip:a@h:5060;x",
+        ] {
+            for c in [';', ':', '=', '@'] {
+                let b = c as u8;
+                assert_eq!(
+                    split_byte(s, b).collect::<Vec<_>>(),
+                    s.split(c).collect::<Vec<_>>()
+                );
+                assert_eq!(split_once_byte(s, b), s.split_once(c));
+                assert_eq!(find_byte(s, b), s.find(c));
+                assert_eq!(before(s, b), s.split(c).next().unwrap_or(""));
+            }
+        }
     }
 
     #[test]
