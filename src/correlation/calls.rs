@@ -463,7 +463,9 @@ struct Call {
 #[derive(Debug)]
 pub struct CallTracker {
     limits: CallLimits,
-    calls: KeyedMap<String, Call>,
+    /// Boxed: a table grows by doubling, so at any time up to half its slots are empty,
+    /// and a slot holding a whole call (about 480 bytes) would cost that much empty.
+    calls: KeyedMap<String, Box<Call>>,
     /// Calls in creation order (lazily pruned), to find the oldest one in setup.
     order: VecDeque<(u64, String)>,
     next_seq: u64,
@@ -580,7 +582,7 @@ impl CallTracker {
         // is alive, even when the capture's clock jumped past a timeout since the last one.
         if let Applied::Call = self.apply(meta, msg, sdp, out) {
             let key = call_key(msg.call_id);
-            let ended = self.calls.get(key).and_then(Call::ended);
+            let ended = self.calls.get(key).and_then(|c| c.ended());
             if let Some(by) = ended {
                 self.end(key, by, meta.time, out);
             }
@@ -661,7 +663,7 @@ impl CallTracker {
             }
             self.held_bytes += call.held_bytes() + key.len() + ENTRY_BYTES;
             self.order.push_back((seq, key.to_owned()));
-            self.calls.insert(key.to_owned(), call);
+            self.calls.insert(key.to_owned(), Box::new(call));
             self.compact_order();
             return Applied::Call;
         }
@@ -878,7 +880,7 @@ impl CallTracker {
 
     /// Emits every call still tracked, as it stands (open calls are marked incomplete).
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(CallRecord)) {
-        let mut calls: Vec<Call> = self.calls.drain().map(|(_, c)| c).collect();
+        let mut calls: Vec<Box<Call>> = self.calls.drain().map(|(_, c)| c).collect();
         self.order.clear();
         self.held_bytes = 0;
         calls.sort_by_key(|c| c.seq);

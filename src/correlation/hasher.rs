@@ -15,7 +15,9 @@
 //! is bounded
 //! (`max_calls`, the tombstone, transaction and held-flow caps, the route table's size).
 //!
-//! The media tracker's [`StreamKey`](super::media) tables use a hasher of the same design.
+//! The media tracker's tables use it too: its stream table takes one lookup per RTP packet,
+//! where SipHash was 12 % of the instructions of an RTP replay (2026-12-02). There the only
+//! order a sender could see is that in which one idle sweep reports orphan streams.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};

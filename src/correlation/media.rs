@@ -41,7 +41,7 @@
 //! Bounded: streams, endpoints, probation candidates, streams per call
 //! ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps, and hitting one is counted.
 
-use std::collections::HashMap;
+use crate::correlation::hasher::KeyedMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -336,58 +336,8 @@ impl StreamKey {
     }
 }
 
-/// The hasher of the tables keyed by [`StreamKey`] (one lookup per RTP packet). Keys come
-/// from whoever sends packets, so the hash must be keyed, or a sender could pick addresses,
-/// ports and SSRCs that all collide and make every lookup walk one long probe sequence (hash
-/// flooding). std's keyed SipHash-1-3 was 12 % of the instructions of an RTP replay;
-/// foldhash is a keyed multiply-fold hash, several times faster, keyed here with 128 bits
-/// from the operating system's random source once per process (foldhash's own default seed
-/// is derived from addresses and the clock, which it does not claim resists flooding). It
-/// is not a cryptographic function: an attacker able to observe the hash values or the
-/// tables' iteration order over time could in principle recover the key. Senders see
-/// neither (only the readers of records see the order in which one idle sweep reports
-/// orphan streams), and the tables are bounded (`max_streams`, `max_candidates`).
-#[derive(Clone)]
-struct StreamHasher(foldhash::fast::SeedableRandomState);
-
-impl Default for StreamHasher {
-    fn default() -> Self {
-        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
-        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(random_u64()));
-        StreamHasher(foldhash::fast::SeedableRandomState::with_seed(
-            random_u64(),
-            shared,
-        ))
-    }
-}
-
-impl std::fmt::Debug for StreamHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StreamHasher")
-    }
-}
-
-impl std::hash::BuildHasher for StreamHasher {
-    type Hasher = foldhash::fast::FoldHasher<'static>;
-
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
-}
-
-/// 64 bits from the operating system's random source; should it fail (it does not on
-/// Linux after boot), std's own per-process random keys.
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::getrandom(&mut bytes).is_ok() {
-        return u64::from_le_bytes(bytes);
-    }
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
-}
-
 /// The tables keyed by [`StreamKey`].
-type StreamMap<V> = HashMap<StreamKey, V, StreamHasher>;
+type StreamMap<V> = KeyedMap<StreamKey, V>;
 
 /// An address as 16 bytes (IPv4 mapped into IPv6).
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -444,27 +394,27 @@ const PROBATION_PACKETS: usize = 4;
 #[derive(Debug)]
 pub struct MediaTracker {
     limits: MediaLimits,
-    endpoints: HashMap<SocketAddr, Endpoint>,
-    endpoints_by_call: HashMap<Arc<str>, Vec<SocketAddr>>,
+    endpoints: KeyedMap<SocketAddr, Endpoint>,
+    endpoints_by_call: KeyedMap<Arc<str>, Vec<SocketAddr>>,
     /// Boxed: the table then holds small entries (key and pointer) that stay in cache while
     /// it is probed, and a half-empty table after growth costs pointers, not whole streams.
     streams: StreamMap<Box<Stream>>,
-    streams_by_call: HashMap<Arc<str>, Vec<StreamKey>>,
+    streams_by_call: KeyedMap<Arc<str>, Vec<StreamKey>>,
     /// Streams of calls closed for inactivity, waiting for their call record.
-    closed_by_call: HashMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
-    rtcp_by_call: HashMap<Arc<str>, Vec<RtcpObservation>>,
+    closed_by_call: KeyedMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
+    rtcp_by_call: KeyedMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
-    closed_legs: HashMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
+    closed_legs: KeyedMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
     candidates: StreamMap<Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay: the first open stream of
     /// each SSRC, inline (a slot of 48 bytes where a one-key `Vec` took a 32-byte slot and a
     /// 64-byte allocation), ...
-    streams_by_ssrc: HashMap<u32, StreamKey>,
+    streams_by_ssrc: KeyedMap<u32, StreamKey>,
     /// ... and the further ones of an SSRC already there, in the order they opened (a
     /// relay's second leg; empty on most captures).
-    more_by_ssrc: HashMap<u32, Vec<StreamKey>>,
+    more_by_ssrc: KeyedMap<u32, Vec<StreamKey>>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
-    ended_endpoints: HashMap<SocketAddr, Timestamp>,
+    ended_endpoints: KeyedMap<SocketAddr, Timestamp>,
     /// Calls that ended and wait out their record grace: their streams still measure what
     /// is in flight, but no new stream opens for them.
     closing: std::collections::HashSet<Arc<str>>,
@@ -494,17 +444,17 @@ impl MediaTracker {
     pub fn new(limits: MediaLimits) -> Self {
         MediaTracker {
             limits,
-            endpoints: HashMap::new(),
-            endpoints_by_call: HashMap::new(),
+            endpoints: KeyedMap::default(),
+            endpoints_by_call: KeyedMap::default(),
             streams: StreamMap::default(),
-            streams_by_call: HashMap::new(),
-            closed_by_call: HashMap::new(),
-            rtcp_by_call: HashMap::new(),
-            closed_legs: HashMap::new(),
+            streams_by_call: KeyedMap::default(),
+            closed_by_call: KeyedMap::default(),
+            rtcp_by_call: KeyedMap::default(),
+            closed_legs: KeyedMap::default(),
             candidates: StreamMap::default(),
-            streams_by_ssrc: HashMap::new(),
-            more_by_ssrc: HashMap::new(),
-            ended_endpoints: HashMap::new(),
+            streams_by_ssrc: KeyedMap::default(),
+            more_by_ssrc: KeyedMap::default(),
+            ended_endpoints: KeyedMap::default(),
             closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
             orphan_window: None,
