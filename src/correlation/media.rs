@@ -1680,7 +1680,8 @@ mod tests {
         assert!(size_of::<Stream>() <= 1024, "{sizes:?}");
     }
 
-    /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
+    /// The word-packed key gives back the addresses it was made of, IPv4, IPv6 and
+    /// IPv4-mapped IPv6 kept apart.
     #[test]
     fn a_packed_stream_key_gives_back_its_addresses() {
         for (src, dst) in [
@@ -1706,6 +1707,7 @@ mod tests {
         assert_ne!(v4, mapped);
     }
 
+    /// The endpoint's clock is an hour ahead of the tap's: only capture times count.
     #[test]
     fn round_trip_from_capture_times_not_the_endpoint_clock() {
         use crate::media::packet::ReceptionReport;
