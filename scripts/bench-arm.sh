@@ -37,8 +37,8 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 rustup target add "$TARGET" >/dev/null 2>&1 || true
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. scripts/bench-common.sh
+bench_work
 bin="${CARGO_TARGET_DIR:-target}/$TARGET/edge/teledge"
 # What live listen (the cargo feature `listen`: webrtc-rs) costs: the same build without it
 # first (cargo keeps both builds' artefacts, so a second run only copies them), then the
@@ -63,37 +63,12 @@ fi
 # Where the bytes are: the sections of the stripped binary over 100 kB.
 aarch64-linux-gnu-size -A "$bin" | awk '$2 > 100000 && $1 ~ /^\./ { printf "  %-20s %10d bytes\n", $1, $2 }'
 # A site PKI: CA, the node's client certificate (CN = node id, clientAuth).
-(
-  cd "$work"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout ca.key -out ca.pem \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=edge-01" \
-    -keyout edge.key -out edge.csr 2>/dev/null
-  printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > ext.cnf
-  openssl x509 -req -in edge.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile ext.cnf -out edge.pem 2>/dev/null
-  head -c 32 /dev/urandom > site.key
-  head -c 32 /dev/urandom > spool.key
-  chmod 600 ./*.key
-)
+site_pki "$work" edge edge-01 "$CLIENT"
 hep_port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/teledge.toml" <<EOF
-[node]
-id = "edge-01"
-[privacy]
-mode = "keyed_hash"
-site_key_file = "$work/site.key"
-[spool]
-dir = "$work/spool"
-key_file = "$work/spool.key"
-key_id = 1
-[uplink]
-url = "https://localhost:9/v1/batches"
-ca_file = "$work/ca.pem"
-cert_file = "$work/edge.pem"
-key_file = "$work/edge.key"
+metrics_port=$(free_port)
+{
+  edge_config "https://localhost:9/v1/batches"
+  cat <<EOF
 [hep]
 udp = "127.0.0.1:$hep_port"
 [observe]
@@ -102,6 +77,7 @@ listen = "127.0.0.1:$metrics_port"
 # No collector runs: the daemon stops 1 s after SIGTERM instead of retrying for 30 s.
 drain_timeout_s = 1
 EOF
+} > "$work/teledge.toml"
 qemu-aarch64 -L "$SYSROOT" "$bin" check-config --config "$work/teledge.toml" >/dev/null
 
 # Start-to-READY: a datagram listener stands in for systemd's notify socket; the clock starts

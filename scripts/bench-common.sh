@@ -54,6 +54,29 @@ site_pki() {
   )
 }
 
+# `edge_config URL`: the head of an agent's configuration in $work — node `edge-01`, keyed-hash
+# pseudonyms with site.key, the spool in $work/spool sealed with spool.key, the uplink to URL
+# with the site PKI's edge.pem (see `site_pki`). [uplink] comes last, so lines printed right
+# after it add to that table; further tables follow.
+edge_config() {
+  cat <<EOF
+[node]
+id = "edge-01"
+[privacy]
+mode = "keyed_hash"
+site_key_file = "$work/site.key"
+[spool]
+dir = "$work/spool"
+key_file = "$work/spool.key"
+key_id = 1
+[uplink]
+url = "$1"
+ca_file = "$work/ca.pem"
+cert_file = "$work/edge.pem"
+key_file = "$work/edge.key"
+EOF
+}
+
 # `free_port`: a TCP port on 127.0.0.1 that nothing listens on now.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

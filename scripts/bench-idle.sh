@@ -72,28 +72,17 @@ echo "idle, one capture on lo, after ${SETTLE} s (binary $bin, $(stat -c %s "$bi
 mport=$(free_port)
 for ring in $RINGS; do
   rm -rf "$work/spool"
-  cat > "$work/teledge.toml" <<EOF
-[node]
-id = "edge-01"
+  {
+    edge_config "https://localhost:$port/v1/batches"
+    cat <<EOF
 [[capture]]
 interface = "lo"
 ring_mib = $ring${THREADS:+
 threads = $THREADS}
-[privacy]
-mode = "keyed_hash"
-site_key_file = "$work/site.key"
-[spool]
-dir = "$work/spool"
-key_file = "$work/spool.key"
-key_id = 1
-[uplink]
-url = "https://localhost:$port/v1/batches"
-ca_file = "$work/ca.pem"
-cert_file = "$work/edge.pem"
-key_file = "$work/edge.key"
 [observe]
 listen = "127.0.0.1:$mport"
 EOF
+  } > "$work/teledge.toml"
   env ${AGENT_ENV:-} "$bin" run --config "$work/teledge.toml" >"$work/run.log" 2>&1 &
   agent=$!
   pids+=("$agent")

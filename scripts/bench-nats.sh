@@ -57,24 +57,10 @@ wait_port "$bus_port"
 
 rate() { # url [extra uplink lines] -> records/s
   rm -rf "$work/spool"
-  cat > "$work/forward.toml" <<EOF
-[node]
-id = "edge-01"
-[privacy]
-mode = "keyed_hash"
-site_key_file = "$work/site.key"
-[spool]
-dir = "$work/spool"
-key_file = "$work/spool.key"
-key_id = 1
-[uplink]
-url = "$1"
-ca_file = "$work/ca.pem"
-cert_file = "$work/edge.pem"
-key_file = "$work/edge.key"
-batch_records = 500
-$2
-EOF
+  {
+    edge_config "$1"
+    printf 'batch_records = 500\n%s\n' "$2"
+  } > "$work/forward.toml"
   "$bin/teledge-spoolgen" load --config "$work/forward.toml" --records "$RECORDS" \
     --group 5000 --prefill | sed -n 's/^forwarded .*: \([0-9]*\) records\/s$/\1/p'
 }

@@ -31,23 +31,10 @@ wait_port "$port"
 rate() { # batch_records [bindir] -> records/s
   local b=${2:-$bin}
   rm -rf "$work/spool"
-  cat > "$work/forward.toml" <<EOF
-[node]
-id = "edge-01"
-[privacy]
-mode = "keyed_hash"
-site_key_file = "$work/site.key"
-[spool]
-dir = "$work/spool"
-key_file = "$work/spool.key"
-key_id = 1
-[uplink]
-url = "https://localhost:$port/v1/batches"
-ca_file = "$work/ca.pem"
-cert_file = "$work/edge.pem"
-key_file = "$work/edge.key"
-batch_records = $1
-EOF
+  {
+    edge_config "https://localhost:$port/v1/batches"
+    echo "batch_records = $1"
+  } > "$work/forward.toml"
   "$b/teledge-spoolgen" load --config "$work/forward.toml" --records "$RECORDS" \
     --group 5000 --prefill | sed -n 's/^forwarded .*: \([0-9]*\) records\/s$/\1/p'
 }

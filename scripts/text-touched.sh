@@ -29,27 +29,16 @@ site_pki "$work" collector localhost "$SERVER_LOCALHOST" edge edge-01 "$CLIENT"
 port=$(free_port)
 cp "$bin" "$work/teledge-collector"
 start_collector "$work/teledge-collector" "$port"
-cat > "$work/teledge.toml" <<EOT
-[node]
-id = "edge-01"
+{
+  edge_config "https://localhost:$port/v1/batches"
+  cat <<EOT
 [[capture]]
 interface = "lo"
 ring_mib = 2
-[privacy]
-mode = "keyed_hash"
-site_key_file = "$work/site.key"
-[spool]
-dir = "$work/spool"
-key_file = "$work/spool.key"
-key_id = 1
-[uplink]
-url = "https://localhost:$port/v1/batches"
-ca_file = "$work/ca.pem"
-cert_file = "$work/edge.pem"
-key_file = "$work/edge.key"
 [observe]
 listen = "127.0.0.1:$(free_port)"
 EOT
+} > "$work/teledge.toml"
 python3 - "$bin" "$work" "$IDLE" "${ORDER:-}" <<'PY'
 import bisect, collections, os, re, signal, socket, subprocess, sys, time
 binary, work, idle, order_out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
