@@ -68,6 +68,7 @@
 
 pub mod access;
 pub mod backoff;
+pub(crate) mod bounded;
 pub mod bus;
 pub mod collect;
 pub mod config;

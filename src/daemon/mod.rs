@@ -82,6 +82,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bounded;
 use crate::config::agent::AgentConfig;
 use crate::correlation::sharded::ShardedCorrelator;
 use crate::observe::{self, AgentMetrics, Health, Notifier, Stage};
@@ -94,7 +95,6 @@ use crate::spooler::Spooler;
 pub use crate::time::Clock;
 use crate::time::{ClockGuard, LiveNow, Skew, Timestamp};
 
-mod bounded;
 mod capture;
 mod fleet;
 mod heartbeat;

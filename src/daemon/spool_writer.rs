@@ -41,7 +41,7 @@ pub(super) struct SpoolWriter {
 
 impl SpoolWriter {
     pub(super) fn spawn(
-        rx: super::bounded::BoundedReceiver<Record>,
+        rx: crate::bounded::BoundedReceiver<Record>,
         spooler: Spooler,
         health: Arc<Health>,
         metrics: Arc<AgentMetrics>,
@@ -83,7 +83,7 @@ impl SpoolWriter {
 /// when the queue closes. Returns records spooled. Every record lost on the way (the queue
 /// full, an append that failed) is also announced upstream by a gap record.
 fn write(
-    rx: super::bounded::BoundedReceiver<Record>,
+    rx: crate::bounded::BoundedReceiver<Record>,
     mut spooler: Spooler,
     health: &Health,
     metrics: &AgentMetrics,

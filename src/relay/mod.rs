@@ -34,12 +34,13 @@ pub mod frames;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
+use crate::bounded::{self, BoundedReceiver, BoundedSender, TrySendError};
 use crate::config::hep_out::{HepOutConfig, HepOutTls, HepOutTransport};
 use crate::observe::events::{HepRelayConnectionFailed, HepRelayDropped, InternalEvent};
 use crate::observe::AgentMetrics;
@@ -107,7 +108,7 @@ pub struct HepRelay {
 
 /// The pipeline's side of the relay: turns events into frames and queues them.
 pub struct HepMirror {
-    tx: SyncSender<Queued>,
+    tx: BoundedSender<Queued>,
     identity: Identity,
     kinds: Kinds,
     overflow: Overflow,
@@ -138,7 +139,7 @@ impl HepRelay {
             HepOutTransport::Tls(tls) => Some(tls_client(tls)?),
             _ => None,
         };
-        let (tx, rx) = mpsc::sync_channel(config.queue_frames);
+        let (tx, rx) = bounded::channel(config.queue_frames);
         let deadline = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let sender = Sender {
@@ -368,7 +369,7 @@ impl Sender {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(mut self, rx: Receiver<Queued>) {
+    fn run(mut self, rx: BoundedReceiver<Queued>) {
         let mut conn: Option<Conn> = None;
         let mut pending: Option<Queued> = None;
         let mut retry_at = Instant::now();

@@ -276,6 +276,7 @@ fn the_leaves_import_nothing_of_the_pipeline() {
             "time",
             "secret",
             "backoff",
+            "bounded",
             "log_limit",
             "seal",
         ]

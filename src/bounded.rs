@@ -1,8 +1,9 @@
 //! A bounded queue between threads that takes memory as it fills, not at creation.
 //!
 //! std's `sync_channel(n)` allocates its `n` slots at once and writes each slot's stamp, so
-//! the record queue (65,536 slots of 24 bytes) held 1.5 MiB resident from the start of an
-//! idle daemon that never queued more than a few records. This queue is std's unbounded
+//! the daemon's record queue (65,536 slots of 24 bytes) held 1.5 MiB resident from the start
+//! of an idle daemon that never queued more than a few records, and the HEP relay's queue
+//! (`queue_frames`, 10,000 by default) its slots whether HOMER was reachable or not. This queue is std's unbounded
 //! channel (blocks of 31 slots, allocated as messages arrive and freed as they are taken)
 //! with the bound kept by a count: [`BoundedSender::try_send`] refuses a message when
 //! `capacity` are waiting, exactly as `sync_channel`'s `try_send` did, and
@@ -28,7 +29,7 @@ struct Shared {
 
 /// Why [`BoundedSender::try_send`] did not queue its message (given back).
 #[derive(Debug)]
-pub(super) enum TrySendError<T> {
+pub(crate) enum TrySendError<T> {
     /// `capacity` messages are waiting.
     Full(T),
     /// The receiver is gone.
@@ -37,7 +38,7 @@ pub(super) enum TrySendError<T> {
 
 /// The sending end; clones share the bound.
 #[derive(Debug)]
-pub(super) struct BoundedSender<T> {
+pub(crate) struct BoundedSender<T> {
     tx: mpsc::Sender<T>,
     shared: Arc<Shared>,
 }
@@ -53,13 +54,13 @@ impl<T> Clone for BoundedSender<T> {
 
 /// The receiving end.
 #[derive(Debug)]
-pub(super) struct BoundedReceiver<T> {
+pub(crate) struct BoundedReceiver<T> {
     rx: mpsc::Receiver<T>,
     shared: Arc<Shared>,
 }
 
 /// A queue of at most `capacity` messages (at least one).
-pub(super) fn channel<T>(capacity: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
+pub(crate) fn channel<T>(capacity: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         capacity: capacity.max(1),
@@ -105,7 +106,7 @@ impl<T> BoundedSender<T> {
     }
 
     /// Queues `message` unless `capacity` are waiting or the receiver is gone; never waits.
-    pub(super) fn try_send(&self, message: T) -> Result<(), TrySendError<T>> {
+    pub(crate) fn try_send(&self, message: T) -> Result<(), TrySendError<T>> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Disconnected(message));
         }
@@ -116,7 +117,7 @@ impl<T> BoundedSender<T> {
     }
 
     /// Queues `message`, waiting for room; gives it back if the receiver is gone.
-    pub(super) fn send(&self, message: T) -> Result<(), T> {
+    pub(crate) fn send(&self, message: T) -> Result<(), T> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(message);
@@ -138,7 +139,7 @@ impl<T> BoundedSender<T> {
 impl<T> BoundedReceiver<T> {
     /// The next message, waiting up to `timeout`; `Disconnected` once every sender is gone
     /// and the queue is empty.
-    pub(super) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+    pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let message = self.rx.recv_timeout(timeout)?;
         let before = self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
         if before >= self.shared.capacity {
@@ -147,6 +148,13 @@ impl<T> BoundedReceiver<T> {
             self.shared.freed.notify_all();
         }
         Ok(message)
+    }
+}
+
+impl<T> BoundedReceiver<T> {
+    /// The messages waiting now, taken without waiting (what is left at shutdown).
+    pub(crate) fn try_iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.recv_timeout(Duration::ZERO).ok())
     }
 }
 
@@ -182,8 +190,12 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_waiting_send_goes_through_when_room_is_made() {
+    /// A queue of one, full, and a thread whose `send(2)` waits for room.
+    fn full_with_a_waiting_sender() -> (
+        BoundedSender<u32>,
+        BoundedReceiver<u32>,
+        std::thread::JoinHandle<Result<(), u32>>,
+    ) {
         let (tx, rx) = channel::<u32>(1);
         tx.send(1).unwrap();
         let sender = {
@@ -191,6 +203,12 @@ mod tests {
             std::thread::spawn(move || tx.send(2))
         };
         std::thread::sleep(Duration::from_millis(20));
+        (tx, rx, sender)
+    }
+
+    #[test]
+    fn a_waiting_send_goes_through_when_room_is_made() {
+        let (_tx, rx, sender) = full_with_a_waiting_sender();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(1));
         assert!(sender.join().unwrap().is_ok());
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok(), Some(2));
@@ -198,13 +216,7 @@ mod tests {
 
     #[test]
     fn senders_learn_the_receiver_is_gone() {
-        let (tx, rx) = channel::<u32>(1);
-        tx.send(1).unwrap();
-        let sender = {
-            let tx = tx.clone();
-            std::thread::spawn(move || tx.send(2))
-        };
-        std::thread::sleep(Duration::from_millis(20));
+        let (tx, rx, sender) = full_with_a_waiting_sender();
         drop(rx);
         assert_eq!(sender.join().unwrap(), Err(2));
         assert!(matches!(tx.try_send(3), Err(TrySendError::Disconnected(3))));
