@@ -100,7 +100,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::hasher::{KeyedMap, KeyedSet};
+use super::hasher::{fingerprint, KeyedMap, KeyedSet};
 use crate::decode::hep::{ReportBlock, RtcpJson};
 use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
@@ -626,7 +626,7 @@ impl CallTracker {
             self.held_bytes = (self.held_bytes + after).saturating_sub(before);
             return Applied::Call;
         }
-        let hashed = hash_of(&key);
+        let hashed = fingerprint(&key);
         if let Some(tombstone) = self.ended.get(&hashed) {
             let new_attempt = is_initial_invite && !tombstone.invites.contains(&invite_key(msg));
             if !new_attempt {
@@ -678,7 +678,7 @@ impl CallTracker {
         // An out-of-dialog transaction: count each request once (retransmissions and
         // responses share its Call-ID and CSeq).
         if msg.method().is_some() {
-            let key = hash_of(&(msg.call_id, msg.cseq.number, msg.cseq.method.as_str()));
+            let key = fingerprint(&(msg.call_id, msg.cseq.number, msg.cseq.method.as_str()));
             if self.out_of_dialog_seen.len() >= MAX_OUT_OF_DIALOG_SEEN {
                 self.out_of_dialog_seen.clear();
             }
@@ -752,7 +752,7 @@ impl CallTracker {
             .held_bytes
             .saturating_sub(call.held_bytes() + key.len() + ENTRY_BYTES);
         call.closed = Some((by, now));
-        self.remember_ended(hash_of(&key), now, call.invites.clone());
+        self.remember_ended(fingerprint(&key), now, call.invites.clone());
         out(call.into_record());
     }
 
@@ -780,7 +780,7 @@ impl CallTracker {
     /// the BYE are counted apart) and may belong to calls that began before the capture.
     pub fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
         let Some(call) = self.calls.get_mut(call_key(call_id)) else {
-            if self.ended.contains_key(&hash_of(&call_key(call_id))) {
+            if self.ended.contains_key(&fingerprint(&call_key(call_id))) {
                 // The final reports of a call come after its BYE; the record is made.
                 self.counters.hep_rtcp_after_end += 1;
             } else {
@@ -930,7 +930,7 @@ fn opens_partial_call(msg: &SipMessage<'_>) -> bool {
 
 /// The key of an initial INVITE transaction: CSeq and top Via branch.
 fn invite_key(msg: &SipMessage<'_>) -> u64 {
-    hash_of(&(
+    fingerprint(&(
         msg.cseq.number,
         msg.via_branch
             .map(|b| cut(b, MAX_TAG_BYTES).0)
@@ -1091,10 +1091,10 @@ impl Call {
         let branch = msg.via_branch.unwrap_or("");
         let key = match msg.start {
             StartLine::Request { method, .. } => {
-                hash_of(&(0u8, method.as_str(), msg.cseq.number, branch))
+                fingerprint(&(0u8, method.as_str(), msg.cseq.number, branch))
             }
             // The branch tells a proxy's forwarded copy (its own branch) from a retransmission.
-            StartLine::Response { status, .. } => hash_of(&(
+            StartLine::Response { status, .. } => fingerprint(&(
                 1u8,
                 status,
                 msg.cseq.number,
@@ -1747,10 +1747,6 @@ pub fn summarize_sdp(msg: &SipMessage<'_>) -> Option<SdpSummary> {
 
 fn ssrc_text(ssrc: u64) -> String {
     format!("0x{ssrc:08X}")
-}
-
-fn hash_of(value: &impl Hash) -> u64 {
-    super::hasher::fingerprint(value)
 }
 
 /// A stable id: the same call in the same capture always gets the same id.

@@ -22,6 +22,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
+
+use crate::bounded::BoundedReceiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -41,7 +43,7 @@ pub(super) struct SpoolWriter {
 
 impl SpoolWriter {
     pub(super) fn spawn(
-        rx: crate::bounded::BoundedReceiver<Record>,
+        rx: BoundedReceiver<Record>,
         spooler: Spooler,
         health: Arc<Health>,
         metrics: Arc<AgentMetrics>,
@@ -83,7 +85,7 @@ impl SpoolWriter {
 /// when the queue closes. Returns records spooled. Every record lost on the way (the queue
 /// full, an append that failed) is also announced upstream by a gap record.
 fn write(
-    rx: crate::bounded::BoundedReceiver<Record>,
+    rx: BoundedReceiver<Record>,
     mut spooler: Spooler,
     health: &Health,
     metrics: &AgentMetrics,
