@@ -32,16 +32,16 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ConfigErrors> {
     })
 }
 
+/// The 1-based line of byte `offset` in `text` (the last line when it is past the end).
+pub(crate) fn line_at(text: &str, offset: usize) -> usize {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    before.iter().filter(|b| **b == b'\n').count() + 1
+}
+
 /// A TOML syntax or shape error, placed by its line.
 pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigErrors {
     let at = match e.span() {
-        Some(span) => {
-            let before = text.as_bytes().get(..span.start).unwrap_or(text.as_bytes());
-            format!(
-                "line {}",
-                before.iter().filter(|b| **b == b'\n').count() + 1
-            )
-        }
+        Some(span) => format!("line {}", line_at(text, span.start)),
         None => "config".into(),
     };
     ConfigErrors(vec![ConfigProblem {

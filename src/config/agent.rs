@@ -1013,5 +1013,26 @@ mod tests {
         assert_eq!(line_of(text, "uplink.url"), Some(10));
         assert_eq!(line_of(text, "uplink"), Some(9));
         assert_eq!(line_of(text, "observe.listen"), None);
+        assert_eq!(line_of(text, "sensors[1]"), Some(6));
+        assert_eq!(line_of(text, "sensors[2].name"), None);
+        assert_eq!(line_of(text, "node.id.more"), None);
+    }
+
+    /// What a walk over header lines got wrong: a comment after a header, dotted keys,
+    /// inline tables, a key that only starts like another, a nested table header, quoted
+    /// keys, and a text that does not parse.
+    #[test]
+    fn lines_of_paths_wherever_toml_puts_them() {
+        let text = "spool.max_bytes = 1\n\
+                    [uplink] # where records go\nurl_backup = 1\nurl = \"u\"\n\n\
+                    [hep]\nlisten = { address = \"0.0.0.0:9060\", tls = true }\n\
+                    [listen.ice]\n\"stun\" = \"x\"\n";
+        assert_eq!(line_of(text, "spool.max_bytes"), Some(1));
+        assert_eq!(line_of(text, "uplink"), Some(2));
+        assert_eq!(line_of(text, "uplink.url"), Some(4));
+        assert_eq!(line_of(text, "uplink.url_backup"), Some(3));
+        assert_eq!(line_of(text, "hep.listen.address"), Some(7));
+        assert_eq!(line_of(text, "listen.ice.stun"), Some(9));
+        assert_eq!(line_of("[node\nid = 1\n", "node.id"), None);
     }
 }

@@ -145,39 +145,38 @@ pub(crate) fn check_key_pair(
     Ok(cn)
 }
 
-/// The line of a TOML path such as `sensors[1].port` or `uplink.url` in `text`, found by
-/// walking the table headers: good enough to point an installer at the right line.
+/// The line of a TOML path such as `sensors[1].port`, `uplink.url` or `uplink` in `text`,
+/// from the spans the `toml` parser keeps: the line of the last key named (or, for an
+/// index, of the array element), wherever the TOML puts it — a `[table]` or `[[array]]`
+/// header, a dotted key (`uplink.url = …`), an inline table, after comments. `None` when
+/// the text does not parse or the path is not in it.
 pub fn line_of(text: &str, path: &str) -> Option<usize> {
-    let (section, key) = path.split_once('.').unwrap_or((path, ""));
-    let (table, index) = match section.split_once('[') {
-        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()?),
-        None => (section, 0),
-    };
-    let key = key.split(['.', '[']).next().unwrap_or("");
-    let mut seen = 0usize;
-    let mut inside = false;
-    for (n, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            let name = trimmed.trim_matches(|c| c == '[' || c == ']').trim();
-            inside = false;
-            if name == table {
-                if seen == index {
-                    inside = true;
-                    if key.is_empty() {
-                        return Some(n + 1);
-                    }
-                }
-                seen += 1;
-            }
-            continue;
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut at = None;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (name, indices) = match segment.split_once('[') {
+            Some((name, indices)) => (name, Some(indices)),
+            None => (segment, None),
+        };
+        let (key, mut value) = table.iter().find(|(key, _)| key.get_ref() == name)?;
+        at = Some(key.span().start);
+        for index in indices.into_iter().flat_map(|indices| indices.split('[')) {
+            let index: usize = index.strip_suffix(']')?.parse().ok()?;
+            let DeValue::Array(items) = value.get_ref() else {
+                return None;
+            };
+            value = items.get(index)?;
+            at = Some(value.span().start);
         }
-        if inside {
-            let k = trimmed.split('=').next().unwrap_or("").trim();
-            if k == key {
-                return Some(n + 1);
-            }
+        if segments.peek().is_some() {
+            let DeValue::Table(inner) = value.get_ref() else {
+                return None;
+            };
+            table = inner;
         }
     }
-    None
+    at.map(|offset| problem::line_at(text, offset))
 }
