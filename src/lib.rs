@@ -50,8 +50,9 @@
 //!   (supervisor tokens, session cookies, client certificates), and the audit records of
 //!   what they did (`teledge.audit/1`).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//! - [`secret`], [`backoff`], [`log_limit`], [`report`]: small leaves (a value `Debug` never
-//!   shows, retry waits, flood control for log lines, an error told with its causes once).
+//! - [`secret`], [`backoff`], [`log_limit`], [`report`], [`server_url`]: small leaves (a value
+//!   `Debug` never shows, retry waits, flood control for log lines, an error told with its
+//!   causes once, a server's URL or `host:port` parsed by `http::Uri`).
 //!   Named internal events ([`observe::events`]) log and count a loss in one place.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed ([`config_problem`],
 //!   a leaf the sensor profiles share): the forwarding
@@ -94,6 +95,7 @@ pub mod report;
 pub mod seal;
 pub mod secret;
 pub mod sensors;
+pub mod server_url;
 pub mod sources;
 pub mod spool;
 pub mod spooler;

@@ -671,26 +671,15 @@ fn filesystem_size(dir: &Path) -> Option<u64> {
     fs2::total_space(existing).ok()
 }
 
-/// `https://host[:port]/path` → (host, port, path). Only https: plaintext is never allowed.
+/// `https://host[:port][/path]` → (host, port, path); the path is `/v1/batches` when the URL
+/// has none. Only https: plaintext is never allowed ([`crate::server_url`] says what else is
+/// refused).
 fn parse_https_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("{url:?}: must start with https://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/v1/batches"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-            h.trim_matches(['[', ']']),
-            p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?,
-        ),
-        _ => (authority.trim_matches(['[', ']']), 443),
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    Ok((host.to_owned(), port, path.to_owned()))
+    let parsed = crate::server_url::parse_url(url, &[("https", 443)])?;
+    let path = parsed
+        .path_and_query
+        .unwrap_or_else(|| "/v1/batches".to_owned());
+    Ok((parsed.host, parsed.port, path))
 }
 
 #[cfg(test)]

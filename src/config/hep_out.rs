@@ -161,22 +161,9 @@ impl HepOutConfig {
     }
 }
 
-/// Checks a `host:port` address; returns the host.
-pub fn check_address(address: &str) -> Result<&str, String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?}: not host:port"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{address:?}: no host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(host),
-        _ => Err(format!("{address:?}: the port must be 1 to 65535")),
-    }
+/// Checks a `host:port` address; returns the host (IPv6 without brackets).
+pub fn check_address(address: &str) -> Result<String, String> {
+    crate::server_url::parse_host_port(address).map(|(host, _)| host)
 }
 
 /// Validates `[hep_out]`; `None` when the relay is off (or the section is wrong: then
@@ -200,10 +187,7 @@ pub(super) fn validate(
             None
         }
         None => None,
-        Some(a) => check_address(a)
-            .map_err(|m| problem("address", m))
-            .ok()
-            .map(str::to_owned),
+        Some(a) => check_address(a).map_err(|m| problem("address", m)).ok(),
     };
     let tls_given = raw.tls_ca_file.is_some()
         || raw.tls_server_name.is_some()
@@ -494,8 +478,14 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(check_address("homer.example:9060"), Ok("homer.example"));
-        assert_eq!(check_address("[2001:db8::1]:9061"), Ok("2001:db8::1"));
+        assert_eq!(
+            check_address("homer.example:9060").as_deref(),
+            Ok("homer.example")
+        );
+        assert_eq!(
+            check_address("[2001:db8::1]:9061").as_deref(),
+            Ok("2001:db8::1")
+        );
         assert!(check_address("homer").is_err());
         assert!(check_address(":9060").is_err());
         assert!(check_address("h:0").is_err());

@@ -53,11 +53,6 @@ pub fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The host of `host:port` (IPv6 in brackets).
-fn host_of(address: &str) -> &str {
-    address.rsplit_once(':').map_or(address, |(host, _)| host)
-}
-
 /// What `[hep_out]` (or `replay --hep-out`) sends in clear: `transport` is `"udp"`, `"tcp"`
 /// or `"tls"`; `sip` and `reports` say which frames go; `key` whether an auth key does.
 pub fn hep_out(
@@ -67,7 +62,9 @@ pub fn hep_out(
     reports: bool,
     key: bool,
 ) -> Option<ConfigProblem> {
-    if transport == "tls" || is_loopback_host(host_of(address)) {
+    let loopback =
+        crate::server_url::parse_host_port(address).is_ok_and(|(host, _)| is_loopback_host(&host));
+    if transport == "tls" || loopback {
         return None;
     }
     let mut what = Vec::new();
@@ -187,8 +184,9 @@ mod tests {
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
-        assert_eq!(host_of("[::1]:9060"), "[::1]");
-        assert_eq!(host_of("homer:9060"), "homer");
+        assert!(hep_out("[::1]:9060", "udp", true, true, true).is_none());
+        assert!(hep_out("localhost:9060", "tcp", true, true, true).is_none());
+        assert!(hep_out("homer:9060", "udp", true, true, true).is_some());
     }
 
     #[test]

@@ -72,31 +72,27 @@ fn default_in_flight() -> usize {
 
 /// Whether `url` names a NATS server (the JetStream sink) rather than the HTTPS collector.
 pub(super) fn is_nats_url(url: &str) -> bool {
-    url.starts_with("nats://") || url.starts_with("tls://")
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("nats") || scheme.eq_ignore_ascii_case("tls")
+    })
 }
 
-/// `nats://host:port` or `tls://host:port`, nothing else (no path, no credentials in the
-/// url: they belong in files).
+/// `nats://host[:port]` or `tls://host[:port]`, nothing else (no path, no credentials in the
+/// url: they belong in files; [`crate::server_url`] says what else is refused).
 fn check_server(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("nats://")
-        .or_else(|| url.strip_prefix("tls://"))
-        .ok_or_else(|| {
-            format!("{url:?}: must start with nats:// or tls:// (TLS is required for both)")
+    let parsed =
+        crate::server_url::parse_url(url, &[("nats", 4222), ("tls", 4222)]).map_err(|e| {
+            if e.contains("credentials") {
+                format!(
+                    "{url:?}: no credentials in the url; use password_file, nkey_seed_file or \
+                     creds_file"
+                )
+            } else {
+                e
+            }
         })?;
-    if rest.contains('@') {
-        return Err(format!(
-            "{url:?}: no credentials in the url; use password_file, nkey_seed_file or creds_file"
-        ));
-    }
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
+    if parsed.path_and_query.is_some() {
         return Err(format!("{url:?}: expected scheme://host[:port]"));
-    }
-    if let Some((_, port)) = authority.rsplit_once(':') {
-        if !authority.ends_with(']') && port.parse::<u16>().is_err() {
-            return Err(format!("{url:?}: bad port"));
-        }
     }
     Ok(())
 }

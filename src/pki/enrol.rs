@@ -63,7 +63,8 @@ pub enum EnrolError {
     },
     #[error("TLS")]
     Tls(#[from] crate::uplink::tls::TlsError),
-    #[error("{0} is not an https://host:port URL")]
+    /// The enrolment URL, and what is wrong with it.
+    #[error("the enrolment URL: {0}")]
     Url(String),
     #[error("cannot reach {url}")]
     Connect { url: String, source: std::io::Error },
@@ -197,18 +198,8 @@ async fn handle(
 
 /// Splits `https://host[:port][/…]` into host and port (8444 by default).
 fn host_port(url: &str) -> Result<(String, u16), EnrolError> {
-    let bad = || EnrolError::Url(url.to_owned());
-    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !authority.ends_with(']') => (h, p.parse::<u16>().map_err(|_| bad())?),
-        _ => (authority, 8444),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok((host.to_owned(), port))
+    let parsed = crate::server_url::parse_url(url, &[("https", 8444)]).map_err(EnrolError::Url)?;
+    Ok((parsed.host, parsed.port))
 }
 
 /// Enrols this box as `node_id`: makes a key here, sends a CSR with `token` to the enrolment
@@ -236,7 +227,7 @@ pub async fn enrol(
         source,
     };
     let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|_| EnrolError::Url(url.to_owned()))?;
+        .map_err(|e| EnrolError::Url(format!("{url:?}: {e}")))?;
     let tcp = tokio::time::timeout(
         TIMEOUT,
         tokio::net::TcpStream::connect((host.as_str(), port)),
