@@ -4,7 +4,12 @@
 //! The protocol (`sd_notify(3)`) is one datagram of `KEY=value` lines sent to the unix socket
 //! named by `$NOTIFY_SOCKET`: a path (`/run/systemd/notify`) or, with a leading `@`, a name in
 //! the abstract namespace. That is small enough to speak directly, which keeps a C library
-//! (and its cross-compilation) out of the build.
+//! (and its cross-compilation) out of the build. The pure-Rust `sd-notify` crate (0.5.0,
+//! read 2026-12-03) was weighed and not taken: it `connect`s to `$NOTIFY_SOCKET` as a path,
+//! so an `@abstract` socket fails; its send has no timeout (a wedged PID 1 would hang the
+//! caller); and its `watchdog_enabled` turns `WATCHDOG_USEC=0` into a zero interval, where
+//! `sd_watchdog_enabled(3)` reports the watchdog off. Tests pin each of these (below, and
+//! the abstract socket in `tests/it/observe.rs`).
 //!
 //! When `$NOTIFY_SOCKET` is unset (not started by systemd, or `Type=simple`), a [`Notifier`]
 //! is disabled and every call is a no-op returning `Ok`.
@@ -387,5 +392,25 @@ mod tests {
     fn relative_socket_names_are_refused_and_disabled_is_a_no_op() {
         assert!(Notifier::for_socket("relative/path").is_err());
         assert!(Notifier::disabled().ready().is_ok());
+    }
+
+    /// A manager that stops reading cannot hang the daemon: once the socket's queue is full
+    /// a notification fails after [`SEND_TIMEOUT`] instead of blocking for good.
+    #[test]
+    fn a_notify_socket_nobody_reads_gives_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _manager = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier::for_socket(path.to_str().unwrap()).unwrap();
+        // The kernel queues at most net.unix.max_dgram_qlen (512 by default) datagrams.
+        let failed = (0..100_000).find_map(|_| notifier.watchdog().err());
+        let error = failed.expect("a full notify socket never failed a send");
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{error:?}"
+        );
     }
 }
