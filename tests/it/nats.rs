@@ -754,9 +754,12 @@ fn forward_with(
         teledge::spool::Spool::open(config.spool.clone(), config.keyring.clone()).unwrap();
     let spool = Mutex::new(spool);
     let mut forwarder = Forwarder::new(&config.node_id, &config.uplink, &config.keyring).unwrap();
+    // A liveness bound, not a speed test: on a loaded machine a publish's ack can time out
+    // and the retry waits its backoff (seen once at load 6 with 30 s).
     let stats = rt
         .block_on(
-            forwarder.forward_until_drained(&spool, Some(Instant::now() + Duration::from_secs(30))),
+            forwarder
+                .forward_until_drained(&spool, Some(Instant::now() + Duration::from_secs(120))),
         )
         .unwrap();
     assert_eq!(spool.lock().unwrap().stats().records, 0);
