@@ -57,6 +57,23 @@ struct Interface {
     offset_secs: i64,
 }
 
+/// Timestamp units per second of a pcapng interface's `if_tsresol` option (pcapng §4.2): with
+/// the high bit clear, a negative power of 10 (6, microseconds, when the option is absent);
+/// with it set, a negative power of 2. `None` beyond what a `u64` holds.
+///
+/// Not pcap-parser's `ts_resolution()`: its 0.17 checks the exponent before masking the high
+/// bit off, so it refuses every power of 2 (`0x80 | 20` is 128 + 20 > 63), and a file from a
+/// capture card that counts in binary fractions of a second was refused whole as corrupt
+/// while TShark read it (found on a derived capture, 2026-12-03).
+fn units_per_second(if_tsresol: u8) -> Option<u64> {
+    let exponent = u32::from(if_tsresol & 0x7F);
+    if if_tsresol & 0x80 == 0 {
+        10u64.checked_pow(exponent)
+    } else {
+        1u64.checked_shl(exponent).filter(|_| exponent < 64)
+    }
+}
+
 /// Progress of a read, for progress bars.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -359,7 +376,7 @@ fn read_parsed<R: Read + Send>(
                         None
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        let Some(units_per_second) = idb.ts_resolution().filter(|u| *u > 0) else {
+                        let Some(units_per_second) = units_per_second(idb.if_tsresol) else {
                             return Err(corrupt(
                                 frames + 1,
                                 offset,
@@ -555,6 +572,88 @@ mod tests {
             out.extend(data);
         }
         out
+    }
+
+    /// A little-endian pcapng section with one interface per `(linktype, if_tsresol)` and one
+    /// enhanced packet per `(interface, timestamp ticks, data)`.
+    fn pcapng(interfaces: &[(u16, u8)], packets: &[(u32, u64, &[u8])]) -> Vec<u8> {
+        fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+            let padded = body.len().next_multiple_of(4);
+            let total = (12 + padded) as u32;
+            out.extend(kind.to_le_bytes());
+            out.extend(total.to_le_bytes());
+            out.extend(body);
+            out.resize(out.len() + padded - body.len(), 0);
+            out.extend(total.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        let mut shb = 0x1A2B_3C4Du32.to_le_bytes().to_vec();
+        shb.extend([1, 0, 0, 0]);
+        shb.extend((-1i64).to_le_bytes());
+        block(&mut out, 0x0A0D_0D0A, &shb);
+        for (linktype, tsresol) in interfaces {
+            let mut idb = linktype.to_le_bytes().to_vec();
+            idb.extend([0, 0, 0, 0, 1, 0]);
+            // if_tsresol (option 9, one byte padded to 4), then opt_endofopt.
+            idb.extend([9, 0, 1, 0, *tsresol, 0, 0, 0, 0, 0, 0, 0]);
+            block(&mut out, 1, &idb);
+        }
+        for (interface, ticks, data) in packets {
+            let mut epb = interface.to_le_bytes().to_vec();
+            epb.extend(((ticks >> 32) as u32).to_le_bytes());
+            epb.extend((*ticks as u32).to_le_bytes());
+            epb.extend((data.len() as u32).to_le_bytes());
+            epb.extend((data.len() as u32).to_le_bytes());
+            epb.extend(*data);
+            block(&mut out, 6, &epb);
+        }
+        out
+    }
+
+    /// pcapng §4.2: `if_tsresol` with the high bit set counts in negative powers of 2. Every
+    /// such file used to be refused whole ("interface with an invalid timestamp resolution")
+    /// while TShark read it.
+    #[test]
+    fn interfaces_count_time_in_powers_of_ten_or_of_two() {
+        assert_eq!(units_per_second(6), Some(1_000_000));
+        assert_eq!(units_per_second(9), Some(1_000_000_000));
+        assert_eq!(units_per_second(0), Some(1));
+        assert_eq!(units_per_second(19), Some(10_000_000_000_000_000_000));
+        assert_eq!(units_per_second(20), None);
+        assert_eq!(units_per_second(0x80), Some(1));
+        assert_eq!(units_per_second(0x80 | 20), Some(1 << 20));
+        assert_eq!(units_per_second(0x80 | 63), Some(1 << 63));
+        assert_eq!(units_per_second(0x80 | 64), None);
+        assert_eq!(units_per_second(0xFF), None);
+
+        let ip = [0x45u8; 20];
+        let file = pcapng(
+            &[(101, 0x80 | 20), (101, 9), (101, 0x80 | 63), (101, 3)],
+            &[
+                // 1,700,000,000.5 s in 2^-20 s.
+                (0, (1_700_000_000u64 << 20) | (1 << 19), &ip),
+                (1, 1_700_000_001_123_456_789, &ip),
+                (2, 3 << 62, &ip),
+                (3, 1_700_000_002_250, &ip),
+            ],
+        );
+        let (frames, result) = through_parser(&file);
+        assert_eq!(result, "Ok(4)");
+        let times: Vec<Timestamp> = frames.iter().map(|f| f.1).collect();
+        assert_eq!(
+            times,
+            [
+                Timestamp::from_secs_nanos(1_700_000_000, 500_000_000),
+                Timestamp::from_secs_nanos(1_700_000_001, 123_456_789),
+                Timestamp::from_secs_nanos(1, 500_000_000),
+                Timestamp::from_secs_nanos(1_700_000_002, 250_000_000),
+            ]
+        );
+        // Past what a u64 of units per second holds: still refused, with where.
+        let file = pcapng(&[(101, 0x80 | 64)], &[(0, 1, &ip)]);
+        let (frames, result) = through_parser(&file);
+        assert!(frames.is_empty());
+        assert!(result.contains("invalid timestamp resolution"), "{result}");
     }
 
     #[test]
