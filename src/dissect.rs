@@ -2,7 +2,7 @@
 //! share.
 //!
 //! A frame goes through its link layer, VLAN/MPLS shims, IP (reassembling fragments), any
-//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP,
+//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN, Geneve; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP,
 //! TCP (reassembling the stream, following WebSocket upgrades) or SCTP (DATA chunks, bundled
 //! or fragmented, RFC 4168). Payloads that are SIP by their content become [`SipMessage`]s
 //! handed to the caller (so does the SIP inside HEPv3 frames found in UDP, with the addresses
@@ -513,6 +513,13 @@ impl Dissector {
             if let Some(inner) = tunnel::vxlan(payload) {
                 self.ethernet(ctx, inner, depth + 1, sink);
                 return;
+            }
+        }
+        if dst_port == tunnel::GENEVE_PORT {
+            match tunnel::geneve(payload) {
+                Some(Inner::Ethernet(frame)) => return self.ethernet(ctx, frame, depth + 1, sink),
+                Some(Inner::Ip(packet)) => return self.ip(ctx, packet, depth + 1, sink),
+                None => {}
             }
         }
         // HEP agents export to any port (9060 by convention); the magic decides.
