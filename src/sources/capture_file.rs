@@ -74,6 +74,24 @@ fn units_per_second(if_tsresol: u8) -> Option<u64> {
     }
 }
 
+/// An interface's `if_tsoffset` (pcapng §4.2, seconds added to every timestamp), read in the
+/// section's byte order. Not pcap-parser's `ts_offset()`: its 0.17 reads the option as
+/// little-endian whatever the section, so a big-endian file with an offset had its every
+/// time thrown centuries off (found by the 2026-12-03 campaign; TShark reads it).
+fn ts_offset(idb: &pcap_parser::pcapng::InterfaceDescriptionBlock<'_>, big_endian: bool) -> i64 {
+    idb.options
+        .iter()
+        .filter(|o| o.code == pcap_parser::pcapng::OptionCode::IfTsoffset)
+        .find_map(|o| o.value().first_chunk::<8>().copied())
+        .map_or(0, |bytes| {
+            if big_endian {
+                i64::from_be_bytes(bytes)
+            } else {
+                i64::from_le_bytes(bytes)
+            }
+        })
+}
+
 /// Progress of a read, for progress bars.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -334,6 +352,8 @@ fn read_parsed<R: Read + Send>(
         Err(e) => return Err(CaptureError::Read(e.to_owned_vec())),
     };
     let mut interfaces: Vec<Interface> = Vec::new();
+    // Byte order of the current pcapng section: option values are written in it.
+    let mut big_endian = false;
     let mut frames: u64 = 0;
     let mut last_time = Timestamp::default();
     let mut capacity = BUFFER;
@@ -370,9 +390,10 @@ fn read_parsed<R: Read + Send>(
                         let caplen = (packet.caplen as usize).min(packet.data.len());
                         Some((iface.link, time, &packet.data[..caplen]))
                     }
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                    PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                         // Interface ids are per section.
                         interfaces.clear();
+                        big_endian = shb.big_endian();
                         None
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
@@ -386,7 +407,7 @@ fn read_parsed<R: Read + Send>(
                         interfaces.push(Interface {
                             link: LinkType::from_linktype(idb.linktype.0),
                             units_per_second,
-                            offset_secs: idb.ts_offset(),
+                            offset_secs: ts_offset(idb, big_endian),
                         });
                         None
                     }
@@ -654,6 +675,74 @@ mod tests {
         let (frames, result) = through_parser(&file);
         assert!(frames.is_empty());
         assert!(result.contains("invalid timestamp resolution"), "{result}");
+    }
+
+    /// pcapng §4.2: `if_tsoffset` is written in the section's byte order, like every option
+    /// value. A big-endian section with an offset used to have its every time thrown
+    /// centuries off (the offset read little-endian); TShark reads it.
+    #[test]
+    fn the_timestamp_offset_is_read_in_the_sections_byte_order() {
+        let ip = [0x45u8; 20];
+        for big_endian in [false, true] {
+            let w16 = |v: u16| {
+                if big_endian {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let w32 = |v: u32| {
+                if big_endian {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let mut out = Vec::new();
+            let mut block = |kind: u32, body: &[u8]| {
+                let padded = body.len().next_multiple_of(4);
+                let total = (12 + padded) as u32;
+                out.extend(w32(kind));
+                out.extend(w32(total));
+                out.extend(body);
+                out.resize(out.len() + padded - body.len(), 0);
+                out.extend(w32(total));
+            };
+            let mut shb = w32(0x1A2B_3C4D).to_vec();
+            shb.extend(w16(1));
+            shb.extend(w16(0));
+            shb.extend([0xFF; 8]);
+            block(0x0A0D_0D0A, &shb);
+            let mut idb = w16(101).to_vec();
+            idb.extend([0, 0, 0, 0, 1, 0]);
+            // if_tsoffset (option 14): 1,000,000,000 s; then opt_endofopt.
+            idb.extend(w16(14));
+            idb.extend(w16(8));
+            let offset = 1_000_000_000i64;
+            idb.extend(if big_endian {
+                offset.to_be_bytes()
+            } else {
+                offset.to_le_bytes()
+            });
+            idb.extend([0, 0, 0, 0]);
+            block(1, &idb);
+            // 700,000,000.25 s in microseconds, plus the offset.
+            let ticks = 700_000_000_250_000u64;
+            let mut epb = w32(0).to_vec();
+            epb.extend(w32((ticks >> 32) as u32));
+            epb.extend(w32(ticks as u32));
+            epb.extend(w32(ip.len() as u32));
+            epb.extend(w32(ip.len() as u32));
+            epb.extend(ip);
+            block(6, &epb);
+            let (frames, result) = through_parser(&out);
+            assert_eq!(result, "Ok(1)", "big endian {big_endian}");
+            assert_eq!(
+                frames[0].1,
+                Timestamp::from_secs_nanos(1_700_000_000, 250_000_000),
+                "big endian {big_endian}"
+            );
+        }
     }
 
     #[test]
