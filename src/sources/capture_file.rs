@@ -679,6 +679,9 @@ mod tests {
         obsolete: bool,
     }
 
+    /// An interface: its link type and options (code, value in the section's byte order).
+    type InterfaceSpec = (u16, Vec<(u16, Vec<u8>)>);
+
     impl Section {
         fn u16(&self, v: u16) -> [u8; 2] {
             if self.big_endian {
@@ -706,11 +709,7 @@ mod tests {
             out.extend(self.u32(total));
         }
 
-        fn write(
-            &self,
-            interfaces: &[(u16, Vec<(u16, Vec<u8>)>)],
-            packets: &[(u16, u64, &[u8])],
-        ) -> Vec<u8> {
+        fn write(&self, interfaces: &[InterfaceSpec], packets: &[(u16, u64, &[u8])]) -> Vec<u8> {
             let mut out = Vec::new();
             let mut shb = self.u32(0x1A2B_3C4D).to_vec();
             shb.extend(self.u16(1));
