@@ -2,7 +2,7 @@
 //! share.
 //!
 //! A frame goes through its link layer, VLAN/MPLS shims, IP (reassembling fragments), any
-//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP,
+//! tunnels (IP-in-IP, GRE, ERSPAN, VXLAN, Geneve; nested up to [`MAX_ENCAPSULATION_DEPTH`]), then UDP,
 //! TCP (reassembling the stream, following WebSocket upgrades) or SCTP (DATA chunks, bundled
 //! or fragmented, RFC 4168). Payloads that are SIP by their content become [`SipMessage`]s
 //! handed to the caller (so does the SIP inside HEPv3 frames found in UDP, with the addresses
@@ -505,14 +505,23 @@ impl Dissector {
             }
         };
         self.stats.udp_datagrams += 1;
-        // The UDP length bounds the payload (Ethernet padding follows short datagrams).
-        let end = usize::from(header.length()).clamp(8, datagram.len());
+        // The UDP length bounds the payload (Ethernet padding follows short datagrams). A
+        // length beyond what was captured is a frame cut by the capture's snapshot length.
+        let declared = usize::from(header.length());
+        let end = declared.clamp(8, datagram.len());
         let payload = &datagram[8..end];
         let (src_port, dst_port) = (header.source_port(), header.destination_port());
         if dst_port == tunnel::VXLAN_PORT {
             if let Some(inner) = tunnel::vxlan(payload) {
                 self.ethernet(ctx, inner, depth + 1, sink);
                 return;
+            }
+        }
+        if dst_port == tunnel::GENEVE_PORT {
+            match tunnel::geneve(payload) {
+                Some(Inner::Ethernet(frame)) => return self.ethernet(ctx, frame, depth + 1, sink),
+                Some(Inner::Ip(packet)) => return self.ip(ctx, packet, depth + 1, sink),
+                None => {}
             }
         }
         // HEP agents export to any port (9060 by convention); the magic decides.
@@ -542,6 +551,21 @@ impl Dissector {
             Ok(message) => {
                 self.stats.sip_messages_udp += 1;
                 sink.sip(&meta, &message);
+            }
+            // Cut before a header a message cannot do without: the capture's snaplen is the
+            // cause, not the sender (TShark shows such frames with their start line only).
+            Err(e) if declared > datagram.len() => {
+                self.stats.sip_parse_errors += 1;
+                self.stats.problem(
+                    ctx.frame,
+                    "sip-snaplen",
+                    format!(
+                        "SIP message cut by the capture's snapshot length ({} of {} bytes \
+                         captured): {e}",
+                        payload.len(),
+                        declared.saturating_sub(8)
+                    ),
+                );
             }
             Err(e) => {
                 self.stats.sip_parse_errors += 1;
@@ -905,6 +929,66 @@ mod tests {
         let mut out = Vec::new();
         builder.write(&mut out, payload).unwrap();
         out
+    }
+
+    /// A capture taken with a small snapshot length (`tcpdump -s 300`, a tap that cuts at
+    /// 256 bytes) cuts SIP datagrams: one cut after its CSeq is still a message (its head
+    /// up to the cut); one cut before it is refused and said to be cut, not "malformed"
+    /// (found by the 2026-12-03 campaign on public captures cut with `editcap -s`).
+    #[test]
+    fn sip_datagrams_cut_by_the_snapshot_length_are_named_as_such() {
+        let message = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+            From: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: cut@host\r\nCSeq: 1 INVITE\r\n\
+            Contact: <sip:x@10.0.0.1>\r\nContent-Length: 0\r\n\r\n";
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [192, 0, 2, 1], 64)
+            .udp(5060, 5060);
+        let mut whole = Vec::new();
+        builder.write(&mut whole, message).unwrap();
+        let offset_of = |needle: &[u8]| {
+            whole
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
+        let after_cseq = offset_of(b"Contact:");
+        let before_cseq = offset_of(b"CSeq:");
+        let mut dissector = Dissector::new(DissectLimits::default());
+        let mut seen = Vec::new();
+        let mut sink = |_: &MessageMeta, m: &SipMessage<'_>| seen.push(m.call_id.to_owned());
+        let mut malformed = whole.clone();
+        let at = offset_of(b"CSeq:");
+        malformed[at..at + 4].copy_from_slice(b"XSeq");
+        for (number, data) in [
+            (1, &whole[..after_cseq]),
+            (2, &whole[..before_cseq]),
+            (3, &malformed[..]),
+        ] {
+            let frame = Frame {
+                number,
+                time: Timestamp::from_secs_nanos(1, 0),
+                link: LinkType::Ethernet,
+                data,
+            };
+            dissector.frame(&frame, &mut sink);
+        }
+        assert_eq!(seen, ["cut@host"]);
+        let stats = dissector.stats();
+        assert_eq!(stats.sip_messages_udp, 1);
+        assert_eq!(stats.sip_parse_errors, 2);
+        assert_eq!(stats.errors.get("sip-snaplen"), Some(&1));
+        assert_eq!(stats.errors.get("sip"), Some(&1));
+        let cut = &stats.problems[0];
+        assert_eq!(cut.frame, 2);
+        let captured = before_cseq - 42;
+        assert!(
+            cut.detail.starts_with(&format!(
+                "SIP message cut by the capture's snapshot length ({captured} of {} bytes",
+                message.len()
+            )),
+            "{}",
+            cut.detail
+        );
     }
 
     #[test]

@@ -45,9 +45,13 @@ pub enum LinkType {
 }
 
 impl LinkType {
-    /// Maps a pcap/pcapng link type number.
+    /// Maps a pcap/pcapng link type number. The pcap header's field also carries, in its
+    /// upper bits, whether frames end in a frame check sequence and how long it is (bits
+    /// 26–31, libpcap's `LT_LINKTYPE` masks them off): the link type is the low 26 bits
+    /// (a file with those bits set used to have every frame fail as an unsupported link
+    /// type while TShark read it; a trailing FCS is bounded off by the IP and UDP lengths).
     pub fn from_linktype(value: i32) -> LinkType {
-        match value {
+        match value & 0x03FF_FFFF {
             1 => LinkType::Ethernet,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,
@@ -373,6 +377,20 @@ mod tests {
         assert_eq!(
             ip_payload(LinkType::PppOverEthernet, &[0x11, 0x00, 0x18]),
             Err(LinkError::Truncated)
+        );
+    }
+
+    #[test]
+    fn fcs_bits_of_the_pcap_header_are_not_the_link_type() {
+        // Ethernet with a 4-byte FCS (F bit 27, length 2 × 16 bits in bits 28–31).
+        assert_eq!(
+            LinkType::from_linktype(1 | 1 << 27 | 2 << 28),
+            LinkType::Ethernet
+        );
+        assert_eq!(LinkType::from_linktype(113 | 1 << 26), LinkType::LinuxSll);
+        assert_eq!(
+            LinkType::from_linktype(147 | 1 << 27),
+            LinkType::Unsupported(147)
         );
     }
 

@@ -57,6 +57,96 @@ struct Interface {
     offset_secs: i64,
 }
 
+/// Timestamp units per second of a pcapng interface's `if_tsresol` option (pcapng §4.2): with
+/// the high bit clear, a negative power of 10 (6, microseconds, when the option is absent);
+/// with it set, a negative power of 2. `None` beyond what a `u64` holds.
+///
+/// Not pcap-parser's `ts_resolution()`: its 0.17 checks the exponent before masking the high
+/// bit off, so it refuses every power of 2 (`0x80 | 20` is 128 + 20 > 63), and a file from a
+/// capture card that counts in binary fractions of a second was refused whole as corrupt
+/// while TShark read it (found on a derived capture, 2026-12-03).
+fn units_per_second(if_tsresol: u8) -> Option<u64> {
+    let exponent = u32::from(if_tsresol & 0x7F);
+    if if_tsresol & 0x80 == 0 {
+        10u64.checked_pow(exponent)
+    } else {
+        1u64.checked_shl(exponent).filter(|_| exponent < 64)
+    }
+}
+
+/// An interface's `if_tsoffset` (pcapng §4.2, seconds added to every timestamp), read in the
+/// section's byte order. Not pcap-parser's `ts_offset()`: its 0.17 reads the option as
+/// little-endian whatever the section, so a big-endian file with an offset had its every
+/// time thrown centuries off (found by the 2026-12-03 campaign; TShark reads it).
+fn ts_offset(idb: &pcap_parser::pcapng::InterfaceDescriptionBlock<'_>, big_endian: bool) -> i64 {
+    idb.options
+        .iter()
+        .filter(|o| o.code == pcap_parser::pcapng::OptionCode::IfTsoffset)
+        .find_map(|o| o.value().first_chunk::<8>().copied())
+        .map_or(0, |bytes| {
+            if big_endian {
+                i64::from_be_bytes(bytes)
+            } else {
+                i64::from_le_bytes(bytes)
+            }
+        })
+}
+
+impl Interface {
+    /// The time of a pcapng packet's 64-bit timestamp, counted in this interface's units.
+    fn time(&self, ts_high: u32, ts_low: u32) -> Timestamp {
+        let ticks = (u64::from(ts_high) << 32) | u64::from(ts_low);
+        let secs = ticks / self.units_per_second;
+        let rest = ticks % self.units_per_second;
+        let nanos = (u128::from(rest) * 1_000_000_000 / u128::from(self.units_per_second)) as u32;
+        let secs = i64::try_from(secs)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.offset_secs);
+        Timestamp::from_secs_nanos(secs, nanos)
+    }
+}
+
+/// Block type of pcapng's obsolete Packet Block (pcapng appendix A).
+const OBSOLETE_PACKET_BLOCK: u32 = 2;
+
+/// The body of an obsolete Packet Block: interface id (16 bits), drops count (16 bits),
+/// timestamp (high, low), captured length, original length, data, options.
+struct ObsoletePacket<'a> {
+    interface: u16,
+    ts_high: u32,
+    ts_low: u32,
+    data: &'a [u8],
+}
+
+impl<'a> ObsoletePacket<'a> {
+    fn parse(body: &'a [u8], big_endian: bool) -> Option<Self> {
+        let header = body.first_chunk::<20>()?;
+        let u16_at = |i: usize| {
+            let b = [header[i], header[i + 1]];
+            if big_endian {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            }
+        };
+        let u32_at = |i: usize| {
+            let b = [header[i], header[i + 1], header[i + 2], header[i + 3]];
+            if big_endian {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        };
+        let captured = usize::try_from(u32_at(12)).ok()?;
+        Some(ObsoletePacket {
+            interface: u16_at(0),
+            ts_high: u32_at(4),
+            ts_low: u32_at(8),
+            data: body.get(20..)?.get(..captured)?,
+        })
+    }
+}
+
 /// Progress of a read, for progress bars.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -317,6 +407,8 @@ fn read_parsed<R: Read + Send>(
         Err(e) => return Err(CaptureError::Read(e.to_owned_vec())),
     };
     let mut interfaces: Vec<Interface> = Vec::new();
+    // Byte order of the current pcapng section: option values are written in it.
+    let mut big_endian = false;
     let mut frames: u64 = 0;
     let mut last_time = Timestamp::default();
     let mut capacity = BUFFER;
@@ -353,13 +445,14 @@ fn read_parsed<R: Read + Send>(
                         let caplen = (packet.caplen as usize).min(packet.data.len());
                         Some((iface.link, time, &packet.data[..caplen]))
                     }
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                    PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                         // Interface ids are per section.
                         interfaces.clear();
+                        big_endian = shb.big_endian();
                         None
                     }
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        let Some(units_per_second) = idb.ts_resolution().filter(|u| *u > 0) else {
+                        let Some(units_per_second) = units_per_second(idb.if_tsresol) else {
                             return Err(corrupt(
                                 frames + 1,
                                 offset,
@@ -369,7 +462,7 @@ fn read_parsed<R: Read + Send>(
                         interfaces.push(Interface {
                             link: LinkType::from_linktype(idb.linktype.0),
                             units_per_second,
-                            offset_secs: idb.ts_offset(),
+                            offset_secs: ts_offset(idb, big_endian),
                         });
                         None
                     }
@@ -381,17 +474,37 @@ fn read_parsed<R: Read + Send>(
                                 format!("packet names undeclared interface {}", epb.if_id),
                             ));
                         };
-                        let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                        let secs = ticks / iface.units_per_second;
-                        let rest = ticks % iface.units_per_second;
-                        let nanos = (u128::from(rest) * 1_000_000_000
-                            / u128::from(iface.units_per_second))
-                            as u32;
-                        let secs = i64::try_from(secs)
-                            .unwrap_or(i64::MAX)
-                            .saturating_add(iface.offset_secs);
-                        let time = Timestamp::from_secs_nanos(secs, nanos);
+                        let time = iface.time(epb.ts_high, epb.ts_low);
                         Some((iface.link, time, epb.packet_data()))
+                    }
+                    // The obsolete Packet Block (type 2) of early pcapng writers: TShark
+                    // reads it; skipped as an unknown block, a file of them looked empty.
+                    // (pcap-parser 0.17 reads an unknown block's type little-endian, whatever
+                    // the section's byte order.)
+                    PcapBlockOwned::NG(Block::Unknown(block))
+                        if block.block_type
+                            == if big_endian {
+                                OBSOLETE_PACKET_BLOCK.swap_bytes()
+                            } else {
+                                OBSOLETE_PACKET_BLOCK
+                            } =>
+                    {
+                        let Some(packet) = ObsoletePacket::parse(block.data, big_endian) else {
+                            return Err(corrupt(
+                                frames + 1,
+                                offset,
+                                "packet block shorter than its header",
+                            ));
+                        };
+                        let Some(iface) = interfaces.get(usize::from(packet.interface)) else {
+                            return Err(corrupt(
+                                frames + 1,
+                                offset,
+                                format!("packet names undeclared interface {}", packet.interface),
+                            ));
+                        };
+                        let time = iface.time(packet.ts_high, packet.ts_low);
+                        Some((iface.link, time, packet.data))
                     }
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                         // Simple packets have no timestamp: keep the last one so time never
@@ -555,6 +668,185 @@ mod tests {
             out.extend(data);
         }
         out
+    }
+
+    /// One pcapng section in either byte order: an interface per `(linktype, options)`
+    /// (option code and value, in that byte order), then packets, each `(interface,
+    /// timestamp ticks, data)` as an enhanced packet block or, with `obsolete`, as the
+    /// obsolete Packet Block.
+    struct Section {
+        big_endian: bool,
+        obsolete: bool,
+    }
+
+    /// An interface: its link type and options (code, value in the section's byte order).
+    type InterfaceSpec = (u16, Vec<(u16, Vec<u8>)>);
+
+    impl Section {
+        fn u16(&self, v: u16) -> [u8; 2] {
+            if self.big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        }
+
+        fn u32(&self, v: u32) -> [u8; 4] {
+            if self.big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        }
+
+        fn block(&self, out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+            let padded = body.len().next_multiple_of(4);
+            let total = (12 + padded) as u32;
+            out.extend(self.u32(kind));
+            out.extend(self.u32(total));
+            out.extend(body);
+            out.resize(out.len() + padded - body.len(), 0);
+            out.extend(self.u32(total));
+        }
+
+        fn write(&self, interfaces: &[InterfaceSpec], packets: &[(u16, u64, &[u8])]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut shb = self.u32(0x1A2B_3C4D).to_vec();
+            shb.extend(self.u16(1));
+            shb.extend(self.u16(0));
+            shb.extend([0xFF; 8]);
+            self.block(&mut out, 0x0A0D_0D0A, &shb);
+            for (linktype, options) in interfaces {
+                let mut idb = self.u16(*linktype).to_vec();
+                idb.extend([0, 0, 0, 0, 1, 0]);
+                for (code, value) in options {
+                    idb.extend(self.u16(*code));
+                    idb.extend(self.u16(value.len() as u16));
+                    idb.extend(value);
+                    idb.resize(idb.len().next_multiple_of(4), 0);
+                }
+                idb.extend([0, 0, 0, 0]);
+                self.block(&mut out, 1, &idb);
+            }
+            for (interface, ticks, data) in packets {
+                let mut body = if self.obsolete {
+                    // Interface id and drops count, 16 bits each.
+                    [self.u16(*interface), self.u16(0)].concat()
+                } else {
+                    self.u32(u32::from(*interface)).to_vec()
+                };
+                body.extend(self.u32((ticks >> 32) as u32));
+                body.extend(self.u32(*ticks as u32));
+                body.extend(self.u32(data.len() as u32));
+                body.extend(self.u32(data.len() as u32));
+                body.extend(*data);
+                self.block(&mut out, if self.obsolete { 2 } else { 6 }, &body);
+            }
+            out
+        }
+    }
+
+    const LITTLE: Section = Section {
+        big_endian: false,
+        obsolete: false,
+    };
+
+    /// pcapng §4.2: `if_tsresol` with the high bit set counts in negative powers of 2. Every
+    /// such file used to be refused whole ("interface with an invalid timestamp resolution")
+    /// while TShark read it.
+    #[test]
+    fn interfaces_count_time_in_powers_of_ten_or_of_two() {
+        assert_eq!(units_per_second(6), Some(1_000_000));
+        assert_eq!(units_per_second(9), Some(1_000_000_000));
+        assert_eq!(units_per_second(0), Some(1));
+        assert_eq!(units_per_second(19), Some(10_000_000_000_000_000_000));
+        assert_eq!(units_per_second(20), None);
+        assert_eq!(units_per_second(0x80), Some(1));
+        assert_eq!(units_per_second(0x80 | 20), Some(1 << 20));
+        assert_eq!(units_per_second(0x80 | 63), Some(1 << 63));
+        assert_eq!(units_per_second(0x80 | 64), None);
+        assert_eq!(units_per_second(0xFF), None);
+
+        let ip = [0x45u8; 20];
+        let tsresol = |r: u8| (101, vec![(9, vec![r])]);
+        let file = LITTLE.write(
+            &[
+                tsresol(0x80 | 20),
+                tsresol(9),
+                tsresol(0x80 | 63),
+                tsresol(3),
+            ],
+            &[
+                // 1,700,000,000.5 s in 2^-20 s.
+                (0, (1_700_000_000u64 << 20) | (1 << 19), &ip),
+                (1, 1_700_000_001_123_456_789, &ip),
+                (2, 3 << 62, &ip),
+                (3, 1_700_000_002_250, &ip),
+            ],
+        );
+        let (frames, result) = through_parser(&file);
+        assert_eq!(result, "Ok(4)");
+        let times: Vec<Timestamp> = frames.iter().map(|f| f.1).collect();
+        assert_eq!(
+            times,
+            [
+                Timestamp::from_secs_nanos(1_700_000_000, 500_000_000),
+                Timestamp::from_secs_nanos(1_700_000_001, 123_456_789),
+                Timestamp::from_secs_nanos(1, 500_000_000),
+                Timestamp::from_secs_nanos(1_700_000_002, 250_000_000),
+            ]
+        );
+        // Past what a u64 of units per second holds: still refused, with where.
+        let file = LITTLE.write(&[tsresol(0x80 | 64)], &[(0, 1, &ip)]);
+        let (frames, result) = through_parser(&file);
+        assert!(frames.is_empty());
+        assert!(result.contains("invalid timestamp resolution"), "{result}");
+    }
+
+    /// pcapng §4.2: `if_tsoffset` is written in the section's byte order, like every option
+    /// value. A big-endian section with an offset used to have its every time thrown
+    /// centuries off (the offset read little-endian); TShark reads it. Packets in the
+    /// obsolete Packet Block of early writers (TShark reads them) used to be skipped as
+    /// unknown blocks, so a file of them looked empty.
+    #[test]
+    fn offsets_in_either_byte_order_and_obsolete_packet_blocks_are_read() {
+        let ip = [0x45u8; 20];
+        let offset = 1_000_000_000i64;
+        // 700,000,000.25 s in microseconds, plus the offset.
+        let ticks = 700_000_000_250_000u64;
+        for big_endian in [false, true] {
+            for obsolete in [false, true] {
+                let section = Section {
+                    big_endian,
+                    obsolete,
+                };
+                let value = if big_endian {
+                    offset.to_be_bytes()
+                } else {
+                    offset.to_le_bytes()
+                };
+                let file = section.write(&[(101, vec![(14, value.to_vec())])], &[(0, ticks, &ip)]);
+                let (frames, result) = through_parser(&file);
+                let case = format!("big endian {big_endian}, obsolete {obsolete}");
+                assert_eq!(result, "Ok(1)", "{case}");
+                assert_eq!(frames[0].2, ip, "{case}");
+                assert_eq!(
+                    frames[0].1,
+                    Timestamp::from_secs_nanos(1_700_000_000, 250_000_000),
+                    "{case}"
+                );
+            }
+        }
+        // An obsolete packet block naming no interface, or shorter than its header.
+        let section = Section {
+            big_endian: false,
+            obsolete: true,
+        };
+        let file = section.write(&[(101, vec![])], &[(1, 0, &ip)]);
+        assert!(through_parser(&file).1.contains("undeclared interface 1"));
+        let mut file = section.write(&[(101, vec![])], &[]);
+        section.block(&mut file, 2, &[0; 16]);
+        assert!(through_parser(&file).1.contains("shorter than its header"));
     }
 
     #[test]

@@ -326,3 +326,36 @@ fn a_call_joined_on_a_tagged_100_is_answered_at_its_200() {
     assert_eq!(c.answer_time, Some(frames[answer.0 as usize - 1]));
     assert_eq!(c.caller_address, "200.57.7.195:5060");
 }
+
+/// The call of aboutsip/pkts' `simple_invite_scenario.pcap` as two taps deliver it
+/// (`tests/tshark/make_derived.py`): inside Geneve (RFC 8926; Ethernet and bare IP inside, as
+/// AWS Gateway Load Balancer sends), whose datagrams used to be counted as "other" with no
+/// call found; and in a pcapng with three interfaces of different link types and timestamp
+/// resolutions, one of them binary (2^-20 s), which used to be refused whole as corrupt.
+#[test]
+fn geneve_and_a_pcapng_with_three_interfaces_match_tshark() {
+    for capture in ["geneve_sip.pcap", "pcapng_three_interfaces.pcapng"] {
+        assert_same_messages(capture);
+        assert_grouped(capture, patient_settings());
+        let (calls, summary, result) = replay_bytes(&data(capture), patient_settings());
+        result.unwrap();
+        assert_eq!(summary.decode.frames_failed, 0, "{capture}");
+        assert_eq!(summary.decode.sip_messages_udp, 7, "{capture}");
+        assert_eq!(calls.len(), 1, "{capture}");
+        let c = &calls[0];
+        assert_eq!(c.outcome, teledge::record::Outcome::Answered, "{capture}");
+        // TShark's frame.time_epoch of the INVITE (frame 1, nanoseconds), the 200 (frame 4)
+        // and the BYE (frame 6: on the binary-resolution interface of the pcapng,
+        // 1362868695.081385612 there).
+        let at =
+            |secs: i64, nanos: u32| Some(teledge::time::Timestamp::from_secs_nanos(secs, nanos));
+        assert_eq!(c.invite_time, at(1_362_868_678, 972_518_000), "{capture}");
+        assert_eq!(c.answer_time, at(1_362_868_683, 78_535_000), "{capture}");
+        let bye = if capture.ends_with(".pcapng") {
+            81_385_612
+        } else {
+            81_386_000
+        };
+        assert_eq!(c.end_time, at(1_362_868_695, bye), "{capture}");
+    }
+}

@@ -12,7 +12,7 @@ use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data` (a conformance test checks this list against the
 /// folder, so none is forgotten).
-pub const ALL_CAPTURES: [&str; 23] = [
+pub const ALL_CAPTURES: [&str; 25] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -36,6 +36,8 @@ pub const ALL_CAPTURES: [&str; 23] = [
     "sip_sctp.pcap",
     "pppoe_sip_reqs.pcap",
     "sip_joined_100_with_tag.pcap",
+    "geneve_sip.pcap",
+    "pcapng_three_interfaces.pcapng",
 ];
 
 /// The TShark version every reference in `tests/data/tshark` comes from (Debian 12's).
