@@ -4,16 +4,17 @@
 //! A call's SIP and its RTP arrive on different flows — the kernel's fanout spreads them over
 //! different capture threads — yet must meet in one correlator. So:
 //!
-//! - **SIP goes to the shard of its Call-ID** (a fixed hash of [`calls::call_key`]), and so do
-//!   RTCP reports relayed by HEP (their correlation id is the Call-ID).
+//! - **SIP goes to the shard of its Call-ID** (a keyed hash of [`calls::call_key`], see
+//!   below), and so do RTCP reports relayed by HEP (their correlation id is the Call-ID).
 //! - **RTP and RTCP go to the shard that learned their media endpoint.** When a shard's SDP
 //!   teaches it an endpoint ([`Correlator::sip_learning`]), the endpoint → shard route is
 //!   written into a table every capture thread reads ([`MediaRoutes`]: striped read-write
 //!   locks, so two threads rarely touch the same cache line). A datagram takes the route of its
 //!   destination, else of its source (an endpoint behind NAT), as [`super::media`] attaches a
 //!   stream. The newest announcement of an address wins, as in one correlator.
-//! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by the unordered
-//!   address pair, so both directions of an orphan flow are measured in one place.
+//! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by a keyed hash of
+//!   the unordered address pair, so both directions of an orphan flow are measured in one
+//!   place.
 //! - A route lives while its shard still knows the endpoint (open, or ended within the
 //!   linger, [`super::media::MediaTracker::knows_endpoint`]): [`ShardedCorrelator::advance`]
 //!   sweeps one stripe of the table per tick. The table is bounded (the endpoints every shard
@@ -26,6 +27,20 @@
 //! divided by the number of shards, rounded up), so the memory bound is the configured one
 //! whatever the shard count. A lock that was taken when a thread wanted it is counted
 //! ([`ShardStats::lock_waits`]): the evidence that threads do not serialise.
+//!
+//! **The placement is keyed.** Call-IDs and addresses are chosen by whoever sends packets.
+//! With a fixed function (it was an unkeyed SipHash of the Call-ID and a fixed multiply of
+//! the addresses), a sender could compute Call-IDs, or orphan address pairs, that all land in
+//! one shard: one capture thread would then do all the correlation, the others waiting for its
+//! lock, and the capture's rings would overflow at a fraction of the load the box takes
+//! (speed and drops; not memory, which every shard bounds anyway). So the shard of a Call-ID
+//! and of an address pair, and the stripe of a route, are a hash keyed as the tables are
+//! ([`super::hasher::KeyedHasher`]: the process's key from the operating system's random
+//! source, and a seed of its own per correlator), which a sender neither knows nor sees
+//! (what a shard holds is shown only summed; the per-minute records of orphans and
+//! registrations carry the shard in their id, which a sender cannot read back off the wire).
+//! Nothing depends on which shard a call lands in: the records are one correlator's
+//! (`tests::placement_is_keyed_and_spreads_crafted_call_ids` and the tests around it).
 //!
 //! # Capture order: the SIP reorder window
 //!
@@ -99,13 +114,13 @@
 //!   joined only when both calls fall in one shard; otherwise the stream belongs to the leg
 //!   that announced last. One shard behaves exactly like one correlator.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 
 use super::calls::{self, CallCounters, CallLimits};
-use super::hasher::KeyedMap;
+use super::hasher::{KeyedHasher, KeyedMap};
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
 use crate::decode::hep::RtcpJson;
@@ -145,6 +160,8 @@ pub struct ShardStats {
 #[derive(Debug)]
 pub struct ShardedCorrelator {
     shards: Box<[Mutex<Shard>]>,
+    /// Keys the shard of a Call-ID and of an orphan address pair (see the module doc).
+    placement: KeyedHasher,
     routes: MediaRoutes,
     lock_waits: AtomicU64,
     /// The SIP reorder window ([`ShardedCorrelator::with_reorder_window`]); zero: none.
@@ -272,6 +289,7 @@ impl ShardedCorrelator {
                     })
                 })
                 .collect(),
+            placement: KeyedHasher::default(),
             // Open endpoints and those of ended calls within their linger.
             routes: MediaRoutes::new(media.max_endpoints.saturating_mul(2)),
             lock_waits: AtomicU64::new(0),
@@ -360,11 +378,14 @@ impl ShardedCorrelator {
         self.shards.len()
     }
 
-    /// The shard of a Call-ID.
+    /// The shard of a Call-ID: its keyed hash ([`calls::call_key`], this correlator's key).
     pub fn shard_of_call(&self, call_id: &str) -> usize {
-        let hash =
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(calls::call_key(call_id));
-        (hash % self.shards.len() as u64) as usize
+        self.shard_of_hash(self.placement.hash_one(calls::call_key(call_id)))
+    }
+
+    /// A hash's shard: its high bits scaled to the shard count (Lemire's reduction).
+    fn shard_of_hash(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.shards.len() as u128) >> 64) as usize
     }
 
     /// The shard of a datagram: the route of its destination, else of its source, else its
@@ -376,9 +397,12 @@ impl ShardedCorrelator {
         if let Some(shard) = self.route_of(&meta.src, &meta.dst, payload) {
             return shard;
         }
-        let (a, b) = (mix(&meta.src), mix(&meta.dst));
         // Unordered: both directions of a flow meet.
-        ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.shards.len()
+        let (a, b) = pair(meta);
+        let mut h = self.placement.build_hasher();
+        write_addr(&mut h, &a);
+        write_addr(&mut h, &b);
+        self.shard_of_hash(h.finish())
     }
 
     /// The shard a route names for a datagram with this payload between these addresses
@@ -957,17 +981,17 @@ impl Correlate for Routed<'_> {
     }
 }
 
-/// A cheap, fixed mix of an address (stripe and orphan shard choice; not exposed to
-/// anyone who could choose addresses to collide, beyond spreading their own traffic).
-fn mix(addr: &SocketAddr) -> u64 {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+/// Feeds an address to a keyed hasher: an IPv4 address and its port as one word (the two
+/// fit without loss), an IPv6 address whole, so that no two addresses feed the same input
+/// whatever the key (folding IPv6's halves would let a sender pick colliding addresses).
+fn write_addr(h: &mut impl Hasher, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(v4) => h.write_u64(u64::from(u32::from(v4)) | (u64::from(addr.port()) << 32)),
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            (bits as u64) ^ ((bits >> 64) as u64)
+            h.write_u128(u128::from(v6));
+            h.write_u16(addr.port());
         }
-    };
-    (ip ^ (u64::from(addr.port()) << 32)).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+    }
 }
 
 /// Where a media endpoint's datagrams go: the shard that learned it, and whether its SDP
@@ -982,6 +1006,8 @@ struct Route {
 #[derive(Debug)]
 struct MediaRoutes {
     stripes: Box<[RwLock<KeyedMap<SocketAddr, Route>>]>,
+    /// Keys the stripe of an address.
+    placement: KeyedHasher,
     len: AtomicUsize,
     max: usize,
     dropped: AtomicU64,
@@ -994,6 +1020,7 @@ impl MediaRoutes {
             stripes: (0..ROUTE_STRIPES)
                 .map(|_| RwLock::new(KeyedMap::default()))
                 .collect(),
+            placement: KeyedHasher::default(),
             len: AtomicUsize::new(0),
             max: max.max(1),
             dropped: AtomicU64::new(0),
@@ -1002,7 +1029,9 @@ impl MediaRoutes {
     }
 
     fn stripe(&self, addr: &SocketAddr) -> &RwLock<KeyedMap<SocketAddr, Route>> {
-        &self.stripes[(mix(addr) >> 58) as usize % ROUTE_STRIPES]
+        let mut h = self.placement.build_hasher();
+        write_addr(&mut h, addr);
+        &self.stripes[(h.finish() >> 58) as usize % ROUTE_STRIPES]
     }
 
     fn get(&self, addr: &SocketAddr) -> Option<Route> {
@@ -1430,6 +1459,97 @@ mod tests {
         assert_eq!(ids.len(), summaries.len(), "ids shared");
         let summed: u64 = summaries.iter().map(|s| s.streams).sum();
         assert_eq!(singles + summed, u64::from(streams));
+    }
+
+    /// The placement is keyed: two correlators (each with a key of its own) place the same
+    /// Call-IDs differently, and Call-IDs crafted to share one shard under the unkeyed hash
+    /// the placement used before (std's SipHash with its fixed key, the shard the remainder)
+    /// spread over every shard, as do address pairs crafted against the fixed multiply that
+    /// placed orphan flows; the calls are whole and counted in the shards they went to.
+    #[test]
+    fn placement_is_keyed_and_spreads_crafted_call_ids() {
+        use std::hash::BuildHasherDefault;
+        let shards = 8;
+        let new = || ShardedCorrelator::new(shards, CallLimits::default(), MediaLimits::default());
+        let (a, b) = (new(), new());
+        let ids: Vec<String> = (0..64).map(|i| format!("fixed-{i}@x")).collect();
+        let place = |c: &ShardedCorrelator| -> Vec<usize> {
+            ids.iter().map(|id| c.shard_of_call(id)).collect()
+        };
+        // Equal by chance once in 8^64.
+        assert_ne!(place(&a), place(&b));
+        assert_eq!(place(&a), place(&a), "stable within a correlator");
+
+        // What a sender who knew the old function could send: Call-IDs all in shard 0.
+        let unkeyed = |id: &str| {
+            BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(calls::call_key(id))
+                % shards as u64
+        };
+        let crafted: Vec<String> = (0..)
+            .map(|i| format!("crafted-{i}@x"))
+            .filter(|id| unkeyed(id) == 0)
+            .take(256)
+            .collect();
+        let mut out = Vec::new();
+        for (n, id) in crafted.iter().enumerate() {
+            let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
+            feed(&mut &a, Event::Sip(n as i64, invite), &mut out);
+        }
+        let mut per_shard = Vec::new();
+        a.for_each(|c| per_shard.push(c.calls().open_calls()));
+        // An empty shard by chance once in about 10^14.
+        assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+        assert_eq!(per_shard.iter().sum::<usize>(), crafted.len());
+        for (i, id) in crafted.iter().enumerate() {
+            assert_eq!(
+                a.listenable(id).map(|c| c.call_key),
+                Some(id.clone()),
+                "found in its shard"
+            );
+            assert_eq!(a.shard_of_call(id), place_of(&a, id), "{i}");
+        }
+
+        // Orphan address pairs the fixed multiply put in shard 0.
+        let old_mix = |addr: &SocketAddr| -> u64 {
+            let IpAddr::V4(v4) = addr.ip() else {
+                unreachable!()
+            };
+            (u64::from(u32::from(v4)) ^ (u64::from(addr.port()) << 32))
+                .wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+        };
+        let old_pair = |m: &DatagramMeta| {
+            ((old_mix(&m.src) ^ old_mix(&m.dst)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+                % shards
+        };
+        let metas: Vec<DatagramMeta> = (0u32..)
+            .map(|i| DatagramMeta {
+                frame: 0,
+                time: at(0),
+                src: SocketAddr::from(([10, 66, (i >> 8) as u8, i as u8], 4000)),
+                dst: "10.0.0.1:5000".parse().unwrap(),
+            })
+            .filter(|m| old_pair(m) == 0)
+            .take(256)
+            .collect();
+        let mut per_shard = vec![0; shards];
+        for m in &metas {
+            let shard = a.shard_of_datagram(m, &rtp(0, 1));
+            let back = DatagramMeta {
+                src: m.dst,
+                dst: m.src,
+                ..*m
+            };
+            assert_eq!(a.shard_of_datagram(&back, &rtp(0, 1)), shard, "both ways");
+            per_shard[shard] += 1;
+        }
+        assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+    }
+
+    /// The shard whose correlator holds the open call `id`.
+    fn place_of(c: &ShardedCorrelator, id: &str) -> usize {
+        (0..c.shard_count())
+            .find(|&s| c.lock(s).calls().open_call_keys().any(|k| k == id))
+            .unwrap()
     }
 
     /// One packet of the proxied calls below: capture time (ms), the capture thread that
