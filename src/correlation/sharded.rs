@@ -39,8 +39,10 @@
 //! source, and a seed of its own per correlator), which a sender neither knows nor sees
 //! (what a shard holds is shown only summed; the per-minute records of orphans and
 //! registrations carry the shard in their id, which a sender cannot read back off the wire).
-//! Nothing depends on which shard a call lands in: the records are one correlator's
-//! (`tests::placement_is_keyed_and_spreads_crafted_call_ids` and the tests around it).
+//! A call's records do not depend on the shard it lands in (they are one correlator's; the
+//! tests assert on that, never on a placement: `tests::every_call_meets_its_media_in_one_shard`,
+//! `tests::placement_is_keyed_and_spreads_crafted_call_ids`); only the ids of the per-minute
+//! records name their shard, and B2BUA legs are joined as below.
 //!
 //! # Capture order: the SIP reorder window
 //!
@@ -79,14 +81,12 @@
 //! - SIP relayed by HEP carries its sender's time: from a sender whose clock is behind the
 //!   local one by more than the window, it is applied as it comes (counted as late), as
 //!   without a window;
-//! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure).
-//!   That second parse is most of what the window costs: over 20,300 SIP messages without
-//!   RTP (`examples/sip_window_cost.rs`, two shards, callgrind, 2026-12-02) the run takes
-//!   765 M instructions without a window and 1,077 M with one of 250 ms, of which `parse`
-//!   292 M and 584 M: 14,400 instructions a message, 93 % of the difference. Keeping the
-//!   parsed form instead would need a [`SipMessage`] that owns its bytes (its fields borrow
-//!   them; the headers are private to `decode::sip`): an offset-based mirror of it in
-//!   `decode::sip` with a test that it views back to the same message, not done yet;
+//! - a waiting message is kept as the parse it came as, owning its bytes
+//!   ([`OwnedMessage`]: the bytes and the ranges of them the parse found, viewed back as the
+//!   same [`SipMessage`] when applied), and counted against the window's byte bound at all
+//!   it holds. It used to be kept as its bytes and parsed again when applied, which was
+//!   91 % of what the window cost (`examples/sip_window_cost.rs`, figures in
+//!   `docs/performance.md`, "The reorder window's second parse");
 //! - the cost: a call's SIP is applied (and its record made, its media routes written, its
 //!   state shown on the status page) a window later; the RTP hold is that much longer, so
 //!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
@@ -124,7 +124,7 @@ use super::hasher::{KeyedHasher, KeyedMap};
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
 use crate::decode::hep::RtcpJson;
-use crate::decode::sip::SipMessage;
+use crate::decode::sip::{OwnedMessage, SipMessage};
 use crate::dissect::{DatagramMeta, MessageMeta};
 use crate::record::{ClosedBy, Record};
 use crate::time::Timestamp;
@@ -192,11 +192,17 @@ impl std::ops::DerefMut for Shard {
     }
 }
 
-/// Most SIP messages, and bytes of them, the reorder windows of all shards hold together
-/// (each shard its share): at 1,000 call attempts a second, about ten messages each, a
-/// 250 ms window holds 2,500 messages of well under 1 KiB.
+/// Most SIP messages, and bytes, the reorder windows of all shards hold together (each
+/// shard its share): at 1,000 call attempts a second, about ten messages each, a 250 ms
+/// window holds 2,500 messages. A message counts all it holds: its bytes, its parse
+/// ([`OwnedMessage::held_bytes`]) and its slot — about 1.4 KiB for a 700-byte INVITE with
+/// 14 headers, so the bytes bind first for messages that size (about 6,000 of them).
 pub const WINDOW_MAX_MESSAGES: usize = 16_384;
 pub const WINDOW_MAX_BYTES: usize = 8 << 20;
+
+/// What a waiting SIP message holds beside its owned form ([`OwnedMessage::held_bytes`]):
+/// its slot in the window's heap.
+const WINDOWED_SIP_BYTES: usize = std::mem::size_of::<Pending>();
 
 /// Counters of the SIP reorder windows ([`ShardedCorrelator::with_reorder_window`]).
 #[derive(Debug, Default)]
@@ -233,9 +239,10 @@ struct Pending {
 /// their Call-ID names, whose INVITE may be waiting too).
 #[derive(Debug)]
 enum Windowed {
+    /// The message parsed when it came, owning its bytes (viewed, not parsed, when applied).
     Sip {
         meta: MessageMeta,
-        raw: Box<[u8]>,
+        msg: Box<OwnedMessage>,
     },
     HepRtcp {
         call_id: Box<str>,
@@ -306,6 +313,15 @@ impl ShardedCorrelator {
     /// message is applied as it arrives, as one correlator does.
     pub fn with_reorder_window(mut self, window: std::time::Duration) -> Self {
         self.window = window;
+        self
+    }
+
+    /// Bounds of each shard's window other than its share of [`WINDOW_MAX_MESSAGES`] and
+    /// [`WINDOW_MAX_BYTES`], so that a test reaches each bound alone.
+    #[cfg(test)]
+    fn with_window_bounds(mut self, messages: usize, bytes: usize) -> Self {
+        self.window_max_messages = messages;
+        self.window_max_bytes = bytes;
         self
     }
 
@@ -443,7 +459,7 @@ impl ShardedCorrelator {
                         learned.push((addr, rtcp_only));
                     });
             } else {
-                self.hold_sip(&mut s, meta, msg.raw);
+                self.hold_sip(&mut s, meta, msg, out, &mut learned);
                 self.apply_due(&mut s, out, &mut learned);
             }
         }
@@ -460,13 +476,31 @@ impl ShardedCorrelator {
         }
     }
 
-    /// Puts a message into its shard's reorder window.
-    fn hold_sip(&self, s: &mut Shard, meta: &MessageMeta, raw: &[u8]) {
+    /// Puts a message into its shard's reorder window, in its owned form (its bytes and the
+    /// parse's ranges of them), accounted at all it holds. A message too large for that form
+    /// (4 GiB: none that a frame carries) is applied at once, counted as finding the window full.
+    fn hold_sip(
+        &self,
+        s: &mut Shard,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        out: &mut impl FnMut(Record),
+        learned: &mut Vec<(SocketAddr, bool)>,
+    ) {
+        let Some(owned) = OwnedMessage::new(msg) else {
+            self.reorder.window_full.fetch_add(1, Ordering::Relaxed);
+            s.correlator
+                .sip_learning(meta, msg, out, &mut |addr, rtcp_only| {
+                    learned.push((addr, rtcp_only));
+                });
+            return;
+        };
+        let bytes = owned.held_bytes() + WINDOWED_SIP_BYTES;
         let event = Windowed::Sip {
             meta: *meta,
-            raw: raw.into(),
+            msg: Box::new(owned),
         };
-        self.hold(s, meta.time, raw.len(), event);
+        self.hold(s, meta.time, bytes, event);
     }
 
     /// Puts an event into its shard's reorder window, counting one that came after a
@@ -531,14 +565,12 @@ impl ShardedCorrelator {
         s.window.bytes -= p.bytes;
         s.window.applied = s.window.applied.max(p.time);
         match p.event {
-            Windowed::Sip { meta, raw } => {
-                // It parsed when it came; parsing is pure, so it parses again.
-                if let Ok(msg) = crate::decode::sip::parse(&raw) {
-                    s.correlator
-                        .sip_learning(&meta, &msg, out, &mut |addr, rtcp_only| {
-                            learned.push((addr, rtcp_only));
-                        });
-                }
+            Windowed::Sip { meta, msg } => {
+                // Parsed when it came: viewed, not parsed again.
+                s.correlator
+                    .sip_learning(&meta, &msg.view(), out, &mut |addr, rtcp_only| {
+                        learned.push((addr, rtcp_only));
+                    });
             }
             Windowed::HepRtcp { call_id, report } => {
                 // Attached or counted as unmatched by the tracker.
@@ -1970,20 +2002,29 @@ mod tests {
         );
     }
 
-    /// The window's bound applies the earliest messages before their window passed, counted;
-    /// a message more than the window late is applied after later ones, counted.
+    /// The window's bounds apply the earliest messages before their window passed, counted;
+    /// a message more than the window late is applied after later ones, counted. Each bound
+    /// alone (messages, then bytes: every waiting message counted at its owned form, its
+    /// bytes included, and its slot), then both at their defaults.
     #[test]
     fn the_reorder_window_is_bounded_and_counted() {
         let window = std::time::Duration::from_millis(250);
-        let sharded = ShardedCorrelator::new(1, CallLimits::default(), MediaLimits::default())
-            .with_reorder_window(window);
+        let flood = |sharded: &ShardedCorrelator, n: u32, out: &mut Vec<Record>| {
+            for i in 0..n {
+                feed(&mut &*sharded, Event::Sip(0, flood_invite(i)), out);
+            }
+        };
+        let held = |sharded: &ShardedCorrelator| sharded.lock(0).window.bytes;
+        let new = || {
+            ShardedCorrelator::new(1, CallLimits::default(), MediaLimits::default())
+                .with_reorder_window(window)
+        };
+
+        // The message bound.
+        let sharded = new().with_window_bounds(WINDOW_MAX_MESSAGES, usize::MAX);
         let mut out = Vec::new();
         let n = WINDOW_MAX_MESSAGES as u32 + 10;
-        for i in 0..n {
-            let id = format!("flood-{i}@x");
-            let text = sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
-            feed(&mut &sharded, Event::Sip(0, text), &mut out);
-        }
+        flood(&sharded, n, &mut out);
         let stats = sharded.stats();
         assert_eq!(stats.sip_window_full, 10, "{stats:?}");
         assert_eq!(sharded.sip_in_window(), WINDOW_MAX_MESSAGES);
@@ -1992,11 +2033,70 @@ mod tests {
         let late = sip("late@x", "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
         sharded.advance(at(1_000), &mut |r| out.push(r));
         assert_eq!(sharded.sip_in_window(), 0);
+        assert_eq!(held(&sharded), 0);
         feed(&mut &sharded, Event::Sip(-10, late), &mut out);
         sharded.advance(at(2_000), &mut |r| out.push(r));
         let stats = sharded.stats();
         assert_eq!((stats.sip_reordered, stats.sip_late), (1, 1), "{stats:?}");
         assert_eq!(sharded.open_calls(), n as usize + 1);
+
+        // The byte bound: what the window holds stays within it, less than a message short.
+        let bound = 64 << 10;
+        let sharded = new().with_window_bounds(usize::MAX, bound);
+        let n = 1_000;
+        flood(&sharded, n, &mut out);
+        let largest = flood_held_bytes(n - 1);
+        assert!(largest > flood_invite(n - 1).len(), "the parse is counted");
+        let (bytes, waiting) = (held(&sharded), sharded.sip_in_window());
+        assert!(
+            bytes <= bound && bytes + largest > bound,
+            "{bytes} of {bound}"
+        );
+        assert_eq!(
+            bytes,
+            (n - waiting as u32..n).map(flood_held_bytes).sum::<usize>(),
+            "the latest messages wait, each counted at what it holds"
+        );
+        let stats = sharded.stats();
+        assert_eq!(
+            stats.sip_window_full as usize + waiting,
+            n as usize,
+            "{stats:?}"
+        );
+        assert_eq!(sharded.open_calls() as u64, stats.sip_window_full);
+        sharded.advance(at(1_000), &mut |r| out.push(r));
+        assert_eq!((sharded.sip_in_window(), held(&sharded)), (0, 0));
+        assert_eq!(sharded.open_calls(), n as usize);
+
+        // Both at their defaults: whichever binds first holds.
+        let sharded = new();
+        let n = WINDOW_MAX_MESSAGES as u32 + 10;
+        flood(&sharded, n, &mut out);
+        let (bytes, waiting) = (held(&sharded), sharded.sip_in_window());
+        assert!(bytes <= WINDOW_MAX_BYTES && waiting <= WINDOW_MAX_MESSAGES);
+        assert!(
+            waiting == WINDOW_MAX_MESSAGES || bytes + flood_held_bytes(n - 1) > WINDOW_MAX_BYTES
+        );
+        assert_eq!(
+            sharded.stats().sip_window_full as usize + waiting,
+            n as usize
+        );
+    }
+
+    fn flood_invite(i: u32) -> String {
+        sip(
+            &format!("flood-{i}@x"),
+            "INVITE sip:b@x SIP/2.0",
+            "1 INVITE",
+            None,
+        )
+    }
+
+    /// What the window counts for [`flood_invite`] `i`.
+    fn flood_held_bytes(i: u32) -> usize {
+        let text = flood_invite(i);
+        let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+        OwnedMessage::new(&msg).unwrap().held_bytes() + WINDOWED_SIP_BYTES
     }
 
     /// An RTCP report relayed by HEP waits in the window with its call's SIP: it reaches
