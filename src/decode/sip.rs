@@ -1504,6 +1504,14 @@ v=0\r\nextra";
         for sample in &samples {
             assert!(assert_owned_views_the_parse(sample));
         }
+        // Every prefix of each (cut heads and bodies), as many as parse.
+        let mut parsed = 0;
+        for sample in &samples {
+            for end in 0..=sample.len() {
+                parsed += usize::from(assert_owned_views_the_parse(&sample[..end]));
+            }
+        }
+        assert!(parsed > 500, "{parsed} prefixes parse");
         // A head that is not UTF-8 is read piece by piece, and viewed so.
         assert!(std::str::from_utf8(&samples[5]).is_err());
         let owned = OwnedMessage::new(&parse(&samples[5]).unwrap()).unwrap();
