@@ -1,4 +1,5 @@
-//! The SIP parser and everything a call record reads from a message (SDP included).
+//! The SIP parser and everything a call record reads from a message (SDP included), and the
+//! owned form's view of the parse (the same message, field for field).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
         if let Some(body) = msg.sdp() {
             let _ = sdp::summarize(body);
         }
+        let owned = sip::OwnedMessage::new(&msg).expect("a message shorter than 4 GiB");
+        assert_eq!(owned.view(), msg);
     }
     let _ = sdp::summarize(data);
 });

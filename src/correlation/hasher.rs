@@ -18,6 +18,10 @@
 //! The media tracker's tables use it too: its stream table takes one lookup per RTP packet,
 //! where SipHash was 12 % of the instructions of an RTP replay (2026-12-02). There the only
 //! order a sender could see is that in which one idle sweep reports orphan streams.
+//!
+//! The sharded correlator places by it as well ([`super::sharded`]): the shard of a Call-ID
+//! or of an orphan address pair, and a media route's stripe. There a fixed function would not
+//! slow a lookup but let a sender steer every call onto one shard, one capture thread.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};

@@ -4,16 +4,17 @@
 //! A call's SIP and its RTP arrive on different flows — the kernel's fanout spreads them over
 //! different capture threads — yet must meet in one correlator. So:
 //!
-//! - **SIP goes to the shard of its Call-ID** (a fixed hash of [`calls::call_key`]), and so do
-//!   RTCP reports relayed by HEP (their correlation id is the Call-ID).
+//! - **SIP goes to the shard of its Call-ID** (a keyed hash of [`calls::call_key`], see
+//!   below), and so do RTCP reports relayed by HEP (their correlation id is the Call-ID).
 //! - **RTP and RTCP go to the shard that learned their media endpoint.** When a shard's SDP
 //!   teaches it an endpoint ([`Correlator::sip_learning`]), the endpoint → shard route is
 //!   written into a table every capture thread reads ([`MediaRoutes`]: striped read-write
 //!   locks, so two threads rarely touch the same cache line). A datagram takes the route of its
 //!   destination, else of its source (an endpoint behind NAT), as [`super::media`] attaches a
 //!   stream. The newest announcement of an address wins, as in one correlator.
-//! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by the unordered
-//!   address pair, so both directions of an orphan flow are measured in one place.
+//! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by a keyed hash of
+//!   the unordered address pair, so both directions of an orphan flow are measured in one
+//!   place.
 //! - A route lives while its shard still knows the endpoint (open, or ended within the
 //!   linger, [`super::media::MediaTracker::knows_endpoint`]): [`ShardedCorrelator::advance`]
 //!   sweeps one stripe of the table per tick. The table is bounded (the endpoints every shard
@@ -26,6 +27,22 @@
 //! divided by the number of shards, rounded up), so the memory bound is the configured one
 //! whatever the shard count. A lock that was taken when a thread wanted it is counted
 //! ([`ShardStats::lock_waits`]): the evidence that threads do not serialise.
+//!
+//! **The placement is keyed.** Call-IDs and addresses are chosen by whoever sends packets.
+//! With a fixed function (it was an unkeyed SipHash of the Call-ID and a fixed multiply of
+//! the addresses), a sender could compute Call-IDs, or orphan address pairs, that all land in
+//! one shard: one capture thread would then do all the correlation, the others waiting for its
+//! lock, and the capture's rings would overflow at a fraction of the load the box takes
+//! (speed and drops; not memory, which every shard bounds anyway). So the shard of a Call-ID
+//! and of an address pair, and the stripe of a route, are a hash keyed as the tables are
+//! ([`super::hasher::KeyedHasher`]: the process's key from the operating system's random
+//! source, and a seed of its own per correlator), which a sender neither knows nor sees
+//! (what a shard holds is shown only summed; the per-minute records of orphans and
+//! registrations carry the shard in their id, which a sender cannot read back off the wire).
+//! A call's records do not depend on the shard it lands in (they are one correlator's; the
+//! tests assert on that, never on a placement: `tests::every_call_meets_its_media_in_one_shard`,
+//! `tests::placement_is_keyed_and_spreads_crafted_call_ids`); only the ids of the per-minute
+//! records name their shard, and B2BUA legs are joined as below.
 //!
 //! # Capture order: the SIP reorder window
 //!
@@ -64,14 +81,12 @@
 //! - SIP relayed by HEP carries its sender's time: from a sender whose clock is behind the
 //!   local one by more than the window, it is applied as it comes (counted as late), as
 //!   without a window;
-//! - a waiting message is kept as its bytes (parsed again when applied: parsing is pure).
-//!   That second parse is most of what the window costs: over 20,300 SIP messages without
-//!   RTP (`examples/sip_window_cost.rs`, two shards, callgrind, 2026-12-02) the run takes
-//!   765 M instructions without a window and 1,077 M with one of 250 ms, of which `parse`
-//!   292 M and 584 M: 14,400 instructions a message, 93 % of the difference. Keeping the
-//!   parsed form instead would need a [`SipMessage`] that owns its bytes (its fields borrow
-//!   them; the headers are private to `decode::sip`): an offset-based mirror of it in
-//!   `decode::sip` with a test that it views back to the same message, not done yet;
+//! - a waiting message is kept as the parse it came as, owning its bytes
+//!   ([`OwnedMessage`]: the bytes and the ranges of them the parse found, viewed back as the
+//!   same [`SipMessage`] when applied), and counted against the window's byte bound at all
+//!   it holds. It used to be kept as its bytes and parsed again when applied, which was
+//!   91 % of what the window cost (`examples/sip_window_cost.rs`, figures in
+//!   `docs/performance.md`, "The reorder window's second parse");
 //! - the cost: a call's SIP is applied (and its record made, its media routes written, its
 //!   state shown on the status page) a window later; the RTP hold is that much longer, so
 //!   RTP that comes before its SDP is applied is held, not made an orphan. With one capture
@@ -99,17 +114,17 @@
 //!   joined only when both calls fall in one shard; otherwise the stream belongs to the leg
 //!   that announced last. One shard behaves exactly like one correlator.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 
 use super::calls::{self, CallCounters, CallLimits};
-use super::hasher::KeyedMap;
+use super::hasher::{KeyedHasher, KeyedMap};
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
 use crate::decode::hep::RtcpJson;
-use crate::decode::sip::SipMessage;
+use crate::decode::sip::{OwnedMessage, SipMessage};
 use crate::dissect::{DatagramMeta, MessageMeta};
 use crate::record::{ClosedBy, Record};
 use crate::time::Timestamp;
@@ -145,6 +160,8 @@ pub struct ShardStats {
 #[derive(Debug)]
 pub struct ShardedCorrelator {
     shards: Box<[Mutex<Shard>]>,
+    /// Keys the shard of a Call-ID and of an orphan address pair (see the module doc).
+    placement: KeyedHasher,
     routes: MediaRoutes,
     lock_waits: AtomicU64,
     /// The SIP reorder window ([`ShardedCorrelator::with_reorder_window`]); zero: none.
@@ -175,11 +192,17 @@ impl std::ops::DerefMut for Shard {
     }
 }
 
-/// Most SIP messages, and bytes of them, the reorder windows of all shards hold together
-/// (each shard its share): at 1,000 call attempts a second, about ten messages each, a
-/// 250 ms window holds 2,500 messages of well under 1 KiB.
+/// Most SIP messages, and bytes, the reorder windows of all shards hold together (each
+/// shard its share): at 1,000 call attempts a second, about ten messages each, a 250 ms
+/// window holds 2,500 messages. A message counts all it holds: its bytes, its parse
+/// ([`OwnedMessage::held_bytes`]) and its slot — about 1.4 KiB for a 700-byte INVITE with
+/// 14 headers, so the bytes bind first for messages that size (about 6,000 of them).
 pub const WINDOW_MAX_MESSAGES: usize = 16_384;
 pub const WINDOW_MAX_BYTES: usize = 8 << 20;
+
+/// What a waiting SIP message holds beside its owned form ([`OwnedMessage::held_bytes`]):
+/// its slot in the window's heap.
+const WINDOWED_SIP_BYTES: usize = std::mem::size_of::<Pending>();
 
 /// Counters of the SIP reorder windows ([`ShardedCorrelator::with_reorder_window`]).
 #[derive(Debug, Default)]
@@ -216,9 +239,10 @@ struct Pending {
 /// their Call-ID names, whose INVITE may be waiting too).
 #[derive(Debug)]
 enum Windowed {
+    /// The message parsed when it came, owning its bytes (viewed, not parsed, when applied).
     Sip {
         meta: MessageMeta,
-        raw: Box<[u8]>,
+        msg: Box<OwnedMessage>,
     },
     HepRtcp {
         call_id: Box<str>,
@@ -272,6 +296,7 @@ impl ShardedCorrelator {
                     })
                 })
                 .collect(),
+            placement: KeyedHasher::default(),
             // Open endpoints and those of ended calls within their linger.
             routes: MediaRoutes::new(media.max_endpoints.saturating_mul(2)),
             lock_waits: AtomicU64::new(0),
@@ -288,6 +313,15 @@ impl ShardedCorrelator {
     /// message is applied as it arrives, as one correlator does.
     pub fn with_reorder_window(mut self, window: std::time::Duration) -> Self {
         self.window = window;
+        self
+    }
+
+    /// Bounds of each shard's window other than its share of [`WINDOW_MAX_MESSAGES`] and
+    /// [`WINDOW_MAX_BYTES`], so that a test reaches each bound alone.
+    #[cfg(test)]
+    fn with_window_bounds(mut self, messages: usize, bytes: usize) -> Self {
+        self.window_max_messages = messages;
+        self.window_max_bytes = bytes;
         self
     }
 
@@ -360,11 +394,14 @@ impl ShardedCorrelator {
         self.shards.len()
     }
 
-    /// The shard of a Call-ID.
+    /// The shard of a Call-ID: its keyed hash ([`calls::call_key`], this correlator's key).
     pub fn shard_of_call(&self, call_id: &str) -> usize {
-        let hash =
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(calls::call_key(call_id));
-        (hash % self.shards.len() as u64) as usize
+        self.shard_of_hash(self.placement.hash_one(calls::call_key(call_id)))
+    }
+
+    /// A hash's shard: its high bits scaled to the shard count (Lemire's reduction).
+    fn shard_of_hash(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.shards.len() as u128) >> 64) as usize
     }
 
     /// The shard of a datagram: the route of its destination, else of its source, else its
@@ -376,9 +413,12 @@ impl ShardedCorrelator {
         if let Some(shard) = self.route_of(&meta.src, &meta.dst, payload) {
             return shard;
         }
-        let (a, b) = (mix(&meta.src), mix(&meta.dst));
         // Unordered: both directions of a flow meet.
-        ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.shards.len()
+        let (a, b) = pair(meta);
+        let mut h = self.placement.build_hasher();
+        write_addr(&mut h, &a);
+        write_addr(&mut h, &b);
+        self.shard_of_hash(h.finish())
     }
 
     /// The shard a route names for a datagram with this payload between these addresses
@@ -419,7 +459,7 @@ impl ShardedCorrelator {
                         learned.push((addr, rtcp_only));
                     });
             } else {
-                self.hold_sip(&mut s, meta, msg.raw);
+                self.hold_sip(&mut s, meta, msg, out, &mut learned);
                 self.apply_due(&mut s, out, &mut learned);
             }
         }
@@ -436,13 +476,31 @@ impl ShardedCorrelator {
         }
     }
 
-    /// Puts a message into its shard's reorder window.
-    fn hold_sip(&self, s: &mut Shard, meta: &MessageMeta, raw: &[u8]) {
+    /// Puts a message into its shard's reorder window, in its owned form (its bytes and the
+    /// parse's ranges of them), accounted at all it holds. A message too large for that form
+    /// (4 GiB: none that a frame carries) is applied at once, counted as finding the window full.
+    fn hold_sip(
+        &self,
+        s: &mut Shard,
+        meta: &MessageMeta,
+        msg: &SipMessage<'_>,
+        out: &mut impl FnMut(Record),
+        learned: &mut Vec<(SocketAddr, bool)>,
+    ) {
+        let Some(owned) = OwnedMessage::new(msg) else {
+            self.reorder.window_full.fetch_add(1, Ordering::Relaxed);
+            s.correlator
+                .sip_learning(meta, msg, out, &mut |addr, rtcp_only| {
+                    learned.push((addr, rtcp_only));
+                });
+            return;
+        };
+        let bytes = owned.held_bytes() + WINDOWED_SIP_BYTES;
         let event = Windowed::Sip {
             meta: *meta,
-            raw: raw.into(),
+            msg: Box::new(owned),
         };
-        self.hold(s, meta.time, raw.len(), event);
+        self.hold(s, meta.time, bytes, event);
     }
 
     /// Puts an event into its shard's reorder window, counting one that came after a
@@ -507,14 +565,12 @@ impl ShardedCorrelator {
         s.window.bytes -= p.bytes;
         s.window.applied = s.window.applied.max(p.time);
         match p.event {
-            Windowed::Sip { meta, raw } => {
-                // It parsed when it came; parsing is pure, so it parses again.
-                if let Ok(msg) = crate::decode::sip::parse(&raw) {
-                    s.correlator
-                        .sip_learning(&meta, &msg, out, &mut |addr, rtcp_only| {
-                            learned.push((addr, rtcp_only));
-                        });
-                }
+            Windowed::Sip { meta, msg } => {
+                // Parsed when it came: viewed, not parsed again.
+                s.correlator
+                    .sip_learning(&meta, &msg.view(), out, &mut |addr, rtcp_only| {
+                        learned.push((addr, rtcp_only));
+                    });
             }
             Windowed::HepRtcp { call_id, report } => {
                 // Attached or counted as unmatched by the tracker.
@@ -957,17 +1013,17 @@ impl Correlate for Routed<'_> {
     }
 }
 
-/// A cheap, fixed mix of an address (stripe and orphan shard choice; not exposed to
-/// anyone who could choose addresses to collide, beyond spreading their own traffic).
-fn mix(addr: &SocketAddr) -> u64 {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+/// Feeds an address to a keyed hasher: an IPv4 address and its port as one word (the two
+/// fit without loss), an IPv6 address whole, so that no two addresses feed the same input
+/// whatever the key (folding IPv6's halves would let a sender pick colliding addresses).
+fn write_addr(h: &mut impl Hasher, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(v4) => h.write_u64(u64::from(u32::from(v4)) | (u64::from(addr.port()) << 32)),
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            (bits as u64) ^ ((bits >> 64) as u64)
+            h.write_u128(u128::from(v6));
+            h.write_u16(addr.port());
         }
-    };
-    (ip ^ (u64::from(addr.port()) << 32)).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+    }
 }
 
 /// Where a media endpoint's datagrams go: the shard that learned it, and whether its SDP
@@ -982,6 +1038,8 @@ struct Route {
 #[derive(Debug)]
 struct MediaRoutes {
     stripes: Box<[RwLock<KeyedMap<SocketAddr, Route>>]>,
+    /// Keys the stripe of an address.
+    placement: KeyedHasher,
     len: AtomicUsize,
     max: usize,
     dropped: AtomicU64,
@@ -994,6 +1052,7 @@ impl MediaRoutes {
             stripes: (0..ROUTE_STRIPES)
                 .map(|_| RwLock::new(KeyedMap::default()))
                 .collect(),
+            placement: KeyedHasher::default(),
             len: AtomicUsize::new(0),
             max: max.max(1),
             dropped: AtomicU64::new(0),
@@ -1002,7 +1061,9 @@ impl MediaRoutes {
     }
 
     fn stripe(&self, addr: &SocketAddr) -> &RwLock<KeyedMap<SocketAddr, Route>> {
-        &self.stripes[(mix(addr) >> 58) as usize % ROUTE_STRIPES]
+        let mut h = self.placement.build_hasher();
+        write_addr(&mut h, addr);
+        &self.stripes[(h.finish() >> 58) as usize % ROUTE_STRIPES]
     }
 
     fn get(&self, addr: &SocketAddr) -> Option<Route> {
@@ -1432,6 +1493,97 @@ mod tests {
         assert_eq!(singles + summed, u64::from(streams));
     }
 
+    /// The placement is keyed: two correlators (each with a key of its own) place the same
+    /// Call-IDs differently, and Call-IDs crafted to share one shard under the unkeyed hash
+    /// the placement used before (std's SipHash with its fixed key, the shard the remainder)
+    /// spread over every shard, as do address pairs crafted against the fixed multiply that
+    /// placed orphan flows; the calls are whole and counted in the shards they went to.
+    #[test]
+    fn placement_is_keyed_and_spreads_crafted_call_ids() {
+        use std::hash::BuildHasherDefault;
+        let shards = 8;
+        let new = || ShardedCorrelator::new(shards, CallLimits::default(), MediaLimits::default());
+        let (a, b) = (new(), new());
+        let ids: Vec<String> = (0..64).map(|i| format!("fixed-{i}@x")).collect();
+        let place = |c: &ShardedCorrelator| -> Vec<usize> {
+            ids.iter().map(|id| c.shard_of_call(id)).collect()
+        };
+        // Equal by chance once in 8^64.
+        assert_ne!(place(&a), place(&b));
+        assert_eq!(place(&a), place(&a), "stable within a correlator");
+
+        // What a sender who knew the old function could send: Call-IDs all in shard 0.
+        let unkeyed = |id: &str| {
+            BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(calls::call_key(id))
+                % shards as u64
+        };
+        let crafted: Vec<String> = (0..)
+            .map(|i| format!("crafted-{i}@x"))
+            .filter(|id| unkeyed(id) == 0)
+            .take(256)
+            .collect();
+        let mut out = Vec::new();
+        for (n, id) in crafted.iter().enumerate() {
+            let invite = sip(id, "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
+            feed(&mut &a, Event::Sip(n as i64, invite), &mut out);
+        }
+        let mut per_shard = Vec::new();
+        a.for_each(|c| per_shard.push(c.calls().open_calls()));
+        // An empty shard by chance once in about 10^14.
+        assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+        assert_eq!(per_shard.iter().sum::<usize>(), crafted.len());
+        for (i, id) in crafted.iter().enumerate() {
+            assert_eq!(
+                a.listenable(id).map(|c| c.call_key),
+                Some(id.clone()),
+                "found in its shard"
+            );
+            assert_eq!(a.shard_of_call(id), place_of(&a, id), "{i}");
+        }
+
+        // Orphan address pairs the fixed multiply put in shard 0.
+        let old_mix = |addr: &SocketAddr| -> u64 {
+            let IpAddr::V4(v4) = addr.ip() else {
+                unreachable!()
+            };
+            (u64::from(u32::from(v4)) ^ (u64::from(addr.port()) << 32))
+                .wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+        };
+        let old_pair = |m: &DatagramMeta| {
+            ((old_mix(&m.src) ^ old_mix(&m.dst)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+                % shards
+        };
+        let metas: Vec<DatagramMeta> = (0u32..)
+            .map(|i| DatagramMeta {
+                frame: 0,
+                time: at(0),
+                src: SocketAddr::from(([10, 66, (i >> 8) as u8, i as u8], 4000)),
+                dst: "10.0.0.1:5000".parse().unwrap(),
+            })
+            .filter(|m| old_pair(m) == 0)
+            .take(256)
+            .collect();
+        let mut per_shard = vec![0; shards];
+        for m in &metas {
+            let shard = a.shard_of_datagram(m, &rtp(0, 1));
+            let back = DatagramMeta {
+                src: m.dst,
+                dst: m.src,
+                ..*m
+            };
+            assert_eq!(a.shard_of_datagram(&back, &rtp(0, 1)), shard, "both ways");
+            per_shard[shard] += 1;
+        }
+        assert!(per_shard.iter().all(|n| *n > 0), "{per_shard:?}");
+    }
+
+    /// The shard whose correlator holds the open call `id`.
+    fn place_of(c: &ShardedCorrelator, id: &str) -> usize {
+        (0..c.shard_count())
+            .find(|&s| c.lock(s).calls().open_call_keys().any(|k| k == id))
+            .unwrap()
+    }
+
     /// One packet of the proxied calls below: capture time (ms), the capture thread that
     /// sees it, and what it is.
     #[derive(Clone)]
@@ -1850,20 +2002,29 @@ mod tests {
         );
     }
 
-    /// The window's bound applies the earliest messages before their window passed, counted;
-    /// a message more than the window late is applied after later ones, counted.
+    /// The window's bounds apply the earliest messages before their window passed, counted;
+    /// a message more than the window late is applied after later ones, counted. Each bound
+    /// alone (messages, then bytes: every waiting message counted at its owned form, its
+    /// bytes included, and its slot), then both at their defaults.
     #[test]
     fn the_reorder_window_is_bounded_and_counted() {
         let window = std::time::Duration::from_millis(250);
-        let sharded = ShardedCorrelator::new(1, CallLimits::default(), MediaLimits::default())
-            .with_reorder_window(window);
+        let flood = |sharded: &ShardedCorrelator, n: u32, out: &mut Vec<Record>| {
+            for i in 0..n {
+                feed(&mut &*sharded, Event::Sip(0, flood_invite(i)), out);
+            }
+        };
+        let held = |sharded: &ShardedCorrelator| sharded.lock(0).window.bytes;
+        let new = || {
+            ShardedCorrelator::new(1, CallLimits::default(), MediaLimits::default())
+                .with_reorder_window(window)
+        };
+
+        // The message bound.
+        let sharded = new().with_window_bounds(WINDOW_MAX_MESSAGES, usize::MAX);
         let mut out = Vec::new();
         let n = WINDOW_MAX_MESSAGES as u32 + 10;
-        for i in 0..n {
-            let id = format!("flood-{i}@x");
-            let text = sip(&id, "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
-            feed(&mut &sharded, Event::Sip(0, text), &mut out);
-        }
+        flood(&sharded, n, &mut out);
         let stats = sharded.stats();
         assert_eq!(stats.sip_window_full, 10, "{stats:?}");
         assert_eq!(sharded.sip_in_window(), WINDOW_MAX_MESSAGES);
@@ -1872,11 +2033,70 @@ mod tests {
         let late = sip("late@x", "INVITE sip:b@x SIP/2.0", "1 INVITE", None);
         sharded.advance(at(1_000), &mut |r| out.push(r));
         assert_eq!(sharded.sip_in_window(), 0);
+        assert_eq!(held(&sharded), 0);
         feed(&mut &sharded, Event::Sip(-10, late), &mut out);
         sharded.advance(at(2_000), &mut |r| out.push(r));
         let stats = sharded.stats();
         assert_eq!((stats.sip_reordered, stats.sip_late), (1, 1), "{stats:?}");
         assert_eq!(sharded.open_calls(), n as usize + 1);
+
+        // The byte bound: what the window holds stays within it, less than a message short.
+        let bound = 64 << 10;
+        let sharded = new().with_window_bounds(usize::MAX, bound);
+        let n = 1_000;
+        flood(&sharded, n, &mut out);
+        let largest = flood_held_bytes(n - 1);
+        assert!(largest > flood_invite(n - 1).len(), "the parse is counted");
+        let (bytes, waiting) = (held(&sharded), sharded.sip_in_window());
+        assert!(
+            bytes <= bound && bytes + largest > bound,
+            "{bytes} of {bound}"
+        );
+        assert_eq!(
+            bytes,
+            (n - waiting as u32..n).map(flood_held_bytes).sum::<usize>(),
+            "the latest messages wait, each counted at what it holds"
+        );
+        let stats = sharded.stats();
+        assert_eq!(
+            stats.sip_window_full as usize + waiting,
+            n as usize,
+            "{stats:?}"
+        );
+        assert_eq!(sharded.open_calls() as u64, stats.sip_window_full);
+        sharded.advance(at(1_000), &mut |r| out.push(r));
+        assert_eq!((sharded.sip_in_window(), held(&sharded)), (0, 0));
+        assert_eq!(sharded.open_calls(), n as usize);
+
+        // Both at their defaults: whichever binds first holds.
+        let sharded = new();
+        let n = WINDOW_MAX_MESSAGES as u32 + 10;
+        flood(&sharded, n, &mut out);
+        let (bytes, waiting) = (held(&sharded), sharded.sip_in_window());
+        assert!(bytes <= WINDOW_MAX_BYTES && waiting <= WINDOW_MAX_MESSAGES);
+        assert!(
+            waiting == WINDOW_MAX_MESSAGES || bytes + flood_held_bytes(n - 1) > WINDOW_MAX_BYTES
+        );
+        assert_eq!(
+            sharded.stats().sip_window_full as usize + waiting,
+            n as usize
+        );
+    }
+
+    fn flood_invite(i: u32) -> String {
+        sip(
+            &format!("flood-{i}@x"),
+            "INVITE sip:b@x SIP/2.0",
+            "1 INVITE",
+            None,
+        )
+    }
+
+    /// What the window counts for [`flood_invite`] `i`.
+    fn flood_held_bytes(i: u32) -> usize {
+        let text = flood_invite(i);
+        let msg = crate::decode::sip::parse(text.as_bytes()).unwrap();
+        OwnedMessage::new(&msg).unwrap().held_bytes() + WINDOWED_SIP_BYTES
     }
 
     /// An RTCP report relayed by HEP waits in the window with its call's SIP: it reaches

@@ -6,6 +6,12 @@
 //! values may share one header line (`Via: a, b`) or be spread over repeated headers, bare
 //! `\n` line ends are accepted, and an unknown header is simply kept for [`SipMessage::headers`].
 //! No I/O and no panics on any input; the fuzz target `sip_message` holds it to that.
+//!
+//! What must outlive its buffer — a message the sharded correlator holds in its reorder
+//! window — is kept as an [`OwnedMessage`]: the message's bytes and the ranges of them its
+//! fields cover, made from the parse without parsing again, and viewed back as the same
+//! [`SipMessage`] by slicing ([`OwnedMessage::view`]; equal to the parse on any input,
+//! which a property test and the `sip_message` fuzz target check).
 
 use std::fmt;
 
@@ -67,6 +73,27 @@ impl<'a> Method<'a> {
             "PUBLISH" => Method::Publish,
             other => Method::Other(other),
         }
+    }
+
+    /// A known method, which holds no text, for any lifetime; or the token of another one.
+    fn known(self) -> Result<Method<'static>, &'a str> {
+        Ok(match self {
+            Method::Invite => Method::Invite,
+            Method::Ack => Method::Ack,
+            Method::Bye => Method::Bye,
+            Method::Cancel => Method::Cancel,
+            Method::Register => Method::Register,
+            Method::Options => Method::Options,
+            Method::Prack => Method::Prack,
+            Method::Update => Method::Update,
+            Method::Info => Method::Info,
+            Method::Refer => Method::Refer,
+            Method::Message => Method::Message,
+            Method::Subscribe => Method::Subscribe,
+            Method::Notify => Method::Notify,
+            Method::Publish => Method::Publish,
+            Method::Other(token) => return Err(token),
+        })
     }
 
     /// The method as written on the wire.
@@ -226,6 +253,324 @@ impl<'a> SipMessage<'a> {
             return multipart_part(self.body, boundary.trim_matches('"'), "application/sdp");
         }
         None
+    }
+}
+
+/// A parsed message that owns its bytes: what waits to be applied later (the sharded
+/// correlator's reorder window) keeps this rather than the bytes alone, so the message is
+/// parsed once. It holds the message's bytes and, for every string and byte slice of the
+/// [`SipMessage`] it was made from, the range it covers in them; [`OwnedMessage::view`] gives
+/// that [`SipMessage`] back (equal field for field, `raw` and every header included) by
+/// slicing, without parsing again. No field borrows from the struct itself (its offsets are
+/// plain numbers), so it moves freely between threads and needs no `unsafe`.
+#[derive(Debug, Clone)]
+pub struct OwnedMessage {
+    /// The message (`raw`), then any text a field held from outside it (none from [`parse`],
+    /// whose fields all borrow from the message; kept so that any `SipMessage` is owned whole).
+    bytes: Box<[u8]>,
+    raw_len: u32,
+    /// The end of the text the fields cut from the message's head: `bytes[..text_end]` is
+    /// checked as UTF-8 once by [`OwnedMessage::view`], each string then sliced from it.
+    text_end: u32,
+    start: OwnedStart,
+    call_id: Span,
+    cseq_number: u32,
+    cseq_method: OwnedMethod,
+    from: OwnedNameAddr,
+    to: OwnedNameAddr,
+    via_branch: Span,
+    via_transport: Span,
+    /// [`Span::NONE`] as its `uri`: absent.
+    contact: OwnedNameAddr,
+    user_agent: Span,
+    server: Span,
+    asserted_identity: OwnedNameAddr,
+    diversion: OwnedNameAddr,
+    linked_call_id: Span,
+    content_type: Span,
+    content_length: Option<usize>,
+    body: Span,
+    body_truncated: bool,
+    headers: Box<[(Span, Span)]>,
+}
+
+/// A range of [`OwnedMessage::bytes`], or none ([`Span::NONE`]) where the field is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    const NONE: Span = Span {
+        start: u32::MAX,
+        end: u32::MAX,
+    };
+    const EMPTY: Span = Span { start: 0, end: 0 };
+
+    fn is_none(self) -> bool {
+        self == Span::NONE
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OwnedStart {
+    Request { method: OwnedMethod, uri: Span },
+    Response { status: u16, reason: Span },
+}
+
+/// A method: one of the known ones (which hold no text), or another one's token.
+#[derive(Debug, Clone, Copy)]
+enum OwnedMethod {
+    Known(Method<'static>),
+    Other(Span),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OwnedNameAddr {
+    display_name: Span,
+    uri: Span,
+    user: Span,
+    host: Span,
+    tag: Span,
+}
+
+impl OwnedNameAddr {
+    const NONE: OwnedNameAddr = OwnedNameAddr {
+        display_name: Span::NONE,
+        uri: Span::NONE,
+        user: Span::NONE,
+        host: Span::NONE,
+        tag: Span::NONE,
+    };
+}
+
+/// Turns a message's slices into spans of the owned bytes.
+struct Spans<'m> {
+    raw: &'m [u8],
+    bytes: Vec<u8>,
+    text_end: usize,
+}
+
+impl Spans<'_> {
+    /// The span of `slice`: its place in the message, or (not from [`parse`]) a copy after it.
+    fn of(&mut self, slice: &[u8]) -> Span {
+        if slice.is_empty() {
+            return Span::EMPTY;
+        }
+        // Pointer arithmetic on addresses only (nothing is dereferenced): where the slice
+        // starts within the message, if it does.
+        let offset = (slice.as_ptr() as usize).wrapping_sub(self.raw.as_ptr() as usize);
+        let (start, end) = if offset < self.raw.len() && slice.len() <= self.raw.len() - offset {
+            (offset, offset + slice.len())
+        } else {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(slice);
+            (start, self.bytes.len())
+        };
+        // An offset beyond `u32` is cut short here, and the message then refused whole
+        // (`OwnedMessage::new` checks the length of all the bytes).
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX - 1),
+            end: u32::try_from(end).unwrap_or(u32::MAX - 1),
+        }
+    }
+
+    fn text(&mut self, s: &str) -> Span {
+        let span = self.of(s.as_bytes());
+        self.text_end = self.text_end.max(span.end as usize);
+        span
+    }
+
+    fn opt(&mut self, s: Option<&str>) -> Span {
+        s.map_or(Span::NONE, |s| self.text(s))
+    }
+
+    fn method(&mut self, m: Method<'_>) -> OwnedMethod {
+        match m.known() {
+            Ok(known) => OwnedMethod::Known(known),
+            Err(token) => OwnedMethod::Other(self.text(token)),
+        }
+    }
+
+    fn name_addr(&mut self, a: &NameAddr<'_>) -> OwnedNameAddr {
+        OwnedNameAddr {
+            display_name: self.opt(a.display_name),
+            uri: self.text(a.uri),
+            user: self.opt(a.user),
+            host: self.opt(a.host),
+            tag: self.opt(a.tag),
+        }
+    }
+
+    fn opt_name_addr(&mut self, a: &Option<NameAddr<'_>>) -> OwnedNameAddr {
+        a.as_ref()
+            .map_or(OwnedNameAddr::NONE, |a| self.name_addr(a))
+    }
+}
+
+impl OwnedMessage {
+    /// The owned form of a message: its bytes copied once, its fields as ranges of them.
+    /// `None` only for a message of 4 GiB or more (its offsets would not fit; [`parse`] is
+    /// given datagrams and frames of at most 64 KiB).
+    pub fn new(msg: &SipMessage<'_>) -> Option<OwnedMessage> {
+        // Every field, so that a field added to `SipMessage` cannot be forgotten here.
+        let SipMessage {
+            start,
+            call_id,
+            cseq,
+            from,
+            to,
+            via_branch,
+            via_transport,
+            contact,
+            user_agent,
+            server,
+            asserted_identity,
+            diversion,
+            linked_call_id,
+            content_type,
+            content_length,
+            body,
+            body_truncated,
+            raw,
+            headers,
+        } = msg;
+        let mut s = Spans {
+            raw,
+            bytes: raw.to_vec(),
+            text_end: 0,
+        };
+        let start = match *start {
+            StartLine::Request { method, uri } => OwnedStart::Request {
+                method: s.method(method),
+                uri: s.text(uri),
+            },
+            StartLine::Response { status, reason } => OwnedStart::Response {
+                status,
+                reason: s.text(reason),
+            },
+        };
+        let owned = OwnedMessage {
+            start,
+            call_id: s.text(call_id),
+            cseq_number: cseq.number,
+            cseq_method: s.method(cseq.method),
+            from: s.name_addr(from),
+            to: s.name_addr(to),
+            via_branch: s.opt(*via_branch),
+            via_transport: s.opt(*via_transport),
+            contact: s.opt_name_addr(contact),
+            user_agent: s.opt(*user_agent),
+            server: s.opt(*server),
+            asserted_identity: s.opt_name_addr(asserted_identity),
+            diversion: s.opt_name_addr(diversion),
+            linked_call_id: s.opt(*linked_call_id),
+            content_type: s.opt(*content_type),
+            content_length: *content_length,
+            body: s.of(body),
+            body_truncated: *body_truncated,
+            headers: headers
+                .iter()
+                .map(|h| (s.text(h.name), s.text(h.value)))
+                .collect(),
+            raw_len: raw.len() as u32,
+            text_end: s.text_end as u32,
+            bytes: s.bytes.into_boxed_slice(),
+        };
+        // Every offset fits (none was cut short to fit) when all the bytes do.
+        (owned.bytes.len() < (u32::MAX - 1) as usize).then_some(owned)
+    }
+
+    /// The message, as [`parse`] gave it: equal to it field for field.
+    pub fn view(&self) -> SipMessage<'_> {
+        let bytes = &self.bytes[..];
+        // The fields' text was UTF-8 when they were made (whole, for a head that is text,
+        // as every real one is): one check of it, then every string a slice of it. Should
+        // that prefix not be text (a head with bytes that are not UTF-8, whose fields are
+        // the pieces that are), each piece is checked alone.
+        let text = bytes
+            .get(..self.text_end as usize)
+            .and_then(|t| std::str::from_utf8(t).ok());
+        let s = |span: Span| -> &str {
+            let piece = match text {
+                Some(text) => text.get(span.range()),
+                None => bytes
+                    .get(span.range())
+                    .and_then(|b| std::str::from_utf8(b).ok()),
+            };
+            // Always found: every span was cut from a `&str` of these bytes.
+            piece.unwrap_or_default()
+        };
+        let opt = |span: Span| (!span.is_none()).then(|| s(span));
+        let method = |m: OwnedMethod| match m {
+            OwnedMethod::Known(known) => known,
+            OwnedMethod::Other(token) => Method::Other(s(token)),
+        };
+        let name_addr = |a: OwnedNameAddr| NameAddr {
+            display_name: opt(a.display_name),
+            uri: s(a.uri),
+            user: opt(a.user),
+            host: opt(a.host),
+            tag: opt(a.tag),
+        };
+        let opt_name_addr = |a: OwnedNameAddr| (!a.uri.is_none()).then(|| name_addr(a));
+        SipMessage {
+            start: match self.start {
+                OwnedStart::Request { method: m, uri } => StartLine::Request {
+                    method: method(m),
+                    uri: s(uri),
+                },
+                OwnedStart::Response { status, reason } => StartLine::Response {
+                    status,
+                    reason: s(reason),
+                },
+            },
+            call_id: s(self.call_id),
+            cseq: CSeq {
+                number: self.cseq_number,
+                method: method(self.cseq_method),
+            },
+            from: name_addr(self.from),
+            to: name_addr(self.to),
+            via_branch: opt(self.via_branch),
+            via_transport: opt(self.via_transport),
+            contact: opt_name_addr(self.contact),
+            user_agent: opt(self.user_agent),
+            server: opt(self.server),
+            asserted_identity: opt_name_addr(self.asserted_identity),
+            diversion: opt_name_addr(self.diversion),
+            linked_call_id: opt(self.linked_call_id),
+            content_type: opt(self.content_type),
+            content_length: self.content_length,
+            body: bytes.get(self.body.range()).unwrap_or_default(),
+            body_truncated: self.body_truncated,
+            raw: bytes.get(..self.raw_len as usize).unwrap_or_default(),
+            headers: self
+                .headers
+                .iter()
+                .map(|&(name, value)| Header {
+                    name: s(name),
+                    value: s(value),
+                })
+                .collect(),
+        }
+    }
+
+    /// The message's own bytes ([`SipMessage::raw`]).
+    pub fn raw(&self) -> &[u8] {
+        self.bytes.get(..self.raw_len as usize).unwrap_or_default()
+    }
+
+    /// Bytes this holds, itself and what it points to (what a bound on held messages counts).
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<OwnedMessage>()
+            + self.bytes.len()
+            + std::mem::size_of_val::<[(Span, Span)]>(&self.headers)
     }
 }
 
@@ -1123,5 +1468,100 @@ v=0\r\nextra";
         let msg = parse(raw.as_bytes()).unwrap();
         assert!(msg.body_truncated);
         assert_eq!(msg.body, b"short");
+    }
+
+    /// The messages of these tests, and variants of them that still parse: the owned form's
+    /// view is the parse, field for field.
+    fn assert_owned_views_the_parse(data: &[u8]) -> bool {
+        let Ok(msg) = parse(data) else {
+            return false;
+        };
+        let owned = OwnedMessage::new(&msg).unwrap();
+        let view = owned.view();
+        assert_eq!(view, msg, "{:?}", String::from_utf8_lossy(data));
+        assert_eq!(owned.raw(), data);
+        // Nothing copied after the message: every field is a range of it.
+        assert_eq!(owned.bytes.len(), data.len());
+        assert_eq!(
+            view.header_values("Reason").collect::<Vec<_>>(),
+            msg.header_values("Reason").collect::<Vec<_>>()
+        );
+        assert_eq!(view.sdp(), msg.sdp());
+        true
+    }
+
+    #[test]
+    fn the_owned_form_views_back_to_the_parse() {
+        let mut binary_value = b"OPTIONS sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=\xff\xfe2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-Bin: \xc3\r\n\r\n".to_vec();
+        let samples: Vec<Vec<u8>> = vec![
+            INVITE.as_bytes().to_vec(),
+            INVITE.replace("INVITE", "FOO").into_bytes(),
+            b"SIP/2.0 486 Busy Here\r\nv: SIP/2.0/TCP h\r\nf: \"\xc3\xa9\" <sip:a@h>;tag=1\r\nt: <tel:+49>;tag=2\r\ni: x\r\nCSeq: 9 INVITE\r\nServer: s\r\nUser-Agent: u\r\nX-Orig-Call-ID: y\r\nContact: *\r\n\r\n".to_vec(),
+            b"BYE sip:b@h SIP/2.0\nFrom: <sip:a@h>;tag=1\nTo: <sip:b@h>;tag=2\nCall-ID: c1\nCSeq: 7 BYE\nContent-Lengt".to_vec(),
+            b"MESSAGE sip:b@h SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 100\r\n\r\nshort".to_vec(),
+            std::mem::take(&mut binary_value),
+        ];
+        for sample in &samples {
+            assert!(assert_owned_views_the_parse(sample));
+        }
+        // Every prefix of each (cut heads and bodies), as many as parse.
+        let mut parsed = 0;
+        for sample in &samples {
+            for end in 0..=sample.len() {
+                parsed += usize::from(assert_owned_views_the_parse(&sample[..end]));
+            }
+        }
+        assert!(parsed > 500, "{parsed} prefixes parse");
+        // A head that is not UTF-8 is read piece by piece, and viewed so.
+        assert!(std::str::from_utf8(&samples[5]).is_err());
+        let owned = OwnedMessage::new(&parse(&samples[5]).unwrap()).unwrap();
+        assert_eq!(owned.view().to.tag, None);
+    }
+
+    /// The owned form of a typical message is about as large as the message: what a bound
+    /// on held messages counts ([`OwnedMessage::held_bytes`]).
+    #[test]
+    fn the_owned_form_stays_small() {
+        assert!(
+            std::mem::size_of::<OwnedMessage>() <= 400,
+            "{}",
+            std::mem::size_of::<OwnedMessage>()
+        );
+        let msg = parse(INVITE.as_bytes()).unwrap();
+        let owned = OwnedMessage::new(&msg).unwrap();
+        assert_eq!(
+            owned.held_bytes(),
+            std::mem::size_of::<OwnedMessage>() + INVITE.len() + msg.headers().len() * 16
+        );
+    }
+
+    proptest::proptest! {
+        /// Messages changed at random (bytes replaced, inserted, cut): whenever the change
+        /// still parses, the owned form views back to that parse.
+        #[test]
+        fn owned_form_equals_a_fresh_parse(
+            sample in 0usize..4,
+            edits in proptest::collection::vec((0usize..2000, proptest::num::u8::ANY, 0u8..4), 0..6),
+            cut in 0usize..2000,
+        ) {
+            let samples = [
+                INVITE.as_bytes(),
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: \"A\" <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Type: multipart/mixed;boundary=b\r\nContent-Length: 60\r\n\r\n--b\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n--b--\r\n".as_slice(),
+                b"REGISTER sip:h SIP/2.0\nf: <sip:a@h>;tag=1\nt: <sip:a@h>\ni: r\nCSeq: 2 REGISTER\nm: <sip:a@10.0.0.1>\n folded\n\n".as_slice(),
+                b"CANCEL sip:b@h SIP/2.0\r\nFrom: a <sip:a@h>;tag=1\r\nTo: sip:b@h\r\nCall-ID: \xc3\xa9\r\nCSeq: 1 CANCEL\r\nReason: SIP;cause=487\r\n\r\n".as_slice(),
+            ];
+            let mut data = samples[sample].to_vec();
+            for (at, byte, kind) in edits {
+                let at = at % (data.len() + 1);
+                match kind {
+                    0 if at < data.len() => data[at] = byte,
+                    1 => data.insert(at, byte),
+                    2 if at < data.len() => { data.remove(at); }
+                    _ => data.insert(at, [b' ', b'\n', b':', b';'][usize::from(byte) % 4]),
+                }
+            }
+            data.truncate(cut.max(data.len() / 2));
+            assert_owned_views_the_parse(&data);
+        }
     }
 }
