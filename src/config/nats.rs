@@ -98,6 +98,15 @@ fn check_server(url: &str) -> Result<(), String> {
             return Err(format!("{url:?}: bad port"));
         }
     }
+    // async-nats' url parser takes a `nats://` or `tls://` host as written and
+    // percent-encodes a non-ASCII one (no IDNA for these schemes), which no DNS name or
+    // certificate matches: refused here, with what to write instead.
+    if !authority.is_ascii() {
+        return Err(format!(
+            "{url:?}: the host name must be ASCII; write an internationalised name in its \
+             xn-- (Punycode) form"
+        ));
+    }
     Ok(())
 }
 
@@ -231,6 +240,13 @@ mod tests {
 
     fn raw(text: &str) -> RawNats {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_non_ascii_host_is_refused_with_its_ascii_form_named() {
+        let message = check_server("nats://bücher.example:4222").unwrap_err();
+        assert!(message.contains("xn--"), "{message}");
+        assert_eq!(check_server("tls://xn--bcher-kva.example:4222"), Ok(()));
     }
 
     #[test]
