@@ -18,6 +18,7 @@
 # packages the targets need ("requires: ..."); tests/it/cross.rs checks the dispatch that way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cross/edge-link.sh
 
 usage() { echo "usage: cross/build.sh [--dry-run] [aarch64|armv7|all]" >&2; exit 2; }
 
@@ -113,12 +114,24 @@ same_records() { # qemu sysroot binary arch
 }
 
 build() { # arch
-  local t=${triple[$1]} q=${qemu[$1]} s=${sysroot[$1]}
+  local t=${triple[$1]} q=${qemu[$1]} s=${sysroot[$1]} link
   run rustup target add "$t"
-  # The `edge` profile: fat LTO, one codegen unit, stripped (see Cargo.toml).
-  run cargo build --locked --profile edge --target "$t" --bin teledge
+  # The `edge` profile: fat LTO, one codegen unit, stripped (see Cargo.toml), linked as
+  # cross/edge-link.sh says (aarch64: lld, identical code folded, packed relocations).
+  mapfile -t link < <(edge_link_args "$t")
+  if ((${#link[@]})); then
+    run cargo rustc --locked --profile edge --target "$t" --bin teledge -- "${link[@]}"
+  else
+    run cargo build --locked --profile edge --target "$t" --bin teledge
+  fi
   local bin="${CARGO_TARGET_DIR:-target}/$t/edge/teledge"
   ((dry)) || file "$bin" 2>/dev/null || true
+  # The newest glibc the binary needs (packed relocations: GLIBC_ABI_DT_RELR, glibc 2.36).
+  if ((!dry)); then
+    echo "$1: needs glibc $("${gcc[$1]%-gcc}-objdump" -p "$bin" | grep -o 'GLIBC_[0-9.]*[0-9]' \
+      | sed 's/GLIBC_//' | sort -uV | tail -n 1)$("${gcc[$1]%-gcc}-objdump" -p "$bin" \
+      | grep -q GLIBC_ABI_DT_RELR && echo ' and GLIBC_ABI_DT_RELR (2.36)')"
+  fi
   run "$q" -L "$s" "$bin" --version
   same_records "$q" "$s" "$bin" "$1"
   # The library's unit tests built for the target and run under its qemu: what only a

@@ -38,16 +38,20 @@ if ((${#need[@]})); then
 fi
 rustup target add "$TARGET" >/dev/null 2>&1 || true
 . scripts/bench-common.sh
+. cross/edge-link.sh
 bench_work
 bin="${CARGO_TARGET_DIR:-target}/$TARGET/edge/teledge"
+# The final link as cross/build.sh makes it (cross/edge-link.sh: lld, identical code folded,
+# packed relocations).
+mapfile -t link < <(edge_link_args "$TARGET")
 # What live listen (the cargo feature `listen`: webrtc-rs) costs: the same build without it
 # first (cargo keeps both builds' artefacts, so a second run only copies them), then the
 # default build, the one measured below and shipped.
 if [ "$NO_LISTEN" = 1 ]; then
-  cargo build --locked --profile edge --target "$TARGET" --bin teledge --no-default-features -q
+  cargo rustc --locked --profile edge --target "$TARGET" --bin teledge --no-default-features -q -- "${link[@]}"
   cp "$bin" "$work/teledge-no-listen"
 fi
-cargo build --locked --profile edge --target "$TARGET" --bin teledge -q
+cargo rustc --locked --profile edge --target "$TARGET" --bin teledge -q -- "${link[@]}"
 file "$bin" 2>/dev/null | sed 's/^/binary: /' || true
 
 size=$(stat -c %s "$bin")

@@ -11,8 +11,10 @@
 //! - no fragment (`#…`), which `http::Uri` would otherwise drop without a word;
 //! - a port, when one is written, is a whole number from 1 to 65535 (`http::Uri` reads
 //!   `:99999` and `host:` as "no port");
-//! - a host that is not empty; an IPv6 host is returned without its brackets (what a
-//!   socket address and a TLS server name take).
+//! - a host that is not empty and is ASCII (an internationalised name in its `xn--` form:
+//!   nothing here converts names, and a percent-encoded one matches no DNS name); an IPv6
+//!   host is returned without its brackets (what a socket address and a TLS server name
+//!   take).
 //!
 //! Pure: no I/O, no name resolution.
 
@@ -44,6 +46,12 @@ pub fn parse_url(text: &str, schemes: &[(&str, u16)]) -> Result<ServerUrl, Strin
         .find(|(s, _)| s.eq_ignore_ascii_case(scheme_text))
         .map(|(_, port)| *port)
         .ok_or_else(expected)?;
+    if !text.is_ascii() {
+        return Err(format!(
+            "{text:?}: a server URL is ASCII; write an internationalised host name in its \
+             xn-- (Punycode) form"
+        ));
+    }
     if text.contains('#') {
         return Err(format!("{text:?}: a server URL has no fragment (#…)"));
     }
@@ -69,6 +77,11 @@ pub fn parse_url(text: &str, schemes: &[(&str, u16)]) -> Result<ServerUrl, Strin
 
 /// Parses `text` as `host:port` (the port required; IPv6 in brackets).
 pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    if !text.is_ascii() {
+        return Err(format!(
+            "{text:?}: write an internationalised host name in its xn-- (Punycode) form"
+        ));
+    }
     if text.contains(['/', '?', '#']) {
         return Err(format!("{text:?}: not host:port"));
     }
@@ -153,6 +166,7 @@ mod tests {
             ("https://c example/", "not a URL"),
             ("https:///v1", "not a URL"),
             ("https://:443/", "no host"),
+            ("https://bücher.example/", "xn-- (Punycode)"),
         ] {
             let error = parse_url(text, HTTPS).unwrap_err();
             assert!(error.contains(says), "{text}: {error}");

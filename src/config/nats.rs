@@ -230,6 +230,13 @@ mod tests {
     }
 
     #[test]
+    fn a_non_ascii_host_is_refused_with_its_ascii_form_named() {
+        let message = check_server("nats://bücher.example:4222").unwrap_err();
+        assert!(message.contains("xn--"), "{message}");
+        assert_eq!(check_server("tls://xn--bcher-kva.example:4222"), Ok(()));
+    }
+
+    #[test]
     fn every_problem_of_the_section_is_listed() {
         let mut problems = Vec::new();
         validate(

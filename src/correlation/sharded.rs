@@ -670,11 +670,26 @@ impl ShardedCorrelator {
         }
     }
 
-    /// Reports everything still open, shard by shard.
+    /// Reports everything still open. One correlator reports its open calls in the order it
+    /// first saw them, then its orphan streams by start; across shards that order is rebuilt
+    /// (calls by their first message, then Call-ID; streams by their start, then record id),
+    /// so that what a shutdown reports does not depend on which shard each call landed in
+    /// (the placement is keyed per process).
     pub fn finish(&self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
         self.flush_windows(out);
+        if self.shards.len() == 1 {
+            self.lock(0).finish(closed_by, out);
+            return;
+        }
+        let mut records = Vec::new();
         for shard in 0..self.shards.len() {
-            self.lock(shard).finish(closed_by, out);
+            self.lock(shard)
+                .finish(closed_by, &mut |record| records.push(record));
+        }
+        // Stable: what has no order of its own keeps its shard's.
+        records.sort_by(|a, b| finish_order(a).cmp(&finish_order(b)));
+        for record in records {
+            out(record);
         }
     }
 
@@ -1010,6 +1025,20 @@ impl Correlate for Routed<'_> {
 
     fn hep_rtcp(&mut self, call_id: &str, time: Timestamp, report: &RtcpJson) -> bool {
         self.shards.hep_rtcp(call_id, time, report)
+    }
+}
+
+/// Where a record goes among what a sharded shutdown reports: calls, then orphan streams,
+/// then the rest (in the order of their shards); each kind by its time, then its id.
+fn finish_order(record: &Record) -> (u8, Option<Timestamp>, &str) {
+    match record {
+        Record::Call(call) => (0, Some(call.first_message_time), call.call_id.as_str()),
+        Record::Stream(stream) => (
+            1,
+            Some(stream.stream.metrics.start_time),
+            stream.record_id.as_str(),
+        ),
+        _ => (2, None, ""),
     }
 }
 

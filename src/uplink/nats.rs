@@ -496,6 +496,19 @@ impl NatsSink {
 mod tests {
     use super::*;
 
+    /// `nats://` and `tls://` are not special schemes to the url crate under async-nats: a
+    /// host is taken as written, a non-ASCII one percent-encoded (never converted to its
+    /// Punycode form, whichever `idna` back end is built in), which no DNS name matches; so
+    /// the configuration check refuses non-ASCII hosts (`config::nats`).
+    #[test]
+    fn server_hosts_are_taken_as_written() {
+        let addr = ServerAddr::from_str("tls://xn--bcher-kva.example:4222").unwrap();
+        assert_eq!(addr.host(), "xn--bcher-kva.example");
+        assert_eq!(addr.port(), 4222);
+        let addr = ServerAddr::from_str("nats://bücher.example:4222").unwrap();
+        assert_eq!(addr.host(), "b%C3%BCcher.example");
+    }
+
     #[test]
     fn subjects_are_prefix_node_kind_with_safe_tokens() {
         assert_eq!(

@@ -106,13 +106,24 @@ fn one_target_builds_only_that_target_with_only_its_toolchain_and_exits_zero() {
             commands(&stdout, "rustup"),
             [format!("rustup target add {triple}")]
         );
-        // The host's build (the reference for the replays), then the target's.
+        // The host's build (the reference for the replays), then the target's, its final
+        // link with rust-lld, identical code folded and packed relocations
+        // (cross/edge-link.sh).
+        let cargo = commands(&stdout, "cargo");
+        assert_eq!(cargo.len(), 2, "{stdout}");
+        assert_eq!(cargo[0], "cargo build --locked --bin teledge");
+        let (build, link) = cargo[1].split_once(" -- ").unwrap();
         assert_eq!(
-            commands(&stdout, "cargo"),
-            [
-                "cargo build --locked --bin teledge".to_string(),
-                format!("cargo build --locked --profile edge --target {triple} --bin teledge")
-            ]
+            build,
+            format!("cargo rustc --locked --profile edge --target {triple} --bin teledge")
+        );
+        assert!(
+            link.contains("/bin/gcc-ld -C link-arg=-fuse-ld=lld "),
+            "{link}"
+        );
+        assert!(
+            link.ends_with(" -C link-arg=-Wl,--icf=all -C link-arg=-Wl,-z,pack-relative-relocs"),
+            "{link}"
         );
         // --version, a replay of every bundled capture, sensors list, check-config: all under
         // this target's qemu, on its binary.

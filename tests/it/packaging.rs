@@ -202,6 +202,9 @@ fn control_fields_name_the_architecture_version_and_dependencies() {
     if unit.contains("=/bin/kill ") {
         assert!(depends.contains("procps"), "{depends}");
     }
+    // IANA time zones come from the system's database only (Cargo.toml: jiff without its
+    // bundled copy).
+    assert!(depends.contains("tzdata"), "{depends}");
     // The changelog's newest entry is this version.
     let changelog = std::fs::read_to_string(repo().join("debian/changelog")).unwrap();
     assert!(
