@@ -25,6 +25,9 @@ command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ] || ne
 command -v dpkg-deb >/dev/null 2>&1 && command -v dpkg-architecture >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v help2man >/dev/null 2>&1 || need+=(help2man)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
+# tzdata: the time-zone tests ([stats] time_zone, replay --tz) read the system's zone
+# database (/usr/share/zoneinfo); the binary bundles none (the package depends on tzdata).
+[ -d /usr/share/zoneinfo/Europe ] || need+=(tzdata)
 # nats-server (2.9, with JetStream): the NATS tests (tests/it/nats.rs) run single servers and
 # a 3-node cluster on loopback, and SIGKILL them.
 [ -x /usr/sbin/nats-server ] || need+=(nats-server)
