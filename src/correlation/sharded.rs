@@ -1527,6 +1527,36 @@ mod tests {
     /// the placement used before (std's SipHash with its fixed key, the shard the remainder)
     /// spread over every shard, as do address pairs crafted against the fixed multiply that
     /// placed orphan flows; the calls are whole and counted in the shards they went to.
+    /// What a shutdown reports does not depend on where the keyed placement put each call:
+    /// two correlators (two keys) fed the same calls report them in the same order, by
+    /// first message.
+    #[test]
+    fn a_shutdown_reports_in_the_same_order_whatever_the_placement() {
+        let report = || {
+            let c = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default());
+            let mut out = Vec::new();
+            for n in 0..40 {
+                let invite = sip(
+                    &format!("order-{n}@x"),
+                    "INVITE sip:b@x SIP/2.0",
+                    "1 INVITE",
+                    None,
+                );
+                feed(&mut &c, Event::Sip(n, invite), &mut out);
+            }
+            let mut ended = Vec::new();
+            c.finish(ClosedBy::Shutdown, &mut |r| {
+                if let Record::Call(call) = r {
+                    ended.push(call.call_id.clone());
+                }
+            });
+            ended
+        };
+        let expected: Vec<String> = (0..40).map(|n| format!("order-{n}@x")).collect();
+        assert_eq!(report(), expected);
+        assert_eq!(report(), expected);
+    }
+
     #[test]
     fn placement_is_keyed_and_spreads_crafted_call_ids() {
         use std::hash::BuildHasherDefault;
