@@ -36,9 +36,10 @@ pub struct ServerUrl {
 
 /// Parses `text` as a URL whose scheme is one of `schemes` (each with its default port).
 pub fn parse_url(text: &str, schemes: &[(&str, u16)]) -> Result<ServerUrl, String> {
+    let shown = redacted(text);
     let expected = || {
         let names: Vec<String> = schemes.iter().map(|(s, _)| format!("{s}://")).collect();
-        format!("{text:?}: must start with {}", names.join(" or "))
+        format!("{shown:?}: must start with {}", names.join(" or "))
     };
     let (scheme_text, _) = text.split_once("://").ok_or_else(expected)?;
     let default_port = schemes
@@ -48,20 +49,20 @@ pub fn parse_url(text: &str, schemes: &[(&str, u16)]) -> Result<ServerUrl, Strin
         .ok_or_else(expected)?;
     if !text.is_ascii() {
         return Err(format!(
-            "{text:?}: a server URL is ASCII; write an internationalised host name in its \
+            "{shown:?}: a server URL is ASCII; write an internationalised host name in its \
              xn-- (Punycode) form"
         ));
     }
     if text.contains('#') {
-        return Err(format!("{text:?}: a server URL has no fragment (#…)"));
+        return Err(format!("{shown:?}: a server URL has no fragment (#…)"));
     }
     let uri: Uri = text
         .parse()
-        .map_err(|e| format!("{text:?}: not a URL ({e})"))?;
+        .map_err(|e| format!("{shown:?}: not a URL ({e})"))?;
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("{text:?}: no host"))?;
-    let (host, port) = host_and_port(text, authority)?;
+        .ok_or_else(|| format!("{shown:?}: no host"))?;
+    let (host, port) = host_and_port(&shown, authority)?;
     let path_and_query = uri
         .path_and_query()
         .map(|p| p.as_str())
@@ -77,29 +78,30 @@ pub fn parse_url(text: &str, schemes: &[(&str, u16)]) -> Result<ServerUrl, Strin
 
 /// Parses `text` as `host:port` (the port required; IPv6 in brackets).
 pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let shown = redacted(text);
     if !text.is_ascii() {
         return Err(format!(
-            "{text:?}: write an internationalised host name in its xn-- (Punycode) form"
+            "{shown:?}: write an internationalised host name in its xn-- (Punycode) form"
         ));
     }
     if text.contains(['/', '?', '#']) {
-        return Err(format!("{text:?}: not host:port"));
+        return Err(format!("{shown:?}: not host:port"));
     }
     let authority: Authority = text
         .parse()
-        .map_err(|e| format!("{text:?}: not host:port ({e})"))?;
-    match host_and_port(text, &authority)? {
+        .map_err(|e| format!("{shown:?}: not host:port ({e})"))?;
+    match host_and_port(&shown, &authority)? {
         (host, Some(port)) => Ok((host, port)),
-        (_, None) => Err(format!("{text:?}: not host:port (no port)")),
+        (_, None) => Err(format!("{shown:?}: not host:port (no port)")),
     }
 }
 
 /// The host (without IPv6 brackets) and the port written, if any, of `authority`.
-fn host_and_port(text: &str, authority: &Authority) -> Result<(String, Option<u16>), String> {
+fn host_and_port(shown: &str, authority: &Authority) -> Result<(String, Option<u16>), String> {
     let written = authority.as_str();
     if written.contains('@') {
         return Err(format!(
-            "{text:?}: no user or password in a server address; credentials belong in files"
+            "{shown:?}: no user or password in a server address; credentials belong in files"
         ));
     }
     let host = authority.host();
@@ -108,16 +110,30 @@ fn host_and_port(text: &str, authority: &Authority) -> Result<(String, Option<u1
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if bare.is_empty() {
-        return Err(format!("{text:?}: no host"));
+        return Err(format!("{shown:?}: no host"));
     }
     let port = match written.strip_prefix(host).and_then(|r| r.strip_prefix(':')) {
         None => None,
         Some(digits) => match digits.parse::<u16>() {
             Ok(port) if port > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Some(port),
-            _ => return Err(format!("{text:?}: the port must be 1 to 65535")),
+            _ => return Err(format!("{shown:?}: the port must be 1 to 65535")),
         },
     };
     Ok((bare.to_owned(), port))
+}
+
+/// `text` with any user information (`user:password@` before the host) shown as `***@`:
+/// what every message here quotes, so that a password written into a URL is refused without
+/// being repeated into a log.
+pub fn redacted(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +187,22 @@ mod tests {
             let error = parse_url(text, HTTPS).unwrap_err();
             assert!(error.contains(says), "{text}: {error}");
         }
+        // A password written into a URL is refused without being repeated.
+        for error in [
+            parse_url("https://u:hunter2@c.example/", HTTPS).unwrap_err(),
+            parse_url("https://u:hunter2@c.example/#x", HTTPS).unwrap_err(),
+            parse_host_port("u:hunter2@h:9060").unwrap_err(),
+        ] {
+            assert!(
+                !error.contains("hunter2") && error.contains("***@"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            redacted("tls://a:b@n.example:4222/x@y"),
+            "tls://***@n.example:4222/x@y"
+        );
+        assert_eq!(redacted("https://c.example/p@q"), "https://c.example/p@q");
         assert!(parse_url("https://n.example", NATS)
             .unwrap_err()
             .contains("nats:// or tls://"));

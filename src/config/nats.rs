@@ -84,8 +84,9 @@ fn check_server(url: &str) -> Result<(), String> {
         crate::server_url::parse_url(url, &[("nats", 4222), ("tls", 4222)]).map_err(|e| {
             if e.contains("credentials") {
                 format!(
-                    "{url:?}: no credentials in the url; use password_file, nkey_seed_file or \
-                     creds_file"
+                    "{:?}: no credentials in the url; use password_file, nkey_seed_file or \
+                     creds_file",
+                    crate::server_url::redacted(url)
                 )
             } else {
                 e
