@@ -102,11 +102,11 @@ struct HepOut {
 }
 
 fn start_hep_out(args: &ReplayArgs, replay: &mut Replay) -> anyhow::Result<Option<HepOut>> {
-    use teledge::config::hep_out::{check_address, HepOutConfig, HepOutTransport};
+    use teledge::config::hep_out::{HepOutConfig, HepOutTransport};
     let Some(address) = &args.hep_out else {
         return Ok(None);
     };
-    check_address(address).map_err(|m| anyhow::anyhow!("--hep-out {m}"))?;
+    teledge::server_url::parse_host_port(address).map_err(|m| anyhow::anyhow!("--hep-out {m}"))?;
     let transport = match args.hep_transport {
         HepTransport::Udp => HepOutTransport::Udp,
         HepTransport::Tcp => HepOutTransport::Tcp,
