@@ -87,7 +87,9 @@
 //!
 //! Every text field held per call is capped ([`MAX_TEXT_BYTES`], tags [`MAX_TAG_BYTES`], SDP
 //! [`MAX_SDP_MEDIA`] media lines of [`MAX_SDP_CODECS`] codecs; truncations are counted), and
-//! the bytes the table holds are accounted ([`CallTracker::held_bytes`]). The table holds at
+//! the bytes the table holds are accounted ([`CallTracker::held_bytes`]: each allocation as
+//! the allocator takes it, the map's and the eviction queue's slots with their growth slack,
+//! and the queue's copies of ended calls' keys until they are pruned). The table holds at
 //! most `max_calls` calls and `max_bytes` bytes: at the bound the oldest call still in setup
 //! (no answer) or joined mid-call is evicted — its record made with `closed_by: evicted`,
 //! counted (`evicted_in_setup`) — so junk INVITEs or stray in-dialog requests cannot hold the
@@ -470,7 +472,10 @@ pub struct CallTracker {
     calls: KeyedMap<String, Box<Call>>,
     /// Calls in creation order (lazily pruned), to find the oldest one in setup.
     order: VecDeque<(u64, String)>,
+    /// What `order`'s entries hold, those of ended calls included until they are pruned.
+    order_bytes: usize,
     next_seq: u64,
+    /// What the calls and their map entries hold.
     held_bytes: usize,
     ended: KeyedMap<u64, Tombstone>,
     ended_order: VecDeque<(Timestamp, u64)>,
@@ -494,6 +499,7 @@ impl CallTracker {
             limits,
             calls: KeyedMap::default(),
             order: VecDeque::new(),
+            order_bytes: 0,
             next_seq: 0,
             held_bytes: 0,
             ended: KeyedMap::default(),
@@ -566,7 +572,7 @@ impl CallTracker {
     /// list's capacity plus the fixed size of each entry. An estimate of the heap the table
     /// uses, not counting the allocator's own overhead.
     pub fn held_bytes(&self) -> usize {
-        self.held_bytes + self.ended.len() * TOMBSTONE_BYTES
+        self.held_bytes + self.order_bytes + self.ended.len() * TOMBSTONE_BYTES
     }
 
     /// Handles one SIP message; records of calls that this message (or its time) ended go
@@ -663,7 +669,8 @@ impl CallTracker {
             if call.on_message(meta, msg, sdp, &mut capper) {
                 self.counters.ignored_after_final += 1;
             }
-            self.held_bytes += call.held_bytes() + key.len() + ENTRY_BYTES;
+            self.held_bytes += call.held_bytes() + heap(key.len()) + ENTRY_BYTES;
+            self.order_bytes += heap(key.len()) + ORDER_SLOT_BYTES;
             self.order.push_back((seq, key.to_owned()));
             self.calls.insert(key.to_owned(), Box::new(call));
             self.compact_order();
@@ -711,12 +718,15 @@ impl CallTracker {
     /// False when every call is answered (the new one is refused).
     fn make_room(&mut self, now: Timestamp, out: &mut impl FnMut(CallRecord)) -> bool {
         while self.calls.len() >= self.limits.max_calls.max(1)
-            || self.held_bytes >= self.limits.max_bytes
+            || self.held_bytes + self.order_bytes >= self.limits.max_bytes
         {
             let victim = loop {
                 let Some((seq, key)) = self.order.pop_front() else {
                     break None;
                 };
+                self.order_bytes = self
+                    .order_bytes
+                    .saturating_sub(heap(key.len()) + ORDER_SLOT_BYTES);
                 match self.calls.get(&key) {
                     Some(c) if c.seq == seq && c.evictable() => break Some(key),
                     // Answered calls stay until they end; their place in the queue is
@@ -737,10 +747,21 @@ impl CallTracker {
     /// in it until met).
     fn compact_order(&mut self) {
         if self.order.len() > 2 * self.calls.len() + 1024 {
-            let calls = &self.calls;
-            self.order
-                .retain(|(seq, key)| calls.get(key).is_some_and(|c| c.seq == *seq));
+            self.prune_order();
         }
+    }
+
+    /// Drops the eviction queue's entries of calls no longer in the table.
+    fn prune_order(&mut self) {
+        let calls = &self.calls;
+        let order_bytes = &mut self.order_bytes;
+        self.order.retain(|(seq, key)| {
+            let live = calls.get(key).is_some_and(|c| c.seq == *seq);
+            if !live {
+                *order_bytes = order_bytes.saturating_sub(heap(key.len()) + ORDER_SLOT_BYTES);
+            }
+            live
+        });
     }
 
     /// Ends a call: makes its record, remembers the dialog for `linger`.
@@ -750,7 +771,7 @@ impl CallTracker {
         };
         self.held_bytes = self
             .held_bytes
-            .saturating_sub(call.held_bytes() + key.len() + ENTRY_BYTES);
+            .saturating_sub(call.held_bytes() + heap(key.len()) + ENTRY_BYTES);
         call.closed = Some((by, now));
         self.remember_ended(fingerprint(&key), now, call.invites.clone());
         out(call.into_record());
@@ -884,6 +905,7 @@ impl CallTracker {
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(CallRecord)) {
         let mut calls: Vec<Box<Call>> = self.calls.drain().map(|(_, c)| c).collect();
         self.order.clear();
+        self.order_bytes = 0;
         self.held_bytes = 0;
         calls.sort_by_key(|c| c.seq);
         for mut call in calls {
@@ -895,10 +917,44 @@ impl CallTracker {
     }
 }
 
-/// Bytes accounted per call entry beyond the call's own (hash map slot, queue entry).
-const ENTRY_BYTES: usize = 64;
-/// Bytes accounted per ended dialog (map slot, expiry queue entry, INVITE hashes).
-const TOMBSTONE_BYTES: usize = 96 + MAX_ENDED_INVITES * 8;
+/// What the allocator takes for a request of `bytes`: glibc's malloc adds a one-word header,
+/// rounds up to two words and takes at least four (32 bytes on 64-bit, 16 on 32-bit); no
+/// request, nothing. The call table's byte bound counts this rather than the bytes asked
+/// for: a call is two dozen small allocations, and their headers and rounding were a fifth
+/// of what it really held (2026-12-03, DHAT of an INVITE flood).
+const fn heap(bytes: usize) -> usize {
+    const WORD: usize = std::mem::size_of::<usize>();
+    if bytes == 0 {
+        return 0;
+    }
+    let chunk = (bytes + WORD).next_multiple_of(2 * WORD);
+    if chunk < 4 * WORD {
+        4 * WORD
+    } else {
+        chunk
+    }
+}
+
+/// The share of a table's allocation one entry of `slot` bytes costs at worst: a hash table
+/// (or a ring buffer) grows by doubling, so just after it grew half its slots are empty, and
+/// hashbrown fills at most 7/8 of its buckets and keeps a control byte for each.
+const fn table_share(slot: usize) -> usize {
+    2 * (slot + 1) * 8 / 7
+}
+
+/// Bytes accounted per call entry beyond the call's own: its slot in the call map (the key
+/// and the box) and in the eviction queue (the sequence number and a copy of the key); each
+/// copy of the key is a further [`heap`] of its length.
+const ENTRY_BYTES: usize = table_share(std::mem::size_of::<(String, Box<Call>)>());
+/// Bytes an eviction queue entry holds beside its copy of the key ([`CallTracker::order`]
+/// keeps entries of ended calls until they reach its front or it is compacted, so they are
+/// accounted until then, not until their call ends).
+const ORDER_SLOT_BYTES: usize = table_share(std::mem::size_of::<(u64, String)>());
+/// Bytes accounted per ended dialog: its map slot, its expiry queue entry and its INVITE
+/// hashes (a vector of at most [`MAX_ENDED_INVITES`]).
+const TOMBSTONE_BYTES: usize = table_share(std::mem::size_of::<(u64, Tombstone)>())
+    + table_share(std::mem::size_of::<(Timestamp, u64)>())
+    + heap(MAX_ENDED_INVITES * 8);
 
 /// Whether the first message seen of an unknown Call-ID belongs to an INVITE dialog that
 /// started before the capture. The CSeq method tells: only INVITE-dialog methods, so that a
@@ -1516,61 +1572,71 @@ impl Call {
         waited(self.last_message, limits.setup_timeout).then_some(ClosedBy::Timeout)
     }
 
-    /// Bytes this call holds on the heap, plus its own size.
+    /// Bytes this call holds on the heap, its own box included, each allocation as the
+    /// allocator takes it ([`heap`]).
     fn held_bytes(&self) -> usize {
+        fn string(s: &String) -> usize {
+            heap(s.capacity())
+        }
         fn text(s: &Option<String>) -> usize {
-            s.as_ref().map_or(0, String::capacity)
+            s.as_ref().map_or(0, string)
+        }
+        fn vec<T>(v: &Vec<T>) -> usize {
+            heap(v.capacity() * std::mem::size_of::<T>())
         }
         fn party(p: &Party) -> usize {
             text(&p.user) + text(&p.display_name) + text(&p.uri)
         }
+        fn boxed_party(p: &Option<Box<Party>>) -> usize {
+            p.as_deref()
+                .map_or(0, |p| heap(std::mem::size_of::<Party>()) + party(p))
+        }
         fn sdp(s: &Option<SdpSummary>) -> usize {
             s.as_ref().map_or(0, |s| {
-                s.media.capacity() * std::mem::size_of::<MediaSection>()
+                vec(&s.media)
                     + s.media
                         .iter()
                         .map(|m| {
-                            m.media.capacity()
+                            string(&m.media)
                                 + text(&m.address)
-                                + m.protocol.capacity()
-                                + m.codecs.capacity() * std::mem::size_of::<Codec>()
+                                + string(&m.protocol)
+                                + vec(&m.codecs)
                                 + m.codecs.iter().map(|c| text(&c.name)).sum::<usize>()
                         })
                         .sum::<usize>()
             })
         }
-        std::mem::size_of::<Call>()
-            + self.call_id.capacity()
+        heap(std::mem::size_of::<Call>())
+            + string(&self.call_id)
             + text(&self.linked_call_id)
             + party(&self.caller)
             + party(&self.callee)
-            + self
-                .asserted_identity
-                .as_deref()
-                .map_or(0, |p| std::mem::size_of::<Party>() + party(p))
-            + self
-                .diverted_from
-                .as_deref()
-                .map_or(0, |p| std::mem::size_of::<Party>() + party(p))
+            + boxed_party(&self.asserted_identity)
+            + boxed_party(&self.diverted_from)
             + text(&self.caller_tag)
             + text(&self.invite_branch)
-            + self.fork_branches.capacity() * std::mem::size_of::<String>()
-            + self.fork_branches.iter().map(String::capacity).sum::<usize>()
-            + self.invites.capacity() * 8
-            + self.final_response.as_ref().map_or(0, |f| f.1.capacity())
+            + vec(&self.fork_branches)
+            + self.fork_branches.iter().map(string).sum::<usize>()
+            + vec(&self.invites)
+            + self.final_response.as_ref().map_or(0, |f| string(&f.1))
             + self
                 .reason
                 .as_ref()
-                .map_or(0, |r| r.protocol.capacity() + text(&r.text))
+                .map_or(0, |r| string(&r.protocol) + text(&r.text))
             + text(&self.user_agents.caller)
             + text(&self.user_agents.callee)
-            + self.to_tags.capacity() * std::mem::size_of::<String>()
-            + self.to_tags.iter().map(String::capacity).sum::<usize>()
+            + vec(&self.to_tags)
+            + self.to_tags.iter().map(string).sum::<usize>()
             + sdp(&self.media.offer)
             + sdp(&self.media.answer)
-            // A hash set slot: the value and a control byte, over the table's capacity.
-            + self.seen.capacity() * (std::mem::size_of::<u64>() + 1)
-            + self.hep_rtcp.capacity() * std::mem::size_of::<HepRtcp>()
+            // A hash set: a slot (the value and a control byte) per bucket, buckets at most
+            // 8/7 of its capacity, and a group of control bytes more.
+            + if self.seen.capacity() == 0 {
+                0
+            } else {
+                heap(self.seen.capacity() * 8 / 7 * (std::mem::size_of::<u64>() + 1) + 16)
+            }
+            + vec(&self.hep_rtcp)
             + self
                 .hep_rtcp
                 .iter()
@@ -2664,6 +2730,45 @@ mod tests {
         );
         assert_eq!(c.user_agents.caller.as_ref().unwrap().len(), MAX_TEXT_BYTES);
         assert_eq!(h.tracker.held_bytes(), 0);
+    }
+
+    #[test]
+    fn queue_entries_of_ended_calls_stay_accounted_until_pruned() {
+        let mut h = Harness::new();
+        for i in 0..50 {
+            h.call_id = format!("ended-{i}");
+            h.req(i, "INVITE", 1, true, false);
+            h.resp(i + 1, 486, 1, "INVITE", Some("B"));
+        }
+        assert_eq!(h.tracker.open_calls(), 0);
+        // The 50 calls are gone; their copies of the key wait in the eviction queue, which
+        // is pruned only when it outgrows the table, and are memory held all the same.
+        let queued = h.tracker.held_bytes() - h.tracker.ended_dialogs() * TOMBSTONE_BYTES;
+        let expected: usize = (0..50)
+            .map(|i| heap(format!("ended-{i}").len()) + ORDER_SLOT_BYTES)
+            .sum();
+        assert_eq!(queued, expected);
+        h.finish();
+        assert_eq!(
+            h.tracker.held_bytes(),
+            h.tracker.ended_dialogs() * TOMBSTONE_BYTES
+        );
+    }
+
+    #[test]
+    fn the_allocator_s_share_is_accounted() {
+        // glibc's chunks: a word of header, two-word alignment, four words at least.
+        let word = std::mem::size_of::<usize>();
+        assert_eq!(heap(0), 0);
+        assert_eq!(heap(1), 4 * word);
+        assert_eq!(heap(3 * word), 4 * word);
+        assert_eq!(heap(3 * word + 1), 6 * word);
+        assert_eq!(heap(200), (200 + word).next_multiple_of(2 * word));
+        // A call is accounted at least as the allocator holds its box and its strings.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let held = h.tracker.held_bytes();
+        assert!(held >= heap(std::mem::size_of::<Call>()) + ENTRY_BYTES + ORDER_SLOT_BYTES);
     }
 
     #[test]
