@@ -29,7 +29,7 @@
 //!
 //! | record | field | decision (outside `clear`) |
 //! |---|---|---|
-//! | call | `record_id` | kept: a SHA-256 of Call-ID, time and address, needed for de-duplication; not reversible without the Call-ID |
+//! | call, stream, queue | `record_id` | keyed: HMAC-SHA256 under the identifier key of the id as made (a SHA-256 of Call-ID, time and address; of a stream's addresses, SSRC and start; of the PBX's call id), so it stays stable and unique but is no oracle for guesses of the Call-ID or a hashed address (kept only in `clear` mode with addresses kept) |
 //! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
 //! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
 //! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
@@ -181,8 +181,14 @@ impl Pseudonymizer {
     /// Rewrites every identity in a record (see the decision table in the module doc).
     pub fn apply(&self, record: &mut Record) {
         match record {
-            Record::Call(call) => self.call(call),
-            Record::Stream(stream) => self.stream(&mut stream.stream),
+            Record::Call(call) => {
+                call.record_id = self.record_id(&call.record_id);
+                self.call(call);
+            }
+            Record::Stream(stream) => {
+                stream.record_id = self.record_id(&stream.record_id);
+                self.stream(&mut stream.stream);
+            }
             Record::OrphanStreams(summary) => {
                 for source in &mut summary.by_source {
                     source.src_ip = self.address(&source.src_ip);
@@ -207,8 +213,9 @@ impl Pseudonymizer {
             Record::Sensor(_) | Record::Alert(_) | Record::Interval(_) => {}
             // Counts and record ids of the node's own records.
             Record::Gap(_) => {}
-            // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
-            Record::Queue(_) => {}
+            // Pseudonymised at ingest, by the same settings (crate::correlation::queue); its
+            // id hashes the PBX's call id in clear.
+            Record::Queue(queue) => queue.record_id = self.record_id(&queue.record_id),
             // The agent pseudonymised at ingest too (crate::correlation::queue); queue
             // names are configuration, pause reasons the PBX's codes.
             Record::Agent(_) => {}
@@ -342,6 +349,27 @@ impl Pseudonymizer {
             return value.to_owned();
         }
         keyed_hash(&self.privacy.identifier_key, value)
+    }
+
+    /// The id of a record made from identities (a call's: its Call-ID, invite time and
+    /// caller address; a stream's: its addresses, SSRC and start; a queue stay's: the PBX's
+    /// call id). Made as an unkeyed SHA-256, with every hashed part but the identity written
+    /// in the record beside it, it would let whoever holds the records test guesses of the
+    /// Call-ID or of a hashed address offline; so it leaves the box keyed (32 hex
+    /// characters of HMAC-SHA256 under the identifier key): as stable and unique as before,
+    /// recomputable only with the key. As made only when nothing is pseudonymised.
+    fn record_id(&self, id: &str) -> String {
+        if self.clear() && matches!(self.privacy.addresses, AddressMode::Keep) {
+            return id.to_owned();
+        }
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.privacy.identifier_key)
+        else {
+            // HMAC takes a key of any length; never reached.
+            return String::new();
+        };
+        mac.update(b"teledge record id v1\0");
+        mac.update(id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     /// An `ip:port`, a bare IP or a host name, by the address mode.
@@ -605,6 +633,38 @@ mod tests {
         };
         assert_eq!(summary.by_source[0].src_ip, "198.51.100.0");
         assert_eq!(summary.streams, 3);
+    }
+
+    /// Identity-derived ids leave keyed, stable, distinct per site; as made only when
+    /// nothing is pseudonymised (an id hashing a hashed address would undo the hash).
+    #[test]
+    fn record_ids_made_from_identities_are_keyed() {
+        let id = "5683aac040b72060668e4a807d6c0d50";
+        let p = hashed();
+        let keyed = p.record_id(id);
+        assert_eq!(keyed.len(), 32);
+        assert!(keyed.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(keyed, id);
+        assert_eq!(
+            keyed,
+            p.record_id(id),
+            "stable: a resent record keeps its id"
+        );
+        assert_ne!(keyed, p.record_id("5683aac040b72060668e4a807d6c0d51"));
+        let other = Pseudonymizer::new(Privacy::keyed_hash([4; 32]));
+        assert_ne!(keyed, other.record_id(id));
+        assert_eq!(
+            with(PrivacyMode::Clear, AddressMode::Keep).record_id(id),
+            id
+        );
+        assert_ne!(
+            with(PrivacyMode::Clear, AddressMode::Hash).record_id(id),
+            id
+        );
+        assert_ne!(
+            with(PrivacyMode::KeepLastDigits(4), AddressMode::Keep).record_id(id),
+            id
+        );
     }
 
     #[test]

@@ -246,6 +246,56 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
+/// The record ids of call and stream records in a replay's JSON Lines.
+fn record_ids(jsonl: &str) -> Vec<String> {
+    jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["type"] == "call" || r["type"] == "stream")
+        .filter_map(|r| r["record_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A record id is an unkeyed SHA-256 of the Call-ID, the invite time and the caller's
+/// address (a stream's: of its addresses, SSRC and start), all but the hashed parts written
+/// in the record beside it. Stored as it is made, it lets anyone holding the records test
+/// guesses of the Call-ID or of a hashed address — a number inside a Call-ID, a /16 of
+/// hosts — offline, at billions a second, which the keyed hashes of those fields exist to
+/// prevent. So the ids that leave the box are keyed too: still stable (a resent record keeps
+/// its id) and unique, but none equals the plain replay's id, nor the id recomputed from the
+/// captured Call-ID.
+fn assert_ids_are_no_oracle(plain_ids: &[String], spooled: &[Value]) {
+    let call = spooled.iter().find(|r| r["type"] == "call").unwrap();
+    let invite_ns = serde_json::from_value::<teledge::time::Timestamp>(call["invite_time"].clone())
+        .unwrap()
+        .as_nanos();
+    let guessed = teledge::record::stable_id(&[
+        format!("4915112345678-secretcall@{}", Ipv4Addr::from(CALLER.0)).as_bytes(),
+        &invite_ns.to_be_bytes(),
+        format!("{}:{}", Ipv4Addr::from(CALLER.0), CALLER.1).as_bytes(),
+    ]);
+    assert!(
+        plain_ids.contains(&guessed),
+        "the guess reproduces the plain id (else this test proves nothing): {guessed} not in {plain_ids:?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for record in spooled {
+        let Some(id) = record["record_id"].as_str() else {
+            continue;
+        };
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(seen.insert(id.to_owned()), "{id} twice in the spool");
+        assert!(
+            !plain_ids.iter().any(|p| p == id),
+            "{id}: the unkeyed id of a {} record left the box",
+            record["type"]
+        );
+    }
+}
+
 /// The records are there and say what a supervisor needs: the checks above would pass
 /// vacuously on records without those fields.
 fn assert_useful(records: &[Value]) {
@@ -294,6 +344,8 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         .output()
         .unwrap();
     let plain = String::from_utf8_lossy(&plain.stdout);
+    let plain_ids = record_ids(&plain);
+    assert!(plain_ids.len() >= 2, "a call and a stream: {plain}");
     for secret in [
         "4915112345678",
         "Bobsecret",
@@ -340,6 +392,7 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         assert_no_secret("the spool", &record.to_string());
     }
     assert_useful(&spooled);
+    assert_ids_are_no_oracle(&plain_ids, &spooled);
 
     // Then the collector: what it stores is as clean.
     let out_dir = work.path().join("collected");
