@@ -36,10 +36,10 @@
 //! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
 //! | call | `caller_address`, `callee_address` | address mode |
 //! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
-//! | call | `reason` | `protocol` reduced to a token, `cause` kept, `text` removed |
+//! | call | `reason` | `protocol` kept when registered (SIP, Q.850, ...; else `other`), `cause` kept, `text` removed |
 //! | call | `user_agents.caller`, `.callee` (User-Agent/Server) | reduced to the product token: the text up to the first `/`, space or other character outside `[A-Za-z0-9._+-]`, at most 32 characters; a token of digits only (an extension) is removed |
-//! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept (SDP tokens) |
-//! | call, stream | stream `src`, `dst` | address mode; `ssrc`, codecs kept |
+//! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept when registered (the SDP and RTP payload format registries, in this file), else `other`: a sender writes any word there |
+//! | call, stream | stream `src`, `dst` | address mode; `ssrc` kept; `codec`, `codecs`, `score.codec`, `not_scored.codec` kept when registered, else `other` |
 //! | call, stream | stream `metrics.dtmf[].digit` | replaced by `x`: typed digits are PINs and account numbers; count, times and durations kept |
 //! | orphan streams summary | `by_source[].src_ip` | address mode; counts kept |
 //! | call | `started_before_capture`, `roles_known`, `first_message_time` | kept: flags and a time |
@@ -63,7 +63,7 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::record::media::{MediaQuality, StreamQuality};
+use crate::record::media::{MediaQuality, NotScored, StreamQuality};
 use crate::record::{CallRecord, Party, Record, Sdp};
 
 /// The most digits `keep_digits` may keep: more leave a subscriber number identifiable.
@@ -72,6 +72,157 @@ pub const MAX_KEEP_DIGITS: u8 = 6;
 const MAX_PRODUCT_TOKEN: usize = 32;
 /// What a DTMF digit becomes outside `clear`.
 pub const REDACTED_DIGIT: char = 'x';
+
+/// What a token a sender chose becomes outside `clear` when it is not a registered name.
+pub const UNREGISTERED_TOKEN: &str = "other";
+
+/// Reason protocols (RFC 3326's registry: SIP and Q.850, with RFC 4411's preemption
+/// values, STIR (RFC 8443), RELEASE_SOURCE and location as 3GPP and RFC 8606 use them).
+const REASON_PROTOCOLS: &[&str] = &[
+    "SIP",
+    "Q.850",
+    "Preemption",
+    "EMM",
+    "STIR",
+    "RELEASE_SOURCE",
+    "location",
+];
+
+/// SDP media types (RFC 8866 §5.14 and its registry).
+const SDP_MEDIA: &[&str] = &["audio", "video", "image", "text", "application", "message"];
+
+/// SDP transport protocols (the registry's values a telephony edge meets).
+const SDP_PROTOCOLS: &[&str] = &[
+    "RTP/AVP",
+    "RTP/SAVP",
+    "RTP/AVPF",
+    "RTP/SAVPF",
+    "UDP/TLS/RTP/SAVP",
+    "UDP/TLS/RTP/SAVPF",
+    "TCP/RTP/AVP",
+    "TCP/RTP/AVPF",
+    "TCP/RTP/SAVP",
+    "TCP/RTP/SAVPF",
+    "TCP/TLS/RTP/SAVP",
+    "TCP/TLS/RTP/SAVPF",
+    "RTP/AVP/TCP",
+    "udptl",
+    "UDP/UDPTL",
+    "TCP/UDPTL",
+    "udp",
+    "TCP",
+    "TCP/MSRP",
+    "TCP/TLS/MSRP",
+    "UDP/BFCP",
+    "TCP/BFCP",
+    "TCP/TLS/BFCP",
+    "UDP/DTLS/SCTP",
+    "TCP/DTLS/SCTP",
+];
+
+/// RTP payload format names (IANA's registry of RTP payload formats, the static payload
+/// types of RFC 3551, and the spellings phones and the E-model table use).
+const CODECS: &[&str] = &[
+    "PCMU",
+    "PCMA",
+    "PCMU-WB",
+    "PCMA-WB",
+    "G711",
+    "G711U",
+    "G711A",
+    "G721",
+    "G722",
+    "G7221",
+    "G7291",
+    "G719",
+    "G723",
+    "G7231",
+    "G726-16",
+    "G726-24",
+    "G726-32",
+    "G726-40",
+    "AAL2-G726-16",
+    "AAL2-G726-24",
+    "AAL2-G726-32",
+    "AAL2-G726-40",
+    "G728",
+    "G729",
+    "G729A",
+    "G729AB",
+    "G729D",
+    "G729E",
+    "GSM",
+    "GSM-EFR",
+    "GSM-HR-08",
+    "1016",
+    "DVI4",
+    "VDVI",
+    "LPC",
+    "L8",
+    "L16",
+    "L20",
+    "L24",
+    "QCELP",
+    "MPA",
+    "MP4A-LATM",
+    "mpeg4-generic",
+    "AMR",
+    "AMR-WB",
+    "AMR-WB+",
+    "EVS",
+    "EVRC",
+    "EVRC0",
+    "EVRC1",
+    "EVRCB",
+    "EVRCB0",
+    "EVRCB1",
+    "EVRCWB",
+    "EVRCWB0",
+    "EVRCWB1",
+    "EVRCNW",
+    "EVRCNW0",
+    "EVRCNW1",
+    "SMV",
+    "SMV0",
+    "iLBC",
+    "iSAC",
+    "opus",
+    "SILK",
+    "SPEEX",
+    "BV16",
+    "BV32",
+    "MELP",
+    "CN",
+    "telephone-event",
+    "tone",
+    "red",
+    "ulpfec",
+    "flexfec",
+    "parityfec",
+    "rtx",
+    "t140",
+    "t38",
+    "JPEG",
+    "H261",
+    "H263",
+    "H263-1998",
+    "H263-2000",
+    "H264",
+    "H264-SVC",
+    "H265",
+    "VP8",
+    "VP9",
+    "AV1",
+    "MPV",
+    "MP2T",
+    "MP1S",
+    "MP2P",
+    "MP4V-ES",
+    "CelB",
+    "nv",
+    "raw",
+    "theora",
+];
 
 /// How numbers and names are written into records.
 #[derive(Clone, PartialEq, Eq)]
@@ -258,7 +409,7 @@ impl Pseudonymizer {
         }
         call.final_reason = None;
         if let Some(reason) = call.reason.as_mut() {
-            reason.protocol = product_token(&reason.protocol).unwrap_or_default();
+            reason.protocol = self.registered(&reason.protocol, REASON_PROTOCOLS);
             reason.text = None;
         }
         for agent in [&mut call.user_agents.caller, &mut call.user_agents.callee] {
@@ -283,6 +434,13 @@ impl Pseudonymizer {
             if let Some(address) = media.address.as_mut() {
                 *address = self.address(address);
             }
+            media.media = self.registered(&media.media, SDP_MEDIA);
+            media.protocol = self.registered(&media.protocol, SDP_PROTOCOLS);
+            for codec in &mut media.codecs {
+                if let Some(name) = codec.name.as_mut() {
+                    *name = self.registered(name, CODECS);
+                }
+            }
         }
     }
 
@@ -300,10 +458,34 @@ impl Pseudonymizer {
     fn stream(&self, stream: &mut StreamQuality) {
         stream.src = self.address(&stream.src);
         stream.dst = self.address(&stream.dst);
+        for name in stream.codec.iter_mut().chain(stream.codecs.iter_mut()) {
+            *name = self.registered(name, CODECS);
+        }
+        if let Some(score) = stream.score.as_mut() {
+            score.codec = self.registered(&score.codec, CODECS);
+        }
+        if let Some(
+            NotScored::Wideband(name) | NotScored::Video(name) | NotScored::UnknownCodec(name),
+        ) = stream.not_scored.as_mut()
+        {
+            *name = self.registered(name, CODECS);
+        }
         if !self.clear() {
             for event in &mut stream.metrics.dtmf {
                 event.digit = REDACTED_DIGIT;
             }
+        }
+    }
+
+    /// A token the sender chose where a registry names the values (a Reason protocol, an
+    /// SDP media type or transport, a codec name): kept when it is one of `registered`
+    /// (case-insensitive, as captured), else [`UNREGISTERED_TOKEN`] — any other word there
+    /// is free text a sender can put a name into. As captured in `clear` mode.
+    fn registered(&self, value: &str, registered: &[&str]) -> String {
+        if self.clear() || registered.iter().any(|r| r.eq_ignore_ascii_case(value)) {
+            value.to_owned()
+        } else {
+            UNREGISTERED_TOKEN.to_owned()
         }
     }
 
@@ -665,6 +847,22 @@ mod tests {
             with(PrivacyMode::KeepLastDigits(4), AddressMode::Keep).record_id(id),
             id
         );
+    }
+
+    #[test]
+    fn tokens_a_sender_chooses_are_kept_only_when_registered() {
+        let p = hashed();
+        assert_eq!(p.registered("q.850", REASON_PROTOCOLS), "q.850");
+        assert_eq!(p.registered("SIP", REASON_PROTOCOLS), "SIP");
+        assert_eq!(p.registered("AliceSmith", REASON_PROTOCOLS), "other");
+        assert_eq!(p.registered("telephone-event", CODECS), "telephone-event");
+        assert_eq!(p.registered("OPUS", CODECS), "OPUS");
+        assert_eq!(p.registered("Bob-Office", CODECS), "other");
+        assert_eq!(p.registered("RTP/SAVPF", SDP_PROTOCOLS), "RTP/SAVPF");
+        assert_eq!(p.registered("audio", SDP_MEDIA), "audio");
+        assert_eq!(p.registered("", SDP_MEDIA), "other");
+        let clear = with(PrivacyMode::Clear, AddressMode::Hash);
+        assert_eq!(clear.registered("AliceSmith", CODECS), "AliceSmith");
     }
 
     #[test]
