@@ -141,6 +141,9 @@ pub struct MediaCounters {
     /// Streams to or from a call's media endpoints beyond [`MAX_STREAMS_PER_CALL`],
     /// measured as orphans instead of joining the call.
     pub streams_beyond_call_cap: u64,
+    /// Orphan streams closed early (and reported) to make room in a full stream table for
+    /// a stream a call's SDP announced: an orphan RTP flood cannot keep calls unmeasured.
+    pub orphans_closed_for_calls: u64,
 }
 
 impl MediaCounters {
@@ -167,6 +170,7 @@ impl MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -187,6 +191,7 @@ impl MediaCounters {
         self.ended_endpoints_forgotten += ended_endpoints_forgotten;
         self.orphan_streams_summarised += orphan_streams_summarised;
         self.streams_beyond_call_cap += streams_beyond_call_cap;
+        self.orphans_closed_for_calls += orphans_closed_for_calls;
     }
 }
 
@@ -567,7 +572,7 @@ impl MediaTracker {
             Kind::Rtcp => self.rtcp(meta, payload),
             Kind::Rtp => match packet::decode_rtp(payload) {
                 Ok(rtp) => {
-                    self.rtp(meta, rtp);
+                    self.rtp(meta, rtp, out);
                     if self.tap.is_listening() {
                         self.tap_rtp(meta, &rtp, payload);
                     }
@@ -626,7 +631,7 @@ impl MediaTracker {
         self.endpoints.contains_key(&meta.dst) || self.endpoints.contains_key(&meta.src)
     }
 
-    fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
+    fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket, out: &mut impl FnMut(StreamRecord)) {
         let key = StreamKey::new(meta.src, meta.dst, rtp.ssrc);
         if let Some(stream) = self.streams.get_mut(&key) {
             self.counters.rtp_packets += 1;
@@ -662,6 +667,9 @@ impl MediaTracker {
                 self.counters.rtp_after_call_end += 1;
             }
             Some((ep, direction)) => {
+                if self.streams_of_call(&ep.call) < MAX_STREAMS_PER_CALL {
+                    self.make_room_for_a_call_stream(out);
+                }
                 self.open_stream(
                     key,
                     Some(ep.call),
@@ -727,6 +735,30 @@ impl MediaTracker {
         if let Some(candidate) = self.candidates.remove(&key) {
             let no_codecs = self.shared_codecs(&[]);
             self.open_stream(key, None, None, no_codecs, &candidate.packets);
+        }
+    }
+
+    /// At `max_streams`, closes one orphan stream (reported as any orphan, counted in
+    /// `orphans_closed_for_calls`) so a stream a call's SDP announced is measured: the table
+    /// is otherwise first come, first served, and RTP sprayed under new SSRCs would hold it
+    /// against every call. The orphan is the first the table yields among a few looked at
+    /// (table order is keyed, so a sender cannot choose it); when none of them is an orphan
+    /// the call's stream is turned away as before (`streams_dropped_at_capacity`).
+    fn make_room_for_a_call_stream(&mut self, out: &mut impl FnMut(StreamRecord)) {
+        /// Entries looked at: bounds the cost when the table holds calls' streams only.
+        const LOOK_AT: usize = 64;
+        if self.streams.len() < self.limits.max_streams {
+            return;
+        }
+        let orphan = self
+            .streams
+            .iter()
+            .take(LOOK_AT)
+            .find(|(_, s)| s.call.is_none())
+            .map(|(k, _)| *k);
+        if let Some(key) = orphan {
+            self.counters.orphans_closed_for_calls += 1;
+            self.close_stream(key, out);
         }
     }
 
@@ -1624,6 +1656,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1645,6 +1678,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
         }
     }
 }

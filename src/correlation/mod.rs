@@ -523,6 +523,85 @@ mod tests {
         c.sip(&meta, &msg, &mut |r| out.push(r));
     }
 
+    /// RTP under ever new SSRCs to ever new ports (three packets each, past probation)
+    /// filled the stream table with orphans; a stream a call's SDP announced was then turned
+    /// away (`streams_dropped_at_capacity`) until the orphans went idle, 60 s later — a
+    /// sprayer sending 1,700 new streams a second kept every call unmeasured for as long as
+    /// it sprayed. The call table makes room for real calls; the stream table now makes
+    /// room for a call's stream by closing an orphan (reported, counted).
+    #[test]
+    fn an_orphan_spray_filling_the_stream_table_does_not_keep_a_call_unmeasured() {
+        let max_streams = 100;
+        let mut c = Correlator::new(
+            CallLimits::default(),
+            MediaLimits {
+                max_streams,
+                ..MediaLimits::default()
+            },
+        );
+        let mut out = Vec::new();
+        let base = 1_700_000_000_000_000_000i64;
+        for i in 0..(2 * max_streams as u32) {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_nanos(base + i64::from(i) * 1_000_000),
+                    src: format!("10.66.{}.{}:4000", i / 250, i % 250)
+                        .parse()
+                        .unwrap(),
+                    dst: format!("10.0.0.1:{}", 20_000 + 2 * i).parse().unwrap(),
+                };
+                c.datagram(&meta, &rtp(seq, i), &mut |r| out.push(r));
+            }
+        }
+        assert_eq!(c.media().active_streams(), max_streams, "the table is full");
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: mid@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            500,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        for i in 0..50u16 {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(base + (600 + i64::from(i) * 20) * 1_000_000),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(i, 77), &mut |r| out.push(r));
+        }
+        assert!(c.media().active_streams() <= max_streams, "the bound holds");
+        let counters = c.media().counters();
+        assert_eq!(counters.orphans_closed_for_calls, 1, "{counters:?}");
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let call = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        // Every orphan is reported, the one closed early too.
+        let orphans: u64 = out
+            .iter()
+            .map(|r| match r {
+                Record::Stream(_) => 1,
+                Record::OrphanStreams(s) => s.streams,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(orphans, c.media().counters().orphan_streams);
+    }
+
     #[test]
     fn a_call_joined_at_its_reinvite_gets_its_media_and_rtp_after_the_bye_is_counted() {
         let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());

@@ -160,6 +160,9 @@ pub struct MediaCounters {
     pub orphan_streams_summarised: u64,
     /// Streams at a call's media endpoints beyond the per-call cap, measured as orphans.
     pub streams_beyond_call_cap: u64,
+    /// Orphan streams closed early, and reported, to make room in a full stream table for a
+    /// stream a call's SDP announced.
+    pub orphans_closed_for_calls: u64,
 }
 
 /// Counters of the call tracker.
