@@ -69,6 +69,15 @@ use crate::time::Timestamp;
 /// `streams_beyond_call_cap`.
 pub const MAX_STREAMS_PER_CALL: usize = 64;
 
+/// Most media endpoints one call keeps announced (RTP and RTCP addresses of its SDP, newest
+/// kept): a real call has a handful (two sides, RTCP, a re-INVITE or transfer moving them).
+/// Without it every SDP of a dialog added endpoints that stayed until the dialog ended, so
+/// one dialog re-INVITEd with ever new ports filled the endpoint table and every later
+/// call's SDP was turned away, its RTP measured as orphans. Beyond it the call's oldest
+/// endpoint is forgotten (a stream already flowing there keeps being measured), counted in
+/// `call_endpoints_forgotten`.
+pub const MAX_ENDPOINTS_PER_CALL: usize = 32;
+
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
@@ -144,6 +153,8 @@ pub struct MediaCounters {
     /// Orphan streams closed early (and reported) to make room in a full stream table for
     /// a stream a call's SDP announced: an orphan RTP flood cannot keep calls unmeasured.
     pub orphans_closed_for_calls: u64,
+    /// A call's oldest media endpoints forgotten beyond [`MAX_ENDPOINTS_PER_CALL`].
+    pub call_endpoints_forgotten: u64,
 }
 
 impl MediaCounters {
@@ -171,6 +182,7 @@ impl MediaCounters {
             orphan_streams_summarised,
             streams_beyond_call_cap,
             orphans_closed_for_calls,
+            call_endpoints_forgotten,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -192,6 +204,7 @@ impl MediaCounters {
         self.orphan_streams_summarised += orphan_streams_summarised;
         self.streams_beyond_call_cap += streams_beyond_call_cap;
         self.orphans_closed_for_calls += orphans_closed_for_calls;
+        self.call_endpoints_forgotten += call_endpoints_forgotten;
     }
 }
 
@@ -530,10 +543,38 @@ impl MediaTracker {
                     others,
                 },
             );
-            self.endpoints_by_call
-                .entry(call.clone())
-                .or_default()
-                .push(addr);
+            let addrs = self.endpoints_by_call.entry(call.clone()).or_default();
+            // Announced again (a session refresh, hold and resume): now the newest.
+            addrs.retain(|a| *a != addr);
+            addrs.push(addr);
+            if addrs.len() > MAX_ENDPOINTS_PER_CALL {
+                let oldest = addrs.remove(0);
+                self.counters.call_endpoints_forgotten += 1;
+                self.forget_endpoint(&call, oldest);
+            }
+        }
+    }
+
+    /// Takes `call`'s claim off the endpoint at `addr`: another leg that announced it too
+    /// keeps it, else it is forgotten.
+    fn forget_endpoint(&mut self, call: &str, addr: SocketAddr) {
+        let Some(endpoint) = self.endpoints.get_mut(&addr) else {
+            return;
+        };
+        if let Some(others) = endpoint.others.as_deref_mut() {
+            others.retain(|(c, _)| &**c != call);
+        }
+        if &*endpoint.call == call {
+            match endpoint.others.as_deref_mut().and_then(Vec::pop) {
+                // Another leg announced it too: the endpoint is now that leg's.
+                Some((other, side)) => {
+                    endpoint.call = other;
+                    endpoint.side = side;
+                }
+                None => {
+                    self.endpoints.remove(&addr);
+                }
+            }
         }
     }
 
@@ -1191,24 +1232,7 @@ impl MediaTracker {
             }
         }
         for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
-            let Some(endpoint) = self.endpoints.get_mut(&addr) else {
-                continue;
-            };
-            if let Some(others) = endpoint.others.as_deref_mut() {
-                others.retain(|(c, _)| &**c != call_id);
-            }
-            if &*endpoint.call == call_id {
-                match endpoint.others.as_deref_mut().and_then(Vec::pop) {
-                    // Another leg announced it too: the endpoint is now that leg's.
-                    Some((call, side)) => {
-                        endpoint.call = call;
-                        endpoint.side = side;
-                    }
-                    None => {
-                        self.endpoints.remove(&addr);
-                    }
-                }
-            }
+            self.forget_endpoint(call_id, addr);
         }
         for (key, stream) in &streams {
             measured.push((stream.direction, stream.quality(*key, Some(&rtcp))));
@@ -1657,6 +1681,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             orphan_streams_summarised,
             streams_beyond_call_cap,
             orphans_closed_for_calls,
+            call_endpoints_forgotten,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1679,6 +1704,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             orphan_streams_summarised,
             streams_beyond_call_cap,
             orphans_closed_for_calls,
+            call_endpoints_forgotten,
         }
     }
 }

@@ -602,6 +602,82 @@ mod tests {
         assert_eq!(orphans, c.media().counters().orphan_streams);
     }
 
+    /// Every SDP of a dialog added its media endpoints to the endpoint table and none was
+    /// forgotten while the dialog lasted: one dialog re-INVITEd with ever new ports (by a
+    /// party to a call, or anyone on the tapped link) filled the table (`max_endpoints`),
+    /// and from then on every new call's SDP was turned away (`endpoints_dropped_at_capacity`)
+    /// and its RTP measured as orphans, for as long as that dialog lasted (hours). A call
+    /// now keeps its newest endpoints only (the oldest are forgotten past a per-call cap,
+    /// counted), so one dialog cannot hold the table.
+    #[test]
+    fn one_dialog_reinvited_with_new_ports_cannot_hold_the_endpoint_table() {
+        let max_endpoints = 200;
+        let mut c = Correlator::new(
+            CallLimits::default(),
+            MediaLimits {
+                max_endpoints,
+                ..MediaLimits::default()
+            },
+        );
+        let mut out = Vec::new();
+        let reinvite = |cseq: u32, port: u32| {
+            let sdp = format!("v=0\r\no=- 1 {cseq} IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n");
+            format!(
+                "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr{cseq}\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: hog@x\r\nCSeq: {cseq} INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        };
+        for i in 0..(max_endpoints as u32) {
+            let text = reinvite(10 + i, 10_000 + 2 * i);
+            sip_at(
+                &mut c,
+                i64::from(i),
+                &text,
+                "10.0.0.2:5060",
+                "10.0.0.1:5060",
+                &mut out,
+            );
+        }
+        // A new call, its SDP learned now, then its RTP.
+        let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let invite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKnew\r\nFrom: <sip:c@x>;tag=C\r\nTo: <sip:a@x>\r\nCall-ID: new@x\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            1000,
+            &invite,
+            "10.0.0.9:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        for i in 0..50u16 {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(
+                    1_700_000_000_000_000_000 + (1100 + i64::from(i) * 20) * 1_000_000,
+                ),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.9:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(i, 99), &mut |r| out.push(r));
+        }
+        let counters = c.media().counters();
+        assert_eq!(counters.endpoints_dropped_at_capacity, 0, "{counters:?}");
+        assert!(counters.call_endpoints_forgotten > 0, "{counters:?}");
+        assert_eq!(counters.orphan_streams, 0, "{counters:?}");
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let new = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) if c.call_id == "new@x" => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(new.media_quality.streams(), 1, "{:?}", new.media_quality);
+    }
+
     #[test]
     fn a_call_joined_at_its_reinvite_gets_its_media_and_rtp_after_the_bye_is_counted() {
         let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());

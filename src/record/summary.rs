@@ -163,6 +163,8 @@ pub struct MediaCounters {
     /// Orphan streams closed early, and reported, to make room in a full stream table for a
     /// stream a call's SDP announced.
     pub orphans_closed_for_calls: u64,
+    /// A call's oldest media endpoints forgotten beyond the per-call cap (32).
+    pub call_endpoints_forgotten: u64,
 }
 
 /// Counters of the call tracker.
