@@ -33,7 +33,7 @@
 //! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
 //! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
 //! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
-//! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
+//! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode; a host of digits and separators only, a number written in the host's place, by the number mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
 //! | call | `caller_address`, `callee_address` | address mode |
 //! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
 //! | call | `reason` | `protocol` kept when registered (SIP, Q.850, ...; else `other`), `cause` kept, `text` removed |
@@ -596,7 +596,14 @@ impl Pseudonymizer {
             None => (None, rest),
         };
         let hostport = hostport.split(';').next().unwrap_or("");
-        let hostport = self.hostport(hostport);
+        let hostport = match user {
+            // No user part: a host that is no IP and only digits and separators is a number
+            // written in the host's place (`sip:+4930111222`, `sip:4711`), not a domain.
+            None => self
+                .numeric_host(hostport)
+                .unwrap_or_else(|| self.hostport(hostport)),
+            Some(_) => self.hostport(hostport),
+        };
         match user {
             Some(user) => {
                 let user = user.split([';', ':']).next().unwrap_or("");
@@ -604,6 +611,32 @@ impl Pseudonymizer {
             }
             None => format!("{scheme}:{hostport}"),
         }
+    }
+
+    /// A `host[:port]` whose host is a number (digits, `+`, `-`, `.`, no IP), pseudonymised
+    /// by the number mode; `None` for any other host.
+    fn numeric_host(&self, hostport: &str) -> Option<String> {
+        if hostport.parse::<SocketAddr>().is_ok()
+            || hostport.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
+        {
+            return None;
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
+            _ => (hostport, None),
+        };
+        let numeric = host.bytes().any(|b| b.is_ascii_digit())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'));
+        if !numeric || host.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        let number = self.number(host);
+        Some(match port {
+            Some(port) => format!("{number}:{port}"),
+            None => number,
+        })
     }
 
     /// `host[:port]` with the address mode applied to an IP host; names are kept (they name
@@ -863,6 +896,31 @@ mod tests {
         assert_eq!(p.registered("", SDP_MEDIA), "other");
         let clear = with(PrivacyMode::Clear, AddressMode::Hash);
         assert_eq!(clear.registered("AliceSmith", CODECS), "AliceSmith");
+    }
+
+    /// A URI without a user part whose host is a number (`sip:+4930111222`, `sip:4711`, as
+    /// some PBXs write a To or a Request-URI) kept the number: only an IP host went through
+    /// the address mode, and every other host was taken for a domain name.
+    #[test]
+    fn a_number_written_as_the_host_of_a_uri_is_pseudonymised() {
+        let p = hashed();
+        for uri in [
+            "sip:+4930111222",
+            "sip:4930111222:5060",
+            "sips:4711;user=phone",
+        ] {
+            let out = p.uri(uri);
+            assert!(
+                !out.contains("4930111222") && !out.contains("4711"),
+                "{uri} -> {out}"
+            );
+            assert!(out.contains("h:"), "{uri} -> {out}");
+        }
+        // Domain names and IPs are what they were.
+        assert_eq!(p.uri("sip:pbx.example.com"), "sip:pbx.example.com");
+        assert_eq!(p.uri("sip:192.0.2.1:5060"), "sip:192.0.2.1:5060");
+        let digits = with(PrivacyMode::KeepLastDigits(2), AddressMode::Keep);
+        assert_eq!(digits.uri("sip:+4930111222"), "sip:+********22");
     }
 
     #[test]
