@@ -78,6 +78,15 @@ pub const MAX_STREAMS_PER_CALL: usize = 64;
 /// `call_endpoints_forgotten`.
 pub const MAX_ENDPOINTS_PER_CALL: usize = 32;
 
+/// Most open streams of one SSRC in the SSRC index (a relay's legs: two; a few more when
+/// several relays or a conference forward one sender). Each new stream is compared with the
+/// others of its SSRC (is it another leg of a call's stream?), and RTCP on an unannounced
+/// leg looks its SSRC up there, so without it RTP sprayed under one SSRC from ever new
+/// addresses cost time growing with the square of the streams (a capture thread stalled, its
+/// ring overflowing). A stream beyond it is measured, but not linked to a call by its SSRC;
+/// counted in `streams_not_indexed_by_ssrc`.
+pub const MAX_STREAMS_PER_SSRC: usize = 8;
+
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
@@ -155,6 +164,8 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond [`MAX_ENDPOINTS_PER_CALL`].
     pub call_endpoints_forgotten: u64,
+    /// Streams of an SSRC beyond [`MAX_STREAMS_PER_SSRC`]: measured, not indexed by SSRC.
+    pub streams_not_indexed_by_ssrc: u64,
 }
 
 impl MediaCounters {
@@ -183,6 +194,7 @@ impl MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -205,6 +217,7 @@ impl MediaCounters {
         self.streams_beyond_call_cap += streams_beyond_call_cap;
         self.orphans_closed_for_calls += orphans_closed_for_calls;
         self.call_endpoints_forgotten += call_endpoints_forgotten;
+        self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
     }
 }
 
@@ -863,6 +876,15 @@ impl MediaTracker {
     /// stream, through an address that call's SDP announced (the relay), is that call's other
     /// leg: it joins the call, in the same direction.
     fn link_relayed(&mut self, key: StreamKey) {
+        if self
+            .ssrc_streams(key.ssrc)
+            .nth(MAX_STREAMS_PER_SSRC - 1)
+            .is_some()
+        {
+            // Measured, but neither indexed nor linked: see MAX_STREAMS_PER_SSRC.
+            self.counters.streams_not_indexed_by_ssrc += 1;
+            return;
+        }
         let peers: Vec<StreamKey> = self
             .ssrc_streams(key.ssrc)
             .filter(|k| **k != key)
@@ -1682,6 +1704,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1705,6 +1728,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         }
     }
 }
@@ -1853,6 +1877,42 @@ mod tests {
         }
         let c = tracker.counters();
         assert_eq!((c.rtcp_packets, c.rtcp_dropped_at_capacity), (10, 6));
+    }
+
+    /// Every stream of one SSRC went into the SSRC index, and each new one compared itself
+    /// with all the others (a relay's second leg): RTP sprayed under one SSRC from ever new
+    /// addresses cost time growing with the square of the streams — 60,000 such streams took
+    /// a release replay 147 s against 0.5 s for 60,000 SSRCs, a capture thread stalled while
+    /// its ring overflowed. The index now holds a few streams an SSRC; the rest are measured
+    /// but not indexed, counted.
+    #[test]
+    fn one_ssrc_from_many_addresses_is_indexed_a_bounded_number_of_times() {
+        let mut tracker = MediaTracker::new(MediaLimits::default());
+        let streams = 1000u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_secs_nanos(1_700_000_000, i * 10_000),
+                    src: SocketAddr::new([10, 1, (i >> 8) as u8, i as u8].into(), 4000),
+                    dst: "10.0.0.2:5000".parse().unwrap(),
+                };
+                let mut p = vec![0x80, 8];
+                p.extend_from_slice(&seq.to_be_bytes());
+                p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                p.extend_from_slice(&0x5555u32.to_be_bytes());
+                p.extend_from_slice(&[0xD5; 20]);
+                tracker.datagram(&meta, &p, &mut |_| {});
+            }
+        }
+        assert_eq!(tracker.active_streams(), streams as usize, "all measured");
+        let indexed = tracker.ssrc_streams(0x5555).count();
+        assert_eq!(indexed, MAX_STREAMS_PER_SSRC, "the index is bounded");
+        let c = tracker.counters();
+        assert_eq!(
+            c.streams_not_indexed_by_ssrc,
+            u64::from(streams) - MAX_STREAMS_PER_SSRC as u64
+        );
     }
 
     /// The middle 32 bits of the NTP timestamp of a time.

@@ -165,6 +165,8 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond the per-call cap (32).
     pub call_endpoints_forgotten: u64,
+    /// Streams of one SSRC beyond the SSRC index's 8: measured, not linked to a call by it.
+    pub streams_not_indexed_by_ssrc: u64,
 }
 
 /// Counters of the call tracker.
