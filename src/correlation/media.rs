@@ -1638,7 +1638,10 @@ fn score(
     let codec = codec.ok_or(NotScored::NoData)?;
     let impairment = emodel::codec_impairment(codec)?;
     let buffer = metrics.jitter_buffers.first().ok_or(NotScored::NoData)?;
-    if metrics.expected <= 0 {
+    // No jitter: no two voice packets were timed (a clock rate of 0 in the SDP, or one so
+    // wrong that every packet looks like a timestamp jump), so the playout buffers never
+    // ran and the loss alone would give a score for what nobody measured.
+    if metrics.expected <= 0 || metrics.max_jitter_ms.is_none() {
         return Err(NotScored::NoData);
     }
     let (delay, delay_source) = delay.unwrap_or((0.0, DelaySource::AssumedDefault));
@@ -1913,6 +1916,53 @@ mod tests {
             c.streams_not_indexed_by_ssrc,
             u64::from(streams) - MAX_STREAMS_PER_SSRC as u64
         );
+    }
+
+    /// An SDP may give a voice codec any clock rate: with 0 (or 1, where every 20 ms
+    /// packet looks like a timestamp jump) no packet's timing was ever measured — no jitter,
+    /// the playout buffers never fed — yet the stream was scored from its sequence numbers
+    /// alone, MOS 4.41 for whatever the caller heard. Unmeasured timing is no score.
+    #[test]
+    fn a_stream_whose_timing_was_never_measured_is_not_scored() {
+        for rate in ["0", "1"] {
+            let mut tracker = MediaTracker::new(MediaLimits::default());
+            let sdp = format!(
+                "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+                 m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 PCMU/{rate}\r\n"
+            );
+            let sdp = crate::decode::sdp::summarize(sdp.as_bytes()).unwrap();
+            tracker.learn("call", Side::Callee, &sdp);
+            for i in 0..50u32 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_secs_nanos(1_700_000_000, i * 20_000_000),
+                    src: "10.0.0.1:4000".parse().unwrap(),
+                    dst: "10.0.0.2:5000".parse().unwrap(),
+                };
+                let mut p = vec![0x80, 96];
+                p.extend_from_slice(&(i as u16).to_be_bytes());
+                p.extend_from_slice(&(i * 160).to_be_bytes());
+                p.extend_from_slice(&7u32.to_be_bytes());
+                p.extend_from_slice(&[0xFF; 160]);
+                tracker.datagram(&meta, &p, &mut |_| {});
+            }
+            let quality = tracker.end_call("call", Timestamp::from_secs_nanos(1_700_000_002, 0));
+            let stream = quality
+                .caller_to_callee
+                .iter()
+                .chain(&quality.callee_to_caller)
+                .chain(&quality.unknown_direction)
+                .next()
+                .unwrap();
+            assert_eq!(stream.metrics.packets, 50, "rate {rate}");
+            assert_eq!(stream.metrics.max_jitter_ms, None, "rate {rate}");
+            assert!(stream.score.is_none(), "rate {rate}: {:?}", stream.score);
+            assert_eq!(
+                stream.not_scored,
+                Some(crate::record::media::NotScored::NoData),
+                "rate {rate}"
+            );
+        }
     }
 
     /// The middle 32 bits of the NTP timestamp of a time.
