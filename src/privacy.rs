@@ -506,7 +506,9 @@ impl Pseudonymizer {
                             if seen <= keep_from {
                                 return '*';
                             }
-                        } else if c.is_alphabetic() {
+                        } else if c.is_alphanumeric() {
+                            // Letters, and digits outside ASCII (full-width, Arabic-Indic):
+                            // only ASCII digits are counted and may be kept.
                             return '*';
                         }
                         c
@@ -625,10 +627,10 @@ impl Pseudonymizer {
             Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
             _ => (hostport, None),
         };
-        let numeric = host.bytes().any(|b| b.is_ascii_digit())
+        let numeric = host.chars().any(char::is_numeric)
             && host
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'));
+                .chars()
+                .all(|c| c.is_numeric() || matches!(c, '+' | '-' | '.'));
         if !numeric || host.parse::<IpAddr>().is_ok() {
             return None;
         }
@@ -772,6 +774,10 @@ mod tests {
         assert_eq!(clear.identifier("abc@10.0.0.1"), "abc@10.0.0.1");
         // Identifiers are hashed in last-digits mode too.
         assert!(p.identifier("4930123@10.0.0.1").starts_with("h:"));
+        // Digits outside ASCII (full-width, Arabic-Indic: a user part a softphone wrote in
+        // its locale) were neither digits nor letters here and stayed in clear.
+        assert_eq!(p.number("４９３０１２３４"), "********");
+        assert_eq!(p.number("٤٩٣٠١٢٣٤"), "********");
     }
 
     #[test]
@@ -908,10 +914,11 @@ mod tests {
             "sip:+4930111222",
             "sip:4930111222:5060",
             "sips:4711;user=phone",
+            "sip:４９３０１１１２２２",
         ] {
             let out = p.uri(uri);
             assert!(
-                !out.contains("4930111222") && !out.contains("4711"),
+                !out.contains("4930111222") && !out.contains("4711") && !out.contains("４９"),
                 "{uri} -> {out}"
             );
             assert!(out.contains("h:"), "{uri} -> {out}");
