@@ -655,6 +655,26 @@ fn no_marker_of_any_identity_field_reaches_the_spool() {
     let out = replay_forward(&config, &capture, 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("Zq"), "a marker on stderr: {stderr}");
+    // On disk the records are sealed: no marker in any file of the spool directory.
+    let mut files = vec![work.path().join("spool")];
+    let mut read = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        read += bytes.len();
+        // Whole markers: two bytes would turn up by chance in kilobytes of ciphertext.
+        for marker in MARKERS {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{marker} in clear in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(read > 1000, "the spool was read: {read} bytes");
     let forward = teledge::config::load_forward(&config).unwrap();
     let (mut spool, _) =
         teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
@@ -694,6 +714,64 @@ fn no_marker_of_any_identity_field_reaches_the_spool() {
         assert!(call.contains(kept), "{kept} not in {call}");
     }
 }
+
+/// Every marker [`marker_capture`] writes.
+const MARKERS: &[&str] = &[
+    "ZqOrigin",
+    "ZqSessionName",
+    "ZqInfo",
+    "ZqUri",
+    "ZqEmail",
+    "ZqPhone",
+    "ZqCodec",
+    "ZqLabel",
+    "ZqBranch",
+    "ZqRecordRoute",
+    "ZqFromName",
+    "ZqFromUser",
+    "ZqFromParam",
+    "ZqFromTag",
+    "ZqToName",
+    "ZqToUser",
+    "ZqCallId",
+    "ZqRequestUser",
+    "ZqRoute",
+    "ZqContactName",
+    "ZqContactUser",
+    "ZqPaiName",
+    "ZqPaiUser",
+    "ZqPpiName",
+    "ZqPpiUser",
+    "ZqRpidName",
+    "ZqRpidUser",
+    "ZqDivName",
+    "ZqDivUser",
+    "ZqHistoryUser",
+    "ZqReferredBy",
+    "ZqReplyTo",
+    "ZqUserAgent",
+    "ZqOrganization",
+    "ZqSubject",
+    "ZqProxyAuthUser",
+    "ZqRealm",
+    "ZqXHeader",
+    "ZqReasonPhrase",
+    "ZqServer",
+    "ZqContact2",
+    "ZqToTag",
+    "ZqAuthUser",
+    "ZqCname",
+    "ZqName",
+    "ZqLoc",
+    "ZqTool",
+    "ZqNote",
+    "ZqRefer",
+    "ZqReferTo",
+    "ZqBye",
+    "ZqByeOk",
+    "ZqProtocol",
+    "ZqReasonText",
+];
 
 /// The call of [`no_marker_of_any_identity_field_reaches_the_spool`].
 fn marker_capture() -> Vec<u8> {
