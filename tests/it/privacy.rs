@@ -623,7 +623,7 @@ fn no_marker_of_any_identity_field_reaches_the_spool() {
     let pki = pki();
     let work = tempfile::tempdir().unwrap();
     let capture = work.path().join("markers.pcap");
-    std::fs::write(&capture, marker_capture()).unwrap();
+    std::fs::write(&capture, marker_capture().0).unwrap();
     let plain = Command::new(env!("CARGO_BIN_EXE_teledge"))
         .args(["replay", "--no-progress"])
         .arg(&capture)
@@ -774,8 +774,9 @@ const MARKERS: &[&str] = &[
 ];
 
 /// The call of [`no_marker_of_any_identity_field_reaches_the_spool`].
-fn marker_capture() -> Vec<u8> {
+fn marker_capture() -> (Vec<u8>, Vec<(bool, String)>) {
     let mut pcap = Pcap::new();
+    let mut sip = Vec::new();
     let caller = Ipv4Addr::from(CALLER.0);
     let pbx = Ipv4Addr::from(PBX.0);
     let sdp = |ip: Ipv4Addr, port: u16| {
@@ -815,17 +816,20 @@ fn marker_capture() -> Vec<u8> {
         offer.len()
     );
     pcap.udp(0, CALLER, PBX, invite.as_bytes());
+    sip.push((true, invite.clone()));
     let ok = format!(
         "SIP/2.0 200 ZqReasonPhrase\r\n{}Server: Asterisk ZqServer\r\nContact: <sip:ZqContact2@{pbx}:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
         headers("1 INVITE", ";tag=ZqToTag"),
         answer.len()
     );
     pcap.udp(500, PBX, CALLER, ok.as_bytes());
+    sip.push((false, ok.clone()));
     let ack = format!(
         "ACK sip:ZqContact2@{pbx}:5060 SIP/2.0\r\n{}Authorization: Digest username=\"ZqAuthUser\", realm=\"x\", nonce=\"1\", uri=\"sip:x\", response=\"0\"\r\nContent-Length: 0\r\n\r\n",
         headers("1 ACK", ";tag=ZqToTag")
     );
     pcap.udp(520, CALLER, PBX, ack.as_bytes());
+    sip.push((true, ack.clone()));
     for i in 0..100u64 {
         let seq = i as u16 + 1;
         let ts = (i * 160) as u32;
@@ -881,13 +885,112 @@ fn marker_capture() -> Vec<u8> {
         "REFER sip:ZqContactUser@{caller}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqRefer\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 2 REFER\r\nRefer-To: <sip:ZqReferTo@{pbx}>\r\nReferred-By: <sip:ZqReferredBy2@{pbx}>\r\nContent-Length: 0\r\n\r\n"
     );
     pcap.udp(2600, PBX, CALLER, refer.as_bytes());
+    sip.push((false, refer.clone()));
     let bye = format!(
         "BYE sip:ZqContactUser@{caller}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqBye\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: \"ZqFromName\" <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 3 BYE\r\nReason: ZqProtocol;cause=16;text=\"ZqReasonText\"\r\nContent-Length: 0\r\n\r\n"
     );
     pcap.udp(3000, PBX, CALLER, bye.as_bytes());
+    sip.push((false, bye.clone()));
     let bye_ok = format!(
         "SIP/2.0 200 ZqByeOk\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqBye\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: \"ZqFromName\" <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
     );
     pcap.udp(3050, CALLER, PBX, bye_ok.as_bytes());
-    pcap.0
+    sip.push((true, bye_ok.clone()));
+    (pcap.0, sip)
+}
+
+/// The daemon's path for the same call, its SIP sent as HEP: nothing of the markers in the
+/// records the collector stores, in the status page's snapshot while the call is open (what
+/// a supervisor sees), or in `/metrics`.
+#[test]
+fn no_marker_leaves_the_daemon() {
+    use crate::daemon::{agent_config, collected, free_port, hep_frame, Agent};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let (udp_port, http_port) = (free_port(), free_port());
+    let (token, hash) = crate::status_page::supervisor_token("alice");
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:{udp_port}\"\n[status]\nenabled = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nview = [\"*\"]\n"
+        ),
+        Some(http_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let (_, messages) = marker_capture();
+    let send = |(from_caller, text): &(bool, String)| {
+        let (src, dst) = if *from_caller {
+            (CALLER, PBX)
+        } else {
+            (PBX, CALLER)
+        };
+        let frame = hep_frame(src, dst, now, 0, text.as_bytes());
+        sock.send_to(&frame, ("127.0.0.1", udp_port)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    };
+    let (setup, ending) = messages.split_at(3);
+    setup.iter().for_each(send);
+    // What the supervisor sees while the call is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let snapshot = loop {
+        let text = get_with_bearer(http_port, "/api/snapshot", &token);
+        if text.contains("\"calls\":[{") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no open call in {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    ending.iter().for_each(send);
+    let records = collected(
+        &out,
+        |r| r["type"] == "call",
+        1,
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let metrics = crate::daemon::http_get(http_port, "/metrics");
+    agent.stop();
+    let stored: Vec<String> = stored(&out).iter().map(|l| l.to_string()).collect();
+    for (what, text) in [
+        ("the snapshot", snapshot.as_str()),
+        ("/metrics", metrics.as_str()),
+        ("the collector's files", &stored.join("\n")),
+    ] {
+        for marker in MARKERS {
+            assert!(!text.contains(marker), "{marker} in {what}:\n{text}");
+        }
+    }
+    assert!(
+        records[0]["user_agents"]["caller"] == "Yealink",
+        "{:#}",
+        records[0]
+    );
+}
+
+/// A GET with `Authorization: Bearer TOKEN` on loopback: status line, headers and body.
+fn get_with_bearer(port: u16, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
