@@ -33,7 +33,7 @@
 //! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
 //! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
 //! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
-//! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode; a host of digits and separators only, a number written in the host's place, by the number mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
+//! | call | same: `uri` | scheme (`sip`, `sips`, `tel`, `urn`; text before a `:` that is none of them is taken for the user and host of a URI written without its scheme), pseudonymised user part, host (an IP host by the address mode; a host of digits and separators only, a number written in the host's place, by the number mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
 //! | call | `caller_address`, `callee_address` | address mode |
 //! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
 //! | call | `reason` | `protocol` kept when registered (SIP, Q.850, ...; else `other`), `cause` kept, `text` removed |
@@ -87,6 +87,9 @@ const REASON_PROTOCOLS: &[&str] = &[
     "RELEASE_SOURCE",
     "location",
 ];
+
+/// URI schemes a party's URI is written with (RFC 3261, RFC 3966, RFC 5031's `urn:service`).
+const URI_SCHEMES: &[&str] = &["sip", "sips", "tel", "urn"];
 
 /// SDP media types (RFC 8866 §5.14 and its registry).
 const SDP_MEDIA: &[&str] = &["audio", "video", "image", "text", "application", "message"];
@@ -585,8 +588,14 @@ impl Pseudonymizer {
             let hostport = split_host(uri);
             return uri.replacen(hostport, &self.hostport(hostport), 1);
         }
-        let Some((scheme, rest)) = uri.split_once(':') else {
-            return self.number(uri.split([';', '?']).next().unwrap_or(""));
+        // Only a registered scheme is one: text before a `:` that is not (a URI written
+        // without its scheme, `user@host:port`) is the URI's user and host.
+        let (scheme, rest) = match uri.split_once(':') {
+            Some((scheme, rest)) if URI_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) => {
+                (scheme, rest)
+            }
+            _ if uri.contains('@') => return self.uri(&format!("sip:{uri}")).split_off(4),
+            _ => return self.number(uri.split([';', '?']).next().unwrap_or("")),
         };
         let rest = rest.split('?').next().unwrap_or("");
         if scheme.eq_ignore_ascii_case("tel") {
@@ -928,6 +937,33 @@ mod tests {
         assert_eq!(p.uri("sip:192.0.2.1:5060"), "sip:192.0.2.1:5060");
         let digits = with(PrivacyMode::KeepLastDigits(2), AddressMode::Keep);
         assert_eq!(digits.uri("sip:+4930111222"), "sip:+********22");
+    }
+
+    /// The text before the first `:` was kept as the scheme whatever it was: a URI written
+    /// without one (`<4915112345678@198.51.100.23:5060>`, as broken user agents do) kept
+    /// its user and host in clear as a "scheme", and any word could stand there.
+    #[test]
+    fn only_a_registered_scheme_is_kept() {
+        let p = with(
+            PrivacyMode::KeyedHash { site_key: [3; 32] },
+            AddressMode::Hash,
+        );
+        for uri in [
+            "4915112345678@198.51.100.23:5060",
+            "AliceSmith:4915112345678@198.51.100.23",
+        ] {
+            let out = p.uri(uri);
+            assert!(
+                !out.contains("4915112345678")
+                    && !out.contains("198.51.100.23")
+                    && !out.contains("Alice"),
+                "{uri} -> {out}"
+            );
+        }
+        assert!(p.uri("SIP:4915112345678@pbx.example").starts_with("SIP:h:"));
+        assert!(p
+            .uri("sips:4915112345678@pbx.example")
+            .starts_with("sips:h:"));
     }
 
     #[test]
