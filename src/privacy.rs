@@ -33,7 +33,7 @@
 //! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
 //! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
 //! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
-//! | call | same: `uri` | scheme (`sip`, `sips`, `tel`, `urn`; text before a `:` that is none of them is taken for the user and host of a URI written without its scheme), pseudonymised user part, host (an IP host by the address mode; a host of digits and separators only, a number written in the host's place, by the number mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
+//! | call | same: `uri` | scheme (`sip`, `sips`, `tel`, `urn`; text before a `:` that is none of them is taken for the user and host of a URI written without its scheme), pseudonymised user part, host (an IP by the address mode; a DNS name kept unless it holds six digits in a row; anything else — a number in the host's place, an escaped `@`, stray characters — by the number mode), port; a URN kept only as an RFC 5031 service URN; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
 //! | call | `caller_address`, `callee_address` | address mode |
 //! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
 //! | call | `reason` | `protocol` kept when registered (SIP, Q.850, ...; else `other`), `cause` kept, `text` removed |
@@ -586,7 +586,7 @@ impl Pseudonymizer {
         if self.clear() {
             // Addresses are governed by their own setting even in clear mode.
             let hostport = split_host(uri);
-            return uri.replacen(hostport, &self.hostport(hostport), 1);
+            return uri.replacen(hostport, &self.uri_hostport(hostport), 1);
         }
         // Only a registered scheme is one: text before a `:` that is not (a URI written
         // without its scheme, `user@host:port`) is the URI's user and host.
@@ -602,19 +602,26 @@ impl Pseudonymizer {
             let number = rest.split(';').next().unwrap_or("");
             return format!("{scheme}:{}", self.number(number));
         }
+        if scheme.eq_ignore_ascii_case("urn") {
+            // RFC 5031 service URNs (`urn:service:sos`) name a service, not a person.
+            let service = rest.len() > 8
+                && rest
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("service:"))
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphabetic() || matches!(b, b':' | b'.' | b'-'));
+            return match service {
+                true => format!("{scheme}:{rest}"),
+                false => format!("{scheme}:{}", self.number(rest)),
+            };
+        }
         let (user, hostport) = match rest.rfind('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let hostport = hostport.split(';').next().unwrap_or("");
-        let hostport = match user {
-            // No user part: a host that is no IP and only digits and separators is a number
-            // written in the host's place (`sip:+4930111222`, `sip:4711`), not a domain.
-            None => self
-                .numeric_host(hostport)
-                .unwrap_or_else(|| self.hostport(hostport)),
-            Some(_) => self.hostport(hostport),
-        };
+        let hostport = self.uri_hostport(hostport);
         match user {
             Some(user) => {
                 let user = user.split([';', ':']).next().unwrap_or("");
@@ -624,52 +631,85 @@ impl Pseudonymizer {
         }
     }
 
-    /// A `host[:port]` whose host is a number (digits, `+`, `-`, `.`, no IP), pseudonymised
-    /// by the number mode; `None` for any other host.
-    fn numeric_host(&self, hostport: &str) -> Option<String> {
-        if hostport.parse::<SocketAddr>().is_ok()
-            || hostport.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
-        {
-            return None;
-        }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
-            _ => (hostport, None),
+    /// The `host[:port]` of a URI, by what the host is: an IP (bracketed or not) by the
+    /// address mode; a DNS name (labels of letters, digits and `-`, a letter somewhere) kept,
+    /// as it names the PBX or the carrier; anything else — digits only (`sip:+4930111222`,
+    /// `sip:4711`: a number in the host's place), an escaped `@` (`4930111222%40pbx`), a
+    /// name with six digits in a row, stray characters — by the number mode, in every
+    /// address mode: it is no address, and a malformed URI's user part ends up there.
+    fn uri_hostport(&self, hostport: &str) -> String {
+        let (host, port) = split_port(hostport);
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = match port.map(str::parse::<u16>) {
+            Some(Ok(port)) => Some(port),
+            Some(Err(_)) => return self.number(hostport),
+            None => None,
         };
-        let numeric = host.chars().any(char::is_numeric)
-            && host
-                .chars()
-                .all(|c| c.is_numeric() || matches!(c, '+' | '-' | '.'));
-        if !numeric || host.parse::<IpAddr>().is_ok() {
-            return None;
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return match (self.privacy.addresses, port) {
+                (AddressMode::Keep, _) => hostport.to_owned(),
+                (_, Some(port)) => self.address(&SocketAddr::new(ip, port).to_string()),
+                (_, None) => self.address(&ip.to_string()),
+            };
         }
-        let number = self.number(host);
-        Some(match port {
-            Some(port) => format!("{number}:{port}"),
-            None => number,
-        })
-    }
-
-    /// `host[:port]` with the address mode applied to an IP host; names are kept (they name
-    /// the PBX or the carrier, not a person).
-    fn hostport(&self, hostport: &str) -> String {
-        if matches!(self.privacy.addresses, AddressMode::Keep) {
+        if host == bare && is_dns_name(host) && !carries_a_number(host) {
             return hostport.to_owned();
         }
-        if hostport.parse::<SocketAddr>().is_ok() {
-            return self.address(hostport);
-        }
-        let host = hostport.trim_matches(['[', ']']);
-        if host.parse::<IpAddr>().is_ok() {
-            return self.address(host);
-        }
-        match hostport.rsplit_once(':') {
-            Some((host, port)) if host.parse::<IpAddr>().is_ok() => {
-                format!("{}:{port}", self.address(host))
-            }
-            _ => hostport.to_owned(),
+        let number = self.number(bare);
+        match port {
+            Some(port) => format!("{number}:{port}"),
+            None => number,
         }
     }
+}
+
+/// `host` and `port` of a URI's `host[:port]`: a bracketed host is one piece, and text
+/// with more than one `:` and no brackets (a bare IPv6 address) has no port.
+fn split_port(hostport: &str) -> (&str, Option<&str>) {
+    if hostport.starts_with('[') {
+        if let Some(end) = hostport.find(']') {
+            let (host, rest) = hostport.split_at(end + 1);
+            if let Some(port) = rest.strip_prefix(':') {
+                return (host, Some(port));
+            }
+            if rest.is_empty() {
+                return (host, None);
+            }
+        }
+        return (hostport, None);
+    }
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        _ => (hostport, None),
+    }
+}
+
+/// A DNS name as a URI host writes it: labels of ASCII letters, digits and `-` (not at
+/// either end), a trailing dot allowed, and a letter somewhere (all digits is a number).
+fn is_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().any(|b| b.is_ascii_alphabetic())
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Whether a host name holds a run of six digits or more: a subscriber or extension number
+/// written into it (`4930111222.pbx.example`), not the name of equipment.
+fn carries_a_number(host: &str) -> bool {
+    host.split(|c: char| !c.is_ascii_digit())
+        .any(|run| run.len() >= 6)
 }
 
 /// The `host[:port]` of a URI, for the clear-mode address rewrite.
@@ -830,6 +870,9 @@ mod tests {
                 with(PrivacyMode::Clear, AddressMode::Truncate),
             ] {
                 let _ = p.uri(&text);
+                for scheme in ["sip:", "urn:", "tel:", "urn:service:"] {
+                    let _ = p.uri(&format!("{scheme}{text}"));
+                }
                 let _ = p.address(&text);
                 let _ = p.number(&text);
                 let _ = product_token(&text);
@@ -964,6 +1007,92 @@ mod tests {
         assert!(p
             .uri("sips:4915112345678@pbx.example")
             .starts_with("sips:h:"));
+    }
+
+    /// URIs as they come, well-formed or not: a number in the user part, in the host's
+    /// place, behind an escaped `@`, after a password, in brackets, in a host name; an
+    /// address in brackets with a port. In every mode nothing of the number is left (in
+    /// keep-digits mode: nothing but its last digits), and with addresses hashed nothing of
+    /// the address. Before the URI host had one rule (2026-12-03), 516 of the 1,701
+    /// combinations of the first nine hosts kept the number or the address (keyed hash,
+    /// addresses hashed).
+    #[test]
+    fn no_uri_keeps_a_number_or_a_hashed_address() {
+        let schemes = [
+            "sip:", "SIP:", "sips:", "tel:", "urn:", "x:", "", "sip:sip:", "tel:+",
+        ];
+        let users = [
+            "4915112345678",
+            "+4915112345678",
+            "49%31%35112345678",
+            "4915112345678;npdi",
+            "4915112345678:pw",
+            "\"4915112345678\"",
+            "",
+        ];
+        let ats = ["@", "%40", ""];
+        let hosts = [
+            "198.51.100.23",
+            "[2001:db8::4915]",
+            "198.51.100.23:5060",
+            "pbx.example",
+            "4915112345678",
+            "[198.51.100.23]:5060",
+            "198.51.100.23;transport=tcp",
+            "pbx.example?x=4915112345678",
+            "198.51.100.23@pbx",
+            "4915112345678pbx.example",
+        ];
+        let modes = [
+            (
+                PrivacyMode::KeyedHash { site_key: [3; 32] },
+                AddressMode::Hash,
+                true,
+            ),
+            (
+                PrivacyMode::KeyedHash { site_key: [3; 32] },
+                AddressMode::Keep,
+                false,
+            ),
+            (PrivacyMode::KeepLastDigits(4), AddressMode::Truncate, false),
+        ];
+        let mut leaks = Vec::new();
+        for (mode, addresses, address_hidden) in modes {
+            let p = with(mode, addresses);
+            for s in schemes {
+                for u in users {
+                    for a in ats {
+                        for h in hosts {
+                            let uri = format!("{s}{u}{a}{h}");
+                            let out = p.uri(&uri);
+                            if out.contains("151123")
+                                || (address_hidden && out.contains("198.51.100.23"))
+                            {
+                                leaks.push(format!("{addresses:?}: {uri} -> {out}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "{} leaks:\n{}",
+            leaks.len(),
+            leaks.join("\n")
+        );
+        // What carries no identity stays readable.
+        let p = with(
+            PrivacyMode::KeyedHash { site_key: [3; 32] },
+            AddressMode::Keep,
+        );
+        assert_eq!(p.uri("sip:pbx.example:5060"), "sip:pbx.example:5060");
+        assert_eq!(p.uri("urn:service:sos"), "urn:service:sos");
+        assert!(p.uri("urn:servicé:4915112345678").starts_with("urn:h:"));
+        assert_eq!(
+            p.uri("sip:4915112345678@[2001:db8::1]:5060;transport=tcp"),
+            format!("sip:{}@[2001:db8::1]:5060", p.number("4915112345678"))
+        );
     }
 
     #[test]
