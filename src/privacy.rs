@@ -29,17 +29,17 @@
 //!
 //! | record | field | decision (outside `clear`) |
 //! |---|---|---|
-//! | call | `record_id` | kept: a SHA-256 of Call-ID, time and address, needed for de-duplication; not reversible without the Call-ID |
+//! | call, stream, queue | `record_id` | keyed: HMAC-SHA256 under the identifier key of the id as made (a SHA-256 of Call-ID, time and address; of a stream's addresses, SSRC and start; of the PBX's call id), so it stays stable and unique but is no oracle for guesses of the Call-ID or a hashed address (kept only in `clear` mode with addresses kept) |
 //! | call | `call_id`, `linked_call_id` | keyed hash (`h:`…): Call-IDs often embed numbers or host addresses |
 //! | call | `caller`, `callee`, `asserted_identity`, `diverted_from`: `user` | number mode |
 //! | call | same: `display_name` | keyed hash (keep-digits mode: `(redacted)`) |
-//! | call | same: `uri` | scheme, pseudonymised user part, host (an IP host by the address mode), port; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
+//! | call | same: `uri` | scheme (`sip`, `sips`, `tel`, `urn`; text before a `:` that is none of them is taken for the user and host of a URI written without its scheme), pseudonymised user part, host (an IP by the address mode; a DNS name kept unless it holds six digits in a row; anything else — a number in the host's place, an escaped `@`, stray characters — by the number mode), port; a URN kept only as an RFC 5031 service URN; every URI and user parameter (`;ext=`, `;rn=`, `;npdi`, `;phone-context=`, `?headers`) removed |
 //! | call | `caller_address`, `callee_address` | address mode |
 //! | call | `final_reason` (reason phrase) | removed (`null`): free text; `final_status` kept |
-//! | call | `reason` | `protocol` reduced to a token, `cause` kept, `text` removed |
+//! | call | `reason` | `protocol` kept when registered (SIP, Q.850, ...; else `other`), `cause` kept, `text` removed |
 //! | call | `user_agents.caller`, `.callee` (User-Agent/Server) | reduced to the product token: the text up to the first `/`, space or other character outside `[A-Za-z0-9._+-]`, at most 32 characters; a token of digits only (an extension) is removed |
-//! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept (SDP tokens) |
-//! | call, stream | stream `src`, `dst` | address mode; `ssrc`, codecs kept |
+//! | call | `media.offer/answer.media[].address` (SDP `c=`) | address mode; `media`, `protocol`, codec names kept when registered (the SDP and RTP payload format registries, in this file), else `other`: a sender writes any word there |
+//! | call, stream | stream `src`, `dst` | address mode; `ssrc` kept; `codec`, `codecs`, `score.codec`, `not_scored.codec` kept when registered, else `other` |
 //! | call, stream | stream `metrics.dtmf[].digit` | replaced by `x`: typed digits are PINs and account numbers; count, times and durations kept |
 //! | orphan streams summary | `by_source[].src_ip` | address mode; counts kept |
 //! | call | `started_before_capture`, `roles_known`, `first_message_time` | kept: flags and a time |
@@ -63,7 +63,7 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::record::media::{MediaQuality, StreamQuality};
+use crate::record::media::{MediaQuality, NotScored, StreamQuality};
 use crate::record::{CallRecord, Party, Record, Sdp};
 
 /// The most digits `keep_digits` may keep: more leave a subscriber number identifiable.
@@ -72,6 +72,160 @@ pub const MAX_KEEP_DIGITS: u8 = 6;
 const MAX_PRODUCT_TOKEN: usize = 32;
 /// What a DTMF digit becomes outside `clear`.
 pub const REDACTED_DIGIT: char = 'x';
+
+/// What a token a sender chose becomes outside `clear` when it is not a registered name.
+pub const UNREGISTERED_TOKEN: &str = "other";
+
+/// Reason protocols (RFC 3326's registry: SIP and Q.850, with RFC 4411's preemption
+/// values, STIR (RFC 8443), RELEASE_SOURCE and location as 3GPP and RFC 8606 use them).
+const REASON_PROTOCOLS: &[&str] = &[
+    "SIP",
+    "Q.850",
+    "Preemption",
+    "EMM",
+    "STIR",
+    "RELEASE_SOURCE",
+    "location",
+];
+
+/// URI schemes a party's URI is written with (RFC 3261, RFC 3966, RFC 5031's `urn:service`).
+const URI_SCHEMES: &[&str] = &["sip", "sips", "tel", "urn"];
+
+/// SDP media types (RFC 8866 §5.14 and its registry).
+const SDP_MEDIA: &[&str] = &["audio", "video", "image", "text", "application", "message"];
+
+/// SDP transport protocols (the registry's values a telephony edge meets).
+const SDP_PROTOCOLS: &[&str] = &[
+    "RTP/AVP",
+    "RTP/SAVP",
+    "RTP/AVPF",
+    "RTP/SAVPF",
+    "UDP/TLS/RTP/SAVP",
+    "UDP/TLS/RTP/SAVPF",
+    "TCP/RTP/AVP",
+    "TCP/RTP/AVPF",
+    "TCP/RTP/SAVP",
+    "TCP/RTP/SAVPF",
+    "TCP/TLS/RTP/SAVP",
+    "TCP/TLS/RTP/SAVPF",
+    "RTP/AVP/TCP",
+    "udptl",
+    "UDP/UDPTL",
+    "TCP/UDPTL",
+    "udp",
+    "TCP",
+    "TCP/MSRP",
+    "TCP/TLS/MSRP",
+    "UDP/BFCP",
+    "TCP/BFCP",
+    "TCP/TLS/BFCP",
+    "UDP/DTLS/SCTP",
+    "TCP/DTLS/SCTP",
+];
+
+/// RTP payload format names (IANA's registry of RTP payload formats, the static payload
+/// types of RFC 3551, and the spellings phones and the E-model table use).
+const CODECS: &[&str] = &[
+    "PCMU",
+    "PCMA",
+    "PCMU-WB",
+    "PCMA-WB",
+    "G711",
+    "G711U",
+    "G711A",
+    "G721",
+    "G722",
+    "G7221",
+    "G7291",
+    "G719",
+    "G723",
+    "G7231",
+    "G726-16",
+    "G726-24",
+    "G726-32",
+    "G726-40",
+    "AAL2-G726-16",
+    "AAL2-G726-24",
+    "AAL2-G726-32",
+    "AAL2-G726-40",
+    "G728",
+    "G729",
+    "G729A",
+    "G729AB",
+    "G729D",
+    "G729E",
+    "GSM",
+    "GSM-EFR",
+    "GSM-HR-08",
+    "1016",
+    "DVI4",
+    "VDVI",
+    "LPC",
+    "L8",
+    "L16",
+    "L20",
+    "L24",
+    "QCELP",
+    "MPA",
+    "MP4A-LATM",
+    "mpeg4-generic",
+    "AMR",
+    "AMR-WB",
+    "AMR-WB+",
+    "EVS",
+    "EVRC",
+    "EVRC0",
+    "EVRC1",
+    "EVRCB",
+    "EVRCB0",
+    "EVRCB1",
+    "EVRCWB",
+    "EVRCWB0",
+    "EVRCWB1",
+    "EVRCNW",
+    "EVRCNW0",
+    "EVRCNW1",
+    "SMV",
+    "SMV0",
+    "iLBC",
+    "iSAC",
+    "opus",
+    "SILK",
+    "SPEEX",
+    "BV16",
+    "BV32",
+    "MELP",
+    "CN",
+    "telephone-event",
+    "tone",
+    "red",
+    "ulpfec",
+    "flexfec",
+    "parityfec",
+    "rtx",
+    "t140",
+    "t38",
+    "JPEG",
+    "H261",
+    "H263",
+    "H263-1998",
+    "H263-2000",
+    "H264",
+    "H264-SVC",
+    "H265",
+    "VP8",
+    "VP9",
+    "AV1",
+    "MPV",
+    "MP2T",
+    "MP1S",
+    "MP2P",
+    "MP4V-ES",
+    "CelB",
+    "nv",
+    "raw",
+    "theora",
+];
 
 /// How numbers and names are written into records.
 #[derive(Clone, PartialEq, Eq)]
@@ -181,8 +335,14 @@ impl Pseudonymizer {
     /// Rewrites every identity in a record (see the decision table in the module doc).
     pub fn apply(&self, record: &mut Record) {
         match record {
-            Record::Call(call) => self.call(call),
-            Record::Stream(stream) => self.stream(&mut stream.stream),
+            Record::Call(call) => {
+                call.record_id = self.record_id(&call.record_id);
+                self.call(call);
+            }
+            Record::Stream(stream) => {
+                stream.record_id = self.record_id(&stream.record_id);
+                self.stream(&mut stream.stream);
+            }
             Record::OrphanStreams(summary) => {
                 for source in &mut summary.by_source {
                     source.src_ip = self.address(&source.src_ip);
@@ -207,8 +367,9 @@ impl Pseudonymizer {
             Record::Sensor(_) | Record::Alert(_) | Record::Interval(_) => {}
             // Counts and record ids of the node's own records.
             Record::Gap(_) => {}
-            // Pseudonymised at ingest, by the same settings (crate::correlation::queue).
-            Record::Queue(_) => {}
+            // Pseudonymised at ingest, by the same settings (crate::correlation::queue); its
+            // id hashes the PBX's call id in clear.
+            Record::Queue(queue) => queue.record_id = self.record_id(&queue.record_id),
             // The agent pseudonymised at ingest too (crate::correlation::queue); queue
             // names are configuration, pause reasons the PBX's codes.
             Record::Agent(_) => {}
@@ -251,7 +412,7 @@ impl Pseudonymizer {
         }
         call.final_reason = None;
         if let Some(reason) = call.reason.as_mut() {
-            reason.protocol = product_token(&reason.protocol).unwrap_or_default();
+            reason.protocol = self.registered(&reason.protocol, REASON_PROTOCOLS);
             reason.text = None;
         }
         for agent in [&mut call.user_agents.caller, &mut call.user_agents.callee] {
@@ -276,6 +437,13 @@ impl Pseudonymizer {
             if let Some(address) = media.address.as_mut() {
                 *address = self.address(address);
             }
+            media.media = self.registered(&media.media, SDP_MEDIA);
+            media.protocol = self.registered(&media.protocol, SDP_PROTOCOLS);
+            for codec in &mut media.codecs {
+                if let Some(name) = codec.name.as_mut() {
+                    *name = self.registered(name, CODECS);
+                }
+            }
         }
     }
 
@@ -293,10 +461,34 @@ impl Pseudonymizer {
     fn stream(&self, stream: &mut StreamQuality) {
         stream.src = self.address(&stream.src);
         stream.dst = self.address(&stream.dst);
+        for name in stream.codec.iter_mut().chain(stream.codecs.iter_mut()) {
+            *name = self.registered(name, CODECS);
+        }
+        if let Some(score) = stream.score.as_mut() {
+            score.codec = self.registered(&score.codec, CODECS);
+        }
+        if let Some(
+            NotScored::Wideband(name) | NotScored::Video(name) | NotScored::UnknownCodec(name),
+        ) = stream.not_scored.as_mut()
+        {
+            *name = self.registered(name, CODECS);
+        }
         if !self.clear() {
             for event in &mut stream.metrics.dtmf {
                 event.digit = REDACTED_DIGIT;
             }
+        }
+    }
+
+    /// A token the sender chose where a registry names the values (a Reason protocol, an
+    /// SDP media type or transport, a codec name): kept when it is one of `registered`
+    /// (case-insensitive, as captured), else [`UNREGISTERED_TOKEN`] — any other word there
+    /// is free text a sender can put a name into. As captured in `clear` mode.
+    fn registered(&self, value: &str, registered: &[&str]) -> String {
+        if self.clear() || registered.iter().any(|r| r.eq_ignore_ascii_case(value)) {
+            value.to_owned()
+        } else {
+            UNREGISTERED_TOKEN.to_owned()
         }
     }
 
@@ -317,7 +509,9 @@ impl Pseudonymizer {
                             if seen <= keep_from {
                                 return '*';
                             }
-                        } else if c.is_alphabetic() {
+                        } else if c.is_alphanumeric() {
+                            // Letters, and digits outside ASCII (full-width, Arabic-Indic):
+                            // only ASCII digits are counted and may be kept.
                             return '*';
                         }
                         c
@@ -342,6 +536,27 @@ impl Pseudonymizer {
             return value.to_owned();
         }
         keyed_hash(&self.privacy.identifier_key, value)
+    }
+
+    /// The id of a record made from identities (a call's: its Call-ID, invite time and
+    /// caller address; a stream's: its addresses, SSRC and start; a queue stay's: the PBX's
+    /// call id). Made as an unkeyed SHA-256, with every hashed part but the identity written
+    /// in the record beside it, it would let whoever holds the records test guesses of the
+    /// Call-ID or of a hashed address offline; so it leaves the box keyed (32 hex
+    /// characters of HMAC-SHA256 under the identifier key): as stable and unique as before,
+    /// recomputable only with the key. As made only when nothing is pseudonymised.
+    fn record_id(&self, id: &str) -> String {
+        if self.clear() && matches!(self.privacy.addresses, AddressMode::Keep) {
+            return id.to_owned();
+        }
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.privacy.identifier_key)
+        else {
+            // HMAC takes a key of any length; never reached.
+            return String::new();
+        };
+        mac.update(b"teledge record id v1\0");
+        mac.update(id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     /// An `ip:port`, a bare IP or a host name, by the address mode.
@@ -371,22 +586,42 @@ impl Pseudonymizer {
         if self.clear() {
             // Addresses are governed by their own setting even in clear mode.
             let hostport = split_host(uri);
-            return uri.replacen(hostport, &self.hostport(hostport), 1);
+            return uri.replacen(hostport, &self.uri_hostport(hostport), 1);
         }
-        let Some((scheme, rest)) = uri.split_once(':') else {
-            return self.number(uri.split([';', '?']).next().unwrap_or(""));
+        // Only a registered scheme is one: text before a `:` that is not (a URI written
+        // without its scheme, `user@host:port`) is the URI's user and host.
+        let (scheme, rest) = match uri.split_once(':') {
+            Some((scheme, rest)) if URI_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) => {
+                (scheme, rest)
+            }
+            _ if uri.contains('@') => return self.uri(&format!("sip:{uri}")).split_off(4),
+            _ => return self.number(uri.split([';', '?']).next().unwrap_or("")),
         };
         let rest = rest.split('?').next().unwrap_or("");
         if scheme.eq_ignore_ascii_case("tel") {
             let number = rest.split(';').next().unwrap_or("");
             return format!("{scheme}:{}", self.number(number));
         }
+        if scheme.eq_ignore_ascii_case("urn") {
+            // RFC 5031 service URNs (`urn:service:sos`) name a service, not a person.
+            let service = rest.len() > 8
+                && rest
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("service:"))
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphabetic() || matches!(b, b':' | b'.' | b'-'));
+            return match service {
+                true => format!("{scheme}:{rest}"),
+                false => format!("{scheme}:{}", self.number(rest)),
+            };
+        }
         let (user, hostport) = match rest.rfind('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
         let hostport = hostport.split(';').next().unwrap_or("");
-        let hostport = self.hostport(hostport);
+        let hostport = self.uri_hostport(hostport);
         match user {
             Some(user) => {
                 let user = user.split([';', ':']).next().unwrap_or("");
@@ -396,26 +631,85 @@ impl Pseudonymizer {
         }
     }
 
-    /// `host[:port]` with the address mode applied to an IP host; names are kept (they name
-    /// the PBX or the carrier, not a person).
-    fn hostport(&self, hostport: &str) -> String {
-        if matches!(self.privacy.addresses, AddressMode::Keep) {
+    /// The `host[:port]` of a URI, by what the host is: an IP (bracketed or not) by the
+    /// address mode; a DNS name (labels of letters, digits and `-`, a letter somewhere) kept,
+    /// as it names the PBX or the carrier; anything else — digits only (`sip:+4930111222`,
+    /// `sip:4711`: a number in the host's place), an escaped `@` (`4930111222%40pbx`), a
+    /// name with six digits in a row, stray characters — by the number mode, in every
+    /// address mode: it is no address, and a malformed URI's user part ends up there.
+    fn uri_hostport(&self, hostport: &str) -> String {
+        let (host, port) = split_port(hostport);
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = match port.map(str::parse::<u16>) {
+            Some(Ok(port)) => Some(port),
+            Some(Err(_)) => return self.number(hostport),
+            None => None,
+        };
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return match (self.privacy.addresses, port) {
+                (AddressMode::Keep, _) => hostport.to_owned(),
+                (_, Some(port)) => self.address(&SocketAddr::new(ip, port).to_string()),
+                (_, None) => self.address(&ip.to_string()),
+            };
+        }
+        if host == bare && is_dns_name(host) && !carries_a_number(host) {
             return hostport.to_owned();
         }
-        if hostport.parse::<SocketAddr>().is_ok() {
-            return self.address(hostport);
-        }
-        let host = hostport.trim_matches(['[', ']']);
-        if host.parse::<IpAddr>().is_ok() {
-            return self.address(host);
-        }
-        match hostport.rsplit_once(':') {
-            Some((host, port)) if host.parse::<IpAddr>().is_ok() => {
-                format!("{}:{port}", self.address(host))
-            }
-            _ => hostport.to_owned(),
+        let number = self.number(bare);
+        match port {
+            Some(port) => format!("{number}:{port}"),
+            None => number,
         }
     }
+}
+
+/// `host` and `port` of a URI's `host[:port]`: a bracketed host is one piece, and text
+/// with more than one `:` and no brackets (a bare IPv6 address) has no port.
+fn split_port(hostport: &str) -> (&str, Option<&str>) {
+    if hostport.starts_with('[') {
+        if let Some(end) = hostport.find(']') {
+            let (host, rest) = hostport.split_at(end + 1);
+            if let Some(port) = rest.strip_prefix(':') {
+                return (host, Some(port));
+            }
+            if rest.is_empty() {
+                return (host, None);
+            }
+        }
+        return (hostport, None);
+    }
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        _ => (hostport, None),
+    }
+}
+
+/// A DNS name as a URI host writes it: labels of ASCII letters, digits and `-` (not at
+/// either end), a trailing dot allowed, and a letter somewhere (all digits is a number).
+fn is_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().any(|b| b.is_ascii_alphabetic())
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Whether a host name holds a run of six digits or more: a subscriber or extension number
+/// written into it (`4930111222.pbx.example`), not the name of equipment.
+fn carries_a_number(host: &str) -> bool {
+    host.split(|c: char| !c.is_ascii_digit())
+        .any(|run| run.len() >= 6)
 }
 
 /// The `host[:port]` of a URI, for the clear-mode address rewrite.
@@ -529,6 +823,10 @@ mod tests {
         assert_eq!(clear.identifier("abc@10.0.0.1"), "abc@10.0.0.1");
         // Identifiers are hashed in last-digits mode too.
         assert!(p.identifier("4930123@10.0.0.1").starts_with("h:"));
+        // Digits outside ASCII (full-width, Arabic-Indic: a user part a softphone wrote in
+        // its locale) were neither digits nor letters here and stayed in clear.
+        assert_eq!(p.number("４９３０１２３４"), "********");
+        assert_eq!(p.number("٤٩٣٠١٢٣٤"), "********");
     }
 
     #[test]
@@ -572,6 +870,9 @@ mod tests {
                 with(PrivacyMode::Clear, AddressMode::Truncate),
             ] {
                 let _ = p.uri(&text);
+                for scheme in ["sip:", "urn:", "tel:", "urn:service:"] {
+                    let _ = p.uri(&format!("{scheme}{text}"));
+                }
                 let _ = p.address(&text);
                 let _ = p.number(&text);
                 let _ = product_token(&text);
@@ -605,6 +906,193 @@ mod tests {
         };
         assert_eq!(summary.by_source[0].src_ip, "198.51.100.0");
         assert_eq!(summary.streams, 3);
+    }
+
+    /// Identity-derived ids leave keyed, stable, distinct per site; as made only when
+    /// nothing is pseudonymised (an id hashing a hashed address would undo the hash).
+    #[test]
+    fn record_ids_made_from_identities_are_keyed() {
+        let id = "5683aac040b72060668e4a807d6c0d50";
+        let p = hashed();
+        let keyed = p.record_id(id);
+        assert_eq!(keyed.len(), 32);
+        assert!(keyed.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(keyed, id);
+        assert_eq!(
+            keyed,
+            p.record_id(id),
+            "stable: a resent record keeps its id"
+        );
+        assert_ne!(keyed, p.record_id("5683aac040b72060668e4a807d6c0d51"));
+        let other = Pseudonymizer::new(Privacy::keyed_hash([4; 32]));
+        assert_ne!(keyed, other.record_id(id));
+        assert_eq!(
+            with(PrivacyMode::Clear, AddressMode::Keep).record_id(id),
+            id
+        );
+        assert_ne!(
+            with(PrivacyMode::Clear, AddressMode::Hash).record_id(id),
+            id
+        );
+        assert_ne!(
+            with(PrivacyMode::KeepLastDigits(4), AddressMode::Keep).record_id(id),
+            id
+        );
+    }
+
+    #[test]
+    fn tokens_a_sender_chooses_are_kept_only_when_registered() {
+        let p = hashed();
+        assert_eq!(p.registered("q.850", REASON_PROTOCOLS), "q.850");
+        assert_eq!(p.registered("SIP", REASON_PROTOCOLS), "SIP");
+        assert_eq!(p.registered("AliceSmith", REASON_PROTOCOLS), "other");
+        assert_eq!(p.registered("telephone-event", CODECS), "telephone-event");
+        assert_eq!(p.registered("OPUS", CODECS), "OPUS");
+        assert_eq!(p.registered("Bob-Office", CODECS), "other");
+        assert_eq!(p.registered("RTP/SAVPF", SDP_PROTOCOLS), "RTP/SAVPF");
+        assert_eq!(p.registered("audio", SDP_MEDIA), "audio");
+        assert_eq!(p.registered("", SDP_MEDIA), "other");
+        let clear = with(PrivacyMode::Clear, AddressMode::Hash);
+        assert_eq!(clear.registered("AliceSmith", CODECS), "AliceSmith");
+    }
+
+    /// A URI without a user part whose host is a number (`sip:+4930111222`, `sip:4711`, as
+    /// some PBXs write a To or a Request-URI) kept the number: only an IP host went through
+    /// the address mode, and every other host was taken for a domain name.
+    #[test]
+    fn a_number_written_as_the_host_of_a_uri_is_pseudonymised() {
+        let p = hashed();
+        for uri in [
+            "sip:+4930111222",
+            "sip:4930111222:5060",
+            "sips:4711;user=phone",
+            "sip:４９３０１１１２２２",
+        ] {
+            let out = p.uri(uri);
+            assert!(
+                !out.contains("4930111222") && !out.contains("4711") && !out.contains("４９"),
+                "{uri} -> {out}"
+            );
+            assert!(out.contains("h:"), "{uri} -> {out}");
+        }
+        // Domain names and IPs are what they were.
+        assert_eq!(p.uri("sip:pbx.example.com"), "sip:pbx.example.com");
+        assert_eq!(p.uri("sip:192.0.2.1:5060"), "sip:192.0.2.1:5060");
+        let digits = with(PrivacyMode::KeepLastDigits(2), AddressMode::Keep);
+        assert_eq!(digits.uri("sip:+4930111222"), "sip:+********22");
+    }
+
+    /// The text before the first `:` was kept as the scheme whatever it was: a URI written
+    /// without one (`<4915112345678@198.51.100.23:5060>`, as broken user agents do) kept
+    /// its user and host in clear as a "scheme", and any word could stand there.
+    #[test]
+    fn only_a_registered_scheme_is_kept() {
+        let p = with(
+            PrivacyMode::KeyedHash { site_key: [3; 32] },
+            AddressMode::Hash,
+        );
+        for uri in [
+            "4915112345678@198.51.100.23:5060",
+            "AliceSmith:4915112345678@198.51.100.23",
+        ] {
+            let out = p.uri(uri);
+            assert!(
+                !out.contains("4915112345678")
+                    && !out.contains("198.51.100.23")
+                    && !out.contains("Alice"),
+                "{uri} -> {out}"
+            );
+        }
+        assert!(p.uri("SIP:4915112345678@pbx.example").starts_with("SIP:h:"));
+        assert!(p
+            .uri("sips:4915112345678@pbx.example")
+            .starts_with("sips:h:"));
+    }
+
+    /// URIs as they come, well-formed or not: a number in the user part, in the host's
+    /// place, behind an escaped `@`, after a password, in brackets, in a host name; an
+    /// address in brackets with a port. In every mode nothing of the number is left (in
+    /// keep-digits mode: nothing but its last digits), and with addresses hashed nothing of
+    /// the address. Before the URI host had one rule (2026-12-03), 516 of the 1,701
+    /// combinations of the first nine hosts kept the number or the address (keyed hash,
+    /// addresses hashed).
+    #[test]
+    fn no_uri_keeps_a_number_or_a_hashed_address() {
+        let schemes = [
+            "sip:", "SIP:", "sips:", "tel:", "urn:", "x:", "", "sip:sip:", "tel:+",
+        ];
+        let users = [
+            "4915112345678",
+            "+4915112345678",
+            "49%31%35112345678",
+            "4915112345678;npdi",
+            "4915112345678:pw",
+            "\"4915112345678\"",
+            "",
+        ];
+        let ats = ["@", "%40", ""];
+        let hosts = [
+            "198.51.100.23",
+            "[2001:db8::4915]",
+            "198.51.100.23:5060",
+            "pbx.example",
+            "4915112345678",
+            "[198.51.100.23]:5060",
+            "198.51.100.23;transport=tcp",
+            "pbx.example?x=4915112345678",
+            "198.51.100.23@pbx",
+            "4915112345678pbx.example",
+        ];
+        let modes = [
+            (
+                PrivacyMode::KeyedHash { site_key: [3; 32] },
+                AddressMode::Hash,
+                true,
+            ),
+            (
+                PrivacyMode::KeyedHash { site_key: [3; 32] },
+                AddressMode::Keep,
+                false,
+            ),
+            (PrivacyMode::KeepLastDigits(4), AddressMode::Truncate, false),
+        ];
+        let mut leaks = Vec::new();
+        for (mode, addresses, address_hidden) in modes {
+            let p = with(mode, addresses);
+            for s in schemes {
+                for u in users {
+                    for a in ats {
+                        for h in hosts {
+                            let uri = format!("{s}{u}{a}{h}");
+                            let out = p.uri(&uri);
+                            if out.contains("151123")
+                                || (address_hidden && out.contains("198.51.100.23"))
+                            {
+                                leaks.push(format!("{addresses:?}: {uri} -> {out}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "{} leaks:\n{}",
+            leaks.len(),
+            leaks.join("\n")
+        );
+        // What carries no identity stays readable.
+        let p = with(
+            PrivacyMode::KeyedHash { site_key: [3; 32] },
+            AddressMode::Keep,
+        );
+        assert_eq!(p.uri("sip:pbx.example:5060"), "sip:pbx.example:5060");
+        assert_eq!(p.uri("urn:service:sos"), "urn:service:sos");
+        assert!(p.uri("urn:servicé:4915112345678").starts_with("urn:h:"));
+        assert_eq!(
+            p.uri("sip:4915112345678@[2001:db8::1]:5060;transport=tcp"),
+            format!("sip:{}@[2001:db8::1]:5060", p.number("4915112345678"))
+        );
     }
 
     #[test]

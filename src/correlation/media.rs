@@ -69,6 +69,24 @@ use crate::time::Timestamp;
 /// `streams_beyond_call_cap`.
 pub const MAX_STREAMS_PER_CALL: usize = 64;
 
+/// Most media endpoints one call keeps announced (RTP and RTCP addresses of its SDP, newest
+/// kept): a real call has a handful (two sides, RTCP, a re-INVITE or transfer moving them).
+/// Without it every SDP of a dialog added endpoints that stayed until the dialog ended, so
+/// one dialog re-INVITEd with ever new ports filled the endpoint table and every later
+/// call's SDP was turned away, its RTP measured as orphans. Beyond it the call's oldest
+/// endpoint is forgotten (a stream already flowing there keeps being measured), counted in
+/// `call_endpoints_forgotten`.
+pub const MAX_ENDPOINTS_PER_CALL: usize = 32;
+
+/// Most open streams of one SSRC in the SSRC index (a relay's legs: two; a few more when
+/// several relays or a conference forward one sender). Each new stream is compared with the
+/// others of its SSRC (is it another leg of a call's stream?), and RTCP on an unannounced
+/// leg looks its SSRC up there, so without it RTP sprayed under one SSRC from ever new
+/// addresses cost time growing with the square of the streams (a capture thread stalled, its
+/// ring overflowing). A stream beyond it is measured, but not linked to a call by its SSRC;
+/// counted in `streams_not_indexed_by_ssrc`.
+pub const MAX_STREAMS_PER_SSRC: usize = 8;
+
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
@@ -141,6 +159,13 @@ pub struct MediaCounters {
     /// Streams to or from a call's media endpoints beyond [`MAX_STREAMS_PER_CALL`],
     /// measured as orphans instead of joining the call.
     pub streams_beyond_call_cap: u64,
+    /// Orphan streams closed early (and reported) to make room in a full stream table for
+    /// a stream a call's SDP announced: an orphan RTP flood cannot keep calls unmeasured.
+    pub orphans_closed_for_calls: u64,
+    /// A call's oldest media endpoints forgotten beyond [`MAX_ENDPOINTS_PER_CALL`].
+    pub call_endpoints_forgotten: u64,
+    /// Streams of an SSRC beyond [`MAX_STREAMS_PER_SSRC`]: measured, not indexed by SSRC.
+    pub streams_not_indexed_by_ssrc: u64,
 }
 
 impl MediaCounters {
@@ -167,6 +192,9 @@ impl MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
+            call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -187,6 +215,9 @@ impl MediaCounters {
         self.ended_endpoints_forgotten += ended_endpoints_forgotten;
         self.orphan_streams_summarised += orphan_streams_summarised;
         self.streams_beyond_call_cap += streams_beyond_call_cap;
+        self.orphans_closed_for_calls += orphans_closed_for_calls;
+        self.call_endpoints_forgotten += call_endpoints_forgotten;
+        self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
     }
 }
 
@@ -525,10 +556,38 @@ impl MediaTracker {
                     others,
                 },
             );
-            self.endpoints_by_call
-                .entry(call.clone())
-                .or_default()
-                .push(addr);
+            let addrs = self.endpoints_by_call.entry(call.clone()).or_default();
+            // Announced again (a session refresh, hold and resume): now the newest.
+            addrs.retain(|a| *a != addr);
+            addrs.push(addr);
+            if addrs.len() > MAX_ENDPOINTS_PER_CALL {
+                let oldest = addrs.remove(0);
+                self.counters.call_endpoints_forgotten += 1;
+                self.forget_endpoint(&call, oldest);
+            }
+        }
+    }
+
+    /// Takes `call`'s claim off the endpoint at `addr`: another leg that announced it too
+    /// keeps it, else it is forgotten.
+    fn forget_endpoint(&mut self, call: &str, addr: SocketAddr) {
+        let Some(endpoint) = self.endpoints.get_mut(&addr) else {
+            return;
+        };
+        if let Some(others) = endpoint.others.as_deref_mut() {
+            others.retain(|(c, _)| &**c != call);
+        }
+        if &*endpoint.call == call {
+            match endpoint.others.as_deref_mut().and_then(Vec::pop) {
+                // Another leg announced it too: the endpoint is now that leg's.
+                Some((other, side)) => {
+                    endpoint.call = other;
+                    endpoint.side = side;
+                }
+                None => {
+                    self.endpoints.remove(&addr);
+                }
+            }
         }
     }
 
@@ -567,7 +626,7 @@ impl MediaTracker {
             Kind::Rtcp => self.rtcp(meta, payload),
             Kind::Rtp => match packet::decode_rtp(payload) {
                 Ok(rtp) => {
-                    self.rtp(meta, rtp);
+                    self.rtp(meta, rtp, out);
                     if self.tap.is_listening() {
                         self.tap_rtp(meta, &rtp, payload);
                     }
@@ -626,7 +685,7 @@ impl MediaTracker {
         self.endpoints.contains_key(&meta.dst) || self.endpoints.contains_key(&meta.src)
     }
 
-    fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket) {
+    fn rtp(&mut self, meta: &DatagramMeta, rtp: RtpPacket, out: &mut impl FnMut(StreamRecord)) {
         let key = StreamKey::new(meta.src, meta.dst, rtp.ssrc);
         if let Some(stream) = self.streams.get_mut(&key) {
             self.counters.rtp_packets += 1;
@@ -662,6 +721,9 @@ impl MediaTracker {
                 self.counters.rtp_after_call_end += 1;
             }
             Some((ep, direction)) => {
+                if self.streams_of_call(&ep.call) < MAX_STREAMS_PER_CALL {
+                    self.make_room_for_a_call_stream(out);
+                }
                 self.open_stream(
                     key,
                     Some(ep.call),
@@ -730,6 +792,30 @@ impl MediaTracker {
         }
     }
 
+    /// At `max_streams`, closes one orphan stream (reported as any orphan, counted in
+    /// `orphans_closed_for_calls`) so a stream a call's SDP announced is measured: the table
+    /// is otherwise first come, first served, and RTP sprayed under new SSRCs would hold it
+    /// against every call. The orphan is the first the table yields among a few looked at
+    /// (table order is keyed, so a sender cannot choose it); when none of them is an orphan
+    /// the call's stream is turned away as before (`streams_dropped_at_capacity`).
+    fn make_room_for_a_call_stream(&mut self, out: &mut impl FnMut(StreamRecord)) {
+        /// Entries looked at: bounds the cost when the table holds calls' streams only.
+        const LOOK_AT: usize = 64;
+        if self.streams.len() < self.limits.max_streams {
+            return;
+        }
+        let orphan = self
+            .streams
+            .iter()
+            .take(LOOK_AT)
+            .find(|(_, s)| s.call.is_none())
+            .map(|(k, _)| *k);
+        if let Some(key) = orphan {
+            self.counters.orphans_closed_for_calls += 1;
+            self.close_stream(key, out);
+        }
+    }
+
     fn open_stream(
         &mut self,
         key: StreamKey,
@@ -790,6 +876,15 @@ impl MediaTracker {
     /// stream, through an address that call's SDP announced (the relay), is that call's other
     /// leg: it joins the call, in the same direction.
     fn link_relayed(&mut self, key: StreamKey) {
+        if self
+            .ssrc_streams(key.ssrc)
+            .nth(MAX_STREAMS_PER_SSRC - 1)
+            .is_some()
+        {
+            // Measured, but neither indexed nor linked: see MAX_STREAMS_PER_SSRC.
+            self.counters.streams_not_indexed_by_ssrc += 1;
+            return;
+        }
         let peers: Vec<StreamKey> = self
             .ssrc_streams(key.ssrc)
             .filter(|k| **k != key)
@@ -1159,24 +1254,7 @@ impl MediaTracker {
             }
         }
         for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
-            let Some(endpoint) = self.endpoints.get_mut(&addr) else {
-                continue;
-            };
-            if let Some(others) = endpoint.others.as_deref_mut() {
-                others.retain(|(c, _)| &**c != call_id);
-            }
-            if &*endpoint.call == call_id {
-                match endpoint.others.as_deref_mut().and_then(Vec::pop) {
-                    // Another leg announced it too: the endpoint is now that leg's.
-                    Some((call, side)) => {
-                        endpoint.call = call;
-                        endpoint.side = side;
-                    }
-                    None => {
-                        self.endpoints.remove(&addr);
-                    }
-                }
-            }
+            self.forget_endpoint(call_id, addr);
         }
         for (key, stream) in &streams {
             measured.push((stream.direction, stream.quality(*key, Some(&rtcp))));
@@ -1560,7 +1638,10 @@ fn score(
     let codec = codec.ok_or(NotScored::NoData)?;
     let impairment = emodel::codec_impairment(codec)?;
     let buffer = metrics.jitter_buffers.first().ok_or(NotScored::NoData)?;
-    if metrics.expected <= 0 {
+    // No jitter: no two voice packets were timed (a clock rate of 0 in the SDP, or one so
+    // wrong that every packet looks like a timestamp jump), so the playout buffers never
+    // ran and the loss alone would give a score for what nobody measured.
+    if metrics.expected <= 0 || metrics.max_jitter_ms.is_none() {
         return Err(NotScored::NoData);
     }
     let (delay, delay_source) = delay.unwrap_or((0.0, DelaySource::AssumedDefault));
@@ -1624,6 +1705,9 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
+            call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1645,6 +1729,9 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             ended_endpoints_forgotten,
             orphan_streams_summarised,
             streams_beyond_call_cap,
+            orphans_closed_for_calls,
+            call_endpoints_forgotten,
+            streams_not_indexed_by_ssrc,
         }
     }
 }
@@ -1793,6 +1880,89 @@ mod tests {
         }
         let c = tracker.counters();
         assert_eq!((c.rtcp_packets, c.rtcp_dropped_at_capacity), (10, 6));
+    }
+
+    /// Every stream of one SSRC went into the SSRC index, and each new one compared itself
+    /// with all the others (a relay's second leg): RTP sprayed under one SSRC from ever new
+    /// addresses cost time growing with the square of the streams — 60,000 such streams took
+    /// a release replay 147 s against 0.5 s for 60,000 SSRCs, a capture thread stalled while
+    /// its ring overflowed. The index now holds a few streams an SSRC; the rest are measured
+    /// but not indexed, counted.
+    #[test]
+    fn one_ssrc_from_many_addresses_is_indexed_a_bounded_number_of_times() {
+        let mut tracker = MediaTracker::new(MediaLimits::default());
+        let streams = 1000u32;
+        for i in 0..streams {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_secs_nanos(1_700_000_000, i * 10_000),
+                    src: SocketAddr::new([10, 1, (i >> 8) as u8, i as u8].into(), 4000),
+                    dst: "10.0.0.2:5000".parse().unwrap(),
+                };
+                let mut p = vec![0x80, 8];
+                p.extend_from_slice(&seq.to_be_bytes());
+                p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                p.extend_from_slice(&0x5555u32.to_be_bytes());
+                p.extend_from_slice(&[0xD5; 20]);
+                tracker.datagram(&meta, &p, &mut |_| {});
+            }
+        }
+        assert_eq!(tracker.active_streams(), streams as usize, "all measured");
+        let indexed = tracker.ssrc_streams(0x5555).count();
+        assert_eq!(indexed, MAX_STREAMS_PER_SSRC, "the index is bounded");
+        let c = tracker.counters();
+        assert_eq!(
+            c.streams_not_indexed_by_ssrc,
+            u64::from(streams) - MAX_STREAMS_PER_SSRC as u64
+        );
+    }
+
+    /// An SDP may give a voice codec any clock rate: with 0 (or 1, where every 20 ms
+    /// packet looks like a timestamp jump) no packet's timing was ever measured — no jitter,
+    /// the playout buffers never fed — yet the stream was scored from its sequence numbers
+    /// alone, MOS 4.41 for whatever the caller heard. Unmeasured timing is no score.
+    #[test]
+    fn a_stream_whose_timing_was_never_measured_is_not_scored() {
+        for rate in ["0", "1"] {
+            let mut tracker = MediaTracker::new(MediaLimits::default());
+            let sdp = format!(
+                "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+                 m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 PCMU/{rate}\r\n"
+            );
+            let sdp = crate::decode::sdp::summarize(sdp.as_bytes()).unwrap();
+            tracker.learn("call", Side::Callee, &sdp);
+            for i in 0..50u32 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_secs_nanos(1_700_000_000, i * 20_000_000),
+                    src: "10.0.0.1:4000".parse().unwrap(),
+                    dst: "10.0.0.2:5000".parse().unwrap(),
+                };
+                let mut p = vec![0x80, 96];
+                p.extend_from_slice(&(i as u16).to_be_bytes());
+                p.extend_from_slice(&(i * 160).to_be_bytes());
+                p.extend_from_slice(&7u32.to_be_bytes());
+                p.extend_from_slice(&[0xFF; 160]);
+                tracker.datagram(&meta, &p, &mut |_| {});
+            }
+            let quality = tracker.end_call("call", Timestamp::from_secs_nanos(1_700_000_002, 0));
+            let stream = quality
+                .caller_to_callee
+                .iter()
+                .chain(&quality.callee_to_caller)
+                .chain(&quality.unknown_direction)
+                .next()
+                .unwrap();
+            assert_eq!(stream.metrics.packets, 50, "rate {rate}");
+            assert_eq!(stream.metrics.max_jitter_ms, None, "rate {rate}");
+            assert!(stream.score.is_none(), "rate {rate}: {:?}", stream.score);
+            assert_eq!(
+                stream.not_scored,
+                Some(crate::record::media::NotScored::NoData),
+                "rate {rate}"
+            );
+        }
     }
 
     /// The middle 32 bits of the NTP timestamp of a time.

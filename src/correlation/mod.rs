@@ -523,6 +523,161 @@ mod tests {
         c.sip(&meta, &msg, &mut |r| out.push(r));
     }
 
+    /// RTP under ever new SSRCs to ever new ports (three packets each, past probation)
+    /// filled the stream table with orphans; a stream a call's SDP announced was then turned
+    /// away (`streams_dropped_at_capacity`) until the orphans went idle, 60 s later — a
+    /// sprayer sending 1,700 new streams a second kept every call unmeasured for as long as
+    /// it sprayed. The call table makes room for real calls; the stream table now makes
+    /// room for a call's stream by closing an orphan (reported, counted).
+    #[test]
+    fn an_orphan_spray_filling_the_stream_table_does_not_keep_a_call_unmeasured() {
+        let max_streams = 100;
+        let mut c = Correlator::new(
+            CallLimits::default(),
+            MediaLimits {
+                max_streams,
+                ..MediaLimits::default()
+            },
+        );
+        let mut out = Vec::new();
+        let base = 1_700_000_000_000_000_000i64;
+        for i in 0..(2 * max_streams as u32) {
+            for seq in 0..3u16 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: Timestamp::from_nanos(base + i64::from(i) * 1_000_000),
+                    src: format!("10.66.{}.{}:4000", i / 250, i % 250)
+                        .parse()
+                        .unwrap(),
+                    dst: format!("10.0.0.1:{}", 20_000 + 2 * i).parse().unwrap(),
+                };
+                c.datagram(&meta, &rtp(seq, i), &mut |r| out.push(r));
+            }
+        }
+        assert_eq!(c.media().active_streams(), max_streams, "the table is full");
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: mid@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            500,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        for i in 0..50u16 {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(base + (600 + i64::from(i) * 20) * 1_000_000),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(i, 77), &mut |r| out.push(r));
+        }
+        assert!(c.media().active_streams() <= max_streams, "the bound holds");
+        let counters = c.media().counters();
+        assert_eq!(counters.orphans_closed_for_calls, 1, "{counters:?}");
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let call = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        // Every orphan is reported, the one closed early too.
+        let orphans: u64 = out
+            .iter()
+            .map(|r| match r {
+                Record::Stream(_) => 1,
+                Record::OrphanStreams(s) => s.streams,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(orphans, c.media().counters().orphan_streams);
+    }
+
+    /// Every SDP of a dialog added its media endpoints to the endpoint table and none was
+    /// forgotten while the dialog lasted: one dialog re-INVITEd with ever new ports (by a
+    /// party to a call, or anyone on the tapped link) filled the table (`max_endpoints`),
+    /// and from then on every new call's SDP was turned away (`endpoints_dropped_at_capacity`)
+    /// and its RTP measured as orphans, for as long as that dialog lasted (hours). A call
+    /// now keeps its newest endpoints only (the oldest are forgotten past a per-call cap,
+    /// counted), so one dialog cannot hold the table.
+    #[test]
+    fn one_dialog_reinvited_with_new_ports_cannot_hold_the_endpoint_table() {
+        let max_endpoints = 200;
+        let mut c = Correlator::new(
+            CallLimits::default(),
+            MediaLimits {
+                max_endpoints,
+                ..MediaLimits::default()
+            },
+        );
+        let mut out = Vec::new();
+        let reinvite = |cseq: u32, port: u32| {
+            let sdp = format!("v=0\r\no=- 1 {cseq} IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n");
+            format!(
+                "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr{cseq}\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: hog@x\r\nCSeq: {cseq} INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        };
+        for i in 0..(max_endpoints as u32) {
+            let text = reinvite(10 + i, 10_000 + 2 * i);
+            sip_at(
+                &mut c,
+                i64::from(i),
+                &text,
+                "10.0.0.2:5060",
+                "10.0.0.1:5060",
+                &mut out,
+            );
+        }
+        // A new call, its SDP learned now, then its RTP.
+        let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let invite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKnew\r\nFrom: <sip:c@x>;tag=C\r\nTo: <sip:a@x>\r\nCall-ID: new@x\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            1000,
+            &invite,
+            "10.0.0.9:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        for i in 0..50u16 {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(
+                    1_700_000_000_000_000_000 + (1100 + i64::from(i) * 20) * 1_000_000,
+                ),
+                src: "10.0.0.1:6000".parse().unwrap(),
+                dst: "10.0.0.9:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(i, 99), &mut |r| out.push(r));
+        }
+        let counters = c.media().counters();
+        assert_eq!(counters.endpoints_dropped_at_capacity, 0, "{counters:?}");
+        assert!(counters.call_endpoints_forgotten > 0, "{counters:?}");
+        assert_eq!(counters.orphan_streams, 0, "{counters:?}");
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let new = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) if c.call_id == "new@x" => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(new.media_quality.streams(), 1, "{:?}", new.media_quality);
+    }
+
     #[test]
     fn a_call_joined_at_its_reinvite_gets_its_media_and_rtp_after_the_bye_is_counted() {
         let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());

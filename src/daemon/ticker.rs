@@ -163,6 +163,9 @@ pub(super) fn publish_pipeline_counters(
         ("ended_dialogs", calls.ended_forgotten),
         ("ended_media_endpoints", media.ended_endpoints_forgotten),
         ("orphan_stream_records", media.orphan_streams_summarised),
+        ("orphan_streams_for_calls", media.orphans_closed_for_calls),
+        ("call_media_endpoints", media.call_endpoints_forgotten),
+        ("ssrc_index", media.streams_not_indexed_by_ssrc),
         ("calls_joined_mid_dialog", calls.partial_calls_refused),
         ("media_routes", shards.routes_dropped_at_capacity),
     ] {

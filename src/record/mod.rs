@@ -29,7 +29,7 @@
 //! |---|---|
 //! | `type` | `"call"` |
 //! | `schema` | `"teledge.call/1"`; a new major version is a breaking change |
-//! | `record_id` | 32 hex chars, a hash of Call-ID, first INVITE time (for a partial record the first message's time) and caller address: replaying the same capture gives the same ids, so a collector can drop duplicates |
+//! | `record_id` | 32 hex chars, a hash of Call-ID, first INVITE time (for a partial record the first message's time) and caller address: replaying the same capture gives the same ids, so a collector can drop duplicates; what is stored or sent is that id keyed under the identifier key (HMAC-SHA256, 32 hex chars; see `crate::privacy`), so it cannot be used to test guesses of the Call-ID |
 //! | `call_id` | the SIP Call-ID |
 //! | `linked_call_id` | leg-linking header of a B2BUA (`X-CID`, `X-Call-ID`, `X-Orig-Call-ID`) |
 //! | `caller`, `callee` | `{user, display_name, uri}` from From and To of the first INVITE (each text at most 256 bytes, as every header text a record holds; longer ones are cut and counted) |

@@ -160,6 +160,13 @@ pub struct MediaCounters {
     pub orphan_streams_summarised: u64,
     /// Streams at a call's media endpoints beyond the per-call cap, measured as orphans.
     pub streams_beyond_call_cap: u64,
+    /// Orphan streams closed early, and reported, to make room in a full stream table for a
+    /// stream a call's SDP announced.
+    pub orphans_closed_for_calls: u64,
+    /// A call's oldest media endpoints forgotten beyond the per-call cap (32).
+    pub call_endpoints_forgotten: u64,
+    /// Streams of one SSRC beyond the SSRC index's 8: measured, not linked to a call by it.
+    pub streams_not_indexed_by_ssrc: u64,
 }
 
 /// Counters of the call tracker.

@@ -246,6 +246,56 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
+/// The record ids of call and stream records in a replay's JSON Lines.
+fn record_ids(jsonl: &str) -> Vec<String> {
+    jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["type"] == "call" || r["type"] == "stream")
+        .filter_map(|r| r["record_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A record id is an unkeyed SHA-256 of the Call-ID, the invite time and the caller's
+/// address (a stream's: of its addresses, SSRC and start), all but the hashed parts written
+/// in the record beside it. Stored as it is made, it lets anyone holding the records test
+/// guesses of the Call-ID or of a hashed address — a number inside a Call-ID, a /16 of
+/// hosts — offline, at billions a second, which the keyed hashes of those fields exist to
+/// prevent. So the ids that leave the box are keyed too: still stable (a resent record keeps
+/// its id) and unique, but none equals the plain replay's id, nor the id recomputed from the
+/// captured Call-ID.
+fn assert_ids_are_no_oracle(plain_ids: &[String], spooled: &[Value]) {
+    let call = spooled.iter().find(|r| r["type"] == "call").unwrap();
+    let invite_ns = serde_json::from_value::<teledge::time::Timestamp>(call["invite_time"].clone())
+        .unwrap()
+        .as_nanos();
+    let guessed = teledge::record::stable_id(&[
+        format!("4915112345678-secretcall@{}", Ipv4Addr::from(CALLER.0)).as_bytes(),
+        &invite_ns.to_be_bytes(),
+        format!("{}:{}", Ipv4Addr::from(CALLER.0), CALLER.1).as_bytes(),
+    ]);
+    assert!(
+        plain_ids.contains(&guessed),
+        "the guess reproduces the plain id (else this test proves nothing): {guessed} not in {plain_ids:?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for record in spooled {
+        let Some(id) = record["record_id"].as_str() else {
+            continue;
+        };
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(seen.insert(id.to_owned()), "{id} twice in the spool");
+        assert!(
+            !plain_ids.iter().any(|p| p == id),
+            "{id}: the unkeyed id of a {} record left the box",
+            record["type"]
+        );
+    }
+}
+
 /// The records are there and say what a supervisor needs: the checks above would pass
 /// vacuously on records without those fields.
 fn assert_useful(records: &[Value]) {
@@ -294,6 +344,8 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         .output()
         .unwrap();
     let plain = String::from_utf8_lossy(&plain.stdout);
+    let plain_ids = record_ids(&plain);
+    assert!(plain_ids.len() >= 2, "a call and a stream: {plain}");
     for secret in [
         "4915112345678",
         "Bobsecret",
@@ -340,6 +392,7 @@ fn no_identity_reaches_the_spool_or_the_collector_in_clear() {
         assert_no_secret("the spool", &record.to_string());
     }
     assert_useful(&spooled);
+    assert_ids_are_no_oracle(&plain_ids, &spooled);
 
     // Then the collector: what it stores is as clean.
     let out_dir = work.path().join("collected");
@@ -557,4 +610,387 @@ fn capture_summary_names_no_directory_of_any_file_it_lists() {
     );
     // ...and no directory.
     assert_no_secret("the capture summary", &summary.to_string());
+}
+
+/// Every header, SDP line and RTCP item that can name a person or a site carries a marker
+/// (`Zq…`: no hex digit, no base64 of anything teledge writes), in a call that is answered,
+/// talks, reports RTCP and ends. Nothing of them may reach the spool in clear, in keyed-hash
+/// mode with addresses hashed: the product token of a User-Agent/Server (the README keeps
+/// it) and host names (kept: they name the PBX or carrier) are the only exceptions, and the
+/// capture keeps its markers out of them.
+#[test]
+fn no_marker_of_any_identity_field_reaches_the_spool() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("markers.pcap");
+    std::fs::write(&capture, marker_capture().0).unwrap();
+    let plain = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["replay", "--no-progress"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(plain.contains("\"outcome\":\"answered\""), "{plain}");
+    for marker in ["ZqCodec", "ZqProtocol", "ZqFromName"] {
+        assert!(
+            plain.contains(marker),
+            "the plain replay shows {marker}: {plain}"
+        );
+    }
+    assert!(
+        plain.contains("\"not_scored\":{\"reason\":\"unknown_codec\",\"codec\":\"ZqCodec\"}"),
+        "{plain}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = forward_config(
+        &pki,
+        work.path(),
+        port,
+        "mode = \"keyed_hash\"\naddresses = \"hash\"",
+    );
+    let out = replay_forward(&config, &capture, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Zq"), "a marker on stderr: {stderr}");
+    // On disk the records are sealed: no marker in any file of the spool directory.
+    let mut files = vec![work.path().join("spool")];
+    let mut read = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        read += bytes.len();
+        // Whole markers: two bytes would turn up by chance in kilobytes of ciphertext.
+        for marker in MARKERS {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{marker} in clear in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(read > 1000, "the spool was read: {read} bytes");
+    let forward = teledge::config::load_forward(&config).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(forward.spool.clone(), forward.keyring.clone()).unwrap();
+    let spooled: Vec<String> = spool
+        .read(None, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    drop(spool);
+    assert!(spooled.iter().any(|r| r.contains("\"type\":\"call\"")));
+    let leaks: Vec<&str> = spooled
+        .iter()
+        .flat_map(|r| {
+            r.match_indices("Zq")
+                .map(move |(at, _)| &r[at..(at + 24).min(r.len())])
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "markers in the spool: {leaks:#?}\n{spooled:#?}"
+    );
+    // Registered names stay: the record still says what was negotiated.
+    let call = spooled
+        .iter()
+        .find(|r| r.contains("\"type\":\"call\""))
+        .unwrap();
+    for kept in [
+        "\"name\":\"PCMU\"",
+        "\"name\":\"telephone-event\"",
+        "\"protocol\":\"RTP/AVP\"",
+        "\"media\":\"audio\"",
+        "\"name\":\"other\"",
+        "\"protocol\":\"other\"",
+        "\"codec\":\"other\"",
+    ] {
+        assert!(call.contains(kept), "{kept} not in {call}");
+    }
+}
+
+/// Every marker [`marker_capture`] writes.
+const MARKERS: &[&str] = &[
+    "ZqOrigin",
+    "ZqSessionName",
+    "ZqInfo",
+    "ZqUri",
+    "ZqEmail",
+    "ZqPhone",
+    "ZqCodec",
+    "ZqLabel",
+    "ZqBranch",
+    "ZqRecordRoute",
+    "ZqFromName",
+    "ZqFromUser",
+    "ZqFromParam",
+    "ZqFromTag",
+    "ZqToName",
+    "ZqToUser",
+    "ZqCallId",
+    "ZqRequestUser",
+    "ZqRoute",
+    "ZqContactName",
+    "ZqContactUser",
+    "ZqPaiName",
+    "ZqPaiUser",
+    "ZqPpiName",
+    "ZqPpiUser",
+    "ZqRpidName",
+    "ZqRpidUser",
+    "ZqDivName",
+    "ZqDivUser",
+    "ZqHistoryUser",
+    "ZqReferredBy",
+    "ZqReplyTo",
+    "ZqUserAgent",
+    "ZqOrganization",
+    "ZqSubject",
+    "ZqProxyAuthUser",
+    "ZqRealm",
+    "ZqXHeader",
+    "ZqReasonPhrase",
+    "ZqServer",
+    "ZqContact2",
+    "ZqToTag",
+    "ZqAuthUser",
+    "ZqCname",
+    "ZqName",
+    "ZqLoc",
+    "ZqTool",
+    "ZqNote",
+    "ZqRefer",
+    "ZqReferTo",
+    "ZqBye",
+    "ZqByeOk",
+    "ZqProtocol",
+    "ZqReasonText",
+];
+
+/// The call of [`no_marker_of_any_identity_field_reaches_the_spool`].
+fn marker_capture() -> (Vec<u8>, Vec<(bool, String)>) {
+    let mut pcap = Pcap::new();
+    let mut sip = Vec::new();
+    let caller = Ipv4Addr::from(CALLER.0);
+    let pbx = Ipv4Addr::from(PBX.0);
+    let sdp = |ip: Ipv4Addr, port: u16| {
+        format!(
+            "v=0\r\no=ZqOrigin 1 1 IN IP4 {ip}\r\ns=ZqSessionName\r\ni=ZqInfo\r\nu=http://ZqUri.example/\r\ne=ZqEmail@example.com\r\np=+49 ZqPhone\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 96 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 ZqCodec/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:ZqLabel\r\na=sendrecv\r\n"
+        )
+    };
+    let offer = sdp(caller, CALLER_RTP.1);
+    let answer = sdp(pbx, PBX_RTP.1);
+    let headers = |cseq: &str, to_tag: &str| {
+        format!(
+            "Via: SIP/2.0/UDP {caller}:5060;branch=z9hG4bKZqBranch;received={caller};rport=5060\r\n\
+             Record-Route: <sip:{pbx};lr;ZqRecordRoute>\r\n\
+             From: \"ZqFromName\" <sip:ZqFromUser@{caller};ZqFromParam=1>;tag=ZqFromTag\r\n\
+             To: \"ZqToName\" <sip:ZqToUser@{pbx}>{to_tag}\r\n\
+             Call-ID: ZqCallId@{caller}\r\nCSeq: {cseq}\r\n"
+        )
+    };
+    let invite = format!(
+        "INVITE sip:ZqRequestUser@{pbx} SIP/2.0\r\n{}\
+         Route: <sip:{pbx};lr;ZqRoute>\r\n\
+         Contact: \"ZqContactName\" <sip:ZqContactUser@{caller}:5060>\r\n\
+         P-Asserted-Identity: \"ZqPaiName\" <sip:ZqPaiUser@{caller}>\r\n\
+         P-Preferred-Identity: \"ZqPpiName\" <sip:ZqPpiUser@{caller}>\r\n\
+         Remote-Party-ID: \"ZqRpidName\" <sip:ZqRpidUser@{caller}>;party=calling\r\n\
+         Diversion: \"ZqDivName\" <sip:ZqDivUser@{pbx}>;reason=unconditional\r\n\
+         History-Info: <sip:ZqHistoryUser@{pbx}>;index=1\r\n\
+         Referred-By: <sip:ZqReferredBy@{pbx}>\r\n\
+         Reply-To: <sip:ZqReplyTo@{pbx}>\r\n\
+         User-Agent: Yealink ZqUserAgent\r\n\
+         Organization: ZqOrganization\r\n\
+         Subject: ZqSubject\r\n\
+         Proxy-Authorization: Digest username=\"ZqProxyAuthUser\", realm=\"ZqRealm\", nonce=\"1\", uri=\"sip:{pbx}\", response=\"0\"\r\n\
+         X-Zq-Header: ZqXHeader\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        headers("1 INVITE", ""),
+        offer.len()
+    );
+    pcap.udp(0, CALLER, PBX, invite.as_bytes());
+    sip.push((true, invite.clone()));
+    let ok = format!(
+        "SIP/2.0 200 ZqReasonPhrase\r\n{}Server: Asterisk ZqServer\r\nContact: <sip:ZqContact2@{pbx}:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        headers("1 INVITE", ";tag=ZqToTag"),
+        answer.len()
+    );
+    pcap.udp(500, PBX, CALLER, ok.as_bytes());
+    sip.push((false, ok.clone()));
+    let ack = format!(
+        "ACK sip:ZqContact2@{pbx}:5060 SIP/2.0\r\n{}Authorization: Digest username=\"ZqAuthUser\", realm=\"x\", nonce=\"1\", uri=\"sip:x\", response=\"0\"\r\nContent-Length: 0\r\n\r\n",
+        headers("1 ACK", ";tag=ZqToTag")
+    );
+    pcap.udp(520, CALLER, PBX, ack.as_bytes());
+    sip.push((true, ack.clone()));
+    for i in 0..100u64 {
+        let seq = i as u16 + 1;
+        let ts = (i * 160) as u32;
+        pcap.udp(
+            600 + i * 20,
+            CALLER_RTP,
+            PBX_RTP,
+            &rtp(0, i == 0, seq, ts, 0x1111, &[0xff; 160]),
+        );
+        // The dynamic payload type the SDP names with a marker: the stream's codec, codecs
+        // and why it is not scored name it.
+        pcap.udp(
+            600 + i * 20,
+            PBX_RTP,
+            CALLER_RTP,
+            &rtp(96, i == 0, seq, ts, 0x2222, &[0xff; 160]),
+        );
+    }
+    // RTCP SR + SDES with every item kind (CNAME, NAME, EMAIL, PHONE, LOC, TOOL, NOTE).
+    let mut rtcp = vec![0x80, 200, 0, 6];
+    rtcp.extend_from_slice(&0x1111u32.to_be_bytes());
+    rtcp.extend_from_slice(&[0; 20]);
+    let mut items = Vec::new();
+    for (kind, text) in [
+        (1u8, "ZqCname@host"),
+        (2, "ZqName"),
+        (3, "ZqEmail@x"),
+        (4, "ZqPhone"),
+        (5, "ZqLoc"),
+        (6, "ZqTool"),
+        (7, "ZqNote"),
+    ] {
+        items.push(kind);
+        items.push(text.len() as u8);
+        items.extend_from_slice(text.as_bytes());
+    }
+    items.push(0);
+    while (items.len() + 4) % 4 != 0 {
+        items.push(0);
+    }
+    let words = (4 + items.len()) / 4;
+    rtcp.extend_from_slice(&[0x81, 202]);
+    rtcp.extend_from_slice(&(words as u16).to_be_bytes());
+    rtcp.extend_from_slice(&0x1111u32.to_be_bytes());
+    rtcp.extend_from_slice(&items);
+    pcap.udp(
+        1500,
+        (CALLER_RTP.0, CALLER_RTP.1 + 1),
+        (PBX_RTP.0, PBX_RTP.1 + 1),
+        &rtcp,
+    );
+    let refer = format!(
+        "REFER sip:ZqContactUser@{caller}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqRefer\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 2 REFER\r\nRefer-To: <sip:ZqReferTo@{pbx}>\r\nReferred-By: <sip:ZqReferredBy2@{pbx}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    pcap.udp(2600, PBX, CALLER, refer.as_bytes());
+    sip.push((false, refer.clone()));
+    let bye = format!(
+        "BYE sip:ZqContactUser@{caller}:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqBye\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: \"ZqFromName\" <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 3 BYE\r\nReason: ZqProtocol;cause=16;text=\"ZqReasonText\"\r\nContent-Length: 0\r\n\r\n"
+    );
+    pcap.udp(3000, PBX, CALLER, bye.as_bytes());
+    sip.push((false, bye.clone()));
+    let bye_ok = format!(
+        "SIP/2.0 200 ZqByeOk\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bKZqBye\r\nFrom: <sip:ZqToUser@{pbx}>;tag=ZqToTag\r\nTo: \"ZqFromName\" <sip:ZqFromUser@{caller}>;tag=ZqFromTag\r\nCall-ID: ZqCallId@{caller}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    pcap.udp(3050, CALLER, PBX, bye_ok.as_bytes());
+    sip.push((true, bye_ok.clone()));
+    (pcap.0, sip)
+}
+
+/// The daemon's path for the same call, its SIP sent as HEP: nothing of the markers in the
+/// records the collector stores, in the status page's snapshot while the call is open (what
+/// a supervisor sees), or in `/metrics`.
+#[test]
+fn no_marker_leaves_the_daemon() {
+    use crate::daemon::{agent_config, collected, free_port, hep_frame, Agent};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let (udp_port, http_port) = (free_port(), free_port());
+    let (token, hash) = crate::status_page::supervisor_token("alice");
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:{udp_port}\"\n[status]\nenabled = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nview = [\"*\"]\n"
+        ),
+        Some(http_port),
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let (_, messages) = marker_capture();
+    let send = |(from_caller, text): &(bool, String)| {
+        let (src, dst) = if *from_caller {
+            (CALLER, PBX)
+        } else {
+            (PBX, CALLER)
+        };
+        let frame = hep_frame(src, dst, now, 0, text.as_bytes());
+        sock.send_to(&frame, ("127.0.0.1", udp_port)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    };
+    let (setup, ending) = messages.split_at(3);
+    setup.iter().for_each(send);
+    // What the supervisor sees while the call is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let snapshot = loop {
+        let text = get_with_bearer(http_port, "/api/snapshot", &token);
+        if text.contains("\"calls\":[{") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no open call in {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    ending.iter().for_each(send);
+    let records = collected(
+        &out,
+        |r| r["type"] == "call",
+        1,
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let metrics = crate::daemon::http_get(http_port, "/metrics");
+    agent.stop();
+    let stored: Vec<String> = stored(&out).iter().map(|l| l.to_string()).collect();
+    for (what, text) in [
+        ("the snapshot", snapshot.as_str()),
+        ("/metrics", metrics.as_str()),
+        ("the collector's files", &stored.join("\n")),
+    ] {
+        for marker in MARKERS {
+            assert!(!text.contains(marker), "{marker} in {what}:\n{text}");
+        }
+    }
+    assert!(
+        records[0]["user_agents"]["caller"] == "Yealink",
+        "{:#}",
+        records[0]
+    );
+}
+
+/// A GET with `Authorization: Bearer TOKEN` on loopback: status line, headers and body.
+fn get_with_bearer(port: u16, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
