@@ -38,6 +38,8 @@ pub struct DecodeCounters {
     pub hep_other: u64,
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
+    /// IP packets (not fragments) cut by the snapshot length inside their payload.
+    pub snaplen_cut: u64,
     /// SCTP packets (IP protocol 132).
     pub sctp_packets: u64,
     /// DATA chunks in them.
@@ -83,6 +85,8 @@ pub struct FragmentCounters {
     pub malformed: u64,
     /// Size of the largest datagram payload reassembled.
     pub largest_reassembled: u64,
+    /// Datagrams not reassembled because a fragment was cut by the snapshot length.
+    pub snaplen_cut: u64,
 }
 
 /// TCP stream reassembly.
@@ -160,6 +164,10 @@ pub struct MediaCounters {
     pub orphan_streams_summarised: u64,
     /// Streams at a call's media endpoints beyond the per-call cap, measured as orphans.
     pub streams_beyond_call_cap: u64,
+    /// SDP media lines announcing RTP over TCP (RFC 4571): not measured.
+    pub rtp_over_tcp_unmeasured: u64,
+    /// Datagrams of RTP or RTCP relayed inside TURN (RFC 8656): counted, not measured.
+    pub turn_relayed_unmeasured: u64,
 }
 
 /// Counters of the call tracker.
