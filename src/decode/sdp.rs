@@ -47,7 +47,8 @@ pub struct MediaSection {
 impl MediaSection {
     /// True when the media runs over TCP (`TCP/RTP/AVP` of RFC 4571, `TCP/TLS/RTP/SAVP`,
     /// `TCP/DTLS/RTP/SAVPF`, ...): RTP framed in a byte stream, which teledge does not
-    /// measure (nor does TShark 4.0, with any preference: README "How it is checked").
+    /// measure (nor does TShark 4.0 unless told by hand, with Decode As: README "How it is
+    /// checked").
     pub fn is_over_tcp(&self) -> bool {
         self.protocol
             .get(..4)
