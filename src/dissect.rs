@@ -191,6 +191,9 @@ pub struct DissectStats {
     /// payload, handed on as captured: an RTP header survives most cuts; a cut TCP segment
     /// leaves a gap in its stream; SIP that cannot be read is a `sip-snaplen` problem.
     pub snaplen_cut: u64,
+    /// RTP and RTCP packets relayed inside TURN over TCP: counted, not measured (over UDP
+    /// they are `media.turn_relayed_unmeasured`).
+    pub turn_tcp_relayed: u64,
     /// SCTP packets (IP protocol 132).
     pub sctp_packets: u64,
     /// DATA chunks in them.
@@ -835,6 +838,7 @@ fn feed_stream(
                     }
                 }
             }
+            StreamEvent::TurnRelayed => stats.turn_tcp_relayed += 1,
             StreamEvent::Discarded { bytes, reason } => {
                 stats.stream_bytes_discarded += bytes as u64;
                 let kind = match reason {
@@ -895,6 +899,7 @@ impl From<&DissectStats> for crate::record::DecodeCounters {
             hep_other: _,
             stream_bytes_discarded: _,
             snaplen_cut: _,
+            turn_tcp_relayed: _,
             sctp_packets: _,
             sctp_data_chunks: _,
             fragments: _,
@@ -929,6 +934,7 @@ impl From<&DissectStats> for crate::record::DecodeCounters {
             hep_other: d.hep_other,
             stream_bytes_discarded: d.stream_bytes_discarded,
             snaplen_cut: d.snaplen_cut,
+            turn_tcp_relayed: d.turn_tcp_relayed,
             sctp_packets: d.sctp_packets,
             sctp_data_chunks: d.sctp_data_chunks,
             fragments: (&d.fragments).into(),

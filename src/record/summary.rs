@@ -40,6 +40,8 @@ pub struct DecodeCounters {
     pub stream_bytes_discarded: u64,
     /// IP packets (not fragments) cut by the snapshot length inside their payload.
     pub snaplen_cut: u64,
+    /// RTP and RTCP relayed inside TURN over TCP: counted, not measured.
+    pub turn_tcp_relayed: u64,
     /// SCTP packets (IP protocol 132).
     pub sctp_packets: u64,
     /// DATA chunks in them.

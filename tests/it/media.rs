@@ -95,10 +95,10 @@ fn every_stream_of_every_capture_matches_tshark() {
         let expected = tshark_streams(capture);
         references += expected.len();
         let (ours, records) = teledge_streams(capture);
-        let counters = records
+        let (counters, decode) = records
             .iter()
             .find_map(|r| match r {
-                Record::CaptureSummary(s) => Some(s.media),
+                Record::CaptureSummary(s) => Some((s.media, &s.decode)),
                 _ => None,
             })
             .unwrap();
@@ -146,9 +146,9 @@ fn every_stream_of_every_capture_matches_tshark() {
         // A stream shared by two legs of a B2BUA is in both records: count it once.
         let distinct: std::collections::BTreeSet<_> =
             ours.iter().map(|s| (&s.src, &s.dst, &s.ssrc)).collect();
+        let relayed = counters.turn_relayed_unmeasured + decode.turn_tcp_relayed;
         assert!(
-            turn_packets <= counters.turn_relayed_unmeasured
-                && (turn_packets > 0) == (counters.turn_relayed_unmeasured > 0),
+            turn_packets <= relayed && (turn_packets > 0) == (relayed > 0),
             "{capture}: streams in TURN ({turn_packets} packets) are counted as relayed"
         );
         assert_eq!(
@@ -160,8 +160,8 @@ fn every_stream_of_every_capture_matches_tshark() {
     }
     // sngrep_aaa.pcap: the phone sends 9 RTP packets a second after its call got 480.
     assert_eq!(after_end, 1);
-    // rtp_over_tcp_and_turn.pcap: one stream each way through the relay.
-    assert_eq!(turned, 2);
+    // rtp_over_tcp_and_turn.pcap: one stream each way through the relay over UDP, one over TCP.
+    assert_eq!(turned, 3);
     assert_eq!(compared + after_end + turned, references);
     assert!(compared >= 30, "{compared} streams compared");
 }
@@ -566,7 +566,8 @@ fn every_static_payload_type_has_its_clock() {
 /// TShark's `-z rtp,streams` lists the two SDP-announced UDP streams only, and the TURN ones
 /// only with `rtp.heuristic_rtp`, never the RFC 4571 ones): RTP over TCP announced as
 /// `TCP/RTP/AVP` is counted per media line and learns no UDP endpoint; RTP and RTCP inside
-/// TURN ChannelData, Send and Data indications are counted, not taken for other traffic. An
+/// TURN ChannelData, Send and Data indications, over UDP or TCP, are counted, not taken for
+/// other traffic or ignored. An
 /// SDP with a line the sdp crate did not know (`TCP/RTP/AVP`, `UDP/BFCP`) used to be refused
 /// whole, so both calls had no SDP and the second call's audio was measured as orphans.
 #[test]
@@ -598,5 +599,7 @@ fn rtp_over_tcp_and_turn_are_counted_not_measured() {
     assert_eq!(media.turn_relayed_unmeasured, 45);
     // The STUN Binding request and its answer.
     assert_eq!(media.other_datagrams, 2);
+    // Over TCP: 6 ChannelData messages with RTP (an Allocate and its answer beside them).
+    assert_eq!(summary.decode.turn_tcp_relayed, 6);
     assert_eq!((media.streams, media.orphan_streams), (2, 0));
 }

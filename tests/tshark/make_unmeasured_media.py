@@ -10,7 +10,9 @@ preferences (README "How it is checked"; tests/data/README.md has TShark's outpu
   losing the audio line with it); 50 PCMU packets each way over UDP;
 - a TURN allocation (client 10.0.0.1:50001, server 10.0.0.9:3478): a Binding request and
   success, 20 ChannelData messages with RTP each way, 3 Send indications with RTP and
-  2 Data indications with RTCP receiver reports.
+  2 Data indications with RTCP receiver reports;
+- TURN over TCP (client 10.0.0.1:50002, server 10.0.0.9:3478): the handshake, an Allocate
+  request and success, then 6 ChannelData messages with RTP, the last two in one segment.
 
 usage: make_unmeasured_media.py OUT.pcap
 """
@@ -146,6 +148,30 @@ def turn():
         add(TURN, A, 17, udp(TURN, A, 3478, 50001, data), 1000)
 
 
+def turn_tcp():
+    sa, sb = 7000, 9000
+    add(A, TURN, 6, tcp(A, TURN, 50002, 3478, sa, 0, 0x02))
+    sa += 1
+    add(TURN, A, 6, tcp(TURN, A, 3478, 50002, sb, sa, 0x12))
+    sb += 1
+    add(A, TURN, 6, tcp(A, TURN, 50002, 3478, sa, sb, 0x10))
+    allocate = stun(0x0003, bytes([7]) * 12, [(0x0019, bytes([17, 0, 0, 0]))])
+    add(A, TURN, 6, tcp(A, TURN, 50002, 3478, sa, sb, 0x18, allocate))
+    sa += len(allocate)
+    relayed = struct.pack("!HH4s", 0x0001, 49152 ^ 0x2112, bytes(a ^ b for a, b in zip(TURN, COOKIE)))
+    success = stun(0x0103, bytes([7]) * 12, [(0x0016, relayed)])
+    add(TURN, A, 6, tcp(TURN, A, 3478, 50002, sb, sa, 0x18, success))
+    sb += len(success)
+    messages = []
+    for i in range(6):
+        r = rtp(500 + i, 160 * i, 0x77777777)
+        m = struct.pack("!HH", 0x4002, len(r)) + r
+        messages.append(m + b"\0" * (-len(m) % 4))
+    for segment in messages[:4] + [messages[4] + messages[5]]:
+        add(A, TURN, 6, tcp(A, TURN, 50002, 3478, sa, sb, 0x18, segment), 20000)
+        sa += len(segment)
+
+
 tcp_line = "m=audio {} TCP/RTP/AVP 0\r\na=setup:{}\r\na=connection:new\r\na=rtpmap:0 PCMU/8000\r\n"
 dialog("tcp-rtp@x", sdp("10.0.0.1", tcp_line.format(9, "active")),
        sdp("10.0.0.2", tcp_line.format(40000, "passive")), tcp_media)
@@ -153,6 +179,7 @@ bfcp = "m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\nm=application {} UDP/BFC
 dialog("bfcp@x", sdp("10.0.0.1", bfcp.format(20000, 20010)),
        sdp("10.0.0.2", bfcp.format(30000, 30010)), udp_media)
 turn()
+turn_tcp()
 
 out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 for us, f in frames:
