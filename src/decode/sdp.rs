@@ -97,10 +97,13 @@ const CRATE_PROTOS: [&str; 10] = [
     "UDP", "RTP", "AVP", "SAVP", "SAVPF", "TLS", "DTLS", "SCTP", "AVPF", "udptl",
 ];
 
+/// The (media, protocol) words replaced in each `m=` line, in order (`None`: none).
+type Replaced = Vec<Option<(String, String)>>;
+
 /// `body` with every `m=` line the `sdp` crate would refuse for its media or protocol
 /// rewritten with stand-ins, and the words replaced, by `m=` line (`None`: left as it was).
 /// Borrowed when no line needs it (almost always).
-fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Vec<Option<(String, String)>>) {
+fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Replaced) {
     let mut replaced = Vec::new();
     let Ok(text) = std::str::from_utf8(body) else {
         return (std::borrow::Cow::Borrowed(body), replaced);

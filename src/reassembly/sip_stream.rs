@@ -99,7 +99,7 @@ impl crate::reassembly::tcp::StreamConsumer for SipStream {
 fn is_stun(bytes: &[u8]) -> bool {
     bytes.len() >= 8
         && bytes[0] >> 6 == 0
-        && bytes[3] % 4 == 0
+        && bytes[3].is_multiple_of(4)
         && bytes[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
