@@ -4,12 +4,14 @@
 //!
 //! Every classic pcap variant Wireshark reads (`wiretap/libpcap.c`) is read as it reads it:
 //! Alexey Kuznetzov's modified format of 1999 (magic `0xa1b2cd34`, which libpcap reads too)
-//! in its two record layouts (the SS991029 patch of Red Hat 6.1, 24-byte record headers; the
-//! SS990915 patch of SuSE 6.3, 28 bytes), the SS990417 patch's and Nokia IPSO's longer record
-//! headers under the standard magic, AIX's (version 2.2, nanoseconds, interface types for link
+//! in its two record layouts (the SS991029 patch, 24-byte record headers; the SS990915 patch
+//! of SuSE 6.3, 28 bytes), the longer record headers of the SS990417 patch (Red Hat 6.1) and
+//! of Nokia IPSO under the standard magic, AIX's (version 2.2, nanoseconds, interface types for link
 //! types), Ixia's `lcap` (a 4-byte longer file header), and files before version 2.3 whose
 //! record lengths are in the other order. Where several layouts share a magic, the first three
-//! records decide, scored as Wireshark scores them (see [`Variant::merit`]). The two magics
+//! records decide, scored as Wireshark scores them (see [`Variant::merit`]; the look-ahead is
+//! at most three records of at most 256 KiB, so a pipe written live hands its first frame
+//! over once its third has come; Wireshark does not guess from a pipe). The two magics
 //! libpcap only reserves (Navtel's, Mesquita's) and versions before 2.0, which neither
 //! libpcap nor Wireshark reads, are refused with a message naming them.
 //!
@@ -385,13 +387,14 @@ enum Variant {
     Nanoseconds,
     /// AIX's tcpdump: nanosecond fractions.
     Aix,
-    /// Kuznetzov's patch of 1999-04-17 under the standard magic: interface index (32 bits),
-    /// protocol (16), packet type (8) and a pad byte after the usual record header.
+    /// Kuznetzov's patch of 1999-04-17 under the standard magic (Red Hat 6.1's tcpdump):
+    /// interface index (32 bits), protocol (16), packet type (8) and a pad byte after the
+    /// usual record header.
     Ss990417,
-    /// The patch of 1999-09-15 (SuSE 6.3), modified magic: as SS990417, then two CPU bytes
-    /// and three more pad bytes.
+    /// The patch of 1999-09-15 (SuSE 6.3), modified magic: interface index, protocol and
+    /// packet type as SS990417, then two CPU bytes and three pad bytes.
     Ss990915,
-    /// The patch of 1999-10-29 (Red Hat 6.1), modified magic: SS990417's record header.
+    /// The patch of 1999-10-29, modified magic: SS990417's record header.
     Ss991029,
     /// Nokia IPSO: four bytes of unknown use after the usual record header.
     Nokia,
@@ -1514,8 +1517,8 @@ mod tests {
         // qemu-arm is what exercises the wrap. Compared with the MAX_RECORD + 1 answer, not
         // with pcap-parser: its reader (0.17, reader.rs:160, `available_data() + n`)
         // overflows on this length on 32-bit boxes (a panic in a debug build; in a release
-        // build the sum wraps and `grow` refuses the record). Only Kuznetsov's modified
-        // pcap format still reaches that reader.
+        // build the sum wraps and `grow` refuses the record). No classic pcap reaches that
+        // reader any more: every variant, Kuznetzov's modified format too, is walked here.
         huge[at + 8..at + 12].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes());
         assert_eq!(through_legacy(&huge, usize::MAX), long);
         // A pcapng file goes through pcap-parser's reader whole (its section header is longer
