@@ -366,7 +366,8 @@ def compare(binary, path):
         probation = summary.get("media", {}).get("probation_discarded", 0)
         # RTP relayed inside TURN: TShark lists it (heuristically) under the relay's address;
         # teledge counts it, does not measure it (turn_relayed_unmeasured).
-        turn = summary.get("media", {}).get("turn_relayed_unmeasured", 0)
+        turn = (summary.get("media", {}).get("turn_relayed_unmeasured", 0)
+                + summary.get("decode", {}).get("turn_tcp_relayed", 0))
         if missing_pkts <= after_end:
             notes.append(f"{not_found} streams after call end")
         elif missing_pkts <= after_end + probation:
