@@ -19,7 +19,9 @@ measuring its peak RSS (from wait4), and TShark, and prints one row per capture:
   decimals; -1/0/0 where it computed none, as for a payload type without a known clock).
   TShark takes a single RTP-looking packet for a stream; teledge opens a stream without SDP
   only after two in sequence (RFC 3550 A.1 probation): what TShark lists more is explained
-  when the summary's probation_discarded covers it, like RTP counted after a call's end.
+  when the summary's probation_discarded covers it, like RTP counted after a call's end (a
+  stream measured up to its call's end is compared with TShark's row over the same packets,
+  `-2 -R "frame.number <= N"`).
 
 Usage: scripts/compare-captures.py [--teledge PATH] [--details] FOLDER_OR_FILES...
 A capture whose row says anything but `ok` is listed with what differs (--details: all of it).
@@ -135,9 +137,13 @@ def sockaddr(ip, port):
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def tshark_rtp(path):
-    out = subprocess.run(["tshark", "-r", str(path), "-q", "-o", "rtp.heuristic_rtp:TRUE",
-                          "-z", "rtp,streams"], capture_output=True, text=True).stdout
+def tshark_rtp(path, read_filter=None):
+    """TShark's RTP streams; with `read_filter`, over the frames it passes (two passes, so
+    the tap sees only those)."""
+    extra = ["-2", "-R", read_filter] if read_filter else []
+    out = subprocess.run(["tshark", "-r", str(path), *extra, "-q", "-o",
+                          "rtp.heuristic_rtp:TRUE", "-z", "rtp,streams"],
+                         capture_output=True, text=True).stdout
     streams = []
     for line in out.splitlines():
         if not STREAM_RE.search(line):
@@ -153,6 +159,23 @@ def tshark_rtp(path):
                             deltas=d if d[0] >= 0 else None,
                             jitters=j if j[0] >= 0 else None))
     return streams
+
+
+def tshark_stream_upto(path, e, packets):
+    """TShark's row for stream `e` over its first `packets` packets: the frames up to the
+    one that carries its `packets`-th (what teledge measured of a stream whose packets after
+    its call's end it counts and does not measure)."""
+    ip, port = addr_ip(e["src"]), e["src"].rsplit(":", 1)[1]
+    field = "ipv6.src" if ":" in ip else "ip.src"
+    frames = subprocess.run(["tshark", "-r", str(path), "-o", "rtp.heuristic_rtp:TRUE", "-Y",
+                             f"rtp.ssrc=={e['ssrc']} && {field}=={ip} && udp.srcport=={port}",
+                             "-T", "fields", "-e", "frame.number"],
+                            capture_output=True, text=True).stdout.split()
+    if len(frames) < packets or packets <= 0:
+        return None
+    rows = tshark_rtp(path, f"frame.number <= {frames[packets - 1]}")
+    return next((r for r in rows if (r["src"], r["dst"], r["ssrc"]) ==
+                 (e["src"], e["dst"], e["ssrc"])), None)
 
 
 def epoch(s):
@@ -311,8 +334,10 @@ def compare(binary, path):
         short = e["packets"] - m["packets"]
         if 0 < short <= unexplained:
             unexplained -= short
-            notes.append(f"known: {what} {short} packets after the BYE counted, not measured")
-        elif short:
+            notes.append(f"known: {what} {short} packets after the BYE counted, not measured"
+                         " (compared with TShark over the packets before)")
+            e = tshark_stream_upto(path, e, m["packets"]) or e
+        if e["packets"] != m["packets"]:
             diffs.append(f"packets {m['packets']}/{e['packets']}")
         if w["lost"] != e["lost"]:
             diffs.append(f"lost {w['lost']}/{e['lost']}")
@@ -339,14 +364,23 @@ def compare(binary, path):
         missing_pkts = sum(e["packets"] for e in theirs
                            if (e["src"], e["dst"], e["ssrc"]) not in ours)
         probation = summary.get("media", {}).get("probation_discarded", 0)
+        # RTP relayed inside TURN: TShark lists it (heuristically) under the relay's address;
+        # teledge counts it, does not measure it (turn_relayed_unmeasured).
+        turn = (summary.get("media", {}).get("turn_relayed_unmeasured", 0)
+                + summary.get("decode", {}).get("turn_tcp_relayed", 0))
         if missing_pkts <= after_end:
             notes.append(f"{not_found} streams after call end")
         elif missing_pkts <= after_end + probation:
             notes.append(f"known: {not_found} TShark streams ({missing_pkts} packets) never "
                          f"formed a stream ({probation} RTP-looking packets in probation)")
+        elif missing_pkts <= after_end + probation + turn:
+            notes.append(f"known: {not_found} TShark streams ({missing_pkts} packets): RTP "
+                         f"relayed in TURN ({turn} datagrams counted, not measured) or in "
+                         f"probation ({probation})")
         else:
             problems.append(f"{not_found} TShark streams ({missing_pkts} packets) not measured, "
-                            f"{after_end} RTP counted after call end, {probation} in probation")
+                            f"{after_end} RTP counted after call end, {probation} in probation, "
+                            f"{turn} relayed in TURN")
     theirs_keys = {(e["src"], e["dst"], e["ssrc"]) for e in theirs}
     extra_streams = [k for k in ours if k not in theirs_keys]
     if extra_streams:

@@ -159,8 +159,9 @@ pub struct DissectStats {
     /// Frames in which a decode problem was found (every kind in `errors`).
     pub frames_failed: u64,
     /// Problems by kind (`link`, `ip`, `udp`, `tcp`, `sctp`, `gre`, `tunnel`, `depth`,
-    /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`): every one counted, not only
-    /// the first few kept in `problems`.
+    /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`; and what the capture's
+    /// snapshot length cut, not the sender: `sip-snaplen`, `hep-snaplen`, `ip-snaplen`):
+    /// every one counted, not only the first few kept in `problems`.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
     /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
     problems_total: u64,
@@ -186,6 +187,13 @@ pub struct DissectStats {
     pub hep_other: u64,
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
+    /// IP packets (not fragments) cut by the capture's snapshot length inside their
+    /// payload, handed on as captured: an RTP header survives most cuts; a cut TCP segment
+    /// leaves a gap in its stream; SIP that cannot be read is a `sip-snaplen` problem.
+    pub snaplen_cut: u64,
+    /// RTP and RTCP packets relayed inside TURN over TCP: counted, not measured (over UDP
+    /// they are `media.turn_relayed_unmeasured`).
+    pub turn_tcp_relayed: u64,
     /// SCTP packets (IP protocol 132).
     pub sctp_packets: u64,
     /// DATA chunks in them.
@@ -216,7 +224,9 @@ impl DissectStats {
             self.errors.iter().map(|(k, n)| (*k, *n)).collect();
         counters.extend([
             ("stream_bytes_discarded", self.stream_bytes_discarded),
+            ("snaplen_cut", self.snaplen_cut),
             ("fragments_timed_out", self.fragments.timed_out),
+            ("fragments_snaplen_cut", self.fragments.snaplen_cut),
             ("fragments_evicted", self.fragments.evicted),
             (
                 "fragments_overlap_conflicts",
@@ -394,14 +404,10 @@ impl Dissector {
         let payload = slice.payload();
         let protocol = payload.ip_number.0;
         if !payload.fragmented {
+            if payload.incomplete && !self.cut_packet(ctx, protocol, payload.payload) {
+                return;
+            }
             self.transport(ctx, src, dst, protocol, payload.payload, depth, sink);
-            return;
-        }
-        if payload.incomplete {
-            // A fragment cut by the snapshot length cannot be reassembled.
-            self.stats.ip_errors += 1;
-            self.stats
-                .problem(ctx.frame, "ip", "fragment truncated by snapshot length");
             return;
         }
         let fragment = match &slice {
@@ -448,6 +454,10 @@ impl Dissector {
             id,
             protocol,
         };
+        if payload.incomplete {
+            self.cut_fragment(ctx, &slice, key, offset, more, payload.payload);
+            return;
+        }
         self.fragments
             .set_budget(self.share(self.tcp.bytes_held() + self.sctp.bytes_held()));
         if let Some(whole) = self
@@ -455,6 +465,84 @@ impl Dissector {
             .add(key, ctx.time, offset, more, payload.payload)
         {
             self.transport(ctx, src, dst, protocol, &whole, depth, sink);
+        }
+    }
+
+    /// An IP packet cut by the capture's snapshot length (not a fragment): counted; true when
+    /// what was captured is still worth decoding (its transport header made it), false when
+    /// the cut fell inside that header, which is said as `ip-snaplen` (it used to be a `tcp`
+    /// or `udp` error, an IP error blamed on the sender).
+    fn cut_packet(&mut self, ctx: Ctx, protocol: u8, captured: &[u8]) -> bool {
+        self.stats.snaplen_cut += 1;
+        let (name, header) = match protocol {
+            6 => (
+                "TCP",
+                captured
+                    .get(12)
+                    .map_or(20, |offset| usize::from(offset >> 4) * 4)
+                    .max(20),
+            ),
+            17 => ("UDP", 8),
+            132 => ("SCTP", 12),
+            _ => return true,
+        };
+        if captured.len() >= header {
+            return true;
+        }
+        self.stats.problem(
+            ctx.frame,
+            "ip-snaplen",
+            format!(
+                "{name} header cut by the capture's snapshot length ({} of {header} bytes \
+                 captured)",
+                captured.len()
+            ),
+        );
+        false
+    }
+
+    /// A fragment cut by the capture's snapshot length: its datagram cannot be reassembled.
+    /// The capture, not the sender, is the cause: counted as `sip-snaplen` when it is the
+    /// head of a SIP datagram (as an unfragmented SIP datagram cut short is), as `ip-snaplen`
+    /// otherwise, and its datagram as `fragments.snaplen_cut` (not as timed out).
+    fn cut_fragment(
+        &mut self,
+        ctx: Ctx,
+        slice: &LaxIpSlice<'_>,
+        key: FragmentKey,
+        offset: usize,
+        more: bool,
+        captured: &[u8],
+    ) {
+        // The payload length the IP header declares.
+        let declared = match slice {
+            LaxIpSlice::Ipv4(v4) => {
+                let h = v4.header();
+                usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4)
+            }
+            LaxIpSlice::Ipv6(v6) => usize::from(v6.header().payload_length())
+                .saturating_sub(v6.extensions().slice().len()),
+        };
+        self.fragments
+            .add_cut(key, ctx.time, offset, more, declared.max(captured.len()));
+        let sip = offset == 0
+            && key.protocol == 17
+            && captured.get(8..).is_some_and(sip::starts_with_sip);
+        let detail = format!(
+            "{} cut by the capture's snapshot length ({} of {declared} bytes captured): \
+             its datagram cannot be reassembled",
+            if sip {
+                "first fragment of a SIP datagram"
+            } else {
+                "IP fragment"
+            },
+            captured.len()
+        );
+        if sip {
+            self.stats.sip_parse_errors += 1;
+            self.stats.problem(ctx.frame, "sip-snaplen", detail);
+        } else {
+            self.stats.problem(ctx.frame, "ip-snaplen", detail);
         }
     }
 
@@ -526,7 +614,7 @@ impl Dissector {
         }
         // HEP agents export to any port (9060 by convention); the magic decides.
         if hep::starts_with_hep3(payload) {
-            self.hep(ctx, payload, sink);
+            self.hep(ctx, payload, declared > datagram.len(), sink);
             return;
         }
         // Keep-alives (RFC 5626 §3.5.1) and STUN share SIP ports; only content decides.
@@ -576,10 +664,23 @@ impl Dissector {
 
     /// A HEPv3 frame in a UDP datagram: the SIP inside is decoded like tapped SIP, with the
     /// agent's addresses, transport and capture time; other types go to [`Observer::hep`].
-    fn hep(&mut self, ctx: Ctx, payload: &[u8], sink: &mut impl Observer) {
+    fn hep(&mut self, ctx: Ctx, payload: &[u8], cut: bool, sink: &mut impl Observer) {
         self.stats.hep_frames += 1;
         let frame = match hep::parse(payload) {
             Ok(frame) => frame,
+            // Cut by the capture's snapshot length, not malformed by the agent.
+            Err(e) if cut => {
+                self.stats.hep_errors += 1;
+                self.stats.problem(
+                    ctx.frame,
+                    "hep-snaplen",
+                    format!(
+                        "HEP frame cut by the capture's snapshot length ({} bytes captured): {e}",
+                        payload.len()
+                    ),
+                );
+                return;
+            }
             Err(e) => {
                 self.stats.hep_errors += 1;
                 self.stats.problem(ctx.frame, "hep", e);
@@ -737,6 +838,7 @@ fn feed_stream(
                     }
                 }
             }
+            StreamEvent::TurnRelayed => stats.turn_tcp_relayed += 1,
             StreamEvent::Discarded { bytes, reason } => {
                 stats.stream_bytes_discarded += bytes as u64;
                 let kind = match reason {
@@ -796,6 +898,8 @@ impl From<&DissectStats> for crate::record::DecodeCounters {
             hep_errors: _,
             hep_other: _,
             stream_bytes_discarded: _,
+            snaplen_cut: _,
+            turn_tcp_relayed: _,
             sctp_packets: _,
             sctp_data_chunks: _,
             fragments: _,
@@ -829,6 +933,8 @@ impl From<&DissectStats> for crate::record::DecodeCounters {
             hep_errors: d.hep_errors,
             hep_other: d.hep_other,
             stream_bytes_discarded: d.stream_bytes_discarded,
+            snaplen_cut: d.snaplen_cut,
+            turn_tcp_relayed: d.turn_tcp_relayed,
             sctp_packets: d.sctp_packets,
             sctp_data_chunks: d.sctp_data_chunks,
             fragments: (&d.fragments).into(),

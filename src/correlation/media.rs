@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use crate::correlation::calls::Side;
 use crate::decode::sdp::{static_payload_type, Codec, SdpSummary};
+use crate::decode::turn;
 use crate::dissect::DatagramMeta;
 use crate::media::emodel::{self, DelaySource, NotScored, Score};
 use crate::media::packet::{self, Kind, RtcpSummary, RtpPacket};
@@ -166,6 +167,12 @@ pub struct MediaCounters {
     pub call_endpoints_forgotten: u64,
     /// Streams of an SSRC beyond [`MAX_STREAMS_PER_SSRC`]: measured, not indexed by SSRC.
     pub streams_not_indexed_by_ssrc: u64,
+    /// SDP media lines announcing RTP over TCP (`TCP/RTP/AVP`, RFC 4571, and its secure
+    /// forms): their media is not measured (no endpoint is learnt from them).
+    pub rtp_over_tcp_unmeasured: u64,
+    /// Datagrams carrying RTP or RTCP relayed by a TURN server (ChannelData, Send or Data
+    /// indications): counted, not measured.
+    pub turn_relayed_unmeasured: u64,
 }
 
 impl MediaCounters {
@@ -195,6 +202,8 @@ impl MediaCounters {
             orphans_closed_for_calls,
             call_endpoints_forgotten,
             streams_not_indexed_by_ssrc,
+            rtp_over_tcp_unmeasured,
+            turn_relayed_unmeasured,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -218,16 +227,19 @@ impl MediaCounters {
         self.orphans_closed_for_calls += orphans_closed_for_calls;
         self.call_endpoints_forgotten += call_endpoints_forgotten;
         self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
+        self.rtp_over_tcp_unmeasured += rtp_over_tcp_unmeasured;
+        self.turn_relayed_unmeasured += turn_relayed_unmeasured;
     }
 }
 
 /// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
-/// address of each `m=` line with a port (not on hold, `c=0.0.0.0`) and, when it differs, its
-/// RTCP address (`true`: RTCP only), with the line's codecs.
+/// address of each `m=` line with a port (not on hold, `c=0.0.0.0`; not over TCP, whose
+/// RTP teledge does not measure) and, when it differs, its RTCP address (`true`: RTCP only),
+/// with the line's codecs.
 pub fn announced(sdp: &SdpSummary) -> impl Iterator<Item = (SocketAddr, bool, &[Codec])> + '_ {
     sdp.media
         .iter()
-        .filter(|m| m.port != 0)
+        .filter(|m| m.port != 0 && !m.is_over_tcp())
         .filter_map(|media| {
             let ip = media
                 .address
@@ -522,6 +534,11 @@ impl MediaTracker {
             Some((k, _)) => k.clone(),
             None => Arc::from(call_id),
         };
+        self.counters.rtp_over_tcp_unmeasured += sdp
+            .media
+            .iter()
+            .filter(|m| m.port != 0 && m.is_rtp_over_tcp())
+            .count() as u64;
         for (addr, rtcp_only, codecs) in announced(sdp) {
             if self.endpoints.len() >= self.limits.max_endpoints
                 && !self.endpoints.contains_key(&addr)
@@ -622,6 +639,13 @@ impl MediaTracker {
     ) {
         self.advance(meta.time, out);
         match packet::classify(payload) {
+            // Media relayed by a TURN server: counted, not measured (decode::turn).
+            Kind::Other
+                if turn::relayed(payload)
+                    .is_some_and(|inner| packet::classify(inner) != Kind::Other) =>
+            {
+                self.counters.turn_relayed_unmeasured += 1
+            }
             Kind::Other => self.counters.other_datagrams += 1,
             Kind::Rtcp => self.rtcp(meta, payload),
             Kind::Rtp => match packet::decode_rtp(payload) {
@@ -1708,6 +1732,8 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             orphans_closed_for_calls,
             call_endpoints_forgotten,
             streams_not_indexed_by_ssrc,
+            rtp_over_tcp_unmeasured,
+            turn_relayed_unmeasured,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1732,6 +1758,8 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             orphans_closed_for_calls,
             call_endpoints_forgotten,
             streams_not_indexed_by_ssrc,
+            rtp_over_tcp_unmeasured,
+            turn_relayed_unmeasured,
         }
     }
 }

@@ -45,6 +45,25 @@ pub struct MediaSection {
 }
 
 impl MediaSection {
+    /// True when the media runs over TCP (`TCP/RTP/AVP` of RFC 4571, `TCP/TLS/RTP/SAVP`,
+    /// `TCP/DTLS/RTP/SAVPF`, ...): RTP framed in a byte stream, which teledge does not
+    /// measure (nor does TShark 4.0 unless told by hand, with Decode As: README "How it is
+    /// checked").
+    pub fn is_over_tcp(&self) -> bool {
+        self.protocol
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("TCP/"))
+    }
+
+    /// True for RTP framed in a TCP stream (RFC 4571): over TCP, with `RTP` in its protocol.
+    pub fn is_rtp_over_tcp(&self) -> bool {
+        self.is_over_tcp()
+            && self
+                .protocol
+                .split('/')
+                .any(|p| p.eq_ignore_ascii_case("RTP"))
+    }
+
     /// True when this section puts the stream on hold: `sendonly`/`inactive`, or the
     /// RFC 2543 style connection address `0.0.0.0`.
     pub fn is_hold(&self) -> bool {
@@ -67,9 +86,66 @@ impl SdpSummary {
     }
 }
 
+/// Media and transport protocol parts the `sdp` crate (0.17) accepts in an `m=` line. It
+/// refuses a whole SDP with any other: RTP over TCP (`TCP/RTP/AVP`, RFC 4571), MSRP
+/// (`TCP/MSRP`), BFCP (`UDP/BFCP`, `TCP/TLS/BFCP`), a protocol in lower case. Such a line is
+/// handed to it with stand-ins and its own words put back ([`summarize`]): an offer with an
+/// MSRP or BFCP line beside its audio used to lose its audio endpoints with it (TShark reads
+/// every line).
+const CRATE_MEDIA: [&str; 6] = ["audio", "video", "text", "application", "message", "image"];
+const CRATE_PROTOS: [&str; 10] = [
+    "UDP", "RTP", "AVP", "SAVP", "SAVPF", "TLS", "DTLS", "SCTP", "AVPF", "udptl",
+];
+
+/// The (media, protocol) words replaced in each `m=` line, in order (`None`: none).
+type Replaced = Vec<Option<(String, String)>>;
+
+/// `body` with every `m=` line the `sdp` crate would refuse for its media or protocol
+/// rewritten with stand-ins, and the words replaced, by `m=` line (`None`: left as it was).
+/// Borrowed when no line needs it (almost always).
+fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Replaced) {
+    let mut replaced = Vec::new();
+    let Ok(text) = std::str::from_utf8(body) else {
+        return (std::borrow::Cow::Borrowed(body), replaced);
+    };
+    let mut out = String::new();
+    let mut changed = false;
+    for line in text.split_inclusive('\n') {
+        let Some(value) = line.strip_prefix("m=") else {
+            out.push_str(line);
+            continue;
+        };
+        let fields: Vec<&str> = value.split_whitespace().collect();
+        let refused = fields.len() >= 4
+            && (!CRATE_MEDIA.contains(&fields[0])
+                || fields[2].split('/').any(|p| !CRATE_PROTOS.contains(&p)));
+        if !refused {
+            replaced.push(None);
+            out.push_str(line);
+            continue;
+        }
+        changed = true;
+        replaced.push(Some((fields[0].to_owned(), fields[2].to_owned())));
+        let ending = &line[line.trim_end_matches(['\r', '\n']).len()..];
+        out.push_str("m=application ");
+        out.push_str(fields[1]);
+        out.push_str(" RTP");
+        for format in &fields[3..] {
+            out.push(' ');
+            out.push_str(format);
+        }
+        out.push_str(ending);
+    }
+    if !changed {
+        return (std::borrow::Cow::Borrowed(body), Vec::new());
+    }
+    (std::borrow::Cow::Owned(out.into_bytes()), replaced)
+}
+
 /// Summarises an SDP body.
 pub fn summarize(body: &[u8]) -> Result<SdpSummary, SdpError> {
-    let mut reader = std::io::Cursor::new(body);
+    let (body, replaced) = with_stand_ins(body);
+    let mut reader = std::io::Cursor::new(&body[..]);
     let session = sdp::SessionDescription::unmarshal(&mut reader).map_err(SdpError)?;
     let session_address = session
         .connection_information
@@ -81,7 +157,8 @@ pub fn summarize(body: &[u8]) -> Result<SdpSummary, SdpError> {
     let media = session
         .media_descriptions
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let port = u16::try_from(m.media_name.port.value).unwrap_or(0);
             let address = m
                 .connection_information
@@ -112,11 +189,15 @@ pub fn summarize(body: &[u8]) -> Result<SdpSummary, SdpError> {
                 .filter_map(|f| f.parse::<u8>().ok())
                 .map(|pt| codec_for(m, pt))
                 .collect();
+            let (media, protocol) = match replaced.get(i) {
+                Some(Some(words)) => words.clone(),
+                _ => (m.media_name.media.clone(), m.media_name.protos.join("/")),
+            };
             MediaSection {
-                media: m.media_name.media.clone(),
+                media,
                 address,
                 port,
-                protocol: m.media_name.protos.join("/"),
+                protocol,
                 rtcp_port,
                 rtcp_mux,
                 direction,
@@ -243,6 +324,45 @@ mod tests {
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
 m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n\
 m=video 0 RTP/AVP 96\r\n";
+
+    /// RFC 4571/4145 media over TCP is announced by its protocol; teledge learns no UDP
+    /// endpoint from it (correlation::media::announced) and counts it as unmeasured.
+    #[test]
+    fn media_over_tcp_is_recognised() {
+        let body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 9 TCP/RTP/AVP 0\r\na=setup:active\r\na=connection:new\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=audio 5000 tcp/tls/rtp/savp 0\r\nm=image 6000 udptl t38\r\n\
+m=message 7000 TCP/MSRP *\r\nm=application 8000 UDP/BFCP *\r\nm=data 9000 RTP/AVP 0\r\n";
+        // The `sdp` crate refused all of this for its first line: the audio at 4000 was lost.
+        let sdp = summarize(body).unwrap();
+        let tcp: Vec<bool> = sdp.media.iter().map(MediaSection::is_over_tcp).collect();
+        assert_eq!(tcp, [true, false, true, false, true, false, false]);
+        let rtp: Vec<bool> = sdp
+            .media
+            .iter()
+            .map(MediaSection::is_rtp_over_tcp)
+            .collect();
+        assert_eq!(rtp, [true, false, true, false, false, false, false]);
+        let words: Vec<(&str, u16, &str)> = sdp
+            .media
+            .iter()
+            .map(|m| (m.media.as_str(), m.port, m.protocol.as_str()))
+            .collect();
+        assert_eq!(
+            words,
+            [
+                ("audio", 9, "TCP/RTP/AVP"),
+                ("audio", 4000, "RTP/AVP"),
+                ("audio", 5000, "tcp/tls/rtp/savp"),
+                ("image", 6000, "udptl"),
+                ("message", 7000, "TCP/MSRP"),
+                ("application", 8000, "UDP/BFCP"),
+                ("data", 9000, "RTP/AVP"),
+            ]
+        );
+        assert_eq!(sdp.media[1].codecs[0].name.as_deref(), Some("PCMU"));
+        assert_eq!(sdp.media[1].address.as_deref(), Some("10.0.0.1"));
+    }
 
     #[test]
     fn applies_session_defaults_and_static_codecs() {

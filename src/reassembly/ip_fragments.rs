@@ -12,6 +12,11 @@
 //! with what is held is an overlap attack or a corrupt capture: the whole datagram is dropped
 //! and counted, as RFC 5722 requires for IPv6 and as is the safe choice for IPv4 too.
 //!
+//! A fragment cut by the capture's snapshot length ([`FragmentPool::add_cut`]) cannot be put
+//! back: its datagram is followed by its fragments' offsets and lengths alone (no bytes
+//! held), and counted once as `snaplen_cut` when its last range arrives or its time runs out,
+//! not as a datagram the network lost (`timed_out`).
+//!
 //! `etherparse` has a defragmentation pool, but it is unbounded ("not safe against out of
 //! memory attacks", its own doc) and lets later overlapping bytes win silently, so the pool is
 //! our own; the header fields it reads come from `etherparse`.
@@ -66,6 +71,9 @@ pub struct FragmentStats {
     pub malformed: u64,
     /// Size of the largest datagram payload reassembled.
     pub largest_reassembled: u64,
+    /// Datagrams not reassembled because one of their fragments was cut by the capture's
+    /// snapshot length.
+    pub snaplen_cut: u64,
 }
 
 #[derive(Debug)]
@@ -76,6 +84,8 @@ struct Partial {
     /// Length of the whole payload, known once the last fragment arrived.
     total: Option<usize>,
     first_seen: Timestamp,
+    /// A fragment was cut by the snapshot length: ranges are followed, bytes are not kept.
+    cut: bool,
 }
 
 impl Partial {
@@ -165,10 +175,15 @@ impl FragmentPool {
                     ranges: Vec::new(),
                     total: None,
                     first_seen: now,
+                    cut: false,
                 },
             );
         }
         let partial = self.partials.get_mut(&key)?;
+        if partial.cut {
+            self.add_range_of_cut(key, offset, end, more_fragments);
+            return None;
+        }
 
         let conflicting_end = match partial.total {
             Some(total) => end > total || (!more_fragments && end != total),
@@ -217,6 +232,70 @@ impl FragmentPool {
         None
     }
 
+    /// Adds a fragment cut by the capture's snapshot length: `length` is the payload length its
+    /// IP header declares. Its datagram cannot be reassembled; it is followed to its end (or
+    /// its timeout) without its bytes, and then counted in `snaplen_cut`.
+    pub fn add_cut(
+        &mut self,
+        key: FragmentKey,
+        now: Timestamp,
+        offset: usize,
+        more_fragments: bool,
+        length: usize,
+    ) {
+        self.stats.fragments += 1;
+        self.expire(now);
+        let end = offset + length;
+        if end > MAX_DATAGRAM || (more_fragments && !length.is_multiple_of(8)) {
+            self.stats.malformed += 1;
+            return;
+        }
+        if !self.partials.contains_key(&key) {
+            while self.partials.len() >= self.limits.max_datagrams {
+                if !self.evict_oldest(None) {
+                    break;
+                }
+            }
+            self.partials.insert(
+                key,
+                Partial {
+                    data: Vec::new(),
+                    ranges: Vec::new(),
+                    total: None,
+                    first_seen: now,
+                    cut: true,
+                },
+            );
+        }
+        if let Some(partial) = self.partials.get_mut(&key) {
+            // The bytes held so far are of no use now.
+            let before = partial.cost();
+            partial.cut = true;
+            partial.data = Vec::new();
+            self.bytes_held = (self.bytes_held + partial.cost()).saturating_sub(before);
+        }
+        self.add_range_of_cut(key, offset, end, more_fragments);
+    }
+
+    /// Records a fragment's range in a cut datagram; at its last range the datagram is
+    /// counted in `snaplen_cut` and forgotten.
+    fn add_range_of_cut(&mut self, key: FragmentKey, offset: usize, end: usize, more: bool) {
+        let Some(partial) = self.partials.get_mut(&key) else {
+            return;
+        };
+        let before = partial.cost();
+        if !more {
+            partial.total = Some(end);
+        }
+        insert_range(&mut partial.ranges, (offset, end));
+        let complete = partial.total.is_some_and(|t| partial.ranges == [(0, t)]);
+        self.bytes_held = (self.bytes_held + partial.cost()).saturating_sub(before);
+        if complete {
+            self.remove(&key);
+            self.stats.snaplen_cut += 1;
+        }
+    }
+
     /// Drops datagrams older than the timeout. Cheap to call per packet: it sweeps at most
     /// once a second of capture time.
     pub fn expire(&mut self, now: Timestamp) {
@@ -232,8 +311,10 @@ impl FragmentPool {
             .map(|(k, _)| *k)
             .collect();
         for key in expired {
-            self.remove(&key);
-            self.stats.timed_out += 1;
+            match self.remove(&key) {
+                Some(p) if p.cut => self.stats.snaplen_cut += 1,
+                _ => self.stats.timed_out += 1,
+            }
         }
     }
 
@@ -291,6 +372,7 @@ impl From<&FragmentStats> for crate::record::FragmentCounters {
             overlap_conflicts,
             malformed,
             largest_reassembled,
+            snaplen_cut,
         } = *s;
         crate::record::FragmentCounters {
             fragments,
@@ -300,6 +382,7 @@ impl From<&FragmentStats> for crate::record::FragmentCounters {
             overlap_conflicts,
             malformed,
             largest_reassembled,
+            snaplen_cut,
         }
     }
 }
@@ -319,6 +402,34 @@ mod tests {
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_secs_nanos(secs, 0)
+    }
+
+    /// A fragment cut by the snapshot length: its datagram is followed without its bytes and
+    /// counted as cut when its last fragment arrives, or when its time runs out; never as a
+    /// datagram the network lost (`timed_out`), nor handed over in part.
+    #[test]
+    fn a_datagram_with_a_cut_fragment_is_counted_as_cut() {
+        let mut pool = FragmentPool::new(FragmentLimits::default());
+        let data: Vec<u8> = (0..40u8).collect();
+        // Cut first fragment (24 bytes declared), then the rest.
+        pool.add_cut(key(), t(1), 0, true, 24);
+        assert_eq!(pool.add(key(), t(1), 24, false, &data[24..]), None);
+        assert_eq!(pool.in_progress(), 0);
+        assert_eq!(pool.bytes_held(), 0);
+        // The rest first, then the cut one (reverse order): the bytes held are let go.
+        let other = FragmentKey { id: 8, ..key() };
+        assert_eq!(pool.add(other, t(2), 24, false, &data[24..]), None);
+        assert!(pool.bytes_held() >= 16);
+        pool.add_cut(other, t(2), 0, true, 24);
+        assert_eq!(pool.in_progress(), 0);
+        // A cut datagram whose other fragments never come: cut, not timed out.
+        let lost = FragmentKey { id: 9, ..key() };
+        pool.add_cut(lost, t(3), 24, false, 16);
+        pool.expire(t(100));
+        let stats = pool.stats();
+        assert_eq!((stats.snaplen_cut, stats.timed_out), (3, 0));
+        assert_eq!(stats.reassembled, 0);
+        assert_eq!(stats.fragments, 5);
     }
 
     #[test]

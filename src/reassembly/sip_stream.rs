@@ -2,7 +2,9 @@
 //!
 //! The stream is classified by what it carries, never by its port: SIP (a request or status
 //! line), or an HTTP Upgrade to WebSocket (RFC 7118), after which each WebSocket message is
-//! one SIP message; anything else is marked as not SIP and no longer buffered. SIP messages
+//! one SIP message; a TURN connection (RFC 8656 over TCP: it opens with a STUN message),
+//! whose relayed RTP and RTCP are counted, not measured ([`StreamEvent::TurnRelayed`]);
+//! anything else is marked as not SIP and no longer buffered. SIP messages
 //! are framed by their headers and Content-Length (RFC 3261 §18.3); CRLF keep-alives between
 //! messages (RFC 5626 §3.5.1) are skipped. After a gap, or bytes that do not frame, the
 //! framer discards up to the next line that starts a SIP message. Every buffer is bounded:
@@ -12,6 +14,7 @@
 //! memory budget.
 
 use crate::decode::sip::{canonical_name, starts_with_sip};
+use crate::decode::turn;
 use crate::decode::websocket::{self, Opcode};
 
 /// Largest SIP message accepted on a stream (headers and body): the largest a SIP message
@@ -36,6 +39,8 @@ pub enum StreamEvent<'a> {
     Message(&'a [u8], StreamCarrier),
     /// Bytes were thrown away to find the next message.
     Discarded { bytes: usize, reason: DiscardReason },
+    /// A TURN message relaying RTP or RTCP (version 2) on a TURN-over-TCP stream.
+    TurnRelayed,
 }
 
 /// Why bytes were discarded.
@@ -62,6 +67,8 @@ enum State {
     /// Waiting for the end of an HTTP request or response that may upgrade to WebSocket.
     Http,
     WebSocket,
+    /// TURN over TCP (RFC 8656 §12.5): STUN messages and ChannelData, each padded to 4 bytes.
+    Turn,
     /// Not SIP: ignored from now on.
     Ignored,
 }
@@ -85,6 +92,15 @@ impl crate::reassembly::tcp::StreamConsumer for SipStream {
     fn held_bytes(&self) -> usize {
         SipStream::held_bytes(self)
     }
+}
+
+/// A STUN message header (RFC 5389 §6): top two bits clear, the magic cookie, a length that
+/// is a multiple of 4.
+fn is_stun(bytes: &[u8]) -> bool {
+    bytes.len() >= 8
+        && bytes[0] >> 6 == 0
+        && bytes[3].is_multiple_of(4)
+        && bytes[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
 /// Buffers larger than this are shrunk when they hold less than a quarter of it.
@@ -123,6 +139,11 @@ impl SipStream {
                     };
                 }
                 State::WebSocket | State::Http => self.lose_websocket(emit),
+                // Framing lost: what follows is not followed.
+                State::Turn => {
+                    self.buf.clear();
+                    self.state = State::Ignored;
+                }
                 State::Unknown | State::Ignored => {}
             }
         }
@@ -144,11 +165,17 @@ impl SipStream {
             State::Unknown => {
                 let crlf = self.leading_crlf();
                 let rest = &self.buf[crlf..];
-                if rest.len() < 5 {
+                // Five bytes tell SIP from HTTP; a first byte below 0x40 (no SIP or HTTP
+                // start) may be STUN, told by its first eight.
+                if rest.len() < 5 || (rest[0] >> 6 == 0 && rest.len() < 8) {
                     return false;
                 }
                 self.state = if rest.starts_with(b"GET ") || rest.starts_with(b"HTTP/") {
                     State::Http
+                } else if is_stun(rest) {
+                    // Not ChannelData: its channel numbers start with the bytes of "ACK",
+                    // "BYE", "INVITE" ...; a TURN client's connection opens with STUN.
+                    State::Turn
                 } else {
                     State::Sip {
                         synced: false,
@@ -159,11 +186,39 @@ impl SipStream {
             }
             State::Http => self.step_http(),
             State::WebSocket => self.step_websocket(emit),
+            State::Turn => self.step_turn(emit),
             State::Sip {
                 synced,
                 ever_synced,
             } => self.step_sip(synced, ever_synced, emit),
         }
+    }
+
+    /// One TURN message: a relayed RTP or RTCP packet is told, the rest skipped. Anything
+    /// that is neither STUN nor ChannelData ends the following.
+    fn step_turn(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        let Some(head) = self.buf.first_chunk::<4>() else {
+            return false;
+        };
+        let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let total = match head[0] >> 6 {
+            0 => 20 + length,
+            1 => (4 + length).next_multiple_of(4),
+            _ => {
+                self.buf.clear();
+                self.state = State::Ignored;
+                return false;
+            }
+        };
+        let Some(message) = self.buf.get(..total) else {
+            return false;
+        };
+        // RTP and RTCP are version 2: the top two bits of their first byte are 10.
+        if turn::relayed(message).is_some_and(|inner| inner.first().is_some_and(|b| b >> 6 == 2)) {
+            emit(StreamEvent::TurnRelayed);
+        }
+        self.buf.drain(..total);
+        true
     }
 
     fn step_http(&mut self) -> bool {
@@ -460,9 +515,56 @@ mod tests {
             stream.push(chunk, *gap, &mut |e| match e {
                 StreamEvent::Message(m, _) => out.push(String::from_utf8_lossy(m).into_owned()),
                 StreamEvent::Discarded { bytes, .. } => discarded += bytes,
+                StreamEvent::TurnRelayed => out.push("turn".into()),
             });
         }
         (out, discarded)
+    }
+
+    /// TURN over TCP (RFC 8656 §12.5), as a WebRTC client behind a firewall uses it: the
+    /// relayed RTP and RTCP are told (counted, not measured), whatever the segments; other
+    /// STUN messages are skipped; a stream that opens with bytes ChannelData could start
+    /// with but a SIP method too (`ACK`, 0x41 0x43) stays SIP. Such a stream used to be
+    /// ignored silently.
+    #[test]
+    fn turn_over_tcp_relayed_media_is_told() {
+        let cookie = [0x21, 0x12, 0xA4, 0x42];
+        let stun = |kind: u16, attrs: &[u8]| {
+            let mut m = kind.to_be_bytes().to_vec();
+            m.extend((attrs.len() as u16).to_be_bytes());
+            m.extend(cookie);
+            m.extend([5; 12]);
+            m.extend(attrs);
+            m
+        };
+        let rtp = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 0xFF];
+        let channel = |data: &[u8]| {
+            let mut m = vec![0x40, 0x01, 0, data.len() as u8];
+            m.extend(data);
+            m.resize(m.len().next_multiple_of(4), 0);
+            m
+        };
+        let mut data_attr = vec![0x00, 0x13, 0, rtp.len() as u8];
+        data_attr.extend(rtp);
+        data_attr.resize(data_attr.len().next_multiple_of(4), 0);
+        let mut stream = stun(0x0003, &[]); // Allocate request
+        stream.extend(channel(&rtp));
+        stream.extend(stun(0x0016, &data_attr)); // Send indication
+        stream.extend(channel(b"not media"));
+        stream.extend(channel(&rtp));
+        for step in [stream.len(), 7, 1] {
+            let mut s = SipStream::default();
+            let chunks: Vec<(&[u8], bool)> = stream.chunks(step).map(|c| (c, false)).collect();
+            let (out, discarded) = collect(&mut s, &chunks);
+            assert_eq!(out, ["turn", "turn", "turn"], "step {step}");
+            assert_eq!(discarded, 0);
+            assert!(!s.is_ignored());
+        }
+        let ack = msg("x", "").replacen("MESSAGE", "ACK", 1);
+        let mut s = SipStream::default();
+        let (out, _) = collect(&mut s, &[(ack.as_bytes(), false)]);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("ACK"));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct DecodeCounters {
     pub hep_other: u64,
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
+    /// IP packets (not fragments) cut by the snapshot length inside their payload.
+    pub snaplen_cut: u64,
+    /// RTP and RTCP relayed inside TURN over TCP: counted, not measured.
+    pub turn_tcp_relayed: u64,
     /// SCTP packets (IP protocol 132).
     pub sctp_packets: u64,
     /// DATA chunks in them.
@@ -83,6 +87,8 @@ pub struct FragmentCounters {
     pub malformed: u64,
     /// Size of the largest datagram payload reassembled.
     pub largest_reassembled: u64,
+    /// Datagrams not reassembled because a fragment was cut by the snapshot length.
+    pub snaplen_cut: u64,
 }
 
 /// TCP stream reassembly.
@@ -167,6 +173,10 @@ pub struct MediaCounters {
     pub call_endpoints_forgotten: u64,
     /// Streams of one SSRC beyond the SSRC index's 8: measured, not linked to a call by it.
     pub streams_not_indexed_by_ssrc: u64,
+    /// SDP media lines announcing RTP over TCP (RFC 4571): not measured.
+    pub rtp_over_tcp_unmeasured: u64,
+    /// Datagrams of RTP or RTCP relayed inside TURN (RFC 8656): counted, not measured.
+    pub turn_relayed_unmeasured: u64,
 }
 
 /// Counters of the call tracker.

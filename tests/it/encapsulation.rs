@@ -427,3 +427,76 @@ fn ipv6_fragments_out_of_order() {
     }
     assert_same(capture, &pcap(&out, false, false), "IPv6 fragments");
 }
+
+/// What the capture's snapshot length cut is said as a cut, not blamed on the sender
+/// (campaign 2026-12-03 and its sequel): the SIP datagrams of the UDP capture over 128 bytes
+/// fragmented, every first fragment cut at 60 bytes of IP payload, the rest whole (each
+/// datagram counted as `fragments.snaplen_cut` and its head as `sip-snaplen`; they were `ip`
+/// errors, and the other fragments then timed out as if the network had lost them); every
+/// other SIP datagram cut inside its UDP header (`ip-snaplen`, was a `udp` error); and a HEP
+/// frame cut short (`hep-snaplen`, was a `hep` error).
+#[test]
+fn snapshot_length_cuts_are_counted_as_cuts() {
+    let mut out: Vec<Out> = Vec::new();
+    let mut id = 2000u16;
+    let (mut fragmented, mut header_cut) = (0u64, 0u64);
+    for (t, e) in frames_of(UDP_CAPTURE) {
+        let Some(ip) = ip_exact(&e).filter(|ip| ip[0] >> 4 == 4 && ip[9] == 17) else {
+            continue;
+        };
+        let header = Ipv4Header::from_slice(&ip).unwrap().0;
+        let payload = &ip[header.header_len()..];
+        if payload.len() <= 128 || !teledge::decode::sip::starts_with_sip(&payload[8..]) {
+            continue;
+        }
+        if (fragmented + header_cut).is_multiple_of(2) {
+            fragmented += 1;
+            id = id.wrapping_add(1);
+            for (i, chunk) in payload.chunks(128).enumerate() {
+                let mut h = header.clone();
+                h.identification = id;
+                h.more_fragments = (i + 1) * 128 < payload.len();
+                h.fragment_offset = IpFragOffset::try_new((i * 16) as u16).unwrap();
+                h.set_payload_len(chunk.len()).unwrap();
+                h.header_checksum = h.calc_header_checksum();
+                let mut packet = Vec::new();
+                h.write(&mut packet).unwrap();
+                // The first fragment cut 60 bytes into its payload.
+                packet.extend_from_slice(if i == 0 { &chunk[..60] } else { chunk });
+                out.push((ETHERNET, t, ethernet_with(0x0800, &packet)));
+            }
+        } else {
+            header_cut += 1;
+            let packet = ip[..header.header_len() + 6].to_vec();
+            out.push((ETHERNET, t, ethernet_with(0x0800, &packet)));
+        }
+    }
+    assert!(
+        fragmented > 10 && header_cut > 10,
+        "{fragmented} {header_cut}"
+    );
+    // A HEPv3 frame of the bundled HEP capture, cut 40 bytes into its payload.
+    let hep = frames_of("hep.pcap").remove(0);
+    let hep_ip = ip_exact(&hep.1).unwrap();
+    out.push((
+        ETHERNET,
+        hep.0,
+        ethernet_with(0x0800, &hep_ip[..20 + 8 + 40]),
+    ));
+    let (_, summary, result) = replay_bytes(&pcap(&out, false, false), patient_settings());
+    result.unwrap();
+    let decode = &summary.decode;
+    let errors = |kind: &str| decode.errors.get(kind).copied().unwrap_or(0);
+    assert_eq!(errors("sip-snaplen"), fragmented, "{:?}", decode.errors);
+    assert_eq!(errors("ip-snaplen"), header_cut, "{:?}", decode.errors);
+    assert_eq!(errors("hep-snaplen"), 1, "{:?}", decode.errors);
+    for blamed in ["ip", "udp", "hep"] {
+        assert_eq!(errors(blamed), 0, "{blamed}: {:?}", decode.errors);
+    }
+    assert_eq!(decode.ip_errors, 0);
+    assert_eq!(decode.fragments.snaplen_cut, fragmented);
+    assert_eq!(decode.fragments.timed_out, 0);
+    assert_eq!(decode.fragments.reassembled, 0);
+    assert_eq!(decode.snaplen_cut, header_cut + 1);
+    assert_eq!(decode.sip_messages_udp, 0);
+}

@@ -90,26 +90,35 @@ fn every_stream_of_every_capture_matches_tshark() {
     let mut compared = 0;
     let mut references = 0;
     let mut after_end = 0;
+    let mut turned = 0;
     for capture in ALL_CAPTURES {
         let expected = tshark_streams(capture);
         references += expected.len();
         let (ours, records) = teledge_streams(capture);
-        let counters = records
+        let (counters, decode) = records
             .iter()
             .find_map(|r| match r {
-                Record::CaptureSummary(s) => Some(s.media),
+                Record::CaptureSummary(s) => Some((s.media, &s.decode)),
                 _ => None,
             })
             .unwrap();
         // RTP a phone sends after its call ended is counted, not measured: the streams
-        // TShark lists that teledge has not are exactly those packets.
+        // TShark lists that teledge has not are exactly those packets; and RTP relayed inside
+        // TURN, which TShark lists (with rtp.heuristic_rtp) under the relay's address, port
+        // 3478 here, and teledge counts as turn_relayed_unmeasured (RTCP in TURN too).
         let mut missing_packets = 0;
+        let (mut turn_packets, mut turn_streams) = (0, 0);
         for e in &expected {
             let what = format!("{capture} {} -> {} {}", e.src, e.dst, e.ssrc);
             let Some(s) = ours
                 .iter()
                 .find(|s| s.src == e.src && s.dst == e.dst && s.ssrc == e.ssrc)
             else {
+                if e.src.ends_with(":3478") || e.dst.ends_with(":3478") {
+                    turn_packets += e.packets;
+                    turn_streams += 1;
+                    continue;
+                }
                 missing_packets += e.packets;
                 after_end += 1;
                 continue;
@@ -137,15 +146,23 @@ fn every_stream_of_every_capture_matches_tshark() {
         // A stream shared by two legs of a B2BUA is in both records: count it once.
         let distinct: std::collections::BTreeSet<_> =
             ours.iter().map(|s| (&s.src, &s.dst, &s.ssrc)).collect();
+        let relayed = counters.turn_relayed_unmeasured + decode.turn_tcp_relayed;
+        assert!(
+            turn_packets <= relayed && (turn_packets > 0) == (relayed > 0),
+            "{capture}: streams in TURN ({turn_packets} packets) are counted as relayed"
+        );
         assert_eq!(
-            distinct.len() + usize::from(missing_packets > 0),
+            distinct.len() + usize::from(missing_packets > 0) + turn_streams,
             expected.len(),
             "{capture}: stream count"
         );
+        turned += turn_streams;
     }
     // sngrep_aaa.pcap: the phone sends 9 RTP packets a second after its call got 480.
     assert_eq!(after_end, 1);
-    assert_eq!(compared + after_end, references);
+    // rtp_over_tcp_and_turn.pcap: one stream each way through the relay over UDP, one over TCP.
+    assert_eq!(turned, 3);
+    assert_eq!(compared + after_end + turned, references);
     assert!(compared >= 30, "{compared} streams compared");
 }
 
@@ -542,4 +559,47 @@ fn every_static_payload_type_has_its_clock() {
     let pcma = &streams["0x50000013"];
     assert_eq!(pcma.metrics.comfort_noise_packets, 10);
     assert_eq!(pcma.codecs, ["PCMA", "CN"]);
+}
+
+/// Media teledge counts but does not measure, as TShark 4.0.17 does not with its default
+/// preferences (`rtp_over_tcp_and_turn.pcap`, written by `tests/tshark/make_unmeasured_media.py`;
+/// TShark's `-z rtp,streams` lists the two SDP-announced UDP streams only, and the TURN ones
+/// only with `rtp.heuristic_rtp`, never the RFC 4571 ones): RTP over TCP announced as
+/// `TCP/RTP/AVP` is counted per media line and learns no UDP endpoint; RTP and RTCP inside
+/// TURN ChannelData, Send and Data indications, over UDP or TCP, are counted, not taken for
+/// other traffic or ignored. An
+/// SDP with a line the sdp crate did not know (`TCP/RTP/AVP`, `UDP/BFCP`) used to be refused
+/// whole, so both calls had no SDP and the second call's audio was measured as orphans.
+#[test]
+fn rtp_over_tcp_and_turn_are_counted_not_measured() {
+    let (calls, summary) = replay("rtp_over_tcp_and_turn.pcap");
+    let tcp = call(&calls, "tcp-rtp@x");
+    let offer = tcp
+        .media
+        .offer
+        .as_ref()
+        .expect("the TCP/RTP/AVP offer is read");
+    assert_eq!(offer.media.len(), 1);
+    assert!(tcp.media.answer.is_some());
+    assert!(tcp.media_quality.caller_to_callee.is_empty());
+    assert!(tcp.media_quality.callee_to_caller.is_empty());
+    let bfcp = call(&calls, "bfcp@x");
+    assert_eq!(bfcp.media.offer.as_ref().map(|o| o.media.len()), Some(2));
+    let packets: Vec<u64> = bfcp
+        .media_quality
+        .caller_to_callee
+        .iter()
+        .chain(&bfcp.media_quality.callee_to_caller)
+        .map(|s| s.metrics.packets)
+        .collect();
+    assert_eq!(packets, [50, 50]);
+    let media = &summary.media;
+    assert_eq!(media.rtp_over_tcp_unmeasured, 2);
+    // 20 ChannelData each way, 3 Send indications with RTP, 2 Data indications with RTCP.
+    assert_eq!(media.turn_relayed_unmeasured, 45);
+    // The STUN Binding request and its answer.
+    assert_eq!(media.other_datagrams, 2);
+    // Over TCP: 6 ChannelData messages with RTP (an Allocate and its answer beside them).
+    assert_eq!(summary.decode.turn_tcp_relayed, 6);
+    assert_eq!((media.streams, media.orphan_streams), (2, 0));
 }
