@@ -390,10 +390,11 @@ impl StreamTable {
 
     fn slot(&self, key: &StreamKey) -> Option<u32> {
         let older = self.older & 1;
-        let hints = [&self.ahead[older], &self.ahead[older ^ 1]];
-        for (k, slot) in hints.into_iter().flatten() {
-            if k == key {
-                return Some(*slot);
+        for hint in [&self.ahead[older], &self.ahead[older ^ 1]] {
+            if let Some((k, slot)) = hint {
+                if k == key {
+                    return Some(*slot);
+                }
             }
         }
         self.index.get(key).copied()
