@@ -871,49 +871,6 @@ fn plain_ipv4(data: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
     Some((IpAddr::V4(src), IpAddr::V4(dst), protocol, &data[20..total]))
 }
 
-/// A frame that is a plain UDP datagram over plain IPv4, as raw header fields: source and
-/// destination address, source and destination port, and the payload (what
-/// [`Dissector::frame`] hands to [`Observer::datagram`] for such a frame, minus the checks
-/// for HEP, SIP and tunnels). Read without any decoder state; `None` for anything else
-/// (other links than untagged Ethernet and raw IP, IPv6, options, fragments, other
-/// protocols). For looking at the next frame ahead of its turn only: it counts nothing and
-/// changes nothing, and what it misses is only not looked at early.
-pub fn plain_udp(link: LinkType, frame: &[u8]) -> Option<PlainUdp<'_>> {
-    let ip = match link {
-        LinkType::Ethernet => frame.get(14..).filter(|_| frame[12..14] == [0x08, 0x00])?,
-        LinkType::RawIp => frame,
-        _ => return None,
-    };
-    let header = ip.first_chunk::<28>()?;
-    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let fragmenting = u16::from_be_bytes([header[6], header[7]]) & 0x3FFF != 0;
-    if header[0] != 0x45 || header[9] != 17 || fragmenting || total < 28 || total > ip.len() {
-        return None;
-    }
-    let word = |at: usize| {
-        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let datagram = &ip[20..total];
-    let end = usize::from(u16::from_be_bytes([header[24], header[25]])).clamp(8, datagram.len());
-    Some(PlainUdp {
-        src: word(12),
-        dst: word(16),
-        ports: word(20),
-        payload: &datagram[8..end],
-    })
-}
-
-/// What [`plain_udp`] reads.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainUdp<'a> {
-    /// IPv4 addresses in host order (`u32::from(Ipv4Addr)`).
-    pub src: u32,
-    pub dst: u32,
-    /// Source port << 16 | destination port.
-    pub ports: u32,
-    pub payload: &'a [u8],
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -962,73 +919,6 @@ mod tests {
         assert!(taken > 1000, "{taken}");
     }
     use super::*;
-
-    /// What `plain_udp` reads of a frame is what the dissector hands the observer for it:
-    /// Ethernet and raw IP, payloads of several lengths (Ethernet padding after a short
-    /// one), and frames it must leave alone (a VLAN tag, TCP, a fragment, IP options).
-    #[test]
-    fn plain_udp_reads_what_the_dissector_hands_on() {
-        struct Seen(Vec<(SocketAddr, SocketAddr, Vec<u8>)>);
-        impl Observer for Seen {
-            fn sip(&mut self, _: &MessageMeta, _: &SipMessage<'_>) {}
-            fn datagram(&mut self, meta: &DatagramMeta, payload: &[u8]) {
-                self.0.push((meta.src, meta.dst, payload.to_vec()));
-            }
-        }
-        let udp = |payload: &[u8]| {
-            let builder =
-                etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                    .ipv4([10, 0, 0, 1], [192, 0, 2, 7], 64)
-                    .udp(40_000, 20_002);
-            let mut out = Vec::new();
-            builder.write(&mut out, payload).unwrap();
-            out
-        };
-        let mut frames: Vec<(LinkType, Vec<u8>)> = Vec::new();
-        for len in [0, 1, 12, 172] {
-            let payload: Vec<u8> = (0..len).map(|i| 0x80 ^ i as u8).collect();
-            let frame = udp(&payload);
-            frames.push((LinkType::RawIp, frame[14..].to_vec()));
-            let mut padded = frame.clone();
-            padded.resize(padded.len().max(60), 0);
-            frames.push((LinkType::Ethernet, padded));
-        }
-        let taken = frames.len();
-        let rtp = udp(&[0x80; 172]);
-        let mut tagged = rtp.clone();
-        tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
-        let mut fragment = rtp.clone();
-        fragment[14 + 6] = 0x20;
-        let mut options = rtp.clone();
-        options[14] = 0x46;
-        for frame in [tagged, fragment, options, tcp_frame(5060, 1, b"x")] {
-            frames.push((LinkType::Ethernet, frame));
-        }
-        for (i, (link, data)) in frames.iter().enumerate() {
-            let mut seen = Seen(Vec::new());
-            let mut dissector = Dissector::new(DissectLimits::default());
-            let frame = Frame {
-                number: 1,
-                time: Timestamp::default(),
-                link: *link,
-                data,
-            };
-            dissector.frame(&frame, &mut seen);
-            let read = plain_udp(*link, data).map(|u| {
-                let (sport, dport) = ((u.ports >> 16) as u16, u.ports as u16);
-                (
-                    SocketAddr::new(std::net::Ipv4Addr::from(u.src).into(), sport),
-                    SocketAddr::new(std::net::Ipv4Addr::from(u.dst).into(), dport),
-                    u.payload.to_vec(),
-                )
-            });
-            if i < taken {
-                assert_eq!(read.as_ref(), seen.0.first(), "frame {i}");
-            } else {
-                assert_eq!(read, None, "frame {i}");
-            }
-        }
-    }
 
     /// An Ethernet/IPv4/TCP frame from `port` to 192.0.2.1:5060.
     fn tcp_frame(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {

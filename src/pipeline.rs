@@ -327,16 +327,6 @@ impl Pipeline {
         dissector.frame(frame, &mut feed);
     }
 
-    /// Starts the memory loads a frame read ahead will need when it is decoded (an RTP
-    /// packet's stream state, see [`crate::correlation::media::MediaTracker::prefetch`]),
-    /// changing nothing: what the frame holds is decoded and correlated by [`Self::frame`]
-    /// in its turn. Only a plain UDP datagram over IPv4 is looked at.
-    pub fn prefetch(&mut self, link: crate::decode::link::LinkType, data: &[u8]) {
-        if let Some(udp) = crate::dissect::plain_udp(link, data) {
-            self.correlator.prefetch_datagram(&udp);
-        }
-    }
-
     /// Correlates a HEP frame from the HEP listener; `sequence` numbers it among the frames
     /// of its listener. The caller checks its time (it knows the listener's clock guard).
     pub fn hep(

@@ -89,11 +89,8 @@ impl Replay {
             count_outcome(outcomes, &record);
             out(record);
         };
-        let frames = capture_file::read_frames_ahead(input, |frame: &Frame<'_>, ahead, p| {
+        let frames = capture_file::read_frames(input, |frame: &Frame<'_>, p| {
             *last_time = (*last_time).max(frame.time);
-            if !ahead.is_empty() {
-                pipeline.prefetch(frame.link, ahead);
-            }
             pipeline.frame(*id, frame, &mut counted);
             pipeline.tick(frame.time, &mut counted);
             progress(p);

@@ -326,16 +326,6 @@ impl StreamKey {
         }
     }
 
-    /// The key of an IPv4 stream from raw header fields (addresses in host order, source
-    /// port << 16 | destination port): what [`Self::new`] makes of the same addresses.
-    fn v4(src: u32, dst: u32, ports: u32, ssrc: u32) -> Self {
-        StreamKey {
-            words: [0, 0, 0xFFFF, src, 0, 0, 0xFFFF, dst, ports],
-            ssrc,
-            v6: 0,
-        }
-    }
-
     fn src(&self) -> SocketAddr {
         self.addr(0, (self.words[8] >> 16) as u16, 1)
     }
@@ -362,96 +352,6 @@ impl StreamKey {
 
 /// The tables keyed by [`StreamKey`].
 type StreamMap<V> = KeyedMap<StreamKey, V>;
-
-/// The measured streams: a table from key to slot, and the boxed streams in their slots
-/// (freed slots are reused). The slot number is what lets a lookup done ahead be used
-/// again: [`Self::prefetch`] finds the stream of the frame after the one being decoded,
-/// starts loading its state, and remembers key and slot, so that the packet's own lookup is
-/// a key compare instead of a hash and a probe (the hint is forgotten whenever a stream is
-/// removed, so it never names a slot reused by another stream).
-#[derive(Debug, Default)]
-struct StreamTable {
-    index: StreamMap<u32>,
-    /// Boxed: a slot is a pointer, so the vector's spare capacity costs 8 bytes a slot,
-    /// and a stream's state stays where it is while the vector grows.
-    slots: Vec<Option<Box<Stream>>>,
-    free: Vec<u32>,
-    /// The last two streams found by [`Self::prefetch`], with their slots: two, since the
-    /// replay looks up frame n + 1 before it decodes frame n. A ring: `older` indexes the
-    /// one found first (frame n's), which is compared first and replaced next.
-    ahead: [Option<(StreamKey, u32)>; 2],
-    older: usize,
-}
-
-impl StreamTable {
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    fn slot(&self, key: &StreamKey) -> Option<u32> {
-        let older = self.older & 1;
-        for hint in [&self.ahead[older], &self.ahead[older ^ 1]] {
-            if let Some((k, slot)) = hint {
-                if k == key {
-                    return Some(*slot);
-                }
-            }
-        }
-        self.index.get(key).copied()
-    }
-
-    fn get(&self, key: &StreamKey) -> Option<&Stream> {
-        let slot = self.slot(key)?;
-        self.slots.get(slot as usize)?.as_deref()
-    }
-
-    fn get_mut(&mut self, key: &StreamKey) -> Option<&mut Stream> {
-        let slot = self.slot(key)?;
-        self.slots.get_mut(slot as usize)?.as_deref_mut()
-    }
-
-    /// Adds a stream whose key is not in the table.
-    fn insert(&mut self, key: StreamKey, stream: Box<Stream>) {
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(stream);
-                slot
-            }
-            None => {
-                self.slots.push(Some(stream));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(key, slot);
-    }
-
-    fn remove(&mut self, key: &StreamKey) -> Option<Box<Stream>> {
-        self.ahead = [None, None];
-        let slot = self.index.remove(key)?;
-        self.free.push(slot);
-        self.slots.get_mut(slot as usize)?.take()
-    }
-
-    /// Every stream with its key, in the index's order.
-    fn iter(&self) -> impl Iterator<Item = (&StreamKey, &Stream)> + '_ {
-        self.index
-            .iter()
-            .filter_map(|(key, slot)| Some((key, self.slots.get(*slot as usize)?.as_deref()?)))
-    }
-
-    /// Looks `key` up ahead of its packet (see the type's documentation); the value read
-    /// from the stream's state means nothing.
-    fn prefetch(&mut self, key: StreamKey) {
-        let found = self.index.get(&key).copied().and_then(|slot| {
-            let stream = self.slots.get(slot as usize)?.as_deref()?;
-            std::hint::black_box(stream.touch());
-            Some((key, slot))
-        });
-        let older = self.older & 1;
-        self.ahead[older] = found;
-        self.older = older ^ 1;
-    }
-}
 
 /// A measured stream. Its key is not repeated here (the table and the indexes hold it):
 /// what needs it is handed it.
@@ -504,7 +404,7 @@ pub struct MediaTracker {
     endpoints_by_call: KeyedMap<Arc<str>, Vec<SocketAddr>>,
     /// Boxed: the table then holds small entries (key and pointer) that stay in cache while
     /// it is probed, and a half-empty table after growth costs pointers, not whole streams.
-    streams: StreamTable,
+    streams: StreamMap<Box<Stream>>,
     streams_by_call: KeyedMap<Arc<str>, Vec<StreamKey>>,
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: KeyedMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
@@ -552,7 +452,7 @@ impl MediaTracker {
             limits,
             endpoints: KeyedMap::default(),
             endpoints_by_call: KeyedMap::default(),
-            streams: StreamTable::default(),
+            streams: StreamMap::default(),
             streams_by_call: KeyedMap::default(),
             closed_by_call: KeyedMap::default(),
             rtcp_by_call: KeyedMap::default(),
@@ -684,24 +584,6 @@ impl MediaTracker {
                 Err(_) => self.counters.other_datagrams += 1,
             },
         }
-    }
-
-    /// Starts loading the state of the stream an RTP datagram will be measured in, changing
-    /// nothing: the replay calls it for the frame after the one it decodes. With thousands of
-    /// streams interleaved, each packet's table entry and stream state are cache misses, one
-    /// behind the other; begun a packet early, the loads overlap that packet's work instead
-    /// of stalling this one's. A datagram that is not RTP of a known stream costs a
-    /// classification or a lookup, nothing else.
-    pub fn prefetch(&mut self, udp: &crate::dissect::PlainUdp<'_>) {
-        if packet::classify(udp.payload) != Kind::Rtp {
-            return;
-        }
-        let Some(ssrc) = udp.payload.get(8..12) else {
-            return;
-        };
-        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
-        self.streams
-            .prefetch(StreamKey::v4(udp.src, udp.dst, udp.ports, ssrc));
     }
 
     /// The live-listen hook (see [`crate::media::tap`]).
@@ -1417,14 +1299,6 @@ impl MediaTracker {
 }
 
 impl Stream {
-    /// See [`StreamAnalyzer::touch`]: the fields [`Self::packet`] reads first, and the
-    /// analysis state.
-    #[inline]
-    fn touch(&self) -> u64 {
-        let cached = self.info_cache.map_or(0, |(pt, _)| u64::from(pt));
-        cached ^ u64::from(self.call.is_some()) ^ self.analyzer.touch()
-    }
-
     /// The other calls (B2BUA legs) of the stream, with its direction in each.
     fn legs(&self) -> &[(Arc<str>, Direction)] {
         self.legs.as_deref().map_or(&[], Vec::as_slice)
@@ -1803,8 +1677,8 @@ mod tests {
             ("StreamAnalyzer", size_of::<StreamAnalyzer>()),
             ("StreamKey", size_of::<StreamKey>()),
             (
-                "streams index slot (StreamKey, u32) + Option<Box<Stream>>",
-                size_of::<(StreamKey, u32)>() + size_of::<Option<Box<Stream>>>(),
+                "streams slot (StreamKey, Box<Stream>)",
+                size_of::<(StreamKey, Box<Stream>)>(),
             ),
             ("streams_by_ssrc slot", size_of::<(u32, StreamKey)>()),
             (
@@ -1817,70 +1691,6 @@ mod tests {
             println!("size_of::<{name}>() = {size}");
         }
         assert!(size_of::<Stream>() <= 1024, "{sizes:?}");
-    }
-
-    /// A lookup done ahead finds the stream it found, never a stream that later took a
-    /// freed slot, and a key never looked up ahead is still found by the index.
-    #[test]
-    fn the_stream_tables_hint_never_names_another_stream() {
-        let packet = |ssrc: u32| RtpPacket {
-            marker: false,
-            payload_type: 8,
-            sequence: 1,
-            timestamp: 160,
-            ssrc,
-            payload_len: 160,
-            payload_head: [0; 4],
-        };
-        let stream = |ssrc: u32| {
-            let info = PayloadInfo {
-                clock_rate: 8000,
-                is_event: false,
-                is_comfort_noise: false,
-            };
-            Box::new(Stream {
-                call: None,
-                direction: None,
-                codecs: Arc::new(Vec::new()),
-                voice_pt: Some(8),
-                analyzer: StreamAnalyzer::new(Timestamp::default(), &packet(ssrc), info),
-                info_cache: None,
-                legs: None,
-            })
-        };
-        let (a, b) = (
-            "10.0.0.1:4000".parse().unwrap(),
-            "10.0.0.2:5000".parse().unwrap(),
-        );
-        let key = |ssrc| StreamKey::new(a, b, ssrc);
-        let ssrc_of = |table: &StreamTable, ssrc| {
-            table
-                .get(&key(ssrc))
-                .map(|s| s.analyzer.report().packets)
-                .map(|_| ssrc)
-        };
-        let mut table = StreamTable::default();
-        table.insert(key(1), stream(1));
-        table.insert(key(2), stream(2));
-        table.prefetch(key(1));
-        table.prefetch(key(2));
-        assert_eq!(
-            table.ahead.map(|h| h.map(|(_, slot)| slot)),
-            [Some(0), Some(1)]
-        );
-        assert_eq!((ssrc_of(&table, 1), ssrc_of(&table, 2)), (Some(1), Some(2)));
-        // Stream 1 goes; stream 3 takes its slot; the hint for 1 must not find 3.
-        assert!(table.remove(&key(1)).is_some());
-        table.insert(key(3), stream(3));
-        assert_eq!(table.slot(&key(3)), Some(0));
-        assert_eq!(ssrc_of(&table, 1), None);
-        assert!(table.get_mut(&key(1)).is_none());
-        table.prefetch(key(1));
-        assert_eq!(table.ahead, [None, None]);
-        assert_eq!(table.len(), 2);
-        let mut keys: Vec<u32> = table.iter().map(|(k, _)| k.ssrc).collect();
-        keys.sort_unstable();
-        assert_eq!(keys, [2, 3]);
     }
 
     /// The word-packed key gives back the addresses it was made of, IPv4, IPv6 and
@@ -1896,15 +1706,6 @@ mod tests {
             let key = StreamKey::new(src, dst, 0xDEAD_BEEF);
             assert_eq!((key.src(), key.dst(), key.ssrc), (src, dst, 0xDEAD_BEEF));
         }
-        // From raw IPv4 header fields, the same key.
-        let (src, dst): (SocketAddr, SocketAddr) = (
-            "10.0.0.1:4000".parse().unwrap(),
-            "192.168.7.9:5000".parse().unwrap(),
-        );
-        assert_eq!(
-            StreamKey::v4(0x0A00_0001, 0xC0A8_0709, 4000 << 16 | 5000, 7),
-            StreamKey::new(src, dst, 7)
-        );
         // An IPv4 address and its IPv6-mapped form are different streams.
         let v4 = StreamKey::new(
             "10.0.0.1:1".parse().unwrap(),

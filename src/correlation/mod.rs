@@ -314,12 +314,6 @@ impl Correlator {
         self.orphan_summaries(out);
     }
 
-    /// Starts loading what a UDP datagram of a later frame will need, changing nothing (see
-    /// [`MediaTracker::prefetch`]).
-    pub fn prefetch_datagram(&mut self, udp: &crate::dissect::PlainUdp<'_>) {
-        self.media.prefetch(udp);
-    }
-
     /// The call an RTCP packet belongs to, as [`Correlator::datagram`] attributes it (see
     /// [`MediaTracker::rtcp_call`]); `None` for a packet that is not RTCP or matches no call.
     pub fn rtcp_call(&self, meta: &DatagramMeta, payload: &[u8]) -> Option<std::sync::Arc<str>> {

@@ -991,21 +991,6 @@ impl StreamAnalyzer {
         self.first_time
     }
 
-    /// Reads a word from each part of the state the next packet will update, so that the
-    /// cache lines holding them are on their way while other work runs (see
-    /// [`crate::correlation::media::MediaTracker::prefetch`]); the value means nothing.
-    #[inline]
-    pub fn touch(&self) -> u64 {
-        self.packets
-            ^ u64::from(self.wireshark.seq_num)
-            ^ self.quality.jitter.to_bits()
-            ^ self.quality.deltas.count
-            ^ self.buffers[0].anchor.to_bits()
-            ^ self.buffers[1].anchor.to_bits()
-            ^ self.seen[0]
-            ^ self.highest
-    }
-
     pub fn last_time(&self) -> Timestamp {
         self.last_time
     }

@@ -161,20 +161,8 @@ pub struct Progress {
 /// A classic pcap file (either byte order, micro- or nanoseconds) is walked by
 /// [`read_legacy`]; pcapng and anything else by pcap-parser's reader.
 pub fn read_frames<R: Read + Send>(
-    input: R,
-    mut on_frame: impl FnMut(&Frame<'_>, Progress),
-) -> Result<u64, CaptureError> {
-    read_frames_ahead(input, |frame, _, progress| on_frame(frame, progress))
-}
-
-/// [`read_frames`], also handing over with each frame the link-layer bytes of the frame
-/// after it when they are already in memory (empty when not: at a chunk's end, in pcapng),
-/// so that the caller can start the memory loads the next frame will need (see
-/// [`crate::pipeline::Pipeline::prefetch`]). The next frame is still handed over in its
-/// turn.
-pub fn read_frames_ahead<R: Read + Send>(
     mut input: R,
-    mut on_frame: impl FnMut(&Frame<'_>, &[u8], Progress),
+    on_frame: impl FnMut(&Frame<'_>, Progress),
 ) -> Result<u64, CaptureError> {
     let (head, got) = read_head(&mut input)?;
     if let Ok((_, header)) = pcap_parser::pcap::parse_pcap_header(&head[..got]) {
@@ -182,9 +170,7 @@ pub fn read_frames_ahead<R: Read + Send>(
             return read_legacy(&header, Chunks { input }, on_frame);
         }
     }
-    read_parsed(Prefixed::new(head, got, input), |frame, progress| {
-        on_frame(frame, &[], progress)
-    })
+    read_parsed(Prefixed::new(head, got, input), on_frame)
 }
 
 /// The input with the bytes already read from it put back in front. Its first read gives
@@ -283,7 +269,7 @@ impl<R: Read> Chunks<R> {
 fn read_legacy(
     header: &pcap_parser::PcapHeader,
     mut chunks: Chunks<impl Read>,
-    mut on_frame: impl FnMut(&Frame<'_>, &[u8], Progress),
+    mut on_frame: impl FnMut(&Frame<'_>, Progress),
 ) -> Result<u64, CaptureError> {
     let big_endian = header.is_bigendian();
     let link = LinkType::from_linktype(header.network.0);
@@ -309,7 +295,7 @@ fn read_legacy(
     let mut offset: u64 = 24;
     let (mut chunk, mut pos, mut end): (Vec<u8>, usize, usize) = (Vec::new(), 0, 0);
     let mut carry: Vec<u8> = Vec::new();
-    let mut emit = |record: &[u8], ahead: &[u8], frames: &mut u64, offset: &mut u64| {
+    let mut emit = |record: &[u8], frames: &mut u64, offset: &mut u64| {
         let nanos = u64::from(word(record, 4)) * nanos_per_unit;
         let time =
             Timestamp::from_secs_nanos(i64::from(word(record, 0)), nanos.min(999_999_999) as u32);
@@ -323,7 +309,6 @@ fn read_legacy(
         };
         on_frame(
             &frame,
-            ahead,
             Progress {
                 frames: *frames,
                 bytes: *offset,
@@ -336,13 +321,7 @@ fn read_legacy(
             let len = record_len(h);
             if let Some(record) = rest.get(..len) {
                 pos += len;
-                // The next record's data, when the chunk holds all of it.
-                let after = &rest[len..];
-                let ahead = after
-                    .first_chunk::<16>()
-                    .and_then(|h| after.get(16..record_len(h)))
-                    .unwrap_or(&[]);
-                emit(record, ahead, &mut frames, &mut offset);
+                emit(record, &mut frames, &mut offset);
                 continue;
             }
         }
@@ -375,7 +354,7 @@ fn read_legacy(
             carry.extend_from_slice(&chunk[pos..pos + take]);
             pos += take;
         }
-        emit(&carry, &[], &mut frames, &mut offset);
+        emit(&carry, &mut frames, &mut offset);
     }
 }
 
