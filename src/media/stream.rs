@@ -1077,6 +1077,18 @@ impl From<&StreamReport> for record::StreamMetrics {
 mod tests {
     use super::*;
 
+    /// The table holds TShark's `clock_map` for every payload type (a type added to the
+    /// `match` beyond the table's length would read 0 from the table).
+    #[test]
+    fn the_static_clock_table_is_the_clock_map() {
+        for pt in 0..=u8::MAX {
+            assert_eq!(wireshark_static_clock(pt), static_clock_of(pt), "PT {pt}");
+        }
+        assert_eq!(wireshark_static_clock(8), 8000);
+        assert_eq!(wireshark_static_clock(34), 90_000);
+        assert_eq!(wireshark_static_clock(96), 0);
+    }
+
     const PCMA: PayloadInfo = PayloadInfo {
         clock_rate: 8000,
         is_event: false,
