@@ -328,6 +328,16 @@ impl Eq for StreamKey {}
 impl std::hash::Hash for StreamKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let w = |i: usize| u64::from(self.words[i]) << 32 | u64::from(self.words[i + 1]);
+        if self.v6 == 0 {
+            // Both addresses IPv4: their first three words are those of the IPv4-mapped
+            // prefix (`::ffff:0:0/96`), the same in every such key, so the last words, the
+            // ports and the SSRC are the whole key: one 128-bit write instead of four. Equal
+            // keys still hash alike (`v6` is part of the key, and an IPv6 key takes the
+            // other branch), and no bit a sender chooses is left out.
+            let word = |i: usize| u128::from(self.words[i]);
+            state.write_u128(word(3) << 96 | word(7) << 64 | word(8) << 32 | u128::from(self.ssrc));
+            return;
+        }
         state.write_u128(u128::from(w(0)) << 64 | u128::from(w(2)));
         state.write_u128(u128::from(w(4)) << 64 | u128::from(w(6)));
         state.write_u64(u64::from(self.words[8]) << 32 | u64::from(self.ssrc));
@@ -338,11 +348,15 @@ impl std::hash::Hash for StreamKey {
 impl StreamKey {
     fn new(src: SocketAddr, dst: SocketAddr, ssrc: u32) -> Self {
         // An address as four words in network order (IPv4 mapped into IPv6).
-        let ip_words = |ip: IpAddr| {
-            let b = ip_bytes(ip);
-            std::array::from_fn::<u32, 4, _>(|i| {
-                u32::from_be_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-            })
+        // An IPv4 address is its mapped form's last word: no 16-byte round trip per packet.
+        let ip_words = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => [0, 0, 0xFFFF, u32::from(v4)],
+            IpAddr::V6(v6) => {
+                let b = v6.octets();
+                std::array::from_fn::<u32, 4, _>(|i| {
+                    u32::from_be_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+                })
+            }
         };
         let mut words = [0u32; 9];
         words[..4].copy_from_slice(&ip_words(src.ip()));
@@ -381,14 +395,6 @@ impl StreamKey {
 
 /// The tables keyed by [`StreamKey`].
 type StreamMap<V> = KeyedMap<StreamKey, V>;
-
-/// An address as 16 bytes (IPv4 mapped into IPv6).
-fn ip_bytes(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
 
 /// A measured stream. Its key is not repeated here (the table and the indexes hold it):
 /// what needs it is handed it.
@@ -1352,6 +1358,13 @@ impl MediaTracker {
             self.orphan_summaries_ready.push(summary);
         }
         self.orphan_window = None;
+    }
+
+    /// Whether summaries wait to be taken: asked for every datagram and frame, so that the
+    /// empty case costs a load and a compare, not a `Vec` taken, iterated and dropped.
+    #[inline]
+    pub fn has_orphan_summaries(&self) -> bool {
+        !self.orphan_summaries_ready.is_empty()
     }
 
     /// Summaries of orphan streams beyond the per-minute budget, for minutes that are over.

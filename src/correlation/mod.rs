@@ -333,6 +333,9 @@ impl Correlator {
     }
 
     fn orphan_summaries(&mut self, out: &mut impl FnMut(Record)) {
+        if !self.media.has_orphan_summaries() {
+            return;
+        }
         for summary in self.media.take_orphan_summaries() {
             out(Record::OrphanStreams(Box::new(summary)));
         }

@@ -110,9 +110,14 @@ pub fn decode_rtp(data: &[u8]) -> Result<RtpPacket, RtpError> {
         }
         payload_len -= pad;
     }
+    // Four bytes or fewer: a fixed-size copy when there are four (every voice packet), where
+    // a copy of a variable length is a call to `memcpy`.
     let mut payload_head = [0u8; 4];
     let head = &data[header_len..header_len + payload_len.min(4)];
-    payload_head[..head.len()].copy_from_slice(head);
+    match head.first_chunk::<4>() {
+        Some(four) => payload_head = *four,
+        None => payload_head[..head.len()].copy_from_slice(head),
+    }
     Ok(RtpPacket {
         marker: fixed[1] & 0x80 != 0,
         payload_type: fixed[1] & 0x7F,
