@@ -105,6 +105,19 @@ type Replaced = Vec<Option<(String, String)>>;
 /// Borrowed when no line needs it (almost always).
 fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Replaced) {
     let mut replaced = Vec::new();
+    // Almost every SDP needs none: a walk over its `m=` lines says so without copying it.
+    let m_lines = body
+        .starts_with(b"m=")
+        .then_some(0)
+        .into_iter()
+        .chain(memchr::memmem::find_iter(body, b"\nm=").map(|at| at + 1))
+        .map(|start| {
+            let line = &body[start + 2..];
+            &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())]
+        });
+    if !m_lines.into_iter().any(refused_by_the_crate) {
+        return (std::borrow::Cow::Borrowed(body), replaced);
+    }
     let Ok(text) = std::str::from_utf8(body) else {
         return (std::borrow::Cow::Borrowed(body), replaced);
     };
@@ -115,7 +128,7 @@ fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Replaced) {
             out.push_str(line);
             continue;
         };
-        let fields: Vec<&str> = value.split_whitespace().collect();
+        let fields: Vec<&str> = value.split_ascii_whitespace().collect();
         let refused = fields.len() >= 4
             && (!CRATE_MEDIA.contains(&fields[0])
                 || fields[2].split('/').any(|p| !CRATE_PROTOS.contains(&p)));
@@ -140,6 +153,23 @@ fn with_stand_ins(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Replaced) {
         return (std::borrow::Cow::Borrowed(body), Vec::new());
     }
     (std::borrow::Cow::Owned(out.into_bytes()), replaced)
+}
+
+/// Whether the `sdp` crate refuses an `m=` line (its value, after `m=`) for its media or its
+/// protocol: the same test [`with_stand_ins`] makes on the line's words.
+fn refused_by_the_crate(value: &[u8]) -> bool {
+    let mut fields = value
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let (Some(media), Some(_port), Some(protocol), Some(_format)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    !CRATE_MEDIA.iter().any(|m| m.as_bytes() == media)
+        || protocol
+            .split(|&b| b == b'/')
+            .any(|p| !CRATE_PROTOS.iter().any(|c| c.as_bytes() == p))
 }
 
 /// Summarises an SDP body.
