@@ -485,15 +485,11 @@ fn stats_of(path: &Path, node: &str) -> Result<Option<teledge::stats::Aggregator
         return Ok(None);
     }
     match teledge::config::stats::parse_stats(&text) {
-        Ok(config) if config.enabled => {
-            let mut run = [0u8; 8];
-            let _ = getrandom::getrandom(&mut run);
-            Ok(Some(teledge::stats::Aggregator::new(
-                config.settings,
-                node,
-                u64::from_le_bytes(run),
-            )))
-        }
+        Ok(config) if config.enabled => Ok(Some(teledge::stats::Aggregator::new(
+            config.settings,
+            node,
+            teledge::stats::run_id(),
+        ))),
         Ok(_) => Ok(None),
         Err(errors) => {
             for problem in &errors.0 {

@@ -228,17 +228,6 @@ impl RecordQueue {
     }
 }
 
-/// A random id for this run's interval records: a restarted daemon's records add up with
-/// the last run's instead of superseding them.
-fn run_id() -> u64 {
-    let mut bytes = [0u8; 8];
-    // Without randomness, the clock tells runs apart as well.
-    if getrandom::getrandom(&mut bytes).is_err() {
-        return Timestamp::now().as_nanos() as u64;
-    }
-    u64::from_le_bytes(bytes)
-}
-
 /// The pipeline shared by the sources: every capture thread decodes its own frames and
 /// correlates them in the shard of their call (no lock every packet takes).
 type SharedPipeline = Arc<LivePipeline>;
@@ -579,7 +568,7 @@ impl Daemon {
                 let mut aggregator = crate::stats::Aggregator::new(
                     config.stats.settings.clone(),
                     &config.forward.node_id,
-                    run_id(),
+                    crate::stats::run_id(),
                 );
                 // A queue source: its records and the calls of the same contacts join.
                 if !config.queue_logs.is_empty() || !config.callcenters.is_empty() {

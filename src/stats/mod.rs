@@ -26,6 +26,6 @@ pub mod report;
 pub mod service;
 
 pub use contact::{Contact, ContactOutcome};
-pub use interval::{Aggregator, Attribution, IntervalClock, StatsSettings};
+pub use interval::{run_id, Aggregator, Attribution, IntervalClock, StatsSettings};
 pub use queue::{FlowOut, QueueEnd, QueueFact, QueueHangup};
 pub use service::{Direction, ServiceSettings, Services};
