@@ -72,6 +72,8 @@ pub enum CreateError {
     Setup(#[source] webrtc::error::Error),
     #[error("ICE gathering did not complete")]
     Gathering,
+    #[error("the system's random number generator failed: no unguessable session id")]
+    NoRandomness,
 }
 
 impl CreateError {
@@ -83,6 +85,7 @@ impl CreateError {
             CreateError::Codec(_) => 422,
             CreateError::Offer(_) | CreateError::NoAudio => 400,
             CreateError::Setup(_) | CreateError::Gathering => 500,
+            CreateError::NoRandomness => 503,
         }
     }
 
@@ -94,7 +97,9 @@ impl CreateError {
             CreateError::Full(_) => "listeners_full",
             CreateError::Codec(_) => "codec_not_g711",
             CreateError::Offer(_) | CreateError::NoAudio => "bad_offer",
-            CreateError::Setup(_) | CreateError::Gathering => "setup_failed",
+            CreateError::Setup(_) | CreateError::Gathering | CreateError::NoRandomness => {
+                "setup_failed"
+            }
         }
     }
 }
@@ -250,7 +255,9 @@ impl Whep {
                 CreateError::Full(_) => &c.refused_full,
                 CreateError::Codec(_) => &c.refused_codec,
                 CreateError::Offer(_) | CreateError::NoAudio => &c.refused_bad_offer,
-                CreateError::Setup(_) | CreateError::Gathering => &c.setup_failed,
+                CreateError::Setup(_) | CreateError::Gathering | CreateError::NoRandomness => {
+                    &c.setup_failed
+                }
             }
             .fetch_add(1, Ordering::Relaxed);
         }
@@ -287,6 +294,8 @@ impl Whep {
         if !offer_has_audio(&offer, law) {
             return Err(CreateError::NoAudio);
         }
+        // The session's id first: nothing is set up for a session that could not have one.
+        let session = random_id().ok_or(CreateError::NoRandomness)?;
 
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
@@ -342,7 +351,6 @@ impl Whep {
             }
         };
 
-        let session = random_id();
         let cancel = inner.shutdown.child_token();
         lock(&inner.sessions).insert(session.clone(), cancel.clone());
         inner
@@ -708,16 +716,13 @@ fn random_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// A session id from the system's CSPRNG (128 bits, hex): a guessable session URL would let
-/// anyone end sessions (WHEP §Security).
-fn random_id() -> String {
+/// A session id from the system's CSPRNG (128 bits, hex), or none when it fails: a
+/// guessable session URL would let anyone end sessions (WHEP §Security), so the session is
+/// refused ([`CreateError::NoRandomness`]) rather than given an id made from the clock.
+fn random_id() -> Option<String> {
     let mut b = [0u8; 16];
-    if getrandom::getrandom(&mut b).is_err() {
-        // No CSPRNG: ring's (also the OS's) is the fallback; a failure of both is refused
-        // by the caller seeing an id built from the clock only in that impossible case.
-        b[..8].copy_from_slice(&Timestamp::now().as_nanos().to_le_bytes()[..8]);
-    }
-    hex::encode(b)
+    getrandom::getrandom(&mut b).ok()?;
+    Some(hex::encode(b))
 }
 
 #[cfg(test)]
@@ -794,8 +799,8 @@ mod tests {
 
     #[test]
     fn session_ids_are_random_and_long() {
-        let a = random_id();
+        let a = random_id().unwrap();
         assert_eq!(a.len(), 32);
-        assert_ne!(a, random_id());
+        assert_ne!(Some(a), random_id());
     }
 }
