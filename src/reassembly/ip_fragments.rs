@@ -160,25 +160,7 @@ impl FragmentPool {
             return None;
         }
 
-        if !self.partials.contains_key(&key) {
-            while self.partials.len() >= self.limits.max_datagrams
-                || self.bytes_held + end > self.budget
-            {
-                if !self.evict_oldest(None) {
-                    break;
-                }
-            }
-            self.partials.insert(
-                key,
-                Partial {
-                    data: Vec::new(),
-                    ranges: Vec::new(),
-                    total: None,
-                    first_seen: now,
-                    cut: false,
-                },
-            );
-        }
+        self.open(key, now, end, false);
         let partial = self.partials.get_mut(&key)?;
         if partial.cut {
             self.add_range_of_cut(key, offset, end, more_fragments);
@@ -220,15 +202,7 @@ impl FragmentPool {
                 self.stats.largest_reassembled.max(done.data.len() as u64);
             return Some(done.data);
         }
-        // A datagram that grew past the bound makes room by evicting older ones; if it alone
-        // is over, it goes.
-        while self.bytes_held > self.budget {
-            if !self.evict_oldest(Some(&key)) {
-                self.remove(&key);
-                self.stats.evicted += 1;
-                break;
-            }
-        }
+        self.keep_within_budget(&key);
         None
     }
 
@@ -250,23 +224,7 @@ impl FragmentPool {
             self.stats.malformed += 1;
             return;
         }
-        if !self.partials.contains_key(&key) {
-            while self.partials.len() >= self.limits.max_datagrams {
-                if !self.evict_oldest(None) {
-                    break;
-                }
-            }
-            self.partials.insert(
-                key,
-                Partial {
-                    data: Vec::new(),
-                    ranges: Vec::new(),
-                    total: None,
-                    first_seen: now,
-                    cut: true,
-                },
-            );
-        }
+        self.open(key, now, 0, true);
         if let Some(partial) = self.partials.get_mut(&key) {
             // The bytes held so far are of no use now.
             let before = partial.cost();
@@ -275,6 +233,44 @@ impl FragmentPool {
             self.bytes_held = (self.bytes_held + partial.cost()).saturating_sub(before);
         }
         self.add_range_of_cut(key, offset, end, more_fragments);
+    }
+
+    /// Starts following the datagram of `key` unless it is followed already, making room
+    /// first (the oldest datagrams evicted) for one more of `bytes`.
+    fn open(&mut self, key: FragmentKey, now: Timestamp, bytes: usize, cut: bool) {
+        if self.partials.contains_key(&key) {
+            return;
+        }
+        while self.partials.len() >= self.limits.max_datagrams
+            || self.bytes_held + bytes > self.budget
+        {
+            if !self.evict_oldest(None) {
+                break;
+            }
+        }
+        self.partials.insert(
+            key,
+            Partial {
+                data: Vec::new(),
+                ranges: Vec::new(),
+                total: None,
+                first_seen: now,
+                cut,
+            },
+        );
+    }
+
+    /// A datagram that grew past the byte bound makes room by evicting older ones; if it
+    /// alone is over, it goes (counted as evicted). Cut datagrams too: their ranges are all
+    /// they hold, and a sender's scattered fragments can make many.
+    fn keep_within_budget(&mut self, key: &FragmentKey) {
+        while self.bytes_held > self.budget {
+            if !self.evict_oldest(Some(key)) {
+                self.remove(key);
+                self.stats.evicted += 1;
+                break;
+            }
+        }
     }
 
     /// Records a fragment's range in a cut datagram; at its last range the datagram is
@@ -293,6 +289,8 @@ impl FragmentPool {
         if complete {
             self.remove(&key);
             self.stats.snaplen_cut += 1;
+        } else {
+            self.keep_within_budget(&key);
         }
     }
 
@@ -490,6 +488,22 @@ mod tests {
         pool.set_budget(1000);
         pool.add(FragmentKey { id: 99, ..key() }, t(1), 0, true, &[0; 8]);
         assert!(pool.bytes_held() <= 1000, "{}", pool.bytes_held());
+    }
+
+    #[test]
+    fn cut_datagrams_stay_within_the_byte_bound_as_their_ranges_grow() {
+        // A cut datagram holds no bytes, only the ranges seen: fragments a sender scatters
+        // (8 bytes every 16) make thousands of them, and the bound must hold for those too.
+        let mut pool = FragmentPool::new(FragmentLimits::default());
+        pool.set_budget(4096);
+        for id in 0..4 {
+            let k = FragmentKey { id, ..key() };
+            for i in 0..2000 {
+                pool.add_cut(k, t(1), i * 16, true, 8);
+                assert!(pool.bytes_held() <= 4096, "{}", pool.bytes_held());
+            }
+        }
+        assert!(pool.stats().evicted >= 3, "{:?}", pool.stats());
     }
 
     #[test]
