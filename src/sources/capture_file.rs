@@ -135,25 +135,33 @@ struct ObsoletePacket<'a> {
     data: &'a [u8],
 }
 
+/// The `u16` at `bytes[at..at + 2]` in the file's byte order (the caller has checked the
+/// length).
+fn u16_in(bytes: &[u8], at: usize, big_endian: bool) -> u16 {
+    let b = [bytes[at], bytes[at + 1]];
+    if big_endian {
+        u16::from_be_bytes(b)
+    } else {
+        u16::from_le_bytes(b)
+    }
+}
+
+/// The `u32` at `bytes[at..at + 4]` in the file's byte order (the caller has checked the
+/// length).
+fn u32_in(bytes: &[u8], at: usize, big_endian: bool) -> u32 {
+    let b = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+    if big_endian {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    }
+}
+
 impl<'a> ObsoletePacket<'a> {
     fn parse(body: &'a [u8], big_endian: bool) -> Option<Self> {
         let header = body.first_chunk::<20>()?;
-        let u16_at = |i: usize| {
-            let b = [header[i], header[i + 1]];
-            if big_endian {
-                u16::from_be_bytes(b)
-            } else {
-                u16::from_le_bytes(b)
-            }
-        };
-        let u32_at = |i: usize| {
-            let b = [header[i], header[i + 1], header[i + 2], header[i + 3]];
-            if big_endian {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let u16_at = |i: usize| u16_in(header, i, big_endian);
+        let u32_at = |i: usize| u32_in(header, i, big_endian);
         let captured = usize::try_from(u32_at(12)).ok()?;
         Some(ObsoletePacket {
             interface: u16_at(0),
@@ -290,22 +298,8 @@ impl ClassicHeader {
             }
             _ => {}
         }
-        let u16_at = |i: usize| {
-            let b = [bytes[i], bytes[i + 1]];
-            if big_endian {
-                u16::from_be_bytes(b)
-            } else {
-                u16::from_le_bytes(b)
-            }
-        };
-        let u32_at = |i: usize| {
-            let b = [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
-            if big_endian {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let u16_at = |i: usize| u16_in(bytes, i, big_endian);
+        let u32_at = |i: usize| u32_in(bytes, i, big_endian);
         let version = (u16_at(4), u16_at(6));
         if version.0 < 2 {
             return Err(CaptureError::UnreadableVariant(format!(
@@ -436,16 +430,7 @@ impl Variant {
             if record.is_empty() {
                 break;
             }
-            let u32_at = |i: usize| {
-                record.get(i..i + 4).map(|b| {
-                    let b = [b[0], b[1], b[2], b[3]];
-                    if big_endian {
-                        u32::from_be_bytes(b)
-                    } else {
-                        u32::from_le_bytes(b)
-                    }
-                })
-            };
+            let u32_at = |i: usize| record.get(i..i + 4).map(|b| u32_in(b, 0, big_endian));
             let mut faults = [false; 10];
             faults[0] = u32_at(4).is_some_and(|fraction| fraction >= 1_000_000);
             let captured = u32_at(8);
@@ -460,11 +445,7 @@ impl Variant {
                 Variant::Ss990417 | Variant::Ss990915 | Variant::Ss991029 => {
                     faults[5] = u32_at(16).is_some_and(|ifindex| ifindex > 10_000);
                     faults[6] = record.get(20..22).is_some_and(|b| {
-                        let protocol = if big_endian {
-                            u16::from_be_bytes([b[0], b[1]])
-                        } else {
-                            u16::from_le_bytes([b[0], b[1]])
-                        };
+                        let protocol = u16_in(b, 0, big_endian);
                         !(protocol >= 0x0600
                             || matches!(protocol, 0x0060 | 0x0200 | 0x0400 | 0x0000..=0x0017))
                     });
@@ -641,14 +622,7 @@ fn read_legacy(
     // The record header: 16 bytes, and a variant's own fields after them.
     let header_len = 16 + layout.extra;
     let lengths = layout.lengths;
-    let word = |b: &[u8], at: usize| {
-        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if big_endian {
-            u32::from_be_bytes(w)
-        } else {
-            u32::from_le_bytes(w)
-        }
-    };
+    let word = |b: &[u8], at: usize| u32_in(b, at, big_endian);
     // The whole record (16-byte header and data), its length in `record` given its header.
     // Saturating: on a 32-bit box a hostile length near 4 GiB would wrap to a few bytes and
     // hand over a record shorter than its own header; saturated, it is refused as too large.
