@@ -38,7 +38,7 @@
 //!
 //! ```
 //! use teledge::access::{Access, AccessSettings, Credentials, Permission, Supervisor, ServiceSet};
-//! let (token, hash) = teledge::access::make_token();
+//! let (token, hash) = teledge::access::make_token().expect("a random source");
 //! let access = Access::new(AccessSettings {
 //!     supervisors: vec![Supervisor {
 //!         id: "alice".into(),
@@ -270,22 +270,28 @@ pub enum Denied {
     /// Listen to a call of a service that is not monitorable (or of no service): 403.
     #[error("the call's service is not monitorable")]
     NotMonitorable,
+    /// The system's random source failed, so no unguessable session id can be made: 503.
+    #[error("no session: the system's random source failed")]
+    NoRandomness,
 }
 
 impl Denied {
     /// Every reason, in the order of [`Access::refused`].
-    pub const ALL: [Denied; 4] = [
+    pub const ALL: [Denied; 5] = [
         Denied::NoCredentials,
         Denied::BadCredentials,
         Denied::NotPermitted,
         Denied::NotMonitorable,
+        Denied::NoRandomness,
     ];
 
-    /// The HTTP status to answer: 401 (with `WWW-Authenticate: Bearer`) or 403.
+    /// The HTTP status to answer: 401 (with `WWW-Authenticate: Bearer`), 403, or 503 when
+    /// no session could be made.
     pub fn status(self) -> u16 {
         match self {
             Denied::NoCredentials | Denied::BadCredentials => 401,
             Denied::NotPermitted | Denied::NotMonitorable => 403,
+            Denied::NoRandomness => 503,
         }
     }
 
@@ -296,6 +302,7 @@ impl Denied {
             Denied::BadCredentials => "bad_credentials",
             Denied::NotPermitted => "not_permitted",
             Denied::NotMonitorable => "not_monitorable",
+            Denied::NoRandomness => "no_randomness",
         }
     }
 
@@ -305,6 +312,7 @@ impl Denied {
             Denied::BadCredentials => 1,
             Denied::NotPermitted => 2,
             Denied::NotMonitorable => 3,
+            Denied::NoRandomness => 4,
         }
     }
 }
@@ -333,7 +341,7 @@ pub struct Access {
     settings: std::sync::RwLock<std::sync::Arc<AccessSettings>>,
     /// By SHA-256 of the session id.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; Denied::ALL.len()],
     sessions_evicted: AtomicU64,
     /// A refusal is logged (WARN) at most once per [`crate::log_limit::LOG_INTERVAL`] per
     /// reason, with how many it stands for; counted every time.
@@ -359,20 +367,21 @@ pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn random_hex() -> String {
+/// 32 bytes from the system's random source as hex, or `None` when that source fails (only
+/// on a system without one): a token or session id made any other way could be guessed, so
+/// the caller refuses instead.
+fn random_hex() -> Option<String> {
     let mut bytes = [0u8; 32];
-    // getrandom fails only on a system without an entropy source; a token made of zeros
-    // would be worse than stopping.
-    #[allow(clippy::expect_used)]
-    getrandom::getrandom(&mut bytes).expect("the system's random number generator");
-    hex::encode(bytes)
+    getrandom::getrandom(&mut bytes).ok()?;
+    Some(hex::encode(bytes))
 }
 
-/// A new supervisor token and its SHA-256 (lowercase hex) for `token_sha256`.
-pub fn make_token() -> (String, [u8; 32]) {
-    let token = format!("{TOKEN_PREFIX}{}", random_hex());
+/// A new supervisor token and its SHA-256 (lowercase hex) for `token_sha256`, or `None` when
+/// the system's random source fails.
+pub fn make_token() -> Option<(String, [u8; 32])> {
+    let token = format!("{TOKEN_PREFIX}{}", random_hex()?);
     let hash = sha256(token.as_bytes());
-    (token, hash)
+    Some((token, hash))
 }
 
 /// The SHA-256 of a token as `token_sha256` holds it (lowercase hex).
@@ -562,7 +571,9 @@ impl Access {
             ..*creds
         };
         let principal = self.authorize(&creds, None, Permission::View)?;
-        let id = random_hex();
+        let Some(id) = random_hex() else {
+            return Err(self.refuse(Denied::NoRandomness));
+        };
         let settings = self.settings();
         let ttl = settings.session_ttl;
         let now = Instant::now();
@@ -625,8 +636,8 @@ mod tests {
     use super::*;
 
     fn access() -> (Access, String, String) {
-        let (alice, alice_hash) = make_token();
-        let (bob, bob_hash) = make_token();
+        let (alice, alice_hash) = make_token().unwrap();
+        let (bob, bob_hash) = make_token().unwrap();
         let access = Access::new(AccessSettings {
             supervisors: vec![
                 Supervisor {
@@ -656,8 +667,8 @@ mod tests {
 
     #[test]
     fn tokens_are_random_prefixed_and_hashed() {
-        let (a, ha) = make_token();
-        let (b, _) = make_token();
+        let (a, ha) = make_token().unwrap();
+        let (b, _) = make_token().unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
         assert_eq!(token_hash_hex(&a), hex::encode(ha));
@@ -840,7 +851,7 @@ mod tests {
 
     #[test]
     fn sessions_are_bounded_and_expire() {
-        let (alice, hash) = make_token();
+        let (alice, hash) = make_token().unwrap();
         // The bound and the expiry on two instances, so that however slowly the logins run
         // (under qemu: 256 logins outlast a short lifetime) neither property hides the other.
         let with_ttl = |session_ttl| {

@@ -35,7 +35,10 @@ pub fn run(args: SupervisorTokenArgs) -> anyhow::Result<ExitCode> {
         println!("{}", teledge::access::token_hash_hex(token.trim()));
         return Ok(ExitCode::SUCCESS);
     }
-    let (token, _) = teledge::access::make_token();
+    let Some((token, _)) = teledge::access::make_token() else {
+        eprintln!("teledge: the system's random source failed: no token made");
+        return Ok(ExitCode::FAILURE);
+    };
     let hash = teledge::access::token_hash_hex(&token);
     println!(
         "# Token for {} (give it to them; it is not stored anywhere):",

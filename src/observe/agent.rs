@@ -190,7 +190,7 @@ pub struct AgentMetrics {
     // The status page and access control (see `crate::access`; read at scrape time from
     // the daemon's `Access`, see `watch_access`).
     /// Requests refused by access control, by reason (`no_credentials`, `bad_credentials`,
-    /// `not_permitted`, `not_monitorable`).
+    /// `not_permitted`, `not_monitorable`, `no_randomness`).
     pub access_refused: Arc<Family<Sampled>>,
     /// Sessions ended early to make room for a new login.
     pub access_sessions_evicted: Arc<Sampled>,
