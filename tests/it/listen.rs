@@ -47,8 +47,8 @@ pub(crate) fn rig() -> Rig {
     let out = dir.path().join("collected");
     let c = collector(&pki, "collector", &out);
     let http = free_port();
-    let (token, _) = teledge::access::make_token();
-    let (viewer_token, _) = teledge::access::make_token();
+    let (token, _) = teledge::access::make_token().unwrap();
+    let (viewer_token, _) = teledge::access::make_token().unwrap();
     let sources = format!(
         r#"[[capture]]
 interface = "lo"

@@ -60,8 +60,8 @@ fn snapshot(seq: u64) -> Snapshot {
 /// An endpoint with the page: alice views everything and may listen to sales (monitorable),
 /// bob has no permission at all.
 pub(crate) async fn serve() -> Served {
-    let (alice, alice_hash) = make_token();
-    let (bob, bob_hash) = make_token();
+    let (alice, alice_hash) = make_token().unwrap();
+    let (bob, bob_hash) = make_token().unwrap();
     let access = Arc::new(Access::new(AccessSettings {
         supervisors: vec![
             Supervisor {
@@ -589,7 +589,7 @@ async fn https_request(
 #[tokio::test]
 async fn over_https_a_client_certificate_of_the_site_ca_identifies_a_supervisor() {
     let pki = crate::uplink::pki();
-    let (token, hash) = make_token();
+    let (token, hash) = make_token().unwrap();
     let access = Arc::new(Access::new(AccessSettings {
         supervisors: vec![
             Supervisor {
@@ -697,7 +697,7 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("collected");
     let c = crate::uplink::collector(&pki, "collector", &out);
-    let (token, _) = make_token();
+    let (token, _) = make_token().unwrap();
     let hash = teledge::access::token_hash_hex(&token);
     let config_path = crate::daemon::agent_config(
         &pki,
@@ -772,8 +772,8 @@ fn a_reload_that_removes_a_supervisor_locks_them_out_at_once() {
     let pki = crate::uplink::pki();
     let dir = tempfile::tempdir().unwrap();
     let c = crate::uplink::collector(&pki, "collector", &dir.path().join("collected"));
-    let (alice, _) = make_token();
-    let (bob, _) = make_token();
+    let (alice, _) = make_token().unwrap();
+    let (bob, _) = make_token().unwrap();
     let supervisor = |id: &str, token: &str| {
         format!(
             "[[supervisor]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nview = [\"*\"]\n",
