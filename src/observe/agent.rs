@@ -198,6 +198,9 @@ pub struct AgentMetrics {
     pub status_streams: Arc<Gauge>,
     /// Status page event streams refused because too many were open.
     pub status_streams_refused: Arc<Counter>,
+    /// Connections to the `[observe]` endpoint refused or ended by its bounds, by reason
+    /// (`per_address`, `head_timeout`, `head_too_large`, `write_stalled`).
+    pub observe_connections_closed: Arc<Family<Counter>>,
 
     // Live listen (WHEP; read at scrape time from `listen::whep::Whep`, see `watch_listen`).
     /// Listen sessions running now.
@@ -610,6 +613,13 @@ impl AgentMetrics {
             status_streams_refused: r.counter(
                 "teledge_status_streams_refused_total",
                 "Status page event streams refused because the most allowed were open.",
+            ),
+            observe_connections_closed: r.family(
+                "teledge_observe_connections_closed_total",
+                "Connections to the metrics/status endpoint refused or ended by its bounds, by reason.",
+                Kind::Counter,
+                &["reason"],
+                8,
             ),
             listen_sessions: r.sampled(
                 "teledge_listen_sessions",

@@ -6,10 +6,17 @@
 //! `/health` answers 200 with `{"status":"ok",...}` while the data path makes progress and 503
 //! with `{"status":"degraded","reasons":[...],...}` when it does not (see [`Health`]).
 //!
-//! Bounded like everything else: at most [`MAX_CONNECTIONS`] connections at once (more wait
-//! in the listen backlog), a request head must arrive within [`HEADER_TIMEOUT`], and bodies
-//! are never read (but a WHEP offer's, bounded by `listen::http`). On shutdown it stops accepting, lets requests in flight finish, and gives
-//! up on connections still open after [`DRAIN_DEADLINE`].
+//! Bounded like everything else ([`Bounds`]): at most [`MAX_CONNECTIONS`] connections at
+//! once (more wait in the listen backlog), at most [`MAX_CONNECTIONS_PER_ADDRESS`] of them
+//! from one source address (more are closed at once), so one peer that opens connections
+//! and sends nothing cannot keep a scraper or a supervisor out; a request head must arrive
+//! within [`HEADER_TIMEOUT`] and fit in [`MAX_HEAD_BYTES`] (431 beyond); a write that waits
+//! [`WRITE_STALL_TIMEOUT`] for a peer that reads nothing back (pipelined requests never
+//! read, an event stream left unread) ends the connection; bodies are never read (but a
+//! WHEP offer's, bounded by `listen::http`). Every refusal and every connection ended by a
+//! bound is counted by reason in `teledge_observe_connections_closed_total`. On shutdown it
+//! stops accepting, lets requests in flight finish, and gives up on connections still open
+//! after [`DRAIN_DEADLINE`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,14 +35,43 @@ use super::agent::AgentMetrics;
 use super::health::Health;
 use super::metrics::CONTENT_TYPE;
 
-/// Most connections served at once (a scraper and an operator's curl need a handful).
-pub const MAX_CONNECTIONS: usize = 16;
+/// Most connections served at once (a scraper, an operator's curl and a few supervisors'
+/// browsers need a handful each; an idle connection costs a task and a small buffer).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections from one source address (an IPv6 /64): supervisors behind one NAT or
+/// SSH tunnel share an address, and every event stream ([`super::page::MAX_STREAMS`]) may
+/// come from it, so a quarter of the table — one address cannot take it all.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// Time allowed for a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read (hyper's read buffer; a longer head is answered 431).
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// A write waiting this long for the peer to read ends the connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to finish requests in flight at shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
 pub use super::page::Body;
+
+/// The endpoint's connection bounds (the constants above; tests shorten the times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub header_timeout: Duration,
+    pub write_stall_timeout: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: HEADER_TIMEOUT,
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
+        }
+    }
+}
 
 /// What the endpoint serves.
 #[derive(Debug, Clone)]
@@ -88,7 +124,18 @@ pub async fn serve(
     endpoint: Endpoint,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, endpoint, Bounds::default(), shutdown).await
+}
+
+/// [`serve`] with other bounds.
+pub async fn serve_with(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    bounds: Bounds,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
+    let per_address = crate::admission::PerAddress::new(bounds.max_connections_per_address);
     let mut connections = JoinSet::new();
     loop {
         // Wait for a free slot before accepting, so excess clients queue in the kernel's
@@ -117,27 +164,47 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            // Closed at once (dropping it), so the source's flood costs it its connections,
+            // not the others their place in the backlog.
+            closed(&endpoint, "per_address");
+            tracing::debug!(%peer, "Too many connections to the metrics endpoint from this address; refused.");
+            continue;
+        };
         let endpoint = endpoint.clone();
         let conn_shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
+            let (tcp, stalled) = crate::admission::StallGuard::new(tcp, bounds.write_stall_timeout);
             match endpoint.tls.clone() {
-                None => connection(TokioIo::new(tcp), peer, None, endpoint, conn_shutdown).await,
+                None => {
+                    connection(TokioIo::new(tcp), peer, None, &endpoint, bounds, conn_shutdown).await;
+                }
                 Some(config) => {
                     // The handshake within the head's time (a client that opens and waits
                     // holds a slot no longer than one that sends no head).
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(bounds.header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %crate::report::Chain(&e), "Status endpoint TLS handshake failed.");
+                            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                                closed(&endpoint, "write_stalled");
+                            }
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            closed(&endpoint, "head_timeout");
+                            return;
+                        }
                     };
                     let cn = crate::access::tls::client_cn(tls.get_ref().1);
-                    connection(TokioIo::new(tls), peer, cn, endpoint, conn_shutdown).await;
+                    connection(TokioIo::new(tls), peer, cn, &endpoint, bounds, conn_shutdown).await;
                 }
+            }
+            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                closed(&endpoint, "write_stalled");
             }
         });
     }
@@ -157,12 +224,20 @@ async fn connection<I>(
     io: TokioIo<I>,
     peer: SocketAddr,
     cn: Option<crate::access::ClientCertCn>,
-    endpoint: Endpoint,
+    endpoint: &Endpoint,
+    bounds: Bounds,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let counters = endpoint.metrics.clone();
+    let endpoint = endpoint.clone();
+    // Whether a request came at all: a keep-alive connection left idle after its requests
+    // ends at the head timeout too, and that is no refusal.
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served_in = served.clone();
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        served_in.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(cn) = &cn {
             req.extensions_mut().insert(cn.clone());
         }
@@ -183,7 +258,8 @@ async fn connection<I>(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(bounds.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -195,8 +271,28 @@ async fn connection<I>(
         }
     };
     if let Err(e) = result {
+        if e.is_timeout() && !served.load(std::sync::atomic::Ordering::Relaxed) {
+            counters
+                .observe_connections_closed
+                .with(&["head_timeout"])
+                .inc();
+        } else if e.is_parse_too_large() {
+            counters
+                .observe_connections_closed
+                .with(&["head_too_large"])
+                .inc();
+        }
         tracing::debug!(%peer, error = %crate::report::Chain(&e), "Metrics connection ended.");
     }
+}
+
+/// Counts a connection refused or ended by a bound.
+fn closed(endpoint: &Endpoint, reason: &'static str) {
+    endpoint
+        .metrics
+        .observe_connections_closed
+        .with(&[reason])
+        .inc();
 }
 
 /// Answers one request. Pure apart from reading the metrics and health.

@@ -375,6 +375,154 @@ async fn http_endpoint_serves_metrics_and_health_then_shuts_down() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// A connection from `source` (another loopback address: Linux routes all of 127/8 to lo).
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+fn closed_by(metrics: &AgentMetrics, reason: &str) -> u64 {
+    metrics.observe_connections_closed.with(&[reason]).get()
+}
+
+/// Regression: the endpoint took 16 connections from anyone and left the rest in the
+/// backlog, so one address that opened connections and sent nothing kept a scraper waiting
+/// behind it for minutes (each of its connections held a slot for the 5 s head timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_keep_a_scraper_out() {
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::new(&[Stage::Capture], HealthThresholds::default()));
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        Endpoint::new(metrics.clone(), health),
+        stop.clone(),
+    ));
+    // The flood: 300 connections from 127.0.0.2 that never send a byte, all open at once.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(connect_from("127.0.0.2", addr).await);
+    }
+    // The scraper, from 127.0.0.1, is answered at once, not after the flood's head timeouts.
+    let started = Instant::now();
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(3), get(addr, "GET", "/metrics"))
+            .await
+            .expect("a scraper gets through beside the flood");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("teledge_observe_connections_closed_total"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The flood kept its share and no more; the rest was refused and counted.
+    assert!(
+        closed_by(&metrics, "per_address") >= (300 - http::MAX_CONNECTIONS_PER_ADDRESS) as u64,
+        "{}",
+        closed_by(&metrics, "per_address")
+    );
+    drop(flood);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Regression: a peer that sent requests and never read the answers held its connection
+/// (and slot) for ever: nothing bounded a write. Now a write that waits for the peer
+/// ends the connection, counted, and the others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reads_nothing_back_is_disconnected_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::new(&[Stage::Capture], HealthThresholds::default()));
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let bounds = http::Bounds {
+        write_stall_timeout: Duration::from_secs(1),
+        ..http::Bounds::default()
+    };
+    let server = tokio::spawn(http::serve_with(
+        listener,
+        Endpoint::new(metrics.clone(), health),
+        bounds,
+        stop.clone(),
+    ));
+    // Eight connections (the address's share), each writing pipelined requests for ever
+    // and reading nothing: the answers fill both socket buffers.
+    let mut writers = Vec::new();
+    for _ in 0..http::MAX_CONNECTIONS_PER_ADDRESS {
+        let mut tcp = connect_from("127.0.0.2", addr).await;
+        writers.push(tokio::spawn(async move {
+            let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+            // Ends when the endpoint closes the connection (a reset or a broken pipe).
+            while tcp.write_all(&request).await.is_ok() {}
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed_by(&metrics, "write_stalled") < http::MAX_CONNECTIONS_PER_ADDRESS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled connections still open: {} closed",
+            closed_by(&metrics, "write_stalled")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for writer in writers {
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+    }
+    // Their slots are free again: the same address is served.
+    let tcp = connect_from("127.0.0.2", addr).await;
+    drop(tcp);
+    assert_eq!(get(addr, "GET", "/health").await.0, 503);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// A request head larger than the endpoint reads is answered 431 and counted, not buffered.
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::new(&[Stage::Capture], HealthThresholds::default()));
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        Endpoint::new(metrics.clone(), health),
+        stop.clone(),
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cookie = "a".repeat(64 << 10);
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(closed_by(&metrics, "head_too_large"), 1);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 fn receive(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).unwrap();
