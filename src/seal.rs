@@ -65,10 +65,13 @@ impl KeySource {
 /// Reads a 32-byte key from a source.
 pub fn load_key(source: &KeySource) -> Result<[u8; 32], SealError> {
     let path = source.path()?;
-    let bytes = std::fs::read(&path).map_err(|source| SealError::KeyFile {
-        path: path.clone(),
-        source,
-    })?;
+    // A key is 32 bytes or 64 hex digits: a longer file (or `/dev/urandom`) is refused,
+    // not read for ever.
+    let bytes =
+        crate::config_problem::read_small(&path, 4096).map_err(|source| SealError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
     let trimmed = bytes.trim_ascii();
     let key = if trimmed.len() == 64 && trimmed.iter().all(u8::is_ascii_hexdigit) {
         let mut key = [0u8; 32];

@@ -116,9 +116,15 @@ pub(super) fn load(
     ))
 }
 
+/// The largest secret file read (a key is tens of bytes).
+const MAX_SECRET_BYTES: u64 = 64 << 10;
+
 /// A secret kept in a text file (the HEP auth key), trimmed; empty is refused.
 pub(super) fn read_secret(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = crate::config_problem::read_small(file, MAX_SECRET_BYTES)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", file.display()))?;
     let secret = text.trim();
     if secret.is_empty() {
         return Err(format!("{}: is empty", file.display()));

@@ -86,8 +86,12 @@ pub(super) fn parse_raw(text: &str) -> Result<RawFile, ConfigErrors> {
 
 /// Problems with the line of their TOML path in `text` added, where it can be found.
 pub(super) fn placed(text: &str, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+    // A file both sections read (the uplink's certificate, the HEP key) is checked by each:
+    // the same problem is told once, in the order found.
+    let mut seen = std::collections::HashSet::new();
     problems
         .into_iter()
+        .filter(|p| seen.insert((p.path.clone(), p.message.clone())))
         .map(|p| ConfigProblem {
             path: match line_of(text, &p.path) {
                 Some(line) => format!("{} (line {line})", p.path),

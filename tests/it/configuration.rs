@@ -284,3 +284,108 @@ fn dead_letters_take_the_daemons_file_using_the_forwarding_sections() {
         .unwrap();
     assert!(list.status.success(), "{}", text(&list));
 }
+
+/// Regression: a key, a secret or the configuration itself named by a path to a device was
+/// read for ever (`check-config` hung filling memory on `/dev/zero` or `/dev/urandom`), a
+/// file that is not UTF-8 said so without a line, and a problem with a file two sections
+/// read was told twice. Each is one clear problem now, exit 78, well within a few seconds.
+#[test]
+fn devices_huge_files_and_non_utf8_are_one_clear_problem_each_never_a_hang() {
+    use std::time::{Duration, Instant};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(&pki, dir.path(), 1, "[hep]\nudp = \"127.0.0.1:0\"", None);
+    let good = std::fs::read_to_string(&config).unwrap();
+    // `check-config` with a deadline: a hang is a failure, not a stuck test.
+    let check = |file: &[u8]| -> (Option<i32>, String) {
+        let path = dir.path().join("hostile.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut child = teledge()
+            .args(["check-config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "check-config still running after 20 s on {}",
+                    String::from_utf8_lossy(file)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let site_key = good
+        .lines()
+        .find_map(|l| l.strip_prefix("site_key_file = "))
+        .unwrap()
+        .to_owned();
+    let spool_key = good
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("key_file = ")
+                .filter(|k| k.contains("spool"))
+        })
+        .unwrap_or_else(|| panic!("no spool key_file in {good}"))
+        .to_owned();
+    for (what, text, expected) in [
+        (
+            "site key",
+            good.replace(&site_key, "\"/dev/zero\""),
+            "privacy.site_key_file (line",
+        ),
+        (
+            "spool key",
+            good.replace(&spool_key, "\"/dev/urandom\""),
+            "spool.key_file (line",
+        ),
+        (
+            "HEP auth key",
+            good.replace("[hep]\n", "[hep]\nauth_key_file = \"/dev/zero\"\n"),
+            "hep.auth_key_file (line",
+        ),
+    ] {
+        let (code, said) = check(text.as_bytes());
+        assert_eq!(code, Some(78), "{what}: {said}");
+        assert!(
+            said.contains(expected) && said.contains("not a regular file"),
+            "{what}: {said}"
+        );
+        assert_eq!(
+            said.matches("not a regular file").count(),
+            1,
+            "{what}: told once: {said}"
+        );
+    }
+    // The configuration itself: a device, more than 4 MiB, not UTF-8 (line and column).
+    let (code, said) = {
+        let out = teledge()
+            .args(["check-config", "/dev/zero"])
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    assert_eq!(code, Some(78), "{said}");
+    assert!(said.contains("not a regular file"), "{said}");
+    let mut huge = good.clone().into_bytes();
+    huge.extend(std::iter::repeat_n(b'#', 5 << 20));
+    let (code, said) = check(&huge);
+    assert_eq!(code, Some(78), "{said}");
+    assert!(said.contains("larger than 4194304 bytes"), "{said}");
+    let mut latin1 = good.clone().into_bytes();
+    latin1.extend(b"# caf\xe9\n");
+    let line = good.lines().count() + 1;
+    let (code, said) = check(&latin1);
+    assert_eq!(code, Some(78), "{said}");
+    assert!(
+        said.contains(&format!("line {line}, column 6: not UTF-8 (byte 0xe9)")),
+        "{said}"
+    );
+}
