@@ -50,10 +50,16 @@
 //! # Bounds (every one counted in [`CollectStats`] and logged when hit)
 //!
 //! - connections: at most `max_connections` open; more are accepted and closed at once;
-//! - TLS handshakes: at most `max_handshakes` at a time, each within `handshake_timeout`;
+//! - TLS handshakes: at most `max_handshakes` at a time, each within `handshake_timeout`,
+//!   and at most `max_handshakes_per_address` of them from one source address (an IPv6
+//!   /64), so one address that opens connections and sends nothing cannot hold every
+//!   handshake slot and keep the nodes out;
 //! - per node: at most `max_node_connections` connections; a node's batches are stored one at
 //!   a time;
 //! - request headers within `header_timeout` (slowloris), at most 64 KiB;
+//! - a write (an answer, a fleet file) that waits `write_stall_timeout` for a peer that reads
+//!   nothing back ends the connection (`stalled_writes`), so such a peer cannot hold its
+//!   node's connections for ever;
 //! - request body within `body_timeout`, at most `max_body` bytes compressed and
 //!   `max_inflated` bytes inflated; inflating and storing run on the blocking pool, never on
 //!   the async workers;
@@ -136,11 +142,15 @@ pub use crate::uplink::{valid_node_id, MAX_NODE_ID};
 pub struct CollectLimits {
     pub max_connections: usize,
     pub max_handshakes: usize,
+    /// Handshakes under way from one source address (an IPv6 /64).
+    pub max_handshakes_per_address: usize,
     pub max_node_connections: usize,
     pub max_batches: usize,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// A write waiting this long for the peer to read ends the connection.
+    pub write_stall_timeout: Duration,
     /// Largest compressed batch accepted.
     pub max_body: usize,
     /// Largest inflated batch accepted.
@@ -152,11 +162,13 @@ impl Default for CollectLimits {
         CollectLimits {
             max_connections: 512,
             max_handshakes: 32,
+            max_handshakes_per_address: 8,
             max_node_connections: 4,
             max_batches: 4,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            write_stall_timeout: Duration::from_secs(30),
             max_body: 16 << 20,
             max_inflated: 64 << 20,
         }
@@ -216,6 +228,10 @@ pub struct CollectStats {
     pub refused_connections: AtomicU64,
     /// Closed at once: `max_handshakes` were under way.
     pub refused_handshakes: AtomicU64,
+    /// Closed at once: `max_handshakes_per_address` were under way from the same address.
+    pub refused_address_handshakes: AtomicU64,
+    /// Connections ended because a write waited `write_stall_timeout` for the peer.
+    pub stalled_writes: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub failed_handshakes: AtomicU64,
     /// Client certificates without clientAuth or a valid node id.
@@ -251,6 +267,8 @@ impl CollectStats {
             &self.connections,
             &self.refused_connections,
             &self.refused_handshakes,
+            &self.refused_address_handshakes,
+            &self.stalled_writes,
             &self.failed_handshakes,
             &self.refused_certificates,
             &self.refused_node_connections,
@@ -398,6 +416,8 @@ struct Shared {
     nodes: Mutex<HashMap<String, Arc<Mutex<NodeStore>>>>,
     node_connections: Mutex<HashMap<String, usize>>,
     handshakes: Arc<Semaphore>,
+    /// Handshakes under way per source address.
+    address_handshakes: Arc<crate::admission::PerAddress>,
     batches: Arc<Semaphore>,
     flood_log: Throttle,
 }
@@ -511,6 +531,7 @@ pub async fn run(config: CollectConfig) -> Result<(), CollectError> {
         ),
         node_connections: Mutex::new(HashMap::new()),
         handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
+        address_handshakes: crate::admission::PerAddress::new(limits.max_handshakes_per_address),
         batches: Arc::new(Semaphore::new(limits.max_batches.max(1))),
         flood_log: Throttle::default(),
         limits,
@@ -592,6 +613,15 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     let stats = &shared.stats;
+    // The address's share first: a flood from one source is refused here and leaves the
+    // global handshake slots to everyone else.
+    let Some(address_slot) = shared.address_handshakes.take(peer.ip()) else {
+        let n = CollectStats::bump(&stats.refused_address_handshakes);
+        if shared.flood_log.ready() {
+            tracing::warn!(%peer, refused_address_handshakes = n, max = shared.limits.max_handshakes_per_address, "Too many TLS handshakes under way from this address; refused.");
+        }
+        return;
+    };
     let Ok(handshake_slot) = shared.handshakes.clone().try_acquire_owned() else {
         let n = CollectStats::bump(&stats.refused_handshakes);
         if shared.flood_log.ready() {
@@ -599,6 +629,7 @@ async fn serve(
         }
         return;
     };
+    let (tcp, stalled) = crate::admission::StallGuard::new(tcp, shared.limits.write_stall_timeout);
     let tls =
         match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -616,6 +647,7 @@ async fn serve(
             }
         };
     drop(handshake_slot);
+    drop(address_slot);
     let node = match tls
         .get_ref()
         .1
@@ -657,6 +689,10 @@ async fn serve(
         .max_buf_size(64 << 10);
     match builder.serve_connection(TokioIo::new(tls), service).await {
         Ok(()) => tracing::debug!(%peer, %node, "Node disconnected."),
+        Err(_) if stalled.load(Ordering::Relaxed) => {
+            let n = CollectStats::bump(&stats.stalled_writes);
+            tracing::warn!(%peer, %node, stalled_writes = n, wait_ms = shared.limits.write_stall_timeout.as_millis() as u64, "Node read nothing back; connection closed.");
+        }
         Err(e) => {
             tracing::info!(%peer, %node, error = %crate::report::Chain(&e), "Node connection ended.")
         }

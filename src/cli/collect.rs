@@ -34,6 +34,10 @@ pub struct CollectArgs {
     /// Most TLS handshakes under way at once; more are closed at once (counted).
     #[arg(long, default_value_t = 32)]
     pub max_handshakes: usize,
+    /// Most TLS handshakes under way from one address (an IPv6 /64); more are closed at
+    /// once (counted), so one source cannot hold every handshake slot.
+    #[arg(long, default_value_t = 8)]
+    pub max_handshakes_per_address: usize,
     /// Most connections of one node at once.
     #[arg(long, default_value_t = 4)]
     pub max_node_connections: usize,
@@ -49,6 +53,9 @@ pub struct CollectArgs {
     /// Milliseconds to receive a request's body.
     #[arg(long, default_value_t = 60_000)]
     pub body_timeout_ms: u64,
+    /// Milliseconds a write may wait for a peer that reads nothing back.
+    #[arg(long, default_value_t = 30_000)]
+    pub write_stall_timeout_ms: u64,
     /// Largest compressed batch, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
@@ -247,11 +254,13 @@ pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
         limits: teledge::collect::CollectLimits {
             max_connections: args.max_connections,
             max_handshakes: args.max_handshakes,
+            max_handshakes_per_address: args.max_handshakes_per_address,
             max_node_connections: args.max_node_connections,
             max_batches: args.max_batches,
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             header_timeout: Duration::from_millis(args.header_timeout_ms),
             body_timeout: Duration::from_millis(args.body_timeout_ms),
+            write_stall_timeout: Duration::from_millis(args.write_stall_timeout_ms),
             max_body: args.max_body_bytes,
             max_inflated: args.max_inflated_bytes,
         },

@@ -7,8 +7,11 @@
 //! is 200 with the node certificate (PEM), 403 with the reason (unknown or spent token,
 //! expired, CSR for another node), 400 for a malformed request, 404/405 otherwise. The box
 //! pins the site CA given to it out of band (`--ca-cert`), makes its key locally and never
-//! sends it. Bounds: 16 connections at once (more are closed, counted), 10 s handshake,
-//! 10 s for the request. Every outcome is counted and logged.
+//! sends it. Bounds: 16 connections at once and 4 from one source address (an IPv6 /64;
+//! more are closed, counted), so one address that opens connections and sends nothing
+//! cannot keep the boxes out; 10 s handshake, 10 s for the request, 30 s for the whole
+//! connection, and a write that waits 10 s for a peer that reads nothing ends it. Every
+//! outcome is counted and logged.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use super::PkiError;
 pub const ENROL_PATH: &str = "/v1/enrol";
 const MAX_BODY: usize = 16 << 10;
 const MAX_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the enrolment listener did.
@@ -39,6 +43,8 @@ pub struct EnrolStats {
     pub bad_requests: AtomicU64,
     pub failed_handshakes: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Closed at once: the source address held its share of the connections.
+    pub refused_address_connections: AtomicU64,
 }
 
 #[derive(serde::Deserialize)]
@@ -96,6 +102,7 @@ pub async fn serve(
     tracing::info!(%local, ca = %ca_dir.display(), "Enrolment listening.");
     let stats = Arc::new(EnrolStats::default());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = crate::admission::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     let ca_dir = Arc::new(ca_dir);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -106,6 +113,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            let n = stats
+                .refused_address_connections
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            tracing::warn!(%peer, refused_address_connections = n, "Too many enrolment connections from this address; refused.");
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let n = stats.refused_connections.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(%peer, refused_connections = n, "Too many enrolment connections; refused.");
@@ -113,6 +128,8 @@ pub async fn serve(
         };
         let (acceptor, stats, ca_dir) = (acceptor.clone(), stats.clone(), ca_dir.clone());
         tokio::spawn(async move {
+            let _address_slot = address_slot;
+            let (tcp, _) = crate::admission::StallGuard::new(tcp, TIMEOUT);
             let tls = match tokio::time::timeout(TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 _ => {
@@ -255,11 +272,16 @@ pub async fn enrol(
         .await
         .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))??;
     let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    // The body within the same time as the head: a listener that sends a head and then
+    // nothing must not hold the box's installation for ever.
+    let body = tokio::time::timeout(
+        TIMEOUT,
+        Limited::new(response.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))?
+    .map(|b| b.to_bytes())
+    .unwrap_or_default();
     let text = String::from_utf8_lossy(&body).trim().to_owned();
     if status != StatusCode::OK || !text.contains("BEGIN CERTIFICATE") {
         return Err(EnrolError::Refused {

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::uplink::{collector, collector_with, forward_config, replay_forward, stored, Pki};
+use crate::uplink::{
+    collector, collector_with, connect_from, forward_config, replay_forward, stored, Pki,
+};
 
 fn teledge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
@@ -368,4 +370,116 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Regression: the enrolment listener took 16 connections from anyone and closed the rest,
+/// so one address holding 16 idle connections (renewed every 10 s) kept every box from
+/// enrolling. Now an address holds at most 4; a box from another enrols beside the flood.
+#[test]
+fn an_idle_flood_from_one_address_does_not_keep_a_box_from_enrolling() {
+    let (pki, ca) = site();
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &[
+            "--enrol-ca",
+            s(&ca),
+            "--enrol-listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        None,
+    );
+    // The listener may still be starting: wait until it accepts.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let flood: Vec<_> = (0..100).map(|_| connect_from("127.0.0.2", port)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let url = format!("https://localhost:{port}");
+    let boxdir = work.path().join("box");
+    let enrolled = enrol(
+        &url,
+        &token(&ca, "edge-07", 600),
+        &ca.join("ca.pem"),
+        "edge-07",
+        &boxdir,
+    );
+    ok(enrolled);
+    assert!(boxdir.join("node.pem").is_file());
+    assert!(
+        c.log()
+            .contains("Too many enrolment connections from this address; refused."),
+        "{}",
+        c.log()
+    );
+    drop(flood);
+}
+
+/// Regression: `teledge enrol` read the answer's body without a time limit, so a listener
+/// (or something in the middle holding the collector's certificate) that sent a head and
+/// then nothing held the box's installation for ever. It now gives up after its timeout.
+#[test]
+fn enrol_gives_up_on_an_answer_whose_body_never_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (pki, ca) = site();
+    let work = tempfile::tempdir().unwrap();
+    let config = teledge::uplink::tls::server_config_without_client_auth(
+        &pki.path("collector.pem"),
+        &pki.path("collector.key"),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = [0u8; 65536];
+                let _ = tls.read(&mut request).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n-----BEGIN")
+                    .await;
+                let _ = tls.flush().await;
+                held.push(tls);
+            }
+        });
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["enrol", "--collector", &format!("https://localhost:{port}")])
+        .args(["--token", &"ab".repeat(32), "--ca-cert"])
+        .arg(ca.join("ca.pem"))
+        .args(["--node-id", "edge-08", "--out"])
+        .arg(work.path().join("box"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("teledge enrol still waiting for the body after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    refused_with(out, "timed out");
+    assert!(!work.path().join("box/node.key").exists());
 }

@@ -157,7 +157,7 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -1696,6 +1696,94 @@ fn connection_and_handshake_caps_refuse_cleanly() {
         String::from_utf8_lossy(&result.stderr)
     );
     assert_eq!(stored_ids(&c.out).len(), 5);
+}
+
+/// A plain TCP connection from another loopback address (Linux routes all of 127/8 to lo).
+pub(crate) fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
+    runtime().block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let tcp = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        tcp.into_std().unwrap()
+    })
+}
+
+/// Regression: 32 connections from one address that never began their handshake held every
+/// handshake slot (for the whole handshake timeout, renewed at will), and every node was
+/// refused meanwhile. Now one address holds its share; a node from another gets through
+/// while the flood stays connected, and the refusals are counted and logged.
+#[test]
+fn a_handshake_flood_from_one_address_does_not_keep_the_nodes_out() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &["--handshake-timeout-ms", "120000"],
+        None,
+    );
+    let flood: Vec<_> = (0..100)
+        .map(|_| connect_from("127.0.0.2", c.port))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let spool = work.path().join("spool");
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let result = replay_forward(&config, 20);
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        c.log()
+    );
+    assert_eq!(stored_ids(&c.out).len(), 5);
+    assert!(
+        c.log()
+            .contains("Too many TLS handshakes under way from this address; refused."),
+        "{}",
+        c.log()
+    );
+    drop(flood);
+}
+
+/// A node that sends requests and reads none of the answers is disconnected once a write
+/// has waited `--write-stall-timeout-ms`, and it is logged; before, it held its connection
+/// (one of the node's four) for ever.
+#[test]
+fn a_node_that_reads_nothing_back_is_disconnected() {
+    let pki = pki();
+    let work = tempfile::tempdir().unwrap();
+    let c = collector_with(
+        &pki,
+        "collector",
+        &work.path().join("collected"),
+        0,
+        &["--write-stall-timeout-ms", "1000"],
+        None,
+    );
+    let closed = runtime().block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = tls_client(&pki, "edge-01", c.port).await.unwrap();
+        let requests = b"GET /nothing-here HTTP/1.1\r\nhost: x\r\n\r\n".repeat(256);
+        // The answers (404s) fill both socket buffers; the collector's writes then wait,
+        // and after a second it closes: our writes fail.
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while tls.write_all(&requests).await.is_ok() {}
+        })
+        .await
+        .is_ok()
+    });
+    assert!(closed, "the collector kept the connection: {}", c.log());
+    assert!(
+        c.log()
+            .contains("Node read nothing back; connection closed."),
+        "{}",
+        c.log()
+    );
 }
 
 #[test]
