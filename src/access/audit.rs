@@ -9,6 +9,15 @@
 //! unwound) still writes it, with reason `dropped`. A refused listen is one record with
 //! outcome `refused` ([`AuditSink::listen_refused`]).
 //!
+//! Refusals of requests without valid credentials (a wrong token at `/api/login`, a WHEP
+//! offer without a token) cost their sender nothing, so they are bounded: at most
+//! [`MAX_ANONYMOUS_REFUSALS`] records a minute; the rest are not written but counted
+//! ([`AuditSink::suppressed`]), logged, and announced upstream by one gap record
+//! (`records_not_spooled`, `dropped` = how many, `detail` says which) at the end of the
+//! minute — so a flood of wrong logins cannot fill the spool and push call records out.
+//! Refusals of an authenticated supervisor (no permission) are always written. A call id
+//! taken from the request is kept to [`MAX_CALL_ID`] bytes, like the `User-Agent`.
+//!
 //! ```
 //! use teledge::access::audit::{AuditSink, Client, ListenEnd};
 //! # use teledge::access::{Principal, ServiceSet};
@@ -23,16 +32,37 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Denied, Principal};
 use crate::record::audit::{AuditAction, AuditAuth, AuditOutcome, AuditRecord, AUDIT_SCHEMA};
+use crate::record::gap::{GapReason, GapRecord};
 use crate::record::Record;
 use crate::time::Timestamp;
 
 /// Longest `User-Agent` kept.
 const MAX_USER_AGENT: usize = 256;
+/// Longest call id kept (the request's path says it, whoever sent it).
+pub const MAX_CALL_ID: usize = 256;
+/// Audit records of refusals without valid credentials written a minute.
+pub const MAX_ANONYMOUS_REFUSALS: u32 = 60;
+/// What the gap record of suppressed refusals says.
+const SUPPRESSED_DETAIL: &str = "audit records of refusals without valid credentials (status page \
+     logins, live listen offers) beyond the bound a minute";
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
+}
 
 /// Where audit records go (the daemon's record queue).
 type Emit = Arc<dyn Fn(Record) + Send + Sync>;
@@ -48,19 +78,12 @@ impl Client {
     /// The peer address and the `User-Agent` header (cut to 256 bytes at a character
     /// boundary).
     pub fn from_headers(address: SocketAddr, headers: &hyper::HeaderMap) -> Client {
-        let user_agent = headers
-            .get(hyper::header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .map(|mut ua| {
-                if ua.len() > MAX_USER_AGENT {
-                    let mut cut = MAX_USER_AGENT;
-                    while !ua.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    ua.truncate(cut);
-                }
-                ua
-            });
+        let user_agent = headers.get(hyper::header::USER_AGENT).map(|v| {
+            cut(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                MAX_USER_AGENT,
+            )
+        });
         Client {
             address,
             user_agent,
@@ -97,6 +120,24 @@ impl ListenEnd {
 pub struct AuditSink {
     node: Arc<str>,
     emit: Emit,
+    anonymous: Arc<Anonymous>,
+}
+
+/// The bound on refusals without valid credentials: a window and what it let through.
+#[derive(Debug)]
+struct Anonymous {
+    max: u32,
+    window: Duration,
+    state: Mutex<Window>,
+    suppressed_total: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    written: u32,
+    /// Suppressed in this window and not yet announced.
+    suppressed: u64,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -124,10 +165,117 @@ fn record_id() -> String {
 impl AuditSink {
     /// A sink handing records to `emit` (the daemon: its record queue).
     pub fn new(node: &str, emit: impl Fn(Record) + Send + Sync + 'static) -> AuditSink {
+        AuditSink::bounded(node, emit, MAX_ANONYMOUS_REFUSALS, Duration::from_secs(60))
+    }
+
+    /// [`AuditSink::new`] with another bound on refusals without valid credentials (`max`
+    /// records per `window`).
+    pub fn bounded(
+        node: &str,
+        emit: impl Fn(Record) + Send + Sync + 'static,
+        max: u32,
+        window: Duration,
+    ) -> AuditSink {
         AuditSink {
             node: node.into(),
             emit: Arc::new(emit),
+            anonymous: Arc::new(Anonymous {
+                max,
+                window,
+                state: Mutex::new(Window {
+                    start: Instant::now(),
+                    written: 0,
+                    suppressed: 0,
+                }),
+                suppressed_total: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// Audit records of refusals without valid credentials not written (beyond the bound).
+    pub fn suppressed(&self) -> u64 {
+        self.anonymous.suppressed_total.load(Ordering::Relaxed)
+    }
+
+    /// Whether a refusal without valid credentials may be written now; announces what an
+    /// earlier window suppressed when a new one begins.
+    fn admit_anonymous(&self) -> bool {
+        let a = &self.anonymous;
+        let (admitted, announce, first_suppressed) = {
+            let mut w = a.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut announce = 0;
+            if w.start.elapsed() >= a.window {
+                announce = std::mem::take(&mut w.suppressed);
+                w.start = Instant::now();
+                w.written = 0;
+            }
+            if w.written < a.max {
+                w.written += 1;
+                (true, announce, false)
+            } else {
+                w.suppressed += 1;
+                (false, announce, w.suppressed == 1)
+            }
+        };
+        self.announce(announce);
+        if !admitted {
+            a.suppressed_total.fetch_add(1, Ordering::Relaxed);
+            if first_suppressed {
+                tracing::warn!(max = a.max, window_s = a.window.as_secs_f64(), "Refusals without valid credentials beyond the audit bound: not written, counted and announced by a gap record.");
+                self.announce_at_window_end();
+            }
+        }
+        admitted
+    }
+
+    /// The window's suppressed refusals are announced when it ends, even when no later
+    /// refusal comes to roll it over (a task on the current runtime, if there is one).
+    fn announce_at_window_end(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let sink = self.clone();
+        runtime.spawn(async move {
+            let left = {
+                let w = sink
+                    .anonymous
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                sink.anonymous.window.saturating_sub(w.start.elapsed())
+            };
+            tokio::time::sleep(left).await;
+            let n = {
+                let mut w = sink
+                    .anonymous
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if w.start.elapsed() < sink.anonymous.window {
+                    // A refusal already rolled the window over and announced it.
+                    0
+                } else {
+                    w.start = Instant::now();
+                    w.written = 0;
+                    std::mem::take(&mut w.suppressed)
+                }
+            };
+            sink.announce(n);
+        });
+    }
+
+    /// One gap record for `n` suppressed refusals (none for 0).
+    fn announce(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut gap = GapRecord::new(&self.node, GapReason::RecordsNotSpooled, Some(n));
+        gap.detail = Some(SUPPRESSED_DETAIL.to_owned());
+        tracing::warn!(
+            suppressed = n,
+            "Audit records of refusals without valid credentials suppressed; gap record written."
+        );
+        (self.emit)(Record::Gap(Box::new(gap)));
     }
 
     /// A sink that keeps its records in a list (tests, and a WHEP test of its own).
@@ -163,7 +311,7 @@ impl AuditSink {
             action,
             principal: principal.map(|p| p.id.clone()),
             auth,
-            call_id: call.map(|(id, _)| id.to_owned()),
+            call_id: call.map(|(id, _)| cut(id.to_owned(), MAX_CALL_ID)),
             service: call.and_then(|(_, s)| s.map(str::to_owned)),
             session: session.map(str::to_owned),
             start,
@@ -188,6 +336,9 @@ impl AuditSink {
             Ok(p) => (Some(p), p.auth, AuditOutcome::Ok, None),
             Err(d) => (None, AuditAuth::None, AuditOutcome::Refused, Some(d.code())),
         };
+        if principal.is_none() && !self.admit_anonymous() {
+            return;
+        }
         self.emit(self.record(
             AuditAction::Login,
             principal,
@@ -215,6 +366,9 @@ impl AuditSink {
         service: Option<&str>,
         client: &Client,
     ) {
+        if principal.is_none() && !self.admit_anonymous() {
+            return;
+        }
         let now = Timestamp::now();
         self.emit(self.record(
             AuditAction::Listen,
@@ -431,5 +585,80 @@ mod tests {
         headers.insert(hyper::header::USER_AGENT, "é".repeat(300).parse().unwrap());
         let c = Client::from_headers("127.0.0.1:1".parse().unwrap(), &headers);
         assert!(c.user_agent.unwrap().len() <= MAX_USER_AGENT);
+    }
+
+    /// Every record a sink hands on, of any kind.
+    fn every_record(max: u32, window: Duration) -> (AuditSink, Arc<Mutex<Vec<Record>>>) {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let list = Arc::clone(&kept);
+        let sink = AuditSink::bounded(
+            "edge-01",
+            move |r| list.lock().unwrap().push(r),
+            max,
+            window,
+        );
+        (sink, kept)
+    }
+
+    /// Regression: every refused login and unauthenticated listen offer wrote a record, so a
+    /// flood of wrong tokens filled the record queue and the spool (pushing call records out
+    /// with `drop_oldest`). Now a window writes `max`, the rest is one gap record.
+    #[tokio::test]
+    async fn refusals_without_credentials_are_bounded_and_the_rest_announced() {
+        let (sink, kept) = every_record(10, Duration::from_millis(300));
+        for i in 0..100 {
+            if i % 2 == 0 {
+                sink.login(Err(Denied::BadCredentials), 401, &client());
+            } else {
+                let long = "x".repeat(10_000);
+                sink.listen_refused(None, "no_credentials", 401, Some(&long), None, &client());
+            }
+        }
+        // A supervisor's refusal (authenticated, no permission) is always written.
+        sink.listen_refused(
+            Some(&alice()),
+            "not_permitted",
+            403,
+            Some("h:1"),
+            None,
+            &client(),
+        );
+        sink.login(Ok(&alice()), 204, &client());
+        assert_eq!(sink.suppressed(), 90);
+        {
+            let records = kept.lock().unwrap();
+            assert_eq!(
+                records.len(),
+                12,
+                "10 refusals, the supervisor's refusal, the login"
+            );
+            for r in records.iter() {
+                if let Record::Audit(a) = r {
+                    assert!(a.call_id.as_ref().is_none_or(|c| c.len() <= MAX_CALL_ID));
+                }
+            }
+        }
+        // The window's end announces the 90 by one gap record, without another request.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let records = kept.lock().unwrap();
+        let gaps: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Gap(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].reason, GapReason::RecordsNotSpooled);
+        assert_eq!(gaps[0].dropped, Some(90));
+        assert!(gaps[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("without valid credentials"));
+        drop(records);
+        // A new window writes again.
+        sink.login(Err(Denied::BadCredentials), 401, &client());
+        assert_eq!(kept.lock().unwrap().len(), 14);
     }
 }

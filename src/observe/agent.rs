@@ -194,6 +194,9 @@ pub struct AgentMetrics {
     pub access_refused: Arc<Family<Sampled>>,
     /// Sessions ended early to make room for a new login.
     pub access_sessions_evicted: Arc<Sampled>,
+    /// Audit records of refusals without valid credentials beyond their bound a minute (not
+    /// written; announced by a gap record).
+    pub audit_suppressed: Arc<Sampled>,
     /// Status page event streams (SSE) open now.
     pub status_streams: Arc<Gauge>,
     /// Status page event streams refused because too many were open.
@@ -604,6 +607,11 @@ impl AgentMetrics {
             access_sessions_evicted: r.sampled(
                 "teledge_access_sessions_evicted_total",
                 "Supervisor sessions ended early to make room for a new login.",
+                Kind::Counter,
+            ),
+            audit_suppressed: r.sampled(
+                "teledge_audit_suppressed_total",
+                "Audit records of refusals without valid credentials not written (beyond 60 a minute; announced by a gap record).",
                 Kind::Counter,
             ),
             status_streams: r.gauge(

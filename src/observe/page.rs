@@ -105,6 +105,10 @@ impl Page {
         metrics: Arc<AgentMetrics>,
         stop: CancellationToken,
     ) -> Page {
+        let sink = audit.clone();
+        metrics
+            .audit_suppressed
+            .set_source(move || Some(sink.suppressed() as f64));
         Page {
             access,
             audit,
