@@ -8,7 +8,7 @@
 //! | — listener bounds reached | `503` + `Retry-After` |
 //! | — the call has no G.711 | `422` |
 //! | — not `application/sdp` / offer unusable / over 64 KiB | `415` / `400` / `413` |
-//! | `DELETE /whep/sessions/{id}` | `200`; `404` when no such session |
+//! | `DELETE /whep/sessions/{id}` | `200`; `404` when the supervisor has no such session (another's is not theirs to end) |
 //! | `PATCH /whep/sessions/{id}` (trickle, ICE restart) | `405`: the server does not trickle, the answer has every candidate |
 //! | `OPTIONS` (any `/whep/` path, CORS preflight, no authentication) | `200`, `Accept-Post: application/sdp`, CORS headers |
 //! | anything else without valid credentials | `401` + `WWW-Authenticate: Bearer` (a POST is audited as refused) |
@@ -142,7 +142,7 @@ where
     }
     if let Some(session) = path.strip_prefix(SESSIONS) {
         return match *req.method() {
-            Method::DELETE if whep.delete(session) => text(StatusCode::OK, "ended\n"),
+            Method::DELETE if whep.delete(session, &principal) => text(StatusCode::OK, "ended\n"),
             Method::DELETE => text(StatusCode::NOT_FOUND, "no such session\n"),
             // No trickle and no ICE restart: the answer carries every candidate.
             _ => not_allowed("DELETE, OPTIONS"),

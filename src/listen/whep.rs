@@ -156,7 +156,8 @@ struct Inner {
     access: Arc<Access>,
     audit: AuditSink,
     services: Services,
-    sessions: Mutex<HashMap<String, CancellationToken>>,
+    /// Each session's owner (the supervisor id that made it) and its cancellation.
+    sessions: Mutex<HashMap<String, (String, CancellationToken)>>,
     counters: WhepCounters,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -352,7 +353,7 @@ impl Whep {
         };
 
         let cancel = inner.shutdown.child_token();
-        lock(&inner.sessions).insert(session.clone(), cancel.clone());
+        lock(&inner.sessions).insert(session.clone(), (principal.id.clone(), cancel.clone()));
         inner
             .counters
             .sessions_started
@@ -411,14 +412,19 @@ impl Whep {
         Ok(Created { session, answer })
     }
 
-    /// Ends a session (`DELETE`); false when there is none with this id.
-    pub fn delete(&self, session: &str) -> bool {
-        match lock(&self.inner.sessions).remove(session) {
-            Some(cancel) => {
-                cancel.cancel();
+    /// Ends a session (`DELETE`) of `principal`; false when it has none with this id. A
+    /// session is its owner's alone: another supervisor who learnt its URL (the audit
+    /// records carry it) gets the same answer as for no session at all.
+    pub fn delete(&self, session: &str, principal: &Principal) -> bool {
+        let mut sessions = lock(&self.inner.sessions);
+        match sessions.get(session) {
+            Some((owner, _)) if *owner == principal.id => {
+                if let Some((_, cancel)) = sessions.remove(session) {
+                    cancel.cancel();
+                }
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }

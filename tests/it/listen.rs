@@ -505,6 +505,17 @@ fn webrtc_client_hears_a_live_call() {
         })
         .expect("connected within 5 s");
     assert_eq!(rig.metric("teledge_listen_sessions"), 1.0);
+    // Regression: any authenticated supervisor could end another's session with its URL.
+    // Another supervisor gets what no session at all would give, and the session lives.
+    let (status, _, _) = request(
+        rig.http,
+        "DELETE",
+        &listening.location,
+        &[("Authorization", &format!("Bearer {}", rig.viewer_token))],
+        "",
+    );
+    assert_eq!(status, 404);
+    assert_eq!(rig.metric("teledge_listen_sessions"), 1.0);
 
     // The call plays to its end (BYE); the session ends with it.
     let status = uac.wait().unwrap();
