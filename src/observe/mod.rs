@@ -60,6 +60,9 @@ pub use systemd::{Notifier, NotifyState, StatusLine, Watchdog};
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 
+/// The longest `stall_after_s` and `uplink_failing_after_s` accepted.
+pub const MAX_HEALTH_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Settings of the observability endpoint (the `[observe]` table, validated by `config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObserveSettings {
@@ -100,11 +103,22 @@ impl ObserveSettings {
                 ),
             ));
         }
-        if self.health.stall_after.is_zero() {
-            problems.push(("stall_after_s", "must be more than zero".into()));
-        }
-        if self.health.uplink_failing_after.is_zero() {
-            problems.push(("uplink_failing_after_s", "must be more than zero".into()));
+        // A threshold beyond a day is no threshold: a stalled pipeline would keep the
+        // watchdog fed and `/health` green for years (2^32 s was accepted).
+        for (field, value) in [
+            ("stall_after_s", self.health.stall_after),
+            ("uplink_failing_after_s", self.health.uplink_failing_after),
+        ] {
+            if value.is_zero() || value > MAX_HEALTH_THRESHOLD {
+                problems.push((
+                    field,
+                    format!(
+                        "{} s: must be between 1 and {} seconds (a day)",
+                        value.as_secs(),
+                        MAX_HEALTH_THRESHOLD.as_secs()
+                    ),
+                ));
+            }
         }
         problems
     }
@@ -125,6 +139,26 @@ mod tests {
         assert!(s.problems().is_empty());
         s.listen = "[::1]:9464".parse().unwrap();
         s.allow_remote = false;
+        assert!(s.problems().is_empty());
+    }
+
+    /// Regression: 2^32 s (136 years) was accepted as a stall threshold, so a stalled data
+    /// path never withheld the watchdog nor turned `/health` degraded.
+    #[test]
+    fn health_thresholds_are_at_most_a_day() {
+        let mut s = ObserveSettings::default();
+        s.health.stall_after = std::time::Duration::from_secs(1 << 32);
+        s.health.uplink_failing_after = std::time::Duration::ZERO;
+        let problems = s.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].0, "stall_after_s");
+        assert!(
+            problems[0].1.contains("between 1 and 86400"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[1].0, "uplink_failing_after_s");
+        s.health.stall_after = MAX_HEALTH_THRESHOLD;
+        s.health.uplink_failing_after = std::time::Duration::from_secs(1);
         assert!(s.problems().is_empty());
     }
 }
