@@ -70,6 +70,9 @@ pub struct Session<T> {
     io: Tap<T>,
     /// Bytes received and not consumed yet (line protocols).
     pending: Vec<u8>,
+    /// Line sensors: the line being received went past the bound; everything up to its
+    /// terminator is garbage (its tail is no line of its own).
+    overlong: bool,
     modbus: Option<ModbusClient<T>>,
     requests: Vec<RegisterRequest>,
     apc_smart_mode: bool,
@@ -95,6 +98,7 @@ impl<T: SerialLine> Session<T> {
             profile: profile.clone(),
             io,
             pending: Vec::new(),
+            overlong: false,
             modbus,
             requests,
             apc_smart_mode: false,
@@ -406,6 +410,12 @@ impl<T: SerialLine> Session<T> {
         let mut good = false;
         while let Some(pos) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
             let line: Vec<u8> = self.pending.drain(..=pos).take(pos).collect();
+            if self.overlong {
+                // The rest of a line already refused as too long.
+                self.overlong = false;
+                counters.garbage_bytes += line.len() as u64 + 1;
+                continue;
+            }
             if line.is_empty() {
                 continue; // the other half of a CR LF
             }
@@ -417,10 +427,14 @@ impl<T: SerialLine> Session<T> {
             }
         }
         if self.pending.len() > MAX_REPLY {
-            // No terminator in sight: drop it and resynchronise on the next one.
-            counters.bad_replies += 1;
+            // No terminator in sight: drop it, and the rest of the line up to the next
+            // terminator with it (resynchronise there). One bad reply per long line.
+            if !self.overlong {
+                counters.bad_replies += 1;
+            }
             counters.garbage_bytes += self.pending.len() as u64;
             self.pending.clear();
+            self.overlong = true;
         }
         good
     }

@@ -701,6 +701,44 @@ fn line_sensors_decode_key_values_and_nmea_and_skip_garbage() {
     assert_eq!(value_of(&r, "temperature"), Some(14.1));
 }
 
+/// Regression: a line over the bound was dropped only up to what had been read, and its
+/// tail (after the drop, up to the newline) was then decoded as a line of its own: a
+/// 700-byte line of `T=99.0,` gave a reading of 99. The whole line is garbage now,
+/// counted; the good lines around it still read.
+#[test]
+fn the_tail_of_an_overlong_line_is_not_read_as_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::start(dir.path());
+    let mut long = b"T=99.0,".repeat(100);
+    long.push(b'\n');
+    let _server = serve_lines(
+        &pty,
+        vec![b"T=23.4\n".to_vec(), long],
+        Duration::from_millis(40),
+    );
+    let mut watch = Watch::start(
+        &pty.dev,
+        &profile_path("ascii-key-value"),
+        &["--poll-interval", "0.3"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut readings = 0;
+    while Instant::now() < deadline {
+        let Some((_, r)) = watch.wait_for(Duration::from_secs(2), good_reading) else {
+            continue;
+        };
+        readings += 1;
+        assert_eq!(value_of(&r, "temperature"), Some(23.4), "{r}");
+    }
+    assert!(readings >= 3, "{readings} readings");
+    let (_, r) = watch
+        .wait_for(Duration::from_secs(5), |v| {
+            is_reading(v) && v["counters"]["garbage_bytes"].as_u64() >= Some(700)
+        })
+        .expect("the long lines counted as garbage");
+    assert!(r["counters"]["bad_replies"].as_u64().unwrap() > 0);
+}
+
 #[test]
 fn temperature_deviation_opens_once_despite_hovering_and_closes_with_its_duration() {
     let dir = tempfile::tempdir().unwrap();
