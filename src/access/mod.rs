@@ -30,8 +30,9 @@
 //! `EventSource` included. A token in the URL was the other choice and is refused: URLs end up
 //! in browser history, proxy logs and `Referer` headers, and the token would outlive the
 //! session. Sessions live in memory (a restart logs everyone out), at most [`MAX_SESSIONS`]
-//! (the oldest is ended to make room, counted), and are stored by the SHA-256 of their id as
-//! well. API clients (curl, a WHEP player) may send `Authorization: Bearer <token>` with every
+//! (the oldest is ended to make room, counted) and at most [`MAX_SESSIONS_PER_SUPERVISOR`]
+//! of one supervisor (their own oldest is ended, counted: one supervisor logging in over and
+//! over cannot log the others out), and are stored by the SHA-256 of their id as well. API clients (curl, a WHEP player) may send `Authorization: Bearer <token>` with every
 //! request instead.
 //!
 //! # API (for the HTTP handlers: the page, WHEP)
@@ -75,6 +76,9 @@ use crate::record::audit::AuditAuth;
 
 /// Sessions (cookie logins) kept at once; the oldest is ended to make room.
 pub const MAX_SESSIONS: usize = 256;
+/// Sessions of one supervisor kept at once (a phone, a desk, a few tabs logging in again);
+/// their own oldest is ended to make room.
+pub const MAX_SESSIONS_PER_SUPERVISOR: usize = 16;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "teledge_session";
 /// Prefix of a supervisor token (so a leaked one is recognisable in a scan).
@@ -581,9 +585,18 @@ impl Access {
         {
             let mut sessions = self.lock();
             sessions.retain(|_, s| s.expires > now);
-            if sessions.len() >= MAX_SESSIONS {
+            let own = sessions
+                .values()
+                .filter(|s| s.supervisor == principal.id)
+                .count();
+            // The supervisor's own oldest first: their logins never end another's session
+            // while they hold their share.
+            let full = own >= MAX_SESSIONS_PER_SUPERVISOR || sessions.len() >= MAX_SESSIONS;
+            if full {
+                let own_only = own >= MAX_SESSIONS_PER_SUPERVISOR;
                 if let Some(oldest) = sessions
                     .iter()
+                    .filter(|(_, s)| !own_only || s.supervisor == principal.id)
                     .min_by_key(|(_, s)| s.expires)
                     .map(|(k, _)| *k)
                 {
@@ -874,14 +887,14 @@ mod tests {
         };
         let cookie = |login: &Login| login.set_cookie.split(';').next().unwrap().to_owned();
 
-        // Bounded: the oldest session gives way to the newest.
+        // Bounded: the oldest of alice's sessions gives way to her newest.
         let access = with_ttl(Duration::from_secs(3600));
         let first = access.login(&creds).unwrap();
-        for _ in 1..MAX_SESSIONS {
+        for _ in 1..MAX_SESSIONS_PER_SUPERVISOR {
             assert!(!access.login(&creds).unwrap().evicted);
         }
         assert!(access.login(&creds).unwrap().evicted);
-        assert_eq!(access.sessions(), MAX_SESSIONS);
+        assert_eq!(access.sessions(), MAX_SESSIONS_PER_SUPERVISOR);
         assert_eq!(access.sessions_evicted(), 1);
         let pair = cookie(&first);
         let old = Credentials {
@@ -909,5 +922,62 @@ mod tests {
             ..Credentials::default()
         };
         assert!(access.authenticate(&fresh).is_ok());
+    }
+
+    /// Regression: one supervisor logging in 256 times ended every other supervisor's
+    /// session (the oldest overall made room). Now their own oldest does, and the whole table
+    /// is still bounded when many supervisors log in.
+    #[test]
+    fn one_supervisors_logins_do_not_log_the_others_out() {
+        let supervisors: Vec<(String, String, [u8; 32])> = (0..20)
+            .map(|i| {
+                let (token, hash) = make_token().unwrap();
+                (format!("s{i}"), token, hash)
+            })
+            .collect();
+        let access = Access::new(AccessSettings {
+            supervisors: supervisors
+                .iter()
+                .map(|(id, _, hash)| Supervisor {
+                    id: id.clone(),
+                    token_sha256: Some(*hash),
+                    cert_cn: None,
+                    view: ServiceSet::All,
+                    listen: ServiceSet::Nothing,
+                })
+                .collect(),
+            session_ttl: Duration::from_secs(3600),
+            ..AccessSettings::default()
+        });
+        let login = |i: usize| {
+            let a = bearer(&supervisors[i].1);
+            let creds = Credentials {
+                authorization: Some(&a),
+                ..Credentials::default()
+            };
+            access.login(&creds).unwrap()
+        };
+        let cookie_of = |l: &Login| l.set_cookie.split(';').next().unwrap().to_owned();
+        let valid = |pair: &str| {
+            access
+                .authenticate(&Credentials {
+                    cookie: Some(pair),
+                    ..Credentials::default()
+                })
+                .is_ok()
+        };
+        let bob = cookie_of(&login(1));
+        for _ in 0..MAX_SESSIONS {
+            login(0);
+        }
+        assert!(valid(&bob), "bob is still logged in");
+        assert_eq!(access.sessions(), MAX_SESSIONS_PER_SUPERVISOR + 1);
+        // Many supervisors: the table stays within its bound.
+        for i in 2..20 {
+            for _ in 0..MAX_SESSIONS_PER_SUPERVISOR {
+                login(i);
+            }
+        }
+        assert_eq!(access.sessions(), MAX_SESSIONS);
     }
 }
