@@ -10,7 +10,7 @@
 //! | `POST /api/login` | `Authorization: Bearer <token>` → 204 and `Set-Cookie` | audited (`teledge.audit/1`, `action: login`), accepted or refused |
 //! | `POST /api/logout` | ends the session | — |
 //! | `GET /api/snapshot` | the [`Snapshot`] the viewer may see (JSON) | a session or token |
-//! | `GET /api/events` | `text/event-stream`: a `snapshot` event (id = its `seq`) whenever the daemon publishes one (once a second), a comment every 15 s when nothing changed, `retry: 2000` | a session or token; at most [`MAX_STREAMS`] at once (503 beyond, counted) |
+//! | `GET /api/events` | `text/event-stream`: a `snapshot` event (id = its `seq`) whenever the daemon publishes one (once a second), a comment every 15 s when nothing changed, `retry: 2000` | a session or token; at most [`MAX_STREAMS`] at once and [`MAX_STREAMS_PER_SUPERVISOR`] of one supervisor (503 beyond, counted) |
 //!
 //! Every response carries a strict Content Security Policy (no inline script or style;
 //! scripts, styles, `fetch` and `EventSource` only from the agent itself; no frames, no
@@ -21,10 +21,11 @@
 //! stream ends when the session does (logout or expiry: a final `logout` event), when the
 //! client goes, and at shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Event streams open at once (each holds one of the endpoint's connections).
 pub const MAX_STREAMS: usize = 8;
+/// Event streams of one supervisor open at once (a desk, a phone, a tab opened again), so
+/// that one supervisor's tabs cannot take every stream from the others.
+pub const MAX_STREAMS_PER_SUPERVISOR: usize = 4;
 /// A comment line this often keeps proxies and the browser from closing a quiet stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -95,6 +99,41 @@ pub struct Page {
     /// Ends every event stream (the daemon's shutdown).
     pub stop: CancellationToken,
     streams: Arc<Semaphore>,
+    /// Event streams open now by supervisor id.
+    streams_by: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One supervisor's place among the open event streams, given back when the stream ends.
+struct StreamShare {
+    table: Arc<Mutex<HashMap<String, usize>>>,
+    supervisor: String,
+}
+
+impl StreamShare {
+    fn take(table: &Arc<Mutex<HashMap<String, usize>>>, supervisor: &str) -> Option<StreamShare> {
+        let mut held = table.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(supervisor.to_owned()).or_insert(0);
+        if *count >= MAX_STREAMS_PER_SUPERVISOR {
+            return None;
+        }
+        *count += 1;
+        Some(StreamShare {
+            table: Arc::clone(table),
+            supervisor: supervisor.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamShare {
+    fn drop(&mut self) {
+        let mut held = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.supervisor) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.supervisor);
+            }
+        }
+    }
 }
 
 impl Page {
@@ -116,6 +155,7 @@ impl Page {
             metrics,
             stop,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            streams_by: Arc::default(),
         }
     }
 }
@@ -326,7 +366,9 @@ pub fn sse_event(snapshot: &Snapshot) -> Bytes {
 }
 
 fn events<B>(req: &Request<B>, principal: Principal, page: &Page) -> Response<Body> {
-    let Ok(permit) = Arc::clone(&page.streams).try_acquire_owned() else {
+    let share = StreamShare::take(&page.streams_by, &principal.id);
+    let permit = Arc::clone(&page.streams).try_acquire_owned();
+    let (Some(share), Ok(permit)) = (share, permit) else {
         page.metrics.status_streams_refused.inc();
         let mut r = respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -359,6 +401,7 @@ fn events<B>(req: &Request<B>, principal: Principal, page: &Page) -> Response<Bo
     let metrics = Arc::clone(&page.metrics);
     tokio::spawn(async move {
         let _permit = permit;
+        let _share = share;
         metrics.status_streams.inc();
         // The first event at once: the current snapshot (also after a reconnect with
         // Last-Event-ID, since every event is a whole snapshot).

@@ -22,6 +22,10 @@ pub(crate) struct Served {
     pub addr: std::net::SocketAddr,
     pub alice: String,
     pub bob: String,
+    /// carol: views sales, like alice (another supervisor's share of the event streams).
+    pub carol: String,
+    /// dave: views sales too.
+    pub dave: String,
     pub tx: tokio::sync::watch::Sender<Arc<Snapshot>>,
     pub audit: Arc<std::sync::Mutex<Vec<teledge::record::audit::AuditRecord>>>,
     pub metrics: Arc<AgentMetrics>,
@@ -62,6 +66,8 @@ fn snapshot(seq: u64) -> Snapshot {
 pub(crate) async fn serve() -> Served {
     let (alice, alice_hash) = make_token().unwrap();
     let (bob, bob_hash) = make_token().unwrap();
+    let (carol, carol_hash) = make_token().unwrap();
+    let (dave, dave_hash) = make_token().unwrap();
     let access = Arc::new(Access::new(AccessSettings {
         supervisors: vec![
             Supervisor {
@@ -76,6 +82,20 @@ pub(crate) async fn serve() -> Served {
                 token_sha256: Some(bob_hash),
                 cert_cn: None,
                 view: ServiceSet::Nothing,
+                listen: ServiceSet::Nothing,
+            },
+            Supervisor {
+                id: "carol".into(),
+                token_sha256: Some(carol_hash),
+                cert_cn: None,
+                view: ServiceSet::only(["sales"]),
+                listen: ServiceSet::Nothing,
+            },
+            Supervisor {
+                id: "dave".into(),
+                token_sha256: Some(dave_hash),
+                cert_cn: None,
+                view: ServiceSet::only(["sales"]),
                 listen: ServiceSet::Nothing,
             },
         ],
@@ -103,6 +123,8 @@ pub(crate) async fn serve() -> Served {
         addr,
         alice,
         bob,
+        carol,
+        dave,
         tx,
         audit,
         metrics,
@@ -411,25 +433,42 @@ async fn events_are_framed_as_server_sent_events_and_follow_the_snapshots() {
 
 #[tokio::test]
 async fn event_streams_are_bounded_and_end_at_shutdown() {
+    use teledge::observe::page::{MAX_STREAMS, MAX_STREAMS_PER_SUPERVISOR};
     let s = serve().await;
-    let bearer = format!("Bearer {}", s.alice);
-    let mut open = Vec::new();
-    for _ in 0..teledge::observe::page::MAX_STREAMS {
+    let open_stream = |token: String| async move {
         let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
         let text = format!(
-            "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: {bearer}\r\n\r\n"
+            "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
         tcp.write_all(text.as_bytes()).await.unwrap();
         let mut first = [0u8; 12];
         tcp.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");
-        open.push(tcp);
+        tcp
+    };
+    let refused = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        async move {
+            let (status, head, _) =
+                request(s.addr, "GET", "/api/events", &[("Authorization", &bearer)]).await;
+            assert_eq!(status, 503);
+            assert_eq!(header(&head, "retry-after"), Some("10"));
+        }
+    };
+    // Regression: one supervisor's tabs took every stream. Alice holds her share and no
+    // more; carol still gets hers.
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_SUPERVISOR {
+        open.push(open_stream(s.alice.clone()).await);
     }
-    let (status, head, _) =
-        request(s.addr, "GET", "/api/events", &[("Authorization", &bearer)]).await;
-    assert_eq!(status, 503);
-    assert_eq!(header(&head, "retry-after"), Some("10"));
+    refused(&s.alice).await;
     assert_eq!(s.metrics.status_streams_refused.get(), 1);
+    for _ in MAX_STREAMS_PER_SUPERVISOR..MAX_STREAMS {
+        open.push(open_stream(s.carol.clone()).await);
+    }
+    // All of them open: nobody gets another, not even a supervisor with none.
+    refused(&s.dave).await;
+    assert_eq!(s.metrics.status_streams_refused.get(), 2);
     // Shutdown ends every stream: the server returns within its drain deadline.
     s.stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), s.server)
