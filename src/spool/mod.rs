@@ -663,11 +663,7 @@ impl Spool {
             path: path.clone(),
             source,
         })?;
-        let tmp = self.config.dir.join(format!("{MANIFEST}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        crate::durable::replace(&path, &json, crate::durable::Mode::Default)?;
         self.manifest_keys = Some(manifest.key_ids);
         Ok(())
     }
@@ -1703,8 +1699,7 @@ fn remove_orphan_parts(records: &sled::Tree, parts: &sled::Tree) -> Result<(), S
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(crate::durable::sync_dir(dir)?)
 }
 
 const MANIFEST: &str = "manifest.json";

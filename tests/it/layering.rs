@@ -280,6 +280,7 @@ fn the_leaves_import_nothing_of_the_pipeline() {
             "log_limit",
             "server_url",
             "seal",
+            "durable",
         ]
         .contains(&top)
         {
