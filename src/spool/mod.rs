@@ -178,6 +178,10 @@ pub enum SpoolError {
     Seal { id: String, source: SealError },
     #[error("record of {0} bytes does not fit in the whole spool with a gap record beside it")]
     TooLarge(usize),
+    /// The store failed to write (sled's I/O errors stay until it is opened again) and could
+    /// not be opened again yet; retried at most once a second once the disk has room.
+    #[error("spool store unavailable since a write failed ({0}); reopening once there is room")]
+    Unavailable(String),
 }
 
 /// Room kept beside a record for the gap record that announces what was dropped to make room
@@ -433,6 +437,12 @@ pub struct Spool {
     /// When the store was last flushed: [`Spool::ack_lazily`] flushes once this is older
     /// than the group commit interval.
     last_flush: std::time::Instant,
+    /// The store failed to write (the error, and when it was last tried again): sled keeps
+    /// failing every call after an I/O error, so the store is opened again ([`Spool::recover`]).
+    failed: Option<(String, std::time::Instant)>,
+    /// A spool replaced by its reopened self: dropped without flushing or writing the
+    /// manifest (its handles are a stand-in's).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Spool {
@@ -447,6 +457,9 @@ impl std::fmt::Debug for Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         // A clean close makes every append durable (sled would flush its own buffers too).
         if let Err(e) = self.flush() {
             tracing::error!(error = %e, "Cannot flush the spool at close.");
@@ -620,6 +633,8 @@ impl Spool {
             acked,
             log_limiter: Limiter::default(),
             last_flush: std::time::Instant::now(),
+            failed: None,
+            closed: false,
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
             keyring,
@@ -710,6 +725,12 @@ impl Spool {
 
     /// Appends a record. Returns its id, or `None` when the full-store policy refused it.
     pub fn append(&mut self, payload: &[u8]) -> Result<Option<RecordId>, SpoolError> {
+        self.recover()?;
+        let result = self.append_inner(payload);
+        self.note(result)
+    }
+
+    fn append_inner(&mut self, payload: &[u8]) -> Result<Option<RecordId>, SpoolError> {
         if self.disk_full() {
             self.pending_disk_full += 1;
             self.stats.dropped_disk_full += 1;
@@ -783,7 +804,10 @@ impl Spool {
         self.stats.bytes += sealed_len as u64;
         self.stats.appended += 1;
         if self.pending_bytes >= self.segment_limit() {
-            self.write_pending()?;
+            // The record is taken (held in memory, written once the store works again): a
+            // failure here marks the store failed without refusing the record.
+            let written = self.write_pending();
+            let _ = self.note(written);
         }
         Ok(id)
     }
@@ -917,6 +941,12 @@ impl Spool {
     /// is room now. The forwarder calls it on every round, so a producer that went quiet
     /// still gets its losses reported.
     pub fn announce_drops(&mut self) -> Result<(), SpoolError> {
+        self.recover()?;
+        let result = self.announce_drops_inner();
+        self.note(result)
+    }
+
+    fn announce_drops_inner(&mut self) -> Result<(), SpoolError> {
         if self.pending_newest_drops == 0
             && self.pending_disk_full == 0
             && self.pending_lost.is_empty()
@@ -1006,6 +1036,12 @@ impl Spool {
 
     /// Makes every earlier append durable (group commit point).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.recover()?;
+        let result = self.flush_inner();
+        self.note(result)
+    }
+
+    fn flush_inner(&mut self) -> Result<(), SpoolError> {
         let through = self.last_appended;
         self.write_pending()?;
         self.db.flush()?;
@@ -1029,6 +1065,16 @@ impl Spool {
     /// (`unreadable_record`) announces it upstream. With the missing key back in the keyring,
     /// the file can still be opened.
     pub fn read(
+        &mut self,
+        after: Option<RecordId>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
+        self.recover()?;
+        let result = self.read_inner(after, max);
+        self.note(result)
+    }
+
+    fn read_inner(
         &mut self,
         after: Option<RecordId>,
         max: usize,
@@ -1220,7 +1266,9 @@ impl Spool {
     /// at once (a flush): after a crash, only a batch whose acknowledgement never arrived is
     /// sent again, never batches the collector acknowledged long ago.
     pub fn ack(&mut self, through: RecordId) -> Result<u64, SpoolError> {
-        let removed = self.remove_through(through)?;
+        self.recover()?;
+        let result = self.remove_through(through);
+        let removed = self.note(result)?;
         self.flush()?;
         Ok(removed)
     }
@@ -1233,7 +1281,9 @@ impl Spool {
     /// loss). The uplink acknowledges batch after batch this way (one flush per ~50 ms
     /// instead of one per batch).
     pub fn ack_lazily(&mut self, through: RecordId) -> Result<u64, SpoolError> {
-        let removed = self.remove_through(through)?;
+        self.recover()?;
+        let result = self.remove_through(through);
+        let removed = self.note(result)?;
         if self.last_flush.elapsed() >= self.config.flush_interval {
             self.flush()?;
         }
@@ -1352,6 +1402,12 @@ impl Spool {
     /// move takes them too. Records that do not open are left for [`Spool::read`] to set aside.
     /// Returns the old epoch.
     pub fn start_new_epoch(&mut self, reason: &str) -> Result<u64, SpoolError> {
+        self.recover()?;
+        let result = self.start_new_epoch_inner(reason);
+        self.note(result)
+    }
+
+    fn start_new_epoch_inner(&mut self, reason: &str) -> Result<u64, SpoolError> {
         const CHUNK: usize = 1024;
         let old_epoch = self.epoch;
         let mut epoch = fresh_epoch()?;
@@ -1484,6 +1540,12 @@ impl Spool {
     /// Starts a fresh generation when the spool is drained and the database has grown past
     /// `compact_above_bytes`; the old one is deleted. Returns whether it did.
     pub fn compact_if_drained(&mut self) -> Result<bool, SpoolError> {
+        self.recover()?;
+        let result = self.compact_if_drained_inner();
+        self.note(result)
+    }
+
+    fn compact_if_drained_inner(&mut self) -> Result<bool, SpoolError> {
         if self.stats.records > 0 || self.db.size_on_disk()? <= self.config.compact_above_bytes {
             return Ok(false);
         }
@@ -1512,6 +1574,128 @@ impl Spool {
         std::fs::remove_dir_all(&old_path)?;
         sync_dir(&self.config.dir)?;
         Ok(true)
+    }
+
+    /// Notes a write failure of the store. sled 0.34 keeps an I/O error (a full disk, a
+    /// failing one) and fails every later call with it until the store is opened again, so
+    /// from here on the spool refuses work ([`SpoolError::Unavailable`]) and [`Spool::recover`]
+    /// reopens it.
+    fn note<T>(&mut self, result: Result<T, SpoolError>) -> Result<T, SpoolError> {
+        if let Err(SpoolError::Storage(sled::Error::Io(e))) = &result {
+            if self.failed.is_none() {
+                tracing::error!(
+                    error = %e,
+                    dir = %self.config.dir.display(),
+                    "The spool store failed to write: new records are lost (counted, announced) until it opens again once the disk has room."
+                );
+                self.failed = Some((e.to_string(), std::time::Instant::now()));
+            }
+        }
+        result
+    }
+
+    /// Opens a failed store again (at most once a second, once the file system has the
+    /// reserve free): the records it had made durable are read back; those it had taken
+    /// since its last flush are gone, counted and announced by a gap record
+    /// (`records_not_spooled`, "spool write failed"); those still in memory are kept; no id
+    /// is given again. `Err(Unavailable)` while it cannot.
+    fn recover(&mut self) -> Result<(), SpoolError> {
+        const EVERY: Duration = Duration::from_secs(1);
+        let Some((error, tried)) = self.failed.clone() else {
+            return Ok(());
+        };
+        let unavailable = || Err(SpoolError::Unavailable(error.clone()));
+        if tried.elapsed() < EVERY {
+            return unavailable();
+        }
+        self.failed = Some((error.clone(), std::time::Instant::now()));
+        let free = fs2::available_space(&self.config.dir).unwrap_or(0);
+        if free
+            < self
+                .config
+                .disk_reserve_bytes
+                .max(4 * self.sled_segment as u64)
+        {
+            return unavailable();
+        }
+        match self.reopen() {
+            Ok(lost) => {
+                tracing::warn!(
+                    lost,
+                    "The spool store is open again: records taken since its last commit before the failure are lost and announced upstream."
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::report::Chain(&e), "The spool store does not open again yet.");
+                unavailable()
+            }
+        }
+    }
+
+    /// [`Spool::recover`]'s work: releases the failed store, opens it like a start does
+    /// (a store that no longer opens is quarantined and announced), and carries over what
+    /// only this process knows. Returns the records lost.
+    fn reopen(&mut self) -> Result<u64, SpoolError> {
+        // sled holds the store's lock until every handle is dropped: a temporary store in
+        // memory stands in for the moment between.
+        let stand_in = sled::Config::new().temporary(true).open()?;
+        drop(std::mem::replace(
+            &mut self.records,
+            stand_in.open_tree("records")?,
+        ));
+        drop(std::mem::replace(
+            &mut self.parts,
+            stand_in.open_tree("parts")?,
+        ));
+        drop(std::mem::replace(
+            &mut self.meta,
+            stand_in.open_tree("meta")?,
+        ));
+        drop(std::mem::replace(&mut self.db, stand_in));
+        let (mut fresh, _events) = Spool::open(self.config.clone(), self.keyring.clone())?;
+        // Records written to the failed store after its last commit did not survive; the
+        // ones not yet written (a segment in memory) are written to the reopened one.
+        let first_unwritten = self.pending.first().map_or(self.next_seq, |(id, _)| id.seq);
+        let pending = std::mem::take(&mut self.pending);
+        let lost = if fresh.epoch == self.epoch {
+            first_unwritten.saturating_sub(fresh.next_seq)
+        } else {
+            // Quarantined: the gap record of the quarantine tells the rest.
+            pending.len() as u64
+        };
+        if fresh.epoch == self.epoch {
+            fresh.next_seq = fresh.next_seq.max(self.next_seq);
+            for (_, sealed) in &pending {
+                fresh.count_key(sealed, true)?;
+                fresh.stats.records += 1;
+                fresh.stats.bytes += sealed.len() as u64;
+            }
+            if let Some((id, _)) = pending.last() {
+                fresh.last_appended = Some(*id);
+            }
+            fresh.pending_bytes = pending.iter().map(|(_, s)| s.len()).sum();
+            fresh.pending = pending;
+        }
+        // What only this process knew: counters, drops not yet announced, log flood control.
+        let old = self.stats;
+        fresh.stats = SpoolStats {
+            records: fresh.stats.records,
+            bytes: fresh.stats.bytes,
+            generation: fresh.stats.generation,
+            quarantined: old.quarantined + fresh.stats.quarantined,
+            dropped_oldest: old.dropped_oldest.max(fresh.stats.dropped_oldest),
+            dropped_newest: old.dropped_newest.max(fresh.stats.dropped_newest),
+            ..old
+        };
+        fresh.pending_newest_drops = fresh.pending_newest_drops.max(self.pending_newest_drops);
+        fresh.pending_disk_full = self.pending_disk_full;
+        fresh.pending_lost = std::mem::take(&mut self.pending_lost);
+        fresh.log_limiter = std::mem::take(&mut self.log_limiter);
+        fresh.note_lost_before_spool("spool write failed", lost);
+        self.closed = true;
+        std::mem::swap(self, &mut fresh);
+        Ok(lost)
     }
 
     fn aad(&self, id: RecordId) -> Vec<u8> {
@@ -2382,6 +2566,87 @@ mod tests {
         let blobs = dir.path().join("gen-0/blobs");
         let count = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
         assert_eq!(count, 0, "sled wrote blob files");
+    }
+
+    /// A real full disk (a small tmpfs; root, as CI runs): sled fails every call after its
+    /// first write error, and before, the spool stayed failed until the process restarted,
+    /// also once the disk had room again (found 2026-12-03: appends, acknowledgements and a
+    /// reopen all returned "No space left on device"). Now the store opens again once there
+    /// is room: what it had made durable is read back, what it had taken since its last
+    /// commit is counted and announced, and no id is given twice.
+    #[test]
+    fn a_store_that_failed_on_a_full_disk_opens_again_once_there_is_room() {
+        let work = tempfile::tempdir().unwrap();
+        let disk = work.path().join("disk");
+        std::fs::create_dir_all(&disk).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(disk.clone());
+        let filler = disk.join("filler");
+        std::fs::write(&filler, vec![0u8; 4 << 20]).unwrap();
+        let mut cfg = config(&disk.join("spool"));
+        // Below the reserve the spool drops by itself; here the disk fills faster than it
+        // looks (another process's log, say).
+        cfg.disk_reserve_bytes = 0;
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        let mut taken = Vec::new();
+        let mut failures = 0;
+        for i in 0..100_000u32 {
+            match spool.append(format!("record {i:06} {}", "x".repeat(380)).as_bytes()) {
+                Ok(Some(id)) => taken.push(id),
+                Ok(None) => panic!("no drop policy applies"),
+                Err(_) => failures += 1,
+            }
+            if i % 100 == 99 {
+                let _ = spool.flush();
+            }
+            if failures >= 20 {
+                break;
+            }
+        }
+        assert_eq!(failures, 20, "the disk never filled");
+        assert!(matches!(
+            spool.append(b"while failed"),
+            Err(SpoolError::Unavailable(_) | SpoolError::Storage(_))
+        ));
+        // Room again.
+        std::fs::remove_file(&filler).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let after = spool.append(b"after the disk had room").unwrap().unwrap();
+        spool.flush().unwrap();
+        assert!(after > *taken.last().unwrap(), "no id given twice");
+        let read = spool.read(None, usize::MAX).unwrap();
+        let data: Vec<&StoredRecord> = read
+            .iter()
+            .filter(|r| r.payload.starts_with(b"record "))
+            .collect();
+        let lost: u64 = read
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .filter(|g| g["type"] == "gap" && g["detail"] == "spool write failed")
+            .map(|g| g["dropped"].as_u64().unwrap())
+            .sum();
+        // Every record the spool took is read back or announced lost, in order.
+        assert_eq!(data.len() as u64 + lost, taken.len() as u64, "lost {lost}");
+        assert!(data.iter().zip(&taken).all(|(r, id)| r.id == *id));
+        assert!(read.iter().any(|r| r.payload == b"after the disk had room"));
+        // And the store is whole across a restart.
+        drop(spool);
+        let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+        assert_eq!(spool.read(None, usize::MAX).unwrap().len(), read.len());
     }
 
     /// Payloads of every size around the layout's limits, each recognisable by its index.
