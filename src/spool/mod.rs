@@ -184,6 +184,21 @@ pub enum SpoolError {
     Unavailable(String),
 }
 
+impl SpoolError {
+    /// The file system is full (or the quota reached): the store cannot be written, and not
+    /// even opened, until there is room.
+    pub fn is_out_of_space(&self) -> bool {
+        let io = match self {
+            SpoolError::Storage(sled::Error::Io(e)) | SpoolError::Io(e) => e,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) || io.raw_os_error() == Some(libc::ENOSPC)
+    }
+}
+
 /// Room kept beside a record for the gap record that announces what was dropped to make room
 /// for it (a gap record is ~300 bytes sealed).
 const GAP_ROOM: u64 = 512;
