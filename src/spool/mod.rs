@@ -1693,15 +1693,24 @@ impl Spool {
             fresh.pending = pending;
         }
         // What only this process knew: counters, drops not yet announced, log flood control.
-        let old = self.stats;
+        // Counts since this process started: the old store's plus what opening did (a
+        // quarantine, its gap record); the drop totals are also kept in the store's meta.
+        let (old, new) = (self.stats, fresh.stats);
         fresh.stats = SpoolStats {
-            records: fresh.stats.records,
-            bytes: fresh.stats.bytes,
-            generation: fresh.stats.generation,
-            quarantined: old.quarantined + fresh.stats.quarantined,
-            dropped_oldest: old.dropped_oldest.max(fresh.stats.dropped_oldest),
-            dropped_newest: old.dropped_newest.max(fresh.stats.dropped_newest),
-            ..old
+            records: new.records,
+            bytes: new.bytes,
+            generation: new.generation,
+            appended: old.appended + new.appended,
+            acked: old.acked + new.acked,
+            dropped_oldest: old.dropped_oldest.max(new.dropped_oldest),
+            dropped_newest: old.dropped_newest.max(new.dropped_newest),
+            dropped_disk_full: old.dropped_disk_full + new.dropped_disk_full,
+            gap_records: old.gap_records + new.gap_records,
+            compactions: old.compactions + new.compactions,
+            set_aside: old.set_aside + new.set_aside,
+            quarantined: old.quarantined + new.quarantined,
+            quarantines_pruned: old.quarantines_pruned + new.quarantines_pruned,
+            epochs_started: old.epochs_started + new.epochs_started,
         };
         fresh.pending_newest_drops = fresh.pending_newest_drops.max(self.pending_newest_drops);
         fresh.pending_disk_full = self.pending_disk_full;
