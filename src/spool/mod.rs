@@ -2663,9 +2663,15 @@ mod tests {
             .filter(|g| g["type"] == "gap" && g["detail"] == "spool write failed")
             .map(|g| g["dropped"].as_u64().unwrap())
             .sum();
-        // Every record the spool took is read back or announced lost, in order.
+        // Every record the spool took is read back, in order, or announced lost (those
+        // written since the last commit; a segment still in memory was kept, so the lost
+        // ones may sit between records read back).
         assert_eq!(data.len() as u64 + lost, taken.len() as u64, "lost {lost}");
-        assert!(data.iter().zip(&taken).all(|(r, id)| r.id == *id));
+        let mut ids = taken.iter();
+        assert!(
+            data.iter().all(|r| ids.any(|id| *id == r.id)),
+            "records read back are the ones taken, in order"
+        );
         assert!(read.iter().any(|r| r.payload == b"after the disk had room"));
         // And the store is whole across a restart.
         drop(spool);
