@@ -75,8 +75,9 @@ pub const MAX_STREAMS_PER_CALL: usize = 64;
 /// Without it every SDP of a dialog added endpoints that stayed until the dialog ended, so
 /// one dialog re-INVITEd with ever new ports filled the endpoint table and every later
 /// call's SDP was turned away, its RTP measured as orphans. Beyond it the call's oldest
-/// endpoint is forgotten (a stream already flowing there keeps being measured), counted in
-/// `call_endpoints_forgotten`.
+/// endpoint is forgotten (a stream already flowing there keeps being measured, and keeps
+/// the address known until it closes, counted in `endpoints_kept_for_streams`, so a sharded
+/// correlator keeps its route), counted in `call_endpoints_forgotten`.
 pub const MAX_ENDPOINTS_PER_CALL: usize = 32;
 
 /// Most open streams of one SSRC in the SSRC index (a relay's legs: two; a few more when
@@ -165,6 +166,10 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond [`MAX_ENDPOINTS_PER_CALL`].
     pub call_endpoints_forgotten: u64,
+    /// Of those, endpoints a stream of the call still ran through: the address stays known
+    /// (a sharded correlator keeps its route) until the stream closes, so the stream stays
+    /// measured in its call, never a second time as an orphan.
+    pub endpoints_kept_for_streams: u64,
     /// Streams of an SSRC beyond [`MAX_STREAMS_PER_SSRC`]: measured, not indexed by SSRC.
     pub streams_not_indexed_by_ssrc: u64,
     /// SDP media lines announcing RTP over TCP (`TCP/RTP/AVP`, RFC 4571, and its secure
@@ -201,6 +206,7 @@ impl MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
@@ -226,6 +232,7 @@ impl MediaCounters {
         self.streams_beyond_call_cap += streams_beyond_call_cap;
         self.orphans_closed_for_calls += orphans_closed_for_calls;
         self.call_endpoints_forgotten += call_endpoints_forgotten;
+        self.endpoints_kept_for_streams += endpoints_kept_for_streams;
         self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
         self.rtp_over_tcp_unmeasured += rtp_over_tcp_unmeasured;
         self.turn_relayed_unmeasured += turn_relayed_unmeasured;
@@ -412,7 +419,15 @@ struct Stream {
     /// stream's state are cheaper than a `Vec`'s 24.
     #[allow(clippy::box_collection)]
     legs: Option<Box<Legs<Direction>>>,
+    /// Which of its addresses this stream keeps known ([`MediaTracker::kept_for_streams`])
+    /// after its call forgot the endpoint there: [`KEPT_SRC`], [`KEPT_DST`].
+    keeps: u8,
 }
+
+/// [`Stream::keeps`]: the stream keeps its source address known.
+const KEPT_SRC: u8 = 1;
+/// [`Stream::keeps`]: the stream keeps its destination address known.
+const KEPT_DST: u8 = 2;
 
 #[derive(Debug)]
 struct Candidate {
@@ -462,6 +477,12 @@ pub struct MediaTracker {
     /// ... and the further ones of an SSRC already there, in the order they opened (a
     /// relay's second leg; empty on most captures).
     more_by_ssrc: KeyedMap<u32, Vec<StreamKey>>,
+    /// Addresses of endpoints a call forgot ([`MAX_ENDPOINTS_PER_CALL`]) while a stream of
+    /// the call still ran through them, with the number of such streams: the address stays
+    /// known ([`Self::knows_endpoint`]) until the last of them closes, so that a sharded
+    /// correlator keeps routing the stream here rather than to an orphan's shard, where it
+    /// would be measured a second time. At most two per open stream.
+    kept_for_streams: KeyedMap<SocketAddr, u32>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: KeyedMap<SocketAddr, Timestamp>,
     /// Calls that ended and wait out their record grace: their streams still measure what
@@ -503,6 +524,7 @@ impl MediaTracker {
             candidates: StreamMap::default(),
             streams_by_ssrc: KeyedMap::default(),
             more_by_ssrc: KeyedMap::default(),
+            kept_for_streams: KeyedMap::default(),
             ended_endpoints: KeyedMap::default(),
             closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
@@ -527,6 +549,12 @@ impl MediaTracker {
 
     pub fn counters(&self) -> MediaCounters {
         self.counters
+    }
+
+    /// Addresses known only because a stream still runs through them after its call forgot
+    /// the endpoint ([`Self::kept_for_streams`]).
+    pub fn kept_for_streams(&self) -> usize {
+        self.kept_for_streams.len()
     }
 
     /// Streams being measured now.
@@ -587,6 +615,9 @@ impl MediaTracker {
                 let oldest = addrs.remove(0);
                 self.counters.call_endpoints_forgotten += 1;
                 self.forget_endpoint(&call, oldest);
+                if !self.endpoints.contains_key(&oldest) {
+                    self.keep_for_streams(&call, oldest);
+                }
             }
         }
     }
@@ -614,6 +645,52 @@ impl MediaTracker {
         }
     }
 
+    /// An endpoint `call` forgot: the call's open streams through it keep the address known
+    /// until they close (see [`Self::kept_for_streams`]); counted in
+    /// `endpoints_kept_for_streams` when there is one.
+    fn keep_for_streams(&mut self, call: &Arc<str>, addr: SocketAddr) {
+        let Some(keys) = self.streams_by_call.get(call) else {
+            return;
+        };
+        let mut kept = 0;
+        for key in keys {
+            let Some(stream) = self.streams.get_mut(key) else {
+                continue;
+            };
+            let bit = match (key.src() == addr, key.dst() == addr) {
+                (_, true) => KEPT_DST,
+                (true, false) => KEPT_SRC,
+                (false, false) => continue,
+            };
+            if stream.keeps & bit == 0 {
+                stream.keeps |= bit;
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            *self.kept_for_streams.entry(addr).or_insert(0) += kept;
+            self.counters.endpoints_kept_for_streams += 1;
+        }
+    }
+
+    /// A stream leaves the table: the addresses it kept known are let go.
+    fn release_kept(&mut self, key: StreamKey, stream: &Stream) {
+        if stream.keeps == 0 {
+            return;
+        }
+        for (bit, addr) in [(KEPT_SRC, key.src()), (KEPT_DST, key.dst())] {
+            if stream.keeps & bit == 0 {
+                continue;
+            }
+            if let Some(n) = self.kept_for_streams.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kept_for_streams.remove(&addr);
+                }
+            }
+        }
+    }
+
     /// An endpoint's codec list: an equal one of [`Self::codec_lists`], else a new one,
     /// remembered in place of the least recently used.
     fn shared_codecs(&mut self, codecs: &[Codec]) -> Codecs {
@@ -633,7 +710,9 @@ impl MediaTracker {
     /// True while `addr` is a media endpoint of a call here, open or ended within its
     /// linger: where RTP to or from it is measured or counted.
     pub fn knows_endpoint(&self, addr: &SocketAddr) -> bool {
-        self.endpoints.contains_key(addr) || self.ended_endpoints.contains_key(addr)
+        self.endpoints.contains_key(addr)
+            || self.ended_endpoints.contains_key(addr)
+            || self.kept_for_streams.contains_key(addr)
     }
 
     /// Handles a UDP datagram that is not SIP.
@@ -879,6 +958,7 @@ impl MediaTracker {
             analyzer: StreamAnalyzer::new(*first_time, first, info),
             info_cache: None,
             legs: None,
+            keeps: 0,
         });
         stream.note_voice(first, info);
         for (time, packet) in rest {
@@ -1150,6 +1230,7 @@ impl MediaTracker {
             return;
         };
         self.unindex_ssrc(key);
+        self.release_kept(key, &stream);
         match stream.call.clone() {
             Some(call) => {
                 for (leg, direction) in stream.legs() {
@@ -1280,6 +1361,7 @@ impl MediaTracker {
             }
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
+                self.release_kept(key, &stream);
                 streams.push((key, stream));
             }
         }
@@ -1744,6 +1826,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
@@ -1770,6 +1853,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,

@@ -15,8 +15,11 @@
 //! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by a keyed hash of
 //!   the unordered address pair, so both directions of an orphan flow are measured in one
 //!   place.
-//! - A route lives while its shard still knows the endpoint (open, or ended within the
-//!   linger, [`super::media::MediaTracker::knows_endpoint`]): [`ShardedCorrelator::advance`]
+//! - A route lives while its shard still knows the endpoint (open, ended within the linger,
+//!   or forgotten by its call beyond 32 endpoints while a stream of the call still runs
+//!   through it: [`super::media::MediaTracker::knows_endpoint`]; swept, that stream's later
+//!   packets went to an orphan's shard and were measured twice, counted in
+//!   `endpoints_kept_for_streams`): [`ShardedCorrelator::advance`]
 //!   sweeps one stripe of the table per tick. The table is bounded (the endpoints every shard
 //!   may hold, twice); a route beyond it is not written and counted
 //!   ([`ShardStats::routes_dropped_at_capacity`]): that endpoint's RTP then goes where an
@@ -2059,6 +2062,117 @@ mod tests {
             !many.iter().any(|r| matches!(r, Record::Stream(_))),
             "{many:#?}"
         );
+    }
+
+    /// A call re-INVITEd with ever new ports forgets its oldest endpoints beyond 32
+    /// ([`super::media::MAX_ENDPOINTS_PER_CALL`]), while a stream to the first one still
+    /// flows (from a relay no SDP announced, so only its destination has a route). Its route
+    /// must outlive the endpoint as long as the stream does: swept, the stream's later
+    /// packets went to the address pair's shard and were measured a second time there, as
+    /// an orphan, the call keeping only its first packets.
+    #[test]
+    fn a_forgotten_endpoint_keeps_its_route_while_its_stream_flows() {
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default());
+        let id = "renegotiated@x";
+        let home = sharded.shard_of_call(id);
+        let caller: SocketAddr = "10.1.0.1:4000".parse().unwrap();
+        // A relay port whose address pair lands in another shard than the call.
+        let relay = (7000..)
+            .map(|port| SocketAddr::new("10.3.0.1".parse().unwrap(), port))
+            .find(|relay| {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(0),
+                    src: *relay,
+                    dst: caller,
+                };
+                sharded.shard_of_datagram(&meta, &rtp(0, 5)) != home
+            })
+            .unwrap();
+        let offer = |cseq: u32, port: u32| {
+            let text = sip(
+                id,
+                "INVITE sip:b@x SIP/2.0",
+                &format!("{cseq} INVITE"),
+                Some("10.1.0.1"),
+            )
+            .replace("m=audio 4000", &format!("m=audio {port}"));
+            // A re-INVITE is in the dialog: it carries the callee's tag.
+            if cseq > 1 {
+                text.replace("To: <sip:b@x>\r\n", "To: <sip:b@x>;tag=b\r\n")
+            } else {
+                text
+            }
+        };
+        let answer = |cseq: u32| {
+            sip(
+                id,
+                "SIP/2.0 200 OK",
+                &format!("{cseq} INVITE"),
+                Some("10.2.0.1"),
+            )
+        };
+        let mut events = vec![Event::Sip(0, offer(1, 4000)), Event::Sip(10, answer(1))];
+        // 20 re-INVITEs, each moving the caller's RTP and RTCP: 40 endpoints more.
+        for n in 2..=21u32 {
+            let ms = 100 + i64::from(n) * 20;
+            events.push(Event::Sip(ms, offer(n, 4000 + 2 * (n - 1))));
+            events.push(Event::Sip(ms + 5, answer(n)));
+        }
+        // The relay's stream to the first endpoint, 20 s: past a sweep of every stripe.
+        let packets = 1_000u16;
+        for seq in 0..packets {
+            events.push(Event::Rtp(
+                20 + i64::from(seq) * 20,
+                relay.to_string(),
+                caller.to_string(),
+                seq,
+                5,
+            ));
+        }
+        events.push(Event::Sip(
+            20_100,
+            sip(id, "BYE sip:b@x SIP/2.0", "30 BYE", None),
+        ));
+        events.push(Event::Sip(
+            20_105,
+            sip(id, "SIP/2.0 200 OK", "30 BYE", None),
+        ));
+        events.sort_by_key(|e| match e {
+            Event::Sip(ms, _) | Event::Rtp(ms, ..) => *ms,
+        });
+        let (mut single, mut one, mut many) = (
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut tick = 250;
+        for event in events {
+            let (Event::Sip(ms, _) | Event::Rtp(ms, ..)) = &event;
+            // The daemon's tick, every 250 ms: each sweeps one stripe of the route table.
+            while tick <= *ms {
+                sharded.advance(at(tick), &mut |r| many.push(r));
+                tick += 250;
+            }
+            feed(&mut single, event.clone(), &mut one);
+            feed(&mut &sharded, event, &mut many);
+        }
+        assert!(tick / 250 > ROUTE_STRIPES as i64, "every stripe swept");
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let expected = vec![(id.to_owned(), u64::from(packets))];
+        assert_eq!(calls_with_packets(&one), expected);
+        assert_eq!(calls_with_packets(&many), expected);
+        let (_, media) = sharded.counters();
+        assert!(media.call_endpoints_forgotten >= 8, "{media:?}");
+        assert_eq!(media.endpoints_kept_for_streams, 1, "{media:?}");
+        assert_eq!(media.orphan_streams, 0, "{media:?}");
+        assert_eq!(media.rtp_packets, u64::from(packets), "measured once");
+        assert!(!many.iter().any(|r| matches!(r, Record::Stream(_))));
+        // The stream closed with its call: nothing is kept for it any more.
+        let mut kept = 0;
+        sharded.for_each(|c| kept += c.media().kept_for_streams());
+        assert_eq!(kept, 0);
     }
 
     /// The window's bounds apply the earliest messages before their window passed, counted;

@@ -171,6 +171,9 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond the per-call cap (32).
     pub call_endpoints_forgotten: u64,
+    /// Of those, endpoints a stream of the call still ran through: kept known (and routed,
+    /// when sharded) until the stream closed, so it stayed measured in its call.
+    pub endpoints_kept_for_streams: u64,
     /// Streams of one SSRC beyond the SSRC index's 8: measured, not linked to a call by it.
     pub streams_not_indexed_by_ssrc: u64,
     /// SDP media lines announcing RTP over TCP (RFC 4571): not measured.
