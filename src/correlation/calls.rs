@@ -102,6 +102,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::footprint::{heap, table_share};
 use super::hasher::{fingerprint, KeyedMap, KeyedSet};
 use crate::decode::hep::{ReportBlock, RtcpJson};
 use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
@@ -915,31 +916,6 @@ impl CallTracker {
             out(call.into_record());
         }
     }
-}
-
-/// What the allocator takes for a request of `bytes`: glibc's malloc adds a one-word header,
-/// rounds up to two words and takes at least four (32 bytes on 64-bit, 16 on 32-bit); no
-/// request, nothing. The call table's byte bound counts this rather than the bytes asked
-/// for: a call is two dozen small allocations, and their headers and rounding were a fifth
-/// of what it really held (2026-12-03, DHAT of an INVITE flood).
-const fn heap(bytes: usize) -> usize {
-    const WORD: usize = std::mem::size_of::<usize>();
-    if bytes == 0 {
-        return 0;
-    }
-    let chunk = (bytes + WORD).next_multiple_of(2 * WORD);
-    if chunk < 4 * WORD {
-        4 * WORD
-    } else {
-        chunk
-    }
-}
-
-/// The share of a table's allocation one entry of `slot` bytes costs at worst: a hash table
-/// (or a ring buffer) grows by doubling, so just after it grew half its slots are empty, and
-/// hashbrown fills at most 7/8 of its buckets and keeps a control byte for each.
-const fn table_share(slot: usize) -> usize {
-    2 * (slot + 1) * 8 / 7
 }
 
 /// Bytes accounted per call entry beyond the call's own: its slot in the call map (the key
@@ -2756,14 +2732,7 @@ mod tests {
     }
 
     #[test]
-    fn the_allocator_s_share_is_accounted() {
-        // glibc's chunks: a word of header, two-word alignment, four words at least.
-        let word = std::mem::size_of::<usize>();
-        assert_eq!(heap(0), 0);
-        assert_eq!(heap(1), 4 * word);
-        assert_eq!(heap(3 * word), 4 * word);
-        assert_eq!(heap(3 * word + 1), 6 * word);
-        assert_eq!(heap(200), (200 + word).next_multiple_of(2 * word));
+    fn a_call_is_accounted_as_the_allocator_holds_it() {
         // A call is accounted at least as the allocator holds its box and its strings.
         let mut h = Harness::new();
         h.req(0, "INVITE", 1, true, false);

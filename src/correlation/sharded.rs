@@ -286,6 +286,7 @@ impl ShardedCorrelator {
         let media_share = MediaLimits {
             max_streams: share(media.max_streams),
             max_endpoints: share(media.max_endpoints),
+            max_bytes: share(media.max_bytes),
             max_candidates: share(media.max_candidates),
             max_orphan_records_per_minute: share(media.max_orphan_records_per_minute),
             ..media

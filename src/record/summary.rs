@@ -156,6 +156,13 @@ pub struct MediaCounters {
     pub probation_discarded: u64,
     pub streams_dropped_at_capacity: u64,
     pub endpoints_dropped_at_capacity: u64,
+    /// New media endpoints turned away at the learnt state's byte bound.
+    pub endpoints_dropped_at_byte_bound: u64,
+    /// RTCP packets not kept with their call: the learnt state held half its byte bound.
+    pub rtcp_dropped_at_byte_bound: u64,
+    /// Most bytes the media state learnt from SDP and RTCP held (endpoints, their lists,
+    /// codec lists, RTCP kept with calls), as the allocator holds them.
+    pub peak_held_bytes: u64,
     /// RTP packets of a call that already ended: counted, not measured.
     pub rtp_after_call_end: u64,
     /// RTCP packets of a call that already ended.
