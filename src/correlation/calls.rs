@@ -2731,6 +2731,30 @@ mod tests {
         );
     }
 
+    /// The worst case of the call tracker's tables bounded by count, at the defaults
+    /// (README, "Threat model and bounds"); printed with `--nocapture`.
+    #[test]
+    fn worst_cases_of_the_call_tables() {
+        let d = CallLimits::default();
+        let seen = table_share(std::mem::size_of::<u64>());
+        let rows = [
+            ("ended dialogs (tombstones)", d.max_ended, TOMBSTONE_BYTES),
+            (
+                "out-of-dialog transactions seen",
+                MAX_OUT_OF_DIALOG_SEEN,
+                seen,
+            ),
+        ];
+        for (what, count, each) in rows {
+            println!(
+                "{what}: {count} x {each} B = {:.1} MiB",
+                (count * each) as f64 / 1048576.0
+            );
+        }
+        println!("calls: max_bytes {} MiB", d.max_bytes >> 20);
+        const { assert!(TOMBSTONE_BYTES < 256) };
+    }
+
     #[test]
     fn a_call_is_accounted_as_the_allocator_holds_it() {
         // A call is accounted at least as the allocator holds its box and its strings.

@@ -95,6 +95,11 @@ pub const MAX_STREAMS_PER_SSRC: usize = 8;
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
+    /// Most streams held: measured now, or closed for inactivity and waiting in their
+    /// call for its record (with the measured legs of B2BUA calls). Closed streams used to
+    /// be outside it: a call's 64 streams, opened and left idle, waited in every call for
+    /// its end (up to `max_call_duration`), ~1 KiB each, so 100,000 calls could hold 6.4
+    /// million of them; now the table's 100,000 streams of ~1 KiB are the bound.
     pub max_streams: usize,
     pub max_endpoints: usize,
     /// Most bytes the state learnt from SDP and RTCP holds ([`MediaTracker::held_bytes`]:
@@ -199,6 +204,9 @@ pub struct MediaCounters {
     /// Datagrams carrying RTP or RTCP relayed by a TURN server (ChannelData, Send or Data
     /// indications): counted, not measured.
     pub turn_relayed_unmeasured: u64,
+    /// Streams reported (in a call's record or as an orphan) with a counter saturated at
+    /// 2^32 − 1: their `metrics.saturated` names the figures that are lower bounds.
+    pub streams_with_saturated_counters: u64,
 }
 
 impl MediaCounters {
@@ -234,6 +242,7 @@ impl MediaCounters {
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -263,6 +272,7 @@ impl MediaCounters {
         self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
         self.rtp_over_tcp_unmeasured += rtp_over_tcp_unmeasured;
         self.turn_relayed_unmeasured += turn_relayed_unmeasured;
+        self.streams_with_saturated_counters += streams_with_saturated_counters;
     }
 }
 
@@ -577,6 +587,8 @@ pub struct MediaTracker {
     rtcp_by_call: KeyedMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: KeyedMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
+    /// Streams in `closed_by_call` and `closed_legs`: they count against `max_streams`.
+    closed_streams: usize,
     candidates: StreamMap<Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay: the first open stream of
     /// each SSRC, inline (a slot of 48 bytes where a one-key `Vec` took a 32-byte slot and a
@@ -633,6 +645,7 @@ impl MediaTracker {
             closed_by_call: KeyedMap::default(),
             rtcp_by_call: KeyedMap::default(),
             closed_legs: KeyedMap::default(),
+            closed_streams: 0,
             candidates: StreamMap::default(),
             streams_by_ssrc: KeyedMap::default(),
             more_by_ssrc: KeyedMap::default(),
@@ -1118,7 +1131,7 @@ impl MediaTracker {
     fn make_room_for_a_call_stream(&mut self, out: &mut impl FnMut(StreamRecord)) {
         /// Entries looked at: bounds the cost when the table holds calls' streams only.
         const LOOK_AT: usize = 64;
-        if self.streams.len() < self.limits.max_streams {
+        if self.held_streams() < self.limits.max_streams {
             return;
         }
         let orphan = self
@@ -1144,7 +1157,7 @@ impl MediaTracker {
         let Some(((first_time, first), rest)) = packets.split_first() else {
             return;
         };
-        if self.streams.len() >= self.limits.max_streams {
+        if self.held_streams() >= self.limits.max_streams {
             self.counters.streams_dropped_at_capacity += 1;
             return;
         }
@@ -1261,6 +1274,12 @@ impl MediaTracker {
                     .push(orphan_key);
             }
         }
+    }
+
+    /// Streams held against `max_streams`: measured now, or closed and waiting for their
+    /// call's record.
+    fn held_streams(&self) -> usize {
+        self.streams.len() + self.closed_streams
     }
 
     /// Streams a call holds: open, closed while it lasts, and legs measured for it.
@@ -1480,6 +1499,7 @@ impl MediaTracker {
                         .entry(leg.clone())
                         .or_default()
                         .push((Some(*direction), q));
+                    self.closed_streams += 1;
                 }
                 if let Some(keys) = self.streams_by_call.get_mut(&call) {
                     keys.retain(|k| *k != key);
@@ -1488,6 +1508,7 @@ impl MediaTracker {
                     .entry(call)
                     .or_default()
                     .push((key, stream));
+                self.closed_streams += 1;
             }
             None => self.orphan_out(key, &stream, out),
         }
@@ -1588,6 +1609,9 @@ impl MediaTracker {
         let mut measured: Vec<(Option<Direction>, StreamQuality)> =
             self.closed_legs.remove(call_id).unwrap_or_default();
         let mut streams = self.closed_by_call.remove(call_id).unwrap_or_default();
+        self.closed_streams = self
+            .closed_streams
+            .saturating_sub(measured.len() + streams.len());
         for key in self.streams_by_call.remove(call_id).unwrap_or_default() {
             let Some(stream) = self.streams.get_mut(&key) else {
                 continue;
@@ -1627,6 +1651,10 @@ impl MediaTracker {
         for (key, stream) in &streams {
             measured.push((stream.direction, stream.quality(*key, Some(&rtcp))));
         }
+        self.counters.streams_with_saturated_counters += measured
+            .iter()
+            .filter(|(_, q)| !q.metrics.saturated.is_empty())
+            .count() as u64;
         measured.sort_by_key(|(_, q)| q.metrics.start_time);
         let mut quality = MediaQuality::default();
         for (direction, q) in measured {
@@ -1649,6 +1677,9 @@ impl MediaTracker {
     }
 
     fn orphan_record_out(&mut self, record: StreamRecord, out: &mut impl FnMut(StreamRecord)) {
+        if !record.stream.metrics.saturated.is_empty() {
+            self.counters.streams_with_saturated_counters += 1;
+        }
         let time = record
             .stream
             .metrics
@@ -2089,6 +2120,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -2119,6 +2151,7 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         }
     }
 }
@@ -2424,6 +2457,109 @@ mod tests {
             &sdp_of("10.8.0.1", 5000, &[(8, "PCMA")]),
         );
         assert!(tracker.knows_endpoint(&"10.8.0.1:5000".parse().unwrap()));
+    }
+
+    /// The worst case of each media table a sender can grow, at the defaults, in bytes as
+    /// the allocator holds them (README, "Threat model and bounds"). Printed with
+    /// `cargo test --lib worst_cases -- --nocapture`.
+    #[test]
+    fn worst_cases_of_the_media_tables() {
+        let d = MediaLimits::default();
+        // A stream: its boxed state, its slots in the stream table, the SSRC index and its
+        // call's list.
+        let stream = heap(size_of::<Stream>())
+            + table_share(size_of::<(StreamKey, Box<Stream>)>())
+            + table_share(size_of::<(u32, StreamKey)>())
+            + 2 * size_of::<StreamKey>();
+        let candidate = table_share(size_of::<(StreamKey, Candidate)>())
+            + heap(PROBATION_PACKETS * size_of::<(Timestamp, RtpPacket)>());
+        let route = table_share(size_of::<(SocketAddr, (usize, bool))>());
+        let rows = [
+            (
+                "streams held (open or closed in a call)",
+                d.max_streams,
+                stream,
+            ),
+            ("probation candidates", d.max_candidates, candidate),
+            (
+                "media routes (sharded), 2 x max_endpoints",
+                2 * d.max_endpoints,
+                route,
+            ),
+            (
+                "learnt state (endpoints, lists, RTCP): max_bytes",
+                1,
+                d.max_bytes,
+            ),
+        ];
+        let mut total = 0;
+        for (what, count, each) in rows {
+            println!(
+                "{what}: {count} x {each} B = {:.1} MiB",
+                (count * each) as f64 / 1048576.0
+            );
+            total += count * each;
+        }
+        println!("media tables in all: {:.1} MiB", total as f64 / 1048576.0);
+        println!(
+            "per endpoint: {ENDPOINT_SLOT} B slot, lingering {} B; RtcpObservation {} B",
+            ENDED_SLOT + ENDED_ORDER_SLOT,
+            size_of::<RtcpObservation>()
+        );
+        assert!(stream <= 1024, "{stream}");
+    }
+
+    /// Streams closed for inactivity wait in their call until its record is made, and were
+    /// outside `max_streams`: RTP under new SSRCs to calls' announced ports, left idle,
+    /// piled up 64 a call in every open call (6.4 million streams of ~1 KiB at the
+    /// defaults). They now count against the bound until their call takes them.
+    #[test]
+    fn streams_closed_in_their_call_count_against_the_stream_bound() {
+        let limits = MediaLimits {
+            max_streams: 10,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        for call in 0..3u8 {
+            let ip = format!("10.0.0.{call}");
+            tracker.learn(
+                &format!("c{call}"),
+                Side::Callee,
+                &sdp_of(&ip, 5000, &[(8, "PCMA")]),
+            );
+        }
+        let rtp = |seq: u16, ssrc: u32| {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend_from_slice(&[0xD5; 20]);
+            p
+        };
+        // Four streams to each call, one after another, each left idle past `stream_idle`.
+        let mut ms = 0;
+        for round in 0..4u32 {
+            for call in 0..3u32 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at_ms(ms),
+                    src: "10.9.0.1:4000".parse().unwrap(),
+                    dst: format!("10.0.0.{call}:5000").parse().unwrap(),
+                };
+                tracker.datagram(&meta, &rtp(0, round * 10 + call), &mut |_| {});
+            }
+            ms += 61_000;
+            tracker.advance(at_ms(ms), &mut |_| {});
+            assert_eq!(tracker.active_streams(), 0, "closed for inactivity");
+        }
+        let c = tracker.counters();
+        assert_eq!(c.streams, 10, "{c:?}");
+        assert_eq!(c.streams_dropped_at_capacity, 2, "{c:?}");
+        assert_eq!(tracker.held_streams(), 10);
+        // A call's record takes its closed streams: room again.
+        let q = tracker.take_call("c0");
+        assert_eq!(q.callee_to_caller.len() + q.caller_to_callee.len(), 4);
+        assert_eq!(tracker.held_streams(), 6);
     }
 
     /// Every stream of one SSRC went into the SSRC index, and each new one compared itself

@@ -187,6 +187,9 @@ pub struct MediaCounters {
     pub rtp_over_tcp_unmeasured: u64,
     /// Datagrams of RTP or RTCP relayed inside TURN (RFC 8656): counted, not measured.
     pub turn_relayed_unmeasured: u64,
+    /// Streams reported with a per-stream counter saturated at 2^32 − 1 (their
+    /// `metrics.saturated` names the figures that are lower bounds).
+    pub streams_with_saturated_counters: u64,
 }
 
 /// Counters of the call tracker.

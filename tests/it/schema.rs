@@ -437,6 +437,7 @@ fn stream() -> StreamQuality {
                 max_jitter_ms: some,
                 max_skew_ms: some,
             },
+            saturated: vec!["duplicates"],
         },
         score: Some(Score {
             model: "G.107",
