@@ -129,8 +129,12 @@ impl Default for MediaLimits {
     fn default() -> Self {
         MediaLimits {
             max_streams: 100_000,
-            max_endpoints: 400_000,
-            max_bytes: 128 << 20,
+            // 50,000 calls' four endpoints, lingering ones as many again; with the bytes
+            // below they keep the media tables and the sharded route table (two routes an
+            // endpoint) within the unit's MemoryHigh= beside every other bound
+            // (systemd/README.md, "Memory"). They were 400,000 and no byte bound.
+            max_endpoints: 200_000,
+            max_bytes: 64 << 20,
             max_candidates: 65_536,
             stream_idle: Duration::from_secs(60),
             candidate_ttl: Duration::from_secs(10),
