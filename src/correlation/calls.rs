@@ -212,6 +212,8 @@ pub struct CallCounters {
     /// Records made before their `record_grace` passed because too many ended calls were
     /// waiting (a flood of short calls): nothing lost, trailing media not waited for.
     pub records_grace_cut_short: u64,
+    /// Call records made with a counter saturated at 2^32 − 1 (their `saturated` names it).
+    pub calls_with_saturated_counters: u64,
 }
 
 impl CallCounters {
@@ -236,6 +238,7 @@ impl CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         } = *other;
         self.calls += calls;
         self.started_before_capture += started_before_capture;
@@ -254,6 +257,7 @@ impl CallCounters {
         self.hep_rtcp_after_end += hep_rtcp_after_end;
         self.hep_rtcp_dropped += hep_rtcp_dropped;
         self.records_grace_cut_short += records_grace_cut_short;
+        self.calls_with_saturated_counters += calls_with_saturated_counters;
     }
 }
 
@@ -775,7 +779,9 @@ impl CallTracker {
             .saturating_sub(call.held_bytes() + heap(key.len()) + ENTRY_BYTES);
         call.closed = Some((by, now));
         self.remember_ended(fingerprint(&key), now, call.invites.clone());
-        out(call.into_record());
+        let record = call.into_record();
+        self.counters.calls_with_saturated_counters += u64::from(!record.saturated.is_empty());
+        out(record);
     }
 
     fn remember_ended(&mut self, hashed: u64, now: Timestamp, invites: Vec<u64>) {
@@ -913,7 +919,9 @@ impl CallTracker {
             if call.closed.is_none() {
                 call.closed = Some((closed_by, call.last_message));
             }
-            out(call.into_record());
+            let record = call.into_record();
+            self.counters.calls_with_saturated_counters += u64::from(!record.saturated.is_empty());
+            out(record);
         }
     }
 }
@@ -1758,10 +1766,38 @@ impl Call {
                 renegotiations: self.media.renegotiations,
             },
             media_quality: Default::default(),
+            saturated: saturated_counters(
+                &[
+                    (self.messages, "messages"),
+                    (self.retransmissions, "retransmissions"),
+                    (self.auth_challenges, "auth_challenges"),
+                    (self.hold_count, "hold_count"),
+                    (self.media.renegotiations, "media.renegotiations"),
+                ],
+                self.hep_rtcp.iter().map(|h| h.reports),
+            ),
             hep_rtcp: self.hep_rtcp,
             call_id: self.call_id,
         }
     }
+}
+
+/// The counters of a call record at their top (they saturate at 2^32 − 1, a dialog of more
+/// than four billion messages): named, so that a lower bound is never read as a count.
+/// `hep_rtcp` counts each entry's reports.
+fn saturated_counters(
+    counters: &[(u32, &'static str)],
+    mut hep_rtcp: impl Iterator<Item = u32>,
+) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = counters
+        .iter()
+        .filter(|(n, _)| *n == u32::MAX)
+        .map(|(_, name)| *name)
+        .collect();
+    if hep_rtcp.any(|n| n == u32::MAX) {
+        names.push("hep_rtcp.reports");
+    }
+    names
 }
 
 /// Keeps the earliest time of an event seen more than once (on the hops of a proxy).
@@ -1824,6 +1860,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         } = *c;
         crate::record::CallCounters {
             calls,
@@ -1843,6 +1880,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         }
     }
 }
@@ -2729,6 +2767,33 @@ mod tests {
             h.tracker.held_bytes(),
             h.tracker.ended_dialogs() * TOMBSTONE_BYTES
         );
+    }
+
+    /// A call record's counters saturate at 2^32 − 1 (a dialog of four billion messages):
+    /// at the top they were written as plain numbers. The record names them, counted.
+    #[test]
+    fn a_saturated_call_counter_is_named_in_the_record() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let call = h.tracker.calls.get_mut("call-1@test").unwrap();
+        call.messages = u32::MAX - 2;
+        // Two messages more: the first leaves it one below the top, the second reaches it.
+        h.req(10, "INVITE", 1, true, false);
+        h.req(20, "INVITE", 1, true, false);
+        h.finish();
+        let record = h.records.last().unwrap();
+        assert_eq!(record.messages, u32::MAX);
+        assert_eq!(record.retransmissions, 2);
+        assert_eq!(record.saturated, ["messages"]);
+        assert_eq!(h.tracker.counters().calls_with_saturated_counters, 1);
+        // One below the top is a count.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.tracker.calls.get_mut("call-1@test").unwrap().messages = u32::MAX - 2;
+        h.req(10, "INVITE", 1, true, false);
+        h.finish();
+        assert!(h.records.last().unwrap().saturated.is_empty());
+        assert_eq!(h.tracker.counters().calls_with_saturated_counters, 0);
     }
 
     /// The worst case of the call tracker's tables bounded by count, at the defaults

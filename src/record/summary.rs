@@ -228,4 +228,6 @@ pub struct CallCounters {
     pub hep_rtcp_dropped: u64,
     /// Records made before their grace passed because too many ended calls were waiting.
     pub records_grace_cut_short: u64,
+    /// Call records made with a counter saturated at 2^32 − 1 (named in their `saturated`).
+    pub calls_with_saturated_counters: u64,
 }

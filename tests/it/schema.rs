@@ -559,6 +559,7 @@ fn every_field_present() -> Vec<Record> {
             max_jitter: Some(12),
             last_highest_seq: Some(1000),
         }],
+        saturated: vec!["messages"],
     };
     let summary = CaptureSummary {
         schema: teledge::record::SUMMARY_SCHEMA,
