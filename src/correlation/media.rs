@@ -38,8 +38,13 @@
 //!   endpoint put in an RFC 3611 VoIP metrics block, measured on its own clock) or
 //!   `assumed_default` (G.107's default, 0 ms).
 //!
-//! Bounded: streams, endpoints, probation candidates, streams per call
-//! ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps, and hitting one is counted.
+//! Bounded: streams (open, or closed and waiting in their call), endpoints, probation
+//! candidates, streams per call ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps,
+//! and hitting one is counted. What is learnt from SDP and RTCP (endpoints open and
+//! lingering, each call's list of them, codec lists, RTCP kept with calls) is also bounded
+//! by what it holds ([`MediaLimits::max_bytes`], [`MediaTracker::held_bytes`]), each
+//! allocation as the allocator takes it, with the call table's accounting
+//! ([`super::footprint`]).
 
 use crate::correlation::footprint::{arc_str, heap, table_share, vec};
 use crate::correlation::hasher::KeyedMap;
