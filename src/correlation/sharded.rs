@@ -123,6 +123,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 
 use super::calls::{self, CallCounters, CallLimits};
+use super::footprint::heap;
 use super::hasher::{KeyedHasher, KeyedMap};
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
@@ -792,9 +793,17 @@ impl Correlate for &ShardedCorrelator {
     }
 }
 
-/// Most flows one thread holds back at a time, and most bytes it holds for them.
+/// Most flows one thread holds back at a time, and most bytes it holds for them (each
+/// datagram counted at [`held_bytes`]).
 const HOLD_MAX_FLOWS: usize = 8_192;
 const HOLD_MAX_BYTES: usize = 4 << 20;
+
+/// What holding a datagram of `len` bytes costs: its copy as the allocator takes it and its
+/// place in its flow's list (metadata and pointer), with the list's doubling slack. Only the
+/// payload was counted: RTP of 12 bytes held 4 MiB of payload in about 43 MiB.
+fn held_bytes(len: usize) -> usize {
+    heap(len) + 2 * std::mem::size_of::<(DatagramMeta, Box<[u8]>)>()
+}
 
 /// Counters of a thread's [`MediaHold`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -922,7 +931,7 @@ impl Routed<'_> {
                 self.hold.counters.released_unrouted += packets.len() as u64;
             }
             for (meta, payload) in packets {
-                self.hold.bytes -= payload.len();
+                self.hold.bytes -= held_bytes(payload.len());
                 self.shards
                     .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
             }
@@ -981,10 +990,10 @@ impl Correlate for Routed<'_> {
                 self.release_with_rtcp(meta.time, out, rtcp_again(&mut rtcp))
             }
             Some(false) => {
-                let full = self.hold.bytes + payload.len() > HOLD_MAX_BYTES;
+                let full = self.hold.bytes + held_bytes(payload.len()) > HOLD_MAX_BYTES;
                 if let Some(flow) = self.hold.flows.get_mut(&key) {
                     if !full {
-                        self.hold.bytes += payload.len();
+                        self.hold.bytes += held_bytes(payload.len());
                         self.hold.counters.held += 1;
                         flow.packets.push((*meta, payload.into()));
                         return;
@@ -995,7 +1004,7 @@ impl Correlate for Routed<'_> {
                     let packets = std::mem::take(&mut flow.packets);
                     self.hold.counters.released_unrouted += packets.len() as u64;
                     for (meta, payload) in packets {
-                        self.hold.bytes -= payload.len();
+                        self.hold.bytes -= held_bytes(payload.len());
                         self.shards
                             .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
                     }
@@ -1005,9 +1014,9 @@ impl Correlate for Routed<'_> {
                 && crate::media::packet::classify(payload) != crate::media::packet::Kind::Other =>
             {
                 if self.hold.flows.len() < HOLD_MAX_FLOWS
-                    && self.hold.bytes + payload.len() <= HOLD_MAX_BYTES
+                    && self.hold.bytes + held_bytes(payload.len()) <= HOLD_MAX_BYTES
                 {
-                    self.hold.bytes += payload.len();
+                    self.hold.bytes += held_bytes(payload.len());
                     self.hold.counters.held += 1;
                     self.hold.flows.insert(
                         key,
@@ -1368,6 +1377,47 @@ mod tests {
         let (_, media) = sharded.counters();
         assert_eq!(media.orphan_streams, 1, "the unannounced flow, once");
         assert_eq!(media.rtp_packets, 100);
+    }
+
+    /// A capture thread's hold counted the payload of what it held, not what holding it
+    /// costs: RTP of 12 bytes took a 32-byte copy and a 96-byte place in its flow's list
+    /// each, so the 4 MiB bound held about 43 MiB. Counted as the allocator holds it, what
+    /// is held stays within the bound, and the rest is handled at once, counted.
+    #[test]
+    fn the_media_hold_counts_what_holding_costs() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut hold = MediaHold::new(std::time::Duration::from_millis(250));
+        let packets = 40_000u32;
+        {
+            let mut routed = Routed {
+                shards: &sharded,
+                hold: &mut hold,
+            };
+            for i in 0..packets {
+                let mut p = vec![0x80, 8];
+                p.extend_from_slice(&(i as u16).to_be_bytes());
+                p.extend_from_slice(&(i * 160).to_be_bytes());
+                p.extend_from_slice(&7u32.to_be_bytes());
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(0),
+                    src: SocketAddr::new([10, 9, 0, (i % 8) as u8].into(), 4000),
+                    dst: "10.9.1.1:5000".parse().unwrap(),
+                };
+                routed.datagram(&meta, &p, &mut |_| {});
+            }
+        }
+        let held = hold.held_now();
+        let each = heap(12) + std::mem::size_of::<(DatagramMeta, Box<[u8]>)>();
+        assert!(
+            held * each <= HOLD_MAX_BYTES,
+            "{held} datagrams of {each} bytes held"
+        );
+        let c = hold.counters();
+        // Beyond the bound a flow's held datagrams went on unheld, and so did it.
+        assert!(c.not_held_full > 0, "{c:?}");
+        assert!(c.held < u64::from(packets), "{c:?}");
+        assert_eq!(hold.bytes, held * held_bytes(12));
     }
 
     /// Every shard times the REGISTERs of its Call-IDs: the registrations records of 8
