@@ -9,8 +9,10 @@ Call-IDs), responses (responses to nothing), rtp (random SSRCs to random ports, 
 each), samessrc (one SSRC from ever new addresses, 3 packets each), rtcp (RTCP to random
 ports), vias (600 Via and Record-Route lines an INVITE).
 
-Peak RSS: `/usr/bin/time -f %M target/release/teledge replay --no-progress OUT.pcap`; the
-README's threat-model section has the 2026-12-03 readings.
+Peak RSS: `/usr/bin/time -f %M target/release/teledge replay --no-progress OUT.pcap`; all
+three floods at once: `mergecap -F pcap -w all.pcap invite.pcap rtp.pcap options.pcap`
+(they share one start time). The README's threat-model section has the 2026-12-03 readings
+(before and after the media state's byte bound, alternating in one run).
 """
 import struct, random, sys
 random.seed(1)

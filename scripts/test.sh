@@ -12,6 +12,8 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 # loopback beside the daemon and replays the pcap single-threaded.
 command -v dumpcap >/dev/null 2>&1 || need+=(wireshark-common)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# strace: a durability test reads the system calls of a real run (fsync after rename).
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # iproute2: the live-capture tests run in network namespaces of their own.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # SIPp (sip-tester): the daemon test places real calls with RTP and captures them live.

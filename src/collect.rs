@@ -1224,7 +1224,22 @@ impl NodeStore {
             tracing::warn!(file = %path.display(), good = committed, found = actual, "Cutting an unacknowledged tail off.");
             file.set_len(committed).map_err(io(&path))?;
         }
-        match file.write_all(buf).and_then(|()| file.sync_data()) {
+        // A file (and a node directory) new to this process: its name is made durable with
+        // its first lines, before they are acknowledged (a synced file whose directory entry
+        // a power cut took would lose acknowledged records).
+        let new_file = !matches!(&self.file, Some((p, _)) if *p == path);
+        let synced = file.write_all(buf).and_then(|()| file.sync_data());
+        let synced = synced.and_then(|()| {
+            if !new_file {
+                return Ok(());
+            }
+            crate::durable::sync_dir(&self.dir)?;
+            match self.dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => crate::durable::sync_dir(parent),
+                _ => Ok(()),
+            }
+        });
+        match synced {
             Ok(()) => {
                 self.file = Some((path, committed + buf.len() as u64));
                 Ok(())

@@ -50,9 +50,10 @@
 //!   (supervisor tokens, session cookies, client certificates), and the audit records of
 //!   what they did (`teledge.audit/1`).
 //! - [`observe`]: metrics (`/metrics`), health (`/health`), systemd notify and watchdog.
-//! - [`secret`], [`backoff`], [`log_limit`], [`report`], [`server_url`], [`admission`]: small
-//!   leaves (a value `Debug` never shows, retry waits, flood control for log lines, an error
-//!   told with its causes once, a server's URL or `host:port` parsed by `http::Uri`, a
+//! - [`secret`], [`backoff`], [`log_limit`], [`report`], [`server_url`], [`durable`],
+//!   [`admission`]: small leaves (a value `Debug` never shows, retry waits, flood control for
+//!   log lines, an error told with its causes once, a server's URL or `host:port` parsed by
+//!   `http::Uri`, a file replaced so that a power cut leaves the old content or the new, a
 //!   listener's per-address share of connections and its bound on peers that read nothing).
 //!   Named internal events ([`observe::events`]) log and count a loss in one place.
 //! - [`config`]: configuration, raw TOML to validated, every problem listed ([`config_problem`],
@@ -80,6 +81,7 @@ pub mod correlation;
 pub mod daemon;
 pub mod decode;
 pub mod dissect;
+pub mod durable;
 pub mod fleet;
 pub mod listen;
 pub mod log_limit;

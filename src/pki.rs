@@ -20,9 +20,8 @@
 //!   the token. The CA chooses the certificate's names and usages; the CSR's are ignored
 //!   beyond that check.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -92,19 +91,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// Writes `content` to `path` atomically (temporary file, fsync, rename), created with `mode`.
+/// Writes `content` to `path` durably ([`crate::durable::replace`]), created with `mode`.
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(content).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::durable::replace(path, content, crate::durable::Mode::Exactly(mode)).map_err(io(path))
 }
 
 fn make_dir(dir: &Path, mode: u32) -> Result<(), PkiError> {
@@ -334,6 +323,10 @@ pub fn redeem(ca_dir: &Path, token: &str, csr_pem: &str, days: u32) -> Result<St
             return Err(PkiError::Refused(Refusal::UnknownToken))
         }
         Err(e) => return Err(io(&live)(e)),
+    }
+    // Spent for good before any certificate is made: a power cut must not bring it back.
+    for d in [&dir, &dir.join("used")] {
+        crate::durable::sync_dir(d).map_err(io(d))?;
     }
     let text = std::fs::read(&used).map_err(io(&used))?;
     let entry: TokenEntry =

@@ -102,6 +102,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::footprint::{heap, table_share};
 use super::hasher::{fingerprint, KeyedMap, KeyedSet};
 use crate::decode::hep::{ReportBlock, RtcpJson};
 use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
@@ -211,6 +212,8 @@ pub struct CallCounters {
     /// Records made before their `record_grace` passed because too many ended calls were
     /// waiting (a flood of short calls): nothing lost, trailing media not waited for.
     pub records_grace_cut_short: u64,
+    /// Call records made with a counter saturated at 2^32 − 1 (their `saturated` names it).
+    pub calls_with_saturated_counters: u64,
 }
 
 impl CallCounters {
@@ -235,6 +238,7 @@ impl CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         } = *other;
         self.calls += calls;
         self.started_before_capture += started_before_capture;
@@ -253,6 +257,7 @@ impl CallCounters {
         self.hep_rtcp_after_end += hep_rtcp_after_end;
         self.hep_rtcp_dropped += hep_rtcp_dropped;
         self.records_grace_cut_short += records_grace_cut_short;
+        self.calls_with_saturated_counters += calls_with_saturated_counters;
     }
 }
 
@@ -774,7 +779,9 @@ impl CallTracker {
             .saturating_sub(call.held_bytes() + heap(key.len()) + ENTRY_BYTES);
         call.closed = Some((by, now));
         self.remember_ended(fingerprint(&key), now, call.invites.clone());
-        out(call.into_record());
+        let record = call.into_record();
+        self.counters.calls_with_saturated_counters += u64::from(!record.saturated.is_empty());
+        out(record);
     }
 
     fn remember_ended(&mut self, hashed: u64, now: Timestamp, invites: Vec<u64>) {
@@ -912,34 +919,11 @@ impl CallTracker {
             if call.closed.is_none() {
                 call.closed = Some((closed_by, call.last_message));
             }
-            out(call.into_record());
+            let record = call.into_record();
+            self.counters.calls_with_saturated_counters += u64::from(!record.saturated.is_empty());
+            out(record);
         }
     }
-}
-
-/// What the allocator takes for a request of `bytes`: glibc's malloc adds a one-word header,
-/// rounds up to two words and takes at least four (32 bytes on 64-bit, 16 on 32-bit); no
-/// request, nothing. The call table's byte bound counts this rather than the bytes asked
-/// for: a call is two dozen small allocations, and their headers and rounding were a fifth
-/// of what it really held (2026-12-03, DHAT of an INVITE flood).
-const fn heap(bytes: usize) -> usize {
-    const WORD: usize = std::mem::size_of::<usize>();
-    if bytes == 0 {
-        return 0;
-    }
-    let chunk = (bytes + WORD).next_multiple_of(2 * WORD);
-    if chunk < 4 * WORD {
-        4 * WORD
-    } else {
-        chunk
-    }
-}
-
-/// The share of a table's allocation one entry of `slot` bytes costs at worst: a hash table
-/// (or a ring buffer) grows by doubling, so just after it grew half its slots are empty, and
-/// hashbrown fills at most 7/8 of its buckets and keeps a control byte for each.
-const fn table_share(slot: usize) -> usize {
-    2 * (slot + 1) * 8 / 7
 }
 
 /// Bytes accounted per call entry beyond the call's own: its slot in the call map (the key
@@ -1782,10 +1766,38 @@ impl Call {
                 renegotiations: self.media.renegotiations,
             },
             media_quality: Default::default(),
+            saturated: saturated_counters(
+                &[
+                    (self.messages, "messages"),
+                    (self.retransmissions, "retransmissions"),
+                    (self.auth_challenges, "auth_challenges"),
+                    (self.hold_count, "hold_count"),
+                    (self.media.renegotiations, "media.renegotiations"),
+                ],
+                self.hep_rtcp.iter().map(|h| h.reports),
+            ),
             hep_rtcp: self.hep_rtcp,
             call_id: self.call_id,
         }
     }
+}
+
+/// The counters of a call record at their top (they saturate at 2^32 − 1, a dialog of more
+/// than four billion messages): named, so that a lower bound is never read as a count.
+/// `hep_rtcp` counts each entry's reports.
+fn saturated_counters(
+    counters: &[(u32, &'static str)],
+    mut hep_rtcp: impl Iterator<Item = u32>,
+) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = counters
+        .iter()
+        .filter(|(n, _)| *n == u32::MAX)
+        .map(|(_, name)| *name)
+        .collect();
+    if hep_rtcp.any(|n| n == u32::MAX) {
+        names.push("hep_rtcp.reports");
+    }
+    names
 }
 
 /// Keeps the earliest time of an event seen more than once (on the hops of a proxy).
@@ -1848,6 +1860,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         } = *c;
         crate::record::CallCounters {
             calls,
@@ -1867,6 +1880,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            calls_with_saturated_counters,
         }
     }
 }
@@ -2755,15 +2769,59 @@ mod tests {
         );
     }
 
+    /// A call record's counters saturate at 2^32 − 1 (a dialog of four billion messages):
+    /// at the top they were written as plain numbers. The record names them, counted.
     #[test]
-    fn the_allocator_s_share_is_accounted() {
-        // glibc's chunks: a word of header, two-word alignment, four words at least.
-        let word = std::mem::size_of::<usize>();
-        assert_eq!(heap(0), 0);
-        assert_eq!(heap(1), 4 * word);
-        assert_eq!(heap(3 * word), 4 * word);
-        assert_eq!(heap(3 * word + 1), 6 * word);
-        assert_eq!(heap(200), (200 + word).next_multiple_of(2 * word));
+    fn a_saturated_call_counter_is_named_in_the_record() {
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let call = h.tracker.calls.get_mut("call-1@test").unwrap();
+        call.messages = u32::MAX - 2;
+        // Two messages more: the first leaves it one below the top, the second reaches it.
+        h.req(10, "INVITE", 1, true, false);
+        h.req(20, "INVITE", 1, true, false);
+        h.finish();
+        let record = h.records.last().unwrap();
+        assert_eq!(record.messages, u32::MAX);
+        assert_eq!(record.retransmissions, 2);
+        assert_eq!(record.saturated, ["messages"]);
+        assert_eq!(h.tracker.counters().calls_with_saturated_counters, 1);
+        // One below the top is a count.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.tracker.calls.get_mut("call-1@test").unwrap().messages = u32::MAX - 2;
+        h.req(10, "INVITE", 1, true, false);
+        h.finish();
+        assert!(h.records.last().unwrap().saturated.is_empty());
+        assert_eq!(h.tracker.counters().calls_with_saturated_counters, 0);
+    }
+
+    /// The worst case of the call tracker's tables bounded by count, at the defaults
+    /// (README, "Threat model and bounds"); printed with `--nocapture`.
+    #[test]
+    fn worst_cases_of_the_call_tables() {
+        let d = CallLimits::default();
+        let seen = table_share(std::mem::size_of::<u64>());
+        let rows = [
+            ("ended dialogs (tombstones)", d.max_ended, TOMBSTONE_BYTES),
+            (
+                "out-of-dialog transactions seen",
+                MAX_OUT_OF_DIALOG_SEEN,
+                seen,
+            ),
+        ];
+        for (what, count, each) in rows {
+            println!(
+                "{what}: {count} x {each} B = {:.1} MiB",
+                (count * each) as f64 / 1048576.0
+            );
+        }
+        println!("calls: max_bytes {} MiB", d.max_bytes >> 20);
+        const { assert!(TOMBSTONE_BYTES < 256) };
+    }
+
+    #[test]
+    fn a_call_is_accounted_as_the_allocator_holds_it() {
         // A call is accounted at least as the allocator holds its box and its strings.
         let mut h = Harness::new();
         h.req(0, "INVITE", 1, true, false);

@@ -38,11 +38,19 @@
 //!   endpoint put in an RFC 3611 VoIP metrics block, measured on its own clock) or
 //!   `assumed_default` (G.107's default, 0 ms).
 //!
-//! Bounded: streams, endpoints, probation candidates, streams per call
-//! ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps, and hitting one is counted.
+//! Bounded: streams (open, or closed and waiting in their call), endpoints, probation
+//! candidates, streams per call ([`MAX_STREAMS_PER_CALL`]) and RTCP per call all have caps,
+//! and hitting one is counted. What is learnt from SDP and RTCP (endpoints open and
+//! lingering, each call's list of them, codec lists, RTCP kept with calls) is also bounded
+//! by what it holds ([`MediaLimits::max_bytes`], [`MediaTracker::held_bytes`]), each
+//! allocation as the allocator takes it, with the call table's accounting
+//! ([`super::footprint`]).
 
+use crate::correlation::footprint::{arc_str, heap, table_share, vec};
 use crate::correlation::hasher::KeyedMap;
+use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,8 +83,9 @@ pub const MAX_STREAMS_PER_CALL: usize = 64;
 /// Without it every SDP of a dialog added endpoints that stayed until the dialog ended, so
 /// one dialog re-INVITEd with ever new ports filled the endpoint table and every later
 /// call's SDP was turned away, its RTP measured as orphans. Beyond it the call's oldest
-/// endpoint is forgotten (a stream already flowing there keeps being measured), counted in
-/// `call_endpoints_forgotten`.
+/// endpoint is forgotten (a stream already flowing there keeps being measured, and keeps
+/// the address known until it closes, counted in `endpoints_kept_for_streams`, so a sharded
+/// correlator keeps its route), counted in `call_endpoints_forgotten`.
 pub const MAX_ENDPOINTS_PER_CALL: usize = 32;
 
 /// Most open streams of one SSRC in the SSRC index (a relay's legs: two; a few more when
@@ -91,8 +100,21 @@ pub const MAX_STREAMS_PER_SSRC: usize = 8;
 /// Bounds of the media tables.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
+    /// Most streams held: measured now, or closed for inactivity and waiting in their
+    /// call for its record (with the measured legs of B2BUA calls). Closed streams used to
+    /// be outside it: a call's 64 streams, opened and left idle, waited in every call for
+    /// its end (up to `max_call_duration`), ~1 KiB each, so 100,000 calls could hold 6.4
+    /// million of them; now the table's 100,000 streams of ~1 KiB are the bound.
     pub max_streams: usize,
     pub max_endpoints: usize,
+    /// Most bytes the state learnt from SDP and RTCP holds ([`MediaTracker::held_bytes`]:
+    /// the media endpoints, open and lingering after their call, each call's list of them,
+    /// the codec lists, and the RTCP kept per call), each allocation as the allocator takes
+    /// it. At the bound the oldest lingering endpoints are forgotten first
+    /// (`ended_endpoints_forgotten`), then a new endpoint is turned away
+    /// (`endpoints_dropped_at_byte_bound`); RTCP is kept only below half of it
+    /// (`rtcp_dropped_at_byte_bound`), so an RTCP flood cannot turn calls' SDP away.
+    pub max_bytes: usize,
     pub max_candidates: usize,
     /// A stream silent this long is closed (its call keeps it; an orphan is reported).
     pub stream_idle: Duration,
@@ -112,7 +134,12 @@ impl Default for MediaLimits {
     fn default() -> Self {
         MediaLimits {
             max_streams: 100_000,
-            max_endpoints: 400_000,
+            // 50,000 calls' four endpoints, lingering ones as many again; with the bytes
+            // below they keep the media tables and the sharded route table (two routes an
+            // endpoint) within the unit's MemoryHigh= beside every other bound
+            // (systemd/README.md, "Memory"). They were 400,000 and no byte bound.
+            max_endpoints: 200_000,
+            max_bytes: 64 << 20,
             max_candidates: 65_536,
             stream_idle: Duration::from_secs(60),
             candidate_ttl: Duration::from_secs(10),
@@ -147,6 +174,15 @@ pub struct MediaCounters {
     pub probation_discarded: u64,
     pub streams_dropped_at_capacity: u64,
     pub endpoints_dropped_at_capacity: u64,
+    /// New media endpoints turned away at `max_bytes` (no lingering endpoint was left to
+    /// forget).
+    pub endpoints_dropped_at_byte_bound: u64,
+    /// RTCP packets not kept with their call because the learnt state held half of
+    /// `max_bytes` or more.
+    pub rtcp_dropped_at_byte_bound: u64,
+    /// Most bytes the learnt state held ([`MediaTracker::held_bytes`]; summed over shards,
+    /// each shard's own peak).
+    pub peak_held_bytes: u64,
     /// RTP packets to or from the media endpoints of a call that already ended (in flight
     /// after its BYE): counted, not measured.
     pub rtp_after_call_end: u64,
@@ -165,6 +201,10 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond [`MAX_ENDPOINTS_PER_CALL`].
     pub call_endpoints_forgotten: u64,
+    /// Of those, endpoints a stream of the call still ran through: the address stays known
+    /// (a sharded correlator keeps its route) until the stream closes, so the stream stays
+    /// measured in its call, never a second time as an orphan.
+    pub endpoints_kept_for_streams: u64,
     /// Streams of an SSRC beyond [`MAX_STREAMS_PER_SSRC`]: measured, not indexed by SSRC.
     pub streams_not_indexed_by_ssrc: u64,
     /// SDP media lines announcing RTP over TCP (`TCP/RTP/AVP`, RFC 4571, and its secure
@@ -173,6 +213,9 @@ pub struct MediaCounters {
     /// Datagrams carrying RTP or RTCP relayed by a TURN server (ChannelData, Send or Data
     /// indications): counted, not measured.
     pub turn_relayed_unmeasured: u64,
+    /// Streams reported (in a call's record or as an orphan) with a counter saturated at
+    /// 2^32 − 1: their `metrics.saturated` names the figures that are lower bounds.
+    pub streams_with_saturated_counters: u64,
 }
 
 impl MediaCounters {
@@ -194,6 +237,9 @@ impl MediaCounters {
             probation_discarded,
             streams_dropped_at_capacity,
             endpoints_dropped_at_capacity,
+            endpoints_dropped_at_byte_bound,
+            rtcp_dropped_at_byte_bound,
+            peak_held_bytes,
             rtp_after_call_end,
             rtcp_after_call_end,
             ended_endpoints_forgotten,
@@ -201,9 +247,11 @@ impl MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         } = *other;
         self.rtp_packets += rtp_packets;
         self.rtp_packets_in_calls += rtp_packets_in_calls;
@@ -219,6 +267,9 @@ impl MediaCounters {
         self.probation_discarded += probation_discarded;
         self.streams_dropped_at_capacity += streams_dropped_at_capacity;
         self.endpoints_dropped_at_capacity += endpoints_dropped_at_capacity;
+        self.endpoints_dropped_at_byte_bound += endpoints_dropped_at_byte_bound;
+        self.rtcp_dropped_at_byte_bound += rtcp_dropped_at_byte_bound;
+        self.peak_held_bytes += peak_held_bytes;
         self.rtp_after_call_end += rtp_after_call_end;
         self.rtcp_after_call_end += rtcp_after_call_end;
         self.ended_endpoints_forgotten += ended_endpoints_forgotten;
@@ -226,9 +277,11 @@ impl MediaCounters {
         self.streams_beyond_call_cap += streams_beyond_call_cap;
         self.orphans_closed_for_calls += orphans_closed_for_calls;
         self.call_endpoints_forgotten += call_endpoints_forgotten;
+        self.endpoints_kept_for_streams += endpoints_kept_for_streams;
         self.streams_not_indexed_by_ssrc += streams_not_indexed_by_ssrc;
         self.rtp_over_tcp_unmeasured += rtp_over_tcp_unmeasured;
         self.turn_relayed_unmeasured += turn_relayed_unmeasured;
+        self.streams_with_saturated_counters += streams_with_saturated_counters;
     }
 }
 
@@ -283,7 +336,88 @@ type Legs<T> = Vec<(Arc<str>, T)>;
 /// An SDP line's codecs, shared by the endpoints that announce an equal list and their
 /// streams (see [`MediaTracker::shared_codecs`]). A thin pointer: 8 bytes in every stream
 /// and endpoint where an `Arc<[Codec]>` takes 16, for one allocation more per distinct list.
-type Codecs = Arc<Vec<Codec>>;
+type Codecs = Arc<CodecList>;
+
+/// A shared codec list, accounted in its tracker's byte bound for as long as anything holds
+/// it (an endpoint, a stream, the tracker's list of recent ones): its bytes are added when
+/// it is made and taken off when the last holder lets it go. A sender who announces a new
+/// list in every SDP makes one per endpoint; the bound sees each.
+#[derive(Debug)]
+struct CodecList {
+    codecs: Vec<Codec>,
+    /// What it holds: [`CodecList::bytes_of`] when made.
+    bytes: usize,
+    /// The tracker's count of codec list bytes ([`MediaTracker::codec_bytes`]).
+    held: Arc<AtomicUsize>,
+}
+
+impl CodecList {
+    fn new(codecs: &[Codec], held: &Arc<AtomicUsize>) -> Self {
+        let bytes = Self::bytes_of(codecs);
+        let codecs = codecs.to_vec();
+        held.fetch_add(bytes, Ordering::Relaxed);
+        CodecList {
+            codecs,
+            bytes,
+            held: held.clone(),
+        }
+    }
+
+    /// The `Arc`'s allocation (its counts and the list), the codecs and their names.
+    fn bytes_of(codecs: &[Codec]) -> usize {
+        heap(2 * size_of::<usize>() + size_of::<CodecList>())
+            + heap(size_of_val(codecs))
+            + codecs
+                .iter()
+                .map(|c| c.name.as_ref().map_or(0, |n| heap(n.capacity())))
+                .sum::<usize>()
+    }
+}
+
+impl std::ops::Deref for CodecList {
+    type Target = Vec<Codec>;
+
+    fn deref(&self) -> &Vec<Codec> {
+        &self.codecs
+    }
+}
+
+impl Drop for CodecList {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What the learnt state's entries cost ([`MediaTracker::held_bytes`]): a slot of each table,
+/// with its growth slack ([`table_share`]); the heap parts are added where they are made.
+const ENDPOINT_SLOT: usize = table_share(size_of::<(SocketAddr, Endpoint)>());
+const BY_CALL_SLOT: usize = table_share(size_of::<(Arc<str>, Vec<SocketAddr>)>());
+const ENDED_SLOT: usize = table_share(size_of::<(SocketAddr, Timestamp)>());
+const ENDED_ORDER_SLOT: usize = table_share(size_of::<(Timestamp, SocketAddr)>());
+const KEPT_SLOT: usize = table_share(size_of::<(SocketAddr, u32)>());
+const RTCP_BY_CALL_SLOT: usize = table_share(size_of::<(Arc<str>, Vec<RtcpObservation>)>());
+
+/// An endpoint's share: its slot and the list of other legs.
+fn endpoint_bytes(endpoint: &Endpoint) -> usize {
+    ENDPOINT_SLOT
+        + endpoint
+            .others
+            .as_deref()
+            .map_or(0, |o| heap(size_of::<Legs<Side>>()) + vec(o))
+}
+
+/// A call's list of its endpoints: its slot, its Call-ID (which the endpoints share) and
+/// the list.
+fn by_call_bytes(call: &str, addrs: &Vec<SocketAddr>) -> usize {
+    BY_CALL_SLOT + arc_str(call.len()) + vec(addrs)
+}
+
+/// What an RTCP packet kept with a call holds beyond its place in the call's list.
+fn rtcp_heap_bytes(o: &RtcpObservation) -> usize {
+    vec(&o.summary.reports)
+        + vec(&o.summary.voip_metrics)
+        + o.summary.cname.as_ref().map_or(0, |c| heap(c.capacity()))
+}
 
 impl Endpoint {
     /// The other open calls that announced the address, with their side.
@@ -412,7 +546,15 @@ struct Stream {
     /// stream's state are cheaper than a `Vec`'s 24.
     #[allow(clippy::box_collection)]
     legs: Option<Box<Legs<Direction>>>,
+    /// Which of its addresses this stream keeps known ([`MediaTracker::kept_for_streams`])
+    /// after its call forgot the endpoint there: [`KEPT_SRC`], [`KEPT_DST`].
+    keeps: u8,
 }
+
+/// [`Stream::keeps`]: the stream keeps its source address known.
+const KEPT_SRC: u8 = 1;
+/// [`Stream::keeps`]: the stream keeps its destination address known.
+const KEPT_DST: u8 = 2;
 
 #[derive(Debug)]
 struct Candidate {
@@ -454,6 +596,8 @@ pub struct MediaTracker {
     rtcp_by_call: KeyedMap<Arc<str>, Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: KeyedMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
+    /// Streams in `closed_by_call` and `closed_legs`: they count against `max_streams`.
+    closed_streams: usize,
     candidates: StreamMap<Candidate>,
     /// Open streams by SSRC, to link the legs of a media relay: the first open stream of
     /// each SSRC, inline (a slot of 48 bytes where a one-key `Vec` took a 32-byte slot and a
@@ -462,6 +606,12 @@ pub struct MediaTracker {
     /// ... and the further ones of an SSRC already there, in the order they opened (a
     /// relay's second leg; empty on most captures).
     more_by_ssrc: KeyedMap<u32, Vec<StreamKey>>,
+    /// Addresses of endpoints a call forgot ([`MAX_ENDPOINTS_PER_CALL`]) while a stream of
+    /// the call still ran through them, with the number of such streams: the address stays
+    /// known ([`Self::knows_endpoint`]) until the last of them closes, so that a sharded
+    /// correlator keeps routing the stream here rather than to an orphan's shard, where it
+    /// would be measured a second time. At most two per open stream.
+    kept_for_streams: KeyedMap<SocketAddr, u32>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: KeyedMap<SocketAddr, Timestamp>,
     /// Calls that ended and wait out their record grace: their streams still measure what
@@ -482,6 +632,10 @@ pub struct MediaTracker {
     /// The correlation shard this tracker measures for (part of its orphan summaries' ids
     /// when not 0: every shard sums up its own orphans of a minute).
     shard: u32,
+    /// What the learnt state holds (see [`MediaLimits::max_bytes`]) but its codec lists.
+    held_bytes: usize,
+    /// What the codec lists alive hold ([`CodecList`]: they count themselves).
+    codec_bytes: Arc<AtomicUsize>,
     /// The codec lists of recent SDPs, the last used first, at most [`SHARED_CODEC_LISTS`]:
     /// the endpoints that announce an equal list share one (most SDPs at a site offer one
     /// of a few lists), so an endpoint costs a reference, not a copy of its list with every
@@ -500,9 +654,11 @@ impl MediaTracker {
             closed_by_call: KeyedMap::default(),
             rtcp_by_call: KeyedMap::default(),
             closed_legs: KeyedMap::default(),
+            closed_streams: 0,
             candidates: StreamMap::default(),
             streams_by_ssrc: KeyedMap::default(),
             more_by_ssrc: KeyedMap::default(),
+            kept_for_streams: KeyedMap::default(),
             ended_endpoints: KeyedMap::default(),
             closing: std::collections::HashSet::new(),
             ended_order: std::collections::VecDeque::new(),
@@ -514,6 +670,8 @@ impl MediaTracker {
             tap: ListenTap::default(),
             shard: 0,
             codec_lists: Vec::with_capacity(SHARED_CODEC_LISTS),
+            held_bytes: 0,
+            codec_bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -527,6 +685,12 @@ impl MediaTracker {
 
     pub fn counters(&self) -> MediaCounters {
         self.counters
+    }
+
+    /// Addresses known only because a stream still runs through them after its call forgot
+    /// the endpoint ([`Self::kept_for_streams`]).
+    pub fn kept_for_streams(&self) -> usize {
+        self.kept_for_streams.len()
     }
 
     /// Streams being measured now.
@@ -552,7 +716,6 @@ impl MediaTracker {
                 self.counters.endpoints_dropped_at_capacity += 1;
                 continue;
             }
-            self.ended_endpoints.remove(&addr);
             let others = match self.endpoints.get(&addr) {
                 Some(old) if old.call != call => {
                     let mut others: Vec<(Arc<str>, Side)> = old
@@ -568,27 +731,47 @@ impl MediaTracker {
                 Some(old) => old.others.clone(),
                 None => None,
             };
+            if !self.room_to_learn(&call, addr, others.as_deref(), codecs) {
+                self.counters.endpoints_dropped_at_byte_bound += 1;
+                continue;
+            }
+            if self.ended_endpoints.remove(&addr).is_some() {
+                self.held_bytes = self.held_bytes.saturating_sub(ENDED_SLOT);
+            }
             let codecs = self.shared_codecs(codecs);
-            self.endpoints.insert(
-                addr,
-                Endpoint {
-                    call: call.clone(),
-                    side,
-                    rtcp_only,
-                    codecs,
-                    others,
-                },
-            );
-            let addrs = self.endpoints_by_call.entry(call.clone()).or_default();
+            let endpoint = Endpoint {
+                call: call.clone(),
+                side,
+                rtcp_only,
+                codecs,
+                others,
+            };
+            self.held_bytes += endpoint_bytes(&endpoint);
+            if let Some(old) = self.endpoints.insert(addr, endpoint) {
+                self.held_bytes = self.held_bytes.saturating_sub(endpoint_bytes(&old));
+            }
+            let addrs = match self.endpoints_by_call.entry(call.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    self.held_bytes += by_call_bytes(&call, &Vec::new());
+                    e.insert(Vec::new())
+                }
+            };
+            let before = vec(addrs);
             // Announced again (a session refresh, hold and resume): now the newest.
             addrs.retain(|a| *a != addr);
             addrs.push(addr);
-            if addrs.len() > MAX_ENDPOINTS_PER_CALL {
-                let oldest = addrs.remove(0);
+            let oldest = (addrs.len() > MAX_ENDPOINTS_PER_CALL).then(|| addrs.remove(0));
+            self.held_bytes = (self.held_bytes + vec(addrs)).saturating_sub(before);
+            if let Some(oldest) = oldest {
                 self.counters.call_endpoints_forgotten += 1;
                 self.forget_endpoint(&call, oldest);
+                if !self.endpoints.contains_key(&oldest) {
+                    self.keep_for_streams(&call, oldest);
+                }
             }
         }
+        self.note_peak();
     }
 
     /// Takes `call`'s claim off the endpoint at `addr`: another leg that announced it too
@@ -608,7 +791,131 @@ impl MediaTracker {
                     endpoint.side = side;
                 }
                 None => {
-                    self.endpoints.remove(&addr);
+                    if let Some(old) = self.endpoints.remove(&addr) {
+                        self.held_bytes = self.held_bytes.saturating_sub(endpoint_bytes(&old));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `call`'s announcement of `addr` (with these other legs and codecs) fits in
+    /// `max_bytes`, after forgetting as many of the oldest lingering endpoints of ended calls
+    /// as that takes (counted in `ended_endpoints_forgotten`). What it would add: the
+    /// endpoint (less the one it replaces), a new codec list, and the call's list of
+    /// endpoints (made, or grown).
+    fn room_to_learn(
+        &mut self,
+        call: &Arc<str>,
+        addr: SocketAddr,
+        others: Option<&Legs<Side>>,
+        codecs: &[Codec],
+    ) -> bool {
+        let new = ENDPOINT_SLOT + others.map_or(0, |o| heap(size_of::<Legs<Side>>()) + vec(o));
+        let old = self.endpoints.get(&addr).map_or(0, endpoint_bytes);
+        let mut need = new.saturating_sub(old);
+        if !self
+            .codec_lists
+            .iter()
+            .any(|l| l.codecs.as_slice() == codecs)
+        {
+            need += CodecList::bytes_of(codecs);
+        }
+        let grown = |cap: usize| heap(cap.saturating_mul(2).max(4) * size_of::<SocketAddr>());
+        need += match self.endpoints_by_call.get(call) {
+            None => by_call_bytes(call, &Vec::new()) + grown(0),
+            Some(addrs) if addrs.len() == addrs.capacity() && !addrs.contains(&addr) => {
+                grown(addrs.capacity()) - vec(addrs)
+            }
+            Some(_) => 0,
+        };
+        if need == 0 {
+            return true;
+        }
+        while self.held_bytes() + need > self.limits.max_bytes {
+            if !self.forget_oldest_ended() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Forgets the oldest entry of the lingering endpoints' queue (and the endpoint, when the
+    /// entry is its latest: counted in `ended_endpoints_forgotten`). False when it is empty.
+    fn forget_oldest_ended(&mut self) -> bool {
+        let Some((at, oldest)) = self.ended_order.pop_front() else {
+            return false;
+        };
+        self.held_bytes = self.held_bytes.saturating_sub(ENDED_ORDER_SLOT);
+        if self.ended_endpoints.get(&oldest) == Some(&at) {
+            self.ended_endpoints.remove(&oldest);
+            self.held_bytes = self.held_bytes.saturating_sub(ENDED_SLOT);
+            self.counters.ended_endpoints_forgotten += 1;
+        }
+        true
+    }
+
+    /// What the state learnt from SDP and RTCP holds (see [`MediaLimits::max_bytes`]):
+    /// endpoints, open and lingering, each call's list of them, codec lists, and the RTCP
+    /// kept with calls, each allocation as the allocator takes it.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes + self.codec_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Notes the learnt state's peak.
+    fn note_peak(&mut self) {
+        let held = self.held_bytes() as u64;
+        if held > self.counters.peak_held_bytes {
+            self.counters.peak_held_bytes = held;
+        }
+    }
+
+    /// An endpoint `call` forgot: the call's open streams through it keep the address known
+    /// until they close (see [`Self::kept_for_streams`]); counted in
+    /// `endpoints_kept_for_streams` when there is one.
+    fn keep_for_streams(&mut self, call: &Arc<str>, addr: SocketAddr) {
+        let Some(keys) = self.streams_by_call.get(call) else {
+            return;
+        };
+        let mut kept = 0;
+        for key in keys {
+            let Some(stream) = self.streams.get_mut(key) else {
+                continue;
+            };
+            let bit = match (key.src() == addr, key.dst() == addr) {
+                (_, true) => KEPT_DST,
+                (true, false) => KEPT_SRC,
+                (false, false) => continue,
+            };
+            if stream.keeps & bit == 0 {
+                stream.keeps |= bit;
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            let n = self.kept_for_streams.entry(addr).or_insert_with(|| {
+                self.held_bytes += KEPT_SLOT;
+                0
+            });
+            *n += kept;
+            self.counters.endpoints_kept_for_streams += 1;
+        }
+    }
+
+    /// A stream leaves the table: the addresses it kept known are let go.
+    fn release_kept(&mut self, key: StreamKey, stream: &Stream) {
+        if stream.keeps == 0 {
+            return;
+        }
+        for (bit, addr) in [(KEPT_SRC, key.src()), (KEPT_DST, key.dst())] {
+            if stream.keeps & bit == 0 {
+                continue;
+            }
+            if let Some(n) = self.kept_for_streams.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kept_for_streams.remove(&addr);
+                    self.held_bytes = self.held_bytes.saturating_sub(KEPT_SLOT);
                 }
             }
         }
@@ -618,11 +925,11 @@ impl MediaTracker {
     /// remembered in place of the least recently used.
     fn shared_codecs(&mut self, codecs: &[Codec]) -> Codecs {
         let lists = &mut self.codec_lists;
-        if let Some(i) = lists.iter().position(|l| l.as_slice() == codecs) {
+        if let Some(i) = lists.iter().position(|l| l.codecs.as_slice() == codecs) {
             lists[..=i].rotate_right(1);
             return lists[0].clone();
         }
-        let list = Arc::new(codecs.to_vec());
+        let list = Arc::new(CodecList::new(codecs, &self.codec_bytes));
         if lists.len() >= SHARED_CODEC_LISTS {
             lists.pop();
         }
@@ -633,7 +940,9 @@ impl MediaTracker {
     /// True while `addr` is a media endpoint of a call here, open or ended within its
     /// linger: where RTP to or from it is measured or counted.
     pub fn knows_endpoint(&self, addr: &SocketAddr) -> bool {
-        self.endpoints.contains_key(addr) || self.ended_endpoints.contains_key(addr)
+        self.endpoints.contains_key(addr)
+            || self.ended_endpoints.contains_key(addr)
+            || self.kept_for_streams.contains_key(addr)
     }
 
     /// Handles a UDP datagram that is not SIP.
@@ -831,7 +1140,7 @@ impl MediaTracker {
     fn make_room_for_a_call_stream(&mut self, out: &mut impl FnMut(StreamRecord)) {
         /// Entries looked at: bounds the cost when the table holds calls' streams only.
         const LOOK_AT: usize = 64;
-        if self.streams.len() < self.limits.max_streams {
+        if self.held_streams() < self.limits.max_streams {
             return;
         }
         let orphan = self
@@ -857,7 +1166,7 @@ impl MediaTracker {
         let Some(((first_time, first), rest)) = packets.split_first() else {
             return;
         };
-        if self.streams.len() >= self.limits.max_streams {
+        if self.held_streams() >= self.limits.max_streams {
             self.counters.streams_dropped_at_capacity += 1;
             return;
         }
@@ -879,6 +1188,7 @@ impl MediaTracker {
             analyzer: StreamAnalyzer::new(*first_time, first, info),
             info_cache: None,
             legs: None,
+            keeps: 0,
         });
         stream.note_voice(first, info);
         for (time, packet) in rest {
@@ -975,6 +1285,12 @@ impl MediaTracker {
         }
     }
 
+    /// Streams held against `max_streams`: measured now, or closed and waiting for their
+    /// call's record.
+    fn held_streams(&self) -> usize {
+        self.streams.len() + self.closed_streams
+    }
+
     /// Streams a call holds: open, closed while it lasts, and legs measured for it.
     fn streams_of_call(&self, call: &str) -> usize {
         self.streams_by_call.get(call).map_or(0, Vec::len)
@@ -1033,17 +1349,15 @@ impl MediaTracker {
             .map(|e| e.call.clone())
             .or_else(|| self.call_by_ssrc(meta, &summary));
         for leg in legs {
-            let list = self.rtcp_by_call.entry(leg).or_default();
-            if list.len() < self.limits.max_rtcp_per_call {
-                list.push(RtcpObservation {
+            self.keep_rtcp(
+                leg,
+                RtcpObservation {
                     time: meta.time,
                     src: meta.src,
                     dst: meta.dst,
                     summary: summary.clone(),
-                });
-            } else {
-                self.counters.rtcp_dropped_at_capacity += 1;
-            }
+                },
+            );
         }
         let Some(call) = call else {
             if self.ended_call_media(meta) {
@@ -1053,17 +1367,46 @@ impl MediaTracker {
             }
             return;
         };
-        let list = self.rtcp_by_call.entry(call).or_default();
-        if list.len() < self.limits.max_rtcp_per_call {
-            list.push(RtcpObservation {
+        self.keep_rtcp(
+            call,
+            RtcpObservation {
                 time: meta.time,
                 src: meta.src,
                 dst: meta.dst,
                 summary,
-            });
-        } else {
-            self.counters.rtcp_dropped_at_capacity += 1;
+            },
+        );
+    }
+
+    /// Keeps an RTCP packet with a call: at most `max_rtcp_per_call` a call, and only while
+    /// the learnt state holds less than half of `max_bytes` (so that RTCP cannot take the
+    /// room calls' endpoints need); beyond either, counted.
+    fn keep_rtcp(&mut self, call: Arc<str>, observation: RtcpObservation) {
+        if self.held_bytes() >= self.limits.max_bytes / 2 {
+            self.counters.rtcp_dropped_at_byte_bound += 1;
+            return;
         }
+        let list = match self.rtcp_by_call.entry(call) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.held_bytes += RTCP_BY_CALL_SLOT;
+                e.insert(Vec::new())
+            }
+        };
+        if list.len() >= self.limits.max_rtcp_per_call {
+            self.counters.rtcp_dropped_at_capacity += 1;
+            return;
+        }
+        let before = vec(list);
+        let bytes = rtcp_heap_bytes(&observation);
+        list.push(observation);
+        self.held_bytes = (self.held_bytes + vec(list) + bytes).saturating_sub(before);
+        self.note_peak();
+    }
+
+    /// What a call's kept RTCP holds, its slot in the table included.
+    fn rtcp_list_bytes(list: &Vec<RtcpObservation>) -> usize {
+        RTCP_BY_CALL_SLOT + vec(list) + list.iter().map(rtcp_heap_bytes).sum::<usize>()
     }
 
     /// The call an RTCP packet is kept with (the call of the endpoint it goes to or comes
@@ -1139,8 +1482,10 @@ impl MediaTracker {
                 break;
             }
             self.ended_order.pop_front();
+            self.held_bytes = self.held_bytes.saturating_sub(ENDED_ORDER_SLOT);
             if self.ended_endpoints.get(&addr) == Some(&at) {
                 self.ended_endpoints.remove(&addr);
+                self.held_bytes = self.held_bytes.saturating_sub(ENDED_SLOT);
             }
         }
     }
@@ -1150,6 +1495,7 @@ impl MediaTracker {
             return;
         };
         self.unindex_ssrc(key);
+        self.release_kept(key, &stream);
         match stream.call.clone() {
             Some(call) => {
                 for (leg, direction) in stream.legs() {
@@ -1162,6 +1508,7 @@ impl MediaTracker {
                         .entry(leg.clone())
                         .or_default()
                         .push((Some(*direction), q));
+                    self.closed_streams += 1;
                 }
                 if let Some(keys) = self.streams_by_call.get_mut(&call) {
                     keys.retain(|k| *k != key);
@@ -1170,6 +1517,7 @@ impl MediaTracker {
                     .entry(call)
                     .or_default()
                     .push((key, stream));
+                self.closed_streams += 1;
             }
             None => self.orphan_out(key, &stream, out),
         }
@@ -1197,18 +1545,26 @@ impl MediaTracker {
             .unwrap_or_default();
         let quality = self.take_call(call_id);
         for addr in addrs {
-            while self.ended_endpoints.len() >= self.limits.max_endpoints.max(1) {
-                let Some((at, oldest)) = self.ended_order.pop_front() else {
+            // Lingering endpoints yield to open ones: at either bound the oldest goes.
+            while self.ended_endpoints.len() >= self.limits.max_endpoints.max(1)
+                || self.held_bytes() + ENDED_SLOT + ENDED_ORDER_SLOT > self.limits.max_bytes
+            {
+                if !self.forget_oldest_ended() {
                     break;
-                };
-                if self.ended_endpoints.get(&oldest) == Some(&at) {
-                    self.ended_endpoints.remove(&oldest);
-                    self.counters.ended_endpoints_forgotten += 1;
                 }
             }
-            self.ended_endpoints.insert(addr, now);
+            if self.held_bytes() + ENDED_SLOT + ENDED_ORDER_SLOT > self.limits.max_bytes {
+                // Nothing lingering left to forget: this one is not remembered either.
+                self.counters.ended_endpoints_forgotten += 1;
+                continue;
+            }
+            if self.ended_endpoints.insert(addr, now).is_none() {
+                self.held_bytes += ENDED_SLOT;
+            }
             self.ended_order.push_back((now, addr));
+            self.held_bytes += ENDED_ORDER_SLOT;
         }
+        self.note_peak();
         quality
     }
 
@@ -1252,10 +1608,19 @@ impl MediaTracker {
     /// and RTCP forgotten.
     pub fn take_call(&mut self, call_id: &str) -> MediaQuality {
         self.closing.remove(call_id);
-        let rtcp = self.rtcp_by_call.remove(call_id).unwrap_or_default();
+        let rtcp = match self.rtcp_by_call.remove(call_id) {
+            Some(list) => {
+                self.held_bytes = self.held_bytes.saturating_sub(Self::rtcp_list_bytes(&list));
+                list
+            }
+            None => Vec::new(),
+        };
         let mut measured: Vec<(Option<Direction>, StreamQuality)> =
             self.closed_legs.remove(call_id).unwrap_or_default();
         let mut streams = self.closed_by_call.remove(call_id).unwrap_or_default();
+        self.closed_streams = self
+            .closed_streams
+            .saturating_sub(measured.len() + streams.len());
         for key in self.streams_by_call.remove(call_id).unwrap_or_default() {
             let Some(stream) = self.streams.get_mut(&key) else {
                 continue;
@@ -1280,15 +1645,25 @@ impl MediaTracker {
             }
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
+                self.release_kept(key, &stream);
                 streams.push((key, stream));
             }
         }
-        for addr in self.endpoints_by_call.remove(call_id).unwrap_or_default() {
-            self.forget_endpoint(call_id, addr);
+        if let Some(addrs) = self.endpoints_by_call.remove(call_id) {
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(by_call_bytes(call_id, &addrs));
+            for addr in addrs {
+                self.forget_endpoint(call_id, addr);
+            }
         }
         for (key, stream) in &streams {
             measured.push((stream.direction, stream.quality(*key, Some(&rtcp))));
         }
+        self.counters.streams_with_saturated_counters += measured
+            .iter()
+            .filter(|(_, q)| !q.metrics.saturated.is_empty())
+            .count() as u64;
         measured.sort_by_key(|(_, q)| q.metrics.start_time);
         let mut quality = MediaQuality::default();
         for (direction, q) in measured {
@@ -1311,6 +1686,9 @@ impl MediaTracker {
     }
 
     fn orphan_record_out(&mut self, record: StreamRecord, out: &mut impl FnMut(StreamRecord)) {
+        if !record.stream.metrics.saturated.is_empty() {
+            self.counters.streams_with_saturated_counters += 1;
+        }
         let time = record
             .stream
             .metrics
@@ -1737,6 +2115,9 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             probation_discarded,
             streams_dropped_at_capacity,
             endpoints_dropped_at_capacity,
+            endpoints_dropped_at_byte_bound,
+            rtcp_dropped_at_byte_bound,
+            peak_held_bytes,
             rtp_after_call_end,
             rtcp_after_call_end,
             ended_endpoints_forgotten,
@@ -1744,9 +2125,11 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         } = *c;
         crate::record::MediaCounters {
             rtp_packets,
@@ -1763,6 +2146,9 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             probation_discarded,
             streams_dropped_at_capacity,
             endpoints_dropped_at_capacity,
+            endpoints_dropped_at_byte_bound,
+            rtcp_dropped_at_byte_bound,
+            peak_held_bytes,
             rtp_after_call_end,
             rtcp_after_call_end,
             ended_endpoints_forgotten,
@@ -1770,9 +2156,11 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_beyond_call_cap,
             orphans_closed_for_calls,
             call_endpoints_forgotten,
+            endpoints_kept_for_streams,
             streams_not_indexed_by_ssrc,
             rtp_over_tcp_unmeasured,
             turn_relayed_unmeasured,
+            streams_with_saturated_counters,
         }
     }
 }
@@ -1921,6 +2309,266 @@ mod tests {
         }
         let c = tracker.counters();
         assert_eq!((c.rtcp_packets, c.rtcp_dropped_at_capacity), (10, 6));
+    }
+
+    /// An SDP announcing `ip:port` (and RTCP on port + 1) with `codecs` (payload type, name).
+    fn sdp_of(ip: &str, port: u16, codecs: &[(u8, &str)]) -> SdpSummary {
+        let pts: Vec<String> = codecs.iter().map(|(pt, _)| pt.to_string()).collect();
+        let mut text = format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP {}\r\n",
+            pts.join(" ")
+        );
+        for (pt, name) in codecs {
+            text.push_str(&format!("a=rtpmap:{pt} {name}/8000\r\n"));
+        }
+        crate::decode::sdp::summarize(text.as_bytes()).unwrap()
+    }
+
+    fn at_ms(ms: i64) -> Timestamp {
+        Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000)
+    }
+
+    impl MediaTracker {
+        /// [`Self::held_bytes`] counted afresh from the tables, for the tests: the running
+        /// count must equal it after every change.
+        fn recount(&self) -> usize {
+            let mut lists = std::collections::HashSet::new();
+            let mut codec_bytes = 0;
+            let mut list = |l: &Codecs| {
+                if lists.insert(Arc::as_ptr(l)) {
+                    codec_bytes += l.bytes;
+                }
+            };
+            self.codec_lists.iter().for_each(&mut list);
+            self.endpoints.values().for_each(|e| list(&e.codecs));
+            self.streams.values().for_each(|s| list(&s.codecs));
+            self.closed_by_call
+                .values()
+                .flatten()
+                .for_each(|(_, s)| list(&s.codecs));
+            self.endpoints.values().map(endpoint_bytes).sum::<usize>()
+                + self
+                    .endpoints_by_call
+                    .iter()
+                    .map(|(c, a)| by_call_bytes(c, a))
+                    .sum::<usize>()
+                + self.ended_endpoints.len() * ENDED_SLOT
+                + self.ended_order.len() * ENDED_ORDER_SLOT
+                + self.kept_for_streams.len() * KEPT_SLOT
+                + self
+                    .rtcp_by_call
+                    .values()
+                    .map(Self::rtcp_list_bytes)
+                    .sum::<usize>()
+                + codec_bytes
+        }
+    }
+
+    /// The endpoint table was bounded by count only (400,000): an INVITE flood's SDPs held
+    /// ~70 MB of endpoints, lingering endpoints and lists at its peak (DHAT, 2026-12-03),
+    /// nowhere counted. It is now bounded by what it holds: lingering endpoints of ended
+    /// calls go first, then new endpoints are turned away, both counted, and the running
+    /// count is what the tables hold (each codec list once, however many share it).
+    #[test]
+    fn the_endpoint_table_is_bounded_by_what_it_holds() {
+        let limits = MediaLimits {
+            max_bytes: 256 * 1024,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let mut peak = 0;
+        for i in 0..4_000u32 {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            // A codec list of its own every SDP (a name no other SDP uses).
+            let name = format!("X-{i}");
+            let sdp = sdp_of(&ip, 4000, &[(0, "PCMU"), (96, &name)]);
+            let call = format!("flood-{i}");
+            tracker.learn(&call, Side::Caller, &sdp);
+            // Every other call ends: its endpoints linger.
+            if i % 2 == 0 {
+                tracker.end_call(&call, at_ms(i64::from(i)));
+            }
+            assert_eq!(tracker.held_bytes(), tracker.recount(), "after call {i}");
+            peak = peak.max(tracker.held_bytes());
+        }
+        assert!(peak <= limits.max_bytes, "{peak} > {}", limits.max_bytes);
+        let c = tracker.counters();
+        assert!(c.ended_endpoints_forgotten > 0, "{c:?}");
+        assert!(c.endpoints_dropped_at_byte_bound > 0, "{c:?}");
+        assert_eq!(c.peak_held_bytes, peak as u64);
+        assert!(
+            peak > limits.max_bytes * 9 / 10,
+            "the bound is used: {peak}"
+        );
+        // Everything taken: nothing is held but the recent codec lists.
+        for i in 0..4_000u32 {
+            tracker.take_call(&format!("flood-{i}"));
+        }
+        tracker.advance(at_ms(1_000_000), &mut |_| {});
+        assert_eq!(tracker.held_bytes(), tracker.recount());
+        let lists: usize = tracker.codec_lists.iter().map(|l| l.bytes).sum();
+        assert_eq!(tracker.held_bytes(), lists);
+    }
+
+    /// RTCP kept with calls was bounded per call (256 packets) only, each packet up to a
+    /// datagram's worth of report blocks: sprayed at many calls' endpoints it grew without a
+    /// byte bound. It is kept only below half the learnt state's bound, counted beyond.
+    #[test]
+    fn rtcp_kept_with_calls_is_bounded_by_bytes() {
+        let limits = MediaLimits {
+            max_bytes: 256 * 1024,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        // An RR with 31 report blocks.
+        let mut rr = vec![0x80 | 31, 201];
+        rr.extend_from_slice(&(1u16 + 31 * 6).to_be_bytes());
+        rr.extend_from_slice(&9u32.to_be_bytes());
+        for b in 0..31u32 {
+            rr.extend_from_slice(&b.to_be_bytes());
+            rr.extend_from_slice(&[0; 20]);
+        }
+        for i in 0..100u32 {
+            let ip = format!("10.0.{}.{}", i >> 8, i & 255);
+            tracker.learn(
+                &format!("c{i}"),
+                Side::Callee,
+                &sdp_of(&ip, 5000, &[(8, "PCMA")]),
+            );
+            for k in 0..200i64 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at_ms(k),
+                    src: "10.9.0.1:4001".parse().unwrap(),
+                    dst: format!("{ip}:5001").parse().unwrap(),
+                };
+                tracker.datagram(&meta, &rr, &mut |_| {});
+            }
+            assert_eq!(tracker.held_bytes(), tracker.recount());
+        }
+        let c = tracker.counters();
+        assert_eq!(c.rtcp_decode_errors, 0, "{c:?}");
+        assert!(c.rtcp_dropped_at_byte_bound > 0, "{c:?}");
+        // RTCP stopped at half the bound (give or take the growth of the last list); the
+        // whole stayed within it.
+        let rtcp: usize = tracker
+            .rtcp_by_call
+            .values()
+            .map(MediaTracker::rtcp_list_bytes)
+            .sum();
+        assert!(rtcp <= limits.max_bytes / 2, "{rtcp}: {c:?}");
+        assert!(c.peak_held_bytes <= limits.max_bytes as u64, "{c:?}");
+        // Endpoints still find room.
+        tracker.learn(
+            "late",
+            Side::Callee,
+            &sdp_of("10.8.0.1", 5000, &[(8, "PCMA")]),
+        );
+        assert!(tracker.knows_endpoint(&"10.8.0.1:5000".parse().unwrap()));
+    }
+
+    /// The worst case of each media table a sender can grow, at the defaults, in bytes as
+    /// the allocator holds them (README, "Threat model and bounds"). Printed with
+    /// `cargo test --lib worst_cases -- --nocapture`.
+    #[test]
+    fn worst_cases_of_the_media_tables() {
+        let d = MediaLimits::default();
+        // A stream: its boxed state, its slots in the stream table, the SSRC index and its
+        // call's list.
+        let stream = heap(size_of::<Stream>())
+            + table_share(size_of::<(StreamKey, Box<Stream>)>())
+            + table_share(size_of::<(u32, StreamKey)>())
+            + 2 * size_of::<StreamKey>();
+        let candidate = table_share(size_of::<(StreamKey, Candidate)>())
+            + heap(PROBATION_PACKETS * size_of::<(Timestamp, RtpPacket)>());
+        let route = table_share(size_of::<(SocketAddr, (usize, bool))>());
+        let rows = [
+            (
+                "streams held (open or closed in a call)",
+                d.max_streams,
+                stream,
+            ),
+            ("probation candidates", d.max_candidates, candidate),
+            (
+                "media routes (sharded), 2 x max_endpoints",
+                2 * d.max_endpoints,
+                route,
+            ),
+            (
+                "learnt state (endpoints, lists, RTCP): max_bytes",
+                1,
+                d.max_bytes,
+            ),
+        ];
+        let mut total = 0;
+        for (what, count, each) in rows {
+            println!(
+                "{what}: {count} x {each} B = {:.1} MiB",
+                (count * each) as f64 / 1048576.0
+            );
+            total += count * each;
+        }
+        println!("media tables in all: {:.1} MiB", total as f64 / 1048576.0);
+        println!(
+            "per endpoint: {ENDPOINT_SLOT} B slot, lingering {} B; RtcpObservation {} B",
+            ENDED_SLOT + ENDED_ORDER_SLOT,
+            size_of::<RtcpObservation>()
+        );
+        assert!(stream <= 1024, "{stream}");
+    }
+
+    /// Streams closed for inactivity wait in their call until its record is made, and were
+    /// outside `max_streams`: RTP under new SSRCs to calls' announced ports, left idle,
+    /// piled up 64 a call in every open call (6.4 million streams of ~1 KiB at the
+    /// defaults). They now count against the bound until their call takes them.
+    #[test]
+    fn streams_closed_in_their_call_count_against_the_stream_bound() {
+        let limits = MediaLimits {
+            max_streams: 10,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        for call in 0..3u8 {
+            let ip = format!("10.0.0.{call}");
+            tracker.learn(
+                &format!("c{call}"),
+                Side::Callee,
+                &sdp_of(&ip, 5000, &[(8, "PCMA")]),
+            );
+        }
+        let rtp = |seq: u16, ssrc: u32| {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend_from_slice(&[0xD5; 20]);
+            p
+        };
+        // Four streams to each call, one after another, each left idle past `stream_idle`.
+        let mut ms = 0;
+        for round in 0..4u32 {
+            for call in 0..3u32 {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at_ms(ms),
+                    src: "10.9.0.1:4000".parse().unwrap(),
+                    dst: format!("10.0.0.{call}:5000").parse().unwrap(),
+                };
+                tracker.datagram(&meta, &rtp(0, round * 10 + call), &mut |_| {});
+            }
+            ms += 61_000;
+            tracker.advance(at_ms(ms), &mut |_| {});
+            assert_eq!(tracker.active_streams(), 0, "closed for inactivity");
+        }
+        let c = tracker.counters();
+        assert_eq!(c.streams, 10, "{c:?}");
+        assert_eq!(c.streams_dropped_at_capacity, 2, "{c:?}");
+        assert_eq!(tracker.held_streams(), 10);
+        // A call's record takes its closed streams: room again.
+        let q = tracker.take_call("c0");
+        assert_eq!(q.callee_to_caller.len() + q.caller_to_callee.len(), 4);
+        assert_eq!(tracker.held_streams(), 6);
     }
 
     /// Every stream of one SSRC went into the SSRC index, and each new one compared itself

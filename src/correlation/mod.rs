@@ -21,6 +21,7 @@
 //! into the interval records (when asked: [`Correlator::with_registration_records`]).
 
 pub mod calls;
+mod footprint;
 pub mod hasher;
 pub mod hep;
 pub mod media;

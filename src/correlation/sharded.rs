@@ -15,8 +15,11 @@
 //! - **Other datagrams** (orphan RTP, anything else) go to a shard chosen by a keyed hash of
 //!   the unordered address pair, so both directions of an orphan flow are measured in one
 //!   place.
-//! - A route lives while its shard still knows the endpoint (open, or ended within the
-//!   linger, [`super::media::MediaTracker::knows_endpoint`]): [`ShardedCorrelator::advance`]
+//! - A route lives while its shard still knows the endpoint (open, ended within the linger,
+//!   or forgotten by its call beyond 32 endpoints while a stream of the call still runs
+//!   through it: [`super::media::MediaTracker::knows_endpoint`]; swept, that stream's later
+//!   packets went to an orphan's shard and were measured twice, counted in
+//!   `endpoints_kept_for_streams`): [`ShardedCorrelator::advance`]
 //!   sweeps one stripe of the table per tick. The table is bounded (the endpoints every shard
 //!   may hold, twice); a route beyond it is not written and counted
 //!   ([`ShardStats::routes_dropped_at_capacity`]): that endpoint's RTP then goes where an
@@ -120,6 +123,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
 
 use super::calls::{self, CallCounters, CallLimits};
+use super::footprint::heap;
 use super::hasher::{KeyedHasher, KeyedMap};
 use super::media::{MediaCounters, MediaLimits};
 use super::{rtcp_again, ActiveCall, Correlate, Correlator, ListenableCall, RtcpSeen};
@@ -283,6 +287,7 @@ impl ShardedCorrelator {
         let media_share = MediaLimits {
             max_streams: share(media.max_streams),
             max_endpoints: share(media.max_endpoints),
+            max_bytes: share(media.max_bytes),
             max_candidates: share(media.max_candidates),
             max_orphan_records_per_minute: share(media.max_orphan_records_per_minute),
             ..media
@@ -788,9 +793,17 @@ impl Correlate for &ShardedCorrelator {
     }
 }
 
-/// Most flows one thread holds back at a time, and most bytes it holds for them.
+/// Most flows one thread holds back at a time, and most bytes it holds for them (each
+/// datagram counted at [`held_bytes`]).
 const HOLD_MAX_FLOWS: usize = 8_192;
 const HOLD_MAX_BYTES: usize = 4 << 20;
+
+/// What holding a datagram of `len` bytes costs: its copy as the allocator takes it and its
+/// place in its flow's list (metadata and pointer), with the list's doubling slack. Only the
+/// payload was counted: RTP of 12 bytes held 4 MiB of payload in about 43 MiB.
+fn held_bytes(len: usize) -> usize {
+    heap(len) + 2 * std::mem::size_of::<(DatagramMeta, Box<[u8]>)>()
+}
 
 /// Counters of a thread's [`MediaHold`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -918,7 +931,7 @@ impl Routed<'_> {
                 self.hold.counters.released_unrouted += packets.len() as u64;
             }
             for (meta, payload) in packets {
-                self.hold.bytes -= payload.len();
+                self.hold.bytes -= held_bytes(payload.len());
                 self.shards
                     .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
             }
@@ -977,10 +990,10 @@ impl Correlate for Routed<'_> {
                 self.release_with_rtcp(meta.time, out, rtcp_again(&mut rtcp))
             }
             Some(false) => {
-                let full = self.hold.bytes + payload.len() > HOLD_MAX_BYTES;
+                let full = self.hold.bytes + held_bytes(payload.len()) > HOLD_MAX_BYTES;
                 if let Some(flow) = self.hold.flows.get_mut(&key) {
                     if !full {
-                        self.hold.bytes += payload.len();
+                        self.hold.bytes += held_bytes(payload.len());
                         self.hold.counters.held += 1;
                         flow.packets.push((*meta, payload.into()));
                         return;
@@ -991,7 +1004,7 @@ impl Correlate for Routed<'_> {
                     let packets = std::mem::take(&mut flow.packets);
                     self.hold.counters.released_unrouted += packets.len() as u64;
                     for (meta, payload) in packets {
-                        self.hold.bytes -= payload.len();
+                        self.hold.bytes -= held_bytes(payload.len());
                         self.shards
                             .datagram_with_rtcp(&meta, &payload, out, rtcp_again(&mut rtcp));
                     }
@@ -1001,9 +1014,9 @@ impl Correlate for Routed<'_> {
                 && crate::media::packet::classify(payload) != crate::media::packet::Kind::Other =>
             {
                 if self.hold.flows.len() < HOLD_MAX_FLOWS
-                    && self.hold.bytes + payload.len() <= HOLD_MAX_BYTES
+                    && self.hold.bytes + held_bytes(payload.len()) <= HOLD_MAX_BYTES
                 {
-                    self.hold.bytes += payload.len();
+                    self.hold.bytes += held_bytes(payload.len());
                     self.hold.counters.held += 1;
                     self.hold.flows.insert(
                         key,
@@ -1364,6 +1377,47 @@ mod tests {
         let (_, media) = sharded.counters();
         assert_eq!(media.orphan_streams, 1, "the unannounced flow, once");
         assert_eq!(media.rtp_packets, 100);
+    }
+
+    /// A capture thread's hold counted the payload of what it held, not what holding it
+    /// costs: RTP of 12 bytes took a 32-byte copy and a 96-byte place in its flow's list
+    /// each, so the 4 MiB bound held about 43 MiB. Counted as the allocator holds it, what
+    /// is held stays within the bound, and the rest is handled at once, counted.
+    #[test]
+    fn the_media_hold_counts_what_holding_costs() {
+        let sharded = ShardedCorrelator::new(4, CallLimits::default(), MediaLimits::default());
+        let mut hold = MediaHold::new(std::time::Duration::from_millis(250));
+        let packets = 40_000u32;
+        {
+            let mut routed = Routed {
+                shards: &sharded,
+                hold: &mut hold,
+            };
+            for i in 0..packets {
+                let mut p = vec![0x80, 8];
+                p.extend_from_slice(&(i as u16).to_be_bytes());
+                p.extend_from_slice(&(i * 160).to_be_bytes());
+                p.extend_from_slice(&7u32.to_be_bytes());
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(0),
+                    src: SocketAddr::new([10, 9, 0, (i % 8) as u8].into(), 4000),
+                    dst: "10.9.1.1:5000".parse().unwrap(),
+                };
+                routed.datagram(&meta, &p, &mut |_| {});
+            }
+        }
+        let held = hold.held_now();
+        let each = heap(12) + std::mem::size_of::<(DatagramMeta, Box<[u8]>)>();
+        assert!(
+            held * each <= HOLD_MAX_BYTES,
+            "{held} datagrams of {each} bytes held"
+        );
+        let c = hold.counters();
+        // Beyond the bound a flow's held datagrams went on unheld, and so did it.
+        assert!(c.not_held_full > 0, "{c:?}");
+        assert!(c.held < u64::from(packets), "{c:?}");
+        assert_eq!(hold.bytes, held * held_bytes(12));
     }
 
     /// Every shard times the REGISTERs of its Call-IDs: the registrations records of 8
@@ -2059,6 +2113,117 @@ mod tests {
             !many.iter().any(|r| matches!(r, Record::Stream(_))),
             "{many:#?}"
         );
+    }
+
+    /// A call re-INVITEd with ever new ports forgets its oldest endpoints beyond 32
+    /// ([`super::media::MAX_ENDPOINTS_PER_CALL`]), while a stream to the first one still
+    /// flows (from a relay no SDP announced, so only its destination has a route). Its route
+    /// must outlive the endpoint as long as the stream does: swept, the stream's later
+    /// packets went to the address pair's shard and were measured a second time there, as
+    /// an orphan, the call keeping only its first packets.
+    #[test]
+    fn a_forgotten_endpoint_keeps_its_route_while_its_stream_flows() {
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default());
+        let id = "renegotiated@x";
+        let home = sharded.shard_of_call(id);
+        let caller: SocketAddr = "10.1.0.1:4000".parse().unwrap();
+        // A relay port whose address pair lands in another shard than the call.
+        let relay = (7000..)
+            .map(|port| SocketAddr::new("10.3.0.1".parse().unwrap(), port))
+            .find(|relay| {
+                let meta = DatagramMeta {
+                    frame: 0,
+                    time: at(0),
+                    src: *relay,
+                    dst: caller,
+                };
+                sharded.shard_of_datagram(&meta, &rtp(0, 5)) != home
+            })
+            .unwrap();
+        let offer = |cseq: u32, port: u32| {
+            let text = sip(
+                id,
+                "INVITE sip:b@x SIP/2.0",
+                &format!("{cseq} INVITE"),
+                Some("10.1.0.1"),
+            )
+            .replace("m=audio 4000", &format!("m=audio {port}"));
+            // A re-INVITE is in the dialog: it carries the callee's tag.
+            if cseq > 1 {
+                text.replace("To: <sip:b@x>\r\n", "To: <sip:b@x>;tag=b\r\n")
+            } else {
+                text
+            }
+        };
+        let answer = |cseq: u32| {
+            sip(
+                id,
+                "SIP/2.0 200 OK",
+                &format!("{cseq} INVITE"),
+                Some("10.2.0.1"),
+            )
+        };
+        let mut events = vec![Event::Sip(0, offer(1, 4000)), Event::Sip(10, answer(1))];
+        // 20 re-INVITEs, each moving the caller's RTP and RTCP: 40 endpoints more.
+        for n in 2..=21u32 {
+            let ms = 100 + i64::from(n) * 20;
+            events.push(Event::Sip(ms, offer(n, 4000 + 2 * (n - 1))));
+            events.push(Event::Sip(ms + 5, answer(n)));
+        }
+        // The relay's stream to the first endpoint, 20 s: past a sweep of every stripe.
+        let packets = 1_000u16;
+        for seq in 0..packets {
+            events.push(Event::Rtp(
+                20 + i64::from(seq) * 20,
+                relay.to_string(),
+                caller.to_string(),
+                seq,
+                5,
+            ));
+        }
+        events.push(Event::Sip(
+            20_100,
+            sip(id, "BYE sip:b@x SIP/2.0", "30 BYE", None),
+        ));
+        events.push(Event::Sip(
+            20_105,
+            sip(id, "SIP/2.0 200 OK", "30 BYE", None),
+        ));
+        events.sort_by_key(|e| match e {
+            Event::Sip(ms, _) | Event::Rtp(ms, ..) => *ms,
+        });
+        let (mut single, mut one, mut many) = (
+            Correlator::new(CallLimits::default(), MediaLimits::default()),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut tick = 250;
+        for event in events {
+            let (Event::Sip(ms, _) | Event::Rtp(ms, ..)) = &event;
+            // The daemon's tick, every 250 ms: each sweeps one stripe of the route table.
+            while tick <= *ms {
+                sharded.advance(at(tick), &mut |r| many.push(r));
+                tick += 250;
+            }
+            feed(&mut single, event.clone(), &mut one);
+            feed(&mut &sharded, event, &mut many);
+        }
+        assert!(tick / 250 > ROUTE_STRIPES as i64, "every stripe swept");
+        single.finish(ClosedBy::CaptureEnd, &mut |r| one.push(r));
+        sharded.finish(ClosedBy::CaptureEnd, &mut |r| many.push(r));
+        let expected = vec![(id.to_owned(), u64::from(packets))];
+        assert_eq!(calls_with_packets(&one), expected);
+        assert_eq!(calls_with_packets(&many), expected);
+        let (_, media) = sharded.counters();
+        assert!(media.call_endpoints_forgotten >= 8, "{media:?}");
+        assert_eq!(media.endpoints_kept_for_streams, 1, "{media:?}");
+        assert_eq!(media.orphan_streams, 0, "{media:?}");
+        assert_eq!(media.rtp_packets, u64::from(packets), "measured once");
+        assert!(!many.iter().any(|r| matches!(r, Record::Stream(_))));
+        // The stream closed with its call: nothing is kept for it any more.
+        let mut kept = 0;
+        sharded.for_each(|c| kept += c.media().kept_for_streams());
+        assert_eq!(kept, 0);
     }
 
     /// The window's bounds apply the earliest messages before their window passed, counted;

@@ -378,6 +378,50 @@ pub struct Daemon {
     listeners: CancellationToken,
 }
 
+/// How often a start retries a spool that could not be opened for lack of space.
+const SPOOL_ROOM_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens the spool; while the file system is full (sled cannot even open a store then) the
+/// start waits and retries every [`SPOOL_ROOM_RETRY`], saying so in the journal and in
+/// `systemctl status`, and asking systemd for more start time, instead of exiting: a unit
+/// that failed five times in a row would stay down for good (`StartLimitBurst`), also once
+/// the disk had room again. Any other error fails the start as before.
+async fn open_spool_when_there_is_room(
+    config: &AgentConfig,
+    notifier: &observe::Notifier,
+) -> Result<(Spool, Vec<crate::spool::SpoolEvent>), DaemonError> {
+    let mut waiting_since = None;
+    loop {
+        match Spool::open(config.forward.spool.clone(), config.forward.keyring.clone()) {
+            Ok(opened) => {
+                if waiting_since.is_some() {
+                    tracing::warn!("The spool opened: the file system has room again.");
+                }
+                return Ok(opened);
+            }
+            Err(e) if e.is_out_of_space() => {
+                let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                let message = format!(
+                    "waiting for room to open the spool in {} ({}s): {}",
+                    config.forward.spool.dir.display(),
+                    since.elapsed().as_secs(),
+                    crate::report::Chain(&e)
+                );
+                // Logged every minute, not every retry.
+                if since.elapsed().as_secs() % 60 < SPOOL_ROOM_RETRY.as_secs() {
+                    tracing::error!("The file system is full: {message}.");
+                }
+                let _ = notifier.notify(&[
+                    observe::NotifyState::Status(&message),
+                    observe::NotifyState::ExtendTimeout(SPOOL_ROOM_RETRY * 3),
+                ]);
+                tokio::time::sleep(SPOOL_ROOM_RETRY).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl Daemon {
     /// Opens the spool, binds every listener (port 0 picks a free port: see
     /// [`Daemon::hep_addrs`], [`Daemon::observe_addr`]) and starts every component. Must run
@@ -433,8 +477,7 @@ impl Daemon {
         let _ = notifier.notify(&[observe::NotifyState::ExtendTimeout(Duration::from_secs(
             120,
         ))]);
-        let (spool, events) =
-            Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())?;
+        let (spool, events) = open_spool_when_there_is_room(&config, &notifier).await?;
         for event in events {
             tracing::error!(
                 ?event,

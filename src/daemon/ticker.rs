@@ -165,6 +165,17 @@ pub(super) fn publish_pipeline_counters(
         ("orphan_stream_records", media.orphan_streams_summarised),
         ("orphan_streams_for_calls", media.orphans_closed_for_calls),
         ("call_media_endpoints", media.call_endpoints_forgotten),
+        // Turned away at a full table, by count or by the bytes the media state holds (one
+        // label each: the family holds 16 tables, the queue tracker's four included).
+        (
+            "media_endpoints",
+            media.endpoints_dropped_at_capacity + media.endpoints_dropped_at_byte_bound,
+        ),
+        (
+            "call_rtcp",
+            media.rtcp_dropped_at_capacity + media.rtcp_dropped_at_byte_bound,
+        ),
+        ("streams", media.streams_dropped_at_capacity),
         ("ssrc_index", media.streams_not_indexed_by_ssrc),
         ("calls_joined_mid_dialog", calls.partial_calls_refused),
         ("media_routes", shards.routes_dropped_at_capacity),

@@ -635,19 +635,8 @@ fn previous_config(config: &Path) -> PathBuf {
     config.with_file_name(name)
 }
 
-/// Replaces a file atomically, keeping its mode and owner.
+/// Replaces a file durably, keeping its mode and owner ([`crate::durable::replace`]).
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok();
-    let tmp = path.with_extension("fleet-tmp");
-    let result = (|| {
-        std::fs::write(&tmp, bytes)?;
-        if let Some(meta) = &meta {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-            let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
-        }
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| format!("{}: {e}", path.display()))
+    crate::durable::replace(path, bytes, crate::durable::Mode::KeepExisting)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

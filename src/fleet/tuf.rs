@@ -1029,21 +1029,9 @@ fn verify_targets(
     })
 }
 
-/// Writes a file atomically: a temporary file beside it, synced, renamed, the directory synced.
+/// Writes a file durably ([`crate::durable::replace`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::durable::replace(path, bytes, crate::durable::Mode::Default)
 }
 
 /// A repository in a local directory (`DIR/metadata`, `DIR/targets`): the collector's side

@@ -100,7 +100,17 @@ pub const BURST_BUCKETS: usize = 10;
 /// alive longer at a higher rate sees these counters saturate at 4,294,967,295 (never wrap);
 /// 4 bytes each instead of 8 keep every stream's state small (issue 14 goal 5). The packet
 /// count and the sequence arithmetic (`expected`, `lost_in_gaps`) stay 64-bit.
+///
+/// A counter at its top is reported as what it is, a lower bound: the report names it, and
+/// the figures made from it, in `saturated` ([`StreamReport::saturated`]), so a supervisor
+/// never takes it for an exact count. No state is added for it: a counter at 2^32 − 1 is
+/// saturated (or exactly there, which the list then calls "at least" one packet early).
 type Count = u32;
+
+/// Whether a counter reached its top and stays there ([`Count`]).
+fn saturated(n: Count) -> bool {
+    n == Count::MAX
+}
 /// DTMF events kept per stream.
 const MAX_EVENTS: usize = 64;
 /// Payload types remembered per stream.
@@ -188,6 +198,12 @@ pub struct StreamReport {
     pub comfort_noise_packets: u64,
     pub dtmf: Vec<DtmfEvent>,
     pub wireshark: WiresharkFigures,
+    /// The figures whose counter saturated ([`Count`]): each is a lower bound, not a
+    /// count, and so is what was made from it (`lost` and `lost_percent` from `duplicates`,
+    /// a buffer's loss from its `discarded`, its burst ratio from its loss runs). Named as
+    /// in the record (`jitter_buffers.discarded` for any buffer's). Empty for every stream
+    /// that stayed below 2^32 − 1 events of each kind.
+    pub saturated: Vec<&'static str>,
 }
 
 /// Min, max and mean of a series, without keeping it (min and max are valid once `count`
@@ -789,7 +805,10 @@ impl StreamAnalyzer {
             if self.bad_seq == Some(seq) {
                 self.expected_before += self.highest - self.first_seq + 1;
                 self.seen = [0b11, 0];
-                self.out_of_order = self.out_of_order.saturating_sub(1);
+                // The stray packet was counted out of order; a saturated count stays one.
+                if !saturated(self.out_of_order) {
+                    self.out_of_order -= 1;
+                }
                 self.sequence_resets = self.sequence_resets.saturating_add(1);
                 self.bad_seq = None;
                 // The packet that announced the restart is the new base; re-based on an
@@ -954,6 +973,7 @@ impl StreamAnalyzer {
             })
             .collect();
         let q = &self.quality;
+        let saturated = self.saturated();
         StreamReport {
             start_time: self.first_time,
             end_time: self.last_time,
@@ -984,7 +1004,51 @@ impl StreamAnalyzer {
                 .map(|d| d.events.clone())
                 .unwrap_or_default(),
             wireshark: self.wireshark.report(self.packets),
+            saturated,
         }
+    }
+
+    /// The report's fields that are lower bounds, not counts ([`StreamReport::saturated`]).
+    fn saturated(&self) -> Vec<&'static str> {
+        let q = &self.quality;
+        let w = &self.wireshark;
+        let buffers =
+            |count: fn(&JitterBuffer) -> Count| self.buffers.iter().any(|b| saturated(count(b)));
+        let counters: [(bool, &[&'static str]); 12] = [
+            (
+                saturated(self.duplicates),
+                &["duplicates", "lost", "lost_percent"],
+            ),
+            (saturated(self.out_of_order), &["out_of_order"]),
+            (saturated(q.wrong_timestamp), &["wrong_timestamp"]),
+            (saturated(q.jumps), &["timestamp_jumps"]),
+            (saturated(self.sequence_resets), &["sequence_resets"]),
+            (
+                self.loss_bursts.iter().any(|n| saturated(*n)),
+                &["loss_bursts"],
+            ),
+            (saturated(self.comfort_noise), &["comfort_noise_packets"]),
+            (
+                buffers(|b| b.discarded),
+                &[
+                    "jitter_buffers.discarded",
+                    "jitter_buffers.effective_loss_percent",
+                ],
+            ),
+            (buffers(|b| b.resyncs), &["jitter_buffers.resyncs"]),
+            (buffers(|b| b.runs), &["jitter_buffers.burst_ratio"]),
+            (saturated(w.sequence_errors), &["wireshark.sequence_errors"]),
+            (saturated(w.wrong_timestamp), &["wireshark.wrong_timestamp"]),
+        ];
+        let mut names: Vec<&'static str> = Vec::new();
+        for (_, fields) in counters.iter().filter(|(at_top, _)| *at_top) {
+            for field in *fields {
+                if !names.contains(field) {
+                    names.push(field);
+                }
+            }
+        }
+        names
     }
 
     pub fn first_time(&self) -> Timestamp {
@@ -1069,6 +1133,7 @@ impl From<&StreamReport> for record::StreamMetrics {
                 max_jitter_ms: w.max_jitter_ms,
                 max_skew_ms: w.max_skew_ms,
             },
+            saturated: r.saturated.clone(),
         }
     }
 }
@@ -1109,6 +1174,84 @@ mod tests {
 
     fn at(ms: f64) -> Timestamp {
         Timestamp::from_nanos((ms * 1e6) as i64)
+    }
+
+    /// A counter at its top (2^32 − 1, reached by a hostile stream kept alive for days at a
+    /// high rate) was reported as a plain number, which a supervisor could not tell from an
+    /// exact one. The report names it, and the figures made from it, as lower bounds; a
+    /// counter below its top is never named. Driven to the top by packets, from one below
+    /// (2^32 packets would take the test minutes).
+    #[test]
+    fn a_saturated_counter_is_reported_as_a_lower_bound() {
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        for i in 1..10u16 {
+            s.packet(
+                at(f64::from(i) * 20.0),
+                &packet(i, u32::from(i) * 160),
+                PCMA,
+            );
+        }
+        assert!(s.report().saturated.is_empty());
+        s.duplicates = Count::MAX - 2;
+        s.packet(at(200.0), &packet(9, 9 * 160), PCMA);
+        let r = s.report();
+        assert_eq!(r.duplicates, u64::from(Count::MAX) - 1);
+        assert!(r.saturated.is_empty(), "one below the top is exact");
+        // Two duplicates more: the second finds the counter at its top.
+        s.packet(at(220.0), &packet(9, 9 * 160), PCMA);
+        s.packet(at(240.0), &packet(9, 9 * 160), PCMA);
+        let r = s.report();
+        assert_eq!(
+            r.duplicates,
+            u64::from(Count::MAX),
+            "saturated, not wrapped"
+        );
+        assert_eq!(r.saturated, ["duplicates", "lost", "lost_percent"]);
+        // A record carries it.
+        let metrics = crate::record::media::StreamMetrics::from(&r);
+        assert_eq!(metrics.saturated, r.saturated);
+
+        // A saturated out-of-order count stays saturated when a stray packet it counted
+        // turns out to be a sequence restart.
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        s.packet(at(20.0), &packet(1, 160), PCMA);
+        s.out_of_order = Count::MAX - 1;
+        s.packet(at(40.0), &packet(40_000, 320), PCMA); // far: out of order, for now
+        assert_eq!(s.report().saturated, ["out_of_order"]);
+        s.packet(at(60.0), &packet(40_001, 480), PCMA); // follows it: a restart
+        let r = s.report();
+        assert_eq!(r.sequence_resets, 1);
+        assert_eq!(r.out_of_order, u64::from(Count::MAX));
+        assert_eq!(r.saturated, ["out_of_order"]);
+
+        // Every other counter, at its top, is named (the buffers' and TShark's too).
+        let mut s = StreamAnalyzer::new(at(0.0), &packet(0, 0), PCMA);
+        s.quality.wrong_timestamp = Count::MAX;
+        s.quality.jumps = Count::MAX;
+        s.sequence_resets = Count::MAX;
+        s.loss_bursts[9] = Count::MAX;
+        s.comfort_noise = Count::MAX;
+        s.buffers[1].discarded = Count::MAX;
+        s.buffers[0].resyncs = Count::MAX;
+        s.buffers[0].runs = Count::MAX;
+        s.wireshark.sequence_errors = Count::MAX;
+        s.wireshark.wrong_timestamp = Count::MAX;
+        assert_eq!(
+            s.report().saturated,
+            [
+                "wrong_timestamp",
+                "timestamp_jumps",
+                "sequence_resets",
+                "loss_bursts",
+                "comfort_noise_packets",
+                "jitter_buffers.discarded",
+                "jitter_buffers.effective_loss_percent",
+                "jitter_buffers.resyncs",
+                "jitter_buffers.burst_ratio",
+                "wireshark.sequence_errors",
+                "wireshark.wrong_timestamp",
+            ]
+        );
     }
 
     /// What one stream's analysis costs (each stream held at once keeps one; issue 14 goal 5:

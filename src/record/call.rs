@@ -214,6 +214,10 @@ pub struct CallRecord {
     pub media_quality: super::media::MediaQuality,
     /// RTCP reports a HEP agent relayed for this call (HEP type 5), per reported stream.
     pub hep_rtcp: Vec<HepRtcp>,
+    /// The counters above that saturated at 2^32 − 1 (`messages`, `retransmissions`,
+    /// `auth_challenges`, `hold_count`, `media.renegotiations`, `hep_rtcp.reports`): each a
+    /// lower bound, not a count. Empty for nearly every call.
+    pub saturated: Vec<&'static str>,
 }
 
 /// What RTCP reports relayed by a HEP agent (type 5, RTCP as JSON, correlated by Call-ID)

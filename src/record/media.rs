@@ -196,6 +196,10 @@ pub struct StreamMetrics {
     pub comfort_noise_packets: u64,
     pub dtmf: Vec<Dtmf>,
     pub wireshark: WiresharkFigures,
+    /// The fields above whose per-stream counter saturated at 2^32 − 1 (and those made from
+    /// it): each is a lower bound, not a count ([`crate::media::stream`]'s `Count`). Empty
+    /// for nearly every stream.
+    pub saturated: Vec<&'static str>,
 }
 
 /// One emulated fixed playout buffer.

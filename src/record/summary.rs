@@ -156,6 +156,13 @@ pub struct MediaCounters {
     pub probation_discarded: u64,
     pub streams_dropped_at_capacity: u64,
     pub endpoints_dropped_at_capacity: u64,
+    /// New media endpoints turned away at the learnt state's byte bound.
+    pub endpoints_dropped_at_byte_bound: u64,
+    /// RTCP packets not kept with their call: the learnt state held half its byte bound.
+    pub rtcp_dropped_at_byte_bound: u64,
+    /// Most bytes the media state learnt from SDP and RTCP held (endpoints, their lists,
+    /// codec lists, RTCP kept with calls), as the allocator holds them.
+    pub peak_held_bytes: u64,
     /// RTP packets of a call that already ended: counted, not measured.
     pub rtp_after_call_end: u64,
     /// RTCP packets of a call that already ended.
@@ -171,12 +178,18 @@ pub struct MediaCounters {
     pub orphans_closed_for_calls: u64,
     /// A call's oldest media endpoints forgotten beyond the per-call cap (32).
     pub call_endpoints_forgotten: u64,
+    /// Of those, endpoints a stream of the call still ran through: kept known (and routed,
+    /// when sharded) until the stream closed, so it stayed measured in its call.
+    pub endpoints_kept_for_streams: u64,
     /// Streams of one SSRC beyond the SSRC index's 8: measured, not linked to a call by it.
     pub streams_not_indexed_by_ssrc: u64,
     /// SDP media lines announcing RTP over TCP (RFC 4571): not measured.
     pub rtp_over_tcp_unmeasured: u64,
     /// Datagrams of RTP or RTCP relayed inside TURN (RFC 8656): counted, not measured.
     pub turn_relayed_unmeasured: u64,
+    /// Streams reported with a per-stream counter saturated at 2^32 − 1 (their
+    /// `metrics.saturated` names the figures that are lower bounds).
+    pub streams_with_saturated_counters: u64,
 }
 
 /// Counters of the call tracker.
@@ -215,4 +228,6 @@ pub struct CallCounters {
     pub hep_rtcp_dropped: u64,
     /// Records made before their grace passed because too many ended calls were waiting.
     pub records_grace_cut_short: u64,
+    /// Call records made with a counter saturated at 2^32 − 1 (named in their `saturated`).
+    pub calls_with_saturated_counters: u64,
 }

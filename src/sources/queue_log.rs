@@ -523,21 +523,7 @@ fn matches_line(file: &File, p: &TailPosition) -> bool {
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a
 /// mix: a temporary file beside it, synced, renamed over it, the directory synced.
 pub fn write_state_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    crate::durable::replace(path, bytes, crate::durable::Mode::Default)
 }
 
 #[cfg(test)]
@@ -640,6 +626,6 @@ mod tests {
         write_state_atomically(&path, b"one").unwrap();
         write_state_atomically(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert!(!dir.path().join("state.json.tmp").exists());
+        assert!(!crate::durable::temporary_of(&path).unwrap().exists());
     }
 }

@@ -213,13 +213,8 @@ impl DeadLetters {
                     .map_or_else(|| old.display().to_string(), |id| id.display(&self.node)),
             );
         }
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, &sealed).map_err(io(&tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir)?;
+        crate::durable::replace(&path, &sealed, crate::durable::Mode::Default)
+            .map_err(io(&path))?;
         Ok(result)
     }
 
@@ -442,9 +437,7 @@ fn id_of_path(path: &Path) -> Option<RecordId> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DeadLetterError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(dir))
+    crate::durable::sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]

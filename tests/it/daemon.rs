@@ -1672,3 +1672,63 @@ fn a_live_calls_record_is_stored_seconds_after_its_bye_in_netns() {
     );
     agent.stop();
 }
+
+/// A start on a full file system (sled cannot even open a store then) waits, says so and
+/// retries, instead of exiting: five failed starts in a row would leave the unit down for
+/// good (`StartLimitBurst=5`), also once the disk had room again. Real tmpfs, filled up.
+#[test]
+fn a_start_on_a_full_disk_waits_for_room_then_runs() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root (CI runs as root)"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    // Something else took every byte.
+    let filler = disk.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 64 << 10]).is_ok() {}
+    drop(file);
+    let sources = format!("[hep]\nudp = \"127.0.0.1:{}\"\n", free_port());
+    let config = agent_config(&pki, dir.path(), free_port(), &sources, None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &dir.path().join("spool").display().to_string(),
+            &disk.join("spool").display().to_string(),
+        )
+        .replace("key_id = 1", "key_id = 1\ndisk_reserve_bytes = 65536");
+    std::fs::write(&config, text).unwrap();
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("waiting for room to open the spool");
+    thread::sleep(Duration::from_secs(6));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the start gave up on a full disk"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        agent.wait_for_later_log("teledge running", Duration::from_secs(20)),
+        "no start once the disk had room: {:#?}",
+        agent.rest.as_ref().unwrap().lock().unwrap()
+    );
+    Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(agent.child.wait().unwrap().success());
+}

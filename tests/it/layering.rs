@@ -281,6 +281,7 @@ fn the_leaves_import_nothing_of_the_pipeline() {
             "server_url",
             "seal",
             "admission",
+            "durable",
         ]
         .contains(&top)
         {

@@ -437,6 +437,7 @@ fn stream() -> StreamQuality {
                 max_jitter_ms: some,
                 max_skew_ms: some,
             },
+            saturated: vec!["duplicates"],
         },
         score: Some(Score {
             model: "G.107",
@@ -558,6 +559,7 @@ fn every_field_present() -> Vec<Record> {
             max_jitter: Some(12),
             last_highest_seq: Some(1000),
         }],
+        saturated: vec!["messages"],
     };
     let summary = CaptureSummary {
         schema: teledge::record::SUMMARY_SCHEMA,
