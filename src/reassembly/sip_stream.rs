@@ -41,6 +41,9 @@ pub enum StreamEvent<'a> {
     Discarded { bytes: usize, reason: DiscardReason },
     /// A TURN message relaying RTP or RTCP (version 2) on a TURN-over-TCP stream.
     TurnRelayed,
+    /// A SIP message whose end the capture's snapshot length cut ([`SipStream::cut`]): the
+    /// bytes captured, from its start line (not yet parsed).
+    Cut(&'a [u8], StreamCarrier),
 }
 
 /// Why bytes were discarded.
@@ -52,6 +55,10 @@ pub enum DiscardReason {
     Oversized,
     /// A WebSocket stream that cannot be followed (bad frame, or a gap in it).
     WebSocketLost,
+    /// Bytes before the next SIP start line after the capture's snapshot length cut a
+    /// segment (the rest of the cut message), or a WebSocket stream the cut ended: the
+    /// capture's doing, not the sender's.
+    Snaplen,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,9 @@ pub struct SipStream {
     ws_message: Vec<u8>,
     /// Bytes examined while looking for a first start line.
     probed: usize,
+    /// Resynchronising after a snapshot length cut, not after a gap: what is discarded to
+    /// find the next start line is said as [`DiscardReason::Snaplen`].
+    after_cut: bool,
 }
 
 impl crate::reassembly::tcp::StreamConsumer for SipStream {
@@ -130,6 +140,7 @@ impl SipStream {
     /// Feeds the next bytes of the stream; `after_gap` says bytes before them are missing.
     pub fn push(&mut self, data: &[u8], after_gap: bool, emit: &mut impl FnMut(StreamEvent<'_>)) {
         if after_gap {
+            self.after_cut = false;
             match self.state {
                 State::Sip { ever_synced, .. } => {
                     self.discard(self.buf.len(), DiscardReason::Resync, emit);
@@ -150,6 +161,58 @@ impl SipStream {
         if self.state != State::Ignored {
             self.buf.extend_from_slice(data);
             while self.step(emit) {}
+        }
+        release(&mut self.buf);
+        release(&mut self.ws_message);
+    }
+
+    /// Says that the capture's snapshot length cut the stream right after the bytes pushed
+    /// last: the bytes it cut are missing, and the stream goes on after them. A message being
+    /// framed is handed on as cut ([`StreamEvent::Cut`]); the framer then looks for the next
+    /// start line, what it discards on the way said as [`DiscardReason::Snaplen`]. A
+    /// WebSocket or TURN stream cannot be followed past a cut.
+    pub fn cut(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) {
+        match self.state {
+            State::Sip {
+                synced,
+                ever_synced,
+            } => {
+                let crlf = self.leading_crlf();
+                if synced && crlf < self.buf.len() {
+                    emit(StreamEvent::Cut(&self.buf[crlf..], StreamCarrier::Tcp));
+                    self.buf.clear();
+                } else if ever_synced {
+                    self.discard(self.buf.len(), DiscardReason::Snaplen, emit);
+                } else {
+                    // Still looking for a first SIP line: these bytes were never SIP.
+                    self.probed += self.buf.len();
+                    self.buf.clear();
+                }
+                self.state = State::Sip {
+                    synced: false,
+                    ever_synced,
+                };
+                self.after_cut = true;
+            }
+            State::WebSocket | State::Http => {
+                let lost = self.buf.len() + self.ws_message.len();
+                self.buf.clear();
+                self.ws_message.clear();
+                self.state = State::Ignored;
+                if lost > 0 {
+                    emit(StreamEvent::Discarded {
+                        bytes: lost,
+                        reason: DiscardReason::Snaplen,
+                    });
+                }
+            }
+            State::Turn => {
+                self.buf.clear();
+                self.state = State::Ignored;
+            }
+            // Fewer than five bytes seen: nothing to tell SIP by yet.
+            State::Unknown => self.buf.clear(),
+            State::Ignored => {}
         }
         release(&mut self.buf);
         release(&mut self.ws_message);
@@ -371,6 +434,7 @@ impl SipStream {
         if starts_with_sip(&self.buf[crlf..]) && memchr::memchr(b'\n', &self.buf[crlf..]).is_some()
         {
             self.buf.drain(..crlf);
+            self.after_cut = false;
             self.state = State::Sip {
                 synced: true,
                 ever_synced: true,
@@ -380,7 +444,8 @@ impl SipStream {
         let found = find_start_line(&self.buf);
         match found {
             Some(start) => {
-                self.discard(start, DiscardReason::Resync, emit);
+                self.discard(start, self.resync_reason(), emit);
+                self.after_cut = false;
                 self.state = State::Sip {
                     synced: true,
                     ever_synced: true,
@@ -397,7 +462,7 @@ impl SipStream {
                 };
                 self.probed += keep_from;
                 if ever_synced {
-                    self.discard(keep_from, DiscardReason::Resync, emit);
+                    self.discard(keep_from, self.resync_reason(), emit);
                 } else {
                     // Still looking for a first SIP line: these bytes were never SIP (telnet,
                     // TLS, HTTP...), so dropping them is not a loss worth reporting.
@@ -409,6 +474,15 @@ impl SipStream {
                 }
                 false
             }
+        }
+    }
+
+    /// Why bytes skipped to find the next start line are lost.
+    fn resync_reason(&self) -> DiscardReason {
+        if self.after_cut {
+            DiscardReason::Snaplen
+        } else {
+            DiscardReason::Resync
         }
     }
 
@@ -516,9 +590,46 @@ mod tests {
                 StreamEvent::Message(m, _) => out.push(String::from_utf8_lossy(m).into_owned()),
                 StreamEvent::Discarded { bytes, .. } => discarded += bytes,
                 StreamEvent::TurnRelayed => out.push("turn".into()),
+                StreamEvent::Cut(m, _) => out.push(format!("cut:{}", m.len())),
             });
         }
         (out, discarded)
+    }
+
+    /// A segment cut by the capture's snapshot length (campaign 2026-12-03c): the message it
+    /// cut is handed on as cut, and the rest of it in the next segment is discarded as the
+    /// cut's (`Snaplen`), not as a resynchronisation after a sender's gap (`Resync`, which
+    /// the cut used to be announced as: `tcp-resync`).
+    #[test]
+    fn a_cut_hands_on_the_cut_message_and_blames_the_capture() {
+        let a = msg("a", &"x".repeat(300));
+        let b = msg("b", "");
+        let c = msg("c", "z");
+        let mut s = SipStream::default();
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut record = |e: StreamEvent<'_>| {
+            events.borrow_mut().push(match e {
+                StreamEvent::Message(m, _) => format!("msg:{}", &String::from_utf8_lossy(m)[..7]),
+                StreamEvent::Cut(m, _) => format!("cut:{}", m.len()),
+                StreamEvent::Discarded { bytes, reason } => format!("{reason:?}:{bytes}"),
+                StreamEvent::TurnRelayed => "turn".into(),
+            })
+        };
+        // `b` whole, then `a` cut 60 bytes in; the next segment carries the end of `a`
+        // (past the cut, 40 bytes of it captured) and `c`.
+        let first = format!("{b}{}", &a[..60]);
+        s.push(first.as_bytes(), false, &mut record);
+        s.cut(&mut record);
+        let tail = &a[a.len() - 40..];
+        s.push(format!("{tail}{c}").as_bytes(), false, &mut record);
+        assert_eq!(
+            events.take(),
+            ["msg:MESSAGE", "cut:60", "Snaplen:40", "msg:MESSAGE"],
+        );
+        // A real gap afterwards is the sender's again.
+        s.push(&a.as_bytes()[30..], true, &mut record);
+        s.push(b.as_bytes(), false, &mut record);
+        assert_eq!(events.take(), ["Resync:17", "Resync:300", "msg:MESSAGE"]);
     }
 
     /// TURN over TCP (RFC 8656 §12.5), as a WebRTC client behind a firewall uses it: the

@@ -500,3 +500,43 @@ fn snapshot_length_cuts_are_counted_as_cuts() {
     assert_eq!(decode.snaplen_cut, header_cut + 1);
     assert_eq!(decode.sip_messages_udp, 0);
 }
+
+/// A TCP segment cut by the capture's snapshot length is a cut, not a hole in the stream
+/// (campaign 2026-12-03c): SIP over TCP on port 6060 (406 messages, several per segment and
+/// one over several) cut as `editcap -s 600` and `-s 200` cut it. TShark 4.0.17 (`-d
+/// tcp.port==6060,sip -Y sip`) shows, at 600, the 259 messages of whole segments and the
+/// start line of the 147 cut ones ("Packet size limited during capture"); at 200, only the
+/// 406 start lines. teledge reads every head whose Call-ID, CSeq, From and To made it (all 406
+/// at 600) and counts the others as `sip-snaplen` (406 at 200), with no hole waited for, no
+/// `tcp.gaps` and no `tcp-resync`: each cut segment used to leave a hole that was skipped as a
+/// sender's gap (146 `tcp.gaps` and 170 `tcp-resync` at 600, 259 messages read, the messages
+/// after each cut handed on only when a later segment skipped the hole).
+#[test]
+fn a_tcp_segment_cut_by_the_snapshot_length_is_a_cut() {
+    let frames = frames_of("sip_ipv4_tcp_fragmented.pcap");
+    for (snaplen, read, cut) in [(600usize, 406u64, 0u64), (200, 0, 406)] {
+        let out: Vec<Out> = frames
+            .iter()
+            .map(|(t, e)| (ETHERNET, *t, e[..e.len().min(snaplen)].to_vec()))
+            .collect();
+        let (_, summary, result) = replay_bytes(&pcap(&out, false, false), patient_settings());
+        result.unwrap();
+        let decode = &summary.decode;
+        let errors = |kind: &str| decode.errors.get(kind).copied().unwrap_or(0);
+        assert!(
+            decode.snaplen_cut > 100,
+            "{snaplen}: {}",
+            decode.snaplen_cut
+        );
+        assert_eq!(
+            (decode.sip_messages_tcp, errors("sip-snaplen")),
+            (read, cut),
+            "{snaplen}: {:?}",
+            decode.errors
+        );
+        assert_eq!(errors("tcp-resync"), 0, "{snaplen}: {:?}", decode.errors);
+        assert_eq!(errors("sip"), 0, "{snaplen}: {:?}", decode.errors);
+        assert_eq!(decode.tcp.gaps, 0, "{snaplen}");
+        assert_eq!(decode.tcp.out_of_order, 0, "{snaplen}");
+    }
+}
