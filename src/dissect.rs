@@ -161,7 +161,7 @@ pub struct DissectStats {
     /// Problems by kind (`link`, `ip`, `udp`, `tcp`, `sctp`, `gre`, `tunnel`, `depth`,
     /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`; and what the capture's
     /// snapshot length cut, not the sender: `sip-snaplen`, `hep-snaplen`, `ip-snaplen`,
-    /// `tcp-snaplen`):
+    /// `tcp-snaplen`, `rtcp-snaplen`):
     /// every one counted, not only the first few kept in `problems`.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
     /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
@@ -631,6 +631,12 @@ impl Dissector {
                 src: SocketAddr::new(src, src_port),
                 dst: SocketAddr::new(dst, dst_port),
             };
+            if declared > datagram.len() {
+                if let Some(present) = rtcp_as_captured(payload) {
+                    self.cut_rtcp(ctx, &meta, payload.len(), &present, sink);
+                    return;
+                }
+            }
             sink.datagram(&meta, payload);
             return;
         }
@@ -665,6 +671,33 @@ impl Dissector {
                 self.stats.sip_parse_errors += 1;
                 self.stats.problem(ctx.frame, "sip", e);
             }
+        }
+    }
+
+    /// An RTCP compound packet cut by the capture's snapshot length: counted as such
+    /// (`rtcp-snaplen`), and what was captured whole goes on to the media analysis as RTCP,
+    /// as TShark reads it (a Sender Report whose sender info made it still times the round
+    /// trips that later reports measure against it; a report block the cut reached does not
+    /// count). Nothing goes on when the cut left no whole packet or sender info.
+    fn cut_rtcp(
+        &mut self,
+        ctx: Ctx,
+        meta: &DatagramMeta,
+        captured: usize,
+        present: &[u8],
+        sink: &mut impl Observer,
+    ) {
+        self.stats.problem(
+            ctx.frame,
+            "rtcp-snaplen",
+            format!(
+                "RTCP packet cut by the capture's snapshot length ({captured} bytes captured, \
+                 {} of them whole packets, sender info and report blocks)",
+                present.len()
+            ),
+        );
+        if !present.is_empty() {
+            sink.datagram(meta, present);
         }
     }
 
@@ -805,6 +838,46 @@ impl Dissector {
             }
         }
     }
+}
+
+/// An RTCP compound packet (RFC 3550 §6) cut short, reduced to what was captured whole: the
+/// packets before the cut, then the one it cut when it is a Sender or Receiver Report whose
+/// fixed part made it, with the report blocks that made it whole (its count and length
+/// rewritten to say so, its padding bit cleared). `None` when the payload does not start as
+/// RTCP does (version 2, packet type 200–207, which RTP leaves to RTCP: RFC 5761 §4).
+fn rtcp_as_captured(payload: &[u8]) -> Option<Vec<u8>> {
+    let head = payload.first_chunk::<2>()?;
+    if head[0] >> 6 != 2 || !(200..=207).contains(&head[1]) {
+        return None;
+    }
+    let mut present = Vec::with_capacity(payload.len());
+    let mut rest = payload;
+    while let Some(header) = rest.first_chunk::<4>() {
+        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
+        if let Some(whole) = rest.get(..len) {
+            present.extend_from_slice(whole);
+            rest = &rest[len..];
+            continue;
+        }
+        // The packet the cut fell in: the sender info of an SR (RFC 3550 §6.4.1) or the
+        // header of an RR (§6.4.2), and the 24-byte report blocks after them.
+        let fixed = match header[1] {
+            200 => 28,
+            201 => 8,
+            _ => break,
+        };
+        if rest.len() < fixed {
+            break;
+        }
+        let blocks = (header[0] & 0x1F).min(((rest.len() - fixed) / 24) as u8);
+        let len = fixed + usize::from(blocks) * 24;
+        let mut packet = rest[..len].to_vec();
+        packet[0] = (header[0] & 0xC0) | blocks;
+        packet[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());
+        present.extend_from_slice(&packet);
+        break;
+    }
+    Some(present)
 }
 
 /// The payload length an IP header declares (after IPv6 extension headers).
@@ -1030,6 +1103,28 @@ fn plain_ipv4(data: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cut_rtcp_compound_keeps_its_whole_packets_and_report_blocks() {
+        use super::rtcp_as_captured;
+        // An RR with two report blocks (8 + 48 bytes), then an SDES; padding bit set.
+        let mut rr = vec![0xA2, 201, 0, 13, 1, 2, 3, 4];
+        rr.extend((0..48).map(|i| i as u8));
+        let sdes = [0x81, 202, 0, 1, 1, 2, 3, 4];
+        let whole: Vec<u8> = rr.iter().chain(&sdes).copied().collect();
+        // Cut inside the SDES: the RR whole, nothing of the SDES.
+        assert_eq!(rtcp_as_captured(&whole[..60]).unwrap(), rr);
+        // Cut inside the second block: the header and the first block, said as one block.
+        let one = rtcp_as_captured(&whole[..40]).unwrap();
+        assert_eq!(one.len(), 32);
+        assert_eq!((one[0], one[1], &one[2..4]), (0x81, 201, &[0, 7][..]));
+        assert_eq!(one[4..], rr[4..32]);
+        // Cut inside the fixed part: nothing whole.
+        assert_eq!(rtcp_as_captured(&whole[..6]).unwrap(), Vec::<u8>::new());
+        // Not RTCP: RTP, and anything else.
+        assert_eq!(rtcp_as_captured(&[0x80, 0x08, 0, 1, 0, 0, 0, 0]), None);
+        assert_eq!(rtcp_as_captured(b"OPTIONS"), None);
+    }
 
     #[test]
     fn plain_ipv4_reads_what_etherparse_reads() {

@@ -540,3 +540,59 @@ fn a_tcp_segment_cut_by_the_snapshot_length_is_a_cut() {
         assert_eq!(decode.tcp.out_of_order, 0, "{snaplen}");
     }
 }
+
+/// An RTCP packet cut by the capture's snapshot length is counted as a cut RTCP packet, and
+/// what was captured whole is read (campaign 2026-12-03c): the 16 Sender Reports of the
+/// relay's legs (ports 8001 and 40379) of the bundled RTP capture cut 28 bytes into their RTCP
+/// (sender info whole, report block and SDES cut). TShark 4.0.17 still times the 8 round
+/// trips the other side's reports measure against those SRs (`-o
+/// rtcp.show_roundtrip_calculation:TRUE`: frames 1565 ... 3772, as on the whole capture; cut
+/// one byte earlier, at 27, it times none). teledge used to count each cut SR as a datagram
+/// that is neither RTP nor RTCP (`media.other_datagrams`), and timed no round trip.
+#[test]
+fn a_cut_rtcp_packet_is_read_as_far_as_it_goes() {
+    let capture = "rtp_rtcp_sip_ipv4_udp.pcap";
+    let frames = frames_of(capture);
+    let mut cut = 0;
+    let out: Vec<Out> = frames
+        .iter()
+        .map(|(t, e)| {
+            let ip = ip_exact(e).unwrap_or_default();
+            let sender_report = ip.len() > 30
+                && ip[9] == 17
+                && [8001, 40379].contains(&u16::from_be_bytes([ip[20], ip[21]]))
+                && ip[29] == 200;
+            if sender_report {
+                cut += 1;
+                (ETHERNET, *t, e[..14 + 20 + 8 + 28].to_vec())
+            } else {
+                (ETHERNET, *t, e.clone())
+            }
+        })
+        .collect();
+    assert_eq!(cut, 16);
+    let round_trips = |calls: &[teledge::record::CallRecord]| -> u64 {
+        calls
+            .iter()
+            .flat_map(|c| {
+                let q = &c.media_quality;
+                q.caller_to_callee
+                    .iter()
+                    .chain(&q.callee_to_caller)
+                    .chain(&q.unknown_direction)
+            })
+            .filter_map(|s| s.rtcp.as_ref())
+            .map(|r| u64::from(r.round_trip_samples))
+            .sum()
+    };
+    let (whole_calls, whole, _) = replay_bytes(&data(capture), patient_settings());
+    let (cut_calls, summary, result) = replay_bytes(&pcap(&out, false, false), patient_settings());
+    result.unwrap();
+    let errors = |kind: &str| summary.decode.errors.get(kind).copied().unwrap_or(0);
+    assert_eq!(errors("rtcp-snaplen"), 16, "{:?}", summary.decode.errors);
+    assert_eq!(summary.media.rtcp_packets, whole.media.rtcp_packets);
+    assert_eq!(summary.media.rtcp_decode_errors, 0);
+    assert_eq!(summary.media.other_datagrams, whole.media.other_datagrams);
+    assert_eq!(round_trips(&whole_calls), 8);
+    assert_eq!(round_trips(&cut_calls), 8);
+}
