@@ -113,6 +113,18 @@ fn is_stun(bytes: &[u8]) -> bool {
         && bytes[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
+/// ChannelData (RFC 8656 §12.4) relaying RTP or RTCP: a channel number (0x4000–0x4FFF), a
+/// length that holds an RTCP header at least, and a first relayed byte of version 2
+/// (0x80–0xBF). Channel numbers start with the bytes of "ACK", "BYE", "INFO" ..., but a SIP
+/// start line's fifth byte is ASCII, never 0x80 or above: this is how a TURN-over-TCP
+/// connection the capture joined after its Allocate (no STUN seen) shows itself.
+fn is_channel_data_media(bytes: &[u8]) -> bool {
+    bytes.len() >= 5
+        && (0x40..=0x4F).contains(&bytes[0])
+        && u16::from_be_bytes([bytes[2], bytes[3]]) >= 8
+        && bytes[4] >> 6 == 2
+}
+
 /// Buffers larger than this are shrunk when they hold less than a quarter of it.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
@@ -235,9 +247,9 @@ impl SipStream {
                 }
                 self.state = if rest.starts_with(b"GET ") || rest.starts_with(b"HTTP/") {
                     State::Http
-                } else if is_stun(rest) {
-                    // Not ChannelData: its channel numbers start with the bytes of "ACK",
-                    // "BYE", "INVITE" ...; a TURN client's connection opens with STUN.
+                } else if is_stun(rest) || is_channel_data_media(rest) {
+                    // A TURN client's connection opens with STUN; one the capture joined
+                    // after its Allocate, with ChannelData relaying media.
                     State::Turn
                 } else {
                     State::Sip {
@@ -671,6 +683,15 @@ mod tests {
             assert_eq!(discarded, 0);
             assert!(!s.is_ignored());
         }
+        // Joined after the Allocate (campaign 2026-12-03c: a TURN-over-TCP capture that
+        // starts mid-connection, 1,957 relayed RTP packets TShark lists, used to be ignored
+        // uncounted): ChannelData carrying media tells it too.
+        let mut joined = channel(&rtp);
+        joined.extend(channel(&rtp));
+        let mut s = SipStream::default();
+        s.push(&joined, true, &mut |_| {});
+        let (out, _) = collect(&mut s, &[(&channel(&rtp), false)]);
+        assert_eq!(out, ["turn"]);
         let ack = msg("x", "").replacen("MESSAGE", "ACK", 1);
         let mut s = SipStream::default();
         let (out, _) = collect(&mut s, &[(ack.as_bytes(), false)]);

@@ -596,3 +596,29 @@ fn a_cut_rtcp_packet_is_read_as_far_as_it_goes() {
     assert_eq!(round_trips(&whole_calls), 8);
     assert_eq!(round_trips(&cut_calls), 8);
 }
+
+/// A TURN-over-TCP connection the capture joined after its Allocate is still told by the
+/// media it relays (campaign 2026-12-03c: two captures of srtp_decoder's, each one
+/// connection of ChannelData carrying some 1,950 RTP packets TShark lists, were ignored,
+/// nothing counted): the bundled TURN-over-TCP connection without its handshake and
+/// Allocate (frames 261–265), its 6 relayed RTP packets counted as on the whole capture.
+#[test]
+fn turn_over_tcp_joined_after_its_allocate_is_counted() {
+    let capture = "rtp_over_tcp_and_turn.pcap";
+    let (_, whole, _) = replay_bytes(&data(capture), patient_settings());
+    assert_eq!(whole.decode.turn_tcp_relayed, 6);
+    let joined: Vec<Out> = frames_of(capture)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !(260..265).contains(i))
+        .map(|(_, (t, e))| (ETHERNET, t, e))
+        .collect();
+    let (_, summary, result) = replay_bytes(&pcap(&joined, false, false), patient_settings());
+    result.unwrap();
+    assert_eq!(summary.decode.turn_tcp_relayed, 6);
+    assert!(
+        summary.decode.errors.is_empty(),
+        "{:?}",
+        summary.decode.errors
+    );
+}
