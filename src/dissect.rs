@@ -978,8 +978,8 @@ fn feed_stream(
         }
     };
     stream.push(delivery.data, delivery.after_gap, &mut on_event);
-    if delivery.cut {
-        stream.cut(&mut on_event);
+    if delivery.cut > 0 {
+        stream.cut(delivery.cut as usize, &mut on_event);
     }
 }
 

@@ -55,8 +55,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             stream.push(delivery.data, delivery.after_gap, &mut on_event);
-            if delivery.cut {
-                stream.cut(&mut on_event);
+            if delivery.cut > 0 {
+                stream.cut(delivery.cut as usize, &mut on_event);
             }
         });
         assert!(tcp.bytes_held() <= 16 * 1024, "{}", tcp.bytes_held());

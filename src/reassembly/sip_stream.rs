@@ -92,6 +92,9 @@ pub struct SipStream {
     /// Resynchronising after a snapshot length cut, not after a gap: what is discarded to
     /// find the next start line is said as [`DiscardReason::Snaplen`].
     after_cut: bool,
+    /// TURN: bytes still to skip of a message a snapshot length cut, past the segment it
+    /// was cut in.
+    turn_skip: usize,
 }
 
 impl crate::reassembly::tcp::StreamConsumer for SipStream {
@@ -123,6 +126,19 @@ fn is_channel_data_media(bytes: &[u8]) -> bool {
         && (0x40..=0x4F).contains(&bytes[0])
         && u16::from_be_bytes([bytes[2], bytes[3]]) >= 8
         && bytes[4] >> 6 == 2
+}
+
+/// The length of the TURN-over-TCP message `head` starts (RFC 8656 §12.5): a STUN message
+/// (20 bytes and its attributes) or ChannelData (4 bytes and its data, padded to 4); `None`
+/// when neither, or fewer than 4 bytes.
+fn turn_message_len(head: &[u8]) -> Option<usize> {
+    let head = head.first_chunk::<4>()?;
+    let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    match head[0] >> 6 {
+        0 => Some(20 + length),
+        1 => Some((4 + length).next_multiple_of(4)),
+        _ => None,
+    }
 }
 
 /// Buffers larger than this are shrunk when they hold less than a quarter of it.
@@ -162,10 +178,12 @@ impl SipStream {
                     };
                 }
                 State::WebSocket | State::Http => self.lose_websocket(emit),
-                // Framing lost: what follows is not followed.
+                // Framing lost: what follows is told afresh, as a connection joined there
+                // (ChannelData relaying media, or STUN, carries on as TURN).
                 State::Turn => {
                     self.buf.clear();
-                    self.state = State::Ignored;
+                    self.turn_skip = 0;
+                    self.state = State::Unknown;
                 }
                 State::Unknown | State::Ignored => {}
             }
@@ -179,11 +197,13 @@ impl SipStream {
     }
 
     /// Says that the capture's snapshot length cut the stream right after the bytes pushed
-    /// last: the bytes it cut are missing, and the stream goes on after them. A message being
+    /// last: the `missing` bytes it cut are not seen, and the stream goes on after them. A message being
     /// framed is handed on as cut ([`StreamEvent::Cut`]); the framer then looks for the next
     /// start line, what it discards on the way said as [`DiscardReason::Snaplen`]. A
-    /// WebSocket or TURN stream cannot be followed past a cut.
-    pub fn cut(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) {
+    /// WebSocket stream cannot be followed past a cut; a TURN stream skips what is left of
+    /// the message the cut fell in (its length says how much) and frames on, that message
+    /// counted when its first relayed byte made it.
+    pub fn cut(&mut self, missing: usize, emit: &mut impl FnMut(StreamEvent<'_>)) {
         match self.state {
             State::Sip {
                 synced,
@@ -218,9 +238,30 @@ impl SipStream {
                     });
                 }
             }
+            // The message the cut fell in still relayed media when its first relayed byte
+            // made it; the rest of it, past the cut segment, is skipped. Cut before its
+            // length, it is told afresh (as after a gap).
             State::Turn => {
+                let head = self
+                    .buf
+                    .get(self.turn_skip.min(self.buf.len())..)
+                    .unwrap_or(&[]);
+                if head
+                    .first_chunk::<5>()
+                    .is_some_and(|h| h[0] >> 6 == 1 && h[4] >> 6 == 2)
+                {
+                    emit(StreamEvent::TurnRelayed);
+                }
+                match turn_message_len(head) {
+                    Some(total) => {
+                        self.turn_skip = total.saturating_sub(head.len() + missing);
+                    }
+                    None => {
+                        self.turn_skip = 0;
+                        self.state = State::Unknown;
+                    }
+                }
                 self.buf.clear();
-                self.state = State::Ignored;
             }
             // Fewer than five bytes seen: nothing to tell SIP by yet.
             State::Unknown => self.buf.clear(),
@@ -272,18 +313,21 @@ impl SipStream {
     /// One TURN message: a relayed RTP or RTCP packet is told, the rest skipped. Anything
     /// that is neither STUN nor ChannelData ends the following.
     fn step_turn(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        if self.turn_skip > 0 {
+            let skip = self.turn_skip.min(self.buf.len());
+            self.buf.drain(..skip);
+            self.turn_skip -= skip;
+            if self.turn_skip > 0 {
+                return false;
+            }
+        }
         let Some(head) = self.buf.first_chunk::<4>() else {
             return false;
         };
-        let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let total = match head[0] >> 6 {
-            0 => 20 + length,
-            1 => (4 + length).next_multiple_of(4),
-            _ => {
-                self.buf.clear();
-                self.state = State::Ignored;
-                return false;
-            }
+        let Some(total) = turn_message_len(head) else {
+            self.buf.clear();
+            self.state = State::Ignored;
+            return false;
         };
         let Some(message) = self.buf.get(..total) else {
             return false;
@@ -631,7 +675,7 @@ mod tests {
         // (past the cut, 40 bytes of it captured) and `c`.
         let first = format!("{b}{}", &a[..60]);
         s.push(first.as_bytes(), false, &mut record);
-        s.cut(&mut record);
+        s.cut(200, &mut record);
         let tail = &a[a.len() - 40..];
         s.push(format!("{tail}{c}").as_bytes(), false, &mut record);
         assert_eq!(
@@ -692,6 +736,24 @@ mod tests {
         s.push(&joined, true, &mut |_| {});
         let (out, _) = collect(&mut s, &[(&channel(&rtp), false)]);
         assert_eq!(out, ["turn"]);
+        // A cut in a TURN stream (campaign 2026-12-03c, `editcap -s 300` of a TURN-over-TCP
+        // call: 3,959 relayed packets, none counted once its Allocate answer was cut): the
+        // message it cut counts, and what follows is told afresh.
+        // The segment was cut 6 bytes into a 20-byte message and ends 4 bytes later: the next
+        // segment starts with the last 10 bytes of that message, skipped, then frames on.
+        let message = channel(&rtp);
+        let mut s = SipStream::default();
+        let mut cut_stream = stun(0x0003, &[]);
+        cut_stream.extend(&message[..6]);
+        let (out, _) = collect(&mut s, &[(&cut_stream, false)]);
+        assert!(out.is_empty());
+        let mut told = Vec::new();
+        s.cut(4, &mut |e| told.push(e == StreamEvent::TurnRelayed));
+        assert_eq!(told, [true]);
+        let mut next = message[10..].to_vec();
+        next.extend(&message);
+        let (out, _) = collect(&mut s, &[(&next, false), (&message, false)]);
+        assert_eq!(out, ["turn", "turn"]);
         let ack = msg("x", "").replacen("MESSAGE", "ACK", 1);
         let mut s = SipStream::default();
         let (out, _) = collect(&mut s, &[(ack.as_bytes(), false)]);

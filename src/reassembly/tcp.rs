@@ -132,9 +132,10 @@ pub struct Delivery<'a> {
     pub time: Timestamp,
     /// True when bytes are missing before these (mid-stream start or a skipped hole).
     pub after_gap: bool,
-    /// True when bytes are missing right after these because the capture's snapshot length
-    /// cut the segment that carried them ([`Segment::cut`]); the stream goes on after them.
-    pub cut: bool,
+    /// Bytes missing right after these because the capture's snapshot length cut the
+    /// segment that carried them ([`Segment::cut`]), 0 when none; the stream goes on after
+    /// them.
+    pub cut: u32,
 }
 
 /// Bookkeeping cost of one held out-of-order segment beyond its bytes (its `Vec` and its
@@ -512,7 +513,7 @@ fn deliver_from<A>(
             data: fresh,
             time: now,
             after_gap,
-            cut: cut > 0,
+            cut: cut as u32,
         },
     );
 }
@@ -618,7 +619,7 @@ mod tests {
                     app.push('|');
                 }
                 app.push_str(std::str::from_utf8(d.data).unwrap());
-                if d.cut {
+                if d.cut > 0 {
                     app.push('/');
                 }
             });
