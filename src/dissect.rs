@@ -160,7 +160,8 @@ pub struct DissectStats {
     pub frames_failed: u64,
     /// Problems by kind (`link`, `ip`, `udp`, `tcp`, `sctp`, `gre`, `tunnel`, `depth`,
     /// `hep`, `sip`, `tcp-resync`, `sip-oversized`, `websocket`; and what the capture's
-    /// snapshot length cut, not the sender: `sip-snaplen`, `hep-snaplen`, `ip-snaplen`):
+    /// snapshot length cut, not the sender: `sip-snaplen`, `hep-snaplen`, `ip-snaplen`,
+    /// `tcp-snaplen`, `rtcp-snaplen`):
     /// every one counted, not only the first few kept in `problems`.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
     /// The sum of `errors`, kept so each frame can tell cheaply whether it failed.
@@ -188,8 +189,11 @@ pub struct DissectStats {
     /// Stream bytes thrown away to resynchronise, or in over-long messages.
     pub stream_bytes_discarded: u64,
     /// IP packets (not fragments) cut by the capture's snapshot length inside their
-    /// payload, handed on as captured: an RTP header survives most cuts; a cut TCP segment
-    /// leaves a gap in its stream; SIP that cannot be read is a `sip-snaplen` problem.
+    /// payload, handed on as captured: an RTP header survives most cuts; a cut TCP segment's
+    /// stream goes on right after the bytes it misses (no hole waited for, no `tcp.gaps`),
+    /// the SIP message it cut kept as far as it goes or said as `sip-snaplen`, and the rest
+    /// of that message in the next segment discarded as `tcp-snaplen`; SIP that cannot be
+    /// read is a `sip-snaplen` problem.
     pub snaplen_cut: u64,
     /// RTP and RTCP packets relayed inside TURN over TCP: counted, not measured (over UDP
     /// they are `media.turn_relayed_unmeasured`).
@@ -299,6 +303,9 @@ pub struct Dissector {
 struct Ctx {
     frame: u64,
     time: Timestamp,
+    /// Bytes the capture's snapshot length cut off the end of the IP packet being decoded
+    /// (0 when whole): a cut TCP segment tells its stream how much it misses.
+    cut: usize,
 }
 
 impl Dissector {
@@ -346,6 +353,7 @@ impl Dissector {
         let ctx = Ctx {
             frame: frame.number,
             time: frame.time,
+            cut: 0,
         };
         match link::ip_payload(frame.link, frame.data) {
             Ok(Some(ip)) => self.ip(ctx, ip, 0, sink),
@@ -382,6 +390,8 @@ impl Dissector {
     }
 
     fn ip(&mut self, ctx: Ctx, data: &[u8], depth: u8, sink: &mut impl Observer) {
+        // Whether this packet was cut is this packet's own length to say.
+        let ctx = Ctx { cut: 0, ..ctx };
         if depth > MAX_ENCAPSULATION_DEPTH {
             self.stats.depth_exceeded += 1;
             self.stats
@@ -404,8 +414,12 @@ impl Dissector {
         let payload = slice.payload();
         let protocol = payload.ip_number.0;
         if !payload.fragmented {
-            if payload.incomplete && !self.cut_packet(ctx, protocol, payload.payload) {
-                return;
+            let mut ctx = ctx;
+            if payload.incomplete {
+                if !self.cut_packet(ctx, protocol, payload.payload) {
+                    return;
+                }
+                ctx.cut = declared_payload(&slice).saturating_sub(payload.payload.len());
             }
             self.transport(ctx, src, dst, protocol, payload.payload, depth, sink);
             return;
@@ -514,15 +528,7 @@ impl Dissector {
         more: bool,
         captured: &[u8],
     ) {
-        // The payload length the IP header declares.
-        let declared = match slice {
-            LaxIpSlice::Ipv4(v4) => {
-                let h = v4.header();
-                usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4)
-            }
-            LaxIpSlice::Ipv6(v6) => usize::from(v6.header().payload_length())
-                .saturating_sub(v6.extensions().slice().len()),
-        };
+        let declared = declared_payload(slice);
         self.fragments
             .add_cut(key, ctx.time, offset, more, declared.max(captured.len()));
         let sip = offset == 0
@@ -625,6 +631,12 @@ impl Dissector {
                 src: SocketAddr::new(src, src_port),
                 dst: SocketAddr::new(dst, dst_port),
             };
+            if declared > datagram.len() {
+                if let Some(present) = rtcp_as_captured(payload) {
+                    self.cut_rtcp(ctx, &meta, payload.len(), &present, sink);
+                    return;
+                }
+            }
             sink.datagram(&meta, payload);
             return;
         }
@@ -659,6 +671,33 @@ impl Dissector {
                 self.stats.sip_parse_errors += 1;
                 self.stats.problem(ctx.frame, "sip", e);
             }
+        }
+    }
+
+    /// An RTCP compound packet cut by the capture's snapshot length: counted as such
+    /// (`rtcp-snaplen`), and what was captured whole goes on to the media analysis as RTCP,
+    /// as TShark reads it (a Sender Report whose sender info made it still times the round
+    /// trips that later reports measure against it; a report block the cut reached does not
+    /// count). Nothing goes on when the cut left no whole packet or sender info.
+    fn cut_rtcp(
+        &mut self,
+        ctx: Ctx,
+        meta: &DatagramMeta,
+        captured: usize,
+        present: &[u8],
+        sink: &mut impl Observer,
+    ) {
+        self.stats.problem(
+            ctx.frame,
+            "rtcp-snaplen",
+            format!(
+                "RTCP packet cut by the capture's snapshot length ({captured} bytes captured, \
+                 {} of them whole packets, sender info and report blocks)",
+                present.len()
+            ),
+        );
+        if !present.is_empty() {
+            sink.datagram(meta, present);
         }
     }
 
@@ -724,6 +763,7 @@ impl Dissector {
             fin: header.fin(),
             rst: header.rst(),
             payload: &data[header.slice().len()..],
+            cut: u32::try_from(ctx.cut).unwrap_or(u32::MAX),
         };
         self.tcp
             .set_budget(self.share(self.fragments.bytes_held() + self.sctp.bytes_held()));
@@ -800,6 +840,59 @@ impl Dissector {
     }
 }
 
+/// An RTCP compound packet (RFC 3550 §6) cut short, reduced to what was captured whole: the
+/// packets before the cut, then the one it cut when it is a Sender or Receiver Report whose
+/// fixed part made it, with the report blocks that made it whole (its count and length
+/// rewritten to say so, its padding bit cleared). `None` when the payload does not start as
+/// RTCP does (version 2, packet type 200–207, which RTP leaves to RTCP: RFC 5761 §4).
+fn rtcp_as_captured(payload: &[u8]) -> Option<Vec<u8>> {
+    let head = payload.first_chunk::<2>()?;
+    if head[0] >> 6 != 2 || !(200..=207).contains(&head[1]) {
+        return None;
+    }
+    let mut present = Vec::with_capacity(payload.len());
+    let mut rest = payload;
+    while let Some(header) = rest.first_chunk::<4>() {
+        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
+        if let Some(whole) = rest.get(..len) {
+            present.extend_from_slice(whole);
+            rest = &rest[len..];
+            continue;
+        }
+        // The packet the cut fell in: the sender info of an SR (RFC 3550 §6.4.1) or the
+        // header of an RR (§6.4.2), and the 24-byte report blocks after them.
+        let fixed = match header[1] {
+            200 => 28,
+            201 => 8,
+            _ => break,
+        };
+        if rest.len() < fixed {
+            break;
+        }
+        let blocks = (header[0] & 0x1F).min(((rest.len() - fixed) / 24) as u8);
+        let len = fixed + usize::from(blocks) * 24;
+        let mut packet = rest[..len].to_vec();
+        packet[0] = (header[0] & 0xC0) | blocks;
+        packet[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());
+        present.extend_from_slice(&packet);
+        break;
+    }
+    Some(present)
+}
+
+/// The payload length an IP header declares (after IPv6 extension headers).
+fn declared_payload(slice: &LaxIpSlice<'_>) -> usize {
+    match slice {
+        LaxIpSlice::Ipv4(v4) => {
+            let h = v4.header();
+            usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4)
+        }
+        LaxIpSlice::Ipv6(v6) => {
+            usize::from(v6.header().payload_length()).saturating_sub(v6.extensions().slice().len())
+        }
+    }
+}
+
 /// Feeds reassembled stream bytes to the direction's SIP framer and parses what it frames.
 fn feed_stream(
     stats: &mut DissectStats,
@@ -809,54 +902,85 @@ fn feed_stream(
     stream: &mut SipStream,
     delivery: Delivery<'_>,
 ) {
-    stream.push(
-        delivery.data,
-        delivery.after_gap,
-        &mut |event| match event {
-            StreamEvent::Message(bytes, carrier) => {
-                let meta = MessageMeta {
-                    frame,
-                    time: delivery.time,
-                    src: key.src,
-                    dst: key.dst,
-                    transport: match carrier {
-                        StreamCarrier::Tcp => Transport::Tcp,
-                        StreamCarrier::WebSocket => Transport::Ws,
-                    },
-                };
-                match sip::parse(bytes) {
-                    Ok(message) => {
-                        match carrier {
-                            StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
-                            StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
-                        }
-                        sink.sip(&meta, &message);
-                    }
-                    Err(e) => {
-                        stats.sip_parse_errors += 1;
-                        stats.problem(frame, "sip", e);
-                    }
+    let meta = |carrier| MessageMeta {
+        frame,
+        time: delivery.time,
+        src: key.src,
+        dst: key.dst,
+        transport: match carrier {
+            StreamCarrier::Tcp => Transport::Tcp,
+            StreamCarrier::WebSocket => Transport::Ws,
+        },
+    };
+    let mut on_event = |event: StreamEvent<'_>| match event {
+        StreamEvent::Message(bytes, carrier) => match sip::parse(bytes) {
+            Ok(message) => {
+                match carrier {
+                    StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
+                    StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
                 }
+                sink.sip(&meta(carrier), &message);
             }
-            StreamEvent::TurnRelayed => stats.turn_tcp_relayed += 1,
-            StreamEvent::Discarded { bytes, reason } => {
-                stats.stream_bytes_discarded += bytes as u64;
-                let kind = match reason {
-                    DiscardReason::Resync => "tcp-resync",
-                    DiscardReason::Oversized => "sip-oversized",
-                    DiscardReason::WebSocketLost => "websocket",
-                };
+            Err(e) => {
+                stats.sip_parse_errors += 1;
+                stats.problem(frame, "sip", e);
+            }
+        },
+        // As a SIP datagram cut short: its head is kept when what a message cannot do
+        // without made it, else it is the capture's `sip-snaplen`.
+        StreamEvent::Cut(bytes, carrier) => match sip::parse(bytes) {
+            Ok(message) => {
+                match carrier {
+                    StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
+                    StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
+                }
+                sink.sip(&meta(carrier), &message);
+            }
+            Err(e) => {
+                stats.sip_parse_errors += 1;
+                stats.stream_bytes_discarded += bytes.len() as u64;
                 stats.problem(
                     frame,
-                    kind,
+                    "sip-snaplen",
                     format!(
-                        "{bytes} stream bytes discarded ({} -> {})",
-                        key.src, key.dst
+                        "SIP message on TCP cut by the capture's snapshot length ({} bytes \
+                         captured, {} -> {}): {e}",
+                        bytes.len(),
+                        key.src,
+                        key.dst
                     ),
                 );
             }
         },
-    );
+        StreamEvent::TurnRelayed => stats.turn_tcp_relayed += 1,
+        StreamEvent::Discarded { bytes, reason } => {
+            stats.stream_bytes_discarded += bytes as u64;
+            let kind = match reason {
+                DiscardReason::Resync => "tcp-resync",
+                DiscardReason::Oversized => "sip-oversized",
+                DiscardReason::WebSocketLost => "websocket",
+                DiscardReason::Snaplen => "tcp-snaplen",
+            };
+            stats.problem(
+                frame,
+                kind,
+                format!(
+                    "{bytes} stream bytes discarded ({} -> {}){}",
+                    key.src,
+                    key.dst,
+                    if reason == DiscardReason::Snaplen {
+                        ": the rest of a message the capture's snapshot length cut"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    };
+    stream.push(delivery.data, delivery.after_gap, &mut on_event);
+    if delivery.cut > 0 {
+        stream.cut(delivery.cut as usize, &mut on_event);
+    }
 }
 
 /// The transport as call records write it.
@@ -979,6 +1103,28 @@ fn plain_ipv4(data: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cut_rtcp_compound_keeps_its_whole_packets_and_report_blocks() {
+        use super::rtcp_as_captured;
+        // An RR with two report blocks (8 + 48 bytes), then an SDES; padding bit set.
+        let mut rr = vec![0xA2, 201, 0, 13, 1, 2, 3, 4];
+        rr.extend((0..48).map(|i| i as u8));
+        let sdes = [0x81, 202, 0, 1, 1, 2, 3, 4];
+        let whole: Vec<u8> = rr.iter().chain(&sdes).copied().collect();
+        // Cut inside the SDES: the RR whole, nothing of the SDES.
+        assert_eq!(rtcp_as_captured(&whole[..60]).unwrap(), rr);
+        // Cut inside the second block: the header and the first block, said as one block.
+        let one = rtcp_as_captured(&whole[..40]).unwrap();
+        assert_eq!(one.len(), 32);
+        assert_eq!((one[0], one[1], &one[2..4]), (0x81, 201, &[0, 7][..]));
+        assert_eq!(one[4..], rr[4..32]);
+        // Cut inside the fixed part: nothing whole.
+        assert_eq!(rtcp_as_captured(&whole[..6]).unwrap(), Vec::<u8>::new());
+        // Not RTCP: RTP, and anything else.
+        assert_eq!(rtcp_as_captured(&[0x80, 0x08, 0, 1, 0, 0, 0, 0]), None);
+        assert_eq!(rtcp_as_captured(b"OPTIONS"), None);
+    }
 
     #[test]
     fn plain_ipv4_reads_what_etherparse_reads() {

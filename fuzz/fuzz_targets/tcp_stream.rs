@@ -43,15 +43,21 @@ fuzz_target!(|data: &[u8]| {
             fin: flags & 2 != 0,
             rst: flags & 4 != 0,
             payload,
+            // Now and then cut by a snapshot length.
+            cut: if flags & 0x40 != 0 { u32::from(rest.first().copied().unwrap_or(0)) } else { 0 },
         };
         let now = Timestamp::from_secs_nanos(i * i64::from(flags >> 4), 0);
         let key = keys[usize::from(flags >> 3 & 1)];
         tcp.segment(key, now, segment, |stream, delivery| {
-            stream.push(delivery.data, delivery.after_gap, &mut |event| {
-                if let StreamEvent::Message(bytes, _) = event {
+            let mut on_event = |event: StreamEvent<'_>| {
+                if let StreamEvent::Message(bytes, _) | StreamEvent::Cut(bytes, _) = event {
                     let _ = teledge::decode::sip::parse(bytes);
                 }
-            });
+            };
+            stream.push(delivery.data, delivery.after_gap, &mut on_event);
+            if delivery.cut > 0 {
+                stream.cut(delivery.cut as usize, &mut on_event);
+            }
         });
         assert!(tcp.bytes_held() <= 16 * 1024, "{}", tcp.bytes_held());
     }

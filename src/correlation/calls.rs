@@ -1382,7 +1382,15 @@ impl Call {
             }
             _ => return self.failed(),
         }
-        if self.invite_cseq != Some(msg.cseq.number) {
+        // A 2xx to an earlier initial INVITE of the call (a caller that sent it again with a
+        // new CSeq before any final response; both answered): it made the dialog and answers
+        // the call (RFC 3261 §12.1), where TShark's first 2xx is (campaign 2026-12-03c, the
+        // wiki's DTMFsipinfo.pcap). A re-INVITE's CSeq is above the initial one's.
+        let earlier_initial = (200..300).contains(&status)
+            && !self.is_answered()
+            && !self.started_before_capture
+            && self.invite_cseq.is_some_and(|c| msg.cseq.number < c);
+        if self.invite_cseq != Some(msg.cseq.number) && !earlier_initial {
             // A response to a re-INVITE (or, joined mid-call, to an INVITE of unknown kind).
             if (200..300).contains(&status) {
                 if self.started_before_capture && !self.is_answered() {

@@ -953,6 +953,14 @@ impl MediaTracker {
         out: &mut impl FnMut(StreamRecord),
     ) {
         self.advance(meta.time, out);
+        // Name services and the like share RTP's first bits by chance (a DNS or LLMNR
+        // transaction id of 0x80xx–0xBFxx reads as RTP, one of 0xa4cf as RTCP XR: campaign
+        // 2026-12-03c, counted as RTCP decode errors): on their well-known ports they are not
+        // media unless an SDP announced the address.
+        if is_service_port(meta) && !self.is_endpoint(meta) {
+            self.counters.other_datagrams += 1;
+            return;
+        }
         match packet::classify(payload) {
             // Media relayed by a TURN server: counted, not measured (decode::turn).
             Kind::Other
@@ -2163,6 +2171,14 @@ impl From<&MediaCounters> for crate::record::MediaCounters {
             streams_with_saturated_counters,
         }
     }
+}
+
+/// A datagram to or from the well-known port of a service that is not media: DNS (53),
+/// DHCP (67, 68), NTP (123), NetBIOS (137, 138), SNMP (161, 162), SSDP (1900), mDNS (5353),
+/// LLMNR (5355).
+fn is_service_port(meta: &DatagramMeta) -> bool {
+    const SERVICES: [u16; 11] = [53, 67, 68, 123, 137, 138, 161, 162, 1900, 5353, 5355];
+    SERVICES.contains(&meta.src.port()) || SERVICES.contains(&meta.dst.port())
 }
 
 #[cfg(test)]

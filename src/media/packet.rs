@@ -245,7 +245,14 @@ pub fn decode_rtcp(data: &[u8]) -> Result<RtcpSummary, RtcpError> {
     use rtcp::sender_report::SenderReport;
     use rtcp::source_description::{SdesType, SourceDescription};
 
-    let packets = rtcp_packets(data)?;
+    let packets = match rtcp_packets(data) {
+        Ok(packets) => packets,
+        // Whole packets, none of a type a call record uses (a lone BYE, APP, feedback):
+        // valid RTCP that says nothing about quality, not a decode error (campaign
+        // 2026-12-03c: an Android phone's BYE-only packet, which TShark decodes).
+        Err(RtcpError::Empty) if data.len() >= 4 => return Ok(RtcpSummary::default()),
+        Err(e) => return Err(e),
+    };
     let mut summary = RtcpSummary::default();
     let reception = |r: &rtcp::reception_report::ReceptionReport| ReceptionReport {
         source_ssrc: r.ssrc,

@@ -41,6 +41,9 @@ pub enum StreamEvent<'a> {
     Discarded { bytes: usize, reason: DiscardReason },
     /// A TURN message relaying RTP or RTCP (version 2) on a TURN-over-TCP stream.
     TurnRelayed,
+    /// A SIP message whose end the capture's snapshot length cut ([`SipStream::cut`]): the
+    /// bytes captured, from its start line (not yet parsed).
+    Cut(&'a [u8], StreamCarrier),
 }
 
 /// Why bytes were discarded.
@@ -52,6 +55,10 @@ pub enum DiscardReason {
     Oversized,
     /// A WebSocket stream that cannot be followed (bad frame, or a gap in it).
     WebSocketLost,
+    /// Bytes before the next SIP start line after the capture's snapshot length cut a
+    /// segment (the rest of the cut message), or a WebSocket stream the cut ended: the
+    /// capture's doing, not the sender's.
+    Snaplen,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,12 @@ pub struct SipStream {
     ws_message: Vec<u8>,
     /// Bytes examined while looking for a first start line.
     probed: usize,
+    /// Resynchronising after a snapshot length cut, not after a gap: what is discarded to
+    /// find the next start line is said as [`DiscardReason::Snaplen`].
+    after_cut: bool,
+    /// TURN: bytes still to skip of a message a snapshot length cut, past the segment it
+    /// was cut in.
+    turn_skip: usize,
 }
 
 impl crate::reassembly::tcp::StreamConsumer for SipStream {
@@ -101,6 +114,31 @@ fn is_stun(bytes: &[u8]) -> bool {
         && bytes[0] >> 6 == 0
         && bytes[3].is_multiple_of(4)
         && bytes[4..8] == [0x21, 0x12, 0xA4, 0x42]
+}
+
+/// ChannelData (RFC 8656 §12.4) relaying RTP or RTCP: a channel number (0x4000–0x4FFF), a
+/// length that holds an RTCP header at least, and a first relayed byte of version 2
+/// (0x80–0xBF). Channel numbers start with the bytes of "ACK", "BYE", "INFO" ..., but a SIP
+/// start line's fifth byte is ASCII, never 0x80 or above: this is how a TURN-over-TCP
+/// connection the capture joined after its Allocate (no STUN seen) shows itself.
+fn is_channel_data_media(bytes: &[u8]) -> bool {
+    bytes.len() >= 5
+        && (0x40..=0x4F).contains(&bytes[0])
+        && u16::from_be_bytes([bytes[2], bytes[3]]) >= 8
+        && bytes[4] >> 6 == 2
+}
+
+/// The length of the TURN-over-TCP message `head` starts (RFC 8656 §12.5): a STUN message
+/// (20 bytes and its attributes) or ChannelData (4 bytes and its data, padded to 4); `None`
+/// when neither, or fewer than 4 bytes.
+fn turn_message_len(head: &[u8]) -> Option<usize> {
+    let head = head.first_chunk::<4>()?;
+    let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    match head[0] >> 6 {
+        0 => Some(20 + length),
+        1 => Some((4 + length).next_multiple_of(4)),
+        _ => None,
+    }
 }
 
 /// Buffers larger than this are shrunk when they hold less than a quarter of it.
@@ -130,6 +168,7 @@ impl SipStream {
     /// Feeds the next bytes of the stream; `after_gap` says bytes before them are missing.
     pub fn push(&mut self, data: &[u8], after_gap: bool, emit: &mut impl FnMut(StreamEvent<'_>)) {
         if after_gap {
+            self.after_cut = false;
             match self.state {
                 State::Sip { ever_synced, .. } => {
                     self.discard(self.buf.len(), DiscardReason::Resync, emit);
@@ -139,10 +178,12 @@ impl SipStream {
                     };
                 }
                 State::WebSocket | State::Http => self.lose_websocket(emit),
-                // Framing lost: what follows is not followed.
+                // Framing lost: what follows is told afresh, as a connection joined there
+                // (ChannelData relaying media, or STUN, carries on as TURN).
                 State::Turn => {
                     self.buf.clear();
-                    self.state = State::Ignored;
+                    self.turn_skip = 0;
+                    self.state = State::Unknown;
                 }
                 State::Unknown | State::Ignored => {}
             }
@@ -150,6 +191,81 @@ impl SipStream {
         if self.state != State::Ignored {
             self.buf.extend_from_slice(data);
             while self.step(emit) {}
+        }
+        release(&mut self.buf);
+        release(&mut self.ws_message);
+    }
+
+    /// Says that the capture's snapshot length cut the stream right after the bytes pushed
+    /// last: the `missing` bytes it cut are not seen, and the stream goes on after them. A message being
+    /// framed is handed on as cut ([`StreamEvent::Cut`]); the framer then looks for the next
+    /// start line, what it discards on the way said as [`DiscardReason::Snaplen`]. A
+    /// WebSocket stream cannot be followed past a cut; a TURN stream skips what is left of
+    /// the message the cut fell in (its length says how much) and frames on, that message
+    /// counted when its first relayed byte made it.
+    pub fn cut(&mut self, missing: usize, emit: &mut impl FnMut(StreamEvent<'_>)) {
+        match self.state {
+            State::Sip {
+                synced,
+                ever_synced,
+            } => {
+                let crlf = self.leading_crlf();
+                if synced && crlf < self.buf.len() {
+                    emit(StreamEvent::Cut(&self.buf[crlf..], StreamCarrier::Tcp));
+                    self.buf.clear();
+                } else if ever_synced {
+                    self.discard(self.buf.len(), DiscardReason::Snaplen, emit);
+                } else {
+                    // Still looking for a first SIP line: these bytes were never SIP.
+                    self.probed += self.buf.len();
+                    self.buf.clear();
+                }
+                self.state = State::Sip {
+                    synced: false,
+                    ever_synced,
+                };
+                self.after_cut = true;
+            }
+            State::WebSocket | State::Http => {
+                let lost = self.buf.len() + self.ws_message.len();
+                self.buf.clear();
+                self.ws_message.clear();
+                self.state = State::Ignored;
+                if lost > 0 {
+                    emit(StreamEvent::Discarded {
+                        bytes: lost,
+                        reason: DiscardReason::Snaplen,
+                    });
+                }
+            }
+            // The message the cut fell in still relayed media when its first relayed byte
+            // made it; the rest of it, past the cut segment, is skipped. Cut before its
+            // length, it is told afresh (as after a gap).
+            State::Turn => {
+                let head = self
+                    .buf
+                    .get(self.turn_skip.min(self.buf.len())..)
+                    .unwrap_or(&[]);
+                if head
+                    .first_chunk::<5>()
+                    .is_some_and(|h| h[0] >> 6 == 1 && h[4] >> 6 == 2)
+                {
+                    emit(StreamEvent::TurnRelayed);
+                }
+                match turn_message_len(head) {
+                    Some(total) => {
+                        self.turn_skip = total.saturating_sub(head.len() + missing);
+                    }
+                    None => {
+                        self.turn_skip = 0;
+                        self.state = State::Unknown;
+                    }
+                }
+                self.buf.clear();
+            }
+            // Fewer than five bytes seen: nothing to tell SIP by yet.
+            State::Unknown => self.buf.clear(),
+            State::Ignored => {}
         }
         release(&mut self.buf);
         release(&mut self.ws_message);
@@ -172,9 +288,9 @@ impl SipStream {
                 }
                 self.state = if rest.starts_with(b"GET ") || rest.starts_with(b"HTTP/") {
                     State::Http
-                } else if is_stun(rest) {
-                    // Not ChannelData: its channel numbers start with the bytes of "ACK",
-                    // "BYE", "INVITE" ...; a TURN client's connection opens with STUN.
+                } else if is_stun(rest) || is_channel_data_media(rest) {
+                    // A TURN client's connection opens with STUN; one the capture joined
+                    // after its Allocate, with ChannelData relaying media.
                     State::Turn
                 } else {
                     State::Sip {
@@ -197,18 +313,21 @@ impl SipStream {
     /// One TURN message: a relayed RTP or RTCP packet is told, the rest skipped. Anything
     /// that is neither STUN nor ChannelData ends the following.
     fn step_turn(&mut self, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
+        if self.turn_skip > 0 {
+            let skip = self.turn_skip.min(self.buf.len());
+            self.buf.drain(..skip);
+            self.turn_skip -= skip;
+            if self.turn_skip > 0 {
+                return false;
+            }
+        }
         let Some(head) = self.buf.first_chunk::<4>() else {
             return false;
         };
-        let length = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let total = match head[0] >> 6 {
-            0 => 20 + length,
-            1 => (4 + length).next_multiple_of(4),
-            _ => {
-                self.buf.clear();
-                self.state = State::Ignored;
-                return false;
-            }
+        let Some(total) = turn_message_len(head) else {
+            self.buf.clear();
+            self.state = State::Ignored;
+            return false;
         };
         let Some(message) = self.buf.get(..total) else {
             return false;
@@ -371,6 +490,7 @@ impl SipStream {
         if starts_with_sip(&self.buf[crlf..]) && memchr::memchr(b'\n', &self.buf[crlf..]).is_some()
         {
             self.buf.drain(..crlf);
+            self.after_cut = false;
             self.state = State::Sip {
                 synced: true,
                 ever_synced: true,
@@ -380,7 +500,8 @@ impl SipStream {
         let found = find_start_line(&self.buf);
         match found {
             Some(start) => {
-                self.discard(start, DiscardReason::Resync, emit);
+                self.discard(start, self.resync_reason(), emit);
+                self.after_cut = false;
                 self.state = State::Sip {
                     synced: true,
                     ever_synced: true,
@@ -397,7 +518,7 @@ impl SipStream {
                 };
                 self.probed += keep_from;
                 if ever_synced {
-                    self.discard(keep_from, DiscardReason::Resync, emit);
+                    self.discard(keep_from, self.resync_reason(), emit);
                 } else {
                     // Still looking for a first SIP line: these bytes were never SIP (telnet,
                     // TLS, HTTP...), so dropping them is not a loss worth reporting.
@@ -409,6 +530,15 @@ impl SipStream {
                 }
                 false
             }
+        }
+    }
+
+    /// Why bytes skipped to find the next start line are lost.
+    fn resync_reason(&self) -> DiscardReason {
+        if self.after_cut {
+            DiscardReason::Snaplen
+        } else {
+            DiscardReason::Resync
         }
     }
 
@@ -516,9 +646,46 @@ mod tests {
                 StreamEvent::Message(m, _) => out.push(String::from_utf8_lossy(m).into_owned()),
                 StreamEvent::Discarded { bytes, .. } => discarded += bytes,
                 StreamEvent::TurnRelayed => out.push("turn".into()),
+                StreamEvent::Cut(m, _) => out.push(format!("cut:{}", m.len())),
             });
         }
         (out, discarded)
+    }
+
+    /// A segment cut by the capture's snapshot length (campaign 2026-12-03c): the message it
+    /// cut is handed on as cut, and the rest of it in the next segment is discarded as the
+    /// cut's (`Snaplen`), not as a resynchronisation after a sender's gap (`Resync`, which
+    /// the cut used to be announced as: `tcp-resync`).
+    #[test]
+    fn a_cut_hands_on_the_cut_message_and_blames_the_capture() {
+        let a = msg("a", &"x".repeat(300));
+        let b = msg("b", "");
+        let c = msg("c", "z");
+        let mut s = SipStream::default();
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut record = |e: StreamEvent<'_>| {
+            events.borrow_mut().push(match e {
+                StreamEvent::Message(m, _) => format!("msg:{}", &String::from_utf8_lossy(m)[..7]),
+                StreamEvent::Cut(m, _) => format!("cut:{}", m.len()),
+                StreamEvent::Discarded { bytes, reason } => format!("{reason:?}:{bytes}"),
+                StreamEvent::TurnRelayed => "turn".into(),
+            })
+        };
+        // `b` whole, then `a` cut 60 bytes in; the next segment carries the end of `a`
+        // (past the cut, 40 bytes of it captured) and `c`.
+        let first = format!("{b}{}", &a[..60]);
+        s.push(first.as_bytes(), false, &mut record);
+        s.cut(200, &mut record);
+        let tail = &a[a.len() - 40..];
+        s.push(format!("{tail}{c}").as_bytes(), false, &mut record);
+        assert_eq!(
+            events.take(),
+            ["msg:MESSAGE", "cut:60", "Snaplen:40", "msg:MESSAGE"],
+        );
+        // A real gap afterwards is the sender's again.
+        s.push(&a.as_bytes()[30..], true, &mut record);
+        s.push(b.as_bytes(), false, &mut record);
+        assert_eq!(events.take(), ["Resync:17", "Resync:300", "msg:MESSAGE"]);
     }
 
     /// TURN over TCP (RFC 8656 §12.5), as a WebRTC client behind a firewall uses it: the
@@ -560,6 +727,33 @@ mod tests {
             assert_eq!(discarded, 0);
             assert!(!s.is_ignored());
         }
+        // Joined after the Allocate (campaign 2026-12-03c: a TURN-over-TCP capture that
+        // starts mid-connection, 1,957 relayed RTP packets TShark lists, used to be ignored
+        // uncounted): ChannelData carrying media tells it too.
+        let mut joined = channel(&rtp);
+        joined.extend(channel(&rtp));
+        let mut s = SipStream::default();
+        s.push(&joined, true, &mut |_| {});
+        let (out, _) = collect(&mut s, &[(&channel(&rtp), false)]);
+        assert_eq!(out, ["turn"]);
+        // A cut in a TURN stream (campaign 2026-12-03c, `editcap -s 300` of a TURN-over-TCP
+        // call: 3,959 relayed packets, none counted once its Allocate answer was cut): the
+        // message it cut counts, and what follows is told afresh.
+        // The segment was cut 6 bytes into a 20-byte message and ends 4 bytes later: the next
+        // segment starts with the last 10 bytes of that message, skipped, then frames on.
+        let message = channel(&rtp);
+        let mut s = SipStream::default();
+        let mut cut_stream = stun(0x0003, &[]);
+        cut_stream.extend(&message[..6]);
+        let (out, _) = collect(&mut s, &[(&cut_stream, false)]);
+        assert!(out.is_empty());
+        let mut told = Vec::new();
+        s.cut(4, &mut |e| told.push(e == StreamEvent::TurnRelayed));
+        assert_eq!(told, [true]);
+        let mut next = message[10..].to_vec();
+        next.extend(&message);
+        let (out, _) = collect(&mut s, &[(&next, false), (&message, false)]);
+        assert_eq!(out, ["turn", "turn"]);
         let ack = msg("x", "").replacen("MESSAGE", "ACK", 1);
         let mut s = SipStream::default();
         let (out, _) = collect(&mut s, &[(ack.as_bytes(), false)]);

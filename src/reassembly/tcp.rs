@@ -118,6 +118,10 @@ pub struct Segment<'a> {
     pub fin: bool,
     pub rst: bool,
     pub payload: &'a [u8],
+    /// Payload bytes the capture's snapshot length cut off the end of this segment (0 for a
+    /// whole one). The stream skips them at once, with no hole to wait for, and the delivery
+    /// of the bytes before them says so ([`Delivery::cut`]): a cut, not a gap in the stream.
+    pub cut: u32,
 }
 
 /// Bytes handed to the consumer.
@@ -128,17 +132,36 @@ pub struct Delivery<'a> {
     pub time: Timestamp,
     /// True when bytes are missing before these (mid-stream start or a skipped hole).
     pub after_gap: bool,
+    /// Bytes missing right after these because the capture's snapshot length cut the
+    /// segment that carried them ([`Segment::cut`]), 0 when none; the stream goes on after
+    /// them.
+    pub cut: u32,
 }
 
 /// Bookkeeping cost of one held out-of-order segment beyond its bytes (its `Vec` and its
 /// share of a B-tree node), so a flood of one-byte segments is accounted for what it costs.
 const SEGMENT_OVERHEAD: usize = 64;
 
+/// An out-of-order segment held until the hole before it fills.
+#[derive(Debug, Default)]
+struct Held {
+    data: Vec<u8>,
+    /// Bytes the snapshot length cut off its end ([`Segment::cut`]).
+    cut: u32,
+}
+
+impl Held {
+    /// Sequence space it covers, captured or not.
+    fn extent(&self) -> usize {
+        self.data.len() + self.cut as usize
+    }
+}
+
 #[derive(Debug)]
 struct Direction<A> {
     next_seq: u32,
     /// Out-of-order segments by sequence number.
-    pending: BTreeMap<u32, Vec<u8>>,
+    pending: BTreeMap<u32, Held>,
     pending_bytes: usize,
     /// When the current hole opened.
     hole_since: Option<Timestamp>,
@@ -262,8 +285,10 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             // A SYN starts a new connection on this 4-tuple: forget any previous one.
             self.remove(&key, Drop::Closed);
         }
+        // Sequence space the segment's payload covers, what the snapshot length cut included.
+        let extent = segment.payload.len() + segment.cut as usize;
         if !self.flows.contains_key(&key) {
-            if segment.payload.is_empty() && !segment.syn {
+            if extent == 0 && !segment.syn {
                 return; // a bare ACK/FIN of a connection we never saw carries nothing
             }
             if self.flows.len() >= self.limits.max_flows {
@@ -303,7 +328,7 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             }
             dir.last_seen = now;
         }
-        if !dir.carried && !segment.payload.is_empty() {
+        if !dir.carried && extent > 0 {
             dir.carried = true;
             self.silent.remove(&(now, key));
         }
@@ -313,18 +338,19 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             dir.pending.clear();
             dir.pending_bytes = 0;
             dir.hole_since = None;
-        } else if !segment.payload.is_empty() {
+        } else if extent > 0 {
             let offset = seq_diff(data_seq, dir.next_seq);
-            let len = segment.payload.len() as i64;
-            if offset + len <= 0 {
+            if offset + extent as i64 <= 0 {
                 self.stats.retransmitted += 1;
             } else if offset <= 0 {
                 if offset < 0 {
                     self.stats.retransmitted += 1;
                 }
-                deliver_in_order(
+                deliver_from(
                     dir,
-                    &segment.payload[(-offset) as usize..],
+                    segment.payload,
+                    segment.cut,
+                    (-offset) as usize,
                     now,
                     &mut deliver,
                 );
@@ -332,9 +358,13 @@ impl<A: StreamConsumer> TcpReassembler<A> {
             } else {
                 self.stats.out_of_order += 1;
                 let held = dir.pending.entry(data_seq).or_default();
-                if segment.payload.len() > held.len() {
-                    dir.pending_bytes += segment.payload.len() - held.len();
-                    *held = segment.payload.to_vec();
+                if extent > held.extent() {
+                    dir.pending_bytes =
+                        dir.pending_bytes.saturating_sub(held.data.len()) + segment.payload.len();
+                    *held = Held {
+                        data: segment.payload.to_vec(),
+                        cut: segment.cut,
+                    };
                 }
                 dir.hole_since.get_or_insert(now);
             }
@@ -461,14 +491,21 @@ impl<A: StreamConsumer> TcpReassembler<A> {
     }
 }
 
-/// Hands the next in-order bytes to the consumer and advances the stream.
-fn deliver_in_order<A>(
+/// Hands the in-order bytes of a segment, from `skip` bytes into it (already delivered), to
+/// the consumer and advances the stream past them and past what the snapshot length cut off
+/// its end (`cut`), saying so.
+fn deliver_from<A>(
     dir: &mut Direction<A>,
-    fresh: &[u8],
+    data: &[u8],
+    cut: u32,
+    skip: usize,
     now: Timestamp,
     deliver: &mut impl FnMut(&mut A, Delivery<'_>),
 ) {
-    dir.next_seq = dir.next_seq.wrapping_add(fresh.len() as u32);
+    let fresh = data.get(skip..).unwrap_or_default();
+    // A skip past the captured bytes falls inside the cut part.
+    let cut = (cut as usize).saturating_sub(skip.saturating_sub(data.len()));
+    dir.next_seq = dir.next_seq.wrapping_add((fresh.len() + cut) as u32);
     let after_gap = std::mem::take(&mut dir.gap);
     deliver(
         &mut dir.app,
@@ -476,6 +513,7 @@ fn deliver_in_order<A>(
             data: fresh,
             time: now,
             after_gap,
+            cut: cut as u32,
         },
     );
 }
@@ -491,13 +529,13 @@ fn drain_pending<A>(
         if offset > 0 {
             return; // still a hole before it
         }
-        let Some(data) = dir.pending.remove(&seq) else {
+        let Some(held) = dir.pending.remove(&seq) else {
             return;
         };
-        dir.pending_bytes = dir.pending_bytes.saturating_sub(data.len());
+        dir.pending_bytes = dir.pending_bytes.saturating_sub(held.data.len());
         let skip = (-offset) as usize;
-        if skip < data.len() {
-            deliver_in_order(dir, &data[skip..], now, deliver);
+        if skip < held.extent() {
+            deliver_from(dir, &held.data, held.cut, skip, now, deliver);
         }
     }
     dir.hole_since = None;
@@ -567,10 +605,11 @@ mod tests {
             fin: false,
             rst: false,
             payload,
+            cut: 0,
         }
     }
 
-    /// Collects the delivered stream, marking gaps with `|`.
+    /// Collects the delivered stream, marking gaps with `|` and snapshot length cuts with `/`.
     fn run(segments: &[Segment<'_>], limits: TcpLimits) -> (String, TcpStats) {
         let mut r: TcpReassembler<String> = TcpReassembler::new(limits);
         for (i, s) in segments.iter().enumerate() {
@@ -580,6 +619,9 @@ mod tests {
                     app.push('|');
                 }
                 app.push_str(std::str::from_utf8(d.data).unwrap());
+                if d.cut > 0 {
+                    app.push('/');
+                }
             });
         }
         let out = r
@@ -598,6 +640,7 @@ mod tests {
             fin: false,
             rst: false,
             payload: b"",
+            cut: 0,
         };
         let base = (u32::MAX - 2).wrapping_add(1);
         let segs = [
@@ -714,6 +757,7 @@ mod tests {
             fin: false,
             rst: false,
             payload: b"",
+            cut: 0,
         };
         // A SYN never followed by data, and one that is.
         r.segment(port_key(1), t(1), syn(0), |_, _| {});
@@ -736,5 +780,43 @@ mod tests {
         let (out, stats) = run(&segs, limits);
         assert_eq!(out, "ab|xyzuvw");
         assert_eq!(stats.gaps, 1);
+    }
+
+    /// A segment cut by the capture's snapshot length (campaign 2026-12-03c): the stream goes
+    /// on right after its missing bytes, in order or not, without a hole to wait for or a gap
+    /// to count (the segment after it used to wait as out of order, then be delivered after a
+    /// gap, `tcp.gaps`, and its SIP framer resynchronised as if the sender had lost bytes).
+    #[test]
+    fn a_cut_segment_is_skipped_at_once_not_taken_for_a_hole() {
+        let cut = |seq, payload, cut| Segment {
+            cut,
+            ..seg(seq, payload)
+        };
+        // In order: 10 bytes declared, 3 captured.
+        let (out, stats) = run(
+            &[seg(0, b"ab"), cut(2, b"cde", 7), seg(12, b"xyz")],
+            TcpLimits::default(),
+        );
+        assert_eq!(out, "abcde/xyz");
+        assert_eq!((stats.gaps, stats.out_of_order), (0, 0), "{stats:?}");
+        // Out of order, and cut down to nothing: held with its extent, drained in order.
+        let (out, stats) = run(
+            &[
+                seg(0, b"ab"),
+                seg(12, b"xyz"),
+                cut(5, b"", 7),
+                seg(2, b"cde"),
+            ],
+            TcpLimits::default(),
+        );
+        assert_eq!(out, "abcde/xyz");
+        assert_eq!(stats.gaps, 0, "{stats:?}");
+        // A retransmission overlapping the cut part delivers only what lies past it.
+        let (out, stats) = run(
+            &[cut(0, b"ab", 8), seg(4, b"cdefghij"), seg(10, b"ijkl")],
+            TcpLimits::default(),
+        );
+        assert_eq!(out, "ab/ijkl");
+        assert_eq!((stats.gaps, stats.retransmitted), (0, 2), "{stats:?}");
     }
 }

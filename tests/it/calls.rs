@@ -396,3 +396,69 @@ fn sipp_branch_403_then_bye_stays_rejected() {
     assert_eq!(summary.call_counters.late_messages, 9 * 2 + 1);
     assert_eq!(summary.registrations, 10);
 }
+
+/// A caller that sends its INVITE again with a new CSeq before any final response, every one
+/// answered 2xx (the wiki's DTMFsipinfo.pcap, campaign 2026-12-03c: INVITE 1, 2 and 3 within
+/// 130 ms; 200 to 1 at frame 4, to 2 at frame 10, to 3 at frame 14, each ACKed). The first 2xx
+/// makes the dialog and answers the call (RFC 3261 §12.1), where TShark's first 200 is; the
+/// call used to be answered only at the 200 to the newest INVITE (the others taken for
+/// responses to re-INVITEs).
+#[test]
+fn a_2xx_to_an_earlier_initial_invite_answers_the_call() {
+    let sip = |start: &str, cseq: &str, to_tag: &str| {
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{}\r\n\
+             From: <sip:a@x>;tag=f1\r\nTo: <sip:b@x>{to_tag}\r\nCall-ID: pipelined@x\r\n\
+             CSeq: {cseq}\r\nContent-Length: 0\r\n\r\n",
+            cseq.split(' ').next().unwrap()
+        )
+    };
+    let invite = "INVITE sip:b@x SIP/2.0";
+    let ok = "SIP/2.0 200 OK";
+    let tag = ";tag=t1";
+    let (caller, callee) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    let messages = [
+        (caller, sip(invite, "1 INVITE", "")),
+        (caller, sip(invite, "2 INVITE", "")),
+        (callee, sip("SIP/2.0 100 Trying", "1 INVITE", "")),
+        (callee, sip(ok, "1 INVITE", tag)),
+        (caller, sip(invite, "3 INVITE", "")),
+        (caller, sip("ACK sip:b@x SIP/2.0", "1 ACK", tag)),
+        (callee, sip(ok, "2 INVITE", tag)),
+        (callee, sip(ok, "3 INVITE", tag)),
+        (caller, sip("BYE sip:b@x SIP/2.0", "4 BYE", tag)),
+        (callee, sip(ok, "4 BYE", tag)),
+    ];
+    // A classic pcap of Ethernet frames, one message 10 ms after the other.
+    let mut pcap = Vec::new();
+    for v in [0xA1B2_C3D4u32, 0x0004_0002, 0, 0, 65_535, 1] {
+        pcap.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, (src, text)) in messages.iter().enumerate() {
+        let dst = if *src == caller { callee } else { caller };
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(*src, dst, 64)
+            .udp(5060, 5060)
+            .write(&mut frame, text.as_bytes())
+            .unwrap();
+        let us = 1_000_000 + 10_000 * i as u32;
+        for v in [
+            us / 1_000_000,
+            us % 1_000_000,
+            frame.len() as u32,
+            frame.len() as u32,
+        ] {
+            pcap.extend_from_slice(&v.to_le_bytes());
+        }
+        pcap.extend_from_slice(&frame);
+    }
+    let (calls, _, result) = replay_bytes(&pcap, patient_settings());
+    result.unwrap();
+    let c = call(&calls, "pipelined@x");
+    assert_eq!(c.outcome, Outcome::Answered);
+    // The 200 to CSeq 1 is the fourth message: 1.030 s.
+    let answer = c.answer_time.expect("answered").as_nanos();
+    assert_eq!(answer, 1_030_000_000, "{:?}", c.answer_time);
+    assert_eq!(c.hangup_by, Some(Hangup::Caller));
+}

@@ -500,3 +500,125 @@ fn snapshot_length_cuts_are_counted_as_cuts() {
     assert_eq!(decode.snaplen_cut, header_cut + 1);
     assert_eq!(decode.sip_messages_udp, 0);
 }
+
+/// A TCP segment cut by the capture's snapshot length is a cut, not a hole in the stream
+/// (campaign 2026-12-03c): SIP over TCP on port 6060 (406 messages, several per segment and
+/// one over several) cut as `editcap -s 600` and `-s 200` cut it. TShark 4.0.17 (`-d
+/// tcp.port==6060,sip -Y sip`) shows, at 600, the 259 messages of whole segments and the
+/// start line of the 147 cut ones ("Packet size limited during capture"); at 200, only the
+/// 406 start lines. teledge reads every head whose Call-ID, CSeq, From and To made it (all 406
+/// at 600) and counts the others as `sip-snaplen` (406 at 200), with no hole waited for, no
+/// `tcp.gaps` and no `tcp-resync`: each cut segment used to leave a hole that was skipped as a
+/// sender's gap (146 `tcp.gaps` and 170 `tcp-resync` at 600, 259 messages read, the messages
+/// after each cut handed on only when a later segment skipped the hole).
+#[test]
+fn a_tcp_segment_cut_by_the_snapshot_length_is_a_cut() {
+    let frames = frames_of("sip_ipv4_tcp_fragmented.pcap");
+    for (snaplen, read, cut) in [(600usize, 406u64, 0u64), (200, 0, 406)] {
+        let out: Vec<Out> = frames
+            .iter()
+            .map(|(t, e)| (ETHERNET, *t, e[..e.len().min(snaplen)].to_vec()))
+            .collect();
+        let (_, summary, result) = replay_bytes(&pcap(&out, false, false), patient_settings());
+        result.unwrap();
+        let decode = &summary.decode;
+        let errors = |kind: &str| decode.errors.get(kind).copied().unwrap_or(0);
+        assert!(
+            decode.snaplen_cut > 100,
+            "{snaplen}: {}",
+            decode.snaplen_cut
+        );
+        assert_eq!(
+            (decode.sip_messages_tcp, errors("sip-snaplen")),
+            (read, cut),
+            "{snaplen}: {:?}",
+            decode.errors
+        );
+        assert_eq!(errors("tcp-resync"), 0, "{snaplen}: {:?}", decode.errors);
+        assert_eq!(errors("sip"), 0, "{snaplen}: {:?}", decode.errors);
+        assert_eq!(decode.tcp.gaps, 0, "{snaplen}");
+        assert_eq!(decode.tcp.out_of_order, 0, "{snaplen}");
+    }
+}
+
+/// An RTCP packet cut by the capture's snapshot length is counted as a cut RTCP packet, and
+/// what was captured whole is read (campaign 2026-12-03c): the 16 Sender Reports of the
+/// relay's legs (ports 8001 and 40379) of the bundled RTP capture cut 28 bytes into their RTCP
+/// (sender info whole, report block and SDES cut). TShark 4.0.17 still times the 8 round
+/// trips the other side's reports measure against those SRs (`-o
+/// rtcp.show_roundtrip_calculation:TRUE`: frames 1565 ... 3772, as on the whole capture; cut
+/// one byte earlier, at 27, it times none). teledge used to count each cut SR as a datagram
+/// that is neither RTP nor RTCP (`media.other_datagrams`), and timed no round trip.
+#[test]
+fn a_cut_rtcp_packet_is_read_as_far_as_it_goes() {
+    let capture = "rtp_rtcp_sip_ipv4_udp.pcap";
+    let frames = frames_of(capture);
+    let mut cut = 0;
+    let out: Vec<Out> = frames
+        .iter()
+        .map(|(t, e)| {
+            let ip = ip_exact(e).unwrap_or_default();
+            let sender_report = ip.len() > 30
+                && ip[9] == 17
+                && [8001, 40379].contains(&u16::from_be_bytes([ip[20], ip[21]]))
+                && ip[29] == 200;
+            if sender_report {
+                cut += 1;
+                (ETHERNET, *t, e[..14 + 20 + 8 + 28].to_vec())
+            } else {
+                (ETHERNET, *t, e.clone())
+            }
+        })
+        .collect();
+    assert_eq!(cut, 16);
+    let round_trips = |calls: &[teledge::record::CallRecord]| -> u64 {
+        calls
+            .iter()
+            .flat_map(|c| {
+                let q = &c.media_quality;
+                q.caller_to_callee
+                    .iter()
+                    .chain(&q.callee_to_caller)
+                    .chain(&q.unknown_direction)
+            })
+            .filter_map(|s| s.rtcp.as_ref())
+            .map(|r| u64::from(r.round_trip_samples))
+            .sum()
+    };
+    let (whole_calls, whole, _) = replay_bytes(&data(capture), patient_settings());
+    let (cut_calls, summary, result) = replay_bytes(&pcap(&out, false, false), patient_settings());
+    result.unwrap();
+    let errors = |kind: &str| summary.decode.errors.get(kind).copied().unwrap_or(0);
+    assert_eq!(errors("rtcp-snaplen"), 16, "{:?}", summary.decode.errors);
+    assert_eq!(summary.media.rtcp_packets, whole.media.rtcp_packets);
+    assert_eq!(summary.media.rtcp_decode_errors, 0);
+    assert_eq!(summary.media.other_datagrams, whole.media.other_datagrams);
+    assert_eq!(round_trips(&whole_calls), 8);
+    assert_eq!(round_trips(&cut_calls), 8);
+}
+
+/// A TURN-over-TCP connection the capture joined after its Allocate is still told by the
+/// media it relays (campaign 2026-12-03c: two captures of srtp_decoder's, each one
+/// connection of ChannelData carrying some 1,950 RTP packets TShark lists, were ignored,
+/// nothing counted): the bundled TURN-over-TCP connection without its handshake and
+/// Allocate (frames 261–265), its 6 relayed RTP packets counted as on the whole capture.
+#[test]
+fn turn_over_tcp_joined_after_its_allocate_is_counted() {
+    let capture = "rtp_over_tcp_and_turn.pcap";
+    let (_, whole, _) = replay_bytes(&data(capture), patient_settings());
+    assert_eq!(whole.decode.turn_tcp_relayed, 6);
+    let joined: Vec<Out> = frames_of(capture)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !(260..265).contains(i))
+        .map(|(_, (t, e))| (ETHERNET, t, e))
+        .collect();
+    let (_, summary, result) = replay_bytes(&pcap(&joined, false, false), patient_settings());
+    result.unwrap();
+    assert_eq!(summary.decode.turn_tcp_relayed, 6);
+    assert!(
+        summary.decode.errors.is_empty(),
+        "{:?}",
+        summary.decode.errors
+    );
+}

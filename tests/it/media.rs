@@ -603,3 +603,75 @@ fn rtp_over_tcp_and_turn_are_counted_not_measured() {
     assert_eq!(summary.decode.turn_tcp_relayed, 6);
     assert_eq!((media.streams, media.orphan_streams), (2, 0));
 }
+
+/// RTCP made only of packets that say nothing about quality is valid RTCP, not a decode
+/// error (campaign 2026-12-03c: the lone BYE an Android phone sends at the end of its call,
+/// `81 cb 00 01` and its SSRC, in two lab captures of the EIM course; TShark decodes it as
+/// a Goodbye). It used to count in `media.rtcp_decode_errors`; a compound whose length runs
+/// beyond the datagram still does.
+#[test]
+fn an_rtcp_bye_alone_is_rtcp_not_an_error() {
+    use teledge::correlation::media::{MediaLimits, MediaTracker};
+    use teledge::dissect::DatagramMeta;
+    let mut tracker = MediaTracker::new(MediaLimits::default());
+    let meta = DatagramMeta {
+        frame: 1,
+        time: teledge::time::Timestamp::from_nanos(0),
+        src: "10.0.0.1:4001".parse().unwrap(),
+        dst: "10.0.0.2:5001".parse().unwrap(),
+    };
+    let bye = [0x81, 203, 0, 1, 0x8a, 0xf9, 0x97, 0x65];
+    let app = [0x80, 204, 0, 2, 1, 2, 3, 4, b'n', b'a', b'm', b'e'];
+    let runs_beyond = [0x81, 203, 0, 9, 1, 2, 3, 4];
+    for packet in [&bye[..], &app[..], &runs_beyond[..]] {
+        tracker.datagram(&meta, packet, &mut |_| {});
+    }
+    let counters = tracker.counters();
+    assert_eq!(counters.rtcp_packets, 2, "{counters:?}");
+    assert_eq!(counters.rtcp_decode_errors, 0, "{counters:?}");
+    assert_eq!(counters.other_datagrams, 1, "{counters:?}");
+}
+
+/// Name services share RTP's first bits by chance: an LLMNR query whose transaction id is
+/// 0xa4cf reads as an RTCP XR, one of 0x80xx as RTP (campaign 2026-12-03c: srtp_decoder's
+/// tcp_call_02_03_client.pcap, 4 LLMNR and NetBIOS packets counted as RTCP decode errors).
+/// On their well-known ports they are other datagrams, not media.
+#[test]
+fn name_service_packets_are_not_media() {
+    use teledge::correlation::media::{MediaLimits, MediaTracker};
+    use teledge::dissect::DatagramMeta;
+    let mut tracker = MediaTracker::new(MediaLimits::default());
+    // The LLMNR query of frame 1060, from its DNS header on.
+    let llmnr: Vec<u8> = ["a4cf000000010000000000000b4950424f4f4b2d574f524b0000010001"]
+        .iter()
+        .flat_map(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        })
+        .collect();
+    let mut dns_like_rtp = vec![0x80, 0x00, 0x01, 0x00];
+    dns_like_rtp.extend([0; 20]);
+    for (i, (port, payload)) in [(5355, &llmnr), (53, &dns_like_rtp), (5353, &dns_like_rtp)]
+        .into_iter()
+        .enumerate()
+    {
+        let meta = DatagramMeta {
+            frame: i as u64,
+            time: teledge::time::Timestamp::from_nanos(i as i64),
+            src: "10.0.0.1:50000".parse().unwrap(),
+            dst: std::net::SocketAddr::new("224.0.0.252".parse().unwrap(), port),
+        };
+        tracker.datagram(&meta, payload, &mut |_| {});
+    }
+    let counters = tracker.counters();
+    assert_eq!(
+        (
+            counters.rtcp_packets,
+            counters.rtcp_decode_errors,
+            counters.other_datagrams
+        ),
+        (0, 0, 3),
+        "{counters:?}"
+    );
+}
