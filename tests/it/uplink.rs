@@ -160,6 +160,21 @@ impl Collector {
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the log says `needle` within `timeout` (a line about what the client just
+    /// saw may reach the file a moment after the client saw it).
+    pub(crate) fn logs_within(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Collector {
@@ -1786,8 +1801,10 @@ fn a_node_that_reads_nothing_back_is_disconnected() {
     });
     assert!(closed, "the collector kept the connection: {}", c.log());
     assert!(
-        c.log()
-            .contains("Node read nothing back; connection closed."),
+        c.logs_within(
+            "Node read nothing back; connection closed.",
+            std::time::Duration::from_secs(10)
+        ),
         "{}",
         c.log()
     );
