@@ -166,7 +166,7 @@ pub(super) fn publish_pipeline_counters(
         ("orphan_streams_for_calls", media.orphans_closed_for_calls),
         ("call_media_endpoints", media.call_endpoints_forgotten),
         // Turned away at a full table, by count or by the bytes the media state holds (one
-        // label each: the family holds 16 tables, the queue tracker's four included).
+        // label each; the capture summary tells the two apart).
         (
             "media_endpoints",
             media.endpoints_dropped_at_capacity + media.endpoints_dropped_at_byte_bound,

@@ -24,6 +24,10 @@ const MAX_SOURCES: usize = 32;
 const MAX_ERROR_KINDS: usize = 64;
 /// Record kinds, drop reasons and bounded tables: small closed sets.
 const MAX_SMALL_SET: usize = 16;
+/// Bounded tables by name (`teledge_state_evictions_total`): a closed set of the
+/// correlation's and the queue tracker's tables, 16 today, with room for the next ones (a
+/// label beyond would be folded into the family's overflow series).
+const MAX_TABLES: usize = 32;
 /// Services told apart in the statistics' metrics.
 const MAX_SERVICES: usize = 64;
 /// Serial sensors on one box.
@@ -306,7 +310,7 @@ impl AgentMetrics {
                 "Entries evicted from a bounded table (full or timed out), by table.",
                 Kind::Counter,
                 &["table"],
-                MAX_SMALL_SET,
+                MAX_TABLES,
             ),
             clock_clamped: r.family(
                 "teledge_timestamps_clamped_total",
