@@ -1673,6 +1673,19 @@ impl Spool {
         // ones not yet written (a segment in memory) are written to the reopened one.
         let first_unwritten = self.pending.first().map_or(self.next_seq, |(id, _)| id.seq);
         let pending = std::mem::take(&mut self.pending);
+        // The ids lost, when the store is the same (first, last).
+        let lost_ids = (fresh.epoch == self.epoch && first_unwritten > fresh.next_seq).then(|| {
+            (
+                RecordId {
+                    epoch: self.epoch,
+                    seq: fresh.next_seq,
+                },
+                RecordId {
+                    epoch: self.epoch,
+                    seq: first_unwritten - 1,
+                },
+            )
+        });
         let lost = if fresh.epoch == self.epoch {
             first_unwritten.saturating_sub(fresh.next_seq)
         } else {
@@ -1716,7 +1729,18 @@ impl Spool {
         fresh.pending_disk_full = self.pending_disk_full;
         fresh.pending_lost = std::mem::take(&mut self.pending_lost);
         fresh.log_limiter = std::mem::take(&mut self.log_limiter);
-        fresh.note_lost_before_spool("spool write failed", lost);
+        match lost_ids {
+            // Announced at once with the ids it lost (the reserve is free: there is room).
+            Some((first, last)) => {
+                let node = fresh.config.node_id.clone();
+                let mut gap = GapRecord::new(&node, GapReason::RecordsNotSpooled, Some(lost));
+                gap.detail = Some("spool write failed".to_owned());
+                gap.first_dropped = Some(first.display(&node));
+                gap.last_dropped = Some(last.display(&node));
+                fresh.insert_gap(&gap)?;
+            }
+            None => fresh.note_lost_before_spool("spool write failed", lost),
+        }
         self.closed = true;
         std::mem::swap(self, &mut fresh);
         Ok(lost)
@@ -2663,6 +2687,20 @@ mod tests {
             .filter(|g| g["type"] == "gap" && g["detail"] == "spool write failed")
             .map(|g| g["dropped"].as_u64().unwrap())
             .sum();
+        let gaps: Vec<serde_json::Value> = read
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .filter(|g| g["type"] == "gap" && g["detail"] == "spool write failed")
+            .collect();
+        for gap in &gaps {
+            // The ids lost are named, and none of them is read back.
+            let first = gap["first_dropped"].as_str().unwrap();
+            let last = gap["last_dropped"].as_str().unwrap();
+            let seq = |s: &str| s.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+            let lost: Vec<u64> = (seq(first)..=seq(last)).collect();
+            assert_eq!(lost.len() as u64, gap["dropped"].as_u64().unwrap());
+            assert!(read.iter().all(|r| !lost.contains(&r.id.seq)));
+        }
         // Every record the spool took is read back, in order, or announced lost (those
         // written since the last commit; a segment still in memory was kept, so the lost
         // ones may sit between records read back).
