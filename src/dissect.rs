@@ -912,15 +912,17 @@ fn feed_stream(
             StreamCarrier::WebSocket => Transport::Ws,
         },
     };
+    // A whole message, or the head of one the snapshot length cut: delivered alike.
+    let mut deliver = |message: &sip::SipMessage<'_>, carrier, stats: &mut DissectStats| {
+        match carrier {
+            StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
+            StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
+        }
+        sink.sip(&meta(carrier), message);
+    };
     let mut on_event = |event: StreamEvent<'_>| match event {
         StreamEvent::Message(bytes, carrier) => match sip::parse(bytes) {
-            Ok(message) => {
-                match carrier {
-                    StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
-                    StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
-                }
-                sink.sip(&meta(carrier), &message);
-            }
+            Ok(message) => deliver(&message, carrier, stats),
             Err(e) => {
                 stats.sip_parse_errors += 1;
                 stats.problem(frame, "sip", e);
@@ -929,13 +931,7 @@ fn feed_stream(
         // As a SIP datagram cut short: its head is kept when what a message cannot do
         // without made it, else it is the capture's `sip-snaplen`.
         StreamEvent::Cut(bytes, carrier) => match sip::parse(bytes) {
-            Ok(message) => {
-                match carrier {
-                    StreamCarrier::Tcp => stats.sip_messages_tcp += 1,
-                    StreamCarrier::WebSocket => stats.sip_messages_ws += 1,
-                }
-                sink.sip(&meta(carrier), &message);
-            }
+            Ok(message) => deliver(&message, carrier, stats),
             Err(e) => {
                 stats.sip_parse_errors += 1;
                 stats.stream_bytes_discarded += bytes.len() as u64;

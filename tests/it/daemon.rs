@@ -1681,23 +1681,7 @@ fn a_start_on_a_full_disk_waits_for_room_then_runs() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs needs root (CI runs as root)"
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(disk.clone());
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "8m");
     // Something else took every byte.
     let filler = disk.join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
