@@ -293,7 +293,9 @@ fn decode_segment<'a>(
             return Ok(whole());
         };
         let len = u32::from_be_bytes(*len) as usize;
-        let mut sealed = Vec::with_capacity(len);
+        // The length is read from disk: a damaged one must not reserve gigabytes up front
+        // (the parts present bound what is actually read).
+        let mut sealed = Vec::with_capacity(len.min(1 << 20));
         sealed.extend_from_slice(bytes);
         let mut n = 1;
         while sealed.len() < len {
