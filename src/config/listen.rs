@@ -7,6 +7,7 @@
 //! media_address = "192.0.2.10"  # where the WebRTC media sockets bind (default: observe.listen's address)
 //! max_listeners = 20            # sessions at once on this node (1..=200, default 20)
 //! max_listeners_per_call = 4    # sessions at once per call (1..=max_listeners, default 4)
+//! max_listeners_per_supervisor = 4  # sessions at once of one supervisor (1..=max_listeners, default 4)
 //! ```
 //!
 //! Live listen needs the status page's access control (`[status] enabled = true` and a
@@ -28,6 +29,7 @@ pub(super) struct RawListen {
     media_address: Option<String>,
     max_listeners: Option<usize>,
     max_listeners_per_call: Option<usize>,
+    max_listeners_per_supervisor: Option<usize>,
 }
 
 /// Most sessions a node may be configured for (each is a peer connection, a UDP socket and
@@ -62,6 +64,15 @@ pub(super) fn validate_listen(
     if per_call == 0 || per_call > total.max(1) {
         push(
             "listen.max_listeners_per_call",
+            "must be between 1 and max_listeners".into(),
+        );
+    }
+    let per_supervisor = raw
+        .max_listeners_per_supervisor
+        .unwrap_or(defaults.per_supervisor.min(total.max(1)));
+    if per_supervisor == 0 || per_supervisor > total.max(1) {
+        push(
+            "listen.max_listeners_per_supervisor",
             "must be between 1 and max_listeners".into(),
         );
     }
@@ -103,7 +114,11 @@ pub(super) fn validate_listen(
     ListenSettings {
         enabled: raw.enabled,
         media_address,
-        limits: TapLimits { per_call, total },
+        limits: TapLimits {
+            per_call,
+            per_supervisor,
+            total,
+        },
     }
 }
 
@@ -130,7 +145,8 @@ mod tests {
     fn every_bad_value_is_listed() {
         let mut problems = Vec::new();
         validate_listen(
-            &raw("max_listeners = 0\nmax_listeners_per_call = 5\nmedia_address = \"lan\""),
+            &raw("max_listeners = 0\nmax_listeners_per_call = 5\n\
+                  max_listeners_per_supervisor = 0\nmedia_address = \"lan\""),
             true,
             true,
             &mut problems,
@@ -141,8 +157,14 @@ mod tests {
             [
                 "listen.max_listeners",
                 "listen.max_listeners_per_call",
+                "listen.max_listeners_per_supervisor",
                 "listen.media_address"
             ]
         );
+        // Unset, the supervisor bound follows a smaller node bound.
+        let mut problems = Vec::new();
+        let s = validate_listen(&raw("max_listeners = 2"), true, true, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((s.limits.per_supervisor, s.limits.total), (2, 2));
     }
 }

@@ -63,6 +63,7 @@ pub(super) fn whep_service(
         tracing::info!(
             max_listeners = config.listen.limits.total,
             max_listeners_per_call = config.listen.limits.per_call,
+            max_listeners_per_supervisor = config.listen.limits.per_supervisor,
             "Live listen (WHEP) served at /whep/calls/{{Call-ID}}."
         );
         Some(whep)

@@ -94,6 +94,7 @@ impl CreateError {
         match self {
             CreateError::NotActive => "no_such_call",
             CreateError::Denied(d) => d.code(),
+            CreateError::Full(TapFull::Supervisor(_)) => "supervisor_listeners_full",
             CreateError::Full(_) => "listeners_full",
             CreateError::Codec(_) => "codec_not_g711",
             CreateError::Offer(_) | CreateError::NoAudio => "bad_offer",
@@ -121,7 +122,10 @@ pub struct WhepCounters {
     /// Refused by access control after authentication (not permitted, not monitorable);
     /// authentication failures are counted by `access`.
     pub refused_denied: AtomicU64,
+    /// Refused at the node's or the call's listener bound.
     pub refused_full: AtomicU64,
+    /// Refused at the supervisor's own listener bound (`max_listeners_per_supervisor`).
+    pub refused_supervisor_full: AtomicU64,
     pub refused_codec: AtomicU64,
     pub refused_bad_offer: AtomicU64,
     pub setup_failed: AtomicU64,
@@ -253,6 +257,7 @@ impl Whep {
             match e {
                 CreateError::NotActive => &c.refused_not_active,
                 CreateError::Denied(_) => &c.refused_denied,
+                CreateError::Full(TapFull::Supervisor(_)) => &c.refused_supervisor_full,
                 CreateError::Full(_) => &c.refused_full,
                 CreateError::Codec(_) => &c.refused_codec,
                 CreateError::Offer(_) | CreateError::NoAudio => &c.refused_bad_offer,
@@ -289,7 +294,7 @@ impl Whep {
             .map_err(CreateError::Denied)?;
         // Subscribe, then check the call again (see `ListenTap::subscribe`): a call that
         // ends in between closes the subscription.
-        let subscription = inner.tap.subscribe(&call.call_key)?;
+        let subscription = inner.tap.subscribe(&call.call_key, &principal.id)?;
         let (call, _) = (inner.lookup)(call_id).ok_or(CreateError::NotActive)?;
         let law = law_of_call(&call.codecs)?;
         if !offer_has_audio(&offer, law) {

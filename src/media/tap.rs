@@ -13,8 +13,9 @@
 //!   the packet and counts it (`packets_dropped`).
 //! - When a call ends ([`ListenTap::call_ended`]) its listeners are removed, so their
 //!   channels close and the sessions end.
-//! - Listeners are bounded per call and in all ([`TapLimits`]); a refused registration is
-//!   counted.
+//! - Listeners are bounded per call, per supervisor and in all ([`TapLimits`]); a refused
+//!   registration is counted. The per-supervisor bound keeps one supervisor (or one stolen
+//!   token) from taking every slot of the node and locking the others out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +51,8 @@ pub struct TapPacket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TapLimits {
     pub per_call: usize,
+    /// Listeners of one supervisor (the owner named at [`ListenTap::subscribe`]), all calls.
+    pub per_supervisor: usize,
     pub total: usize,
 }
 
@@ -57,6 +60,7 @@ impl Default for TapLimits {
     fn default() -> Self {
         TapLimits {
             per_call: 4,
+            per_supervisor: 4,
             total: 20,
         }
     }
@@ -67,6 +71,8 @@ impl Default for TapLimits {
 pub enum TapFull {
     #[error("this call already has its most listeners ({0})")]
     Call(usize),
+    #[error("this supervisor already has its most listen sessions ({0})")]
+    Supervisor(usize),
     #[error("the node already has its most listeners ({0})")]
     Total(usize),
 }
@@ -78,8 +84,10 @@ pub struct TapCounters {
     pub packets_forwarded: u64,
     /// Packets a full listener queue could not take.
     pub packets_dropped: u64,
-    /// Registrations refused at a bound.
+    /// Registrations refused at a bound (all three).
     pub listeners_refused: u64,
+    /// Of those, refused at the per-supervisor bound.
+    pub listeners_refused_supervisor: u64,
     /// Listeners registered now.
     pub listeners: u64,
 }
@@ -100,11 +108,14 @@ struct Inner {
     forwarded: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
+    refused_supervisor: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Listener {
     id: u64,
+    /// The supervisor whose session this is (its id, not a secret).
+    owner: String,
     tx: mpsc::Sender<TapPacket>,
 }
 
@@ -142,14 +153,26 @@ impl ListenTap {
         self.inner.listening.load(Ordering::Relaxed) != 0
     }
 
-    /// Registers a listener of the call with this key (the correlator's call key). The
-    /// caller checks that the call is active *after* this (a call ending in between then
-    /// closes the subscription; one that ended before is seen by the check).
-    pub fn subscribe(&self, call: &str) -> Result<Subscription, TapFull> {
+    /// Registers a listener of `owner` (a supervisor's id) to the call with this key (the
+    /// correlator's call key). The caller checks that the call is active *after* this (a call
+    /// ending in between then closes the subscription; one that ended before is seen by the
+    /// check). The supervisor's own bound is checked before the node's, so a supervisor at
+    /// its bound is told so even when the node is full too.
+    pub fn subscribe(&self, call: &str, owner: &str) -> Result<Subscription, TapFull> {
         let limits = *lock(&self.inner.limits);
         let mut calls = lock(&self.inner.calls);
         let total: usize = calls.values().map(Vec::len).sum();
-        let refused = if total >= limits.total {
+        let own = calls
+            .values()
+            .flatten()
+            .filter(|l| l.owner == owner)
+            .count();
+        let refused = if own >= limits.per_supervisor {
+            self.inner
+                .refused_supervisor
+                .fetch_add(1, Ordering::Relaxed);
+            Some(TapFull::Supervisor(limits.per_supervisor))
+        } else if total >= limits.total {
             Some(TapFull::Total(limits.total))
         } else if calls.get(call).map_or(0, Vec::len) >= limits.per_call {
             Some(TapFull::Call(limits.per_call))
@@ -162,10 +185,11 @@ impl ListenTap {
         }
         let (tx, packets) = mpsc::channel(LISTENER_QUEUE);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        calls
-            .entry(call.to_owned())
-            .or_default()
-            .push(Listener { id, tx });
+        calls.entry(call.to_owned()).or_default().push(Listener {
+            id,
+            owner: owner.to_owned(),
+            tx,
+        });
         self.inner.listening.fetch_add(1, Ordering::Relaxed);
         Ok(Subscription {
             packets,
@@ -240,6 +264,7 @@ impl ListenTap {
             packets_forwarded: self.inner.forwarded.load(Ordering::Relaxed),
             packets_dropped: self.inner.dropped.load(Ordering::Relaxed),
             listeners_refused: self.inner.refused.load(Ordering::Relaxed),
+            listeners_refused_supervisor: self.inner.refused_supervisor.load(Ordering::Relaxed),
             listeners: self.inner.listening.load(Ordering::Relaxed) as u64,
         }
     }
@@ -289,14 +314,15 @@ mod tests {
     fn listeners_get_their_call_only_are_bounded_and_end_with_the_call() {
         let tap = ListenTap::new(TapLimits {
             per_call: 2,
+            per_supervisor: 3,
             total: 3,
         });
         assert!(!tap.is_listening());
-        let mut a1 = tap.subscribe("a").unwrap();
-        let _a2 = tap.subscribe("a").unwrap();
-        assert_eq!(tap.subscribe("a").unwrap_err(), TapFull::Call(2));
-        let b = tap.subscribe("b").unwrap();
-        assert_eq!(tap.subscribe("c").unwrap_err(), TapFull::Total(3));
+        let mut a1 = tap.subscribe("a", "ann").unwrap();
+        let _a2 = tap.subscribe("a", "bob").unwrap();
+        assert_eq!(tap.subscribe("a", "cy").unwrap_err(), TapFull::Call(2));
+        let b = tap.subscribe("b", "bob").unwrap();
+        assert_eq!(tap.subscribe("c", "cy").unwrap_err(), TapFull::Total(3));
         assert!(tap.is_listening());
         let data = rtp(5, &[0xff; 160], 0);
         let packet = decode_rtp(&data).unwrap();
@@ -318,9 +344,41 @@ mod tests {
     }
 
     #[test]
+    fn one_supervisor_cannot_take_every_slot() {
+        let tap = ListenTap::new(TapLimits {
+            per_call: 4,
+            per_supervisor: 2,
+            total: 5,
+        });
+        let _a = tap.subscribe("a", "eve").unwrap();
+        let b = tap.subscribe("b", "eve").unwrap();
+        // Eve's third session is refused although the node and the call have room ...
+        assert_eq!(
+            tap.subscribe("c", "eve").unwrap_err(),
+            TapFull::Supervisor(2)
+        );
+        assert_eq!(
+            tap.subscribe("a", "eve").unwrap_err(),
+            TapFull::Supervisor(2)
+        );
+        // ... and the others still get theirs.
+        let _c = tap.subscribe("c", "ann").unwrap();
+        let _d = tap.subscribe("a", "bob").unwrap();
+        let c = tap.counters();
+        assert_eq!((c.listeners, c.listeners_refused), (4, 2));
+        assert_eq!(c.listeners_refused_supervisor, 2);
+        // A session that ends gives its slot back to its supervisor.
+        drop(b);
+        let _e = tap.subscribe("c", "eve").unwrap();
+        // At the node's bound, a supervisor under its own bound is told the node is full.
+        let _f = tap.subscribe("d", "cy").unwrap();
+        assert_eq!(tap.subscribe("e", "dan").unwrap_err(), TapFull::Total(5));
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts() {
         let tap = ListenTap::default();
-        let _s = tap.subscribe("a").unwrap();
+        let _s = tap.subscribe("a", "ann").unwrap();
         let data = rtp(5, &[0xff; 160], 0);
         let packet = decode_rtp(&data).unwrap();
         for _ in 0..LISTENER_QUEUE + 3 {

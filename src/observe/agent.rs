@@ -718,10 +718,11 @@ impl AgentMetrics {
                 .with(&[event])
                 .set_source(counter(pick));
         }
-        let refused: [(&str, Pick); 6] = [
+        let refused: [(&str, Pick); 7] = [
             ("no_such_call", |c| &c.refused_not_active),
             ("denied", |c| &c.refused_denied),
             ("listeners_full", |c| &c.refused_full),
+            ("supervisor_listeners_full", |c| &c.refused_supervisor_full),
             ("codec_not_g711", |c| &c.refused_codec),
             ("bad_offer", |c| &c.refused_bad_offer),
             ("setup_failed", |c| &c.setup_failed),

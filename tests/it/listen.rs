@@ -70,6 +70,7 @@ numbers = ["service"]
 monitorable = true
 [listen]
 enabled = true
+max_listeners_per_supervisor = 1
 "#,
         alice = teledge::access::token_hash_hex(&token),
         bob = teledge::access::token_hash_hex(&viewer_token),
@@ -516,6 +517,17 @@ fn webrtc_client_hears_a_live_call() {
     );
     assert_eq!(status, 404);
     assert_eq!(rig.metric("teledge_listen_sessions"), 1.0);
+    // Regression: one supervisor could take every listener slot of the node. Alice is at
+    // her own bound (1 in this rig) while the node and the call have room.
+    let got = runtime.block_on(client::listen(rig.http, &path, Some(auth.clone())));
+    let (status, head, _) = got.err().expect("alice's second session refused");
+    assert_eq!(status, 503, "{head}");
+    assert!(header(&head, "retry-after").is_some(), "{head}");
+    assert_eq!(
+        rig.metric("teledge_listen_refused_total{reason=\"supervisor_listeners_full\"}"),
+        1.0
+    );
+    assert_eq!(rig.metric("teledge_listen_sessions"), 1.0);
 
     // The call plays to its end (BYE); the session ends with it.
     let status = uac.wait().unwrap();
@@ -567,7 +579,7 @@ fn webrtc_client_hears_a_live_call() {
     let audits = collected(
         &rig.out,
         |r| r["type"] == "audit",
-        5,
+        6,
         Duration::from_secs(10),
     );
     let sessions: Vec<&Value> = audits.iter().filter(|r| r["outcome"] == "ok").collect();
@@ -611,6 +623,7 @@ fn webrtc_client_hears_a_live_call() {
             ("no_credentials".to_owned(), 401),
             ("no_such_call".to_owned(), 409),
             ("not_permitted".to_owned(), 403),
+            ("supervisor_listeners_full".to_owned(), 503),
         ],
         "{audits:#?}"
     );
