@@ -157,6 +157,8 @@ pub(super) struct RawObserve {
     allow_remote: bool,
     stall_after_s: Option<u64>,
     uplink_failing_after_s: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -749,6 +751,14 @@ pub fn parse_with_profiles(
     }
     if let Some(s) = raw.observe.uplink_failing_after_s {
         observe.health.uplink_failing_after = Duration::from_secs(s);
+    }
+    if let Some(n) = raw.observe.max_connections {
+        observe.max_connections = n;
+        // Unset, the per-address share follows a smaller table.
+        observe.max_connections_per_address = observe.max_connections_per_address.min(n.max(1));
+    }
+    if let Some(n) = raw.observe.max_connections_per_address {
+        observe.max_connections_per_address = n;
     }
     for (field, message) in observe.problems() {
         problems.push(ConfigProblem {

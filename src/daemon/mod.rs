@@ -577,7 +577,12 @@ impl Daemon {
                 ),
             };
             // The root token: the endpoint answers until everything else has stopped.
-            tracker.spawn(observe::http::serve(listener, endpoint, root.clone()));
+            tracker.spawn(observe::http::serve_with(
+                listener,
+                endpoint,
+                config.observe.bounds(),
+                root.clone(),
+            ));
             addr
         } else {
             None

@@ -63,6 +63,10 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// The longest `stall_after_s` and `uplink_failing_after_s` accepted.
 pub const MAX_HEALTH_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 
+/// The most `max_connections` accepted: each connection is a task and a read buffer of up to
+/// [`http::MAX_HEAD_BYTES`], so 1,024 of them hold at most ~16 MiB.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1024;
+
 /// Settings of the observability endpoint (the `[observe]` table, validated by `config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObserveSettings {
@@ -75,6 +79,12 @@ pub struct ObserveSettings {
     pub allow_remote: bool,
     /// When `/health` says degraded, and when the watchdog stops pinging.
     pub health: HealthThresholds,
+    /// Connections served at once, in all and from one source address (an IPv6 /64):
+    /// `max_connections` and `max_connections_per_address`. Behind a reverse proxy or an SSH
+    /// tunnel every browser comes from the proxy's address, so a site that puts one in
+    /// front raises the second.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ObserveSettings {
@@ -84,6 +94,8 @@ impl Default for ObserveSettings {
             listen: DEFAULT_LISTEN,
             allow_remote: false,
             health: HealthThresholds::default(),
+            max_connections: http::MAX_CONNECTIONS,
+            max_connections_per_address: http::MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -91,6 +103,15 @@ impl Default for ObserveSettings {
 impl ObserveSettings {
     /// Problems with these settings, for `config` to report with their TOML paths
     /// (field name, message).
+    /// The endpoint's connection bounds as configured (the times are the built-in ones).
+    pub fn bounds(&self) -> http::Bounds {
+        http::Bounds {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            ..http::Bounds::default()
+        }
+    }
+
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if !self.listen.ip().is_loopback() && !self.allow_remote {
@@ -101,6 +122,20 @@ impl ObserveSettings {
                      beyond this host",
                     self.listen
                 ),
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.max_connections) {
+            problems.push((
+                "max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+            ));
+        }
+        if self.max_connections_per_address == 0
+            || self.max_connections_per_address > self.max_connections.max(1)
+        {
+            problems.push((
+                "max_connections_per_address",
+                "must be between 1 and max_connections".into(),
             ));
         }
         // A threshold beyond a day is no threshold: a stalled pipeline would keep the
@@ -160,5 +195,30 @@ mod tests {
         s.health.stall_after = MAX_HEALTH_THRESHOLD;
         s.health.uplink_failing_after = std::time::Duration::from_secs(1);
         assert!(s.problems().is_empty());
+    }
+
+    #[test]
+    fn connection_bounds_are_checked_and_reach_the_endpoint() {
+        let mut s = ObserveSettings::default();
+        assert_eq!(s.bounds(), http::Bounds::default());
+        s.max_connections = 0;
+        s.max_connections_per_address = 0;
+        let fields: Vec<&str> = s.problems().iter().map(|p| p.0).collect();
+        assert_eq!(fields, ["max_connections", "max_connections_per_address"]);
+        s.max_connections = MAX_CONNECTIONS_LIMIT + 1;
+        s.max_connections_per_address = 1;
+        assert_eq!(s.problems().len(), 1);
+        s.max_connections = 32;
+        s.max_connections_per_address = 33;
+        assert_eq!(s.problems()[0].0, "max_connections_per_address");
+        s.max_connections_per_address = 32;
+        assert!(s.problems().is_empty());
+        assert_eq!(
+            (
+                s.bounds().max_connections,
+                s.bounds().max_connections_per_address
+            ),
+            (32, 32)
+        );
     }
 }

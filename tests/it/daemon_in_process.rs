@@ -766,3 +766,64 @@ fn a_heartbeat_interval_out_of_range_is_refused_with_its_path() {
         "default"
     );
 }
+
+/// `[observe] max_connections_per_address` reaches the endpoint the daemon serves: behind a
+/// reverse proxy or an SSH tunnel every browser has the proxy's address, so a site raises the
+/// share (regression: the 16 a source could hold were built in, and supervisors tunnelled to
+/// one box shared them). Lowered here to 2: a third connection from loopback is closed at
+/// once, counted, and the two held still answer.
+#[test]
+fn the_per_address_share_of_the_endpoint_follows_the_configuration() {
+    use std::io::{Read, Write};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &dir.path().join("collected"));
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        Some(0),
+    );
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "[observe]\n",
+        "[observe]\nmax_connections = 8\nmax_connections_per_address = 2\n",
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    assert_eq!(config.observe.bounds().max_connections_per_address, 2);
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let http = daemon.observe_addr().unwrap();
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let per_address = || {
+        metrics
+            .observe_connections_closed
+            .with(&["per_address"])
+            .get()
+    };
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(http).unwrap()).collect();
+    wait_until("both connections accepted", || {
+        // A third one is refused only once the two hold their slots; until they do, it may
+        // be served, so try until one is refused.
+        let mut third = TcpStream::connect(http).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        matches!(third.read(&mut buf), Ok(0)) || per_address() > 0
+    });
+    assert!(per_address() >= 1);
+    // The held ones are served.
+    for mut stream in held {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    }
+    runtime.block_on(daemon.shutdown());
+}
