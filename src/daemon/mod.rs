@@ -515,6 +515,7 @@ impl Daemon {
                     }
                 })
             };
+        metrics.watch_audit(&audit);
         // Cancelled at shutdown right after the sources: status streams close and live
         // listen sessions end (and are audited) while the record queue is still open.
         let listeners = root.child_token();

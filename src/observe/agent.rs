@@ -696,6 +696,14 @@ impl AgentMetrics {
             .set_source(move || Some(access.sessions_evicted() as f64));
     }
 
+    /// Reads the audit sink's suppressed refusals at scrape time (counted once, in the sink,
+    /// whichever listener refused: the status page, live listen).
+    pub fn watch_audit(&self, audit: &crate::access::audit::AuditSink) {
+        let audit = audit.clone();
+        self.audit_suppressed
+            .set_source(move || Some(audit.suppressed() as f64));
+    }
+
     /// Reads live listen's counters at scrape time (counted once, in the WHEP service and
     /// its tap).
     #[cfg(feature = "listen")]

@@ -144,10 +144,6 @@ impl Page {
         metrics: Arc<AgentMetrics>,
         stop: CancellationToken,
     ) -> Page {
-        let sink = audit.clone();
-        metrics
-            .audit_suppressed
-            .set_source(move || Some(sink.suppressed() as f64));
         Page {
             access,
             audit,
