@@ -10,6 +10,7 @@
 //! auth_key_file = "/etc/teledge/hep-out.key"   # chunk 0x000e; or auth_key = "..."
 //! node_name = "site-a"                  # chunk 0x0013; default [node] id
 //! queue_frames = 10000                  # frames waiting to be sent; beyond: dropped, counted
+//! queue_bytes = 33554432                # and their bytes (32 MiB): a frame is up to 64 KiB
 //! sip = true                            # type 1: every SIP message
 //! rtcp = true                           # type 5: RTCP of calls, as heplify's JSON
 //! stream_reports = true                 # type 34: per-stream quality when a call ends
@@ -50,6 +51,8 @@ pub(super) struct RawHepOut {
     node_name: Option<String>,
     #[serde(default = "default_queue_frames")]
     queue_frames: usize,
+    #[serde(default = "default_queue_bytes")]
+    queue_bytes: usize,
     #[serde(default = "yes")]
     sip: bool,
     #[serde(default = "yes")]
@@ -78,6 +81,14 @@ fn default_capture_id() -> u32 {
 pub const DEFAULT_QUEUE_FRAMES: usize = 10_000;
 fn default_queue_frames() -> usize {
     DEFAULT_QUEUE_FRAMES
+}
+/// Default bound of the relay's queue, in bytes (frames as held). A frame is up to 64 KiB
+/// (a SIP message's largest), so the frame bound alone let a sender of large SIP messages
+/// hold 10,000 × 64 KiB = 640 MiB while HOMER was away; 32 MiB is 10,000 frames of a
+/// typical 3 KiB, as the HEP input's queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
+fn default_queue_bytes() -> usize {
+    DEFAULT_QUEUE_BYTES
 }
 fn yes() -> bool {
     true
@@ -133,6 +144,8 @@ pub struct HepOutConfig {
     /// Chunk 0x0013.
     pub node_name: Option<String>,
     pub queue_frames: usize,
+    /// Bytes of the frames waiting (each as held: its buffer and its slot).
+    pub queue_bytes: usize,
     /// Which frames are made: SIP (type 1), RTCP (type 5), stream reports (type 34).
     pub sip: bool,
     pub rtcp: bool,
@@ -152,6 +165,7 @@ impl HepOutConfig {
             auth_key: None,
             node_name: None,
             queue_frames: DEFAULT_QUEUE_FRAMES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             sip: true,
             rtcp: true,
             stream_reports: true,
@@ -304,6 +318,18 @@ pub(super) fn validate(
             format!("{}: must be between 16 and 1000000", raw.queue_frames),
         );
     }
+    // At least a few of the largest frames; at most what a box can spare (4 GiB, or the
+    // address space on a 32-bit box), as `[correlation] queue_bytes`.
+    let max_bytes = usize::try_from(4u64 << 30).unwrap_or(usize::MAX);
+    if !(1 << 20..=max_bytes).contains(&raw.queue_bytes) {
+        problem(
+            "queue_bytes",
+            format!(
+                "{}: must be between 1048576 (1 MiB) and {max_bytes}",
+                raw.queue_bytes
+            ),
+        );
+    }
     if !(10..=60_000).contains(&raw.reconnect_min_ms) {
         problem(
             "reconnect_min_ms",
@@ -358,6 +384,7 @@ pub(super) fn validate(
         auth_key,
         node_name: raw.node_name.clone().or_else(|| node_id.map(str::to_owned)),
         queue_frames: raw.queue_frames,
+        queue_bytes: raw.queue_bytes,
         sip: raw.sip,
         rtcp: raw.rtcp,
         stream_reports: raw.stream_reports,
@@ -425,7 +452,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed() {
         let (config, problems, _) = run(
-            "enabled = true\naddress = \"homer\"\ntransport = \"sctp\"\nqueue_frames = 1\n\
+            "enabled = true\naddress = \"homer\"\ntransport = \"sctp\"\nqueue_frames = 1\nqueue_bytes = 1000\n\
              auth_key = \"\"\nsip = false\nrtcp = false\nstream_reports = false\n\
              reconnect_min_ms = 0\nnode_name = \"\"",
         );
@@ -435,6 +462,7 @@ mod tests {
             "hep_out.address",
             "hep_out.transport",
             "hep_out.queue_frames",
+            "hep_out.queue_bytes",
             "hep_out.auth_key",
             "hep_out.sip",
             "hep_out.reconnect_min_ms",

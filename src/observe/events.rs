@@ -182,8 +182,8 @@ impl InternalEvent for UplinkAttemptFailed<'_> {
 /// affected (they go through the spool); what HOMER shows misses these frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HepRelayDropped<'a> {
-    /// `queue_full`, `closed`, `send_failed`, `too_large`, `family_mismatch`,
-    /// `time_out_of_range`, `shutdown`.
+    /// `queue_full`, `queue_bytes`, `closed`, `send_failed`, `too_large`,
+    /// `family_mismatch`, `time_out_of_range`, `shutdown`.
     pub reason: &'a str,
     pub count: u64,
 }

@@ -13,7 +13,10 @@
 //!   quality reports when a call's record is made), encoded by [`crate::decode::hep::encode()`].
 //! - The relay never slows capture: the mirror only queues (`try_send`); when the queue is
 //!   full the frame is dropped and counted (`teledge_hep_out_dropped_total{reason="queue_full"}`,
-//!   [`HepRelayDropped`]). A replay may wait instead ([`Overflow::Wait`]): it has no ring to
+//!   [`HepRelayDropped`]). The queue is bounded in frames (`queue_frames`) and in bytes
+//!   (`queue_bytes`, each frame as held; `reason="queue_bytes"` beyond): a frame is up to
+//!   64 KiB, so the frame bound alone let large SIP messages hold gigabytes while the server
+//!   was away. A replay may wait instead ([`Overflow::Wait`]): it has no ring to
 //!   overflow, and a file pushed into HOMER should arrive whole.
 //! - One thread sends. UDP: one frame per datagram (a send error drops that frame, counted).
 //!   TCP/TLS: frames back to back on one connection, connected on the first frame and again
@@ -33,7 +36,7 @@ pub mod frames;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -79,9 +82,15 @@ pub enum Overflow {
 
 type Queued = (FrameKind, Vec<u8>);
 
+/// What a queued frame holds: its buffer and its slot in the queue.
+fn held_bytes(frame: &Vec<u8>) -> usize {
+    frame.capacity() + std::mem::size_of::<Queued>()
+}
+
 /// Every reason of `teledge_hep_out_dropped_total`.
-pub const DROP_REASONS: [&str; 7] = [
+pub const DROP_REASONS: [&str; 8] = [
     "queue_full",
+    "queue_bytes",
     "closed",
     "send_failed",
     "shutdown",
@@ -109,6 +118,10 @@ pub struct HepRelay {
 /// The pipeline's side of the relay: turns events into frames and queues them.
 pub struct HepMirror {
     tx: BoundedSender<Queued>,
+    /// Bytes held by the queued frames ([`held_bytes`]), taken before a frame is queued and
+    /// given back by the sender when it takes the frame out.
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     identity: Identity,
     kinds: Kinds,
     overflow: Overflow,
@@ -140,6 +153,7 @@ impl HepRelay {
             _ => None,
         };
         let (tx, rx) = bounded::channel(config.queue_frames);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let deadline = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let sender = Sender {
@@ -150,6 +164,7 @@ impl HepRelay {
             metrics: Arc::clone(&metrics),
             deadline: Arc::clone(&deadline),
             stop: Arc::clone(&stop),
+            queued_bytes: Arc::clone(&queued_bytes),
         };
         let thread = std::thread::Builder::new()
             .name("hep-out".into())
@@ -163,6 +178,8 @@ impl HepRelay {
         );
         let mirror = HepMirror {
             tx,
+            queued_bytes,
+            max_bytes: config.queue_bytes,
             identity: Identity {
                 capture_id: config.capture_id,
                 auth_key: config
@@ -241,38 +258,45 @@ impl Mirror for HepMirror {
 
 impl HepMirror {
     fn queue(&mut self, kind: FrameKind, bytes: Vec<u8>) {
+        let size = held_bytes(&bytes);
         let mut item = (kind, bytes);
         let give_up = match self.overflow {
             Overflow::Wait(wait) if !self.waited_out => Some(Instant::now() + wait),
             _ => None,
         };
         loop {
-            match self.tx.try_send(item) {
-                Ok(()) => {
-                    self.waited_out = false;
-                    return;
-                }
-                Err(TrySendError::Full(back)) => match give_up {
-                    Some(at) if Instant::now() < at => {
-                        item = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    _ => {
-                        self.waited_out = give_up.is_some() || self.waited_out;
-                        HepRelayDropped {
-                            reason: "queue_full",
-                            count: 1,
-                        }
-                        .emit(&self.metrics);
+            // The bytes are taken before the frame is queued (the sender may take it out at
+            // once and give them back), and given back if it was not.
+            let held = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            let full = if held + size > self.max_bytes {
+                Some(("queue_bytes", item))
+            } else {
+                match self.tx.try_send(item) {
+                    Ok(()) => {
+                        self.waited_out = false;
                         return;
                     }
-                },
-                Err(TrySendError::Disconnected(_)) => {
-                    HepRelayDropped {
-                        reason: "closed",
-                        count: 1,
-                    }
-                    .emit(&self.metrics);
+                    Err(TrySendError::Full(back)) => Some(("queue_full", back)),
+                    Err(TrySendError::Disconnected(_)) => None,
+                }
+            };
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            let Some((reason, back)) = full else {
+                HepRelayDropped {
+                    reason: "closed",
+                    count: 1,
+                }
+                .emit(&self.metrics);
+                return;
+            };
+            match give_up {
+                Some(at) if Instant::now() < at => {
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => {
+                    self.waited_out = give_up.is_some() || self.waited_out;
+                    HepRelayDropped { reason, count: 1 }.emit(&self.metrics);
                     return;
                 }
             }
@@ -362,6 +386,7 @@ struct Sender {
     metrics: Arc<AgentMetrics>,
     deadline: Arc<Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Sender {
@@ -381,7 +406,11 @@ impl Sender {
             let item = match pending.take() {
                 Some(item) => item,
                 None => match rx.recv_timeout(TICK) {
-                    Ok(item) => item,
+                    Ok(item) => {
+                        self.queued_bytes
+                            .fetch_sub(held_bytes(&item.1), Ordering::Relaxed);
+                        item
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         if deadline.is_some() {
                             break; // Finishing, and the queue is empty.
@@ -542,6 +571,84 @@ mod tests {
             meta: &meta,
             message: &message,
         });
+    }
+
+    /// A SIP MESSAGE with a body of `body` bytes (a frame of about that size).
+    fn large_sip(mirror: &mut HepMirror, n: u32, body: usize) {
+        let raw = format!(
+            "MESSAGE sip:a@h SIP/2.0\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\n\
+             Call-ID: m-{n}\r\nCSeq: {n} MESSAGE\r\nContent-Type: text/plain\r\n\
+             Content-Length: {body}\r\n\r\n{}",
+            "x".repeat(body)
+        );
+        let message = crate::decode::sip::parse(raw.as_bytes()).unwrap();
+        let meta = MessageMeta {
+            frame: u64::from(n),
+            time: Timestamp::from_secs_nanos(1_700_000_000 + i64::from(n), 0),
+            src: "10.0.0.1:5060".parse().unwrap(),
+            dst: "10.0.0.2:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        mirror.mirror(Mirrored::Sip {
+            meta: &meta,
+            message: &message,
+        });
+    }
+
+    /// Regression: the queue was bounded by frames only, so 10,000 frames of large SIP
+    /// messages (up to 64 KiB each) could hold 640 MiB while the server was away. Against a
+    /// dead server, frames of ~16 KiB stop at the byte bound long before the frame bound,
+    /// every one counted; against a live one, the bytes come back as frames are sent (a
+    /// replay waiting for room gets every frame through a queue of four frames' bytes).
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_gives_them_back() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = Arc::new(AgentMetrics::new());
+        let mut c = config(&format!("127.0.0.1:{port}"), HepOutTransport::Tcp, 10_000);
+        c.queue_bytes = 64 << 10;
+        let (relay, mut mirror) =
+            HepRelay::start(&c, Overflow::Drop, Arc::clone(&metrics)).unwrap();
+        for n in 0..200 {
+            large_sip(&mut mirror, n, 16 << 10);
+        }
+        let by_bytes = series(
+            &metrics,
+            "teledge_hep_out_dropped_total{reason=\"queue_bytes\"}",
+        );
+        // Three frames of 16 KiB and change fit in 64 KiB; at most one more in the sender's
+        // hand (its bytes given back when it took it).
+        assert!((195..=197).contains(&by_bytes), "{by_bytes}");
+        assert!(mirror.queued_bytes.load(Ordering::Relaxed) <= 64 << 10);
+        relay.finish(Duration::ZERO);
+        assert_eq!(dropped_total(&metrics), 200);
+
+        // A live server: every frame goes through the same small queue.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let metrics = Arc::new(AgentMetrics::new());
+        let mut c = config(&address, HepOutTransport::Tcp, 10_000);
+        c.queue_bytes = 64 << 10;
+        let (relay, mut mirror) = HepRelay::start(
+            &c,
+            Overflow::Wait(Duration::from_secs(5)),
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_frames(&mut stream, 100).len()
+        });
+        for n in 0..100 {
+            large_sip(&mut mirror, n, 16 << 10);
+        }
+        assert_eq!(reader.join().unwrap(), 100);
+        relay.finish(Duration::from_secs(5));
+        assert_eq!(dropped_total(&metrics), 0);
+        assert_eq!(mirror.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
     fn series(metrics: &AgentMetrics, line_start: &str) -> u64 {
