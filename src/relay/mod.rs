@@ -559,6 +559,11 @@ mod tests {
             "OPTIONS sip:a@h SIP/2.0\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\n\
              Call-ID: c-{n}\r\nCSeq: {n} OPTIONS\r\n\r\n"
         );
+        mirror_sip(mirror, n, &raw);
+    }
+
+    /// Mirrors one SIP message, as frame `n` at second `n`.
+    fn mirror_sip(mirror: &mut HepMirror, n: u32, raw: &str) {
         let message = crate::decode::sip::parse(raw.as_bytes()).unwrap();
         let meta = MessageMeta {
             frame: u64::from(n),
@@ -581,18 +586,7 @@ mod tests {
              Content-Length: {body}\r\n\r\n{}",
             "x".repeat(body)
         );
-        let message = crate::decode::sip::parse(raw.as_bytes()).unwrap();
-        let meta = MessageMeta {
-            frame: u64::from(n),
-            time: Timestamp::from_secs_nanos(1_700_000_000 + i64::from(n), 0),
-            src: "10.0.0.1:5060".parse().unwrap(),
-            dst: "10.0.0.2:5060".parse().unwrap(),
-            transport: Transport::Udp,
-        };
-        mirror.mirror(Mirrored::Sip {
-            meta: &meta,
-            message: &message,
-        });
+        mirror_sip(mirror, n, &raw);
     }
 
     /// Regression: the queue was bounded by frames only, so 10,000 frames of large SIP
