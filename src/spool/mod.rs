@@ -241,6 +241,13 @@ pub const SEGMENT_BYTES: usize = 6 << 10;
 /// sled log segment size of a new store: sled's default (larger ones were not faster here,
 /// see docs/spool-performance.md).
 pub const SLED_SEGMENT_BYTES: usize = 512 << 10;
+/// The format of the stores this version writes: `<dir>/v<STORE_FORMAT>-gen-<G>/` (see the
+/// module doc, "Formats and version changes"). Raised whenever a binary of the previous
+/// format would misread what this one writes.
+pub const STORE_FORMAT: u32 = 3;
+/// The format number given to `<dir>/gen-<G>/`, the stores of the versions before format
+/// numbers (single records, segments, and from c399523 to this format records in parts).
+const LEGACY_FORMAT: u32 = 0;
 /// First byte of a segment value; a value starting otherwise is one sealed record (the
 /// layout before segments: the sealed format's version byte is 1).
 const SEGMENT_TAG: u8 = 0xB5;
@@ -254,6 +261,27 @@ fn part_key(key: &[u8], n: u32) -> Vec<u8> {
     out.extend_from_slice(key);
     out.extend_from_slice(&n.to_be_bytes());
     out
+}
+
+/// Writes the parts of `sealed` (too large for one value of at most `limit` bytes) under
+/// `id`'s key, each part its own sled value, and returns the value that names them, for the
+/// caller to insert after them.
+fn write_parts(
+    parts: &sled::Tree,
+    limit: usize,
+    id: RecordId,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SpoolError> {
+    let (first, rest) = sealed.split_at((limit - 5).min(sealed.len()));
+    let key = id.key();
+    for (n, part) in (1u32..).zip(rest.chunks(limit)) {
+        parts.insert(part_key(&key, n), part)?;
+    }
+    let mut head = Vec::with_capacity(5 + first.len());
+    head.push(PARTS_TAG);
+    head.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+    head.extend_from_slice(first);
+    Ok(head)
 }
 
 /// A segment: [`SEGMENT_TAG`], then per record `seq − first seq (u32 BE) | length (u32 BE) |
@@ -504,9 +532,20 @@ impl Spool {
             let path = generation_path(&config.dir, generation);
             match open_db(&path, &config) {
                 Ok(db) => {
+                    // Stores of earlier formats: their records join this store (ids kept).
+                    let imported = import_earlier_stores(&config, &db, generation, &mut lost)?;
                     // Quarantines an earlier start made but was killed before announcing.
                     lost.extend(unannounced_quarantines(&config.dir, &lost));
                     let mut spool = Spool::from_db(config, keyring, generation, db)?;
+                    for path in imported {
+                        match std::fs::remove_dir_all(&path) {
+                            Ok(()) => tracing::info!(path = %path.display(), "Spool store of an earlier version imported and deleted."),
+                            Err(e) => tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete a spool store of an earlier version after importing it; it is imported again (same ids) at the next start."),
+                        }
+                    }
+                    for path in newer_stores(&spool.config.dir) {
+                        tracing::error!(path = %path.display(), format = STORE_FORMAT, "A spool store of a newer teledge version is left untouched: its records are sent once that version runs again.");
+                    }
                     spool.stats.quarantined = lost.len() as u64;
                     let node = spool.config.node_id.clone();
                     let announced: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
@@ -848,17 +887,7 @@ impl Spool {
     /// its own sled value of at most [`Spool::value_limit`] bytes, and returns the value that
     /// names them, for the caller to insert after them.
     fn write_parts(&self, id: RecordId, sealed: &[u8]) -> Result<Vec<u8>, SpoolError> {
-        let limit = self.value_limit();
-        let (first, rest) = sealed.split_at((limit - 5).min(sealed.len()));
-        let key = id.key();
-        for (n, part) in (1u32..).zip(rest.chunks(limit)) {
-            self.parts.insert(part_key(&key, n), part)?;
-        }
-        let mut head = Vec::with_capacity(5 + first.len());
-        head.push(PARTS_TAG);
-        head.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
-        head.extend_from_slice(first);
-        Ok(head)
+        write_parts(&self.parts, self.value_limit(), id, sealed)
     }
 
     /// Removes the parts of the records whose values (under these keys) were just removed.
@@ -1204,15 +1233,9 @@ impl Spool {
             return;
         };
         let older: Vec<u64> = entries
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("gen-")?
-                    .parse()
-                    .ok()
-            })
-            .filter(|g| *g < self.generation)
+            .filter_map(|e| store_name(e.ok()?.file_name().to_str()?))
+            .filter(|(f, g)| *f == STORE_FORMAT && *g < self.generation)
+            .map(|(_, g)| g)
             .collect();
         for generation in older {
             let path = generation_path(&self.config.dir, generation);
@@ -1757,22 +1780,57 @@ impl Spool {
 }
 
 fn generation_path(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("gen-{generation}"))
+    dir.join(format!("v{STORE_FORMAT}-gen-{generation}"))
+}
+
+/// The store format and generation a directory name in the spool directory names:
+/// `v<F>-gen-<G>`, or `gen-<G>` for a store of the versions before format numbers
+/// ([`LEGACY_FORMAT`]).
+fn store_name(name: &str) -> Option<(u32, u64)> {
+    let (format, generation) = match name.strip_prefix("gen-") {
+        Some(g) => (LEGACY_FORMAT, g),
+        None => {
+            let (format, generation) = name.strip_prefix('v')?.split_once("-gen-")?;
+            (format.parse().ok()?, generation)
+        }
+    };
+    Some((format, generation.parse().ok()?))
+}
+
+/// The generations of stores of `format` in `dir`, lowest first.
+fn generations(dir: &Path, format: u32) -> Result<Vec<u64>, SpoolError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some((f, g)) = name.to_str().and_then(store_name) {
+            if f == format {
+                found.push(g);
+            }
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
 }
 
 fn latest_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
-    let mut latest = None;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if let Some(g) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("gen-"))
-            .and_then(|g| g.parse::<u64>().ok())
-        {
-            latest = latest.max(Some(g));
-        }
-    }
-    Ok(latest)
+    Ok(generations(dir, STORE_FORMAT)?.last().copied())
+}
+
+/// Stores of a format newer than [`STORE_FORMAT`] (a later version ran here, then this one
+/// was installed again): never opened nor deleted here; their records wait for that version.
+fn newer_stores(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let (format, _) = store_name(e.file_name().to_str()?)?;
+            (format > STORE_FORMAT).then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// In a quarantined store: what its gap record says (written before the move).
@@ -1930,6 +1988,166 @@ fn remove_orphan_parts(records: &sled::Tree, parts: &sled::Tree) -> Result<(), S
         );
     }
     Ok(())
+}
+
+/// Copies the records of the stores of earlier formats in the spool directory (`gen-<G>`,
+/// lowest generation first) that their store had not acknowledged into `db` (the current
+/// store, generation `generation`), each under its own id, laid out as this format lays
+/// records out, and makes them durable. Into a new store, the meta of the latest of them
+/// comes too (epoch, next sequence, acknowledgement watermark, drop counters: the box's ids
+/// go on where they were); into a store with an epoch of its own (this version ran here
+/// before the earlier one was installed again), only the drops still to announce. Returns
+/// the stores imported, for the caller to delete once the store is open: a crash before the
+/// deletion imports them again, which writes the same values under the same keys. A store
+/// that will not open is quarantined (pushed to `lost`, announced like the current store's);
+/// one that is locked (an earlier version still running on this directory) is left for the
+/// next start.
+fn import_earlier_stores(
+    config: &SpoolConfig,
+    db: &sled::Db,
+    generation: u64,
+    lost: &mut Vec<(Option<u64>, u64, String, String)>,
+) -> Result<Vec<PathBuf>, SpoolError> {
+    let earlier = generations(&config.dir, LEGACY_FORMAT)?;
+    if earlier.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = db.open_tree("records")?;
+    let parts = db.open_tree("parts")?;
+    let meta = db.open_tree("meta")?;
+    let limit = sled_segment_of(&generation_path(&config.dir, generation), config) / 76;
+    let segment_limit = config.segment_bytes.min(limit);
+    let latest = earlier.last().copied();
+    let mut imported = Vec::new();
+    for g in earlier {
+        let path = config.dir.join(format!("gen-{g}"));
+        let old = match open_db(&path, config) {
+            Ok(old) => old,
+            Err(OpenFailure::Other(e)) => {
+                tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "A spool store of an earlier version cannot be opened now (still in use?); its records are imported at the next start.");
+                continue;
+            }
+            Err(OpenFailure::Damaged(reason)) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let name = format!("quarantine-gen-{g}-{stamp}");
+                let bytes = dir_size(&path);
+                let info = QuarantineInfo {
+                    epoch: None,
+                    bytes,
+                    reason: reason.clone(),
+                };
+                if let Ok(json) = serde_json::to_vec(&info) {
+                    let _ = std::fs::write(path.join(QUARANTINE_INFO), json);
+                }
+                std::fs::rename(&path, config.dir.join(&name))?;
+                sync_dir(&config.dir)?;
+                tracing::error!(path = %path.display(), %reason, "A spool store of an earlier version would not open; moved aside and announced.");
+                lost.push((None, bytes, name, reason));
+                continue;
+            }
+        };
+        let old_records = old.open_tree("records")?;
+        let old_parts = old.open_tree("parts")?;
+        let old_meta = old.open_tree("meta")?;
+        let acked = old_meta
+            .get("acked_through")?
+            .and_then(|v| RecordId::from_key(&v));
+        let read = |tree: &sled::Tree, name: &str| -> Result<Option<u64>, SpoolError> {
+            Ok(tree
+                .get(name)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        };
+        let own_epoch = read(&meta, "epoch")?;
+        // No epoch: a store no start has opened yet (`Spool::from_db` gives one at once),
+        // so the first import into it or one a crash cut short.
+        let same_store = match own_epoch {
+            None => true,
+            Some(e) => read(&old_meta, "epoch")? == Some(e),
+        };
+        if same_store && Some(g) == latest {
+            // The box's ids go on where the earlier version left them (never lower: an
+            // import repeated after a crash finds its own meta already there).
+            if let Some(e) = read(&old_meta, "epoch")? {
+                meta.insert("epoch", &e.to_be_bytes())?;
+            }
+            for name in [
+                "next_seq",
+                "dropped_oldest",
+                "dropped_newest",
+                "pending_newest_drops",
+            ] {
+                let value = read(&meta, name)?.max(read(&old_meta, name)?);
+                if let Some(v) = value {
+                    meta.insert(name, &v.to_be_bytes())?;
+                }
+            }
+            if let (None, Some(a)) = (meta.get("acked_through")?, acked) {
+                meta.insert("acked_through", &a.key())?;
+            }
+        } else if let Some(drops) = read(&old_meta, "pending_newest_drops")?.filter(|d| *d > 0) {
+            // Refused records the earlier version had not announced yet (a crash between
+            // this flush and the deletion counts them twice: more announced, none hidden).
+            let mine = read(&meta, "pending_newest_drops")?.unwrap_or(0);
+            meta.insert("pending_newest_drops", &(mine + drops).to_be_bytes())?;
+        }
+        let mut count = 0u64;
+        let mut segment: Vec<(RecordId, Vec<u8>)> = Vec::new();
+        let mut segment_bytes = 0;
+        let write_segment = |segment: &mut Vec<(RecordId, Vec<u8>)>| -> Result<(), SpoolError> {
+            if let Some((first, _)) = segment.first() {
+                records.insert(first.key(), encode_segment(*first, segment))?;
+            }
+            segment.clear();
+            Ok(())
+        };
+        for entry in old_records.iter() {
+            let (key, value) = entry?;
+            for (id, sealed) in decode_segment(&old_parts, &key, &value)? {
+                if is_acked(acked, id) {
+                    continue;
+                }
+                count += 1;
+                // Laid out as `Spool::insert` lays out appends: no value over the limit.
+                let entry = sealed.len() + 8;
+                if !segment.is_empty() && 1 + segment_bytes + 8 * segment.len() + entry > limit {
+                    write_segment(&mut segment)?;
+                    segment_bytes = 0;
+                }
+                if 1 + entry > limit {
+                    records.insert(id.key(), write_parts(&parts, limit, id, &sealed)?)?;
+                    continue;
+                }
+                segment_bytes += sealed.len();
+                segment.push((id, sealed.into_owned()));
+                if segment_bytes >= segment_limit {
+                    write_segment(&mut segment)?;
+                    segment_bytes = 0;
+                }
+            }
+        }
+        write_segment(&mut segment)?;
+        // Appends must sort after every record held (reading goes by key, up to the last
+        // durable one): when the imported records' epoch is the larger, the store goes on in
+        // it, after the highest sequence that store gave (its acknowledged ones included).
+        let top = match records.last()? {
+            Some((key, value)) => decode_segment(&parts, &key, &value)?.last().map(|r| r.0),
+            None => None,
+        };
+        if let Some(top) = top.filter(|t| own_epoch.is_some_and(|e| t.epoch > e)) {
+            let given = read(&old_meta, "next_seq")?
+                .filter(|_| read(&old_meta, "epoch").ok().flatten() == Some(top.epoch));
+            let next = given.unwrap_or(0).max(top.seq + 1);
+            meta.insert("epoch", &top.epoch.to_be_bytes())?;
+            meta.insert("next_seq", &next.to_be_bytes())?;
+        }
+        db.flush()?;
+        tracing::info!(path = %path.display(), records = count, "Spool store of an earlier version: its records not yet acknowledged join the current store under their ids.");
+        imported.push(path);
+    }
+    Ok(imported)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -2259,7 +2477,7 @@ mod tests {
         spool.flush().unwrap();
         drop(spool);
         // Garbage over every file of the generation.
-        for file in walk(&dir.path().join("gen-0")) {
+        for file in walk(&generation_path(dir.path(), 0)) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
         let (mut spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
@@ -2293,7 +2511,7 @@ mod tests {
         let before = spool.append(b"x").unwrap().unwrap();
         spool.flush().unwrap();
         drop(spool);
-        let gen0 = dir.path().join("gen-0");
+        let gen0 = generation_path(dir.path(), 0);
         for file in walk(&gen0) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
@@ -2345,7 +2563,7 @@ mod tests {
         spool.append(b"x").unwrap();
         spool.flush().unwrap();
         drop(spool);
-        for file in walk(&dir.path().join("gen-0")) {
+        for file in walk(&generation_path(dir.path(), 0)) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
         let (spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
@@ -2591,8 +2809,8 @@ mod tests {
                     .unwrap()
                     .file_name()
                     .to_str()
-                    .unwrap()
-                    .starts_with("gen-")
+                    .and_then(store_name)
+                    .is_some()
             })
             .count();
         assert_eq!(generations, 1, "old generations are deleted");
@@ -2613,7 +2831,7 @@ mod tests {
         assert!(values <= 5000 / 10, "{values} sled values for 5000 records");
         assert_eq!(spool.stats().records, 5000);
         assert_eq!(spool.read(None, usize::MAX).unwrap().len(), 5000);
-        let blobs = dir.path().join("gen-0/blobs");
+        let blobs = generation_path(dir.path(), 0).join("blobs");
         let count = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
         assert_eq!(count, 0, "sled wrote blob files");
     }
@@ -2754,7 +2972,7 @@ mod tests {
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+            .filter(|e| e.file_name().to_str().and_then(store_name).is_some())
             .map(|gen| std::fs::read_dir(gen.path().join("blobs")).map_or(0, |d| d.count()))
             .sum()
     }
