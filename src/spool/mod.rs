@@ -3193,6 +3193,144 @@ mod tests {
         assert_eq!(spool.read(None, 1).unwrap()[0].payload, b"old3");
     }
 
+    /// Writes a store as the versions before format numbers left it: `gen-0` with this
+    /// layout (segments and records in parts, as written from c399523 on), `payloads`
+    /// appended and the first `acked` acknowledged. Returns the ids.
+    fn earlier_version_store(dir: &Path, payloads: &[Vec<u8>], acked: usize) -> Vec<RecordId> {
+        let scratch = dir.join("scratch");
+        let (mut spool, _) = Spool::open(config(&scratch), keyring()).unwrap();
+        let ids: Vec<RecordId> = payloads
+            .iter()
+            .map(|p| spool.append(p).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        if acked > 0 {
+            spool.ack(ids[acked - 1]).unwrap();
+        }
+        drop(spool);
+        std::fs::rename(generation_path(&scratch, 0), dir.join("gen-0")).unwrap();
+        std::fs::remove_dir_all(&scratch).unwrap();
+        ids
+    }
+
+    fn payloads(marker: &str) -> Vec<Vec<u8>> {
+        // Small ones several to a segment, and records of ~9 kB and 40 kB stored in parts.
+        (0..12)
+            .map(|i| {
+                let pad = [10, 9_000, 40_000][i % 3];
+                format!("{marker}{i:02} {}", "x".repeat(pad)).into_bytes()
+            })
+            .collect()
+    }
+
+    /// The versions already deployed open only `<dir>/gen-<G>` and would misread what this
+    /// format writes (a record in parts read as one sealed record is set aside, its parts
+    /// deleted later): this format's stores are named so that they never open them.
+    #[test]
+    fn no_store_of_this_format_is_one_earlier_versions_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        for p in payloads("r") {
+            spool.append(&p).unwrap();
+        }
+        spool.flush().unwrap();
+        assert!(spool.compact_if_drained().is_ok());
+        drop(spool);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("gen-")),
+            "an earlier version would open {names:?}"
+        );
+        assert!(names.contains(&format!("v{STORE_FORMAT}-gen-0")), "{names:?}");
+    }
+
+    /// An upgrade: the store an earlier version left (records not acknowledged, of every
+    /// size) joins this format's store under the same ids, and the ids go on after its own
+    /// (acknowledged ones included); the earlier store is deleted; an open after a crash
+    /// between the import and that deletion imports the same records again, no duplicate.
+    #[test]
+    fn a_store_of_an_earlier_version_is_imported_under_its_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = payloads("old");
+        let ids = earlier_version_store(dir.path(), &written, 4);
+        // The crash case: the earlier store copied back after the import.
+        let copy = dir.path().join("copy");
+        copy_dir(&dir.path().join("gen-0"), &copy);
+        for round in 0..2 {
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            assert!(!dir.path().join("gen-0").exists());
+            let read = spool.read(None, 100).unwrap();
+            let got: Vec<(RecordId, Vec<u8>)> =
+                read.into_iter().map(|r| (r.id, r.payload)).collect();
+            let want: Vec<(RecordId, Vec<u8>)> = ids[4..]
+                .iter()
+                .copied()
+                .zip(written[4..].iter().cloned())
+                .collect();
+            assert_eq!(got.len(), want.len(), "round {round}");
+            assert!(got == want, "round {round}: records or ids differ");
+            assert_eq!(spool.stats().records, 8);
+            if round == 0 {
+                drop(spool);
+                copy_dir(&copy, &dir.path().join("gen-0"));
+            } else {
+                let next = spool.append(b"new").unwrap().unwrap();
+                assert_eq!(next.epoch, ids[0].epoch);
+                assert_eq!(next.seq, ids[11].seq + 1);
+                assert_eq!(blob_files(dir.path()), 0);
+            }
+        }
+    }
+
+    /// A rollback and the upgrade again: this format's store (its own epoch) and the store
+    /// the earlier version started beside it are both sent, every id kept, and later appends
+    /// sort after all of them (reading goes by key), whichever epoch is the larger.
+    #[test]
+    fn after_a_rollback_both_stores_are_sent_and_appends_come_last() {
+        for want_theirs_larger in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mine = payloads("mine");
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            let my_ids: Vec<RecordId> = mine
+                .iter()
+                .map(|p| spool.append(p).unwrap().unwrap())
+                .collect();
+            spool.flush().unwrap();
+            spool.ack(my_ids[1]).unwrap();
+            drop(spool);
+            let theirs = payloads("theirs");
+            let their_ids = loop {
+                let ids = earlier_version_store(dir.path(), &theirs, 2);
+                if (ids[0].epoch > my_ids[0].epoch) == want_theirs_larger {
+                    break ids;
+                }
+                std::fs::remove_dir_all(dir.path().join("gen-0")).unwrap();
+            };
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            let new = spool.append(b"new").unwrap().unwrap();
+            spool.flush().unwrap();
+            let read = spool.read(None, 100).unwrap();
+            let mut want: Vec<RecordId> = my_ids[2..].to_vec();
+            want.extend_from_slice(&their_ids[2..]);
+            want.sort();
+            want.push(new);
+            let got: Vec<RecordId> = read.iter().map(|r| r.id).collect();
+            assert_eq!(got, want, "theirs larger: {want_theirs_larger}");
+            assert_eq!(new.epoch, my_ids[0].epoch.max(their_ids[0].epoch));
+            let all: BTreeSet<RecordId> = my_ids.iter().chain(&their_ids).copied().collect();
+            assert!(!all.contains(&new), "an id given again");
+            // Acknowledging all of it drains the store, and the ids still go on.
+            spool.ack(new).unwrap();
+            assert_eq!(spool.stats().records, 0);
+            drop(spool);
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            assert!(spool.append(b"after").unwrap().unwrap() > new);
+        }
+    }
+
     fn walk(dir: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
