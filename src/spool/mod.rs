@@ -4,8 +4,8 @@
 //!
 //! # On-disk layout
 //!
-//! `<dir>/gen-<G>/` is a sled database (generation `G`; the highest one is current), with two
-//! trees:
+//! `<dir>/v3-gen-<G>/` is a sled database of store format 3 ([`STORE_FORMAT`]; generation
+//! `G`, the highest one is current), with three trees:
 //! - `records`: key = store epoch (u64 BE) ‖ sequence (u64 BE) of the first record of a
 //!   *segment*, so iteration is FIFO; value = the segment: `0xB5`, then per record `seq − key
 //!   seq (u32 BE) | length (u32 BE) | the record sealed by` [`crate::seal::Keyring`] with its
@@ -38,6 +38,29 @@
 //! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
 //! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
 //! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
+//!
+//! # Formats and version changes
+//!
+//! A binary opens only stores of its own format and never deletes one of another; an older
+//! binary would misread a newer layout (the versions before format 3 read a record in parts
+//! as one sealed record and set it aside, and those before segments a whole segment), so:
+//!
+//! - `<dir>/gen-<G>/` is a store of the versions before format numbers (format 0 here: one
+//!   sealed record per value, segments, or from c399523 records in parts — all read by this
+//!   version). At open its records not yet acknowledged are imported into the current store
+//!   under their ids, laid out as this format lays them out, and made durable; then it is
+//!   deleted (a crash in between imports the same values again under the same keys). Into a
+//!   store not yet used, its meta comes too, so the box's ids go on where they were; next to
+//!   records of this format (this version ran, then an older one was installed again and
+//!   started a store beside, never seeing this one), the store goes on in the larger epoch
+//!   after its highest sequence, so appends still sort after every record held.
+//! - After a rollback to a version before formats, that version sees no `gen-<G>` and starts
+//!   its own store (a fresh epoch) beside this one, which waits untouched: its records are
+//!   sent, none lost or misread, once this version or a later one runs again.
+//! - **A layout change a binary of this format would misread takes the next format number**
+//!   (`v4-gen-<G>`): this version leaves such a store untouched (logged at every start), and
+//!   the newer version imports the stores of the formats before it as this one imports
+//!   `gen-<G>`. A change this version reads correctly keeps the number.
 //!
 //! # Invariants
 //!
