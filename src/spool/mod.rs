@@ -562,8 +562,12 @@ impl Spool {
                     let mut spool = Spool::from_db(config, keyring, generation, db)?;
                     for path in imported {
                         match std::fs::remove_dir_all(&path) {
-                            Ok(()) => tracing::info!(path = %path.display(), "Spool store of an earlier version imported and deleted."),
-                            Err(e) => tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete a spool store of an earlier version after importing it; it is imported again (same ids) at the next start."),
+                            Ok(()) => {
+                                tracing::info!(path = %path.display(), "Spool store of an earlier version imported and deleted.")
+                            }
+                            Err(e) => {
+                                tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete a spool store of an earlier version after importing it; it is imported again (same ids) at the next start.")
+                            }
                         }
                     }
                     for path in newer_stores(&spool.config.dir) {
@@ -3267,7 +3271,10 @@ mod tests {
             !names.iter().any(|n| n.starts_with("gen-")),
             "an earlier version would open {names:?}"
         );
-        assert!(names.contains(&format!("v{STORE_FORMAT}-gen-0")), "{names:?}");
+        assert!(
+            names.contains(&format!("v{STORE_FORMAT}-gen-0")),
+            "{names:?}"
+        );
     }
 
     /// An upgrade: the store an earlier version left (records not acknowledged, of every
