@@ -41,19 +41,21 @@
 //!
 //! # Formats and version changes
 //!
-//! A binary opens only stores of its own format and never deletes one of another; an older
-//! binary would misread a newer layout (the versions before format 3 read a record in parts
-//! as one sealed record and set it aside, and those before segments a whole segment), so:
+//! A binary opens only stores of its own format and never touches one of a newer format; an
+//! older binary would misread a newer layout (the versions before format 3 read a record in
+//! parts as one sealed record and set it aside, and those before segments a whole segment), so:
 //!
 //! - `<dir>/gen-<G>/` is a store of the versions before format numbers (format 0 here: one
 //!   sealed record per value, segments, or from c399523 records in parts — all read by this
-//!   version). At open its records not yet acknowledged are imported into the current store
-//!   under their ids, laid out as this format lays them out, and made durable; then it is
-//!   deleted (a crash in between imports the same values again under the same keys). Into a
-//!   store not yet used, its meta comes too, so the box's ids go on where they were; next to
-//!   records of this format (this version ran, then an older one was installed again and
-//!   started a store beside, never seeing this one), the store goes on in the larger epoch
-//!   after its highest sequence, so appends still sort after every record held.
+//!   version). At the first start of format 3 on the directory, the highest one is renamed
+//!   `v3-gen-<G>` (atomic, no space needed: the box's ids go on where they were). One found
+//!   beside a format 3 store (this version ran, then an older one was installed again and
+//!   started its own store, never seeing this one; or a generation a crash during compaction
+//!   left) is imported at open: its records not yet acknowledged are copied into the current
+//!   store under their ids, laid out as format 3, made durable, and it is deleted (a crash in
+//!   between imports the same values again under the same keys). The store then goes on in
+//!   the larger of the two epochs, after its highest sequence, so appends still sort after
+//!   every record held (reading goes by key).
 //! - After a rollback to a version before formats, that version sees no `gen-<G>` and starts
 //!   its own store (a fresh epoch) beside this one, which waits untouched: its records are
 //!   sent, none lost or misread, once this version or a later one runs again.
@@ -550,6 +552,7 @@ impl Spool {
         let mut events = Vec::new();
         // (lost epoch if known, bytes, quarantine name, reason) for the gap records.
         let mut lost: Vec<(Option<u64>, u64, String, String)> = Vec::new();
+        adopt_earlier_store(&config.dir)?;
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
         loop {
             let path = generation_path(&config.dir, generation);
@@ -2014,6 +2017,24 @@ fn remove_orphan_parts(records: &sled::Tree, parts: &sled::Tree) -> Result<(), S
             "Spool: deleted the parts of records no longer stored (a crash while removing them)."
         );
     }
+    Ok(())
+}
+
+/// The first start of this format on a spool directory an earlier version used: its current
+/// store (`gen-<G>`, the highest) becomes this format's store by a rename (atomic, no space
+/// needed; this version reads every layout it holds), so the box's ids go on where they were.
+/// Older `gen-<G>` left beside it (a crash during compaction) are imported at open like any.
+fn adopt_earlier_store(dir: &Path) -> Result<(), SpoolError> {
+    if !generations(dir, STORE_FORMAT)?.is_empty() {
+        return Ok(());
+    }
+    let Some(&g) = generations(dir, LEGACY_FORMAT)?.last() else {
+        return Ok(());
+    };
+    let (from, to) = (dir.join(format!("gen-{g}")), generation_path(dir, g));
+    std::fs::rename(&from, &to)?;
+    sync_dir(dir)?;
+    tracing::info!(from = %from.display(), to = %to.display(), "Spool store of an earlier version taken over (store format {STORE_FORMAT}).");
     Ok(())
 }
 
