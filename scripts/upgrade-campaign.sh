@@ -62,9 +62,14 @@ spool_with() {
     if [[ $how == kill ]]; then
         "$bin" replay --no-progress --forward --config "$dir/unreachable.toml" --forward-timeout 30 "$cap" \
             >>"$dir/writer.log" 2>&1 &
-        local pid=$!
-        # Killed once the records are spooled (the group commit is 50 ms) and it retries.
-        sleep 3
+        local pid=$! before; before=$(grep -c "records spooled" "$dir/writer.log" || true)
+        # Killed once it says the records are spooled (durable: it flushes before saying so),
+        # while it retries the collector.
+        for _ in $(seq 300); do
+            [[ $(grep -c "records spooled" "$dir/writer.log" || true) -gt $before ]] && break
+            sleep 0.1
+        done
+        sleep 0.3
         kill -KILL $pid
         wait $pid 2>/dev/null || true
     else
