@@ -7,8 +7,8 @@
 #   OLD=<commit> scripts/upgrade-campaign.sh        (builds OLD in a git worktree under /tmp)
 #
 # Directions run: OLD writes -> NEW delivers (upgrade), NEW writes -> OLD delivers (rollback),
-# and NEW -> OLD -> NEW (a rollback, then the upgrade again). Each with a clean exit and
-# with SIGKILL of the writer. Prints one line per case; exits 1 if any case lost, doubled or
+# and NEW -> OLD -> NEW (a rollback, then the upgrade again). Each with a clean exit, with
+# SIGTERM and with SIGKILL of the writer (once it has said its records are spooled). Prints one line per case; exits 1 if any case lost, doubled or
 # misread a record.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,7 +59,7 @@ CONF
 spool_with() {
     local bin=$1 dir=$2 cap=$3 port=$4 how=$5
     config "$dir/spool" "$port" >"$dir/unreachable.toml"
-    if [[ $how == kill ]]; then
+    if [[ $how == kill || $how == term ]]; then
         "$bin" replay --no-progress --forward --config "$dir/unreachable.toml" --forward-timeout 30 "$cap" \
             >>"$dir/writer.log" 2>&1 &
         local pid=$! before; before=$(grep -c "records spooled" "$dir/writer.log" || true)
@@ -70,7 +70,7 @@ spool_with() {
             sleep 0.1
         done
         sleep 0.3
-        kill -KILL $pid
+        if [[ $how == kill ]]; then kill -KILL $pid; else kill -TERM $pid; fi
         wait $pid 2>/dev/null || true
     else
         "$bin" replay --no-progress --forward --config "$dir/unreachable.toml" --forward-timeout 1 "$cap" \
@@ -140,7 +140,7 @@ run_case() { # name, then steps: "w:BIN:how" (spool, collector down) or "d:BIN" 
     kill $cpid 2>/dev/null; wait $cpid 2>/dev/null || true
 }
 
-for how in ${HOW:-clean kill}; do
+for how in ${HOW:-clean term kill}; do
     for c in ${CASES:-upgrade rollback rollback-forward rollback-then-both}; do
         case $c in
         upgrade) run_case "upgrade-$how" "w:old:$how" "d:new" ;;
