@@ -52,8 +52,9 @@
 //!   beside a format 3 store (this version ran, then an older one was installed again and
 //!   started its own store, never seeing this one; or a generation a crash during compaction
 //!   left) is imported at open: its records not yet acknowledged are copied into the current
-//!   store under their ids, laid out as format 3, made durable, and it is deleted (a crash in
-//!   between imports the same values again under the same keys). The store then goes on in
+//!   store under their ids, laid out as format 3, made durable (every 4,096 records, with how
+//!   far it got in `meta/import_through`, so a start killed half way goes on from there), and
+//!   it is deleted (a crash in between imports the same values again under the same keys). The store then goes on in
 //!   the larger of the two epochs, after its highest sequence, so appends still sort after
 //!   every record held (reading goes by key).
 //! - After a rollback to a version before formats, that version sees no `gen-<G>` and starts
@@ -2020,6 +2021,9 @@ fn remove_orphan_parts(records: &sled::Tree, parts: &sled::Tree) -> Result<(), S
     Ok(())
 }
 
+/// Records an import makes durable at a time (see [`import_earlier_stores`]).
+const IMPORT_CHUNK: u64 = 4096;
+
 /// The first start of this format on a spool directory an earlier version used: its current
 /// store (`gen-<G>`, the highest) becomes this format's store by a rename (atomic, no space
 /// needed; this version reads every layout it holds), so the box's ids go on where they were.
@@ -2151,6 +2155,13 @@ fn import_earlier_stores(
             segment.clear();
             Ok(())
         };
+        // Made durable every IMPORT_CHUNK records with how far it got, so a start killed
+        // half way (systemd's start timeout on a large store) goes on from there instead of
+        // beginning again for ever. Segments end at the same records whatever the resume.
+        let done = meta
+            .get("import_through")?
+            .and_then(|v| RecordId::from_key(&v));
+        let mut last = None;
         for entry in old_records.iter() {
             let (key, value) = entry?;
             for (id, sealed) in decode_segment(&old_parts, &key, &value)? {
@@ -2158,6 +2169,18 @@ fn import_earlier_stores(
                     continue;
                 }
                 count += 1;
+                if count % IMPORT_CHUNK == 0 {
+                    if let Some(prev) = last.filter(|p| !is_acked(done, *p)) {
+                        write_segment(&mut segment)?;
+                        segment_bytes = 0;
+                        meta.insert("import_through", &prev.key())?;
+                        db.flush()?;
+                    }
+                }
+                last = Some(id);
+                if is_acked(done, id) {
+                    continue;
+                }
                 // Laid out as `Spool::insert` lays out appends: no value over the limit.
                 let entry = sealed.len() + 8;
                 if !segment.is_empty() && 1 + segment_bytes + 8 * segment.len() + entry > limit {
@@ -2177,6 +2200,7 @@ fn import_earlier_stores(
             }
         }
         write_segment(&mut segment)?;
+        meta.remove("import_through")?;
         // Appends must sort after every record held (reading goes by key, up to the last
         // durable one): when the imported records' epoch is the larger, the store goes on in
         // it, after the highest sequence that store gave (its acknowledged ones included).
@@ -3380,6 +3404,55 @@ mod tests {
             let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
             assert!(spool.append(b"after").unwrap().unwrap() > new);
         }
+    }
+
+    /// An import killed half way (systemd's start timeout on a large store) goes on from the
+    /// last chunk it made durable: every record once, in order, under its id.
+    #[test]
+    fn an_import_killed_half_way_goes_on_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let mine = spool.append(b"mine").unwrap().unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        let n = IMPORT_CHUNK as usize * 2 + 100;
+        let theirs: Vec<Vec<u8>> = (0..n).map(|i| format!("t{i}").into_bytes()).collect();
+        let ids = earlier_version_store(dir.path(), &theirs, 0);
+        let copy = dir.path().join("copy");
+        copy_dir(&dir.path().join("gen-0"), &copy);
+        let expect = |spool: &mut Spool| {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let batch = spool.read(after, 1000).unwrap();
+                let Some(last) = batch.last() else { break };
+                after = Some(last.id);
+                got.extend(batch.into_iter().map(|r| (r.id, r.payload)));
+            }
+            let mut want: Vec<(RecordId, Vec<u8>)> =
+                ids.iter().copied().zip(theirs.clone()).collect();
+            want.push((mine, b"mine".to_vec()));
+            want.sort();
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "records or ids differ");
+        };
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        expect(&mut spool);
+        // The kill: the earlier store still there, the first chunk noted as imported, the
+        // records after it not written yet.
+        spool
+            .meta
+            .insert("import_through", &ids[IMPORT_CHUNK as usize - 2].key())
+            .unwrap();
+        let unwritten: BTreeSet<RecordId> =
+            ids[IMPORT_CHUNK as usize - 1..].iter().copied().collect();
+        spool.remove_records(&unwritten).unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        copy_dir(&copy, &dir.path().join("gen-0"));
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        expect(&mut spool);
+        assert_eq!(spool.meta.get("import_through").unwrap(), None);
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
