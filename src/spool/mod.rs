@@ -2169,7 +2169,7 @@ fn import_earlier_stores(
                     continue;
                 }
                 count += 1;
-                if count % IMPORT_CHUNK == 0 {
+                if count.is_multiple_of(IMPORT_CHUNK) {
                     if let Some(prev) = last.filter(|p| !is_acked(done, *p)) {
                         write_segment(&mut segment)?;
                         segment_bytes = 0;
