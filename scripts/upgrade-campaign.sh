@@ -62,11 +62,11 @@ spool_with() {
     if [[ $how == kill || $how == term ]]; then
         "$bin" replay --no-progress --forward --config "$dir/unreachable.toml" --forward-timeout 30 "$cap" \
             >>"$dir/writer.log" 2>&1 &
-        local pid=$! before; before=$(grep -c "records spooled" "$dir/writer.log" || true)
+        local pid=$! before; before=$(grep -sc "records spooled" "$dir/writer.log" || true)
         # Killed once it says the records are spooled (durable: it flushes before saying so),
         # while it retries the collector.
         for _ in $(seq 300); do
-            [[ $(grep -c "records spooled" "$dir/writer.log" || true) -gt $before ]] && break
+            [[ $(grep -sc "records spooled" "$dir/writer.log" || true) -gt $before ]] && break
             sleep 0.1
         done
         sleep 0.3
