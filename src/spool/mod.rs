@@ -4,8 +4,8 @@
 //!
 //! # On-disk layout
 //!
-//! `<dir>/gen-<G>/` is a sled database (generation `G`; the highest one is current), with two
-//! trees:
+//! `<dir>/v3-gen-<G>/` is a sled database of store format 3 ([`STORE_FORMAT`]; generation
+//! `G`, the highest one is current), with three trees:
 //! - `records`: key = store epoch (u64 BE) ‖ sequence (u64 BE) of the first record of a
 //!   *segment*, so iteration is FIFO; value = the segment: `0xB5`, then per record `seq − key
 //!   seq (u32 BE) | length (u32 BE) | the record sealed by` [`crate::seal::Keyring`] with its
@@ -38,6 +38,32 @@
 //! `<dir>/unreadable-<epoch>.sealed` holds records that would not open (see [`Spool::read`]),
 //! still sealed. At most [`QUARANTINES_KEPT`] of these are kept, none older than
 //! [`QUARANTINE_MAX_AGE`]; each deletion is counted (`quarantines_pruned`).
+//!
+//! # Formats and version changes
+//!
+//! A binary opens only stores of its own format and never touches one of a newer format; an
+//! older binary would misread a newer layout (the versions before format 3 read a record in
+//! parts as one sealed record and set it aside, and those before segments a whole segment), so:
+//!
+//! - `<dir>/gen-<G>/` is a store of the versions before format numbers (format 0 here: one
+//!   sealed record per value, segments, or from c399523 records in parts — all read by this
+//!   version). At the first start of format 3 on the directory, the highest one is renamed
+//!   `v3-gen-<G>` (atomic, no space needed: the box's ids go on where they were). One found
+//!   beside a format 3 store (this version ran, then an older one was installed again and
+//!   started its own store, never seeing this one; or a generation a crash during compaction
+//!   left) is imported at open: its records not yet acknowledged are copied into the current
+//!   store under their ids, laid out as format 3, made durable (every 4,096 records, with how
+//!   far it got in `meta/import_through`, so a start killed half way goes on from there), and
+//!   it is deleted (a crash in between imports the same values again under the same keys). The store then goes on in
+//!   the larger of the two epochs, after its highest sequence, so appends still sort after
+//!   every record held (reading goes by key).
+//! - After a rollback to a version before formats, that version sees no `gen-<G>` and starts
+//!   its own store (a fresh epoch) beside this one, which waits untouched: its records are
+//!   sent, none lost or misread, once this version or a later one runs again.
+//! - **A layout change a binary of this format would misread takes the next format number**
+//!   (`v4-gen-<G>`): this version leaves such a store untouched (logged at every start), and
+//!   the newer version imports the stores of the formats before it as this one imports
+//!   `gen-<G>`. A change this version reads correctly keeps the number.
 //!
 //! # Invariants
 //!
@@ -241,6 +267,13 @@ pub const SEGMENT_BYTES: usize = 6 << 10;
 /// sled log segment size of a new store: sled's default (larger ones were not faster here,
 /// see docs/spool-performance.md).
 pub const SLED_SEGMENT_BYTES: usize = 512 << 10;
+/// The format of the stores this version writes: `<dir>/v<STORE_FORMAT>-gen-<G>/` (see the
+/// module doc, "Formats and version changes"). Raised whenever a binary of the previous
+/// format would misread what this one writes.
+pub const STORE_FORMAT: u32 = 3;
+/// The format number given to `<dir>/gen-<G>/`, the stores of the versions before format
+/// numbers (single records, segments, and from c399523 to this format records in parts).
+const LEGACY_FORMAT: u32 = 0;
 /// First byte of a segment value; a value starting otherwise is one sealed record (the
 /// layout before segments: the sealed format's version byte is 1).
 const SEGMENT_TAG: u8 = 0xB5;
@@ -254,6 +287,27 @@ fn part_key(key: &[u8], n: u32) -> Vec<u8> {
     out.extend_from_slice(key);
     out.extend_from_slice(&n.to_be_bytes());
     out
+}
+
+/// Writes the parts of `sealed` (too large for one value of at most `limit` bytes) under
+/// `id`'s key, each part its own sled value, and returns the value that names them, for the
+/// caller to insert after them.
+fn write_parts(
+    parts: &sled::Tree,
+    limit: usize,
+    id: RecordId,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SpoolError> {
+    let (first, rest) = sealed.split_at((limit - 5).min(sealed.len()));
+    let key = id.key();
+    for (n, part) in (1u32..).zip(rest.chunks(limit)) {
+        parts.insert(part_key(&key, n), part)?;
+    }
+    let mut head = Vec::with_capacity(5 + first.len());
+    head.push(PARTS_TAG);
+    head.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+    head.extend_from_slice(first);
+    Ok(head)
 }
 
 /// A segment: [`SEGMENT_TAG`], then per record `seq − first seq (u32 BE) | length (u32 BE) |
@@ -499,14 +553,30 @@ impl Spool {
         let mut events = Vec::new();
         // (lost epoch if known, bytes, quarantine name, reason) for the gap records.
         let mut lost: Vec<(Option<u64>, u64, String, String)> = Vec::new();
+        adopt_earlier_store(&config.dir)?;
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
         loop {
             let path = generation_path(&config.dir, generation);
             match open_db(&path, &config) {
                 Ok(db) => {
+                    // Stores of earlier formats: their records join this store (ids kept).
+                    let imported = import_earlier_stores(&config, &db, generation, &mut lost)?;
                     // Quarantines an earlier start made but was killed before announcing.
                     lost.extend(unannounced_quarantines(&config.dir, &lost));
                     let mut spool = Spool::from_db(config, keyring, generation, db)?;
+                    for path in imported {
+                        match std::fs::remove_dir_all(&path) {
+                            Ok(()) => {
+                                tracing::info!(path = %path.display(), "Spool store of an earlier version imported and deleted.")
+                            }
+                            Err(e) => {
+                                tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "Cannot delete a spool store of an earlier version after importing it; it is imported again (same ids) at the next start.")
+                            }
+                        }
+                    }
+                    for path in newer_stores(&spool.config.dir) {
+                        tracing::error!(path = %path.display(), format = STORE_FORMAT, "A spool store of a newer teledge version is left untouched: its records are sent once that version runs again.");
+                    }
                     spool.stats.quarantined = lost.len() as u64;
                     let node = spool.config.node_id.clone();
                     let announced: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
@@ -848,17 +918,7 @@ impl Spool {
     /// its own sled value of at most [`Spool::value_limit`] bytes, and returns the value that
     /// names them, for the caller to insert after them.
     fn write_parts(&self, id: RecordId, sealed: &[u8]) -> Result<Vec<u8>, SpoolError> {
-        let limit = self.value_limit();
-        let (first, rest) = sealed.split_at((limit - 5).min(sealed.len()));
-        let key = id.key();
-        for (n, part) in (1u32..).zip(rest.chunks(limit)) {
-            self.parts.insert(part_key(&key, n), part)?;
-        }
-        let mut head = Vec::with_capacity(5 + first.len());
-        head.push(PARTS_TAG);
-        head.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
-        head.extend_from_slice(first);
-        Ok(head)
+        write_parts(&self.parts, self.value_limit(), id, sealed)
     }
 
     /// Removes the parts of the records whose values (under these keys) were just removed.
@@ -1204,15 +1264,9 @@ impl Spool {
             return;
         };
         let older: Vec<u64> = entries
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("gen-")?
-                    .parse()
-                    .ok()
-            })
-            .filter(|g| *g < self.generation)
+            .filter_map(|e| store_name(e.ok()?.file_name().to_str()?))
+            .filter(|(f, g)| *f == STORE_FORMAT && *g < self.generation)
+            .map(|(_, g)| g)
             .collect();
         for generation in older {
             let path = generation_path(&self.config.dir, generation);
@@ -1757,22 +1811,57 @@ impl Spool {
 }
 
 fn generation_path(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("gen-{generation}"))
+    dir.join(format!("v{STORE_FORMAT}-gen-{generation}"))
+}
+
+/// The store format and generation a directory name in the spool directory names:
+/// `v<F>-gen-<G>`, or `gen-<G>` for a store of the versions before format numbers
+/// ([`LEGACY_FORMAT`]).
+fn store_name(name: &str) -> Option<(u32, u64)> {
+    let (format, generation) = match name.strip_prefix("gen-") {
+        Some(g) => (LEGACY_FORMAT, g),
+        None => {
+            let (format, generation) = name.strip_prefix('v')?.split_once("-gen-")?;
+            (format.parse().ok()?, generation)
+        }
+    };
+    Some((format, generation.parse().ok()?))
+}
+
+/// The generations of stores of `format` in `dir`, lowest first.
+fn generations(dir: &Path, format: u32) -> Result<Vec<u64>, SpoolError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some((f, g)) = name.to_str().and_then(store_name) {
+            if f == format {
+                found.push(g);
+            }
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
 }
 
 fn latest_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
-    let mut latest = None;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if let Some(g) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("gen-"))
-            .and_then(|g| g.parse::<u64>().ok())
-        {
-            latest = latest.max(Some(g));
-        }
-    }
-    Ok(latest)
+    Ok(generations(dir, STORE_FORMAT)?.last().copied())
+}
+
+/// Stores of a format newer than [`STORE_FORMAT`] (a later version ran here, then this one
+/// was installed again): never opened nor deleted here; their records wait for that version.
+fn newer_stores(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let (format, _) = store_name(e.file_name().to_str()?)?;
+            (format > STORE_FORMAT).then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// In a quarantined store: what its gap record says (written before the move).
@@ -1930,6 +2019,207 @@ fn remove_orphan_parts(records: &sled::Tree, parts: &sled::Tree) -> Result<(), S
         );
     }
     Ok(())
+}
+
+/// Records an import makes durable at a time (see [`import_earlier_stores`]).
+const IMPORT_CHUNK: u64 = 4096;
+
+/// The first start of this format on a spool directory an earlier version used: its current
+/// store (`gen-<G>`, the highest) becomes this format's store by a rename (atomic, no space
+/// needed; this version reads every layout it holds), so the box's ids go on where they were.
+/// Older `gen-<G>` left beside it (a crash during compaction) are imported at open like any.
+fn adopt_earlier_store(dir: &Path) -> Result<(), SpoolError> {
+    if !generations(dir, STORE_FORMAT)?.is_empty() {
+        return Ok(());
+    }
+    let Some(&g) = generations(dir, LEGACY_FORMAT)?.last() else {
+        return Ok(());
+    };
+    let (from, to) = (dir.join(format!("gen-{g}")), generation_path(dir, g));
+    std::fs::rename(&from, &to)?;
+    sync_dir(dir)?;
+    tracing::info!(from = %from.display(), to = %to.display(), "Spool store of an earlier version taken over (store format {STORE_FORMAT}).");
+    Ok(())
+}
+
+/// Copies the records of the stores of earlier formats in the spool directory (`gen-<G>`,
+/// lowest generation first) that their store had not acknowledged into `db` (the current
+/// store, generation `generation`), each under its own id, laid out as this format lays
+/// records out, and makes them durable. Into a new store, the meta of the latest of them
+/// comes too (epoch, next sequence, acknowledgement watermark, drop counters: the box's ids
+/// go on where they were); into a store with an epoch of its own (this version ran here
+/// before the earlier one was installed again), only the drops still to announce. Returns
+/// the stores imported, for the caller to delete once the store is open: a crash before the
+/// deletion imports them again, which writes the same values under the same keys. A store
+/// that will not open is quarantined (pushed to `lost`, announced like the current store's);
+/// one that is locked (an earlier version still running on this directory) is left for the
+/// next start.
+fn import_earlier_stores(
+    config: &SpoolConfig,
+    db: &sled::Db,
+    generation: u64,
+    lost: &mut Vec<(Option<u64>, u64, String, String)>,
+) -> Result<Vec<PathBuf>, SpoolError> {
+    let earlier = generations(&config.dir, LEGACY_FORMAT)?;
+    if earlier.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = db.open_tree("records")?;
+    let parts = db.open_tree("parts")?;
+    let meta = db.open_tree("meta")?;
+    let limit = sled_segment_of(&generation_path(&config.dir, generation), config) / 76;
+    let segment_limit = config.segment_bytes.min(limit);
+    let latest = earlier.last().copied();
+    let mut imported = Vec::new();
+    for g in earlier {
+        let path = config.dir.join(format!("gen-{g}"));
+        let old = match open_db(&path, config) {
+            Ok(old) => old,
+            Err(OpenFailure::Other(e)) => {
+                tracing::error!(path = %path.display(), error = %crate::report::Chain(&e), "A spool store of an earlier version cannot be opened now (still in use?); its records are imported at the next start.");
+                continue;
+            }
+            Err(OpenFailure::Damaged(reason)) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let name = format!("quarantine-gen-{g}-{stamp}");
+                let bytes = dir_size(&path);
+                let info = QuarantineInfo {
+                    epoch: None,
+                    bytes,
+                    reason: reason.clone(),
+                };
+                if let Ok(json) = serde_json::to_vec(&info) {
+                    let _ = std::fs::write(path.join(QUARANTINE_INFO), json);
+                }
+                std::fs::rename(&path, config.dir.join(&name))?;
+                sync_dir(&config.dir)?;
+                tracing::error!(path = %path.display(), %reason, "A spool store of an earlier version would not open; moved aside and announced.");
+                lost.push((None, bytes, name, reason));
+                continue;
+            }
+        };
+        let old_records = old.open_tree("records")?;
+        let old_parts = old.open_tree("parts")?;
+        let old_meta = old.open_tree("meta")?;
+        let acked = old_meta
+            .get("acked_through")?
+            .and_then(|v| RecordId::from_key(&v));
+        let read = |tree: &sled::Tree, name: &str| -> Result<Option<u64>, SpoolError> {
+            Ok(tree
+                .get(name)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        };
+        let own_epoch = read(&meta, "epoch")?;
+        // No epoch: a store no start has opened yet (`Spool::from_db` gives one at once),
+        // so the first import into it or one a crash cut short.
+        let same_store = match own_epoch {
+            None => true,
+            Some(e) => read(&old_meta, "epoch")? == Some(e),
+        };
+        if same_store && Some(g) == latest {
+            // The box's ids go on where the earlier version left them (never lower: an
+            // import repeated after a crash finds its own meta already there).
+            if let Some(e) = read(&old_meta, "epoch")? {
+                meta.insert("epoch", &e.to_be_bytes())?;
+            }
+            for name in [
+                "next_seq",
+                "dropped_oldest",
+                "dropped_newest",
+                "pending_newest_drops",
+            ] {
+                let value = read(&meta, name)?.max(read(&old_meta, name)?);
+                if let Some(v) = value {
+                    meta.insert(name, &v.to_be_bytes())?;
+                }
+            }
+            if let (None, Some(a)) = (meta.get("acked_through")?, acked) {
+                meta.insert("acked_through", &a.key())?;
+            }
+        } else if let Some(drops) = read(&old_meta, "pending_newest_drops")?.filter(|d| *d > 0) {
+            // Refused records the earlier version had not announced yet (a crash between
+            // this flush and the deletion counts them twice: more announced, none hidden).
+            let mine = read(&meta, "pending_newest_drops")?.unwrap_or(0);
+            meta.insert("pending_newest_drops", &(mine + drops).to_be_bytes())?;
+        }
+        let mut count = 0u64;
+        let mut segment: Vec<(RecordId, Vec<u8>)> = Vec::new();
+        let mut segment_bytes = 0;
+        let write_segment = |segment: &mut Vec<(RecordId, Vec<u8>)>| -> Result<(), SpoolError> {
+            if let Some((first, _)) = segment.first() {
+                records.insert(first.key(), encode_segment(*first, segment))?;
+            }
+            segment.clear();
+            Ok(())
+        };
+        // Made durable every IMPORT_CHUNK records with how far it got, so a start killed
+        // half way (systemd's start timeout on a large store) goes on from there instead of
+        // beginning again for ever. Segments end at the same records whatever the resume.
+        let done = meta
+            .get("import_through")?
+            .and_then(|v| RecordId::from_key(&v));
+        let mut last = None;
+        for entry in old_records.iter() {
+            let (key, value) = entry?;
+            for (id, sealed) in decode_segment(&old_parts, &key, &value)? {
+                if is_acked(acked, id) {
+                    continue;
+                }
+                count += 1;
+                if count.is_multiple_of(IMPORT_CHUNK) {
+                    if let Some(prev) = last.filter(|p| !is_acked(done, *p)) {
+                        write_segment(&mut segment)?;
+                        segment_bytes = 0;
+                        meta.insert("import_through", &prev.key())?;
+                        db.flush()?;
+                    }
+                }
+                last = Some(id);
+                if is_acked(done, id) {
+                    continue;
+                }
+                // Laid out as `Spool::insert` lays out appends: no value over the limit.
+                let entry = sealed.len() + 8;
+                if !segment.is_empty() && 1 + segment_bytes + 8 * segment.len() + entry > limit {
+                    write_segment(&mut segment)?;
+                    segment_bytes = 0;
+                }
+                if 1 + entry > limit {
+                    records.insert(id.key(), write_parts(&parts, limit, id, &sealed)?)?;
+                    continue;
+                }
+                segment_bytes += sealed.len();
+                segment.push((id, sealed.into_owned()));
+                if segment_bytes >= segment_limit {
+                    write_segment(&mut segment)?;
+                    segment_bytes = 0;
+                }
+            }
+        }
+        write_segment(&mut segment)?;
+        meta.remove("import_through")?;
+        // Appends must sort after every record held (reading goes by key, up to the last
+        // durable one): when the imported records' epoch is the larger, the store goes on in
+        // it, after the highest sequence that store gave (its acknowledged ones included).
+        let top = match records.last()? {
+            Some((key, value)) => decode_segment(&parts, &key, &value)?.last().map(|r| r.0),
+            None => None,
+        };
+        if let Some(top) = top.filter(|t| own_epoch.is_some_and(|e| t.epoch > e)) {
+            let given = read(&old_meta, "next_seq")?
+                .filter(|_| read(&old_meta, "epoch").ok().flatten() == Some(top.epoch));
+            let next = given.unwrap_or(0).max(top.seq + 1);
+            meta.insert("epoch", &top.epoch.to_be_bytes())?;
+            meta.insert("next_seq", &next.to_be_bytes())?;
+        }
+        db.flush()?;
+        tracing::info!(path = %path.display(), records = count, "Spool store of an earlier version: its records not yet acknowledged join the current store under their ids.");
+        imported.push(path);
+    }
+    Ok(imported)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -2259,7 +2549,7 @@ mod tests {
         spool.flush().unwrap();
         drop(spool);
         // Garbage over every file of the generation.
-        for file in walk(&dir.path().join("gen-0")) {
+        for file in walk(&generation_path(dir.path(), 0)) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
         let (mut spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
@@ -2293,7 +2583,7 @@ mod tests {
         let before = spool.append(b"x").unwrap().unwrap();
         spool.flush().unwrap();
         drop(spool);
-        let gen0 = dir.path().join("gen-0");
+        let gen0 = generation_path(dir.path(), 0);
         for file in walk(&gen0) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
@@ -2345,7 +2635,7 @@ mod tests {
         spool.append(b"x").unwrap();
         spool.flush().unwrap();
         drop(spool);
-        for file in walk(&dir.path().join("gen-0")) {
+        for file in walk(&generation_path(dir.path(), 0)) {
             std::fs::write(&file, vec![0xA5; 4096]).unwrap();
         }
         let (spool, events) = Spool::open(config(dir.path()), keyring()).unwrap();
@@ -2591,8 +2881,8 @@ mod tests {
                     .unwrap()
                     .file_name()
                     .to_str()
-                    .unwrap()
-                    .starts_with("gen-")
+                    .and_then(store_name)
+                    .is_some()
             })
             .count();
         assert_eq!(generations, 1, "old generations are deleted");
@@ -2613,7 +2903,7 @@ mod tests {
         assert!(values <= 5000 / 10, "{values} sled values for 5000 records");
         assert_eq!(spool.stats().records, 5000);
         assert_eq!(spool.read(None, usize::MAX).unwrap().len(), 5000);
-        let blobs = dir.path().join("gen-0/blobs");
+        let blobs = generation_path(dir.path(), 0).join("blobs");
         let count = std::fs::read_dir(&blobs).map_or(0, |d| d.count());
         assert_eq!(count, 0, "sled wrote blob files");
     }
@@ -2754,7 +3044,7 @@ mod tests {
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+            .filter(|e| e.file_name().to_str().and_then(store_name).is_some())
             .map(|gen| std::fs::read_dir(gen.path().join("blobs")).map_or(0, |d| d.count()))
             .sum()
     }
@@ -2973,6 +3263,196 @@ mod tests {
         );
         assert_eq!(spool.ack(legacy[2].0).unwrap(), 3);
         assert_eq!(spool.read(None, 1).unwrap()[0].payload, b"old3");
+    }
+
+    /// Writes a store as the versions before format numbers left it: `gen-0` with this
+    /// layout (segments and records in parts, as written from c399523 on), `payloads`
+    /// appended and the first `acked` acknowledged. Returns the ids.
+    fn earlier_version_store(dir: &Path, payloads: &[Vec<u8>], acked: usize) -> Vec<RecordId> {
+        let scratch = dir.join("scratch");
+        let (mut spool, _) = Spool::open(config(&scratch), keyring()).unwrap();
+        let ids: Vec<RecordId> = payloads
+            .iter()
+            .map(|p| spool.append(p).unwrap().unwrap())
+            .collect();
+        spool.flush().unwrap();
+        if acked > 0 {
+            spool.ack(ids[acked - 1]).unwrap();
+        }
+        drop(spool);
+        std::fs::rename(generation_path(&scratch, 0), dir.join("gen-0")).unwrap();
+        std::fs::remove_dir_all(&scratch).unwrap();
+        ids
+    }
+
+    fn payloads(marker: &str) -> Vec<Vec<u8>> {
+        // Small ones several to a segment, and records of ~9 kB and 40 kB stored in parts.
+        (0..12)
+            .map(|i| {
+                let pad = [10, 9_000, 40_000][i % 3];
+                format!("{marker}{i:02} {}", "x".repeat(pad)).into_bytes()
+            })
+            .collect()
+    }
+
+    /// The versions already deployed open only `<dir>/gen-<G>` and would misread what this
+    /// format writes (a record in parts read as one sealed record is set aside, its parts
+    /// deleted later): this format's stores are named so that they never open them.
+    #[test]
+    fn no_store_of_this_format_is_one_earlier_versions_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        for p in payloads("r") {
+            spool.append(&p).unwrap();
+        }
+        spool.flush().unwrap();
+        assert!(spool.compact_if_drained().is_ok());
+        drop(spool);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("gen-")),
+            "an earlier version would open {names:?}"
+        );
+        assert!(
+            names.contains(&format!("v{STORE_FORMAT}-gen-0")),
+            "{names:?}"
+        );
+    }
+
+    /// An upgrade: the store an earlier version left (records not acknowledged, of every
+    /// size) joins this format's store under the same ids, and the ids go on after its own
+    /// (acknowledged ones included); the earlier store is deleted; an open after a crash
+    /// between the import and that deletion imports the same records again, no duplicate.
+    #[test]
+    fn a_store_of_an_earlier_version_is_imported_under_its_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = payloads("old");
+        let ids = earlier_version_store(dir.path(), &written, 4);
+        // The crash case: the earlier store copied back after the import.
+        let copy = dir.path().join("copy");
+        copy_dir(&dir.path().join("gen-0"), &copy);
+        for round in 0..2 {
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            assert!(!dir.path().join("gen-0").exists());
+            let read = spool.read(None, 100).unwrap();
+            let got: Vec<(RecordId, Vec<u8>)> =
+                read.into_iter().map(|r| (r.id, r.payload)).collect();
+            let want: Vec<(RecordId, Vec<u8>)> = ids[4..]
+                .iter()
+                .copied()
+                .zip(written[4..].iter().cloned())
+                .collect();
+            assert_eq!(got.len(), want.len(), "round {round}");
+            assert!(got == want, "round {round}: records or ids differ");
+            assert_eq!(spool.stats().records, 8);
+            if round == 0 {
+                drop(spool);
+                copy_dir(&copy, &dir.path().join("gen-0"));
+            } else {
+                let next = spool.append(b"new").unwrap().unwrap();
+                assert_eq!(next.epoch, ids[0].epoch);
+                assert_eq!(next.seq, ids[11].seq + 1);
+                assert_eq!(blob_files(dir.path()), 0);
+            }
+        }
+    }
+
+    /// A rollback and the upgrade again: this format's store (its own epoch) and the store
+    /// the earlier version started beside it are both sent, every id kept, and later appends
+    /// sort after all of them (reading goes by key), whichever epoch is the larger.
+    #[test]
+    fn after_a_rollback_both_stores_are_sent_and_appends_come_last() {
+        for want_theirs_larger in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mine = payloads("mine");
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            let my_ids: Vec<RecordId> = mine
+                .iter()
+                .map(|p| spool.append(p).unwrap().unwrap())
+                .collect();
+            spool.flush().unwrap();
+            spool.ack(my_ids[1]).unwrap();
+            drop(spool);
+            let theirs = payloads("theirs");
+            let their_ids = loop {
+                let ids = earlier_version_store(dir.path(), &theirs, 2);
+                if (ids[0].epoch > my_ids[0].epoch) == want_theirs_larger {
+                    break ids;
+                }
+                std::fs::remove_dir_all(dir.path().join("gen-0")).unwrap();
+            };
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            let new = spool.append(b"new").unwrap().unwrap();
+            spool.flush().unwrap();
+            let read = spool.read(None, 100).unwrap();
+            let mut want: Vec<RecordId> = my_ids[2..].to_vec();
+            want.extend_from_slice(&their_ids[2..]);
+            want.sort();
+            want.push(new);
+            let got: Vec<RecordId> = read.iter().map(|r| r.id).collect();
+            assert_eq!(got, want, "theirs larger: {want_theirs_larger}");
+            assert_eq!(new.epoch, my_ids[0].epoch.max(their_ids[0].epoch));
+            let all: BTreeSet<RecordId> = my_ids.iter().chain(&their_ids).copied().collect();
+            assert!(!all.contains(&new), "an id given again");
+            // Acknowledging all of it drains the store, and the ids still go on.
+            spool.ack(new).unwrap();
+            assert_eq!(spool.stats().records, 0);
+            drop(spool);
+            let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+            assert!(spool.append(b"after").unwrap().unwrap() > new);
+        }
+    }
+
+    /// An import killed half way (systemd's start timeout on a large store) goes on from the
+    /// last chunk it made durable: every record once, in order, under its id.
+    #[test]
+    fn an_import_killed_half_way_goes_on_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let mine = spool.append(b"mine").unwrap().unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        let n = IMPORT_CHUNK as usize * 2 + 100;
+        let theirs: Vec<Vec<u8>> = (0..n).map(|i| format!("t{i}").into_bytes()).collect();
+        let ids = earlier_version_store(dir.path(), &theirs, 0);
+        let copy = dir.path().join("copy");
+        copy_dir(&dir.path().join("gen-0"), &copy);
+        let expect = |spool: &mut Spool| {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let batch = spool.read(after, 1000).unwrap();
+                let Some(last) = batch.last() else { break };
+                after = Some(last.id);
+                got.extend(batch.into_iter().map(|r| (r.id, r.payload)));
+            }
+            let mut want: Vec<(RecordId, Vec<u8>)> =
+                ids.iter().copied().zip(theirs.clone()).collect();
+            want.push((mine, b"mine".to_vec()));
+            want.sort();
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "records or ids differ");
+        };
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        expect(&mut spool);
+        // The kill: the earlier store still there, the first chunk noted as imported, the
+        // records after it not written yet.
+        spool
+            .meta
+            .insert("import_through", &ids[IMPORT_CHUNK as usize - 2].key())
+            .unwrap();
+        let unwritten: BTreeSet<RecordId> =
+            ids[IMPORT_CHUNK as usize - 1..].iter().copied().collect();
+        spool.remove_records(&unwritten).unwrap();
+        spool.flush().unwrap();
+        drop(spool);
+        copy_dir(&copy, &dir.path().join("gen-0"));
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        expect(&mut spool);
+        assert_eq!(spool.meta.get("import_through").unwrap(), None);
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

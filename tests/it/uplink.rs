@@ -2178,3 +2178,72 @@ fn a_spool_restored_from_a_snapshot_moves_to_a_new_epoch_and_forwards_again() {
     assert!(gap["record"]["epoch"].as_u64().is_some(), "{gap}");
     assert!(c.log().contains("Sequence went backwards"), "{}", c.log());
 }
+
+/// An upgrade over a spool an earlier version left: its store (`gen-<G>`, the layout the
+/// versions before store formats wrote — records in parts included) is taken over by the
+/// real `teledge replay --forward` with its ids, and the collector's files hold every record
+/// exactly once, under the id it was spooled with, the new ones after them. (Two real
+/// versions, both directions and SIGKILL: scripts/upgrade-campaign.sh.)
+#[test]
+fn a_spool_an_earlier_version_left_is_forwarded_under_its_ids() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config = forward_config(&pki, &spool, "edge-01", "edge-01", "ca.pem", c.port);
+    let forward = teledge::config::load_forward(&config).unwrap();
+    // Call records of many streams are ~9 kB, a day's statistics more: stored in parts.
+    let written: Vec<Vec<u8>> = (0..9)
+        .map(|i| record(i, [100, 9_000, 40_000][i % 3], "earlier"))
+        .collect();
+    spool_records(&forward, &written);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spool.join("manifest.json")).unwrap()).unwrap();
+    let epoch = manifest["epoch"].as_u64().unwrap();
+    // The store as an earlier version names it.
+    let store = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().ends_with("gen-0"))
+        .unwrap();
+    std::fs::rename(&store, spool.join("gen-0")).unwrap();
+
+    let run = replay_forward(&config, 20);
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        !spool.join("gen-0").exists(),
+        "the earlier store is deleted once taken over"
+    );
+    let lines = stored(&out);
+    let earlier: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["record"]["marker"] == "earlier")
+        .collect();
+    let ids: Vec<String> = earlier.iter().map(|l| l["id"].to_string()).collect();
+    let want: Vec<String> = (0..9)
+        .map(|seq| format!("\"edge-01:{epoch}:{seq}\""))
+        .collect();
+    assert_eq!(
+        ids, want,
+        "each record once, under the id it was spooled with"
+    );
+    for (line, payload) in earlier.iter().zip(&written) {
+        let sent: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(line["record"], sent);
+    }
+    // The replayed calls come after, in the same epoch, no id given twice.
+    let later: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["record"]["marker"] != "earlier")
+        .collect();
+    assert!(!later.is_empty());
+    for line in later {
+        let id = line["id"].as_str().unwrap();
+        let seq: u64 = id.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            id.starts_with(&format!("edge-01:{epoch}:")) && seq >= 9,
+            "{id}"
+        );
+    }
+}
