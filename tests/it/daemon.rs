@@ -1342,6 +1342,42 @@ impl Drop for ReadOnlyMount {
 fn check_config_refuses_a_spool_directory_it_cannot_write() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
+    // Root writes anywhere the file system lets it: an immutable directory it may not.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let status = Command::new("chattr")
+        .arg("+i")
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chattr needs root (CI runs as root)");
+    struct Unlock(PathBuf);
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    let _unlock = Unlock(locked.clone());
+    let with_dir = |spool: PathBuf| {
+        move |t: String| {
+            t.lines()
+                .map(|l| match l.starts_with("dir = ") {
+                    true => format!("dir = \"{}\"", spool.display()),
+                    false => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let out = check_config_with(&pki, with_dir(locked.join("spool")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    // A read-only file system is the host's state (ext4 remounts itself so after an error),
+    // not the configuration's: a warning, and the daemon waits for it to be writable.
     let ro = dir.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
     let status = Command::new("mount")
@@ -1351,20 +1387,14 @@ fn check_config_refuses_a_spool_directory_it_cannot_write() {
         .unwrap();
     assert!(status.success(), "mounting needs root (CI runs as root)");
     let _mount = ReadOnlyMount(ro.clone());
-    let unwritable = ro.join("spool");
+    let in_ro = with_dir(ro.join("spool"));
     let out = check_config_with(&pki, |t| {
-        t.lines()
-            .map(|l| match l.starts_with("dir = ") {
-                true => format!("dir = \"{}\"", unwritable.display()),
-                false => l.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        in_ro(t).replace("key_id = 1", "key_id = 1\ndisk_reserve_bytes = 65536")
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        stderr.contains("spool.dir") && stderr.contains("read-only file system"),
         "{stderr}"
     );
 }
@@ -1715,4 +1745,93 @@ fn a_start_on_a_full_disk_waits_for_room_then_runs() {
         .status()
         .unwrap();
     assert!(agent.child.wait().unwrap().success());
+}
+
+/// The configuration of an agent whose spool is `spool` (HEP in, nothing sent).
+fn agent_config_with_spool(pki: &Pki, dir: &Path, spool: &Path, extra: &str) -> PathBuf {
+    let sources = format!("[hep]\nudp = \"127.0.0.1:{}\"\n", free_port());
+    let config = agent_config(pki, dir, free_port(), &sources, None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &dir.join("spool").display().to_string(),
+            &spool.display().to_string(),
+        )
+        .replace("key_id = 1", &format!("key_id = 1\n{extra}"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn remount(dir: &Path, how: &str) {
+    let status = Command::new("mount")
+        .args(["-o", &format!("remount,{how}")])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "remount {how} needs root (CI runs as root)"
+    );
+}
+
+/// A start on a read-only file system (ext4 remounts itself read-only after an error) waits
+/// and retries like a start on a full disk, saying so, instead of exiting and hitting
+/// systemd's `StartLimitBurst`; once the file system is writable again it runs. Real tmpfs,
+/// remounted `ro` and back.
+#[test]
+fn a_start_on_a_read_only_file_system_waits_then_runs() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    std::fs::create_dir_all(disk.join("spool")).unwrap();
+    remount(&disk, "ro");
+    let config = agent_config_with_spool(
+        &pki,
+        dir.path(),
+        &disk.join("spool"),
+        "disk_reserve_bytes = 65536",
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("file system read-only");
+    thread::sleep(Duration::from_secs(6));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the start gave up on a read-only file system"
+    );
+    remount(&disk, "rw");
+    assert!(
+        agent.wait_for_later_log("teledge running", Duration::from_secs(20)),
+        "no start once the file system was writable: {:#?}",
+        agent.rest.as_ref().unwrap().lock().unwrap()
+    );
+    agent.stop();
+}
+
+/// SIGTERM while the start waits for the spool ends the process at once (systemd takes the
+/// wait's `EXTEND_TIMEOUT_USEC` as more stop time too: before, it never stopped).
+#[test]
+fn sigterm_while_the_start_waits_for_the_spool_stops_it() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    std::fs::create_dir_all(disk.join("spool")).unwrap();
+    remount(&disk, "ro");
+    let config = agent_config_with_spool(
+        &pki,
+        dir.path(),
+        &disk.join("spool"),
+        "disk_reserve_bytes = 65536",
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("waiting for room to open the spool");
+    let asked = Instant::now();
+    let summary = agent.stop();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stopped only after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(summary["records_produced"], 0);
 }
