@@ -24,6 +24,9 @@
 //!   records not yet acknowledged: a segment is removed once all its records are, so
 //!   acknowledgement stays per record and durable).
 //!
+//! `<dir>/unspooled.ledger` holds what a store that could not be written had taken (see the
+//! durability contract and [`ledger`]).
+//!
 //! `<dir>/manifest.json` names the current store's epoch and the key ids of the records it
 //! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
 //! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
@@ -79,8 +82,20 @@
 //!   after an earlier flush or at the end of the uplink's round: a crash may also send again
 //!   the batches acknowledged within that interval — more duplicates, still no loss.
 //! - Drop counters and pending drop-newest announcements are in `meta` (durable with the next
-//!   flush); disk-full drops are counted in memory only (the disk had no room to note them),
-//!   so a crash while the disk is full loses that count, not records that were stored.
+//!   flush); disk-full drops and losses before the spool are counted in memory until they are
+//!   announced, and while the store works a crash loses those counts, not records that were
+//!   stored.
+//! - While the store cannot be written (it failed: [`SpoolError::Unavailable`]), an append is
+//!   still taken, held in memory, and each flush writes the records held and the losses not
+//!   yet announced to the *ledger* (`<dir>/unspooled.ledger`, see [`ledger`]: written whole
+//!   when the spool opens, then only overwritten in place, so writing it needs no new blocks
+//!   on a full disk); past its room (~250 KiB of sealed records) appends are refused (the
+//!   owner counts and announces them). A close, a SIGKILL or a power cut from then on loses
+//!   nothing unannounced: the next [`Spool::open`] stores the records held under their ids,
+//!   announces by their ids those taken since the last flush that are neither in the store
+//!   nor held (`records_not_spooled`, "spool store unavailable at close"), announces the
+//!   losses counted, and clears the ledger once that is durable. A start that cannot open the
+//!   store (the disk still full) leaves the ledger as it is.
 //! - [`Spool::open`] flushes before returning: the epoch of a new store and whatever sled
 //!   recovered are durable before anything is sent.
 //! - A store that will not open is moved aside: what it held that the collector had not
