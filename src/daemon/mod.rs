@@ -114,6 +114,11 @@ pub use hep::HepAddrs;
 /// Records waiting for the spool writer, at most (the queue takes memory as it fills:
 /// [`bounded`]).
 const RECORD_QUEUE: usize = 65_536;
+/// Bytes of records waiting for the spool writer, at most, as [`Record::held_bytes`] weighs
+/// them: 65,536 flood records of ~3 KB would hold ~190 MiB. Beyond it a record from a source
+/// that cannot wait is dropped (counted, `queue_bytes`, and announced like a full queue); a
+/// source that can wait (a tailed file, the shutdown's partial records) waits.
+const RECORD_QUEUE_BYTES: usize = 48 << 20;
 /// How often time moves forward without packets. Short, because it also releases call
 /// records whose grace for media in flight has passed when no other message does, and so is
 /// part of what a crash can lose (README, "What a crash can lose").
@@ -205,9 +210,11 @@ impl RecordQueue {
         let kind = record.kind();
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[kind]).inc();
-        let reason = match self.tx.try_send(record) {
+        let weight = record.held_bytes();
+        let reason = match self.tx.try_send_weighted(record, weight) {
             Ok(()) => return,
             Err(bounded::TrySendError::Full(_)) => DropReason::QueueFull,
+            Err(bounded::TrySendError::FullBytes(_)) => DropReason::QueueBytes,
             Err(bounded::TrySendError::Disconnected(_)) => DropReason::QueueClosed,
         };
         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +227,8 @@ impl RecordQueue {
     fn push_waiting(&self, record: Record) {
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[record.kind()]).inc();
-        if self.tx.send(record).is_err() {
+        let weight = record.held_bytes();
+        if self.tx.send_weighted(record, weight).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             RecordsDropped {
                 reason: DropReason::QueueClosed,
@@ -624,7 +632,8 @@ impl Daemon {
         };
 
         // Records → spool writer thread.
-        let (record_tx, record_rx) = bounded::channel::<Record>(RECORD_QUEUE);
+        let (record_tx, record_rx) =
+            bounded::channel_weighted::<Record>(RECORD_QUEUE, RECORD_QUEUE_BYTES);
         let produced = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let records = RecordQueue {

@@ -252,7 +252,7 @@ impl HepMirror {
                     self.waited_out = false;
                     return;
                 }
-                Err(TrySendError::Full(back)) => match give_up {
+                Err(TrySendError::Full(back) | TrySendError::FullBytes(back)) => match give_up {
                     Some(at) if Instant::now() < at => {
                         item = back;
                         std::thread::sleep(Duration::from_millis(1));
