@@ -29,7 +29,7 @@ use std::path::Path;
 /// The ledger's file in the spool directory.
 pub(super) const LEDGER: &str = "unspooled.ledger";
 /// Bytes of the ledger file (two slots).
-pub const LEDGER_BYTES: usize = 512 << 10;
+pub const LEDGER_BYTES: usize = 2 << 20;
 const SLOT: usize = LEDGER_BYTES / 2;
 const MAGIC: &[u8; 8] = b"TLEDGER1";
 const HEADER: usize = 8 + 8 + 4 + 32;

@@ -89,7 +89,7 @@
 //!   still taken, held in memory, and each flush writes the records held and the losses not
 //!   yet announced to the *ledger* (`<dir>/unspooled.ledger`, see [`ledger`]: written whole
 //!   when the spool opens, then only overwritten in place, so writing it needs no new blocks
-//!   on a full disk); past its room (~250 KiB of sealed records) appends are refused (the
+//!   on a full disk); past its room (~1 MiB of sealed records, ~330 call records; each flush while failed rewrites what is held) appends are refused (the
 //!   owner counts and announces them). A close, a SIGKILL or a power cut from then on loses
 //!   nothing unannounced: the next [`Spool::open`] stores the records held under their ids,
 //!   announces by their ids those taken since the last flush that are neither in the store
@@ -821,6 +821,15 @@ impl Spool {
         let sealed = self.keyring.seal(&self.aad(id), payload).ok()?;
         let held: usize = self.pending.iter().map(|(_, s)| s.len() + 12).sum();
         if held + sealed.len() + 12 > ledger::HELD_BYTES {
+            if let Some(times) = self.log_limiter.due(("spool_ledger", "full"), 1) {
+                tracing::error!(
+                    held_records = self.pending.len(),
+                    held_bytes = held,
+                    record_bytes = sealed.len(),
+                    times,
+                    "The spool store cannot be written and its ledger is full: records are refused (counted, announced)."
+                );
+            }
             return None;
         }
         // Counted for the manifest without writing it (the disk may have no room): the
