@@ -2996,9 +2996,11 @@ mod tests {
                 break;
             }
         }
+        // Appends while the store is failed are held (in memory and in the ledger) until
+        // the ledger is full; then refused.
         assert_eq!(failures, 20, "the disk never filled");
         assert!(matches!(
-            spool.append(b"while failed"),
+            spool.append(format!("while failed {}", "x".repeat(380)).as_bytes()),
             Err(SpoolError::Unavailable(_) | SpoolError::Storage(_))
         ));
         // Room again.
