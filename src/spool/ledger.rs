@@ -216,6 +216,16 @@ impl Ledger {
     }
 }
 
+/// For the fuzz target (`spool_ledger`): `bytes` read as a slot (header, SHA-256) and as an
+/// entry's body (the digest checked or not, the body's decoder must hold); the number of
+/// records the body holds, if it is a whole entry, which encoded again is `bytes`.
+pub fn read_slot_for_fuzzing(bytes: &[u8]) -> Option<usize> {
+    let _ = read_slot(bytes);
+    let entry = Entry::decode(bytes)?;
+    assert_eq!(entry.encode(), bytes, "round trip");
+    Some(entry.held.len())
+}
+
 /// The generation and entry of a slot, if it holds a whole one.
 fn read_slot(slot: &[u8]) -> Option<(u64, Entry)> {
     let rest = slot.strip_prefix(MAGIC)?;

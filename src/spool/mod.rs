@@ -120,7 +120,7 @@ use crate::log_limit::Limiter;
 mod ledger;
 use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::{Keyring, SealError};
-pub use ledger::LEDGER_BYTES;
+pub use ledger::{read_slot_for_fuzzing as read_ledger_slot, LEDGER_BYTES};
 
 /// What to do when a new record does not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
