@@ -148,18 +148,9 @@ impl Ledger {
         }
         let whole = std::fs::symlink_metadata(&path)
             .is_ok_and(|m| m.is_file() && m.len() == LEDGER_BYTES as u64);
-        if !whole {
-            if found.is_some() {
-                // Never replaced while it holds an entry: a file of another size with a
-                // valid slot is left as it is, read through its own length.
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: holds an entry but is not {LEDGER_BYTES} bytes",
-                        path.display()
-                    ),
-                ));
-            }
+        // Never replaced while it holds an entry (a file of another size with a whole slot
+        // is used as it is; once cleared, the next open writes it whole).
+        if !whole && found.is_none() {
             crate::durable::replace(
                 &path,
                 &vec![0u8; LEDGER_BYTES],
