@@ -5,9 +5,16 @@
 //! of an idle daemon that never queued more than a few records, and the HEP relay's queue
 //! (`queue_frames`, 10,000 by default) its slots whether HOMER was reachable or not. This queue is std's unbounded
 //! channel (blocks of 31 slots, allocated as messages arrive and freed as they are taken)
-//! with the bound kept by a count: [`BoundedSender::try_send`] refuses a message when
+//! with the bound kept by a count: [`BoundedSender::try_send_weighted`] refuses a message when
 //! `capacity` are waiting, exactly as `sync_channel`'s `try_send` did, and
-//! [`BoundedSender::send`] waits for room. The receiver ends the queue when dropped.
+//! [`BoundedSender::send_weighted`] waits for room. The receiver ends the queue when dropped.
+//!
+//! A queue made by [`channel_weighted`] is also bounded by the bytes its messages hold (each
+//! message's weight given by the sender, [`BoundedSender::try_send_weighted`],
+//! [`BoundedSender::send_weighted`]): a message is refused (or waits) when it would take the
+//! bytes waiting past `max_bytes`, unless the queue is empty (a message larger than the
+//! bound alone still passes, so nothing waits for ever). [`TrySendError::Full`] and
+//! [`TrySendError::FullBytes`] tell the two bounds apart, for their counters.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -22,6 +29,9 @@ const RECHECK: Duration = Duration::from_millis(50);
 struct Shared {
     capacity: usize,
     waiting: AtomicUsize,
+    /// Most bytes waiting (`usize::MAX`: no byte bound), and the bytes waiting now.
+    max_bytes: usize,
+    bytes: AtomicUsize,
     closed: AtomicBool,
     room: Mutex<()>,
     freed: Condvar,
@@ -32,6 +42,8 @@ struct Shared {
 pub(crate) enum TrySendError<T> {
     /// `capacity` messages are waiting.
     Full(T),
+    /// The message would take the bytes waiting past the queue's `max_bytes`.
+    FullBytes(T),
     /// The receiver is gone.
     Disconnected(T),
 }
@@ -39,7 +51,7 @@ pub(crate) enum TrySendError<T> {
 /// The sending end; clones share the bound.
 #[derive(Debug)]
 pub(crate) struct BoundedSender<T> {
-    tx: mpsc::Sender<T>,
+    tx: mpsc::Sender<(T, usize)>,
     shared: Arc<Shared>,
 }
 
@@ -55,16 +67,29 @@ impl<T> Clone for BoundedSender<T> {
 /// The receiving end.
 #[derive(Debug)]
 pub(crate) struct BoundedReceiver<T> {
-    rx: mpsc::Receiver<T>,
+    rx: mpsc::Receiver<(T, usize)>,
     shared: Arc<Shared>,
 }
 
-/// A queue of at most `capacity` messages (at least one).
+/// A queue of at most `capacity` messages (at least one), without a byte bound (the unit
+/// tests' queue: every queue of the product weighs its messages).
+#[cfg(test)]
 pub(crate) fn channel<T>(capacity: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
+    channel_weighted(capacity, usize::MAX)
+}
+
+/// A queue of at most `capacity` messages (at least one) and `max_bytes` bytes of them, as
+/// their senders weigh them (see the module doc).
+pub(crate) fn channel_weighted<T>(
+    capacity: usize,
+    max_bytes: usize,
+) -> (BoundedSender<T>, BoundedReceiver<T>) {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         capacity: capacity.max(1),
         waiting: AtomicUsize::new(0),
+        max_bytes,
+        bytes: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
         room: Mutex::new(()),
         freed: Condvar::new(),
@@ -78,59 +103,120 @@ pub(crate) fn channel<T>(capacity: usize) -> (BoundedSender<T>, BoundedReceiver<
     )
 }
 
+/// Which bound refused a place.
+enum NoRoom {
+    Count,
+    Bytes,
+}
+
 impl<T> BoundedSender<T> {
-    /// Takes one place in the queue if there is one.
-    fn reserve(&self) -> bool {
+    /// Takes one place and `weight` bytes in the queue if there is room for them.
+    fn reserve(&self, weight: usize) -> Result<(), NoRoom> {
         let shared = &self.shared;
         let mut n = shared.waiting.load(Ordering::Acquire);
-        while n < shared.capacity {
+        loop {
+            if n >= shared.capacity {
+                return Err(NoRoom::Count);
+            }
             match shared.waiting.compare_exchange_weak(
                 n,
                 n + 1,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(now) => n = now,
             }
         }
-        false
+        if shared.max_bytes == usize::MAX {
+            return Ok(());
+        }
+        let mut b = shared.bytes.load(Ordering::Acquire);
+        loop {
+            // Alone in the queue, a message passes whatever its weight.
+            if n > 0 && b.saturating_add(weight) > shared.max_bytes {
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(NoRoom::Bytes);
+            }
+            match shared.bytes.compare_exchange_weak(
+                b,
+                b.saturating_add(weight),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => b = now,
+            }
+        }
+    }
+
+    /// Gives back a place and its bytes.
+    fn release(shared: &Shared, weight: usize) {
+        if shared.max_bytes != usize::MAX {
+            shared.bytes.fetch_sub(weight, Ordering::AcqRel);
+        }
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Hands the message over after a place was reserved.
-    fn put(&self, message: T) -> Result<(), T> {
-        self.tx.send(message).map_err(|e| {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            e.0
+    fn put(&self, message: T, weight: usize) -> Result<(), T> {
+        self.tx.send((message, weight)).map_err(|e| {
+            Self::release(&self.shared, weight);
+            e.0 .0
         })
     }
 
+    /// The bytes of the messages waiting, as their senders weighed them (0 without a byte
+    /// bound).
+    #[cfg(test)]
+    pub(crate) fn bytes_waiting(&self) -> usize {
+        self.shared.bytes.load(Ordering::Acquire)
+    }
+
     /// Queues `message` unless `capacity` are waiting or the receiver is gone; never waits.
+    #[cfg(test)]
     pub(crate) fn try_send(&self, message: T) -> Result<(), TrySendError<T>> {
+        self.try_send_weighted(message, 0)
+    }
+
+    /// Queues `message`, weighing `weight` bytes, unless a bound is reached or the receiver
+    /// is gone; never waits.
+    pub(crate) fn try_send_weighted(
+        &self,
+        message: T,
+        weight: usize,
+    ) -> Result<(), TrySendError<T>> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Disconnected(message));
         }
-        if !self.reserve() {
-            return Err(TrySendError::Full(message));
+        match self.reserve(weight) {
+            Ok(()) => self
+                .put(message, weight)
+                .map_err(TrySendError::Disconnected),
+            Err(NoRoom::Count) => Err(TrySendError::Full(message)),
+            Err(NoRoom::Bytes) => Err(TrySendError::FullBytes(message)),
         }
-        self.put(message).map_err(TrySendError::Disconnected)
     }
 
-    /// Queues `message`, waiting for room; gives it back if the receiver is gone.
-    pub(crate) fn send(&self, message: T) -> Result<(), T> {
+    /// Queues `message`, weighing `weight` bytes, waiting for room under both bounds;
+    /// gives it back if the receiver is gone.
+    pub(crate) fn send_weighted(&self, message: T, weight: usize) -> Result<(), T> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(message);
             }
-            if self.reserve() {
-                return self.put(message);
+            if self.reserve(weight).is_ok() {
+                return self.put(message, weight);
             }
             let guard = self.shared.room.lock().unwrap_or_else(|p| p.into_inner());
-            // Checked again under the lock the receiver takes to wake us: no wake-up is lost.
+            // Checked again under the lock the receiver takes to wake us: no wake-up is lost
+            // (a place freed by bytes alone is seen at the next recheck at the latest).
             if self.shared.waiting.load(Ordering::Acquire) >= self.shared.capacity
                 && !self.shared.closed.load(Ordering::Acquire)
             {
                 let _ = self.shared.freed.wait_timeout(guard, RECHECK);
+            } else if !self.shared.closed.load(Ordering::Acquire) {
+                let _ = self.shared.freed.wait_timeout(guard, RECHECK / 10);
             }
         }
     }
@@ -140,9 +226,10 @@ impl<T> BoundedReceiver<T> {
     /// The next message, waiting up to `timeout`; `Disconnected` once every sender is gone
     /// and the queue is empty.
     pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let message = self.rx.recv_timeout(timeout)?;
-        let before = self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-        if before >= self.shared.capacity {
+        let (message, weight) = self.rx.recv_timeout(timeout)?;
+        let before = self.shared.waiting.load(Ordering::Acquire);
+        BoundedSender::<T>::release(&self.shared, weight);
+        if before >= self.shared.capacity || self.shared.max_bytes != usize::MAX {
             // A sender may be waiting for this place.
             let _guard = self.shared.room.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.freed.notify_all();
@@ -197,10 +284,10 @@ mod tests {
         std::thread::JoinHandle<Result<(), u32>>,
     ) {
         let (tx, rx) = channel::<u32>(1);
-        tx.send(1).unwrap();
+        tx.send_weighted(1, 0).unwrap();
         let sender = {
             let tx = tx.clone();
-            std::thread::spawn(move || tx.send(2))
+            std::thread::spawn(move || tx.send_weighted(2, 0))
         };
         std::thread::sleep(Duration::from_millis(20));
         (tx, rx, sender)
@@ -220,6 +307,44 @@ mod tests {
         drop(rx);
         assert_eq!(sender.join().unwrap(), Err(2));
         assert!(matches!(tx.try_send(3), Err(TrySendError::Disconnected(3))));
+    }
+
+    /// The byte bound refuses (or holds back) what would pass it, tells it apart from the
+    /// count bound, gives the bytes back as messages are taken, and lets a message larger
+    /// than the bound through alone.
+    #[test]
+    fn the_byte_bound_refuses_past_its_bytes_and_a_waiting_send_goes_through() {
+        let (tx, rx) = channel_weighted::<u32>(10, 100);
+        tx.try_send_weighted(1, 60).unwrap();
+        tx.try_send_weighted(2, 40).unwrap();
+        assert!(matches!(
+            tx.try_send_weighted(3, 1),
+            Err(TrySendError::FullBytes(3))
+        ));
+        let sender = {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send_weighted(4, 50))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!sender.is_finished(), "waits for bytes");
+        assert_eq!(rx.recv_timeout(Duration::ZERO).ok(), Some(1));
+        assert!(sender.join().unwrap().is_ok());
+        assert_eq!(rx.recv_timeout(Duration::ZERO).ok(), Some(2));
+        assert_eq!(rx.recv_timeout(Duration::ZERO).ok(), Some(4));
+        // Empty: one message larger than the bound passes alone, nothing beside it.
+        tx.try_send_weighted(5, 1000).unwrap();
+        assert!(matches!(
+            tx.try_send_weighted(6, 1),
+            Err(TrySendError::FullBytes(6))
+        ));
+        assert_eq!(rx.recv_timeout(Duration::ZERO).ok(), Some(5));
+        for i in 0..10 {
+            tx.try_send_weighted(i, 1).unwrap();
+        }
+        assert!(matches!(
+            tx.try_send_weighted(10, 1),
+            Err(TrySendError::Full(10))
+        ));
     }
 
     #[test]

@@ -364,11 +364,22 @@ pub(super) fn validate_forward(
         // The spool (or the directory it will be made in) must be writable by the user the
         // check runs as: under systemd, ExecStartPre= runs as the service user.
         let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
-        if let Err(e) = rustix::fs::access(existing, access) {
-            problem(
+        match rustix::fs::access(existing, access) {
+            Ok(()) => {}
+            // A host state, not the configuration's: ext4 remounts itself read-only after an
+            // error until someone repairs it, and the daemon waits for a writable spool then
+            // (as for a full disk) rather than exiting and ending up down for good.
+            Err(rustix::io::Errno::ROFS) => warnings.push(ConfigProblem {
+                path: "spool.dir".into(),
+                message: format!(
+                    "{}: on a read-only file system now; the daemon waits until it is writable",
+                    existing.display()
+                ),
+            }),
+            Err(e) => problem(
                 "spool.dir",
                 format!("{}: not writable by this user ({e})", existing.display()),
-            );
+            ),
         }
     }
     // The reserve and the bound against the file system the spool will live on.

@@ -212,6 +212,8 @@ pub struct CallCounters {
     /// Records made before their `record_grace` passed because too many ended calls were
     /// waiting (a flood of short calls): nothing lost, trailing media not waited for.
     pub records_grace_cut_short: u64,
+    /// The same because the records waiting held their byte bound (large records).
+    pub records_grace_cut_short_bytes: u64,
     /// Call records made with a counter saturated at 2^32 − 1 (their `saturated` names it).
     pub calls_with_saturated_counters: u64,
 }
@@ -238,6 +240,7 @@ impl CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            records_grace_cut_short_bytes,
             calls_with_saturated_counters,
         } = *other;
         self.calls += calls;
@@ -257,6 +260,7 @@ impl CallCounters {
         self.hep_rtcp_after_end += hep_rtcp_after_end;
         self.hep_rtcp_dropped += hep_rtcp_dropped;
         self.records_grace_cut_short += records_grace_cut_short;
+        self.records_grace_cut_short_bytes += records_grace_cut_short_bytes;
         self.calls_with_saturated_counters += calls_with_saturated_counters;
     }
 }
@@ -877,6 +881,12 @@ impl CallTracker {
     /// Counts a record made before its grace passed (see [`CallLimits::record_grace`]).
     pub fn note_grace_cut_short(&mut self) {
         self.counters.records_grace_cut_short += 1;
+    }
+
+    /// Counts a record made before its grace passed because the records waiting held their
+    /// byte bound.
+    pub fn note_grace_cut_short_bytes(&mut self) {
+        self.counters.records_grace_cut_short_bytes += 1;
     }
 
     /// Moves time forward: ends calls that timed out (or whose challenge or CANCEL was not
@@ -1868,6 +1878,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            records_grace_cut_short_bytes,
             calls_with_saturated_counters,
         } = *c;
         crate::record::CallCounters {
@@ -1888,6 +1899,7 @@ impl From<&CallCounters> for crate::record::CallCounters {
             hep_rtcp_after_end,
             hep_rtcp_dropped,
             records_grace_cut_short,
+            records_grace_cut_short_bytes,
             calls_with_saturated_counters,
         }
     }

@@ -58,6 +58,11 @@ pub struct ListenableCall {
 
 /// Ended calls held in their grace at most; beyond it the oldest record is made at once.
 const MAX_CALLS_IN_GRACE: usize = 10_000;
+/// Bytes of ended calls' records held in their grace at most, as
+/// [`crate::record::held_bytes`] weighs them (10,000 flood records of ~3 KB would be
+/// ~30 MiB, more with media); beyond it the oldest record is made at once (counted in
+/// `records_grace_cut_short_bytes`).
+const MAX_GRACE_BYTES: usize = 16 << 20;
 
 /// A call open now, as the live status view shows it (clear identities: the daemon
 /// pseudonymises them before anything leaves the pipeline).
@@ -94,7 +99,12 @@ pub struct Correlator {
     calls: CallTracker,
     media: MediaTracker,
     /// Ended calls waiting out their grace, oldest first: (time the record is made, record).
-    ending: VecDeque<(Timestamp, CallRecord)>,
+    ending: VecDeque<(Timestamp, CallRecord, usize)>,
+    /// Bytes of the records in `ending` (each weighed when it was put there,
+    /// [`crate::record::held_bytes`]).
+    ending_bytes: usize,
+    /// The bound of `ending_bytes` ([`MAX_GRACE_BYTES`]; smaller in tests).
+    grace_bytes: usize,
     grace: Duration,
     /// Times REGISTER attempts when the statistics want them
     /// ([`Correlator::with_registration_records`]).
@@ -118,6 +128,8 @@ impl Correlator {
             calls: CallTracker::new(calls),
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
+            ending_bytes: 0,
+            grace_bytes: MAX_GRACE_BYTES,
         }
     }
 
@@ -227,7 +239,7 @@ impl Correlator {
             return;
         }
         let key = calls::call_key(msg.call_id);
-        if let Some((_, call)) = self.ending.iter_mut().find(|(_, c)| {
+        if let Some((_, call, _)) = self.ending.iter_mut().find(|(_, c, _)| {
             c.closed_by == ClosedBy::Bye
                 && c.bye_answered_time.is_none()
                 && calls::call_key(&c.call_id) == key
@@ -242,24 +254,40 @@ impl Correlator {
     fn hold(&mut self, ended: Vec<CallRecord>, now: Timestamp, out: &mut impl FnMut(Record)) {
         let at = now.plus(self.grace);
         for call in ended {
+            let weight = crate::record::held_bytes(&call);
             if self.ending.len() >= MAX_CALLS_IN_GRACE {
                 // A flood of short calls: the oldest record is made now rather than held
                 // without bound; nothing is lost, its trailing media is not waited for.
-                if let Some((at, call)) = self.ending.pop_front() {
+                if let Some((at, call)) = self.pop_ending() {
                     self.calls.note_grace_cut_short();
+                    emit(&mut self.media, call, at, out);
+                }
+            }
+            // The same by bytes (large records: media, long headers).
+            while !self.ending.is_empty() && self.ending_bytes + weight > self.grace_bytes {
+                if let Some((at, call)) = self.pop_ending() {
+                    self.calls.note_grace_cut_short_bytes();
                     emit(&mut self.media, call, at, out);
                 }
             }
             self.media.closing(&call.call_id);
             self.media.tap().call_ended(calls::call_key(&call.call_id));
-            self.ending.push_back((at, call));
+            self.ending_bytes += weight;
+            self.ending.push_back((at, call, weight));
         }
+    }
+
+    /// The oldest record in its grace, taken out (its bytes too).
+    fn pop_ending(&mut self) -> Option<(Timestamp, CallRecord)> {
+        let (at, call, weight) = self.ending.pop_front()?;
+        self.ending_bytes -= weight;
+        Some((at, call))
     }
 
     /// Makes the records of ended calls whose grace has passed.
     fn release(&mut self, now: Timestamp, out: &mut impl FnMut(Record)) {
-        while self.ending.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((at, call)) = self.ending.pop_front() {
+        while self.ending.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((at, call)) = self.pop_ending() {
                 emit(&mut self.media, call, at, out);
             }
         }
@@ -273,9 +301,10 @@ impl Correlator {
         if let Some(i) = self
             .ending
             .iter()
-            .position(|(_, c)| calls::call_key(&c.call_id) == key)
+            .position(|(_, c, _)| calls::call_key(&c.call_id) == key)
         {
-            if let Some((at, call)) = self.ending.remove(i) {
+            if let Some((at, call, weight)) = self.ending.remove(i) {
+                self.ending_bytes -= weight;
                 emit(&mut self.media, call, at, out);
             }
         }
@@ -360,7 +389,7 @@ impl Correlator {
 
     /// Reports everything still open.
     pub fn finish(&mut self, closed_by: ClosedBy, out: &mut impl FnMut(Record)) {
-        while let Some((at, call)) = self.ending.pop_front() {
+        while let Some((at, call)) = self.pop_ending() {
             emit(&mut self.media, call, at, out);
         }
         let Correlator { calls, media, .. } = self;
@@ -759,6 +788,45 @@ mod tests {
         assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 55);
         assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
+    }
+
+    /// Ended calls' records held in their grace are bounded by bytes too: beyond the bound
+    /// the oldest is made at once (counted), none is lost or made twice.
+    #[test]
+    fn records_in_their_grace_are_bounded_by_bytes_and_none_lost() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        c.grace_bytes = 40_000;
+        let mut out = Vec::new();
+        let (a, b) = ("10.0.0.1:5060", "10.0.0.2:5060");
+        for i in 0..200 {
+            let id = format!("grace-bytes-{i}");
+            let invite = msg(&id, "INVITE sip:b@x SIP/2.0", "INVITE", 1, false, "inv");
+            sip_at(&mut c, 0, &invite, a, b, &mut out);
+            let ok = msg(&id, "SIP/2.0 200 OK", "INVITE", 1, true, "inv");
+            sip_at(&mut c, 0, &ok, b, a, &mut out);
+            let bye = msg(&id, "BYE sip:b@x SIP/2.0", "BYE", 2, true, "bye");
+            sip_at(&mut c, 0, &bye, a, b, &mut out);
+            assert!(c.ending_bytes <= 40_000, "{}", c.ending_bytes);
+        }
+        let early = c.calls().counters().records_grace_cut_short_bytes;
+        assert!(early > 100, "{early}");
+        assert_eq!(c.calls().counters().records_grace_cut_short, 0);
+        c.advance(
+            Timestamp::from_nanos(1_700_000_000_000_000_000 + 5_000_000_000),
+            &mut |r| out.push(r),
+        );
+        let mut ids: Vec<String> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Call(call) => Some(call.call_id.clone()),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!((before, ids.len()), (200, 200));
+        assert_eq!(c.ending_bytes, 0);
     }
 
     /// A SIP message of call `id`: a request when `start` names a method, else a response.

@@ -114,6 +114,11 @@ pub use hep::HepAddrs;
 /// Records waiting for the spool writer, at most (the queue takes memory as it fills:
 /// [`bounded`]).
 const RECORD_QUEUE: usize = 65_536;
+/// Bytes of records waiting for the spool writer, at most, as [`Record::held_bytes`] weighs
+/// them: 65,536 flood records of ~3 KB would hold ~190 MiB. Beyond it a record from a source
+/// that cannot wait is dropped (counted, `queue_bytes`, and announced like a full queue); a
+/// source that can wait (a tailed file, the shutdown's partial records) waits.
+const RECORD_QUEUE_BYTES: usize = 48 << 20;
 /// How often time moves forward without packets. Short, because it also releases call
 /// records whose grace for media in flight has passed when no other message does, and so is
 /// part of what a crash can lose (README, "What a crash can lose").
@@ -154,6 +159,9 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Relay(#[from] crate::relay::RelayError),
+    /// SIGTERM or SIGINT while the start waited for the spool (nothing had been captured).
+    #[error("stopped before the start completed")]
+    StoppedBeforeStart,
 }
 
 impl DaemonError {
@@ -180,7 +188,7 @@ impl DaemonError {
             DaemonError::Spool(crate::spool::SpoolError::Io(e)) => {
                 matches!(e.kind(), PermissionDenied | NotFound)
             }
-            DaemonError::Spool(_) | DaemonError::Io(_) => false,
+            DaemonError::Spool(_) | DaemonError::Io(_) | DaemonError::StoppedBeforeStart => false,
             // The TLS files of [hep_out] were checked by the configuration; a thread that
             // would not start is the host's trouble, maybe passing.
             DaemonError::Relay(e) => !matches!(e, crate::relay::RelayError::Thread(_)),
@@ -202,9 +210,11 @@ impl RecordQueue {
         let kind = record.kind();
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[kind]).inc();
-        let reason = match self.tx.try_send(record) {
+        let weight = record.held_bytes();
+        let reason = match self.tx.try_send_weighted(record, weight) {
             Ok(()) => return,
             Err(bounded::TrySendError::Full(_)) => DropReason::QueueFull,
+            Err(bounded::TrySendError::FullBytes(_)) => DropReason::QueueBytes,
             Err(bounded::TrySendError::Disconnected(_)) => DropReason::QueueClosed,
         };
         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +227,8 @@ impl RecordQueue {
     fn push_waiting(&self, record: Record) {
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[record.kind()]).inc();
-        if self.tx.send(record).is_err() {
+        let weight = record.held_bytes();
+        if self.tx.send_weighted(record, weight).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             RecordsDropped {
                 reason: DropReason::QueueClosed,
@@ -378,17 +389,23 @@ pub struct Daemon {
     listeners: CancellationToken,
 }
 
-/// How often a start retries a spool that could not be opened for lack of space.
+/// How often a start retries a spool that could not be opened for lack of space (or on a
+/// read-only file system).
 const SPOOL_ROOM_RETRY: Duration = Duration::from_secs(5);
 
-/// Opens the spool; while the file system is full (sled cannot even open a store then) the
-/// start waits and retries every [`SPOOL_ROOM_RETRY`], saying so in the journal and in
-/// `systemctl status`, and asking systemd for more start time, instead of exiting: a unit
-/// that failed five times in a row would stay down for good (`StartLimitBurst`), also once
-/// the disk had room again. Any other error fails the start as before.
+/// Opens the spool; while the file system is full (sled cannot even open a store then) or
+/// read-only (ext4 remounts itself read-only after an error, until someone repairs it) the
+/// start waits and retries every [`SPOOL_ROOM_RETRY`], saying so in the journal (once a
+/// minute) and in `systemctl status`, and asking systemd for more start time, instead of
+/// exiting: a unit that failed five times in a row would stay down for good
+/// (`StartLimitBurst`), also once the disk had room again. `stop` (SIGTERM, SIGINT) ends the
+/// wait ([`DaemonError::StoppedBeforeStart`]): systemd takes each `EXTEND_TIMEOUT_USEC` as
+/// more stop time too, so a wait that ignored it never stopped. Any other error fails the
+/// start as before.
 async fn open_spool_when_there_is_room(
     config: &AgentConfig,
     notifier: &observe::Notifier,
+    stop: &CancellationToken,
 ) -> Result<(Spool, Vec<crate::spool::SpoolEvent>), DaemonError> {
     let mut waiting_since = None;
     loop {
@@ -399,23 +416,34 @@ async fn open_spool_when_there_is_room(
                 }
                 return Ok(opened);
             }
-            Err(e) if e.is_out_of_space() => {
+            Err(e) if e.is_out_of_space() || e.is_read_only() => {
                 let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                let why = if e.is_read_only() {
+                    "read-only"
+                } else {
+                    "full"
+                };
                 let message = format!(
-                    "waiting for room to open the spool in {} ({}s): {}",
+                    "waiting for room to open the spool in {} (file system {why}, {}s): {}",
                     config.forward.spool.dir.display(),
                     since.elapsed().as_secs(),
                     crate::report::Chain(&e)
                 );
                 // Logged every minute, not every retry.
                 if since.elapsed().as_secs() % 60 < SPOOL_ROOM_RETRY.as_secs() {
-                    tracing::error!("The file system is full: {message}.");
+                    tracing::error!("The file system is {why}: {message}.");
                 }
                 let _ = notifier.notify(&[
                     observe::NotifyState::Status(&message),
                     observe::NotifyState::ExtendTimeout(SPOOL_ROOM_RETRY * 3),
                 ]);
-                tokio::time::sleep(SPOOL_ROOM_RETRY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(SPOOL_ROOM_RETRY) => {}
+                    () = stop.cancelled() => {
+                        tracing::warn!("Stopped while waiting to open the spool: nothing was captured.");
+                        return Err(DaemonError::StoppedBeforeStart);
+                    }
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -439,6 +467,26 @@ impl Daemon {
         config_path: &Path,
         systemd: Systemd,
         clock: Clock,
+    ) -> Result<Daemon, DaemonError> {
+        Daemon::start_until(
+            config,
+            config_path,
+            systemd,
+            clock,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// [`Daemon::start_with`], given up when `stop` is cancelled while the start waits for a
+    /// spool it cannot open yet (a full or read-only file system):
+    /// [`DaemonError::StoppedBeforeStart`].
+    pub async fn start_until(
+        config: AgentConfig,
+        config_path: &Path,
+        systemd: Systemd,
+        clock: Clock,
+        stop: CancellationToken,
     ) -> Result<Daemon, DaemonError> {
         // What runs, said once at info (the default level of `run`): an operator reading
         // the journal sees the node, its sources and where records go without TELEDGE_LOG.
@@ -477,7 +525,7 @@ impl Daemon {
         let _ = notifier.notify(&[observe::NotifyState::ExtendTimeout(Duration::from_secs(
             120,
         ))]);
-        let (spool, events) = open_spool_when_there_is_room(&config, &notifier).await?;
+        let (spool, events) = open_spool_when_there_is_room(&config, &notifier, &stop).await?;
         for event in events {
             tracing::error!(
                 ?event,
@@ -590,7 +638,8 @@ impl Daemon {
         };
 
         // Records → spool writer thread.
-        let (record_tx, record_rx) = bounded::channel::<Record>(RECORD_QUEUE);
+        let (record_tx, record_rx) =
+            bounded::channel_weighted::<Record>(RECORD_QUEUE, RECORD_QUEUE_BYTES);
         let produced = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let records = RecordQueue {
@@ -890,11 +939,33 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let mut daemon = Daemon::start(config, &config_path).await?;
+        // SIGTERM/SIGINT, from the start on: a start waiting for the spool stops too.
+        let stop = CancellationToken::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                stop.cancel();
+            });
+        }
+        let mut daemon = match Daemon::start_until(
+            config,
+            &config_path,
+            Systemd::from_env(),
+            Clock::Wall,
+            stop.clone(),
+        )
+        .await
+        {
+            Err(DaemonError::StoppedBeforeStart) => return Ok(RunSummary::default()),
+            started => started?,
+        };
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                () = stop.cancelled() => break,
                 _ = hup.recv() => reload(&mut daemon, &config_path).await,
             }
         }

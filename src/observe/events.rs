@@ -44,6 +44,9 @@ pub struct RecordsDropped {
 pub enum DropReason {
     /// The queue to the spool writer was full (capture never waits on the spool).
     QueueFull,
+    /// The queue to the spool writer held its bound of bytes
+    /// ([`crate::record::Record::held_bytes`]).
+    QueueBytes,
     /// The spool writer had stopped: nothing could take the record.
     QueueClosed,
     /// A record that would not serialise.
@@ -61,6 +64,7 @@ impl DropReason {
     pub fn label(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
+            DropReason::QueueBytes => "queue_bytes",
             DropReason::QueueClosed => "queue_closed",
             DropReason::NotSerialisable => "not_serialisable",
             DropReason::HepQueueFull => "hep_queue_full",

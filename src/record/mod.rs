@@ -243,7 +243,47 @@ pub enum Record {
     Agent(Box<agent::AgentStateRecord>),
 }
 
+/// The bytes a record holds, as its queues weigh it: the size of its boxed body plus the
+/// length of its JSON (its strings, lists and numbers, with room for their names): what a
+/// record holds on the heap is within that (its text is as long in JSON, a field's name
+/// stands for the field's fixed bytes). Walks the record without allocating.
+pub fn held_bytes<T: Serialize>(body: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, body);
+    std::mem::size_of_val(body) + count.0
+}
+
 impl Record {
+    /// The bytes this record holds, as the record queue weighs it ([`held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Record::Call(body) => held_bytes(&**body),
+            Record::Stream(body) => held_bytes(&**body),
+            Record::OrphanStreams(body) => held_bytes(&**body),
+            Record::CaptureSummary(body) => held_bytes(&**body),
+            Record::Sensor(body) => held_bytes(&**body),
+            Record::Alert(body) => held_bytes(&**body),
+            Record::Gap(body) => held_bytes(&**body),
+            Record::Interval(body) => held_bytes(&**body),
+            Record::Queue(body) => held_bytes(&**body),
+            Record::Registrations(body) => held_bytes(&**body),
+            Record::Update(body) => held_bytes(&**body),
+            Record::Heartbeat(body) => held_bytes(&**body),
+            Record::Audit(body) => held_bytes(&**body),
+            Record::Agent(body) => held_bytes(&**body),
+        }
+    }
+
     /// The record's `"type"`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -228,6 +228,8 @@ pub struct CallCounters {
     pub hep_rtcp_dropped: u64,
     /// Records made before their grace passed because too many ended calls were waiting.
     pub records_grace_cut_short: u64,
+    /// The same because the records waiting held their byte bound (16 MiB).
+    pub records_grace_cut_short_bytes: u64,
     /// Call records made with a counter saturated at 2^32 − 1 (named in their `saturated`).
     pub calls_with_saturated_counters: u64,
 }

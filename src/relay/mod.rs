@@ -36,7 +36,7 @@ pub mod frames;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,10 +118,6 @@ pub struct HepRelay {
 /// The pipeline's side of the relay: turns events into frames and queues them.
 pub struct HepMirror {
     tx: BoundedSender<Queued>,
-    /// Bytes held by the queued frames ([`held_bytes`]), taken before a frame is queued and
-    /// given back by the sender when it takes the frame out.
-    queued_bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
     identity: Identity,
     kinds: Kinds,
     overflow: Overflow,
@@ -152,8 +148,7 @@ impl HepRelay {
             HepOutTransport::Tls(tls) => Some(tls_client(tls)?),
             _ => None,
         };
-        let (tx, rx) = bounded::channel(config.queue_frames);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = bounded::channel_weighted(config.queue_frames, config.queue_bytes);
         let deadline = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let sender = Sender {
@@ -164,7 +159,6 @@ impl HepRelay {
             metrics: Arc::clone(&metrics),
             deadline: Arc::clone(&deadline),
             stop: Arc::clone(&stop),
-            queued_bytes: Arc::clone(&queued_bytes),
         };
         let thread = std::thread::Builder::new()
             .name("hep-out".into())
@@ -178,8 +172,6 @@ impl HepRelay {
         );
         let mirror = HepMirror {
             tx,
-            queued_bytes,
-            max_bytes: config.queue_bytes,
             identity: Identity {
                 capture_id: config.capture_id,
                 auth_key: config
@@ -258,36 +250,28 @@ impl Mirror for HepMirror {
 
 impl HepMirror {
     fn queue(&mut self, kind: FrameKind, bytes: Vec<u8>) {
-        let size = held_bytes(&bytes);
+        let weight = held_bytes(&bytes);
         let mut item = (kind, bytes);
         let give_up = match self.overflow {
             Overflow::Wait(wait) if !self.waited_out => Some(Instant::now() + wait),
             _ => None,
         };
         loop {
-            // The bytes are taken before the frame is queued (the sender may take it out at
-            // once and give them back), and given back if it was not.
-            let held = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            let full = if held + size > self.max_bytes {
-                Some(("queue_bytes", item))
-            } else {
-                match self.tx.try_send(item) {
-                    Ok(()) => {
-                        self.waited_out = false;
-                        return;
+            let (reason, back) = match self.tx.try_send_weighted(item, weight) {
+                Ok(()) => {
+                    self.waited_out = false;
+                    return;
+                }
+                Err(TrySendError::Full(back)) => ("queue_full", back),
+                Err(TrySendError::FullBytes(back)) => ("queue_bytes", back),
+                Err(TrySendError::Disconnected(_)) => {
+                    HepRelayDropped {
+                        reason: "closed",
+                        count: 1,
                     }
-                    Err(TrySendError::Full(back)) => Some(("queue_full", back)),
-                    Err(TrySendError::Disconnected(_)) => None,
+                    .emit(&self.metrics);
+                    return;
                 }
-            };
-            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            let Some((reason, back)) = full else {
-                HepRelayDropped {
-                    reason: "closed",
-                    count: 1,
-                }
-                .emit(&self.metrics);
-                return;
             };
             match give_up {
                 Some(at) if Instant::now() < at => {
@@ -386,7 +370,6 @@ struct Sender {
     metrics: Arc<AgentMetrics>,
     deadline: Arc<Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
-    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Sender {
@@ -406,11 +389,7 @@ impl Sender {
             let item = match pending.take() {
                 Some(item) => item,
                 None => match rx.recv_timeout(TICK) {
-                    Ok(item) => {
-                        self.queued_bytes
-                            .fetch_sub(held_bytes(&item.1), Ordering::Relaxed);
-                        item
-                    }
+                    Ok(item) => item,
                     Err(RecvTimeoutError::Timeout) => {
                         if deadline.is_some() {
                             break; // Finishing, and the queue is empty.
@@ -616,7 +595,7 @@ mod tests {
         // Three frames of 16 KiB and change fit in 64 KiB; at most one more in the sender's
         // hand (its bytes given back when it took it).
         assert!((195..=197).contains(&by_bytes), "{by_bytes}");
-        assert!(mirror.queued_bytes.load(Ordering::Relaxed) <= 64 << 10);
+        assert!(mirror.tx.bytes_waiting() <= 64 << 10);
         relay.finish(Duration::ZERO);
         assert_eq!(dropped_total(&metrics), 200);
 
@@ -642,7 +621,7 @@ mod tests {
         assert_eq!(reader.join().unwrap(), 100);
         relay.finish(Duration::from_secs(5));
         assert_eq!(dropped_total(&metrics), 0);
-        assert_eq!(mirror.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(mirror.tx.bytes_waiting(), 0);
     }
 
     fn series(metrics: &AgentMetrics, line_start: &str) -> u64 {

@@ -24,6 +24,9 @@
 //!   records not yet acknowledged: a segment is removed once all its records are, so
 //!   acknowledgement stays per record and durable).
 //!
+//! `<dir>/unspooled.ledger` holds what a store that could not be written had taken (see the
+//! durability contract and [`ledger`]).
+//!
 //! `<dir>/manifest.json` names the current store's epoch and the key ids of the records it
 //! holds (rewritten atomically whenever that set changes), so [`key_ids_in_spool`] and
 //! `teledge check-config` can tell which keys the spool needs while sled holds its lock.
@@ -105,8 +108,20 @@
 //!   after an earlier flush or at the end of the uplink's round: a crash may also send again
 //!   the batches acknowledged within that interval — more duplicates, still no loss.
 //! - Drop counters and pending drop-newest announcements are in `meta` (durable with the next
-//!   flush); disk-full drops are counted in memory only (the disk had no room to note them),
-//!   so a crash while the disk is full loses that count, not records that were stored.
+//!   flush); disk-full drops and losses before the spool are counted in memory until they are
+//!   announced, and while the store works a crash loses those counts, not records that were
+//!   stored.
+//! - While the store cannot be written (it failed: [`SpoolError::Unavailable`]), an append is
+//!   still taken, held in memory, and each flush writes the records held and the losses not
+//!   yet announced to the *ledger* (`<dir>/unspooled.ledger`, see [`ledger`]: written whole
+//!   when the spool opens, then only overwritten in place, so writing it needs no new blocks
+//!   on a full disk); past its room (~1 MiB of sealed records, ~330 call records; each flush while failed rewrites what is held) appends are refused (the
+//!   owner counts and announces them). A close, a SIGKILL or a power cut from then on loses
+//!   nothing unannounced: the next [`Spool::open`] stores the records held under their ids,
+//!   announces by their ids those taken since the last flush that are neither in the store
+//!   nor held (`records_not_spooled`, "spool store unavailable at close"), announces the
+//!   losses counted, and clears the ledger once that is durable. A start that cannot open the
+//!   store (the disk still full) leaves the ledger as it is.
 //! - [`Spool::open`] flushes before returning: the epoch of a new store and whatever sled
 //!   recovered are durable before anything is sent.
 //! - A store that will not open is moved aside: what it held that the collector had not
@@ -127,8 +142,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::log_limit::Limiter;
+
+mod ledger;
 use crate::record::gap::{GapReason, GapRecord};
 use crate::seal::{Keyring, SealError};
+pub use ledger::{read_slot_for_fuzzing as read_ledger_slot, LEDGER_BYTES};
 
 /// What to do when a new record does not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -222,6 +240,16 @@ impl SpoolError {
             io.kind(),
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
         ) || io.raw_os_error() == Some(libc::ENOSPC)
+    }
+
+    /// The file system is read-only (ext4 remounts itself so after an error; or it was
+    /// mounted so): the store cannot be written, and not even opened, until it is writable.
+    pub fn is_read_only(&self) -> bool {
+        let io = match self {
+            SpoolError::Storage(sled::Error::Io(e)) | SpoolError::Io(e) => e,
+            _ => return false,
+        };
+        io.raw_os_error() == Some(libc::EROFS)
     }
 }
 
@@ -487,7 +515,7 @@ pub struct Spool {
     /// Disk-full drops not yet announced (kept in memory: the disk had no room to note them).
     pending_disk_full: u64,
     /// Records lost before the spool, by what lost them, not yet announced.
-    pending_lost: Vec<(&'static str, u64)>,
+    pending_lost: Vec<(Cow<'static, str>, u64)>,
     /// Records held per key id (for the manifest).
     key_ids: BTreeMap<u32, u64>,
     /// The key ids the manifest on disk lists.
@@ -511,6 +539,13 @@ pub struct Spool {
     /// The store failed to write (the error, and when it was last tried again): sled keeps
     /// failing every call after an I/O error, so the store is opened again ([`Spool::recover`]).
     failed: Option<(String, std::time::Instant)>,
+    /// When the store failed (Unix seconds; 0 while it works), for the ledger.
+    failed_since: u64,
+    /// What a store that cannot be written still holds, kept for the next start (see
+    /// [`ledger`]), and what its last entry was written from (`next_seq`, records held,
+    /// losses): rewritten only when that changed.
+    ledger: ledger::Ledger,
+    ledger_state: Option<(u64, usize, u64)>,
     /// A spool replaced by its reopened self: dropped without flushing or writing the
     /// manifest (its handles are a stand-in's).
     closed: bool,
@@ -533,7 +568,7 @@ impl Drop for Spool {
         }
         // A clean close makes every append durable (sled would flush its own buffers too).
         if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "Cannot flush the spool at close.");
+            tracing::error!(error = %e, "Cannot flush the spool at close: the records it holds and the losses not yet announced are kept in its ledger, and stored or announced at the next start.");
         }
         // A clean close leaves the exact key set for `check-config`.
         if let Err(e) = self.sync_manifest(true) {
@@ -549,6 +584,17 @@ impl Spool {
         config: SpoolConfig,
         keyring: Keyring,
     ) -> Result<(Spool, Vec<SpoolEvent>), SpoolError> {
+        Spool::open_with(config, keyring, true)
+    }
+
+    /// [`Spool::open`]; the ledger's entry (what a close that could not write the store
+    /// kept) is stored and announced only if `apply_ledger` (not by [`Spool::reopen`], whose
+    /// process still holds it all in memory).
+    fn open_with(
+        config: SpoolConfig,
+        keyring: Keyring,
+        apply_ledger: bool,
+    ) -> Result<(Spool, Vec<SpoolEvent>), SpoolError> {
         std::fs::create_dir_all(&config.dir)?;
         let mut events = Vec::new();
         // (lost epoch if known, bytes, quarantine name, reason) for the gap records.
@@ -563,7 +609,8 @@ impl Spool {
                     let imported = import_earlier_stores(&config, &db, generation, &mut lost)?;
                     // Quarantines an earlier start made but was killed before announcing.
                     lost.extend(unannounced_quarantines(&config.dir, &lost));
-                    let mut spool = Spool::from_db(config, keyring, generation, db)?;
+                    let (ledger, entry) = ledger::Ledger::open(&config.dir)?;
+                    let mut spool = Spool::from_db(config, keyring, generation, db, ledger)?;
                     for path in imported {
                         match std::fs::remove_dir_all(&path) {
                             Ok(()) => {
@@ -587,7 +634,11 @@ impl Spool {
                         gap.set_aside = Some(name);
                         spool.insert_gap(&gap)?;
                     }
+                    if let Some(entry) = entry.filter(|_| apply_ledger) {
+                        spool.restore(entry)?;
+                    }
                     spool.remove_superseded_generations();
+                    // Also clears the ledger, its records and announcements now durable.
                     spool.flush()?;
                     // Only now, with the gap records durable: a kill before this point
                     // leaves the quarantine unmarked, and the next start announces it.
@@ -642,6 +693,7 @@ impl Spool {
         keyring: Keyring,
         generation: u64,
         db: sled::Db,
+        ledger: ledger::Ledger,
     ) -> Result<Spool, SpoolError> {
         let records = db.open_tree("records")?;
         let parts = db.open_tree("parts")?;
@@ -721,6 +773,9 @@ impl Spool {
             log_limiter: Limiter::default(),
             last_flush: std::time::Instant::now(),
             failed: None,
+            failed_since: 0,
+            ledger,
+            ledger_state: None,
             closed: false,
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
@@ -811,10 +866,55 @@ impl Spool {
     }
 
     /// Appends a record. Returns its id, or `None` when the full-store policy refused it.
+    ///
+    /// While the store cannot be written ([`SpoolError::Unavailable`]) the record is still
+    /// taken, held in memory and kept in the ledger at the next flush, as long as the ledger
+    /// has room for it ([`ledger`]); past that it is refused with the error.
     pub fn append(&mut self, payload: &[u8]) -> Result<Option<RecordId>, SpoolError> {
-        self.recover()?;
+        if let Err(e) = self.recover() {
+            return match e {
+                SpoolError::Unavailable(_) => self.hold(payload).map(Some).ok_or(e),
+                e => Err(e),
+            };
+        }
         let result = self.append_inner(payload);
         self.note(result)
+    }
+
+    /// Takes a record while the store cannot be written: sealed under the next id and held
+    /// with the segment in memory, if the ledger can keep them all. `None`: refused.
+    fn hold(&mut self, payload: &[u8]) -> Option<RecordId> {
+        let id = RecordId {
+            epoch: self.epoch,
+            seq: self.next_seq,
+        };
+        let sealed = self.keyring.seal(&self.aad(id), payload).ok()?;
+        let held: usize = self.pending.iter().map(|(_, s)| s.len() + 12).sum();
+        if held + sealed.len() + 12 > ledger::HELD_BYTES {
+            if let Some(times) = self.log_limiter.due(("spool_ledger", "full"), 1) {
+                tracing::error!(
+                    held_records = self.pending.len(),
+                    held_bytes = held,
+                    record_bytes = sealed.len(),
+                    times,
+                    "The spool store cannot be written and its ledger is full: records are refused (counted, announced)."
+                );
+            }
+            return None;
+        }
+        // Counted for the manifest without writing it (the disk may have no room): the
+        // reopen or the next start writes it.
+        if let Some(key_id) = Keyring::key_id_of(&sealed) {
+            *self.key_ids.entry(key_id).or_insert(0) += 1;
+        }
+        self.last_appended = Some(id);
+        self.next_seq += 1;
+        self.stats.records += 1;
+        self.stats.bytes += sealed.len() as u64;
+        self.stats.appended += 1;
+        self.pending_bytes += sealed.len();
+        self.pending.push((id, sealed));
+        Some(id)
     }
 
     fn append_inner(&mut self, payload: &[u8]) -> Result<Option<RecordId>, SpoolError> {
@@ -941,16 +1041,38 @@ impl Spool {
 
     /// Writes the records appended since the last segment into sled as one segment (not yet
     /// durable: that is [`Spool::flush`]), with the next sequence number.
+    ///
+    /// Records held while the store could not be written, or read back from the ledger, can
+    /// be more than one value holds: they are written as several segments, a record too
+    /// large for one value in parts.
     fn write_pending(&mut self) -> Result<(), SpoolError> {
-        let Some((first, _)) = self.pending.first() else {
-            return Ok(());
-        };
-        let key = first.key();
-        let value = encode_segment(*first, &self.pending);
-        self.records.insert(key, value)?;
-        self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
-        self.pending.clear();
-        self.pending_bytes = 0;
+        let limit = self.value_limit();
+        while let Some((first, sealed)) = self.pending.first() {
+            let first = *first;
+            if 1 + 8 + sealed.len() > limit {
+                let head = self.write_parts(first, sealed)?;
+                self.records.insert(first.key(), head)?;
+                self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
+                let (_, sealed) = self.pending.remove(0);
+                self.pending_bytes -= sealed.len();
+                continue;
+            }
+            // The longest run from the first that fits one value.
+            let mut size = 1;
+            let n = self
+                .pending
+                .iter()
+                .take_while(|(_, s)| {
+                    size += 8 + s.len();
+                    size <= limit
+                })
+                .count();
+            let value = encode_segment(first, &self.pending[..n]);
+            self.records.insert(first.key(), value)?;
+            self.meta.insert("next_seq", &self.next_seq.to_be_bytes())?;
+            let written: usize = self.pending.drain(..n).map(|(_, s)| s.len()).sum();
+            self.pending_bytes -= written;
+        }
         Ok(())
     }
 
@@ -1005,6 +1127,10 @@ impl Spool {
     /// be announced upstream by a `records_not_spooled` gap record with `detail` as soon as
     /// there is room, like the spool's own drops. Kept in memory: the loss happened there.
     pub fn note_lost_before_spool(&mut self, detail: &'static str, count: u64) {
+        self.note_lost(Cow::Borrowed(detail), count);
+    }
+
+    fn note_lost(&mut self, detail: Cow<'static, str>, count: u64) {
         if count == 0 {
             return;
         }
@@ -1082,7 +1208,7 @@ impl Spool {
         }
         for (detail, dropped) in std::mem::take(&mut self.pending_lost) {
             let mut gap = GapRecord::new(&node, GapReason::RecordsNotSpooled, Some(dropped));
-            gap.detail = Some(detail.to_owned());
+            gap.detail = Some(detail.into_owned());
             self.insert_gap(&gap)?;
         }
         self.pending_newest_drops = 0;
@@ -1112,10 +1238,208 @@ impl Spool {
     }
 
     /// Makes every earlier append durable (group commit point).
+    ///
+    /// While the store cannot be written, the records taken since its last flush that are
+    /// still in memory, and the losses not yet announced, are written to the ledger instead
+    /// (and the error returned): a crash or a stop from then on loses none of them. A flush
+    /// that succeeds empties the ledger (everything it held is in the store then).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
-        self.recover()?;
-        let result = self.flush_inner();
-        self.note(result)
+        let result = match self.recover() {
+            Ok(()) => {
+                let result = self.flush_inner();
+                self.note(result)
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => self.ledger_done(),
+            Err(_) => self.keep_in_ledger(),
+        }
+        result
+    }
+
+    /// Detail of the spool's own disk-full drops in a ledger entry.
+    const DISK_FULL_LOSS: &'static str = "disk_full";
+
+    /// Writes what the store could not take to the ledger (if it changed since the last
+    /// entry): the records in memory, oldest first, as many as it holds (the others are
+    /// announced lost by their ids at the next start), and the losses not announced yet.
+    fn keep_in_ledger(&mut self) {
+        let lost: u64 =
+            self.pending_lost.iter().map(|(_, n)| n).sum::<u64>() + self.pending_disk_full;
+        let state = (self.next_seq, self.pending.len(), lost);
+        if self.ledger_state == Some(state) {
+            return;
+        }
+        let mut room = ledger::HELD_BYTES;
+        let held: Vec<(u64, Vec<u8>)> = self
+            .pending
+            .iter()
+            .take_while(|(_, s)| {
+                let fits = s.len() + 12 <= room;
+                room = room.saturating_sub(s.len() + 12);
+                fits
+            })
+            .map(|(id, s)| (id.seq, s.clone()))
+            .collect();
+        let mut losses: Vec<(String, u64)> = self
+            .pending_lost
+            .iter()
+            .map(|(d, n)| (d.to_string(), *n))
+            .collect();
+        if self.pending_disk_full > 0 {
+            losses.push((Self::DISK_FULL_LOSS.to_owned(), self.pending_disk_full));
+        }
+        let entry = ledger::Entry {
+            epoch: self.epoch,
+            durable_next: self
+                .durable_through
+                .filter(|d| d.epoch == self.epoch)
+                .map_or(0, |d| d.seq + 1),
+            next_seq: self.next_seq,
+            failed_since: self.failed_since,
+            losses,
+            held,
+        };
+        let kept = entry.held.len();
+        match self.ledger.write(&entry) {
+            Ok(()) => {
+                self.ledger_state = Some(state);
+                if let Some(times) = self.log_limiter.due(("spool_ledger", "kept"), 1) {
+                    tracing::warn!(
+                        held = kept,
+                        taken_since_last_flush = self.pending.len(),
+                        losses_not_announced = lost,
+                        times,
+                        "The spool store cannot be written: its records in memory and its losses are kept in its ledger, for the next start."
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(times) = self.log_limiter.due(("spool_ledger", "failed"), 1) {
+                    tracing::error!(error = %e, times, "Cannot write the spool's ledger: records the store could not take are lost to a crash or a stop, unannounced.");
+                }
+            }
+        }
+    }
+
+    /// After a flush that succeeded: the ledger's entry is in the store now, except the
+    /// losses not announced yet (kept until they are).
+    fn ledger_done(&mut self) {
+        if !self.ledger.holds_entry() {
+            return;
+        }
+        let result = if self.pending_lost.is_empty() && self.pending_disk_full == 0 {
+            self.ledger_state = None;
+            self.ledger.clear()
+        } else {
+            self.ledger_state = None;
+            self.keep_in_ledger();
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "Cannot clear the spool's ledger: its entry, already stored, may be announced again at the next start.");
+        }
+    }
+
+    /// At open: what the ledger kept when the store could not be written. Records held under
+    /// ids the store has not given are stored under them; the other ids given since the
+    /// store's last flush are announced lost, by their ids; the losses counted then are
+    /// announced. Durable with the flush that follows (which clears the ledger).
+    fn restore(&mut self, entry: ledger::Entry) -> Result<(), SpoolError> {
+        let node = self.config.node_id.clone();
+        let since =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(entry.failed_since));
+        let detail = format!("spool store unavailable at close (failed {since})");
+        let id = |seq| RecordId {
+            epoch: entry.epoch,
+            seq,
+        };
+        let gap = |first: u64, last: u64, detail: &str| {
+            let mut gap =
+                GapRecord::new(&node, GapReason::RecordsNotSpooled, Some(last - first + 1));
+            gap.first_dropped = Some(id(first).display(&node));
+            gap.last_dropped = Some(id(last).display(&node));
+            gap.detail = Some(detail.to_owned());
+            gap
+        };
+        let mut gaps = Vec::new();
+        let mut stored = 0usize;
+        if entry.epoch == self.epoch {
+            // Every id from the store's last flush on: in the store (sled's own flush may
+            // have written it), held (stored now), or lost (announced by its id).
+            let from = entry.durable_next;
+            let mut present = BTreeSet::new();
+            for item in self.records.iter().rev() {
+                let (key, value) = item?;
+                for (rid, _) in decode_segment(&self.parts, &key, &value)? {
+                    if rid.epoch == entry.epoch && rid.seq >= from {
+                        present.insert(rid.seq);
+                    }
+                }
+                if RecordId::from_key(&key).is_none_or(|k| k.epoch != entry.epoch || k.seq < from) {
+                    break;
+                }
+            }
+            let mut held = entry.held.into_iter().peekable();
+            let mut run: Option<(u64, u64)> = None;
+            for seq in from..entry.next_seq {
+                while held.next_if(|(s, _)| *s < seq).is_some() {}
+                let kept = held.next_if(|(s, _)| *s == seq);
+                if present.contains(&seq) || kept.is_some() {
+                    if let Some((first, last)) = run.take() {
+                        gaps.push(gap(first, last, &detail));
+                    }
+                }
+                if present.contains(&seq) {
+                    continue;
+                }
+                match kept {
+                    Some((_, sealed)) => {
+                        self.count_key(&sealed, true)?;
+                        self.stats.records += 1;
+                        self.stats.bytes += sealed.len() as u64;
+                        self.pending_bytes += sealed.len();
+                        self.pending.push((id(seq), sealed));
+                        self.last_appended = Some(id(seq));
+                        stored += 1;
+                    }
+                    None => run = Some((run.map_or(seq, |r| r.0), seq)),
+                }
+            }
+            if let Some((first, last)) = run {
+                gaps.push(gap(first, last, &detail));
+            }
+            self.next_seq = self.next_seq.max(entry.next_seq);
+            self.write_pending()?;
+        } else if let (Some(first), Some(last)) = (entry.held.first(), entry.held.last()) {
+            // Another store now (the old one was quarantined): its gap record tells what it
+            // held; the records kept beside it cannot be stored under their ids.
+            let mut g = gap(
+                first.0,
+                last.0,
+                &format!("{detail}; its store did not open again"),
+            );
+            g.dropped = Some(entry.held.len() as u64);
+            gaps.push(g);
+        }
+        for gap in &gaps {
+            self.insert_gap(gap)?;
+        }
+        for (detail, count) in entry.losses {
+            if detail == Self::DISK_FULL_LOSS {
+                self.pending_disk_full += count;
+            } else {
+                self.note_lost(Cow::Owned(detail), count);
+            }
+        }
+        self.try_flush_gap()?;
+        tracing::warn!(
+            stored,
+            announced_lost = gaps.iter().filter_map(|g| g.dropped).sum::<u64>(),
+            "The spool's ledger held what the store could not take when it last closed: stored now, and the records lost announced upstream."
+        );
+        Ok(())
     }
 
     fn flush_inner(&mut self) -> Result<(), SpoolError> {
@@ -1660,6 +1984,9 @@ impl Spool {
                     "The spool store failed to write: new records are lost (counted, announced) until it opens again once the disk has room."
                 );
                 self.failed = Some((e.to_string(), std::time::Instant::now()));
+                self.failed_since = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
             }
         }
         result
@@ -1724,7 +2051,9 @@ impl Spool {
             stand_in.open_tree("meta")?,
         ));
         drop(std::mem::replace(&mut self.db, stand_in));
-        let (mut fresh, _events) = Spool::open(self.config.clone(), self.keyring.clone())?;
+        // The ledger's entry, if any, is this process's own: all of it is still in memory.
+        let (mut fresh, _events) =
+            Spool::open_with(self.config.clone(), self.keyring.clone(), false)?;
         // Records written to the failed store after its last commit did not survive; the
         // ones not yet written (a segment in memory) are written to the reopened one.
         let first_unwritten = self.pending.first().map_or(self.next_seq, |(id, _)| id.seq);
@@ -2957,9 +3286,11 @@ mod tests {
                 break;
             }
         }
+        // Appends while the store is failed are held (in memory and in the ledger) until
+        // the ledger is full; then refused.
         assert_eq!(failures, 20, "the disk never filled");
         assert!(matches!(
-            spool.append(b"while failed"),
+            spool.append(format!("while failed {}", "x".repeat(380)).as_bytes()),
             Err(SpoolError::Unavailable(_) | SpoolError::Storage(_))
         ));
         // Room again.
@@ -3004,6 +3335,147 @@ mod tests {
         );
         assert!(read.iter().any(|r| r.payload == b"after the disk had room"));
         // And the store is whole across a restart.
+        drop(spool);
+        let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
+        assert_eq!(spool.read(None, usize::MAX).unwrap().len(), read.len());
+    }
+
+    /// A small real tmpfs at `dir`, unmounted when dropped (root, as CI runs).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path, size: &str) -> Tmpfs {
+            std::fs::create_dir_all(dir).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(
+                mounted.success(),
+                "mounting a tmpfs needs root (CI runs as root)"
+            );
+            Tmpfs(dir.to_owned())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// Fills `disk` (a tmpfs) to the last byte.
+    fn fill(disk: &Path) -> PathBuf {
+        let filler = disk.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0u8; 4 << 10]).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+
+    /// A close while the store cannot be written (a real full tmpfs; sled failed) loses
+    /// nothing unannounced: before, the segment in memory and the records taken since the
+    /// last commit were logged ("Cannot flush the spool at close") and gone, and nobody
+    /// upstream learnt of it. Now the records in memory are kept in the ledger (written in
+    /// place: the disk is full to the last byte), the records taken while the store is
+    /// failed are held there too, and the next start that finds room stores them under their
+    /// ids and announces the rest by their ids; a start while the disk is still full fails
+    /// (and waits) and leaves the ledger as it was.
+    #[test]
+    fn a_close_while_the_store_is_unavailable_loses_nothing_unannounced() {
+        let work = tempfile::tempdir().unwrap();
+        let disk = work.path().join("disk");
+        let _tmpfs = Tmpfs::mount(&disk, "8m");
+        let half = disk.join("half");
+        std::fs::write(&half, vec![0u8; 4 << 20]).unwrap();
+        let mut cfg = config(&disk.join("spool"));
+        cfg.disk_reserve_bytes = 0;
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        assert!(disk.join("spool").join(ledger::LEDGER).exists());
+        let mut taken = Vec::new();
+        let mut refused = 0u64;
+        let mut failed_at = None;
+        for i in 0..100_000u32 {
+            match spool.append(format!("record {i:06} {}", "x".repeat(380)).as_bytes()) {
+                Ok(Some(id)) => taken.push(id),
+                Ok(None) => panic!("no drop policy applies"),
+                Err(_) => {
+                    // What the spool writer does with a record refused.
+                    spool.note_lost_before_spool("spool append failed", 1);
+                    refused += 1;
+                }
+            }
+            if failed_at.is_none() && spool.failed.is_some() {
+                failed_at = taken.last().copied();
+                // Nothing more for anyone: the disk is full to the last byte.
+                fill(&disk);
+            }
+            if i % 100 == 99 {
+                let _ = spool.flush();
+            }
+            if refused >= 20 {
+                break;
+            }
+        }
+        let failed_at = failed_at.expect("the disk never filled");
+        assert_eq!(refused, 20, "the ledger's room ran out");
+        assert!(
+            taken.iter().filter(|id| **id > failed_at).count() > 100,
+            "records are taken while the store is failed"
+        );
+        // The stop: the store cannot be written at close.
+        drop(spool);
+        // A start while the disk is still full fails (the daemon waits) and keeps the ledger.
+        assert!(Spool::open(cfg.clone(), keyring()).is_err());
+        let (_, entry) = ledger::Ledger::open(&disk.join("spool")).unwrap();
+        let entry = entry.expect("the ledger holds the close's entry");
+        assert!(!entry.held.is_empty());
+        // Room again.
+        std::fs::remove_file(disk.join("filler")).unwrap();
+        std::fs::remove_file(&half).unwrap();
+        let (mut spool, _) = Spool::open(cfg.clone(), keyring()).unwrap();
+        let read = spool.read(None, usize::MAX).unwrap();
+        let data: Vec<&StoredRecord> = read
+            .iter()
+            .filter(|r| r.payload.starts_with(b"record "))
+            .collect();
+        let gaps: Vec<serde_json::Value> = read
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .filter(|g| g["type"] == "gap")
+            .collect();
+        let seq = |s: &str| s.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+        let mut named = BTreeSet::new();
+        for gap in gaps.iter().filter(|g| g["first_dropped"].is_string()) {
+            let range = seq(gap["first_dropped"].as_str().unwrap())
+                ..=seq(gap["last_dropped"].as_str().unwrap());
+            assert_eq!(
+                range.clone().count() as u64,
+                gap["dropped"].as_u64().unwrap()
+            );
+            named.extend(range);
+        }
+        let unnamed: u64 = gaps
+            .iter()
+            .filter(|g| g["first_dropped"].is_null())
+            .map(|g| g["dropped"].as_u64().unwrap())
+            .sum();
+        // Every record taken is read back, once, in order, or named lost; nothing else is.
+        let back: Vec<RecordId> = data.iter().map(|r| r.id).collect();
+        assert!(back.windows(2).all(|w| w[0] < w[1]));
+        for id in &taken {
+            assert!(
+                back.contains(id) ^ named.contains(&id.seq),
+                "{id:?} neither read back nor announced (or both)"
+            );
+        }
+        assert_eq!(back.len() + named.len(), taken.len());
+        // The records refused are announced by count.
+        assert_eq!(unnamed, refused, "{gaps:#?}");
+        // The records taken while the store was failed came back.
+        assert!(back.iter().filter(|id| **id > failed_at).count() > 100);
+        // The ledger is cleared: the next start announces nothing again.
         drop(spool);
         let (mut spool, _) = Spool::open(cfg, keyring()).unwrap();
         assert_eq!(spool.read(None, usize::MAX).unwrap().len(), read.len());

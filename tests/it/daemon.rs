@@ -1342,6 +1342,42 @@ impl Drop for ReadOnlyMount {
 fn check_config_refuses_a_spool_directory_it_cannot_write() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
+    // Root writes anywhere the file system lets it: an immutable directory it may not.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let status = Command::new("chattr")
+        .arg("+i")
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(status.success(), "chattr needs root (CI runs as root)");
+    struct Unlock(PathBuf);
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    let _unlock = Unlock(locked.clone());
+    let with_dir = |spool: PathBuf| {
+        move |t: String| {
+            t.lines()
+                .map(|l| match l.starts_with("dir = ") {
+                    true => format!("dir = \"{}\"", spool.display()),
+                    false => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let out = check_config_with(&pki, with_dir(locked.join("spool")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    // A read-only file system is the host's state (ext4 remounts itself so after an error),
+    // not the configuration's: a warning, and the daemon waits for it to be writable.
     let ro = dir.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
     let status = Command::new("mount")
@@ -1351,20 +1387,14 @@ fn check_config_refuses_a_spool_directory_it_cannot_write() {
         .unwrap();
     assert!(status.success(), "mounting needs root (CI runs as root)");
     let _mount = ReadOnlyMount(ro.clone());
-    let unwritable = ro.join("spool");
+    let in_ro = with_dir(ro.join("spool"));
     let out = check_config_with(&pki, |t| {
-        t.lines()
-            .map(|l| match l.starts_with("dir = ") {
-                true => format!("dir = \"{}\"", unwritable.display()),
-                false => l.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        in_ro(t).replace("key_id = 1", "key_id = 1\ndisk_reserve_bytes = 65536")
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("spool.dir") && stderr.contains("not writable"),
+        stderr.contains("spool.dir") && stderr.contains("read-only file system"),
         "{stderr}"
     );
 }
@@ -1715,4 +1745,236 @@ fn a_start_on_a_full_disk_waits_for_room_then_runs() {
         .status()
         .unwrap();
     assert!(agent.child.wait().unwrap().success());
+}
+
+/// The configuration of an agent whose spool is `spool` (HEP in, nothing sent).
+fn agent_config_with_spool(pki: &Pki, dir: &Path, spool: &Path, extra: &str) -> PathBuf {
+    let sources = format!("[hep]\nudp = \"127.0.0.1:{}\"\n", free_port());
+    let config = agent_config(pki, dir, free_port(), &sources, None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &dir.join("spool").display().to_string(),
+            &spool.display().to_string(),
+        )
+        .replace("key_id = 1", &format!("key_id = 1\n{extra}"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn remount(dir: &Path, how: &str) {
+    let status = Command::new("mount")
+        .args(["-o", &format!("remount,{how}")])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "remount {how} needs root (CI runs as root)"
+    );
+}
+
+/// A start on a read-only file system (ext4 remounts itself read-only after an error) waits
+/// and retries like a start on a full disk, saying so, instead of exiting and hitting
+/// systemd's `StartLimitBurst`; once the file system is writable again it runs. Real tmpfs,
+/// remounted `ro` and back.
+#[test]
+fn a_start_on_a_read_only_file_system_waits_then_runs() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    std::fs::create_dir_all(disk.join("spool")).unwrap();
+    remount(&disk, "ro");
+    let config = agent_config_with_spool(
+        &pki,
+        dir.path(),
+        &disk.join("spool"),
+        "disk_reserve_bytes = 65536",
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("file system read-only");
+    thread::sleep(Duration::from_secs(6));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the start gave up on a read-only file system"
+    );
+    remount(&disk, "rw");
+    assert!(
+        agent.wait_for_later_log("teledge running", Duration::from_secs(20)),
+        "no start once the file system was writable: {:#?}",
+        agent.rest.as_ref().unwrap().lock().unwrap()
+    );
+    agent.stop();
+}
+
+/// SIGTERM while the start waits for the spool ends the process at once (systemd takes the
+/// wait's `EXTEND_TIMEOUT_USEC` as more stop time too: before, it never stopped).
+#[test]
+fn sigterm_while_the_start_waits_for_the_spool_stops_it() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    std::fs::create_dir_all(disk.join("spool")).unwrap();
+    remount(&disk, "ro");
+    let config = agent_config_with_spool(
+        &pki,
+        dir.path(),
+        &disk.join("spool"),
+        "disk_reserve_bytes = 65536",
+    );
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("waiting for room to open the spool");
+    let asked = Instant::now();
+    let summary = agent.stop();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stopped only after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(summary["records_produced"], 0);
+}
+
+/// Fills the file system of `dir` to the last byte; the filler's path.
+fn fill_to_the_last_byte(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 4 << 10]).is_ok() {}
+    while file.write_all(&[0u8; 64]).is_ok() {}
+    let _ = file.sync_all();
+    filler
+}
+
+/// A stop while the spool store cannot be written (a real full tmpfs: sled failed on it)
+/// loses no record unannounced, also across a restart that waits on the still-full disk and
+/// is stopped by SIGTERM in that wait. Before, the segment in memory and the records the
+/// writer took while the store was unavailable were logged ("Cannot flush the spool at
+/// close") or counted in memory, and gone at the exit: the collector never heard of them.
+/// Now they are kept in the spool's ledger and, once the disk has room, the records held are
+/// delivered and the rest announced (`records_not_spooled`).
+#[test]
+fn a_stop_while_the_spool_cannot_be_written_loses_nothing_unannounced() {
+    stop_while_the_spool_cannot_be_written(false);
+}
+
+/// The same with SIGKILL instead of SIGTERM: while the store is failed, every group commit
+/// writes the ledger, so a kill (after the last commit) loses nothing unannounced either.
+#[test]
+fn a_sigkill_while_the_spool_cannot_be_written_loses_nothing_unannounced() {
+    stop_while_the_spool_cannot_be_written(true);
+}
+
+fn stop_while_the_spool_cannot_be_written(kill: bool) {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    let collector_port = free_port();
+    let tcp_port = free_port();
+    let sources = format!("[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\n");
+    let config = agent_config(&pki, dir.path(), collector_port, &sources, None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &dir.path().join("spool").display().to_string(),
+            &disk.join("spool").display().to_string(),
+        )
+        // No reserve: the disk fills faster than the check sees (another process's log).
+        .replace("key_id = 1", "key_id = 1\ndisk_reserve_bytes = 0");
+    std::fs::write(&config, text).unwrap();
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let filler = fill_to_the_last_byte(&disk);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut stream = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let mut sent = 0u32;
+    let send = |stream: &mut TcpStream, n: u32| {
+        for frame in call_frames(n, now) {
+            stream.write_all(&frame).unwrap();
+        }
+    };
+    // Calls until sled fails on the full disk (its log segment had room for a while), at
+    // ~100 a second: the records of the last second's calls (the grace) come after it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.wait_for_later_log("The spool store failed to write", Duration::from_millis(10)) {
+        assert!(Instant::now() < deadline, "the spool never failed");
+        for _ in 0..10 {
+            send(&mut stream, sent);
+            sent += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Every call from here on has its record made after the store failed.
+    let after_failure = sent;
+    // And some while it is unavailable.
+    for _ in 0..30 {
+        send(&mut stream, sent);
+        sent += 1;
+    }
+    stream.flush().unwrap();
+    // Grace (1 s) and tick: the calls' records are made and taken by the writer.
+    thread::sleep(Duration::from_secs(2));
+    if kill {
+        agent.sigkill();
+    } else {
+        let first = agent.stop();
+        assert_eq!(first["records_dropped_queue_full"], 0);
+    }
+    // A start while the disk is still full waits; SIGTERM ends it.
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("waiting for room to open the spool");
+    agent.stop();
+    // Room, and a collector: everything the first run made arrives or is announced.
+    std::fs::remove_file(&filler).unwrap();
+    let out = dir.path().join("collected");
+    let _c = crate::uplink::collector_on(&pki, "collector", &out, collector_port);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let is_call = |r: &Value| r["type"] == "call";
+    let calls = collected(&out, is_call, sent as usize, Duration::from_secs(30));
+    // Gaps wait for the batch they travel in.
+    thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    let records: Vec<Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .collect();
+    let mut delivered = std::collections::BTreeSet::new();
+    for call in calls.iter().chain(records.iter().filter(|r| is_call(r))) {
+        delivered.insert(call["call_id"].as_str().unwrap().to_owned());
+    }
+    let announced: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "gap" && r["reason"] == "records_not_spooled")
+        .map(|r| r["dropped"].as_u64().unwrap())
+        .sum();
+    let held_back = (after_failure..sent)
+        .filter(|n| delivered.contains(&pseudonym(&pki, &format!("load-{n}@hep.test"))))
+        .count();
+    println!(
+        "sent {sent} calls, {} delivered, {announced} records announced lost, {held_back} of the {} made after the store failed delivered",
+        delivered.len(),
+        sent - after_failure
+    );
+    assert!(
+        delivered.len() as u64 + announced >= u64::from(sent),
+        "{} calls delivered and {announced} records announced of {sent} sent: {:#?}",
+        delivered.len(),
+        records
+            .iter()
+            .filter(|r| r["type"] == "gap")
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        held_back > 0,
+        "no record made after the store failed was delivered (held in the ledger): {:#?}",
+        records
+            .iter()
+            .filter(|r| r["type"] == "gap")
+            .collect::<Vec<_>>()
+    );
 }
