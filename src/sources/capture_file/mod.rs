@@ -1553,7 +1553,7 @@ mod tests {
         // A pcapng file goes through pcap-parser's reader whole (its section header is longer
         // than the 24 bytes read to look for a pcap header). pcap-parser recognises a format
         // from its first read, so only whole reads (as from a file) are compared here.
-        let pcapng = include_bytes!("../../tests/data/websocket-sip.pcapng");
+        let pcapng = include_bytes!("../../../tests/data/websocket-sip.pcapng");
         let parsed = through_parser(pcapng);
         assert!(parsed.0.len() > 10, "{}", parsed.1);
         assert_eq!(through_legacy(pcapng, usize::MAX), parsed, "pcapng");
