@@ -61,8 +61,11 @@ fn tshark_times(path: &Path) -> Vec<i64> {
     ])
     .lines()
     .map(|l| {
-        let (s, f) = l.split_once('.').unwrap();
-        s.parse::<i64>().unwrap() * 1_000_000_000 + format!("{f:0<9}")[..9].parse::<i64>().unwrap()
+        let (s, f) = l.split_once('.').unwrap_or((l, "0"));
+        let secs: i64 = s.parse().unwrap_or_else(|_| panic!("{l}"));
+        secs.checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(format!("{f:0<9}")[..9].parse::<i64>().unwrap()))
+            .unwrap_or_else(|| panic!("TShark's time {l}"))
     })
     .collect()
 }
@@ -390,4 +393,86 @@ fn only_netmon_needs_to_seek() {
         capture_file::read_frames(Pipe(&to_erf(&original)), |_, _| {}).unwrap(),
         all
     );
+}
+
+/// A NetMon 2.0 file (editcap's) rewritten as 2.`minor` (1 to 3): each record gets the
+/// trailer of its version (media type; process index; UTC FILETIME and time zone index),
+/// media types vary (NetMon Ethernet 1 and 0, a converted pcap's Ethernet 0xE001), a
+/// DNS-cache record (not a frame) and a NetMon filter record (a frame TShark lists, no IP)
+/// are added, the first record starts after a hole, and the first two records are stored
+/// the other way round (the frame table keeps their order).
+fn netmon_2x(base: &[u8], minor: u8) -> Vec<u8> {
+    let le32 = |at: usize| u32::from_le_bytes(base[at..at + 4].try_into().unwrap()) as usize;
+    let (table, frames) = (le32(24), le32(28) / 4);
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for i in 0..frames {
+        let at = le32(table + 4 * i);
+        let incl = le32(at + 12);
+        let mut record = base[at..at + 16 + incl].to_vec();
+        let network: u16 = match i % 7 {
+            3 => 0xE001,
+            5 => 0,
+            _ => 1,
+        };
+        record.extend_from_slice(&network.to_le_bytes());
+        if minor >= 2 {
+            record.extend_from_slice(&(i as u32).to_le_bytes());
+        }
+        if minor >= 3 {
+            // 2023-11-14 plus 20 ms and 300 ns a frame.
+            let filetime = 133_444_444_440_000_000u64 + i as u64 * 200_003;
+            record.extend_from_slice(&filetime.to_le_bytes());
+            record.push(0);
+        }
+        records.push(record);
+        if i == 2 {
+            // A DNS-cache record and a filter record.
+            for (network, data) in [(0xFFFEu16, &b"dns"[..]), (0xFFFF, &b"\x00\x00filter"[..])] {
+                let mut extra = Vec::new();
+                extra.extend_from_slice(&0u64.to_le_bytes());
+                extra.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                extra.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                extra.extend_from_slice(data);
+                extra.extend_from_slice(&network.to_le_bytes());
+                extra.resize(extra.len() + [0, 0, 4, 4][usize::from(minor)], 0);
+                if minor >= 3 {
+                    extra.extend_from_slice(&133_444_444_440_600_009u64.to_le_bytes());
+                    extra.push(0);
+                }
+                records.push(extra);
+            }
+        }
+    }
+    let mut out = base[..128].to_vec();
+    out[4] = minor;
+    out.extend_from_slice(b"hole!");
+    let mut offsets = vec![0u32; records.len()];
+    for i in [1, 0].into_iter().chain(2..records.len()) {
+        offsets[i] = out.len() as u32;
+        out.extend_from_slice(&records[i]);
+    }
+    let table_at = out.len() as u32;
+    for offset in offsets {
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    out[24..28].copy_from_slice(&table_at.to_le_bytes());
+    let table_len = out.len() as u32 - table_at;
+    out[28..32].copy_from_slice(&table_len.to_le_bytes());
+    out
+}
+
+#[test]
+fn netmon_2_1_to_2_3_trailers_media_types_and_record_order_match_tshark() {
+    pinned_tshark();
+    let dir = tempfile::tempdir().unwrap();
+    for capture in ["sipp_g711a.pcap", "sip_ipv4_tcp.pcap"] {
+        let base = std::fs::read(convert(capture, "netmon2", dir.path())).unwrap();
+        for minor in 1..=3 {
+            let path = dir.path().join(format!("{capture}.2{minor}.cap"));
+            std::fs::write(&path, netmon_2x(&base, minor)).unwrap();
+            let (frames, _, _) = assert_matches_tshark(&path);
+            // The filter record is a frame; the DNS-cache record is not.
+            assert_eq!(frames, teledge_times(&data(capture)).len() + 1);
+        }
+    }
 }
