@@ -476,3 +476,63 @@ fn netmon_2_1_to_2_3_trailers_media_types_and_record_order_match_tshark() {
         }
     }
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A gzip-compressed capture (how sample collections hand many over) is read as TShark reads
+/// it: pcap and snoop inside match TShark on the `.gz`; a stream cut short gives the frames
+/// before the cut and the truncation, as TShark says; gzip in gzip is no capture (TShark:
+/// not a capture file either); NetMon inside is refused by name (it needs to seek).
+#[test]
+fn gzip_compressed_captures_are_read_as_tshark_reads_them() {
+    pinned_tshark();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = data("sngrep_aaa.pcap");
+    let snoop = std::fs::read(convert("b2bua_direct_media.pcap", "snoop", dir.path())).unwrap();
+    for (name, bytes) in [("sngrep_aaa.pcap.gz", &pcap), ("b2bua.snoop.gz", &snoop)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, gzip(bytes)).unwrap();
+        let (frames, messages, _) = assert_matches_tshark(&path);
+        assert!(frames > 100 && messages > 10, "{name}: {frames} frames");
+    }
+    let whole = teledge_times(&pcap).len() as u64;
+    let compressed = gzip(&pcap);
+    let mut frames = 0;
+    let result = capture_file::read_frames(
+        std::io::Cursor::new(&compressed[..compressed.len() / 2]),
+        |_, _| frames += 1,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(CaptureError::Truncated { .. } | CaptureError::Compressed { .. })
+        ),
+        "{result:?}"
+    );
+    assert!(frames > 0 && frames < whole, "{frames} frames");
+    // Cut where the data ends at a record boundary: still said, not taken for the end.
+    let boundary = gzip(&pcap[..24]);
+    let mut cut_stream = boundary.clone();
+    cut_stream.truncate(boundary.len() - 8);
+    let result = capture_file::read_frames(std::io::Cursor::new(&cut_stream), |_, _| {});
+    assert!(
+        matches!(result, Err(CaptureError::Compressed { .. })),
+        "{result:?}"
+    );
+    let result = capture_file::read_frames(std::io::Cursor::new(gzip(&compressed)), |_, _| {});
+    assert!(
+        matches!(result, Err(CaptureError::NotACapture)),
+        "{result:?}"
+    );
+    let netmon = std::fs::read(convert("sipp_g711a.pcap", "netmon2", dir.path())).unwrap();
+    let result = capture_file::read_frames(std::io::Cursor::new(gzip(&netmon)), |_, _| {});
+    assert!(
+        matches!(result, Err(CaptureError::NotSeekable("NetMon"))),
+        "{result:?}"
+    );
+}

@@ -5,7 +5,8 @@
 //! Network Monitor 1.x and 2.x ([`netmon`]; Windows, Lync/Skype for Business era captures),
 //! Sun/Solaris `snoop` and Shomiti Surveyor ([`snoop`]), and Endace ERF ([`erf`], DAG cards;
 //! no magic, told by its first records once no magic matched). Anything else is refused as
-//! no capture.
+//! no capture. Any of them compressed with gzip (`.pcap.gz`, as sample collections hand them
+//! over) is read through the decompressor, as TShark reads it.
 //!
 //! Every classic pcap variant Wireshark reads (`wiretap/libpcap.c`) is read as it reads it:
 //! Alexey Kuznetzov's modified format of 1999 (magic `0xa1b2cd34`, which libpcap reads too)
@@ -56,14 +57,17 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 /// Why a capture could not be read (to the end).
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("not a capture file teledge reads (pcap, pcapng, NetMon, snoop, ERF)")]
+    #[error("not a capture file teledge reads (pcap, pcapng, NetMon, snoop, ERF, or one of them gzip-compressed)")]
     NotACapture,
     /// A format teledge reads, with a version or link type in it that Wireshark does not
     /// read either: said by name, not taken for damage.
     #[error("{0}, which Wireshark does not read either")]
     Unreadable(String),
-    #[error("{0} file: its frames are found through a table at its end, so it must be read from a file, not a pipe")]
+    #[error("{0} file: its frames are found through a table at its end, so it must be read from an uncompressed file, not a pipe or a gzip stream")]
     NotSeekable(&'static str),
+    /// A gzip-compressed capture whose compressed stream is damaged or cut short.
+    #[error("gzip-compressed capture damaged or cut short after {frames} frames: {detail}")]
+    Compressed { frames: u64, detail: String },
     #[error("{format} file: its frame table at byte offset {offset} runs past the end of the file ({size} bytes): truncated capture, no frame can be found")]
     IndexTruncated {
         format: &'static str,
@@ -212,11 +216,92 @@ pub struct Progress {
 /// A classic pcap file (any variant of the module docs) is walked by [`read_legacy`]; NetMon,
 /// snoop and ERF by their own modules; pcapng and anything else by pcap-parser's reader.
 pub fn read_frames<R: Read + Seek + Send>(
+    input: R,
+    on_frame: impl FnMut(&Frame<'_>, Progress),
+) -> Result<u64, CaptureError> {
+    read_any(input, on_frame, true)
+}
+
+/// gzip's magic: TShark reads a gzip-compressed capture of any format as the capture itself.
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// A gzip-compressed capture, decompressed as it is read: a stream, so it cannot seek (a
+/// NetMon file inside is refused by name, [`CaptureError::NotSeekable`]). A damaged or cut
+/// stream ends the data there, and is said afterwards ([`read_gzip`]), so a stream cut
+/// between two records is not taken for the end of the capture.
+struct Gunzip<R: Read> {
+    inner: flate2::read::MultiGzDecoder<R>,
+    problem: Option<String>,
+}
+
+impl<R: Read> Read for Gunzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.problem.is_some() {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                self.problem = Some(e.to_string());
+                Ok(0)
+            }
+            ok => ok,
+        }
+    }
+}
+
+impl<R: Read> Seek for Gunzip<R> {
+    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// An input of [`read_any`] as a trait object.
+trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+/// The capture inside a gzip stream (one level: gzip inside gzip is no capture, as for
+/// TShark).
+fn read_gzip<R: Read + Send>(
+    input: R,
+    mut on_frame: impl FnMut(&Frame<'_>, Progress),
+) -> Result<u64, CaptureError> {
+    let mut gunzip = Gunzip {
+        inner: flate2::read::MultiGzDecoder::new(input),
+        problem: None,
+    };
+    let mut frames = 0;
+    let mut counting = |frame: &Frame<'_>, progress: Progress| {
+        frames += 1;
+        on_frame(frame, progress)
+    };
+    // Through trait objects: read_any and read_gzip instantiate each other, and with the
+    // concrete types that would never end.
+    let result = read_any(
+        &mut gunzip as &mut dyn ReadSeek,
+        &mut counting as &mut dyn FnMut(&Frame<'_>, Progress),
+        false,
+    );
+    match (gunzip.problem, result) {
+        (None, result) => result,
+        // The format's own error, when the damage cut a record, names the frame.
+        (Some(_), Err(e @ (CaptureError::Truncated { .. } | CaptureError::Corrupt { .. }))) => {
+            Err(e)
+        }
+        (Some(detail), _) => Err(CaptureError::Compressed { frames, detail }),
+    }
+}
+
+fn read_any<R: Read + Seek + Send>(
     mut input: R,
     on_frame: impl FnMut(&Frame<'_>, Progress),
+    gzip: bool,
 ) -> Result<u64, CaptureError> {
     let (head, got) = read_head(&mut input)?;
     let head = &head[..got];
+    if gzip && head.starts_with(&GZIP_MAGIC) {
+        return read_gzip(Prefixed::new(head.to_vec(), input), on_frame);
+    }
     if head.starts_with(snoop::MAGIC) {
         return snoop::read(Prefixed::new(head.to_vec(), input), on_frame);
     }
