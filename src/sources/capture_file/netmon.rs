@@ -183,7 +183,7 @@ pub(super) fn read<R: Read + Seek>(
     let table_offset = le32(&header, 24);
     let table_len = le32(&header, 28);
     let table_frames = table_len / 4;
-    if table_len % 4 != 0 || table_frames == 0 || table_frames > MAX_FRAMES {
+    if !table_len.is_multiple_of(4) || table_frames == 0 || table_frames > MAX_FRAMES {
         return Err(corrupt(
             1,
             0,
@@ -193,7 +193,7 @@ pub(super) fn read<R: Read + Seek>(
     if major == 2 && minor >= 2 {
         let (comment_offset, comment_len) = (le32(&header, 40), le32(&header, 44));
         if comment_len > 0
-            && (comment_len > MAX_FRAMES || comment_len < 17 || u64::from(comment_offset) > size)
+            && (!(17..=MAX_FRAMES).contains(&comment_len) || u64::from(comment_offset) > size)
         {
             return Err(corrupt(1, 0, "NetMon comment table out of bounds"));
         }
