@@ -3,7 +3,7 @@
 //! spans two consecutive files of a ring buffer is one call.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Seek};
 
 use crate::correlation::calls::CallLimits;
 use crate::correlation::media::MediaLimits;
@@ -72,7 +72,7 @@ impl Replay {
     pub fn read(
         &mut self,
         name: &str,
-        input: impl Read + Send,
+        input: impl Read + Seek + Send,
         out: &mut impl FnMut(Record),
         mut progress: impl FnMut(Progress),
     ) -> Result<u64, CaptureError> {

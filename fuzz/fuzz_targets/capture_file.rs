@@ -9,6 +9,6 @@ use teledge::replay::{Replay, ReplaySettings};
 fuzz_target!(|data: &[u8]| {
     let mut replay = Replay::new(ReplaySettings::default());
     let mut sink = |_: Record| {};
-    let _ = replay.read("fuzz", data, &mut sink, |_| {});
+    let _ = replay.read("fuzz", std::io::Cursor::new(data), &mut sink, |_| {});
     let _ = replay.finish(&mut sink);
 });

@@ -50,7 +50,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 pub enum Command {
-    /// Read capture files (pcap, pcapng) and report every SIP call in them.
+    /// Read capture files (pcap, pcapng, NetMon, snoop, ERF; gzip-compressed too) and report
+    /// every SIP call in them.
     Replay(replay::ReplayArgs),
     /// Service statistics per interval (offered, answered, service levels, ...) from capture
     /// files or a collector's output directory.

@@ -26,7 +26,8 @@ use teledge::time::Timestamp;
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Capture files (pcap, pcapng), read in this order as one capture.
+    /// Capture files (pcap, pcapng, NetMon, snoop, ERF; gzip-compressed too), read in this
+    /// order as one capture.
     #[arg(
         required_unless_present_any = ["collected", "queue_log"],
         conflicts_with = "collected"

@@ -576,9 +576,9 @@ impl OwnedMessage {
 
 /// True when `data` starts with a SIP request or status line. Used to recognise SIP by content.
 pub fn starts_with_sip(data: &[u8]) -> bool {
-    // Every method and "SIP/2.0" start with an upper-case letter: a one-byte test that turns
+    // Every method is a token and "SIP/2.0" starts with a letter: a one-byte test that turns
     // away RTP and other binary payloads before any scanning.
-    if !data.first().is_some_and(u8::is_ascii_uppercase) {
+    if !data.first().copied().is_some_and(is_token_byte) {
         return false;
     }
     let line_end = memchr::memchr(b'\n', data).unwrap_or(data.len());
@@ -992,6 +992,11 @@ fn parse_reason(value: &str) -> Option<Reason<'_>> {
     })
 }
 
+/// A byte of an RFC 3261 token (§25.1): alphanumeric or one of `-.!%*_+`'~`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
 fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let rest = rest.trim_start();
@@ -1019,13 +1024,11 @@ fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
     if parts.next().is_some() || version != "SIP/2.0" || uri.is_empty() || !uri.contains(':') {
         return None;
     }
-    // A token (RFC 3261 §25.1); methods are upper-case by convention, and that convention is
-    // what tells a SIP request from another text protocol with the same shape.
-    if method.is_empty()
-        || !method
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-    {
+    // A token (RFC 3261 §25.1): methods are upper-case by convention only, and TShark takes
+    // any token for one (the PROTOS test suite sends `aaaaaaaaa sip:... SIP/2.0` requests; a
+    // lower-case method went unseen). The URI with its colon and the version tell SIP from
+    // another text protocol.
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
         return None;
     }
     Some(StartLine::Request {
@@ -1369,7 +1372,15 @@ v=0\r\nextra";
         assert!(!starts_with_sip(b"HTTP/1.1 200 OK\r\n"));
         assert!(starts_with_sip(b"SIP/2.0 200 OK\r\n"));
         assert!(starts_with_sip(b"REGISTER sip:example.com SIP/2.0\r\n"));
-        assert!(!starts_with_sip(b"register sip:example.com SIP/2.0\r\n"));
+        // Any token is a method, as TShark reads it (PROTOS' c07-sip-r2 sends these).
+        assert!(starts_with_sip(b"register sip:example.com SIP/2.0\r\n"));
+        assert!(starts_with_sip(b"aaaaaaaaa sip:tori@localhost SIP/2.0\r\n"));
+        assert!(!starts_with_sip(b"a(b sip:tori@localhost SIP/2.0\r\n"));
+        let raw = b"aaaaaaaaa sip:tori@localhost SIP/2.0\r\nFrom: <sip:ann@localhost>;tag=2\r\nTo: <sip:tori@localhost>\r\nCall-ID: 2@localhost\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert_eq!(
+            parse(raw).unwrap().method(),
+            Some(Method::Other("aaaaaaaaa"))
+        );
     }
 
     /// Found by the `sip_message` fuzzer: a Content-Type with a multi-byte character at

@@ -223,7 +223,12 @@ fn records_are_made_when_the_call_ends_not_at_the_end_of_the_capture() {
     };
     // The capture ends moments after the BYE: no linger has passed when it ends.
     replay
-        .read("sip_ipv4_tcp.pcap", &bytes[..], &mut sink, |_| {})
+        .read(
+            "sip_ipv4_tcp.pcap",
+            std::io::Cursor::new(&bytes[..]),
+            &mut sink,
+            |_| {},
+        )
         .unwrap();
     assert_eq!(during_read.len(), 1, "made during the read");
     let c = &during_read[0];

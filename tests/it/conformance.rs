@@ -317,7 +317,7 @@ fn a_call_joined_on_a_tagged_100_is_answered_at_its_200() {
         .unwrap();
     let mut frames = Vec::new();
     teledge::sources::capture_file::read_frames(
-        &data(capture)[..],
+        std::io::Cursor::new(&data(capture)[..]),
         |f: &teledge::dissect::Frame<'_>, _| {
             frames.push(f.time);
         },

@@ -429,7 +429,7 @@ fn hep_calls_reach_the_collector_and_sigterm_under_load_loses_no_record() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut hep_frames = 0;
     teledge::sources::capture_file::read_frames(
-        &std::fs::read(data_path("hep.pcap")).unwrap()[..],
+        std::io::Cursor::new(&std::fs::read(data_path("hep.pcap")).unwrap()[..]),
         |frame, _| {
             if let Some(pos) = frame.data.windows(4).position(|w| w == b"HEP3") {
                 sock.send_to(&frame.data[pos..], ("127.0.0.1", udp_port))

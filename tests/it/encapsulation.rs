@@ -22,10 +22,13 @@ const NULL: i32 = 0;
 
 fn frames_of(capture: &str) -> Vec<(Timestamp, Vec<u8>)> {
     let mut frames = Vec::new();
-    capture_file::read_frames(&data(capture)[..], |f: &Frame<'_>, _| {
-        assert_eq!(f.link, LinkType::Ethernet);
-        frames.push((f.time, f.data.to_vec()));
-    })
+    capture_file::read_frames(
+        std::io::Cursor::new(&data(capture)[..]),
+        |f: &Frame<'_>, _| {
+            assert_eq!(f.link, LinkType::Ethernet);
+            frames.push((f.time, f.data.to_vec()));
+        },
+    )
     .unwrap();
     frames
 }

@@ -24,12 +24,15 @@ const HEP_CAPTURES: [&str; 2] = ["hep.pcap", "hep3_compressed.pcapng"];
 /// The UDP payloads (HEP frames) of a capture, with their frame numbers.
 fn hep_frames(capture: &str) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
-    capture_file::read_frames(&data(capture)[..], |frame: &Frame<'_>, _| {
-        let ip = link::ip_payload(frame.link, frame.data).unwrap().unwrap();
-        let (slice, _) = etherparse::LaxIpSlice::from_slice(ip).unwrap();
-        let udp = etherparse::UdpSlice::from_slice(slice.payload().payload).unwrap();
-        out.push((frame.number, udp.payload().to_vec()));
-    })
+    capture_file::read_frames(
+        std::io::Cursor::new(&data(capture)[..]),
+        |frame: &Frame<'_>, _| {
+            let ip = link::ip_payload(frame.link, frame.data).unwrap().unwrap();
+            let (slice, _) = etherparse::LaxIpSlice::from_slice(ip).unwrap();
+            let udp = etherparse::UdpSlice::from_slice(slice.payload().payload).unwrap();
+            out.push((frame.number, udp.payload().to_vec()));
+        },
+    )
     .unwrap();
     out
 }

@@ -15,6 +15,7 @@ pub(crate) mod daemon_in_process;
 mod encapsulation;
 mod fleet;
 mod fleet_owner;
+mod formats;
 mod generated;
 mod hep;
 mod hep_out;

@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// One row of TShark's RTP stream table.
 #[derive(Debug)]
-struct TsharkStream {
+pub(crate) struct TsharkStream {
     src: String,
     dst: String,
     ssrc: String,
@@ -29,6 +29,11 @@ struct TsharkStream {
 fn tshark_streams(capture: &str) -> Vec<TsharkStream> {
     let text =
         std::fs::read_to_string(data_path(&format!("tshark/{capture}.rtp_streams.txt"))).unwrap();
+    parse_tshark_streams(&text)
+}
+
+/// The rows of a `tshark -q -z rtp,streams` table.
+pub(crate) fn parse_tshark_streams(text: &str) -> Vec<TsharkStream> {
     text.lines()
         .filter(|l| l.contains(" 0x"))
         .map(|line| {
@@ -54,11 +59,16 @@ fn tshark_streams(capture: &str) -> Vec<TsharkStream> {
 
 /// Every stream teledge measured: those in call records and the orphans.
 fn teledge_streams(capture: &str) -> (Vec<StreamQuality>, Vec<Record>) {
+    teledge_streams_in(capture, &data(capture))
+}
+
+/// Every stream teledge measured in capture file bytes.
+pub(crate) fn teledge_streams_in(name: &str, bytes: &[u8]) -> (Vec<StreamQuality>, Vec<Record>) {
     let mut records = Vec::new();
     let mut replay = Replay::new(ReplaySettings::default());
     let mut sink = |r: Record| records.push(r);
     replay
-        .read(capture, &data(capture)[..], &mut sink, |_| {})
+        .read(name, std::io::Cursor::new(bytes), &mut sink, |_| {})
         .unwrap();
     replay.finish(&mut sink);
     let mut streams = Vec::new();
@@ -85,6 +95,80 @@ fn close(ours: Option<f64>, theirs: f64, what: &str) {
     );
 }
 
+/// Every stream TShark lists (`expected`) against teledge's streams and records of the same
+/// capture: same packets, loss, delta and jitter, or accounted as RTP after a call's end or
+/// relayed in TURN. Returns (streams compared, streams after a call's end, streams in TURN).
+pub(crate) fn assert_streams_match(
+    capture: &str,
+    expected: &[TsharkStream],
+    ours: &[StreamQuality],
+    records: &[Record],
+) -> (usize, usize, usize) {
+    let (mut compared, mut after_end) = (0, 0);
+    let (counters, decode) = records
+        .iter()
+        .find_map(|r| match r {
+            Record::CaptureSummary(s) => Some((s.media, &s.decode)),
+            _ => None,
+        })
+        .unwrap();
+    // RTP a phone sends after its call ended is counted, not measured: the streams
+    // TShark lists that teledge has not are exactly those packets; and RTP relayed inside
+    // TURN, which TShark lists (with rtp.heuristic_rtp) under the relay's address, port
+    // 3478 here, and teledge counts as turn_relayed_unmeasured (RTCP in TURN too).
+    let mut missing_packets = 0;
+    let (mut turn_packets, mut turn_streams) = (0, 0);
+    for e in expected {
+        let what = format!("{capture} {} -> {} {}", e.src, e.dst, e.ssrc);
+        let Some(s) = ours
+            .iter()
+            .find(|s| s.src == e.src && s.dst == e.dst && s.ssrc == e.ssrc)
+        else {
+            if e.src.ends_with(":3478") || e.dst.ends_with(":3478") {
+                turn_packets += e.packets;
+                turn_streams += 1;
+                continue;
+            }
+            missing_packets += e.packets;
+            after_end += 1;
+            continue;
+        };
+        assert_eq!(s.metrics.packets, e.packets, "{what}: packets");
+        let m = &s.metrics.wireshark;
+        assert_eq!(m.lost, e.lost, "{what}: lost");
+        close(m.min_delta_ms, e.deltas[0], &format!("{what} min delta"));
+        close(m.mean_delta_ms, e.deltas[1], &format!("{what} mean delta"));
+        close(m.max_delta_ms, e.deltas[2], &format!("{what} max delta"));
+        match e.jitters {
+            Some(j) => {
+                close(m.min_jitter_ms, j[0], &format!("{what} min jitter"));
+                close(m.mean_jitter_ms, j[1], &format!("{what} mean jitter"));
+                close(m.max_jitter_ms, j[2], &format!("{what} max jitter"));
+            }
+            None => assert_eq!(m.max_jitter_ms, None, "{what}: no jitter for events"),
+        }
+        compared += 1;
+    }
+    assert_eq!(
+        missing_packets, counters.rtp_after_call_end,
+        "{capture}: streams not measured are the RTP after a call's end"
+    );
+    // A stream shared by two legs of a B2BUA is in both records: count it once.
+    let distinct: std::collections::BTreeSet<_> =
+        ours.iter().map(|s| (&s.src, &s.dst, &s.ssrc)).collect();
+    let relayed = counters.turn_relayed_unmeasured + decode.turn_tcp_relayed;
+    assert!(
+        turn_packets <= relayed && (turn_packets > 0) == (relayed > 0),
+        "{capture}: streams in TURN ({turn_packets} packets) are counted as relayed"
+    );
+    assert_eq!(
+        distinct.len() + usize::from(missing_packets > 0) + turn_streams,
+        expected.len(),
+        "{capture}: stream count"
+    );
+    (compared, after_end, turn_streams)
+}
+
 #[test]
 fn every_stream_of_every_capture_matches_tshark() {
     let mut compared = 0;
@@ -95,68 +179,10 @@ fn every_stream_of_every_capture_matches_tshark() {
         let expected = tshark_streams(capture);
         references += expected.len();
         let (ours, records) = teledge_streams(capture);
-        let (counters, decode) = records
-            .iter()
-            .find_map(|r| match r {
-                Record::CaptureSummary(s) => Some((s.media, &s.decode)),
-                _ => None,
-            })
-            .unwrap();
-        // RTP a phone sends after its call ended is counted, not measured: the streams
-        // TShark lists that teledge has not are exactly those packets; and RTP relayed inside
-        // TURN, which TShark lists (with rtp.heuristic_rtp) under the relay's address, port
-        // 3478 here, and teledge counts as turn_relayed_unmeasured (RTCP in TURN too).
-        let mut missing_packets = 0;
-        let (mut turn_packets, mut turn_streams) = (0, 0);
-        for e in &expected {
-            let what = format!("{capture} {} -> {} {}", e.src, e.dst, e.ssrc);
-            let Some(s) = ours
-                .iter()
-                .find(|s| s.src == e.src && s.dst == e.dst && s.ssrc == e.ssrc)
-            else {
-                if e.src.ends_with(":3478") || e.dst.ends_with(":3478") {
-                    turn_packets += e.packets;
-                    turn_streams += 1;
-                    continue;
-                }
-                missing_packets += e.packets;
-                after_end += 1;
-                continue;
-            };
-            assert_eq!(s.metrics.packets, e.packets, "{what}: packets");
-            let m = &s.metrics.wireshark;
-            assert_eq!(m.lost, e.lost, "{what}: lost");
-            close(m.min_delta_ms, e.deltas[0], &format!("{what} min delta"));
-            close(m.mean_delta_ms, e.deltas[1], &format!("{what} mean delta"));
-            close(m.max_delta_ms, e.deltas[2], &format!("{what} max delta"));
-            match e.jitters {
-                Some(j) => {
-                    close(m.min_jitter_ms, j[0], &format!("{what} min jitter"));
-                    close(m.mean_jitter_ms, j[1], &format!("{what} mean jitter"));
-                    close(m.max_jitter_ms, j[2], &format!("{what} max jitter"));
-                }
-                None => assert_eq!(m.max_jitter_ms, None, "{what}: no jitter for events"),
-            }
-            compared += 1;
-        }
-        assert_eq!(
-            missing_packets, counters.rtp_after_call_end,
-            "{capture}: streams not measured are the RTP after a call's end"
-        );
-        // A stream shared by two legs of a B2BUA is in both records: count it once.
-        let distinct: std::collections::BTreeSet<_> =
-            ours.iter().map(|s| (&s.src, &s.dst, &s.ssrc)).collect();
-        let relayed = counters.turn_relayed_unmeasured + decode.turn_tcp_relayed;
-        assert!(
-            turn_packets <= relayed && (turn_packets > 0) == (relayed > 0),
-            "{capture}: streams in TURN ({turn_packets} packets) are counted as relayed"
-        );
-        assert_eq!(
-            distinct.len() + usize::from(missing_packets > 0) + turn_streams,
-            expected.len(),
-            "{capture}: stream count"
-        );
-        turned += turn_streams;
+        let (c, a, t) = assert_streams_match(capture, &expected, &ours, &records);
+        compared += c;
+        after_end += a;
+        turned += t;
     }
     // sngrep_aaa.pcap: the phone sends 9 RTP packets a second after its call got 480.
     assert_eq!(after_end, 1);

@@ -112,7 +112,7 @@ pub fn teledge_messages_in(bytes: &[u8]) -> Vec<MessageKey> {
         ));
     };
     let mut last = Timestamp::default();
-    capture_file::read_frames(bytes, |frame: &Frame<'_>, _| {
+    capture_file::read_frames(std::io::Cursor::new(bytes), |frame: &Frame<'_>, _| {
         last = frame.time;
         dissector.frame(frame, &mut sink);
     })
@@ -133,7 +133,7 @@ pub fn replay_bytes(
             calls.push(*c);
         }
     };
-    let result = replay.read("memory", bytes, &mut sink, |_| {});
+    let result = replay.read("memory", std::io::Cursor::new(bytes), &mut sink, |_| {});
     let summary = replay.finish(&mut sink);
     (calls, summary, result)
 }
@@ -160,9 +160,12 @@ pub fn patient_settings() -> ReplaySettings {
 /// Time of the first frame of a capture.
 pub fn first_frame_time(capture: &str) -> Timestamp {
     let mut first = None;
-    capture_file::read_frames(&data(capture)[..], |frame: &Frame<'_>, _| {
-        first.get_or_insert(frame.time);
-    })
+    capture_file::read_frames(
+        std::io::Cursor::new(&data(capture)[..]),
+        |frame: &Frame<'_>, _| {
+            first.get_or_insert(frame.time);
+        },
+    )
     .unwrap();
     first.unwrap()
 }

@@ -1,6 +1,12 @@
 //! Capture files: pcap (either byte order, micro- or nanosecond) and pcapng (several sections
 //! and interfaces, each with its own link type and timestamp resolution), read as a stream so
-//! a file of any size is read in bounded memory (pcapng through `pcap-parser`).
+//! a file of any size is read in bounded memory (pcapng through `pcap-parser`); and the other
+//! formats SIP/RTP captures come in, each told by its magic as Wireshark tells it: Microsoft
+//! Network Monitor 1.x and 2.x ([`netmon`]; Windows, Lync/Skype for Business era captures),
+//! Sun/Solaris `snoop` and Shomiti Surveyor ([`snoop`]), and Endace ERF ([`erf`], DAG cards;
+//! no magic, told by its first records once no magic matched). Anything else is refused as
+//! no capture. Any of them compressed with gzip (`.pcap.gz`, as sample collections hand them
+//! over) is read through the decompressor, as TShark reads it.
 //!
 //! Every classic pcap variant Wireshark reads (`wiretap/libpcap.c`) is read as it reads it:
 //! Alexey Kuznetzov's modified format of 1999 (magic `0xa1b2cd34`, which libpcap reads too)
@@ -18,11 +24,20 @@
 //! A damaged file yields every frame before the damage, then an error that says which frame
 //! and byte offset the damage is at.
 //!
+//! The input is read from its first byte. Only NetMon seeks (its frames are found through a
+//! frame table at the end of the file); the other formats are read straight through, so a
+//! pipe gives them as a file does, and a NetMon file on a pipe is refused by name.
+//!
 //! Files are read with `read(2)`, never memory-mapped: a capture truncated while mapped (a
 //! file rotated or cut by another program during the replay) would kill the process with
 //! SIGBUS instead of giving the truncation error above.
 
-use std::io::Read;
+use std::io::{Read, Seek};
+
+mod erf;
+mod netmon;
+mod records;
+mod snoop;
 
 use pcap_parser::pcapng::Block;
 use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
@@ -42,8 +57,23 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 /// Why a capture could not be read (to the end).
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("not a pcap or pcapng file")]
+    #[error("not a capture file teledge reads (pcap, pcapng, NetMon, snoop, ERF, or one of them gzip-compressed)")]
     NotACapture,
+    /// A format teledge reads, with a version or link type in it that Wireshark does not
+    /// read either: said by name, not taken for damage.
+    #[error("{0}, which Wireshark does not read either")]
+    Unreadable(String),
+    #[error("{0} file: its frames are found through a table at its end, so it must be read from an uncompressed file, not a pipe or a gzip stream")]
+    NotSeekable(&'static str),
+    /// A gzip-compressed capture whose compressed stream is damaged or cut short.
+    #[error("gzip-compressed capture damaged or cut short after {frames} frames: {detail}")]
+    Compressed { frames: u64, detail: String },
+    #[error("{format} file: its frame table at byte offset {offset} runs past the end of the file ({size} bytes): truncated capture, no frame can be found")]
+    IndexTruncated {
+        format: &'static str,
+        offset: u64,
+        size: u64,
+    },
     /// A pcap variant that neither libpcap nor Wireshark reads: said by name, not taken for
     /// a damaged file.
     #[error("{0}: a pcap variant that neither libpcap nor Wireshark reads")]
@@ -183,15 +213,114 @@ pub struct Progress {
 /// Frames of interfaces whose link type teledge does not decode are still handed over (the
 /// decoder counts them).
 ///
-/// A classic pcap file (any variant of the module docs) is walked by [`read_legacy`]; pcapng
-/// and anything else by pcap-parser's reader.
-pub fn read_frames<R: Read + Send>(
-    mut input: R,
+/// A classic pcap file (any variant of the module docs) is walked by [`read_legacy`]; NetMon,
+/// snoop and ERF by their own modules; pcapng and anything else by pcap-parser's reader.
+pub fn read_frames<R: Read + Seek + Send>(
+    input: R,
     on_frame: impl FnMut(&Frame<'_>, Progress),
 ) -> Result<u64, CaptureError> {
+    read_any(input, on_frame, true)
+}
+
+/// gzip's magic: TShark reads a gzip-compressed capture of any format as the capture itself.
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// A gzip-compressed capture, decompressed as it is read: a stream, so it cannot seek (a
+/// NetMon file inside is refused by name, [`CaptureError::NotSeekable`]). A damaged or cut
+/// stream ends the data there, and is said afterwards ([`read_gzip`]), so a stream cut
+/// between two records is not taken for the end of the capture.
+struct Gunzip<R: Read> {
+    inner: flate2::read::MultiGzDecoder<R>,
+    problem: Option<String>,
+}
+
+impl<R: Read> Read for Gunzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.problem.is_some() {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                self.problem = Some(e.to_string());
+                Ok(0)
+            }
+            ok => ok,
+        }
+    }
+}
+
+impl<R: Read> Seek for Gunzip<R> {
+    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// An input of [`read_any`] as a trait object.
+trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+/// The capture inside a gzip stream (one level: gzip inside gzip is no capture, as for
+/// TShark).
+fn read_gzip<R: Read + Send>(
+    input: R,
+    mut on_frame: impl FnMut(&Frame<'_>, Progress),
+) -> Result<u64, CaptureError> {
+    let mut gunzip = Gunzip {
+        inner: flate2::read::MultiGzDecoder::new(input),
+        problem: None,
+    };
+    let mut frames = 0;
+    let mut counting = |frame: &Frame<'_>, progress: Progress| {
+        frames += 1;
+        on_frame(frame, progress)
+    };
+    // Through trait objects: read_any and read_gzip instantiate each other, and with the
+    // concrete types that would never end.
+    let result = read_any(
+        &mut gunzip as &mut dyn ReadSeek,
+        &mut counting as &mut dyn FnMut(&Frame<'_>, Progress),
+        false,
+    );
+    match (gunzip.problem, result) {
+        (None, result) => result,
+        // The format's own error, when the damage cut a record, names the frame.
+        (Some(_), Err(e @ (CaptureError::Truncated { .. } | CaptureError::Corrupt { .. }))) => {
+            Err(e)
+        }
+        (Some(detail), _) => Err(CaptureError::Compressed { frames, detail }),
+    }
+}
+
+fn read_any<R: Read + Seek + Send>(
+    mut input: R,
+    on_frame: impl FnMut(&Frame<'_>, Progress),
+    gzip: bool,
+) -> Result<u64, CaptureError> {
     let (head, got) = read_head(&mut input)?;
-    let Some(mut header) = ClassicHeader::parse(&head[..got])? else {
-        return read_parsed(Prefixed::new(head[..got].to_vec(), input), on_frame);
+    let head = &head[..got];
+    if gzip && head.starts_with(&GZIP_MAGIC) {
+        return read_gzip(Prefixed::new(head.to_vec(), input), on_frame);
+    }
+    if head.starts_with(snoop::MAGIC) {
+        return snoop::read(Prefixed::new(head.to_vec(), input), on_frame);
+    }
+    if head.starts_with(netmon::MAGIC_1X) || head.starts_with(netmon::MAGIC_2X) {
+        return netmon::read(input, got as u64, on_frame);
+    }
+    let Some(mut header) = ClassicHeader::parse(head)? else {
+        if head.starts_with(&PCAPNG_MAGIC) {
+            return read_parsed(Prefixed::new(head.to_vec(), input), on_frame);
+        }
+        let mut ahead = Ahead {
+            bytes: head.to_vec(),
+            input,
+            ended: false,
+        };
+        if erf::looks_like_erf(&mut ahead)? {
+            return erf::read(Prefixed::new(ahead.bytes, ahead.input), on_frame);
+        }
+        return read_parsed(Prefixed::new(ahead.bytes, ahead.input), on_frame);
     };
     let mut ahead = Ahead {
         bytes: Vec::new(),
@@ -219,6 +348,9 @@ pub fn read_frames<R: Read + Send>(
     let input = Prefixed::new(ahead.bytes, ahead.input);
     read_legacy(&layout, Chunks { input }, on_frame)
 }
+
+/// The block type of a pcapng Section Header Block, the same in either byte order.
+const PCAPNG_MAGIC: [u8; 4] = [0x0A, 0x0D, 0x0D, 0x0A];
 
 /// Magic numbers of classic pcap (as read in the writer's byte order).
 const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
@@ -957,6 +1089,13 @@ mod tests {
         }
     }
 
+    /// A pipe: no seeking.
+    impl std::io::Seek for Trickle<'_> {
+        fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
     type Seen = (Vec<(u64, Timestamp, Vec<u8>, u64, u64)>, String);
 
     fn walk(
@@ -1406,7 +1545,8 @@ mod tests {
             }
             .write(&records);
             let mut frames = 0;
-            let error = read_frames(&file[..], |_, _| frames += 1).unwrap_err();
+            let error =
+                read_frames(std::io::Cursor::new(&file[..]), |_, _| frames += 1).unwrap_err();
             assert_eq!(frames, 0);
             assert_eq!(
                 error.to_string(),
@@ -1498,7 +1638,7 @@ mod tests {
         // A pcapng file goes through pcap-parser's reader whole (its section header is longer
         // than the 24 bytes read to look for a pcap header). pcap-parser recognises a format
         // from its first read, so only whole reads (as from a file) are compared here.
-        let pcapng = include_bytes!("../../tests/data/websocket-sip.pcapng");
+        let pcapng = include_bytes!("../../../tests/data/websocket-sip.pcapng");
         let parsed = through_parser(pcapng);
         assert!(parsed.0.len() > 10, "{}", parsed.1);
         assert_eq!(through_legacy(pcapng, usize::MAX), parsed, "pcapng");
