@@ -992,6 +992,25 @@ fn parse_reason(value: &str) -> Option<Reason<'_>> {
     })
 }
 
+/// [`starts_with_sip`] with methods as convention writes them (upper-case letters, `-`,
+/// `_`): for a start line searched for *inside* a byte stream — after a gap, a cut, or a
+/// capture that joined mid-stream — where a lower-case token is far more likely the end of a
+/// lost body glued to the next method (`...helloINVITE sip:`) than a method of its own. At a
+/// message boundary (a datagram, the message after a complete one) any token is a method, as
+/// TShark reads it.
+pub fn starts_with_conventional_sip(data: &[u8]) -> bool {
+    if !starts_with_sip(data) {
+        return false;
+    }
+    if data.starts_with(b"SIP/2.0 ") {
+        return true;
+    }
+    let method_end = memchr::memchr(b' ', data).unwrap_or(0);
+    data[..method_end]
+        .iter()
+        .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+}
+
 /// A byte of an RFC 3261 token (§25.1): alphanumeric or one of `-.!%*_+`'~`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
@@ -1376,6 +1395,14 @@ v=0\r\nextra";
         assert!(starts_with_sip(b"register sip:example.com SIP/2.0\r\n"));
         assert!(starts_with_sip(b"aaaaaaaaa sip:tori@localhost SIP/2.0\r\n"));
         assert!(!starts_with_sip(b"a(b sip:tori@localhost SIP/2.0\r\n"));
+        // Inside a stream, only the conventional spelling starts a message.
+        assert!(!starts_with_conventional_sip(
+            b"helloMESSAGE sip:b@h SIP/2.0\r\n"
+        ));
+        assert!(starts_with_conventional_sip(
+            b"X-FOO_BAR sip:b@h SIP/2.0\r\n"
+        ));
+        assert!(starts_with_conventional_sip(b"SIP/2.0 180 Ringing\r\n"));
         let raw = b"aaaaaaaaa sip:tori@localhost SIP/2.0\r\nFrom: <sip:ann@localhost>;tag=2\r\nTo: <sip:tori@localhost>\r\nCall-ID: 2@localhost\r\nCSeq: 1 INVITE\r\n\r\n";
         assert_eq!(
             parse(raw).unwrap().method(),

@@ -13,7 +13,7 @@
 //! reported ([`SipStream::held_bytes`]) so the reassembler can keep all streams within one
 //! memory budget.
 
-use crate::decode::sip::{canonical_name, starts_with_sip};
+use crate::decode::sip::{canonical_name, starts_with_conventional_sip, starts_with_sip};
 use crate::decode::turn;
 use crate::decode::websocket::{self, Opcode};
 
@@ -484,10 +484,12 @@ impl SipStream {
         true
     }
 
-    /// Discards bytes up to the next line that starts a SIP message.
+    /// Discards bytes up to the next line that starts a SIP message (spelt as convention
+    /// spells methods: [`starts_with_conventional_sip`], since these bytes follow a gap).
     fn resync(&mut self, ever_synced: bool, emit: &mut impl FnMut(StreamEvent<'_>)) -> bool {
         let crlf = self.leading_crlf();
-        if starts_with_sip(&self.buf[crlf..]) && memchr::memchr(b'\n', &self.buf[crlf..]).is_some()
+        if starts_with_conventional_sip(&self.buf[crlf..])
+            && memchr::memchr(b'\n', &self.buf[crlf..]).is_some()
         {
             self.buf.drain(..crlf);
             self.after_cut = false;
@@ -585,7 +587,7 @@ fn find_start_line(buf: &[u8]) -> Option<usize> {
     ];
     let complete = |at: usize| {
         let rest = &buf[at..];
-        memchr::memchr(b'\n', rest).is_some() && starts_with_sip(rest)
+        memchr::memchr(b'\n', rest).is_some() && starts_with_conventional_sip(rest)
     };
     let at_line_start = memchr::memchr_iter(b'\n', buf)
         .map(|nl| nl + 1)
