@@ -175,7 +175,12 @@ fn write(
             spooler.commit_if_due().map(|_| ())
         };
         if let Err(e) = committed {
-            tracing::error!(error = %crate::report::Chain(&e), "Spool commit failed.");
+            // Once a flush interval while the store cannot be written: logged at most once
+            // a minute, with how many failed since (the spool's own state and `/health` say
+            // the rest).
+            if let Some(failed) = metrics.log_limiter.due(("spool_commit_failed", ""), 1) {
+                tracing::error!(error = %crate::report::Chain(&e), failed, "Spool commit failed.");
+            }
         }
         health.progress(Stage::SpoolWriter);
         if closed {
