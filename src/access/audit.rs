@@ -197,6 +197,15 @@ impl AuditSink {
         self.anonymous.suppressed_total.load(Ordering::Relaxed)
     }
 
+    /// Reads [`AuditSink::suppressed`] without holding the sink: for a scrape-time source
+    /// in the metrics, which the sink's `emit` (the daemon's record queue) holds in turn — a
+    /// clone of the sink there made a cycle that kept the metrics, and through them the
+    /// spool and its store's lock, alive after a shutdown.
+    pub fn suppressed_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let anonymous = Arc::clone(&self.anonymous);
+        move || anonymous.suppressed_total.load(Ordering::Relaxed)
+    }
+
     /// Whether a refusal without valid credentials may be written now; announces what an
     /// earlier window suppressed when a new one begins.
     fn admit_anonymous(&self) -> bool {

@@ -142,6 +142,22 @@ pub struct Whep {
     inner: Arc<Inner>,
 }
 
+/// [`Whep::downgrade`]: the service while anything else holds it.
+#[derive(Clone)]
+pub struct WeakWhep(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for WeakWhep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakWhep").finish_non_exhaustive()
+    }
+}
+
+impl WeakWhep {
+    pub fn upgrade(&self) -> Option<Whep> {
+        self.0.upgrade().map(|inner| Whep { inner })
+    }
+}
+
 impl std::fmt::Debug for Whep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Whep")
@@ -202,6 +218,14 @@ impl Whep {
                 tracker,
             }),
         }
+    }
+
+    /// A handle that does not keep the service alive: for the metrics' scrape-time
+    /// sources. The service holds the audit sink and the call lookup, and both hold the
+    /// metrics, so a strong clone there made a cycle that kept the metrics — and the spool
+    /// and its store's lock — alive after a shutdown.
+    pub fn downgrade(&self) -> WeakWhep {
+        WeakWhep(Arc::downgrade(&self.inner))
     }
 
     pub fn counters(&self) -> &WhepCounters {

@@ -699,9 +699,9 @@ impl AgentMetrics {
     /// Reads the audit sink's suppressed refusals at scrape time (counted once, in the sink,
     /// whichever listener refused: the status page, live listen).
     pub fn watch_audit(&self, audit: &crate::access::audit::AuditSink) {
-        let audit = audit.clone();
+        let suppressed = audit.suppressed_reader();
         self.audit_suppressed
-            .set_source(move || Some(audit.suppressed() as f64));
+            .set_source(move || Some(suppressed() as f64));
     }
 
     /// Reads live listen's counters at scrape time (counted once, in the WHEP service and
@@ -710,13 +710,17 @@ impl AgentMetrics {
     pub fn watch_listen(&self, whep: &crate::listen::whep::Whep) {
         use std::sync::atomic::{AtomicU64, Ordering};
         type Pick = fn(&crate::listen::whep::WhepCounters) -> &AtomicU64;
+        // Weak handles: the service holds what holds these metrics (see `Whep::downgrade`).
         let counter = |pick: Pick| {
-            let whep = whep.clone();
-            move || Some(pick(whep.counters()).load(Ordering::Relaxed) as f64)
+            let whep = whep.downgrade();
+            move || {
+                whep.upgrade()
+                    .map(|w| pick(w.counters()).load(Ordering::Relaxed) as f64)
+            }
         };
-        let w = whep.clone();
+        let w = whep.downgrade();
         self.listen_sessions
-            .set_source(move || Some(w.sessions() as f64));
+            .set_source(move || w.upgrade().map(|w| w.sessions() as f64));
         let events: [(&str, Pick); 2] = [
             ("started", |c| &c.sessions_started),
             ("ended", |c| &c.sessions_ended),

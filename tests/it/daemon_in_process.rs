@@ -827,3 +827,39 @@ fn the_per_address_share_of_the_endpoint_follows_the_configuration() {
     }
     runtime.block_on(daemon.shutdown());
 }
+
+/// A daemon shut down lets go of everything it held: started again in the same process on
+/// the same spool, it opens it (sled's lock). Regression: a metric read at scrape time held
+/// the live-listen service (and, for one session, the audit sink), which hold the record
+/// queue and the call lookup, which hold the metrics — a cycle that kept the metrics, the
+/// spool and its store's lock alive after `shutdown`, so the second start failed with
+/// "could not acquire lock".
+#[test]
+fn a_daemon_with_every_listener_on_lets_go_of_its_spool_at_shutdown() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(&pki, "collector", &dir.path().join("collected"));
+    let (token, _) = teledge::access::make_token().unwrap();
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
+             [[service]]\nname = \"sales\"\nmonitorable = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{}\"\nlisten = [\"sales\"]\n\
+             [listen]\nenabled = true\n",
+            teledge::access::token_hash_hex(&token)
+        ),
+        Some(0),
+    );
+    let runtime = runtime();
+    for _ in 0..2 {
+        let config = teledge::config::agent::load(&config_path).unwrap();
+        let daemon = runtime
+            .block_on(Daemon::start(config, &config_path))
+            .expect("the daemon starts on the spool the last one used");
+        assert!(daemon.observe_addr().is_some());
+        runtime.block_on(daemon.shutdown());
+    }
+}
