@@ -387,7 +387,12 @@ pub struct Daemon {
     /// drains.
     audit_queue: Arc<Mutex<Option<RecordQueue>>>,
     listeners: CancellationToken,
+    /// Live-listen sessions ([`Daemon::session_tracker`]).
+    sessions: TaskTracker,
 }
+
+/// How long a shutdown waits for live-listen sessions to end and audit their end.
+const SESSIONS_END_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a start retries a spool that could not be opened for lack of space (or on a
 /// read-only file system).
@@ -567,6 +572,10 @@ impl Daemon {
         // Cancelled at shutdown right after the sources: status streams close and live
         // listen sessions end (and are audited) while the record queue is still open.
         let listeners = root.child_token();
+        // The tasks that end with `listeners` and audit their end (live-listen sessions):
+        // awaited at shutdown before the record queue closes, so their audit records reach
+        // the spool.
+        let sessions = TaskTracker::new();
         // Live listen: the tap the correlator feeds, and the pipeline its lookups read (set
         // once the pipeline exists, below).
         let listen_tap = crate::media::tap::ListenTap::new(config.listen.limits);
@@ -621,7 +630,7 @@ impl Daemon {
                     access.as_ref(),
                     &audit,
                     &listeners,
-                    &tracker,
+                    &sessions,
                     &metrics,
                 ),
             };
@@ -781,6 +790,7 @@ impl Daemon {
             audit,
             audit_queue,
             listeners,
+            sessions,
         })
     }
 
@@ -799,6 +809,13 @@ impl Daemon {
     /// reach the spool: a live listen session ends (and writes its audit record) on it.
     pub fn listeners_token(&self) -> CancellationToken {
         self.listeners.clone()
+    }
+
+    /// The tracker live-listen sessions run on: they end with [`Daemon::listeners_token`],
+    /// and a shutdown waits for them (at most 5 s) before the record queue closes, so the
+    /// audit record each writes at its end is spooled.
+    pub fn session_tracker(&self) -> TaskTracker {
+        self.sessions.clone()
     }
 
     /// Where the HEP listener is bound, if there is one.
@@ -874,6 +891,7 @@ impl Daemon {
             dropped,
             audit_queue,
             listeners,
+            sessions,
             ..
         } = self;
         ctx.sources.cancel();
@@ -897,6 +915,19 @@ impl Daemon {
             ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
         }
         hep_out::finish(hep_out, Duration::from_secs(2)).await;
+        // Live-listen sessions ended with `listeners` above; their audit records go into the
+        // queue before it closes (under load a session's end could come after it, and its
+        // record was counted as dropped, `queue_closed`).
+        sessions.close();
+        if tokio::time::timeout(SESSIONS_END_WAIT, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "Live-listen sessions still ending at shutdown; their audit records may be counted as dropped."
+            );
+        }
         let Context {
             records, tracker, ..
         } = ctx;
@@ -916,6 +947,9 @@ impl Daemon {
         root.cancel();
         tracker.close();
         tracker.wait().await;
+        // Sessions that outlived their wait above are awaited too: every task has ended
+        // when this returns.
+        sessions.wait().await;
         RunSummary {
             records_produced: produced.load(Ordering::Relaxed),
             records_dropped_queue_full: dropped.load(Ordering::Relaxed),

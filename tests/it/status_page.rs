@@ -777,10 +777,16 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
         address: "192.0.2.7:50000".parse().unwrap(),
         user_agent: None,
     };
-    let session = runtime.spawn(async move {
+    // On the daemon's session tracker, as the WHEP service runs its sessions: a shutdown
+    // waits for them before the record queue closes (regression: under load the session's
+    // end came after it, and its audit record was dropped).
+    let _guard = runtime.enter();
+    let session = daemon.session_tracker().spawn(async move {
         let session = audit.listen_started(&principal, "h:0123", Some("sales"), "s1", 201, &client);
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancelled().await;
+        // A session takes a moment to end (its peer connection closes): the shutdown waits.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         session.end(teledge::access::audit::ListenEnd::Shutdown);
     });
     std::thread::sleep(Duration::from_millis(500));
