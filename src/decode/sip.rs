@@ -1013,7 +1013,9 @@ pub fn starts_with_conventional_sip(data: &[u8]) -> bool {
 
 /// A byte of an RFC 3261 token (§25.1): alphanumeric or one of `-.!%*_+`'~`.
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    // A match, not `b"-.!%*_+`'~".contains(&b)`: that is a `memchr` call on every UDP
+    // datagram's first byte (60 instructions an RTP packet on the offline path).
+    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 fn parse_start_line(line: &str) -> Option<StartLine<'_>> {
@@ -1408,6 +1410,14 @@ v=0\r\nextra";
             parse(raw).unwrap().method(),
             Some(Method::Other("aaaaaaaaa"))
         );
+    }
+
+    #[test]
+    fn token_bytes_are_rfc_3261s() {
+        for b in 0..=255u8 {
+            let spec = b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b);
+            assert_eq!(is_token_byte(b), spec, "{b:#04x}");
+        }
     }
 
     /// Found by the `sip_message` fuzzer: a Content-Type with a multi-byte character at
