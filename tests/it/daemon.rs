@@ -1774,6 +1774,22 @@ fn remount(dir: &Path, how: &str) {
     );
 }
 
+/// A real tmpfs remounted read-only holding the spool directory, and an agent started on it
+/// (the file system's mount point, its guard, the agent).
+fn start_on_a_read_only_spool(
+    pki: &crate::uplink::Pki,
+    dir: &std::path::Path,
+) -> (PathBuf, crate::uplink::Tmpfs, Agent) {
+    let disk = dir.join("disk");
+    let tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
+    std::fs::create_dir_all(disk.join("spool")).unwrap();
+    remount(&disk, "ro");
+    let config =
+        agent_config_with_spool(pki, dir, &disk.join("spool"), "disk_reserve_bytes = 65536");
+    let agent = Agent::start(&config);
+    (disk, tmpfs, agent)
+}
+
 /// A start on a read-only file system (ext4 remounts itself read-only after an error) waits
 /// and retries like a start on a full disk, saying so, instead of exiting and hitting
 /// systemd's `StartLimitBurst`; once the file system is writable again it runs. Real tmpfs,
@@ -1782,17 +1798,7 @@ fn remount(dir: &Path, how: &str) {
 fn a_start_on_a_read_only_file_system_waits_then_runs() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
-    std::fs::create_dir_all(disk.join("spool")).unwrap();
-    remount(&disk, "ro");
-    let config = agent_config_with_spool(
-        &pki,
-        dir.path(),
-        &disk.join("spool"),
-        "disk_reserve_bytes = 65536",
-    );
-    let mut agent = Agent::start(&config);
+    let (disk, _tmpfs, mut agent) = start_on_a_read_only_spool(&pki, dir.path());
     agent.wait_for_log("file system read-only");
     thread::sleep(Duration::from_secs(6));
     assert!(
@@ -1814,17 +1820,7 @@ fn a_start_on_a_read_only_file_system_waits_then_runs() {
 fn sigterm_while_the_start_waits_for_the_spool_stops_it() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    let _tmpfs = crate::uplink::Tmpfs::mount(&disk, "16m");
-    std::fs::create_dir_all(disk.join("spool")).unwrap();
-    remount(&disk, "ro");
-    let config = agent_config_with_spool(
-        &pki,
-        dir.path(),
-        &disk.join("spool"),
-        "disk_reserve_bytes = 65536",
-    );
-    let mut agent = Agent::start(&config);
+    let (_disk, _tmpfs, mut agent) = start_on_a_read_only_spool(&pki, dir.path());
     agent.wait_for_log("waiting for room to open the spool");
     let asked = Instant::now();
     let summary = agent.stop();
