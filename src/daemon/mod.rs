@@ -217,7 +217,7 @@ impl RecordQueue {
             Err(bounded::TrySendError::FullBytes(_)) => DropReason::QueueBytes,
             Err(bounded::TrySendError::Disconnected(_)) => DropReason::QueueClosed,
         };
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Release);
         RecordsDropped { reason, count: 1 }.emit(&self.metrics);
     }
 
@@ -229,7 +229,7 @@ impl RecordQueue {
         self.metrics.records_produced.with(&[record.kind()]).inc();
         let weight = record.held_bytes();
         if self.tx.send_weighted(record, weight).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Release);
             RecordsDropped {
                 reason: DropReason::QueueClosed,
                 count: 1,
