@@ -197,6 +197,22 @@ impl AuditSink {
         self.anonymous.suppressed_total.load(Ordering::Relaxed)
     }
 
+    /// Announces at once the refusals suppressed in the current window (none: nothing).
+    /// The daemon calls it at shutdown, once nothing can audit any more: the task that
+    /// announces at the window's end does not outlive the runtime, so what the last window
+    /// suppressed was counted and never announced.
+    pub fn announce_suppressed(&self) {
+        let n = {
+            let mut w = self
+                .anonymous
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut w.suppressed)
+        };
+        self.announce(n);
+    }
+
     /// Reads [`AuditSink::suppressed`] without holding the sink: for a scrape-time source
     /// in the metrics, which the sink's `emit` (the daemon's record queue) holds in turn — a
     /// clone of the sink there made a cycle that kept the metrics, and through them the

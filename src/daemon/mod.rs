@@ -239,6 +239,51 @@ impl RecordQueue {
     }
 }
 
+/// Where the audit sink's records go ([`Daemon::audit`]): the record queue while it is open
+/// (it is made before anything that audits starts), then — a supervisor logging in during
+/// the shutdown, a live-listen session that took longer than [`SESSIONS_END_WAIT`] to end —
+/// straight into the spool, appended and committed at once once the writer has ended, so a
+/// record offered after the queue closed is spooled, not dropped. `Closed` only once every
+/// task has ended (nothing of the daemon's can audit then); a record offered then is
+/// counted (`queue_closed`).
+#[derive(Debug)]
+enum AuditPath {
+    Queue(RecordQueue),
+    Spool(LateSpool),
+    Closed,
+}
+
+/// The last synchronous way into the spool, after the record queue closed.
+#[derive(Debug)]
+struct LateSpool {
+    spooler: Spooler,
+    health: Arc<Health>,
+    metrics: Arc<AgentMetrics>,
+    produced: Arc<AtomicU64>,
+}
+
+impl AuditPath {
+    fn offer(&mut self, record: Record, metrics: &AgentMetrics) {
+        match self {
+            AuditPath::Queue(queue) => queue.push(record),
+            AuditPath::Spool(late) => {
+                late.produced.fetch_add(1, Ordering::Relaxed);
+                late.metrics.records_produced.with(&[record.kind()]).inc();
+                // A record that does not reach the spool is counted and announced there.
+                spool_writer::append(&mut late.spooler, record, &late.health, &late.metrics);
+                if let Err(e) = late.spooler.commit() {
+                    tracing::error!(error = %crate::report::Chain(&e), "Spool commit of a record offered after the record queue closed failed.");
+                }
+            }
+            AuditPath::Closed => RecordsDropped {
+                reason: DropReason::QueueClosed,
+                count: 1,
+            }
+            .emit(metrics),
+        }
+    }
+}
+
 /// The pipeline shared by the sources: every capture thread decodes its own frames and
 /// correlates them in the shard of their call (no lock every packet takes).
 type SharedPipeline = Arc<LivePipeline>;
@@ -383,9 +428,11 @@ pub struct Daemon {
     observe_addr: Option<SocketAddr>,
     access: Option<Arc<crate::access::Access>>,
     audit: crate::access::audit::AuditSink,
-    /// The record queue as the audit sink sees it: emptied at shutdown before the writer
-    /// drains.
-    audit_queue: Arc<Mutex<Option<RecordQueue>>>,
+    /// Where the audit sink's records go: the record queue, then the spool directly once
+    /// the writer has ended ([`AuditPath`]).
+    audit_queue: Arc<Mutex<AuditPath>>,
+    /// The spooler of [`AuditPath::Spool`], taken at shutdown once the writer has ended.
+    late_spooler: Spooler,
     listeners: CancellationToken,
     /// Live-listen sessions ([`Daemon::session_tracker`]).
     sessions: TaskTracker,
@@ -552,22 +599,26 @@ impl Daemon {
         if let Some(access) = &access {
             metrics.watch_access(access);
         }
-        let audit_queue: Arc<Mutex<Option<RecordQueue>>> = Arc::default();
-        let audit =
-            {
-                let slot = Arc::clone(&audit_queue);
-                let metrics = Arc::clone(&metrics);
-                crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
-                    match lock(&slot).as_ref() {
-                        Some(queue) => queue.push(record),
-                        None => RecordsDropped {
-                            reason: DropReason::QueueClosed,
-                            count: 1,
-                        }
-                        .emit(&metrics),
-                    }
-                })
-            };
+        // Records → spool writer thread: the queue first, so that nothing that audits (the
+        // endpoint below) can start before it exists.
+        let (record_tx, record_rx) =
+            bounded::channel_weighted::<Record>(RECORD_QUEUE, RECORD_QUEUE_BYTES);
+        let produced = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let records = RecordQueue {
+            tx: record_tx,
+            metrics: Arc::clone(&metrics),
+            produced: Arc::clone(&produced),
+            dropped: Arc::clone(&dropped),
+        };
+        let audit_queue = Arc::new(Mutex::new(AuditPath::Queue(records.clone())));
+        let audit = {
+            let slot = Arc::clone(&audit_queue);
+            let metrics = Arc::clone(&metrics);
+            crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
+                lock(&slot).offer(record, &metrics)
+            })
+        };
         metrics.watch_audit(&audit);
         // Cancelled at shutdown right after the sources: status streams close and live
         // listen sessions end (and are audited) while the record queue is still open.
@@ -646,19 +697,13 @@ impl Daemon {
             None
         };
 
-        // Records → spool writer thread.
-        let (record_tx, record_rx) =
-            bounded::channel_weighted::<Record>(RECORD_QUEUE, RECORD_QUEUE_BYTES);
-        let produced = Arc::new(AtomicU64::new(0));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let records = RecordQueue {
-            tx: record_tx,
-            metrics: Arc::clone(&metrics),
-            produced: Arc::clone(&produced),
-            dropped: Arc::clone(&dropped),
-        };
-        *lock(&audit_queue) = Some(records.clone());
         let committed = Arc::new(Notify::new());
+        let late_spooler = Spooler::new(
+            Arc::clone(&spool),
+            Pseudonymizer::new(config.forward.privacy.clone()),
+            config.forward.spool.flush_interval,
+            Some(Arc::clone(&committed)),
+        );
         let writer = spool_writer::SpoolWriter::spawn(
             record_rx,
             Spooler::new(
@@ -789,6 +834,7 @@ impl Daemon {
             access,
             audit,
             audit_queue,
+            late_spooler,
             listeners,
             sessions,
         })
@@ -890,6 +936,8 @@ impl Daemon {
             produced,
             dropped,
             audit_queue,
+            late_spooler,
+            audit,
             listeners,
             sessions,
             ..
@@ -925,20 +973,35 @@ impl Daemon {
         {
             tracing::warn!(
                 sessions = sessions.len(),
-                "Live-listen sessions still ending at shutdown; their audit records may be counted as dropped."
+                "Live-listen sessions still ending at shutdown; their audit records go straight into the spool."
             );
         }
         let Context {
-            records, tracker, ..
+            records,
+            tracker,
+            metrics,
+            health: ctx_health,
+            ..
         } = ctx;
-        // The last sender: the writer drains the queue, commits and ends. (Audit records
-        // after this point are counted as dropped, queue_closed.)
-        lock(&audit_queue).take();
+        // The last sender: the writer drains the queue, commits and ends. Audit records from
+        // now on (a login during the drain, a session that outlived its wait) are appended to
+        // the spool and committed at once, beside the writer's last appends.
+        *lock(&audit_queue) = AuditPath::Spool(LateSpool {
+            spooler: late_spooler,
+            health: Arc::clone(&ctx_health),
+            metrics: Arc::clone(&metrics),
+            produced: Arc::clone(&produced),
+        });
         drop(records);
         let spooled = writer.join().await;
         let forwarded = uplink.drain(deadline).await;
         let left = {
             let mut s = lock(&spool);
+            // Losses still pending (counted since the uplink's last round) are announced
+            // before the close, not left in memory.
+            if let Err(e) = s.announce_drops() {
+                tracing::error!(error = %crate::report::Chain(&e), "Spool could not announce its pending losses at shutdown; they are kept in its ledger.");
+            }
             if let Err(e) = s.flush() {
                 tracing::error!(error = %crate::report::Chain(&e), "Spool flush at shutdown failed.");
             }
@@ -950,6 +1013,11 @@ impl Daemon {
         // Sessions that outlived their wait above are awaited too: every task has ended
         // when this returns.
         sessions.wait().await;
+        // Nothing of the daemon's can audit any more: the refusals suppressed in the last
+        // window are announced (their window's end would never come), then the way into the
+        // spool closes (it must not keep the spool open through a sink someone still holds).
+        audit.announce_suppressed();
+        *lock(&audit_queue) = AuditPath::Closed;
         RunSummary {
             records_produced: produced.load(Ordering::Relaxed),
             records_dropped_queue_full: dropped.load(Ordering::Relaxed),

@@ -206,7 +206,12 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Appends one record; a record that does not reach the spool is lost: logged, counted and
 /// announced upstream as one.
-fn append(spooler: &mut Spooler, record: Record, health: &Health, metrics: &AgentMetrics) {
+pub(super) fn append(
+    spooler: &mut Spooler,
+    record: Record,
+    health: &Health,
+    metrics: &AgentMetrics,
+) {
     match spooler.append(record) {
         Ok(_) => {}
         Err(SpoolerError::Serialise(_)) => {

@@ -566,9 +566,16 @@ impl Drop for Spool {
         if self.closed {
             return;
         }
+        // Losses counted and not yet announced are announced by the close: kept in memory,
+        // they were lost with the process.
+        let _ = self.announce_drops();
         // A clean close makes every append durable (sled would flush its own buffers too).
         if let Err(e) = self.flush() {
             tracing::error!(error = %e, "Cannot flush the spool at close: the records it holds and the losses not yet announced are kept in its ledger, and stored or announced at the next start.");
+        } else if !self.pending_lost.is_empty() || self.pending_disk_full > 0 {
+            // Still not announced (the disk below its reserve): kept in the ledger, announced
+            // at the next start.
+            self.keep_in_ledger();
         }
         // A clean close leaves the exact key set for `check-config`.
         if let Err(e) = self.sync_manifest(true) {

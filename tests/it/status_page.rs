@@ -810,6 +810,87 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
     assert!(schemas.check(a).is_empty(), "{:?}", schemas.check(a));
 }
 
+/// A live-listen session that takes longer to end than the shutdown waits for
+/// (`SESSIONS_END_WAIT`, 5 s) writes its audit record after the record queue closed: it goes
+/// straight into the spool (and, the uplink still draining or at the next start, to the
+/// collector). It was dropped, counted as `queue_closed` and announced nowhere.
+#[test]
+fn an_audit_record_offered_after_the_record_queue_closed_is_spooled() {
+    use crate::daemon_in_process::runtime;
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = crate::uplink::collector(&pki, "collector", &out);
+    let (token, _) = make_token().unwrap();
+    let hash = teledge::access::token_hash_hex(&token);
+    let config_path = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
+             [[service]]\nname = \"sales\"\nmonitorable = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nlisten = [\"sales\"]\n"
+        ),
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(teledge::daemon::Daemon::start(config, &config_path))
+        .unwrap();
+    let principal = teledge::access::Principal {
+        id: "alice".into(),
+        auth: AuditAuth::Token,
+        view: ServiceSet::Nothing,
+        listen: ServiceSet::only(["sales"]),
+    };
+    let audit = daemon.audit().clone();
+    let stop = daemon.listeners_token();
+    let metrics = Arc::clone(daemon.metrics());
+    let client = teledge::access::audit::Client {
+        address: "192.0.2.7:50000".parse().unwrap(),
+        user_agent: None,
+    };
+    let _guard = runtime.enter();
+    let session = daemon.session_tracker().spawn(async move {
+        let session = audit.listen_started(&principal, "h:late", Some("sales"), "s1", 201, &client);
+        stop.cancelled().await;
+        // Longer than the shutdown waits for sessions: the record queue closes first.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        session.end(teledge::access::audit::ListenEnd::Shutdown);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    runtime.block_on(daemon.shutdown());
+    runtime.block_on(session).unwrap();
+    assert_eq!(
+        metrics.records_dropped.with(&["queue_closed"]).get(),
+        0,
+        "nothing dropped as queue_closed"
+    );
+    drop(metrics);
+    // At the collector, or still in the spool (the uplink's drain may have ended first).
+    let mut records: Vec<serde_json::Value> = crate::uplink::stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .collect();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
+            .unwrap();
+    records.extend(
+        spool
+            .read(None, 1000)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()),
+    );
+    let audits: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "audit").collect();
+    assert_eq!(audits.len(), 1, "{records:#?}");
+    assert_eq!(audits[0]["call_id"], "h:late");
+    assert_eq!(audits[0]["reason"], "shutdown");
+}
+
 /// SIGHUP revokes a supervisor at once (token and open session), without a restart.
 #[test]
 fn a_reload_that_removes_a_supervisor_locks_them_out_at_once() {
