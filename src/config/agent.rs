@@ -101,6 +101,18 @@ pub(super) struct RawCorrelation {
     /// Correlation shards; default: the capture threads of every interface together.
     #[serde(default)]
     shards: Option<usize>,
+    /// Ended calls' records held in their grace at most (all shards together).
+    #[serde(default = "default_grace_records")]
+    grace_records: usize,
+    /// Bytes of those records at most, as `record::held_bytes` weighs them.
+    #[serde(default = "default_grace_bytes")]
+    grace_bytes: usize,
+    /// Records waiting for the spool writer at most (the daemon's record queue).
+    #[serde(default = "default_record_queue_records")]
+    record_queue_records: usize,
+    /// Bytes of those records at most, as `record::held_bytes` weighs them.
+    #[serde(default = "default_record_queue_bytes")]
+    record_queue_bytes: usize,
 }
 
 impl Default for RawCorrelation {
@@ -117,6 +129,10 @@ impl Default for RawCorrelation {
             past_time_tolerance_s: default_past_tolerance(),
             record_grace_ms: default_record_grace_ms(),
             shards: None,
+            grace_records: default_grace_records(),
+            grace_bytes: default_grace_bytes(),
+            record_queue_records: default_record_queue_records(),
+            record_queue_bytes: default_record_queue_bytes(),
         }
     }
 }
@@ -228,6 +244,18 @@ fn default_drain() -> u64 {
 fn default_queue_bytes() -> usize {
     32 << 20
 }
+fn default_grace_records() -> usize {
+    CallLimits::default().max_grace_records
+}
+fn default_grace_bytes() -> usize {
+    CallLimits::default().max_grace_bytes
+}
+fn default_record_queue_records() -> usize {
+    65_536
+}
+fn default_record_queue_bytes() -> usize {
+    48 << 20
+}
 fn default_future_tolerance() -> u64 {
     2
 }
@@ -298,6 +326,12 @@ pub struct AgentConfig {
     pub queue_frames: usize,
     /// The same queue's bound in bytes (frame payloads plus a fixed cost per frame).
     pub queue_bytes: usize,
+    /// Records waiting for the spool writer at most (`[correlation] record_queue_records`),
+    /// and their bytes as [`crate::record::held_bytes`] weighs them
+    /// (`record_queue_bytes`): beyond either a record from a source that cannot wait is
+    /// dropped (counted, announced).
+    pub record_queue_records: usize,
+    pub record_queue_bytes: usize,
     /// How far sender times (HEP) may be from the local clock before they are replaced.
     pub clock_tolerance: ClockGuard,
     pub sensors: Vec<DeviceSettings>,
@@ -564,6 +598,27 @@ pub fn parse_with_profiles(
             1 << 20,
             usize::try_from(4u64 << 30).unwrap_or(usize::MAX),
         ),
+        // The bounds of records in flight: counts, and bytes as `record::held_bytes`
+        // weighs a record (at least a few large records; at most what a box can spare).
+        ("grace_records", c.grace_records, 1, 10_000_000),
+        (
+            "grace_bytes",
+            c.grace_bytes,
+            1 << 20,
+            usize::try_from(4u64 << 30).unwrap_or(usize::MAX),
+        ),
+        (
+            "record_queue_records",
+            c.record_queue_records,
+            1024,
+            10_000_000,
+        ),
+        (
+            "record_queue_bytes",
+            c.record_queue_bytes,
+            1 << 20,
+            usize::try_from(4u64 << 30).unwrap_or(usize::MAX),
+        ),
         (
             "future_time_tolerance_s",
             c.future_time_tolerance_s as usize,
@@ -603,6 +658,8 @@ pub fn parse_with_profiles(
         record_grace: Duration::from_millis(c.record_grace_ms.min(max_grace)),
         setup_timeout: Duration::from_secs(c.setup_timeout_s),
         max_call_duration: Duration::from_secs(c.max_call_duration_s),
+        max_grace_records: c.grace_records,
+        max_grace_bytes: c.grace_bytes,
         ..CallLimits::default()
     };
     let media = MediaLimits {
@@ -781,12 +838,15 @@ pub fn parse_with_profiles(
         .map(|c| c.ring.total_bytes() * c.threads as u64)
         .sum::<u64>()
         + raw.correlation.queue_bytes as u64
+        + raw.correlation.grace_bytes as u64
+        + raw.correlation.record_queue_bytes as u64
         + forward.as_ref().map_or(0, |f| f.spool.cache_bytes);
     if buffers > UNIT_MEMORY_HIGH {
         warnings.push(ConfigProblem {
             path: "capture".into(),
             message: format!(
-                "capture rings, HEP queue and spool cache add up to {buffers} bytes, more than \
+                "capture rings, HEP queue, records in flight (grace_bytes, record_queue_bytes) \
+                 and spool cache add up to {buffers} bytes, more than \
                  the unit's MemoryHigh= ({UNIT_MEMORY_HIGH}): raise MemoryHigh=/MemoryMax= in a \
                  drop-in"
             ),
@@ -865,6 +925,8 @@ pub fn parse_with_profiles(
             shards,
             queue_frames: raw.correlation.queue_frames,
             queue_bytes: raw.correlation.queue_bytes,
+            record_queue_records: raw.correlation.record_queue_records,
+            record_queue_bytes: raw.correlation.record_queue_bytes,
             clock_tolerance: ClockGuard {
                 future: Duration::from_secs(raw.correlation.future_time_tolerance_s),
                 past: Duration::from_secs(raw.correlation.past_time_tolerance_s),

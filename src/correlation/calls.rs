@@ -148,6 +148,12 @@ pub struct CallLimits {
     /// with made-up Call-IDs cannot turn into a record each. A restart mid-busy-hour opens
     /// about as many as there are calls up, spread over their remaining durations.
     pub max_partial_calls_per_minute: usize,
+    /// Ended calls' records held in their grace at once (`[correlation] grace_records`);
+    /// beyond it the oldest record is made at once (counted, nothing lost).
+    pub max_grace_records: usize,
+    /// Bytes of those records, as [`crate::record::held_bytes`] weighs them (`[correlation]
+    /// grace_bytes`); beyond it the oldest record is made at once (counted).
+    pub max_grace_bytes: usize,
 }
 
 impl Default for CallLimits {
@@ -161,6 +167,8 @@ impl Default for CallLimits {
             record_grace: Duration::from_secs(1),
             max_ended: 100_000,
             max_partial_calls_per_minute: 1000,
+            max_grace_records: 10_000,
+            max_grace_bytes: 16 << 20,
         }
     }
 }

@@ -56,14 +56,6 @@ pub struct ListenableCall {
     pub callee_address: String,
 }
 
-/// Ended calls held in their grace at most; beyond it the oldest record is made at once.
-const MAX_CALLS_IN_GRACE: usize = 10_000;
-/// Bytes of ended calls' records held in their grace at most, as
-/// [`crate::record::held_bytes`] weighs them (10,000 flood records of ~3 KB would be
-/// ~30 MiB, more with media); beyond it the oldest record is made at once (counted in
-/// `records_grace_cut_short_bytes`).
-const MAX_GRACE_BYTES: usize = 16 << 20;
-
 /// A call open now, as the live status view shows it (clear identities: the daemon
 /// pseudonymises them before anything leaves the pipeline).
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +95,11 @@ pub struct Correlator {
     /// Bytes of the records in `ending` (each weighed when it was put there,
     /// [`crate::record::held_bytes`]).
     ending_bytes: usize,
-    /// The bound of `ending_bytes` ([`MAX_GRACE_BYTES`]; smaller in tests).
+    /// The bounds of `ending` and `ending_bytes` ([`CallLimits::max_grace_records`],
+    /// [`CallLimits::max_grace_bytes`]: 10,000 flood records of ~3 KB would be ~30 MiB, more
+    /// with media); beyond either the oldest record is made at once (counted in
+    /// `records_grace_cut_short`, `records_grace_cut_short_bytes`).
+    grace_records: usize,
     grace_bytes: usize,
     grace: Duration,
     /// Times REGISTER attempts when the statistics want them
@@ -122,6 +118,8 @@ impl Correlator {
         };
         Correlator {
             grace: calls.record_grace,
+            grace_records: calls.max_grace_records.max(1),
+            grace_bytes: calls.max_grace_bytes,
             registrations: None,
             linger: calls.linger,
             shard: 0,
@@ -129,7 +127,6 @@ impl Correlator {
             media: MediaTracker::new(media),
             ending: VecDeque::new(),
             ending_bytes: 0,
-            grace_bytes: MAX_GRACE_BYTES,
         }
     }
 
@@ -255,7 +252,7 @@ impl Correlator {
         let at = now.plus(self.grace);
         for call in ended {
             let weight = crate::record::held_bytes(&call);
-            if self.ending.len() >= MAX_CALLS_IN_GRACE {
+            if self.ending.len() >= self.grace_records {
                 // A flood of short calls: the oldest record is made now rather than held
                 // without bound; nothing is lost, its trailing media is not waited for.
                 if let Some((at, call)) = self.pop_ending() {

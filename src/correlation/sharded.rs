@@ -282,6 +282,8 @@ impl ShardedCorrelator {
             max_bytes: share(calls.max_bytes),
             max_ended: share(calls.max_ended),
             max_partial_calls_per_minute: share(calls.max_partial_calls_per_minute),
+            max_grace_records: share(calls.max_grace_records),
+            max_grace_bytes: share(calls.max_grace_bytes),
             ..calls
         };
         let media_share = MediaLimits {

@@ -111,14 +111,6 @@ mod uplink;
 pub use crate::config::reload::ReloadPlan;
 pub use hep::HepAddrs;
 
-/// Records waiting for the spool writer, at most (the queue takes memory as it fills:
-/// [`bounded`]).
-const RECORD_QUEUE: usize = 65_536;
-/// Bytes of records waiting for the spool writer, at most, as [`Record::held_bytes`] weighs
-/// them: 65,536 flood records of ~3 KB would hold ~190 MiB. Beyond it a record from a source
-/// that cannot wait is dropped (counted, `queue_bytes`, and announced like a full queue); a
-/// source that can wait (a tailed file, the shutdown's partial records) waits.
-const RECORD_QUEUE_BYTES: usize = 48 << 20;
 /// How often time moves forward without packets. Short, because it also releases call
 /// records whose grace for media in flight has passed when no other message does, and so is
 /// part of what a crash can lose (README, "What a crash can lose").
@@ -601,8 +593,10 @@ impl Daemon {
         }
         // Records → spool writer thread: the queue first, so that nothing that audits (the
         // endpoint below) can start before it exists.
-        let (record_tx, record_rx) =
-            bounded::channel_weighted::<Record>(RECORD_QUEUE, RECORD_QUEUE_BYTES);
+        let (record_tx, record_rx) = bounded::channel_weighted::<Record>(
+            config.record_queue_records,
+            config.record_queue_bytes,
+        );
         let produced = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let records = RecordQueue {

@@ -389,3 +389,56 @@ fn devices_huge_files_and_non_utf8_are_one_clear_problem_each_never_a_hang() {
         "{said}"
     );
 }
+
+/// The bounds of records in flight (the daemon's record queue, calls in their grace) are
+/// configuration, checked like every key: a bad value is refused naming key and line; good
+/// ones pass. They were constants (65,536 records and 48 MiB; 10,000 records and 16 MiB).
+#[test]
+fn the_bounds_of_records_in_flight_are_checked_configuration() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = |queue_records: u64, queue_bytes: u64, grace_records: u64, grace_bytes: u64| {
+        format!(
+            "[hep]\nudp = \"127.0.0.1:0\"\n[correlation]\nrecord_queue_records = {queue_records}\n\
+             record_queue_bytes = {queue_bytes}\ngrace_records = {grace_records}\n\
+             grace_bytes = {grace_bytes}\n"
+        )
+    };
+    let check = |config: &Path| {
+        teledge()
+            .args(["check-config", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let good = agent_config(
+        &pki,
+        dir.path(),
+        9,
+        &bounds(4096, 8 << 20, 100, 2 << 20),
+        None,
+    );
+    let result = check(&good);
+    assert!(result.status.success(), "{}", text(&result));
+    let bad = agent_config(&pki, dir.path(), 9, &bounds(5, 1000, 0, 0), None);
+    let written = std::fs::read_to_string(&bad).unwrap();
+    let line = |key: &str| {
+        written
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            + 1
+    };
+    let result = check(&bad);
+    assert_eq!(result.status.code(), Some(78), "{}", text(&result));
+    let said = text(&result);
+    for key in [
+        "record_queue_records",
+        "record_queue_bytes",
+        "grace_records",
+        "grace_bytes",
+    ] {
+        let expected = format!("correlation.{key} (line {})", line(key));
+        assert!(said.contains(&expected), "{expected} missing in:\n{said}");
+    }
+}
