@@ -36,6 +36,12 @@ pub enum GapReason {
     /// frames and reassembly state dropped by the decode path): `dropped` counts packets or
     /// frames, not records, and `detail` says which. Announced at most once a minute per kind.
     InputDropped,
+    /// The previous run ended without its final accounting (SIGKILL, a crash, a power cut,
+    /// or a file system gone read-only under it): what it held in memory then — records in
+    /// the record queue and in their grace, the last flush interval's appends, losses
+    /// counted and not yet announced — is lost, how many unknown (`dropped` is null);
+    /// `run_started` and `run_last_seen` give the run's time range.
+    RunEndedUncleanly,
 }
 
 impl GapReason {
@@ -52,6 +58,7 @@ impl GapReason {
             GapReason::DeadLetterAreaFull => "dead_letter_area_full",
             GapReason::RecordsNotSpooled => "records_not_spooled",
             GapReason::InputDropped => "input_dropped",
+            GapReason::RunEndedUncleanly => "run_ended_uncleanly",
         }
     }
 }
@@ -81,6 +88,12 @@ pub struct GapRecord {
     /// The collector's HTTP status that refused the record (`dead_letter`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The run that ended uncleanly (`run_ended_uncleanly`): when it started and when it
+    /// was last known alive (RFC 3339, seconds; at most a minute before its end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_last_seen: Option<String>,
     /// When the gap was announced (RFC 3339, milliseconds).
     pub time: String,
 }
@@ -99,6 +112,8 @@ impl GapRecord {
             detail: None,
             set_aside: None,
             status: None,
+            run_started: None,
+            run_last_seen: None,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         }
     }

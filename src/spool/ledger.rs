@@ -16,6 +16,16 @@
 //! all that is durable both slots are cleared. Reading it back again (a crash before the
 //! slots were cleared) stores nothing twice; it may announce a loss twice, never none.
 //!
+//! The run marker: the last [`MARKER_ROOM`] bytes of the file (past the room an entry may
+//! take in the second slot) say that a process has the spool open — written when the spool
+//! opens, its `last_seen` time rewritten in place at most once a minute, cleared at a clean
+//! close (everything flushed, or kept in an entry). A marker found at open means the
+//! previous run ended without its final accounting (SIGKILL, a crash, a power cut, or a
+//! file system that went read-only under it, where neither the store, nor an entry, nor the
+//! clearing could be written): [`super::Spool::open`] announces it. Layout: `TLRUNMK1 |
+//! started (u64, Unix seconds) | last_seen (u64) | epoch (u64) | SHA-256 of the 24 bytes
+//! before`, big-endian.
+//!
 //! Layout of a slot: `TLEDGER1 | generation (u64 BE) | body length (u32 BE) | SHA-256 of the
 //! body (32) | body`; body: `epoch (u64) | durable_next (u64) | next_seq (u64) | failed since (u64, Unix seconds) |
 //! losses (u16) × [detail length (u16) | detail | count (u64)] | records (u32) × [seq (u64) |
@@ -36,8 +46,54 @@ const HEADER: usize = 8 + 8 + 4 + 32;
 /// Body bytes kept for the fixed fields and the losses; the rest of a slot holds records.
 const COUNTS_ROOM: usize = 4 << 10;
 
+/// Bytes at the end of the file kept for the run marker (an entry in the second slot never
+/// reaches them).
+const MARKER_ROOM: usize = 4 << 10;
+const MARKER_AT: usize = LEDGER_BYTES - MARKER_ROOM;
+const MARKER_MAGIC: &[u8; 8] = b"TLRUNMK1";
+const MARKER_LEN: usize = 8 + 24 + 32;
+
 /// Sealed bytes of records a ledger entry holds at most (each also takes 12 bytes).
-pub(super) const HELD_BYTES: usize = SLOT - HEADER - COUNTS_ROOM;
+pub(super) const HELD_BYTES: usize = SLOT - HEADER - COUNTS_ROOM - MARKER_ROOM;
+
+/// A run of the spool not yet closed cleanly (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RunMarker {
+    /// When the run opened the spool (Unix seconds).
+    pub started: u64,
+    /// When it was last known alive (Unix seconds; at most a minute before its end).
+    pub last_seen: u64,
+    /// The store's epoch then.
+    pub epoch: u64,
+}
+
+impl RunMarker {
+    fn encode(&self) -> [u8; MARKER_LEN] {
+        let mut out = [0u8; MARKER_LEN];
+        out[..8].copy_from_slice(MARKER_MAGIC);
+        out[8..16].copy_from_slice(&self.started.to_be_bytes());
+        out[16..24].copy_from_slice(&self.last_seen.to_be_bytes());
+        out[24..32].copy_from_slice(&self.epoch.to_be_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &out[8..32]);
+        out[32..].copy_from_slice(digest.as_ref());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<RunMarker> {
+        let bytes = bytes.get(..MARKER_LEN)?;
+        if &bytes[..8] != MARKER_MAGIC
+            || ring::digest::digest(&ring::digest::SHA256, &bytes[8..32]).as_ref() != &bytes[32..]
+        {
+            return None;
+        }
+        let u = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        Some(RunMarker {
+            started: u(8),
+            last_seen: u(16),
+            epoch: u(24),
+        })
+    }
+}
 
 /// What a ledger entry says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,6 +184,8 @@ pub(super) struct Ledger {
     file: File,
     /// Generation and slot of the last entry written (or read back).
     last: Option<(u64, usize)>,
+    /// The run marker found at open (a run that did not close cleanly), until taken.
+    found_marker: Option<RunMarker>,
 }
 
 impl Ledger {
@@ -138,7 +196,9 @@ impl Ledger {
         let path = dir.join(LEDGER);
         let mut found = None;
         let mut last = None;
+        let mut found_marker = None;
         if let Ok(bytes) = std::fs::read(&path) {
+            found_marker = bytes.get(MARKER_AT..).and_then(RunMarker::decode);
             for slot in 0..2 {
                 if let Some((generation, entry)) = bytes
                     .get(slot * SLOT..(slot + 1) * SLOT)
@@ -155,7 +215,7 @@ impl Ledger {
             .is_ok_and(|m| m.is_file() && m.len() == LEDGER_BYTES as u64);
         // Never replaced while it holds an entry (a file of another size with a whole slot
         // is used as it is; once cleared, the next open writes it whole).
-        if !whole && found.is_none() {
+        if !whole && found.is_none() && found_marker.is_none() {
             crate::durable::replace(
                 &path,
                 &vec![0u8; LEDGER_BYTES],
@@ -167,14 +227,21 @@ impl Ledger {
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
-        Ok((Ledger { file, last }, found))
+        Ok((
+            Ledger {
+                file,
+                last,
+                found_marker,
+            },
+            found,
+        ))
     }
 
     /// Writes `entry` to the slot the last entry is not in, durably. Records that do not fit
     /// ([`HELD_BYTES`]) must have been left out by the caller.
     pub(super) fn write(&mut self, entry: &Entry) -> io::Result<()> {
         let body = entry.encode();
-        if HEADER + body.len() > SLOT {
+        if HEADER + body.len() > SLOT - MARKER_ROOM {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "ledger entry larger than its slot",
@@ -194,6 +261,24 @@ impl Ledger {
         self.file.sync_data()?;
         self.last = Some((generation, slot));
         Ok(())
+    }
+
+    /// The run marker found at open: the run before this one did not close cleanly.
+    pub(super) fn take_found_marker(&mut self) -> Option<RunMarker> {
+        self.found_marker.take()
+    }
+
+    /// Writes the run marker in place, durably.
+    pub(super) fn write_marker(&mut self, marker: &RunMarker) -> io::Result<()> {
+        self.file.write_all_at(&marker.encode(), MARKER_AT as u64)?;
+        self.file.sync_data()
+    }
+
+    /// Clears the run marker, durably: the run closed cleanly.
+    pub(super) fn clear_marker(&mut self) -> io::Result<()> {
+        self.file
+            .write_all_at(&[0u8; MARKER_LEN], MARKER_AT as u64)?;
+        self.file.sync_data()
     }
 
     /// Whether the ledger holds an entry (written or read back, not cleared since).
@@ -280,5 +365,44 @@ mod tests {
         assert_eq!(found, Some(entry(2)));
         ledger.clear().unwrap();
         assert!(Ledger::open(dir.path()).unwrap().1.is_none());
+    }
+
+    /// The run marker is read back until cleared, beside an entry as large as a slot may
+    /// take (neither touches the other); a torn marker is no marker.
+    #[test]
+    fn the_run_marker_is_read_back_until_cleared_and_leaves_entries_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ledger, _) = Ledger::open(dir.path()).unwrap();
+        assert!(ledger.take_found_marker().is_none());
+        let marker = RunMarker {
+            started: 1_700_000_000,
+            last_seen: 1_700_000_060,
+            epoch: 7,
+        };
+        ledger.write_marker(&marker).unwrap();
+        let big = Entry {
+            held: vec![(90, vec![5; HELD_BYTES - 12])],
+            ..entry(1)
+        };
+        ledger.write(&big).unwrap();
+        ledger.write(&big).unwrap();
+        drop(ledger);
+        let (mut ledger, found) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(found, Some(big));
+        assert_eq!(ledger.take_found_marker(), Some(marker));
+        ledger.clear_marker().unwrap();
+        drop(ledger);
+        let (mut ledger, _) = Ledger::open(dir.path()).unwrap();
+        assert!(ledger.take_found_marker().is_none());
+        ledger.write_marker(&marker).unwrap();
+        let path = dir.path().join(LEDGER);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[MARKER_AT + 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Ledger::open(dir.path())
+            .unwrap()
+            .0
+            .take_found_marker()
+            .is_none());
     }
 }

@@ -546,6 +546,10 @@ pub struct Spool {
     /// losses): rewritten only when that changed.
     ledger: ledger::Ledger,
     ledger_state: Option<(u64, usize, u64)>,
+    /// This run's marker in the ledger (see [`ledger`]), while it is written, and when its
+    /// `last_seen` was last rewritten.
+    run: Option<ledger::RunMarker>,
+    run_seen: std::time::Instant,
     /// A spool replaced by its reopened self: dropped without flushing or writing the
     /// manifest (its handles are a stand-in's).
     closed: bool,
@@ -570,12 +574,24 @@ impl Drop for Spool {
         // they were lost with the process.
         let _ = self.announce_drops();
         // A clean close makes every append durable (sled would flush its own buffers too).
-        if let Err(e) = self.flush() {
+        let accounted = if let Err(e) = self.flush() {
             tracing::error!(error = %e, "Cannot flush the spool at close: the records it holds and the losses not yet announced are kept in its ledger, and stored or announced at the next start.");
+            // `flush` wrote the ledger; whether it could:
+            self.keep_in_ledger()
         } else if !self.pending_lost.is_empty() || self.pending_disk_full > 0 {
             // Still not announced (the disk below its reserve): kept in the ledger, announced
             // at the next start.
-            self.keep_in_ledger();
+            self.keep_in_ledger()
+        } else {
+            true
+        };
+        // Everything is in the store or the ledger: a clean end, the marker goes. Otherwise
+        // (a read-only file system: neither could be written) it stays, and the next start
+        // announces the loss.
+        if accounted && self.run.is_some() {
+            if let Err(e) = self.ledger.clear_marker() {
+                tracing::error!(error = %e, "Cannot clear the spool's run marker: the next start announces this run as ended uncleanly.");
+            }
         }
         // A clean close leaves the exact key set for `check-config`.
         if let Err(e) = self.sync_manifest(true) {
@@ -643,6 +659,13 @@ impl Spool {
                     }
                     if let Some(entry) = entry.filter(|_| apply_ledger) {
                         spool.restore(entry)?;
+                    }
+                    if apply_ledger {
+                        // (Reopened by its own process, the marker is that process's.)
+                        if let Some(previous) = spool.ledger.take_found_marker() {
+                            spool.announce_unclean_end(previous)?;
+                        }
+                        spool.mark_run();
                     }
                     spool.remove_superseded_generations();
                     // Also clears the ledger, its records and announcements now durable.
@@ -783,6 +806,8 @@ impl Spool {
             failed_since: 0,
             ledger,
             ledger_state: None,
+            run: None,
+            run_seen: std::time::Instant::now(),
             closed: false,
             pending_newest_drops: read_u64("pending_newest_drops")?.unwrap_or(0),
             config,
@@ -1259,8 +1284,15 @@ impl Spool {
             Err(e) => Err(e),
         };
         match &result {
-            Ok(()) => self.ledger_done(),
-            Err(_) => self.keep_in_ledger(),
+            Ok(()) => {
+                self.ledger_done();
+                if self.run.is_some() && self.run_seen.elapsed() >= Self::RUN_SEEN_EVERY {
+                    self.mark_run();
+                }
+            }
+            Err(_) => {
+                self.keep_in_ledger();
+            }
         }
         result
     }
@@ -1271,12 +1303,13 @@ impl Spool {
     /// Writes what the store could not take to the ledger (if it changed since the last
     /// entry): the records in memory, oldest first, as many as it holds (the others are
     /// announced lost by their ids at the next start), and the losses not announced yet.
-    fn keep_in_ledger(&mut self) {
+    /// True when the ledger holds that now.
+    fn keep_in_ledger(&mut self) -> bool {
         let lost: u64 =
             self.pending_lost.iter().map(|(_, n)| n).sum::<u64>() + self.pending_disk_full;
         let state = (self.next_seq, self.pending.len(), lost);
         if self.ledger_state == Some(state) {
-            return;
+            return true;
         }
         let mut room = ledger::HELD_BYTES;
         let held: Vec<(u64, Vec<u8>)> = self
@@ -1321,11 +1354,13 @@ impl Spool {
                         "The spool store cannot be written: its records in memory and its losses are kept in its ledger, for the next start."
                     );
                 }
+                true
             }
             Err(e) => {
                 if let Some(times) = self.log_limiter.due(("spool_ledger", "failed"), 1) {
-                    tracing::error!(error = %e, times, "Cannot write the spool's ledger: records the store could not take are lost to a crash or a stop, unannounced.");
+                    tracing::error!(error = %e, times, "Cannot write the spool's ledger: what the store could not take is lost to a crash or a stop; the run's marker stays, so the next start announces the loss (count unknown).");
                 }
+                false
             }
         }
     }
@@ -1348,6 +1383,58 @@ impl Spool {
             tracing::warn!(error = %e, "Cannot clear the spool's ledger: its entry, already stored, may be announced again at the next start.");
         }
     }
+
+    /// At open: the previous run left its marker (it did not close cleanly). What it held
+    /// in memory at its end is lost, how much unknown: announced by a `run_ended_uncleanly`
+    /// gap record with the run's time range. What the ledger kept of it is stored (or
+    /// announced by id) besides, by [`Spool::restore`].
+    fn announce_unclean_end(&mut self, previous: ledger::RunMarker) -> Result<(), SpoolError> {
+        let at = |secs: u64| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        };
+        let node = self.config.node_id.clone();
+        let mut gap = GapRecord::new(&node, GapReason::RunEndedUncleanly, None);
+        gap.epoch = Some(previous.epoch);
+        gap.run_started = Some(at(previous.started));
+        gap.run_last_seen = Some(at(previous.last_seen));
+        gap.detail = Some(
+            "the previous run ended without its final accounting (killed, crashed, power cut, or \
+             its file system went read-only): records it held in memory (the record queue, calls \
+             in their grace, its last flush interval) and losses it had counted but not yet \
+             announced are lost, how many unknown"
+                .to_owned(),
+        );
+        tracing::error!(
+            run_started = gap.run_started.as_deref(),
+            run_last_seen = gap.run_last_seen.as_deref(),
+            "The previous run did not stop cleanly: what it held in memory is lost (count unknown); announced upstream."
+        );
+        self.insert_gap(&gap)
+    }
+
+    /// Writes this run's marker ([`ledger`]): cleared by a clean close, found by the next
+    /// open otherwise. A marker that cannot be written is logged: an unclean end of this
+    /// run would then go unannounced.
+    fn mark_run(&mut self) {
+        let now = unix_now();
+        let marker = ledger::RunMarker {
+            started: self.run.map_or(now, |r| r.started),
+            last_seen: now,
+            epoch: self.epoch,
+        };
+        self.run_seen = std::time::Instant::now();
+        match self.ledger.write_marker(&marker) {
+            Ok(()) => self.run = Some(marker),
+            Err(e) => {
+                if let Some(times) = self.log_limiter.due(("spool_ledger", "marker"), 1) {
+                    tracing::error!(error = %e, times, "Cannot write the spool's run marker: an unclean end of this run would go unannounced.");
+                }
+            }
+        }
+    }
+
+    /// How often the run marker's `last_seen` is rewritten (on a flush that succeeded).
+    const RUN_SEEN_EVERY: Duration = Duration::from_secs(60);
 
     /// At open: what the ledger kept when the store could not be written. Records held under
     /// ids the store has not given are stored under them; the other ids given since the
@@ -2121,6 +2208,9 @@ impl Spool {
         fresh.pending_disk_full = self.pending_disk_full;
         fresh.pending_lost = std::mem::take(&mut self.pending_lost);
         fresh.log_limiter = std::mem::take(&mut self.log_limiter);
+        // The run goes on: its marker is the same.
+        fresh.run = self.run;
+        fresh.run_seen = self.run_seen;
         match lost_ids {
             // Announced at once with the ids it lost (the reserve is free: there is room).
             Some((first, last)) => {
@@ -2558,6 +2648,13 @@ fn import_earlier_stores(
     Ok(imported)
 }
 
+/// Now, in Unix seconds (0 before 1970).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     Ok(crate::durable::sync_dir(dir)?)
 }
@@ -2851,6 +2948,46 @@ mod tests {
         // Announced once.
         spool.announce_drops().unwrap();
         assert_eq!(spool.read(None, 10).unwrap().len(), 2);
+    }
+
+    /// A run that ends without its clean close (its marker left in the ledger) is
+    /// announced by the next open, once, with its time range and an unknown count; a clean
+    /// close announces nothing.
+    #[test]
+    fn a_run_that_did_not_close_cleanly_is_announced_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclean = |spool: &mut Spool| -> Vec<serde_json::Value> {
+            spool
+                .read(None, 100)
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap())
+                .filter(|g| g["reason"] == "run_ended_uncleanly")
+                .collect()
+        };
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        spool.append(b"{\"a\":1}").unwrap();
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert!(
+            unclean(&mut spool).is_empty(),
+            "a clean close is not announced"
+        );
+        let epoch = spool.epoch();
+        // The process dies: no close (as SIGKILL, or a file system gone read-only where the
+        // close can write nothing).
+        spool.closed = true;
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let gaps = unclean(&mut spool);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0]["dropped"], serde_json::Value::Null);
+        assert_eq!(gaps[0]["epoch"], epoch);
+        assert!(gaps[0]["run_started"].as_str().unwrap().ends_with('Z'));
+        assert!(gaps[0]["run_last_seen"].as_str().is_some());
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(unclean(&mut spool).len(), 1, "announced once");
     }
 
     #[test]
