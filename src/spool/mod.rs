@@ -1399,9 +1399,9 @@ impl Spool {
         gap.run_last_seen = Some(at(previous.last_seen));
         gap.detail = Some(
             "the previous run ended without its final accounting (killed, crashed, power cut, or \
-             its file system went read-only): records it held in memory (the record queue, calls \
-             in their grace, its last flush interval) and losses it had counted but not yet \
-             announced are lost, how many unknown"
+             its file system went read-only): what it held in memory then (records in the \
+             record queue, calls in their grace, its last flush interval's appends, losses \
+             counted but not yet announced) is lost; how many is unknown, possibly none"
                 .to_owned(),
         );
         tracing::error!(

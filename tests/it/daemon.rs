@@ -1974,3 +1974,147 @@ fn stop_while_the_spool_cannot_be_written(kill: bool) {
             .collect::<Vec<_>>()
     );
 }
+
+/// A real ext4 file system on a loop device, mounted `errors=remount-ro` (as Debian mounts
+/// its root), unmounted (and its loop device freed) when dropped.
+struct Ext4 {
+    mount: PathBuf,
+    image: PathBuf,
+}
+
+impl Ext4 {
+    fn mount(dir: &Path) -> Ext4 {
+        let image = dir.join("ext4.img");
+        let mount = dir.join("disk");
+        std::fs::create_dir_all(&mount).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let ok = |c: &mut Command| c.status().unwrap().success();
+        assert!(ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)));
+        let ext4 = Ext4 { mount, image };
+        ext4.mount_again();
+        ext4
+    }
+
+    fn mount_again(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(&self.mount)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a loop device needs root");
+    }
+
+    /// An error as ext4 meets one on a failing disk (its debug trigger): with
+    /// `errors=remount-ro` the kernel remounts the file system read-only at once, under the
+    /// processes writing to it.
+    fn fail(&self) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mount = self.mount.canonicalize().unwrap();
+        let device = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(mount.to_str().unwrap()))
+            .and_then(|l| l.split(' ').next())
+            .unwrap()
+            .trim_start_matches("/dev/")
+            .to_owned();
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "1").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::write(self.mount.join("probe"), b"x").is_ok() {
+            assert!(Instant::now() < deadline, "ext4 did not go read-only");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Unmounted, repaired (`e2fsck -fy`, as a boot would) and mounted again read-write.
+    fn repair(&self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("e2fsck")
+            .args(["-fy"])
+            .arg(&self.image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.mount_again();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
+/// ext4 remounts itself read-only after an I/O error, under the running daemon: the store
+/// fails, its ledger cannot be written either, so what the run held in memory (calls made
+/// after the failure, losses counted) is lost at its stop — it was only logged. Now the
+/// run's marker, which the stop could not clear, makes the next start announce the run as
+/// ended without its final accounting (`run_ended_uncleanly`, count unknown, with its time
+/// range); a clean stop before announces nothing.
+#[test]
+fn a_run_whose_file_system_went_read_only_is_announced_by_the_next_start() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ext4 = Ext4::mount(dir.path());
+    let collector_port = free_port();
+    let tcp_port = free_port();
+    let sources = format!("[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\n");
+    let config = agent_config(&pki, dir.path(), collector_port, &sources, None);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &dir.path().join("spool").display().to_string(),
+        &ext4.mount.join("spool").display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dir.path().join("collected");
+    let unclean = |out: &Path| -> Vec<Value> {
+        stored(out)
+            .into_iter()
+            .map(|l| l["record"].clone())
+            .filter(|r| r["type"] == "gap" && r["reason"] == "run_ended_uncleanly")
+            .collect()
+    };
+    // A clean run first: nothing to announce at the next start.
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    agent.stop();
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut stream = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    ext4.fail();
+    // Calls whose records the store can no longer take.
+    for n in 0..20 {
+        for frame in call_frames(n, now) {
+            stream.write_all(&frame).unwrap();
+        }
+    }
+    stream.flush().unwrap();
+    thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    ext4.repair();
+    let _c = crate::uplink::collector_on(&pki, "collector", &out, collector_port);
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unclean(&out).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    let gaps = unclean(&out);
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    let gap = &gaps[0];
+    assert_eq!(gap["dropped"], Value::Null);
+    let (started, seen) = (
+        gap["run_started"].as_str().unwrap(),
+        gap["run_last_seen"].as_str().unwrap(),
+    );
+    assert!(started <= seen, "{gap:#}");
+    let schemas = crate::schema::Schemas::load();
+    assert!(schemas.check(gap).is_empty(), "{:?}", schemas.check(gap));
+}
