@@ -76,6 +76,7 @@ impl HepInput {
         let packets = ctx.metrics.source_packets.with(&["hep"]);
         let bytes = ctx.metrics.source_bytes.with(&["hep"]);
         let metrics = Arc::clone(&ctx.metrics);
+        let unused = Arc::clone(&ctx.hep_unused);
         let hep_stats = Arc::clone(&stats);
         let clock = LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, "hep");
         // No shutdown branch on purpose: this task ends when the listener, stopped by the
@@ -91,6 +92,8 @@ impl HepInput {
                 event.frame.time = clock.check(event.frame.time);
                 let fed = pipeline.hep(&event.frame, event.sequence, &mut |r| records.push(r));
                 if let Err(e) = fed {
+                    // Announced upstream by the ticker (an `input_dropped` gap record).
+                    unused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %crate::report::Chain(&e), "HEP frame not used.");
                     DecodeErrors {
                         source: "hep",

@@ -330,6 +330,9 @@ struct Context {
     pipeline: SharedPipeline,
     /// The pipeline's loss totals already told as events.
     losses_told: Arc<Mutex<NewSince>>,
+    /// HEP frames from the listener the pipeline could not use (their content), for the
+    /// ticker's announcements.
+    hep_unused: Arc<AtomicU64>,
     records: RecordQueue,
     /// One "now" for the tick and every source's guard: it never goes back.
     live_now: Arc<LiveNow>,
@@ -408,7 +411,7 @@ pub struct Daemon {
     hep_out: Option<crate::relay::HepRelay>,
     sensors: sensors::Sensors,
     queues: queue::QueueInputs,
-    ticker: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<ticker::InputLosses>,
     heartbeat: heartbeat::Heartbeat,
     writer: spool_writer::SpoolWriter,
     uplink: uplink::Uplink,
@@ -740,6 +743,7 @@ impl Daemon {
                 media_hold(&config.captures),
             )),
             losses_told: Arc::default(),
+            hep_unused: Arc::default(),
             records,
             live_now: Arc::new(LiveNow::new(clock)),
             clock_guard: config.clock_tolerance,
@@ -944,7 +948,9 @@ impl Daemon {
         }
         sensors.join().await;
         queues.join().await;
-        let _ = ticker.await;
+        // What the ticker announced of the input's losses: the rest is announced below,
+        // once nothing can lose input any more.
+        let mut input_losses = ticker.await.unwrap_or_default();
         heartbeat.join().await;
         {
             // What the reassembly still holds is decoded first, then open calls become
@@ -955,6 +961,18 @@ impl Daemon {
                 records.push_waiting(r)
             });
             ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
+            // The input's losses since the ticker's last announcement (it announces at most
+            // once a minute: those of the last minute were counted and never announced).
+            let node = lock(&spool).node_id().to_owned();
+            for gap in input_losses.due(
+                &node,
+                &ctx.metrics,
+                ticker::LossTotals::of(&ctx),
+                Instant::now(),
+                true,
+            ) {
+                records.push_waiting(Record::Gap(Box::new(gap)));
+            }
         }
         hep_out::finish(hep_out, Duration::from_secs(2)).await;
         // Live-listen sessions ended with `listeners` above; their audit records go into the

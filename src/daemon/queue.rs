@@ -434,6 +434,23 @@ fn spawn_callcenter(
                 evicted_announced = evicted;
             }
         }
+        // Evictions since the last announcement (at most one a minute) are announced now:
+        // after the stop nothing would.
+        let evicted = assembler.counters().evicted;
+        if evicted > evicted_announced {
+            metrics
+                .state_evictions
+                .with(&["queue_stories"])
+                .add(evicted - evicted_announced);
+            let mut gap = GapRecord::new(
+                &node,
+                GapReason::InputDropped,
+                Some(evicted - evicted_announced),
+            );
+            gap.detail =
+                Some("queue calls evicted before their end (open queue calls table full)".into());
+            records.push_waiting(Record::Gap(Box::new(gap)));
+        }
         assembler.finish(Timestamp::now(), &mut |r| {
             records.push_waiting(Record::Queue(Box::new(r)))
         });

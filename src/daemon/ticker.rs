@@ -16,7 +16,7 @@ use crate::record::Record;
 use crate::spool::Spool;
 
 /// Starts the ticker; it stops with the sources.
-pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> {
+pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<InputLosses> {
     let spool = Arc::clone(spool);
     let mut spool_age = SpoolAge::new(lock(&spool).stats().records);
     let node = lock(&spool).node_id().to_owned();
@@ -48,51 +48,83 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<()> 
                 drop(s);
                 metrics.spool_oldest_age_seconds.set(age);
             }
-            let decode_losses = ctx.pipeline.loss_totals().values().sum();
-            for gap in input_losses.due(&node, metrics, decode_losses, Instant::now()) {
+            let totals = LossTotals::of(&ctx);
+            for gap in input_losses.due(&node, metrics, totals, Instant::now(), false) {
                 ctx.records.push(Record::Gap(Box::new(gap)));
             }
             ctx.health.progress(Stage::Correlation);
         }
+        // What was counted since the last announcement is announced by the shutdown, once
+        // every source has stopped.
+        input_losses
     })
 }
 
+/// The input's loss totals that are not in the metrics alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LossTotals {
+    /// Frames or reassembly state dropped by the decode path (every capture input).
+    pub decode: u64,
+    /// HEP frames from the listener whose content the pipeline could not use.
+    pub hep_unused: u64,
+}
+
+impl LossTotals {
+    pub(super) fn of(ctx: &Context) -> Self {
+        LossTotals {
+            decode: ctx.pipeline.loss_totals().values().sum(),
+            hep_unused: ctx.hep_unused.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Input lost before it became records — kernel ring drops, HEP frames refused by a full
-/// queue, frames and reassembly state the decode path dropped — announced upstream by an
-/// `input_dropped` gap record per kind, at most once a minute, so the collector learns of
-/// every loss, not only the metrics.
+/// queue, frames and reassembly state the decode path dropped, HEP frames malformed,
+/// unauthenticated or not usable, new calls refused by a full call table — announced
+/// upstream by an `input_dropped` gap record per kind, at most once a minute, and at
+/// shutdown what is left (`force`), so the collector learns of every loss, not only the
+/// metrics.
 #[derive(Debug, Default)]
-struct InputLosses {
-    announced: [u64; 3],
+pub(super) struct InputLosses {
+    announced: [u64; 5],
     last: Option<Instant>,
 }
 
 impl InputLosses {
     const EVERY: Duration = Duration::from_secs(60);
 
-    fn due(
+    pub(super) fn due(
         &mut self,
         node: &str,
         metrics: &AgentMetrics,
-        decode_losses: u64,
+        totals: LossTotals,
         now: Instant,
+        force: bool,
     ) -> Vec<GapRecord> {
-        if self
-            .last
-            .is_some_and(|at| now.duration_since(at) < Self::EVERY)
+        if !force
+            && self
+                .last
+                .is_some_and(|at| now.duration_since(at) < Self::EVERY)
         {
             return Vec::new();
         }
         let dropped = &metrics.records_dropped;
+        let decode_errors = &metrics.decode_errors;
         let current = [
             metrics.source_kernel_drops.total(),
             dropped.with(&["hep_queue_full"]).get() + dropped.with(&["hep_queue_bytes"]).get(),
-            decode_losses,
+            totals.decode,
+            decode_errors.with(&["hep_malformed"]).get()
+                + decode_errors.with(&["hep_auth_rejected"]).get()
+                + totals.hep_unused,
+            dropped.with(&["call_table_full"]).get(),
         ];
         let details = [
             "packets dropped by the kernel (capture ring full)",
             "HEP frames dropped (queue full)",
             "frames or reassembly state dropped by the decode path",
+            "HEP frames refused or not used (malformed, unauthenticated, content not usable)",
+            "new calls not followed (call table full of answered calls)",
         ];
         let mut gaps = Vec::new();
         for ((now_total, announced), detail) in
@@ -301,13 +333,25 @@ mod tests {
         let mut losses = InputLosses::default();
         let t0 = Instant::now();
         assert!(
-            losses.due("edge-01", &metrics, 0, t0).is_empty(),
+            losses
+                .due("edge-01", &metrics, LossTotals::default(), t0, false)
+                .is_empty(),
             "nothing lost"
         );
         metrics.source_kernel_drops.with(&["eth0"]).add(5);
         metrics.source_kernel_drops.with(&["eth1"]).add(2);
         metrics.records_dropped.with(&["hep_queue_full"]).add(3);
-        let gaps = losses.due("edge-01", &metrics, 4, t0 + Duration::from_secs(1));
+        let four = LossTotals {
+            decode: 4,
+            hep_unused: 0,
+        };
+        let gaps = losses.due(
+            "edge-01",
+            &metrics,
+            four,
+            t0 + Duration::from_secs(1),
+            false,
+        );
         let counts: Vec<_> = gaps.iter().map(|g| (g.reason, g.dropped)).collect();
         assert_eq!(
             counts,
@@ -320,12 +364,54 @@ mod tests {
         // More losses within the minute wait for it; then only the new ones are announced.
         metrics.source_kernel_drops.with(&["eth0"]).add(1);
         assert!(losses
-            .due("edge-01", &metrics, 4, t0 + Duration::from_secs(30))
+            .due(
+                "edge-01",
+                &metrics,
+                four,
+                t0 + Duration::from_secs(30),
+                false
+            )
             .is_empty());
-        let gaps = losses.due("edge-01", &metrics, 4, t0 + Duration::from_secs(62));
+        let gaps = losses.due(
+            "edge-01",
+            &metrics,
+            four,
+            t0 + Duration::from_secs(62),
+            false,
+        );
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].dropped, Some(1));
         assert!(gaps[0].detail.as_deref().unwrap().contains("kernel"));
+    }
+
+    /// New calls refused by a full call table were counted (`call_table_full`) and never
+    /// announced; a forced round (the shutdown's) announces within the minute.
+    #[test]
+    fn refused_calls_and_unused_hep_frames_are_announced_and_a_forced_round_does_not_wait() {
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let t0 = Instant::now();
+        metrics.records_dropped.with(&["call_table_full"]).add(3);
+        let gaps = losses.due("edge-01", &metrics, LossTotals::default(), t0, false);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].dropped, Some(3));
+        assert!(gaps[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("call table full"));
+        let unused = LossTotals {
+            decode: 0,
+            hep_unused: 2,
+        };
+        let later = t0 + Duration::from_secs(5);
+        assert!(losses
+            .due("edge-01", &metrics, unused, later, false)
+            .is_empty());
+        let gaps = losses.due("edge-01", &metrics, unused, later, true);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].dropped, Some(2));
+        assert!(gaps[0].detail.as_deref().unwrap().starts_with("HEP frames"));
     }
 
     #[test]

@@ -863,3 +863,68 @@ fn a_daemon_with_every_listener_on_lets_go_of_its_spool_at_shutdown() {
         runtime.block_on(daemon.shutdown());
     }
 }
+
+/// Input losses are announced by the ticker at most once a minute; what was counted after
+/// its last announcement is announced at shutdown, and every kind is announced: HEP frames
+/// refused as malformed were counted (`teledge_decode_errors_total{kind="hep_malformed"}`)
+/// and announced nowhere, and a loss within the minute before a stop was never announced.
+#[test]
+fn input_lost_in_the_last_minute_before_a_stop_is_announced() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let udp = daemon.hep_addrs().unwrap().udp.unwrap();
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    let malformed = || metrics.decode_errors.with(&["hep_malformed"]).get();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A frame with HEP's magic and nothing valid after it.
+    sock.send_to(b"HEP3\x00\x09garbage!", udp).unwrap();
+    wait_until("the first frame counted", || malformed() == 1);
+    // The first loss is announced at the next tick; the second comes within the minute.
+    std::thread::sleep(Duration::from_millis(600));
+    sock.send_to(b"HEP3\x00\x09garbage!", udp).unwrap();
+    wait_until("the second frame counted", || malformed() == 2);
+    runtime.block_on(daemon.shutdown());
+    drop(metrics);
+    let mut records: Vec<Value> = stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .collect();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
+            .unwrap();
+    records.extend(
+        spool
+            .read(None, 1000)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()),
+    );
+    let announced: u64 = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "gap"
+                && r["reason"] == "input_dropped"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("HEP frames refused")
+        })
+        .map(|r| r["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(announced, 2, "{records:#?}");
+}
