@@ -43,9 +43,11 @@
 //!   interval stays on the system's monotonic clock.
 //! - Shutdown (SIGTERM/SIGINT): sources stop, the pipeline is finished — what the TCP
 //!   reassembly still holds is decoded, then open calls become partial records
-//!   (`closed_by: shutdown`) —, the spool writer drains its queue and syncs,
-//!   and the uplink forwards what it can until the drain deadline; the rest stays spooled
-//!   for the next start.
+//!   (`closed_by: shutdown`) —, the input losses the ticker had not announced yet are
+//!   announced, the spool writer drains its queue (reading its drop counter once more after
+//!   the last sender is gone) and syncs, and the uplink forwards what it can until the
+//!   drain deadline; the rest stays spooled for the next start. Audit records offered from
+//!   the queue's close on go into the spool directly (appended and committed at once).
 //! - SIGHUP re-validates the configuration file and compares it with the running one by
 //!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
 //!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other

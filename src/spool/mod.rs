@@ -122,6 +122,11 @@
 //!   nor held (`records_not_spooled`, "spool store unavailable at close"), announces the
 //!   losses counted, and clears the ledger once that is durable. A start that cannot open the
 //!   store (the disk still full) leaves the ledger as it is.
+//! - A run that ends without its clean close (SIGKILL, a crash, a power cut, a file system
+//!   gone read-only) leaves its *run marker* in the ledger ([`ledger`]); the next
+//!   [`Spool::open`] announces it by a `run_ended_uncleanly` gap record (count unknown, the
+//!   run's start and last sign of life). A clean close clears it once everything is in the
+//!   store or the ledger, and announces the losses still pending first.
 //! - [`Spool::open`] flushes before returning: the epoch of a new store and whatever sled
 //!   recovered are durable before anything is sent.
 //! - A store that will not open is moved aside: what it held that the collector had not
