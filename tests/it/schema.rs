@@ -593,6 +593,8 @@ fn every_field_present() -> Vec<Record> {
     gap.detail = Some("will not open".into());
     gap.set_aside = Some("quarantine-1".into());
     gap.status = Some(413);
+    gap.run_started = Some("2026-12-03T10:00:00Z".into());
+    gap.run_last_seen = Some("2026-12-03T10:59:00Z".into());
     let mut update = teledge::record::update::UpdateRecord::new(
         "edge-01",
         teledge::record::update::UpdateKind::Package,
