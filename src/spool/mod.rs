@@ -2955,6 +2955,27 @@ mod tests {
         assert_eq!(spool.read(None, 10).unwrap().len(), 2);
     }
 
+    /// Losses noted and not yet announced when the spool closes are announced by the close
+    /// (they were kept in memory only, and lost with the process when no append or uplink
+    /// round came after them: the daemon's last notes come after its uplink's last round).
+    #[test]
+    fn losses_still_pending_at_close_are_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        spool.note_lost_before_spool("record queue full", 4);
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let gaps: Vec<serde_json::Value> = spool
+            .read(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0]["reason"], "records_not_spooled");
+        assert_eq!(gaps[0]["dropped"], 4);
+    }
+
     /// A run that ends without its clean close (its marker left in the ledger) is
     /// announced by the next open, once, with its time range and an unknown count; a clean
     /// close announces nothing.
