@@ -665,16 +665,21 @@ impl Spool {
                     if let Some(entry) = entry.filter(|_| apply_ledger) {
                         spool.restore(entry)?;
                     }
-                    if apply_ledger {
-                        // (Reopened by its own process, the marker is that process's.)
-                        if let Some(previous) = spool.ledger.take_found_marker() {
-                            spool.announce_unclean_end(previous)?;
-                        }
-                        spool.mark_run();
+                    // (Reopened by its own process, the marker is that process's.)
+                    let previous = apply_ledger
+                        .then(|| spool.ledger.take_found_marker())
+                        .flatten();
+                    if let Some(previous) = previous {
+                        spool.announce_unclean_end(previous)?;
                     }
                     spool.remove_superseded_generations();
                     // Also clears the ledger, its records and announcements now durable.
                     spool.flush()?;
+                    // Only now, the previous run's announcement durable: a kill before this
+                    // point leaves its marker, announced again rather than never.
+                    if apply_ledger {
+                        spool.mark_run();
+                    }
                     // Only now, with the gap records durable: a kill before this point
                     // leaves the quarantine unmarked, and the next start announces it.
                     for name in &announced {
