@@ -234,10 +234,11 @@ impl RecordQueue {
 }
 
 /// Where the audit sink's records go ([`Daemon::audit`]): the record queue while it is open
-/// (it is made before anything that audits starts), then — a supervisor logging in during
-/// the shutdown, a live-listen session that took longer than [`SESSIONS_END_WAIT`] to end —
-/// straight into the spool, appended and committed at once once the writer has ended, so a
-/// record offered after the queue closed is spooled, not dropped. `Closed` only once every
+/// (it is made before anything that audits starts), then, from the moment the shutdown
+/// closes it — a supervisor logging in during the drain, a live-listen session that took
+/// longer than [`SESSIONS_END_WAIT`] to end — straight into the spool by a spooler of its
+/// own, appended and committed at once beside the writer's last appends, so a record
+/// offered after the queue closed is spooled, not dropped. `Closed` only once every
 /// task has ended (nothing of the daemon's can audit then); a record offered then is
 /// counted (`queue_closed`).
 #[derive(Debug)]
@@ -426,9 +427,9 @@ pub struct Daemon {
     access: Option<Arc<crate::access::Access>>,
     audit: crate::access::audit::AuditSink,
     /// Where the audit sink's records go: the record queue, then the spool directly once
-    /// the writer has ended ([`AuditPath`]).
+    /// the queue closes ([`AuditPath`]).
     audit_queue: Arc<Mutex<AuditPath>>,
-    /// The spooler of [`AuditPath::Spool`], taken at shutdown once the writer has ended.
+    /// The spooler of [`AuditPath::Spool`], taken at shutdown when the queue closes.
     late_spooler: Spooler,
     listeners: CancellationToken,
     /// Live-listen sessions ([`Daemon::session_tracker`]).
