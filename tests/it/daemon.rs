@@ -2118,3 +2118,50 @@ fn a_run_whose_file_system_went_read_only_is_announced_by_the_next_start() {
     let schemas = crate::schema::Schemas::load();
     assert!(schemas.check(gap).is_empty(), "{:?}", schemas.check(gap));
 }
+
+/// What a SIGKILL looks like under the run marker: the next start announces the killed run
+/// (`run_ended_uncleanly`, count unknown — a kill loses whatever the run held in memory,
+/// the record queue, calls in their grace, the last flush interval, and that was announced
+/// nowhere), once; the clean stop after it announces nothing more.
+#[test]
+fn a_sigkilled_run_is_announced_once_by_the_next_start() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\nudp = \"127.0.0.1:{}\"\n", free_port()),
+        None,
+    );
+    let unclean = || -> Vec<Value> {
+        stored(&out)
+            .into_iter()
+            .map(|l| l["record"].clone())
+            .filter(|r| r["type"] == "gap" && r["reason"] == "run_ended_uncleanly")
+            .collect()
+    };
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    agent.sigkill();
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unclean().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop();
+    let mut agent = Agent::start(&config);
+    agent.wait_for_log("teledge running");
+    thread::sleep(Duration::from_secs(1));
+    agent.stop();
+    let gaps = unclean();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["dropped"], Value::Null);
+    assert!(gaps[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("possibly none"));
+}
