@@ -614,9 +614,14 @@ impl Daemon {
         let audit_queue = Arc::new(Mutex::new(AuditPath::Queue(records.clone())));
         let audit = {
             let slot = Arc::clone(&audit_queue);
-            let metrics = Arc::clone(&metrics);
+            // Weak: a sink that outlives the daemon (a task waiting for the end of the
+            // bound's window) must not keep the metrics, and through them the spool and its
+            // store's lock, alive.
+            let metrics = Arc::downgrade(&metrics);
             crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
-                lock(&slot).offer(record, &metrics)
+                if let Some(metrics) = metrics.upgrade() {
+                    lock(&slot).offer(record, &metrics)
+                }
             })
         };
         metrics.watch_audit(&audit);

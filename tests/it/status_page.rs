@@ -891,6 +891,77 @@ fn an_audit_record_offered_after_the_record_queue_closed_is_spooled() {
     assert_eq!(audits[0]["reason"], "shutdown");
 }
 
+/// Refusals without valid credentials beyond the audit bound (60 a minute) are announced
+/// by one gap record when their minute ends; a stop within the minute announced them
+/// nowhere (the task waiting for the minute's end does not outlive the daemon). Now the
+/// shutdown announces them.
+#[test]
+fn refusals_suppressed_in_the_last_minute_before_a_stop_are_announced() {
+    use crate::daemon_in_process::runtime;
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = crate::uplink::collector(&pki, "collector", &out);
+    let config_path = crate::daemon::agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!(
+            "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
+             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{}\"\nview = [\"*\"]\n",
+            teledge::access::token_hash_hex(&make_token().unwrap().0)
+        ),
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(teledge::daemon::Daemon::start(config, &config_path))
+        .unwrap();
+    let client = teledge::access::audit::Client {
+        address: "192.0.2.7:50000".parse().unwrap(),
+        user_agent: None,
+    };
+    {
+        let _guard = runtime.enter();
+        for _ in 0..70 {
+            daemon
+                .audit()
+                .login(Err(teledge::access::Denied::BadCredentials), 401, &client);
+        }
+    }
+    assert_eq!(daemon.audit().suppressed(), 10);
+    runtime.block_on(daemon.shutdown());
+    let mut records: Vec<serde_json::Value> = crate::uplink::stored(&out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .collect();
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
+            .unwrap();
+    records.extend(
+        spool
+            .read(None, 1000)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()),
+    );
+    let announced: u64 = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "gap"
+                && r["reason"] == "records_not_spooled"
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("audit records")
+        })
+        .map(|r| r["dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(announced, 10);
+}
+
 /// SIGHUP revokes a supervisor at once (token and open session), without a restart.
 #[test]
 fn a_reload_that_removes_a_supervisor_locks_them_out_at_once() {
