@@ -19,7 +19,10 @@
 //! `COMPLETECALLER`, `COMPLETEAGENT`, `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER`,
 //! `ABANDON`, `EXITWITHTIMEOUT`, `EXITEMPTY`, `EXITWITHKEY`, `WITHDRAW`, `member-queue-end`.
 //! `RINGNOANSWER` / `bridge-agent-fail` count RONA, `RINGCANCELED` and `AGENTDUMP` are
-//! counted, `CONNECT` / `bridge-agent-start` set the answer.
+//! counted, `CONNECT` / `bridge-agent-start` set the answer. A story made without its end
+//! event (`superseded`, `expired`, `evicted`, `shutdown`, or open at the end of the log
+//! `teledge report` read) is `answered` when an agent had answered it — talk unknown — and
+//! `unknown` otherwise.
 //!
 //! Bounds, each counted ([`QueueCounters`]) and announced by the owner of the assembler:
 //! - at most `max_open` open stories: a new one beyond it evicts the one whose last event is
@@ -1032,7 +1035,14 @@ impl QueueAssembler {
         closed_by: QueueClosedBy,
         ending: Ending,
     ) -> QueueCallRecord {
-        let outcome = ending.outcome.unwrap_or(QueueOutcome::Unknown);
+        // An agent answered (`CONNECT`, `bridge-agent-start`) but the end never came (the
+        // PBX restarted mid-call, the log ends, the story expired or was superseded): the
+        // contact was answered all the same — only its talk is unknown.
+        let outcome = ending.outcome.unwrap_or(if story.connect_ns.is_some() {
+            QueueOutcome::Answered
+        } else {
+            QueueOutcome::Unknown
+        });
         let complete = story.enter_ns.is_some() && closed_by == QueueClosedBy::Event;
         QueueCallRecord {
             schema: QUEUE_SCHEMA,
