@@ -7,8 +7,10 @@ events and units, Cisco/Asterisk service-level variants), the per-interval figur
 `teledge report --queue-log FILE --format jsonl` prints, then compares them figure by figure.
 
     python3 scripts/queue_log_reference.py FILE... [--teledge BIN] [--interval 15]
-        [--time-zone UTC] [--attribution event|arrival] [--sl-threshold 20]
-        [--short-abandon 5] [--json]
+        [--time-zone UTC] [--attribution event|arrival] [--json]
+
+T = 20 s and S = 5 s, teledge's defaults for a service (what `teledge report` uses without
+`--config`).
 
 Rules, each from the reference (not from teledge's code):
 - A stay is one caller (callid) in one queue, from ENTERQUEUE to its end event. Offered =
@@ -51,6 +53,12 @@ UTC = dt.timezone.utc
 END_EVENTS = {
     "COMPLETECALLER", "COMPLETEAGENT", "TRANSFER", "BLINDTRANSFER", "ATTENDEDTRANSFER",
     "ABANDON", "EXITWITHTIMEOUT", "EXITEMPTY", "EXITWITHKEY", "WITHDRAW",
+}
+# Numeric data fields each event must carry (service-statistics.md §2.3).
+REQUIRED = {
+    "CONNECT": (0,), "COMPLETECALLER": (0, 1), "COMPLETEAGENT": (0, 1), "ABANDON": (0, 1, 2),
+    "EXITWITHTIMEOUT": (0, 1, 2), "EXITEMPTY": (0, 1, 2), "EXITWITHKEY": (1, 2, 3),
+    "TRANSFER": (2, 3), "BLINDTRANSFER": (2, 3), "RINGNOANSWER": (0,),
 }
 FLOW = {"EXITWITHTIMEOUT": "timeout", "EXITEMPTY": "empty", "EXITWITHKEY": "key", "WITHDRAW": "withdraw"}
 
@@ -102,8 +110,11 @@ def parse(paths):
                 except ValueError:
                     bad += 1
                     continue
-                lines.append((t, parts[1].strip(), parts[2].strip(), parts[3].strip(),
-                              parts[4].strip(), parts[5:]))
+                ev, d = parts[4].strip(), parts[5:]
+                if any(num(d, i) is None for i in REQUIRED.get(ev, ())):
+                    bad += 1  # a known event without its numbers (reference §2.3 table)
+                    continue
+                lines.append((t, parts[1].strip(), parts[2].strip(), parts[3].strip(), ev, d))
     return lines, bad
 
 
@@ -319,15 +330,16 @@ def main():
     ap.add_argument("--interval", type=int, default=15)
     ap.add_argument("--time-zone", default="UTC")
     ap.add_argument("--attribution", choices=["event", "arrival"], default="event")
-    ap.add_argument("--sl-threshold", type=float, default=20)
-    ap.add_argument("--short-abandon", type=float, default=5)
+    # teledge's defaults for a service (`sl_threshold_s`, `short_abandon_s`); without
+    # `--config`, `teledge report` uses them.
+    a_sl, a_short = 20, 5
     ap.add_argument("--json", action="store_true", help="print the reference figures only")
     a = ap.parse_args()
 
     clock = Clock(a.time_zone, a.interval)
     lines, bad = parse(a.files)
     cs, open_count = contacts(stays(lines))
-    per = figures(cs, clock, a.attribution, a.sl_threshold, a.short_abandon)
+    per = figures(cs, clock, a.attribution, a_sl, a_short)
     agents(lines, clock, per)
     ref = {}
     for start, f in sorted(per.items()):
