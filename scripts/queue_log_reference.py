@@ -64,23 +64,59 @@ FLOW = {"EXITWITHTIMEOUT": "timeout", "EXITEMPTY": "empty", "EXITWITHKEY": "key"
 
 
 class Clock:
+    """Intervals of N minutes aligned on the local wall clock of a zone. An instant belongs
+    to the interval whose local start is its local time floored to N minutes *under its own
+    UTC offset*; a change of offset (DST) inside that span cuts it, so no two intervals
+    overlap and none is longer than N minutes (Lord Howe's 30-minute DST shift included)."""
+
     def __init__(self, zone, minutes):
         self.zone = ZoneInfo(zone)
         self.minutes = minutes
 
+    def offset(self, t):
+        return dt.datetime.fromtimestamp(t, UTC).astimezone(self.zone).utcoffset().total_seconds()
+
+    def change_after(self, a, b):
+        """First whole second in (a, b] whose offset differs from a's, or None."""
+        o = self.offset(a)
+        if self.offset(b) == o:
+            return None
+        lo, hi = a, b
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.offset(mid) == o:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def bounds(self, t):
+        """(start, end) epoch seconds of the interval holding t."""
+        t = int(t // 1)
+        o = int(self.offset(t))
+        length = self.minutes * 60
+        local = t + o
+        start = local - local % length - o
+        end = start + length
+        # An offset change between the aligned start and t starts the interval there ...
+        c = self.change_after(start, t)
+        while c is not None:
+            start = c
+            c = self.change_after(start, t)
+        # ... and one between t and the aligned end ends it.
+        c = self.change_after(t, end - 1)
+        if c is not None:
+            end = c
+        return start, end
+
     def start(self, t):
-        """UTC start (epoch seconds) of the interval holding epoch time t."""
-        local = dt.datetime.fromtimestamp(t, UTC).astimezone(self.zone)
-        floored = local.replace(minute=local.minute - local.minute % self.minutes, second=0,
-                                microsecond=0)
-        # replace keeps the fold, so an hour repeated at the fall-back keeps its offset.
-        s = floored.astimezone(UTC).timestamp()
-        if s > t:  # the local floor fell into a gap; never happens for 15-min offsets
-            s -= self.minutes * 60
-        return int(s)
+        return self.bounds(t)[0]
 
     def next(self, start):
-        return start + self.minutes * 60
+        return self.bounds(start)[1]
+
+    def label(self, start):
+        return dt.datetime.fromtimestamp(start, UTC).astimezone(self.zone).isoformat()
 
 
 def num(fields, i):
@@ -345,6 +381,7 @@ def main():
     for start, f in sorted(per.items()):
         key = dt.datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         ref[key] = dict(f)
+        ref[key]["local_start"] = clock.label(start)
         ref[key].update({k: v for k, v in kpis(f).items()})
     if a.json:
         print(json.dumps({"bad_lines": bad, "open": open_count, "intervals": ref}, indent=1))
@@ -361,6 +398,7 @@ def main():
         key = r["interval_start"][:19]
         s = r["sums"]
         g = {k: s.get(k, 0) for k in SUMS}
+        g["local_start"] = r["local_start"]
         g["staffed_ms"] = s["agents"]["staffed_ms"]
         g["paused_ms"] = s["agents"]["paused_ms"]
         g.update({k: r["kpis"][k]["value"] for k in kpis(empty())})
@@ -370,6 +408,15 @@ def main():
     for key in sorted(set(ref) | set(got)):
         r, g = ref.get(key, {}), got.get(key, {})
         names = SUMS + ["staffed_ms", "paused_ms"] + list(kpis(empty()))
+        if not r:
+            # An interval teledge holds only for a call's concurrency (a long talk spans
+            # it): every figure compared below must be zero or none.
+            r = {"local_start": g.get("local_start")}
+        compared += 1
+        if r.get("local_start") == g.get("local_start"):
+            agreed += 1
+        else:
+            diffs.append((key, "local_start", r.get("local_start"), g.get("local_start")))
         for n in names:
             rv = r.get(n, 0 if n in SUMS or n.endswith("_ms") else None)
             gv = g.get(n, 0 if n in SUMS or n.endswith("_ms") else None)
