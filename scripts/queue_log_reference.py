@@ -235,14 +235,14 @@ def empty():
     return defaultdict(float)
 
 
-def figures(cs, clock, attribution, T, S):
+def figures(cs, clock, attribution, T, S, service):
     per = defaultdict(empty)
     for c in cs:
         if attribution == "arrival":
             at = c["arrival"]
         else:
             at = min(c["event"] if c["event"] is not None else c["arrival"], c["arrival"] + T)
-        f = per[clock.start(at)]
+        f = per[(clock.start(at), service(c["queue"]))]
         w = c["wait"]
         f["offered"] += 1
         f["rona"] += c["rona"]
@@ -274,8 +274,9 @@ def figures(cs, clock, attribution, T, S):
     return per
 
 
-def agents(lines, clock, per):
-    """Staffed and paused agent-milliseconds per interval (every queue in one service)."""
+def agents(lines, clock, per, service):
+    """Staffed and paused agent-milliseconds per interval and service (a presence without a
+    queue: the first service)."""
     state = {}  # (agent, queue or None) -> (since, paused)
     queues_of = defaultdict(dict)  # agent -> {queue: paused}
     logged = {}
@@ -288,9 +289,10 @@ def agents(lines, clock, per):
         while a < until:
             start = clock.start(a)
             b = min(until, clock.next(start))
-            per[start]["staffed_ms"] += (b - a) * 1000
+            f = per[(start, service(key[1]))]
+            f["staffed_ms"] += (b - a) * 1000
             if paused:
-                per[start]["paused_ms"] += (b - a) * 1000
+                f["paused_ms"] += (b - a) * 1000
             a = b
 
     def settle(agent, t):
@@ -370,16 +372,26 @@ def main():
     # `--config`, `teledge report` uses them.
     a_sl, a_short = 20, 5
     ap.add_argument("--json", action="store_true", help="print the reference figures only")
+    ap.add_argument("--per-queue", action="store_true",
+                    help="a [[service]] per queue (teledge run with such a --config); else all "
+                         "queues in the one service `default`, as teledge without --config")
     a = ap.parse_args()
 
     clock = Clock(a.time_zone, a.interval)
     lines, bad = parse(a.files)
     cs, open_count = contacts(stays(lines))
-    per = figures(cs, clock, a.attribution, a_sl, a_short)
-    agents(lines, clock, per)
+    queues = sorted({l[2] for l in lines if l[2] not in ("", "NONE")})
+    if a.per_queue:
+        def service(q):
+            return q if q in queues else queues[0]
+    else:
+        def service(q):
+            return "default"
+    per = figures(cs, clock, a.attribution, a_sl, a_short, service)
+    agents(lines, clock, per, service)
     ref = {}
-    for start, f in sorted(per.items()):
-        key = dt.datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    for (start, svc), f in sorted(per.items()):
+        key = dt.datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S") + " " + svc
         ref[key] = dict(f)
         ref[key]["local_start"] = clock.label(start)
         ref[key].update({k: v for k, v in kpis(f).items()})
@@ -391,11 +403,19 @@ def main():
            "--time-zone", a.time_zone, "--attribution", a.attribution]
     for p in a.files:
         cmd += ["--queue-log", p]
+    if a.per_queue:
+        import tempfile
+        conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+        for q in queues:
+            conf.write(f'[[service]]\nname = "{q}"\nsl_threshold_s = {a_sl}\n'
+                       f'short_abandon_s = {a_short}\n')
+        conf.close()
+        cmd += ["--config", conf.name]
     run = subprocess.run(cmd, capture_output=True, text=True)
     got = {}
     for line in run.stdout.splitlines():
         r = json.loads(line)
-        key = r["interval_start"][:19]
+        key = r["interval_start"][:19] + " " + r["service"]
         s = r["sums"]
         g = {k: s.get(k, 0) for k in SUMS}
         g["local_start"] = r["local_start"]
