@@ -358,7 +358,8 @@ def kpis(f):
 
 SUMS = ["offered", "answered", "abandoned", "short_abandoned", "flowed_out", "answered_within_t",
         "abandoned_within_t", "wait_answered_ms", "wait_abandoned_ms", "longest_wait_ms", "rang",
-        "ring_ms", "handled", "talk_ms", "rona", "transferred", "hangup_caller", "hangup_callee"]
+        "ring_ms", "handled", "talk_ms", "rona", "transferred", "hangup_caller", "hangup_callee",
+        "flow_out_timeout", "flow_out_empty", "flow_out_key", "flow_out_withdraw"]
 
 
 def main():
@@ -418,6 +419,8 @@ def main():
         key = r["interval_start"][:19] + " " + r["service"]
         s = r["sums"]
         g = {k: s.get(k, 0) for k in SUMS}
+        for kind in ("timeout", "empty", "key", "withdraw"):
+            g["flow_out_" + kind] = s.get("flowed_out_by_kind", {}).get(kind, 0)
         g["local_start"] = r["local_start"]
         g["staffed_ms"] = s["agents"]["staffed_ms"]
         g["paused_ms"] = s["agents"]["paused_ms"]
@@ -456,7 +459,7 @@ def main():
                 fo[k] += int(v)
     print(f"{' '.join(a.files)}: {len(lines)} lines, {bad} not queue_log lines "
           f"(teledge exit {run.returncode}: {run.stderr.strip()!r}), {len(cs)} contacts, "
-          f"{open_count} open stays, flow-outs by kind {dict(fo)} (teledge: total only); "
+          f"{open_count} open stays, flow-outs by kind {dict(fo)}; "
           f"{len(ref)} intervals; {compared} figures compared, {agreed} agree, {len(diffs)} differ")
     return 1 if diffs else 0
 

@@ -80,6 +80,10 @@ pub struct IntervalSums {
     pub abandoned: u64,
     pub short_abandoned: u64,
     pub flowed_out: u64,
+    /// Flow-outs by kind: `timeout` (`EXITWITHTIMEOUT`, FS `TIMEOUT`), `empty`
+    /// (`EXITEMPTY`, FS `NO_AGENT_TIMEOUT`), `key` (`EXITWITHKEY`, FS `EXIT_WITH_KEY`),
+    /// `withdraw` (`WITHDRAW`); kinds that did not happen are left out.
+    pub flowed_out_by_kind: std::collections::BTreeMap<String, u64>,
     /// Contacts that ended otherwise (busy, rejected, not reached, failed, timed out).
     pub not_connected: u64,
     pub answered_within_t: u64,

@@ -986,3 +986,56 @@ fn a_queue_log_rotated_into_two_files_reports_as_the_one_log() {
         "{s:#}"
     );
 }
+
+/// Flow-outs are told apart by kind (EN 15838 7.3 figures distinguish a queue's timeout, an
+/// empty queue and a caller's exit key from abandons and from each other): the hard-case
+/// log's `EXITWITHTIMEOUT` (sales, 60 s), `EXITEMPTY` (support, 0 s) and `EXITWITHKEY`
+/// (support, key 5, 12 s) count at their service-level event in 01:00-01:15 UTC, the
+/// second `EXITWITHTIMEOUT` (the caller then answered in support) at arrival + T in
+/// 01:15; only their total was reported. Checked against `scripts/queue_log_reference.py`.
+#[test]
+fn flow_outs_are_counted_by_kind() {
+    let parts = [
+        "queue_log/hard-cases-1.queue_log",
+        "queue_log/hard-cases-2.queue_log",
+    ];
+    let (_, sums) = report_queue_logs(&parts, &[]);
+    let kinds = |start: &str| sums[start]["flowed_out_by_kind"].clone();
+    assert_eq!(
+        kinds("2026-03-29T01:00:00.000000Z"),
+        serde_json::json!({"timeout": 1, "empty": 1, "key": 1})
+    );
+    assert_eq!(
+        kinds("2026-03-29T01:15:00.000000Z"),
+        serde_json::json!({"timeout": 1})
+    );
+    // The CSV's columns, one per kind.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--format", "csv"])
+        .args(parts.iter().flat_map(|p| {
+            [
+                "--queue-log".into(),
+                crate::support::data_path(p).into_os_string(),
+            ]
+        }))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut rows = csv.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row = rows
+        .find(|r| r[0] == "2026-03-29T01:00:00.000000Z")
+        .unwrap();
+    assert_eq!(
+        [
+            "flowed_out",
+            "flowed_out_timeout",
+            "flowed_out_empty",
+            "flowed_out_key",
+            "flowed_out_withdraw"
+        ]
+        .map(|c| row[col(c)]),
+        ["3", "1", "1", "1", "0"]
+    );
+}
