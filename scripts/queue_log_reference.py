@@ -58,7 +58,7 @@ END_EVENTS = {
 REQUIRED = {
     "CONNECT": (0,), "COMPLETECALLER": (0, 1), "COMPLETEAGENT": (0, 1), "ABANDON": (0, 1, 2),
     "EXITWITHTIMEOUT": (0, 1, 2), "EXITEMPTY": (0, 1, 2), "EXITWITHKEY": (1, 2, 3),
-    "TRANSFER": (2, 3), "BLINDTRANSFER": (2, 3), "RINGNOANSWER": (0,),
+    "TRANSFER": (2, 3), "BLINDTRANSFER": (2, 3), "ATTENDEDTRANSFER": (-3, -2), "RINGNOANSWER": (0,),
 }
 FLOW = {"EXITWITHTIMEOUT": "timeout", "EXITEMPTY": "empty", "EXITWITHKEY": "key", "WITHDRAW": "withdraw"}
 
@@ -184,8 +184,11 @@ def stays(lines):
             s["end"] = t
             done.append(open_.pop(callid))
         elif ev in ("TRANSFER", "BLINDTRANSFER", "ATTENDEDTRANSFER"):
-            s.setdefault("hold", num(d, 2))
-            s["talk"] = num(d, 3)
+            # holdtime|calltime|origposition end every transfer line; before them, the
+            # extension and context, or the attended method and its data (one field for
+            # BRIDGE and APP, two channels for LINK: app_queue's log_attended_transfer).
+            s.setdefault("hold", num(d, len(d) - 3))
+            s["talk"] = num(d, len(d) - 2)
             s["transfer"] = True
             s["end"] = t
             done.append(open_.pop(callid))
