@@ -6,8 +6,11 @@ formulas of the project's reference (`service-statistics.md` §2.1-2.3: Asterisk
 events and units, Cisco/Asterisk service-level variants), the per-interval figures
 `teledge report --queue-log FILE --format jsonl` prints, then compares them figure by figure.
 
-    python3 scripts/queue_log_reference.py FILE... [--teledge BIN] [--interval 15]
+    python3 scripts/queue_log_reference.py FILE... [--teledge BIN] [--interval 15] [--per-queue]
         [--time-zone UTC] [--attribution event|arrival] [--json]
+
+A FILE ending in `.rst` is a printed realtime table (Wazo's sample): its rows are turned
+into file lines first. Exit status 1 when a figure differs.
 
 T = 20 s and S = 5 s, teledge's defaults for a service (what `teledge report` uses without
 `--config`).
@@ -45,6 +48,7 @@ import argparse
 import datetime as dt
 import json
 import subprocess
+import tempfile
 import sys
 from collections import defaultdict
 from zoneinfo import ZoneInfo
@@ -124,6 +128,52 @@ def num(fields, i):
         return float(fields[i])
     except (IndexError, ValueError):
         return None
+
+
+def realtime_rows(path):
+    """A printed realtime `queue_log` table (Wazo's `xivo-doc-queue_log.rst`): each row as
+    the line Asterisk writes to the file for it (`queue_log_to_file`), its `time` column
+    read as UTC with its microseconds, in time order (the sample prints newest first)."""
+    rows = []
+    for row in open(path, encoding="utf-8"):
+        c = [x.strip() for x in row.split("|")]
+        try:
+            t = dt.datetime.fromisoformat(c[0]).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        data = c[5:]
+        while data and data[-1] == "":
+            data.pop()
+        line = f"{int(t.timestamp())}.{t.microsecond:06d}|{c[1]}|{c[2]}|{c[3]}|{c[4]}"
+        rows.append((c[0], line + ("|" + "|".join(data) if data else "")))
+    return [(line + "\n").encode() for _, line in sorted(rows)]
+
+
+def prepare(paths, shift_to):
+    """The files as teledge reads them: printed realtime tables turned into file lines,
+    times moved by `--shift-to`; temporary copies where anything changed."""
+
+    texts = [realtime_rows(p) if p.endswith(".rst") else open(p, "rb").readlines() for p in paths]
+    if shift_to is None and not any(p.endswith(".rst") for p in paths):
+        return list(paths)
+    delta = 0
+    if shift_to is not None:
+        first = next(float(l.split(b"|")[0]) for t in texts for l in t
+                     if l.split(b"|")[0].replace(b".", b"", 1).isdigit())
+        target = dt.datetime.fromisoformat(shift_to).replace(tzinfo=UTC).timestamp()
+        delta = int(target - first)
+    out = []
+    for lines in texts:
+        f = tempfile.NamedTemporaryFile("wb", suffix=".queue_log", delete=False)
+        for l in lines:
+            head, sep, rest = l.partition(b"|")
+            if delta and sep and head.split(b".")[0].isdigit():
+                whole, dot, frac = head.partition(b".")
+                head = str(int(whole) + delta).encode() + dot + frac
+            f.write(head + sep + rest)
+        f.close()
+        out.append(f.name)
+    return out
 
 
 def parse(paths):
@@ -376,13 +426,17 @@ def main():
     # `--config`, `teledge report` uses them.
     a_sl, a_short = 20, 5
     ap.add_argument("--json", action="store_true", help="print the reference figures only")
+    ap.add_argument("--shift-to", metavar="ISO",
+                    help="move every line's time so that the first line is at this UTC instant "
+                         "(e.g. onto a DST change), for teledge and the reference alike")
     ap.add_argument("--per-queue", action="store_true",
                     help="a [[service]] per queue (teledge run with such a --config); else all "
                          "queues in the one service `default`, as teledge without --config")
     a = ap.parse_args()
 
     clock = Clock(a.time_zone, a.interval)
-    lines, bad = parse(a.files)
+    teledge_files = prepare(a.files, a.shift_to)
+    lines, bad = parse(teledge_files)
     cs, open_count = contacts(stays(lines))
     queues = sorted({l[2] for l in lines if l[2] not in ("", "NONE")})
     if a.per_queue:
@@ -405,10 +459,9 @@ def main():
 
     cmd = [a.teledge, "report", "--format", "jsonl", "--interval", str(a.interval),
            "--time-zone", a.time_zone, "--attribution", a.attribution]
-    for p in a.files:
+    for p in teledge_files:
         cmd += ["--queue-log", p]
     if a.per_queue:
-        import tempfile
         conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
         for q in queues:
             conf.write(f'[[service]]\nname = "{q}"\nsl_threshold_s = {a_sl}\n'
