@@ -7,9 +7,10 @@
 //! (without `--config`: all in the one service `default`); with captures too, a call and the
 //! queue contact of the same caller (same number, the queue stay within the call) are
 //! joined and counted once, queue figures from the queue, the rest from SIP (see
-//! `Aggregator::with_queue_join`). Several `queue_log` files are one log in the order given
-//! (a rotated `queue_log.1` before `queue_log`): a stay or an agent's presence goes on from
-//! one into the next. Lines that are not `queue_log`
+//! `Aggregator::with_queue_join`). Several `queue_log` files are one log, read in the time
+//! order of their first lines (a rotation's `queue_log.1` before `queue_log`, in whatever
+//! order they are given; said on standard error when it differs): a stay or an agent's
+//! presence goes on from one into the next. Lines that are not `queue_log`
 //! lines are counted and reported; the exit status then says the input was damaged.
 
 use std::fs::File;
@@ -35,8 +36,9 @@ pub struct ReportArgs {
         conflicts_with = "collected"
     )]
     pub files: Vec<PathBuf>,
-    /// An Asterisk `queue_log` file (repeatable: the files are one log, read in this order,
-    /// e.g. `queue_log.1 queue_log` after a rotation): its queue contacts
+    /// An Asterisk `queue_log` file (repeatable: the files are one log, read in the time
+    /// order of their first lines, e.g. `queue_log.1` before `queue_log` after a rotation):
+    /// its queue contacts
     /// counted in the `[[service]]` named like their queue (without `--config`: in
     /// `default`).
     #[arg(long, value_name = "FILE", conflicts_with = "collected")]
@@ -173,11 +175,31 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             replay.finish(&mut sink);
-            // The files are one log in the order given (a rotated `queue_log.1` before
-            // `queue_log`): a stay or an agent's presence goes on from one file into the
+            // The files are one log, read in the time order of their first lines (a
+            // rotation's `queue_log.1` before `queue_log`, whatever order a glob gave
+            // them in): a stay or an agent's presence goes on from one file into the
             // next; only the last file's end ends them.
+            let mut ordered = Vec::with_capacity(args.queue_log.len());
+            for (i, path) in args.queue_log.iter().enumerate() {
+                let file =
+                    File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let first = first_line_time(io::BufReader::with_capacity(1 << 16, file))
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                ordered.push((first, i, path));
+            }
+            ordered.sort();
+            if ordered.iter().enumerate().any(|(at, (_, i, _))| at != *i) {
+                eprintln!(
+                    "teledge: the queue_log files are read in the time order of their first lines: {}",
+                    ordered
+                        .iter()
+                        .map(|(_, _, p)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             let mut queue_log = QueueLog::new(args.config.is_none());
-            for path in &args.queue_log {
+            for (_, _, path) in ordered {
                 let file =
                     File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
                 let bad = queue_log
@@ -356,6 +378,32 @@ impl QueueLog {
             self.count(r, aggregator);
         }
         aggregator.end_agents(self.log_end);
+    }
+}
+
+/// The time of a `queue_log` file's first line that is a `queue_log` line (`None`: it has
+/// none), each line at most [`MAX_LINE_LEN`] bytes held.
+///
+/// [`MAX_LINE_LEN`]: teledge::decode::queue_log::MAX_LINE_LEN
+fn first_line_time(mut reader: impl io::BufRead) -> io::Result<Option<Timestamp>> {
+    use teledge::decode::queue_log::{parse_line, MAX_LINE_LEN};
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_LEN as u64 + 2)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if line.last() != Some(&b'\n') && n > MAX_LINE_LEN {
+            skip_line(&mut reader)?;
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Ok(parsed) = parse_line(text) {
+            return Ok(Some(parsed.time));
+        }
     }
 }
 

@@ -939,8 +939,10 @@ fn a_call_connected_whose_end_never_comes_is_answered_on_the_books_real_sample()
 /// as the one file they were cut from. Each file used to be a log of its own: the stay open
 /// at the first file's end was closed as unknown there (its `COMPLETECALLER` then made a
 /// partial stay without its ring time) and every agent's presence ended with the first file
-/// (their `ADDMEMBER`s are not repeated in the second: staffed time lost). Figures checked
-/// against `scripts/queue_log_reference.py`.
+/// (their `ADDMEMBER`s are not repeated in the second: staffed time lost). Given newest
+/// first, they are still read oldest first (else the first file's agents would run on to
+/// the second's end, and its open stays close there). Figures checked against
+/// `scripts/queue_log_reference.py`.
 #[test]
 fn a_queue_log_rotated_into_two_files_reports_as_the_one_log() {
     let parts = [
@@ -965,6 +967,14 @@ fn a_queue_log_rotated_into_two_files_reports_as_the_one_log() {
     std::fs::write(&whole, text).unwrap();
     let (_, one) = report_queue_logs(&[whole.to_str().unwrap()], &[]);
     assert_eq!(rotated, one);
+    // Given newest first (as `queue_log*` expands), they are read oldest first, and said.
+    let (out, reversed) = report_queue_logs(&[parts[1], parts[0]], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("read in the time order of their first lines"),
+        "{stderr}"
+    );
+    assert_eq!(reversed, rotated);
     // 01:30-01:45 UTC: PJSIP/201 in sales until its REMOVEMEMBER at 01:38 (8 min) and in
     // support to the log's end at 01:42 (12 min), PJSIP/202 in support, paused, 12 min;
     // the rotated call (CONNECT held 25 s, rang 3 s) and the call connected just before
