@@ -279,7 +279,13 @@ struct QueueLog {
     one_service: bool,
     /// The latest line time read.
     log_end: Timestamp,
+    /// When the agents' presences were last counted up to the log's time.
+    agents_cut: Timestamp,
 }
+
+/// How far the log's time goes on before the agents' open presences are counted up to it
+/// (`Aggregator::follow_agents`): an hour of log time.
+const AGENT_CUT_EVERY_NS: i64 = 3_600 * 1_000_000_000;
 
 impl QueueLog {
     fn new(one_service: bool) -> QueueLog {
@@ -294,6 +300,7 @@ impl QueueLog {
             ),
             one_service,
             log_end: Timestamp::default(),
+            agents_cut: Timestamp::default(),
         }
     }
 
@@ -351,6 +358,13 @@ impl QueueLog {
             match parse_line(text) {
                 Ok(parsed) => {
                     self.log_end = self.log_end.max(parsed.time);
+                    // The agents' presences counted as the log's time goes on, as the
+                    // daemon's tick does: one unchanged for longer than the aggregator
+                    // counts back (8 days) would lose its beginning at the next cut.
+                    if self.log_end.as_nanos() - self.agents_cut.as_nanos() >= AGENT_CUT_EVERY_NS {
+                        aggregator.follow_agents(self.log_end);
+                        self.agents_cut = self.log_end;
+                    }
                     let mut records = Vec::new();
                     self.assembler.asterisk(&parsed, &mut |r| records.push(r));
                     for r in records {

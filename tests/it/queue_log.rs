@@ -1049,3 +1049,79 @@ fn flow_outs_are_counted_by_kind() {
         ["3", "1", "1", "1", "0"]
     );
 }
+
+/// An agent who stays a member, unchanged, for longer than the statistics count back at
+/// one go (8 days): `teledge report` has no ticks, so its presence was counted only at its
+/// next change, and then at most 8 days back — the first days of a 10-day membership were
+/// lost, silently. The report now counts open presences as the log's time goes on (every
+/// hour of it, as the daemon's tick does every second), and what still lies more than 8
+/// days back (a log silent that long) is counted in `agents.too_late_ms`, not lost. The
+/// log is written here (no public `queue_log` spans days): `ADDMEMBER`, a short abandon
+/// each day, `REMOVEMEMBER` 10 days and 60 s later. Checked against
+/// `scripts/queue_log_reference.py`.
+#[test]
+fn an_agent_member_for_ten_days_is_staffed_all_ten() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queue_log");
+    let t0 = 1_767_225_600u64; // 2026-01-01 00:00 UTC
+    let mut text = format!("{t0}|MANAGER|sales|PJSIP/201|ADDMEMBER|\n");
+    for day in 1..=10u64 {
+        let t = t0 + day * 86_400;
+        text += &format!("{t}|{t}.{day}|sales|NONE|ENTERQUEUE||555|1\n");
+        text += &format!("{}|{t}.{day}|sales|NONE|ABANDON|1|1|5\n", t + 5);
+    }
+    text += &format!(
+        "{}|MANAGER|sales|PJSIP/201|REMOVEMEMBER|\n",
+        t0 + 10 * 86_400 + 60
+    );
+    std::fs::write(&log, text).unwrap();
+    let (out, sums) = report_queue_logs(&[log.to_str().unwrap()], &["--interval", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = |k: &str| -> u64 {
+        sums.values()
+            .map(|s| s["agents"][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (total("staffed_ms"), total("too_late_ms")),
+        ((10 * 86_400 + 60) * 1000, 0)
+    );
+    // Every hour of the ten days holds its hour of the agent.
+    assert_eq!(
+        sums["2026-01-01T00:00:00.000000Z"]["agents"]["staffed_ms"],
+        3_600_000
+    );
+    assert_eq!(
+        sums["2026-01-05T13:00:00.000000Z"]["agents"]["staffed_ms"],
+        3_600_000
+    );
+
+    // A log silent for 20 days (the PBX off?) between the member's ADDMEMBER and the next
+    // line: what lies more than 8 days before a count is not walked hour by hour but
+    // counted as too late — 12 days at the line of day 20, 2 at the REMOVEMEMBER of day
+    // 30 — so staffed + too late is the whole 30 days, nothing lost unsaid.
+    let text = format!(
+        "{t0}|MANAGER|sales|PJSIP/201|ADDMEMBER|\n\
+         {a}|{a}.1|sales|NONE|ENTERQUEUE||555|1\n\
+         {b}|{a}.1|sales|NONE|ABANDON|1|1|5\n\
+         {c}|MANAGER|sales|PJSIP/201|REMOVEMEMBER|\n",
+        a = t0 + 20 * 86_400,
+        b = t0 + 20 * 86_400 + 5,
+        c = t0 + 30 * 86_400,
+    );
+    std::fs::write(&log, text).unwrap();
+    let (_, sums) = report_queue_logs(&[log.to_str().unwrap()], &["--interval", "60"]);
+    let total = |k: &str| -> u64 {
+        sums.values()
+            .map(|s| s["agents"][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (total("staffed_ms"), total("too_late_ms")),
+        (16 * 86_400_000, 14 * 86_400_000)
+    );
+}
