@@ -38,5 +38,19 @@ run $HARD --shift-to 2026-10-25T00:40:00 --time-zone Europe/Berlin
 run $HARD --shift-to 2026-04-04T14:30:00 --time-zone Australia/Lord_Howe --interval 60 --per-queue
 # shellcheck disable=SC2086
 run $HARD --shift-to 2026-04-04T14:30:00 --time-zone Australia/Lord_Howe --interval 30 --attribution arrival
+# A member for 10 days with one call a day (written here: no public queue_log spans days).
+DAILY=$(mktemp --suffix=.queue_log)
+python3 - "$DAILY" <<'PY'
+import sys
+t0 = 1767225600
+lines = [f"{t0}|MANAGER|sales|PJSIP/201|ADDMEMBER|"]
+for d in range(1, 11):
+    t = t0 + d * 86400
+    lines += [f"{t}|{t}.{d}|sales|NONE|ENTERQUEUE||555|1", f"{t + 5}|{t}.{d}|sales|NONE|ABANDON|1|1|5"]
+lines.append(f"{t0 + 10 * 86400 + 60}|MANAGER|sales|PJSIP/201|REMOVEMEMBER|")
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+PY
+run "$DAILY" --interval 60
+rm -f "$DAILY"
 echo "queue_log campaign: $total figures compared, $agree agree, $((total - agree)) differ"
 exit $status
