@@ -393,7 +393,7 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
         k("answered", "answered", Some(s.answered as f64)),
         k("abandoned", "abandoned (short included)", Some(s.abandoned as f64)),
         k("short_abandoned", "abandoned with wait < short_abandon_s", Some(s.short_abandoned as f64)),
-        k("flowed_out", "flowed_out", Some(s.flowed_out as f64)),
+        k("flowed_out", "flowed_out (left the queue by its rule, not abandoned: timeout, empty, key, withdraw; by kind in CSV and JSON)", Some(s.flowed_out as f64)),
         k("flowed_out_timeout", "flowed_out_by_kind.timeout (EXITWITHTIMEOUT; FS TIMEOUT)", Some(flow("timeout"))),
         k("flowed_out_empty", "flowed_out_by_kind.empty (EXITEMPTY; FS NO_AGENT_TIMEOUT)", Some(flow("empty"))),
         k("flowed_out_key", "flowed_out_by_kind.key (EXITWITHKEY; FS EXIT_WITH_KEY)", Some(flow("key"))),

@@ -1048,6 +1048,31 @@ fn flow_outs_are_counted_by_kind() {
         .map(|c| row[col(c)]),
         ["3", "1", "1", "1", "0"]
     );
+    // The table a supervisor reads: offered = answered + abandoned + flowed out.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--time-zone", "Europe/Berlin"])
+        .args(parts.iter().flat_map(|p| {
+            [
+                "--queue-log".into(),
+                crate::support::data_path(p).into_os_string(),
+            ]
+        }))
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..8],
+        ["interval", "(local)", "service", "rev", "offered", "answ", "aband", "short"]
+    );
+    assert_eq!(header[8], "flow", "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("2026-03-29T03:00:00+02:00"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3..8], ["6", "3", "0", "0", "3"], "{table}");
 }
 
 /// An agent who stays a member, unchanged, for longer than the statistics count back at
