@@ -10,7 +10,8 @@
 //! `Aggregator::with_queue_join`). Several `queue_log` files are one log, read in the time
 //! order of their first lines (a rotation's `queue_log.1` before `queue_log`, in whatever
 //! order they are given; said on standard error when it differs): a stay or an agent's
-//! presence goes on from one into the next. Lines that are not `queue_log`
+//! presence goes on from one into the next. Lines of events teledge does not know are
+//! counted by name and said (no figure follows from them). Lines that are not `queue_log`
 //! lines are counted and reported; the exit status then says the input was damaged.
 
 use std::fs::File;
@@ -281,7 +282,12 @@ struct QueueLog {
     log_end: Timestamp,
     /// When the agents' presences were last counted up to the log's time.
     agents_cut: Timestamp,
+    /// Lines of events teledge does not know, by event name.
+    unknown: std::collections::BTreeMap<String, u64>,
 }
+
+/// Most event names teledge does not know that `teledge report` tells apart.
+const MAX_UNKNOWN_NAMES: usize = 16;
 
 /// How far the log's time goes on before the agents' open presences are counted up to it
 /// (`Aggregator::follow_agents`): an hour of log time.
@@ -301,6 +307,7 @@ impl QueueLog {
             one_service,
             log_end: Timestamp::default(),
             agents_cut: Timestamp::default(),
+            unknown: std::collections::BTreeMap::new(),
         }
     }
 
@@ -358,6 +365,11 @@ impl QueueLog {
             match parse_line(text) {
                 Ok(parsed) => {
                     self.log_end = self.log_end.max(parsed.time);
+                    if let teledge::decode::queue_log::QueueEvent::Unknown { name, .. } =
+                        &parsed.event
+                    {
+                        self.unknown_event(name);
+                    }
                     // The agents' presences counted as the log's time goes on, as the
                     // daemon's tick does: one unchanged for longer than the aggregator
                     // counts back (8 days) would lose its beginning at the next cut.
@@ -381,10 +393,39 @@ impl QueueLog {
         Ok(bad)
     }
 
+    /// Counts a line of an event teledge does not know (kept, no figure follows from it),
+    /// by name: at most [`MAX_UNKNOWN_NAMES`] names, the rest together.
+    fn unknown_event(&mut self, name: &str) {
+        let name = if self.unknown.contains_key(name) || self.unknown.len() < MAX_UNKNOWN_NAMES {
+            name.chars().take(32).collect()
+        } else {
+            "(others)".to_owned()
+        };
+        *self.unknown.entry(name).or_default() += 1;
+    }
+
+    /// The events teledge does not know, said once for the whole log.
+    fn say_unknown(&self) {
+        if self.unknown.is_empty() {
+            return;
+        }
+        let total: u64 = self.unknown.values().sum();
+        let names: Vec<String> = self
+            .unknown
+            .iter()
+            .map(|(n, c)| format!("{n} {c}"))
+            .collect();
+        eprintln!(
+            "teledge: {total} queue_log line(s) of events teledge does not know carry no figure: {}",
+            names.join(", ")
+        );
+    }
+
     /// The end of the log (the last file's): the stays still open are closed at its last
     /// line's time (answered when an agent had answered, else no contact), and agents
     /// still logged in count up to that line.
     fn finish(mut self, aggregator: &mut Aggregator) {
+        self.say_unknown();
         let mut records = Vec::new();
         self.assembler
             .finish(self.log_end, &mut |r| records.push(r));

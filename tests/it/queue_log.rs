@@ -958,6 +958,13 @@ fn a_queue_log_rotated_into_two_files_reports_as_the_one_log() {
         stderr.contains("hard-cases-2.queue_log: 3 line(s)"),
         "{stderr}"
     );
+    // The unknown event is kept, counted and said; QUEUESTART is known.
+    assert!(
+        stderr.contains(
+            "1 queue_log line(s) of events teledge does not know carry no figure: FOOBAR 1"
+        ),
+        "{stderr}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("queue_log");
     let mut text = String::new();
