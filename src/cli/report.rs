@@ -7,7 +7,11 @@
 //! (without `--config`: all in the one service `default`); with captures too, a call and the
 //! queue contact of the same caller (same number, the queue stay within the call) are
 //! joined and counted once, queue figures from the queue, the rest from SIP (see
-//! `Aggregator::with_queue_join`). Lines that are not `queue_log`
+//! `Aggregator::with_queue_join`). Several `queue_log` files are one log, read in the time
+//! order of their first lines (a rotation's `queue_log.1` before `queue_log`, in whatever
+//! order they are given; said on standard error when it differs): a stay or an agent's
+//! presence goes on from one into the next. Lines of events teledge does not know are
+//! counted by name and said (no figure follows from them). Lines that are not `queue_log`
 //! lines are counted and reported; the exit status then says the input was damaged.
 
 use std::fs::File;
@@ -33,7 +37,9 @@ pub struct ReportArgs {
         conflicts_with = "collected"
     )]
     pub files: Vec<PathBuf>,
-    /// An Asterisk `queue_log` file (repeatable, read in this order): its queue contacts
+    /// An Asterisk `queue_log` file (repeatable: the files are one log, read in the time
+    /// order of their first lines, e.g. `queue_log.1` before `queue_log` after a rotation):
+    /// its queue contacts
     /// counted in the `[[service]]` named like their queue (without `--config`: in
     /// `default`).
     #[arg(long, value_name = "FILE", conflicts_with = "collected")]
@@ -170,23 +176,47 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             replay.finish(&mut sink);
-            for path in &args.queue_log {
+            // The files are one log, read in the time order of their first lines (a
+            // rotation's `queue_log.1` before `queue_log`, whatever order a glob gave
+            // them in): a stay or an agent's presence goes on from one file into the
+            // next; only the last file's end ends them.
+            let mut ordered = Vec::with_capacity(args.queue_log.len());
+            for (i, path) in args.queue_log.iter().enumerate() {
                 let file =
                     File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                let read = read_queue_log(
-                    io::BufReader::with_capacity(1 << 20, file),
-                    args.config.is_none(),
-                    &mut aggregator,
-                )
-                .with_context(|| format!("cannot read {}", path.display()))?;
-                if read.bad > 0 {
+                let first = first_line_time(io::BufReader::with_capacity(1 << 16, file))
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                ordered.push((first, i, path));
+            }
+            ordered.sort();
+            if ordered.iter().enumerate().any(|(at, (_, i, _))| at != *i) {
+                eprintln!(
+                    "teledge: the queue_log files are read in the time order of their first lines: {}",
+                    ordered
+                        .iter()
+                        .map(|(_, _, p)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let mut queue_log = QueueLog::new(args.config.is_none());
+            for (_, _, path) in ordered {
+                let file =
+                    File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let bad = queue_log
+                    .read(io::BufReader::with_capacity(1 << 20, file), &mut aggregator)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if bad > 0 {
                     eprintln!(
                         "teledge: {}: {} line(s) are not queue_log lines and are left out",
                         path.display(),
-                        read.bad
+                        bad
                     );
                     damaged = true;
                 }
+            }
+            if !args.queue_log.is_empty() {
+                queue_log.finish(&mut aggregator);
             }
             // Every interval emitted, closed: the capture is all there is (calls and queue
             // records still waiting for a partner are counted on their own first).
@@ -241,46 +271,59 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// What reading a `queue_log` file found.
-#[derive(Debug, Default)]
-struct QueueLogRead {
-    /// Lines that are not `queue_log` lines (too long included).
-    bad: u64,
+/// The `queue_log` files of one report, read as one log: one assembler across them, so a
+/// stay or an agent's presence that began in a file goes on in the next (a rotated
+/// `queue_log.1` given before `queue_log`).
+struct QueueLog {
+    assembler: teledge::correlation::queue::QueueAssembler,
+    /// Every queue into the service `default`.
+    one_service: bool,
+    /// The latest line time read.
+    log_end: Timestamp,
+    /// When the agents' presences were last counted up to the log's time.
+    agents_cut: Timestamp,
+    /// Lines of events teledge does not know, by event name.
+    unknown: std::collections::BTreeMap<String, u64>,
 }
 
-/// Parses a `queue_log` file line by line (each at most [`MAX_LINE_LEN`] bytes held),
-/// assembles its queue contacts and counts them; the stays still open at its end are
-/// closed at its last line's time (outcome unknown: not contacts). Each contact is counted
-/// with its own end as the aggregator's clock: all input is at hand, so none is too late
-/// (the captures read before may be hours later). `one_service`: every queue into the
-/// service `default`.
-///
-/// [`MAX_LINE_LEN`]: teledge::decode::queue_log::MAX_LINE_LEN
-fn read_queue_log(
-    mut reader: impl io::BufRead,
-    one_service: bool,
-    aggregator: &mut Aggregator,
-) -> io::Result<QueueLogRead> {
-    use teledge::correlation::queue::{QueueAssembler, QueueLimits};
-    use teledge::decode::queue_log::{parse_line, QueueLogError, MAX_LINE_LEN};
-    use teledge::record::queue::{QueueCallRecord, QueueSource};
+/// Most event names teledge does not know that `teledge report` tells apart.
+const MAX_UNKNOWN_NAMES: usize = 16;
 
-    let mut assembler = QueueAssembler::new(
-        QueueSource::AsteriskQueueLog,
-        "report",
-        QueueLimits::default(),
-        clear_pseudonymizer(),
-    );
-    let count = |mut r: QueueCallRecord, aggregator: &mut Aggregator| {
-        if one_service {
+/// How far the log's time goes on before the agents' open presences are counted up to it
+/// (`Aggregator::follow_agents`): an hour of log time.
+const AGENT_CUT_EVERY_NS: i64 = 3_600 * 1_000_000_000;
+
+impl QueueLog {
+    fn new(one_service: bool) -> QueueLog {
+        use teledge::correlation::queue::{QueueAssembler, QueueLimits};
+        use teledge::record::queue::QueueSource;
+        QueueLog {
+            assembler: QueueAssembler::new(
+                QueueSource::AsteriskQueueLog,
+                "report",
+                QueueLimits::default(),
+                clear_pseudonymizer(),
+            ),
+            one_service,
+            log_end: Timestamp::default(),
+            agents_cut: Timestamp::default(),
+            unknown: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Counts a queue contact with its own end as the aggregator's clock: all input is at
+    /// hand, so none is too late (the captures read before may be hours later).
+    fn count(&self, mut r: teledge::record::queue::QueueCallRecord, aggregator: &mut Aggregator) {
+        if self.one_service {
             r.queue = "default".into();
         }
         aggregator.queue_record(&r, r.end_time);
-    };
-    // Agent states: in the service named like their queue; with every queue in `default`,
-    // each agent's presence in each queue is still followed on its own.
-    let agent = |mut a: teledge::record::agent::AgentStateRecord, aggregator: &mut Aggregator| {
-        if one_service {
+    }
+
+    /// Agent states: in the service named like their queue; with every queue in
+    /// `default`, each agent's presence in each queue is still followed on its own.
+    fn agent(&self, mut a: teledge::record::agent::AgentStateRecord, aggregator: &mut Aggregator) {
+        if self.one_service {
             if let Some(q) = a.queue.take() {
                 a.agent = format!("{}\u{0}{q}", a.agent);
                 a.queue = Some("default".into());
@@ -288,50 +331,135 @@ fn read_queue_log(
         }
         let at = a.time;
         aggregator.agent_state(&a, at);
-    };
-    let mut read = QueueLogRead::default();
+    }
+
+    /// Parses one file line by line (each at most [`MAX_LINE_LEN`] bytes held) and counts
+    /// the queue contacts it ends; returns how many lines are not `queue_log` lines (too
+    /// long included).
+    ///
+    /// [`MAX_LINE_LEN`]: teledge::decode::queue_log::MAX_LINE_LEN
+    fn read(
+        &mut self,
+        mut reader: impl io::BufRead,
+        aggregator: &mut Aggregator,
+    ) -> io::Result<u64> {
+        use teledge::decode::queue_log::{parse_line, QueueLogError, MAX_LINE_LEN};
+        let mut bad = 0;
+        let mut line = Vec::with_capacity(256);
+        loop {
+            line.clear();
+            let n = (&mut reader)
+                .take(MAX_LINE_LEN as u64 + 2)
+                .read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') && n > MAX_LINE_LEN {
+                // Too long: the rest of the line is skipped, not held.
+                bad += 1;
+                skip_line(&mut reader)?;
+                continue;
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match parse_line(text) {
+                Ok(parsed) => {
+                    self.log_end = self.log_end.max(parsed.time);
+                    if let teledge::decode::queue_log::QueueEvent::Unknown { name, .. } =
+                        &parsed.event
+                    {
+                        self.unknown_event(name);
+                    }
+                    // The agents' presences counted as the log's time goes on, as the
+                    // daemon's tick does: one unchanged for longer than the aggregator
+                    // counts back (8 days) would lose its beginning at the next cut.
+                    if self.log_end.as_nanos() - self.agents_cut.as_nanos() >= AGENT_CUT_EVERY_NS {
+                        aggregator.follow_agents(self.log_end);
+                        self.agents_cut = self.log_end;
+                    }
+                    let mut records = Vec::new();
+                    self.assembler.asterisk(&parsed, &mut |r| records.push(r));
+                    for r in records {
+                        self.count(r, aggregator);
+                    }
+                    for a in self.assembler.take_agent_states() {
+                        self.agent(a, aggregator);
+                    }
+                }
+                Err(QueueLogError::Empty) => {}
+                Err(_) => bad += 1,
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Counts a line of an event teledge does not know (kept, no figure follows from it),
+    /// by name: at most [`MAX_UNKNOWN_NAMES`] names, the rest together.
+    fn unknown_event(&mut self, name: &str) {
+        let name = if self.unknown.contains_key(name) || self.unknown.len() < MAX_UNKNOWN_NAMES {
+            name.chars().take(32).collect()
+        } else {
+            "(others)".to_owned()
+        };
+        *self.unknown.entry(name).or_default() += 1;
+    }
+
+    /// The events teledge does not know, said once for the whole log.
+    fn say_unknown(&self) {
+        if self.unknown.is_empty() {
+            return;
+        }
+        let total: u64 = self.unknown.values().sum();
+        let names: Vec<String> = self
+            .unknown
+            .iter()
+            .map(|(n, c)| format!("{n} {c}"))
+            .collect();
+        eprintln!(
+            "teledge: {total} queue_log line(s) of events teledge does not know carry no figure: {}",
+            names.join(", ")
+        );
+    }
+
+    /// The end of the log (the last file's): the stays still open are closed at its last
+    /// line's time (answered when an agent had answered, else no contact), and agents
+    /// still logged in count up to that line.
+    fn finish(mut self, aggregator: &mut Aggregator) {
+        self.say_unknown();
+        let mut records = Vec::new();
+        self.assembler
+            .finish(self.log_end, &mut |r| records.push(r));
+        for r in records {
+            self.count(r, aggregator);
+        }
+        aggregator.end_agents(self.log_end);
+    }
+}
+
+/// The time of a `queue_log` file's first line that is a `queue_log` line (`None`: it has
+/// none), each line at most [`MAX_LINE_LEN`] bytes held.
+///
+/// [`MAX_LINE_LEN`]: teledge::decode::queue_log::MAX_LINE_LEN
+fn first_line_time(mut reader: impl io::BufRead) -> io::Result<Option<Timestamp>> {
+    use teledge::decode::queue_log::{parse_line, MAX_LINE_LEN};
     let mut line = Vec::with_capacity(256);
-    let mut log_end = Timestamp::default();
     loop {
         line.clear();
         let n = (&mut reader)
             .take(MAX_LINE_LEN as u64 + 2)
             .read_until(b'\n', &mut line)?;
         if n == 0 {
-            break;
+            return Ok(None);
         }
         if line.last() != Some(&b'\n') && n > MAX_LINE_LEN {
-            // Too long: the rest of the line is skipped, not held.
-            read.bad += 1;
             skip_line(&mut reader)?;
             continue;
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        match parse_line(text) {
-            Ok(parsed) => {
-                log_end = log_end.max(parsed.time);
-                let mut records = Vec::new();
-                assembler.asterisk(&parsed, &mut |r| records.push(r));
-                for r in records {
-                    count(r, aggregator);
-                }
-                for a in assembler.take_agent_states() {
-                    agent(a, aggregator);
-                }
-            }
-            Err(QueueLogError::Empty) => {}
-            Err(_) => read.bad += 1,
+        if let Ok(parsed) = parse_line(text) {
+            return Ok(Some(parsed.time));
         }
     }
-    let mut records = Vec::new();
-    assembler.finish(log_end, &mut |r| records.push(r));
-    for r in records {
-        count(r, aggregator);
-    }
-    // Agents still logged in at the log's end count up to its last line.
-    aggregator.end_agents(log_end);
-    Ok(read)
 }
 
 /// How long a call or queue record of `teledge report` waits for its partner: all input

@@ -19,7 +19,10 @@
 //! `COMPLETECALLER`, `COMPLETEAGENT`, `TRANSFER`, `BLINDTRANSFER`, `ATTENDEDTRANSFER`,
 //! `ABANDON`, `EXITWITHTIMEOUT`, `EXITEMPTY`, `EXITWITHKEY`, `WITHDRAW`, `member-queue-end`.
 //! `RINGNOANSWER` / `bridge-agent-fail` count RONA, `RINGCANCELED` and `AGENTDUMP` are
-//! counted, `CONNECT` / `bridge-agent-start` set the answer.
+//! counted, `CONNECT` / `bridge-agent-start` set the answer. A story made without its end
+//! event (`superseded`, `expired`, `evicted`, `shutdown`, or open at the end of the log
+//! `teledge report` read) is `answered` when an agent had answered it — talk unknown — and
+//! `unknown` otherwise.
 //!
 //! Bounds, each counted ([`QueueCounters`]) and announced by the owner of the assembler:
 //! - at most `max_open` open stories: a new one beyond it evicts the one whose last event is
@@ -1032,7 +1035,14 @@ impl QueueAssembler {
         closed_by: QueueClosedBy,
         ending: Ending,
     ) -> QueueCallRecord {
-        let outcome = ending.outcome.unwrap_or(QueueOutcome::Unknown);
+        // An agent answered (`CONNECT`, `bridge-agent-start`) but the end never came (the
+        // PBX restarted mid-call, the log ends, the story expired or was superseded): the
+        // contact was answered all the same — only its talk is unknown.
+        let outcome = ending.outcome.unwrap_or(if story.connect_ns.is_some() {
+            QueueOutcome::Answered
+        } else {
+            QueueOutcome::Unknown
+        });
         let complete = story.enter_ns.is_some() && closed_by == QueueClosedBy::Event;
         QueueCallRecord {
             schema: QUEUE_SCHEMA,
@@ -1457,6 +1467,46 @@ mod tests {
         );
         assert_eq!(out[0].enter_time, Some(Timestamp::from_secs_nanos(1000, 0)));
     }
+
+    /// The same class on FreeSWITCH: a member bridged to an agent (`bridge-agent-start`)
+    /// whose `member-queue-end` never comes (the source stopped, FreeSWITCH restarted) is
+    /// answered, talk unknown — it was `unknown`, so neither offered nor answered.
+    #[test]
+    fn a_freeswitch_member_bridged_whose_end_never_comes_is_answered() {
+        use crate::decode::esl::{callcenter, parse_event};
+        let mut a = QueueAssembler::new(
+            QueueSource::FreeswitchCallcenter,
+            "fs1",
+            QueueLimits::default(),
+            Pseudonymizer::new(Privacy::keyed_hash([7; 32])),
+        );
+        let mut out = Vec::new();
+        for text in [
+            "Event-Subclass: callcenter::info\nCC-Action: member-queue-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Member-Session-UUID: s1\nCC-Member-CID-Number: 1001\nEvent-Date-Timestamp: 1000000000\n\n",
+            "Event-Subclass: callcenter::info\nCC-Action: bridge-agent-start\nCC-Queue: q\nCC-Member-UUID: m1\nCC-Agent: a1\nCC-Member-Joined-Time: 1000\nCC-Agent-Called-Time: 1002\nCC-Agent-Answered-Time: 1005\n\n",
+        ] {
+            let event = callcenter(&parse_event(text.as_bytes()).unwrap()).unwrap();
+            a.callcenter(&event, Timestamp::from_secs_nanos(1005, 0), &mut |r| {
+                out.push(r)
+            });
+        }
+        assert!(out.is_empty());
+        a.finish(Timestamp::from_secs_nanos(1100, 0), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].closed_by, out[0].outcome, out[0].complete),
+            (QueueClosedBy::Shutdown, QueueOutcome::Answered, false)
+        );
+        assert_eq!(
+            (out[0].wait_s, out[0].ring_s, out[0].talk_s),
+            (Some(5.0), Some(3.0), None)
+        );
+        assert_eq!(
+            out[0].connect_time,
+            Some(Timestamp::from_secs_nanos(1005, 0))
+        );
+    }
+
     /// Agent states from `queue_log` lines in `app_queue`'s format (written by hand: no
     /// Asterisk here), the expected records worked out from the lines:
     /// - PJSIP/201 joins `support` (staffed), pauses there for "Lunch", joins `sales`

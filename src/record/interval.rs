@@ -80,6 +80,10 @@ pub struct IntervalSums {
     pub abandoned: u64,
     pub short_abandoned: u64,
     pub flowed_out: u64,
+    /// Flow-outs by kind: `timeout` (`EXITWITHTIMEOUT`, FS `TIMEOUT`), `empty`
+    /// (`EXITEMPTY`, FS `NO_AGENT_TIMEOUT`), `key` (`EXITWITHKEY`, FS `EXIT_WITH_KEY`),
+    /// `withdraw` (`WITHDRAW`); kinds that did not happen are left out.
+    pub flowed_out_by_kind: std::collections::BTreeMap<String, u64>,
     /// Contacts that ended otherwise (busy, rejected, not reached, failed, timed out).
     pub not_connected: u64,
     pub answered_within_t: u64,
@@ -174,8 +178,9 @@ pub struct AgentSums {
     /// An agent became staffed (login, membership) / stopped being staffed, in this queue.
     pub logins: u64,
     pub logoffs: u64,
-    /// Agent time of intervals no longer held (closed more than the retention ago when its
-    /// state change came), counted here, in the interval open then, ms.
+    /// Agent time not counted in its own interval, counted here, in the interval open when
+    /// its state change (or cut) came, ms: intervals no longer held (closed more than the
+    /// retention ago), or more than 8 days (`MAX_ACTIVE`) before it.
     pub too_late_ms: u64,
     /// Agent state changes not followed: [`crate::stats::interval::MAX_AGENT_SPANS`] agents
     /// and queues were open already.

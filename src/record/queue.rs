@@ -24,7 +24,7 @@
 //! | `orig_position` | position on entering (1 = first) |
 //! | `connect_time` | when an agent answered (`CONNECT`, `CC-Agent-Answered-Time`); `null` if never |
 //! | `end_time` | the event that ended the stay (`COMPLETE*`, `TRANSFER`s, `ABANDON`, `EXIT*`, `WITHDRAW`, `member-queue-end`), or when the record was made without one (`closed_by` not `event`) |
-//! | `outcome` | `answered` (an agent took the call), `abandoned` (the caller hung up while waiting), `flow_out` (left the queue without an agent otherwise: see `flow_out`), `unknown` (the story did not end: `closed_by` says why) |
+//! | `outcome` | `answered` (an agent took the call), `abandoned` (the caller hung up while waiting), `flow_out` (left the queue without an agent otherwise: see `flow_out`), `unknown` (the story did not end and no agent had answered: `closed_by` says why; a story that did not end after an agent answered is `answered`, its `talk_s` `null`) |
 //! | `flow_out` | `timeout` (`EXITWITHTIMEOUT`, FS `TIMEOUT`), `empty` (`EXITEMPTY`, FS `NO_AGENT_TIMEOUT`), `key` (`EXITWITHKEY`, FS `EXIT_WITH_KEY`), `withdraw` (`WITHDRAW`); `null` unless `outcome` is `flow_out` |
 //! | `exit_key` | the key pressed (`EXITWITHKEY`) |
 //! | `wait_s` | seconds waited in the queue: until the answer (`CONNECT` holdtime; FS answered − joined) or until abandon/flow-out (waittime; FS leaving − joined). Asterisk writes whole seconds |

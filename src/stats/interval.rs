@@ -567,14 +567,18 @@ impl Aggregator {
     }
 
     /// Adds an agent's presence from `span.since` to `to` to the intervals it spans, each
-    /// piece in whole milliseconds (rounded down); pieces in intervals no longer held are
-    /// counted in `agents.too_late_ms` of the interval open at `now`.
+    /// piece in whole milliseconds (rounded down); pieces in intervals no longer held, and
+    /// any part more than [`MAX_ACTIVE`] before `to`, are counted in `agents.too_late_ms`
+    /// of the interval open at `now`.
     fn accrue(&mut self, span: &AgentSpan, to: Timestamp, now: Timestamp) {
         let to = to.min(now.plus(AHEAD));
         let floor = to.as_nanos().saturating_sub(MAX_ACTIVE.as_nanos() as i64);
         let mut t = Timestamp::from_nanos(span.since.as_nanos().max(floor));
         let horizon = self.horizon();
-        let mut late_ms = 0;
+        // Time further back than MAX_ACTIVE is not walked interval by interval (a bogus
+        // or long-silent presence must not hold years of intervals): counted as late.
+        let mut late_ms =
+            (t.as_nanos().min(to.as_nanos()) - span.since.as_nanos()).max(0) as u64 / 1_000_000;
         while t < to {
             let (start, end) = self.settings.clock.interval_of(t);
             let piece_end = to.min(end);
@@ -609,6 +613,15 @@ impl Aggregator {
             held.sums.agents.too_late_ms += late_ms;
             held.dirty = true;
         }
+    }
+
+    /// Counts every open agent presence up to `now`; they go on from there. The daemon's
+    /// [`Aggregator::tick`] does this every second; a reader of a log, which has no ticks
+    /// (`teledge report`), calls it as the log's time advances — a presence is counted
+    /// back at most [`MAX_ACTIVE`] from where it is cut, so one that ran unchanged
+    /// longer between two cuts would lose its beginning.
+    pub fn follow_agents(&mut self, now: Timestamp) {
+        self.cut_agents(now);
     }
 
     /// Counts every open agent presence up to `at` and stops following them (no logoff

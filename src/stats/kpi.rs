@@ -9,7 +9,8 @@
 //! | `answered` | contacts answered (2xx, or the queue's CONNECT) |
 //! | `abandoned` | the caller hung up before an answer (short ones included) |
 //! | `short_abandoned` | abandons with a wait < S |
-//! | `flowed_out` | left the queue by its rule (timeout, empty, key): not abandons |
+//! | `flowed_out` | left the queue by its rule (timeout, empty, key, withdraw): not abandons |
+//! | `flowed_out_by_kind` | the flow-outs by kind (`timeout`, `empty`, `key`, `withdraw`) |
 //! | `not_connected` | ended otherwise (busy, rejected, not reached, failed, no answer) |
 //! | `answered_within_t` | answered with a wait ≤ T |
 //! | `abandoned_within_t` | abandoned with a wait ≤ T (short ones included) |
@@ -112,7 +113,13 @@ impl IntervalSums {
                 self.abandoned_within_t += u64::from(w <= t_ms);
                 bucket(&mut self.wait_abandoned_buckets, &WAIT_BUCKETS_S, w / 1000);
             }
-            ContactOutcome::FlowOut(_) => self.flowed_out += 1,
+            ContactOutcome::FlowOut(kind) => {
+                self.flowed_out += 1;
+                *self
+                    .flowed_out_by_kind
+                    .entry(kind.as_str().to_owned())
+                    .or_default() += 1;
+            }
             ContactOutcome::NotConnected => self.not_connected += 1,
             ContactOutcome::Excluded => {}
         }
@@ -135,6 +142,9 @@ impl IntervalSums {
         self.abandoned += o.abandoned;
         self.short_abandoned += o.short_abandoned;
         self.flowed_out += o.flowed_out;
+        for (k, v) in &o.flowed_out_by_kind {
+            *self.flowed_out_by_kind.entry(k.clone()).or_default() += v;
+        }
         self.not_connected += o.not_connected;
         self.answered_within_t += o.answered_within_t;
         self.abandoned_within_t += o.abandoned_within_t;
@@ -377,12 +387,17 @@ pub fn kpis(s: &IntervalSums) -> Vec<Kpi> {
         value,
     };
     let sip = &s.sip;
+    let flow = |kind: &str| s.flowed_out_by_kind.get(kind).copied().unwrap_or(0) as f64;
     let mut out = vec![
         k("offered", "offered", Some(s.offered as f64)),
         k("answered", "answered", Some(s.answered as f64)),
         k("abandoned", "abandoned (short included)", Some(s.abandoned as f64)),
         k("short_abandoned", "abandoned with wait < short_abandon_s", Some(s.short_abandoned as f64)),
-        k("flowed_out", "flowed_out", Some(s.flowed_out as f64)),
+        k("flowed_out", "flowed_out (left the queue by its rule, not abandoned: timeout, empty, key, withdraw; by kind in CSV and JSON)", Some(s.flowed_out as f64)),
+        k("flowed_out_timeout", "flowed_out_by_kind.timeout (EXITWITHTIMEOUT; FS TIMEOUT)", Some(flow("timeout"))),
+        k("flowed_out_empty", "flowed_out_by_kind.empty (EXITEMPTY; FS NO_AGENT_TIMEOUT)", Some(flow("empty"))),
+        k("flowed_out_key", "flowed_out_by_kind.key (EXITWITHKEY; FS EXIT_WITH_KEY)", Some(flow("key"))),
+        k("flowed_out_withdraw", "flowed_out_by_kind.withdraw (WITHDRAW)", Some(flow("withdraw"))),
         k("not_connected", "not_connected", Some(s.not_connected as f64)),
         k("answered_within_t", "answered with wait <= T", Some(s.answered_within_t as f64)),
         k("abandoned_within_t", "abandoned with wait <= T", Some(s.abandoned_within_t as f64)),

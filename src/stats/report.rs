@@ -8,11 +8,12 @@ use super::kpi::{kpis, Kpi};
 use crate::record::interval::{IntervalRecord, IntervalSums};
 
 /// The columns of the table (the CSV and JSON Lines carry every KPI).
-const TABLE_KPIS: [(&str, &str); 12] = [
+const TABLE_KPIS: [(&str, &str); 13] = [
     ("offered", "offered"),
     ("answered", "answ"),
     ("abandoned", "aband"),
     ("short_abandoned", "short"),
+    ("flowed_out", "flow"),
     ("sl_cisco_ignore", "SL ign%"),
     ("sl_cisco_negative", "SL neg%"),
     ("sl_cisco_positive", "SL pos%"),

@@ -359,7 +359,8 @@ fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts()
         (QueueOutcome::Abandoned, Some(6.0), Some(1), Some(1))
     );
     // 1341401601.24 entered and was answered by Agent/3001 after 2 s (the agent rang 1 s);
-    // the sample ends there: the stay is still open.
+    // the sample ends there: the stay is still open, and made at the end as answered (an
+    // agent took it; its talk unknown), closed by the shutdown.
     assert_eq!(assembler.open(), 1);
     let mut open = Vec::new();
     assembler.finish(Timestamp::from_secs_nanos(1_341_500_000, 0), &mut |r| {
@@ -368,9 +369,10 @@ fn the_public_real_world_sample_parses_fully_and_gives_the_hand_computed_facts()
     let connected = &open[0];
     assert_eq!(
         (connected.closed_by, connected.outcome),
-        (QueueClosedBy::Shutdown, QueueOutcome::Unknown)
+        (QueueClosedBy::Shutdown, QueueOutcome::Answered)
     );
     assert_eq!((connected.wait_s, connected.ring_s), (Some(2.0), Some(1.0)));
+    assert_eq!((connected.talk_s, connected.complete), (None, false));
     assert_eq!(connected.caller.as_deref(), Some(p.number("1000").as_str()));
     // 07:33:21.165823 → 07:33:23.085718: the microseconds of the realtime column survive.
     let waited = connected
@@ -772,6 +774,9 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
                 .unwrap_or_else(|| panic!("no interval {start}: {lines:#?}"))["sums"]
                 .clone()
         };
+        // 07:30: the row 1341401601.24 (ENTERQUEUE, CONNECT held 2 s, rang 1 s; the
+        // sample shows no end for it) is answered all the same, talk unknown; the
+        // COMPLETEAGENT of 1341401851.34 (held 2 s, 12 s of talk) is answered too.
         let a = at("2012-07-04T07:30:00.000000Z");
         let figures = |s: &serde_json::Value| {
             [
@@ -793,7 +798,7 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
         };
         assert_eq!(
             figures(&a),
-            [1, 1, 0, 0, 0, 1, 0, 2000, 0, 1, 12_000, 1, 1],
+            [2, 2, 0, 0, 0, 2, 0, 4000, 0, 1, 12_000, 1, 2],
             "{a:#}"
         );
         let b = at("2012-07-04T07:45:00.000000Z");
@@ -810,7 +815,7 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
             .iter()
             .map(|l| l["sums"]["excluded"].as_u64().unwrap())
             .sum();
-        assert_eq!((offered, excluded), (2, 1), "{lines:#?}");
+        assert_eq!((offered, excluded), (3, 0), "{lines:#?}");
         // Agent/3001 logs in (AGENTCALLBACKLOGIN, queue NONE: no queue named yet, so its
         // presence counts in the first service, q1) at 15:27:23.896208 and off
         // (AGENTCALLBACKLOGOFF) at 15:28:06.249357: staffed 42.353149 s → 42,353 ms (the
@@ -858,4 +863,297 @@ fn teledge_report_reads_a_queue_log_file_and_gives_the_hand_computed_figures() {
         "{stderr}"
     );
     check(&out);
+}
+
+/// `teledge report --queue-log FILE...` as JSON Lines: each interval's sums by its UTC start.
+fn report_queue_logs(
+    files: &[&str],
+    extra: &[&str],
+) -> (
+    std::process::Output,
+    std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"));
+    cmd.args(["report", "--format", "jsonl"]).args(extra);
+    for f in files {
+        cmd.arg("--queue-log").arg(crate::support::data_path(f));
+    }
+    let out = cmd.output().unwrap();
+    let sums = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["interval_start"].as_str().unwrap().to_owned(),
+                v["sums"].clone(),
+            )
+        })
+        .collect();
+    (out, sums)
+}
+
+/// The sample `queue_log` of "Asterisk: The Definitive Guide" (3rd ed.) as printed: the
+/// book wraps both `CONNECT` lines, so their last two fields stand on lines of their own
+/// (two damaged lines: said, exit 1) and each `CONNECT` keeps only its holdtime (2 s). The
+/// second caller (`psy1-1292284515.93`) is connected at 1292284521 and the excerpt ends
+/// before its `COMPLETE*`: answered all the same (it was excluded, neither offered nor
+/// answered), talk unknown. Checked against `scripts/queue_log_reference.py`.
+#[test]
+fn a_call_connected_whose_end_never_comes_is_answered_on_the_books_real_sample() {
+    let (out, sums) = report_queue_logs(&["queue_log/asterisk-book-3rd-ed-sample.queue_log"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 line(s) are not queue_log lines"),
+        "{stderr}"
+    );
+    let figures = |start: &str| {
+        let s = &sums[start];
+        [
+            "offered",
+            "answered",
+            "answered_within_t",
+            "wait_answered_ms",
+            "handled",
+            "talk_ms",
+            "rona",
+            "hangup_caller",
+            "excluded",
+        ]
+        .map(|k| s[k].as_u64().unwrap_or_else(|| panic!("{k}: {s:#}")))
+    };
+    // 1292281046 = 2010-12-13 22:57:26 UTC: held 2 s, talked 3073 s, one RONA.
+    assert_eq!(
+        figures("2010-12-13T22:45:00.000000Z"),
+        [1, 1, 1, 2000, 1, 3_073_000, 1, 1, 0]
+    );
+    // 1292284519 = 23:55:19: held 2 s, one RONA, no end in the excerpt.
+    assert_eq!(
+        figures("2010-12-13T23:45:00.000000Z"),
+        [1, 1, 1, 2000, 0, 0, 1, 0, 0]
+    );
+}
+
+/// A log rotated into two files (`hard-cases-1` then `hard-cases-2`, cut between a call's
+/// `CONNECT` and its `COMPLETECALLER`), given to `teledge report` in order: the same figures
+/// as the one file they were cut from. Each file used to be a log of its own: the stay open
+/// at the first file's end was closed as unknown there (its `COMPLETECALLER` then made a
+/// partial stay without its ring time) and every agent's presence ended with the first file
+/// (their `ADDMEMBER`s are not repeated in the second: staffed time lost). Given newest
+/// first, they are still read oldest first (else the first file's agents would run on to
+/// the second's end, and its open stays close there). Figures checked against
+/// `scripts/queue_log_reference.py`.
+#[test]
+fn a_queue_log_rotated_into_two_files_reports_as_the_one_log() {
+    let parts = [
+        "queue_log/hard-cases-1.queue_log",
+        "queue_log/hard-cases-2.queue_log",
+    ];
+    let (out, rotated) = report_queue_logs(&parts, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The second part's three damaged lines (not a line, a bad time, a CONNECT without
+    // its holdtime); the unknown FOOBAR is kept.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hard-cases-2.queue_log: 3 line(s)"),
+        "{stderr}"
+    );
+    // The unknown event is kept, counted and said; QUEUESTART is known.
+    assert!(
+        stderr.contains(
+            "1 queue_log line(s) of events teledge does not know carry no figure: FOOBAR 1"
+        ),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("queue_log");
+    let mut text = String::new();
+    for p in parts {
+        text += &std::fs::read_to_string(crate::support::data_path(p)).unwrap();
+    }
+    std::fs::write(&whole, text).unwrap();
+    let (_, one) = report_queue_logs(&[whole.to_str().unwrap()], &[]);
+    assert_eq!(rotated, one);
+    // Given newest first (as `queue_log*` expands), they are read oldest first, and said.
+    let (out, reversed) = report_queue_logs(&[parts[1], parts[0]], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("read in the time order of their first lines"),
+        "{stderr}"
+    );
+    assert_eq!(reversed, rotated);
+    // 01:30-01:45 UTC: PJSIP/201 in sales until its REMOVEMEMBER at 01:38 (8 min) and in
+    // support to the log's end at 01:42 (12 min), PJSIP/202 in support, paused, 12 min;
+    // the rotated call (CONNECT held 25 s, rang 3 s) and the call connected just before
+    // Asterisk restarted (held 6 s, rang 2 s, no end) are both answered.
+    let s = &rotated["2026-03-29T01:30:00.000000Z"];
+    assert_eq!(
+        [
+            &s["agents"]["staffed_ms"],
+            &s["agents"]["paused_ms"],
+            &s["answered"],
+            &s["rang"],
+            &s["ring_ms"],
+            &s["wait_answered_ms"],
+            &s["handled"],
+            &s["talk_ms"],
+        ]
+        .map(|v| v.as_u64().unwrap()),
+        [1_920_000, 720_000, 2, 2, 5000, 31_000, 1, 120_000],
+        "{s:#}"
+    );
+}
+
+/// Flow-outs are told apart by kind (EN 15838 7.3 figures distinguish a queue's timeout, an
+/// empty queue and a caller's exit key from abandons and from each other): the hard-case
+/// log's `EXITWITHTIMEOUT` (sales, 60 s), `EXITEMPTY` (support, 0 s) and `EXITWITHKEY`
+/// (support, key 5, 12 s) count at their service-level event in 01:00-01:15 UTC, the
+/// second `EXITWITHTIMEOUT` (the caller then answered in support) at arrival + T in
+/// 01:15; only their total was reported. Checked against `scripts/queue_log_reference.py`.
+#[test]
+fn flow_outs_are_counted_by_kind() {
+    let parts = [
+        "queue_log/hard-cases-1.queue_log",
+        "queue_log/hard-cases-2.queue_log",
+    ];
+    let (_, sums) = report_queue_logs(&parts, &[]);
+    let kinds = |start: &str| sums[start]["flowed_out_by_kind"].clone();
+    assert_eq!(
+        kinds("2026-03-29T01:00:00.000000Z"),
+        serde_json::json!({"timeout": 1, "empty": 1, "key": 1})
+    );
+    assert_eq!(
+        kinds("2026-03-29T01:15:00.000000Z"),
+        serde_json::json!({"timeout": 1})
+    );
+    // The CSV's columns, one per kind.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--format", "csv"])
+        .args(parts.iter().flat_map(|p| {
+            [
+                "--queue-log".into(),
+                crate::support::data_path(p).into_os_string(),
+            ]
+        }))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut rows = csv.lines().map(|l| l.split(',').collect::<Vec<_>>());
+    let header = rows.next().unwrap();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row = rows
+        .find(|r| r[0] == "2026-03-29T01:00:00.000000Z")
+        .unwrap();
+    assert_eq!(
+        [
+            "flowed_out",
+            "flowed_out_timeout",
+            "flowed_out_empty",
+            "flowed_out_key",
+            "flowed_out_withdraw"
+        ]
+        .map(|c| row[col(c)]),
+        ["3", "1", "1", "1", "0"]
+    );
+    // The table a supervisor reads: offered = answered + abandoned + flowed out.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teledge"))
+        .args(["report", "--time-zone", "Europe/Berlin"])
+        .args(parts.iter().flat_map(|p| {
+            [
+                "--queue-log".into(),
+                crate::support::data_path(p).into_os_string(),
+            ]
+        }))
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..8],
+        ["interval", "(local)", "service", "rev", "offered", "answ", "aband", "short"]
+    );
+    assert_eq!(header[8], "flow", "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("2026-03-29T03:00:00+02:00"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3..8], ["6", "3", "0", "0", "3"], "{table}");
+}
+
+/// An agent who stays a member, unchanged, for longer than the statistics count back at
+/// one go (8 days): `teledge report` has no ticks, so its presence was counted only at its
+/// next change, and then at most 8 days back — the first days of a 10-day membership were
+/// lost, silently. The report now counts open presences as the log's time goes on (every
+/// hour of it, as the daemon's tick does every second), and what still lies more than 8
+/// days back (a log silent that long) is counted in `agents.too_late_ms`, not lost. The
+/// log is written here (no public `queue_log` spans days): `ADDMEMBER`, a short abandon
+/// each day, `REMOVEMEMBER` 10 days and 60 s later. Checked against
+/// `scripts/queue_log_reference.py`.
+#[test]
+fn an_agent_member_for_ten_days_is_staffed_all_ten() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queue_log");
+    let t0 = 1_767_225_600u64; // 2026-01-01 00:00 UTC
+    let mut text = format!("{t0}|MANAGER|sales|PJSIP/201|ADDMEMBER|\n");
+    for day in 1..=10u64 {
+        let t = t0 + day * 86_400;
+        text += &format!("{t}|{t}.{day}|sales|NONE|ENTERQUEUE||555|1\n");
+        text += &format!("{}|{t}.{day}|sales|NONE|ABANDON|1|1|5\n", t + 5);
+    }
+    text += &format!(
+        "{}|MANAGER|sales|PJSIP/201|REMOVEMEMBER|\n",
+        t0 + 10 * 86_400 + 60
+    );
+    std::fs::write(&log, text).unwrap();
+    let (out, sums) = report_queue_logs(&[log.to_str().unwrap()], &["--interval", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = |k: &str| -> u64 {
+        sums.values()
+            .map(|s| s["agents"][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (total("staffed_ms"), total("too_late_ms")),
+        ((10 * 86_400 + 60) * 1000, 0)
+    );
+    // Every hour of the ten days holds its hour of the agent.
+    assert_eq!(
+        sums["2026-01-01T00:00:00.000000Z"]["agents"]["staffed_ms"],
+        3_600_000
+    );
+    assert_eq!(
+        sums["2026-01-05T13:00:00.000000Z"]["agents"]["staffed_ms"],
+        3_600_000
+    );
+
+    // A log silent for 20 days (the PBX off?) between the member's ADDMEMBER and the next
+    // line: what lies more than 8 days before a count is not walked hour by hour but
+    // counted as too late — 12 days at the line of day 20, 2 at the REMOVEMEMBER of day
+    // 30 — so staffed + too late is the whole 30 days, nothing lost unsaid.
+    let text = format!(
+        "{t0}|MANAGER|sales|PJSIP/201|ADDMEMBER|\n\
+         {a}|{a}.1|sales|NONE|ENTERQUEUE||555|1\n\
+         {b}|{a}.1|sales|NONE|ABANDON|1|1|5\n\
+         {c}|MANAGER|sales|PJSIP/201|REMOVEMEMBER|\n",
+        a = t0 + 20 * 86_400,
+        b = t0 + 20 * 86_400 + 5,
+        c = t0 + 30 * 86_400,
+    );
+    std::fs::write(&log, text).unwrap();
+    let (_, sums) = report_queue_logs(&[log.to_str().unwrap()], &["--interval", "60"]);
+    let total = |k: &str| -> u64 {
+        sums.values()
+            .map(|s| s["agents"][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (total("staffed_ms"), total("too_late_ms")),
+        (16 * 86_400_000, 14 * 86_400_000)
+    );
 }
