@@ -12,6 +12,16 @@
 //! Pure functions from a frame to the IP packet inside it; header layouts come from
 //! `etherparse` where it has them.
 //!
+//! Endace ERF records (`LINKTYPE_ERF`, 197: a DAG card's records saved in pcap or pcapng)
+//! are read as Wireshark's `pcap-common.c` and ERF dissector read them: the 16-byte ERF
+//! header, its 8-byte extension headers (while each one's top bit is set), the type's
+//! subheader (Ethernet's 2-byte offset and pad, the multi-channel and AAL2 headers), then the
+//! payload by record type: Ethernet, IPv4/IPv6, or PPP in HDLC framing; the payload stops at
+//! the record's wire length. The same type table reads ERF files
+//! (`sources::capture_file`), so a record decodes alike in both. Every other record type
+//! (ATM, multi-channel, InfiniBand, provenance...) is an unsupported link type, as TShark
+//! takes no SIP or RTP from it; a pad record carries nothing.
+//!
 //! Linux cooked captures (`tcpdump -i any`, `dumpcap -i any`) are decoded by their protocol
 //! field, whatever the hardware type of the interface the frame was seen on: loopback (772),
 //! tun (65534), PPP (512), rmnet (530), IP-GRE (778) and Ethernet (1) all carry an EtherType
@@ -40,6 +50,8 @@ pub enum LinkType {
     Ppp,
     /// PPPoE without an Ethernet header (`LINKTYPE_PPP_ETHER`, 51).
     PppOverEthernet,
+    /// Endace ERF records (`LINKTYPE_ERF`, 197): an ERF header in front of each frame.
+    Erf,
     /// Any other link type; frames of it are counted and skipped.
     Unsupported(u32),
 }
@@ -61,6 +73,7 @@ impl LinkType {
             108 => LinkType::Loop,
             9 | 50 => LinkType::Ppp,
             51 => LinkType::PppOverEthernet,
+            LINKTYPE_ERF_I32 => LinkType::Erf,
             other => LinkType::Unsupported(other as u32),
         }
     }
@@ -131,7 +144,75 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
             ppp_payload(rest)
         }
         LinkType::PppOverEthernet => pppoe_payload(frame),
+        LinkType::Erf => erf_payload(frame),
         LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
+    }
+}
+
+/// pcap's `LINKTYPE_ERF`; also what an ERF record of a type teledge does not decode counts as.
+pub const LINKTYPE_ERF: u32 = 197;
+const LINKTYPE_ERF_I32: i32 = LINKTYPE_ERF as i32;
+/// Length of an ERF record header (timestamp, type, flags, record length, loss counter, wire
+/// length).
+pub const ERF_HEADER: usize = 16;
+/// ERF's pad record type: no frame.
+pub const ERF_TYPE_PAD: u8 = 48;
+
+/// Bytes of an ERF record's type-specific header after its extension headers (Wireshark's
+/// `pcap_read_erf_subheader`): Ethernet types' offset and pad, multi-channel and AAL2 types'
+/// 4-byte header. `kind` is the type without its extension bit.
+pub fn erf_subheader_len(kind: u8) -> usize {
+    match kind {
+        2 | 11 | 16 | 20 => 2,
+        5 | 6 | 7 | 8 | 9 | 12 | 17 | 18 => 4,
+        _ => 0,
+    }
+}
+
+/// The link layer of an ERF record's payload, by its type (without the extension bit):
+/// Ethernet (plain and colour types), IPv4/IPv6 as raw IP, HDLC/POS as PPP when it starts
+/// with PPP's `ff 03` (Cisco HDLC is not decoded); any other type is unsupported.
+pub fn erf_payload_link(kind: u8, payload: &[u8]) -> LinkType {
+    match kind {
+        2 | 11 | 16 | 20 => LinkType::Ethernet,
+        22 | 23 => LinkType::RawIp,
+        1 | 10 | 15 | 19 if payload.starts_with(&[0xFF, 0x03]) => LinkType::Ppp,
+        _ => LinkType::Unsupported(LINKTYPE_ERF),
+    }
+}
+
+/// Bytes of an ERF record's headers at the start of `record` (header, extension headers,
+/// subheader), `None` when they run past it.
+pub fn erf_headers_len(record: &[u8]) -> Option<usize> {
+    let kind = *record.get(8)?;
+    if record.len() < ERF_HEADER {
+        return None;
+    }
+    let mut used = ERF_HEADER;
+    let mut more = kind & 0x80 != 0;
+    while more {
+        more = record.get(used)? & 0x80 != 0;
+        used += 8;
+    }
+    used += erf_subheader_len(kind & 0x7F);
+    (used <= record.len()).then_some(used)
+}
+
+/// The IP packet inside a pcap/pcapng frame of link type ERF: the record's headers, then its
+/// payload up to the wire length (what Wireshark's `pcap_read_post_process` keeps).
+fn erf_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let headers = erf_headers_len(frame).ok_or(LinkError::Truncated)?;
+    let kind = frame[8] & 0x7F;
+    if kind == ERF_TYPE_PAD {
+        return Ok(None);
+    }
+    let wire = usize::from(u16::from_be_bytes([frame[14], frame[15]]));
+    let rest = &frame[headers..];
+    let payload = &rest[..wire.min(rest.len())];
+    match erf_payload_link(kind, payload) {
+        LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
+        // Never ERF again: one level deep.
+        link => ip_payload(link, payload),
     }
 }
 
