@@ -517,4 +517,52 @@ mod tests {
             Some(&[0x60][..])
         );
     }
+    /// An ERF record header of `kind` with wire length `wire`.
+    fn erf(kind: u8, wire: u16) -> Vec<u8> {
+        let mut r = vec![0u8; 8];
+        r.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        r.extend_from_slice(&wire.to_be_bytes());
+        r
+    }
+
+    #[test]
+    fn reads_erf_records_by_type() {
+        assert_eq!(LinkType::from_linktype(197), LinkType::Erf);
+        let ip = [0x45, 0, 0, 20];
+        // Ethernet: pad, then the frame; what follows the wire length is padding.
+        let mut ethernet = erf(2, 18);
+        ethernet.extend_from_slice(&[0, 0]);
+        ethernet.extend_from_slice(&[0u8; 12]);
+        ethernet.extend_from_slice(&[0x08, 0x00]);
+        ethernet.extend_from_slice(&ip);
+        ethernet.extend_from_slice(&[0x60; 6]);
+        assert_eq!(ip_payload(LinkType::Erf, &ethernet), Ok(Some(&ip[..])));
+        // Colour Ethernet behind two extension headers.
+        let mut colour = erf(0x80 | 11, 18);
+        colour.extend_from_slice(&[0x83, 0, 0, 0, 0, 0, 0, 1]);
+        colour.extend_from_slice(&[0x03, 0, 0, 0, 0, 0, 0, 7]);
+        colour.extend_from_slice(&ethernet[16..]);
+        assert_eq!(ip_payload(LinkType::Erf, &colour), Ok(Some(&ip[..])));
+        // IPv4 alone; PPP in HDLC framing on a POS record.
+        let mut ipv4 = erf(22, 4);
+        ipv4.extend_from_slice(&ip);
+        assert_eq!(ip_payload(LinkType::Erf, &ipv4), Ok(Some(&ip[..])));
+        let mut pos = erf(1, 8);
+        pos.extend_from_slice(&[0xFF, 0x03, 0x00, 0x21]);
+        pos.extend_from_slice(&ip);
+        assert_eq!(ip_payload(LinkType::Erf, &pos), Ok(Some(&ip[..])));
+        // A pad record carries nothing; ATM is not decoded; headers past the frame are a cut.
+        assert_eq!(ip_payload(LinkType::Erf, &erf(48, 0)), Ok(None));
+        assert_eq!(
+            ip_payload(LinkType::Erf, &erf(3, 0)),
+            Err(LinkError::UnsupportedLinkType(LINKTYPE_ERF))
+        );
+        for cut in [&ethernet[..15], &ethernet[..17], &colour[..30]] {
+            assert_eq!(ip_payload(LinkType::Erf, cut), Err(LinkError::Truncated));
+        }
+        assert_eq!(
+            ip_payload(LinkType::Erf, &erf(0x80 | 2, 0)),
+            Err(LinkError::Truncated)
+        );
+    }
 }
