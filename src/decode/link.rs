@@ -1,6 +1,6 @@
 //! Link layers and the layer-2 shims in front of IP: Ethernet with 802.1Q/802.1ad VLAN tags
 //! (any depth), MPLS label stacks and PPPoE sessions, Linux cooked capture v1 and v2, raw IP,
-//! BSD loopback, PPP.
+//! BSD loopback, PPP, Cisco HDLC, Linux NFLOG, Apple PKTAP, Endace ERF records.
 //!
 //! PPP (RFC 1661) is read wherever a capture of a DSL or dial-up edge puts it: inside a PPPoE
 //! session (RFC 2516, EtherType 0x8864, also behind VLAN tags), as the link type of a `ppp0`
@@ -16,11 +16,14 @@
 //! are read as Wireshark's `pcap-common.c` and ERF dissector read them: the 16-byte ERF
 //! header, its 8-byte extension headers (while each one's top bit is set), the type's
 //! subheader (Ethernet's 2-byte offset and pad, the multi-channel and AAL2 headers), then the
-//! payload by record type: Ethernet, IPv4/IPv6, or PPP in HDLC framing; the payload stops at
+//! payload by record type: Ethernet, IPv4/IPv6, PPP or Cisco HDLC; the payload stops at
 //! the record's wire length. The same type table reads ERF files
 //! (`sources::capture_file`), so a record decodes alike in both. Every other record type
 //! (ATM, multi-channel, InfiniBand, provenance...) is an unsupported link type, as TShark
 //! takes no SIP or RTP from it; a pad record carries nothing.
+//!
+//! Cisco HDLC (`LINKTYPE_C_HDLC`), Linux NFLOG (`tcpdump -i nflog`) and Apple's PKTAP
+//! (`tcpdump -k`) are read as Wireshark's chdlc, nflog and pktap dissectors read them.
 //!
 //! Linux cooked captures (`tcpdump -i any`, `dumpcap -i any`) are decoded by their protocol
 //! field, whatever the hardware type of the interface the frame was seen on: loopback (772),
@@ -52,6 +55,14 @@ pub enum LinkType {
     PppOverEthernet,
     /// Endace ERF records (`LINKTYPE_ERF`, 197): an ERF header in front of each frame.
     Erf,
+    /// Cisco HDLC (`LINKTYPE_C_HDLC`, 104): address, control, then an EtherType.
+    CiscoHdlc,
+    /// Linux netfilter log (`LINKTYPE_NFLOG`, 239, `tcpdump -i nflog:N`): a 4-byte header
+    /// (address family, version, group), then TLVs, the packet in `NFULA_PAYLOAD`.
+    Nflog,
+    /// Apple's PKTAP (`LINKTYPE_PKTAP`, 258, `tcpdump -k` on macOS): a header that gives its
+    /// own length and the link type of the frame after it.
+    Pktap,
     /// Any other link type; frames of it are counted and skipped.
     Unsupported(u32),
 }
@@ -74,6 +85,9 @@ impl LinkType {
             9 | 50 => LinkType::Ppp,
             51 => LinkType::PppOverEthernet,
             LINKTYPE_ERF_I32 => LinkType::Erf,
+            104 => LinkType::CiscoHdlc,
+            239 => LinkType::Nflog,
+            258 => LinkType::Pktap,
             other => LinkType::Unsupported(other as u32),
         }
     }
@@ -145,6 +159,13 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
         }
         LinkType::PppOverEthernet => pppoe_payload(frame),
         LinkType::Erf => erf_payload(frame),
+        LinkType::CiscoHdlc => {
+            let header = frame.get(..4).ok_or(LinkError::Truncated)?;
+            let protocol = u16::from_be_bytes([header[2], header[3]]);
+            after_ether_type(EtherType(protocol), &frame[4..])
+        }
+        LinkType::Nflog => nflog_payload(frame),
+        LinkType::Pktap => pktap_payload(frame),
         LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
     }
 }
@@ -170,13 +191,16 @@ pub fn erf_subheader_len(kind: u8) -> usize {
 }
 
 /// The link layer of an ERF record's payload, by its type (without the extension bit):
-/// Ethernet (plain and colour types), IPv4/IPv6 as raw IP, HDLC/POS as PPP when it starts
-/// with PPP's `ff 03` (Cisco HDLC is not decoded); any other type is unsupported.
+/// Ethernet (plain and colour types), IPv4/IPv6 as raw IP, HDLC/POS as Wireshark's ERF
+/// dissector guesses it: PPP when it starts with PPP's `ff 03`, Cisco HDLC when with its
+/// unicast or broadcast address (0x0F, 0x8F; frame relay and MTP2 are not decoded); any other
+/// type is unsupported.
 pub fn erf_payload_link(kind: u8, payload: &[u8]) -> LinkType {
     match kind {
         2 | 11 | 16 | 20 => LinkType::Ethernet,
         22 | 23 => LinkType::RawIp,
         1 | 10 | 15 | 19 if payload.starts_with(&[0xFF, 0x03]) => LinkType::Ppp,
+        1 | 10 | 15 | 19 if matches!(payload.first(), Some(0x0F | 0x8F)) => LinkType::CiscoHdlc,
         _ => LinkType::Unsupported(LINKTYPE_ERF),
     }
 }
@@ -213,6 +237,76 @@ fn erf_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
         LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
         // Never ERF again: one level deep.
         link => ip_payload(link, payload),
+    }
+}
+
+/// `NFULA_PAYLOAD`: the TLV holding the logged packet.
+const NFULA_PAYLOAD: u16 = 9;
+
+/// The IP packet of an NFLOG frame: after the 4-byte header, the `NFULA_PAYLOAD` TLV. A TLV's
+/// length (its 4-byte header included) and type are in the writer's byte order, which a
+/// pcap reader swaps to its own (Wireshark's `pcap_byteswap_nflog_pseudoheader`): read
+/// little-endian, as nearly every writer is, unless only the big-endian first length fits
+/// the frame. Values are padded to 4 bytes. The address family (AF_INET 2, AF_INET6 10)
+/// says the payload is IP.
+fn nflog_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let header = frame.get(..4).ok_or(LinkError::Truncated)?;
+    if !matches!(header[0], 2 | 10) {
+        return Ok(None);
+    }
+    let fits = |len: u16| (4..=frame.len() - 4).contains(&usize::from(len));
+    let big_endian = match frame.get(4..6) {
+        Some(&[a, b]) => !fits(u16::from_le_bytes([a, b])) && fits(u16::from_be_bytes([a, b])),
+        _ => false,
+    };
+    let word = |at: usize| {
+        let bytes = [frame[at], frame[at + 1]];
+        if big_endian {
+            u16::from_be_bytes(bytes)
+        } else {
+            u16::from_le_bytes(bytes)
+        }
+    };
+    let mut at = 4;
+    while at + 4 <= frame.len() {
+        let (len, kind) = (usize::from(word(at)), word(at + 2));
+        if len < 4 {
+            return Err(LinkError::Truncated);
+        }
+        if kind == NFULA_PAYLOAD {
+            // A value cut by the snapshot length keeps what it has (the IP layer says so).
+            let value = &frame[at + 4..(at + len).min(frame.len())];
+            return Ok(raw_ip(value));
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(None)
+}
+
+/// Shortest PKTAP header Wireshark takes (`MIN_PKTAP_HDR_LEN`).
+const PKTAP_MIN_HEADER: usize = 108;
+
+/// The IP packet of a PKTAP frame: its little-endian header length, record type (1: a packet
+/// follows) and link type, then the frame of that link type (never PKTAP or ERF again).
+fn pktap_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let word = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let (Some(len), Some(record), Some(link)) = (word(0), word(4), word(8)) else {
+        return Err(LinkError::Truncated);
+    };
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len < PKTAP_MIN_HEADER || len > frame.len() {
+        return Err(LinkError::Truncated);
+    }
+    if record != 1 {
+        return Ok(None);
+    }
+    match LinkType::from_linktype(link as i32) {
+        LinkType::Pktap | LinkType::Erf => Err(LinkError::UnsupportedLinkType(link)),
+        inner => ip_payload(inner, &frame[len..]),
     }
 }
 
@@ -564,5 +658,70 @@ mod tests {
             ip_payload(LinkType::Erf, &erf(0x80 | 2, 0)),
             Err(LinkError::Truncated)
         );
+    }
+    #[test]
+    fn reads_cisco_hdlc_nflog_and_pktap() {
+        let ip = [0x45, 0, 0, 20];
+        let mut chdlc = vec![0x8F, 0x00, 0x08, 0x00];
+        chdlc.extend_from_slice(&ip);
+        assert_eq!(
+            ip_payload(LinkType::from_linktype(104), &chdlc),
+            Ok(Some(&ip[..]))
+        );
+        assert_eq!(
+            ip_payload(LinkType::CiscoHdlc, &chdlc[..3]),
+            Err(LinkError::Truncated)
+        );
+        // NFLOG: a prefix TLV, then the payload, in either byte order; no payload, no packet.
+        for big_endian in [false, true] {
+            let half = |v: u16| {
+                if big_endian {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let mut nflog = vec![2, 0, 0, 1];
+            nflog.extend_from_slice(&half(7));
+            nflog.extend_from_slice(&half(10));
+            nflog.extend_from_slice(&[b'x', b'y', b'z', 0]);
+            nflog.extend_from_slice(&half(8));
+            nflog.extend_from_slice(&half(9));
+            nflog.extend_from_slice(&ip);
+            assert_eq!(
+                ip_payload(LinkType::from_linktype(239), &nflog),
+                Ok(Some(&ip[..])),
+                "big-endian {big_endian}"
+            );
+            assert_eq!(ip_payload(LinkType::Nflog, &nflog[..12]), Ok(None));
+        }
+        assert_eq!(
+            ip_payload(LinkType::Nflog, &[2, 0, 0, 1, 0, 0, 9, 0]),
+            Err(LinkError::Truncated)
+        );
+        assert_eq!(ip_payload(LinkType::Nflog, &[7, 0, 0, 1]), Ok(None));
+        // PKTAP: the header's length and link type; too short a header, or PKTAP inside
+        // PKTAP, is refused.
+        let mut pktap = vec![0u8; 108];
+        pktap[..4].copy_from_slice(&108u32.to_le_bytes());
+        pktap[4..8].copy_from_slice(&1u32.to_le_bytes());
+        pktap[8..12].copy_from_slice(&101u32.to_le_bytes());
+        pktap.extend_from_slice(&ip);
+        assert_eq!(
+            ip_payload(LinkType::from_linktype(258), &pktap),
+            Ok(Some(&ip[..]))
+        );
+        assert_eq!(
+            ip_payload(LinkType::Pktap, &pktap[..100]),
+            Err(LinkError::Truncated)
+        );
+        let mut nested = pktap.clone();
+        nested[8..12].copy_from_slice(&258u32.to_le_bytes());
+        assert_eq!(
+            ip_payload(LinkType::Pktap, &nested),
+            Err(LinkError::UnsupportedLinkType(258))
+        );
+        nested[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(ip_payload(LinkType::Pktap, &nested), Ok(None));
     }
 }
