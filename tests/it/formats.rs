@@ -657,6 +657,9 @@ fn gzip_compressed_captures_are_read_as_tshark_reads_them() {
     );
 }
 
+/// Frames of a capture to write: time in nanoseconds, bytes.
+type TimedFrames = Vec<(i64, Vec<u8>)>;
+
 /// A classic pcap (microseconds, little-endian) of `link` holding `frames` (time, bytes).
 fn classic_pcap(link: u32, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -708,7 +711,7 @@ fn wrapping_link_types_match_tshark() {
             f.extend_from_slice(p);
             f
         };
-        let mut wrapped: Vec<(&str, u32, Vec<(i64, Vec<u8>)>)> = Vec::new();
+        let mut wrapped: Vec<(&str, u32, TimedFrames)> = Vec::new();
         wrapped.push((
             "chdlc",
             104,
