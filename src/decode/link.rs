@@ -1,6 +1,6 @@
 //! Link layers and the layer-2 shims in front of IP: Ethernet with 802.1Q/802.1ad VLAN tags
 //! (any depth), MPLS label stacks and PPPoE sessions, Linux cooked capture v1 and v2, raw IP,
-//! BSD loopback, PPP.
+//! BSD loopback, PPP, Cisco HDLC, Linux NFLOG, Apple PKTAP, Endace ERF records.
 //!
 //! PPP (RFC 1661) is read wherever a capture of a DSL or dial-up edge puts it: inside a PPPoE
 //! session (RFC 2516, EtherType 0x8864, also behind VLAN tags), as the link type of a `ppp0`
@@ -11,6 +11,19 @@
 //!
 //! Pure functions from a frame to the IP packet inside it; header layouts come from
 //! `etherparse` where it has them.
+//!
+//! Endace ERF records (`LINKTYPE_ERF`, 197: a DAG card's records saved in pcap or pcapng)
+//! are read as Wireshark's `pcap-common.c` and ERF dissector read them: the 16-byte ERF
+//! header, its 8-byte extension headers (while each one's top bit is set), the type's
+//! subheader (Ethernet's 2-byte offset and pad, the multi-channel and AAL2 headers), then the
+//! payload by record type: Ethernet, IPv4/IPv6, PPP or Cisco HDLC; the payload stops at
+//! the record's wire length. The same type table reads ERF files
+//! (`sources::capture_file`), so a record decodes alike in both. Every other record type
+//! (ATM, multi-channel, InfiniBand, provenance...) is an unsupported link type, as TShark
+//! takes no SIP or RTP from it; a pad record carries nothing.
+//!
+//! Cisco HDLC (`LINKTYPE_C_HDLC`), Linux NFLOG (`tcpdump -i nflog`) and Apple's PKTAP
+//! (`tcpdump -k`) are read as Wireshark's chdlc, nflog and pktap dissectors read them.
 //!
 //! Linux cooked captures (`tcpdump -i any`, `dumpcap -i any`) are decoded by their protocol
 //! field, whatever the hardware type of the interface the frame was seen on: loopback (772),
@@ -40,6 +53,16 @@ pub enum LinkType {
     Ppp,
     /// PPPoE without an Ethernet header (`LINKTYPE_PPP_ETHER`, 51).
     PppOverEthernet,
+    /// Endace ERF records (`LINKTYPE_ERF`, 197): an ERF header in front of each frame.
+    Erf,
+    /// Cisco HDLC (`LINKTYPE_C_HDLC`, 104): address, control, then an EtherType.
+    CiscoHdlc,
+    /// Linux netfilter log (`LINKTYPE_NFLOG`, 239, `tcpdump -i nflog:N`): a 4-byte header
+    /// (address family, version, group), then TLVs, the packet in `NFULA_PAYLOAD`.
+    Nflog,
+    /// Apple's PKTAP (`LINKTYPE_PKTAP`, 258, `tcpdump -k` on macOS): a header that gives its
+    /// own length and the link type of the frame after it.
+    Pktap,
     /// Any other link type; frames of it are counted and skipped.
     Unsupported(u32),
 }
@@ -61,6 +84,10 @@ impl LinkType {
             108 => LinkType::Loop,
             9 | 50 => LinkType::Ppp,
             51 => LinkType::PppOverEthernet,
+            LINKTYPE_ERF_I32 => LinkType::Erf,
+            104 => LinkType::CiscoHdlc,
+            239 => LinkType::Nflog,
+            258 => LinkType::Pktap,
             other => LinkType::Unsupported(other as u32),
         }
     }
@@ -131,7 +158,155 @@ pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<Option<&[u8]>, LinkErr
             ppp_payload(rest)
         }
         LinkType::PppOverEthernet => pppoe_payload(frame),
+        LinkType::Erf => erf_payload(frame),
+        LinkType::CiscoHdlc => {
+            let header = frame.get(..4).ok_or(LinkError::Truncated)?;
+            let protocol = u16::from_be_bytes([header[2], header[3]]);
+            after_ether_type(EtherType(protocol), &frame[4..])
+        }
+        LinkType::Nflog => nflog_payload(frame),
+        LinkType::Pktap => pktap_payload(frame),
         LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
+    }
+}
+
+/// pcap's `LINKTYPE_ERF`; also what an ERF record of a type teledge does not decode counts as.
+pub const LINKTYPE_ERF: u32 = 197;
+const LINKTYPE_ERF_I32: i32 = LINKTYPE_ERF as i32;
+/// Length of an ERF record header (timestamp, type, flags, record length, loss counter, wire
+/// length).
+pub const ERF_HEADER: usize = 16;
+/// ERF's pad record type: no frame.
+pub const ERF_TYPE_PAD: u8 = 48;
+
+/// Bytes of an ERF record's type-specific header after its extension headers (Wireshark's
+/// `pcap_read_erf_subheader`): Ethernet types' offset and pad, multi-channel and AAL2 types'
+/// 4-byte header. `kind` is the type without its extension bit.
+pub fn erf_subheader_len(kind: u8) -> usize {
+    match kind {
+        2 | 11 | 16 | 20 => 2,
+        5 | 6 | 7 | 8 | 9 | 12 | 17 | 18 => 4,
+        _ => 0,
+    }
+}
+
+/// The link layer of an ERF record's payload, by its type (without the extension bit):
+/// Ethernet (plain and colour types), IPv4/IPv6 as raw IP, HDLC/POS as Wireshark's ERF
+/// dissector guesses it: PPP when it starts with PPP's `ff 03`, Cisco HDLC when with its
+/// unicast or broadcast address (0x0F, 0x8F; frame relay and MTP2 are not decoded); any other
+/// type is unsupported.
+pub fn erf_payload_link(kind: u8, payload: &[u8]) -> LinkType {
+    match kind {
+        2 | 11 | 16 | 20 => LinkType::Ethernet,
+        22 | 23 => LinkType::RawIp,
+        1 | 10 | 15 | 19 if payload.starts_with(&[0xFF, 0x03]) => LinkType::Ppp,
+        1 | 10 | 15 | 19 if matches!(payload.first(), Some(0x0F | 0x8F)) => LinkType::CiscoHdlc,
+        _ => LinkType::Unsupported(LINKTYPE_ERF),
+    }
+}
+
+/// Bytes of an ERF record's headers at the start of `record` (header, extension headers,
+/// subheader), `None` when they run past it.
+pub fn erf_headers_len(record: &[u8]) -> Option<usize> {
+    let kind = *record.get(8)?;
+    if record.len() < ERF_HEADER {
+        return None;
+    }
+    let mut used = ERF_HEADER;
+    let mut more = kind & 0x80 != 0;
+    while more {
+        more = record.get(used)? & 0x80 != 0;
+        used += 8;
+    }
+    used += erf_subheader_len(kind & 0x7F);
+    (used <= record.len()).then_some(used)
+}
+
+/// The IP packet inside a pcap/pcapng frame of link type ERF: the record's headers, then its
+/// payload up to the wire length (what Wireshark's `pcap_read_post_process` keeps).
+fn erf_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let headers = erf_headers_len(frame).ok_or(LinkError::Truncated)?;
+    let kind = frame[8] & 0x7F;
+    if kind == ERF_TYPE_PAD {
+        return Ok(None);
+    }
+    let wire = usize::from(u16::from_be_bytes([frame[14], frame[15]]));
+    let rest = &frame[headers..];
+    let payload = &rest[..wire.min(rest.len())];
+    match erf_payload_link(kind, payload) {
+        LinkType::Unsupported(value) => Err(LinkError::UnsupportedLinkType(value)),
+        // Never ERF again: one level deep.
+        link => ip_payload(link, payload),
+    }
+}
+
+/// `NFULA_PAYLOAD`: the TLV holding the logged packet.
+const NFULA_PAYLOAD: u16 = 9;
+
+/// The IP packet of an NFLOG frame: after the 4-byte header, the `NFULA_PAYLOAD` TLV. A TLV's
+/// length (its 4-byte header included) and type are in the writer's byte order, which a
+/// pcap reader swaps to its own (Wireshark's `pcap_byteswap_nflog_pseudoheader`): read
+/// little-endian, as nearly every writer is, unless only the big-endian first length fits
+/// the frame. Values are padded to 4 bytes. The address family (AF_INET 2, AF_INET6 10)
+/// says the payload is IP.
+fn nflog_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let header = frame.get(..4).ok_or(LinkError::Truncated)?;
+    if !matches!(header[0], 2 | 10) {
+        return Ok(None);
+    }
+    let fits = |len: u16| (4..=frame.len() - 4).contains(&usize::from(len));
+    let big_endian = match frame.get(4..6) {
+        Some(&[a, b]) => !fits(u16::from_le_bytes([a, b])) && fits(u16::from_be_bytes([a, b])),
+        _ => false,
+    };
+    let word = |at: usize| {
+        let bytes = [frame[at], frame[at + 1]];
+        if big_endian {
+            u16::from_be_bytes(bytes)
+        } else {
+            u16::from_le_bytes(bytes)
+        }
+    };
+    let mut at = 4;
+    while at + 4 <= frame.len() {
+        let (len, kind) = (usize::from(word(at)), word(at + 2));
+        if len < 4 {
+            return Err(LinkError::Truncated);
+        }
+        if kind == NFULA_PAYLOAD {
+            // A value cut by the snapshot length keeps what it has (the IP layer says so).
+            let value = &frame[at + 4..(at + len).min(frame.len())];
+            return Ok(raw_ip(value));
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(None)
+}
+
+/// Shortest PKTAP header Wireshark takes (`MIN_PKTAP_HDR_LEN`).
+const PKTAP_MIN_HEADER: usize = 108;
+
+/// The IP packet of a PKTAP frame: its little-endian header length, record type (1: a packet
+/// follows) and link type, then the frame of that link type (never PKTAP or ERF again).
+fn pktap_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let word = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let (Some(len), Some(record), Some(link)) = (word(0), word(4), word(8)) else {
+        return Err(LinkError::Truncated);
+    };
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len < PKTAP_MIN_HEADER || len > frame.len() {
+        return Err(LinkError::Truncated);
+    }
+    if record != 1 {
+        return Ok(None);
+    }
+    match LinkType::from_linktype(link as i32) {
+        LinkType::Pktap | LinkType::Erf => Err(LinkError::UnsupportedLinkType(link)),
+        inner => ip_payload(inner, &frame[len..]),
     }
 }
 
@@ -435,5 +610,118 @@ mod tests {
             ip_payload(LinkType::LinuxSll2, &frame).unwrap(),
             Some(&[0x60][..])
         );
+    }
+    /// An ERF record header of `kind` with wire length `wire`.
+    fn erf(kind: u8, wire: u16) -> Vec<u8> {
+        let mut r = vec![0u8; 8];
+        r.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        r.extend_from_slice(&wire.to_be_bytes());
+        r
+    }
+
+    #[test]
+    fn reads_erf_records_by_type() {
+        assert_eq!(LinkType::from_linktype(197), LinkType::Erf);
+        let ip = [0x45, 0, 0, 20];
+        // Ethernet: pad, then the frame; what follows the wire length is padding.
+        let mut ethernet = erf(2, 18);
+        ethernet.extend_from_slice(&[0, 0]);
+        ethernet.extend_from_slice(&[0u8; 12]);
+        ethernet.extend_from_slice(&[0x08, 0x00]);
+        ethernet.extend_from_slice(&ip);
+        ethernet.extend_from_slice(&[0x60; 6]);
+        assert_eq!(ip_payload(LinkType::Erf, &ethernet), Ok(Some(&ip[..])));
+        // Colour Ethernet behind two extension headers.
+        let mut colour = erf(0x80 | 11, 18);
+        colour.extend_from_slice(&[0x83, 0, 0, 0, 0, 0, 0, 1]);
+        colour.extend_from_slice(&[0x03, 0, 0, 0, 0, 0, 0, 7]);
+        colour.extend_from_slice(&ethernet[16..]);
+        assert_eq!(ip_payload(LinkType::Erf, &colour), Ok(Some(&ip[..])));
+        // IPv4 alone; PPP in HDLC framing on a POS record.
+        let mut ipv4 = erf(22, 4);
+        ipv4.extend_from_slice(&ip);
+        assert_eq!(ip_payload(LinkType::Erf, &ipv4), Ok(Some(&ip[..])));
+        let mut pos = erf(1, 8);
+        pos.extend_from_slice(&[0xFF, 0x03, 0x00, 0x21]);
+        pos.extend_from_slice(&ip);
+        assert_eq!(ip_payload(LinkType::Erf, &pos), Ok(Some(&ip[..])));
+        // A pad record carries nothing; ATM is not decoded; headers past the frame are a cut.
+        assert_eq!(ip_payload(LinkType::Erf, &erf(48, 0)), Ok(None));
+        assert_eq!(
+            ip_payload(LinkType::Erf, &erf(3, 0)),
+            Err(LinkError::UnsupportedLinkType(LINKTYPE_ERF))
+        );
+        for cut in [&ethernet[..15], &ethernet[..17], &colour[..30]] {
+            assert_eq!(ip_payload(LinkType::Erf, cut), Err(LinkError::Truncated));
+        }
+        assert_eq!(
+            ip_payload(LinkType::Erf, &erf(0x80 | 2, 0)),
+            Err(LinkError::Truncated)
+        );
+    }
+    #[test]
+    fn reads_cisco_hdlc_nflog_and_pktap() {
+        let ip = [0x45, 0, 0, 20];
+        let mut chdlc = vec![0x8F, 0x00, 0x08, 0x00];
+        chdlc.extend_from_slice(&ip);
+        assert_eq!(
+            ip_payload(LinkType::from_linktype(104), &chdlc),
+            Ok(Some(&ip[..]))
+        );
+        assert_eq!(
+            ip_payload(LinkType::CiscoHdlc, &chdlc[..3]),
+            Err(LinkError::Truncated)
+        );
+        // NFLOG: a prefix TLV, then the payload, in either byte order; no payload, no packet.
+        for big_endian in [false, true] {
+            let half = |v: u16| {
+                if big_endian {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let mut nflog = vec![2, 0, 0, 1];
+            nflog.extend_from_slice(&half(7));
+            nflog.extend_from_slice(&half(10));
+            nflog.extend_from_slice(&[b'x', b'y', b'z', 0]);
+            nflog.extend_from_slice(&half(8));
+            nflog.extend_from_slice(&half(9));
+            nflog.extend_from_slice(&ip);
+            assert_eq!(
+                ip_payload(LinkType::from_linktype(239), &nflog),
+                Ok(Some(&ip[..])),
+                "big-endian {big_endian}"
+            );
+            assert_eq!(ip_payload(LinkType::Nflog, &nflog[..12]), Ok(None));
+        }
+        assert_eq!(
+            ip_payload(LinkType::Nflog, &[2, 0, 0, 1, 0, 0, 9, 0]),
+            Err(LinkError::Truncated)
+        );
+        assert_eq!(ip_payload(LinkType::Nflog, &[7, 0, 0, 1]), Ok(None));
+        // PKTAP: the header's length and link type; too short a header, or PKTAP inside
+        // PKTAP, is refused.
+        let mut pktap = vec![0u8; 108];
+        pktap[..4].copy_from_slice(&108u32.to_le_bytes());
+        pktap[4..8].copy_from_slice(&1u32.to_le_bytes());
+        pktap[8..12].copy_from_slice(&101u32.to_le_bytes());
+        pktap.extend_from_slice(&ip);
+        assert_eq!(
+            ip_payload(LinkType::from_linktype(258), &pktap),
+            Ok(Some(&ip[..]))
+        );
+        assert_eq!(
+            ip_payload(LinkType::Pktap, &pktap[..100]),
+            Err(LinkError::Truncated)
+        );
+        let mut nested = pktap.clone();
+        nested[8..12].copy_from_slice(&258u32.to_le_bytes());
+        assert_eq!(
+            ip_payload(LinkType::Pktap, &nested),
+            Err(LinkError::UnsupportedLinkType(258))
+        );
+        nested[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(ip_payload(LinkType::Pktap, &nested), Ok(None));
     }
 }

@@ -29,10 +29,11 @@ const CONVERTED: [&str; 7] = [
 ];
 
 /// The public captures of the new formats in tests/data (provenance in its README).
-const PUBLIC: [&str; 3] = [
+const PUBLIC: [&str; 4] = [
     "c07-sip-r2.cap",
     "genbroad.snoop",
     "erf-ethernet-example.erf",
+    "erf_linktype_sip_rtp.pcapng",
 ];
 
 fn tshark(args: &[&str]) -> String {
@@ -263,8 +264,127 @@ fn public_captures_of_each_format_match_tshark() {
         assert!(frames > 0, "{capture}: no frames");
         messages += m;
     }
-    // c07-sip-r2.cap: one INVITE, as TShark decodes it.
-    assert!(messages >= 1);
+    // c07-sip-r2.cap: one INVITE, as TShark decodes it; erf_linktype_sip_rtp.pcapng: 7.
+    assert!(messages >= 8, "{messages} SIP messages");
+}
+
+/// One ERF record (as a DAG card writes it, padded to 8 bytes) of a pcap's Ethernet frame:
+/// by `n`, type 2 (Ethernet, its 2-byte pad), type 11 (colour Ethernet) behind an extension
+/// header, or the IP packet alone as type 22/23 (IPv4/IPv6) when the frame is untagged IP.
+fn erf_record(f: &Frame<'_>, n: u64) -> Vec<u8> {
+    let nanos = f.time.as_nanos();
+    let (secs, frac) = (nanos / 1_000_000_000, (nanos % 1_000_000_000) as u64);
+    let ts = ((secs as u64) << 32) + ((frac << 32) + 500_000_000) / 1_000_000_000;
+    let ether_type = f.data.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+    let (kind, extension, pad, frame) = match (n % 3, ether_type) {
+        (2, Some(0x0800)) => (22, false, 0, &f.data[14..]),
+        (2, Some(0x86DD)) => (23, false, 0, &f.data[14..]),
+        (1, _) => (11, true, 2, f.data),
+        _ => (2, false, 2, f.data),
+    };
+    let body = usize::from(extension) * 8 + pad + frame.len();
+    let rlen = (16 + body).div_ceil(8) * 8;
+    let mut out = ts.to_le_bytes().to_vec();
+    out.push(if extension { 0x80 | kind } else { kind });
+    out.push(0);
+    out.extend_from_slice(&(rlen as u16).to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+    if extension {
+        out.extend_from_slice(&[0x03, 0, 0, 0, 0, 0, 0, 7]);
+    }
+    out.resize(out.len() + pad, 0);
+    out.extend_from_slice(frame);
+    // The record's padding stays in the pcap frame: the wire length ends the payload.
+    out.resize(rlen, 0);
+    out
+}
+
+/// A pcap's frames as ERF records in a classic pcap (`LINKTYPE_ERF`) and in a pcapng file
+/// (one interface of that link type, nanoseconds), each record's pcap/pcapng time 1000 s
+/// after its ERF time: TShark takes a classic pcap frame's time from its ERF header and a
+/// pcapng frame's from its block.
+fn erf_in_pcap_and_pcapng(pcap: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut classic = Vec::new();
+    for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, 197] {
+        classic.extend_from_slice(&word.to_le_bytes());
+    }
+    let mut ng = Vec::new();
+    let block = |out: &mut Vec<u8>, kind: u32, body: &[u8]| {
+        let len = 12 + body.len().div_ceil(4) * 4;
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        out.resize(out.len() + len - 12 - body.len(), 0);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+    };
+    let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+    shb.extend_from_slice(&[1, 0, 0, 0]);
+    shb.extend_from_slice(&u64::MAX.to_le_bytes());
+    block(&mut ng, 0x0A0D_0D0A, &shb);
+    // Link type 197, snap length 0; if_tsresol 9 (nanoseconds), end of options.
+    let idb = [197, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+    block(&mut ng, 1, &idb);
+    let mut n = 0u64;
+    capture_file::read_frames(std::io::Cursor::new(pcap), |f: &Frame<'_>, _| {
+        let record = erf_record(f, n);
+        n += 1;
+        let shifted = f.time.as_nanos() as u64 + 1_000_000_000_000;
+        let (secs, nanos) = (shifted / 1_000_000_000, shifted % 1_000_000_000);
+        for word in [secs, nanos / 1000, record.len() as u64, record.len() as u64] {
+            classic.extend_from_slice(&(word as u32).to_le_bytes());
+        }
+        classic.extend_from_slice(&record);
+        let mut epb = 0u32.to_le_bytes().to_vec();
+        for word in [
+            shifted >> 32,
+            shifted & 0xFFFF_FFFF,
+            record.len() as u64,
+            record.len() as u64,
+        ] {
+            epb.extend_from_slice(&(word as u32).to_le_bytes());
+        }
+        epb.extend_from_slice(&record);
+        block(&mut ng, 6, &epb);
+    })
+    .unwrap();
+    (classic, ng)
+}
+
+/// ERF records saved in pcap and pcapng (`LINKTYPE_ERF`, what a DAG card's capture becomes
+/// in Wireshark): every frame's time, SIP message and RTP stream as TShark gives them. Every
+/// frame used to be an unsupported link type (the fourth 2026-12-03 campaign's
+/// dangdanding/Docs capture, bundled as erf_linktype_sip_rtp.pcapng, 0 of its 7 SIP
+/// messages), and a classic pcap's frames would have kept their record's time.
+#[test]
+fn erf_records_in_pcap_and_pcapng_match_tshark() {
+    pinned_tshark();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut frames, mut messages, mut streams) = (0, 0, 0);
+    for capture in CONVERTED {
+        let original = data(capture);
+        let mut sip = teledge_messages_in(&original);
+        sip.sort();
+        let (classic, ng) = erf_in_pcap_and_pcapng(&original);
+        for (suffix, bytes) in [("erf.pcap", classic), ("erf.pcapng", ng)] {
+            let path = dir.path().join(format!("{capture}.{suffix}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let (f, m, s) = assert_matches_tshark(&path);
+            let mut ours = teledge_messages_in(&bytes);
+            ours.sort();
+            assert_eq!(
+                ours, sip,
+                "{capture} as {suffix}: the original's SIP messages"
+            );
+            frames += f;
+            messages += m;
+            streams += s;
+        }
+    }
+    eprintln!("{frames} frames, {messages} SIP messages, {streams} RTP streams compared");
+    assert!(frames >= 3400, "{frames} frames");
+    assert!(messages >= 220, "{messages} SIP messages");
+    assert!(streams >= 14, "{streams} RTP streams");
 }
 
 /// A converted capture cut anywhere, or with a record's length or the frame table damaged:
@@ -535,4 +655,139 @@ fn gzip_compressed_captures_are_read_as_tshark_reads_them() {
         matches!(result, Err(CaptureError::NotSeekable("NetMon"))),
         "{result:?}"
     );
+}
+
+/// Frames of a capture to write: time in nanoseconds, bytes.
+type TimedFrames = Vec<(i64, Vec<u8>)>;
+
+/// A classic pcap (microseconds, little-endian) of `link` holding `frames` (time, bytes).
+fn classic_pcap(link: u32, frames: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, link] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    for (nanos, data) in frames {
+        let (secs, frac) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+        for word in [secs, frac / 1000, data.len() as i64, data.len() as i64] {
+            out.extend_from_slice(&(word as u32).to_le_bytes());
+        }
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// A pcap's untagged IPv4/IPv6 Ethernet frames (time, EtherType, IP packet), cut to
+/// microseconds.
+fn ip_frames(pcap: &[u8]) -> Vec<(i64, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    capture_file::read_frames(std::io::Cursor::new(pcap), |f: &Frame<'_>, _| {
+        let ether_type = f.data.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+        if let Some(t @ (0x0800 | 0x86DD)) = ether_type {
+            let micros = f.time.as_nanos() / 1000 * 1000;
+            out.push((micros, t, f.data[14..].to_vec()));
+        }
+    })
+    .unwrap();
+    out
+}
+
+/// The link types that wrap a frame or an IP packet in a header of their own, written from
+/// the converted captures' IP frames: Cisco HDLC (104), Linux NFLOG (239: a packet header, a
+/// prefix and the payload TLV, little-endian), Apple PKTAP (258: a 108-byte header, then the
+/// Ethernet frame) and ERF HDLC/POS records with Cisco HDLC in them (197). Every frame's
+/// time, SIP message and RTP stream as TShark gives them; each link type was an unsupported
+/// one (the fourth 2026-12-03 campaign found ERF in pcapng; these are its siblings).
+#[test]
+fn wrapping_link_types_match_tshark() {
+    pinned_tshark();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut frames, mut messages, mut streams) = (0, 0, 0);
+    for capture in CONVERTED {
+        let original = data(capture);
+        let ip = ip_frames(&original);
+        let chdlc = |t: u16, p: &[u8]| {
+            let mut f = vec![0x0F, 0x00];
+            f.extend_from_slice(&t.to_be_bytes());
+            f.extend_from_slice(p);
+            f
+        };
+        let mut wrapped: Vec<(&str, u32, TimedFrames)> = Vec::new();
+        wrapped.push((
+            "chdlc",
+            104,
+            ip.iter().map(|(n, t, p)| (*n, chdlc(*t, p))).collect(),
+        ));
+        wrapped.push((
+            "nflog",
+            239,
+            ip.iter()
+                .map(|(n, t, p)| {
+                    let family = if *t == 0x0800 { 2 } else { 10 };
+                    let mut f = vec![family, 0, 0, 5];
+                    let mut tlv = |kind: u16, value: &[u8]| {
+                        f.extend_from_slice(&((4 + value.len()) as u16).to_le_bytes());
+                        f.extend_from_slice(&kind.to_le_bytes());
+                        f.extend_from_slice(value);
+                        f.resize(f.len().div_ceil(4) * 4, 0);
+                    };
+                    let mut packet_header = t.to_be_bytes().to_vec();
+                    packet_header.extend_from_slice(&[1, 0]);
+                    tlv(1, &packet_header);
+                    tlv(10, b"teledge\0");
+                    tlv(9, p);
+                    (*n, f)
+                })
+                .collect(),
+        ));
+        wrapped.push((
+            "pktap",
+            258,
+            ip.iter()
+                .map(|(n, t, p)| {
+                    let mut f = vec![0u8; 108];
+                    f[..4].copy_from_slice(&108u32.to_le_bytes());
+                    f[4..8].copy_from_slice(&1u32.to_le_bytes());
+                    f[8..12].copy_from_slice(&1u32.to_le_bytes());
+                    f[12..15].copy_from_slice(b"en0");
+                    f.extend_from_slice(&[0x02; 6]);
+                    f.extend_from_slice(&[0x04; 6]);
+                    f.extend_from_slice(&t.to_be_bytes());
+                    f.extend_from_slice(p);
+                    (*n, f)
+                })
+                .collect(),
+        ));
+        wrapped.push((
+            "erf_hdlc",
+            197,
+            ip.iter()
+                .map(|(n, t, p)| {
+                    let payload = chdlc(*t, p);
+                    let (secs, frac) = ((*n / 1_000_000_000) as u64, (*n % 1_000_000_000) as u64);
+                    let ts = (secs << 32) + ((frac << 32) + 500_000_000) / 1_000_000_000;
+                    let mut f = ts.to_le_bytes().to_vec();
+                    f.extend_from_slice(&[1, 0]);
+                    f.extend_from_slice(&((16 + payload.len()) as u16).to_be_bytes());
+                    f.extend_from_slice(&[0, 0]);
+                    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                    f.extend_from_slice(&payload);
+                    (*n, f)
+                })
+                .collect(),
+        ));
+        for (name, link, list) in wrapped {
+            let bytes = classic_pcap(link, &list);
+            let path = dir.path().join(format!("{capture}.{name}.pcap"));
+            std::fs::write(&path, &bytes).unwrap();
+            let (f, m, s) = assert_matches_tshark(&path);
+            assert_eq!(f, list.len(), "{capture} as {name}");
+            frames += f;
+            messages += m;
+            streams += s;
+        }
+    }
+    eprintln!("{frames} frames, {messages} SIP messages, {streams} RTP streams compared");
+    assert!(frames >= 6600, "{frames} frames");
+    assert!(messages >= 440, "{messages} SIP messages");
+    assert!(streams >= 28, "{streams} RTP streams");
 }

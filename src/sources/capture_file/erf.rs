@@ -8,41 +8,30 @@
 //! counter and wire length; Ethernet types have a 2-byte offset/pad field before the frame,
 //! multi-channel and AAL2 types a 4-byte header. The frame is the wire length or what the
 //! record holds, the smaller; the rest of the record is padding. Pad records (type 48) are
-//! not frames. Ethernet records are read as Ethernet, IPv4/IPv6 records as raw IP, HDLC/POS
-//! records starting `ff 03` as PPP; every other type (ATM, multi-channel, InfiniBand,
+//! not frames. A record's payload is read by its type with the table ERF records in pcap and
+//! pcapng files (`LINKTYPE_ERF`) are read with (`decode::link`): Ethernet, IPv4/IPv6 as raw
+//! IP, HDLC/POS starting `ff 03` as PPP; every other type (ATM, multi-channel, InfiniBand,
 //! provenance metadata...) is handed over as a frame teledge counts as an unsupported link
 //! type, as TShark lists it as a frame it does not take SIP or RTP from.
+//!
+//! [`pcap_record_time`]: in a classic pcap file of link type ERF, a frame's time is its ERF
+//! header's, not the pcap record's (Wireshark's `pcap_read_erf_pseudoheader` sets it; pcapng
+//! keeps its Enhanced Packet Block's time).
 
 use std::io::Read;
 
 use super::records::{be16, le64, Records};
 use super::{corrupt, Ahead, CaptureError, Progress, MAX_SNAPLEN};
-use crate::decode::link::LinkType;
+use crate::decode::link::{
+    erf_payload_link, erf_subheader_len, ERF_HEADER, ERF_TYPE_PAD as TYPE_PAD,
+};
 use crate::dissect::Frame;
 use crate::time::Timestamp;
-
-/// pcap's `LINKTYPE_ERF`: what a record teledge does not decode is counted as.
-const LINKTYPE_ERF: u32 = 197;
-const TYPE_PAD: u8 = 48;
 
 /// Records Wireshark checks before taking a file for ERF, and how many must be whole unless
 /// the file ends right after one.
 const RECORDS_TO_CHECK: usize = 20;
 const MIN_RECORDS: usize = 3;
-
-fn is_ethernet(kind: u8) -> bool {
-    matches!(kind, 2 | 11 | 16 | 20)
-}
-
-/// Bytes of the header after the extension headers (Ethernet's offset and pad, the
-/// multi-channel and AAL2 headers).
-fn subheader(kind: u8) -> usize {
-    match kind {
-        k if is_ethernet(k) => 2,
-        5 | 6 | 7 | 8 | 9 | 12 | 17 | 18 => 4,
-        _ => 0,
-    }
-}
 
 /// Whether the bytes ahead read as ERF records (Wireshark's `erf_open`): up to 20 records,
 /// each at least a header long and at most 256 KiB, of a type between 1 and 48 (Wireshark
@@ -98,7 +87,7 @@ pub(super) fn looks_like_erf(ahead: &mut Ahead<impl Read>) -> Result<bool, Captu
                 }
                 more = next & 0x80 != 0;
             }
-            used += subheader(kind);
+            used += erf_subheader_len(kind);
             if used > rlen || ahead.bytes.len() < at + used {
                 return Ok(false);
             }
@@ -123,6 +112,14 @@ pub(super) fn erf_time(ts: u64) -> Timestamp {
         secs += 1;
     }
     Timestamp::from_secs_nanos(secs, nanos)
+}
+
+/// The time of a classic pcap frame of link type ERF: its ERF header's timestamp, as
+/// Wireshark reads it (`None` for a frame too short to hold a header: it keeps the record's
+/// time and fails to decode as a truncated link-layer header).
+pub(super) fn pcap_record_time(frame: &[u8]) -> Option<Timestamp> {
+    let header = frame.get(..ERF_HEADER)?;
+    Some(erf_time(le64(header, 0)))
 }
 
 /// Reads an ERF file from its first byte.
@@ -176,21 +173,13 @@ pub(super) fn read<R: Read>(
             skip += 8;
             more = next & 0x80 != 0;
         }
-        skip += subheader(kind & 0x7F);
+        skip += erf_subheader_len(kind & 0x7F);
         if skip > body as usize {
             return Err(corrupt(frame, start, "ERF headers past the record"));
         }
         let captured = (wlen as usize).min(body as usize - skip);
         let data = skip..skip + captured;
-        let link = match kind & 0x7F {
-            k if is_ethernet(k) => LinkType::Ethernet,
-            22 | 23 => LinkType::RawIp,
-            // HDLC/POS: PPP in HDLC framing, or Cisco HDLC (not decoded).
-            1 | 10 | 15 | 19 if records.buffer[data.clone()].starts_with(&[0xFF, 0x03]) => {
-                LinkType::Ppp
-            }
-            _ => LinkType::Unsupported(LINKTYPE_ERF),
-        };
+        let link = erf_payload_link(kind & 0x7F, &records.buffer[data.clone()]);
         let time = erf_time(le64(&header, 0));
         records.emit(link, time, data, &mut on_frame);
     }

@@ -349,6 +349,15 @@ fn read_any<R: Read + Seek + Send>(
     read_legacy(&layout, Chunks { input }, on_frame)
 }
 
+/// A classic pcap frame's time: its record's, but for link type ERF its ERF header's, as
+/// Wireshark reads it (a pcapng file keeps its block's time: `erf::pcap_record_time`).
+fn classic_frame_time(link: LinkType, data: &[u8], record_time: Timestamp) -> Timestamp {
+    match link {
+        LinkType::Erf => erf::pcap_record_time(data).unwrap_or(record_time),
+        _ => record_time,
+    }
+}
+
 /// The block type of a pcapng Section Header Block, the same in either byte order.
 const PCAPNG_MAGIC: [u8; 4] = [0x0A, 0x0D, 0x0D, 0x0A];
 
@@ -777,11 +786,12 @@ fn read_legacy(
             Timestamp::from_secs_nanos(i64::from(word(record, 0)), nanos.min(999_999_999) as u32);
         *frames += 1;
         *offset += record.len() as u64;
+        let data = &record[header_len..];
         let frame = Frame {
             number: *frames,
-            time,
+            time: classic_frame_time(link, data, time),
             link,
-            data: &record[header_len..],
+            data,
         };
         on_frame(
             &frame,
@@ -919,7 +929,8 @@ fn read_parsed<R: Read + Send>(
                             nanos.min(999_999_999) as u32,
                         );
                         let caplen = (packet.caplen as usize).min(packet.data.len());
-                        Some((iface.link, time, &packet.data[..caplen]))
+                        let data = &packet.data[..caplen];
+                        Some((iface.link, classic_frame_time(iface.link, data, time), data))
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                         // Interface ids are per section.
