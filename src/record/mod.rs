@@ -193,6 +193,7 @@ pub mod sensor;
 pub mod stored;
 mod summary;
 pub mod update;
+pub mod weigh;
 
 pub use call::{
     CallRecord, ClosedBy, Hangup, HepRtcp, Media, Outcome, Party, Reason, Sdp, SdpCodec,
@@ -243,25 +244,7 @@ pub enum Record {
     Agent(Box<agent::AgentStateRecord>),
 }
 
-/// The bytes a record holds, as its queues weigh it: the size of its boxed body plus the
-/// length of its JSON (its strings, lists and numbers, with room for their names): what a
-/// record holds on the heap is within that (its text is as long in JSON, a field's name
-/// stands for the field's fixed bytes). Walks the record without allocating.
-pub fn held_bytes<T: Serialize>(body: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, body);
-    std::mem::size_of_val(body) + count.0
-}
+pub use weigh::held_bytes;
 
 impl Record {
     /// The bytes this record holds, as the record queue weighs it ([`held_bytes`]).
