@@ -297,12 +297,21 @@ impl Ledger {
     }
 }
 
-/// For the fuzz target (`spool_ledger`): `bytes` read as a slot (header, SHA-256) and as an
-/// entry's body (the digest checked or not, the body's decoder must hold); the number of
+/// For the fuzz target (`spool_ledger`): `bytes` read as a slot (header, SHA-256), as a run
+/// marker and as an entry's body (the digest checked or not, the body's decoder must hold); the number of
 /// records the body holds, if it is a whole entry. An entry encoded (details cut to 48 bytes
 /// on a character boundary, at most 64 losses) decodes to what encodes the same again.
 pub fn read_slot_for_fuzzing(bytes: &[u8]) -> Option<usize> {
     let _ = read_slot(bytes);
+    // The run marker (the file's last bytes, read at every open): what it accepts encodes
+    // back to the same bytes.
+    if let Some(marker) = RunMarker::decode(bytes) {
+        assert_eq!(
+            &marker.encode()[..],
+            bytes.get(..MARKER_LEN).unwrap_or_default(),
+            "marker round trip"
+        );
+    }
     let entry = Entry::decode(bytes)?;
     let once = entry.encode();
     let again = Entry::decode(&once).map(|e| e.encode());
