@@ -357,6 +357,25 @@ impl Losses {
     }
 }
 
+/// The detail of a gap announcing queue calls evicted from a full table.
+const QUEUE_CALLS_EVICTED: &str =
+    "queue calls evicted before their end (open queue calls table full)";
+
+/// State a callcenter input evicted or dropped: counted (`teledge_state_evictions_total`,
+/// `kind`) and the gap record that announces it, in one place.
+fn evicted_input(
+    metrics: &AgentMetrics,
+    node: &str,
+    kind: &str,
+    count: u64,
+    detail: &str,
+) -> Record {
+    metrics.state_evictions.with(&[kind]).add(count);
+    let mut gap = GapRecord::new(node, GapReason::InputDropped, Some(count));
+    gap.detail = Some(detail.to_owned());
+    Record::Gap(Box::new(gap))
+}
+
 /// One `[[callcenter]]`: the client task and the assembler task.
 fn spawn_callcenter(
     config: &CallcenterConfig,
@@ -400,37 +419,26 @@ fn spawn_callcenter(
             let dropped = assembler.counters().agent_states_dropped;
             if dropped > dropped_announced {
                 // Taken after every event, so never expected: logged and announced at once.
-                metrics
-                    .state_evictions
-                    .with(&["queue_agent_states"])
-                    .add(dropped - dropped_announced);
-                let mut gap = GapRecord::new(
+                records.push(evicted_input(
+                    &metrics,
                     &node,
-                    GapReason::InputDropped,
-                    Some(dropped - dropped_announced),
-                );
-                gap.detail =
-                    Some("agent state records dropped (too many waiting to be taken)".into());
-                records.push(Record::Gap(Box::new(gap)));
+                    "queue_agent_states",
+                    dropped - dropped_announced,
+                    "agent state records dropped (too many waiting to be taken)",
+                ));
                 dropped_announced = dropped;
             }
             let evicted = assembler.counters().evicted;
             let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
             if evicted > evicted_announced && due {
                 last_gap = Some(Instant::now());
-                metrics
-                    .state_evictions
-                    .with(&["queue_stories"])
-                    .add(evicted - evicted_announced);
-                let mut gap = GapRecord::new(
+                records.push(evicted_input(
+                    &metrics,
                     &node,
-                    GapReason::InputDropped,
-                    Some(evicted - evicted_announced),
-                );
-                gap.detail = Some(
-                    "queue calls evicted before their end (open queue calls table full)".into(),
-                );
-                records.push(Record::Gap(Box::new(gap)));
+                    "queue_stories",
+                    evicted - evicted_announced,
+                    QUEUE_CALLS_EVICTED,
+                ));
                 evicted_announced = evicted;
             }
         }
@@ -438,18 +446,13 @@ fn spawn_callcenter(
         // after the stop nothing would.
         let evicted = assembler.counters().evicted;
         if evicted > evicted_announced {
-            metrics
-                .state_evictions
-                .with(&["queue_stories"])
-                .add(evicted - evicted_announced);
-            let mut gap = GapRecord::new(
+            records.push_waiting(evicted_input(
+                &metrics,
                 &node,
-                GapReason::InputDropped,
-                Some(evicted - evicted_announced),
-            );
-            gap.detail =
-                Some("queue calls evicted before their end (open queue calls table full)".into());
-            records.push_waiting(Record::Gap(Box::new(gap)));
+                "queue_stories",
+                evicted - evicted_announced,
+                QUEUE_CALLS_EVICTED,
+            ));
         }
         assembler.finish(Timestamp::now(), &mut |r| {
             records.push_waiting(Record::Queue(Box::new(r)))
