@@ -899,21 +899,7 @@ fn input_lost_in_the_last_minute_before_a_stop_is_announced() {
     wait_until("the second frame counted", || malformed() == 2);
     runtime.block_on(daemon.shutdown());
     drop(metrics);
-    let mut records: Vec<Value> = stored(&out)
-        .into_iter()
-        .map(|l| l["record"].clone())
-        .collect();
-    let config = teledge::config::agent::load(&config_path).unwrap();
-    let (mut spool, _) =
-        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
-            .unwrap();
-    records.extend(
-        spool
-            .read(None, 1000)
-            .unwrap()
-            .iter()
-            .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()),
-    );
+    let records = crate::uplink::collected_or_spooled(&out, &config_path);
     let announced: u64 = records
         .iter()
         .filter(|r| {

@@ -726,22 +726,24 @@ async fn over_https_a_client_certificate_of_the_site_ca_identifies_a_supervisor(
     server.await.unwrap().unwrap();
 }
 
-/// The daemon's audit sink for live listen sessions (the API the WHEP endpoint uses): a
-/// session that ends on [`teledge::daemon::Daemon::listeners_token`] at shutdown still
-/// reaches the spool and the collector, as exactly one record with its start and end.
-#[test]
-fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
-    use crate::daemon_in_process::runtime;
-    let pki = crate::uplink::pki();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("collected");
-    let c = crate::uplink::collector(&pki, "collector", &out);
+/// A daemon forwarding to the collector on `port`, its status page on and supervisor
+/// "alice" allowed to listen to service "sales": its configuration file, runtime and
+/// daemon.
+fn start_with_a_listening_supervisor(
+    pki: &crate::uplink::Pki,
+    dir: &std::path::Path,
+    port: u16,
+) -> (
+    std::path::PathBuf,
+    tokio::runtime::Runtime,
+    teledge::daemon::Daemon,
+) {
     let (token, _) = make_token().unwrap();
     let hash = teledge::access::token_hash_hex(&token);
     let config_path = crate::daemon::agent_config(
-        &pki,
-        dir.path(),
-        c.port,
+        pki,
+        dir,
+        port,
         &format!(
             "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
              [[service]]\nname = \"sales\"\nmonitorable = true\n\
@@ -750,10 +752,24 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
         Some(0),
     );
     let config = teledge::config::agent::load(&config_path).unwrap();
-    let runtime = runtime();
+    let runtime = crate::daemon_in_process::runtime();
     let daemon = runtime
         .block_on(teledge::daemon::Daemon::start(config, &config_path))
         .unwrap();
+    (config_path, runtime, daemon)
+}
+
+/// The daemon's audit sink for live listen sessions (the API the WHEP endpoint uses): a
+/// session that ends on [`teledge::daemon::Daemon::listeners_token`] at shutdown still
+/// reaches the spool and the collector, as exactly one record with its start and end.
+#[test]
+fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
+    let pki = crate::uplink::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = crate::uplink::collector(&pki, "collector", &out);
+    let (_config_path, runtime, daemon) =
+        start_with_a_listening_supervisor(&pki, dir.path(), c.port);
     let addr = daemon.observe_addr().unwrap();
     let (status, _, _) = runtime.block_on(request(addr, "GET", "/api/snapshot", &[]));
     assert_eq!(status, 401);
@@ -816,29 +832,12 @@ fn a_listen_session_ended_by_shutdown_is_audited_through_the_spool() {
 /// collector). It was dropped, counted as `queue_closed` and announced nowhere.
 #[test]
 fn an_audit_record_offered_after_the_record_queue_closed_is_spooled() {
-    use crate::daemon_in_process::runtime;
     let pki = crate::uplink::pki();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("collected");
     let c = crate::uplink::collector(&pki, "collector", &out);
-    let (token, _) = make_token().unwrap();
-    let hash = teledge::access::token_hash_hex(&token);
-    let config_path = crate::daemon::agent_config(
-        &pki,
-        dir.path(),
-        c.port,
-        &format!(
-            "[hep]\nudp = \"127.0.0.1:0\"\n[status]\nenabled = true\n\
-             [[service]]\nname = \"sales\"\nmonitorable = true\n\
-             [[supervisor]]\nid = \"alice\"\ntoken_sha256 = \"{hash}\"\nlisten = [\"sales\"]\n"
-        ),
-        Some(0),
-    );
-    let config = teledge::config::agent::load(&config_path).unwrap();
-    let runtime = runtime();
-    let daemon = runtime
-        .block_on(teledge::daemon::Daemon::start(config, &config_path))
-        .unwrap();
+    let (config_path, runtime, daemon) =
+        start_with_a_listening_supervisor(&pki, dir.path(), c.port);
     let principal = teledge::access::Principal {
         id: "alice".into(),
         auth: AuditAuth::Token,
@@ -870,21 +869,7 @@ fn an_audit_record_offered_after_the_record_queue_closed_is_spooled() {
     );
     drop(metrics);
     // At the collector, or still in the spool (the uplink's drain may have ended first).
-    let mut records: Vec<serde_json::Value> = crate::uplink::stored(&out)
-        .into_iter()
-        .map(|l| l["record"].clone())
-        .collect();
-    let config = teledge::config::agent::load(&config_path).unwrap();
-    let (mut spool, _) =
-        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
-            .unwrap();
-    records.extend(
-        spool
-            .read(None, 1000)
-            .unwrap()
-            .iter()
-            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()),
-    );
+    let records = crate::uplink::collected_or_spooled(&out, &config_path);
     let audits: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "audit").collect();
     assert_eq!(audits.len(), 1, "{records:#?}");
     assert_eq!(audits[0]["call_id"], "h:late");
@@ -932,21 +917,7 @@ fn refusals_suppressed_in_the_last_minute_before_a_stop_are_announced() {
     }
     assert_eq!(daemon.audit().suppressed(), 10);
     runtime.block_on(daemon.shutdown());
-    let mut records: Vec<serde_json::Value> = crate::uplink::stored(&out)
-        .into_iter()
-        .map(|l| l["record"].clone())
-        .collect();
-    let config = teledge::config::agent::load(&config_path).unwrap();
-    let (mut spool, _) =
-        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
-            .unwrap();
-    records.extend(
-        spool
-            .read(None, 1000)
-            .unwrap()
-            .iter()
-            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()),
-    );
+    let records = crate::uplink::collected_or_spooled(&out, &config_path);
     let announced: u64 = records
         .iter()
         .filter(|r| {

@@ -309,6 +309,27 @@ pub(crate) fn stored(out: &Path) -> Vec<serde_json::Value> {
     lines
 }
 
+/// Every record a daemon made, at the collector (`out`) or still in its spool (the uplink's
+/// drain at shutdown may end before the spool is empty): the daemon has stopped.
+pub(crate) fn collected_or_spooled(out: &Path, config_path: &Path) -> Vec<serde_json::Value> {
+    let mut records: Vec<serde_json::Value> = stored(out)
+        .into_iter()
+        .map(|l| l["record"].clone())
+        .collect();
+    let config = teledge::config::agent::load(config_path).unwrap();
+    let (mut spool, _) =
+        teledge::spool::Spool::open(config.forward.spool.clone(), config.forward.keyring.clone())
+            .unwrap();
+    records.extend(
+        spool
+            .read(None, 1000)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()),
+    );
+    records
+}
+
 fn contains_bytes(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().any(|entry| {
         let path = entry.unwrap().path();
