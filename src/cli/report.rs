@@ -396,8 +396,9 @@ impl QueueLog {
     /// Counts a line of an event teledge does not know (kept, no figure follows from it),
     /// by name: at most [`MAX_UNKNOWN_NAMES`] names, the rest together.
     fn unknown_event(&mut self, name: &str) {
-        let name = if self.unknown.contains_key(name) || self.unknown.len() < MAX_UNKNOWN_NAMES {
-            name.chars().take(32).collect()
+        let cut: String = name.chars().take(32).collect();
+        let name = if self.unknown.contains_key(&cut) || self.unknown.len() < MAX_UNKNOWN_NAMES {
+            cut
         } else {
             "(others)".to_owned()
         };
