@@ -109,7 +109,8 @@ use crate::decode::sdp::{self, Codec, MediaSection, SdpSummary};
 use crate::decode::sip::{Method, NameAddr, SipMessage, StartLine};
 use crate::dissect::{MessageMeta, Transport};
 use crate::record::{
-    CallRecord, ClosedBy, Hangup, HepRtcp, Outcome, Party, Reason, State, UserAgents, CALL_SCHEMA,
+    text as record_text, CallRecord, ClosedBy, Hangup, HepRtcp, Outcome, Party, Reason, State,
+    UserAgents, CALL_SCHEMA,
 };
 use crate::time::{round_secs, Timestamp};
 
@@ -575,8 +576,8 @@ impl CallTracker {
         let call = self.calls.get(call_key(call_id))?;
         Some((
             call.callee.user.clone(),
-            call.caller_address.to_string(),
-            call.callee_address.to_string(),
+            record_text::socket_addr(call.caller_address),
+            record_text::socket_addr(call.callee_address),
         ))
     }
 
@@ -1733,7 +1734,7 @@ impl Call {
             ClosedBy::Bye | ClosedBy::Cancel | ClosedBy::FinalResponse
         );
         // Written once: the record shows it, and its id hashes it.
-        let caller_address = self.caller_address.to_string();
+        let caller_address = record_text::socket_addr(self.caller_address);
         CallRecord {
             schema: CALL_SCHEMA,
             record_id: record_id(
@@ -1748,7 +1749,7 @@ impl Call {
             diverted_from: self.diverted_from.map(|p| *p),
             transport: self.transport.into(),
             caller_address,
-            callee_address: self.callee_address.to_string(),
+            callee_address: record_text::socket_addr(self.callee_address),
             started_before_capture: self.started_before_capture,
             roles_known: self.roles_known,
             invite_time: self.invite_time,

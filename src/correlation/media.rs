@@ -66,7 +66,7 @@ use crate::record::media::{
     MediaQuality, OrphanStreamsSummary, RtcpReported, StreamQuality, StreamRecord,
     ORPHAN_SUMMARY_SCHEMA, STREAM_SCHEMA,
 };
-use crate::record::stable_id;
+use crate::record::{stable_id, text as record_text};
 use crate::time::Timestamp;
 
 /// Most streams one call holds (open, closed while it lasts, and legs of a relay): a real
@@ -1844,9 +1844,9 @@ impl Stream {
             Err(reason) => (None, Some(reason)),
         };
         StreamQuality {
-            src: key.src().to_string(),
-            dst: key.dst().to_string(),
-            ssrc: format!("0x{:08X}", key.ssrc),
+            src: record_text::socket_addr(key.src()),
+            dst: record_text::socket_addr(key.dst()),
+            ssrc: record_text::ssrc(key.ssrc),
             codec,
             codecs,
             metrics: (&metrics).into(),

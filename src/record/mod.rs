@@ -192,6 +192,7 @@ pub mod registration;
 pub mod sensor;
 pub mod stored;
 mod summary;
+pub mod text;
 pub mod update;
 pub mod weigh;
 
