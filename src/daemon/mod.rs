@@ -107,6 +107,7 @@ mod queue;
 mod sensors;
 mod spool_writer;
 mod status;
+mod supervise;
 mod ticker;
 mod uplink;
 
@@ -131,6 +132,10 @@ pub struct RunSummary {
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
     pub kernel_drops: u64,
+    /// Components that panicked (each announced by a `component_panicked` gap record): the
+    /// run then ends with a failure exit, so systemd restarts it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub panicked: Vec<String>,
 }
 
 /// Why the daemon could not run.
@@ -345,6 +350,9 @@ struct Context {
     tracker: TaskTracker,
     /// The status page's feed, when `[status]` enables the page.
     status: Option<Arc<status::StatusFeed>>,
+    /// Catches the panics of the components (`supervise`): each is announced and stops the
+    /// daemon with a failure exit.
+    supervisor: Arc<supervise::Supervisor>,
 }
 
 /// How the daemon talks to systemd: where notifications go, and the watchdog interval
@@ -569,6 +577,7 @@ impl Daemon {
         let health = Arc::new(Health::new(&stages, config.observe.health.clone()));
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let supervisor = supervise::Supervisor::new(&config.forward.node_id, &metrics);
 
         // The spool first: nothing is captured that could not be kept. Opening a large store
         // after a crash can take a while: ask systemd for more start time first.
@@ -736,6 +745,7 @@ impl Daemon {
                 }
                 (aggregator, Arc::clone(&produced))
             }),
+            Arc::clone(&supervisor),
         )?;
 
         let ctx = Context {
@@ -758,6 +768,7 @@ impl Daemon {
             sources: root.child_token(),
             tracker: tracker.clone(),
             status: status_feed.map(|(feed, _)| feed),
+            supervisor,
         };
         let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
         let _ = listen_pipeline.set(Arc::clone(&ctx.pipeline));
@@ -969,6 +980,12 @@ impl Daemon {
                 records.push_waiting(r)
             });
             ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
+        }
+        // The relay sends what the pipeline mirrored, the records of calls closed just now
+        // included; what it cannot send by its deadline is counted, and announced below.
+        hep_out::finish(hep_out, Duration::from_secs(2)).await;
+        {
+            let records = &ctx.records;
             // The input's losses since the ticker's last announcement (it announces at most
             // once a minute: those of the last minute were counted and never announced).
             let node = lock(&spool).node_id().to_owned();
@@ -982,7 +999,6 @@ impl Daemon {
                 records.push_waiting(Record::Gap(Box::new(gap)));
             }
         }
-        hep_out::finish(hep_out, Duration::from_secs(2)).await;
         // Live-listen sessions ended with `listeners` above; their audit records go into the
         // queue before it closes (under load a session's end could come after it, and its
         // record was counted as dropped, `queue_closed`).
@@ -1001,6 +1017,7 @@ impl Daemon {
             tracker,
             metrics,
             health: ctx_health,
+            supervisor,
             ..
         } = ctx;
         // The last sender: the writer drains the queue, commits and ends. Audit records from
@@ -1017,6 +1034,13 @@ impl Daemon {
         let forwarded = uplink.drain(deadline).await;
         let left = {
             let mut s = lock(&spool);
+            // Panics after the first of their component (each first one was announced at
+            // once), summed: nothing can panic any more, the writer has ended.
+            for gap in supervisor.remaining_gaps() {
+                if let Err(e) = s.append(&gap.to_json()) {
+                    tracing::error!(error = %crate::report::Chain(&e), "Cannot spool the announcement of a component's panics.");
+                }
+            }
             // Losses still pending (counted since the uplink's last round) are announced
             // before the close, not left in memory.
             if let Err(e) = s.announce_drops() {
@@ -1047,7 +1071,14 @@ impl Daemon {
             records_left_in_spool: left,
             packets_captured: captured.packets,
             kernel_drops: captured.drops,
+            panicked: supervisor.panicked(),
         }
+    }
+
+    /// Cancelled when a component panicked (`supervise`): the daemon should stop, and
+    /// `teledge run` exit with a failure code.
+    pub fn failed(&self) -> CancellationToken {
+        self.ctx.supervisor.failed()
     }
 }
 
@@ -1085,9 +1116,15 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
             Err(DaemonError::StoppedBeforeStart) => return Ok(RunSummary::default()),
             started => started?,
         };
+        let failed = daemon.failed();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                // A component panicked: the same stop, then a failure exit (`cli::run`).
+                () = failed.cancelled() => {
+                    tracing::error!("A component panicked: stopping (final accounting as on SIGTERM), then exiting with a failure code for systemd to restart teledge.");
+                    break;
+                }
                 _ = hup.recv() => reload(&mut daemon, &config_path).await,
             }
         }
