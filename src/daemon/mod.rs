@@ -243,14 +243,59 @@ impl RecordQueue {
 /// closes it — a supervisor logging in during the drain, a live-listen session that took
 /// longer than [`SESSIONS_END_WAIT`] to end — straight into the spool by a spooler of its
 /// own, appended and committed at once beside the writer's last appends, so a record
-/// offered after the queue closed is spooled, not dropped. `Closed` only once every
-/// task has ended (nothing of the daemon's can audit then); a record offered then is
-/// counted (`queue_closed`).
+/// offered after the queue closed is spooled, not dropped. `Closed` once every task has
+/// ended (nothing of the daemon's can audit then, but a clone of the sink held elsewhere
+/// still can): a record offered then goes into the spool if it is still open (someone
+/// holds it), or into the spool opened again for it, appended and committed, and closed
+/// again ([`AfterEnd`]); only a spool that will not open at all loses it, counted
+/// (`queue_closed`) and logged — the one place nothing is left to announce it in.
 #[derive(Debug)]
 enum AuditPath {
     Queue(RecordQueue),
     Spool(LateSpool),
-    Closed,
+    Closed(AfterEnd),
+}
+
+/// The way into the spool once the daemon has ended: it holds no spool (a sink that
+/// outlives the daemon must not keep its store's lock), only what opens it again.
+#[derive(Debug)]
+struct AfterEnd {
+    spool: std::sync::Weak<Mutex<Spool>>,
+    config: crate::spool::SpoolConfig,
+    keyring: crate::seal::Keyring,
+    privacy: crate::privacy::Privacy,
+    health: Arc<Health>,
+}
+
+impl AfterEnd {
+    fn offer(&self, record: Record, metrics: &AgentMetrics) {
+        let spool = match self.spool.upgrade() {
+            Some(spool) => spool,
+            None => match Spool::open(self.config.clone(), self.keyring.clone()) {
+                Ok((spool, _)) => Arc::new(Mutex::new(spool)),
+                Err(e) => {
+                    tracing::error!(error = %crate::report::Chain(&e), "A record offered after teledge stopped cannot be spooled: the spool does not open.");
+                    RecordsDropped {
+                        reason: DropReason::QueueClosed,
+                        count: 1,
+                    }
+                    .emit(metrics);
+                    return;
+                }
+            },
+        };
+        let mut spooler = Spooler::new(
+            spool,
+            Pseudonymizer::new(self.privacy.clone()),
+            Duration::ZERO,
+            None,
+        );
+        // A record that does not reach the spool is counted and announced there.
+        spool_writer::append(&mut spooler, record, &self.health, metrics);
+        if let Err(e) = spooler.commit() {
+            tracing::error!(error = %crate::report::Chain(&e), "Spool commit of a record offered after teledge stopped failed.");
+        }
+    }
 }
 
 /// The last synchronous way into the spool, after the record queue closed.
@@ -275,11 +320,7 @@ impl AuditPath {
                     tracing::error!(error = %crate::report::Chain(&e), "Spool commit of a record offered after the record queue closed failed.");
                 }
             }
-            AuditPath::Closed => RecordsDropped {
-                reason: DropReason::QueueClosed,
-                count: 1,
-            }
-            .emit(metrics),
+            AuditPath::Closed(after) => after.offer(record, metrics),
         }
     }
 }
@@ -439,6 +480,8 @@ pub struct Daemon {
     audit_queue: Arc<Mutex<AuditPath>>,
     /// The spooler of [`AuditPath::Spool`], taken at shutdown when the queue closes.
     late_spooler: Spooler,
+    /// The way of [`AuditPath::Closed`], taken at the end of the shutdown.
+    after_end: AfterEnd,
     listeners: CancellationToken,
     /// Live-listen sessions ([`Daemon::session_tracker`]).
     sessions: TaskTracker,
@@ -628,8 +671,11 @@ impl Daemon {
             // store's lock, alive.
             let metrics = Arc::downgrade(&metrics);
             crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
-                if let Some(metrics) = metrics.upgrade() {
-                    lock(&slot).offer(record, &metrics)
+                match metrics.upgrade() {
+                    Some(metrics) => lock(&slot).offer(record, &metrics),
+                    // The daemon and its metrics are gone: the record is still spooled
+                    // (`AuditPath::Closed`), its counts go nowhere anyone reads.
+                    None => lock(&slot).offer(record, &AgentMetrics::new()),
                 }
             })
         };
@@ -829,6 +875,7 @@ impl Daemon {
             });
         }
         tracing::info!("teledge running.");
+        let weak_spool = Arc::downgrade(&spool);
         Ok(Daemon {
             ctx,
             root,
@@ -852,6 +899,13 @@ impl Daemon {
             audit,
             audit_queue,
             late_spooler,
+            after_end: AfterEnd {
+                spool: weak_spool,
+                config: config.forward.spool.clone(),
+                keyring: config.forward.keyring.clone(),
+                privacy: config.forward.privacy.clone(),
+                health: Arc::clone(&health),
+            },
             listeners,
             sessions,
         })
@@ -954,6 +1008,7 @@ impl Daemon {
             dropped,
             audit_queue,
             late_spooler,
+            after_end,
             audit,
             listeners,
             sessions,
@@ -1061,7 +1116,7 @@ impl Daemon {
         // window are announced (their window's end would never come), then the way into the
         // spool closes (it must not keep the spool open through a sink someone still holds).
         audit.announce_suppressed();
-        *lock(&audit_queue) = AuditPath::Closed;
+        *lock(&audit_queue) = AuditPath::Closed(after_end);
         RunSummary {
             records_produced: produced.load(Ordering::Relaxed),
             records_dropped_queue_full: dropped.load(Ordering::Relaxed),
