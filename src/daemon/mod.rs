@@ -849,7 +849,7 @@ impl Daemon {
             config.heartbeat_interval,
             &config.config_sha256,
         );
-        let uplink = uplink.start(&spool, committed, &ctx.tracker);
+        let uplink = uplink.start(&spool, committed, &ctx);
         if let Some(interval) = systemd.watchdog.filter(|_| notifier.is_enabled()) {
             let dog = observe::Watchdog::new(notifier.clone(), interval).with_counters(
                 metrics.watchdog_pings.clone(),

@@ -48,6 +48,8 @@ pub(super) struct Supervisor {
     metrics: Arc<AgentMetrics>,
     failed: CancellationToken,
     panics: Mutex<BTreeMap<&'static str, Panics>>,
+    /// Announcements kept for the shutdown (a component with no way into the spool).
+    kept: Mutex<Vec<GapRecord>>,
 }
 
 impl Supervisor {
@@ -57,6 +59,7 @@ impl Supervisor {
             metrics: Arc::clone(metrics),
             failed: CancellationToken::new(),
             panics: Mutex::default(),
+            kept: Mutex::default(),
         })
     }
 
@@ -109,11 +112,19 @@ impl Supervisor {
         gap
     }
 
-    /// The panics not announced yet (after the first of a component): one gap record per
-    /// component, for the shutdown to announce.
+    /// Keeps an announcement for [`Supervisor::remaining_gaps`].
+    pub(super) fn keep(&self, gap: GapRecord) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(gap);
+    }
+
+    /// The panics not announced yet (after the first of a component, and those kept): for
+    /// the shutdown to announce.
     pub(super) fn remaining_gaps(&self) -> Vec<GapRecord> {
+        let mut gaps = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
         let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
-        let mut gaps = Vec::new();
         for (component, p) in panics.iter_mut() {
             if let Some(lost) = p.lost_since.take() {
                 gaps.push(self.gap(component, &p.first, lost, p.count - 1));

@@ -240,3 +240,13 @@ fn hep_frames_the_relay_drops_are_announced_upstream() {
         assert!(since <= &gap["time"].as_str().unwrap()[..19], "{gap}");
     }
 }
+
+/// The forwarding task panics on its 3rd round: announced (`dropped` 0: the records stay in
+/// the spool, sent by the next start), the daemon stops, every call is kept.
+#[test]
+fn a_panic_of_the_uplink_is_announced_and_loses_nothing() {
+    let o = run_with_panic("uplink:3", "");
+    assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
+    assert_eq!(o.panics[0]["dropped"], 0);
+    assert_eq!(o.calls as u32, CALLS);
+}
