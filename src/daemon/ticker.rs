@@ -169,8 +169,7 @@ impl InputLosses {
                 let mut gap =
                     GapRecord::new(node, GapReason::InputDropped, Some(now_total - *announced));
                 gap.detail = Some(detail.to_owned());
-                gap.counted_since =
-                    Some(humantime::format_rfc3339_seconds(*since).to_string());
+                gap.counted_since = Some(humantime::format_rfc3339_seconds(*since).to_string());
                 gaps.push(gap);
                 *announced = *now_total;
                 *since = wall;

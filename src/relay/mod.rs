@@ -191,8 +191,8 @@ impl HepRelay {
                     sender.run(&rx, &hand)
                 }));
                 if let Err(payload) = run {
-                    let lost = u64::from(in_hand.load(Ordering::Relaxed))
-                        + rx.try_iter().count() as u64;
+                    let lost =
+                        u64::from(in_hand.load(Ordering::Relaxed)) + rx.try_iter().count() as u64;
                     HepRelayDropped {
                         reason: "panicked",
                         count: lost,

@@ -433,7 +433,10 @@ mod tests {
         assert!(ledger.take_found_marker().is_none());
         ledger.write_marker(&marker).unwrap();
         // A marker of the version before run ids is read too.
-        let v1 = RunMarker { run: None, ..marker };
+        let v1 = RunMarker {
+            run: None,
+            ..marker
+        };
         ledger.write_marker(&v1).unwrap();
         drop(ledger);
         let (mut ledger, _) = Ledger::open(dir.path()).unwrap();

@@ -3082,7 +3082,10 @@ mod tests {
         let gaps = unclean(&mut spool);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         let detail = gaps[0]["detail"].as_str().unwrap();
-        assert!(detail.starts_with("an earlier run (followed by runs of an older"), "{detail}");
+        assert!(
+            detail.starts_with("an earlier run (followed by runs of an older"),
+            "{detail}"
+        );
         drop(spool);
         let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
         assert_eq!(unclean(&mut spool).len(), 1, "announced once");

@@ -166,7 +166,10 @@ impl Agent {
 
     /// Waits (up to `timeout`) for the agent to exit on its own: its exit status and the log
     /// lines after `wait_for_log`; `None` if it still runs.
-    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Vec<String>)> {
+    pub(crate) fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<(std::process::ExitStatus, Vec<String>)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -71,7 +71,11 @@ fn run_with_panic(panic: &str, extra: &str) -> Outcome {
         .unwrap_or_else(|| panic!("no summary: {lines:#?}"));
     let summary: Value = serde_json::from_str(summary).unwrap();
     let component = panic.split(':').next().unwrap();
-    assert_eq!(summary["panicked"], serde_json::json!([component]), "{summary}");
+    assert_eq!(
+        summary["panicked"],
+        serde_json::json!([component]),
+        "{summary}"
+    );
     // Let the collector take what the drain sent; the rest is read from the spool.
     std::thread::sleep(Duration::from_millis(500));
     let records = collected_or_spooled(&out, &config);
@@ -170,7 +174,10 @@ fn a_panic_of_the_hep_relay_is_announced_with_every_frame_it_lost() {
     assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
     let with_panic = o.panics[0]["dropped"].as_u64().unwrap();
     assert!(with_panic >= 1);
-    let not_relayed: u64 = not_relayed(&o.records).iter().map(|g| g["dropped"].as_u64().unwrap()).sum();
+    let not_relayed: u64 = not_relayed(&o.records)
+        .iter()
+        .map(|g| g["dropped"].as_u64().unwrap())
+        .sum();
     let received = reader.join().unwrap();
     assert_eq!(
         received + with_panic + not_relayed,
@@ -187,7 +194,10 @@ fn not_relayed(records: &[Value]) -> Vec<&Value> {
         .filter(|r| {
             r["type"] == "gap"
                 && r["reason"] == "input_dropped"
-                && r["detail"].as_str().unwrap().contains("not relayed to HOMER")
+                && r["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not relayed to HOMER")
         })
         .collect()
 }
