@@ -27,8 +27,9 @@
 //!   spool absorbs a slow or absent uplink.
 //! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
 //!   ([`crate::relay`]) from every capture thread, the HEP task and the ticker, whose own
-//!   thread sends to HOMER from a bounded queue (a full queue drops and counts); it is
-//!   finished after the pipeline at shutdown (2 s to drain).
+//!   thread sends to HOMER from a bounded queue (a full queue drops, counts and, through the
+//!   ticker, announces); it is finished after the pipeline at shutdown (2 s to drain), before
+//!   the input's last losses are announced.
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
@@ -48,6 +49,12 @@
 //!   the last sender is gone) and syncs, and the uplink forwards what it can until the
 //!   drain deadline; the rest stays spooled for the next start. Audit records offered from
 //!   the queue's close on go into the spool directly (appended and committed at once).
+//! - A panic of the spool writer, a capture thread's packet, the HEP task's frame, a tick,
+//!   the HEP relay's thread or the uplink's task is caught at that component's boundary
+//!   (`supervise`): announced by a `component_panicked` gap record with what it lost, and
+//!   the daemon stops as on SIGTERM ([`Daemon::failed`]); [`run`]'s summary names the
+//!   components (`panicked`) and `teledge run` exits 2, so systemd restarts it. Frames the
+//!   HEP relay drops are announced like the input's losses (`input_dropped`).
 //! - SIGHUP re-validates the configuration file and compares it with the running one by
 //!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
 //!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other

@@ -23,7 +23,8 @@
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
 //! whose content cannot be used) and the ticker (the decode path's and the call table's loss
 //! totals, through [`NewSince`]), the uplink component (batches to the HTTPS collector or to
-//! NATS JetStream that failed and will be retried).
+//! NATS JetStream that failed and will be retried), the daemon's supervisor (a component's
+//! panic caught at its boundary).
 
 use super::agent::AgentMetrics;
 pub use crate::log_limit::LOG_INTERVAL;
