@@ -146,8 +146,8 @@ impl InputLosses {
                 + totals.hep_unused,
             dropped.with(&["call_table_full"]).get(),
             // A panic of the relay announces its own losses (`component_panicked`).
-            crate::relay::dropped_total(metrics)
-                - metrics.hep_out_dropped.with(&["panicked"]).get(),
+            // (Read without making a series of each reason in `/metrics`.)
+            metrics.hep_out_dropped.total() - metrics.hep_out_dropped.peek(&["panicked"]),
         ];
         let details: [&str; KINDS] = [
             "packets dropped by the kernel (capture ring full)",
