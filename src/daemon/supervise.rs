@@ -112,6 +112,36 @@ impl Supervisor {
         gap
     }
 
+    /// Runs `work` (a task of a source), catching its panic: announced through `records`
+    /// (what it held unknown), and the daemon stops. The task does not go on.
+    pub(super) async fn guard(
+        self: Arc<Self>,
+        component: &'static str,
+        records: super::RecordQueue,
+        work: impl std::future::Future<Output = ()>,
+    ) {
+        use futures_util::FutureExt;
+        if let Err(payload) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            if let Some(gap) = self.caught(component, payload.as_ref(), None) {
+                records.push(crate::record::Record::Gap(Box::new(gap)));
+            }
+        }
+    }
+
+    /// [`Supervisor::guard`] for a thread's work.
+    pub(super) fn guard_thread(
+        &self,
+        component: &'static str,
+        records: &super::RecordQueue,
+        work: impl FnOnce(),
+    ) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            if let Some(gap) = self.caught(component, payload.as_ref(), None) {
+                records.push(crate::record::Record::Gap(Box::new(gap)));
+            }
+        }
+    }
+
     /// Keeps an announcement for [`Supervisor::remaining_gaps`].
     pub(super) fn keep(&self, gap: GapRecord) {
         self.kept

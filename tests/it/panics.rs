@@ -260,3 +260,20 @@ fn a_panic_of_the_uplink_is_announced_and_loses_nothing() {
     assert_eq!(o.panics[0]["dropped"], 0);
     assert_eq!(o.calls as u32, CALLS);
 }
+
+/// The `queue_log` reader's thread panics on its 3rd poll: announced (`dropped` null), the
+/// daemon stops (before, the thread ended quietly and the daemon ran on without it).
+#[test]
+fn a_panic_of_the_queue_log_reader_is_announced_and_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queue_log");
+    std::fs::write(&log, "1700000000|1.1|support|NONE|ENTERQUEUE||100|1\n").unwrap();
+    let extra = format!(
+        "[[queue_log]]\npath = \"{}\"\nstate_file = \"{}\"\ngroup = \"pbx1\"\nstart_at = \"beginning\"\npoll_interval_ms = 20\n",
+        log.display(),
+        dir.path().join("queue_log.state").display()
+    );
+    let o = run_with_panic("queue_log:3", &extra);
+    assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
+    assert_eq!(o.panics[0]["dropped"], Value::Null);
+}
