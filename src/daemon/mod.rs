@@ -50,7 +50,8 @@
 //!   drain deadline; the rest stays spooled for the next start. Audit records offered from
 //!   the queue's close on go into the spool directly (appended and committed at once).
 //! - A panic of the spool writer, a capture thread's packet, the HEP task's frame, a tick,
-//!   the HEP relay's thread or the uplink's task is caught at that component's boundary
+//!   the HEP relay's thread, the uplink's task, a `queue_log` reader, the callcenter
+//!   assembler or a sensor task is caught at that component's boundary
 //!   (`supervise`): announced by a `component_panicked` gap record with what it lost, and
 //!   the daemon stops as on SIGTERM ([`Daemon::failed`]); [`run`]'s summary names the
 //!   components (`panicked`) and `teledge run` exits 2, so systemd restarts it. Frames the
