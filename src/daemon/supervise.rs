@@ -17,9 +17,12 @@
 //!   final accounting, the record queue drained into the spool — and `teledge run` exits
 //!   with a failure code, so systemd (`Restart=on-failure`) starts it afresh.
 //!
-//! The component goes on meanwhile where it safely can (the spool writer with a fresh
-//! spooler, so its queue is still drained; the capture threads, the HEP task and the ticker
-//! with their next packet, frame or tick), so the stop loses nothing more.
+//! The component goes on meanwhile where it safely can (the spool writer with the same
+//! queue and spooler, so its queue is still drained; the capture threads, the HEP task and
+//! the ticker with their next packet, frame or tick), so the stop loses nothing more. The
+//! sources' own tasks ([`Supervisor::guard`], [`Supervisor::guard_thread`]: `queue_log`
+//! readers, the callcenter assembler, the sensor bridge and device tasks) end with their
+//! panic; the HEP relay and the uplink count what theirs lost and end.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
