@@ -88,6 +88,7 @@ pub mod log_limit;
 pub mod media;
 pub mod observe;
 pub mod outputs;
+pub mod panics;
 pub mod pipeline;
 pub mod pki;
 pub mod privacy;

@@ -101,6 +101,12 @@ impl Spooler {
         Ok(())
     }
 
+    /// After a panic in the middle of an append (the spool writer's, caught at its
+    /// boundary): the next [`Spooler::commit`] flushes, whatever was appended before it.
+    pub fn mark_appended(&mut self) {
+        self.dirty = true;
+    }
+
     /// Records lost before the spool: announced upstream by a gap record (see
     /// [`crate::spool::Spool::note_lost_before_spool`]).
     pub fn note_lost(&mut self, detail: &'static str, count: u64) {

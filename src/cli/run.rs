@@ -36,5 +36,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // One line a supervisor or a test can account with.
     eprintln!("teledge: stopped: {}", serde_json::to_string(&summary)?);
+    if !summary.panicked.is_empty() {
+        // A bug stopped it: systemd (`Restart=on-failure`) starts it afresh.
+        eprintln!(
+            "teledge: stopped after a panic of {}; exiting with a failure code",
+            summary.panicked.join(", ")
+        );
+        return Ok(ExitCode::from(super::EXIT_FAILURE));
+    }
     Ok(ExitCode::SUCCESS)
 }

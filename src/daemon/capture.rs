@@ -12,6 +12,7 @@ use crate::config::agent::CaptureConfig;
 use crate::dissect::DissectLimits;
 use crate::observe::{self, Health, Stage};
 use crate::pipeline::LiveInput;
+use crate::record::Record;
 use crate::sources::afpacket::{Fanout, KernelStats, LiveCaptureError, LivePacket, PacketSink};
 use crate::sources::capture_thread::{CaptureSettings, CaptureThread};
 
@@ -85,6 +86,7 @@ impl Captures {
                     packets: ctx.metrics.source_packets.with(&[&c.interface]),
                     bytes: ctx.metrics.source_bytes.with(&[&c.interface]),
                     health: Arc::clone(&ctx.health),
+                    supervisor: Arc::clone(&ctx.supervisor),
                 };
                 if thread == 0 {
                     tracing::info!(interface = %c.interface, threads = c.threads, ring_bytes = c.ring.total_bytes() * c.threads as u64, "Capturing.");
@@ -135,6 +137,7 @@ struct CaptureSink {
     packets: Arc<observe::metrics::Counter>,
     bytes: Arc<observe::metrics::Counter>,
     health: Arc<Health>,
+    supervisor: Arc<super::supervise::Supervisor>,
 }
 
 impl PacketSink for CaptureSink {
@@ -144,16 +147,34 @@ impl PacketSink for CaptureSink {
         self.bytes.add(packet.data.len() as u64);
         let frame = packet.frame(self.frames);
         let records = &self.records;
-        self.pipeline
-            .frame(&self.input, &frame, &mut |r| records.push(r));
+        // A panic on a packet (a bug in a decoder or the correlator) is caught here:
+        // announced, the daemon asked to stop, and the next packets go on meanwhile.
+        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::panics::inject("capture");
+            self.pipeline
+                .frame(&self.input, &frame, &mut |r| records.push(r));
+        }));
+        if let Err(payload) = fed {
+            // The packet, and what the correlator was doing with it: unknown.
+            if let Some(gap) = self.supervisor.caught("capture", payload.as_ref(), None) {
+                records.push(Record::Gap(Box::new(gap)));
+            }
+        }
     }
 
     fn batch_end(&mut self) {
         // Kernel capture times are the wall clock: the hold is measured on it too.
         let records = &self.records;
         let now = crate::time::Timestamp::now();
-        self.pipeline
-            .release_held(&self.input, now, &mut |r| records.push(r));
+        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pipeline
+                .release_held(&self.input, now, &mut |r| records.push(r));
+        }));
+        if let Err(payload) = released {
+            if let Some(gap) = self.supervisor.caught("capture", payload.as_ref(), None) {
+                records.push(Record::Gap(Box::new(gap)));
+            }
+        }
         self.health.progress(Stage::Capture);
     }
 }

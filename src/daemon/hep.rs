@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use super::{Context, DaemonError, LiveClock};
 use crate::config::agent::HepConfig;
 use crate::observe::events::{DecodeErrors, InternalEvent};
+use crate::record::Record;
 use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
 
 /// The running HEP input.
@@ -78,6 +79,7 @@ impl HepInput {
         let metrics = Arc::clone(&ctx.metrics);
         let unused = Arc::clone(&ctx.hep_unused);
         let hep_stats = Arc::clone(&stats);
+        let supervisor = Arc::clone(&ctx.supervisor);
         let clock = LiveClock::new(ctx.clock_guard, &ctx.live_now, &ctx.metrics, "hep");
         // No shutdown branch on purpose: this task ends when the listener, stopped by the
         // sources' token, drops the channel's sender — after every frame already accepted
@@ -90,7 +92,22 @@ impl HepInput {
                 bytes.add(event.frame.payload.len() as u64);
                 // The sender's clock: checked against ours before it drives any timeout.
                 event.frame.time = clock.check(event.frame.time);
-                let fed = pipeline.hep(&event.frame, event.sequence, &mut |r| records.push(r));
+                // A panic on a frame (a bug in a decoder or the correlator) is caught here:
+                // announced, the daemon asked to stop, and the next frames go on meanwhile.
+                let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::panics::inject("hep");
+                    pipeline.hep(&event.frame, event.sequence, &mut |r| records.push(r))
+                }));
+                let fed = match fed {
+                    Ok(fed) => fed,
+                    Err(payload) => {
+                        // The frame, and what the correlator was doing with it: unknown.
+                        if let Some(gap) = supervisor.caught("hep", payload.as_ref(), None) {
+                            records.push(Record::Gap(Box::new(gap)));
+                        }
+                        continue;
+                    }
+                };
                 if let Err(e) = fed {
                     // Announced upstream by the ticker (an `input_dropped` gap record).
                     unused.fetch_add(1, Ordering::Relaxed);

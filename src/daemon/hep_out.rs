@@ -18,7 +18,21 @@ pub(super) fn start(
     let Some(config) = config else {
         return Ok(None);
     };
-    let (relay, mirror) = HepRelay::start(config, Overflow::Drop, Arc::clone(&ctx.metrics))?;
+    // A panic of the sender thread: announced (its frames lost, counted as `panicked`, are
+    // in the announcement, not in the relay's own), and the daemon stops.
+    let supervisor = Arc::clone(&ctx.supervisor);
+    let records = ctx.records.clone();
+    let on_panic: crate::relay::OnPanic = Box::new(move |payload, lost| {
+        if let Some(gap) = supervisor.caught("hep_out", payload, Some(lost)) {
+            records.push(crate::record::Record::Gap(Box::new(gap)));
+        }
+    });
+    let (relay, mirror) = HepRelay::start_supervised(
+        config,
+        Overflow::Drop,
+        Arc::clone(&ctx.metrics),
+        Some(on_panic),
+    )?;
     ctx.pipeline.set_mirror(Box::new(mirror));
     Ok(Some(relay))
 }

@@ -27,8 +27,9 @@
 //!   spool absorbs a slow or absent uplink.
 //! - `[hep_out]` (`hep_out.rs`): the pipeline mirrors what passes to the HEP relay
 //!   ([`crate::relay`]) from every capture thread, the HEP task and the ticker, whose own
-//!   thread sends to HOMER from a bounded queue (a full queue drops and counts); it is
-//!   finished after the pipeline at shutdown (2 s to drain).
+//!   thread sends to HOMER from a bounded queue (a full queue drops, counts and, through the
+//!   ticker, announces); it is finished after the pipeline at shutdown (2 s to drain), before
+//!   the input's last losses are announced.
 //! - Time moves forward on a tick of its own (the local clock), so calls and streams time out
 //!   on a quiet line. Times a sender stamped (HEP from the listener, HEP captured on the wire)
 //!   enter the correlator only within a tolerance of the local clock (`[correlation]
@@ -48,6 +49,13 @@
 //!   the last sender is gone) and syncs, and the uplink forwards what it can until the
 //!   drain deadline; the rest stays spooled for the next start. Audit records offered from
 //!   the queue's close on go into the spool directly (appended and committed at once).
+//! - A panic of the spool writer, a capture thread's packet, the HEP task's frame, a tick,
+//!   the HEP relay's thread, the uplink's task, a `queue_log` reader, the callcenter
+//!   assembler or a sensor task is caught at that component's boundary
+//!   (`supervise`): announced by a `component_panicked` gap record with what it lost, and
+//!   the daemon stops as on SIGTERM ([`Daemon::failed`]); [`run`]'s summary names the
+//!   components (`panicked`) and `teledge run` exits 2, so systemd restarts it. Frames the
+//!   HEP relay drops are announced like the input's losses (`input_dropped`).
 //! - SIGHUP re-validates the configuration file and compares it with the running one by
 //!   section (`ReloadPlan`): `[uplink]` (reconnect with the new settings), `[[sensors]]`
 //!   (their tasks restarted with the new set) and `[shutdown]` apply at once; every other
@@ -107,6 +115,7 @@ mod queue;
 mod sensors;
 mod spool_writer;
 mod status;
+mod supervise;
 mod ticker;
 mod uplink;
 
@@ -131,6 +140,10 @@ pub struct RunSummary {
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
     pub kernel_drops: u64,
+    /// Components that panicked (each announced by a `component_panicked` gap record): the
+    /// run then ends with a failure exit, so systemd restarts it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub panicked: Vec<String>,
 }
 
 /// Why the daemon could not run.
@@ -238,14 +251,59 @@ impl RecordQueue {
 /// closes it — a supervisor logging in during the drain, a live-listen session that took
 /// longer than [`SESSIONS_END_WAIT`] to end — straight into the spool by a spooler of its
 /// own, appended and committed at once beside the writer's last appends, so a record
-/// offered after the queue closed is spooled, not dropped. `Closed` only once every
-/// task has ended (nothing of the daemon's can audit then); a record offered then is
-/// counted (`queue_closed`).
+/// offered after the queue closed is spooled, not dropped. `Closed` once every task has
+/// ended (nothing of the daemon's can audit then, but a clone of the sink held elsewhere
+/// still can): a record offered then goes into the spool if it is still open (someone
+/// holds it), or into the spool opened again for it, appended and committed, and closed
+/// again ([`AfterEnd`]); only a spool that will not open at all loses it, counted
+/// (`queue_closed`) and logged — the one place nothing is left to announce it in.
 #[derive(Debug)]
 enum AuditPath {
     Queue(RecordQueue),
     Spool(LateSpool),
-    Closed,
+    Closed(AfterEnd),
+}
+
+/// The way into the spool once the daemon has ended: it holds no spool (a sink that
+/// outlives the daemon must not keep its store's lock), only what opens it again.
+#[derive(Debug)]
+struct AfterEnd {
+    spool: std::sync::Weak<Mutex<Spool>>,
+    config: crate::spool::SpoolConfig,
+    keyring: crate::seal::Keyring,
+    privacy: crate::privacy::Privacy,
+    health: Arc<Health>,
+}
+
+impl AfterEnd {
+    fn offer(&self, record: Record, metrics: &AgentMetrics) {
+        let spool = match self.spool.upgrade() {
+            Some(spool) => spool,
+            None => match Spool::open(self.config.clone(), self.keyring.clone()) {
+                Ok((spool, _)) => Arc::new(Mutex::new(spool)),
+                Err(e) => {
+                    tracing::error!(error = %crate::report::Chain(&e), "A record offered after teledge stopped cannot be spooled: the spool does not open.");
+                    RecordsDropped {
+                        reason: DropReason::QueueClosed,
+                        count: 1,
+                    }
+                    .emit(metrics);
+                    return;
+                }
+            },
+        };
+        let mut spooler = Spooler::new(
+            spool,
+            Pseudonymizer::new(self.privacy.clone()),
+            Duration::ZERO,
+            None,
+        );
+        // A record that does not reach the spool is counted and announced there.
+        spool_writer::append(&mut spooler, record, &self.health, metrics);
+        if let Err(e) = spooler.commit() {
+            tracing::error!(error = %crate::report::Chain(&e), "Spool commit of a record offered after teledge stopped failed.");
+        }
+    }
 }
 
 /// The last synchronous way into the spool, after the record queue closed.
@@ -270,11 +328,7 @@ impl AuditPath {
                     tracing::error!(error = %crate::report::Chain(&e), "Spool commit of a record offered after the record queue closed failed.");
                 }
             }
-            AuditPath::Closed => RecordsDropped {
-                reason: DropReason::QueueClosed,
-                count: 1,
-            }
-            .emit(metrics),
+            AuditPath::Closed(after) => after.offer(record, metrics),
         }
     }
 }
@@ -345,6 +399,9 @@ struct Context {
     tracker: TaskTracker,
     /// The status page's feed, when `[status]` enables the page.
     status: Option<Arc<status::StatusFeed>>,
+    /// Catches the panics of the components (`supervise`): each is announced and stops the
+    /// daemon with a failure exit.
+    supervisor: Arc<supervise::Supervisor>,
 }
 
 /// How the daemon talks to systemd: where notifications go, and the watchdog interval
@@ -431,6 +488,8 @@ pub struct Daemon {
     audit_queue: Arc<Mutex<AuditPath>>,
     /// The spooler of [`AuditPath::Spool`], taken at shutdown when the queue closes.
     late_spooler: Spooler,
+    /// The way of [`AuditPath::Closed`], taken at the end of the shutdown.
+    after_end: AfterEnd,
     listeners: CancellationToken,
     /// Live-listen sessions ([`Daemon::session_tracker`]).
     sessions: TaskTracker,
@@ -569,6 +628,7 @@ impl Daemon {
         let health = Arc::new(Health::new(&stages, config.observe.health.clone()));
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let supervisor = supervise::Supervisor::new(&config.forward.node_id, &metrics);
 
         // The spool first: nothing is captured that could not be kept. Opening a large store
         // after a crash can take a while: ask systemd for more start time first.
@@ -619,8 +679,11 @@ impl Daemon {
             // store's lock, alive.
             let metrics = Arc::downgrade(&metrics);
             crate::access::audit::AuditSink::new(&config.forward.node_id, move |record| {
-                if let Some(metrics) = metrics.upgrade() {
-                    lock(&slot).offer(record, &metrics)
+                match metrics.upgrade() {
+                    Some(metrics) => lock(&slot).offer(record, &metrics),
+                    // The daemon and its metrics are gone: the record is still spooled
+                    // (`AuditPath::Closed`), its counts go nowhere anyone reads.
+                    None => lock(&slot).offer(record, &AgentMetrics::new()),
                 }
             })
         };
@@ -736,6 +799,7 @@ impl Daemon {
                 }
                 (aggregator, Arc::clone(&produced))
             }),
+            Arc::clone(&supervisor),
         )?;
 
         let ctx = Context {
@@ -758,6 +822,7 @@ impl Daemon {
             sources: root.child_token(),
             tracker: tracker.clone(),
             status: status_feed.map(|(feed, _)| feed),
+            supervisor,
         };
         let hep_out = hep_out::start(config.hep_out.as_ref(), &ctx)?;
         let _ = listen_pipeline.set(Arc::clone(&ctx.pipeline));
@@ -792,7 +857,7 @@ impl Daemon {
             config.heartbeat_interval,
             &config.config_sha256,
         );
-        let uplink = uplink.start(&spool, committed, &ctx.tracker);
+        let uplink = uplink.start(&spool, committed, &ctx);
         if let Some(interval) = systemd.watchdog.filter(|_| notifier.is_enabled()) {
             let dog = observe::Watchdog::new(notifier.clone(), interval).with_counters(
                 metrics.watchdog_pings.clone(),
@@ -818,6 +883,7 @@ impl Daemon {
             });
         }
         tracing::info!("teledge running.");
+        let weak_spool = Arc::downgrade(&spool);
         Ok(Daemon {
             ctx,
             root,
@@ -841,6 +907,13 @@ impl Daemon {
             audit,
             audit_queue,
             late_spooler,
+            after_end: AfterEnd {
+                spool: weak_spool,
+                config: config.forward.spool.clone(),
+                keyring: config.forward.keyring.clone(),
+                privacy: config.forward.privacy.clone(),
+                health: Arc::clone(&health),
+            },
             listeners,
             sessions,
         })
@@ -943,6 +1016,7 @@ impl Daemon {
             dropped,
             audit_queue,
             late_spooler,
+            after_end,
             audit,
             listeners,
             sessions,
@@ -969,6 +1043,12 @@ impl Daemon {
                 records.push_waiting(r)
             });
             ticker::publish_pipeline_counters(p, &ctx.metrics, &mut lock(&ctx.losses_told));
+        }
+        // The relay sends what the pipeline mirrored, the records of calls closed just now
+        // included; what it cannot send by its deadline is counted, and announced below.
+        hep_out::finish(hep_out, Duration::from_secs(2)).await;
+        {
+            let records = &ctx.records;
             // The input's losses since the ticker's last announcement (it announces at most
             // once a minute: those of the last minute were counted and never announced).
             let node = lock(&spool).node_id().to_owned();
@@ -982,7 +1062,6 @@ impl Daemon {
                 records.push_waiting(Record::Gap(Box::new(gap)));
             }
         }
-        hep_out::finish(hep_out, Duration::from_secs(2)).await;
         // Live-listen sessions ended with `listeners` above; their audit records go into the
         // queue before it closes (under load a session's end could come after it, and its
         // record was counted as dropped, `queue_closed`).
@@ -1001,6 +1080,7 @@ impl Daemon {
             tracker,
             metrics,
             health: ctx_health,
+            supervisor,
             ..
         } = ctx;
         // The last sender: the writer drains the queue, commits and ends. Audit records from
@@ -1017,6 +1097,13 @@ impl Daemon {
         let forwarded = uplink.drain(deadline).await;
         let left = {
             let mut s = lock(&spool);
+            // Panics after the first of their component (each first one was announced at
+            // once), summed: nothing can panic any more, the writer has ended.
+            for gap in supervisor.remaining_gaps() {
+                if let Err(e) = s.append(&gap.to_json()) {
+                    tracing::error!(error = %crate::report::Chain(&e), "Cannot spool the announcement of a component's panics.");
+                }
+            }
             // Losses still pending (counted since the uplink's last round) are announced
             // before the close, not left in memory.
             if let Err(e) = s.announce_drops() {
@@ -1037,7 +1124,7 @@ impl Daemon {
         // window are announced (their window's end would never come), then the way into the
         // spool closes (it must not keep the spool open through a sink someone still holds).
         audit.announce_suppressed();
-        *lock(&audit_queue) = AuditPath::Closed;
+        *lock(&audit_queue) = AuditPath::Closed(after_end);
         RunSummary {
             records_produced: produced.load(Ordering::Relaxed),
             records_dropped_queue_full: dropped.load(Ordering::Relaxed),
@@ -1047,7 +1134,14 @@ impl Daemon {
             records_left_in_spool: left,
             packets_captured: captured.packets,
             kernel_drops: captured.drops,
+            panicked: supervisor.panicked(),
         }
+    }
+
+    /// Cancelled when a component panicked (`supervise`): the daemon should stop, and
+    /// `teledge run` exit with a failure code.
+    pub fn failed(&self) -> CancellationToken {
+        self.ctx.supervisor.failed()
     }
 }
 
@@ -1085,9 +1179,15 @@ pub fn run(config: AgentConfig, config_path: PathBuf) -> Result<RunSummary, Daem
             Err(DaemonError::StoppedBeforeStart) => return Ok(RunSummary::default()),
             started => started?,
         };
+        let failed = daemon.failed();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                // A component panicked: the same stop, then a failure exit (`cli::run`).
+                () = failed.cancelled() => {
+                    tracing::error!("A component panicked: stopping (final accounting as on SIGTERM), then exiting with a failure code for systemd to restart teledge.");
+                    break;
+                }
                 _ = hup.recv() => reload(&mut daemon, &config_path).await,
             }
         }

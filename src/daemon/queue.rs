@@ -90,10 +90,14 @@ impl QueueInputs {
                 metrics: Arc::clone(&ctx.metrics),
                 stop: ctx.sources.clone(),
             };
+            // A panic of the reader (a bug) is caught, announced, and stops the daemon; the
+            // state file says where the next start goes on.
+            let supervisor = Arc::clone(&ctx.supervisor);
+            let records = ctx.records.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("queue-log".into())
-                    .spawn(move || job.run())?,
+                    .spawn(move || supervisor.guard_thread("queue_log", &records, || job.run()))?,
             );
         }
         let mut tasks = Vec::new();
@@ -156,6 +160,7 @@ impl QueueLogJob {
         let mut last_error: Option<std::io::ErrorKind> = None;
         let mut save_failing = false;
         loop {
+            crate::panics::inject("queue_log");
             let stopping = self.stop.is_cancelled();
             // Everything already written is taken, also when stopping.
             loop {
@@ -404,70 +409,74 @@ fn spawn_callcenter(
     let node = node.to_owned();
     // No shutdown branch on purpose: this task ends when the client, stopped by the
     // sources' token, drops the channel's sender — after every event it took is assembled.
-    ctx.tracker.spawn(async move {
-        let mut evicted_announced = 0;
-        let mut dropped_announced = 0;
-        let mut last_gap: Option<Instant> = None;
-        while let Some(event) = rx.recv().await {
-            metrics.source_packets.with(&["callcenter"]).inc();
-            assembler.callcenter(&event, Timestamp::now(), &mut |r| {
-                records.push(Record::Queue(Box::new(r)))
-            });
-            for a in assembler.take_agent_states() {
-                records.push(Record::Agent(Box::new(a)));
+    // A panic (a bug) is caught, announced, and stops the daemon.
+    let guard = Arc::clone(&ctx.supervisor);
+    let guard_records = ctx.records.clone();
+    ctx.tracker
+        .spawn(guard.guard("callcenter", guard_records, async move {
+            let mut evicted_announced = 0;
+            let mut dropped_announced = 0;
+            let mut last_gap: Option<Instant> = None;
+            while let Some(event) = rx.recv().await {
+                metrics.source_packets.with(&["callcenter"]).inc();
+                assembler.callcenter(&event, Timestamp::now(), &mut |r| {
+                    records.push(Record::Queue(Box::new(r)))
+                });
+                for a in assembler.take_agent_states() {
+                    records.push(Record::Agent(Box::new(a)));
+                }
+                let dropped = assembler.counters().agent_states_dropped;
+                if dropped > dropped_announced {
+                    // Taken after every event, so never expected: logged and announced at once.
+                    records.push(evicted_input(
+                        &metrics,
+                        &node,
+                        "queue_agent_states",
+                        dropped - dropped_announced,
+                        "agent state records dropped (too many waiting to be taken)",
+                    ));
+                    dropped_announced = dropped;
+                }
+                let evicted = assembler.counters().evicted;
+                let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
+                if evicted > evicted_announced && due {
+                    last_gap = Some(Instant::now());
+                    records.push(evicted_input(
+                        &metrics,
+                        &node,
+                        "queue_stories",
+                        evicted - evicted_announced,
+                        QUEUE_CALLS_EVICTED,
+                    ));
+                    evicted_announced = evicted;
+                }
             }
-            let dropped = assembler.counters().agent_states_dropped;
-            if dropped > dropped_announced {
-                // Taken after every event, so never expected: logged and announced at once.
-                records.push(evicted_input(
-                    &metrics,
-                    &node,
-                    "queue_agent_states",
-                    dropped - dropped_announced,
-                    "agent state records dropped (too many waiting to be taken)",
-                ));
-                dropped_announced = dropped;
-            }
+            // Evictions since the last announcement (at most one a minute) are announced now:
+            // after the stop nothing would.
             let evicted = assembler.counters().evicted;
-            let due = last_gap.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY);
-            if evicted > evicted_announced && due {
-                last_gap = Some(Instant::now());
-                records.push(evicted_input(
+            if evicted > evicted_announced {
+                records.push_waiting(evicted_input(
                     &metrics,
                     &node,
                     "queue_stories",
                     evicted - evicted_announced,
                     QUEUE_CALLS_EVICTED,
                 ));
-                evicted_announced = evicted;
             }
-        }
-        // Evictions since the last announcement (at most one a minute) are announced now:
-        // after the stop nothing would.
-        let evicted = assembler.counters().evicted;
-        if evicted > evicted_announced {
-            records.push_waiting(evicted_input(
-                &metrics,
-                &node,
-                "queue_stories",
-                evicted - evicted_announced,
-                QUEUE_CALLS_EVICTED,
-            ));
-        }
-        assembler.finish(Timestamp::now(), &mut |r| {
-            records.push_waiting(Record::Queue(Box::new(r)))
-        });
-        let decode_errors = stats.decode_errors.load(Ordering::Relaxed);
-        if decode_errors > 0 {
-            metrics
-                .decode_errors
-                .with(&["esl_callcenter"])
-                .raise_to(decode_errors);
-        }
-        tracing::info!(
-            events = stats.events.load(Ordering::Relaxed),
-            connections = stats.connections.load(Ordering::Relaxed),
-            "FreeSWITCH mod_callcenter input stopped."
-        );
-    })
+            assembler.finish(Timestamp::now(), &mut |r| {
+                records.push_waiting(Record::Queue(Box::new(r)))
+            });
+            let decode_errors = stats.decode_errors.load(Ordering::Relaxed);
+            if decode_errors > 0 {
+                metrics
+                    .decode_errors
+                    .with(&["esl_callcenter"])
+                    .raise_to(decode_errors);
+            }
+            tracing::info!(
+                events = stats.events.load(Ordering::Relaxed),
+                connections = stats.connections.load(Ordering::Relaxed),
+                "FreeSWITCH mod_callcenter input stopped."
+            );
+        }))
 }

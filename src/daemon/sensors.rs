@@ -25,7 +25,7 @@ pub(super) struct Sensors {
 #[derive(Debug)]
 struct SensorSet {
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<crate::record::sensor::PortCounters>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Sensors {
@@ -37,17 +37,22 @@ impl Sensors {
         let health = Arc::clone(&ctx.health);
         // No shutdown branch on purpose: the bridge ends when every device task has stopped
         // and the last sender is dropped, so a reading taken before the stop is kept.
-        let bridge = ctx.tracker.spawn(async move {
-            while let Some(record) = rx.recv().await {
-                match &record {
-                    Record::Sensor(s) => metrics.sensor_readings.with(&[&s.device]).inc(),
-                    Record::Alert(a) => metrics.sensor_alerts.with(&[&a.device]).inc(),
-                    _ => {}
+        // A panic (a bug) is caught, announced, and stops the daemon.
+        let guard = Arc::clone(&ctx.supervisor);
+        let guard_records = ctx.records.clone();
+        let bridge = ctx
+            .tracker
+            .spawn(guard.guard("sensors", guard_records, async move {
+                while let Some(record) = rx.recv().await {
+                    match &record {
+                        Record::Sensor(s) => metrics.sensor_readings.with(&[&s.device]).inc(),
+                        Record::Alert(a) => metrics.sensor_alerts.with(&[&a.device]).inc(),
+                        _ => {}
+                    }
+                    health.progress(Stage::Sensors);
+                    records.push(record);
                 }
-                health.progress(Stage::Sensors);
-                records.push(record);
-            }
-        });
+            }));
         Sensors {
             set,
             tx,
@@ -83,10 +88,18 @@ impl SensorSet {
                     serial: device.profile.serial.clone(),
                 };
                 tracing::info!(device = %device.name, port = %device.port.display(), model = %device.profile.model, "Reading sensor.");
-                ctx.tracker.spawn(
-                    Device::new(device.clone(), opener, tx.clone())
-                        .run(stop.clone()),
-                )
+                // A panic of a device's task (a bug in a profile's decoder) is caught,
+                // announced, and stops the daemon.
+                ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard(
+                    "sensor",
+                    ctx.records.clone(),
+                    {
+                        let run = Device::new(device.clone(), opener, tx.clone()).run(stop.clone());
+                        async move {
+                            run.await;
+                        }
+                    },
+                ))
             })
             .collect();
         SensorSet { stop, tasks }

@@ -35,13 +35,21 @@ use crate::spooler::{Spooler, SpoolerError};
 use crate::stats::Aggregator;
 use crate::time::Timestamp;
 
+use super::supervise::Supervisor;
+
 /// The running writer.
 #[derive(Debug)]
 pub(super) struct SpoolWriter {
     thread: JoinHandle<u64>,
 }
 
+/// How many panics the writer goes on after (each with the record in hand lost and
+/// announced); past them it only counts what the queue still brings, as lost (announced by
+/// the spool), so a queue that nothing drains can never hold the shutdown up.
+const PANICS_TOLERATED: u32 = 4;
+
 impl SpoolWriter {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         rx: BoundedReceiver<Record>,
         spooler: Spooler,
@@ -50,19 +58,25 @@ impl SpoolWriter {
         queue_dropped: Arc<AtomicU64>,
         status: Option<Arc<super::status::StatusFeed>>,
         stats: Option<(Aggregator, Arc<AtomicU64>)>,
+        supervisor: Arc<Supervisor>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                write(
-                    rx,
+                let mut writer = Writer {
+                    rx: &rx,
                     spooler,
-                    &health,
-                    &metrics,
-                    &queue_dropped,
-                    status.as_deref(),
+                    health: &health,
+                    metrics: &metrics,
+                    queue_dropped: &queue_dropped,
+                    status: status.as_deref(),
                     stats,
-                )
+                    queue_announced: 0,
+                    spool_drops_seen: 0,
+                    in_hand: 0,
+                };
+                writer.spool_drops_seen = writer.spooler.spool_drops();
+                supervised(&mut writer, &supervisor)
             })?;
         Ok(SpoolWriter { thread })
     }
@@ -80,123 +94,203 @@ impl SpoolWriter {
     }
 }
 
-/// Hands records to the [`Spooler`] (pseudonymise, append), commits in groups (durable at
-/// most one flush interval after the append, the uplink woken), and commits what is left
-/// when the queue closes. Returns records spooled. Every record lost on the way (the queue
-/// full, an append that failed) is also announced upstream by a gap record.
-fn write(
-    rx: BoundedReceiver<Record>,
-    mut spooler: Spooler,
-    health: &Health,
-    metrics: &AgentMetrics,
-    queue_dropped: &AtomicU64,
-    status: Option<&super::status::StatusFeed>,
-    mut stats: Option<(Aggregator, Arc<AtomicU64>)>,
-) -> u64 {
-    let flush_every = spooler.flush_every().min(STATS_EVERY);
-    let mut stats_due = std::time::Instant::now();
-    let mut queue_announced = 0;
-    let mut spool_drops_seen = spooler.spool_drops();
-    // The queue's drops counted so far, announced (a `records_not_spooled` gap record by
-    // the spool) and told to `/health`.
-    let announce_queue_drops = |spooler: &mut Spooler, announced: &mut u64| {
-        let queue_lost = queue_dropped.load(Ordering::Acquire);
-        if queue_lost > *announced {
-            spooler.note_lost("record queue full", queue_lost - *announced);
-            health.records_lost(queue_lost - *announced);
-            *announced = queue_lost;
-        }
-    };
+/// The writer's loop under the [`Supervisor`]: a panic (in the spool, the statistics, a
+/// serialiser) is caught here, the records it had in hand are announced lost
+/// (`component_panicked`, with their count), the daemon is asked to stop, and the loop
+/// starts again with the same queue and spooler, so what waits in the queue and what the
+/// shutdown still sends is spooled, not dropped as `queue_closed`. After
+/// [`PANICS_TOLERATED`] panics the queue is only drained and counted as lost.
+fn supervised(writer: &mut Writer<'_>, supervisor: &Supervisor) -> u64 {
+    let mut panics = 0;
     loop {
-        announce_queue_drops(&mut spooler, &mut queue_announced);
-        let spool_drops = spooler.spool_drops();
-        if spool_drops > spool_drops_seen {
-            health.records_lost(spool_drops - spool_drops_seen);
-            spool_drops_seen = spool_drops;
-        }
-        let received = rx.recv_timeout(flush_every);
-        let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
-        if closed {
-            // The last read of the drop counter, after the last possible drop: every sender
-            // is gone (a drop is counted before its sender can go), so nothing can be
-            // counted after this. The read at the top of the loop came before the wait for
-            // the close, and a drop in between was counted and never announced.
-            announce_queue_drops(&mut spooler, &mut queue_announced);
-        }
-        if let Ok(record) = received {
-            match (stats.as_mut(), &record) {
-                (Some((aggregator, _)), Record::Call(call)) => {
-                    // Classified on the clear number, before the spooler pseudonymises it;
-                    // keyed as the queue sources key their records, to join them.
-                    let keys = crate::stats::interval::JoinKeys::of(call, spooler.pseudonymizer());
-                    aggregator.call_keyed(call, keys, Timestamp::now());
-                }
-                (Some((aggregator, _)), Record::Queue(queue)) => {
-                    // Pseudonymised at ingest already: counted on its own, in the service
-                    // named like its queue (see `Aggregator::queue_record`).
-                    aggregator.queue_record(queue, Timestamp::now());
-                }
-                (Some((aggregator, _)), Record::Agent(agent)) => {
-                    // An agent's presence in a queue (pseudonymised at ingest): staffed and
-                    // paused time in the service named like its queue.
-                    aggregator.agent_state(agent, Timestamp::now());
-                }
-                (Some((aggregator, _)), Record::Registrations(minute)) => {
-                    // The node's REGISTER attempts (RFC 6076 RRD, IRA): its first service.
-                    aggregator.registrations(minute, Timestamp::now());
-                }
-                _ => {}
-            }
-            if let Some(status) = status {
-                status.record(&record);
-            }
-            append(&mut spooler, record, health, metrics);
-        }
-        if let Some((aggregator, produced)) = stats.as_mut() {
-            let now = Timestamp::now();
-            let intervals = if closed {
-                aggregator.finish(now)
-            } else if stats_due.elapsed() >= STATS_EVERY {
-                stats_due = std::time::Instant::now();
-                publish_open(aggregator, now, metrics);
-                if let Some(status) = status {
-                    status.open_intervals(&aggregator.open(now));
-                }
-                aggregator.tick(now)
-            } else {
-                Vec::new()
-            };
-            for interval in intervals {
-                // Made here, not in the record queue: counted as produced here.
-                produced.fetch_add(1, Ordering::Relaxed);
-                metrics.records_produced.with(&["interval"]).inc();
-                metrics.stats_interval_records.inc();
-                if interval.revision > 0 {
-                    metrics.stats_interval_revisions.inc();
-                }
-                let interval = Record::Interval(Box::new(interval));
-                if let Some(status) = status {
-                    status.record(&interval);
-                }
-                append(&mut spooler, interval, health, metrics);
-            }
-        }
-        let committed = if closed {
-            spooler.commit()
-        } else {
-            spooler.commit_if_due().map(|_| ())
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run()));
+        let payload = match run {
+            Ok(spooled) => return spooled,
+            Err(payload) => payload,
         };
-        if let Err(e) = committed {
-            // Once a flush interval while the store cannot be written: logged at most once
-            // a minute, with how many failed since (the spool's own state and `/health` say
-            // the rest).
-            if let Some(failed) = metrics.log_limiter.due(("spool_commit_failed", ""), 1) {
-                tracing::error!(error = %crate::report::Chain(&e), failed, "Spool commit failed.");
+        panics += 1;
+        let lost = std::mem::take(&mut writer.in_hand);
+        writer.health.records_lost(lost);
+        writer.spooler.mark_appended();
+        if let Some(gap) = supervisor.caught("spool_writer", payload.as_ref(), Some(lost)) {
+            let announced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                append(
+                    &mut writer.spooler,
+                    Record::Gap(Box::new(gap)),
+                    writer.health,
+                    writer.metrics,
+                );
+                writer.spooler.commit()
+            }));
+            if !matches!(announced, Ok(Ok(()))) {
+                tracing::error!("The spool writer's panic could not be announced in the spool; the run marker stays, so the next start announces this run as ended uncleanly.");
             }
         }
-        health.progress(Stage::SpoolWriter);
-        if closed {
-            return spooler.spooled();
+        if panics > 1 {
+            // The statistics or the status feed may be what panics: the records first.
+            writer.stats = None;
+            writer.status = None;
+        }
+        if panics > PANICS_TOLERATED {
+            let mut lost = 0;
+            loop {
+                match writer.rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(_) => lost += 1,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                writer.announce_queue_drops();
+                writer
+                    .spooler
+                    .note_lost("spool writer panicked repeatedly", lost);
+                let _ = writer.spooler.commit();
+            }));
+            tracing::error!(lost, counted = counted.is_ok(), "The spool writer panicked {panics} times: the records still queued were counted as lost.");
+            writer.health.records_lost(lost);
+            return writer.spooler.spooled();
+        }
+    }
+}
+
+/// The spool writer's state, kept across a panic of its loop.
+struct Writer<'a> {
+    rx: &'a BoundedReceiver<Record>,
+    spooler: Spooler,
+    health: &'a Health,
+    metrics: &'a AgentMetrics,
+    queue_dropped: &'a AtomicU64,
+    status: Option<&'a super::status::StatusFeed>,
+    stats: Option<(Aggregator, Arc<AtomicU64>)>,
+    /// The queue's drops announced so far, the spool's own drops told to `/health`.
+    queue_announced: u64,
+    spool_drops_seen: u64,
+    /// Records taken (from the queue, or made by the statistics) and not yet handed to the
+    /// spool: what a panic loses.
+    in_hand: u64,
+}
+
+impl Writer<'_> {
+    /// The queue's drops counted so far, announced (a `records_not_spooled` gap record by
+    /// the spool) and told to `/health`.
+    fn announce_queue_drops(&mut self) {
+        let queue_lost = self.queue_dropped.load(Ordering::Acquire);
+        if queue_lost > self.queue_announced {
+            self.spooler
+                .note_lost("record queue full", queue_lost - self.queue_announced);
+            self.health.records_lost(queue_lost - self.queue_announced);
+            self.queue_announced = queue_lost;
+        }
+    }
+
+    /// Hands records to the [`Spooler`] (pseudonymise, append), commits in groups (durable
+    /// at most one flush interval after the append, the uplink woken), and commits what is
+    /// left when the queue closes. Returns records spooled. Every record lost on the way
+    /// (the queue full, an append that failed) is also announced upstream by a gap record.
+    fn run(&mut self) -> u64 {
+        let flush_every = self.spooler.flush_every().min(STATS_EVERY);
+        let mut stats_due = std::time::Instant::now();
+        let (health, metrics) = (self.health, self.metrics);
+        loop {
+            self.announce_queue_drops();
+            let spool_drops = self.spooler.spool_drops();
+            if spool_drops > self.spool_drops_seen {
+                health.records_lost(spool_drops - self.spool_drops_seen);
+                self.spool_drops_seen = spool_drops;
+            }
+            let received = self.rx.recv_timeout(flush_every);
+            let closed = matches!(received, Err(RecvTimeoutError::Disconnected));
+            if closed {
+                // The last read of the drop counter, after the last possible drop: every
+                // sender is gone (a drop is counted before its sender can go), so nothing can
+                // be counted after this. The read at the top of the loop came before the wait
+                // for the close, and a drop in between was counted and never announced.
+                self.announce_queue_drops();
+            }
+            if let Ok(record) = received {
+                self.in_hand = 1;
+                crate::panics::inject("spool_writer");
+                match (self.stats.as_mut(), &record) {
+                    (Some((aggregator, _)), Record::Call(call)) => {
+                        // Classified on the clear number, before the spooler pseudonymises
+                        // it; keyed as the queue sources key their records, to join them.
+                        let keys = crate::stats::interval::JoinKeys::of(
+                            call,
+                            self.spooler.pseudonymizer(),
+                        );
+                        aggregator.call_keyed(call, keys, Timestamp::now());
+                    }
+                    (Some((aggregator, _)), Record::Queue(queue)) => {
+                        // Pseudonymised at ingest already: counted on its own, in the service
+                        // named like its queue (see `Aggregator::queue_record`).
+                        aggregator.queue_record(queue, Timestamp::now());
+                    }
+                    (Some((aggregator, _)), Record::Agent(agent)) => {
+                        // An agent's presence in a queue (pseudonymised at ingest): staffed
+                        // and paused time in the service named like its queue.
+                        aggregator.agent_state(agent, Timestamp::now());
+                    }
+                    (Some((aggregator, _)), Record::Registrations(minute)) => {
+                        // The node's REGISTER attempts (RFC 6076 RRD, IRA): its first service.
+                        aggregator.registrations(minute, Timestamp::now());
+                    }
+                    _ => {}
+                }
+                if let Some(status) = self.status {
+                    status.record(&record);
+                }
+                append(&mut self.spooler, record, health, metrics);
+                self.in_hand = 0;
+            }
+            if let Some((aggregator, produced)) = self.stats.as_mut() {
+                let now = Timestamp::now();
+                let intervals = if closed {
+                    aggregator.finish(now)
+                } else if stats_due.elapsed() >= STATS_EVERY {
+                    stats_due = std::time::Instant::now();
+                    publish_open(aggregator, now, metrics);
+                    if let Some(status) = self.status {
+                        status.open_intervals(&aggregator.open(now));
+                    }
+                    aggregator.tick(now)
+                } else {
+                    Vec::new()
+                };
+                self.in_hand = intervals.len() as u64;
+                for interval in intervals {
+                    // Made here, not in the record queue: counted as produced here.
+                    produced.fetch_add(1, Ordering::Relaxed);
+                    metrics.records_produced.with(&["interval"]).inc();
+                    metrics.stats_interval_records.inc();
+                    if interval.revision > 0 {
+                        metrics.stats_interval_revisions.inc();
+                    }
+                    let interval = Record::Interval(Box::new(interval));
+                    if let Some(status) = self.status {
+                        status.record(&interval);
+                    }
+                    append(&mut self.spooler, interval, health, metrics);
+                    self.in_hand -= 1;
+                }
+            }
+            let committed = if closed {
+                self.spooler.commit()
+            } else {
+                self.spooler.commit_if_due().map(|_| ())
+            };
+            if let Err(e) = committed {
+                // Once a flush interval while the store cannot be written: logged at most
+                // once a minute, with how many failed since (the spool's own state and
+                // `/health` say the rest).
+                if let Some(failed) = metrics.log_limiter.due(("spool_commit_failed", ""), 1) {
+                    tracing::error!(error = %crate::report::Chain(&e), failed, "Spool commit failed.");
+                }
+            }
+            health.progress(Stage::SpoolWriter);
+            if closed {
+                return self.spooler.spooled();
+            }
         }
     }
 }
@@ -401,6 +495,7 @@ mod tests {
             Arc::clone(&dropped),
             None,
             None,
+            Supervisor::new("edge-01", &metrics),
         )
         .unwrap();
         // The writer has read the counter (0) and waits for a record.

@@ -29,28 +29,39 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<Inpu
                 _ = tick.tick() => {}
                 () = ctx.sources.cancelled() => break,
             }
-            let metrics = &ctx.metrics;
-            {
-                let p = &ctx.pipeline;
-                let records = &ctx.records;
-                p.tick(ctx.live_now.now(), &mut |r| records.push(r));
-                publish_pipeline_counters(p, metrics, &mut lock(&ctx.losses_told));
-                // The status page's snapshot, once a second: the active calls of every
-                // shard, one shard locked at a time; the rest is built without a lock.
-                if let Some(status) = ctx.status.as_ref().filter(|s| s.due()) {
-                    let (calls, more) = p.correlator().active_calls(super::status::CALLS);
-                    status.publish(&calls, more, ctx.live_now.now(), metrics, &ctx.health);
+            // A panic of a tick (a bug in the correlator or the statistics) is caught here:
+            // announced, the daemon asked to stop, and the next tick goes on meanwhile.
+            let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::panics::inject("ticker");
+                let metrics = &ctx.metrics;
+                {
+                    let p = &ctx.pipeline;
+                    let records = &ctx.records;
+                    p.tick(ctx.live_now.now(), &mut |r| records.push(r));
+                    publish_pipeline_counters(p, metrics, &mut lock(&ctx.losses_told));
+                    // The status page's snapshot, once a second: the active calls of every
+                    // shard, one shard locked at a time; the rest is built without a lock.
+                    if let Some(status) = ctx.status.as_ref().filter(|s| s.due()) {
+                        let (calls, more) = p.correlator().active_calls(super::status::CALLS);
+                        status.publish(&calls, more, ctx.live_now.now(), metrics, &ctx.health);
+                    }
                 }
-            }
-            // try_lock: a flush in progress is not worth waiting for; next tick.
-            if let Ok(s) = spool.try_lock() {
-                let age = spool_age.update(&s.stats(), SystemTime::now());
-                drop(s);
-                metrics.spool_oldest_age_seconds.set(age);
-            }
-            let totals = LossTotals::of(&ctx);
-            for gap in input_losses.due(&node, metrics, totals, Instant::now(), false) {
-                ctx.records.push(Record::Gap(Box::new(gap)));
+                // try_lock: a flush in progress is not worth waiting for; next tick.
+                if let Ok(s) = spool.try_lock() {
+                    let age = spool_age.update(&s.stats(), SystemTime::now());
+                    drop(s);
+                    metrics.spool_oldest_age_seconds.set(age);
+                }
+                let totals = LossTotals::of(&ctx);
+                for gap in input_losses.due(&node, metrics, totals, Instant::now(), false) {
+                    ctx.records.push(Record::Gap(Box::new(gap)));
+                }
+            }));
+            if let Err(payload) = ticked {
+                // What the tick had taken out of the call tables is unknown.
+                if let Some(gap) = ctx.supervisor.caught("ticker", payload.as_ref(), None) {
+                    ctx.records.push(Record::Gap(Box::new(gap)));
+                }
             }
             ctx.health.progress(Stage::Correlation);
         }
@@ -80,14 +91,30 @@ impl LossTotals {
 
 /// Input lost before it became records — kernel ring drops, HEP frames refused by a full
 /// queue, frames and reassembly state the decode path dropped, HEP frames malformed,
-/// unauthenticated or not usable, new calls refused by a full call table — announced
-/// upstream by an `input_dropped` gap record per kind, at most once a minute, and at
-/// shutdown what is left (`force`), so the collector learns of every loss, not only the
-/// metrics.
-#[derive(Debug, Default)]
+/// unauthenticated or not usable, new calls refused by a full call table — and HEP frames
+/// the relay to HOMER lost on the way out (`[hep_out]`: queue full, server gone, a send that
+/// failed, the stop's drain deadline), announced upstream by an `input_dropped` gap record
+/// per kind, at most once a minute, and at shutdown what is left (`force`), so the collector
+/// learns of every loss, not only the metrics. Each names its count and the time range it
+/// was counted in (`counted_since`: the previous announcement of its kind, or the run's
+/// start; up to `time`).
+#[derive(Debug)]
 pub(super) struct InputLosses {
-    announced: [u64; 5],
+    announced: [u64; KINDS],
+    since: [SystemTime; KINDS],
     last: Option<Instant>,
+}
+
+const KINDS: usize = 6;
+
+impl Default for InputLosses {
+    fn default() -> Self {
+        InputLosses {
+            announced: [0; KINDS],
+            since: [SystemTime::now(); KINDS],
+            last: None,
+        }
+    }
 }
 
 impl InputLosses {
@@ -110,7 +137,7 @@ impl InputLosses {
         }
         let dropped = &metrics.records_dropped;
         let decode_errors = &metrics.decode_errors;
-        let current = [
+        let current: [u64; KINDS] = [
             metrics.source_kernel_drops.total(),
             dropped.with(&["hep_queue_full"]).get() + dropped.with(&["hep_queue_bytes"]).get(),
             totals.decode,
@@ -118,24 +145,34 @@ impl InputLosses {
                 + decode_errors.with(&["hep_auth_rejected"]).get()
                 + totals.hep_unused,
             dropped.with(&["call_table_full"]).get(),
+            // A panic of the relay announces its own losses (`component_panicked`).
+            // (Read without making a series of each reason in `/metrics`.)
+            metrics.hep_out_dropped.total() - metrics.hep_out_dropped.peek(&["panicked"]),
         ];
-        let details = [
+        let details: [&str; KINDS] = [
             "packets dropped by the kernel (capture ring full)",
             "HEP frames dropped (queue full)",
             "frames or reassembly state dropped by the decode path",
             "HEP frames refused or not used (malformed, unauthenticated, content not usable)",
             "new calls not followed (call table full of answered calls)",
+            "HEP frames not relayed to HOMER ([hep_out]: queue full, server gone, send failed, or left at the stop)",
         ];
+        let wall = SystemTime::now();
         let mut gaps = Vec::new();
-        for ((now_total, announced), detail) in
-            current.iter().zip(self.announced.iter_mut()).zip(details)
+        for (((now_total, announced), since), detail) in current
+            .iter()
+            .zip(self.announced.iter_mut())
+            .zip(self.since.iter_mut())
+            .zip(details)
         {
             if *now_total > *announced {
                 let mut gap =
                     GapRecord::new(node, GapReason::InputDropped, Some(now_total - *announced));
                 gap.detail = Some(detail.to_owned());
+                gap.counted_since = Some(humantime::format_rfc3339_seconds(*since).to_string());
                 gaps.push(gap);
                 *announced = *now_total;
+                *since = wall;
             }
         }
         if !gaps.is_empty() {

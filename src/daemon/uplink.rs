@@ -103,12 +103,28 @@ impl PreparedUplink {
         self,
         spool: &Arc<Mutex<Spool>>,
         committed: Arc<Notify>,
-        tracker: &tokio_util::task::TaskTracker,
+        ctx: &Context,
     ) -> Uplink {
+        let tracker = &ctx.tracker;
+        let supervisor = Arc::clone(&ctx.supervisor);
         let health = self.health;
-        let forwarding = Forwarding::start(self.forwarder, spool, committed, tracker, move || {
-            health.progress(Stage::Uplink)
+        // A panic of the forwarding task: announced, and the daemon stops (the records stay
+        // spooled: nothing is lost, the next start sends them). The announcement waits in
+        // the supervisor for the shutdown: the task outlives the record queue, which a
+        // sender held here would keep open.
+        let on_panic: crate::uplink::forwarding::OnPanic = Box::new(move |payload| {
+            if let Some(gap) = supervisor.caught("uplink", payload, Some(0)) {
+                supervisor.keep(gap);
+            }
         });
+        let forwarding = Forwarding::start_supervised(
+            self.forwarder,
+            spool,
+            committed,
+            tracker,
+            move || health.progress(Stage::Uplink),
+            Some(on_panic),
+        );
         Uplink {
             forwarding,
             metrics: self.metrics,

@@ -186,6 +186,8 @@ pub struct AgentMetrics {
     pub hep_out_connected: Arc<Gauge>,
 
     // The process and systemd.
+    /// Panics of long-lived threads and tasks caught at their boundary, by component.
+    pub panics: Arc<Family<Counter>>,
     pub watchdog_pings: Arc<Counter>,
     /// Watchdog ticks without a ping because the data path made no progress.
     pub watchdog_withheld: Arc<Counter>,
@@ -592,6 +594,13 @@ impl AgentMetrics {
             hep_out_connected: r.gauge(
                 "teledge_hep_out_connected",
                 "1 while the HEP relay has a connection (or socket) to the HOMER server.",
+            ),
+            panics: r.family(
+                "teledge_panics_total",
+                "Panics of the daemon's threads and tasks caught at their boundary (each stops the daemon with a failure exit), by component.",
+                Kind::Counter,
+                &["component"],
+                MAX_SMALL_SET,
             ),
             watchdog_pings: r.counter(
                 "teledge_watchdog_pings_total",

@@ -16,13 +16,15 @@
 //! | [`UplinkAttemptFailed`] | `teledge_uplink_failures_total{kind}` | ERROR (by the forwarder) |
 //! | [`HepRelayDropped`] | `teledge_hep_out_dropped_total{reason}` | WARN |
 //! | [`HepRelayConnectionFailed`] | `teledge_hep_out_connection_failures_total` | WARN |
+//! | [`ComponentPanicked`] | `teledge_panics_total{component}` | ERROR |
 //! | a refusal by `crate::access::Access` (status page, live listen) | `teledge_access_refused_total{reason}` (counted in `Access`, read at scrape time) | WARN |
 //!
 //! Emitted by: the record queue and the spool writer (drops before the spool), the HEP
 //! listener (refused and dropped frames, closed connections), the daemon's HEP task (frames
 //! whose content cannot be used) and the ticker (the decode path's and the call table's loss
 //! totals, through [`NewSince`]), the uplink component (batches to the HTTPS collector or to
-//! NATS JetStream that failed and will be retried).
+//! NATS JetStream that failed and will be retried), the daemon's supervisor (a component's
+//! panic caught at its boundary).
 
 use super::agent::AgentMetrics;
 pub use crate::log_limit::LOG_INTERVAL;
@@ -216,6 +218,31 @@ impl InternalEvent for HepRelayDropped<'_> {
 pub struct HepRelayConnectionFailed<'a> {
     pub address: &'a str,
     pub error: &'a (dyn std::error::Error + 'static),
+}
+
+/// A long-lived thread or task of the daemon panicked (caught at its boundary; the daemon
+/// stops with a failure exit and announces it upstream, see `crate::daemon`).
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentPanicked<'a> {
+    pub component: &'a str,
+    pub message: &'a str,
+}
+
+impl InternalEvent for ComponentPanicked<'_> {
+    fn emit(self, metrics: &AgentMetrics) {
+        metrics.panics.with(&[self.component]).inc();
+        if let Some(count) = metrics
+            .log_limiter
+            .due(("component_panicked", self.component), 1)
+        {
+            tracing::error!(
+                component = self.component,
+                message = self.message,
+                count,
+                "A component panicked (a bug): what it held is accounted for and announced, and teledge stops with a failure exit so systemd restarts it."
+            );
+        }
+    }
 }
 
 impl InternalEvent for HepRelayConnectionFailed<'_> {

@@ -64,6 +64,15 @@ impl Family<Counter> {
         let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         sets.iter().map(|(_, c)| c.get()).sum::<u64>() + self.overflow.get()
     }
+
+    /// The count of these label values, 0 when the series does not exist (without making
+    /// it, as [`Family::with`] would: a series shows in `/metrics` once made).
+    pub fn peek(&self, values: &[&str]) -> u64 {
+        let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.iter()
+            .find(|(k, _)| k.iter().map(String::as_str).eq(values.iter().copied()))
+            .map_or(0, |(_, c)| c.get())
+    }
 }
 
 /// A level that goes up and down.

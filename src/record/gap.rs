@@ -42,6 +42,11 @@ pub enum GapReason {
     /// counted and not yet announced — is lost, how many unknown (`dropped` is null);
     /// `run_started` and `run_last_seen` give the run's time range.
     RunEndedUncleanly,
+    /// A long-lived thread or task of the daemon panicked (a bug, in teledge or a
+    /// dependency): `detail` names it and what it said; `dropped` counts what the panic lost
+    /// (the record or frame in hand; 0 when nothing was), null when unknown. The daemon then
+    /// stops with a failure exit (systemd restarts it) after its usual final accounting.
+    ComponentPanicked,
 }
 
 impl GapReason {
@@ -59,6 +64,7 @@ impl GapReason {
             GapReason::RecordsNotSpooled => "records_not_spooled",
             GapReason::InputDropped => "input_dropped",
             GapReason::RunEndedUncleanly => "run_ended_uncleanly",
+            GapReason::ComponentPanicked => "component_panicked",
         }
     }
 }
@@ -94,6 +100,10 @@ pub struct GapRecord {
     pub run_started: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_last_seen: Option<String>,
+    /// `input_dropped`: the losses were counted from this time (the previous announcement
+    /// of their kind, or the run's start) up to `time` (RFC 3339, seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_since: Option<String>,
     /// When the gap was announced (RFC 3339, milliseconds).
     pub time: String,
 }
@@ -114,6 +124,7 @@ impl GapRecord {
             status: None,
             run_started: None,
             run_last_seen: None,
+            counted_since: None,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         }
     }

@@ -88,7 +88,7 @@ fn held_bytes(frame: &Vec<u8>) -> usize {
 }
 
 /// Every reason of `teledge_hep_out_dropped_total`.
-pub const DROP_REASONS: [&str; 8] = [
+pub const DROP_REASONS: [&str; 9] = [
     "queue_full",
     "queue_bytes",
     "closed",
@@ -97,7 +97,14 @@ pub const DROP_REASONS: [&str; 8] = [
     "too_large",
     "family_mismatch",
     "time_out_of_range",
+    // The sender thread panicked (a bug): the frame in its hand and the queue.
+    "panicked",
 ];
+
+/// Called with a panic of the sender thread (caught at its boundary) and the frames it lost
+/// (the frame in hand and those queued, counted as `panicked`); frames offered after it
+/// are counted as `closed`.
+pub type OnPanic = Box<dyn FnOnce(&(dyn std::any::Any + Send), u64) + Send>;
 
 /// Frames dropped so far, all reasons.
 pub fn dropped_total(metrics: &AgentMetrics) -> u64 {
@@ -144,6 +151,17 @@ impl HepRelay {
         overflow: Overflow,
         metrics: Arc<AgentMetrics>,
     ) -> Result<(HepRelay, HepMirror), RelayError> {
+        HepRelay::start_supervised(config, overflow, metrics, None)
+    }
+
+    /// [`HepRelay::start`], with `on_panic` told of a panic of the sender thread (the daemon
+    /// announces it and stops, see `crate::daemon`).
+    pub fn start_supervised(
+        config: &HepOutConfig,
+        overflow: Overflow,
+        metrics: Arc<AgentMetrics>,
+        on_panic: Option<OnPanic>,
+    ) -> Result<(HepRelay, HepMirror), RelayError> {
         let tls = match &config.transport {
             HepOutTransport::Tls(tls) => Some(tls_client(tls)?),
             _ => None,
@@ -160,9 +178,37 @@ impl HepRelay {
             deadline: Arc::clone(&deadline),
             stop: Arc::clone(&stop),
         };
+        let thread_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name("hep-out".into())
-            .spawn(move || sender.run(rx))
+            .spawn(move || {
+                // A panic of the sender (a bug in it or in rustls) is caught here: the frame
+                // in hand and the queue are counted as lost, and the owner told.
+                let in_hand = Arc::new(AtomicBool::new(false));
+                let hand = Arc::clone(&in_hand);
+                let rx = rx;
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sender.run(&rx, &hand)
+                }));
+                if let Err(payload) = run {
+                    let lost =
+                        u64::from(in_hand.load(Ordering::Relaxed)) + rx.try_iter().count() as u64;
+                    HepRelayDropped {
+                        reason: "panicked",
+                        count: lost,
+                    }
+                    .emit(&thread_metrics);
+                    thread_metrics.hep_out_connected.set(0);
+                    match on_panic {
+                        Some(on_panic) => on_panic(payload.as_ref(), lost),
+                        None => tracing::error!(
+                            message = crate::panics::message(payload.as_ref()),
+                            lost,
+                            "The HEP relay thread panicked: it sends nothing more."
+                        ),
+                    }
+                }
+            })
             .map_err(RelayError::Thread)?;
         tracing::info!(
             address = %config.address,
@@ -377,7 +423,7 @@ impl Sender {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(mut self, rx: BoundedReceiver<Queued>) {
+    fn run(mut self, rx: &BoundedReceiver<Queued>, in_hand: &AtomicBool) {
         let mut conn: Option<Conn> = None;
         let mut pending: Option<Queued> = None;
         let mut retry_at = Instant::now();
@@ -386,10 +432,15 @@ impl Sender {
             if self.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
+            in_hand.store(pending.is_some(), Ordering::Relaxed);
             let item = match pending.take() {
                 Some(item) => item,
                 None => match rx.recv_timeout(TICK) {
-                    Ok(item) => item,
+                    Ok(item) => {
+                        in_hand.store(true, Ordering::Relaxed);
+                        crate::panics::inject("hep_out");
+                        item
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         if deadline.is_some() {
                             break; // Finishing, and the queue is empty.

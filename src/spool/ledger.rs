@@ -22,9 +22,17 @@
 //! close (everything flushed, or kept in an entry). A marker found at open means the
 //! previous run ended without its final accounting (SIGKILL, a crash, a power cut, or a
 //! file system that went read-only under it, where neither the store, nor an entry, nor the
-//! clearing could be written): [`super::Spool::open`] announces it. Layout: `TLRUNMK1 |
-//! started (u64, Unix seconds) | last_seen (u64) | epoch (u64) | SHA-256 of the 24 bytes
-//! before`, big-endian.
+//! clearing could be written): [`super::Spool::open`] announces it. Layout: `TLRUNMK2 |
+//! started (u64, Unix seconds) | last_seen (u64) | epoch (u64) | run (u64) | SHA-256 of the
+//! 32 bytes before`, big-endian; `run` is the run's random id, which the run also writes to
+//! the spool's manifest. A marker of the version before run ids (`TLRUNMK1`, without `run`)
+//! is still read.
+//!
+//! Versions before the marker (a rollback) neither write nor clear it, and never write
+//! `run` in the manifest (they rewrite it without): a marker whose run is no longer the
+//! manifest's tells the next start that such a version used the spool after the run that
+//! left it — the announcement names that run as an earlier one, not as "the previous run",
+//! which was the older version's (and whose own end, clean or not, no marker tells).
 //!
 //! Layout of a slot: `TLEDGER1 | generation (u64 BE) | body length (u32 BE) | SHA-256 of the
 //! body (32) | body`; body: `epoch (u64) | durable_next (u64) | next_seq (u64) | failed since (u64, Unix seconds) |
@@ -50,8 +58,10 @@ const COUNTS_ROOM: usize = 4 << 10;
 /// reaches them).
 const MARKER_ROOM: usize = 4 << 10;
 const MARKER_AT: usize = LEDGER_BYTES - MARKER_ROOM;
-const MARKER_MAGIC: &[u8; 8] = b"TLRUNMK1";
-const MARKER_LEN: usize = 8 + 24 + 32;
+const MARKER_MAGIC_V1: &[u8; 8] = b"TLRUNMK1";
+const MARKER_MAGIC: &[u8; 8] = b"TLRUNMK2";
+/// Bytes a marker takes (the longer layout; the clearing zeroes them all).
+const MARKER_LEN: usize = 8 + 32 + 32;
 
 /// Sealed bytes of records a ledger entry holds at most (each also takes 12 bytes).
 pub(super) const HELD_BYTES: usize = SLOT - HEADER - COUNTS_ROOM - MARKER_ROOM;
@@ -65,24 +75,39 @@ pub(super) struct RunMarker {
     pub last_seen: u64,
     /// The store's epoch then.
     pub epoch: u64,
+    /// The run's random id (also in the manifest while it runs); `None` in a marker of the
+    /// version before run ids.
+    pub run: Option<u64>,
 }
 
 impl RunMarker {
-    fn encode(&self) -> [u8; MARKER_LEN] {
-        let mut out = [0u8; MARKER_LEN];
-        out[..8].copy_from_slice(MARKER_MAGIC);
-        out[8..16].copy_from_slice(&self.started.to_be_bytes());
-        out[16..24].copy_from_slice(&self.last_seen.to_be_bytes());
-        out[24..32].copy_from_slice(&self.epoch.to_be_bytes());
-        let digest = ring::digest::digest(&ring::digest::SHA256, &out[8..32]);
-        out[32..].copy_from_slice(digest.as_ref());
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MARKER_LEN);
+        out.extend_from_slice(if self.run.is_some() {
+            MARKER_MAGIC
+        } else {
+            MARKER_MAGIC_V1
+        });
+        out.extend_from_slice(&self.started.to_be_bytes());
+        out.extend_from_slice(&self.last_seen.to_be_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        if let Some(run) = self.run {
+            out.extend_from_slice(&run.to_be_bytes());
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, &out[8..]);
+        out.extend_from_slice(digest.as_ref());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<RunMarker> {
-        let bytes = bytes.get(..MARKER_LEN)?;
-        if &bytes[..8] != MARKER_MAGIC
-            || ring::digest::digest(&ring::digest::SHA256, &bytes[8..32]).as_ref() != &bytes[32..]
+        let fields = match bytes.get(..8)? {
+            m if m == MARKER_MAGIC => 32,
+            m if m == MARKER_MAGIC_V1 => 24,
+            _ => return None,
+        };
+        let bytes = bytes.get(..8 + fields + 32)?;
+        if ring::digest::digest(&ring::digest::SHA256, &bytes[8..8 + fields]).as_ref()
+            != &bytes[8 + fields..]
         {
             return None;
         }
@@ -91,6 +116,7 @@ impl RunMarker {
             started: u(8),
             last_seen: u(16),
             epoch: u(24),
+            run: (fields == 32).then(|| u(32)),
         })
     }
 }
@@ -306,9 +332,10 @@ pub fn read_slot_for_fuzzing(bytes: &[u8]) -> Option<usize> {
     // The run marker (the file's last bytes, read at every open): what it accepts encodes
     // back to the same bytes.
     if let Some(marker) = RunMarker::decode(bytes) {
+        let encoded = marker.encode();
         assert_eq!(
-            &marker.encode()[..],
-            bytes.get(..MARKER_LEN).unwrap_or_default(),
+            &encoded[..],
+            bytes.get(..encoded.len()).unwrap_or_default(),
             "marker round trip"
         );
     }
@@ -387,6 +414,7 @@ mod tests {
             started: 1_700_000_000,
             last_seen: 1_700_000_060,
             epoch: 7,
+            run: Some(0xfeed),
         };
         ledger.write_marker(&marker).unwrap();
         let big = Entry {
@@ -403,6 +431,16 @@ mod tests {
         drop(ledger);
         let (mut ledger, _) = Ledger::open(dir.path()).unwrap();
         assert!(ledger.take_found_marker().is_none());
+        ledger.write_marker(&marker).unwrap();
+        // A marker of the version before run ids is read too.
+        let v1 = RunMarker {
+            run: None,
+            ..marker
+        };
+        ledger.write_marker(&v1).unwrap();
+        drop(ledger);
+        let (mut ledger, _) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.take_found_marker(), Some(v1));
         ledger.write_marker(&marker).unwrap();
         let path = dir.path().join(LEDGER);
         let mut bytes = std::fs::read(&path).unwrap();

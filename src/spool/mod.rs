@@ -488,6 +488,10 @@ struct Manifest {
     /// Key ids of the records held. Exact after a clean close; while the store is open (or
     /// after a crash) the key currently sealing may be listed with no record under it.
     key_ids: BTreeSet<u32>,
+    /// The id of the run that has (or last had) the spool open, as its run marker names it
+    /// ([`ledger`]). Versions before run markers rewrite the manifest without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<u64>,
 }
 
 /// Quarantined stores and set-aside files kept; older ones are deleted (counted).
@@ -628,6 +632,9 @@ impl Spool {
         // (lost epoch if known, bytes, quarantine name, reason) for the gap records.
         let mut lost: Vec<(Option<u64>, u64, String, String)> = Vec::new();
         adopt_earlier_store(&config.dir)?;
+        // Which run the manifest names, before this open rewrites it (see `ledger`: a run
+        // marker whose run it no longer names was followed by a version without markers).
+        let manifest_run = read_manifest(&config.dir).and_then(|m| m.run);
         let mut generation = latest_generation(&config.dir)?.unwrap_or(0);
         loop {
             let path = generation_path(&config.dir, generation);
@@ -670,7 +677,10 @@ impl Spool {
                         .then(|| spool.ledger.take_found_marker())
                         .flatten();
                     if let Some(previous) = previous {
-                        spool.announce_unclean_end(previous)?;
+                        // A marker naming a run the manifest no longer names: a version
+                        // before markers rewrote the manifest since (a rollback).
+                        let older_since = previous.run.is_some() && previous.run != manifest_run;
+                        spool.announce_unclean_end(previous, older_since)?;
                     }
                     spool.remove_superseded_generations();
                     // Also clears the ledger, its records and announcements now durable.
@@ -679,6 +689,11 @@ impl Spool {
                     // point leaves its marker, announced again rather than never.
                     if apply_ledger {
                         spool.mark_run();
+                        // The manifest names this run from now on.
+                        spool.manifest_keys = None;
+                        if let Err(e) = spool.sync_manifest(false) {
+                            tracing::warn!(error = %crate::report::Chain(&e), "Cannot update the spool manifest at open.");
+                        }
                     }
                     // Only now, with the gap records durable: a kill before this point
                     // leaves the quarantine unmarked, and the next start announces it.
@@ -856,6 +871,7 @@ impl Spool {
         let manifest = Manifest {
             epoch: self.epoch,
             key_ids,
+            run: self.run.and_then(|r| r.run),
         };
         let path = self.config.dir.join(MANIFEST);
         let json = serde_json::to_vec(&manifest).map_err(|source| SpoolError::Manifest {
@@ -1398,7 +1414,11 @@ impl Spool {
     /// in memory at its end is lost, how much unknown: announced by a `run_ended_uncleanly`
     /// gap record with the run's time range. What the ledger kept of it is stored (or
     /// announced by id) besides, by [`Spool::restore`].
-    fn announce_unclean_end(&mut self, previous: ledger::RunMarker) -> Result<(), SpoolError> {
+    fn announce_unclean_end(
+        &mut self,
+        previous: ledger::RunMarker,
+        older_since: bool,
+    ) -> Result<(), SpoolError> {
         let at = |secs: u64| {
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
         };
@@ -1407,13 +1427,20 @@ impl Spool {
         gap.epoch = Some(previous.epoch);
         gap.run_started = Some(at(previous.started));
         gap.run_last_seen = Some(at(previous.last_seen));
-        gap.detail = Some(
-            "the previous run ended without its final accounting (killed, crashed, power cut, or \
+        let which = if older_since {
+            // Not "the previous run": an older version ran on the spool since (a rollback),
+            // whose own runs no marker tells of.
+            "an earlier run (followed by runs of an older teledge version, which keeps no run \
+             marker)"
+        } else {
+            "the previous run"
+        };
+        gap.detail = Some(format!(
+            "{which} ended without its final accounting (killed, crashed, power cut, or \
              its file system went read-only): what it held in memory then (records in the \
              record queue, calls in their grace, its last flush interval's appends, losses \
              counted but not yet announced) is lost; how many is unknown, possibly none"
-                .to_owned(),
-        );
+        ));
         tracing::error!(
             run_started = gap.run_started.as_deref(),
             run_last_seen = gap.run_last_seen.as_deref(),
@@ -1431,6 +1458,7 @@ impl Spool {
             started: self.run.map_or(now, |r| r.started),
             last_seen: now,
             epoch: self.epoch,
+            run: Some(self.run.and_then(|r| r.run).unwrap_or_else(run_id)),
         };
         self.run_seen = std::time::Instant::now();
         match self.ledger.write_marker(&marker) {
@@ -2218,9 +2246,15 @@ impl Spool {
         fresh.pending_disk_full = self.pending_disk_full;
         fresh.pending_lost = std::mem::take(&mut self.pending_lost);
         fresh.log_limiter = std::mem::take(&mut self.log_limiter);
-        // The run goes on: its marker is the same.
+        // The run goes on: its marker is the same, and the manifest names it again.
         fresh.run = self.run;
         fresh.run_seen = self.run_seen;
+        if fresh.run.is_some() {
+            fresh.manifest_keys = None;
+            if let Err(e) = fresh.sync_manifest(false) {
+                tracing::warn!(error = %crate::report::Chain(&e), "Cannot update the spool manifest after reopening the store.");
+            }
+        }
         match lost_ids {
             // Announced at once with the ids it lost (the reserve is free: there is room).
             Some((first, last)) => {
@@ -2676,6 +2710,17 @@ fn read_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// A run's id (see [`ledger`]): random; the clock's nanoseconds without randomness.
+fn run_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u64::from_be_bytes(bytes),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
 /// A random 64-bit store epoch.
 fn fresh_epoch() -> Result<u64, SpoolError> {
     let mut bytes = [0u8; 8];
@@ -2979,6 +3024,81 @@ mod tests {
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert_eq!(gaps[0]["reason"], "records_not_spooled");
         assert_eq!(gaps[0]["dropped"], 4);
+    }
+
+    /// What a version before run markers does to a spool directory on which this one ran
+    /// (a rollback): its open and close rewrite the manifest with its own fields only (no
+    /// `run`), and its ledger writes and clears slots (at a close while its store failed,
+    /// then its next start) without reading or writing the marker.
+    fn older_version_runs(dir: &Path) {
+        let path = dir.join(MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest.as_object_mut().unwrap().remove("run");
+        let older = serde_json::json!({
+            "epoch": manifest["epoch"],
+            "key_ids": manifest["key_ids"],
+        });
+        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+        let (mut ledger, _) = ledger::Ledger::open(dir).unwrap();
+        ledger
+            .write(&ledger::Entry {
+                epoch: 1,
+                next_seq: 1,
+                ..ledger::Entry::default()
+            })
+            .unwrap();
+        ledger.clear().unwrap();
+    }
+
+    /// Rolled back to a version without run markers and forward again: a run of this
+    /// version that closed cleanly is not announced (the older version leaves the cleared
+    /// marker as it is); one that did not is announced once — as an earlier run followed by
+    /// an older version's runs, not as "the previous run", which was the older version's.
+    #[test]
+    fn after_a_rollback_and_forward_only_a_real_unclean_end_is_announced_and_named_earlier() {
+        let dir = tempfile::tempdir().unwrap();
+        let unclean = |spool: &mut Spool| -> Vec<serde_json::Value> {
+            spool
+                .read(None, 100)
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap())
+                .filter(|g| g["reason"] == "run_ended_uncleanly")
+                .collect()
+        };
+        // Clean, rollback, forward: nothing.
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        spool.append(b"{\"a\":1}").unwrap();
+        drop(spool);
+        older_version_runs(dir.path());
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert!(unclean(&mut spool).is_empty());
+        // Killed, rollback, forward: announced once, named as an earlier run.
+        spool.closed = true;
+        drop(spool);
+        older_version_runs(dir.path());
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let gaps = unclean(&mut spool);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        let detail = gaps[0]["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("an earlier run (followed by runs of an older"),
+            "{detail}"
+        );
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        assert_eq!(unclean(&mut spool).len(), 1, "announced once");
+        // Killed, no rollback: the previous run.
+        spool.closed = true;
+        drop(spool);
+        let (mut spool, _) = Spool::open(config(dir.path()), keyring()).unwrap();
+        let gaps = unclean(&mut spool);
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!(gaps[1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the previous run"));
     }
 
     /// A run that ends without its clean close (its marker left in the ledger) is

@@ -16,10 +16,15 @@ use super::UplinkSettings;
 use crate::report::Chain;
 use crate::spool::Spool;
 
+/// Called with a panic of the forwarding task (caught at its boundary; the records stay
+/// in the spool, sent by the next start).
+pub type OnPanic = Box<dyn FnOnce(&(dyn std::any::Any + Send)) + Send>;
+
 /// The forwarding task, until [`Forwarding::drain`].
 #[derive(Debug)]
 pub struct Forwarding {
-    task: JoinHandle<Forwarder>,
+    /// The forwarder back, or `None` when the task panicked.
+    task: JoinHandle<Option<Forwarder>>,
     /// Stops the forwarding loop (not the drain).
     stop: CancellationToken,
     settings: watch::Sender<UplinkSettings>,
@@ -41,11 +46,25 @@ impl Forwarding {
     /// `committed` wakes it after every commit, `after_round` is called after every round
     /// that ended with the spool drained or an error (the daemon's progress for its health).
     pub fn start(
+        forwarder: Forwarder,
+        spool: &Arc<Mutex<Spool>>,
+        committed: Arc<Notify>,
+        tracker: &TaskTracker,
+        after_round: impl Fn() + Send + 'static,
+    ) -> Forwarding {
+        Forwarding::start_supervised(forwarder, spool, committed, tracker, after_round, None)
+    }
+
+    /// [`Forwarding::start`], with `on_panic` told of a panic of the task (the daemon
+    /// announces it and stops); the drain then forwards nothing more (the records stay in
+    /// the spool for the next start).
+    pub fn start_supervised(
         mut forwarder: Forwarder,
         spool: &Arc<Mutex<Spool>>,
         committed: Arc<Notify>,
         tracker: &TaskTracker,
         after_round: impl Fn() + Send + 'static,
+        on_panic: Option<OnPanic>,
     ) -> Forwarding {
         let reconnect = Arc::new(Notify::new());
         let (settings, mut new_settings) = watch::channel(forwarder.settings().clone());
@@ -54,8 +73,9 @@ impl Forwarding {
             let spool = Arc::clone(spool);
             let reconnect = Arc::clone(&reconnect);
             let stop = stop.clone();
-            tracker.spawn(async move {
+            let run = async move {
                 loop {
+                    crate::panics::inject("uplink");
                     tokio::select! {
                         result = forwarder.forward_until_drained(&spool, None) => {
                             if let Err(e) = result {
@@ -79,6 +99,22 @@ impl Forwarding {
                     }
                 }
                 forwarder
+            };
+            tracker.spawn(async move {
+                use futures_util::FutureExt;
+                match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(forwarder) => Some(forwarder),
+                    Err(payload) => {
+                        match on_panic {
+                            Some(on_panic) => on_panic(payload.as_ref()),
+                            None => tracing::error!(
+                                message = crate::panics::message(payload.as_ref()),
+                                "The forwarding task panicked: nothing more is forwarded by this run."
+                            ),
+                        }
+                        None
+                    }
+                }
             })
         };
         Forwarding {
@@ -105,7 +141,13 @@ impl Forwarding {
     pub async fn drain(self, deadline: Instant) -> Result<UplinkStats, NotDrained> {
         self.stop.cancel();
         let mut forwarder = match self.task.await {
-            Ok(forwarder) => forwarder,
+            Ok(Some(forwarder)) => forwarder,
+            Ok(None) => {
+                return Err(NotDrained {
+                    stats: UplinkStats::default(),
+                    reason: "the forwarding task panicked".to_owned(),
+                })
+            }
             Err(e) => {
                 return Err(NotDrained {
                     stats: UplinkStats::default(),

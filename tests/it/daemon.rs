@@ -98,7 +98,7 @@ impl Agent {
         Agent::spawn(command, config)
     }
 
-    fn spawn(mut command: Command, config: &Path) -> Agent {
+    pub(crate) fn spawn(mut command: Command, config: &Path) -> Agent {
         let child = command
             .args(["run", "--config"])
             .arg(config)
@@ -162,6 +162,30 @@ impl Agent {
             thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// Waits (up to `timeout`) for the agent to exit on its own: its exit status and the log
+    /// lines after `wait_for_log`; `None` if it still runs.
+    pub(crate) fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<(std::process::ExitStatus, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(200));
+                let lines = self
+                    .rest
+                    .as_ref()
+                    .map(|r| r.lock().unwrap().clone())
+                    .unwrap_or_default();
+                return Some((status, lines));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, as a crash or the OOM killer would end it, and wait for it to be gone.
@@ -392,7 +416,7 @@ fn call_messages(n: u32) -> Vec<String> {
 
 /// The HEP frames of [`call_messages`]`(n)`, from 10.0.0.1 (caller) and 10.0.0.2 (the
 /// responses), stamped `secs` and `n * 10 + i` microseconds.
-fn call_frames(n: u32, secs: u32) -> Vec<Vec<u8>> {
+pub(crate) fn call_frames(n: u32, secs: u32) -> Vec<Vec<u8>> {
     let (caller, callee) = (([10, 0, 0, 1], 5060), ([10, 0, 0, 2], 5060));
     call_messages(n)
         .iter()

@@ -914,3 +914,44 @@ fn input_lost_in_the_last_minute_before_a_stop_is_announced() {
         .sum();
     assert_eq!(announced, 2, "{records:#?}");
 }
+
+/// An audit record offered after the daemon has ended — by a clone of its audit sink held
+/// elsewhere — was only counted (`queue_closed`): nothing was left to announce it. Now it
+/// goes into the spool, opened again for it: once while someone still holds the spool (the
+/// metrics), once after it was closed.
+#[test]
+fn an_audit_record_offered_after_the_daemon_ended_is_spooled() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let config_path = agent_config(
+        &pki,
+        dir.path(),
+        free_port(),
+        "[hep]\nudp = \"127.0.0.1:0\"\n",
+        Some(0),
+    );
+    let config = teledge::config::agent::load(&config_path).unwrap();
+    let runtime = runtime();
+    let daemon = runtime
+        .block_on(Daemon::start(config, &config_path))
+        .unwrap();
+    let sink = daemon.audit().clone();
+    let metrics = std::sync::Arc::clone(daemon.metrics());
+    runtime.block_on(daemon.shutdown());
+    let client = teledge::access::audit::Client::from_headers(
+        "192.0.2.7:4000".parse().unwrap(),
+        &hyper::HeaderMap::new(),
+    );
+    // The metrics still hold the spool: it is written through them.
+    sink.login(Err(teledge::access::Denied::NoCredentials), 401, &client);
+    drop(metrics);
+    // Nothing holds it any more: it is opened again.
+    sink.login(Err(teledge::access::Denied::BadCredentials), 401, &client);
+    let records = crate::uplink::collected_or_spooled(&out, &config_path);
+    let logins = records
+        .iter()
+        .filter(|r| r["type"] == "audit" && r["action"] == "login")
+        .count();
+    assert_eq!(logins, 2, "{records:#?}");
+}

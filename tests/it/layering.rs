@@ -278,6 +278,7 @@ fn the_leaves_import_nothing_of_the_pipeline() {
             "backoff",
             "bounded",
             "log_limit",
+            "panics",
             "server_url",
             "seal",
             "admission",

@@ -28,6 +28,7 @@ mod memory;
 mod nats;
 mod observe;
 mod packaging;
+mod panics;
 mod pki;
 mod privacy;
 mod proxied;

@@ -595,6 +595,7 @@ fn every_field_present() -> Vec<Record> {
     gap.status = Some(413);
     gap.run_started = Some("2026-12-03T10:00:00Z".into());
     gap.run_last_seen = Some("2026-12-03T10:59:00Z".into());
+    gap.counted_since = Some("2026-12-03T10:58:00Z".into());
     let mut update = teledge::record::update::UpdateRecord::new(
         "edge-01",
         teledge::record::update::UpdateKind::Package,
