@@ -6,9 +6,11 @@
 # caller's side. Needs root, dumpcap, sipp (sip-tester), gst-launch-1.0 with the base and
 # good plugins, iproute2, ethtool, python3.
 # The path between them is shaped by c5/shaper.py (no netem in this kernel).
-# Usage: sudo sh tests/tshark/campaign/record_2026_12_04a.sh OUTDIR
+# Usage: sudo sh tests/tshark/campaign/record_2026_12_04a.sh OUTDIR [CAPTURE]  (CAPTURE: only
+# that sipp_* capture)
 set -e
-OUT=$(realpath "${1:?usage: $0 OUTDIR}")
+OUT=$(realpath "${1:?usage: $0 OUTDIR [CAPTURE]}")
+ONLY=${2:-}
 C5=$(dirname "$(realpath "$0")")/c5
 mkdir -p "$OUT"
 A=c5a; B=c5b; M=c5m
@@ -42,6 +44,7 @@ capture() { # name filter
 }
 stop_capture() { sleep 1; kill $DC; wait $DC 2>/dev/null || true; }
 
+if [ -z "$ONLY" ]; then
 # 1. A call whose media is a GStreamer session each way with RTCP, over a shaped path:
 #    caller->callee 15 ms; callee->caller 25 ms +-8 ms and 3 % loss.
 ip netns exec $M python3 "$C5/shaper.py" ma mb 15 0 0 25 8 0.03 3600 7 &
@@ -62,12 +65,15 @@ stop_capture
 kill $SH 2>/dev/null || true
 wait $UAS 2>/dev/null || true
 
+fi
+
 # 2. SIP dialog shapes, one call each (SIPp's media port moved off the SDP's), unshaped.
 kill $SH 2>/dev/null || true
 ip netns exec $M python3 "$C5/shaper.py" ma mb 1 0 0 1 0 0 3600 7 &
 SH=$!
 sipp_pair() { # capture scenario transport caller-ip callee-ip [uac options]
     cap=$1; name=$2; t=$3; a=$4; b=$5; shift 5
+    case "$ONLY" in ""|"$cap") ;; *) return 0;; esac
     capture "$cap" "udp or tcp port 5060 or (ip[6:2] & 0x1fff != 0) or (ip6 and ip6[6] == 44)"
     ip netns exec $B sipp -sf "$C5/uas_$name.xml" -t $t -i $b -p 5060 -mi $b -mp 7000 -m 1 -nostdin >/dev/null 2>&1 &
     S=$!
@@ -90,6 +96,7 @@ sipp_pair sipp_big_udp_fragments big u1 $V4 -d 1000
 sipp_pair sipp_big_tcp_segments big t1 $V4 -d 1000
 sipp_pair sipp_big_udp_fragments_ipv6 big u1 $V6 -d 1000
 sipp_pair sipp_fork_ipv6 fork u1 $V6
+sipp_pair sipp_fork_two_answers fork2 u1 $V4
 # 3. RTP as SIPp plays it (play_pcap_audio, from the current directory): the shapes of
 #    make_rtp_shapes.py from the caller's port 5000; SIPp's g711a.pcap from the callee before
 #    and after a re-INVITE that moves the caller's media from port 5000 to 5100.
