@@ -126,13 +126,15 @@ def tshark_sip(path):
             headers = sip.get("sip.msg_hdr_tree", {})
             call_id = first(headers.get("sip.Call-ID", headers.get("sip.i", "")))
             cseq = first(headers.get("sip.CSeq", headers.get("sip.CSeq.method", "")))
+            tags = (first(headers.get("sip.From_tree", {}).get("sip.from.tag", "")),
+                    first(headers.get("sip.To_tree", {}).get("sip.to.tag", "")))
             if cut and not call_id:
                 # Cut by the snapshot length before its headers: TShark shows the start line
                 # only; teledge counts it as a sip-snaplen error (or reads the head up to
                 # the cut when Call-ID, CSeq, From and To made it).
-                msgs.append((number, t, src, None, start, cseq))
+                msgs.append((number, t, src, None, start, cseq, tags))
                 continue
-            msgs.append((number, t, src, call_id, start, cseq))
+            msgs.append((number, t, src, call_id, start, cseq, tags))
     return msgs
 
 
@@ -371,7 +373,7 @@ def compare(binary, path):
     by_call = collections.defaultdict(list)
     dialogs = set()
     for m in sorted(msgs):
-        number, t, src, call_id, start, cseq = m
+        number, t, src, call_id, start, cseq, _ = m
         method = cseq.split()[1] if len(cseq.split()) > 1 else ""
         if method in DIALOG_METHODS:
             dialogs.add(call_id)
@@ -422,7 +424,12 @@ def compare(binary, path):
                                f"(frame {finals[-1][0]})")
                 if c["outcome"] == "answered":
                     bad.append("answered without 2xx")
-        byes = [m for m in ms if m[4] == "BYE"]
+        # The first BYE of the dialog the first 2xx made (another fork's 2xx makes a dialog
+        # of its own, which the caller acknowledges and hangs up: RFC 3261 13.2.2.4).
+        answered = next((m[6][1] for m in finals if m[4].startswith("2")), "") \
+            if first_invite else ""
+        byes = [m for m in ms if m[4] == "BYE"
+                and (not answered or answered in (m[6][0], m[6][1]))]
         if byes and c.get("answer_time") and first_invite and c.get("hangup_by") in ("caller", "callee"):
             caller_ip = addr_ip(c.get("caller_address"))
             side = "caller" if byes[0][2] == caller_ip else "callee"

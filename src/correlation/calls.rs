@@ -25,7 +25,8 @@
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
-//!   dialog. The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
+//!   dialog (a BYE in the dialog of another fork's 2xx, which the caller acknowledges and
+//!   hangs up, ends that dialog, not the call). The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
 //!   Via branch; one that arrives after a copy captured later — the hops of a proxy on the
 //!   tapped box, delivered by two capture threads — is adopted, with the addresses, times,
 //!   parties and offer the call takes from its INVITE); the same INVITE seen on other
