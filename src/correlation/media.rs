@@ -2391,6 +2391,61 @@ mod tests {
     /// RTCP beyond a call's bound is counted, not kept silently; the RTT of what was kept
     /// still comes out.
     #[test]
+    fn rtcp_of_an_orphan_stream_is_kept_with_it_within_the_call_bound() {
+        let limits = MediaLimits {
+            max_rtcp_per_call: 4,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let mut records = Vec::new();
+        // An orphan stream (no SDP): 10.0.0.1:4000 -> 10.0.0.2:5000, SSRC 7.
+        for i in 0u16..20 {
+            let mut rtp = vec![0x80, 8];
+            rtp.extend_from_slice(&i.to_be_bytes());
+            rtp.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            rtp.extend_from_slice(&7u32.to_be_bytes());
+            rtp.extend_from_slice(&[0xd5; 160]);
+            let meta = DatagramMeta {
+                frame: u64::from(i),
+                time: Timestamp::from_secs_nanos(1_700_000_000, u32::from(i) * 20_000_000),
+                src: "10.0.0.1:4000".parse().unwrap(),
+                dst: "10.0.0.2:5000".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rtp, &mut |r| records.push(r));
+        }
+        // What the stream itself holds (its source's learnt state) stays until it closes.
+        let with_stream = tracker.held_bytes();
+        // Its receiver's RRs about SSRC 7 (10 of them; 4 kept, as for a call).
+        let rr = [
+            0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 80, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        for i in 0..10 {
+            let meta = DatagramMeta {
+                frame: 100 + i,
+                time: Timestamp::from_secs_nanos(1_700_000_001 + i as i64, 0),
+                src: "10.0.0.2:5001".parse().unwrap(),
+                dst: "10.0.0.1:4001".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rr, &mut |r| records.push(r));
+        }
+        let c = tracker.counters();
+        assert_eq!((c.rtcp_unattributed, c.rtcp_dropped_at_capacity), (10, 6));
+        assert!(tracker.held_bytes() > with_stream);
+        tracker.finish(&mut |r| records.push(r));
+        assert!(
+            tracker.held_bytes() <= with_stream,
+            "the kept RTCP goes with its stream"
+        );
+        let [record] = records.as_slice() else {
+            panic!("{records:?}")
+        };
+        let rtcp = record.stream.rtcp.as_ref().unwrap();
+        assert_eq!(rtcp.reports, 4);
+        assert_eq!(rtcp.last_jitter_ms, Some(10.0));
+    }
+
+    #[test]
     fn rtcp_beyond_the_call_bound_is_counted() {
         let limits = MediaLimits {
             max_rtcp_per_call: 4,
