@@ -1242,6 +1242,10 @@ impl Call {
                 if self.failed() {
                     return true;
                 }
+                if self.in_other_fork(msg) {
+                    // Another fork's dialog: neither holds nor renegotiates the call's media.
+                    return false;
+                }
                 if self.started_before_capture && self.invite_cseq.is_none() {
                     // An in-dialog request of a dialog joined mid-call: it was confirmed.
                     self.answered_before_capture = true;
@@ -2409,10 +2413,19 @@ mod tests {
         in_c(&mut h, 503, "BYE sip:bob@example.com SIP/2.0");
         in_c(&mut h, 505, "SIP/2.0 200 OK");
         assert!(h.records.is_empty(), "the second fork's BYE ended the call");
-        h.req(2500, "BYE", 3, true, true);
+        // A re-INVITE putting the other fork's dialog on hold is not the call's hold.
+        let body = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n";
+        let reinvite = format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKreC\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=C\r\nCall-ID: {}\r\nCSeq: 3 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            h.call_id,
+            body.len()
+        );
+        h.feed(504, &reinvite, true);
+        h.req(2500, "BYE", 4, true, true);
         let c = h.only();
         assert_eq!(c.outcome, Outcome::Answered);
         assert_eq!(c.forks, 2);
+        assert_eq!(c.hold_count, 0);
         assert_eq!(c.hangup_by, Some(Hangup::Caller));
         let talk = c.end_time.unwrap().seconds_since(c.answer_time.unwrap());
         assert!((talk - 2.0).abs() < 1e-6, "talk {talk} s");
