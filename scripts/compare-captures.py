@@ -21,7 +21,14 @@ measuring its peak RSS (from wait4), and TShark, and prints one row per capture:
   only after two in sequence (RFC 3550 A.1 probation): what TShark lists more is explained
   when the summary's probation_discarded covers it, like RTP counted after a call's end (a
   stream measured up to its call's end is compared with TShark's row over the same packets,
-  `-2 -R "frame.number <= N"`).
+  `-2 -R "frame.number <= N"`);
+- rtcp: per measured stream, the RTCP report blocks about its SSRC that its receiver sent
+  (`-T fields -e rtcp.ssrc.*`; every block TShark decodes, else from anyone, as teledge
+  joins them): how many, the last fraction lost (in %) and cumulative lost, the last and
+  largest interarrival jitter (TShark's timestamp units, in ms at the stream's clock rate),
+  and every round trip TShark computes from LSR/DLSR (`rtcp.roundtrip-delay`, with
+  `rtcp.show_roundtrip_calculation`): how many, and the last, least and largest within 2 ms
+  (TShark truncates the gap and DLSR to whole ms).
 
 Usage: scripts/compare-captures.py [--teledge PATH] [--details] FOLDER_OR_FILES...
 A capture whose row says anything but `ok` is listed with what differs (--details: all of it).
@@ -119,13 +126,15 @@ def tshark_sip(path):
             headers = sip.get("sip.msg_hdr_tree", {})
             call_id = first(headers.get("sip.Call-ID", headers.get("sip.i", "")))
             cseq = first(headers.get("sip.CSeq", headers.get("sip.CSeq.method", "")))
+            tags = (first(headers.get("sip.From_tree", {}).get("sip.from.tag", "")),
+                    first(headers.get("sip.To_tree", {}).get("sip.to.tag", "")))
             if cut and not call_id:
                 # Cut by the snapshot length before its headers: TShark shows the start line
                 # only; teledge counts it as a sip-snaplen error (or reads the head up to
                 # the cut when Call-ID, CSeq, From and To made it).
-                msgs.append((number, t, src, None, start, cseq))
+                msgs.append((number, t, src, None, start, cseq, tags))
                 continue
-            msgs.append((number, t, src, call_id, start, cseq))
+            msgs.append((number, t, src, call_id, start, cseq, tags))
     return msgs
 
 
@@ -178,6 +187,131 @@ def tshark_stream_upto(path, e, packets):
                  (e["src"], e["dst"], e["ssrc"])), None)
 
 
+RTCP_FIELDS = ["frame.number", "ip.src", "ipv6.src", "rtcp.senderssrc", "rtcp.ssrc.identifier",
+               "rtcp.ssrc.fraction", "rtcp.ssrc.cum_nr", "rtcp.ssrc.jitter", "rtcp.ssrc.lsr",
+               "rtcp.roundtrip-delay"]
+
+
+def tshark_rtcp_blocks(path, ports=()):
+    """Every RTCP report block TShark decodes: dict(frame, reporter, sender, ssrc, fraction,
+    cum, jitter, lsr, rtt); a frame's round trip (TShark computes at most one a frame) goes
+    with its first block that has an LSR."""
+    cmd = ["tshark", "-r", str(path), "-o", "rtp.heuristic_rtp:TRUE",
+           "-o", "rtcp.show_roundtrip_calculation:TRUE", "-o", "rtcp.roundtrip_min_threshhold:0",
+           "-Y", "rtcp.ssrc.fraction", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
+    for port in sorted(ports):
+        cmd += ["-d", f"udp.port=={port},rtcp"]
+    for f in RTCP_FIELDS:
+        cmd += ["-e", f]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    blocks = []
+    for line in out.splitlines():
+        f = (line.split("\t") + [""] * len(RTCP_FIELDS))[:len(RTCP_FIELDS)]
+        vals = [x.split(",") if x else [] for x in f]
+        frame = int(vals[0][0])
+        reporter = (vals[1] or vals[2] or [""])[0]
+        senders = [x.lower() for x in vals[3]]
+        fractions, cums, jitters, lsrs = vals[5], vals[6], vals[7], vals[8]
+        ids = [x.lower() for x in vals[4][:len(fractions)]]
+        rtts = [float(x) for x in vals[9]]
+        rtt_given = False
+        for i, ssrc in enumerate(ids):
+            lsr = int(lsrs[i]) if i < len(lsrs) else 0
+            rtt = None
+            if rtts and not rtt_given and lsr != 0:
+                rtt, rtt_given = rtts[0], True
+            blocks.append(dict(frame=frame, reporter=reporter, senders=senders, ssrc=ssrc,
+                               fraction=int(fractions[i]), cum=int(cums[i]),
+                               jitter=int(jitters[i]), lsr=lsr, rtt=rtt))
+    return blocks
+
+
+def tshark_srs(path):
+    """Every SR TShark decodes: (frame, sender SSRC, the middle 32 bits of its NTP time)."""
+    out = subprocess.run(["tshark", "-r", str(path), "-o", "rtp.heuristic_rtp:TRUE", "-Y",
+                          "rtcp.pt == 200", "-T", "fields", "-E", "occurrence=f", "-e",
+                          "frame.number", "-e", "rtcp.senderssrc", "-e",
+                          "rtcp.timestamp.ntp.msw", "-e", "rtcp.timestamp.ntp.lsw"],
+                         capture_output=True, text=True).stdout
+    srs = []
+    for line in out.splitlines():
+        f = line.split("\t")
+        if len(f) == 4 and all(f):
+            srs.append((int(f[0]), f[1].lower(), ((int(f[2]) & 0xFFFF) << 16) | (int(f[3]) >> 16)))
+    return srs
+
+
+def crossed_srs(rows_without_rtt, srs):
+    """Report blocks whose LSR names an SR of the reported source that is not its latest
+    before the report (a newer SR crossed the report in flight). TShark keeps one SR per
+    conversation (packet-rtcp.c remember_outgoing_sr: last_received_timestamp, overwritten by
+    each SR) and matches an LSR against it alone, so it computes no round trip for them;
+    RFC 3550 6.4.1 gives one, and teledge computes it."""
+    n = 0
+    for b in rows_without_rtt:
+        before = [x for x in srs if x[1] == b["ssrc"] and x[0] < b["frame"]]
+        if before and before[-1][2] != b["lsr"] and any(x[2] == b["lsr"] for x in before):
+            n += 1
+    return n
+
+
+def compare_rtcp(stream, blocks, srs=()):
+    """What differs between teledge's `rtcp` of a stream and TShark's report blocks."""
+    ssrc = stream["ssrc"].lower()
+    receiver = addr_ip(stream["dst"])
+    about = [b for b in blocks if b["ssrc"] == ssrc]
+    mine = [b for b in about if b["reporter"] == receiver] or about
+    r = stream.get("rtcp")
+    if not mine:
+        return ["rtcp reports where TShark has none"] if r and r.get("reports") else []
+    if not r:
+        return [f"no rtcp, TShark {len(mine)} report blocks (frames {mine[0]['frame']}..)"]
+    diffs = []
+    if r["reports"] != len(mine):
+        diffs.append(f"reports {r['reports']}/{len(mine)}")
+    last = mine[-1]
+    fl = r.get("last_fraction_lost_percent")
+    if fl is None or abs(fl - last["fraction"] * 100 / 256) > 0.001:
+        diffs.append(f"last fraction lost {fl}/{last['fraction'] * 100 / 256:.3f}% "
+                     f"(frame {last['frame']})")
+    if r.get("last_cumulative_lost") != last["cum"]:
+        diffs.append(f"last cumulative lost {r.get('last_cumulative_lost')}/{last['cum']}")
+    lj, mj = r.get("last_jitter_ms"), r.get("max_jitter_ms")
+    big = max(b["jitter"] for b in mine)
+    if lj is None:
+        if last["jitter"]:
+            diffs.append(f"no jitter (TShark {last['jitter']} units)")
+    elif lj > 0 or last["jitter"]:
+        rate = last["jitter"] * 1000 / lj if lj else None
+        known = [8000, 16000, 11025, 22050, 32000, 44100, 48000, 90000, 12000, 24000]
+        rate = min(known, key=lambda k: abs(k - rate)) if rate else None
+        if rate is None or abs(lj * rate / 1000 - last["jitter"]) > 0.5 or \
+                mj is None or abs(mj * rate / 1000 - big) > 0.5:
+            diffs.append(f"jitter last/max {lj}/{mj} ms vs {last['jitter']}/{big} units")
+    rows = [b for b in mine if b["rtt"] is not None]
+    n = r.get("round_trip_samples", 0) + r.get("round_trip_rejected", 0)
+    crossed = crossed_srs([b for b in mine if b["rtt"] is None and b["lsr"]], srs)
+    if crossed and n == len(rows) + crossed and r.get("round_trip_samples", 0) == n:
+        # TShark's rows are a subset of teledge's: its extremes lie within teledge's.
+        lo, hi = min(b["rtt"] for b in rows), max(b["rtt"] for b in rows)
+        if r["min_round_trip_ms"] > lo + 2 or r["max_round_trip_ms"] < hi - 2:
+            diffs.append(f"round trips {r['min_round_trip_ms']}..{r['max_round_trip_ms']} "
+                         f"do not hold TShark's {lo}..{hi}")
+        stream.setdefault("_notes", []).append(
+            f"known: {crossed} round trips of {stream['ssrc']} TShark does not compute (the "
+            "report names an SR older than the latest, crossed in flight)")
+    elif n != len(rows):
+        diffs.append(f"round trips {n}/{len(rows)} (TShark frames "
+                     f"{','.join(str(b['frame']) for b in rows[:4])})")
+    elif rows and r.get("round_trip_samples", 0) == len(rows):
+        for which, theirs in (("last", rows[-1]["rtt"]), ("min", min(b["rtt"] for b in rows)),
+                              ("max", max(b["rtt"] for b in rows))):
+            ours = r.get(f"{which}_round_trip_ms")
+            if ours is None or abs(ours - theirs) > 2.0 + 1e-9:
+                diffs.append(f"{which} round trip {ours}/{theirs} ms")
+    return diffs
+
+
 def epoch(s):
     if s is None:
         return None
@@ -211,7 +345,7 @@ def compare(binary, path):
     if summary is None:
         problems.append(f"no capture summary (exit {code}: {err.strip()[:100]})")
         return dict(file=path.name, code=code, rss=rss, problems=problems, notes=notes,
-                    sip=(0, 0), calls=(0, 0), rtp=(0, 0, 0), secs=secs)
+                    sip=(0, 0), calls=(0, 0), rtp=(0, 0, 0), rtcp=(0, 0, 0), secs=secs)
     dec = summary["decode"]
     if code not in (0, None):
         notes.append(f"exit {code}: {err.strip().splitlines()[-1][:140] if err.strip() else ''}")
@@ -239,7 +373,7 @@ def compare(binary, path):
     by_call = collections.defaultdict(list)
     dialogs = set()
     for m in sorted(msgs):
-        number, t, src, call_id, start, cseq = m
+        number, t, src, call_id, start, cseq, _ = m
         method = cseq.split()[1] if len(cseq.split()) > 1 else ""
         if method in DIALOG_METHODS:
             dialogs.add(call_id)
@@ -290,7 +424,12 @@ def compare(binary, path):
                                f"(frame {finals[-1][0]})")
                 if c["outcome"] == "answered":
                     bad.append("answered without 2xx")
-        byes = [m for m in ms if m[4] == "BYE"]
+        # The first BYE of the dialog the first 2xx made (another fork's 2xx makes a dialog
+        # of its own, which the caller acknowledges and hangs up: RFC 3261 13.2.2.4).
+        answered = next((m[6][1] for m in finals if m[4].startswith("2")), "") \
+            if first_invite else ""
+        byes = [m for m in ms if m[4] == "BYE"
+                and (not answered or answered in (m[6][0], m[6][1]))]
         if byes and c.get("answer_time") and first_invite and c.get("hangup_by") in ("caller", "callee"):
             caller_ip = addr_ip(c.get("caller_address"))
             side = "caller" if byes[0][2] == caller_ip else "callee"
@@ -381,13 +520,47 @@ def compare(binary, path):
             problems.append(f"{not_found} TShark streams ({missing_pkts} packets) not measured, "
                             f"{after_end} RTP counted after call end, {probation} in probation, "
                             f"{turn} relayed in TURN")
+    # RTCP reported on each measured stream.
+    # TShark finds RTCP by the SDP it saw, else heuristically (and its heuristic declines
+    # some valid compounds on a leg no SDP in the capture named): a stream whose reports
+    # differ is compared again with its RTCP ports decoded as RTCP (Decode As), noted.
+    blocks = tshark_rtcp_blocks(path)
+    srs = tshark_srs(path) if blocks else []
+    told = None
+    rtcp_ok = rtcp_n = 0
+    rtts = 0
+    for key, s in ours.items():
+        if not s.get("rtcp") and not any(b["ssrc"] == s["ssrc"].lower() for b in blocks):
+            continue
+        rtcp_n += 1
+        d = compare_rtcp(s, blocks, srs)
+        notes.extend(s.pop("_notes", []))
+        if d and s.get("rtcp"):
+            if told is None:
+                ports = set()
+                for t in ours.values():
+                    for a in (t["src"], t["dst"]):
+                        ports.add(int(a.rsplit(":", 1)[1]) + 1)
+                told = tshark_rtcp_blocks(path, ports)
+            if not compare_rtcp(s, told, srs):
+                notes.extend(s.pop("_notes", []))
+                notes.append(f"known: rtcp of {s['ssrc']} agrees once TShark is told its ports "
+                             f"are RTCP ({len(told) - len(blocks)} report blocks its heuristic "
+                             "missed)")
+                d = []
+        rtts += (s.get("rtcp") or {}).get("round_trip_samples", 0)
+        if d:
+            problems.append(f"rtcp of {s['src']}->{s['dst']} {s['ssrc']}: " + ", ".join(d)
+                            + " (teledge/TShark)")
+        else:
+            rtcp_ok += 1
     theirs_keys = {(e["src"], e["dst"], e["ssrc"]) for e in theirs}
     extra_streams = [k for k in ours if k not in theirs_keys]
     if extra_streams:
         notes.append(f"{len(extra_streams)} streams TShark does not list")
     return dict(file=path.name, code=code, rss=rss, problems=problems, notes=notes,
                 sip=(ours_total, len(msgs)), calls=(call_ok, len(recorded)),
-                rtp=(agree, len(theirs), not_found), secs=secs)
+                rtp=(agree, len(theirs), not_found), rtcp=(rtcp_ok, rtcp_n, rtts), secs=secs)
 
 
 def main():
@@ -405,7 +578,7 @@ def main():
         else:
             files.append(p)
     print(f"{'capture':44} {'exit':>4} {'RSS MiB':>7} {'SIP t/T':>11} {'calls ok':>9} "
-          f"{'streams ok':>10}  verdict")
+          f"{'streams ok':>10} {'rtcp ok':>8} {'rtts':>5}  verdict")
     agree = differ = 0
     for f in files:
         r = compare(args.teledge, f)
@@ -417,7 +590,8 @@ def main():
         rss = f"{r['rss'] / 1024:.1f}" if r["rss"] else "-"
         print(f"{r['file'][:44]:44} {str(r['code']):>4} {rss:>7} "
               f"{r['sip'][0]:>5}/{r['sip'][1]:<5} {r['calls'][0]:>4}/{r['calls'][1]:<4} "
-              f"{r['rtp'][0]:>4}/{r['rtp'][1]:<5}  {verdict}"
+              f"{r['rtp'][0]:>4}/{r['rtp'][1]:<5} {r['rtcp'][0]:>3}/{r['rtcp'][1]:<4} "
+              f"{r['rtcp'][2]:>5}  {verdict}"
               + (f"  ({'; '.join(r['notes'])})" if r["notes"] else ""))
         shown = r["problems"] if args.details else r["problems"][:5]
         for p in shown:

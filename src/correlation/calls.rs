@@ -25,7 +25,8 @@
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
-//!   dialog. The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
+//!   dialog (a BYE in the dialog of another fork's 2xx, which the caller acknowledges and
+//!   hangs up, ends that dialog, not the call). The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
 //!   Via branch; one that arrives after a copy captured later — the hops of a proxy on the
 //!   tapped box, delivered by two capture threads — is adopted, with the addresses, times,
 //!   parties and offer the call takes from its INVITE); the same INVITE seen on other
@@ -468,6 +469,11 @@ struct Call {
     retransmissions: u32,
     auth_challenges: u32,
     to_tags: Vec<String>,
+    /// To-tags of the 2xx to the initial INVITE, at most `MAX_FORKS`: the first is the one
+    /// that answered the call (its dialog), the others forks' dialogs. A BYE (or the 2xx of
+    /// one) in another fork's dialog — a second 2xx the caller acknowledges and hangs up at
+    /// once (RFC 3261 §13.2.2.4) — ends that dialog, not the call.
+    answer_tags: Vec<String>,
     early_media: bool,
     hold_since: Option<Timestamp>,
     hold_count: u32,
@@ -1054,6 +1060,7 @@ impl Call {
             retransmissions: 0,
             auth_challenges: 0,
             to_tags: Vec::new(),
+            answer_tags: Vec::new(),
             early_media: false,
             hold_since: None,
             hold_count: 0,
@@ -1236,6 +1243,10 @@ impl Call {
                 if self.failed() {
                     return true;
                 }
+                if self.in_other_fork(msg) {
+                    // Another fork's dialog: neither holds nor renegotiates the call's media.
+                    return false;
+                }
                 if self.started_before_capture && self.invite_cseq.is_none() {
                     // An in-dialog request of a dialog joined mid-call: it was confirmed.
                     self.answered_before_capture = true;
@@ -1265,6 +1276,10 @@ impl Call {
                 // final failure there is no dialog left to end.
                 if self.failed() {
                     return true;
+                }
+                if self.in_other_fork(msg) {
+                    // A fork's dialog the caller hangs up; the answered one goes on.
+                    return false;
                 }
                 if self.bye.is_none() {
                     if self.started_before_capture && self.invite_cseq.is_none() {
@@ -1328,6 +1343,26 @@ impl Call {
         }
     }
 
+    /// Whether an in-dialog message belongs to another fork's dialog than the answered one:
+    /// its callee-side tag (the To-tag of a message from the caller, else the From-tag) is
+    /// the To-tag of another 2xx to the initial INVITE. Any other tag is taken for the
+    /// call's dialog, as before forks were told apart.
+    fn in_other_fork(&self, msg: &SipMessage<'_>) -> bool {
+        let from = msg.from.tag.map(|t| cut(t, MAX_TAG_BYTES).0);
+        let callee_side = if from.is_some() && from == self.caller_tag.as_deref() {
+            msg.to.tag
+        } else {
+            msg.from.tag
+        };
+        match (self.answer_tags.split_first(), callee_side) {
+            (Some((answered, forks)), Some(tag)) => {
+                let tag = cut(tag, MAX_TAG_BYTES).0;
+                tag != answered && forks.iter().any(|t| t == tag)
+            }
+            _ => false,
+        }
+    }
+
     /// Who sent a request whose From-tag is `tag`.
     fn sender_side(&self, tag: Option<&str>, _cap: &mut Capper<'_>) -> Hangup {
         let tag = tag.map(|t| cut(t, MAX_TAG_BYTES).0);
@@ -1376,7 +1411,11 @@ impl Call {
             Method::Invite => {}
             Method::Bye => {
                 // The 2xx of a BYE the capture missed ends the call as the BYE would have.
-                if (200..300).contains(&status) && self.bye.is_none() && !self.failed() {
+                if (200..300).contains(&status)
+                    && self.bye.is_none()
+                    && !self.failed()
+                    && !self.in_other_fork(msg)
+                {
                     if self.started_before_capture && self.invite_cseq.is_none() {
                         self.answered_before_capture = true;
                     }
@@ -1468,6 +1507,9 @@ impl Call {
                         return true;
                     }
                     self.answer = Some(t);
+                    if let Some(tag) = msg.to.tag {
+                        self.answer_tags = vec![cap.tag(tag)];
+                    }
                     self.final_response = Some((status, cap.text(phrase), t));
                     // A 200 that crossed a CANCEL wins: the call was answered.
                     self.closed = None;
@@ -1475,6 +1517,15 @@ impl Call {
                         if !self.early_media || self.media.answer.is_none() {
                             self.media.answer = Some(cap.sdp(sdp));
                         }
+                    }
+                } else if let Some(tag) = msg.to.tag {
+                    // Another fork's 2xx: a dialog of its own, which the caller ends.
+                    let tag = cut(tag, MAX_TAG_BYTES).0;
+                    if !self.answer_tags.is_empty()
+                        && self.answer_tags.len() < MAX_FORKS
+                        && !self.answer_tags.iter().any(|t| t == tag)
+                    {
+                        self.answer_tags.push(cap.tag(tag));
                     }
                 }
                 false
@@ -1625,6 +1676,8 @@ impl Call {
             + boxed_party(&self.asserted_identity)
             + boxed_party(&self.diverted_from)
             + text(&self.caller_tag)
+            + vec(&self.answer_tags)
+            + self.answer_tags.iter().map(string).sum::<usize>()
             + text(&self.invite_branch)
             + vec(&self.fork_branches)
             + self.fork_branches.iter().map(string).sum::<usize>()
@@ -2339,6 +2392,44 @@ mod tests {
         assert_eq!(h.records[0].outcome, Outcome::Busy);
         assert_eq!(h.records[1].outcome, Outcome::InProgress);
         assert_ne!(h.records[0].record_id, h.records[1].record_id);
+    }
+
+    #[test]
+    fn a_bye_in_another_forks_dialog_does_not_end_the_answered_call() {
+        // Campaign 2026-12-04a (sipp_fork_two_answers.pcap, SIPp): two forks answer one
+        // INVITE (To-tags B, then C); the caller ACKs both, hangs up C at once (RFC 3261
+        // §13.2.2.4) and talks on B, the dialog that answered, for two seconds.
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        h.resp(500, 200, 1, "INVITE", Some("B"));
+        h.req(501, "ACK", 1, true, true);
+        h.resp(502, 200, 1, "INVITE", Some("C"));
+        let in_c = |h: &mut Harness, at: i64, start: &str| {
+            let text = format!(
+                "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbyeC\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=C\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+                h.call_id
+            );
+            h.feed(at, &text, start.starts_with("BYE"));
+        };
+        in_c(&mut h, 503, "BYE sip:bob@example.com SIP/2.0");
+        in_c(&mut h, 505, "SIP/2.0 200 OK");
+        assert!(h.records.is_empty(), "the second fork's BYE ended the call");
+        // A re-INVITE putting the other fork's dialog on hold is not the call's hold.
+        let body = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=sendonly\r\n";
+        let reinvite = format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKreC\r\nFrom: <sip:alice@example.com>;tag=A\r\nTo: <sip:bob@example.com>;tag=C\r\nCall-ID: {}\r\nCSeq: 3 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            h.call_id,
+            body.len()
+        );
+        h.feed(504, &reinvite, true);
+        h.req(2500, "BYE", 4, true, true);
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.forks, 2);
+        assert_eq!(c.hold_count, 0);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        let talk = c.end_time.unwrap().seconds_since(c.answer_time.unwrap());
+        assert!((talk - 2.0).abs() < 1e-6, "talk {talk} s");
     }
 
     #[test]

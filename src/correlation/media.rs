@@ -13,7 +13,10 @@
 //!   an orphan stream; its probation packets are replayed into the analysis, so its counts are
 //!   complete. Orphans are reported as records of their own, never dropped silently.
 //! - RTCP from or to a call's endpoints is kept with the call and joined to the streams it
-//!   reports on (by SSRC, preferring reports sent by the stream's receiver).
+//!   reports on (by SSRC, preferring reports sent by the stream's receiver). RTCP of no call
+//!   (a capture joined mid-call, RTP without SIP) is counted (`rtcp_unattributed`) and kept
+//!   with the open orphan streams whose SSRC it names through one of its addresses, within
+//!   the same bounds, so an orphan's record says what its receiver reported too.
 //! - Two open calls that announce the same address (the legs of a B2BUA with direct media)
 //!   both keep it: a stream between two endpoints that another call also negotiated (both
 //!   of them) is attributed to that call too, in its own direction, and RTCP to or from such
@@ -160,7 +163,7 @@ pub struct MediaCounters {
     pub rtp_decode_errors: u64,
     pub rtcp_packets: u64,
     pub rtcp_decode_errors: u64,
-    /// RTCP that belongs to no known call.
+    /// RTCP that belongs to no known call (kept with the orphan streams it names, if any).
     pub rtcp_unattributed: u64,
     /// RTCP of a call beyond `max_rtcp_per_call`, not kept.
     pub rtcp_dropped_at_capacity: u64,
@@ -396,6 +399,10 @@ const ENDED_SLOT: usize = table_share(size_of::<(SocketAddr, Timestamp)>());
 const ENDED_ORDER_SLOT: usize = table_share(size_of::<(Timestamp, SocketAddr)>());
 const KEPT_SLOT: usize = table_share(size_of::<(SocketAddr, u32)>());
 const RTCP_BY_CALL_SLOT: usize = table_share(size_of::<(Arc<str>, Vec<RtcpObservation>)>());
+const RTCP_BY_ORPHAN_SLOT: usize = table_share(size_of::<(StreamKey, Vec<RtcpObservation>)>());
+/// Orphan streams one RTCP packet is kept with, at most: its sender's and those of its
+/// report blocks, where several streams share an SSRC (a relay's legs).
+const MAX_ORPHANS_PER_RTCP: usize = 8;
 
 /// An endpoint's share: its slot and the list of other legs.
 fn endpoint_bytes(endpoint: &Endpoint) -> usize {
@@ -594,6 +601,11 @@ pub struct MediaTracker {
     /// Streams of calls closed for inactivity, waiting for their call record.
     closed_by_call: KeyedMap<Arc<str>, Vec<(StreamKey, Box<Stream>)>>,
     rtcp_by_call: KeyedMap<Arc<str>, Vec<RtcpObservation>>,
+    /// RTCP of no call kept with the open orphan streams it reports on or is sent by (a
+    /// capture joined mid-call, RTP without SIP): their records carry what their receivers
+    /// reported, as a call's streams do. Bounded and counted as `rtcp_by_call` is; an entry
+    /// goes when its stream is reported or joins a call (which takes the list).
+    rtcp_by_orphan: StreamMap<Vec<RtcpObservation>>,
     /// Measured streams of B2BUA legs whose stream was closed (or taken) by another leg.
     closed_legs: KeyedMap<Arc<str>, Vec<(Option<Direction>, StreamQuality)>>,
     /// Streams in `closed_by_call` and `closed_legs`: they count against `max_streams`.
@@ -653,6 +665,7 @@ impl MediaTracker {
             streams_by_call: KeyedMap::default(),
             closed_by_call: KeyedMap::default(),
             rtcp_by_call: KeyedMap::default(),
+            rtcp_by_orphan: StreamMap::default(),
             closed_legs: KeyedMap::default(),
             closed_streams: 0,
             candidates: StreamMap::default(),
@@ -1280,6 +1293,9 @@ impl MediaTracker {
                 continue;
             }
             let direction = attached.direction;
+            for observation in self.take_orphan_rtcp(orphan_key) {
+                self.keep_rtcp(call.clone(), observation);
+            }
             if let Some(orphan) = self.streams.get_mut(&orphan_key) {
                 orphan.call = Some(call.clone());
                 orphan.direction = direction;
@@ -1372,6 +1388,15 @@ impl MediaTracker {
                 self.counters.rtcp_after_call_end += 1;
             } else {
                 self.counters.rtcp_unattributed += 1;
+                let observation = RtcpObservation {
+                    time: meta.time,
+                    src: meta.src,
+                    dst: meta.dst,
+                    summary,
+                };
+                for key in self.orphans_of_rtcp(meta, &observation.summary) {
+                    self.keep_orphan_rtcp(key, observation.clone());
+                }
             }
             return;
         };
@@ -1410,6 +1435,72 @@ impl MediaTracker {
         list.push(observation);
         self.held_bytes = (self.held_bytes + vec(list) + bytes).saturating_sub(before);
         self.note_peak();
+    }
+
+    /// The open orphan streams an RTCP packet of no call reports on or is sent by: a stream
+    /// whose SSRC the packet names and which runs through one of its addresses (at most
+    /// [`MAX_ORPHANS_PER_RTCP`]).
+    fn orphans_of_rtcp(&self, meta: &DatagramMeta, summary: &RtcpSummary) -> Vec<StreamKey> {
+        let ips = [meta.src.ip(), meta.dst.ip()];
+        let ssrcs = summary
+            .sender_ssrc
+            .into_iter()
+            .chain(summary.reports.iter().map(|r| r.source_ssrc));
+        let mut keys: Vec<StreamKey> = Vec::new();
+        for ssrc in ssrcs {
+            for key in self.ssrc_streams(ssrc) {
+                if keys.len() >= MAX_ORPHANS_PER_RTCP {
+                    return keys;
+                }
+                let orphan = self.streams.get(key).is_some_and(|s| s.call.is_none());
+                if orphan
+                    && (ips.contains(&key.src().ip()) || ips.contains(&key.dst().ip()))
+                    && !keys.contains(key)
+                {
+                    keys.push(*key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// Keeps an RTCP packet with an orphan stream, within the bounds of [`Self::keep_rtcp`]
+    /// (the same counters when beyond them).
+    fn keep_orphan_rtcp(&mut self, key: StreamKey, observation: RtcpObservation) {
+        if self.held_bytes() >= self.limits.max_bytes / 2 {
+            self.counters.rtcp_dropped_at_byte_bound += 1;
+            return;
+        }
+        let list = match self.rtcp_by_orphan.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.held_bytes += RTCP_BY_ORPHAN_SLOT;
+                e.insert(Vec::new())
+            }
+        };
+        if list.len() >= self.limits.max_rtcp_per_call {
+            self.counters.rtcp_dropped_at_capacity += 1;
+            return;
+        }
+        let before = vec(list);
+        let bytes = rtcp_heap_bytes(&observation);
+        list.push(observation);
+        self.held_bytes = (self.held_bytes + vec(list) + bytes).saturating_sub(before);
+        self.note_peak();
+    }
+
+    /// The RTCP kept with an orphan stream, taken (its stream is reported or joins a call).
+    fn take_orphan_rtcp(&mut self, key: StreamKey) -> Vec<RtcpObservation> {
+        match self.rtcp_by_orphan.remove(&key) {
+            Some(list) => {
+                let bytes = RTCP_BY_ORPHAN_SLOT
+                    + vec(&list)
+                    + list.iter().map(rtcp_heap_bytes).sum::<usize>();
+                self.held_bytes = self.held_bytes.saturating_sub(bytes);
+                list
+            }
+            None => Vec::new(),
+        }
     }
 
     /// What a call's kept RTCP holds, its slot in the table included.
@@ -1689,7 +1780,8 @@ impl MediaTracker {
     /// the minute's summary (so an orphan RTP flood cannot push call records out of the
     /// spool).
     fn orphan_out(&mut self, key: StreamKey, stream: &Stream, out: &mut impl FnMut(StreamRecord)) {
-        let record = orphan_record(key, stream);
+        let rtcp = self.take_orphan_rtcp(key);
+        let record = orphan_record(key, stream, &rtcp);
         self.orphan_record_out(record, out);
     }
 
@@ -1770,7 +1862,8 @@ impl MediaTracker {
         for key in orphans {
             if let Some(stream) = self.streams.remove(&key) {
                 self.unindex_ssrc(key);
-                records.push(orphan_record(key, &stream));
+                let rtcp = self.take_orphan_rtcp(key);
+                records.push(orphan_record(key, &stream, &rtcp));
             }
         }
         records.sort_by_key(|r| r.stream.metrics.start_time);
@@ -2089,8 +2182,8 @@ fn score(
     })
 }
 
-fn orphan_record(key: StreamKey, stream: &Stream) -> StreamRecord {
-    let quality = stream.quality(key, None);
+fn orphan_record(key: StreamKey, stream: &Stream, rtcp: &[RtcpObservation]) -> StreamRecord {
+    let quality = stream.quality(key, (!rtcp.is_empty()).then_some(rtcp));
     StreamRecord {
         schema: STREAM_SCHEMA,
         record_id: stable_id(&[
@@ -2297,6 +2390,61 @@ mod tests {
 
     /// RTCP beyond a call's bound is counted, not kept silently; the RTT of what was kept
     /// still comes out.
+    #[test]
+    fn rtcp_of_an_orphan_stream_is_kept_with_it_within_the_call_bound() {
+        let limits = MediaLimits {
+            max_rtcp_per_call: 4,
+            ..MediaLimits::default()
+        };
+        let mut tracker = MediaTracker::new(limits);
+        let mut records = Vec::new();
+        // An orphan stream (no SDP): 10.0.0.1:4000 -> 10.0.0.2:5000, SSRC 7.
+        for i in 0u16..20 {
+            let mut rtp = vec![0x80, 8];
+            rtp.extend_from_slice(&i.to_be_bytes());
+            rtp.extend_from_slice(&(u32::from(i) * 160).to_be_bytes());
+            rtp.extend_from_slice(&7u32.to_be_bytes());
+            rtp.extend_from_slice(&[0xd5; 160]);
+            let meta = DatagramMeta {
+                frame: u64::from(i),
+                time: Timestamp::from_secs_nanos(1_700_000_000, u32::from(i) * 20_000_000),
+                src: "10.0.0.1:4000".parse().unwrap(),
+                dst: "10.0.0.2:5000".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rtp, &mut |r| records.push(r));
+        }
+        // What the stream itself holds (its source's learnt state) stays until it closes.
+        let with_stream = tracker.held_bytes();
+        // Its receiver's RRs about SSRC 7 (10 of them; 4 kept, as for a call).
+        let rr = [
+            0x81, 201, 0, 7, 0, 0, 0, 9, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 80, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        for i in 0..10 {
+            let meta = DatagramMeta {
+                frame: 100 + i,
+                time: Timestamp::from_secs_nanos(1_700_000_001 + i as i64, 0),
+                src: "10.0.0.2:5001".parse().unwrap(),
+                dst: "10.0.0.1:4001".parse().unwrap(),
+            };
+            tracker.datagram(&meta, &rr, &mut |r| records.push(r));
+        }
+        let c = tracker.counters();
+        assert_eq!((c.rtcp_unattributed, c.rtcp_dropped_at_capacity), (10, 6));
+        assert!(tracker.held_bytes() > with_stream);
+        tracker.finish(&mut |r| records.push(r));
+        assert!(
+            tracker.held_bytes() <= with_stream,
+            "the kept RTCP goes with its stream"
+        );
+        let [record] = records.as_slice() else {
+            panic!("{records:?}")
+        };
+        let rtcp = record.stream.rtcp.as_ref().unwrap();
+        assert_eq!(rtcp.reports, 4);
+        assert_eq!(rtcp.last_jitter_ms, Some(10.0));
+    }
+
     #[test]
     fn rtcp_beyond_the_call_bound_is_counted() {
         let limits = MediaLimits {

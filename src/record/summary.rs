@@ -142,7 +142,7 @@ pub struct MediaCounters {
     pub rtp_decode_errors: u64,
     pub rtcp_packets: u64,
     pub rtcp_decode_errors: u64,
-    /// RTCP that belongs to no known call.
+    /// RTCP that belongs to no known call (kept with the orphan streams it names, if any).
     pub rtcp_unattributed: u64,
     /// RTCP of a call beyond its cap, not kept.
     pub rtcp_dropped_at_capacity: u64,

@@ -264,6 +264,60 @@ fn every_rtcp_round_trip_matches_tshark() {
     assert!(compared >= 20, "{compared} round trips compared");
 }
 
+/// Campaign 2026-12-04a: `gst_rtcp_orphan_streams.pcap` is 6.6 s cut from the middle of a
+/// GStreamer RTP/RTCP session (no SIP left in it, so both streams are orphans). What each
+/// receiver reported in RTCP is in the stream records, as TShark 4.0.17 decodes it
+/// (`tshark -r gst_rtcp_orphan_streams.pcap -o rtcp.show_roundtrip_calculation:TRUE
+/// -o rtcp.roundtrip_min_threshhold:0 -Y rtcp -T fields -E occurrence=a -e ip.src
+/// -e rtcp.ssrc.identifier -e rtcp.ssrc.fraction -e rtcp.ssrc.cum_nr -e rtcp.ssrc.jitter
+/// -e rtcp.roundtrip-delay`): 10.55.0.1 reported on 0x97970B52 twice (7 then 10/256 lost,
+/// 10 then 17 cumulative, jitter 39 then 42 units of 1/8000 s; one round trip, 1 ms),
+/// 10.55.0.2 on 0xEF3DB156 twice (0/256, cumulative -1, jitter 0; round trips 37 and 44 ms).
+/// The RTCP of orphan streams used to be counted (`rtcp_unattributed`) and never joined to
+/// them: both records said `rtcp: null`.
+#[test]
+fn rtcp_of_orphan_streams_is_in_their_records() {
+    let (streams, records) = teledge_streams("gst_rtcp_orphan_streams.pcap");
+    assert!(records.iter().all(|r| !matches!(r, Record::Call(_))));
+    let by = |ssrc: &str| {
+        let s = streams.iter().find(|s| s.ssrc == ssrc).unwrap();
+        s.rtcp.clone().unwrap_or_else(|| panic!("{ssrc}: no rtcp"))
+    };
+    let lossy = by("0x97970B52");
+    assert_eq!(lossy.reports, 2);
+    // 10/256 = 3.90625 %, kept to three decimals.
+    assert_eq!(lossy.last_fraction_lost_percent, Some(3.906));
+    assert_eq!(lossy.last_cumulative_lost, Some(17));
+    assert_eq!(lossy.last_jitter_ms, Some(42.0 / 8.0));
+    assert_eq!(lossy.max_jitter_ms, Some(42.0 / 8.0));
+    // The first report names an SR sent before the cut: no round trip, as in TShark.
+    assert_eq!(
+        (lossy.round_trip_samples, lossy.round_trip_rejected),
+        (1, 0)
+    );
+    assert!(
+        (lossy.last_round_trip_ms.unwrap() - 1.0).abs() <= 2.0,
+        "{lossy:?}"
+    );
+    let clean = by("0xEF3DB156");
+    assert_eq!(clean.reports, 2);
+    assert_eq!(clean.last_fraction_lost_percent, Some(0.0));
+    assert_eq!(clean.last_cumulative_lost, Some(-1));
+    assert_eq!(clean.last_jitter_ms, Some(0.0));
+    assert_eq!(
+        (clean.round_trip_samples, clean.round_trip_rejected),
+        (2, 0)
+    );
+    assert!(
+        (clean.min_round_trip_ms.unwrap() - 37.0).abs() <= 2.0,
+        "{clean:?}"
+    );
+    assert!(
+        (clean.max_round_trip_ms.unwrap() - 44.0).abs() <= 2.0,
+        "{clean:?}"
+    );
+}
+
 #[test]
 fn wireshark_pins_stream_d2bd4e3e() {
     // Wireshark's own test suite (test/suite_sharkd.py) pins this stream more precisely.

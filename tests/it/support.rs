@@ -12,7 +12,7 @@ use teledge::time::Timestamp;
 
 /// Every capture bundled in `tests/data` (a conformance test checks this list against the
 /// folder, so none is forgotten).
-pub const ALL_CAPTURES: [&str; 27] = [
+pub const ALL_CAPTURES: [&str; 28] = [
     "rtp_rtcp_sip_ipv4_udp.pcap",
     "sip_ipv4_tcp.pcap",
     "sip_ipv4_tcp_fragmented.pcap",
@@ -40,6 +40,7 @@ pub const ALL_CAPTURES: [&str; 27] = [
     "pcapng_three_interfaces.pcapng",
     "rtp_over_tcp_and_turn.pcap",
     "erf_linktype_sip_rtp.pcapng",
+    "gst_rtcp_orphan_streams.pcap",
 ];
 
 /// The TShark version every reference in `tests/data/tshark` comes from (Debian 12's).

@@ -63,8 +63,12 @@ pub enum CaptureError {
     /// read either: said by name, not taken for damage.
     #[error("{0}, which Wireshark does not read either")]
     Unreadable(String),
-    #[error("{0} file: its frames are found through a table at its end, so it must be read from an uncompressed file, not a pipe or a gzip stream")]
+    #[error("{0} file: its frames are found through a table at its end, so it must be read from a file, not a pipe")]
     NotSeekable(&'static str),
+    /// A file that must be read through a table at its end, inside a gzip stream larger
+    /// decompressed than teledge holds in memory to read it so.
+    #[error("{format} file inside gzip: over {limit} bytes decompressed, more than is held in memory to find its frames through the table at its end; decompress it first")]
+    TooLargeInGzip { format: &'static str, limit: u64 },
     /// A gzip-compressed capture whose compressed stream is damaged or cut short.
     #[error("gzip-compressed capture damaged or cut short after {frames} frames: {detail}")]
     Compressed { frames: u64, detail: String },
@@ -225,8 +229,13 @@ pub fn read_frames<R: Read + Seek + Send>(
 /// gzip's magic: TShark reads a gzip-compressed capture of any format as the capture itself.
 const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
 
+/// The most of a NetMon file inside gzip held in memory (decompressed) to read it through
+/// its frame table; beyond, [`CaptureError::TooLargeInGzip`].
+const MAX_GZIP_NETMON: u64 = 256 * 1024 * 1024;
+
 /// A gzip-compressed capture, decompressed as it is read: a stream, so it cannot seek (a
-/// NetMon file inside is refused by name, [`CaptureError::NotSeekable`]). A damaged or cut
+/// NetMon file inside, which must be, is decompressed into memory first, up to
+/// [`MAX_GZIP_NETMON`]: TShark reads it too). A damaged or cut
 /// stream ends the data there, and is said afterwards ([`read_gzip`]), so a stream cut
 /// between two records is not taken for the end of the capture.
 struct Gunzip<R: Read> {
@@ -306,6 +315,23 @@ fn read_any<R: Read + Seek + Send>(
         return snoop::read(Prefixed::new(head.to_vec(), input), on_frame);
     }
     if head.starts_with(netmon::MAGIC_1X) || head.starts_with(netmon::MAGIC_2X) {
+        if !gzip {
+            // Inside gzip (read_gzip's stream cannot seek): the whole file, in memory.
+            let mut whole = head.to_vec();
+            let read = (&mut input)
+                .take(MAX_GZIP_NETMON + 1 - got as u64)
+                .read_to_end(&mut whole);
+            if read.is_err() {
+                return Err(CaptureError::Read(PcapError::ReadError));
+            }
+            if whole.len() as u64 > MAX_GZIP_NETMON {
+                return Err(CaptureError::TooLargeInGzip {
+                    format: "NetMon",
+                    limit: MAX_GZIP_NETMON,
+                });
+            }
+            return netmon::read(std::io::Cursor::new(whole), 0, on_frame);
+        }
         return netmon::read(input, got as u64, on_frame);
     }
     let Some(mut header) = ClassicHeader::parse(head)? else {
