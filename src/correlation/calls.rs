@@ -25,9 +25,10 @@
 //! - CANCEL before answer (abandoned), BYE from either side (who hung up), re-INVITE/UPDATE
 //!   holds (sendonly/inactive/`c=0.0.0.0`) and resumes;
 //! - forking: the distinct To-tags of the responses are counted; the answered one is the
-//!   dialog (a BYE in the dialog of another fork's 2xx, which the caller acknowledges and
-//!   hangs up, ends that dialog, not the call). The caller's INVITE transaction is the INVITE of its CSeq captured first (its top
-//!   Via branch; one that arrives after a copy captured later — the hops of a proxy on the
+//!   dialog (a BYE in the dialog of another fork's 2xx — same From-tag, another To-tag —,
+//!   which the caller acknowledges and hangs up, ends that dialog, not the call). The
+//!   caller's INVITE transaction is the INVITE of its CSeq captured first (its top Via
+//!   branch; one that arrives after a copy captured later — the hops of a proxy on the
 //!   tapped box, delivered by two capture threads — is adopted, with the addresses, times,
 //!   parties and offer the call takes from its INVITE); the same INVITE seen on other
 //!   branches is a proxy's forks. First provisional, ringing and answer times are the
@@ -469,11 +470,9 @@ struct Call {
     retransmissions: u32,
     auth_challenges: u32,
     to_tags: Vec<String>,
-    /// To-tags of the 2xx to the initial INVITE, at most `MAX_FORKS`: the first is the one
-    /// that answered the call (its dialog), the others forks' dialogs. A BYE (or the 2xx of
-    /// one) in another fork's dialog — a second 2xx the caller acknowledges and hangs up at
-    /// once (RFC 3261 §13.2.2.4) — ends that dialog, not the call.
-    answer_tags: Vec<String>,
+    /// The dialogs of the 2xx to the initial INVITE (boxed: most calls are never answered
+    /// by more than one, and a call's state is what a flood of INVITEs costs).
+    answered: Option<Box<AnsweredDialogs>>,
     early_media: bool,
     hold_since: Option<Timestamp>,
     hold_count: u32,
@@ -1024,6 +1023,20 @@ fn retried_in_same_attempt(status: u16) -> bool {
     matches!(status, 401 | 407 | 422)
 }
 
+/// The dialogs the 2xx to a call's initial INVITE made.
+#[derive(Debug)]
+struct AnsweredDialogs {
+    /// The From-tag of the 2xx that answered: forks of one INVITE share it (they differ in
+    /// the To-tag); the legs of a B2BUA that keeps the Call-ID do not, so a leg's 2xx is
+    /// never taken for a fork (nor its BYE for a fork's).
+    from_tag: Option<String>,
+    /// Their To-tags, at most `MAX_FORKS`: the first answered the call (its dialog), the
+    /// others are forks' dialogs. A BYE (or the 2xx of one) in another fork's dialog — a
+    /// second 2xx the caller acknowledges and hangs up at once (RFC 3261 §13.2.2.4) — ends
+    /// that dialog, not the call.
+    to_tags: Vec<String>,
+}
+
 impl Call {
     fn blank(meta: &MessageMeta, msg: &SipMessage<'_>, seq: u64, cap: &mut Capper<'_>) -> Call {
         Call {
@@ -1060,7 +1073,7 @@ impl Call {
             retransmissions: 0,
             auth_challenges: 0,
             to_tags: Vec::new(),
-            answer_tags: Vec::new(),
+            answered: None,
             early_media: false,
             hold_since: None,
             hold_count: 0,
@@ -1344,23 +1357,30 @@ impl Call {
     }
 
     /// Whether an in-dialog message belongs to another fork's dialog than the answered one:
-    /// its callee-side tag (the To-tag of a message from the caller, else the From-tag) is
-    /// the To-tag of another 2xx to the initial INVITE. Any other tag is taken for the
-    /// call's dialog, as before forks were told apart.
+    /// one of its tags is the answering 2xx's From-tag (the caller's side of every fork)
+    /// and the other is the To-tag of another 2xx to the initial INVITE. Any other message
+    /// (a B2BUA's other leg under the same Call-ID among them) is taken for the call's
+    /// dialog, as before forks were told apart.
     fn in_other_fork(&self, msg: &SipMessage<'_>) -> bool {
-        let from = msg.from.tag.map(|t| cut(t, MAX_TAG_BYTES).0);
-        let callee_side = if from.is_some() && from == self.caller_tag.as_deref() {
-            msg.to.tag
-        } else {
-            msg.from.tag
+        let Some(dialogs) = self.answered.as_deref() else {
+            return false;
         };
-        match (self.answer_tags.split_first(), callee_side) {
-            (Some((answered, forks)), Some(tag)) => {
-                let tag = cut(tag, MAX_TAG_BYTES).0;
-                tag != answered && forks.iter().any(|t| t == tag)
-            }
-            _ => false,
-        }
+        let Some((answered, forks)) = dialogs.to_tags.split_first() else {
+            return false;
+        };
+        let (from, to) = (
+            msg.from.tag.map(|t| cut(t, MAX_TAG_BYTES).0),
+            msg.to.tag.map(|t| cut(t, MAX_TAG_BYTES).0),
+        );
+        let caller_side = dialogs.from_tag.as_deref();
+        let callee_side = if caller_side.is_some() && from == caller_side {
+            to
+        } else if caller_side.is_some() && to == caller_side {
+            from
+        } else {
+            return false;
+        };
+        callee_side.is_some_and(|tag| tag != answered && forks.iter().any(|t| t == tag))
     }
 
     /// Who sent a request whose From-tag is `tag`.
@@ -1508,7 +1528,10 @@ impl Call {
                     }
                     self.answer = Some(t);
                     if let Some(tag) = msg.to.tag {
-                        self.answer_tags = vec![cap.tag(tag)];
+                        self.answered = Some(Box::new(AnsweredDialogs {
+                            from_tag: msg.from.tag.map(|t| cap.tag(t)),
+                            to_tags: vec![cap.tag(tag)],
+                        }));
                     }
                     self.final_response = Some((status, cap.text(phrase), t));
                     // A 200 that crossed a CANCEL wins: the call was answered.
@@ -1519,13 +1542,19 @@ impl Call {
                         }
                     }
                 } else if let Some(tag) = msg.to.tag {
-                    // Another fork's 2xx: a dialog of its own, which the caller ends.
+                    // Another fork's 2xx (the same caller side, another To-tag): a dialog of
+                    // its own, which the caller ends. A B2BUA's other leg under the same
+                    // Call-ID has another From-tag: not a fork.
                     let tag = cut(tag, MAX_TAG_BYTES).0;
-                    if !self.answer_tags.is_empty()
-                        && self.answer_tags.len() < MAX_FORKS
-                        && !self.answer_tags.iter().any(|t| t == tag)
-                    {
-                        self.answer_tags.push(cap.tag(tag));
+                    let from = msg.from.tag.map(|t| cut(t, MAX_TAG_BYTES).0);
+                    if let Some(dialogs) = self.answered.as_deref_mut() {
+                        if from.is_some()
+                            && from == dialogs.from_tag.as_deref()
+                            && dialogs.to_tags.len() < MAX_FORKS
+                            && !dialogs.to_tags.iter().any(|t| t == tag)
+                        {
+                            dialogs.to_tags.push(cap.tag(tag));
+                        }
                     }
                 }
                 false
@@ -1676,8 +1705,12 @@ impl Call {
             + boxed_party(&self.asserted_identity)
             + boxed_party(&self.diverted_from)
             + text(&self.caller_tag)
-            + vec(&self.answer_tags)
-            + self.answer_tags.iter().map(string).sum::<usize>()
+            + self.answered.as_deref().map_or(0, |d| {
+                heap(std::mem::size_of::<AnsweredDialogs>())
+                    + text(&d.from_tag)
+                    + vec(&d.to_tags)
+                    + d.to_tags.iter().map(string).sum::<usize>()
+            })
             + text(&self.invite_branch)
             + vec(&self.fork_branches)
             + self.fork_branches.iter().map(string).sum::<usize>()
@@ -2430,6 +2463,34 @@ mod tests {
         assert_eq!(c.hangup_by, Some(Hangup::Caller));
         let talk = c.end_time.unwrap().seconds_since(c.answer_time.unwrap());
         assert!((talk - 2.0).abs() < 1e-6, "talk {talk} s");
+    }
+
+    #[test]
+    fn a_b2bua_legs_2xx_under_the_same_call_id_is_not_a_fork() {
+        // erspan_sip_ipv4_udp.pcapng: a B2BUA keeps the Call-ID on its outgoing leg with a
+        // From-tag of its own (L); the leg's 2xx (To-tag D) is captured before the caller's
+        // (To-tag B). The caller's BYE in dialog A/B ends the call: B is not another fork's
+        // tag, though it came second (the legs' From-tags differ).
+        let mut h = Harness::new();
+        h.req(0, "INVITE", 1, true, false);
+        let leg = |h: &mut Harness, at: i64, start: &str, cseq: &str| {
+            let text = format!(
+                "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKleg{cseq}\r\nFrom: <sip:alice@example.com>;tag=L\r\nTo: <sip:bob@example.com>;tag=D\r\nCall-ID: {}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n",
+                h.call_id
+            );
+            h.feed(at, &text, start.starts_with("BYE"));
+        };
+        leg(&mut h, 499, "SIP/2.0 200 OK", "1 INVITE");
+        h.resp(500, 200, 1, "INVITE", Some("B"));
+        h.req(501, "ACK", 1, true, true);
+        h.req(2000, "BYE", 2, true, true);
+        leg(&mut h, 2001, "BYE sip:bob@example.com SIP/2.0", "2 BYE");
+        h.resp(2003, 200, 2, "BYE", Some("B"));
+        let c = h.only();
+        assert_eq!(c.outcome, Outcome::Answered);
+        assert_eq!(c.hangup_by, Some(Hangup::Caller));
+        let talk = c.end_time.unwrap().seconds_since(c.answer_time.unwrap());
+        assert!((talk - 1.501).abs() < 1e-6, "talk {talk} s");
     }
 
     #[test]
