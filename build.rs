@@ -62,9 +62,13 @@ fn main() {
         {
             continue;
         }
-        // The function's own section, and its LLVM-suffixed variants (`.llvm.<n>` from
-        // thin LTO's promotion of a local function, `.cold`…).
-        let _ = writeln!(rules, "    *(.text.{line} .text.{line}.*)");
+        // The function's own section, with LLVM's suffixes (`.llvm.<n>` from thin LTO's
+        // promotion of a local function…) and in its `.text.unlikely.` form (`#[cold]`
+        // functions, such as a `OnceLock`'s initializer: run once, at start).
+        let _ = writeln!(
+            rules,
+            "    *(.text.{line} .text.{line}.* .text.unlikely.{line} .text.unlikely.{line}.*)"
+        );
     }
     if rules.is_empty() {
         return;

@@ -27,6 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIST=${LIST:-link/hot-text.txt}
+NM=${NM:-nm} # the target's nm for a foreign binary (aarch64-linux-gnu-nm…)
 
 # The normalisation, shared by `list` (from the exact names) and `check` (the linked names).
 hash_free() {
@@ -66,14 +67,15 @@ case ${1:-} in
           # an output section line (lld: 4 numbers then the name; GNU ld: at column 0)
           out = ($NF == ".text.start_idle" || $1 == ".text.start_idle") }
         out && match($0, /:\(\.text\.[^)]*\)/) { print substr($0, RSTART + 8, RLENGTH - 9); next }
-        out && match($0, /^ \.text\.[^ ]+/) { print substr($0, RSTART + 7, RLENGTH - 7) }' "$map")
+        out && match($0, /^ \.text\.[^ ]+/) { print substr($0, RSTART + 7, RLENGTH - 7) }' "$map" \
+        | sed 's/^unlikely\.//')
       from="the map $map"
-    elif nm "$bin" >/dev/null 2>&1 && [ -n "$(nm "$bin" 2>/dev/null | head -n 1)" ]; then
+    elif [ -n "$("$NM" "$bin" 2>/dev/null | head -n 1)" ]; then
       # nm prints addresses as wide as readelf does: compared as strings ("" makes awk
       # compare strings, not the numbers it takes all-digit ones for).
       lo=$addr
       hi=$(printf "%0${#addr}x" $((16#$addr + size)))
-      names=$(nm --defined-only "$bin" | awk -v lo="$lo" -v hi="$hi" '
+      names=$("$NM" --defined-only "$bin" | awk -v lo="$lo" -v hi="$hi" '
         $2 ~ /^[tTwW]$/ && $3 !~ /^[$]/ { a = $1 ""; if (a >= lo "" && a < hi "") print $3 }')
       from="its symbol table"
     else

@@ -124,9 +124,14 @@ for part, dump in (("start to READY=1", out + ".1"), (f"the {idle} s after READY
             if o is not None:
                 by[crate(i)].add(o >> 12)
     for i in sorted(fns):
-        if syms[i][1] not in seen:
-            seen.add(syms[i][1])
-            order.append(syms[i][1])
+        # Every name at the function's address: LLVM's merged functions are aliases of one
+        # section, and the section is named after only one of them.
+        j = bisect.bisect_left(starts, syms[i][0])
+        while j < len(syms) and syms[j][0] == syms[i][0]:
+            if syms[j][1] not in seen:
+                seen.add(syms[j][1])
+                order.append(syms[j][1])
+            j += 1
     print(f"{part}: {len(hits)} distinct instructions of the binary in {len(fns)} functions; "
           f"{len(pages)} pages of 4 KiB ({len(pages) * 4} KiB), {len(wins)} windows of 64 KiB ({len(wins) * 64} KiB)")
     print("  4 KiB pages by crate: " + ", ".join(f"{c} {len(p)}" for c, p in sorted(by.items(), key=lambda x: -len(x[1]))[:16]))
