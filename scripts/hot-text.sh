@@ -15,6 +15,15 @@
 #       The patterns therefore match the same functions in another build of the same
 #       sources (other target, profile, dependency metadata); a generic function's pattern
 #       matches all of its instances.
+#   scripts/hot-text.sh faults PERF_DATA BIN >> link/hot-text.txt
+#       What callgrind does not see: code that runs natively but not under valgrind (CPU
+#       feature paths: valgrind has no VAES, SHA-NI…) or only at native speed (timers, the
+#       uplink's connection life). PERF_DATA is `perf record -e page-faults -c 1 -d` of BIN
+#       (`AGENT_ENV="X=1 perf record -q -e page-faults -c 1 -d -o FILE" scripts/bench-idle.sh`
+#       runs it so); prints the hash-free names of the functions whose instruction fetches
+#       faulted outside `.text.start_idle`, not yet in the list. A fault maps a 64 KiB window,
+#       so each run finds the first function of each window touched: repeat (relink, run,
+#       append) until few are left.
 #   scripts/hot-text.sh check BIN [MAP]
 #       How many of link/hot-text.txt's patterns the linked BIN's `.text.start_idle`
 #       section holds (build.rs puts them there), and the section's size. Counts from BIN's
@@ -45,6 +54,45 @@ case ${1:-} in
     echo "# places first in the program text. Regenerate when start-up or idle code changes much;"
     echo "# a stale line matches nothing and costs nothing."
     hash_free <"$2" | awk 'NF && !seen[$0]++'
+    ;;
+  faults)
+    [ $# -eq 3 ] || { echo "usage: scripts/hot-text.sh faults PERF_DATA BIN" >&2; exit 2; }
+    data=$2 bin=$(realpath "$3")
+    perf script -i "$data" --show-mmap-events -F addr,ip 2>/dev/null | python3 -c '
+import bisect, re, subprocess, sys
+binary, listed = sys.argv[1], sys.argv[2]
+# The text segment: file offset -> virtual address, and the section placed first.
+load = [l.split() for l in subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True).stdout.splitlines()]
+delta = next(int(p[2], 16) - int(p[1], 16) for p in load if p and p[0] == "LOAD" and "E" in p[6:8])
+hot = (0, 0)
+for l in subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True).stdout.splitlines():
+    p = re.sub(r"^ *\[ *[0-9]+\] *", "", l).split()
+    if p and p[0] == ".text.start_idle":
+        hot = (int(p[2], 16), int(p[2], 16) + int(p[4], 16))
+syms = sorted((int(p[0], 16), p[2]) for p in (l.split() for l in subprocess.run(
+    ["nm", "--defined-only", binary], capture_output=True, text=True).stdout.splitlines())
+    if len(p) == 3 and p[1] in "tTwW" and not p[2].startswith("$"))
+starts = [a for a, _ in syms]
+text, names = None, []
+for line in sys.stdin:
+    m = re.search(r"\[0x([0-9a-f]+)\(0x([0-9a-f]+)\) @ (0x[0-9a-f]+|[0-9]+) .*\]: r-xp (.*)$", line)
+    if m and m.group(4).strip() == binary:
+        text = (int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 0))
+        continue
+    p = line.split()
+    if text is None or len(p) != 2 or not all(re.fullmatch(r"[0-9a-f]+", x) for x in p):
+        continue
+    addr, ip = int(p[0], 16), int(p[1], 16)
+    if addr != ip or not (text[0] <= addr < text[0] + text[1]):
+        continue  # not an instruction fetch in the binary text
+    v = addr - text[0] + text[2] + delta
+    if hot[0] <= v < hot[1]:
+        continue
+    i = bisect.bisect_right(starts, v) - 1
+    if i >= 0:
+        names.append(syms[i][1])
+print("\n".join(names))
+' "$bin" "$LIST" | hash_free | awk -v list="$LIST" 'BEGIN { while ((getline l < list) > 0) seen[l] = 1 } NF && !seen[$0]++'
     ;;
   check)
     [ $# -ge 2 ] && [ $# -le 3 ] || { echo "usage: scripts/hot-text.sh check BIN [MAP]" >&2; exit 2; }
@@ -86,7 +134,7 @@ case ${1:-} in
     echo "hot text: $found of $listed listed functions found and placed first ($(printf '%s\n' "$names" | grep -c .) symbols, $size bytes in .text.start_idle; counted from $from)"
     ;;
   *)
-    echo "usage: scripts/hot-text.sh list ORDER_FILE | check BIN [MAP]" >&2
+    echo "usage: scripts/hot-text.sh list ORDER_FILE | faults PERF_DATA BIN | check BIN [MAP]" >&2
     exit 2
     ;;
 esac
