@@ -79,7 +79,10 @@ fn main() {
     );
     let path = out_dir.join("hot-text.ld");
     if let Err(e) = fs::write(&path, script) {
-        println!("cargo:warning=teledge: cannot write {}: {e}; the default text layout", path.display());
+        println!(
+            "cargo:warning=teledge: cannot write {}: {e}; the default text layout",
+            path.display()
+        );
         return;
     }
     println!("cargo:rustc-link-arg-bin=teledge=-Wl,-T,{}", path.display());
