@@ -21,15 +21,18 @@
 //! `TELEDGE_HOT_TEXT=0` (the default layout, for measuring the difference).
 
 use std::env;
-use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
+
+#[path = "link/script.rs"]
+mod script;
 
 const LIST: &str = "link/hot-text.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed={LIST}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=link/script.rs");
     println!("cargo:rerun-if-env-changed=TELEDGE_HOT_TEXT");
     if env::var("PROFILE").as_deref() != Ok("release") {
         return;
@@ -52,31 +55,9 @@ fn main() {
     let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
     };
-    let mut rules = String::new();
-    for line in list.lines().map(str::trim) {
-        // A linker-script token ends at white space, parentheses or a quote; mangled names
-        // (`[A-Za-z0-9_.$*]`) never hold one, so a line that does is not a symbol pattern.
-        if line.is_empty()
-            || line.starts_with('#')
-            || line.contains(|c: char| c.is_whitespace() || "()\"';{}".contains(c))
-        {
-            continue;
-        }
-        // The function's own section, with LLVM's suffixes (`.llvm.<n>` from thin LTO's
-        // promotion of a local function…) and in its `.text.unlikely.` form (`#[cold]`
-        // functions, such as a `OnceLock`'s initializer: run once, at start).
-        let _ = writeln!(
-            rules,
-            "    *(.text.{line} .text.{line}.* .text.unlikely.{line} .text.unlikely.{line}.*)"
-        );
-    }
-    if rules.is_empty() {
+    let Some(script) = script::linker_script(&list) else {
         return;
-    }
-    let script = format!(
-        "/* Made by build.rs from {LIST}: the code start-up and idle run, placed together. */\n\
-         SECTIONS\n{{\n  .text.start_idle :\n  {{\n{rules}  }}\n}}\nINSERT BEFORE .text;\n"
-    );
+    };
     let path = out_dir.join("hot-text.ld");
     if let Err(e) = fs::write(&path, script) {
         println!(
