@@ -117,15 +117,15 @@ build() { # arch
   local t=${triple[$1]} q=${qemu[$1]} s=${sysroot[$1]} link
   run rustup target add "$t"
   # The `edge` profile: fat LTO, one codegen unit, stripped (see Cargo.toml), linked as
-  # cross/edge-link.sh says (aarch64: lld, identical code folded, packed relocations).
-  mapfile -t link < <(edge_link_args "$t")
-  if ((${#link[@]})); then
-    run cargo rustc --locked --profile edge --target "$t" --bin teledge -- "${link[@]}"
-  else
-    run cargo build --locked --profile edge --target "$t" --bin teledge
-  fi
+  # cross/edge-link.sh says (aarch64: lld, identical code folded, packed relocations), with
+  # the code start-up and idle run placed first (build.rs, link/hot-text.txt). The linker's
+  # map is kept beside the binary: the stripped binary cannot say which functions are first.
   local bin="${CARGO_TARGET_DIR:-target}/$t/edge/teledge"
+  mapfile -t link < <(edge_link_args "$t")
+  run cargo rustc --locked --profile edge --target "$t" --bin teledge -- \
+    -C "link-arg=-Wl,-Map=$bin.map" "${link[@]}"
   ((dry)) || file "$bin" 2>/dev/null || true
+  run scripts/hot-text.sh check "$bin" "$bin.map"
   # The newest glibc the binary needs (packed relocations: GLIBC_ABI_DT_RELR, glibc 2.36).
   if ((!dry)); then
     echo "$1: needs glibc $("${gcc[$1]%-gcc}-objdump" -p "$bin" | grep -o 'GLIBC_[0-9.]*[0-9]' \

@@ -51,8 +51,11 @@ if [ "$NO_LISTEN" = 1 ]; then
   cargo rustc --locked --profile edge --target "$TARGET" --bin teledge --no-default-features -q -- "${link[@]}"
   cp "$bin" "$work/teledge-no-listen"
 fi
-cargo rustc --locked --profile edge --target "$TARGET" --bin teledge -q -- "${link[@]}"
+cargo rustc --locked --profile edge --target "$TARGET" --bin teledge -q -- \
+  -C "link-arg=-Wl,-Map=$bin.map" "${link[@]}"
 file "$bin" 2>/dev/null | sed 's/^/binary: /' || true
+# The code start-up and idle run, placed first (build.rs, link/hot-text.txt).
+scripts/hot-text.sh check "$bin" "$bin.map"
 
 size=$(stat -c %s "$bin")
 awk -v s="$size" 'BEGIN {

@@ -121,6 +121,9 @@ for arch in "${arches[@]}"; do
     cargo build --locked --profile "$profile" "${target_args[@]}" --bin teledge
   fi
   [ -x "$bin" ] || { echo "build-debs: $bin is missing (build it, or drop --no-build)" >&2; exit 1; }
+  # The code start-up and idle run, placed first by build.rs (release profile; the link's
+  # own linker: rust-lld for amd64, GNU ld for arm64 and armhf): how much of the list matched.
+  [ "$profile" != release ] || NM="${p:+$p-}nm" scripts/hot-text.sh check "$bin" >&2
 
   # glibc: the newest versioned symbol the binary needs, against the declared floor.
   objdump="${p:+$p-}objdump"

@@ -9,7 +9,11 @@
 # makes resident), and the pages by crate. With ORDER=FILE, also writes the executed
 # functions' symbols (start-up first, then in address order) to FILE: an lld
 # `--symbol-ordering-file` that puts the code start and idle run together
-# (docs/performance.md, "Idle and start-up").
+# (docs/performance.md, "Idle and start-up"); `scripts/hot-text.sh list FILE` makes the
+# hash-free link/hot-text.txt from it, which build.rs places first in the product builds.
+# The binary measured has the default layout (TELEDGE_HOT_TEXT=0, as the build below makes
+# it): valgrind attributes no code outside the `.text` section to the binary, so the
+# functions already gathered in `.text.start_idle` would be missing from its output.
 #
 #   sudo scripts/text-touched.sh        (IDLE=10, PROFILE=release, BIN to skip the build)
 set -euo pipefail
@@ -18,7 +22,7 @@ IDLE=${IDLE:-10}
 PROFILE=${PROFILE:-release}
 [ "$(id -u)" = 0 ] || { echo "text-touched.sh: needs root (live capture)" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "text-touched.sh: needs valgrind" >&2; exit 1; }
-[ -n "${BIN:-}" ] || cargo build --profile "$PROFILE" --locked --bin teledge -q
+[ -n "${BIN:-}" ] || TELEDGE_HOT_TEXT=0 cargo build --profile "$PROFILE" --locked --bin teledge -q
 dir=$PROFILE
 [ "$PROFILE" = dev ] && dir=debug
 bin=$(realpath "${BIN:-${CARGO_TARGET_DIR:-target}/$dir/teledge}")
@@ -124,9 +128,14 @@ for part, dump in (("start to READY=1", out + ".1"), (f"the {idle} s after READY
             if o is not None:
                 by[crate(i)].add(o >> 12)
     for i in sorted(fns):
-        if syms[i][1] not in seen:
-            seen.add(syms[i][1])
-            order.append(syms[i][1])
+        # Every name at the function's address: LLVM's merged functions are aliases of one
+        # section, and the section is named after only one of them.
+        j = bisect.bisect_left(starts, syms[i][0])
+        while j < len(syms) and syms[j][0] == syms[i][0]:
+            if syms[j][1] not in seen:
+                seen.add(syms[j][1])
+                order.append(syms[j][1])
+            j += 1
     print(f"{part}: {len(hits)} distinct instructions of the binary in {len(fns)} functions; "
           f"{len(pages)} pages of 4 KiB ({len(pages) * 4} KiB), {len(wins)} windows of 64 KiB ({len(wins) * 64} KiB)")
     print("  4 KiB pages by crate: " + ", ".join(f"{c} {len(p)}" for c, p in sorted(by.items(), key=lambda x: -len(x[1]))[:16]))

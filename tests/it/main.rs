@@ -19,6 +19,7 @@ mod formats;
 mod generated;
 mod hep;
 mod hep_out;
+mod hot_text;
 mod layering;
 #[cfg(feature = "listen")]
 mod listen;
