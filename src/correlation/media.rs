@@ -288,6 +288,25 @@ impl MediaCounters {
     }
 }
 
+/// Appends an RTCP observation to the list kept with a call or an orphan stream, at most
+/// `cap` a list (beyond it, counted): the bytes held afterwards, from `held` before.
+fn keep_in(
+    list: &mut Vec<RtcpObservation>,
+    observation: RtcpObservation,
+    held: usize,
+    cap: usize,
+    counters: &mut MediaCounters,
+) -> usize {
+    if list.len() >= cap {
+        counters.rtcp_dropped_at_capacity += 1;
+        return held;
+    }
+    let before = vec(list);
+    let bytes = rtcp_heap_bytes(&observation);
+    list.push(observation);
+    (held + vec(list) + bytes).saturating_sub(before)
+}
+
 /// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
 /// address of each `m=` line with a port (not on hold, `c=0.0.0.0`; not over TCP, whose
 /// RTP teledge does not measure) and, when it differs, its RTCP address (`true`: RTCP only),
@@ -1426,14 +1445,13 @@ impl MediaTracker {
                 e.insert(Vec::new())
             }
         };
-        if list.len() >= self.limits.max_rtcp_per_call {
-            self.counters.rtcp_dropped_at_capacity += 1;
-            return;
-        }
-        let before = vec(list);
-        let bytes = rtcp_heap_bytes(&observation);
-        list.push(observation);
-        self.held_bytes = (self.held_bytes + vec(list) + bytes).saturating_sub(before);
+        self.held_bytes = keep_in(
+            list,
+            observation,
+            self.held_bytes,
+            self.limits.max_rtcp_per_call,
+            &mut self.counters,
+        );
         self.note_peak();
     }
 
@@ -1478,14 +1496,13 @@ impl MediaTracker {
                 e.insert(Vec::new())
             }
         };
-        if list.len() >= self.limits.max_rtcp_per_call {
-            self.counters.rtcp_dropped_at_capacity += 1;
-            return;
-        }
-        let before = vec(list);
-        let bytes = rtcp_heap_bytes(&observation);
-        list.push(observation);
-        self.held_bytes = (self.held_bytes + vec(list) + bytes).saturating_sub(before);
+        self.held_bytes = keep_in(
+            list,
+            observation,
+            self.held_bytes,
+            self.limits.max_rtcp_per_call,
+            &mut self.counters,
+        );
         self.note_peak();
     }
 
