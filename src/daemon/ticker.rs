@@ -105,7 +105,7 @@ pub(super) struct InputLosses {
     last: Option<Instant>,
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 8;
 
 impl Default for InputLosses {
     fn default() -> Self {
@@ -148,6 +148,11 @@ impl InputLosses {
             // A panic of the relay announces its own losses (`component_panicked`).
             // (Read without making a series of each reason in `/metrics`.)
             metrics.hep_out_dropped.total() - metrics.hep_out_dropped.peek(&["panicked"]),
+            // Losses of records the bounded correlation tables cause (published as
+            // `teledge_state_evictions_total` by `publish_pipeline_counters`); the other
+            // tables' evictions cost measurement detail, not a record.
+            metrics.state_evictions.peek(&["calls_joined_mid_dialog"]),
+            metrics.state_evictions.peek(&["streams"]),
         ];
         let details: [&str; KINDS] = [
             "packets dropped by the kernel (capture ring full)",
@@ -156,6 +161,8 @@ impl InputLosses {
             "HEP frames refused or not used (malformed, unauthenticated, content not usable)",
             "new calls not followed (call table full of answered calls)",
             "HEP frames not relayed to HOMER ([hep_out]: queue full, server gone, send failed, or left at the stop)",
+            "messages of dialogs joined mid-call not followed (beyond 1,000 such calls a minute): those calls get no record",
+            "RTP streams not measured (stream table full): no stream record, no quality in their call's record",
         ];
         let wall = SystemTime::now();
         let mut gaps = Vec::new();
@@ -449,6 +456,39 @@ mod tests {
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].dropped, Some(2));
         assert!(gaps[0].detail.as_deref().unwrap().starts_with("HEP frames"));
+    }
+
+    /// Dialogs joined mid-call beyond their rate and streams a full stream table turned
+    /// away lose records: counted as state evictions and announced, not only counted.
+    #[test]
+    fn record_losses_of_the_bounded_tables_are_announced() {
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let t0 = Instant::now();
+        assert!(losses
+            .due("edge-01", &metrics, LossTotals::default(), t0, true)
+            .is_empty());
+        metrics
+            .state_evictions
+            .with(&["calls_joined_mid_dialog"])
+            .raise_to(4);
+        metrics.state_evictions.with(&["streams"]).raise_to(2);
+        // Evictions that cost no record are not announced as losses.
+        metrics.state_evictions.with(&["ssrc_index"]).raise_to(9);
+        let gaps = losses.due("edge-01", &metrics, LossTotals::default(), t0, true);
+        let told: Vec<(u64, &str)> = gaps
+            .iter()
+            .map(|g| (g.dropped.unwrap(), g.detail.as_deref().unwrap()))
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert_eq!(told[0].0, 4);
+        assert!(told[0].1.starts_with("messages of dialogs joined mid-call"));
+        assert_eq!(told[1].0, 2);
+        assert!(told[1].1.starts_with("RTP streams not measured"));
+        // Told once.
+        assert!(losses
+            .due("edge-01", &metrics, LossTotals::default(), t0, true)
+            .is_empty());
     }
 
     #[test]
