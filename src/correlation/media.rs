@@ -288,23 +288,37 @@ impl MediaCounters {
     }
 }
 
-/// Appends an RTCP observation to the list kept with a call or an orphan stream, at most
-/// `cap` a list (beyond it, counted): the bytes held afterwards, from `held` before.
-fn keep_in(
-    list: &mut Vec<RtcpObservation>,
+/// Keeps an RTCP observation in the list of `key` (a call or an orphan stream) in `map`,
+/// whose entries cost `slot` bytes each: not when the learnt state already holds half its
+/// byte bound (`full`), nor beyond `cap` a list — each counted. `held` follows the bytes.
+fn keep_in<K: std::hash::Hash + Eq>(
+    map: &mut KeyedMap<K, Vec<RtcpObservation>>,
+    key: K,
+    slot: usize,
     observation: RtcpObservation,
-    held: usize,
-    cap: usize,
+    (full, cap): (bool, usize),
+    held: &mut usize,
     counters: &mut MediaCounters,
-) -> usize {
+) {
+    if full {
+        counters.rtcp_dropped_at_byte_bound += 1;
+        return;
+    }
+    let list = match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            *held += slot;
+            e.insert(Vec::new())
+        }
+    };
     if list.len() >= cap {
         counters.rtcp_dropped_at_capacity += 1;
-        return held;
+        return;
     }
     let before = vec(list);
     let bytes = rtcp_heap_bytes(&observation);
     list.push(observation);
-    (held + vec(list) + bytes).saturating_sub(before)
+    *held = (*held + vec(list) + bytes).saturating_sub(before);
 }
 
 /// The media endpoints an SDP announces, as [`MediaTracker::learn`] learns them: the RTP
@@ -1434,22 +1448,15 @@ impl MediaTracker {
     /// the learnt state holds less than half of `max_bytes` (so that RTCP cannot take the
     /// room calls' endpoints need); beyond either, counted.
     fn keep_rtcp(&mut self, call: Arc<str>, observation: RtcpObservation) {
-        if self.held_bytes() >= self.limits.max_bytes / 2 {
-            self.counters.rtcp_dropped_at_byte_bound += 1;
-            return;
-        }
-        let list = match self.rtcp_by_call.entry(call) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.held_bytes += RTCP_BY_CALL_SLOT;
-                e.insert(Vec::new())
-            }
-        };
-        self.held_bytes = keep_in(
-            list,
+        let full = self.held_bytes() >= self.limits.max_bytes / 2;
+        let cap = self.limits.max_rtcp_per_call;
+        keep_in(
+            &mut self.rtcp_by_call,
+            call,
+            RTCP_BY_CALL_SLOT,
             observation,
-            self.held_bytes,
-            self.limits.max_rtcp_per_call,
+            (full, cap),
+            &mut self.held_bytes,
             &mut self.counters,
         );
         self.note_peak();
@@ -1485,22 +1492,15 @@ impl MediaTracker {
     /// Keeps an RTCP packet with an orphan stream, within the bounds of [`Self::keep_rtcp`]
     /// (the same counters when beyond them).
     fn keep_orphan_rtcp(&mut self, key: StreamKey, observation: RtcpObservation) {
-        if self.held_bytes() >= self.limits.max_bytes / 2 {
-            self.counters.rtcp_dropped_at_byte_bound += 1;
-            return;
-        }
-        let list = match self.rtcp_by_orphan.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.held_bytes += RTCP_BY_ORPHAN_SLOT;
-                e.insert(Vec::new())
-            }
-        };
-        self.held_bytes = keep_in(
-            list,
+        let full = self.held_bytes() >= self.limits.max_bytes / 2;
+        let cap = self.limits.max_rtcp_per_call;
+        keep_in(
+            &mut self.rtcp_by_orphan,
+            key,
+            RTCP_BY_ORPHAN_SLOT,
             observation,
-            self.held_bytes,
-            self.limits.max_rtcp_per_call,
+            (full, cap),
+            &mut self.held_bytes,
             &mut self.counters,
         );
         self.note_peak();
