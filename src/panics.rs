@@ -38,6 +38,15 @@ pub fn inject(component: &str) {
     let _ = component;
 }
 
+/// What of a panic's text may leave the box: a literal (`panic!("...")` without
+/// arguments, `expect("...")` carries a `String`) is the code's own text; a formatted
+/// message can hold what the code was handling — a SIP header in a slicing panic, a parse
+/// error's input in `unwrap()`'s — so it stays in the local log only (free text is removed
+/// from records for the same reason: `crate::privacy`).
+pub fn code_text(payload: &(dyn Any + Send)) -> Option<&'static str> {
+    payload.downcast_ref::<&'static str>().copied()
+}
+
 #[cfg(debug_assertions)]
 mod debug_only {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -96,13 +96,17 @@ impl Supervisor {
             *since = since.zip(lost).map(|(a, b)| a + b);
             return None;
         }
-        entry.first.clone_from(&message);
-        Some(self.gap(component, &message, lost, 1))
+        // Upstream, only a literal message (the code's own text); a formatted one can hold
+        // captured data and stays in the local log (`ComponentPanicked` above).
+        let upstream = crate::panics::code_text(payload)
+            .unwrap_or("a formatted message, in the local log only");
+        upstream.clone_into(&mut entry.first);
+        Some(self.gap(component, upstream, lost, 1))
     }
 
     fn gap(&self, component: &str, message: &str, lost: Option<u64>, panics: u64) -> GapRecord {
         let mut gap = GapRecord::new(&self.node, GapReason::ComponentPanicked, lost);
-        // A panic's message is the code's own text, cut to a bounded size.
+        // The code's own text, cut to a bounded size.
         let mut said: String = message.chars().take(200).collect();
         if said.len() < message.len() {
             said.push('…');
@@ -178,6 +182,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A formatted panic message can hold what the code was handling (a slicing panic
+    /// quotes the text): it is logged on the box, never announced upstream.
+    #[test]
+    fn a_formatted_panic_message_does_not_leave_the_box() {
+        let metrics = Arc::new(AgentMetrics::new());
+        let s = Supervisor::new("edge-01", &metrics);
+        let payload = format!(
+            "byte index 5 is not a char boundary of `sip:+4930123456@{}`",
+            "pbx"
+        );
+        let gap = s.caught("capture", &payload, None).unwrap();
+        let detail = gap.detail.unwrap();
+        assert!(!detail.contains("4930123456"), "{detail}");
+        assert!(
+            detail.starts_with("capture panicked: a formatted message"),
+            "{detail}"
+        );
+        s.caught("capture", &payload, None);
+        let rest = s.remaining_gaps();
+        assert!(!rest[0].detail.as_deref().unwrap().contains("4930123456"));
+    }
 
     /// The first panic of a component is announced at once and stops the daemon; later
     /// ones are summed (unknown losses make the sum unknown) and announced once.
