@@ -38,6 +38,8 @@ pub struct Spooler {
     dirty: bool,
     committed: Option<Arc<Notify>>,
     spooled: u64,
+    /// The record being appended, as JSON (reused: one allocation, not one a record).
+    json: Vec<u8>,
 }
 
 impl Spooler {
@@ -57,6 +59,7 @@ impl Spooler {
             dirty: false,
             committed,
             spooled: 0,
+            json: Vec::new(),
         }
     }
 
@@ -65,9 +68,10 @@ impl Spooler {
     /// announced by the spool).
     pub fn append(&mut self, mut record: Record) -> Result<Option<RecordId>, SpoolerError> {
         self.pseudonymizer.apply(&mut record);
-        let json = serde_json::to_vec(&record).map_err(SpoolerError::Serialise)?;
+        self.json.clear();
+        crate::record::json::write(&mut self.json, &record).map_err(SpoolerError::Serialise)?;
         let id = lock(&self.spool)
-            .append(&json)
+            .append(&self.json)
             .map_err(SpoolerError::Append)?;
         // `None`: the spool was full and its policy dropped this record (counted there).
         self.spooled += u64::from(id.is_some());

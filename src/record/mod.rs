@@ -186,6 +186,7 @@ mod call;
 pub mod gap;
 pub mod heartbeat;
 pub mod interval;
+pub mod json;
 pub mod media;
 pub mod queue;
 pub mod registration;
