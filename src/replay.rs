@@ -10,7 +10,7 @@ use crate::correlation::media::MediaLimits;
 use crate::correlation::Correlator;
 use crate::dissect::{DissectLimits, DissectStats, Frame};
 use crate::pipeline::{InputId, Pipeline};
-use crate::record::{CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
+use crate::record::{CaptureDrops, CaptureSummary, ClosedBy, Record, SUMMARY_SCHEMA};
 use crate::sources::capture_file::{self, CaptureError, Progress};
 use crate::time::Timestamp;
 
@@ -31,6 +31,7 @@ pub struct Replay {
     outcomes: BTreeMap<String, u64>,
     last_time: Timestamp,
     undecodable_files: Vec<String>,
+    drops: capture_file::FileDrops,
 }
 
 impl Replay {
@@ -57,6 +58,7 @@ impl Replay {
             outcomes: BTreeMap::new(),
             last_time: Timestamp::default(),
             undecodable_files: Vec::new(),
+            drops: capture_file::FileDrops::default(),
         }
     }
 
@@ -83,18 +85,20 @@ impl Replay {
             input: id,
             outcomes,
             last_time,
+            drops,
             ..
         } = self;
         let mut counted = |record: Record| {
             count_outcome(outcomes, &record);
             out(record);
         };
-        let frames = capture_file::read_frames(input, |frame: &Frame<'_>, p| {
-            *last_time = (*last_time).max(frame.time);
-            pipeline.frame(*id, frame, &mut counted);
-            pipeline.tick(frame.time, &mut counted);
-            progress(p);
-        })?;
+        let frames =
+            capture_file::read_frames_noting_drops(input, drops, |frame: &Frame<'_>, p| {
+                *last_time = (*last_time).max(frame.time);
+                pipeline.frame(*id, frame, &mut counted);
+                pipeline.tick(frame.time, &mut counted);
+                progress(p);
+            })?;
         let after = self.pipeline.dissect_stats(self.input);
         let failed = after.frames_failed - before.frames_failed;
         if frames > 0 && failed == frames {
@@ -136,6 +140,11 @@ impl Replay {
             calls_dropped_at_capacity: counters.dropped_at_capacity,
             call_counters: (&counters).into(),
             undecodable_files: self.undecodable_files,
+            capture_drops: CaptureDrops {
+                interface_statistics: self.drops.interface_statistics,
+                packet_drop_counts: self.drops.packet_drop_counts,
+                erf_loss_counters: self.drops.erf_loss_counters,
+            },
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));
         summary

@@ -213,6 +213,17 @@ pub fn write_table(
     for file in &summary.undecodable_files {
         writeln!(out, "{file}: no frame could be decoded")?;
     }
+    let drops = &summary.capture_drops;
+    if drops.total() > 0 {
+        writeln!(
+            out,
+            "the capture lost {} packets before they were written (interface statistics {}, packet drop counts {}, ERF loss counters {}): the calls they belonged to are measured without them",
+            drops.total(),
+            drops.interface_statistics,
+            drops.packet_drop_counts,
+            drops.erf_loss_counters,
+        )?;
+    }
     Ok(())
 }
 

@@ -202,8 +202,8 @@ pub use call::{
     SdpDirection, SdpMedia, State, Transport, UserAgents, CALL_SCHEMA,
 };
 pub use summary::{
-    CallCounters, DecodeCounters, DecodeProblem, FragmentCounters, MediaCounters, MemoryCounters,
-    SctpCounters, TcpCounters,
+    CallCounters, CaptureDrops, DecodeCounters, DecodeProblem, FragmentCounters, MediaCounters,
+    MemoryCounters, SctpCounters, TcpCounters,
 };
 
 use serde::Serialize;
@@ -324,6 +324,8 @@ pub struct CaptureSummary {
     /// Files of which not one frame could be decoded (every frame failed, see
     /// `decode.errors` for the kinds): not an empty capture, a capture teledge cannot read.
     pub undecodable_files: Vec<String>,
+    /// Packets the files say were lost before they were written, summed over the files.
+    pub capture_drops: CaptureDrops,
 }
 
 /// Schema id of the capture summary.

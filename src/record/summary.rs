@@ -6,6 +6,29 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// Packets the capture files themselves say were lost before they were written (by the
+/// capturing tool, the OS or the capture card): not network loss, not teledge's; the calls
+/// and streams they belonged to are measured without them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaptureDrops {
+    /// pcapng Interface Statistics Blocks (`isb_ifdrop` + `isb_osdrop` of each interface's
+    /// last block; dumpcap writes the kernel's drops there).
+    pub interface_statistics: u64,
+    /// pcapng Enhanced Packet Blocks' `epb_dropcount`.
+    pub packet_drop_counts: u64,
+    /// ERF records' loss counters (`lctr`).
+    pub erf_loss_counters: u64,
+}
+
+impl CaptureDrops {
+    /// All of them (they come from different formats, so they do not overlap in one file).
+    pub fn total(&self) -> u64 {
+        self.interface_statistics
+            .saturating_add(self.packet_drop_counts)
+            .saturating_add(self.erf_loss_counters)
+    }
+}
+
 /// Counters of the decode path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DecodeCounters {

@@ -802,3 +802,237 @@ fn wrapping_link_types_match_tshark() {
     assert!(messages >= 440, "{messages} SIP messages");
     assert!(streams >= 28, "{streams} RTP streams");
 }
+
+/// The sum of a TShark field over every frame (decimal or `0x` hex; empty values count
+/// nothing).
+fn tshark_sum(path: &Path, field: &str) -> u64 {
+    tshark(&["-r", path.to_str().unwrap(), "-T", "fields", "-e", field])
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| match l.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => l.parse::<u64>().ok(),
+        })
+        .sum()
+}
+
+fn file_drops(bytes: &[u8]) -> capture_file::FileDrops {
+    let mut drops = capture_file::FileDrops::default();
+    capture_file::read_frames_noting_drops(std::io::Cursor::new(bytes), &mut drops, |_, _| {})
+        .unwrap();
+    drops
+}
+
+/// Sets the ERF loss counter of every ERF record of a classic pcap or pcapng file written by
+/// [`erf_in_pcap_and_pcapng`] to its frame number (the colour records keep a colour there).
+fn with_loss_counters(file: &mut [u8], pcapng: bool) {
+    let mut at = if pcapng {
+        // SHB (28 bytes) and the IDB (32).
+        28 + 32
+    } else {
+        24
+    };
+    let mut n = 1u16;
+    while at < file.len() {
+        let (data, next) = if pcapng {
+            let len = u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap()) as usize;
+            (at + 28, at + len)
+        } else {
+            let caplen = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
+            (at + 16, at + 16 + caplen)
+        };
+        file[data + 12..data + 14].copy_from_slice(&n.to_be_bytes());
+        n += 1;
+        at = next;
+    }
+}
+
+/// Packets a capture lost before they were written, as the file records them, are counted
+/// as TShark reads them: the ERF loss counter of a public DAG capture (one record says one
+/// was lost) and of ERF records in pcap and pcapng (every record's counter set, the colour
+/// records' field a colour, not counted: TShark shows it as `erf.color`). These used to be
+/// ignored: a replay said nothing of packets the capture itself had lost.
+#[test]
+fn erf_loss_counters_are_counted_as_tshark_reads_them() {
+    let public = data_path("erf-ethernet-example.erf");
+    let want = tshark_sum(&public, "erf.lctr");
+    assert_eq!(want, 1, "the public capture's loss counters");
+    assert_eq!(
+        file_drops(&std::fs::read(&public).unwrap()).erf_loss_counters,
+        want
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut classic, mut ng) = erf_in_pcap_and_pcapng(&data("sipp_g711a.pcap"));
+    with_loss_counters(&mut classic, false);
+    with_loss_counters(&mut ng, true);
+    for (name, bytes) in [("erf.pcap", &classic), ("erf.pcapng", &ng)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let want = tshark_sum(&path, "erf.lctr");
+        let colours = tshark_sum(&path, "erf.color");
+        assert!(
+            want > 0 && colours > 0,
+            "{name}: {want} lost, colours {colours}"
+        );
+        let drops = file_drops(bytes);
+        assert_eq!(drops.erf_loss_counters, want, "{name}");
+        assert_eq!(drops.packet_drop_counts + drops.interface_statistics, 0);
+    }
+}
+
+/// A pcapng file in either byte order: SHB, two Ethernet interfaces, the packets of a
+/// bundled capture on interface 0 with `epb_dropcount` on every third, and Interface
+/// Statistics Blocks (two for interface 0: the later, cumulative one counts; one for
+/// interface 1; one naming an undeclared interface, ignored).
+fn pcapng_with_drops(pcap: &[u8], big_endian: bool) -> (Vec<u8>, u64, u64) {
+    let u16b = |v: u16| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u32b = |v: u32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u64b = |v: u64| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let block = |out: &mut Vec<u8>, kind: u32, body: &[u8]| {
+        let len = 12 + body.len().div_ceil(4) * 4;
+        out.extend_from_slice(&u32b(kind));
+        out.extend_from_slice(&u32b(len as u32));
+        out.extend_from_slice(body);
+        out.resize(out.len() + len - 12 - body.len(), 0);
+        out.extend_from_slice(&u32b(len as u32));
+    };
+    let option = |out: &mut Vec<u8>, code: u16, value: u64| {
+        out.extend_from_slice(&u16b(code));
+        out.extend_from_slice(&u16b(8));
+        out.extend_from_slice(&u64b(value));
+    };
+    let mut ng = Vec::new();
+    let mut shb = u32b(0x1a2b_3c4d).to_vec();
+    shb.extend_from_slice(&u16b(1));
+    shb.extend_from_slice(&u16b(0));
+    shb.extend_from_slice(&u64::MAX.to_le_bytes());
+    block(&mut ng, 0x0A0D_0D0A, &shb);
+    for _ in 0..2 {
+        let mut idb = u16b(1).to_vec();
+        idb.extend_from_slice(&u16b(0));
+        idb.extend_from_slice(&u32b(262_144));
+        block(&mut ng, 1, &idb);
+    }
+    let mut n = 0u64;
+    let mut dropcounts = 0;
+    capture_file::read_frames(std::io::Cursor::new(pcap), |f: &Frame<'_>, _| {
+        let micros = f.time.as_nanos() as u64 / 1000;
+        let mut epb = u32b(0).to_vec();
+        epb.extend_from_slice(&u32b((micros >> 32) as u32));
+        epb.extend_from_slice(&u32b(micros as u32));
+        epb.extend_from_slice(&u32b(f.data.len() as u32));
+        epb.extend_from_slice(&u32b(f.data.len() as u32));
+        epb.extend_from_slice(f.data);
+        epb.resize(epb.len().div_ceil(4) * 4, 0);
+        if n.is_multiple_of(3) {
+            option(&mut epb, 4, n + 1); // epb_dropcount
+            dropcounts += n + 1;
+            epb.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        n += 1;
+        block(&mut ng, 6, &epb);
+    })
+    .unwrap();
+    let isb = |interface: u32, ifdrop: u64, osdrop: Option<u64>| {
+        let mut body = u32b(interface).to_vec();
+        body.extend_from_slice(&u32b(0));
+        body.extend_from_slice(&u32b(0));
+        option(&mut body, 5, ifdrop);
+        if let Some(osdrop) = osdrop {
+            option(&mut body, 7, osdrop);
+        }
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        body
+    };
+    block(&mut ng, 5, &isb(0, 4, None));
+    block(&mut ng, 5, &isb(1, 5, Some(6)));
+    block(&mut ng, 5, &isb(0, 7, Some(1)));
+    block(&mut ng, 5, &isb(9, 1000, None));
+    // Interface 0's last block (7 + 1) and interface 1's (5 + 6).
+    (ng, dropcounts, 8 + 11)
+}
+
+/// pcapng's own loss figures, in either byte order: every packet block's `epb_dropcount`
+/// (TShark's `frame.drop_count`), and the Interface Statistics Blocks' `isb_ifdrop` and
+/// `isb_osdrop` (TShark shows them in no field; dumpcap writes the kernel's drops there when
+/// it stops), counted from each interface's last block. The replay's summary carries them
+/// and its table says so.
+#[test]
+fn pcapng_drop_counts_and_interface_statistics_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    for big_endian in [false, true] {
+        let (ng, dropcounts, statistics) = pcapng_with_drops(&data("sipp_g711a.pcap"), big_endian);
+        let path = dir.path().join(format!("drops-{big_endian}.pcapng"));
+        std::fs::write(&path, &ng).unwrap();
+        assert_eq!(
+            tshark_sum(&path, "frame.drop_count"),
+            dropcounts,
+            "{big_endian}"
+        );
+        let drops = file_drops(&ng);
+        assert_eq!(drops.packet_drop_counts, dropcounts, "{big_endian}");
+        assert_eq!(drops.interface_statistics, statistics, "{big_endian}");
+        assert_eq!(drops.erf_loss_counters, 0);
+
+        let out = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args(["replay", "--no-progress"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value =
+            serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            summary["capture_drops"],
+            serde_json::json!({
+                "interface_statistics": statistics,
+                "packet_drop_counts": dropcounts,
+                "erf_loss_counters": 0,
+            })
+        );
+        let table = Command::new(env!("CARGO_BIN_EXE_teledge"))
+            .args([
+                "replay",
+                "--no-progress",
+                "--format",
+                "table",
+                "--tz",
+                "UTC",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            text.contains(&format!(
+                "the capture lost {} packets before they were written",
+                dropcounts + statistics
+            )),
+            "{text}"
+        );
+    }
+}

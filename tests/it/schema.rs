@@ -585,6 +585,11 @@ fn every_field_present() -> Vec<Record> {
         calls_dropped_at_capacity: 0,
         call_counters: CallCounters::default(),
         undecodable_files: vec!["b.pcap".into()],
+        capture_drops: teledge::record::CaptureDrops {
+            interface_statistics: 3,
+            packet_drop_counts: 2,
+            erf_loss_counters: 1,
+        },
     };
     let mut gap = GapRecord::new("edge-01", GapReason::StoreQuarantined, None);
     gap.first_dropped = Some("edge-01:1:1".into());

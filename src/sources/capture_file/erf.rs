@@ -122,10 +122,35 @@ pub(super) fn pcap_record_time(frame: &[u8]) -> Option<Timestamp> {
     Some(erf_time(le64(header, 0)))
 }
 
-/// Reads an ERF file from its first byte.
+/// The ERF record types whose loss counter field holds a colour instead (libpcap's
+/// `pcap-dag.c`): COLOR_HDLC_POS, COLOR_ETH, DSM_COLOR_HDLC_POS, DSM_COLOR_ETH,
+/// COLOR_MC_HDLC_POS, COLOR_HASH_POS, COLOR_HASH_ETH.
+const COLOR_TYPES: [u8; 7] = [10, 11, 15, 16, 17, 19, 20];
+
+/// The records a capture card lost before this one, by an ERF header's type (byte 8) and
+/// loss counter (bytes 12–13); 0 for the colour types.
+fn loss_counter(kind: u8, lctr: u16) -> u64 {
+    if COLOR_TYPES.contains(&(kind & 0x7F)) {
+        0
+    } else {
+        u64::from(lctr)
+    }
+}
+
+/// The loss counter of an ERF record carried as a pcap/pcapng frame (link type ERF: the frame
+/// starts with the ERF header); 0 for a frame too short to hold one.
+pub(super) fn loss_in_frame(frame: &[u8]) -> u64 {
+    match frame.get(..ERF_HEADER) {
+        Some(header) => loss_counter(header[8], be16(header, 12)),
+        None => 0,
+    }
+}
+
+/// Reads an ERF file from its first byte; adds the records' loss counters to `drops`.
 pub(super) fn read<R: Read>(
     input: R,
     mut on_frame: impl FnMut(&Frame<'_>, Progress),
+    drops: &mut super::FileDrops,
 ) -> Result<u64, CaptureError> {
     let mut records = Records::new(input, 0);
     let mut header = [0u8; 16];
@@ -156,6 +181,10 @@ pub(super) fn read<R: Read>(
             return Err(corrupt(frame, start, "ERF record with no bytes"));
         }
         records.read_record(body as usize, frame, start)?;
+        // Counted for every record, pad records too, as libpcap counts them.
+        drops.erf_loss_counters = drops
+            .erf_loss_counters
+            .saturating_add(loss_counter(kind, be16(&header, 12)));
         if kind == TYPE_PAD {
             continue;
         }

@@ -24,6 +24,14 @@
 //! A damaged file yields every frame before the damage, then an error that says which frame
 //! and byte offset the damage is at.
 //!
+//! Packets lost before they reached the file, as the file records them, are counted
+//! ([`FileDrops`], [`read_frames_noting_drops`]): a pcapng Interface Statistics Block's
+//! `isb_ifdrop` and `isb_osdrop` (dumpcap writes the kernel's drops there when a capture
+//! ends), an Enhanced Packet Block's `epb_dropcount`, and an ERF record's loss counter
+//! (`lctr`; ERF files and ERF records in pcap/pcapng). They are not network loss (the media
+//! analysis measures that) and not teledge's: frames that never made it into the file, so
+//! the calls and streams they belonged to are measured without them.
+//!
 //! The input is read from its first byte. Only NetMon seeks (its frames are found through a
 //! frame table at the end of the file); the other formats are read straight through, so a
 //! pipe gives them as a file does, and a NetMon file on a pipe is refused by name.
@@ -223,8 +231,107 @@ pub fn read_frames<R: Read + Seek + Send>(
     input: R,
     on_frame: impl FnMut(&Frame<'_>, Progress),
 ) -> Result<u64, CaptureError> {
-    read_any(input, on_frame, true)
+    read_frames_noting_drops(input, &mut FileDrops::default(), on_frame)
 }
+
+/// [`read_frames`], adding to `drops` the packets the file says were lost before they were
+/// written (also when the read fails: what was read until then).
+pub fn read_frames_noting_drops<R: Read + Seek + Send>(
+    input: R,
+    drops: &mut FileDrops,
+    mut on_frame: impl FnMut(&Frame<'_>, Progress),
+) -> Result<u64, CaptureError> {
+    // ERF records inside pcap and pcapng files: the loss counter is in the frame's own ERF
+    // header (an ERF file's records are counted as they are read).
+    let mut erf_in_frames = 0u64;
+    let result = read_any(
+        input,
+        |frame: &Frame<'_>, progress| {
+            if frame.link == LinkType::Erf {
+                erf_in_frames = erf_in_frames.saturating_add(erf::loss_in_frame(frame.data));
+            }
+            on_frame(frame, progress)
+        },
+        true,
+        drops,
+    );
+    drops.erf_loss_counters = drops.erf_loss_counters.saturating_add(erf_in_frames);
+    drops.end_section();
+    result
+}
+
+/// Packets lost before they reached the file, as the file records them (module docs). Sums
+/// saturate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileDrops {
+    /// pcapng Interface Statistics Blocks: `isb_ifdrop` + `isb_osdrop` of each interface's
+    /// last block (they count from the start of the capture), summed over the interfaces of
+    /// every section.
+    pub interface_statistics: u64,
+    /// pcapng Enhanced Packet Blocks' `epb_dropcount` (lost since the interface's previous
+    /// packet), summed.
+    pub packet_drop_counts: u64,
+    /// ERF records' loss counters (`lctr`: records the card lost since the previous one),
+    /// summed; not in the "color" record types, where the field is a colour (libpcap's
+    /// `pcap-dag.c` reads it so).
+    pub erf_loss_counters: u64,
+    /// The current pcapng section's latest statistics, by interface id (only ids the section
+    /// declared, so it is as long as the interface list at most).
+    section: Vec<u64>,
+}
+
+impl FileDrops {
+    /// Whether the file said nothing was lost.
+    pub fn is_empty(&self) -> bool {
+        self.interface_statistics == 0
+            && self.packet_drop_counts == 0
+            && self.erf_loss_counters == 0
+    }
+
+    /// An Interface Statistics Block's drops for a declared interface (a later block of the
+    /// same interface replaces an earlier one: both count from the start).
+    fn statistics(&mut self, interface: usize, declared: usize, dropped: u64) {
+        if interface >= declared {
+            return;
+        }
+        if self.section.len() < declared {
+            self.section.resize(declared, 0);
+        }
+        self.section[interface] = dropped;
+    }
+
+    /// A pcapng section ended (or the file): its interfaces' statistics are final.
+    fn end_section(&mut self) {
+        let section = self.section.drain(..).fold(0, u64::saturating_add);
+        self.interface_statistics = self.interface_statistics.saturating_add(section);
+    }
+}
+
+/// A pcapng option's 64-bit value, in the section's byte order (pcap-parser 0.17 reads them
+/// little-endian whatever the section: see [`ts_offset`]); the first of that code.
+fn option_u64(
+    options: &[pcap_parser::PcapNGOption<'_>],
+    code: u16,
+    big_endian: bool,
+) -> Option<u64> {
+    options
+        .iter()
+        .filter(|o| o.code.0 == code)
+        .find_map(|o| o.value().first_chunk::<8>().copied())
+        .map(|bytes| {
+            if big_endian {
+                u64::from_be_bytes(bytes)
+            } else {
+                u64::from_le_bytes(bytes)
+            }
+        })
+}
+
+/// pcapng option codes: `epb_dropcount` (Enhanced Packet Block), `isb_ifdrop` and
+/// `isb_osdrop` (Interface Statistics Block).
+const EPB_DROPCOUNT: u16 = 4;
+const ISB_IFDROP: u16 = 5;
+const ISB_OSDROP: u16 = 7;
 
 /// gzip's magic: TShark reads a gzip-compressed capture of any format as the capture itself.
 const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
@@ -274,6 +381,7 @@ impl<T: Read + Seek + Send> ReadSeek for T {}
 fn read_gzip<R: Read + Send>(
     input: R,
     mut on_frame: impl FnMut(&Frame<'_>, Progress),
+    drops: &mut FileDrops,
 ) -> Result<u64, CaptureError> {
     let mut gunzip = Gunzip {
         inner: flate2::read::MultiGzDecoder::new(input),
@@ -290,6 +398,7 @@ fn read_gzip<R: Read + Send>(
         &mut gunzip as &mut dyn ReadSeek,
         &mut counting as &mut dyn FnMut(&Frame<'_>, Progress),
         false,
+        drops,
     );
     match (gunzip.problem, result) {
         (None, result) => result,
@@ -305,11 +414,12 @@ fn read_any<R: Read + Seek + Send>(
     mut input: R,
     on_frame: impl FnMut(&Frame<'_>, Progress),
     gzip: bool,
+    drops: &mut FileDrops,
 ) -> Result<u64, CaptureError> {
     let (head, got) = read_head(&mut input)?;
     let head = &head[..got];
     if gzip && head.starts_with(&GZIP_MAGIC) {
-        return read_gzip(Prefixed::new(head.to_vec(), input), on_frame);
+        return read_gzip(Prefixed::new(head.to_vec(), input), on_frame, drops);
     }
     if head.starts_with(snoop::MAGIC) {
         return snoop::read(Prefixed::new(head.to_vec(), input), on_frame);
@@ -336,7 +446,7 @@ fn read_any<R: Read + Seek + Send>(
     }
     let Some(mut header) = ClassicHeader::parse(head)? else {
         if head.starts_with(&PCAPNG_MAGIC) {
-            return read_parsed(Prefixed::new(head.to_vec(), input), on_frame);
+            return read_parsed(Prefixed::new(head.to_vec(), input), on_frame, drops);
         }
         let mut ahead = Ahead {
             bytes: head.to_vec(),
@@ -344,9 +454,9 @@ fn read_any<R: Read + Seek + Send>(
             ended: false,
         };
         if erf::looks_like_erf(&mut ahead)? {
-            return erf::read(Prefixed::new(ahead.bytes, ahead.input), on_frame);
+            return erf::read(Prefixed::new(ahead.bytes, ahead.input), on_frame, drops);
         }
-        return read_parsed(Prefixed::new(ahead.bytes, ahead.input), on_frame);
+        return read_parsed(Prefixed::new(ahead.bytes, ahead.input), on_frame, drops);
     };
     let mut ahead = Ahead {
         bytes: Vec::new(),
@@ -905,6 +1015,7 @@ fn too_large(
 fn read_parsed<R: Read + Send>(
     input: R,
     mut on_frame: impl FnMut(&Frame<'_>, Progress),
+    drops: &mut FileDrops,
 ) -> Result<u64, CaptureError> {
     let mut reader = match create_reader(BUFFER, input) {
         Ok(r) => r,
@@ -961,6 +1072,7 @@ fn read_parsed<R: Read + Send>(
                     PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
                         // Interface ids are per section.
                         interfaces.clear();
+                        drops.end_section();
                         big_endian = shb.big_endian();
                         None
                     }
@@ -988,7 +1100,19 @@ fn read_parsed<R: Read + Send>(
                             ));
                         };
                         let time = iface.time(epb.ts_high, epb.ts_low);
+                        if let Some(lost) = option_u64(&epb.options, EPB_DROPCOUNT, big_endian) {
+                            drops.packet_drop_counts =
+                                drops.packet_drop_counts.saturating_add(lost);
+                        }
                         Some((iface.link, time, epb.packet_data()))
+                    }
+                    PcapBlockOwned::NG(Block::InterfaceStatistics(isb)) => {
+                        let dropped = [ISB_IFDROP, ISB_OSDROP]
+                            .into_iter()
+                            .filter_map(|code| option_u64(&isb.options, code, big_endian))
+                            .fold(0, u64::saturating_add);
+                        drops.statistics(isb.if_id as usize, interfaces.len(), dropped);
+                        None
                     }
                     // The obsolete Packet Block (type 2) of early pcapng writers: TShark
                     // reads it; skipped as an unknown block, a file of them looked empty.
@@ -1152,9 +1276,11 @@ mod tests {
 
     fn through_parser(data: &[u8]) -> Seen {
         let mut frames = Vec::new();
-        let result = read_parsed(data, |f, p| {
-            frames.push((f.number, f.time, f.data.to_vec(), p.frames, p.bytes))
-        });
+        let result = read_parsed(
+            data,
+            |f, p| frames.push((f.number, f.time, f.data.to_vec(), p.frames, p.bytes)),
+            &mut FileDrops::default(),
+        );
         walk(result, frames)
     }
 
