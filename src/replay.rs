@@ -144,6 +144,7 @@ impl Replay {
                 interface_statistics: self.drops.interface_statistics,
                 packet_drop_counts: self.drops.packet_drop_counts,
                 erf_loss_counters: self.drops.erf_loss_counters,
+                snoop_cumulative_drops: self.drops.snoop_cumulative_drops,
             },
         };
         out(Record::CaptureSummary(Box::new(summary.clone())));

@@ -217,11 +217,12 @@ pub fn write_table(
     if drops.total() > 0 {
         writeln!(
             out,
-            "the capture lost {} packets before they were written (interface statistics {}, packet drop counts {}, ERF loss counters {}): the calls they belonged to are measured without them",
+            "the capture lost {} packets before they were written (interface statistics {}, packet drop counts {}, ERF loss counters {}, snoop drops {}): the calls they belonged to are measured without them",
             drops.total(),
             drops.interface_statistics,
             drops.packet_drop_counts,
             drops.erf_loss_counters,
+            drops.snoop_cumulative_drops,
         )?;
     }
     Ok(())

@@ -18,6 +18,8 @@ pub struct CaptureDrops {
     pub packet_drop_counts: u64,
     /// ERF records' loss counters (`lctr`).
     pub erf_loss_counters: u64,
+    /// snoop files' cumulative drop counts (each file's highest).
+    pub snoop_cumulative_drops: u64,
 }
 
 impl CaptureDrops {
@@ -26,6 +28,7 @@ impl CaptureDrops {
         self.interface_statistics
             .saturating_add(self.packet_drop_counts)
             .saturating_add(self.erf_loss_counters)
+            .saturating_add(self.snoop_cumulative_drops)
     }
 }
 

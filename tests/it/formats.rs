@@ -1012,6 +1012,7 @@ fn pcapng_drop_counts_and_interface_statistics_are_counted() {
                 "interface_statistics": statistics,
                 "packet_drop_counts": dropcounts,
                 "erf_loss_counters": 0,
+                "snoop_cumulative_drops": 0,
             })
         );
         let table = Command::new(env!("CARGO_BIN_EXE_teledge"))
@@ -1035,4 +1036,33 @@ fn pcapng_drop_counts_and_interface_statistics_are_counted() {
             "{text}"
         );
     }
+}
+
+/// A snoop file's records carry the capturing host's cumulative drop count: the highest is
+/// counted (TShark reads the field but shows it in no field; the public Solaris capture has
+/// none, so its records are given rising counts, one falling back, which must not count).
+#[test]
+fn snoop_cumulative_drops_are_counted() {
+    let mut bytes = data("genbroad.snoop");
+    assert_eq!(file_drops(&bytes).snoop_cumulative_drops, 0);
+    let mut at = 16;
+    let mut n = 0u32;
+    while at + 24 <= bytes.len() {
+        let record = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let cumulative = match n {
+            0..=9 => n / 2,
+            10 => 1,
+            _ => 7,
+        };
+        bytes[at + 12..at + 16].copy_from_slice(&cumulative.to_be_bytes());
+        n += 1;
+        at += record;
+    }
+    assert!(n > 20);
+    let drops = file_drops(&bytes);
+    assert_eq!(drops.snoop_cumulative_drops, 7);
+    assert_eq!(
+        drops.interface_statistics + drops.packet_drop_counts + drops.erf_loss_counters,
+        0
+    );
 }

@@ -589,6 +589,7 @@ fn every_field_present() -> Vec<Record> {
             interface_statistics: 3,
             packet_drop_counts: 2,
             erf_loss_counters: 1,
+            snoop_cumulative_drops: 4,
         },
     };
     let mut gap = GapRecord::new("edge-01", GapReason::StoreQuarantined, None);

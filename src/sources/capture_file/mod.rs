@@ -28,7 +28,8 @@
 //! ([`FileDrops`], [`read_frames_noting_drops`]): a pcapng Interface Statistics Block's
 //! `isb_ifdrop` and `isb_osdrop` (dumpcap writes the kernel's drops there when a capture
 //! ends), an Enhanced Packet Block's `epb_dropcount`, and an ERF record's loss counter
-//! (`lctr`; ERF files and ERF records in pcap/pcapng). They are not network loss (the media
+//! (`lctr`; ERF files and ERF records in pcap/pcapng), and a snoop record's cumulative drops
+//! (the highest). They are not network loss (the media
 //! analysis measures that) and not teledge's: frames that never made it into the file, so
 //! the calls and streams they belonged to are measured without them.
 //!
@@ -275,6 +276,9 @@ pub struct FileDrops {
     /// summed; not in the "color" record types, where the field is a colour (libpcap's
     /// `pcap-dag.c` reads it so).
     pub erf_loss_counters: u64,
+    /// snoop records' cumulative drop counts (the capturing host's): the highest of each
+    /// file, summed over the files.
+    pub snoop_cumulative_drops: u64,
     /// The current pcapng section's latest statistics, by interface id (only ids the section
     /// declared, so it is as long as the interface list at most).
     section: Vec<u64>,
@@ -422,7 +426,7 @@ fn read_any<R: Read + Seek + Send>(
         return read_gzip(Prefixed::new(head.to_vec(), input), on_frame, drops);
     }
     if head.starts_with(snoop::MAGIC) {
-        return snoop::read(Prefixed::new(head.to_vec(), input), on_frame);
+        return snoop::read(Prefixed::new(head.to_vec(), input), on_frame, drops);
     }
     if head.starts_with(netmon::MAGIC_1X) || head.starts_with(netmon::MAGIC_2X) {
         if !gzip {

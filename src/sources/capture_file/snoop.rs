@@ -1,7 +1,8 @@
 //! Sun/Solaris `snoop` files (RFC 1761) and Shomiti/Finisar Surveyor's variant of them, read
 //! as Wireshark's `wiretap/snoop.c` reads them: a 16-byte header (`snoop\0\0\0`, version 2
 //! to 5, a DLPI link type, big-endian), then records of a 24-byte header (original and
-//! captured length, record length, cumulative drops, seconds, microseconds), the captured
+//! captured length, record length, cumulative drops — the highest is counted as the file's
+//! [`super::FileDrops`] —, seconds, microseconds), the captured
 //! bytes and padding up to the record length. A first record padded by at least 16 bytes
 //! (room for Shomiti's trailer) makes it a Surveyor file, whose link types are Shomiti's own.
 //! An ATM (SunATM, `DL_IPATM`) record starts with a 4-byte pseudo-header, not handed over.
@@ -62,6 +63,7 @@ fn encap(network: u32, shomiti: bool) -> Option<Encap> {
 pub(super) fn read<R: Read>(
     input: R,
     mut on_frame: impl FnMut(&Frame<'_>, Progress),
+    drops: &mut super::FileDrops,
 ) -> Result<u64, CaptureError> {
     let mut records = Records::new(input, 0);
     let mut header = [0u8; 16];
@@ -85,6 +87,9 @@ pub(super) fn read<R: Read>(
         )));
     };
     let mut have = got;
+    // The highest cumulative drop count of the records so far (counted as it rises, so a
+    // read that fails part-way has counted what it read).
+    let mut cumulative_drops = 0u32;
     loop {
         let start = records.offset - have as u64;
         let frame = records.frames + 1;
@@ -134,6 +139,13 @@ pub(super) fn read<R: Read>(
         );
         let data_len = skip_head + captured as usize;
         records.read_record(data_len, frame, start)?;
+        let cumulative = be32(&next, 12);
+        if cumulative > cumulative_drops {
+            drops.snoop_cumulative_drops = drops
+                .snoop_cumulative_drops
+                .saturating_add(u64::from(cumulative - cumulative_drops));
+            cumulative_drops = cumulative;
+        }
         let link = match encap {
             Encap::Link(link) => link,
             Encap::Atm => LinkType::Unsupported(123),
