@@ -267,7 +267,10 @@ impl Correlator {
                     emit(&mut self.media, call, at, out);
                 }
             }
-            self.media.closing(&call.call_id);
+            // The end as captured (the BYE, the final answer), else the moment it was ended
+            // (a timeout, the end of input).
+            self.media
+                .closing(&call.call_id, call.end_time.unwrap_or(now));
             self.media.tap().call_ended(calls::call_key(&call.call_id));
             self.ending_bytes += weight;
             self.ending.push_back((at, call, weight));
