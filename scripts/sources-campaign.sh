@@ -19,23 +19,31 @@
 # Records of `teledge run` are read where a real collector (`teledge collect`, mutual TLS,
 # in the namespace) stored them; privacy is `clear` so identifiers compare as captured.
 #
-# Then it compares them record by record (calls keyed by Call-ID and first-INVITE order,
-# streams by source, destination and SSRC), field by field. IGNORED FIELDS, and why:
-#   record_id         a hash of Call-ID, *first INVITE time* and caller address: the time is
-#                     the kernel's in a live run, the file's in replay (and HEP: the sender's).
-#   absolute times (*_time, metrics.start_time/end_time, rtcp times)
-#                     the live clock is the kernel's receive time, the file's is the original
-#                     capture's: compared instead as offsets from the run's first time
-#                     (times the multiplier), within TIME_TOL_MS in paced runs; not at all at
-#                     --topspeed, where tcpreplay does not keep the packet spacing.
-#   arrival-derived measures (durations *_s, RTP deltas, jitter, skew, jitter-buffer
-#                     discards/resyncs, R-factor, MOS, burst ratio)
-#                     computed from arrival times: at --topspeed the spacing is the sender's,
-#                     not the capture's; in paced runs compared within tolerance only when the
-#                     pace is the capture's own (multiplier 1), else skipped (a compressed
-#                     clock changes jitter against the RTP timestamps by design).
-#   HEP run: media_quality / stream records
-#                     HEP carries SIP and RTCP, not RTP: a HEP source has no RTP to measure.
+# Each run's records are compared with two references: `file`, the replay of the capture
+# itself, and `tap`, the replay of what tcpdump recorded on the capturing interface during
+# the run (the same bytes at the kernel's times: what the daemon was given). Differences
+# against `tap` are the pipeline's; those only against `file` come from the sending.
+# Records are matched (calls by Call-ID and first-message order, orphan streams by source,
+# destination and SSRC) and compared field by field. IGNORED FIELDS, and why:
+#   record_id         the daemon stores the id keyed under its identifier key (src/privacy.rs),
+#                     and against `file` it hashes the first INVITE's time, which differs.
+#   closed_by         `capture_end` (replay) and `shutdown` (daemon) name the same event, the
+#                     end of input: compared as equal.
+#   absolute times (*_time, metrics.start_time/end_time, DTMF times)
+#                     against `tap`: equal within 1.5 us (tcpdump's socket and the daemon's
+#                     each read the clock as the kernel hands them the frame). Against `file`
+#                     the clock is another: aligned by a least-squares line (tcpreplay's
+#                     --multiplier pace is off by a few per cent) and then within TIME_TOL_MS;
+#                     not compared at --topspeed, where the spacing is tcpreplay's.
+#   arrival-derived measures (durations *_s, RTP deltas, jitter, skew, timestamp jumps,
+#                     jitter-buffer discards/resyncs and the loss they make, R-factor, MOS,
+#                     the worse direction, RTCP round trips from capture times)
+#                     against `tap`: equal. Against `file`: within tolerance at the capture's
+#                     own pace (multiplier 1), else skipped — a compressed or top-speed pace
+#                     changes arrival against the RTP timestamps by design.
+#   HEP run: media_quality, hep_rtcp, stream records
+#                     HEP carries SIP and RTCP (as JSON reports, kept in hep_rtcp), not RTP:
+#                     nothing of RTP is measured from a HEP source.
 # Everything else (Call-ID, parties, addresses, outcome, state, closed_by, statuses, message
 # and retransmission counts, SDP, codecs, RTP packet, loss, duplicate and sequence counters,
 # DTMF events, the number and kind of records) must be equal. The daemon's exit summary is
@@ -45,7 +53,8 @@
 # installed here if missing). Writes target/campaign/sources/report.txt and one directory of
 # record files a capture. Usage: scripts/sources-campaign.sh [FOLDER]
 #   ONLY="a.pcap b.pcap" restricts the captures, MODES restricts the runs (default
-#   "paced1 paced2 top1 top2"), PACED_MAX_S (default 10), TIME_TOL_MS (default 60).
+#   "paced1 paced2 top1 top2"), PACED_MAX_S (default 10), TIME_TOL_MS (default 60);
+#   COMPARE_ONLY=1 compares the records of the last campaign again without running it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FOLDER=${1:-tests/data}
@@ -59,6 +68,9 @@ cargo build --release --locked -p teledge --bin teledge -q
 cargo build --release --locked -p teledge-tools --bin teledge-gencap -q
 bin=$(realpath "${CARGO_TARGET_DIR:-target}/release")
 dir=$(realpath -m target/campaign/sources)
+if [ -n "${COMPARE_ONLY:-}" ]; then
+  mapfile -t captures < "$dir/captures.txt"
+else
 rm -rf "$dir" && mkdir -p "$dir/pki" "$dir/gen"
 . scripts/bench-common.sh
 site_pki "$dir/pki" collector localhost "$SERVER_LOCALHOST" live live "$CLIENT" hep hep "$CLIENT"
@@ -108,6 +120,7 @@ for f in "$FOLDER"/*.pcap "$FOLDER"/*.pcapng "$FOLDER"/*.cap "$dir"/gen/*.pcap; 
   [ "$enc" = ether ] || { echo "skip $base: link type $enc, tcpreplay sends Ethernet frames only" >> "$dir/skipped.txt"; continue; }
   captures+=("$f")
 done
+printf '%s\n' "${captures[@]}" > "$dir/captures.txt"
 
 # run_live CAPTURE OUT MODE: one namespace, one collector, the live daemon (and in 1-thread
 # runs the HEP daemon fed by its relay), tcpreplay, SIGTERM; records land in OUT/collected.
@@ -136,8 +149,10 @@ ring_mib = 16
 block_kib = 256
 block_timeout_ms = 20
 $hep_out" > "$w/live.toml"
+  # Whatever fails inside is written to $w/errors and the campaign goes on; every process
+  # started in the namespace is stopped when its shell ends.
   unshare -n bash -c "
-    set -e
+    trap 'kill \$(jobs -p) 2>/dev/null' EXIT
     ip link set lo up
     ip link add tg0 type veth peer name tg1
     ip link set tg0 mtu 65000; ip link set tg1 mtu 65000
@@ -158,7 +173,7 @@ $hep_out" > "$w/live.toml"
     tpid=\$!
     for _ in \$(seq 50); do grep -q listening '$w/tcpdump.log' 2>/dev/null && break; sleep 0.1; done
     sleep 0.5
-    tcpreplay -i tg0 $pace '$f' > '$w/tcpreplay.out' 2>&1
+    timeout 120 tcpreplay -i tg0 $pace '$f' > '$w/tcpreplay.out' 2>&1 || echo \"tcpreplay exit \$?\" >> '$w/errors'
     sleep 2.5
     kill -INT \$tpid; wait \$tpid || true
     kill -TERM \$lpid; wait \$lpid || echo \"live daemon exit \$?\" >> '$w/errors'
@@ -173,17 +188,20 @@ for f in "${captures[@]}"; do
   out="$dir/$base"
   mkdir -p "$out"
   "$bin/teledge" replay --no-progress "$f" > "$out/replay.jsonl" 2> "$out/replay.log" || true
-  dur=$(capinfos -u -T "$f" | awk -F'\t' 'NR==2{print $2}')
   # Paced at the capture's own pace when short enough, else compressed to about PACED_MAX_S;
-  # a capture whose clock jumps by more than an hour is sent at top speed only.
-  awk -v d="$dur" -v m="$PACED_MAX_S" 'BEGIN{ if (d > 3600) print "none"; else if (d <= m) print 1; else printf "%.3f\n", d / m }' > "$out/multiplier"
+  # a capture whose clock jumps (more than a minute between two packets, either way) is
+  # sent at top speed only.
+  tshark -r "$f" -T fields -e frame.time_delta -e frame.time_relative 2>/dev/null \
+    | awk -v m="$PACED_MAX_S" '{ d = $1 < 0 ? -$1 : $1; if (d > max) max = d; dur = $2 }
+        END { if (max > 60 || dur < 0) print "none"; else if (dur <= m) print 1; else printf "%.3f\n", dur / m }' > "$out/multiplier"
   for mode in $MODES; do
     if [[ $mode == paced* ]] && [ "$(cat "$out/multiplier")" = none ]; then continue; fi
-    run_live "$f" "$out" "$mode"
+    run_live "$f" "$out" "$mode" || echo "run failed: $?" >> "$out/$mode/errors"
     # The reference with the same bytes and the same kernel times: what tcpdump saw on tg1.
     "$bin/teledge" replay --no-progress "$out/$mode/tap.pcap" > "$out/$mode/tap.jsonl" 2> /dev/null || true
   done
 done
+fi
 
 python3 - "$dir" "$TIME_TOL_MS" "${captures[@]}" <<'PY' | tee "$dir/report.txt"
 import json, os, sys, re, glob, statistics
@@ -203,7 +221,7 @@ ARRIVAL = {"duration_s", "post_dial_delay_s", "time_to_answer_s", "ring_duration
            "timestamp_jumps", "round_trip_samples", "round_trip_rejected",
            "last_round_trip_ms", "min_round_trip_ms", "max_round_trip_ms",
            "mean_round_trip_ms", "one_way_delay_ms", "delay_source", "bpl", "ie",
-           "jitter_buffer_ms"}
+           "jitter_buffer_ms", "packet_loss_percent", "worst_direction"}
 # The same end of input, named for its source: the end of the file in replay, SIGTERM in
 # the daemon.
 SAME = {("capture_end", "shutdown")}
@@ -297,10 +315,17 @@ def compare(ref, got, ctx):
                 if abs(a - b) > 1.5e-6:
                     diffs.append((path, f"{a:.6f}", f"{b:.6f}"))
         elif ctx["timed"]:
-            # The live clock is the kernel's, the file's another: aligned by the median offset.
-            off = statistics.median(a - b * ctx["scale"] for _, a, b in pairs)
+            # The live clock is the kernel's, the file's another, and tcpreplay's pace is
+            # not exactly the one asked: aligned by a least-squares line a = k b + c.
+            bs = [b for _, _, b in pairs]
+            as_ = [a for _, a, _ in pairs]
+            mb, ma = statistics.fmean(bs), statistics.fmean(as_)
+            var = sum((b - mb) ** 2 for b in bs)
+            k = sum((b - mb) * (a - ma) for _, a, b in pairs) / var if var > 0 else ctx["scale"]
+            c = ma - k * mb
+            ctx["fit"] = k
             for path, a, b in pairs:
-                d = a - (b * ctx["scale"] + off)
+                d = a - (k * b + c)
                 if abs(d) * 1000 > tol_ms * ctx["scale"]:
                     diffs.append((path, f"{d * 1000:+.1f} ms", "(after alignment)"))
     return len(ra), len(rb), diffs
@@ -342,6 +367,8 @@ for cap in caps:
                         diffs.append(("exit", "0", open(os.path.join(w, "errors")).read().strip()))
                 label = f"{base} {mode} {node} vs {refname}"
                 total["runs"] += 1
+                if "fit" in ctx:
+                    label += f" (pace {ctx['fit']:.3f}x asked {ctx['scale']:.3f}x)"
                 if not diffs:
                     print(f"same {label}: {na} records")
                     continue
