@@ -363,6 +363,17 @@ for cap in caps:
                     for g in (r for r in got if r.get("type") == "gap"):
                         if not (g.get("reason") == "input_dropped" and lost > 0):
                             diffs.append(("gap record", f"decode lost {lost}", f"{g.get('reason')}: {g.get('detail')}"))
+                    # Summary counters: the kernel counted every frame the tap saw (the
+                    # daemon runs longer than tcpdump: more is fine) and dropped none.
+                    if not hep:
+                        log = os.path.join(w, "live.log")
+                        stop = [l.split("teledge: stopped: ", 1)[1] for l in open(log) if "teledge: stopped: " in l] if os.path.exists(log) else []
+                        if not stop:
+                            diffs.append(("summary", "a stop summary", "none"))
+                        else:
+                            st = json.loads(stop[-1])
+                            if st["kernel_drops"] or st["packets_captured"] < dec.get("frames", 0):
+                                diffs.append(("summary", f"{dec.get('frames')} frames tapped", f"{st['packets_captured']} captured, {st['kernel_drops']} kernel drops"))
                     if os.path.exists(os.path.join(w, "errors")):
                         diffs.append(("exit", "0", open(os.path.join(w, "errors")).read().strip()))
                 label = f"{base} {mode} {node} vs {refname}"
