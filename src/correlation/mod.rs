@@ -5,7 +5,10 @@
 //! measured as RTP/RTCP. A call ends when [`calls`] says so (the BYE, the final failure, ...);
 //! its record is then held for `record_grace` (default 1 s of capture time, configurable
 //! from 0 to [`calls::MAX_RECORD_GRACE`]) so that RTP and RTCP still in flight — the far side keeps sending until it has processed the BYE — are
-//! measured into its streams as TShark counts them, and then made: the media of that call
+//! measured into its streams as TShark counts them (a stream that starts within the grace
+//! is the call's if it was captured before the end, whenever it is handled: with several
+//! capture threads it can come after the BYE; one captured after the end is not), and then
+//! made: the media of that call
 //! is taken and put into it, and its media endpoints are remembered for the linger time so
 //! that anything later is counted rather than reported as orphans. A record held in its
 //! grace is released at once when the same Call-ID starts a new attempt, and when the
