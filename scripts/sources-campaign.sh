@@ -380,7 +380,8 @@ for cap in caps:
                             diffs.append(("summary", "a stop summary", "none"))
                         else:
                             st = json.loads(stop[-1])
-                            if st["kernel_drops"] or st["packets_captured"] < dec.get("frames", 0):
+                            # Non-IP frames (STP, ARP) stop at the daemon's kernel filter.
+                            if st["kernel_drops"] or st["packets_captured"] < dec.get("frames", 0) - dec.get("non_ip", 0):
                                 diffs.append(("summary", f"{dec.get('frames')} frames tapped", f"{st['packets_captured']} captured, {st['kernel_drops']} kernel drops"))
                     if os.path.exists(os.path.join(w, "errors")):
                         diffs.append(("exit", "0", open(os.path.join(w, "errors")).read().strip()))
