@@ -659,9 +659,10 @@ pub struct MediaTracker {
     kept_for_streams: KeyedMap<SocketAddr, u32>,
     /// Media endpoints of ended calls, with the time the call ended, for `ended_linger`.
     ended_endpoints: KeyedMap<SocketAddr, Timestamp>,
-    /// Calls that ended and wait out their record grace: their streams still measure what
-    /// is in flight, but no new stream opens for them.
-    closing: std::collections::HashSet<Arc<str>>,
+    /// Calls that ended and wait out their record grace, with the capture time they ended
+    /// at: their streams still measure what is in flight, and no stream that starts after
+    /// that time opens for them.
+    closing: std::collections::HashMap<Arc<str>, Timestamp>,
     ended_order: std::collections::VecDeque<(Timestamp, SocketAddr)>,
     /// The current minute of orphan records: its start, records made, and the summary of
     /// the rest.
@@ -706,7 +707,7 @@ impl MediaTracker {
             more_by_ssrc: KeyedMap::default(),
             kept_for_streams: KeyedMap::default(),
             ended_endpoints: KeyedMap::default(),
-            closing: std::collections::HashSet::new(),
+            closing: std::collections::HashMap::new(),
             ended_order: std::collections::VecDeque::new(),
             orphan_window: None,
             orphan_summary: None,
@@ -1109,8 +1110,18 @@ impl MediaTracker {
         };
         match attached {
             // The call ended and waits for media in flight of the streams it had: a stream
-            // that only starts now is not its conversation (counted like media after the end).
-            Some((ep, _)) if !self.closing.is_empty() && self.closing.contains(&ep.call) => {
+            // that only starts after the end is not its conversation (counted like media
+            // after the end). Capture time decides, not the order packets are handled in:
+            // with several capture threads, RTP captured before the BYE can reach the call's
+            // shard after it (held until the SDP's route appears, the SDP and the BYE applied
+            // together by the SIP reorder window), and is the call's all the same.
+            Some((ep, _))
+                if !self.closing.is_empty()
+                    && self
+                        .closing
+                        .get(&ep.call)
+                        .is_some_and(|end| meta.time > *end) =>
+            {
                 self.counters.rtp_after_call_end += 1;
             }
             Some((ep, direction)) => {
@@ -1642,9 +1653,10 @@ impl MediaTracker {
     /// Everything measured for a call that ended at `now`: as [`Self::take_call`], and its
     /// media endpoints are remembered for `ended_linger`, so that what is still in flight
     /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
-    /// The call ended; its record waits for media in flight (see [`MediaTracker::closing`]).
-    pub fn closing(&mut self, call_id: &str) {
-        self.closing.insert(Arc::from(call_id));
+    /// The call ended at capture time `ended_at`; its record waits for media in flight
+    /// (see [`MediaTracker::closing`]): a stream captured from then on does not open for it.
+    pub fn closing(&mut self, call_id: &str, ended_at: Timestamp) {
+        self.closing.insert(Arc::from(call_id), ended_at);
     }
 
     pub fn end_call(&mut self, call_id: &str, now: Timestamp) -> MediaQuality {

@@ -5,7 +5,10 @@
 //! measured as RTP/RTCP. A call ends when [`calls`] says so (the BYE, the final failure, ...);
 //! its record is then held for `record_grace` (default 1 s of capture time, configurable
 //! from 0 to [`calls::MAX_RECORD_GRACE`]) so that RTP and RTCP still in flight — the far side keeps sending until it has processed the BYE — are
-//! measured into its streams as TShark counts them, and then made: the media of that call
+//! measured into its streams as TShark counts them (a stream that starts within the grace
+//! is the call's if it was captured before the end, whenever it is handled: with several
+//! capture threads it can come after the BYE; one captured after the end is not), and then
+//! made: the media of that call
 //! is taken and put into it, and its media endpoints are remembered for the linger time so
 //! that anything later is counted rather than reported as orphans. A record held in its
 //! grace is released at once when the same Call-ID starts a new attempt, and when the
@@ -267,7 +270,10 @@ impl Correlator {
                     emit(&mut self.media, call, at, out);
                 }
             }
-            self.media.closing(&call.call_id);
+            // The end as captured (the BYE, the final answer), else the moment it was ended
+            // (a timeout, the end of input).
+            self.media
+                .closing(&call.call_id, call.end_time.unwrap_or(now));
             self.media.tap().call_ended(calls::call_key(&call.call_id));
             self.ending_bytes += weight;
             self.ending.push_back((at, call, weight));
@@ -785,6 +791,79 @@ mod tests {
         assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 55);
         assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
+    }
+
+    /// RTP captured before the BYE but handled after it (two capture threads: the SIP
+    /// reorder window applies the SDP and the BYE together while the capture thread holds
+    /// the RTP until the SDP's route appears) is the call's, as in capture order; a stream
+    /// that starts after the BYE still is not (counted as media after the end).
+    #[test]
+    fn rtp_captured_before_the_bye_but_handled_after_it_is_the_calls() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: late@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            0,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: late@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        sip_at(
+            &mut c,
+            1200,
+            bye,
+            "10.0.0.1:5060",
+            "10.0.0.2:5060",
+            &mut out,
+        );
+        let rtp_at = |c: &mut Correlator, ms: i64, src: &str, seq: u16, out: &mut Vec<Record>| {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+                src: src.parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
+        };
+        // Captured between the re-INVITE and the BYE, handled after the BYE.
+        for i in 0..50u16 {
+            rtp_at(
+                &mut c,
+                100 + i64::from(i) * 20,
+                "10.0.0.1:6000",
+                i,
+                &mut out,
+            );
+        }
+        // A stream that starts after the BYE: not the call's conversation.
+        for i in 0..5u16 {
+            rtp_at(
+                &mut c,
+                1300 + i64::from(i) * 20,
+                "10.0.0.1:6002",
+                i,
+                &mut out,
+            );
+        }
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let call = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        assert_eq!(c.media().counters().rtp_after_call_end, 5);
+        assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
     }
 
     /// Ended calls' records held in their grace are bounded by bytes too: beyond the bound

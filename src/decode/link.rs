@@ -312,6 +312,21 @@ fn pktap_payload(frame: &[u8]) -> Result<Option<&[u8]>, LinkError> {
 
 /// EtherType of the PPPoE session stage (RFC 2516); the discovery stage (0x8863) carries no IP.
 const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
+
+/// Every EtherType after which [`ethernet_payload`] can find an IP packet: IPv4, IPv6,
+/// 802.1Q, 802.1ad, old QinQ, MPLS unicast and multicast, PPPoE session. A live capture's
+/// kernel filter keeps exactly these (`sources::afpacket`), so what a capture file would give
+/// is not dropped before the ring.
+pub const ETHERTYPES_CARRYING_IP: [u16; 8] = [
+    0x0800,
+    0x86dd,
+    0x8100,
+    0x88a8,
+    0x9100,
+    0x8847,
+    0x8848,
+    ETHERTYPE_PPPOE_SESSION,
+];
 /// Length of the PPPoE header: version and type, code, session id, payload length.
 const PPPOE_HEADER: usize = 6;
 
@@ -434,6 +449,38 @@ mod tests {
             ethernet_payload(&frame).unwrap(),
             Some(&[0x45, 0, 0, 20][..])
         );
+    }
+
+    /// No EtherType outside [`ETHERTYPES_CARRYING_IP`] yields an IP packet, whatever
+    /// follows it (an IPv4 header, a tag or label in front of one, a PPPoE session): the
+    /// list the live capture's kernel filter keeps is complete.
+    #[test]
+    fn only_the_listed_ether_types_carry_ip() {
+        let ipv4 = [
+            0x45u8, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let mut behind_tag = vec![0x00, 0x64, 0x08, 0x00];
+        behind_tag.extend_from_slice(&ipv4);
+        let mut behind_label = vec![0x00, 0x01, 0x01, 0x40];
+        behind_label.extend_from_slice(&ipv4);
+        let mut ppp = vec![0x00, 0x21];
+        ppp.extend_from_slice(&ipv4);
+        let behind_pppoe = pppoe(&ppp);
+        let mut carrying = Vec::new();
+        for ether_type in 0..=u16::MAX {
+            for rest in [&ipv4[..], &behind_tag, &behind_label, &behind_pppoe] {
+                let mut frame = vec![0u8; 12];
+                frame.extend_from_slice(&ether_type.to_be_bytes());
+                frame.extend_from_slice(rest);
+                if matches!(ethernet_payload(&frame), Ok(Some(_))) {
+                    carrying.push(ether_type);
+                    break;
+                }
+            }
+        }
+        let mut listed = ETHERTYPES_CARRYING_IP.to_vec();
+        listed.sort_unstable();
+        assert_eq!(carrying, listed);
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub(crate) fn in_fresh_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
 }
 
 /// Runs `ip` (iproute2); its child process inherits the calling thread's namespace.
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -38,6 +38,7 @@ mod regressions;
 mod robustness;
 pub(crate) mod schema;
 pub(crate) mod sensors;
+mod sources;
 mod spool_model;
 mod stats;
 mod status_browser;

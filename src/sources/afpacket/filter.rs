@@ -1,19 +1,22 @@
 //! The classic BPF program the kernel runs before a frame takes room in the ring.
 
-/// Classic BPF: accept IPv4, IPv6, 802.1Q, 802.1ad, old QinQ and MPLS frames (by the
-/// EtherType at offset 12, which for a tag the kernel stripped is the inner type), drop the
-/// rest.
+use crate::decode::link::ETHERTYPES_CARRYING_IP;
+
+/// Classic BPF: accept the frames whose EtherType at offset 12 (for a tag the kernel
+/// stripped, the inner type) is one the decode path finds IP behind
+/// ([`ETHERTYPES_CARRYING_IP`]: IPv4, IPv6, VLAN tags, MPLS, PPPoE session), drop the rest.
+/// One list for both, so the live capture never drops what a capture file would decode.
 pub(super) fn ip_only_program() -> Vec<libc::sock_filter> {
     const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const TYPES: [u32; 7] = [0x0800, 0x86dd, 0x8100, 0x88a8, 0x9100, 0x8847, 0x8848];
+    const TYPES: [u16; ETHERTYPES_CARRYING_IP.len()] = ETHERTYPES_CARRYING_IP;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let mut program = vec![op(LDH_ABS, 0, 0, 12)];
     for (i, ethertype) in TYPES.iter().enumerate() {
         // Jump over the remaining tests and the drop to the accept at the end.
         let to_accept = (TYPES.len() - i) as u8;
-        program.push(op(JEQ_K, to_accept, 0, *ethertype));
+        program.push(op(JEQ_K, to_accept, 0, u32::from(*ethertype)));
     }
     program.push(op(RET_K, 0, 0, 0));
     program.push(op(RET_K, 0, 0, u32::MAX));
@@ -52,15 +55,17 @@ mod tests {
     }
 
     #[test]
-    fn ip_only_filter_keeps_ip_vlan_and_mpls_frames() {
+    fn ip_only_filter_keeps_ip_vlan_mpls_and_pppoe_frames() {
         let program = ip_only_program();
-        for kept in [0x0800, 0x86dd, 0x8100, 0x88a8, 0x9100, 0x8847, 0x8848] {
+        for kept in [
+            0x0800, 0x86dd, 0x8100, 0x88a8, 0x9100, 0x8847, 0x8848, 0x8864,
+        ] {
             assert!(
                 bpf_accepts(&program, &ethernet_frame(kept, b"x")),
                 "{kept:#x}"
             );
         }
-        for dropped in [0x0806, 0x88cc, 0x0000, 0xffff] {
+        for dropped in [0x0806, 0x88cc, 0x8863, 0x0000, 0xffff] {
             assert!(
                 !bpf_accepts(&program, &ethernet_frame(dropped, b"x")),
                 "{dropped:#x}"
