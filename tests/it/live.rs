@@ -408,6 +408,7 @@ fn capture_thread_delivers_and_stops_on_its_token() {
         let settings = CaptureSettings {
             interface: "lo".into(),
             ring: RingSettings::default(),
+            start: RingSettings::default(),
             promiscuous: false,
             fanout: None,
         };

@@ -1,5 +1,16 @@
 //! The classic BPF program the kernel runs before a frame takes room in the ring.
 
+/// A program that takes no frame: a socket *held* while its ring is set up beside another
+/// (see `grow`), bound and in its fanout group but receiving nothing.
+pub(super) fn drop_all_program() -> Vec<libc::sock_filter> {
+    vec![libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K: return 0 bytes
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }]
+}
+
 /// Classic BPF: accept IPv4, IPv6, 802.1Q, 802.1ad, old QinQ and MPLS frames (by the
 /// EtherType at offset 12, which for a tag the kernel stripped is the inner type), drop the
 /// rest.
