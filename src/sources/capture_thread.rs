@@ -59,6 +59,10 @@ use crate::sources::afpacket::{
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How long both rings of a thread take every frame while one replaces the other.
 pub const OVERLAP: Duration = Duration::from_millis(50);
+/// How long after the new ring's filter was set (the `setsockopt` returned) a frame stamped
+/// by the kernel is sure to have met that filter: far more than a store takes to reach the
+/// other CPUs.
+const ARMED_SLACK_NS: i64 = 100_000;
 /// How long a failed grow waits before it is tried again.
 const GROW_RETRY: Duration = Duration::from_secs(60);
 /// How far frame timestamps may run out of order across CPUs: a frame of the new ring this
@@ -88,7 +92,7 @@ pub struct RingGroup {
     settings: CaptureSettings,
     inner: Mutex<GroupInner>,
     grows: AtomicU64,
-    /// Frames of a new ring skipped as copies of frames the old one handed on.
+    /// Frames both rings held during a switch, handed on from one of them only.
     duplicates: AtomicU64,
     /// Bytes of ring each thread holds (both rings during a switch).
     ring_bytes: Vec<AtomicU64>,
@@ -297,6 +301,8 @@ impl CaptureThread {
 struct Handover {
     old: Option<LiveCapture>,
     armed_at: Instant,
+    /// The wall clock (the kernel's frame stamps' clock) when the new ring was armed.
+    armed_ns: i64,
     held_at: Option<Instant>,
     drain: Duration,
     seen: Fingerprints,
@@ -304,12 +310,21 @@ struct Handover {
     closed_at: Option<Instant>,
 }
 
-/// A sink that remembers (old ring) or skips (new ring) what passes through.
+/// The old ring's sink during a switch: a frame stamped after the new ring was armed (by
+/// more than [`ARMED_SLACK_NS`]) is the new ring's to hand on, so the flow goes on from
+/// there in the kernel's order even where the old ring, full, dropped some; an earlier one is
+/// handed on and remembered, as the new ring may hold it too.
 fn remembering<'a>(
     seen: &'a mut Fingerprints,
+    armed_ns: i64,
+    left: &'a mut u64,
     sink: &'a mut impl PacketSink,
 ) -> impl FnMut(crate::sources::afpacket::LivePacket<'_>) + 'a {
     move |p| {
+        if p.time.as_nanos() > armed_ns.saturating_add(ARMED_SLACK_NS) {
+            *left += 1;
+            return;
+        }
         seen.remember(Fingerprint::of(&p));
         sink.packet(p);
     }
@@ -368,6 +383,7 @@ fn capture_loop(
                         handover = Some(Handover {
                             old: Some(old),
                             armed_at: Instant::now(),
+                            armed_ns: crate::time::Timestamp::now().as_nanos(),
                             held_at: None,
                             drain: Duration::from_millis(2 * timeout + 20),
                             seen: Fingerprints::with_capacity(capacity as usize),
@@ -388,7 +404,10 @@ fn capture_loop(
                     } else {
                         OVERLAP.saturating_sub(h.armed_at.elapsed())
                     };
-                    let result = old.next_batch(wait, remembering(&mut h.seen, sink));
+                    let mut left = 0;
+                    let result =
+                        old.next_batch(wait, remembering(&mut h.seen, h.armed_ns, &mut left, sink));
+                    group.duplicates.fetch_add(left, Ordering::Relaxed);
                     if h.held_at.is_none() && h.armed_at.elapsed() >= OVERLAP {
                         if let Err(e) = old.hold() {
                             tracing::warn!(error = %crate::report::Chain(&e), "Old capture ring not held; closing it.");
