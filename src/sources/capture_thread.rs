@@ -20,25 +20,30 @@
 //!    member by `reciprocal_scale(symmetric flow hash, members)`, the hash keyed by a
 //!    boot-wide secret, not by the group: once all members have joined, the new group hands
 //!    every flow to the same thread as the old one.
-//! 2. Each thread takes its new socket and lets it take frames (`arm`); from then on every
-//!    frame reaches both rings. It reads on from the old ring, remembering a fingerprint of
-//!    every frame it hands on (kernel timestamp, length, hash of the bytes: see
-//!    [`Fingerprints`]), for [`OVERLAP`]; then holds the old socket, reads what is left in
-//!    its ring (at least two block timeouts, so the kernel retires its last block) and
-//!    closes it (unmapping the ring first: a mapped packet socket outlives `close`).
-//! 3. It then reads the new ring, skipping every frame whose fingerprint was remembered (the
-//!    copy already handed on); the set is freed when the new ring's timestamps have passed
-//!    the last remembered one.
+//! 2. Each thread takes its new socket and lets it take frames (`arm`), noting the wall
+//!    clock then (the clock of the kernel's frame stamps); from then on every frame reaches
+//!    both rings. For [`OVERLAP`] it reads on from the old ring, then holds the old socket,
+//!    reads what is left in its ring (at least two block timeouts, so the kernel retires its
+//!    last block) and closes it (unmapping the ring first: a mapped packet socket outlives
+//!    `close`). From the old ring it hands on only frames stamped before the arm (plus
+//!    [`ARMED_SLACK_NS`]), remembering a fingerprint of each (kernel timestamp, length, hash
+//!    of the bytes: see [`Fingerprints`]); later ones are the new ring's.
+//! 3. It then reads the new ring, skipping every frame whose fingerprint was remembered (a
+//!    frame stamped just before the arm can reach both); the set is freed once the new ring's
+//!    stamps pass the last remembered one by [`REORDER_NS`] (or 10 s after the old ring
+//!    closed, on a quiet line).
 //!
-//! Guaranteed: every frame that reached either ring is handed on once; frames of one flow stay
-//! on their thread (with the same flow→thread mapping), in the order the rings hold them, with
-//! one exception: a frame the old ring dropped (full) during the overlap is handed on from
-//! the new ring, after the old ring's frames — late, not lost. Not guaranteed: a frame whose
-//! delivery inside the kernel straddles the whole [`OVERLAP`] (between reading the new
-//! socket's old filter and the old socket's new one) could be taken by neither; a fingerprint
-//! the bounded set could not hold leaves a duplicate (counted). The kernel stamps each frame
-//! once for every socket because every capture sets `SO_TIMESTAMPNS`; a frame stamped per
-//! socket would not be recognised, and be handed on twice.
+//! Guaranteed: every frame that reached the old ring stamped before the arm, or the new ring,
+//! is handed on once; the frames of a flow stay on their thread (the same flow→thread
+//! mapping) and in the kernel's order: the old ring's part, then the new ring's, which is
+//! whole from the arm on, so what the small ring, full, dropped meanwhile is not lost.
+//! Drops of the small ring before the arm are real losses, counted as always. Not
+//! guaranteed: a frame stamped after the arm that the new ring missed (it drops, or the
+//! kernel on another CPU still ran the held filter [`ARMED_SLACK_NS`] after the
+//! `setsockopt` returned) is lost without a drop count; a fingerprint the bounded set could
+//! not hold leaves a duplicate (logged). The kernel stamps each frame once for every socket
+//! because every capture sets `SO_TIMESTAMPNS` (`netstamp_needed`); a frame stamped per
+//! socket would not be recognised, and be handed on twice. Rings never shrink.
 //! A thread down (its interface gone) when the switch happens reopens straight into the new
 //! group with the big ring.
 

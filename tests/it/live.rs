@@ -558,7 +558,7 @@ fn growing_ring_keeps_every_flow_whole(threads: usize) {
             .map(|_| UdpSocket::bind("192.0.2.1:0").unwrap())
             .collect();
         let mut sent = vec![0u32; flows.len()];
-        let mut send_round = |sent: &mut Vec<u32>| {
+        let send_round = |sent: &mut Vec<u32>| {
             for (flow, socket) in flows.iter().enumerate() {
                 let mut payload = [0u8; 100];
                 payload[..4].copy_from_slice(&(flow as u32).to_be_bytes());
