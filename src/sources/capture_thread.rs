@@ -67,12 +67,12 @@ pub const OVERLAP: Duration = Duration::from_millis(50);
 /// How long after the new ring's filter was set (the `setsockopt` returned) a frame stamped
 /// by the kernel is sure to have met that filter: far more than a store takes to reach the
 /// other CPUs.
-const ARMED_SLACK_NS: i64 = 100_000;
+pub const ARMED_SLACK_NS: i64 = 100_000;
 /// How long a failed grow waits before it is tried again.
 const GROW_RETRY: Duration = Duration::from_secs(60);
 /// How far frame timestamps may run out of order across CPUs: a frame of the new ring this
 /// much past the last remembered one ends the de-duplication.
-const REORDER_NS: i64 = 10_000_000;
+pub const REORDER_NS: i64 = 10_000_000;
 
 /// What to capture.
 #[derive(Debug, Clone)]
