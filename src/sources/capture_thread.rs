@@ -22,12 +22,14 @@
 //!    every flow to the same thread as the old one.
 //! 2. Each thread takes its new socket and lets it take frames (`arm`), noting the wall
 //!    clock then (the clock of the kernel's frame stamps); from then on every frame reaches
-//!    both rings. For [`OVERLAP`] it reads on from the old ring, then holds the old socket,
-//!    reads what is left in its ring (at least two block timeouts, so the kernel retires its
-//!    last block) and closes it (unmapping the ring first: a mapped packet socket outlives
-//!    `close`). From the old ring it hands on only frames stamped before the arm (plus
-//!    [`ARMED_SLACK_NS`]), remembering a fingerprint of each (kernel timestamp, length, hash
-//!    of the bytes: see [`Fingerprints`]); later ones are the new ring's.
+//!    both rings. It reads on from the old ring, handing on only frames stamped before the
+//!    arm (plus [`ARMED_SLACK_NS`]) and remembering a fingerprint of each (kernel timestamp,
+//!    length, hash of the bytes: see [`Fingerprints`]); later ones are the new ring's. It
+//!    closes the old socket (unmapping the ring first: a mapped packet socket outlives
+//!    `close`) as soon as a frame stamped [`REORDER_NS`] past that is read from it (the ring
+//!    holds frames in the kernel's order, so nothing earlier is left), or after two block
+//!    timeouts and 20 ms on a quiet line (the kernel retires a block with frames at its
+//!    timeout), so the new ring is not left unread long.
 //! 3. It then reads the new ring, skipping every frame whose fingerprint was remembered (a
 //!    frame stamped just before the arm can reach both); the set is freed once the new ring's
 //!    stamps pass the last remembered one by [`REORDER_NS`] (or 10 s after the old ring
@@ -62,8 +64,6 @@ use crate::sources::afpacket::{
 
 /// How often the kernel's counters are read and handed to the caller.
 const STATS_EVERY: Duration = Duration::from_secs(1);
-/// How long both rings of a thread take every frame while one replaces the other.
-pub const OVERLAP: Duration = Duration::from_millis(50);
 /// How long after the new ring's filter was set (the `setsockopt` returned) a frame stamped
 /// by the kernel is sure to have met that filter: far more than a store takes to reach the
 /// other CPUs.
@@ -308,7 +308,6 @@ struct Handover {
     armed_at: Instant,
     /// The wall clock (the kernel's frame stamps' clock) when the new ring was armed.
     armed_ns: i64,
-    held_at: Option<Instant>,
     drain: Duration,
     seen: Fingerprints,
     /// When the old ring was closed.
@@ -319,14 +318,20 @@ struct Handover {
 /// more than [`ARMED_SLACK_NS`]) is the new ring's to hand on, so the flow goes on from
 /// there in the kernel's order even where the old ring, full, dropped some; an earlier one is
 /// handed on and remembered, as the new ring may hold it too.
+/// `past` is set by a frame stamped later than any the old ring still has to hand on (by
+/// more than [`REORDER_NS`]): the rest of the old ring is the new ring's.
 fn remembering<'a>(
     seen: &'a mut Fingerprints,
     armed_ns: i64,
     left: &'a mut u64,
+    past: &'a mut bool,
     sink: &'a mut impl PacketSink,
 ) -> impl FnMut(crate::sources::afpacket::LivePacket<'_>) + 'a {
+    let last = armed_ns.saturating_add(ARMED_SLACK_NS);
     move |p| {
-        if p.time.as_nanos() > armed_ns.saturating_add(ARMED_SLACK_NS) {
+        let time = p.time.as_nanos();
+        if time > last {
+            *past |= time > last.saturating_add(REORDER_NS);
             *left += 1;
             return;
         }
@@ -389,7 +394,6 @@ fn capture_loop(
                             old: Some(old),
                             armed_at: Instant::now(),
                             armed_ns: crate::time::Timestamp::now().as_nanos(),
-                            held_at: None,
                             drain: Duration::from_millis(2 * timeout + 20),
                             seen: Fingerprints::with_capacity(capacity as usize),
                             closed_at: None,
@@ -404,23 +408,14 @@ fn capture_loop(
         let result = match handover.as_mut() {
             Some(h) => match h.old.as_mut() {
                 Some(old) => {
-                    let wait = if h.held_at.is_some() {
-                        Duration::from_millis(10)
-                    } else {
-                        OVERLAP.saturating_sub(h.armed_at.elapsed())
-                    };
-                    let mut left = 0;
-                    let result =
-                        old.next_batch(wait, remembering(&mut h.seen, h.armed_ns, &mut left, sink));
+                    let (mut left, mut past) = (0, false);
+                    let result = old.next_batch(
+                        Duration::from_millis(10),
+                        remembering(&mut h.seen, h.armed_ns, &mut left, &mut past, sink),
+                    );
                     group.duplicates.fetch_add(left, Ordering::Relaxed);
-                    if h.held_at.is_none() && h.armed_at.elapsed() >= OVERLAP {
-                        if let Err(e) = old.hold() {
-                            tracing::warn!(error = %crate::report::Chain(&e), "Old capture ring not held; closing it.");
-                            h.drain = Duration::ZERO;
-                        }
-                        h.held_at = Some(Instant::now());
-                    }
-                    if result.is_err() || h.held_at.is_some_and(|t| t.elapsed() >= h.drain) {
+                    if result.is_err() || past || h.armed_at.elapsed() >= h.drain {
+                        // Its kernel counters join the closed ones.
                         if let Ok(k) = old.stats() {
                             closed = add_stats(closed, k);
                         }

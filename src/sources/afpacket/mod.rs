@@ -295,12 +295,6 @@ impl LiveCapture {
         result.map_err(|e| classify(&self.interface, "SO_ATTACH_FILTER", e))
     }
 
-    /// Stops the capture taking frames; those in its ring stay to be read.
-    pub fn hold(&mut self) -> Result<(), LiveCaptureError> {
-        sys::attach_filter(&self.fd, &drop_all_program())
-            .map_err(|e| classify(&self.interface, "SO_ATTACH_FILTER", e))
-    }
-
     /// The ring's geometry.
     pub fn ring_settings(&self) -> RingSettings {
         self.settings
