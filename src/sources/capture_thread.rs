@@ -45,7 +45,10 @@
 //! `setsockopt` returned) is lost without a drop count; a fingerprint the bounded set could
 //! not hold leaves a duplicate (logged). The kernel stamps each frame once for every socket
 //! because every capture sets `SO_TIMESTAMPNS` (`netstamp_needed`); a frame stamped per
-//! socket would not be recognised, and be handed on twice. Rings never shrink.
+//! socket would not be recognised, and be handed on twice. The old ring's kernel drops are
+//! added to the capture's until it closes, including drops of frames stamped after the arm
+//! that the new ring holds and hands on: a switch can over-count drops, never under-count.
+//! Rings never shrink.
 //! A thread down (its interface gone) when the switch happens reopens straight into the new
 //! group with the big ring.
 
