@@ -29,7 +29,8 @@
 # generator (this machine has two). A step counts only when tcpreplay sent every packet at
 # the asked rate and the veth dropped none (`ip -s link`): the generator was not the limit.
 # It passes with zero kernel drops on the rings. CALLS lists the steps (default 1000 ...
-# 8000), CORES_LIST the core counts (default "1 2").
+# 8000), CORES_LIST the core counts (default "1 2"); RING_START_KIB sets `ring_start_kib`
+# (MODE=veth; unset: the default, the whole RING_MIB ring from the start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_SECONDS=${STEP_SECONDS:-8}
@@ -84,7 +85,7 @@ EOF
 # veth_config SPOOL THREADS: teledge capturing tg1 with THREADS fanout threads, /metrics on.
 veth_config() {
   config "$1" | sed -e 's/^interface = "lo"/interface = "tg1"/' \
-    -e "s/^block_kib = 1024/block_kib = 1024\nthreads = $2/" \
+    -e "s/^block_kib = 1024/block_kib = 1024\nthreads = $2${RING_START_KIB:+\\nring_start_kib = $RING_START_KIB}/" \
     -e 's/^enabled = false/enabled = true\nlisten = "127.0.0.1:9464"/'
 }
 

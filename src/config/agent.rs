@@ -41,6 +41,11 @@ pub(super) struct RawCapture {
     ring_mib: u32,
     #[serde(default = "default_block_kib")]
     block_kib: u32,
+    /// The ring each capture starts with, KiB for the interface (shared out like
+    /// `ring_mib`); it grows to `ring_mib` when the traffic needs it. Default: the whole
+    /// ring from the start (a burst faster than a grow would be lost with a small start:
+    /// README, "A ring that grows"); e.g. 512 a capture thread on a box idle most of the time.
+    ring_start_kib: Option<u32>,
     #[serde(default = "default_block_timeout_ms")]
     block_timeout_ms: u32,
     #[serde(default)]
@@ -211,6 +216,9 @@ fn default_capture_threads() -> usize {
         .clamp(1, DEFAULT_MAX_CAPTURE_THREADS)
 }
 
+/// Largest block of a start ring.
+const START_BLOCK_KIB: u32 = 128;
+
 fn default_ring_mib() -> u32 {
     16
 }
@@ -285,6 +293,9 @@ pub struct CaptureConfig {
     /// The ring's geometry, computed and checked against the kernel's rules once, here:
     /// the ring of *each* capture thread (`ring_mib` is the interface's, shared out).
     pub ring: crate::sources::afpacket::RingSettings,
+    /// The ring each capture thread starts with (`ring_start_kib`, shared out); it grows to
+    /// `ring` when the traffic needs it. Equal to `ring` when it starts whole.
+    pub ring_start: crate::sources::afpacket::RingSettings,
     pub promiscuous: bool,
     /// Capture threads, each with its own socket and ring in one `PACKET_FANOUT` group
     /// (1: one socket, no fanout).
@@ -540,9 +551,45 @@ pub fn parse_with_profiles(
                 problem!(problems, at("ring_mib"), message);
             }
         }
+        // The ring it starts with: blocks of at most START_BLOCK_KIB (a 64 KiB packet still
+        // fits whole), at least one a thread, never more than the whole ring.
+        let start_kib = c.ring_start_kib.unwrap_or(c.ring_mib.saturating_mul(1024));
+        let start_block_kib = c.block_kib.min(START_BLOCK_KIB);
+        let start = (u64::from(start_kib) << 10) / threads as u64;
+        let mut ring_start = ring_settings;
+        if start_kib == 0 || u64::from(start_kib) > u64::from(c.ring_mib) << 10 {
+            if c.ring_start_kib.is_some() {
+                problem!(
+                    problems,
+                    at("ring_start_kib"),
+                    "must be between 1 and ring_mib * 1024".into()
+                );
+            }
+        } else if start < u64::from(start_block_kib) << 10 {
+            problem!(
+                problems,
+                at("ring_start_kib"),
+                format!(
+                    "must hold at least one {start_block_kib} KiB block for each of the \
+                     {threads} capture threads"
+                )
+            );
+        } else if start < ring {
+            ring_start = crate::sources::afpacket::RingSettings::sized(
+                start,
+                start_block_kib << 10,
+                c.block_timeout_ms,
+            );
+            if let Some(e) = checked.then(|| ring_start.validate(4096).err()).flatten() {
+                for message in e.problems {
+                    problem!(problems, at("ring_start_kib"), message);
+                }
+            }
+        }
         captures.push(CaptureConfig {
             interface: c.interface.clone(),
             ring: ring_settings,
+            ring_start,
             promiscuous: c.promiscuous,
             threads,
         });

@@ -14,12 +14,13 @@ use crate::observe::{self, Health, Stage};
 use crate::pipeline::LiveInput;
 use crate::record::Record;
 use crate::sources::afpacket::{Fanout, KernelStats, LiveCaptureError, LivePacket, PacketSink};
-use crate::sources::capture_thread::{CaptureSettings, CaptureThread};
+use crate::sources::capture_thread::{CaptureSettings, CaptureThread, RingGroup};
 
 /// The running capture threads.
 #[derive(Debug)]
 pub(super) struct Captures {
     threads: Vec<CaptureThread>,
+    groups: Vec<Arc<RingGroup>>,
 }
 
 /// The kernel's counters summed over every interface, when capture stopped.
@@ -27,6 +28,9 @@ pub(super) struct Captures {
 pub(super) struct CaptureTotals {
     pub packets: u64,
     pub drops: u64,
+    /// Times a ring grew, and the bytes of ring held at the end, over every interface.
+    pub ring_grows: u64,
+    pub ring_bytes: u64,
 }
 
 impl Captures {
@@ -36,6 +40,7 @@ impl Captures {
     /// a configuration problem and stops the start.
     pub(super) fn build(configs: &[CaptureConfig], ctx: &Context) -> Result<Self, DaemonError> {
         let mut threads = Vec::new();
+        let mut groups = Vec::new();
         let inputs: usize = configs.iter().map(|c| c.threads).sum();
         for (index, c) in configs.iter().enumerate() {
             // One fanout group per interface when it has several threads; the id names the
@@ -46,14 +51,21 @@ impl Captures {
             // The kernel counters of each thread, summed into the interface's metric.
             let drops_by_thread: Arc<[AtomicU64]> =
                 (0..c.threads).map(|_| AtomicU64::new(0)).collect();
-            for thread in 0..c.threads {
-                let settings = CaptureSettings {
+            let group = RingGroup::new(
+                CaptureSettings {
                     interface: c.interface.clone(),
                     ring: c.ring,
+                    start: c.ring_start,
                     promiscuous: c.promiscuous,
                     fanout,
-                };
-                let capture = match settings.open() {
+                },
+                c.threads,
+            );
+            let ring_bytes = ctx.metrics.capture_ring_bytes.with(&[&c.interface]);
+            let ring_grows = ctx.metrics.capture_ring_grows.with(&[&c.interface]);
+            groups.push(Arc::clone(&group));
+            for thread in 0..c.threads {
+                let capture = match group.open(thread) {
                     Ok(capture) => Some(capture),
                     Err(
                         e @ (LiveCaptureError::InterfaceNotFound { .. }
@@ -89,29 +101,44 @@ impl Captures {
                     supervisor: Arc::clone(&ctx.supervisor),
                 };
                 if thread == 0 {
-                    tracing::info!(interface = %c.interface, threads = c.threads, ring_bytes = c.ring.total_bytes() * c.threads as u64, "Capturing.");
+                    tracing::info!(interface = %c.interface, threads = c.threads, ring_bytes = group.ring_bytes(), ring_max_bytes = c.ring.total_bytes() * c.threads as u64, "Capturing.");
                 }
                 let drops = ctx.metrics.source_kernel_drops.with(&[&c.interface]);
                 let by_thread = Arc::clone(&drops_by_thread);
+                let (ring_bytes, ring_grows, of_group) = (
+                    Arc::clone(&ring_bytes),
+                    Arc::clone(&ring_grows),
+                    Arc::clone(&group),
+                );
+                if thread == 0 {
+                    ring_bytes.set(group.ring_bytes() as i64);
+                }
                 threads.push(CaptureThread::spawn(
-                    settings,
+                    Arc::clone(&group),
+                    thread,
                     capture,
                     ctx.sources.clone(),
                     sink,
                     move |kernel: KernelStats| {
                         by_thread[thread].store(kernel.drops, Ordering::Relaxed);
                         drops.raise_to(by_thread.iter().map(|d| d.load(Ordering::Relaxed)).sum());
+                        ring_bytes.set(of_group.ring_bytes() as i64);
+                        ring_grows.raise_to(of_group.grows());
                     },
                 )?);
             }
         }
-        Ok(Captures { threads })
+        Ok(Captures { threads, groups })
     }
 
     /// Waits for every thread, once the sources' token is cancelled (each notices within
     /// `STOP_CHECK_INTERVAL`); the runtime worker is lent out meanwhile, not blocked.
     pub(super) fn join(self) -> CaptureTotals {
         let mut totals = CaptureTotals::default();
+        for group in &self.groups {
+            totals.ring_grows += group.grows();
+            totals.ring_bytes += group.ring_bytes();
+        }
         for thread in self.threads {
             let interface = thread.interface().to_owned();
             match tokio::task::block_in_place(|| thread.join()) {

@@ -140,6 +140,9 @@ pub struct RunSummary {
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
     pub kernel_drops: u64,
+    /// Times a capture ring grew from its start size, and the bytes of ring held at the end.
+    pub capture_ring_grows: u64,
+    pub capture_ring_bytes: u64,
     /// Components that panicked (each announced by a `component_panicked` gap record): the
     /// run then ends with a failure exit, so systemd restarts it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -1134,6 +1137,8 @@ impl Daemon {
             records_left_in_spool: left,
             packets_captured: captured.packets,
             kernel_drops: captured.drops,
+            capture_ring_grows: captured.ring_grows,
+            capture_ring_bytes: captured.ring_bytes,
             panicked: supervisor.panicked(),
         }
     }

@@ -47,6 +47,11 @@ pub struct AgentMetrics {
     pub source_bytes: Arc<Family<Counter>>,
     /// Frames the kernel dropped before we read them (AF_PACKET statistics), by source.
     pub source_kernel_drops: Arc<Family<Counter>>,
+    /// Bytes of capture ring held now (every capture thread's, both rings while one
+    /// replaces another), by source.
+    pub capture_ring_bytes: Arc<Family<Gauge>>,
+    /// Times an interface's capture rings grew from their start size, by source.
+    pub capture_ring_grows: Arc<Family<Counter>>,
     /// Decode problems and reassembly drops, by kind (the names of
     /// [`crate::dissect::DissectStats::loss_counters`]).
     pub decode_errors: Arc<Family<Counter>>,
@@ -260,6 +265,20 @@ impl AgentMetrics {
             source_kernel_drops: r.family(
                 "teledge_source_kernel_drops_total",
                 "Frames dropped by the kernel before teledge read them, by source.",
+                Kind::Counter,
+                source,
+                MAX_SOURCES,
+            ),
+            capture_ring_bytes: r.family(
+                "teledge_capture_ring_bytes",
+                "Bytes of capture ring held now, by source.",
+                Kind::Gauge,
+                source,
+                MAX_SOURCES,
+            ),
+            capture_ring_grows: r.family(
+                "teledge_capture_ring_grows_total",
+                "Times the capture rings of a source grew from their start size.",
                 Kind::Counter,
                 source,
                 MAX_SOURCES,

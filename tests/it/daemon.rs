@@ -1620,6 +1620,54 @@ fn the_capture_ring_is_the_one_the_configuration_checked() {
     assert_eq!(ring.validate(4096), Ok(()));
 }
 
+/// `[[capture]] ring_start_kib`: the ring each capture thread starts with (by default the
+/// whole ring; smaller, in blocks of at most 128 KiB), the whole ring when it equals
+/// `ring_mib`, checked.
+#[test]
+fn capture_start_ring_is_sized_and_validated() {
+    use teledge::sources::afpacket::RingSettings;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |capture: &str| {
+        let path = agent_config(&pki, dir.path(), 9, capture, None);
+        teledge::config::agent::load(&path)
+    };
+    let c = config("[[capture]]\ninterface = \"eth9\"\nring_mib = 8\nthreads = 2\n").unwrap();
+    assert_eq!(
+        c.captures[0].ring_start, c.captures[0].ring,
+        "whole by default"
+    );
+    let c = config(
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 8\nthreads = 2\nring_start_kib = 1024\n",
+    )
+    .unwrap();
+    let start = c.captures[0].ring_start;
+    assert_eq!(
+        start,
+        RingSettings {
+            block_size: 128 << 10,
+            block_count: 4,
+            block_timeout_ms: 100,
+            ..RingSettings::default()
+        }
+    );
+    assert_eq!(c.captures[0].ring.total_bytes(), 4 << 20);
+    let c = config(
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 8\nthreads = 2\nring_start_kib = 8192\n",
+    )
+    .unwrap();
+    assert_eq!(c.captures[0].ring_start, c.captures[0].ring);
+    let errors = config(
+        "[[capture]]\ninterface = \"eth9\"\nring_mib = 8\nring_start_kib = 9000\n\
+         [[capture]]\ninterface = \"eth8\"\nthreads = 2\nring_start_kib = 128\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in ["capture[0].ring_start_kib", "capture[1].ring_start_kib"] {
+        assert!(errors.contains(expected), "{expected}: {errors}");
+    }
+}
+
 /// `[[capture]] threads` and `[correlation] shards` are checked, every problem named.
 #[test]
 fn capture_threads_and_correlation_shards_are_validated() {

@@ -2,6 +2,17 @@
 
 use crate::decode::link::ETHERTYPES_CARRYING_IP;
 
+/// A program that takes no frame: a socket *held* while its ring is set up beside another
+/// (see `grow`), bound and in its fanout group but receiving nothing.
+pub(super) fn drop_all_program() -> Vec<libc::sock_filter> {
+    vec![libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K: return 0 bytes
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }]
+}
+
 /// Classic BPF: accept the frames whose EtherType at offset 12 (for a tag the kernel
 /// stripped, the inner type) is one the decode path finds IP behind
 /// ([`ETHERTYPES_CARRYING_IP`]: IPv4, IPv6, VLAN tags, MPLS, PPPoE session), drop the rest.

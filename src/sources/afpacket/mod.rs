@@ -31,6 +31,7 @@
 //! code: `settings` (ring geometry), `walk` (the pure block walker, public as [`walk_block`]
 //! for its fuzz target), `filter` (the kernel filter) and the capture itself, here.
 
+mod dedup;
 mod filter;
 #[allow(unsafe_code)]
 mod ring;
@@ -45,7 +46,8 @@ use std::time::Duration;
 
 use crate::decode::link::LinkType;
 
-use filter::ip_only_program;
+pub use dedup::{Fingerprint, Fingerprints};
+use filter::{drop_all_program, ip_only_program};
 use ring::Ring;
 pub use settings::{
     CaptureFilter, RingSettings, RingSettingsError, MAX_BLOCK_TIMEOUT_MS, MAX_RING_BYTES,
@@ -153,6 +155,10 @@ pub struct LiveCapture {
     scratch: Vec<u8>,
     counters: CaptureCounters,
     kernel: KernelStats,
+    filter: CaptureFilter,
+    settings: RingSettings,
+    /// Blocks read by the last [`LiveCapture::next_batch`].
+    last_blocks: u32,
 }
 
 impl LiveCapture {
@@ -187,6 +193,23 @@ impl LiveCapture {
         filter: CaptureFilter,
         fanout: Option<Fanout>,
     ) -> Result<Self, LiveCaptureError> {
+        let mut capture = Self::open_held(interface, settings, promiscuous, filter, fanout)?;
+        capture.arm()?;
+        Ok(capture)
+    }
+
+    /// [`LiveCapture::open_with`], *held*: bound and in its fanout group, but its filter
+    /// takes no frame until [`LiveCapture::arm`]. A ring that replaces another opens so
+    /// (see [`crate::sources::capture_thread`]): every member of a new fanout group joins
+    /// before any takes a packet, so the group hands each flow to the same member as the
+    /// old one from its first packet.
+    pub fn open_held(
+        interface: &str,
+        settings: RingSettings,
+        promiscuous: bool,
+        filter: CaptureFilter,
+        fanout: Option<Fanout>,
+    ) -> Result<Self, LiveCaptureError> {
         let name = interface.to_owned();
         let io_err =
             |operation: &'static str, source: io::Error| classify(interface, operation, source);
@@ -214,10 +237,16 @@ impl LiveCapture {
             // Linux 4.20+; on older kernels the duplicate is skipped while walking the ring.
             let _ = sys::set_int(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         }
-        if filter == CaptureFilter::IpOnly && link == LinkType::Ethernet {
-            sys::attach_filter(&fd, &ip_only_program())
-                .map_err(|e| io_err("SO_ATTACH_FILTER", e))?;
-        }
+        // Held until `arm`: protocol 0 receives nothing, but a fanout group takes only a
+        // bound socket, and a bound one receives.
+        sys::attach_filter(&fd, &drop_all_program()).map_err(|e| io_err("SO_ATTACH_FILTER", e))?;
+        // Asks the kernel to stamp every frame once, when it enters the stack
+        // (`netstamp_needed`), rather than each socket stamping its copy as it takes it: two
+        // sockets of one interface then see one frame with one timestamp, which is what
+        // tells a frame both rings hold while one replaces the other (`dedup`). The cost is
+        // one clock read per frame, which a packet socket pays anyway without it.
+        sys::set_int(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+            .map_err(|e| io_err("SO_TIMESTAMPNS", e))?;
         let ring = Ring::new(&fd, settings).map_err(|source| match source.raw_os_error() {
             Some(libc::ENOMEM) | Some(libc::ENOBUFS) => LiveCaptureError::RingAllocation {
                 interface: name.clone(),
@@ -250,7 +279,30 @@ impl LiveCapture {
             scratch: Vec::new(),
             counters: CaptureCounters::default(),
             kernel: KernelStats::default(),
+            filter,
+            settings,
+            last_blocks: 0,
         })
+    }
+
+    /// Lets the kernel filter of the capture take frames (see [`LiveCapture::open_held`]).
+    pub fn arm(&mut self) -> Result<(), LiveCaptureError> {
+        let result = if self.filter == CaptureFilter::IpOnly && self.link == LinkType::Ethernet {
+            sys::attach_filter(&self.fd, &ip_only_program())
+        } else {
+            sys::detach_filter(&self.fd)
+        };
+        result.map_err(|e| classify(&self.interface, "SO_ATTACH_FILTER", e))
+    }
+
+    /// The ring's geometry.
+    pub fn ring_settings(&self) -> RingSettings {
+        self.settings
+    }
+
+    /// Blocks the last [`LiveCapture::next_batch`] read: a ring found mostly full.
+    pub fn last_batch_blocks(&self) -> u32 {
+        self.last_blocks
     }
 
     pub fn interface(&self) -> &str {
@@ -279,6 +331,7 @@ impl LiveCapture {
             self.wait(timeout)?;
         }
         let mut handed = 0;
+        self.last_blocks = 0;
         // At most one lap: blocks the kernel retires meanwhile wait for the next call.
         for _ in 0..self.ring.block_count {
             if !self.ring.ready(self.current) {
@@ -294,6 +347,7 @@ impl LiveCapture {
             });
             self.ring.release(self.current);
             self.counters.blocks += 1;
+            self.last_blocks += 1;
             self.current = (self.current + 1) % self.ring.block_count;
         }
         Ok(handed)

@@ -98,6 +98,14 @@ pub(super) fn attach_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::
     set(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
+/// Removes the socket's filter (it then takes every frame); no filter is not an error.
+pub(super) fn detach_filter(fd: &OwnedFd) -> io::Result<()> {
+    match set_int(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 pub(super) fn bind(fd: &OwnedFd, ifindex: libc::c_uint) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
