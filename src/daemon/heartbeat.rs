@@ -2,8 +2,10 @@
 //! at start, every `[node] heartbeat_interval_s`, and at once when a SIGHUP read a
 //! configuration file whose digest differs from the last one, into the record queue like
 //! every other record (so through the spool: a node that cannot reach the collector
-//! reports later, not never). Stops with the sources.
+//! reports later, not never). Stops with the sources. A panic of it is caught by the
+//! daemon's supervisor (`component_panicked`, the daemon stops with exit 2).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -63,12 +65,15 @@ impl Heartbeat {
         )));
         let (digest, mut changed) = watch::channel(config_sha256.to_owned());
         let stop = ctx.sources.clone();
-        let task = ctx.tracker.spawn(async move {
+        let guarded = records.clone();
+        // A panic of the heartbeat is caught by the supervisor: announced, the daemon stops.
+        let task = ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard("heartbeat", guarded, async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             // A node that slept (a suspended VM) sends one heartbeat, not a burst.
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                crate::panics::inject("heartbeat");
                 let reason = tokio::select! {
                     _ = tick.tick() => HeartbeatReason::Interval,
                     result = changed.changed() => match result {
@@ -87,7 +92,7 @@ impl Heartbeat {
                     tick.reset();
                 }
             }
-        });
+        }));
         Heartbeat { digest, task }
     }
 

@@ -140,7 +140,7 @@ pub struct RunSummary {
     /// Packets the kernel passed to the capture rings (including those it dropped).
     pub packets_captured: u64,
     pub kernel_drops: u64,
-    /// Components that panicked (each announced by a `component_panicked` gap record): the
+    /// Components whose panic stopped the run (each announced by a `component_panicked` gap record): the
     /// run then ends with a failure exit, so systemd restarts it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub panicked: Vec<String>,

@@ -21,11 +21,19 @@
 //!
 //! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
 //! the shutdown signal turns true; `run` returns once every connection task has ended.
+//!
+//! Panics (a bug, in a decoder or here): one connection's task, or the handling of one UDP
+//! datagram, that panics is handed to the caller's [`PanicHook`] (component
+//! `hep_connection` or `hep_datagram`) and only that connection or datagram is dropped —
+//! its slots are given back as it unwinds — while the listener serves on. A panic of the
+//! accept or receive loop itself ends [`HepListener::run`] with that panic (the caller's
+//! supervisor catches it), so a listener never dies quietly.
 
 use crate::observe::events::{
     DecodeErrors, DropReason, HepConnectionRefused, InternalEvent, RecordsDropped,
 };
 use crate::observe::AgentMetrics;
+use std::any::Any;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -229,6 +237,10 @@ impl HepStats {
     }
 }
 
+/// Where the listener hands a contained panic: the component (`hep_connection`,
+/// `hep_datagram`) and the panic's payload.
+pub type PanicHook = Arc<dyn Fn(&'static str, Box<dyn Any + Send>) + Send + Sync>;
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -363,10 +375,18 @@ impl HepListener {
 
     /// Serves until `shutdown` is cancelled, then closes every connection and returns once
     /// all tasks have ended.
-    pub async fn run(self, shutdown: CancellationToken) {
+    ///
+    /// A panic of a connection's task or of one datagram's handling goes to `panics` (see the
+    /// module doc); a panic of a loop itself is resumed here, ending `run` with it.
+    pub async fn run(self, shutdown: CancellationToken, panics: PanicHook) {
         let mut tasks = JoinSet::new();
         if let Some(socket) = self.udp {
-            tasks.spawn(udp_loop(socket, Arc::clone(&self.shared), shutdown.clone()));
+            tasks.spawn(udp_loop(
+                socket,
+                Arc::clone(&self.shared),
+                shutdown.clone(),
+                Arc::clone(&panics),
+            ));
         }
         if let Some(listener) = self.tcp {
             tasks.spawn(accept_loop(
@@ -375,6 +395,7 @@ impl HepListener {
                 Arc::clone(&self.shared),
                 Arc::clone(&self.connections),
                 shutdown.clone(),
+                Arc::clone(&panics),
             ));
         }
         if let Some((listener, acceptor)) = self.tls {
@@ -384,13 +405,27 @@ impl HepListener {
                 Arc::clone(&self.shared),
                 Arc::clone(&self.connections),
                 shutdown.clone(),
+                Arc::clone(&panics),
             ));
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    // The others are aborted as the set drops; the caller's supervisor
+                    // catches this one.
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     }
 }
 
-async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn udp_loop(
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    panics: PanicHook,
+) {
     // One byte more than the largest frame: a longer datagram shows up as a length mismatch
     // instead of being silently cut to a frame-sized prefix.
     let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
@@ -399,7 +434,13 @@ async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, shutdown: Cancellation
             () = shutdown.cancelled() => return,
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
-                    shared.frame(&buf[..n], from, HepInput::Udp);
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::panics::inject("hep_datagram");
+                        shared.frame(&buf[..n], from, HepInput::Udp);
+                    }));
+                    if let Err(payload) = handled {
+                        panics("hep_datagram", payload);
+                    }
                 }
                 Err(e) => {
                     // ICMP errors from earlier sends and the like; the socket stays usable.
@@ -417,14 +458,25 @@ async fn accept_loop(
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    panics: PanicHook,
 ) {
+    // A connection task that panicked: dropped (its slots given back as it unwound),
+    // handed to the hook; the listener serves on.
+    let reaped = |ended: Result<(), tokio::task::JoinError>| {
+        if let Err(e) = ended {
+            if e.is_panic() {
+                panics("hep_connection", e.into_panic());
+            }
+        }
+    };
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             // Reap finished connection tasks so the set does not grow with the history.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => reaped(ended),
             accepted = listener.accept() => {
+                crate::panics::inject("hep_listener");
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -457,7 +509,9 @@ async fn accept_loop(
         }
     }
     // Connections watch the same signal and end by themselves; wait for them.
-    while connections.join_next().await.is_some() {}
+    while let Some(ended) = connections.join_next().await {
+        reaped(ended);
+    }
 }
 
 /// One connection's place in the per-address count; given back on drop.
@@ -607,6 +661,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
         loop {
             match hep::frame_len(&buf[used..], max_frame) {
                 Framing::Frame(len) => {
+                    crate::panics::inject("hep_connection");
                     trusted |= shared.frame(&buf[used..used + len], peer, input);
                     used += len;
                 }
