@@ -119,7 +119,9 @@ pub(super) struct InputLosses {
     last: Option<Instant>,
 }
 
-const KINDS: usize = 8 + DETAIL_TABLES.len();
+const KINDS: usize = RECORD_KINDS + DETAIL_TABLES.len();
+/// The kinds announced as `input_dropped`.
+const RECORD_KINDS: usize = 9;
 
 impl Default for InputLosses {
     fn default() -> Self {
@@ -199,8 +201,10 @@ impl InputLosses {
         let decode_errors = &metrics.decode_errors;
         let mut current = [0u64; KINDS];
         let mut details = [""; KINDS];
-        let record_losses: [u64; 8] = [
-            metrics.source_kernel_drops.total(),
+        // (Read without making a series in `/metrics`.)
+        let hep_socket = metrics.source_kernel_drops.peek(&["hep"]);
+        let record_losses: [u64; RECORD_KINDS] = [
+            metrics.source_kernel_drops.total() - hep_socket,
             dropped.with(&["hep_queue_full"]).get() + dropped.with(&["hep_queue_bytes"]).get(),
             totals.decode,
             decode_errors.with(&["hep_malformed"]).get()
@@ -215,8 +219,9 @@ impl InputLosses {
             // tables' evictions cost measurement detail, not a record.
             metrics.state_evictions.peek(&["calls_joined_mid_dialog"]),
             metrics.state_evictions.peek(&["streams"]),
+            hep_socket,
         ];
-        let record_details: [&str; 8] = [
+        let record_details: [&str; RECORD_KINDS] = [
             "packets dropped by the kernel (capture ring full)",
             "HEP frames dropped (queue full)",
             "frames or reassembly state dropped by the decode path",
@@ -225,12 +230,13 @@ impl InputLosses {
             "HEP frames not relayed to HOMER ([hep_out]: queue full, server gone, send failed, or left at the stop)",
             "messages of dialogs joined mid-call not followed (beyond 1,000 such calls a minute): those calls get no record",
             "RTP streams not measured (stream table full): no stream record, no quality in their call's record",
+            "HEP datagrams dropped by the kernel (the UDP socket's receive buffer full)",
         ];
-        current[..8].copy_from_slice(&record_losses);
-        details[..8].copy_from_slice(&record_details);
+        current[..RECORD_KINDS].copy_from_slice(&record_losses);
+        details[..RECORD_KINDS].copy_from_slice(&record_details);
         for (i, (table, detail)) in DETAIL_TABLES.iter().enumerate() {
-            current[8 + i] = metrics.state_evictions.peek(&[table]);
-            details[8 + i] = detail;
+            current[RECORD_KINDS + i] = metrics.state_evictions.peek(&[table]);
+            details[RECORD_KINDS + i] = detail;
         }
         let wall = SystemTime::now();
         let mut gaps = Vec::new();
@@ -242,7 +248,7 @@ impl InputLosses {
             .enumerate()
         {
             if *now_total > *announced {
-                let reason = if kind < 8 {
+                let reason = if kind < RECORD_KINDS {
                     GapReason::InputDropped
                 } else {
                     GapReason::StateEvicted
