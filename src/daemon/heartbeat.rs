@@ -67,32 +67,36 @@ impl Heartbeat {
         let stop = ctx.sources.clone();
         let guarded = records.clone();
         // A panic of the heartbeat is caught by the supervisor: announced, the daemon stops.
-        let task = ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard("heartbeat", guarded, async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            // A node that slept (a suspended VM) sends one heartbeat, not a burst.
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                crate::panics::inject("heartbeat");
-                let reason = tokio::select! {
-                    _ = tick.tick() => HeartbeatReason::Interval,
-                    result = changed.changed() => match result {
-                        Ok(()) => HeartbeatReason::Reload,
-                        // The daemon is gone: nothing more to report.
-                        Err(_) => break,
-                    },
-                    () = stop.cancelled() => break,
-                };
-                let current = changed.borrow_and_update().clone();
-                records.push(Record::Heartbeat(Box::new(
-                    identity.record(&current, reason),
-                )));
-                if reason == HeartbeatReason::Reload {
-                    // The next periodic one counts from this one.
-                    tick.reset();
+        let task = ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard(
+            "heartbeat",
+            guarded,
+            async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                // A node that slept (a suspended VM) sends one heartbeat, not a burst.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    crate::panics::inject("heartbeat");
+                    let reason = tokio::select! {
+                        _ = tick.tick() => HeartbeatReason::Interval,
+                        result = changed.changed() => match result {
+                            Ok(()) => HeartbeatReason::Reload,
+                            // The daemon is gone: nothing more to report.
+                            Err(_) => break,
+                        },
+                        () = stop.cancelled() => break,
+                    };
+                    let current = changed.borrow_and_update().clone();
+                    records.push(Record::Heartbeat(Box::new(
+                        identity.record(&current, reason),
+                    )));
+                    if reason == HeartbeatReason::Reload {
+                        // The next periodic one counts from this one.
+                        tick.reset();
+                    }
                 }
-            }
-        }));
+            },
+        ));
         Heartbeat { digest, task }
     }
 

@@ -592,7 +592,10 @@ mod tests {
             assert!(gap.counted_since.is_some());
         }
         // Within the minute: nothing more, however much more is evicted.
-        metrics.state_evictions.with(&["ssrc_index"]).raise_to(1_000);
+        metrics
+            .state_evictions
+            .with(&["ssrc_index"])
+            .raise_to(1_000);
         let soon = t0 + Duration::from_secs(1);
         assert!(losses
             .due("edge-01", &metrics, LossTotals::default(), soon, false)

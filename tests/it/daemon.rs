@@ -2245,7 +2245,11 @@ fn hep_datagrams_the_kernel_drops_at_the_socket_are_counted_and_announced() {
     let received = value("teledge_source_packets_total{source=\"hep\"}");
     let dropped = value("teledge_source_kernel_drops_total{source=\"hep\"}");
     assert!(dropped > 0, "nothing dropped: {received} received");
-    assert_eq!(received + dropped, SENT, "{received} received, {dropped} dropped");
+    assert_eq!(
+        received + dropped,
+        SENT,
+        "{received} received, {dropped} dropped"
+    );
     agent.stop();
     let records = collected_or_spooled(&out, &config);
     let announced: u64 = records
