@@ -45,7 +45,7 @@ tcp = "127.0.0.1:9061"
 [observe]
 listen = "127.0.0.1:9464"
 [shutdown]
-drain_timeout_s = 5
+drain_timeout_s = 30
 EOF
   } > "$cfg"
   case $attack in hep-*) call=call-hep ;; *) call=call-capture ;; esac

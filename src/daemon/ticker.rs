@@ -85,17 +85,36 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<Inpu
 pub(super) struct LossTotals {
     /// Frames or reassembly state dropped by the decode path (every capture input).
     pub decode: u64,
+    /// Bytes of stream data the decode path dropped (TCP, SIP framing): a count of bytes,
+    /// announced apart — until 2026-12-04 (branch `attack6`) it was added to `decode`, so a
+    /// TCP flood's gap said "87,575,200 frames or reassembly state" of which 82.6 million
+    /// were bytes.
+    pub decode_bytes: u64,
     /// HEP frames from the listener whose content the pipeline could not use.
     pub hep_unused: u64,
 }
 
 impl LossTotals {
     pub(super) fn of(ctx: &Context) -> Self {
+        let (decode, decode_bytes) = split_decode_losses(&ctx.pipeline.loss_totals());
         LossTotals {
-            decode: ctx.pipeline.loss_totals().values().sum(),
+            decode,
+            decode_bytes,
             hep_unused: ctx.hep_unused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
+}
+
+/// The decode path's loss totals as (frames and reassembly state, bytes): the kinds that
+/// count bytes (`*_bytes_*`) apart from those that count frames, fragments or flows.
+pub(super) fn split_decode_losses(totals: &std::collections::BTreeMap<&str, u64>) -> (u64, u64) {
+    totals.iter().fold((0, 0), |(items, bytes), (kind, n)| {
+        if kind.contains("_bytes_") {
+            (items, bytes + n)
+        } else {
+            (items + n, bytes)
+        }
+    })
 }
 
 /// Input lost before it became records — kernel ring drops, HEP frames refused by a full
@@ -121,7 +140,7 @@ pub(super) struct InputLosses {
 
 const KINDS: usize = RECORD_KINDS + DETAIL_TABLES.len();
 /// The kinds announced as `input_dropped`.
-const RECORD_KINDS: usize = 9;
+const RECORD_KINDS: usize = 10;
 
 impl Default for InputLosses {
     fn default() -> Self {
@@ -220,6 +239,7 @@ impl InputLosses {
             metrics.state_evictions.peek(&["calls_joined_mid_dialog"]),
             metrics.state_evictions.peek(&["streams"]),
             hep_socket,
+            totals.decode_bytes,
         ];
         let record_details: [&str; RECORD_KINDS] = [
             "packets dropped by the kernel (capture ring full)",
@@ -231,6 +251,7 @@ impl InputLosses {
             "messages of dialogs joined mid-call not followed (beyond 1,000 such calls a minute): those calls get no record",
             "RTP streams not measured (stream table full): no stream record, no quality in their call's record",
             "HEP datagrams dropped by the kernel (the UDP socket's receive buffer full)",
+            "bytes of stream data (TCP, SIP framing) dropped by the decode path: a count of bytes, not packets",
         ];
         current[..RECORD_KINDS].copy_from_slice(&record_losses);
         details[..RECORD_KINDS].copy_from_slice(&record_details);
@@ -466,6 +487,7 @@ mod tests {
         metrics.records_dropped.with(&["hep_queue_full"]).add(3);
         let four = LossTotals {
             decode: 4,
+            decode_bytes: 0,
             hep_unused: 0,
         };
         let gaps = losses.due(
@@ -525,6 +547,7 @@ mod tests {
             .contains("call table full"));
         let unused = LossTotals {
             decode: 0,
+            decode_bytes: 0,
             hep_unused: 2,
         };
         let later = t0 + Duration::from_secs(5);
@@ -626,6 +649,37 @@ mod tests {
                 "{table} neither announced as a record loss nor as a detail loss"
             );
         }
+    }
+
+    /// Byte counts of the decode path are announced apart from its frame and state counts.
+    #[test]
+    fn the_decode_paths_bytes_are_not_added_to_its_frames() {
+        let totals: std::collections::BTreeMap<&str, u64> = [
+            ("tcp_bytes_dropped", 1_000),
+            ("stream_bytes_discarded", 500),
+            ("tcp_flows_evicted", 3),
+            ("fragments_timed_out", 2),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(split_decode_losses(&totals), (5, 1_500));
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let totals = LossTotals {
+            decode: 5,
+            decode_bytes: 1_500,
+            hep_unused: 0,
+        };
+        let gaps = losses.due("edge-01", &metrics, totals, Instant::now(), true);
+        let told: Vec<(u64, &str)> = gaps
+            .iter()
+            .map(|g| (g.dropped.unwrap(), g.detail.as_deref().unwrap()))
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert_eq!(told[0].0, 5);
+        assert!(told[0].1.starts_with("frames or reassembly state"));
+        assert_eq!(told[1].0, 1_500);
+        assert!(told[1].1.starts_with("bytes of stream data"));
     }
 
     #[test]
