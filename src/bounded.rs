@@ -166,6 +166,15 @@ impl<T> BoundedSender<T> {
         })
     }
 
+    /// Whether at least half the queue's places, or half its bytes, are taken: the point
+    /// from which a sender may keep the rest for what matters more.
+    pub(crate) fn half_full(&self) -> bool {
+        let shared = &self.shared;
+        shared.waiting.load(Ordering::Acquire).saturating_mul(2) >= shared.capacity
+            || (shared.max_bytes != usize::MAX
+                && shared.bytes.load(Ordering::Acquire).saturating_mul(2) >= shared.max_bytes)
+    }
+
     /// The bytes of the messages waiting, as their senders weighed them (0 without a byte
     /// bound).
     #[cfg(test)]

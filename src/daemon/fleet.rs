@@ -1,6 +1,7 @@
 //! The fleet component: the update agent ([`crate::fleet::agent`]) polling the repository
 //! the collector serves, its records into the record queue like every other record.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::ForwardConfig;
@@ -52,10 +53,13 @@ pub(super) fn spawn(
     let stop = ctx.sources.clone();
     let records = ctx.records.clone();
     let (interval, spread) = (settings.poll_interval, settings.poll_jitter);
-    ctx.tracker.spawn(async move {
+    // A panic of the update agent is caught by the supervisor: announced, the daemon stops.
+    let guarded = records.clone();
+    ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard("fleet", guarded, async move {
         let mut next_poll = tokio::time::Instant::now() + jitter(spread);
         let mut outcomes = tokio::time::interval(OUTCOMES_EVERY);
         loop {
+            crate::panics::inject("fleet");
             let mut emit = |r| records.push(Record::Update(Box::new(r)));
             tokio::select! {
                 () = tokio::time::sleep_until(next_poll) => {
@@ -77,7 +81,7 @@ pub(super) fn spawn(
                 () = stop.cancelled() => break,
             }
         }
-    });
+    }));
     Ok(())
 }
 

@@ -2,8 +2,10 @@
 //! at start, every `[node] heartbeat_interval_s`, and at once when a SIGHUP read a
 //! configuration file whose digest differs from the last one, into the record queue like
 //! every other record (so through the spool: a node that cannot reach the collector
-//! reports later, not never). Stops with the sources.
+//! reports later, not never). Stops with the sources. A panic of it is caught by the
+//! daemon's supervisor (`component_panicked`, the daemon stops with exit 2).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -63,31 +65,38 @@ impl Heartbeat {
         )));
         let (digest, mut changed) = watch::channel(config_sha256.to_owned());
         let stop = ctx.sources.clone();
-        let task = ctx.tracker.spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            // A node that slept (a suspended VM) sends one heartbeat, not a burst.
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let reason = tokio::select! {
-                    _ = tick.tick() => HeartbeatReason::Interval,
-                    result = changed.changed() => match result {
-                        Ok(()) => HeartbeatReason::Reload,
-                        // The daemon is gone: nothing more to report.
-                        Err(_) => break,
-                    },
-                    () = stop.cancelled() => break,
-                };
-                let current = changed.borrow_and_update().clone();
-                records.push(Record::Heartbeat(Box::new(
-                    identity.record(&current, reason),
-                )));
-                if reason == HeartbeatReason::Reload {
-                    // The next periodic one counts from this one.
-                    tick.reset();
+        let guarded = records.clone();
+        // A panic of the heartbeat is caught by the supervisor: announced, the daemon stops.
+        let task = ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard(
+            "heartbeat",
+            guarded,
+            async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                // A node that slept (a suspended VM) sends one heartbeat, not a burst.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    crate::panics::inject("heartbeat");
+                    let reason = tokio::select! {
+                        _ = tick.tick() => HeartbeatReason::Interval,
+                        result = changed.changed() => match result {
+                            Ok(()) => HeartbeatReason::Reload,
+                            // The daemon is gone: nothing more to report.
+                            Err(_) => break,
+                        },
+                        () = stop.cancelled() => break,
+                    };
+                    let current = changed.borrow_and_update().clone();
+                    records.push(Record::Heartbeat(Box::new(
+                        identity.record(&current, reason),
+                    )));
+                    if reason == HeartbeatReason::Reload {
+                        // The next periodic one counts from this one.
+                        tick.reset();
+                    }
                 }
-            }
-        });
+            },
+        ));
         Heartbeat { digest, task }
     }
 

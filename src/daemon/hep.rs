@@ -11,7 +11,7 @@ use super::{Context, DaemonError, LiveClock};
 use crate::config::agent::HepConfig;
 use crate::observe::events::{DecodeErrors, InternalEvent};
 use crate::record::Record;
-use crate::sources::hep::{HepListener, HepListenerSettings, HepStats};
+use crate::sources::hep::{HepListener, HepListenerSettings, HepStats, PanicHook};
 
 /// The running HEP input.
 #[derive(Debug)]
@@ -70,7 +70,25 @@ impl HepInput {
             tls: listener.tls_addr(),
         };
         tracing::info!(udp = ?addrs.udp, tcp = ?addrs.tcp, tls = ?addrs.tls, "HEP listener bound.");
-        ctx.tracker.spawn(listener.run(ctx.sources.clone()));
+        // A connection's or a datagram's panic: that connection or datagram dropped,
+        // announced, and the listener serves on (`Supervisor::contained`); a panic of the
+        // listener's loops ends `run` and is caught by the guard: announced, and the daemon
+        // stops as for any other component.
+        let panics: PanicHook = {
+            let supervisor = Arc::clone(&ctx.supervisor);
+            let records = ctx.records.clone();
+            Arc::new(move |component, payload| {
+                // What the connection had buffered (part of a frame at most) is unknown.
+                if let Some(gap) = supervisor.contained(component, payload.as_ref(), None) {
+                    records.push(Record::Gap(Box::new(gap)));
+                }
+            })
+        };
+        ctx.tracker.spawn(Arc::clone(&ctx.supervisor).guard(
+            "hep_listener",
+            ctx.records.clone(),
+            listener.run(ctx.sources.clone(), panics),
+        ));
 
         let pipeline = Arc::clone(&ctx.pipeline);
         let records = ctx.records.clone();

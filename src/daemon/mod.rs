@@ -143,7 +143,7 @@ pub struct RunSummary {
     /// Times a capture ring grew from its start size, and the bytes of ring held at the end.
     pub capture_ring_grows: u64,
     pub capture_ring_bytes: u64,
-    /// Components that panicked (each announced by a `component_panicked` gap record): the
+    /// Components whose panic stopped the run (each announced by a `component_panicked` gap record): the
     /// run then ends with a failure exit, so systemd restarts it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub panicked: Vec<String>,
@@ -215,11 +215,35 @@ struct RecordQueue {
     dropped: Arc<AtomicU64>,
 }
 
+/// A call record no response ever came for (neither provisional nor final): what an INVITE
+/// flood makes, and what the record queue keeps its second half from (`RecordQueue::push`).
+fn unanswered_call(record: &Record) -> bool {
+    matches!(record, Record::Call(call)
+        if call.final_status.is_none() && call.first_provisional_time.is_none())
+}
+
 impl RecordQueue {
+    /// Queues a record, never waiting: beyond the queue's bounds it is dropped, counted by
+    /// reason and announced (a `records_not_spooled` gap by the spool writer). The record
+    /// of a call that saw no response at all (an INVITE flood's: nothing answered it) is
+    /// dropped already from half the bounds (`queue_reserved`), so a flood of such calls,
+    /// made faster than the spool writer takes them, cannot push out the records of calls
+    /// that were answered or refused: until 2026-12-04 (branch `attack6`) an INVITE flood
+    /// filled the queue and a real call's record placed during it was dropped among 132,760
+    /// flood records (`scripts/attack-campaign.sh invite`).
     fn push(&self, record: Record) {
         let kind = record.kind();
         self.produced.fetch_add(1, Ordering::Relaxed);
         self.metrics.records_produced.with(&[kind]).inc();
+        if unanswered_call(&record) && self.tx.half_full() {
+            self.dropped.fetch_add(1, Ordering::Release);
+            RecordsDropped {
+                reason: DropReason::QueueReserved,
+                count: 1,
+            }
+            .emit(&self.metrics);
+            return;
+        }
         let weight = record.held_bytes();
         let reason = match self.tx.try_send_weighted(record, weight) {
             Ok(()) => return,
@@ -1224,4 +1248,76 @@ async fn reload(daemon: &mut Daemon, config_path: &Path) {
         }
     }
     let _ = daemon.notifier.ready();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// An answered call of a bundled capture, and the same call as if nothing had ever
+    /// answered its INVITE.
+    fn calls() -> (Record, Record) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/b2bua_direct_media.pcap"
+        );
+        let mut replay = crate::replay::Replay::new(crate::replay::ReplaySettings::default());
+        let mut answered = None;
+        let mut sink = |r: Record| {
+            if let Record::Call(c) = r {
+                if c.final_status == Some(200) {
+                    answered.get_or_insert(c);
+                }
+            }
+        };
+        let file = std::fs::File::open(path).unwrap();
+        replay.read(path, file, &mut sink, |_| {}).unwrap();
+        replay.finish(&mut sink);
+        let answered = answered.expect("an answered call");
+        let mut unanswered = answered.clone();
+        unanswered.final_status = None;
+        unanswered.first_provisional_time = None;
+        (Record::Call(answered), Record::Call(unanswered))
+    }
+
+    /// A flood of calls nothing answered (an INVITE flood's records) takes at most half the
+    /// record queue: the other half stays for the records of calls that saw a response, and
+    /// every record refused is counted (`queue_reserved`, then `queue_full`) for the spool
+    /// writer's `records_not_spooled` announcement. Before, the flood filled the whole queue
+    /// and the answered call's record was dropped as `queue_full`.
+    #[test]
+    fn a_flood_of_unanswered_calls_leaves_half_the_record_queue_to_answered_ones() {
+        let (answered, unanswered) = calls();
+        let metrics = Arc::new(AgentMetrics::new());
+        let (tx, rx) = bounded::channel_weighted::<Record>(1_024, 48 << 20);
+        let queue = RecordQueue {
+            tx,
+            metrics: Arc::clone(&metrics),
+            produced: Arc::default(),
+            dropped: Arc::default(),
+        };
+        for _ in 0..5_000 {
+            queue.push(unanswered.clone());
+        }
+        // The reserve is for calls that saw a response: they fill it to the bound.
+        for _ in 0..1_000 {
+            queue.push(answered.clone());
+        }
+        let queued: Vec<Record> = rx.try_iter().collect();
+        let answered_queued = queued
+            .iter()
+            .filter(|r| matches!(r, Record::Call(c) if c.final_status == Some(200)))
+            .count();
+        assert_eq!(queued.len(), 1_024);
+        assert_eq!(answered_queued, 512);
+        let dropped = &metrics.records_dropped;
+        assert_eq!(dropped.with(&["queue_reserved"]).get(), 5_000 - 512);
+        assert_eq!(dropped.with(&["queue_full"]).get(), 1_000 - 512);
+        assert_eq!(
+            queue.dropped.load(Ordering::Acquire),
+            5_000 - 512 + 1_000 - 512
+        );
+    }
 }

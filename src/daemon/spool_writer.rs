@@ -177,8 +177,10 @@ impl Writer<'_> {
     fn announce_queue_drops(&mut self) {
         let queue_lost = self.queue_dropped.load(Ordering::Acquire);
         if queue_lost > self.queue_announced {
-            self.spooler
-                .note_lost("record queue full", queue_lost - self.queue_announced);
+            self.spooler.note_lost(
+                "record queue full (or half full, for records of calls no response came for)",
+                queue_lost - self.queue_announced,
+            );
             self.health.records_lost(queue_lost - self.queue_announced);
             self.queue_announced = queue_lost;
         }

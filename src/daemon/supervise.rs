@@ -42,6 +42,11 @@ struct Panics {
     first: String,
     /// What panics after the first announced one lost (`None`: unknown), not announced yet.
     lost_since: Option<Option<u64>>,
+    /// Panics announced so far (the first, and those summed by earlier announcements).
+    told: u64,
+    /// Whether the component's panic stops the daemon ([`Supervisor::caught`]) or only its
+    /// connection ([`Supervisor::contained`]).
+    stops: bool,
 }
 
 /// Catches the panics of the daemon's components (see the module doc).
@@ -81,17 +86,45 @@ impl Supervisor {
         payload: &(dyn std::any::Any + Send),
         lost: Option<u64>,
     ) -> Option<GapRecord> {
+        self.failed.cancel();
+        self.account(component, payload, lost, true)
+    }
+
+    /// A panic confined to one peer's connection or datagram (the HEP listener's
+    /// per-connection tasks): logged, counted and announced as [`Supervisor::caught`] does,
+    /// but the daemon goes on — the connection is dropped and the listener keeps serving.
+    /// Nothing shared is left half-changed by such a task (its buffer and its peer are its
+    /// own; its slots are given back as it unwinds), and stopping for it would let any
+    /// sender that can reach the listener restart the daemon at will, closing every call
+    /// of every other input as partial. Later panics of the component are summed and
+    /// announced by [`Supervisor::contained_due`] (once a minute) or the shutdown.
+    pub(super) fn contained(
+        &self,
+        component: &'static str,
+        payload: &(dyn std::any::Any + Send),
+        lost: Option<u64>,
+    ) -> Option<GapRecord> {
+        self.account(component, payload, lost, false)
+    }
+
+    fn account(
+        &self,
+        component: &'static str,
+        payload: &(dyn std::any::Any + Send),
+        lost: Option<u64>,
+        stops: bool,
+    ) -> Option<GapRecord> {
         let message = crate::panics::message(payload);
         ComponentPanicked {
             component,
             message: &message,
         }
         .emit(&self.metrics);
-        self.failed.cancel();
         let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
         let entry = panics.entry(component).or_default();
         entry.count += 1;
         if entry.count > 1 {
+            entry.stops |= stops;
             let since = entry.lost_since.get_or_insert(Some(0));
             *since = since.zip(lost).map(|(a, b)| a + b);
             return None;
@@ -101,20 +134,31 @@ impl Supervisor {
         let upstream = crate::panics::code_text(payload)
             .unwrap_or("a formatted message, in the local log only");
         upstream.clone_into(&mut entry.first);
-        Some(self.gap(component, upstream, lost, 1))
+        entry.stops = stops;
+        entry.told = 1;
+        Some(self.gap(component, upstream, lost, None, stops))
     }
 
-    fn gap(&self, component: &str, message: &str, lost: Option<u64>, panics: u64) -> GapRecord {
+    fn gap(
+        &self,
+        component: &str,
+        message: &str,
+        lost: Option<u64>,
+        later: Option<u64>,
+        stops: bool,
+    ) -> GapRecord {
         let mut gap = GapRecord::new(&self.node, GapReason::ComponentPanicked, lost);
         // The code's own text, cut to a bounded size.
         let mut said: String = message.chars().take(200).collect();
         if said.len() < message.len() {
             said.push('…');
         }
-        gap.detail = Some(if panics == 1 {
+        gap.detail = Some(if let Some(panics) = later {
+            format!("{component} panicked {panics} more times after the first ({said})")
+        } else if stops {
             format!("{component} panicked: {said}; teledge stops and is restarted")
         } else {
-            format!("{component} panicked {panics} more times after the first ({said})")
+            format!("{component} panicked: {said}; that connection was dropped, teledge goes on")
         });
         gap
     }
@@ -161,19 +205,39 @@ impl Supervisor {
     /// the shutdown to announce.
     pub(super) fn remaining_gaps(&self) -> Vec<GapRecord> {
         let mut gaps = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        gaps.extend(self.summed(|_| true));
+        gaps
+    }
+
+    /// The later panics of contained components ([`Supervisor::contained`]) not announced
+    /// yet, summed per component: for the ticker, once a minute (the daemon runs on after
+    /// them, so the shutdown may be far away).
+    pub(super) fn contained_due(&self) -> Vec<GapRecord> {
+        self.summed(|p| !p.stops)
+    }
+
+    fn summed(&self, which: impl Fn(&Panics) -> bool) -> Vec<GapRecord> {
+        let mut gaps = Vec::new();
         let mut panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
-        for (component, p) in panics.iter_mut() {
+        for (component, p) in panics.iter_mut().filter(|(_, p)| which(p)) {
             if let Some(lost) = p.lost_since.take() {
-                gaps.push(self.gap(component, &p.first, lost, p.count - 1));
+                let later = Some(p.count - p.told);
+                gaps.push(self.gap(component, &p.first, lost, later, p.stops));
+                p.told = p.count;
             }
         }
         gaps
     }
 
-    /// The components that panicked in this run.
+    /// The components whose panic stopped this run (not the contained ones: their
+    /// connection was dropped and the daemon went on; they are in the metrics and gaps).
     pub(super) fn panicked(&self) -> Vec<String> {
         let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
-        panics.keys().map(|c| (*c).to_owned()).collect()
+        panics
+            .iter()
+            .filter(|(_, p)| p.stops)
+            .map(|(c, _)| (*c).to_owned())
+            .collect()
     }
 }
 
@@ -203,6 +267,33 @@ mod tests {
         s.caught("capture", &payload, None);
         let rest = s.remaining_gaps();
         assert!(!rest[0].detail.as_deref().unwrap().contains("4930123456"));
+    }
+
+    /// A contained panic (one HEP connection's task) is announced but does not stop the
+    /// daemon; later ones are summed for the ticker's once-a-minute announcement.
+    #[test]
+    fn a_contained_panic_is_announced_without_stopping_the_daemon() {
+        let metrics = Arc::new(AgentMetrics::new());
+        let s = Supervisor::new("edge-01", &metrics);
+        let gap = s.contained("hep_connection", &"boom", None).unwrap();
+        assert!(!s.failed().is_cancelled());
+        assert!(gap.detail.unwrap().contains("connection was dropped"));
+        assert!(s.contained_due().is_empty());
+        assert!(s.contained("hep_connection", &"boom", None).is_none());
+        assert!(s.contained("hep_connection", &"boom", None).is_none());
+        s.caught("ticker", &"tock", None);
+        assert!(s.caught("ticker", &"tock", None).is_none());
+        let due = s.contained_due();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert!(due[0].detail.as_deref().unwrap().contains("2 more times"));
+        assert!(s.contained_due().is_empty());
+        s.contained("hep_connection", &"boom", None);
+        // The shutdown tells the rest: one more of the connection, one more of the ticker.
+        let rest = s.remaining_gaps();
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(rest[0].detail.as_deref().unwrap().contains("1 more times"));
+        assert_eq!(metrics.panics.with(&["hep_connection"]).get(), 4);
+        assert_eq!(s.panicked(), ["ticker"]);
     }
 
     /// The first panic of a component is announced at once and stops the daemon; later

@@ -21,6 +21,7 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<Inpu
     let mut spool_age = SpoolAge::new(lock(&spool).stats().records);
     let node = lock(&spool).node_id().to_owned();
     let mut input_losses = InputLosses::default();
+    let mut contained_told = Instant::now();
     let ctx = ctx.clone();
     ctx.tracker.clone().spawn(async move {
         let mut tick = tokio::time::interval(TICK);
@@ -56,6 +57,14 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<Inpu
                 for gap in input_losses.due(&node, metrics, totals, Instant::now(), false) {
                     ctx.records.push(Record::Gap(Box::new(gap)));
                 }
+                // Panics of HEP connections after the first (the daemon ran on): summed,
+                // once a minute.
+                if contained_told.elapsed() >= InputLosses::EVERY {
+                    contained_told = Instant::now();
+                    for gap in ctx.supervisor.contained_due() {
+                        ctx.records.push(Record::Gap(Box::new(gap)));
+                    }
+                }
             }));
             if let Err(payload) = ticked {
                 // What the tick had taken out of the call tables is unknown.
@@ -76,17 +85,36 @@ pub(super) fn spawn(ctx: &Context, spool: &Arc<Mutex<Spool>>) -> JoinHandle<Inpu
 pub(super) struct LossTotals {
     /// Frames or reassembly state dropped by the decode path (every capture input).
     pub decode: u64,
+    /// Bytes of stream data the decode path dropped (TCP, SIP framing): a count of bytes,
+    /// announced apart — until 2026-12-04 (branch `attack6`) it was added to `decode`, so a
+    /// TCP flood's gap said "87,575,200 frames or reassembly state" of which 82.6 million
+    /// were bytes.
+    pub decode_bytes: u64,
     /// HEP frames from the listener whose content the pipeline could not use.
     pub hep_unused: u64,
 }
 
 impl LossTotals {
     pub(super) fn of(ctx: &Context) -> Self {
+        let (decode, decode_bytes) = split_decode_losses(&ctx.pipeline.loss_totals());
         LossTotals {
-            decode: ctx.pipeline.loss_totals().values().sum(),
+            decode,
+            decode_bytes,
             hep_unused: ctx.hep_unused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
+}
+
+/// The decode path's loss totals as (frames and reassembly state, bytes): the kinds that
+/// count bytes (`*_bytes_*`) apart from those that count frames, fragments or flows.
+pub(super) fn split_decode_losses(totals: &std::collections::BTreeMap<&str, u64>) -> (u64, u64) {
+    totals.iter().fold((0, 0), |(items, bytes), (kind, n)| {
+        if kind.contains("_bytes_") {
+            (items, bytes + n)
+        } else {
+            (items + n, bytes)
+        }
+    })
 }
 
 /// Input lost before it became records — kernel ring drops, HEP frames refused by a full
@@ -98,6 +126,11 @@ impl LossTotals {
 /// learns of every loss, not only the metrics. Each names its count and the time range it
 /// was counted in (`counted_since`: the previous announcement of its kind, or the run's
 /// start; up to `time`).
+///
+/// The same way, once a minute per table, evictions of the bounded correlation tables that
+/// cost measurement detail but no record are announced by a `state_evicted` gap record
+/// (what the table lost, how many entries, since when): until 2026-12-04 (branch
+/// `attack6`) they were only counted (`teledge_state_evictions_total`).
 #[derive(Debug)]
 pub(super) struct InputLosses {
     announced: [u64; KINDS],
@@ -105,7 +138,9 @@ pub(super) struct InputLosses {
     last: Option<Instant>,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = RECORD_KINDS + DETAIL_TABLES.len();
+/// The kinds announced as `input_dropped`.
+const RECORD_KINDS: usize = 10;
 
 impl Default for InputLosses {
     fn default() -> Self {
@@ -116,6 +151,52 @@ impl Default for InputLosses {
         }
     }
 }
+
+/// The correlation tables (`teledge_state_evictions_total{table}`) whose evictions cost
+/// measurement detail but no record, and what the records lack for them. (Those that cost
+/// records, `calls_joined_mid_dialog` and `streams`, are input losses above.)
+const DETAIL_TABLES: [(&str, &str); 10] = [
+    (
+        "calls_in_setup",
+        "calls still in setup closed early as evicted (call table full): their records end at the eviction",
+    ),
+    (
+        "ended_dialogs",
+        "ended dialogs forgotten early (bound of remembered dialogs): a late message of one is not matched to its call",
+    ),
+    (
+        "ended_media_endpoints",
+        "media endpoints of ended calls forgotten early (media bound): their late RTP counted as orphan, not with the call",
+    ),
+    (
+        "orphan_stream_records",
+        "orphan RTP streams summed up in an orphan_streams record (beyond the rate of stream records), not one record each",
+    ),
+    (
+        "orphan_streams_for_calls",
+        "orphan RTP streams closed early (stream table full) to measure a stream a call announced",
+    ),
+    (
+        "call_media_endpoints",
+        "media endpoints of a call forgotten (beyond the bound a call): its RTP to them not attributed to the call",
+    ),
+    (
+        "media_endpoints",
+        "media endpoints from SDP not kept (endpoint table or media bytes full): their RTP not attributed to its call",
+    ),
+    (
+        "call_rtcp",
+        "RTCP packets not kept with their call or stream (bound reached): their reports missing from its quality",
+    ),
+    (
+        "ssrc_index",
+        "RTP streams not indexed by SSRC (beyond 8 an SSRC): measured, not linked across relays",
+    ),
+    (
+        "media_routes",
+        "media routes not written (route table full, sharded daemon): that RTP handled as orphan, not with its call",
+    ),
+];
 
 impl InputLosses {
     const EVERY: Duration = Duration::from_secs(60);
@@ -137,8 +218,12 @@ impl InputLosses {
         }
         let dropped = &metrics.records_dropped;
         let decode_errors = &metrics.decode_errors;
-        let current: [u64; KINDS] = [
-            metrics.source_kernel_drops.total(),
+        let mut current = [0u64; KINDS];
+        let mut details = [""; KINDS];
+        // (Read without making a series in `/metrics`.)
+        let hep_socket = metrics.source_kernel_drops.peek(&["hep"]);
+        let record_losses: [u64; RECORD_KINDS] = [
+            metrics.source_kernel_drops.total() - hep_socket,
             dropped.with(&["hep_queue_full"]).get() + dropped.with(&["hep_queue_bytes"]).get(),
             totals.decode,
             decode_errors.with(&["hep_malformed"]).get()
@@ -153,8 +238,10 @@ impl InputLosses {
             // tables' evictions cost measurement detail, not a record.
             metrics.state_evictions.peek(&["calls_joined_mid_dialog"]),
             metrics.state_evictions.peek(&["streams"]),
+            hep_socket,
+            totals.decode_bytes,
         ];
-        let details: [&str; KINDS] = [
+        let record_details: [&str; RECORD_KINDS] = [
             "packets dropped by the kernel (capture ring full)",
             "HEP frames dropped (queue full)",
             "frames or reassembly state dropped by the decode path",
@@ -163,18 +250,31 @@ impl InputLosses {
             "HEP frames not relayed to HOMER ([hep_out]: queue full, server gone, send failed, or left at the stop)",
             "messages of dialogs joined mid-call not followed (beyond 1,000 such calls a minute): those calls get no record",
             "RTP streams not measured (stream table full): no stream record, no quality in their call's record",
+            "HEP datagrams dropped by the kernel (the UDP socket's receive buffer full)",
+            "bytes of stream data (TCP, SIP framing) dropped by the decode path: a count of bytes, not packets",
         ];
+        current[..RECORD_KINDS].copy_from_slice(&record_losses);
+        details[..RECORD_KINDS].copy_from_slice(&record_details);
+        for (i, (table, detail)) in DETAIL_TABLES.iter().enumerate() {
+            current[RECORD_KINDS + i] = metrics.state_evictions.peek(&[table]);
+            details[RECORD_KINDS + i] = detail;
+        }
         let wall = SystemTime::now();
         let mut gaps = Vec::new();
-        for (((now_total, announced), since), detail) in current
+        for (kind, (((now_total, announced), since), detail)) in current
             .iter()
             .zip(self.announced.iter_mut())
             .zip(self.since.iter_mut())
             .zip(details)
+            .enumerate()
         {
             if *now_total > *announced {
-                let mut gap =
-                    GapRecord::new(node, GapReason::InputDropped, Some(now_total - *announced));
+                let reason = if kind < RECORD_KINDS {
+                    GapReason::InputDropped
+                } else {
+                    GapReason::StateEvicted
+                };
+                let mut gap = GapRecord::new(node, reason, Some(now_total - *announced));
                 gap.detail = Some(detail.to_owned());
                 gap.counted_since = Some(humantime::format_rfc3339_seconds(*since).to_string());
                 gaps.push(gap);
@@ -387,6 +487,7 @@ mod tests {
         metrics.records_dropped.with(&["hep_queue_full"]).add(3);
         let four = LossTotals {
             decode: 4,
+            decode_bytes: 0,
             hep_unused: 0,
         };
         let gaps = losses.due(
@@ -446,6 +547,7 @@ mod tests {
             .contains("call table full"));
         let unused = LossTotals {
             decode: 0,
+            decode_bytes: 0,
             hep_unused: 2,
         };
         let later = t0 + Duration::from_secs(5);
@@ -473,14 +575,13 @@ mod tests {
             .with(&["calls_joined_mid_dialog"])
             .raise_to(4);
         metrics.state_evictions.with(&["streams"]).raise_to(2);
-        // Evictions that cost no record are not announced as losses.
-        metrics.state_evictions.with(&["ssrc_index"]).raise_to(9);
         let gaps = losses.due("edge-01", &metrics, LossTotals::default(), t0, true);
         let told: Vec<(u64, &str)> = gaps
             .iter()
             .map(|g| (g.dropped.unwrap(), g.detail.as_deref().unwrap()))
             .collect();
         assert_eq!(told.len(), 2, "{told:?}");
+        assert!(gaps.iter().all(|g| g.reason == GapReason::InputDropped));
         assert_eq!(told[0].0, 4);
         assert!(told[0].1.starts_with("messages of dialogs joined mid-call"));
         assert_eq!(told[1].0, 2);
@@ -489,6 +590,96 @@ mod tests {
         assert!(losses
             .due("edge-01", &metrics, LossTotals::default(), t0, true)
             .is_empty());
+    }
+
+    /// Evictions that cost measurement detail but no record (every other table of
+    /// `teledge_state_evictions_total`) are announced as `state_evicted`, each table on its
+    /// own, with its count and time range, once per announcement and not per eviction.
+    #[test]
+    fn detail_losses_of_the_bounded_tables_are_announced() {
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let t0 = Instant::now();
+        for (n, (table, _)) in DETAIL_TABLES.iter().enumerate() {
+            metrics
+                .state_evictions
+                .with(&[table])
+                .raise_to(n as u64 + 1);
+        }
+        let gaps = losses.due("edge-01", &metrics, LossTotals::default(), t0, true);
+        assert_eq!(gaps.len(), DETAIL_TABLES.len(), "{gaps:?}");
+        for (n, gap) in gaps.iter().enumerate() {
+            assert_eq!(gap.reason, GapReason::StateEvicted);
+            assert_eq!(gap.dropped, Some(n as u64 + 1));
+            assert_eq!(gap.detail.as_deref(), Some(DETAIL_TABLES[n].1));
+            assert!(gap.counted_since.is_some());
+        }
+        // Within the minute: nothing more, however much more is evicted.
+        metrics
+            .state_evictions
+            .with(&["ssrc_index"])
+            .raise_to(1_000);
+        let soon = t0 + Duration::from_secs(1);
+        assert!(losses
+            .due("edge-01", &metrics, LossTotals::default(), soon, false)
+            .is_empty());
+        let later = t0 + Duration::from_secs(61);
+        let gaps = losses.due("edge-01", &metrics, LossTotals::default(), later, false);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].dropped, Some(1_000 - 9));
+        // Every table the ticker publishes is either a record loss or a detail loss.
+        let published = [
+            "calls_in_setup",
+            "ended_dialogs",
+            "ended_media_endpoints",
+            "orphan_stream_records",
+            "orphan_streams_for_calls",
+            "call_media_endpoints",
+            "media_endpoints",
+            "call_rtcp",
+            "streams",
+            "ssrc_index",
+            "calls_joined_mid_dialog",
+            "media_routes",
+        ];
+        for table in published {
+            assert!(
+                ["calls_joined_mid_dialog", "streams"].contains(&table)
+                    || DETAIL_TABLES.iter().any(|(t, _)| *t == table),
+                "{table} neither announced as a record loss nor as a detail loss"
+            );
+        }
+    }
+
+    /// Byte counts of the decode path are announced apart from its frame and state counts.
+    #[test]
+    fn the_decode_paths_bytes_are_not_added_to_its_frames() {
+        let totals: std::collections::BTreeMap<&str, u64> = [
+            ("tcp_bytes_dropped", 1_000),
+            ("stream_bytes_discarded", 500),
+            ("tcp_flows_evicted", 3),
+            ("fragments_timed_out", 2),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(split_decode_losses(&totals), (5, 1_500));
+        let metrics = AgentMetrics::new();
+        let mut losses = InputLosses::default();
+        let totals = LossTotals {
+            decode: 5,
+            decode_bytes: 1_500,
+            hep_unused: 0,
+        };
+        let gaps = losses.due("edge-01", &metrics, totals, Instant::now(), true);
+        let told: Vec<(u64, &str)> = gaps
+            .iter()
+            .map(|g| (g.dropped.unwrap(), g.detail.as_deref().unwrap()))
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert_eq!(told[0].0, 5);
+        assert!(told[0].1.starts_with("frames or reassembly state"));
+        assert_eq!(told[1].0, 1_500);
+        assert!(told[1].1.starts_with("bytes of stream data"));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum DropReason {
     HepQueueBytes,
     /// A new call refused because the call table was full of answered calls.
     CallTableFull,
+    /// The record of a call no one ever answered a message of (no response at all: an
+    /// INVITE flood's), refused because the queue to the spool writer was half full: its
+    /// other half is kept for records of calls that saw a response.
+    QueueReserved,
 }
 
 impl DropReason {
@@ -72,6 +76,7 @@ impl DropReason {
             DropReason::HepQueueFull => "hep_queue_full",
             DropReason::HepQueueBytes => "hep_queue_bytes",
             DropReason::CallTableFull => "call_table_full",
+            DropReason::QueueReserved => "queue_reserved",
         }
     }
 }

@@ -47,6 +47,13 @@ pub enum GapReason {
     /// (the record or frame in hand; 0 when nothing was), null when unknown. The daemon then
     /// stops with a failure exit (systemd restarts it) after its usual final accounting.
     ComponentPanicked,
+    /// Entries a bounded correlation table forgot or turned away to stay within its bound,
+    /// costing measurement detail but no record (media endpoints and routes, RTCP kept with
+    /// calls, the SSRC index, calls in setup closed as `evicted`, ended dialogs, orphan
+    /// streams summed up): `dropped` counts the entries, `detail` names the table and what
+    /// records lack for it, `counted_since` starts the time range. At most once a minute per
+    /// table.
+    StateEvicted,
 }
 
 impl GapReason {
@@ -65,6 +72,7 @@ impl GapReason {
             GapReason::InputDropped => "input_dropped",
             GapReason::RunEndedUncleanly => "run_ended_uncleanly",
             GapReason::ComponentPanicked => "component_panicked",
+            GapReason::StateEvicted => "state_evicted",
         }
     }
 }

@@ -7,6 +7,12 @@
 //! refused is counted in [`HepStats`] (by error kind for malformed frames), never silent.
 //!
 //! - UDP: one frame per datagram; the declared length must equal the datagram length.
+//!   Datagrams the kernel drops at the socket because its receive buffer is full (a sender
+//!   faster than correlation) never reach us: their count, the socket's own (`drops` in
+//!   `/proc/net/udp`), is read once a second and at the stop into
+//!   `teledge_source_kernel_drops_total{source="hep"}` — until 2026-12-04 (branch `attack6`)
+//!   they were neither counted nor announced (an attack campaign's HEP INVITE flood lost
+//!   335,000 of 563,000 datagrams, a real call among them, without a trace).
 //! - TCP and TLS: frames back to back. Each connection has a buffer bounded by the largest
 //!   frame accepted; bytes that are not a frame are skipped up to the next `HEP3` magic, so a
 //!   sender that writes garbage (or a frame we refuse) does not lose the frames after it.
@@ -21,11 +27,19 @@
 //!
 //! Bind with [`HepListener::bind`] (errors name the address), then [`HepListener::run`] until
 //! the shutdown signal turns true; `run` returns once every connection task has ended.
+//!
+//! Panics (a bug, in a decoder or here): one connection's task, or the handling of one UDP
+//! datagram, that panics is handed to the caller's [`PanicHook`] (component
+//! `hep_connection` or `hep_datagram`) and only that connection or datagram is dropped —
+//! its slots are given back as it unwinds — while the listener serves on. A panic of the
+//! accept or receive loop itself ends [`HepListener::run`] with that panic (the caller's
+//! supervisor catches it), so a listener never dies quietly.
 
 use crate::observe::events::{
     DecodeErrors, DropReason, HepConnectionRefused, InternalEvent, RecordsDropped,
 };
 use crate::observe::AgentMetrics;
+use std::any::Any;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -229,6 +243,10 @@ impl HepStats {
     }
 }
 
+/// Where the listener hands a contained panic: the component (`hep_connection`,
+/// `hep_datagram`) and the panic's payload.
+pub type PanicHook = Arc<dyn Fn(&'static str, Box<dyn Any + Send>) + Send + Sync>;
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -363,10 +381,18 @@ impl HepListener {
 
     /// Serves until `shutdown` is cancelled, then closes every connection and returns once
     /// all tasks have ended.
-    pub async fn run(self, shutdown: CancellationToken) {
+    ///
+    /// A panic of a connection's task or of one datagram's handling goes to `panics` (see the
+    /// module doc); a panic of a loop itself is resumed here, ending `run` with it.
+    pub async fn run(self, shutdown: CancellationToken, panics: PanicHook) {
         let mut tasks = JoinSet::new();
         if let Some(socket) = self.udp {
-            tasks.spawn(udp_loop(socket, Arc::clone(&self.shared), shutdown.clone()));
+            tasks.spawn(udp_loop(
+                socket,
+                Arc::clone(&self.shared),
+                shutdown.clone(),
+                Arc::clone(&panics),
+            ));
         }
         if let Some(listener) = self.tcp {
             tasks.spawn(accept_loop(
@@ -375,6 +401,7 @@ impl HepListener {
                 Arc::clone(&self.shared),
                 Arc::clone(&self.connections),
                 shutdown.clone(),
+                Arc::clone(&panics),
             ));
         }
         if let Some((listener, acceptor)) = self.tls {
@@ -384,22 +411,47 @@ impl HepListener {
                 Arc::clone(&self.shared),
                 Arc::clone(&self.connections),
                 shutdown.clone(),
+                Arc::clone(&panics),
             ));
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    // The others are aborted as the set drops; the caller's supervisor
+                    // catches this one.
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     }
 }
 
-async fn udp_loop(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn udp_loop(
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    panics: PanicHook,
+) {
     // One byte more than the largest frame: a longer datagram shows up as a length mismatch
     // instead of being silently cut to a frame-sized prefix.
     let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
+    let mut read_drops = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                shared.kernel_drops(&socket);
+                return;
+            }
+            _ = read_drops.tick() => shared.kernel_drops(&socket),
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
-                    shared.frame(&buf[..n], from, HepInput::Udp);
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::panics::inject("hep_datagram");
+                        shared.frame(&buf[..n], from, HepInput::Udp);
+                    }));
+                    if let Err(payload) = handled {
+                        panics("hep_datagram", payload);
+                    }
                 }
                 Err(e) => {
                     // ICMP errors from earlier sends and the like; the socket stays usable.
@@ -417,14 +469,25 @@ async fn accept_loop(
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    panics: PanicHook,
 ) {
+    // A connection task that panicked: dropped (its slots given back as it unwound),
+    // handed to the hook; the listener serves on.
+    let reaped = |ended: Result<(), tokio::task::JoinError>| {
+        if let Err(e) = ended {
+            if e.is_panic() {
+                panics("hep_connection", e.into_panic());
+            }
+        }
+    };
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             // Reap finished connection tasks so the set does not grow with the history.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => reaped(ended),
             accepted = listener.accept() => {
+                crate::panics::inject("hep_listener");
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -457,7 +520,9 @@ async fn accept_loop(
         }
     }
     // Connections watch the same signal and end by themselves; wait for them.
-    while connections.join_next().await.is_some() {}
+    while let Some(ended) = connections.join_next().await {
+        reaped(ended);
+    }
 }
 
 /// One connection's place in the per-address count; given back on drop.
@@ -607,6 +672,7 @@ async fn serve_stream<S: AsyncRead + Unpin>(
         loop {
             match hep::frame_len(&buf[used..], max_frame) {
                 Framing::Frame(len) => {
+                    crate::panics::inject("hep_connection");
                     trusted |= shared.frame(&buf[used..used + len], peer, input);
                     used += len;
                 }
@@ -624,7 +690,42 @@ async fn serve_stream<S: AsyncRead + Unpin>(
     }
 }
 
+/// Datagrams the kernel dropped at `socket` because its receive buffer was full, since the
+/// socket was made: the `drops` column of its line in `/proc/net/udp` or `udp6` (this
+/// network namespace's), found by the socket's inode. `None` where that cannot be read
+/// (not Linux, no `/proc`).
+fn udp_socket_drops(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+        .ok()?
+        .ino();
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| udp_drops(&std::fs::read_to_string(table).ok()?, inode))
+}
+
+/// The `drops` column (the last) of the line of socket `inode` (the 10th column) in a
+/// `/proc/net/udp` table.
+pub fn udp_drops(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(9)?.parse::<u64>().ok()? != inode {
+            return None;
+        }
+        fields.last()?.parse().ok()
+    })
+}
+
 impl Shared {
+    /// The UDP socket's kernel drops into `teledge_source_kernel_drops_total{source="hep"}`
+    /// (the socket's count only grows; announced upstream with the input's other losses).
+    fn kernel_drops(&self, socket: &UdpSocket) {
+        if let Some(n) = udp_socket_drops(socket) {
+            self.metrics.source_kernel_drops.with(&["hep"]).raise_to(n);
+        }
+    }
+
     /// A connection refused or closed by a bound: the listener's own count, and the event
     /// (logged and counted in the agent's metrics once).
     fn closed(&self, counter: &AtomicU64, reason: &'static str, peer: SocketAddr) {
@@ -784,6 +885,19 @@ mod tests {
     use super::*;
     use crate::decode::hep::parse;
     use crate::decode::hep::test_frames::Builder;
+
+    /// The `drops` column of a socket's line, found by its inode (a real `/proc/net/udp`
+    /// line of Linux 6.1).
+    #[test]
+    fn udp_drops_are_read_from_the_sockets_own_line() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops             \n\
+  312: 0100007F:2364 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 6114507 2 0000000000000000 0\n\
+  313: 0100007F:2365 00000000:0000 07 00000000:00034200 00:00000000 00000000     0        0 6114508 2 0000000000000000 2961\n";
+        assert_eq!(udp_drops(table, 6_114_507), Some(0));
+        assert_eq!(udp_drops(table, 6_114_508), Some(2961));
+        assert_eq!(udp_drops(table, 1), None);
+        assert_eq!(udp_drops("", 1), None);
+    }
 
     #[test]
     fn auth_is_constant_time_and_strict() {

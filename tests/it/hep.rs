@@ -153,7 +153,10 @@ async fn start(settings: HepListenerSettings, capacity: usize) -> Running {
         listener.tcp_addr(),
         listener.tls_addr(),
     );
-    let task = tokio::spawn(listener.run(stop.clone()));
+    let task = tokio::spawn(listener.run(
+        stop.clone(),
+        std::sync::Arc::new(|component, _| panic!("{component} panicked in the listener")),
+    ));
     Running {
         listener_udp,
         listener_tcp,

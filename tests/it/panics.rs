@@ -277,3 +277,102 @@ fn a_panic_of_the_queue_log_reader_is_announced_and_stops_the_daemon() {
     assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
     assert_eq!(o.panics[0]["dropped"], Value::Null);
 }
+
+/// The heartbeat's task panics: announced, and the daemon stops with exit 2 (before, the
+/// task ended quietly and the node sent no more heartbeats for as long as it ran).
+#[test]
+fn a_panic_of_the_heartbeat_is_announced_and_stops_the_daemon() {
+    let o = run_with_panic("heartbeat:1", "");
+    assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
+    assert_eq!(o.panics[0]["dropped"], Value::Null);
+}
+
+/// The HEP listener's accept loop panics at its first connection: announced, the daemon
+/// stops (before, the listener ended quietly and HEP input stopped while the daemon ran on).
+#[test]
+fn a_panic_of_the_hep_accept_loop_is_announced_and_stops_the_daemon() {
+    let o = run_with_panic("hep_listener:1", "");
+    assert_eq!(o.panics.len(), 1, "{:#?}", o.panics);
+    assert!(
+        o.panics[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("hep_listener panicked"),
+        "{:#?}",
+        o.panics
+    );
+}
+
+/// One HEP connection's task panics on its 3rd frame: that connection is dropped, the panic
+/// is counted and announced (`component_panicked`, "hep_connection"), and the listener
+/// serves on — a second connection's calls all get their records, and the daemon stops
+/// cleanly on SIGTERM (exit 0). Before, the panic vanished in the listener's task set:
+/// neither counted nor announced.
+#[test]
+fn a_panic_of_one_hep_connection_drops_it_and_the_listener_serves_on() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("collected");
+    let c = collector(&pki, "collector", &out);
+    let tcp_port = free_port();
+    let config = agent_config(
+        &pki,
+        dir.path(),
+        c.port,
+        &format!("[hep]\ntcp = \"127.0.0.1:{tcp_port}\"\n"),
+        None,
+    );
+    let mut command = teledge();
+    command
+        .env("TELEDGE_LOG", "info")
+        .env("TELEDGE_DEBUG_PANIC", "hep_connection:3");
+    let mut agent = Agent::spawn(command, &config);
+    agent.wait_for_log("teledge running");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut first = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    for frame in call_frames(0, now) {
+        let _ = first.write_all(&frame);
+    }
+    let _ = first.flush();
+    assert!(
+        agent.wait_for_later_log("hep_connection", Duration::from_secs(10)),
+        "the connection's panic was not logged"
+    );
+    let mut second = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    for n in 1..CALLS {
+        for frame in call_frames(n, now) {
+            second.write_all(&frame).unwrap();
+        }
+    }
+    second.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = agent.stop();
+    // Not a stopping panic: a clean exit (`stop` checks it), nothing in `panicked`.
+    assert_eq!(summary["panicked"], Value::Null, "{summary}");
+    std::thread::sleep(Duration::from_millis(500));
+    let records = collected_or_spooled(&out, &config);
+    let panics: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "gap" && r["reason"] == "component_panicked")
+        .collect();
+    assert_eq!(panics.len(), 1, "{panics:#?}");
+    let detail = panics[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("hep_connection panicked") && detail.contains("teledge goes on"),
+        "{detail}"
+    );
+    let schemas = crate::schema::Schemas::load();
+    assert!(schemas.check(panics[0]).is_empty());
+    let ids: std::collections::HashMap<String, u32> = (1..CALLS)
+        .map(|n| (pseudonym(&pki, &format!("load-{n}@hep.test")), n))
+        .collect();
+    let calls: std::collections::BTreeSet<u32> = records
+        .iter()
+        .filter(|r| r["type"] == "call")
+        .filter_map(|r| r["call_id"].as_str().and_then(|id| ids.get(id)).copied())
+        .collect();
+    assert_eq!(calls.len() as u32, CALLS - 1);
+}
