@@ -18,12 +18,31 @@ pub(crate) fn teledge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_teledge"))
 }
 
+/// A port on 127.0.0.1 free now (TCP and UDP) for a server a test starts. Not one the
+/// kernel picks for `bind(0)`: those come from its ephemeral range, where another test's
+/// listener or outgoing connection can take the port between this call and the server's
+/// bind (a nats-server of the cluster test once failed with "address already in use" so).
+/// These are below that range (`ip_local_port_range`) and handed out once per test
+/// process, starting at a place that depends on the process id.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, ephemeral_low.max(12_000));
+    let start = std::process::id() * 97;
+    for _ in 0..(high - low) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (start + n) % (high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}");
 }
 
 /// An agent configuration forwarding to `collector_port`, with `sources` added.

@@ -22,15 +22,9 @@ use teledge::uplink::{NatsAuth, NatsSettings};
 
 use crate::uplink::{pki, record, spool_records, stored, Pki};
 
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
+use crate::daemon::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
 /// A nats-server with JetStream and TLS (client certificates of the site CA required);
 /// SIGKILLed when dropped.

@@ -758,16 +758,9 @@ mod agent_health {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use crate::daemon::free_port;
     use crate::support::data_path;
     use crate::uplink::{collector, collector_on, pki, stored, Pki};
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 
     /// The forwarding sections (also a `replay --forward` configuration).
     fn forward_sections(pki: &Pki, dir: &Path, url: &str) -> String {

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::daemon::free_port;
 use crate::uplink::{
     collector, collector_with, connect_from, forward_config, replay_forward, stored, Pki,
 };
@@ -164,14 +165,6 @@ fn certificates_from_teledge_pki_forward_over_mutual_tls() {
     assert!(!lines.is_empty());
     assert!(out.join("edge-01").is_dir());
     assert!(!out.join("edge-02").exists());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn enrol(url: &str, token: &str, ca_cert: &Path, node: &str, out: &Path) -> Output {
