@@ -1655,7 +1655,42 @@ impl MediaTracker {
     /// is counted (`rtp_after_call_end`, `rtcp_after_call_end`) and opens no orphan stream.
     /// The call ended at capture time `ended_at`; its record waits for media in flight
     /// (see [`MediaTracker::closing`]): a stream captured from then on does not open for it.
+    ///
+    /// A stream of the call first captured after `ended_at` is let go now, its packets
+    /// counted as media after the end: with several capture threads the final answer or BYE
+    /// can be handled after RTP captured later than it (held in the SIP reorder window while
+    /// the RTP went on), and in capture order, as a replay reads it, that RTP came after the
+    /// end. The mirror of the rule in [`MediaTracker::rtp`].
     pub fn closing(&mut self, call_id: &str, ended_at: Timestamp) {
+        let late: Vec<StreamKey> = self
+            .streams_by_call
+            .get(call_id)
+            .into_iter()
+            .flatten()
+            .filter(|key| {
+                self.streams.get(key).is_some_and(|s| {
+                    s.call.as_deref() == Some(call_id)
+                        && s.legs.is_none()
+                        && s.analyzer.first_time() > ended_at
+                })
+            })
+            .copied()
+            .collect();
+        for key in late {
+            if let Some(keys) = self.streams_by_call.get_mut(call_id) {
+                keys.retain(|k| *k != key);
+            }
+            if let Some(stream) = self.streams.remove(&key) {
+                let packets = stream.analyzer.packets();
+                self.counters.streams = self.counters.streams.saturating_sub(1);
+                self.counters.rtp_packets = self.counters.rtp_packets.saturating_sub(packets);
+                self.counters.rtp_packets_in_calls =
+                    self.counters.rtp_packets_in_calls.saturating_sub(packets);
+                self.counters.rtp_after_call_end += packets;
+                self.unindex_ssrc(key);
+                self.release_kept(key, &stream);
+            }
+        }
         self.closing.insert(Arc::from(call_id), ended_at);
     }
 

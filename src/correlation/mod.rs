@@ -866,6 +866,81 @@ mod tests {
         assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
     }
 
+    /// The mirror of the test above: RTP captured after the BYE but handled before it (two
+    /// capture threads: the BYE held in the SIP reorder window while the RTP went on) is
+    /// media after the end, as a replay in capture order counts it, not a stream of the
+    /// call; the stream captured before the BYE stays the call's.
+    #[test]
+    fn rtp_captured_after_the_bye_but_handled_before_it_is_not_the_calls() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        let reinvite = format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: early@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip_at(
+            &mut c,
+            0,
+            &reinvite,
+            "10.0.0.2:5060",
+            "10.0.0.1:5060",
+            &mut out,
+        );
+        let rtp_at = |c: &mut Correlator, ms: i64, src: &str, seq: u16, out: &mut Vec<Record>| {
+            let meta = DatagramMeta {
+                frame: 0,
+                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+                src: src.parse().unwrap(),
+                dst: "10.0.0.2:4000".parse().unwrap(),
+            };
+            c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
+        };
+        for i in 0..50u16 {
+            rtp_at(
+                &mut c,
+                100 + i64::from(i) * 20,
+                "10.0.0.1:6000",
+                i,
+                &mut out,
+            );
+        }
+        // Captured after the BYE (1,200 ms), handled before it.
+        for i in 0..5u16 {
+            rtp_at(
+                &mut c,
+                1300 + i64::from(i) * 20,
+                "10.0.0.1:6002",
+                i,
+                &mut out,
+            );
+        }
+        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: early@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        sip_at(
+            &mut c,
+            1200,
+            bye,
+            "10.0.0.1:5060",
+            "10.0.0.2:5060",
+            &mut out,
+        );
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let call = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Call(c) => Some(&**c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
+        assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
+        let counters = c.media().counters();
+        assert_eq!(counters.rtp_after_call_end, 5);
+        assert_eq!(counters.streams, 1);
+        assert_eq!(counters.rtp_packets, 50);
+        assert!(!out.iter().any(|r| matches!(r, Record::Stream(_))));
+    }
+
     /// Ended calls' records held in their grace are bounded by bytes too: beyond the bound
     /// the oldest is made at once (counted), none is lost or made twice.
     #[test]
