@@ -420,11 +420,13 @@ impl ShardedCorrelator {
         if let Some(shard) = self.route_of(&meta.src, &meta.dst, payload) {
             return shard;
         }
-        // Unordered: both directions of a flow meet.
+        // Unordered: both directions of a flow meet. The ports' lowest bit left out: a
+        // stream's RTCP flows between the ports one above its RTP's (RFC 3550's rule for
+        // RTP on an even port), and must meet the stream it reports on to be kept with it.
         let (a, b) = pair(meta);
         let mut h = self.placement.build_hasher();
-        write_addr(&mut h, &a);
-        write_addr(&mut h, &b);
+        write_addr(&mut h, &rtp_port_pair(a));
+        write_addr(&mut h, &rtp_port_pair(b));
         self.shard_of_hash(h.finish())
     }
 
@@ -865,6 +867,12 @@ impl MediaHold {
     pub fn held_now(&self) -> usize {
         self.flows.values().map(|f| f.packets.len()).sum()
     }
+}
+
+/// An address with its port's lowest bit cleared: RTP's even port and RTCP's next one alike.
+fn rtp_port_pair(mut addr: SocketAddr) -> SocketAddr {
+    addr.set_port(addr.port() & !1);
+    addr
 }
 
 fn pair(meta: &DatagramMeta) -> (SocketAddr, SocketAddr) {
@@ -1576,6 +1584,44 @@ mod tests {
         assert_eq!(ids.len(), summaries.len(), "ids shared");
         let summed: u64 = summaries.iter().map(|s| s.streams).sum();
         assert_eq!(singles + summed, u64::from(streams));
+    }
+
+    /// An orphan stream's RTCP (both ports one above the RTP's, RFC 3550) goes to the shard
+    /// of the stream it reports on, so it is kept with it: at top speed on two capture
+    /// threads the sources campaign's `gst_rtcp_orphan_streams.pcap` lost the RTCP of its
+    /// orphan streams when it landed in another shard.
+    #[test]
+    fn an_orphan_streams_rtcp_goes_to_the_streams_shard() {
+        let sharded = ShardedCorrelator::new(8, CallLimits::default(), MediaLimits::default());
+        let mut next = crate::testing::xorshift(7);
+        let meta = |src: SocketAddr, dst: SocketAddr| DatagramMeta {
+            frame: 1,
+            time: at(0),
+            src,
+            dst,
+        };
+        let mut shards = std::collections::BTreeSet::new();
+        for _ in 0..500 {
+            let r = next();
+            let a = SocketAddr::from(([10, 1, (r >> 8) as u8, r as u8], (r >> 16) as u16 & !1));
+            let b = SocketAddr::from((
+                [10, 2, (r >> 32) as u8, (r >> 40) as u8],
+                (r >> 48) as u16 & !1,
+            ));
+            let rtcp = |addr: SocketAddr| SocketAddr::new(addr.ip(), addr.port() | 1);
+            let shard = sharded.shard_of_datagram(&meta(a, b), &[0x80]);
+            assert_eq!(shard, sharded.shard_of_datagram(&meta(b, a), &[0x80]));
+            assert_eq!(
+                shard,
+                sharded.shard_of_datagram(&meta(rtcp(a), rtcp(b)), &[0x81])
+            );
+            assert_eq!(
+                shard,
+                sharded.shard_of_datagram(&meta(rtcp(b), rtcp(a)), &[0x81])
+            );
+            shards.insert(shard);
+        }
+        assert_eq!(shards.len(), 8, "orphan flows spread over every shard");
     }
 
     /// The placement is keyed: two correlators (each with a key of its own) place the same
