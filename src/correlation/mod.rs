@@ -793,73 +793,67 @@ mod tests {
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
     }
 
-    /// RTP captured before the BYE but handled after it (two capture threads: the SIP
-    /// reorder window applies the SDP and the BYE together while the capture thread holds
-    /// the RTP until the SDP's route appears) is the call's, as in capture order; a stream
-    /// that starts after the BYE still is not (counted as media after the end).
-    #[test]
-    fn rtp_captured_before_the_bye_but_handled_after_it_is_the_calls() {
-        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
-        let mut out = Vec::new();
+    /// A re-INVITE of dialog `call_id` from 10.0.0.2 announcing its media at 10.0.0.2:4000.
+    fn reinvite_announcing_4000(call_id: &str) -> String {
         let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
-        let reinvite = format!(
-            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: late@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        format!(
+            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: {call_id}\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             sdp.len()
-        );
-        sip_at(
-            &mut c,
-            0,
-            &reinvite,
-            "10.0.0.2:5060",
-            "10.0.0.1:5060",
-            &mut out,
-        );
-        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: late@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
-        sip_at(
-            &mut c,
-            1200,
-            bye,
-            "10.0.0.1:5060",
-            "10.0.0.2:5060",
-            &mut out,
-        );
-        let rtp_at = |c: &mut Correlator, ms: i64, src: &str, seq: u16, out: &mut Vec<Record>| {
+        )
+    }
+
+    /// The BYE of dialog `call_id`, from 10.0.0.1.
+    fn bye_from_a(call_id: &str) -> String {
+        format!("BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: {call_id}\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    /// `count` RTP packets from `src` to 10.0.0.2:4000, 20 ms apart from `from_ms`.
+    fn rtp_to_4000(c: &mut Correlator, from_ms: i64, src: &str, count: u16, out: &mut Vec<Record>) {
+        for seq in 0..count {
             let meta = DatagramMeta {
                 frame: 0,
-                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
+                time: Timestamp::from_nanos(
+                    1_700_000_000_000_000_000 + (from_ms + i64::from(seq) * 20) * 1_000_000,
+                ),
                 src: src.parse().unwrap(),
                 dst: "10.0.0.2:4000".parse().unwrap(),
             };
             c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
-        };
-        // Captured between the re-INVITE and the BYE, handled after the BYE.
-        for i in 0..50u16 {
-            rtp_at(
-                &mut c,
-                100 + i64::from(i) * 20,
-                "10.0.0.1:6000",
-                i,
-                &mut out,
-            );
         }
-        // A stream that starts after the BYE: not the call's conversation.
-        for i in 0..5u16 {
-            rtp_at(
-                &mut c,
-                1300 + i64::from(i) * 20,
-                "10.0.0.1:6002",
-                i,
-                &mut out,
-            );
-        }
-        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
-        let call = out
-            .iter()
+    }
+
+    fn the_call(out: &[Record]) -> &CallRecord {
+        out.iter()
             .find_map(|r| match r {
                 Record::Call(c) => Some(&**c),
                 _ => None,
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    /// RTP captured between a re-INVITE and the BYE but handled after the BYE (two capture
+    /// threads: the SIP reorder window applies SDP and BYE together while the RTP waits for
+    /// its route) is the call's; a stream that starts after the BYE is media after the end.
+    #[test]
+    fn rtp_captured_before_the_bye_but_handled_after_it_is_the_calls() {
+        let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
+        let mut out = Vec::new();
+        let (a, b) = ("10.0.0.1:5060", "10.0.0.2:5060");
+        sip_at(
+            &mut c,
+            0,
+            &reinvite_announcing_4000("late@x"),
+            b,
+            a,
+            &mut out,
+        );
+        sip_at(&mut c, 1200, &bye_from_a("late@x"), a, b, &mut out);
+        // Captured between the re-INVITE and the BYE, handled after the BYE.
+        rtp_to_4000(&mut c, 100, "10.0.0.1:6000", 50, &mut out);
+        // A stream that starts after the BYE: not the call's conversation.
+        rtp_to_4000(&mut c, 1300, "10.0.0.1:6002", 5, &mut out);
+        c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
+        let call = the_call(&out);
         assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
         assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
         assert_eq!(c.media().counters().rtp_after_call_end, 5);
@@ -874,64 +868,21 @@ mod tests {
     fn rtp_captured_after_the_bye_but_handled_before_it_is_not_the_calls() {
         let mut c = Correlator::new(CallLimits::default(), MediaLimits::default());
         let mut out = Vec::new();
-        let sdp = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n";
-        let reinvite = format!(
-            "INVITE sip:a@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKr\r\nFrom: <sip:b@x>;tag=B\r\nTo: <sip:a@x>;tag=A\r\nCall-ID: early@x\r\nCSeq: 9 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        );
+        let (a, b) = ("10.0.0.1:5060", "10.0.0.2:5060");
         sip_at(
             &mut c,
             0,
-            &reinvite,
-            "10.0.0.2:5060",
-            "10.0.0.1:5060",
+            &reinvite_announcing_4000("early@x"),
+            b,
+            a,
             &mut out,
         );
-        let rtp_at = |c: &mut Correlator, ms: i64, src: &str, seq: u16, out: &mut Vec<Record>| {
-            let meta = DatagramMeta {
-                frame: 0,
-                time: Timestamp::from_nanos(1_700_000_000_000_000_000 + ms * 1_000_000),
-                src: src.parse().unwrap(),
-                dst: "10.0.0.2:4000".parse().unwrap(),
-            };
-            c.datagram(&meta, &rtp(seq, 77), &mut |r| out.push(r));
-        };
-        for i in 0..50u16 {
-            rtp_at(
-                &mut c,
-                100 + i64::from(i) * 20,
-                "10.0.0.1:6000",
-                i,
-                &mut out,
-            );
-        }
+        rtp_to_4000(&mut c, 100, "10.0.0.1:6000", 50, &mut out);
         // Captured after the BYE (1,200 ms), handled before it.
-        for i in 0..5u16 {
-            rtp_at(
-                &mut c,
-                1300 + i64::from(i) * 20,
-                "10.0.0.1:6002",
-                i,
-                &mut out,
-            );
-        }
-        let bye = "BYE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKbye\r\nFrom: <sip:a@x>;tag=A\r\nTo: <sip:b@x>;tag=B\r\nCall-ID: early@x\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
-        sip_at(
-            &mut c,
-            1200,
-            bye,
-            "10.0.0.1:5060",
-            "10.0.0.2:5060",
-            &mut out,
-        );
+        rtp_to_4000(&mut c, 1300, "10.0.0.1:6002", 5, &mut out);
+        sip_at(&mut c, 1200, &bye_from_a("early@x"), a, b, &mut out);
         c.finish(ClosedBy::CaptureEnd, &mut |r| out.push(r));
-        let call = out
-            .iter()
-            .find_map(|r| match r {
-                Record::Call(c) => Some(&**c),
-                _ => None,
-            })
-            .unwrap();
+        let call = the_call(&out);
         assert_eq!(call.media_quality.streams(), 1, "{:?}", call.media_quality);
         assert_eq!(call.media_quality.callee_to_caller[0].metrics.packets, 50);
         let counters = c.media().counters();
