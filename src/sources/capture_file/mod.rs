@@ -285,13 +285,6 @@ pub struct FileDrops {
 }
 
 impl FileDrops {
-    /// Whether the file said nothing was lost.
-    pub fn is_empty(&self) -> bool {
-        self.interface_statistics == 0
-            && self.packet_drop_counts == 0
-            && self.erf_loss_counters == 0
-    }
-
     /// An Interface Statistics Block's drops for a declared interface (a later block of the
     /// same interface replaces an earlier one: both count from the start).
     fn statistics(&mut self, interface: usize, declared: usize, dropped: u64) {
