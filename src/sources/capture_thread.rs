@@ -100,6 +100,11 @@ pub struct RingGroup {
     settings: CaptureSettings,
     inner: Mutex<GroupInner>,
     grows: AtomicU64,
+    /// New sockets of a grow not yet taken by their threads, and whether the ring may still
+    /// grow: read without the lock by every thread after every wake-up, so a capture whose
+    /// ring started whole (the default) or has grown takes no lock for them.
+    pending_count: AtomicU64,
+    may_grow: std::sync::atomic::AtomicBool,
     /// Frames both rings held during a switch, handed on from one of them only.
     duplicates: AtomicU64,
     /// Bytes of ring each thread holds (both rings during a switch).
@@ -123,6 +128,7 @@ impl RingGroup {
         } else {
             settings.ring
         };
+        let may_grow = start != settings.ring;
         Arc::new(RingGroup {
             settings,
             inner: Mutex::new(GroupInner {
@@ -133,6 +139,8 @@ impl RingGroup {
                 retry_at: None,
             }),
             grows: AtomicU64::new(0),
+            pending_count: AtomicU64::new(0),
+            may_grow: std::sync::atomic::AtomicBool::new(may_grow),
             duplicates: AtomicU64::new(0),
             ring_bytes: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -176,13 +184,18 @@ impl RingGroup {
         if let Some(at) = inner.members.iter().position(|m| *m == thread) {
             inner.members.swap_remove(at);
         }
-        inner.pending[thread] = None;
+        if inner.pending[thread].take().is_some() {
+            self.pending_count.fetch_sub(1, Ordering::Release);
+        }
         self.ring_bytes[thread].store(0, Ordering::Relaxed);
     }
 
     /// Opens the big ring for every member, held, in the members' order, into a new group.
     /// False when there is nothing to grow (already grown, or a grow failed recently).
     fn grow(&self) -> bool {
+        if !self.may_grow.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut inner = self.lock();
         if inner.current == self.settings.ring || inner.retry_at.is_some_and(|t| Instant::now() < t)
         {
@@ -208,18 +221,28 @@ impl RingGroup {
         }
         let bytes = self.settings.ring.total_bytes();
         for (member, capture) in opened {
-            inner.pending[member] = Some(capture);
+            if inner.pending[member].replace(capture).is_none() {
+                self.pending_count.fetch_add(1, Ordering::Release);
+            }
             self.ring_bytes[member].fetch_add(bytes, Ordering::Relaxed);
         }
         inner.generation = generation;
         inner.current = self.settings.ring;
+        self.may_grow.store(false, Ordering::Relaxed);
         self.grows.fetch_add(1, Ordering::Relaxed);
         tracing::info!(interface = %self.settings.interface, ring_bytes = bytes * self.ring_bytes.len() as u64, "Capture ring growing.");
         true
     }
 
     fn take(&self, thread: usize) -> Option<LiveCapture> {
-        self.lock().pending[thread].take()
+        if self.pending_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let taken = self.lock().pending[thread].take();
+        if taken.is_some() {
+            self.pending_count.fetch_sub(1, Ordering::Release);
+        }
+        taken
     }
 
     /// Times the interface's rings grew.
