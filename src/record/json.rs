@@ -151,6 +151,24 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) -> serde_json::Result<()> {
     Ok(())
 }
 
+/// Numbers written by serde_json's formatter as they are.
+macro_rules! formatted {
+    ($($method:ident($ty:ty) $write:ident;)*) => {
+        $(fn $method(self, v: $ty) -> serde_json::Result<()> {
+            CompactFormatter.$write(self.out, v).map_err(io_error)
+        })*
+    };
+}
+
+/// Numbers as map keys: serde_json's formatter between quotes.
+macro_rules! quoted_keys {
+    ($($method:ident($ty:ty) $write:ident;)*) => {
+        $(fn $method(self, v: $ty) -> serde_json::Result<()> {
+            self.quoted(|out| CompactFormatter.$write(out, v))
+        })*
+    };
+}
+
 /// Where a compound value stands: nothing written yet, something written, or it was written
 /// whole when it began (a sequence or map of length 0 writes `[]`/`{}` at once).
 #[derive(PartialEq, Eq)]
@@ -180,35 +198,17 @@ impl<'s, 'a> ser::Serializer for &'s mut Json<'a> {
     fn serialize_bool(self, v: bool) -> serde_json::Result<()> {
         CompactFormatter.write_bool(self.out, v).map_err(io_error)
     }
-    fn serialize_i8(self, v: i8) -> serde_json::Result<()> {
-        CompactFormatter.write_i8(self.out, v).map_err(io_error)
-    }
-    fn serialize_i16(self, v: i16) -> serde_json::Result<()> {
-        CompactFormatter.write_i16(self.out, v).map_err(io_error)
-    }
-    fn serialize_i32(self, v: i32) -> serde_json::Result<()> {
-        CompactFormatter.write_i32(self.out, v).map_err(io_error)
-    }
-    fn serialize_i64(self, v: i64) -> serde_json::Result<()> {
-        CompactFormatter.write_i64(self.out, v).map_err(io_error)
-    }
-    fn serialize_i128(self, v: i128) -> serde_json::Result<()> {
-        CompactFormatter.write_i128(self.out, v).map_err(io_error)
-    }
-    fn serialize_u8(self, v: u8) -> serde_json::Result<()> {
-        CompactFormatter.write_u8(self.out, v).map_err(io_error)
-    }
-    fn serialize_u16(self, v: u16) -> serde_json::Result<()> {
-        CompactFormatter.write_u16(self.out, v).map_err(io_error)
-    }
-    fn serialize_u32(self, v: u32) -> serde_json::Result<()> {
-        CompactFormatter.write_u32(self.out, v).map_err(io_error)
-    }
-    fn serialize_u64(self, v: u64) -> serde_json::Result<()> {
-        CompactFormatter.write_u64(self.out, v).map_err(io_error)
-    }
-    fn serialize_u128(self, v: u128) -> serde_json::Result<()> {
-        CompactFormatter.write_u128(self.out, v).map_err(io_error)
+    formatted! {
+        serialize_i8(i8) write_i8;
+        serialize_i16(i16) write_i16;
+        serialize_i32(i32) write_i32;
+        serialize_i64(i64) write_i64;
+        serialize_i128(i128) write_i128;
+        serialize_u8(u8) write_u8;
+        serialize_u16(u16) write_u16;
+        serialize_u32(u32) write_u32;
+        serialize_u64(u64) write_u64;
+        serialize_u128(u128) write_u128;
     }
     fn serialize_f32(self, v: f32) -> serde_json::Result<()> {
         if v.is_finite() {
@@ -542,35 +542,17 @@ impl ser::Serializer for MapKey<'_> {
     fn serialize_bool(self, v: bool) -> serde_json::Result<()> {
         self.quoted(|out| CompactFormatter.write_bool(out, v))
     }
-    fn serialize_i8(self, v: i8) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_i8(out, v))
-    }
-    fn serialize_i16(self, v: i16) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_i16(out, v))
-    }
-    fn serialize_i32(self, v: i32) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_i32(out, v))
-    }
-    fn serialize_i64(self, v: i64) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_i64(out, v))
-    }
-    fn serialize_i128(self, v: i128) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_i128(out, v))
-    }
-    fn serialize_u8(self, v: u8) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_u8(out, v))
-    }
-    fn serialize_u16(self, v: u16) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_u16(out, v))
-    }
-    fn serialize_u32(self, v: u32) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_u32(out, v))
-    }
-    fn serialize_u64(self, v: u64) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_u64(out, v))
-    }
-    fn serialize_u128(self, v: u128) -> serde_json::Result<()> {
-        self.quoted(|out| CompactFormatter.write_u128(out, v))
+    quoted_keys! {
+        serialize_i8(i8) write_i8;
+        serialize_i16(i16) write_i16;
+        serialize_i32(i32) write_i32;
+        serialize_i64(i64) write_i64;
+        serialize_i128(i128) write_i128;
+        serialize_u8(u8) write_u8;
+        serialize_u16(u16) write_u16;
+        serialize_u32(u32) write_u32;
+        serialize_u64(u64) write_u64;
+        serialize_u128(u128) write_u128;
     }
     fn serialize_f32(self, v: f32) -> serde_json::Result<()> {
         if !v.is_finite() {
