@@ -92,36 +92,58 @@ pub(crate) fn ip(args: &[&str]) {
     );
 }
 
+/// Writes frames onto an interface through one AF_PACKET socket.
+pub(crate) struct RawSender(i32, libc::sockaddr_ll);
+
+impl RawSender {
+    pub(crate) fn open(interface: &str) -> Self {
+        let name = std::ffi::CString::new(interface).unwrap();
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "no interface {interface}");
+        // SAFETY: no pointers; the descriptor is closed on drop.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        RawSender(fd, to)
+    }
+
+    pub(crate) fn send(&self, frame: &[u8]) {
+        // SAFETY: the pointers and lengths describe `frame` and the address, borrowed for
+        // the call.
+        let sent = unsafe {
+            libc::sendto(
+                self.0,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&self.1 as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            sent,
+            frame.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for RawSender {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
 /// Sends one frame as it is out of an interface, through an AF_PACKET socket.
 fn send_raw(interface: &str, frame: &[u8]) {
-    let name = std::ffi::CString::new(interface).unwrap();
-    // SAFETY: a NUL-terminated name that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "no interface {interface}");
-    // SAFETY: no pointers; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_ifindex = ifindex as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&frame[..6]);
-    // SAFETY: the pointers and lengths describe `frame` and `to`, borrowed for the call.
-    let sent = unsafe {
-        libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&to as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` is ours and closed once.
-    unsafe { libc::close(fd) };
-    assert_eq!(sent, frame.len() as isize, "sendto: {error}");
+    RawSender::open(interface).send(frame);
 }
 
 /// The UDP destination port and payload of an Ethernet frame, if it is UDP.

@@ -35,7 +35,7 @@ use teledge::sources::capture_file;
 use teledge::time::Timestamp;
 
 use crate::daemon::{agent_config, free_port, Agent};
-use crate::live::{in_fresh_netns, ip};
+use crate::live::{in_fresh_netns, ip, RawSender};
 use crate::support::data;
 use crate::uplink::{collected_or_spooled, collector, pki, Pki};
 
@@ -209,55 +209,6 @@ fn clear_config(pki: &Pki, dir: &Path, port: u16, sources: &str) -> std::path::P
         .collect();
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Writes frames onto an interface through one AF_PACKET socket.
-struct RawSender(i32, libc::sockaddr_ll);
-
-impl RawSender {
-    fn open(interface: &str) -> Self {
-        let name = std::ffi::CString::new(interface).unwrap();
-        // SAFETY: a NUL-terminated name that outlives the call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "no interface {interface}");
-        // SAFETY: no pointers; the descriptor is closed on drop.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = ifindex as i32;
-        to.sll_halen = 6;
-        RawSender(fd, to)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: the pointers and lengths describe `frame` and the address, borrowed for
-        // the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.0,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&self.1 as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for RawSender {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is ours and closed once.
-        unsafe { libc::close(self.0) };
-    }
 }
 
 /// How fast the capture is sent.
