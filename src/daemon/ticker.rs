@@ -105,6 +105,39 @@ impl LossTotals {
     }
 }
 
+/// The correlation's bounded tables by their `teledge_state_evictions_total` label, with
+/// what each evicted or turned away: the one list the metric is written from, and every
+/// name in it is announced (`DETAIL_TABLES`, or an input loss; a unit test holds them
+/// together).
+fn correlation_evictions(
+    calls: &crate::correlation::calls::CallCounters,
+    media: &crate::correlation::media::MediaCounters,
+    shards: &crate::correlation::sharded::ShardStats,
+) -> [(&'static str, u64); 12] {
+    [
+        ("calls_in_setup", calls.evicted_in_setup),
+        ("ended_dialogs", calls.ended_forgotten),
+        ("ended_media_endpoints", media.ended_endpoints_forgotten),
+        ("orphan_stream_records", media.orphan_streams_summarised),
+        ("orphan_streams_for_calls", media.orphans_closed_for_calls),
+        ("call_media_endpoints", media.call_endpoints_forgotten),
+        // Turned away at a full table, by count or by the bytes the media state holds (one
+        // label each; the capture summary tells the two apart).
+        (
+            "media_endpoints",
+            media.endpoints_dropped_at_capacity + media.endpoints_dropped_at_byte_bound,
+        ),
+        (
+            "call_rtcp",
+            media.rtcp_dropped_at_capacity + media.rtcp_dropped_at_byte_bound,
+        ),
+        ("streams", media.streams_dropped_at_capacity),
+        ("ssrc_index", media.streams_not_indexed_by_ssrc),
+        ("calls_joined_mid_dialog", calls.partial_calls_refused),
+        ("media_routes", shards.routes_dropped_at_capacity),
+    ]
+}
+
 /// The decode path's loss totals as (frames and reassembly state, bytes): the kinds that
 /// count bytes (`*_bytes_*`) apart from those that count frames, fragments or flows.
 pub(super) fn split_decode_losses(totals: &std::collections::BTreeMap<&str, u64>) -> (u64, u64) {
@@ -334,28 +367,7 @@ pub(super) fn publish_pipeline_counters(
                 .raise_to(n);
         }
     }
-    for (table, n) in [
-        ("calls_in_setup", calls.evicted_in_setup),
-        ("ended_dialogs", calls.ended_forgotten),
-        ("ended_media_endpoints", media.ended_endpoints_forgotten),
-        ("orphan_stream_records", media.orphan_streams_summarised),
-        ("orphan_streams_for_calls", media.orphans_closed_for_calls),
-        ("call_media_endpoints", media.call_endpoints_forgotten),
-        // Turned away at a full table, by count or by the bytes the media state holds (one
-        // label each; the capture summary tells the two apart).
-        (
-            "media_endpoints",
-            media.endpoints_dropped_at_capacity + media.endpoints_dropped_at_byte_bound,
-        ),
-        (
-            "call_rtcp",
-            media.rtcp_dropped_at_capacity + media.rtcp_dropped_at_byte_bound,
-        ),
-        ("streams", media.streams_dropped_at_capacity),
-        ("ssrc_index", media.streams_not_indexed_by_ssrc),
-        ("calls_joined_mid_dialog", calls.partial_calls_refused),
-        ("media_routes", shards.routes_dropped_at_capacity),
-    ] {
+    for (table, n) in correlation_evictions(&calls, &media, &shards) {
         if n > 0 {
             metrics.state_evictions.with(&[table]).raise_to(n);
         }
@@ -590,6 +602,33 @@ mod tests {
         assert!(losses
             .due("edge-01", &metrics, LossTotals::default(), t0, true)
             .is_empty());
+    }
+
+    /// Every table the eviction metric is written for is announced: as an input loss (it
+    /// costs records) or in `DETAIL_TABLES`, and `DETAIL_TABLES` names no other table.
+    #[test]
+    fn every_evicting_table_is_announced() {
+        let named: Vec<&str> = correlation_evictions(
+            &Default::default(),
+            &Default::default(),
+            &Default::default(),
+        )
+        .iter()
+        .map(|(table, _)| *table)
+        .collect();
+        let costs_records = ["calls_joined_mid_dialog", "streams"];
+        for table in &named {
+            assert!(
+                costs_records.contains(table) || DETAIL_TABLES.iter().any(|(t, _)| t == table),
+                "{table} is counted but never announced"
+            );
+        }
+        for (table, _) in DETAIL_TABLES {
+            assert!(
+                named.contains(&table),
+                "{table} is announced but never counted"
+            );
+        }
     }
 
     /// Evictions that cost measurement detail but no record (every other table of
