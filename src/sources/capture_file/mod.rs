@@ -324,6 +324,12 @@ fn option_u64(
         })
 }
 
+/// The most interfaces a pcapng section may declare: each costs memory for the whole read
+/// (its link type and clock, and its statistics), so a file of nothing but Interface
+/// Description Blocks would otherwise grow memory with its size. Real captures declare a
+/// handful; dumpcap on every interface of a large router, a few hundred.
+const MAX_INTERFACES: usize = 65_536;
+
 /// pcapng option codes: `epb_dropcount` (Enhanced Packet Block), `isb_ifdrop` and
 /// `isb_osdrop` (Interface Statistics Block).
 const EPB_DROPCOUNT: u16 = 4;
@@ -1081,6 +1087,13 @@ fn read_parsed<R: Read + Send>(
                                 "interface with an invalid timestamp resolution",
                             ));
                         };
+                        if interfaces.len() >= MAX_INTERFACES {
+                            return Err(corrupt(
+                                frames + 1,
+                                offset,
+                                format!("more than {MAX_INTERFACES} interfaces in one section"),
+                            ));
+                        }
                         interfaces.push(Interface {
                             link: LinkType::from_linktype(idb.linktype.0),
                             units_per_second,
@@ -1269,6 +1282,37 @@ mod tests {
             frames.push((f.number, f.time, f.data.to_vec(), p.frames, p.bytes))
         });
         walk(result, frames)
+    }
+
+    /// A section declaring more interfaces than [`MAX_INTERFACES`] is refused as damaged at
+    /// the first one beyond, not held in memory block after block.
+    #[test]
+    fn a_section_of_endless_interfaces_is_refused() {
+        let block = |kind: u32, body: &[u8]| {
+            let mut out = kind.to_le_bytes().to_vec();
+            out.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
+            out.extend_from_slice(body);
+            out.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
+            out
+        };
+        let mut shb = 0x1A2B_3C4Du32.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut file = block(0x0A0D_0D0A, &shb);
+        let idb = block(1, &[1, 0, 0, 0, 0, 0, 4, 0]);
+        for _ in 0..=MAX_INTERFACES {
+            file.extend_from_slice(&idb);
+        }
+        let error = read_frames(std::io::Cursor::new(&file), |_, _| {}).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 65536 interfaces"),
+            "{error}"
+        );
+        file.truncate(file.len() - idb.len());
+        assert_eq!(
+            read_frames(std::io::Cursor::new(&file), |_, _| {}).unwrap(),
+            0
+        );
     }
 
     fn through_parser(data: &[u8]) -> Seen {
